@@ -1,0 +1,94 @@
+//! The command line (clap). Every flag also reads `CHECKOUTD_<FLAG>` from the
+//! environment; `--config FILE` adds a TOML file beneath both. This module
+//! only describes the raw input; [`crate::config`] merges and validates it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "checkoutd",
+    version,
+    about = "Secure checkout payment-capture service (TLS only, envelope-encrypted card and personal data)",
+    long_about = "checkoutd takes the order forms a storefront posts over mutual TLS, encrypts card data \
+                  and personal details before they touch disk, keeps billing, shipping and gift-recipient \
+                  details apart, and tags every record with the customer's consent.\n\n\
+                  Settings come from flags, then CHECKOUTD_* environment variables, then the TOML file \
+                  named by --config, then built-in defaults."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service. On a first run without certificates it creates a
+    /// development PKI in --certs-dir and warns that it is for development.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(StoreArgs),
+    /// Certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// (Re)create the development PKI: ca.pem, server.pem, server-key.pem and
+    /// <role>.pem, <role>-key.pem for storefront, fulfillment, auditor and
+    /// marketing. Overwrites existing files. Never use these in production.
+    Dev {
+        /// Directory to write into.
+        #[arg(long, env = "CHECKOUTD_CERTS_DIR", default_value = "certs", value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Where the data lives; shared by every subcommand that opens the database.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// TOML configuration file; its keys are the flag names with `_` for `-`.
+    #[arg(long, env = "CHECKOUTD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite database, development keyring) [default: ./data]
+    #[arg(long, env = "CHECKOUTD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://… [default: sqlite://<data-dir>/checkoutd.db]
+    #[arg(long, env = "CHECKOUTD_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "CHECKOUTD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on (TLS only) [default: 127.0.0.1:8443]
+    #[arg(long, env = "CHECKOUTD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory with server.pem, server-key.pem and ca.pem [default: ./certs]
+    #[arg(long, env = "CHECKOUTD_CERTS_DIR", value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// CA that issues client certificates [default: <certs-dir>/ca.pem]
+    #[arg(long, env = "CHECKOUTD_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Most TLS connections served at once [default: 4096]
+    #[arg(long, env = "CHECKOUTD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time allowed for a TLS handshake, e.g. 10s or 500ms [default: 10s]
+    #[arg(long, env = "CHECKOUTD_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Time allowed to send an HTTP/1 request head [default: 10s]
+    #[arg(long, env = "CHECKOUTD_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Time allowed for a whole request, body included [default: 30s]
+    #[arg(long, env = "CHECKOUTD_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 5s]
+    #[arg(long, env = "CHECKOUTD_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+}

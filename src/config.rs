@@ -1,0 +1,364 @@
+//! Typed settings: flags and `CHECKOUTD_*` variables (clap) over an optional
+//! TOML file over defaults, validated before anything binds or opens.
+//!
+//! Errors name the setting and where it came from, never its value (a
+//! database URL can hold a password).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{ServeArgs, StoreArgs};
+use crate::server::ConnectionLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {reason}")]
+    ParseFile { path: PathBuf, reason: String },
+    #[error("invalid setting `{setting}` (--{flag} / CHECKOUTD_{env} / config key {setting}): {expected}")]
+    Invalid {
+        setting: &'static str,
+        flag: &'static str,
+        env: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A validated database location. The scheme picks the engine; anything but
+/// `sqlite:` and `postgres:`/`postgresql:` is refused.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite { path: PathBuf },
+    Postgres { url: String },
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            // The URL may hold credentials.
+            DatabaseUrl::Postgres { .. } => f.write_str("postgres://<redacted>"),
+        }
+    }
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Option<Self> {
+        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() || path == ":memory:" {
+                return None;
+            }
+            return Some(DatabaseUrl::Sqlite {
+                path: PathBuf::from(path),
+            });
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Some(DatabaseUrl::Postgres {
+                url: url.to_owned(),
+            });
+        }
+        None
+    }
+
+    pub fn default_for(data_dir: &Path) -> Self {
+        DatabaseUrl::Sqlite {
+            path: data_dir.join("checkoutd.db"),
+        }
+    }
+}
+
+/// The TOML file: the same settings as the flags, `snake_case`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    log_format: Option<String>,
+    listen: Option<String>,
+    certs_dir: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        // toml's message names the key and position; values in a config
+        // file are the operator's own.
+        reason: e.message().to_owned(),
+    })
+}
+
+/// Settings every subcommand that opens the database needs.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    pub database: DatabaseUrl,
+    pub log_format: LogFormat,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub listen: SocketAddr,
+    pub certs_dir: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub limits: ConnectionLimits,
+    pub request_timeout: Duration,
+}
+
+impl StoreSettings {
+    pub fn from_args(args: &StoreArgs) -> Result<Self, ConfigError> {
+        let file = load_file(args.config.as_deref())?;
+        Self::merge(args, &file)
+    }
+
+    fn merge(args: &StoreArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let database = match args.database_url.as_deref().or(file.database_url.as_deref()) {
+            None => DatabaseUrl::default_for(&data_dir),
+            Some(url) => DatabaseUrl::parse(url).ok_or(ConfigError::Invalid {
+                setting: "database_url",
+                flag: "database-url",
+                env: "DATABASE_URL",
+                expected: "expected sqlite://PATH or postgres://USER@HOST/DB",
+            })?,
+        };
+        let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    setting: "log_format",
+                    flag: "log-format",
+                    env: "LOG_FORMAT",
+                    expected: "expected `text` or `json`",
+                });
+            }
+        };
+        Ok(StoreSettings {
+            data_dir,
+            database,
+            log_format,
+        })
+    }
+}
+
+impl Settings {
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = load_file(args.store.config.as_deref())?;
+        let store = StoreSettings::merge(&args.store, &file)?;
+        let listen = args
+            .listen
+            .as_deref()
+            .or(file.listen.as_deref())
+            .unwrap_or("127.0.0.1:8443")
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                setting: "listen",
+                flag: "listen",
+                env: "LISTEN",
+                expected: "expected IP:PORT, e.g. 127.0.0.1:8443 or [::1]:8443",
+            })?;
+        let defaults = ConnectionLimits::default();
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.max_connections);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(ConfigError::Invalid {
+                setting: "max_connections",
+                flag: "max-connections",
+                env: "MAX_CONNECTIONS",
+                expected: "expected a whole number from 1 to 1000000",
+            });
+        }
+        let duration = |flag: &Option<String>,
+                        file: &Option<String>,
+                        default: Duration,
+                        setting: &'static str,
+                        flag_name: &'static str,
+                        env: &'static str| {
+            match flag.as_deref().or(file.as_deref()) {
+                None => Ok(default),
+                Some(text) => parse_duration(text).ok_or(ConfigError::Invalid {
+                    setting,
+                    flag: flag_name,
+                    env,
+                    expected: "expected a duration from 1ms to 1h, e.g. 10s, 500ms or 2m",
+                }),
+            }
+        };
+        let limits = ConnectionLimits {
+            max_connections,
+            handshake_timeout: duration(
+                &args.handshake_timeout,
+                &file.handshake_timeout,
+                defaults.handshake_timeout,
+                "handshake_timeout",
+                "handshake-timeout",
+                "HANDSHAKE_TIMEOUT",
+            )?,
+            header_read_timeout: duration(
+                &args.header_read_timeout,
+                &file.header_read_timeout,
+                defaults.header_read_timeout,
+                "header_read_timeout",
+                "header-read-timeout",
+                "HEADER_READ_TIMEOUT",
+            )?,
+            drain_timeout: duration(
+                &args.drain_timeout,
+                &file.drain_timeout,
+                defaults.drain_timeout,
+                "drain_timeout",
+                "drain-timeout",
+                "DRAIN_TIMEOUT",
+            )?,
+        };
+        let request_timeout = duration(
+            &args.request_timeout,
+            &file.request_timeout,
+            Duration::from_secs(30),
+            "request_timeout",
+            "request-timeout",
+            "REQUEST_TIMEOUT",
+        )?;
+        let certs_dir = args
+            .certs_dir
+            .clone()
+            .or_else(|| file.certs_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("certs"));
+        let client_ca = args.client_ca.clone().or_else(|| file.client_ca.clone());
+        Ok(Settings {
+            store,
+            listen,
+            certs_dir,
+            client_ca,
+            limits,
+            request_timeout,
+        })
+    }
+}
+
+/// `10s`, `500ms`, `2m`, or a bare number of seconds; 1 ms to 1 h.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1000)
+    };
+    let n: u64 = number.trim().parse().ok()?;
+    let ms = n.checked_mul(unit_ms)?;
+    (1..=3_600_000)
+        .contains(&ms)
+        .then(|| Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("2h"), None);
+        assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/x.db"),
+            Some(DatabaseUrl::Sqlite {
+                path: "data/x.db".into()
+            })
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://u:secret@h/db"),
+            Some(DatabaseUrl::Postgres { .. })
+        ));
+        assert!(DatabaseUrl::parse("mysql://h/db").is_none());
+        assert!(DatabaseUrl::parse("sqlite://").is_none());
+        let shown = format!("{:?}", DatabaseUrl::parse("postgres://u:secret@h/db").unwrap());
+        assert!(!shown.contains("secret"));
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults_and_errors_name_the_setting() {
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/x\"").unwrap();
+        let args = StoreArgs::default();
+        let s = StoreSettings::merge(&args, &file).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            s.database,
+            DatabaseUrl::Sqlite {
+                path: "/tmp/x/checkoutd.db".into()
+            }
+        );
+        let args = StoreArgs {
+            database_url: Some("mysql://nope".into()),
+            ..StoreArgs::default()
+        };
+        let err = StoreSettings::merge(&args, &file).unwrap_err().to_string();
+        assert!(err.contains("database_url"), "{err}");
+        assert!(!err.contains("nope"), "{err}");
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn serve_settings_validate_listen() {
+        let args = ServeArgs {
+            listen: Some("localhost".into()),
+            ..ServeArgs::default()
+        };
+        let err = Settings::from_args(&args).unwrap_err().to_string();
+        assert!(err.contains("`listen`"), "{err}");
+        let ok = Settings::from_args(&ServeArgs::default()).unwrap();
+        assert_eq!(ok.listen, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
+    }
+}

@@ -1,0 +1,31 @@
+//! checkoutd — a secure checkout payment-capture service.
+//!
+//! A storefront posts the order form a customer filled in; checkoutd takes it
+//! over mutual TLS only, encrypts card data and personal details before
+//! anything touches disk, keeps billing, shipping and gift-recipient details
+//! as separate records, and tags each record with the customer's consent.
+//! The contract is `DESIGN.md`; security rationale lives next to the code.
+//!
+//! # Layout
+//! - [`cli`] / [`config`]: the command line and validated settings.
+//! - [`app`]: start-up — certificates, database, TLS, bind.
+//! - [`server`]: the TLS accept loop, roles from client certificates
+//!   ([`server::identity`]), the TLS policy ([`server::tls`]), shutdown.
+//! - [`routes`]: the HTTP surface and the one table of who may call what.
+//! - [`http`]: problem documents, security headers, the access log line.
+//! - [`domain`]: order-form types that parse themselves.
+//! - [`crypto`]: envelope encryption, keyring, blind index, consent MAC.
+//! - [`store`]: one `Store` trait, one file per database engine.
+//! - [`pki`]: the development PKI (rcgen).
+//! - [`telemetry`]: logging.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod hex;
+pub mod http;
+pub mod pki;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,272 @@
+//! The development PKI: a throw-away CA, a server certificate and one client
+//! certificate per role, made with rcgen.
+//!
+//! For development and tests only. Production deployments bring their own
+//! server certificate and client CA (`--certs-dir`, `--client-ca`). The CA's
+//! private key is never written to disk: to issue new certificates, make a
+//! new PKI. Private key files are written with mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+use crate::server::identity::Role;
+
+/// File names of the development PKI inside a certs directory.
+pub const CA_FILE: &str = "ca.pem";
+pub const SERVER_CERT_FILE: &str = "server.pem";
+pub const SERVER_KEY_FILE: &str = "server-key.pem";
+
+pub fn client_cert_file(role: Role) -> String {
+    format!("{role}.pem")
+}
+
+pub fn client_key_file(role: Role) -> String {
+    format!("{role}-key.pem")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("generating a development certificate failed")]
+    Generate(#[from] rcgen::Error),
+    #[error("writing the development PKI to {path} failed")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A certificate and its private key, both PEM. The key zeroizes on drop.
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuedCert { key: <redacted> }")
+    }
+}
+
+/// A freshly generated development PKI, held in memory.
+pub struct DevPki {
+    ca_cert: Certificate,
+    ca_key: KeyPair,
+    pub server: IssuedCert,
+    pub clients: Vec<(Role, IssuedCert)>,
+}
+
+impl std::fmt::Debug for DevPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevPki { .. }")
+    }
+}
+
+impl DevPki {
+    /// A new CA, a server certificate for localhost / 127.0.0.1 / ::1 and one
+    /// client certificate per role.
+    pub fn generate() -> Result<Self, PkiError> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name = name("checkoutd development CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut ca, 3650);
+        let ca_cert = ca.self_signed(&ca_key)?;
+
+        let mut pki = DevPki {
+            ca_cert,
+            ca_key,
+            server: IssuedCert {
+                cert_pem: String::new(),
+                key_pem: Zeroizing::new(String::new()),
+            },
+            clients: Vec::new(),
+        };
+        pki.server = pki.issue_server()?;
+        for role in Role::ALL {
+            let cert = pki.issue_client(&format!("checkoutd {role}"), &[role.uri()])?;
+            pki.clients.push((role, cert));
+        }
+        Ok(pki)
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca_cert.pem()
+    }
+
+    /// The client certificate of one role.
+    pub fn client(&self, role: Role) -> Option<&IssuedCert> {
+        self.clients.iter().find(|(r, _)| *r == role).map(|(_, c)| c)
+    }
+
+    fn issue_server(&self) -> Result<IssuedCert, PkiError> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        params.distinguished_name = name("localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, 365);
+        self.sign(params)
+    }
+
+    /// Issues a client certificate carrying the given URI SANs. Tests use it
+    /// to make certificates with no role, an unknown role or two roles.
+    pub fn issue_client(&self, common_name: &str, uris: &[String]) -> Result<IssuedCert, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name);
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into()?));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, 365);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<IssuedCert, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+
+    /// Writes `ca.pem`, `server.pem`, `server-key.pem` and, per role,
+    /// `<role>.pem` and `<role>-key.pem` into `dir` (created if missing).
+    /// Key files get mode 0600.
+    pub fn write_to(&self, dir: &Path) -> Result<(), PkiError> {
+        fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        write_file(&dir.join(CA_FILE), self.ca_pem().as_bytes(), false)?;
+        write_file(&dir.join(SERVER_CERT_FILE), self.server.cert_pem.as_bytes(), false)?;
+        write_file(&dir.join(SERVER_KEY_FILE), self.server.key_pem.as_bytes(), true)?;
+        for (role, cert) in &self.clients {
+            write_file(&dir.join(client_cert_file(*role)), cert.cert_pem.as_bytes(), false)?;
+            write_file(&dir.join(client_key_file(*role)), cert.key_pem.as_bytes(), true)?;
+        }
+        Ok(())
+    }
+}
+
+/// True when `dir` already holds a server certificate and key.
+pub fn server_cert_present(dir: &Path) -> bool {
+    dir.join(SERVER_CERT_FILE).is_file() && dir.join(SERVER_KEY_FILE).is_file()
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "checkoutd development");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+/// Writes a file, replacing any previous one; `secret` files are created
+/// with mode 0600 (and an existing file is narrowed to it).
+pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), PkiError> {
+    write_private(path, bytes, secret).map_err(|source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mode = if secret { 0o600 } else { 0o644 };
+        options.mode(mode);
+        let mut file = options.open(path)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = secret;
+        let mut file = options.open(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::identity::ClientIdentity;
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+    #[test]
+    fn client_certificates_carry_their_role() {
+        let pki = DevPki::generate().unwrap();
+        for role in Role::ALL {
+            let der = CertificateDer::from_pem_slice(pki.client(role).unwrap().cert_pem.as_bytes())
+                .unwrap();
+            match ClientIdentity::from_peer_certificates(Some(&[der])) {
+                ClientIdentity::Certified { role: found, .. } => assert_eq!(found, Some(role)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn two_role_uris_or_unknown_role_give_no_role() {
+        let pki = DevPki::generate().unwrap();
+        for uris in [
+            vec![Role::Storefront.uri(), Role::Auditor.uri()],
+            vec!["urn:checkoutd:role:admin".to_owned()],
+            vec![],
+        ] {
+            let cert = pki.issue_client("odd", &uris).unwrap();
+            let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+            assert_eq!(
+                ClientIdentity::from_peer_certificates(Some(&[der])).role(),
+                None,
+                "{uris:?}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        DevPki::generate().unwrap().write_to(dir.path()).unwrap();
+        let mode = |f: &str| fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(SERVER_KEY_FILE), 0o600);
+        assert_eq!(mode("storefront-key.pem"), 0o600);
+        assert_eq!(mode(CA_FILE), 0o644);
+        assert!(server_cert_present(dir.path()));
+    }
+}

@@ -1,0 +1,291 @@
+//! The foundation: TLS only, client-certificate roles, problem documents,
+//! security headers, timeouts and graceful shutdown.
+
+use std::time::Duration;
+
+use checkoutd::server::identity::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Options, Versions, client_with, expect_problem, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn healthz_answers_over_tls_with_security_headers() {
+    let app = spawn_app().await;
+    let response = app.anonymous().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+
+    let ready = app.anonymous().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn http1_and_http2_are_both_served() {
+    let app = spawn_app().await;
+    let h2 = app.anonymous().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    let cfg = crate::helpers::rustls_client_config(&app.pki, None, Versions::Both);
+    let mut h1cfg = cfg.clone();
+    h1cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let h1 = reqwest::Client::builder()
+        .use_preconfigured_tls(h1cfg)
+        .build()
+        .unwrap()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.status(), 200);
+    assert!(h1.headers().contains_key("strict-transport-security"));
+}
+
+#[tokio::test]
+async fn plaintext_http_gets_no_http_answer() {
+    let app = spawn_app().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "a plaintext request must not get an HTTP response"
+    );
+    // Whatever came back (a TLS alert, or nothing) holds no HTTP text.
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1."));
+}
+
+#[tokio::test]
+async fn tls12_and_tls13_both_work() {
+    let app = spawn_app().await;
+    for versions in [Versions::Tls12, Versions::Tls13] {
+        let client = client_with(&app.pki, None, versions);
+        let response = client.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn client_certificate_from_a_foreign_ca_fails_the_handshake() {
+    let app = spawn_app().await;
+    let foreign = checkoutd::pki::DevPki::generate().unwrap();
+    let cert = foreign.client(Role::Fulfillment).unwrap();
+    // Trusts our server CA, but presents a certificate from another CA.
+    let client = client_with(&app.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Both);
+    let result = client.get(app.url("/v1/shipments")).send().await;
+    assert!(result.is_err(), "the handshake must fail: {result:?}");
+    // Same with TLS 1.2.
+    let client = client_with(&app.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Tls12);
+    assert!(client.get(app.url("/healthz")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn client_that_does_not_trust_our_ca_cannot_connect() {
+    let app = spawn_app().await;
+    let other = checkoutd::pki::DevPki::generate().unwrap();
+    let client = client_with(&other, None, Versions::Both);
+    assert!(client.get(app.url("/healthz")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn no_certificate_is_401_and_wrong_role_is_403() {
+    let app = spawn_app().await;
+    let anonymous = app
+        .anonymous()
+        .get(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(anonymous, 401).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:unauthenticated");
+
+    for role in [Role::Storefront, Role::Auditor, Role::Marketing] {
+        let response = app.client(role).get(app.url("/v1/shipments")).send().await.unwrap();
+        let body = expect_problem(response, 403).await;
+        assert_eq!(body["type"], "urn:checkoutd:problem:forbidden");
+    }
+    let right = app
+        .client(Role::Fulfillment)
+        .get(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(right.status(), 401);
+    assert_ne!(right.status(), 403);
+}
+
+#[tokio::test]
+async fn every_role_table_entry_is_enforced() {
+    let app = spawn_app().await;
+    // (method, path, the one role allowed)
+    let table = [
+        ("POST", "/v1/orders", Role::Storefront),
+        ("GET", "/v1/orders/00000000-0000-4000-8000-000000000000", Role::Storefront),
+        ("POST", "/v1/consent/opt-out", Role::Storefront),
+        ("GET", "/v1/shipments", Role::Fulfillment),
+        ("POST", "/v1/shipments/00000000-0000-4000-8000-000000000000/dispatch", Role::Fulfillment),
+        ("GET", "/v1/marketing/audience?purpose=special_offers", Role::Marketing),
+        ("GET", "/v1/audit/report", Role::Auditor),
+        ("GET", "/v1/audit/orders/00000000-0000-4000-8000-000000000000", Role::Auditor),
+        ("GET", "/v1/audit/log", Role::Auditor),
+        ("GET", "/metrics", Role::Auditor),
+    ];
+    for (method, path, allowed) in table {
+        let method: reqwest::Method = method.parse().unwrap();
+        let response = app
+            .anonymous()
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(response, 401).await;
+        for role in Role::ALL {
+            let response = app
+                .client(role)
+                .request(method.clone(), app.url(path))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            if role == allowed {
+                assert!(status != 401 && status != 403, "{method} {path} as {role}: {status}");
+            } else {
+                assert_eq!(status, 403, "{method} {path} as {role}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn certificates_without_exactly_one_known_role_are_403() {
+    let app = spawn_app().await;
+    for uris in [
+        vec![],
+        vec!["urn:checkoutd:role:admin".to_owned()],
+        vec![Role::Fulfillment.uri(), Role::Auditor.uri()],
+    ] {
+        let cert = app.pki.issue_client("odd client", &uris).unwrap();
+        let client = client_with(&app.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Both);
+        let response = client.get(app.url("/v1/shipments")).send().await.unwrap();
+        expect_problem(response, 403).await;
+        // Public endpoints stay open to them.
+        let health = client.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_and_wrong_method_is_405_as_problems() {
+    let app = spawn_app().await;
+    let response = app.anonymous().get(app.url("/nope")).send().await.unwrap();
+    assert!(response.headers().contains_key("strict-transport-security"));
+    let body = expect_problem(response, 404).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:not-found");
+    let response = app.anonymous().delete(app.url("/healthz")).send().await.unwrap();
+    expect_problem(response, 405).await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let app = spawn_app_with(Options {
+        serve: checkoutd::cli::ServeArgs {
+            handshake_timeout: Some("300ms".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    // The server closes the connection; it does not wait forever.
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let app = spawn_app_with(Options {
+        serve: checkoutd::cli::ServeArgs {
+            max_connections: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // Hold the only slot with a silent TCP connection.
+    let holder = TcpStream::connect(app.addr).await.unwrap();
+    let client = app.anonymous();
+    let pending = tokio::time::timeout(Duration::from_millis(700), client.get(app.url("/healthz")).send()).await;
+    assert!(pending.is_err(), "a second connection must not be served while the cap is reached");
+    drop(holder);
+    let response = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_in_flight_request() {
+    use axum::routing::get;
+    let slow = axum::Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            "finished"
+        }),
+    );
+    let mut app = spawn_app_with(Options {
+        extra_routes: Some(slow),
+        ..Default::default()
+    })
+    .await;
+    let client = app.anonymous();
+    let url = app.url("/slow");
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.shutdown();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "finished");
+    // The server then stops, and new connections are refused.
+    let server = app.server.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(app.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn access_log_has_route_templates_and_no_query_values_or_paths() {
+    let app = spawn_app().await;
+    let marker = "leakcheck-7f3a@example.com";
+    let _ = app
+        .client(Role::Marketing)
+        .get(app.url(&format!("/v1/marketing/audience?purpose={marker}")))
+        .send()
+        .await
+        .unwrap();
+    let _ = app
+        .client(Role::Storefront)
+        .get(app.url("/v1/orders/leakcheck-path-7f3a"))
+        .header("x-customer", marker)
+        .send()
+        .await
+        .unwrap();
+    let logs = crate::helpers::captured_logs();
+    assert!(logs.contains(r#""route":"/v1/orders/{id}""#), "{logs}");
+    assert!(logs.contains(r#""route":"/v1/marketing/audience""#));
+    assert!(logs.contains(r#""tls":"TLSv1.3""#));
+    assert!(logs.contains(r#""role":"marketing""#));
+    assert!(!logs.contains("leakcheck"), "a query value, path value or header leaked into the logs");
+}
