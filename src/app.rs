@@ -12,6 +12,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
+use crate::crypto::keyring::{self, Keyring, KeyringError};
+use crate::intake::Intake;
 use crate::pki::{self, DevPki};
 use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits, tls};
@@ -25,6 +27,8 @@ pub enum StartupError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -48,16 +52,24 @@ impl Application {
         ensure_certificates(settings)?;
         let tls_files = tls::TlsFiles::in_dir(&settings.certs_dir, settings.client_ca.as_deref());
         let tls = tls::server_config(&tls_files)?;
+        let keyring = Arc::new(load_keyring(settings)?);
         let store = store::open(&settings.store.database).await?;
+        let intake = Arc::new(Intake::new(
+            keyring,
+            store.clone(),
+            settings.policy_versions.clone(),
+        ));
         let state = AppState {
             store: store.clone(),
+            intake,
         };
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: settings.listen,
             source,
@@ -101,6 +113,27 @@ impl Application {
         self.store.close().await;
         tracing::info!("checkoutd stopped");
     }
+}
+
+/// Loads `<data-dir>/keyring.json`, creating a development keyring (with a
+/// loud warning) on a first run.
+pub fn load_keyring(settings: &Settings) -> Result<Keyring, KeyringError> {
+    let path = settings.store.data_dir.join(keyring::FILE_NAME);
+    let (ring, created) = Keyring::load_or_create(&path, &crate::ids::now())?;
+    if created {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n\
+             ************************************************************************\n\
+             *  WARNING: created a DEVELOPMENT KEYRING at {:<27}*\n\
+             *  It is stored unencrypted (mode 0600). Anyone who can read it and    *\n\
+             *  the database can read every card. Never use it for real cards.      *\n\
+             ************************************************************************\n",
+            path.display().to_string()
+        );
+        tracing::warn!(path = %path.display(), "created a development keyring");
+    }
+    Ok(ring)
 }
 
 /// On a first run with no server certificate, creates the development PKI

@@ -41,7 +41,12 @@ pub enum CertsCommand {
     /// marketing. Overwrites existing files. Never use these in production.
     Dev {
         /// Directory to write into.
-        #[arg(long, env = "CHECKOUTD_CERTS_DIR", default_value = "certs", value_name = "DIR")]
+        #[arg(
+            long,
+            env = "CHECKOUTD_CERTS_DIR",
+            default_value = "certs",
+            value_name = "DIR"
+        )]
         out: PathBuf,
     },
 }
@@ -91,4 +96,7 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 5s]
     #[arg(long, env = "CHECKOUTD_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// Privacy-policy versions orders may name, comma-separated [default: 2002-06-05]
+    #[arg(long, env = "CHECKOUTD_POLICY_VERSIONS", value_name = "LIST")]
+    pub policy_versions: Option<String>,
 }

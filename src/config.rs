@@ -24,7 +24,9 @@ pub enum ConfigError {
     },
     #[error("the config file {path} is not valid: {reason}")]
     ParseFile { path: PathBuf, reason: String },
-    #[error("invalid setting `{setting}` (--{flag} / CHECKOUTD_{env} / config key {setting}): {expected}")]
+    #[error(
+        "invalid setting `{setting}` (--{flag} / CHECKOUTD_{env} / config key {setting}): {expected}"
+    )]
     Invalid {
         setting: &'static str,
         flag: &'static str,
@@ -61,7 +63,10 @@ impl fmt::Debug for DatabaseUrl {
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Option<Self> {
-        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             let path = rest.split('?').next().unwrap_or(rest);
             if path.is_empty() || path == ":memory:" {
                 return None;
@@ -100,6 +105,7 @@ struct FileConfig {
     header_read_timeout: Option<String>,
     request_timeout: Option<String>,
     drain_timeout: Option<String>,
+    policy_versions: Option<Vec<String>>,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -135,7 +141,12 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     pub limits: ConnectionLimits,
     pub request_timeout: Duration,
+    /// Privacy-policy versions an order may name in `consent.policy_version`.
+    pub policy_versions: Vec<String>,
 }
+
+/// The policy version known when no other is configured ("last updated").
+pub const DEFAULT_POLICY_VERSION: &str = "2002-06-05";
 
 impl StoreSettings {
     pub fn from_args(args: &StoreArgs) -> Result<Self, ConfigError> {
@@ -149,7 +160,11 @@ impl StoreSettings {
             .clone()
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("data"));
-        let database = match args.database_url.as_deref().or(file.database_url.as_deref()) {
+        let database = match args
+            .database_url
+            .as_deref()
+            .or(file.database_url.as_deref())
+        {
             None => DatabaseUrl::default_for(&data_dir),
             Some(url) => DatabaseUrl::parse(url).ok_or(ConfigError::Invalid {
                 setting: "database_url",
@@ -264,6 +279,23 @@ impl Settings {
             .or_else(|| file.certs_dir.clone())
             .unwrap_or_else(|| PathBuf::from("certs"));
         let client_ca = args.client_ca.clone().or_else(|| file.client_ca.clone());
+        let policy_versions = match (&args.policy_versions, &file.policy_versions) {
+            (Some(list), _) => list.split(',').map(|v| v.trim().to_owned()).collect(),
+            (None, Some(list)) => list.clone(),
+            (None, None) => vec![DEFAULT_POLICY_VERSION.to_owned()],
+        };
+        if policy_versions.is_empty()
+            || policy_versions
+                .iter()
+                .any(|v| v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "policy_versions",
+                flag: "policy-versions",
+                env: "POLICY_VERSIONS",
+                expected: "expected a comma-separated list of version labels, e.g. 2002-06-05",
+            });
+        }
         Ok(Settings {
             store,
             listen,
@@ -271,6 +303,7 @@ impl Settings {
             client_ca,
             limits,
             request_timeout,
+            policy_versions,
         })
     }
 }
@@ -323,7 +356,10 @@ mod tests {
         ));
         assert!(DatabaseUrl::parse("mysql://h/db").is_none());
         assert!(DatabaseUrl::parse("sqlite://").is_none());
-        let shown = format!("{:?}", DatabaseUrl::parse("postgres://u:secret@h/db").unwrap());
+        let shown = format!(
+            "{:?}",
+            DatabaseUrl::parse("postgres://u:secret@h/db").unwrap()
+        );
         assert!(!shown.contains("secret"));
     }
 

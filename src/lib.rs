@@ -14,6 +14,7 @@
 //! - [`routes`]: the HTTP surface and the one table of who may call what.
 //! - [`http`]: problem documents, security headers, the access log line.
 //! - [`domain`]: order-form types that parse themselves.
+//! - [`intake`]: order intake — idempotency, validation, sealing, commit.
 //! - [`crypto`]: envelope encryption, keyring, blind index, consent MAC.
 //! - [`store`]: one `Store` trait, one file per database engine.
 //! - [`pki`]: the development PKI (rcgen).
@@ -22,8 +23,12 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod crypto;
+pub mod domain;
 pub mod hex;
 pub mod http;
+pub mod ids;
+pub mod intake;
 pub mod pki;
 pub mod routes;
 pub mod server;

@@ -109,7 +109,10 @@ impl DevPki {
 
     /// The client certificate of one role.
     pub fn client(&self, role: Role) -> Option<&IssuedCert> {
-        self.clients.iter().find(|(r, _)| *r == role).map(|(_, c)| c)
+        self.clients
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, c)| c)
     }
 
     fn issue_server(&self) -> Result<IssuedCert, PkiError> {
@@ -161,11 +164,27 @@ impl DevPki {
             source,
         })?;
         write_file(&dir.join(CA_FILE), self.ca_pem().as_bytes(), false)?;
-        write_file(&dir.join(SERVER_CERT_FILE), self.server.cert_pem.as_bytes(), false)?;
-        write_file(&dir.join(SERVER_KEY_FILE), self.server.key_pem.as_bytes(), true)?;
+        write_file(
+            &dir.join(SERVER_CERT_FILE),
+            self.server.cert_pem.as_bytes(),
+            false,
+        )?;
+        write_file(
+            &dir.join(SERVER_KEY_FILE),
+            self.server.key_pem.as_bytes(),
+            true,
+        )?;
         for (role, cert) in &self.clients {
-            write_file(&dir.join(client_cert_file(*role)), cert.cert_pem.as_bytes(), false)?;
-            write_file(&dir.join(client_key_file(*role)), cert.key_pem.as_bytes(), true)?;
+            write_file(
+                &dir.join(client_cert_file(*role)),
+                cert.cert_pem.as_bytes(),
+                false,
+            )?;
+            write_file(
+                &dir.join(client_key_file(*role)),
+                cert.key_pem.as_bytes(),
+                true,
+            )?;
         }
         Ok(())
     }
@@ -263,7 +282,13 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         DevPki::generate().unwrap().write_to(dir.path()).unwrap();
-        let mode = |f: &str| fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        let mode = |f: &str| {
+            fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode(SERVER_KEY_FILE), 0o600);
         assert_eq!(mode("storefront-key.pem"), 0o600);
         assert_eq!(mode(CA_FILE), 0o644);

@@ -1,5 +1,110 @@
--- checkoutd initial schema (PostgreSQL). See DESIGN.md "Data at rest".
-CREATE TABLE schema_notes (
-    id   INTEGER PRIMARY KEY,
-    note TEXT NOT NULL
+-- checkoutd schema, PostgreSQL. DESIGN.md "Data at rest".
+-- No column outside the envelope ciphertexts holds a personal detail or a
+-- card number; there is no CVV column anywhere. Mirrored name for name in
+-- migrations/sqlite/.
+
+-- One row per accepted order; no personal data.
+CREATE TABLE orders (
+    seq                BIGSERIAL PRIMARY KEY,           -- creation order, for cursors
+    id                 TEXT    NOT NULL UNIQUE,       -- UUID v4
+    created_at         TEXT    NOT NULL,              -- RFC 3339 UTC
+    status             TEXT    NOT NULL CHECK (status IN ('accepted', 'dispatched')),
+    storefront_ref     TEXT,
+    currency           TEXT    NOT NULL,
+    items              TEXT    NOT NULL,              -- JSON [{sku, description, quantity, unit_price_minor}]
+    total_minor        BIGINT NOT NULL,
+    gift               BOOLEAN NOT NULL,
+    consent_tag_id     TEXT    NOT NULL,              -- the customer's tag
+    client_fingerprint BYTEA    NOT NULL               -- SHA-256 of the storefront's certificate
 );
+
+-- Consent tags; authenticated by an HMAC over their canonical bytes.
+CREATE TABLE consent_tags (
+    id                  TEXT    PRIMARY KEY,
+    order_id            TEXT    NOT NULL REFERENCES orders (id),
+    subject             TEXT    NOT NULL CHECK (subject IN ('customer', 'gift_recipient')),
+    basis               TEXT    NOT NULL CHECK (basis IN ('consent', 'fulfillment_only')),
+    product_updates     BOOLEAN NOT NULL,
+    new_offerings       BOOLEAN NOT NULL,
+    partnerships        BOOLEAN NOT NULL,
+    special_offers      BOOLEAN NOT NULL,
+    third_party_sharing BOOLEAN NOT NULL,
+    policy_version      TEXT    NOT NULL,
+    captured_at         TEXT    NOT NULL,
+    channel             TEXT    NOT NULL,
+    mac_key_version     INTEGER NOT NULL,
+    mac                 BYTEA    NOT NULL
+);
+CREATE INDEX consent_tags_order ON consent_tags (order_id);
+
+-- Envelope columns (every encrypted table): format_version, kek_version,
+-- wrapped_dek (nonce || AES-256-GCM(KEK, DEK) || tag), ciphertext
+-- (nonce || AES-256-GCM(DEK, record JSON) || tag). docs/encryption.md.
+
+CREATE TABLE billing_details (
+    id                  TEXT    PRIMARY KEY,
+    order_id            TEXT    NOT NULL UNIQUE REFERENCES orders (id),
+    consent_tag_id      TEXT    NOT NULL REFERENCES consent_tags (id),
+    email_blind_index   BYTEA    NOT NULL,             -- HMAC-SHA256(blind-index key, email)
+    blind_index_version INTEGER NOT NULL,
+    format_version      INTEGER NOT NULL,
+    kek_version         INTEGER NOT NULL,
+    wrapped_dek         BYTEA    NOT NULL,
+    ciphertext          BYTEA    NOT NULL
+);
+CREATE INDEX billing_details_email ON billing_details (email_blind_index);
+
+-- The order's ship-to. For a gift only the marker: the recipient's details
+-- stay in gift_recipients and are never copied here.
+CREATE TABLE shipping_details (
+    id              TEXT    PRIMARY KEY,
+    order_id        TEXT    NOT NULL UNIQUE REFERENCES orders (id),
+    consent_tag_id  TEXT    NOT NULL REFERENCES consent_tags (id),
+    ship_to         TEXT    NOT NULL CHECK (ship_to IN ('customer', 'gift_recipient')),
+    format_version  INTEGER,
+    kek_version     INTEGER,
+    wrapped_dek     BYTEA,
+    ciphertext      BYTEA,
+    CHECK ((ship_to = 'customer') = (ciphertext IS NOT NULL AND wrapped_dek IS NOT NULL
+                                     AND kek_version IS NOT NULL AND format_version IS NOT NULL))
+);
+
+CREATE TABLE gift_recipients (
+    id              TEXT    PRIMARY KEY,
+    order_id        TEXT    NOT NULL UNIQUE REFERENCES orders (id),
+    consent_tag_id  TEXT    NOT NULL REFERENCES consent_tags (id),
+    format_version  INTEGER NOT NULL,
+    kek_version     INTEGER NOT NULL,
+    wrapped_dek     BYTEA    NOT NULL,
+    ciphertext      BYTEA    NOT NULL
+);
+
+CREATE TABLE payment_cards (
+    id                      TEXT    PRIMARY KEY,
+    order_id                TEXT    NOT NULL UNIQUE REFERENCES orders (id),
+    consent_tag_id          TEXT    NOT NULL REFERENCES consent_tags (id),
+    brand                   TEXT    NOT NULL,
+    last4                   TEXT    NOT NULL CHECK (char_length(last4) = 4),
+    fingerprint             BYTEA    NOT NULL,         -- HMAC-SHA256(fingerprint key, PAN)
+    fingerprint_key_version INTEGER NOT NULL,
+    format_version          INTEGER NOT NULL,
+    kek_version             INTEGER NOT NULL,
+    wrapped_dek             BYTEA    NOT NULL,
+    ciphertext              BYTEA    NOT NULL
+);
+CREATE INDEX payment_cards_fingerprint ON payment_cards (fingerprint);
+
+-- Idempotency: the (client, key) primary key makes a key single-use across
+-- processes. The stored response holds no personal data (ids, brand, last4,
+-- consent). Kept at least 24 hours.
+CREATE TABLE idempotency_keys (
+    client          BYTEA    NOT NULL,                 -- SHA-256 of the client certificate
+    key             TEXT    NOT NULL,
+    request_hash    BYTEA    NOT NULL,                 -- HMAC-SHA256(request key, media type || 0 || body)
+    order_id        TEXT    NOT NULL,
+    response_status INTEGER NOT NULL,
+    response_body   BYTEA    NOT NULL,
+    created_at      TEXT    NOT NULL,
+    PRIMARY KEY (client, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);

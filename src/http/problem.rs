@@ -204,9 +204,10 @@ mod tests {
 
     #[test]
     fn body_has_rfc9457_members_and_field_errors() {
-        let p = Problem::unprocessable("invalid-order", "The order form has errors").with_errors(
-            vec![FieldError::new("card.number", "luhn", "fails the Luhn check")],
-        );
+        let p =
+            Problem::unprocessable("invalid-order", "The order form has errors").with_errors(vec![
+                FieldError::new("card.number", "luhn", "fails the Luhn check"),
+            ]);
         let v: serde_json::Value = serde_json::from_slice(&p.body_bytes()).unwrap();
         assert_eq!(v["type"], "urn:checkoutd:problem:invalid-order");
         assert_eq!(v["status"], 422);

@@ -7,6 +7,7 @@
 //! problem documents. Handlers take a [`Caller`] and never read certificates.
 
 mod health;
+mod orders;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use crate::store::Store;
 pub struct AppState {
     /// The database; the only way handlers reach storage.
     pub store: Arc<dyn Store>,
+    /// Order intake (validation, sealing, idempotency).
+    pub intake: Arc<crate::intake::Intake>,
 }
 
 /// Builds the service: routes, role guards, fallbacks and the layers every
@@ -40,8 +43,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/unsubscribe", get(not_built).post(not_built))
         .route("/openapi.json", get(not_built))
         // Storefront.
-        .route("/v1/orders", allow(&[Storefront], post(not_built)))
-        .route("/v1/orders/{id}", allow(&[Storefront], get(not_built)))
+        .route("/v1/orders", allow(&[Storefront], post(orders::create)))
+        .route(
+            "/v1/orders/{id}",
+            allow(&[Storefront], get(orders::summary)),
+        )
         .route("/v1/consent/opt-out", allow(&[Storefront], post(not_built)))
         // Fulfillment.
         .route("/v1/shipments", allow(&[Fulfillment], get(not_built)))
@@ -50,7 +56,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             allow(&[Fulfillment], post(not_built)),
         )
         // Marketing.
-        .route("/v1/marketing/audience", allow(&[Marketing], get(not_built)))
+        .route(
+            "/v1/marketing/audience",
+            allow(&[Marketing], get(not_built)),
+        )
         // Auditor.
         .route("/v1/audit/report", allow(&[Auditor], get(not_built)))
         .route("/v1/audit/orders/{id}", allow(&[Auditor], get(not_built)))
@@ -78,7 +87,9 @@ fn allow(roles: &'static [Role], route: MethodRouter<AppState>) -> MethodRouter<
 async fn require_role(roles: &'static [Role], mut req: Request, next: Next) -> Response {
     let identity = req.extensions().get::<Peer>().map(|p| p.identity.clone());
     let caller = match identity {
-        None | Some(ClientIdentity::Anonymous) => return Problem::unauthenticated().into_response(),
+        None | Some(ClientIdentity::Anonymous) => {
+            return Problem::unauthenticated().into_response();
+        }
         Some(ClientIdentity::Certified {
             role: Some(role),
             fingerprint,

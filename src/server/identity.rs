@@ -126,10 +126,14 @@ fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    let mut roles = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX),
-        _ => None,
-    });
+    let mut roles = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX),
+            _ => None,
+        });
     let first = roles.next()?;
     if roles.next().is_some() {
         return None;

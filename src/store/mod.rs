@@ -8,6 +8,7 @@
 //! orders can share one synced commit (group commit) without an interface
 //! change.
 
+pub mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -59,6 +60,30 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Flushes and closes connections; called once on shutdown.
     async fn close(&self);
+
+    /// Writes a batch of accepted orders in one synced transaction. Each
+    /// order's idempotency row is inserted first; an order whose key is
+    /// already taken is skipped (`DuplicateKey`) without failing the others.
+    /// Returns one outcome per order, in order. On `Err` nothing was written.
+    async fn commit_orders(
+        &self,
+        batch: &[rows::NewOrder],
+    ) -> Result<Vec<rows::CommitOutcome>, StoreError>;
+
+    /// The stored idempotency record of `(client, key)`, if any.
+    async fn idempotency_key(
+        &self,
+        client: &[u8; 32],
+        key: &str,
+    ) -> Result<Option<rows::KeyRecord>, StoreError>;
+
+    /// The masked summary of an order created by `client`; `None` for an
+    /// unknown order or another client's.
+    async fn order_summary(
+        &self,
+        client: &[u8; 32],
+        id: uuid::Uuid,
+    ) -> Result<Option<rows::OrderSummary>, StoreError>;
 }
 
 /// Opens the store named by `url`, creating an SQLite file (and its

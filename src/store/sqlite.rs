@@ -9,10 +9,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use uuid::Uuid;
 
+use super::rows::{
+    CommitOutcome, KeyRecord, NewOrder, OrderSummary, SealedRecord, ShippingRecord, StoredResponse,
+};
 use super::{Store, StoreError};
+use crate::crypto::envelope::Envelope;
+use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -83,4 +89,292 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for order in batch {
+            outcomes.push(
+                insert_order(&mut tx, order)
+                    .await
+                    .map_err(StoreError::from_sqlx)?,
+            );
+        }
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(outcomes)
+    }
+
+    async fn idempotency_key(
+        &self,
+        client: &[u8; 32],
+        key: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT request_hash, order_id, response_status, response_body
+               FROM idempotency_keys WHERE client = ?1 AND key = ?2",
+        )
+        .bind(client.as_slice())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(KeyRecord {
+            request_hash: row.try_get("request_hash").map_err(StoreError::from_sqlx)?,
+            response: StoredResponse {
+                order_id: uuid_col(&row, "order_id")?,
+                status: u16::try_from(
+                    row.try_get::<i64, _>("response_status")
+                        .map_err(StoreError::from_sqlx)?,
+                )
+                .map_err(|_| StoreError::Corrupt("idempotency_keys.response_status"))?,
+                body: row
+                    .try_get("response_body")
+                    .map_err(StoreError::from_sqlx)?,
+            },
+        }))
+    }
+
+    async fn order_summary(
+        &self,
+        client: &[u8; 32],
+        id: Uuid,
+    ) -> Result<Option<OrderSummary>, StoreError> {
+        let row = sqlx::query(
+            "SELECT o.id, o.created_at, o.status, o.storefront_ref, o.currency, o.items, o.total_minor,
+                    o.gift, c.brand, c.last4,
+                    t.id AS tag_id, t.order_id AS tag_order_id, t.subject, t.basis, t.product_updates,
+                    t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
+                    t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac
+               FROM orders o
+               JOIN payment_cards c ON c.order_id = o.id
+               JOIN consent_tags t ON t.id = o.consent_tag_id
+              WHERE o.id = ?1 AND o.client_fingerprint = ?2",
+        )
+        .bind(id.to_string())
+        .bind(client.as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else { return Ok(None) };
+        let get_s = |name: &'static str| {
+            row.try_get::<String, _>(name)
+                .map_err(StoreError::from_sqlx)
+        };
+        let items: String = get_s("items")?;
+        Ok(Some(OrderSummary {
+            id: uuid_col(&row, "id")?,
+            created_at: get_s("created_at")?,
+            status: get_s("status")?,
+            storefront_ref: row
+                .try_get("storefront_ref")
+                .map_err(StoreError::from_sqlx)?,
+            currency: get_s("currency")?,
+            items: serde_json::from_str(&items).map_err(|_| StoreError::Corrupt("orders.items"))?,
+            total_minor: row.try_get("total_minor").map_err(StoreError::from_sqlx)?,
+            gift: row
+                .try_get::<i64, _>("gift")
+                .map_err(StoreError::from_sqlx)?
+                != 0,
+            brand: get_s("brand")?,
+            last4: get_s("last4")?,
+            consent: consent_tag(&row, "tag_id", "tag_order_id")?,
+        }))
+    }
+}
+
+fn uuid_col(row: &sqlx::sqlite::SqliteRow, name: &'static str) -> Result<Uuid, StoreError> {
+    let text: String = row.try_get(name).map_err(StoreError::from_sqlx)?;
+    Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt(name))
+}
+
+fn consent_tag(
+    row: &sqlx::sqlite::SqliteRow,
+    id: &'static str,
+    order_id: &'static str,
+) -> Result<ConsentTag, StoreError> {
+    let flag = |name: &'static str| -> Result<bool, StoreError> {
+        Ok(row.try_get::<i64, _>(name).map_err(StoreError::from_sqlx)? != 0)
+    };
+    let text = |name: &'static str| {
+        row.try_get::<String, _>(name)
+            .map_err(StoreError::from_sqlx)
+    };
+    let mac: Vec<u8> = row.try_get("mac").map_err(StoreError::from_sqlx)?;
+    Ok(ConsentTag {
+        id: uuid_col(row, id)?,
+        order_id: uuid_col(row, order_id)?,
+        subject: Subject::parse(&text("subject")?)
+            .ok_or(StoreError::Corrupt("consent_tags.subject"))?,
+        basis: Basis::parse(&text("basis")?).ok_or(StoreError::Corrupt("consent_tags.basis"))?,
+        purposes: Purposes::from_array([
+            flag("product_updates")?,
+            flag("new_offerings")?,
+            flag("partnerships")?,
+            flag("special_offers")?,
+            flag("third_party_sharing")?,
+        ]),
+        policy_version: text("policy_version")?,
+        captured_at: text("captured_at")?,
+        channel: text("channel")?,
+        mac_key_version: u32::try_from(
+            row.try_get::<i64, _>("mac_key_version")
+                .map_err(StoreError::from_sqlx)?,
+        )
+        .map_err(|_| StoreError::Corrupt("consent_tags.mac_key_version"))?,
+        mac: mac
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("consent_tags.mac"))?,
+    })
+}
+
+/// Writes one order inside the caller's transaction.
+async fn insert_order(
+    tx: &mut SqliteConnection,
+    o: &NewOrder,
+) -> Result<CommitOutcome, sqlx::Error> {
+    let idem = &o.idempotency;
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys
+            (client, key, request_hash, order_id, response_status, response_body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (client, key) DO NOTHING",
+    )
+    .bind(idem.client.as_slice())
+    .bind(&idem.key)
+    .bind(idem.request_hash.as_slice())
+    .bind(o.id.to_string())
+    .bind(i64::from(idem.response.status))
+    .bind(&idem.response.body)
+    .bind(&idem.created_at)
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Ok(CommitOutcome::DuplicateKey);
+    }
+    let items = serde_json::to_string(&o.items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO orders (id, created_at, status, storefront_ref, currency, items, total_minor,
+                             gift, consent_tag_id, client_fingerprint)
+         VALUES (?1, ?2, 'accepted', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(o.id.to_string())
+    .bind(&o.created_at)
+    .bind(o.storefront_ref.as_deref())
+    .bind(o.currency)
+    .bind(items)
+    .bind(o.total_minor)
+    .bind(i64::from(o.recipient.is_some()))
+    .bind(o.customer_tag.id.to_string())
+    .bind(o.client_fingerprint.as_slice())
+    .execute(&mut *tx)
+    .await?;
+    for tag in std::iter::once(&o.customer_tag).chain(o.recipient_tag.as_ref()) {
+        let p = tag.purposes;
+        sqlx::query(
+            "INSERT INTO consent_tags (id, order_id, subject, basis, product_updates, new_offerings,
+                partnerships, special_offers, third_party_sharing, policy_version, captured_at,
+                channel, mac_key_version, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .bind(tag.id.to_string())
+        .bind(tag.order_id.to_string())
+        .bind(tag.subject.as_str())
+        .bind(tag.basis.as_str())
+        .bind(i64::from(p.product_updates))
+        .bind(i64::from(p.new_offerings))
+        .bind(i64::from(p.partnerships))
+        .bind(i64::from(p.special_offers))
+        .bind(i64::from(p.third_party_sharing))
+        .bind(&tag.policy_version)
+        .bind(&tag.captured_at)
+        .bind(&tag.channel)
+        .bind(i64::from(tag.mac_key_version))
+        .bind(tag.mac.as_slice())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let b = &o.billing;
+    sqlx::query(
+        "INSERT INTO billing_details (id, order_id, consent_tag_id, email_blind_index,
+            blind_index_version, format_version, kek_version, wrapped_dek, ciphertext)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(b.sealed.id.to_string())
+    .bind(o.id.to_string())
+    .bind(b.sealed.consent_tag_id.to_string())
+    .bind(b.email_blind_index.as_slice())
+    .bind(i64::from(b.blind_index_version))
+    .bind(i64::from(b.sealed.envelope.format_version))
+    .bind(i64::from(b.sealed.envelope.kek_version))
+    .bind(&b.sealed.envelope.wrapped_dek)
+    .bind(&b.sealed.envelope.ciphertext)
+    .execute(&mut *tx)
+    .await?;
+    let (ship_to, tag, envelope): (&str, Uuid, Option<&Envelope>) = match &o.shipping {
+        ShippingRecord::Customer(r) => ("customer", r.consent_tag_id, Some(&r.envelope)),
+        ShippingRecord::GiftRecipient { consent_tag_id, .. } => {
+            ("gift_recipient", *consent_tag_id, None)
+        }
+    };
+    sqlx::query(
+        "INSERT INTO shipping_details (id, order_id, consent_tag_id, ship_to, format_version,
+            kek_version, wrapped_dek, ciphertext)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(o.shipping.id().to_string())
+    .bind(o.id.to_string())
+    .bind(tag.to_string())
+    .bind(ship_to)
+    .bind(envelope.map(|e| i64::from(e.format_version)))
+    .bind(envelope.map(|e| i64::from(e.kek_version)))
+    .bind(envelope.map(|e| e.wrapped_dek.as_slice()))
+    .bind(envelope.map(|e| e.ciphertext.as_slice()))
+    .execute(&mut *tx)
+    .await?;
+    if let Some(r) = &o.recipient {
+        insert_recipient(tx, o.id, r).await?;
+    }
+    let c = &o.card;
+    sqlx::query(
+        "INSERT INTO payment_cards (id, order_id, consent_tag_id, brand, last4, fingerprint,
+            fingerprint_key_version, format_version, kek_version, wrapped_dek, ciphertext)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .bind(c.sealed.id.to_string())
+    .bind(o.id.to_string())
+    .bind(c.sealed.consent_tag_id.to_string())
+    .bind(c.brand)
+    .bind(&c.last4)
+    .bind(c.fingerprint.as_slice())
+    .bind(i64::from(c.fingerprint_key_version))
+    .bind(i64::from(c.sealed.envelope.format_version))
+    .bind(i64::from(c.sealed.envelope.kek_version))
+    .bind(&c.sealed.envelope.wrapped_dek)
+    .bind(&c.sealed.envelope.ciphertext)
+    .execute(&mut *tx)
+    .await?;
+    Ok(CommitOutcome::Committed)
+}
+
+async fn insert_recipient(
+    tx: &mut SqliteConnection,
+    order_id: Uuid,
+    r: &SealedRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO gift_recipients (id, order_id, consent_tag_id, format_version, kek_version,
+            wrapped_dek, ciphertext)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(r.id.to_string())
+    .bind(order_id.to_string())
+    .bind(r.consent_tag_id.to_string())
+    .bind(i64::from(r.envelope.format_version))
+    .bind(i64::from(r.envelope.kek_version))
+    .bind(&r.envelope.wrapped_dek)
+    .bind(&r.envelope.ciphertext)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -119,7 +119,11 @@ impl TestApp {
     /// A client presenting the certificate of `role`.
     pub fn client(&self, role: Role) -> reqwest::Client {
         let cert = self.pki.client(role).unwrap();
-        client_with(&self.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Both)
+        client_with(
+            &self.pki,
+            Some((&cert.cert_pem, &cert.key_pem)),
+            Versions::Both,
+        )
     }
 
     /// A client with no certificate.
@@ -158,7 +162,11 @@ pub enum Versions {
 
 /// A reqwest client trusting only the test CA of `pki`, optionally
 /// presenting a client certificate.
-pub fn client_with(pki: &DevPki, cert: Option<(&str, &str)>, versions: Versions) -> reqwest::Client {
+pub fn client_with(
+    pki: &DevPki,
+    cert: Option<(&str, &str)>,
+    versions: Versions,
+) -> reqwest::Client {
     let config = rustls_client_config(pki, cert, versions);
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
@@ -203,12 +211,18 @@ pub fn rustls_client_config(
 pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
     assert_eq!(
-        response.headers()["content-type"], "application/problem+json",
+        response.headers()["content-type"],
+        "application/problem+json",
         "problem documents use application/problem+json"
     );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(body["type"].as_str().unwrap().starts_with("urn:checkoutd:problem:"));
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:checkoutd:problem:")
+    );
     assert!(body["title"].is_string());
     body
 }

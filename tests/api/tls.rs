@@ -12,7 +12,12 @@ use crate::helpers::{Options, Versions, client_with, expect_problem, spawn_app, 
 #[tokio::test]
 async fn healthz_answers_over_tls_with_security_headers() {
     let app = spawn_app().await;
-    let response = app.anonymous().get(app.url("/healthz")).send().await.unwrap();
+    let response = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["strict-transport-security"],
@@ -23,14 +28,24 @@ async fn healthz_answers_over_tls_with_security_headers() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"status": "ok"}));
 
-    let ready = app.anonymous().get(app.url("/readyz")).send().await.unwrap();
+    let ready = app
+        .anonymous()
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
 }
 
 #[tokio::test]
 async fn http1_and_http2_are_both_served() {
     let app = spawn_app().await;
-    let h2 = app.anonymous().get(app.url("/healthz")).send().await.unwrap();
+    let h2 = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h2.version(), reqwest::Version::HTTP_2);
     let cfg = crate::helpers::rustls_client_config(&app.pki, None, Versions::Both);
     let mut h1cfg = cfg.clone();
@@ -82,11 +97,19 @@ async fn client_certificate_from_a_foreign_ca_fails_the_handshake() {
     let foreign = checkoutd::pki::DevPki::generate().unwrap();
     let cert = foreign.client(Role::Fulfillment).unwrap();
     // Trusts our server CA, but presents a certificate from another CA.
-    let client = client_with(&app.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Both);
+    let client = client_with(
+        &app.pki,
+        Some((&cert.cert_pem, &cert.key_pem)),
+        Versions::Both,
+    );
     let result = client.get(app.url("/v1/shipments")).send().await;
     assert!(result.is_err(), "the handshake must fail: {result:?}");
     // Same with TLS 1.2.
-    let client = client_with(&app.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Tls12);
+    let client = client_with(
+        &app.pki,
+        Some((&cert.cert_pem, &cert.key_pem)),
+        Versions::Tls12,
+    );
     assert!(client.get(app.url("/healthz")).send().await.is_err());
 }
 
@@ -111,7 +134,12 @@ async fn no_certificate_is_401_and_wrong_role_is_403() {
     assert_eq!(body["type"], "urn:checkoutd:problem:unauthenticated");
 
     for role in [Role::Storefront, Role::Auditor, Role::Marketing] {
-        let response = app.client(role).get(app.url("/v1/shipments")).send().await.unwrap();
+        let response = app
+            .client(role)
+            .get(app.url("/v1/shipments"))
+            .send()
+            .await
+            .unwrap();
         let body = expect_problem(response, 403).await;
         assert_eq!(body["type"], "urn:checkoutd:problem:forbidden");
     }
@@ -131,13 +159,29 @@ async fn every_role_table_entry_is_enforced() {
     // (method, path, the one role allowed)
     let table = [
         ("POST", "/v1/orders", Role::Storefront),
-        ("GET", "/v1/orders/00000000-0000-4000-8000-000000000000", Role::Storefront),
+        (
+            "GET",
+            "/v1/orders/00000000-0000-4000-8000-000000000000",
+            Role::Storefront,
+        ),
         ("POST", "/v1/consent/opt-out", Role::Storefront),
         ("GET", "/v1/shipments", Role::Fulfillment),
-        ("POST", "/v1/shipments/00000000-0000-4000-8000-000000000000/dispatch", Role::Fulfillment),
-        ("GET", "/v1/marketing/audience?purpose=special_offers", Role::Marketing),
+        (
+            "POST",
+            "/v1/shipments/00000000-0000-4000-8000-000000000000/dispatch",
+            Role::Fulfillment,
+        ),
+        (
+            "GET",
+            "/v1/marketing/audience?purpose=special_offers",
+            Role::Marketing,
+        ),
         ("GET", "/v1/audit/report", Role::Auditor),
-        ("GET", "/v1/audit/orders/00000000-0000-4000-8000-000000000000", Role::Auditor),
+        (
+            "GET",
+            "/v1/audit/orders/00000000-0000-4000-8000-000000000000",
+            Role::Auditor,
+        ),
         ("GET", "/v1/audit/log", Role::Auditor),
         ("GET", "/metrics", Role::Auditor),
     ];
@@ -159,7 +203,10 @@ async fn every_role_table_entry_is_enforced() {
                 .unwrap();
             let status = response.status().as_u16();
             if role == allowed {
-                assert!(status != 401 && status != 403, "{method} {path} as {role}: {status}");
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} as {role}: {status}"
+                );
             } else {
                 assert_eq!(status, 403, "{method} {path} as {role}");
             }
@@ -176,7 +223,11 @@ async fn certificates_without_exactly_one_known_role_are_403() {
         vec![Role::Fulfillment.uri(), Role::Auditor.uri()],
     ] {
         let cert = app.pki.issue_client("odd client", &uris).unwrap();
-        let client = client_with(&app.pki, Some((&cert.cert_pem, &cert.key_pem)), Versions::Both);
+        let client = client_with(
+            &app.pki,
+            Some((&cert.cert_pem, &cert.key_pem)),
+            Versions::Both,
+        );
         let response = client.get(app.url("/v1/shipments")).send().await.unwrap();
         expect_problem(response, 403).await;
         // Public endpoints stay open to them.
@@ -192,7 +243,12 @@ async fn unknown_path_is_404_and_wrong_method_is_405_as_problems() {
     assert!(response.headers().contains_key("strict-transport-security"));
     let body = expect_problem(response, 404).await;
     assert_eq!(body["type"], "urn:checkoutd:problem:not-found");
-    let response = app.anonymous().delete(app.url("/healthz")).send().await.unwrap();
+    let response = app
+        .anonymous()
+        .delete(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     expect_problem(response, 405).await;
 }
 
@@ -226,8 +282,15 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     // Hold the only slot with a silent TCP connection.
     let holder = TcpStream::connect(app.addr).await.unwrap();
     let client = app.anonymous();
-    let pending = tokio::time::timeout(Duration::from_millis(700), client.get(app.url("/healthz")).send()).await;
-    assert!(pending.is_err(), "a second connection must not be served while the cap is reached");
+    let pending = tokio::time::timeout(
+        Duration::from_millis(700),
+        client.get(app.url("/healthz")).send(),
+    )
+    .await;
+    assert!(
+        pending.is_err(),
+        "a second connection must not be served while the cap is reached"
+    );
     drop(holder);
     let response = client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -287,5 +350,8 @@ async fn access_log_has_route_templates_and_no_query_values_or_paths() {
     assert!(logs.contains(r#""route":"/v1/marketing/audience""#));
     assert!(logs.contains(r#""tls":"TLSv1.3""#));
     assert!(logs.contains(r#""role":"marketing""#));
-    assert!(!logs.contains("leakcheck"), "a query value, path value or header leaked into the logs");
+    assert!(
+        !logs.contains("leakcheck"),
+        "a query value, path value or header leaked into the logs"
+    );
 }

@@ -1,0 +1,452 @@
+//! The keyring: versioned key-encrypting keys (KEKs) per data class, the
+//! MAC keys and the report-signing key.
+//!
+//! Invariants:
+//! - only the *active* KEK of a class can seal (a [`SealingKek`] is made only
+//!   from it); retired versions still open ([`OpeningKek`]);
+//! - key material zeroizes on drop and never prints (`Debug` shows versions);
+//! - the file is written 0600, atomically (temp file, fsync, rename).
+//!
+//! The file is JSON (`docs/encryption.md` describes it). In this release
+//! the development keyring is stored unencrypted beside the database with a
+//! loud warning; custodian-held master-key shares wrap it in production
+//! (the key life-cycle issue).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ring::rand::SystemRandom;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::aead::{KEY_LEN, random_key};
+use super::mac::MacKey;
+use super::{CryptoError, DataClass};
+
+pub const FORMAT: &str = "checkoutd-keyring/1";
+pub const FILE_NAME: &str = "keyring.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("cannot read the keyring {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the keyring {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The message names what is wrong, never a value (values are keys).
+    #[error("the keyring file is invalid: {0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KekState {
+    /// Seals new records and opens old ones. Exactly one per class.
+    Active,
+    /// Opens only.
+    Retired,
+}
+
+struct Kek {
+    version: u32,
+    state: KekState,
+    created_at: String,
+    key: Zeroizing<[u8; KEY_LEN]>,
+}
+
+/// The active KEK of a class: the only thing that can wrap a new data key.
+pub struct SealingKek<'a> {
+    pub class: DataClass,
+    pub version: u32,
+    pub(crate) key: &'a [u8; KEY_LEN],
+}
+
+/// Any KEK version of a class still held: can unwrap, never wrap.
+pub struct OpeningKek<'a> {
+    pub class: DataClass,
+    pub version: u32,
+    pub(crate) key: &'a [u8; KEY_LEN],
+}
+
+/// Public facts about one KEK version (for status reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KekInfo {
+    pub class: DataClass,
+    pub version: u32,
+    pub state: KekState,
+    pub created_at: String,
+}
+
+pub struct Keyring {
+    created_at: String,
+    keks: BTreeMap<DataClass, Vec<Kek>>,
+    fingerprint: MacKey,
+    blind_index: MacKey,
+    consent_tag: MacKey,
+    request_hash: MacKey,
+    signing_version: u32,
+    signing_seed: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let versions: Vec<(DataClass, Vec<u32>)> = self
+            .keks
+            .iter()
+            .map(|(c, ks)| (*c, ks.iter().map(|k| k.version).collect()))
+            .collect();
+        f.debug_struct("Keyring")
+            .field("keks", &versions)
+            .field("key_material", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// A fresh keyring: version 1 of every key.
+    pub fn generate(rng: &SystemRandom, now: &str) -> Result<Self, CryptoError> {
+        let mut keks = BTreeMap::new();
+        for class in DataClass::ALL {
+            keks.insert(
+                class,
+                vec![Kek {
+                    version: 1,
+                    state: KekState::Active,
+                    created_at: now.to_owned(),
+                    key: random_key(rng)?,
+                }],
+            );
+        }
+        Ok(Keyring {
+            created_at: now.to_owned(),
+            keks,
+            fingerprint: MacKey::new(1, random_key(rng)?),
+            blind_index: MacKey::new(1, random_key(rng)?),
+            consent_tag: MacKey::new(1, random_key(rng)?),
+            request_hash: MacKey::new(1, random_key(rng)?),
+            signing_version: 1,
+            signing_seed: random_key(rng)?,
+        })
+    }
+
+    /// The active KEK of `class`.
+    pub fn sealing_kek(&self, class: DataClass) -> Result<SealingKek<'_>, CryptoError> {
+        self.keks
+            .get(&class)
+            .and_then(|ks| ks.iter().find(|k| k.state == KekState::Active))
+            .map(|k| SealingKek {
+                class,
+                version: k.version,
+                key: &k.key,
+            })
+            .ok_or(CryptoError::UnknownKey)
+    }
+
+    /// Any held version of `class`'s KEK.
+    pub fn opening_kek(
+        &self,
+        class: DataClass,
+        version: u32,
+    ) -> Result<OpeningKek<'_>, CryptoError> {
+        self.keks
+            .get(&class)
+            .and_then(|ks| ks.iter().find(|k| k.version == version))
+            .map(|k| OpeningKek {
+                class,
+                version: k.version,
+                key: &k.key,
+            })
+            .ok_or(CryptoError::UnknownKey)
+    }
+
+    pub fn kek_info(&self) -> Vec<KekInfo> {
+        self.keks
+            .iter()
+            .flat_map(|(class, ks)| {
+                ks.iter().map(|k| KekInfo {
+                    class: *class,
+                    version: k.version,
+                    state: k.state,
+                    created_at: k.created_at.clone(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn fingerprint_key(&self) -> &MacKey {
+        &self.fingerprint
+    }
+    pub fn blind_index_key(&self) -> &MacKey {
+        &self.blind_index
+    }
+    pub fn consent_tag_key(&self) -> &MacKey {
+        &self.consent_tag
+    }
+    pub fn request_hash_key(&self) -> &MacKey {
+        &self.request_hash
+    }
+
+    /// The Ed25519 report-signing key pair and its version.
+    pub fn signing_key(&self) -> Result<(u32, ring::signature::Ed25519KeyPair), CryptoError> {
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(self.signing_seed.as_ref())
+            .map(|kp| (self.signing_version, kp))
+            .map_err(|_| CryptoError::UnknownKey)
+    }
+
+    /// Loads the keyring at `path`, or creates (and saves) a new one when
+    /// there is none. Returns whether it was created.
+    pub fn load_or_create(path: &Path, now: &str) -> Result<(Self, bool), KeyringError> {
+        if path.exists() {
+            return Ok((Self::load(path)?, false));
+        }
+        let ring = Self::generate(&SystemRandom::new(), now)?;
+        ring.save(path)?;
+        Ok((ring, true))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyringError::Read {
+            path: path.to_owned(),
+            source,
+        })?);
+        Self::from_json(&bytes)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, KeyringError> {
+        // serde's messages can quote values; map every failure to static text.
+        let file: File = serde_json::from_slice(bytes)
+            .map_err(|_| KeyringError::Invalid("not a checkoutd keyring JSON document"))?;
+        if file.format != FORMAT {
+            return Err(KeyringError::Invalid("unknown keyring format version"));
+        }
+        let mut keks = BTreeMap::new();
+        for class in DataClass::ALL {
+            let entries = file
+                .keks
+                .get(class.as_str())
+                .ok_or(KeyringError::Invalid("a data class has no KEK"))?;
+            let mut versions = Vec::with_capacity(entries.len());
+            for e in entries {
+                versions.push(Kek {
+                    version: e.version,
+                    state: e.state,
+                    created_at: e.created_at.clone(),
+                    key: key_from_hex(&e.key)?,
+                });
+            }
+            versions.sort_by_key(|k| k.version);
+            let active = versions
+                .iter()
+                .filter(|k| k.state == KekState::Active)
+                .count();
+            if active != 1 {
+                return Err(KeyringError::Invalid(
+                    "a data class must have exactly one active KEK",
+                ));
+            }
+            if versions.windows(2).any(|w| w[0].version == w[1].version) {
+                return Err(KeyringError::Invalid("a KEK version appears twice"));
+            }
+            keks.insert(class, versions);
+        }
+        let mac = |name: &str| -> Result<MacKey, KeyringError> {
+            let e = file
+                .mac_keys
+                .get(name)
+                .ok_or(KeyringError::Invalid("a MAC key is missing"))?;
+            Ok(MacKey::new(e.version, key_from_hex(&e.key)?))
+        };
+        Ok(Keyring {
+            created_at: file.created_at,
+            keks,
+            fingerprint: mac("fingerprint")?,
+            blind_index: mac("blind_index")?,
+            consent_tag: mac("consent_tag")?,
+            request_hash: mac("request_hash")?,
+            signing_version: file.signing.version,
+            signing_seed: key_from_hex(&file.signing.seed)?,
+        })
+    }
+
+    /// The JSON file contents (zeroized on drop).
+    pub fn to_json(&self) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        let hex = |k: &[u8; 32]| Zeroizing::new(crate::hex::encode(k));
+        let mut keks = BTreeMap::new();
+        for (class, ks) in &self.keks {
+            keks.insert(
+                class.as_str().to_owned(),
+                ks.iter()
+                    .map(|k| KekEntry {
+                        version: k.version,
+                        state: k.state,
+                        created_at: k.created_at.clone(),
+                        key: hex(&k.key),
+                    })
+                    .collect(),
+            );
+        }
+        let mut mac_keys = BTreeMap::new();
+        for (name, key) in [
+            ("fingerprint", &self.fingerprint),
+            ("blind_index", &self.blind_index),
+            ("consent_tag", &self.consent_tag),
+            ("request_hash", &self.request_hash),
+        ] {
+            mac_keys.insert(
+                name.to_owned(),
+                MacEntry {
+                    version: key.version(),
+                    key: hex(key.raw()),
+                },
+            );
+        }
+        let file = File {
+            format: FORMAT.to_owned(),
+            created_at: self.created_at.clone(),
+            keks,
+            mac_keys,
+            signing: SigningEntry {
+                version: self.signing_version,
+                algorithm: "ed25519".to_owned(),
+                seed: hex(&self.signing_seed),
+            },
+        };
+        let mut out = Zeroizing::new(Vec::with_capacity(8192));
+        serde_json::to_writer_pretty(&mut *out, &file)
+            .map_err(|_| KeyringError::Invalid("serialising the keyring failed"))?;
+        Ok(out)
+    }
+
+    /// Writes the keyring atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        let json = self.to_json()?;
+        let err = |source| KeyringError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp).map_err(err)?;
+            f.write_all(&json).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key_from_hex(hex: &str) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
+    let bytes = Zeroizing::new(
+        crate::hex::decode(hex).ok_or(KeyringError::Invalid("a key is not hexadecimal"))?,
+    );
+    let mut key = Zeroizing::new([0u8; 32]);
+    if bytes.len() != 32 {
+        return Err(KeyringError::Invalid("a key is not 32 bytes"));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: String,
+    created_at: String,
+    keks: BTreeMap<String, Vec<KekEntry>>,
+    mac_keys: BTreeMap<String, MacEntry>,
+    signing: SigningEntry,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KekEntry {
+    version: u32,
+    state: KekState,
+    created_at: String,
+    key: Zeroizing<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MacEntry {
+    version: u32,
+    key: Zeroizing<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningEntry {
+    version: u32,
+    algorithm: String,
+    seed: Zeroizing<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_its_file_and_never_prints_keys() {
+        let rng = SystemRandom::new();
+        let ring = Keyring::generate(&rng, "2026-11-29T00:00:00Z").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        ring.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let back = Keyring::load(&path).unwrap();
+        let a = ring.sealing_kek(DataClass::Card).unwrap();
+        let b = back.sealing_kek(DataClass::Card).unwrap();
+        assert_eq!(a.key, b.key);
+        assert_eq!(ring.blind_index_key().raw(), back.blind_index_key().raw());
+        let shown = format!("{ring:?}");
+        assert!(!shown.contains(&crate::hex::encode(a.key)));
+        assert!(back.signing_key().is_ok());
+    }
+
+    #[test]
+    fn rejects_broken_files_without_quoting_them() {
+        let rng = SystemRandom::new();
+        let ring = Keyring::generate(&rng, "t").unwrap();
+        let json = String::from_utf8(ring.to_json().unwrap().to_vec()).unwrap();
+        let key = crate::hex::encode(ring.sealing_kek(DataClass::Billing).unwrap().key);
+        let broken = json.replacen(&key, &key[..60], 1);
+        let err = Keyring::from_json(broken.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32 bytes"), "{err}");
+        assert!(!err.contains(&key[..60]));
+        let unknown_format = json.replacen(FORMAT, "checkoutd-keyring/9", 1);
+        assert!(Keyring::from_json(unknown_format.as_bytes()).is_err());
+        assert!(Keyring::from_json(b"{").is_err());
+    }
+}

@@ -1,0 +1,809 @@
+//! The order form (DESIGN.md "The order form") and its validator.
+//!
+//! `parse` walks the input tree once, takes every known field out of it,
+//! and reports *every* violation at once by dotted path; whatever is left is
+//! an unknown field. No error carries a value: only a path, a code and a
+//! static message. Values that are dropped (wrong type, unknown field) are
+//! zeroized on the way out, as is every string taken from the tree.
+
+use serde_json::{Map, Value};
+use time::Date;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::consent::Purposes;
+use super::contact::{Country, Currency, Email, Phone};
+use super::cvc::Cvc;
+use super::expiry::{Expiry, ExpiryError};
+use super::pan::{Pan, PanError};
+use super::text::{MAX_MESSAGE, MAX_TEXT, Personal, Plain, TextError};
+use crate::http::FieldError;
+
+/// Most items in one order.
+pub const MAX_ITEMS: usize = 100;
+/// Largest quantity of one item.
+pub const MAX_QUANTITY: i64 = 10_000;
+/// Largest unit price, in minor units (a billion major units at 2 digits).
+pub const MAX_UNIT_PRICE_MINOR: i64 = 100_000_000_000;
+
+/// Where the tree came from: a form's leaves are all strings, so numbers and
+/// checkboxes are read from text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Json,
+    Form,
+}
+
+/// What validation needs to know besides the input.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Policy versions the server knows (`consent.policy_version`).
+    pub policy_versions: &'a [String],
+    /// Today (UTC), for card expiry.
+    pub today: Date,
+}
+
+#[derive(Debug)]
+pub struct Address {
+    pub line1: Personal,
+    pub line2: Option<Personal>,
+    pub city: Personal,
+    pub region: Option<Personal>,
+    pub postal_code: Personal,
+    pub country: Country,
+}
+
+#[derive(Debug)]
+pub struct Customer {
+    pub name: Personal,
+    pub company: Option<Personal>,
+    pub email: Email,
+    pub phone: Phone,
+}
+
+#[derive(Debug)]
+pub struct GiftRecipient {
+    pub name: Personal,
+    pub address: Address,
+    pub phone: Option<Phone>,
+    pub message: Option<Personal>,
+}
+
+/// Where the order goes.
+#[derive(Debug)]
+pub enum ShipTo {
+    /// No shipping address given: the billing address.
+    BillingAddress,
+    /// The customer's own shipping address.
+    Address(Address),
+    /// A gift: the recipient's details (any shipping address sent alongside
+    /// was validated and then dropped — data minimisation).
+    Gift(GiftRecipient),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Item {
+    pub sku: Plain,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Plain>,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+}
+
+/// Card data. The CVC was checked and dropped during parsing: it is not here.
+#[derive(Debug)]
+pub struct Card {
+    pub pan: Pan,
+    pub expiry: Expiry,
+    pub holder_name: Option<Personal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub purposes: Purposes,
+    pub policy_version: String,
+}
+
+/// A validated order.
+#[derive(Debug)]
+pub struct OrderForm {
+    pub storefront_order_ref: Option<Plain>,
+    pub customer: Customer,
+    pub billing_address: Address,
+    pub ship_to: ShipTo,
+    pub items: Vec<Item>,
+    pub currency: Currency,
+    pub card: Card,
+    pub consent: Consent,
+}
+
+impl OrderForm {
+    /// Sum of quantity × unit price (bounded, so it cannot overflow).
+    pub fn total_minor(&self) -> i64 {
+        self.items
+            .iter()
+            .map(|i| i.quantity.saturating_mul(i.unit_price_minor))
+            .fold(0i64, i64::saturating_add)
+    }
+}
+
+/// Validates a tree. `Err` holds every violation found.
+pub fn parse(tree: Value, source: Source, rules: &Rules<'_>) -> Result<OrderForm, Vec<FieldError>> {
+    let mut r = Reader {
+        source,
+        errors: Vec::new(),
+    };
+    let Value::Object(mut root) = tree else {
+        scrub(tree);
+        return Err(vec![FieldError::new(
+            "",
+            "invalid_type",
+            "The order must be an object",
+        )]);
+    };
+    let storefront_order_ref = r.plain(&mut root, "", "storefront_order_ref", false, MAX_TEXT);
+    let customer = r
+        .object(&mut root, "", "customer", true)
+        .and_then(|(mut m, p)| {
+            let name = r.personal(&mut m, &p, "name", true, MAX_TEXT);
+            let company = r.personal(&mut m, &p, "company", false, MAX_TEXT);
+            let email = r.with_string(&mut m, &p, "email", true, |s| {
+                Email::parse(s).ok_or(("invalid_email", "Not a valid email address"))
+            });
+            let phone = r.with_string(&mut m, &p, "phone", true, |s| {
+                Phone::parse(s).ok_or(("invalid_phone", "Not a valid phone number (7–20 digits)"))
+            });
+            r.finish(m, &p);
+            Some(Customer {
+                name: name?,
+                company,
+                email: email?,
+                phone: phone?,
+            })
+        });
+    let billing_address = r.address(&mut root, "", "billing_address", true);
+    let shipping_address = r.address(&mut root, "", "shipping_address", false);
+    let gift = r
+        .object(&mut root, "", "gift_recipient", false)
+        .and_then(|(mut m, p)| {
+            let name = r.personal(&mut m, &p, "name", true, MAX_TEXT);
+            let address = r.address(&mut m, &p, "address", true);
+            let phone = r.with_string(&mut m, &p, "phone", false, |s| {
+                Phone::parse(s).ok_or(("invalid_phone", "Not a valid phone number (7–20 digits)"))
+            });
+            let message = r.text(&mut m, &p, "message", false, MAX_MESSAGE, true);
+            r.finish(m, &p);
+            Some(GiftRecipient {
+                name: name?,
+                address: address?,
+                phone,
+                message,
+            })
+        });
+    let items = r.items(&mut root);
+    let currency = r.with_string(&mut root, "", "currency", true, |s| {
+        Currency::parse(s).ok_or((
+            "invalid_currency",
+            "Not an ISO 4217 currency code with minor units",
+        ))
+    });
+    let card = r.card(&mut root, rules);
+    let consent = r.consent(&mut root, rules);
+    r.finish(root, "");
+
+    if !r.errors.is_empty() {
+        return Err(r.errors);
+    }
+    let (
+        Some(customer),
+        Some(billing_address),
+        Some(items),
+        Some(currency),
+        Some(card),
+        Some(consent),
+    ) = (customer, billing_address, items, currency, card, consent)
+    else {
+        // Every `None` above recorded an error; this is unreachable in
+        // practice but must not panic.
+        return Err(vec![FieldError::new(
+            "",
+            "invalid",
+            "The order form is incomplete",
+        )]);
+    };
+    let ship_to = match (gift, shipping_address) {
+        (Some(gift), _) => ShipTo::Gift(gift),
+        (None, Some(address)) => ShipTo::Address(address),
+        (None, None) => ShipTo::BillingAddress,
+    };
+    Ok(OrderForm {
+        storefront_order_ref,
+        customer,
+        billing_address,
+        ship_to,
+        items,
+        currency,
+        card,
+        consent,
+    })
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Zeroizes every string (and key) of a tree being dropped.
+pub fn scrub(value: Value) {
+    match value {
+        Value::String(mut s) => s.zeroize(),
+        Value::Array(items) => items.into_iter().for_each(scrub),
+        Value::Object(map) => {
+            for (mut k, v) in map {
+                k.zeroize();
+                scrub(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+struct Reader {
+    source: Source,
+    errors: Vec<FieldError>,
+}
+
+type Reject = (&'static str, &'static str);
+
+impl Reader {
+    fn error(&mut self, path: String, code: &'static str, message: &'static str) {
+        self.errors.push(FieldError::new(path, code, message));
+    }
+
+    /// Takes a field out; JSON `null` counts as absent.
+    fn take(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<Value> {
+        match map.remove(key) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.error(join(prefix, key), "required", "This field is required");
+                }
+                None
+            }
+            Some(v) => Some(v),
+        }
+    }
+
+    /// A string field, zeroized when dropped. An empty (or all-blank)
+    /// optional string counts as absent.
+    fn string(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<Zeroizing<String>> {
+        match self.take(map, prefix, key, required)? {
+            Value::String(s) => {
+                let s = Zeroizing::new(s);
+                if s.trim().is_empty() {
+                    if required {
+                        self.error(join(prefix, key), "required", "This field is required");
+                    }
+                    return None;
+                }
+                Some(s)
+            }
+            other => {
+                scrub(other);
+                self.error(join(prefix, key), "invalid_type", "Expected a string");
+                None
+            }
+        }
+    }
+
+    fn with_string<T>(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+        parse: impl FnOnce(&str) -> Result<T, Reject>,
+    ) -> Option<T> {
+        let s = self.string(map, prefix, key, required)?;
+        match parse(&s) {
+            Ok(v) => Some(v),
+            Err((code, message)) => {
+                self.error(join(prefix, key), code, message);
+                None
+            }
+        }
+    }
+
+    fn text(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+        max: usize,
+        newlines: bool,
+    ) -> Option<Personal> {
+        self.with_string(map, prefix, key, required, |s| {
+            Personal::parse(s, max, newlines).map_err(|e| text_reject(e, max))
+        })
+    }
+
+    fn personal(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+        max: usize,
+    ) -> Option<Personal> {
+        self.text(map, prefix, key, required, max, false)
+    }
+
+    fn plain(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+        max: usize,
+    ) -> Option<Plain> {
+        self.with_string(map, prefix, key, required, |s| {
+            Plain::parse(s, max).map_err(|e| text_reject(e, max))
+        })
+    }
+
+    /// An integer: a JSON number, or decimal text in a form.
+    fn integer(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<i64> {
+        let value = self.take(map, prefix, key, required)?;
+        let parsed = match (&value, self.source) {
+            (Value::Number(n), _) => n.as_i64(),
+            (Value::String(s), Source::Form) => {
+                let t = s.trim();
+                if t.is_empty() && required {
+                    scrub(value);
+                    self.error(join(prefix, key), "required", "This field is required");
+                    return None;
+                }
+                t.parse::<i64>().ok()
+            }
+            _ => None,
+        };
+        scrub(value);
+        if parsed.is_none() {
+            self.error(join(prefix, key), "invalid_type", "Expected a whole number");
+        }
+        parsed
+    }
+
+    /// A checkbox: JSON `true`/`false`; in a form, presence (empty, `on`,
+    /// `true`, `1`, `yes`) is true and `off`/`false`/`0`/`no` is false.
+    fn boolean(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str) -> bool {
+        let Some(value) = self.take(map, prefix, key, false) else {
+            return false;
+        };
+        let parsed = match (&value, self.source) {
+            (Value::Bool(b), _) => Some(*b),
+            (Value::String(s), Source::Form) => match s.trim().to_ascii_lowercase().as_str() {
+                "" | "on" | "true" | "1" | "yes" => Some(true),
+                "off" | "false" | "0" | "no" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        };
+        scrub(value);
+        parsed.unwrap_or_else(|| {
+            self.error(join(prefix, key), "invalid_type", "Expected true or false");
+            false
+        })
+    }
+
+    fn object(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<(Map<String, Value>, String)> {
+        match self.take(map, prefix, key, required)? {
+            Value::Object(m) => Some((m, join(prefix, key))),
+            other => {
+                scrub(other);
+                self.error(join(prefix, key), "invalid_type", "Expected an object");
+                None
+            }
+        }
+    }
+
+    /// Reports every field left in `map` as unknown.
+    fn finish(&mut self, map: Map<String, Value>, prefix: &str) {
+        for (mut key, value) in map {
+            let shown = if !key.is_empty()
+                && key.len() <= 64
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                join(prefix, &key)
+            } else {
+                // A client-chosen name that could carry data is not echoed.
+                join(prefix, "<unprintable>")
+            };
+            key.zeroize();
+            scrub(value);
+            self.error(
+                shown,
+                "unknown_field",
+                "This field is not part of the order form",
+            );
+        }
+    }
+
+    fn address(
+        &mut self,
+        map: &mut Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<Address> {
+        let (mut m, p) = self.object(map, prefix, key, required)?;
+        let line1 = self.personal(&mut m, &p, "line1", true, MAX_TEXT);
+        let line2 = self.personal(&mut m, &p, "line2", false, MAX_TEXT);
+        let city = self.personal(&mut m, &p, "city", true, MAX_TEXT);
+        let region = self.personal(&mut m, &p, "region", false, MAX_TEXT);
+        let postal_code = self.personal(&mut m, &p, "postal_code", true, 32);
+        let country = self.with_string(&mut m, &p, "country", true, |s| {
+            Country::parse(s).ok_or(("invalid_country", "Not an ISO 3166-1 alpha-2 country code"))
+        });
+        self.finish(m, &p);
+        Some(Address {
+            line1: line1?,
+            line2,
+            city: city?,
+            region,
+            postal_code: postal_code?,
+            country: country?,
+        })
+    }
+
+    fn items(&mut self, root: &mut Map<String, Value>) -> Option<Vec<Item>> {
+        let list = match self.take(root, "", "items", true)? {
+            Value::Array(list) => list,
+            other => {
+                scrub(other);
+                self.error("items".into(), "invalid_type", "Expected a list of items");
+                return None;
+            }
+        };
+        if list.is_empty() {
+            self.error("items".into(), "required", "At least one item is required");
+            return None;
+        }
+        if list.len() > MAX_ITEMS {
+            list.into_iter().for_each(scrub);
+            self.error("items".into(), "too_many", "At most 100 items per order");
+            return None;
+        }
+        let mut items = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for (i, value) in list.into_iter().enumerate() {
+            let p = format!("items.{i}");
+            let Value::Object(mut m) = value else {
+                scrub(value);
+                self.error(p, "invalid_type", "Expected an object");
+                ok = false;
+                continue;
+            };
+            let sku = self.plain(&mut m, &p, "sku", true, 64);
+            let description = self.plain(&mut m, &p, "description", false, MAX_TEXT);
+            let quantity = self.integer(&mut m, &p, "quantity", true).and_then(|q| {
+                (1..=MAX_QUANTITY).contains(&q).then_some(q).or_else(|| {
+                    self.error(
+                        join(&p, "quantity"),
+                        "out_of_range",
+                        "Quantity must be 1 to 10000",
+                    );
+                    None
+                })
+            });
+            let price = self
+                .integer(&mut m, &p, "unit_price_minor", true)
+                .and_then(|v| {
+                    (0..=MAX_UNIT_PRICE_MINOR)
+                        .contains(&v)
+                        .then_some(v)
+                        .or_else(|| {
+                            self.error(
+                                join(&p, "unit_price_minor"),
+                                "out_of_range",
+                                "Unit price must be 0 to 100000000000 minor units",
+                            );
+                            None
+                        })
+                });
+            self.finish(m, &p);
+            match (sku, quantity, price) {
+                (Some(sku), Some(quantity), Some(unit_price_minor)) => items.push(Item {
+                    sku,
+                    description,
+                    quantity,
+                    unit_price_minor,
+                }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(items)
+    }
+
+    fn card(&mut self, root: &mut Map<String, Value>, rules: &Rules<'_>) -> Option<Card> {
+        let (mut m, p) = self.object(root, "", "card", true)?;
+        let pan = self.with_string(&mut m, &p, "number", true, |s| {
+            Pan::parse(s).map_err(|e| match e {
+                PanError::Format => (
+                    "invalid_format",
+                    "A card number holds only digits, spaces and dashes",
+                ),
+                PanError::UnknownBrand => ("unknown_brand", "Not a card brand we accept"),
+                PanError::Length => (
+                    "invalid_length",
+                    "Wrong number of digits for the card brand",
+                ),
+                PanError::Luhn => ("luhn", "The card number fails the Luhn check"),
+            })
+        });
+        let month = self.integer(&mut m, &p, "exp_month", true);
+        let year = self.integer(&mut m, &p, "exp_year", true);
+        if let (Some(month), Some(year)) = (month, year) {
+            if let Err(e) = Expiry::parse(month, year, rules.today) {
+                match e {
+                    ExpiryError::Month => self.error(
+                        join(&p, "exp_month"),
+                        "out_of_range",
+                        "Month must be 1 to 12",
+                    ),
+                    ExpiryError::Year => self.error(
+                        join(&p, "exp_year"),
+                        "out_of_range",
+                        "Year must be four digits, 2000 to 2099",
+                    ),
+                    ExpiryError::Expired => {
+                        self.error(join(&p, "exp_year"), "expired", "The card has expired")
+                    }
+                }
+            }
+        }
+        let brand = pan.as_ref().map(Pan::brand);
+        // Validated, then dropped here (zeroized): the CVC is never kept.
+        let cvc = self.with_string(&mut m, &p, "cvc", true, |s| {
+            Cvc::parse(s.trim(), brand)
+                .map_err(|_| ("invalid_cvc", "3 digits, or 4 for American Express"))
+        });
+        drop(cvc);
+        let holder_name = self.personal(&mut m, &p, "holder_name", false, MAX_TEXT);
+        self.finish(m, &p);
+        let expiry = Expiry::parse(month?, year?, rules.today).ok()?;
+        Some(Card {
+            pan: pan?,
+            expiry,
+            holder_name,
+        })
+    }
+
+    fn consent(&mut self, root: &mut Map<String, Value>, rules: &Rules<'_>) -> Option<Consent> {
+        let (mut m, p) = self.object(root, "", "consent", true)?;
+        let mut flags = [false; 5];
+        for (flag, name) in flags.iter_mut().zip(Purposes::NAMES) {
+            *flag = self.boolean(&mut m, &p, name);
+        }
+        let version = self.with_string(&mut m, &p, "policy_version", true, |s| {
+            let s = s.trim();
+            rules
+                .policy_versions
+                .iter()
+                .find(|v| v.as_str() == s)
+                .cloned()
+                .ok_or((
+                    "unknown_policy_version",
+                    "Not a privacy-policy version this server knows",
+                ))
+        });
+        self.finish(m, &p);
+        Some(Consent {
+            purposes: Purposes::from_array(flags),
+            policy_version: version?,
+        })
+    }
+}
+
+fn text_reject(e: TextError, max: usize) -> Reject {
+    match e {
+        TextError::Empty => ("required", "This field is required"),
+        TextError::TooLong if max == MAX_MESSAGE => ("too_long", "Longer than 1000 characters"),
+        TextError::TooLong if max == MAX_TEXT => ("too_long", "Longer than 256 characters"),
+        TextError::TooLong if max == 64 => ("too_long", "Longer than 64 characters"),
+        TextError::TooLong => ("too_long", "Longer than allowed"),
+        TextError::ControlCharacter => ("control_character", "Control characters are not allowed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::date;
+
+    fn rules() -> (Vec<String>, Date) {
+        (vec!["2002-06-05".to_owned()], date!(2026 - 11 - 29))
+    }
+
+    fn valid() -> Value {
+        json!({
+            "storefront_order_ref": "A-1001",
+            "customer": {"name": "Ada Lovelace", "company": "Analytical Engines Ltd",
+                         "email": "Ada@Example.com", "phone": "+1 949 555 0100"},
+            "billing_address": {"line1": "51 Columbia", "line2": "Suite 200", "city": "Aliso Viejo",
+                                "region": "CA", "postal_code": "92656", "country": "US"},
+            "items": [{"sku": "FAXSTF-PRO", "description": "Fax stuff", "quantity": 2, "unit_price_minor": 4999}],
+            "currency": "USD",
+            "card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2030,
+                     "cvc": "123", "holder_name": "Ada Lovelace"},
+            "consent": {"special_offers": true, "policy_version": "2002-06-05"}
+        })
+    }
+
+    fn check(v: Value) -> Result<OrderForm, Vec<FieldError>> {
+        let (versions, today) = rules();
+        parse(
+            v,
+            Source::Json,
+            &Rules {
+                policy_versions: &versions,
+                today,
+            },
+        )
+    }
+
+    fn codes(v: Value) -> Vec<(String, &'static str)> {
+        check(v)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.field, e.code))
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_order_parses() {
+        let order = check(valid()).unwrap();
+        assert_eq!(order.customer.email.expose(), "ada@example.com");
+        assert_eq!(order.total_minor(), 9998);
+        assert!(matches!(order.ship_to, ShipTo::BillingAddress));
+        assert!(order.consent.purposes.special_offers);
+        assert!(!order.consent.purposes.product_updates);
+        assert_eq!(order.card.pan.last4(), "1111");
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let mut v = valid();
+        v["card"]["number"] = json!("4111 1111 1111 1112");
+        v["customer"].as_object_mut().unwrap().remove("email");
+        v["billing_address"]["country"] = json!("ZZ");
+        v["items"][0]["quantity"] = json!(0);
+        v["consent"]["policy_version"] = json!("1999-01-01");
+        v["card"]["exp_year"] = json!(2020);
+        v["surprise"] = json!(1);
+        let got = codes(v);
+        for expected in [
+            ("card.number", "luhn"),
+            ("customer.email", "required"),
+            ("billing_address.country", "invalid_country"),
+            ("items.0.quantity", "out_of_range"),
+            ("consent.policy_version", "unknown_policy_version"),
+            ("card.exp_year", "expired"),
+            ("surprise", "unknown_field"),
+        ] {
+            assert!(
+                got.contains(&(expected.0.to_owned(), expected.1)),
+                "{expected:?} in {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_values() {
+        let mut v = valid();
+        v["card"]["number"] = json!("4111 1111 1111 1112");
+        v["customer"]["email"] = json!("not-an-email-secretvalue");
+        v["card"]["cvc"] = json!("12x");
+        let text = format!("{:?}", check(v).unwrap_err());
+        assert!(!text.contains("4111"));
+        assert!(!text.contains("secretvalue"));
+        assert!(!text.contains("12x"));
+    }
+
+    #[test]
+    fn gift_orders_drop_the_shipping_address_and_need_name_and_address() {
+        let mut v = valid();
+        v["shipping_address"] = v["billing_address"].clone();
+        v["gift_recipient"] = json!({"name": "Charles", "address": v["billing_address"].clone(),
+                                     "message": "Happy birthday!\nAda"});
+        let order = check(v.clone()).unwrap();
+        assert!(matches!(order.ship_to, ShipTo::Gift(_)));
+        v["gift_recipient"] = json!({"phone": "12"});
+        let got = codes(v);
+        assert!(got.contains(&("gift_recipient.name".into(), "required")));
+        assert!(got.contains(&("gift_recipient.address".into(), "required")));
+        assert!(got.contains(&("gift_recipient.phone".into(), "invalid_phone")));
+    }
+
+    #[test]
+    fn limits_and_types() {
+        let mut v = valid();
+        v["customer"]["name"] = json!("x".repeat(257));
+        v["items"] = json!(vec![
+            json!({"sku": "A", "quantity": 1, "unit_price_minor": 1});
+            101
+        ]);
+        v["card"]["exp_month"] = json!("12");
+        v["consent"]["special_offers"] = json!("yes");
+        let got = codes(v);
+        assert!(got.contains(&("customer.name".into(), "too_long")));
+        assert!(got.contains(&("items".into(), "too_many")));
+        assert!(got.contains(&("card.exp_month".into(), "invalid_type")));
+        assert!(got.contains(&("consent.special_offers".into(), "invalid_type")));
+        let mut v = valid();
+        v["gift_recipient"] = json!({"name": "C", "address": v["billing_address"].clone(),
+                                     "message": "m".repeat(1001)});
+        assert!(codes(v).contains(&("gift_recipient.message".into(), "too_long")));
+        assert_eq!(codes(json!([1])), vec![(String::new(), "invalid_type")]);
+    }
+
+    #[test]
+    fn amex_needs_a_four_digit_cvc_and_the_right_length() {
+        let mut v = valid();
+        v["card"]["number"] = json!("378282246310005");
+        assert!(codes(v.clone()).contains(&("card.cvc".into(), "invalid_cvc")));
+        v["card"]["cvc"] = json!("1234");
+        assert!(check(v).is_ok());
+    }
+
+    #[test]
+    fn forms_read_numbers_and_checkboxes_from_text() {
+        let body = b"customer.name=Ada&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
+&billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
+&billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
+&currency=USD&card.number=4111111111111111&card.exp_month=12&card.exp_year=2030&card.cvc=123\
+&consent.special_offers=on&consent.partnerships=&consent.policy_version=2002-06-05";
+        let tree = crate::domain::form::parse(body).unwrap();
+        let (versions, today) = rules();
+        let order = parse(
+            tree,
+            Source::Form,
+            &Rules {
+                policy_versions: &versions,
+                today,
+            },
+        )
+        .unwrap();
+        assert!(order.consent.purposes.special_offers);
+        assert!(order.consent.purposes.partnerships);
+        assert!(!order.consent.purposes.third_party_sharing);
+        assert_eq!(order.items[0].quantity, 1);
+    }
+}

@@ -1,0 +1,116 @@
+//! Bounded text fields.
+//!
+//! [`Personal`] holds a personal detail (a name, an address line, a phone
+//! number, an email, a gift message): zeroized on drop, `Debug` prints
+//! `Personal(<redacted>)`, no `Display`/`Serialize`/`Clone`; read it with
+//! [`Personal::expose`] only to seal it. [`Plain`] holds text that is not
+//! personal (a SKU, an item description, a storefront reference).
+//!
+//! Both are trimmed, non-empty, at most `max` characters, and free of
+//! control characters (a gift message may hold line breaks).
+
+use std::fmt;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Default maximum length of a text field, in characters.
+pub const MAX_TEXT: usize = 256;
+/// Maximum length of a gift message, in characters.
+pub const MAX_MESSAGE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextError {
+    Empty,
+    TooLong,
+    ControlCharacter,
+}
+
+/// Checks `input` and returns the trimmed slice.
+pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, TextError> {
+    let trimmed = input.trim();
+    if trimmed.is_empty() {
+        return Err(TextError::Empty);
+    }
+    if trimmed.chars().count() > max {
+        return Err(TextError::TooLong);
+    }
+    let bad = |c: char| {
+        c.is_control() && !(allow_newlines && (c == '\n' || c == '\r' || c == '\t'))
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+            )
+    };
+    if trimmed.chars().any(bad) {
+        return Err(TextError::ControlCharacter);
+    }
+    Ok(trimmed)
+}
+
+/// A personal detail. See the module documentation.
+#[derive(Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct Personal(String);
+
+impl Personal {
+    pub fn parse(input: &str, max: usize, allow_newlines: bool) -> Result<Self, TextError> {
+        check(input, max, allow_newlines).map(|t| Personal(t.to_owned()))
+    }
+
+    /// Wraps text that was already validated elsewhere (e.g. a normalised
+    /// email address).
+    pub(crate) fn from_validated(text: String) -> Self {
+        Personal(text)
+    }
+
+    /// The plaintext, for sealing into an envelope or computing a blind
+    /// index. Never for logs or responses.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Personal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Personal(<redacted>)")
+    }
+}
+
+/// Text that holds no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Plain(String);
+
+impl Plain {
+    pub fn parse(input: &str, max: usize) -> Result<Self, TextError> {
+        check(input, max, false).map(|t| Plain(t.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_and_masks() {
+        assert_eq!(check("  Ada  ", 10, false), Ok("Ada"));
+        assert_eq!(check("   ", 10, false), Err(TextError::Empty));
+        assert_eq!(check(&"é".repeat(11), 10, false), Err(TextError::TooLong));
+        assert!(check(&"é".repeat(10), 10, false).is_ok());
+        assert_eq!(
+            check("a\u{0}b", 10, false),
+            Err(TextError::ControlCharacter)
+        );
+        assert_eq!(check("a\nb", 10, false), Err(TextError::ControlCharacter));
+        assert_eq!(check("a\nb", 10, true), Ok("a\nb"));
+        assert_eq!(
+            check("a\u{202e}b", 10, true),
+            Err(TextError::ControlCharacter)
+        );
+        let p = Personal::parse("Ada Lovelace", 256, false).unwrap();
+        assert_eq!(format!("{p:?}"), "Personal(<redacted>)");
+    }
+}

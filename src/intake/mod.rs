@@ -1,0 +1,296 @@
+//! Order intake: from a request body to a durable, encrypted order.
+//!
+//! The steps, all in the request task except the commit:
+//! 1. keyed hash of the raw body (for idempotency);
+//! 2. a process-local in-flight claim on `(client, key)` → 409 for a
+//!    concurrent duplicate;
+//! 3. a stored response for the key → replay (same body) or 422 (different);
+//! 4. parse and validate ([`crate::domain::order::parse`]) → 400/422;
+//! 5. seal every record ([`seal`]) — nothing personal leaves this step in
+//!    clear;
+//! 6. one transaction writes the order, its records, its consent tags and
+//!    the idempotency row together; the response is sent only after commit.
+//!
+//! Across processes, the `(client, key)` primary key is the arbiter: a
+//! losing racer finds the winner's row and replays it.
+
+pub mod seal;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use ring::rand::SystemRandom;
+use zeroize::Zeroizing;
+
+use crate::crypto::CryptoError;
+use crate::crypto::keyring::Keyring;
+use crate::domain::form::{self, FormError};
+use crate::domain::order::{self, Rules, Source};
+use crate::http::FieldError;
+use crate::server::identity::Caller;
+use crate::store::rows::{CommitOutcome, StoredResponse};
+use crate::store::{Store, StoreError};
+
+/// The two body formats an order may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    Json,
+    Form,
+}
+
+impl MediaType {
+    /// Parses a Content-Type header: `application/json` or
+    /// `application/x-www-form-urlencoded`, with at most a UTF-8 charset.
+    pub fn from_header(value: &str) -> Option<MediaType> {
+        let mut parts = value.split(';');
+        let essence = parts.next()?.trim().to_ascii_lowercase();
+        for param in parts {
+            let (name, val) = param.split_once('=')?;
+            let val = val.trim().trim_matches('"').to_ascii_lowercase();
+            if !name.trim().eq_ignore_ascii_case("charset") || (val != "utf-8" && val != "utf8") {
+                return None;
+            }
+        }
+        match essence.as_str() {
+            "application/json" => Some(MediaType::Json),
+            "application/x-www-form-urlencoded" => Some(MediaType::Form),
+            _ => None,
+        }
+    }
+
+    fn token(self) -> &'static [u8] {
+        match self {
+            MediaType::Json => b"application/json",
+            MediaType::Form => b"application/x-www-form-urlencoded",
+        }
+    }
+}
+
+/// A validated `Idempotency-Key` header value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// 1–255 visible ASCII characters, or an RFC 8941 sf-string
+    /// (`"..."`, with `\"` and `\\` escapes) whose content is 1–255
+    /// printable ASCII characters.
+    pub fn parse(raw: &[u8]) -> Option<IdempotencyKey> {
+        let key = if raw.first() == Some(&b'"') {
+            let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+            let mut out = Vec::with_capacity(inner.len());
+            let mut bytes = inner.iter();
+            while let Some(&b) = bytes.next() {
+                match b {
+                    b'\\' => match bytes.next() {
+                        Some(&e @ (b'"' | b'\\')) => out.push(e),
+                        _ => return None,
+                    },
+                    b'"' => return None,
+                    0x20..=0x7e => out.push(b),
+                    _ => return None,
+                }
+            }
+            out
+        } else {
+            if !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                return None;
+            }
+            raw.to_vec()
+        };
+        if key.is_empty() || key.len() > 255 {
+            return None;
+        }
+        String::from_utf8(key).ok().map(IdempotencyKey)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why an order was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the body is not valid JSON")]
+    MalformedJson { line: usize, column: usize },
+    #[error("the form body is malformed")]
+    MalformedForm(#[from] FormError),
+    #[error("the order form has errors")]
+    Invalid(Vec<FieldError>),
+    #[error("the idempotency key was used with a different body")]
+    KeyReused,
+    #[error("a request with this idempotency key is still in progress")]
+    InFlight,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// How an accepted submission was answered.
+#[derive(Debug)]
+pub enum Accepted {
+    Created(StoredResponse),
+    Replayed(StoredResponse),
+}
+
+/// The intake service shared by all requests.
+pub struct Intake {
+    rng: SystemRandom,
+    keyring: Arc<Keyring>,
+    store: Arc<dyn Store>,
+    policy_versions: Vec<String>,
+    /// `(client, key)` pairs being processed in this process right now.
+    in_flight: Mutex<HashSet<([u8; 32], String)>>,
+}
+
+/// Releases an in-flight claim when the request ends, however it ends.
+struct Claim<'a> {
+    set: &'a Mutex<HashSet<([u8; 32], String)>>,
+    entry: Option<([u8; 32], String)>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let (Some(entry), Ok(mut set)) = (self.entry.take(), self.set.lock()) {
+            set.remove(&entry);
+        }
+    }
+}
+
+impl Intake {
+    pub fn new(keyring: Arc<Keyring>, store: Arc<dyn Store>, policy_versions: Vec<String>) -> Self {
+        Intake {
+            rng: SystemRandom::new(),
+            keyring,
+            store,
+            policy_versions,
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Takes one order. `body` is zeroized when this returns.
+    #[tracing::instrument(skip_all, fields(role = %caller.role))]
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        key: &IdempotencyKey,
+        media: MediaType,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<Accepted, IntakeError> {
+        let client = *caller.fingerprint.as_bytes();
+        let request_hash =
+            self.keyring
+                .request_hash_key()
+                .sign(&[media.token(), &[0], body.as_slice()]);
+
+        let _claim = self.claim(client, key)?;
+        if let Some(found) = self.store.idempotency_key(&client, key.as_str()).await? {
+            return replay(found, &request_hash);
+        }
+
+        let tree = match media {
+            MediaType::Json => {
+                serde_json::from_slice(&body).map_err(|e| IntakeError::MalformedJson {
+                    line: e.line(),
+                    column: e.column(),
+                })?
+            }
+            MediaType::Form => form::parse(&body)?,
+        };
+        drop(body);
+        let source = match media {
+            MediaType::Json => Source::Json,
+            MediaType::Form => Source::Form,
+        };
+        let rules = Rules {
+            policy_versions: &self.policy_versions,
+            today: time::OffsetDateTime::now_utc().date(),
+        };
+        let form = order::parse(tree, source, &rules).map_err(IntakeError::Invalid)?;
+        let sealed = seal::seal_order(&self.rng, &self.keyring, form, client, key, request_hash)?;
+        let response = sealed.idempotency.response.clone();
+        match self
+            .store
+            .commit_orders(std::slice::from_ref(&sealed))
+            .await?
+            .first()
+        {
+            Some(CommitOutcome::Committed) => Ok(Accepted::Created(response)),
+            // Another process won the key between our lookup and commit.
+            _ => match self.store.idempotency_key(&client, key.as_str()).await? {
+                Some(found) => replay(found, &request_hash),
+                None => Err(IntakeError::InFlight),
+            },
+        }
+    }
+
+    fn claim(&self, client: [u8; 32], key: &IdempotencyKey) -> Result<Claim<'_>, IntakeError> {
+        let entry = (client, key.as_str().to_owned());
+        let mut set = self.in_flight.lock().map_err(|_| IntakeError::InFlight)?;
+        if !set.insert(entry.clone()) {
+            return Err(IntakeError::InFlight);
+        }
+        Ok(Claim {
+            set: &self.in_flight,
+            entry: Some(entry),
+        })
+    }
+}
+
+fn replay(
+    found: crate::store::rows::KeyRecord,
+    request_hash: &[u8; 32],
+) -> Result<Accepted, IntakeError> {
+    if crate::crypto::mac::constant_time_eq(&found.request_hash, request_hash) {
+        Ok(Accepted::Replayed(found.response))
+    } else {
+        Err(IntakeError::KeyReused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(IdempotencyKey::parse(b"order-123").is_some());
+        assert_eq!(
+            IdempotencyKey::parse(b"\"a b\\\"c\"").unwrap().as_str(),
+            "a b\"c"
+        );
+        assert!(IdempotencyKey::parse(b"").is_none());
+        assert!(IdempotencyKey::parse(b"\"\"").is_none());
+        assert!(IdempotencyKey::parse(b"has space").is_none());
+        assert!(IdempotencyKey::parse(&[b'a'; 256]).is_none());
+        assert!(IdempotencyKey::parse(&[b'a'; 255]).is_some());
+        assert!(IdempotencyKey::parse(b"\"unterminated").is_none());
+        assert!(IdempotencyKey::parse("é".as_bytes()).is_none());
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            MediaType::from_header("application/json"),
+            Some(MediaType::Json)
+        );
+        assert_eq!(
+            MediaType::from_header("Application/JSON; charset=UTF-8"),
+            Some(MediaType::Json)
+        );
+        assert_eq!(
+            MediaType::from_header("application/x-www-form-urlencoded"),
+            Some(MediaType::Form)
+        );
+        assert_eq!(
+            MediaType::from_header("application/json; charset=latin1"),
+            None
+        );
+        assert_eq!(MediaType::from_header("text/plain"), None);
+        assert_eq!(
+            MediaType::from_header("multipart/form-data; boundary=x"),
+            None
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! Sealing an order: the one place where validated personal data and card
+//! data become ciphertext, blind indexes, fingerprints and consent tags.
+//!
+//! Each record's plaintext is a small JSON document (documented in
+//! `docs/encryption.md`) written into a zeroizing buffer sized up front so
+//! that no reallocation leaves a copy behind. The CVC is not here: the
+//! validator dropped it.
+
+use ring::rand::SystemRandom;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::envelope::{self, Binding};
+use crate::crypto::keyring::Keyring;
+use crate::crypto::{CryptoError, DataClass};
+use crate::domain::consent::{Basis, CHANNEL_CHECKOUT, ConsentTag, Purposes, Subject};
+use crate::domain::order::{Address, OrderForm, ShipTo};
+use crate::ids;
+use crate::store::rows::{
+    BillingRecord, CardRecord, IdempotencyRecord, NewOrder, SealedRecord, ShippingRecord,
+    StoredResponse,
+};
+
+use super::IdempotencyKey;
+
+#[derive(Serialize)]
+struct AddressPlain<'a> {
+    line1: &'a str,
+    line2: Option<&'a str>,
+    city: &'a str,
+    region: Option<&'a str>,
+    postal_code: &'a str,
+    country: &'a str,
+}
+
+impl<'a> AddressPlain<'a> {
+    fn of(a: &'a Address) -> Self {
+        AddressPlain {
+            line1: a.line1.expose(),
+            line2: a.line2.as_ref().map(|p| p.expose()),
+            city: a.city.expose(),
+            region: a.region.as_ref().map(|p| p.expose()),
+            postal_code: a.postal_code.expose(),
+            country: a.country.as_str(),
+        }
+    }
+}
+
+/// Plaintext of a `card` record.
+#[derive(Serialize)]
+struct CardPlain<'a> {
+    pan: &'a str,
+    exp_month: u8,
+    exp_year: u16,
+    holder_name: Option<&'a str>,
+}
+
+/// Plaintext of a `billing` record.
+#[derive(Serialize)]
+struct BillingPlain<'a> {
+    name: &'a str,
+    company: Option<&'a str>,
+    email: &'a str,
+    phone: &'a str,
+    address: AddressPlain<'a>,
+}
+
+/// Plaintext of a `shipping` record (the customer's own ship-to).
+#[derive(Serialize)]
+struct ShippingPlain<'a> {
+    name: &'a str,
+    company: Option<&'a str>,
+    phone: &'a str,
+    address: AddressPlain<'a>,
+}
+
+/// Plaintext of a `recipient` record.
+#[derive(Serialize)]
+struct RecipientPlain<'a> {
+    name: &'a str,
+    phone: Option<&'a str>,
+    message: Option<&'a str>,
+    address: AddressPlain<'a>,
+}
+
+/// Serialises into a zeroizing buffer of exactly the right capacity (a
+/// first pass counts the bytes), so it never reallocates and leaves no
+/// stray copy of the plaintext behind.
+fn plaintext<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_err(|_| CryptoError::Malformed)?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *buf, value).map_err(|_| CryptoError::Malformed)?;
+    Ok(buf)
+}
+
+fn sealed_record(
+    rng: &SystemRandom,
+    keyring: &Keyring,
+    class: DataClass,
+    order_id: uuid::Uuid,
+    consent_tag_id: uuid::Uuid,
+    plaintext: &[u8],
+) -> Result<SealedRecord, CryptoError> {
+    let id = ids::new_id(rng)?;
+    let binding = Binding {
+        class,
+        order_id,
+        record_id: id,
+    };
+    Ok(SealedRecord {
+        id,
+        consent_tag_id,
+        envelope: envelope::seal(rng, keyring, &binding, plaintext)?,
+    })
+}
+
+fn tag(
+    rng: &SystemRandom,
+    keyring: &Keyring,
+    order_id: uuid::Uuid,
+    subject: Subject,
+    basis: Basis,
+    purposes: Purposes,
+    policy_version: &str,
+    captured_at: &str,
+) -> Result<ConsentTag, CryptoError> {
+    let key = keyring.consent_tag_key();
+    let mut tag = ConsentTag {
+        id: ids::new_id(rng)?,
+        order_id,
+        subject,
+        basis,
+        purposes,
+        policy_version: policy_version.to_owned(),
+        captured_at: captured_at.to_owned(),
+        channel: CHANNEL_CHECKOUT.to_owned(),
+        mac_key_version: key.version(),
+        mac: [0; 32],
+    };
+    tag.mac = key.sign(&[&tag.canonical_bytes()]);
+    Ok(tag)
+}
+
+/// Seals a validated order into the rows the store writes. Consumes the
+/// form: every secret in it is zeroized when this returns.
+pub fn seal_order(
+    rng: &SystemRandom,
+    keyring: &Keyring,
+    form: OrderForm,
+    client: [u8; 32],
+    key: &IdempotencyKey,
+    request_hash: [u8; 32],
+) -> Result<NewOrder, CryptoError> {
+    let order_id = ids::new_id(rng)?;
+    let created_at = ids::now();
+    let customer_tag = tag(
+        rng,
+        keyring,
+        order_id,
+        Subject::Customer,
+        Basis::Consent,
+        form.consent.purposes,
+        &form.consent.policy_version,
+        &created_at,
+    )?;
+
+    // Card: PAN + expiry + holder under a per-record DEK; brand, last4 and
+    // a keyed fingerprint in clear.
+    let pan = &form.card.pan;
+    let digits = std::str::from_utf8(pan.expose_digits()).map_err(|_| CryptoError::Malformed)?;
+    let holder = form.card.holder_name.as_ref().map(|h| h.expose());
+    let card_plain = plaintext(&CardPlain {
+        pan: digits,
+        exp_month: form.card.expiry.month(),
+        exp_year: form.card.expiry.year(),
+        holder_name: holder,
+    })?;
+    let fingerprint_key = keyring.fingerprint_key();
+    let card = CardRecord {
+        sealed: sealed_record(
+            rng,
+            keyring,
+            DataClass::Card,
+            order_id,
+            customer_tag.id,
+            &card_plain,
+        )?,
+        brand: pan.brand().as_str(),
+        last4: pan.last4(),
+        fingerprint: fingerprint_key.sign(&[pan.expose_digits()]),
+        fingerprint_key_version: fingerprint_key.version(),
+    };
+    drop(card_plain);
+
+    // Billing: the customer and the billing address; the email also as a
+    // blind index for opt-out lookups.
+    let c = &form.customer;
+    let billing_address = AddressPlain::of(&form.billing_address);
+    let billing_plain = BillingPlain {
+        name: c.name.expose(),
+        company: c.company.as_ref().map(|p| p.expose()),
+        email: c.email.expose(),
+        phone: c.phone.expose(),
+        address: billing_address,
+    };
+    let billing_bytes = plaintext(&billing_plain)?;
+    let blind_key = keyring.blind_index_key();
+    let billing = BillingRecord {
+        sealed: sealed_record(
+            rng,
+            keyring,
+            DataClass::Billing,
+            order_id,
+            customer_tag.id,
+            &billing_bytes,
+        )?,
+        email_blind_index: blind_key.sign(&[c.email.expose().as_bytes()]),
+        blind_index_version: blind_key.version(),
+    };
+    drop(billing_bytes);
+
+    // Shipping: the customer's own ship-to (fulfillment needs name, phone
+    // and address in this one record), or for a gift only a marker plus the
+    // recipient's record under their own fulfillment-only tag.
+    let ship_to_customer = |address: &Address| -> Result<ShippingRecord, CryptoError> {
+        let bytes = plaintext(&ShippingPlain {
+            name: c.name.expose(),
+            company: c.company.as_ref().map(|p| p.expose()),
+            phone: c.phone.expose(),
+            address: AddressPlain::of(address),
+        })?;
+        let record = sealed_record(
+            rng,
+            keyring,
+            DataClass::Shipping,
+            order_id,
+            customer_tag.id,
+            &bytes,
+        )?;
+        Ok(ShippingRecord::Customer(record))
+    };
+    let (shipping, recipient, recipient_tag) = match &form.ship_to {
+        ShipTo::Gift(gift) => {
+            let rtag = tag(
+                rng,
+                keyring,
+                order_id,
+                Subject::GiftRecipient,
+                Basis::FulfillmentOnly,
+                Purposes::default(),
+                &form.consent.policy_version,
+                &created_at,
+            )?;
+            let bytes = plaintext(&RecipientPlain {
+                name: gift.name.expose(),
+                phone: gift.phone.as_ref().map(|p| p.expose()),
+                message: gift.message.as_ref().map(|m| m.expose()),
+                address: AddressPlain::of(&gift.address),
+            })?;
+            let record = sealed_record(
+                rng,
+                keyring,
+                DataClass::Recipient,
+                order_id,
+                rtag.id,
+                &bytes,
+            )?;
+            let marker = ShippingRecord::GiftRecipient {
+                id: ids::new_id(rng)?,
+                consent_tag_id: rtag.id,
+            };
+            (marker, Some(record), Some(rtag))
+        }
+        ShipTo::Address(address) => (ship_to_customer(address)?, None, None),
+        ShipTo::BillingAddress => (ship_to_customer(&form.billing_address)?, None, None),
+    };
+
+    let response = serde_json::json!({
+        "order_id": order_id,
+        "status": "accepted",
+        "created_at": created_at,
+        "currency": form.currency.code(),
+        "total_minor": form.total_minor(),
+        "card": {"brand": pan.brand().as_str(), "last4": card.last4},
+        "consent": customer_tag.view(),
+    });
+    let body = serde_json::to_vec(&response).map_err(|_| CryptoError::Malformed)?;
+
+    Ok(NewOrder {
+        id: order_id,
+        created_at: created_at.clone(),
+        storefront_ref: form
+            .storefront_order_ref
+            .as_ref()
+            .map(|r| r.as_str().to_owned()),
+        currency: form.currency.code(),
+        items: form.items.clone(),
+        total_minor: form.total_minor(),
+        client_fingerprint: client,
+        customer_tag,
+        recipient_tag,
+        billing,
+        shipping,
+        recipient,
+        card,
+        idempotency: IdempotencyRecord {
+            client,
+            key: key.as_str().to_owned(),
+            request_hash,
+            response: StoredResponse {
+                order_id,
+                status: 201,
+                body,
+            },
+            created_at,
+        },
+    })
+}
