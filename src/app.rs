@@ -5,7 +5,6 @@
 //! run), database and migrations, TLS configuration — then binds. Tests use
 //! the same builder with `--listen 127.0.0.1:0` and read `local_addr()`.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -45,14 +44,34 @@ pub struct Application {
     store: Arc<dyn Store>,
     limits: ConnectionLimits,
     request_timeout: std::time::Duration,
+    /// First-run warnings for the operator (see `first_run_notices`).
+    notices: Vec<String>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        ensure_certificates(settings)?;
+        let mut notices = Vec::new();
+        if ensure_certificates(settings)? {
+            notices.push(banner(&[
+                "WARNING: no server certificate was found, so checkoutd created a",
+                "DEVELOPMENT PKI (ca.pem, server.pem, <role>.pem, ...) in:",
+                &settings.certs_dir.display().to_string(),
+                "It is for development only: never use these certificates for",
+                "real cards or customers.",
+            ]));
+        }
         let tls_files = tls::TlsFiles::in_dir(&settings.certs_dir, settings.client_ca.as_deref());
         let tls = tls::server_config(&tls_files)?;
-        let keyring = Arc::new(load_keyring(settings)?);
+        let (keyring, keyring_path, created) = load_keyring(settings)?;
+        if created {
+            notices.push(banner(&[
+                "WARNING: created a DEVELOPMENT KEYRING, stored unencrypted (0600) at:",
+                &keyring_path.display().to_string(),
+                "Anyone who can read it and the database can read every card.",
+                "Never use it for real cards.",
+            ]));
+        }
+        let keyring = Arc::new(keyring);
         let store = store::open(&settings.store.database).await?;
         let intake = Arc::new(Intake::new(
             keyring,
@@ -82,7 +101,14 @@ impl Application {
             store,
             limits: settings.limits,
             request_timeout: settings.request_timeout,
+            notices,
         })
+    }
+
+    /// Loud warnings about development material created by this start (a
+    /// PKI, a keyring); the binary prints them on stderr.
+    pub fn first_run_notices(&self) -> &[String] {
+        &self.notices
     }
 
     /// The bound address (useful with port 0).
@@ -115,45 +141,39 @@ impl Application {
     }
 }
 
-/// Loads `<data-dir>/keyring.json`, creating a development keyring (with a
-/// loud warning) on a first run.
-pub fn load_keyring(settings: &Settings) -> Result<Keyring, KeyringError> {
+/// Loads `<data-dir>/keyring.json`, creating a development keyring on a
+/// first run. Returns the keyring, its path and whether it was created.
+pub fn load_keyring(
+    settings: &Settings,
+) -> Result<(Keyring, std::path::PathBuf, bool), KeyringError> {
     let path = settings.store.data_dir.join(keyring::FILE_NAME);
     let (ring, created) = Keyring::load_or_create(&path, &crate::ids::now())?;
     if created {
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n\
-             ************************************************************************\n\
-             *  WARNING: created a DEVELOPMENT KEYRING at {:<27}*\n\
-             *  It is stored unencrypted (mode 0600). Anyone who can read it and    *\n\
-             *  the database can read every card. Never use it for real cards.      *\n\
-             ************************************************************************\n",
-            path.display().to_string()
-        );
         tracing::warn!(path = %path.display(), "created a development keyring");
     }
-    Ok(ring)
+    Ok((ring, path, created))
 }
 
-/// On a first run with no server certificate, creates the development PKI
-/// and says so loudly.
-fn ensure_certificates(settings: &Settings) -> Result<(), StartupError> {
+/// On a first run with no server certificate, creates the development PKI.
+/// Returns whether it did.
+fn ensure_certificates(settings: &Settings) -> Result<bool, StartupError> {
     if pki::server_cert_present(&settings.certs_dir) {
-        return Ok(());
+        return Ok(false);
     }
     DevPki::generate()?.write_to(&settings.certs_dir)?;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n\
-         ************************************************************************\n\
-         *  WARNING: no server certificate was found, so checkoutd created a     *\n\
-         *  DEVELOPMENT PKI in {:<50}*\n\
-         *  (ca.pem, server.pem, <role>.pem ...). It is for development only:   *\n\
-         *  never use these certificates for real cards or customers.           *\n\
-         ************************************************************************\n",
-        settings.certs_dir.display().to_string()
-    );
     tracing::warn!(certs_dir = %settings.certs_dir.display(), "created a development PKI");
-    Ok(())
+    Ok(true)
+}
+
+/// A boxed, star-framed warning.
+fn banner(lines: &[&str]) -> String {
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
+    let rule = "*".repeat(width + 2);
+    let mut out = format!("\n{rule}\n");
+    for line in lines {
+        out.push_str(&format!("*  {line:<w$}*\n", w = width - 2));
+    }
+    out.push_str(&rule);
+    out.push('\n');
+    out
 }

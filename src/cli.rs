@@ -23,6 +23,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the service. On a first run without certificates it creates a
     /// development PKI in --certs-dir and warns that it is for development.

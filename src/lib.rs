@@ -7,18 +7,19 @@
 //! The contract is `DESIGN.md`; security rationale lives next to the code.
 //!
 //! # Layout
-//! - [`cli`] / [`config`]: the command line and validated settings.
-//! - [`app`]: start-up — certificates, database, TLS, bind.
-//! - [`server`]: the TLS accept loop, roles from client certificates
+//! - [`cli`] / [`config`] — the command line and validated settings.
+//! - [`app`] — start-up: certificates, keyring, database, TLS, bind.
+//! - [`server`] — the TLS accept loop, roles from client certificates
 //!   ([`server::identity`]), the TLS policy ([`server::tls`]), shutdown.
-//! - [`routes`]: the HTTP surface and the one table of who may call what.
-//! - [`http`]: problem documents, security headers, the access log line.
-//! - [`domain`]: order-form types that parse themselves.
-//! - [`intake`]: order intake — idempotency, validation, sealing, commit.
-//! - [`crypto`]: envelope encryption, keyring, blind index, consent MAC.
-//! - [`store`]: one `Store` trait, one file per database engine.
-//! - [`pki`]: the development PKI (rcgen).
-//! - [`telemetry`]: logging.
+//! - [`routes`] — the HTTP surface and the one table of who may call what.
+//! - [`http`] — problem documents, security headers, the access log line.
+//! - [`domain`] — order-form types that parse themselves.
+//! - [`intake`] — order intake: idempotency, validation, sealing, commit.
+//! - [`crypto`] — envelope encryption, keyring, blind index, consent MAC.
+//! - [`store`] — one `Store` trait, one file per database engine.
+//! - [`pki`] — the development PKI (rcgen).
+//! - [`ids`] / [`hex`] — random ids, timestamps, hex.
+//! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod cli;

@@ -35,6 +35,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let settings = Settings::from_args(&args)?;
             telemetry::init(settings.store.log_format);
             let app = Application::build(&settings).await?;
+            for notice in app.first_run_notices() {
+                let _ = writeln!(std::io::stderr(), "{notice}");
+            }
             app.run_until(server::shutdown_signal()).await;
         }
         Command::Migrate(args) => {

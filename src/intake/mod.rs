@@ -144,16 +144,20 @@ pub struct Intake {
     in_flight: Mutex<HashSet<([u8; 32], String)>>,
 }
 
-/// Releases an in-flight claim when the request ends, however it ends.
-struct Claim<'a> {
+/// A request's hold on its `(client, key)` pair in this process, taken as
+/// soon as the headers are read (so a duplicate sent while the first body is
+/// still uploading gets 409) and released when the request ends, however it
+/// ends.
+pub struct Claim<'a> {
     set: &'a Mutex<HashSet<([u8; 32], String)>>,
-    entry: Option<([u8; 32], String)>,
+    client: [u8; 32],
+    key: IdempotencyKey,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if let (Some(entry), Ok(mut set)) = (self.entry.take(), self.set.lock()) {
-            set.remove(&entry);
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&(self.client, self.key.as_str().to_owned()));
         }
     }
 }
@@ -169,22 +173,35 @@ impl Intake {
         }
     }
 
-    /// Takes one order. `body` is zeroized when this returns.
-    #[tracing::instrument(skip_all, fields(role = %caller.role))]
+    /// Claims `(caller, key)` for one request; `InFlight` if another request
+    /// of this process holds it.
+    pub fn claim(&self, caller: &Caller, key: IdempotencyKey) -> Result<Claim<'_>, IntakeError> {
+        let client = *caller.fingerprint.as_bytes();
+        let mut set = self.in_flight.lock().map_err(|_| IntakeError::InFlight)?;
+        if !set.insert((client, key.as_str().to_owned())) {
+            return Err(IntakeError::InFlight);
+        }
+        Ok(Claim {
+            set: &self.in_flight,
+            client,
+            key,
+        })
+    }
+
+    /// Takes one order under a claim. `body` is zeroized when this returns.
+    #[tracing::instrument(skip_all)]
     pub async fn submit(
         &self,
-        caller: &Caller,
-        key: &IdempotencyKey,
+        claim: &Claim<'_>,
         media: MediaType,
         body: Zeroizing<Vec<u8>>,
     ) -> Result<Accepted, IntakeError> {
-        let client = *caller.fingerprint.as_bytes();
+        let (client, key) = (claim.client, &claim.key);
         let request_hash =
             self.keyring
                 .request_hash_key()
                 .sign(&[media.token(), &[0], body.as_slice()]);
 
-        let _claim = self.claim(client, key)?;
         if let Some(found) = self.store.idempotency_key(&client, key.as_str()).await? {
             return replay(found, &request_hash);
         }
@@ -223,18 +240,6 @@ impl Intake {
                 None => Err(IntakeError::InFlight),
             },
         }
-    }
-
-    fn claim(&self, client: [u8; 32], key: &IdempotencyKey) -> Result<Claim<'_>, IntakeError> {
-        let entry = (client, key.as_str().to_owned());
-        let mut set = self.in_flight.lock().map_err(|_| IntakeError::InFlight)?;
-        if !set.insert(entry.clone()) {
-            return Err(IntakeError::InFlight);
-        }
-        Ok(Claim {
-            set: &self.in_flight,
-            entry: Some(entry),
-        })
     }
 }
 

@@ -125,25 +125,30 @@ fn sealed_record(
     })
 }
 
-fn tag(
-    rng: &SystemRandom,
-    keyring: &Keyring,
+/// What a new consent tag says; [`tag`] adds an id and the MAC.
+struct TagFacts<'a> {
     order_id: uuid::Uuid,
     subject: Subject,
     basis: Basis,
     purposes: Purposes,
-    policy_version: &str,
-    captured_at: &str,
+    policy_version: &'a str,
+    captured_at: &'a str,
+}
+
+fn tag(
+    rng: &SystemRandom,
+    keyring: &Keyring,
+    facts: TagFacts<'_>,
 ) -> Result<ConsentTag, CryptoError> {
     let key = keyring.consent_tag_key();
     let mut tag = ConsentTag {
         id: ids::new_id(rng)?,
-        order_id,
-        subject,
-        basis,
-        purposes,
-        policy_version: policy_version.to_owned(),
-        captured_at: captured_at.to_owned(),
+        order_id: facts.order_id,
+        subject: facts.subject,
+        basis: facts.basis,
+        purposes: facts.purposes,
+        policy_version: facts.policy_version.to_owned(),
+        captured_at: facts.captured_at.to_owned(),
         channel: CHANNEL_CHECKOUT.to_owned(),
         mac_key_version: key.version(),
         mac: [0; 32],
@@ -167,12 +172,14 @@ pub fn seal_order(
     let customer_tag = tag(
         rng,
         keyring,
-        order_id,
-        Subject::Customer,
-        Basis::Consent,
-        form.consent.purposes,
-        &form.consent.policy_version,
-        &created_at,
+        TagFacts {
+            order_id,
+            subject: Subject::Customer,
+            basis: Basis::Consent,
+            purposes: form.consent.purposes,
+            policy_version: &form.consent.policy_version,
+            captured_at: &created_at,
+        },
     )?;
 
     // Card: PAN + expiry + holder under a per-record DEK; brand, last4 and
@@ -255,12 +262,14 @@ pub fn seal_order(
             let rtag = tag(
                 rng,
                 keyring,
-                order_id,
-                Subject::GiftRecipient,
-                Basis::FulfillmentOnly,
-                Purposes::default(),
-                &form.consent.policy_version,
-                &created_at,
+                TagFacts {
+                    order_id,
+                    subject: Subject::GiftRecipient,
+                    basis: Basis::FulfillmentOnly,
+                    purposes: Purposes::default(),
+                    policy_version: &form.consent.policy_version,
+                    captured_at: &created_at,
+                },
             )?;
             let bytes = plaintext(&RecipientPlain {
                 name: gift.name.expose(),

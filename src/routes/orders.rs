@@ -60,11 +60,15 @@ pub async fn create(
             }
         },
     };
+    let claim = match state.intake.claim(&caller, key) {
+        Ok(c) => c,
+        Err(e) => return intake_problem(e).into_response(),
+    };
     let body = match read_body(&headers, body).await {
         Ok(b) => b,
         Err(p) => return p.into_response(),
     };
-    match state.intake.submit(&caller, &key, media, body).await {
+    match state.intake.submit(&claim, media, body).await {
         Ok(Accepted::Created(r)) => stored(r, false),
         Ok(Accepted::Replayed(r)) => stored(r, true),
         Err(e) => intake_problem(e).into_response(),

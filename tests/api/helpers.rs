@@ -137,14 +137,6 @@ impl TestApp {
             let _ = tx.send(());
         }
     }
-
-    /// Shuts down and waits for the server to finish draining.
-    pub async fn stop(&mut self) {
-        self.shutdown();
-        if let Some(server) = self.server.take() {
-            server.await.unwrap();
-        }
-    }
 }
 
 impl Drop for TestApp {

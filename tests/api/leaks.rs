@@ -1,0 +1,171 @@
+//! Leak scans: after a run of orders (accepted and rejected), neither the
+//! database file, its WAL, nor anything the server logged contains a card
+//! number, CVC, email, name, phone number, street or gift message that was
+//! submitted.
+
+use checkoutd::server::identity::Role;
+use serde_json::json;
+
+use crate::helpers::{captured_logs, spawn_app};
+use crate::orders::order_json;
+
+/// Distinctive values, so a hit cannot be a coincidence.
+const PANS: [&str; 3] = ["4012888888881881", "378282246310005", "6011111111111117"];
+const AMEX_CVC: &str = "8642";
+const NAMES: [&str; 3] = [
+    "Zephyrine Quarterfield",
+    "Bartholomew Oakenshaw",
+    "Hortensia Pemberwick",
+];
+const EMAILS: [&str; 2] = [
+    "zephyrine.q@leakcheck.example",
+    "bart.oak@leakcheck.example",
+];
+const PHONES: [&str; 2] = ["+1 212 555 0187", "+44 20 7946 0321"];
+const STREETS: [&str; 3] = [
+    "Quillmarsh Avenue",
+    "Thistlewood Crescent",
+    "Brambleford Row",
+];
+const MESSAGE: &str = "Many happy returns from the Quillmarsh crowd";
+const COMPANY: &str = "Fennimore Widgetworks";
+
+fn needles() -> Vec<Vec<u8>> {
+    let mut n: Vec<String> = Vec::new();
+    for pan in PANS {
+        n.push(pan.to_owned());
+        n.push(pan[pan.len() - 12..].to_owned());
+    }
+    n.extend(NAMES.iter().map(|s| s.to_string()));
+    n.extend(
+        NAMES
+            .iter()
+            .map(|s| s.split(' ').nth(1).unwrap_or(s).to_string()),
+    );
+    n.extend(EMAILS.iter().map(|s| s.to_string()));
+    n.extend(EMAILS.iter().map(|s| s.to_uppercase()));
+    n.extend(PHONES.iter().map(|s| s.to_string()));
+    n.extend(PHONES.iter().map(|s| s.replace(' ', "")));
+    n.extend(STREETS.iter().map(|s| s.to_string()));
+    n.push(MESSAGE.to_owned());
+    n.push("Quillmarsh".to_owned());
+    n.push(COMPANY.to_owned());
+    n.into_iter().map(String::into_bytes).collect()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `needle` appears with no digit right before or after it.
+fn find_number(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).enumerate().any(|(i, w)| {
+        w == needle
+            && (i == 0 || !hay[i - 1].is_ascii_digit())
+            && hay
+                .get(i + needle.len())
+                .is_none_or(|b| !b.is_ascii_digit())
+    })
+}
+
+#[tokio::test]
+async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
+    let app = spawn_app().await;
+    let client = app.client(Role::Storefront);
+
+    // Accepted: a JSON order, an Amex order with a gift, a form order.
+    let mut a = order_json();
+    a["customer"] = json!({"name": NAMES[0], "company": COMPANY, "email": EMAILS[0].to_uppercase(), "phone": PHONES[0]});
+    a["billing_address"]["line1"] = json!(format!("12 {}", STREETS[0]));
+    a["card"]["number"] = json!(PANS[0]);
+    a["card"]["holder_name"] = json!(NAMES[0]);
+    assert_eq!(app.post_order("leak-a", &a).await.status(), 201);
+
+    let mut b = order_json();
+    b["customer"] = json!({"name": NAMES[1], "email": EMAILS[1], "phone": PHONES[1]});
+    b["billing_address"]["line1"] = json!(format!("7 {}", STREETS[1]));
+    b["card"] = json!({"number": PANS[1], "exp_month": 6, "exp_year": 2031, "cvc": AMEX_CVC});
+    b["gift_recipient"] = json!({"name": NAMES[2], "phone": PHONES[0], "message": MESSAGE,
+        "address": {"line1": format!("3 {}", STREETS[2]), "city": "Leeds", "postal_code": "LS1 1AA", "country": "GB"}});
+    assert_eq!(app.post_order("leak-b", &b).await.status(), 201);
+
+    let form = format!(
+        "customer.name={}&customer.email={}&customer.phone={}&billing_address.line1={}&billing_address.city=Oslo\
+&billing_address.postal_code=0150&billing_address.country=NO&items.0.sku=X&items.0.quantity=1\
+&items.0.unit_price_minor=1&currency=NOK&card.number={}&card.exp_month=2&card.exp_year=2032&card.cvc=739\
+&consent.policy_version=2002-06-05",
+        NAMES[2].replace(' ', "+"),
+        EMAILS[1].replace('@', "%40"),
+        PHONES[1].replace('+', "%2B").replace(' ', "+"),
+        STREETS[2].replace(' ', "+"),
+        PANS[2]
+    );
+    let r = client
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "leak-c")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // Rejected: values in invalid fields, unknown fields and malformed bodies.
+    let mut bad = a.clone();
+    bad["card"]["number"] = json!(format!("{}0", PANS[0]));
+    bad["customer"]["email"] = json!(format!("not-an-email {}", NAMES[0]));
+    bad[NAMES[1]] = json!(EMAILS[0]);
+    bad["card"]["cvc"] = json!(AMEX_CVC);
+    let r = app.post_order("leak-d", &bad).await;
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    for needle in needles() {
+        assert!(
+            !find(text.as_bytes(), &needle),
+            "a 422 echoed {}",
+            String::from_utf8_lossy(&needle)
+        );
+    }
+    let r = client
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "leak-e")
+        .header("content-type", "application/json")
+        .body(format!("{{\"card\": {{\"number\": \"{}\"", PANS[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let _ = app.post_order("leak-a", &bad).await; // key reused: 422
+
+    // Scan while the server is up (WAL not yet checkpointed) and after.
+    let db = app.db_path();
+    let wal = db.with_extension("db-wal");
+    let mut haystacks = vec![("database", std::fs::read(&db).unwrap())];
+    if let Ok(w) = std::fs::read(&wal) {
+        assert!(!w.is_empty());
+        haystacks.push(("wal", w));
+    }
+    let logs = captured_logs().into_bytes();
+    assert!(find(&logs, b"/v1/orders"), "the access log was captured");
+    haystacks.push(("logs", logs));
+    for (what, hay) in &haystacks {
+        for needle in needles() {
+            assert!(
+                !find(hay, &needle),
+                "{what} contains {}",
+                String::from_utf8_lossy(&needle)
+            );
+        }
+        if *what == "logs" {
+            for cvc in [AMEX_CVC, "739"] {
+                assert!(!find_number(hay, cvc.as_bytes()), "logs contain a CVC");
+            }
+        } else {
+            assert!(
+                !find(hay, AMEX_CVC.as_bytes()),
+                "{what} contains the Amex CVC"
+            );
+        }
+    }
+}

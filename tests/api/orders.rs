@@ -1,0 +1,963 @@
+//! Order intake over real TLS with the storefront certificate.
+
+use std::time::Duration;
+
+use checkoutd::crypto::DataClass;
+use checkoutd::crypto::envelope::{self, Binding, Envelope};
+use checkoutd::crypto::keyring::Keyring;
+use checkoutd::server::identity::Role;
+use serde_json::{Value, json};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, Versions, client_with, expect_problem, spawn_app};
+
+pub fn order_json() -> Value {
+    json!({
+        "storefront_order_ref": "A-1001",
+        "customer": {"name": "Ada Lovelace", "company": "Analytical Engines Ltd",
+                     "email": "Ada@Example.com", "phone": "+1 949 555 0100"},
+        "billing_address": {"line1": "51 Columbia", "line2": "Suite 200", "city": "Aliso Viejo",
+                            "region": "CA", "postal_code": "92656", "country": "US"},
+        "items": [{"sku": "FAXSTF-PRO", "description": "Fax stuff", "quantity": 2, "unit_price_minor": 4999}],
+        "currency": "USD",
+        "card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2030,
+                 "cvc": "123", "holder_name": "Ada Lovelace"},
+        "consent": {"product_updates": false, "new_offerings": false, "partnerships": false,
+                    "special_offers": true, "third_party_sharing": false,
+                    "policy_version": "2002-06-05"}
+    })
+}
+
+impl TestApp {
+    pub async fn post_order(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.client(Role::Storefront)
+            .post(self.url("/v1/orders"))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join("checkoutd.db")
+    }
+
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", self.db_path().display()))
+            .await
+            .unwrap()
+    }
+
+    pub fn keyring(&self) -> Keyring {
+        Keyring::load(&self.dir.path().join("data").join("keyring.json")).unwrap()
+    }
+}
+
+async fn created(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// Reads one record's envelope and binding from the database.
+async fn envelope_of(
+    db: &sqlx::SqlitePool,
+    table: &str,
+    class: DataClass,
+    order_id: &str,
+) -> (Binding, Envelope) {
+    let row = sqlx::query(&format!(
+        "SELECT id, order_id, format_version, kek_version, wrapped_dek, ciphertext FROM {table} WHERE order_id = ?1"
+    ))
+    .bind(order_id)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let binding = Binding {
+        class,
+        order_id: Uuid::parse_str(row.get::<String, _>("order_id").as_str()).unwrap(),
+        record_id: Uuid::parse_str(row.get::<String, _>("id").as_str()).unwrap(),
+    };
+    let env = Envelope {
+        format_version: u8::try_from(row.get::<i64, _>("format_version")).unwrap(),
+        kek_version: u32::try_from(row.get::<i64, _>("kek_version")).unwrap(),
+        wrapped_dek: row.get("wrapped_dek"),
+        ciphertext: row.get("ciphertext"),
+    };
+    (binding, env)
+}
+
+fn open_json(ring: &Keyring, binding: &Binding, env: &Envelope) -> Value {
+    serde_json::from_slice(&envelope::open(ring, binding, env).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn json_order_is_accepted_encrypted_and_summarised_without_card_data() {
+    let app = spawn_app().await;
+    let response = app.post_order("json-1", &order_json()).await;
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("4111"), "no PAN in the response");
+    assert!(!text.contains("Ada"), "no personal data in the response");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let id = body["order_id"].as_str().unwrap();
+    assert_eq!(location, format!("/v1/orders/{id}"));
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(body["card"], json!({"brand": "visa", "last4": "1111"}));
+    assert_eq!(body["total_minor"], 9998);
+    assert_eq!(body["consent"]["subject"], "customer");
+    assert_eq!(body["consent"]["purposes"]["special_offers"], true);
+    assert_eq!(body["consent"]["purposes"]["product_updates"], false);
+    assert_eq!(body["consent"]["policy_version"], "2002-06-05");
+
+    let summary = app
+        .client(Role::Storefront)
+        .get(app.url(&location))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(summary.status(), 200);
+    let text = summary.text().await.unwrap();
+    for secret in ["4111", "Ada", "ada@", "Columbia", "949"] {
+        assert!(!text.contains(secret), "{secret} in summary {text}");
+    }
+    let s: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["items"][0]["sku"], "FAXSTF-PRO");
+    assert_eq!(s["items"][0]["line_total_minor"], 9998);
+    assert_eq!(s["card"]["last4"], "1111");
+    assert_eq!(s["consent"], body["consent"]);
+    assert_eq!(s["gift"], false);
+
+    // Every record opens with the keyring; the CVC is nowhere.
+    let db = app.db().await;
+    let ring = app.keyring();
+    let (b, e) = envelope_of(&db, "payment_cards", DataClass::Card, id).await;
+    let card = open_json(&ring, &b, &e);
+    assert_eq!(
+        card,
+        json!({"pan": "4111111111111111", "exp_month": 12, "exp_year": 2030, "holder_name": "Ada Lovelace"})
+    );
+    let (b, e) = envelope_of(&db, "billing_details", DataClass::Billing, id).await;
+    let billing = open_json(&ring, &b, &e);
+    assert_eq!(billing["email"], "ada@example.com");
+    assert_eq!(billing["address"]["line1"], "51 Columbia");
+    // No shipping address given: the ship-to is the billing address.
+    let (b, e) = envelope_of(&db, "shipping_details", DataClass::Shipping, id).await;
+    let shipping = open_json(&ring, &b, &e);
+    assert_eq!(shipping["address"], billing["address"]);
+    assert_eq!(shipping["name"], "Ada Lovelace");
+    assert!(
+        shipping.get("email").is_none(),
+        "shipping records carry no email"
+    );
+}
+
+#[tokio::test]
+async fn form_posts_become_the_same_order() {
+    let app = spawn_app().await;
+    let body = "customer.name=Ada+Lovelace&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
+&billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
+&billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=3&items.0.unit_price_minor=100\
+&items.1.sku=GIFTWRAP&items.1.quantity=1&items.1.unit_price_minor=50\
+&currency=EUR&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year=2031&card.cvc=321\
+&consent.product_updates=on&consent.policy_version=2002-06-05";
+    let response = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "form-1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let body = created(response).await;
+    assert_eq!(
+        body["card"],
+        json!({"brand": "mastercard", "last4": "4444"})
+    );
+    assert_eq!(body["total_minor"], 350);
+    assert_eq!(body["currency"], "EUR");
+    assert_eq!(body["consent"]["purposes"]["product_updates"], true);
+    assert_eq!(body["consent"]["purposes"]["special_offers"], false);
+}
+
+#[tokio::test]
+async fn gift_orders_keep_the_recipient_apart_and_drop_the_shipping_address() {
+    let app = spawn_app().await;
+    let mut order = order_json();
+    order["shipping_address"] = json!({"line1": "1 Dropped Lane", "city": "Nowhere", "postal_code": "1",
+                                        "country": "GB"});
+    order["gift_recipient"] = json!({
+        "name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
+        "phone": "+44 20 7946 0000",
+        "message": "Happy birthday!\nAda"
+    });
+    let body = created(app.post_order("gift-1", &order).await).await;
+    let id = body["order_id"].as_str().unwrap();
+    let db = app.db().await;
+    let ring = app.keyring();
+
+    let marker = sqlx::query("SELECT ship_to, ciphertext IS NULL AS empty, consent_tag_id FROM shipping_details WHERE order_id = ?1")
+        .bind(id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(marker.get::<String, _>("ship_to"), "gift_recipient");
+    assert!(
+        marker.get::<bool, _>("empty"),
+        "a gift's shipping row is only a marker"
+    );
+
+    let (b, e) = envelope_of(&db, "gift_recipients", DataClass::Recipient, id).await;
+    let recipient = open_json(&ring, &b, &e);
+    assert_eq!(recipient["name"], "Charles Babbage");
+    assert_eq!(recipient["message"], "Happy birthday!\nAda");
+    assert_eq!(recipient["address"]["line1"], "1 Dorset Street");
+
+    // The recipient's tag consents to nothing, on a fulfillment-only basis,
+    // and the shipping marker points at it.
+    let tag = sqlx::query(
+        "SELECT t.id, subject, basis, product_updates + new_offerings + partnerships + special_offers
+                + third_party_sharing AS any_purpose
+           FROM gift_recipients g JOIN consent_tags t ON t.id = g.consent_tag_id WHERE g.order_id = ?1",
+    )
+    .bind(id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(tag.get::<String, _>("subject"), "gift_recipient");
+    assert_eq!(tag.get::<String, _>("basis"), "fulfillment_only");
+    assert_eq!(tag.get::<i64, _>("any_purpose"), 0);
+    assert_eq!(
+        tag.get::<String, _>("id"),
+        marker.get::<String, _>("consent_tag_id")
+    );
+
+    // The shipping address sent alongside was not stored anywhere.
+    drop(db);
+    let bytes = std::fs::read(app.db_path()).unwrap();
+    let wal = std::fs::read(app.db_path().with_extension("db-wal")).unwrap_or_default();
+    for hay in [&bytes, &wal] {
+        assert!(!contains(hay, b"Dropped Lane"));
+    }
+    let summary: Value = app
+        .client(Role::Storefront)
+        .get(app.url(&format!("/v1/orders/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["gift"], true);
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn errors_of(app: &TestApp, order: &Value) -> Vec<(String, String)> {
+    let response = app.post_order(&format!("k-{}", rand_suffix()), order).await;
+    let body = expect_problem(response, 422).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:invalid-order");
+    body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(e["message"].is_string());
+            (
+                e["field"].as_str().unwrap().to_owned(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+#[tokio::test]
+async fn bad_luhn_and_missing_email_are_reported_together_without_echoing() {
+    let app = spawn_app().await;
+    let mut order = order_json();
+    order["card"]["number"] = json!("4111 1111 1111 1112");
+    order["customer"].as_object_mut().unwrap().remove("email");
+    let response = app.post_order("bad-1", &order).await;
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("4111"), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let fields: Vec<(&str, &str)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["field"].as_str().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert!(fields.contains(&("card.number", "luhn")));
+    assert!(fields.contains(&("customer.email", "required")));
+    // Nothing was stored.
+    let db = app.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn every_validation_rule_names_its_field() {
+    let app = spawn_app().await;
+    type Mutation = fn(&mut Value);
+    let cases: Vec<(Mutation, &str, &str)> = vec![
+        (
+            |o| {
+                o["customer"].as_object_mut().unwrap().remove("name");
+            },
+            "customer.name",
+            "required",
+        ),
+        (
+            |o| o["customer"]["email"] = json!("ada-at-example"),
+            "customer.email",
+            "invalid_email",
+        ),
+        (
+            |o| o["customer"]["phone"] = json!("12345"),
+            "customer.phone",
+            "invalid_phone",
+        ),
+        (
+            |o| {
+                o["customer"].as_object_mut().unwrap().remove("phone");
+            },
+            "customer.phone",
+            "required",
+        ),
+        (
+            |o| o["customer"]["company"] = json!("x".repeat(257)),
+            "customer.company",
+            "too_long",
+        ),
+        (
+            |o| {
+                o.as_object_mut().unwrap().remove("billing_address");
+            },
+            "billing_address",
+            "required",
+        ),
+        (
+            |o| {
+                o["billing_address"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("line1");
+            },
+            "billing_address.line1",
+            "required",
+        ),
+        (
+            |o| {
+                o["billing_address"].as_object_mut().unwrap().remove("city");
+            },
+            "billing_address.city",
+            "required",
+        ),
+        (
+            |o| {
+                o["billing_address"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("postal_code");
+            },
+            "billing_address.postal_code",
+            "required",
+        ),
+        (
+            |o| o["billing_address"]["country"] = json!("USA"),
+            "billing_address.country",
+            "invalid_country",
+        ),
+        (
+            |o| o["shipping_address"] = json!({"line1": "x", "city": "y", "postal_code": "z"}),
+            "shipping_address.country",
+            "required",
+        ),
+        (
+            |o| o["gift_recipient"] = json!({"address": {"line1": "x", "city": "y", "postal_code": "z", "country": "GB"}}),
+            "gift_recipient.name",
+            "required",
+        ),
+        (
+            |o| o["gift_recipient"] = json!({"name": "C"}),
+            "gift_recipient.address",
+            "required",
+        ),
+        (
+            |o| o["gift_recipient"] = json!({"name": "C", "address": {"line1": "x", "city": "y", "postal_code": "z", "country": "GB"}, "message": "m".repeat(1001)}),
+            "gift_recipient.message",
+            "too_long",
+        ),
+        (|o| o["items"] = json!([]), "items", "required"),
+        (
+            |o| {
+                o.as_object_mut().unwrap().remove("items");
+            },
+            "items",
+            "required",
+        ),
+        (
+            |o| {
+                o["items"] = json!(vec![
+                    json!({"sku": "A", "quantity": 1, "unit_price_minor": 1});
+                    101
+                ])
+            },
+            "items",
+            "too_many",
+        ),
+        (
+            |o| o["items"][0]["quantity"] = json!(0),
+            "items.0.quantity",
+            "out_of_range",
+        ),
+        (
+            |o| o["items"][0]["quantity"] = json!(1.5),
+            "items.0.quantity",
+            "invalid_type",
+        ),
+        (
+            |o| o["items"][0]["unit_price_minor"] = json!(-1),
+            "items.0.unit_price_minor",
+            "out_of_range",
+        ),
+        (
+            |o| {
+                o["items"][0].as_object_mut().unwrap().remove("sku");
+            },
+            "items.0.sku",
+            "required",
+        ),
+        (
+            |o| o["currency"] = json!("XYZ"),
+            "currency",
+            "invalid_currency",
+        ),
+        (
+            |o| {
+                o.as_object_mut().unwrap().remove("currency");
+            },
+            "currency",
+            "required",
+        ),
+        (
+            |o| o["card"]["number"] = json!("4111-1111-1111-111a"),
+            "card.number",
+            "invalid_format",
+        ),
+        (
+            |o| o["card"]["number"] = json!("378282246310005 0"),
+            "card.number",
+            "invalid_length",
+        ),
+        (
+            |o| o["card"]["number"] = json!("9999999999999995"),
+            "card.number",
+            "unknown_brand",
+        ),
+        (
+            |o| o["card"]["number"] = json!(4111111111111111u64),
+            "card.number",
+            "invalid_type",
+        ),
+        (
+            |o| o["card"]["exp_month"] = json!(13),
+            "card.exp_month",
+            "out_of_range",
+        ),
+        (
+            |o| o["card"]["exp_year"] = json!(2020),
+            "card.exp_year",
+            "expired",
+        ),
+        (
+            |o| {
+                o["card"].as_object_mut().unwrap().remove("cvc");
+            },
+            "card.cvc",
+            "required",
+        ),
+        (
+            |o| o["card"]["cvc"] = json!("1234"),
+            "card.cvc",
+            "invalid_cvc",
+        ),
+        (
+            |o| {
+                o.as_object_mut().unwrap().remove("consent");
+            },
+            "consent",
+            "required",
+        ),
+        (
+            |o| {
+                o["consent"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("policy_version");
+            },
+            "consent.policy_version",
+            "required",
+        ),
+        (
+            |o| o["consent"]["policy_version"] = json!("2024-01-01"),
+            "consent.policy_version",
+            "unknown_policy_version",
+        ),
+        (
+            |o| o["consent"]["special_offers"] = json!("yes"),
+            "consent.special_offers",
+            "invalid_type",
+        ),
+        (
+            |o| o["favourite_colour"] = json!("blue"),
+            "favourite_colour",
+            "unknown_field",
+        ),
+        (
+            |o| o["card"]["pin"] = json!("0000"),
+            "card.pin",
+            "unknown_field",
+        ),
+        (
+            |o| o["customer"]["name"] = json!("Ada\u{0}"),
+            "customer.name",
+            "control_character",
+        ),
+    ];
+    for (mutate, field, code) in cases {
+        let mut order = order_json();
+        mutate(&mut order);
+        let errors = errors_of(&app, &order).await;
+        assert!(
+            errors.contains(&(field.to_owned(), code.to_owned())),
+            "expected {field}/{code}, got {errors:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
+    let app = spawn_app().await;
+    let first = created(app.post_order("same-key", &order_json()).await).await;
+    let replay = app.post_order("same-key", &order_json()).await;
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replayed: Value = replay.json().await.unwrap();
+    assert_eq!(replayed, first, "the first response, byte for byte");
+
+    let mut other = order_json();
+    other["items"][0]["quantity"] = json!(3);
+    let reuse = app.post_order("same-key", &other).await;
+    let body = expect_problem(reuse, 422).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:idempotency-key-reused");
+
+    let missing = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .json(&order_json())
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(missing, 400).await;
+    assert_eq!(
+        body["type"],
+        "urn:checkoutd:problem:idempotency-key-missing"
+    );
+    for bad in ["", "has space", &"k".repeat(256)] {
+        let r = app.post_order(bad, &order_json()).await;
+        expect_problem(r, 400).await;
+    }
+    // A quoted structured-field string is the same key as its content.
+    let quoted = app.post_order("\"same-key\"", &order_json()).await;
+    assert_eq!(quoted.headers()["idempotent-replayed"], "true");
+
+    // Keys are scoped to the client certificate: another storefront's
+    // certificate with the same key makes its own order.
+    let shop2 = app
+        .pki
+        .issue_client("second shop", &[Role::Storefront.uri()])
+        .unwrap();
+    let client = client_with(
+        &app.pki,
+        Some((&shop2.cert_pem, &shop2.key_pem)),
+        Versions::Both,
+    );
+    let response = client
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "same-key")
+        .json(&order_json())
+        .send()
+        .await
+        .unwrap();
+    let second = created(response).await;
+    assert_ne!(second["order_id"], first["order_id"]);
+    // ... and cannot read the first shop's order.
+    let peek = client
+        .get(app.url(&format!(
+            "/v1/orders/{}",
+            first["order_id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(peek, 404).await;
+
+    let db = app.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_duplicate_sent_while_the_first_is_in_flight_gets_409() {
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&order_json()).unwrap();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let (head, tail) = (head.to_vec(), tail.to_vec());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    tx.send(Ok(head)).await.unwrap();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let client = app.client(Role::Storefront);
+    let url = app.url("/v1/orders");
+    let first = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("idempotency-key", "slow-key")
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+    });
+    // The first request is now in its handler, still uploading its body:
+    // its claim on the key was taken when its headers arrived.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let duplicate = app.post_order("slow-key", &order_json()).await;
+    let body = expect_problem(duplicate, 409).await;
+    assert_eq!(
+        body["type"],
+        "urn:checkoutd:problem:idempotency-key-in-flight"
+    );
+    tx.send(Ok(tail)).await.unwrap();
+    drop(tx);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    // Once the first has finished, the same request replays it.
+    let again = app.post_order("slow-key", &order_json()).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let db = app.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "exactly one order for one key");
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_make_exactly_one_order() {
+    let app = spawn_app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = app.client(Role::Storefront);
+        let url = app.url("/v1/orders");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("idempotency-key", "burst")
+                .json(&order_json())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            let body: Value = r.json().await.unwrap();
+            (status, replayed, body)
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut originals = 0;
+    for t in tasks {
+        let (status, replayed, body) = t.await.unwrap();
+        match status {
+            201 => {
+                ids.insert(body["order_id"].as_str().unwrap().to_owned());
+                if !replayed {
+                    originals += 1;
+                }
+            }
+            409 => assert_eq!(
+                body["type"],
+                "urn:checkoutd:problem:idempotency-key-in-flight"
+            ),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(originals, 1);
+    assert_eq!(ids.len(), 1);
+    let db = app.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn size_media_type_and_syntax_errors() {
+    let app = spawn_app().await;
+    let client = app.client(Role::Storefront);
+    let post = |content_type: &'static str, body: Vec<u8>, key: &'static str| {
+        client
+            .post(app.url("/v1/orders"))
+            .header("idempotency-key", key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let big = vec![b'a'; 100 * 1024];
+    let r = post("application/json", big, "big").await.unwrap();
+    assert_eq!(
+        expect_problem(r, 413).await["type"],
+        "urn:checkoutd:problem:body-too-large"
+    );
+    let r = post("text/plain", b"{}".to_vec(), "text").await.unwrap();
+    expect_problem(r, 415).await;
+    let r = post("application/json; charset=latin1", b"{}".to_vec(), "latin")
+        .await
+        .unwrap();
+    expect_problem(r, 415).await;
+    let truncated = serde_json::to_vec(&order_json()).unwrap();
+    let r = post(
+        "application/json",
+        truncated[..truncated.len() / 2].to_vec(),
+        "trunc",
+    )
+    .await
+    .unwrap();
+    let body = expect_problem(r, 400).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:malformed-body");
+    let mut non_utf8 = serde_json::to_vec(&order_json()).unwrap();
+    let at = non_utf8.windows(3).position(|w| w == b"Ada").unwrap();
+    non_utf8[at] = 0xff;
+    let r = post("application/json", non_utf8, "utf8").await.unwrap();
+    expect_problem(r, 400).await;
+    let r = post(
+        "application/x-www-form-urlencoded",
+        b"a=1&a=2".to_vec(),
+        "dup",
+    )
+    .await
+    .unwrap();
+    expect_problem(r, 400).await;
+    let r = post(
+        "application/x-www-form-urlencoded",
+        b"customer.name=%FF".to_vec(),
+        "pct",
+    )
+    .await
+    .unwrap();
+    expect_problem(r, 400).await;
+    let r = post("application/json", b"[1,2]".to_vec(), "array")
+        .await
+        .unwrap();
+    expect_problem(r, 422).await;
+    // Streaming past the limit without a Content-Length is 413 too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..80).map(|_| Ok(vec![b' '; 1024])).collect();
+    let r = client
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "stream")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413).await;
+}
+
+#[tokio::test]
+async fn summaries_are_404_for_unknown_or_malformed_ids() {
+    let app = spawn_app().await;
+    for id in ["00000000-0000-4000-8000-000000000000", "not-a-uuid"] {
+        let r = app
+            .client(Role::Storefront)
+            .get(app.url(&format!("/v1/orders/{id}")))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 404).await;
+    }
+}
+
+#[tokio::test]
+async fn ciphertexts_swapped_or_tampered_in_the_database_do_not_open() {
+    let app = spawn_app().await;
+    let a = created(app.post_order("swap-a", &order_json()).await).await;
+    let mut other = order_json();
+    other["customer"]["name"] = json!("Grace Hopper");
+    let b = created(app.post_order("swap-b", &other).await).await;
+    let (a, b) = (
+        a["order_id"].as_str().unwrap(),
+        b["order_id"].as_str().unwrap(),
+    );
+    let db = app.db().await;
+    let ring = app.keyring();
+    for (table, class) in [
+        ("billing_details", DataClass::Billing),
+        ("payment_cards", DataClass::Card),
+        ("shipping_details", DataClass::Shipping),
+    ] {
+        let (ba, ea) = envelope_of(&db, table, class, a).await;
+        let (bb, eb) = envelope_of(&db, table, class, b).await;
+        assert!(envelope::open(&ring, &ba, &ea).is_ok());
+        // Row swap: a's envelope read as b's record (ids moved with it or not).
+        assert!(envelope::open(&ring, &bb, &ea).is_err(), "{table}");
+        let moved_with_id = Binding {
+            order_id: bb.order_id,
+            ..ba
+        };
+        assert!(
+            envelope::open(&ring, &moved_with_id, &ea).is_err(),
+            "{table}"
+        );
+        // Only the ciphertext swapped, wrapped DEK kept.
+        let mixed = Envelope {
+            ciphertext: eb.ciphertext.clone(),
+            ..ea.clone()
+        };
+        assert!(envelope::open(&ring, &ba, &mixed).is_err(), "{table}");
+        // Moved into another table (class).
+        let other_class = Binding {
+            class: DataClass::Recipient,
+            ..ba
+        };
+        assert!(envelope::open(&ring, &other_class, &ea).is_err(), "{table}");
+        // One flipped bit.
+        let mut flipped = ea.clone();
+        flipped.ciphertext[15] ^= 0x80;
+        assert!(envelope::open(&ring, &ba, &flipped).is_err(), "{table}");
+    }
+    // A keyring from another installation opens nothing.
+    let stranger = Keyring::generate(&ring::rand::SystemRandom::new(), "t").unwrap();
+    let (ba, ea) = envelope_of(&db, "payment_cards", DataClass::Card, a).await;
+    assert!(envelope::open(&stranger, &ba, &ea).is_err());
+}
+
+#[tokio::test]
+async fn consent_tags_are_authenticated() {
+    let app = spawn_app().await;
+    let body = created(app.post_order("tag-1", &order_json()).await).await;
+    let db = app.db().await;
+    let ring = app.keyring();
+    let tag_id = body["consent"]["id"].as_str().unwrap();
+    let load = || async {
+        let row = sqlx::query("SELECT * FROM consent_tags WHERE id = ?1")
+            .bind(tag_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        checkoutd::domain::consent::ConsentTag {
+            id: Uuid::parse_str(tag_id).unwrap(),
+            order_id: Uuid::parse_str(row.get::<String, _>("order_id").as_str()).unwrap(),
+            subject: checkoutd::domain::consent::Subject::parse(
+                row.get::<String, _>("subject").as_str(),
+            )
+            .unwrap(),
+            basis: checkoutd::domain::consent::Basis::parse(row.get::<String, _>("basis").as_str())
+                .unwrap(),
+            purposes: checkoutd::domain::consent::Purposes::from_array([
+                row.get::<i64, _>("product_updates") != 0,
+                row.get::<i64, _>("new_offerings") != 0,
+                row.get::<i64, _>("partnerships") != 0,
+                row.get::<i64, _>("special_offers") != 0,
+                row.get::<i64, _>("third_party_sharing") != 0,
+            ]),
+            policy_version: row.get("policy_version"),
+            captured_at: row.get("captured_at"),
+            channel: row.get("channel"),
+            mac_key_version: u32::try_from(row.get::<i64, _>("mac_key_version")).unwrap(),
+            mac: row.get::<Vec<u8>, _>("mac").try_into().unwrap(),
+        }
+    };
+    let tag = load().await;
+    assert!(
+        ring.consent_tag_key()
+            .verify(&[&tag.canonical_bytes()], &tag.mac)
+    );
+    // An edit in the database (grant a purpose) is detected.
+    sqlx::query("UPDATE consent_tags SET third_party_sharing = 1 WHERE id = ?1")
+        .bind(tag_id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let edited = load().await;
+    assert!(
+        !ring
+            .consent_tag_key()
+            .verify(&[&edited.canonical_bytes()], &edited.mac)
+    );
+}
+
+#[tokio::test]
+async fn schema_has_the_seven_tables_and_no_cvv_column() {
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    for t in [
+        "billing_details",
+        "consent_tags",
+        "gift_recipients",
+        "idempotency_keys",
+        "orders",
+        "payment_cards",
+        "shipping_details",
+    ] {
+        assert!(
+            tables.contains(&t.to_owned()),
+            "{t} missing from {tables:?}"
+        );
+    }
+    for t in &tables {
+        let columns: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{t}')"))
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        for c in columns {
+            let c = c.to_lowercase();
+            assert!(
+                !c.contains("cvv") && !c.contains("cvc") && !c.contains("csc"),
+                "{t}.{c}"
+            );
+        }
+    }
+}
