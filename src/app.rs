@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::audit::access_log::AccessLog;
 use crate::config::Settings;
 use crate::crypto::keyring::{self, Keyring, KeyringError};
+use crate::fulfillment::Fulfillment;
 use crate::intake::Intake;
 use crate::pki::{self, DevPki};
 use crate::routes::{self, AppState};
@@ -73,6 +75,8 @@ impl Application {
         }
         let keyring = Arc::new(keyring);
         let store = store::open(&settings.store.database).await?;
+        let fulfillment = Arc::new(Fulfillment::new(&keyring));
+        let access_log = AccessLog::start(store.clone(), keyring.clone());
         let intake = Arc::new(Intake::new(
             keyring,
             store.clone(),
@@ -81,6 +85,8 @@ impl Application {
         let state = AppState {
             store: store.clone(),
             intake,
+            fulfillment,
+            access_log,
         };
         let listener =
             TcpListener::bind(settings.listen)

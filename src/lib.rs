@@ -15,17 +15,21 @@
 //! - [`http`] — problem documents, security headers, the access log line.
 //! - [`domain`] — order-form types that parse themselves.
 //! - [`intake`] — order intake: idempotency, validation, sealing, commit.
+//! - [`fulfillment`] — the warehouse's view: shipping and recipient keys only.
 //! - [`crypto`] — envelope encryption, keyring, blind index, consent MAC.
 //! - [`store`] — one `Store` trait, one file per database engine.
+//! - [`audit`] — the hash-chained access log (and, later, verification).
 //! - [`pki`] — the development PKI (rcgen).
 //! - [`ids`] / [`hex`] — random ids, timestamps, hex.
 //! - [`telemetry`] — logging.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod fulfillment;
 pub mod hex;
 pub mod http;
 pub mod ids;

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::aead::{self, KEY_LEN};
-use super::keyring::{Keyring, OpeningKek, SealingKek};
+use super::keyring::{Keyring, OpeningKek, OpensClass, SealingKek};
 use super::{CryptoError, DataClass};
 
 /// The envelope format this code writes.
@@ -138,9 +138,11 @@ fn unwrap_dek(
     Ok(dek)
 }
 
-/// Opens a record. The plaintext comes back in a zeroizing buffer.
+/// Opens a record with any holder of the class's KEKs (the whole keyring,
+/// or a [`super::keyring::ClassKeys`] subset). The plaintext comes back in
+/// a zeroizing buffer.
 pub fn open(
-    keyring: &Keyring,
+    keyring: &impl OpensClass,
     binding: &Binding,
     envelope: &Envelope,
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {

@@ -79,6 +79,47 @@ pub struct OpeningKek<'a> {
     pub(crate) key: &'a [u8; KEY_LEN],
 }
 
+/// Something that holds opening KEKs.
+pub trait OpensClass {
+    fn opening_kek(&self, class: DataClass, version: u32) -> Result<OpeningKek<'_>, CryptoError>;
+}
+
+impl OpensClass for Keyring {
+    fn opening_kek(&self, class: DataClass, version: u32) -> Result<OpeningKek<'_>, CryptoError> {
+        Keyring::opening_kek(self, class, version)
+    }
+}
+
+/// The opening KEKs of some classes only (see [`Keyring::class_keys`]).
+/// Zeroized on drop; never printed.
+pub struct ClassKeys {
+    keks: BTreeMap<DataClass, Vec<VersionedKey>>,
+}
+
+/// A KEK version number and its key material.
+type VersionedKey = (u32, Zeroizing<[u8; KEY_LEN]>);
+
+impl fmt::Debug for ClassKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let classes: Vec<DataClass> = self.keks.keys().copied().collect();
+        write!(f, "ClassKeys({classes:?}, <redacted>)")
+    }
+}
+
+impl OpensClass for ClassKeys {
+    fn opening_kek(&self, class: DataClass, version: u32) -> Result<OpeningKek<'_>, CryptoError> {
+        self.keks
+            .get(&class)
+            .and_then(|ks| ks.iter().find(|(v, _)| *v == version))
+            .map(|(v, key)| OpeningKek {
+                class,
+                version: *v,
+                key,
+            })
+            .ok_or(CryptoError::UnknownKey)
+    }
+}
+
 /// Public facts about one KEK version (for status reports).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KekInfo {
@@ -95,6 +136,7 @@ pub struct Keyring {
     blind_index: MacKey,
     consent_tag: MacKey,
     request_hash: MacKey,
+    access_log: MacKey,
     signing_version: u32,
     signing_seed: Zeroizing<[u8; 32]>,
 }
@@ -135,6 +177,7 @@ impl Keyring {
             blind_index: MacKey::new(1, random_key(rng)?),
             consent_tag: MacKey::new(1, random_key(rng)?),
             request_hash: MacKey::new(1, random_key(rng)?),
+            access_log: MacKey::new(1, random_key(rng)?),
             signing_version: 1,
             signing_seed: random_key(rng)?,
         })
@@ -195,6 +238,27 @@ impl Keyring {
     }
     pub fn request_hash_key(&self) -> &MacKey {
         &self.request_hash
+    }
+    pub fn access_log_key(&self) -> &MacKey {
+        &self.access_log
+    }
+
+    /// A copy of the KEKs of `classes` only — for a reader that must not be
+    /// able to reach any other class's key (fulfillment holds shipping and
+    /// recipient keys and nothing else).
+    pub fn class_keys(&self, classes: &[DataClass]) -> ClassKeys {
+        let keks = classes
+            .iter()
+            .filter_map(|c| self.keks.get(c).map(|ks| (*c, ks)))
+            .map(|(c, ks)| {
+                let copies = ks
+                    .iter()
+                    .map(|k| (k.version, Zeroizing::new(*k.key)))
+                    .collect();
+                (c, copies)
+            })
+            .collect();
+        ClassKeys { keks }
     }
 
     /// The Ed25519 report-signing key pair and its version.
@@ -274,6 +338,7 @@ impl Keyring {
             blind_index: mac("blind_index")?,
             consent_tag: mac("consent_tag")?,
             request_hash: mac("request_hash")?,
+            access_log: mac("access_log")?,
             signing_version: file.signing.version,
             signing_seed: key_from_hex(&file.signing.seed)?,
         })
@@ -302,6 +367,7 @@ impl Keyring {
             ("blind_index", &self.blind_index),
             ("consent_tag", &self.consent_tag),
             ("request_hash", &self.request_hash),
+            ("access_log", &self.access_log),
         ] {
             mac_keys.insert(
                 name.to_owned(),
@@ -431,6 +497,22 @@ mod tests {
         let shown = format!("{ring:?}");
         assert!(!shown.contains(&crate::hex::encode(a.key)));
         assert!(back.signing_key().is_ok());
+    }
+
+    #[test]
+    fn class_keys_hold_only_their_classes() {
+        let ring = Keyring::generate(&SystemRandom::new(), "t").unwrap();
+        let keys = ring.class_keys(&[DataClass::Shipping, DataClass::Recipient]);
+        assert!(OpensClass::opening_kek(&keys, DataClass::Shipping, 1).is_ok());
+        assert!(OpensClass::opening_kek(&keys, DataClass::Recipient, 1).is_ok());
+        assert_eq!(
+            OpensClass::opening_kek(&keys, DataClass::Billing, 1).err(),
+            Some(CryptoError::UnknownKey)
+        );
+        assert_eq!(
+            OpensClass::opening_kek(&keys, DataClass::Card, 1).err(),
+            Some(CryptoError::UnknownKey)
+        );
     }
 
     #[test]

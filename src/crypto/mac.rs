@@ -34,6 +34,12 @@ impl MacKey {
         self.version
     }
 
+    /// An explicit copy, for a component that must hold this one key and
+    /// nothing else of the keyring.
+    pub fn duplicate(&self) -> MacKey {
+        MacKey::new(self.version, Zeroizing::new(*self.key))
+    }
+
     pub(crate) fn raw(&self) -> &[u8; 32] {
         &self.key
     }

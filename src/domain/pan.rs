@@ -107,6 +107,15 @@ pub enum PanError {
 }
 
 /// A validated card number. See the module documentation.
+///
+/// ```
+/// use checkoutd::domain::pan::{CardBrand, Pan, PanError};
+///
+/// let pan = Pan::parse("4012 8888 8888 1881").unwrap();
+/// assert_eq!(pan.brand(), CardBrand::Visa);
+/// assert_eq!(format!("{pan:?}"), "Pan(****1881)");
+/// assert_eq!(Pan::parse("4012 8888 8888 1882").unwrap_err(), PanError::Luhn);
+/// ```
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct Pan {
     digits: Vec<u8>,

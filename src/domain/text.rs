@@ -48,6 +48,14 @@ pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, Text
 }
 
 /// A personal detail. See the module documentation.
+///
+/// ```
+/// use checkoutd::domain::text::Personal;
+///
+/// let name = Personal::parse("  Ada Lovelace ", 256, false).unwrap();
+/// assert_eq!(format!("{name:?}"), "Personal(<redacted>)");
+/// assert_eq!(name.expose(), "Ada Lovelace");
+/// ```
 #[derive(Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct Personal(String);
 

@@ -6,19 +6,22 @@
 //! certificate → 401, a certificate with another or no role → 403, both as
 //! problem documents. Handlers take a [`Caller`] and never read certificates.
 
+mod audit;
 mod health;
 mod orders;
+mod shipments;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use http::request::Parts;
 
+use crate::audit::access_log::{Entry, Outcome};
 use crate::http::{Problem, access_log, headers};
 use crate::server::identity::{Caller, ClientIdentity, Peer, Role};
 use crate::store::Store;
@@ -30,12 +33,24 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Order intake (validation, sealing, idempotency).
     pub intake: Arc<crate::intake::Intake>,
+    /// Fulfillment's view: holds the shipping and recipient keys only.
+    pub fulfillment: Arc<crate::fulfillment::Fulfillment>,
+    /// The hash-chained access log's writer.
+    pub access_log: crate::audit::access_log::AccessLog,
 }
 
 /// Builds the service: routes, role guards, fallbacks and the layers every
 /// response passes through (access log, security headers, time limit).
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     use Role::*;
+    let allow = |roles: &'static [Role], route: MethodRouter<AppState>| {
+        route.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |State(s): State<AppState>, req: Request, next: Next| {
+                require_role(s, roles, req, next)
+            },
+        ))
+    };
     Router::new()
         // Public: no certificate needed.
         .route("/healthz", get(health::healthz))
@@ -50,10 +65,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .route("/v1/consent/opt-out", allow(&[Storefront], post(not_built)))
         // Fulfillment.
-        .route("/v1/shipments", allow(&[Fulfillment], get(not_built)))
+        .route("/v1/shipments", allow(&[Fulfillment], get(shipments::list)))
         .route(
             "/v1/shipments/{order_id}/dispatch",
-            allow(&[Fulfillment], post(not_built)),
+            allow(&[Fulfillment], post(shipments::dispatch)),
         )
         // Marketing.
         .route(
@@ -63,7 +78,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Auditor.
         .route("/v1/audit/report", allow(&[Auditor], get(not_built)))
         .route("/v1/audit/orders/{id}", allow(&[Auditor], get(not_built)))
-        .route("/v1/audit/log", allow(&[Auditor], get(not_built)))
+        .route("/v1/audit/log", allow(&[Auditor], get(audit::log)))
         .route("/metrics", allow(&[Auditor], get(not_built)))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
@@ -75,29 +90,46 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .with_state(state)
 }
 
-/// Puts a role guard in front of a route.
-fn allow(roles: &'static [Role], route: MethodRouter<AppState>) -> MethodRouter<AppState> {
-    route.route_layer(middleware::from_fn(move |req: Request, next: Next| {
-        require_role(roles, req, next)
-    }))
-}
-
 /// The role guard: admits a caller whose certificate names one of `roles`
-/// and hands the handler a [`Caller`].
-async fn require_role(roles: &'static [Role], mut req: Request, next: Next) -> Response {
-    let identity = req.extensions().get::<Peer>().map(|p| p.identity.clone());
-    let caller = match identity {
-        None | Some(ClientIdentity::Anonymous) => {
-            return Problem::unauthenticated().into_response();
-        }
+/// and hands the handler a [`Caller`]. A refusal (401/403) is written to the
+/// access log before it is answered.
+async fn require_role(
+    state: AppState,
+    roles: &'static [Role],
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req.extensions().get::<Peer>().cloned();
+    let refusal = match peer.as_ref().map(|p| &p.identity) {
+        None | Some(ClientIdentity::Anonymous) => Problem::unauthenticated(),
         Some(ClientIdentity::Certified {
             role: Some(role),
             fingerprint,
-        }) if roles.contains(&role) => Caller { role, fingerprint },
-        Some(ClientIdentity::Certified { .. }) => return Problem::forbidden().into_response(),
+        }) if roles.contains(role) => {
+            let caller = Caller {
+                role: *role,
+                fingerprint: *fingerprint,
+            };
+            req.extensions_mut().insert(caller);
+            return next.run(req).await;
+        }
+        Some(ClientIdentity::Certified { .. }) => Problem::forbidden(),
     };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("<unmatched>", MatchedPath::as_str);
+    let entry = Entry::for_request(
+        peer.as_ref(),
+        format!("{} {route}", req.method().as_str()),
+        Vec::new(),
+        Outcome::Denied,
+        refusal.status().as_u16(),
+    );
+    if let Err(error) = state.access_log.append(entry).await {
+        tracing::error!(error = %error, "access log append failed for a denied request");
+    }
+    refusal.into_response()
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::audit::access_log;
 use crate::config::DatabaseUrl;
 
 /// Storage failures. Variants carry no row contents.
@@ -36,9 +37,21 @@ pub enum StoreError {
     PostgresNotYet,
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
+    /// One failure reported to several waiters (a failed batch).
+    #[error("{0}")]
+    Shared(Arc<StoreError>),
 }
 
 impl StoreError {
+    /// True when the database could not be reached (answer 503).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Shared(inner) => inner.is_unavailable(),
+            _ => false,
+        }
+    }
+
     /// Maps a driver error: connection-level failures are `Unavailable`
     /// (answered 503), everything else `Query` (answered 500).
     pub fn from_sqlx(error: sqlx::Error) -> Self {
@@ -84,6 +97,43 @@ pub trait Store: Send + Sync + 'static {
         client: &[u8; 32],
         id: uuid::Uuid,
     ) -> Result<Option<rows::OrderSummary>, StoreError>;
+
+    /// Orders in `status`, in creation order, after the order with sequence
+    /// number `after_seq`: their shipping record (or the gift recipient's,
+    /// for a gift) and the customer's consent tag. At most `limit` rows.
+    /// Billing and card columns are never read on this path.
+    async fn shipments(
+        &self,
+        status: rows::ShipmentStatus,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<rows::ShipmentRow>, StoreError>;
+
+    /// Marks an order dispatched, or reports what it already is.
+    async fn dispatch(
+        &self,
+        order_id: uuid::Uuid,
+        dispatch: &rows::Dispatch,
+    ) -> Result<rows::DispatchOutcome, StoreError>;
+
+    /// Appends entries to the access log in one transaction, chaining each
+    /// to the current head (read under the write lock) with `chainer`, and
+    /// moves the head. Returns the sequence numbers given.
+    async fn append_access_log(
+        &self,
+        entries: &[access_log::Entry],
+        chainer: &access_log::Chainer<'_>,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Up to `limit` entries with `seq > after`, in order.
+    async fn access_log_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<access_log::ChainedEntry>, StoreError>;
+
+    /// The chain head, if any entry exists.
+    async fn access_log_head(&self) -> Result<Option<access_log::Head>, StoreError>;
 }
 
 /// Opens the store named by `url`, creating an SQLite file (and its

@@ -117,3 +117,77 @@ pub struct OrderSummary {
     pub last4: String,
     pub consent: ConsentTag,
 }
+
+/// Which shipments to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipmentStatus {
+    /// Accepted, not yet dispatched.
+    Pending,
+    Dispatched,
+}
+
+impl ShipmentStatus {
+    /// The `orders.status` value.
+    pub fn order_status(self) -> &'static str {
+        match self {
+            ShipmentStatus::Pending => "accepted",
+            ShipmentStatus::Dispatched => "dispatched",
+        }
+    }
+}
+
+/// One shipment as read for fulfillment: no billing or card columns.
+#[derive(Debug, Clone)]
+pub struct ShipmentRow {
+    pub seq: i64,
+    pub order_id: Uuid,
+    pub created_at: String,
+    pub status: String,
+    pub items: Vec<Item>,
+    /// The ship-to envelope: the customer's shipping record, or the gift
+    /// recipient's record for a gift (with its own record id and class).
+    pub ship_to: ShipToRow,
+    pub customer_tag: ConsentTag,
+    pub dispatch: Option<Dispatch>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ShipToRow {
+    Customer { record_id: Uuid, envelope: Envelope },
+    GiftRecipient { record_id: Uuid, envelope: Envelope },
+}
+
+/// Dispatch facts (none personal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    pub carrier: String,
+    pub tracking: String,
+    pub dispatched_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchOutcome {
+    /// Now dispatched with these facts.
+    Dispatched(Dispatch),
+    /// Already dispatched, with these (possibly different) facts.
+    AlreadyDispatched(Dispatch),
+    NotFound,
+}
+
+/// Dispatch facts as shown to fulfillment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DispatchView {
+    pub carrier: String,
+    pub tracking: String,
+    pub dispatched_at: String,
+}
+
+impl From<Dispatch> for DispatchView {
+    fn from(d: Dispatch) -> Self {
+        DispatchView {
+            carrier: d.carrier,
+            tracking: d.tracking,
+            dispatched_at: d.dispatched_at,
+        }
+    }
+}

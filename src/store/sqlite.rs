@@ -14,9 +14,11 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::rows::{
-    CommitOutcome, KeyRecord, NewOrder, OrderSummary, SealedRecord, ShippingRecord, StoredResponse,
+    CommitOutcome, Dispatch, DispatchOutcome, KeyRecord, NewOrder, OrderSummary, SealedRecord,
+    ShipToRow, ShipmentRow, ShipmentStatus, ShippingRecord, StoredResponse,
 };
 use super::{Store, StoreError};
+use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
 use crate::crypto::envelope::Envelope;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
 
@@ -91,7 +93,12 @@ impl Store for SqliteStore {
     }
 
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        // IMMEDIATE: take the write lock up front instead of upgrading later.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for order in batch {
             outcomes.push(
@@ -181,6 +188,293 @@ impl Store for SqliteStore {
             consent: consent_tag(&row, "tag_id", "tag_order_id")?,
         }))
     }
+
+    async fn shipments(
+        &self,
+        status: ShipmentStatus,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<ShipmentRow>, StoreError> {
+        // Only shipping and recipient envelopes are selected: billing and
+        // card columns never leave the database on this path.
+        let rows = sqlx::query(
+            "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.carrier, o.tracking, o.dispatched_at,
+                    s.ship_to, s.id AS ship_id, s.format_version AS s_fmt, s.kek_version AS s_kek,
+                    s.wrapped_dek AS s_dek, s.ciphertext AS s_ct,
+                    g.id AS gift_id, g.format_version AS g_fmt, g.kek_version AS g_kek,
+                    g.wrapped_dek AS g_dek, g.ciphertext AS g_ct,
+                    t.id AS tag_id, t.order_id AS tag_order_id, t.subject, t.basis, t.product_updates,
+                    t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
+                    t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac
+               FROM orders o
+               JOIN shipping_details s ON s.order_id = o.id
+               JOIN consent_tags t ON t.id = o.consent_tag_id
+               LEFT JOIN gift_recipients g ON g.order_id = o.id
+              WHERE o.status = ?1 AND o.seq > ?2
+              ORDER BY o.seq
+              LIMIT ?3",
+        )
+        .bind(status.order_status())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(shipment_row).collect()
+    }
+
+    async fn dispatch(
+        &self,
+        order_id: Uuid,
+        dispatch: &Dispatch,
+    ) -> Result<DispatchOutcome, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(
+            "SELECT status, carrier, tracking, dispatched_at FROM orders WHERE id = ?1",
+        )
+        .bind(order_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else {
+            return Ok(DispatchOutcome::NotFound);
+        };
+        if let Some(existing) = dispatch_of(&row)? {
+            return Ok(DispatchOutcome::AlreadyDispatched(existing));
+        }
+        sqlx::query(
+            "UPDATE orders SET status = 'dispatched', carrier = ?2, tracking = ?3, dispatched_at = ?4
+              WHERE id = ?1 AND status = 'accepted'",
+        )
+        .bind(order_id.to_string())
+        .bind(&dispatch.carrier)
+        .bind(&dispatch.tracking)
+        .bind(&dispatch.dispatched_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(DispatchOutcome::Dispatched(dispatch.clone()))
+    }
+
+    async fn append_access_log(
+        &self,
+        entries: &[Entry],
+        chainer: &Chainer<'_>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let head = sqlx::query("SELECT seq, hash FROM access_log_head WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let (mut seq, mut prev) = match head {
+            None => (0u64, GENESIS),
+            Some(row) => (
+                u64::try_from(
+                    row.try_get::<i64, _>("seq")
+                        .map_err(StoreError::from_sqlx)?,
+                )
+                .map_err(|_| StoreError::Corrupt("access_log_head.seq"))?,
+                blob32(&row, "hash")?,
+            ),
+        };
+        let mut seqs = Vec::with_capacity(entries.len());
+        for entry in entries {
+            seq += 1;
+            let (hash, mac) = chainer.link(seq, &prev, entry);
+            sqlx::query(
+                "INSERT INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action, objects,
+                    outcome, status, prev_hash, hash, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .bind(i64::try_from(seq).map_err(|_| StoreError::Corrupt("access_log.seq"))?)
+            .bind(&entry.at)
+            .bind(&entry.role)
+            .bind(&entry.cert_fingerprint)
+            .bind(&entry.origin_ip)
+            .bind(&entry.action)
+            .bind(entry.objects_json())
+            .bind(entry.outcome.as_str())
+            .bind(i64::from(entry.status))
+            .bind(prev.as_slice())
+            .bind(hash.as_slice())
+            .bind(mac.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            prev = hash;
+            seqs.push(seq);
+        }
+        let head_seq = i64::try_from(seq).map_err(|_| StoreError::Corrupt("access_log.seq"))?;
+        sqlx::query(
+            "INSERT INTO access_log_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+        )
+        .bind(head_seq)
+        .bind(prev.as_slice())
+        .bind(chainer.head_mac(seq, &prev).as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
+        Ok(seqs)
+    }
+
+    async fn access_log_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, role, cert_fingerprint, origin_ip, action, objects, outcome, status,
+                    prev_hash, hash, mac
+               FROM access_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter().map(chained_entry).collect()
+    }
+
+    async fn access_log_head(&self) -> Result<Option<Head>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash, mac FROM access_log_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Head {
+            seq: u64::try_from(
+                row.try_get::<i64, _>("seq")
+                    .map_err(StoreError::from_sqlx)?,
+            )
+            .map_err(|_| StoreError::Corrupt("access_log_head.seq"))?,
+            hash: blob32(&row, "hash")?,
+            mac: blob32(&row, "mac")?,
+        }))
+    }
+}
+
+fn blob32(row: &sqlx::sqlite::SqliteRow, name: &'static str) -> Result<[u8; 32], StoreError> {
+    let v: Vec<u8> = row.try_get(name).map_err(StoreError::from_sqlx)?;
+    v.try_into().map_err(|_| StoreError::Corrupt(name))
+}
+
+fn chained_entry(row: &sqlx::sqlite::SqliteRow) -> Result<ChainedEntry, StoreError> {
+    let text = |name: &'static str| {
+        row.try_get::<String, _>(name)
+            .map_err(StoreError::from_sqlx)
+    };
+    let objects: Vec<String> = serde_json::from_str(&text("objects")?)
+        .map_err(|_| StoreError::Corrupt("access_log.objects"))?;
+    Ok(ChainedEntry {
+        seq: u64::try_from(
+            row.try_get::<i64, _>("seq")
+                .map_err(StoreError::from_sqlx)?,
+        )
+        .map_err(|_| StoreError::Corrupt("access_log.seq"))?,
+        entry: Entry {
+            at: text("at")?,
+            role: text("role")?,
+            cert_fingerprint: text("cert_fingerprint")?,
+            origin_ip: text("origin_ip")?,
+            action: text("action")?,
+            objects,
+            outcome: Outcome::parse(&text("outcome")?)
+                .ok_or(StoreError::Corrupt("access_log.outcome"))?,
+            status: u16::try_from(
+                row.try_get::<i64, _>("status")
+                    .map_err(StoreError::from_sqlx)?,
+            )
+            .map_err(|_| StoreError::Corrupt("access_log.status"))?,
+        },
+        prev_hash: blob32(row, "prev_hash")?,
+        hash: blob32(row, "hash")?,
+        mac: blob32(row, "mac")?,
+    })
+}
+
+fn dispatch_of(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Dispatch>, StoreError> {
+    let get = |name: &'static str| {
+        row.try_get::<Option<String>, _>(name)
+            .map_err(StoreError::from_sqlx)
+    };
+    Ok(
+        match (get("carrier")?, get("tracking")?, get("dispatched_at")?) {
+            (Some(carrier), Some(tracking), Some(dispatched_at)) => Some(Dispatch {
+                carrier,
+                tracking,
+                dispatched_at,
+            }),
+            _ => None,
+        },
+    )
+}
+
+fn envelope_cols(
+    row: &sqlx::sqlite::SqliteRow,
+    prefix: &str,
+) -> Result<Option<Envelope>, StoreError> {
+    let col = |n: &str| format!("{prefix}_{n}");
+    let fmt: Option<i64> = row
+        .try_get(col("fmt").as_str())
+        .map_err(StoreError::from_sqlx)?;
+    let kek: Option<i64> = row
+        .try_get(col("kek").as_str())
+        .map_err(StoreError::from_sqlx)?;
+    let dek: Option<Vec<u8>> = row
+        .try_get(col("dek").as_str())
+        .map_err(StoreError::from_sqlx)?;
+    let ct: Option<Vec<u8>> = row
+        .try_get(col("ct").as_str())
+        .map_err(StoreError::from_sqlx)?;
+    Ok(match (fmt, kek, dek, ct) {
+        (Some(fmt), Some(kek), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
+            format_version: u8::try_from(fmt).map_err(|_| StoreError::Corrupt("format_version"))?,
+            kek_version: u32::try_from(kek).map_err(|_| StoreError::Corrupt("kek_version"))?,
+            wrapped_dek,
+            ciphertext,
+        }),
+        (None, None, None, None) => None,
+        _ => return Err(StoreError::Corrupt("envelope columns")),
+    })
+}
+
+fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError> {
+    let items: String = row.try_get("items").map_err(StoreError::from_sqlx)?;
+    let ship_to: String = row.try_get("ship_to").map_err(StoreError::from_sqlx)?;
+    let ship_to = match ship_to.as_str() {
+        "customer" => ShipToRow::Customer {
+            record_id: uuid_col(row, "ship_id")?,
+            envelope: envelope_cols(row, "s")?
+                .ok_or(StoreError::Corrupt("shipping_details envelope"))?,
+        },
+        "gift_recipient" => ShipToRow::GiftRecipient {
+            record_id: uuid_col(row, "gift_id")?,
+            envelope: envelope_cols(row, "g")?
+                .ok_or(StoreError::Corrupt("gift_recipients envelope"))?,
+        },
+        _ => return Err(StoreError::Corrupt("shipping_details.ship_to")),
+    };
+    Ok(ShipmentRow {
+        seq: row.try_get("seq").map_err(StoreError::from_sqlx)?,
+        order_id: uuid_col(row, "id")?,
+        created_at: row.try_get("created_at").map_err(StoreError::from_sqlx)?,
+        status: row.try_get("status").map_err(StoreError::from_sqlx)?,
+        items: serde_json::from_str(&items).map_err(|_| StoreError::Corrupt("orders.items"))?,
+        ship_to,
+        customer_tag: consent_tag(row, "tag_id", "tag_order_id")?,
+        dispatch: dispatch_of(row)?,
+    })
 }
 
 fn uuid_col(row: &sqlx::sqlite::SqliteRow, name: &'static str) -> Result<Uuid, StoreError> {

@@ -185,6 +185,29 @@ async fn every_role_table_entry_is_enforced() {
         ("GET", "/v1/audit/log", Role::Auditor),
         ("GET", "/metrics", Role::Auditor),
     ];
+    // Public endpoints answer everyone, with or without a certificate.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            app.anonymous()
+                .get(app.url(path))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        for role in Role::ALL {
+            assert_eq!(
+                app.client(role)
+                    .get(app.url(path))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+    }
     for (method, path, allowed) in table {
         let method: reqwest::Method = method.parse().unwrap();
         let response = app

@@ -1,0 +1,347 @@
+//! The append-only, hash-chained access log (DESIGN.md invariant 8).
+//!
+//! Every read of personal data, every denied request, every read of the log
+//! itself (and later every key operation) becomes one [`Entry`] — who (role
+//! and certificate fingerprint), what (action), when, outcome, origin IP and
+//! which objects — appended *before* the response is sent.
+//!
+//! Chain: `hash_n = SHA-256("checkoutd/access-log" ‖ 0x01 ‖ hash_{n-1} ‖
+//! seq ‖ fields)` (see [`Entry::canonical_bytes`]), with `hash_0` = 32 zero
+//! bytes, and `mac_n = HMAC-SHA256(access-log key, hash_n)`. Anyone can
+//! re-check the links from the API output; only the keyring can vouch for
+//! them, so an attacker who rewrites rows and recomputes hashes is caught by
+//! the MACs. A head row (last seq and hash, MACed) is updated with every
+//! append, so a truncated tail is caught too. The database also refuses
+//! UPDATE and DELETE on entries (triggers).
+//!
+//! Appends go through one writer task per process, which batches whatever
+//! is waiting into one transaction; across processes the store serialises
+//! on the head row.
+
+use std::sync::Arc;
+
+use ring::digest;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::crypto::mac::MacKey;
+use crate::server::identity::{ClientIdentity, Peer};
+use crate::store::{Store, StoreError};
+
+/// The hash before the first entry.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// Whether the request was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allowed,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "allowed" => Some(Outcome::Allowed),
+            "denied" => Some(Outcome::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of one entry, before it is chained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub at: String,
+    /// A role name, `none` (no certificate) or `unknown` (no valid role).
+    pub role: String,
+    /// Hex SHA-256 of the client certificate, or empty.
+    pub cert_fingerprint: String,
+    pub origin_ip: String,
+    /// `METHOD /route/template`, e.g. `GET /v1/shipments`.
+    pub action: String,
+    /// Ids of the objects touched (order ids), in response order.
+    pub objects: Vec<String>,
+    pub outcome: Outcome,
+    pub status: u16,
+}
+
+impl Entry {
+    /// An entry for a request from `peer`.
+    pub fn for_request(
+        peer: Option<&Peer>,
+        action: String,
+        objects: Vec<String>,
+        outcome: Outcome,
+        status: u16,
+    ) -> Self {
+        let (role, fingerprint, ip) = match peer {
+            None => ("none".to_owned(), String::new(), String::from("-")),
+            Some(p) => match &p.identity {
+                ClientIdentity::Anonymous => {
+                    ("none".to_owned(), String::new(), p.addr.ip().to_string())
+                }
+                ClientIdentity::Certified { role, fingerprint } => (
+                    role.map_or_else(|| "unknown".to_owned(), |r| r.as_str().to_owned()),
+                    fingerprint.to_hex(),
+                    p.addr.ip().to_string(),
+                ),
+            },
+        };
+        Entry {
+            at: crate::ids::now(),
+            role,
+            cert_fingerprint: fingerprint,
+            origin_ip: ip,
+            action,
+            objects,
+            outcome,
+            status,
+        }
+    }
+
+    /// The objects as stored: a JSON array of strings.
+    pub fn objects_json(&self) -> String {
+        serde_json::to_string(&self.objects).unwrap_or_else(|_| String::from("[]"))
+    }
+
+    /// The bytes hashed into the chain:
+    /// `"checkoutd/access-log" ‖ 0x01 ‖ prev_hash (32) ‖ seq (u64 BE) ‖
+    /// for each of at, role, cert_fingerprint, origin_ip, action, objects
+    /// (JSON), outcome: u32 BE byte length ‖ UTF-8 bytes ‖ status (u16 BE)`.
+    pub fn canonical_bytes(&self, seq: u64, prev_hash: &[u8; 32]) -> Vec<u8> {
+        let objects = self.objects_json();
+        let mut out = Vec::with_capacity(128 + objects.len() + self.action.len());
+        out.extend_from_slice(b"checkoutd/access-log");
+        out.push(1);
+        out.extend_from_slice(prev_hash);
+        out.extend_from_slice(&seq.to_be_bytes());
+        for field in [
+            self.at.as_str(),
+            self.role.as_str(),
+            self.cert_fingerprint.as_str(),
+            self.origin_ip.as_str(),
+            self.action.as_str(),
+            objects.as_str(),
+            self.outcome.as_str(),
+        ] {
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
+        out.extend_from_slice(&self.status.to_be_bytes());
+        out
+    }
+}
+
+/// An entry as stored, with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedEntry {
+    pub seq: u64,
+    pub entry: Entry,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+/// The stored head of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+/// Computes links: owned by the writer, lent to the store inside its
+/// append transaction.
+pub struct Chainer<'a> {
+    key: &'a MacKey,
+}
+
+impl<'a> Chainer<'a> {
+    pub fn new(key: &'a MacKey) -> Self {
+        Chainer { key }
+    }
+
+    /// The hash and MAC of `entry` at `seq` after `prev_hash`.
+    pub fn link(&self, seq: u64, prev_hash: &[u8; 32], entry: &Entry) -> ([u8; 32], [u8; 32]) {
+        let hash = entry_hash(seq, prev_hash, entry);
+        (hash, self.key.sign(&[&hash]))
+    }
+
+    /// The MAC of the head row.
+    pub fn head_mac(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
+        self.key
+            .sign(&[b"checkoutd/access-log-head", &seq.to_be_bytes(), hash])
+    }
+}
+
+pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], entry: &Entry) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, &entry.canonical_bytes(seq, prev_hash));
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Why the chain does not verify. Names the entry, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("access-log entry {seq}: {what}")]
+    Entry { seq: u64, what: &'static str },
+    #[error("access-log head: {0}")]
+    Head(&'static str),
+    #[error("reading the access log failed")]
+    Store,
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ChainStatus {
+    pub entries: u64,
+    pub head_seq: u64,
+}
+
+/// Page size while verifying: memory stays bounded however long the log.
+const VERIFY_PAGE: u32 = 1000;
+
+/// Re-verifies the whole chain: sequence without gaps, every link, every
+/// MAC, and the head.
+pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus, ChainError> {
+    let chainer = Chainer::new(key);
+    let mut prev = GENESIS;
+    let mut expected_seq = 1u64;
+    loop {
+        let page = store
+            .access_log_page(expected_seq - 1, VERIFY_PAGE)
+            .await
+            .map_err(|_| ChainError::Store)?;
+        let n = page.len();
+        for e in page {
+            if e.seq != expected_seq {
+                return Err(ChainError::Entry {
+                    seq: expected_seq,
+                    what: "missing (sequence gap)",
+                });
+            }
+            if e.prev_hash != prev {
+                return Err(ChainError::Entry {
+                    seq: e.seq,
+                    what: "does not link to the previous entry",
+                });
+            }
+            if entry_hash(e.seq, &e.prev_hash, &e.entry) != e.hash {
+                return Err(ChainError::Entry {
+                    seq: e.seq,
+                    what: "hash does not match its fields (edited)",
+                });
+            }
+            if !key.verify(&[&e.hash], &e.mac) {
+                return Err(ChainError::Entry {
+                    seq: e.seq,
+                    what: "MAC does not verify (rewritten)",
+                });
+            }
+            prev = e.hash;
+            expected_seq += 1;
+        }
+        if n < VERIFY_PAGE as usize {
+            break;
+        }
+    }
+    let last = expected_seq - 1;
+    match store
+        .access_log_head()
+        .await
+        .map_err(|_| ChainError::Store)?
+    {
+        None if last == 0 => Ok(ChainStatus {
+            entries: 0,
+            head_seq: 0,
+        }),
+        None => Err(ChainError::Head("missing while entries exist")),
+        Some(head) => {
+            if chainer.head_mac(head.seq, &head.hash) != head.mac {
+                return Err(ChainError::Head("MAC does not verify"));
+            }
+            if head.seq != last || head.hash != prev {
+                return Err(ChainError::Head(
+                    "does not match the last entry (truncated or rolled back)",
+                ));
+            }
+            Ok(ChainStatus {
+                entries: last,
+                head_seq: head.seq,
+            })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the access-log writer has stopped")]
+    WriterGone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Job = (Entry, oneshot::Sender<Result<u64, Arc<StoreError>>>);
+
+/// Handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Most entries committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+impl AccessLog {
+    /// Starts the writer task. It ends when every handle is dropped.
+    pub fn start(store: Arc<dyn Store>, key: Arc<crate::crypto::keyring::Keyring>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job>(4096);
+        tokio::spawn(async move {
+            let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+                let entries: Vec<Entry> = jobs.iter().map(|(e, _)| e.clone()).collect();
+                let chainer = Chainer::new(key.access_log_key());
+                let result = store.append_access_log(&entries, &chainer).await;
+                match result {
+                    Ok(seqs) => {
+                        for ((_, ack), seq) in jobs.drain(..).zip(seqs) {
+                            let _ = ack.send(Ok(seq));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error, "appending to the access log failed");
+                        let error = Arc::new(error);
+                        for (_, ack) in jobs.drain(..) {
+                            let _ = ack.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        AccessLog { tx }
+    }
+
+    /// Appends one entry and waits until it is committed. Callers send their
+    /// response only after this returns `Ok`.
+    pub async fn append(&self, entry: Entry) -> Result<u64, AppendError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((entry, ack))
+            .await
+            .map_err(|_| AppendError::WriterGone)?;
+        match done.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(AppendError::Store(StoreError::Shared(e))),
+            Err(_) => Err(AppendError::WriterGone),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Fulfillment: what the warehouse may see of an order — its ship-to,
+//! items, gift flag and message, and the customer's effective consent —
+//! and nothing else.
+//!
+//! Invariant: this module holds only the `shipping` and `recipient` KEKs
+//! (a [`ClassKeys`] subset made at start-up) and the consent-tag MAC key. It
+//! cannot open billing or card records: the keys are not reachable from here,
+//! and the store query behind it does not select those tables.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::crypto::DataClass;
+use crate::crypto::envelope::{self, Binding};
+use crate::crypto::keyring::{ClassKeys, Keyring};
+use crate::crypto::mac::MacKey;
+use crate::domain::consent::Purposes;
+use crate::store::rows::{ShipToRow, ShipmentRow};
+
+/// The keys fulfillment holds.
+pub struct Fulfillment {
+    keys: ClassKeys,
+    consent_key: MacKey,
+}
+
+/// One shipment as the warehouse sees it.
+#[derive(Debug, Serialize)]
+pub struct Shipment {
+    pub order_id: uuid::Uuid,
+    pub created_at: String,
+    pub status: String,
+    pub items: Vec<ShipmentItem>,
+    /// Name, company, address and phone of whoever receives the parcel;
+    /// `null` if the record failed its integrity check.
+    pub ship_to: Option<Value>,
+    pub gift: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gift_message: Option<String>,
+    /// What the customer currently consents to (e.g. a promotional insert
+    /// for `special_offers`). All false when the tag does not verify.
+    pub consent: EffectiveConsent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<crate::store::rows::DispatchView>,
+    /// True when the ship-to record did not open: do not ship, tell the
+    /// auditors.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub integrity_error: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShipmentItem {
+    pub sku: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EffectiveConsent {
+    #[serde(flatten)]
+    pub purposes: Purposes,
+    pub policy_version: String,
+    /// Whether the consent tag's MAC verified.
+    pub verified: bool,
+}
+
+impl Fulfillment {
+    pub fn new(keyring: &Keyring) -> Self {
+        Fulfillment {
+            keys: keyring.class_keys(&[DataClass::Shipping, DataClass::Recipient]),
+            consent_key: keyring.consent_tag_key().duplicate(),
+        }
+    }
+
+    /// Decrypts the ship-to of one row and assembles the warehouse's view.
+    pub fn view(&self, row: ShipmentRow) -> Shipment {
+        let (class, record_id, envelope, gift) = match &row.ship_to {
+            ShipToRow::Customer {
+                record_id,
+                envelope,
+            } => (DataClass::Shipping, *record_id, envelope, false),
+            ShipToRow::GiftRecipient {
+                record_id,
+                envelope,
+            } => (DataClass::Recipient, *record_id, envelope, true),
+        };
+        let binding = Binding {
+            class,
+            order_id: row.order_id,
+            record_id,
+        };
+        let opened = envelope::open(&self.keys, &binding, envelope)
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok());
+        let integrity_error = opened.is_none();
+        if integrity_error {
+            tracing::error!(order_id = %row.order_id, class = class.as_str(), "a ship-to record failed to open");
+        }
+        let (ship_to, gift_message) = match opened {
+            Some(Value::Object(mut record)) => {
+                let message = record
+                    .remove("message")
+                    .and_then(|m| m.as_str().map(str::to_owned));
+                record.retain(|_, v| !v.is_null());
+                (Some(Value::Object(record)), message)
+            }
+            _ => (None, None),
+        };
+        let tag = &row.customer_tag;
+        let verified = self.consent_key.verify(&[&tag.canonical_bytes()], &tag.mac);
+        if !verified {
+            tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
+        }
+        Shipment {
+            order_id: row.order_id,
+            created_at: row.created_at,
+            status: if row.status == "dispatched" {
+                "dispatched".into()
+            } else {
+                "pending".into()
+            },
+            items: row
+                .items
+                .into_iter()
+                .map(|i| ShipmentItem {
+                    sku: i.sku.as_str().to_owned(),
+                    description: i.description.map(|d| d.as_str().to_owned()),
+                    quantity: i.quantity,
+                })
+                .collect(),
+            ship_to,
+            gift,
+            gift_message,
+            consent: EffectiveConsent {
+                purposes: if verified {
+                    tag.purposes
+                } else {
+                    Purposes::default()
+                },
+                policy_version: tag.policy_version.clone(),
+                verified,
+            },
+            dispatch: row.dispatch.map(Into::into),
+            integrity_error,
+        }
+    }
+}

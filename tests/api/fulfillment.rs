@@ -1,0 +1,492 @@
+//! Fulfillment sees shipping records and nothing else; every read of
+//! personal data lands in the hash-chained access log.
+
+use std::collections::HashSet;
+
+use checkoutd::audit::access_log::{ChainError, verify_chain};
+use checkoutd::server::identity::Role;
+use checkoutd::store::sqlite::SqliteStore;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, expect_problem, spawn_app};
+use crate::orders::order_json;
+
+impl TestApp {
+    pub async fn shipments(&self, query: &str) -> Value {
+        let r = self
+            .client(Role::Fulfillment)
+            .get(self.url(&format!("/v1/shipments{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    pub async fn dispatch(&self, order_id: &str, body: &Value) -> reqwest::Response {
+        self.client(Role::Fulfillment)
+            .post(self.url(&format!("/v1/shipments/{order_id}/dispatch")))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.db_path()).await.unwrap()
+    }
+}
+
+async fn new_order(app: &TestApp, key: &str, order: &Value) -> String {
+    let r = app.post_order(key, order).await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    body["order_id"].as_str().unwrap().to_owned()
+}
+
+fn gift_order() -> Value {
+    let mut o = order_json();
+    o["card"]["number"] = json!("378282246310005");
+    o["card"]["cvc"] = json!("4321");
+    o["gift_recipient"] = json!({
+        "name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
+        "phone": "+44 20 7946 0000",
+        "message": "Happy birthday!"
+    });
+    o
+}
+
+#[tokio::test]
+async fn fulfillment_sees_the_ship_to_and_nothing_else() {
+    let app = spawn_app().await;
+    let mut plain = order_json();
+    plain["shipping_address"] = json!({"line1": "9 Harbour Road", "city": "Portsmouth", "postal_code": "PO1 3AX",
+                                        "country": "GB"});
+    let plain_id = new_order(&app, "f-plain", &plain).await;
+    let gift_id = new_order(&app, "f-gift", &gift_order()).await;
+
+    let r = app
+        .client(Role::Fulfillment)
+        .get(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for secret in [
+        "4111",
+        "378282246310005",
+        "51 Columbia",
+        "Aliso Viejo",
+        "ada@example.com",
+    ] {
+        assert!(
+            !text.to_lowercase().contains(&secret.to_lowercase()),
+            "fulfillment saw {secret}: {text}"
+        );
+    }
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let (mut keys, mut strings, mut numbers) = (Vec::new(), Vec::new(), Vec::new());
+    walk(&list, &mut keys, &mut strings, &mut numbers);
+    for key in [
+        "card",
+        "brand",
+        "last4",
+        "total_minor",
+        "unit_price_minor",
+        "email",
+        "billing_address",
+        "cvc",
+    ] {
+        assert!(
+            !keys.contains(&key.to_owned()),
+            "fulfillment saw a {key} field"
+        );
+    }
+    for value in [
+        "1111",
+        "0005",
+        "visa",
+        "amex",
+        "ada@example.com",
+        "123",
+        "4321",
+    ] {
+        assert!(
+            !strings.contains(&value.to_owned()),
+            "fulfillment saw {value}"
+        );
+    }
+    for n in [4999, 9998] {
+        assert!(!numbers.contains(&n), "fulfillment saw a price or total");
+    }
+    let shipments = list["shipments"].as_array().unwrap();
+    assert_eq!(shipments.len(), 2);
+    assert!(list["next_cursor"].is_null());
+
+    let plain = &shipments[0];
+    assert_eq!(plain["order_id"], plain_id.as_str());
+    assert_eq!(plain["gift"], false);
+    assert_eq!(plain["status"], "pending");
+    assert_eq!(plain["ship_to"]["name"], "Ada Lovelace");
+    assert_eq!(plain["ship_to"]["address"]["line1"], "9 Harbour Road");
+    assert_eq!(plain["ship_to"]["phone"], "+1 949 555 0100");
+    assert!(plain.get("gift_message").is_none());
+    assert_eq!(
+        plain["items"],
+        json!([{"sku": "FAXSTF-PRO", "description": "Fax stuff", "quantity": 2}])
+    );
+    assert_eq!(plain["consent"]["special_offers"], true);
+    assert_eq!(plain["consent"]["third_party_sharing"], false);
+    assert_eq!(plain["consent"]["verified"], true);
+
+    let gift = &shipments[1];
+    assert_eq!(gift["order_id"], gift_id.as_str());
+    assert_eq!(gift["gift"], true);
+    assert_eq!(gift["ship_to"]["name"], "Charles Babbage");
+    assert_eq!(gift["ship_to"]["address"]["line1"], "1 Dorset Street");
+    assert_eq!(gift["gift_message"], "Happy birthday!");
+    // The effective consent is the customer's, not the recipient's.
+    assert_eq!(gift["consent"]["special_offers"], true);
+}
+
+#[tokio::test]
+async fn pagination_covers_every_order_once() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(new_order(&app, &format!("page-{i}"), &order_json()).await);
+    }
+    let mut seen = Vec::new();
+    let mut query = "?limit=3".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = app.shipments(&query).await;
+        pages += 1;
+        for s in page["shipments"].as_array().unwrap() {
+            seen.push(s["order_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => query = format!("?limit=3&after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids, "creation order, no loss, no repetition");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7);
+}
+
+#[tokio::test]
+async fn bad_query_values_are_400_problems() {
+    let app = spawn_app().await;
+    for q in [
+        "?limit=0",
+        "?limit=501",
+        "?limit=x",
+        "?status=lost",
+        "?after=nope",
+        "?after=ffffffffffffffff",
+        "?colour=red",
+    ] {
+        let r = app
+            .client(Role::Fulfillment)
+            .get(app.url(&format!("/v1/shipments{q}")))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn dispatch_moves_an_order_and_is_idempotent() {
+    let app = spawn_app().await;
+    let a = new_order(&app, "d-a", &order_json()).await;
+    let b = new_order(&app, "d-b", &order_json()).await;
+    let body = json!({"carrier": "UPS", "tracking": "1Z999AA10123456784"});
+    let r = app.dispatch(&a, &body).await;
+    assert_eq!(r.status(), 200);
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(first["status"], "dispatched");
+    // Same again: a no-op success with the original facts.
+    let again: Value = app.dispatch(&a, &body).await.json().await.unwrap();
+    assert_eq!(again, first);
+    // Another tracking number: conflict.
+    let r = app
+        .dispatch(&a, &json!({"carrier": "UPS", "tracking": "OTHER"}))
+        .await;
+    expect_problem(r, 409).await;
+
+    let pending = app.shipments("").await;
+    let pending: Vec<&str> = pending["shipments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(pending, vec![b.as_str()]);
+    let dispatched = app.shipments("?status=dispatched").await;
+    assert_eq!(dispatched["shipments"][0]["order_id"], a.as_str());
+    assert_eq!(
+        dispatched["shipments"][0]["dispatch"]["tracking"],
+        "1Z999AA10123456784"
+    );
+
+    let r = app
+        .dispatch("00000000-0000-4000-8000-000000000000", &body)
+        .await;
+    expect_problem(r, 404).await;
+    let r = app.dispatch(&b, &json!({"carrier": "UPS"})).await;
+    let p = expect_problem(r, 422).await;
+    assert_eq!(p["errors"][0]["field"], "tracking");
+    let r = app
+        .dispatch(
+            &b,
+            &json!({"carrier": "UPS", "tracking": "1", "signature": "x"}),
+        )
+        .await;
+    expect_problem(r, 422).await;
+    let r = app
+        .client(Role::Fulfillment)
+        .post(app.url(&format!("/v1/shipments/{b}/dispatch")))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 400).await;
+    let r = app
+        .client(Role::Fulfillment)
+        .post(app.url(&format!("/v1/shipments/{b}/dispatch")))
+        .body("carrier=UPS")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 415).await;
+}
+
+async fn audit_log(app: &TestApp, query: &str) -> Value {
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url(&format!("/v1/audit/log{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_access_log_names_reads_denials_and_itself_and_its_chain_verifies() {
+    let app = spawn_app().await;
+    let a = new_order(&app, "log-a", &order_json()).await;
+    let b = new_order(&app, "log-b", &gift_order()).await;
+    let _ = app.shipments("").await;
+    for role in [Role::Storefront, Role::Auditor, Role::Marketing] {
+        let r = app
+            .client(role)
+            .get(app.url("/v1/shipments"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let r = app
+        .anonymous()
+        .get(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let log = audit_log(&app, "").await;
+    let entries = log["entries"].as_array().unwrap();
+    // Order intake is not a personal-data read: nothing logged for it.
+    let read = &entries[0];
+    assert_eq!(read["action"], "GET /v1/shipments");
+    assert_eq!(read["role"], "fulfillment");
+    assert_eq!(read["outcome"], "allowed");
+    assert_eq!(read["objects"], json!([a, b]));
+    assert_eq!(read["origin_ip"], "127.0.0.1");
+    assert_eq!(read["cert_fingerprint"].as_str().unwrap().len(), 64);
+    let denied: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 4);
+    let roles: HashSet<&str> = denied.iter().map(|e| e["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        HashSet::from(["storefront", "auditor", "marketing", "none"])
+    );
+    assert!(denied.iter().all(|e| e["action"] == "GET /v1/shipments"));
+    assert!(denied.iter().any(|e| e["status"] == 401));
+    // Chain hashes are exposed and link up.
+    let mut prev = "0".repeat(64);
+    for e in entries {
+        assert_eq!(e["prev_hash"].as_str().unwrap(), prev);
+        prev = e["hash"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(log["head"]["hash"].as_str().unwrap(), prev);
+    // Reading the log was itself logged.
+    let again = audit_log(&app, &format!("?after={}", entries.len())).await;
+    assert_eq!(again["entries"][0]["action"], "GET /v1/audit/log");
+    assert_eq!(again["entries"][0]["role"], "auditor");
+    assert_eq!(
+        again["entries"][0]["objects"],
+        json!([format!("access_log:1-{}", entries.len())])
+    );
+
+    let store = app.store().await;
+    let status = verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap();
+    assert_eq!(status.entries as usize, entries.len() + 2);
+}
+
+/// Applies `sql` with the append-only triggers out of the way (an attacker
+/// with write access to the file can drop them), then verifies.
+async fn tampered(sql: &str) -> ChainError {
+    let app = spawn_app().await;
+    let _ = new_order(&app, "t-a", &order_json()).await;
+    for _ in 0..3 {
+        let _ = app.shipments("").await;
+        let _ = app
+            .client(Role::Marketing)
+            .get(app.url("/v1/shipments"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let db = app.db().await;
+    assert!(
+        sqlx::query("UPDATE access_log SET role = 'x' WHERE seq = 1")
+            .execute(&db)
+            .await
+            .is_err(),
+        "append-only"
+    );
+    assert!(
+        sqlx::query("DELETE FROM access_log WHERE seq = 1")
+            .execute(&db)
+            .await
+            .is_err(),
+        "append-only"
+    );
+    sqlx::query("DROP TRIGGER access_log_no_update")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER access_log_no_delete")
+        .execute(&db)
+        .await
+        .unwrap();
+    let store = app.store().await;
+    verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap();
+    for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
+    verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn chain_verification_names_an_edited_entry() {
+    let err = tampered("UPDATE access_log SET objects = '[]' WHERE seq = 3").await;
+    assert_eq!(
+        err,
+        ChainError::Entry {
+            seq: 3,
+            what: "hash does not match its fields (edited)"
+        }
+    );
+}
+
+#[tokio::test]
+async fn chain_verification_catches_a_rehashed_edit() {
+    // Recomputing the SHA-256 links is possible for anyone; the MAC is not.
+    let app = spawn_app().await;
+    let _ = app.shipments("").await;
+    let _ = app.shipments("").await;
+    let db = app.db().await;
+    sqlx::query("DROP TRIGGER access_log_no_update")
+        .execute(&db)
+        .await
+        .unwrap();
+    let store = app.store().await;
+    let mut page = checkoutd::store::Store::access_log_page(&store, 0, 10)
+        .await
+        .unwrap();
+    let mut e = page.remove(1);
+    e.entry.role = "storefront".into();
+    let hash = checkoutd::audit::access_log::entry_hash(e.seq, &e.prev_hash, &e.entry);
+    sqlx::query("UPDATE access_log SET role = 'storefront', hash = ?1 WHERE seq = 2")
+        .bind(hash.as_slice())
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ChainError::Entry {
+            seq: 2,
+            what: "MAC does not verify (rewritten)"
+        }
+    );
+}
+
+#[tokio::test]
+async fn chain_verification_names_a_deleted_entry() {
+    let err = tampered("DELETE FROM access_log WHERE seq = 2").await;
+    assert_eq!(
+        err,
+        ChainError::Entry {
+            seq: 2,
+            what: "missing (sequence gap)"
+        }
+    );
+}
+
+#[tokio::test]
+async fn chain_verification_names_reordered_entries() {
+    let err = tampered(
+        "UPDATE access_log SET seq = 100 WHERE seq = 2; UPDATE access_log SET seq = 2 WHERE seq = 3; \
+         UPDATE access_log SET seq = 3 WHERE seq = 100",
+    )
+    .await;
+    assert_eq!(
+        err,
+        ChainError::Entry {
+            seq: 2,
+            what: "does not link to the previous entry"
+        }
+    );
+}
+
+#[tokio::test]
+async fn chain_verification_catches_a_truncated_tail() {
+    let err =
+        tampered("DELETE FROM access_log WHERE seq = (SELECT max(seq) FROM access_log)").await;
+    assert!(matches!(err, ChainError::Head(_)), "{err:?}");
+}
+
+fn walk(v: &Value, keys: &mut Vec<String>, strings: &mut Vec<String>, numbers: &mut Vec<i64>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                keys.push(k.clone());
+                walk(v, keys, strings, numbers);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| walk(v, keys, strings, numbers)),
+        Value::String(s) => strings.push(s.to_lowercase()),
+        Value::Number(n) => numbers.extend(n.as_i64()),
+        _ => {}
+    }
+}
