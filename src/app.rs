@@ -30,6 +30,11 @@ pub enum StartupError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Keyring(#[from] KeyringError),
+    #[error(
+        "the keyring {0} is missing but the database already holds orders; \
+         restore the keyring (or point --data-dir at the right place) — a new one would not open them"
+    )]
+    KeyringMissing(std::path::PathBuf),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -64,8 +69,18 @@ impl Application {
         }
         let tls_files = tls::TlsFiles::in_dir(&settings.certs_dir, settings.client_ca.as_deref());
         let tls = tls::server_config(&tls_files)?;
-        let (keyring, keyring_path, created) = load_keyring(settings)?;
+        let store = store::open(&settings.store.database).await?;
+        let keyring_path = settings.store.data_dir.join(keyring::FILE_NAME);
+        if !keyring_path.exists() && store.holds_orders().await? {
+            // A missing keyring beside a database full of ciphertexts is a
+            // misconfiguration (wrong --data-dir, unmounted volume), never a
+            // first run: a new keyring would make old records unreadable
+            // and new ones unrelated to them.
+            return Err(StartupError::KeyringMissing(keyring_path));
+        }
+        let (keyring, created) = Keyring::load_or_create(&keyring_path, &crate::ids::now())?;
         if created {
+            tracing::warn!(path = %keyring_path.display(), "created a development keyring");
             notices.push(banner(&[
                 "WARNING: created a DEVELOPMENT KEYRING, stored unencrypted (0600) at:",
                 &keyring_path.display().to_string(),
@@ -74,7 +89,6 @@ impl Application {
             ]));
         }
         let keyring = Arc::new(keyring);
-        let store = store::open(&settings.store.database).await?;
         let fulfillment = Arc::new(Fulfillment::new(&keyring));
         let access_log = AccessLog::start(store.clone(), keyring.clone());
         let intake = Arc::new(Intake::new(
@@ -145,19 +159,6 @@ impl Application {
         self.store.close().await;
         tracing::info!("checkoutd stopped");
     }
-}
-
-/// Loads `<data-dir>/keyring.json`, creating a development keyring on a
-/// first run. Returns the keyring, its path and whether it was created.
-pub fn load_keyring(
-    settings: &Settings,
-) -> Result<(Keyring, std::path::PathBuf, bool), KeyringError> {
-    let path = settings.store.data_dir.join(keyring::FILE_NAME);
-    let (ring, created) = Keyring::load_or_create(&path, &crate::ids::now())?;
-    if created {
-        tracing::warn!(path = %path.display(), "created a development keyring");
-    }
-    Ok((ring, path, created))
 }
 
 /// On a first run with no server certificate, creates the development PKI.

@@ -97,6 +97,12 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 5s]
     #[arg(long, env = "CHECKOUTD_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// Close a connection after this long without traffic [default: 60s]
+    #[arg(long, env = "CHECKOUTD_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Most connections without a client certificate at once [default: 512]
+    #[arg(long, env = "CHECKOUTD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
+    pub max_anonymous_connections: Option<usize>,
     /// Privacy-policy versions orders may name, comma-separated [default: 2002-06-05]
     #[arg(long, env = "CHECKOUTD_POLICY_VERSIONS", value_name = "LIST")]
     pub policy_versions: Option<String>,

@@ -105,6 +105,8 @@ struct FileConfig {
     header_read_timeout: Option<String>,
     request_timeout: Option<String>,
     drain_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_anonymous_connections: Option<usize>,
     policy_versions: Option<Vec<String>>,
 }
 
@@ -264,7 +266,29 @@ impl Settings {
                 "drain-timeout",
                 "DRAIN_TIMEOUT",
             )?,
+            idle_timeout: duration(
+                &args.idle_timeout,
+                &file.idle_timeout,
+                defaults.idle_timeout,
+                "idle_timeout",
+                "idle-timeout",
+                "IDLE_TIMEOUT",
+            )?,
+            max_anonymous_connections: args
+                .max_anonymous_connections
+                .or(file.max_anonymous_connections)
+                .unwrap_or(defaults.max_anonymous_connections.min(max_connections)),
         };
+        if limits.max_anonymous_connections == 0
+            || limits.max_anonymous_connections > max_connections
+        {
+            return Err(ConfigError::Invalid {
+                setting: "max_anonymous_connections",
+                flag: "max-anonymous-connections",
+                env: "MAX_ANONYMOUS_CONNECTIONS",
+                expected: "expected a whole number from 1 to max_connections",
+            });
+        }
         let request_timeout = duration(
             &args.request_timeout,
             &file.request_timeout,
@@ -273,6 +297,14 @@ impl Settings {
             "request-timeout",
             "REQUEST_TIMEOUT",
         )?;
+        if request_timeout >= limits.idle_timeout {
+            return Err(ConfigError::Invalid {
+                setting: "request_timeout",
+                flag: "request-timeout",
+                env: "REQUEST_TIMEOUT",
+                expected: "must be shorter than idle_timeout, or requests in progress could be cut off",
+            });
+        }
         let certs_dir = args
             .certs_dir
             .clone()

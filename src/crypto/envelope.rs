@@ -163,6 +163,9 @@ pub fn rewrap(
     binding: &Binding,
     envelope: &Envelope,
 ) -> Result<Envelope, CryptoError> {
+    if to.class != binding.class {
+        return Err(CryptoError::UnknownKey);
+    }
     let from = keyring.opening_kek(binding.class, envelope.kek_version)?;
     let dek = unwrap_dek(&from, binding, envelope)?;
     let wrapped_dek = aead::seal(
@@ -273,6 +276,12 @@ mod tests {
         assert_eq!(re.ciphertext, env.ciphertext);
         assert_ne!(re.wrapped_dek, env.wrapped_dek);
         assert_eq!(open(&ring, &b, &re).unwrap().as_slice(), b"ship");
+        // Never under another class's KEK.
+        let card = ring.sealing_kek(DataClass::Card).unwrap();
+        assert_eq!(
+            rewrap(&rng, &ring, &card, &b, &env),
+            Err(CryptoError::UnknownKey)
+        );
     }
 
     /// The worked example of docs/encryption.md, byte for byte.

@@ -270,13 +270,19 @@ impl Keyring {
 
     /// Loads the keyring at `path`, or creates (and saves) a new one when
     /// there is none. Returns whether it was created.
+    ///
+    /// Creation never replaces a file: when two processes race, one
+    /// creates it and both end up with the same keys.
     pub fn load_or_create(path: &Path, now: &str) -> Result<(Self, bool), KeyringError> {
         if path.exists() {
             return Ok((Self::load(path)?, false));
         }
         let ring = Self::generate(&SystemRandom::new(), now)?;
-        ring.save(path)?;
-        Ok((ring, true))
+        if ring.write(path, false)? {
+            Ok((ring, true))
+        } else {
+            Ok((Self::load(path)?, false))
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
@@ -388,39 +394,59 @@ impl Keyring {
                 seed: hex(&self.signing_seed),
             },
         };
-        let mut out = Zeroizing::new(Vec::with_capacity(8192));
-        serde_json::to_writer_pretty(&mut *out, &file)
-            .map_err(|_| KeyringError::Invalid("serialising the keyring failed"))?;
-        Ok(out)
+        Ok(super::json_zeroizing(&file)?)
     }
 
-    /// Writes the keyring atomically with mode 0600.
+    /// Writes the keyring atomically with mode 0600, replacing any previous
+    /// file (rotation).
     pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        self.write(path, true).map(|_| ())
+    }
+
+    /// Writes via a uniquely named temporary file, fsynced, then renamed
+    /// over `path` (`replace`) or hard-linked to it, which fails if `path`
+    /// exists. Returns whether this call put the file in place.
+    fn write(&self, path: &Path, replace: bool) -> Result<bool, KeyringError> {
         let json = self.to_json()?;
         let err = |source| KeyringError::Write {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let tmp = path.with_extension("json.tmp");
+        let mut suffix = [0u8; 8];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut suffix)
+            .map_err(|_| CryptoError::Random)?;
+        let tmp = path.with_extension(format!("json.{}.tmp", crate::hex::encode(&suffix)));
         {
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
+            options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let mut f = options.open(&tmp).map_err(err)?;
             f.write_all(&json).map_err(err)?;
             f.sync_all().map_err(err)?;
         }
-        std::fs::rename(&tmp, path).map_err(err)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let placed = if replace {
+            std::fs::rename(&tmp, path).map_err(err)?;
+            true
+        } else {
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(err(e)),
+            }
+        };
+        if let Some(dir) = dir {
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();
             }
         }
-        Ok(())
+        Ok(placed)
     }
 }
 
@@ -500,6 +526,27 @@ mod tests {
     }
 
     #[test]
+    fn creation_never_replaces_an_existing_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let (first, created) = Keyring::load_or_create(&path, "t").unwrap();
+        assert!(created);
+        let other = Keyring::generate(&SystemRandom::new(), "t").unwrap();
+        assert!(
+            !other.write(&path, false).unwrap(),
+            "an existing file is kept"
+        );
+        let (again, created) = Keyring::load_or_create(&path, "t").unwrap();
+        assert!(!created);
+        assert_eq!(
+            first.sealing_kek(DataClass::Card).unwrap().key,
+            again.sealing_kek(DataClass::Card).unwrap().key
+        );
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn class_keys_hold_only_their_classes() {
         let ring = Keyring::generate(&SystemRandom::new(), "t").unwrap();
         let keys = ring.class_keys(&[DataClass::Shipping, DataClass::Recipient]);
@@ -528,6 +575,7 @@ mod tests {
         assert!(err.contains("32 bytes"), "{err}");
         assert!(!err.contains(&key[..60]));
         let unknown_format = json.replacen(FORMAT, "checkoutd-keyring/9", 1);
+        assert!(Keyring::from_json(json.as_bytes()).is_ok());
         assert!(Keyring::from_json(unknown_format.as_bytes()).is_err());
         assert!(Keyring::from_json(b"{").is_err());
     }

@@ -16,6 +16,7 @@ pub mod keyring;
 pub mod mac;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// Failures of our cryptography. Deliberately uninformative: an open that
 /// fails says so and nothing about why a tag did not verify.
@@ -74,4 +75,25 @@ impl DataClass {
     pub fn parse(s: &str) -> Option<Self> {
         DataClass::ALL.into_iter().find(|c| c.as_str() == s)
     }
+}
+
+/// Serialises secret-bearing JSON into a zeroizing buffer of exactly the
+/// right capacity (a first pass counts the bytes), so it never reallocates
+/// and leaves no stray copy behind.
+pub fn json_zeroizing<T: Serialize + ?Sized>(value: &T) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_err(|_| CryptoError::Malformed)?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *buf, value).map_err(|_| CryptoError::Malformed)?;
+    Ok(buf)
 }

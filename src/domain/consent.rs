@@ -130,8 +130,9 @@ impl ConsentTag {
     /// The bytes the MAC covers (documented in docs/encryption.md):
     /// `"checkoutd/consent-tag" || 0x01 || id (16) || order_id (16) ||
     /// subject (1) || basis (1) || five purpose bytes (0/1) ||
-    /// len16(policy_version) || len16(captured_at) || len16(channel)`,
-    /// where `len16(s)` is the UTF-8 length as u16 big-endian, then the bytes.
+    /// len32(policy_version) || len32(captured_at) || len32(channel)`,
+    /// where `len32(s)` is the UTF-8 byte length as u32 big-endian, then the
+    /// bytes.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.policy_version.len() + self.captured_at.len());
         out.extend_from_slice(b"checkoutd/consent-tag");
@@ -142,9 +143,11 @@ impl ConsentTag {
         out.push(self.basis.code());
         out.extend(self.purposes.as_array().map(u8::from));
         for s in [&self.policy_version, &self.captured_at, &self.channel] {
-            let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            // Every field is far below 4 GiB (validated at intake); a longer
+            // one would not be representable and is cut at u32::MAX bytes.
+            let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
             out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+            out.extend_from_slice(s.as_bytes().get(..len as usize).unwrap_or(s.as_bytes()));
         }
         out
     }

@@ -49,11 +49,12 @@ pub fn parse(body: &[u8]) -> Result<Value, FormError> {
 }
 
 fn decode(raw: &[u8]) -> Result<String, FormError> {
-    let mut plus_as_space: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b'+' { b' ' } else { *b })
-        .collect();
-    let decoded: Vec<u8> = percent_decode(&plus_as_space).collect();
+    // Both buffers are sized up front (decoding never lengthens), so no
+    // reallocation leaves an unwiped copy of a card number behind.
+    let mut plus_as_space = Vec::with_capacity(raw.len());
+    plus_as_space.extend(raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }));
+    let mut decoded = Vec::with_capacity(raw.len());
+    decoded.extend(percent_decode(&plus_as_space));
     plus_as_space.zeroize();
     String::from_utf8(decoded).map_err(|e| {
         let mut bytes = e.into_bytes();

@@ -11,6 +11,7 @@ pub mod contact;
 pub mod cvc;
 pub mod expiry;
 pub mod form;
+pub mod json;
 pub mod order;
 pub mod pan;
 pub mod text;

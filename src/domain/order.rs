@@ -235,6 +235,18 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
+/// How an unknown member is named in an error: as itself only when it is
+/// shaped like one of our field names (lower-case letters and `_`, at most
+/// 32), so a client-chosen name carrying a card number, an email or a
+/// person's name is never echoed; otherwise `<unknown>`.
+pub fn shown_field_name(key: &str) -> &str {
+    let schema_like = !key.is_empty()
+        && key.len() <= 32
+        && key.as_bytes()[0].is_ascii_lowercase()
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if schema_like { key } else { "<unknown>" }
+}
+
 /// Zeroizes every string (and key) of a tree being dropped.
 pub fn scrub(value: Value) {
     match value {
@@ -436,15 +448,7 @@ impl Reader {
     /// Reports every field left in `map` as unknown.
     fn finish(&mut self, map: Map<String, Value>, prefix: &str) {
         for (mut key, value) in map {
-            let shown = if !key.is_empty()
-                && key.len() <= 64
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                join(prefix, &key)
-            } else {
-                // A client-chosen name that could carry data is not echoed.
-                join(prefix, "<unprintable>")
-            };
+            let shown = join(prefix, shown_field_name(&key));
             key.zeroize();
             scrub(value);
             self.error(
@@ -735,6 +739,25 @@ mod tests {
         assert!(!text.contains("4111"));
         assert!(!text.contains("secretvalue"));
         assert!(!text.contains("12x"));
+    }
+
+    #[test]
+    fn unknown_names_are_echoed_only_when_shaped_like_ours() {
+        let mut v = valid();
+        v["card"]["4111111111111111"] = json!(1);
+        v["customer"]["AdaLovelace"] = json!(1);
+        v["customer"]["x4111111111111111"] = json!(1);
+        v["favourite_colour"] = json!(1);
+        let got = codes(v);
+        assert!(got.contains(&("favourite_colour".into(), "unknown_field")));
+        assert!(got.contains(&("card.<unknown>".into(), "unknown_field")));
+        assert_eq!(
+            got.iter()
+                .filter(|(f, _)| f == "customer.<unknown>")
+                .count(),
+            2
+        );
+        assert!(!format!("{got:?}").contains("4111"));
     }
 
     #[test]

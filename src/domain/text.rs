@@ -38,7 +38,12 @@ pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, Text
         c.is_control() && !(allow_newlines && (c == '\n' || c == '\r' || c == '\t'))
             || matches!(
                 c,
+                // line/paragraph separators, bidi marks, embeddings,
+                // overrides and isolates, the Arabic letter mark, and
+                // invisible zero-width characters (ZWJ/ZWNJ stay: scripts
+                // and emoji need them)
                 '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{200b}' | '\u{2060}' | '\u{feff}'
             )
     };
     if trimmed.chars().any(bad) {
@@ -118,6 +123,15 @@ mod tests {
             check("a\u{202e}b", 10, true),
             Err(TextError::ControlCharacter)
         );
+        assert_eq!(
+            check("a\u{2067}b", 10, true),
+            Err(TextError::ControlCharacter)
+        );
+        assert_eq!(
+            check("a\u{200b}b", 10, true),
+            Err(TextError::ControlCharacter)
+        );
+        assert!(check("क\u{200d}ष", 10, false).is_ok());
         let p = Personal::parse("Ada Lovelace", 256, false).unwrap();
         assert_eq!(format!("{p:?}"), "Personal(<redacted>)");
     }

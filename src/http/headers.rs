@@ -36,3 +36,33 @@ pub async fn request_timeout(limit: Duration, req: Request, next: Next) -> Respo
         Err(_) => Problem::request_timeout().into_response(),
     }
 }
+
+/// Invariant 10, everywhere: an error answer that is not already a problem
+/// document (an extractor's plain-text rejection, a framework default)
+/// becomes one, with the same status and a generic title. The original body
+/// is dropped unread, so nothing of the request can be echoed.
+pub async fn problem_fallback(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == super::problem::PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let mut problem = Problem::new(status, "http-error", title).into_response();
+    // Keep informative headers (Allow, Retry-After); the body and its
+    // framing headers are replaced.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    for (name, value) in parts.headers.iter() {
+        problem
+            .headers_mut()
+            .entry(name.clone())
+            .or_insert_with(|| value.clone());
+    }
+    problem
+}

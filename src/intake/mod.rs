@@ -24,12 +24,15 @@ use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::Keyring;
+use crate::crypto::mac::MacKey;
 use crate::domain::form::{self, FormError};
+use crate::domain::json::{self, JsonError};
 use crate::domain::order::{self, Rules, Source};
 use crate::http::FieldError;
 use crate::server::identity::Caller;
 use crate::store::rows::{CommitOutcome, StoredResponse};
 use crate::store::{Store, StoreError};
+use serde_json::Value;
 
 /// The two body formats an order may come in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +114,8 @@ impl IdempotencyKey {
 /// Why an order was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("the body is not valid JSON")]
-    MalformedJson { line: usize, column: usize },
+    #[error(transparent)]
+    MalformedJson(#[from] JsonError),
     #[error("the form body is malformed")]
     MalformedForm(#[from] FormError),
     #[error("the order form has errors")]
@@ -173,6 +176,14 @@ impl Intake {
         }
     }
 
+    /// Whether a stored consent tag's MAC verifies (an edit in the database
+    /// is not served as genuine).
+    pub fn tag_verifies(&self, tag: &crate::domain::consent::ConsentTag) -> bool {
+        self.keyring
+            .consent_tag_key()
+            .verify(&[&tag.canonical_bytes()], &tag.mac)
+    }
+
     /// Claims `(caller, key)` for one request; `InFlight` if another request
     /// of this process holds it.
     pub fn claim(&self, caller: &Caller, key: IdempotencyKey) -> Result<Claim<'_>, IntakeError> {
@@ -197,25 +208,24 @@ impl Intake {
         body: Zeroizing<Vec<u8>>,
     ) -> Result<Accepted, IntakeError> {
         let (client, key) = (claim.client, &claim.key);
-        let request_hash =
-            self.keyring
-                .request_hash_key()
-                .sign(&[media.token(), &[0], body.as_slice()]);
-
-        if let Some(found) = self.store.idempotency_key(&client, key.as_str()).await? {
-            return replay(found, &request_hash);
-        }
-
-        let tree = match media {
-            MediaType::Json => {
-                serde_json::from_slice(&body).map_err(|e| IntakeError::MalformedJson {
-                    line: e.line(),
-                    column: e.column(),
-                })?
-            }
+        let mut tree = match media {
+            MediaType::Json => json::parse_strict(&body)?,
             MediaType::Form => form::parse(&body)?,
         };
         drop(body);
+        let request_hash = match request_hash(self.keyring.request_hash_key(), media, &mut tree) {
+            Ok(hash) => hash,
+            Err(error) => {
+                order::scrub(tree);
+                return Err(error.into());
+            }
+        };
+
+        if let Some(found) = self.store.idempotency_key(&client, key.as_str()).await? {
+            order::scrub(tree);
+            return replay(found, &request_hash);
+        }
+
         let source = match media {
             MediaType::Json => Source::Json,
             MediaType::Form => Source::Form,
@@ -241,6 +251,30 @@ impl Intake {
             },
         }
     }
+}
+
+/// The keyed hash that tells a retry from a different request:
+/// HMAC(request key, media type ‖ 0x00 ‖ canonical tree), where the
+/// canonical tree is the parsed body with sorted object members and
+/// **without `card.cvc`** — the stored hash must carry no information
+/// about the CVC (invariant 3), or anyone holding the keyring could
+/// brute-force the 3–4 digits from it. Two bodies that differ only in
+/// their CVC are therefore the same request.
+pub fn request_hash(
+    key: &MacKey,
+    media: MediaType,
+    tree: &mut Value,
+) -> Result<[u8; 32], CryptoError> {
+    let cvc = tree
+        .get_mut("card")
+        .and_then(Value::as_object_mut)
+        .and_then(|card| card.remove("cvc"));
+    let canonical = crate::crypto::json_zeroizing(&*tree);
+    if let (Some(cvc), Some(card)) = (cvc, tree.get_mut("card").and_then(Value::as_object_mut)) {
+        card.insert("cvc".to_owned(), cvc);
+    }
+    let canonical = canonical?;
+    Ok(key.sign(&[media.token(), &[0], canonical.as_slice()]))
 }
 
 fn replay(
@@ -272,6 +306,38 @@ mod tests {
         assert!(IdempotencyKey::parse(&[b'a'; 255]).is_some());
         assert!(IdempotencyKey::parse(b"\"unterminated").is_none());
         assert!(IdempotencyKey::parse("é".as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_request_hash_carries_nothing_of_the_cvc() {
+        let key = MacKey::new(1, zeroize::Zeroizing::new([7; 32]));
+        let body = |cvc: &str, qty: u32| {
+            let text = format!(
+                r#"{{"items":[{{"sku":"A","quantity":{qty}}}],"card":{{"number":"4111111111111111","cvc":"{cvc}"}}}}"#
+            );
+            json::parse_strict(text.as_bytes()).unwrap()
+        };
+        let hash = |mut v: Value| request_hash(&key, MediaType::Json, &mut v).unwrap();
+        // Every CVC gives the same hash: brute force learns nothing.
+        let reference = hash(body("123", 1));
+        for cvc in ["000", "124", "999", "1234"] {
+            assert_eq!(hash(body(cvc, 1)), reference);
+        }
+        // Anything else changes it; member order does not.
+        assert_ne!(hash(body("123", 2)), reference);
+        let reordered = json::parse_strict(
+            br#"{"card":{"cvc":"9","number":"4111111111111111"},"items":[{"quantity":1,"sku":"A"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(hash(reordered), reference);
+        assert_ne!(
+            request_hash(&key, MediaType::Form, &mut body("123", 1)).unwrap(),
+            reference
+        );
+        // The CVC is put back for validation.
+        let mut v = body("123", 1);
+        request_hash(&key, MediaType::Json, &mut v).unwrap();
+        assert_eq!(v["card"]["cvc"], "123");
     }
 
     #[test]

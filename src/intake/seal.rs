@@ -8,11 +8,10 @@
 
 use ring::rand::SystemRandom;
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::Keyring;
-use crate::crypto::{CryptoError, DataClass};
+use crate::crypto::{CryptoError, DataClass, json_zeroizing as plaintext};
 use crate::domain::consent::{Basis, CHANNEL_CHECKOUT, ConsentTag, Purposes, Subject};
 use crate::domain::order::{Address, OrderForm, ShipTo};
 use crate::ids;
@@ -81,27 +80,6 @@ struct RecipientPlain<'a> {
     phone: Option<&'a str>,
     message: Option<&'a str>,
     address: AddressPlain<'a>,
-}
-
-/// Serialises into a zeroizing buffer of exactly the right capacity (a
-/// first pass counts the bytes), so it never reallocates and leaves no
-/// stray copy of the plaintext behind.
-fn plaintext<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).map_err(|_| CryptoError::Malformed)?;
-    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
-    serde_json::to_writer(&mut *buf, value).map_err(|_| CryptoError::Malformed)?;
-    Ok(buf)
 }
 
 fn sealed_record(

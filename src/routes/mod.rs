@@ -85,6 +85,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             headers::request_timeout(request_timeout, req, next)
         }))
+        .layer(middleware::from_fn(headers::problem_fallback))
         .layer(middleware::from_fn(headers::security_headers))
         .layer(middleware::from_fn(access_log::log_request))
         .with_state(state)

@@ -133,9 +133,9 @@ fn stored(r: StoredResponse, replayed: bool) -> Response {
 /// The one mapping of intake errors to problem documents.
 fn intake_problem(e: IntakeError) -> Problem {
     match e {
-        IntakeError::MalformedJson { line, column } => {
+        IntakeError::MalformedJson(e) => {
             Problem::bad_request("malformed-body", "The body is not valid JSON")
-                .with_detail(format!("syntax error at line {line}, column {column}"))
+                .with_detail(e.to_string())
         }
         IntakeError::MalformedForm(f) => {
             Problem::bad_request("malformed-body", "The form body is malformed")
@@ -183,6 +183,12 @@ pub async fn summary(
         .await
     {
         Ok(Some(s)) => {
+            let mut consent = s.consent.view();
+            let verified = state.intake.tag_verifies(&s.consent);
+            consent["verified"] = serde_json::Value::Bool(verified);
+            if !verified {
+                tracing::error!(order_id = %s.id, "a consent tag failed its MAC check");
+            }
             let items: Vec<serde_json::Value> = s
                 .items
                 .iter()
@@ -204,7 +210,7 @@ pub async fn summary(
                 "total_minor": s.total_minor,
                 "gift": s.gift,
                 "card": {"brand": s.brand, "last4": s.last4},
-                "consent": s.consent.view(),
+                "consent": consent,
             }))
             .into_response()
         }

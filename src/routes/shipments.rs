@@ -248,14 +248,8 @@ fn parse_dispatch(body: &[u8]) -> Result<(String, String), Problem> {
     let carrier = take("carrier");
     let tracking = take("tracking");
     for key in map.keys() {
-        let shown =
-            if key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                key.clone()
-            } else {
-                "<unprintable>".to_owned()
-            };
         errors.push(FieldError::new(
-            shown,
+            crate::domain::order::shown_field_name(key),
             "unknown_field",
             "This field is not part of a dispatch",
         ));

@@ -13,6 +13,7 @@
 //!   `drain_timeout` to finish, then `run` returns.
 
 pub mod identity;
+mod idle;
 pub mod tls;
 
 use std::future::Future;
@@ -45,6 +46,13 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get to finish once shutdown begins.
     pub drain_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed
+    /// (covers a silent client after the handshake, and idle HTTP/2).
+    pub idle_timeout: Duration,
+    /// Most connections without a client certificate (health checks, the
+    /// public opt-out page) served at once, so anonymous clients cannot
+    /// take every slot from the storefront and the warehouse.
+    pub max_anonymous_connections: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -54,6 +62,8 @@ impl Default for ConnectionLimits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_anonymous_connections: 512,
         }
     }
 }
@@ -72,6 +82,8 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     // Bounds concurrent connections; a permit lives as long as its connection.
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Of those, the ones a client without a certificate may keep.
+    let anonymous_slots = Arc::new(Semaphore::new(limits.max_anonymous_connections.max(1)));
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
 
@@ -100,6 +112,7 @@ pub async fn run(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
+        let anonymous_slots = anonymous_slots.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let tls_stream =
@@ -121,6 +134,17 @@ pub async fn run(
                 tls_version: tls::version_name(session.protocol_version()),
                 identity: ClientIdentity::from_peer_certificates(session.peer_certificates()),
             };
+            let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
+                match anonymous_slots.try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; closing");
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let service = app.map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(peer.clone());
                 req.map(Body::new)
@@ -136,10 +160,11 @@ pub async fn run(
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(64)
-                .max_header_list_size(32 * 1024)
-                .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(20));
-            let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
+                .max_header_list_size(32 * 1024);
+            // No keep-alive pings: they would count as traffic and keep an
+            // idle connection open past `idle_timeout`.
+            let io = TokioIo::new(idle::IdleTimeout::new(tls_stream, limits.idle_timeout));
+            let connection = builder.serve_connection(io, service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(client_ip = %addr.ip(), %error, "connection ended with an error");
             }

@@ -61,6 +61,15 @@ impl StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            // Lock contention that outlasted the busy timeout (SQLITE_BUSY,
+            // SQLITE_LOCKED and their extended codes): try again later.
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))) =>
+            {
+                StoreError::Unavailable(error)
+            }
             other => StoreError::Query(other),
         }
     }
@@ -73,6 +82,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Flushes and closes connections; called once on shutdown.
     async fn close(&self);
+
+    /// Whether any order is stored (a new keyring must never be made for a
+    /// database that already holds encrypted records).
+    async fn holds_orders(&self) -> Result<bool, StoreError>;
 
     /// Writes a batch of accepted orders in one synced transaction. Each
     /// order's idempotency row is inserted first; an order whose key is

@@ -92,6 +92,14 @@ impl Store for SqliteStore {
         self.pool.close().await;
     }
 
+    async fn holds_orders(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM orders)")
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n != 0)
+            .map_err(StoreError::from_sqlx)
+    }
+
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
         // IMMEDIATE: take the write lock up front instead of upgrading later.
         let mut tx = self

@@ -218,3 +218,21 @@ pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_j
     assert!(body["title"].is_string());
     body
 }
+
+/// A raw TLS connection to the app (handshake done, nothing sent), with or
+/// without a client certificate.
+pub async fn tls_connect(
+    app: &TestApp,
+    role: Option<Role>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cert = role.map(|r| app.pki.client(r).unwrap());
+    let config = rustls_client_config(
+        &app.pki,
+        cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+        Versions::Both,
+    );
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}

@@ -116,6 +116,10 @@ async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
     bad["card"]["number"] = json!(format!("{}0", PANS[0]));
     bad["customer"]["email"] = json!(format!("not-an-email {}", NAMES[0]));
     bad[NAMES[1]] = json!(EMAILS[0]);
+    // Unknown members named with secrets: never echoed.
+    bad["card"][PANS[2]] = json!(1);
+    bad["customer"][NAMES[0].replace(' ', "")] = json!(1);
+    bad["customer"][NAMES[1].split(' ').next().unwrap().to_lowercase()] = json!(1);
     bad["card"]["cvc"] = json!(AMEX_CVC);
     let r = app.post_order("leak-d", &bad).await;
     assert_eq!(r.status(), 422);

@@ -128,7 +128,10 @@ async fn json_order_is_accepted_encrypted_and_summarised_without_card_data() {
     assert_eq!(s["items"][0]["sku"], "FAXSTF-PRO");
     assert_eq!(s["items"][0]["line_total_minor"], 9998);
     assert_eq!(s["card"]["last4"], "1111");
-    assert_eq!(s["consent"], body["consent"]);
+    assert_eq!(s["consent"]["verified"], true, "the tag's MAC was checked");
+    let mut summary_consent = s["consent"].clone();
+    summary_consent.as_object_mut().unwrap().remove("verified");
+    assert_eq!(summary_consent, body["consent"]);
     assert_eq!(s["gift"], false);
 
     // Every record opens with the keyring; the CVC is nowhere.
@@ -556,12 +559,25 @@ async fn every_validation_rule_names_its_field() {
 #[tokio::test]
 async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
     let app = spawn_app().await;
-    let first = created(app.post_order("same-key", &order_json()).await).await;
+    let original = app.post_order("same-key", &order_json()).await;
+    assert_eq!(original.status(), 201);
+    assert!(!original.headers().contains_key("idempotent-replayed"));
+    let original_bytes = original.bytes().await.unwrap();
+    let first: Value = serde_json::from_slice(&original_bytes).unwrap();
     let replay = app.post_order("same-key", &order_json()).await;
     assert_eq!(replay.status(), 201);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    let replayed: Value = replay.json().await.unwrap();
-    assert_eq!(replayed, first, "the first response, byte for byte");
+    assert_eq!(
+        replay.bytes().await.unwrap(),
+        original_bytes,
+        "the first response, byte for byte"
+    );
+    // The same order with another CVC is the same request (the stored hash
+    // ignores the CVC); with members in another order too.
+    let mut other_cvc = order_json();
+    other_cvc["card"]["cvc"] = json!("999");
+    let r = app.post_order("same-key", &other_cvc).await;
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
 
     let mut other = order_json();
     other["items"][0]["quantity"] = json!(3);
@@ -960,4 +976,69 @@ async fn schema_has_the_seven_tables_and_no_cvv_column() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_missing_keyring_beside_stored_orders_refuses_to_start() {
+    let app = spawn_app().await;
+    created(app.post_order("km-1", &order_json()).await).await;
+    let data = app.dir.path().join("data");
+    let certs = app.dir.path().join("certs");
+    std::fs::remove_file(data.join("keyring.json")).unwrap();
+    let args = checkoutd::cli::ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        certs_dir: Some(certs),
+        store: checkoutd::cli::StoreArgs {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let settings = checkoutd::config::Settings::from_args(&args).unwrap();
+    let error = checkoutd::app::Application::build(&settings)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(error.to_string().contains("missing"), "{error}");
+    assert!(
+        !data.join("keyring.json").exists(),
+        "no replacement keyring was made"
+    );
+}
+
+#[tokio::test]
+async fn malformed_paths_and_slow_bodies_get_problem_documents() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        serve: checkoutd::cli::ServeArgs {
+            request_timeout: Some("500ms".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let r = app
+        .client(Role::Storefront)
+        .get(app.url("/v1/orders/%FF"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // A body that trickles in slower than the request time limit: 408.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{".to_vec())).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+    let r = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "slow")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(r, 408).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:request-timeout");
+    drop(tx);
 }

@@ -354,27 +354,136 @@ async fn shutdown_drains_an_in_flight_request() {
 #[tokio::test]
 async fn access_log_has_route_templates_and_no_query_values_or_paths() {
     let app = spawn_app().await;
+    // A source address of its own makes this test's lines identifiable in
+    // the log buffer that all tests share.
+    let source: std::net::IpAddr = "127.0.0.77".parse().unwrap();
+    let with_source = |role: Role| {
+        let cert = app.pki.client(role).unwrap();
+        let config = crate::helpers::rustls_client_config(
+            &app.pki,
+            Some((&cert.cert_pem, &cert.key_pem)),
+            Versions::Both,
+        );
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .local_address(source)
+            .build()
+            .unwrap()
+    };
     let marker = "leakcheck-7f3a@example.com";
-    let _ = app
-        .client(Role::Marketing)
-        .get(app.url(&format!("/v1/marketing/audience?purpose={marker}")))
+    let r = with_source(Role::Fulfillment)
+        .get(app.url(&format!("/v1/shipments?status={marker}")))
         .send()
         .await
         .unwrap();
-    let _ = app
-        .client(Role::Storefront)
+    assert_eq!(r.status(), 400);
+    let r = with_source(Role::Storefront)
         .get(app.url("/v1/orders/leakcheck-path-7f3a"))
         .header("x-customer", marker)
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 404);
     let logs = crate::helpers::captured_logs();
-    assert!(logs.contains(r#""route":"/v1/orders/{id}""#), "{logs}");
-    assert!(logs.contains(r#""route":"/v1/marketing/audience""#));
-    assert!(logs.contains(r#""tls":"TLSv1.3""#));
-    assert!(logs.contains(r#""role":"marketing""#));
+    let mine: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"client_ip\":\"127.0.0.77\""))
+        .collect();
+    assert_eq!(mine.len(), 2, "one access line per request: {mine:?}");
+    assert!(
+        mine.iter()
+            .any(|l| l.contains(r#""route":"/v1/orders/{id}""#) && l.contains(r#""status":404"#))
+    );
+    assert!(
+        mine.iter()
+            .any(|l| l.contains(r#""route":"/v1/shipments""#)
+                && l.contains(r#""role":"fulfillment""#))
+    );
+    assert!(
+        mine.iter()
+            .all(|l| l.contains(r#""tls":"TLSv1.3""#) && l.contains("latency_us"))
+    );
     assert!(
         !logs.contains("leakcheck"),
         "a query value, path value or header leaked into the logs"
     );
+}
+
+/// Reads until the server closes the connection; true if it did within `within`.
+async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_handshake_is_dropped_after_the_idle_timeout() {
+    let app = spawn_app_with(Options {
+        serve: checkoutd::cli::ServeArgs {
+            idle_timeout: Some("600ms".into()),
+            request_timeout: Some("300ms".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    for role in [None, Some(Role::Storefront)] {
+        let mut stream = crate::helpers::tls_connect(&app, role).await;
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(5)).await,
+            "{role:?}"
+        );
+    }
+    // An HTTP/2 client that sent its preface and settings, then nothing, is
+    // closed too (the server's own SETTINGS do not keep it alive).
+    let mut h2 = crate::helpers::tls_connect(&app, None).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut h2, Duration::from_secs(5)).await);
+    // Ordinary requests are unaffected.
+    assert_eq!(
+        app.anonymous()
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn anonymous_clients_cannot_take_every_slot() {
+    let app = spawn_app_with(Options {
+        serve: checkoutd::cli::ServeArgs {
+            max_connections: Some(4),
+            max_anonymous_connections: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // One anonymous connection holds the only anonymous slot ...
+    let mut holder = crate::helpers::tls_connect(&app, None).await;
+    // ... so a second one is closed right after its handshake,
+    let mut second = crate::helpers::tls_connect(&app, None).await;
+    assert!(closed_within(&mut second, Duration::from_secs(3)).await);
+    // while certified clients are still served.
+    let r = app
+        .client(Role::Fulfillment)
+        .get(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The holder is still open (within the idle timeout).
+    assert!(!closed_within(&mut holder, Duration::from_millis(300)).await);
 }
