@@ -101,6 +101,7 @@ impl Application {
             intake,
             fulfillment,
             access_log,
+            readiness: Default::default(),
         };
         let listener =
             TcpListener::bind(settings.listen)

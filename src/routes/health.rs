@@ -1,4 +1,11 @@
 //! Liveness and readiness; no certificate needed, no data returned.
+//!
+//! Readiness pings the database at most once a second and shares the answer,
+//! so a flood of anonymous `/readyz` calls cannot crowd order commits out of
+//! the connection pool.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -8,6 +15,15 @@ use serde_json::json;
 use super::AppState;
 use crate::http::Problem;
 
+/// How long one database ping answers readiness for.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness answer and when it was found.
+#[derive(Default)]
+pub struct Readiness {
+    last: Mutex<Option<(Instant, bool)>>,
+}
+
 /// The process is up and serving TLS.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
@@ -15,11 +31,33 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// The process can reach its database.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(error) => {
-            tracing::warn!(error = %error, "readiness check failed");
-            Problem::unavailable("The database is not reachable").into_response()
+    let cached = state
+        .readiness
+        .last
+        .lock()
+        .ok()
+        .and_then(|last| *last)
+        .filter(|(at, _)| at.elapsed() < READINESS_TTL)
+        .map(|(_, ready)| ready);
+    let ready = match cached {
+        Some(ready) => ready,
+        None => {
+            let ready = match state.store.ping().await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(error = %error, "readiness check failed");
+                    false
+                }
+            };
+            if let Ok(mut last) = state.readiness.last.lock() {
+                *last = Some((Instant::now(), ready));
+            }
+            ready
         }
+    };
+    if ready {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        Problem::unavailable("The database is not reachable").into_response()
     }
 }

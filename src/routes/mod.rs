@@ -7,7 +7,7 @@
 //! problem documents. Handlers take a [`Caller`] and never read certificates.
 
 mod audit;
-mod health;
+pub mod health;
 mod orders;
 mod shipments;
 
@@ -37,6 +37,8 @@ pub struct AppState {
     pub fulfillment: Arc<crate::fulfillment::Fulfillment>,
     /// The hash-chained access log's writer.
     pub access_log: crate::audit::access_log::AccessLog,
+    /// Shared readiness answer (see `health`).
+    pub readiness: Arc<health::Readiness>,
 }
 
 /// Builds the service: routes, role guards, fallbacks and the layers every
