@@ -92,7 +92,7 @@ impl Application {
         let fulfillment = Arc::new(Fulfillment::new(&keyring));
         let access_log = AccessLog::start(store.clone(), keyring.clone());
         let intake = Arc::new(Intake::new(
-            keyring,
+            keyring.clone(),
             store.clone(),
             settings.policy_versions.clone(),
         ));
@@ -101,6 +101,7 @@ impl Application {
             intake,
             fulfillment,
             access_log,
+            keyring,
             readiness: Default::default(),
         };
         let listener =

@@ -33,6 +33,23 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Verify a database and its keyring offline (read-only) and write a
+    /// signed JSON report and, optionally, a self-contained HTML report.
+    /// Exit status: 0 everything verifies, 1 something failed, 2 usage or
+    /// I/O error.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where to write the signed JSON report.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Also write a self-contained HTML report here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,63 @@
-//! Auditing: the hash-chained access log ([`access_log`]) now; the
-//! verification engine and signed reports build on it.
+//! Auditing: the hash-chained access log ([`access_log`]), the
+//! verification engine ([`verify`]), signed reports ([`report`]) and the
+//! HTML rendering of a report ([`html`]).
 
 pub mod access_log;
+pub mod html;
+pub mod report;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use crate::config::StoreSettings;
+use crate::crypto::keyring::{self, Keyring, KeyringError};
+use crate::store::StoreError;
+
+/// Why an offline audit could not run (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing the report failed")]
+    Sign,
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `checkoutd audit`: verifies the database and keyring read-only, writes
+/// the signed JSON report (and the HTML one), and returns whether
+/// everything verified.
+pub async fn offline(
+    settings: &StoreSettings,
+    out: &std::path::Path,
+    html_out: Option<&std::path::Path>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<bool, OfflineError> {
+    let keyring = Keyring::load(&settings.data_dir.join(keyring::FILE_NAME))?;
+    let store = crate::store::open_read_only(&settings.database).await?;
+    let report = verify::verify(store.as_ref(), &keyring, progress).await?;
+    store.close().await;
+    let signed = report::sign(&report, &keyring).map_err(|_| OfflineError::Sign)?;
+    let write = |path: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).map_err(|source| OfflineError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let json = serde_json::to_vec_pretty(&signed).map_err(|_| OfflineError::Sign)?;
+    write(out, &json)?;
+    if let Some(path) = html_out {
+        let sig = signed
+            .pointer("/signature/value_hex")
+            .and_then(|v| v.as_str());
+        let key = signed.pointer("/signature/key_id").and_then(|v| v.as_str());
+        write(path, html::render(&report, sig, key).as_bytes())?;
+    }
+    Ok(report.verified)
+}

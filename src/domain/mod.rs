@@ -9,6 +9,7 @@
 pub mod consent;
 pub mod contact;
 pub mod cvc;
+pub mod detect;
 pub mod expiry;
 pub mod form;
 pub mod json;

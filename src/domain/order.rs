@@ -364,6 +364,8 @@ impl Reader {
         self.text(map, prefix, key, required, max, false)
     }
 
+    /// Text stored in clear: refused when it looks like a card number or an
+    /// email address (those may only ever be stored encrypted).
     fn plain(
         &mut self,
         map: &mut Map<String, Value>,
@@ -373,6 +375,18 @@ impl Reader {
         max: usize,
     ) -> Option<Plain> {
         self.with_string(map, prefix, key, required, |s| {
+            if super::detect::contains_pan(s) {
+                return Err((
+                    "looks_like_card_number",
+                    "This field is stored in clear and must not hold a card number",
+                ));
+            }
+            if super::detect::contains_email(s) {
+                return Err((
+                    "looks_like_email",
+                    "This field is stored in clear and must not hold an email address",
+                ));
+            }
             Plain::parse(s, max).map_err(|e| text_reject(e, max))
         })
     }
@@ -795,6 +809,18 @@ mod tests {
                                      "message": "m".repeat(1001)});
         assert!(codes(v).contains(&("gift_recipient.message".into(), "too_long")));
         assert_eq!(codes(json!([1])), vec![(String::new(), "invalid_type")]);
+    }
+
+    #[test]
+    fn clear_text_fields_refuse_card_numbers_and_emails() {
+        let mut v = valid();
+        v["storefront_order_ref"] = json!("ada@example.com");
+        v["items"][0]["description"] = json!("card 4111 1111 1111 1111");
+        v["items"][0]["sku"] = json!("4012888888881881");
+        let got = codes(v);
+        assert!(got.contains(&("storefront_order_ref".into(), "looks_like_email")));
+        assert!(got.contains(&("items.0.description".into(), "looks_like_card_number")));
+        assert!(got.contains(&("items.0.sku".into(), "looks_like_card_number")));
     }
 
     #[test]

@@ -95,3 +95,95 @@ pub async fn log(
     }))
     .into_response()
 }
+
+/// Appends an auditor's read to the access log; `Err` means do not answer.
+async fn log_read(
+    state: &AppState,
+    peer: Option<&Peer>,
+    action: String,
+    objects: Vec<String>,
+) -> Result<(), Response> {
+    let entry = Entry::for_request(peer, action, objects, Outcome::Allowed, 200);
+    state.access_log.append(entry).await.map(|_| ()).map_err(|error| {
+        tracing::error!(error = %error, "access log append failed; withholding the audit answer");
+        Problem::unavailable("The access log is unavailable").into_response()
+    })
+}
+
+/// The signed verification report.
+#[tracing::instrument(skip_all)]
+pub async fn report(
+    State(state): State<AppState>,
+    _caller: Caller,
+    peer: Option<axum::Extension<Peer>>,
+    route: MatchedPath,
+) -> Response {
+    let report = match crate::audit::verify::verify(
+        state.store.as_ref(),
+        &state.keyring,
+        &|_, _| {},
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(error) => return store_problem(&error),
+    };
+    let signed = match crate::audit::report::sign(&report, &state.keyring) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(error = %error, "signing the audit report failed");
+            return Problem::internal().into_response();
+        }
+    };
+    if let Err(r) = log_read(
+        &state,
+        peer.as_deref(),
+        format!("GET {}", route.as_str()),
+        vec!["audit_report".into()],
+    )
+    .await
+    {
+        return r;
+    }
+    axum::Json(signed).into_response()
+}
+
+/// The report-signing public key.
+pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> Response {
+    match crate::audit::report::public_key(&state.keyring) {
+        Ok(k) => axum::Json(k).into_response(),
+        Err(_) => Problem::internal().into_response(),
+    }
+}
+
+/// Encryption metadata, consent tags and verdicts for one order.
+#[tracing::instrument(skip_all)]
+pub async fn order(
+    State(state): State<AppState>,
+    _caller: Caller,
+    peer: Option<axum::Extension<Peer>>,
+    route: MatchedPath,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+        return Problem::not_found().into_response();
+    };
+    let id = id.to_string();
+    match crate::audit::verify::order(state.store.as_ref(), &state.keyring, &id).await {
+        Ok(Some(audit)) => {
+            if let Err(r) = log_read(
+                &state,
+                peer.as_deref(),
+                format!("GET {}", route.as_str()),
+                vec![id],
+            )
+            .await
+            {
+                return r;
+            }
+            axum::Json(audit).into_response()
+        }
+        Ok(None) => Problem::not_found().into_response(),
+        Err(error) => store_problem(&error),
+    }
+}

@@ -37,6 +37,9 @@ pub struct AppState {
     pub fulfillment: Arc<crate::fulfillment::Fulfillment>,
     /// The hash-chained access log's writer.
     pub access_log: crate::audit::access_log::AccessLog,
+    /// The whole keyring, for the audit endpoints only (they open envelopes
+    /// to verify them and return verdicts, never plaintext).
+    pub keyring: Arc<crate::crypto::keyring::Keyring>,
     /// Shared readiness answer (see `health`).
     pub readiness: Arc<health::Readiness>,
 }
@@ -78,8 +81,15 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             allow(&[Marketing], get(not_built)),
         )
         // Auditor.
-        .route("/v1/audit/report", allow(&[Auditor], get(not_built)))
-        .route("/v1/audit/orders/{id}", allow(&[Auditor], get(not_built)))
+        .route("/v1/audit/report", allow(&[Auditor], get(audit::report)))
+        .route(
+            "/v1/audit/public-key",
+            allow(&[Auditor], get(audit::public_key)),
+        )
+        .route(
+            "/v1/audit/orders/{id}",
+            allow(&[Auditor], get(audit::order)),
+        )
         .route("/v1/audit/log", allow(&[Auditor], get(audit::log)))
         .route("/metrics", allow(&[Auditor], get(not_built)))
         .fallback(|| async { Problem::not_found() })

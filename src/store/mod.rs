@@ -147,6 +147,45 @@ pub trait Store: Send + Sync + 'static {
 
     /// The chain head, if any entry exists.
     async fn access_log_head(&self) -> Result<Option<access_log::Head>, StoreError>;
+
+    // ---- audit (read-only) ----
+
+    /// Up to `limit` orders with `seq > after_seq`, with all their records
+    /// and consent tags, raw.
+    async fn audit_batch(&self, after_seq: i64, limit: u32)
+    -> Result<rows::AuditBatch, StoreError>;
+
+    /// One order with all its records and tags, raw; empty when unknown.
+    async fn audit_order(&self, order_id: &str) -> Result<rows::AuditBatch, StoreError>;
+
+    /// Every table and its columns (name, declared type).
+    async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError>;
+
+    /// Up to `limit` rows of `table` after `after_rowid`, with the named
+    /// columns as text. `table` and `columns` must come from [`Store::schema`].
+    async fn clear_rows(
+        &self,
+        table: &str,
+        columns: &[String],
+        after_rowid: i64,
+        limit: u32,
+    ) -> Result<Vec<rows::ClearRow>, StoreError>;
+
+    /// Row counts and KEK-version counts.
+    async fn totals(&self) -> Result<rows::Totals, StoreError>;
+
+    /// Consent per purpose over customers (email blind index), latest tag.
+    async fn consent_stats(&self) -> Result<rows::ConsentStats, StoreError>;
+}
+
+/// Opens an existing store read-only, without migrations (offline audit).
+pub async fn open_read_only(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        DatabaseUrl::Sqlite { path } => {
+            Ok(Arc::new(sqlite::SqliteStore::open_read_only(path).await?))
+        }
+        DatabaseUrl::Postgres { .. } => Err(StoreError::PostgresNotYet),
+    }
 }
 
 /// Opens the store named by `url`, creating an SQLite file (and its

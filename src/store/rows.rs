@@ -191,3 +191,95 @@ impl From<Dispatch> for DispatchView {
         }
     }
 }
+
+/// An order as the audit sees it.
+#[derive(Debug, Clone)]
+pub struct AuditOrder {
+    pub seq: i64,
+    pub id: String,
+    pub consent_tag_id: String,
+    pub gift: bool,
+}
+
+/// What is special about a record besides its envelope.
+#[derive(Debug, Clone)]
+pub enum AuditExtra {
+    Billing {
+        email_blind_index: Vec<u8>,
+        blind_index_version: i64,
+    },
+    Shipping {
+        ship_to: String,
+    },
+    Recipient,
+    Card {
+        brand: String,
+        last4: String,
+        fingerprint: Vec<u8>,
+        fingerprint_key_version: i64,
+    },
+}
+
+/// One encrypted record, raw from the database (the audit judges it).
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub table: &'static str,
+    pub id: String,
+    pub order_id: String,
+    pub consent_tag_id: String,
+    /// `None` when all four envelope columns are NULL; `Err` when only some are.
+    pub envelope: Result<Option<Envelope>, &'static str>,
+    pub extra: AuditExtra,
+}
+
+/// A consent tag, raw from the database.
+#[derive(Debug, Clone)]
+pub struct RawTag {
+    pub id: String,
+    pub order_id: String,
+    pub subject: String,
+    pub basis: String,
+    pub purposes: [i64; 5],
+    pub policy_version: String,
+    pub captured_at: String,
+    pub channel: String,
+    pub mac_key_version: i64,
+    pub mac: Vec<u8>,
+}
+
+/// Orders with everything recorded for them.
+#[derive(Debug, Clone, Default)]
+pub struct AuditBatch {
+    pub orders: Vec<AuditOrder>,
+    pub records: Vec<AuditRecord>,
+    pub tags: Vec<RawTag>,
+}
+
+/// One row's clear (non-ciphertext) columns, for the plaintext scan.
+#[derive(Debug, Clone)]
+pub struct ClearRow {
+    pub rowid: i64,
+    /// The row's id (or sequence number, or `rowid:N`).
+    pub record_id: String,
+    pub values: Vec<(String, String)>,
+}
+
+/// Counts for the report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Totals {
+    pub orders: u64,
+    /// Rows per table.
+    pub records: std::collections::BTreeMap<String, u64>,
+    /// Records per data class and KEK version (`"card" -> {"1": n}`).
+    pub kek_versions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+}
+
+/// Customers (distinct email blind indexes) by their latest checkout tag.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConsentStats {
+    pub customers: u64,
+    /// Customers who currently consent, per purpose.
+    pub consenting: std::collections::BTreeMap<String, u64>,
+    /// Customers who do not (declined at their latest checkout), per purpose.
+    pub not_consenting: std::collections::BTreeMap<String, u64>,
+}

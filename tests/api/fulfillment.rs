@@ -44,6 +44,10 @@ async fn new_order(app: &TestApp, key: &str, order: &Value) -> String {
     body["order_id"].as_str().unwrap().to_owned()
 }
 
+pub fn gift_order_for_audit() -> Value {
+    gift_order()
+}
+
 fn gift_order() -> Value {
     let mut o = order_json();
     o["card"]["number"] = json!("378282246310005");

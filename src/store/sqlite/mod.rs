@@ -8,14 +8,17 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod audit;
+
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::rows::{
-    CommitOutcome, Dispatch, DispatchOutcome, KeyRecord, NewOrder, OrderSummary, SealedRecord,
-    ShipToRow, ShipmentRow, ShipmentStatus, ShippingRecord, StoredResponse,
+    AuditBatch, ClearRow, CommitOutcome, ConsentStats, Dispatch, DispatchOutcome, KeyRecord,
+    NewOrder, OrderSummary, SealedRecord, ShipToRow, ShipmentRow, ShipmentStatus, ShippingRecord,
+    StoredResponse, Totals,
 };
 use super::{Store, StoreError};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
@@ -48,6 +51,24 @@ impl SqliteStore {
             .await
             .map_err(StoreError::from_sqlx)?;
         MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Opens an existing database read-only, without migrating it (the
+    /// offline audit must not change what it inspects).
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(StoreError::from_sqlx)?
+            .filename(path)
+            .create_if_missing(false)
+            .read_only(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         Ok(SqliteStore { pool })
     }
 
@@ -352,6 +373,43 @@ impl Store for SqliteStore {
         .await
         .map_err(StoreError::from_sqlx)?;
         rows.iter().map(chained_entry).collect()
+    }
+
+    async fn audit_batch(&self, after_seq: i64, limit: u32) -> Result<AuditBatch, StoreError> {
+        audit::batch(
+            &self.pool,
+            audit::Selector::After {
+                seq: after_seq,
+                limit,
+            },
+        )
+        .await
+    }
+
+    async fn audit_order(&self, order_id: &str) -> Result<AuditBatch, StoreError> {
+        audit::batch(&self.pool, audit::Selector::One(order_id)).await
+    }
+
+    async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+        audit::schema(&self.pool).await
+    }
+
+    async fn clear_rows(
+        &self,
+        table: &str,
+        columns: &[String],
+        after_rowid: i64,
+        limit: u32,
+    ) -> Result<Vec<ClearRow>, StoreError> {
+        audit::clear_rows(&self.pool, table, columns, after_rowid, limit).await
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        audit::totals(&self.pool).await
+    }
+
+    async fn consent_stats(&self) -> Result<ConsentStats, StoreError> {
+        audit::consent_stats(&self.pool).await
     }
 
     async fn access_log_head(&self) -> Result<Option<Head>, StoreError> {

@@ -1,0 +1,584 @@
+//! The verification engine: one code path for `GET /v1/audit/report`,
+//! `GET /v1/audit/orders/{id}` and `checkoutd audit`.
+//!
+//! For every order, every record's envelope must open under its recorded
+//! KEK version and the associated data of its own table, order and record
+//! (the plaintext lands in a zeroizing buffer, is checked, and is dropped —
+//! never returned); the card row's brand, last4 and fingerprint must match
+//! the sealed number; the billing row's blind index must match the sealed
+//! email; every consent tag's MAC must verify and its subject and basis must
+//! fit the records that carry it. Then: no column anywhere is named like a
+//! card verification code; no clear column holds a Luhn-valid card number or
+//! an email address; the access-log chain verifies end to end.
+//!
+//! A failure names the table, the record id and what failed — nothing else.
+//! Orders are read in pages, so memory stays bounded for any database size.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::access_log::{ChainError, verify_chain};
+use crate::crypto::DataClass;
+use crate::crypto::envelope::{self, Binding, Envelope};
+use crate::crypto::keyring::Keyring;
+use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
+use crate::domain::detect::{contains_email, contains_pan};
+use crate::domain::pan::Pan;
+use crate::store::rows::{AuditBatch, AuditExtra, AuditRecord, ConsentStats, RawTag, Totals};
+use crate::store::{Store, StoreError};
+
+/// Orders per page.
+const PAGE: u32 = 500;
+/// Rows per page of the plaintext scan.
+const SCAN_PAGE: u32 = 1000;
+/// Most failures listed in a report (all are counted).
+pub const MAX_LISTED_FAILURES: usize = 10_000;
+
+/// Columns that hold ciphertexts, MACs or keyed digests: binary by design,
+/// not scanned for plaintext.
+const OPAQUE_COLUMNS: [&str; 12] = [
+    "checksum",
+    "cert_fingerprint",
+    "ciphertext",
+    "wrapped_dek",
+    "mac",
+    "hash",
+    "prev_hash",
+    "fingerprint",
+    "email_blind_index",
+    "request_hash",
+    "client",
+    "client_fingerprint",
+];
+
+/// One thing that did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub table: String,
+    pub record_id: String,
+    pub what: String,
+}
+
+impl Failure {
+    fn new(table: &str, record_id: &str, what: impl Into<String>) -> Self {
+        Failure {
+            table: table.to_owned(),
+            record_id: record_id.to_owned(),
+            what: what.into(),
+        }
+    }
+}
+
+/// The access log's state in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    pub intact: bool,
+    pub entries: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// The full verification result (unsigned).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub format: &'static str,
+    pub generated_at: String,
+    pub verified: bool,
+    pub totals: Totals,
+    pub orders_checked: u64,
+    pub records_checked: u64,
+    pub failure_count: u64,
+    pub failures: Vec<Failure>,
+    pub consent: ConsentStats,
+    pub access_log: ChainReport,
+}
+
+/// Metadata of one record (the per-order view). No plaintext.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordMeta {
+    pub table: &'static str,
+    pub record_id: String,
+    pub data_class: &'static str,
+    pub algorithm: &'static str,
+    pub format_version: Option<u8>,
+    pub kek_version: Option<u32>,
+    pub nonce_len: Option<usize>,
+    pub ciphertext_len: Option<usize>,
+    pub wrapped_dek_len: Option<usize>,
+    pub consent_tag_id: String,
+    pub verifies: bool,
+}
+
+/// A consent tag in the per-order view.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagMeta {
+    pub id: String,
+    pub subject: String,
+    pub basis: String,
+    pub purposes: serde_json::Value,
+    pub policy_version: String,
+    pub captured_at: String,
+    pub channel: String,
+    pub mac_key_version: i64,
+    pub verifies: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderAudit {
+    pub order_id: String,
+    pub verified: bool,
+    pub records: Vec<RecordMeta>,
+    pub consent_tags: Vec<TagMeta>,
+    pub failures: Vec<Failure>,
+}
+
+fn class_of(table: &str) -> DataClass {
+    match table {
+        "payment_cards" => DataClass::Card,
+        "billing_details" => DataClass::Billing,
+        "shipping_details" => DataClass::Shipping,
+        _ => DataClass::Recipient,
+    }
+}
+
+/// Collects failures, listing at most [`MAX_LISTED_FAILURES`].
+#[derive(Default)]
+struct Failures {
+    listed: Vec<Failure>,
+    count: u64,
+}
+
+impl Failures {
+    fn push(&mut self, f: Failure) {
+        self.count += 1;
+        if self.listed.len() < MAX_LISTED_FAILURES {
+            self.listed.push(f);
+        }
+    }
+}
+
+/// Checks one batch of orders; returns per-record and per-tag verdicts.
+fn check_batch(
+    keyring: &Keyring,
+    batch: &AuditBatch,
+    out: &mut Failures,
+) -> (Vec<bool>, Vec<bool>) {
+    let tags: HashMap<&str, (usize, &RawTag)> = batch
+        .tags
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), (i, t)))
+        .collect();
+    let mut tag_ok = vec![true; batch.tags.len()];
+    // Tags: MAC and internal consistency.
+    for (i, raw) in batch.tags.iter().enumerate() {
+        if let Some(what) = check_tag(keyring, raw) {
+            out.push(Failure::new("consent_tags", &raw.id, what));
+            tag_ok[i] = false;
+        }
+    }
+    // Orders: their own tag is the customer's.
+    for order in &batch.orders {
+        match tags.get(order.consent_tag_id.as_str()) {
+            Some((_, t)) if t.order_id == order.id && t.subject == "customer" => {}
+            Some(_) => out.push(Failure::new(
+                "orders",
+                &order.id,
+                "consent tag is not this order's customer tag",
+            )),
+            None => out.push(Failure::new("orders", &order.id, "consent tag is missing")),
+        }
+    }
+    let mut record_ok = Vec::with_capacity(batch.records.len());
+    for r in &batch.records {
+        let mut ok = true;
+        let mut fail = |what: String| {
+            ok = false;
+            out.push(Failure::new(r.table, &r.id, what));
+        };
+        // Which subject must the record's tag be about?
+        let expected_subject = match (&r.extra, r.table) {
+            (AuditExtra::Shipping { ship_to }, _) if ship_to == "gift_recipient" => {
+                "gift_recipient"
+            }
+            (_, "gift_recipients") => "gift_recipient",
+            _ => "customer",
+        };
+        match tags.get(r.consent_tag_id.as_str()) {
+            None => fail("consent tag is missing".into()),
+            Some((_, t)) if t.order_id != r.order_id => {
+                fail("consent tag belongs to another order".into())
+            }
+            Some((_, t)) if t.subject != expected_subject => fail(format!(
+                "consent tag is about the wrong subject (expected {expected_subject})"
+            )),
+            Some(_) => {}
+        }
+        if let Some(what) = check_record(keyring, r) {
+            fail(what);
+        }
+        record_ok.push(ok);
+    }
+    (record_ok, tag_ok)
+}
+
+/// Checks a tag's MAC and that its subject, basis and purposes fit.
+fn check_tag(keyring: &Keyring, raw: &RawTag) -> Option<String> {
+    let (Some(subject), Some(basis)) = (Subject::parse(&raw.subject), Basis::parse(&raw.basis))
+    else {
+        return Some("subject or basis is not a known value".into());
+    };
+    let (Ok(id), Ok(order_id)) = (
+        uuid::Uuid::parse_str(&raw.id),
+        uuid::Uuid::parse_str(&raw.order_id),
+    ) else {
+        return Some("id or order_id is not a UUID".into());
+    };
+    if raw.purposes.iter().any(|p| *p != 0 && *p != 1) {
+        return Some("a purpose is neither 0 nor 1".into());
+    }
+    let Ok(mac) = <[u8; 32]>::try_from(raw.mac.as_slice()) else {
+        return Some("MAC is not 32 bytes".into());
+    };
+    let key = keyring.consent_tag_key();
+    if i64::from(key.version()) != raw.mac_key_version {
+        return Some("MAC key version is not in the keyring".into());
+    }
+    let tag = ConsentTag {
+        id,
+        order_id,
+        subject,
+        basis,
+        purposes: Purposes::from_array(raw.purposes.map(|p| p == 1)),
+        policy_version: raw.policy_version.clone(),
+        captured_at: raw.captured_at.clone(),
+        channel: raw.channel.clone(),
+        mac_key_version: key.version(),
+        mac,
+    };
+    if !key.verify(&[&tag.canonical_bytes()], &tag.mac) {
+        return Some("MAC does not verify (edited)".into());
+    }
+    match (subject, basis) {
+        (Subject::Customer, Basis::Consent) => None,
+        (Subject::GiftRecipient, Basis::FulfillmentOnly) if tag.purposes == Purposes::default() => {
+            None
+        }
+        (Subject::GiftRecipient, Basis::FulfillmentOnly) => {
+            Some("a gift recipient's tag consents to something".into())
+        }
+        _ => Some("basis does not fit the subject".into()),
+    }
+}
+
+/// Opens a record's envelope (if it must have one) and checks its clear
+/// companions against the plaintext. `None` when everything verifies.
+fn check_record(keyring: &Keyring, r: &AuditRecord) -> Option<String> {
+    let envelope = match (&r.envelope, &r.extra) {
+        (Err(what), _) => return Some((*what).into()),
+        (Ok(None), AuditExtra::Shipping { ship_to }) if ship_to == "gift_recipient" => return None,
+        (Ok(Some(_)), AuditExtra::Shipping { ship_to }) if ship_to == "gift_recipient" => {
+            return Some("a gift's shipping marker carries an envelope".into());
+        }
+        (Ok(None), _) => return Some("envelope is missing".into()),
+        (Ok(Some(e)), _) => e,
+    };
+    let (Ok(order_id), Ok(record_id)) = (
+        uuid::Uuid::parse_str(&r.order_id),
+        uuid::Uuid::parse_str(&r.id),
+    ) else {
+        return Some("id or order_id is not a UUID".into());
+    };
+    let binding = Binding {
+        class: class_of(r.table),
+        order_id,
+        record_id,
+    };
+    if keyring
+        .opening_kek(binding.class, envelope.kek_version)
+        .is_err()
+    {
+        return Some(format!(
+            "KEK version {} is not in the keyring",
+            envelope.kek_version
+        ));
+    }
+    let plain = match envelope::open(keyring, &binding, envelope) {
+        Ok(p) => p,
+        Err(_) => return Some("envelope does not open (tampered, moved or relabelled)".into()),
+    };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&plain) else {
+        return Some("plaintext is not the documented JSON".into());
+    };
+    match &r.extra {
+        AuditExtra::Card {
+            brand,
+            last4,
+            fingerprint,
+            fingerprint_key_version,
+        } => {
+            let Some(digits) = doc.get("pan").and_then(|p| p.as_str()) else {
+                return Some("plaintext has no card number".into());
+            };
+            let Ok(pan) = Pan::parse(digits) else {
+                return Some("sealed card number is not valid".into());
+            };
+            if pan.last4() != *last4 {
+                return Some("last4 does not match the sealed card number".into());
+            }
+            if pan.brand().as_str() != brand {
+                return Some("brand does not match the sealed card number".into());
+            }
+            let key = keyring.fingerprint_key();
+            if i64::from(key.version()) != *fingerprint_key_version
+                || !key.verify(&[pan.expose_digits()], fingerprint)
+            {
+                return Some("fingerprint does not match the sealed card number".into());
+            }
+            None
+        }
+        AuditExtra::Billing {
+            email_blind_index,
+            blind_index_version,
+        } => {
+            let Some(email) = doc.get("email").and_then(|e| e.as_str()) else {
+                return Some("plaintext has no email".into());
+            };
+            let key = keyring.blind_index_key();
+            if i64::from(key.version()) != *blind_index_version
+                || !key.verify(&[email.as_bytes()], email_blind_index)
+            {
+                return Some("email blind index does not match the sealed email".into());
+            }
+            None
+        }
+        AuditExtra::Shipping { .. } | AuditExtra::Recipient => None,
+    }
+}
+
+/// Runs the whole verification. `progress(done, total)` is called after
+/// each page of orders.
+pub async fn verify(
+    store: &dyn Store,
+    keyring: &Keyring,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Report, StoreError> {
+    let totals = store.totals().await?;
+    let mut failures = Failures::default();
+    let (mut orders_checked, mut records_checked) = (0u64, 0u64);
+    let mut after = 0i64;
+    loop {
+        let batch = store.audit_batch(after, PAGE).await?;
+        let Some(last) = batch.orders.last() else {
+            break;
+        };
+        after = last.seq;
+        orders_checked += batch.orders.len() as u64;
+        records_checked += batch.records.len() as u64;
+        check_batch(keyring, &batch, &mut failures);
+        // Every order has billing, shipping and card records (and a gift
+        // order a recipient record).
+        check_completeness(&batch, &mut failures);
+        progress(orders_checked, totals.orders);
+        if batch.orders.len() < PAGE as usize {
+            break;
+        }
+    }
+    scan_schema_and_clear_columns(store, &mut failures).await?;
+    let access_log = match verify_chain(store, keyring.access_log_key()).await {
+        Ok(status) => ChainReport {
+            intact: true,
+            entries: status.entries,
+            failure: None,
+        },
+        Err(error) => {
+            let record_id = match &error {
+                ChainError::Entry { seq, .. } => seq.to_string(),
+                ChainError::Head(_) => "head".to_owned(),
+                ChainError::Store => String::new(),
+            };
+            failures.push(Failure::new("access_log", &record_id, error.to_string()));
+            ChainReport {
+                intact: false,
+                entries: totals.records.get("access_log").copied().unwrap_or(0),
+                failure: Some(error.to_string()),
+            }
+        }
+    };
+    let consent = store.consent_stats().await?;
+    Ok(Report {
+        format: "checkoutd-audit-report/1",
+        generated_at: crate::ids::now(),
+        verified: failures.count == 0,
+        totals,
+        orders_checked,
+        records_checked,
+        failure_count: failures.count,
+        failures: failures.listed,
+        consent,
+        access_log,
+    })
+}
+
+fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
+    let mut have: HashMap<&str, [bool; 4]> = HashMap::new();
+    for r in &batch.records {
+        let slot = match r.table {
+            "billing_details" => 0,
+            "shipping_details" => 1,
+            "payment_cards" => 2,
+            _ => 3,
+        };
+        have.entry(r.order_id.as_str()).or_default()[slot] = true;
+    }
+    for o in &batch.orders {
+        let h = have.get(o.id.as_str()).copied().unwrap_or_default();
+        for (present, table) in
+            h[..3]
+                .iter()
+                .zip(["billing_details", "shipping_details", "payment_cards"])
+        {
+            if !present {
+                out.push(Failure::new("orders", &o.id, format!("no {table} record")));
+            }
+        }
+        if o.gift != h[3] {
+            out.push(Failure::new(
+                "orders",
+                &o.id,
+                "gift flag and gift_recipients record disagree",
+            ));
+        }
+    }
+}
+
+/// No CVV-like column; no card number or email in any clear column.
+async fn scan_schema_and_clear_columns(
+    store: &dyn Store,
+    out: &mut Failures,
+) -> Result<(), StoreError> {
+    for (table, columns) in store.schema().await? {
+        for (column, _) in &columns {
+            let c = column.to_ascii_lowercase();
+            if [
+                "cvv",
+                "cvc",
+                "csc",
+                "cid",
+                "card_verification",
+                "security_code",
+            ]
+            .iter()
+            .any(|n| c.contains(n))
+                && c != "client_fingerprint"
+            {
+                out.push(Failure::new(
+                    &table,
+                    "",
+                    format!("column {column} looks like a card verification code"),
+                ));
+            }
+        }
+        let clear: Vec<String> = columns
+            .iter()
+            .map(|(c, _)| c.clone())
+            .filter(|c| !OPAQUE_COLUMNS.contains(&c.as_str()))
+            .collect();
+        if clear.is_empty() {
+            continue;
+        }
+        let mut after = 0i64;
+        loop {
+            let rows = store.clear_rows(&table, &clear, after, SCAN_PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.rowid;
+            for row in &rows {
+                for (column, value) in &row.values {
+                    if contains_pan(value) {
+                        out.push(Failure::new(
+                            &table,
+                            &row.record_id,
+                            format!("clear column {column} holds a card number"),
+                        ));
+                    }
+                    if contains_email(value) {
+                        out.push(Failure::new(
+                            &table,
+                            &row.record_id,
+                            format!("clear column {column} holds an email address"),
+                        ));
+                    }
+                }
+            }
+            if rows.len() < SCAN_PAGE as usize {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The per-order view: metadata and verdicts, no plaintext. `None` for an
+/// unknown order.
+pub async fn order(
+    store: &dyn Store,
+    keyring: &Keyring,
+    order_id: &str,
+) -> Result<Option<OrderAudit>, StoreError> {
+    let batch = store.audit_order(order_id).await?;
+    if batch.orders.is_empty() {
+        return Ok(None);
+    }
+    let mut failures = Failures::default();
+    let (record_ok, tag_ok) = check_batch(keyring, &batch, &mut failures);
+    check_completeness(&batch, &mut failures);
+    let records = batch
+        .records
+        .iter()
+        .zip(record_ok)
+        .map(|(r, ok)| {
+            let env: Option<&Envelope> = r.envelope.as_ref().ok().and_then(Option::as_ref);
+            RecordMeta {
+                table: r.table,
+                record_id: r.id.clone(),
+                data_class: class_of(r.table).as_str(),
+                algorithm: if env.is_some() {
+                    "AES-256-GCM (per-record DEK wrapped by AES-256-GCM KEK)"
+                } else {
+                    "none (gift marker)"
+                },
+                format_version: env.map(|e| e.format_version),
+                kek_version: env.map(|e| e.kek_version),
+                nonce_len: env.map(|_| ring::aead::NONCE_LEN),
+                ciphertext_len: env.map(|e| e.ciphertext.len()),
+                wrapped_dek_len: env.map(|e| e.wrapped_dek.len()),
+                consent_tag_id: r.consent_tag_id.clone(),
+                verifies: ok,
+            }
+        })
+        .collect();
+    let consent_tags = batch
+        .tags
+        .iter()
+        .zip(tag_ok)
+        .map(|(t, ok)| TagMeta {
+            id: t.id.clone(),
+            subject: t.subject.clone(),
+            basis: t.basis.clone(),
+            purposes: serde_json::json!(Purposes::from_array(t.purposes.map(|p| p == 1))),
+            policy_version: t.policy_version.clone(),
+            captured_at: t.captured_at.clone(),
+            channel: t.channel.clone(),
+            mac_key_version: t.mac_key_version,
+            verifies: ok,
+        })
+        .collect();
+    Ok(Some(OrderAudit {
+        order_id: order_id.to_owned(),
+        verified: failures.count == 0,
+        records,
+        consent_tags,
+        failures: failures.listed,
+    }))
+}

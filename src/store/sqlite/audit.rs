@@ -1,0 +1,325 @@
+//! SQLite queries of the audit: read-only, paged, raw (the verifier in
+//! `crate::audit::verify` judges what they return).
+
+use std::collections::BTreeMap;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
+
+use super::super::StoreError;
+use super::super::rows::{
+    AuditBatch, AuditExtra, AuditOrder, AuditRecord, ClearRow, ConsentStats, RawTag, Totals,
+};
+use crate::crypto::envelope::Envelope;
+use crate::domain::consent::Purposes;
+
+fn err(e: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(e)
+}
+
+/// Which orders a batch covers.
+pub enum Selector<'a> {
+    After { seq: i64, limit: u32 },
+    One(&'a str),
+}
+
+pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBatch, StoreError> {
+    let orders = match selector {
+        Selector::After { seq, limit } => sqlx::query(
+            "SELECT seq, id, consent_tag_id, gift FROM orders WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await,
+        Selector::One(id) => {
+            sqlx::query("SELECT seq, id, consent_tag_id, gift FROM orders WHERE id = ?1")
+                .bind(id)
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .map_err(err)?;
+    let orders: Vec<AuditOrder> = orders
+        .iter()
+        .map(|r| -> Result<AuditOrder, StoreError> {
+            Ok(AuditOrder {
+                seq: r.try_get("seq").map_err(err)?,
+                id: r.try_get("id").map_err(err)?,
+                consent_tag_id: r.try_get("consent_tag_id").map_err(err)?,
+                gift: r.try_get::<i64, _>("gift").map_err(err)? != 0,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let (Some(first), Some(last)) = (orders.first(), orders.last()) else {
+        return Ok(AuditBatch::default());
+    };
+    // Records of the orders in [first.seq, last.seq].
+    let (lo, hi) = (first.seq, last.seq);
+    let scope = "order_id IN (SELECT id FROM orders WHERE seq BETWEEN ?1 AND ?2)";
+    let mut records = Vec::new();
+    for (table, extra_cols) in [
+        (
+            "billing_details",
+            ", email_blind_index, blind_index_version",
+        ),
+        ("shipping_details", ", ship_to"),
+        ("gift_recipients", ""),
+        (
+            "payment_cards",
+            ", brand, last4, fingerprint, fingerprint_key_version",
+        ),
+    ] {
+        let sql = format!(
+            "SELECT id, order_id, consent_tag_id, format_version, kek_version, wrapped_dek, ciphertext{extra_cols}
+               FROM {table} WHERE {scope} ORDER BY order_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+        for row in &rows {
+            records.push(record(table, row)?);
+        }
+    }
+    let tag_rows = sqlx::query(&format!("SELECT * FROM consent_tags WHERE {scope}"))
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+    let tags = tag_rows.iter().map(raw_tag).collect::<Result<_, _>>()?;
+    Ok(AuditBatch {
+        orders,
+        records,
+        tags,
+    })
+}
+
+fn record(table: &'static str, row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let fmt: Option<i64> = row.try_get("format_version").map_err(err)?;
+    let kek: Option<i64> = row.try_get("kek_version").map_err(err)?;
+    let dek: Option<Vec<u8>> = row.try_get("wrapped_dek").map_err(err)?;
+    let ct: Option<Vec<u8>> = row.try_get("ciphertext").map_err(err)?;
+    let envelope = match (fmt, kek, dek, ct) {
+        (None, None, None, None) => Ok(None),
+        (Some(fmt), Some(kek), Some(wrapped_dek), Some(ciphertext)) => {
+            match (u8::try_from(fmt), u32::try_from(kek)) {
+                (Ok(format_version), Ok(kek_version)) => Ok(Some(Envelope {
+                    format_version,
+                    kek_version,
+                    wrapped_dek,
+                    ciphertext,
+                })),
+                _ => Err("format_version or kek_version is out of range"),
+            }
+        }
+        _ => Err("envelope columns are partly empty"),
+    };
+    let extra = match table {
+        "billing_details" => AuditExtra::Billing {
+            email_blind_index: row.try_get("email_blind_index").map_err(err)?,
+            blind_index_version: row.try_get("blind_index_version").map_err(err)?,
+        },
+        "shipping_details" => AuditExtra::Shipping {
+            ship_to: row.try_get("ship_to").map_err(err)?,
+        },
+        "payment_cards" => AuditExtra::Card {
+            brand: row.try_get("brand").map_err(err)?,
+            last4: row.try_get("last4").map_err(err)?,
+            fingerprint: row.try_get("fingerprint").map_err(err)?,
+            fingerprint_key_version: row.try_get("fingerprint_key_version").map_err(err)?,
+        },
+        _ => AuditExtra::Recipient,
+    };
+    Ok(AuditRecord {
+        table,
+        id: row.try_get("id").map_err(err)?,
+        order_id: row.try_get("order_id").map_err(err)?,
+        consent_tag_id: row.try_get("consent_tag_id").map_err(err)?,
+        envelope,
+        extra,
+    })
+}
+
+fn raw_tag(row: &SqliteRow) -> Result<RawTag, StoreError> {
+    let mut purposes = [0i64; 5];
+    for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
+        *slot = row.try_get(name).map_err(err)?;
+    }
+    Ok(RawTag {
+        id: row.try_get("id").map_err(err)?,
+        order_id: row.try_get("order_id").map_err(err)?,
+        subject: row.try_get("subject").map_err(err)?,
+        basis: row.try_get("basis").map_err(err)?,
+        purposes,
+        policy_version: row.try_get("policy_version").map_err(err)?,
+        captured_at: row.try_get("captured_at").map_err(err)?,
+        channel: row.try_get("channel").map_err(err)?,
+        mac_key_version: row.try_get("mac_key_version").map_err(err)?,
+        mac: row.try_get("mac").map_err(err)?,
+    })
+}
+
+pub async fn schema(pool: &SqlitePool) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let mut out = Vec::with_capacity(tables.len());
+    for table in tables {
+        let cols = sqlx::query("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")
+            .bind(&table)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(err)?,
+                    r.try_get("type").map_err(err)?,
+                ))
+            })
+            .collect::<Result<Vec<(String, String)>, StoreError>>()?;
+        out.push((table, cols));
+    }
+    Ok(out)
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+pub async fn clear_rows(
+    pool: &SqlitePool,
+    table: &str,
+    columns: &[String],
+    after_rowid: i64,
+    limit: u32,
+) -> Result<Vec<ClearRow>, StoreError> {
+    let has_id = columns.iter().any(|c| c == "id");
+    let mut select = vec!["rowid AS __rowid".to_owned()];
+    if has_id {
+        select.push("CAST(\"id\" AS TEXT) AS __id".to_owned());
+    }
+    for (i, c) in columns.iter().enumerate() {
+        // As bytes: a BLOB need not be UTF-8; it is scanned lossily.
+        select.push(format!("CAST({} AS BLOB) AS c{i}", quote(c)));
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        select.join(", "),
+        quote(table)
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after_rowid)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+    rows.iter()
+        .map(|r| {
+            let rowid: i64 = r.try_get("__rowid").map_err(err)?;
+            let record_id = if has_id {
+                r.try_get::<Option<String>, _>("__id")
+                    .map_err(err)?
+                    .unwrap_or_default()
+            } else {
+                format!("rowid:{rowid}")
+            };
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, c) in columns.iter().enumerate() {
+                if let Some(v) = r
+                    .try_get::<Option<Vec<u8>>, _>(format!("c{i}").as_str())
+                    .map_err(err)?
+                {
+                    values.push((c.clone(), String::from_utf8_lossy(&v).into_owned()));
+                }
+            }
+            Ok(ClearRow {
+                rowid,
+                record_id,
+                values,
+            })
+        })
+        .collect()
+}
+
+pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
+    let mut t = Totals::default();
+    for table in [
+        "orders",
+        "billing_details",
+        "shipping_details",
+        "gift_recipients",
+        "payment_cards",
+        "consent_tags",
+        "idempotency_keys",
+        "access_log",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .map_err(err)?;
+        t.records
+            .insert(table.to_owned(), u64::try_from(n).unwrap_or(0));
+    }
+    t.orders = t.records.get("orders").copied().unwrap_or(0);
+    for (class, table) in [
+        ("card", "payment_cards"),
+        ("billing", "billing_details"),
+        ("shipping", "shipping_details"),
+        ("recipient", "gift_recipients"),
+    ] {
+        let rows = sqlx::query(&format!(
+            "SELECT kek_version, count(*) AS n FROM {table} WHERE kek_version IS NOT NULL GROUP BY kek_version"
+        ))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        let mut versions = BTreeMap::new();
+        for r in rows {
+            let v: i64 = r.try_get("kek_version").map_err(err)?;
+            let n: i64 = r.try_get("n").map_err(err)?;
+            versions.insert(v.to_string(), u64::try_from(n).unwrap_or(0));
+        }
+        t.kek_versions.insert(class.to_owned(), versions);
+    }
+    Ok(t)
+}
+
+pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError> {
+    let row = sqlx::query(
+        "SELECT count(*) AS customers,
+                coalesce(sum(product_updates), 0) AS product_updates,
+                coalesce(sum(new_offerings), 0) AS new_offerings,
+                coalesce(sum(partnerships), 0) AS partnerships,
+                coalesce(sum(special_offers), 0) AS special_offers,
+                coalesce(sum(third_party_sharing), 0) AS third_party_sharing
+           FROM (SELECT t.*, row_number() OVER (PARTITION BY b.email_blind_index ORDER BY o.seq DESC) AS latest
+                   FROM billing_details b
+                   JOIN orders o ON o.id = b.order_id
+                   JOIN consent_tags t ON t.id = o.consent_tag_id)
+          WHERE latest = 1",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(err)?;
+    let customers = u64::try_from(row.try_get::<i64, _>("customers").map_err(err)?).unwrap_or(0);
+    let mut stats = ConsentStats {
+        customers,
+        ..ConsentStats::default()
+    };
+    for name in Purposes::NAMES {
+        let n = u64::try_from(row.try_get::<i64, _>(name).map_err(err)?).unwrap_or(0);
+        stats.consenting.insert(name.to_owned(), n);
+        stats
+            .not_consenting
+            .insert(name.to_owned(), customers.saturating_sub(n));
+    }
+    Ok(stats)
+}

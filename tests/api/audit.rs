@@ -1,0 +1,536 @@
+//! Auditors: a signed verification report, per-order metadata, and the
+//! offline `checkoutd audit` with its HTML report — each tamper named.
+
+use std::process::Command;
+
+use checkoutd::audit::report::verify_signed;
+use checkoutd::audit::verify::{self, Failure, Report};
+use checkoutd::server::identity::Role;
+use serde_json::{Value, json};
+
+use crate::fulfillment::gift_order_for_audit;
+use crate::helpers::{TestApp, expect_problem, spawn_app};
+use crate::orders::order_json;
+
+/// Four orders (one a gift, one Amex), some reads, a denial.
+async fn populated() -> (TestApp, Vec<String>) {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    let mut amex = order_json();
+    amex["card"] =
+        json!({"number": "378282246310005", "exp_month": 1, "exp_year": 2031, "cvc": "4321"});
+    amex["customer"]["email"] = json!("grace@example.com");
+    for (i, order) in [order_json(), gift_order_for_audit(), amex, order_json()]
+        .iter()
+        .enumerate()
+    {
+        let r = app.post_order(&format!("audit-{i}"), order).await;
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.unwrap();
+        ids.push(body["order_id"].as_str().unwrap().to_owned());
+    }
+    let _ = app.shipments("").await;
+    let _ = app
+        .client(Role::Marketing)
+        .get(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    (app, ids)
+}
+
+async fn run_verify(app: &TestApp) -> Report {
+    let store = app.store().await;
+    verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap()
+}
+
+fn has(report: &Report, table: &str, record_id: &str, what: &str) -> bool {
+    report
+        .failures
+        .iter()
+        .any(|f: &Failure| f.table == table && f.record_id == record_id && f.what.contains(what))
+}
+
+#[tokio::test]
+async fn the_report_is_clean_signed_and_free_of_personal_data() {
+    let (app, ids) = populated().await;
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/report"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for secret in [
+        "4111111111111111",
+        "378282246310005",
+        "ada@example.com",
+        "grace@example.com",
+        "Lovelace",
+        "Babbage",
+        "Columbia",
+    ] {
+        assert!(!text.contains(secret), "the report holds {secret}");
+    }
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let report = &doc["report"];
+    assert_eq!(report["verified"], true, "{report:#}");
+    assert_eq!(report["failures"], json!([]));
+    assert_eq!(report["orders_checked"], 4);
+    assert_eq!(report["totals"]["orders"], 4);
+    assert_eq!(report["totals"]["records"]["gift_recipients"], 1);
+    assert_eq!(report["totals"]["kek_versions"]["card"]["1"], 4);
+    assert_eq!(
+        report["totals"]["kek_versions"]["shipping"]["1"], 3,
+        "the gift's shipping row is a marker"
+    );
+    assert_eq!(report["access_log"]["intact"], true);
+    assert_eq!(report["consent"]["customers"], 2, "two distinct emails");
+    assert_eq!(report["consent"]["consenting"]["special_offers"], 2);
+    assert_eq!(
+        report["consent"]["not_consenting"]["third_party_sharing"],
+        2
+    );
+
+    let key: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/public-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(key["key_id"], doc["signature"]["key_id"]);
+    let raw = checkoutd::hex::decode(key["public_key_hex"].as_str().unwrap()).unwrap();
+    assert!(verify_signed(&doc, &raw));
+    let mut forged = doc.clone();
+    forged["report"]["failure_count"] = json!(0);
+    forged["report"]["orders_checked"] = json!(5);
+    assert!(!verify_signed(&forged, &raw));
+
+    for role in [Role::Storefront, Role::Fulfillment, Role::Marketing] {
+        let r = app
+            .client(role)
+            .get(app.url("/v1/audit/report"))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 403).await;
+    }
+    // Reading the report is itself logged.
+    let log: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/log"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "GET /v1/audit/report")
+    );
+    drop(ids);
+}
+
+#[tokio::test]
+async fn per_order_metadata_has_no_plaintext() {
+    let (app, ids) = populated().await;
+    let gift = &ids[1];
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url(&format!("/v1/audit/orders/{gift}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for secret in ["4111", "Lovelace", "Babbage", "Dorset", "ada@", "birthday"] {
+        assert!(!text.contains(secret), "{secret}");
+    }
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["verified"], true);
+    let records = doc["records"].as_array().unwrap();
+    assert_eq!(
+        records.len(),
+        4,
+        "billing, shipping marker, recipient, card"
+    );
+    for rec in records {
+        assert_eq!(rec["verifies"], true);
+        if rec["table"] == "shipping_details" {
+            assert!(
+                rec["kek_version"].is_null(),
+                "a gift's marker has no envelope"
+            );
+            continue;
+        }
+        assert_eq!(rec["kek_version"], 1);
+        assert_eq!(rec["nonce_len"], 12);
+        assert_eq!(rec["wrapped_dek_len"], 60);
+        assert!(rec["ciphertext_len"].as_u64().unwrap() > 28);
+        assert!(rec["algorithm"].as_str().unwrap().contains("AES-256-GCM"));
+    }
+    let tags = doc["consent_tags"].as_array().unwrap();
+    assert_eq!(tags.len(), 2);
+    assert!(tags.iter().all(|t| t["verifies"] == true));
+    assert!(
+        tags.iter()
+            .any(|t| t["subject"] == "gift_recipient" && t["basis"] == "fulfillment_only")
+    );
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/orders/00000000-0000-4000-8000-000000000000"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404).await;
+}
+
+#[tokio::test]
+async fn an_untouched_database_has_no_false_positives() {
+    let (app, _) = populated().await;
+    let report = run_verify(&app).await;
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(report.records_checked, 4 * 3 + 1);
+}
+
+/// Runs `;`-separated statements on one connection (temp tables persist).
+async fn exec(app: &TestApp, sql: &str) {
+    let db = app.db().await;
+    let mut conn = db.acquire().await.unwrap();
+    for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+        sqlx::query(statement).execute(&mut *conn).await.unwrap();
+    }
+}
+
+async fn id_of(app: &TestApp, sql: &str) -> String {
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flipped_consent_purpose_is_named() {
+    let (app, ids) = populated().await;
+    let tag = id_of(
+        &app,
+        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[0]),
+    )
+    .await;
+    exec(
+        &app,
+        &format!("UPDATE consent_tags SET third_party_sharing = 1 WHERE id = '{tag}'"),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(&report, "consent_tags", &tag, "MAC does not verify"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+}
+
+#[tokio::test]
+async fn swapped_card_envelopes_are_named() {
+    let (app, ids) = populated().await;
+    let a = id_of(
+        &app,
+        &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[0]),
+    )
+    .await;
+    let b = id_of(
+        &app,
+        &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[3]),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "CREATE TEMP TABLE swap AS SELECT id, ciphertext, wrapped_dek FROM payment_cards WHERE id IN ('{a}', '{b}');
+             UPDATE payment_cards SET ciphertext = (SELECT ciphertext FROM swap WHERE id = '{b}'),
+                wrapped_dek = (SELECT wrapped_dek FROM swap WHERE id = '{b}') WHERE id = '{a}';
+             UPDATE payment_cards SET ciphertext = (SELECT ciphertext FROM swap WHERE id = '{a}'),
+                wrapped_dek = (SELECT wrapped_dek FROM swap WHERE id = '{a}') WHERE id = '{b}'"
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(&report, "payment_cards", &a, "does not open"),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(&report, "payment_cards", &b, "does not open"),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[tokio::test]
+async fn a_billing_envelope_moved_into_the_shipping_table_is_named() {
+    let (app, ids) = populated().await;
+    let ship = id_of(
+        &app,
+        &format!(
+            "SELECT id FROM shipping_details WHERE order_id = '{}'",
+            ids[0]
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE shipping_details SET
+                ciphertext = (SELECT ciphertext FROM billing_details WHERE order_id = '{o}'),
+                wrapped_dek = (SELECT wrapped_dek FROM billing_details WHERE order_id = '{o}')
+              WHERE id = '{ship}'",
+            o = ids[0]
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(&report, "shipping_details", &ship, "does not open"),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[tokio::test]
+async fn a_relabelled_kek_version_is_named() {
+    let (app, ids) = populated().await;
+    let billing = id_of(
+        &app,
+        &format!(
+            "SELECT id FROM billing_details WHERE order_id = '{}'",
+            ids[2]
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        &format!("UPDATE billing_details SET kek_version = 2 WHERE id = '{billing}'"),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(
+            &report,
+            "billing_details",
+            &billing,
+            "KEK version 2 is not in the keyring"
+        ),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_card_number_in_a_clear_column_is_named() {
+    let (app, ids) = populated().await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET storefront_ref = 'note 4111 1111 1111 1111' WHERE id = '{}'",
+            ids[1]
+        ),
+    )
+    .await;
+    exec(&app, &format!("UPDATE orders SET items = '[{{\"sku\":\"a\",\"description\":\"ada@example.com\"}}]' WHERE id = '{}'", ids[2])).await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(
+            &report,
+            "orders",
+            &ids[1],
+            "storefront_ref holds a card number"
+        ),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(&report, "orders", &ids[2], "items holds an email address"),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[tokio::test]
+async fn access_log_tampering_is_named() {
+    for (sql, seq) in [
+        ("UPDATE access_log SET role = 'auditor' WHERE seq = 2", "2"),
+        ("DELETE FROM access_log WHERE seq = 1", "1"),
+        (
+            "UPDATE access_log SET seq = 100 WHERE seq = 1; UPDATE access_log SET seq = 1 WHERE seq = 2; UPDATE access_log SET seq = 2 WHERE seq = 100",
+            "1",
+        ),
+    ] {
+        let (app, _) = populated().await;
+        exec(
+            &app,
+            "DROP TRIGGER access_log_no_update; DROP TRIGGER access_log_no_delete",
+        )
+        .await;
+        exec(&app, sql).await;
+        let report = run_verify(&app).await;
+        assert!(!report.access_log.intact);
+        assert!(
+            has(&report, "access_log", seq, "access-log entry"),
+            "{sql}: {:#?}",
+            report.failures
+        );
+    }
+}
+
+fn checkoutd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+}
+
+#[tokio::test]
+async fn offline_audit_exit_codes_and_html_report() {
+    let (app, ids) = populated().await;
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("data");
+    std::fs::create_dir_all(&copy).unwrap();
+    // A consistent copy: VACUUM INTO, plus the keyring.
+    let db = app.db().await;
+    sqlx::query(&format!(
+        "VACUUM INTO '{}'",
+        copy.join("checkoutd.db").display()
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    std::fs::copy(
+        app.dir.path().join("data/keyring.json"),
+        copy.join("keyring.json"),
+    )
+    .unwrap();
+
+    let out = work.path().join("report.json");
+    let html = work.path().join("report.html");
+    let status = checkoutd()
+        .args(["audit", "--data-dir"])
+        .arg(&copy)
+        .arg("--out")
+        .arg(&out)
+        .arg("--html")
+        .arg(&html)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(doc["report"]["verified"], true);
+    assert!(doc["signature"]["value_hex"].as_str().unwrap().len() == 128);
+    render_in_chromium(&html, true);
+
+    // Tamper with the copy: a flipped purpose and two swapped card envelopes.
+    let tampered =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", copy.join("checkoutd.db").display()))
+            .await
+            .unwrap();
+    let (a, b) = (&ids[0], &ids[3]);
+    for sql in [
+        format!("UPDATE consent_tags SET partnerships = 1 WHERE order_id = '{a}'"),
+        format!(
+            "UPDATE payment_cards SET ciphertext = (SELECT ciphertext FROM payment_cards WHERE order_id = '{b}') WHERE order_id = '{a}'"
+        ),
+        format!(
+            "UPDATE payment_cards SET wrapped_dek = (SELECT wrapped_dek FROM payment_cards WHERE order_id = '{a}') WHERE order_id = '{b}'"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&tampered).await.unwrap();
+    }
+    tampered.close().await;
+    let out2 = work.path().join("report2.json");
+    let html2 = work.path().join("report2.html");
+    let status = checkoutd()
+        .args(["audit", "--data-dir"])
+        .arg(&copy)
+        .arg("--out")
+        .arg(&out2)
+        .arg("--html")
+        .arg(&html2)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&out2).unwrap()).unwrap();
+    assert!(
+        doc["report"]["failure_count"].as_u64().unwrap() >= 3,
+        "{doc:#}"
+    );
+    render_in_chromium(&html2, false);
+
+    // Usage and I/O errors are 2.
+    let status = checkoutd()
+        .args(["audit", "--data-dir", "/nonexistent", "--out"])
+        .arg(work.path().join("x.json"))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let status = checkoutd()
+        .args(["audit", "--no-such-flag"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}
+
+/// Loads the HTML report in headless Chromium: it must render its content
+/// (summary and both SVG charts) and log no console error.
+fn render_in_chromium(path: &std::path::Path, clean: bool) {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("Chromium is needed for the HTML report test: apt-get install chromium (.ci/run does this)");
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(dom.contains("checkoutd audit report"), "{dom}");
+    assert_eq!(dom.matches("<svg").count(), 2, "both charts render");
+    assert!(dom.contains("Consent per purpose"));
+    assert!(dom.contains(if clean {
+        "Everything verifies."
+    } else {
+        "failure(s) found."
+    }));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("CONSOLE") && !stderr.contains("Uncaught"),
+        "console errors: {stderr}"
+    );
+}
