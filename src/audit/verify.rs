@@ -138,6 +138,7 @@ fn class_of(table: &str) -> DataClass {
         "payment_cards" => DataClass::Card,
         "billing_details" => DataClass::Billing,
         "shipping_details" => DataClass::Shipping,
+        "contact_emails" => DataClass::Contact,
         _ => DataClass::Recipient,
     }
 }
@@ -338,7 +339,7 @@ fn check_record(keyring: &Keyring, r: &AuditRecord) -> Option<String> {
             }
             None
         }
-        AuditExtra::Billing {
+        AuditExtra::Email {
             email_blind_index,
             blind_index_version,
         } => {
@@ -422,23 +423,26 @@ pub async fn verify(
 }
 
 fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
-    let mut have: HashMap<&str, [bool; 4]> = HashMap::new();
+    let mut have: HashMap<&str, [bool; 5]> = HashMap::new();
     for r in &batch.records {
         let slot = match r.table {
             "billing_details" => 0,
             "shipping_details" => 1,
             "payment_cards" => 2,
+            "contact_emails" => 4,
             _ => 3,
         };
         have.entry(r.order_id.as_str()).or_default()[slot] = true;
     }
     for o in &batch.orders {
         let h = have.get(o.id.as_str()).copied().unwrap_or_default();
-        for (present, table) in
-            h[..3]
-                .iter()
-                .zip(["billing_details", "shipping_details", "payment_cards"])
-        {
+        let required = [h[0], h[1], h[2], h[4]];
+        for (present, table) in required.iter().zip([
+            "billing_details",
+            "shipping_details",
+            "payment_cards",
+            "contact_emails",
+        ]) {
             if !present {
                 out.push(Failure::new("orders", &o.id, format!("no {table} record")));
             }

@@ -43,14 +43,18 @@ pub enum DataClass {
     Billing,
     Shipping,
     Recipient,
+    /// The customer's email address alone, for consent-respecting contact:
+    /// marketing opens this class and nothing else.
+    Contact,
 }
 
 impl DataClass {
-    pub const ALL: [DataClass; 4] = [
+    pub const ALL: [DataClass; 5] = [
         DataClass::Card,
         DataClass::Billing,
         DataClass::Shipping,
         DataClass::Recipient,
+        DataClass::Contact,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl DataClass {
             DataClass::Billing => "billing",
             DataClass::Shipping => "shipping",
             DataClass::Recipient => "recipient",
+            DataClass::Contact => "contact",
         }
     }
 
@@ -69,6 +74,7 @@ impl DataClass {
             DataClass::Billing => 2,
             DataClass::Shipping => 3,
             DataClass::Recipient => 4,
+            DataClass::Contact => 5,
         }
     }
 

@@ -215,6 +215,12 @@ pub fn seal_order(
     };
     drop(billing_bytes);
 
+    // Contact: the email alone, so that marketing can open emails and
+    // nothing else.
+    let contact_bytes = plaintext(&serde_json::json!({"email": c.email.expose()}))?;
+    let contact = sealed_record(rng, keyring, DataClass::Contact, order_id, customer_tag.id, &contact_bytes)?;
+    drop(contact_bytes);
+
     // Shipping: the customer's own ship-to (fulfillment needs name, phone
     // and address in this one record), or for a gift only a marker plus the
     // recipient's record under their own fulfillment-only tag.
@@ -298,6 +304,7 @@ pub fn seal_order(
         customer_tag,
         recipient_tag,
         billing,
+        contact,
         shipping,
         recipient,
         card,

@@ -80,6 +80,8 @@ pub struct NewOrder {
     pub customer_tag: ConsentTag,
     pub recipient_tag: Option<ConsentTag>,
     pub billing: BillingRecord,
+    /// The email alone, sealed under `contact` (same blind index as billing).
+    pub contact: SealedRecord,
     pub shipping: ShippingRecord,
     pub recipient: Option<SealedRecord>,
     pub card: CardRecord,
@@ -204,7 +206,8 @@ pub struct AuditOrder {
 /// What is special about a record besides its envelope.
 #[derive(Debug, Clone)]
 pub enum AuditExtra {
-    Billing {
+    /// Billing and contact records: a sealed email and its blind index.
+    Email {
         email_blind_index: Vec<u8>,
         blind_index_version: i64,
     },

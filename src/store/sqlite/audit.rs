@@ -69,6 +69,10 @@ pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBat
             "payment_cards",
             ", brand, last4, fingerprint, fingerprint_key_version",
         ),
+        (
+            "contact_emails",
+            ", email_blind_index, blind_index_version",
+        ),
     ] {
         let sql = format!(
             "SELECT id, order_id, consent_tag_id, format_version, kek_version, wrapped_dek, ciphertext{extra_cols}
@@ -119,7 +123,7 @@ fn record(table: &'static str, row: &SqliteRow) -> Result<AuditRecord, StoreErro
         _ => Err("envelope columns are partly empty"),
     };
     let extra = match table {
-        "billing_details" => AuditExtra::Billing {
+        "billing_details" | "contact_emails" => AuditExtra::Email {
             email_blind_index: row.try_get("email_blind_index").map_err(err)?,
             blind_index_version: row.try_get("blind_index_version").map_err(err)?,
         },
@@ -258,6 +262,8 @@ pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
         "gift_recipients",
         "payment_cards",
         "consent_tags",
+        "contact_emails",
+        "consent_events",
         "idempotency_keys",
         "access_log",
     ] {
@@ -274,6 +280,7 @@ pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
         ("billing", "billing_details"),
         ("shipping", "shipping_details"),
         ("recipient", "gift_recipients"),
+        ("contact", "contact_emails"),
     ] {
         let rows = sqlx::query(&format!(
             "SELECT kek_version, count(*) AS n FROM {table} WHERE kek_version IS NOT NULL GROUP BY kek_version"

@@ -695,6 +695,23 @@ async fn insert_order(
     if let Some(r) = &o.recipient {
         insert_recipient(tx, o.id, r).await?;
     }
+    let c = &o.contact;
+    sqlx::query(
+        "INSERT INTO contact_emails (id, order_id, consent_tag_id, email_blind_index,
+            blind_index_version, format_version, kek_version, wrapped_dek, ciphertext)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(c.id.to_string())
+    .bind(o.id.to_string())
+    .bind(c.consent_tag_id.to_string())
+    .bind(b.email_blind_index.as_slice())
+    .bind(i64::from(b.blind_index_version))
+    .bind(i64::from(c.envelope.format_version))
+    .bind(i64::from(c.envelope.kek_version))
+    .bind(&c.envelope.wrapped_dek)
+    .bind(&c.envelope.ciphertext)
+    .execute(&mut *tx)
+    .await?;
     let c = &o.card;
     sqlx::query(
         "INSERT INTO payment_cards (id, order_id, consent_tag_id, brand, last4, fingerprint,
