@@ -161,8 +161,8 @@ async fn per_order_metadata_has_no_plaintext() {
     let records = doc["records"].as_array().unwrap();
     assert_eq!(
         records.len(),
-        4,
-        "billing, shipping marker, recipient, card"
+        5,
+        "billing, shipping marker, recipient, card, contact"
     );
     for rec in records {
         assert_eq!(rec["verifies"], true);
