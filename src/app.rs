@@ -101,6 +101,12 @@ impl Application {
             intake,
             fulfillment,
             access_log,
+            ledger: Arc::new(crate::consent::Ledger::new(keyring.clone())),
+            marketing: Arc::new(crate::consent::audience::Marketing::new(&keyring)),
+            unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
+                settings.unsubscribe_rate_limit,
+                std::time::Duration::from_secs(60),
+            )),
             keyring,
             readiness: Default::default(),
         };

@@ -120,6 +120,9 @@ pub struct ServeArgs {
     /// Most connections without a client certificate at once [default: 512]
     #[arg(long, env = "CHECKOUTD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
     pub max_anonymous_connections: Option<usize>,
+    /// Opt-outs per client IP per minute on the public /unsubscribe page [default: 10]
+    #[arg(long, env = "CHECKOUTD_UNSUBSCRIBE_RATE_LIMIT", value_name = "N")]
+    pub unsubscribe_rate_limit: Option<u32>,
     /// Privacy-policy versions orders may name, comma-separated [default: 2002-06-05]
     #[arg(long, env = "CHECKOUTD_POLICY_VERSIONS", value_name = "LIST")]
     pub policy_versions: Option<String>,

@@ -108,6 +108,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     max_anonymous_connections: Option<usize>,
     policy_versions: Option<Vec<String>>,
+    unsubscribe_rate_limit: Option<u32>,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -145,6 +146,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Privacy-policy versions an order may name in `consent.policy_version`.
     pub policy_versions: Vec<String>,
+    /// Opt-outs per client IP per minute on the public `/unsubscribe` page.
+    pub unsubscribe_rate_limit: u32,
 }
 
 /// The policy version known when no other is configured ("last updated").
@@ -336,6 +339,7 @@ impl Settings {
             limits,
             request_timeout,
             policy_versions,
+            unsubscribe_rate_limit: args.unsubscribe_rate_limit.or(file.unsubscribe_rate_limit).unwrap_or(10).max(1),
         })
     }
 }

@@ -16,6 +16,7 @@
 //! - [`domain`] — order-form types that parse themselves.
 //! - [`intake`] — order intake: idempotency, validation, sealing, commit.
 //! - [`fulfillment`] — the warehouse's view: shipping and recipient keys only.
+//! - [`consent`] — opt-outs, effective consent, proof of consent, audiences.
 //! - [`crypto`] — envelope encryption, keyring, blind index, consent MAC.
 //! - [`store`] — one `Store` trait, one file per database engine.
 //! - [`audit`] — the hash-chained access log (and, later, verification).
@@ -27,6 +28,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod domain;
 pub mod fulfillment;

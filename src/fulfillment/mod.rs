@@ -73,7 +73,9 @@ impl Fulfillment {
     }
 
     /// Decrypts the ship-to of one row and assembles the warehouse's view.
-    pub fn view(&self, row: ShipmentRow) -> Shipment {
+    /// `history` is the customer's consent history (all their checkout tags
+    /// and withdrawals): the effective consent is the current one.
+    pub fn view(&self, row: ShipmentRow, history: &crate::store::rows::ConsentHistory) -> Shipment {
         let (class, record_id, envelope, gift) = match &row.ship_to {
             ShipToRow::Customer {
                 record_id,
@@ -106,11 +108,11 @@ impl Fulfillment {
             }
             _ => (None, None),
         };
-        let tag = &row.customer_tag;
-        let verified = self.consent_key.verify(&[&tag.canonical_bytes()], &tag.mac);
+        let (purposes, verified) = crate::consent::effective(&self.consent_key, history);
         if !verified {
             tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
         }
+        let tag = &row.customer_tag;
         Shipment {
             order_id: row.order_id,
             created_at: row.created_at,
@@ -132,11 +134,7 @@ impl Fulfillment {
             gift,
             gift_message,
             consent: EffectiveConsent {
-                purposes: if verified {
-                    tag.purposes
-                } else {
-                    Purposes::default()
-                },
+                purposes,
                 policy_version: tag.policy_version.clone(),
                 verified,
             },

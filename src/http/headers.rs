@@ -44,11 +44,13 @@ pub async fn request_timeout(limit: Duration, req: Request, next: Next) -> Respo
 pub async fn problem_fallback(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
-    let is_problem = response
+    // Only framework defaults (no body type, or plain text) are replaced;
+    // problem documents and our own HTML pages pass through.
+    let plain = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == super::problem::PROBLEM_JSON.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
         return response;
     }
     let (mut parts, _) = response.into_parts();

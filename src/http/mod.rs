@@ -4,5 +4,6 @@
 pub mod access_log;
 pub mod headers;
 pub mod problem;
+pub mod rate_limit;
 
 pub use problem::{FieldError, Problem};

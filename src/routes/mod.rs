@@ -7,7 +7,9 @@
 //! problem documents. Handlers take a [`Caller`] and never read certificates.
 
 mod audit;
+mod consent;
 pub mod health;
+mod marketing;
 mod orders;
 mod shipments;
 
@@ -40,6 +42,12 @@ pub struct AppState {
     /// The whole keyring, for the audit endpoints only (they open envelopes
     /// to verify them and return verdicts, never plaintext).
     pub keyring: Arc<crate::crypto::keyring::Keyring>,
+    /// The consent ledger (opt-outs, effective consent, proof).
+    pub ledger: Arc<crate::consent::Ledger>,
+    /// Marketing's view: holds the contact key only.
+    pub marketing: Arc<crate::consent::audience::Marketing>,
+    /// Per-IP limit on the public opt-out page.
+    pub unsubscribe_limit: Arc<crate::http::rate_limit::RateLimiter>,
     /// Shared readiness answer (see `health`).
     pub readiness: Arc<health::Readiness>,
 }
@@ -60,7 +68,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Public: no certificate needed.
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/unsubscribe", get(not_built).post(not_built))
+        .route("/unsubscribe", get(consent::unsubscribe_page).post(consent::unsubscribe))
         .route("/openapi.json", get(not_built))
         // Storefront.
         .route("/v1/orders", allow(&[Storefront], post(orders::create)))
@@ -68,7 +76,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/v1/orders/{id}",
             allow(&[Storefront], get(orders::summary)),
         )
-        .route("/v1/consent/opt-out", allow(&[Storefront], post(not_built)))
+        .route("/v1/consent/opt-out", allow(&[Storefront], post(consent::opt_out)))
         // Fulfillment.
         .route("/v1/shipments", allow(&[Fulfillment], get(shipments::list)))
         .route(
@@ -78,7 +86,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Marketing.
         .route(
             "/v1/marketing/audience",
-            allow(&[Marketing], get(not_built)),
+            allow(&[Marketing], get(marketing::audience)),
         )
         // Auditor.
         .route("/v1/audit/report", allow(&[Auditor], get(audit::report)))
@@ -91,6 +99,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             allow(&[Auditor], get(audit::order)),
         )
         .route("/v1/audit/log", allow(&[Auditor], get(audit::log)))
+        .route("/v1/audit/consent", allow(&[Auditor], get(consent::proof)))
         .route("/metrics", allow(&[Auditor], get(not_built)))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })

@@ -23,11 +23,11 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
 
 /// Opaque page cursor: the last order's sequence number, hex.
-fn encode_cursor(seq: i64) -> String {
+pub(super) fn encode_cursor(seq: i64) -> String {
     crate::hex::encode(&seq.to_be_bytes())
 }
 
-fn decode_cursor(s: &str) -> Option<i64> {
+pub(super) fn decode_cursor(s: &str) -> Option<i64> {
     let bytes: [u8; 8] = crate::hex::decode(s)?.try_into().ok()?;
     let seq = i64::from_be_bytes(bytes);
     (seq >= 0).then_some(seq)
@@ -99,10 +99,14 @@ pub async fn list(
     } else {
         None
     };
-    let shipments: Vec<_> = rows
-        .into_iter()
-        .map(|r| state.fulfillment.view(r))
-        .collect();
+    let mut shipments = Vec::with_capacity(rows.len());
+    for row in rows {
+        let history = match state.store.consent_history(&row.email_blind_index).await {
+            Ok(h) => h,
+            Err(error) => return store_problem(&error),
+        };
+        shipments.push(state.fulfillment.view(row, &history));
+    }
     let objects = shipments.iter().map(|s| s.order_id.to_string()).collect();
     let entry = Entry::for_request(
         peer.as_deref(),

@@ -176,6 +176,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Consent per purpose over customers (email blind index), latest tag.
     async fn consent_stats(&self) -> Result<rows::ConsentStats, StoreError>;
+
+    // ---- consent life cycle ----
+
+    /// Appends a withdrawal to the ledger.
+    async fn insert_consent_event(&self, event: &rows::ConsentEventRow) -> Result<(), StoreError>;
+
+    /// Customers whose latest checkout tag grants `purpose` and who have not
+    /// withdrawn it since, after the customer whose latest order has
+    /// sequence number `after_seq`. `purpose` must be one of
+    /// `Purposes::NAMES`.
+    async fn audience(
+        &self,
+        purpose: &'static str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<rows::AudienceRow>, StoreError>;
+
+    /// Every customer tag and withdrawal of one subject, oldest first.
+    async fn consent_history(&self, email_blind_index: &[u8]) -> Result<rows::ConsentHistory, StoreError>;
 }
 
 /// Opens an existing store read-only, without migrations (offline audit).

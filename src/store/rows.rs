@@ -150,6 +150,9 @@ pub struct ShipmentRow {
     /// recipient's record for a gift (with its own record id and class).
     pub ship_to: ShipToRow,
     pub customer_tag: ConsentTag,
+    /// The customer's email blind index (a clear keyed digest, not the
+    /// email), to find their current consent.
+    pub email_blind_index: Vec<u8>,
     pub dispatch: Option<Dispatch>,
 }
 
@@ -283,6 +286,46 @@ pub struct ConsentStats {
     pub customers: u64,
     /// Customers who currently consent, per purpose.
     pub consenting: std::collections::BTreeMap<String, u64>,
-    /// Customers who do not (declined at their latest checkout), per purpose.
+    /// Customers who do not (declined, or withdrew), per purpose.
     pub not_consenting: std::collections::BTreeMap<String, u64>,
+    /// Subjects who sent at least one withdrawal of the purpose (opt-outs
+    /// by email, post or the online page), whatever they did since.
+    pub opted_out: std::collections::BTreeMap<String, u64>,
+}
+
+/// A withdrawal as stored in `consent_events`.
+#[derive(Debug, Clone)]
+pub struct ConsentEventRow {
+    pub id: String,
+    pub email_blind_index: Vec<u8>,
+    pub blind_index_version: i64,
+    pub kind: String,
+    /// 1 where the event withdraws the purpose, in `Purposes::NAMES` order.
+    pub purposes: [i64; 5],
+    pub channel: String,
+    pub received_at: String,
+    pub effective_at: String,
+    pub recorded_at: String,
+    pub reference: Option<Envelope>,
+    pub mac_key_version: i64,
+    pub mac: Vec<u8>,
+}
+
+/// One customer in an audience page: their latest order's contact record
+/// and checkout tag.
+#[derive(Debug, Clone)]
+pub struct AudienceRow {
+    pub seq: i64,
+    pub contact_id: String,
+    pub order_id: String,
+    pub envelope: Envelope,
+    pub tag: RawTag,
+}
+
+/// Everything recorded about one subject's consent, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentHistory {
+    /// Customer tags of every order with this email, with the order id.
+    pub tags: Vec<RawTag>,
+    pub events: Vec<ConsentEventRow>,
 }

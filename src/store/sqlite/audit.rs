@@ -300,33 +300,189 @@ pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
 }
 
 pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError> {
-    let row = sqlx::query(
-        "SELECT count(*) AS customers,
-                coalesce(sum(product_updates), 0) AS product_updates,
-                coalesce(sum(new_offerings), 0) AS new_offerings,
-                coalesce(sum(partnerships), 0) AS partnerships,
-                coalesce(sum(special_offers), 0) AS special_offers,
-                coalesce(sum(third_party_sharing), 0) AS third_party_sharing
-           FROM (SELECT t.*, row_number() OVER (PARTITION BY b.email_blind_index ORDER BY o.seq DESC) AS latest
-                   FROM billing_details b
-                   JOIN orders o ON o.id = b.order_id
-                   JOIN consent_tags t ON t.id = o.consent_tag_id)
-          WHERE latest = 1",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(err)?;
-    let customers = u64::try_from(row.try_get::<i64, _>("customers").map_err(err)?).unwrap_or(0);
+    let customers: i64 = sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM billing_details")
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    let customers = u64::try_from(customers).unwrap_or(0);
     let mut stats = ConsentStats {
         customers,
         ..ConsentStats::default()
     };
     for name in Purposes::NAMES {
-        let n = u64::try_from(row.try_get::<i64, _>(name).map_err(err)?).unwrap_or(0);
-        stats.consenting.insert(name.to_owned(), n);
-        stats
-            .not_consenting
-            .insert(name.to_owned(), customers.saturating_sub(n));
+        // `name` is one of five fixed column names. Effective consent: the
+        // customer's latest checkout tag grants it and no withdrawal since.
+        let consenting: i64 = sqlx::query_scalar(&format!(
+            "WITH latest AS (
+                SELECT b.email_blind_index AS bi, max(o.seq) AS seq
+                  FROM billing_details b JOIN orders o ON o.id = b.order_id
+                 GROUP BY b.email_blind_index)
+             SELECT count(*) FROM latest l
+               JOIN orders o ON o.seq = l.seq
+               JOIN consent_tags t ON t.id = o.consent_tag_id
+              WHERE t.{name} = 1
+                AND NOT EXISTS (SELECT 1 FROM consent_events e
+                                 WHERE e.email_blind_index = l.bi AND e.{name} = 1
+                                   AND e.effective_at >= t.captured_at)"
+        ))
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+        let opted_out: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(DISTINCT email_blind_index) FROM consent_events WHERE {name} = 1"
+        ))
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+        let consenting = u64::try_from(consenting).unwrap_or(0);
+        stats.consenting.insert(name.to_owned(), consenting);
+        stats.not_consenting.insert(name.to_owned(), customers.saturating_sub(consenting));
+        stats.opted_out.insert(name.to_owned(), u64::try_from(opted_out).unwrap_or(0));
     }
     Ok(stats)
+}
+
+// ---- consent life cycle (the queries live here with the other consent
+// statistics) ----
+
+pub async fn insert_consent_event(pool: &SqlitePool, e: &super::super::rows::ConsentEventRow) -> Result<(), StoreError> {
+    let r = e.reference.as_ref();
+    sqlx::query(
+        "INSERT INTO consent_events (id, email_blind_index, blind_index_version, kind, product_updates,
+            new_offerings, partnerships, special_offers, third_party_sharing, channel, received_at,
+            effective_at, recorded_at, reference_format_version, reference_kek_version,
+            reference_wrapped_dek, reference_ciphertext, mac_key_version, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+    )
+    .bind(&e.id)
+    .bind(&e.email_blind_index)
+    .bind(e.blind_index_version)
+    .bind(&e.kind)
+    .bind(e.purposes[0])
+    .bind(e.purposes[1])
+    .bind(e.purposes[2])
+    .bind(e.purposes[3])
+    .bind(e.purposes[4])
+    .bind(&e.channel)
+    .bind(&e.received_at)
+    .bind(&e.effective_at)
+    .bind(&e.recorded_at)
+    .bind(r.map(|r| i64::from(r.format_version)))
+    .bind(r.map(|r| i64::from(r.kek_version)))
+    .bind(r.map(|r| r.wrapped_dek.as_slice()))
+    .bind(r.map(|r| r.ciphertext.as_slice()))
+    .bind(e.mac_key_version)
+    .bind(&e.mac)
+    .execute(pool)
+    .await
+    .map_err(err)?;
+    Ok(())
+}
+
+pub async fn audience(
+    pool: &SqlitePool,
+    purpose: &'static str,
+    after_seq: i64,
+    limit: u32,
+) -> Result<Vec<super::super::rows::AudienceRow>, StoreError> {
+    if !Purposes::NAMES.contains(&purpose) {
+        return Err(StoreError::Corrupt("unknown purpose"));
+    }
+    // `purpose` is one of five fixed column names (checked above).
+    let sql = format!(
+        "WITH latest AS (
+            SELECT c.email_blind_index AS bi, max(o.seq) AS seq
+              FROM contact_emails c JOIN orders o ON o.id = c.order_id
+             GROUP BY c.email_blind_index)
+         SELECT o.seq, c.id AS contact_id, c.order_id, c.format_version, c.kek_version, c.wrapped_dek,
+                c.ciphertext, t.*
+           FROM latest l
+           JOIN orders o ON o.seq = l.seq
+           JOIN contact_emails c ON c.order_id = o.id
+           JOIN consent_tags t ON t.id = o.consent_tag_id
+          WHERE t.{purpose} = 1
+            AND NOT EXISTS (SELECT 1 FROM consent_events e
+                             WHERE e.email_blind_index = l.bi AND e.{purpose} = 1
+                               AND e.effective_at >= t.captured_at)
+            AND o.seq > ?1
+          ORDER BY o.seq
+          LIMIT ?2"
+    );
+    let rows = sqlx::query(&sql).bind(after_seq).bind(i64::from(limit)).fetch_all(pool).await.map_err(err)?;
+    rows.iter()
+        .map(|r| {
+            let fmt: i64 = r.try_get("format_version").map_err(err)?;
+            let kek: i64 = r.try_get("kek_version").map_err(err)?;
+            Ok(super::super::rows::AudienceRow {
+                seq: r.try_get("seq").map_err(err)?,
+                contact_id: r.try_get("contact_id").map_err(err)?,
+                order_id: r.try_get("order_id").map_err(err)?,
+                envelope: Envelope {
+                    format_version: u8::try_from(fmt).map_err(|_| StoreError::Corrupt("format_version"))?,
+                    kek_version: u32::try_from(kek).map_err(|_| StoreError::Corrupt("kek_version"))?,
+                    wrapped_dek: r.try_get("wrapped_dek").map_err(err)?,
+                    ciphertext: r.try_get("ciphertext").map_err(err)?,
+                },
+                tag: raw_tag(r)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn consent_history(pool: &SqlitePool, bi: &[u8]) -> Result<super::super::rows::ConsentHistory, StoreError> {
+    let tags = sqlx::query(
+        "SELECT t.* FROM contact_emails c
+           JOIN orders o ON o.id = c.order_id
+           JOIN consent_tags t ON t.id = o.consent_tag_id
+          WHERE c.email_blind_index = ?1
+          ORDER BY o.seq",
+    )
+    .bind(bi)
+    .fetch_all(pool)
+    .await
+    .map_err(err)?
+    .iter()
+    .map(raw_tag)
+    .collect::<Result<Vec<_>, _>>()?;
+    let events = sqlx::query("SELECT * FROM consent_events WHERE email_blind_index = ?1 ORDER BY seq")
+        .bind(bi)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            let mut purposes = [0i64; 5];
+            for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
+                *slot = r.try_get(name).map_err(err)?;
+            }
+            let fmt: Option<i64> = r.try_get("reference_format_version").map_err(err)?;
+            let kek: Option<i64> = r.try_get("reference_kek_version").map_err(err)?;
+            let dek: Option<Vec<u8>> = r.try_get("reference_wrapped_dek").map_err(err)?;
+            let ct: Option<Vec<u8>> = r.try_get("reference_ciphertext").map_err(err)?;
+            let reference = match (fmt, kek, dek, ct) {
+                (Some(f), Some(k), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
+                    format_version: u8::try_from(f).map_err(|_| StoreError::Corrupt("reference_format_version"))?,
+                    kek_version: u32::try_from(k).map_err(|_| StoreError::Corrupt("reference_kek_version"))?,
+                    wrapped_dek,
+                    ciphertext,
+                }),
+                _ => None,
+            };
+            Ok(super::super::rows::ConsentEventRow {
+                id: r.try_get("id").map_err(err)?,
+                email_blind_index: r.try_get("email_blind_index").map_err(err)?,
+                blind_index_version: r.try_get("blind_index_version").map_err(err)?,
+                kind: r.try_get("kind").map_err(err)?,
+                purposes,
+                channel: r.try_get("channel").map_err(err)?,
+                received_at: r.try_get("received_at").map_err(err)?,
+                effective_at: r.try_get("effective_at").map_err(err)?,
+                recorded_at: r.try_get("recorded_at").map_err(err)?,
+                reference,
+                mac_key_version: r.try_get("mac_key_version").map_err(err)?,
+                mac: r.try_get("mac").map_err(err)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(super::super::rows::ConsentHistory { tags, events })
 }

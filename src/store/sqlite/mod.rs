@@ -234,10 +234,12 @@ impl Store for SqliteStore {
                     g.wrapped_dek AS g_dek, g.ciphertext AS g_ct,
                     t.id AS tag_id, t.order_id AS tag_order_id, t.subject, t.basis, t.product_updates,
                     t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
-                    t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac
+                    t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac,
+                    b.email_blind_index
                FROM orders o
                JOIN shipping_details s ON s.order_id = o.id
                JOIN consent_tags t ON t.id = o.consent_tag_id
+               JOIN billing_details b ON b.order_id = o.id
                LEFT JOIN gift_recipients g ON g.order_id = o.id
               WHERE o.status = ?1 AND o.seq > ?2
               ORDER BY o.seq
@@ -412,6 +414,23 @@ impl Store for SqliteStore {
         audit::consent_stats(&self.pool).await
     }
 
+    async fn insert_consent_event(&self, event: &super::rows::ConsentEventRow) -> Result<(), StoreError> {
+        audit::insert_consent_event(&self.pool, event).await
+    }
+
+    async fn audience(
+        &self,
+        purpose: &'static str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<super::rows::AudienceRow>, StoreError> {
+        audit::audience(&self.pool, purpose, after_seq, limit).await
+    }
+
+    async fn consent_history(&self, email_blind_index: &[u8]) -> Result<super::rows::ConsentHistory, StoreError> {
+        audit::consent_history(&self.pool, email_blind_index).await
+    }
+
     async fn access_log_head(&self) -> Result<Option<Head>, StoreError> {
         let row = sqlx::query("SELECT seq, hash, mac FROM access_log_head WHERE id = 1")
             .fetch_optional(&self.pool)
@@ -539,6 +558,7 @@ fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError
         items: serde_json::from_str(&items).map_err(|_| StoreError::Corrupt("orders.items"))?,
         ship_to,
         customer_tag: consent_tag(row, "tag_id", "tag_order_id")?,
+        email_blind_index: row.try_get("email_blind_index").map_err(StoreError::from_sqlx)?,
         dispatch: dispatch_of(row)?,
     })
 }

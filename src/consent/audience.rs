@@ -1,0 +1,86 @@
+//! Marketing audiences: the emails that consent to one purpose right now.
+//!
+//! Invariant: this service holds the `contact` KEK (a record holding only
+//! the email) and the consent-tag MAC key — nothing else. It decrypts only
+//! what it returns. Gift recipients have no contact record, so they can
+//! never be in an audience. `third_party_sharing` is the partner-export list.
+
+use crate::crypto::DataClass;
+use crate::crypto::envelope::{self, Binding};
+use crate::crypto::keyring::{ClassKeys, Keyring};
+use crate::crypto::mac::MacKey;
+use crate::store::rows::ConsentHistory;
+use crate::store::{Store, StoreError};
+
+pub struct Marketing {
+    keys: ClassKeys,
+    consent_key: MacKey,
+}
+
+/// One page of an audience.
+#[derive(Debug)]
+pub struct AudiencePage {
+    pub emails: Vec<String>,
+    /// The cursor for the next page, if any.
+    pub next: Option<i64>,
+}
+
+impl Marketing {
+    pub fn new(keyring: &Keyring) -> Self {
+        Marketing {
+            keys: keyring.class_keys(&[DataClass::Contact]),
+            consent_key: keyring.consent_tag_key().duplicate(),
+        }
+    }
+
+    /// Emails whose effective consent for `purpose` is true, after `after`.
+    pub async fn audience(
+        &self,
+        store: &dyn Store,
+        purpose: &'static str,
+        after: i64,
+        limit: u32,
+    ) -> Result<AudiencePage, StoreError> {
+        let mut rows = store.audience(purpose, after, limit + 1).await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = if more { rows.last().map(|r| r.seq) } else { None };
+        let mut emails = Vec::with_capacity(rows.len());
+        for row in rows {
+            // The store applied tags and withdrawals; check the tag is
+            // authentic before trusting its grant (fail closed).
+            let history = ConsentHistory {
+                tags: vec![row.tag.clone()],
+                events: Vec::new(),
+            };
+            let (purposes, verified) = super::effective(&self.consent_key, &history);
+            let index = crate::domain::consent::Purposes::NAMES
+                .iter()
+                .position(|n| *n == purpose)
+                .unwrap_or(0);
+            if !verified || !purposes.as_array()[index] {
+                tracing::error!(order_id = %row.order_id, "an audience row's consent tag failed its MAC check");
+                continue;
+            }
+            let (Ok(order_id), Ok(record_id)) = (uuid::Uuid::parse_str(&row.order_id), uuid::Uuid::parse_str(&row.contact_id)) else {
+                continue;
+            };
+            let binding = Binding {
+                class: DataClass::Contact,
+                order_id,
+                record_id,
+            };
+            let Ok(plain) = envelope::open(&self.keys, &binding, &row.envelope) else {
+                tracing::error!(order_id = %row.order_id, "a contact record failed to open");
+                continue;
+            };
+            let email = serde_json::from_slice::<serde_json::Value>(&plain)
+                .ok()
+                .and_then(|v| v.get("email").and_then(|e| e.as_str()).map(str::to_owned));
+            if let Some(email) = email {
+                emails.push(email);
+            }
+        }
+        Ok(AudiencePage { emails, next })
+    }
+}

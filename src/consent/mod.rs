@@ -1,0 +1,422 @@
+//! The consent life cycle: withdrawals (opt-outs) in an append-only,
+//! MACed ledger; the effective consent derived from checkout tags and
+//! withdrawals; the proof of consent for one subject; marketing audiences
+//! ([`audience`]).
+//!
+//! Rules:
+//! - a subject is named by the blind index of their normalised email; the
+//!   email itself is never stored in clear;
+//! - the checkout tag is never changed; a withdrawal is a new ledger entry,
+//!   effective the moment it is recorded (CAN-SPAM allows ten business
+//!   days; we take zero);
+//! - effective consent for a purpose = the subject's latest checkout tag
+//!   grants it (and verifies) and no withdrawal of it is effective at or
+//!   after that tag's capture. So a withdrawal covers every order with that
+//!   email, past ones included, and a later checkout that grants the purpose
+//!   re-grants it from then on;
+//! - anything that fails its MAC counts as *no* consent (fail closed).
+
+pub mod audience;
+
+use ring::rand::SystemRandom;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::crypto::DataClass;
+use crate::crypto::envelope::{self, Binding};
+use crate::crypto::keyring::Keyring;
+use crate::crypto::{CryptoError, mac::MacKey};
+use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
+use crate::domain::contact::Email;
+use crate::domain::text::Personal;
+use crate::http::FieldError;
+use crate::store::rows::{ConsentEventRow, ConsentHistory, RawTag};
+use crate::store::{Store, StoreError};
+
+/// How a withdrawal reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The public `/unsubscribe` page (or a shop's own web form).
+    Online,
+    /// An email the shop received and forwarded.
+    Email,
+    /// A letter the shop received and forwarded.
+    Postal,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Online => "online",
+            Channel::Email => "email",
+            Channel::Postal => "postal",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(Channel::Online),
+            "email" => Some(Channel::Email),
+            "postal" => Some(Channel::Postal),
+            _ => None,
+        }
+    }
+}
+
+/// A validated opt-out.
+#[derive(Debug)]
+pub struct Withdrawal {
+    pub email: Email,
+    /// `true` where the purpose is withdrawn.
+    pub purposes: [bool; 5],
+    pub channel: Channel,
+    /// When the request was received (defaults to now), normalised.
+    pub received_at: Option<String>,
+    /// A free-text reference (Message-ID, scan reference): sealed.
+    pub reference: Option<Personal>,
+}
+
+/// Parses `"all"` or a non-empty list of purpose names.
+pub fn parse_purposes(value: &Value) -> Result<[bool; 5], FieldError> {
+    let bad = || FieldError::new("purposes", "invalid", "\"all\" or a list of purposes");
+    match value {
+        Value::String(s) if s == "all" => Ok([true; 5]),
+        Value::Array(items) if !items.is_empty() => {
+            let mut out = [false; 5];
+            for item in items {
+                let name = item.as_str().ok_or_else(bad)?;
+                let i = Purposes::NAMES
+                    .iter()
+                    .position(|n| *n == name)
+                    .ok_or_else(|| FieldError::new("purposes", "unknown_purpose", "Not one of the five purposes"))?;
+                out[i] = true;
+            }
+            Ok(out)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Parses an RFC 3339 time into our timestamp format; refuses the far past
+/// and more than five minutes in the future.
+pub fn parse_received_at(text: &str) -> Option<String> {
+    let at = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let now = OffsetDateTime::now_utc();
+    (at.year() >= 2000 && at <= now + time::Duration::minutes(5)).then(|| crate::ids::timestamp(at))
+}
+
+/// `POST /v1/consent/opt-out` body: `{email, purposes, channel,
+/// received_at?, reference?}`; every error by field, values never echoed.
+pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
+    let Value::Object(mut map) = value else {
+        return Err(vec![FieldError::new("", "invalid_type", "Expected an object")]);
+    };
+    let mut errors = Vec::new();
+    let email = match map.remove("email") {
+        Some(Value::String(mut s)) => {
+            let e = Email::parse(&s);
+            zeroize::Zeroize::zeroize(&mut s);
+            e.or_else(|| {
+                errors.push(FieldError::new("email", "invalid_email", "Not a valid email address"));
+                None
+            })
+        }
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("email", "required", "This field is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new("email", "invalid_type", "Expected a string"));
+            None
+        }
+    };
+    let purposes = match map.remove("purposes") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("purposes", "required", "This field is required"));
+            None
+        }
+        Some(v) => parse_purposes(&v).map_err(|e| errors.push(e)).ok(),
+    };
+    let channel = match map.remove("channel") {
+        Some(Value::String(s)) => Channel::parse(&s).or_else(|| {
+            errors.push(FieldError::new("channel", "invalid", "online, email or postal"));
+            None
+        }),
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("channel", "required", "This field is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new("channel", "invalid_type", "Expected a string"));
+            None
+        }
+    };
+    let received_at = match map.remove("received_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => parse_received_at(&s).or_else(|| {
+            errors.push(FieldError::new("received_at", "invalid", "An RFC 3339 time, not in the future"));
+            None
+        }),
+        Some(_) => {
+            errors.push(FieldError::new("received_at", "invalid_type", "Expected a string"));
+            None
+        }
+    };
+    let reference = match map.remove("reference") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Personal::parse(&s, 256, false).map_err(|_| {
+            errors.push(FieldError::new("reference", "invalid", "1 to 256 characters, no control characters"));
+        }).ok(),
+        Some(_) => {
+            errors.push(FieldError::new("reference", "invalid_type", "Expected a string"));
+            None
+        }
+    };
+    for key in map.keys() {
+        errors.push(FieldError::new(
+            crate::domain::order::shown_field_name(key),
+            "unknown_field",
+            "This field is not part of an opt-out",
+        ));
+    }
+    match (email, purposes, channel) {
+        (Some(email), Some(purposes), Some(channel)) if errors.is_empty() => Ok(Withdrawal {
+            email,
+            purposes,
+            channel,
+            received_at,
+            reference,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The bytes an event's MAC covers: `"checkoutd/consent-event" ‖ 0x01 ‖
+/// len32(id) ‖ email_blind_index (32) ‖ len32(kind) ‖ five purpose bytes ‖
+/// len32(channel) ‖ len32(received_at) ‖ len32(effective_at) ‖
+/// len32(recorded_at) ‖ reference present (0x00/0x01)`.
+pub fn event_canonical_bytes(e: &ConsentEventRow) -> Vec<u8> {
+    let mut out = Vec::with_capacity(192);
+    out.extend_from_slice(b"checkoutd/consent-event");
+    out.push(1);
+    let field = |out: &mut Vec<u8>, s: &[u8]| {
+        out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(s);
+    };
+    field(&mut out, e.id.as_bytes());
+    out.extend_from_slice(&e.email_blind_index);
+    field(&mut out, e.kind.as_bytes());
+    out.extend(e.purposes.map(|p| u8::from(p == 1)));
+    for s in [&e.channel, &e.received_at, &e.effective_at, &e.recorded_at] {
+        field(&mut out, s.as_bytes());
+    }
+    out.push(u8::from(e.reference.is_some()));
+    out
+}
+
+/// The consent ledger service.
+pub struct Ledger {
+    rng: SystemRandom,
+    keyring: std::sync::Arc<Keyring>,
+}
+
+impl Ledger {
+    pub fn new(keyring: std::sync::Arc<Keyring>) -> Self {
+        Ledger {
+            rng: SystemRandom::new(),
+            keyring,
+        }
+    }
+
+    /// The subject reference of an email: its blind index.
+    pub fn subject(&self, email: &Email) -> [u8; 32] {
+        self.keyring.blind_index_key().sign(&[email.expose().as_bytes()])
+    }
+
+    /// Records a withdrawal, effective now. The same work is done whether or
+    /// not the address belongs to a customer (no enumeration, by timing or
+    /// otherwise). Returns the effective time.
+    pub async fn withdraw(&self, store: &dyn Store, w: &Withdrawal) -> Result<String, LedgerError> {
+        let id = crate::ids::new_id(&self.rng)?;
+        let now = crate::ids::now();
+        let reference = match &w.reference {
+            None => None,
+            Some(text) => {
+                let binding = Binding {
+                    class: DataClass::Contact,
+                    order_id: uuid::Uuid::nil(),
+                    record_id: id,
+                };
+                Some(envelope::seal(&self.rng, &self.keyring, &binding, text.expose().as_bytes())?)
+            }
+        };
+        let key = self.keyring.consent_tag_key();
+        let blind = self.keyring.blind_index_key();
+        let mut row = ConsentEventRow {
+            id: id.to_string(),
+            email_blind_index: self.subject(&w.email).to_vec(),
+            blind_index_version: i64::from(blind.version()),
+            kind: "withdrawal".to_owned(),
+            purposes: w.purposes.map(i64::from),
+            channel: w.channel.as_str().to_owned(),
+            received_at: w.received_at.clone().unwrap_or_else(|| now.clone()),
+            effective_at: now.clone(),
+            recorded_at: now.clone(),
+            reference,
+            mac_key_version: i64::from(key.version()),
+            mac: Vec::new(),
+        };
+        row.mac = key.sign(&[&event_canonical_bytes(&row)]).to_vec();
+        store.insert_consent_event(&row).await?;
+        Ok(now)
+    }
+
+    /// The subject's effective consent now, and whether everything it rests
+    /// on verified.
+    pub fn effective(&self, history: &ConsentHistory) -> (Purposes, bool) {
+        effective(self.keyring.consent_tag_key(), history)
+    }
+
+    /// The proof of consent for one subject (GDPR Art. 7(1)), in the spirit
+    /// of ISO/IEC TS 27560 and the Kantara consent receipt: every record and
+    /// every event, in order, and the effective state. No personal data:
+    /// the subject is named by its blind index; references are only flagged.
+    pub async fn proof(&self, store: &dyn Store, email: &Email) -> Result<Value, LedgerError> {
+        let subject = self.subject(email);
+        let history = store.consent_history(&subject).await?;
+        let key = self.keyring.consent_tag_key();
+        let records: Vec<Value> = history
+            .tags
+            .iter()
+            .map(|t| {
+                json!({
+                    "record_id": t.id,
+                    "record_type": "consent",
+                    "order_id": t.order_id,
+                    "subject_type": t.subject,
+                    "lawful_basis": t.basis,
+                    "collection_method": t.channel,
+                    "policy_version": t.policy_version,
+                    "captured_at": t.captured_at,
+                    "purposes": Purposes::from_array(t.purposes.map(|p| p == 1)),
+                    "mac_verified": tag_verifies(key, t),
+                })
+            })
+            .collect();
+        let events: Vec<Value> = history
+            .events
+            .iter()
+            .map(|e| {
+                let withdrawn: Vec<&str> = Purposes::NAMES
+                    .iter()
+                    .zip(e.purposes)
+                    .filter(|(_, p)| *p == 1)
+                    .map(|(n, _)| *n)
+                    .collect();
+                json!({
+                    "record_id": e.id,
+                    "event_type": e.kind,
+                    "purposes_withdrawn": withdrawn,
+                    "channel": e.channel,
+                    "received_at": e.received_at,
+                    "effective_at": e.effective_at,
+                    "recorded_at": e.recorded_at,
+                    "has_reference": e.reference.is_some(),
+                    "mac_verified": key.verify(&[&event_canonical_bytes(e)], &e.mac),
+                })
+            })
+            .collect();
+        let (purposes, verified) = effective(key, &history);
+        Ok(json!({
+            "format": "checkoutd-consent-proof/1",
+            "generated_at": crate::ids::now(),
+            "subject": {
+                "reference": crate::hex::encode(&subject),
+                "reference_type": "email blind index (HMAC-SHA256 of the normalised address)",
+                "known": !history.tags.is_empty(),
+            },
+            "records": records,
+            "events": events,
+            "effective": purposes,
+            "verified": verified,
+        }))
+    }
+}
+
+fn tag_verifies(key: &MacKey, t: &RawTag) -> bool {
+    let (Some(subject), Some(basis), Ok(id), Ok(order_id), Ok(mac)) = (
+        Subject::parse(&t.subject),
+        Basis::parse(&t.basis),
+        uuid::Uuid::parse_str(&t.id),
+        uuid::Uuid::parse_str(&t.order_id),
+        <[u8; 32]>::try_from(t.mac.as_slice()),
+    ) else {
+        return false;
+    };
+    let tag = ConsentTag {
+        id,
+        order_id,
+        subject,
+        basis,
+        purposes: Purposes::from_array(t.purposes.map(|p| p == 1)),
+        policy_version: t.policy_version.clone(),
+        captured_at: t.captured_at.clone(),
+        channel: t.channel.clone(),
+        mac_key_version: u32::try_from(t.mac_key_version).unwrap_or(0),
+        mac,
+    };
+    i64::from(key.version()) == t.mac_key_version && key.verify(&[&tag.canonical_bytes()], &tag.mac)
+}
+
+/// Effective consent from a history (tags oldest first). Fails closed.
+pub fn effective(key: &MacKey, history: &ConsentHistory) -> (Purposes, bool) {
+    let Some(latest) = history.tags.last() else {
+        return (Purposes::default(), true);
+    };
+    if !tag_verifies(key, latest) || latest.subject != "customer" {
+        return (Purposes::default(), false);
+    }
+    let mut granted = latest.purposes.map(|p| p == 1);
+    for e in &history.events {
+        if e.effective_at >= latest.captured_at {
+            for (g, w) in granted.iter_mut().zip(e.purposes) {
+                if w == 1 {
+                    *g = false;
+                }
+            }
+        }
+    }
+    (Purposes::from_array(granted), true)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opt_out_bodies() {
+        let ok = parse_opt_out(json!({"email": "Ada@Example.com", "purposes": "all", "channel": "email",
+                                       "received_at": "2026-01-02T03:04:05+01:00", "reference": "<m1@x>"}))
+        .unwrap();
+        assert_eq!(ok.email.expose(), "ada@example.com");
+        assert_eq!(ok.purposes, [true; 5]);
+        assert_eq!(ok.received_at.as_deref(), Some("2026-01-02T02:04:05.000Z"));
+        let some = parse_opt_out(json!({"email": "a@b.co", "purposes": ["special_offers"], "channel": "postal"})).unwrap();
+        assert_eq!(some.purposes, [false, false, false, true, false]);
+        let bad = parse_opt_out(json!({"email": "nope", "purposes": ["spam"], "channel": "fax",
+                                        "received_at": "2999-01-01T00:00:00Z", "x": 1}))
+        .unwrap_err();
+        let fields: Vec<&str> = bad.iter().map(|e| e.field.as_str()).collect();
+        for f in ["email", "purposes", "channel", "received_at", "x"] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        assert!(parse_opt_out(json!({"email": "a@b.co", "purposes": [], "channel": "online"})).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! Consent endpoints: the storefront's `POST /v1/consent/opt-out`, the
+//! public `/unsubscribe` page, and the auditor's proof of consent.
+//!
+//! Both opt-out paths answer the same way whether or not the address belongs
+//! to a customer, and do the same work (a ledger entry is written either
+//! way), so neither answers nor timing tell who is a customer.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::shipments::store_problem;
+use crate::audit::access_log::{Entry, Outcome};
+use crate::consent::{Channel, LedgerError, Withdrawal, parse_opt_out};
+use crate::domain::consent::Purposes;
+use crate::domain::contact::Email;
+use crate::http::{FieldError, Problem};
+use crate::intake::MediaType;
+use crate::server::identity::{Caller, Peer};
+
+/// Most bytes of an opt-out body (API or page).
+const MAX_BODY: usize = 4 * 1024;
+
+fn ledger_problem(error: LedgerError) -> Response {
+    match error {
+        LedgerError::Store(e) => store_problem(&e),
+        LedgerError::Crypto(e) => {
+            tracing::error!(error = %e, "sealing a consent event failed");
+            Problem::internal().into_response()
+        }
+    }
+}
+
+/// `POST /v1/consent/opt-out` (storefront): the shop forwards a request it
+/// received by email, by post or on its own site. 202, effective at once.
+#[tracing::instrument(skip_all)]
+pub async fn opt_out(State(state): State<AppState>, _caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(MediaType::from_header);
+    if media != Some(MediaType::Json) {
+        return Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Send application/json")
+            .into_response();
+    }
+    if body.len() > MAX_BODY {
+        return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The body is larger than 4 KiB")
+            .into_response();
+    }
+    let value = match crate::domain::json::parse_strict(&body) {
+        Ok(v) => v,
+        Err(e) => return Problem::bad_request("malformed-body", "The body is not valid JSON").with_detail(e.to_string()).into_response(),
+    };
+    let withdrawal = match parse_opt_out(value) {
+        Ok(w) => w,
+        Err(errors) => {
+            return Problem::unprocessable("invalid-opt-out", "The opt-out has errors").with_errors(errors).into_response();
+        }
+    };
+    match state.ledger.withdraw(state.store.as_ref(), &withdrawal).await {
+        Ok(effective_at) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"status": "accepted", "effective_at": effective_at})),
+        )
+            .into_response(),
+        Err(e) => ledger_problem(e),
+    }
+}
+
+// ---- the public page ----
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+const LABELS: [(&str, &str); 5] = [
+    ("product_updates", "Product updates"),
+    ("new_offerings", "News about new products and services"),
+    ("partnerships", "Partnership news"),
+    ("special_offers", "Special offers"),
+    ("third_party_sharing", "Sharing my details with partners"),
+];
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{t}</title></head>\
+<body><main><h1>{t}</h1>{body}</main></body></html>\n",
+        t = esc(title)
+    );
+    let mut response = (status, html).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+fn form(error: Option<&str>) -> String {
+    let mut boxes = String::new();
+    for (name, label) in LABELS {
+        boxes.push_str(&format!(
+            "<div><input type=\"checkbox\" id=\"{name}\" name=\"{name}\" value=\"on\"> <label for=\"{name}\">{label}</label></div>"
+        ));
+    }
+    let error = error
+        .map(|e| format!("<p role=\"alert\" id=\"error\"><strong>{}</strong></p>", esc(e)))
+        .unwrap_or_default();
+    format!(
+        "<p>Enter the email address you gave at checkout. We stop using it for what you choose below \
+— or for everything if you choose nothing — immediately.</p>{error}\
+<form method=\"post\" action=\"/unsubscribe\">\
+<p><label for=\"email\">Email address</label><br><input id=\"email\" name=\"email\" type=\"email\" required \
+autocomplete=\"email\" maxlength=\"254\"{describedby}></p>\
+<fieldset><legend>Stop using my email for (leave all unticked to stop everything)</legend>{boxes}</fieldset>\
+<p><button type=\"submit\">Unsubscribe</button></p></form>",
+        describedby = if error.is_empty() { "" } else { " aria-describedby=\"error\"" }
+    )
+}
+
+/// `GET /unsubscribe`: the form.
+pub async fn unsubscribe_page() -> Response {
+    page(StatusCode::OK, "Unsubscribe", &form(None))
+}
+
+/// `POST /unsubscribe`: records an `online` withdrawal; the same answer for
+/// every valid address.
+#[tracing::instrument(skip_all)]
+pub async fn unsubscribe(State(state): State<AppState>, peer: Option<axum::Extension<Peer>>, body: Bytes) -> Response {
+    if let Some(peer) = peer.as_deref() {
+        if let Err(wait) = state.unsubscribe_limit.check(peer.addr.ip()) {
+            let mut r = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Please wait a moment",
+                "<p>Too many requests from your network. Please try again in a minute.</p>",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return r;
+        }
+    }
+    let invalid = |msg: &str| page(StatusCode::UNPROCESSABLE_ENTITY, "Unsubscribe", &form(Some(msg)));
+    if body.len() > MAX_BODY {
+        return invalid("That request was too large.");
+    }
+    let Ok(Value::Object(mut fields)) = crate::domain::form::parse(&body) else {
+        return invalid("That request could not be read. Please use the form.");
+    };
+    let email = fields
+        .remove("email")
+        .and_then(|v| v.as_str().and_then(Email::parse));
+    let Some(email) = email else {
+        return invalid("Please enter a valid email address.");
+    };
+    let mut purposes = [false; 5];
+    for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
+        *slot = fields.remove(name).is_some();
+    }
+    if !purposes.iter().any(|p| *p) {
+        purposes = [true; 5];
+    }
+    let chosen: Vec<&str> = LABELS
+        .iter()
+        .zip(purposes)
+        .filter(|(_, p)| *p)
+        .map(|((_, label), _)| *label)
+        .collect();
+    let shown = esc(email.expose());
+    let withdrawal = Withdrawal {
+        email,
+        purposes,
+        channel: Channel::Online,
+        received_at: None,
+        reference: None,
+    };
+    if let Err(e) = state.ledger.withdraw(state.store.as_ref(), &withdrawal).await {
+        tracing::error!(error = ?e, "recording an online opt-out failed");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "<p>We could not record your request just now. Nothing was changed; please try again shortly.</p>",
+        );
+    }
+    let list: String = chosen.iter().map(|c| format!("<li>{c}</li>")).collect();
+    page(
+        StatusCode::OK,
+        "You are unsubscribed",
+        &format!(
+            "<p id=\"confirmation\">If <strong>{shown}</strong> is on our lists, we no longer use it for:</p>\
+<ul>{list}</ul><p>This took effect immediately. A later purchase where you tick a box again would \
+count as new consent.</p>"
+        ),
+    )
+}
+
+/// `GET /v1/audit/consent?email=E` (auditor): proof of consent.
+#[tracing::instrument(skip_all)]
+pub async fn proof(
+    State(state): State<AppState>,
+    _caller: Caller,
+    peer: Option<axum::Extension<Peer>>,
+    route: MatchedPath,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let email = query.get("email").and_then(|e| Email::parse(e));
+    let Some(email) = email else {
+        return Problem::bad_request("invalid-query", "The query parameters are invalid")
+            .with_errors(vec![FieldError::new("email", "invalid_email", "A valid email address is required")])
+            .into_response();
+    };
+    let proof = match state.ledger.proof(state.store.as_ref(), &email).await {
+        Ok(p) => p,
+        Err(e) => return ledger_problem(e),
+    };
+    let mut objects: Vec<String> = proof["records"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|t| t["order_id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    objects.push(format!("consent_subject:{}", proof["subject"]["reference"].as_str().unwrap_or("")));
+    let entry = Entry::for_request(peer.as_deref(), format!("GET {}", route.as_str()), objects, Outcome::Allowed, 200);
+    if let Err(error) = state.access_log.append(entry).await {
+        tracing::error!(error = %error, "access log append failed; withholding the proof");
+        return Problem::unavailable("The access log is unavailable").into_response();
+    }
+    axum::Json(proof).into_response()
+}

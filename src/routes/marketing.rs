@@ -1,0 +1,76 @@
+//! `GET /v1/marketing/audience?purpose=P&after=CURSOR&limit=N` (marketing):
+//! the emails that consent to `P` right now. Every export is written to the
+//! access log with the purpose and the number of subjects returned.
+
+use std::collections::HashMap;
+
+use axum::extract::{MatchedPath, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::shipments::{decode_cursor, encode_cursor, store_problem};
+use crate::audit::access_log::{Entry, Outcome};
+use crate::domain::consent::Purposes;
+use crate::http::{FieldError, Problem};
+use crate::server::identity::{Caller, Peer};
+
+pub const DEFAULT_LIMIT: u32 = 500;
+pub const MAX_LIMIT: u32 = 5000;
+
+#[tracing::instrument(skip_all)]
+pub async fn audience(
+    State(state): State<AppState>,
+    _caller: Caller,
+    peer: Option<axum::Extension<Peer>>,
+    route: MatchedPath,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let bad = |field: &'static str, code: &'static str, message: &'static str| {
+        Problem::bad_request("invalid-query", "The query parameters are invalid")
+            .with_errors(vec![FieldError::new(field, code, message)])
+            .into_response()
+    };
+    if query.keys().any(|k| !matches!(k.as_str(), "purpose" | "after" | "limit")) {
+        return bad("query", "unknown_parameter", "Only purpose, after and limit are accepted");
+    }
+    let Some(purpose) = query
+        .get("purpose")
+        .and_then(|p| Purposes::NAMES.iter().find(|n| **n == p.as_str()).copied())
+    else {
+        return bad("purpose", "unknown_purpose", "purpose is one of the five consent purposes");
+    };
+    let after = match query.get("after") {
+        None => 0,
+        Some(c) => match decode_cursor(c) {
+            Some(seq) => seq,
+            None => return bad("after", "invalid", "after must be a cursor returned by this endpoint"),
+        },
+    };
+    let limit = match query.get("limit").map(|v| v.parse::<u32>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => return bad("limit", "out_of_range", "limit is a whole number from 1 to 5000"),
+    };
+    let page = match state.marketing.audience(state.store.as_ref(), purpose, after, limit).await {
+        Ok(p) => p,
+        Err(error) => return store_problem(&error),
+    };
+    let entry = Entry::for_request(
+        peer.as_deref(),
+        format!("GET {}", route.as_str()),
+        vec![format!("audience:{purpose}"), format!("subjects:{}", page.emails.len())],
+        Outcome::Allowed,
+        200,
+    );
+    if let Err(error) = state.access_log.append(entry).await {
+        tracing::error!(error = %error, "access log append failed; withholding the audience");
+        return Problem::unavailable("The access log is unavailable; nothing was disclosed").into_response();
+    }
+    axum::Json(json!({
+        "purpose": purpose,
+        "emails": page.emails,
+        "next_cursor": page.next.map(encode_cursor),
+    }))
+    .into_response()
+}
