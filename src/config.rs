@@ -339,7 +339,11 @@ impl Settings {
             limits,
             request_timeout,
             policy_versions,
-            unsubscribe_rate_limit: args.unsubscribe_rate_limit.or(file.unsubscribe_rate_limit).unwrap_or(10).max(1),
+            unsubscribe_rate_limit: args
+                .unsubscribe_rate_limit
+                .or(file.unsubscribe_rate_limit)
+                .unwrap_or(10)
+                .max(1),
         })
     }
 }

@@ -44,7 +44,11 @@ impl Marketing {
         let mut rows = store.audience(purpose, after, limit + 1).await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next = if more { rows.last().map(|r| r.seq) } else { None };
+        let next = if more {
+            rows.last().map(|r| r.seq)
+        } else {
+            None
+        };
         let mut emails = Vec::with_capacity(rows.len());
         for row in rows {
             // The store applied tags and withdrawals; check the tag is
@@ -62,7 +66,10 @@ impl Marketing {
                 tracing::error!(order_id = %row.order_id, "an audience row's consent tag failed its MAC check");
                 continue;
             }
-            let (Ok(order_id), Ok(record_id)) = (uuid::Uuid::parse_str(&row.order_id), uuid::Uuid::parse_str(&row.contact_id)) else {
+            let (Ok(order_id), Ok(record_id)) = (
+                uuid::Uuid::parse_str(&row.order_id),
+                uuid::Uuid::parse_str(&row.contact_id),
+            ) else {
                 continue;
             };
             let binding = Binding {

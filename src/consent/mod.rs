@@ -87,7 +87,13 @@ pub fn parse_purposes(value: &Value) -> Result<[bool; 5], FieldError> {
                 let i = Purposes::NAMES
                     .iter()
                     .position(|n| *n == name)
-                    .ok_or_else(|| FieldError::new("purposes", "unknown_purpose", "Not one of the five purposes"))?;
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "purposes",
+                            "unknown_purpose",
+                            "Not one of the five purposes",
+                        )
+                    })?;
                 out[i] = true;
             }
             Ok(out)
@@ -108,7 +114,11 @@ pub fn parse_received_at(text: &str) -> Option<String> {
 /// received_at?, reference?}`; every error by field, values never echoed.
 pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
     let Value::Object(mut map) = value else {
-        return Err(vec![FieldError::new("", "invalid_type", "Expected an object")]);
+        return Err(vec![FieldError::new(
+            "",
+            "invalid_type",
+            "Expected an object",
+        )]);
     };
     let mut errors = Vec::new();
     let email = match map.remove("email") {
@@ -116,58 +126,104 @@ pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
             let e = Email::parse(&s);
             zeroize::Zeroize::zeroize(&mut s);
             e.or_else(|| {
-                errors.push(FieldError::new("email", "invalid_email", "Not a valid email address"));
+                errors.push(FieldError::new(
+                    "email",
+                    "invalid_email",
+                    "Not a valid email address",
+                ));
                 None
             })
         }
         None | Some(Value::Null) => {
-            errors.push(FieldError::new("email", "required", "This field is required"));
+            errors.push(FieldError::new(
+                "email",
+                "required",
+                "This field is required",
+            ));
             None
         }
         Some(_) => {
-            errors.push(FieldError::new("email", "invalid_type", "Expected a string"));
+            errors.push(FieldError::new(
+                "email",
+                "invalid_type",
+                "Expected a string",
+            ));
             None
         }
     };
     let purposes = match map.remove("purposes") {
         None | Some(Value::Null) => {
-            errors.push(FieldError::new("purposes", "required", "This field is required"));
+            errors.push(FieldError::new(
+                "purposes",
+                "required",
+                "This field is required",
+            ));
             None
         }
         Some(v) => parse_purposes(&v).map_err(|e| errors.push(e)).ok(),
     };
     let channel = match map.remove("channel") {
         Some(Value::String(s)) => Channel::parse(&s).or_else(|| {
-            errors.push(FieldError::new("channel", "invalid", "online, email or postal"));
+            errors.push(FieldError::new(
+                "channel",
+                "invalid",
+                "online, email or postal",
+            ));
             None
         }),
         None | Some(Value::Null) => {
-            errors.push(FieldError::new("channel", "required", "This field is required"));
+            errors.push(FieldError::new(
+                "channel",
+                "required",
+                "This field is required",
+            ));
             None
         }
         Some(_) => {
-            errors.push(FieldError::new("channel", "invalid_type", "Expected a string"));
+            errors.push(FieldError::new(
+                "channel",
+                "invalid_type",
+                "Expected a string",
+            ));
             None
         }
     };
     let received_at = match map.remove("received_at") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => parse_received_at(&s).or_else(|| {
-            errors.push(FieldError::new("received_at", "invalid", "An RFC 3339 time, not in the future"));
+            errors.push(FieldError::new(
+                "received_at",
+                "invalid",
+                "An RFC 3339 time, not in the future",
+            ));
             None
         }),
         Some(_) => {
-            errors.push(FieldError::new("received_at", "invalid_type", "Expected a string"));
+            errors.push(FieldError::new(
+                "received_at",
+                "invalid_type",
+                "Expected a string",
+            ));
             None
         }
     };
     let reference = match map.remove("reference") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Personal::parse(&s, 256, false).map_err(|_| {
-            errors.push(FieldError::new("reference", "invalid", "1 to 256 characters, no control characters"));
-        }).ok(),
+        Some(Value::String(s)) => Personal::parse(&s, 256, false)
+            .map_err(|_| {
+                errors.push(FieldError::new(
+                    "reference",
+                    "invalid",
+                    "1 to 256 characters, no control characters",
+                ));
+            })
+            .ok(),
         Some(_) => {
-            errors.push(FieldError::new("reference", "invalid_type", "Expected a string"));
+            errors.push(FieldError::new(
+                "reference",
+                "invalid_type",
+                "Expected a string",
+            ));
             None
         }
     };
@@ -229,7 +285,9 @@ impl Ledger {
 
     /// The subject reference of an email: its blind index.
     pub fn subject(&self, email: &Email) -> [u8; 32] {
-        self.keyring.blind_index_key().sign(&[email.expose().as_bytes()])
+        self.keyring
+            .blind_index_key()
+            .sign(&[email.expose().as_bytes()])
     }
 
     /// Records a withdrawal, effective now. The same work is done whether or
@@ -246,7 +304,12 @@ impl Ledger {
                     order_id: uuid::Uuid::nil(),
                     record_id: id,
                 };
-                Some(envelope::seal(&self.rng, &self.keyring, &binding, text.expose().as_bytes())?)
+                Some(envelope::seal(
+                    &self.rng,
+                    &self.keyring,
+                    &binding,
+                    text.expose().as_bytes(),
+                )?)
             }
         };
         let key = self.keyring.consent_tag_key();
@@ -408,15 +471,22 @@ mod tests {
         assert_eq!(ok.email.expose(), "ada@example.com");
         assert_eq!(ok.purposes, [true; 5]);
         assert_eq!(ok.received_at.as_deref(), Some("2026-01-02T02:04:05.000Z"));
-        let some = parse_opt_out(json!({"email": "a@b.co", "purposes": ["special_offers"], "channel": "postal"})).unwrap();
+        let some = parse_opt_out(
+            json!({"email": "a@b.co", "purposes": ["special_offers"], "channel": "postal"}),
+        )
+        .unwrap();
         assert_eq!(some.purposes, [false, false, false, true, false]);
-        let bad = parse_opt_out(json!({"email": "nope", "purposes": ["spam"], "channel": "fax",
-                                        "received_at": "2999-01-01T00:00:00Z", "x": 1}))
+        let bad = parse_opt_out(
+            json!({"email": "nope", "purposes": ["spam"], "channel": "fax",
+                                        "received_at": "2999-01-01T00:00:00Z", "x": 1}),
+        )
         .unwrap_err();
         let fields: Vec<&str> = bad.iter().map(|e| e.field.as_str()).collect();
         for f in ["email", "purposes", "channel", "received_at", "x"] {
             assert!(fields.contains(&f), "{f} in {fields:?}");
         }
-        assert!(parse_opt_out(json!({"email": "a@b.co", "purposes": [], "channel": "online"})).is_err());
+        assert!(
+            parse_opt_out(json!({"email": "a@b.co", "purposes": [], "channel": "online"})).is_err()
+        );
     }
 }

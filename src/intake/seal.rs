@@ -218,7 +218,14 @@ pub fn seal_order(
     // Contact: the email alone, so that marketing can open emails and
     // nothing else.
     let contact_bytes = plaintext(&serde_json::json!({"email": c.email.expose()}))?;
-    let contact = sealed_record(rng, keyring, DataClass::Contact, order_id, customer_tag.id, &contact_bytes)?;
+    let contact = sealed_record(
+        rng,
+        keyring,
+        DataClass::Contact,
+        order_id,
+        customer_tag.id,
+        &contact_bytes,
+    )?;
     drop(contact_bytes);
 
     // Shipping: the customer's own ship-to (fulfillment needs name, phone

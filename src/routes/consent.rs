@@ -39,30 +39,53 @@ fn ledger_problem(error: LedgerError) -> Response {
 /// `POST /v1/consent/opt-out` (storefront): the shop forwards a request it
 /// received by email, by post or on its own site. 202, effective at once.
 #[tracing::instrument(skip_all)]
-pub async fn opt_out(State(state): State<AppState>, _caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn opt_out(
+    State(state): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(MediaType::from_header);
     if media != Some(MediaType::Json) {
-        return Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Send application/json")
-            .into_response();
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Send application/json",
+        )
+        .into_response();
     }
     if body.len() > MAX_BODY {
-        return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The body is larger than 4 KiB")
-            .into_response();
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "The body is larger than 4 KiB",
+        )
+        .into_response();
     }
     let value = match crate::domain::json::parse_strict(&body) {
         Ok(v) => v,
-        Err(e) => return Problem::bad_request("malformed-body", "The body is not valid JSON").with_detail(e.to_string()).into_response(),
+        Err(e) => {
+            return Problem::bad_request("malformed-body", "The body is not valid JSON")
+                .with_detail(e.to_string())
+                .into_response();
+        }
     };
     let withdrawal = match parse_opt_out(value) {
         Ok(w) => w,
         Err(errors) => {
-            return Problem::unprocessable("invalid-opt-out", "The opt-out has errors").with_errors(errors).into_response();
+            return Problem::unprocessable("invalid-opt-out", "The opt-out has errors")
+                .with_errors(errors)
+                .into_response();
         }
     };
-    match state.ledger.withdraw(state.store.as_ref(), &withdrawal).await {
+    match state
+        .ledger
+        .withdraw(state.store.as_ref(), &withdrawal)
+        .await
+    {
         Ok(effective_at) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({"status": "accepted", "effective_at": effective_at})),
@@ -75,7 +98,11 @@ pub async fn opt_out(State(state): State<AppState>, _caller: Caller, headers: He
 // ---- the public page ----
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 const LABELS: [(&str, &str); 5] = [
@@ -95,13 +122,21 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     );
     let mut response = (status, html).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -113,7 +148,12 @@ fn form(error: Option<&str>) -> String {
         ));
     }
     let error = error
-        .map(|e| format!("<p role=\"alert\" id=\"error\"><strong>{}</strong></p>", esc(e)))
+        .map(|e| {
+            format!(
+                "<p role=\"alert\" id=\"error\"><strong>{}</strong></p>",
+                esc(e)
+            )
+        })
         .unwrap_or_default();
     format!(
         "<p>Enter the email address you gave at checkout. We stop using it for what you choose below \
@@ -123,7 +163,11 @@ fn form(error: Option<&str>) -> String {
 autocomplete=\"email\" maxlength=\"254\"{describedby}></p>\
 <fieldset><legend>Stop using my email for (leave all unticked to stop everything)</legend>{boxes}</fieldset>\
 <p><button type=\"submit\">Unsubscribe</button></p></form>",
-        describedby = if error.is_empty() { "" } else { " aria-describedby=\"error\"" }
+        describedby = if error.is_empty() {
+            ""
+        } else {
+            " aria-describedby=\"error\""
+        }
     )
 }
 
@@ -135,7 +179,11 @@ pub async fn unsubscribe_page() -> Response {
 /// `POST /unsubscribe`: records an `online` withdrawal; the same answer for
 /// every valid address.
 #[tracing::instrument(skip_all)]
-pub async fn unsubscribe(State(state): State<AppState>, peer: Option<axum::Extension<Peer>>, body: Bytes) -> Response {
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
+    body: Bytes,
+) -> Response {
     if let Some(peer) = peer.as_deref() {
         if let Err(wait) = state.unsubscribe_limit.check(peer.addr.ip()) {
             let mut r = page(
@@ -143,11 +191,18 @@ pub async fn unsubscribe(State(state): State<AppState>, peer: Option<axum::Exten
                 "Please wait a moment",
                 "<p>Too many requests from your network. Please try again in a minute.</p>",
             );
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return r;
         }
     }
-    let invalid = |msg: &str| page(StatusCode::UNPROCESSABLE_ENTITY, "Unsubscribe", &form(Some(msg)));
+    let invalid = |msg: &str| {
+        page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unsubscribe",
+            &form(Some(msg)),
+        )
+    };
     if body.len() > MAX_BODY {
         return invalid("That request was too large.");
     }
@@ -181,7 +236,11 @@ pub async fn unsubscribe(State(state): State<AppState>, peer: Option<axum::Exten
         received_at: None,
         reference: None,
     };
-    if let Err(e) = state.ledger.withdraw(state.store.as_ref(), &withdrawal).await {
+    if let Err(e) = state
+        .ledger
+        .withdraw(state.store.as_ref(), &withdrawal)
+        .await
+    {
         tracing::error!(error = ?e, "recording an online opt-out failed");
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -213,7 +272,11 @@ pub async fn proof(
     let email = query.get("email").and_then(|e| Email::parse(e));
     let Some(email) = email else {
         return Problem::bad_request("invalid-query", "The query parameters are invalid")
-            .with_errors(vec![FieldError::new("email", "invalid_email", "A valid email address is required")])
+            .with_errors(vec![FieldError::new(
+                "email",
+                "invalid_email",
+                "A valid email address is required",
+            )])
             .into_response();
     };
     let proof = match state.ledger.proof(state.store.as_ref(), &email).await {
@@ -222,10 +285,23 @@ pub async fn proof(
     };
     let mut objects: Vec<String> = proof["records"]
         .as_array()
-        .map(|r| r.iter().filter_map(|t| t["order_id"].as_str().map(str::to_owned)).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(|t| t["order_id"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    objects.push(format!("consent_subject:{}", proof["subject"]["reference"].as_str().unwrap_or("")));
-    let entry = Entry::for_request(peer.as_deref(), format!("GET {}", route.as_str()), objects, Outcome::Allowed, 200);
+    objects.push(format!(
+        "consent_subject:{}",
+        proof["subject"]["reference"].as_str().unwrap_or("")
+    ));
+    let entry = Entry::for_request(
+        peer.as_deref(),
+        format!("GET {}", route.as_str()),
+        objects,
+        Outcome::Allowed,
+        200,
+    );
     if let Err(error) = state.access_log.append(entry).await {
         tracing::error!(error = %error, "access log append failed; withholding the proof");
         return Problem::unavailable("The access log is unavailable").into_response();

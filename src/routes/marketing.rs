@@ -31,41 +31,72 @@ pub async fn audience(
             .with_errors(vec![FieldError::new(field, code, message)])
             .into_response()
     };
-    if query.keys().any(|k| !matches!(k.as_str(), "purpose" | "after" | "limit")) {
-        return bad("query", "unknown_parameter", "Only purpose, after and limit are accepted");
+    if query
+        .keys()
+        .any(|k| !matches!(k.as_str(), "purpose" | "after" | "limit"))
+    {
+        return bad(
+            "query",
+            "unknown_parameter",
+            "Only purpose, after and limit are accepted",
+        );
     }
     let Some(purpose) = query
         .get("purpose")
         .and_then(|p| Purposes::NAMES.iter().find(|n| **n == p.as_str()).copied())
     else {
-        return bad("purpose", "unknown_purpose", "purpose is one of the five consent purposes");
+        return bad(
+            "purpose",
+            "unknown_purpose",
+            "purpose is one of the five consent purposes",
+        );
     };
     let after = match query.get("after") {
         None => 0,
         Some(c) => match decode_cursor(c) {
             Some(seq) => seq,
-            None => return bad("after", "invalid", "after must be a cursor returned by this endpoint"),
+            None => {
+                return bad(
+                    "after",
+                    "invalid",
+                    "after must be a cursor returned by this endpoint",
+                );
+            }
         },
     };
     let limit = match query.get("limit").map(|v| v.parse::<u32>()) {
         None => DEFAULT_LIMIT,
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(_) => return bad("limit", "out_of_range", "limit is a whole number from 1 to 5000"),
+        Some(_) => {
+            return bad(
+                "limit",
+                "out_of_range",
+                "limit is a whole number from 1 to 5000",
+            );
+        }
     };
-    let page = match state.marketing.audience(state.store.as_ref(), purpose, after, limit).await {
+    let page = match state
+        .marketing
+        .audience(state.store.as_ref(), purpose, after, limit)
+        .await
+    {
         Ok(p) => p,
         Err(error) => return store_problem(&error),
     };
     let entry = Entry::for_request(
         peer.as_deref(),
         format!("GET {}", route.as_str()),
-        vec![format!("audience:{purpose}"), format!("subjects:{}", page.emails.len())],
+        vec![
+            format!("audience:{purpose}"),
+            format!("subjects:{}", page.emails.len()),
+        ],
         Outcome::Allowed,
         200,
     );
     if let Err(error) = state.access_log.append(entry).await {
         tracing::error!(error = %error, "access log append failed; withholding the audience");
-        return Problem::unavailable("The access log is unavailable; nothing was disclosed").into_response();
+        return Problem::unavailable("The access log is unavailable; nothing was disclosed")
+            .into_response();
     }
     axum::Json(json!({
         "purpose": purpose,

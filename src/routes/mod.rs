@@ -68,7 +68,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Public: no certificate needed.
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/unsubscribe", get(consent::unsubscribe_page).post(consent::unsubscribe))
+        .route(
+            "/unsubscribe",
+            get(consent::unsubscribe_page).post(consent::unsubscribe),
+        )
         .route("/openapi.json", get(not_built))
         // Storefront.
         .route("/v1/orders", allow(&[Storefront], post(orders::create)))
@@ -76,7 +79,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/v1/orders/{id}",
             allow(&[Storefront], get(orders::summary)),
         )
-        .route("/v1/consent/opt-out", allow(&[Storefront], post(consent::opt_out)))
+        .route(
+            "/v1/consent/opt-out",
+            allow(&[Storefront], post(consent::opt_out)),
+        )
         // Fulfillment.
         .route("/v1/shipments", allow(&[Fulfillment], get(shipments::list)))
         .route(

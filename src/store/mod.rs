@@ -194,7 +194,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<rows::AudienceRow>, StoreError>;
 
     /// Every customer tag and withdrawal of one subject, oldest first.
-    async fn consent_history(&self, email_blind_index: &[u8]) -> Result<rows::ConsentHistory, StoreError>;
+    async fn consent_history(
+        &self,
+        email_blind_index: &[u8],
+    ) -> Result<rows::ConsentHistory, StoreError>;
 }
 
 /// Opens an existing store read-only, without migrations (offline audit).

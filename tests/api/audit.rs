@@ -200,7 +200,11 @@ async fn an_untouched_database_has_no_false_positives() {
     let (app, _) = populated().await;
     let report = run_verify(&app).await;
     assert!(report.verified, "{:#?}", report.failures);
-    assert_eq!(report.records_checked, 4 * 4 + 1, "billing, shipping, card and contact per order, plus one recipient");
+    assert_eq!(
+        report.records_checked,
+        4 * 4 + 1,
+        "billing, shipping, card and contact per order, plus one recipient"
+    );
 }
 
 /// Runs `;`-separated statements on one connection (temp tables persist).
@@ -490,10 +494,7 @@ async fn offline_audit_exit_codes_and_html_report() {
 /// Loads the HTML report in headless Chromium: it must render its content
 /// (summary and both SVG charts) and log no console error.
 fn render_in_chromium(path: &std::path::Path, clean: bool) {
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .expect("Chromium is needed for the HTML report test: apt-get install chromium (.ci/run does this)");
+    let chromium = chromium_binary();
     let profile = tempfile::tempdir().unwrap();
     let output = Command::new(chromium)
         .args([
@@ -533,4 +534,12 @@ fn render_in_chromium(path: &std::path::Path, clean: bool) {
         !stderr.contains("CONSOLE") && !stderr.contains("Uncaught"),
         "console errors: {stderr}"
     );
+}
+
+/// The Chromium binary; the browser tests need one (`.ci/run` installs it).
+pub fn chromium_binary() -> &'static str {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("Chromium is needed for the browser tests: apt-get install chromium (.ci/run does this)")
 }

@@ -58,7 +58,9 @@ fn find_token(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).enumerate().any(|(i, w)| {
         w == needle
             && (i == 0 || !hay[i - 1].is_ascii_hexdigit())
-            && hay.get(i + needle.len()).is_none_or(|b| !b.is_ascii_hexdigit())
+            && hay
+                .get(i + needle.len())
+                .is_none_or(|b| !b.is_ascii_hexdigit())
     })
 }
 

@@ -69,10 +69,7 @@ pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBat
             "payment_cards",
             ", brand, last4, fingerprint, fingerprint_key_version",
         ),
-        (
-            "contact_emails",
-            ", email_blind_index, blind_index_version",
-        ),
+        ("contact_emails", ", email_blind_index, blind_index_version"),
     ] {
         let sql = format!(
             "SELECT id, order_id, consent_tag_id, format_version, kek_version, wrapped_dek, ciphertext{extra_cols}
@@ -300,10 +297,11 @@ pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
 }
 
 pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError> {
-    let customers: i64 = sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM billing_details")
-        .fetch_one(pool)
-        .await
-        .map_err(err)?;
+    let customers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM billing_details")
+            .fetch_one(pool)
+            .await
+            .map_err(err)?;
     let customers = u64::try_from(customers).unwrap_or(0);
     let mut stats = ConsentStats {
         customers,
@@ -336,8 +334,12 @@ pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError
         .map_err(err)?;
         let consenting = u64::try_from(consenting).unwrap_or(0);
         stats.consenting.insert(name.to_owned(), consenting);
-        stats.not_consenting.insert(name.to_owned(), customers.saturating_sub(consenting));
-        stats.opted_out.insert(name.to_owned(), u64::try_from(opted_out).unwrap_or(0));
+        stats
+            .not_consenting
+            .insert(name.to_owned(), customers.saturating_sub(consenting));
+        stats
+            .opted_out
+            .insert(name.to_owned(), u64::try_from(opted_out).unwrap_or(0));
     }
     Ok(stats)
 }
@@ -345,7 +347,10 @@ pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError
 // ---- consent life cycle (the queries live here with the other consent
 // statistics) ----
 
-pub async fn insert_consent_event(pool: &SqlitePool, e: &super::super::rows::ConsentEventRow) -> Result<(), StoreError> {
+pub async fn insert_consent_event(
+    pool: &SqlitePool,
+    e: &super::super::rows::ConsentEventRow,
+) -> Result<(), StoreError> {
     let r = e.reference.as_ref();
     sqlx::query(
         "INSERT INTO consent_events (id, email_blind_index, blind_index_version, kind, product_updates,
@@ -408,7 +413,12 @@ pub async fn audience(
           ORDER BY o.seq
           LIMIT ?2"
     );
-    let rows = sqlx::query(&sql).bind(after_seq).bind(i64::from(limit)).fetch_all(pool).await.map_err(err)?;
+    let rows = sqlx::query(&sql)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
     rows.iter()
         .map(|r| {
             let fmt: i64 = r.try_get("format_version").map_err(err)?;
@@ -418,8 +428,10 @@ pub async fn audience(
                 contact_id: r.try_get("contact_id").map_err(err)?,
                 order_id: r.try_get("order_id").map_err(err)?,
                 envelope: Envelope {
-                    format_version: u8::try_from(fmt).map_err(|_| StoreError::Corrupt("format_version"))?,
-                    kek_version: u32::try_from(kek).map_err(|_| StoreError::Corrupt("kek_version"))?,
+                    format_version: u8::try_from(fmt)
+                        .map_err(|_| StoreError::Corrupt("format_version"))?,
+                    kek_version: u32::try_from(kek)
+                        .map_err(|_| StoreError::Corrupt("kek_version"))?,
                     wrapped_dek: r.try_get("wrapped_dek").map_err(err)?,
                     ciphertext: r.try_get("ciphertext").map_err(err)?,
                 },
@@ -429,7 +441,10 @@ pub async fn audience(
         .collect()
 }
 
-pub async fn consent_history(pool: &SqlitePool, bi: &[u8]) -> Result<super::super::rows::ConsentHistory, StoreError> {
+pub async fn consent_history(
+    pool: &SqlitePool,
+    bi: &[u8],
+) -> Result<super::super::rows::ConsentHistory, StoreError> {
     let tags = sqlx::query(
         "SELECT t.* FROM contact_emails c
            JOIN orders o ON o.id = c.order_id
@@ -444,45 +459,48 @@ pub async fn consent_history(pool: &SqlitePool, bi: &[u8]) -> Result<super::supe
     .iter()
     .map(raw_tag)
     .collect::<Result<Vec<_>, _>>()?;
-    let events = sqlx::query("SELECT * FROM consent_events WHERE email_blind_index = ?1 ORDER BY seq")
-        .bind(bi)
-        .fetch_all(pool)
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| {
-            let mut purposes = [0i64; 5];
-            for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
-                *slot = r.try_get(name).map_err(err)?;
-            }
-            let fmt: Option<i64> = r.try_get("reference_format_version").map_err(err)?;
-            let kek: Option<i64> = r.try_get("reference_kek_version").map_err(err)?;
-            let dek: Option<Vec<u8>> = r.try_get("reference_wrapped_dek").map_err(err)?;
-            let ct: Option<Vec<u8>> = r.try_get("reference_ciphertext").map_err(err)?;
-            let reference = match (fmt, kek, dek, ct) {
-                (Some(f), Some(k), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
-                    format_version: u8::try_from(f).map_err(|_| StoreError::Corrupt("reference_format_version"))?,
-                    kek_version: u32::try_from(k).map_err(|_| StoreError::Corrupt("reference_kek_version"))?,
-                    wrapped_dek,
-                    ciphertext,
-                }),
-                _ => None,
-            };
-            Ok(super::super::rows::ConsentEventRow {
-                id: r.try_get("id").map_err(err)?,
-                email_blind_index: r.try_get("email_blind_index").map_err(err)?,
-                blind_index_version: r.try_get("blind_index_version").map_err(err)?,
-                kind: r.try_get("kind").map_err(err)?,
-                purposes,
-                channel: r.try_get("channel").map_err(err)?,
-                received_at: r.try_get("received_at").map_err(err)?,
-                effective_at: r.try_get("effective_at").map_err(err)?,
-                recorded_at: r.try_get("recorded_at").map_err(err)?,
-                reference,
-                mac_key_version: r.try_get("mac_key_version").map_err(err)?,
-                mac: r.try_get("mac").map_err(err)?,
+    let events =
+        sqlx::query("SELECT * FROM consent_events WHERE email_blind_index = ?1 ORDER BY seq")
+            .bind(bi)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| {
+                let mut purposes = [0i64; 5];
+                for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
+                    *slot = r.try_get(name).map_err(err)?;
+                }
+                let fmt: Option<i64> = r.try_get("reference_format_version").map_err(err)?;
+                let kek: Option<i64> = r.try_get("reference_kek_version").map_err(err)?;
+                let dek: Option<Vec<u8>> = r.try_get("reference_wrapped_dek").map_err(err)?;
+                let ct: Option<Vec<u8>> = r.try_get("reference_ciphertext").map_err(err)?;
+                let reference = match (fmt, kek, dek, ct) {
+                    (Some(f), Some(k), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
+                        format_version: u8::try_from(f)
+                            .map_err(|_| StoreError::Corrupt("reference_format_version"))?,
+                        kek_version: u32::try_from(k)
+                            .map_err(|_| StoreError::Corrupt("reference_kek_version"))?,
+                        wrapped_dek,
+                        ciphertext,
+                    }),
+                    _ => None,
+                };
+                Ok(super::super::rows::ConsentEventRow {
+                    id: r.try_get("id").map_err(err)?,
+                    email_blind_index: r.try_get("email_blind_index").map_err(err)?,
+                    blind_index_version: r.try_get("blind_index_version").map_err(err)?,
+                    kind: r.try_get("kind").map_err(err)?,
+                    purposes,
+                    channel: r.try_get("channel").map_err(err)?,
+                    received_at: r.try_get("received_at").map_err(err)?,
+                    effective_at: r.try_get("effective_at").map_err(err)?,
+                    recorded_at: r.try_get("recorded_at").map_err(err)?,
+                    reference,
+                    mac_key_version: r.try_get("mac_key_version").map_err(err)?,
+                    mac: r.try_get("mac").map_err(err)?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(super::super::rows::ConsentHistory { tags, events })
 }

@@ -414,7 +414,10 @@ impl Store for SqliteStore {
         audit::consent_stats(&self.pool).await
     }
 
-    async fn insert_consent_event(&self, event: &super::rows::ConsentEventRow) -> Result<(), StoreError> {
+    async fn insert_consent_event(
+        &self,
+        event: &super::rows::ConsentEventRow,
+    ) -> Result<(), StoreError> {
         audit::insert_consent_event(&self.pool, event).await
     }
 
@@ -427,7 +430,10 @@ impl Store for SqliteStore {
         audit::audience(&self.pool, purpose, after_seq, limit).await
     }
 
-    async fn consent_history(&self, email_blind_index: &[u8]) -> Result<super::rows::ConsentHistory, StoreError> {
+    async fn consent_history(
+        &self,
+        email_blind_index: &[u8],
+    ) -> Result<super::rows::ConsentHistory, StoreError> {
         audit::consent_history(&self.pool, email_blind_index).await
     }
 
@@ -558,7 +564,9 @@ fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError
         items: serde_json::from_str(&items).map_err(|_| StoreError::Corrupt("orders.items"))?,
         ship_to,
         customer_tag: consent_tag(row, "tag_id", "tag_order_id")?,
-        email_blind_index: row.try_get("email_blind_index").map_err(StoreError::from_sqlx)?,
+        email_blind_index: row
+            .try_get("email_blind_index")
+            .map_err(StoreError::from_sqlx)?,
         dispatch: dispatch_of(row)?,
     })
 }

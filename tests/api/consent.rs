@@ -1,0 +1,597 @@
+//! The consent life cycle: audiences honour each choice, opt-outs (API and
+//! public page) take effect at once across all orders, later checkouts
+//! re-grant, gift recipients never appear, and the auditor's proof.
+
+use std::time::Duration;
+
+use checkoutd::server::identity::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::{Options, TestApp, expect_problem, spawn_app, spawn_app_with};
+use crate::orders::order_json;
+
+fn order_for(email: &str, special_offers: bool, partners: bool) -> Value {
+    let mut o = order_json();
+    o["customer"]["email"] = json!(email);
+    o["consent"] = json!({"special_offers": special_offers, "third_party_sharing": partners,
+                          "policy_version": "2002-06-05"});
+    o
+}
+
+fn gift_for(email: &str) -> Value {
+    let mut o = order_for(email, true, false);
+    o["gift_recipient"] = json!({
+        "name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
+        "phone": "+44 20 7946 0000", "message": "Enjoy"
+    });
+    o
+}
+
+static KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn place(app: &TestApp, order: &Value) -> String {
+    let n = KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = app.post_order(&format!("consent-{n}"), order).await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    body["order_id"].as_str().unwrap().to_owned()
+}
+
+async fn audience(app: &TestApp, purpose: &str) -> Vec<String> {
+    let r = app
+        .client(Role::Marketing)
+        .get(app.url(&format!("/v1/marketing/audience?purpose={purpose}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for secret in [
+        "Charles", "Babbage", "Dorset", "Columbia", "Lovelace", "4111", "+1 949", "visa",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "an audience leaked {secret}: {text}"
+        );
+    }
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut emails: Vec<String> = v["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    emails.sort();
+    emails
+}
+
+async fn opt_out(app: &TestApp, body: Value) -> reqwest::Response {
+    app.client(Role::Storefront)
+        .post(app.url("/v1/consent/opt-out"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn audiences_honour_each_choice_and_never_hold_gift_recipients() {
+    let app = spawn_app().await;
+    place(&app, &order_for("a@example.com", true, false)).await;
+    place(&app, &order_for("b@example.com", false, false)).await;
+    place(&app, &gift_for("c@example.com")).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["a@example.com", "c@example.com"]
+    );
+    assert!(
+        audience(&app, "third_party_sharing").await.is_empty(),
+        "the partner list is empty"
+    );
+    assert!(audience(&app, "product_updates").await.is_empty());
+    for bad in ["spam", "", "SPECIAL_OFFERS"] {
+        let r = app
+            .client(Role::Marketing)
+            .get(app.url(&format!("/v1/marketing/audience?purpose={bad}")))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 400).await;
+    }
+    let r = app
+        .client(Role::Marketing)
+        .get(app.url("/v1/marketing/audience"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 400).await;
+    // Every export is logged with its size.
+    let log: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/log"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let exports: Vec<&Value> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "GET /v1/marketing/audience")
+        .collect();
+    assert!(
+        exports
+            .iter()
+            .any(|e| e["objects"] == json!(["audience:special_offers", "subjects:2"]))
+    );
+    assert!(
+        exports
+            .iter()
+            .any(|e| e["objects"] == json!(["audience:third_party_sharing", "subjects:0"]))
+    );
+}
+
+#[tokio::test]
+async fn audiences_paginate_without_loss_or_repetition() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        place(&app, &order_for(&format!("p{i}@example.com"), true, false)).await;
+    }
+    let mut seen = Vec::new();
+    let mut query = "purpose=special_offers&limit=2".to_owned();
+    loop {
+        let v: Value = app
+            .client(Role::Marketing)
+            .get(app.url(&format!("/v1/marketing/audience?{query}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            v["emails"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap().to_owned()),
+        );
+        match v["next_cursor"].as_str() {
+            Some(c) => query = format!("purpose=special_offers&limit=2&after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..5)
+            .map(|i| format!("p{i}@example.com"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_api_opt_out_removes_the_customer_everywhere_at_once_in_any_case() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, true)).await;
+    place(&app, &order_for("ada@example.com", true, true)).await;
+    place(&app, &order_for("grace@example.com", true, true)).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["ada@example.com", "grace@example.com"]
+    );
+
+    let known = opt_out(
+        &app,
+        json!({"email": "ADA@Example.COM", "purposes": ["special_offers"], "channel": "email",
+                                      "reference": "<CAF+123@mail.example>"}),
+    )
+    .await;
+    assert_eq!(known.status(), 202);
+    let known: Value = known.json().await.unwrap();
+    let unknown = opt_out(
+        &app,
+        json!({"email": "nobody@example.com", "purposes": "all", "channel": "postal"}),
+    )
+    .await;
+    assert_eq!(unknown.status(), 202);
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(
+        known.as_object().unwrap().keys().collect::<Vec<_>>(),
+        unknown.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"],
+        "at once, all orders"
+    );
+    assert_eq!(
+        audience(&app, "third_party_sharing").await,
+        vec!["ada@example.com", "grace@example.com"],
+        "only the withdrawn purpose"
+    );
+    // The warehouse sees it too (no promotional insert for Ada).
+    let shipments = app.shipments("").await;
+    let ada_offers: Vec<bool> = shipments["shipments"].as_array().unwrap()[..2]
+        .iter()
+        .map(|s| s["consent"]["special_offers"].as_bool().unwrap())
+        .collect();
+    assert_eq!(ada_offers, vec![false, false], "both of Ada's orders");
+    assert_eq!(
+        shipments["shipments"][2]["consent"]["special_offers"], true,
+        "Grace's untouched"
+    );
+
+    // A later checkout that consents again re-grants from then on.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["ada@example.com", "grace@example.com"]
+    );
+    // ... and its own choices rule: no partner sharing for Ada any more.
+    assert_eq!(
+        audience(&app, "third_party_sharing").await,
+        vec!["grace@example.com"]
+    );
+
+    for bad in [
+        json!({"email": "ada@example.com", "purposes": ["spam"], "channel": "email"}),
+        json!({"email": "ada@example.com", "purposes": "all", "channel": "pigeon"}),
+        json!({"email": "not-an-email", "purposes": "all", "channel": "email"}),
+        json!({"purposes": "all", "channel": "email"}),
+    ] {
+        expect_problem(opt_out(&app, bad).await, 422).await;
+    }
+    let r = app
+        .client(Role::Marketing)
+        .post(app.url("/v1/consent/opt-out"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 403).await;
+}
+
+#[tokio::test]
+async fn the_auditor_sees_proof_of_consent() {
+    let app = spawn_app().await;
+    let order = place(&app, &order_for("ada@example.com", true, false)).await;
+    assert_eq!(
+        opt_out(
+            &app,
+            json!({"email": "ada@example.com", "purposes": "all", "channel": "postal",
+                              "received_at": "2026-01-05T09:00:00Z", "reference": "scan-2026-0042"})
+        )
+        .await
+        .status(),
+        202
+    );
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/consent?email=Ada%40Example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("ada@example.com")
+            && !text.contains("scan-2026-0042")
+            && !text.contains("Lovelace")
+    );
+    let proof: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(proof["subject"]["known"], true);
+    let record = &proof["records"][0];
+    assert_eq!(record["order_id"], order.as_str());
+    assert_eq!(record["policy_version"], "2002-06-05");
+    assert_eq!(record["collection_method"], "checkout");
+    assert_eq!(record["purposes"]["special_offers"], true);
+    assert_eq!(record["mac_verified"], true);
+    let event = &proof["events"][0];
+    assert_eq!(event["event_type"], "withdrawal");
+    assert_eq!(event["channel"], "postal");
+    assert_eq!(event["received_at"], "2026-01-05T09:00:00.000Z");
+    assert_eq!(event["has_reference"], true);
+    assert_eq!(event["mac_verified"], true);
+    assert_eq!(event["purposes_withdrawn"].as_array().unwrap().len(), 5);
+    assert_eq!(proof["effective"]["special_offers"], false);
+    assert_eq!(proof["verified"], true);
+    // Logged, naming the order.
+    let log: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/log"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "GET /v1/audit/consent")
+        .unwrap();
+    assert_eq!(entry["objects"][0], order.as_str());
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/consent?email=nope"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 400).await;
+    // The report counts the opt-out.
+    let report: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/report"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["report"]["verified"], true, "{report:#}");
+    assert_eq!(
+        report["report"]["consent"]["opted_out"]["special_offers"],
+        1
+    );
+    assert_eq!(
+        report["report"]["consent"]["consenting"]["special_offers"],
+        0
+    );
+}
+
+async fn post_page(app: &TestApp, body: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = app
+        .anonymous()
+        .post(app.url("/unsubscribe"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_public_page_answers_alike_for_customers_and_strangers() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, true)).await;
+    let get = app
+        .anonymous()
+        .get(app.url("/unsubscribe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let csp = get.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(get.headers()["x-frame-options"], "DENY");
+    assert_eq!(get.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        get.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = get.text().await.unwrap();
+    assert!(
+        html.contains("name=\"email\"")
+            && html.contains("<label for=\"email\">")
+            && html.contains("lang=\"en\"")
+    );
+    assert!(!html.contains("<script"));
+
+    let (s1, _, known) = post_page(&app, "email=ADA%40example.com&special_offers=on").await;
+    let (s2, _, stranger) = post_page(&app, "email=zed%40example.com&special_offers=on").await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(
+        known.replace("ada@example.com", "X"),
+        stranger.replace("zed@example.com", "X"),
+        "same page apart from the address"
+    );
+    assert!(known.contains("Special offers") && !known.contains("Product updates"));
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        Vec::<String>::new(),
+        "effective at once"
+    );
+    assert_eq!(
+        audience(&app, "third_party_sharing").await,
+        vec!["ada@example.com"],
+        "only what was chosen"
+    );
+    // Nothing chosen means everything.
+    let (_, _, all) = post_page(&app, "email=ada%40example.com").await;
+    assert!(all.contains("Product updates") && all.contains("Sharing my details with partners"));
+    assert!(audience(&app, "third_party_sharing").await.is_empty());
+    // An invalid address gets the form back with a message, escaped.
+    let (s, _, page) = post_page(&app, "email=%3Cscript%3E").await;
+    assert_eq!(s, 422);
+    assert!(page.contains("valid email") && !page.contains("<script>"));
+}
+
+#[tokio::test]
+async fn the_public_page_is_rate_limited_per_client() {
+    let app = spawn_app_with(Options {
+        serve: checkoutd::cli::ServeArgs {
+            unsubscribe_rate_limit: Some(3),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(post_page(&app, "email=a%40example.com").await.0, 200);
+    }
+    let (status, headers, _) = post_page(&app, "email=a%40example.com").await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+}
+
+/// Drives the real page in headless Chromium over the DevTools protocol:
+/// open it, fill the email field, tick a box, click the button, read the
+/// confirmation.
+#[tokio::test]
+async fn a_person_can_unsubscribe_in_a_browser() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncBufReadExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["ada@example.com"]
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let mut chromium = tokio::process::Command::new(crate::audit::chromium_binary())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--ignore-certificate-errors",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(chromium.stderr.take().unwrap()).lines();
+    let ws_browser = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("chromium exited without a DevTools URL")
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let port = ws_browser
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let targets: Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/json/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page_ws = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "page")
+        .unwrap()["webSocketDebuggerUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(page_ws).await.unwrap();
+    let mut next_id = 0u64;
+    let mut call = async |ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+                          method: &str,
+                          params: Value|
+           -> Value {
+        next_id += 1;
+        let id = next_id;
+        ws.send(Message::text(
+            json!({"id": id, "method": method, "params": params}).to_string(),
+        ))
+        .await
+        .unwrap();
+        loop {
+            let msg = ws.next().await.unwrap().unwrap();
+            if let Ok(text) = msg.to_text() {
+                let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                if v["id"] == id {
+                    return v;
+                }
+            }
+        }
+    };
+    let eval = |expr: &str| json!({"expression": expr, "returnByValue": true});
+    call(&mut ws, "Page.enable", json!({})).await;
+    call(
+        &mut ws,
+        "Page.navigate",
+        json!({"url": app.url("/unsubscribe")}),
+    )
+    .await;
+    let mut ready = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = call(
+            &mut ws,
+            "Runtime.evaluate",
+            eval("!!document.getElementById('email')"),
+        )
+        .await;
+        if r["result"]["result"]["value"] == true {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the form loaded");
+    call(
+        &mut ws,
+        "Runtime.evaluate",
+        eval("document.getElementById('email').value = 'Ada@Example.com'; document.getElementById('special_offers').click(); document.querySelector('button[type=submit]').click(); true"),
+    )
+    .await;
+    let mut text = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = call(
+            &mut ws,
+            "Runtime.evaluate",
+            eval("document.body ? document.body.innerText : ''"),
+        )
+        .await;
+        text = r["result"]["result"]["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if text.contains("You are unsubscribed") {
+            break;
+        }
+    }
+    assert!(text.contains("You are unsubscribed"), "{text}");
+    assert!(
+        text.contains("ada@example.com") && text.contains("Special offers"),
+        "{text}"
+    );
+    assert!(
+        audience(&app, "special_offers").await.is_empty(),
+        "the browser's opt-out took effect"
+    );
+    let _ = chromium.kill().await;
+}
