@@ -153,7 +153,15 @@ async fn per_order_metadata_has_no_plaintext() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
-    for secret in ["4111", "Lovelace", "Babbage", "Dorset", "ada@", "birthday"] {
+    for secret in [
+        "4111111111111111",
+        "4111 1111",
+        "Lovelace",
+        "Babbage",
+        "Dorset",
+        "ada@",
+        "birthday",
+    ] {
         assert!(!text.contains(secret), "{secret}");
     }
     let doc: Value = serde_json::from_str(&text).unwrap();

@@ -48,7 +48,15 @@ async fn audience(app: &TestApp, purpose: &str) -> Vec<String> {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     for secret in [
-        "Charles", "Babbage", "Dorset", "Columbia", "Lovelace", "4111", "+1 949", "visa",
+        "Charles",
+        "Babbage",
+        "Dorset",
+        "Columbia",
+        "Lovelace",
+        "4111111111111111",
+        "4111 1111",
+        "+1 949",
+        "visa",
     ] {
         assert!(
             !text.contains(secret),

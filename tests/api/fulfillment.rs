@@ -79,7 +79,8 @@ async fn fulfillment_sees_the_ship_to_and_nothing_else() {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     for secret in [
-        "4111",
+        "4111111111111111",
+        "4111 1111",
         "378282246310005",
         "51 Columbia",
         "Aliso Viejo",
