@@ -386,6 +386,7 @@ pub async fn verify(
             break;
         }
     }
+    check_consent_events(store, keyring, &mut failures).await?;
     scan_schema_and_clear_columns(store, &mut failures).await?;
     let access_log = match verify_chain(store, keyring.access_log_key()).await {
         Ok(status) => ChainReport {
@@ -585,4 +586,52 @@ pub async fn order(
         consent_tags,
         failures: failures.listed,
     }))
+}
+
+/// Every withdrawal's MAC verifies and its sealed reference (if any) opens.
+async fn check_consent_events(
+    store: &dyn Store,
+    keyring: &Keyring,
+    out: &mut Failures,
+) -> Result<(), StoreError> {
+    let key = keyring.consent_tag_key();
+    let mut after = 0i64;
+    loop {
+        let page = store.consent_events_page(after, SCAN_PAGE).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (_, e) in &page {
+            if i64::from(key.version()) != e.mac_key_version
+                || !key.verify(&[&crate::consent::event_canonical_bytes(e)], &e.mac)
+            {
+                out.push(Failure::new(
+                    "consent_events",
+                    &e.id,
+                    "MAC does not verify (edited)",
+                ));
+                continue;
+            }
+            if let Some(reference) = &e.reference {
+                let opened = uuid::Uuid::parse_str(&e.id).ok().and_then(|id| {
+                    let binding = Binding {
+                        class: DataClass::Contact,
+                        order_id: uuid::Uuid::nil(),
+                        record_id: id,
+                    };
+                    envelope::open(keyring, &binding, reference).ok()
+                });
+                if opened.is_none() {
+                    out.push(Failure::new(
+                        "consent_events",
+                        &e.id,
+                        "reference envelope does not open",
+                    ));
+                }
+            }
+        }
+        if page.len() < SCAN_PAGE as usize {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,6 @@ use crate::crypto::DataClass;
 use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::{ClassKeys, Keyring};
 use crate::crypto::mac::MacKey;
-use crate::store::rows::ConsentHistory;
 use crate::store::{Store, StoreError};
 
 pub struct Marketing {
@@ -51,12 +50,10 @@ impl Marketing {
         };
         let mut emails = Vec::with_capacity(rows.len());
         for row in rows {
-            // The store applied tags and withdrawals; check the tag is
-            // authentic before trusting its grant (fail closed).
-            let history = ConsentHistory {
-                tags: vec![row.tag.clone()],
-                events: Vec::new(),
-            };
+            // The store applied tags and withdrawals in SQL; before trusting
+            // that, re-derive it from the authenticated history (every tag
+            // and withdrawal MAC-checked; fail closed).
+            let history = store.consent_history(&row.email_blind_index).await?;
             let (purposes, verified) = super::effective(&self.consent_key, &history);
             let index = crate::domain::consent::Purposes::NAMES
                 .iter()

@@ -440,6 +440,10 @@ pub fn effective(key: &MacKey, history: &ConsentHistory) -> (Purposes, bool) {
     }
     let mut granted = latest.purposes.map(|p| p == 1);
     for e in &history.events {
+        if !key.verify(&[&event_canonical_bytes(e)], &e.mac) {
+            // An edited withdrawal must never re-enable marketing.
+            return (Purposes::default(), false);
+        }
         if e.effective_at >= latest.captured_at {
             for (g, w) in granted.iter_mut().zip(e.purposes) {
                 if w == 1 {

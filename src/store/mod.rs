@@ -193,6 +193,13 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<rows::AudienceRow>, StoreError>;
 
+    /// Up to `limit` withdrawals with `seq > after`, in order (audit).
+    async fn consent_events_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, rows::ConsentEventRow)>, StoreError>;
+
     /// Every customer tag and withdrawal of one subject, oldest first.
     async fn consent_history(
         &self,

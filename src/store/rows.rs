@@ -316,6 +316,7 @@ pub struct ConsentEventRow {
 #[derive(Debug, Clone)]
 pub struct AudienceRow {
     pub seq: i64,
+    pub email_blind_index: Vec<u8>,
     pub contact_id: String,
     pub order_id: String,
     pub envelope: Envelope,

@@ -603,3 +603,55 @@ async fn a_person_can_unsubscribe_in_a_browser() {
     );
     let _ = chromium.kill().await;
 }
+
+#[tokio::test]
+async fn an_edited_withdrawal_never_re_enables_marketing_and_is_reported() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    place(&app, &order_for("grace@example.com", true, false)).await;
+    assert_eq!(
+        opt_out(
+            &app,
+            json!({"email": "ada@example.com", "purposes": ["special_offers"], "channel": "email"})
+        )
+        .await
+        .status(),
+        202
+    );
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"]
+    );
+    // Someone with write access to the file drops the append-only trigger
+    // and un-withdraws the purpose.
+    let db = app.db().await;
+    sqlx::query("DROP TRIGGER consent_events_no_update")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE consent_events SET special_offers = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"],
+        "fail closed"
+    );
+    let report: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/report"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failures = report["report"]["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["table"] == "consent_events" && f["what"].as_str().unwrap().contains("MAC")),
+        "{failures:?}"
+    );
+}

@@ -399,7 +399,7 @@ pub async fn audience(
             SELECT c.email_blind_index AS bi, max(o.seq) AS seq
               FROM contact_emails c JOIN orders o ON o.id = c.order_id
              GROUP BY c.email_blind_index)
-         SELECT o.seq, c.id AS contact_id, c.order_id, c.format_version, c.kek_version, c.wrapped_dek,
+         SELECT o.seq, c.email_blind_index, c.id AS contact_id, c.order_id, c.format_version, c.kek_version, c.wrapped_dek,
                 c.ciphertext, t.*
            FROM latest l
            JOIN orders o ON o.seq = l.seq
@@ -425,6 +425,7 @@ pub async fn audience(
             let kek: i64 = r.try_get("kek_version").map_err(err)?;
             Ok(super::super::rows::AudienceRow {
                 seq: r.try_get("seq").map_err(err)?,
+                email_blind_index: r.try_get("email_blind_index").map_err(err)?,
                 contact_id: r.try_get("contact_id").map_err(err)?,
                 order_id: r.try_get("order_id").map_err(err)?,
                 envelope: Envelope {
@@ -466,41 +467,60 @@ pub async fn consent_history(
             .await
             .map_err(err)?
             .iter()
-            .map(|r| {
-                let mut purposes = [0i64; 5];
-                for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
-                    *slot = r.try_get(name).map_err(err)?;
-                }
-                let fmt: Option<i64> = r.try_get("reference_format_version").map_err(err)?;
-                let kek: Option<i64> = r.try_get("reference_kek_version").map_err(err)?;
-                let dek: Option<Vec<u8>> = r.try_get("reference_wrapped_dek").map_err(err)?;
-                let ct: Option<Vec<u8>> = r.try_get("reference_ciphertext").map_err(err)?;
-                let reference = match (fmt, kek, dek, ct) {
-                    (Some(f), Some(k), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
-                        format_version: u8::try_from(f)
-                            .map_err(|_| StoreError::Corrupt("reference_format_version"))?,
-                        kek_version: u32::try_from(k)
-                            .map_err(|_| StoreError::Corrupt("reference_kek_version"))?,
-                        wrapped_dek,
-                        ciphertext,
-                    }),
-                    _ => None,
-                };
-                Ok(super::super::rows::ConsentEventRow {
-                    id: r.try_get("id").map_err(err)?,
-                    email_blind_index: r.try_get("email_blind_index").map_err(err)?,
-                    blind_index_version: r.try_get("blind_index_version").map_err(err)?,
-                    kind: r.try_get("kind").map_err(err)?,
-                    purposes,
-                    channel: r.try_get("channel").map_err(err)?,
-                    received_at: r.try_get("received_at").map_err(err)?,
-                    effective_at: r.try_get("effective_at").map_err(err)?,
-                    recorded_at: r.try_get("recorded_at").map_err(err)?,
-                    reference,
-                    mac_key_version: r.try_get("mac_key_version").map_err(err)?,
-                    mac: r.try_get("mac").map_err(err)?,
-                })
-            })
+            .map(event_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(super::super::rows::ConsentHistory { tags, events })
+}
+
+fn event_row(r: &SqliteRow) -> Result<super::super::rows::ConsentEventRow, StoreError> {
+    let mut purposes = [0i64; 5];
+    for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
+        *slot = r.try_get(name).map_err(err)?;
+    }
+    let fmt: Option<i64> = r.try_get("reference_format_version").map_err(err)?;
+    let kek: Option<i64> = r.try_get("reference_kek_version").map_err(err)?;
+    let dek: Option<Vec<u8>> = r.try_get("reference_wrapped_dek").map_err(err)?;
+    let ct: Option<Vec<u8>> = r.try_get("reference_ciphertext").map_err(err)?;
+    let reference = match (fmt, kek, dek, ct) {
+        (Some(f), Some(k), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
+            format_version: u8::try_from(f)
+                .map_err(|_| StoreError::Corrupt("reference_format_version"))?,
+            kek_version: u32::try_from(k)
+                .map_err(|_| StoreError::Corrupt("reference_kek_version"))?,
+            wrapped_dek,
+            ciphertext,
+        }),
+        _ => None,
+    };
+    Ok(super::super::rows::ConsentEventRow {
+        id: r.try_get("id").map_err(err)?,
+        email_blind_index: r.try_get("email_blind_index").map_err(err)?,
+        blind_index_version: r.try_get("blind_index_version").map_err(err)?,
+        kind: r.try_get("kind").map_err(err)?,
+        purposes,
+        channel: r.try_get("channel").map_err(err)?,
+        received_at: r.try_get("received_at").map_err(err)?,
+        effective_at: r.try_get("effective_at").map_err(err)?,
+        recorded_at: r.try_get("recorded_at").map_err(err)?,
+        reference,
+        mac_key_version: r.try_get("mac_key_version").map_err(err)?,
+        mac: r.try_get("mac").map_err(err)?,
+    })
+}
+
+/// Up to `limit` withdrawals with `seq > after`, in order.
+pub async fn consent_events_page(
+    pool: &SqlitePool,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, super::super::rows::ConsentEventRow)>, StoreError> {
+    sqlx::query("SELECT * FROM consent_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| Ok((r.try_get("seq").map_err(err)?, event_row(r)?)))
+        .collect()
 }

@@ -430,6 +430,14 @@ impl Store for SqliteStore {
         audit::audience(&self.pool, purpose, after_seq, limit).await
     }
 
+    async fn consent_events_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, super::rows::ConsentEventRow)>, StoreError> {
+        audit::consent_events_page(&self.pool, after, limit).await
+    }
+
     async fn consent_history(
         &self,
         email_blind_index: &[u8],
