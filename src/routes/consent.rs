@@ -20,11 +20,7 @@ use crate::consent::{Channel, LedgerError, Withdrawal, parse_opt_out};
 use crate::domain::consent::Purposes;
 use crate::domain::contact::Email;
 use crate::http::{FieldError, Problem};
-use crate::intake::MediaType;
 use crate::server::identity::{Caller, Peer};
-
-/// Most bytes of an opt-out body (API or page).
-const MAX_BODY: usize = 4 * 1024;
 
 fn ledger_problem(error: LedgerError) -> Response {
     match error {
@@ -45,33 +41,9 @@ pub async fn opt_out(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(MediaType::from_header);
-    if media != Some(MediaType::Json) {
-        return Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Send application/json",
-        )
-        .into_response();
-    }
-    if body.len() > MAX_BODY {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "The body is larger than 4 KiB",
-        )
-        .into_response();
-    }
-    let value = match crate::domain::json::parse_strict(&body) {
+    let value = match super::small_json(&headers, &body) {
         Ok(v) => v,
-        Err(e) => {
-            return Problem::bad_request("malformed-body", "The body is not valid JSON")
-                .with_detail(e.to_string())
-                .into_response();
-        }
+        Err(problem) => return problem.into_response(),
     };
     let withdrawal = match parse_opt_out(value) {
         Ok(w) => w,
@@ -203,7 +175,7 @@ pub async fn unsubscribe(
             &form(Some(msg)),
         )
     };
-    if body.len() > MAX_BODY {
+    if body.len() > super::SMALL_BODY {
         return invalid("That request was too large.");
     }
     let Ok(Value::Object(mut fields)) = crate::domain::form::parse(&body) else {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -87,7 +87,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/shipments", allow(&[Fulfillment], get(shipments::list)))
         .route(
             "/v1/shipments/{order_id}/dispatch",
-            allow(&[Fulfillment], post(shipments::dispatch)),
+            allow(
+                &[Fulfillment],
+                post(shipments::dispatch).layer(DefaultBodyLimit::max(SMALL_BODY)),
+            ),
         )
         // Marketing.
         .route(
@@ -172,6 +175,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .copied()
             .ok_or_else(Problem::unauthenticated)
     }
+}
+
+/// Most bytes of a small JSON body (dispatch, opt-out); enforced while
+/// reading by a `DefaultBodyLimit` on those routes.
+pub const SMALL_BODY: usize = 4 * 1024;
+
+/// A small JSON body: `application/json` only (415), at most
+/// [`SMALL_BODY`] bytes (413), strict JSON — no repeated members (400).
+fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, Problem> {
+    use http::{StatusCode, header};
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::intake::MediaType::from_header);
+    if media != Some(crate::intake::MediaType::Json) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Send application/json",
+        ));
+    }
+    if body.len() > SMALL_BODY {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "The body is larger than 4 KiB",
+        ));
+    }
+    crate::domain::json::parse_strict(body).map_err(|e| {
+        Problem::bad_request("malformed-body", "The body is not valid JSON")
+            .with_detail(e.to_string())
+    })
 }
 
 /// Endpoints of the contract that later issues build: correct role checks,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -15,7 +15,6 @@ use super::AppState;
 use crate::audit::access_log::{Entry, Outcome};
 use crate::domain::text::Plain;
 use crate::http::{FieldError, Problem};
-use crate::intake::MediaType;
 use crate::server::identity::{Caller, Peer};
 use crate::store::rows::{Dispatch, DispatchOutcome, ShipmentStatus};
 
@@ -123,9 +122,6 @@ pub async fn list(
     axum::Json(json!({"shipments": shipments, "next_cursor": next})).into_response()
 }
 
-/// Most bytes of a dispatch body.
-const MAX_DISPATCH_BODY: usize = 4 * 1024;
-
 #[tracing::instrument(skip_all)]
 pub async fn dispatch(
     State(state): State<AppState>,
@@ -136,30 +132,14 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(MediaType::from_header);
-    if media != Some(MediaType::Json) {
-        return Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Send application/json",
-        )
-        .into_response();
-    }
-    if body.len() > MAX_DISPATCH_BODY {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "The body is larger than 4 KiB",
-        )
-        .into_response();
-    }
+    let value = match super::small_json(&headers, &body) {
+        Ok(v) => v,
+        Err(problem) => return problem.into_response(),
+    };
     let Ok(order_id) = Uuid::parse_str(&order_id) else {
         return Problem::not_found().into_response();
     };
-    let (carrier, tracking) = match parse_dispatch(&body) {
+    let (carrier, tracking) = match parse_dispatch(value) {
         Ok(pair) => pair,
         Err(problem) => return problem.into_response(),
     };
@@ -210,13 +190,7 @@ pub async fn dispatch(
 }
 
 /// `{carrier, tracking}`: both required, 1–64 characters, nothing else.
-fn parse_dispatch(body: &[u8]) -> Result<(String, String), Problem> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| {
-            Problem::bad_request("malformed-body", "The body is not valid JSON").with_detail(
-                format!("syntax error at line {}, column {}", e.line(), e.column()),
-            )
-        })?;
+fn parse_dispatch(value: Value) -> Result<(String, String), Problem> {
     let Value::Object(mut map) = value else {
         return Err(
             Problem::unprocessable("invalid-dispatch", "The dispatch must be an object")
@@ -290,14 +264,14 @@ mod tests {
 
     #[test]
     fn dispatch_bodies() {
-        assert!(parse_dispatch(br#"{"carrier":"UPS","tracking":"1Z999"}"#).is_ok());
-        let p = parse_dispatch(br#"{"carrier":"UPS","extra":1}"#).unwrap_err();
+        assert!(parse_dispatch(serde_json::json!({"carrier": "UPS", "tracking": "1Z999"})).is_ok());
+        let p = parse_dispatch(serde_json::json!({"carrier": "UPS", "extra": 1})).unwrap_err();
         assert_eq!(p.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let fields: Vec<_> = p.errors().iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"tracking") && fields.contains(&"extra"));
         assert_eq!(
-            parse_dispatch(b"{").unwrap_err().status(),
-            StatusCode::BAD_REQUEST
+            parse_dispatch(serde_json::json!([1])).unwrap_err().status(),
+            StatusCode::UNPROCESSABLE_ENTITY
         );
     }
 }

@@ -655,3 +655,33 @@ async fn an_edited_withdrawal_never_re_enables_marketing_and_is_reported() {
         "{failures:?}"
     );
 }
+
+#[tokio::test]
+async fn small_json_endpoints_refuse_large_other_and_malformed_bodies() {
+    let app = spawn_app().await;
+    let client = app.client(Role::Storefront);
+    let big = format!("{{\"email\":\"{}@example.com\"}}", "a".repeat(5000));
+    let r = client
+        .post(app.url("/v1/consent/opt-out"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413).await;
+    let r = client
+        .post(app.url("/v1/consent/opt-out"))
+        .body("email=a@b.co")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 415).await;
+    let r = client
+        .post(app.url("/v1/consent/opt-out"))
+        .header("content-type", "application/json")
+        .body(r#"{"email":"a@b.co","email":"c@d.co","purposes":"all","channel":"email"}"#)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 400).await;
+}
