@@ -94,17 +94,20 @@ CREATE TABLE payment_cards (
 );
 CREATE INDEX payment_cards_fingerprint ON payment_cards (fingerprint);
 
--- Idempotency: the (client, key) primary key makes a key single-use across
--- processes. The stored response holds no personal data (ids, brand, last4,
--- consent). Kept at least 24 hours.
+-- Idempotency: the (client, key_hash) primary key makes a key single-use
+-- across processes. The key is client-chosen text (it could hold an email or
+-- an order number with personal data), so only its keyed hash is stored:
+-- HMAC-SHA256(request key, "idempotency-key" || 0x00 || key). The stored
+-- response holds no personal data (ids, brand, last4, consent). Kept at
+-- least 24 hours.
 CREATE TABLE idempotency_keys (
     client          BYTEA    NOT NULL,                 -- SHA-256 of the client certificate
-    key             TEXT    NOT NULL,
+    key_hash        BYTEA    NOT NULL,                 -- keyed hash of the Idempotency-Key
     request_hash    BYTEA    NOT NULL,                 -- HMAC-SHA256(request key, media type || 0 || body)
     order_id        TEXT    NOT NULL,
     response_status INTEGER NOT NULL,
     response_body   BYTEA    NOT NULL,
     created_at      TEXT    NOT NULL,
-    PRIMARY KEY (client, key)
+    PRIMARY KEY (client, key_hash)
 );
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);

@@ -37,7 +37,8 @@ pub const MAX_LISTED_FAILURES: usize = 10_000;
 
 /// Columns that hold ciphertexts, MACs or keyed digests: binary by design,
 /// not scanned for plaintext.
-const OPAQUE_COLUMNS: [&str; 12] = [
+const OPAQUE_COLUMNS: [&str; 13] = [
+    "key_hash",
     "checksum",
     "cert_fingerprint",
     "ciphertext",

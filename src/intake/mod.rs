@@ -221,7 +221,11 @@ impl Intake {
             }
         };
 
-        if let Some(found) = self.store.idempotency_key(&client, key.as_str()).await? {
+        if let Some(found) = self
+            .store
+            .idempotency_key(&client, &seal::key_hash(&self.keyring, key))
+            .await?
+        {
             order::scrub(tree);
             return replay(found, &request_hash);
         }
@@ -245,7 +249,11 @@ impl Intake {
         {
             Some(CommitOutcome::Committed) => Ok(Accepted::Created(response)),
             // Another process won the key between our lookup and commit.
-            _ => match self.store.idempotency_key(&client, key.as_str()).await? {
+            _ => match self
+                .store
+                .idempotency_key(&client, &seal::key_hash(&self.keyring, key))
+                .await?
+            {
                 Some(found) => replay(found, &request_hash),
                 None => Err(IntakeError::InFlight),
             },

@@ -317,7 +317,7 @@ pub fn seal_order(
         card,
         idempotency: IdempotencyRecord {
             client,
-            key: key.as_str().to_owned(),
+            key_hash: key_hash(keyring, key),
             request_hash,
             response: StoredResponse {
                 order_id,
@@ -327,4 +327,13 @@ pub fn seal_order(
             created_at,
         },
     })
+}
+
+/// The stored form of an Idempotency-Key: HMAC-SHA256(request key,
+/// `"idempotency-key" ‖ 0x00 ‖ key`). Client-chosen text never reaches the
+/// database in clear.
+pub fn key_hash(keyring: &Keyring, key: &IdempotencyKey) -> [u8; 32] {
+    keyring
+        .request_hash_key()
+        .sign(&[b"idempotency-key", &[0], key.as_str().as_bytes()])
 }

@@ -96,11 +96,11 @@ pub trait Store: Send + Sync + 'static {
         batch: &[rows::NewOrder],
     ) -> Result<Vec<rows::CommitOutcome>, StoreError>;
 
-    /// The stored idempotency record of `(client, key)`, if any.
+    /// The stored idempotency record of `(client, key_hash)`, if any.
     async fn idempotency_key(
         &self,
         client: &[u8; 32],
-        key: &str,
+        key_hash: &[u8; 32],
     ) -> Result<Option<rows::KeyRecord>, StoreError>;
 
     /// The masked summary of an order created by `client`; `None` for an

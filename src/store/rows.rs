@@ -53,7 +53,8 @@ pub struct BillingRecord {
 #[derive(Debug, Clone)]
 pub struct IdempotencyRecord {
     pub client: [u8; 32],
-    pub key: String,
+    /// Keyed hash of the Idempotency-Key (the key itself is not stored).
+    pub key_hash: [u8; 32],
     pub request_hash: [u8; 32],
     pub response: StoredResponse,
     pub created_at: String,

@@ -88,7 +88,12 @@ async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
     b["card"] = json!({"number": PANS[1], "exp_month": 6, "exp_year": 2031, "cvc": AMEX_CVC});
     b["gift_recipient"] = json!({"name": NAMES[2], "phone": PHONES[0], "message": MESSAGE,
         "address": {"line1": format!("3 {}", STREETS[2]), "city": "Leeds", "postal_code": "LS1 1AA", "country": "GB"}});
-    assert_eq!(app.post_order("leak-b", &b).await.status(), 201);
+    assert_eq!(
+        app.post_order(&format!("order-for-{}-{}", EMAILS[1], PANS[1]), &b)
+            .await
+            .status(),
+        201
+    );
 
     let form = format!(
         "customer.name={}&customer.email={}&customer.phone={}&billing_address.line1={}&billing_address.city=Oslo\

@@ -143,14 +143,14 @@ impl Store for SqliteStore {
     async fn idempotency_key(
         &self,
         client: &[u8; 32],
-        key: &str,
+        key_hash: &[u8; 32],
     ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT request_hash, order_id, response_status, response_body
-               FROM idempotency_keys WHERE client = ?1 AND key = ?2",
+               FROM idempotency_keys WHERE client = ?1 AND key_hash = ?2",
         )
         .bind(client.as_slice())
-        .bind(key)
+        .bind(key_hash.as_slice())
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
@@ -632,12 +632,12 @@ async fn insert_order(
     let idem = &o.idempotency;
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys
-            (client, key, request_hash, order_id, response_status, response_body, created_at)
+            (client, key_hash, request_hash, order_id, response_status, response_body, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (client, key) DO NOTHING",
+         ON CONFLICT (client, key_hash) DO NOTHING",
     )
     .bind(idem.client.as_slice())
-    .bind(&idem.key)
+    .bind(idem.key_hash.as_slice())
     .bind(idem.request_hash.as_slice())
     .bind(o.id.to_string())
     .bind(i64::from(idem.response.status))
