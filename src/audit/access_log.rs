@@ -205,24 +205,69 @@ pub enum ChainError {
 pub struct ChainStatus {
     pub entries: u64,
     pub head_seq: u64,
+    /// The head's hash: a report that carries it anchors the chain, so a
+    /// later rollback to an older head is visible against the report.
+    #[serde(serialize_with = "hex_hash")]
+    pub head_hash: [u8; 32],
+}
+
+fn hex_hash<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::hex::encode(h))
 }
 
 /// Page size while verifying: memory stays bounded however long the log.
 const VERIFY_PAGE: u32 = 1000;
 
 /// Re-verifies the whole chain: sequence without gaps, every link, every
-/// MAC, and the head.
+/// MAC, and the head. The head is read *first* and the chain verified up to
+/// it, so entries appended while verification runs (a live server) neither
+/// break it nor go unnoticed next time.
 pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus, ChainError> {
     let chainer = Chainer::new(key);
+    let head = store
+        .access_log_head()
+        .await
+        .map_err(|_| ChainError::Store)?;
+    let Some(head) = head else {
+        // No head: there must be no entries either.
+        let first = store
+            .access_log_page(0, 1)
+            .await
+            .map_err(|_| ChainError::Store)?;
+        if first.is_empty() {
+            return Ok(ChainStatus {
+                entries: 0,
+                head_seq: 0,
+                head_hash: GENESIS,
+            });
+        }
+        // Perhaps the first entry was appended just now: look once more.
+        return match store
+            .access_log_head()
+            .await
+            .map_err(|_| ChainError::Store)?
+        {
+            None => Err(ChainError::Head("missing while entries exist")),
+            Some(_) => Box::pin(verify_chain(store, key)).await,
+        };
+    };
+    if chainer.head_mac(head.seq, &head.hash) != head.mac {
+        return Err(ChainError::Head("MAC does not verify"));
+    }
     let mut prev = GENESIS;
     let mut expected_seq = 1u64;
-    loop {
+    'pages: while expected_seq <= head.seq {
         let page = store
             .access_log_page(expected_seq - 1, VERIFY_PAGE)
             .await
             .map_err(|_| ChainError::Store)?;
-        let n = page.len();
+        if page.is_empty() {
+            break;
+        }
         for e in page {
+            if e.seq > head.seq && e.seq == expected_seq {
+                break 'pages;
+            }
             if e.seq != expected_seq {
                 return Err(ChainError::Entry {
                     seq: expected_seq,
@@ -250,36 +295,18 @@ pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus
             prev = e.hash;
             expected_seq += 1;
         }
-        if n < VERIFY_PAGE as usize {
-            break;
-        }
     }
     let last = expected_seq - 1;
-    match store
-        .access_log_head()
-        .await
-        .map_err(|_| ChainError::Store)?
-    {
-        None if last == 0 => Ok(ChainStatus {
-            entries: 0,
-            head_seq: 0,
-        }),
-        None => Err(ChainError::Head("missing while entries exist")),
-        Some(head) => {
-            if chainer.head_mac(head.seq, &head.hash) != head.mac {
-                return Err(ChainError::Head("MAC does not verify"));
-            }
-            if head.seq != last || head.hash != prev {
-                return Err(ChainError::Head(
-                    "does not match the last entry (truncated or rolled back)",
-                ));
-            }
-            Ok(ChainStatus {
-                entries: last,
-                head_seq: head.seq,
-            })
-        }
+    if last != head.seq || prev != head.hash {
+        return Err(ChainError::Head(
+            "does not match the last entry (truncated or rolled back)",
+        ));
     }
+    Ok(ChainStatus {
+        entries: last,
+        head_seq: head.seq,
+        head_hash: head.hash,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

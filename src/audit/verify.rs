@@ -76,6 +76,12 @@ impl Failure {
 pub struct ChainReport {
     pub intact: bool,
     pub entries: u64,
+    /// The head verified (seq and hash): compare with earlier signed reports
+    /// to see a rollback of the whole database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
 }
@@ -393,6 +399,8 @@ pub async fn verify(
         Ok(status) => ChainReport {
             intact: true,
             entries: status.entries,
+            head_seq: Some(status.head_seq),
+            head_hash: Some(crate::hex::encode(&status.head_hash)),
             failure: None,
         },
         Err(error) => {
@@ -405,6 +413,8 @@ pub async fn verify(
             ChainReport {
                 intact: false,
                 entries: totals.records.get("access_log").copied().unwrap_or(0),
+                head_seq: None,
+                head_hash: None,
                 failure: Some(error.to_string()),
             }
         }

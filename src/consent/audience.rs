@@ -14,12 +14,17 @@ use crate::store::{Store, StoreError};
 pub struct Marketing {
     keys: ClassKeys,
     consent_key: MacKey,
+    /// To check that a decrypted email really is the subject it was filed
+    /// under (a relabelled blind index would dodge that subject's opt-outs).
+    blind_index_key: MacKey,
 }
 
 /// One page of an audience.
 #[derive(Debug)]
 pub struct AudiencePage {
     pub emails: Vec<String>,
+    /// The orders whose contact records were opened (for the access log).
+    pub order_ids: Vec<String>,
     /// The cursor for the next page, if any.
     pub next: Option<i64>,
 }
@@ -29,6 +34,7 @@ impl Marketing {
         Marketing {
             keys: keyring.class_keys(&[DataClass::Contact]),
             consent_key: keyring.consent_tag_key().duplicate(),
+            blind_index_key: keyring.blind_index_key().duplicate(),
         }
     }
 
@@ -49,6 +55,7 @@ impl Marketing {
             None
         };
         let mut emails = Vec::with_capacity(rows.len());
+        let mut order_ids = Vec::with_capacity(rows.len());
         for row in rows {
             // The store applied tags and withdrawals in SQL; before trusting
             // that, re-derive it from the authenticated history (every tag
@@ -59,7 +66,7 @@ impl Marketing {
                 .iter()
                 .position(|n| *n == purpose)
                 .unwrap_or(0);
-            if !verified || !purposes.as_array()[index] {
+            if !verified || !purposes.as_array()[index] || row.tag.order_id != row.order_id {
                 tracing::error!(order_id = %row.order_id, "an audience row's consent tag failed its MAC check");
                 continue;
             }
@@ -81,10 +88,24 @@ impl Marketing {
             let email = serde_json::from_slice::<serde_json::Value>(&plain)
                 .ok()
                 .and_then(|v| v.get("email").and_then(|e| e.as_str()).map(str::to_owned));
-            if let Some(email) = email {
-                emails.push(email);
+            match email {
+                Some(email)
+                    if self
+                        .blind_index_key
+                        .verify(&[email.as_bytes()], &row.email_blind_index) =>
+                {
+                    emails.push(email);
+                    order_ids.push(row.order_id);
+                }
+                _ => {
+                    tracing::error!(order_id = %row.order_id, "a contact record does not match its subject")
+                }
             }
         }
-        Ok(AudiencePage { emails, next })
+        Ok(AudiencePage {
+            emails,
+            order_ids,
+            next,
+        })
     }
 }

@@ -432,12 +432,26 @@ fn tag_verifies(key: &MacKey, t: &RawTag) -> bool {
 
 /// Effective consent from a history (tags oldest first). Fails closed.
 pub fn effective(key: &MacKey, history: &ConsentHistory) -> (Purposes, bool) {
-    let Some(latest) = history.tags.last() else {
+    // Every tag must be authentic, about the customer, and belong to the
+    // order it was reached through (a relinked or edited tag could
+    // otherwise become "the latest"). The latest is chosen by its own MACed
+    // capture time, not by any unauthenticated ordering.
+    for (i, t) in history.tags.iter().enumerate() {
+        let linked = history
+            .via_orders
+            .get(i)
+            .is_none_or(|via| *via == t.order_id);
+        if !tag_verifies(key, t) || t.subject != "customer" || !linked {
+            return (Purposes::default(), false);
+        }
+    }
+    let Some(latest) = history
+        .tags
+        .iter()
+        .max_by(|a, b| (&a.captured_at, &a.id).cmp(&(&b.captured_at, &b.id)))
+    else {
         return (Purposes::default(), true);
     };
-    if !tag_verifies(key, latest) || latest.subject != "customer" {
-        return (Purposes::default(), false);
-    }
     let mut granted = latest.purposes.map(|p| p == 1);
     for e in &history.events {
         if !key.verify(&[&event_canonical_bytes(e)], &e.mac) {

@@ -108,7 +108,13 @@ impl Fulfillment {
             }
             _ => (None, None),
         };
-        let (purposes, verified) = crate::consent::effective(&self.consent_key, history);
+        let (mut purposes, verified) = crate::consent::effective(&self.consent_key, history);
+        if gift {
+            // The parcel goes to the gift recipient, whose details may be
+            // used only to deliver it: no promotional insert, whatever the
+            // buyer chose.
+            purposes = Purposes::default();
+        }
         if !verified {
             tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
         }

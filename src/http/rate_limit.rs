@@ -10,7 +10,26 @@ use std::time::{Duration, Instant};
 pub struct RateLimiter {
     limit: u32,
     window: Duration,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    seen: Mutex<Table>,
+}
+
+/// Counts per client, and when stale entries were last pruned.
+struct Table {
+    counts: HashMap<IpAddr, (Instant, u32)>,
+    pruned: Instant,
+}
+
+/// The key of a client: the address, or for IPv6 its /64 (one subscriber
+/// line usually holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            IpAddr::V6(s.into())
+        }
+    }
 }
 
 impl RateLimiter {
@@ -18,21 +37,28 @@ impl RateLimiter {
         RateLimiter {
             limit,
             window,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Table {
+                counts: HashMap::new(),
+                pruned: Instant::now(),
+            }),
         }
     }
 
     /// Counts one request from `ip`; `Err(seconds)` to wait when over.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
-        let Ok(mut seen) = self.seen.lock() else {
+        let Ok(mut table) = self.seen.lock() else {
             return Ok(());
         };
-        if seen.len() > 10_000 {
+        // Prune stale windows at most once per window, not per request.
+        if now.duration_since(table.pruned) >= self.window {
             let window = self.window;
-            seen.retain(|_, (start, _)| now.duration_since(*start) < window);
+            table
+                .counts
+                .retain(|_, (start, _)| now.duration_since(*start) < window);
+            table.pruned = now;
         }
-        let entry = seen.entry(ip).or_insert((now, 0));
+        let entry = table.counts.entry(client_key(ip)).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
@@ -61,5 +87,12 @@ mod tests {
         assert!(limiter.check(b).is_ok(), "another client is unaffected");
         std::thread::sleep(Duration::from_millis(250));
         assert!(limiter.check(a).is_ok(), "a new window");
+        // One IPv6 /64 is one client.
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check(v6a).is_ok());
+        }
+        assert!(limiter.check(v6b).is_err());
     }
 }

@@ -52,7 +52,7 @@ pub async fn log(
         Err(error) => return store_problem(&error),
     };
     let range = match (page.first(), page.last()) {
-        (Some(a), Some(b)) => vec![format!("access_log:{}-{}", a.seq, b.seq)],
+        (Some(a), Some(b)) => vec![format!("access_log:{}..{}", a.seq, b.seq)],
         _ => Vec::new(),
     };
     let next_after = (page.len() == limit as usize)

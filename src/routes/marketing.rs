@@ -86,10 +86,13 @@ pub async fn audience(
     let entry = Entry::for_request(
         peer.as_deref(),
         format!("GET {}", route.as_str()),
-        vec![
+        [
             format!("audience:{purpose}"),
             format!("subjects:{}", page.emails.len()),
-        ],
+        ]
+        .into_iter()
+        .chain(page.order_ids.iter().cloned())
+        .collect(),
         Outcome::Allowed,
         200,
     );

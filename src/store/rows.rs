@@ -327,7 +327,10 @@ pub struct AudienceRow {
 /// Everything recorded about one subject's consent, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct ConsentHistory {
-    /// Customer tags of every order with this email, with the order id.
+    /// Customer tags of every order with this email.
     pub tags: Vec<RawTag>,
+    /// For each tag, the order through which it was found (its contact
+    /// record's order): a tag whose own `order_id` differs was relinked.
+    pub via_orders: Vec<String>,
     pub events: Vec<ConsentEventRow>,
 }

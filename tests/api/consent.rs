@@ -130,10 +130,15 @@ async fn audiences_honour_each_choice_and_never_hold_gift_recipients() {
         .iter()
         .filter(|e| e["action"] == "GET /v1/marketing/audience")
         .collect();
-    assert!(
-        exports
-            .iter()
-            .any(|e| e["objects"] == json!(["audience:special_offers", "subjects:2"]))
+    let special = exports
+        .iter()
+        .find(|e| e["objects"][0] == "audience:special_offers")
+        .unwrap();
+    assert_eq!(special["objects"][1], "subjects:2");
+    assert_eq!(
+        special["objects"].as_array().unwrap().len(),
+        4,
+        "and the two orders whose contacts were opened"
     );
     assert!(
         exports
@@ -684,4 +689,93 @@ async fn small_json_endpoints_refuse_large_other_and_malformed_bodies() {
         .await
         .unwrap();
     expect_problem(r, 400).await;
+}
+
+#[tokio::test]
+async fn relinked_tags_or_relabelled_subjects_never_re_enable_marketing() {
+    // Ada consented, then declined at a later checkout.
+    let app = spawn_app().await;
+    let first = place(&app, &order_for("ada@example.com", true, false)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = place(&app, &order_for("ada@example.com", false, false)).await;
+    place(&app, &order_for("grace@example.com", true, false)).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"]
+    );
+    let db = app.db().await;
+    // Point the later order at the earlier (granting) tag.
+    sqlx::query("UPDATE orders SET consent_tag_id = (SELECT consent_tag_id FROM orders WHERE id = ?1) WHERE id = ?2")
+        .bind(&first)
+        .bind(&second)
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"],
+        "a relinked tag fails closed"
+    );
+    // Or move Ada's later contact record to a fresh subject with no history.
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    place(&app, &order_for("grace@example.com", true, false)).await;
+    assert_eq!(
+        opt_out(
+            &app,
+            json!({"email": "ada@example.com", "purposes": "all", "channel": "email"})
+        )
+        .await
+        .status(),
+        202
+    );
+    let db = app.db().await;
+    sqlx::query("UPDATE contact_emails SET email_blind_index = zeroblob(32) WHERE order_id = (SELECT id FROM orders WHERE seq = 1)")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"],
+        "a relabelled subject is refused"
+    );
+}
+
+#[tokio::test]
+async fn verification_of_a_live_log_is_not_confused_by_concurrent_appends() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let client = app.client(Role::Fulfillment);
+        let url = app.url("/v1/shipments");
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 400 {
+                assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let store = app.store().await;
+    for _ in 0..10 {
+        let status =
+            checkoutd::audit::access_log::verify_chain(&store, app.keyring().access_log_key())
+                .await;
+        assert!(status.is_ok(), "{status:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total: i32 = futures_util::future::join_all(readers)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    assert!(total > 0);
+    let status = checkoutd::audit::access_log::verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap();
+    assert!(status.entries >= total as u64);
 }

@@ -152,8 +152,10 @@ async fn fulfillment_sees_the_ship_to_and_nothing_else() {
     assert_eq!(gift["ship_to"]["name"], "Charles Babbage");
     assert_eq!(gift["ship_to"]["address"]["line1"], "1 Dorset Street");
     assert_eq!(gift["gift_message"], "Happy birthday!");
-    // The effective consent is the customer's, not the recipient's.
-    assert_eq!(gift["consent"]["special_offers"], true);
+    // The buyer consents to special offers, but the parcel goes to the
+    // recipient, whose details serve delivery only: no promotional insert.
+    assert_eq!(gift["consent"]["special_offers"], false);
+    assert_eq!(gift["consent"]["verified"], true);
 }
 
 #[tokio::test]
@@ -340,7 +342,7 @@ async fn the_access_log_names_reads_denials_and_itself_and_its_chain_verifies() 
     assert_eq!(again["entries"][0]["role"], "auditor");
     assert_eq!(
         again["entries"][0]["objects"],
-        json!([format!("access_log:1-{}", entries.len())])
+        json!([format!("access_log:1..{}", entries.len())])
     );
 
     let store = app.store().await;

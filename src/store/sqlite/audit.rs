@@ -311,10 +311,14 @@ pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError
         // `name` is one of five fixed column names. Effective consent: the
         // customer's latest checkout tag grants it and no withdrawal since.
         let consenting: i64 = sqlx::query_scalar(&format!(
-            "WITH latest AS (
-                SELECT b.email_blind_index AS bi, max(o.seq) AS seq
-                  FROM billing_details b JOIN orders o ON o.id = b.order_id
-                 GROUP BY b.email_blind_index)
+            "WITH ranked AS (
+                SELECT b.email_blind_index AS bi, o.seq,
+                       row_number() OVER (PARTITION BY b.email_blind_index
+                                          ORDER BY t.captured_at DESC, t.id DESC) AS rn
+                  FROM billing_details b
+                  JOIN orders o ON o.id = b.order_id
+                  JOIN consent_tags t ON t.id = o.consent_tag_id),
+             latest AS (SELECT bi, seq FROM ranked WHERE rn = 1)
              SELECT count(*) FROM latest l
                JOIN orders o ON o.seq = l.seq
                JOIN consent_tags t ON t.id = o.consent_tag_id
@@ -395,10 +399,14 @@ pub async fn audience(
     }
     // `purpose` is one of five fixed column names (checked above).
     let sql = format!(
-        "WITH latest AS (
-            SELECT c.email_blind_index AS bi, max(o.seq) AS seq
-              FROM contact_emails c JOIN orders o ON o.id = c.order_id
-             GROUP BY c.email_blind_index)
+        "WITH ranked AS (
+            SELECT c.email_blind_index AS bi, o.seq,
+                   row_number() OVER (PARTITION BY c.email_blind_index
+                                      ORDER BY t.captured_at DESC, t.id DESC) AS rn
+              FROM contact_emails c
+              JOIN orders o ON o.id = c.order_id
+              JOIN consent_tags t ON t.id = o.consent_tag_id),
+         latest AS (SELECT bi, seq FROM ranked WHERE rn = 1)
          SELECT o.seq, c.email_blind_index, c.id AS contact_id, c.order_id, c.format_version, c.kek_version, c.wrapped_dek,
                 c.ciphertext, t.*
            FROM latest l
@@ -446,20 +454,22 @@ pub async fn consent_history(
     pool: &SqlitePool,
     bi: &[u8],
 ) -> Result<super::super::rows::ConsentHistory, StoreError> {
-    let tags = sqlx::query(
-        "SELECT t.* FROM contact_emails c
+    let rows = sqlx::query(
+        "SELECT t.*, c.order_id AS via_order FROM contact_emails c
            JOIN orders o ON o.id = c.order_id
            JOIN consent_tags t ON t.id = o.consent_tag_id
           WHERE c.email_blind_index = ?1
-          ORDER BY o.seq",
+          ORDER BY t.captured_at, t.id",
     )
     .bind(bi)
     .fetch_all(pool)
     .await
-    .map_err(err)?
-    .iter()
-    .map(raw_tag)
-    .collect::<Result<Vec<_>, _>>()?;
+    .map_err(err)?;
+    let tags = rows.iter().map(raw_tag).collect::<Result<Vec<_>, _>>()?;
+    let via_orders = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("via_order").map_err(err))
+        .collect::<Result<Vec<_>, _>>()?;
     let events =
         sqlx::query("SELECT * FROM consent_events WHERE email_blind_index = ?1 ORDER BY seq")
             .bind(bi)
@@ -469,7 +479,11 @@ pub async fn consent_history(
             .iter()
             .map(event_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(super::super::rows::ConsentHistory { tags, events })
+    Ok(super::super::rows::ConsentHistory {
+        tags,
+        via_orders,
+        events,
+    })
 }
 
 fn event_row(r: &SqliteRow) -> Result<super::super::rows::ConsentEventRow, StoreError> {
