@@ -19,9 +19,12 @@ CREATE INDEX contact_emails_subject ON contact_emails (email_blind_index);
 -- Withdrawals. A purpose column is 1 when the event withdraws it. The
 -- optional reference (an email's Message-ID, a letter's scan reference) is
 -- sealed under `contact` (AAD order id = nil UUID, record id = event id).
--- `mac` = HMAC-SHA256(consent-tag key, canonical event bytes).
+-- The ledger is a MAC chain: `mac` = HMAC-SHA256(consent-tag key, canonical
+-- event bytes, which include `seq` and `prev_mac`), and the MACed head row
+-- moves with every append, so an edited, deleted, reordered or truncated
+-- withdrawal is detected (docs/encryption.md, "Consent events").
 CREATE TABLE consent_events (
-    seq                      BIGSERIAL PRIMARY KEY,
+    seq                      BIGINT  PRIMARY KEY,
     id                       TEXT    NOT NULL UNIQUE,
     email_blind_index        BYTEA    NOT NULL,
     blind_index_version      INTEGER NOT NULL,
@@ -40,9 +43,17 @@ CREATE TABLE consent_events (
     reference_wrapped_dek    BYTEA,
     reference_ciphertext     BYTEA,
     mac_key_version          INTEGER NOT NULL,
+    prev_mac                 BYTEA    NOT NULL,
     mac                      BYTEA    NOT NULL
 );
 CREATE INDEX consent_events_subject ON consent_events (email_blind_index, effective_at);
+
+CREATE TABLE consent_events_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  BIGINT NOT NULL,
+    mac  BYTEA NOT NULL,
+    head_mac BYTEA NOT NULL
+);
 
 CREATE FUNCTION consent_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'consent_events is append-only'; END $$;

@@ -19,9 +19,12 @@ CREATE INDEX contact_emails_subject ON contact_emails (email_blind_index);
 -- Withdrawals. A purpose column is 1 when the event withdraws it. The
 -- optional reference (an email's Message-ID, a letter's scan reference) is
 -- sealed under `contact` (AAD order id = nil UUID, record id = event id).
--- `mac` = HMAC-SHA256(consent-tag key, canonical event bytes).
+-- The ledger is a MAC chain: `mac` = HMAC-SHA256(consent-tag key, canonical
+-- event bytes, which include `seq` and `prev_mac`), and the MACed head row
+-- moves with every append, so an edited, deleted, reordered or truncated
+-- withdrawal is detected (docs/encryption.md, "Consent events").
 CREATE TABLE consent_events (
-    seq                      INTEGER PRIMARY KEY,
+    seq                      INTEGER PRIMARY KEY,          -- 1, 2, 3, … without gaps
     id                       TEXT    NOT NULL UNIQUE,
     email_blind_index        BLOB    NOT NULL,
     blind_index_version      INTEGER NOT NULL,
@@ -40,9 +43,17 @@ CREATE TABLE consent_events (
     reference_wrapped_dek    BLOB,
     reference_ciphertext     BLOB,
     mac_key_version          INTEGER NOT NULL,
+    prev_mac                 BLOB    NOT NULL,
     mac                      BLOB    NOT NULL
 ) STRICT;
 CREATE INDEX consent_events_subject ON consent_events (email_blind_index, effective_at);
+
+CREATE TABLE consent_events_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    mac  BLOB NOT NULL,
+    head_mac BLOB NOT NULL
+) STRICT;
 
 CREATE TRIGGER consent_events_no_update BEFORE UPDATE ON consent_events
 BEGIN SELECT RAISE(ABORT, 'consent_events is append-only'); END;

@@ -599,45 +599,41 @@ pub async fn order(
     }))
 }
 
-/// Every withdrawal's MAC verifies and its sealed reference (if any) opens.
+/// The withdrawal ledger verifies as a chain (no edit, deletion, reorder
+/// or truncation), and every sealed reference opens.
 async fn check_consent_events(
     store: &dyn Store,
     keyring: &Keyring,
     out: &mut Failures,
 ) -> Result<(), StoreError> {
-    let key = keyring.consent_tag_key();
+    if let Err((record_id, what)) =
+        crate::consent::verify_ledger(store, keyring.consent_tag_key()).await
+    {
+        out.push(Failure::new("consent_events", &record_id, what));
+    }
     let mut after = 0i64;
     loop {
         let page = store.consent_events_page(after, SCAN_PAGE).await?;
         let Some((last, _)) = page.last() else { break };
         after = *last;
         for (_, e) in &page {
-            if i64::from(key.version()) != e.mac_key_version
-                || !key.verify(&[&crate::consent::event_canonical_bytes(e)], &e.mac)
-            {
+            let Some(reference) = &e.reference else {
+                continue;
+            };
+            let opened = uuid::Uuid::parse_str(&e.id).ok().and_then(|id| {
+                let binding = Binding {
+                    class: DataClass::Contact,
+                    order_id: uuid::Uuid::nil(),
+                    record_id: id,
+                };
+                envelope::open(keyring, &binding, reference).ok()
+            });
+            if opened.is_none() {
                 out.push(Failure::new(
                     "consent_events",
                     &e.id,
-                    "MAC does not verify (edited)",
+                    "reference envelope does not open",
                 ));
-                continue;
-            }
-            if let Some(reference) = &e.reference {
-                let opened = uuid::Uuid::parse_str(&e.id).ok().and_then(|id| {
-                    let binding = Binding {
-                        class: DataClass::Contact,
-                        order_id: uuid::Uuid::nil(),
-                        record_id: id,
-                    };
-                    envelope::open(keyring, &binding, reference).ok()
-                });
-                if opened.is_none() {
-                    out.push(Failure::new(
-                        "consent_events",
-                        &e.id,
-                        "reference envelope does not open",
-                    ));
-                }
             }
         }
         if page.len() < SCAN_PAGE as usize {

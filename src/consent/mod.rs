@@ -247,13 +247,15 @@ pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
 }
 
 /// The bytes an event's MAC covers: `"checkoutd/consent-event" ‖ 0x01 ‖
-/// len32(id) ‖ email_blind_index (32) ‖ len32(kind) ‖ five purpose bytes ‖
-/// len32(channel) ‖ len32(received_at) ‖ len32(effective_at) ‖
-/// len32(recorded_at) ‖ reference present (0x00/0x01)`.
+/// seq (u64 BE) ‖ prev_mac (32) ‖ len32(id) ‖ email_blind_index (32) ‖
+/// len32(kind) ‖ five purpose bytes ‖ len32(channel) ‖ len32(received_at) ‖
+/// len32(effective_at) ‖ len32(recorded_at) ‖ reference present (0x00/0x01)`.
 pub fn event_canonical_bytes(e: &ConsentEventRow) -> Vec<u8> {
-    let mut out = Vec::with_capacity(192);
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"checkoutd/consent-event");
     out.push(1);
+    out.extend_from_slice(&u64::try_from(e.seq).unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&e.prev_mac);
     let field = |out: &mut Vec<u8>, s: &[u8]| {
         out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(s);
@@ -267,6 +269,24 @@ pub fn event_canonical_bytes(e: &ConsentEventRow) -> Vec<u8> {
     }
     out.push(u8::from(e.reference.is_some()));
     out
+}
+
+/// Chains ledger entries: lent to the store inside its append transaction.
+pub struct EventSealer<'a> {
+    key: &'a MacKey,
+}
+
+impl EventSealer<'_> {
+    /// The MAC of an event whose `seq` and `prev_mac` are set.
+    pub fn mac(&self, e: &ConsentEventRow) -> [u8; 32] {
+        self.key.sign(&[&event_canonical_bytes(e)])
+    }
+
+    /// The MAC of the head row.
+    pub fn head_mac(&self, seq: i64, mac: &[u8]) -> [u8; 32] {
+        self.key
+            .sign(&[b"checkoutd/consent-events-head", &seq.to_be_bytes(), mac])
+    }
 }
 
 /// The consent ledger service.
@@ -314,7 +334,7 @@ impl Ledger {
         };
         let key = self.keyring.consent_tag_key();
         let blind = self.keyring.blind_index_key();
-        let mut row = ConsentEventRow {
+        let row = ConsentEventRow {
             id: id.to_string(),
             email_blind_index: self.subject(&w.email).to_vec(),
             blind_index_version: i64::from(blind.version()),
@@ -326,10 +346,13 @@ impl Ledger {
             recorded_at: now.clone(),
             reference,
             mac_key_version: i64::from(key.version()),
+            seq: 0,
+            prev_mac: Vec::new(),
             mac: Vec::new(),
         };
-        row.mac = key.sign(&[&event_canonical_bytes(&row)]).to_vec();
-        store.insert_consent_event(&row).await?;
+        store
+            .append_consent_event(row, &EventSealer { key })
+            .await?;
         Ok(now)
     }
 
@@ -507,4 +530,62 @@ mod tests {
             parse_opt_out(json!({"email": "a@b.co", "purposes": [], "channel": "online"})).is_err()
         );
     }
+}
+
+/// Verifies the whole withdrawal ledger: `seq` without gaps, every MAC
+/// linking to the previous one, and the MACed head. Pages through, so memory
+/// stays bounded. The head is read first (appends during the walk are
+/// verified next time). `Err` names the entry (or `head`) and what failed.
+pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (String, &'static str)> {
+    let sealer = EventSealer { key };
+    let store_err = |_| (String::new(), "the ledger could not be read");
+    let head = store.consent_events_head().await.map_err(store_err)?;
+    let Some((head_seq, head_mac_value, head_mac)) = head else {
+        let first = store.consent_events_page(0, 1).await.map_err(store_err)?;
+        return if first.is_empty() {
+            Ok(0)
+        } else {
+            Err(("head".into(), "missing while withdrawals exist"))
+        };
+    };
+    if !crate::crypto::mac::constant_time_eq(&sealer.head_mac(head_seq, &head_mac_value), &head_mac)
+    {
+        return Err(("head".into(), "head MAC does not verify"));
+    }
+    let mut prev = vec![0u8; 32];
+    let mut expected = 1i64;
+    'pages: while expected <= head_seq {
+        let page = store
+            .consent_events_page(expected - 1, 1000)
+            .await
+            .map_err(store_err)?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, e) in page {
+            if seq > head_seq {
+                break 'pages;
+            }
+            if seq != expected || e.seq != seq {
+                return Err((expected.to_string(), "withdrawal missing (sequence gap)"));
+            }
+            if e.prev_mac != prev {
+                return Err((e.id.clone(), "does not link to the previous withdrawal"));
+            }
+            if i64::from(key.version()) != e.mac_key_version
+                || !key.verify(&[&event_canonical_bytes(&e)], &e.mac)
+            {
+                return Err((e.id.clone(), "MAC does not verify (edited)"));
+            }
+            prev = e.mac.clone();
+            expected += 1;
+        }
+    }
+    if expected - 1 != head_seq || prev != head_mac_value {
+        return Err((
+            "head".into(),
+            "does not match the last withdrawal (deleted or truncated)",
+        ));
+    }
+    Ok(u64::try_from(head_seq).unwrap_or(0))
 }

@@ -179,8 +179,17 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- consent life cycle ----
 
-    /// Appends a withdrawal to the ledger.
-    async fn insert_consent_event(&self, event: &rows::ConsentEventRow) -> Result<(), StoreError>;
+    /// Appends a withdrawal to the ledger in one transaction: reads the head
+    /// under the write lock, sets `seq` and `prev_mac`, MACs the event with
+    /// `sealer`, inserts it and moves the head.
+    async fn append_consent_event(
+        &self,
+        event: rows::ConsentEventRow,
+        sealer: &crate::consent::EventSealer<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// The ledger head: (seq, last MAC, head MAC), if any withdrawal exists.
+    async fn consent_events_head(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError>;
 
     /// Customers whose latest checkout tag grants `purpose` and who have not
     /// withdrawn it since, after the customer whose latest order has

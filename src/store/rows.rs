@@ -297,6 +297,8 @@ pub struct ConsentStats {
 /// A withdrawal as stored in `consent_events`.
 #[derive(Debug, Clone)]
 pub struct ConsentEventRow {
+    /// Position in the ledger chain (1, 2, 3, …); set by the store.
+    pub seq: i64,
     pub id: String,
     pub email_blind_index: Vec<u8>,
     pub blind_index_version: i64,
@@ -309,6 +311,8 @@ pub struct ConsentEventRow {
     pub recorded_at: String,
     pub reference: Option<Envelope>,
     pub mac_key_version: i64,
+    /// The previous event's MAC (32 zero bytes for the first); set by the store.
+    pub prev_mac: Vec<u8>,
     pub mac: Vec<u8>,
 }
 

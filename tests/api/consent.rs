@@ -779,3 +779,64 @@ async fn verification_of_a_live_log_is_not_confused_by_concurrent_appends() {
         .unwrap();
     assert!(status.entries >= total as u64);
 }
+
+#[tokio::test]
+async fn a_deleted_or_reordered_withdrawal_is_reported() {
+    for (sql, expect) in [
+        ("DELETE FROM consent_events WHERE seq = 2", "missing"),
+        (
+            "DELETE FROM consent_events WHERE seq = 3",
+            "deleted or truncated",
+        ),
+        (
+            "UPDATE consent_events SET seq = 100 WHERE seq = 1; UPDATE consent_events SET seq = 1 WHERE seq = 2; \
+             UPDATE consent_events SET seq = 2 WHERE seq = 100",
+            "link",
+        ),
+    ] {
+        let app = spawn_app().await;
+        place(&app, &order_for("ada@example.com", true, false)).await;
+        for who in ["ada@example.com", "bob@example.com", "cat@example.com"] {
+            assert_eq!(
+                opt_out(
+                    &app,
+                    json!({"email": who, "purposes": "all", "channel": "email"})
+                )
+                .await
+                .status(),
+                202
+            );
+        }
+        let store = app.store().await;
+        let key = app.keyring();
+        assert_eq!(
+            checkoutd::consent::verify_ledger(&store, key.consent_tag_key()).await,
+            Ok(3)
+        );
+        let db = app.db().await;
+        let mut conn = db.acquire().await.unwrap();
+        sqlx::query("DROP TRIGGER consent_events_no_update")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER consent_events_no_delete")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        for statement in sql.split(';') {
+            sqlx::query(statement).execute(&mut *conn).await.unwrap();
+        }
+        let err = checkoutd::consent::verify_ledger(&store, key.consent_tag_key())
+            .await
+            .unwrap_err();
+        assert!(err.1.contains(expect), "{sql}: {err:?}");
+        let report = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
+            .await
+            .unwrap();
+        assert!(
+            report.failures.iter().any(|f| f.table == "consent_events"),
+            "{sql}: {:?}",
+            report.failures
+        );
+    }
+}

@@ -351,18 +351,35 @@ pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError
 // ---- consent life cycle (the queries live here with the other consent
 // statistics) ----
 
-pub async fn insert_consent_event(
+pub async fn append_consent_event(
     pool: &SqlitePool,
-    e: &super::super::rows::ConsentEventRow,
+    mut e: super::super::rows::ConsentEventRow,
+    sealer: &crate::consent::EventSealer<'_>,
 ) -> Result<(), StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let head = sqlx::query("SELECT seq, mac FROM consent_events_head WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+    let (seq, prev_mac) = match head {
+        None => (0i64, vec![0u8; 32]),
+        Some(r) => (
+            r.try_get("seq").map_err(err)?,
+            r.try_get("mac").map_err(err)?,
+        ),
+    };
+    e.seq = seq + 1;
+    e.prev_mac = prev_mac;
+    e.mac = sealer.mac(&e).to_vec();
     let r = e.reference.as_ref();
     sqlx::query(
-        "INSERT INTO consent_events (id, email_blind_index, blind_index_version, kind, product_updates,
+        "INSERT INTO consent_events (seq, id, email_blind_index, blind_index_version, kind, product_updates,
             new_offerings, partnerships, special_offers, third_party_sharing, channel, received_at,
             effective_at, recorded_at, reference_format_version, reference_kek_version,
-            reference_wrapped_dek, reference_ciphertext, mac_key_version, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            reference_wrapped_dek, reference_ciphertext, mac_key_version, prev_mac, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )
+    .bind(e.seq)
     .bind(&e.id)
     .bind(&e.email_blind_index)
     .bind(e.blind_index_version)
@@ -381,11 +398,40 @@ pub async fn insert_consent_event(
     .bind(r.map(|r| r.wrapped_dek.as_slice()))
     .bind(r.map(|r| r.ciphertext.as_slice()))
     .bind(e.mac_key_version)
+    .bind(&e.prev_mac)
     .bind(&e.mac)
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .map_err(err)?;
+    sqlx::query(
+        "INSERT INTO consent_events_head (id, seq, mac, head_mac) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac, head_mac = excluded.head_mac",
+    )
+    .bind(e.seq)
+    .bind(&e.mac)
+    .bind(sealer.head_mac(e.seq, &e.mac).as_slice())
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
     Ok(())
+}
+
+pub async fn consent_events_head(
+    pool: &SqlitePool,
+) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
+    let row = sqlx::query("SELECT seq, mac, head_mac FROM consent_events_head WHERE id = 1")
+        .fetch_optional(pool)
+        .await
+        .map_err(err)?;
+    row.map(|r| {
+        Ok((
+            r.try_get("seq").map_err(err)?,
+            r.try_get("mac").map_err(err)?,
+            r.try_get("head_mac").map_err(err)?,
+        ))
+    })
+    .transpose()
 }
 
 pub async fn audience(
@@ -518,6 +564,8 @@ fn event_row(r: &SqliteRow) -> Result<super::super::rows::ConsentEventRow, Store
         recorded_at: r.try_get("recorded_at").map_err(err)?,
         reference,
         mac_key_version: r.try_get("mac_key_version").map_err(err)?,
+        seq: r.try_get("seq").map_err(err)?,
+        prev_mac: r.try_get("prev_mac").map_err(err)?,
         mac: r.try_get("mac").map_err(err)?,
     })
 }

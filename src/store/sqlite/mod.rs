@@ -414,11 +414,16 @@ impl Store for SqliteStore {
         audit::consent_stats(&self.pool).await
     }
 
-    async fn insert_consent_event(
+    async fn append_consent_event(
         &self,
-        event: &super::rows::ConsentEventRow,
+        event: super::rows::ConsentEventRow,
+        sealer: &crate::consent::EventSealer<'_>,
     ) -> Result<(), StoreError> {
-        audit::insert_consent_event(&self.pool, event).await
+        audit::append_consent_event(&self.pool, event, sealer).await
+    }
+
+    async fn consent_events_head(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
+        audit::consent_events_head(&self.pool).await
     }
 
     async fn audience(
