@@ -500,38 +500,6 @@ pub enum LedgerError {
     Crypto(#[from] CryptoError),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn opt_out_bodies() {
-        let ok = parse_opt_out(json!({"email": "Ada@Example.com", "purposes": "all", "channel": "email",
-                                       "received_at": "2026-01-02T03:04:05+01:00", "reference": "<m1@x>"}))
-        .unwrap();
-        assert_eq!(ok.email.expose(), "ada@example.com");
-        assert_eq!(ok.purposes, [true; 5]);
-        assert_eq!(ok.received_at.as_deref(), Some("2026-01-02T02:04:05.000Z"));
-        let some = parse_opt_out(
-            json!({"email": "a@b.co", "purposes": ["special_offers"], "channel": "postal"}),
-        )
-        .unwrap();
-        assert_eq!(some.purposes, [false, false, false, true, false]);
-        let bad = parse_opt_out(
-            json!({"email": "nope", "purposes": ["spam"], "channel": "fax",
-                                        "received_at": "2999-01-01T00:00:00Z", "x": 1}),
-        )
-        .unwrap_err();
-        let fields: Vec<&str> = bad.iter().map(|e| e.field.as_str()).collect();
-        for f in ["email", "purposes", "channel", "received_at", "x"] {
-            assert!(fields.contains(&f), "{f} in {fields:?}");
-        }
-        assert!(
-            parse_opt_out(json!({"email": "a@b.co", "purposes": [], "channel": "online"})).is_err()
-        );
-    }
-}
-
 /// Verifies the whole withdrawal ledger: `seq` without gaps, every MAC
 /// linking to the previous one, and the MACed head. Pages through, so memory
 /// stays bounded. The head is read first (appends during the walk are
@@ -588,4 +556,36 @@ pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (Stri
         ));
     }
     Ok(u64::try_from(head_seq).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opt_out_bodies() {
+        let ok = parse_opt_out(json!({"email": "Ada@Example.com", "purposes": "all", "channel": "email",
+                                       "received_at": "2026-01-02T03:04:05+01:00", "reference": "<m1@x>"}))
+        .unwrap();
+        assert_eq!(ok.email.expose(), "ada@example.com");
+        assert_eq!(ok.purposes, [true; 5]);
+        assert_eq!(ok.received_at.as_deref(), Some("2026-01-02T02:04:05.000Z"));
+        let some = parse_opt_out(
+            json!({"email": "a@b.co", "purposes": ["special_offers"], "channel": "postal"}),
+        )
+        .unwrap();
+        assert_eq!(some.purposes, [false, false, false, true, false]);
+        let bad = parse_opt_out(
+            json!({"email": "nope", "purposes": ["spam"], "channel": "fax",
+                                        "received_at": "2999-01-01T00:00:00Z", "x": 1}),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = bad.iter().map(|e| e.field.as_str()).collect();
+        for f in ["email", "purposes", "channel", "received_at", "x"] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        assert!(
+            parse_opt_out(json!({"email": "a@b.co", "purposes": [], "channel": "online"})).is_err()
+        );
+    }
 }
