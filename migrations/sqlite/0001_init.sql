@@ -3,7 +3,9 @@
 -- card number; there is no CVV column anywhere. Mirrored name for name in
 -- migrations/postgres/.
 
--- One row per accepted order; no personal data.
+-- One row per accepted order; no personal data. `mac` authenticates the
+-- columns fixed at checkout, so an edited item list, total or gift flag is
+-- detected.
 CREATE TABLE orders (
     seq                INTEGER PRIMARY KEY,           -- creation order, for cursors
     id                 TEXT    NOT NULL UNIQUE,       -- UUID v4
@@ -15,7 +17,8 @@ CREATE TABLE orders (
     total_minor        INTEGER NOT NULL,
     gift               INTEGER NOT NULL CHECK (gift IN (0, 1)),
     consent_tag_id     TEXT    NOT NULL,              -- the customer's tag
-    client_fingerprint BLOB    NOT NULL               -- SHA-256 of the storefront's certificate
+    client_fingerprint BLOB    NOT NULL,               -- SHA-256 of the storefront's certificate
+    mac                BLOB    NOT NULL               -- HMAC over the columns above (docs/encryption.md)
 ) STRICT;
 
 -- Consent tags; authenticated by an HMAC over their canonical bytes.

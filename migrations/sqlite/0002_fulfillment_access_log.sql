@@ -5,6 +5,9 @@
 ALTER TABLE orders ADD COLUMN carrier TEXT;
 ALTER TABLE orders ADD COLUMN tracking TEXT;
 ALTER TABLE orders ADD COLUMN dispatched_at TEXT;
+-- HMAC over (order id, carrier, tracking, dispatched_at): a dispatched order
+-- quietly set back to 'accepted' (to ship twice) is detected.
+ALTER TABLE orders ADD COLUMN dispatch_mac BLOB;
 CREATE INDEX orders_status_seq ON orders (status, seq);
 
 -- Append-only access log. Each entry's `hash` = SHA-256 over its fields and

@@ -186,6 +186,59 @@ fn check_batch(
             tag_ok[i] = false;
         }
     }
+    // Orders: their fixed columns and dispatch facts are authentic.
+    let key = keyring.consent_tag_key();
+    for order in &batch.orders {
+        let canonical = crate::intake::seal::order_canonical_bytes(
+            &order.id,
+            &order.created_at,
+            order.storefront_ref.as_deref(),
+            &order.currency,
+            &order.items,
+            order.total_minor,
+            order.gift,
+            &order.consent_tag_id,
+            &order.client_fingerprint,
+        );
+        if !key.verify(&[&canonical], &order.mac) {
+            out.push(Failure::new(
+                "orders",
+                &order.id,
+                "MAC does not verify (items, total, gift flag or links edited)",
+            ));
+        }
+        let dispatch = (
+            &order.carrier,
+            &order.tracking,
+            &order.dispatched_at,
+            &order.dispatch_mac,
+        );
+        match (order.status.as_str(), dispatch) {
+            ("dispatched", (Some(c), Some(t), Some(at), Some(mac))) => {
+                let bytes = crate::intake::seal::dispatch_canonical_bytes(&order.id, c, t, at);
+                if !key.verify(&[&bytes], mac) {
+                    out.push(Failure::new(
+                        "orders",
+                        &order.id,
+                        "dispatch MAC does not verify (edited)",
+                    ));
+                }
+            }
+            ("accepted", (None, None, None, None)) => {}
+            ("accepted", _) => {
+                out.push(Failure::new(
+                    "orders",
+                    &order.id,
+                    "dispatch facts on an undispatched order (status rolled back)",
+                ));
+            }
+            _ => out.push(Failure::new(
+                "orders",
+                &order.id,
+                "status and dispatch facts disagree",
+            )),
+        }
+    }
     // Orders: their own tag is the customer's.
     for order in &batch.orders {
         match tags.get(order.consent_tag_id.as_str()) {
@@ -458,6 +511,16 @@ fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
             if !present {
                 out.push(Failure::new("orders", &o.id, format!("no {table} record")));
             }
+        }
+        let marker_is_gift = batch.records.iter().any(|r| {
+            r.order_id == o.id && matches!(&r.extra, AuditExtra::Shipping { ship_to } if ship_to == "gift_recipient")
+        });
+        if h[1] && marker_is_gift != o.gift {
+            out.push(Failure::new(
+                "orders",
+                &o.id,
+                "gift flag and shipping marker disagree",
+            ));
         }
         if o.gift != h[3] {
             out.push(Failure::new(

@@ -65,6 +65,24 @@ pub struct EffectiveConsent {
 }
 
 impl Fulfillment {
+    /// Opens one ship-to record as JSON; `None` if it does not verify.
+    fn open(
+        &self,
+        class: DataClass,
+        order_id: uuid::Uuid,
+        record_id: uuid::Uuid,
+        envelope: &crate::crypto::envelope::Envelope,
+    ) -> Option<Value> {
+        let binding = Binding {
+            class,
+            order_id,
+            record_id,
+        };
+        envelope::open(&self.keys, &binding, envelope)
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok())
+    }
+
     pub fn new(keyring: &Keyring) -> Self {
         Fulfillment {
             keys: keyring.class_keys(&[DataClass::Shipping, DataClass::Recipient]),
@@ -76,27 +94,26 @@ impl Fulfillment {
     /// `history` is the customer's consent history (all their checkout tags
     /// and withdrawals): the effective consent is the current one.
     pub fn view(&self, row: ShipmentRow, history: &crate::store::rows::ConsentHistory) -> Shipment {
-        let (class, record_id, envelope, gift) = match &row.ship_to {
+        let (opened, gift) = match &row.ship_to {
             ShipToRow::Customer {
                 record_id,
                 envelope,
-            } => (DataClass::Shipping, *record_id, envelope, false),
+            } => (
+                self.open(DataClass::Shipping, row.order_id, *record_id, envelope),
+                false,
+            ),
             ShipToRow::GiftRecipient {
                 record_id,
                 envelope,
-            } => (DataClass::Recipient, *record_id, envelope, true),
+            } => (
+                self.open(DataClass::Recipient, row.order_id, *record_id, envelope),
+                true,
+            ),
+            ShipToRow::Broken => (None, false),
         };
-        let binding = Binding {
-            class,
-            order_id: row.order_id,
-            record_id,
-        };
-        let opened = envelope::open(&self.keys, &binding, envelope)
-            .ok()
-            .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok());
         let integrity_error = opened.is_none();
         if integrity_error {
-            tracing::error!(order_id = %row.order_id, class = class.as_str(), "a ship-to record failed to open");
+            tracing::error!(order_id = %row.order_id, "a ship-to record is missing or failed to open");
         }
         let (ship_to, gift_message) = match opened {
             Some(Value::Object(mut record)) => {
@@ -109,7 +126,7 @@ impl Fulfillment {
             _ => (None, None),
         };
         let (mut purposes, verified) = crate::consent::effective(&self.consent_key, history);
-        if gift {
+        if gift || integrity_error {
             // The parcel goes to the gift recipient, whose details may be
             // used only to deliver it: no promotional insert, whatever the
             // buyer chose.

@@ -297,8 +297,27 @@ pub fn seal_order(
     });
     let body = serde_json::to_vec(&response).map_err(|_| CryptoError::Malformed)?;
 
+    let items_json = serde_json::to_string(&form.items).map_err(|_| CryptoError::Malformed)?;
+    let storefront_ref = form
+        .storefront_order_ref
+        .as_ref()
+        .map(|r| r.as_str().to_owned());
+    let mac = keyring.consent_tag_key().sign(&[&order_canonical_bytes(
+        &order_id.to_string(),
+        &created_at,
+        storefront_ref.as_deref(),
+        form.currency.code(),
+        &items_json,
+        form.total_minor(),
+        recipient.is_some(),
+        &customer_tag.id.to_string(),
+        &client,
+    )]);
+
     Ok(NewOrder {
         id: order_id,
+        mac,
+        items_json,
         created_at: created_at.clone(),
         storefront_ref: form
             .storefront_order_ref
@@ -336,4 +355,61 @@ pub fn key_hash(keyring: &Keyring, key: &IdempotencyKey) -> [u8; 32] {
     keyring
         .request_hash_key()
         .sign(&[b"idempotency-key", &[0], key.as_str().as_bytes()])
+}
+
+/// The bytes an order row's `mac` covers (HMAC-SHA256 under the consent-tag
+/// key): `"checkoutd/order" ‖ 0x01 ‖` then, each as len32 ‖ UTF-8: id,
+/// created_at, storefront_ref (empty when absent), currency, items (the
+/// stored JSON text), total_minor (decimal), gift (`0`/`1`), consent_tag_id,
+/// client fingerprint (hex).
+#[allow(clippy::too_many_arguments)]
+pub fn order_canonical_bytes(
+    id: &str,
+    created_at: &str,
+    storefront_ref: Option<&str>,
+    currency: &str,
+    items_json: &str,
+    total_minor: i64,
+    gift: bool,
+    consent_tag_id: &str,
+    client_fingerprint: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + items_json.len());
+    out.extend_from_slice(b"checkoutd/order");
+    out.push(1);
+    let total = total_minor.to_string();
+    let fingerprint = crate::hex::encode(client_fingerprint);
+    for field in [
+        id,
+        created_at,
+        storefront_ref.unwrap_or(""),
+        currency,
+        items_json,
+        total.as_str(),
+        if gift { "1" } else { "0" },
+        consent_tag_id,
+        fingerprint.as_str(),
+    ] {
+        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+/// The bytes a dispatch's `dispatch_mac` covers: `"checkoutd/dispatch" ‖
+/// 0x01 ‖` then len32 ‖ UTF-8 of: order id, carrier, tracking, dispatched_at.
+pub fn dispatch_canonical_bytes(
+    order_id: &str,
+    carrier: &str,
+    tracking: &str,
+    dispatched_at: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"checkoutd/dispatch");
+    out.push(1);
+    for field in [order_id, carrier, tracking, dispatched_at] {
+        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
 }

@@ -148,7 +148,21 @@ pub async fn dispatch(
         tracking,
         dispatched_at: crate::ids::now(),
     };
-    let (status, body) = match state.store.dispatch(order_id, &wanted).await {
+    let mac =
+        state
+            .keyring
+            .consent_tag_key()
+            .sign(&[&crate::intake::seal::dispatch_canonical_bytes(
+                &order_id.to_string(),
+                &wanted.carrier,
+                &wanted.tracking,
+                &wanted.dispatched_at,
+            )]);
+    let new = crate::store::rows::NewDispatch {
+        dispatch: wanted.clone(),
+        mac,
+    };
+    let (status, body) = match state.store.dispatch(order_id, &new).await {
         Err(error) => return store_problem(&error),
         Ok(DispatchOutcome::NotFound) => return Problem::not_found().into_response(),
         Ok(DispatchOutcome::Dispatched(d)) => (StatusCode::OK, d),

@@ -126,7 +126,7 @@ pub trait Store: Send + Sync + 'static {
     async fn dispatch(
         &self,
         order_id: uuid::Uuid,
-        dispatch: &rows::Dispatch,
+        dispatch: &rows::NewDispatch,
     ) -> Result<rows::DispatchOutcome, StoreError>;
 
     /// Appends entries to the access log in one transaction, chaining each

@@ -72,6 +72,10 @@ pub struct StoredResponse {
 #[derive(Debug, Clone)]
 pub struct NewOrder {
     pub id: Uuid,
+    /// HMAC over the order's fixed columns (`intake::seal::order_canonical_bytes`).
+    pub mac: [u8; 32],
+    /// `items` exactly as stored (the MAC covers this text).
+    pub items_json: String,
     pub created_at: String,
     pub storefront_ref: Option<String>,
     pub currency: &'static str,
@@ -159,8 +163,17 @@ pub struct ShipmentRow {
 
 #[derive(Debug, Clone)]
 pub enum ShipToRow {
-    Customer { record_id: Uuid, envelope: Envelope },
-    GiftRecipient { record_id: Uuid, envelope: Envelope },
+    Customer {
+        record_id: Uuid,
+        envelope: Envelope,
+    },
+    GiftRecipient {
+        record_id: Uuid,
+        envelope: Envelope,
+    },
+    /// The ship-to record is missing or malformed: shown as an integrity
+    /// error instead of failing the whole page.
+    Broken,
 }
 
 /// Dispatch facts (none personal).
@@ -169,6 +182,14 @@ pub struct Dispatch {
     pub carrier: String,
     pub tracking: String,
     pub dispatched_at: String,
+}
+
+/// A dispatch to record, with its MAC
+/// (`intake::seal::dispatch_canonical_bytes`).
+#[derive(Debug, Clone)]
+pub struct NewDispatch {
+    pub dispatch: Dispatch,
+    pub mac: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,8 +224,20 @@ impl From<Dispatch> for DispatchView {
 pub struct AuditOrder {
     pub seq: i64,
     pub id: String,
+    pub created_at: String,
+    pub status: String,
+    pub storefront_ref: Option<String>,
+    pub currency: String,
+    pub items: String,
+    pub total_minor: i64,
     pub consent_tag_id: String,
     pub gift: bool,
+    pub client_fingerprint: Vec<u8>,
+    pub mac: Vec<u8>,
+    pub carrier: Option<String>,
+    pub tracking: Option<String>,
+    pub dispatched_at: Option<String>,
+    pub dispatch_mac: Option<Vec<u8>>,
 }
 
 /// What is special about a record besides its envelope.

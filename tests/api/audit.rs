@@ -551,3 +551,62 @@ pub fn chromium_binary() -> &'static str {
         .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
         .expect("Chromium is needed for the browser tests: apt-get install chromium (.ci/run does this)")
 }
+
+#[tokio::test]
+async fn edited_orders_rolled_back_dispatches_and_dropped_gift_recipients_are_named() {
+    let (app, ids) = populated().await;
+    // Dispatch one order, then roll it back to pending (to ship it twice).
+    let r = app
+        .dispatch(&ids[3], &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    exec(&app, &format!("UPDATE orders SET items = replace(items, '\"quantity\":2', '\"quantity\":20') WHERE id = '{}'", ids[0])).await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET status = 'accepted' WHERE id = '{}'",
+            ids[3]
+        ),
+    )
+    .await;
+    // Drop the gift recipient and pretend the order was never a gift.
+    exec(
+        &app,
+        &format!(
+            "DELETE FROM gift_recipients WHERE order_id = '{o}'; UPDATE orders SET gift = 0 WHERE id = '{o}'",
+            o = ids[1]
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(&report, "orders", &ids[0], "MAC does not verify"),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(&report, "orders", &ids[3], "status rolled back"),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(&report, "orders", &ids[1], "MAC does not verify"),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(&report, "orders", &ids[1], "shipping marker"),
+        "{:#?}",
+        report.failures
+    );
+    // The warehouse still gets its page, with the broken gift order flagged.
+    let page = app.shipments("").await;
+    let broken = page["shipments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["order_id"] == ids[1].as_str())
+        .unwrap();
+    assert_eq!(broken["integrity_error"], true);
+    assert!(broken["ship_to"].is_null());
+}

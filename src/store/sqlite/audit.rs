@@ -25,15 +25,15 @@ pub enum Selector<'a> {
 
 pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBatch, StoreError> {
     let orders = match selector {
-        Selector::After { seq, limit } => sqlx::query(
-            "SELECT seq, id, consent_tag_id, gift FROM orders WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .bind(seq)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await,
+        Selector::After { seq, limit } => {
+            sqlx::query("SELECT * FROM orders WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .bind(seq)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        }
         Selector::One(id) => {
-            sqlx::query("SELECT seq, id, consent_tag_id, gift FROM orders WHERE id = ?1")
+            sqlx::query("SELECT * FROM orders WHERE id = ?1")
                 .bind(id)
                 .fetch_all(pool)
                 .await
@@ -46,8 +46,20 @@ pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBat
             Ok(AuditOrder {
                 seq: r.try_get("seq").map_err(err)?,
                 id: r.try_get("id").map_err(err)?,
+                created_at: r.try_get("created_at").map_err(err)?,
+                status: r.try_get("status").map_err(err)?,
+                storefront_ref: r.try_get("storefront_ref").map_err(err)?,
+                currency: r.try_get("currency").map_err(err)?,
+                items: r.try_get("items").map_err(err)?,
+                total_minor: r.try_get("total_minor").map_err(err)?,
                 consent_tag_id: r.try_get("consent_tag_id").map_err(err)?,
                 gift: r.try_get::<i64, _>("gift").map_err(err)? != 0,
+                client_fingerprint: r.try_get("client_fingerprint").map_err(err)?,
+                mac: r.try_get("mac").map_err(err)?,
+                carrier: r.try_get("carrier").map_err(err)?,
+                tracking: r.try_get("tracking").map_err(err)?,
+                dispatched_at: r.try_get("dispatched_at").map_err(err)?,
+                dispatch_mac: r.try_get("dispatch_mac").map_err(err)?,
             })
         })
         .collect::<Result<_, _>>()?;

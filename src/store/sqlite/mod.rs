@@ -257,7 +257,7 @@ impl Store for SqliteStore {
     async fn dispatch(
         &self,
         order_id: Uuid,
-        dispatch: &Dispatch,
+        new: &super::rows::NewDispatch,
     ) -> Result<DispatchOutcome, StoreError> {
         let mut tx = self
             .pool
@@ -278,18 +278,20 @@ impl Store for SqliteStore {
             return Ok(DispatchOutcome::AlreadyDispatched(existing));
         }
         sqlx::query(
-            "UPDATE orders SET status = 'dispatched', carrier = ?2, tracking = ?3, dispatched_at = ?4
+            "UPDATE orders SET status = 'dispatched', carrier = ?2, tracking = ?3, dispatched_at = ?4,
+                    dispatch_mac = ?5
               WHERE id = ?1 AND status = 'accepted'",
         )
         .bind(order_id.to_string())
-        .bind(&dispatch.carrier)
-        .bind(&dispatch.tracking)
-        .bind(&dispatch.dispatched_at)
+        .bind(&new.dispatch.carrier)
+        .bind(&new.dispatch.tracking)
+        .bind(&new.dispatch.dispatched_at)
+        .bind(new.mac.as_slice())
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(DispatchOutcome::Dispatched(dispatch.clone()))
+        Ok(DispatchOutcome::Dispatched(new.dispatch.clone()))
     }
 
     async fn append_access_log(
@@ -556,19 +558,26 @@ fn envelope_cols(
 fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError> {
     let items: String = row.try_get("items").map_err(StoreError::from_sqlx)?;
     let ship_to: String = row.try_get("ship_to").map_err(StoreError::from_sqlx)?;
-    let ship_to = match ship_to.as_str() {
-        "customer" => ShipToRow::Customer {
+    let customer = || -> Result<ShipToRow, StoreError> {
+        Ok(ShipToRow::Customer {
             record_id: uuid_col(row, "ship_id")?,
             envelope: envelope_cols(row, "s")?
                 .ok_or(StoreError::Corrupt("shipping_details envelope"))?,
-        },
-        "gift_recipient" => ShipToRow::GiftRecipient {
+        })
+    };
+    let gift = || -> Result<ShipToRow, StoreError> {
+        Ok(ShipToRow::GiftRecipient {
             record_id: uuid_col(row, "gift_id")?,
             envelope: envelope_cols(row, "g")?
                 .ok_or(StoreError::Corrupt("gift_recipients envelope"))?,
-        },
-        _ => return Err(StoreError::Corrupt("shipping_details.ship_to")),
+        })
     };
+    let ship_to = match ship_to.as_str() {
+        "customer" => customer(),
+        "gift_recipient" => gift(),
+        _ => Err(StoreError::Corrupt("shipping_details.ship_to")),
+    }
+    .unwrap_or(ShipToRow::Broken);
     Ok(ShipmentRow {
         seq: row.try_get("seq").map_err(StoreError::from_sqlx)?,
         order_id: uuid_col(row, "id")?,
@@ -653,21 +662,21 @@ async fn insert_order(
     if claimed.rows_affected() == 0 {
         return Ok(CommitOutcome::DuplicateKey);
     }
-    let items = serde_json::to_string(&o.items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "INSERT INTO orders (id, created_at, status, storefront_ref, currency, items, total_minor,
-                             gift, consent_tag_id, client_fingerprint)
-         VALUES (?1, ?2, 'accepted', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             gift, consent_tag_id, client_fingerprint, mac)
+         VALUES (?1, ?2, 'accepted', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .bind(o.id.to_string())
     .bind(&o.created_at)
     .bind(o.storefront_ref.as_deref())
     .bind(o.currency)
-    .bind(items)
+    .bind(&o.items_json)
     .bind(o.total_minor)
     .bind(i64::from(o.recipient.is_some()))
     .bind(o.customer_tag.id.to_string())
     .bind(o.client_fingerprint.as_slice())
+    .bind(o.mac.as_slice())
     .execute(&mut *tx)
     .await?;
     for tag in std::iter::once(&o.customer_tag).chain(o.recipient_tag.as_ref()) {
