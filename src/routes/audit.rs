@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::AppState;
 use super::shipments::store_problem;
-use crate::audit::access_log::{Entry, Outcome};
 use crate::hex;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
@@ -77,16 +76,10 @@ pub async fn log(
             })
         })
         .collect();
-    let entry = Entry::for_request(
-        peer.as_deref(),
-        format!("GET {}", route.as_str()),
-        range,
-        Outcome::Allowed,
-        200,
-    );
-    if let Err(error) = state.access_log.append(entry).await {
-        tracing::error!(error = %error, "access log append failed; withholding the log");
-        return Problem::unavailable("The access log is unavailable").into_response();
+    if let Err(withheld) =
+        super::record_access(&state, peer.as_deref(), "GET", &route, range, 200).await
+    {
+        return withheld;
     }
     axum::Json(json!({
         "entries": entries,
@@ -94,20 +87,6 @@ pub async fn log(
         "head": head.map(|h| json!({"seq": h.seq, "hash": hex::encode(&h.hash)})),
     }))
     .into_response()
-}
-
-/// Appends an auditor's read to the access log; `Err` means do not answer.
-async fn log_read(
-    state: &AppState,
-    peer: Option<&Peer>,
-    action: String,
-    objects: Vec<String>,
-) -> Result<(), Response> {
-    let entry = Entry::for_request(peer, action, objects, Outcome::Allowed, 200);
-    state.access_log.append(entry).await.map(|_| ()).map_err(|error| {
-        tracing::error!(error = %error, "access log append failed; withholding the audit answer");
-        Problem::unavailable("The access log is unavailable").into_response()
-    })
 }
 
 /// The signed verification report.
@@ -135,11 +114,13 @@ pub async fn report(
             return Problem::internal().into_response();
         }
     };
-    if let Err(r) = log_read(
+    if let Err(r) = super::record_access(
         &state,
         peer.as_deref(),
-        format!("GET {}", route.as_str()),
+        "GET",
+        &route,
         vec!["audit_report".into()],
+        200,
     )
     .await
     {
@@ -171,13 +152,8 @@ pub async fn order(
     let id = id.to_string();
     match crate::audit::verify::order(state.store.as_ref(), &state.keyring, &id).await {
         Ok(Some(audit)) => {
-            if let Err(r) = log_read(
-                &state,
-                peer.as_deref(),
-                format!("GET {}", route.as_str()),
-                vec![id],
-            )
-            .await
+            if let Err(r) =
+                super::record_access(&state, peer.as_deref(), "GET", &route, vec![id], 200).await
             {
                 return r;
             }

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::shipments::store_problem;
-use crate::audit::access_log::{Entry, Outcome};
 use crate::consent::{Channel, LedgerError, Withdrawal, parse_opt_out};
 use crate::domain::consent::Purposes;
 use crate::domain::contact::Email;
@@ -267,16 +266,10 @@ pub async fn proof(
         "consent_subject:{}",
         proof["subject"]["reference"].as_str().unwrap_or("")
     ));
-    let entry = Entry::for_request(
-        peer.as_deref(),
-        format!("GET {}", route.as_str()),
-        objects,
-        Outcome::Allowed,
-        200,
-    );
-    if let Err(error) = state.access_log.append(entry).await {
-        tracing::error!(error = %error, "access log append failed; withholding the proof");
-        return Problem::unavailable("The access log is unavailable").into_response();
+    if let Err(withheld) =
+        super::record_access(&state, peer.as_deref(), "GET", &route, objects, 200).await
+    {
+        return withheld;
     }
     axum::Json(proof).into_response()
 }

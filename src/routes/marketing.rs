@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::AppState;
 use super::shipments::{decode_cursor, encode_cursor, store_problem};
-use crate::audit::access_log::{Entry, Outcome};
 use crate::domain::consent::Purposes;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
@@ -83,9 +82,11 @@ pub async fn audience(
         Ok(p) => p,
         Err(error) => return store_problem(&error),
     };
-    let entry = Entry::for_request(
+    if let Err(withheld) = super::record_access(
+        &state,
         peer.as_deref(),
-        format!("GET {}", route.as_str()),
+        "GET",
+        &route,
         [
             format!("audience:{purpose}"),
             format!("subjects:{}", page.emails.len()),
@@ -93,13 +94,11 @@ pub async fn audience(
         .into_iter()
         .chain(page.order_ids.iter().cloned())
         .collect(),
-        Outcome::Allowed,
         200,
-    );
-    if let Err(error) = state.access_log.append(entry).await {
-        tracing::error!(error = %error, "access log append failed; withholding the audience");
-        return Problem::unavailable("The access log is unavailable; nothing was disclosed")
-            .into_response();
+    )
+    .await
+    {
+        return withheld;
     }
     axum::Json(json!({
         "purpose": purpose,

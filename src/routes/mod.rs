@@ -177,6 +177,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// Writes an allowed access to the hash-chained access log *before* the
+/// answer leaves. `Err` carries the answer to send instead (503): when the
+/// access cannot be recorded, nothing is disclosed.
+async fn record_access(
+    state: &AppState,
+    peer: Option<&Peer>,
+    method: &str,
+    route: &MatchedPath,
+    objects: Vec<String>,
+    status: u16,
+) -> Result<(), Response> {
+    let entry = Entry::for_request(
+        peer,
+        format!("{method} {}", route.as_str()),
+        objects,
+        Outcome::Allowed,
+        status,
+    );
+    state.access_log.append(entry).await.map(|_| ()).map_err(|error| {
+        tracing::error!(error = %error, route = route.as_str(), "access log append failed; withholding the answer");
+        Problem::unavailable("The access log is unavailable; nothing was disclosed").into_response()
+    })
+}
+
 /// Most bytes of a small JSON body (dispatch, opt-out); enforced while
 /// reading by a `DefaultBodyLimit` on those routes.
 pub const SMALL_BODY: usize = 4 * 1024;

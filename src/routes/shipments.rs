@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::audit::access_log::{Entry, Outcome};
 use crate::domain::text::Plain;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
@@ -41,7 +40,7 @@ fn bad_query(field: &'static str, code: &'static str, message: &'static str) -> 
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
     Query(query): Query<HashMap<String, String>>,
@@ -107,17 +106,10 @@ pub async fn list(
         shipments.push(state.fulfillment.view(row, &history));
     }
     let objects = shipments.iter().map(|s| s.order_id.to_string()).collect();
-    let entry = Entry::for_request(
-        peer.as_deref(),
-        format!("GET {}", route.as_str()),
-        objects,
-        Outcome::Allowed,
-        200,
-    );
-    if let Err(error) = state.access_log.append(entry).await {
-        tracing::error!(error = %error, role = %caller.role, "access log append failed; withholding shipments");
-        return Problem::unavailable("The access log is unavailable; nothing was disclosed")
-            .into_response();
+    if let Err(withheld) =
+        super::record_access(&state, peer.as_deref(), "GET", &route, objects, 200).await
+    {
+        return withheld;
     }
     axum::Json(json!({"shipments": shipments, "next_cursor": next})).into_response()
 }
@@ -179,16 +171,17 @@ pub async fn dispatch(
             .into_response();
         }
     };
-    let entry = Entry::for_request(
+    if let Err(withheld) = super::record_access(
+        &state,
         peer.as_deref(),
-        format!("POST {}", route.as_str()),
+        "POST",
+        &route,
         vec![order_id.to_string()],
-        Outcome::Allowed,
         status.as_u16(),
-    );
-    if let Err(error) = state.access_log.append(entry).await {
-        tracing::error!(error = %error, "access log append failed after a dispatch");
-        return Problem::unavailable("The access log is unavailable").into_response();
+    )
+    .await
+    {
+        return withheld;
     }
     (
         status,
