@@ -183,6 +183,8 @@ async fn every_role_table_entry_is_enforced() {
             Role::Auditor,
         ),
         ("GET", "/v1/audit/log", Role::Auditor),
+        ("GET", "/v1/audit/public-key", Role::Auditor),
+        ("GET", "/v1/audit/consent?email=a%40example.com", Role::Auditor),
         ("GET", "/metrics", Role::Auditor),
     ];
     // Public endpoints answer everyone, with or without a certificate.
@@ -226,8 +228,11 @@ async fn every_role_table_entry_is_enforced() {
                 .unwrap();
             let status = response.status().as_u16();
             if role == allowed {
+                // Answered (not refused, no server error); only endpoints a
+                // later issue builds (metrics) may still say 501.
+                let stub = path == "/metrics" && status == 501;
                 assert!(
-                    status != 401 && status != 403,
+                    status != 401 && status != 403 && (status < 500 || stub),
                     "{method} {path} as {role}: {status}"
                 );
             } else {
