@@ -1052,3 +1052,15 @@ async fn malformed_paths_and_slow_bodies_get_problem_documents() {
     assert_eq!(body["type"], "urn:checkoutd:problem:request-timeout");
     drop(tx);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_and_keyring_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    created(app.post_order("perm-1", &order_json()).await).await;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(app.db_path()), 0o600);
+    assert_eq!(mode(app.dir.path().join("data/keyring.json")), 0o600);
+    assert_eq!(mode(app.dir.path().join("data")), 0o700);
+}

@@ -184,7 +184,11 @@ async fn every_role_table_entry_is_enforced() {
         ),
         ("GET", "/v1/audit/log", Role::Auditor),
         ("GET", "/v1/audit/public-key", Role::Auditor),
-        ("GET", "/v1/audit/consent?email=a%40example.com", Role::Auditor),
+        (
+            "GET",
+            "/v1/audit/consent?email=a%40example.com",
+            Role::Auditor,
+        ),
         ("GET", "/metrics", Role::Auditor),
     ];
     // Public endpoints answer everyone, with or without a certificate.

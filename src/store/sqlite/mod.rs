@@ -51,6 +51,13 @@ impl SqliteStore {
             .await
             .map_err(StoreError::from_sqlx)?;
         MIGRATOR.run(&pool).await?;
+        // Only ciphertexts are inside, but the file is still nobody else's
+        // business: owner-only (SQLite gives -wal and -shm the same mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         Ok(SqliteStore { pool })
     }
 
