@@ -47,7 +47,12 @@ fn init_logs() {
     INIT.get_or_init(|| {
         let buf = log_buffer().clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug,sqlx=info,hyper=info,h2=info,rustls=info")
+            // Everything the server side logs (our crate at debug, its libraries at
+            // info); the test clients' own protocol chatter (DevTools over
+            // WebSocket, reqwest) is not server output and stays out.
+            .with_env_filter(
+                "info,checkoutd=debug,tungstenite=warn,tokio_tungstenite=warn,reqwest=warn",
+            )
             .json()
             .with_writer(move || BufWriter(buf.clone()))
             .try_init();
