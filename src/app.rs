@@ -108,6 +108,8 @@ impl Application {
                 std::time::Duration::from_secs(60),
             )),
             keyring,
+            report_job: Default::default(),
+            request_timeout: settings.request_timeout,
             readiness: Default::default(),
         };
         let listener =

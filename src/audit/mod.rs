@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod html;
+pub mod job;
 pub mod report;
 pub mod verify;
 

@@ -97,21 +97,27 @@ pub async fn report(
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
 ) -> Response {
-    let report = match crate::audit::verify::verify(
-        state.store.as_ref(),
-        &state.keyring,
-        &|_, _| {},
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(error) => return store_problem(&error),
-    };
-    let signed = match crate::audit::report::sign(&report, &state.keyring) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(error = %error, "signing the audit report failed");
+    // Wait for the run up to 2/3 of the request budget, then answer 202.
+    let wait = state.request_timeout.mul_f32(2.0 / 3.0);
+    let outcome = state
+        .report_job
+        .latest_or_start(state.store.clone(), state.keyring.clone(), wait)
+        .await;
+    let signed = match outcome {
+        Some(Ok(signed)) => signed,
+        Some(Err(what)) => {
+            tracing::error!(what, "the audit report could not be produced");
             return Problem::internal().into_response();
+        }
+        None => {
+            let mut r = (
+                http::StatusCode::ACCEPTED,
+                axum::Json(json!({"status": "generating", "detail": "The report is being generated; ask again shortly"})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(5u32));
+            return r;
         }
     };
     if let Err(r) = super::record_access(
@@ -126,7 +132,7 @@ pub async fn report(
     {
         return r;
     }
-    axum::Json(signed).into_response()
+    axum::Json(signed.as_ref()).into_response()
 }
 
 /// The report-signing public key.

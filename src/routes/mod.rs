@@ -48,6 +48,10 @@ pub struct AppState {
     pub marketing: Arc<crate::consent::audience::Marketing>,
     /// Per-IP limit on the public opt-out page.
     pub unsubscribe_limit: Arc<crate::http::rate_limit::RateLimiter>,
+    /// The background run behind `GET /v1/audit/report`.
+    pub report_job: Arc<crate::audit::job::ReportJob>,
+    /// The request time limit (long jobs answer 202 before it).
+    pub request_timeout: Duration,
     /// Shared readiness answer (see `health`).
     pub readiness: Arc<health::Readiness>,
 }

@@ -610,3 +610,34 @@ async fn edited_orders_rolled_back_dispatches_and_dropped_gift_recipients_are_na
     assert_eq!(broken["integrity_error"], true);
     assert!(broken["ship_to"].is_null());
 }
+
+#[tokio::test]
+async fn the_report_runs_in_the_background_and_is_shared() {
+    use checkoutd::audit::job::ReportJob;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let (app, _) = populated().await;
+    let store: Arc<dyn checkoutd::store::Store> = Arc::new(app.store().await);
+    let keyring = Arc::new(app.keyring());
+    let job = Arc::new(ReportJob::default());
+    // A caller that cannot wait gets "still running" (the API answers 202).
+    assert!(
+        job.latest_or_start(store.clone(), keyring.clone(), Duration::ZERO)
+            .await
+            .is_none()
+    );
+    // A patient caller collects the same run's result.
+    let first = job
+        .latest_or_start(store.clone(), keyring.clone(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first["report"]["verified"], true);
+    // Within the freshness window the finished report is served as is.
+    let again = job
+        .latest_or_start(store, keyring, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+}

@@ -1,0 +1,88 @@
+//! The signed report as a background job, so that verifying a database of
+//! any size never runs into the request time limit (or the connection idle
+//! limit) and concurrent requests share one run.
+//!
+//! `GET /v1/audit/report` asks [`ReportJob::latest_or_start`]: a report that
+//! finished less than [`FRESH`] ago is served as is (its `generated_at`
+//! says when); otherwise a run is started — unless one is already running —
+//! and the request waits up to its budget. If the run takes longer, the
+//! answer is 202 with `Retry-After`, and a later request collects the result.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{Mutex, watch};
+
+use crate::crypto::keyring::Keyring;
+use crate::store::Store;
+
+/// How long a finished report is served before a new run is started.
+pub const FRESH: Duration = Duration::from_secs(30);
+
+/// What a run produced: the signed document, or why it failed (no data).
+pub type Outcome = Result<Arc<Value>, &'static str>;
+
+#[derive(Default)]
+struct State {
+    latest: Option<(Instant, Outcome)>,
+    running: Option<watch::Receiver<Option<Outcome>>>,
+}
+
+#[derive(Default)]
+pub struct ReportJob {
+    state: Mutex<State>,
+}
+
+impl ReportJob {
+    /// A fresh report if there is one; otherwise waits up to `wait` for a
+    /// run (started now, or already under way). `None`: still running.
+    pub async fn latest_or_start(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        wait: Duration,
+    ) -> Option<Outcome> {
+        let mut rx = {
+            let mut state = self.state.lock().await;
+            if let Some((at, outcome)) = &state.latest {
+                if at.elapsed() < FRESH {
+                    return Some(outcome.clone());
+                }
+            }
+            match &state.running {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    state.running = Some(rx.clone());
+                    let job = self.clone();
+                    tokio::spawn(async move {
+                        let outcome = run(store.as_ref(), &keyring).await;
+                        let mut state = job.state.lock().await;
+                        state.latest = Some((Instant::now(), outcome.clone()));
+                        state.running = None;
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let waited = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(done)) => done.clone(),
+            _ => None,
+        }
+    }
+}
+
+async fn run(store: &dyn Store, keyring: &Keyring) -> Outcome {
+    let report = super::verify::verify(store, keyring, &|_, _| {})
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "the audit report run failed");
+            "the database could not be read"
+        })?;
+    super::report::sign(&report, keyring)
+        .map(Arc::new)
+        .map_err(|_| "signing the report failed")
+}
