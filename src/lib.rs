@@ -12,14 +12,16 @@
 //! - [`server`] — the TLS accept loop, roles from client certificates
 //!   ([`server::identity`]), the TLS policy ([`server::tls`]), shutdown.
 //! - [`routes`] — the HTTP surface and the one table of who may call what.
-//! - [`http`] — problem documents, security headers, the access log line.
+//! - [`http`] — problem documents, security headers, the access log line,
+//!   the per-IP rate limit.
 //! - [`domain`] — order-form types that parse themselves.
 //! - [`intake`] — order intake: idempotency, validation, sealing, commit.
 //! - [`fulfillment`] — the warehouse's view: shipping and recipient keys only.
 //! - [`consent`] — opt-outs, effective consent, proof of consent, audiences.
-//! - [`crypto`] — envelope encryption, keyring, blind index, consent MAC.
+//! - [`crypto`] — AEAD, envelope encryption, the keyring, keyed MACs.
 //! - [`store`] — one `Store` trait, one file per database engine.
-//! - [`audit`] — the hash-chained access log (and, later, verification).
+//! - [`audit`] — the hash-chained access log, the verification engine,
+//!   signed reports (a background job), the HTML report.
 //! - [`pki`] — the development PKI (rcgen).
 //! - [`ids`] / [`hex`] — random ids, timestamps, hex.
 //! - [`telemetry`] — logging.

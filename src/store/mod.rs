@@ -1,4 +1,4 @@
-//! Storage: one [`Store`] trait, one file per engine.
+//! Storage: one [`Store`] trait, one module per engine (`sqlite/`).
 //!
 //! The engine is chosen by the database URL's scheme (see
 //! [`crate::config::DatabaseUrl`]); an unknown scheme never reaches this

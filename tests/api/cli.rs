@@ -1,0 +1,145 @@
+//! The command line as an operator meets it: the real binary.
+
+use std::process::Command;
+
+fn checkoutd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+}
+
+#[test]
+fn migrate_creates_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = checkoutd()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = dir.path().join("data/checkoutd.db");
+    assert!(db.is_file());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tables: Vec<String> = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    });
+    for t in ["orders", "payment_cards", "consent_events", "access_log"] {
+        assert!(tables.iter().any(|n| n == t), "{t} in {tables:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn certs_dev_writes_the_pki_with_private_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = checkoutd()
+        .args(["certs", "dev", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEVELOPMENT"));
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "storefront.pem",
+        "fulfillment.pem",
+        "auditor.pem",
+        "marketing.pem",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    for f in [
+        "server-key.pem",
+        "storefront-key.pem",
+        "fulfillment-key.pem",
+        "auditor-key.pem",
+        "marketing-key.pem",
+    ] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+}
+
+#[test]
+fn invalid_settings_are_refused_before_binding_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    // From a flag, from the environment and from a config file.
+    let out = checkoutd()
+        .args(["serve", "--listen", "not-an-address"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`listen`"));
+    let out = checkoutd()
+        .args(["serve"])
+        .env("CHECKOUTD_DATABASE_URL", "mysql://secret@db/x")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("database_url") && !err.contains("secret"),
+        "{err}"
+    );
+    let config = dir.path().join("checkoutd.toml");
+    std::fs::write(&config, "handshake_timeout = \"forever\"\n").unwrap();
+    let out = checkoutd()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("handshake_timeout"));
+    // Nothing was created: validation happens before any side effect.
+    assert!(!dir.path().join("certs").exists());
+}
+
+#[test]
+fn help_lists_every_command_and_flag() {
+    let top = String::from_utf8(checkoutd().arg("--help").output().unwrap().stdout).unwrap();
+    for c in ["serve", "migrate", "certs", "audit"] {
+        assert!(top.contains(c), "{c}");
+    }
+    let serve = String::from_utf8(
+        checkoutd()
+            .args(["serve", "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for f in [
+        "--listen",
+        "--data-dir",
+        "--certs-dir",
+        "--database-url",
+        "--config",
+        "--client-ca",
+        "--log-format",
+        "--max-connections",
+        "--handshake-timeout",
+        "--request-timeout",
+        "--idle-timeout",
+        "--drain-timeout",
+        "CHECKOUTD_LISTEN",
+    ] {
+        assert!(serve.contains(f), "{f} missing from serve --help");
+    }
+}
