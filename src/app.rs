@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::audit::access_log::AccessLog;
 use crate::config::Settings;
-use crate::crypto::keyring::{self, Keyring, KeyringError};
+use crate::crypto::keyring::{self, Keyring, KeyringError, KeyringHandle};
 use crate::fulfillment::Fulfillment;
 use crate::intake::Intake;
 use crate::pki::{self, DevPki};
@@ -88,26 +88,29 @@ impl Application {
                 "Never use it for real cards.",
             ]));
         }
-        let keyring = Arc::new(keyring);
+        let handle = Arc::new(KeyringHandle::new(keyring, Some(keyring_path.clone())));
+        let keyring = handle.current();
         let fulfillment = Arc::new(Fulfillment::new(&keyring));
+        let marketing = Arc::new(crate::consent::audience::Marketing::new(&keyring));
         let access_log = AccessLog::start(store.clone(), keyring.clone());
         let intake = Arc::new(Intake::new(
-            keyring.clone(),
+            handle.clone(),
             store.clone(),
             settings.policy_versions.clone(),
         ));
+        watch_keyring(handle.clone(), fulfillment.clone(), marketing.clone());
         let state = AppState {
             store: store.clone(),
             intake,
             fulfillment,
             access_log,
-            ledger: Arc::new(crate::consent::Ledger::new(keyring.clone())),
-            marketing: Arc::new(crate::consent::audience::Marketing::new(&keyring)),
+            ledger: Arc::new(crate::consent::Ledger::new(handle.clone())),
+            marketing,
             unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
                 settings.unsubscribe_rate_limit,
                 std::time::Duration::from_secs(60),
             )),
-            keyring,
+            keyring: handle,
             report_job: Default::default(),
             request_timeout: settings.request_timeout,
             readiness: Default::default(),
@@ -169,6 +172,38 @@ impl Application {
         self.store.close().await;
         tracing::info!("checkoutd stopped");
     }
+}
+
+/// How often a running server looks for a rotated keyring file.
+pub const KEYRING_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Polls the keyring file; when `checkoutd keys rotate` (or rewrap, or
+/// destroy) rewrote it, the new keyring is swapped in and the components
+/// that hold copies of KEKs take theirs. No restart, no signal needed.
+fn watch_keyring(
+    handle: Arc<KeyringHandle>,
+    fulfillment: Arc<Fulfillment>,
+    marketing: Arc<crate::consent::audience::Marketing>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEYRING_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match handle.reload_if_changed() {
+                Ok(true) => {
+                    let current = handle.current();
+                    fulfillment.refresh(&current);
+                    marketing.refresh(&current);
+                    tracing::info!("keyring reloaded");
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(error = %error, "the keyring file changed but does not load; keeping the current keyring")
+                }
+            }
+        }
+    });
 }
 
 /// On a first run with no server certificate, creates the development PKI.

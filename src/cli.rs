@@ -33,11 +33,55 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Key life cycle: status, rotate, rewrap, destroy. A running server
+    /// picks up a rewritten keyring within a second.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Verify a database and its keyring offline (read-only) and write a
     /// signed JSON report and, optionally, a self-contained HTML report.
     /// Exit status: 0 everything verifies, 1 something failed, 2 usage or
     /// I/O error.
     Audit(AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Per data class, each KEK version with its state, creation date and
+    /// how many records it wraps; the other keys' versions. No key material.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// A new active KEK version for a class (card, billing, shipping,
+    /// recipient, contact or all); the previous one is retired: it still
+    /// opens, never seals.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, value_name = "CLASS")]
+        class: String,
+    },
+    /// Re-wrap every data key still under a retired version with the active
+    /// one (record ciphertexts are untouched). Batched, resumable, safe while
+    /// the server runs.
+    Rewrap {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, value_name = "CLASS", default_value = "all")]
+        class: String,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
+    /// Destroy a retired KEK version for good; refused while any record uses it.
+    Destroy {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, value_name = "CLASS")]
+        class: String,
+        #[arg(long, value_name = "N")]
+        version: u32,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -22,6 +22,7 @@
 //! - [`store`] — one `Store` trait, one file per database engine.
 //! - [`audit`] — the hash-chained access log, the verification engine,
 //!   signed reports (a background job), the HTML report.
+//! - [`keys`] — key life cycle: status, rotate, rewrap, destroy.
 //! - [`pki`] — the development PKI (rcgen).
 //! - [`ids`] / [`hex`] — random ids, timestamps, hex.
 //! - [`telemetry`] — logging.
@@ -38,6 +39,7 @@ pub mod hex;
 pub mod http;
 pub mod ids;
 pub mod intake;
+pub mod keys;
 pub mod pki;
 pub mod routes;
 pub mod server;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use checkoutd::cli::{CertsCommand, Cli, Command};
+use checkoutd::cli::{CertsCommand, Cli, Command, KeysCommand};
 use checkoutd::config::{Settings, StoreSettings};
 use checkoutd::{app::Application, audit, pki::DevPki, server, store, telemetry};
 
@@ -38,6 +38,9 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Keys(command) => {
+            run_keys(command).await?;
+        }
         Command::Audit(args) => {
             let settings = StoreSettings::from_args(&args.store)?;
             telemetry::init(settings.log_format);
@@ -101,4 +104,62 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `checkoutd keys …`: offline key operations on the data directory's
+/// keyring and database (the database is migrated if needed).
+async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use checkoutd::crypto::keyring::{FILE_NAME, Keyring};
+    let args = match &command {
+        KeysCommand::Status { store }
+        | KeysCommand::Rotate { store, .. }
+        | KeysCommand::Rewrap { store, .. }
+        | KeysCommand::Destroy { store, .. } => store.clone(),
+    };
+    let settings = StoreSettings::from_args(&args)?;
+    telemetry::init(settings.log_format);
+    let path = settings.data_dir.join(FILE_NAME);
+    let store = store::open(&settings.database).await?;
+    let classes = |text: &str| {
+        checkoutd::keys::parse_classes(text)
+            .ok_or("--class must be card, billing, shipping, recipient, contact or all")
+    };
+    let mut out = std::io::stdout();
+    match command {
+        KeysCommand::Status { .. } => {
+            let keyring = Keyring::load(&path)?;
+            let status = checkoutd::keys::status(store.as_ref(), &keyring).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        }
+        KeysCommand::Rotate { class, .. } => {
+            let made = checkoutd::keys::rotate(store.as_ref(), &path, &classes(&class)?).await?;
+            writeln!(out, "new active versions: {}", made.join(", "))?;
+        }
+        KeysCommand::Rewrap { class, batch, .. } => {
+            let keyring = Keyring::load(&path)?;
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            let progress = |done: u64| bar.set_position(done);
+            let done = checkoutd::keys::rewrap(
+                store.as_ref(),
+                &keyring,
+                &classes(&class)?,
+                batch.max(1),
+                &progress,
+            )
+            .await?;
+            bar.finish_and_clear();
+            writeln!(out, "re-wrapped {done} record(s)")?;
+        }
+        KeysCommand::Destroy { class, version, .. } => {
+            let class = checkoutd::crypto::DataClass::parse(&class)
+                .ok_or("--class must be card, billing, shipping, recipient or contact")?;
+            checkoutd::keys::destroy(store.as_ref(), &path, class, version).await?;
+            writeln!(out, "destroyed {}/v{version}", class.as_str())?;
+        }
+    }
+    store.close().await;
+    Ok(())
 }

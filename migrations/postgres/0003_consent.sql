@@ -57,5 +57,12 @@ CREATE TABLE consent_events_head (
 
 CREATE FUNCTION consent_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'consent_events is append-only'; END $$;
-CREATE TRIGGER consent_events_no_update BEFORE UPDATE OR DELETE ON consent_events
+-- Append-only, except that `keys rewrap` may re-wrap a reference's data key.
+CREATE TRIGGER consent_events_no_update
+BEFORE UPDATE OF seq, id, email_blind_index, blind_index_version, kind, product_updates,
+    new_offerings, partnerships, special_offers, third_party_sharing, channel, received_at,
+    effective_at, recorded_at, reference_format_version, reference_ciphertext, mac_key_version,
+    prev_mac, mac ON consent_events
+FOR EACH ROW EXECUTE FUNCTION consent_events_append_only();
+CREATE TRIGGER consent_events_no_delete BEFORE DELETE ON consent_events
 FOR EACH ROW EXECUTE FUNCTION consent_events_append_only();

@@ -55,7 +55,13 @@ CREATE TABLE consent_events_head (
     head_mac BLOB NOT NULL
 ) STRICT;
 
-CREATE TRIGGER consent_events_no_update BEFORE UPDATE ON consent_events
+-- Append-only, except that `keys rewrap` may re-wrap a reference's data key
+-- (reference_kek_version, reference_wrapped_dek), which the MAC does not cover.
+CREATE TRIGGER consent_events_no_update
+BEFORE UPDATE OF seq, id, email_blind_index, blind_index_version, kind, product_updates,
+    new_offerings, partnerships, special_offers, third_party_sharing, channel, received_at,
+    effective_at, recorded_at, reference_format_version, reference_ciphertext, mac_key_version,
+    prev_mac, mac ON consent_events
 BEGIN SELECT RAISE(ABORT, 'consent_events is append-only'); END;
 CREATE TRIGGER consent_events_no_delete BEFORE DELETE ON consent_events
 BEGIN SELECT RAISE(ABORT, 'consent_events is append-only'); END;

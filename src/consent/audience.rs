@@ -12,7 +12,8 @@ use crate::crypto::mac::MacKey;
 use crate::store::{Store, StoreError};
 
 pub struct Marketing {
-    keys: ClassKeys,
+    /// The contact KEKs (all versions); replaced by [`Marketing::refresh`].
+    keys: std::sync::RwLock<std::sync::Arc<ClassKeys>>,
     consent_key: MacKey,
     /// To check that a decrypted email really is the subject it was filed
     /// under (a relabelled blind index would dodge that subject's opt-outs).
@@ -32,9 +33,18 @@ pub struct AudiencePage {
 impl Marketing {
     pub fn new(keyring: &Keyring) -> Self {
         Marketing {
-            keys: keyring.class_keys(&[DataClass::Contact]),
+            keys: std::sync::RwLock::new(std::sync::Arc::new(
+                keyring.class_keys(&[DataClass::Contact]),
+            )),
             consent_key: keyring.consent_tag_key().duplicate(),
             blind_index_key: keyring.blind_index_key().duplicate(),
+        }
+    }
+
+    /// Takes the contact KEKs of a new keyring (nothing else).
+    pub fn refresh(&self, keyring: &Keyring) {
+        if let Ok(mut keys) = self.keys.write() {
+            *keys = std::sync::Arc::new(keyring.class_keys(&[DataClass::Contact]));
         }
     }
 
@@ -81,7 +91,11 @@ impl Marketing {
                 order_id,
                 record_id,
             };
-            let Ok(plain) = envelope::open(&self.keys, &binding, &row.envelope) else {
+            let keys = match self.keys.read() {
+                Ok(k) => k.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            let Ok(plain) = envelope::open(keys.as_ref(), &binding, &row.envelope) else {
                 tracing::error!(order_id = %row.order_id, "a contact record failed to open");
                 continue;
             };

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 use crate::crypto::DataClass;
 use crate::crypto::envelope::{self, Binding};
-use crate::crypto::keyring::Keyring;
+use crate::crypto::keyring::KeyringHandle;
 use crate::crypto::{CryptoError, mac::MacKey};
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
 use crate::domain::contact::Email;
@@ -292,11 +292,11 @@ impl EventSealer<'_> {
 /// The consent ledger service.
 pub struct Ledger {
     rng: SystemRandom,
-    keyring: std::sync::Arc<Keyring>,
+    keyring: std::sync::Arc<KeyringHandle>,
 }
 
 impl Ledger {
-    pub fn new(keyring: std::sync::Arc<Keyring>) -> Self {
+    pub fn new(keyring: std::sync::Arc<KeyringHandle>) -> Self {
         Ledger {
             rng: SystemRandom::new(),
             keyring,
@@ -306,6 +306,7 @@ impl Ledger {
     /// The subject reference of an email: its blind index.
     pub fn subject(&self, email: &Email) -> [u8; 32] {
         self.keyring
+            .current()
             .blind_index_key()
             .sign(&[email.expose().as_bytes()])
     }
@@ -314,6 +315,7 @@ impl Ledger {
     /// not the address belongs to a customer (no enumeration, by timing or
     /// otherwise). Returns the effective time.
     pub async fn withdraw(&self, store: &dyn Store, w: &Withdrawal) -> Result<String, LedgerError> {
+        let keyring = self.keyring.current();
         let id = crate::ids::new_id(&self.rng)?;
         let now = crate::ids::now();
         let reference = match &w.reference {
@@ -326,14 +328,14 @@ impl Ledger {
                 };
                 Some(envelope::seal(
                     &self.rng,
-                    &self.keyring,
+                    &keyring,
                     &binding,
                     text.expose().as_bytes(),
                 )?)
             }
         };
-        let key = self.keyring.consent_tag_key();
-        let blind = self.keyring.blind_index_key();
+        let key = keyring.consent_tag_key();
+        let blind = keyring.blind_index_key();
         let row = ConsentEventRow {
             id: id.to_string(),
             email_blind_index: self.subject(&w.email).to_vec(),
@@ -359,7 +361,7 @@ impl Ledger {
     /// The subject's effective consent now, and whether everything it rests
     /// on verified.
     pub fn effective(&self, history: &ConsentHistory) -> (Purposes, bool) {
-        effective(self.keyring.consent_tag_key(), history)
+        effective(self.keyring.current().consent_tag_key(), history)
     }
 
     /// The proof of consent for one subject (GDPR Art. 7(1)), in the spirit
@@ -369,7 +371,8 @@ impl Ledger {
     pub async fn proof(&self, store: &dyn Store, email: &Email) -> Result<Value, LedgerError> {
         let subject = self.subject(email);
         let history = store.consent_history(&subject).await?;
-        let key = self.keyring.consent_tag_key();
+        let keyring = self.keyring.current();
+        let key = keyring.consent_tag_key();
         let records: Vec<Value> = history
             .tags
             .iter()

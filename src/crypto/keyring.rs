@@ -56,13 +56,17 @@ pub enum KekState {
     Active,
     /// Opens only.
     Retired,
+    /// Gone for good: only the version number and dates remain, so that
+    /// status reports can say what happened to it.
+    Destroyed,
 }
 
 struct Kek {
     version: u32,
     state: KekState,
     created_at: String,
-    key: Zeroizing<[u8; KEY_LEN]>,
+    /// `None` once destroyed.
+    key: Option<Zeroizing<[u8; KEY_LEN]>>,
 }
 
 /// The active KEK of a class: the only thing that can wrap a new data key.
@@ -166,7 +170,7 @@ impl Keyring {
                     version: 1,
                     state: KekState::Active,
                     created_at: now.to_owned(),
-                    key: random_key(rng)?,
+                    key: Some(random_key(rng)?),
                 }],
             );
         }
@@ -188,10 +192,12 @@ impl Keyring {
         self.keks
             .get(&class)
             .and_then(|ks| ks.iter().find(|k| k.state == KekState::Active))
-            .map(|k| SealingKek {
-                class,
-                version: k.version,
-                key: &k.key,
+            .and_then(|k| {
+                k.key.as_ref().map(|key| SealingKek {
+                    class,
+                    version: k.version,
+                    key,
+                })
             })
             .ok_or(CryptoError::UnknownKey)
     }
@@ -205,10 +211,12 @@ impl Keyring {
         self.keks
             .get(&class)
             .and_then(|ks| ks.iter().find(|k| k.version == version))
-            .map(|k| OpeningKek {
-                class,
-                version: k.version,
-                key: &k.key,
+            .and_then(|k| {
+                k.key.as_ref().map(|key| OpeningKek {
+                    class,
+                    version: k.version,
+                    key,
+                })
             })
             .ok_or(CryptoError::UnknownKey)
     }
@@ -225,6 +233,54 @@ impl Keyring {
                 })
             })
             .collect()
+    }
+
+    /// Adds a new active KEK version to `class`; the previous active one
+    /// becomes retired (it still opens, it can never seal again). Returns
+    /// the new version.
+    pub fn rotate(
+        &mut self,
+        rng: &SystemRandom,
+        class: DataClass,
+        now: &str,
+    ) -> Result<u32, CryptoError> {
+        let versions = self.keks.get_mut(&class).ok_or(CryptoError::UnknownKey)?;
+        let next = versions.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+        for k in versions.iter_mut().filter(|k| k.state == KekState::Active) {
+            k.state = KekState::Retired;
+        }
+        versions.push(Kek {
+            version: next,
+            state: KekState::Active,
+            created_at: now.to_owned(),
+            key: Some(random_key(rng)?),
+        });
+        Ok(next)
+    }
+
+    /// Destroys a retired KEK version: its key material is wiped and only a
+    /// tombstone remains. The active version cannot be destroyed; the caller
+    /// must first make sure no record uses the version (`keys destroy` does).
+    pub fn destroy(&mut self, class: DataClass, version: u32) -> Result<(), KeyringError> {
+        let versions = self
+            .keks
+            .get_mut(&class)
+            .ok_or(KeyringError::Invalid("unknown data class"))?;
+        let kek = versions
+            .iter_mut()
+            .find(|k| k.version == version)
+            .ok_or(KeyringError::Invalid("no such KEK version"))?;
+        match kek.state {
+            KekState::Active => Err(KeyringError::Invalid(
+                "the active KEK cannot be destroyed; rotate first",
+            )),
+            KekState::Destroyed => Ok(()),
+            KekState::Retired => {
+                kek.state = KekState::Destroyed;
+                kek.key = None; // Zeroizing wipes it on drop.
+                Ok(())
+            }
+        }
     }
 
     pub fn fingerprint_key(&self) -> &MacKey {
@@ -253,7 +309,7 @@ impl Keyring {
             .map(|(c, ks)| {
                 let copies = ks
                     .iter()
-                    .map(|k| (k.version, Zeroizing::new(*k.key)))
+                    .filter_map(|k| k.key.as_ref().map(|key| (k.version, Zeroizing::new(**key))))
                     .collect();
                 (c, copies)
             })
@@ -312,7 +368,16 @@ impl Keyring {
                     version: e.version,
                     state: e.state,
                     created_at: e.created_at.clone(),
-                    key: key_from_hex(&e.key)?,
+                    key: match (e.state, &e.key) {
+                        (KekState::Destroyed, None) => None,
+                        (KekState::Destroyed, Some(_)) => {
+                            return Err(KeyringError::Invalid(
+                                "a destroyed KEK still holds key material",
+                            ));
+                        }
+                        (_, Some(hex)) => Some(key_from_hex(hex)?),
+                        (_, None) => return Err(KeyringError::Invalid("a KEK has no key")),
+                    },
                 });
             }
             versions.sort_by_key(|k| k.version);
@@ -362,7 +427,7 @@ impl Keyring {
                         version: k.version,
                         state: k.state,
                         created_at: k.created_at.clone(),
-                        key: hex(&k.key),
+                        key: k.key.as_ref().map(|key| hex(key)),
                     })
                     .collect(),
             );
@@ -478,7 +543,8 @@ struct KekEntry {
     version: u32,
     state: KekState,
     created_at: String,
-    key: Zeroizing<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<Zeroizing<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -494,6 +560,73 @@ struct SigningEntry {
     version: u32,
     algorithm: String,
     seed: Zeroizing<String>,
+}
+
+/// The keyring of a running server. `keys rotate` rewrites the file; the
+/// server notices (it polls the file's modification time and size, see
+/// `crate::app`) and swaps the new keyring in atomically, so new orders are
+/// sealed under the new active versions without a restart.
+pub struct KeyringHandle {
+    path: Option<PathBuf>,
+    current: std::sync::RwLock<std::sync::Arc<Keyring>>,
+    stamp: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
+}
+
+impl fmt::Debug for KeyringHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyringHandle(<redacted>)")
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl KeyringHandle {
+    /// `path` is the file to watch (`None`: a fixed keyring, e.g. in tests).
+    pub fn new(keyring: Keyring, path: Option<PathBuf>) -> Self {
+        let stamp = path.as_deref().and_then(file_stamp);
+        KeyringHandle {
+            path,
+            current: std::sync::RwLock::new(std::sync::Arc::new(keyring)),
+            stamp: std::sync::Mutex::new(stamp),
+        }
+    }
+
+    /// The keyring in force now.
+    pub fn current(&self) -> std::sync::Arc<Keyring> {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the file when its modification time or size changed.
+    /// `Ok(true)` when a new keyring is now in force. A file that does not
+    /// load leaves the current keyring in force (and is reported).
+    pub fn reload_if_changed(&self) -> Result<bool, KeyringError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let stamp = file_stamp(path);
+        {
+            let Ok(seen) = self.stamp.lock() else {
+                return Ok(false);
+            };
+            if *seen == stamp {
+                return Ok(false);
+            }
+        }
+        let fresh = Keyring::load(path)?;
+        if let Ok(mut current) = self.current.write() {
+            *current = std::sync::Arc::new(fresh);
+        }
+        if let Ok(mut seen) = self.stamp.lock() {
+            *seen = stamp;
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -544,6 +677,40 @@ mod tests {
         );
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn rotation_retires_and_destruction_wipes() {
+        let rng = SystemRandom::new();
+        let mut ring = Keyring::generate(&rng, "t0").unwrap();
+        let v1 = *ring.sealing_kek(DataClass::Card).unwrap().key;
+        assert_eq!(ring.rotate(&rng, DataClass::Card, "t1").unwrap(), 2);
+        let sealing = ring.sealing_kek(DataClass::Card).unwrap();
+        assert_eq!(sealing.version, 2);
+        assert_ne!(*sealing.key, v1);
+        // The retired version still opens but is never the sealing one.
+        assert_eq!(*ring.opening_kek(DataClass::Card, 1).unwrap().key, v1);
+        assert!(ring.destroy(DataClass::Card, 2).is_err(), "active");
+        ring.destroy(DataClass::Card, 1).unwrap();
+        assert_eq!(
+            ring.opening_kek(DataClass::Card, 1).err(),
+            Some(CryptoError::UnknownKey)
+        );
+        // Round trip through the file: the tombstone stays, keyless.
+        let json = ring.to_json().unwrap();
+        let back = Keyring::from_json(&json).unwrap();
+        let info: Vec<_> = back
+            .kek_info()
+            .into_iter()
+            .filter(|k| k.class == DataClass::Card)
+            .collect();
+        assert_eq!(
+            info.iter()
+                .map(|k| (k.version, k.state))
+                .collect::<Vec<_>>(),
+            vec![(1, KekState::Destroyed), (2, KekState::Active)]
+        );
+        assert!(!String::from_utf8_lossy(&json).contains(&crate::hex::encode(&v1)));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use crate::store::rows::{ShipToRow, ShipmentRow};
 
 /// The keys fulfillment holds.
 pub struct Fulfillment {
-    keys: ClassKeys,
+    /// The shipping and recipient KEKs (all versions); replaced by
+    /// [`Fulfillment::refresh`] when the keyring is rotated.
+    keys: std::sync::RwLock<std::sync::Arc<ClassKeys>>,
     consent_key: MacKey,
 }
 
@@ -78,15 +80,30 @@ impl Fulfillment {
             order_id,
             record_id,
         };
-        envelope::open(&self.keys, &binding, envelope)
+        let keys = match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        envelope::open(keys.as_ref(), &binding, envelope)
             .ok()
             .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok())
     }
 
     pub fn new(keyring: &Keyring) -> Self {
         Fulfillment {
-            keys: keyring.class_keys(&[DataClass::Shipping, DataClass::Recipient]),
+            keys: std::sync::RwLock::new(std::sync::Arc::new(Self::keys_of(keyring))),
             consent_key: keyring.consent_tag_key().duplicate(),
+        }
+    }
+
+    fn keys_of(keyring: &Keyring) -> ClassKeys {
+        keyring.class_keys(&[DataClass::Shipping, DataClass::Recipient])
+    }
+
+    /// Takes the shipping and recipient KEKs of a new keyring (nothing else).
+    pub fn refresh(&self, keyring: &Keyring) {
+        if let Ok(mut keys) = self.keys.write() {
+            *keys = std::sync::Arc::new(Self::keys_of(keyring));
         }
     }
 

@@ -23,7 +23,7 @@ use ring::rand::SystemRandom;
 use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
-use crate::crypto::keyring::Keyring;
+use crate::crypto::keyring::KeyringHandle;
 use crate::crypto::mac::MacKey;
 use crate::domain::form::{self, FormError};
 use crate::domain::json::{self, JsonError};
@@ -140,7 +140,8 @@ pub enum Accepted {
 /// The intake service shared by all requests.
 pub struct Intake {
     rng: SystemRandom,
-    keyring: Arc<Keyring>,
+    /// The keyring in force (swapped when `keys rotate` rewrites it).
+    keyring: Arc<KeyringHandle>,
     store: Arc<dyn Store>,
     policy_versions: Vec<String>,
     /// `(client, key)` pairs being processed in this process right now.
@@ -166,7 +167,11 @@ impl Drop for Claim<'_> {
 }
 
 impl Intake {
-    pub fn new(keyring: Arc<Keyring>, store: Arc<dyn Store>, policy_versions: Vec<String>) -> Self {
+    pub fn new(
+        keyring: Arc<KeyringHandle>,
+        store: Arc<dyn Store>,
+        policy_versions: Vec<String>,
+    ) -> Self {
         Intake {
             rng: SystemRandom::new(),
             keyring,
@@ -180,6 +185,7 @@ impl Intake {
     /// is not served as genuine).
     pub fn tag_verifies(&self, tag: &crate::domain::consent::ConsentTag) -> bool {
         self.keyring
+            .current()
             .consent_tag_key()
             .verify(&[&tag.canonical_bytes()], &tag.mac)
     }
@@ -208,12 +214,13 @@ impl Intake {
         body: Zeroizing<Vec<u8>>,
     ) -> Result<Accepted, IntakeError> {
         let (client, key) = (claim.client, &claim.key);
+        let keyring = self.keyring.current();
         let mut tree = match media {
             MediaType::Json => json::parse_strict(&body)?,
             MediaType::Form => form::parse(&body)?,
         };
         drop(body);
-        let request_hash = match request_hash(self.keyring.request_hash_key(), media, &mut tree) {
+        let request_hash = match request_hash(keyring.request_hash_key(), media, &mut tree) {
             Ok(hash) => hash,
             Err(error) => {
                 order::scrub(tree);
@@ -223,7 +230,7 @@ impl Intake {
 
         if let Some(found) = self
             .store
-            .idempotency_key(&client, &seal::key_hash(&self.keyring, key))
+            .idempotency_key(&client, &seal::key_hash(&keyring, key))
             .await?
         {
             order::scrub(tree);
@@ -239,7 +246,7 @@ impl Intake {
             today: time::OffsetDateTime::now_utc().date(),
         };
         let form = order::parse(tree, source, &rules).map_err(IntakeError::Invalid)?;
-        let sealed = seal::seal_order(&self.rng, &self.keyring, form, client, key, request_hash)?;
+        let sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
         let response = sealed.idempotency.response.clone();
         match self
             .store
@@ -251,7 +258,7 @@ impl Intake {
             // Another process won the key between our lookup and commit.
             _ => match self
                 .store
-                .idempotency_key(&client, &seal::key_hash(&self.keyring, key))
+                .idempotency_key(&client, &seal::key_hash(&keyring, key))
                 .await?
             {
                 Some(found) => replay(found, &request_hash),

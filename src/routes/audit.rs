@@ -101,7 +101,7 @@ pub async fn report(
     let wait = state.request_timeout.mul_f32(2.0 / 3.0);
     let outcome = state
         .report_job
-        .latest_or_start(state.store.clone(), state.keyring.clone(), wait)
+        .latest_or_start(state.store.clone(), state.keyring.current(), wait)
         .await;
     let signed = match outcome {
         Some(Ok(signed)) => signed,
@@ -137,7 +137,7 @@ pub async fn report(
 
 /// The report-signing public key.
 pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> Response {
-    match crate::audit::report::public_key(&state.keyring) {
+    match crate::audit::report::public_key(&state.keyring.current()) {
         Ok(k) => axum::Json(k).into_response(),
         Err(_) => Problem::internal().into_response(),
     }
@@ -156,7 +156,7 @@ pub async fn order(
         return Problem::not_found().into_response();
     };
     let id = id.to_string();
-    match crate::audit::verify::order(state.store.as_ref(), &state.keyring, &id).await {
+    match crate::audit::verify::order(state.store.as_ref(), &state.keyring.current(), &id).await {
         Ok(Some(audit)) => {
             if let Err(r) =
                 super::record_access(&state, peer.as_deref(), "GET", &route, vec![id], 200).await

@@ -41,7 +41,7 @@ pub struct AppState {
     pub access_log: crate::audit::access_log::AccessLog,
     /// The whole keyring, for the audit endpoints only (they open envelopes
     /// to verify them and return verdicts, never plaintext).
-    pub keyring: Arc<crate::crypto::keyring::Keyring>,
+    pub keyring: Arc<crate::crypto::keyring::KeyringHandle>,
     /// The consent ledger (opt-outs, effective consent, proof).
     pub ledger: Arc<crate::consent::Ledger>,
     /// Marketing's view: holds the contact key only.

@@ -140,16 +140,14 @@ pub async fn dispatch(
         tracking,
         dispatched_at: crate::ids::now(),
     };
-    let mac =
-        state
-            .keyring
-            .consent_tag_key()
-            .sign(&[&crate::intake::seal::dispatch_canonical_bytes(
-                &order_id.to_string(),
-                &wanted.carrier,
-                &wanted.tracking,
-                &wanted.dispatched_at,
-            )]);
+    let mac = state.keyring.current().consent_tag_key().sign(&[
+        &crate::intake::seal::dispatch_canonical_bytes(
+            &order_id.to_string(),
+            &wanted.carrier,
+            &wanted.tracking,
+            &wanted.dispatched_at,
+        ),
+    ]);
     let new = crate::store::rows::NewDispatch {
         dispatch: wanted.clone(),
         mac,

@@ -177,6 +177,30 @@ pub trait Store: Send + Sync + 'static {
     /// Consent per purpose over customers (email blind index), latest tag.
     async fn consent_stats(&self) -> Result<rows::ConsentStats, StoreError>;
 
+    // ---- key life cycle ----
+
+    /// How many records each KEK version of `class` wraps.
+    async fn kek_usage(
+        &self,
+        class: crate::crypto::DataClass,
+    ) -> Result<std::collections::BTreeMap<u32, u64>, StoreError>;
+
+    /// Up to `limit` envelopes of `class` not under KEK version `active`.
+    async fn envelopes_to_rewrap(
+        &self,
+        class: crate::crypto::DataClass,
+        active: u32,
+        limit: u32,
+    ) -> Result<Vec<rows::RewrapItem>, StoreError>;
+
+    /// Replaces wrapped data keys in one transaction; a row is changed only
+    /// if it still has its old KEK version (safe against a concurrent run).
+    /// Returns how many rows changed.
+    async fn apply_rewrap(
+        &self,
+        items: &[(rows::RewrapItem, u32, Vec<u8>)],
+    ) -> Result<u64, StoreError>;
+
     // ---- consent life cycle ----
 
     /// Appends a withdrawal to the ledger in one transaction: reads the head

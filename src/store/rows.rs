@@ -371,3 +371,15 @@ pub struct ConsentHistory {
     pub via_orders: Vec<String>,
     pub events: Vec<ConsentEventRow>,
 }
+
+/// One envelope whose data key must be re-wrapped (`keys rewrap`).
+#[derive(Debug, Clone)]
+pub struct RewrapItem {
+    /// `payment_cards`, …, or `consent_events` (a sealed reference).
+    pub table: &'static str,
+    /// The row's id (for consent_events, the event id).
+    pub id: String,
+    /// The order id bound in the AAD (the nil UUID for a reference).
+    pub order_id: String,
+    pub envelope: Envelope,
+}

@@ -8,6 +8,7 @@ mod cli;
 mod consent;
 mod fulfillment;
 mod helpers;
+mod keys;
 mod leaks;
 mod orders;
 mod tls;

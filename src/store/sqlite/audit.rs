@@ -598,3 +598,128 @@ pub async fn consent_events_page(
         .map(|r| Ok((r.try_get("seq").map_err(err)?, event_row(r)?)))
         .collect()
 }
+
+// ---- key life cycle ----
+
+/// The tables (and their envelope columns) holding records of `class`.
+fn class_tables(
+    class: crate::crypto::DataClass,
+) -> &'static [(&'static str, &'static str, &'static str, &'static str)] {
+    use crate::crypto::DataClass::*;
+    // (table, kek column, wrapped-dek column, AAD order-id expression)
+    match class {
+        Card => &[("payment_cards", "kek_version", "wrapped_dek", "order_id")],
+        Billing => &[("billing_details", "kek_version", "wrapped_dek", "order_id")],
+        Shipping => &[("shipping_details", "kek_version", "wrapped_dek", "order_id")],
+        Recipient => &[("gift_recipients", "kek_version", "wrapped_dek", "order_id")],
+        Contact => &[
+            ("contact_emails", "kek_version", "wrapped_dek", "order_id"),
+            (
+                "consent_events",
+                "reference_kek_version",
+                "reference_wrapped_dek",
+                "'00000000-0000-0000-0000-000000000000'",
+            ),
+        ],
+    }
+}
+
+pub async fn kek_usage(
+    pool: &SqlitePool,
+    class: crate::crypto::DataClass,
+) -> Result<BTreeMap<u32, u64>, StoreError> {
+    let mut usage = BTreeMap::new();
+    for (table, kek, _, _) in class_tables(class) {
+        let rows = sqlx::query(&format!(
+            "SELECT {kek} AS v, count(*) AS n FROM {table} WHERE {kek} IS NOT NULL GROUP BY {kek}"
+        ))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        for r in rows {
+            let v: i64 = r.try_get("v").map_err(err)?;
+            let n: i64 = r.try_get("n").map_err(err)?;
+            *usage
+                .entry(u32::try_from(v).unwrap_or(u32::MAX))
+                .or_insert(0) += u64::try_from(n).unwrap_or(0);
+        }
+    }
+    Ok(usage)
+}
+
+pub async fn envelopes_to_rewrap(
+    pool: &SqlitePool,
+    class: crate::crypto::DataClass,
+    active: u32,
+    limit: u32,
+) -> Result<Vec<super::super::rows::RewrapItem>, StoreError> {
+    let mut out = Vec::new();
+    for (table, kek, dek, order) in class_tables(class) {
+        let remaining = i64::from(limit) - out.len() as i64;
+        if remaining <= 0 {
+            break;
+        }
+        let (fmt, ct) = if *table == "consent_events" {
+            ("reference_format_version", "reference_ciphertext")
+        } else {
+            ("format_version", "ciphertext")
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT id, {order} AS order_id, {fmt} AS f, {kek} AS k, {dek} AS d, {ct} AS c
+               FROM {table} WHERE {kek} IS NOT NULL AND {kek} <> ?1 LIMIT ?2"
+        ))
+        .bind(i64::from(active))
+        .bind(remaining)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        for r in rows {
+            let f: i64 = r.try_get("f").map_err(err)?;
+            let k: i64 = r.try_get("k").map_err(err)?;
+            out.push(super::super::rows::RewrapItem {
+                table,
+                id: r.try_get("id").map_err(err)?,
+                order_id: r.try_get("order_id").map_err(err)?,
+                envelope: Envelope {
+                    format_version: u8::try_from(f)
+                        .map_err(|_| StoreError::Corrupt("format_version"))?,
+                    kek_version: u32::try_from(k)
+                        .map_err(|_| StoreError::Corrupt("kek_version"))?,
+                    wrapped_dek: r.try_get("d").map_err(err)?,
+                    ciphertext: r.try_get("c").map_err(err)?,
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub async fn apply_rewrap(
+    pool: &SqlitePool,
+    items: &[(super::super::rows::RewrapItem, u32, Vec<u8>)],
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let mut changed = 0u64;
+    for (item, new_version, wrapped) in items {
+        let (kek, dek) = if item.table == "consent_events" {
+            ("reference_kek_version", "reference_wrapped_dek")
+        } else {
+            ("kek_version", "wrapped_dek")
+        };
+        // `item.table` is one of our fixed table names (class_tables).
+        let r = sqlx::query(&format!(
+            "UPDATE {} SET {kek} = ?1, {dek} = ?2 WHERE id = ?3 AND {kek} = ?4",
+            item.table
+        ))
+        .bind(i64::from(*new_version))
+        .bind(wrapped)
+        .bind(&item.id)
+        .bind(i64::from(item.envelope.kek_version))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        changed += r.rows_affected();
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(changed)
+}

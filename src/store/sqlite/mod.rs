@@ -444,6 +444,29 @@ impl Store for SqliteStore {
         audit::audience(&self.pool, purpose, after_seq, limit).await
     }
 
+    async fn kek_usage(
+        &self,
+        class: crate::crypto::DataClass,
+    ) -> Result<std::collections::BTreeMap<u32, u64>, StoreError> {
+        audit::kek_usage(&self.pool, class).await
+    }
+
+    async fn envelopes_to_rewrap(
+        &self,
+        class: crate::crypto::DataClass,
+        active: u32,
+        limit: u32,
+    ) -> Result<Vec<super::rows::RewrapItem>, StoreError> {
+        audit::envelopes_to_rewrap(&self.pool, class, active, limit).await
+    }
+
+    async fn apply_rewrap(
+        &self,
+        items: &[(super::rows::RewrapItem, u32, Vec<u8>)],
+    ) -> Result<u64, StoreError> {
+        audit::apply_rewrap(&self.pool, items).await
+    }
+
     async fn consent_events_page(
         &self,
         after: i64,

@@ -1,0 +1,260 @@
+//! Key life-cycle operations behind `checkoutd keys …` (PCI DSS 3.6/3.7):
+//! status, rotation, re-wrapping and destruction of key-encrypting keys.
+//!
+//! Invariants:
+//! - no key material is ever printed; status shows versions, states, dates
+//!   and how many records each version wraps;
+//! - rotation adds an active version and retires the previous one (it still
+//!   opens, never seals — enforced by `SealingKek`); a running server picks
+//!   the new keyring up within a second (it polls the file);
+//! - rewrap re-wraps data keys only (record ciphertexts are untouched), in
+//!   batches, each its own transaction and guarded by the old version, so it
+//!   is resumable and safe while the server runs;
+//! - destroy refuses the active version and any version a record still uses;
+//! - every operation is written to the access log (role `operator`, the OS
+//!   user in place of a certificate fingerprint).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ring::rand::SystemRandom;
+use serde_json::{Value, json};
+
+use crate::audit::access_log::{Chainer, Entry, Outcome};
+use crate::crypto::envelope::{self, Binding};
+use crate::crypto::keyring::{KekState, Keyring, KeyringError};
+use crate::crypto::{CryptoError, DataClass};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("a record's data key does not open under its recorded KEK version ({table} {id})")]
+    Unopenable { table: &'static str, id: String },
+}
+
+/// `card`, `billing`, `shipping`, `recipient`, `contact` or `all`.
+pub fn parse_classes(text: &str) -> Option<Vec<DataClass>> {
+    if text == "all" {
+        return Some(DataClass::ALL.to_vec());
+    }
+    DataClass::parse(text).map(|c| vec![c])
+}
+
+/// Who runs a CLI command, for the access log.
+fn operator() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("os-user:{user}")
+}
+
+/// Appends one operator action to the access log.
+pub async fn log_operation(
+    store: &dyn Store,
+    keyring: &Keyring,
+    action: String,
+    objects: Vec<String>,
+    outcome: Outcome,
+) -> Result<(), StoreError> {
+    let entry = Entry {
+        at: crate::ids::now(),
+        role: "operator".to_owned(),
+        cert_fingerprint: operator(),
+        origin_ip: "local".to_owned(),
+        action,
+        objects,
+        outcome,
+        status: 0,
+    };
+    store
+        .append_access_log(
+            std::slice::from_ref(&entry),
+            &Chainer::new(keyring.access_log_key()),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Per class, each KEK version with its state, creation date and how many
+/// records it wraps; plus the versions of the other keys. No key material.
+pub async fn status(store: &dyn Store, keyring: &Keyring) -> Result<Value, KeysError> {
+    let mut classes = BTreeMap::new();
+    for class in DataClass::ALL {
+        let usage = store.kek_usage(class).await?;
+        let versions: Vec<Value> = keyring
+            .kek_info()
+            .into_iter()
+            .filter(|k| k.class == class)
+            .map(|k| {
+                json!({
+                    "version": k.version,
+                    "name": format!("{}/v{}", class.as_str(), k.version),
+                    "state": k.state,
+                    "created_at": k.created_at,
+                    "records": usage.get(&k.version).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        classes.insert(class.as_str().to_owned(), versions);
+    }
+    let (signing_version, _) = keyring.signing_key()?;
+    Ok(json!({
+        "keks": classes,
+        "mac_keys": {
+            "fingerprint": keyring.fingerprint_key().version(),
+            "blind_index": keyring.blind_index_key().version(),
+            "consent_tag": keyring.consent_tag_key().version(),
+            "request_hash": keyring.request_hash_key().version(),
+            "access_log": keyring.access_log_key().version(),
+        },
+        "signing_key": {"algorithm": "Ed25519", "version": signing_version},
+    }))
+}
+
+/// Rotates the KEKs of `classes` and saves the keyring (atomically).
+pub async fn rotate(
+    store: &dyn Store,
+    path: &Path,
+    classes: &[DataClass],
+) -> Result<Vec<String>, KeysError> {
+    let mut keyring = Keyring::load(path)?;
+    let rng = SystemRandom::new();
+    let now = crate::ids::now();
+    let mut made = Vec::new();
+    for class in classes {
+        let version = keyring.rotate(&rng, *class, &now)?;
+        made.push(format!("{}/v{version}", class.as_str()));
+    }
+    keyring.save(path)?;
+    log_operation(
+        store,
+        &keyring,
+        "keys rotate".into(),
+        made.clone(),
+        Outcome::Allowed,
+    )
+    .await?;
+    Ok(made)
+}
+
+/// Re-wraps every data key of `classes` not under the active KEK version.
+/// Batched and resumable; `progress(done)` after each batch. Returns the
+/// number of records re-wrapped.
+pub async fn rewrap(
+    store: &dyn Store,
+    keyring: &Keyring,
+    classes: &[DataClass],
+    batch: u32,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, KeysError> {
+    let rng = SystemRandom::new();
+    let mut done = 0u64;
+    for class in classes {
+        let active = keyring.sealing_kek(*class)?;
+        loop {
+            let items = store
+                .envelopes_to_rewrap(*class, active.version, batch)
+                .await?;
+            if items.is_empty() {
+                break;
+            }
+            let mut updates = Vec::with_capacity(items.len());
+            for item in items {
+                let (Ok(order_id), Ok(record_id)) = (
+                    uuid::Uuid::parse_str(&item.order_id),
+                    uuid::Uuid::parse_str(&item.id),
+                ) else {
+                    return Err(KeysError::Unopenable {
+                        table: item.table,
+                        id: item.id,
+                    });
+                };
+                let binding = Binding {
+                    class: *class,
+                    order_id,
+                    record_id,
+                };
+                let Ok(new) = envelope::rewrap(&rng, keyring, &active, &binding, &item.envelope)
+                else {
+                    return Err(KeysError::Unopenable {
+                        table: item.table,
+                        id: item.id,
+                    });
+                };
+                updates.push((item, new.kek_version, new.wrapped_dek));
+            }
+            done += store.apply_rewrap(&updates).await?;
+            progress(done);
+        }
+    }
+    log_operation(
+        store,
+        keyring,
+        "keys rewrap".into(),
+        vec![format!("records:{done}")],
+        Outcome::Allowed,
+    )
+    .await?;
+    Ok(done)
+}
+
+/// Destroys KEK `class`/`version` for good, if nothing uses it.
+pub async fn destroy(
+    store: &dyn Store,
+    path: &Path,
+    class: DataClass,
+    version: u32,
+) -> Result<(), KeysError> {
+    let mut keyring = Keyring::load(path)?;
+    let name = format!("{}/v{version}", class.as_str());
+    let in_use = store
+        .kek_usage(class)
+        .await?
+        .get(&version)
+        .copied()
+        .unwrap_or(0);
+    let state = keyring
+        .kek_info()
+        .into_iter()
+        .find(|k| k.class == class && k.version == version)
+        .map(|k| k.state);
+    let refusal = match state {
+        None => Some("no such KEK version".to_owned()),
+        Some(KekState::Active) => Some(format!("{name} is the active version; rotate first")),
+        Some(_) if in_use > 0 => Some(format!(
+            "{name} still wraps {in_use} record(s); run `checkoutd keys rewrap` first"
+        )),
+        Some(_) => None,
+    };
+    if let Some(why) = refusal {
+        log_operation(
+            store,
+            &keyring,
+            "keys destroy".into(),
+            vec![name],
+            Outcome::Denied,
+        )
+        .await?;
+        return Err(KeysError::Refused(why));
+    }
+    keyring.destroy(class, version)?;
+    keyring.save(path)?;
+    log_operation(
+        store,
+        &keyring,
+        "keys destroy".into(),
+        vec![name],
+        Outcome::Allowed,
+    )
+    .await?;
+    Ok(())
+}
