@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::audit::access_log::AccessLog;
 use crate::config::Settings;
 use crate::crypto::keyring::{self, Keyring, KeyringError, KeyringHandle};
+use crate::crypto::master::MasterKey;
 use crate::fulfillment::Fulfillment;
 use crate::intake::Intake;
 use crate::pki::{self, DevPki};
@@ -78,17 +79,23 @@ impl Application {
             // and new ones unrelated to them.
             return Err(StartupError::KeyringMissing(keyring_path));
         }
-        let (keyring, created) = Keyring::load_or_create(&keyring_path, &crate::ids::now())?;
+        let master = master_key(settings, &keyring_path)?;
+        let (keyring, created) =
+            Keyring::load_or_create(&keyring_path, &master, &crate::ids::now())?;
         if created {
             tracing::warn!(path = %keyring_path.display(), "created a development keyring");
             notices.push(banner(&[
-                "WARNING: created a DEVELOPMENT KEYRING, stored unencrypted (0600) at:",
-                &keyring_path.display().to_string(),
-                "Anyone who can read it and the database can read every card.",
-                "Never use it for real cards.",
+                "WARNING: created a DEVELOPMENT KEYRING, sealed under a development",
+                "master key kept beside it (master.key, 0600) in:",
+                &settings.store.data_dir.display().to_string(),
+                "Anyone who can read that directory can read every card. Never use it",
+                "for real cards: run `checkoutd keys init --custodians N` instead.",
             ]));
         }
-        let handle = Arc::new(KeyringHandle::new(keyring, Some(keyring_path.clone())));
+        let handle = Arc::new(KeyringHandle::new(
+            keyring,
+            Some((keyring_path.clone(), master)),
+        ));
         let keyring = handle.current();
         let fulfillment = Arc::new(Fulfillment::new(&keyring));
         let marketing = Arc::new(crate::consent::audience::Marketing::new(&keyring));
@@ -172,6 +179,34 @@ impl Application {
         self.store.close().await;
         tracing::info!("checkoutd stopped");
     }
+}
+
+/// The master key: from the custodians' shares when given; else the
+/// development key file, created on a first run (no keyring yet).
+fn master_key(
+    settings: &Settings,
+    keyring_path: &std::path::Path,
+) -> Result<MasterKey, StartupError> {
+    let dev = settings
+        .store
+        .data_dir
+        .join(crate::crypto::master::DEV_FILE_NAME);
+    if settings.store.master_key_shares.is_empty() && !keyring_path.exists() && !dev.exists() {
+        let master =
+            MasterKey::generate(&ring::rand::SystemRandom::new()).map_err(KeyringError::from)?;
+        std::fs::create_dir_all(&settings.store.data_dir).map_err(|source| {
+            KeyringError::Write {
+                path: settings.store.data_dir.clone(),
+                source,
+            }
+        })?;
+        master.save_dev(&dev).map_err(KeyringError::from)?;
+        return Ok(master);
+    }
+    Ok(
+        crate::crypto::master::resolve(&settings.store.data_dir, &settings.store.master_key_shares)
+            .map_err(KeyringError::from)?,
+    )
 }
 
 /// How often a running server looks for a rotated keyring file.

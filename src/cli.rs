@@ -46,6 +46,20 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Create a fresh keyring sealed under a new master key, split into N
+    /// custodian share files (N ≥ 2, all needed). Refused when a keyring
+    /// exists.
+    Init {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Number of custodians (share files), at least 2.
+        #[arg(long, value_name = "N")]
+        custodians: u32,
+        /// Where to write the share files (hand each to its custodian, then
+        /// remove them from this machine).
+        #[arg(long, value_name = "DIR")]
+        shares_dir: PathBuf,
+    },
     /// Per data class, each KEK version with its state, creation date and
     /// how many records it wraps; the other keys' versions. No key material.
     Status {
@@ -128,6 +142,16 @@ pub struct StoreArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "CHECKOUTD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// A custodian's master-key share file; give every share (repeat the
+    /// flag, or comma-separate in the variable). Without shares, the
+    /// development key file <data-dir>/master.key is used.
+    #[arg(
+        long = "master-key-share",
+        env = "CHECKOUTD_MASTER_KEY_SHARES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub master_key_shares: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

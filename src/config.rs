@@ -131,6 +131,8 @@ fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub data_dir: PathBuf,
+    /// Custodian share files (empty: the development master key file).
+    pub master_key_shares: Vec<PathBuf>,
     pub database: DatabaseUrl,
     pub log_format: LogFormat,
 }
@@ -191,6 +193,7 @@ impl StoreSettings {
             }
         };
         Ok(StoreSettings {
+            master_key_shares: args.master_key_shares.clone(),
             data_dir,
             database,
             log_format,

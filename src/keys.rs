@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::audit::access_log::{Chainer, Entry, Outcome};
 use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::{KekState, Keyring, KeyringError};
+use crate::crypto::master::MasterKey;
 use crate::crypto::{CryptoError, DataClass};
 use crate::store::{Store, StoreError};
 
@@ -124,9 +125,10 @@ pub async fn status(store: &dyn Store, keyring: &Keyring) -> Result<Value, KeysE
 pub async fn rotate(
     store: &dyn Store,
     path: &Path,
+    master: &MasterKey,
     classes: &[DataClass],
 ) -> Result<Vec<String>, KeysError> {
-    let mut keyring = Keyring::load(path)?;
+    let mut keyring = Keyring::load(path, master)?;
     let rng = SystemRandom::new();
     let now = crate::ids::now();
     let mut made = Vec::new();
@@ -134,7 +136,7 @@ pub async fn rotate(
         let version = keyring.rotate(&rng, *class, &now)?;
         made.push(format!("{}/v{version}", class.as_str()));
     }
-    keyring.save(path)?;
+    keyring.save(path, master)?;
     log_operation(
         store,
         &keyring,
@@ -211,10 +213,11 @@ pub async fn rewrap(
 pub async fn destroy(
     store: &dyn Store,
     path: &Path,
+    master: &MasterKey,
     class: DataClass,
     version: u32,
 ) -> Result<(), KeysError> {
-    let mut keyring = Keyring::load(path)?;
+    let mut keyring = Keyring::load(path, master)?;
     let name = format!("{}/v{version}", class.as_str());
     let in_use = store
         .kek_usage(class)
@@ -247,7 +250,7 @@ pub async fn destroy(
         return Err(KeysError::Refused(why));
     }
     keyring.destroy(class, version)?;
-    keyring.save(path)?;
+    keyring.save(path, master)?;
     log_operation(
         store,
         &keyring,
@@ -257,4 +260,44 @@ pub async fn destroy(
     )
     .await?;
     Ok(())
+}
+
+/// `keys init`: a fresh keyring sealed under a fresh master key, split into
+/// `custodians` share files in `shares_dir`. Refuses when a keyring exists.
+pub async fn init(
+    store: &dyn Store,
+    path: &Path,
+    custodians: u32,
+    shares_dir: &Path,
+) -> Result<Vec<std::path::PathBuf>, KeysError> {
+    if path.exists() {
+        return Err(KeysError::Refused(format!(
+            "{} exists; keys init makes a new keyring only",
+            path.display()
+        )));
+    }
+    if store.holds_orders().await? {
+        return Err(KeysError::Refused(
+            "the database already holds orders sealed under another keyring".into(),
+        ));
+    }
+    let rng = SystemRandom::new();
+    let master = MasterKey::generate(&rng)?;
+    let shares = master.split(&rng, custodians).map_err(KeyringError::from)?;
+    let keyring = Keyring::generate(&rng, &crate::ids::now())?;
+    let paths =
+        crate::crypto::master::write_shares(shares_dir, &shares).map_err(KeyringError::from)?;
+    keyring.save(path, &master)?;
+    log_operation(
+        store,
+        &keyring,
+        "keys init".into(),
+        vec![
+            format!("custodians:{custodians}"),
+            format!("master_key_id:{}", master.id()),
+        ],
+        Outcome::Allowed,
+    )
+    .await?;
+    Ok(paths)
 }

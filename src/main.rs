@@ -111,7 +111,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>> {
     use checkoutd::crypto::keyring::{FILE_NAME, Keyring};
     let args = match &command {
-        KeysCommand::Status { store }
+        KeysCommand::Init { store, .. }
+        | KeysCommand::Status { store }
         | KeysCommand::Rotate { store, .. }
         | KeysCommand::Rewrap { store, .. }
         | KeysCommand::Destroy { store, .. } => store.clone(),
@@ -125,18 +126,40 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
             .ok_or("--class must be card, billing, shipping, recipient, contact or all")
     };
     let mut out = std::io::stdout();
+    if let KeysCommand::Init {
+        custodians,
+        shares_dir,
+        ..
+    } = &command
+    {
+        let paths = checkoutd::keys::init(store.as_ref(), &path, *custodians, shares_dir).await?;
+        for (i, p) in paths.iter().enumerate() {
+            writeln!(out, "custodian {}: {}", i + 1, p.display())?;
+        }
+        writeln!(
+            out,
+            "keyring sealed at {}; start with every share: --master-key-share FILE (repeat)",
+            path.display()
+        )?;
+        store.close().await;
+        return Ok(());
+    }
+    let master =
+        checkoutd::crypto::master::resolve(&settings.data_dir, &settings.master_key_shares)?;
     match command {
+        KeysCommand::Init { .. } => {}
         KeysCommand::Status { .. } => {
-            let keyring = Keyring::load(&path)?;
+            let keyring = Keyring::load(&path, &master)?;
             let status = checkoutd::keys::status(store.as_ref(), &keyring).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
         }
         KeysCommand::Rotate { class, .. } => {
-            let made = checkoutd::keys::rotate(store.as_ref(), &path, &classes(&class)?).await?;
+            let made =
+                checkoutd::keys::rotate(store.as_ref(), &path, &master, &classes(&class)?).await?;
             writeln!(out, "new active versions: {}", made.join(", "))?;
         }
         KeysCommand::Rewrap { class, batch, .. } => {
-            let keyring = Keyring::load(&path)?;
+            let keyring = Keyring::load(&path, &master)?;
             let bar = indicatif::ProgressBar::with_draw_target(
                 None,
                 indicatif::ProgressDrawTarget::stderr(),
@@ -156,7 +179,7 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
         KeysCommand::Destroy { class, version, .. } => {
             let class = checkoutd::crypto::DataClass::parse(&class)
                 .ok_or("--class must be card, billing, shipping, recipient or contact")?;
-            checkoutd::keys::destroy(store.as_ref(), &path, class, version).await?;
+            checkoutd::keys::destroy(store.as_ref(), &path, &master, class, version).await?;
             writeln!(out, "destroyed {}/v{version}", class.as_str())?;
         }
     }

@@ -40,7 +40,9 @@ pub async fn offline(
     html_out: Option<&std::path::Path>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<bool, OfflineError> {
-    let keyring = Keyring::load(&settings.data_dir.join(keyring::FILE_NAME))?;
+    let master = crate::crypto::master::resolve(&settings.data_dir, &settings.master_key_shares)
+        .map_err(KeyringError::from)?;
+    let keyring = Keyring::load(&settings.data_dir.join(keyring::FILE_NAME), &master)?;
     let store = crate::store::open_read_only(&settings.database).await?;
     let report = verify::verify(store.as_ref(), &keyring, progress).await?;
     store.close().await;

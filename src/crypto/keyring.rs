@@ -7,10 +7,8 @@
 //! - key material zeroizes on drop and never prints (`Debug` shows versions);
 //! - the file is written 0600, atomically (temp file, fsync, rename).
 //!
-//! The file is JSON (`docs/encryption.md` describes it). In this release
-//! the development keyring is stored unencrypted beside the database with a
-//! loud warning; custodian-held master-key shares wrap it in production
-//! (the key life-cycle issue).
+//! The file is the keyring JSON sealed with AES-256-GCM under the master
+//! key (`crate::crypto::master`; `docs/encryption.md` describes the bytes).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +21,7 @@ use zeroize::Zeroizing;
 
 use super::aead::{KEY_LEN, random_key};
 use super::mac::MacKey;
+use super::master::MasterKey;
 use super::{CryptoError, DataClass};
 
 pub const FORMAT: &str = "checkoutd-keyring/1";
@@ -47,6 +46,10 @@ pub enum KeyringError {
     Invalid(&'static str),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error("the master key does not open this keyring (wrong shares or wrong development key)")]
+    WrongMasterKey,
+    #[error(transparent)]
+    Master(#[from] super::master::MasterKeyError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,24 +332,69 @@ impl Keyring {
     ///
     /// Creation never replaces a file: when two processes race, one
     /// creates it and both end up with the same keys.
-    pub fn load_or_create(path: &Path, now: &str) -> Result<(Self, bool), KeyringError> {
+    pub fn load_or_create(
+        path: &Path,
+        master: &MasterKey,
+        now: &str,
+    ) -> Result<(Self, bool), KeyringError> {
         if path.exists() {
-            return Ok((Self::load(path)?, false));
+            return Ok((Self::load(path, master)?, false));
         }
         let ring = Self::generate(&SystemRandom::new(), now)?;
-        if ring.write(path, false)? {
+        if ring.write(path, false, master)? {
             Ok((ring, true))
         } else {
-            Ok((Self::load(path)?, false))
+            Ok((Self::load(path, master)?, false))
         }
     }
 
-    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+    /// Reads and opens the sealed keyring file.
+    pub fn load(path: &Path, master: &MasterKey) -> Result<Self, KeyringError> {
         let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyringError::Read {
             path: path.to_owned(),
             source,
         })?);
-        Self::from_json(&bytes)
+        Self::unseal(&bytes, master)
+    }
+
+    /// The keyring file: the keyring JSON sealed with AES-256-GCM under the
+    /// master key — `{"format": "checkoutd-keyring-sealed/1", "master_key_id",
+    /// "sealed": hex(nonce ‖ ciphertext ‖ tag)}`, AAD `"checkoutd/keyring" ‖
+    /// master_key_id`.
+    pub fn seal(&self, master: &MasterKey) -> Result<Vec<u8>, KeyringError> {
+        let inner = self.to_json()?;
+        let id = master.id();
+        let aad = [b"checkoutd/keyring".as_slice(), id.as_bytes()].concat();
+        let sealed = super::aead::seal(&SystemRandom::new(), master.raw(), &aad, &inner)?;
+        let file = SealedFile {
+            format: SEALED_FORMAT.to_owned(),
+            master_key_id: id,
+            sealed: crate::hex::encode(&sealed),
+        };
+        serde_json::to_vec_pretty(&file)
+            .map_err(|_| KeyringError::Invalid("serialising the keyring failed"))
+    }
+
+    /// Opens a sealed keyring file's bytes.
+    pub fn unseal(bytes: &[u8], master: &MasterKey) -> Result<Self, KeyringError> {
+        let file: SealedFile = serde_json::from_slice(bytes)
+            .ok()
+            .filter(|f: &SealedFile| f.format == SEALED_FORMAT)
+            .ok_or(KeyringError::Invalid("not a sealed checkoutd keyring"))?;
+        if file.master_key_id != master.id() {
+            return Err(KeyringError::WrongMasterKey);
+        }
+        let sealed = crate::hex::decode(&file.sealed).ok_or(KeyringError::Invalid(
+            "the sealed keyring is not hexadecimal",
+        ))?;
+        let aad = [
+            b"checkoutd/keyring".as_slice(),
+            file.master_key_id.as_bytes(),
+        ]
+        .concat();
+        let inner = super::aead::open(master.raw(), &aad, &sealed)
+            .map_err(|_| KeyringError::WrongMasterKey)?;
+        Self::from_json(&inner)
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, KeyringError> {
@@ -464,15 +512,15 @@ impl Keyring {
 
     /// Writes the keyring atomically with mode 0600, replacing any previous
     /// file (rotation).
-    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
-        self.write(path, true).map(|_| ())
+    pub fn save(&self, path: &Path, master: &MasterKey) -> Result<(), KeyringError> {
+        self.write(path, true, master).map(|_| ())
     }
 
     /// Writes via a uniquely named temporary file, fsynced, then renamed
     /// over `path` (`replace`) or hard-linked to it, which fails if `path`
     /// exists. Returns whether this call put the file in place.
-    fn write(&self, path: &Path, replace: bool) -> Result<bool, KeyringError> {
-        let json = self.to_json()?;
+    fn write(&self, path: &Path, replace: bool, master: &MasterKey) -> Result<bool, KeyringError> {
+        let json = self.seal(master)?;
         let err = |source| KeyringError::Write {
             path: path.to_owned(),
             source,
@@ -537,6 +585,17 @@ struct File {
     signing: SigningEntry,
 }
 
+/// Format of the sealed keyring file.
+pub const SEALED_FORMAT: &str = "checkoutd-keyring-sealed/1";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedFile {
+    format: String,
+    master_key_id: String,
+    sealed: String,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KekEntry {
@@ -567,7 +626,8 @@ struct SigningEntry {
 /// `crate::app`) and swaps the new keyring in atomically, so new orders are
 /// sealed under the new active versions without a restart.
 pub struct KeyringHandle {
-    path: Option<PathBuf>,
+    /// The file to watch and the master key to open it with.
+    source: Option<(PathBuf, MasterKey)>,
     current: std::sync::RwLock<std::sync::Arc<Keyring>>,
     stamp: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
 }
@@ -585,10 +645,10 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 
 impl KeyringHandle {
     /// `path` is the file to watch (`None`: a fixed keyring, e.g. in tests).
-    pub fn new(keyring: Keyring, path: Option<PathBuf>) -> Self {
-        let stamp = path.as_deref().and_then(file_stamp);
+    pub fn new(keyring: Keyring, source: Option<(PathBuf, MasterKey)>) -> Self {
+        let stamp = source.as_ref().and_then(|(p, _)| file_stamp(p));
         KeyringHandle {
-            path,
+            source,
             current: std::sync::RwLock::new(std::sync::Arc::new(keyring)),
             stamp: std::sync::Mutex::new(stamp),
         }
@@ -606,7 +666,7 @@ impl KeyringHandle {
     /// `Ok(true)` when a new keyring is now in force. A file that does not
     /// load leaves the current keyring in force (and is reported).
     pub fn reload_if_changed(&self) -> Result<bool, KeyringError> {
-        let Some(path) = &self.path else {
+        let Some((path, master)) = &self.source else {
             return Ok(false);
         };
         let stamp = file_stamp(path);
@@ -618,7 +678,7 @@ impl KeyringHandle {
                 return Ok(false);
             }
         }
-        let fresh = Keyring::load(path)?;
+        let fresh = Keyring::load(path, master)?;
         if let Ok(mut current) = self.current.write() {
             *current = std::sync::Arc::new(fresh);
         }
@@ -639,7 +699,8 @@ mod tests {
         let ring = Keyring::generate(&rng, "2026-11-29T00:00:00Z").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        ring.save(&path).unwrap();
+        let master = MasterKey::generate(&rng).unwrap();
+        ring.save(&path, &master).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -648,7 +709,18 @@ mod tests {
                 0o600
             );
         }
-        let back = Keyring::load(&path).unwrap();
+        let back = Keyring::load(&path, &master).unwrap();
+        // The file is sealed: no key in it, and another master key cannot open it.
+        let file = std::fs::read_to_string(&path).unwrap();
+        assert!(!file.contains(&crate::hex::encode(
+            ring.sealing_kek(DataClass::Card).unwrap().key
+        )));
+        assert!(file.contains(SEALED_FORMAT));
+        let stranger = MasterKey::generate(&rng).unwrap();
+        assert!(matches!(
+            Keyring::load(&path, &stranger),
+            Err(KeyringError::WrongMasterKey)
+        ));
         let a = ring.sealing_kek(DataClass::Card).unwrap();
         let b = back.sealing_kek(DataClass::Card).unwrap();
         assert_eq!(a.key, b.key);
@@ -662,14 +734,15 @@ mod tests {
     fn creation_never_replaces_an_existing_keyring() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (first, created) = Keyring::load_or_create(&path, "t").unwrap();
+        let master = MasterKey::generate(&SystemRandom::new()).unwrap();
+        let (first, created) = Keyring::load_or_create(&path, &master, "t").unwrap();
         assert!(created);
         let other = Keyring::generate(&SystemRandom::new(), "t").unwrap();
         assert!(
-            !other.write(&path, false).unwrap(),
+            !other.write(&path, false, &master).unwrap(),
             "an existing file is kept"
         );
-        let (again, created) = Keyring::load_or_create(&path, "t").unwrap();
+        let (again, created) = Keyring::load_or_create(&path, &master, "t").unwrap();
         assert!(!created);
         assert_eq!(
             first.sealing_kek(DataClass::Card).unwrap().key,

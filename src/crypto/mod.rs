@@ -14,6 +14,7 @@ pub mod aead;
 pub mod envelope;
 pub mod keyring;
 pub mod mac;
+pub mod master;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

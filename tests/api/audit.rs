@@ -425,11 +425,9 @@ async fn offline_audit_exit_codes_and_html_report() {
     .execute(&db)
     .await
     .unwrap();
-    std::fs::copy(
-        app.dir.path().join("data/keyring.json"),
-        copy.join("keyring.json"),
-    )
-    .unwrap();
+    for file in ["keyring.json", "master.key"] {
+        std::fs::copy(app.dir.path().join("data").join(file), copy.join(file)).unwrap();
+    }
 
     let out = work.path().join("report.json");
     let html = work.path().join("report.html");

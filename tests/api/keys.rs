@@ -71,13 +71,14 @@ async fn rotate_rewrap_destroy_end_to_end() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["keks"]["card"][0]["records"], 1);
     assert_eq!(status["keks"]["card"][0]["state"], "active");
-    let keyring_text = std::fs::read_to_string(app.dir.path().join("data/keyring.json")).unwrap();
-    let card_key: Value = serde_json::from_str(&keyring_text).unwrap();
-    let key_hex = card_key["keks"]["card"][0]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(&key_hex));
+    // No key material: no 64-hex-digit run anywhere in the output.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let longest_hex = text
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest_hex < 64, "{text}");
 
     // Rotate every class while the server runs; it picks the keyring up.
     let out = checkoutd(&app)
@@ -123,9 +124,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
 
     // An interrupted rewrap (one batch of one record) resumes.
     let store = app.store().await;
-    let keyring =
-        checkoutd::crypto::keyring::Keyring::load(&app.dir.path().join("data/keyring.json"))
-            .unwrap();
+    let _before_rewrap = app.keyring();
     let ciphertext_before: Vec<u8> =
         sqlx::query_scalar("SELECT ciphertext FROM payment_cards WHERE order_id = ?1")
             .bind(&first)
@@ -159,9 +158,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
             .await
             .unwrap();
     assert_eq!(ciphertext_before, ciphertext_after);
-    let keyring =
-        checkoutd::crypto::keyring::Keyring::load(&app.dir.path().join("data/keyring.json"))
-            .unwrap_or(keyring);
+    let keyring = app.keyring();
     let report = checkoutd::audit::verify::verify(&store, &keyring, &|_, _| {})
         .await
         .unwrap();
@@ -188,9 +185,8 @@ async fn rotate_rewrap_destroy_end_to_end() {
     .unwrap();
     assert_eq!(status["keks"]["card"][0]["state"], "destroyed");
     assert!(
-        !std::fs::read_to_string(app.dir.path().join("data/keyring.json"))
-            .unwrap()
-            .contains(&key_hex)
+        app.keyring().opening_kek(DataClass::Card, 1).is_err(),
+        "the key material is gone"
     );
 
     // Every key operation is in the access log, with the operator.
@@ -232,4 +228,163 @@ async fn rotate_rewrap_destroy_end_to_end() {
             .unwrap()
             .starts_with("os-user:")
     }));
+}
+
+#[tokio::test]
+async fn custodian_shares_are_all_needed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let shares = dir.path().join("shares");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+            .env("CHECKOUTD_DATA_DIR", &data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "keys",
+        "init",
+        "--custodians",
+        "2",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s1 = shares.join("share-1-of-2.json");
+    let s2 = shares.join("share-2-of-2.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&s1).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(
+        !data.join("master.key").exists(),
+        "no development key in production mode"
+    );
+    // A second init is refused.
+    assert!(
+        !run(&[
+            "keys",
+            "init",
+            "--custodians",
+            "2",
+            "--shares-dir",
+            shares.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+
+    // Both shares: works. One share, or none: refused, saying why.
+    let both = run(&[
+        "keys",
+        "status",
+        "--master-key-share",
+        s1.to_str().unwrap(),
+        "--master-key-share",
+        s2.to_str().unwrap(),
+    ]);
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let one = run(&["keys", "status", "--master-key-share", s1.to_str().unwrap()]);
+    assert!(!one.status.success());
+    assert!(
+        String::from_utf8_lossy(&one.stderr).contains("1 of 2"),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let none = run(&["keys", "status"]);
+    assert!(!none.status.success());
+    // The environment variable takes a comma-separated list.
+    let env = Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+        .env("CHECKOUTD_DATA_DIR", &data)
+        .env(
+            "CHECKOUTD_MASTER_KEY_SHARES",
+            format!("{},{}", s1.display(), s2.display()),
+        )
+        .args(["keys", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    // A corrupted share is named.
+    let text = std::fs::read_to_string(&s2).unwrap();
+    let bad = dir.path().join("bad.json");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let comp = v["component"].as_str().unwrap();
+    let flipped = format!(
+        "{}{}",
+        if comp.starts_with('a') { 'b' } else { 'a' },
+        &comp[1..]
+    );
+    std::fs::write(&bad, text.replace(comp, &flipped)).unwrap();
+    let out = run(&[
+        "keys",
+        "status",
+        "--master-key-share",
+        s1.to_str().unwrap(),
+        "--master-key-share",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+
+    // The service starts with the shares and takes orders.
+    let pki = checkoutd::pki::DevPki::generate().unwrap();
+    pki.write_to(&dir.path().join("certs")).unwrap();
+    let args = checkoutd::cli::ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        certs_dir: Some(dir.path().join("certs")),
+        store: checkoutd::cli::StoreArgs {
+            data_dir: Some(data.clone()),
+            master_key_shares: vec![s1.clone(), s2.clone()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let settings = checkoutd::config::Settings::from_args(&args).unwrap();
+    assert!(
+        checkoutd::app::Application::build(&checkoutd::config::Settings {
+            store: checkoutd::config::StoreSettings {
+                master_key_shares: vec![s1.clone()],
+                ..settings.store.clone()
+            },
+            ..settings.clone()
+        })
+        .await
+        .is_err(),
+        "one share is not enough to serve"
+    );
+    let app = checkoutd::app::Application::build(&settings).await.unwrap();
+    let addr = app.local_addr();
+    let server = tokio::spawn(app.run_until(std::future::pending()));
+    let cert = pki.client(Role::Storefront).unwrap();
+    let client = crate::helpers::client_with(
+        &pki,
+        Some((&cert.cert_pem, &cert.key_pem)),
+        crate::helpers::Versions::Both,
+    );
+    let r = client
+        .post(format!("https://localhost:{}/v1/orders", addr.port()))
+        .header("idempotency-key", "custodian-1")
+        .json(&order_json())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    server.abort();
 }

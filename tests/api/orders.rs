@@ -51,7 +51,10 @@ impl TestApp {
     }
 
     pub fn keyring(&self) -> Keyring {
-        Keyring::load(&self.dir.path().join("data").join("keyring.json")).unwrap()
+        let data = self.dir.path().join("data");
+        let master =
+            checkoutd::crypto::master::MasterKey::load_dev(&data.join("master.key")).unwrap();
+        Keyring::load(&data.join("keyring.json"), &master).unwrap()
     }
 }
 

@@ -1,0 +1,337 @@
+//! The master key that seals the keyring file, and its custodian shares.
+//!
+//! Production: the master key exists only in memory, as the XOR of N share
+//! files held by N custodians (split knowledge, dual control): every share
+//! is a full-length random 256-bit component, so any N−1 of them reveal
+//! nothing. Each share file carries its set id, its number, N and a
+//! checksum, so that a wrong, corrupted, duplicated or missing share is
+//! named precisely. The reconstructed key is checked against the key id
+//! stored in the sealed keyring.
+//!
+//! Development: a single `master.key` file (0600) beside the keyring, made
+//! on the first `serve` with a loud warning — so that the two README commands
+//! still work. Never for real cards.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::CryptoError;
+
+/// The development master key file name (in the data directory).
+pub const DEV_FILE_NAME: &str = "master.key";
+const SHARE_FORMAT: &str = "checkoutd-master-key-share/1";
+const DEV_FORMAT: &str = "checkoutd-dev-master-key/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("cannot read the master-key share {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a checkoutd master-key share")]
+    NotAShare { path: PathBuf },
+    #[error("{path} fails its checksum (corrupted or edited share)")]
+    Checksum { path: PathBuf },
+    #[error("the shares belong to different sets ({path} is from another set)")]
+    MixedSets { path: PathBuf },
+    #[error("share {number} of {of} is given twice")]
+    Duplicate { number: u32, of: u32 },
+    #[error("{given} of {of} master-key shares given; all {of} are needed")]
+    Missing { given: usize, of: u32 },
+    #[error("the shares do not reconstruct the master key of this keyring")]
+    WrongKey,
+    #[error("at least two custodians are needed")]
+    TooFewCustodians,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// The 256-bit master key. Zeroized on drop; never printed.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey({})", self.id())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareFile {
+    format: String,
+    set: String,
+    number: u32,
+    of: u32,
+    component: Zeroizing<String>,
+    checksum: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevFile {
+    format: String,
+    key: Zeroizing<String>,
+}
+
+fn share_checksum(set: &str, number: u32, of: u32, component: &[u8]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"checkoutd/master-key-share");
+    ctx.update(set.as_bytes());
+    ctx.update(&number.to_be_bytes());
+    ctx.update(&of.to_be_bytes());
+    ctx.update(component);
+    crate::hex::encode(&ctx.finish().as_ref()[..8])
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
+    crate::pki::write_file(path, bytes, true).map_err(|e| match e {
+        crate::pki::PkiError::Write { path, source } => MasterKeyError::Write { path, source },
+        crate::pki::PkiError::Generate(_) => MasterKeyError::Write {
+            path: path.to_owned(),
+            source: std::io::Error::other("unexpected"),
+        },
+    })
+}
+
+impl MasterKey {
+    pub fn generate(rng: &SystemRandom) -> Result<Self, CryptoError> {
+        Ok(MasterKey(super::aead::random_key(rng)?))
+    }
+
+    pub(crate) fn raw(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A public identifier of the key (not the key): the first 8 bytes of
+    /// HMAC-SHA256(key, "checkoutd/master-key-id"), hex.
+    pub fn id(&self) -> String {
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.0.as_ref()),
+            b"checkoutd/master-key-id",
+        );
+        crate::hex::encode(&tag.as_ref()[..8])
+    }
+
+    /// Splits into `n` share files' contents (n ≥ 2) whose XOR is the key.
+    pub fn split(
+        &self,
+        rng: &SystemRandom,
+        n: u32,
+    ) -> Result<Vec<Zeroizing<Vec<u8>>>, MasterKeyError> {
+        if n < 2 {
+            return Err(MasterKeyError::TooFewCustodians);
+        }
+        let mut set = [0u8; 8];
+        rng.fill(&mut set).map_err(|_| CryptoError::Random)?;
+        let set = crate::hex::encode(&set);
+        let mut last = Zeroizing::new(*self.0);
+        let mut out = Vec::new();
+        for number in 1..=n {
+            let component = if number < n {
+                let c = super::aead::random_key(rng)?;
+                for (l, b) in last.iter_mut().zip(c.iter()) {
+                    *l ^= b;
+                }
+                c
+            } else {
+                last.clone()
+            };
+            let file = ShareFile {
+                format: SHARE_FORMAT.to_owned(),
+                set: set.clone(),
+                number,
+                of: n,
+                checksum: share_checksum(&set, number, n, component.as_ref()),
+                component: Zeroizing::new(crate::hex::encode(component.as_ref())),
+            };
+            out.push(super::json_zeroizing(&file)?);
+        }
+        Ok(out)
+    }
+
+    /// Reconstructs the key from every share of one set.
+    pub fn from_shares(paths: &[PathBuf]) -> Result<Self, MasterKeyError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut seen: Vec<u32> = Vec::new();
+        let mut set_and_of: Option<(String, u32)> = None;
+        for path in paths {
+            let bytes =
+                Zeroizing::new(std::fs::read(path).map_err(|source| MasterKeyError::Read {
+                    path: path.clone(),
+                    source,
+                })?);
+            let file: ShareFile = serde_json::from_slice(&bytes)
+                .ok()
+                .filter(|f: &ShareFile| f.format == SHARE_FORMAT)
+                .ok_or_else(|| MasterKeyError::NotAShare { path: path.clone() })?;
+            let component = Zeroizing::new(
+                crate::hex::decode(&file.component)
+                    .filter(|c| c.len() == 32)
+                    .ok_or_else(|| MasterKeyError::Checksum { path: path.clone() })?,
+            );
+            if share_checksum(&file.set, file.number, file.of, &component) != file.checksum {
+                return Err(MasterKeyError::Checksum { path: path.clone() });
+            }
+            match &set_and_of {
+                None => set_and_of = Some((file.set.clone(), file.of)),
+                Some((set, of)) if *set != file.set || *of != file.of => {
+                    return Err(MasterKeyError::MixedSets { path: path.clone() });
+                }
+                Some(_) => {}
+            }
+            if seen.contains(&file.number) {
+                return Err(MasterKeyError::Duplicate {
+                    number: file.number,
+                    of: file.of,
+                });
+            }
+            seen.push(file.number);
+            for (k, c) in key.iter_mut().zip(component.iter()) {
+                *k ^= c;
+            }
+        }
+        match set_and_of {
+            Some((_, of)) if seen.len() == of as usize => Ok(MasterKey(key)),
+            Some((_, of)) => Err(MasterKeyError::Missing {
+                given: seen.len(),
+                of,
+            }),
+            None => Err(MasterKeyError::Missing { given: 0, of: 2 }),
+        }
+    }
+
+    /// Reads the development master key file.
+    pub fn load_dev(path: &Path) -> Result<Self, MasterKeyError> {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| MasterKeyError::Read {
+            path: path.to_owned(),
+            source,
+        })?);
+        let file: DevFile = serde_json::from_slice(&bytes)
+            .ok()
+            .filter(|f: &DevFile| f.format == DEV_FORMAT)
+            .ok_or_else(|| MasterKeyError::NotAShare {
+                path: path.to_owned(),
+            })?;
+        let raw = Zeroizing::new(
+            crate::hex::decode(&file.key)
+                .filter(|k| k.len() == 32)
+                .ok_or(MasterKeyError::Checksum {
+                    path: path.to_owned(),
+                })?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&raw);
+        Ok(MasterKey(key))
+    }
+
+    /// Writes the development master key file (0600).
+    pub fn save_dev(&self, path: &Path) -> Result<(), MasterKeyError> {
+        let file = DevFile {
+            format: DEV_FORMAT.to_owned(),
+            key: Zeroizing::new(crate::hex::encode(self.0.as_ref())),
+        };
+        write_private(path, &super::json_zeroizing(&file)?)
+    }
+}
+
+/// The master key for a data directory: from the custodians' shares when
+/// any are given, else the development key file (which must exist).
+pub fn resolve(data_dir: &Path, shares: &[PathBuf]) -> Result<MasterKey, MasterKeyError> {
+    if shares.is_empty() {
+        MasterKey::load_dev(&data_dir.join(DEV_FILE_NAME))
+    } else {
+        MasterKey::from_shares(shares)
+    }
+}
+
+/// Writes share files `share-<i>-of-<n>.json` (0600) into `dir` (0700).
+pub fn write_shares(
+    dir: &Path,
+    shares: &[Zeroizing<Vec<u8>>],
+) -> Result<Vec<PathBuf>, MasterKeyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| MasterKeyError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    let n = shares.len();
+    let mut paths = Vec::with_capacity(n);
+    for (i, share) in shares.iter().enumerate() {
+        let path = dir.join(format!("share-{}-of-{n}.json", i + 1));
+        write_private(&path, share)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_reconstruct_only_when_all_are_given_and_intact() {
+        let rng = SystemRandom::new();
+        let master = MasterKey::generate(&rng).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_shares(dir.path(), &master.split(&rng, 3).unwrap()).unwrap();
+        let back = MasterKey::from_shares(&paths).unwrap();
+        assert_eq!(back.raw(), master.raw());
+        assert!(matches!(
+            MasterKey::from_shares(&paths[..2]),
+            Err(MasterKeyError::Missing { given: 2, of: 3 })
+        ));
+        let twice = vec![paths[0].clone(), paths[0].clone(), paths[1].clone()];
+        assert!(matches!(
+            MasterKey::from_shares(&twice),
+            Err(MasterKeyError::Duplicate { number: 1, .. })
+        ));
+        // A corrupted component fails its checksum.
+        let text = std::fs::read_to_string(&paths[1]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let comp = v["component"].as_str().unwrap().to_owned();
+        let flipped = format!(
+            "{}{}",
+            if comp.starts_with('0') { "1" } else { "0" },
+            &comp[1..]
+        );
+        std::fs::write(&paths[1], text.replace(&comp, &flipped)).unwrap();
+        assert!(matches!(
+            MasterKey::from_shares(&paths),
+            Err(MasterKeyError::Checksum { .. })
+        ));
+        // A share of another set.
+        let other = MasterKey::generate(&rng).unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        let other_paths = write_shares(dir2.path(), &other.split(&rng, 3).unwrap()).unwrap();
+        let mixed = vec![paths[0].clone(), other_paths[1].clone(), paths[2].clone()];
+        assert!(matches!(
+            MasterKey::from_shares(&mixed),
+            Err(MasterKeyError::MixedSets { .. })
+        ));
+        assert!(matches!(
+            master.split(&rng, 1),
+            Err(MasterKeyError::TooFewCustodians)
+        ));
+        assert!(!format!("{master:?}").contains(&crate::hex::encode(master.raw())));
+    }
+}
