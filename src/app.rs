@@ -106,6 +106,12 @@ impl Application {
             settings.policy_versions.clone(),
         ));
         watch_keyring(handle.clone(), fulfillment.clone(), marketing.clone());
+        crate::retention::spawn(
+            store.clone(),
+            handle.clone(),
+            settings.retention.clone(),
+            std::time::Duration::from_secs(3600),
+        );
         let state = AppState {
             store: store.clone(),
             intake,

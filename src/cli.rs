@@ -33,6 +33,9 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Orders: purge (crypto-shredding).
+    #[command(subcommand)]
+    Orders(OrdersCommand),
     /// Key life cycle: status, rotate, rewrap, destroy. A running server
     /// picks up a rewritten keyring within a second.
     #[command(subcommand)]
@@ -42,6 +45,29 @@ pub enum Command {
     /// Exit status: 0 everything verifies, 1 something failed, 2 usage or
     /// I/O error.
     Audit(AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Destroy an order's personal and card data for good (its records and
+    /// their data keys), keeping the non-personal order row, its consent
+    /// tags and the access log. One order, or every order dispatched before
+    /// a date.
+    Purge {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The order id.
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "dispatched_before",
+            required_unless_present = "dispatched_before"
+        )]
+        order: Option<String>,
+        /// Every order dispatched before this date (YYYY-MM-DD, UTC).
+        #[arg(long, value_name = "DATE")]
+        dispatched_before: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +214,12 @@ pub struct ServeArgs {
     /// Most connections without a client certificate at once [default: 512]
     #[arg(long, env = "CHECKOUTD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
     pub max_anonymous_connections: Option<usize>,
+    /// Purge card data this many days after dispatch (0 keeps it) [default: 120]
+    #[arg(long, env = "CHECKOUTD_RETAIN_CARD_DAYS", value_name = "DAYS")]
+    pub retain_card_days: Option<u32>,
+    /// Purge gift-recipient data this many days after dispatch (0 keeps it) [default: 30]
+    #[arg(long, env = "CHECKOUTD_RETAIN_RECIPIENT_DAYS", value_name = "DAYS")]
+    pub retain_recipient_days: Option<u32>,
     /// Opt-outs per client IP per minute on the public /unsubscribe page [default: 10]
     #[arg(long, env = "CHECKOUTD_UNSUBSCRIBE_RATE_LIMIT", value_name = "N")]
     pub unsubscribe_rate_limit: Option<u32>,

@@ -109,6 +109,8 @@ struct FileConfig {
     max_anonymous_connections: Option<usize>,
     policy_versions: Option<Vec<String>>,
     unsubscribe_rate_limit: Option<u32>,
+    retain_card_days: Option<u32>,
+    retain_recipient_days: Option<u32>,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -150,6 +152,8 @@ pub struct Settings {
     pub policy_versions: Vec<String>,
     /// Opt-outs per client IP per minute on the public `/unsubscribe` page.
     pub unsubscribe_rate_limit: u32,
+    /// Retention rules run by `serve` (empty: keep everything).
+    pub retention: Vec<crate::retention::Rule>,
 }
 
 /// The policy version known when no other is configured ("last updated").
@@ -342,6 +346,27 @@ impl Settings {
             limits,
             request_timeout,
             policy_versions,
+            retention: [
+                (
+                    crate::crypto::DataClass::Card,
+                    args.retain_card_days
+                        .or(file.retain_card_days)
+                        .unwrap_or(120),
+                ),
+                (
+                    crate::crypto::DataClass::Recipient,
+                    args.retain_recipient_days
+                        .or(file.retain_recipient_days)
+                        .unwrap_or(30),
+                ),
+            ]
+            .into_iter()
+            .filter(|(_, days)| *days > 0)
+            .map(|(class, days)| crate::retention::Rule {
+                class,
+                after_dispatch: Duration::from_secs(u64::from(days) * 86_400),
+            })
+            .collect(),
             unsubscribe_rate_limit: args
                 .unsubscribe_rate_limit
                 .or(file.unsubscribe_rate_limit)

@@ -23,6 +23,7 @@
 //! - [`audit`] — the hash-chained access log, the verification engine,
 //!   signed reports (a background job), the HTML report.
 //! - [`keys`] — key life cycle: status, rotate, rewrap, destroy.
+//! - [`retention`] — purge (crypto-shredding) and the retention schedule.
 //! - [`pki`] — the development PKI (rcgen).
 //! - [`ids`] / [`hex`] — random ids, timestamps, hex.
 //! - [`telemetry`] — logging.
@@ -41,6 +42,7 @@ pub mod ids;
 pub mod intake;
 pub mod keys;
 pub mod pki;
+pub mod retention;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use checkoutd::cli::{CertsCommand, Cli, Command, KeysCommand};
+use checkoutd::cli::{CertsCommand, Cli, Command, KeysCommand, OrdersCommand};
 use checkoutd::config::{Settings, StoreSettings};
 use checkoutd::{app::Application, audit, pki::DevPki, server, store, telemetry};
 
@@ -38,6 +38,88 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Orders(OrdersCommand::Purge {
+            store: args,
+            order,
+            dispatched_before,
+        }) => {
+            let settings = StoreSettings::from_args(&args)?;
+            telemetry::init(settings.log_format);
+            let master = checkoutd::crypto::master::resolve(
+                &settings.data_dir,
+                &settings.master_key_shares,
+            )?;
+            let keyring = checkoutd::crypto::keyring::Keyring::load(
+                &settings
+                    .data_dir
+                    .join(checkoutd::crypto::keyring::FILE_NAME),
+                &master,
+            )?;
+            let store = store::open(&settings.database).await?;
+            let who = format!(
+                "os-user:{}",
+                std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_default()
+            );
+            let all = checkoutd::crypto::DataClass::ALL;
+            let mut out = std::io::stdout();
+            match (order, dispatched_before) {
+                (Some(id), _) => {
+                    let id = uuid::Uuid::parse_str(&id)
+                        .map_err(|_| "--order must be an order id (UUID)")?
+                        .to_string();
+                    let done = checkoutd::retention::purge_order(
+                        store.as_ref(),
+                        &keyring,
+                        &id,
+                        &all,
+                        "operator",
+                        ("operator", &who),
+                    )
+                    .await?;
+                    if done.is_empty() {
+                        return Err("no such order, or nothing left to purge".into());
+                    }
+                    writeln!(out, "purged {id}: {}", done.join(", "))?;
+                }
+                (None, Some(date)) => {
+                    let day = time::Date::parse(
+                        &date,
+                        time::macros::format_description!("[year]-[month]-[day]"),
+                    )
+                    .map_err(|_| "--dispatched-before must be YYYY-MM-DD")?;
+                    let before = checkoutd::ids::timestamp(day.midnight().assume_utc());
+                    let mut total = 0;
+                    for class in all {
+                        loop {
+                            let due = store.due_for_retention(class, &before, 500).await?;
+                            if due.is_empty() {
+                                break;
+                            }
+                            for id in due {
+                                total += checkoutd::retention::purge_order(
+                                    store.as_ref(),
+                                    &keyring,
+                                    &id,
+                                    &[class],
+                                    "operator",
+                                    ("operator", &who),
+                                )
+                                .await?
+                                .len();
+                            }
+                        }
+                    }
+                    writeln!(
+                        out,
+                        "purged {total} record set(s) of orders dispatched before {date}"
+                    )?;
+                }
+                (None, None) => return Err("give --order ID or --dispatched-before DATE".into()),
+            }
+            store.close().await;
+        }
         Command::Keys(command) => {
             run_keys(command).await?;
         }

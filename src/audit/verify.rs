@@ -97,6 +97,8 @@ pub struct Report {
     pub records_checked: u64,
     pub failure_count: u64,
     pub failures: Vec<Failure>,
+    /// Records destroyed by purge or retention, per data class (not failures).
+    pub purged: std::collections::BTreeMap<String, u64>,
     pub consent: ConsentStats,
     pub access_log: ChainReport,
 }
@@ -134,6 +136,8 @@ pub struct TagMeta {
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderAudit {
     pub order_id: String,
+    /// Data classes of this order destroyed by purge or retention.
+    pub purged: Vec<String>,
     pub verified: bool,
     pub records: Vec<RecordMeta>,
     pub consent_tags: Vec<TagMeta>,
@@ -427,6 +431,7 @@ pub async fn verify(
 ) -> Result<Report, StoreError> {
     let totals = store.totals().await?;
     let mut failures = Failures::default();
+    let mut purged: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let (mut orders_checked, mut records_checked) = (0u64, 0u64);
     let mut after = 0i64;
     loop {
@@ -440,7 +445,11 @@ pub async fn verify(
         check_batch(keyring, &batch, &mut failures);
         // Every order has billing, shipping and card records (and a gift
         // order a recipient record).
-        check_completeness(&batch, &mut failures);
+        let ids: Vec<String> = batch.orders.iter().map(|o| o.id.clone()).collect();
+        let purges = store.purges_of(&ids).await?;
+        for (class, n) in check_completeness(keyring, &batch, &purges, &mut failures) {
+            *purged.entry(class).or_insert(0) += n;
+        }
         progress(orders_checked, totals.orders);
         if batch.orders.len() < PAGE as usize {
             break;
@@ -482,12 +491,36 @@ pub async fn verify(
         records_checked,
         failure_count: failures.count,
         failures: failures.listed,
+        purged,
         consent,
         access_log,
     })
 }
 
-fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
+/// Every order has its records — except classes recorded as purged (with a
+/// valid purge MAC). Returns the purges seen, per class.
+fn check_completeness(
+    keyring: &Keyring,
+    batch: &AuditBatch,
+    purges: &[crate::store::rows::PurgeRow],
+    out: &mut Failures,
+) -> std::collections::BTreeMap<String, u64> {
+    let key = keyring.consent_tag_key();
+    let mut purged: HashMap<(&str, &str), bool> = HashMap::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for p in purges {
+        let bytes = crate::retention::purge_canonical_bytes(&p.order_id, &p.class, &p.purged_at);
+        if key.verify(&[&bytes], &p.mac) {
+            purged.insert((p.order_id.as_str(), p.class.as_str()), true);
+            *counts.entry(p.class.clone()).or_insert(0) += 1;
+        } else {
+            out.push(Failure::new(
+                "purges",
+                &p.order_id,
+                format!("purge of {} does not verify (forged)", p.class),
+            ));
+        }
+    }
     let mut have: HashMap<&str, [bool; 5]> = HashMap::new();
     for r in &batch.records {
         let slot = match r.table {
@@ -501,14 +534,14 @@ fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
     }
     for o in &batch.orders {
         let h = have.get(o.id.as_str()).copied().unwrap_or_default();
-        let required = [h[0], h[1], h[2], h[4]];
-        for (present, table) in required.iter().zip([
-            "billing_details",
-            "shipping_details",
-            "payment_cards",
-            "contact_emails",
+        let is_purged = |class: &str| purged.contains_key(&(o.id.as_str(), class));
+        for (present, (table, class)) in [h[0], h[1], h[2], h[4]].iter().zip([
+            ("billing_details", "billing"),
+            ("shipping_details", "shipping"),
+            ("payment_cards", "card"),
+            ("contact_emails", "contact"),
         ]) {
-            if !present {
+            if !present && !is_purged(class) {
                 out.push(Failure::new("orders", &o.id, format!("no {table} record")));
             }
         }
@@ -522,7 +555,7 @@ fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
                 "gift flag and shipping marker disagree",
             ));
         }
-        if o.gift != h[3] {
+        if o.gift != h[3] && !(o.gift && is_purged("recipient")) {
             out.push(Failure::new(
                 "orders",
                 &o.id,
@@ -530,6 +563,7 @@ fn check_completeness(batch: &AuditBatch, out: &mut Failures) {
             ));
         }
     }
+    counts
 }
 
 /// No CVV-like column; no card number or email in any clear column.
@@ -611,7 +645,10 @@ pub async fn order(
     }
     let mut failures = Failures::default();
     let (record_ok, tag_ok) = check_batch(keyring, &batch, &mut failures);
-    check_completeness(&batch, &mut failures);
+    let purges = store.purges_of(&[order_id.to_owned()]).await?;
+    let purged: Vec<String> = check_completeness(keyring, &batch, &purges, &mut failures)
+        .into_keys()
+        .collect();
     let records = batch
         .records
         .iter()
@@ -655,6 +692,7 @@ pub async fn order(
         .collect();
     Ok(Some(OrderAudit {
         order_id: order_id.to_owned(),
+        purged,
         verified: failures.count == 0,
         records,
         consent_tags,

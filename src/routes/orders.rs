@@ -209,7 +209,10 @@ pub async fn summary(
                 "items": items,
                 "total_minor": s.total_minor,
                 "gift": s.gift,
-                "card": {"brand": s.brand, "last4": s.last4},
+                "card": match (&s.brand, &s.last4) {
+                    (Some(brand), Some(last4)) => serde_json::json!({"brand": brand, "last4": last4}),
+                    _ => serde_json::Value::Null,
+                },
                 "consent": consent,
             }))
             .into_response()

@@ -201,6 +201,27 @@ pub trait Store: Send + Sync + 'static {
         items: &[(rows::RewrapItem, u32, Vec<u8>)],
     ) -> Result<u64, StoreError>;
 
+    /// Deletes the records of `classes` of one order (their wrapped data keys
+    /// with them: crypto-shredding) and records each purge, in one
+    /// transaction. Returns the classes actually purged (a class already
+    /// gone is skipped).
+    async fn purge(
+        &self,
+        order_id: &str,
+        purges: &[rows::PurgeRow],
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Orders dispatched before `before` that still hold records of `class`.
+    async fn due_for_retention(
+        &self,
+        class: crate::crypto::DataClass,
+        before: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Every purge recorded for the orders in a sequence range (audit).
+    async fn purges_of(&self, order_ids: &[String]) -> Result<Vec<rows::PurgeRow>, StoreError>;
+
     // ---- consent life cycle ----
 
     /// Appends a withdrawal to the ledger in one transaction: reads the head

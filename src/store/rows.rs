@@ -120,8 +120,9 @@ pub struct OrderSummary {
     pub items: Vec<Item>,
     pub total_minor: i64,
     pub gift: bool,
-    pub brand: String,
-    pub last4: String,
+    /// `None` once the card data was purged.
+    pub brand: Option<String>,
+    pub last4: Option<String>,
     pub consent: ConsentTag,
 }
 
@@ -382,4 +383,14 @@ pub struct RewrapItem {
     /// The order id bound in the AAD (the nil UUID for a reference).
     pub order_id: String,
     pub envelope: Envelope,
+}
+
+/// A purge of one data class of one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRow {
+    pub order_id: String,
+    pub class: String,
+    pub purged_at: String,
+    pub reason: String,
+    pub mac: Vec<u8>,
 }

@@ -11,4 +11,5 @@ mod helpers;
 mod keys;
 mod leaks;
 mod orders;
+mod purge;
 mod tls;

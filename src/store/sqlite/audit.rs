@@ -723,3 +723,104 @@ pub async fn apply_rewrap(
     tx.commit().await.map_err(err)?;
     Ok(changed)
 }
+
+// ---- purges ----
+
+fn class_table(class: &str) -> Option<&'static str> {
+    Some(match class {
+        "card" => "payment_cards",
+        "billing" => "billing_details",
+        "shipping" => "shipping_details",
+        "recipient" => "gift_recipients",
+        "contact" => "contact_emails",
+        _ => return None,
+    })
+}
+
+pub async fn purge(
+    pool: &SqlitePool,
+    order_id: &str,
+    purges: &[super::super::rows::PurgeRow],
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let mut done = Vec::new();
+    for p in purges {
+        let Some(table) = class_table(&p.class) else {
+            return Err(StoreError::Corrupt("unknown purge class"));
+        };
+        // `table` is one of five fixed names.
+        let removed = sqlx::query(&format!("DELETE FROM {table} WHERE order_id = ?1"))
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+        if removed == 0 {
+            continue;
+        }
+        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(&p.order_id)
+            .bind(&p.class)
+            .bind(&p.purged_at)
+            .bind(&p.reason)
+            .bind(&p.mac)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        done.push(p.class.clone());
+    }
+    tx.commit().await.map_err(err)?;
+    if !done.is_empty() {
+        // Move the zeroed pages into the database file and empty the WAL,
+        // so no copy of the deleted records survives in it either.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await
+            .map_err(err)?;
+    }
+    Ok(done)
+}
+
+pub async fn due_for_retention(
+    pool: &SqlitePool,
+    class: crate::crypto::DataClass,
+    before: &str,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    let table = class_table(class.as_str()).ok_or(StoreError::Corrupt("unknown class"))?;
+    sqlx::query_scalar(&format!(
+        "SELECT o.id FROM orders o JOIN {table} r ON r.order_id = o.id
+          WHERE o.status = 'dispatched' AND o.dispatched_at < ?1 ORDER BY o.seq LIMIT ?2"
+    ))
+    .bind(before)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(err)
+}
+
+pub async fn purges_of(
+    pool: &SqlitePool,
+    order_ids: &[String],
+) -> Result<Vec<super::super::rows::PurgeRow>, StoreError> {
+    let mut out = Vec::new();
+    for id in order_ids {
+        let rows = sqlx::query(
+            "SELECT order_id, class, purged_at, reason, mac FROM purges WHERE order_id = ?1",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        for r in rows {
+            out.push(super::super::rows::PurgeRow {
+                order_id: r.try_get("order_id").map_err(err)?,
+                class: r.try_get("class").map_err(err)?,
+                purged_at: r.try_get("purged_at").map_err(err)?,
+                reason: r.try_get("reason").map_err(err)?,
+                mac: r.try_get("mac").map_err(err)?,
+            });
+        }
+    }
+    Ok(out)
+}

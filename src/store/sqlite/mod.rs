@@ -43,6 +43,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted content is overwritten with zeros, so a purge leaves no
+            // wrapped data key behind in free pages (crypto-shredding).
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -190,7 +193,7 @@ impl Store for SqliteStore {
                     t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
                     t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac
                FROM orders o
-               JOIN payment_cards c ON c.order_id = o.id
+               LEFT JOIN payment_cards c ON c.order_id = o.id
                JOIN consent_tags t ON t.id = o.consent_tag_id
               WHERE o.id = ?1 AND o.client_fingerprint = ?2",
         )
@@ -219,8 +222,8 @@ impl Store for SqliteStore {
                 .try_get::<i64, _>("gift")
                 .map_err(StoreError::from_sqlx)?
                 != 0,
-            brand: get_s("brand")?,
-            last4: get_s("last4")?,
+            brand: row.try_get("brand").map_err(StoreError::from_sqlx)?,
+            last4: row.try_get("last4").map_err(StoreError::from_sqlx)?,
             consent: consent_tag(&row, "tag_id", "tag_order_id")?,
         }))
     }
@@ -465,6 +468,30 @@ impl Store for SqliteStore {
         items: &[(super::rows::RewrapItem, u32, Vec<u8>)],
     ) -> Result<u64, StoreError> {
         audit::apply_rewrap(&self.pool, items).await
+    }
+
+    async fn purge(
+        &self,
+        order_id: &str,
+        purges: &[super::rows::PurgeRow],
+    ) -> Result<Vec<String>, StoreError> {
+        audit::purge(&self.pool, order_id, purges).await
+    }
+
+    async fn due_for_retention(
+        &self,
+        class: crate::crypto::DataClass,
+        before: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        audit::due_for_retention(&self.pool, class, before, limit).await
+    }
+
+    async fn purges_of(
+        &self,
+        order_ids: &[String],
+    ) -> Result<Vec<super::rows::PurgeRow>, StoreError> {
+        audit::purges_of(&self.pool, order_ids).await
     }
 
     async fn consent_events_page(

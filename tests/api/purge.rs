@@ -1,0 +1,224 @@
+//! Purge (crypto-shredding) and retention: the data is unrecoverable even
+//! with the full keyring, the audit stays green and says what was purged.
+
+use std::process::Command;
+use std::time::Duration;
+
+use checkoutd::server::identity::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+use crate::orders::order_json;
+
+async fn place(app: &TestApp, key: &str, order: &Value) -> String {
+    let r = app.post_order(key, order).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["order_id"].as_str().unwrap().to_owned()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
+    let app = spawn_app().await;
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({"name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}});
+    let doomed = place(&app, "p-1", &gift).await;
+    let kept = place(&app, "p-2", &order_json()).await;
+    let db = app.db().await;
+    let wrapped: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT wrapped_dek FROM payment_cards WHERE order_id = ?1
+         UNION ALL SELECT wrapped_dek FROM billing_details WHERE order_id = ?1
+         UNION ALL SELECT wrapped_dek FROM gift_recipients WHERE order_id = ?1",
+    )
+    .bind(&doomed)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(wrapped.len(), 3);
+    drop(db);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+        .env("CHECKOUTD_DATA_DIR", app.dir.path().join("data"))
+        .args(["orders", "purge", "--order", &doomed])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // No record, and no byte of any of its wrapped data keys, is left in the
+    // database file or its WAL: the full keyring cannot bring them back.
+    let db = app.db().await;
+    for table in [
+        "payment_cards",
+        "billing_details",
+        "shipping_details",
+        "gift_recipients",
+        "contact_emails",
+    ] {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE order_id = ?1"))
+                .bind(&doomed)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    let file = std::fs::read(app.db_path()).unwrap();
+    let wal = std::fs::read(app.db_path().with_extension("db-wal")).unwrap_or_default();
+    for dek in &wrapped {
+        assert!(
+            !contains(&file, dek) && !contains(&wal, dek),
+            "a wrapped data key survived the purge"
+        );
+    }
+    // The order row, its consent tags and the access log stay.
+    let tags: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_tags WHERE order_id = ?1")
+        .bind(&doomed)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(tags, 2);
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(report.purged.get("card"), Some(&1));
+    assert_eq!(report.purged.get("recipient"), Some(&1));
+    let meta: Value = app
+        .client(Role::Auditor)
+        .get(app.url(&format!("/v1/audit/orders/{doomed}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["verified"], true);
+    assert_eq!(meta["purged"].as_array().unwrap().len(), 5);
+    // The other order is untouched, and the purge is in the access log.
+    assert_eq!(
+        app.shipments("").await["shipments"][0]["order_id"],
+        kept.as_str()
+    );
+    let log: Value = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/log?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "purge (operator)" && e["objects"][0] == doomed.as_str())
+    );
+    // A forged purge (deleting a record and claiming a purge) is caught.
+    sqlx::query("DELETE FROM payment_cards WHERE order_id = ?1")
+        .bind(&kept)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES (?1, 'card', 'now', 'operator', zeroblob(32))")
+        .bind(&kept)
+        .execute(&db)
+        .await
+        .unwrap();
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == "purges" && f.record_id == kept),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[tokio::test]
+async fn retention_purges_card_data_after_dispatch_only() {
+    let app = spawn_app().await;
+    let shipped = place(&app, "r-1", &order_json()).await;
+    let pending = place(&app, "r-2", &order_json()).await;
+    let r = app
+        .dispatch(&shipped, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let store = app.store().await;
+    let rules = [checkoutd::retention::Rule {
+        class: checkoutd::crypto::DataClass::Card,
+        after_dispatch: Duration::ZERO,
+    }];
+    let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let db = app.db().await;
+    let cards: Vec<String> = sqlx::query_scalar("SELECT order_id FROM payment_cards")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        cards,
+        vec![pending.clone()],
+        "only the dispatched order's card data went"
+    );
+    let billing: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_details")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(billing, 2, "other classes stay");
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(report.purged.get("card"), Some(&1));
+    // A second pass finds nothing more to do.
+    assert_eq!(
+        checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_storefront_summary_survives_a_card_purge() {
+    let app = spawn_app().await;
+    let id = place(&app, "s-1", &order_json()).await;
+    let store = app.store().await;
+    checkoutd::retention::purge_order(
+        &store,
+        &app.keyring(),
+        &id,
+        &[checkoutd::crypto::DataClass::Card],
+        "operator",
+        ("operator", "test"),
+    )
+    .await
+    .unwrap();
+    let r = app
+        .client(Role::Storefront)
+        .get(app.url(&format!("/v1/orders/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["card"].is_null());
+    assert_eq!(v["items"][0]["sku"], "FAXSTF-PRO");
+}
