@@ -108,7 +108,14 @@ pub async fn status(store: &dyn Store, keyring: &Keyring) -> Result<Value, KeysE
         classes.insert(class.as_str().to_owned(), versions);
     }
     let (signing_version, _) = keyring.signing_key()?;
-    log_operation(store, keyring, "keys status".into(), Vec::new(), Outcome::Allowed).await?;
+    log_operation(
+        store,
+        keyring,
+        "keys status".into(),
+        Vec::new(),
+        Outcome::Allowed,
+    )
+    .await?;
     Ok(json!({
         "keks": classes,
         "mac_keys": {
