@@ -95,6 +95,7 @@ impl DatabaseUrl {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    master_key_shares: Option<Vec<PathBuf>>,
     database_url: Option<String>,
     log_format: Option<String>,
     listen: Option<String>,
@@ -197,7 +198,11 @@ impl StoreSettings {
             }
         };
         Ok(StoreSettings {
-            master_key_shares: args.master_key_shares.clone(),
+            master_key_shares: if args.master_key_shares.is_empty() {
+                file.master_key_shares.clone().unwrap_or_default()
+            } else {
+                args.master_key_shares.clone()
+            },
             data_dir,
             database,
             log_format,
