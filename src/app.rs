@@ -79,6 +79,11 @@ impl Application {
             // and new ones unrelated to them.
             return Err(StartupError::KeyringMissing(keyring_path));
         }
+        if !settings.store.master_key_shares.is_empty() && !keyring_path.exists() {
+            // With custodian shares, a keyring is made only by `keys init`
+            // (which makes the shares too), never implicitly.
+            return Err(StartupError::KeyringMissing(keyring_path));
+        }
         let master = master_key(settings, &keyring_path)?;
         let (keyring, created) =
             Keyring::load_or_create(&keyring_path, &master, &crate::ids::now())?;

@@ -49,6 +49,24 @@ pub fn parse_classes(text: &str) -> Option<Vec<DataClass>> {
     DataClass::parse(text).map(|c| vec![c])
 }
 
+/// Holds an exclusive lock on `<keyring>.lock` while a command changes the
+/// keyring, so two operators cannot overwrite each other's change.
+fn lock_keyring(path: &Path) -> Result<std::fs::File, KeysError> {
+    let lock_path = path.with_extension("lock");
+    let err = |source| KeyringError::Write {
+        path: lock_path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(err)?;
+    file.lock().map_err(err)?;
+    Ok(file)
+}
+
 /// Who runs a CLI command, for the access log.
 fn operator() -> String {
     let user = std::env::var("SUDO_USER")
@@ -136,6 +154,7 @@ pub async fn rotate(
     master: &MasterKey,
     classes: &[DataClass],
 ) -> Result<Vec<String>, KeysError> {
+    let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
     let rng = SystemRandom::new();
     let now = crate::ids::now();
@@ -225,6 +244,7 @@ pub async fn destroy(
     class: DataClass,
     version: u32,
 ) -> Result<(), KeysError> {
+    let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
     let name = format!("{}/v{version}", class.as_str());
     let in_use = store
@@ -293,9 +313,14 @@ pub async fn init(
     let master = MasterKey::generate(&rng)?;
     let shares = master.split(&rng, custodians).map_err(KeyringError::from)?;
     let keyring = Keyring::generate(&rng, &crate::ids::now())?;
+    if !keyring.create(path, &master)? {
+        return Err(KeysError::Refused(format!(
+            "{} appeared meanwhile; keys init makes a new keyring only",
+            path.display()
+        )));
+    }
     let paths =
         crate::crypto::master::write_shares(shares_dir, &shares).map_err(KeyringError::from)?;
-    keyring.save(path, &master)?;
     log_operation(
         store,
         &keyring,

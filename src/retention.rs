@@ -28,9 +28,14 @@ use crate::store::rows::PurgeRow;
 use crate::store::{Store, StoreError};
 
 /// The bytes a purge MAC covers.
-pub fn purge_canonical_bytes(order_id: &str, class: &str, purged_at: &str) -> Vec<u8> {
+pub fn purge_canonical_bytes(
+    order_id: &str,
+    class: &str,
+    purged_at: &str,
+    reason: &str,
+) -> Vec<u8> {
     let mut out = b"checkoutd/purge".to_vec();
-    for field in [order_id, class, purged_at] {
+    for field in [order_id, class, purged_at, reason] {
         out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(field.as_bytes());
     }
@@ -56,7 +61,7 @@ pub async fn purge_order(
             purged_at: now.clone(),
             reason: reason.to_owned(),
             mac: key
-                .sign(&[&purge_canonical_bytes(order_id, c.as_str(), &now)])
+                .sign(&[&purge_canonical_bytes(order_id, c.as_str(), &now, reason)])
                 .to_vec(),
         })
         .collect();

@@ -2,7 +2,7 @@
 -- was destroyed, and when. The records' rows (and with them their wrapped
 -- data keys) are deleted; the order row, its consent tags and the access
 -- log stay. `mac` = HMAC-SHA256(consent-tag key, "checkoutd/purge" ‖
--- len32(order_id) ‖ len32(class) ‖ len32(purged_at)), so a deletion dressed
+-- len32(order_id) ‖ len32(class) ‖ len32(purged_at) ‖ len32(reason)), so a deletion dressed
 -- up as a purge is detected by the audit. Mirrored in migrations/postgres/.
 CREATE TABLE purges (
     order_id   TEXT NOT NULL REFERENCES orders (id),

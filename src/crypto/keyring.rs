@@ -138,6 +138,9 @@ pub struct KekInfo {
 
 pub struct Keyring {
     created_at: String,
+    /// Bumped by every change (rotate, destroy): a running server only
+    /// swaps in a keyring that follows on from the one it holds.
+    generation: u64,
     keks: BTreeMap<DataClass, Vec<Kek>>,
     fingerprint: MacKey,
     blind_index: MacKey,
@@ -179,6 +182,7 @@ impl Keyring {
         }
         Ok(Keyring {
             created_at: now.to_owned(),
+            generation: 1,
             keks,
             fingerprint: MacKey::new(1, random_key(rng)?),
             blind_index: MacKey::new(1, random_key(rng)?),
@@ -258,6 +262,7 @@ impl Keyring {
             created_at: now.to_owned(),
             key: Some(random_key(rng)?),
         });
+        self.generation += 1;
         Ok(next)
     }
 
@@ -281,9 +286,50 @@ impl Keyring {
             KekState::Retired => {
                 kek.state = KekState::Destroyed;
                 kek.key = None; // Zeroizing wipes it on drop.
+                self.generation += 1;
                 Ok(())
             }
         }
+    }
+
+    /// Whether `self` is a legitimate successor of `current`: a later
+    /// generation, the same MAC and signing keys, every version of
+    /// `current` still there with the same key (or destroyed), and no
+    /// retired or destroyed version active again. A restored backup or a
+    /// lost update fails this, and the running server keeps its keyring.
+    pub fn follows(&self, current: &Keyring) -> bool {
+        let same_macs = [
+            (&self.fingerprint, &current.fingerprint),
+            (&self.blind_index, &current.blind_index),
+            (&self.consent_tag, &current.consent_tag),
+            (&self.request_hash, &current.request_hash),
+            (&self.access_log, &current.access_log),
+        ]
+        .iter()
+        .all(|(a, b)| a.version() == b.version() && a.raw() == b.raw());
+        let keks_follow = current.keks.iter().all(|(class, old)| {
+            let Some(new) = self.keks.get(class) else {
+                return false;
+            };
+            old.iter().all(|o| {
+                new.iter().any(|n| {
+                    n.version == o.version
+                        && match (&n.key, &o.key) {
+                            (Some(a), Some(b)) => {
+                                a == b
+                                    && !(n.state == KekState::Active && o.state != KekState::Active)
+                            }
+                            (None, _) => n.state == KekState::Destroyed,
+                            (Some(_), None) => false,
+                        }
+                })
+            })
+        });
+        self.generation > current.generation
+            && same_macs
+            && keks_follow
+            && self.signing_version == current.signing_version
+            && self.signing_seed == current.signing_seed
     }
 
     pub fn fingerprint_key(&self) -> &MacKey {
@@ -452,6 +498,7 @@ impl Keyring {
         };
         Ok(Keyring {
             created_at: file.created_at,
+            generation: file.generation,
             keks,
             fingerprint: mac("fingerprint")?,
             blind_index: mac("blind_index")?,
@@ -499,6 +546,7 @@ impl Keyring {
         let file = File {
             format: FORMAT.to_owned(),
             created_at: self.created_at.clone(),
+            generation: self.generation,
             keks,
             mac_keys,
             signing: SigningEntry {
@@ -514,6 +562,11 @@ impl Keyring {
     /// file (rotation).
     pub fn save(&self, path: &Path, master: &MasterKey) -> Result<(), KeyringError> {
         self.write(path, true, master).map(|_| ())
+    }
+
+    /// Writes a new keyring file; `false` if one already exists (it is kept).
+    pub fn create(&self, path: &Path, master: &MasterKey) -> Result<bool, KeyringError> {
+        self.write(path, false, master)
     }
 
     /// Writes via a uniquely named temporary file, fsynced, then renamed
@@ -580,6 +633,8 @@ fn key_from_hex(hex: &str) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
 struct File {
     format: String,
     created_at: String,
+    #[serde(default)]
+    generation: u64,
     keks: BTreeMap<String, Vec<KekEntry>>,
     mac_keys: BTreeMap<String, MacEntry>,
     signing: SigningEntry,
@@ -679,11 +734,16 @@ impl KeyringHandle {
             }
         }
         let fresh = Keyring::load(path, master)?;
-        if let Ok(mut current) = self.current.write() {
-            *current = std::sync::Arc::new(fresh);
-        }
         if let Ok(mut seen) = self.stamp.lock() {
             *seen = stamp;
+        }
+        if !fresh.follows(&self.current()) {
+            return Err(KeyringError::Invalid(
+                "the changed keyring file does not follow on from the keyring in use (a restored backup or a lost update?)",
+            ));
+        }
+        if let Ok(mut current) = self.current.write() {
+            *current = std::sync::Arc::new(fresh);
         }
         Ok(true)
     }
@@ -784,6 +844,26 @@ mod tests {
             vec![(1, KekState::Destroyed), (2, KekState::Active)]
         );
         assert!(!String::from_utf8_lossy(&json).contains(&crate::hex::encode(&v1)));
+    }
+
+    #[test]
+    fn only_a_successor_keyring_is_taken() {
+        let rng = SystemRandom::new();
+        let mut ring = Keyring::generate(&rng, "t0").unwrap();
+        let before = Keyring::from_json(&ring.to_json().unwrap()).unwrap();
+        ring.rotate(&rng, DataClass::Card, "t1").unwrap();
+        assert!(ring.follows(&before));
+        assert!(
+            !before.follows(&ring),
+            "an older generation (a restored backup)"
+        );
+        let stranger = Keyring::generate(&rng, "t").unwrap();
+        assert!(!stranger.follows(&before));
+        // A lost update: another edit made from the old file.
+        let mut other = Keyring::from_json(&before.to_json().unwrap()).unwrap();
+        other.rotate(&rng, DataClass::Billing, "t2").unwrap();
+        other.rotate(&rng, DataClass::Billing, "t3").unwrap();
+        assert!(!other.follows(&ring), "card/v2 would vanish");
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl MasterKey {
             if share_checksum(&file.set, file.number, file.of, &component) != file.checksum {
                 return Err(MasterKeyError::Checksum { path: path.clone() });
             }
+            if file.of < 2 || file.number < 1 || file.number > file.of {
+                return Err(MasterKeyError::NotAShare { path: path.clone() });
+            }
             match &set_and_of {
                 None => set_and_of = Some((file.set.clone(), file.of)),
                 Some((set, of)) if *set != file.set || *of != file.of => {

@@ -37,6 +37,9 @@ pub enum StoreError {
     PostgresNotYet,
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
+    /// An operation did part of its work (the message says which).
+    #[error("{0}")]
+    Incomplete(&'static str),
     /// One failure reported to several waiters (a failed batch).
     #[error("{0}")]
     Shared(Arc<StoreError>),

@@ -772,11 +772,26 @@ pub async fn purge(
     tx.commit().await.map_err(err)?;
     if !done.is_empty() {
         // Move the zeroed pages into the database file and empty the WAL,
-        // so no copy of the deleted records survives in it either.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(pool)
-            .await
-            .map_err(err)?;
+        // so no copy of the deleted records survives in it either. An
+        // active reader makes the checkpoint report "busy": retry a while,
+        // and say so if it never succeeds.
+        let mut truncated = false;
+        for _ in 0..50 {
+            let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(pool)
+                .await
+                .map_err(err)?;
+            if busy == 0 {
+                truncated = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if !truncated {
+            return Err(StoreError::Incomplete(
+                "the records are deleted, but the WAL could not be truncated while readers are active; run the purge again",
+            ));
+        }
     }
     Ok(done)
 }
