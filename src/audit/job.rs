@@ -45,10 +45,10 @@ impl ReportJob {
     ) -> Option<Outcome> {
         let mut rx = {
             let mut state = self.state.lock().await;
-            if let Some((at, outcome)) = &state.latest {
-                if at.elapsed() < FRESH {
-                    return Some(outcome.clone());
-                }
+            if let Some((at, outcome)) = &state.latest
+                && at.elapsed() < FRESH
+            {
+                return Some(outcome.clone());
             }
             match &state.running {
                 Some(rx) => rx.clone(),

@@ -607,10 +607,10 @@ impl Keyring {
                 Err(e) => return Err(err(e)),
             }
         };
-        if let Some(dir) = dir {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        if let Some(dir) = dir
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
         }
         Ok(placed)
     }

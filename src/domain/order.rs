@@ -587,22 +587,22 @@ impl Reader {
         });
         let month = self.integer(&mut m, &p, "exp_month", true);
         let year = self.integer(&mut m, &p, "exp_year", true);
-        if let (Some(month), Some(year)) = (month, year) {
-            if let Err(e) = Expiry::parse(month, year, rules.today) {
-                match e {
-                    ExpiryError::Month => self.error(
-                        join(&p, "exp_month"),
-                        "out_of_range",
-                        "Month must be 1 to 12",
-                    ),
-                    ExpiryError::Year => self.error(
-                        join(&p, "exp_year"),
-                        "out_of_range",
-                        "Year must be four digits, 2000 to 2099",
-                    ),
-                    ExpiryError::Expired => {
-                        self.error(join(&p, "exp_year"), "expired", "The card has expired")
-                    }
+        if let (Some(month), Some(year)) = (month, year)
+            && let Err(e) = Expiry::parse(month, year, rules.today)
+        {
+            match e {
+                ExpiryError::Month => self.error(
+                    join(&p, "exp_month"),
+                    "out_of_range",
+                    "Month must be 1 to 12",
+                ),
+                ExpiryError::Year => self.error(
+                    join(&p, "exp_year"),
+                    "out_of_range",
+                    "Year must be four digits, 2000 to 2099",
+                ),
+                ExpiryError::Expired => {
+                    self.error(join(&p, "exp_year"), "expired", "The card has expired")
                 }
             }
         }

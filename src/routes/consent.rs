@@ -155,17 +155,17 @@ pub async fn unsubscribe(
     peer: Option<axum::Extension<Peer>>,
     body: Bytes,
 ) -> Response {
-    if let Some(peer) = peer.as_deref() {
-        if let Err(wait) = state.unsubscribe_limit.check(peer.addr.ip()) {
-            let mut r = page(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Please wait a moment",
-                "<p>Too many requests from your network. Please try again in a minute.</p>",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return r;
-        }
+    if let Some(peer) = peer.as_deref()
+        && let Err(wait) = state.unsubscribe_limit.check(peer.addr.ip())
+    {
+        let mut r = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Please wait a moment",
+            "<p>Too many requests from your network. Please try again in a minute.</p>",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return r;
     }
     let invalid = |msg: &str| {
         page(
