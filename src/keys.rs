@@ -164,6 +164,15 @@ pub async fn rotate(
         made.push(format!("{}/v{version}", class.as_str()));
     }
     keyring.save(path, master)?;
+    // Tell the database too: from now on it refuses records sealed under a
+    // retired version (a server still holding the old keyring fails closed).
+    let retired: Vec<(DataClass, u32)> = keyring
+        .kek_info()
+        .into_iter()
+        .filter(|k| k.state != KekState::Active)
+        .map(|k| (k.class, k.version))
+        .collect();
+    store.retire_keks(&retired, &now).await?;
     log_operation(
         store,
         &keyring,

@@ -154,11 +154,12 @@ fn intake_problem(e: IntakeError) -> Problem {
         ),
         IntakeError::Store(error) => {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(|s| s.to_string()), "storing an order failed");
-            match error {
-                crate::store::StoreError::Unavailable(_) => {
-                    Problem::unavailable("The database is unavailable; nothing was stored")
-                }
-                _ => Problem::internal(),
+            if error.is_unavailable() {
+                Problem::unavailable(
+                    "The order could not be stored just now; nothing was stored, retry with the same Idempotency-Key",
+                )
+            } else {
+                Problem::internal()
             }
         }
         IntakeError::Crypto(error) => {

@@ -37,6 +37,11 @@ pub enum StoreError {
     PostgresNotYet,
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
+    /// The record was sealed under a KEK version that `keys rotate` has
+    /// retired (this process has not picked up the new keyring yet; it does
+    /// within a second): retry.
+    #[error("the record was sealed under a retired KEK version; the keyring is being reloaded")]
+    RetiredKek,
     /// An operation did part of its work (the message says which).
     #[error("{0}")]
     Incomplete(&'static str),
@@ -49,7 +54,7 @@ impl StoreError {
     /// True when the database could not be reached (answer 503).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) => true,
+            StoreError::Unavailable(_) | StoreError::RetiredKek => true,
             StoreError::Shared(inner) => inner.is_unavailable(),
             _ => false,
         }
@@ -72,6 +77,11 @@ impl StoreError {
                     .is_some_and(|c| c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))) =>
             {
                 StoreError::Unavailable(error)
+            }
+            sqlx::Error::Database(ref db)
+                if db.message().contains("sealed under a retired KEK version") =>
+            {
+                StoreError::RetiredKek
             }
             other => StoreError::Query(other),
         }
@@ -181,6 +191,14 @@ pub trait Store: Send + Sync + 'static {
     async fn consent_stats(&self) -> Result<rows::ConsentStats, StoreError>;
 
     // ---- key life cycle ----
+
+    /// Records KEK versions as retired: from now on the database refuses
+    /// new records sealed under them.
+    async fn retire_keks(
+        &self,
+        retired: &[(crate::crypto::DataClass, u32)],
+        at: &str,
+    ) -> Result<(), StoreError>;
 
     /// How many records each KEK version of `class` wraps.
     async fn kek_usage(

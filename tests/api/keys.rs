@@ -19,10 +19,20 @@ fn checkoutd(app: &TestApp) -> Command {
 }
 
 async fn order(app: &TestApp, key: &str) -> String {
-    let r = app.post_order(key, &order_json()).await;
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().await.unwrap();
-    v["order_id"].as_str().unwrap().to_owned()
+    // Right after a rotation a server may answer 503 (retryable) until it
+    // has picked up the new keyring; a storefront retries with the same key.
+    for _ in 0..50 {
+        let r = app.post_order(key, &order_json()).await;
+        if r.status() == 503 {
+            assert!(r.headers().contains_key("retry-after"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        return v["order_id"].as_str().unwrap().to_owned();
+    }
+    panic!("the order was never accepted");
 }
 
 async fn card_version(app: &TestApp, order_id: &str) -> u64 {
@@ -81,6 +91,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
     assert!(longest_hex < 64, "{text}");
 
     // Rotate every class while the server runs; it picks the keyring up.
+    let stale = app.keyring();
     let out = checkoutd(&app)
         .args(["keys", "rotate", "--class", "all"])
         .output()
@@ -90,6 +101,38 @@ async fn rotate_rewrap_destroy_end_to_end() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A server still holding the old keyring cannot store a record sealed
+    // under a retired version: the database refuses it (fail closed).
+    {
+        let versions = vec!["2002-06-05".to_owned()];
+        let rules = checkoutd::domain::order::Rules {
+            policy_versions: &versions,
+            today: time::OffsetDateTime::now_utc().date(),
+        };
+        let form = checkoutd::domain::order::parse(
+            order_json(),
+            checkoutd::domain::order::Source::Json,
+            &rules,
+        )
+        .unwrap();
+        let key = checkoutd::intake::IdempotencyKey::parse(b"stale-1").unwrap();
+        let sealed = checkoutd::intake::seal::seal_order(
+            &ring::rand::SystemRandom::new(),
+            &stale,
+            form,
+            [7; 32],
+            &key,
+            [0; 32],
+        )
+        .unwrap();
+        let store = app.store().await;
+        let refused =
+            checkoutd::store::Store::commit_orders(&store, std::slice::from_ref(&sealed)).await;
+        assert!(
+            refused.is_err(),
+            "a record sealed under a retired KEK version was stored"
+        );
+    }
     let mut second = String::new();
     for i in 0..50 {
         second = order(&app, &format!("k-2-{i}")).await;

@@ -447,6 +447,24 @@ impl Store for SqliteStore {
         audit::audience(&self.pool, purpose, after_seq, limit).await
     }
 
+    async fn retire_keks(
+        &self,
+        retired: &[(crate::crypto::DataClass, u32)],
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        for (class, version) in retired {
+            sqlx::query("INSERT INTO kek_retirements (class, version, retired_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+                .bind(class.as_str())
+                .bind(i64::from(*version))
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        tx.commit().await.map_err(StoreError::from_sqlx)
+    }
+
     async fn kek_usage(
         &self,
         class: crate::crypto::DataClass,
