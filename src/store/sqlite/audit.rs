@@ -112,24 +112,13 @@ pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBat
 }
 
 fn record(table: &'static str, row: &SqliteRow) -> Result<AuditRecord, StoreError> {
-    let fmt: Option<i64> = row.try_get("format_version").map_err(err)?;
-    let kek: Option<i64> = row.try_get("kek_version").map_err(err)?;
-    let dek: Option<Vec<u8>> = row.try_get("wrapped_dek").map_err(err)?;
-    let ct: Option<Vec<u8>> = row.try_get("ciphertext").map_err(err)?;
-    let envelope = match (fmt, kek, dek, ct) {
-        (None, None, None, None) => Ok(None),
-        (Some(fmt), Some(kek), Some(wrapped_dek), Some(ciphertext)) => {
-            match (u8::try_from(fmt), u32::try_from(kek)) {
-                (Ok(format_version), Ok(kek_version)) => Ok(Some(Envelope {
-                    format_version,
-                    kek_version,
-                    wrapped_dek,
-                    ciphertext,
-                })),
-                _ => Err("format_version or kek_version is out of range"),
-            }
-        }
-        _ => Err("envelope columns are partly empty"),
+    let envelope = match super::read_envelope(
+        row,
+        ["format_version", "kek_version", "wrapped_dek", "ciphertext"],
+    )? {
+        super::EnvelopeColumns::Sealed(e) => Ok(Some(e)),
+        super::EnvelopeColumns::Empty => Ok(None),
+        super::EnvelopeColumns::Damaged(what) => Err(what),
     };
     let extra = match table {
         "billing_details" | "contact_emails" => AuditExtra::Email {
@@ -155,6 +144,15 @@ fn record(table: &'static str, row: &SqliteRow) -> Result<AuditRecord, StoreErro
         envelope,
         extra,
     })
+}
+
+/// An envelope that must be present and whole.
+fn sealed(row: &SqliteRow, names: [&str; 4]) -> Result<Envelope, StoreError> {
+    match super::read_envelope(row, names)? {
+        super::EnvelopeColumns::Sealed(e) => Ok(e),
+        super::EnvelopeColumns::Empty => Err(StoreError::Corrupt("envelope missing")),
+        super::EnvelopeColumns::Damaged(what) => Err(StoreError::Corrupt(what)),
+    }
 }
 
 fn raw_tag(row: &SqliteRow) -> Result<RawTag, StoreError> {
@@ -487,21 +485,15 @@ pub async fn audience(
         .map_err(err)?;
     rows.iter()
         .map(|r| {
-            let fmt: i64 = r.try_get("format_version").map_err(err)?;
-            let kek: i64 = r.try_get("kek_version").map_err(err)?;
             Ok(super::super::rows::AudienceRow {
                 seq: r.try_get("seq").map_err(err)?,
                 email_blind_index: r.try_get("email_blind_index").map_err(err)?,
                 contact_id: r.try_get("contact_id").map_err(err)?,
                 order_id: r.try_get("order_id").map_err(err)?,
-                envelope: Envelope {
-                    format_version: u8::try_from(fmt)
-                        .map_err(|_| StoreError::Corrupt("format_version"))?,
-                    kek_version: u32::try_from(kek)
-                        .map_err(|_| StoreError::Corrupt("kek_version"))?,
-                    wrapped_dek: r.try_get("wrapped_dek").map_err(err)?,
-                    ciphertext: r.try_get("ciphertext").map_err(err)?,
-                },
+                envelope: sealed(
+                    r,
+                    ["format_version", "kek_version", "wrapped_dek", "ciphertext"],
+                )?,
                 tag: raw_tag(r)?,
             })
         })
@@ -549,20 +541,20 @@ fn event_row(r: &SqliteRow) -> Result<super::super::rows::ConsentEventRow, Store
     for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
         *slot = r.try_get(name).map_err(err)?;
     }
-    let fmt: Option<i64> = r.try_get("reference_format_version").map_err(err)?;
-    let kek: Option<i64> = r.try_get("reference_kek_version").map_err(err)?;
-    let dek: Option<Vec<u8>> = r.try_get("reference_wrapped_dek").map_err(err)?;
-    let ct: Option<Vec<u8>> = r.try_get("reference_ciphertext").map_err(err)?;
-    let reference = match (fmt, kek, dek, ct) {
-        (Some(f), Some(k), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
-            format_version: u8::try_from(f)
-                .map_err(|_| StoreError::Corrupt("reference_format_version"))?,
-            kek_version: u32::try_from(k)
-                .map_err(|_| StoreError::Corrupt("reference_kek_version"))?,
-            wrapped_dek,
-            ciphertext,
-        }),
-        _ => None,
+    let reference = match super::read_envelope(
+        r,
+        [
+            "reference_format_version",
+            "reference_kek_version",
+            "reference_wrapped_dek",
+            "reference_ciphertext",
+        ],
+    )? {
+        super::EnvelopeColumns::Sealed(e) => Some(e),
+        super::EnvelopeColumns::Empty => None,
+        super::EnvelopeColumns::Damaged(_) => {
+            return Err(StoreError::Corrupt("consent_events reference columns"));
+        }
     };
     Ok(super::super::rows::ConsentEventRow {
         id: r.try_get("id").map_err(err)?,
@@ -674,20 +666,11 @@ pub async fn envelopes_to_rewrap(
         .await
         .map_err(err)?;
         for r in rows {
-            let f: i64 = r.try_get("f").map_err(err)?;
-            let k: i64 = r.try_get("k").map_err(err)?;
             out.push(super::super::rows::RewrapItem {
                 table,
                 id: r.try_get("id").map_err(err)?,
                 order_id: r.try_get("order_id").map_err(err)?,
-                envelope: Envelope {
-                    format_version: u8::try_from(f)
-                        .map_err(|_| StoreError::Corrupt("format_version"))?,
-                    kek_version: u32::try_from(k)
-                        .map_err(|_| StoreError::Corrupt("kek_version"))?,
-                    wrapped_dek: r.try_get("d").map_err(err)?,
-                    ciphertext: r.try_get("c").map_err(err)?,
-                },
+                envelope: sealed(&r, ["f", "k", "d", "c"])?,
             });
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 mod audit;
 
 use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
@@ -601,33 +602,53 @@ fn dispatch_of(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Dispatch>, StoreE
     )
 }
 
-fn envelope_cols(
-    row: &sqlx::sqlite::SqliteRow,
-    prefix: &str,
-) -> Result<Option<Envelope>, StoreError> {
-    let col = |n: &str| format!("{prefix}_{n}");
-    let fmt: Option<i64> = row
-        .try_get(col("fmt").as_str())
-        .map_err(StoreError::from_sqlx)?;
-    let kek: Option<i64> = row
-        .try_get(col("kek").as_str())
-        .map_err(StoreError::from_sqlx)?;
-    let dek: Option<Vec<u8>> = row
-        .try_get(col("dek").as_str())
-        .map_err(StoreError::from_sqlx)?;
-    let ct: Option<Vec<u8>> = row
-        .try_get(col("ct").as_str())
-        .map_err(StoreError::from_sqlx)?;
+/// What four envelope columns of a row hold.
+pub(super) enum EnvelopeColumns {
+    Sealed(Envelope),
+    /// All four NULL (a gift's shipping marker, an event without reference).
+    Empty,
+    /// Some NULL, or a version out of range: the row was damaged.
+    Damaged(&'static str),
+}
+
+/// Reads the envelope in columns `[format_version, kek_version,
+/// wrapped_dek, ciphertext]` (by these names in the query). The one place
+/// that decides what a partly empty envelope means.
+pub(super) fn read_envelope(
+    row: &SqliteRow,
+    names: [&str; 4],
+) -> Result<EnvelopeColumns, StoreError> {
+    let e = StoreError::from_sqlx;
+    let fmt: Option<i64> = row.try_get(names[0]).map_err(e)?;
+    let kek: Option<i64> = row.try_get(names[1]).map_err(e)?;
+    let dek: Option<Vec<u8>> = row.try_get(names[2]).map_err(e)?;
+    let ct: Option<Vec<u8>> = row.try_get(names[3]).map_err(e)?;
     Ok(match (fmt, kek, dek, ct) {
-        (Some(fmt), Some(kek), Some(wrapped_dek), Some(ciphertext)) => Some(Envelope {
-            format_version: u8::try_from(fmt).map_err(|_| StoreError::Corrupt("format_version"))?,
-            kek_version: u32::try_from(kek).map_err(|_| StoreError::Corrupt("kek_version"))?,
-            wrapped_dek,
-            ciphertext,
-        }),
-        (None, None, None, None) => None,
-        _ => return Err(StoreError::Corrupt("envelope columns")),
+        (None, None, None, None) => EnvelopeColumns::Empty,
+        (Some(fmt), Some(kek), Some(wrapped_dek), Some(ciphertext)) => {
+            match (u8::try_from(fmt), u32::try_from(kek)) {
+                (Ok(format_version), Ok(kek_version)) => EnvelopeColumns::Sealed(Envelope {
+                    format_version,
+                    kek_version,
+                    wrapped_dek,
+                    ciphertext,
+                }),
+                _ => EnvelopeColumns::Damaged("format_version or kek_version is out of range"),
+            }
+        }
+        _ => EnvelopeColumns::Damaged("envelope columns are partly empty"),
     })
+}
+
+/// A prefixed envelope of a join (`s_fmt`, `s_kek`, `s_dek`, `s_ct`); a
+/// damaged one is an error.
+fn envelope_cols(row: &SqliteRow, prefix: &str) -> Result<Option<Envelope>, StoreError> {
+    let [f, k, d, c] = ["fmt", "kek", "dek", "ct"].map(|n| format!("{prefix}_{n}"));
+    match read_envelope(row, [&f, &k, &d, &c])? {
+        EnvelopeColumns::Sealed(e) => Ok(Some(e)),
+        EnvelopeColumns::Empty => Ok(None),
+        EnvelopeColumns::Damaged(what) => Err(StoreError::Corrupt(what)),
+    }
 }
 
 fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError> {
