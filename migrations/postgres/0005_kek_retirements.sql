@@ -6,62 +6,27 @@ CREATE TABLE kek_retirements (
     PRIMARY KEY (class, version)
 );
 
-CREATE FUNCTION payment_cards_no_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for every sealed table: arguments are the data class and the
+-- name of the KEK-version column.
+CREATE FUNCTION refuse_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v integer := (to_jsonb(NEW) ->> TG_ARGV[1])::integer;
 BEGIN
-    IF NEW.kek_version IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = 'card' AND version = NEW.kek_version) THEN
+    IF v IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = TG_ARGV[0] AND version = v) THEN
         RAISE EXCEPTION 'sealed under a retired KEK version';
     END IF;
     RETURN NEW;
 END $$;
+
 CREATE TRIGGER payment_cards_no_retired_kek BEFORE INSERT ON payment_cards
-FOR EACH ROW EXECUTE FUNCTION payment_cards_no_retired_kek();
-
-CREATE FUNCTION billing_details_no_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.kek_version IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = 'billing' AND version = NEW.kek_version) THEN
-        RAISE EXCEPTION 'sealed under a retired KEK version';
-    END IF;
-    RETURN NEW;
-END $$;
+FOR EACH ROW EXECUTE FUNCTION refuse_retired_kek('card', 'kek_version');
 CREATE TRIGGER billing_details_no_retired_kek BEFORE INSERT ON billing_details
-FOR EACH ROW EXECUTE FUNCTION billing_details_no_retired_kek();
-
-CREATE FUNCTION shipping_details_no_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.kek_version IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = 'shipping' AND version = NEW.kek_version) THEN
-        RAISE EXCEPTION 'sealed under a retired KEK version';
-    END IF;
-    RETURN NEW;
-END $$;
+FOR EACH ROW EXECUTE FUNCTION refuse_retired_kek('billing', 'kek_version');
 CREATE TRIGGER shipping_details_no_retired_kek BEFORE INSERT ON shipping_details
-FOR EACH ROW EXECUTE FUNCTION shipping_details_no_retired_kek();
-
-CREATE FUNCTION gift_recipients_no_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.kek_version IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = 'recipient' AND version = NEW.kek_version) THEN
-        RAISE EXCEPTION 'sealed under a retired KEK version';
-    END IF;
-    RETURN NEW;
-END $$;
+FOR EACH ROW EXECUTE FUNCTION refuse_retired_kek('shipping', 'kek_version');
 CREATE TRIGGER gift_recipients_no_retired_kek BEFORE INSERT ON gift_recipients
-FOR EACH ROW EXECUTE FUNCTION gift_recipients_no_retired_kek();
-
-CREATE FUNCTION contact_emails_no_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.kek_version IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = 'contact' AND version = NEW.kek_version) THEN
-        RAISE EXCEPTION 'sealed under a retired KEK version';
-    END IF;
-    RETURN NEW;
-END $$;
+FOR EACH ROW EXECUTE FUNCTION refuse_retired_kek('recipient', 'kek_version');
 CREATE TRIGGER contact_emails_no_retired_kek BEFORE INSERT ON contact_emails
-FOR EACH ROW EXECUTE FUNCTION contact_emails_no_retired_kek();
-
-CREATE FUNCTION consent_events_no_retired_kek() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.reference_kek_version IS NOT NULL AND EXISTS (SELECT 1 FROM kek_retirements WHERE class = 'contact' AND version = NEW.reference_kek_version) THEN
-        RAISE EXCEPTION 'sealed under a retired KEK version';
-    END IF;
-    RETURN NEW;
-END $$;
+FOR EACH ROW EXECUTE FUNCTION refuse_retired_kek('contact', 'kek_version');
 CREATE TRIGGER consent_events_no_retired_kek BEFORE INSERT ON consent_events
-FOR EACH ROW EXECUTE FUNCTION consent_events_no_retired_kek();
+FOR EACH ROW EXECUTE FUNCTION refuse_retired_kek('contact', 'reference_kek_version');
