@@ -679,7 +679,7 @@ mod tests {
                                 "region": "CA", "postal_code": "92656", "country": "US"},
             "items": [{"sku": "FAXSTF-PRO", "description": "Fax stuff", "quantity": 2, "unit_price_minor": 4999}],
             "currency": "USD",
-            "card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2030,
+            "card": {"number": "4012 8888 8888 1881", "exp_month": 12, "exp_year": 2030,
                      "cvc": "123", "holder_name": "Ada Lovelace"},
             "consent": {"special_offers": true, "policy_version": "2002-06-05"}
         })
@@ -713,13 +713,13 @@ mod tests {
         assert!(matches!(order.ship_to, ShipTo::BillingAddress));
         assert!(order.consent.purposes.special_offers);
         assert!(!order.consent.purposes.product_updates);
-        assert_eq!(order.card.pan.last4(), "1111");
+        assert_eq!(order.card.pan.last4(), "1881");
     }
 
     #[test]
     fn every_violation_is_reported_at_once() {
         let mut v = valid();
-        v["card"]["number"] = json!("4111 1111 1111 1112");
+        v["card"]["number"] = json!("4012 8888 8888 1882");
         v["customer"].as_object_mut().unwrap().remove("email");
         v["billing_address"]["country"] = json!("ZZ");
         v["items"][0]["quantity"] = json!(0);
@@ -746,11 +746,11 @@ mod tests {
     #[test]
     fn errors_never_echo_values() {
         let mut v = valid();
-        v["card"]["number"] = json!("4111 1111 1111 1112");
+        v["card"]["number"] = json!("4012 8888 8888 1882");
         v["customer"]["email"] = json!("not-an-email-secretvalue");
         v["card"]["cvc"] = json!("12x");
         let text = format!("{:?}", check(v).unwrap_err());
-        assert!(!text.contains("4111"));
+        assert!(!text.contains("4012"));
         assert!(!text.contains("secretvalue"));
         assert!(!text.contains("12x"));
     }
@@ -758,9 +758,9 @@ mod tests {
     #[test]
     fn unknown_names_are_echoed_only_when_shaped_like_ours() {
         let mut v = valid();
-        v["card"]["4111111111111111"] = json!(1);
+        v["card"]["4012888888881881"] = json!(1);
         v["customer"]["AdaLovelace"] = json!(1);
-        v["customer"]["x4111111111111111"] = json!(1);
+        v["customer"]["x4012888888881881"] = json!(1);
         v["favourite_colour"] = json!(1);
         let got = codes(v);
         assert!(got.contains(&("favourite_colour".into(), "unknown_field")));
@@ -771,7 +771,7 @@ mod tests {
                 .count(),
             2
         );
-        assert!(!format!("{got:?}").contains("4111"));
+        assert!(!format!("{got:?}").contains("4012"));
     }
 
     #[test]
@@ -815,7 +815,7 @@ mod tests {
     fn clear_text_fields_refuse_card_numbers_and_emails() {
         let mut v = valid();
         v["storefront_order_ref"] = json!("ada@example.com");
-        v["items"][0]["description"] = json!("card 4111 1111 1111 1111");
+        v["items"][0]["description"] = json!("card 4012 8888 8888 1881");
         v["items"][0]["sku"] = json!("4012888888881881");
         let got = codes(v);
         assert!(got.contains(&("storefront_order_ref".into(), "looks_like_email")));
@@ -837,7 +837,7 @@ mod tests {
         let body = b"customer.name=Ada&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
 &billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
 &billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
-&currency=USD&card.number=4111111111111111&card.exp_month=12&card.exp_year=2030&card.cvc=123\
+&currency=USD&card.number=4012888888881881&card.exp_month=12&card.exp_year=2030&card.cvc=123\
 &consent.special_offers=on&consent.partnerships=&consent.policy_version=2002-06-05";
         let tree = crate::domain::form::parse(body).unwrap();
         let (versions, today) = rules();
