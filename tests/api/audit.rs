@@ -95,15 +95,7 @@ async fn the_report_is_clean_signed_and_free_of_personal_data() {
         2
     );
 
-    let key: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/public-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key: Value = app.get_json(Role::Auditor, "/v1/audit/public-key").await;
     assert_eq!(key["key_id"], doc["signature"]["key_id"]);
     let raw = checkoutd::hex::decode(key["public_key_hex"].as_str().unwrap()).unwrap();
     assert!(verify_signed(&doc, &raw));
@@ -122,15 +114,7 @@ async fn the_report_is_clean_signed_and_free_of_personal_data() {
         expect_problem(r, 403).await;
     }
     // Reading the report is itself logged.
-    let log: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/log"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = app.get_json(Role::Auditor, "/v1/audit/log").await;
     assert!(
         log["entries"]
             .as_array()

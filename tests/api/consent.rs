@@ -115,15 +115,7 @@ async fn audiences_honour_each_choice_and_never_hold_gift_recipients() {
         .unwrap();
     expect_problem(r, 400).await;
     // Every export is logged with its size.
-    let log: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/log"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = app.get_json(Role::Auditor, "/v1/audit/log").await;
     let exports: Vec<&Value> = log["entries"]
         .as_array()
         .unwrap()
@@ -157,14 +149,8 @@ async fn audiences_paginate_without_loss_or_repetition() {
     let mut query = "purpose=special_offers&limit=2".to_owned();
     loop {
         let v: Value = app
-            .client(Role::Marketing)
-            .get(app.url(&format!("/v1/marketing/audience?{query}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(Role::Marketing, &format!("/v1/marketing/audience?{query}"))
+            .await;
         seen.extend(
             v["emails"]
                 .as_array()
@@ -314,15 +300,7 @@ async fn the_auditor_sees_proof_of_consent() {
     assert_eq!(proof["effective"]["special_offers"], false);
     assert_eq!(proof["verified"], true);
     // Logged, naming the order.
-    let log: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/log"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = app.get_json(Role::Auditor, "/v1/audit/log").await;
     let entry = log["entries"]
         .as_array()
         .unwrap()
@@ -338,15 +316,7 @@ async fn the_auditor_sees_proof_of_consent() {
         .unwrap();
     expect_problem(r, 400).await;
     // The report counts the opt-out.
-    let report: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/report"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], true, "{report:#}");
     assert_eq!(
         report["report"]["consent"]["opted_out"]["special_offers"],
@@ -643,15 +613,7 @@ async fn an_edited_withdrawal_never_re_enables_marketing_and_is_reported() {
         vec!["grace@example.com"],
         "fail closed"
     );
-    let report: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/report"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
     let failures = report["report"]["failures"].as_array().unwrap();
     assert!(
         failures

@@ -131,6 +131,18 @@ impl TestApp {
         )
     }
 
+    /// GET `path` as `role`; the JSON body.
+    pub async fn get_json(&self, role: Role, path: &str) -> serde_json::Value {
+        self.client(role)
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A client with no certificate.
     pub fn anonymous(&self) -> reqwest::Client {
         client_with(&self.pki, None, Versions::Both)

@@ -37,14 +37,8 @@ async fn order(app: &TestApp, key: &str) -> String {
 
 async fn card_version(app: &TestApp, order_id: &str) -> u64 {
     let v: Value = app
-        .client(Role::Auditor)
-        .get(app.url(&format!("/v1/audit/orders/{order_id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(Role::Auditor, &format!("/v1/audit/orders/{order_id}"))
+        .await;
     assert_eq!(v["verified"], true, "{v:#}");
     v["records"]
         .as_array()
@@ -244,14 +238,8 @@ async fn rotate_rewrap_destroy_end_to_end() {
 
     // Every key operation is in the access log, with the operator.
     let log: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/log?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
     let ops: Vec<(String, String)> = log["entries"]
         .as_array()
         .unwrap()

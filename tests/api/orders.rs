@@ -261,14 +261,8 @@ async fn gift_orders_keep_the_recipient_apart_and_drop_the_shipping_address() {
         assert!(!contains(hay, b"Dropped Lane"));
     }
     let summary: Value = app
-        .client(Role::Storefront)
-        .get(app.url(&format!("/v1/orders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(Role::Storefront, &format!("/v1/orders/{id}"))
+        .await;
     assert_eq!(summary["gift"], true);
 }
 

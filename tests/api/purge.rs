@@ -93,14 +93,8 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     assert_eq!(report.purged.get("card"), Some(&1));
     assert_eq!(report.purged.get("recipient"), Some(&1));
     let meta: Value = app
-        .client(Role::Auditor)
-        .get(app.url(&format!("/v1/audit/orders/{doomed}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(Role::Auditor, &format!("/v1/audit/orders/{doomed}"))
+        .await;
     assert_eq!(meta["verified"], true);
     assert_eq!(meta["purged"].as_array().unwrap().len(), 5);
     // The other order is untouched, and the purge is in the access log.
@@ -109,14 +103,8 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
         kept.as_str()
     );
     let log: Value = app
-        .client(Role::Auditor)
-        .get(app.url("/v1/audit/log?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
     assert!(
         log["entries"]
             .as_array()
