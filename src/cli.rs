@@ -165,6 +165,11 @@ pub struct StoreArgs {
     /// Database URL: sqlite://PATH or postgres://… [default: sqlite://<data-dir>/checkoutd.db]
     #[arg(long, env = "CHECKOUTD_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// Start on a PostgreSQL server that acknowledges commits before they
+    /// are on disk (fsync or synchronous_commit off): testing only, an
+    /// acknowledged order could be lost in a crash
+    #[arg(long, env = "CHECKOUTD_ALLOW_UNSAFE_DURABILITY")]
+    pub allow_unsafe_durability: bool,
     /// Log format: text or json [default: text]
     #[arg(long, env = "CHECKOUTD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,

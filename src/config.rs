@@ -47,8 +47,15 @@ pub enum LogFormat {
 /// `sqlite:` and `postgres:`/`postgresql:` is refused.
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
-    Sqlite { path: PathBuf },
-    Postgres { url: String },
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+        /// Start even if the server acknowledges commits before they are on
+        /// disk (`fsync` or `synchronous_commit` off). Never in production.
+        allow_unsafe_durability: bool,
+    },
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -78,6 +85,7 @@ impl DatabaseUrl {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Some(DatabaseUrl::Postgres {
                 url: url.to_owned(),
+                allow_unsafe_durability: false,
             });
         }
         None
@@ -97,6 +105,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     master_key_shares: Option<Vec<PathBuf>>,
     database_url: Option<String>,
+    allow_unsafe_durability: Option<bool>,
     log_format: Option<String>,
     listen: Option<String>,
     certs_dir: Option<PathBuf>,
@@ -184,6 +193,14 @@ impl StoreSettings {
                 env: "DATABASE_URL",
                 expected: "expected sqlite://PATH or postgres://USER@HOST/DB",
             })?,
+        };
+        let database = match database {
+            DatabaseUrl::Postgres { url, .. } => DatabaseUrl::Postgres {
+                url,
+                allow_unsafe_durability: args.allow_unsafe_durability
+                    || file.allow_unsafe_durability.unwrap_or(false),
+            },
+            sqlite => sqlite,
         };
         let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
             None | Some("text") => LogFormat::Text,

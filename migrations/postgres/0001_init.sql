@@ -15,7 +15,7 @@ CREATE TABLE orders (
     currency           TEXT    NOT NULL,
     items              TEXT    NOT NULL,              -- JSON [{sku, description, quantity, unit_price_minor}]
     total_minor        BIGINT NOT NULL,
-    gift               BOOLEAN NOT NULL,
+    gift               INTEGER NOT NULL CHECK (gift IN (0, 1)),
     consent_tag_id     TEXT    NOT NULL,              -- the customer's tag
     client_fingerprint BYTEA    NOT NULL,               -- SHA-256 of the storefront's certificate
     mac                BYTEA    NOT NULL               -- HMAC over the columns above (docs/encryption.md)
@@ -27,11 +27,11 @@ CREATE TABLE consent_tags (
     order_id            TEXT    NOT NULL REFERENCES orders (id),
     subject             TEXT    NOT NULL CHECK (subject IN ('customer', 'gift_recipient')),
     basis               TEXT    NOT NULL CHECK (basis IN ('consent', 'fulfillment_only')),
-    product_updates     BOOLEAN NOT NULL,
-    new_offerings       BOOLEAN NOT NULL,
-    partnerships        BOOLEAN NOT NULL,
-    special_offers      BOOLEAN NOT NULL,
-    third_party_sharing BOOLEAN NOT NULL,
+    product_updates     INTEGER NOT NULL CHECK (product_updates IN (0, 1)),
+    new_offerings       INTEGER NOT NULL CHECK (new_offerings IN (0, 1)),
+    partnerships        INTEGER NOT NULL CHECK (partnerships IN (0, 1)),
+    special_offers      INTEGER NOT NULL CHECK (special_offers IN (0, 1)),
+    third_party_sharing INTEGER NOT NULL CHECK (third_party_sharing IN (0, 1)),
     policy_version      TEXT    NOT NULL,
     captured_at         TEXT    NOT NULL,
     channel             TEXT    NOT NULL,

@@ -1,4 +1,6 @@
-//! Storage: one [`Store`] trait, one module per engine (`sqlite/`).
+//! Storage: one [`Store`] trait; one implementation of it (`sql/`) whose
+//! queries both engines share, and one module per engine for what differs
+//! (`sqlite.rs`, `postgres.rs`).
 //!
 //! The engine is chosen by the database URL's scheme (see
 //! [`crate::config::DatabaseUrl`]); an unknown scheme never reaches this
@@ -8,7 +10,9 @@
 //! orders can share one synced commit (group commit) without an interface
 //! change.
 
+pub mod postgres;
 pub mod rows;
+pub mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -33,8 +37,19 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("PostgreSQL is not supported by this build yet; use a sqlite:// URL")]
-    PostgresNotYet,
+    #[error("cannot connect to the database {target}")]
+    Connect {
+        /// The URL without password or parameters.
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "PostgreSQL has {setting}=off, so it acknowledges commits before they are on disk and \
+         an accepted order could be lost in a crash; turn it on, or pass \
+         --allow-unsafe-durability (testing only)"
+    )]
+    NotDurable { setting: &'static str },
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
     /// The record was sealed under a KEK version that `keys rotate` has
@@ -54,7 +69,9 @@ impl StoreError {
     /// True when the database could not be reached (answer 503).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) | StoreError::RetiredKek => true,
+            StoreError::Unavailable(_) | StoreError::RetiredKek | StoreError::Connect { .. } => {
+                true
+            }
             StoreError::Shared(inner) => inner.is_unavailable(),
             _ => false,
         }
@@ -69,13 +86,7 @@ impl StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-            // Lock contention that outlasted the busy timeout (SQLITE_BUSY,
-            // SQLITE_LOCKED and their extended codes): try again later.
-            sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))) =>
-            {
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| transient(&c)) => {
                 StoreError::Unavailable(error)
             }
             sqlx::Error::Database(ref db)
@@ -86,6 +97,23 @@ impl StoreError {
             other => StoreError::Query(other),
         }
     }
+}
+
+/// Whether a database error code means "try again later" (answer 503).
+/// PostgreSQL's are five-character SQLSTATEs; SQLite's are numbers below
+/// 10000 (result code in the low byte).
+fn transient(code: &str) -> bool {
+    if code.len() == 5 {
+        // Connection exceptions, insufficient resources, operator
+        // intervention (shutdown, crash recovery), serialization failures
+        // and deadlocks, lock timeouts.
+        return ["08", "53", "57P"].iter().any(|p| code.starts_with(p))
+            || matches!(code, "40001" | "40P01" | "55P03");
+    }
+    // Lock contention that outlasted the busy timeout (SQLITE_BUSY,
+    // SQLITE_LOCKED and their extended codes).
+    code.parse::<i64>()
+        .is_ok_and(|n| matches!(n & 0xff, 5 | 6))
 }
 
 /// The persistence interface of checkoutd.
@@ -284,19 +312,42 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens an existing store read-only, without migrations (offline audit).
 pub async fn open_read_only(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(match url {
+        DatabaseUrl::Sqlite { path } => sqlite::open_read_only(path).await?,
+        DatabaseUrl::Postgres { url, .. } => postgres::open_read_only(url).await?,
+    }))
+}
+
+/// Opens the store named by `url` and applies pending migrations. An SQLite
+/// file (and its directory) is created on first use; a PostgreSQL database
+/// must exist (a URL that does not connect is an error, never a new empty
+/// database somewhere else).
+pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(open_sql(url).await?))
+}
+
+/// [`open`], as the concrete engine type.
+pub async fn open_sql(url: &DatabaseUrl) -> Result<sql::SqlStore, StoreError> {
     match url {
-        DatabaseUrl::Sqlite { path } => {
-            Ok(Arc::new(sqlite::SqliteStore::open_read_only(path).await?))
-        }
-        DatabaseUrl::Postgres { .. } => Err(StoreError::PostgresNotYet),
+        DatabaseUrl::Sqlite { path } => sqlite::open(path).await,
+        DatabaseUrl::Postgres {
+            url,
+            allow_unsafe_durability,
+        } => postgres::open(url, *allow_unsafe_durability).await,
     }
 }
 
-/// Opens the store named by `url`, creating an SQLite file (and its
-/// directory) on first use, and applies pending migrations.
-pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
-    match url {
-        DatabaseUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
-        DatabaseUrl::Postgres { .. } => Err(StoreError::PostgresNotYet),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_codes() {
+        for code in ["5", "6", "517", "262", "08006", "57P01", "53300", "40001", "40P01", "55P03"] {
+            assert!(transient(code), "{code}");
+        }
+        for code in ["19", "2067", "23505", "42P01", "P0001", "22001"] {
+            assert!(!transient(code), "{code}");
+        }
     }
 }

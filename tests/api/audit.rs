@@ -432,7 +432,7 @@ async fn offline_audit_exit_codes_and_html_report() {
 
     // Tamper with the copy: a flipped purpose and two swapped card envelopes.
     let tampered =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", copy.join("checkoutd.db").display()))
+        sqlx::AnyPool::connect(&format!("sqlite://{}", copy.join("checkoutd.db").display()))
             .await
             .unwrap();
     let (a, b) = (&ids[0], &ids[3]);

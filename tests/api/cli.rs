@@ -23,7 +23,7 @@ fn migrate_creates_the_schema_and_exits() {
     assert!(db.is_file());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tables: Vec<String> = rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display()))
             .await
             .unwrap();
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")

@@ -667,7 +667,7 @@ async fn relinked_tags_or_relabelled_subjects_never_re_enable_marketing() {
     );
     let db = app.db().await;
     // Point the later order at the earlier (granting) tag.
-    sqlx::query("UPDATE orders SET consent_tag_id = (SELECT consent_tag_id FROM orders WHERE id = ?1) WHERE id = ?2")
+    sqlx::query("UPDATE orders SET consent_tag_id = (SELECT consent_tag_id FROM orders WHERE id = $1) WHERE id = $2")
         .bind(&first)
         .bind(&second)
         .execute(&db)

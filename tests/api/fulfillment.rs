@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use checkoutd::audit::access_log::{ChainError, verify_chain};
 use checkoutd::server::identity::Role;
-use checkoutd::store::sqlite::SqliteStore;
+use checkoutd::config::DatabaseUrl;
+use checkoutd::store::sql::SqlStore;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_problem, spawn_app};
@@ -32,8 +33,9 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.db_path()).await.unwrap()
+    pub async fn store(&self) -> SqlStore {
+        let url = DatabaseUrl::parse(&self.database.url).unwrap();
+        checkoutd::store::open_sql(&url).await.unwrap()
     }
 }
 
@@ -431,7 +433,7 @@ async fn chain_verification_catches_a_rehashed_edit() {
     let mut e = page.remove(1);
     e.entry.role = "storefront".into();
     let hash = checkoutd::audit::access_log::entry_hash(e.seq, &e.prev_hash, &e.entry);
-    sqlx::query("UPDATE access_log SET role = 'storefront', hash = ?1 WHERE seq = 2")
+    sqlx::query("UPDATE access_log SET role = 'storefront', hash = $1 WHERE seq = 2")
         .bind(hash.as_slice())
         .execute(&db)
         .await

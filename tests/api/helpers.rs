@@ -59,10 +59,118 @@ fn init_logs() {
     });
 }
 
+/// The environment variable naming a PostgreSQL server for the suite: a URL
+/// whose role may `CREATE DATABASE` (e.g.
+/// `postgres://checkoutd:checkoutd@127.0.0.1/postgres`). Set, every test
+/// runs on its own freshly created database there, dropped afterwards;
+/// unset, every test runs on SQLite.
+pub const POSTGRES_ENV: &str = "CHECKOUTD_TEST_DATABASE_URL";
+
+/// The PostgreSQL server URL of this run, if any.
+pub fn postgres_server() -> Option<String> {
+    std::env::var(POSTGRES_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// Says once, on the real stderr (past the test harness's capture), which
+/// engine this run uses.
+fn announce_engine() {
+    sqlx::any::install_default_drivers();
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let line = match postgres_server() {
+            Some(_) => "checkoutd tests: running on PostgreSQL (one fresh database per test)\n".to_owned(),
+            None => format!(
+                "checkoutd tests: running on SQLite; the PostgreSQL run was SKIPPED (set {POSTGRES_ENV} to a PostgreSQL URL whose role may create databases, as .ci/run does)\n"
+            ),
+        };
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    });
+}
+
+/// The database of one test: an SQLite file in the test's data directory,
+/// or a PostgreSQL database created for the test and dropped with it.
+pub struct TestDatabase {
+    /// What `--database-url` is given.
+    pub url: String,
+    /// (server URL, database name) of a PostgreSQL database to drop.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    async fn create(data_dir: &std::path::Path) -> Self {
+        let Some(server) = postgres_server() else {
+            return TestDatabase {
+                url: format!("sqlite://{}", data_dir.join("checkoutd.db").display()),
+                postgres: None,
+            };
+        };
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "checkoutd_test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let admin = sqlx::PgPool::connect(&server).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        TestDatabase {
+            url: with_database(&server, &name),
+            postgres: Some((server, name)),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+}
+
+/// `url` with its database (path) replaced by `name`, parameters kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, params) = match url.split_once('?') {
+        Some((b, p)) => (b, format!("?{p}")),
+        None => (url, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let authority = rest.split('/').next().unwrap();
+    format!("{scheme}://{authority}/{name}{params}")
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop may run inside the test's runtime: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin = sqlx::PgPool::connect(&server).await.unwrap();
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+            });
+        })
+        .join();
+    }
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub pki: DevPki,
-    pub dir: TempDir,
+    pub pki: Arc<DevPki>,
+    pub dir: Arc<TempDir>,
+    pub database: Arc<TestDatabase>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<()>>,
 }
@@ -73,6 +181,20 @@ pub struct Options {
     pub serve: ServeArgs,
     /// Extra routes merged into the real router (e.g. a slow one).
     pub extra_routes: Option<axum::Router>,
+    /// Run as a second instance of this app: same data directory (keyring,
+    /// certificates), same database — what two processes of one
+    /// deployment share.
+    pub share_with: Option<Shared>,
+    /// Use this database URL instead of the test's own (e.g. through a proxy).
+    pub database_url: Option<String>,
+}
+
+/// What a second instance shares with the first.
+#[derive(Clone)]
+pub struct Shared {
+    pki: Arc<DevPki>,
+    dir: Arc<TempDir>,
+    database: Arc<TestDatabase>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -81,15 +203,24 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    announce_engine();
+    let (pki, dir, database) = match options.share_with {
+        Some(shared) => (shared.pki, shared.dir, shared.database),
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = DevPki::generate().unwrap();
+            pki.write_to(&dir.path().join("certs")).unwrap();
+            let database = TestDatabase::create(&dir.path().join("data")).await;
+            (Arc::new(pki), Arc::new(dir), Arc::new(database))
+        }
+    };
     let certs = dir.path().join("certs");
-    let pki = DevPki::generate().unwrap();
-    pki.write_to(&certs).unwrap();
     let mut args = options.serve;
     args.listen = Some("127.0.0.1:0".into());
     args.certs_dir = Some(certs);
     args.store = StoreArgs {
         data_dir: Some(dir.path().join("data")),
+        database_url: Some(options.database_url.unwrap_or_else(|| database.url.clone())),
         ..args.store
     };
     let settings = Settings::from_args(&args).unwrap();
@@ -111,12 +242,39 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         addr,
         pki,
         dir,
+        database,
         shutdown: Some(tx),
         server: Some(server),
     }
 }
 
 impl TestApp {
+    /// What a second instance of this deployment needs (see
+    /// [`Options::share_with`]).
+    pub fn shared(&self) -> Shared {
+        Shared {
+            pki: self.pki.clone(),
+            dir: self.dir.clone(),
+            database: self.database.clone(),
+        }
+    }
+
+    /// A connection pool on this test's database (either engine; write SQL
+    /// with `$N` parameters).
+    pub async fn db(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.database.url).await.unwrap()
+    }
+
+    /// The checkoutd binary, pointed at this app's data directory and
+    /// database.
+    pub fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_checkoutd"));
+        c.env("CHECKOUTD_DATA_DIR", self.dir.path().join("data"))
+            .env("CHECKOUTD_DATABASE_URL", &self.database.url);
+        c
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{}", self.addr.port(), path)
     }

@@ -163,7 +163,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
     let store = app.store().await;
     let _before_rewrap = app.keyring();
     let ciphertext_before: Vec<u8> =
-        sqlx::query_scalar("SELECT ciphertext FROM payment_cards WHERE order_id = ?1")
+        sqlx::query_scalar("SELECT ciphertext FROM payment_cards WHERE order_id = $1")
             .bind(&first)
             .fetch_one(&app.db().await)
             .await
@@ -199,7 +199,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
     }
     // Data ciphertexts untouched; everything opens; the audit is clean.
     let ciphertext_after: Vec<u8> =
-        sqlx::query_scalar("SELECT ciphertext FROM payment_cards WHERE order_id = ?1")
+        sqlx::query_scalar("SELECT ciphertext FROM payment_cards WHERE order_id = $1")
             .bind(&first)
             .fetch_one(&app.db().await)
             .await

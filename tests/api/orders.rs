@@ -40,14 +40,9 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The SQLite file (SQLite runs only; see `TestDatabase`).
     pub fn db_path(&self) -> std::path::PathBuf {
         self.dir.path().join("data").join("checkoutd.db")
-    }
-
-    pub async fn db(&self) -> sqlx::SqlitePool {
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", self.db_path().display()))
-            .await
-            .unwrap()
     }
 
     pub fn keyring(&self) -> Keyring {
@@ -67,13 +62,13 @@ async fn created(response: reqwest::Response) -> Value {
 
 /// Reads one record's envelope and binding from the database.
 async fn envelope_of(
-    db: &sqlx::SqlitePool,
+    db: &sqlx::AnyPool,
     table: &str,
     class: DataClass,
     order_id: &str,
 ) -> (Binding, Envelope) {
     let row = sqlx::query(&format!(
-        "SELECT id, order_id, format_version, kek_version, wrapped_dek, ciphertext FROM {table} WHERE order_id = ?1"
+        "SELECT id, order_id, format_version, kek_version, wrapped_dek, ciphertext FROM {table} WHERE order_id = $1"
     ))
     .bind(order_id)
     .fetch_one(db)
@@ -217,14 +212,14 @@ async fn gift_orders_keep_the_recipient_apart_and_drop_the_shipping_address() {
     let db = app.db().await;
     let ring = app.keyring();
 
-    let marker = sqlx::query("SELECT ship_to, ciphertext IS NULL AS empty, consent_tag_id FROM shipping_details WHERE order_id = ?1")
+    let marker = sqlx::query("SELECT ship_to, CASE WHEN ciphertext IS NULL THEN 1 ELSE 0 END AS empty, consent_tag_id FROM shipping_details WHERE order_id = $1")
         .bind(id)
         .fetch_one(&db)
         .await
         .unwrap();
     assert_eq!(marker.get::<String, _>("ship_to"), "gift_recipient");
     assert!(
-        marker.get::<bool, _>("empty"),
+        marker.get::<i64, _>("empty") == 1,
         "a gift's shipping row is only a marker"
     );
 
@@ -239,7 +234,7 @@ async fn gift_orders_keep_the_recipient_apart_and_drop_the_shipping_address() {
     let tag = sqlx::query(
         "SELECT t.id, subject, basis, product_updates + new_offerings + partnerships + special_offers
                 + third_party_sharing AS any_purpose
-           FROM gift_recipients g JOIN consent_tags t ON t.id = g.consent_tag_id WHERE g.order_id = ?1",
+           FROM gift_recipients g JOIN consent_tags t ON t.id = g.consent_tag_id WHERE g.order_id = $1",
     )
     .bind(id)
     .fetch_one(&db)
@@ -898,7 +893,7 @@ async fn consent_tags_are_authenticated() {
     let ring = app.keyring();
     let tag_id = body["consent"]["id"].as_str().unwrap();
     let load = || async {
-        let row = sqlx::query("SELECT * FROM consent_tags WHERE id = ?1")
+        let row = sqlx::query("SELECT * FROM consent_tags WHERE id = $1")
             .bind(tag_id)
             .fetch_one(&db)
             .await
@@ -932,7 +927,7 @@ async fn consent_tags_are_authenticated() {
             .verify(&[&tag.canonical_bytes()], &tag.mac)
     );
     // An edit in the database (grant a purpose) is detected.
-    sqlx::query("UPDATE consent_tags SET third_party_sharing = 1 WHERE id = ?1")
+    sqlx::query("UPDATE consent_tags SET third_party_sharing = 1 WHERE id = $1")
         .bind(tag_id)
         .execute(&db)
         .await

@@ -31,9 +31,9 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     let kept = place(&app, "p-2", &order_json()).await;
     let db = app.db().await;
     let wrapped: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT wrapped_dek FROM payment_cards WHERE order_id = ?1
-         UNION ALL SELECT wrapped_dek FROM billing_details WHERE order_id = ?1
-         UNION ALL SELECT wrapped_dek FROM gift_recipients WHERE order_id = ?1",
+        "SELECT wrapped_dek FROM payment_cards WHERE order_id = $1
+         UNION ALL SELECT wrapped_dek FROM billing_details WHERE order_id = $1
+         UNION ALL SELECT wrapped_dek FROM gift_recipients WHERE order_id = $1",
     )
     .bind(&doomed)
     .fetch_all(&db)
@@ -64,7 +64,7 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
         "contact_emails",
     ] {
         let n: i64 =
-            sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE order_id = ?1"))
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE order_id = $1"))
                 .bind(&doomed)
                 .fetch_one(&db)
                 .await
@@ -80,7 +80,7 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
         );
     }
     // The order row, its consent tags and the access log stay.
-    let tags: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_tags WHERE order_id = ?1")
+    let tags: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_tags WHERE order_id = $1")
         .bind(&doomed)
         .fetch_one(&db)
         .await
@@ -113,12 +113,12 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
             .any(|e| e["action"] == "purge (operator)" && e["objects"][0] == doomed.as_str())
     );
     // A forged purge (deleting a record and claiming a purge) is caught.
-    sqlx::query("DELETE FROM payment_cards WHERE order_id = ?1")
+    sqlx::query("DELETE FROM payment_cards WHERE order_id = $1")
         .bind(&kept)
         .execute(&db)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES (?1, 'card', 'now', 'operator', zeroblob(32))")
+    sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES ($1, 'card', 'now', 'operator', zeroblob(32))")
         .bind(&kept)
         .execute(&db)
         .await

@@ -1,19 +1,20 @@
-//! The SQLite engine: the embedded default.
+//! The SQL engine behind both databases: one implementation of [`Store`]
+//! over sqlx's `Any` driver, so every query, every row mapping and every
+//! invariant lives once. What differs between SQLite and PostgreSQL —
+//! connecting and its durability settings, how a writer serializes with
+//! other writers (and other processes), the catalogue queries of the audit,
+//! and what a purge must do afterwards — is behind [`Engine`], implemented
+//! in `store/sqlite.rs` and `store/postgres.rs`.
 //!
-//! WAL journal, `synchronous=FULL` (a commit is on disk before it returns:
-//! invariant 9), foreign keys on, a busy timeout instead of immediate
-//! `SQLITE_BUSY`. Migrations come from `migrations/sqlite/`.
-
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+//! SQL here is written in the dialect both engines share: `$N` parameters,
+//! `ON CONFLICT`, window functions, integers for flags (0/1) and text for
+//! timestamps (RFC 3339 UTC, which sorts as time).
 
 mod audit;
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 use uuid::Uuid;
 
 use super::rows::{
@@ -21,97 +22,73 @@ use super::rows::{
     NewOrder, OrderSummary, SealedRecord, ShipToRow, ShipmentRow, ShipmentStatus, ShippingRecord,
     StoredResponse, Totals,
 };
-use super::{Store, StoreError};
+use super::{Store, StoreError, postgres, sqlite};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
 use crate::crypto::envelope::Envelope;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// Which database is behind the pool, and everything that differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
 }
 
-impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir)?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(StoreError::from_sqlx)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            // Deleted content is overwritten with zeros, so a purge leaves no
-            // wrapped data key behind in free pages (crypto-shredding).
-            .pragma("secure_delete", "ON")
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        MIGRATOR.run(&pool).await?;
-        // Only ciphertexts are inside, but the file is still nobody else's
-        // business: owner-only (SQLite gives -wal and -shm the same mode).
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
-        Ok(SqliteStore { pool })
-    }
+/// What a write transaction must be ordered against. SQLite has one writer
+/// at a time anyway (`BEGIN IMMEDIATE`); PostgreSQL takes a transaction
+/// advisory lock per sequence, so that across processes sequence numbers
+/// are handed out in commit order (a cursor never skips an order that
+/// commits late) and each chain has exactly one appender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOrder {
+    /// Orders: their `seq` is a cursor for fulfillment and the audit.
+    Orders,
+    /// The access-log chain head.
+    AccessLog,
+    /// The withdrawal ledger head.
+    ConsentEvents,
+    /// Anything else (rows are guarded by their own conditions).
+    Unordered,
+}
 
-    /// Opens an existing database read-only, without migrating it (the
-    /// offline audit must not change what it inspects).
-    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(StoreError::from_sqlx)?
-            .filename(path)
-            .create_if_missing(false)
-            .read_only(true)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        Ok(SqliteStore { pool })
+impl Engine {
+    /// Begins a write transaction ordered by `order`.
+    pub async fn begin_write(
+        self,
+        pool: &AnyPool,
+        order: WriteOrder,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self {
+            Engine::Sqlite => sqlite::begin_write(pool).await,
+            Engine::Postgres => postgres::begin_write(pool, order).await,
+        }
+    }
+}
+
+/// A [`Store`] over an `Any` pool connected to SQLite or PostgreSQL.
+pub struct SqlStore {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl SqlStore {
+    pub(super) fn new(pool: AnyPool, engine: Engine) -> Self {
+        SqlStore { pool, engine }
     }
 
     /// The pool, for this engine's own modules and tests.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Which database this is.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let result = {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-        }
-        #[cfg(not(unix))]
-        {
-            std::fs::create_dir_all(dir)
-        }
-    };
-    result.map_err(|source| StoreError::DataDir {
-        path: dir.to_owned(),
-        source,
-    })
-}
-
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -125,7 +102,7 @@ impl Store for SqliteStore {
     }
 
     async fn holds_orders(&self) -> Result<bool, StoreError> {
-        sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM orders)")
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM (SELECT 1 FROM orders LIMIT 1) AS one")
             .fetch_one(&self.pool)
             .await
             .map(|n| n != 0)
@@ -133,12 +110,10 @@ impl Store for SqliteStore {
     }
 
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
-        // IMMEDIATE: take the write lock up front instead of upgrading later.
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .engine
+            .begin_write(&self.pool, WriteOrder::Orders)
+            .await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for order in batch {
             outcomes.push(
@@ -158,7 +133,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT request_hash, order_id, response_status, response_body
-               FROM idempotency_keys WHERE client = ?1 AND key_hash = ?2",
+               FROM idempotency_keys WHERE client = $1 AND key_hash = $2",
         )
         .bind(client.as_slice())
         .bind(key_hash.as_slice())
@@ -196,7 +171,7 @@ impl Store for SqliteStore {
                FROM orders o
                LEFT JOIN payment_cards c ON c.order_id = o.id
                JOIN consent_tags t ON t.id = o.consent_tag_id
-              WHERE o.id = ?1 AND o.client_fingerprint = ?2",
+              WHERE o.id = $1 AND o.client_fingerprint = $2",
         )
         .bind(id.to_string())
         .bind(client.as_slice())
@@ -252,9 +227,9 @@ impl Store for SqliteStore {
                JOIN consent_tags t ON t.id = o.consent_tag_id
                JOIN billing_details b ON b.order_id = o.id
                LEFT JOIN gift_recipients g ON g.order_id = o.id
-              WHERE o.status = ?1 AND o.seq > ?2
+              WHERE o.status = $1 AND o.seq > $2
               ORDER BY o.seq
-              LIMIT ?3",
+              LIMIT $3",
         )
         .bind(status.order_status())
         .bind(after_seq)
@@ -270,39 +245,38 @@ impl Store for SqliteStore {
         order_id: Uuid,
         new: &super::rows::NewDispatch,
     ) -> Result<DispatchOutcome, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        let row = sqlx::query(
-            "SELECT status, carrier, tracking, dispatched_at FROM orders WHERE id = ?1",
-        )
-        .bind(order_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        let Some(row) = row else {
-            return Ok(DispatchOutcome::NotFound);
-        };
-        if let Some(existing) = dispatch_of(&row)? {
-            return Ok(DispatchOutcome::AlreadyDispatched(existing));
-        }
-        sqlx::query(
-            "UPDATE orders SET status = 'dispatched', carrier = ?2, tracking = ?3, dispatched_at = ?4,
-                    dispatch_mac = ?5
-              WHERE id = ?1 AND status = 'accepted'",
+        // One conditional update decides: of two concurrent dispatches (in
+        // any process) exactly one finds the order still 'accepted'.
+        let updated = sqlx::query(
+            "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
+                    dispatch_mac = $5
+              WHERE id = $1 AND status = 'accepted'",
         )
         .bind(order_id.to_string())
         .bind(&new.dispatch.carrier)
         .bind(&new.dispatch.tracking)
         .bind(&new.dispatch.dispatched_at)
         .bind(new.mac.as_slice())
-        .execute(&mut *tx)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .rows_affected();
+        if updated == 1 {
+            return Ok(DispatchOutcome::Dispatched(new.dispatch.clone()));
+        }
+        let row = sqlx::query(
+            "SELECT status, carrier, tracking, dispatched_at FROM orders WHERE id = $1",
+        )
+        .bind(order_id.to_string())
+        .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(DispatchOutcome::Dispatched(new.dispatch.clone()))
+        match row {
+            None => Ok(DispatchOutcome::NotFound),
+            Some(row) => dispatch_of(&row)?
+                .map(DispatchOutcome::AlreadyDispatched)
+                .ok_or(StoreError::Corrupt("orders: not accepted, but no dispatch")),
+        }
     }
 
     async fn append_access_log(
@@ -311,10 +285,9 @@ impl Store for SqliteStore {
         chainer: &Chainer<'_>,
     ) -> Result<Vec<u64>, StoreError> {
         let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from_sqlx)?;
+            .engine
+            .begin_write(&self.pool, WriteOrder::AccessLog)
+            .await?;
         let head = sqlx::query("SELECT seq, hash FROM access_log_head WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await
@@ -337,7 +310,7 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action, objects,
                     outcome, status, prev_hash, hash, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(i64::try_from(seq).map_err(|_| StoreError::Corrupt("access_log.seq"))?)
             .bind(&entry.at)
@@ -359,7 +332,7 @@ impl Store for SqliteStore {
         }
         let head_seq = i64::try_from(seq).map_err(|_| StoreError::Corrupt("access_log.seq"))?;
         sqlx::query(
-            "INSERT INTO access_log_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
+            "INSERT INTO access_log_head (id, seq, hash, mac) VALUES (1, $1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
         )
         .bind(head_seq)
@@ -380,7 +353,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT seq, at, role, cert_fingerprint, origin_ip, action, objects, outcome, status,
                     prev_hash, hash, mac
-               FROM access_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+               FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
@@ -406,7 +379,7 @@ impl Store for SqliteStore {
     }
 
     async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
-        audit::schema(&self.pool).await
+        audit::schema(&self.pool, self.engine).await
     }
 
     async fn clear_rows(
@@ -416,7 +389,7 @@ impl Store for SqliteStore {
         after_rowid: i64,
         limit: u32,
     ) -> Result<Vec<ClearRow>, StoreError> {
-        audit::clear_rows(&self.pool, table, columns, after_rowid, limit).await
+        audit::clear_rows(&self.pool, self.engine, table, columns, after_rowid, limit).await
     }
 
     async fn totals(&self) -> Result<Totals, StoreError> {
@@ -432,7 +405,7 @@ impl Store for SqliteStore {
         event: super::rows::ConsentEventRow,
         sealer: &crate::consent::EventSealer<'_>,
     ) -> Result<(), StoreError> {
-        audit::append_consent_event(&self.pool, event, sealer).await
+        audit::append_consent_event(&self.pool, self.engine, event, sealer).await
     }
 
     async fn consent_events_head(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
@@ -453,9 +426,12 @@ impl Store for SqliteStore {
         retired: &[(crate::crypto::DataClass, u32)],
         at: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut tx = self
+            .engine
+            .begin_write(&self.pool, WriteOrder::Unordered)
+            .await?;
         for (class, version) in retired {
-            sqlx::query("INSERT INTO kek_retirements (class, version, retired_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+            sqlx::query("INSERT INTO kek_retirements (class, version, retired_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(class.as_str())
                 .bind(i64::from(*version))
                 .bind(at)
@@ -486,7 +462,7 @@ impl Store for SqliteStore {
         &self,
         items: &[(super::rows::RewrapItem, u32, Vec<u8>)],
     ) -> Result<u64, StoreError> {
-        audit::apply_rewrap(&self.pool, items).await
+        audit::apply_rewrap(&self.pool, self.engine, items).await
     }
 
     async fn purge(
@@ -494,7 +470,7 @@ impl Store for SqliteStore {
         order_id: &str,
         purges: &[super::rows::PurgeRow],
     ) -> Result<Vec<String>, StoreError> {
-        audit::purge(&self.pool, order_id, purges).await
+        audit::purge(&self.pool, self.engine, order_id, purges).await
     }
 
     async fn due_for_retention(
@@ -546,12 +522,12 @@ impl Store for SqliteStore {
     }
 }
 
-fn blob32(row: &sqlx::sqlite::SqliteRow, name: &'static str) -> Result<[u8; 32], StoreError> {
+fn blob32(row: &AnyRow, name: &'static str) -> Result<[u8; 32], StoreError> {
     let v: Vec<u8> = row.try_get(name).map_err(StoreError::from_sqlx)?;
     v.try_into().map_err(|_| StoreError::Corrupt(name))
 }
 
-fn chained_entry(row: &sqlx::sqlite::SqliteRow) -> Result<ChainedEntry, StoreError> {
+fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
     let text = |name: &'static str| {
         row.try_get::<String, _>(name)
             .map_err(StoreError::from_sqlx)
@@ -585,7 +561,7 @@ fn chained_entry(row: &sqlx::sqlite::SqliteRow) -> Result<ChainedEntry, StoreErr
     })
 }
 
-fn dispatch_of(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Dispatch>, StoreError> {
+fn dispatch_of(row: &AnyRow) -> Result<Option<Dispatch>, StoreError> {
     let get = |name: &'static str| {
         row.try_get::<Option<String>, _>(name)
             .map_err(StoreError::from_sqlx)
@@ -615,7 +591,7 @@ pub(super) enum EnvelopeColumns {
 /// wrapped_dek, ciphertext]` (by these names in the query). The one place
 /// that decides what a partly empty envelope means.
 pub(super) fn read_envelope(
-    row: &SqliteRow,
+    row: &AnyRow,
     names: [&str; 4],
 ) -> Result<EnvelopeColumns, StoreError> {
     let e = StoreError::from_sqlx;
@@ -642,7 +618,7 @@ pub(super) fn read_envelope(
 
 /// A prefixed envelope of a join (`s_fmt`, `s_kek`, `s_dek`, `s_ct`); a
 /// damaged one is an error.
-fn envelope_cols(row: &SqliteRow, prefix: &str) -> Result<Option<Envelope>, StoreError> {
+fn envelope_cols(row: &AnyRow, prefix: &str) -> Result<Option<Envelope>, StoreError> {
     let [f, k, d, c] = ["fmt", "kek", "dek", "ct"].map(|n| format!("{prefix}_{n}"));
     match read_envelope(row, [&f, &k, &d, &c])? {
         EnvelopeColumns::Sealed(e) => Ok(Some(e)),
@@ -651,7 +627,7 @@ fn envelope_cols(row: &SqliteRow, prefix: &str) -> Result<Option<Envelope>, Stor
     }
 }
 
-fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError> {
+fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
     let items: String = row.try_get("items").map_err(StoreError::from_sqlx)?;
     let ship_to: String = row.try_get("ship_to").map_err(StoreError::from_sqlx)?;
     let customer = || -> Result<ShipToRow, StoreError> {
@@ -689,13 +665,13 @@ fn shipment_row(row: &sqlx::sqlite::SqliteRow) -> Result<ShipmentRow, StoreError
     })
 }
 
-fn uuid_col(row: &sqlx::sqlite::SqliteRow, name: &'static str) -> Result<Uuid, StoreError> {
+fn uuid_col(row: &AnyRow, name: &'static str) -> Result<Uuid, StoreError> {
     let text: String = row.try_get(name).map_err(StoreError::from_sqlx)?;
     Uuid::parse_str(&text).map_err(|_| StoreError::Corrupt(name))
 }
 
 fn consent_tag(
-    row: &sqlx::sqlite::SqliteRow,
+    row: &AnyRow,
     id: &'static str,
     order_id: &'static str,
 ) -> Result<ConsentTag, StoreError> {
@@ -736,14 +712,14 @@ fn consent_tag(
 
 /// Writes one order inside the caller's transaction.
 async fn insert_order(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     o: &NewOrder,
 ) -> Result<CommitOutcome, sqlx::Error> {
     let idem = &o.idempotency;
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys
             (client, key_hash, request_hash, order_id, response_status, response_body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (client, key_hash) DO NOTHING",
     )
     .bind(idem.client.as_slice())
@@ -761,7 +737,7 @@ async fn insert_order(
     sqlx::query(
         "INSERT INTO orders (id, created_at, status, storefront_ref, currency, items, total_minor,
                              gift, consent_tag_id, client_fingerprint, mac)
-         VALUES (?1, ?2, 'accepted', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(o.id.to_string())
     .bind(&o.created_at)
@@ -781,7 +757,7 @@ async fn insert_order(
             "INSERT INTO consent_tags (id, order_id, subject, basis, product_updates, new_offerings,
                 partnerships, special_offers, third_party_sharing, policy_version, captured_at,
                 channel, mac_key_version, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(tag.id.to_string())
         .bind(tag.order_id.to_string())
@@ -804,7 +780,7 @@ async fn insert_order(
     sqlx::query(
         "INSERT INTO billing_details (id, order_id, consent_tag_id, email_blind_index,
             blind_index_version, format_version, kek_version, wrapped_dek, ciphertext)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(b.sealed.id.to_string())
     .bind(o.id.to_string())
@@ -826,7 +802,7 @@ async fn insert_order(
     sqlx::query(
         "INSERT INTO shipping_details (id, order_id, consent_tag_id, ship_to, format_version,
             kek_version, wrapped_dek, ciphertext)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(o.shipping.id().to_string())
     .bind(o.id.to_string())
@@ -845,7 +821,7 @@ async fn insert_order(
     sqlx::query(
         "INSERT INTO contact_emails (id, order_id, consent_tag_id, email_blind_index,
             blind_index_version, format_version, kek_version, wrapped_dek, ciphertext)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(c.id.to_string())
     .bind(o.id.to_string())
@@ -862,7 +838,7 @@ async fn insert_order(
     sqlx::query(
         "INSERT INTO payment_cards (id, order_id, consent_tag_id, brand, last4, fingerprint,
             fingerprint_key_version, format_version, kek_version, wrapped_dek, ciphertext)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(c.sealed.id.to_string())
     .bind(o.id.to_string())
@@ -881,14 +857,14 @@ async fn insert_order(
 }
 
 async fn insert_recipient(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     order_id: Uuid,
     r: &SealedRecord,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO gift_recipients (id, order_id, consent_tag_id, format_version, kek_version,
             wrapped_dek, ciphertext)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(r.id.to_string())
     .bind(order_id.to_string())
@@ -900,4 +876,45 @@ async fn insert_recipient(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// `ident` as a quoted SQL identifier (both engines use `"…"`).
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The rows of an engine's clear-column query (`__rowid`, optional `__id`,
+/// then `c0`, `c1`, … as bytes) as [`ClearRow`]s; bytes that are not UTF-8
+/// are read lossily, which is what the scan needs.
+pub fn clear_rows_from(
+    rows: &[AnyRow],
+    columns: &[String],
+    has_id: bool,
+) -> Result<Vec<ClearRow>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            let rowid: i64 = r.try_get("__rowid").map_err(StoreError::from_sqlx)?;
+            let record_id = if has_id {
+                r.try_get::<Option<String>, _>("__id")
+                    .map_err(StoreError::from_sqlx)?
+                    .unwrap_or_default()
+            } else {
+                format!("rowid:{rowid}")
+            };
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, c) in columns.iter().enumerate() {
+                if let Some(v) = r
+                    .try_get::<Option<Vec<u8>>, _>(format!("c{i}").as_str())
+                    .map_err(StoreError::from_sqlx)?
+                {
+                    values.push((c.clone(), String::from_utf8_lossy(&v).into_owned()));
+                }
+            }
+            Ok(ClearRow {
+                rowid,
+                record_id,
+                values,
+            })
+        })
+        .collect()
 }

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 use super::super::StoreError;
+use super::{Engine, WriteOrder};
 use super::super::rows::{
     AuditBatch, AuditExtra, AuditOrder, AuditRecord, ClearRow, ConsentStats, RawTag, Totals,
 };
@@ -23,17 +24,17 @@ pub enum Selector<'a> {
     One(&'a str),
 }
 
-pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBatch, StoreError> {
+pub async fn batch(pool: &AnyPool, selector: Selector<'_>) -> Result<AuditBatch, StoreError> {
     let orders = match selector {
         Selector::After { seq, limit } => {
-            sqlx::query("SELECT * FROM orders WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            sqlx::query("SELECT * FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2")
                 .bind(seq)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await
         }
         Selector::One(id) => {
-            sqlx::query("SELECT * FROM orders WHERE id = ?1")
+            sqlx::query("SELECT * FROM orders WHERE id = $1")
                 .bind(id)
                 .fetch_all(pool)
                 .await
@@ -68,7 +69,7 @@ pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBat
     };
     // Records of the orders in [first.seq, last.seq].
     let (lo, hi) = (first.seq, last.seq);
-    let scope = "order_id IN (SELECT id FROM orders WHERE seq BETWEEN ?1 AND ?2)";
+    let scope = "order_id IN (SELECT id FROM orders WHERE seq BETWEEN $1 AND $2)";
     let mut records = Vec::new();
     for (table, extra_cols) in [
         (
@@ -111,7 +112,7 @@ pub async fn batch(pool: &SqlitePool, selector: Selector<'_>) -> Result<AuditBat
     })
 }
 
-fn record(table: &'static str, row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+fn record(table: &'static str, row: &AnyRow) -> Result<AuditRecord, StoreError> {
     let envelope = match super::read_envelope(
         row,
         ["format_version", "kek_version", "wrapped_dek", "ciphertext"],
@@ -147,7 +148,7 @@ fn record(table: &'static str, row: &SqliteRow) -> Result<AuditRecord, StoreErro
 }
 
 /// An envelope that must be present and whole.
-fn sealed(row: &SqliteRow, names: [&str; 4]) -> Result<Envelope, StoreError> {
+fn sealed(row: &AnyRow, names: [&str; 4]) -> Result<Envelope, StoreError> {
     match super::read_envelope(row, names)? {
         super::EnvelopeColumns::Sealed(e) => Ok(e),
         super::EnvelopeColumns::Empty => Err(StoreError::Corrupt("envelope missing")),
@@ -155,7 +156,7 @@ fn sealed(row: &SqliteRow, names: [&str; 4]) -> Result<Envelope, StoreError> {
     }
 }
 
-fn raw_tag(row: &SqliteRow) -> Result<RawTag, StoreError> {
+fn raw_tag(row: &AnyRow) -> Result<RawTag, StoreError> {
     let mut purposes = [0i64; 5];
     for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
         *slot = row.try_get(name).map_err(err)?;
@@ -174,93 +175,38 @@ fn raw_tag(row: &SqliteRow) -> Result<RawTag, StoreError> {
     })
 }
 
-pub async fn schema(pool: &SqlitePool) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(err)?;
-    let mut out = Vec::with_capacity(tables.len());
-    for table in tables {
-        let cols = sqlx::query("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")
-            .bind(&table)
-            .fetch_all(pool)
-            .await
-            .map_err(err)?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("name").map_err(err)?,
-                    r.try_get("type").map_err(err)?,
-                ))
-            })
-            .collect::<Result<Vec<(String, String)>, StoreError>>()?;
-        out.push((table, cols));
+/// Every table and its columns (name, declared type).
+pub async fn schema(
+    pool: &AnyPool,
+    engine: Engine,
+) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+    match engine {
+        Engine::Sqlite => super::super::sqlite::schema(pool).await,
+        Engine::Postgres => super::super::postgres::schema(pool).await,
     }
-    Ok(out)
 }
 
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
+/// Up to `limit` rows of `table` after `after_rowid` (a physical position
+/// the engine defines), each clear column as bytes read lossily as text.
 pub async fn clear_rows(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    engine: Engine,
     table: &str,
     columns: &[String],
     after_rowid: i64,
     limit: u32,
 ) -> Result<Vec<ClearRow>, StoreError> {
-    let has_id = columns.iter().any(|c| c == "id");
-    let mut select = vec!["rowid AS __rowid".to_owned()];
-    if has_id {
-        select.push("CAST(\"id\" AS TEXT) AS __id".to_owned());
+    match engine {
+        Engine::Sqlite => {
+            super::super::sqlite::clear_rows(pool, table, columns, after_rowid, limit).await
+        }
+        Engine::Postgres => {
+            super::super::postgres::clear_rows(pool, table, columns, after_rowid, limit).await
+        }
     }
-    for (i, c) in columns.iter().enumerate() {
-        // As bytes: a BLOB need not be UTF-8; it is scanned lossily.
-        select.push(format!("CAST({} AS BLOB) AS c{i}", quote(c)));
-    }
-    let sql = format!(
-        "SELECT {} FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-        select.join(", "),
-        quote(table)
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after_rowid)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            let rowid: i64 = r.try_get("__rowid").map_err(err)?;
-            let record_id = if has_id {
-                r.try_get::<Option<String>, _>("__id")
-                    .map_err(err)?
-                    .unwrap_or_default()
-            } else {
-                format!("rowid:{rowid}")
-            };
-            let mut values = Vec::with_capacity(columns.len());
-            for (i, c) in columns.iter().enumerate() {
-                if let Some(v) = r
-                    .try_get::<Option<Vec<u8>>, _>(format!("c{i}").as_str())
-                    .map_err(err)?
-                {
-                    values.push((c.clone(), String::from_utf8_lossy(&v).into_owned()));
-                }
-            }
-            Ok(ClearRow {
-                rowid,
-                record_id,
-                values,
-            })
-        })
-        .collect()
 }
 
-pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
+pub async fn totals(pool: &AnyPool) -> Result<Totals, StoreError> {
     let mut t = Totals::default();
     for table in [
         "orders",
@@ -306,7 +252,7 @@ pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
     Ok(t)
 }
 
-pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError> {
+pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
     let customers: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM billing_details")
             .fetch_one(pool)
@@ -362,11 +308,12 @@ pub async fn consent_stats(pool: &SqlitePool) -> Result<ConsentStats, StoreError
 // statistics) ----
 
 pub async fn append_consent_event(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    engine: Engine,
     mut e: super::super::rows::ConsentEventRow,
     sealer: &crate::consent::EventSealer<'_>,
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let mut tx = engine.begin_write(pool, WriteOrder::ConsentEvents).await?;
     let head = sqlx::query("SELECT seq, mac FROM consent_events_head WHERE id = 1")
         .fetch_optional(&mut *tx)
         .await
@@ -387,7 +334,7 @@ pub async fn append_consent_event(
             new_offerings, partnerships, special_offers, third_party_sharing, channel, received_at,
             effective_at, recorded_at, reference_format_version, reference_kek_version,
             reference_wrapped_dek, reference_ciphertext, mac_key_version, prev_mac, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(e.seq)
     .bind(&e.id)
@@ -414,7 +361,7 @@ pub async fn append_consent_event(
     .await
     .map_err(err)?;
     sqlx::query(
-        "INSERT INTO consent_events_head (id, seq, mac, head_mac) VALUES (1, ?1, ?2, ?3)
+        "INSERT INTO consent_events_head (id, seq, mac, head_mac) VALUES (1, $1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac, head_mac = excluded.head_mac",
     )
     .bind(e.seq)
@@ -428,7 +375,7 @@ pub async fn append_consent_event(
 }
 
 pub async fn consent_events_head(
-    pool: &SqlitePool,
+    pool: &AnyPool,
 ) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
     let row = sqlx::query("SELECT seq, mac, head_mac FROM consent_events_head WHERE id = 1")
         .fetch_optional(pool)
@@ -445,7 +392,7 @@ pub async fn consent_events_head(
 }
 
 pub async fn audience(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     purpose: &'static str,
     after_seq: i64,
     limit: u32,
@@ -473,9 +420,9 @@ pub async fn audience(
             AND NOT EXISTS (SELECT 1 FROM consent_events e
                              WHERE e.email_blind_index = l.bi AND e.{purpose} = 1
                                AND e.effective_at >= t.captured_at)
-            AND o.seq > ?1
+            AND o.seq > $1
           ORDER BY o.seq
-          LIMIT ?2"
+          LIMIT $2"
     );
     let rows = sqlx::query(&sql)
         .bind(after_seq)
@@ -501,14 +448,14 @@ pub async fn audience(
 }
 
 pub async fn consent_history(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     bi: &[u8],
 ) -> Result<super::super::rows::ConsentHistory, StoreError> {
     let rows = sqlx::query(
         "SELECT t.*, c.order_id AS via_order FROM contact_emails c
            JOIN orders o ON o.id = c.order_id
            JOIN consent_tags t ON t.id = o.consent_tag_id
-          WHERE c.email_blind_index = ?1
+          WHERE c.email_blind_index = $1
           ORDER BY t.captured_at, t.id",
     )
     .bind(bi)
@@ -521,7 +468,7 @@ pub async fn consent_history(
         .map(|r| r.try_get::<String, _>("via_order").map_err(err))
         .collect::<Result<Vec<_>, _>>()?;
     let events =
-        sqlx::query("SELECT * FROM consent_events WHERE email_blind_index = ?1 ORDER BY seq")
+        sqlx::query("SELECT * FROM consent_events WHERE email_blind_index = $1 ORDER BY seq")
             .bind(bi)
             .fetch_all(pool)
             .await
@@ -536,7 +483,7 @@ pub async fn consent_history(
     })
 }
 
-fn event_row(r: &SqliteRow) -> Result<super::super::rows::ConsentEventRow, StoreError> {
+fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreError> {
     let mut purposes = [0i64; 5];
     for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
         *slot = r.try_get(name).map_err(err)?;
@@ -576,11 +523,11 @@ fn event_row(r: &SqliteRow) -> Result<super::super::rows::ConsentEventRow, Store
 
 /// Up to `limit` withdrawals with `seq > after`, in order.
 pub async fn consent_events_page(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     after: i64,
     limit: u32,
 ) -> Result<Vec<(i64, super::super::rows::ConsentEventRow)>, StoreError> {
-    sqlx::query("SELECT * FROM consent_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+    sqlx::query("SELECT * FROM consent_events WHERE seq > $1 ORDER BY seq LIMIT $2")
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(pool)
@@ -617,7 +564,7 @@ fn class_tables(
 }
 
 pub async fn kek_usage(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     class: crate::crypto::DataClass,
 ) -> Result<BTreeMap<u32, u64>, StoreError> {
     let mut usage = BTreeMap::new();
@@ -640,7 +587,7 @@ pub async fn kek_usage(
 }
 
 pub async fn envelopes_to_rewrap(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     class: crate::crypto::DataClass,
     active: u32,
     limit: u32,
@@ -658,7 +605,7 @@ pub async fn envelopes_to_rewrap(
         };
         let rows = sqlx::query(&format!(
             "SELECT id, {order} AS order_id, {fmt} AS f, {kek} AS k, {dek} AS d, {ct} AS c
-               FROM {table} WHERE {kek} IS NOT NULL AND {kek} <> ?1 LIMIT ?2"
+               FROM {table} WHERE {kek} IS NOT NULL AND {kek} <> $1 LIMIT $2"
         ))
         .bind(i64::from(active))
         .bind(remaining)
@@ -678,10 +625,11 @@ pub async fn envelopes_to_rewrap(
 }
 
 pub async fn apply_rewrap(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    engine: Engine,
     items: &[(super::super::rows::RewrapItem, u32, Vec<u8>)],
 ) -> Result<u64, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let mut tx = engine.begin_write(pool, WriteOrder::Unordered).await?;
     let mut changed = 0u64;
     for (item, new_version, wrapped) in items {
         let (kek, dek) = if item.table == "consent_events" {
@@ -691,7 +639,7 @@ pub async fn apply_rewrap(
         };
         // `item.table` is one of our fixed table names (class_tables).
         let r = sqlx::query(&format!(
-            "UPDATE {} SET {kek} = ?1, {dek} = ?2 WHERE id = ?3 AND {kek} = ?4",
+            "UPDATE {} SET {kek} = $1, {dek} = $2 WHERE id = $3 AND {kek} = $4",
             item.table
         ))
         .bind(i64::from(*new_version))
@@ -721,18 +669,19 @@ fn class_table(class: &str) -> Option<&'static str> {
 }
 
 pub async fn purge(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    engine: Engine,
     order_id: &str,
     purges: &[super::super::rows::PurgeRow],
 ) -> Result<Vec<String>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    let mut tx = engine.begin_write(pool, WriteOrder::Unordered).await?;
     let mut done = Vec::new();
     for p in purges {
         let Some(table) = class_table(&p.class) else {
             return Err(StoreError::Corrupt("unknown purge class"));
         };
         // `table` is one of five fixed names.
-        let removed = sqlx::query(&format!("DELETE FROM {table} WHERE order_id = ?1"))
+        let removed = sqlx::query(&format!("DELETE FROM {table} WHERE order_id = $1"))
             .bind(order_id)
             .execute(&mut *tx)
             .await
@@ -741,7 +690,7 @@ pub async fn purge(
         if removed == 0 {
             continue;
         }
-        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES (?1, ?2, ?3, ?4, ?5)")
+        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES ($1, $2, $3, $4, $5)")
             .bind(&p.order_id)
             .bind(&p.class)
             .bind(&p.purged_at)
@@ -754,33 +703,16 @@ pub async fn purge(
     }
     tx.commit().await.map_err(err)?;
     if !done.is_empty() {
-        // Move the zeroed pages into the database file and empty the WAL,
-        // so no copy of the deleted records survives in it either. An
-        // active reader makes the checkpoint report "busy": retry a while,
-        // and say so if it never succeeds.
-        let mut truncated = false;
-        for _ in 0..50 {
-            let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-                .fetch_one(pool)
-                .await
-                .map_err(err)?;
-            if busy == 0 {
-                truncated = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        if !truncated {
-            return Err(StoreError::Incomplete(
-                "the records are deleted, but the WAL could not be truncated while readers are active; run the purge again",
-            ));
+        match engine {
+            Engine::Sqlite => super::super::sqlite::after_purge(pool).await?,
+            Engine::Postgres => super::super::postgres::after_purge(pool).await?,
         }
     }
     Ok(done)
 }
 
 pub async fn due_for_retention(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     class: crate::crypto::DataClass,
     before: &str,
     limit: u32,
@@ -788,7 +720,7 @@ pub async fn due_for_retention(
     let table = class_table(class.as_str()).ok_or(StoreError::Corrupt("unknown class"))?;
     sqlx::query_scalar(&format!(
         "SELECT o.id FROM orders o JOIN {table} r ON r.order_id = o.id
-          WHERE o.status = 'dispatched' AND o.dispatched_at < ?1 ORDER BY o.seq LIMIT ?2"
+          WHERE o.status = 'dispatched' AND o.dispatched_at < $1 ORDER BY o.seq LIMIT $2"
     ))
     .bind(before)
     .bind(i64::from(limit))
@@ -798,13 +730,13 @@ pub async fn due_for_retention(
 }
 
 pub async fn purges_of(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     order_ids: &[String],
 ) -> Result<Vec<super::super::rows::PurgeRow>, StoreError> {
     let mut out = Vec::new();
     for id in order_ids {
         let rows = sqlx::query(
-            "SELECT order_id, class, purged_at, reason, mac FROM purges WHERE order_id = ?1",
+            "SELECT order_id, class, purged_at, reason, mac FROM purges WHERE order_id = $1",
         )
         .bind(id)
         .fetch_all(pool)

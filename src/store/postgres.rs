@@ -1,0 +1,223 @@
+//! PostgreSQL: for deployments that outgrow one machine, where several
+//! checkoutd processes share one database. What is particular to it —
+//! connecting (TLS via `sslmode`/`sslrootcert` in the URL), refusing a
+//! server that acknowledges commits before they are durable, ordering
+//! writers across processes with advisory locks, and the catalogue queries
+//! of the audit's plaintext scan. Every other query is shared with SQLite in
+//! `store/sql/`. Migrations come from `migrations/postgres/`.
+//!
+//! Across processes:
+//! - idempotency is the `(client, key_hash)` primary key: a second insert
+//!   waits for the first transaction and then finds the key taken;
+//! - orders are committed under one advisory lock, so `orders.seq` is handed
+//!   out in commit order and a fulfillment cursor never skips an order that
+//!   committed late;
+//! - the access log and the withdrawal ledger each have one advisory lock,
+//!   held from reading the chain head to commit, so both stay one chain.
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, Row};
+
+use super::StoreError;
+use super::rows::ClearRow;
+use super::sql::{Engine, SqlStore, WriteOrder, quote_ident};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Session settings: wait at most 10 s for a lock (then answer 503 rather
+/// than queue without bound), and never leave a transaction open.
+const SESSION: &str = "SET lock_timeout = '10s'; SET idle_in_transaction_session_timeout = '60s';";
+const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
+
+/// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence.
+/// The high half spells "chkd" so they do not collide with other users of
+/// the same database.
+const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
+const LOCK_ACCESS_LOG: i64 = 0x6368_6b64_0000_0002;
+const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
+
+/// Connects to `url`, refuses a non-durable server unless allowed, and
+/// applies pending migrations (sqlx serializes concurrent migrators with an
+/// advisory lock, so processes may start together).
+pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, StoreError> {
+    let pool = connect(url, SESSION, 16).await?;
+    check_durability(&pool, allow_unsafe_durability).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(SqlStore::new(pool, Engine::Postgres))
+}
+
+/// Connects without migrating; every transaction is read-only (the offline
+/// audit must not change what it inspects).
+pub async fn open_read_only(url: &str) -> Result<SqlStore, StoreError> {
+    let pool = connect(url, READ_ONLY_SESSION, 2).await?;
+    Ok(SqlStore::new(pool, Engine::Postgres))
+}
+
+async fn connect(url: &str, session: &'static str, max: u32) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(max)
+        // While the server is away a request waits this long for a
+        // connection, then gets a 503; the pool reconnects by itself.
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(sqlx::raw_sql(session)).await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|source| StoreError::Connect {
+            target: redact(url),
+            source,
+        })
+}
+
+/// `postgres://user@host:port/db` without password or parameters, for
+/// messages.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}@{host}")
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{rest}")
+}
+
+/// A 2xx means the order is on disk (invariant 9): refuse a server that
+/// says a commit is done before it is.
+async fn check_durability(pool: &AnyPool, allow: bool) -> Result<(), StoreError> {
+    for setting in ["fsync", "synchronous_commit"] {
+        let value: String = sqlx::query_scalar(&format!("SELECT current_setting('{setting}')"))
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if value == "off" {
+            if allow {
+                tracing::warn!(
+                    setting,
+                    "PostgreSQL has {setting}=off: acknowledged orders can be lost in a crash \
+                     (started anyway: --allow-unsafe-durability)"
+                );
+            } else {
+                return Err(StoreError::NotDurable { setting });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A transaction; for ordered writes, first the sequence's advisory lock
+/// (held until commit or rollback).
+pub async fn begin_write(
+    pool: &AnyPool,
+    order: WriteOrder,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::from_sqlx)?;
+    let key = match order {
+        WriteOrder::Orders => Some(LOCK_ORDERS),
+        WriteOrder::AccessLog => Some(LOCK_ACCESS_LOG),
+        WriteOrder::ConsentEvents => Some(LOCK_CONSENT_EVENTS),
+        WriteOrder::Unordered => None,
+    };
+    if let Some(key) = key {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+    }
+    Ok(tx)
+}
+
+/// A purge's rows are deleted when its transaction commits. PostgreSQL has
+/// no secure delete: the dead tuples stay in the table's pages until
+/// VACUUM reuses them, and in WAL archives and backups until those age out
+/// — see README, "Purges on PostgreSQL". Nothing further can be done from
+/// here.
+pub async fn after_purge(_pool: &AnyPool) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Every table of the current schema and its columns (name, data type).
+pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT c.table_name::text AS t, c.column_name::text AS c, c.data_type::text AS ty
+           FROM information_schema.columns c
+           JOIN information_schema.tables t
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+          WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
+          ORDER BY c.table_name, c.ordinal_position",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from_sqlx)?;
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for r in rows {
+        let table: String = r.try_get("t").map_err(StoreError::from_sqlx)?;
+        let column = (
+            r.try_get("c").map_err(StoreError::from_sqlx)?,
+            r.try_get("ty").map_err(StoreError::from_sqlx)?,
+        );
+        match out.last_mut() {
+            Some((t, cols)) if *t == table => cols.push(column),
+            _ => out.push((table, vec![column])),
+        }
+    }
+    Ok(out)
+}
+
+/// Clear columns in physical order. The position is the row's `ctid`
+/// packed as `block * 65536 + offset` (a heap page holds far fewer than
+/// 65536 tuples); `bytea` columns are scanned as their bytes, everything
+/// else as its text.
+pub async fn clear_rows(
+    pool: &AnyPool,
+    table: &str,
+    columns: &[String],
+    after_rowid: i64,
+    limit: u32,
+) -> Result<Vec<ClearRow>, StoreError> {
+    let types: Vec<(String, String)> = schema(pool)
+        .await?
+        .into_iter()
+        .find(|(t, _)| t == table)
+        .map(|(_, cols)| cols)
+        .unwrap_or_default();
+    let is_bytea = |c: &str| types.iter().any(|(n, ty)| n == c && ty == "bytea");
+    let has_id = columns.iter().any(|c| c == "id");
+    let mut select = vec![
+        "((ctid::text::point)[0]::bigint * 65536 + (ctid::text::point)[1]::bigint) AS __rowid"
+            .to_owned(),
+    ];
+    if has_id {
+        select.push("CAST(\"id\" AS TEXT) AS __id".to_owned());
+    }
+    for (i, c) in columns.iter().enumerate() {
+        if is_bytea(c) {
+            select.push(format!("{} AS c{i}", quote_ident(c)));
+        } else {
+            select.push(format!("convert_to(CAST({} AS TEXT), 'UTF8') AS c{i}", quote_ident(c)));
+        }
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE ctid > format('(%s,%s)', $1::bigint / 65536, $1::bigint % 65536)::tid
+          ORDER BY ctid LIMIT $2",
+        select.join(", "),
+        quote_ident(table)
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after_rowid)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    super::sql::clear_rows_from(&rows, columns, has_id)
+}

@@ -1,0 +1,201 @@
+//! SQLite: the embedded default. What is particular to it — opening the
+//! file with its pragmas, one writer at a time, the catalogue queries of the
+//! audit's plaintext scan, and emptying the WAL after a purge. Every other
+//! query is shared with PostgreSQL in `store/sql/`.
+//!
+//! WAL journal, `synchronous=FULL` (a commit is on disk before it returns:
+//! invariant 9), foreign keys on, `secure_delete` (deleted content is
+//! overwritten with zeros, so a purge leaves no wrapped data key behind in
+//! free pages), a busy timeout instead of immediate `SQLITE_BUSY`.
+//! Migrations come from `migrations/sqlite/`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, Row};
+
+use super::StoreError;
+use super::rows::ClearRow;
+use super::sql::{Engine, SqlStore, quote_ident};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Set on every connection (they are per-connection settings).
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+    PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000;";
+const READ_ONLY_PRAGMAS: &str =
+    "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// Opens (creating on first use, with an owner-only directory and file) the
+/// database at `path` and applies pending migrations.
+pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    let pool = connect(path, "rwc", PRAGMAS, 8).await?;
+    MIGRATOR.run(&pool).await?;
+    // Only ciphertexts are inside, but the file is still nobody else's
+    // business: owner-only (SQLite gives -wal and -shm the same mode).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(SqlStore::new(pool, Engine::Sqlite))
+}
+
+/// Opens an existing database read-only, without migrating it (the offline
+/// audit must not change what it inspects).
+pub async fn open_read_only(path: &Path) -> Result<SqlStore, StoreError> {
+    let pool = connect(path, "ro", READ_ONLY_PRAGMAS, 2).await?;
+    Ok(SqlStore::new(pool, Engine::Sqlite))
+}
+
+async fn connect(
+    path: &Path,
+    mode: &str,
+    pragmas: &'static str,
+    max: u32,
+) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    // The path travels in a URL: escape everything but the harmless.
+    const PATH: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    let path = path.to_str().ok_or(StoreError::Corrupt(
+        "the database path is not valid UTF-8",
+    ))?;
+    let url = format!("sqlite:{}?mode={mode}", utf8_percent_encode(path, PATH));
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(sqlx::raw_sql(pragmas)).await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .map_err(StoreError::from_sqlx)
+}
+
+/// One writer at a time: take the write lock up front (`IMMEDIATE`) instead
+/// of upgrading a read lock later, which could fail with `SQLITE_BUSY`.
+pub async fn begin_write(
+    pool: &AnyPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(StoreError::from_sqlx)
+}
+
+/// After a purge's transaction: move the zeroed pages into the database
+/// file and empty the WAL, so no copy of the deleted records survives in it
+/// either. An active reader makes the checkpoint report "busy": retry a
+/// while, and say so if it never succeeds.
+pub async fn after_purge(pool: &AnyPool) -> Result<(), StoreError> {
+    let mut truncated = false;
+    for _ in 0..50 {
+        let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if busy == 0 {
+            truncated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !truncated {
+        return Err(StoreError::Incomplete(
+            "the records are deleted, but the WAL could not be truncated while readers are active; run the purge again",
+        ));
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let result = {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+        }
+        #[cfg(not(unix))]
+        {
+            std::fs::create_dir_all(dir)
+        }
+    };
+    result.map_err(|source| StoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Every table and its columns (name, declared type).
+pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from_sqlx)?;
+    let mut out = Vec::with_capacity(tables.len());
+    for table in tables {
+        let cols = sqlx::query("SELECT name, type FROM pragma_table_info($1) ORDER BY cid")
+            .bind(&table)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(StoreError::from_sqlx)?,
+                    r.try_get("type").map_err(StoreError::from_sqlx)?,
+                ))
+            })
+            .collect::<Result<Vec<(String, String)>, StoreError>>()?;
+        out.push((table, cols));
+    }
+    Ok(out)
+}
+
+/// Clear columns by `rowid`, each cast to bytes.
+pub async fn clear_rows(
+    pool: &AnyPool,
+    table: &str,
+    columns: &[String],
+    after_rowid: i64,
+    limit: u32,
+) -> Result<Vec<ClearRow>, StoreError> {
+    let has_id = columns.iter().any(|c| c == "id");
+    let mut select = vec!["rowid AS __rowid".to_owned()];
+    if has_id {
+        select.push("CAST(\"id\" AS TEXT) AS __id".to_owned());
+    }
+    for (i, c) in columns.iter().enumerate() {
+        // As bytes: a BLOB need not be UTF-8; it is scanned lossily.
+        select.push(format!("CAST({} AS BLOB) AS c{i}", quote_ident(c)));
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE rowid > $1 ORDER BY rowid LIMIT $2",
+        select.join(", "),
+        quote_ident(table)
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after_rowid)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    super::sql::clear_rows_from(&rows, columns, has_id)
+}
+
