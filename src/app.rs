@@ -205,7 +205,7 @@ fn master_key(
     if settings.store.master_key_shares.is_empty() && !keyring_path.exists() && !dev.exists() {
         let master =
             MasterKey::generate(&ring::rand::SystemRandom::new()).map_err(KeyringError::from)?;
-        std::fs::create_dir_all(&settings.store.data_dir).map_err(|source| {
+        crate::files::create_private_dir(&settings.store.data_dir).map_err(|source| {
             KeyringError::Write {
                 path: settings.store.data_dir.clone(),
                 source,

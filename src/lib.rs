@@ -35,6 +35,7 @@ pub mod config;
 pub mod consent;
 pub mod crypto;
 pub mod domain;
+pub mod files;
 pub mod fulfillment;
 pub mod hex;
 pub mod http;

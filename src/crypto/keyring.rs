@@ -580,7 +580,7 @@ impl Keyring {
         };
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            crate::files::create_private_dir(dir).map_err(err)?;
         }
         let mut suffix = [0u8; 8];
         ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut suffix)

@@ -32,7 +32,10 @@ const READ_ONLY_PRAGMAS: &str =
 /// database at `path` and applies pending migrations.
 pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        create_private_dir(dir)?;
+        crate::files::create_private_dir(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
     }
     let pool = connect(path, "rwc", PRAGMAS, 8).await?;
     MIGRATOR.run(&pool).await?;
@@ -117,27 +120,6 @@ pub async fn after_purge(pool: &AnyPool) -> Result<(), StoreError> {
         ));
     }
     Ok(())
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let result = {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-        }
-        #[cfg(not(unix))]
-        {
-            std::fs::create_dir_all(dir)
-        }
-    };
-    result.map_err(|source| StoreError::DataDir {
-        path: dir.to_owned(),
-        source,
-    })
 }
 
 /// Every table and its columns (name, declared type).

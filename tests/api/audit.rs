@@ -374,11 +374,7 @@ async fn access_log_tampering_is_named() {
         ),
     ] {
         let (app, _) = populated().await;
-        exec(
-            &app,
-            "DROP TRIGGER access_log_no_update; DROP TRIGGER access_log_no_delete",
-        )
-        .await;
+        app.unguard("access_log").await;
         exec(&app, sql).await;
         let report = run_verify(&app).await;
         assert!(!report.access_log.intact);
@@ -400,22 +396,28 @@ async fn offline_audit_exit_codes_and_html_report() {
     let work = tempfile::tempdir().unwrap();
     let copy = work.path().join("data");
     std::fs::create_dir_all(&copy).unwrap();
-    // A consistent copy: VACUUM INTO, plus the keyring.
-    let db = app.db().await;
-    sqlx::query(&format!(
-        "VACUUM INTO '{}'",
-        copy.join("checkoutd.db").display()
-    ))
-    .execute(&db)
-    .await
-    .unwrap();
     for file in ["keyring.json", "master.key"] {
         std::fs::copy(app.dir.path().join("data").join(file), copy.join(file)).unwrap();
     }
+    let url = if app.database.is_postgres() {
+        // Audited in place, over a read-only connection; the tampering
+        // below then edits the test's own database.
+        app.database.url.clone()
+    } else {
+        // A consistent copy: VACUUM INTO.
+        let db = app.db().await;
+        let file = copy.join("checkoutd.db");
+        sqlx::query(&format!("VACUUM INTO '{}'", file.display()))
+            .execute(&db)
+            .await
+            .unwrap();
+        format!("sqlite://{}", file.display())
+    };
 
     let out = work.path().join("report.json");
     let html = work.path().join("report.html");
     let status = checkoutd()
+        .env("CHECKOUTD_DATABASE_URL", &url)
         .args(["audit", "--data-dir"])
         .arg(&copy)
         .arg("--out")
@@ -431,10 +433,7 @@ async fn offline_audit_exit_codes_and_html_report() {
     render_in_chromium(&html, true);
 
     // Tamper with the copy: a flipped purpose and two swapped card envelopes.
-    let tampered =
-        sqlx::AnyPool::connect(&format!("sqlite://{}", copy.join("checkoutd.db").display()))
-            .await
-            .unwrap();
+    let tampered = sqlx::AnyPool::connect(&url).await.unwrap();
     let (a, b) = (&ids[0], &ids[3]);
     for sql in [
         format!("UPDATE consent_tags SET partnerships = 1 WHERE order_id = '{a}'"),
@@ -451,6 +450,7 @@ async fn offline_audit_exit_codes_and_html_report() {
     let out2 = work.path().join("report2.json");
     let html2 = work.path().join("report2.html");
     let status = checkoutd()
+        .env("CHECKOUTD_DATABASE_URL", &url)
         .args(["audit", "--data-dir"])
         .arg(&copy)
         .arg("--out")

@@ -599,11 +599,8 @@ async fn an_edited_withdrawal_never_re_enables_marketing_and_is_reported() {
     );
     // Someone with write access to the file drops the append-only trigger
     // and un-withdraws the purpose.
+    app.unguard("consent_events").await;
     let db = app.db().await;
-    sqlx::query("DROP TRIGGER consent_events_no_update")
-        .execute(&db)
-        .await
-        .unwrap();
     sqlx::query("UPDATE consent_events SET special_offers = 0")
         .execute(&db)
         .await
@@ -692,7 +689,8 @@ async fn relinked_tags_or_relabelled_subjects_never_re_enable_marketing() {
         202
     );
     let db = app.db().await;
-    sqlx::query("UPDATE contact_emails SET email_blind_index = zeroblob(32) WHERE order_id = (SELECT id FROM orders WHERE seq = 1)")
+    sqlx::query("UPDATE contact_emails SET email_blind_index = $1 WHERE order_id = (SELECT id FROM orders WHERE seq = 1)")
+        .bind(vec![0u8; 32])
         .execute(&db)
         .await
         .unwrap();
@@ -775,16 +773,9 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
             checkoutd::consent::verify_ledger(&store, key.consent_tag_key()).await,
             Ok(3)
         );
+        app.unguard("consent_events").await;
         let db = app.db().await;
         let mut conn = db.acquire().await.unwrap();
-        sqlx::query("DROP TRIGGER consent_events_no_update")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        sqlx::query("DROP TRIGGER consent_events_no_delete")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
         for statement in sql.split(';') {
             sqlx::query(statement).execute(&mut *conn).await.unwrap();
         }

@@ -383,14 +383,7 @@ async fn tampered(sql: &str) -> ChainError {
             .is_err(),
         "append-only"
     );
-    sqlx::query("DROP TRIGGER access_log_no_update")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("DROP TRIGGER access_log_no_delete")
-        .execute(&db)
-        .await
-        .unwrap();
+    app.unguard("access_log").await;
     let store = app.store().await;
     verify_chain(&store, app.keyring().access_log_key())
         .await
@@ -421,11 +414,8 @@ async fn chain_verification_catches_a_rehashed_edit() {
     let app = spawn_app().await;
     let _ = app.shipments("").await;
     let _ = app.shipments("").await;
+    app.unguard("access_log").await;
     let db = app.db().await;
-    sqlx::query("DROP TRIGGER access_log_no_update")
-        .execute(&db)
-        .await
-        .unwrap();
     let store = app.store().await;
     let mut page = checkoutd::store::Store::access_log_page(&store, 0, 10)
         .await

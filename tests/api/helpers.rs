@@ -266,6 +266,64 @@ impl TestApp {
         sqlx::AnyPool::connect(&self.database.url).await.unwrap()
     }
 
+    /// As someone with write access to the database would: switch off the
+    /// triggers guarding `table` (append-only, retired-KEK).
+    pub async fn unguard(&self, table: &str) {
+        let db = self.db().await;
+        if self.database.is_postgres() {
+            sqlx::query(&format!("ALTER TABLE {table} DISABLE TRIGGER USER"))
+                .execute(&db)
+                .await
+                .unwrap();
+            return;
+        }
+        let triggers: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = $1",
+        )
+        .bind(table)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert!(!triggers.is_empty(), "{table} has triggers");
+        for t in triggers {
+            sqlx::query(&format!("DROP TRIGGER {t}"))
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Every byte the database holds, as someone with a copy would see it:
+    /// for SQLite the file and its WAL; for PostgreSQL a `pg_dump` of the
+    /// test database, with every `bytea` value also decoded to its bytes.
+    pub async fn database_bytes(&self) -> Vec<(&'static str, Vec<u8>)> {
+        if !self.database.is_postgres() {
+            let file = self.dir.path().join("data").join("checkoutd.db");
+            let mut out = vec![("database file", std::fs::read(&file).unwrap())];
+            if let Ok(wal) = std::fs::read(file.with_extension("db-wal")) {
+                out.push(("wal", wal));
+            }
+            return out;
+        }
+        let dump = std::process::Command::new("pg_dump")
+            .args(["--data-only", "--dbname"])
+            .arg(&self.database.url)
+            .output()
+            .expect("pg_dump (Debian: postgresql-client) runs");
+        assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+        let text = String::from_utf8_lossy(&dump.stdout).into_owned();
+        let mut decoded = Vec::new();
+        for part in text.split("\\\\x").skip(1) {
+            let hex: String = part.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+            for i in (0..hex.len() / 2 * 2).step_by(2) {
+                decoded.push(u8::from_str_radix(&hex[i..i + 2], 16).unwrap());
+            }
+            decoded.push(0);
+        }
+        assert!(text.contains("COPY public.orders"), "the dump holds the orders");
+        vec![("pg_dump", dump.stdout), ("pg_dump bytea values", decoded)]
+    }
+
     /// The checkoutd binary, pointed at this app's data directory and
     /// database.
     pub fn command(&self) -> std::process::Command {

@@ -13,9 +13,7 @@ use crate::helpers::{TestApp, spawn_app};
 use crate::orders::order_json;
 
 fn checkoutd(app: &TestApp) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_checkoutd"));
-    c.env("CHECKOUTD_DATA_DIR", app.dir.path().join("data"));
-    c
+    app.command()
 }
 
 async fn order(app: &TestApp, key: &str) -> String {

@@ -250,10 +250,8 @@ async fn gift_orders_keep_the_recipient_apart_and_drop_the_shipping_address() {
 
     // The shipping address sent alongside was not stored anywhere.
     drop(db);
-    let bytes = std::fs::read(app.db_path()).unwrap();
-    let wal = std::fs::read(app.db_path().with_extension("db-wal")).unwrap_or_default();
-    for hay in [&bytes, &wal] {
-        assert!(!contains(hay, b"Dropped Lane"));
+    for (what, bytes) in app.database_bytes().await {
+        assert!(!contains(&bytes, b"Dropped Lane"), "{what}");
     }
     let summary: Value = app
         .get_json(Role::Storefront, &format!("/v1/orders/{id}"))
@@ -943,13 +941,10 @@ async fn consent_tags_are_authenticated() {
 #[tokio::test]
 async fn schema_has_the_seven_tables_and_no_cvv_column() {
     let app = spawn_app().await;
-    let db = app.db().await;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let schema = checkoutd::store::Store::schema(&app.store().await)
+        .await
+        .unwrap();
+    let tables: Vec<String> = schema.iter().map(|(t, _)| t.clone()).collect();
     for t in [
         "billing_details",
         "consent_tags",
@@ -964,13 +959,8 @@ async fn schema_has_the_seven_tables_and_no_cvv_column() {
             "{t} missing from {tables:?}"
         );
     }
-    for t in &tables {
-        let columns: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{t}')"))
-                .fetch_all(&db)
-                .await
-                .unwrap();
-        for c in columns {
+    for (t, columns) in &schema {
+        for (c, _) in columns {
             let c = c.to_lowercase();
             assert!(
                 !c.contains("cvv") && !c.contains("cvc") && !c.contains("csc"),
@@ -992,6 +982,7 @@ async fn a_missing_keyring_beside_stored_orders_refuses_to_start() {
         certs_dir: Some(certs),
         store: checkoutd::cli::StoreArgs {
             data_dir: Some(data.clone()),
+            database_url: Some(app.database.url.clone()),
             ..Default::default()
         },
         ..Default::default()
@@ -1052,7 +1043,9 @@ async fn the_database_and_keyring_files_are_owner_only() {
     let app = spawn_app().await;
     created(app.post_order("perm-1", &order_json()).await).await;
     let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(app.db_path()), 0o600);
+    if !app.database.is_postgres() {
+        assert_eq!(mode(app.db_path()), 0o600);
+    }
     assert_eq!(mode(app.dir.path().join("data/keyring.json")), 0o600);
     assert_eq!(mode(app.dir.path().join("data")), 0o700);
 }
