@@ -156,7 +156,7 @@ fn intake_problem(e: IntakeError) -> Problem {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(|s| s.to_string()), "storing an order failed");
             if error.is_unavailable() {
                 Problem::unavailable(
-                    "The order could not be stored just now; nothing was stored, retry with the same Idempotency-Key",
+                    "The order could not be confirmed as stored just now; retry with the same Idempotency-Key (a retry never creates a second order)",
                 )
             } else {
                 Problem::internal()

@@ -81,7 +81,11 @@ impl StoreError {
     /// (answered 503), everything else `Query` (answered 500).
     pub fn from_sqlx(error: sqlx::Error) -> Self {
         match error {
+            // The connection broke, or the server (or something in between)
+            // answered nonsense while connecting: the database side is at
+            // fault, not the request; the pool replaces the connection.
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
@@ -112,8 +116,7 @@ fn transient(code: &str) -> bool {
     }
     // Lock contention that outlasted the busy timeout (SQLITE_BUSY,
     // SQLITE_LOCKED and their extended codes).
-    code.parse::<i64>()
-        .is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+    code.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
 }
 
 /// The persistence interface of checkoutd.
@@ -343,7 +346,9 @@ mod tests {
 
     #[test]
     fn transient_codes() {
-        for code in ["5", "6", "517", "262", "08006", "57P01", "53300", "40001", "40P01", "55P03"] {
+        for code in [
+            "5", "6", "517", "262", "08006", "57P01", "53300", "40001", "40P01", "55P03",
+        ] {
             assert!(transient(code), "{code}");
         }
         for code in ["19", "2067", "23505", "42P01", "P0001", "22001"] {

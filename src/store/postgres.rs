@@ -204,7 +204,10 @@ pub async fn clear_rows(
         if is_bytea(c) {
             select.push(format!("{} AS c{i}", quote_ident(c)));
         } else {
-            select.push(format!("convert_to(CAST({} AS TEXT), 'UTF8') AS c{i}", quote_ident(c)));
+            select.push(format!(
+                "convert_to(CAST({} AS TEXT), 'UTF8') AS c{i}",
+                quote_ident(c)
+            ));
         }
     }
     let sql = format!(

@@ -69,9 +69,9 @@ async fn connect(
         .remove(b'.')
         .remove(b'-')
         .remove(b'_');
-    let path = path.to_str().ok_or(StoreError::Corrupt(
-        "the database path is not valid UTF-8",
-    ))?;
+    let path = path
+        .to_str()
+        .ok_or(StoreError::Corrupt("the database path is not valid UTF-8"))?;
     let url = format!("sqlite:{}?mode={mode}", utf8_percent_encode(path, PATH));
     AnyPoolOptions::new()
         .max_connections(max)
@@ -180,4 +180,3 @@ pub async fn clear_rows(
         .map_err(StoreError::from_sqlx)?;
     super::sql::clear_rows_from(&rows, columns, has_id)
 }
-

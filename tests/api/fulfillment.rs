@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use checkoutd::audit::access_log::{ChainError, verify_chain};
-use checkoutd::server::identity::Role;
 use checkoutd::config::DatabaseUrl;
+use checkoutd::server::identity::Role;
 use checkoutd::store::sql::SqlStore;
 use serde_json::{Value, json};
 

@@ -142,6 +142,31 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{scheme}://{authority}/{name}{params}")
 }
 
+/// `url` with its `host:port` replaced by `via` (user and password kept).
+pub fn with_authority(url: &str, via: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let userinfo = authority.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+    format!("{scheme}://{}{via}{path}", userinfo.unwrap_or_default())
+}
+
+/// The `host:port` of a PostgreSQL URL, resolved.
+pub async fn postgres_addr(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split(['/', '?']).next().unwrap();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    tokio::net::lookup_host(host_port)
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let Some((server, name)) = self.postgres.take() else {
@@ -185,8 +210,9 @@ pub struct Options {
     /// certificates), same database — what two processes of one
     /// deployment share.
     pub share_with: Option<Shared>,
-    /// Use this database URL instead of the test's own (e.g. through a proxy).
-    pub database_url: Option<String>,
+    /// Reach the test's PostgreSQL database at this `host:port` instead
+    /// (a proxy in front of the server).
+    pub database_via: Option<SocketAddr>,
 }
 
 /// What a second instance shares with the first.
@@ -220,7 +246,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     args.certs_dir = Some(certs);
     args.store = StoreArgs {
         data_dir: Some(dir.path().join("data")),
-        database_url: Some(options.database_url.unwrap_or_else(|| database.url.clone())),
+        database_url: Some(match options.database_via {
+            Some(via) => with_authority(&database.url, via),
+            None => database.url.clone(),
+        }),
         ..args.store
     };
     let settings = Settings::from_args(&args).unwrap();
@@ -310,7 +339,11 @@ impl TestApp {
             .arg(&self.database.url)
             .output()
             .expect("pg_dump (Debian: postgresql-client) runs");
-        assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+        assert!(
+            dump.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
         let text = String::from_utf8_lossy(&dump.stdout).into_owned();
         let mut decoded = Vec::new();
         for part in text.split("\\\\x").skip(1) {
@@ -320,7 +353,10 @@ impl TestApp {
             }
             decoded.push(0);
         }
-        assert!(text.contains("COPY public.orders"), "the dump holds the orders");
+        assert!(
+            text.contains("COPY public.orders"),
+            "the dump holds the orders"
+        );
         vec![("pg_dump", dump.stdout), ("pg_dump bytea values", decoded)]
     }
 

@@ -16,7 +16,7 @@ fn checkoutd(app: &TestApp) -> Command {
     app.command()
 }
 
-async fn order(app: &TestApp, key: &str) -> String {
+pub async fn order(app: &TestApp, key: &str) -> String {
     // Right after a rotation a server may answer 503 (retryable) until it
     // has picked up the new keyring; a storefront retries with the same key.
     for _ in 0..50 {
@@ -33,7 +33,7 @@ async fn order(app: &TestApp, key: &str) -> String {
     panic!("the order was never accepted");
 }
 
-async fn card_version(app: &TestApp, order_id: &str) -> u64 {
+pub async fn card_version(app: &TestApp, order_id: &str) -> u64 {
     let v: Value = app
         .get_json(Role::Auditor, &format!("/v1/audit/orders/{order_id}"))
         .await;

@@ -10,6 +10,7 @@ mod fulfillment;
 mod helpers;
 mod keys;
 mod leaks;
+mod multi;
 mod orders;
 mod purge;
 mod tls;

@@ -7,10 +7,10 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::super::StoreError;
-use super::{Engine, WriteOrder};
 use super::super::rows::{
     AuditBatch, AuditExtra, AuditOrder, AuditRecord, ClearRow, ConsentStats, RawTag, Totals,
 };
+use super::{Engine, WriteOrder};
 use crate::crypto::envelope::Envelope;
 use crate::domain::consent::Purposes;
 

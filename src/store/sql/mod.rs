@@ -590,10 +590,7 @@ pub(super) enum EnvelopeColumns {
 /// Reads the envelope in columns `[format_version, kek_version,
 /// wrapped_dek, ciphertext]` (by these names in the query). The one place
 /// that decides what a partly empty envelope means.
-pub(super) fn read_envelope(
-    row: &AnyRow,
-    names: [&str; 4],
-) -> Result<EnvelopeColumns, StoreError> {
+pub(super) fn read_envelope(row: &AnyRow, names: [&str; 4]) -> Result<EnvelopeColumns, StoreError> {
     let e = StoreError::from_sqlx;
     let fmt: Option<i64> = row.try_get(names[0]).map_err(e)?;
     let kek: Option<i64> = row.try_get(names[1]).map_err(e)?;
@@ -711,10 +708,7 @@ fn consent_tag(
 }
 
 /// Writes one order inside the caller's transaction.
-async fn insert_order(
-    tx: &mut AnyConnection,
-    o: &NewOrder,
-) -> Result<CommitOutcome, sqlx::Error> {
+async fn insert_order(tx: &mut AnyConnection, o: &NewOrder) -> Result<CommitOutcome, sqlx::Error> {
     let idem = &o.idempotency;
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys
