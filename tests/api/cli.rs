@@ -6,12 +6,14 @@ fn checkoutd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_checkoutd"))
 }
 
-#[test]
-fn migrate_creates_the_schema_and_exits() {
+#[tokio::test]
+async fn migrate_creates_the_schema_and_exits() {
     let dir = tempfile::tempdir().unwrap();
+    let db = crate::helpers::TestDatabase::create(&dir.path().join("data")).await;
     let out = checkoutd()
         .args(["migrate", "--data-dir"])
         .arg(dir.path().join("data"))
+        .args(["--database-url", &db.url])
         .output()
         .unwrap();
     assert!(
@@ -19,18 +21,18 @@ fn migrate_creates_the_schema_and_exits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let db = dir.path().join("data/checkoutd.db");
-    assert!(db.is_file());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let tables: Vec<String> = rt.block_on(async {
-        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-    });
+    if !db.is_postgres() {
+        assert!(dir.path().join("data/checkoutd.db").is_file());
+    }
+    let url = checkoutd::config::DatabaseUrl::parse(&db.url).unwrap();
+    let store = checkoutd::store::open_read_only(&url).await.unwrap();
+    let tables: Vec<String> = store
+        .schema()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
     for t in ["orders", "payment_cards", "consent_events", "access_log"] {
         assert!(tables.iter().any(|n| n == t), "{t} in {tables:?}");
     }
@@ -142,4 +144,44 @@ fn help_lists_every_command_and_flag() {
     ] {
         assert!(serve.contains(f), "{f} missing from serve --help");
     }
+}
+
+#[test]
+fn a_database_that_does_not_connect_is_a_clear_startup_error_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = checkoutd()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--database-url",
+            "postgres://shop:s3cret-pw@127.0.0.1:1/orders?sslmode=disable",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to the database postgres://shop@127.0.0.1:1/orders"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pw"), "{err}");
+    assert!(
+        !dir.path().join("checkoutd.db").exists(),
+        "no SQLite fallback"
+    );
+}
+
+#[test]
+fn an_unknown_database_scheme_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = checkoutd()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .args(["--database-url", "mysql://shop:s3cret-pw@127.0.0.1/orders"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database-url"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
 }

@@ -97,7 +97,7 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    async fn create(data_dir: &std::path::Path) -> Self {
+    pub async fn create(data_dir: &std::path::Path) -> Self {
         let Some(server) = postgres_server() else {
             return TestDatabase {
                 url: format!("sqlite://{}", data_dir.join("checkoutd.db").display()),

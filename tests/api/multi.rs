@@ -21,7 +21,8 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    Options, TestApp, expect_problem, postgres_addr, postgres_server, spawn_app, spawn_app_with,
+    Options, TestApp, TestDatabase, expect_problem, postgres_addr, postgres_server, spawn_app,
+    spawn_app_with, with_database,
 };
 use crate::keys::{card_version, order};
 use crate::orders::order_json;
@@ -309,4 +310,81 @@ async fn a_database_outage_is_a_retryable_503_and_heals_without_a_restart() {
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
     let report = app.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], true, "{report:#}");
+}
+
+fn skipped(test: &str, why: &str) {
+    let line = format!("{test}: SKIPPED on SQLite ({why})\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+fn migrate(url: &str, extra: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .args(["--database-url", url])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_missing_postgres_database_is_refused_never_created() {
+    let Some(server) = postgres_server() else {
+        return skipped("multi::a_missing_postgres_database", "PostgreSQL only");
+    };
+    let url = with_database(&server, "checkoutd_no_such_database");
+    let out = migrate(&url, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    let admin = sqlx::PgPool::connect(&server).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname = 'checkoutd_no_such_database'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
+    if postgres_server().is_none() {
+        return skipped(
+            "multi::a_server_that_acknowledges_before_disk",
+            "PostgreSQL only",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(dir.path()).await;
+    let name = db
+        .url
+        .split('/')
+        .nth(3)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} SET synchronous_commit = off"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let out = migrate(&db.url, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("synchronous_commit=off"), "{err}");
+    assert!(err.contains("--allow-unsafe-durability"), "{err}");
+    let out = migrate(&db.url, &["--allow-unsafe-durability"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
