@@ -45,6 +45,12 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     #[error(
+        "no working connection to the database {target} within 10 s: it is unreachable, or \
+         its TLS certificate did not verify (check sslmode, sslrootcert and the server's \
+         certificate)"
+    )]
+    ConnectTimeout { target: String },
+    #[error(
         "PostgreSQL has {setting}=off, so it acknowledges commits before they are on disk and \
          an accepted order could be lost in a crash; turn it on, or pass \
          --allow-unsafe-durability (testing only)"
@@ -69,9 +75,10 @@ impl StoreError {
     /// True when the database could not be reached (answer 503).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Unavailable(_) | StoreError::RetiredKek | StoreError::Connect { .. } => {
-                true
-            }
+            StoreError::Unavailable(_)
+            | StoreError::RetiredKek
+            | StoreError::Connect { .. }
+            | StoreError::ConnectTimeout { .. } => true,
             StoreError::Shared(inner) => inner.is_unavailable(),
             _ => false,
         }

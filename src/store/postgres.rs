@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use super::StoreError;
 use super::rows::ClearRow;
@@ -57,6 +57,26 @@ pub async fn open_read_only(url: &str) -> Result<SqlStore, StoreError> {
 
 async fn connect(url: &str, session: &'static str, max: u32) -> Result<AnyPool, StoreError> {
     sqlx::any::install_default_drivers();
+    let failed = |source| StoreError::Connect {
+        target: redact(url),
+        source,
+    };
+    // One direct attempt first: the pool retries until its timeout and then
+    // reports only that, while an operator needs the reason (refused, no
+    // such database, authentication, a certificate that does not verify).
+    match tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(error)) => return Err(failed(error)),
+        // Also what a TLS handshake that fails verification looks like
+        // from here: the driver does not return from it.
+        Err(_) => {
+            return Err(StoreError::ConnectTimeout {
+                target: redact(url),
+            });
+        }
+    }
     AnyPoolOptions::new()
         .max_connections(max)
         // While the server is away a request waits this long for a
@@ -70,10 +90,7 @@ async fn connect(url: &str, session: &'static str, max: u32) -> Result<AnyPool, 
         })
         .connect(url)
         .await
-        .map_err(|source| StoreError::Connect {
-            target: redact(url),
-            source,
-        })
+        .map_err(failed)
 }
 
 /// `postgres://user@host:port/db` without password or parameters, for

@@ -200,6 +200,9 @@ pub struct TestApp {
     pub server: Option<JoinHandle<()>>,
 }
 
+/// Rewrites a database URL.
+pub type RewriteUrl = Box<dyn FnOnce(&str) -> String + Send>;
+
 /// Options for [`spawn_app_with`].
 #[derive(Default)]
 pub struct Options {
@@ -210,9 +213,8 @@ pub struct Options {
     /// certificates), same database — what two processes of one
     /// deployment share.
     pub share_with: Option<Shared>,
-    /// Reach the test's PostgreSQL database at this `host:port` instead
-    /// (a proxy in front of the server).
-    pub database_via: Option<SocketAddr>,
+    /// Rewrites the test database's URL (e.g. to go through a proxy).
+    pub database_url: Option<RewriteUrl>,
 }
 
 /// What a second instance shares with the first.
@@ -246,8 +248,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     args.certs_dir = Some(certs);
     args.store = StoreArgs {
         data_dir: Some(dir.path().join("data")),
-        database_url: Some(match options.database_via {
-            Some(via) => with_authority(&database.url, via),
+        database_url: Some(match options.database_url {
+            Some(rewrite) => rewrite(&database.url),
             None => database.url.clone(),
         }),
         ..args.store

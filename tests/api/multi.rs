@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::{
     Options, TestApp, TestDatabase, expect_problem, postgres_addr, postgres_server, spawn_app,
-    spawn_app_with, with_database,
+    spawn_app_with, with_authority, with_database,
 };
 use crate::keys::{card_version, order};
 use crate::orders::order_json;
@@ -236,8 +236,9 @@ async fn a_database_outage_is_a_retryable_503_and_heals_without_a_restart() {
         return;
     };
     let proxy = Proxy::start(postgres_addr(&server).await).await;
+    let via = proxy.addr;
     let app = spawn_app_with(Options {
-        database_via: Some(proxy.addr),
+        database_url: Some(Box::new(move |url| with_authority(url, via))),
         ..Options::default()
     })
     .await;
@@ -387,4 +388,99 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A PostgreSQL front that answers the client's SSLRequest, speaks TLS with
+/// a server certificate of its own CA (`pki`), and forwards the decrypted
+/// protocol to the real server: enough to prove that checkoutd verifies the
+/// server (`sslmode=verify-full` with `sslrootcert`), without reconfiguring
+/// the machine's PostgreSQL.
+async fn tls_front(target: SocketAddr, pki_dir: &std::path::Path) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = CertificateDer::pem_file_iter(pki_dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki_dir.join("server-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // SSLRequest: length 8, code 80877103.
+                let mut request = [0u8; 8];
+                if client.read_exact(&mut request).await.is_err()
+                    || request != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+                {
+                    return; // plaintext is refused: the connection closes
+                }
+                if client.write_all(b"S").await.is_err() {
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                if let Ok(mut server) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn postgres_over_tls_is_verified_against_the_configured_ca() {
+    let Some(server) = postgres_server() else {
+        return skipped("multi::postgres_over_tls", "PostgreSQL only");
+    };
+    let pki_dir = tempfile::tempdir().unwrap();
+    checkoutd::pki::DevPki::generate()
+        .unwrap()
+        .write_to(pki_dir.path())
+        .unwrap();
+    let front = tls_front(postgres_addr(&server).await, pki_dir.path()).await;
+    let ca = pki_dir.path().join("ca.pem");
+    let tls_url = move |url: &str, ca: &std::path::Path| {
+        let url = with_authority(url, front).replace("127.0.0.1", "localhost");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}sslmode=verify-full&sslrootcert={}", ca.display())
+    };
+
+    // Orders stored over the verified connection.
+    let url_ca = ca.clone();
+    let app = spawn_app_with(Options {
+        database_url: Some(Box::new(move |url| tls_url(url, &url_ca))),
+        ..Options::default()
+    })
+    .await;
+    let id = order(&app, "tls-1").await;
+    assert_eq!(card_version(&app, &id).await, 1);
+
+    // A server whose certificate the configured CA did not issue is refused.
+    let other = tempfile::tempdir().unwrap();
+    checkoutd::pki::DevPki::generate()
+        .unwrap()
+        .write_to(other.path())
+        .unwrap();
+    let out = migrate(
+        &tls_url(&app.database.url, &other.path().join("ca.pem")),
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("@localhost:"), "names the database: {err}");
+    assert!(err.contains("certificate"), "{err}");
 }
