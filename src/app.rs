@@ -59,6 +59,11 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let mut notices = Vec::new();
+        // Processes sharing a data directory (and `keys` commands) take
+        // turns here, so two first runs never make two PKIs, master keys or
+        // keyrings over each other.
+        let keyring_path = settings.store.data_dir.join(keyring::FILE_NAME);
+        let _first_run = first_run_lock(settings, &keyring_path).await?;
         if ensure_certificates(settings)? {
             notices.push(banner(&[
                 "WARNING: no server certificate was found, so checkoutd created a",
@@ -71,7 +76,6 @@ impl Application {
         let tls_files = tls::TlsFiles::in_dir(&settings.certs_dir, settings.client_ca.as_deref());
         let tls = tls::server_config(&tls_files)?;
         let store = store::open(&settings.store.database).await?;
-        let keyring_path = settings.store.data_dir.join(keyring::FILE_NAME);
         if !keyring_path.exists() && store.holds_orders().await? {
             // A missing keyring beside a database full of ciphertexts is a
             // misconfiguration (wrong --data-dir, unmounted volume), never a
@@ -190,6 +194,30 @@ impl Application {
         self.store.close().await;
         tracing::info!("checkoutd stopped");
     }
+}
+
+/// The exclusive lock on `<data-dir>/keyring.lock` (the one `keys`
+/// commands take), creating the data directory owner-only if needed.
+async fn first_run_lock(
+    settings: &Settings,
+    keyring_path: &std::path::Path,
+) -> Result<std::fs::File, StartupError> {
+    let lock_path = keyring_path.with_extension("lock");
+    let data_dir = settings.store.data_dir.clone();
+    let path = lock_path.clone();
+    // Waiting for the lock blocks: not on the runtime's threads.
+    let locked = tokio::task::spawn_blocking(move || {
+        crate::files::create_private_dir(&data_dir).and_then(|()| crate::files::lock_file(&path))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    locked.map_err(|source| {
+        KeyringError::Write {
+            path: lock_path,
+            source,
+        }
+        .into()
+    })
 }
 
 /// The master key: from the custodians' shares when given; else the

@@ -18,3 +18,15 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)
     }
 }
+
+/// Opens (creating) `path` and takes an exclusive advisory lock on it,
+/// waiting for other holders; the lock lasts as long as the returned file.
+pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
+}

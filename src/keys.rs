@@ -57,14 +57,7 @@ fn lock_keyring(path: &Path) -> Result<std::fs::File, KeysError> {
         path: lock_path.clone(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(err)?;
-    file.lock().map_err(err)?;
-    Ok(file)
+    Ok(crate::files::lock_file(&lock_path).map_err(err)?)
 }
 
 /// Who runs a CLI command, for the access log.

@@ -19,7 +19,9 @@
 //! - [`fulfillment`] — the warehouse's view: shipping and recipient keys only.
 //! - [`consent`] — opt-outs, effective consent, proof of consent, audiences.
 //! - [`crypto`] — AEAD, envelope encryption, the keyring, keyed MACs.
-//! - [`store`] — one `Store` trait, one file per database engine.
+//! - [`store`] — one `Store` trait; its one implementation (`store/sql/`,
+//!   queries both engines share) and one file per engine for what differs
+//!   (`store/sqlite.rs`, `store/postgres.rs`).
 //! - [`audit`] — the hash-chained access log, the verification engine,
 //!   signed reports (a background job), the HTML report.
 //! - [`keys`] — key life cycle: status, rotate, rewrap, destroy.

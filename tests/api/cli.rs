@@ -185,3 +185,35 @@ fn an_unknown_database_scheme_is_refused_by_name() {
     assert!(err.contains("database-url"), "{err}");
     assert!(!err.contains("s3cret-pw"), "{err}");
 }
+
+#[test]
+fn two_first_runs_on_one_data_directory_make_one_keyring() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        checkoutd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--certs-dir")
+            .arg(dir.path().join("certs"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut servers = [start(), start()];
+    for server in &mut servers {
+        let stderr = BufReader::new(server.stderr.take().unwrap());
+        let serving = stderr
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("checkoutd serving"));
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(serving, "both processes came up");
+    }
+    // One master key, and the keyring on disk opens with it.
+    let data = dir.path().join("data");
+    let master = checkoutd::crypto::master::MasterKey::load_dev(&data.join("master.key")).unwrap();
+    checkoutd::crypto::keyring::Keyring::load(&data.join("keyring.json"), &master).unwrap();
+}
