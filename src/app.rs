@@ -59,6 +59,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let mut notices = Vec::new();
+        crate::telemetry::init_metrics();
         // Processes sharing a data directory (and `keys` commands) take
         // turns here, so two first runs never make two PKIs, master keys or
         // keyrings over each other.

@@ -19,3 +19,95 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+// ---- metrics (Prometheus text at `GET /metrics`, auditor role) ----
+//
+// Names and labels carry no personal data: routes are templates, statuses
+// numbers, reasons fixed words.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide recorder, installed on first use.
+fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    &latency,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "checkoutd_commit_batch_orders".into(),
+                        ),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .and_then(|b| b.install_recorder())
+                .map_err(|e| tracing::warn!(error = %e, "metrics are unavailable"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Installs the recorder (call once at start-up; later calls are no-ops).
+pub fn init_metrics() {
+    let _ = prometheus();
+}
+
+/// The current metrics in Prometheus text format.
+pub fn render_metrics() -> String {
+    prometheus().map(|h| h.render()).unwrap_or_default()
+}
+
+/// One HTTP request answered.
+pub fn request(route: &str, method: &str, status: u16, latency: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("checkoutd_http_requests_total", &labels).increment(1);
+    metrics::histogram!("checkoutd_http_request_duration_seconds", &labels)
+        .record(latency.as_secs_f64());
+}
+
+/// One group-commit batch written (or failed).
+pub fn commit_batch(orders: usize, latency: Duration, ok: bool) {
+    let result = if ok { "committed" } else { "failed" };
+    metrics::counter!("checkoutd_commit_batches_total", "result" => result).increment(1);
+    metrics::histogram!("checkoutd_commit_batch_orders").record(orders as f64);
+    metrics::histogram!("checkoutd_commit_duration_seconds").record(latency.as_secs_f64());
+}
+
+/// Orders accepted (201, first time; not replays).
+pub fn order_accepted() {
+    metrics::counter!("checkoutd_orders_accepted_total").increment(1);
+}
+
+/// A TLS handshake that failed, by a fixed reason word.
+pub fn handshake_failed(reason: &'static str) {
+    metrics::counter!("checkoutd_tls_handshake_failures_total", "reason" => reason).increment(1);
+}
+
+/// Open connections, up or down by one.
+pub fn connection_opened() {
+    metrics::gauge!("checkoutd_open_connections").increment(1.0);
+}
+
+pub fn connection_closed() {
+    metrics::gauge!("checkoutd_open_connections").decrement(1.0);
+}
+
+/// Time a writer waited for a pooled connection and its write lock.
+pub fn pool_wait(wait: Duration) {
+    metrics::histogram!("checkoutd_db_write_wait_seconds").record(wait.as_secs_f64());
+}

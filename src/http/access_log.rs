@@ -34,7 +34,9 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         None => (String::from("-"), "-", "-"),
     };
     let response = next.run(req).await;
-    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    crate::telemetry::request(&route, method, response.status().as_u16(), elapsed);
+    let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     tracing::info!(
         target: TARGET,
         client_ip = %client_ip,

@@ -14,6 +14,7 @@
 //! Across processes, the `(client, key)` primary key is the arbiter: a
 //! losing racer finds the winner's row and replays it.
 
+pub mod commit;
 pub mod seal;
 
 use std::collections::HashSet;
@@ -143,6 +144,8 @@ pub struct Intake {
     /// The keyring in force (swapped when `keys rotate` rewrites it).
     keyring: Arc<KeyringHandle>,
     store: Arc<dyn Store>,
+    /// The group-commit writer every accepted order goes through.
+    commits: commit::GroupCommit,
     policy_versions: Vec<String>,
     /// `(client, key)` pairs being processed in this process right now.
     in_flight: Mutex<HashSet<([u8; 32], String)>>,
@@ -175,6 +178,7 @@ impl Intake {
         Intake {
             rng: SystemRandom::new(),
             keyring,
+            commits: commit::GroupCommit::start(store.clone()),
             store,
             policy_versions,
             in_flight: Mutex::new(HashSet::new()),
@@ -248,13 +252,11 @@ impl Intake {
         let form = order::parse(tree, source, &rules).map_err(IntakeError::Invalid)?;
         let sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
         let response = sealed.idempotency.response.clone();
-        match self
-            .store
-            .commit_orders(std::slice::from_ref(&sealed))
-            .await?
-            .first()
-        {
-            Some(CommitOutcome::Committed) => Ok(Accepted::Created(response)),
+        match self.commits.commit(sealed).await? {
+            CommitOutcome::Committed => {
+                crate::telemetry::order_accepted();
+                Ok(Accepted::Created(response))
+            }
             // Another process won the key between our lookup and commit.
             _ => match self
                 .store

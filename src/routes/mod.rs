@@ -113,7 +113,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .route("/v1/audit/log", allow(&[Auditor], get(audit::log)))
         .route("/v1/audit/consent", allow(&[Auditor], get(consent::proof)))
-        .route("/metrics", allow(&[Auditor], get(not_built)))
+        .route("/metrics", allow(&[Auditor], get(metrics)))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -239,6 +239,20 @@ fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Valu
 
 /// Endpoints of the contract that later issues build: correct role checks,
 /// then 501.
+/// Prometheus text format (auditor role): request counts and latencies by
+/// route and status, orders accepted, commit batch sizes and latency, TLS
+/// handshake failures by reason, open connections, database waits.
+async fn metrics() -> axum::response::Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render_metrics(),
+    )
+        .into_response()
+}
+
 async fn not_built() -> Problem {
     Problem::not_implemented()
 }

@@ -121,13 +121,17 @@ pub async fn run(
                     Ok(Ok(s)) => s,
                     Ok(Err(error)) => {
                         tracing::debug!(client_ip = %addr.ip(), %error, "TLS handshake failed");
+                        crate::telemetry::handshake_failed(handshake_failure(&error));
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(client_ip = %addr.ip(), "TLS handshake timed out");
+                        crate::telemetry::handshake_failed("timeout");
                         return;
                     }
                 };
+            crate::telemetry::connection_opened();
+            let _open = OpenConnection;
             let (_, session) = tls_stream.get_ref();
             let peer = Peer {
                 addr,
@@ -203,5 +207,33 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Counts an open (handshaken) connection down when it ends, however.
+struct OpenConnection;
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::telemetry::connection_closed();
+    }
+}
+
+/// A fixed word for why a TLS handshake failed (a metric label).
+fn handshake_failure(error: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match error.get_ref().and_then(|e| e.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(_)) => "client_certificate",
+        Some(E::NoCertificatesPresented) => "no_certificate",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::AlertReceived(_)) => "alert",
+        Some(
+            E::InvalidMessage(_)
+            | E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. },
+        ) => "protocol",
+        Some(_) => "other",
+        None if error.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io",
     }
 }

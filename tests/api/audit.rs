@@ -39,7 +39,7 @@ async fn populated() -> (TestApp, Vec<String>) {
     (app, ids)
 }
 
-async fn run_verify(app: &TestApp) -> Report {
+pub async fn run_verify(app: &TestApp) -> Report {
     let store = app.store().await;
     verify::verify(&store, &app.keyring(), &|_, _| {})
         .await

@@ -5,6 +5,7 @@
 
 mod audit;
 mod cli;
+mod commit;
 mod consent;
 mod fulfillment;
 mod helpers;

@@ -58,10 +58,15 @@ impl Engine {
         pool: &AnyPool,
         order: WriteOrder,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        match self {
+        // The wait for a pooled connection, the write lock and (PostgreSQL)
+        // the sequence's advisory lock: the metric "database waits".
+        let started = std::time::Instant::now();
+        let tx = match self {
             Engine::Sqlite => sqlite::begin_write(pool).await,
             Engine::Postgres => postgres::begin_write(pool, order).await,
-        }
+        };
+        crate::telemetry::pool_wait(started.elapsed());
+        tx
     }
 }
 
@@ -114,14 +119,9 @@ impl Store for SqlStore {
             .engine
             .begin_write(&self.pool, WriteOrder::Orders)
             .await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for order in batch {
-            outcomes.push(
-                insert_order(&mut tx, order)
-                    .await
-                    .map_err(StoreError::from_sqlx)?,
-            );
-        }
+        let outcomes = insert_orders(&mut tx, batch)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
         Ok(outcomes)
     }
@@ -707,169 +707,462 @@ fn consent_tag(
     })
 }
 
-/// Writes one order inside the caller's transaction.
-async fn insert_order(tx: &mut AnyConnection, o: &NewOrder) -> Result<CommitOutcome, sqlx::Error> {
-    let idem = &o.idempotency;
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys
-            (client, key_hash, request_hash, order_id, response_status, response_body, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (client, key_hash) DO NOTHING",
-    )
-    .bind(idem.client.as_slice())
-    .bind(idem.key_hash.as_slice())
-    .bind(idem.request_hash.as_slice())
-    .bind(o.id.to_string())
-    .bind(i64::from(idem.response.status))
-    .bind(&idem.response.body)
-    .bind(&idem.created_at)
-    .execute(&mut *tx)
-    .await?;
-    if claimed.rows_affected() == 0 {
-        return Ok(CommitOutcome::DuplicateKey);
-    }
-    sqlx::query(
-        "INSERT INTO orders (id, created_at, status, storefront_ref, currency, items, total_minor,
-                             gift, consent_tag_id, client_fingerprint, mac)
-         VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(o.id.to_string())
-    .bind(&o.created_at)
-    .bind(o.storefront_ref.as_deref())
-    .bind(o.currency)
-    .bind(&o.items_json)
-    .bind(o.total_minor)
-    .bind(i64::from(o.recipient.is_some()))
-    .bind(o.customer_tag.id.to_string())
-    .bind(o.client_fingerprint.as_slice())
-    .bind(o.mac.as_slice())
-    .execute(&mut *tx)
-    .await?;
-    for tag in std::iter::once(&o.customer_tag).chain(o.recipient_tag.as_ref()) {
-        let p = tag.purposes;
-        sqlx::query(
-            "INSERT INTO consent_tags (id, order_id, subject, basis, product_updates, new_offerings,
-                partnerships, special_offers, third_party_sharing, policy_version, captured_at,
-                channel, mac_key_version, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(tag.id.to_string())
-        .bind(tag.order_id.to_string())
-        .bind(tag.subject.as_str())
-        .bind(tag.basis.as_str())
-        .bind(i64::from(p.product_updates))
-        .bind(i64::from(p.new_offerings))
-        .bind(i64::from(p.partnerships))
-        .bind(i64::from(p.special_offers))
-        .bind(i64::from(p.third_party_sharing))
-        .bind(&tag.policy_version)
-        .bind(&tag.captured_at)
-        .bind(&tag.channel)
-        .bind(i64::from(tag.mac_key_version))
-        .bind(tag.mac.as_slice())
-        .execute(&mut *tx)
-        .await?;
-    }
-    let b = &o.billing;
-    sqlx::query(
-        "INSERT INTO billing_details (id, order_id, consent_tag_id, email_blind_index,
-            blind_index_version, format_version, kek_version, wrapped_dek, ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(b.sealed.id.to_string())
-    .bind(o.id.to_string())
-    .bind(b.sealed.consent_tag_id.to_string())
-    .bind(b.email_blind_index.as_slice())
-    .bind(i64::from(b.blind_index_version))
-    .bind(i64::from(b.sealed.envelope.format_version))
-    .bind(i64::from(b.sealed.envelope.kek_version))
-    .bind(&b.sealed.envelope.wrapped_dek)
-    .bind(&b.sealed.envelope.ciphertext)
-    .execute(&mut *tx)
-    .await?;
-    let (ship_to, tag, envelope): (&str, Uuid, Option<&Envelope>) = match &o.shipping {
-        ShippingRecord::Customer(r) => ("customer", r.consent_tag_id, Some(&r.envelope)),
-        ShippingRecord::GiftRecipient { consent_tag_id, .. } => {
-            ("gift_recipient", *consent_tag_id, None)
-        }
-    };
-    sqlx::query(
-        "INSERT INTO shipping_details (id, order_id, consent_tag_id, ship_to, format_version,
-            kek_version, wrapped_dek, ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(o.shipping.id().to_string())
-    .bind(o.id.to_string())
-    .bind(tag.to_string())
-    .bind(ship_to)
-    .bind(envelope.map(|e| i64::from(e.format_version)))
-    .bind(envelope.map(|e| i64::from(e.kek_version)))
-    .bind(envelope.map(|e| e.wrapped_dek.as_slice()))
-    .bind(envelope.map(|e| e.ciphertext.as_slice()))
-    .execute(&mut *tx)
-    .await?;
-    if let Some(r) = &o.recipient {
-        insert_recipient(tx, o.id, r).await?;
-    }
-    let c = &o.contact;
-    sqlx::query(
-        "INSERT INTO contact_emails (id, order_id, consent_tag_id, email_blind_index,
-            blind_index_version, format_version, kek_version, wrapped_dek, ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(c.id.to_string())
-    .bind(o.id.to_string())
-    .bind(c.consent_tag_id.to_string())
-    .bind(b.email_blind_index.as_slice())
-    .bind(i64::from(b.blind_index_version))
-    .bind(i64::from(c.envelope.format_version))
-    .bind(i64::from(c.envelope.kek_version))
-    .bind(&c.envelope.wrapped_dek)
-    .bind(&c.envelope.ciphertext)
-    .execute(&mut *tx)
-    .await?;
-    let c = &o.card;
-    sqlx::query(
-        "INSERT INTO payment_cards (id, order_id, consent_tag_id, brand, last4, fingerprint,
-            fingerprint_key_version, format_version, kek_version, wrapped_dek, ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(c.sealed.id.to_string())
-    .bind(o.id.to_string())
-    .bind(c.sealed.consent_tag_id.to_string())
-    .bind(c.brand)
-    .bind(&c.last4)
-    .bind(c.fingerprint.as_slice())
-    .bind(i64::from(c.fingerprint_key_version))
-    .bind(i64::from(c.sealed.envelope.format_version))
-    .bind(i64::from(c.sealed.envelope.kek_version))
-    .bind(&c.sealed.envelope.wrapped_dek)
-    .bind(&c.sealed.envelope.ciphertext)
-    .execute(&mut *tx)
-    .await?;
-    Ok(CommitOutcome::Committed)
+/// One bound value of a multi-row INSERT.
+enum Param<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Bytes(&'a [u8]),
+    OptBytes(Option<&'a [u8]>),
 }
 
-async fn insert_recipient(
+/// Rows per INSERT statement: well under both engines' parameter limits
+/// (SQLite 32 766, PostgreSQL 65 535) at 14 columns.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `($1, $2, …), ($n+1, …)` for `rows` rows of `cols` columns.
+fn values_list(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Binds `params` in order.
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    params: Vec<Param<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for p in params {
+        q = match p {
+            Param::Int(v) => q.bind(v),
+            Param::OptInt(v) => q.bind(v),
+            Param::Text(v) => q.bind(v),
+            Param::OptText(v) => q.bind(v),
+            Param::Bytes(v) => q.bind(v),
+            Param::OptBytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// Inserts rows into `table` with multi-row statements (`suffix` follows
+/// the VALUES list, e.g. `ON CONFLICT … RETURNING …`). Returns the rows the
+/// statements returned.
+async fn insert_rows<'a>(
     tx: &mut AnyConnection,
-    order_id: Uuid,
-    r: &SealedRecord,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO gift_recipients (id, order_id, consent_tag_id, format_version, kek_version,
-            wrapped_dek, ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    table: &str,
+    columns: &[&str],
+    suffix: &str,
+    rows: Vec<Vec<Param<'a>>>,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let mut returned = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Param<'a>>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} {suffix}",
+            columns.join(", "),
+            values_list(chunk.len(), columns.len())
+        );
+        let q = bind_all(sqlx::query(&sql), chunk.into_iter().flatten().collect());
+        returned.extend(q.fetch_all(&mut *tx).await?);
+    }
+    Ok(returned)
+}
+
+fn envelope_params(e: &Envelope) -> [Param<'_>; 4] {
+    [
+        Param::Int(i64::from(e.format_version)),
+        Param::Int(i64::from(e.kek_version)),
+        Param::Bytes(&e.wrapped_dek),
+        Param::Bytes(&e.ciphertext),
+    ]
+}
+
+/// Writes a batch of orders inside the caller's transaction, with one
+/// multi-row INSERT per table (per 200 orders). The idempotency keys are
+/// claimed first (`ON CONFLICT DO NOTHING RETURNING`); an order whose key
+/// is taken — by an earlier order of the same batch, or already stored —
+/// writes nothing and is `DuplicateKey`, exactly as if the requests had
+/// come one by one.
+async fn insert_orders(
+    tx: &mut AnyConnection,
+    batch: &[NewOrder],
+) -> Result<Vec<CommitOutcome>, sqlx::Error> {
+    let mut outcomes = vec![CommitOutcome::DuplicateKey; batch.len()];
+    let mut first_with_key = std::collections::HashSet::new();
+    let candidates: Vec<usize> = (0..batch.len())
+        .filter(|&i| {
+            first_with_key.insert((batch[i].idempotency.client, batch[i].idempotency.key_hash))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(outcomes);
+    }
+    let ids: Vec<String> = batch.iter().map(|o| o.id.to_string()).collect();
+    let claims = candidates
+        .iter()
+        .map(|&i| {
+            let idem = &batch[i].idempotency;
+            vec![
+                Param::Bytes(idem.client.as_slice()),
+                Param::Bytes(idem.key_hash.as_slice()),
+                Param::Bytes(idem.request_hash.as_slice()),
+                Param::Text(&ids[i]),
+                Param::Int(i64::from(idem.response.status)),
+                Param::Bytes(&idem.response.body),
+                Param::Text(&idem.created_at),
+            ]
+        })
+        .collect();
+    let claimed: std::collections::HashSet<String> = insert_rows(
+        tx,
+        "idempotency_keys",
+        &[
+            "client",
+            "key_hash",
+            "request_hash",
+            "order_id",
+            "response_status",
+            "response_body",
+            "created_at",
+        ],
+        "ON CONFLICT (client, key_hash) DO NOTHING RETURNING order_id",
+        claims,
     )
-    .bind(r.id.to_string())
-    .bind(order_id.to_string())
-    .bind(r.consent_tag_id.to_string())
-    .bind(i64::from(r.envelope.format_version))
-    .bind(i64::from(r.envelope.kek_version))
-    .bind(&r.envelope.wrapped_dek)
-    .bind(&r.envelope.ciphertext)
-    .execute(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get::<String, _>("order_id"))
+    .collect::<Result<_, _>>()?;
+    let accepted: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| claimed.contains(&ids[i]))
+        .collect();
+    for &i in &accepted {
+        outcomes[i] = CommitOutcome::Committed;
+    }
+    if accepted.is_empty() {
+        return Ok(outcomes);
+    }
+    let tag_ids: Vec<(String, Option<String>)> = batch
+        .iter()
+        .map(|o| {
+            (
+                o.customer_tag.id.to_string(),
+                o.recipient_tag.as_ref().map(|t| t.id.to_string()),
+            )
+        })
+        .collect();
+
+    insert_rows(
+        tx,
+        "orders",
+        &[
+            "id",
+            "created_at",
+            "status",
+            "storefront_ref",
+            "currency",
+            "items",
+            "total_minor",
+            "gift",
+            "consent_tag_id",
+            "client_fingerprint",
+            "mac",
+        ],
+        "",
+        accepted
+            .iter()
+            .map(|&i| {
+                let o = &batch[i];
+                vec![
+                    Param::Text(&ids[i]),
+                    Param::Text(&o.created_at),
+                    Param::Text("accepted"),
+                    Param::OptText(o.storefront_ref.as_deref()),
+                    Param::Text(o.currency),
+                    Param::Text(&o.items_json),
+                    Param::Int(o.total_minor),
+                    Param::Int(i64::from(o.recipient.is_some())),
+                    Param::Text(&tag_ids[i].0),
+                    Param::Bytes(o.client_fingerprint.as_slice()),
+                    Param::Bytes(o.mac.as_slice()),
+                ]
+            })
+            .collect(),
+    )
     .await?;
-    Ok(())
+
+    let tag_strings: Vec<(usize, &ConsentTag, String, String)> = accepted
+        .iter()
+        .flat_map(|&i| {
+            let o = &batch[i];
+            std::iter::once(&o.customer_tag)
+                .chain(o.recipient_tag.as_ref())
+                .map(move |t| (i, t))
+        })
+        .map(|(i, t)| (i, t, t.id.to_string(), t.order_id.to_string()))
+        .collect();
+    insert_rows(
+        tx,
+        "consent_tags",
+        &[
+            "id",
+            "order_id",
+            "subject",
+            "basis",
+            "product_updates",
+            "new_offerings",
+            "partnerships",
+            "special_offers",
+            "third_party_sharing",
+            "policy_version",
+            "captured_at",
+            "channel",
+            "mac_key_version",
+            "mac",
+        ],
+        "",
+        tag_strings
+            .iter()
+            .map(|(_, tag, id, order_id)| {
+                let p = tag.purposes;
+                vec![
+                    Param::Text(id),
+                    Param::Text(order_id),
+                    Param::Text(tag.subject.as_str()),
+                    Param::Text(tag.basis.as_str()),
+                    Param::Int(i64::from(p.product_updates)),
+                    Param::Int(i64::from(p.new_offerings)),
+                    Param::Int(i64::from(p.partnerships)),
+                    Param::Int(i64::from(p.special_offers)),
+                    Param::Int(i64::from(p.third_party_sharing)),
+                    Param::Text(&tag.policy_version),
+                    Param::Text(&tag.captured_at),
+                    Param::Text(&tag.channel),
+                    Param::Int(i64::from(tag.mac_key_version)),
+                    Param::Bytes(tag.mac.as_slice()),
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+
+    let record_ids: Vec<[String; 5]> = accepted
+        .iter()
+        .map(|&i| {
+            let o = &batch[i];
+            [
+                o.billing.sealed.id.to_string(),
+                o.billing.sealed.consent_tag_id.to_string(),
+                o.shipping.id().to_string(),
+                o.contact.id.to_string(),
+                o.card.sealed.id.to_string(),
+            ]
+        })
+        .collect();
+    let shipping_tags: Vec<String> = accepted
+        .iter()
+        .map(|&i| match &batch[i].shipping {
+            ShippingRecord::Customer(r) => r.consent_tag_id.to_string(),
+            ShippingRecord::GiftRecipient { consent_tag_id, .. } => consent_tag_id.to_string(),
+        })
+        .collect();
+    let contact_tags: Vec<String> = accepted
+        .iter()
+        .map(|&i| batch[i].contact.consent_tag_id.to_string())
+        .collect();
+    let card_tags: Vec<String> = accepted
+        .iter()
+        .map(|&i| batch[i].card.sealed.consent_tag_id.to_string())
+        .collect();
+
+    insert_rows(
+        tx,
+        "billing_details",
+        &[
+            "id",
+            "order_id",
+            "consent_tag_id",
+            "email_blind_index",
+            "blind_index_version",
+            "format_version",
+            "kek_version",
+            "wrapped_dek",
+            "ciphertext",
+        ],
+        "",
+        accepted
+            .iter()
+            .zip(&record_ids)
+            .map(|(&i, rid)| {
+                let b = &batch[i].billing;
+                let mut row = vec![
+                    Param::Text(&rid[0]),
+                    Param::Text(&ids[i]),
+                    Param::Text(&rid[1]),
+                    Param::Bytes(b.email_blind_index.as_slice()),
+                    Param::Int(i64::from(b.blind_index_version)),
+                ];
+                row.extend(envelope_params(&b.sealed.envelope));
+                row
+            })
+            .collect(),
+    )
+    .await?;
+
+    insert_rows(
+        tx,
+        "shipping_details",
+        &[
+            "id",
+            "order_id",
+            "consent_tag_id",
+            "ship_to",
+            "format_version",
+            "kek_version",
+            "wrapped_dek",
+            "ciphertext",
+        ],
+        "",
+        accepted
+            .iter()
+            .zip(&record_ids)
+            .zip(&shipping_tags)
+            .map(|((&i, rid), tag)| {
+                let (ship_to, envelope) = match &batch[i].shipping {
+                    ShippingRecord::Customer(r) => ("customer", Some(&r.envelope)),
+                    ShippingRecord::GiftRecipient { .. } => ("gift_recipient", None),
+                };
+                vec![
+                    Param::Text(&rid[2]),
+                    Param::Text(&ids[i]),
+                    Param::Text(tag),
+                    Param::Text(ship_to),
+                    Param::OptInt(envelope.map(|e| i64::from(e.format_version))),
+                    Param::OptInt(envelope.map(|e| i64::from(e.kek_version))),
+                    Param::OptBytes(envelope.map(|e| e.wrapped_dek.as_slice())),
+                    Param::OptBytes(envelope.map(|e| e.ciphertext.as_slice())),
+                ]
+            })
+            .collect(),
+    )
+    .await?;
+
+    let recipients: Vec<(usize, &SealedRecord, String, String)> = accepted
+        .iter()
+        .filter_map(|&i| batch[i].recipient.as_ref().map(|r| (i, r)))
+        .map(|(i, r)| (i, r, r.id.to_string(), r.consent_tag_id.to_string()))
+        .collect();
+    insert_rows(
+        tx,
+        "gift_recipients",
+        &[
+            "id",
+            "order_id",
+            "consent_tag_id",
+            "format_version",
+            "kek_version",
+            "wrapped_dek",
+            "ciphertext",
+        ],
+        "",
+        recipients
+            .iter()
+            .map(|(i, r, id, tag)| {
+                let mut row = vec![Param::Text(id), Param::Text(&ids[*i]), Param::Text(tag)];
+                row.extend(envelope_params(&r.envelope));
+                row
+            })
+            .collect(),
+    )
+    .await?;
+
+    insert_rows(
+        tx,
+        "contact_emails",
+        &[
+            "id",
+            "order_id",
+            "consent_tag_id",
+            "email_blind_index",
+            "blind_index_version",
+            "format_version",
+            "kek_version",
+            "wrapped_dek",
+            "ciphertext",
+        ],
+        "",
+        accepted
+            .iter()
+            .zip(&record_ids)
+            .zip(&contact_tags)
+            .map(|((&i, rid), tag)| {
+                let o = &batch[i];
+                let mut row = vec![
+                    Param::Text(&rid[3]),
+                    Param::Text(&ids[i]),
+                    Param::Text(tag),
+                    Param::Bytes(o.billing.email_blind_index.as_slice()),
+                    Param::Int(i64::from(o.billing.blind_index_version)),
+                ];
+                row.extend(envelope_params(&o.contact.envelope));
+                row
+            })
+            .collect(),
+    )
+    .await?;
+
+    insert_rows(
+        tx,
+        "payment_cards",
+        &[
+            "id",
+            "order_id",
+            "consent_tag_id",
+            "brand",
+            "last4",
+            "fingerprint",
+            "fingerprint_key_version",
+            "format_version",
+            "kek_version",
+            "wrapped_dek",
+            "ciphertext",
+        ],
+        "",
+        accepted
+            .iter()
+            .zip(&record_ids)
+            .zip(&card_tags)
+            .map(|((&i, rid), tag)| {
+                let c = &batch[i].card;
+                let mut row = vec![
+                    Param::Text(&rid[4]),
+                    Param::Text(&ids[i]),
+                    Param::Text(tag),
+                    Param::Text(c.brand),
+                    Param::Text(&c.last4),
+                    Param::Bytes(c.fingerprint.as_slice()),
+                    Param::Int(i64::from(c.fingerprint_key_version)),
+                ];
+                row.extend(envelope_params(&c.sealed.envelope));
+                row
+            })
+            .collect(),
+    )
+    .await?;
+    Ok(outcomes)
 }
 
 /// `ident` as a quoted SQL identifier (both engines use `"…"`).
