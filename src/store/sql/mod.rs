@@ -119,7 +119,7 @@ impl Store for SqlStore {
             .engine
             .begin_write(&self.pool, WriteOrder::Orders)
             .await?;
-        let outcomes = insert_orders(&mut tx, batch)
+        let outcomes = insert_orders(&mut tx, self.engine, batch)
             .await
             .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
@@ -721,8 +721,10 @@ enum Param<'a> {
 /// (SQLite 32 766, PostgreSQL 65 535) at 14 columns.
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// `($1, $2, …), ($n+1, …)` for `rows` rows of `cols` columns.
-fn values_list(rows: usize, cols: usize) -> String {
+/// `($1, $2, …), ($n+1, …)` for `rows` rows of `cols` columns; for SQLite
+/// anonymous `?` (numbered parameters make binding quadratic there:
+/// `sqlite3_bind_parameter_name` walks a list).
+fn values_list(engine: Engine, rows: usize, cols: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         out.push_str(if r == 0 { "(" } else { ", (" });
@@ -730,8 +732,13 @@ fn values_list(rows: usize, cols: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(r * cols + c + 1).to_string());
+            match engine {
+                Engine::Sqlite => out.push('?'),
+                Engine::Postgres => {
+                    out.push('$');
+                    out.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
         }
         out.push(')');
     }
@@ -761,6 +768,7 @@ fn bind_all<'q>(
 /// statements returned.
 async fn insert_rows<'a>(
     tx: &mut AnyConnection,
+    engine: Engine,
     table: &str,
     columns: &[&str],
     suffix: &str,
@@ -773,7 +781,7 @@ async fn insert_rows<'a>(
         let sql = format!(
             "INSERT INTO {table} ({}) VALUES {} {suffix}",
             columns.join(", "),
-            values_list(chunk.len(), columns.len())
+            values_list(engine, chunk.len(), columns.len())
         );
         let q = bind_all(sqlx::query(&sql), chunk.into_iter().flatten().collect());
         returned.extend(q.fetch_all(&mut *tx).await?);
@@ -798,6 +806,7 @@ fn envelope_params(e: &Envelope) -> [Param<'_>; 4] {
 /// come one by one.
 async fn insert_orders(
     tx: &mut AnyConnection,
+    engine: Engine,
     batch: &[NewOrder],
 ) -> Result<Vec<CommitOutcome>, sqlx::Error> {
     let mut outcomes = vec![CommitOutcome::DuplicateKey; batch.len()];
@@ -828,6 +837,7 @@ async fn insert_orders(
         .collect();
     let claimed: std::collections::HashSet<String> = insert_rows(
         tx,
+        engine,
         "idempotency_keys",
         &[
             "client",
@@ -867,6 +877,7 @@ async fn insert_orders(
 
     insert_rows(
         tx,
+        engine,
         "orders",
         &[
             "id",
@@ -916,6 +927,7 @@ async fn insert_orders(
         .collect();
     insert_rows(
         tx,
+        engine,
         "consent_tags",
         &[
             "id",
@@ -990,6 +1002,7 @@ async fn insert_orders(
 
     insert_rows(
         tx,
+        engine,
         "billing_details",
         &[
             "id",
@@ -1024,6 +1037,7 @@ async fn insert_orders(
 
     insert_rows(
         tx,
+        engine,
         "shipping_details",
         &[
             "id",
@@ -1067,6 +1081,7 @@ async fn insert_orders(
         .collect();
     insert_rows(
         tx,
+        engine,
         "gift_recipients",
         &[
             "id",
@@ -1091,6 +1106,7 @@ async fn insert_orders(
 
     insert_rows(
         tx,
+        engine,
         "contact_emails",
         &[
             "id",
@@ -1126,6 +1142,7 @@ async fn insert_orders(
 
     insert_rows(
         tx,
+        engine,
         "payment_cards",
         &[
             "id",

@@ -1,0 +1,486 @@
+//! The intake load benchmark (docs/performance.md).
+//!
+//!     cargo build --release && target/release/checkoutd-bench --concurrency 64 --duration 10
+//!
+//! Starts a release `checkoutd serve` (fresh data directory; SQLite, or a
+//! PostgreSQL database named by --database-url) as a child process, drives
+//! it with N keep-alive TLS connections presenting the storefront
+//! certificate, each posting distinct valid ~1 KB orders (unique
+//! Idempotency-Keys, every tenth a gift), and reports orders/s, latency
+//! percentiles, server CPU and peak RSS. Then it runs the **ceiling**: this
+//! binary started as a minimal server with the same rustls configuration,
+//! whose handler only parses the JSON and answers 201, under the same
+//! client. The last two lines are `ratio=<orders/s ÷ ceiling/s>` and
+//! `p99=<ms> ms` (checkoutd's). `--idle N` instead holds N idle TLS
+//! connections and reports the server's RSS, and the start-up time to ready
+//! on the existing database.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(about = "checkoutd intake load benchmark")]
+struct Args {
+    /// Concurrent keep-alive TLS connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// sqlite, or postgres (with --database-url naming an empty database).
+    #[arg(long, default_value = "sqlite")]
+    engine: String,
+    /// PostgreSQL URL for --engine postgres.
+    #[arg(long, env = "CHECKOUTD_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Hold this many idle TLS connections and report the server's memory.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Skip the ceiling run.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Internal: run as the ceiling server on this address.
+    #[arg(long, hide = true)]
+    serve_ceiling: Option<String>,
+    /// Internal: the certificates directory of the ceiling server.
+    #[arg(long, hide = true)]
+    certs: Option<PathBuf>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    if let (Some(addr), Some(certs)) = (&args.serve_ceiling, &args.certs) {
+        return serve_ceiling(addr, certs).await;
+    }
+    let work = tempfile_dir()?;
+    let port = free_port()?;
+    let server = start_checkoutd(&args, &work, port)?;
+    let ready_ms = wait_ready(port, &work.join("certs")).await?;
+    println!("machine: {}", machine());
+    println!("checkoutd ready after {ready_ms} ms (fresh data directory)");
+    if let Some(n) = args.idle {
+        idle_run(server.0.id(), port, &work, n).await?;
+        drop(server);
+        let again = start_checkoutd(&args, &work, port)?;
+        let ready = wait_ready(port, &work.join("certs")).await?;
+        println!("start-up to ready on the existing database: {ready} ms");
+        drop(again);
+        return Ok(());
+    }
+    let run = load(&args, port, &work.join("certs"), server.0.id()).await?;
+    print_commit_stats(port, &work.join("certs")).await;
+    drop(server);
+    run.print(&format!("checkoutd ({})", args.engine));
+    let restarted = start_checkoutd(&args, &work, port)?;
+    let ready = wait_ready(port, &work.join("certs")).await?;
+    println!("start-up to ready on the existing database: {ready} ms");
+    drop(restarted);
+    if args.no_ceiling {
+        println!("p99={:.2} ms", run.p99_ms());
+        return Ok(());
+    }
+    let cport = free_port()?;
+    let ceiling = Command::new(std::env::current_exe()?)
+        .args(["--serve-ceiling", &format!("127.0.0.1:{cport}"), "--certs"])
+        .arg(work.join("certs"))
+        .stdin(Stdio::piped()) // closed when this process ends: the ceiling exits
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ceiling = Server(ceiling);
+    wait_ready(cport, &work.join("certs")).await?;
+    let ceil = load(&args, cport, &work.join("certs"), ceiling.0.id()).await?;
+    drop(ceiling);
+    ceil.print("ceiling (TLS + JSON parse + 201)");
+    println!("ratio={:.3}", run.rate() / ceil.rate());
+    println!("p99={:.2} ms", run.p99_ms());
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf, BoxError> {
+    let dir = std::env::temp_dir().join(format!("checkoutd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxError> {
+    let exe = std::env::current_exe()?.with_file_name("checkoutd");
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(work.join("data"))
+        .arg("--certs-dir")
+        .arg(work.join("certs"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match args.engine.as_str() {
+        "sqlite" => {}
+        "postgres" => {
+            let url = args
+                .database_url
+                .as_deref()
+                .ok_or("--engine postgres needs --database-url (an empty database)")?;
+            cmd.args(["--database-url", url]);
+        }
+        other => return Err(format!("unknown engine {other}").into()),
+    }
+    Ok(Server(cmd.spawn()?))
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A child server that is stopped however this process leaves `main`.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+/// Milliseconds from now until `/readyz` answers 200 (certificates may not
+/// exist yet on a first run).
+async fn wait_ready(port: u16, certs: &Path) -> Result<u128, BoxError> {
+    let started = Instant::now();
+    loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the server did not become ready within 60 s".into());
+        }
+        if let Ok(client) = client(certs) {
+            let url = format!("https://localhost:{port}/readyz");
+            if let Ok(r) = client.get(url).send().await {
+                if r.status() == 200 {
+                    return Ok(started.elapsed().as_millis());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Group-commit figures from the server's own metrics (auditor role).
+async fn print_commit_stats(port: u16, certs: &Path) {
+    let Ok(client) = client_as(certs, "auditor") else {
+        return;
+    };
+    let url = format!("https://localhost:{port}/metrics");
+    let Ok(text) = async { client.get(url).send().await?.text().await }.await else {
+        return;
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let batches = value("checkoutd_commit_batch_orders_count");
+    if batches > 0.0 {
+        println!(
+            "  group commit: {batches:.0} batches, {:.1} orders per batch, {:.2} ms per commit",
+            value("checkoutd_commit_batch_orders_sum") / batches,
+            1000.0 * value("checkoutd_commit_duration_seconds_sum") / batches
+        );
+    }
+}
+
+fn client(certs: &Path) -> Result<reqwest::Client, BoxError> {
+    client_as(certs, "storefront")
+}
+
+fn client_as(certs: &Path, role: &str) -> Result<reqwest::Client, BoxError> {
+    let ca = std::fs::read(certs.join("ca.pem"))?;
+    let mut identity = std::fs::read(certs.join(format!("{role}.pem")))?;
+    identity.extend(std::fs::read(certs.join(format!("{role}-key.pem")))?);
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// A realistic order of about 1 KB; every tenth one a gift.
+fn order(i: u64) -> Value {
+    let mut o = json!({
+        "storefront_order_ref": format!("BENCH-{i}"),
+        "customer": {"name": "Ada Lovelace", "email": format!("customer{}@example.com", i % 5000),
+                     "phone": "+1 949 555 0100"},
+        "billing_address": {"line1": "51 Columbia", "line2": "Suite 200", "city": "Aliso Viejo",
+                            "region": "CA", "postal_code": "92656", "country": "US"},
+        "shipping_address": {"line1": "1200 Harbor Boulevard", "city": "Weehawken",
+                             "region": "NJ", "postal_code": "07086", "country": "US"},
+        "items": [
+            {"sku": "FAXSTF-PRO", "description": "Fax stand, professional", "quantity": 1, "unit_price_minor": 4999},
+            {"sku": "TONER-XL", "description": "Toner cartridge, extra large", "quantity": 2, "unit_price_minor": 2599},
+            {"sku": "PAPER-A4-500", "description": "Paper, A4, 500 sheets", "quantity": 3, "unit_price_minor": 799}
+        ],
+        "currency": "USD",
+        "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123",
+                 "holder_name": "Ada Lovelace"},
+        "consent": {"product_updates": i % 2 == 0, "new_offerings": false, "partnerships": false,
+                    "special_offers": i % 3 == 0, "third_party_sharing": false,
+                    "policy_version": "2002-06-05"}
+    });
+    if i % 10 == 0 {
+        o["gift_recipient"] = json!({
+            "name": "Charles Babbage",
+            "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
+            "phone": "+44 20 7946 0000",
+            "message": "Happy birthday!"
+        });
+    }
+    o
+}
+
+struct Run {
+    orders: u64,
+    errors: u64,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.orders as f64 / self.seconds
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+
+    fn print(&self, what: &str) {
+        println!("{what}:");
+        println!(
+            "  {} answered 201 in {:.1} s = {:.0}/s, {} errors",
+            self.orders,
+            self.seconds,
+            self.rate(),
+            self.errors
+        );
+        println!(
+            "  latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.9),
+            self.p99_ms(),
+            self.percentile_ms(1.0)
+        );
+        println!(
+            "  server CPU {:.2} cores, peak RSS {:.1} MiB",
+            self.cpu_seconds / self.seconds,
+            self.peak_rss_kib as f64 / 1024.0
+        );
+    }
+}
+
+async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..args.concurrency as u64 {
+        let client = client(certs)?;
+        let url = format!("https://localhost:{port}/v1/orders");
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let n = worker * 100_000_000 + i;
+                i += 1;
+                let body = serde_json::to_vec(&order(n)).unwrap_or_default();
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", format!("bench-{}-{n}", std::process::id()))
+                    .body(body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 201 => {
+                        let _ = r.bytes().await;
+                        latencies.push(t.elapsed().as_micros() as u64);
+                        ok += 1;
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (ok, errors, latencies)
+        }));
+    }
+    let mut run = Run {
+        orders: 0,
+        errors: 0,
+        seconds: 0.0,
+        latencies_us: Vec::new(),
+        cpu_seconds: 0.0,
+        peak_rss_kib: 0,
+    };
+    for t in tasks {
+        let (ok, errors, latencies) = t.await?;
+        run.orders += ok;
+        run.errors += errors;
+        run.latencies_us.extend(latencies);
+    }
+    run.seconds = started.elapsed().as_secs_f64();
+    run.cpu_seconds = cpu_seconds(pid) - cpu_before;
+    run.peak_rss_kib = status_kib(pid, "VmHWM:");
+    run.latencies_us.sort_unstable();
+    Ok(run)
+}
+
+async fn idle_run(pid: u32, port: u16, work: &Path, n: usize) -> Result<(), BoxError> {
+    let certs = work.join("certs");
+    let before = status_kib(pid, "VmRSS:");
+    let config = Arc::new(tls_client_config(&certs)?);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        held.push(
+            tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = status_kib(pid, "VmRSS:");
+    println!(
+        "{n} idle TLS connections (storefront certificate): server RSS {:.1} MiB (was {:.1} MiB idle)",
+        rss as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    println!("rss={:.1} MiB", rss as f64 / 1024.0);
+    drop(held);
+    Ok(())
+}
+
+fn tls_client_config(certs: &Path) -> Result<rustls::ClientConfig, BoxError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(certs.join("ca.pem"))?)?;
+    let chain = vec![CertificateDer::from_pem_file(certs.join("storefront.pem"))?];
+    let key = PrivateKeyDer::from_pem_file(certs.join("storefront-key.pem"))?;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?)
+}
+
+/// user + system CPU seconds of a process (Linux /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the ")" that ends the command name; utime and stime are
+    // fields 14 and 15 (clock ticks, 100 per second on Linux).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `kB` line of /proc/<pid>/status.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} cores, {model}")
+}
+
+/// The ceiling: the same rustls configuration as checkoutd (mutual TLS,
+/// the same suites), a handler that parses the JSON body and answers 201.
+async fn serve_ceiling(addr: &str, certs: &Path) -> Result<(), BoxError> {
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    let files = checkoutd::server::tls::TlsFiles::in_dir(certs, None);
+    let config = checkoutd::server::tls::server_config(&files)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // End with the parent: its end of our stdin closes when it exits.
+    tokio::spawn(async {
+        use tokio::io::AsyncReadExt;
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        std::process::exit(0);
+    });
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                use http_body_util::BodyExt;
+                // GET: the readiness probe. POST: parse the order, 201.
+                let status = if req.method() == hyper::Method::GET {
+                    200
+                } else {
+                    match req.into_body().collect().await.map(|b| b.to_bytes()) {
+                        Ok(body) if serde_json::from_slice::<Value>(&body).is_ok() => 201,
+                        _ => 400,
+                    }
+                };
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
