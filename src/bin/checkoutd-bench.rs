@@ -113,19 +113,26 @@ fn tempfile_dir() -> Result<PathBuf, BoxError> {
 }
 
 fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxError> {
     let exe = std::env::current_exe()?.with_file_name("checkoutd");
     let mut cmd = Command::new(exe);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(work.join("data"))
-        .arg("--certs-dir")
-        .arg(work.join("certs"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(work.join("data"))
+    .arg("--certs-dir")
+    .arg(work.join("certs"))
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     match args.engine.as_str() {
         "sqlite" => {}
         "postgres" => {
@@ -140,7 +147,19 @@ fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxErr
     Ok(Server(cmd.spawn()?))
 }
 
+/// SIGTERM (a graceful stop: drain, close the database), then SIGKILL if
+/// it has not exited within 10 s.
 fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -320,7 +339,10 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
                 let r = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .header("idempotency-key", format!("bench-{}-{n}", std::process::id()))
+                    .header(
+                        "idempotency-key",
+                        format!("bench-{}-{n}", std::process::id()),
+                    )
                     .body(body)
                     .send()
                     .await;
@@ -407,7 +429,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     // fields 14 and 15 (clock ticks, 100 per second on Linux).
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 

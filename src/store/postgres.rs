@@ -45,14 +45,14 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
     MIGRATOR.run(&pool).await?;
-    Ok(SqlStore::new(pool, Engine::Postgres))
+    Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres))
 }
 
 /// Connects without migrating; every transaction is read-only (the offline
 /// audit must not change what it inspects).
 pub async fn open_read_only(url: &str) -> Result<SqlStore, StoreError> {
     let pool = connect(url, READ_ONLY_SESSION, 2).await?;
-    Ok(SqlStore::new(pool, Engine::Postgres))
+    Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres))
 }
 
 async fn connect(url: &str, session: &'static str, max: u32) -> Result<AnyPool, StoreError> {

@@ -29,6 +29,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000; \
     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;";
+/// The one writing connection checkpoints nothing itself: a background
+/// task does (see [`spawn_checkpoints`]).
+const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+    PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000; \
+    PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;";
 const READ_ONLY_PRAGMAS: &str =
     "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
@@ -41,8 +46,10 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
             source,
         })?;
     }
-    let pool = connect(path, "rwc", PRAGMAS, 8).await?;
-    MIGRATOR.run(&pool).await?;
+    let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
+    MIGRATOR.run(&writer).await?;
+    let pool = connect(path, "rw", PRAGMAS, 8).await?;
+    spawn_checkpoints(pool.clone());
     // Only ciphertexts are inside, but the file is still nobody else's
     // business: owner-only (SQLite gives -wal and -shm the same mode).
     #[cfg(unix)]
@@ -50,14 +57,45 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-    Ok(SqlStore::new(pool, Engine::Sqlite))
+    Ok(SqlStore::new(pool, writer, Engine::Sqlite))
+}
+
+/// Checkpoints the WAL into the database file in the background (PASSIVE:
+/// never waits for, or blocks, anyone), so commits do not pay for it.
+fn spawn_checkpoints(pool: AnyPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(%error, "background WAL checkpoint failed");
+            }
+        }
+    });
+}
+
+/// Leaves an empty WAL behind, so the next start has nothing to replay.
+pub async fn before_close(writer: &AnyPool) {
+    if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(writer)
+        .await
+    {
+        tracing::debug!(%error, "final WAL checkpoint failed");
+    }
 }
 
 /// Opens an existing database read-only, without migrating it (the offline
 /// audit must not change what it inspects).
 pub async fn open_read_only(path: &Path) -> Result<SqlStore, StoreError> {
     let pool = connect(path, "ro", READ_ONLY_PRAGMAS, 2).await?;
-    Ok(SqlStore::new(pool, Engine::Sqlite))
+    Ok(SqlStore::new(pool.clone(), pool, Engine::Sqlite))
 }
 
 async fn connect(
@@ -79,6 +117,8 @@ async fn connect(
     let url = format!("sqlite:{}?mode={mode}", utf8_percent_encode(path, PATH));
     AnyPoolOptions::new()
         .max_connections(max)
+        // A local file: no connection to test before each use.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(move |conn, _| {
             Box::pin(async move {

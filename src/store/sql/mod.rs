@@ -70,15 +70,25 @@ impl Engine {
     }
 }
 
-/// A [`Store`] over an `Any` pool connected to SQLite or PostgreSQL.
+/// A [`Store`] over `Any` pools connected to SQLite or PostgreSQL.
 pub struct SqlStore {
+    /// Reads.
     pool: AnyPool,
+    /// Writes. For SQLite one connection: SQLite has one writer at a time
+    /// anyway, and a single writing connection keeps its page cache (another
+    /// connection's commit would invalidate it). For PostgreSQL the same
+    /// pool as `pool`.
+    writer: AnyPool,
     engine: Engine,
 }
 
 impl SqlStore {
-    pub(super) fn new(pool: AnyPool, engine: Engine) -> Self {
-        SqlStore { pool, engine }
+    pub(super) fn new(pool: AnyPool, writer: AnyPool, engine: Engine) -> Self {
+        SqlStore {
+            pool,
+            writer,
+            engine,
+        }
     }
 
     /// The pool, for this engine's own modules and tests.
@@ -103,6 +113,10 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
+        if self.engine == Engine::Sqlite {
+            sqlite::before_close(&self.writer).await;
+        }
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -117,7 +131,7 @@ impl Store for SqlStore {
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
         let mut tx = self
             .engine
-            .begin_write(&self.pool, WriteOrder::Orders)
+            .begin_write(&self.writer, WriteOrder::Orders)
             .await?;
         let outcomes = insert_orders(&mut tx, self.engine, batch)
             .await
@@ -257,7 +271,7 @@ impl Store for SqlStore {
         .bind(&new.dispatch.tracking)
         .bind(&new.dispatch.dispatched_at)
         .bind(new.mac.as_slice())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(StoreError::from_sqlx)?
         .rows_affected();
@@ -286,7 +300,7 @@ impl Store for SqlStore {
     ) -> Result<Vec<u64>, StoreError> {
         let mut tx = self
             .engine
-            .begin_write(&self.pool, WriteOrder::AccessLog)
+            .begin_write(&self.writer, WriteOrder::AccessLog)
             .await?;
         let head = sqlx::query("SELECT seq, hash FROM access_log_head WHERE id = 1")
             .fetch_optional(&mut *tx)
@@ -405,7 +419,7 @@ impl Store for SqlStore {
         event: super::rows::ConsentEventRow,
         sealer: &crate::consent::EventSealer<'_>,
     ) -> Result<(), StoreError> {
-        audit::append_consent_event(&self.pool, self.engine, event, sealer).await
+        audit::append_consent_event(&self.writer, self.engine, event, sealer).await
     }
 
     async fn consent_events_head(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError> {
@@ -428,7 +442,7 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self
             .engine
-            .begin_write(&self.pool, WriteOrder::Unordered)
+            .begin_write(&self.writer, WriteOrder::Unordered)
             .await?;
         for (class, version) in retired {
             sqlx::query("INSERT INTO kek_retirements (class, version, retired_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
@@ -462,7 +476,7 @@ impl Store for SqlStore {
         &self,
         items: &[(super::rows::RewrapItem, u32, Vec<u8>)],
     ) -> Result<u64, StoreError> {
-        audit::apply_rewrap(&self.pool, self.engine, items).await
+        audit::apply_rewrap(&self.writer, self.engine, items).await
     }
 
     async fn purge(
@@ -470,7 +484,7 @@ impl Store for SqlStore {
         order_id: &str,
         purges: &[super::rows::PurgeRow],
     ) -> Result<Vec<String>, StoreError> {
-        audit::purge(&self.pool, self.engine, order_id, purges).await
+        audit::purge(&self.writer, self.engine, order_id, purges).await
     }
 
     async fn due_for_retention(
