@@ -183,10 +183,10 @@ async fn wait_ready(port: u16, certs: &Path) -> Result<u128, BoxError> {
         }
         if let Ok(client) = client(certs) {
             let url = format!("https://localhost:{port}/readyz");
-            if let Ok(r) = client.get(url).send().await {
-                if r.status() == 200 {
-                    return Ok(started.elapsed().as_millis());
-                }
+            if let Ok(r) = client.get(url).send().await
+                && r.status() == 200
+            {
+                return Ok(started.elapsed().as_millis());
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -255,11 +255,11 @@ fn order(i: u64) -> Value {
         "currency": "USD",
         "card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123",
                  "holder_name": "Ada Lovelace"},
-        "consent": {"product_updates": i % 2 == 0, "new_offerings": false, "partnerships": false,
-                    "special_offers": i % 3 == 0, "third_party_sharing": false,
+        "consent": {"product_updates": i.is_multiple_of(2), "new_offerings": false, "partnerships": false,
+                    "special_offers": i.is_multiple_of(3), "third_party_sharing": false,
                     "policy_version": "2002-06-05"}
     });
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         o["gift_recipient"] = json!({
             "name": "Charles Babbage",
             "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
