@@ -11,10 +11,18 @@ use uuid::Uuid;
 
 use crate::crypto::CryptoError;
 
+/// A new record or order id: UUID version 7 (RFC 9562), a millisecond
+/// timestamp followed by 74 random bits. Time-ordered ids go into the
+/// database's indexes at their right-hand end, so a commit touches a few
+/// index pages instead of one random page per index per order (measured:
+/// docs/performance.md). The time they reveal is the order's `created_at`,
+/// which is no secret.
 pub fn new_id(rng: &SystemRandom) -> Result<Uuid, CryptoError> {
-    let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes).map_err(|_| CryptoError::Random)?;
-    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    let mut random = [0u8; 10];
+    rng.fill(&mut random).map_err(|_| CryptoError::Random)?;
+    let millis = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let millis = u64::try_from(millis).map_err(|_| CryptoError::Random)?;
+    Ok(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
 }
 
 pub fn timestamp(at: OffsetDateTime) -> String {
@@ -34,9 +42,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_v4_and_timestamps_are_rfc3339_millis() {
+    fn ids_are_v7_and_timestamps_are_rfc3339_millis() {
         let rng = SystemRandom::new();
-        assert_eq!(new_id(&rng).unwrap().get_version_num(), 4);
+        let (a, b) = (new_id(&rng).unwrap(), new_id(&rng).unwrap());
+        assert_eq!(a.get_version_num(), 7);
+        assert_ne!(a, b);
         let t = timestamp(time::macros::datetime!(2026-11-29 05:10:30.123456 UTC));
         assert_eq!(t, "2026-11-29T05:10:30.123Z");
     }
