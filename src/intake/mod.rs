@@ -232,15 +232,11 @@ impl Intake {
             }
         };
 
-        if let Some(found) = self
-            .store
-            .idempotency_key(&client, &seal::key_hash(&keyring, key))
-            .await?
-        {
-            order::scrub(tree);
-            return replay(found, &request_hash);
-        }
-
+        // No read before the commit: the commit claims the key itself
+        // (a new key is the common case). A stored key is looked up only
+        // when it matters — the commit found it taken, or the body no longer
+        // validates (a retry after the card's expiry month ended, or after
+        // its policy version was retired, still replays its first answer).
         let source = match media {
             MediaType::Json => Source::Json,
             MediaType::Form => Source::Form,
@@ -249,7 +245,15 @@ impl Intake {
             policy_versions: &self.policy_versions,
             today: time::OffsetDateTime::now_utc().date(),
         };
-        let form = order::parse(tree, source, &rules).map_err(IntakeError::Invalid)?;
+        let form = match order::parse(tree, source, &rules) {
+            Ok(form) => form,
+            Err(errors) => {
+                return match self.stored(&keyring, client, key).await? {
+                    Some(found) => replay(found, &request_hash),
+                    None => Err(IntakeError::Invalid(errors)),
+                };
+            }
+        };
         let sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
         let response = sealed.idempotency.response.clone();
         match self.commits.commit(sealed).await? {
@@ -257,16 +261,25 @@ impl Intake {
                 crate::telemetry::order_accepted();
                 Ok(Accepted::Created(response))
             }
-            // Another process won the key between our lookup and commit.
-            _ => match self
-                .store
-                .idempotency_key(&client, &seal::key_hash(&keyring, key))
-                .await?
-            {
+            // The key was stored before (a retry), or by another process in
+            // the meantime: answer as the stored record says.
+            CommitOutcome::DuplicateKey => match self.stored(&keyring, client, key).await? {
                 Some(found) => replay(found, &request_hash),
                 None => Err(IntakeError::InFlight),
             },
         }
+    }
+
+    /// The stored idempotency record of `(client, key)`, if any.
+    async fn stored(
+        &self,
+        keyring: &crate::crypto::keyring::Keyring,
+        client: [u8; 32],
+        key: &IdempotencyKey,
+    ) -> Result<Option<crate::store::rows::KeyRecord>, StoreError> {
+        self.store
+            .idempotency_key(&client, &seal::key_hash(keyring, key))
+            .await
     }
 }
 
