@@ -1,8 +1,10 @@
 //! Identifiers and timestamps.
 //!
-//! Ids are random (version 4) UUIDs from the system CSPRNG, so an order id
-//! reveals nothing about volume or order. Timestamps are RFC 3339 UTC with
-//! millisecond precision (`2026-11-29T05:10:30.123Z`), which sort as text.
+//! Ids are version 7 UUIDs: the creation millisecond, then 74 bits from the
+//! system CSPRNG. An id therefore reveals when it was made (as the record's
+//! `created_at` / `captured_at` already does) but nothing about volume, and
+//! cannot be guessed. Timestamps are RFC 3339 UTC with millisecond
+//! precision (`2026-11-29T05:10:30.123Z`), which sort as text.
 
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;

@@ -58,9 +58,23 @@ fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Installs the recorder (call once at start-up; later calls are no-ops).
+/// Installs the recorder and its upkeep task (call at start-up inside the
+/// runtime; later calls are no-ops). Histograms keep raw samples until they
+/// are drained: without upkeep an unscraped `/metrics` would grow without
+/// bound.
 pub fn init_metrics() {
-    let _ = prometheus();
+    static UPKEEP: OnceLock<()> = OnceLock::new();
+    if let Some(handle) = prometheus() {
+        UPKEEP.get_or_init(|| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    handle.run_upkeep();
+                }
+            });
+        });
+    }
 }
 
 /// The current metrics in Prometheus text format.

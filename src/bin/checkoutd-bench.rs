@@ -140,7 +140,8 @@ fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxErr
                 .database_url
                 .as_deref()
                 .ok_or("--engine postgres needs --database-url (an empty database)")?;
-            cmd.args(["--database-url", url]);
+            // In the environment, not the argument list (`ps` shows that).
+            cmd.env("CHECKOUTD_DATABASE_URL", url);
         }
         other => return Err(format!("unknown engine {other}").into()),
     }

@@ -15,7 +15,7 @@
 //! returned: never a 2xx without a commit.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +28,11 @@ pub const MAX_BATCH: usize = 256;
 /// Orders waiting for the writer; beyond this, request tasks wait to
 /// enqueue (backpressure instead of unbounded memory).
 const QUEUE: usize = 4 * MAX_BATCH;
+
+/// The longest one commit may take before its orders are answered 503 (well
+/// inside the request timeout, so a client hears "retry", not a 408). The
+/// outcome is then unknown; a retry with the same key replays or commits.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Job {
     order: NewOrder,
@@ -54,10 +59,8 @@ impl GroupCommit {
         self.jobs
             .send(Job { order, done })
             .await
-            .map_err(|_| StoreError::Incomplete("the commit writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Incomplete("the commit writer has stopped"))?
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 }
 
@@ -67,7 +70,7 @@ async fn write_batches(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
         let (orders, waiters): (Vec<NewOrder>, Vec<_>) =
             jobs.drain(..).map(|j| (j.order, j.done)).unzip();
         let started = Instant::now();
-        let result = store.commit_orders(&orders).await;
+        let result = commit(store.as_ref(), &orders).await;
         crate::telemetry::commit_batch(orders.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
@@ -84,19 +87,38 @@ async fn write_batches(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
             }
             Err(error) => {
                 tracing::warn!(error = %error, orders = orders.len(), "a commit batch failed; retrying its orders one by one");
-                for (order, done) in orders.iter().zip(waiters) {
-                    let one = store
-                        .commit_orders(std::slice::from_ref(order))
+                let mut waiters = waiters.into_iter();
+                for order in &orders {
+                    let Some(done) = waiters.next() else { break };
+                    let one = commit(store.as_ref(), std::slice::from_ref(order))
                         .await
                         .and_then(|mut o| {
                             o.pop()
                                 .ok_or(StoreError::Incomplete("the store answered no outcome"))
                         });
-                    let _ = done.send(one);
+                    match one {
+                        // The database went away meanwhile: the rest get
+                        // that answer at once instead of each waiting.
+                        Err(error) if error.is_unavailable() => {
+                            let rest: Vec<_> =
+                                std::iter::once(done).chain(waiters.by_ref()).collect();
+                            fail_all(rest, error);
+                        }
+                        one => {
+                            let _ = done.send(one);
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// One `commit_orders` call, bounded by [`COMMIT_TIMEOUT`].
+async fn commit(store: &dyn Store, orders: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+    tokio::time::timeout(COMMIT_TIMEOUT, store.commit_orders(orders))
+        .await
+        .unwrap_or(Err(StoreError::Timeout(COMMIT_TIMEOUT)))
 }
 
 fn fail_all(waiters: Vec<oneshot::Sender<Result<CommitOutcome, StoreError>>>, error: StoreError) {

@@ -63,6 +63,13 @@ pub enum StoreError {
     /// within a second): retry.
     #[error("the record was sealed under a retired KEK version; the keyring is being reloaded")]
     RetiredKek,
+    /// The database did not answer in time; the outcome of a write is
+    /// unknown (a retry with the same Idempotency-Key replays or commits).
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The task that commits orders has stopped.
+    #[error("the order writer has stopped")]
+    WriterStopped,
     /// An operation did part of its work (the message says which).
     #[error("{0}")]
     Incomplete(&'static str),
@@ -78,7 +85,9 @@ impl StoreError {
             StoreError::Unavailable(_)
             | StoreError::RetiredKek
             | StoreError::Connect { .. }
-            | StoreError::ConnectTimeout { .. } => true,
+            | StoreError::ConnectTimeout { .. }
+            | StoreError::Timeout(_)
+            | StoreError::WriterStopped => true,
             StoreError::Shared(inner) => inner.is_unavailable(),
             _ => false,
         }
@@ -110,20 +119,37 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).
+    pub fn is_sqlite_busy(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c.len() < 5 && c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Whether a database error code means "try again later" (answer 503).
 /// PostgreSQL's are five-character SQLSTATEs; SQLite's are numbers below
 /// 10000 (result code in the low byte).
 fn transient(code: &str) -> bool {
     if code.len() == 5 {
         // Connection exceptions, insufficient resources, operator
-        // intervention (shutdown, crash recovery), serialization failures
-        // and deadlocks, lock timeouts.
-        return ["08", "53", "57P"].iter().any(|p| code.starts_with(p))
-            || matches!(code, "40001" | "40P01" | "55P03");
+        // intervention (shutdown, crash recovery, cancelled statements),
+        // system/I-O errors, serialization failures and deadlocks, lock
+        // timeouts, a read-only transaction (a failover left us on a
+        // standby), an idle-in-transaction timeout.
+        return ["08", "53", "57", "58"].iter().any(|p| code.starts_with(p))
+            || matches!(code, "40001" | "40P01" | "55P03" | "25006" | "25P03");
     }
-    // Lock contention that outlasted the busy timeout (SQLITE_BUSY,
-    // SQLITE_LOCKED and their extended codes).
-    code.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+    // SQLite: lock contention that outlasted the busy timeout (BUSY,
+    // LOCKED), and the file itself failing — read-only or moved
+    // (READONLY), I/O errors (IOERR), disk full (FULL), cannot open
+    // (CANTOPEN) — with their extended codes.
+    code.parse::<i64>()
+        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
 }
 
 /// The persistence interface of checkoutd.
@@ -354,7 +380,8 @@ mod tests {
     #[test]
     fn transient_codes() {
         for code in [
-            "5", "6", "517", "262", "08006", "57P01", "53300", "40001", "40P01", "55P03",
+            "5", "6", "517", "262", "8", "1032", "10", "3338", "13", "14", "08006", "57P01",
+            "57014", "53300", "58030", "40001", "40P01", "55P03", "25006", "25P03",
         ] {
             assert!(transient(code), "{code}");
         }

@@ -28,7 +28,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// Session settings: wait at most 10 s for a lock (then answer 503 rather
 /// than queue without bound), and never leave a transaction open.
-const SESSION: &str = "SET lock_timeout = '10s'; SET idle_in_transaction_session_timeout = '60s';";
+const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '20s'; \
+    SET idle_in_transaction_session_timeout = '60s';";
 const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
 
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence.
@@ -97,15 +98,21 @@ async fn connect(url: &str, session: &'static str, max: u32) -> Result<AnyPool, 
 /// messages.
 pub fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let rest = match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{user}@{host}")
-        }
-        None => rest.to_owned(),
+    // The user information ends at the last `@` (a password may hold any
+    // character, `?`, `#` and `@` included); of it only the user name up to
+    // the first separator is shown. Of the rest, only host, port and path.
+    let (user, host) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => (
+            userinfo
+                .split([':', '@', '/', '?', '#'])
+                .next()
+                .map(|u| format!("{u}@")),
+            host,
+        ),
+        None => (None, rest),
     };
-    format!("{scheme}://{rest}")
+    let host = host.split(['?', '#']).next().unwrap_or("");
+    format!("{scheme}://{}{host}", user.unwrap_or_default())
 }
 
 /// A 2xx means the order is on disk (invariant 9): refuse a server that
@@ -240,4 +247,26 @@ pub async fn clear_rows(
         .await
         .map_err(StoreError::from_sqlx)?;
     super::sql::clear_rows_from(&rows, columns, has_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redaction_never_shows_a_password() {
+        for (url, shown) in [
+            (
+                "postgres://u:secret@h:5432/db?sslmode=verify-full",
+                "postgres://u@h:5432/db",
+            ),
+            ("postgres://u:pa#secret@h/db", "postgres://u@h/db"),
+            ("postgres://u:p@secret?x@h/db", "postgres://u@h/db"),
+            ("postgresql://h/db", "postgresql://h/db"),
+            ("postgres://u@h/db?password=secret", "postgres://u@h/db"),
+        ] {
+            assert_eq!(redact(url), shown);
+            assert!(!redact(url).contains("secret"));
+        }
+    }
 }

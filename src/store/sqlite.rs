@@ -146,18 +146,39 @@ pub async fn begin_write(
 /// either. An active reader makes the checkpoint report "busy": retry a
 /// while, and say so if it never succeeds.
 pub async fn after_purge(pool: &AnyPool) -> Result<(), StoreError> {
+    // On the writing connection, without its busy timeout: a checkpoint
+    // waiting for readers must not hold up every writer for seconds.
+    let mut conn = pool.acquire().await.map_err(StoreError::from_sqlx)?;
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
     let mut truncated = false;
     for _ in 0..50 {
-        let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(pool)
+        let busy: i64 = match sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
             .await
-            .map_err(StoreError::from_sqlx)?;
+        {
+            Ok(busy) => busy,
+            Err(error) if StoreError::is_sqlite_busy(&error) => 1,
+            Err(error) => {
+                let _ = sqlx::query("PRAGMA busy_timeout = 10000")
+                    .execute(&mut *conn)
+                    .await;
+                return Err(StoreError::from_sqlx(error));
+            }
+        };
         if busy == 0 {
             truncated = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    sqlx::query("PRAGMA busy_timeout = 10000")
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    drop(conn);
     if !truncated {
         return Err(StoreError::Incomplete(
             "the records are deleted, but the WAL could not be truncated while readers are active; run the purge again",
