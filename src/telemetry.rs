@@ -9,6 +9,13 @@ use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // sqlx warns about an unrecognized database-URL parameter with its
+    // value, which may be a secret (`sslpassword=…`): never log that target
+    // below error, whatever RUST_LOG says.
+    let filter = match "sqlx_postgres::options=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
