@@ -21,7 +21,7 @@ const ORDER: &str = r#"{"storefront_order_ref":"A-1001",
           {"sku":"TONER-XL","description":"Toner cartridge, extra large","quantity":2,"unit_price_minor":2599},
           {"sku":"PAPER-A4-500","description":"Paper, A4, 500 sheets","quantity":3,"unit_price_minor":799}],
  "currency":"USD",
- "card":{"number":"4111111111111111","exp_month":12,"exp_year":2030,"cvc":"123","holder_name":"Ada Lovelace"},
+ "card":{"number":"4012888888881881","exp_month":12,"exp_year":2030,"cvc":"123","holder_name":"Ada Lovelace"},
  "gift_recipient":{"name":"Charles Babbage","address":{"line1":"1 Dorset Street","city":"London","postal_code":"W1U 4EG","country":"GB"},"message":"Happy birthday!"},
  "consent":{"product_updates":true,"special_offers":true,"policy_version":"2002-06-05"}}"#;
 
