@@ -803,6 +803,20 @@ async fn insert_rows<'a>(
     Ok(returned)
 }
 
+/// The columns of the two records keyed by the customer's email blind index
+/// (`billing_details`, `contact_emails`).
+const EMAIL_RECORD_COLUMNS: &[&str] = &[
+    "id",
+    "order_id",
+    "consent_tag_id",
+    "email_blind_index",
+    "blind_index_version",
+    "format_version",
+    "kek_version",
+    "wrapped_dek",
+    "ciphertext",
+];
+
 fn envelope_params(e: &Envelope) -> [Param<'_>; 4] {
     [
         Param::Int(i64::from(e.format_version)),
@@ -1018,17 +1032,7 @@ async fn insert_orders(
         tx,
         engine,
         "billing_details",
-        &[
-            "id",
-            "order_id",
-            "consent_tag_id",
-            "email_blind_index",
-            "blind_index_version",
-            "format_version",
-            "kek_version",
-            "wrapped_dek",
-            "ciphertext",
-        ],
+        EMAIL_RECORD_COLUMNS,
         "",
         accepted
             .iter()
@@ -1122,17 +1126,7 @@ async fn insert_orders(
         tx,
         engine,
         "contact_emails",
-        &[
-            "id",
-            "order_id",
-            "consent_tag_id",
-            "email_blind_index",
-            "blind_index_version",
-            "format_version",
-            "kek_version",
-            "wrapped_dek",
-            "ciphertext",
-        ],
+        EMAIL_RECORD_COLUMNS,
         "",
         accepted
             .iter()
