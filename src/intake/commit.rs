@@ -34,6 +34,21 @@ const QUEUE: usize = 4 * MAX_BATCH;
 /// outcome is then unknown; a retry with the same key replays or commits.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where batches are written: the store, or a stand-in in tests.
+#[async_trait::async_trait]
+pub trait OrderSink: Send + Sync + 'static {
+    /// As [`Store::commit_orders`]: one outcome per order, or an error and
+    /// nothing written.
+    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl OrderSink for Arc<dyn Store> {
+    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.as_ref().commit_orders(batch).await
+    }
+}
+
 struct Job {
     order: NewOrder,
     done: oneshot::Sender<Result<CommitOutcome, StoreError>>,
@@ -46,9 +61,9 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(sink: impl OrderSink) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, queue));
+        tokio::spawn(write_batches(sink, queue));
         GroupCommit { jobs }
     }
 
@@ -64,13 +79,13 @@ impl GroupCommit {
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
+async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let (orders, waiters): (Vec<NewOrder>, Vec<_>) =
             jobs.drain(..).map(|j| (j.order, j.done)).unzip();
         let started = Instant::now();
-        let result = commit(store.as_ref(), &orders).await;
+        let result = commit(&store, &orders).await;
         crate::telemetry::commit_batch(orders.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
@@ -90,12 +105,13 @@ async fn write_batches(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
                 let mut waiters = waiters.into_iter();
                 for order in &orders {
                     let Some(done) = waiters.next() else { break };
-                    let one = commit(store.as_ref(), std::slice::from_ref(order))
-                        .await
-                        .and_then(|mut o| {
-                            o.pop()
-                                .ok_or(StoreError::Incomplete("the store answered no outcome"))
-                        });
+                    let one =
+                        commit(&store, std::slice::from_ref(order))
+                            .await
+                            .and_then(|mut o| {
+                                o.pop()
+                                    .ok_or(StoreError::Incomplete("the store answered no outcome"))
+                            });
                     match one {
                         // The database went away meanwhile: the rest get
                         // that answer at once instead of each waiting.
@@ -115,7 +131,10 @@ async fn write_batches(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Job>) {
 }
 
 /// One `commit_orders` call, bounded by [`COMMIT_TIMEOUT`].
-async fn commit(store: &dyn Store, orders: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+async fn commit(
+    store: &impl OrderSink,
+    orders: &[NewOrder],
+) -> Result<Vec<CommitOutcome>, StoreError> {
     tokio::time::timeout(COMMIT_TIMEOUT, store.commit_orders(orders))
         .await
         .unwrap_or(Err(StoreError::Timeout(COMMIT_TIMEOUT)))
@@ -125,5 +144,168 @@ fn fail_all(waiters: Vec<oneshot::Sender<Result<CommitOutcome, StoreError>>>, er
     let shared = Arc::new(error);
     for done in waiters {
         let _ = done.send(Err(StoreError::Shared(shared.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::crypto::keyring::Keyring;
+    use crate::domain::order::{Rules, Source};
+    use crate::intake::IdempotencyKey;
+    use ring::rand::SystemRandom;
+
+    /// A sink that answers each call from a script, recording batch sizes.
+    struct Scripted {
+        answers: Mutex<Vec<Answer>>,
+        calls: Arc<Mutex<Vec<usize>>>,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Commit,
+        Fail,
+        Outage,
+        Hang,
+    }
+
+    #[async_trait::async_trait]
+    impl OrderSink for Scripted {
+        async fn commit_orders(
+            &self,
+            batch: &[NewOrder],
+        ) -> Result<Vec<CommitOutcome>, StoreError> {
+            self.calls.lock().unwrap().push(batch.len());
+            let next = {
+                let mut a = self.answers.lock().unwrap();
+                if a.is_empty() {
+                    Answer::Commit
+                } else {
+                    a.remove(0)
+                }
+            };
+            match next {
+                Answer::Commit => Ok(vec![CommitOutcome::Committed; batch.len()]),
+                Answer::Fail => Err(StoreError::Corrupt("a constraint failed")),
+                Answer::Outage => Err(StoreError::WriterStopped),
+                Answer::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(vec![CommitOutcome::Committed; batch.len()])
+                }
+            }
+        }
+    }
+
+    fn order(rng: &SystemRandom, keyring: &Keyring, n: usize) -> NewOrder {
+        let tree = serde_json::json!({
+            "customer": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1 949 555 0100"},
+            "billing_address": {"line1": "51 Columbia", "city": "Aliso Viejo",
+                                "postal_code": "92656", "country": "US"},
+            "items": [{"sku": "FAXSTF-PRO", "quantity": 1, "unit_price_minor": 4999}],
+            "currency": "USD",
+            "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2099, "cvc": "123"},
+            "consent": {"policy_version": "2002-06-05"}
+        });
+        let versions = vec!["2002-06-05".to_owned()];
+        let rules = Rules {
+            policy_versions: &versions,
+            today: time::OffsetDateTime::now_utc().date(),
+        };
+        let form = crate::domain::order::parse(tree, Source::Json, &rules).unwrap();
+        let key = IdempotencyKey::parse(format!("k-{n}").as_bytes()).unwrap();
+        crate::intake::seal::seal_order(rng, keyring, form, [1; 32], &key, [2; 32]).unwrap()
+    }
+
+    /// Starts a writer over `answers` and submits `n` orders at once.
+    async fn run(
+        answers: Vec<Answer>,
+        n: usize,
+    ) -> (Vec<Result<CommitOutcome, StoreError>>, Vec<usize>) {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::new(GroupCommit::start(Scripted {
+            answers: Mutex::new(answers),
+            calls: calls.clone(),
+        }));
+        let orders: Vec<NewOrder> = (0..n).map(|i| order(&rng, &keyring, i)).collect();
+        let tasks: Vec<_> = orders
+            .into_iter()
+            .map(|o| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.commit(o).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let calls = calls.lock().unwrap().clone();
+        (results, calls)
+    }
+
+    #[tokio::test]
+    async fn concurrent_orders_share_a_commit_and_all_are_answered_after_it() {
+        let (results, calls) = run(vec![], 20).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(CommitOutcome::Committed)))
+        );
+        assert_eq!(calls.iter().sum::<usize>(), 20, "each order written once");
+        assert!(
+            calls.len() < 20,
+            "some batch held several orders: {calls:?}"
+        );
+        assert!(calls.iter().all(|&n| n <= MAX_BATCH));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_retried_order_by_order_so_one_bad_order_fails_alone() {
+        // The batch fails; then the retries: the second order fails, the
+        // others commit.
+        let (results, calls) = run(vec![Answer::Fail, Answer::Commit, Answer::Fail], 8).await;
+        // All eight were queued before the writer ran (one runtime thread).
+        assert_eq!(calls, vec![8, 1, 1, 1, 1, 1, 1, 1, 1]);
+        assert!(results[1].is_err(), "the second order alone fails");
+        for (i, r) in results.iter().enumerate().filter(|(i, _)| *i != 1) {
+            assert!(
+                matches!(r, Ok(CommitOutcome::Committed)),
+                "order {i}: {r:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_every_order_of_the_batch_as_retryable() {
+        let (results, calls) = run(vec![Answer::Outage], 6).await;
+        assert_eq!(calls, vec![6], "no retries into an outage");
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(StoreError::is_unavailable))
+        );
+    }
+
+    #[tokio::test]
+    async fn retrying_one_by_one_stops_at_the_first_outage() {
+        let (results, calls) = run(vec![Answer::Fail, Answer::Outage], 5).await;
+        assert_eq!(calls, vec![5, 1], "the other four are not tried");
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(StoreError::is_unavailable))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_that_never_returns_is_a_retryable_timeout_not_a_success() {
+        let (results, _) = run(vec![Answer::Hang], 1).await;
+        match &results[0] {
+            Err(e) => assert!(e.is_unavailable(), "{e}"),
+            Ok(_) => panic!("answered before a commit"),
+        }
     }
 }
