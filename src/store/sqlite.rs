@@ -82,9 +82,16 @@ fn spawn_checkpoints(pool: AnyPool) {
 }
 
 /// Leaves an empty WAL behind, so the next start has nothing to replay.
+/// Best effort and without waiting: a reader still active keeps the WAL.
 pub async fn before_close(writer: &AnyPool) {
+    let Ok(mut conn) = writer.acquire().await else {
+        return;
+    };
+    let _ = sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *conn)
+        .await;
     if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(writer)
+        .execute(&mut *conn)
         .await
     {
         tracing::debug!(%error, "final WAL checkpoint failed");
