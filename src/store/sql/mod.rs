@@ -113,11 +113,12 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
+        // Readers first, so that SQLite's final checkpoint finds none.
+        self.pool.close().await;
         if self.engine == Engine::Sqlite {
             sqlite::before_close(&self.writer).await;
         }
         self.writer.close().await;
-        self.pool.close().await;
     }
 
     async fn holds_orders(&self) -> Result<bool, StoreError> {
