@@ -119,18 +119,6 @@ impl StoreError {
     }
 }
 
-impl StoreError {
-    /// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).
-    pub fn is_sqlite_busy(error: &sqlx::Error) -> bool {
-        match error {
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                c.len() < 5 && c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
-            }),
-            _ => false,
-        }
-    }
-}
-
 /// Whether a database error code means "try again later" (answer 503).
 /// PostgreSQL's are five-character SQLSTATEs; SQLite's are numbers below
 /// 10000 (result code in the low byte).

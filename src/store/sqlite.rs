@@ -81,6 +81,16 @@ fn spawn_checkpoints(pool: AnyPool) {
     });
 }
 
+/// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))),
+        _ => false,
+    }
+}
+
 /// Leaves an empty WAL behind, so the next start has nothing to replay.
 /// Best effort and without waiting: a reader still active keeps the WAL.
 pub async fn before_close(writer: &AnyPool) {
@@ -167,7 +177,7 @@ pub async fn after_purge(pool: &AnyPool) -> Result<(), StoreError> {
             .await
         {
             Ok(busy) => busy,
-            Err(error) if StoreError::is_sqlite_busy(&error) => 1,
+            Err(error) if is_busy(&error) => 1,
             Err(error) => {
                 let _ = sqlx::query("PRAGMA busy_timeout = 10000")
                     .execute(&mut *conn)
