@@ -28,7 +28,8 @@
 //! - [`retention`] — purge (crypto-shredding) and the retention schedule.
 //! - [`pki`] — the development PKI (rcgen).
 //! - [`ids`] / [`hex`] — random ids, timestamps, hex.
-//! - [`telemetry`] — logging.
+//! - [`telemetry`] — logging and metrics.
+//! - [`failpoint`] — test-only crash points (the `failpoints` feature).
 
 pub mod app;
 pub mod audit;
@@ -37,6 +38,7 @@ pub mod config;
 pub mod consent;
 pub mod crypto;
 pub mod domain;
+pub mod failpoint;
 pub mod files;
 pub mod fulfillment;
 pub mod hex;

@@ -16,13 +16,18 @@
 //! on the existing database.
 #![allow(clippy::print_stdout)]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use common::{BoxError, Server, client_as, free_port, order, serve_command, wait_ready, work_dir};
 
 #[derive(Parser, Debug)]
 #[command(about = "checkoutd intake load benchmark")]
@@ -53,15 +58,13 @@ struct Args {
     certs: Option<PathBuf>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     if let (Some(addr), Some(certs)) = (&args.serve_ceiling, &args.certs) {
         return serve_ceiling(addr, certs).await;
     }
-    let work = tempfile_dir()?;
+    let work = work_dir("checkoutd-bench")?;
     let port = free_port()?;
     let server = start_checkoutd(&args, &work, port)?;
     let ready_ms = wait_ready(port, &work.join("certs")).await?;
@@ -106,92 +109,21 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<PathBuf, BoxError> {
-    let dir = std::env::temp_dir().join(format!("checkoutd-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxError> {
-    let exe = std::env::current_exe()?.with_file_name("checkoutd");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-    ])
-    .arg(work.join("data"))
-    .arg("--certs-dir")
-    .arg(work.join("certs"))
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    match args.engine.as_str() {
-        "sqlite" => {}
-        "postgres" => {
-            let url = args
-                .database_url
+    let url = match args.engine.as_str() {
+        "sqlite" => None,
+        "postgres" => Some(
+            args.database_url
                 .as_deref()
-                .ok_or("--engine postgres needs --database-url (an empty database)")?;
-            // In the environment, not the argument list (`ps` shows that).
-            cmd.env("CHECKOUTD_DATABASE_URL", url);
-        }
+                .ok_or("--engine postgres needs --database-url (an empty database)")?,
+        ),
         other => return Err(format!("unknown engine {other}").into()),
-    }
-    Ok(Server(cmd.spawn()?))
+    };
+    Ok(Server(serve_command(work, port, url)?.spawn()?))
 }
 
-/// SIGTERM (a graceful stop: drain, close the database), then SIGKILL if
-/// it has not exited within 10 s.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A child server that is stopped however this process leaves `main`.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
-}
-
-/// Milliseconds from now until `/readyz` answers 200 (certificates may not
-/// exist yet on a first run).
-async fn wait_ready(port: u16, certs: &Path) -> Result<u128, BoxError> {
-    let started = Instant::now();
-    loop {
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err("the server did not become ready within 60 s".into());
-        }
-        if let Ok(client) = client(certs) {
-            let url = format!("https://localhost:{port}/readyz");
-            if let Ok(r) = client.get(url).send().await
-                && r.status() == 200
-            {
-                return Ok(started.elapsed().as_millis());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+fn client(certs: &Path) -> Result<reqwest::Client, BoxError> {
+    client_as(certs, "storefront")
 }
 
 /// Group-commit figures from the server's own metrics (auditor role).
@@ -218,57 +150,6 @@ async fn print_commit_stats(port: u16, certs: &Path) {
             1000.0 * value("checkoutd_commit_duration_seconds_sum") / batches
         );
     }
-}
-
-fn client(certs: &Path) -> Result<reqwest::Client, BoxError> {
-    client_as(certs, "storefront")
-}
-
-fn client_as(certs: &Path, role: &str) -> Result<reqwest::Client, BoxError> {
-    let ca = std::fs::read(certs.join("ca.pem"))?;
-    let mut identity = std::fs::read(certs.join(format!("{role}.pem")))?;
-    identity.extend(std::fs::read(certs.join(format!("{role}-key.pem")))?);
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-        .identity(reqwest::Identity::from_pem(&identity)?)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
-/// A realistic order of about 1 KB; every tenth one a gift.
-fn order(i: u64) -> Value {
-    let mut o = json!({
-        "storefront_order_ref": format!("BENCH-{i}"),
-        "customer": {"name": "Ada Lovelace", "email": format!("customer{}@example.com", i % 5000),
-                     "phone": "+1 949 555 0100"},
-        "billing_address": {"line1": "51 Columbia", "line2": "Suite 200", "city": "Aliso Viejo",
-                            "region": "CA", "postal_code": "92656", "country": "US"},
-        "shipping_address": {"line1": "1200 Harbor Boulevard", "city": "Weehawken",
-                             "region": "NJ", "postal_code": "07086", "country": "US"},
-        "items": [
-            {"sku": "FAXSTF-PRO", "description": "Fax stand, professional", "quantity": 1, "unit_price_minor": 4999},
-            {"sku": "TONER-XL", "description": "Toner cartridge, extra large", "quantity": 2, "unit_price_minor": 2599},
-            {"sku": "PAPER-A4-500", "description": "Paper, A4, 500 sheets", "quantity": 3, "unit_price_minor": 799}
-        ],
-        "currency": "USD",
-        "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2030, "cvc": "123",
-                 "holder_name": "Ada Lovelace"},
-        "consent": {"product_updates": i.is_multiple_of(2), "new_offerings": false, "partnerships": false,
-                    "special_offers": i.is_multiple_of(3), "third_party_sharing": false,
-                    "policy_version": "2002-06-05"}
-    });
-    if i.is_multiple_of(10) {
-        o["gift_recipient"] = json!({
-            "name": "Charles Babbage",
-            "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
-            "phone": "+44 20 7946 0000",
-            "message": "Happy birthday!"
-        });
-    }
-    o
 }
 
 struct Run {
@@ -335,7 +216,7 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
             while Instant::now() < deadline {
                 let n = worker * 100_000_000 + i;
                 i += 1;
-                let body = serde_json::to_vec(&order(n)).unwrap_or_default();
+                let body = serde_json::to_vec(&order(&format!("BENCH-{n}"), n)).unwrap_or_default();
                 let t = Instant::now();
                 let r = client
                     .post(&url)

@@ -1,0 +1,156 @@
+//! What the tool binaries (`checkoutd-bench`, `checkoutd-crash`) share:
+//! starting and stopping a `checkoutd serve` child, waiting for it to be
+//! ready, mutual-TLS clients from the development certificates, and a
+//! realistic order. Included by each tool with `#[path]`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A fresh working directory under the system temp dir.
+pub fn work_dir(tool: &str) -> Result<PathBuf, BoxError> {
+    let dir = std::env::temp_dir().join(format!("{tool}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub fn free_port() -> Result<u16, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `checkoutd serve` (the binary next to this one) on 127.0.0.1:`port` with
+/// `work/data` and `work/certs`; SQLite unless `database_url` names a
+/// PostgreSQL database. Output is discarded unless the caller says else.
+pub fn serve_command(
+    work: &Path,
+    port: u16,
+    database_url: Option<&str>,
+) -> Result<Command, BoxError> {
+    let exe = std::env::current_exe()?.with_file_name("checkoutd");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(work.join("data"))
+    .arg("--certs-dir")
+    .arg(work.join("certs"))
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(url) = database_url {
+        // In the environment, not the argument list (`ps` shows that).
+        cmd.env("CHECKOUTD_DATABASE_URL", url);
+    }
+    Ok(cmd)
+}
+
+/// SIGTERM (a graceful stop: drain, close the database), then SIGKILL if
+/// it has not exited within 10 s.
+pub fn stop(child: &mut Child) {
+    signal(child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends `kill -<name>` to the child.
+pub fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status();
+}
+
+/// A child server that is stopped however this process leaves `main`.
+#[allow(dead_code)] // not every tool uses it
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+/// Milliseconds from now until `/readyz` answers 200 (certificates may not
+/// exist yet on a first run).
+pub async fn wait_ready(port: u16, certs: &Path) -> Result<u128, BoxError> {
+    let started = Instant::now();
+    loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the server did not become ready within 60 s".into());
+        }
+        if let Ok(client) = client_as(certs, "storefront") {
+            let url = format!("https://localhost:{port}/readyz");
+            if let Ok(r) = client.get(url).send().await
+                && r.status() == 200
+            {
+                return Ok(started.elapsed().as_millis());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A keep-alive client presenting `role`'s development certificate.
+pub fn client_as(certs: &Path, role: &str) -> Result<reqwest::Client, BoxError> {
+    let ca = std::fs::read(certs.join("ca.pem"))?;
+    let mut identity = std::fs::read(certs.join(format!("{role}.pem")))?;
+    identity.extend(std::fs::read(certs.join(format!("{role}-key.pem")))?);
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// A realistic order of about 1 KB with storefront reference `reference`;
+/// every tenth `i` a gift.
+pub fn order(reference: &str, i: u64) -> Value {
+    let mut o = json!({
+        "storefront_order_ref": reference,
+        "customer": {"name": "Ada Lovelace", "email": format!("customer{}@example.com", i % 5000),
+                     "phone": "+1 949 555 0100"},
+        "billing_address": {"line1": "51 Columbia", "line2": "Suite 200", "city": "Aliso Viejo",
+                            "region": "CA", "postal_code": "92656", "country": "US"},
+        "shipping_address": {"line1": "1200 Harbor Boulevard", "city": "Weehawken",
+                             "region": "NJ", "postal_code": "07086", "country": "US"},
+        "items": [
+            {"sku": "FAXSTF-PRO", "description": "Fax stand, professional", "quantity": 1, "unit_price_minor": 4999},
+            {"sku": "TONER-XL", "description": "Toner cartridge, extra large", "quantity": 2, "unit_price_minor": 2599},
+            {"sku": "PAPER-A4-500", "description": "Paper, A4, 500 sheets", "quantity": 3, "unit_price_minor": 799}
+        ],
+        "currency": "USD",
+        "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2030, "cvc": "123",
+                 "holder_name": "Ada Lovelace"},
+        "consent": {"product_updates": i.is_multiple_of(2), "new_offerings": false, "partnerships": false,
+                    "special_offers": i.is_multiple_of(3), "third_party_sharing": false,
+                    "policy_version": "2002-06-05"}
+    });
+    if i.is_multiple_of(10) {
+        o["gift_recipient"] = json!({
+            "name": "Charles Babbage",
+            "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"},
+            "phone": "+44 20 7946 0000",
+            "message": "Happy birthday!"
+        });
+    }
+    o
+}
