@@ -202,8 +202,11 @@ async fn main() -> Result<(), BoxError> {
         args.engine, args.kills, args.clients
     );
 
+    // The server that kill number `kill` will hit; the last one (after
+    // every kill) runs without a failpoint, to let the clients finish.
+    let kills = args.kills;
     let fail_at = |rng: &mut Rng, kill: usize| {
-        (moment(kill) == Moment::AfterCommit).then(|| 1 + rng.below(12))
+        (kill < kills && moment(kill) == Moment::AfterCommit).then(|| 1 + rng.below(12))
     };
     let mut server = Proc::start(&args, &work, port, fail_at(&mut rng, 0))?;
     wait_ready(port, &certs).await?;
