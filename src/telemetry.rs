@@ -1,5 +1,5 @@
 //! Logging setup: tracing to stderr, text or JSON, filtered by `RUST_LOG`
-//! (default `info`). What may be logged is decided where lines are written
+//! (default `info`), and a panic hook that never prints a panic's message. What may be logged is decided where lines are written
 //! (see `http::access_log`): never bodies, query values, names, emails or
 //! card numbers.
 
@@ -25,6 +25,38 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    install_panic_hook();
+}
+
+/// What the panic hook logs instead of a formatted panic message.
+pub const WITHHELD_PANIC_MESSAGE: &str =
+    "withheld: a formatted panic message may hold request data";
+
+/// Replaces the default panic hook, which prints the panic message to
+/// stderr, with one that logs (as an error event) where the panic happened
+/// and on which thread — but the message only when it is a fixed string
+/// literal (`panic!("…")`). A formatted message can carry request data: the
+/// standard library's own do (a string-slicing panic quotes the string, an
+/// `expect` appends the error's `Debug`), and so could a careless `{:?}`.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let detail = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or(WITHHELD_PANIC_MESSAGE);
+        let thread = std::thread::current();
+        tracing::error!(
+            location,
+            thread = thread.name().unwrap_or("unnamed"),
+            detail,
+            "panic"
+        );
+    }));
 }
 
 // ---- metrics (Prometheus text at `GET /metrics`, auditor role) ----

@@ -159,6 +159,20 @@ impl Problem {
         )
     }
 
+    /// A handler panicked (a bug). The panic itself is logged without its
+    /// message (see `telemetry::install_panic_hook`); the answer says as
+    /// little.
+    pub fn panicked() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The server failed while handling the request",
+        )
+        .with_detail(
+            "Retry with the same Idempotency-Key: an order that was stored is answered again, one that was not is taken.",
+        )
+    }
+
     pub fn bad_request(slug: &'static str, title: &'static str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, slug, title)
     }

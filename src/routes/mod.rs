@@ -59,6 +59,13 @@ pub struct AppState {
 /// Builds the service: routes, role guards, fallbacks and the layers every
 /// response passes through (access log, security headers, time limit).
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    router_with(state, request_timeout, Router::new())
+}
+
+/// [`router`] with `extra` routes behind the same fallbacks and layers
+/// (tests add slow or panicking routes this way).
+#[doc(hidden)]
+pub fn router_with(state: AppState, request_timeout: Duration, extra: Router<AppState>) -> Router {
     use Role::*;
     let allow = |roles: &'static [Role], route: MethodRouter<AppState>| {
         route.route_layer(middleware::from_fn_with_state(
@@ -114,8 +121,14 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/audit/log", allow(&[Auditor], get(audit::log)))
         .route("/v1/audit/consent", allow(&[Auditor], get(consent::proof)))
         .route("/metrics", allow(&[Auditor], get(metrics)))
+        .merge(extra)
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        // A panicking handler (a bug) answers a 500 problem and the
+        // connection lives on; the panic hook logged it without its message.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_payload: Box<dyn std::any::Any + Send>| Problem::panicked().into_response(),
+        ))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             headers::request_timeout(request_timeout, req, next)
         }))

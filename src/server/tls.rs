@@ -110,6 +110,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(TlsError::Identity)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our suite order (strongest first, `provider`), not the client's: a
+    // client that prefers a weaker suite still gets the strongest we share.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

@@ -208,7 +208,7 @@ pub type RewriteUrl = Box<dyn FnOnce(&str) -> String + Send>;
 pub struct Options {
     pub serve: ServeArgs,
     /// Extra routes merged into the real router (e.g. a slow one).
-    pub extra_routes: Option<axum::Router>,
+    pub extra_routes: Option<axum::Router<checkoutd::routes::AppState>>,
     /// Run as a second instance of this app: same data directory (keyring,
     /// certificates), same database — what two processes of one
     /// deployment share.
@@ -264,8 +264,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let server = match options.extra_routes {
         None => tokio::spawn(app.run_until(shutdown)),
         Some(extra) => {
-            let router = checkoutd::routes::router(app.state().clone(), Duration::from_secs(30))
-                .merge(extra);
+            let router =
+                checkoutd::routes::router_with(app.state().clone(), Duration::from_secs(30), extra);
             tokio::spawn(app.run_router_until(router, shutdown))
         }
     };

@@ -92,6 +92,63 @@ async fn tls12_and_tls13_both_work() {
 }
 
 #[tokio::test]
+async fn the_server_chooses_the_strongest_shared_suite_whatever_the_client_prefers() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls_pki_types::pem::PemObject;
+    let app = spawn_app().await;
+    // Each client lists the weakest shared suite first.
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+            ],
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            ],
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (version, suites, expected) in cases {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..rustls::crypto::ring::default_provider()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls_pki_types::CertificateDer::from_pem_slice(app.pki.ca_pem().as_bytes())
+                    .unwrap(),
+            )
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(app.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let negotiated = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(negotiated, expected, "{version:?}");
+    }
+}
+
+#[tokio::test]
 async fn client_certificate_from_a_foreign_ca_fails_the_handshake() {
     let app = spawn_app().await;
     let foreign = checkoutd::pki::DevPki::generate().unwrap();
