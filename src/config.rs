@@ -117,6 +117,8 @@ struct FileConfig {
     drain_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_anonymous_connections: Option<usize>,
+    max_requests_in_flight: Option<usize>,
+    commit_queue: Option<usize>,
     policy_versions: Option<Vec<String>>,
     unsubscribe_rate_limit: Option<u32>,
     retain_card_days: Option<u32>,
@@ -158,6 +160,8 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     pub limits: ConnectionLimits,
     pub request_timeout: Duration,
+    /// Orders that may wait for the group-commit writer; beyond, 503.
+    pub commit_queue: usize,
     /// Privacy-policy versions an order may name in `consent.policy_version`.
     pub policy_versions: Vec<String>,
     /// Opt-outs per client IP per minute on the public `/unsubscribe` page.
@@ -165,6 +169,10 @@ pub struct Settings {
     /// Retention rules run by `serve` (empty: keep everything).
     pub retention: Vec<crate::retention::Rule>,
 }
+
+/// Orders that may wait for the group-commit writer by default (four full
+/// batches).
+pub const DEFAULT_COMMIT_QUEUE: usize = 4 * crate::intake::commit::MAX_BATCH;
 
 /// The policy version known when no other is configured ("last updated").
 pub const DEFAULT_POLICY_VERSION: &str = "2002-06-05";
@@ -310,7 +318,31 @@ impl Settings {
                 .max_anonymous_connections
                 .or(file.max_anonymous_connections)
                 .unwrap_or(defaults.max_anonymous_connections.min(max_connections)),
+            max_requests_in_flight: args
+                .max_requests_in_flight
+                .or(file.max_requests_in_flight)
+                .unwrap_or(defaults.max_requests_in_flight),
         };
+        if !(1..=1_000_000).contains(&limits.max_requests_in_flight) {
+            return Err(ConfigError::Invalid {
+                setting: "max_requests_in_flight",
+                flag: "max-requests-in-flight",
+                env: "MAX_REQUESTS_IN_FLIGHT",
+                expected: "expected a whole number from 1 to 1000000",
+            });
+        }
+        let commit_queue = args
+            .commit_queue
+            .or(file.commit_queue)
+            .unwrap_or(DEFAULT_COMMIT_QUEUE);
+        if !(1..=65_536).contains(&commit_queue) {
+            return Err(ConfigError::Invalid {
+                setting: "commit_queue",
+                flag: "commit-queue",
+                env: "COMMIT_QUEUE",
+                expected: "expected a whole number from 1 to 65536",
+            });
+        }
         if limits.max_anonymous_connections == 0
             || limits.max_anonymous_connections > max_connections
         {
@@ -367,6 +399,7 @@ impl Settings {
             client_ca,
             limits,
             request_timeout,
+            commit_queue,
             policy_versions,
             retention: [
                 (

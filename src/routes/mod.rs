@@ -116,6 +116,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/metrics", allow(&[Auditor], get(metrics)))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        // Framing, header size and the in-flight cap, before any handler.
+        .layer(middleware::from_fn(crate::http::guard::guard))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             headers::request_timeout(request_timeout, req, next)
         }))
