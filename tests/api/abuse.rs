@@ -440,43 +440,81 @@ async fn oversized_headers_get_431() {
 
 // ---- 4. HTTP/2 rapid reset and stream floods ----
 
-#[tokio::test]
-async fn http2_rapid_reset_closes_the_connection_and_others_are_served() {
-    let app = spawn_app().await;
-    let tls = connect(&app, Some(Role::Storefront), b"h2").await.unwrap();
+/// Opens streams (`POST path`, body never sent) and resets each one, after
+/// `pause` (time for the server to start the handler) if given, until the
+/// server closes the connection: how many streams that took, and the GOAWAY
+/// reason if one came.
+async fn reset_until_closed(
+    app: &TestApp,
+    path: &str,
+    pause: Option<Duration>,
+) -> (u32, Option<h2::Reason>) {
+    let tls = connect(app, Some(Role::Storefront), b"h2").await.unwrap();
     let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
     let driver = tokio::spawn(connection);
     let started = Instant::now();
     let mut cycles = 0u32;
-    let closed_after = loop {
-        if cycles >= 5000 || started.elapsed() > Duration::from_secs(20) {
-            break None;
-        }
-        let ready = match tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await
-        {
+    let error = loop {
+        assert!(
+            cycles < 5000 && started.elapsed() < Duration::from_secs(20),
+            "the server never closed the connection ({cycles} resets)"
+        );
+        client = match tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await {
             Ok(Ok(c)) => c,
-            _ => break Some(cycles),
+            Ok(Err(e)) => break Some(e),
+            Err(_) => break None,
         };
-        client = ready;
-        let request = http::Request::post(app.url("/v1/orders"))
+        let request = http::Request::post(app.url(path))
             .header("content-type", "application/json")
             .header("idempotency-key", format!("rr-{cycles}"))
             .body(())
             .unwrap();
-        let Ok((_response, mut stream)) = client.send_request(request, false) else {
-            break Some(cycles);
+        let (_response, mut stream) = match client.send_request(request, false) {
+            Ok(pair) => pair,
+            Err(e) => break Some(e),
         };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
         stream.send_reset(h2::Reason::CANCEL);
         cycles += 1;
-        if cycles % 16 == 0 {
-            tokio::task::yield_now().await;
+        if cycles.is_multiple_of(16) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    let closed_after = closed_after.expect("the server closed the connection");
-    assert!(closed_after <= 1000, "closed after {closed_after} resets");
     let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
     assert!(ended.is_ok(), "the connection ended");
+    (cycles, error.and_then(|e| e.reason()))
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
+    let slow = axum::Router::new().route(
+        "/slow",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "done"
+        }),
+    );
+    let app = spawn_app_with(Options {
+        extra_routes: Some(slow),
+        ..Default::default()
+    })
+    .await;
+    // Back-to-back HEADERS + RST_STREAM: h2's pending-accept limit (32).
+    let (cycles, reason) = reset_until_closed(&app, "/v1/orders", None).await;
+    assert!(cycles <= 1000, "closed after {cycles} resets");
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // Resets that wait until a handler is at work (one that does not read
+    // the body, so the reset cancels it rather than failing its read): our
+    // abandon rule (more than 100 abandoned, more abandoned than completed)
+    // sends GOAWAY and closes.
+    let (cycles, reason) = reset_until_closed(&app, "/slow", Some(Duration::from_millis(5))).await;
+    assert!(
+        (100..=300).contains(&cycles),
+        "closed after {cycles} resets"
+    );
+    assert_eq!(reason, Some(h2::Reason::NO_ERROR));
     // Nothing was stored, and others are served.
     assert_eq!(order_count(&app).await, 0);
     let r = app.post_order("after-reset", &order_json()).await;
