@@ -219,6 +219,9 @@ pub struct ServeArgs {
     /// Most connections without a client certificate at once [default: 512]
     #[arg(long, env = "CHECKOUTD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
     pub max_anonymous_connections: Option<usize>,
+    /// Most connections from one client address (IPv6: a /64) [default: 1024, at most --max-connections]
+    #[arg(long, env = "CHECKOUTD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
     /// Most requests processed at once; beyond, 503 with Retry-After [default: 1024]
     #[arg(long, env = "CHECKOUTD_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
     pub max_requests_in_flight: Option<usize>,

@@ -118,6 +118,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     max_anonymous_connections: Option<usize>,
     max_requests_in_flight: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     commit_queue: Option<usize>,
     policy_versions: Option<Vec<String>>,
     unsubscribe_rate_limit: Option<u32>,
@@ -322,7 +323,19 @@ impl Settings {
                 .max_requests_in_flight
                 .or(file.max_requests_in_flight)
                 .unwrap_or(defaults.max_requests_in_flight),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(defaults.max_connections_per_ip.min(max_connections)),
         };
+        if limits.max_connections_per_ip == 0 || limits.max_connections_per_ip > max_connections {
+            return Err(ConfigError::Invalid {
+                setting: "max_connections_per_ip",
+                flag: "max-connections-per-ip",
+                env: "MAX_CONNECTIONS_PER_IP",
+                expected: "expected a whole number from 1 to max_connections",
+            });
+        }
         if !(1..=1_000_000).contains(&limits.max_requests_in_flight) {
             return Err(ConfigError::Invalid {
                 setting: "max_requests_in_flight",

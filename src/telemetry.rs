@@ -230,8 +230,9 @@ pub fn connection_closed() {
 
 /// A connection turned away or cut short by the abuse limits, by a fixed
 /// reason word: `shed` (an idle connection gave its slot to a newcomer),
-/// `busy` (answered 503), `overflow` (closed unanswered), `abandoning`
-/// (rapid reset).
+/// `busy` (answered 503), `overflow` (closed unanswered), `per_ip` (its
+/// address at its cap, answered 503), `anonymous` (the certificate-less cap),
+/// `abandoning` (rapid reset).
 pub fn connection_refused(reason: &'static str) {
     metrics::counter!("checkoutd_connections_refused_total", "reason" => reason).increment(1);
 }

@@ -18,6 +18,7 @@
 //!   abandoned requests, more abandoned than completed closes it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -60,6 +61,30 @@ pub struct Connection {
     epoch: Instant,
     /// Holds a slot of the anonymous (certificate-less) cap.
     anonymous: std::sync::atomic::AtomicBool,
+    /// The client's address key (see [`client_key`]).
+    client: IpAddr,
+}
+
+/// Which connections a shed may pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Any,
+    Anonymous,
+    /// Those of one client address key.
+    Client(IpAddr),
+}
+
+/// The key of a client for the per-address cap: the address, or for IPv6
+/// its /64 (one subscriber line usually holds a whole /64).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            IpAddr::V6(s.into())
+        }
+    }
 }
 
 impl Connection {
@@ -144,8 +169,14 @@ impl Drop for Active {
 /// Every open connection.
 pub struct Register {
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Connection>>>,
+    open: Mutex<Open>,
     epoch: Instant,
+}
+
+#[derive(Default)]
+struct Open {
+    connections: HashMap<u64, Arc<Connection>>,
+    per_client: HashMap<IpAddr, usize>,
 }
 
 /// A connection's place in the register; dropping it removes it.
@@ -158,7 +189,14 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut open) = self.register.open.lock() {
-            open.remove(&self.id);
+            open.connections.remove(&self.id);
+            let client = self.connection.client;
+            if let Some(n) = open.per_client.get_mut(&client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.per_client.remove(&client);
+                }
+            }
         }
     }
 }
@@ -167,12 +205,20 @@ impl Register {
     pub fn new() -> Arc<Self> {
         Arc::new(Register {
             next_id: AtomicU64::new(0),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Open::default()),
             epoch: Instant::now(),
         })
     }
 
-    pub fn register(self: &Arc<Self>) -> Registration {
+    /// Open connections of the client address key of `ip`.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        self.open
+            .lock()
+            .map(|open| open.per_client.get(&client_key(ip)).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn register(self: &Arc<Self>, ip: IpAddr) -> Registration {
         let connection = Arc::new(Connection {
             flags: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -182,13 +228,15 @@ impl Register {
             close: Notify::new(),
             epoch: self.epoch,
             anonymous: std::sync::atomic::AtomicBool::new(false),
+            client: client_key(ip),
         });
         connection
             .idle_since_ms
             .store(connection.now_ms(), Ordering::Release);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut open) = self.open.lock() {
-            open.insert(id, connection.clone());
+            open.connections.insert(id, connection.clone());
+            *open.per_client.entry(connection.client).or_insert(0) += 1;
         }
         Registration {
             id,
@@ -198,17 +246,22 @@ impl Register {
     }
 
     /// Tells the connection that has been without a request in flight the
-    /// longest (of the anonymous ones only, when `anonymous`) to close;
-    /// false when every such connection is busy.
-    pub fn shed_one(&self, anonymous: bool) -> bool {
+    /// longest (of those `pick` allows) to close; false when every such
+    /// connection is busy or too recently active.
+    pub fn shed_one(&self, pick: Pick) -> bool {
         let Ok(open) = self.open.lock() else {
             return false;
         };
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut idle: Vec<&Arc<Connection>> = open
+            .connections
             .values()
             .filter(|c| c.flags.load(Ordering::Acquire) == 0)
-            .filter(|c| !anonymous || c.anonymous.load(Ordering::Acquire))
+            .filter(|c| match pick {
+                Pick::Any => true,
+                Pick::Anonymous => c.anonymous.load(Ordering::Acquire),
+                Pick::Client(ip) => c.client == ip,
+            })
             .filter(|c| now.saturating_sub(c.idle_since_ms.load(Ordering::Acquire)) >= MIN_IDLE_MS)
             .collect();
         idle.sort_by_key(|c| c.idle_since_ms.load(Ordering::Acquire));
@@ -229,39 +282,65 @@ impl Register {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn counts_per_client_and_sheds_within_one_client() {
+        let register = Register::new();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let a = register.register(LOCAL);
+        let b = register.register(other);
+        let v6a = register.register("2001:db8::1".parse().unwrap());
+        let _v6b = register.register("2001:db8::ffff:2".parse().unwrap());
+        assert_eq!(register.count(LOCAL), 1);
+        assert_eq!(register.count("2001:db8::3".parse().unwrap()), 2, "one /64");
+        tokio::time::sleep(std::time::Duration::from_millis(MIN_IDLE_MS + 10)).await;
+        assert!(register.shed_one(Pick::Client(other)));
+        assert_eq!(b.connection.closing().await, CloseReason::Shed);
+        assert!(!register.shed_one(Pick::Client(other)), "none left there");
+        drop(b);
+        drop(v6a);
+        assert_eq!(register.count(other), 0);
+        assert_eq!(register.count("2001:db8::3".parse().unwrap()), 1);
+        drop(a);
+    }
+
     #[tokio::test]
     async fn sheds_the_longest_idle_and_never_a_busy_connection() {
         let register = Register::new();
-        let old = register.register();
+        let old = register.register(LOCAL);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let busy = register.register();
+        let busy = register.register(LOCAL);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let young = register.register();
+        let young = register.register(LOCAL);
         assert!(
-            !register.shed_one(false),
+            !register.shed_one(Pick::Any),
             "nobody is shed right after connecting"
         );
         tokio::time::sleep(std::time::Duration::from_millis(MIN_IDLE_MS)).await;
         let _request = busy.connection.begin().unwrap();
         // The oldest idle one goes first, then the younger; the busy one never.
-        assert!(register.shed_one(false));
+        assert!(register.shed_one(Pick::Any));
         assert_eq!(old.connection.closing().await, CloseReason::Shed);
         assert!(
             old.connection.begin().is_none(),
             "a shed connection starts nothing"
         );
-        assert!(register.shed_one(false));
+        assert!(register.shed_one(Pick::Any));
         assert_eq!(young.connection.closing().await, CloseReason::Shed);
-        assert!(!register.shed_one(false), "only a busy connection is left");
+        assert!(
+            !register.shed_one(Pick::Any),
+            "only a busy connection is left"
+        );
         drop(old);
         drop(young);
-        assert_eq!(register.open.lock().unwrap().len(), 1);
+        assert_eq!(register.open.lock().unwrap().connections.len(), 1);
     }
 
     #[tokio::test]
     async fn a_connection_that_mostly_abandons_requests_is_told_to_close() {
         let register = Register::new();
-        let r = register.register();
+        let r = register.register(LOCAL);
         for _ in 0..50 {
             r.connection.completed();
         }

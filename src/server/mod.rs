@@ -18,6 +18,11 @@
 //!   [`OVERFLOW_RESPONDERS`] short-lived responders (at most
 //!   [`OVERFLOW_TIME`] each), and beyond those its TCP connection is closed
 //!   unanswered;
+//! - one client address (an IPv6 /64) holds at most
+//!   `max_connections_per_ip` connections: at the cap, its own longest-idle
+//!   connection makes room for its newcomer (or, all busy, the newcomer is
+//!   answered 503), so a slowloris from a few addresses sheds itself and
+//!   leaves the other slots to everyone else;
 //! - at most `max_requests_in_flight` requests are processed at once; the
 //!   others are answered `503` problem documents with `Retry-After` (see
 //!   `http::guard`), never queued;
@@ -54,7 +59,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use admission::{CloseReason, Connection, Register};
+use admission::{CloseReason, Connection, Pick, Register};
 use identity::{ClientIdentity, Peer};
 
 /// Connections that may be in the overload path at once: each either takes
@@ -97,6 +102,8 @@ pub struct ConnectionLimits {
     /// Most requests processed at once over all connections; beyond it,
     /// requests are answered 503 with `Retry-After` at once.
     pub max_requests_in_flight: usize,
+    /// Most connections from one client address (IPv6: one /64) at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -109,6 +116,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             max_anonymous_connections: 512,
             max_requests_in_flight: 1024,
+            max_connections_per_ip: 1024,
         }
     }
 }
@@ -167,8 +175,24 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // One client address may hold at most `max_connections_per_ip`: at
+        // the cap, its own longest-idle connection makes room, or (all busy)
+        // the newcomer is answered 503.
+        let over_client_cap = shared.register.count(addr.ip()) >= limits.max_connections_per_ip
+            && !shared
+                .register
+                .shed_one(Pick::Client(admission::client_key(addr.ip())));
         // Admission never waits here: a slot, the overload path, or closed.
         let admission = match shared.slots.clone().try_acquire_owned() {
+            Ok(slot) if !over_client_cap => Admission::Slot(slot),
+            Ok(_) | Err(_) if over_client_cap => match overflow.clone().try_acquire_owned() {
+                Ok(permit) => Admission::Refuse(permit),
+                Err(_) => {
+                    crate::telemetry::connection_refused("overflow");
+                    drop(stream);
+                    continue;
+                }
+            },
             Ok(slot) => Admission::Slot(slot),
             Err(_) => match overflow.clone().try_acquire_owned() {
                 Ok(permit) => Admission::Overflow(permit),
@@ -184,8 +208,14 @@ pub async fn run(
         tokio::spawn(async move {
             let slot = match admission {
                 Admission::Slot(slot) => slot,
+                Admission::Refuse(permit) => {
+                    crate::telemetry::connection_refused("per_ip");
+                    answer_overloaded(&shared.acceptor, stream, addr).await;
+                    drop(permit);
+                    return;
+                }
                 Admission::Overflow(permit) => {
-                    let freed = make_room(&shared.register, &shared.slots, false).await;
+                    let freed = make_room(&shared.register, &shared.slots, Pick::Any).await;
                     match freed {
                         Some(slot) => {
                             crate::telemetry::connection_refused("shed");
@@ -222,16 +252,15 @@ pub async fn run(
 }
 
 /// Waits up to [`SHED_WAIT`] for a permit of `slots`, shedding an idle
-/// connection (an anonymous one, when `anonymous`) every 25 ms until one is
-/// free.
+/// connection (of those `pick` allows) every 25 ms until one is free.
 async fn make_room(
     register: &Register,
     slots: &Arc<Semaphore>,
-    anonymous: bool,
+    pick: Pick,
 ) -> Option<OwnedSemaphorePermit> {
     let deadline = tokio::time::Instant::now() + SHED_WAIT;
     loop {
-        register.shed_one(anonymous);
+        register.shed_one(pick);
         let now = tokio::time::Instant::now();
         if now >= deadline {
             return None;
@@ -245,7 +274,10 @@ async fn make_room(
 
 enum Admission {
     Slot(OwnedSemaphorePermit),
+    /// No free slot: shed one or answer 503 (holds an overflow permit).
     Overflow(OwnedSemaphorePermit),
+    /// The client address is at its cap with every connection busy: 503.
+    Refuse(OwnedSemaphorePermit),
 }
 
 /// One admitted connection, from handshake to close.
@@ -258,7 +290,7 @@ async fn serve(
     let limits = shared.limits;
     // Registered before the handshake: a handshake that is not being
     // finished may be shed too.
-    let registration = shared.register.register();
+    let registration = shared.register.register(addr.ip());
     let connection = registration.connection.clone();
     let handshake = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(stream));
     let tls_stream = tokio::select! {
@@ -293,7 +325,7 @@ async fn serve(
         // anonymous connection makes room; if all are busy, this one closes.
         let permit = match shared.anonymous_slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => make_room(&shared.register, &shared.anonymous_slots, true).await,
+            Err(_) => make_room(&shared.register, &shared.anonymous_slots, Pick::Anonymous).await,
         };
         if permit.is_none() {
             tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; closing");

@@ -81,6 +81,24 @@ fn fresh(app: &TestApp) -> reqwest::Client {
     app.anonymous()
 }
 
+/// A client connecting from `source` (another loopback address), with the
+/// certificate of `role` if given.
+fn from_address(app: &TestApp, source: &str, role: Option<Role>) -> reqwest::Client {
+    let cert = role.map(|r| app.pki.client(r).unwrap());
+    let config = rustls_client_config(
+        &app.pki,
+        cert.as_ref()
+            .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+        Versions::Both,
+    );
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 // ---- 1. slowloris ----
 
 #[tokio::test]
@@ -88,6 +106,7 @@ async fn connections_dribbling_headers_do_not_keep_a_real_client_out() {
     let app = spawn_app_with(Options {
         serve: ServeArgs {
             max_connections: Some(8),
+            max_connections_per_ip: Some(4),
             header_read_timeout: Some("30s".into()),
             ..Default::default()
         },
@@ -96,8 +115,10 @@ async fn connections_dribbling_headers_do_not_keep_a_real_client_out() {
     .await;
     let app = Arc::new(app);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // 24 attackers for 8 slots, each dribbling a request head one byte
-    // every 100 ms and reconnecting whenever it is dropped.
+    // 24 attackers (from 127.0.0.1) for 8 slots, each dribbling a request
+    // head one byte every 100 ms and reconnecting at once whenever it is
+    // dropped. They may hold 4 slots (the per-address cap): at the cap, each
+    // newcomer of theirs sheds their own longest-idle connection.
     let mut attackers = Vec::new();
     let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..24 {
@@ -126,14 +147,14 @@ async fn connections_dribbling_headers_do_not_keep_a_real_client_out() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Every slot is taken by dribblers by now; real clients still get in,
-    // promptly, again and again (anonymous and certified).
+    // Real clients (other addresses) still get in, promptly, again and
+    // again (anonymous and certified).
     for round in 0..6 {
         let started = Instant::now();
         let client = if round % 2 == 0 {
-            fresh(&app)
+            from_address(&app, "127.0.0.2", None)
         } else {
-            app.client(Role::Fulfillment)
+            from_address(&app, "127.0.0.3", Some(Role::Fulfillment))
         };
         let path = if round % 2 == 0 {
             "/healthz"
