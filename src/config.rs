@@ -523,6 +523,57 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limits_have_production_defaults_and_are_validated() {
+        let ok = Settings::from_args(&ServeArgs::default()).unwrap();
+        assert_eq!(ok.limits.max_requests_in_flight, 1024);
+        assert_eq!(ok.limits.max_connections_per_ip, 1024);
+        assert_eq!(ok.commit_queue, 1024);
+        let small = Settings::from_args(&ServeArgs {
+            max_connections: Some(8),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            small.limits.max_connections_per_ip, 8,
+            "never above the cap"
+        );
+        for (args, setting) in [
+            (
+                ServeArgs {
+                    max_connections: Some(8),
+                    max_connections_per_ip: Some(9),
+                    ..ServeArgs::default()
+                },
+                "max_connections_per_ip",
+            ),
+            (
+                ServeArgs {
+                    max_requests_in_flight: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_requests_in_flight",
+            ),
+            (
+                ServeArgs {
+                    commit_queue: Some(0),
+                    ..ServeArgs::default()
+                },
+                "commit_queue",
+            ),
+        ] {
+            let err = Settings::from_args(&args).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{setting}`")), "{err}");
+        }
+        let file: FileConfig = toml::from_str(
+            "max_requests_in_flight = 10\ncommit_queue = 5\nmax_connections_per_ip = 3",
+        )
+        .unwrap();
+        assert_eq!(file.max_requests_in_flight, Some(10));
+        assert_eq!(file.commit_queue, Some(5));
+        assert_eq!(file.max_connections_per_ip, Some(3));
+    }
+
+    #[test]
     fn serve_settings_validate_listen() {
         let args = ServeArgs {
             listen: Some("localhost".into()),

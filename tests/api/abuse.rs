@@ -318,6 +318,8 @@ async fn connections_beyond_the_cap_get_a_fast_503_when_none_is_idle() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "done");
     }
+    // As the answers said: retry after a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let r = fresh(&app).get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "capacity returns");
 }
@@ -807,27 +809,35 @@ async fn control_characters_from_clients_never_reach_a_log_raw() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = crate::helpers::captured_logs();
-    // One JSON object per line: nothing split a line.
+    // One JSON object per line: nothing split a line. And no field holds
+    // a control character once decoded: client text that reaches a field at
+    // all was escaped first (`\\x1b`, `\\r`), not left for the JSON
+    // writer to escape (`\\u001b`), which a text-format log would not do.
+    fn controls(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.chars().any(|c| c.is_control() || c == '\u{2028}'),
+            Value::Array(a) => a.iter().any(controls),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, v)| k.chars().any(char::is_control) || controls(v)),
+            _ => false,
+        }
+    }
     for line in logs.lines() {
-        assert!(
-            serde_json::from_str::<Value>(line).is_ok(),
-            "every log line is one whole event: {line:?}"
-        );
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|_| panic!("every log line is one whole event: {line:?}"));
+        // (Only this test's lines: the log buffer is shared by all tests.)
+        if event.to_string().to_lowercase().contains("inj7c1") {
+            assert!(
+                !controls(&event),
+                "a control character reached a log field: {line}"
+            );
+        }
     }
     assert!(
         !logs.contains(['\x1b', '\x07', '\r', '\u{9b}', '\u{85}']),
         "a raw control character reached the logs"
     );
-    // And not even escaped by the JSON writer: client text that reaches a
-    // field at all has been neutralised first.
-    for line in logs
-        .lines()
-        .filter(|l| l.contains(marker) || l.contains("INJ7C1"))
-    {
-        for raw_escape in ["\\u001b", "\\u0007", "\\r", "\\n", "\u{9b}"] {
-            assert!(!line.contains(raw_escape), "{raw_escape} in {line}");
-        }
-    }
 }
 
 // ---- 7. card numbers in personal fields ----
