@@ -183,18 +183,15 @@ pub async fn run(
                 .register
                 .shed_one(Pick::Client(admission::client_key(addr.ip())));
         // Admission never waits here: a slot, the overload path, or closed.
-        let admission = match shared.slots.clone().try_acquire_owned() {
-            Ok(slot) if !over_client_cap => Admission::Slot(slot),
-            Ok(_) | Err(_) if over_client_cap => match overflow.clone().try_acquire_owned() {
-                Ok(permit) => Admission::Refuse(permit),
-                Err(_) => {
-                    crate::telemetry::connection_refused("overflow");
-                    drop(stream);
-                    continue;
-                }
-            },
-            Ok(slot) => Admission::Slot(slot),
-            Err(_) => match overflow.clone().try_acquire_owned() {
+        let slot = if over_client_cap {
+            None
+        } else {
+            shared.slots.clone().try_acquire_owned().ok()
+        };
+        let admission = match slot {
+            Some(slot) => Admission::Slot(slot),
+            None => match overflow.clone().try_acquire_owned() {
+                Ok(permit) if over_client_cap => Admission::Refuse(permit),
                 Ok(permit) => Admission::Overflow(permit),
                 Err(_) => {
                     crate::telemetry::connection_refused("overflow");
