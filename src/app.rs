@@ -114,6 +114,7 @@ impl Application {
             handle.clone(),
             store.clone(),
             settings.policy_versions.clone(),
+            settings.commit_queue,
         ));
         watch_keyring(handle.clone(), fulfillment.clone(), marketing.clone());
         crate::retention::spawn(

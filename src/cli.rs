@@ -219,6 +219,15 @@ pub struct ServeArgs {
     /// Most connections without a client certificate at once [default: 512]
     #[arg(long, env = "CHECKOUTD_MAX_ANONYMOUS_CONNECTIONS", value_name = "N")]
     pub max_anonymous_connections: Option<usize>,
+    /// Most connections from one client address (IPv6: a /64) [default: 1024, at most --max-connections]
+    #[arg(long, env = "CHECKOUTD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most requests processed at once; beyond, 503 with Retry-After [default: 1024]
+    #[arg(long, env = "CHECKOUTD_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
+    pub max_requests_in_flight: Option<usize>,
+    /// Orders waiting for the group-commit writer; beyond, 503 with Retry-After [default: 1024]
+    #[arg(long, env = "CHECKOUTD_COMMIT_QUEUE", value_name = "N")]
+    pub commit_queue: Option<usize>,
     /// Purge card data this many days after dispatch (0 keeps it) [default: 120]
     #[arg(long, env = "CHECKOUTD_RETAIN_CARD_DAYS", value_name = "DAYS")]
     pub retain_card_days: Option<u32>,

@@ -117,6 +117,9 @@ struct FileConfig {
     drain_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_anonymous_connections: Option<usize>,
+    max_requests_in_flight: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    commit_queue: Option<usize>,
     policy_versions: Option<Vec<String>>,
     unsubscribe_rate_limit: Option<u32>,
     retain_card_days: Option<u32>,
@@ -158,6 +161,8 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     pub limits: ConnectionLimits,
     pub request_timeout: Duration,
+    /// Orders that may wait for the group-commit writer; beyond, 503.
+    pub commit_queue: usize,
     /// Privacy-policy versions an order may name in `consent.policy_version`.
     pub policy_versions: Vec<String>,
     /// Opt-outs per client IP per minute on the public `/unsubscribe` page.
@@ -165,6 +170,10 @@ pub struct Settings {
     /// Retention rules run by `serve` (empty: keep everything).
     pub retention: Vec<crate::retention::Rule>,
 }
+
+/// Orders that may wait for the group-commit writer by default (four full
+/// batches).
+pub const DEFAULT_COMMIT_QUEUE: usize = 4 * crate::intake::commit::MAX_BATCH;
 
 /// The policy version known when no other is configured ("last updated").
 pub const DEFAULT_POLICY_VERSION: &str = "2002-06-05";
@@ -310,7 +319,43 @@ impl Settings {
                 .max_anonymous_connections
                 .or(file.max_anonymous_connections)
                 .unwrap_or(defaults.max_anonymous_connections.min(max_connections)),
+            max_requests_in_flight: args
+                .max_requests_in_flight
+                .or(file.max_requests_in_flight)
+                .unwrap_or(defaults.max_requests_in_flight),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(defaults.max_connections_per_ip.min(max_connections)),
         };
+        if limits.max_connections_per_ip == 0 || limits.max_connections_per_ip > max_connections {
+            return Err(ConfigError::Invalid {
+                setting: "max_connections_per_ip",
+                flag: "max-connections-per-ip",
+                env: "MAX_CONNECTIONS_PER_IP",
+                expected: "expected a whole number from 1 to max_connections",
+            });
+        }
+        if !(1..=1_000_000).contains(&limits.max_requests_in_flight) {
+            return Err(ConfigError::Invalid {
+                setting: "max_requests_in_flight",
+                flag: "max-requests-in-flight",
+                env: "MAX_REQUESTS_IN_FLIGHT",
+                expected: "expected a whole number from 1 to 1000000",
+            });
+        }
+        let commit_queue = args
+            .commit_queue
+            .or(file.commit_queue)
+            .unwrap_or(DEFAULT_COMMIT_QUEUE);
+        if !(1..=65_536).contains(&commit_queue) {
+            return Err(ConfigError::Invalid {
+                setting: "commit_queue",
+                flag: "commit-queue",
+                env: "COMMIT_QUEUE",
+                expected: "expected a whole number from 1 to 65536",
+            });
+        }
         if limits.max_anonymous_connections == 0
             || limits.max_anonymous_connections > max_connections
         {
@@ -367,6 +412,7 @@ impl Settings {
             client_ca,
             limits,
             request_timeout,
+            commit_queue,
             policy_versions,
             retention: [
                 (
@@ -474,6 +520,57 @@ mod tests {
         assert!(err.contains("database_url"), "{err}");
         assert!(!err.contains("nope"), "{err}");
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn abuse_limits_have_production_defaults_and_are_validated() {
+        let ok = Settings::from_args(&ServeArgs::default()).unwrap();
+        assert_eq!(ok.limits.max_requests_in_flight, 1024);
+        assert_eq!(ok.limits.max_connections_per_ip, 1024);
+        assert_eq!(ok.commit_queue, 1024);
+        let small = Settings::from_args(&ServeArgs {
+            max_connections: Some(8),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            small.limits.max_connections_per_ip, 8,
+            "never above the cap"
+        );
+        for (args, setting) in [
+            (
+                ServeArgs {
+                    max_connections: Some(8),
+                    max_connections_per_ip: Some(9),
+                    ..ServeArgs::default()
+                },
+                "max_connections_per_ip",
+            ),
+            (
+                ServeArgs {
+                    max_requests_in_flight: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_requests_in_flight",
+            ),
+            (
+                ServeArgs {
+                    commit_queue: Some(0),
+                    ..ServeArgs::default()
+                },
+                "commit_queue",
+            ),
+        ] {
+            let err = Settings::from_args(&args).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{setting}`")), "{err}");
+        }
+        let file: FileConfig = toml::from_str(
+            "max_requests_in_flight = 10\ncommit_queue = 5\nmax_connections_per_ip = 3",
+        )
+        .unwrap();
+        assert_eq!(file.max_requests_in_flight, Some(10));
+        assert_eq!(file.commit_queue, Some(5));
+        assert_eq!(file.max_connections_per_ip, Some(3));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! (see `http::access_log`): never bodies, query values, names, emails or
 //! card numbers.
 
+use std::borrow::Cow;
+use std::io::Write;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -16,10 +19,11 @@ pub fn init(format: LogFormat) {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(move || OneLine::new(std::io::stderr(), ansi));
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -57,6 +61,102 @@ pub fn install_panic_hook() {
             "panic"
         );
     }));
+}
+
+// ---- log injection ----
+//
+// One rule for every log line: a line is one line, and it holds no control
+// character a terminal or a log shipper would act on. Two layers enforce it:
+// - `escape` for any text a client may have influenced (an error message
+//   from TLS or HTTP parsing, anything read from a request) at the point
+//   where it becomes a field: CR, LF, TAB, ESC, every other C0 and C1
+//   control, DEL and the Unicode line/paragraph separators become visible
+//   escapes (`\r`, `\n`, `\x1b`, `\u{85}`, ...);
+// - `OneLine`, the writer of every subscriber `init` installs: whatever a
+//   field held, a formatted event that reaches it is written as one line,
+//   with the same escapes (ESC kept only for the colours of an interactive
+//   terminal). The JSON format escapes control characters itself.
+
+/// `text` with every control character made visible (see above); borrowed
+/// when there is none.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    match c {
+        '\r' => out.push_str("\\r"),
+        '\n' => out.push_str("\\n"),
+        '\t' => out.push_str("\\t"),
+        c if (c as u32) < 0x80 && needs_escape(c) => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if needs_escape(c) => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// A writer for one formatted event: the final newline is kept, every other
+/// control character is escaped (ESC kept when `ansi`, for colours).
+pub struct OneLine<W: Write> {
+    inner: W,
+    ansi: bool,
+}
+
+impl<W: Write> OneLine<W> {
+    pub fn new(inner: W, ansi: bool) -> Self {
+        OneLine { inner, ansi }
+    }
+}
+
+impl<W: Write> Write for OneLine<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let (body, newline) = match data.strip_suffix(b"\n") {
+            Some(body) => (body, true),
+            None => (data, false),
+        };
+        let text = String::from_utf8_lossy(body);
+        let clean = if text
+            .chars()
+            .any(|c| needs_escape(c) && !(self.ansi && c == '\x1b'))
+        {
+            let mut out = String::with_capacity(text.len() + 8);
+            for c in text.chars() {
+                if self.ansi && c == '\x1b' {
+                    out.push(c);
+                } else {
+                    push_escaped(&mut out, c);
+                }
+            }
+            Cow::Owned(out)
+        } else {
+            text
+        };
+        let mut line = clean.into_owned().into_bytes();
+        if newline {
+            line.push(b'\n');
+        }
+        self.inner.write_all(&line)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 // ---- metrics (Prometheus text at `GET /metrics`, auditor role) ----
@@ -160,7 +260,69 @@ pub fn connection_closed() {
     metrics::gauge!("checkoutd_open_connections").decrement(1.0);
 }
 
+/// A connection turned away or cut short by the abuse limits, by a fixed
+/// reason word: `shed` (an idle connection gave its slot to a newcomer),
+/// `busy` (answered 503), `overflow` (closed unanswered), `per_ip` (its
+/// address at its cap, answered 503), `anonymous` (the certificate-less cap),
+/// `abandoning` (rapid reset).
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!("checkoutd_connections_refused_total", "reason" => reason).increment(1);
+}
+
 /// Time a writer waited for a pooled connection and its write lock.
 pub fn pool_wait(wait: Duration) {
     metrics::histogram!("checkoutd_db_write_wait_seconds").record(wait.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn escape_makes_every_control_visible() {
+        assert!(matches!(escape("plain text é"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape("a\r\nb\x1b[31mc\td\u{85}e\u{2028}f\x7f\0"),
+            "a\\r\\nb\\x1b[31mc\\td\\u{85}e\\u{2028}f\\x7f\\x00"
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_text_line_stays_one_line_whatever_its_fields_hold() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || OneLine::new(sink.clone(), false))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let hostile = "x\r\n2026-01-01 INFO forged line\x1b]0;pwned\x07\u{9b}31m";
+            tracing::info!(field = %hostile, "first");
+            tracing::info!(debug = ?hostile, "second\nhalf");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.ends_with('\n'));
+        for line in out.lines() {
+            assert!(!line.contains(['\r', '\x1b', '\x07', '\u{9b}']), "{line}");
+        }
+        assert!(
+            out.contains("forged line"),
+            "the text is kept, made harmless"
+        );
+    }
 }

@@ -35,6 +35,35 @@ pub fn contains_pan(text: &str) -> bool {
     false
 }
 
+/// As [`contains_pan`], for free text typed by a person (a name, an address
+/// line, a gift message): digits may also be grouped by runs of any
+/// whitespace (line breaks included), dots, slashes or underscores, and
+/// full-width digits count as digits — a card number typed into such a field
+/// is found however it was spaced.
+pub fn contains_pan_typed(text: &str) -> bool {
+    let mut normal = String::with_capacity(text.len());
+    let mut separator = false;
+    for c in text.chars() {
+        let c = match c {
+            '\u{ff10}'..='\u{ff19}' => char::from(b'0' + (c as u32 - 0xff10) as u8),
+            c if c.is_whitespace()
+                || matches!(c, '.' | '/' | '_' | '-' | '\u{2010}'..='\u{2015}') =>
+            {
+                // A run of separators is one separator.
+                if !separator {
+                    normal.push(' ');
+                }
+                separator = true;
+                continue;
+            }
+            c => c,
+        };
+        separator = false;
+        normal.push(c);
+    }
+    contains_pan(&normal)
+}
+
 /// True when `text` holds something shaped like an email address
 /// (`local@domain.tld`).
 pub fn contains_email(text: &str) -> bool {
@@ -125,6 +154,30 @@ mod tests {
             !contains_pan("4012  8888 8888 1881"),
             "two spaces break a run"
         );
+    }
+
+    #[test]
+    fn card_numbers_typed_into_free_text() {
+        for typed in [
+            "4012888888881881",
+            "Ada 4012 8888 8888 1881",
+            "4012-8888-8888-1881",
+            "4012  8888\n8888\t1881",
+            "4012.8888.8888.1881",
+            "4012 - 8888 - 8888 - 1881",
+            "\u{ff14}\u{ff10}\u{ff11}\u{ff12}888888881881",
+            "3782 822463 10005",
+        ] {
+            assert!(contains_pan_typed(typed), "{typed:?}");
+        }
+        for fine in [
+            "Ada Lovelace",
+            "12 Rue de la Paix, 75002 Paris",
+            "Flat 4012, 8888 Long Road",
+            "4012 8888 8888 1882",
+        ] {
+            assert!(!contains_pan_typed(fine), "{fine:?}");
+        }
     }
 
     #[test]

@@ -657,6 +657,10 @@ fn text_reject(e: TextError, max: usize) -> Reject {
         TextError::TooLong if max == 64 => ("too_long", "Longer than 64 characters"),
         TextError::TooLong => ("too_long", "Longer than allowed"),
         TextError::ControlCharacter => ("control_character", "Control characters are not allowed"),
+        TextError::CardNumber => (
+            "looks_like_card_number",
+            "A personal detail must not hold a card number",
+        ),
     }
 }
 

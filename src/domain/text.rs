@@ -8,6 +8,17 @@
 //!
 //! Both are trimmed, non-empty, at most `max` characters, and free of
 //! control characters (a gift message may hold line breaks).
+//!
+//! A personal detail never holds a card number: [`Personal::parse`] refuses
+//! text in which [`super::detect::contains_pan_typed`] finds one (however it
+//! is spaced), with [`TextError::CardNumber`] (answered 422
+//! `looks_like_card_number` naming the field, never echoing the value).
+//! Refused, not masked: personal details are sealed for the warehouse and
+//! marketing, who open them, so a card number typed into a name, company,
+//! address line, postal code or gift message would reach people and systems
+//! outside the card-data environment; masking would silently change what
+//! the customer typed, while a refusal lets the storefront ask again.
+//! (Plain text refuses card numbers too, in `order`.)
 
 use std::fmt;
 
@@ -23,6 +34,8 @@ pub enum TextError {
     Empty,
     TooLong,
     ControlCharacter,
+    /// Personal text that holds a card number.
+    CardNumber,
 }
 
 /// Checks `input` and returns the trimmed slice.
@@ -66,7 +79,11 @@ pub struct Personal(String);
 
 impl Personal {
     pub fn parse(input: &str, max: usize, allow_newlines: bool) -> Result<Self, TextError> {
-        check(input, max, allow_newlines).map(|t| Personal(t.to_owned()))
+        let text = check(input, max, allow_newlines)?;
+        if super::detect::contains_pan_typed(text) {
+            return Err(TextError::CardNumber);
+        }
+        Ok(Personal(text.to_owned()))
     }
 
     /// Wraps text that was already validated elsewhere (e.g. a normalised
@@ -132,6 +149,14 @@ mod tests {
             Err(TextError::ControlCharacter)
         );
         assert!(check("क\u{200d}ष", 10, false).is_ok());
+        assert_eq!(
+            Personal::parse("Ada 4012 8888 8888 1881", 256, false),
+            Err(TextError::CardNumber)
+        );
+        assert_eq!(
+            Personal::parse("4012-8888\n8888-1881", 1000, true),
+            Err(TextError::CardNumber)
+        );
         let p = Personal::parse("Ada Lovelace", 256, false).unwrap();
         assert_eq!(format!("{p:?}"), "Personal(<redacted>)");
     }

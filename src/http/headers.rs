@@ -16,7 +16,13 @@ pub const HSTS: &str = "max-age=63072000; includeSubDomains";
 
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
-    let headers = response.headers_mut();
+    secure(response.headers_mut());
+    response
+}
+
+/// Sets the headers every answer carries (for answers made outside the
+/// router, e.g. the connection-level overload answer).
+pub fn secure(headers: &mut http::HeaderMap) {
     headers.insert(
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static(HSTS),
@@ -26,7 +32,6 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Bounds the whole request (including reading a slowly sent body).

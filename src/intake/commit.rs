@@ -25,8 +25,10 @@ use crate::store::{Store, StoreError};
 /// The most orders one transaction takes.
 pub const MAX_BATCH: usize = 256;
 
-/// Orders waiting for the writer; beyond this, request tasks wait to
-/// enqueue (backpressure instead of unbounded memory).
+/// Orders waiting for the writer by default; beyond the queue's depth an
+/// order is refused at once with [`StoreError::Busy`] (answered 503 with
+/// `Retry-After`; nothing was written, nor the Idempotency-Key claimed), so
+/// neither memory nor waiting grows without bound under a flood.
 const QUEUE: usize = 4 * MAX_BATCH;
 
 /// The longest one commit may take before its orders are answered 503 (well
@@ -62,7 +64,12 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the writer task on the current runtime.
     pub fn start(sink: impl OrderSink) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
+        Self::with_queue(sink, QUEUE)
+    }
+
+    /// As [`start`](Self::start), with room for `depth` waiting orders.
+    pub fn with_queue(sink: impl OrderSink, depth: usize) -> Self {
+        let (jobs, queue) = mpsc::channel(depth.max(1));
         tokio::spawn(write_batches(sink, queue));
         GroupCommit { jobs }
     }
@@ -72,9 +79,11 @@ impl GroupCommit {
     pub async fn commit(&self, order: NewOrder) -> Result<CommitOutcome, StoreError> {
         let (done, answer) = oneshot::channel();
         self.jobs
-            .send(Job { order, done })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
+            .try_send(Job { order, done })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                mpsc::error::TrySendError::Closed(_) => StoreError::WriterStopped,
+            })?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 }

@@ -174,11 +174,12 @@ impl Intake {
         keyring: Arc<KeyringHandle>,
         store: Arc<dyn Store>,
         policy_versions: Vec<String>,
+        commit_queue: usize,
     ) -> Self {
         Intake {
             rng: SystemRandom::new(),
             keyring,
-            commits: commit::GroupCommit::start(store.clone()),
+            commits: commit::GroupCommit::with_queue(store.clone(), commit_queue),
             store,
             policy_versions,
             in_flight: Mutex::new(HashSet::new()),

@@ -129,6 +129,8 @@ pub fn router_with(state: AppState, request_timeout: Duration, extra: Router<App
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_payload: Box<dyn std::any::Any + Send>| Problem::panicked().into_response(),
         ))
+        // Framing, header size and the in-flight cap, before any handler.
+        .layer(middleware::from_fn(crate::http::guard::guard))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             headers::request_timeout(request_timeout, req, next)
         }))

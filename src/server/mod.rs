@@ -7,17 +7,45 @@
 //! - a connection that does not finish its handshake within
 //!   `handshake_timeout`, or an HTTP/1 client that does not send its headers
 //!   within `header_read_timeout`, is dropped;
-//! - at most `max_connections` connections are served at once; the accept
-//!   loop waits for a free slot rather than accepting without bound;
+//! - at most `max_connections` connections are served at once, and the
+//!   accept loop never waits (no queue in the kernel's backlog): when every
+//!   slot is taken, a newcomer takes the slot of the connection that has had
+//!   no request in flight the longest (see [`admission`]) — so connections
+//!   dribbling their headers byte by byte (slowloris), stalled handshakes
+//!   and idle keep-alives cannot keep a real client out. When every
+//!   connection has a request in flight, the newcomer is answered at once
+//!   `503 application/problem+json` with `Retry-After` by one of
+//!   [`OVERFLOW_RESPONDERS`] short-lived responders (at most
+//!   [`OVERFLOW_TIME`] each), and beyond those its TCP connection is closed
+//!   unanswered;
+//! - one client address (an IPv6 /64) holds at most
+//!   `max_connections_per_ip` connections: at the cap, its own longest-idle
+//!   connection makes room for its newcomer (or, all busy, the newcomer is
+//!   answered 503), so a slowloris from a few addresses sheds itself and
+//!   leaves the other slots to everyone else;
+//! - at most `max_requests_in_flight` requests are processed at once; the
+//!   others are answered `503` problem documents with `Retry-After` (see
+//!   `http::guard`), never queued;
+//! - HTTP/2: at most [`MAX_STREAMS`] concurrent streams per connection and a
+//!   32 KiB header list; h2's own rapid-reset guards are set
+//!   (`max_pending_accept_reset_streams`, `max_local_error_reset_streams`,
+//!   answered GOAWAY `ENHANCE_YOUR_CALM`), and a connection whose client
+//!   abandons more requests than it lets finish (after
+//!   [`admission::ABANDON_ALLOWANCE`]) is sent GOAWAY and closed;
 //! - on shutdown, accepting stops at once, in-flight requests are given
 //!   `drain_timeout` to finish, then `run` returns.
 
+mod admission;
 pub mod identity;
 mod idle;
 pub mod tls;
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,14 +54,32 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use admission::{CloseReason, Connection, Pick, Register};
 use identity::{ClientIdentity, Peer};
+
+/// Connections that may be in the overload path at once: each either takes
+/// a slot freed by shedding or is answered 503. Beyond these, a newcomer's
+/// TCP connection is closed unanswered (the cheapest refusal there is).
+pub const OVERFLOW_RESPONDERS: usize = 64;
+
+/// The longest an overload answer may take, handshake included.
+pub const OVERFLOW_TIME: Duration = Duration::from_secs(2);
+
+/// How long a newcomer may wait for a slot to be freed (by shedding, or by
+/// a connection ending) before it is answered 503.
+const SHED_WAIT: Duration = Duration::from_millis(300);
+
+/// Concurrent HTTP/2 streams per connection.
+pub const MAX_STREAMS: u32 = 64;
+
+/// How long a connection told to close for abandoning requests gets to
+/// finish the ones in flight after its GOAWAY.
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
 
 /// Bounds that keep a slow or hostile client from pinning the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +99,11 @@ pub struct ConnectionLimits {
     /// public opt-out page) served at once, so anonymous clients cannot
     /// take every slot from the storefront and the warehouse.
     pub max_anonymous_connections: usize,
+    /// Most requests processed at once over all connections; beyond it,
+    /// requests are answered 503 with `Retry-After` at once.
+    pub max_requests_in_flight: usize,
+    /// Most connections from one client address (IPv6: one /64) at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -64,8 +115,21 @@ impl Default for ConnectionLimits {
             drain_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_anonymous_connections: 512,
+            max_requests_in_flight: 1024,
+            max_connections_per_ip: 1024,
         }
     }
+}
+
+/// What every connection task shares.
+struct Shared {
+    acceptor: TlsAcceptor,
+    app: Router,
+    limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+    anonymous_slots: Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
+    register: Arc<Register>,
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then
@@ -77,24 +141,26 @@ pub async fn run(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    // Tracks every connection so shutdown can wait for them to finish.
-    let graceful = GracefulShutdown::new();
-    // Bounds concurrent connections; a permit lives as long as its connection.
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // Of those, the ones a client without a certificate may keep.
-    let anonymous_slots = Arc::new(Semaphore::new(limits.max_anonymous_connections.max(1)));
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls),
+        app,
+        limits,
+        // Bounds concurrent connections; a permit lives as long as its
+        // connection.
+        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        // Of those, the ones a client without a certificate may keep.
+        anonymous_slots: Arc::new(Semaphore::new(limits.max_anonymous_connections.max(1))),
+        in_flight: Arc::new(Semaphore::new(limits.max_requests_in_flight.max(1))),
+        register: Register::new(),
+    });
+    let overflow = Arc::new(Semaphore::new(OVERFLOW_RESPONDERS));
+    // Tells every connection to finish; its receivers going away tells
+    // `run` that every connection has.
+    let (stop, stopped) = watch::channel(false);
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // the semaphore is never closed
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => { backoff = Duration::from_millis(5); pair }
@@ -109,82 +175,348 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        let anonymous_slots = anonymous_slots.clone();
+        // One client address may hold at most `max_connections_per_ip`: at
+        // the cap, its own longest-idle connection makes room, or (all busy)
+        // the newcomer is answered 503.
+        let over_client_cap = shared.register.count(addr.ip()) >= limits.max_connections_per_ip
+            && !shared
+                .register
+                .shed_one(Pick::Client(admission::client_key(addr.ip())));
+        // Admission never waits here: a slot, the overload path, or closed.
+        let slot = if over_client_cap {
+            None
+        } else {
+            shared.slots.clone().try_acquire_owned().ok()
+        };
+        let admission = match slot {
+            Some(slot) => Admission::Slot(slot),
+            None => match overflow.clone().try_acquire_owned() {
+                Ok(permit) if over_client_cap => Admission::Refuse(permit),
+                Ok(permit) => Admission::Overflow(permit),
+                Err(_) => {
+                    crate::telemetry::connection_refused("overflow");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let stopped = stopped.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls_stream =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(error)) => {
-                        tracing::debug!(client_ip = %addr.ip(), %error, "TLS handshake failed");
-                        crate::telemetry::handshake_failed(handshake_failure(&error));
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client_ip = %addr.ip(), "TLS handshake timed out");
-                        crate::telemetry::handshake_failed("timeout");
-                        return;
-                    }
-                };
-            crate::telemetry::connection_opened();
-            let _open = OpenConnection;
-            let (_, session) = tls_stream.get_ref();
-            let peer = Peer {
-                addr,
-                tls_version: tls::version_name(session.protocol_version()),
-                identity: ClientIdentity::from_peer_certificates(session.peer_certificates()),
-            };
-            let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
-                match anonymous_slots.try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; closing");
-                        return;
+            let slot = match admission {
+                Admission::Slot(slot) => slot,
+                Admission::Refuse(permit) => {
+                    crate::telemetry::connection_refused("per_ip");
+                    answer_overloaded(&shared.acceptor, stream, addr).await;
+                    drop(permit);
+                    return;
+                }
+                Admission::Overflow(permit) => {
+                    let freed = make_room(&shared.register, &shared.slots, Pick::Any).await;
+                    match freed {
+                        Some(slot) => {
+                            crate::telemetry::connection_refused("shed");
+                            drop(permit);
+                            slot
+                        }
+                        None => {
+                            crate::telemetry::connection_refused("busy");
+                            answer_overloaded(&shared.acceptor, stream, addr).await;
+                            drop(permit);
+                            return;
+                        }
                     }
                 }
-            } else {
-                None
             };
-            let service = app.map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                req.map(Body::new)
-            });
-            let service = TowerToHyperService::new(service);
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(64 * 1024);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(64)
-                .max_header_list_size(32 * 1024);
-            // No keep-alive pings: they would count as traffic and keep an
-            // idle connection open past `idle_timeout`.
-            let io = TokioIo::new(idle::IdleTimeout::new(tls_stream, limits.idle_timeout));
-            let connection = builder.serve_connection(io, service);
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(client_ip = %addr.ip(), %error, "connection ended with an error");
-            }
+            serve(&shared, stream, addr, stopped).await;
+            drop(slot);
         });
     }
 
     drop(listener);
+    drop(stopped);
     tracing::info!(
         drain_timeout_ms = limits.drain_timeout.as_millis() as u64,
         "shutdown: no longer accepting; draining in-flight requests"
     );
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let _ = stop.send(true);
+    if tokio::time::timeout(limits.drain_timeout, stop.closed())
         .await
         .is_err()
     {
         tracing::warn!("shutdown: drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Waits up to [`SHED_WAIT`] for a permit of `slots`, shedding an idle
+/// connection (of those `pick` allows) every 25 ms until one is free.
+async fn make_room(
+    register: &Register,
+    slots: &Arc<Semaphore>,
+    pick: Pick,
+) -> Option<OwnedSemaphorePermit> {
+    let deadline = tokio::time::Instant::now() + SHED_WAIT;
+    loop {
+        register.shed_one(pick);
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let step = (now + Duration::from_millis(25)).min(deadline);
+        if let Ok(Ok(permit)) = tokio::time::timeout_at(step, slots.clone().acquire_owned()).await {
+            return Some(permit);
+        }
+    }
+}
+
+enum Admission {
+    Slot(OwnedSemaphorePermit),
+    /// No free slot: shed one or answer 503 (holds an overflow permit).
+    Overflow(OwnedSemaphorePermit),
+    /// The client address is at its cap with every connection busy: 503.
+    Refuse(OwnedSemaphorePermit),
+}
+
+/// One admitted connection, from handshake to close.
+async fn serve(
+    shared: &Shared,
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limits = shared.limits;
+    // Registered before the handshake: a handshake that is not being
+    // finished may be shed too.
+    let registration = shared.register.register(addr.ip());
+    let connection = registration.connection.clone();
+    let handshake = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(stream));
+    let tls_stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(error)) => {
+                tracing::debug!(client_ip = %addr.ip(), error = %crate::telemetry::escape(&error.to_string()), "TLS handshake failed");
+                crate::telemetry::handshake_failed(handshake_failure(&error));
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client_ip = %addr.ip(), "TLS handshake timed out");
+                crate::telemetry::handshake_failed("timeout");
+                return;
+            }
+        },
+        _ = connection.closing() => {
+            tracing::debug!(client_ip = %addr.ip(), "connection shed during its handshake");
+            return;
+        }
+    };
+    crate::telemetry::connection_opened();
+    let _open = OpenConnection;
+    let (_, session) = tls_stream.get_ref();
+    let peer = Peer {
+        addr,
+        tls_version: tls::version_name(session.protocol_version()),
+        identity: ClientIdentity::from_peer_certificates(session.peer_certificates()),
+    };
+    let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
+        // The anonymous cap sheds like the connection cap: the longest-idle
+        // anonymous connection makes room; if all are busy, this one closes.
+        let permit = match shared.anonymous_slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => make_room(&shared.register, &shared.anonymous_slots, Pick::Anonymous).await,
+        };
+        if permit.is_none() {
+            tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; closing");
+            crate::telemetry::connection_refused("anonymous");
+            return;
+        }
+        connection.set_anonymous();
+        permit
+    } else {
+        None
+    };
+    let app = shared.app.clone();
+    let in_flight = shared.in_flight.clone();
+    let on_connection = connection.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        // Made before the future is first polled: a stream reset before its
+        // handler ran counts as abandoned too.
+        let watch = AbandonWatch {
+            connection: on_connection.clone(),
+            finished: false,
+        };
+        handle(
+            app.clone(),
+            peer.clone(),
+            on_connection.clone(),
+            in_flight.clone(),
+            watch,
+            req,
+        )
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(32 * 1024)
+        // Streams the client reset before they were accepted, and streams
+        // reset because of the client's protocol errors: beyond these,
+        // GOAWAY ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(32)
+        .max_local_error_reset_streams(128);
+    // No keep-alive pings: they would count as traffic and keep an
+    // idle connection open past `idle_timeout`.
+    let io = TokioIo::new(idle::IdleTimeout::new(tls_stream, limits.idle_timeout));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let closing = connection.closing();
+    tokio::pin!(closing);
+    let mut finishing = false;
+    let mut grace: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            reason = &mut closing, if !finishing => {
+                finishing = true;
+                match reason {
+                    // No request is in flight (that is why it was chosen).
+                    CloseReason::Shed => {
+                        tracing::debug!(client_ip = %addr.ip(), "connection shed for a newcomer");
+                        break Ok(());
+                    }
+                    CloseReason::Abandoning => {
+                        tracing::info!(client_ip = %addr.ip(), "closing a connection whose client abandons most requests (rapid reset)");
+                        crate::telemetry::connection_refused("abandoning");
+                        conn.as_mut().graceful_shutdown();
+                        grace = Some(tokio::time::Instant::now() + ABANDON_GRACE);
+                    }
+                }
+            },
+            changed = stop.wait_for(|stop| *stop), if !finishing => {
+                finishing = true;
+                let _ = changed;
+                conn.as_mut().graceful_shutdown();
+            },
+            () = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => break Ok(()),
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(client_ip = %addr.ip(), error = %crate::telemetry::escape(&error.to_string()), "connection ended with an error");
+    }
+    drop(stop);
+    drop(registration);
+}
+
+/// One request on an admitted connection: counted in flight on the
+/// connection (so it is never shed under it) and against
+/// `max_requests_in_flight` (marked [`crate::http::guard::Overloaded`] when
+/// over, for the router to answer 503), and watched for being abandoned.
+async fn handle(
+    app: Router,
+    peer: Peer,
+    connection: Arc<Connection>,
+    in_flight: Arc<Semaphore>,
+    mut watch: AbandonWatch,
+    req: Request<Incoming>,
+) -> Result<axum::response::Response, Infallible> {
+    let version = req.version();
+    let Some(active) = connection.begin() else {
+        // Lost the race with shedding: nothing was started.
+        watch.finished = true;
+        return Ok(crate::http::guard::overloaded(version));
+    };
+    let permit = in_flight.try_acquire_owned().ok();
+    let mut req = req.map(Body::new);
+    req.extensions_mut().insert(peer);
+    if permit.is_none() {
+        req.extensions_mut().insert(crate::http::guard::Overloaded);
+    }
+    let response = app.oneshot(req).await?;
+    watch.finished = true;
+    connection.completed();
+    Ok(response.map(|body| {
+        Body::new(Held {
+            inner: body,
+            _held: (active, permit),
+        })
+    }))
+}
+
+/// Counts a request as abandoned when its future is dropped unfinished (an
+/// HTTP/2 RST_STREAM, a client gone).
+struct AbandonWatch {
+    connection: Arc<Connection>,
+    finished: bool,
+}
+
+impl Drop for AbandonWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.connection.abandoned();
+        }
+    }
+}
+
+/// A response body that holds the request's in-flight marks until it has
+/// been sent (or dropped).
+struct Held<T> {
+    inner: Body,
+    _held: T,
+}
+
+impl<T: Unpin + Send + 'static> hyper::body::Body for Held<T> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The overload path: handshake, answer every request 503 with
+/// `Retry-After` (HTTP/1: `Connection: close`; HTTP/2: GOAWAY after the
+/// first answer), all within [`OVERFLOW_TIME`].
+async fn answer_overloaded(acceptor: &TlsAcceptor, stream: TcpStream, addr: SocketAddr) {
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let on_answer = answered.clone();
+    let work = async move {
+        let Ok(tls_stream) = acceptor.accept(stream).await else {
+            return;
+        };
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            on_answer.notify_one();
+            let response = crate::http::guard::overloaded(req.version());
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().keep_alive(false);
+        builder.http2().max_concurrent_streams(8);
+        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = answered.notified() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    };
+    if tokio::time::timeout(OVERFLOW_TIME, work).await.is_err() {
+        tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
     }
 }
 

@@ -67,6 +67,9 @@ pub enum StoreError {
     /// unknown (a retry with the same Idempotency-Key replays or commits).
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The group-commit writer's queue is full: nothing was written.
+    #[error("the order writer's queue is full")]
+    Busy,
     /// The task that commits orders has stopped.
     #[error("the order writer has stopped")]
     WriterStopped,
@@ -87,6 +90,7 @@ impl StoreError {
             | StoreError::Connect { .. }
             | StoreError::ConnectTimeout { .. }
             | StoreError::Timeout(_)
+            | StoreError::Busy
             | StoreError::WriterStopped => true,
             StoreError::Shared(inner) => inner.is_unavailable(),
             _ => false,

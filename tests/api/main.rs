@@ -3,6 +3,7 @@
 //! 127.0.0.1:0 with its own data directory and PKI.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod abuse;
 mod audit;
 mod cli;
 mod commit;

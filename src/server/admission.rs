@@ -1,0 +1,357 @@
+//! Who gets a connection slot, and who loses one.
+//!
+//! Every accepted connection is registered here with its state: how many of
+//! its requests are in flight, since when it has had none, and how many of
+//! its requests the client abandoned (HTTP/2 RST_STREAM, a dropped socket).
+//! The accept loop uses the register to:
+//! - shed a connection when every slot is taken: the one that has been
+//!   without a request in flight the longest (a slowloris connection still
+//!   dribbling its first request head, a TLS handshake that is not being
+//!   finished, an idle keep-alive connection). A connection with a request
+//!   in flight is never shed, nor one idle for less than [`MIN_IDLE_MS`]
+//!   (time to finish a handshake and send a request). Shedding and a request starting are decided by
+//!   one atomic word, so a request is never cut off half-way: it either
+//!   starts before the shed (and the connection is not shed) or is answered
+//!   503 with `Connection: close`;
+//! - close a connection whose client abandons requests faster than it lets
+//!   them finish (HTTP/2 rapid reset): after [`ABANDON_ALLOWANCE`]
+//!   abandoned requests, more abandoned than completed closes it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// Abandoned requests a connection may have before the abandon ratio is
+/// checked at all (a browser-like client cancels now and then).
+pub const ABANDON_ALLOWANCE: u64 = 100;
+
+/// A connection is not shed before it has been without a request in flight
+/// this long: a real client has time to finish its handshake and send its
+/// request, however fast others connect.
+pub const MIN_IDLE_MS: u64 = 200;
+
+/// The high bit of [`Connection::flags`]: the connection is being shed.
+const SHED: u64 = 1 << 63;
+
+/// Why a connection was told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its slot went to a newcomer (it had no request in flight).
+    Shed,
+    /// Its client abandons most of its requests.
+    Abandoning,
+}
+
+/// One registered connection.
+pub struct Connection {
+    /// Requests in flight (low bits) and [`SHED`].
+    flags: AtomicU64,
+    /// Milliseconds since the register's epoch when the last request ended
+    /// (or the connection was accepted).
+    idle_since_ms: AtomicU64,
+    completed: AtomicU64,
+    abandoned: AtomicU64,
+    /// 0 = open, 1 = shed, 2 = abandoning.
+    close_reason: AtomicU64,
+    close: Notify,
+    epoch: Instant,
+    /// Holds a slot of the anonymous (certificate-less) cap.
+    anonymous: std::sync::atomic::AtomicBool,
+    /// The client's address key (see [`client_key`]).
+    client: IpAddr,
+}
+
+/// Which connections a shed may pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Any,
+    Anonymous,
+    /// Those of one client address key.
+    Client(IpAddr),
+}
+
+/// The key of a client for the per-address cap: the address, or for IPv6
+/// its /64 (one subscriber line usually holds a whole /64).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            IpAddr::V6(s.into())
+        }
+    }
+}
+
+impl Connection {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Marks a request as started; `None` when the connection is being shed
+    /// (the caller answers 503 and closes).
+    pub fn begin(self: &Arc<Self>) -> Option<Active> {
+        self.flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                (f & SHED == 0).then_some(f + 1)
+            })
+            .ok()
+            .map(|_| Active {
+                connection: self.clone(),
+            })
+    }
+
+    /// Marks the connection as holding an anonymous slot.
+    pub fn set_anonymous(&self) {
+        self.anonymous.store(true, Ordering::Release);
+    }
+
+    /// Counts a request whose response was produced.
+    pub fn completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request the client abandoned before its response; true when
+    /// the connection has crossed the line and was told to close.
+    pub fn abandoned(&self) -> bool {
+        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        let completed = self.completed.load(Ordering::Relaxed);
+        if abandoned > ABANDON_ALLOWANCE && abandoned > completed {
+            self.tell_to_close(CloseReason::Abandoning);
+            return true;
+        }
+        false
+    }
+
+    fn tell_to_close(&self, reason: CloseReason) {
+        let code = match reason {
+            CloseReason::Shed => 1,
+            CloseReason::Abandoning => 2,
+        };
+        if self
+            .close_reason
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close.notify_one();
+        }
+    }
+
+    /// Resolves once the connection should close, with the reason.
+    pub async fn closing(&self) -> CloseReason {
+        loop {
+            match self.close_reason.load(Ordering::Acquire) {
+                1 => return CloseReason::Shed,
+                2 => return CloseReason::Abandoning,
+                _ => self.close.notified().await,
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection; dropping it ends the request.
+pub struct Active {
+    connection: Arc<Connection>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let c = &self.connection;
+        c.idle_since_ms.store(c.now_ms(), Ordering::Release);
+        c.flags.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every open connection.
+pub struct Register {
+    next_id: AtomicU64,
+    open: Mutex<Open>,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Open {
+    connections: HashMap<u64, Arc<Connection>>,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place in the register; dropping it removes it.
+pub struct Registration {
+    id: u64,
+    register: Arc<Register>,
+    pub connection: Arc<Connection>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.register.open.lock() {
+            open.connections.remove(&self.id);
+            let client = self.connection.client;
+            if let Some(n) = open.per_client.get_mut(&client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.per_client.remove(&client);
+                }
+            }
+        }
+    }
+}
+
+impl Register {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Register {
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(Open::default()),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Open connections of the client address key of `ip`.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        self.open
+            .lock()
+            .map(|open| open.per_client.get(&client_key(ip)).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn register(self: &Arc<Self>, ip: IpAddr) -> Registration {
+        let connection = Arc::new(Connection {
+            flags: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            close_reason: AtomicU64::new(0),
+            close: Notify::new(),
+            epoch: self.epoch,
+            anonymous: std::sync::atomic::AtomicBool::new(false),
+            client: client_key(ip),
+        });
+        connection
+            .idle_since_ms
+            .store(connection.now_ms(), Ordering::Release);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            open.connections.insert(id, connection.clone());
+            *open.per_client.entry(connection.client).or_insert(0) += 1;
+        }
+        Registration {
+            id,
+            register: self.clone(),
+            connection,
+        }
+    }
+
+    /// Tells the connection that has been without a request in flight the
+    /// longest (of those `pick` allows) to close; false when every such
+    /// connection is busy or too recently active.
+    pub fn shed_one(&self, pick: Pick) -> bool {
+        let Ok(open) = self.open.lock() else {
+            return false;
+        };
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut idle: Vec<&Arc<Connection>> = open
+            .connections
+            .values()
+            .filter(|c| c.flags.load(Ordering::Acquire) == 0)
+            .filter(|c| match pick {
+                Pick::Any => true,
+                Pick::Anonymous => c.anonymous.load(Ordering::Acquire),
+                Pick::Client(ip) => c.client == ip,
+            })
+            .filter(|c| now.saturating_sub(c.idle_since_ms.load(Ordering::Acquire)) >= MIN_IDLE_MS)
+            .collect();
+        idle.sort_by_key(|c| c.idle_since_ms.load(Ordering::Acquire));
+        for c in idle {
+            if c.flags
+                .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                c.tell_to_close(CloseReason::Shed);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn counts_per_client_and_sheds_within_one_client() {
+        let register = Register::new();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let a = register.register(LOCAL);
+        let b = register.register(other);
+        let v6a = register.register("2001:db8::1".parse().unwrap());
+        let _v6b = register.register("2001:db8::ffff:2".parse().unwrap());
+        assert_eq!(register.count(LOCAL), 1);
+        assert_eq!(register.count("2001:db8::3".parse().unwrap()), 2, "one /64");
+        tokio::time::sleep(std::time::Duration::from_millis(MIN_IDLE_MS + 10)).await;
+        assert!(register.shed_one(Pick::Client(other)));
+        assert_eq!(b.connection.closing().await, CloseReason::Shed);
+        assert!(!register.shed_one(Pick::Client(other)), "none left there");
+        drop(b);
+        drop(v6a);
+        assert_eq!(register.count(other), 0);
+        assert_eq!(register.count("2001:db8::3".parse().unwrap()), 1);
+        drop(a);
+    }
+
+    #[tokio::test]
+    async fn sheds_the_longest_idle_and_never_a_busy_connection() {
+        let register = Register::new();
+        let old = register.register(LOCAL);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let busy = register.register(LOCAL);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let young = register.register(LOCAL);
+        assert!(
+            !register.shed_one(Pick::Any),
+            "nobody is shed right after connecting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(MIN_IDLE_MS)).await;
+        let _request = busy.connection.begin().unwrap();
+        // The oldest idle one goes first, then the younger; the busy one never.
+        assert!(register.shed_one(Pick::Any));
+        assert_eq!(old.connection.closing().await, CloseReason::Shed);
+        assert!(
+            old.connection.begin().is_none(),
+            "a shed connection starts nothing"
+        );
+        assert!(register.shed_one(Pick::Any));
+        assert_eq!(young.connection.closing().await, CloseReason::Shed);
+        assert!(
+            !register.shed_one(Pick::Any),
+            "only a busy connection is left"
+        );
+        drop(old);
+        drop(young);
+        assert_eq!(register.open.lock().unwrap().connections.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_mostly_abandons_requests_is_told_to_close() {
+        let register = Register::new();
+        let r = register.register(LOCAL);
+        for _ in 0..50 {
+            r.connection.completed();
+        }
+        let mut closed_at = None;
+        for n in 1..=1000u64 {
+            if r.connection.abandoned() {
+                closed_at = Some(n);
+                break;
+            }
+        }
+        assert_eq!(closed_at, Some(ABANDON_ALLOWANCE + 1));
+        assert_eq!(r.connection.closing().await, CloseReason::Abandoning);
+    }
+}

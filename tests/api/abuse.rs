@@ -1,0 +1,932 @@
+//! Abuse limits, over real TLS: slowloris, floods beyond the caps, oversized
+//! headers, HTTP/2 rapid reset and stream floods, request smuggling, log
+//! injection, and card numbers typed into personal fields.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use checkoutd::cli::ServeArgs;
+use checkoutd::server::identity::Role;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{
+    Options, TestApp, Versions, expect_problem, rustls_client_config, spawn_app, spawn_app_with,
+};
+use crate::orders::order_json;
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection offering only `alpn`; `None` if the server closed it.
+async fn connect(app: &TestApp, role: Option<Role>, alpn: &[u8]) -> Option<Tls> {
+    let cert = role.map(|r| app.pki.client(r).unwrap());
+    let mut config = rustls_client_config(
+        &app.pki,
+        cert.as_ref()
+            .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+        Versions::Both,
+    );
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Everything the server sends until it closes (or `within` passes).
+async fn read_until_closed(stream: &mut Tls, within: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (out, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn status_of(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn order_count(app: &TestApp) -> i64 {
+    let db = app.db().await;
+    sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+}
+
+fn slow_route(delay: Duration) -> axum::Router<checkoutd::routes::AppState> {
+    axum::Router::new().route(
+        "/slow",
+        axum::routing::get(move || async move {
+            tokio::time::sleep(delay).await;
+            "done"
+        }),
+    )
+}
+
+/// A fresh client (its own connection).
+fn fresh(app: &TestApp) -> reqwest::Client {
+    app.anonymous()
+}
+
+/// A client connecting from `source` (another loopback address), with the
+/// certificate of `role` if given.
+fn from_address(app: &TestApp, source: &str, role: Option<Role>) -> reqwest::Client {
+    let cert = role.map(|r| app.pki.client(r).unwrap());
+    let config = rustls_client_config(
+        &app.pki,
+        cert.as_ref()
+            .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
+        Versions::Both,
+    );
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+// ---- 1. slowloris ----
+
+#[tokio::test]
+async fn connections_dribbling_headers_do_not_keep_a_real_client_out() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_connections: Some(8),
+            max_connections_per_ip: Some(4),
+            header_read_timeout: Some("30s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let app = Arc::new(app);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 24 attackers (from 127.0.0.1) for 8 slots, each dribbling a request
+    // head one byte every 100 ms and reconnecting at once whenever it is
+    // dropped. They may hold 4 slots (the per-address cap): at the cap, each
+    // newcomer of theirs sheds their own longest-idle connection.
+    let mut attackers = Vec::new();
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for i in 0..24 {
+        let app = app.clone();
+        let stop = stop.clone();
+        let opened = opened.clone();
+        let role = [None, Some(Role::Storefront)][i % 2];
+        attackers.push(tokio::spawn(async move {
+            let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(mut s) = connect(&app, role, b"http/1.1").await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for b in head.iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || s.write_all(&[*b]).await.is_err()
+                        || s.flush().await.is_err()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Real clients (other addresses) still get in, promptly, again and
+    // again (anonymous and certified).
+    for round in 0..6 {
+        let started = Instant::now();
+        let client = if round % 2 == 0 {
+            from_address(&app, "127.0.0.2", None)
+        } else {
+            from_address(&app, "127.0.0.3", Some(Role::Fulfillment))
+        };
+        let path = if round % 2 == 0 {
+            "/healthz"
+        } else {
+            "/v1/shipments"
+        };
+        let response =
+            tokio::time::timeout(Duration::from_secs(3), client.get(app.url(path)).send())
+                .await
+                .expect("a real client is served within 3 s")
+                .unwrap();
+        assert_eq!(response.status(), 200, "round {round}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+    }
+    assert!(
+        opened.load(std::sync::atomic::Ordering::Relaxed) > 24,
+        "the attackers were shed and reconnected"
+    );
+}
+
+// ---- 2. overload ----
+
+fn assert_overloaded_fast(status: u16, retry_after: Option<&str>, elapsed: Duration) {
+    assert_eq!(status, 503);
+    assert_eq!(retry_after, Some("1"));
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "answered in {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_cap_get_a_fast_503_and_capacity_returns() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_requests_in_flight: Some(2),
+            ..Default::default()
+        },
+        extra_routes: Some(slow_route(Duration::from_millis(2000))),
+        ..Default::default()
+    })
+    .await;
+    let app = Arc::new(app);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let (client, url) = (fresh(&app), app.url("/slow"));
+        slow.push(tokio::spawn(async move { client.get(url).send().await }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let client = fresh(&app);
+    let flood = (0..40).map(|_| {
+        let (client, url) = (client.clone(), app.url("/healthz"));
+        async move {
+            let started = Instant::now();
+            let r = client.get(url).send().await.unwrap();
+            (r, started.elapsed())
+        }
+    });
+    for (r, elapsed) in futures_util::future::join_all(flood).await {
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_overloaded_fast(r.status().as_u16(), retry.as_deref(), elapsed);
+        assert!(r.headers().contains_key("strict-transport-security"));
+        let body = expect_problem(r, 503).await;
+        assert_eq!(body["type"], "urn:checkoutd:problem:unavailable");
+    }
+    for s in slow {
+        assert_eq!(
+            s.await.unwrap().unwrap().status(),
+            200,
+            "the slow ones finish"
+        );
+    }
+    let r = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "capacity returns");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_get_a_fast_503_when_none_is_idle() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_connections: Some(3),
+            ..Default::default()
+        },
+        extra_routes: Some(slow_route(Duration::from_millis(2500))),
+        ..Default::default()
+    })
+    .await;
+    let app = Arc::new(app);
+    // Three connections, each with a request in flight: nothing to shed.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let (client, url) = (fresh(&app), app.url("/slow"));
+        slow.push(tokio::spawn(async move { client.get(url).send().await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flood = (0..20).map(|i| {
+        let app = app.clone();
+        async move {
+            let started = Instant::now();
+            let result = if i % 2 == 0 {
+                fresh(&app)
+                    .get(app.url("/healthz"))
+                    .send()
+                    .await
+                    .map_err(|_| ())
+            } else {
+                // HTTP/1.1 only, read raw.
+                let mut s = connect(&app, None, b"http/1.1").await.ok_or(())?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .await
+                    .map_err(|_| ())?;
+                let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+                let text = String::from_utf8_lossy(&bytes).to_lowercase();
+                assert!(closed, "the overload answer closes the connection");
+                assert_eq!(status_of(&bytes), 503, "{text}");
+                assert!(text.contains("retry-after: 1"), "{text}");
+                assert!(
+                    text.contains("content-type: application/problem+json"),
+                    "{text}"
+                );
+                assert!(text.contains("strict-transport-security"), "{text}");
+                return Ok((None, started.elapsed()));
+            };
+            result.map(|r| (Some(r), started.elapsed()))
+        }
+    });
+    let mut answered = 0;
+    for outcome in futures_util::future::join_all(flood).await {
+        // Beyond the overflow responders a connection may be closed
+        // unanswered; here (20 < 64) every one is answered.
+        let (response, elapsed) = outcome.expect("answered, not dropped");
+        answered += 1;
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "answered in {elapsed:?}"
+        );
+        if let Some(r) = response {
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_overloaded_fast(r.status().as_u16(), retry.as_deref(), elapsed);
+            expect_problem(r, 503).await;
+        }
+    }
+    assert_eq!(answered, 20);
+    for s in slow {
+        let r = s.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "done");
+    }
+    // As the answers said: retry after a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = fresh(&app).get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "capacity returns");
+}
+
+#[tokio::test]
+async fn a_full_commit_queue_answers_503_at_once_and_stores_nothing_extra() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            commit_queue: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let app = Arc::new(app);
+    // Hold the database's write lock, so the writer blocks on its first
+    // batch and the queue (depth 1) fills.
+    let db = app.db().await;
+    let mut lock = db.begin().await.unwrap();
+    if app.database.is_postgres() {
+        sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+    } else {
+        // A write takes SQLite's one writer lock until the transaction ends.
+        sqlx::query("CREATE TABLE abuse_lock (x INTEGER)")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+    }
+    let orders = (0..8).map(|i| {
+        let app = app.clone();
+        async move {
+            let started = Instant::now();
+            let mut order = order_json();
+            order["storefront_order_ref"] = json!(format!("Q-{i}"));
+            let r = app.post_order(&format!("queue-{i}"), &order).await;
+            (r, started.elapsed())
+        }
+    });
+    let all = tokio::spawn(futures_util::future::join_all(orders));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // While the lock is held, the refused ones have been answered already.
+    assert!(!all.is_finished(), "the queued ones wait for the lock");
+    lock.rollback().await.unwrap();
+    let mut created = 0;
+    let mut refused = 0;
+    for (r, elapsed) in all.await.unwrap() {
+        match r.status().as_u16() {
+            201 => created += 1,
+            503 => {
+                refused += 1;
+                assert!(
+                    elapsed < Duration::from_millis(1500),
+                    "refused in {elapsed:?}"
+                );
+                assert_eq!(r.headers()["retry-after"], "1");
+                expect_problem(r, 503).await;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused >= 1, "a full queue refuses");
+    assert!(
+        created >= 1,
+        "the queued orders commit once the lock is gone"
+    );
+    assert_eq!(order_count(&app).await, created);
+    // A refused order's key was not claimed: a retry commits it.
+    let mut order = order_json();
+    order["storefront_order_ref"] = json!("Q-retry");
+    let retry = app.post_order("queue-retry", &order).await;
+    assert_eq!(retry.status(), 201);
+}
+
+// ---- 3. oversized headers ----
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let app = spawn_app().await;
+    // HTTP/1.1, our own limit (16 KiB): a problem document.
+    let mut s = connect(&app, None, b"http/1.1").await.unwrap();
+    let big = "a".repeat(20 * 1024);
+    s.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&bytes).to_lowercase();
+    assert_eq!(status_of(&bytes), 431, "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("headers-too-large"), "{text}");
+    assert!(closed);
+    // Too many fields.
+    let mut s = connect(&app, None, b"http/1.1").await.unwrap();
+    let fields: String = (0..80).map(|i| format!("X-F{i}: v\r\n")).collect();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{fields}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (bytes, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&bytes), 431);
+    assert!(String::from_utf8_lossy(&bytes).contains("application/problem+json"));
+    // Beyond hyper's 64 KiB read buffer: hyper's own bare 431.
+    let mut s = connect(&app, None, b"http/1.1").await.unwrap();
+    let huge = "a".repeat(80 * 1024);
+    let _ = s
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {huge}\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(
+        status_of(&bytes),
+        431,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(closed);
+    // HTTP/2 (reqwest negotiates h2): a problem document too.
+    let r = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .header("x-big", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let body = expect_problem(r, 431).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:headers-too-large");
+    // The server still serves.
+    let r = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+// ---- 4. HTTP/2 rapid reset and stream floods ----
+
+/// Opens streams (`POST path`, body never sent) and resets each one, after
+/// `pause` (time for the server to start the handler) if given, until the
+/// server closes the connection: how many streams that took, and the GOAWAY
+/// reason if one came.
+async fn reset_until_closed(
+    app: &TestApp,
+    path: &str,
+    pause: Option<Duration>,
+) -> (u32, Option<h2::Reason>) {
+    let tls = connect(app, Some(Role::Storefront), b"h2").await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let started = Instant::now();
+    let mut cycles = 0u32;
+    let error = loop {
+        assert!(
+            cycles < 5000 && started.elapsed() < Duration::from_secs(20),
+            "the server never closed the connection ({cycles} resets)"
+        );
+        client = match tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => break Some(e),
+            Err(_) => break None,
+        };
+        let request = http::Request::post(app.url(path))
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("rr-{cycles}"))
+            .body(())
+            .unwrap();
+        let (_response, mut stream) = match client.send_request(request, false) {
+            Ok(pair) => pair,
+            Err(e) => break Some(e),
+        };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        stream.send_reset(h2::Reason::CANCEL);
+        cycles += 1;
+        if cycles.is_multiple_of(16) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "the connection ended");
+    (cycles, error.and_then(|e| e.reason()))
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
+    let slow = axum::Router::new().route(
+        "/slow",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "done"
+        }),
+    );
+    let app = spawn_app_with(Options {
+        extra_routes: Some(slow),
+        ..Default::default()
+    })
+    .await;
+    // Back-to-back HEADERS + RST_STREAM: h2's pending-accept limit (32).
+    let (cycles, reason) = reset_until_closed(&app, "/v1/orders", None).await;
+    assert!(cycles <= 1000, "closed after {cycles} resets");
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // Resets that wait until a handler is at work (one that does not read
+    // the body, so the reset cancels it rather than failing its read): our
+    // abandon rule (more than 100 abandoned, more abandoned than completed)
+    // sends GOAWAY and closes.
+    let (cycles, reason) = reset_until_closed(&app, "/slow", Some(Duration::from_millis(5))).await;
+    assert!(
+        (100..=300).contains(&cycles),
+        "closed after {cycles} resets"
+    );
+    assert_eq!(reason, Some(h2::Reason::NO_ERROR));
+    // Nothing was stored, and others are served.
+    assert_eq!(order_count(&app).await, 0);
+    let r = app.post_order("after-reset", &order_json()).await;
+    assert_eq!(r.status(), 201);
+}
+
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK block of literal fields (no indexing, no Huffman).
+fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+#[tokio::test]
+async fn http2_streams_beyond_the_limit_are_refused() {
+    let app = spawn_app().await;
+    let mut s = connect(&app, Some(Role::Storefront), b"h2").await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    // Read the server's SETTINGS and acknowledge them, so its limits apply.
+    let mut header = [0u8; 9];
+    let mut advertised = None;
+    loop {
+        s.read_exact(&mut header).await.unwrap();
+        let len =
+            (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        if header[3] == 4 && header[4] & 1 == 0 {
+            for setting in payload.chunks(6) {
+                if u16::from_be_bytes([setting[0], setting[1]]) == 3 {
+                    advertised = Some(u32::from_be_bytes([
+                        setting[2], setting[3], setting[4], setting[5],
+                    ]));
+                }
+            }
+            s.write_all(&frame(4, 1, 0, &[])).await.unwrap();
+            break;
+        }
+    }
+    assert_eq!(advertised, Some(64), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    // 100 requests whose bodies never come: each stays open.
+    let block = hpack(&[
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":path", "/v1/orders"),
+        (":authority", "localhost"),
+        ("content-type", "application/json"),
+    ]);
+    let mut burst = Vec::new();
+    for i in 0..100u32 {
+        burst.extend(frame(1, 0x4, 2 * i + 1, &block)); // HEADERS, END_HEADERS
+    }
+    s.write_all(&burst).await.unwrap();
+    let mut refused = 0;
+    let mut goaway = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while refused < 36 && !goaway {
+        match tokio::time::timeout_at(deadline, s.read_exact(&mut header)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+        let len =
+            (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        match header[3] {
+            3 if u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) == 7 => {
+                refused += 1
+            }
+            7 => goaway = true,
+            _ => {}
+        }
+    }
+    assert!(
+        refused >= 36 || goaway,
+        "streams beyond 64 are refused (REFUSED_STREAM) or the connection is closed: {refused} refused"
+    );
+    drop(s);
+    assert_eq!(order_count(&app).await, 0);
+    let r = app.post_order("after-streams", &order_json()).await;
+    assert_eq!(r.status(), 201);
+}
+
+// ---- 5. request smuggling ----
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_and_the_smuggled_order_never_stored() {
+    let app = spawn_app().await;
+    let order = serde_json::to_string(&order_json()).unwrap();
+    let smuggled = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nIdempotency-Key: smuggled\r\nContent-Length: {}\r\n\r\n{order}",
+        order.len()
+    );
+    let chunked_then_smuggled = format!("0\r\n\r\n{smuggled}");
+    let n = chunked_then_smuggled.len();
+    let head = "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nIdempotency-Key: front\r\n";
+    // (framing headers, body, whether our own problem document answers)
+    let cases: Vec<(String, String, bool)> = vec![
+        (
+            format!("Content-Length: {n}\r\nTransfer-Encoding: chunked\r\n"),
+            chunked_then_smuggled.clone(),
+            true,
+        ),
+        (
+            format!("Transfer-Encoding: chunked\r\nContent-Length: {n}\r\n"),
+            chunked_then_smuggled.clone(),
+            true,
+        ),
+        // TE.CL: a front end that honours chunked sends the smuggled
+        // request as the chunk; one that honours Content-Length stops early.
+        (
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n".into(),
+            format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len()),
+            true,
+        ),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n".into(),
+            chunked_then_smuggled.clone(),
+            true,
+        ),
+        (
+            "Transfer-Encoding: CHUNKED\r\n".into(),
+            chunked_then_smuggled.clone(),
+            true,
+        ),
+        (
+            "Transfer-Encoding:\tchunked\r\n".into(),
+            chunked_then_smuggled.clone(),
+            true,
+        ),
+        (
+            format!("Content-Length: 5\r\nContent-Length: {n}\r\n"),
+            chunked_then_smuggled.clone(),
+            false,
+        ),
+        (
+            format!("Transfer-Encoding: chunked, identity\r\nContent-Length: {n}\r\n"),
+            chunked_then_smuggled.clone(),
+            false,
+        ),
+        (
+            "Transfer-Encoding: xchunked\r\n".into(),
+            chunked_then_smuggled.clone(),
+            false,
+        ),
+        (
+            "Transfer-Encoding : chunked\r\n".into(),
+            chunked_then_smuggled.clone(),
+            false,
+        ),
+        (
+            "X-Pad: a\r\n Transfer-Encoding: chunked\r\n".into(),
+            chunked_then_smuggled.clone(),
+            false,
+        ),
+        (
+            format!("Content-Length: {n}\r\nTransfer-Encoding: identity\r\n"),
+            chunked_then_smuggled.clone(),
+            false,
+        ),
+    ];
+    for (i, (framing, body, ours)) in cases.iter().enumerate() {
+        let mut s = connect(&app, Some(Role::Storefront), b"http/1.1")
+            .await
+            .unwrap();
+        let _ = s
+            .write_all(format!("{head}{framing}\r\n{body}").as_bytes())
+            .await;
+        let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(status_of(&bytes), 400, "case {i}: {text}");
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            1,
+            "case {i}: one answer only: {text}"
+        );
+        assert!(closed, "case {i}: the connection is closed");
+        if *ours {
+            assert!(
+                text.contains("application/problem+json"),
+                "case {i}: {text}"
+            );
+            assert!(text.contains("ambiguous-framing"), "case {i}: {text}");
+        }
+    }
+    assert_eq!(order_count(&app).await, 0, "no smuggled order was stored");
+    // The same order, sent plainly, is accepted (the attack was the framing).
+    let r = app.post_order("plain", &order_json()).await;
+    assert_eq!(r.status(), 201);
+}
+
+// ---- 6. log injection ----
+
+#[tokio::test]
+async fn control_characters_from_clients_never_reach_a_log_raw() {
+    let app = spawn_app().await;
+    let marker = "INJ7c1";
+    let storefront = app.client(Role::Storefront);
+    // JSON member names and values with CR, LF, ESC, BEL and C1 controls.
+    let hostile = format!("{marker}\r\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m\u{7}\u{9b}");
+    let mut order = order_json();
+    order[hostile.as_str()] = json!(hostile);
+    order["customer"]["name"] = json!(hostile);
+    let _ = storefront
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", format!("{marker}-k\t1"))
+        .header("user-agent", format!("{marker}\tagent"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    // A form with hostile field names and values.
+    let _ = storefront
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", format!("{marker}-form"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "{marker}%0d%0aforged%1b%5b31m=1&customer.name={marker}%0a%1b"
+        ))
+        .send()
+        .await
+        .unwrap();
+    // Paths and queries (percent-encoded controls), an extension method.
+    for path in [
+        format!("/v1/orders/{marker}%0d%0aforged%1b%5b31m"),
+        format!("/v1/shipments?status={marker}%0d%0a%1b%5b31m&{marker}%0a=1"),
+        format!("/nowhere/{marker}%1b%07"),
+    ] {
+        let _ = storefront.get(app.url(&path)).send().await.unwrap();
+    }
+    let _ = storefront
+        .request(
+            reqwest::Method::from_bytes(b"INJ7C1").unwrap(),
+            app.url("/healthz"),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Raw HTTP/1 with obs-text (C1 bytes) in header values, and a raw ESC
+    // in a header value (refused by the parser).
+    for raw in [
+        &b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nUser-Agent: INJ7c1\x9b31m\x85\r\nX-Id: INJ7c1\xc2\x9b\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Id: INJ7c1\x1b[31m\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /heal\x1bthz HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+    ] {
+        let mut s = connect(&app, Some(Role::Storefront), b"http/1.1").await.unwrap();
+        let _ = s.write_all(raw).await;
+        let _ = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = crate::helpers::captured_logs();
+    // One JSON object per line: nothing split a line. And no field holds
+    // a control character once decoded: client text that reaches a field at
+    // all was escaped first (`\\x1b`, `\\r`), not left for the JSON
+    // writer to escape (`\\u001b`), which a text-format log would not do.
+    fn controls(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.chars().any(|c| c.is_control() || c == '\u{2028}'),
+            Value::Array(a) => a.iter().any(controls),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, v)| k.chars().any(char::is_control) || controls(v)),
+            _ => false,
+        }
+    }
+    for line in logs.lines() {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|_| panic!("every log line is one whole event: {line:?}"));
+        // (Only this test's lines: the log buffer is shared by all tests.)
+        if event.to_string().to_lowercase().contains("inj7c1") {
+            assert!(
+                !controls(&event),
+                "a control character reached a log field: {line}"
+            );
+        }
+    }
+    assert!(
+        !logs.contains(['\x1b', '\x07', '\r', '\u{9b}', '\u{85}']),
+        "a raw control character reached the logs"
+    );
+}
+
+// ---- 7. card numbers in personal fields ----
+
+#[tokio::test]
+async fn a_card_number_typed_into_a_personal_field_is_refused_and_never_stored() {
+    let app = spawn_app().await;
+    let typed = [
+        "5105 1051 0510 5100",
+        "5105-1051-0510-5100",
+        "5105105105105100",
+        "Ada 5105 1051\n0510 5100",
+    ];
+    let paths: &[&[&str]] = &[
+        &["customer", "name"],
+        &["customer", "company"],
+        &["billing_address", "line1"],
+        &["billing_address", "line2"],
+        &["billing_address", "city"],
+        &["billing_address", "region"],
+        &["billing_address", "postal_code"],
+        &["shipping_address", "line1"],
+        &["gift_recipient", "name"],
+        &["gift_recipient", "message"],
+        &["gift_recipient", "address", "line1"],
+        &["card", "holder_name"],
+    ];
+    for (n, path) in paths.iter().enumerate() {
+        for (m, pan) in typed.iter().enumerate() {
+            // A line break only where the field may hold one.
+            if pan.contains('\n') && path.last() != Some(&"message") {
+                continue;
+            }
+            let mut order = order_json();
+            match path[0] {
+                "shipping_address" => {
+                    order["shipping_address"] = order["billing_address"].clone();
+                }
+                "gift_recipient" => {
+                    order["gift_recipient"] = json!({
+                        "name": "Grace Hopper",
+                        "address": order["billing_address"].clone(),
+                        "message": "Happy birthday",
+                    });
+                }
+                _ => {}
+            }
+            let mut target = &mut order;
+            for key in &path[..path.len() - 1] {
+                target = &mut target[*key];
+            }
+            target[path[path.len() - 1]] = json!(pan);
+            let r = app.post_order(&format!("pan-{n}-{m}"), &order).await;
+            let text_status = r.status().as_u16();
+            let body = expect_problem(r, 422).await;
+            assert_eq!(text_status, 422);
+            let field = path.join(".");
+            let errors = body["errors"].as_array().unwrap();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e["field"] == field.as_str() && e["code"] == "looks_like_card_number"),
+                "{field}: {body}"
+            );
+            assert!(
+                !body.to_string().contains("5105"),
+                "the value is never echoed"
+            );
+        }
+    }
+    // A plain order goes through, so the database has content to scan.
+    let r = app.post_order("pan-ok", &order_json()).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(order_count(&app).await, 1);
+    for (what, bytes) in app.database_bytes().await {
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in ["5105105105105100", "5105 1051", "5105-1051", "0510 5100"] {
+            assert!(!text.contains(needle), "{needle} in the {what}");
+        }
+    }
+    let report = crate::audit::run_verify(&app).await;
+    assert!(
+        !report
+            .failures
+            .iter()
+            .any(|f| f.what.contains("card number")),
+        "{:#?}",
+        report.failures
+    );
+    let logs = crate::helpers::captured_logs();
+    assert!(!logs.contains("5105105105105100") && !logs.contains("5105 1051"));
+}
