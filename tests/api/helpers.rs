@@ -29,12 +29,60 @@ fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
     BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
 }
 
+/// Set by tests/log_hygiene.rs when it runs this binary: every log line
+/// also goes to this file, and each test app's key material (master key,
+/// TLS private keys) to `<file>.keys`, one needle per line, for its scan.
+pub const LOG_FILE_ENV: &str = "CHECKOUTD_TEST_LOG_FILE";
+
+fn log_file() -> Option<&'static Mutex<std::fs::File>> {
+    static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::var_os(LOG_FILE_ENV)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        Some(Mutex::new(file))
+    })
+    .as_ref()
+}
+
+/// Lists a test app's key material in `<log file>.keys` (see [`LOG_FILE_ENV`]).
+fn record_key_material(data_dir: &std::path::Path, pki: &DevPki) {
+    let Some(log) = std::env::var_os(LOG_FILE_ENV) else {
+        return;
+    };
+    let mut needles = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(data_dir.join("master.key")) {
+        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        needles.push(file["key"].as_str().unwrap().to_owned());
+    }
+    let keys = std::iter::once(&pki.server).chain(pki.clients.iter().map(|(_, c)| c));
+    for issued in keys {
+        // The longest base64 line of the private key's PEM.
+        let line = issued.key_pem.lines().max_by_key(|l| l.len()).unwrap();
+        needles.push(line.to_owned());
+    }
+    let mut path = log;
+    path.push(".keys");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(file, "{}", needles.join("\n")).unwrap();
+}
+
 #[derive(Clone)]
 struct BufWriter(Arc<Mutex<Vec<u8>>>);
 
 impl Write for BufWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(data);
+        if let Some(file) = log_file() {
+            file.lock().unwrap().write_all(data)?;
+        }
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -256,6 +304,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let settings = Settings::from_args(&args).unwrap();
     let app = Application::build(&settings).await.unwrap();
+    record_key_material(&dir.path().join("data"), &pki);
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {
