@@ -131,7 +131,7 @@ fn card_numbers(hay: &[u8]) -> Vec<String> {
             && (i == hay.len() || !hay[i].is_ascii_alphanumeric());
         let digits = &hay[start..i];
         if alone && (13..=19).contains(&digits.len()) && luhn(digits) {
-            found.insert(String::from_utf8_lossy(digits).into_owned());
+            found.push(String::from_utf8_lossy(digits).into_owned());
         }
     }
     found
@@ -175,7 +175,7 @@ fn emails(text: &str) -> Vec<String> {
             && tld.len() >= 2
             && tld.chars().all(|c| c.is_ascii_alphabetic())
         {
-            found.insert(format!(
+            found.push(format!(
                 "{}@{domain}",
                 local.chars().rev().collect::<String>()
             ));
