@@ -194,9 +194,10 @@ pub struct ProofEvent<'a> {
 #[allow(dead_code)] // Describes the body; `parse_opt_out` reads it.
 pub struct OptOutRequest {
     /// The address the customer gave at checkout.
-    #[schema(min_length = 3, max_length = 254, example = "ada@example.com")]
+    #[schema(schema_with = crate::domain::contact::email_schema)]
     email: String,
-    purposes: PurposeSelection,
+    #[schema(schema_with = purposes_schema)]
+    purposes: (),
     channel: ChannelName,
     /// RFC 3339 time the request was received; not in the future.
     #[schema(format = DateTime, example = "2026-01-02T03:04:05Z")]
@@ -207,21 +208,24 @@ pub struct OptOutRequest {
     reference: Option<String>,
 }
 
-/// `"all"`, or a non-empty list of purposes.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum PurposeSelection {
-    All(AllPurposes),
-    Some(Vec<PurposeName>),
-}
-
-/// Every purpose at once.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum AllPurposes {
-    All,
+/// `"all"`, or a non-empty list of distinct purposes ([`parse_purposes`]).
+fn purposes_schema() -> utoipa::openapi::Schema {
+    use utoipa::PartialSchema;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["all"])),
+        )
+        .item(
+            ArrayBuilder::new()
+                .items(PurposeName::schema())
+                .min_items(Some(1)),
+        )
+        .description(Some("`all`, or a non-empty list of purposes"))
+        .build()
+        .into()
 }
 
 /// One of the five consent purposes ([`Purposes::NAMES`]).
@@ -723,7 +727,11 @@ mod tests {
         assert_eq!(schema["additionalProperties"], json!(false));
         let mut sample = serde_json::Map::new();
         for (name, member) in schema["properties"].as_object().unwrap() {
-            let example = member.get("example").cloned().unwrap_or(json!("all"));
+            let example = member
+                .get("example")
+                .or_else(|| member.get("examples").and_then(|e| e.get(0)))
+                .cloned()
+                .unwrap_or(json!("all"));
             sample.insert(name.clone(), example);
         }
         sample.insert("channel".into(), json!("email"));

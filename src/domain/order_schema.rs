@@ -51,7 +51,7 @@ pub struct CustomerIn {
     name: String,
     #[schema(max_length = 256, example = "Analytical Engines Ltd")]
     company: Option<String>,
-    #[schema(min_length = 3, max_length = 254, example = "ada@example.com")]
+    #[schema(schema_with = crate::domain::contact::email_schema)]
     email: String,
     /// 7 to 20 digits, optionally a leading `+` and spaces, dashes, dots,
     /// slashes or parentheses.
@@ -182,10 +182,10 @@ fn resolve<'a>(schema: &'a Value, components: &'a Map<String, Value>) -> &'a Val
             .get(name)
             .map_or(schema, |s| resolve(s, components));
     }
-    if let Some(Value::Array(alts)) = schema.get("oneOf") {
-        if let Some(inner) = alts.iter().find(|a| a.get("type") != Some(&json!("null"))) {
-            return resolve(inner, components);
-        }
+    if let Some(Value::Array(alts)) = schema.get("oneOf")
+        && let Some(inner) = alts.iter().find(|a| a.get("type") != Some(&json!("null")))
+    {
+        return resolve(inner, components);
     }
     schema
 }
@@ -206,7 +206,14 @@ fn form_leaf(schema: &Value) -> Value {
             json!(["", "on", "true", "1", "yes", "off", "false", "0", "no"]),
         );
     } else {
-        for k in ["minLength", "maxLength", "description", "example"] {
+        for k in [
+            "minLength",
+            "maxLength",
+            "pattern",
+            "description",
+            "example",
+            "examples",
+        ] {
             if let Some(v) = schema.get(k) {
                 leaf.insert(k.into(), v.clone());
             }
@@ -318,6 +325,7 @@ mod tests {
         }
         schema
             .get("example")
+            .or_else(|| schema.get("examples").and_then(|e| e.get(0)))
             .cloned()
             .unwrap_or_else(|| panic!("schema member without an example: {schema}"))
     }

@@ -234,9 +234,9 @@ pub async fn order(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    super::IdSegment(id): super::IdSegment,
 ) -> Response {
-    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+    let Some(id) = id else {
         return Problem::not_found().into_response();
     };
     let id = id.to_string();

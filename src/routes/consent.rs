@@ -175,7 +175,7 @@ autocomplete=\"email\" maxlength=\"254\"{describedby}></p>\
 #[allow(dead_code)] // Describes the form `unsubscribe` reads.
 pub struct UnsubscribeForm {
     /// The address given at checkout.
-    #[schema(max_length = 254, example = "ada@example.com")]
+    #[schema(schema_with = crate::domain::contact::email_schema)]
     email: String,
     /// A ticked box (any value) stops this purpose; no box ticked stops all.
     #[schema(example = "on")]

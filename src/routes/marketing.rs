@@ -33,9 +33,8 @@ pub struct AudiencePage<'a> {
     path = "/v1/marketing/audience",
     operation_id = "audience",
     params(
-        ("purpose" = String, Query, description = "One of the five consent purposes",
-            example = "special_offers"),
-        ("after" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("purpose" = crate::consent::PurposeName, Query, description = "One of the five consent purposes"),
+        ("after" = Option<String>, Query, pattern = "^[0-7][0-9a-fA-F]{15}$", description = "The `next_cursor` of the previous page"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 5000, description = "Page size, 1 to 5000 (default 500)"),
     ),
     responses(

@@ -243,6 +243,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The `{id}` segment of a path, as an order id: `None` when it is not a
+/// UUID — including a segment that is not UTF-8 once percent-decoded, which
+/// axum's `Path<String>` would refuse with an undocumented 400 — so every
+/// such path answers 404 like any unknown order.
+pub struct IdSegment(pub Option<uuid::Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdSegment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let id = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|axum::extract::Path(s)| uuid::Uuid::parse_str(&s).ok());
+        Ok(IdSegment(id))
+    }
+}
+
 /// Writes an allowed access to the hash-chained access log *before* the
 /// answer leaves. `Err` carries the answer to send instead (503): when the
 /// access cannot be recorded, nothing is disclosed.

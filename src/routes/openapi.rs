@@ -72,6 +72,8 @@ description) `Cache-Control: no-store`.",
         crate::http::problem::ProblemDocument,
         crate::http::problem::FieldError,
         crate::domain::order_schema::OrderRequest,
+        super::shipments::StatusFilter,
+        crate::consent::PurposeName,
     )),
     tags(
         (name = "public", description = "No client certificate needed"),
@@ -203,6 +205,12 @@ impl Modify for ProblemAnswers {
                         "The request was not completed within the time limit",
                     ))
                 });
+            // Email parameters take exactly what `Email::parse` accepts.
+            for param in op.parameters.iter_mut().flatten() {
+                if param.name == "email" {
+                    param.schema = Some(crate::domain::contact::email_schema().into());
+                }
+            }
             for (status, answer) in op.responses.responses.iter_mut() {
                 let RefOr::T(answer) = answer else { continue };
                 let error = status.starts_with('4') || status.starts_with('5');

@@ -6,7 +6,7 @@
 //! detail: brand, last4, totals and consent only.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
@@ -257,9 +257,9 @@ pub struct SummaryConsent<'a> {
 pub async fn summary(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    super::IdSegment(id): super::IdSegment,
 ) -> Response {
-    let Ok(id) = Uuid::parse_str(&id) else {
+    let Some(id) = id else {
         return Problem::not_found().into_response();
     };
     match state

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Query, State};
+use axum::extract::{MatchedPath, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -37,6 +37,15 @@ fn bad_query(field: &'static str, code: &'static str, message: &'static str) -> 
         .into_response()
 }
 
+/// Which shipments `GET /v1/shipments` lists (its `status` parameter).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Describes the parameter `list` reads.
+pub enum StatusFilter {
+    Pending,
+    Dispatched,
+}
+
 /// One page of shipping records.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ShipmentPage {
@@ -51,9 +60,9 @@ pub struct ShipmentPage {
     path = "/v1/shipments",
     operation_id = "listShipments",
     params(
-        ("status" = Option<String>, Query, description = "`pending` (default: accepted, not yet dispatched) or `dispatched`"),
+        ("status" = Option<StatusFilter>, Query, description = "`pending` (default: accepted, not yet dispatched) or `dispatched`"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1 to 500 (default 50)"),
-        ("after" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("after" = Option<String>, Query, pattern = "^[0-7][0-9a-fA-F]{15}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "One page; every order returned is written to the access log", body = ShipmentPage),
@@ -199,7 +208,7 @@ pub async fn dispatch(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    Path(order_id): Path<String>,
+    super::IdSegment(order_id): super::IdSegment,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -207,7 +216,7 @@ pub async fn dispatch(
         Ok(v) => v,
         Err(problem) => return problem.into_response(),
     };
-    let Ok(order_id) = Uuid::parse_str(&order_id) else {
+    let Some(order_id) = order_id else {
         return Problem::not_found().into_response();
     };
     let (carrier, tracking) = match parse_dispatch(value) {
