@@ -53,9 +53,10 @@ pub struct Problem {
     retry_after_secs: Option<u32>,
 }
 
+// The type every problem is serialised as; the OpenAPI `Problem` schema is
+// derived from it (its doc comment is the schema's description).
 /// The body of every error answer (`application/problem+json`, RFC 9457).
-/// This is the type that is serialised, and the OpenAPI `Problem` schema is
-/// derived from it.
+/// `title` and `detail` are static text, never client input.
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = Problem)]
 pub struct ProblemDocument<'a> {

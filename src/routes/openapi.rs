@@ -100,7 +100,8 @@ pub fn document() -> &'static [u8] {
     responses(
         (status = 200, description = "This document", content_type = "application/json",
             body = Object,
-            headers(("Cache-Control" = String, description = "`public, max-age=3600`: the document changes only with the server")))
+            headers(("Cache-Control" = String, description = "`public, max-age=3600`: the document changes only with the server"))),
+        (status = 500, description = "The description could not be built"),
     )
 )]
 pub async fn serve() -> Response {
