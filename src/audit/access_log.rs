@@ -32,7 +32,7 @@ use crate::store::{Store, StoreError};
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// Whether the request was let through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Allowed,
@@ -56,7 +56,7 @@ impl Outcome {
 }
 
 /// The fields of one entry, before it is chained.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     pub at: String,
     /// A role name, `none` (no certificate) or `unknown` (no valid role).

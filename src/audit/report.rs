@@ -20,9 +20,10 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 ];
 
 /// The public half of the report-signing key, as auditors need it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PublicKeyInfo {
     pub key_id: String,
+    #[schema(value_type = String)]
     pub algorithm: &'static str,
     /// The 32-byte raw public key, hex.
     pub public_key_hex: String,
@@ -80,6 +81,27 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         }
         scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
     }
+}
+
+/// The shape [`sign`] produces for the verification report (OpenAPI only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes `sign`'s output; never built.
+pub struct SignedReport {
+    report: crate::audit::verify::Report,
+    signature: ReportSignature,
+}
+
+/// The Ed25519 signature over the report's canonical JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ReportSignature {
+    /// `Ed25519`.
+    algorithm: String,
+    key_id: String,
+    public_key_hex: String,
+    value_hex: String,
+    /// What was signed, in words.
+    signed_bytes: String,
 }
 
 /// `{"report": …, "signature": {…}}` with the signature over the report's

@@ -54,7 +54,7 @@ const OPAQUE_COLUMNS: [&str; 13] = [
 ];
 
 /// One thing that did not verify.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     pub table: String,
     pub record_id: String,
@@ -72,7 +72,7 @@ impl Failure {
 }
 
 /// The access log's state in a report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChainReport {
     pub intact: bool,
     pub entries: u64,
@@ -87,8 +87,9 @@ pub struct ChainReport {
 }
 
 /// The full verification result (unsigned).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
+    #[schema(value_type = String)]
     pub format: &'static str,
     pub generated_at: String,
     pub verified: bool,
@@ -104,11 +105,14 @@ pub struct Report {
 }
 
 /// Metadata of one record (the per-order view). No plaintext.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordMeta {
+    #[schema(value_type = String)]
     pub table: &'static str,
     pub record_id: String,
+    #[schema(value_type = String)]
     pub data_class: &'static str,
+    #[schema(value_type = String)]
     pub algorithm: &'static str,
     pub format_version: Option<u8>,
     pub kek_version: Option<u32>,
@@ -120,11 +124,12 @@ pub struct RecordMeta {
 }
 
 /// A consent tag in the per-order view.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TagMeta {
     pub id: String,
     pub subject: String,
     pub basis: String,
+    #[schema(value_type = crate::domain::consent::Purposes)]
     pub purposes: serde_json::Value,
     pub policy_version: String,
     pub captured_at: String,
@@ -133,7 +138,7 @@ pub struct TagMeta {
     pub verifies: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OrderAudit {
     pub order_id: String,
     /// Data classes of this order destroyed by purge or retention.

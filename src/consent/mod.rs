@@ -19,7 +19,9 @@
 pub mod audience;
 
 use ring::rand::SystemRandom;
-use serde_json::{Value, json};
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::crypto::DataClass;
@@ -108,6 +110,144 @@ pub fn parse_received_at(text: &str) -> Option<String> {
     let at = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     let now = OffsetDateTime::now_utc();
     (at.year() >= 2000 && at <= now + time::Duration::minutes(5)).then(|| crate::ids::timestamp(at))
+}
+
+/// The proof of consent for one subject (`GET /v1/audit/consent`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ConsentProof<'a> {
+    /// `checkoutd-consent-proof/1`.
+    #[schema(value_type = String)]
+    pub format: &'a str,
+    /// RFC 3339.
+    pub generated_at: String,
+    pub subject: ProofSubject<'a>,
+    /// Every checkout consent of this subject, oldest first.
+    pub records: Vec<ProofRecord<'a>>,
+    /// Every withdrawal, in ledger order.
+    pub events: Vec<ProofEvent<'a>>,
+    /// What the subject consents to now.
+    pub effective: Purposes,
+    /// Whether every MAC involved verified.
+    pub verified: bool,
+}
+
+/// Who the proof is about, by blind index only.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProofSubject<'a> {
+    /// Hex blind index of the normalised email.
+    pub reference: String,
+    #[schema(value_type = String)]
+    pub reference_type: &'a str,
+    /// Whether any checkout record names this subject.
+    pub known: bool,
+}
+
+/// One checkout consent record in a proof.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProofRecord<'a> {
+    #[schema(value_type = String)]
+    pub record_id: &'a str,
+    /// `consent`.
+    #[schema(value_type = String)]
+    pub record_type: &'a str,
+    #[schema(value_type = String)]
+    pub order_id: &'a str,
+    #[schema(value_type = String)]
+    pub subject_type: &'a str,
+    #[schema(value_type = String)]
+    pub lawful_basis: &'a str,
+    #[schema(value_type = String)]
+    pub collection_method: &'a str,
+    #[schema(value_type = String)]
+    pub policy_version: &'a str,
+    #[schema(value_type = String)]
+    pub captured_at: &'a str,
+    pub purposes: Purposes,
+    pub mac_verified: bool,
+}
+
+/// One withdrawal in a proof.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProofEvent<'a> {
+    #[schema(value_type = String)]
+    pub record_id: &'a str,
+    #[schema(value_type = String)]
+    pub event_type: &'a str,
+    #[schema(value_type = Vec<String>)]
+    pub purposes_withdrawn: Vec<&'a str>,
+    #[schema(value_type = String)]
+    pub channel: &'a str,
+    #[schema(value_type = String)]
+    pub received_at: &'a str,
+    #[schema(value_type = String)]
+    pub effective_at: &'a str,
+    #[schema(value_type = String)]
+    pub recorded_at: &'a str,
+    pub has_reference: bool,
+    pub mac_verified: bool,
+}
+
+/// The schema of the `POST /v1/consent/opt-out` body, beside its parser
+/// ([`parse_opt_out`]); a test proves they agree.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Describes the body; `parse_opt_out` reads it.
+pub struct OptOutRequest {
+    /// The address the customer gave at checkout.
+    #[schema(schema_with = crate::domain::contact::email_schema)]
+    email: String,
+    #[schema(schema_with = purposes_schema)]
+    purposes: (),
+    channel: ChannelName,
+    /// RFC 3339 time the request was received; not in the future.
+    #[schema(format = DateTime, example = "2026-01-02T03:04:05Z")]
+    received_at: Option<String>,
+    /// The shop's reference for the request (e.g. a message id); only its
+    /// presence is ever shown.
+    #[schema(min_length = 1, max_length = 256, example = "<m1@example.com>")]
+    reference: Option<String>,
+}
+
+/// `"all"`, or a non-empty list of distinct purposes ([`parse_purposes`]).
+fn purposes_schema() -> utoipa::openapi::Schema {
+    use utoipa::PartialSchema;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["all"])),
+        )
+        .item(
+            ArrayBuilder::new()
+                .items(PurposeName::schema())
+                .min_items(Some(1)),
+        )
+        .description(Some("`all`, or a non-empty list of purposes"))
+        .build()
+        .into()
+}
+
+/// One of the five consent purposes ([`Purposes::NAMES`]).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum PurposeName {
+    ProductUpdates,
+    NewOfferings,
+    Partnerships,
+    SpecialOffers,
+    ThirdPartySharing,
+}
+
+/// How the request reached the shop ([`Channel`]).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ChannelName {
+    Online,
+    Email,
+    Postal,
 }
 
 /// `POST /v1/consent/opt-out` body: `{email, purposes, channel,
@@ -373,61 +513,57 @@ impl Ledger {
         let history = store.consent_history(&subject).await?;
         let keyring = self.keyring.current();
         let key = keyring.consent_tag_key();
-        let records: Vec<Value> = history
+        let records: Vec<ProofRecord> = history
             .tags
             .iter()
-            .map(|t| {
-                json!({
-                    "record_id": t.id,
-                    "record_type": "consent",
-                    "order_id": t.order_id,
-                    "subject_type": t.subject,
-                    "lawful_basis": t.basis,
-                    "collection_method": t.channel,
-                    "policy_version": t.policy_version,
-                    "captured_at": t.captured_at,
-                    "purposes": Purposes::from_array(t.purposes.map(|p| p == 1)),
-                    "mac_verified": tag_verifies(key, t),
-                })
+            .map(|t| ProofRecord {
+                record_id: &t.id,
+                record_type: "consent",
+                order_id: &t.order_id,
+                subject_type: &t.subject,
+                lawful_basis: &t.basis,
+                collection_method: &t.channel,
+                policy_version: &t.policy_version,
+                captured_at: &t.captured_at,
+                purposes: Purposes::from_array(t.purposes.map(|p| p == 1)),
+                mac_verified: tag_verifies(key, t),
             })
             .collect();
-        let events: Vec<Value> = history
+        let events: Vec<ProofEvent> = history
             .events
             .iter()
-            .map(|e| {
-                let withdrawn: Vec<&str> = Purposes::NAMES
+            .map(|e| ProofEvent {
+                record_id: &e.id,
+                event_type: &e.kind,
+                purposes_withdrawn: Purposes::NAMES
                     .iter()
                     .zip(e.purposes)
                     .filter(|(_, p)| *p == 1)
                     .map(|(n, _)| *n)
-                    .collect();
-                json!({
-                    "record_id": e.id,
-                    "event_type": e.kind,
-                    "purposes_withdrawn": withdrawn,
-                    "channel": e.channel,
-                    "received_at": e.received_at,
-                    "effective_at": e.effective_at,
-                    "recorded_at": e.recorded_at,
-                    "has_reference": e.reference.is_some(),
-                    "mac_verified": key.verify(&[&event_canonical_bytes(e)], &e.mac),
-                })
+                    .collect(),
+                channel: &e.channel,
+                received_at: &e.received_at,
+                effective_at: &e.effective_at,
+                recorded_at: &e.recorded_at,
+                has_reference: e.reference.is_some(),
+                mac_verified: key.verify(&[&event_canonical_bytes(e)], &e.mac),
             })
             .collect();
         let (purposes, verified) = effective(key, &history);
-        Ok(json!({
-            "format": "checkoutd-consent-proof/1",
-            "generated_at": crate::ids::now(),
-            "subject": {
-                "reference": crate::hex::encode(&subject),
-                "reference_type": "email blind index (HMAC-SHA256 of the normalised address)",
-                "known": !history.tags.is_empty(),
+        let proof = ConsentProof {
+            format: "checkoutd-consent-proof/1",
+            generated_at: crate::ids::now(),
+            subject: ProofSubject {
+                reference: crate::hex::encode(&subject),
+                reference_type: "email blind index (HMAC-SHA256 of the normalised address)",
+                known: !history.tags.is_empty(),
             },
-            "records": records,
-            "events": events,
-            "effective": purposes,
-            "verified": verified,
-        }))
+            records,
+            events,
+            effective: purposes,
+            verified,
+        };
+        serde_json::to_value(proof).map_err(|_| LedgerError::Crypto(CryptoError::Malformed))
     }
 }
 
@@ -564,6 +700,66 @@ pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The opt-out schema names what `parse_opt_out` reads: the purposes and
+    /// channels it lists are exactly the parser's, its required members are
+    /// reported missing, and a body of its examples is accepted.
+    #[test]
+    fn opt_out_schema_agrees_with_the_parser() {
+        use utoipa::PartialSchema;
+        let enum_of = |s: serde_json::Value| -> Vec<String> {
+            s["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let purposes = enum_of(serde_json::to_value(PurposeName::schema()).unwrap());
+        assert_eq!(purposes, Purposes::NAMES);
+        for name in enum_of(serde_json::to_value(ChannelName::schema()).unwrap()) {
+            assert_eq!(
+                Channel::parse(&name).map(Channel::as_str),
+                Some(name.as_str())
+            );
+        }
+        let schema = serde_json::to_value(OptOutRequest::schema()).unwrap();
+        assert_eq!(schema["additionalProperties"], json!(false));
+        let mut sample = serde_json::Map::new();
+        for (name, member) in schema["properties"].as_object().unwrap() {
+            let example = member
+                .get("example")
+                .or_else(|| member.get("examples").and_then(|e| e.get(0)))
+                .cloned()
+                .unwrap_or(json!("all"));
+            sample.insert(name.clone(), example);
+        }
+        sample.insert("channel".into(), json!("email"));
+        assert_eq!(sample.len(), 5);
+        parse_opt_out(Value::Object(sample.clone())).unwrap();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(required, ["email", "purposes", "channel"]);
+        for name in sample.keys() {
+            let mut partial = sample.clone();
+            partial.remove(name);
+            let result = parse_opt_out(Value::Object(partial));
+            if required.contains(&name.as_str()) {
+                let errors = result.err().unwrap();
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.field == *name && e.code == "required")
+                );
+            } else {
+                assert!(result.is_ok(), "{name}");
+            }
+        }
+    }
 
     #[test]
     fn opt_out_bodies() {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The purposes a customer can consent to at checkout (absent = `false`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Purposes {
     pub product_updates: bool,
     pub new_offerings: bool,
@@ -45,7 +45,7 @@ impl Purposes {
 }
 
 /// Whom a consent tag is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Subject {
     Customer,
@@ -75,7 +75,7 @@ impl Subject {
 }
 
 /// The lawful basis for using the subject's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Basis {
     /// The customer's own choices at checkout.
@@ -154,14 +154,39 @@ impl ConsentTag {
 
     /// The public view of a tag (API responses).
     pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "subject": self.subject.as_str(),
-            "basis": self.basis.as_str(),
-            "purposes": self.purposes,
-            "policy_version": self.policy_version,
-            "captured_at": self.captured_at,
-            "channel": self.channel,
-        })
+        serde_json::to_value(self.tag_view()).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The public view as a typed value.
+    pub fn tag_view(&self) -> TagView<'_> {
+        TagView {
+            id: self.id,
+            subject: self.subject,
+            basis: self.basis,
+            purposes: self.purposes,
+            policy_version: &self.policy_version,
+            captured_at: &self.captured_at,
+            channel: &self.channel,
+        }
+    }
+}
+
+/// The public view of a consent tag: what is shown in API answers (no MAC,
+/// no personal data). The OpenAPI `ConsentTag` schema is derived from it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ConsentTag)]
+pub struct TagView<'a> {
+    pub id: uuid::Uuid,
+    pub subject: Subject,
+    pub basis: Basis,
+    pub purposes: Purposes,
+    /// The privacy-policy version the consent was given under.
+    #[schema(value_type = String, example = "2002-06-05")]
+    pub policy_version: &'a str,
+    /// RFC 3339 time of capture.
+    #[schema(value_type = String)]
+    pub captured_at: &'a str,
+    /// How the consent was captured (`checkout`).
+    #[schema(value_type = String, example = "checkout")]
+    pub channel: &'a str,
 }

@@ -2,6 +2,22 @@
 
 use super::text::Personal;
 
+/// What [`Email::parse`] accepts (before trimming), as an ECMA-262 regular
+/// expression for the OpenAPI schemas (together with at most 254 bytes).
+pub const EMAIL_PATTERN: &str = r#"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"#;
+
+/// The OpenAPI schema of an email address as [`Email::parse`] accepts it.
+pub fn email_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(3))
+        .max_length(Some(254))
+        .pattern(Some(EMAIL_PATTERN))
+        .examples([serde_json::json!("ada@example.com")])
+        .build()
+}
+
 /// An email address, valid under the HTML5 `type=email` rule, normalised
 /// (trimmed, lower-case) — the form used for storage and the blind index.
 #[derive(Debug, PartialEq, Eq)]

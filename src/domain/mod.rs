@@ -14,5 +14,6 @@ pub mod expiry;
 pub mod form;
 pub mod json;
 pub mod order;
+pub mod order_schema;
 pub mod pan;
 pub mod text;

@@ -25,8 +25,21 @@ pub struct Fulfillment {
     consent_key: MacKey,
 }
 
+/// Whoever receives the parcel: the opened `shipping` or `recipient` record
+/// (the gift message is lifted out into `gift_message`; absent members are
+/// left out).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes `Shipment::ship_to`; never built.
+pub struct ShipTo {
+    name: String,
+    company: Option<String>,
+    phone: Option<String>,
+    #[schema(value_type = crate::intake::seal::AddressPlain)]
+    address: (),
+}
+
 /// One shipment as the warehouse sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Shipment {
     pub order_id: uuid::Uuid,
     pub created_at: String,
@@ -34,6 +47,7 @@ pub struct Shipment {
     pub items: Vec<ShipmentItem>,
     /// Name, company, address and phone of whoever receives the parcel;
     /// `null` if the record failed its integrity check.
+    #[schema(value_type = Option<ShipTo>)]
     pub ship_to: Option<Value>,
     pub gift: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +63,7 @@ pub struct Shipment {
     pub integrity_error: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ShipmentItem {
     pub sku: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +71,7 @@ pub struct ShipmentItem {
     pub quantity: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EffectiveConsent {
     #[serde(flatten)]
     pub purposes: Purposes,

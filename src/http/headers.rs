@@ -1,7 +1,8 @@
 //! Response headers every answer carries, and the request time limit.
 //!
 //! HSTS goes on *every* response (invariant 1); `nosniff` and `no-store` too,
-//! since every API answer may concern an order and nothing should be cached.
+//! since every API answer may concern an order and nothing should be cached
+//! (the OpenAPI description, which holds no data, sets its own).
 
 use std::time::Duration;
 
@@ -31,7 +32,11 @@ pub fn secure(headers: &mut http::HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // `no-store` unless a handler chose otherwise (only the public OpenAPI
+    // description, which holds no data, does).
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
 }
 
 /// Bounds the whole request (including reading a slowly sent body).

@@ -16,13 +16,18 @@ use serde::Serialize;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One rejected field of an input document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
-    /// Dotted path of the field, e.g. `card.number` or `items.0.sku`.
+    /// Dotted path of the field, e.g. `card.number` or `items.0.sku`
+    /// (empty for the document itself, `<unknown>` for a member whose name
+    /// is not shown).
+    #[schema(example = "card.number")]
     pub field: String,
     /// Stable machine-readable code, e.g. `required`, `luhn`, `too_long`.
+    #[schema(value_type = String, example = "luhn")]
     pub code: &'static str,
     /// Human-readable explanation; static text, never the value.
+    #[schema(value_type = String)]
     pub message: &'static str,
 }
 
@@ -48,16 +53,35 @@ pub struct Problem {
     retry_after_secs: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+// The type every problem is serialised as; the OpenAPI `Problem` schema is
+// derived from it (its doc comment is the schema's description).
+/// The body of every error answer (`application/problem+json`, RFC 9457).
+/// `title` and `detail` are static text, never client input.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDocument<'a> {
+    /// `urn:checkoutd:problem:<slug>`, a stable identifier of the problem.
     #[serde(rename = "type")]
-    type_: String,
-    title: &'a str,
-    status: u16,
+    #[schema(
+        pattern = "^urn:checkoutd:problem:[a-z0-9-]+$",
+        example = "urn:checkoutd:problem:invalid-order"
+    )]
+    pub type_: String,
+    /// A short, static summary of the problem type.
+    #[schema(value_type = String)]
+    pub title: &'a str,
+    /// The HTTP status code of this answer.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// A static explanation of this occurrence; never client input.
     #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
+    pub detail: Option<&'a str>,
+    /// Extension member: every rejected field, by path and code (input
+    /// documents and query parameters).
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    errors: &'a [FieldError],
+    #[schema(value_type = Option<Vec<FieldError>>)]
+    pub errors: &'a [FieldError],
 }
 
 impl Problem {
@@ -187,7 +211,7 @@ impl Problem {
 
     /// The serialised body (used by idempotency to store a response).
     pub fn body_bytes(&self) -> Vec<u8> {
-        let body = Body {
+        let body = ProblemDocument {
             type_: format!("urn:checkoutd:problem:{}", self.slug),
             title: self.title,
             status: self.status.as_u16(),

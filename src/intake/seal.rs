@@ -22,13 +22,22 @@ use crate::store::rows::{
 
 use super::IdempotencyKey;
 
-#[derive(Serialize)]
-struct AddressPlain<'a> {
+/// A postal address inside a sealed record (and so in fulfillment's view).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Address)]
+pub struct AddressPlain<'a> {
+    #[schema(value_type = String)]
     line1: &'a str,
+    #[schema(value_type = Option<String>)]
     line2: Option<&'a str>,
+    #[schema(value_type = String)]
     city: &'a str,
+    #[schema(value_type = Option<String>)]
     region: Option<&'a str>,
+    #[schema(value_type = String)]
     postal_code: &'a str,
+    /// ISO 3166-1 alpha-2.
+    #[schema(value_type = String)]
     country: &'a str,
 }
 
@@ -43,6 +52,35 @@ impl<'a> AddressPlain<'a> {
             country: a.country.as_str(),
         }
     }
+}
+
+/// The answer to an accepted order (`201`, stored for idempotent replay):
+/// no personal data, the card as brand and last four digits only.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OrderAccepted<'a> {
+    pub order_id: uuid::Uuid,
+    /// Always `accepted`.
+    #[schema(value_type = String, example = "accepted")]
+    pub status: &'a str,
+    /// RFC 3339.
+    #[schema(value_type = String)]
+    pub created_at: &'a str,
+    /// ISO 4217 code, upper-case.
+    #[schema(value_type = String, example = "USD")]
+    pub currency: &'a str,
+    /// Sum of quantity × unit price, in minor units.
+    pub total_minor: i64,
+    pub card: CardSummary<'a>,
+    pub consent: crate::domain::consent::TagView<'a>,
+}
+
+/// A card as shown after intake: brand and last four digits only.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CardSummary<'a> {
+    #[schema(value_type = String, example = "visa")]
+    pub brand: &'a str,
+    #[schema(value_type = String, pattern = "^[0-9]{4}$", example = "1881")]
+    pub last4: &'a str,
 }
 
 /// Plaintext of a `card` record.
@@ -286,15 +324,18 @@ pub fn seal_order(
         ShipTo::BillingAddress => (ship_to_customer(&form.billing_address)?, None, None),
     };
 
-    let response = serde_json::json!({
-        "order_id": order_id,
-        "status": "accepted",
-        "created_at": created_at,
-        "currency": form.currency.code(),
-        "total_minor": form.total_minor(),
-        "card": {"brand": pan.brand().as_str(), "last4": card.last4},
-        "consent": customer_tag.view(),
-    });
+    let response = OrderAccepted {
+        order_id,
+        status: "accepted",
+        created_at: &created_at,
+        currency: form.currency.code(),
+        total_minor: form.total_minor(),
+        card: CardSummary {
+            brand: pan.brand().as_str(),
+            last4: &card.last4,
+        },
+        consent: customer_tag.tag_view(),
+    };
     let body = serde_json::to_vec(&response).map_err(|_| CryptoError::Malformed)?;
 
     let items_json = serde_json::to_string(&form.items).map_err(|_| CryptoError::Malformed)?;

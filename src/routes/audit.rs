@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use axum::extract::{MatchedPath, Query, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::AppState;
 use super::shipments::store_problem;
@@ -16,6 +15,51 @@ use crate::server::identity::{Caller, Peer};
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
+/// One page of the access log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    /// Pass as `after` for the next page; `null` when this page was not full.
+    pub next_after: Option<u64>,
+    /// The chain's head now (`null` for an empty log).
+    pub head: Option<LogHead>,
+}
+
+/// One access-log entry with its chain hash and MAC.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub entry: crate::audit::access_log::Entry,
+    /// Hex SHA-256 of the previous entry (zeros before the first).
+    pub prev_hash: String,
+    pub hash: String,
+    pub mac: String,
+}
+
+/// The last entry of the chain.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LogHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Access-log entries in order, with their chain hashes.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/log",
+    operation_id = "accessLog",
+    params(
+        ("after" = Option<u64>, Query, description = "Entries after this sequence number (default 0)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "One page; the read is itself logged", body = LogPage),
+        (status = 400, description = "An unknown query parameter, a bad `after` or `limit` (named in `errors`), or a malformed query string"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn log(
     State(state): State<AppState>,
@@ -59,21 +103,12 @@ pub async fn log(
         .flatten();
     let entries: Vec<_> = page
         .into_iter()
-        .map(|e| {
-            json!({
-                "seq": e.seq,
-                "at": e.entry.at,
-                "role": e.entry.role,
-                "cert_fingerprint": e.entry.cert_fingerprint,
-                "origin_ip": e.entry.origin_ip,
-                "action": e.entry.action,
-                "objects": e.entry.objects,
-                "outcome": e.entry.outcome,
-                "status": e.entry.status,
-                "prev_hash": hex::encode(&e.prev_hash),
-                "hash": hex::encode(&e.hash),
-                "mac": hex::encode(&e.mac),
-            })
+        .map(|e| LogEntry {
+            seq: e.seq,
+            prev_hash: hex::encode(&e.prev_hash),
+            hash: hex::encode(&e.hash),
+            mac: hex::encode(&e.mac),
+            entry: e.entry,
         })
         .collect();
     if let Err(withheld) =
@@ -81,15 +116,40 @@ pub async fn log(
     {
         return withheld;
     }
-    axum::Json(json!({
-        "entries": entries,
-        "next_after": next_after,
-        "head": head.map(|h| json!({"seq": h.seq, "hash": hex::encode(&h.hash)})),
-    }))
+    axum::Json(LogPage {
+        entries,
+        next_after,
+        head: head.map(|h| LogHead {
+            seq: h.seq,
+            hash: hex::encode(&h.hash),
+        }),
+    })
     .into_response()
 }
 
+/// The answer while the report is being produced.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Generating {
+    /// `generating`.
+    #[schema(value_type = String, example = "generating")]
+    pub status: &'static str,
+    #[schema(value_type = String)]
+    pub detail: &'static str,
+}
+
 /// The signed verification report.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/report",
+    operation_id = "auditReport",
+    responses(
+        (status = 200, description = "The latest signed report; the read is logged", body = crate::audit::report::SignedReport),
+        (status = 202, description = "The report is being generated; ask again", body = Generating,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 500, description = "The report could not be produced"),
+        (status = 503, description = "The access log is unavailable"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn report(
     State(state): State<AppState>,
@@ -112,7 +172,10 @@ pub async fn report(
         None => {
             let mut r = (
                 http::StatusCode::ACCEPTED,
-                axum::Json(json!({"status": "generating", "detail": "The report is being generated; ask again shortly"})),
+                axum::Json(Generating {
+                    status: "generating",
+                    detail: "The report is being generated; ask again shortly",
+                }),
             )
                 .into_response();
             r.headers_mut()
@@ -136,6 +199,15 @@ pub async fn report(
 }
 
 /// The report-signing public key.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/public-key",
+    operation_id = "auditPublicKey",
+    responses(
+        (status = 200, description = "The public half of the report-signing key", body = crate::audit::report::PublicKeyInfo),
+        (status = 500, description = "The keyring holds no signing key"),
+    )
+)]
 pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> Response {
     match crate::audit::report::public_key(&state.keyring.current()) {
         Ok(k) => axum::Json(k).into_response(),
@@ -144,15 +216,27 @@ pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> Respo
 }
 
 /// Encryption metadata, consent tags and verdicts for one order.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/orders/{id}",
+    operation_id = "auditOrder",
+    params(("id" = String, Path, description = "The order id (a UUID)")),
+    responses(
+        (status = 200, description = "Metadata and verdicts, never plaintext; the read is logged", body = crate::audit::verify::OrderAudit),
+        (status = 404, description = "No such order (also for an id that is not a UUID)"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn order(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    super::IdSegment(id): super::IdSegment,
 ) -> Response {
-    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+    let Some(id) = id else {
         return Problem::not_found().into_response();
     };
     let id = id.to_string();

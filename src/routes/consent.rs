@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{MatchedPath, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
 use super::shipments::store_problem;
@@ -31,8 +31,33 @@ fn ledger_problem(error: LedgerError) -> Response {
     }
 }
 
+/// The answer to an opt-out.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OptOutAccepted {
+    /// Always `accepted`.
+    #[schema(value_type = String, example = "accepted")]
+    pub status: &'static str,
+    /// RFC 3339: when the withdrawal took effect (at once).
+    pub effective_at: String,
+}
+
 /// `POST /v1/consent/opt-out` (storefront): the shop forwards a request it
 /// received by email, by post or on its own site. 202, effective at once.
+#[utoipa::path(
+    post,
+    path = "/v1/consent/opt-out",
+    operation_id = "optOut",
+    request_body(content((crate::consent::OptOutRequest = "application/json")), description = "At most 4 KiB"),
+    responses(
+        (status = 202, description = "Recorded and effective at once; the same answer whether or not the address is known", body = OptOutAccepted),
+        (status = 400, description = "The body is not valid JSON (or repeats a member)"),
+        (status = 413, description = "The body is larger than 4 KiB"),
+        (status = 415, description = "Not `application/json`"),
+        (status = 422, description = "The opt-out has errors (listed in `errors`)"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database is unavailable; nothing was recorded"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn opt_out(
     State(state): State<AppState>,
@@ -59,7 +84,10 @@ pub async fn opt_out(
     {
         Ok(effective_at) => (
             StatusCode::ACCEPTED,
-            axum::Json(json!({"status": "accepted", "effective_at": effective_at})),
+            axum::Json(OptOutAccepted {
+                status: "accepted",
+                effective_at,
+            }),
         )
             .into_response(),
         Err(e) => ledger_problem(e),
@@ -142,13 +170,52 @@ autocomplete=\"email\" maxlength=\"254\"{describedby}></p>\
     )
 }
 
+/// The public opt-out form's fields (`application/x-www-form-urlencoded`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the form `unsubscribe` reads.
+pub struct UnsubscribeForm {
+    /// The address given at checkout.
+    #[schema(schema_with = crate::domain::contact::email_schema)]
+    email: String,
+    /// A ticked box (any value) stops this purpose; no box ticked stops all.
+    #[schema(example = "on")]
+    product_updates: Option<String>,
+    #[schema(example = "on")]
+    new_offerings: Option<String>,
+    #[schema(example = "on")]
+    partnerships: Option<String>,
+    #[schema(example = "on")]
+    special_offers: Option<String>,
+    #[schema(example = "on")]
+    third_party_sharing: Option<String>,
+}
+
 /// `GET /unsubscribe`: the form.
+#[utoipa::path(
+    get,
+    path = "/unsubscribe",
+    operation_id = "unsubscribePage",
+    responses((status = 200, description = "The opt-out form", content_type = "text/html; charset=utf-8", body = String))
+)]
 pub async fn unsubscribe_page() -> Response {
     page(StatusCode::OK, "Unsubscribe", &form(None))
 }
 
 /// `POST /unsubscribe`: records an `online` withdrawal; the same answer for
 /// every valid address.
+#[utoipa::path(
+    post,
+    path = "/unsubscribe",
+    operation_id = "unsubscribe",
+    request_body(content((UnsubscribeForm = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "Recorded (the same page whether or not the address is known)", content_type = "text/html; charset=utf-8", body = String),
+        (status = 413, description = "The body is far too large"),
+        (status = 422, description = "The form again, with the problem explained", content_type = "text/html; charset=utf-8", body = String),
+        (status = 429, description = "Too many requests from this address", content_type = "text/html; charset=utf-8", body = String),
+        (status = 503, description = "Nothing was recorded; try again shortly", content_type = "text/html; charset=utf-8", body = String),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn unsubscribe(
     State(state): State<AppState>,
@@ -232,6 +299,18 @@ count as new consent.</p>"
 }
 
 /// `GET /v1/audit/consent?email=E` (auditor): proof of consent.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/consent",
+    operation_id = "consentProof",
+    params(("email" = String, Query, description = "The subject's email address (looked up by blind index)")),
+    responses(
+        (status = 200, description = "The proof; written to the access log", body = crate::consent::ConsentProof),
+        (status = 400, description = "No valid `email`, or a malformed query string"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn proof(
     State(state): State<AppState>,

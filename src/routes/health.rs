@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::AppState;
 use crate::http::Problem;
@@ -24,12 +23,35 @@ pub struct Readiness {
     last: Mutex<Option<(Instant, bool)>>,
 }
 
+/// A health answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (liveness) or `ready` (readiness).
+    #[schema(value_type = String, example = "ok")]
+    pub status: &'static str,
+}
+
 /// The process is up and serving TLS.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// The process can reach its database.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready: the database answered", body = Health),
+        (status = 503, description = "The database is not reachable"),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let cached = state
         .readiness
@@ -56,7 +78,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     };
     if ready {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Health { status: "ready" }).into_response()
     } else {
         Problem::unavailable("The database is not reachable").into_response()
     }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use axum::extract::{MatchedPath, Query, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::AppState;
 use super::shipments::{decode_cursor, encode_cursor, store_problem};
@@ -17,6 +16,34 @@ use crate::server::identity::{Caller, Peer};
 pub const DEFAULT_LIMIT: u32 = 500;
 pub const MAX_LIMIT: u32 = 5000;
 
+/// One page of an audience.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AudiencePage<'a> {
+    #[schema(value_type = String, example = "special_offers")]
+    pub purpose: &'a str,
+    /// Normalised addresses that consent to `purpose` now.
+    pub emails: &'a [String],
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The emails that currently consent to one purpose.
+#[utoipa::path(
+    get,
+    path = "/v1/marketing/audience",
+    operation_id = "audience",
+    params(
+        ("purpose" = crate::consent::PurposeName, Query, description = "One of the five consent purposes"),
+        ("after" = Option<String>, Query, pattern = "^[0-7][0-9a-fA-F]{15}$", description = "The `next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 5000, description = "Page size, 1 to 5000 (default 500)"),
+    ),
+    responses(
+        (status = 200, description = "One page; the export is written to the access log", body = AudiencePage),
+        (status = 400, description = "An unknown query parameter, purpose, limit or cursor (named in `errors`), or a malformed query string"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn audience(
     State(state): State<AppState>,
@@ -100,10 +127,10 @@ pub async fn audience(
     {
         return withheld;
     }
-    axum::Json(json!({
-        "purpose": purpose,
-        "emails": page.emails,
-        "next_cursor": page.next.map(encode_cursor),
-    }))
+    axum::Json(AudiencePage {
+        purpose,
+        emails: &page.emails,
+        next_cursor: page.next.map(encode_cursor),
+    })
     .into_response()
 }

@@ -10,6 +10,7 @@ mod audit;
 mod consent;
 pub mod health;
 mod marketing;
+pub mod openapi;
 mod orders;
 mod shipments;
 
@@ -18,9 +19,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::handler::Handler;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use http::request::Parts;
 
 use crate::audit::access_log::{Entry, Outcome};
@@ -56,6 +58,104 @@ pub struct AppState {
     pub readiness: Arc<health::Readiness>,
 }
 
+/// An HTTP method a route answers (the API uses two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+        }
+    }
+}
+
+/// One row of the route table: method, path template, who may call it, and
+/// the handler. The router is built from this table alone, and the OpenAPI
+/// description takes each operation's roles from it (a test proves the two
+/// list the same operations), so a route cannot be served undocumented.
+pub struct Route {
+    pub verb: Verb,
+    pub path: &'static str,
+    /// The roles admitted; empty means public (no certificate needed).
+    pub roles: &'static [Role],
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn new<H, T>(verb: Verb, path: &'static str, roles: &'static [Role], handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        Route {
+            verb,
+            path,
+            roles,
+            handler: on(verb.filter(), handler),
+        }
+    }
+
+    /// Caps the body this route reads while reading it (413 beyond).
+    fn body_limit(mut self, bytes: usize) -> Route {
+        self.handler = self.handler.layer(DefaultBodyLimit::max(bytes));
+        self
+    }
+}
+
+/// Every route the service answers (DESIGN.md "HTTP").
+pub fn routes() -> Vec<Route> {
+    use Role::*;
+    use Verb::*;
+    const PUBLIC: &[Role] = &[];
+    vec![
+        // Public: no certificate needed.
+        Route::new(Get, "/healthz", PUBLIC, health::healthz),
+        Route::new(Get, "/readyz", PUBLIC, health::readyz),
+        Route::new(Get, "/unsubscribe", PUBLIC, consent::unsubscribe_page),
+        Route::new(Post, "/unsubscribe", PUBLIC, consent::unsubscribe),
+        Route::new(Get, "/openapi.json", PUBLIC, openapi::serve),
+        // Storefront.
+        Route::new(Post, "/v1/orders", &[Storefront], orders::create),
+        Route::new(Get, "/v1/orders/{id}", &[Storefront], orders::summary),
+        Route::new(Post, "/v1/consent/opt-out", &[Storefront], consent::opt_out),
+        // Fulfillment.
+        Route::new(Get, "/v1/shipments", &[Fulfillment], shipments::list),
+        Route::new(
+            Post,
+            "/v1/shipments/{order_id}/dispatch",
+            &[Fulfillment],
+            shipments::dispatch,
+        )
+        .body_limit(SMALL_BODY),
+        // Marketing.
+        Route::new(
+            Get,
+            "/v1/marketing/audience",
+            &[Marketing],
+            marketing::audience,
+        ),
+        // Auditor.
+        Route::new(Get, "/v1/audit/report", &[Auditor], audit::report),
+        Route::new(Get, "/v1/audit/public-key", &[Auditor], audit::public_key),
+        Route::new(Get, "/v1/audit/orders/{id}", &[Auditor], audit::order),
+        Route::new(Get, "/v1/audit/log", &[Auditor], audit::log),
+        Route::new(Get, "/v1/audit/consent", &[Auditor], consent::proof),
+        Route::new(Get, "/metrics", &[Auditor], metrics),
+    ]
+}
+
 /// Builds the service: routes, role guards, fallbacks and the layers every
 /// response passes through (access log, security headers, time limit).
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
@@ -66,61 +166,23 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 /// (tests add slow or panicking routes this way).
 #[doc(hidden)]
 pub fn router_with(state: AppState, request_timeout: Duration, extra: Router<AppState>) -> Router {
-    use Role::*;
-    let allow = |roles: &'static [Role], route: MethodRouter<AppState>| {
-        route.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            move |State(s): State<AppState>, req: Request, next: Next| {
-                require_role(s, roles, req, next)
-            },
-        ))
-    };
-    Router::new()
-        // Public: no certificate needed.
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route(
-            "/unsubscribe",
-            get(consent::unsubscribe_page).post(consent::unsubscribe),
-        )
-        .route("/openapi.json", get(not_built))
-        // Storefront.
-        .route("/v1/orders", allow(&[Storefront], post(orders::create)))
-        .route(
-            "/v1/orders/{id}",
-            allow(&[Storefront], get(orders::summary)),
-        )
-        .route(
-            "/v1/consent/opt-out",
-            allow(&[Storefront], post(consent::opt_out)),
-        )
-        // Fulfillment.
-        .route("/v1/shipments", allow(&[Fulfillment], get(shipments::list)))
-        .route(
-            "/v1/shipments/{order_id}/dispatch",
-            allow(
-                &[Fulfillment],
-                post(shipments::dispatch).layer(DefaultBodyLimit::max(SMALL_BODY)),
-            ),
-        )
-        // Marketing.
-        .route(
-            "/v1/marketing/audience",
-            allow(&[Marketing], get(marketing::audience)),
-        )
-        // Auditor.
-        .route("/v1/audit/report", allow(&[Auditor], get(audit::report)))
-        .route(
-            "/v1/audit/public-key",
-            allow(&[Auditor], get(audit::public_key)),
-        )
-        .route(
-            "/v1/audit/orders/{id}",
-            allow(&[Auditor], get(audit::order)),
-        )
-        .route("/v1/audit/log", allow(&[Auditor], get(audit::log)))
-        .route("/v1/audit/consent", allow(&[Auditor], get(consent::proof)))
-        .route("/metrics", allow(&[Auditor], get(metrics)))
+    let mut router = Router::new();
+    for route in routes() {
+        let roles = route.roles;
+        let handler = if roles.is_empty() {
+            route.handler
+        } else {
+            route.handler.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                move |State(s): State<AppState>, req: Request, next: Next| {
+                    require_role(s, roles, req, next)
+                },
+            ))
+        };
+        // Two rows with one path (GET and POST /unsubscribe) merge.
+        router = router.route(route.path, handler);
+    }
+    router
         .merge(extra)
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
@@ -196,6 +258,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The `{id}` segment of a path, as an order id: `None` when it is not a
+/// UUID — including a segment that is not UTF-8 once percent-decoded, which
+/// axum's `Path<String>` would refuse with an undocumented 400 — so every
+/// such path answers 404 like any unknown order.
+pub struct IdSegment(pub Option<uuid::Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdSegment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let id = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|axum::extract::Path(s)| uuid::Uuid::parse_str(&s).ok());
+        Ok(IdSegment(id))
+    }
+}
+
 /// Writes an allowed access to the hash-chained access log *before* the
 /// answer leaves. `Err` carries the answer to send instead (503): when the
 /// access cannot be recorded, nothing is disclosed.
@@ -252,11 +332,16 @@ fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Valu
     })
 }
 
-/// Endpoints of the contract that later issues build: correct role checks,
-/// then 501.
 /// Prometheus text format (auditor role): request counts and latencies by
 /// route and status, orders accepted, commit batch sizes and latency, TLS
 /// handshake failures by reason, open connections, database waits.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
 async fn metrics() -> axum::response::Response {
     (
         [(
@@ -266,8 +351,4 @@ async fn metrics() -> axum::response::Response {
         crate::telemetry::render_metrics(),
     )
         .into_response()
-}
-
-async fn not_built() -> Problem {
-    Problem::not_implemented()
 }

@@ -6,7 +6,7 @@
 //! detail: brand, last4, totals and consent only.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
@@ -22,6 +22,36 @@ use crate::store::rows::StoredResponse;
 /// Largest accepted order body.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Submits an order form (JSON or form-encoded). Validated, encrypted and
+/// durably stored before the answer; replayed for the same key and body.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    operation_id = "createOrder",
+    params(
+        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$",
+            description = "1-255 visible ASCII characters (or an RFC 8941 quoted string). Scoped to the client certificate; kept at least 24 hours. The same key with the same body replays the first answer; with another body: 422; while the first is in flight: 409."),
+    ),
+    request_body(
+        description = "The order form. `application/x-www-form-urlencoded` takes the same names flattened with dots (`OrderFormFields`). At most 64 KiB, UTF-8.",
+        content((crate::domain::order_schema::OrderRequest = "application/json")),
+    ),
+    responses(
+        (status = 201, description = "Accepted and durably stored (or the replay of the first answer for this key)",
+            body = crate::intake::seal::OrderAccepted,
+            headers(
+                ("Location" = String, description = "`/v1/orders/{order_id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same key"),
+            )),
+        (status = 400, description = "Missing or invalid `Idempotency-Key`, malformed JSON or form body, unreadable body"),
+        (status = 409, description = "A request with this `Idempotency-Key` is still being processed"),
+        (status = 413, description = "The body is larger than 64 KiB"),
+        (status = 415, description = "Not `application/json` or `application/x-www-form-urlencoded` (UTF-8)"),
+        (status = 422, description = "The order has errors (every one listed in `errors`, by field path), or the key was used with another body"),
+        (status = 500, description = "The server failed; nothing was stored"),
+        (status = 503, description = "The order could not be confirmed as stored; retry with the same key"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn create(
     State(state): State<AppState>,
@@ -169,13 +199,67 @@ fn intake_problem(e: IntakeError) -> Problem {
     }
 }
 
+/// The masked order summary: no personal details, the card as brand and
+/// last four digits.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OrderSummary<'a> {
+    pub order_id: Uuid,
+    /// `accepted` or `dispatched`.
+    #[schema(value_type = String, example = "accepted")]
+    pub status: &'a str,
+    /// RFC 3339.
+    #[schema(value_type = String)]
+    pub created_at: &'a str,
+    #[schema(value_type = Option<String>)]
+    pub storefront_order_ref: Option<&'a str>,
+    #[schema(value_type = String, example = "USD")]
+    pub currency: &'a str,
+    pub items: Vec<SummaryItem<'a>>,
+    pub total_minor: i64,
+    pub gift: bool,
+    /// `null` once the card data was purged.
+    pub card: Option<crate::intake::seal::CardSummary<'a>>,
+    pub consent: SummaryConsent<'a>,
+}
+
+/// One line of an order summary.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SummaryItem<'a> {
+    #[schema(value_type = String)]
+    pub sku: &'a str,
+    #[schema(value_type = Option<String>)]
+    pub description: Option<&'a str>,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+    pub line_total_minor: i64,
+}
+
+/// The order's consent tag and whether its MAC verified.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SummaryConsent<'a> {
+    #[serde(flatten)]
+    pub tag: crate::domain::consent::TagView<'a>,
+    pub verified: bool,
+}
+
 /// The masked order summary.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    operation_id = "getOrder",
+    params(("id" = String, Path, description = "The order id (a UUID) returned when the order was accepted")),
+    responses(
+        (status = 200, description = "The masked summary", body = OrderSummary),
+        (status = 404, description = "No such order for this client (also for an id that is not a UUID)"),
+        (status = 500, description = "The server failed"),
+    )
+)]
 pub async fn summary(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    super::IdSegment(id): super::IdSegment,
 ) -> Response {
-    let Ok(id) = Uuid::parse_str(&id) else {
+    let Some(id) = id else {
         return Problem::not_found().into_response();
     };
     match state
@@ -184,38 +268,41 @@ pub async fn summary(
         .await
     {
         Ok(Some(s)) => {
-            let mut consent = s.consent.view();
             let verified = state.intake.tag_verifies(&s.consent);
-            consent["verified"] = serde_json::Value::Bool(verified);
             if !verified {
                 tracing::error!(order_id = %s.id, "a consent tag failed its MAC check");
             }
-            let items: Vec<serde_json::Value> = s
+            let items = s
                 .items
                 .iter()
-                .map(|i| {
-                    serde_json::json!({
-                        "sku": i.sku, "description": i.description, "quantity": i.quantity,
-                        "unit_price_minor": i.unit_price_minor,
-                        "line_total_minor": i.quantity.saturating_mul(i.unit_price_minor),
-                    })
+                .map(|i| SummaryItem {
+                    sku: i.sku.as_str(),
+                    description: i.description.as_ref().map(|d| d.as_str()),
+                    quantity: i.quantity,
+                    unit_price_minor: i.unit_price_minor,
+                    line_total_minor: i.quantity.saturating_mul(i.unit_price_minor),
                 })
                 .collect();
-            axum::Json(serde_json::json!({
-                "order_id": s.id,
-                "status": s.status,
-                "created_at": s.created_at,
-                "storefront_order_ref": s.storefront_ref,
-                "currency": s.currency,
-                "items": items,
-                "total_minor": s.total_minor,
-                "gift": s.gift,
-                "card": match (&s.brand, &s.last4) {
-                    (Some(brand), Some(last4)) => serde_json::json!({"brand": brand, "last4": last4}),
-                    _ => serde_json::Value::Null,
+            axum::Json(OrderSummary {
+                order_id: s.id,
+                status: &s.status,
+                created_at: &s.created_at,
+                storefront_order_ref: s.storefront_ref.as_deref(),
+                currency: &s.currency,
+                items,
+                total_minor: s.total_minor,
+                gift: s.gift,
+                card: match (&s.brand, &s.last4) {
+                    (Some(brand), Some(last4)) => {
+                        Some(crate::intake::seal::CardSummary { brand, last4 })
+                    }
+                    _ => None,
                 },
-                "consent": consent,
-            }))
+                consent: SummaryConsent {
+                    tag: s.consent.tag_view(),
+                    verified,
+                },
+            })
             .into_response()
         }
         Ok(None) => Problem::not_found().into_response(),

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Query, State};
+use axum::extract::{MatchedPath, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::AppState;
@@ -37,6 +37,40 @@ fn bad_query(field: &'static str, code: &'static str, message: &'static str) -> 
         .into_response()
 }
 
+/// Which shipments `GET /v1/shipments` lists (its `status` parameter).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Describes the parameter `list` reads.
+pub enum StatusFilter {
+    Pending,
+    Dispatched,
+}
+
+/// One page of shipping records.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ShipmentPage {
+    pub shipments: Vec<crate::fulfillment::Shipment>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Shipping records, oldest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/shipments",
+    operation_id = "listShipments",
+    params(
+        ("status" = Option<StatusFilter>, Query, description = "`pending` (default: accepted, not yet dispatched) or `dispatched`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1 to 500 (default 50)"),
+        ("after" = Option<String>, Query, pattern = "^[0-7][0-9a-fA-F]{15}$", description = "The `next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "One page; every order returned is written to the access log", body = ShipmentPage),
+        (status = 400, description = "An unknown query parameter, a bad status, limit or cursor (named in `errors`), or a malformed query string"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable; nothing was disclosed"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,
@@ -111,16 +145,70 @@ pub async fn list(
     {
         return withheld;
     }
-    axum::Json(json!({"shipments": shipments, "next_cursor": next})).into_response()
+    axum::Json(ShipmentPage {
+        shipments,
+        next_cursor: next,
+    })
+    .into_response()
 }
 
+/// The body of a dispatch: both members required, nothing else
+/// (checked by [`parse_dispatch`]; a test proves they agree).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Describes the body; `parse_dispatch` reads it.
+pub struct DispatchRequest {
+    /// 1 to 64 characters, no control characters.
+    #[schema(min_length = 1, max_length = 64, example = "UPS")]
+    carrier: String,
+    /// 1 to 64 characters, no control characters.
+    #[schema(min_length = 1, max_length = 64, example = "1Z999AA10123456784")]
+    tracking: String,
+}
+
+/// The answer to a dispatch.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Dispatched<'a> {
+    pub order_id: Uuid,
+    /// Always `dispatched`.
+    #[schema(value_type = String, example = "dispatched")]
+    pub status: &'a str,
+    #[schema(value_type = String)]
+    pub carrier: &'a str,
+    #[schema(value_type = String)]
+    pub tracking: &'a str,
+    /// RFC 3339; the first dispatch's time when repeated.
+    #[schema(value_type = String)]
+    pub dispatched_at: &'a str,
+}
+
+/// Marks an order dispatched. Repeating it with the same carrier and
+/// tracking number answers the same again; with others, 409.
+#[utoipa::path(
+    post,
+    path = "/v1/shipments/{order_id}/dispatch",
+    operation_id = "dispatchShipment",
+    params(("order_id" = String, Path, description = "The order id (a UUID)")),
+    request_body(content((DispatchRequest = "application/json")), description = "At most 4 KiB"),
+    responses(
+        (status = 200, description = "Dispatched (now or before, with the same carrier and tracking)", body = Dispatched),
+        (status = 400, description = "The body is not valid JSON (or repeats a member)"),
+        (status = 404, description = "No such order (also for an id that is not a UUID)"),
+        (status = 409, description = "Already dispatched with another carrier or tracking number"),
+        (status = 413, description = "The body is larger than 4 KiB"),
+        (status = 415, description = "Not `application/json`"),
+        (status = 422, description = "The dispatch has errors (listed in `errors`)"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable"),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn dispatch(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    Path(order_id): Path<String>,
+    super::IdSegment(order_id): super::IdSegment,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -128,7 +216,7 @@ pub async fn dispatch(
         Ok(v) => v,
         Err(problem) => return problem.into_response(),
     };
-    let Ok(order_id) = Uuid::parse_str(&order_id) else {
+    let Some(order_id) = order_id else {
         return Problem::not_found().into_response();
     };
     let (carrier, tracking) = match parse_dispatch(value) {
@@ -183,13 +271,13 @@ pub async fn dispatch(
     }
     (
         status,
-        axum::Json(json!({
-            "order_id": order_id,
-            "status": "dispatched",
-            "carrier": body.carrier,
-            "tracking": body.tracking,
-            "dispatched_at": body.dispatched_at,
-        })),
+        axum::Json(Dispatched {
+            order_id,
+            status: "dispatched",
+            carrier: &body.carrier,
+            tracking: &body.tracking,
+            dispatched_at: &body.dispatched_at,
+        }),
     )
         .into_response()
 }
@@ -265,6 +353,37 @@ mod tests {
         assert_eq!(decode_cursor("zz"), None);
         assert_eq!(decode_cursor("00"), None);
         assert_eq!(decode_cursor(&encode_cursor(-1)), None);
+    }
+
+    /// The schema's members are exactly what `parse_dispatch` reads, all
+    /// required, and its example is accepted.
+    #[test]
+    fn dispatch_schema_agrees_with_the_parser() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(DispatchRequest::schema()).unwrap();
+        let mut sample = serde_json::Map::new();
+        for (name, member) in schema["properties"].as_object().unwrap() {
+            sample.insert(name.clone(), member["example"].clone());
+        }
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(required.len(), sample.len());
+        assert!(parse_dispatch(Value::Object(sample.clone())).is_ok());
+        for name in required {
+            let mut partial = sample.clone();
+            partial.remove(name);
+            let p = parse_dispatch(Value::Object(partial)).unwrap_err();
+            assert!(
+                p.errors()
+                    .iter()
+                    .any(|e| e.field == name && e.code == "required")
+            );
+        }
+        assert_eq!(schema["additionalProperties"], serde_json::json!(false));
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub enum DispatchOutcome {
 }
 
 /// Dispatch facts as shown to fulfillment.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DispatchView {
     pub carrier: String,
     pub tracking: String,
@@ -306,7 +306,7 @@ pub struct ClearRow {
 }
 
 /// Counts for the report.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub orders: u64,
     /// Rows per table.
@@ -316,7 +316,7 @@ pub struct Totals {
 }
 
 /// Customers (distinct email blind indexes) by their latest checkout tag.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ConsentStats {
     pub customers: u64,
     /// Customers who currently consent, per purpose.

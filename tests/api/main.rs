@@ -13,6 +13,7 @@ mod helpers;
 mod keys;
 mod leaks;
 mod multi;
+mod openapi;
 mod orders;
 mod purge;
 mod tls;
