@@ -33,9 +33,12 @@ use checkoutd::intake::{IdempotencyKey, MediaType};
 use serde_json::{Map, Value, json};
 use time::Date;
 
+/// A target's body: one input, a panic when a property breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (= `fuzz_targets/<name>.rs` = `corpus/<name>/`)
 /// and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("json_order", json_order),
     ("form_order", form_order),
     ("card_contact", card_contact),
@@ -87,8 +90,21 @@ pub fn json_order(data: &[u8]) {
     assert!(std::str::from_utf8(data).is_ok(), "accepted non-UTF-8");
     let again = json::parse_strict(&serde_json::to_vec(&tree).unwrap())
         .expect("a serialised tree parses again");
-    assert_eq!(again, tree, "tree does not round-trip");
+    // serde_json reads floats fast, not exactly (no `float_roundtrip`):
+    // an order has no floats, so only float-free trees must round-trip.
+    if !has_float(&tree) {
+        assert_eq!(again, tree, "tree does not round-trip");
+    }
     check_order(tree, Source::Json);
+}
+
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_float),
+        Value::Object(m) => m.values().any(has_float),
+        _ => false,
+    }
 }
 
 /// Urlencoded body → tree → order form.

@@ -348,6 +348,11 @@ fn canonical_uuid(text: &str) -> Option<uuid::Uuid> {
 /// Opens a record's envelope (if it must have one) and checks its clear
 /// companions against the plaintext. `None` when everything verifies.
 fn check_record(keyring: &Keyring, r: &AuditRecord) -> Option<String> {
+    // Every row, a gift's envelope-less shipping marker included.
+    let (Some(order_id), Some(record_id)) = (canonical_uuid(&r.order_id), canonical_uuid(&r.id))
+    else {
+        return Some("id or order_id is not a UUID in canonical form".into());
+    };
     let envelope = match (&r.envelope, &r.extra) {
         (Err(what), _) => return Some((*what).into()),
         (Ok(None), AuditExtra::Shipping { ship_to }) if ship_to == "gift_recipient" => return None,
@@ -356,10 +361,6 @@ fn check_record(keyring: &Keyring, r: &AuditRecord) -> Option<String> {
         }
         (Ok(None), _) => return Some("envelope is missing".into()),
         (Ok(Some(e)), _) => e,
-    };
-    let (Some(order_id), Some(record_id)) = (canonical_uuid(&r.order_id), canonical_uuid(&r.id))
-    else {
-        return Some("id or order_id is not a UUID in canonical form".into());
     };
     let binding = Binding {
         class: class_of(r.table),

@@ -466,7 +466,11 @@ impl Keyring {
         if file.keks.keys().any(|k| DataClass::parse(k).is_none()) {
             return Err(KeyringError::Invalid("unknown data class"));
         }
-        if file.mac_keys.keys().any(|k| !MAC_NAMES.contains(&k.as_str())) {
+        if file
+            .mac_keys
+            .keys()
+            .any(|k| !MAC_NAMES.contains(&k.as_str()))
+        {
             return Err(KeyringError::Invalid("unknown MAC key"));
         }
         if file.signing.algorithm != SIGNING_ALGORITHM {
