@@ -299,11 +299,9 @@ fn check_tag(keyring: &Keyring, raw: &RawTag) -> Option<String> {
     else {
         return Some("subject or basis is not a known value".into());
     };
-    let (Ok(id), Ok(order_id)) = (
-        uuid::Uuid::parse_str(&raw.id),
-        uuid::Uuid::parse_str(&raw.order_id),
-    ) else {
-        return Some("id or order_id is not a UUID".into());
+    let (Some(id), Some(order_id)) = (canonical_uuid(&raw.id), canonical_uuid(&raw.order_id))
+    else {
+        return Some("id or order_id is not a UUID in canonical form".into());
     };
     if raw.purposes.iter().any(|p| *p != 0 && *p != 1) {
         return Some("a purpose is neither 0 nor 1".into());
@@ -342,9 +340,24 @@ fn check_tag(keyring: &Keyring, raw: &RawTag) -> Option<String> {
     }
 }
 
+/// A UUID written exactly as checkoutd writes them (lower-case, hyphenated).
+/// `Uuid::parse_str` alone also takes upper case, braces, `urn:uuid:` and
+/// the bare 32 digits: an id rewritten that way still binds the same
+/// envelope, but is no longer the id every lookup uses.
+fn canonical_uuid(text: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(text)
+        .ok()
+        .filter(|u| u.hyphenated().to_string() == text)
+}
+
 /// Opens a record's envelope (if it must have one) and checks its clear
 /// companions against the plaintext. `None` when everything verifies.
 fn check_record(keyring: &Keyring, r: &AuditRecord) -> Option<String> {
+    // Every row, a gift's envelope-less shipping marker included.
+    let (Some(order_id), Some(record_id)) = (canonical_uuid(&r.order_id), canonical_uuid(&r.id))
+    else {
+        return Some("id or order_id is not a UUID in canonical form".into());
+    };
     let envelope = match (&r.envelope, &r.extra) {
         (Err(what), _) => return Some((*what).into()),
         (Ok(None), AuditExtra::Shipping { ship_to }) if ship_to == "gift_recipient" => return None,
@@ -353,12 +366,6 @@ fn check_record(keyring: &Keyring, r: &AuditRecord) -> Option<String> {
         }
         (Ok(None), _) => return Some("envelope is missing".into()),
         (Ok(Some(e)), _) => e,
-    };
-    let (Ok(order_id), Ok(record_id)) = (
-        uuid::Uuid::parse_str(&r.order_id),
-        uuid::Uuid::parse_str(&r.id),
-    ) else {
-        return Some("id or order_id is not a UUID".into());
     };
     let binding = Binding {
         class: class_of(r.table),
@@ -724,6 +731,15 @@ async fn check_consent_events(
         let Some((last, _)) = page.last() else { break };
         after = *last;
         for (_, e) in &page {
+            // Not under the event's MAC (docs/encryption.md): checked here,
+            // as for the records' blind indexes.
+            if e.blind_index_version != i64::from(keyring.blind_index_key().version()) {
+                out.push(Failure::new(
+                    "consent_events",
+                    &e.id,
+                    "blind index version is not the keyring's",
+                ));
+            }
             let Some(reference) = &e.reference else {
                 continue;
             };
@@ -748,4 +764,25 @@ async fn check_consent_events(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_uuid;
+
+    #[test]
+    fn only_canonical_uuids_are_taken() {
+        let id = "01a226be-7820-770e-882a-b9eb5cf2939c";
+        assert!(canonical_uuid(id).is_some());
+        // Each of these parses to the same UUID, but is not the stored id.
+        for other in [
+            "01A226BE-7820-770E-882A-B9EB5CF2939C",
+            "01a226be7820770e882ab9eb5cf2939c",
+            "{01a226be-7820-770e-882a-b9eb5cf2939c}",
+            "urn:uuid:01a226be-7820-770e-882a-b9eb5cf2939c",
+        ] {
+            assert!(uuid::Uuid::parse_str(other).is_ok(), "{other}");
+            assert!(canonical_uuid(other).is_none(), "{other}");
+        }
+    }
 }

@@ -25,6 +25,16 @@ use super::master::MasterKey;
 use super::{CryptoError, DataClass};
 
 pub const FORMAT: &str = "checkoutd-keyring/1";
+/// The MAC keys a keyring holds, by their name in the file.
+const MAC_NAMES: [&str; 5] = [
+    "fingerprint",
+    "blind_index",
+    "consent_tag",
+    "request_hash",
+    "access_log",
+];
+/// The report-signing algorithm.
+const SIGNING_ALGORITHM: &str = "ed25519";
 pub const FILE_NAME: &str = "keyring.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -450,6 +460,22 @@ impl Keyring {
         if file.format != FORMAT {
             return Err(KeyringError::Invalid("unknown keyring format version"));
         }
+        // Nothing may be ignored: the next rewrite (`keys rotate`) would
+        // silently drop it — the keys of a data class or a MAC this build
+        // does not know would be lost.
+        if file.keks.keys().any(|k| DataClass::parse(k).is_none()) {
+            return Err(KeyringError::Invalid("unknown data class"));
+        }
+        if file
+            .mac_keys
+            .keys()
+            .any(|k| !MAC_NAMES.contains(&k.as_str()))
+        {
+            return Err(KeyringError::Invalid("unknown MAC key"));
+        }
+        if file.signing.algorithm != SIGNING_ALGORITHM {
+            return Err(KeyringError::Invalid("unknown signing algorithm"));
+        }
         let mut keks = BTreeMap::new();
         for class in DataClass::ALL {
             let entries = file
@@ -551,7 +577,7 @@ impl Keyring {
             mac_keys,
             signing: SigningEntry {
                 version: self.signing_version,
-                algorithm: "ed25519".to_owned(),
+                algorithm: SIGNING_ALGORITHM.to_owned(),
                 seed: hex(&self.signing_seed),
             },
         };
@@ -895,6 +921,21 @@ mod tests {
         assert!(err.contains("32 bytes"), "{err}");
         assert!(!err.contains(&key[..60]));
         let unknown_format = json.replacen(FORMAT, "checkoutd-keyring/9", 1);
+        // Nothing unknown is silently dropped (a rewrite would lose it).
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for case in 0..3 {
+            let mut d = doc.clone();
+            match case {
+                0 => d["keks"]["loyalty"] = serde_json::json!([]),
+                1 => {
+                    d["mac_keys"]["loyalty"] =
+                        serde_json::json!({"version": 1, "key": "00".repeat(32)})
+                }
+                _ => d["signing"]["algorithm"] = serde_json::json!("rsa"),
+            }
+            let edited = serde_json::to_vec(&d).unwrap();
+            assert!(Keyring::from_json(&edited).is_err(), "case {case}");
+        }
         assert!(Keyring::from_json(json.as_bytes()).is_ok());
         assert!(Keyring::from_json(unknown_format.as_bytes()).is_err());
         assert!(Keyring::from_json(b"{").is_err());

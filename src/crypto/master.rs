@@ -164,16 +164,29 @@ impl MasterKey {
 
     /// Reconstructs the key from every share of one set.
     pub fn from_shares(paths: &[PathBuf]) -> Result<Self, MasterKeyError> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        let mut seen: Vec<u32> = Vec::new();
-        let mut set_and_of: Option<(String, u32)> = None;
+        let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let bytes =
                 Zeroizing::new(std::fs::read(path).map_err(|source| MasterKeyError::Read {
                     path: path.clone(),
                     source,
                 })?);
-            let file: ShareFile = serde_json::from_slice(&bytes)
+            files.push((path.as_path(), bytes));
+        }
+        let contents: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        Self::from_share_contents(&contents)
+    }
+
+    /// As [`MasterKey::from_shares`], on the files' contents already read;
+    /// each path only names its share in errors. (The parser the fuzz
+    /// target `master_shares` drives.)
+    pub fn from_share_contents(shares: &[(&Path, &[u8])]) -> Result<Self, MasterKeyError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut seen: Vec<u32> = Vec::new();
+        let mut set_and_of: Option<(String, u32)> = None;
+        for (path, bytes) in shares {
+            let path = path.to_path_buf();
+            let file: ShareFile = serde_json::from_slice(bytes)
                 .ok()
                 .filter(|f: &ShareFile| f.format == SHARE_FORMAT)
                 .ok_or_else(|| MasterKeyError::NotAShare { path: path.clone() })?;
@@ -222,7 +235,13 @@ impl MasterKey {
             path: path.to_owned(),
             source,
         })?);
-        let file: DevFile = serde_json::from_slice(&bytes)
+        Self::from_dev_contents(path, &bytes)
+    }
+
+    /// As [`MasterKey::load_dev`], on the file's contents already read;
+    /// `path` only names the file in errors.
+    pub fn from_dev_contents(path: &Path, bytes: &[u8]) -> Result<Self, MasterKeyError> {
+        let file: DevFile = serde_json::from_slice(bytes)
             .ok()
             .filter(|f: &DevFile| f.format == DEV_FORMAT)
             .ok_or_else(|| MasterKeyError::NotAShare {
