@@ -27,7 +27,11 @@ pub fn init(format: LogFormat) {
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .with_writer(|| OneLine::json(std::io::stderr()))
+            .json()
+            .flatten_event(true)
+            .try_init(),
     };
     install_panic_hook();
 }
@@ -115,11 +119,29 @@ fn push_escaped(out: &mut String, c: char) {
 pub struct OneLine<W: Write> {
     inner: W,
     ansi: bool,
+    /// The event is a JSON object: escape as JSON does (`\u007f`), so the
+    /// line stays valid JSON. Control characters can only be inside its
+    /// strings (the encoder escapes C0 itself; DEL, C1 and U+2028/2029 it
+    /// leaves).
+    json: bool,
 }
 
 impl<W: Write> OneLine<W> {
     pub fn new(inner: W, ansi: bool) -> Self {
-        OneLine { inner, ansi }
+        OneLine {
+            inner,
+            ansi,
+            json: false,
+        }
+    }
+
+    /// For JSON events (no colours).
+    pub fn json(inner: W) -> Self {
+        OneLine {
+            inner,
+            ansi: false,
+            json: true,
+        }
     }
 }
 
@@ -138,6 +160,10 @@ impl<W: Write> Write for OneLine<W> {
             for c in text.chars() {
                 if self.ansi && c == '\x1b' {
                     out.push(c);
+                } else if self.json && needs_escape(c) {
+                    use std::fmt::Write as _;
+                    // Every control character and U+2028/9 is in the BMP.
+                    let _ = write!(out, "\\u{:04x}", c as u32);
                 } else {
                     push_escaped(&mut out, c);
                 }
@@ -299,6 +325,27 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_json_line_stays_one_valid_json_line_whatever_its_fields_hold() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || OneLine::json(sink.clone()))
+            .json()
+            .flatten_event(true)
+            .finish();
+        let hostile = "x\r\n{\"forged\":1}\x1b]0;pwned\x07\u{9b}31m\u{7f}\u{85}\u{2028}\u{2029}end";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(field = %hostile, "first");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(!out.trim_end().chars().any(needs_escape), "{out:?}");
+        let event: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(event["field"], hostile, "the value survives, escaped");
     }
 
     #[test]

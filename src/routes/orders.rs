@@ -183,7 +183,13 @@ fn intake_problem(e: IntakeError) -> Problem {
             "A request with this Idempotency-Key is still being processed; retry later",
         ),
         IntakeError::Store(error) => {
-            tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(|s| s.to_string()), "storing an order failed");
+            if matches!(error, crate::store::StoreError::Busy) {
+                // Overload, counted and answered 503; one line per refused
+                // order would flood the log exactly when it matters.
+                tracing::debug!("commit queue full; order refused with 503");
+            } else {
+                tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(|s| s.to_string()), "storing an order failed");
+            }
             if error.is_unavailable() {
                 Problem::unavailable(
                     "The order could not be confirmed as stored just now; retry with the same Idempotency-Key (a retry never creates a second order)",

@@ -7,12 +7,16 @@
 //! - shed a connection when every slot is taken: the one that has been
 //!   without a request in flight the longest (a slowloris connection still
 //!   dribbling its first request head, a TLS handshake that is not being
-//!   finished, an idle keep-alive connection). A connection with a request
-//!   in flight is never shed, nor one idle for less than [`MIN_IDLE_MS`]
-//!   (time to finish a handshake and send a request). Shedding and a request starting are decided by
-//!   one atomic word, so a request is never cut off half-way: it either
-//!   starts before the shed (and the connection is not shed) or is answered
-//!   503 with `Connection: close`;
+//!   finished, an idle keep-alive connection), preferring connections
+//!   without a client certificate. A connection whose handler is running
+//!   is never shed, nor one idle for less than [`MIN_IDLE_MS`] since its
+//!   handshake or last request (time to send a request). One still sending
+//!   a response (its handler done) is shed gracefully: the response gets a
+//!   grace period, so a client that never reads cannot pin its slot.
+//!   Shedding and a request starting are decided by one atomic word, so a
+//!   handler is never cut off half-way: it either starts before the shed
+//!   (and the connection is not shed) or is answered 503 with
+//!   `Connection: close`;
 //! - close a connection whose client abandons requests faster than it lets
 //!   them finish (HTTP/2 rapid reset): after [`ABANDON_ALLOWANCE`]
 //!   abandoned requests, more abandoned than completed closes it.
@@ -61,6 +65,11 @@ pub struct Connection {
     epoch: Instant,
     /// Holds a slot of the anonymous (certificate-less) cap.
     anonymous: std::sync::atomic::AtomicBool,
+    /// Finished its handshake with a client certificate: shed only when no
+    /// connection without one is idle.
+    certified: std::sync::atomic::AtomicBool,
+    /// Responses produced but not yet fully sent (see [`Responding`]).
+    responding: AtomicU64,
     /// The client's address key (see [`client_key`]).
     client: IpAddr,
 }
@@ -77,8 +86,10 @@ pub enum Pick {
 /// The key of a client for the per-address cap: the address, or for IPv6
 /// its /64 (one subscriber line usually holds a whole /64).
 pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d;
+    // its key is its IPv4 address, not the /64 every IPv4 client shares.
+    match ip.to_canonical() {
+        ip @ IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             let mut s = v6.segments();
             s[4..].fill(0);
@@ -103,6 +114,28 @@ impl Connection {
             .map(|_| Active {
                 connection: self.clone(),
             })
+    }
+
+    /// The handshake is done: the idle grace ([`MIN_IDLE_MS`]) counts from
+    /// now, so a client far away still has time to send its request.
+    pub fn handshake_done(&self, certified: bool) {
+        self.certified.store(certified, Ordering::Release);
+        self.idle_since_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Marks a response as being sent until the guard is dropped. Its
+    /// handler has finished, so the connection may be shed, but gracefully:
+    /// the response gets a grace period to finish.
+    pub fn responding(self: &Arc<Self>) -> Responding {
+        self.responding.fetch_add(1, Ordering::AcqRel);
+        Responding {
+            connection: self.clone(),
+        }
+    }
+
+    /// True while a produced response is still being sent.
+    pub fn is_responding(&self) -> bool {
+        self.responding.load(Ordering::Acquire) > 0
     }
 
     /// Marks the connection as holding an anonymous slot.
@@ -163,6 +196,17 @@ impl Drop for Active {
         let c = &self.connection;
         c.idle_since_ms.store(c.now_ms(), Ordering::Release);
         c.flags.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response still being sent; see [`Connection::responding`].
+pub struct Responding {
+    connection: Arc<Connection>,
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.connection.responding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -228,6 +272,8 @@ impl Register {
             close: Notify::new(),
             epoch: self.epoch,
             anonymous: std::sync::atomic::AtomicBool::new(false),
+            certified: std::sync::atomic::AtomicBool::new(false),
+            responding: AtomicU64::new(0),
             client: client_key(ip),
         });
         connection
@@ -247,7 +293,10 @@ impl Register {
 
     /// Tells the connection that has been without a request in flight the
     /// longest (of those `pick` allows) to close; false when every such
-    /// connection is busy or too recently active.
+    /// connection is busy or too recently active. Preferred, in order: a
+    /// connection without a client certificate (or not yet through its
+    /// handshake) over a certified one, and one with nothing left to send
+    /// over one still sending a response.
     pub fn shed_one(&self, pick: Pick) -> bool {
         let Ok(open) = self.open.lock() else {
             return false;
@@ -264,7 +313,13 @@ impl Register {
             })
             .filter(|c| now.saturating_sub(c.idle_since_ms.load(Ordering::Acquire)) >= MIN_IDLE_MS)
             .collect();
-        idle.sort_by_key(|c| c.idle_since_ms.load(Ordering::Acquire));
+        idle.sort_by_key(|c| {
+            (
+                c.certified.load(Ordering::Acquire),
+                c.is_responding(),
+                c.idle_since_ms.load(Ordering::Acquire),
+            )
+        });
         for c in idle {
             if c.flags
                 .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
@@ -335,6 +390,35 @@ mod tests {
         drop(old);
         drop(young);
         assert_eq!(register.open.lock().unwrap().connections.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_keyed_by_its_own_address() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let other: IpAddr = "::ffff:198.51.100.9".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_ne!(client_key(mapped), client_key(other));
+    }
+
+    #[tokio::test]
+    async fn sheds_uncertified_before_certified_and_silent_before_sending() {
+        let register = Register::new();
+        let certified = register.register(LOCAL);
+        certified.connection.handshake_done(true);
+        let sending = register.register(LOCAL);
+        sending.connection.handshake_done(false);
+        let _response = sending.connection.responding();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let silent = register.register(LOCAL);
+        silent.connection.handshake_done(false);
+        tokio::time::sleep(std::time::Duration::from_millis(MIN_IDLE_MS + 10)).await;
+        // The youngest, but uncertified and with nothing to send: first.
+        assert!(register.shed_one(Pick::Any));
+        assert_eq!(silent.connection.closing().await, CloseReason::Shed);
+        assert!(register.shed_one(Pick::Any));
+        assert_eq!(sending.connection.closing().await, CloseReason::Shed);
+        assert!(register.shed_one(Pick::Any));
+        assert_eq!(certified.connection.closing().await, CloseReason::Shed);
     }
 
     #[tokio::test]

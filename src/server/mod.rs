@@ -81,6 +81,9 @@ pub const MAX_STREAMS: u32 = 64;
 /// finish the ones in flight after its GOAWAY.
 const ABANDON_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a shed connection still sending a response gets to finish it.
+const SHED_GRACE: Duration = Duration::from_secs(1);
+
 /// Bounds that keep a slow or hostile client from pinning the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -262,7 +265,9 @@ async fn make_room(
         if now >= deadline {
             return None;
         }
-        let step = (now + Duration::from_millis(25)).min(deadline);
+        // One shed, then time for that connection to go: shedding every few
+        // milliseconds would evict many connections for one newcomer.
+        let step = (now + Duration::from_millis(100)).min(deadline);
         if let Ok(Ok(permit)) = tokio::time::timeout_at(step, slots.clone().acquire_owned()).await {
             return Some(permit);
         }
@@ -308,6 +313,7 @@ async fn serve(
             tracing::debug!(client_ip = %addr.ip(), "connection shed during its handshake");
             return;
         }
+        _ = stop.wait_for(|stop| *stop) => return,
     };
     crate::telemetry::connection_opened();
     let _open = OpenConnection;
@@ -317,6 +323,7 @@ async fn serve(
         tls_version: tls::version_name(session.protocol_version()),
         identity: ClientIdentity::from_peer_certificates(session.peer_certificates()),
     };
+    connection.handshake_done(matches!(peer.identity, ClientIdentity::Certified { .. }));
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
         // anonymous connection makes room; if all are busy, this one closes.
@@ -384,7 +391,13 @@ async fn serve(
             reason = &mut closing, if !finishing => {
                 finishing = true;
                 match reason {
-                    // No request is in flight (that is why it was chosen).
+                    // No handler is running (that is why it was chosen); a
+                    // response still being sent gets a grace period.
+                    CloseReason::Shed if connection.is_responding() => {
+                        tracing::debug!(client_ip = %addr.ip(), "connection shed for a newcomer once its response is sent");
+                        conn.as_mut().graceful_shutdown();
+                        grace = Some(tokio::time::Instant::now() + SHED_GRACE);
+                    }
                     CloseReason::Shed => {
                         tracing::debug!(client_ip = %addr.ip(), "connection shed for a newcomer");
                         break Ok(());
@@ -437,12 +450,19 @@ async fn handle(
         req.extensions_mut().insert(crate::http::guard::Overloaded);
     }
     let response = app.oneshot(req).await?;
+    // The handler is done: its in-flight permit goes back now, not when the
+    // client has read the body (a client that never reads must not hold the
+    // cap), and the connection becomes sheddable, gracefully, while the
+    // response is sent.
+    drop(permit);
+    let responding = connection.responding();
+    drop(active);
     watch.finished = true;
     connection.completed();
     Ok(response.map(|body| {
         Body::new(Held {
             inner: body,
-            _held: (active, permit),
+            _held: responding,
         })
     }))
 }
@@ -462,7 +482,7 @@ impl Drop for AbandonWatch {
     }
 }
 
-/// A response body that holds the request's in-flight marks until it has
+/// A response body that marks its connection as still sending until it has
 /// been sent (or dropped).
 struct Held<T> {
     inner: Body,

@@ -930,3 +930,52 @@ async fn a_card_number_typed_into_a_personal_field_is_refused_and_never_stored()
     let logs = crate::helpers::captured_logs();
     assert!(!logs.contains("5105105105105100") && !logs.contains("5105 1051"));
 }
+
+#[tokio::test]
+async fn responses_a_client_never_reads_do_not_hold_the_in_flight_cap() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_requests_in_flight: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // An HTTP/2 client that opens no flow-control window: every response
+    // is produced, and then can never be sent.
+    let tls = connect(&app, None, b"h2").await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut stuck = Vec::new();
+    for _ in 0..6 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::get(app.url("/openapi.json"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        stuck.push(response);
+    }
+    for response in &mut stuck {
+        let head = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.status(), 200, "every stuck request was handled");
+    }
+    // Their bodies are unsent, and still the cap of 2 is free for others.
+    for _ in 0..3 {
+        let r = app
+            .anonymous()
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(!driver.is_finished(), "the stuck connection is still open");
+    driver.abort();
+}
