@@ -527,7 +527,17 @@ async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
     // Back-to-back HEADERS + RST_STREAM: h2's pending-accept limit (32).
     let (cycles, reason) = reset_until_closed(&app, "/v1/orders", None).await;
     assert!(cycles <= 1000, "closed after {cycles} resets");
-    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // Usually h2's GOAWAY ENHANCE_YOUR_CALM; on a loaded machine more
+    // streams get accepted before their reset, and our abandon rule's
+    // GOAWAY NO_ERROR may come first, or the close may reach the client
+    // before the GOAWAY is read (no reason). Either way: bounded, closed.
+    assert!(
+        matches!(
+            reason,
+            None | Some(h2::Reason::ENHANCE_YOUR_CALM | h2::Reason::NO_ERROR)
+        ),
+        "{reason:?}"
+    );
     // Resets that wait until a handler is at work (one that does not read
     // the body, so the reset cancels it rather than failing its read): our
     // abandon rule (more than 100 abandoned, more abandoned than completed)
@@ -537,7 +547,10 @@ async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
         (100..=300).contains(&cycles),
         "closed after {cycles} resets"
     );
-    assert_eq!(reason, Some(h2::Reason::NO_ERROR));
+    assert!(
+        matches!(reason, None | Some(h2::Reason::NO_ERROR)),
+        "{reason:?}"
+    );
     // Nothing was stored, and others are served.
     assert_eq!(order_count(&app).await, 0);
     let r = app.post_order("after-reset", &order_json()).await;
