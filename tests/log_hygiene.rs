@@ -113,8 +113,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Digit runs of 13–19 that stand alone (no letter or digit either side:
-/// hex digests and UUIDs are not candidates) and pass the Luhn check.
+/// Digit runs of 13–19 that stand alone (no letter, digit or `_` either
+/// side: hex digests, UUIDs and identifiers such as a test database's name
+/// are not candidates) and pass the Luhn check.
 fn card_numbers(hay: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
     let mut i = 0;
@@ -127,8 +128,8 @@ fn card_numbers(hay: &[u8]) -> Vec<String> {
         while i < hay.len() && hay[i].is_ascii_digit() {
             i += 1;
         }
-        let alone = (start == 0 || !hay[start - 1].is_ascii_alphanumeric())
-            && (i == hay.len() || !hay[i].is_ascii_alphanumeric());
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let alone = (start == 0 || !word(hay[start - 1])) && (i == hay.len() || !word(hay[i]));
         let digits = &hay[start..i];
         if alone && (13..=19).contains(&digits.len()) && luhn(digits) {
             found.push(String::from_utf8_lossy(digits).into_owned());

@@ -157,8 +157,10 @@ impl TestDatabase {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
+        // Hex, so no database name holds a long decimal run that the log
+        // scan (tests/log_hygiene.rs) could take for a card number.
         let name = format!(
-            "checkoutd_test_{}_{}_{nanos}",
+            "checkoutd_test_{:x}_{:x}_{nanos:x}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
