@@ -123,7 +123,7 @@ impl Application {
             settings.retention.clone(),
             std::time::Duration::from_secs(3600),
         );
-        let state = AppState {
+        let state = AppState::new(routes::Services {
             store: store.clone(),
             intake,
             fulfillment,
@@ -138,7 +138,7 @@ impl Application {
             report_job: Default::default(),
             request_timeout: settings.request_timeout,
             readiness: Default::default(),
-        };
+        });
         let listener =
             TcpListener::bind(settings.listen)
                 .await

@@ -132,7 +132,8 @@ impl Proc {
         fail_at_batch: Option<u64>,
     ) -> Result<Self, BoxError> {
         let mut cmd = serve_command(work, port, database_url(args)?)?;
-        cmd.stderr(Stdio::piped());
+        // Only warnings and the failpoint's line: the harness reads them all.
+        cmd.env("RUST_LOG", "warn").stderr(Stdio::piped());
         if let Some(n) = fail_at_batch {
             cmd.env("CHECKOUTD_FAILPOINT_AFTER_COMMIT", n.to_string());
         }

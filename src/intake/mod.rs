@@ -211,7 +211,9 @@ impl Intake {
     }
 
     /// Takes one order under a claim. `body` is zeroized when this returns.
-    #[tracing::instrument(skip_all)]
+    // Debug level: a span per order costs measurable time on the hot path
+    // at the default (info) level; errors name their module anyway.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn submit(
         &self,
         claim: &Claim<'_>,

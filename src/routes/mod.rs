@@ -30,9 +30,27 @@ use crate::http::{Problem, access_log, headers};
 use crate::server::identity::{Caller, ClientIdentity, Peer, Role};
 use crate::store::Store;
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, because every layer and
+/// extractor clones it for every request (one reference count instead of
+/// one per service).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     /// The database; the only way handlers reach storage.
     pub store: Arc<dyn Store>,
     /// Order intake (validation, sealing, idempotency).

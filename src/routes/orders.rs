@@ -52,7 +52,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (status = 503, description = "The order could not be confirmed as stored; retry with the same key"),
     )
 )]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)] // hot path: see Intake::submit
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

@@ -43,7 +43,9 @@ pub fn serve_command(
     .arg(work.join("data"))
     .arg("--certs-dir")
     .arg(work.join("certs"))
-    .env("RUST_LOG", "warn")
+    // The production log level (info: one access-log line per request),
+    // unless the caller says otherwise.
+    .env_remove("RUST_LOG")
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
