@@ -81,8 +81,13 @@ async fn main() -> Result<(), BoxError> {
     }
     let run = load(&args, port, &work.join("certs"), server.0.id()).await?;
     print_commit_stats(port, &work.join("certs")).await;
-    drop(server);
+    let mut server = server;
+    let stopped = common::stop(&mut server.0);
     run.print(&format!("checkoutd ({})", args.engine));
+    match stopped {
+        Some(took) => println!("graceful stop after the run: {} ms", took.as_millis()),
+        None => println!("graceful stop after the run: none within 10 s (killed)"),
+    }
     let restarted = start_checkoutd(&args, &work, port)?;
     let ready = wait_ready(port, &work.join("certs")).await?;
     println!("start-up to ready on the existing database: {ready} ms");

@@ -157,7 +157,7 @@ impl Proc {
     }
 
     fn stop(mut self) {
-        common::stop(&mut self.child);
+        let _ = common::stop(&mut self.child);
     }
 }
 

@@ -57,18 +57,21 @@ pub fn serve_command(
 }
 
 /// SIGTERM (a graceful stop: drain, close the database), then SIGKILL if
-/// it has not exited within 10 s.
-pub fn stop(child: &mut Child) {
+/// it has not exited within 10 s. Returns how long the graceful stop took,
+/// or `None` if it had to be killed.
+pub fn stop(child: &mut Child) -> Option<Duration> {
+    let started = Instant::now();
     signal(child, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = started + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            return Some(started.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let _ = child.kill();
     let _ = child.wait();
+    None
 }
 
 /// Sends `kill -<name>` to the child.
@@ -84,7 +87,11 @@ pub struct Server(pub Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        stop(&mut self.0);
+        // Not again if it was stopped already (`try_wait` answers from the
+        // status `wait` recorded: no signal can reach a reused pid).
+        if !matches!(self.0.try_wait(), Ok(Some(_))) {
+            let _ = stop(&mut self.0);
+        }
     }
 }
 
