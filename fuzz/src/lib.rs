@@ -1277,7 +1277,7 @@ async fn build_database(dir: &Path) -> (checkoutd::store::sql::SqlStore, Keyring
             checkoutd::intake::seal::seal_order(&rng, &keyring, form, [7; 32], &key, [0; 32])
                 .unwrap();
         ids.push(sealed.id);
-        store.commit_orders(&[sealed]).await.unwrap();
+        store.commit_orders([sealed].into()).await.unwrap();
     }
     // Dispatch the first order.
     let id = ids[0].to_string();

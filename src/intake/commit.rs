@@ -41,12 +41,16 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait OrderSink: Send + Sync + 'static {
     /// As [`Store::commit_orders`]: one outcome per order, or an error and
     /// nothing written.
-    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError>;
+    async fn commit_orders(&self, batch: Arc<[NewOrder]>)
+    -> Result<Vec<CommitOutcome>, StoreError>;
 }
 
 #[async_trait::async_trait]
 impl OrderSink for Arc<dyn Store> {
-    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+    async fn commit_orders(
+        &self,
+        batch: Arc<[NewOrder]>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
         self.as_ref().commit_orders(batch).await
     }
 }
@@ -93,8 +97,9 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let (orders, waiters): (Vec<NewOrder>, Vec<_>) =
             jobs.drain(..).map(|j| (j.order, j.done)).unzip();
+        let orders: Arc<[NewOrder]> = orders.into();
         let started = Instant::now();
-        let result = commit(&store, &orders).await;
+        let result = commit(&store, orders.clone()).await;
         crate::telemetry::commit_batch(orders.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
@@ -113,15 +118,14 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
             Err(error) => {
                 tracing::warn!(error = %error, orders = orders.len(), "a commit batch failed; retrying its orders one by one");
                 let mut waiters = waiters.into_iter();
-                for order in &orders {
+                for order in orders.iter() {
                     let Some(done) = waiters.next() else { break };
-                    let one =
-                        commit(&store, std::slice::from_ref(order))
-                            .await
-                            .and_then(|mut o| {
-                                o.pop()
-                                    .ok_or(StoreError::Incomplete("the store answered no outcome"))
-                            });
+                    let one = commit(&store, Arc::from(std::slice::from_ref(order)))
+                        .await
+                        .and_then(|mut o| {
+                            o.pop()
+                                .ok_or(StoreError::Incomplete("the store answered no outcome"))
+                        });
                     match one {
                         // The database went away meanwhile: the rest get
                         // that answer at once instead of each waiting.
@@ -143,7 +147,7 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
 /// One `commit_orders` call, bounded by [`COMMIT_TIMEOUT`].
 async fn commit(
     store: &impl OrderSink,
-    orders: &[NewOrder],
+    orders: Arc<[NewOrder]>,
 ) -> Result<Vec<CommitOutcome>, StoreError> {
     tokio::time::timeout(COMMIT_TIMEOUT, store.commit_orders(orders))
         .await
@@ -185,7 +189,7 @@ mod tests {
     impl OrderSink for Scripted {
         async fn commit_orders(
             &self,
-            batch: &[NewOrder],
+            batch: Arc<[NewOrder]>,
         ) -> Result<Vec<CommitOutcome>, StoreError> {
             self.calls.lock().unwrap().push(batch.len());
             let next = {

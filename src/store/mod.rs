@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod rows;
 pub mod sql;
 pub mod sqlite;
+pub mod sqlite_orders;
 
 use std::sync::Arc;
 
@@ -73,6 +74,14 @@ pub enum StoreError {
     /// The task that commits orders has stopped.
     #[error("the order writer has stopped")]
     WriterStopped,
+    /// SQLite's order writer (`store/sqlite_orders.rs`) failed;
+    /// `unavailable` when the database was busy or the file failed (503).
+    #[error("the SQLite order writer failed")]
+    OrderWriter {
+        unavailable: bool,
+        #[source]
+        source: rusqlite::Error,
+    },
     /// An operation did part of its work (the message says which).
     #[error("{0}")]
     Incomplete(&'static str),
@@ -91,7 +100,10 @@ impl StoreError {
             | StoreError::ConnectTimeout { .. }
             | StoreError::Timeout(_)
             | StoreError::Busy
-            | StoreError::WriterStopped => true,
+            | StoreError::WriterStopped
+            | StoreError::OrderWriter {
+                unavailable: true, ..
+            } => true,
             StoreError::Shared(inner) => inner.is_unavailable(),
             _ => false,
         }
@@ -119,6 +131,27 @@ impl StoreError {
                 StoreError::RetiredKek
             }
             other => StoreError::Query(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// As [`from_sqlx`](Self::from_sqlx), for the SQLite order writer.
+    pub fn from_sqlite(error: rusqlite::Error) -> Self {
+        match &error {
+            rusqlite::Error::SqliteFailure(_, Some(message))
+                if message.contains("sealed under a retired KEK version") =>
+            {
+                StoreError::RetiredKek
+            }
+            rusqlite::Error::SqliteFailure(e, _) => StoreError::OrderWriter {
+                unavailable: transient(&e.extended_code.to_string()),
+                source: error,
+            },
+            _ => StoreError::OrderWriter {
+                unavailable: false,
+                source: error,
+            },
         }
     }
 }
@@ -162,7 +195,7 @@ pub trait Store: Send + Sync + 'static {
     /// Returns one outcome per order, in order. On `Err` nothing was written.
     async fn commit_orders(
         &self,
-        batch: &[rows::NewOrder],
+        batch: Arc<[rows::NewOrder]>,
     ) -> Result<Vec<rows::CommitOutcome>, StoreError>;
 
     /// The stored idempotency record of `(client, key_hash)`, if any.

@@ -30,7 +30,7 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000; \
     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;";
 /// The one writing connection checkpoints nothing itself: a background
-/// task does (see [`spawn_checkpoints`]).
+/// thread does (see `sqlite_orders::checkpoint`).
 const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000; \
     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;";
@@ -49,7 +49,7 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
     let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
     MIGRATOR.run(&writer).await?;
     let pool = connect(path, "rw", PRAGMAS, 8).await?;
-    spawn_checkpoints(pool.clone());
+    let orders = super::sqlite_orders::OrderWriter::open(path, WRITER_PRAGMAS)?;
     // Only ciphertexts are inside, but the file is still nobody else's
     // business: owner-only (SQLite gives -wal and -shm the same mode).
     #[cfg(unix)]
@@ -57,28 +57,7 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-    Ok(SqlStore::new(pool, writer, Engine::Sqlite))
-}
-
-/// Checkpoints the WAL into the database file in the background (PASSIVE:
-/// never waits for, or blocks, anyone), so commits do not pay for it.
-fn spawn_checkpoints(pool: AnyPool) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if pool.is_closed() {
-                return;
-            }
-            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                tracing::debug!(%error, "background WAL checkpoint failed");
-            }
-        }
-    });
+    Ok(SqlStore::new(pool, writer, Engine::Sqlite).with_order_writer(orders))
 }
 
 /// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).

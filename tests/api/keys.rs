@@ -118,8 +118,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
         )
         .unwrap();
         let store = app.store().await;
-        let refused =
-            checkoutd::store::Store::commit_orders(&store, std::slice::from_ref(&sealed)).await;
+        let refused = checkoutd::store::Store::commit_orders(&store, [sealed].into()).await;
         assert!(
             refused.is_err(),
             "a record sealed under a retired KEK version was stored"

@@ -11,6 +11,7 @@
 //! timestamps (RFC 3339 UTC, which sorts as time).
 
 mod audit;
+pub mod order_rows;
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
@@ -19,13 +20,13 @@ use uuid::Uuid;
 
 use super::rows::{
     AuditBatch, ClearRow, CommitOutcome, ConsentStats, Dispatch, DispatchOutcome, KeyRecord,
-    NewOrder, OrderSummary, SealedRecord, ShipToRow, ShipmentRow, ShipmentStatus, ShippingRecord,
-    StoredResponse, Totals,
+    NewOrder, OrderSummary, ShipToRow, ShipmentRow, ShipmentStatus, StoredResponse, Totals,
 };
-use super::{Store, StoreError, postgres, sqlite};
+use super::{Store, StoreError, postgres, sqlite, sqlite_orders};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
 use crate::crypto::envelope::Envelope;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
+use order_rows::{OrderText, Param, Table};
 
 /// Which database is behind the pool, and everything that differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,10 @@ pub struct SqlStore {
     /// pool as `pool`.
     writer: AnyPool,
     engine: Engine,
+    /// SQLite's order writer (a thread with its own connection), which
+    /// commits the order batches; without it (PostgreSQL, read-only) they
+    /// go through `writer`.
+    orders: Option<sqlite_orders::OrderWriter>,
 }
 
 impl SqlStore {
@@ -88,7 +93,14 @@ impl SqlStore {
             pool,
             writer,
             engine,
+            orders: None,
         }
+    }
+
+    /// Commits order batches through `orders` instead of `writer`.
+    pub(super) fn with_order_writer(mut self, orders: sqlite_orders::OrderWriter) -> Self {
+        self.orders = Some(orders);
+        self
     }
 
     /// The pool, for this engine's own modules and tests.
@@ -105,6 +117,9 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.orders.as_ref().is_some_and(|w| !w.is_running()) {
+            return Err(StoreError::WriterStopped);
+        }
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -113,7 +128,11 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
-        // Readers first, so that SQLite's final checkpoint finds none.
+        // The order writer's queued batches first; then readers, so that
+        // SQLite's final checkpoint finds none.
+        if let Some(orders) = &self.orders {
+            orders.close().await;
+        }
         self.pool.close().await;
         if self.engine == Engine::Sqlite {
             sqlite::before_close(&self.writer).await;
@@ -129,12 +148,18 @@ impl Store for SqlStore {
             .map_err(StoreError::from_sqlx)
     }
 
-    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+    async fn commit_orders(
+        &self,
+        batch: std::sync::Arc<[NewOrder]>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        if let Some(orders) = &self.orders {
+            return orders.commit(batch).await;
+        }
         let mut tx = self
             .engine
             .begin_write(&self.writer, WriteOrder::Orders)
             .await?;
-        let outcomes = insert_orders(&mut tx, self.engine, batch)
+        let outcomes = insert_orders(&mut tx, self.engine, &batch)
             .await
             .map_err(StoreError::from_sqlx)?;
         tx.commit().await.map_err(StoreError::from_sqlx)?;
@@ -722,16 +747,6 @@ fn consent_tag(
     })
 }
 
-/// One bound value of a multi-row INSERT.
-enum Param<'a> {
-    Int(i64),
-    OptInt(Option<i64>),
-    Text(&'a str),
-    OptText(Option<&'a str>),
-    Bytes(&'a [u8]),
-    OptBytes(Option<&'a [u8]>),
-}
-
 /// Rows per INSERT statement: well under both engines' parameter limits
 /// (SQLite 32 766, PostgreSQL 65 535) at 14 columns.
 const ROWS_PER_STATEMENT: usize = 200;
@@ -784,8 +799,7 @@ fn bind_all<'q>(
 async fn insert_rows<'a>(
     tx: &mut AnyConnection,
     engine: Engine,
-    table: &str,
-    columns: &[&str],
+    table: &Table,
     suffix: &str,
     rows: Vec<Vec<Param<'a>>>,
 ) -> Result<Vec<AnyRow>, sqlx::Error> {
@@ -794,37 +808,15 @@ async fn insert_rows<'a>(
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Param<'a>>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} {suffix}",
-            columns.join(", "),
-            values_list(engine, chunk.len(), columns.len())
+            "INSERT INTO {} ({}) VALUES {} {suffix}",
+            table.name,
+            table.columns.join(", "),
+            values_list(engine, chunk.len(), table.columns.len())
         );
         let q = bind_all(sqlx::query(&sql), chunk.into_iter().flatten().collect());
         returned.extend(q.fetch_all(&mut *tx).await?);
     }
     Ok(returned)
-}
-
-/// The columns of the two records keyed by the customer's email blind index
-/// (`billing_details`, `contact_emails`).
-const EMAIL_RECORD_COLUMNS: &[&str] = &[
-    "id",
-    "order_id",
-    "consent_tag_id",
-    "email_blind_index",
-    "blind_index_version",
-    "format_version",
-    "kek_version",
-    "wrapped_dek",
-    "ciphertext",
-];
-
-fn envelope_params(e: &Envelope) -> [Param<'_>; 4] {
-    [
-        Param::Int(i64::from(e.format_version)),
-        Param::Int(i64::from(e.kek_version)),
-        Param::Bytes(&e.wrapped_dek),
-        Param::Bytes(&e.ciphertext),
-    ]
 }
 
 /// Writes a batch of orders inside the caller's transaction, with one
@@ -848,36 +840,16 @@ async fn insert_orders(
     if candidates.is_empty() {
         return Ok(outcomes);
     }
-    let ids: Vec<String> = batch.iter().map(|o| o.id.to_string()).collect();
+    let text: Vec<OrderText> = batch.iter().map(OrderText::of).collect();
     let claims = candidates
         .iter()
-        .map(|&i| {
-            let idem = &batch[i].idempotency;
-            vec![
-                Param::Bytes(idem.client.as_slice()),
-                Param::Bytes(idem.key_hash.as_slice()),
-                Param::Bytes(idem.request_hash.as_slice()),
-                Param::Text(&ids[i]),
-                Param::Int(i64::from(idem.response.status)),
-                Param::Bytes(&idem.response.body),
-                Param::Text(&idem.created_at),
-            ]
-        })
+        .map(|&i| order_rows::idempotency_row(&batch[i], &text[i]))
         .collect();
     let claimed: std::collections::HashSet<String> = insert_rows(
         tx,
         engine,
-        "idempotency_keys",
-        &[
-            "client",
-            "key_hash",
-            "request_hash",
-            "order_id",
-            "response_status",
-            "response_body",
-            "created_at",
-        ],
-        "ON CONFLICT (client, key_hash) DO NOTHING RETURNING order_id",
+        &order_rows::IDEMPOTENCY_KEYS,
+        &format!("{} RETURNING order_id", order_rows::CLAIM_CONFLICT),
         claims,
     )
     .await?
@@ -886,308 +858,22 @@ async fn insert_orders(
     .collect::<Result<_, _>>()?;
     let accepted: Vec<usize> = candidates
         .into_iter()
-        .filter(|&i| claimed.contains(&ids[i]))
+        .filter(|&i| claimed.contains(&text[i].id))
         .collect();
     for &i in &accepted {
         outcomes[i] = CommitOutcome::Committed;
     }
-    if accepted.is_empty() {
-        return Ok(outcomes);
+    let mut rows: Vec<_> = accepted
+        .iter()
+        .map(|&i| order_rows::rows(&batch[i], &text[i]))
+        .collect();
+    for (k, table) in order_rows::ORDER_TABLES.iter().enumerate() {
+        let table_rows: Vec<Vec<Param>> = rows
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r[k]))
+            .collect();
+        insert_rows(tx, engine, table, "", table_rows).await?;
     }
-    let tag_ids: Vec<(String, Option<String>)> = batch
-        .iter()
-        .map(|o| {
-            (
-                o.customer_tag.id.to_string(),
-                o.recipient_tag.as_ref().map(|t| t.id.to_string()),
-            )
-        })
-        .collect();
-
-    insert_rows(
-        tx,
-        engine,
-        "orders",
-        &[
-            "id",
-            "created_at",
-            "status",
-            "storefront_ref",
-            "currency",
-            "items",
-            "total_minor",
-            "gift",
-            "consent_tag_id",
-            "client_fingerprint",
-            "mac",
-        ],
-        "",
-        accepted
-            .iter()
-            .map(|&i| {
-                let o = &batch[i];
-                vec![
-                    Param::Text(&ids[i]),
-                    Param::Text(&o.created_at),
-                    Param::Text("accepted"),
-                    Param::OptText(o.storefront_ref.as_deref()),
-                    Param::Text(o.currency),
-                    Param::Text(&o.items_json),
-                    Param::Int(o.total_minor),
-                    Param::Int(i64::from(o.recipient.is_some())),
-                    Param::Text(&tag_ids[i].0),
-                    Param::Bytes(o.client_fingerprint.as_slice()),
-                    Param::Bytes(o.mac.as_slice()),
-                ]
-            })
-            .collect(),
-    )
-    .await?;
-
-    let tag_strings: Vec<(usize, &ConsentTag, String, String)> = accepted
-        .iter()
-        .flat_map(|&i| {
-            let o = &batch[i];
-            std::iter::once(&o.customer_tag)
-                .chain(o.recipient_tag.as_ref())
-                .map(move |t| (i, t))
-        })
-        .map(|(i, t)| (i, t, t.id.to_string(), t.order_id.to_string()))
-        .collect();
-    insert_rows(
-        tx,
-        engine,
-        "consent_tags",
-        &[
-            "id",
-            "order_id",
-            "subject",
-            "basis",
-            "product_updates",
-            "new_offerings",
-            "partnerships",
-            "special_offers",
-            "third_party_sharing",
-            "policy_version",
-            "captured_at",
-            "channel",
-            "mac_key_version",
-            "mac",
-        ],
-        "",
-        tag_strings
-            .iter()
-            .map(|(_, tag, id, order_id)| {
-                let p = tag.purposes;
-                vec![
-                    Param::Text(id),
-                    Param::Text(order_id),
-                    Param::Text(tag.subject.as_str()),
-                    Param::Text(tag.basis.as_str()),
-                    Param::Int(i64::from(p.product_updates)),
-                    Param::Int(i64::from(p.new_offerings)),
-                    Param::Int(i64::from(p.partnerships)),
-                    Param::Int(i64::from(p.special_offers)),
-                    Param::Int(i64::from(p.third_party_sharing)),
-                    Param::Text(&tag.policy_version),
-                    Param::Text(&tag.captured_at),
-                    Param::Text(&tag.channel),
-                    Param::Int(i64::from(tag.mac_key_version)),
-                    Param::Bytes(tag.mac.as_slice()),
-                ]
-            })
-            .collect(),
-    )
-    .await?;
-
-    let record_ids: Vec<[String; 5]> = accepted
-        .iter()
-        .map(|&i| {
-            let o = &batch[i];
-            [
-                o.billing.sealed.id.to_string(),
-                o.billing.sealed.consent_tag_id.to_string(),
-                o.shipping.id().to_string(),
-                o.contact.id.to_string(),
-                o.card.sealed.id.to_string(),
-            ]
-        })
-        .collect();
-    let shipping_tags: Vec<String> = accepted
-        .iter()
-        .map(|&i| match &batch[i].shipping {
-            ShippingRecord::Customer(r) => r.consent_tag_id.to_string(),
-            ShippingRecord::GiftRecipient { consent_tag_id, .. } => consent_tag_id.to_string(),
-        })
-        .collect();
-    let contact_tags: Vec<String> = accepted
-        .iter()
-        .map(|&i| batch[i].contact.consent_tag_id.to_string())
-        .collect();
-    let card_tags: Vec<String> = accepted
-        .iter()
-        .map(|&i| batch[i].card.sealed.consent_tag_id.to_string())
-        .collect();
-
-    insert_rows(
-        tx,
-        engine,
-        "billing_details",
-        EMAIL_RECORD_COLUMNS,
-        "",
-        accepted
-            .iter()
-            .zip(&record_ids)
-            .map(|(&i, rid)| {
-                let b = &batch[i].billing;
-                let mut row = vec![
-                    Param::Text(&rid[0]),
-                    Param::Text(&ids[i]),
-                    Param::Text(&rid[1]),
-                    Param::Bytes(b.email_blind_index.as_slice()),
-                    Param::Int(i64::from(b.blind_index_version)),
-                ];
-                row.extend(envelope_params(&b.sealed.envelope));
-                row
-            })
-            .collect(),
-    )
-    .await?;
-
-    insert_rows(
-        tx,
-        engine,
-        "shipping_details",
-        &[
-            "id",
-            "order_id",
-            "consent_tag_id",
-            "ship_to",
-            "format_version",
-            "kek_version",
-            "wrapped_dek",
-            "ciphertext",
-        ],
-        "",
-        accepted
-            .iter()
-            .zip(&record_ids)
-            .zip(&shipping_tags)
-            .map(|((&i, rid), tag)| {
-                let (ship_to, envelope) = match &batch[i].shipping {
-                    ShippingRecord::Customer(r) => ("customer", Some(&r.envelope)),
-                    ShippingRecord::GiftRecipient { .. } => ("gift_recipient", None),
-                };
-                vec![
-                    Param::Text(&rid[2]),
-                    Param::Text(&ids[i]),
-                    Param::Text(tag),
-                    Param::Text(ship_to),
-                    Param::OptInt(envelope.map(|e| i64::from(e.format_version))),
-                    Param::OptInt(envelope.map(|e| i64::from(e.kek_version))),
-                    Param::OptBytes(envelope.map(|e| e.wrapped_dek.as_slice())),
-                    Param::OptBytes(envelope.map(|e| e.ciphertext.as_slice())),
-                ]
-            })
-            .collect(),
-    )
-    .await?;
-
-    let recipients: Vec<(usize, &SealedRecord, String, String)> = accepted
-        .iter()
-        .filter_map(|&i| batch[i].recipient.as_ref().map(|r| (i, r)))
-        .map(|(i, r)| (i, r, r.id.to_string(), r.consent_tag_id.to_string()))
-        .collect();
-    insert_rows(
-        tx,
-        engine,
-        "gift_recipients",
-        &[
-            "id",
-            "order_id",
-            "consent_tag_id",
-            "format_version",
-            "kek_version",
-            "wrapped_dek",
-            "ciphertext",
-        ],
-        "",
-        recipients
-            .iter()
-            .map(|(i, r, id, tag)| {
-                let mut row = vec![Param::Text(id), Param::Text(&ids[*i]), Param::Text(tag)];
-                row.extend(envelope_params(&r.envelope));
-                row
-            })
-            .collect(),
-    )
-    .await?;
-
-    insert_rows(
-        tx,
-        engine,
-        "contact_emails",
-        EMAIL_RECORD_COLUMNS,
-        "",
-        accepted
-            .iter()
-            .zip(&record_ids)
-            .zip(&contact_tags)
-            .map(|((&i, rid), tag)| {
-                let o = &batch[i];
-                let mut row = vec![
-                    Param::Text(&rid[3]),
-                    Param::Text(&ids[i]),
-                    Param::Text(tag),
-                    Param::Bytes(o.billing.email_blind_index.as_slice()),
-                    Param::Int(i64::from(o.billing.blind_index_version)),
-                ];
-                row.extend(envelope_params(&o.contact.envelope));
-                row
-            })
-            .collect(),
-    )
-    .await?;
-
-    insert_rows(
-        tx,
-        engine,
-        "payment_cards",
-        &[
-            "id",
-            "order_id",
-            "consent_tag_id",
-            "brand",
-            "last4",
-            "fingerprint",
-            "fingerprint_key_version",
-            "format_version",
-            "kek_version",
-            "wrapped_dek",
-            "ciphertext",
-        ],
-        "",
-        accepted
-            .iter()
-            .zip(&record_ids)
-            .zip(&card_tags)
-            .map(|((&i, rid), tag)| {
-                let c = &batch[i].card;
-                let mut row = vec![
-                    Param::Text(&rid[4]),
-                    Param::Text(&ids[i]),
-                    Param::Text(tag),
-                    Param::Text(c.brand),
-                    Param::Text(&c.last4),
-                    Param::Bytes(c.fingerprint.as_slice()),
-                    Param::Int(i64::from(c.fingerprint_key_version)),
-                ];
-                row.extend(envelope_params(&c.sealed.envelope));
-                row
-            })
-            .collect(),
-    )
-    .await?;
     Ok(outcomes)
 }
 

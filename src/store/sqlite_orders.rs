@@ -1,0 +1,283 @@
+//! SQLite's order writer: the group-commit batches of `intake::commit`,
+//! written by one dedicated thread over its own connection.
+//!
+//! Why not through sqlx like every other query: sqlx runs each SQLite
+//! connection on a worker thread and every statement is a round trip to it
+//! (≈ 10 per batch, each waiting for a free core), and its statement cache
+//! is keyed by SQL text, so a multi-row INSERT is prepared again for every
+//! new batch size. Here a batch is one hop — the thread gets the batch,
+//! runs `BEGIN IMMEDIATE`, binds each row to a cached single-row statement,
+//! `COMMIT`s and answers — and nothing is ever prepared twice.
+//! docs/performance.md has the measurements.
+//!
+//! The rows and the SQL come from `sql::order_rows`, shared with the
+//! multi-row path PostgreSQL uses, so both engines write the same columns
+//! with the same values. The connection has the same settings as sqlx's
+//! writer (`synchronous=FULL`, foreign keys, `secure_delete`; checked when
+//! it opens), the same migrations apply (they ran before it opens), and the
+//! database's own triggers (the retired-KEK check) guard it as they guard
+//! every other write.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+use super::rows::{CommitOutcome, NewOrder};
+use super::sql::order_rows::{self, OrderText};
+
+type Answer = Result<Vec<CommitOutcome>, StoreError>;
+
+struct Job {
+    batch: Arc<[NewOrder]>,
+    queued: Instant,
+    done: oneshot::Sender<Answer>,
+}
+
+/// The handle: sends batches to the writer thread.
+pub struct OrderWriter {
+    /// `None` once closed.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped to stop the checkpointer.
+    stop_checkpoints: Mutex<Option<mpsc::Sender<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl OrderWriter {
+    /// Opens a connection to the (migrated) database at `path` with
+    /// `pragmas`, checks that it is durable, and starts the thread.
+    /// Also starts the WAL checkpointer (see [`checkpoint`]).
+    pub fn open(path: &Path, pragmas: &str) -> Result<Self, StoreError> {
+        let connect = || -> Result<Connection, StoreError> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(StoreError::from_sqlite)?;
+            conn.execute_batch(pragmas)
+                .map_err(StoreError::from_sqlite)?;
+            check_settings(&conn)?;
+            Ok(conn)
+        };
+        let (conn, checkpoints) = (connect()?, connect()?);
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let statements = Statements::new();
+        let (jobs, queue) = mpsc::channel();
+        let writer_flag = caught_up.clone();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-orders".into())
+            .spawn(move || run(conn, &statements, queue, &writer_flag))
+            .map_err(|_| StoreError::WriterStopped)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint(checkpoints, stop, caught_up))
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok(OrderWriter {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+            stop_checkpoints: Mutex::new(Some(stop_checkpoints)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+        })
+    }
+
+    /// Writes `batch` in one synced transaction (see `Store::commit_orders`).
+    pub async fn commit(&self, batch: Arc<[NewOrder]>) -> Answer {
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            batch,
+            queued: Instant::now(),
+            done,
+        };
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let jobs = jobs.as_ref().ok_or(StoreError::WriterStopped)?;
+            jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
+        }
+        // A thread that died mid-batch drops `done`: the outcome is then
+        // unknown, answered as retryable.
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Whether the thread still takes batches.
+    pub fn is_running(&self) -> bool {
+        let alive = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished());
+        alive
+            && self
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+    }
+
+    /// Stops taking batches and checkpointing, lets the writer finish the queued ones and
+    /// close its connection, and waits for it.
+    pub async fn close(&self) {
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(
+            self.stop_checkpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        for thread in [&self.thread, &self.checkpointer] {
+            let thread = thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(thread) = thread {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }
+    }
+}
+
+/// The connection must commit as durably as sqlx's (invariant 9) and
+/// enforce foreign keys; a setting that did not take is refused.
+fn check_settings(conn: &Connection) -> Result<(), StoreError> {
+    let pragma = |name: &str| -> Result<String, StoreError> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| match v {
+            rusqlite::types::Value::Integer(n) => n.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            _ => String::new(),
+        })
+        .map_err(StoreError::from_sqlite)
+    };
+    // synchronous: 2 = FULL, 3 = EXTRA.
+    let durable = pragma("journal_mode")? == "wal"
+        && matches!(pragma("synchronous")?.as_str(), "2" | "3")
+        && pragma("foreign_keys")? == "1"
+        && pragma("secure_delete")? == "1";
+    if durable {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(
+            "the SQLite order writer's connection did not take its settings (WAL, synchronous=FULL, foreign keys, secure_delete)",
+        ))
+    }
+}
+
+/// The SQL of the claim and of each table's single-row INSERT, built once.
+struct Statements {
+    claim: String,
+    tables: [String; 7],
+}
+
+impl Statements {
+    fn new() -> Self {
+        Statements {
+            claim: order_rows::single_row_insert(
+                &order_rows::IDEMPOTENCY_KEYS,
+                order_rows::CLAIM_CONFLICT,
+            ),
+            tables: order_rows::ORDER_TABLES.map(|t| order_rows::single_row_insert(t, "")),
+        }
+    }
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps the WAL bounded, off the writer's thread where it can.
+///
+/// A checkpoint copies the WAL's pages into the database file; the WAL is
+/// started from its beginning again by the first write after a checkpoint
+/// that copied *everything*. Under sustained load a checkpoint on another
+/// thread never copies everything — a commit always lands while it copies —
+/// so the WAL grew without bound (600 MB in 10 s of the benchmark, and the
+/// same before this writer existed). So the work is split: this thread
+/// copies the bulk every [`CHECKPOINT_EVERY`] (PASSIVE: it takes no lock a
+/// writer needs) and then raises `caught_up`; the writer, after its next
+/// commit, checkpoints the few pages committed meanwhile. That one
+/// completes — nothing commits while the writer checkpoints — unless a
+/// reader still uses older pages, and the writer's next transaction
+/// restarts the WAL.
+fn checkpoint(conn: Connection, stop: mpsc::Receiver<()>, caught_up: Arc<AtomicBool>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        match passive_checkpoint(&conn) {
+            Ok(true) => caught_up.store(true, Ordering::Release),
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "background WAL checkpoint failed"),
+        }
+    }
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: whether it ran (another checkpoint
+/// running at the same time makes it "busy").
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+        .map(|busy| busy == 0)
+}
+
+fn run(mut conn: Connection, sql: &Statements, queue: mpsc::Receiver<Job>, caught_up: &AtomicBool) {
+    // Eight statements: the claim and one per table.
+    conn.set_prepared_statement_cache_capacity(16);
+    while let Ok(job) = queue.recv() {
+        let result = write(&mut conn, sql, &job.batch, job.queued);
+        let _ = job.done.send(result.map_err(StoreError::from_sqlite));
+        if caught_up.load(Ordering::Acquire) {
+            match passive_checkpoint(&conn) {
+                Ok(true) => caught_up.store(false, Ordering::Release),
+                // Another checkpoint is running: try after the next commit.
+                Ok(false) => {}
+                Err(error) => {
+                    caught_up.store(false, Ordering::Release);
+                    tracing::debug!(%error, "the order writer's WAL checkpoint failed");
+                }
+            }
+        }
+    }
+}
+
+/// One batch in one transaction. Orders are written one after the other,
+/// each claiming its Idempotency-Key first: a key already taken — stored
+/// before, or by an earlier order of this batch — makes that order write
+/// nothing (`DuplicateKey`), exactly as if the requests had come one by
+/// one. Any error rolls the whole batch back (the transaction's drop).
+fn write(
+    conn: &mut Connection,
+    sql: &Statements,
+    batch: &[NewOrder],
+    queued: Instant,
+) -> rusqlite::Result<Vec<CommitOutcome>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // The wait for the writer and its lock: the metric "database waits".
+    crate::telemetry::pool_wait(queued.elapsed());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut claim = tx.prepare_cached(&sql.claim)?;
+        let mut inserts = sql
+            .tables
+            .iter()
+            .map(|s| tx.prepare_cached(s))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for order in batch {
+            let text = OrderText::of(order);
+            let claimed =
+                claim.execute(params_from_iter(order_rows::idempotency_row(order, &text)))?;
+            if claimed == 0 {
+                outcomes.push(CommitOutcome::DuplicateKey);
+                continue;
+            }
+            for (insert, rows) in inserts.iter_mut().zip(order_rows::rows(order, &text)) {
+                for row in rows {
+                    insert.execute(params_from_iter(row))?;
+                }
+            }
+            outcomes.push(CommitOutcome::Committed);
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
