@@ -2,9 +2,9 @@
 //!
 //! A request task validates and seals its order, then hands the finished
 //! rows to the single writer task here and waits. The writer takes every
-//! order queued at that moment (up to [`MAX_BATCH`]) and commits them with
-//! one multi-row INSERT per table in one transaction, then answers each
-//! waiter. There is no timer: while one batch is being committed (and
+//! order queued at that moment (up to [`MAX_BATCH`]) and commits them in
+//! one transaction (`Store::commit_orders`: SQLite's order writer thread,
+//! or multi-row INSERTs on PostgreSQL), then answers each waiter. There is no timer: while one batch is being committed (and
 //! synced) the next one queues up, so batches grow with load by themselves
 //! and a lone order is committed at once.
 //!

@@ -76,7 +76,7 @@ pub enum StoreError {
     WriterStopped,
     /// SQLite's order writer (`store/sqlite_orders.rs`) failed;
     /// `unavailable` when the database was busy or the file failed (503).
-    #[error("the SQLite order writer failed")]
+    #[error("the SQLite order writer failed: {source}")]
     OrderWriter {
         unavailable: bool,
         #[source]

@@ -29,8 +29,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000; \
     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;";
-/// The one writing connection checkpoints nothing itself: a background
-/// thread does (see `sqlite_orders::checkpoint`).
+/// The writing connections (sqlx's and the order writer's, which take turns:
+/// `sql::Writer`) leave checkpoints to the order writer's checkpointer
+/// (`sqlite_orders::checkpoint`), so that commits do not pay for them.
 const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000; \
     PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;";
@@ -49,7 +50,7 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
     let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
     MIGRATOR.run(&writer).await?;
     let pool = connect(path, "rw", PRAGMAS, 8).await?;
-    let orders = super::sqlite_orders::OrderWriter::open(path, WRITER_PRAGMAS)?;
+
     // Only ciphertexts are inside, but the file is still nobody else's
     // business: owner-only (SQLite gives -wal and -shm the same mode).
     #[cfg(unix)]
@@ -57,7 +58,12 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-    Ok(SqlStore::new(pool, writer, Engine::Sqlite).with_order_writer(orders))
+    let store = SqlStore::new(pool, writer, Engine::Sqlite);
+    let gate = store
+        .write_gate()
+        .ok_or(StoreError::Corrupt("a SQLite store without a write gate"))?;
+    let orders = super::sqlite_orders::OrderWriter::open(path, WRITER_PRAGMAS, gate)?;
+    Ok(store.with_order_writer(orders))
 }
 
 /// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).

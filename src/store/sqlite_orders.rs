@@ -41,6 +41,9 @@ struct Job {
 
 /// The handle: sends batches to the writer thread.
 pub struct OrderWriter {
+    /// Taken for each batch: the other writing connection of this process
+    /// waits its turn here, not in SQLite's busy handler (`sql::Writer`).
+    gate: Arc<tokio::sync::Mutex<()>>,
     /// `None` once closed.
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -53,7 +56,11 @@ impl OrderWriter {
     /// Opens a connection to the (migrated) database at `path` with
     /// `pragmas`, checks that it is durable, and starts the thread.
     /// Also starts the WAL checkpointer (see [`checkpoint`]).
-    pub fn open(path: &Path, pragmas: &str) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        pragmas: &str,
+        gate: Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Self, StoreError> {
         let connect = || -> Result<Connection, StoreError> {
             let conn = Connection::open_with_flags(
                 path,
@@ -80,6 +87,7 @@ impl OrderWriter {
             .spawn(move || checkpoint(checkpoints, stop, caught_up))
             .map_err(|_| StoreError::WriterStopped)?;
         Ok(OrderWriter {
+            gate,
             jobs: Mutex::new(Some(jobs)),
             thread: Mutex::new(Some(thread)),
             stop_checkpoints: Mutex::new(Some(stop_checkpoints)),
@@ -89,6 +97,7 @@ impl OrderWriter {
 
     /// Writes `batch` in one synced transaction (see `Store::commit_orders`).
     pub async fn commit(&self, batch: Arc<[NewOrder]>) -> Answer {
+        let _turn = self.gate.lock().await;
         let (done, answer) = oneshot::channel();
         let job = Job {
             batch,
@@ -105,15 +114,18 @@ impl OrderWriter {
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
-    /// Whether the thread still takes batches.
+    /// Whether the writer still takes batches and the checkpointer still
+    /// keeps the WAL bounded.
     pub fn is_running(&self) -> bool {
-        let alive = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|t| !t.is_finished());
-        alive
+        let alive = |thread: &Mutex<Option<JoinHandle<()>>>| {
+            thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
+        };
+        alive(&self.thread)
+            && alive(&self.checkpointer)
             && self
                 .jobs
                 .lock()
@@ -213,29 +225,38 @@ fn checkpoint(conn: Connection, stop: mpsc::Receiver<()>, caught_up: Arc<AtomicB
     }
 }
 
-/// `PRAGMA wal_checkpoint(PASSIVE)`: whether it ran (another checkpoint
-/// running at the same time makes it "busy").
+/// `PRAGMA wal_checkpoint(PASSIVE)`: whether it copied the whole WAL. It
+/// does not when another checkpoint runs at the same time ("busy"), nor
+/// when a reader still uses older pages (fewer frames copied than logged).
 fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
-        .map(|busy| busy == 0)
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })
+    .map(|(busy, logged, copied)| busy == 0 && logged == copied)
 }
 
 fn run(mut conn: Connection, sql: &Statements, queue: mpsc::Receiver<Job>, caught_up: &AtomicBool) {
     // Eight statements: the claim and one per table.
     conn.set_prepared_statement_cache_capacity(16);
     while let Ok(job) = queue.recv() {
-        let result = write(&mut conn, sql, &job.batch, job.queued);
+        // A batch whose caller stopped waiting (its commit timed out, and
+        // every order of it was answered 503, "retry") is not written
+        // later behind its back.
+        if job.done.is_closed() {
+            continue;
+        }
+        let result = write(&mut conn, sql, &job);
         let _ = job.done.send(result.map_err(StoreError::from_sqlite));
-        if caught_up.load(Ordering::Acquire) {
-            match passive_checkpoint(&conn) {
-                Ok(true) => caught_up.store(false, Ordering::Release),
-                // Another checkpoint is running: try after the next commit.
-                Ok(false) => {}
-                Err(error) => {
-                    caught_up.store(false, Ordering::Release);
-                    tracing::debug!(%error, "the order writer's WAL checkpoint failed");
-                }
-            }
+        // Done or not (another checkpoint running, a reader on older
+        // pages), the next try follows the next complete background pass.
+        if caught_up.swap(false, Ordering::AcqRel)
+            && let Err(error) = passive_checkpoint(&conn)
+        {
+            tracing::debug!(%error, "the order writer's WAL checkpoint failed");
         }
     }
 }
@@ -248,12 +269,17 @@ fn run(mut conn: Connection, sql: &Statements, queue: mpsc::Receiver<Job>, caugh
 fn write(
     conn: &mut Connection,
     sql: &Statements,
-    batch: &[NewOrder],
-    queued: Instant,
+    job: &Job,
 ) -> rusqlite::Result<Vec<CommitOutcome>> {
+    let batch = &job.batch[..];
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // The wait for the writer and its lock: the metric "database waits".
-    crate::telemetry::pool_wait(queued.elapsed());
+    crate::telemetry::pool_wait(job.queued.elapsed());
+    if job.done.is_closed() {
+        // Given up on while waiting for the lock (another process held it):
+        // rolled back by the drop, answered by nobody.
+        return Ok(Vec::new());
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     {
         let mut claim = tx.prepare_cached(&sql.claim)?;

@@ -245,6 +245,9 @@ async fn sustained_commits_keep_restarting_the_sqlite_wal() {
         // PostgreSQL's WAL is the server's to recycle.
         return;
     }
+    // A second store in this process (its own order writer and
+    // checkpointer), so that the batches need neither HTTP nor sealing:
+    // nothing slows them down between two commits.
     let store = app.store().await;
     let template = sealed(&app, "wal");
     let before = wal_restarts(&app);
@@ -252,16 +255,83 @@ async fn sustained_commits_keep_restarting_the_sqlite_wal() {
     let mut rounds = 0;
     // Batch after batch, with nothing in between but copying rows, until
     // the WAL has been restarted twice (twice a second here) or for 15 s.
-    while wal_restarts(&app) - before < 2 && started.elapsed() < std::time::Duration::from_secs(15)
+    while wal_restarts(&app).saturating_sub(before) < 2
+        && started.elapsed() < std::time::Duration::from_secs(15)
     {
         rounds += 1;
         let batch: Vec<NewOrder> = (0..32).map(|_| copy_with_new_ids(&template)).collect();
         let outcomes = store.commit_orders(batch.into()).await.unwrap();
         assert!(outcomes.iter().all(|o| *o == CommitOutcome::Committed));
     }
-    let restarts = wal_restarts(&app) - before;
+    let restarts = wal_restarts(&app).saturating_sub(before);
     assert!(
         restarts >= 2,
         "the WAL was restarted {restarts} times in {rounds} back-to-back batches"
+    );
+}
+
+/// SQLite's two writing connections in one process — the order writer and
+/// sqlx's (dispatches, the access log, withdrawals) — take turns at a fair
+/// gate, first come first served. Without it SQLite's busy handler only
+/// polls, while the order writer begins its next batch microseconds after
+/// each commit: under sustained order load a dispatch (or an access-log
+/// append, which every fulfillment read waits for) starved for seconds.
+/// Here a dispatch arrives while a big batch commits and before the next
+/// batch: it must be written before that next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_writes_take_turns_with_order_batches() {
+    use checkoutd::store::rows::{Dispatch, DispatchOutcome, NewDispatch};
+    use std::sync::{Arc, Mutex};
+    let app = spawn_app().await;
+    let store = Arc::new(app.store().await);
+    let template = sealed(&app, "turns");
+    let batch = |n: usize| -> Arc<[NewOrder]> {
+        (0..n)
+            .map(|_| copy_with_new_ids(&template))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let target = copy_with_new_ids(&template);
+    let target_id = target.id;
+    store.commit_orders([target].into()).await.unwrap();
+
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let spawn_batch = |name: &'static str, orders: Arc<[NewOrder]>| {
+        let (store, finished) = (store.clone(), finished.clone());
+        tokio::spawn(async move {
+            store.commit_orders(orders).await.unwrap();
+            finished.lock().unwrap().push(name);
+        })
+    };
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(10));
+    let (first, next) = (batch(256), batch(32));
+    let first = spawn_batch("first batch", first);
+    pause().await;
+    let dispatch = {
+        let (store, finished) = (store.clone(), finished.clone());
+        tokio::spawn(async move {
+            let new = NewDispatch {
+                dispatch: Dispatch {
+                    carrier: "DHL".into(),
+                    tracking: "JD014600006281230".into(),
+                    dispatched_at: checkoutd::ids::now(),
+                },
+                mac: [0; 32],
+            };
+            let outcome = store.dispatch(target_id, &new).await.unwrap();
+            assert!(matches!(outcome, DispatchOutcome::Dispatched(_)));
+            finished.lock().unwrap().push("dispatch");
+        })
+    };
+    pause().await;
+    let next = spawn_batch("next batch", next);
+    for task in [first, dispatch, next] {
+        task.await.unwrap();
+    }
+    let finished = finished.lock().unwrap().clone();
+    let position = |name| finished.iter().position(|n| *n == name).unwrap();
+    assert!(
+        position("dispatch") < position("next batch"),
+        "the dispatch waited behind a batch that came after it: {finished:?}"
     );
 }

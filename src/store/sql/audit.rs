@@ -308,7 +308,7 @@ pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
 // statistics) ----
 
 pub async fn append_consent_event(
-    pool: &AnyPool,
+    pool: &super::Writer,
     engine: Engine,
     mut e: super::super::rows::ConsentEventRow,
     sealer: &crate::consent::EventSealer<'_>,
@@ -625,7 +625,7 @@ pub async fn envelopes_to_rewrap(
 }
 
 pub async fn apply_rewrap(
-    pool: &AnyPool,
+    pool: &super::Writer,
     engine: Engine,
     items: &[(super::super::rows::RewrapItem, u32, Vec<u8>)],
 ) -> Result<u64, StoreError> {
@@ -669,7 +669,7 @@ fn class_table(class: &str) -> Option<&'static str> {
 }
 
 pub async fn purge(
-    pool: &AnyPool,
+    pool: &super::Writer,
     engine: Engine,
     order_id: &str,
     purges: &[super::super::rows::PurgeRow],
@@ -704,8 +704,12 @@ pub async fn purge(
     tx.commit().await.map_err(err)?;
     if !done.is_empty() {
         match engine {
-            Engine::Sqlite => super::super::sqlite::after_purge(pool).await?,
-            Engine::Postgres => super::super::postgres::after_purge(pool).await?,
+            Engine::Sqlite => {
+                // Between two writes, so that no batch lands meanwhile.
+                let _gate = pool.pass().await;
+                super::super::sqlite::after_purge(pool.pool()).await?
+            }
+            Engine::Postgres => super::super::postgres::after_purge(pool.pool()).await?,
         }
     }
     Ok(done)

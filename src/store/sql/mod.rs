@@ -15,6 +15,8 @@ pub mod order_rows;
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
+use std::sync::Arc;
+
 use sqlx::{AnyConnection, AnyPool, Row};
 use uuid::Uuid;
 
@@ -56,18 +58,84 @@ impl Engine {
     /// Begins a write transaction ordered by `order`.
     pub async fn begin_write(
         self,
-        pool: &AnyPool,
+        writer: &Writer,
         order: WriteOrder,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        // The wait for a pooled connection, the write lock and (PostgreSQL)
-        // the sequence's advisory lock: the metric "database waits".
+    ) -> Result<WriteTx, StoreError> {
+        // The wait for the write gate, a pooled connection, the write lock
+        // and (PostgreSQL) the sequence's advisory lock: the metric
+        // "database waits".
         let started = std::time::Instant::now();
+        let gate = writer.pass().await;
         let tx = match self {
-            Engine::Sqlite => sqlite::begin_write(pool).await,
-            Engine::Postgres => postgres::begin_write(pool, order).await,
+            Engine::Sqlite => sqlite::begin_write(&writer.pool).await,
+            Engine::Postgres => postgres::begin_write(&writer.pool, order).await,
         };
         crate::telemetry::pool_wait(started.elapsed());
-        tx
+        Ok(WriteTx {
+            tx: tx?,
+            _gate: gate,
+        })
+    }
+}
+
+/// Where writes go: the writing pool and, for SQLite, the gate that every
+/// writer of this process passes in turn.
+///
+/// SQLite has one writer at a time, and this process has two writing
+/// connections: sqlx's (dispatches, the access log, withdrawals, keys,
+/// purges) and the order writer's (`store/sqlite_orders.rs`). SQLite's own
+/// busy handler only polls (sleeping up to 100 ms between tries), so under
+/// sustained order load — the order writer begins its next batch
+/// microseconds after each commit — a waiting access-log append could
+/// starve for seconds. The gate is a fair (first come, first served) lock
+/// that each writes behind; SQLite's lock then only arbitrates between
+/// processes (`checkoutd` CLI commands next to the server).
+pub struct Writer {
+    pool: AnyPool,
+    gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Writer {
+    /// The gate of this writer (for the order writer to share).
+    pub fn gate(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.gate.clone()
+    }
+
+    /// Waits for this writer's turn; held until the guard drops.
+    pub async fn pass(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// A write transaction that holds its writer's turn until it ends.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
     }
 }
 
@@ -75,11 +143,11 @@ impl Engine {
 pub struct SqlStore {
     /// Reads.
     pool: AnyPool,
-    /// Writes. For SQLite one connection: SQLite has one writer at a time
-    /// anyway, and a single writing connection keeps its page cache (another
-    /// connection's commit would invalidate it). For PostgreSQL the same
-    /// pool as `pool`.
-    writer: AnyPool,
+    /// Writes. For SQLite one connection (SQLite has one writer at a time
+    /// anyway) for everything but order batches, which the order writer
+    /// commits; the two take turns through the writer's gate. For
+    /// PostgreSQL the same pool as `pool`.
+    writer: Writer,
     engine: Engine,
     /// SQLite's order writer (a thread with its own connection), which
     /// commits the order batches; without it (PostgreSQL, read-only) they
@@ -89,12 +157,18 @@ pub struct SqlStore {
 
 impl SqlStore {
     pub(super) fn new(pool: AnyPool, writer: AnyPool, engine: Engine) -> Self {
+        let gate = (engine == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         SqlStore {
             pool,
-            writer,
+            writer: Writer { pool: writer, gate },
             engine,
             orders: None,
         }
+    }
+
+    /// The writer's gate, which the SQLite order writer passes too.
+    pub(super) fn write_gate(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.writer.gate()
     }
 
     /// Commits order batches through `orders` instead of `writer`.
@@ -135,9 +209,9 @@ impl Store for SqlStore {
         }
         self.pool.close().await;
         if self.engine == Engine::Sqlite {
-            sqlite::before_close(&self.writer).await;
+            sqlite::before_close(&self.writer.pool).await;
         }
-        self.writer.close().await;
+        self.writer.pool.close().await;
     }
 
     async fn holds_orders(&self) -> Result<bool, StoreError> {
@@ -287,6 +361,7 @@ impl Store for SqlStore {
     ) -> Result<DispatchOutcome, StoreError> {
         // One conditional update decides: of two concurrent dispatches (in
         // any process) exactly one finds the order still 'accepted'.
+        let gate = self.writer.pass().await;
         let updated = sqlx::query(
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
@@ -297,10 +372,11 @@ impl Store for SqlStore {
         .bind(&new.dispatch.tracking)
         .bind(&new.dispatch.dispatched_at)
         .bind(new.mac.as_slice())
-        .execute(&self.writer)
+        .execute(&self.writer.pool)
         .await
         .map_err(StoreError::from_sqlx)?
         .rows_affected();
+        drop(gate);
         if updated == 1 {
             return Ok(DispatchOutcome::Dispatched(new.dispatch.clone()));
         }

@@ -188,7 +188,10 @@ pub fn single_row_insert(table: &Table, suffix: &str) -> String {
 pub struct OrderText {
     pub id: String,
     customer_tag: String,
+    /// The order id each tag names (its MAC covers it); the order's own.
+    customer_tag_order: String,
     recipient_tag: Option<String>,
+    recipient_tag_order: String,
     billing: String,
     billing_tag: String,
     shipping: String,
@@ -209,7 +212,13 @@ impl OrderText {
         OrderText {
             id: o.id.to_string(),
             customer_tag: o.customer_tag.id.to_string(),
+            customer_tag_order: o.customer_tag.order_id.to_string(),
             recipient_tag: o.recipient_tag.as_ref().map(|t| t.id.to_string()),
+            recipient_tag_order: o
+                .recipient_tag
+                .as_ref()
+                .map(|t| t.order_id.to_string())
+                .unwrap_or_default(),
             billing: o.billing.sealed.id.to_string(),
             billing_tag: o.billing.sealed.consent_tag_id.to_string(),
             shipping: o.shipping.id().to_string(),
@@ -261,11 +270,12 @@ pub fn rows<'a>(o: &'a NewOrder, t: &'a OrderText) -> [Vec<Vec<Param<'a>>>; 7] {
     let recipient_tag = o.recipient_tag.as_ref().zip(t.recipient_tag.as_deref());
     let tags = std::iter::once(customer_tag)
         .chain(recipient_tag)
-        .map(|(tag, id)| {
+        .zip([&t.customer_tag_order, &t.recipient_tag_order])
+        .map(|((tag, id), order_id)| {
             let p = tag.purposes;
             vec![
                 Param::Text(id),
-                Param::Text(&t.id),
+                Param::Text(order_id),
                 Param::Text(tag.subject.as_str()),
                 Param::Text(tag.basis.as_str()),
                 Param::Int(i64::from(p.product_updates)),
