@@ -66,6 +66,9 @@ pub async fn purge_order(
         })
         .collect();
     let done = store.purge(order_id, &rows).await?;
+    // The deletion is committed: it is logged even if emptying the WAL
+    // below fails (then a purge run again, which finds nothing left to
+    // delete, still empties it).
     if !done.is_empty() {
         let entry = Entry {
             at: now,
@@ -86,6 +89,7 @@ pub async fn purge_order(
             )
             .await?;
     }
+    store.after_purge().await?;
     Ok(done)
 }
 

@@ -314,12 +314,18 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the records of `classes` of one order (their wrapped data keys
     /// with them: crypto-shredding) and records each purge, in one
     /// transaction. Returns the classes actually purged (a class already
-    /// gone is skipped).
+    /// gone is skipped). [`after_purge`](Self::after_purge) must follow.
     async fn purge(
         &self,
         order_id: &str,
         purges: &[rows::PurgeRow],
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Removes what deleted records leave behind where the engine can: for
+    /// SQLite, moves the zeroed pages into the database file and empties the
+    /// WAL (`Incomplete` while readers keep it: running it again — a purge
+    /// run again, which finds nothing left to delete — finishes the job).
+    async fn after_purge(&self) -> Result<(), StoreError>;
 
     /// Orders dispatched before `before` that still hold records of `class`.
     async fn due_for_retention(

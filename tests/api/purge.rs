@@ -210,3 +210,75 @@ async fn the_storefront_summary_survives_a_card_purge() {
     assert!(v["card"].is_null());
     assert_eq!(v["items"][0]["sku"], "FAXSTF-PRO");
 }
+
+/// A purge on SQLite also empties the WAL, which an open reader can hold
+/// up. The deletion is committed and logged all the same, the operator is
+/// told to run the purge again, and that run — which finds nothing left to
+/// delete — empties the WAL, so no wrapped data key survives in it.
+#[tokio::test]
+async fn a_purge_held_up_by_a_reader_is_finished_by_running_it_again() {
+    let app = spawn_app().await;
+    if app.database.is_postgres() {
+        // No WAL of ours: PostgreSQL's purge has nothing to empty.
+        return;
+    }
+    let doomed = place(&app, "held-1", &order_json()).await;
+    let db = app.db().await;
+    let dek: Vec<u8> =
+        sqlx::query_scalar("SELECT wrapped_dek FROM payment_cards WHERE order_id = $1")
+            .bind(&doomed)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    // A reader on the snapshot from before the purge.
+    let mut reader = db.begin().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_cards")
+        .fetch_one(&mut *reader)
+        .await
+        .unwrap();
+
+    let store = app.store().await;
+    let keyring = app.keyring();
+    let purge = || {
+        checkoutd::retention::purge_order(
+            &store,
+            &keyring,
+            &doomed,
+            &[checkoutd::crypto::DataClass::Card],
+            "operator",
+            ("operator", "test"),
+        )
+    };
+    match purge().await {
+        Err(checkoutd::store::StoreError::Incomplete(why)) => {
+            assert!(why.contains("run the purge again"))
+        }
+        other => panic!("the WAL was emptied under an open reader: {other:?}"),
+    }
+    let log: Value = app
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "purge (operator)" && e["objects"][0] == doomed.as_str()),
+        "the committed deletion was not logged"
+    );
+
+    reader.rollback().await.unwrap();
+    assert_eq!(
+        purge().await.unwrap(),
+        Vec::<String>::new(),
+        "nothing left to delete"
+    );
+    let wal = std::fs::metadata(app.db_path().with_extension("db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the second run emptied the WAL");
+    for (what, bytes) in app.database_bytes().await {
+        assert!(
+            !contains(&bytes, &dek),
+            "the wrapped data key survived in the {what}"
+        );
+    }
+}

@@ -702,17 +702,19 @@ pub async fn purge(
         done.push(p.class.clone());
     }
     tx.commit().await.map_err(err)?;
-    if !done.is_empty() {
-        match engine {
-            Engine::Sqlite => {
-                // Between two writes, so that no batch lands meanwhile.
-                let _gate = pool.pass().await;
-                super::super::sqlite::after_purge(pool.pool()).await?
-            }
-            Engine::Postgres => super::super::postgres::after_purge(pool.pool()).await?,
-        }
-    }
     Ok(done)
+}
+
+/// What must follow purges (`Store::after_purge`).
+pub async fn after_purge(writer: &super::Writer, engine: Engine) -> Result<(), StoreError> {
+    match engine {
+        Engine::Sqlite => {
+            // Between two writes, so that no batch lands meanwhile.
+            let _gate = writer.pass().await;
+            super::super::sqlite::after_purge(writer.pool()).await
+        }
+        Engine::Postgres => super::super::postgres::after_purge(writer.pool()).await,
+    }
 }
 
 pub async fn due_for_retention(

@@ -589,6 +589,10 @@ impl Store for SqlStore {
         audit::purge(&self.writer, self.engine, order_id, purges).await
     }
 
+    async fn after_purge(&self) -> Result<(), StoreError> {
+        audit::after_purge(&self.writer, self.engine).await
+    }
+
     async fn due_for_retention(
         &self,
         class: crate::crypto::DataClass,
