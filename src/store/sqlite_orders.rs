@@ -133,8 +133,8 @@ impl OrderWriter {
                 .is_some()
     }
 
-    /// Stops taking batches and checkpointing, lets the writer finish the queued ones and
-    /// close its connection, and waits for it.
+    /// Stops taking batches and checkpointing, lets the writer finish the
+    /// queued batches and close its connection, and waits for both threads.
     pub async fn close(&self) {
         drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
         drop(
