@@ -308,12 +308,14 @@ pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
 // statistics) ----
 
 pub async fn append_consent_event(
-    pool: &super::Writer,
+    writer: &super::Writer,
     engine: Engine,
     mut e: super::super::rows::ConsentEventRow,
     sealer: &crate::consent::EventSealer<'_>,
 ) -> Result<(), StoreError> {
-    let mut tx = engine.begin_write(pool, WriteOrder::ConsentEvents).await?;
+    let mut tx = engine
+        .begin_write(writer, WriteOrder::ConsentEvents)
+        .await?;
     let head = sqlx::query("SELECT seq, mac FROM consent_events_head WHERE id = 1")
         .fetch_optional(&mut *tx)
         .await
@@ -625,11 +627,11 @@ pub async fn envelopes_to_rewrap(
 }
 
 pub async fn apply_rewrap(
-    pool: &super::Writer,
+    writer: &super::Writer,
     engine: Engine,
     items: &[(super::super::rows::RewrapItem, u32, Vec<u8>)],
 ) -> Result<u64, StoreError> {
-    let mut tx = engine.begin_write(pool, WriteOrder::Unordered).await?;
+    let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
     let mut changed = 0u64;
     for (item, new_version, wrapped) in items {
         let (kek, dek) = if item.table == "consent_events" {
@@ -669,12 +671,12 @@ fn class_table(class: &str) -> Option<&'static str> {
 }
 
 pub async fn purge(
-    pool: &super::Writer,
+    writer: &super::Writer,
     engine: Engine,
     order_id: &str,
     purges: &[super::super::rows::PurgeRow],
 ) -> Result<Vec<String>, StoreError> {
-    let mut tx = engine.begin_write(pool, WriteOrder::Unordered).await?;
+    let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
     let mut done = Vec::new();
     for p in purges {
         let Some(table) = class_table(&p.class) else {

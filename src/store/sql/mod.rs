@@ -13,10 +13,10 @@
 mod audit;
 pub mod order_rows;
 
-use async_trait::async_trait;
-use sqlx::any::AnyRow;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 use uuid::Uuid;
 
@@ -224,7 +224,7 @@ impl Store for SqlStore {
 
     async fn commit_orders(
         &self,
-        batch: std::sync::Arc<[NewOrder]>,
+        batch: Arc<[NewOrder]>,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         if let Some(orders) = &self.orders {
             return orders.commit(batch).await;
