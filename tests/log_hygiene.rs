@@ -52,8 +52,9 @@ fn the_whole_integration_run_logs_no_submitted_secret() {
     hay.extend_from_slice(&out.stderr);
     assert!(
         out.status.success(),
-        "the api run failed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
+        "the api run failed:\n{}\nits panics:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        panics(&String::from_utf8_lossy(&out.stderr))
     );
     let summary = String::from_utf8_lossy(&out.stdout);
     let passed = summary
@@ -107,6 +108,28 @@ fn the_whole_integration_run_logs_no_submitted_secret() {
         needles.len()
     );
     assert!(found.is_empty(), "the run's output holds: {found:#?}");
+}
+
+/// The panic messages in a `--nocapture` run's stderr (a failed test's
+/// reason is printed there, not in the summary on stdout): each from its
+/// "panicked at" line to the next blank line or backtrace, at most 40 lines
+/// each.
+fn panics(stderr: &str) -> String {
+    let mut out = Vec::new();
+    let mut lines = stderr.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("panicked at") {
+            out.push(line);
+            out.extend(
+                lines
+                    .by_ref()
+                    .take_while(|l| !l.is_empty() && !l.starts_with("stack backtrace"))
+                    .take(40),
+            );
+            out.push("");
+        }
+    }
+    out.join("\n")
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
