@@ -25,7 +25,9 @@ use crate::crypto::keyring::Keyring;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
 use crate::domain::detect::{contains_email, contains_pan};
 use crate::domain::pan::Pan;
-use crate::store::rows::{AuditBatch, AuditExtra, AuditRecord, ConsentStats, RawTag, Totals};
+use crate::store::rows::{
+    AuditBatch, AuditExtra, AuditKeyRow, AuditRecord, ConsentStats, RawTag, Totals,
+};
 use crate::store::{Store, StoreError};
 
 /// Orders per page.
@@ -37,7 +39,7 @@ pub const MAX_LISTED_FAILURES: usize = 10_000;
 
 /// Columns that hold ciphertexts, MACs or keyed digests: binary by design,
 /// not scanned for plaintext.
-const OPAQUE_COLUMNS: [&str; 13] = [
+const OPAQUE_COLUMNS: [&str; 14] = [
     "key_hash",
     "checksum",
     "cert_fingerprint",
@@ -51,6 +53,7 @@ const OPAQUE_COLUMNS: [&str; 13] = [
     "request_hash",
     "client",
     "client_fingerprint",
+    "response_mac",
 ];
 
 /// One thing that did not verify.
@@ -468,6 +471,7 @@ pub async fn verify(
         }
     }
     check_consent_events(store, keyring, &mut failures).await?;
+    check_idempotency_rows(store, keyring, &mut failures).await?;
     scan_schema_and_clear_columns(store, &mut failures).await?;
     let access_log = match verify_chain(store, keyring.access_log_key()).await {
         Ok(status) => ChainReport {
@@ -577,6 +581,54 @@ fn check_completeness(
         }
     }
     counts
+}
+
+/// Every stored response a retry would replay is the one written for its
+/// key (MAC present and verifying) and belongs to an order that exists.
+/// Failures name the row by its `order_id` column (keys are stored only as
+/// keyed hashes).
+async fn check_idempotency_rows(
+    store: &dyn Store,
+    keyring: &Keyring,
+    out: &mut Failures,
+) -> Result<(), StoreError> {
+    let mut after: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+    loop {
+        let rows = store
+            .idempotency_audit_page((&after.0, &after.1), SCAN_PAGE)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = (last.client.clone(), last.key_hash.clone());
+        for row in &rows {
+            if let Some(what) = check_key_row(keyring, row) {
+                out.push(Failure::new("idempotency_keys", &row.order_id, what));
+            }
+        }
+        if rows.len() < SCAN_PAGE as usize {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with one idempotency row, if anything.
+fn check_key_row(keyring: &Keyring, row: &AuditKeyRow) -> Option<String> {
+    let found = match &row.found {
+        Err(reason) => return Some(format!("unreadable: {reason}")),
+        Ok(found) => found,
+    };
+    if found.mac.is_none() {
+        return Some(
+            "stored response has no MAC (written before migration 0007, or nulled); it is never replayed"
+                .to_owned(),
+        );
+    }
+    if !crate::intake::seal::stored_response_verifies(keyring, &row.client, &row.key_hash, found) {
+        return Some(
+            "stored response MAC does not verify (edited, or copied from another key)".to_owned(),
+        );
+    }
+    (!row.order_exists).then(|| "its order does not exist".to_owned())
 }
 
 /// No CVV-like column; no card number or email in any clear column.
@@ -768,7 +820,70 @@ async fn check_consent_events(
 
 #[cfg(test)]
 mod tests {
-    use super::canonical_uuid;
+    use super::{canonical_uuid, check_key_row};
+    use crate::crypto::keyring::Keyring;
+    use crate::intake::seal::idempotency_canonical_bytes;
+    use crate::store::rows::{AuditKeyRow, KeyRecord, StoredResponse};
+
+    /// A row as intake writes it: MAC over its own client and key hash.
+    fn key_row(keyring: &Keyring) -> AuditKeyRow {
+        let (client, key_hash) = (vec![1u8; 32], vec![2u8; 32]);
+        let mut found = KeyRecord {
+            request_hash: vec![3; 32],
+            response: StoredResponse {
+                order_id: uuid::Uuid::from_u128(7),
+                status: 201,
+                body: br#"{"order_id":"x"}"#.to_vec(),
+            },
+            created_at: "2026-11-29T17:00:00.000Z".to_owned(),
+            mac: None,
+        };
+        let bytes = idempotency_canonical_bytes(
+            &client,
+            &key_hash,
+            &found.request_hash,
+            &found.response,
+            &found.created_at,
+        );
+        found.mac = Some(keyring.consent_tag_key().sign(&[&bytes]).to_vec());
+        AuditKeyRow {
+            client,
+            key_hash,
+            order_id: found.response.order_id.to_string(),
+            found: Ok(found),
+            order_exists: true,
+        }
+    }
+
+    fn found(row: &mut AuditKeyRow) -> &mut KeyRecord {
+        row.found.as_mut().unwrap()
+    }
+
+    #[test]
+    fn every_idempotency_row_verdict() {
+        let keyring = Keyring::generate(&ring::rand::SystemRandom::new(), "t").unwrap();
+        let verdict = |edit: &dyn Fn(&mut AuditKeyRow)| {
+            let mut row = key_row(&keyring);
+            edit(&mut row);
+            check_key_row(&keyring, &row).unwrap_or_default()
+        };
+        assert_eq!(verdict(&|_| {}), "");
+        assert!(verdict(&|r| found(r).mac = None).contains("no MAC"));
+        let edits: [&dyn Fn(&mut AuditKeyRow); 7] = [
+            &|r| r.client[0] ^= 1,
+            &|r| r.key_hash[0] ^= 1,
+            &|r| found(r).request_hash[0] ^= 1,
+            &|r| found(r).response.order_id = uuid::Uuid::from_u128(8),
+            &|r| found(r).response.status = 200,
+            &|r| found(r).response.body.push(b' '),
+            &|r| found(r).created_at.push('0'),
+        ];
+        for edit in edits {
+            assert!(verdict(edit).contains("does not verify"));
+        }
+        assert!(verdict(&|r| r.order_exists = false).contains("order does not exist"));
+        assert!(verdict(&|r| r.found = Err("bad".into())).contains("unreadable"));
+    }
 
     #[test]
     fn only_canonical_uuids_are_taken() {

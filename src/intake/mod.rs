@@ -125,6 +125,11 @@ pub enum IntakeError {
     KeyReused,
     #[error("a request with this idempotency key is still in progress")]
     InFlight,
+    /// The stored response for the key failed its MAC check (edited in the
+    /// database, copied from another key, or written before the MAC
+    /// existed): it is not replayed, and no new order is made either.
+    #[error("the stored response for order {order_id} does not verify")]
+    StoredResponseUnverifiable { order_id: uuid::Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -252,7 +257,7 @@ impl Intake {
             Ok(form) => form,
             Err(errors) => {
                 return match self.stored(&keyring, client, key).await? {
-                    Some(found) => replay(found, &request_hash),
+                    Some(found) => replay(&keyring, client, key, found, &request_hash),
                     None => Err(IntakeError::Invalid(errors)),
                 };
             }
@@ -267,7 +272,7 @@ impl Intake {
             // The key was stored before (a retry), or by another process in
             // the meantime: answer as the stored record says.
             CommitOutcome::DuplicateKey => match self.stored(&keyring, client, key).await? {
-                Some(found) => replay(found, &request_hash),
+                Some(found) => replay(&keyring, client, key, found, &request_hash),
                 None => Err(IntakeError::InFlight),
             },
         }
@@ -310,10 +315,22 @@ pub fn request_hash(
     Ok(key.sign(&[media.token(), &[0], canonical.as_slice()]))
 }
 
+/// The answer to a request whose key is stored: the stored response if it
+/// verifies and the body is the same request, 422 for another body. The
+/// MAC is checked first: a forged request hash must not decide anything.
 fn replay(
+    keyring: &crate::crypto::keyring::Keyring,
+    client: [u8; 32],
+    key: &IdempotencyKey,
     found: crate::store::rows::KeyRecord,
     request_hash: &[u8; 32],
 ) -> Result<Accepted, IntakeError> {
+    let key_hash = seal::key_hash(keyring, key);
+    if !seal::stored_response_verifies(keyring, &client, &key_hash, &found) {
+        return Err(IntakeError::StoredResponseUnverifiable {
+            order_id: found.response.order_id,
+        });
+    }
     if crate::crypto::mac::constant_time_eq(&found.request_hash, request_hash) {
         Ok(Accepted::Replayed(found.response))
     } else {

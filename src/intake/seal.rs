@@ -343,6 +343,21 @@ pub fn seal_order(
         .storefront_order_ref
         .as_ref()
         .map(|r| r.as_str().to_owned());
+    let key_hash = key_hash(keyring, key);
+    let response = StoredResponse {
+        order_id,
+        status: 201,
+        body,
+    };
+    let response_mac = keyring
+        .consent_tag_key()
+        .sign(&[&idempotency_canonical_bytes(
+            &client,
+            &key_hash,
+            &request_hash,
+            &response,
+            &created_at,
+        )]);
     let mac = keyring.consent_tag_key().sign(&[&order_canonical_bytes(
         &order_id.to_string(),
         &created_at,
@@ -377,14 +392,11 @@ pub fn seal_order(
         card,
         idempotency: IdempotencyRecord {
             client,
-            key_hash: key_hash(keyring, key),
+            key_hash,
             request_hash,
-            response: StoredResponse {
-                order_id,
-                status: 201,
-                body,
-            },
+            response,
             created_at,
+            mac: response_mac,
         },
     })
 }
@@ -396,6 +408,62 @@ pub fn key_hash(keyring: &Keyring, key: &IdempotencyKey) -> [u8; 32] {
     keyring
         .request_hash_key()
         .sign(&[b"idempotency-key", &[0], key.as_str().as_bytes()])
+}
+
+/// The bytes an idempotency row's `response_mac` covers (HMAC-SHA256 under
+/// the consent-tag key): `"checkoutd/idempotency" ‖ 0x01 ‖` then, each as
+/// len32 ‖ bytes: client fingerprint, key hash, request hash, order id
+/// (text), response status (decimal), response body, created_at. Binding
+/// the client and key hash means a response copied onto another key's row
+/// does not verify there; binding the request hash means no other body can
+/// be made to replay it.
+pub fn idempotency_canonical_bytes(
+    client: &[u8],
+    key_hash: &[u8],
+    request_hash: &[u8],
+    response: &StoredResponse,
+    created_at: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + response.body.len());
+    out.extend_from_slice(b"checkoutd/idempotency");
+    out.push(1);
+    let order_id = response.order_id.to_string();
+    let status = response.status.to_string();
+    for field in [
+        client,
+        key_hash,
+        request_hash,
+        order_id.as_bytes(),
+        status.as_bytes(),
+        &response.body,
+        created_at.as_bytes(),
+    ] {
+        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+/// Whether a stored idempotency row is the one this service wrote for
+/// `(client, key_hash)`: its MAC is present and verifies.
+pub fn stored_response_verifies(
+    keyring: &Keyring,
+    client: &[u8],
+    key_hash: &[u8],
+    found: &crate::store::rows::KeyRecord,
+) -> bool {
+    found.mac.as_deref().is_some_and(|mac| {
+        keyring.consent_tag_key().verify(
+            &[&idempotency_canonical_bytes(
+                client,
+                key_hash,
+                &found.request_hash,
+                &found.response,
+                &found.created_at,
+            )],
+            mac,
+        )
+    })
 }
 
 /// The bytes an order row's `mac` covers (HMAC-SHA256 under the consent-tag

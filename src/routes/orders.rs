@@ -182,6 +182,14 @@ fn intake_problem(e: IntakeError) -> Problem {
             "idempotency-key-in-flight",
             "A request with this Idempotency-Key is still being processed; retry later",
         ),
+        IntakeError::StoredResponseUnverifiable { order_id } => {
+            tracing::error!(%order_id, "the stored response for an Idempotency-Key failed its MAC check (edited in the database?); not replayed");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stored-response-unverifiable",
+                "The stored answer for this Idempotency-Key failed its integrity check, so it is not replayed; no second order was created. The operator has been alerted",
+            )
+        }
         IntakeError::Store(error) => {
             if matches!(error, crate::store::StoreError::Busy) {
                 // Overload, counted and answered 503; one line per refused

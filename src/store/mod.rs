@@ -257,6 +257,14 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_batch(&self, after_seq: i64, limit: u32)
     -> Result<rows::AuditBatch, StoreError>;
 
+    /// Up to `limit` idempotency rows after the primary key `after`
+    /// (`(client, key_hash)`, two empty slices to start), in key order.
+    async fn idempotency_audit_page(
+        &self,
+        after: (&[u8], &[u8]),
+        limit: u32,
+    ) -> Result<Vec<rows::AuditKeyRow>, StoreError>;
+
     /// One order with all its records and tags, raw; empty when unknown.
     async fn audit_order(&self, order_id: &str) -> Result<rows::AuditBatch, StoreError>;
 

@@ -58,6 +58,9 @@ pub struct IdempotencyRecord {
     pub request_hash: [u8; 32],
     pub response: StoredResponse,
     pub created_at: String,
+    /// HMAC over all of the above (`intake::seal::idempotency_canonical_bytes`):
+    /// a retry is answered with the stored response only if it verifies.
+    pub mac: [u8; 32],
 }
 
 /// A response kept for replay.
@@ -107,6 +110,21 @@ pub enum CommitOutcome {
 pub struct KeyRecord {
     pub request_hash: Vec<u8>,
     pub response: StoredResponse,
+    pub created_at: String,
+    /// `None` only for a row written before migration 0007 (or nulled).
+    pub mac: Option<Vec<u8>>,
+}
+
+/// One idempotency row for the audit: its primary key, the row as found
+/// (or why it could not be read), its `order_id` column as text, and
+/// whether that order exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditKeyRow {
+    pub client: Vec<u8>,
+    pub key_hash: Vec<u8>,
+    pub order_id: String,
+    pub found: Result<KeyRecord, String>,
+    pub order_exists: bool,
 }
 
 /// The storefront's masked view of an order.

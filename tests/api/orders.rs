@@ -644,6 +644,132 @@ async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
     assert_eq!(n, 2);
 }
 
+/// Someone with write access to the database edits the stored answer of a
+/// key, copies another key's answer onto it, or strips its MAC: a retry is
+/// refused with a clear 500 (never the forged answer, never a second
+/// order), an untouched key still replays, and the audit names each row.
+#[tokio::test]
+async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
+    let app = spawn_app().await;
+    let mut bodies = Vec::new();
+    let mut ids = Vec::new();
+    for (i, key) in ["swap-a", "swap-b", "edit", "no-mac", "untouched"]
+        .iter()
+        .enumerate()
+    {
+        let mut order = order_json();
+        order["items"][0]["quantity"] = json!(i + 1);
+        let r = created(app.post_order(key, &order).await).await;
+        ids.push(r["order_id"].as_str().unwrap().to_owned());
+        bodies.push(order);
+    }
+    let db = app.db().await;
+    let column = |id: &str, name: &str| {
+        let db = db.clone();
+        let sql = format!("SELECT {name} FROM idempotency_keys WHERE order_id = $1");
+        let id = id.to_owned();
+        async move {
+            sqlx::query_scalar::<_, Vec<u8>>(&sql)
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    // swap-a gets swap-b's whole answer: order id, body, created_at, MAC.
+    let b_body = column(&ids[1], "response_body").await;
+    let b_mac = column(&ids[1], "response_mac").await;
+    let b_created: String =
+        sqlx::query_scalar("SELECT created_at FROM idempotency_keys WHERE order_id = $1")
+            .bind(&ids[1])
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    sqlx::query(
+        "UPDATE idempotency_keys SET order_id = $1, response_body = $2, response_mac = $3,
+                created_at = $4 WHERE order_id = $5",
+    )
+    .bind(&ids[1])
+    .bind(&b_body)
+    .bind(&b_mac)
+    .bind(&b_created)
+    .bind(&ids[0])
+    .execute(&db)
+    .await
+    .unwrap();
+    // edit: one word of the stored body changed.
+    let body = String::from_utf8(column(&ids[2], "response_body").await).unwrap();
+    let forged = body.replace("\"accepted\"", "\"declined\"");
+    assert_ne!(forged, body);
+    sqlx::query("UPDATE idempotency_keys SET response_body = $1 WHERE order_id = $2")
+        .bind(forged.into_bytes())
+        .bind(&ids[2])
+        .execute(&db)
+        .await
+        .unwrap();
+    // no-mac: as a row from before the MAC existed.
+    sqlx::query("UPDATE idempotency_keys SET response_mac = NULL WHERE order_id = $1")
+        .bind(&ids[3])
+        .execute(&db)
+        .await
+        .unwrap();
+
+    for (key, body) in [
+        ("swap-a", &bodies[0]),
+        ("edit", &bodies[2]),
+        ("no-mac", &bodies[3]),
+    ] {
+        let r = app.post_order(key, body).await;
+        assert!(!r.headers().contains_key("idempotent-replayed"), "{key}");
+        let problem = expect_problem(r, 500).await;
+        assert_eq!(
+            problem["type"], "urn:checkoutd:problem:stored-response-unverifiable",
+            "{key}: {problem}"
+        );
+        let text = problem.to_string();
+        assert!(
+            !text.contains(&ids[1]) && !text.contains("declined"),
+            "{key}: {text}"
+        );
+    }
+    // A different body under a tampered key is refused the same way: a
+    // forged request hash decides nothing.
+    let r = app.post_order("edit", &bodies[4]).await;
+    expect_problem(r, 500).await;
+    let r = app.post_order("untouched", &bodies[4]).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 5, "no retry made a second order");
+    assert!(
+        crate::helpers::captured_logs().contains("failed its MAC check"),
+        "the refusal is logged for the operator"
+    );
+
+    let report = crate::audit::run_verify(&app).await;
+    let named: Vec<(&str, &str)> = report
+        .failures
+        .iter()
+        .map(|f| (f.record_id.as_str(), f.what.as_str()))
+        .collect();
+    assert_eq!(report.failure_count, 3, "{named:#?}");
+    for (id, what) in [
+        (&ids[1], "does not verify"),
+        (&ids[2], "does not verify"),
+        (&ids[3], "no MAC"),
+    ] {
+        assert!(
+            report.failures.iter().any(|f| f.table == "idempotency_keys"
+                && f.record_id == *id
+                && f.what.contains(what)),
+            "{id} {what}: {named:#?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_duplicate_sent_while_the_first_is_in_flight_gets_409() {
     let app = spawn_app().await;

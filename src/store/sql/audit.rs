@@ -523,6 +523,42 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
     })
 }
 
+/// Up to `limit` idempotency rows after the primary key `after` (`(client,
+/// key_hash)`; two empty byte strings to start), in key order, each with
+/// whether its order exists. A row that cannot be read is returned with the
+/// reason, for the report, rather than failing the page.
+pub async fn idempotency_page(
+    pool: &AnyPool,
+    after: (&[u8], &[u8]),
+    limit: u32,
+) -> Result<Vec<super::super::rows::AuditKeyRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT k.client, k.key_hash, k.request_hash, CAST(k.order_id AS TEXT) AS order_id,
+                k.response_status, k.response_body, k.created_at, k.response_mac,
+                CASE WHEN o.id IS NULL THEN 0 ELSE 1 END AS order_exists
+           FROM idempotency_keys k LEFT JOIN orders o ON o.id = k.order_id
+          WHERE k.client > $1 OR (k.client = $1 AND k.key_hash > $2)
+          ORDER BY k.client, k.key_hash LIMIT $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(super::super::rows::AuditKeyRow {
+                client: r.try_get("client").map_err(err)?,
+                key_hash: r.try_get("key_hash").map_err(err)?,
+                order_id: r.try_get("order_id").map_err(err)?,
+                found: super::key_record(r).map_err(|e| e.to_string()),
+                order_exists: r.try_get::<i64, _>("order_exists").map_err(err)? != 0,
+            })
+        })
+        .collect()
+}
+
 /// Up to `limit` withdrawals with `seq > after`, in order.
 pub async fn consent_events_page(
     pool: &AnyPool,

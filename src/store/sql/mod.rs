@@ -21,8 +21,9 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use uuid::Uuid;
 
 use super::rows::{
-    AuditBatch, ClearRow, CommitOutcome, ConsentStats, Dispatch, DispatchOutcome, KeyRecord,
-    NewOrder, OrderSummary, ShipToRow, ShipmentRow, ShipmentStatus, StoredResponse, Totals,
+    AuditBatch, AuditKeyRow, ClearRow, CommitOutcome, ConsentStats, Dispatch, DispatchOutcome,
+    KeyRecord, NewOrder, OrderSummary, ShipToRow, ShipmentRow, ShipmentStatus, StoredResponse,
+    Totals,
 };
 use super::{Store, StoreError, postgres, sqlite, sqlite_orders};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
@@ -246,7 +247,8 @@ impl Store for SqlStore {
         key_hash: &[u8; 32],
     ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT request_hash, order_id, response_status, response_body
+            "SELECT request_hash, order_id, response_status, response_body, created_at,
+                    response_mac
                FROM idempotency_keys WHERE client = $1 AND key_hash = $2",
         )
         .bind(client.as_slice())
@@ -254,21 +256,15 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(KeyRecord {
-            request_hash: row.try_get("request_hash").map_err(StoreError::from_sqlx)?,
-            response: StoredResponse {
-                order_id: uuid_col(&row, "order_id")?,
-                status: u16::try_from(
-                    row.try_get::<i64, _>("response_status")
-                        .map_err(StoreError::from_sqlx)?,
-                )
-                .map_err(|_| StoreError::Corrupt("idempotency_keys.response_status"))?,
-                body: row
-                    .try_get("response_body")
-                    .map_err(StoreError::from_sqlx)?,
-            },
-        }))
+        row.as_ref().map(key_record).transpose()
+    }
+
+    async fn idempotency_audit_page(
+        &self,
+        after: (&[u8], &[u8]),
+        limit: u32,
+    ) -> Result<Vec<AuditKeyRow>, StoreError> {
+        audit::idempotency_page(&self.pool, after, limit).await
     }
 
     async fn order_summary(
@@ -779,6 +775,27 @@ fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
             .try_get("email_blind_index")
             .map_err(StoreError::from_sqlx)?,
         dispatch: dispatch_of(row)?,
+    })
+}
+
+/// An idempotency row (`request_hash`, `order_id`, `response_status`,
+/// `response_body`, `created_at`, `response_mac`).
+fn key_record(row: &AnyRow) -> Result<KeyRecord, StoreError> {
+    Ok(KeyRecord {
+        request_hash: row.try_get("request_hash").map_err(StoreError::from_sqlx)?,
+        response: StoredResponse {
+            order_id: uuid_col(row, "order_id")?,
+            status: u16::try_from(
+                row.try_get::<i64, _>("response_status")
+                    .map_err(StoreError::from_sqlx)?,
+            )
+            .map_err(|_| StoreError::Corrupt("idempotency_keys.response_status"))?,
+            body: row
+                .try_get("response_body")
+                .map_err(StoreError::from_sqlx)?,
+        },
+        created_at: row.try_get("created_at").map_err(StoreError::from_sqlx)?,
+        mac: row.try_get("response_mac").map_err(StoreError::from_sqlx)?,
     })
 }
 

@@ -50,6 +50,7 @@ pub const IDEMPOTENCY_KEYS: Table = Table {
         "response_status",
         "response_body",
         "created_at",
+        "response_mac",
     ],
 };
 
@@ -246,6 +247,7 @@ pub fn idempotency_row<'a>(o: &'a NewOrder, t: &'a OrderText) -> Vec<Param<'a>> 
         Param::Int(i64::from(idem.response.status)),
         Param::Bytes(&idem.response.body),
         Param::Text(&idem.created_at),
+        Param::Bytes(idem.mac.as_slice()),
     ]
 }
 
