@@ -48,7 +48,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (status = 413, description = "The body is larger than 64 KiB"),
         (status = 415, description = "Not `application/json` or `application/x-www-form-urlencoded` (UTF-8)"),
         (status = 422, description = "The order has errors (every one listed in `errors`, by field path), or the key was used with another body"),
-        (status = 500, description = "The server failed; nothing was stored"),
+        (status = 500, description = "The server failed; nothing was stored. Type `stored-response-unverifiable`: the stored answer for this retried key failed its integrity check and is not replayed (no second order was made)"),
         (status = 503, description = "The order could not be confirmed as stored; retry with the same key"),
     )
 )]
