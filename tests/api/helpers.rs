@@ -343,9 +343,17 @@ impl TestApp {
 
     /// A connection pool on this test's database (either engine; write SQL
     /// with `$N` parameters).
+    /// Its statements are not logged: a test's own SQL (tamper statements
+    /// with literal card numbers) is not server output, and must not reach
+    /// the logs `tests/log_hygiene.rs` scans.
     pub async fn db(&self) -> sqlx::AnyPool {
+        use sqlx::ConnectOptions;
         sqlx::any::install_default_drivers();
-        sqlx::AnyPool::connect(&self.database.url).await.unwrap()
+        let options: sqlx::any::AnyConnectOptions = self.database.url.parse().unwrap();
+        let options = options
+            .log_statements(log::LevelFilter::Off)
+            .log_slow_statements(log::LevelFilter::Off, std::time::Duration::from_secs(1));
+        sqlx::AnyPool::connect_with(options).await.unwrap()
     }
 
     /// As someone with write access to the database would: switch off the

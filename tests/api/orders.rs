@@ -745,7 +745,8 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .unwrap();
     assert_eq!(n, 5, "no retry made a second order");
     assert!(
-        crate::helpers::captured_logs().contains("failed its MAC check"),
+        crate::helpers::captured_logs()
+            .contains("the stored response for an Idempotency-Key failed its MAC check"),
         "the refusal is logged for the operator"
     );
 
