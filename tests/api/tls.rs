@@ -7,7 +7,10 @@ use checkoutd::server::identity::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Options, Versions, client_with, expect_problem, spawn_app, spawn_app_with};
+use crate::helpers::{
+    HeldRoute, Options, PATIENCE, Versions, client_with, expect_problem, spawn_app, spawn_app_with,
+    still_serves,
+};
 
 #[tokio::test]
 async fn healthz_answers_over_tls_with_security_headers() {
@@ -387,34 +390,47 @@ async fn a_connection_beyond_the_cap_takes_the_slot_of_an_idle_one() {
 
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request() {
-    use axum::routing::get;
-    let slow = axum::Router::new().route(
-        "/slow",
-        get(|| async {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            "finished"
-        }),
-    );
+    let held = HeldRoute::default();
     let mut app = spawn_app_with(Options {
-        extra_routes: Some(slow),
+        serve: checkoutd::cli::ServeArgs {
+            // The request is held until the test has seen the server stop
+            // accepting: a drain that outlasts a slow machine's stalls.
+            drain_timeout: Some("30s".into()),
+            ..Default::default()
+        },
+        extra_routes: Some(held.router("/slow", "finished")),
         ..Default::default()
     })
     .await;
     let client = app.anonymous();
     let url = app.url("/slow");
     let in_flight = tokio::spawn(async move { client.get(url).send().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is in its handler ...
+    held.wait_entered(1).await;
+    // ... when shutdown begins; it is held there until the server no longer
+    // takes new connections (so the shutdown is well under way) ...
     app.shutdown();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while still_serves(&app).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server still accepts connections {PATIENCE:?} after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    // ... and then finishes, answered in full.
+    held.release();
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "finished");
-    // The server then stops, and new connections are refused.
+    // The server then stops, and serves no new connection.
     let server = app.server.take().unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .unwrap()
         .unwrap();
-    assert!(TcpStream::connect(app.addr).await.is_err());
+    assert!(!still_serves(&app).await);
 }
 
 #[tokio::test]
