@@ -547,12 +547,25 @@ pub async fn tls_connect(
     app: &TestApp,
     role: Option<Role>,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_connect_offering(app, role, None).await
+}
+
+/// As [`tls_connect`], offering only the ALPN protocols `alpn` if given
+/// (e.g. `[b"http/1.1"]` for a raw HTTP/1.1 connection).
+pub async fn tls_connect_offering(
+    app: &TestApp,
+    role: Option<Role>,
+    alpn: Option<&[&[u8]]>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let cert = role.map(|r| app.pki.client(r).unwrap());
-    let config = rustls_client_config(
+    let mut config = rustls_client_config(
         &app.pki,
         cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
         Versions::Both,
     );
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
