@@ -369,31 +369,53 @@ async fn a_full_commit_queue_answers_503_at_once_and_stores_nothing_extra() {
             .await
             .unwrap();
     }
-    let orders = (0..8).map(|i| {
-        let app = app.clone();
-        async move {
-            let started = Instant::now();
+    // Eight orders at once. One is in the writer's batch, blocked on the
+    // lock; the queue (depth 1) holds one more; the other six are refused.
+    const ORDERS: usize = 8;
+    const WAITING: usize = 2;
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..ORDERS {
+        let (app, answers) = (app.clone(), answers.clone());
+        tokio::spawn(async move {
             let mut order = order_json();
             order["storefront_order_ref"] = json!(format!("Q-{i}"));
             let r = app.post_order(&format!("queue-{i}"), &order).await;
-            (r, started.elapsed())
+            let _ = answers.send((r, Instant::now()));
+        });
+    }
+    drop(answers);
+    // While the lock is held, the refused ones are answered: wait for them
+    // (a refusal that waited for the queue would never come while the lock
+    // is held; the wait ends well before the writer's 10-s commit timeout).
+    let mut responses = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while responses.len() < ORDERS - WAITING {
+        match tokio::time::timeout_at(deadline, answered.recv()).await {
+            Ok(Some(answer)) => responses.push(answer),
+            Ok(None) => panic!("an order task failed"),
+            Err(_) => break,
         }
-    });
-    let all = tokio::spawn(futures_util::future::join_all(orders));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // While the lock is held, the refused ones have been answered already.
-    assert!(!all.is_finished(), "the queued ones wait for the lock");
+    }
+    let releasing = Instant::now();
     lock.rollback().await.unwrap();
+    while let Some(answer) = answered.recv().await {
+        responses.push(answer);
+    }
+    assert_eq!(responses.len(), ORDERS);
     let mut created = 0;
     let mut refused = 0;
-    for (r, elapsed) in all.await.unwrap() {
+    for (r, arrived) in responses {
         match r.status().as_u16() {
-            201 => created += 1,
+            201 => {
+                created += 1;
+                assert!(arrived > releasing, "created only once the lock is gone");
+            }
             503 => {
                 refused += 1;
                 assert!(
-                    elapsed < Duration::from_millis(1500),
-                    "refused in {elapsed:?}"
+                    arrived < releasing,
+                    "refused at once, while the lock was still held ({:?} after it was released)",
+                    arrived - releasing
                 );
                 assert_eq!(r.headers()["retry-after"], "1");
                 expect_problem(r, 503).await;
