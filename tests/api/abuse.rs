@@ -503,14 +503,15 @@ async fn oversized_headers_get_431() {
 
 // ---- 4. HTTP/2 rapid reset and stream floods ----
 
-/// Opens streams (`POST path`, body never sent) and resets each one, after
-/// `pause` (time for the server to start the handler) if given, until the
-/// server closes the connection: how many streams that took, and the GOAWAY
-/// reason if one came.
+/// Opens streams (`POST path`, body never sent) and resets each one — if
+/// `handler` is given, only once the stream's handler has started (the
+/// handler counts itself in there) — until the server closes the
+/// connection: how many streams that took, and the GOAWAY reason if one
+/// came.
 async fn reset_until_closed(
     app: &TestApp,
     path: &str,
-    pause: Option<Duration>,
+    handler: Option<&HeldRoute>,
 ) -> (u32, Option<h2::Reason>) {
     let tls = connect(app, Some(Role::Storefront), b"h2").await.unwrap();
     let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
@@ -519,7 +520,9 @@ async fn reset_until_closed(
     let mut cycles = 0u32;
     let error = loop {
         assert!(
-            cycles < 5000 && started.elapsed() < Duration::from_secs(20),
+            // (Each cycle waits for its handler when `handler` is given: on
+            // a loaded machine that takes a while.)
+            cycles < 5000 && started.elapsed() < 2 * PATIENCE,
             "the server never closed the connection ({cycles} resets)"
         );
         client = match tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await {
@@ -532,12 +535,27 @@ async fn reset_until_closed(
             .header("idempotency-key", format!("rr-{cycles}"))
             .body(())
             .unwrap();
-        let (_response, mut stream) = match client.send_request(request, false) {
+        let (mut response, mut stream) = match client.send_request(request, false) {
             Ok(pair) => pair,
             Err(e) => break Some(e),
         };
-        if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
+        if let Some(handler) = handler {
+            // This stream's handler is the (cycles + 1)th to start; or the
+            // server refuses the stream (it is closing the connection).
+            let target = cycles as usize + 1;
+            let mut entries = handler.entries();
+            tokio::select! {
+                reached = entries.wait_for(|n| *n >= target) => {
+                    reached.unwrap();
+                }
+                answer = &mut response => match answer {
+                    Err(e) => break Some(e),
+                    Ok(r) => panic!("stream {cycles} was answered {}", r.status()),
+                },
+                () = tokio::time::sleep(PATIENCE) => {
+                    panic!("the handler of stream {cycles} never started")
+                }
+            }
         }
         stream.send_reset(h2::Reason::CANCEL);
         cycles += 1;
@@ -552,15 +570,10 @@ async fn reset_until_closed(
 
 #[tokio::test]
 async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
-    let slow = axum::Router::new().route(
-        "/slow",
-        axum::routing::post(|| async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            "done"
-        }),
-    );
+    // Never released: each request is reset while in its handler.
+    let slow = HeldRoute::default();
     let app = spawn_app_with(Options {
-        extra_routes: Some(slow),
+        extra_routes: Some(slow.router("/slow", "done")),
         ..Default::default()
     })
     .await;
@@ -582,7 +595,7 @@ async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
     // the body, so the reset cancels it rather than failing its read): our
     // abandon rule (more than 100 abandoned, more abandoned than completed)
     // sends GOAWAY and closes.
-    let (cycles, reason) = reset_until_closed(&app, "/slow", Some(Duration::from_millis(5))).await;
+    let (cycles, reason) = reset_until_closed(&app, "/slow", Some(&slow)).await;
     assert!(
         (100..=300).contains(&cycles),
         "closed after {cycles} resets"
