@@ -327,19 +327,48 @@ async fn sustained_commits_keep_restarting_the_sqlite_wal() {
     );
 }
 
+/// Spawns `work` and returns once the task has polled it once: whatever
+/// `work` does before it first waits (take a free lock, or queue for a taken
+/// one) is done.
+async fn spawn_polled<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (polled, was_polled) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut work = std::pin::pin!(work);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+        let _ = polled.send(());
+        match first {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => work.await,
+        }
+    });
+    was_polled.await.unwrap();
+    task
+}
+
 /// SQLite's two writing connections in one process — the order writer and
 /// sqlx's (dispatches, the access log, withdrawals) — take turns at a fair
 /// gate, first come first served. Without it SQLite's busy handler only
 /// polls, while the order writer begins its next batch microseconds after
 /// each commit: under sustained order load a dispatch (or an access-log
 /// append, which every fulfillment read waits for) starved for seconds.
-/// Here a dispatch arrives while a big batch commits and before the next
-/// batch: it must be written before that next batch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Here a dispatch arrives while a batch waits for the database's write
+/// lock (held by the test, as another process could), and before the next
+/// batch: it must be written after that batch and before the next one. A
+/// dispatch that bypassed the gate would race the batches for SQLite's lock
+/// instead, and either overtake the first batch or fall behind the next.
+///
+/// (On one runtime thread, so that each task records that it finished in
+/// the same poll as it leaves the gate: the record's order is the gate's.)
+#[tokio::test]
 async fn other_writes_take_turns_with_order_batches() {
     use checkoutd::store::rows::{Dispatch, DispatchOutcome, NewDispatch};
     use std::sync::{Arc, Mutex};
     let app = spawn_app().await;
+    let postgres = app.database.is_postgres();
     let store = Arc::new(app.store().await);
     let template = sealed(&app, "turns");
     let batch = |n: usize| -> Arc<[NewOrder]> {
@@ -353,20 +382,16 @@ async fn other_writes_take_turns_with_order_batches() {
     store.commit_orders([target].into()).await.unwrap();
 
     let finished = Arc::new(Mutex::new(Vec::new()));
-    let spawn_batch = |name: &'static str, orders: Arc<[NewOrder]>| {
+    let commit_batch = |name: &'static str, orders: Arc<[NewOrder]>| {
         let (store, finished) = (store.clone(), finished.clone());
-        tokio::spawn(async move {
+        async move {
             store.commit_orders(orders).await.unwrap();
             finished.lock().unwrap().push(name);
-        })
+        }
     };
-    let pause = || tokio::time::sleep(std::time::Duration::from_millis(10));
-    let (first, next) = (batch(256), batch(32));
-    let first = spawn_batch("first batch", first);
-    pause().await;
     let dispatch = {
         let (store, finished) = (store.clone(), finished.clone());
-        tokio::spawn(async move {
+        async move {
             let new = NewDispatch {
                 dispatch: Dispatch {
                     carrier: "DHL".into(),
@@ -378,17 +403,58 @@ async fn other_writes_take_turns_with_order_batches() {
             let outcome = store.dispatch(target_id, &new).await.unwrap();
             assert!(matches!(outcome, DispatchOutcome::Dispatched(_)));
             finished.lock().unwrap().push("dispatch");
-        })
+        }
     };
-    pause().await;
-    let next = spawn_batch("next batch", next);
-    for task in [first, dispatch, next] {
-        task.await.unwrap();
+    // Hold what order batches wait for: SQLite's write lock; on PostgreSQL
+    // the orders' advisory lock (store/postgres.rs, LOCK_ORDERS).
+    let db = app.db().await;
+    let mut lock = db.begin().await.unwrap();
+    if postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(0x6368_6b64_0000_0001_i64)
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("CREATE TABLE turns_lock (x INTEGER)")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+    }
+    // The first batch takes the gate and waits for the lock; then the
+    // dispatch comes, then the next batch (each queued at the gate, in
+    // that order, before the next is started).
+    let first = spawn_polled(commit_batch("first batch", batch(256))).await;
+    let dispatch = spawn_polled(dispatch).await;
+    let dispatch = if postgres {
+        // No gate there: a dispatch (a row update) does not wait for the
+        // order batches at all.
+        tokio::time::timeout(crate::helpers::PATIENCE, dispatch)
+            .await
+            .expect("a dispatch does not wait for order batches")
+            .unwrap();
+        None
+    } else {
+        Some(dispatch)
+    };
+    let next = spawn_polled(commit_batch("next batch", batch(32))).await;
+    lock.rollback().await.unwrap();
+    for task in [first, next].into_iter().chain(dispatch) {
+        tokio::time::timeout(crate::helpers::PATIENCE, task)
+            .await
+            .expect("every write is done once the lock is gone")
+            .unwrap();
     }
     let finished = finished.lock().unwrap().clone();
-    let position = |name| finished.iter().position(|n| *n == name).unwrap();
-    assert!(
-        position("dispatch") < position("next batch"),
-        "the dispatch waited behind a batch that came after it: {finished:?}"
-    );
+    if postgres {
+        // (Which batch took the lock first is PostgreSQL's business.)
+        assert_eq!(finished.len(), 3, "{finished:?}");
+        assert_eq!(finished[0], "dispatch", "{finished:?}");
+    } else {
+        assert_eq!(
+            finished,
+            ["first batch", "dispatch", "next batch"],
+            "the dispatch did not take its turn between the batches (first come, first served)"
+        );
+    }
 }

@@ -460,7 +460,10 @@ async fn a_person_can_unsubscribe_in_a_browser() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(chromium.stderr.take().unwrap()).lines();
-    let ws_browser = tokio::time::timeout(Duration::from_secs(20), async {
+    // Generous deadlines throughout: a browser starting and rendering on a
+    // loaded machine may be slow, and only a broken page waits them out.
+    let patience = crate::helpers::PATIENCE;
+    let ws_browser = tokio::time::timeout(patience, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(url) = line.strip_prefix("DevTools listening on ") {
                 return url.trim().to_owned();
@@ -479,24 +482,39 @@ async fn a_person_can_unsubscribe_in_a_browser() {
         .next()
         .unwrap()
         .to_owned();
-    let targets: Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/json/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+    // The browser lists its page (about:blank) once it has opened it.
+    let devtools = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
         .unwrap();
-    let page_ws = targets
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["type"] == "page")
-        .unwrap()["webSocketDebuggerUrl"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (mut ws, _) = tokio_tungstenite::connect_async(page_ws).await.unwrap();
+    let deadline = tokio::time::Instant::now() + patience;
+    let page_ws = loop {
+        let targets: Option<Value> = match devtools
+            .get(format!("http://127.0.0.1:{port}/json/list"))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let page = targets.as_ref().and_then(|t| {
+            t.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+                .as_str()
+                .map(str::to_owned)
+        });
+        if let Some(page) = page {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromium listed no page: {targets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut ws, _) = tokio::time::timeout(patience, tokio_tungstenite::connect_async(page_ws))
+        .await
+        .expect("the DevTools WebSocket connects")
+        .unwrap();
     let mut next_id = 0u64;
     let mut call = async |ws: &mut tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -512,7 +530,11 @@ async fn a_person_can_unsubscribe_in_a_browser() {
         .await
         .unwrap();
         loop {
-            let msg = ws.next().await.unwrap().unwrap();
+            let msg = tokio::time::timeout(patience, ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("chromium did not answer {method}"))
+                .unwrap()
+                .unwrap();
             if let Ok(text) = msg.to_text() {
                 let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
                 if v["id"] == id {
@@ -530,7 +552,8 @@ async fn a_person_can_unsubscribe_in_a_browser() {
     )
     .await;
     let mut ready = false;
-    for _ in 0..50 {
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let r = call(
             &mut ws,
@@ -551,7 +574,8 @@ async fn a_person_can_unsubscribe_in_a_browser() {
     )
     .await;
     let mut text = String::new();
-    for _ in 0..50 {
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let r = call(
             &mut ws,

@@ -555,14 +555,120 @@ pub async fn tls_connect(
     app: &TestApp,
     role: Option<Role>,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_connect_offering(app, role, None).await
+}
+
+/// As [`tls_connect`], offering only the ALPN protocols `alpn` if given
+/// (e.g. `[b"http/1.1"]` for a raw HTTP/1.1 connection).
+pub async fn tls_connect_offering(
+    app: &TestApp,
+    role: Option<Role>,
+    alpn: Option<&[&[u8]]>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let cert = role.map(|r| app.pki.client(r).unwrap());
-    let config = rustls_client_config(
+    let mut config = rustls_client_config(
         &app.pki,
         cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str())),
         Versions::Both,
     );
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.unwrap()
+}
+
+/// How long a test waits for something that normally takes milliseconds
+/// (a request reaching its handler, a server noticing a signal): generous,
+/// so a slow, loaded machine never fails a test by chance, and only a
+/// broken behaviour ever waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A test route whose handler counts itself in and then waits until the
+/// test releases it: the test knows exactly how many requests are in their
+/// handlers, and holds them there as long as it needs, instead of guessing
+/// with sleeps.
+#[derive(Clone)]
+pub struct HeldRoute {
+    entered: Arc<tokio::sync::watch::Sender<usize>>,
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for HeldRoute {
+    fn default() -> Self {
+        HeldRoute {
+            entered: Arc::new(tokio::sync::watch::Sender::new(0)),
+            released: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl HeldRoute {
+    /// `path` for any method, answering `answer` once released (a body, if
+    /// any, is never read).
+    pub fn router(
+        &self,
+        path: &str,
+        answer: &'static str,
+    ) -> axum::Router<checkoutd::routes::AppState> {
+        let held = self.clone();
+        axum::Router::new().route(
+            path,
+            axum::routing::any(move || {
+                let held = held.clone();
+                async move {
+                    let mut released = held.released.subscribe();
+                    held.entered.send_modify(|n| *n += 1);
+                    let _ = released.wait_for(|r| *r).await;
+                    answer
+                }
+            }),
+        )
+    }
+
+    /// How many requests have entered the handler so far.
+    pub fn entered(&self) -> usize {
+        *self.entered.borrow()
+    }
+
+    /// Follows [`entered`](Self::entered).
+    pub fn entries(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.entered.subscribe()
+    }
+
+    /// Waits (at most [`PATIENCE`]) until `n` requests have entered.
+    pub async fn wait_entered(&self, n: usize) {
+        let mut entries = self.entries();
+        let reached = tokio::time::timeout(PATIENCE, entries.wait_for(|e| *e >= n)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "only {} of {n} requests reached the held handler within {PATIENCE:?}",
+            self.entered()
+        );
+    }
+
+    /// Lets every held request (and any later one) finish.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+}
+
+/// Whether `app` still completes a TLS handshake at its address. Only this
+/// app can: its certificate is from this test's own CA, so another test's
+/// server that has since taken the freed port does not count.
+pub async fn still_serves(app: &TestApp) -> bool {
+    let connect = tokio::net::TcpStream::connect(app.addr);
+    let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+        return false;
+    };
+    let config = rustls_client_config(&app.pki, None, Versions::Both);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let handshake = connector.connect(name, tcp);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), handshake).await,
+        Ok(Ok(_))
+    )
 }

@@ -1,7 +1,5 @@
 //! Order intake over real TLS with the storefront certificate.
 
-use std::time::Duration;
-
 use checkoutd::crypto::DataClass;
 use checkoutd::crypto::envelope::{self, Binding, Envelope};
 use checkoutd::crypto::keyring::Keyring;
@@ -773,40 +771,53 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
 
 #[tokio::test]
 async fn a_duplicate_sent_while_the_first_is_in_flight_gets_409() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
     let body = serde_json::to_vec(&order_json()).unwrap();
-    let (head, tail) = body.split_at(body.len() / 2);
-    let (head, tail) = (head.to_vec(), tail.to_vec());
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    tx.send(Ok(head)).await.unwrap();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let client = app.client(Role::Storefront);
-    let url = app.url("/v1/orders");
-    let first = tokio::spawn(async move {
-        client
-            .post(url)
-            .header("idempotency-key", "slow-key")
-            .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(stream))
-            .send()
+    // The first request, over raw HTTP/1.1, asks to be told before it sends
+    // its body (Expect: 100-continue). The server says so when the handler
+    // starts reading the body — after it has claimed the key.
+    let mut first =
+        crate::helpers::tls_connect_offering(&app, Some(Role::Storefront), Some(&[b"http/1.1"]))
+            .await;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: slow-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+    let mut interim = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !interim.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, first.read(&mut buf))
             .await
-    });
-    // The first request is now in its handler, still uploading its body:
-    // its claim on the key was taken when its headers arrived.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+            .expect("the server asks for the body")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&interim));
+        interim.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    // The first request is now in its handler, its body not yet sent: it
+    // holds its claim on the key.
     let duplicate = app.post_order("slow-key", &order_json()).await;
-    let body = expect_problem(duplicate, 409).await;
+    let problem = expect_problem(duplicate, 409).await;
     assert_eq!(
-        body["type"],
+        problem["type"],
         "urn:checkoutd:problem:idempotency-key-in-flight"
     );
-    tx.send(Ok(tail)).await.unwrap();
-    drop(tx);
-    let first = first.await.unwrap().unwrap();
-    assert_eq!(first.status(), 201);
-    assert!(!first.headers().contains_key("idempotent-replayed"));
+    first.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    // (Until the server closes; how the TLS stream ends does not matter.)
+    let _ = tokio::time::timeout(crate::helpers::PATIENCE, first.read_to_end(&mut answer))
+        .await
+        .expect("the first request is answered");
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 201 "), "{answer}");
+    assert!(!answer.contains("idempotent-replayed"), "{answer}");
     // Once the first has finished, the same request replays it.
     let again = app.post_order("slow-key", &order_json()).await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
