@@ -343,6 +343,7 @@ impl TestApp {
 
     /// A connection pool on this test's database (either engine; write SQL
     /// with `$N` parameters).
+    ///
     /// Its statements are not logged: a test's own SQL (tamper statements
     /// with literal card numbers) is not server output, and must not reach
     /// the logs `tests/log_hygiene.rs` scans.
