@@ -65,11 +65,28 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Record ids (and table names) come from the database under audit: an
+    /// edited id could itself hold a card number or an email address, which
+    /// the report must not carry to the auditor. Such a value is withheld.
     fn new(table: &str, record_id: &str, what: impl Into<String>) -> Self {
+        let quotable = |text: &str| !contains_pan(text) && !contains_email(text);
+        let what = what.into();
         Failure {
-            table: table.to_owned(),
-            record_id: record_id.to_owned(),
-            what: what.into(),
+            table: if quotable(table) {
+                table.to_owned()
+            } else {
+                "(withheld: the table name holds a card number or an email address)".to_owned()
+            },
+            record_id: if quotable(record_id) {
+                record_id.to_owned()
+            } else {
+                "(withheld: the id itself holds a card number or an email address)".to_owned()
+            },
+            what: if quotable(&what) {
+                what
+            } else {
+                "(withheld: the finding would quote a card number or an email address)".to_owned()
+            },
         }
     }
 }
@@ -883,6 +900,18 @@ mod tests {
         }
         assert!(verdict(&|r| r.order_exists = false).contains("order does not exist"));
         assert!(verdict(&|r| r.found = Err("bad".into())).contains("unreadable"));
+    }
+
+    #[test]
+    fn a_failure_never_quotes_a_card_number_or_an_email() {
+        let f = super::Failure::new("orders", "4111 1111 1111 1111", "MAC does not verify");
+        assert_eq!(f.table, "orders");
+        assert!(f.record_id.starts_with("(withheld"), "{f:?}");
+        assert_eq!(f.what, "MAC does not verify");
+        let f = super::Failure::new("t", "1", "column ada@example.com is odd");
+        assert!(f.what.starts_with("(withheld"), "{f:?}");
+        let id = "01a226be-7820-770e-882a-b9eb5cf2939c";
+        assert_eq!(super::Failure::new("orders", id, "x").record_id, id);
     }
 
     #[test]

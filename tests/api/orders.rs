@@ -651,7 +651,7 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
     let app = spawn_app().await;
     let mut bodies = Vec::new();
     let mut ids = Vec::new();
-    for (i, key) in ["swap-a", "swap-b", "edit", "no-mac", "untouched"]
+    for (i, key) in ["swap-a", "swap-b", "edit", "no-mac", "untouched", "pan-id"]
         .iter()
         .enumerate()
     {
@@ -711,6 +711,14 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .execute(&db)
         .await
         .unwrap();
+    // pan-id: an order id column that holds a card number (the audit must
+    // name the row without quoting it).
+    sqlx::query("UPDATE idempotency_keys SET order_id = $1 WHERE order_id = $2")
+        .bind("card 4111 1111 1111 1111")
+        .bind(&ids[5])
+        .execute(&db)
+        .await
+        .unwrap();
 
     for (key, body) in [
         ("swap-a", &bodies[0]),
@@ -737,11 +745,14 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
     let r = app.post_order("untouched", &bodies[4]).await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let r = app.post_order("pan-id", &bodies[5]).await;
+    let problem = expect_problem(r, 500).await;
+    assert!(!problem.to_string().contains("4111"), "{problem}");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(n, 5, "no retry made a second order");
+    assert_eq!(n, 6, "no retry made a second order");
     assert!(
         crate::helpers::captured_logs()
             .contains("the stored response for an Idempotency-Key failed its MAC check"),
@@ -754,7 +765,22 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .iter()
         .map(|f| (f.record_id.as_str(), f.what.as_str()))
         .collect();
-    assert_eq!(report.failure_count, 3, "{named:#?}");
+    // Four rows, and the card number in a clear column once more (the
+    // plaintext scan).
+    assert_eq!(report.failure_count, 5, "{named:#?}");
+    assert!(
+        report.failures.iter().any(|f| f.table == "idempotency_keys"
+            && f.what == "clear column order_id holds a card number"),
+        "{named:#?}"
+    );
+    assert!(
+        report.failures.iter().any(|f| f.table == "idempotency_keys"
+            && f.record_id.starts_with("(withheld")
+            && f.what.contains("unreadable")),
+        "{named:#?}"
+    );
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(!json.contains("4111 1111 1111 1111"), "{json}");
     for (id, what) in [
         (&ids[1], "does not verify"),
         (&ids[2], "does not verify"),
