@@ -625,6 +625,20 @@ async fn check_idempotency_rows(
             break;
         }
     }
+    // Every order keeps the row its key claimed: without it a retry of
+    // that key would be taken as new and make a second order.
+    let (missing, ids) = store
+        .orders_without_key_row(u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX))
+        .await?;
+    for id in &ids {
+        out.push(Failure::new(
+            "orders",
+            id,
+            "its idempotency row is missing (deleted: a retry of its key would make a second order)",
+        ));
+    }
+    // Beyond the listed ones, counted.
+    out.count += missing.saturating_sub(ids.len() as u64);
     Ok(())
 }
 

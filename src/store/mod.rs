@@ -265,6 +265,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<rows::AuditKeyRow>, StoreError>;
 
+    /// Orders without their idempotency row (every order is written with
+    /// one, and none is ever deleted): how many, and the ids of the first
+    /// `limit` in creation order.
+    async fn orders_without_key_row(&self, limit: u32) -> Result<(u64, Vec<String>), StoreError>;
+
     /// One order with all its records and tags, raw; empty when unknown.
     async fn audit_order(&self, order_id: &str) -> Result<rows::AuditBatch, StoreError>;
 

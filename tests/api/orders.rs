@@ -645,15 +645,24 @@ async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
 /// Someone with write access to the database edits the stored answer of a
 /// key, copies another key's answer onto it, or strips its MAC: a retry is
 /// refused with a clear 500 (never the forged answer, never a second
-/// order), an untouched key still replays, and the audit names each row.
+/// order), an untouched key still replays, and the audit names each row —
+/// and the order whose row was deleted outright.
 #[tokio::test]
 async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
     let app = spawn_app().await;
     let mut bodies = Vec::new();
     let mut ids = Vec::new();
-    for (i, key) in ["swap-a", "swap-b", "edit", "no-mac", "untouched", "pan-id"]
-        .iter()
-        .enumerate()
+    for (i, key) in [
+        "swap-a",
+        "swap-b",
+        "edit",
+        "no-mac",
+        "untouched",
+        "pan-id",
+        "deleted",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut order = order_json();
         order["items"][0]["quantity"] = json!(i + 1);
@@ -719,6 +728,12 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .execute(&db)
         .await
         .unwrap();
+    // deleted: the row is gone.
+    sqlx::query("DELETE FROM idempotency_keys WHERE order_id = $1")
+        .bind(&ids[6])
+        .execute(&db)
+        .await
+        .unwrap();
 
     for (key, body) in [
         ("swap-a", &bodies[0]),
@@ -752,7 +767,12 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(n, 6, "no retry made a second order");
+    assert_eq!(n, 7, "no retry made a second order");
+    // The known limit: with its row deleted, a key is new again (the audit
+    // below names the order that lost its row).
+    let r = app.post_order("deleted", &bodies[6]).await;
+    assert_eq!(r.status(), 201);
+    assert!(!r.headers().contains_key("idempotent-replayed"));
     assert!(
         crate::helpers::captured_logs()
             .contains("the stored response for an Idempotency-Key failed its MAC check"),
@@ -765,9 +785,19 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .iter()
         .map(|f| (f.record_id.as_str(), f.what.as_str()))
         .collect();
-    // Four rows, and the card number in a clear column once more (the
-    // plaintext scan).
-    assert_eq!(report.failure_count, 5, "{named:#?}");
+    // Four rows, the card number in a clear column once more (the
+    // plaintext scan), and three orders no row points to any more: the
+    // deleted one's, swap-a's (its row now names swap-b's order) and
+    // pan-id's.
+    assert_eq!(report.failure_count, 8, "{named:#?}");
+    for id in [&ids[6], &ids[0], &ids[5]] {
+        assert!(
+            report.failures.iter().any(|f| f.table == "orders"
+                && f.record_id == *id
+                && f.what.contains("idempotency row is missing")),
+            "{id}: {named:#?}"
+        );
+    }
     assert!(
         report.failures.iter().any(|f| f.table == "idempotency_keys"
             && f.what == "clear column order_id holds a card number"),

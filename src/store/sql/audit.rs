@@ -559,6 +559,34 @@ pub async fn idempotency_page(
         .collect()
 }
 
+/// Orders that have no idempotency row: how many, and the first `limit`
+/// ids by `seq`. One anti-join each, written as a LEFT JOIN so that SQLite
+/// builds a transient ("automatic") index on `idempotency_keys.order_id`
+/// for it — as `NOT EXISTS` it scans the whole table once per order — and
+/// PostgreSQL a hash join: no standing index that every commit would have
+/// to maintain.
+pub async fn orders_without_key_row(
+    pool: &AnyPool,
+    limit: u32,
+) -> Result<(u64, Vec<String>), StoreError> {
+    const MISSING: &str = "FROM orders o LEFT JOIN idempotency_keys k ON k.order_id = o.id
+        WHERE k.order_id IS NULL";
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {MISSING}"))
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    if count == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let ids: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT o.id {MISSING} ORDER BY o.seq LIMIT $1"))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+    Ok((u64::try_from(count).unwrap_or(0), ids))
+}
+
 /// Up to `limit` withdrawals with `seq > after`, in order.
 pub async fn consent_events_page(
     pool: &AnyPool,

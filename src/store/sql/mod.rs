@@ -267,6 +267,10 @@ impl Store for SqlStore {
         audit::idempotency_page(&self.pool, after, limit).await
     }
 
+    async fn orders_without_key_row(&self, limit: u32) -> Result<(u64, Vec<String>), StoreError> {
+        audit::orders_without_key_row(&self.pool, limit).await
+    }
+
     async fn order_summary(
         &self,
         client: &[u8; 32],
