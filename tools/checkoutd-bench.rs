@@ -150,11 +150,38 @@ async fn print_commit_stats(port: u16, certs: &Path) {
     let batches = value("checkoutd_commit_batch_orders_count");
     if batches > 0.0 {
         println!(
-            "  group commit: {batches:.0} batches, {:.1} orders per batch, {:.2} ms per commit",
+            "  group commit: {batches:.0} batches, {:.1} orders per batch, {:.2} ms per commit, \
+             99 % of commits within {} ms",
             value("checkoutd_commit_batch_orders_sum") / batches,
-            1000.0 * value("checkoutd_commit_duration_seconds_sum") / batches
+            1000.0 * value("checkoutd_commit_duration_seconds_sum") / batches,
+            bucket_bound_ms(&text, "checkoutd_commit_duration_seconds", 0.99)
+                .map_or_else(|| "?".to_owned(), |ms| format!("{ms}"))
         );
     }
+}
+
+/// The smallest histogram bucket bound (in ms) holding `share` of all
+/// samples of `name` (Prometheus text, seconds): a coarse percentile, as
+/// fine as the server's buckets.
+fn bucket_bound_ms(text: &str, name: &str, share: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once('"')?;
+            let count = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le.parse::<f64>().ok()?, count))
+        })
+        .collect();
+    let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
+    buckets
+        .iter()
+        .filter(|(_, count)| *count >= share * total)
+        .map(|(le, _)| le * 1000.0)
+        .fold(None, |best: Option<f64>, le| {
+            Some(best.map_or(le, |b| b.min(le)))
+        })
 }
 
 struct Run {
