@@ -187,7 +187,7 @@ fn intake_problem(e: IntakeError) -> Problem {
             Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "stored-response-unverifiable",
-                "The stored answer for this Idempotency-Key failed its integrity check, so it is not replayed; no second order was created. The operator has been alerted",
+                "The stored answer for this Idempotency-Key failed its integrity check, so it is not replayed; no second order was created. The failure is logged for the operator",
             )
         }
         IntakeError::Store(error) => {
