@@ -3,4 +3,4 @@
 -- their primary key (client, key_hash). The index cost one more B-tree
 -- insert in every order's commit. A purge of old keys would bring it back
 -- with the query that needs it. docs/performance.md.
-DROP INDEX idempotency_keys_created;
+DROP INDEX IF EXISTS idempotency_keys_created;

@@ -65,30 +65,56 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// Record ids (and table names) come from the database under audit: an
-    /// edited id could itself hold a card number or an email address, which
-    /// the report must not carry to the auditor. Such a value is withheld.
+    /// Record ids and table names come from the database under audit: an
+    /// edited id could itself hold a card number, an email or a name, which
+    /// the report must not carry to the auditor. So only what has the shape
+    /// of an id is quoted (a canonical UUID, a sequence number, `rowid:N`,
+    /// `key:` and 16 hex digits, `head`); anything else is withheld, and so
+    /// is a description that would quote a card number or an email.
     fn new(table: &str, record_id: &str, what: impl Into<String>) -> Self {
-        let quotable = |text: &str| !contains_pan(text) && !contains_email(text);
         let what = what.into();
+        let table_ok = !table.is_empty()
+            && table.len() <= 64
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         Failure {
-            table: if quotable(table) {
+            table: if table_ok {
                 table.to_owned()
             } else {
-                "(withheld: the table name holds a card number or an email address)".to_owned()
+                "(withheld: not a table name)".to_owned()
             },
-            record_id: if quotable(record_id) {
+            record_id: if is_quotable_id(record_id) {
                 record_id.to_owned()
             } else {
-                "(withheld: the id itself holds a card number or an email address)".to_owned()
+                "(withheld: not shaped like an id)".to_owned()
             },
-            what: if quotable(&what) {
+            what: if !contains_pan(&what) && !contains_email(&what) {
                 what
             } else {
                 "(withheld: the finding would quote a card number or an email address)".to_owned()
             },
         }
     }
+}
+
+/// Whether a record id has one of the shapes the audit names rows by.
+fn is_quotable_id(id: &str) -> bool {
+    // A number (sequence, SQLite rowid, PostgreSQL's block × 65536 + slot)
+    // — unless it is shaped like a card number.
+    let digits = |s: &str| {
+        !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) && !contains_pan(s)
+    };
+    id.is_empty()
+        || id == "head"
+        || canonical_uuid(id).is_some()
+        || digits(id)
+        || id.strip_prefix("rowid:").is_some_and(digits)
+        || id.strip_prefix("key:").is_some_and(|h| {
+            h.len() == 16
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// The access log's state in a report.
@@ -488,8 +514,11 @@ pub async fn verify(
         }
     }
     check_consent_events(store, keyring, &mut failures).await?;
-    check_idempotency_rows(store, keyring, &mut failures).await?;
     scan_schema_and_clear_columns(store, &mut failures).await?;
+    // After the plaintext scan: many findings here (rows from before
+    // migration 0007) must not crowd a card number in clear out of the
+    // listed failures.
+    check_idempotency_rows(store, keyring, &mut failures).await?;
     let access_log = match verify_chain(store, keyring.access_log_key()).await {
         Ok(status) => ChainReport {
             intact: true,
@@ -609,16 +638,28 @@ async fn check_idempotency_rows(
     keyring: &Keyring,
     out: &mut Failures,
 ) -> Result<(), StoreError> {
-    let mut after: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+    let mut after: Option<(Vec<u8>, Vec<u8>)> = None;
     loop {
         let rows = store
-            .idempotency_audit_page((&after.0, &after.1), SCAN_PAGE)
+            .idempotency_audit_page(
+                after.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                SCAN_PAGE,
+            )
             .await?;
         let Some(last) = rows.last() else { break };
-        after = (last.client.clone(), last.key_hash.clone());
+        after = Some((last.client.clone(), last.key_hash.clone()));
         for row in &rows {
             if let Some(what) = check_key_row(keyring, row) {
-                out.push(Failure::new("idempotency_keys", &row.order_id, what));
+                // Named by its key hash (the primary key; its order_id
+                // column is as editable as the rest), the order id quoted
+                // when it is one.
+                let order = canonical_uuid(&row.order_id)
+                    .map_or_else(|| "not a UUID".to_owned(), |u| u.to_string());
+                out.push(Failure::new(
+                    "idempotency_keys",
+                    &key_row_id(&row.key_hash),
+                    format!("{what} (order_id column: {order})"),
+                ));
             }
         }
         if rows.len() < SCAN_PAGE as usize {
@@ -640,6 +681,15 @@ async fn check_idempotency_rows(
     // Beyond the listed ones, counted.
     out.count += missing.saturating_sub(ids.len() as u64);
     Ok(())
+}
+
+/// How a report names an idempotency row: `key:` and the first 8 bytes of
+/// its key hash in hex (the key itself is never stored).
+pub fn key_row_id(key_hash: &[u8]) -> String {
+    format!(
+        "key:{}",
+        crate::hex::encode(&key_hash[..key_hash.len().min(8)])
+    )
 }
 
 /// What is wrong with one idempotency row, if anything.
@@ -917,15 +967,37 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_never_quotes_a_card_number_or_an_email() {
+    fn a_failure_quotes_only_ids_never_a_card_number_or_an_email() {
         let f = super::Failure::new("orders", "4111 1111 1111 1111", "MAC does not verify");
         assert_eq!(f.table, "orders");
         assert!(f.record_id.starts_with("(withheld"), "{f:?}");
         assert_eq!(f.what, "MAC does not verify");
+        for id in [
+            "4111.1111.1111.1111",
+            "4111  1111  1111  1111",
+            "4111111111111111",
+            "rowid:4111111111111111",
+            "Ada Lovelace",
+            "x@y.z",
+        ] {
+            let f = super::Failure::new("orders", id, "x");
+            assert!(f.record_id.starts_with("(withheld"), "{f:?}");
+        }
         let f = super::Failure::new("t", "1", "column ada@example.com is odd");
         assert!(f.what.starts_with("(withheld"), "{f:?}");
-        let id = "01a226be-7820-770e-882a-b9eb5cf2939c";
-        assert_eq!(super::Failure::new("orders", id, "x").record_id, id);
+        let f = super::Failure::new("orders 4111111111111111", "1", "x");
+        assert!(f.table.starts_with("(withheld"), "{f:?}");
+        for id in [
+            "01a226be-7820-770e-882a-b9eb5cf2939c",
+            "",
+            "head",
+            "42",
+            "rowid:6",
+            "rowid:281474976710655",
+            "key:00112233445566ff",
+        ] {
+            assert_eq!(super::Failure::new("orders", id, "x").record_id, id);
+        }
     }
 
     #[test]

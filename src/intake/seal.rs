@@ -413,7 +413,7 @@ pub fn key_hash(keyring: &Keyring, key: &IdempotencyKey) -> [u8; 32] {
 /// The bytes an idempotency row's `response_mac` covers (HMAC-SHA256 under
 /// the consent-tag key): `"checkoutd/idempotency" ‖ 0x01 ‖` then, each as
 /// len32 ‖ bytes: client fingerprint, key hash, request hash, order id
-/// (text), response status (decimal), response body, created_at. Binding
+/// (the UUID's canonical text), response status (decimal), response body, created_at. Binding
 /// the client and key hash means a response copied onto another key's row
 /// does not verify there; binding the request hash means no other body can
 /// be made to replay it.

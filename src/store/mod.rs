@@ -258,10 +258,10 @@ pub trait Store: Send + Sync + 'static {
     -> Result<rows::AuditBatch, StoreError>;
 
     /// Up to `limit` idempotency rows after the primary key `after`
-    /// (`(client, key_hash)`, two empty slices to start), in key order.
+    /// (`(client, key_hash)`; `None` for the first page), in key order.
     async fn idempotency_audit_page(
         &self,
-        after: (&[u8], &[u8]),
+        after: Option<(&[u8], &[u8])>,
         limit: u32,
     ) -> Result<Vec<rows::AuditKeyRow>, StoreError>;
 

@@ -728,12 +728,28 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .execute(&db)
         .await
         .unwrap();
-    // deleted: the row is gone.
+    // deleted: the row is gone, and a decoy names its order under the
+    // smallest possible key (two empty byte strings), which a scan that
+    // starts "after" that key would never read.
     sqlx::query("DELETE FROM idempotency_keys WHERE order_id = $1")
         .bind(&ids[6])
         .execute(&db)
         .await
         .unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (client, key_hash, request_hash, order_id,
+                response_status, response_body, created_at, response_mac)
+         VALUES ($1, $2, $3, $4, 201, $5, '2026-01-01T00:00:00.000Z', $6)",
+    )
+    .bind(Vec::<u8>::new())
+    .bind(Vec::<u8>::new())
+    .bind(vec![0u8; 32])
+    .bind(&ids[6])
+    .bind(b"{}".to_vec())
+    .bind(vec![0u8; 32])
+    .execute(&db)
+    .await
+    .unwrap();
 
     for (key, body) in [
         ("swap-a", &bodies[0]),
@@ -779,18 +795,41 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         "the refusal is logged for the operator"
     );
 
+    // SQLite's STRICT TEXT takes bytes that are not UTF-8: such a row is a
+    // finding, not the end of the audit.
+    let not_utf8 = !app.database.is_postgres();
+    if not_utf8 {
+        sqlx::query(
+            "UPDATE idempotency_keys SET created_at = CAST(X'FF' AS TEXT) WHERE order_id = $1",
+        )
+        .bind(&ids[4])
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+
     let report = crate::audit::run_verify(&app).await;
     let named: Vec<(&str, &str)> = report
         .failures
         .iter()
         .map(|f| (f.record_id.as_str(), f.what.as_str()))
         .collect();
-    // Four rows, the card number in a clear column once more (the
-    // plaintext scan), and three orders no row points to any more: the
-    // deleted one's, swap-a's (its row now names swap-b's order) and
-    // pan-id's.
-    assert_eq!(report.failure_count, 8, "{named:#?}");
-    for id in [&ids[6], &ids[0], &ids[5]] {
+    // Five rows (the decoy's MAC does not verify either), the card number
+    // in a clear column once more (the plaintext scan), and two orders no
+    // row points to any more: swap-a's (its row now names swap-b's order)
+    // and pan-id's. The deleted one's is named through its decoy.
+    assert_eq!(report.failure_count, 8 + u64::from(not_utf8), "{named:#?}");
+    let finding = |table: &str, what: &[&str]| {
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == table && what.iter().all(|w| f.what.contains(w)))
+    };
+    assert!(
+        !not_utf8 || finding("idempotency_keys", &["created_at is not UTF-8"]),
+        "{named:#?}"
+    );
+    for id in [&ids[0], &ids[5]] {
         assert!(
             report.failures.iter().any(|f| f.table == "orders"
                 && f.record_id == *id
@@ -799,27 +838,31 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         );
     }
     assert!(
-        report.failures.iter().any(|f| f.table == "idempotency_keys"
-            && f.what == "clear column order_id holds a card number"),
+        finding(
+            "idempotency_keys",
+            &["clear column order_id holds a card number"]
+        ),
         "{named:#?}"
     );
     assert!(
-        report.failures.iter().any(|f| f.table == "idempotency_keys"
-            && f.record_id.starts_with("(withheld")
-            && f.what.contains("unreadable")),
+        finding("idempotency_keys", &["unreadable", "not a UUID"]),
         "{named:#?}"
     );
     let json = serde_json::to_string(&report).unwrap();
     assert!(!json.contains("4111 1111 1111 1111"), "{json}");
-    for (id, what) in [
-        (&ids[1], "does not verify"),
-        (&ids[2], "does not verify"),
-        (&ids[3], "no MAC"),
+    // Rows are named by their key hash (the decoy's is empty, so not
+    // shaped like a name and withheld); the order id they claim is quoted.
+    for (id, what, named_by) in [
+        (&ids[1], "does not verify", "key:"),
+        (&ids[2], "does not verify", "key:"),
+        (&ids[3], "no MAC", "key:"),
+        (&ids[6], "does not verify", "(withheld"),
     ] {
         assert!(
             report.failures.iter().any(|f| f.table == "idempotency_keys"
-                && f.record_id == *id
-                && f.what.contains(what)),
+                && f.record_id.starts_with(named_by)
+                && f.what.contains(what)
+                && f.what.contains(id.as_str())),
             "{id} {what}: {named:#?}"
         );
     }

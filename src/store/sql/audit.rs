@@ -524,39 +524,76 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
 }
 
 /// Up to `limit` idempotency rows after the primary key `after` (`(client,
-/// key_hash)`; two empty byte strings to start), in key order, each with
-/// whether its order exists. A row that cannot be read is returned with the
-/// reason, for the report, rather than failing the page.
+/// key_hash)`; `None` for the first page, so that no key, not even two
+/// empty byte strings, sorts before where the scan starts), in key order,
+/// each with whether its order exists. The row-value comparison lets both
+/// engines seek in the primary key, so every page costs the same.
+///
+/// A row that cannot be read is returned with the reason, for the report,
+/// rather than failing the audit: its text columns are read as bytes
+/// (SQLite's STRICT `TEXT` takes invalid UTF-8), then decoded here.
 pub async fn idempotency_page(
     pool: &AnyPool,
-    after: (&[u8], &[u8]),
+    engine: Engine,
+    after: Option<(&[u8], &[u8])>,
     limit: u32,
 ) -> Result<Vec<super::super::rows::AuditKeyRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT k.client, k.key_hash, k.request_hash, CAST(k.order_id AS TEXT) AS order_id,
-                k.response_status, k.response_body, k.created_at, k.response_mac,
-                CASE WHEN o.id IS NULL THEN 0 ELSE 1 END AS order_exists
+    let bytes = |column: &str| match engine {
+        Engine::Sqlite => format!("CAST(k.{column} AS BLOB) AS {column}"),
+        Engine::Postgres => format!("convert_to(k.{column}, 'UTF8') AS {column}"),
+    };
+    let sql = format!(
+        "SELECT k.client, k.key_hash, k.request_hash, {}, k.response_status, k.response_body,
+                {}, k.response_mac, CASE WHEN o.id IS NULL THEN 0 ELSE 1 END AS order_exists
            FROM idempotency_keys k LEFT JOIN orders o ON o.id = k.order_id
-          WHERE k.client > $1 OR (k.client = $1 AND k.key_hash > $2)
-          ORDER BY k.client, k.key_hash LIMIT $3",
-    )
-    .bind(after.0)
-    .bind(after.1)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(super::super::rows::AuditKeyRow {
-                client: r.try_get("client").map_err(err)?,
-                key_hash: r.try_get("key_hash").map_err(err)?,
-                order_id: r.try_get("order_id").map_err(err)?,
-                found: super::key_record(r).map_err(|e| e.to_string()),
-                order_exists: r.try_get::<i64, _>("order_exists").map_err(err)? != 0,
-            })
+          {}",
+        bytes("order_id"),
+        bytes("created_at"),
+        // Parameters numbered in the order they appear (SQLite numbers
+        // `$N` that way).
+        if after.is_some() {
+            "WHERE (k.client, k.key_hash) > ($1, $2) ORDER BY k.client, k.key_hash LIMIT $3"
+        } else {
+            "ORDER BY k.client, k.key_hash LIMIT $1"
+        },
+    );
+    let mut query = sqlx::query(&sql);
+    if let Some((client, key_hash)) = after {
+        query = query.bind(client).bind(key_hash);
+    }
+    let rows = query
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+    rows.iter().map(audit_key_row).collect()
+}
+
+fn audit_key_row(r: &AnyRow) -> Result<super::super::rows::AuditKeyRow, StoreError> {
+    let order_id: Vec<u8> = r.try_get("order_id").map_err(err)?;
+    let created_at: Vec<u8> = r.try_get("created_at").map_err(err)?;
+    let status: i64 = r.try_get("response_status").map_err(err)?;
+    let found = (|| {
+        let order_id = std::str::from_utf8(&order_id).map_err(|_| "order_id is not UTF-8")?;
+        Ok(super::super::rows::KeyRecord {
+            request_hash: r.try_get("request_hash").map_err(|_| "request_hash")?,
+            response: super::super::rows::StoredResponse {
+                order_id: uuid::Uuid::parse_str(order_id).map_err(|_| "order_id is not a UUID")?,
+                status: u16::try_from(status).map_err(|_| "response_status is out of range")?,
+                body: r.try_get("response_body").map_err(|_| "response_body")?,
+            },
+            created_at: String::from_utf8(created_at).map_err(|_| "created_at is not UTF-8")?,
+            mac: r.try_get("response_mac").map_err(|_| "response_mac")?,
         })
-        .collect()
+    })()
+    .map_err(|what: &str| what.to_owned());
+    Ok(super::super::rows::AuditKeyRow {
+        client: r.try_get("client").map_err(err)?,
+        key_hash: r.try_get("key_hash").map_err(err)?,
+        order_id: String::from_utf8_lossy(&order_id).into_owned(),
+        found,
+        order_exists: r.try_get::<i64, _>("order_exists").map_err(err)? != 0,
+    })
 }
 
 /// Orders that have no idempotency row: how many, and the first `limit`

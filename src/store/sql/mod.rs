@@ -261,10 +261,10 @@ impl Store for SqlStore {
 
     async fn idempotency_audit_page(
         &self,
-        after: (&[u8], &[u8]),
+        after: Option<(&[u8], &[u8])>,
         limit: u32,
     ) -> Result<Vec<AuditKeyRow>, StoreError> {
-        audit::idempotency_page(&self.pool, after, limit).await
+        audit::idempotency_page(&self.pool, self.engine, after, limit).await
     }
 
     async fn orders_without_key_row(&self, limit: u32) -> Result<(u64, Vec<String>), StoreError> {
