@@ -426,3 +426,127 @@ async fn custodian_shares_are_all_needed_and_checked() {
     assert_eq!(r.status(), 201);
     server.abort();
 }
+
+/// The database's own retired-KEK guard, one class at a time: a batch
+/// sealed by a server still holding the keyring from before the rotation is
+/// refused whole (`RetiredKek`, nothing of it stored), and the same order
+/// sealed under the new keyring is taken. Each class is its own trigger on
+/// its own table (SQLite: per row; PostgreSQL: per statement, over the
+/// statement's rows), so each is attacked alone; the gift order makes the
+/// batch hold a recipient record and a shipping marker without a KEK.
+#[tokio::test]
+async fn each_retired_class_alone_is_refused_by_the_database() {
+    let app = spawn_app().await;
+    let store = app.store().await;
+    let versions = vec!["2002-06-05".to_owned()];
+    let rules = checkoutd::domain::order::Rules {
+        policy_versions: &versions,
+        today: time::OffsetDateTime::now_utc().date(),
+    };
+    let seal = |keyring: &checkoutd::crypto::keyring::Keyring, n: usize, key: &str| {
+        let body = if n % 2 == 0 {
+            order_json()
+        } else {
+            crate::fulfillment::gift_order_for_audit()
+        };
+        let form =
+            checkoutd::domain::order::parse(body, checkoutd::domain::order::Source::Json, &rules)
+                .unwrap();
+        let key = checkoutd::intake::IdempotencyKey::parse(key.as_bytes()).unwrap();
+        checkoutd::intake::seal::seal_order(
+            &ring::rand::SystemRandom::new(),
+            keyring,
+            form,
+            [7; 32],
+            &key,
+            [0; 32],
+        )
+        .unwrap()
+    };
+    let db = app.db().await;
+    let orders = || {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM orders")
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    for (i, class) in ["card", "billing", "shipping", "recipient", "contact"]
+        .into_iter()
+        .enumerate()
+    {
+        let stale = app.keyring();
+        let out = checkoutd(&app)
+            .args(["keys", "rotate", "--class", class])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let before = orders().await;
+        // Four orders (two of them gifts) in one batch, as group commit
+        // hands them over.
+        let batch: Vec<_> = (0..4)
+            .map(|n| seal(&stale, n, &format!("retired-{class}-{n}")))
+            .collect();
+        let refused = checkoutd::store::Store::commit_orders(&store, batch.into()).await;
+        assert!(
+            matches!(refused, Err(checkoutd::store::StoreError::RetiredKek)),
+            "class {class}: a batch sealed under its retired KEK was not refused: {refused:?}"
+        );
+        assert_eq!(orders().await, before, "class {class}: nothing stored");
+        if class == "contact" {
+            // The withdrawal ledger seals its reference under the contact
+            // KEK too, and has its own guard.
+            let ledger = checkoutd::consent::Ledger::new(std::sync::Arc::new(
+                checkoutd::crypto::keyring::KeyringHandle::new(stale, None),
+            ));
+            let withdrawal = |reference: &str| checkoutd::consent::Withdrawal {
+                email: checkoutd::domain::contact::Email::parse("ada@example.com").unwrap(),
+                purposes: [true; 5],
+                channel: checkoutd::consent::Channel::Postal,
+                received_at: None,
+                reference: Some(
+                    checkoutd::domain::text::Personal::parse(reference, 200, false).unwrap(),
+                ),
+            };
+            let refused = ledger.withdraw(&store, &withdrawal("scan-stale")).await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(checkoutd::consent::LedgerError::Store(
+                        checkoutd::store::StoreError::RetiredKek
+                    ))
+                ),
+                "a withdrawal reference sealed under the retired contact KEK was stored: {refused:?}"
+            );
+            let current = checkoutd::consent::Ledger::new(std::sync::Arc::new(
+                checkoutd::crypto::keyring::KeyringHandle::new(app.keyring(), None),
+            ));
+            current
+                .withdraw(&store, &withdrawal("scan-current"))
+                .await
+                .unwrap();
+        }
+        // The control: the same orders under the current keyring are taken,
+        // so the refusal above was the retired class and nothing else.
+        let fresh = app.keyring();
+        let batch: Vec<_> = (0..4)
+            .map(|n| seal(&fresh, n, &format!("current-{class}-{n}")))
+            .collect();
+        let taken = checkoutd::store::Store::commit_orders(&store, batch.into())
+            .await
+            .unwrap();
+        assert!(
+            taken
+                .iter()
+                .all(|o| *o == checkoutd::store::rows::CommitOutcome::Committed),
+            "class {class} (round {i}): {taken:?}"
+        );
+        assert_eq!(orders().await, before + 4);
+    }
+}
