@@ -237,6 +237,53 @@ async fn a_flipped_consent_purpose_is_named() {
     assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
 }
 
+/// A record moved under another order's consent tag (same subject, a valid
+/// MAC of its own): on PostgreSQL the database refuses the edit (each record
+/// table's foreign key is `(order_id, consent_tag_id)` → the tag's own
+/// `(order_id, id)`); on SQLite, whose keys check the two columns apart, the
+/// audit names the record.
+#[tokio::test]
+async fn a_record_under_another_orders_tag_is_refused_or_named() {
+    let (app, ids) = populated().await;
+    let card = id_of(
+        &app,
+        &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[0]),
+    )
+    .await;
+    let other_tag = id_of(
+        &app,
+        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[3]),
+    )
+    .await;
+    let edit = sqlx::query(&format!(
+        "UPDATE payment_cards SET consent_tag_id = '{other_tag}' WHERE id = '{card}'"
+    ))
+    .execute(&app.db().await)
+    .await;
+    if app.database.is_postgres() {
+        let error = edit.expect_err("PostgreSQL took a record under another order's tag");
+        assert!(
+            error.to_string().contains("payment_cards_consent_tag_fkey"),
+            "{error}"
+        );
+        assert_eq!(run_verify(&app).await.failure_count, 0);
+        return;
+    }
+    edit.unwrap();
+    let report = run_verify(&app).await;
+    assert!(
+        has(
+            &report,
+            "payment_cards",
+            &card,
+            "consent tag belongs to another order"
+        ),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+}
+
 #[tokio::test]
 async fn swapped_card_envelopes_are_named() {
     let (app, ids) = populated().await;
