@@ -9,7 +9,6 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::server::identity::{ClientIdentity, Peer};
@@ -17,38 +16,63 @@ use crate::server::identity::{ClientIdentity, Peer};
 /// tracing target of access-log lines, for filtering.
 pub const TARGET: &str = "checkoutd::access";
 
-pub async fn log_request(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "<unmatched>".to_owned());
-    let (client_ip, tls, role) = match req.extensions().get::<Peer>() {
-        Some(peer) => (
-            peer.addr.ip().to_string(),
-            peer.tls_version,
-            role_label(&peer.identity),
-        ),
-        None => (String::from("-"), "-", "-"),
-    };
-    let response = next.run(req).await;
-    let elapsed = started.elapsed();
-    crate::telemetry::request(&route, method, response.status().as_u16(), elapsed);
-    let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    tracing::info!(
-        target: TARGET,
-        client_ip = %client_ip,
-        role,
-        method,
-        route = %route,
-        status = response.status().as_u16(),
-        latency_us,
-        tls,
-        "request"
-    );
-    response
+/// What the line says of a request, taken when it arrives; [`finish`]
+/// writes the line (and the request metrics) once the answer is final.
+/// Used by the outermost layer, [`super::envelope`], so the status logged is
+/// the one sent and the latency covers every other layer.
+///
+/// [`finish`]: Started::finish
+pub struct Started {
+    at: Instant,
+    method: &'static str,
+    route: String,
+    client_ip: String,
+    tls: &'static str,
+    role: &'static str,
+}
+
+impl Started {
+    pub fn of(req: &Request) -> Started {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "<unmatched>".to_owned());
+        let (client_ip, tls, role) = match req.extensions().get::<Peer>() {
+            Some(peer) => (
+                peer.addr.ip().to_string(),
+                peer.tls_version,
+                role_label(&peer.identity),
+            ),
+            None => (String::from("-"), "-", "-"),
+        };
+        Started {
+            at: Instant::now(),
+            method: method_label(req.method()),
+            route,
+            client_ip,
+            tls,
+            role,
+        }
+    }
+
+    pub fn finish(self, response: &Response) {
+        let elapsed = self.at.elapsed();
+        let status = response.status().as_u16();
+        crate::telemetry::request(&self.route, self.method, status, elapsed);
+        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(
+            target: TARGET,
+            client_ip = %self.client_ip,
+            role = self.role,
+            method = self.method,
+            route = %self.route,
+            status,
+            latency_us,
+            tls = self.tls,
+            "request"
+        );
+    }
 }
 
 /// Standard methods by name; any extension method (client-chosen text) as

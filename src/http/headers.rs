@@ -6,20 +6,12 @@
 
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 
 use super::Problem;
 
 pub const HSTS: &str = "max-age=63072000; includeSubDomains";
-
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    secure(response.headers_mut());
-    response
-}
 
 /// Sets the headers every answer carries (for answers made outside the
 /// router, e.g. the connection-level overload answer).
@@ -40,8 +32,8 @@ pub fn secure(headers: &mut http::HeaderMap) {
 }
 
 /// Bounds the whole request (including reading a slowly sent body).
-pub async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
+pub async fn within(limit: Duration, work: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(limit, work).await {
         Ok(response) => response,
         Err(_) => Problem::request_timeout().into_response(),
     }
@@ -51,8 +43,7 @@ pub async fn request_timeout(limit: Duration, req: Request, next: Next) -> Respo
 /// document (an extractor's plain-text rejection, a framework default)
 /// becomes one, with the same status and a generic title. The original body
 /// is dropped unread, so nothing of the request can be echoed.
-pub async fn problem_fallback(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+pub fn problem_fallback(response: Response) -> Response {
     let status = response.status();
     // Only framework defaults (no body type, or plain text) are replaced;
     // problem documents and our own HTML pages pass through.

@@ -26,7 +26,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use http::request::Parts;
 
 use crate::audit::access_log::{Entry, Outcome};
-use crate::http::{Problem, access_log, headers};
+use crate::http::Problem;
 use crate::server::identity::{Caller, ClientIdentity, Peer, Role};
 use crate::store::Store;
 
@@ -209,14 +209,11 @@ pub fn router_with(state: AppState, request_timeout: Duration, extra: Router<App
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_payload: Box<dyn std::any::Any + Send>| Problem::panicked().into_response(),
         ))
-        // Framing, header size and the in-flight cap, before any handler.
-        .layer(middleware::from_fn(crate::http::guard::guard))
+        // Framing, header size and the in-flight cap, before any handler;
+        // time limit, problem fallback, security headers, access log.
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            headers::request_timeout(request_timeout, req, next)
+            crate::http::envelope(request_timeout, req, next)
         }))
-        .layer(middleware::from_fn(headers::problem_fallback))
-        .layer(middleware::from_fn(headers::security_headers))
-        .layer(middleware::from_fn(access_log::log_request))
         .with_state(state)
 }
 

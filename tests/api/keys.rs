@@ -444,7 +444,7 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
         today: time::OffsetDateTime::now_utc().date(),
     };
     let seal = |keyring: &checkoutd::crypto::keyring::Keyring, n: usize, key: &str| {
-        let body = if n % 2 == 0 {
+        let body = if n.is_multiple_of(2) {
             order_json()
         } else {
             crate::fulfillment::gift_order_for_audit()
