@@ -284,6 +284,58 @@ async fn a_record_under_another_orders_tag_is_refused_or_named() {
     assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
 }
 
+/// SQLite's TEXT takes bytes that are not UTF-8 (`CAST(x'…' AS TEXT)`),
+/// and one such value used to fail the audit's whole query: an attacker
+/// could stop every audit. Now the audit runs to its end and names each
+/// such row — an order, a consent tag and a card record here — and the
+/// per-order view still answers.
+#[tokio::test]
+async fn text_that_is_not_utf8_is_named_not_a_stopped_audit() {
+    let (app, ids) = populated().await;
+    if app.database.is_postgres() {
+        // PostgreSQL refuses such bytes in text (UTF8 server encoding).
+        return;
+    }
+    let tag = id_of(
+        &app,
+        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[1]),
+    )
+    .await;
+    let card = id_of(
+        &app,
+        &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[2]),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET storefront_ref = CAST(x'41ff2d31' AS TEXT) WHERE id = '{}';
+             UPDATE consent_tags SET policy_version = CAST(x'c0af' AS TEXT) WHERE id = '{tag}';
+             UPDATE payment_cards SET brand = CAST(x'76697361fe' AS TEXT) WHERE id = '{card}'",
+            ids[0]
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    for (table, id, what) in [
+        ("orders", &ids[0], "MAC does not verify"),
+        ("consent_tags", &tag, "MAC does not verify"),
+        ("payment_cards", &card, "brand does not match"),
+    ] {
+        assert!(has(&report, table, id, what), "{:#?}", report.failures);
+    }
+    assert_eq!(report.failure_count, 3, "{:#?}", report.failures);
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url(&format!("/v1/audit/orders/{}", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["verified"], false, "{v:#}");
+}
+
 #[tokio::test]
 async fn swapped_card_envelopes_are_named() {
     let (app, ids) = populated().await;

@@ -18,23 +18,104 @@ fn err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e)
 }
 
+/// `expr AS alias`, a text column read as its bytes. SQLite's TEXT can hold
+/// bytes that are not UTF-8 (someone with write access can put them
+/// there), and the driver fails the whole query on one such value: the
+/// audit would stop instead of naming the row.
+fn bytes_of(engine: Engine, expr: &str, alias: &str) -> String {
+    match engine {
+        Engine::Sqlite => format!("CAST({expr} AS BLOB) AS {alias}"),
+        Engine::Postgres => format!("convert_to({expr}, 'UTF8') AS {alias}"),
+    }
+}
+
+/// A text column as text, whether the query read it with [`bytes_of`] (the
+/// audit's) or plainly (the same row readers serve the consent history and
+/// the marketing audience). Bytes that are not UTF-8 become U+FFFD, which
+/// no MAC over the stored text matches and no id equals: the row is named
+/// by the verifier, not skipped.
+fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
+    Ok(opt_text(row, column)?.unwrap_or_default())
+}
+
+fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
+    match row.try_get::<Option<Vec<u8>>, _>(column) {
+        Ok(bytes) => Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        Err(_) => row.try_get(column).map_err(err),
+    }
+}
+
+/// The select list of `columns`, the text ones (`texts`) as bytes.
+fn select_list(engine: Engine, columns: &[&str], texts: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| {
+            if texts.contains(c) {
+                bytes_of(engine, c, c)
+            } else {
+                (*c).to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Which orders a batch covers.
 pub enum Selector<'a> {
     After { seq: i64, limit: u32 },
     One(&'a str),
 }
 
-pub async fn batch(pool: &AnyPool, selector: Selector<'_>) -> Result<AuditBatch, StoreError> {
+pub async fn batch(
+    pool: &AnyPool,
+    engine: Engine,
+    selector: Selector<'_>,
+) -> Result<AuditBatch, StoreError> {
+    let columns = select_list(
+        engine,
+        &[
+            "seq",
+            "id",
+            "created_at",
+            "status",
+            "storefront_ref",
+            "currency",
+            "items",
+            "total_minor",
+            "consent_tag_id",
+            "gift",
+            "client_fingerprint",
+            "mac",
+            "carrier",
+            "tracking",
+            "dispatched_at",
+            "dispatch_mac",
+        ],
+        &[
+            "id",
+            "created_at",
+            "status",
+            "storefront_ref",
+            "currency",
+            "items",
+            "consent_tag_id",
+            "carrier",
+            "tracking",
+            "dispatched_at",
+        ],
+    );
     let orders = match selector {
         Selector::After { seq, limit } => {
-            sqlx::query("SELECT * FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2")
-                .bind(seq)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
+            sqlx::query(&format!(
+                "SELECT {columns} FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
         }
         Selector::One(id) => {
-            sqlx::query("SELECT * FROM orders WHERE id = $1")
+            sqlx::query(&format!("SELECT {columns} FROM orders WHERE id = $1"))
                 .bind(id)
                 .fetch_all(pool)
                 .await
@@ -46,20 +127,20 @@ pub async fn batch(pool: &AnyPool, selector: Selector<'_>) -> Result<AuditBatch,
         .map(|r| -> Result<AuditOrder, StoreError> {
             Ok(AuditOrder {
                 seq: r.try_get("seq").map_err(err)?,
-                id: r.try_get("id").map_err(err)?,
-                created_at: r.try_get("created_at").map_err(err)?,
-                status: r.try_get("status").map_err(err)?,
-                storefront_ref: r.try_get("storefront_ref").map_err(err)?,
-                currency: r.try_get("currency").map_err(err)?,
-                items: r.try_get("items").map_err(err)?,
+                id: text(r, "id")?,
+                created_at: text(r, "created_at")?,
+                status: text(r, "status")?,
+                storefront_ref: opt_text(r, "storefront_ref")?,
+                currency: text(r, "currency")?,
+                items: text(r, "items")?,
                 total_minor: r.try_get("total_minor").map_err(err)?,
-                consent_tag_id: r.try_get("consent_tag_id").map_err(err)?,
+                consent_tag_id: text(r, "consent_tag_id")?,
                 gift: r.try_get::<i64, _>("gift").map_err(err)? != 0,
                 client_fingerprint: r.try_get("client_fingerprint").map_err(err)?,
                 mac: r.try_get("mac").map_err(err)?,
-                carrier: r.try_get("carrier").map_err(err)?,
-                tracking: r.try_get("tracking").map_err(err)?,
-                dispatched_at: r.try_get("dispatched_at").map_err(err)?,
+                carrier: opt_text(r, "carrier")?,
+                tracking: opt_text(r, "tracking")?,
+                dispatched_at: opt_text(r, "dispatched_at")?,
                 dispatch_mac: r.try_get("dispatch_mac").map_err(err)?,
             })
         })
@@ -71,22 +152,43 @@ pub async fn batch(pool: &AnyPool, selector: Selector<'_>) -> Result<AuditBatch,
     let (lo, hi) = (first.seq, last.seq);
     let scope = "order_id IN (SELECT id FROM orders WHERE seq BETWEEN $1 AND $2)";
     let mut records = Vec::new();
-    for (table, extra_cols) in [
+    const RECORD: [&str; 7] = [
+        "id",
+        "order_id",
+        "consent_tag_id",
+        "format_version",
+        "kek_version",
+        "wrapped_dek",
+        "ciphertext",
+    ];
+    const RECORD_TEXTS: [&str; 6] = [
+        "id",
+        "order_id",
+        "consent_tag_id",
+        "ship_to",
+        "brand",
+        "last4",
+    ];
+    for (table, extra) in [
         (
             "billing_details",
-            ", email_blind_index, blind_index_version",
+            &["email_blind_index", "blind_index_version"][..],
         ),
-        ("shipping_details", ", ship_to"),
-        ("gift_recipients", ""),
+        ("shipping_details", &["ship_to"][..]),
+        ("gift_recipients", &[][..]),
         (
             "payment_cards",
-            ", brand, last4, fingerprint, fingerprint_key_version",
+            &["brand", "last4", "fingerprint", "fingerprint_key_version"][..],
         ),
-        ("contact_emails", ", email_blind_index, blind_index_version"),
+        (
+            "contact_emails",
+            &["email_blind_index", "blind_index_version"][..],
+        ),
     ] {
+        let columns: Vec<&str> = RECORD.iter().chain(extra).copied().collect();
         let sql = format!(
-            "SELECT id, order_id, consent_tag_id, format_version, kek_version, wrapped_dek, ciphertext{extra_cols}
-               FROM {table} WHERE {scope} ORDER BY order_id"
+            "SELECT {} FROM {table} WHERE {scope} ORDER BY order_id",
+            select_list(engine, &columns, &RECORD_TEXTS)
         );
         let rows = sqlx::query(&sql)
             .bind(lo)
@@ -98,12 +200,33 @@ pub async fn batch(pool: &AnyPool, selector: Selector<'_>) -> Result<AuditBatch,
             records.push(record(table, row)?);
         }
     }
-    let tag_rows = sqlx::query(&format!("SELECT * FROM consent_tags WHERE {scope}"))
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(pool)
-        .await
-        .map_err(err)?;
+    let mut tag_columns = vec!["id", "order_id", "subject", "basis"];
+    tag_columns.extend(Purposes::NAMES);
+    tag_columns.extend([
+        "policy_version",
+        "captured_at",
+        "channel",
+        "mac_key_version",
+        "mac",
+    ]);
+    let tag_texts = [
+        "id",
+        "order_id",
+        "subject",
+        "basis",
+        "policy_version",
+        "captured_at",
+        "channel",
+    ];
+    let tag_rows = sqlx::query(&format!(
+        "SELECT {} FROM consent_tags WHERE {scope}",
+        select_list(engine, &tag_columns, &tag_texts)
+    ))
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
     let tags = tag_rows.iter().map(raw_tag).collect::<Result<_, _>>()?;
     Ok(AuditBatch {
         orders,
@@ -127,11 +250,11 @@ fn record(table: &'static str, row: &AnyRow) -> Result<AuditRecord, StoreError> 
             blind_index_version: row.try_get("blind_index_version").map_err(err)?,
         },
         "shipping_details" => AuditExtra::Shipping {
-            ship_to: row.try_get("ship_to").map_err(err)?,
+            ship_to: text(row, "ship_to")?,
         },
         "payment_cards" => AuditExtra::Card {
-            brand: row.try_get("brand").map_err(err)?,
-            last4: row.try_get("last4").map_err(err)?,
+            brand: text(row, "brand")?,
+            last4: text(row, "last4")?,
             fingerprint: row.try_get("fingerprint").map_err(err)?,
             fingerprint_key_version: row.try_get("fingerprint_key_version").map_err(err)?,
         },
@@ -139,9 +262,9 @@ fn record(table: &'static str, row: &AnyRow) -> Result<AuditRecord, StoreError> 
     };
     Ok(AuditRecord {
         table,
-        id: row.try_get("id").map_err(err)?,
-        order_id: row.try_get("order_id").map_err(err)?,
-        consent_tag_id: row.try_get("consent_tag_id").map_err(err)?,
+        id: text(row, "id")?,
+        order_id: text(row, "order_id")?,
+        consent_tag_id: text(row, "consent_tag_id")?,
         envelope,
         extra,
     })
@@ -162,14 +285,14 @@ fn raw_tag(row: &AnyRow) -> Result<RawTag, StoreError> {
         *slot = row.try_get(name).map_err(err)?;
     }
     Ok(RawTag {
-        id: row.try_get("id").map_err(err)?,
-        order_id: row.try_get("order_id").map_err(err)?,
-        subject: row.try_get("subject").map_err(err)?,
-        basis: row.try_get("basis").map_err(err)?,
+        id: text(row, "id")?,
+        order_id: text(row, "order_id")?,
+        subject: text(row, "subject")?,
+        basis: text(row, "basis")?,
         purposes,
-        policy_version: row.try_get("policy_version").map_err(err)?,
-        captured_at: row.try_get("captured_at").map_err(err)?,
-        channel: row.try_get("channel").map_err(err)?,
+        policy_version: text(row, "policy_version")?,
+        captured_at: text(row, "captured_at")?,
+        channel: text(row, "channel")?,
         mac_key_version: row.try_get("mac_key_version").map_err(err)?,
         mac: row.try_get("mac").map_err(err)?,
     })
@@ -538,10 +661,7 @@ pub async fn idempotency_page(
     after: Option<(&[u8], &[u8])>,
     limit: u32,
 ) -> Result<Vec<super::super::rows::AuditKeyRow>, StoreError> {
-    let bytes = |column: &str| match engine {
-        Engine::Sqlite => format!("CAST(k.{column} AS BLOB) AS {column}"),
-        Engine::Postgres => format!("convert_to(k.{column}, 'UTF8') AS {column}"),
-    };
+    let bytes = |column: &str| bytes_of(engine, &format!("k.{column}"), column);
     let sql = format!(
         "SELECT k.client, k.key_hash, k.request_hash, {}, k.response_status, k.response_body,
                 {}, k.response_mac, CASE WHEN o.id IS NULL THEN 0 ELSE 1 END AS order_exists

@@ -482,6 +482,7 @@ impl Store for SqlStore {
     async fn audit_batch(&self, after_seq: i64, limit: u32) -> Result<AuditBatch, StoreError> {
         audit::batch(
             &self.pool,
+            self.engine,
             audit::Selector::After {
                 seq: after_seq,
                 limit,
@@ -491,7 +492,7 @@ impl Store for SqlStore {
     }
 
     async fn audit_order(&self, order_id: &str) -> Result<AuditBatch, StoreError> {
-        audit::batch(&self.pool, audit::Selector::One(order_id)).await
+        audit::batch(&self.pool, self.engine, audit::Selector::One(order_id)).await
     }
 
     async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
