@@ -287,8 +287,8 @@ async fn a_record_under_another_orders_tag_is_refused_or_named() {
 /// SQLite's TEXT takes bytes that are not UTF-8 (`CAST(x'…' AS TEXT)`),
 /// and one such value used to fail the audit's whole query: an attacker
 /// could stop every audit. Now the audit runs to its end and names each
-/// such row — an order, a consent tag and a card record here — and the
-/// per-order view still answers.
+/// such row — an order, a consent tag, a card record, an access-log entry
+/// and a withdrawal here — and the per-order view still answers.
 #[tokio::test]
 async fn text_that_is_not_utf8_is_named_not_a_stopped_audit() {
     let (app, ids) = populated().await;
@@ -306,25 +306,44 @@ async fn text_that_is_not_utf8_is_named_not_a_stopped_audit() {
         &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[2]),
     )
     .await;
+    let r = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/consent/opt-out"))
+        .json(&json!({"email": "grace@example.com", "purposes": "all", "channel": "postal"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    app.unguard("access_log").await;
+    app.unguard("consent_events").await;
     exec(
         &app,
         &format!(
             "UPDATE orders SET storefront_ref = CAST(x'41ff2d31' AS TEXT) WHERE id = '{}';
              UPDATE consent_tags SET policy_version = CAST(x'c0af' AS TEXT) WHERE id = '{tag}';
-             UPDATE payment_cards SET brand = CAST(x'76697361fe' AS TEXT) WHERE id = '{card}'",
+             UPDATE payment_cards SET brand = CAST(x'76697361fe' AS TEXT) WHERE id = '{card}';
+             UPDATE access_log SET origin_ip = CAST(x'3132372e30ff' AS TEXT) WHERE seq = 2;
+             UPDATE consent_events SET received_at = CAST(x'32303236ff' AS TEXT) WHERE seq = 1",
             ids[0]
         ),
     )
     .await;
     let report = run_verify(&app).await;
     for (table, id, what) in [
-        ("orders", &ids[0], "MAC does not verify"),
+        ("orders", &ids[0][..], "MAC does not verify"),
         ("consent_tags", &tag, "MAC does not verify"),
         ("payment_cards", &card, "brand does not match"),
+        ("access_log", "2", "access-log entry"),
     ] {
         assert!(has(&report, table, id, what), "{:#?}", report.failures);
     }
-    assert_eq!(report.failure_count, 3, "{:#?}", report.failures);
+    assert!(!report.access_log.intact);
+    assert!(
+        report.failures.iter().any(|f| f.table == "consent_events"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 5, "{:#?}", report.failures);
     let r = app
         .client(Role::Auditor)
         .get(app.url(&format!("/v1/audit/orders/{}", ids[0])))

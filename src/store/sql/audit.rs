@@ -22,7 +22,7 @@ fn err(e: sqlx::Error) -> StoreError {
 /// bytes that are not UTF-8 (someone with write access can put them
 /// there), and the driver fails the whole query on one such value: the
 /// audit would stop instead of naming the row.
-fn bytes_of(engine: Engine, expr: &str, alias: &str) -> String {
+pub(super) fn bytes_of(engine: Engine, expr: &str, alias: &str) -> String {
     match engine {
         Engine::Sqlite => format!("CAST({expr} AS BLOB) AS {alias}"),
         Engine::Postgres => format!("convert_to({expr}, 'UTF8') AS {alias}"),
@@ -34,7 +34,7 @@ fn bytes_of(engine: Engine, expr: &str, alias: &str) -> String {
 /// the marketing audience). Bytes that are not UTF-8 become U+FFFD, which
 /// no MAC over the stored text matches and no id equals: the row is named
 /// by the verifier, not skipped.
-fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
+pub(super) fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
     Ok(opt_text(row, column)?.unwrap_or_default())
 }
 
@@ -46,7 +46,7 @@ fn opt_text(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
 }
 
 /// The select list of `columns`, the text ones (`texts`) as bytes.
-fn select_list(engine: Engine, columns: &[&str], texts: &[&str]) -> String {
+pub(super) fn select_list(engine: Engine, columns: &[&str], texts: &[&str]) -> String {
     columns
         .iter()
         .map(|c| {
@@ -629,15 +629,15 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
         }
     };
     Ok(super::super::rows::ConsentEventRow {
-        id: r.try_get("id").map_err(err)?,
+        id: text(r, "id")?,
         email_blind_index: r.try_get("email_blind_index").map_err(err)?,
         blind_index_version: r.try_get("blind_index_version").map_err(err)?,
-        kind: r.try_get("kind").map_err(err)?,
+        kind: text(r, "kind")?,
         purposes,
-        channel: r.try_get("channel").map_err(err)?,
-        received_at: r.try_get("received_at").map_err(err)?,
-        effective_at: r.try_get("effective_at").map_err(err)?,
-        recorded_at: r.try_get("recorded_at").map_err(err)?,
+        channel: text(r, "channel")?,
+        received_at: text(r, "received_at")?,
+        effective_at: text(r, "effective_at")?,
+        recorded_at: text(r, "recorded_at")?,
         reference,
         mac_key_version: r.try_get("mac_key_version").map_err(err)?,
         seq: r.try_get("seq").map_err(err)?,
@@ -747,18 +747,51 @@ pub async fn orders_without_key_row(
 /// Up to `limit` withdrawals with `seq > after`, in order.
 pub async fn consent_events_page(
     pool: &AnyPool,
+    engine: Engine,
     after: i64,
     limit: u32,
 ) -> Result<Vec<(i64, super::super::rows::ConsentEventRow)>, StoreError> {
-    sqlx::query("SELECT * FROM consent_events WHERE seq > $1 ORDER BY seq LIMIT $2")
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| Ok((r.try_get("seq").map_err(err)?, event_row(r)?)))
-        .collect()
+    let mut columns = vec![
+        "seq",
+        "id",
+        "email_blind_index",
+        "blind_index_version",
+        "kind",
+    ];
+    columns.extend(Purposes::NAMES);
+    columns.extend([
+        "channel",
+        "received_at",
+        "effective_at",
+        "recorded_at",
+        "reference_format_version",
+        "reference_kek_version",
+        "reference_wrapped_dek",
+        "reference_ciphertext",
+        "mac_key_version",
+        "prev_mac",
+        "mac",
+    ]);
+    let texts = [
+        "id",
+        "kind",
+        "channel",
+        "received_at",
+        "effective_at",
+        "recorded_at",
+    ];
+    sqlx::query(&format!(
+        "SELECT {} FROM consent_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        select_list(engine, &columns, &texts)
+    ))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(err)?
+    .iter()
+    .map(|r| Ok((r.try_get("seq").map_err(err)?, event_row(r)?)))
+    .collect()
 }
 
 // ---- key life cycle ----
@@ -960,23 +993,31 @@ pub async fn due_for_retention(
 
 pub async fn purges_of(
     pool: &AnyPool,
+    engine: Engine,
     order_ids: &[String],
 ) -> Result<Vec<super::super::rows::PurgeRow>, StoreError> {
+    let texts = ["order_id", "class", "purged_at", "reason"];
+    let sql = format!(
+        "SELECT {} FROM purges WHERE order_id = $1",
+        select_list(
+            engine,
+            &["order_id", "class", "purged_at", "reason", "mac"],
+            &texts
+        )
+    );
     let mut out = Vec::new();
     for id in order_ids {
-        let rows = sqlx::query(
-            "SELECT order_id, class, purged_at, reason, mac FROM purges WHERE order_id = $1",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .map_err(err)?;
+        let rows = sqlx::query(&sql)
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
         for r in rows {
             out.push(super::super::rows::PurgeRow {
-                order_id: r.try_get("order_id").map_err(err)?,
-                class: r.try_get("class").map_err(err)?,
-                purged_at: r.try_get("purged_at").map_err(err)?,
-                reason: r.try_get("reason").map_err(err)?,
+                order_id: text(&r, "order_id")?,
+                class: text(&r, "class")?,
+                purged_at: text(&r, "purged_at")?,
+                reason: text(&r, "reason")?,
                 mac: r.try_get("mac").map_err(err)?,
             });
         }

@@ -466,11 +466,27 @@ impl Store for SqlStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<ChainedEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, role, cert_fingerprint, origin_ip, action, objects, outcome, status,
-                    prev_hash, hash, mac
-               FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
+        // Text read as bytes: one value that is not UTF-8 is a broken
+        // link in the chain, not an audit stopped (see `audit::bytes_of`).
+        let texts = [
+            "at",
+            "role",
+            "cert_fingerprint",
+            "origin_ip",
+            "action",
+            "objects",
+            "outcome",
+        ];
+        let columns = [
+            &["seq"][..],
+            &texts,
+            &["status", "prev_hash", "hash", "mac"],
+        ]
+        .concat();
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            audit::select_list(self.engine, &columns, &texts)
+        ))
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -607,7 +623,7 @@ impl Store for SqlStore {
         &self,
         order_ids: &[String],
     ) -> Result<Vec<super::rows::PurgeRow>, StoreError> {
-        audit::purges_of(&self.pool, order_ids).await
+        audit::purges_of(&self.pool, self.engine, order_ids).await
     }
 
     async fn consent_events_page(
@@ -615,7 +631,7 @@ impl Store for SqlStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<(i64, super::rows::ConsentEventRow)>, StoreError> {
-        audit::consent_events_page(&self.pool, after, limit).await
+        audit::consent_events_page(&self.pool, self.engine, after, limit).await
     }
 
     async fn consent_history(
@@ -649,10 +665,7 @@ fn blob32(row: &AnyRow, name: &'static str) -> Result<[u8; 32], StoreError> {
 }
 
 fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
-    let text = |name: &'static str| {
-        row.try_get::<String, _>(name)
-            .map_err(StoreError::from_sqlx)
-    };
+    let text = |name: &'static str| audit::text(row, name);
     let objects: Vec<String> = serde_json::from_str(&text("objects")?)
         .map_err(|_| StoreError::Corrupt("access_log.objects"))?;
     Ok(ChainedEntry {
