@@ -10,7 +10,7 @@ use super::super::StoreError;
 use super::super::rows::{
     AuditBatch, AuditExtra, AuditOrder, AuditRecord, ClearRow, ConsentStats, RawTag, Totals,
 };
-use super::{Engine, WriteOrder};
+use super::{Engine, WriteOrder, order_rows};
 use crate::crypto::envelope::Envelope;
 use crate::domain::consent::Purposes;
 
@@ -71,26 +71,17 @@ pub async fn batch(
     engine: Engine,
     selector: Selector<'_>,
 ) -> Result<AuditBatch, StoreError> {
+    // What the order writer wrote (`order_rows`), and what fulfillment
+    // added since.
+    let orders_columns: Vec<&str> = ["seq"]
+        .iter()
+        .chain(order_rows::ORDERS.columns)
+        .chain(&["carrier", "tracking", "dispatched_at", "dispatch_mac"])
+        .copied()
+        .collect();
     let columns = select_list(
         engine,
-        &[
-            "seq",
-            "id",
-            "created_at",
-            "status",
-            "storefront_ref",
-            "currency",
-            "items",
-            "total_minor",
-            "consent_tag_id",
-            "gift",
-            "client_fingerprint",
-            "mac",
-            "carrier",
-            "tracking",
-            "dispatched_at",
-            "dispatch_mac",
-        ],
+        &orders_columns,
         &[
             "id",
             "created_at",
@@ -152,15 +143,7 @@ pub async fn batch(
     let (lo, hi) = (first.seq, last.seq);
     let scope = "order_id IN (SELECT id FROM orders WHERE seq BETWEEN $1 AND $2)";
     let mut records = Vec::new();
-    const RECORD: [&str; 7] = [
-        "id",
-        "order_id",
-        "consent_tag_id",
-        "format_version",
-        "kek_version",
-        "wrapped_dek",
-        "ciphertext",
-    ];
+    // Every column the order writer wrote to each record table.
     const RECORD_TEXTS: [&str; 6] = [
         "id",
         "order_id",
@@ -169,26 +152,17 @@ pub async fn batch(
         "brand",
         "last4",
     ];
-    for (table, extra) in [
-        (
-            "billing_details",
-            &["email_blind_index", "blind_index_version"][..],
-        ),
-        ("shipping_details", &["ship_to"][..]),
-        ("gift_recipients", &[][..]),
-        (
-            "payment_cards",
-            &["brand", "last4", "fingerprint", "fingerprint_key_version"][..],
-        ),
-        (
-            "contact_emails",
-            &["email_blind_index", "blind_index_version"][..],
-        ),
+    for table in [
+        &order_rows::BILLING_DETAILS,
+        &order_rows::SHIPPING_DETAILS,
+        &order_rows::GIFT_RECIPIENTS,
+        &order_rows::PAYMENT_CARDS,
+        &order_rows::CONTACT_EMAILS,
     ] {
-        let columns: Vec<&str> = RECORD.iter().chain(extra).copied().collect();
         let sql = format!(
-            "SELECT {} FROM {table} WHERE {scope} ORDER BY order_id",
-            select_list(engine, &columns, &RECORD_TEXTS)
+            "SELECT {} FROM {} WHERE {scope} ORDER BY order_id",
+            select_list(engine, table.columns, &RECORD_TEXTS),
+            table.name
         );
         let rows = sqlx::query(&sql)
             .bind(lo)
@@ -197,18 +171,9 @@ pub async fn batch(
             .await
             .map_err(err)?;
         for row in &rows {
-            records.push(record(table, row)?);
+            records.push(record(table.name, row)?);
         }
     }
-    let mut tag_columns = vec!["id", "order_id", "subject", "basis"];
-    tag_columns.extend(Purposes::NAMES);
-    tag_columns.extend([
-        "policy_version",
-        "captured_at",
-        "channel",
-        "mac_key_version",
-        "mac",
-    ]);
     let tag_texts = [
         "id",
         "order_id",
@@ -220,7 +185,7 @@ pub async fn batch(
     ];
     let tag_rows = sqlx::query(&format!(
         "SELECT {} FROM consent_tags WHERE {scope}",
-        select_list(engine, &tag_columns, &tag_texts)
+        select_list(engine, order_rows::CONSENT_TAGS.columns, &tag_texts)
     ))
     .bind(lo)
     .bind(hi)

@@ -57,7 +57,7 @@ pub const IDEMPOTENCY_KEYS: Table = Table {
 /// What follows the idempotency row's VALUES: a taken key inserts nothing.
 pub const CLAIM_CONFLICT: &str = "ON CONFLICT (client, key_hash) DO NOTHING";
 
-const ORDERS: Table = Table {
+pub const ORDERS: Table = Table {
     name: "orders",
     columns: &[
         "id",
@@ -74,7 +74,7 @@ const ORDERS: Table = Table {
     ],
 };
 
-const CONSENT_TAGS: Table = Table {
+pub const CONSENT_TAGS: Table = Table {
     name: "consent_tags",
     columns: &[
         "id",
@@ -108,12 +108,12 @@ const EMAIL_RECORD_COLUMNS: &[&str] = &[
     "ciphertext",
 ];
 
-const BILLING_DETAILS: Table = Table {
+pub const BILLING_DETAILS: Table = Table {
     name: "billing_details",
     columns: EMAIL_RECORD_COLUMNS,
 };
 
-const SHIPPING_DETAILS: Table = Table {
+pub const SHIPPING_DETAILS: Table = Table {
     name: "shipping_details",
     columns: &[
         "id",
@@ -127,7 +127,7 @@ const SHIPPING_DETAILS: Table = Table {
     ],
 };
 
-const GIFT_RECIPIENTS: Table = Table {
+pub const GIFT_RECIPIENTS: Table = Table {
     name: "gift_recipients",
     columns: &[
         "id",
@@ -140,12 +140,12 @@ const GIFT_RECIPIENTS: Table = Table {
     ],
 };
 
-const CONTACT_EMAILS: Table = Table {
+pub const CONTACT_EMAILS: Table = Table {
     name: "contact_emails",
     columns: EMAIL_RECORD_COLUMNS,
 };
 
-const PAYMENT_CARDS: Table = Table {
+pub const PAYMENT_CARDS: Table = Table {
     name: "payment_cards",
     columns: &[
         "id",
