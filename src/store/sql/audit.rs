@@ -143,7 +143,8 @@ pub async fn batch(
     let (lo, hi) = (first.seq, last.seq);
     let scope = "order_id IN (SELECT id FROM orders WHERE seq BETWEEN $1 AND $2)";
     let mut records = Vec::new();
-    // Every column the order writer wrote to each record table.
+    // Every column the order writer wrote to each record table; of them,
+    // these are text (read as bytes).
     const RECORD_TEXTS: [&str; 6] = [
         "id",
         "order_id",
