@@ -192,7 +192,11 @@ pub async fn run(
             shared.slots.clone().try_acquire_owned().ok()
         };
         let admission = match slot {
-            Some(slot) => Admission::Slot(slot),
+            // Registered here, not in the connection's task: the next
+            // accept already counts it against its address's cap. (Counted
+            // only once its task ran, a burst of reconnects from one address
+            // all passed the cap check and could fill every slot.)
+            Some(slot) => Admission::Slot(slot, shared.register.register(addr.ip())),
             None => match overflow.clone().try_acquire_owned() {
                 Ok(permit) if over_client_cap => Admission::Refuse(permit),
                 Ok(permit) => Admission::Overflow(permit),
@@ -206,8 +210,8 @@ pub async fn run(
         let shared = shared.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
-            let slot = match admission {
-                Admission::Slot(slot) => slot,
+            let (slot, registration) = match admission {
+                Admission::Slot(slot, registration) => (slot, registration),
                 Admission::Refuse(permit) => {
                     crate::telemetry::connection_refused("per_ip");
                     answer_overloaded(&shared.acceptor, stream, addr).await;
@@ -220,7 +224,7 @@ pub async fn run(
                         Some(slot) => {
                             crate::telemetry::connection_refused("shed");
                             drop(permit);
-                            slot
+                            (slot, shared.register.register(addr.ip()))
                         }
                         None => {
                             crate::telemetry::connection_refused("busy");
@@ -231,7 +235,7 @@ pub async fn run(
                     }
                 }
             };
-            serve(&shared, stream, addr, stopped).await;
+            serve(&shared, stream, addr, registration, stopped).await;
             drop(slot);
         });
     }
@@ -275,7 +279,8 @@ async fn make_room(
 }
 
 enum Admission {
-    Slot(OwnedSemaphorePermit),
+    /// A free slot, and the connection's place in the register.
+    Slot(OwnedSemaphorePermit, admission::Registration),
     /// No free slot: shed one or answer 503 (holds an overflow permit).
     Overflow(OwnedSemaphorePermit),
     /// The client address is at its cap with every connection busy: 503.
@@ -283,16 +288,16 @@ enum Admission {
 }
 
 /// One admitted connection, from handshake to close.
+/// `registration` was made when the connection was admitted, before the
+/// handshake: a handshake that is not being finished may be shed too.
 async fn serve(
     shared: &Shared,
     stream: TcpStream,
     addr: SocketAddr,
+    registration: admission::Registration,
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = shared.limits;
-    // Registered before the handshake: a handshake that is not being
-    // finished may be shed too.
-    let registration = shared.register.register(addr.ip());
     let connection = registration.connection.clone();
     let handshake = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(stream));
     let tls_stream = tokio::select! {
