@@ -6,12 +6,12 @@
 //! cannot be guessed. Timestamps are RFC 3339 UTC with millisecond
 //! precision (`2026-11-29T05:10:30.123Z`), which sort as text.
 
-use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use time::macros::format_description;
 use uuid::Uuid;
 
 use crate::crypto::CryptoError;
+use crate::crypto::random::Random;
 
 /// A new record or order id: UUID version 7 (RFC 9562), a millisecond
 /// timestamp followed by 74 random bits. Time-ordered ids go into the
@@ -19,9 +19,9 @@ use crate::crypto::CryptoError;
 /// index pages instead of one random page per index per order (measured:
 /// docs/performance.md). The time they reveal is the order's `created_at`,
 /// which is no secret.
-pub fn new_id(rng: &SystemRandom) -> Result<Uuid, CryptoError> {
+pub fn new_id(rng: &impl Random) -> Result<Uuid, CryptoError> {
     let mut random = [0u8; 10];
-    rng.fill(&mut random).map_err(|_| CryptoError::Random)?;
+    rng.fill_random(&mut random)?;
     let millis = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let millis = u64::try_from(millis).map_err(|_| CryptoError::Random)?;
     Ok(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
@@ -42,6 +42,7 @@ pub fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::rand::SystemRandom;
 
     #[test]
     fn ids_are_v7_and_timestamps_are_rfc3339_millis() {

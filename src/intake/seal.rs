@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::Keyring;
+use crate::crypto::random::OrderEntropy;
 use crate::crypto::{CryptoError, DataClass, json_zeroizing as plaintext};
 use crate::domain::consent::{Basis, CHANNEL_CHECKOUT, ConsentTag, Purposes, Subject};
 use crate::domain::order::{Address, OrderForm, ShipTo};
@@ -121,7 +122,7 @@ struct RecipientPlain<'a> {
 }
 
 fn sealed_record(
-    rng: &SystemRandom,
+    rng: &OrderEntropy<'_>,
     keyring: &Keyring,
     class: DataClass,
     order_id: uuid::Uuid,
@@ -152,7 +153,7 @@ struct TagFacts<'a> {
 }
 
 fn tag(
-    rng: &SystemRandom,
+    rng: &OrderEntropy<'_>,
     keyring: &Keyring,
     facts: TagFacts<'_>,
 ) -> Result<ConsentTag, CryptoError> {
@@ -174,9 +175,24 @@ fn tag(
 }
 
 /// Seals a validated order into the rows the store writes. Consumes the
-/// form: every secret in it is zeroized when this returns.
+/// form: every secret in it is zeroized when this returns. Its ids, data
+/// keys and nonces come from one draw of the system generator
+/// ([`OrderEntropy`]), each byte used once.
 pub fn seal_order(
-    rng: &SystemRandom,
+    system: &SystemRandom,
+    keyring: &Keyring,
+    form: OrderForm,
+    client: [u8; 32],
+    key: &IdempotencyKey,
+    request_hash: [u8; 32],
+) -> Result<NewOrder, CryptoError> {
+    let entropy = OrderEntropy::draw(system)?;
+    seal_order_from(&entropy, keyring, form, client, key, request_hash)
+}
+
+/// [`seal_order`] with its randomness from `rng`.
+fn seal_order_from(
+    rng: &OrderEntropy<'_>,
     keyring: &Keyring,
     form: OrderForm,
     client: [u8; 32],
@@ -521,4 +537,87 @@ pub fn dispatch_canonical_bytes(
         out.extend_from_slice(field.as_bytes());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::crypto::random::ORDER_POOL;
+    use crate::domain::order::{Rules, Source};
+
+    fn form(gift: bool) -> OrderForm {
+        let mut tree = serde_json::json!({
+            "customer": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1 949 555 0100"},
+            "billing_address": {"line1": "51 Columbia", "city": "Aliso Viejo",
+                                "postal_code": "92656", "country": "US"},
+            "items": [{"sku": "FAXSTF-PRO", "quantity": 1, "unit_price_minor": 4999}],
+            "currency": "USD",
+            "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2099, "cvc": "123"},
+            "consent": {"policy_version": "2002-06-05"}
+        });
+        if gift {
+            tree["gift_recipient"] = serde_json::json!({"name": "Grace Hopper",
+                "address": {"line1": "1 Navy Way", "city": "Arlington", "postal_code": "22202", "country": "US"}});
+        }
+        let versions = vec!["2002-06-05".to_owned()];
+        let rules = Rules {
+            policy_versions: &versions,
+            today: time::OffsetDateTime::now_utc().date(),
+        };
+        crate::domain::order::parse(tree, Source::Json, &rules).unwrap()
+    }
+
+    /// Every id and every nonce of an order (a record's and its wrapped
+    /// data key's), from one order's draw or another's.
+    fn randoms(order: &NewOrder) -> (Vec<uuid::Uuid>, Vec<Vec<u8>>) {
+        let mut records = vec![&order.card.sealed, &order.billing.sealed, &order.contact];
+        records.extend(order.recipient.as_ref());
+        let mut ids = vec![order.id, order.customer_tag.id];
+        match &order.shipping {
+            ShippingRecord::Customer(r) => records.push(r),
+            ShippingRecord::GiftRecipient { id, .. } => ids.push(*id),
+        }
+        ids.extend(order.recipient_tag.as_ref().map(|t| t.id));
+        let mut nonces = Vec::new();
+        for r in records {
+            ids.push(r.id);
+            nonces.push(r.envelope.ciphertext[..12].to_vec());
+            nonces.push(r.envelope.wrapped_dek[..12].to_vec());
+        }
+        (ids, nonces)
+    }
+
+    /// One draw covers a whole order, gift or not (so sealing makes one
+    /// system call), and no id or nonce repeats within an order or across
+    /// orders.
+    #[test]
+    fn one_draw_seals_an_order_and_nothing_repeats() {
+        let system = SystemRandom::new();
+        let keyring = Keyring::generate(&system, "2026-11-29T00:00:00.000Z").unwrap();
+        let key = IdempotencyKey::parse(b"k").unwrap();
+        let (mut ids, mut nonces) = (HashSet::new(), HashSet::new());
+        // Four sealed records either way (card, billing, contact, and
+        // shipping or the recipient's): 4 data keys (32 random bytes each)
+        // and 8 nonces (12); ids (10) for the order, its tag and the
+        // records, and for a gift also the recipient's tag and the shipping
+        // marker. ORDER_POOL must hold that; beyond it sealing still works,
+        // one system call per value.
+        for (gift, bytes) in [(true, 304), (false, 284), (true, 304)] {
+            let entropy = OrderEntropy::draw(&system).unwrap();
+            let order =
+                seal_order_from(&entropy, &keyring, form(gift), [1; 32], &key, [2; 32]).unwrap();
+            assert_eq!(ORDER_POOL - entropy.remaining(), bytes, "gift: {gift}");
+            assert_eq!(order.recipient.is_some(), gift);
+            let (order_ids, order_nonces) = randoms(&order);
+            assert_eq!(order_ids.len(), if gift { 8 } else { 6 });
+            for id in order_ids {
+                assert!(ids.insert(id), "id {id} repeated");
+            }
+            for nonce in order_nonces {
+                assert!(nonces.insert(nonce), "a nonce repeated");
+            }
+        }
+    }
 }
