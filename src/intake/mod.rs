@@ -127,9 +127,10 @@ pub enum IntakeError {
     InFlight,
     /// The stored response for the key failed its MAC check (edited in the
     /// database, copied from another key, or written before the MAC
-    /// existed): it is not replayed, and no new order is made either.
-    #[error("the stored response for order {order_id} does not verify")]
-    StoredResponseUnverifiable { order_id: uuid::Uuid },
+    /// existed), or its row cannot even be read (`order_id` is then
+    /// `None`): it is not replayed, and no new order is made either.
+    #[error("the stored response for an idempotency key does not verify")]
+    StoredResponseUnverifiable { order_id: Option<uuid::Uuid> },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -278,16 +279,27 @@ impl Intake {
         }
     }
 
-    /// The stored idempotency record of `(client, key)`, if any.
+    /// The stored idempotency record of `(client, key)`, if any. A row that
+    /// is there but cannot be read (a column no longer holds what this
+    /// service writes: edited in the database) is answered like one whose
+    /// MAC fails — not replayed, no second order — not as a failure of
+    /// the database.
     async fn stored(
         &self,
         keyring: &crate::crypto::keyring::Keyring,
         client: [u8; 32],
         key: &IdempotencyKey,
-    ) -> Result<Option<crate::store::rows::KeyRecord>, StoreError> {
-        self.store
+    ) -> Result<Option<crate::store::rows::KeyRecord>, IntakeError> {
+        match self
+            .store
             .idempotency_key(&client, &seal::key_hash(keyring, key))
             .await
+        {
+            Err(StoreError::Corrupt(_)) => {
+                Err(IntakeError::StoredResponseUnverifiable { order_id: None })
+            }
+            found => Ok(found?),
+        }
     }
 }
 
@@ -328,7 +340,7 @@ fn replay(
     let key_hash = seal::key_hash(keyring, key);
     if !seal::stored_response_verifies(keyring, &client, &key_hash, &found) {
         return Err(IntakeError::StoredResponseUnverifiable {
-            order_id: found.response.order_id,
+            order_id: Some(found.response.order_id),
         });
     }
     if crate::crypto::mac::constant_time_eq(&found.request_hash, request_hash) {

@@ -183,7 +183,14 @@ fn intake_problem(e: IntakeError) -> Problem {
             "A request with this Idempotency-Key is still being processed; retry later",
         ),
         IntakeError::StoredResponseUnverifiable { order_id } => {
-            tracing::error!(%order_id, "the stored response for an Idempotency-Key failed its MAC check (edited in the database?); not replayed");
+            match order_id {
+                Some(order_id) => {
+                    tracing::error!(%order_id, "the stored response for an Idempotency-Key failed its MAC check (edited in the database?); not replayed")
+                }
+                None => tracing::error!(
+                    "the stored response for an Idempotency-Key failed its MAC check: its row cannot be read (edited in the database?); not replayed"
+                ),
+            }
             Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "stored-response-unverifiable",

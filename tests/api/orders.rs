@@ -776,8 +776,14 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
     let r = app.post_order("untouched", &bodies[4]).await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["idempotent-replayed"], "true");
+    // A row that cannot even be read is refused the same way, not as a
+    // failure of the database.
     let r = app.post_order("pan-id", &bodies[5]).await;
     let problem = expect_problem(r, 500).await;
+    assert_eq!(
+        problem["type"], "urn:checkoutd:problem:stored-response-unverifiable",
+        "pan-id: {problem}"
+    );
     assert!(!problem.to_string().contains("4111"), "{problem}");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&db)
