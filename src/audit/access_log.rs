@@ -148,6 +148,11 @@ pub struct ChainedEntry {
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
     pub mac: [u8; 32],
+    /// As read back: a field held what this service never writes (`objects`
+    /// not a JSON list of strings, an unknown `outcome`), so `entry` shows
+    /// an empty list or `denied` in its place. Never set for an entry this
+    /// service wrote; the chain does not verify at such an entry.
+    pub damaged: Option<&'static str>,
 }
 
 /// The stored head of the chain.
@@ -279,6 +284,9 @@ pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus
                     seq: e.seq,
                     what: "does not link to the previous entry",
                 });
+            }
+            if let Some(what) = e.damaged {
+                return Err(ChainError::Entry { seq: e.seq, what });
             }
             if entry_hash(e.seq, &e.prev_hash, &e.entry) != e.hash {
                 return Err(ChainError::Entry {

@@ -873,6 +873,13 @@ async fn check_consent_events(
                     "blind index version is not the keyring's",
                 ));
             }
+            if e.reference_damaged {
+                out.push(Failure::new(
+                    "consent_events",
+                    &e.id,
+                    crate::consent::REFERENCE_DAMAGED,
+                ));
+            }
             let Some(reference) = &e.reference else {
                 continue;
             };

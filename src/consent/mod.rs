@@ -487,6 +487,7 @@ impl Ledger {
             effective_at: now.clone(),
             recorded_at: now.clone(),
             reference,
+            reference_damaged: false,
             mac_key_version: i64::from(key.version()),
             seq: 0,
             prev_mac: Vec::new(),
@@ -639,6 +640,10 @@ pub enum LedgerError {
     Crypto(#[from] CryptoError),
 }
 
+/// What the audit says of a withdrawal whose reference columns were
+/// partly emptied or set out of range.
+pub const REFERENCE_DAMAGED: &str = "reference columns partly empty or out of range (edited)";
+
 /// Verifies the whole withdrawal ledger: `seq` without gaps, every MAC
 /// linking to the previous one, and the MACed head. Pages through, so memory
 /// stays bounded. The head is read first (appends during the walk are
@@ -678,6 +683,12 @@ pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (Stri
             }
             if e.prev_mac != prev {
                 return Err((e.id.clone(), "does not link to the previous withdrawal"));
+            }
+            // The MAC covers only whether a reference is there (its
+            // envelope authenticates itself): columns half emptied are an
+            // edit the MAC alone might not show.
+            if e.reference_damaged {
+                return Err((e.id.clone(), REFERENCE_DAMAGED));
             }
             if i64::from(key.version()) != e.mac_key_version
                 || !key.verify(&[&event_canonical_bytes(&e)], &e.mac)

@@ -35,6 +35,11 @@ pub struct LogEntry {
     pub prev_hash: String,
     pub hash: String,
     pub mac: String,
+    /// Present only when a stored field of this entry cannot be read as
+    /// the service writes it (edited in the database): says which; the
+    /// fields shown for it are placeholders and the chain breaks here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<&'static str>,
 }
 
 /// The last entry of the chain.
@@ -109,6 +114,7 @@ pub async fn log(
             hash: hex::encode(&e.hash),
             mac: hex::encode(&e.mac),
             entry: e.entry,
+            damaged: e.damaged,
         })
         .collect();
     if let Err(withheld) =

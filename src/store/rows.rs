@@ -362,6 +362,10 @@ pub struct ConsentEventRow {
     pub effective_at: String,
     pub recorded_at: String,
     pub reference: Option<Envelope>,
+    /// As read back: the four reference columns were neither all set nor
+    /// all NULL, or held a version out of range (`reference` is then
+    /// `None`). Never true for a row this service wrote.
+    pub reference_damaged: bool,
     pub mac_key_version: i64,
     /// The previous event's MAC (32 zero bytes for the first); set by the store.
     pub prev_mac: Vec<u8>,

@@ -355,6 +355,66 @@ async fn text_that_is_not_utf8_is_named_not_a_stopped_audit() {
     assert_eq!(v["verified"], false, "{v:#}");
 }
 
+/// Fields that hold what the service never writes — a withdrawal's
+/// reference columns half emptied, an access-log entry whose `objects` is no
+/// JSON list (an unknown `outcome` the schema's CHECK refuses) — are
+/// findings naming the row,
+/// not an audit that stops with an error; the access-log page shows the
+/// auditor which entry is damaged instead of failing.
+#[tokio::test]
+async fn fields_the_service_never_writes_are_named_not_a_stopped_audit() {
+    let (app, _ids) = populated().await;
+    let r = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/consent/opt-out"))
+        .json(
+            &json!({"email": "grace@example.com", "purposes": "all", "channel": "email",
+                      "reference": "<msg-1@example.com>"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let withdrawal = id_of(&app, "SELECT id FROM consent_events WHERE seq = 1").await;
+    app.unguard("access_log").await;
+    app.unguard("consent_events").await;
+    exec(
+        &app,
+        "UPDATE consent_events SET reference_kek_version = NULL WHERE seq = 1;
+         UPDATE access_log SET objects = 'not a list' WHERE seq = 2",
+    )
+    .await;
+    let report = run_verify(&app).await;
+    for (table, id, what) in [
+        (
+            "consent_events",
+            &withdrawal[..],
+            "reference columns partly empty",
+        ),
+        ("access_log", "2", "objects is not a JSON list"),
+    ] {
+        assert!(has(&report, table, id, what), "{:#?}", report.failures);
+    }
+    assert!(!report.access_log.intact);
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/log?limit=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    let damaged: Vec<(u64, String)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["seq"].as_u64()?, e["damaged"].as_str()?.to_owned())))
+        .collect();
+    assert_eq!(damaged.len(), 1, "{page:#}");
+    assert_eq!(damaged[0].0, 2);
+    assert!(damaged[0].1.contains("objects"), "{damaged:?}");
+}
+
 #[tokio::test]
 async fn swapped_card_envelopes_are_named() {
     let (app, ids) = populated().await;

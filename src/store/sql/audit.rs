@@ -579,7 +579,7 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
     for (slot, name) in purposes.iter_mut().zip(Purposes::NAMES) {
         *slot = r.try_get(name).map_err(err)?;
     }
-    let reference = match super::read_envelope(
+    let (reference, reference_damaged) = match super::read_envelope(
         r,
         [
             "reference_format_version",
@@ -588,11 +588,10 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
             "reference_ciphertext",
         ],
     )? {
-        super::EnvelopeColumns::Sealed(e) => Some(e),
-        super::EnvelopeColumns::Empty => None,
-        super::EnvelopeColumns::Damaged(_) => {
-            return Err(StoreError::Corrupt("consent_events reference columns"));
-        }
+        super::EnvelopeColumns::Sealed(e) => (Some(e), false),
+        super::EnvelopeColumns::Empty => (None, false),
+        // Named by the audit and the ledger check, not a failed read.
+        super::EnvelopeColumns::Damaged(_) => (None, true),
     };
     Ok(super::super::rows::ConsentEventRow {
         id: text(r, "id")?,
@@ -605,6 +604,7 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
         effective_at: text(r, "effective_at")?,
         recorded_at: text(r, "recorded_at")?,
         reference,
+        reference_damaged,
         mac_key_version: r.try_get("mac_key_version").map_err(err)?,
         seq: r.try_get("seq").map_err(err)?,
         prev_mac: r.try_get("prev_mac").map_err(err)?,

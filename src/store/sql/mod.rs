@@ -666,8 +666,17 @@ fn blob32(row: &AnyRow, name: &'static str) -> Result<[u8; 32], StoreError> {
 
 fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
     let text = |name: &'static str| audit::text(row, name);
-    let objects: Vec<String> = serde_json::from_str(&text("objects")?)
-        .map_err(|_| StoreError::Corrupt("access_log.objects"))?;
+    // A field this service never writes is named (by the chain check and to
+    // the auditor reading the page), not a failed read.
+    let mut damaged = None;
+    let objects: Vec<String> = serde_json::from_str(&text("objects")?).unwrap_or_else(|_| {
+        damaged = Some("objects is not a JSON list of strings (edited)");
+        Vec::new()
+    });
+    let outcome = Outcome::parse(&text("outcome")?).unwrap_or_else(|| {
+        damaged = Some("outcome is neither allowed nor denied (edited)");
+        Outcome::Denied
+    });
     Ok(ChainedEntry {
         seq: u64::try_from(
             row.try_get::<i64, _>("seq")
@@ -681,8 +690,7 @@ fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
             origin_ip: text("origin_ip")?,
             action: text("action")?,
             objects,
-            outcome: Outcome::parse(&text("outcome")?)
-                .ok_or(StoreError::Corrupt("access_log.outcome"))?,
+            outcome,
             status: u16::try_from(
                 row.try_get::<i64, _>("status")
                     .map_err(StoreError::from_sqlx)?,
@@ -692,6 +700,7 @@ fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
         prev_hash: blob32(row, "prev_hash")?,
         hash: blob32(row, "hash")?,
         mac: blob32(row, "mac")?,
+        damaged,
     })
 }
 
