@@ -10,6 +10,13 @@ use checkoutd::cli::{CertsCommand, Cli, Command, KeysCommand, OrdersCommand};
 use checkoutd::config::{Settings, StoreSettings};
 use checkoutd::{app::Application, audit, pki::DevPki, server, store, telemetry};
 
+/// jemalloc instead of glibc's malloc: ≈ 13 % less CPU per order under load
+/// for ≈ 2 MiB more resident memory (docs/performance.md). Secrets are
+/// wiped by their own types before they are freed, whatever the allocator.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
