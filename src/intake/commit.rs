@@ -168,7 +168,6 @@ mod tests {
 
     use super::*;
     use crate::crypto::keyring::Keyring;
-    use crate::domain::order::{Rules, Source};
     use crate::intake::IdempotencyKey;
     use ring::rand::SystemRandom;
 
@@ -214,21 +213,7 @@ mod tests {
     }
 
     fn order(rng: &SystemRandom, keyring: &Keyring, n: usize) -> NewOrder {
-        let tree = serde_json::json!({
-            "customer": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1 949 555 0100"},
-            "billing_address": {"line1": "51 Columbia", "city": "Aliso Viejo",
-                                "postal_code": "92656", "country": "US"},
-            "items": [{"sku": "FAXSTF-PRO", "quantity": 1, "unit_price_minor": 4999}],
-            "currency": "USD",
-            "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2099, "cvc": "123"},
-            "consent": {"policy_version": "2002-06-05"}
-        });
-        let versions = vec!["2002-06-05".to_owned()];
-        let rules = Rules {
-            policy_versions: &versions,
-            today: time::OffsetDateTime::now_utc().date(),
-        };
-        let form = crate::domain::order::parse(tree, Source::Json, &rules).unwrap();
+        let form = crate::intake::seal::tests::form(false);
         let key = IdempotencyKey::parse(format!("k-{n}").as_bytes()).unwrap();
         crate::intake::seal::seal_order(rng, keyring, form, [1; 32], &key, [2; 32]).unwrap()
     }

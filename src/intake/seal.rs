@@ -540,14 +540,16 @@ pub fn dispatch_canonical_bytes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
 
     use super::*;
     use crate::crypto::random::ORDER_POOL;
     use crate::domain::order::{Rules, Source};
 
-    fn form(gift: bool) -> OrderForm {
+    /// A valid order form (a gift with a recipient when `gift`), for this
+    /// module's and the group-commit writer's unit tests.
+    pub(crate) fn form(gift: bool) -> OrderForm {
         let mut tree = serde_json::json!({
             "customer": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1 949 555 0100"},
             "billing_address": {"line1": "51 Columbia", "city": "Aliso Viejo",
