@@ -35,7 +35,7 @@ const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transacti
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence.
 /// The high half spells "chkd" so they do not collide with other users of
 /// the same database.
-const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
+pub const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
 const LOCK_ACCESS_LOG: i64 = 0x6368_6b64_0000_0002;
 const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
 

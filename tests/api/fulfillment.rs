@@ -186,6 +186,102 @@ async fn pagination_covers_every_order_once() {
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7);
 }
 
+/// A cursor walk while orders are being committed concurrently misses
+/// none: `seq` follows commit order. The walk only ever moves on by
+/// `next_cursor`, so an order that committed after the walk passed its
+/// `seq` would be lost.
+#[tokio::test]
+async fn a_cursor_walk_during_concurrent_intake_misses_no_order() {
+    let app = spawn_app().await;
+    let writing = std::sync::atomic::AtomicUsize::new(16);
+    let writers = (0..16).map(|w| {
+        let (app, writing) = (&app, &writing);
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..12 {
+                ids.push(new_order(app, &format!("live-{w}-{i}"), &order_json()).await);
+            }
+            writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            ids
+        }
+    });
+    let reader = async {
+        let mut seen = HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let finished = writing.load(std::sync::atomic::Ordering::SeqCst) == 0;
+            let query = match &after {
+                Some(c) => format!("?limit=4&after={c}"),
+                None => "?limit=4".to_owned(),
+            };
+            let page = app.shipments(&query).await;
+            for s in page["shipments"].as_array().unwrap() {
+                seen.insert(s["order_id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => after = Some(c.to_owned()),
+                // At the end: once more after the last writer is done.
+                None if finished => break,
+                None => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+            }
+        }
+        seen
+    };
+    let (written, seen) =
+        futures_util::future::join(futures_util::future::join_all(writers), reader).await;
+    let written: HashSet<String> = written.into_iter().flatten().collect();
+    assert_eq!(written.len(), 16 * 12);
+    let missed: Vec<_> = written.difference(&seen).collect();
+    assert!(missed.is_empty(), "the walk missed {} orders", missed.len());
+}
+
+/// PostgreSQL: an order's `orders` row — its `seq` — is written under the
+/// orders' sequence lock, held to the commit, so that `seq` follows commit
+/// order across batches and processes. While another session holds the
+/// lock an order waits with nothing of it visible and no `seq` drawn, and
+/// it commits once the lock is released. (SQLite has one writer at a time:
+/// nothing to check.)
+#[tokio::test]
+async fn on_postgresql_an_order_commits_behind_the_sequence_lock() {
+    let app = spawn_app().await;
+    if !app.database.is_postgres() {
+        return;
+    }
+    let db = app.db().await;
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+        .bind(checkoutd::store::postgres::LOCK_ORDERS)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiting = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for table in [
+            "orders",
+            "consent_tags",
+            "payment_cards",
+            "idempotency_keys",
+        ] {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            assert_eq!(n, 0, "{table}: the order did not wait for the lock");
+        }
+        // Sequences are not transactional: had the `orders` row been
+        // inserted before the lock was taken, its seq would be drawn.
+        let drawn: bool = sqlx::query_scalar("SELECT is_called FROM orders_seq_seq")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert!(!drawn, "a seq was drawn before the lock was held");
+        holder.rollback().await.unwrap();
+    };
+    let (r, ()) =
+        futures_util::future::join(app.post_order("behind-the-lock", &order_json()), waiting).await;
+    assert_eq!(r.status(), 201);
+}
+
 #[tokio::test]
 async fn bad_query_values_are_400_problems() {
     let app = spawn_app().await;
