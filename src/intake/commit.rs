@@ -4,10 +4,10 @@
 //! rows to the single writer task here and waits. The writer takes every
 //! order queued at that moment (up to [`MAX_BATCH`]) and commits them in
 //! one transaction (`Store::commit_orders`: SQLite's order writer thread,
-//! or multi-row INSERTs on PostgreSQL), then answers each waiter. There is
-//! no timer: while one batch is being committed (and synced) the next one
-//! queues up, so batches grow with load by themselves and a lone order is
-//! committed at once.
+//! or one `unnest` INSERT per table on PostgreSQL), then answers each
+//! waiter. There is no timer: while one batch is being committed (and
+//! synced) the next one queues up, so batches grow with load by themselves
+//! and a lone order is committed at once.
 //!
 //! Failure never spreads silently: when the database is unavailable every
 //! order of the batch gets that error (answered 503, retry with the same

@@ -11,6 +11,7 @@
 //! change.
 
 pub mod postgres;
+pub mod postgres_orders;
 pub mod rows;
 pub mod sql;
 pub mod sqlite;

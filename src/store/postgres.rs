@@ -22,7 +22,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use super::StoreError;
 use super::rows::ClearRow;
-use super::sql::{Engine, SqlStore, WriteOrder, quote_ident};
+use super::sql::{Engine, OrderWriter, SqlStore, WriteOrder, quote_ident};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -32,7 +32,8 @@ const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '20s'; 
     SET idle_in_transaction_session_timeout = '60s';";
 const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
 
-/// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence.
+/// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence
+/// (the orders' is taken by `postgres_orders`).
 /// The high half spells "chkd" so they do not collide with other users of
 /// the same database.
 pub const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
@@ -46,7 +47,9 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
     MIGRATOR.run(&pool).await?;
-    Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres))
+    let orders = super::postgres_orders::OrderWriter::open(url, SESSION).await?;
+    Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres)
+        .with_order_writer(OrderWriter::Postgres(orders)))
 }
 
 /// Connects without migrating; every transaction is read-only (the offline
@@ -146,7 +149,6 @@ pub async fn begin_write(
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::from_sqlx)?;
     let key = match order {
-        WriteOrder::Orders => Some(LOCK_ORDERS),
         WriteOrder::AccessLog => Some(LOCK_ACCESS_LOG),
         WriteOrder::ConsentEvents => Some(LOCK_CONSENT_EVENTS),
         WriteOrder::Unordered => None,

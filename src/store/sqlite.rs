@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 use super::StoreError;
 use super::rows::ClearRow;
-use super::sql::{Engine, SqlStore, quote_ident};
+use super::sql::{Engine, OrderWriter, SqlStore, quote_ident};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -63,7 +63,7 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
         .write_gate()
         .ok_or(StoreError::Corrupt("a SQLite store without a write gate"))?;
     let orders = super::sqlite_orders::OrderWriter::open(path, WRITER_PRAGMAS, gate)?;
-    Ok(store.with_order_writer(orders))
+    Ok(store.with_order_writer(OrderWriter::Sqlite(orders)))
 }
 
 /// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).

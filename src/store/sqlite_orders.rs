@@ -10,9 +10,9 @@
 //! `COMMIT`s and answers — and nothing is ever prepared twice.
 //! docs/performance.md has the measurements.
 //!
-//! The rows and the SQL come from `sql::order_rows`, shared with the
-//! multi-row path PostgreSQL uses, so both engines write the same columns
-//! with the same values. The connection has the same settings as sqlx's
+//! The rows and the SQL come from `sql::order_rows`, shared with
+//! PostgreSQL's order writer, so both engines write the same columns with
+//! the same values. The connection has the same settings as sqlx's
 //! writer (`synchronous=FULL`, foreign keys, `secure_delete`; checked when
 //! it opens), the same migrations apply (they ran before it opens), and the
 //! database's own triggers (the retired-KEK check) guard it as they guard

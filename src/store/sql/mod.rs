@@ -25,11 +25,10 @@ use super::rows::{
     KeyRecord, NewOrder, OrderSummary, ShipToRow, ShipmentRow, ShipmentStatus, StoredResponse,
     Totals,
 };
-use super::{Store, StoreError, postgres, sqlite, sqlite_orders};
+use super::{Store, StoreError, postgres, postgres_orders, sqlite, sqlite_orders};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
 use crate::crypto::envelope::Envelope;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
-use order_rows::{OrderText, Param, Table};
 
 /// Which database is behind the pool, and everything that differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +39,12 @@ pub enum Engine {
 
 /// What a write transaction must be ordered against. SQLite has one writer
 /// at a time anyway (`BEGIN IMMEDIATE`); PostgreSQL takes a transaction
-/// advisory lock per sequence, so that across processes sequence numbers
-/// are handed out in commit order (a cursor never skips an order that
-/// commits late) and each chain has exactly one appender.
+/// advisory lock per chain, so that across processes each chain has
+/// exactly one appender. (Orders are ordered the same way by their own
+/// writer, `postgres_orders`: a cursor never skips an order that commits
+/// late.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOrder {
-    /// Orders: their `seq` is a cursor for fulfillment and the audit.
-    Orders,
     /// The access-log chain head.
     AccessLog,
     /// The withdrawal ledger head.
@@ -150,10 +148,40 @@ pub struct SqlStore {
     /// PostgreSQL the same pool as `pool`.
     writer: Writer,
     engine: Engine,
-    /// SQLite's order writer (a thread with its own connection), which
-    /// commits the order batches; without it (PostgreSQL, read-only) they
-    /// go through `writer`.
-    orders: Option<sqlite_orders::OrderWriter>,
+    /// The engine's order writer, which commits the group-commit batches;
+    /// none in a read-only store, which takes no orders.
+    orders: Option<OrderWriter>,
+}
+
+/// Each engine writes order batches its own fastest way, with the same
+/// rows (`order_rows`): SQLite on a thread of its own over rusqlite,
+/// PostgreSQL with one `unnest` statement per table on the native driver.
+pub(super) enum OrderWriter {
+    Sqlite(sqlite_orders::OrderWriter),
+    Postgres(postgres_orders::OrderWriter),
+}
+
+impl OrderWriter {
+    async fn commit(&self, batch: Arc<[NewOrder]>) -> Result<Vec<CommitOutcome>, StoreError> {
+        match self {
+            OrderWriter::Sqlite(w) => w.commit(batch).await,
+            OrderWriter::Postgres(w) => w.commit(&batch).await,
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        match self {
+            OrderWriter::Sqlite(w) => w.is_running(),
+            OrderWriter::Postgres(w) => w.is_running(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            OrderWriter::Sqlite(w) => w.close().await,
+            OrderWriter::Postgres(w) => w.close().await,
+        }
+    }
 }
 
 impl SqlStore {
@@ -172,8 +200,8 @@ impl SqlStore {
         self.writer.gate()
     }
 
-    /// Commits order batches through `orders` instead of `writer`.
-    pub(super) fn with_order_writer(mut self, orders: sqlite_orders::OrderWriter) -> Self {
+    /// Commits order batches through `orders`.
+    pub(super) fn with_order_writer(mut self, orders: OrderWriter) -> Self {
         self.orders = Some(orders);
         self
     }
@@ -227,18 +255,11 @@ impl Store for SqlStore {
         &self,
         batch: Arc<[NewOrder]>,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
-        if let Some(orders) = &self.orders {
-            return orders.commit(batch).await;
+        match &self.orders {
+            Some(orders) => orders.commit(batch).await,
+            // A read-only store has no order writer.
+            None => Err(StoreError::WriterStopped),
         }
-        let mut tx = self
-            .engine
-            .begin_write(&self.writer, WriteOrder::Orders)
-            .await?;
-        let outcomes = insert_orders(&mut tx, self.engine, &batch)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(outcomes)
     }
 
     async fn idempotency_key(
@@ -869,136 +890,6 @@ fn consent_tag(
             .try_into()
             .map_err(|_| StoreError::Corrupt("consent_tags.mac"))?,
     })
-}
-
-/// Rows per INSERT statement: well under both engines' parameter limits
-/// (SQLite 32 766, PostgreSQL 65 535) at 14 columns.
-const ROWS_PER_STATEMENT: usize = 200;
-
-/// `($1, $2, …), ($n+1, …)` for `rows` rows of `cols` columns; for SQLite
-/// anonymous `?` (numbered parameters make binding quadratic there:
-/// `sqlite3_bind_parameter_name` walks a list).
-fn values_list(engine: Engine, rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            match engine {
-                Engine::Sqlite => out.push('?'),
-                Engine::Postgres => {
-                    out.push('$');
-                    out.push_str(&(r * cols + c + 1).to_string());
-                }
-            }
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// Binds `params` in order.
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    params: Vec<Param<'q>>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for p in params {
-        q = match p {
-            Param::Int(v) => q.bind(v),
-            Param::OptInt(v) => q.bind(v),
-            Param::Text(v) => q.bind(v),
-            Param::OptText(v) => q.bind(v),
-            Param::Bytes(v) => q.bind(v),
-            Param::OptBytes(v) => q.bind(v),
-        };
-    }
-    q
-}
-
-/// Inserts rows into `table` with multi-row statements (`suffix` follows
-/// the VALUES list, e.g. `ON CONFLICT … RETURNING …`). Returns the rows the
-/// statements returned.
-async fn insert_rows<'a>(
-    tx: &mut AnyConnection,
-    engine: Engine,
-    table: &Table,
-    suffix: &str,
-    rows: Vec<Vec<Param<'a>>>,
-) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let mut returned = Vec::new();
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Param<'a>>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES {} {suffix}",
-            table.name,
-            table.columns.join(", "),
-            values_list(engine, chunk.len(), table.columns.len())
-        );
-        let q = bind_all(sqlx::query(&sql), chunk.into_iter().flatten().collect());
-        returned.extend(q.fetch_all(&mut *tx).await?);
-    }
-    Ok(returned)
-}
-
-/// Writes a batch of orders inside the caller's transaction, with one
-/// multi-row INSERT per table (per 200 orders). The idempotency keys are
-/// claimed first (`ON CONFLICT DO NOTHING RETURNING`); an order whose key
-/// is taken — by an earlier order of the same batch, or already stored —
-/// writes nothing and is `DuplicateKey`, exactly as if the requests had
-/// come one by one.
-async fn insert_orders(
-    tx: &mut AnyConnection,
-    engine: Engine,
-    batch: &[NewOrder],
-) -> Result<Vec<CommitOutcome>, sqlx::Error> {
-    let mut outcomes = vec![CommitOutcome::DuplicateKey; batch.len()];
-    let mut first_with_key = std::collections::HashSet::new();
-    let candidates: Vec<usize> = (0..batch.len())
-        .filter(|&i| {
-            first_with_key.insert((batch[i].idempotency.client, batch[i].idempotency.key_hash))
-        })
-        .collect();
-    if candidates.is_empty() {
-        return Ok(outcomes);
-    }
-    let text: Vec<OrderText> = batch.iter().map(OrderText::of).collect();
-    let claims = candidates
-        .iter()
-        .map(|&i| order_rows::idempotency_row(&batch[i], &text[i]))
-        .collect();
-    let claimed: std::collections::HashSet<String> = insert_rows(
-        tx,
-        engine,
-        &order_rows::IDEMPOTENCY_KEYS,
-        &format!("{} RETURNING order_id", order_rows::CLAIM_CONFLICT),
-        claims,
-    )
-    .await?
-    .iter()
-    .map(|r| r.try_get::<String, _>("order_id"))
-    .collect::<Result<_, _>>()?;
-    let accepted: Vec<usize> = candidates
-        .into_iter()
-        .filter(|&i| claimed.contains(&text[i].id))
-        .collect();
-    for &i in &accepted {
-        outcomes[i] = CommitOutcome::Committed;
-    }
-    let mut rows: Vec<_> = accepted
-        .iter()
-        .map(|&i| order_rows::rows(&batch[i], &text[i]))
-        .collect();
-    for (k, table) in order_rows::ORDER_TABLES.iter().enumerate() {
-        let table_rows: Vec<Vec<Param>> = rows
-            .iter_mut()
-            .flat_map(|r| std::mem::take(&mut r[k]))
-            .collect();
-        insert_rows(tx, engine, table, "", table_rows).await?;
-    }
-    Ok(outcomes)
 }
 
 /// `ident` as a quoted SQL identifier (both engines use `"…"`).

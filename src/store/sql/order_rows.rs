@@ -1,8 +1,8 @@
 //! What one accepted order writes: its tables, their columns, and the
-//! values bound to them — in one place for both ways of writing a batch
-//! (the multi-row INSERTs of `sql::insert_orders` and SQLite's order writer
-//! in `store/sqlite_orders.rs`, which binds the same rows to cached
-//! single-row statements).
+//! values bound to them — in one place for both engines' order writers
+//! (`store/sqlite_orders.rs` binds the rows to cached single-row
+//! statements, `store/postgres_orders.rs` binds each column of a batch as
+//! one array).
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 
