@@ -1,14 +1,21 @@
 //! PostgreSQL's order writer: the group-commit batches of
-//! `intake::commit`, written with one fixed statement per table.
+//! `intake::commit`, each in one transaction of two fixed statements.
 //!
-//! Through sqlx's `Any` driver a batch was one multi-row `INSERT … VALUES`
-//! per table, whose text (and so its parse, plan and prepared statement)
-//! changed with every batch size. Here every column of a table is bound as
-//! one array and the rows come from `unnest`, so each table has one
-//! statement, prepared once per connection, whatever the batch's size.
-//! That needs the native PostgreSQL driver (`Any` binds no arrays); the
-//! rows and columns are still those of `sql::order_rows`, shared with
-//! SQLite's order writer.
+//! 1. The claim: the batch's idempotency rows, `ON CONFLICT DO NOTHING
+//!    RETURNING order_id` — which orders may be written.
+//! 2. The rows of those orders: one `INSERT … SELECT * FROM unnest(…)` per
+//!    table, all in one statement as data-modifying `WITH` clauses (the
+//!    foreign keys are checked at the end of the statement, when every
+//!    table has its rows).
+//!
+//! Every column is bound as one array, so the statements' text does not
+//! change with the batch's size (only with whether it holds a gift
+//! order): each is parsed, planned and prepared once per connection.
+//! Through sqlx's `Any` driver a batch was a multi-row `INSERT … VALUES`
+//! per table, a new text for every batch size, and one round trip each.
+//! Arrays need the native PostgreSQL driver (`Any` binds none), hence a
+//! pool of its own. The rows and columns are those of `sql::order_rows`,
+//! shared with SQLite's order writer.
 
 use std::time::Duration;
 
@@ -112,25 +119,41 @@ async fn write(
         .into_iter()
         .filter(|&i| claimed.contains(&text[i].id))
         .collect();
+    if accepted.is_empty() {
+        return Ok(outcomes);
+    }
     for &i in &accepted {
         outcomes[i] = CommitOutcome::Committed;
     }
-    let mut rows: Vec<_> = accepted
+    let rows: Vec<_> = accepted
         .iter()
         .map(|&i| order_rows::rows(&batch[i], &text[i]))
         .collect();
+    let (sql, args) = insert_all(rows)?;
+    sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+    Ok(outcomes)
+}
+
+/// One statement writing every table's rows (each order's rows as
+/// `order_rows::rows` gives them): `WITH t0 AS (INSERT …), t1 AS (INSERT
+/// …), … SELECT 1`, parameters numbered across all of them. A table with
+/// no rows (no gift in the batch) is left out.
+fn insert_all(
+    mut rows: Vec<[Vec<Vec<Param<'_>>>; 7]>,
+) -> Result<(String, PgArguments), sqlx::Error> {
+    let mut args = PgArguments::default();
+    let mut inserts = Vec::with_capacity(order_rows::ORDER_TABLES.len());
     for (k, table) in order_rows::ORDER_TABLES.iter().enumerate() {
         let table_rows: Vec<Vec<Param>> = rows
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r[k]))
             .collect();
-        if table_rows.is_empty() {
-            continue;
+        if !table_rows.is_empty() {
+            let insert = unnest_into(table, "", &table_rows, &mut args)?;
+            inserts.push(format!("t{} AS ({insert})", inserts.len()));
         }
-        let (sql, args) = unnest_insert(table, "", &table_rows)?;
-        sqlx::query_with(&sql, args).execute(&mut *tx).await?;
     }
-    Ok(outcomes)
+    Ok((format!("WITH {} SELECT 1", inserts.join(", ")), args))
 }
 
 /// `INSERT INTO table (columns) SELECT * FROM unnest($1::t[], …) suffix`
@@ -141,6 +164,19 @@ fn unnest_insert(
     rows: &[Vec<Param<'_>>],
 ) -> Result<(String, PgArguments), sqlx::Error> {
     let mut args = PgArguments::default();
+    let sql = unnest_into(table, suffix, rows, &mut args)?;
+    Ok((sql, args))
+}
+
+/// As [`unnest_insert`], adding to `args`: the statement's parameters are
+/// numbered after those already there.
+fn unnest_into(
+    table: &Table,
+    suffix: &str,
+    rows: &[Vec<Param<'_>>],
+    args: &mut PgArguments,
+) -> Result<String, sqlx::Error> {
+    let first = args.len();
     let mut casts = Vec::with_capacity(table.columns.len());
     for j in 0..table.columns.len() {
         let column = rows.iter().map(|r| r[j]);
@@ -185,15 +221,14 @@ fn unnest_insert(
     let arrays: Vec<String> = casts
         .iter()
         .enumerate()
-        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .map(|(i, t)| format!("${}::{t}", first + i + 1))
         .collect();
-    let sql = format!(
+    Ok(format!(
         "INSERT INTO {} ({}) SELECT * FROM unnest({}) {suffix}",
         table.name,
         table.columns.join(", "),
         arrays.join(", ")
-    );
-    Ok((sql, args))
+    ))
 }
 
 fn mixed(table: &Table) -> sqlx::Error {
@@ -247,6 +282,49 @@ mod tests {
         let shipping: Vec<Vec<Param>> = rows.iter().flat_map(|r| r[3].clone()).collect();
         let (sql, _) = unnest_insert(&order_rows::SHIPPING_DETAILS, "", &shipping).unwrap();
         assert!(sql.contains("$7::bytea[], $8::bytea[])"));
+    }
+
+    /// The batch's rows in one statement: every table's columns numbered
+    /// on from the table before, the same text for any number of orders,
+    /// and the gift recipients' INSERT only when the batch has a gift.
+    #[test]
+    fn a_batch_is_one_statement_numbered_across_its_tables() {
+        fn rows_of<'a>(
+            orders: &'a [NewOrder],
+            text: &'a [OrderText],
+        ) -> Vec<[Vec<Vec<Param<'a>>>; 7]> {
+            orders
+                .iter()
+                .zip(text)
+                .map(|(o, t)| order_rows::rows(o, t))
+                .collect()
+        }
+        let plain = [order(false), order(false)];
+        let text: Vec<OrderText> = plain.iter().map(OrderText::of).collect();
+        let (sql, args) = insert_all(rows_of(&plain, &text)).unwrap();
+        let (one, _) = insert_all(rows_of(&plain[..1], &text[..1])).unwrap();
+        assert_eq!(sql, one);
+        let total: usize = order_rows::ORDER_TABLES
+            .iter()
+            .filter(|t| t.name != "gift_recipients")
+            .map(|t| t.columns.len())
+            .sum();
+        assert_eq!(args.len(), total);
+        assert!(sql.starts_with("WITH t0 AS (INSERT INTO orders ("));
+        assert!(sql.ends_with(&format!("${total}::bytea[]) ) SELECT 1")));
+        assert!(!sql.contains("gift_recipients"));
+        // Orders take $1..$11, so the consent tags begin at $12.
+        assert!(sql.contains("t1 AS (INSERT INTO consent_tags ("));
+        assert!(sql.contains("unnest($12::text[], $13::text[]"));
+
+        let mixed = [order(false), order(true)];
+        let text: Vec<OrderText> = mixed.iter().map(OrderText::of).collect();
+        let (gift, args) = insert_all(rows_of(&mixed, &text)).unwrap();
+        assert!(gift.contains("AS (INSERT INTO gift_recipients ("));
+        assert_eq!(
+            args.len(),
+            total + order_rows::GIFT_RECIPIENTS.columns.len()
+        );
     }
 
     #[test]
