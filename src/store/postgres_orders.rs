@@ -38,6 +38,10 @@ impl OrderWriter {
     pub async fn open(url: &str, session: &'static str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(1)
+            // No ping before each batch (a round trip of its own): a
+            // connection that broke fails the batch's first statement,
+            // which answers 503 "retry" like any outage.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(3))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
