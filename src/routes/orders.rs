@@ -188,7 +188,7 @@ fn intake_problem(e: IntakeError) -> Problem {
                     tracing::error!(%order_id, "the stored response for an Idempotency-Key failed its MAC check (edited in the database?); not replayed")
                 }
                 None => tracing::error!(
-                    "the stored response for an Idempotency-Key failed its MAC check: its row cannot be read (edited in the database?); not replayed"
+                    "the stored response for an Idempotency-Key cannot be read: a column holds what checkoutd never writes (edited in the database?); not replayed"
                 ),
             }
             Problem::new(

@@ -235,11 +235,15 @@ fn unnest_into(
     ))
 }
 
+/// A bug in `order_rows`, not an outage: a query error (500), not 503.
 fn mixed(table: &Table) -> sqlx::Error {
-    sqlx::Error::Protocol(format!(
-        "a column of {} is bound with values of two types",
-        table.name
-    ))
+    sqlx::Error::Encode(
+        format!(
+            "a column of {} is bound with values of two types",
+            table.name
+        )
+        .into(),
+    )
 }
 
 #[cfg(test)]

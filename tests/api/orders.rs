@@ -785,6 +785,15 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         "pan-id: {problem}"
     );
     assert!(!problem.to_string().contains("4111"), "{problem}");
+    let logs = crate::helpers::captured_logs();
+    assert!(
+        logs.contains("the stored response for an Idempotency-Key cannot be read"),
+        "the operator is told the row cannot be read"
+    );
+    assert!(
+        !logs.contains("4111 1111"),
+        "the log does not quote the row"
+    );
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&db)
         .await
