@@ -17,7 +17,6 @@
 
 use std::time::Duration;
 
-use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use super::StoreError;
@@ -81,20 +80,33 @@ async fn connect(url: &str, session: &'static str, max: u32) -> Result<AnyPool, 
             });
         }
     }
-    AnyPoolOptions::new()
+    pool_options::<sqlx::Any>(max, session)
+        .connect(url)
+        .await
+        .map_err(failed)
+}
+
+/// The options of every pool this store opens (the `Any` pools and the
+/// order writer's native one): at most `max` connections, each with the
+/// `session` settings.
+pub(super) fn pool_options<DB: sqlx::Database>(
+    max: u32,
+    session: &'static str,
+) -> sqlx::pool::PoolOptions<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    sqlx::pool::PoolOptions::new()
         .max_connections(max)
         // While the server is away a request waits this long for a
         // connection, then gets a 503; the pool reconnects by itself.
         .acquire_timeout(Duration::from_secs(3))
-        .after_connect(move |conn, _| {
+        .after_connect(move |conn: &mut DB::Connection, _| {
             Box::pin(async move {
                 conn.execute(sqlx::raw_sql(session)).await?;
                 Ok(())
             })
         })
-        .connect(url)
-        .await
-        .map_err(failed)
 }
 
 /// `postgres://user@host:port/db` without password or parameters, for

@@ -17,10 +17,8 @@
 //! pool of its own. The rows and columns are those of `sql::order_rows`,
 //! shared with SQLite's order writer.
 
-use std::time::Duration;
-
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
-use sqlx::{Arguments, Executor, Row};
+use sqlx::postgres::{PgArguments, PgPool, Postgres};
+use sqlx::{Arguments, Row};
 
 use super::StoreError;
 use super::rows::{CommitOutcome, NewOrder};
@@ -36,19 +34,11 @@ impl OrderWriter {
     /// Connects to `url` (already migrated and checked for durability by
     /// the store's own pool) with `session` settings on every connection.
     pub async fn open(url: &str, session: &'static str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
+        let pool = super::postgres::pool_options::<Postgres>(1, session)
             // No ping before each batch (a round trip of its own): a
             // connection that broke fails the batch's first statement,
             // which answers 503 "retry" like any outage.
             .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    conn.execute(sqlx::raw_sql(session)).await?;
-                    Ok(())
-                })
-            })
             .connect(url)
             .await
             .map_err(|source| StoreError::Connect {
@@ -183,41 +173,34 @@ fn unnest_into(
     let first = args.len();
     let mut casts = Vec::with_capacity(table.columns.len());
     for j in 0..table.columns.len() {
-        let column = rows.iter().map(|r| r[j]);
-        let kind = rows[0][j];
+        let kind = rows
+            .first()
+            .and_then(|r| r.get(j))
+            .ok_or_else(|| bad(table))?;
         let bound = match kind {
             Param::Int(_) | Param::OptInt(_) => {
                 casts.push("int8[]");
-                let v: Vec<Option<i64>> = column
-                    .map(|p| match p {
-                        Param::Int(v) => Ok(Some(v)),
-                        Param::OptInt(v) => Ok(v),
-                        _ => Err(mixed(table)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                args.add(v)
+                args.add(column(table, rows, j, |p| match p {
+                    Param::Int(v) => Some(Some(v)),
+                    Param::OptInt(v) => Some(v),
+                    _ => None,
+                })?)
             }
             Param::Text(_) | Param::OptText(_) => {
                 casts.push("text[]");
-                let v: Vec<Option<&str>> = column
-                    .map(|p| match p {
-                        Param::Text(v) => Ok(Some(v)),
-                        Param::OptText(v) => Ok(v),
-                        _ => Err(mixed(table)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                args.add(v)
+                args.add(column(table, rows, j, |p| match p {
+                    Param::Text(v) => Some(Some(v)),
+                    Param::OptText(v) => Some(v),
+                    _ => None,
+                })?)
             }
             Param::Bytes(_) | Param::OptBytes(_) => {
                 casts.push("bytea[]");
-                let v: Vec<Option<&[u8]>> = column
-                    .map(|p| match p {
-                        Param::Bytes(v) => Ok(Some(v)),
-                        Param::OptBytes(v) => Ok(v),
-                        _ => Err(mixed(table)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                args.add(v)
+                args.add(column(table, rows, j, |p| match p {
+                    Param::Bytes(v) => Some(Some(v)),
+                    Param::OptBytes(v) => Some(v),
+                    _ => None,
+                })?)
             }
         };
         bound.map_err(sqlx::Error::Encode)?;
@@ -235,14 +218,24 @@ fn unnest_into(
     ))
 }
 
-/// A bug in `order_rows`, not an outage: a query error (500), not 503.
-fn mixed(table: &Table) -> sqlx::Error {
+/// Column `j` of `rows` as one array: `pick` takes a value of the
+/// column's type (`None` for any other).
+fn column<'a, T>(
+    table: &Table,
+    rows: &[Vec<Param<'a>>],
+    j: usize,
+    pick: impl Fn(Param<'a>) -> Option<Option<T>>,
+) -> Result<Vec<Option<T>>, sqlx::Error> {
+    rows.iter()
+        .map(|r| r.get(j).copied().and_then(&pick).ok_or_else(|| bad(table)))
+        .collect()
+}
+
+/// A bug in `order_rows` (a row of the wrong length, a column of two
+/// types, no rows), not an outage: a query error (500), not 503.
+fn bad(table: &Table) -> sqlx::Error {
     sqlx::Error::Encode(
-        format!(
-            "a column of {} is bound with values of two types",
-            table.name
-        )
-        .into(),
+        format!("the rows of {} do not match its columns' types", table.name).into(),
     )
 }
 
@@ -346,6 +339,13 @@ mod tests {
             columns: &["a", "b"],
         };
         let error = unnest_insert(&table, "", &rows).unwrap_err();
-        assert!(error.to_string().contains("two types"), "{error}");
+        assert!(error.to_string().contains("do not match"), "{error}");
+        // A short row, and no rows at all: errors too, not panics.
+        let short = vec![
+            vec![Param::Text("a"), Param::Int(1)],
+            vec![Param::Text("b")],
+        ];
+        assert!(unnest_insert(&table, "", &short).is_err());
+        assert!(unnest_insert(&table, "", &[]).is_err());
     }
 }
