@@ -155,7 +155,8 @@ pub struct SqlStore {
 
 /// Each engine writes order batches its own fastest way, with the same
 /// rows (`order_rows`): SQLite on a thread of its own over rusqlite,
-/// PostgreSQL with one `unnest` statement per table on the native driver.
+/// PostgreSQL in two fixed statements of `unnest` INSERTs on the native
+/// driver.
 pub(super) enum OrderWriter {
     Sqlite(sqlite_orders::OrderWriter),
     Postgres(postgres_orders::OrderWriter),
