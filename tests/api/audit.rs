@@ -239,9 +239,9 @@ async fn a_flipped_consent_purpose_is_named() {
 
 /// A record moved under another order's consent tag (same subject, a valid
 /// MAC of its own): on PostgreSQL the database refuses the edit (each record
-/// table's foreign key is `(order_id, consent_tag_id)` → the tag's own
-/// `(order_id, id)`); on SQLite, whose keys check the two columns apart, the
-/// audit names the record.
+/// table's `(order_id, consent_tag_id)` must be a tag's own `(order_id,
+/// id)`, checked per statement since migration 0011); on SQLite, whose keys
+/// check the two columns apart, the audit names the record.
 #[tokio::test]
 async fn a_record_under_another_orders_tag_is_refused_or_named() {
     let (app, ids) = populated().await;
@@ -263,7 +263,9 @@ async fn a_record_under_another_orders_tag_is_refused_or_named() {
     if app.database.is_postgres() {
         let error = edit.expect_err("PostgreSQL took a record under another order's tag");
         assert!(
-            error.to_string().contains("payment_cards_consent_tag_fkey"),
+            error
+                .to_string()
+                .contains("payment_cards: a record must name a consent tag of its own order"),
             "{error}"
         );
         assert_eq!(run_verify(&app).await.failure_count, 0);
@@ -282,6 +284,151 @@ async fn a_record_under_another_orders_tag_is_refused_or_named() {
         report.failures
     );
     assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+}
+
+/// Runs `sql`, which the database must refuse, and returns its error.
+async fn refused(app: &TestApp, sql: &str) -> String {
+    let error = match sqlx::query(sql).execute(&app.db().await).await {
+        Ok(done) => panic!("the database took {sql:?} ({} rows)", done.rows_affected()),
+        Err(error) => error.to_string(),
+    };
+    // Refused for the reference, not for a typo or another constraint:
+    // SQLite's foreign keys, or PostgreSQL's checks of migration 0011.
+    assert!(
+        error.contains("FOREIGN KEY constraint failed")
+            || error.contains("must name")
+            || error.contains("are never deleted and their keys never change"),
+        "{sql:?} was refused for another reason: {error}"
+    );
+    error
+}
+
+async fn count(app: &TestApp, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+/// Direct database writes cannot break the references between an order's
+/// rows: a tag without its order, a record without a tag of its own order,
+/// an order or tag deleted from under its records. On PostgreSQL these are
+/// statement-level checks (migration 0011), so a statement with one bad row
+/// among good ones stores none of them, and orders and tags can be neither
+/// deleted, truncated nor re-keyed at all; on SQLite the foreign keys of
+/// 0001 refuse the same edits.
+#[tokio::test]
+async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
+    let (app, ids) = populated().await;
+    let tag = id_of(
+        &app,
+        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[0]),
+    )
+    .await;
+    let copy_tag = |id: &str, order: &str| {
+        format!(
+            "SELECT '{id}', '{order}', subject, basis, product_updates, new_offerings, \
+             partnerships, special_offers, third_party_sharing, policy_version, captured_at, \
+             channel, mac_key_version, mac FROM consent_tags WHERE id = '{tag}'"
+        )
+    };
+    let tag_columns = "INSERT INTO consent_tags (id, order_id, subject, basis, product_updates, \
+        new_offerings, partnerships, special_offers, third_party_sharing, policy_version, \
+        captured_at, channel, mac_key_version, mac) ";
+    let (tags, cards, orders) = (
+        count(&app, "consent_tags").await,
+        count(&app, "payment_cards").await,
+        count(&app, "orders").await,
+    );
+
+    // A tag of an order that does not exist; and in one statement with a
+    // good tag of an existing order: neither is stored.
+    refused(
+        &app,
+        &format!("{tag_columns}{}", copy_tag("orphan-tag", "no-such-order")),
+    )
+    .await;
+    refused(
+        &app,
+        &format!(
+            "{tag_columns}{} UNION ALL {}",
+            copy_tag("good-tag", &ids[1]),
+            copy_tag("orphan-tag", "no-such-order")
+        ),
+    )
+    .await;
+    assert_eq!(count(&app, "consent_tags").await, tags);
+
+    // A card record of an order that does not exist, under an existing
+    // tag; and a card record moved to a tag that does not exist.
+    refused(
+        &app,
+        &format!(
+            "INSERT INTO payment_cards (id, order_id, consent_tag_id, format_version, kek_version, \
+             wrapped_dek, ciphertext, brand, last4, fingerprint, fingerprint_key_version) \
+             SELECT 'orphan-card', 'no-such-order', consent_tag_id, format_version, kek_version, \
+             wrapped_dek, ciphertext, brand, last4, fingerprint, fingerprint_key_version \
+             FROM payment_cards WHERE order_id = '{}'",
+            ids[0]
+        ),
+    )
+    .await;
+    refused(
+        &app,
+        &format!(
+            "UPDATE payment_cards SET consent_tag_id = 'no-such-tag' WHERE order_id = '{}'",
+            ids[0]
+        ),
+    )
+    .await;
+    assert_eq!(count(&app, "payment_cards").await, cards);
+
+    // An order or a tag deleted from under its records.
+    refused(
+        &app,
+        &format!("DELETE FROM consent_tags WHERE id = '{tag}'"),
+    )
+    .await;
+    refused(&app, &format!("DELETE FROM orders WHERE id = '{}'", ids[0])).await;
+    assert_eq!(count(&app, "consent_tags").await, tags);
+    assert_eq!(count(&app, "orders").await, orders);
+    // Everything refused left nothing behind for the audit to find.
+    assert_eq!(run_verify(&app).await.failure_count, 0);
+
+    if app.database.is_postgres() {
+        // Stricter than a foreign key: no order is ever deleted, even one
+        // without tags, and no key of an order or tag changes.
+        exec(
+            &app,
+            &format!(
+                "INSERT INTO orders (id, created_at, status, currency, items, total_minor, gift, \
+                 consent_tag_id, client_fingerprint, mac) \
+                 SELECT 'bare-order', created_at, status, currency, items, total_minor, gift, \
+                 consent_tag_id, client_fingerprint, mac FROM orders WHERE id = '{}'",
+                ids[0]
+            ),
+        )
+        .await;
+        let error = refused(&app, "DELETE FROM orders WHERE id = 'bare-order'").await;
+        assert!(
+            error.contains("orders: orders and consent tags are never deleted"),
+            "{error}"
+        );
+        refused(&app, "TRUNCATE orders CASCADE").await;
+        refused(&app, "TRUNCATE consent_tags CASCADE").await;
+        refused(
+            &app,
+            &format!("UPDATE orders SET id = 'renamed' WHERE id = '{}'", ids[0]),
+        )
+        .await;
+        refused(
+            &app,
+            &format!("UPDATE consent_tags SET order_id = 'bare-order' WHERE id = '{tag}'"),
+        )
+        .await;
+        assert_eq!(count(&app, "orders").await, orders + 1);
+        assert_eq!(count(&app, "consent_tags").await, tags);
+    }
 }
 
 /// SQLite's TEXT takes bytes that are not UTF-8 (`CAST(x'…' AS TEXT)`),
