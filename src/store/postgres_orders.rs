@@ -1,21 +1,36 @@
 //! PostgreSQL's order writer: the group-commit batches of
-//! `intake::commit`, each in one transaction of two fixed statements.
+//! `intake::commit`, each **one statement**, sent outside any `BEGIN`: a
+//! lone statement is its own transaction, committed (and, with
+//! `synchronous_commit` on, flushed) before PostgreSQL says it is done, and
+//! rolled back whole if any part fails. One round trip per batch, where a
+//! `BEGIN`, the lock, the claim, the rows and the `COMMIT` were five, each
+//! a wake-up of this task and of the backend on two busy cores.
 //!
-//! 1. The claim: the batch's idempotency rows, `ON CONFLICT DO NOTHING
-//!    RETURNING order_id` — which orders may be written.
-//! 2. The rows of those orders: one `INSERT … SELECT * FROM unnest(…)` per
-//!    table, all in one statement as data-modifying `WITH` clauses (the
-//!    foreign keys are checked at the end of the statement, when every
-//!    table has its rows).
+//! ```text
+//! WITH claim AS (INSERT INTO idempotency_keys … SELECT * FROM unnest(…)
+//!                WHERE <the orders' sequence lock is taken>
+//!                ON CONFLICT (client, key_hash) DO NOTHING RETURNING order_id),
+//!      t0 AS (INSERT INTO orders … SELECT * FROM unnest(…) AS u(…)
+//!             WHERE u.id IN (SELECT order_id FROM claim)),
+//!      t1 AS (INSERT INTO consent_tags … WHERE u.order_id IN (…claim…)), …
+//! SELECT order_id FROM claim
+//! ```
 //!
-//! Every column is bound as one array, so the statements' text does not
-//! change with the batch's size (only with whether it holds a gift
-//! order): each is parsed, planned and prepared once per connection.
-//! Through sqlx's `Any` driver a batch was a multi-row `INSERT … VALUES`
-//! per table, a new text for every batch size, and one round trip each.
-//! Arrays need the native PostgreSQL driver (`Any` binds none), hence a
-//! pool of its own. The rows and columns are those of `sql::order_rows`,
-//! shared with SQLite's order writer.
+//! - The claim: the batch's idempotency rows; a key already stored inserts
+//!   nothing and returns nothing, so that order's rows are filtered out of
+//!   every other table — exactly as if the requests had come one by one.
+//! - The lock (`pg_advisory_xact_lock`, an init plan of the claim, so taken
+//!   before its first row and before any `orders` row draws its `seq`) is
+//!   held to the commit, so that `orders.seq` follows commit order.
+//! - The references between the rows are checked at the end of the
+//!   statement, when every table has its rows (migration 0011).
+//!
+//! Every column is bound as one array, so the statement's text does not
+//! change with the batch's size (only with whether it holds a gift order):
+//! it is parsed, planned and prepared once per connection. Arrays need the
+//! native PostgreSQL driver (`Any` binds none), hence a pool of its own.
+//! The rows and columns are those of `sql::order_rows`, shared with
+//! SQLite's order writer.
 
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 use sqlx::{Arguments, Row};
@@ -56,31 +71,23 @@ impl OrderWriter {
         self.pool.close().await;
     }
 
-    /// Writes `batch` in one transaction under the orders' sequence lock
-    /// (see `store::postgres`), so that `orders.seq` follows commit order.
-    /// The idempotency keys are claimed first (`ON CONFLICT DO NOTHING
-    /// RETURNING`); an order whose key is taken — by an earlier order of
-    /// the same batch, or already stored — writes nothing and is
-    /// `DuplicateKey`, exactly as if the requests had come one by one.
+    /// Writes `batch` in one statement, its own transaction, under the
+    /// orders' sequence lock (see `store::postgres`), so that `orders.seq`
+    /// follows commit order. An order whose idempotency key is taken — by
+    /// an earlier order of the same batch, or already stored — writes
+    /// nothing and is `DuplicateKey`, exactly as if the requests had come
+    /// one by one.
     pub async fn commit(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
-        // The wait for the connection and the lock: the metric "database
-        // waits".
+        // The wait for the connection: the metric "database waits".
         let started = std::time::Instant::now();
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
-            .bind(super::postgres::LOCK_ORDERS)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
         crate::telemetry::pool_wait(started.elapsed());
-        let outcomes = write(&mut tx, batch).await.map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
-        Ok(outcomes)
+        write(&mut conn, batch).await.map_err(StoreError::from_sqlx)
     }
 }
 
 async fn write(
-    tx: &mut sqlx::PgConnection,
+    conn: &mut sqlx::PgConnection,
     batch: &[NewOrder],
 ) -> Result<Vec<CommitOutcome>, sqlx::Error> {
     let mut outcomes = vec![CommitOutcome::DuplicateKey; batch.len()];
@@ -98,74 +105,75 @@ async fn write(
         .iter()
         .map(|&i| order_rows::idempotency_row(&batch[i], &text[i]))
         .collect();
-    let (sql, args) = unnest_insert(
-        &order_rows::IDEMPOTENCY_KEYS,
-        &format!("{} RETURNING order_id", order_rows::CLAIM_CONFLICT),
-        &claims,
-    )?;
+    let rows: Vec<_> = candidates
+        .iter()
+        .map(|&i| order_rows::rows(&batch[i], &text[i]))
+        .collect();
+    let (sql, args) = batch_statement(&claims, rows)?;
+    // Not inside a transaction: this one statement is the transaction, and
+    // its rows come back only once it has committed.
     let claimed: std::collections::HashSet<String> = sqlx::query_with(&sql, args)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(|r| r.try_get::<String, _>("order_id"))
         .collect::<Result<_, _>>()?;
-    let accepted: Vec<usize> = candidates
-        .into_iter()
-        .filter(|&i| claimed.contains(&text[i].id))
-        .collect();
-    if accepted.is_empty() {
-        return Ok(outcomes);
+    for &i in &candidates {
+        if claimed.contains(&text[i].id) {
+            outcomes[i] = CommitOutcome::Committed;
+        }
     }
-    for &i in &accepted {
-        outcomes[i] = CommitOutcome::Committed;
-    }
-    let rows: Vec<_> = accepted
-        .iter()
-        .map(|&i| order_rows::rows(&batch[i], &text[i]))
-        .collect();
-    let (sql, args) = insert_all(rows)?;
-    sqlx::query_with(&sql, args).execute(&mut *tx).await?;
     Ok(outcomes)
 }
 
-/// One statement writing every table's rows (each order's rows as
-/// `order_rows::rows` gives them): `WITH t0 AS (INSERT …), t1 AS (INSERT
-/// …), … SELECT 1`, parameters numbered across all of them. A table with
-/// no rows (no gift in the batch) is left out.
-fn insert_all(
+/// The batch's one statement: the claim (under the orders' sequence lock),
+/// then every table's rows (each order's rows as `order_rows::rows` gives
+/// them) filtered to the claimed orders, as `WITH` clauses, parameters
+/// numbered across all of them; it returns the claimed orders' ids. A table
+/// with no rows (no gift in the batch) is left out.
+fn batch_statement(
+    claims: &[Vec<Param<'_>>],
     mut rows: Vec<[Vec<Vec<Param<'_>>>; 7]>,
 ) -> Result<(String, PgArguments), sqlx::Error> {
     let mut args = PgArguments::default();
-    let mut inserts = Vec::with_capacity(order_rows::ORDER_TABLES.len());
+    args.add(super::postgres::LOCK_ORDERS)
+        .map_err(sqlx::Error::Encode)?;
+    let claim = unnest_into(
+        &order_rows::IDEMPOTENCY_KEYS,
+        "WHERE (SELECT pg_advisory_xact_lock($1)::text) IS NOT NULL",
+        &format!("{} RETURNING order_id", order_rows::CLAIM_CONFLICT),
+        claims,
+        &mut args,
+    )?;
+    let mut clauses = vec![format!("claim AS ({claim})")];
     for (k, table) in order_rows::ORDER_TABLES.iter().enumerate() {
         let table_rows: Vec<Vec<Param>> = rows
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r[k]))
             .collect();
         if !table_rows.is_empty() {
-            let insert = unnest_into(table, "", &table_rows, &mut args)?;
-            inserts.push(format!("t{} AS ({insert})", inserts.len()));
+            let key = if table.name == order_rows::ORDERS.name {
+                "id"
+            } else {
+                "order_id"
+            };
+            let filter = format!("WHERE u.{key} IN (SELECT order_id FROM claim)");
+            let insert = unnest_into(table, &filter, "", &table_rows, &mut args)?;
+            clauses.push(format!("t{} AS ({insert})", clauses.len() - 1));
         }
     }
-    Ok((format!("WITH {} SELECT 1", inserts.join(", ")), args))
+    Ok((
+        format!("WITH {} SELECT order_id FROM claim", clauses.join(", ")),
+        args,
+    ))
 }
 
-/// `INSERT INTO table (columns) SELECT * FROM unnest($1::t[], …) suffix`
-/// with each column's values bound as one array.
-fn unnest_insert(
-    table: &Table,
-    suffix: &str,
-    rows: &[Vec<Param<'_>>],
-) -> Result<(String, PgArguments), sqlx::Error> {
-    let mut args = PgArguments::default();
-    let sql = unnest_into(table, suffix, rows, &mut args)?;
-    Ok((sql, args))
-}
-
-/// As [`unnest_insert`], adding to `args`: the statement's parameters are
-/// numbered after those already there.
+/// `INSERT INTO table (columns) SELECT * FROM unnest($n::t[], …) AS
+/// u(columns) filter suffix`, with each column's values bound as one array
+/// (the statement's parameters numbered after those already in `args`).
 fn unnest_into(
     table: &Table,
+    filter: &str,
     suffix: &str,
     rows: &[Vec<Param<'_>>],
     args: &mut PgArguments,
@@ -210,10 +218,10 @@ fn unnest_into(
         .enumerate()
         .map(|(i, t)| format!("${}::{t}", first + i + 1))
         .collect();
+    let columns = table.columns.join(", ");
     Ok(format!(
-        "INSERT INTO {} ({}) SELECT * FROM unnest({}) {suffix}",
+        "INSERT INTO {} ({columns}) SELECT * FROM unnest({}) AS u({columns}) {filter} {suffix}",
         table.name,
-        table.columns.join(", "),
         arrays.join(", ")
     ))
 }
@@ -254,22 +262,39 @@ mod tests {
         crate::intake::seal::seal_order(&rng, &keyring, form, [1; 32], &key, [2; 32]).unwrap()
     }
 
-    /// One statement per table whatever the batch's size, every column one
+    /// One table's rows as `unnest_into` writes them, numbered from `$1`.
+    fn unnest_insert(table: &Table, rows: &[Vec<Param<'_>>]) -> Result<String, sqlx::Error> {
+        unnest_into(table, "", "", rows, &mut PgArguments::default())
+    }
+
+    fn rows_of<'a>(orders: &'a [NewOrder], text: &'a [OrderText]) -> Vec<[Vec<Vec<Param<'a>>>; 7]> {
+        orders
+            .iter()
+            .zip(text)
+            .map(|(o, t)| order_rows::rows(o, t))
+            .collect()
+    }
+
+    fn claims_of<'a>(orders: &'a [NewOrder], text: &'a [OrderText]) -> Vec<Vec<Param<'a>>> {
+        orders
+            .iter()
+            .zip(text)
+            .map(|(o, t)| order_rows::idempotency_row(o, t))
+            .collect()
+    }
+
+    /// One insert per table whatever the batch's size, every column one
     /// typed array, in the table's column order.
     #[test]
-    fn each_table_is_one_fixed_statement_of_typed_arrays() {
+    fn each_table_is_one_fixed_insert_of_typed_arrays() {
         let orders = [order(true), order(false), order(false)];
         let text: Vec<OrderText> = orders.iter().map(OrderText::of).collect();
-        let rows: Vec<_> = orders
-            .iter()
-            .zip(&text)
-            .map(|(o, t)| order_rows::rows(o, t))
-            .collect();
+        let rows = rows_of(&orders, &text);
         // Consent tags: the gift order has two.
         let tags: Vec<Vec<Param>> = rows.iter().flat_map(|r| r[1].clone()).collect();
         assert_eq!(tags.len(), 4);
-        let (sql, _) = unnest_insert(&order_rows::CONSENT_TAGS, "", &tags).unwrap();
-        let (one, _) = unnest_insert(&order_rows::CONSENT_TAGS, "", &tags[..1]).unwrap();
+        let sql = unnest_insert(&order_rows::CONSENT_TAGS, &tags).unwrap();
+        let one = unnest_insert(&order_rows::CONSENT_TAGS, &tags[..1]).unwrap();
         assert_eq!(sql, one, "the statement must not depend on the batch size");
         assert!(sql.starts_with(
             "INSERT INTO consent_tags (id, order_id, subject, basis, product_updates, "
@@ -277,54 +302,64 @@ mod tests {
         assert!(sql.contains(
             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], "
         ));
-        assert!(sql.ends_with("$13::int8[], $14::bytea[]) "));
+        assert!(sql.contains("$13::int8[], $14::bytea[]) AS u(id, order_id, subject, "));
         // Shipping to a gift recipient has no envelope: NULLs in the
         // arrays, not another statement.
         let shipping: Vec<Vec<Param>> = rows.iter().flat_map(|r| r[3].clone()).collect();
-        let (sql, _) = unnest_insert(&order_rows::SHIPPING_DETAILS, "", &shipping).unwrap();
+        let sql = unnest_insert(&order_rows::SHIPPING_DETAILS, &shipping).unwrap();
         assert!(sql.contains("$7::bytea[], $8::bytea[])"));
     }
 
-    /// The batch's rows in one statement: every table's columns numbered
-    /// on from the table before, the same text for any number of orders,
-    /// and the gift recipients' INSERT only when the batch has a gift.
+    /// The batch in one statement: the claim under the sequence lock
+    /// (`$1`), then every table's rows filtered to the claimed orders, each
+    /// table's columns numbered on from the table before, the same text for
+    /// any number of orders, the gift recipients' INSERT only when the
+    /// batch has a gift, and the claimed ids as its result.
     #[test]
     fn a_batch_is_one_statement_numbered_across_its_tables() {
-        fn rows_of<'a>(
-            orders: &'a [NewOrder],
-            text: &'a [OrderText],
-        ) -> Vec<[Vec<Vec<Param<'a>>>; 7]> {
-            orders
-                .iter()
-                .zip(text)
-                .map(|(o, t)| order_rows::rows(o, t))
-                .collect()
-        }
         let plain = [order(false), order(false)];
         let text: Vec<OrderText> = plain.iter().map(OrderText::of).collect();
-        let (sql, args) = insert_all(rows_of(&plain, &text)).unwrap();
-        let (one, _) = insert_all(rows_of(&plain[..1], &text[..1])).unwrap();
+        let (sql, args) =
+            batch_statement(&claims_of(&plain, &text), rows_of(&plain, &text)).unwrap();
+        let (one, _) = batch_statement(
+            &claims_of(&plain[..1], &text[..1]),
+            rows_of(&plain[..1], &text[..1]),
+        )
+        .unwrap();
         assert_eq!(sql, one);
+        let claim = order_rows::IDEMPOTENCY_KEYS.columns.len();
         let total: usize = order_rows::ORDER_TABLES
             .iter()
             .filter(|t| t.name != "gift_recipients")
             .map(|t| t.columns.len())
             .sum();
-        assert_eq!(args.len(), total);
-        assert!(sql.starts_with("WITH t0 AS (INSERT INTO orders ("));
-        assert!(sql.ends_with(&format!("${total}::bytea[]) ) SELECT 1")));
-        assert!(!sql.contains("gift_recipients"));
-        // Orders take $1..$11, so the consent tags begin at $12.
+        assert_eq!(args.len(), 1 + claim + total);
+        assert!(sql.starts_with("WITH claim AS (INSERT INTO idempotency_keys ("));
+        assert!(sql.contains(
+            "WHERE (SELECT pg_advisory_xact_lock($1)::text) IS NOT NULL \
+             ON CONFLICT (client, key_hash) DO NOTHING RETURNING order_id), "
+        ));
+        assert!(sql.contains("$2::bytea[], $3::bytea[]"));
+        assert!(sql.contains("t0 AS (INSERT INTO orders ("));
+        assert!(sql.contains("WHERE u.id IN (SELECT order_id FROM claim) )"));
         assert!(sql.contains("t1 AS (INSERT INTO consent_tags ("));
-        assert!(sql.contains("unnest($12::text[], $13::text[]"));
+        assert_eq!(
+            sql.matches("WHERE u.order_id IN (SELECT order_id FROM claim) )")
+                .count(),
+            order_rows::ORDER_TABLES.len() - 2,
+            "every record table and the tags are filtered to the claim"
+        );
+        assert!(sql.ends_with(") SELECT order_id FROM claim"));
+        assert!(!sql.contains("gift_recipients"));
 
         let mixed = [order(false), order(true)];
         let text: Vec<OrderText> = mixed.iter().map(OrderText::of).collect();
-        let (gift, args) = insert_all(rows_of(&mixed, &text)).unwrap();
+        let (gift, args) =
+            batch_statement(&claims_of(&mixed, &text), rows_of(&mixed, &text)).unwrap();
         assert!(gift.contains("AS (INSERT INTO gift_recipients ("));
         assert_eq!(
             args.len(),
-            total + order_rows::GIFT_RECIPIENTS.columns.len()
+            1 + claim + total + order_rows::GIFT_RECIPIENTS.columns.len()
         );
     }
 
@@ -338,14 +373,14 @@ mod tests {
             name: "t",
             columns: &["a", "b"],
         };
-        let error = unnest_insert(&table, "", &rows).unwrap_err();
+        let error = unnest_insert(&table, &rows).unwrap_err();
         assert!(error.to_string().contains("do not match"), "{error}");
         // A short row, and no rows at all: errors too, not panics.
         let short = vec![
             vec![Param::Text("a"), Param::Int(1)],
             vec![Param::Text("b")],
         ];
-        assert!(unnest_insert(&table, "", &short).is_err());
-        assert!(unnest_insert(&table, "", &[]).is_err());
+        assert!(unnest_insert(&table, &short).is_err());
+        assert!(unnest_insert(&table, &[]).is_err());
     }
 }
