@@ -110,8 +110,10 @@ async fn write(
         .map(|&i| order_rows::rows(&batch[i], &text[i]))
         .collect();
     let (sql, args) = batch_statement(&claims, rows)?;
-    // Not inside a transaction: this one statement is the transaction, and
-    // its rows come back only once it has committed.
+    // Not inside a transaction: this one statement is the transaction.
+    // PostgreSQL sends its rows as they are made, commits at the protocol's
+    // Sync and only then answers ReadyForQuery (or an error, if the commit
+    // fails); `fetch_all` returns at ReadyForQuery, never on the rows alone.
     let claimed: std::collections::HashSet<String> = sqlx::query_with(&sql, args)
         .fetch_all(&mut *conn)
         .await?
