@@ -215,14 +215,19 @@ async fn id_of(app: &TestApp, sql: &str) -> String {
         .unwrap()
 }
 
+/// The id of `order`'s customer consent tag.
+async fn customer_tag(app: &TestApp, order: &str) -> String {
+    id_of(
+        app,
+        &format!("SELECT consent_tag_id FROM orders WHERE id = '{order}'"),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_flipped_consent_purpose_is_named() {
     let (app, ids) = populated().await;
-    let tag = id_of(
-        &app,
-        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[0]),
-    )
-    .await;
+    let tag = customer_tag(&app, &ids[0]).await;
     exec(
         &app,
         &format!("UPDATE consent_tags SET third_party_sharing = 1 WHERE id = '{tag}'"),
@@ -250,11 +255,7 @@ async fn a_record_under_another_orders_tag_is_refused_or_named() {
         &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[0]),
     )
     .await;
-    let other_tag = id_of(
-        &app,
-        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[3]),
-    )
-    .await;
+    let other_tag = customer_tag(&app, &ids[3]).await;
     let edit = sqlx::query(&format!(
         "UPDATE payment_cards SET consent_tag_id = '{other_tag}' WHERE id = '{card}'"
     ))
@@ -320,11 +321,7 @@ async fn count(app: &TestApp, table: &str) -> i64 {
 #[tokio::test]
 async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
     let (app, ids) = populated().await;
-    let tag = id_of(
-        &app,
-        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[0]),
-    )
-    .await;
+    let tag = customer_tag(&app, &ids[0]).await;
     let copy_tag = |id: &str, order: &str| {
         format!(
             "SELECT '{id}', '{order}', subject, basis, product_updates, new_offerings, \
@@ -443,11 +440,7 @@ async fn text_that_is_not_utf8_is_named_not_a_stopped_audit() {
         // PostgreSQL refuses such bytes in text (UTF8 server encoding).
         return;
     }
-    let tag = id_of(
-        &app,
-        &format!("SELECT consent_tag_id FROM orders WHERE id = '{}'", ids[1]),
-    )
-    .await;
+    let tag = customer_tag(&app, &ids[1]).await;
     let card = id_of(
         &app,
         &format!("SELECT id FROM payment_cards WHERE order_id = '{}'", ids[2]),
