@@ -7,10 +7,10 @@
 //! it with N keep-alive TLS connections presenting the storefront
 //! certificate, each posting distinct valid ~1 KB orders (unique
 //! Idempotency-Keys, every tenth a gift), and reports orders/s, latency
-//! percentiles, server CPU and peak RSS. Then it runs the **ceiling**: this
-//! binary started as a minimal server with the same rustls configuration,
-//! whose handler only parses the JSON and answers 201, under the same
-//! client. The last two lines are `ratio=<orders/s ÷ ceiling/s>` and
+//! percentiles, server CPU and peak RSS, its own CPU and the machine's idle
+//! share. Then it runs the **ceiling**: this binary started as a minimal
+//! server with the same rustls configuration, whose handler only parses
+//! the JSON and answers 201, under the same client. The last two lines are `ratio=<orders/s ÷ ceiling/s>` and
 //! `p99=<ms> ms` (checkoutd's). `--idle N` instead holds N idle TLS
 //! connections and reports the server's RSS, and the start-up time to ready
 //! on the existing database.
@@ -190,6 +190,10 @@ struct Run {
     seconds: f64,
     latencies_us: Vec<u64>,
     cpu_seconds: f64,
+    /// This process's own CPU (the load generator's), user + system.
+    client_cpu_seconds: f64,
+    /// The share of the whole machine's CPU time that was idle.
+    idle_share: f64,
     peak_rss_kib: u64,
 }
 
@@ -231,12 +235,22 @@ impl Run {
             self.cpu_seconds / self.seconds,
             self.peak_rss_kib as f64 / 1024.0
         );
+        // Whether the run was short of cores: what is neither the server
+        // nor this load generator (a database server, the kernel's
+        // threads) is the rest of the busy share.
+        println!(
+            "  load generator CPU {:.2} cores; the machine {:.0} % idle",
+            self.client_cpu_seconds / self.seconds,
+            self.idle_share * 100.0
+        );
     }
 }
 
 async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, BoxError> {
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let cpu_before = cpu_seconds(pid);
+    let client_before = cpu_seconds(std::process::id());
+    let machine_before = machine_ticks();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency as u64 {
@@ -278,6 +292,8 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
         seconds: 0.0,
         latencies_us: Vec::new(),
         cpu_seconds: 0.0,
+        client_cpu_seconds: 0.0,
+        idle_share: 0.0,
         peak_rss_kib: 0,
     };
     for t in tasks {
@@ -288,6 +304,14 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
     }
     run.seconds = started.elapsed().as_secs_f64();
     run.cpu_seconds = cpu_seconds(pid) - cpu_before;
+    run.client_cpu_seconds = cpu_seconds(std::process::id()) - client_before;
+    let (idle, total) = machine_ticks();
+    let total = total - machine_before.1;
+    run.idle_share = if total > 0.0 {
+        (idle - machine_before.0) / total
+    } else {
+        0.0
+    };
     run.peak_rss_kib = status_kib(pid, "VmHWM:");
     run.latencies_us.sort_unstable();
     Ok(run)
@@ -350,6 +374,24 @@ fn cpu_seconds(pid: u32) -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The whole machine's idle (idle + I/O wait) and total CPU ticks, from the
+/// first line of /proc/stat (`cpu user nice system idle iowait irq softirq
+/// steal …`; guest time is already in user). (0, 0) off Linux.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    (idle, ticks.iter().sum())
 }
 
 /// A `kB` line of /proc/<pid>/status.
