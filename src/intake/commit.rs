@@ -4,7 +4,7 @@
 //! rows to the single writer task here and waits. The writer takes every
 //! order queued at that moment (up to [`MAX_BATCH`]) and commits them in
 //! one transaction (`Store::commit_orders`: SQLite's order writer thread,
-//! or one `unnest` INSERT per table on PostgreSQL), then answers each
+//! or one statement of `unnest` INSERTs on PostgreSQL), then answers each
 //! waiter. There is no timer: while one batch is being committed (and
 //! synced) the next one queues up, so batches grow with load by themselves
 //! and a lone order is committed at once.

@@ -155,8 +155,8 @@ pub struct SqlStore {
 
 /// Each engine writes order batches its own fastest way, with the same
 /// rows (`order_rows`): SQLite on a thread of its own over rusqlite,
-/// PostgreSQL in two fixed statements of `unnest` INSERTs on the native
-/// driver.
+/// PostgreSQL in one fixed statement of `unnest` INSERTs (its own
+/// transaction) on the native driver.
 pub(super) enum OrderWriter {
     Sqlite(sqlite_orders::OrderWriter),
     Postgres(postgres_orders::OrderWriter),

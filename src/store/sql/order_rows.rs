@@ -163,7 +163,8 @@ pub const PAYMENT_CARDS: Table = Table {
 };
 
 /// The tables of an accepted order, in insert order (every reference
-/// points to a table before it: SQLite checks its foreign keys row by row). [`rows`] answers in this order.
+/// points to a table before it: SQLite checks its foreign keys row by
+/// row). [`rows`] answers in this order.
 pub const ORDER_TABLES: [&Table; 7] = [
     &ORDERS,
     &CONSENT_TAGS,
