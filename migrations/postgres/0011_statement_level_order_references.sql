@@ -23,6 +23,13 @@
 -- one query, then raises the foreign-key error, which aborts the statement:
 -- nothing of it is stored. docs/performance.md.
 --
+-- The checking functions name their tables unqualified, so they run with
+-- their search path pinned to this schema (then `pg_temp`, last), not the
+-- writing session's: a session whose path differs, or that made a
+-- temporary `orders` of its own, cannot make them check the wrong table (a
+-- foreign key names its table by oid). The retired-KEK guards of 0009 get
+-- the same.
+--
 -- The checking functions pin their plan to index probes (nested loop over
 -- the transition table, the parent's unique index inside): the planner
 -- knows nothing of a transition table's size and otherwise hashes or
@@ -63,6 +70,15 @@ BEGIN
             USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
+END $$;
+
+DO $$
+DECLARE f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['refuse_tags_without_order()', 'refuse_records_without_own_tag()',
+                             'refuse_retired_kek_rows()', 'refuse_retired_reference_kek_rows()'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', f, current_schema());
+    END LOOP;
 END $$;
 
 -- Orders and consent tags: never deleted, keys never changed.

@@ -425,6 +425,36 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
         .await;
         assert_eq!(count(&app, "orders").await, orders + 1);
         assert_eq!(count(&app, "consent_tags").await, tags);
+
+        // The checks look at checkoutd's own tables, whatever the writing
+        // session's search path finds first: a temporary `orders` holding
+        // the id does not vouch for a tag.
+        let db = app.db().await;
+        let mut session = db.acquire().await.unwrap();
+        for statement in [
+            "CREATE TEMP TABLE orders (id text)",
+            "INSERT INTO pg_temp.orders VALUES ('temp-order')",
+        ] {
+            sqlx::query(statement).execute(&mut *session).await.unwrap();
+        }
+        let error = sqlx::query(&format!(
+            "{tag_columns}{}",
+            copy_tag("temp-tag", "temp-order")
+        ))
+        .execute(&mut *session)
+        .await
+        .expect_err("a temporary table vouched for a tag");
+        assert!(
+            error
+                .to_string()
+                .contains("consent_tags: a consent tag must name an existing order"),
+            "{error}"
+        );
+        sqlx::query("DROP TABLE pg_temp.orders")
+            .execute(&mut *session)
+            .await
+            .unwrap();
+        assert_eq!(count(&app, "consent_tags").await, tags);
     }
 }
 
