@@ -10,10 +10,10 @@
 //! percentiles, server CPU and peak RSS, its own CPU and the machine's idle
 //! share. Then it runs the **ceiling**: this binary started as a minimal
 //! server with the same rustls configuration, whose handler only parses
-//! the JSON and answers 201, under the same client. The last two lines are `ratio=<orders/s ÷ ceiling/s>` and
-//! `p99=<ms> ms` (checkoutd's). `--idle N` instead holds N idle TLS
-//! connections and reports the server's RSS, and the start-up time to ready
-//! on the existing database.
+//! the JSON and answers 201, under the same client. The last two lines are
+//! `ratio=<orders/s ÷ ceiling/s>` and `p99=<ms> ms` (checkoutd's). `--idle
+//! N` instead holds N idle TLS connections and reports the server's RSS,
+//! and the start-up time to ready on the existing database.
 #![allow(clippy::print_stdout)]
 
 #[path = "common/mod.rs"]
