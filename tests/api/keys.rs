@@ -487,7 +487,7 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let before = orders().await;
+        let mut before = orders().await;
         // Four orders (two of them gifts) in one batch, as group commit
         // hands them over.
         let batch: Vec<_> = (0..4)
@@ -499,6 +499,46 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
             "class {class}: a batch sealed under its retired KEK was not refused: {refused:?}"
         );
         assert_eq!(orders().await, before, "class {class}: nothing stored");
+        if class == "card" {
+            // One stale order among current ones: a batch is one
+            // transaction, so nothing of it is stored — not even the
+            // current orders' idempotency claims, which a retry would
+            // otherwise find taken (and replay an order that was never
+            // stored).
+            let keys = || {
+                let db = db.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM idempotency_keys")
+                        .fetch_one(&db)
+                        .await
+                        .unwrap()
+                }
+            };
+            let keys_before = keys().await;
+            let current = app.keyring();
+            let mixed = vec![
+                seal(&current, 0, "mixed-0"),
+                seal(&stale, 1, "mixed-1"),
+                seal(&current, 2, "mixed-2"),
+            ];
+            let refused = checkoutd::store::Store::commit_orders(&store, mixed.into()).await;
+            assert!(
+                matches!(refused, Err(checkoutd::store::StoreError::RetiredKek)),
+                "a batch with one stale order was not refused: {refused:?}"
+            );
+            assert_eq!(orders().await, before, "a refused batch stored orders");
+            assert_eq!(keys().await, keys_before, "a refused batch kept claims");
+            let retried = vec![seal(&current, 0, "mixed-0"), seal(&current, 2, "mixed-2")];
+            assert_eq!(
+                checkoutd::store::Store::commit_orders(&store, retried.into())
+                    .await
+                    .unwrap(),
+                vec![checkoutd::store::rows::CommitOutcome::Committed; 2],
+                "the current orders' keys were left claimed"
+            );
+            before += 2;
+            assert_eq!(orders().await, before);
+        }
         if class == "contact" {
             // The withdrawal ledger seals its reference under the contact
             // KEK too, and has its own guard.
