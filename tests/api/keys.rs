@@ -464,15 +464,16 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
         .unwrap()
     };
     let db = app.db().await;
-    let orders = || {
+    let count = |table: &'static str| {
         let db = db.clone();
         async move {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM orders")
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
                 .fetch_one(&db)
                 .await
                 .unwrap()
         }
     };
+    let orders = || count("orders");
     for (i, class) in ["card", "billing", "shipping", "recipient", "contact"]
         .into_iter()
         .enumerate()
@@ -505,15 +506,7 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
             // current orders' idempotency claims, which a retry would
             // otherwise find taken (and replay an order that was never
             // stored).
-            let keys = || {
-                let db = db.clone();
-                async move {
-                    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM idempotency_keys")
-                        .fetch_one(&db)
-                        .await
-                        .unwrap()
-                }
-            };
+            let keys = || count("idempotency_keys");
             let keys_before = keys().await;
             let current = app.keyring();
             let mixed = vec![
