@@ -8,7 +8,9 @@
 //! certificate, each posting distinct valid ~1 KB orders (unique
 //! Idempotency-Keys, every tenth a gift), and reports orders/s, latency
 //! percentiles, server CPU and peak RSS, its own CPU and the machine's idle
-//! share. Then it runs the **ceiling**: this binary started as a minimal
+//! share, and the CPU each answered request cost: the server's (by thread,
+//! with each thread's wait for a core), its own, the whole machine's. Then
+//! it runs the **ceiling**: this binary started as a minimal
 //! server with the same rustls configuration, whose handler only parses
 //! the JSON and answers 201, under the same client. The last two lines are
 //! `ratio=<orders/s ÷ ceiling/s>` and `p99=<ms> ms` (checkoutd's). `--idle
@@ -194,6 +196,11 @@ struct Run {
     client_cpu_seconds: f64,
     /// The share of the whole machine's CPU time that was idle.
     idle_share: f64,
+    /// The whole machine's busy CPU time (every process, the kernel), in
+    /// seconds of one core.
+    machine_busy_seconds: f64,
+    /// The server's threads, by name (see [`ThreadTimes`]).
+    threads: Vec<ThreadShare>,
     peak_rss_kib: u64,
 }
 
@@ -243,6 +250,104 @@ impl Run {
             self.client_cpu_seconds / self.seconds,
             self.idle_share * 100.0
         );
+        self.print_cpu_per_request();
+    }
+
+    /// Where each answered request's CPU went: the server (by thread, with
+    /// how long those threads waited in the run queue for a core), the
+    /// load generator, and the whole machine (a database server and the
+    /// kernel included). The one budget both runs are drawn from.
+    fn print_cpu_per_request(&self) {
+        if self.orders == 0 {
+            return;
+        }
+        let us = |seconds: f64| seconds * 1e6 / self.orders as f64;
+        println!(
+            "  CPU per request: server {:.0} µs, load generator {:.0} µs, whole machine {:.0} µs",
+            us(self.cpu_seconds),
+            us(self.client_cpu_seconds),
+            us(self.machine_busy_seconds)
+        );
+        if self.threads.is_empty() {
+            return;
+        }
+        let threads: Vec<String> = self
+            .threads
+            .iter()
+            .filter(|t| us(t.ran_seconds) >= 0.5)
+            .map(|t| {
+                format!(
+                    "{} ×{} {:.0} µs (waited {:.0} µs for a core)",
+                    t.name,
+                    t.count,
+                    us(t.ran_seconds),
+                    us(t.waited_seconds)
+                )
+            })
+            .collect();
+        println!("  server threads per request: {}", threads.join(", "));
+    }
+}
+
+/// One name's share of the server's threads over a run.
+struct ThreadShare {
+    name: String,
+    /// Threads of that name that ran during the run.
+    count: usize,
+    ran_seconds: f64,
+    waited_seconds: f64,
+}
+
+/// Run and run-queue wait time of each of a process's threads, by thread
+/// id, from `/proc/<pid>/task/<tid>/schedstat` (nanoseconds; Linux with
+/// scheduler statistics, else empty). Threads are named by the server
+/// (`sqlite-orders`, `tokio-rt-worker`, …).
+struct ThreadTimes(std::collections::HashMap<u64, (String, u64, u64)>);
+
+impl ThreadTimes {
+    fn of(pid: u32) -> Self {
+        let mut threads = std::collections::HashMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return ThreadTimes(threads);
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let dir = task.path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+            let mut fields = stat.split_whitespace().map(|v| v.parse::<u64>().ok());
+            if let (Some(Some(ran)), Some(Some(waited))) = (fields.next(), fields.next()) {
+                threads.insert(tid, (name.trim().to_owned(), ran, waited));
+            }
+        }
+        ThreadTimes(threads)
+    }
+
+    /// What each thread name ran and waited since `before` (threads started
+    /// since count from zero; threads that ended are not counted).
+    fn since(&self, before: &ThreadTimes) -> Vec<ThreadShare> {
+        let mut by_name = std::collections::HashMap::<&str, ThreadShare>::new();
+        for (tid, (name, ran, waited)) in &self.0 {
+            let (ran0, waited0) = before.0.get(tid).map_or((0, 0), |t| (t.1, t.2));
+            let (ran, waited) = (ran.saturating_sub(ran0), waited.saturating_sub(waited0));
+            if ran == 0 {
+                continue;
+            }
+            let share = by_name.entry(name).or_insert_with(|| ThreadShare {
+                name: name.clone(),
+                count: 0,
+                ran_seconds: 0.0,
+                waited_seconds: 0.0,
+            });
+            share.count += 1;
+            share.ran_seconds += ran as f64 / 1e9;
+            share.waited_seconds += waited as f64 / 1e9;
+        }
+        let mut shares: Vec<ThreadShare> = by_name.into_values().collect();
+        shares.sort_by(|a, b| b.ran_seconds.total_cmp(&a.ran_seconds));
+        shares
     }
 }
 
@@ -251,6 +356,7 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
     let cpu_before = cpu_seconds(pid);
     let client_before = cpu_seconds(std::process::id());
     let machine_before = machine_ticks();
+    let threads_before = ThreadTimes::of(pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency as u64 {
@@ -294,6 +400,8 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
         cpu_seconds: 0.0,
         client_cpu_seconds: 0.0,
         idle_share: 0.0,
+        machine_busy_seconds: 0.0,
+        threads: Vec::new(),
         peak_rss_kib: 0,
     };
     for t in tasks {
@@ -305,13 +413,12 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
     run.seconds = started.elapsed().as_secs_f64();
     run.cpu_seconds = cpu_seconds(pid) - cpu_before;
     run.client_cpu_seconds = cpu_seconds(std::process::id()) - client_before;
+    run.threads = ThreadTimes::of(pid).since(&threads_before);
     let (idle, total) = machine_ticks();
-    let total = total - machine_before.1;
-    run.idle_share = if total > 0.0 {
-        (idle - machine_before.0) / total
-    } else {
-        0.0
-    };
+    let (idle, total) = (idle - machine_before.0, total - machine_before.1);
+    run.idle_share = if total > 0.0 { idle / total } else { 0.0 };
+    // Ticks are 1/100 s of one core.
+    run.machine_busy_seconds = (total - idle) / 100.0;
     run.peak_rss_kib = status_kib(pid, "VmHWM:");
     run.latencies_us.sort_unstable();
     Ok(run)
@@ -465,5 +572,50 @@ async fn serve_ceiling(addr: &str, certs: &Path) -> Result<(), BoxError> {
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(threads: &[(u64, &str, u64, u64)]) -> ThreadTimes {
+        ThreadTimes(
+            threads
+                .iter()
+                .map(|&(tid, name, ran, waited)| (tid, (name.to_owned(), ran, waited)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn thread_shares_are_the_differences_summed_by_name() {
+        let before = times(&[
+            (1, "tokio-rt-worker", 1_000_000_000, 500_000_000),
+            (2, "tokio-rt-worker", 2_000_000_000, 0),
+            (3, "sqlite-orders", 0, 0),
+            (4, "idle", 7_000_000_000, 1),
+        ]);
+        let after = times(&[
+            (1, "tokio-rt-worker", 3_000_000_000, 1_500_000_000),
+            (2, "tokio-rt-worker", 2_500_000_000, 250_000_000),
+            (3, "sqlite-orders", 4_000_000_000, 2_000_000_000),
+            (4, "idle", 7_000_000_000, 1),
+            // Started during the run: counted from zero.
+            (5, "sqlite-orders", 1_000_000_000, 0),
+        ]);
+        let shares = after.since(&before);
+        let summary: Vec<(&str, usize, f64, f64)> = shares
+            .iter()
+            .map(|s| (s.name.as_str(), s.count, s.ran_seconds, s.waited_seconds))
+            .collect();
+        // Largest first; a thread that did not run is left out.
+        assert_eq!(
+            summary,
+            vec![
+                ("sqlite-orders", 2, 5.0, 2.0),
+                ("tokio-rt-worker", 2, 2.5, 1.25),
+            ]
+        );
     }
 }
