@@ -23,7 +23,7 @@ use crate::crypto::DataClass;
 use crate::crypto::envelope::{self, Binding, Envelope};
 use crate::crypto::keyring::Keyring;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
-use crate::domain::detect::{contains_email, contains_pan};
+use crate::domain::detect::{contains_email, contains_pan, contains_pan_clear};
 use crate::domain::pan::Pan;
 use crate::store::rows::{
     AuditBatch, AuditExtra, AuditKeyRow, AuditRecord, ConsentStats, RawTag, Totals,
@@ -754,7 +754,7 @@ async fn scan_schema_and_clear_columns(
             after = last.rowid;
             for row in &rows {
                 for (column, value) in &row.values {
-                    if contains_pan(value) {
+                    if contains_pan_clear(value) {
                         out.push(Failure::new(
                             &table,
                             &row.record_id,

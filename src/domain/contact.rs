@@ -51,6 +51,13 @@ impl Email {
     pub fn expose(&self) -> &str {
         self.0.expose()
     }
+
+    /// Whether the local part holds a card number, however grouped
+    /// (`super::detect::contains_card_number`).
+    pub fn holds_card_number(&self) -> bool {
+        let local = self.expose().split('@').next().unwrap_or("");
+        super::detect::contains_card_number(local)
+    }
 }
 
 /// A phone number, leniently: 7–20 digits, an optional leading `+`, and the
@@ -80,6 +87,12 @@ impl Phone {
 
     pub fn expose(&self) -> &str {
         self.0.expose()
+    }
+
+    /// Whether its digits are a card number
+    /// (`super::detect::phone_is_card_number`).
+    pub fn is_card_number(&self) -> bool {
+        super::detect::phone_is_card_number(self.expose())
     }
 }
 

@@ -1,47 +1,138 @@
 //! Detectors for card numbers and email addresses in text that should hold
-//! neither. Used twice: intake refuses them in the fields that are stored in
-//! clear (SKU, item description, storefront reference), and the audit scans
-//! every clear column of the database with them.
+//! neither: intake refuses them in the fields that are stored in clear (SKU,
+//! item description, storefront reference) and in personal details (which
+//! the warehouse and marketing read), and the audit scans every clear column
+//! of the database with them.
 //!
-//! A card number is a maximal run of 13–19 digits, optionally grouped by
-//! single spaces or dashes, that passes the Luhn check. UUIDs and long hex
-//! strings (digests such as certificate fingerprints) are blanked first:
-//! their digit stretches would otherwise look like numbers about once in two
-//! hundred.
+//! The base rule ([`contains_pan`]): a card number is a maximal *run* of
+//! 13–19 digits, optionally grouped by single spaces or dashes, that passes
+//! the Luhn check. UUIDs and long hex strings (digests such as certificate
+//! fingerprints) are blanked first: their digit stretches would otherwise
+//! look like numbers about once in two hundred.
+//!
+//! A person types a card number in more ways than that: grouped by dots,
+//! slashes or several spaces, or followed by more digits (the expiry, the
+//! CVC) in the same run, where the run as a whole fails the Luhn check. The
+//! other detectors also look at the *groups* of a run (the digits between
+//! two separators) and test the whole groups at its start, or anywhere in
+//! it, against [`is_card_number`] — a brand we know, a length valid for it,
+//! the Luhn check — not against the bare Luhn check, which one run of digits
+//! in ten passes: order references such as `2026/11/30/123456` must not be
+//! refused one time in ten.
 
-use super::pan::luhn_valid;
+use super::pan::{is_card_number, luhn_valid};
 
-/// True when `text` holds something shaped like a card number.
+/// True when `text` holds something shaped like a card number: the base
+/// rule, for text written by machines (ids, findings) as well as people.
 pub fn contains_pan(text: &str) -> bool {
-    let bytes = blank_uuids(text.as_bytes());
-    let mut digits: Vec<u8> = Vec::with_capacity(19);
-    let mut i = 0;
-    while i <= bytes.len() {
-        let b = bytes.get(i).copied();
-        match b {
-            Some(d @ b'0'..=b'9') => digits.push(d),
-            // A single separator between digits continues the run.
-            Some(b' ' | b'-')
-                if !digits.is_empty() && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {}
-            _ => {
-                if (13..=19).contains(&digits.len()) && luhn_valid(&digits) {
-                    return true;
-                }
-                digits.clear();
-            }
+    runs(&blank_uuids(text.as_bytes()))
+        .iter()
+        .any(|groups| loose(groups))
+}
+
+/// For free text typed by a person into a personal detail (a name, an
+/// address line, a gift message): the base rule after the typed grouping
+/// (runs of any whitespace, line breaks included, dots, slashes,
+/// underscores and dashes are one separator; full-width digits count), and
+/// a card number made of any whole groups of a run — "4012 8888 8888 1881
+/// 12/27 123", card then expiry and CVC; "exp 12/27 4012 8888 8888 1881".
+pub fn contains_pan_typed(text: &str) -> bool {
+    runs(&typed(text))
+        .iter()
+        .any(|groups| loose(groups) || card_within(groups))
+}
+
+/// For text stored in clear (a SKU, an item description, a storefront
+/// reference; the audit's scan of every clear column): the base rule, and
+/// a card number however a person grouped it, alone or at the start of a
+/// longer run ("4012.8888.8888.1881", "4012 8888 8888 1881 123"). Not
+/// anywhere in a run: in a reference such as `ORDER-2026-11-30-300001234564`,
+/// `30 300001234564` passes for a Diners Club number.
+pub fn contains_pan_clear(text: &str) -> bool {
+    contains_pan(text) || runs(&typed(text)).iter().any(|groups| card_leading(groups))
+}
+
+/// For the local part of an email address: a card number, however
+/// grouped, alone or at the start of a run (`4012888888881881@…`).
+pub fn contains_card_number(text: &str) -> bool {
+    runs(&typed(text)).iter().any(|groups| card_leading(groups))
+}
+
+/// For a phone number: its digits, separators aside, are a card number. A
+/// phone number has at most 15 digits (E.164) and card numbers of 13 and 14
+/// digits share their first digits with phone numbers that long (Germany's
+/// `+49 1…` mobiles have 13 digits, and Visa's numbers start with 4), so
+/// only 15 digits and more count.
+pub fn phone_is_card_number(phone: &str) -> bool {
+    let digits: Vec<u8> = phone.bytes().filter(u8::is_ascii_digit).collect();
+    digits.len() >= 15 && is_card_number(&digits)
+}
+
+/// The base rule on one run: all its digits are 13–19 digits and pass Luhn.
+fn loose(groups: &[&[u8]]) -> bool {
+    let digits = groups.concat();
+    (13..=19).contains(&digits.len()) && luhn_valid(&digits)
+}
+
+/// Some leading whole groups of the run are a card number. Stops at 19
+/// digits, so a run of many short groups costs no more than 19 steps per
+/// start (`card_within`).
+fn card_leading(groups: &[&[u8]]) -> bool {
+    let mut len = 0;
+    for end in 1..=groups.len() {
+        len += groups[end - 1].len();
+        if len > 19 {
+            return false;
         }
-        i += 1;
+        if len >= 13 && is_card_number(&groups[..end].concat()) {
+            return true;
+        }
     }
     false
 }
 
-/// As [`contains_pan`], for free text typed by a person (a name, an address
-/// line, a gift message): digits may also be grouped by runs of any
-/// whitespace (line breaks included), dots, slashes or underscores, and
-/// full-width digits count as digits — a card number typed into such a field
-/// is found however it was spaced.
-pub fn contains_pan_typed(text: &str) -> bool {
-    let mut normal = String::with_capacity(text.len());
+/// Some whole groups of the run, anywhere in it, are a card number.
+fn card_within(groups: &[&[u8]]) -> bool {
+    (0..groups.len()).any(|start| card_leading(&groups[start..]))
+}
+
+/// The runs of `bytes`, each as its groups: maximal stretches of ASCII
+/// digits joined by a single space or dash.
+fn runs(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
+    let mut runs: Vec<Vec<&[u8]>> = Vec::new();
+    let mut i = 0;
+    let mut joined = false;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let group = &bytes[start..i];
+        match runs.last_mut() {
+            Some(run) if joined => run.push(group),
+            _ => runs.push(vec![group]),
+        }
+        // A single separator followed by a digit continues the run.
+        joined = matches!(bytes.get(i), Some(b' ' | b'-'))
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        if joined {
+            i += 1;
+        }
+    }
+    runs
+}
+
+/// `text` as a person's typing is read: UUIDs and digests blanked (before
+/// their dashes become separators), full-width digits made ASCII, and every
+/// run of separators (whitespace, `.`, `/`, `_`, dashes) made one space.
+fn typed(text: &str) -> Vec<u8> {
+    let blanked = blank_uuids(text.as_bytes());
+    let text = String::from_utf8_lossy(&blanked);
+    let mut normal = Vec::with_capacity(text.len());
     let mut separator = false;
     for c in text.chars() {
         let c = match c {
@@ -49,9 +140,8 @@ pub fn contains_pan_typed(text: &str) -> bool {
             c if c.is_whitespace()
                 || matches!(c, '.' | '/' | '_' | '-' | '\u{2010}'..='\u{2015}') =>
             {
-                // A run of separators is one separator.
                 if !separator {
-                    normal.push(' ');
+                    normal.push(b' ');
                 }
                 separator = true;
                 continue;
@@ -59,9 +149,10 @@ pub fn contains_pan_typed(text: &str) -> bool {
             c => c,
         };
         separator = false;
-        normal.push(c);
+        let mut utf8 = [0u8; 4];
+        normal.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
     }
-    contains_pan(&normal)
+    normal
 }
 
 /// True when `text` holds something shaped like an email address
@@ -181,6 +272,99 @@ mod tests {
     }
 
     #[test]
+    fn card_numbers_in_clear_text_however_grouped() {
+        for clear in [
+            "4012.8888.8888.1881",
+            "4012/8888/8888/1881",
+            "4012_8888_8888_1881",
+            "4012  8888 8888 1881",
+            "card 4012.8888.8888.1881, thanks",
+            "4012 8888 8888 1881 123",
+            "4012888888881881 12/27",
+            "3782 822463 10005 1234",
+        ] {
+            assert!(contains_pan_clear(clear), "{clear:?}");
+        }
+        for fine in [
+            "A-1001",
+            "2026/11/30/123456",
+            "2026.11.30.4012",
+            // A Diners-shaped number inside, not at the start.
+            "ORDER-2026-11-30-300001234564",
+            // A USPS tracking number and an IBAN: grouped, long, no card
+            // number at the start.
+            "9400 1000 0000 0000 0000 00",
+            "DE89 3704 0044 0532 0130 00",
+            "SKU 12.345.678",
+            "4012 8888 8888 1882",
+        ] {
+            assert!(!contains_pan_clear(fine), "{fine:?}");
+        }
+    }
+
+    #[test]
+    fn card_numbers_typed_with_more_digits_around_them() {
+        for typed in [
+            "4012 8888 8888 1881 12/27 123",
+            "exp 12/27 4012 8888 8888 1881",
+            "my card: 4012.8888.8888.1881.123",
+            "ORDER-2026-11-30-300001234564",
+        ] {
+            assert!(contains_pan_typed(typed), "{typed:?}");
+        }
+        // The same digits, not a card number at any grouping.
+        assert!(!contains_pan_typed("12/27 4012 8888 8888 1882 123"));
+    }
+
+    #[test]
+    fn phones_and_email_local_parts_that_are_card_numbers() {
+        for card in [
+            "4012888888881881",
+            "4012 8888 8888 1881",
+            "+378282246310005",
+        ] {
+            assert!(phone_is_card_number(card), "{card:?}");
+        }
+        for phone in [
+            "+1 949 555 0100",
+            "+44 20 7946 0958",
+            // 13 digits: like a German mobile number, never taken for a
+            // (13-digit Visa) card number.
+            "+49 151 2345 6789",
+            "4222222222222",
+            "4012 8888 8888 1882",
+        ] {
+            assert!(!phone_is_card_number(phone), "{phone:?}");
+        }
+        for local in [
+            "4012888888881881",
+            "ada.4012.8888.8888.1881",
+            "4012888888881881.ada",
+        ] {
+            assert!(contains_card_number(local), "{local:?}");
+        }
+        for local in [
+            "ada",
+            "ada.lovelace+1815",
+            "20231234567890",
+            "4012888888881882",
+        ] {
+            assert!(!contains_card_number(local), "{local:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_run_of_short_groups_is_read_whole() {
+        // A gift message's worth of single digits in one run: every start
+        // is tried (each for at most 19 digits, see `card_leading`).
+        let run = "1 ".repeat(500);
+        assert!(!contains_pan_typed(&run));
+        assert!(!contains_pan_clear(&run));
+        let with_card = format!("{run}4 0 1 2 8 8 8 8 8 8 8 8 1 8 8 1 {run}");
+        assert!(contains_pan_typed(&with_card));
+    }
+
+    #[test]
     fn random_digests_and_ids_are_never_card_numbers() {
         use ring::rand::SecureRandom;
         let rng = ring::rand::SystemRandom::new();
@@ -188,9 +372,12 @@ mod tests {
             let mut d = [0u8; 32];
             rng.fill(&mut d).unwrap();
             let hex = crate::hex::encode(&d);
-            assert!(!contains_pan(&hex), "{hex}");
-            let id = crate::ids::new_id(&rng).unwrap().to_string();
-            assert!(!contains_pan(&format!("[\"{id}\"]")), "{id}");
+            for detector in [contains_pan, contains_pan_clear, contains_pan_typed] {
+                assert!(!detector(&hex), "{hex}");
+                let id = crate::ids::new_id(&rng).unwrap().to_string();
+                assert!(!detector(&format!("[\"{id}\"]")), "{id}");
+                assert!(!detector(&format!("order {id} ok")), "{id}");
+            }
         }
     }
 

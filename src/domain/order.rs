@@ -146,12 +146,8 @@ pub fn parse(tree: Value, source: Source, rules: &Rules<'_>) -> Result<OrderForm
         .and_then(|(mut m, p)| {
             let name = r.personal(&mut m, &p, "name", true, MAX_TEXT);
             let company = r.personal(&mut m, &p, "company", false, MAX_TEXT);
-            let email = r.with_string(&mut m, &p, "email", true, |s| {
-                Email::parse(s).ok_or(("invalid_email", "Not a valid email address"))
-            });
-            let phone = r.with_string(&mut m, &p, "phone", true, |s| {
-                Phone::parse(s).ok_or(("invalid_phone", "Not a valid phone number (7–20 digits)"))
-            });
+            let email = r.with_string(&mut m, &p, "email", true, email);
+            let phone = r.with_string(&mut m, &p, "phone", true, phone);
             r.finish(m, &p);
             Some(Customer {
                 name: name?,
@@ -167,9 +163,7 @@ pub fn parse(tree: Value, source: Source, rules: &Rules<'_>) -> Result<OrderForm
         .and_then(|(mut m, p)| {
             let name = r.personal(&mut m, &p, "name", true, MAX_TEXT);
             let address = r.address(&mut m, &p, "address", true);
-            let phone = r.with_string(&mut m, &p, "phone", false, |s| {
-                Phone::parse(s).ok_or(("invalid_phone", "Not a valid phone number (7–20 digits)"))
-            });
+            let phone = r.with_string(&mut m, &p, "phone", false, phone);
             let message = r.text(&mut m, &p, "message", false, MAX_MESSAGE, true);
             r.finish(m, &p);
             Some(GiftRecipient {
@@ -375,7 +369,7 @@ impl Reader {
         max: usize,
     ) -> Option<Plain> {
         self.with_string(map, prefix, key, required, |s| {
-            if super::detect::contains_pan(s) {
+            if super::detect::contains_pan_clear(s) {
                 return Err((
                     "looks_like_card_number",
                     "This field is stored in clear and must not hold a card number",
@@ -649,6 +643,33 @@ impl Reader {
     }
 }
 
+/// A contact email address: valid, and no card number in it (it is sealed
+/// for marketing's audience exports).
+fn email(s: &str) -> Result<Email, Reject> {
+    let email = Email::parse(s).ok_or(("invalid_email", "Not a valid email address"))?;
+    if email.holds_card_number() {
+        return Err((
+            "looks_like_card_number",
+            "An email address must not hold a card number",
+        ));
+    }
+    Ok(email)
+}
+
+/// A phone number: valid, and not a card number (it is sealed for the
+/// warehouse).
+fn phone(s: &str) -> Result<Phone, Reject> {
+    let phone =
+        Phone::parse(s).ok_or(("invalid_phone", "Not a valid phone number (7–20 digits)"))?;
+    if phone.is_card_number() {
+        return Err((
+            "looks_like_card_number",
+            "A phone number must not be a card number",
+        ));
+    }
+    Ok(phone)
+}
+
 fn text_reject(e: TextError, max: usize) -> Reject {
     match e {
         TextError::Empty => ("required", "This field is required"),
@@ -825,6 +846,37 @@ mod tests {
         assert!(got.contains(&("storefront_order_ref".into(), "looks_like_email")));
         assert!(got.contains(&("items.0.description".into(), "looks_like_card_number")));
         assert!(got.contains(&("items.0.sku".into(), "looks_like_card_number")));
+    }
+
+    #[test]
+    fn card_numbers_however_typed_are_refused_in_every_field_that_is_not_the_card() {
+        let mut v = valid();
+        v["storefront_order_ref"] = json!("4012/8888/8888/1881");
+        v["items"][0]["description"] = json!("4012.8888.8888.1881");
+        v["items"][0]["sku"] = json!("4012 8888 8888 1881 123");
+        v["customer"]["phone"] = json!("4012888888881881");
+        v["customer"]["email"] = json!("4012888888881881@example.com");
+        v["gift_recipient"] = json!({
+            "name": "Grace Hopper",
+            "address": v["billing_address"].clone(),
+            "phone": "4012 8888 8888 1881",
+            "message": "Happy birthday! 4012 8888 8888 1881 123",
+        });
+        let got = codes(v);
+        for field in [
+            "storefront_order_ref",
+            "items.0.description",
+            "items.0.sku",
+            "customer.phone",
+            "customer.email",
+            "gift_recipient.phone",
+            "gift_recipient.message",
+        ] {
+            assert!(
+                got.contains(&(field.into(), "looks_like_card_number")),
+                "{field}: {got:?}"
+            );
+        }
     }
 
     #[test]

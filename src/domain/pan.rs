@@ -175,6 +175,16 @@ impl fmt::Debug for Pan {
     }
 }
 
+/// Whether ASCII `digits` are a card number `Pan::parse` would accept: a
+/// brand we know, a length valid for it, the Luhn check. The detectors'
+/// stricter test, for digits that only *might* be a card number
+/// (`detect`), where a bare Luhn check would refuse one in ten.
+pub fn is_card_number(digits: &[u8]) -> bool {
+    digits.iter().all(u8::is_ascii_digit)
+        && CardBrand::detect(digits).is_some_and(|b| b.lengths().contains(&digits.len()))
+        && luhn_valid(digits)
+}
+
 /// The Luhn (mod 10) check over ASCII digits.
 pub fn luhn_valid(digits: &[u8]) -> bool {
     let mut sum = 0u32;

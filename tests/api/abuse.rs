@@ -990,6 +990,9 @@ async fn a_card_number_typed_into_a_personal_field_is_refused_and_never_stored()
         "5105-1051-0510-5100",
         "5105105105105100",
         "Ada 5105 1051\n0510 5100",
+        // With the expiry and CVC in the same run of digits.
+        "5105.1051.0510.5100 12/27 123",
+        "exp 12/27 5105 1051 0510 5100",
     ];
     let paths: &[&[&str]] = &[
         &["customer", "name"],
@@ -1054,7 +1057,13 @@ async fn a_card_number_typed_into_a_personal_field_is_refused_and_never_stored()
     assert_eq!(order_count(&app).await, 1);
     for (what, bytes) in app.database_bytes().await {
         let text = String::from_utf8_lossy(&bytes);
-        for needle in ["5105105105105100", "5105 1051", "5105-1051", "0510 5100"] {
+        for needle in [
+            "5105105105105100",
+            "5105 1051",
+            "5105-1051",
+            "0510 5100",
+            "5105.1051",
+        ] {
             assert!(!text.contains(needle), "{needle} in the {what}");
         }
     }
@@ -1069,6 +1078,64 @@ async fn a_card_number_typed_into_a_personal_field_is_refused_and_never_stored()
     );
     let logs = crate::helpers::captured_logs();
     assert!(!logs.contains("5105105105105100") && !logs.contains("5105 1051"));
+}
+
+#[tokio::test]
+async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never_stored() {
+    let app = spawn_app().await;
+    let cases: &[(&[&str], &str)] = &[
+        (&["storefront_order_ref"], "5105/1051/0510/5100"),
+        (&["items", "0", "description"], "5105.1051.0510.5100"),
+        (&["items", "0", "sku"], "5105 1051 0510 5100 123"),
+        (&["customer", "phone"], "5105 1051 0510 5100"),
+        (&["customer", "email"], "5105105105105100@example.com"),
+        (&["gift_recipient", "phone"], "5105105105105100"),
+    ];
+    for (n, (path, pan)) in cases.iter().enumerate() {
+        let mut order = order_json();
+        if path[0] == "gift_recipient" {
+            order["gift_recipient"] = json!({
+                "name": "Grace Hopper",
+                "address": order["billing_address"].clone(),
+            });
+        }
+        let mut target = &mut order;
+        for key in &path[..path.len() - 1] {
+            target = match key.parse::<usize>() {
+                Ok(i) => &mut target[i],
+                Err(_) => &mut target[*key],
+            };
+        }
+        target[path[path.len() - 1]] = json!(pan);
+        let r = app.post_order(&format!("clear-pan-{n}"), &order).await;
+        let body = expect_problem(r, 422).await;
+        let field = path.join(".");
+        assert!(
+            body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field.as_str() && e["code"] == "looks_like_card_number"),
+            "{field}: {body}"
+        );
+        assert!(
+            !body.to_string().contains("5105"),
+            "the value is never echoed"
+        );
+    }
+    assert_eq!(order_count(&app).await, 0);
+    // Phone numbers and references that only look long are taken.
+    let mut order = order_json();
+    order["customer"]["phone"] = json!("+49 151 2345 6789");
+    order["storefront_order_ref"] = json!("ORDER-2026-11-30-300001234564");
+    let r = app.post_order("clear-pan-ok", &order).await;
+    assert_eq!(r.status(), 201);
+    for (what, bytes) in app.database_bytes().await {
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in ["5105105105105100", "5105 1051", "5105.1051", "5105/1051"] {
+            assert!(!text.contains(needle), "{needle} in the {what}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -693,7 +693,22 @@ async fn a_plaintext_card_number_in_a_clear_column_is_named() {
     )
     .await;
     exec(&app, &format!("UPDATE orders SET items = '[{{\"sku\":\"a\",\"description\":\"ada@example.com\"}}]' WHERE id = '{}'", ids[2])).await;
+    // Grouped as a person types it, and followed by the CVC: what intake
+    // refuses in a clear field, the audit finds in a clear column.
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET items = '[{{\"sku\":\"a\",\"description\":\"4111.1111.1111.1111 123\"}}]' WHERE id = '{}'",
+            ids[3]
+        ),
+    )
+    .await;
     let report = run_verify(&app).await;
+    assert!(
+        has(&report, "orders", &ids[3], "items holds a card number"),
+        "{:#?}",
+        report.failures
+    );
     assert!(
         has(
             &report,
