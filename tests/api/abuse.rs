@@ -1028,45 +1028,25 @@ async fn a_card_number_typed_into_a_personal_field_is_refused_and_never_stored()
                 }
                 _ => {}
             }
-            let mut target = &mut order;
-            for key in &path[..path.len() - 1] {
-                target = &mut target[*key];
-            }
-            target[path[path.len() - 1]] = json!(pan);
-            let r = app.post_order(&format!("pan-{n}-{m}"), &order).await;
-            let text_status = r.status().as_u16();
-            let body = expect_problem(r, 422).await;
-            assert_eq!(text_status, 422);
-            let field = path.join(".");
-            let errors = body["errors"].as_array().unwrap();
-            assert!(
-                errors
-                    .iter()
-                    .any(|e| e["field"] == field.as_str() && e["code"] == "looks_like_card_number"),
-                "{field}: {body}"
-            );
-            assert!(
-                !body.to_string().contains("5105"),
-                "the value is never echoed"
-            );
+            set_at(&mut order, path, json!(pan));
+            refused_as_card_number(&app, &format!("pan-{n}-{m}"), &order, path).await;
         }
     }
     // A plain order goes through, so the database has content to scan.
     let r = app.post_order("pan-ok", &order_json()).await;
     assert_eq!(r.status(), 201);
     assert_eq!(order_count(&app).await, 1);
-    for (what, bytes) in app.database_bytes().await {
-        let text = String::from_utf8_lossy(&bytes);
-        for needle in [
+    never_stored(
+        &app,
+        &[
             "5105105105105100",
             "5105 1051",
             "5105-1051",
             "0510 5100",
             "5105.1051",
-        ] {
-            assert!(!text.contains(needle), "{needle} in the {what}");
-        }
-    }
+        ],
+    )
+    .await;
     let report = crate::audit::run_verify(&app).await;
     assert!(
         !report
@@ -1099,29 +1079,8 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
                 "address": order["billing_address"].clone(),
             });
         }
-        let mut target = &mut order;
-        for key in &path[..path.len() - 1] {
-            target = match key.parse::<usize>() {
-                Ok(i) => &mut target[i],
-                Err(_) => &mut target[*key],
-            };
-        }
-        target[path[path.len() - 1]] = json!(pan);
-        let r = app.post_order(&format!("clear-pan-{n}"), &order).await;
-        let body = expect_problem(r, 422).await;
-        let field = path.join(".");
-        assert!(
-            body["errors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["field"] == field.as_str() && e["code"] == "looks_like_card_number"),
-            "{field}: {body}"
-        );
-        assert!(
-            !body.to_string().contains("5105"),
-            "the value is never echoed"
-        );
+        set_at(&mut order, path, json!(pan));
+        refused_as_card_number(&app, &format!("clear-pan-{n}"), &order, path).await;
     }
     assert_eq!(order_count(&app).await, 0);
     // Phone numbers and references that only look long are taken.
@@ -1130,9 +1089,51 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
     order["storefront_order_ref"] = json!("ORDER-2026-11-30-300001234564");
     let r = app.post_order("clear-pan-ok", &order).await;
     assert_eq!(r.status(), 201);
+    never_stored(
+        &app,
+        &["5105105105105100", "5105 1051", "5105.1051", "5105/1051"],
+    )
+    .await;
+}
+
+/// Sets the value at `path` in `order` (object keys; array indices as
+/// numbers).
+fn set_at(order: &mut Value, path: &[&str], value: Value) {
+    let mut target = order;
+    for key in path {
+        target = match key.parse::<usize>() {
+            Ok(i) => &mut target[i],
+            Err(_) => &mut target[*key],
+        };
+    }
+    *target = value;
+}
+
+/// Posts `order`: refused 422, `looks_like_card_number` at `path`, the
+/// value (a card number starting 5105) never echoed.
+async fn refused_as_card_number(app: &TestApp, key: &str, order: &Value, path: &[&str]) {
+    let r = app.post_order(key, order).await;
+    let body = expect_problem(r, 422).await;
+    let field = path.join(".");
+    assert!(
+        body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["field"] == field.as_str() && e["code"] == "looks_like_card_number"),
+        "{field}: {body}"
+    );
+    assert!(
+        !body.to_string().contains("5105"),
+        "the value is never echoed"
+    );
+}
+
+/// None of `needles` is in any file of the database.
+async fn never_stored(app: &TestApp, needles: &[&str]) {
     for (what, bytes) in app.database_bytes().await {
         let text = String::from_utf8_lossy(&bytes);
-        for needle in ["5105105105105100", "5105 1051", "5105.1051", "5105/1051"] {
+        for needle in needles {
             assert!(!text.contains(needle), "{needle} in the {what}");
         }
     }
