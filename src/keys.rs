@@ -180,9 +180,18 @@ pub async fn rotate(
 /// Re-wraps every data key of `classes` not under the active KEK version.
 /// Batched and resumable; `progress(done)` after each batch. Returns the
 /// number of records re-wrapped.
+///
+/// Each batch runs under the keyring's lock, against the keyring as it is
+/// at that moment: a rotation or a destroy (which take the same lock) falls
+/// between two batches, never between choosing a batch's target version and
+/// committing it. Otherwise `keys destroy` could count no record under the
+/// version a batch in flight is re-wrapping to, and destroy it — and every
+/// record of the batch with it. A rotation during the run moves the next
+/// batches to the new active version.
 pub async fn rewrap(
     store: &dyn Store,
-    keyring: &Keyring,
+    path: &Path,
+    master: &MasterKey,
     classes: &[DataClass],
     batch: u32,
     progress: &(dyn Fn(u64) + Sync),
@@ -190,8 +199,10 @@ pub async fn rewrap(
     let rng = SystemRandom::new();
     let mut done = 0u64;
     for class in classes {
-        let active = keyring.sealing_kek(*class)?;
         loop {
+            let lock = lock_keyring(path)?;
+            let keyring = Keyring::load(path, master)?;
+            let active = keyring.sealing_kek(*class)?;
             let items = store
                 .envelopes_to_rewrap(*class, active.version, batch)
                 .await?;
@@ -214,7 +225,7 @@ pub async fn rewrap(
                     order_id,
                     record_id,
                 };
-                let Ok(new) = envelope::rewrap(&rng, keyring, &active, &binding, &item.envelope)
+                let Ok(new) = envelope::rewrap(&rng, &keyring, &active, &binding, &item.envelope)
                 else {
                     return Err(KeysError::Unopenable {
                         table: item.table,
@@ -224,12 +235,13 @@ pub async fn rewrap(
                 updates.push((item, new.kek_version, new.wrapped_dek));
             }
             done += store.apply_rewrap(&updates).await?;
+            drop(lock);
             progress(done);
         }
     }
     log_operation(
         store,
-        keyring,
+        &Keyring::load(path, master)?,
         "keys rewrap".into(),
         vec![format!("records:{done}")],
         Outcome::Allowed,

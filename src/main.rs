@@ -248,7 +248,6 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
             writeln!(out, "new active versions: {}", made.join(", "))?;
         }
         KeysCommand::Rewrap { class, batch, .. } => {
-            let keyring = Keyring::load(&path, &master)?;
             let bar = indicatif::ProgressBar::with_draw_target(
                 None,
                 indicatif::ProgressDrawTarget::stderr(),
@@ -256,7 +255,8 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
             let progress = |done: u64| bar.set_position(done);
             let done = checkoutd::keys::rewrap(
                 store.as_ref(),
-                &keyring,
+                &path,
+                &master,
                 &classes(&class)?,
                 batch.max(1),
                 &progress,

@@ -16,6 +16,13 @@ fn checkoutd(app: &TestApp) -> Command {
     app.command()
 }
 
+/// The development keyring's file and master key.
+fn keyring_file(app: &TestApp) -> (std::path::PathBuf, checkoutd::crypto::master::MasterKey) {
+    let data = app.dir.path().join("data");
+    let master = checkoutd::crypto::master::MasterKey::load_dev(&data.join("master.key")).unwrap();
+    (data.join("keyring.json"), master)
+}
+
 pub async fn order(app: &TestApp, key: &str) -> String {
     // Right after a rotation a server may answer 503 (retryable) until it
     // has picked up the new keyring; a storefront retries with the same key.
@@ -167,8 +174,8 @@ async fn rotate_rewrap_destroy_end_to_end() {
             .unwrap();
     // A run interrupted after the card class (batches of one): the billing
     // and other classes are still under v1 when the next run resumes.
-    let keyring_now = app.keyring();
-    let done = checkoutd::keys::rewrap(&store, &keyring_now, &[DataClass::Card], 1, &|_| {})
+    let (path, master) = keyring_file(&app);
+    let done = checkoutd::keys::rewrap(&store, &path, &master, &[DataClass::Card], 1, &|_| {})
         .await
         .unwrap();
     assert!(done >= 1, "card keys re-wrapped");
@@ -582,4 +589,58 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
         );
         assert_eq!(orders().await, before + 4);
     }
+}
+
+#[tokio::test]
+async fn a_rewrap_follows_a_rotation_made_while_it_runs() {
+    // Each batch reads the keyring anew, under its lock: a rotation (or a
+    // destroy) falls between two batches, and the batches after it go to
+    // the new active version. A run that kept the version it started with
+    // would go on filling a version that may meanwhile be retired and
+    // destroyed (its records then lost).
+    let app = spawn_app().await;
+    for i in 0..4 {
+        order(&app, &format!("follow-{i}")).await;
+    }
+    let out = checkoutd(&app)
+        .args(["keys", "rotate", "--class", "card"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (path, master) = keyring_file(&app);
+    let rotated = std::sync::atomic::AtomicBool::new(false);
+    let rotate_once = |done: u64| {
+        if done == 1 && !rotated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let mut keyring = checkoutd::crypto::keyring::Keyring::load(&path, &master).unwrap();
+            let version = keyring
+                .rotate(
+                    &ring::rand::SystemRandom::new(),
+                    DataClass::Card,
+                    &checkoutd::ids::now(),
+                )
+                .unwrap();
+            assert_eq!(version, 3);
+            keyring.save(&path, &master).unwrap();
+        }
+    };
+    let store = app.store().await;
+    let done = checkoutd::keys::rewrap(&store, &path, &master, &[DataClass::Card], 1, &rotate_once)
+        .await
+        .unwrap();
+    assert!(rotated.load(std::sync::atomic::Ordering::SeqCst));
+    // The first record went to v2, then v3 became active: every card key,
+    // that one included, ends under v3.
+    assert_eq!(done, 5, "4 from v1, then the one re-wrapped to v2 again");
+    let usage = checkoutd::store::Store::kek_usage(&store, DataClass::Card)
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.keys().copied().collect::<Vec<_>>(),
+        vec![3],
+        "{usage:?}"
+    );
 }
