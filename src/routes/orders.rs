@@ -255,11 +255,12 @@ pub struct SummaryItem<'a> {
     pub line_total_minor: i64,
 }
 
-/// The order's consent tag and whether its MAC verified.
+/// The order's consent tag and whether it verified.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct SummaryConsent<'a> {
     #[serde(flatten)]
     pub tag: crate::domain::consent::TagView<'a>,
+    /// The tag's MAC verifies, and it is this order's customer tag.
     pub verified: bool,
 }
 
@@ -289,9 +290,15 @@ pub async fn summary(
         .await
     {
         Ok(Some(s)) => {
-            let verified = state.intake.tag_verifies(&s.consent);
+            // Genuine (its MAC), and the customer's tag *of this order*: a
+            // genuine tag of another order, or the gift recipient's, put in
+            // `orders.consent_tag_id` by a database writer is not shown as
+            // this order's consent.
+            let verified = state.intake.tag_verifies(&s.consent)
+                && s.consent.order_id == s.id
+                && s.consent.subject == crate::domain::consent::Subject::Customer;
             if !verified {
-                tracing::error!(order_id = %s.id, "a consent tag failed its MAC check");
+                tracing::error!(order_id = %s.id, "the order's consent tag failed its MAC check or is not its customer's tag");
             }
             let items = s
                 .items

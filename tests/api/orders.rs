@@ -1301,3 +1301,59 @@ async fn the_database_and_keyring_files_are_owner_only() {
     assert_eq!(mode(app.dir.path().join("data/keyring.json")), 0o600);
     assert_eq!(mode(app.dir.path().join("data")), 0o700);
 }
+
+#[tokio::test]
+async fn the_summary_shows_only_its_own_customers_tag_as_verified() {
+    // Genuine tags put on the wrong order by a database writer: another
+    // order's customer tag, and this order's gift-recipient tag. Each has a
+    // valid MAC; neither is this order's consent.
+    let app = spawn_app().await;
+    let other = created(app.post_order("own-tag-other", &order_json()).await).await;
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({
+        "name": "Grace Hopper",
+        "address": gift["billing_address"].clone(),
+    });
+    let this = created(app.post_order("own-tag-this", &gift).await).await;
+    let (other_id, this_id) = (
+        other["order_id"].as_str().unwrap().to_owned(),
+        this["order_id"].as_str().unwrap().to_owned(),
+    );
+    let db = app.db().await;
+    let tag = |order: String, subject: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM consent_tags WHERE order_id = $1 AND subject = $2",
+            )
+            .bind(order)
+            .bind(subject)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let summary = |id: String| {
+        let app = &app;
+        async move {
+            app.get_json(Role::Storefront, &format!("/v1/orders/{id}"))
+                .await
+        }
+    };
+    assert_eq!(summary(this_id.clone()).await["consent"]["verified"], true);
+    for wrong in [
+        tag(other_id.clone(), "customer").await,
+        tag(this_id.clone(), "gift_recipient").await,
+    ] {
+        // The tags' own references stay as they were (0011 forbids moving
+        // them); only the order's pointer to its customer tag changes.
+        sqlx::query("UPDATE orders SET consent_tag_id = $1 WHERE id = $2")
+            .bind(&wrong)
+            .bind(&this_id)
+            .execute(&db)
+            .await
+            .unwrap();
+        let s = summary(this_id.clone()).await;
+        assert_eq!(s["consent"]["verified"], false, "tag {wrong}: {s:#}");
+    }
+}
