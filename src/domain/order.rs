@@ -436,6 +436,10 @@ impl Reader {
         })
     }
 
+    /// A group of fields. An optional group whose every field is blank
+    /// counts as absent, as an optional string does: an HTML form sends
+    /// every input of a section the customer left empty (a separate
+    /// shipping address, a gift recipient) as empty strings.
     fn object(
         &mut self,
         map: &mut Map<String, Value>,
@@ -444,6 +448,10 @@ impl Reader {
         required: bool,
     ) -> Option<(Map<String, Value>, String)> {
         match self.take(map, prefix, key, required)? {
+            Value::Object(m) if !required && m.values().all(blank) => {
+                scrub(Value::Object(m));
+                None
+            }
             Value::Object(m) => Some((m, join(prefix, key))),
             other => {
                 scrub(other);
@@ -670,6 +678,16 @@ fn phone(s: &str) -> Result<Phone, Reject> {
     Ok(phone)
 }
 
+/// An empty or all-blank string, `null`, or a group of nothing else.
+fn blank(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        Value::Object(m) => m.values().all(blank),
+        _ => false,
+    }
+}
+
 fn text_reject(e: TextError, max: usize) -> Reject {
     match e {
         TextError::Empty => ("required", "This field is required"),
@@ -877,6 +895,48 @@ mod tests {
                 "{field}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_form_section_left_empty_is_absent() {
+        let body = b"customer.name=Ada&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
+&billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
+&billing_address.country=US&shipping_address.line1=&shipping_address.line2=&shipping_address.city=\
+&shipping_address.region=&shipping_address.postal_code=&shipping_address.country=\
+&gift_recipient.name=+&gift_recipient.phone=&gift_recipient.message=&gift_recipient.address.line1=\
+&gift_recipient.address.city=&gift_recipient.address.postal_code=&gift_recipient.address.country=\
+&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
+&currency=USD&card.number=4012888888881881&card.exp_month=12&card.exp_year=2030&card.cvc=123\
+&consent.policy_version=2002-06-05";
+        let (versions, today) = rules();
+        let rules = Rules {
+            policy_versions: &versions,
+            today,
+        };
+        let order = parse(
+            crate::domain::form::parse(body).unwrap(),
+            Source::Form,
+            &rules,
+        )
+        .unwrap();
+        assert!(matches!(order.ship_to, ShipTo::BillingAddress));
+        // A section with something in it is read, and its gaps named.
+        let half = String::from_utf8(body.to_vec()).unwrap().replace(
+            "shipping_address.line2=&",
+            "shipping_address.line2=Suite+100&",
+        );
+        let errors = parse(
+            crate::domain::form::parse(half.as_bytes()).unwrap(),
+            Source::Form,
+            &rules,
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "shipping_address.line1" && e.code == "required"),
+            "{errors:?}"
+        );
     }
 
     #[test]
