@@ -394,8 +394,17 @@ impl Reader {
         required: bool,
     ) -> Option<i64> {
         let value = self.take(map, prefix, key, required)?;
+        // A whole number too large for 64 bits is out of range, not of the
+        // wrong type.
+        const OUT_OF_RANGE: Reject = ("out_of_range", "The number is out of range");
+        const NOT_WHOLE: Reject = ("invalid_type", "Expected a whole number");
         let parsed = match (&value, self.source) {
-            (Value::Number(n), _) => n.as_i64(),
+            (Value::Number(n), _) => n.as_i64().ok_or_else(|| {
+                let huge = n.is_u64()
+                    || n.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18);
+                if huge { OUT_OF_RANGE } else { NOT_WHOLE }
+            }),
             (Value::String(s), Source::Form) => {
                 let t = s.trim();
                 if t.is_empty() && required {
@@ -403,15 +412,23 @@ impl Reader {
                     self.error(join(prefix, key), "required", "This field is required");
                     return None;
                 }
-                t.parse::<i64>().ok()
+                t.parse::<i64>().map_err(|e| match e.kind() {
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                        OUT_OF_RANGE
+                    }
+                    _ => NOT_WHOLE,
+                })
             }
-            _ => None,
+            _ => Err(NOT_WHOLE),
         };
         scrub(value);
-        if parsed.is_none() {
-            self.error(join(prefix, key), "invalid_type", "Expected a whole number");
+        match parsed {
+            Ok(n) => Some(n),
+            Err((code, message)) => {
+                self.error(join(prefix, key), code, message);
+                None
+            }
         }
-        parsed
     }
 
     /// A checkbox: JSON `true`/`false`; in a form, presence (empty, `on`,
@@ -603,6 +620,10 @@ impl Reader {
                     "out_of_range",
                     "Year must be four digits, 2000 to 2099",
                 ),
+                // This year's card is out of date by its month.
+                ExpiryError::Expired if year == i64::from(rules.today.year()) => {
+                    self.error(join(&p, "exp_month"), "expired", "The card has expired")
+                }
                 ExpiryError::Expired => {
                     self.error(join(&p, "exp_year"), "expired", "The card has expired")
                 }
@@ -937,6 +958,62 @@ mod tests {
                 .any(|e| e.field == "shipping_address.line1" && e.code == "required"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn numbers_too_large_for_64_bits_are_out_of_range() {
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::from_str("99999999999999999999").unwrap();
+        v["items"][0]["unit_price_minor"] = json!(u64::MAX);
+        v["card"]["exp_month"] = json!(1.5);
+        let got = codes(v);
+        assert!(
+            got.contains(&("items.0.quantity".into(), "out_of_range")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("items.0.unit_price_minor".into(), "out_of_range")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("card.exp_month".into(), "invalid_type")),
+            "{got:?}"
+        );
+        // The same from a form.
+        let tree = crate::domain::form::parse(
+            b"items.0.sku=A&items.0.quantity=99999999999999999999&items.0.unit_price_minor=1x",
+        )
+        .unwrap();
+        let (versions, today) = rules();
+        let rules = Rules {
+            policy_versions: &versions,
+            today,
+        };
+        let errors = parse(tree, Source::Form, &rules).unwrap_err();
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        assert!(
+            got.contains(&("items.0.quantity", "out_of_range")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("items.0.unit_price_minor", "invalid_type")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn an_expired_card_names_the_field_that_is_out_of_date() {
+        // Today is 2026-11-29 (`rules`).
+        let mut v = valid();
+        v["card"]["exp_month"] = json!(10);
+        v["card"]["exp_year"] = json!(2026);
+        assert!(codes(v.clone()).contains(&("card.exp_month".into(), "expired")));
+        v["card"]["exp_month"] = json!(12);
+        v["card"]["exp_year"] = json!(2025);
+        assert!(codes(v.clone()).contains(&("card.exp_year".into(), "expired")));
+        v["card"]["exp_month"] = json!(11);
+        v["card"]["exp_year"] = json!(2026);
+        assert!(check(v).is_ok(), "valid to the end of its month");
     }
 
     #[test]
