@@ -165,7 +165,9 @@ pub async fn rotate(
         .filter(|k| k.state != KekState::Active)
         .map(|k| (k.class, k.version))
         .collect();
-    store.retire_keks(&retired, &now).await?;
+    let told = store.retire_keks(&retired, &now).await;
+    // The keyring has changed: logged whether or not the database could be
+    // told (running `rotate` again tells it).
     log_operation(
         store,
         &keyring,
@@ -174,6 +176,7 @@ pub async fn rotate(
         Outcome::Allowed,
     )
     .await?;
+    told?;
     Ok(made)
 }
 
@@ -196,8 +199,30 @@ pub async fn rewrap(
     batch: u32,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, KeysError> {
-    let rng = SystemRandom::new();
     let mut done = 0u64;
+    let result = rewrap_batches(store, path, master, classes, batch, progress, &mut done).await;
+    // What was re-wrapped is logged, also when a later batch failed.
+    log_operation(
+        store,
+        &Keyring::load(path, master)?,
+        "keys rewrap".into(),
+        vec![format!("records:{done}")],
+        Outcome::Allowed,
+    )
+    .await?;
+    result.map(|()| done)
+}
+
+async fn rewrap_batches(
+    store: &dyn Store,
+    path: &Path,
+    master: &MasterKey,
+    classes: &[DataClass],
+    batch: u32,
+    progress: &(dyn Fn(u64) + Sync),
+    done: &mut u64,
+) -> Result<(), KeysError> {
+    let rng = SystemRandom::new();
     for class in classes {
         loop {
             let lock = lock_keyring(path)?;
@@ -234,20 +259,12 @@ pub async fn rewrap(
                 };
                 updates.push((item, new.kek_version, new.wrapped_dek));
             }
-            done += store.apply_rewrap(&updates).await?;
+            *done += store.apply_rewrap(&updates).await?;
             drop(lock);
-            progress(done);
+            progress(*done);
         }
     }
-    log_operation(
-        store,
-        &Keyring::load(path, master)?,
-        "keys rewrap".into(),
-        vec![format!("records:{done}")],
-        Outcome::Allowed,
-    )
-    .await?;
-    Ok(done)
+    Ok(())
 }
 
 /// Destroys KEK `class`/`version` for good, if nothing uses it.
@@ -291,8 +308,8 @@ pub async fn destroy(
         .await?;
         return Err(KeysError::Refused(why));
     }
-    keyring.destroy(class, version)?;
-    keyring.save(path, master)?;
+    // Logged before the key is wiped: a destruction the log cannot record
+    // does not happen.
     log_operation(
         store,
         &keyring,
@@ -301,6 +318,8 @@ pub async fn destroy(
         Outcome::Allowed,
     )
     .await?;
+    keyring.destroy(class, version)?;
+    keyring.save(path, master)?;
     Ok(())
 }
 

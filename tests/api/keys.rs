@@ -644,3 +644,55 @@ async fn a_rewrap_follows_a_rotation_made_while_it_runs() {
         "{usage:?}"
     );
 }
+
+#[tokio::test]
+async fn a_rewrap_that_fails_part_way_is_still_logged() {
+    let app = spawn_app().await;
+    let first = order(&app, "part-1").await;
+    order(&app, "part-2").await;
+    let out = checkoutd(&app)
+        .args(["keys", "rotate", "--class", "card"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One card's wrapped key damaged: the run stops there, whatever it
+    // re-wrapped before that committed.
+    let db = app.db().await;
+    let mut wrapped: Vec<u8> =
+        sqlx::query_scalar("SELECT wrapped_dek FROM payment_cards WHERE order_id = $1")
+            .bind(&first)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    wrapped[20] ^= 1;
+    sqlx::query("UPDATE payment_cards SET wrapped_dek = $1 WHERE order_id = $2")
+        .bind(wrapped)
+        .bind(&first)
+        .execute(&db)
+        .await
+        .unwrap();
+    let out = checkoutd(&app)
+        .args(["keys", "rewrap", "--class", "card", "--batch", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the damaged key stops the run");
+    let log: Value = app
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
+    let rewraps: Vec<&Value> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "keys rewrap")
+        .collect();
+    assert_eq!(rewraps.len(), 1, "{log:#}");
+    assert!(
+        rewraps[0].to_string().contains("records:"),
+        "{:#}",
+        rewraps[0]
+    );
+}
