@@ -29,10 +29,79 @@ pub enum FormError {
     TooDeep,
 }
 
+impl FormError {
+    /// The stable code of the field error naming the field.
+    pub fn code(self) -> &'static str {
+        match self {
+            FormError::Encoding => "invalid_encoding",
+            FormError::EmptyName => "empty_name",
+            FormError::Duplicate => "duplicate_field",
+            FormError::Conflict => "conflicting_field",
+            FormError::SparseIndices => "invalid_index",
+            FormError::TooDeep => "too_deep",
+        }
+    }
+
+    /// The same text as `Display`, as a static string for a field error.
+    pub fn message(self) -> &'static str {
+        match self {
+            FormError::Encoding => "Not valid UTF-8 after percent-decoding",
+            FormError::EmptyName => "A field name is empty or has an empty segment",
+            FormError::Duplicate => "This field is given more than once",
+            FormError::Conflict => "This field is used both as a value and as a group of fields",
+            FormError::SparseIndices => "List indices must be 0, 1, 2, … without gaps",
+            FormError::TooDeep => "This field nests too deeply",
+        }
+    }
+}
+
+/// A malformed form body: why, and the field when it can be named (as
+/// `order::shown_field_name` shows names: a segment not shaped like one of
+/// ours is `<unknown>`, so no client-chosen text is echoed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct Malformed {
+    pub error: FormError,
+    pub field: Option<String>,
+}
+
+impl Malformed {
+    fn at(error: FormError, name: &str) -> Self {
+        Malformed {
+            error,
+            field: Some(shown_path(name)),
+        }
+    }
+}
+
+impl From<FormError> for Malformed {
+    fn from(error: FormError) -> Self {
+        Malformed { error, field: None }
+    }
+}
+
+/// A dotted name as an error may show it: list indices as they are, every
+/// other segment through `order::shown_field_name`.
+fn shown_path(name: &str) -> String {
+    name.split('.')
+        .map(|segment| {
+            if !segment.is_empty()
+                && segment.len() <= 5
+                && segment.bytes().all(|b| b.is_ascii_digit())
+            {
+                segment
+            } else {
+                super::order::shown_field_name(segment)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 const MAX_DEPTH: usize = 6;
 const MAX_INDEX: usize = 10_000;
 
-pub fn parse(body: &[u8]) -> Result<Value, FormError> {
+pub fn parse(body: &[u8]) -> Result<Value, Malformed> {
     let mut root = Map::new();
     for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
         let (name, value) = match pair.iter().position(|b| *b == b'=') {
@@ -41,10 +110,13 @@ pub fn parse(body: &[u8]) -> Result<Value, FormError> {
         };
         let name = decode(name)?;
         let value = decode(value)?;
-        insert(&mut root, &name, value)?;
+        insert(&mut root, &name, value).map_err(|error| match error {
+            FormError::EmptyName => Malformed::from(error),
+            _ => Malformed::at(error, &name),
+        })?;
     }
     let mut tree = Value::Object(root);
-    arrays(&mut tree)?;
+    arrays(&mut tree, &mut Vec::new())?;
     Ok(tree)
 }
 
@@ -92,14 +164,18 @@ fn insert(root: &mut Map<String, Value>, name: &str, value: String) -> Result<()
     }
 }
 
-/// Turns objects whose keys are all indices into arrays, depth first.
-fn arrays(value: &mut Value) -> Result<(), FormError> {
+/// Turns objects whose keys are all indices into arrays, depth first;
+/// `path` is where `value` is.
+fn arrays(value: &mut Value, path: &mut Vec<String>) -> Result<(), Malformed> {
     let Value::Object(map) = value else {
         return Ok(());
     };
-    for child in map.values_mut() {
-        arrays(child)?;
+    for (key, child) in map.iter_mut() {
+        path.push(key.clone());
+        arrays(child, path)?;
+        path.pop();
     }
+    let sparse = || Malformed::at(FormError::SparseIndices, &path.join("."));
     let all_indices = !map.is_empty()
         && map
             .keys()
@@ -109,15 +185,15 @@ fn arrays(value: &mut Value) -> Result<(), FormError> {
     }
     let mut indexed: Vec<(usize, Value)> = Vec::with_capacity(map.len());
     for (k, v) in std::mem::take(map) {
-        let i: usize = k.parse().map_err(|_| FormError::SparseIndices)?;
+        let i: usize = k.parse().map_err(|_| sparse())?;
         if i > MAX_INDEX || (k.len() > 1 && k.starts_with('0')) {
-            return Err(FormError::SparseIndices);
+            return Err(sparse());
         }
         indexed.push((i, v));
     }
     indexed.sort_by_key(|(i, _)| *i);
     if indexed.iter().enumerate().any(|(pos, (i, _))| pos != *i) {
-        return Err(FormError::SparseIndices);
+        return Err(sparse());
     }
     *value = Value::Array(indexed.into_iter().map(|(_, v)| v).collect());
     Ok(())
@@ -140,16 +216,41 @@ mod tests {
 
     #[test]
     fn malformed_forms() {
-        assert_eq!(parse(b"a=1&a=2"), Err(FormError::Duplicate));
-        assert_eq!(parse(b"a=1&a.b=2"), Err(FormError::Conflict));
-        assert_eq!(parse(b"a.b=2&a=1"), Err(FormError::Conflict));
-        assert_eq!(parse(b"a..b=1"), Err(FormError::EmptyName));
+        let fault = |body: &[u8]| parse(body).map_err(|m| m.error);
+        assert_eq!(fault(b"a=1&a=2"), Err(FormError::Duplicate));
+        assert_eq!(fault(b"a=1&a.b=2"), Err(FormError::Conflict));
+        assert_eq!(fault(b"a.b=2&a=1"), Err(FormError::Conflict));
+        assert_eq!(fault(b"a..b=1"), Err(FormError::EmptyName));
         assert_eq!(
-            parse(b"items.0.sku=a&items.2.sku=b"),
+            fault(b"items.0.sku=a&items.2.sku=b"),
             Err(FormError::SparseIndices)
         );
-        assert_eq!(parse(b"items.00.sku=a"), Err(FormError::SparseIndices));
-        assert_eq!(parse(b"a=%FF"), Err(FormError::Encoding));
-        assert_eq!(parse(b"a.b.c.d.e.f.g=1"), Err(FormError::TooDeep));
+        assert_eq!(fault(b"items.00.sku=a"), Err(FormError::SparseIndices));
+        assert_eq!(fault(b"a=%FF"), Err(FormError::Encoding));
+        assert_eq!(fault(b"a.b.c.d.e.f.g=1"), Err(FormError::TooDeep));
+    }
+
+    #[test]
+    fn a_malformed_form_names_the_field_without_echoing_client_text() {
+        let field = |body: &[u8]| parse(body).unwrap_err().field;
+        assert_eq!(
+            field(b"consent.special_offers=on&consent.special_offers=off"),
+            Some("consent.special_offers".to_owned())
+        );
+        assert_eq!(
+            field(b"items.0.sku=a&items.0=b"),
+            Some("items.0".to_owned())
+        );
+        assert_eq!(
+            field(b"items.0.sku=a&items.2.sku=b"),
+            Some("items".to_owned())
+        );
+        // A name that is not one of ours is not echoed.
+        assert_eq!(
+            field(b"customer.Ada4111111111111111=1&customer.Ada4111111111111111=2"),
+            Some("customer.<unknown>".to_owned())
+        );
+        assert_eq!(field(b"a..b=1"), None);
+        assert_eq!(field(b"a=%FF"), None);
     }
 }

@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::KeyringHandle;
 use crate::crypto::mac::MacKey;
-use crate::domain::form::{self, FormError};
+use crate::domain::form::{self, Malformed};
 use crate::domain::json::{self, JsonError};
 use crate::domain::order::{self, Rules, Source};
 use crate::http::FieldError;
@@ -118,7 +118,7 @@ pub enum IntakeError {
     #[error(transparent)]
     MalformedJson(#[from] JsonError),
     #[error("the form body is malformed")]
-    MalformedForm(#[from] FormError),
+    MalformedForm(#[from] Malformed),
     #[error("the order form has errors")]
     Invalid(Vec<FieldError>),
     #[error("the idempotency key was used with a different body")]

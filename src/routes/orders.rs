@@ -43,7 +43,7 @@ pub const MAX_BODY: usize = 64 * 1024;
                 ("Location" = String, description = "`/v1/orders/{order_id}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same key"),
             )),
-        (status = 400, description = "Missing or invalid `Idempotency-Key`, malformed JSON or form body, unreadable body"),
+        (status = 400, description = "Missing or invalid `Idempotency-Key`, malformed JSON or form body (for a form, the offending field in `errors` when it can be named), unreadable body"),
         (status = 409, description = "A request with this `Idempotency-Key` is still being processed"),
         (status = 413, description = "The body is larger than 64 KiB"),
         (status = 415, description = "Not `application/json` or `application/x-www-form-urlencoded` (UTF-8)"),
@@ -167,9 +167,17 @@ fn intake_problem(e: IntakeError) -> Problem {
             Problem::bad_request("malformed-body", "The body is not valid JSON")
                 .with_detail(e.to_string())
         }
-        IntakeError::MalformedForm(f) => {
-            Problem::bad_request("malformed-body", "The form body is malformed")
-                .with_detail(f.to_string())
+        IntakeError::MalformedForm(m) => {
+            let problem = Problem::bad_request("malformed-body", "The form body is malformed")
+                .with_detail(m.error.to_string());
+            match m.field {
+                Some(field) => problem.with_errors(vec![crate::http::FieldError::new(
+                    field,
+                    m.error.code(),
+                    m.error.message(),
+                )]),
+                None => problem,
+            }
         }
         IntakeError::Invalid(errors) => {
             Problem::unprocessable("invalid-order", "The order form has errors").with_errors(errors)

@@ -1039,6 +1039,20 @@ async fn size_media_type_and_syntax_errors() {
     .await
     .unwrap();
     expect_problem(r, 400).await;
+    // The field is named (as far as it is one of ours).
+    let r = post(
+        "application/x-www-form-urlencoded",
+        b"consent.special_offers=on&consent.special_offers=off".to_vec(),
+        "dup-named",
+    )
+    .await
+    .unwrap();
+    let body = expect_problem(r, 400).await;
+    assert_eq!(
+        body["errors"][0]["field"], "consent.special_offers",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["code"], "duplicate_field", "{body}");
     let r = post(
         "application/x-www-form-urlencoded",
         b"customer.name=%FF".to_vec(),
