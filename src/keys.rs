@@ -200,7 +200,53 @@ pub async fn rewrap(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, KeysError> {
     let mut done = 0u64;
-    let result = rewrap_batches(store, path, master, classes, batch, progress, &mut done).await;
+    let result: Result<(), KeysError> = async {
+        let rng = SystemRandom::new();
+        for class in classes {
+            loop {
+                let lock = lock_keyring(path)?;
+                let keyring = Keyring::load(path, master)?;
+                let active = keyring.sealing_kek(*class)?;
+                let items = store
+                    .envelopes_to_rewrap(*class, active.version, batch)
+                    .await?;
+                if items.is_empty() {
+                    break;
+                }
+                let mut updates = Vec::with_capacity(items.len());
+                for item in items {
+                    let (Ok(order_id), Ok(record_id)) = (
+                        uuid::Uuid::parse_str(&item.order_id),
+                        uuid::Uuid::parse_str(&item.id),
+                    ) else {
+                        return Err(KeysError::Unopenable {
+                            table: item.table,
+                            id: item.id,
+                        });
+                    };
+                    let binding = Binding {
+                        class: *class,
+                        order_id,
+                        record_id,
+                    };
+                    let Ok(new) =
+                        envelope::rewrap(&rng, &keyring, &active, &binding, &item.envelope)
+                    else {
+                        return Err(KeysError::Unopenable {
+                            table: item.table,
+                            id: item.id,
+                        });
+                    };
+                    updates.push((item, new.kek_version, new.wrapped_dek));
+                }
+                done += store.apply_rewrap(&updates).await?;
+                drop(lock);
+                progress(done);
+            }
+        }
+        Ok(())
+    }
+    .await;
     // What was re-wrapped is logged, also when a later batch failed.
     log_operation(
         store,
@@ -211,60 +257,6 @@ pub async fn rewrap(
     )
     .await?;
     result.map(|()| done)
-}
-
-async fn rewrap_batches(
-    store: &dyn Store,
-    path: &Path,
-    master: &MasterKey,
-    classes: &[DataClass],
-    batch: u32,
-    progress: &(dyn Fn(u64) + Sync),
-    done: &mut u64,
-) -> Result<(), KeysError> {
-    let rng = SystemRandom::new();
-    for class in classes {
-        loop {
-            let lock = lock_keyring(path)?;
-            let keyring = Keyring::load(path, master)?;
-            let active = keyring.sealing_kek(*class)?;
-            let items = store
-                .envelopes_to_rewrap(*class, active.version, batch)
-                .await?;
-            if items.is_empty() {
-                break;
-            }
-            let mut updates = Vec::with_capacity(items.len());
-            for item in items {
-                let (Ok(order_id), Ok(record_id)) = (
-                    uuid::Uuid::parse_str(&item.order_id),
-                    uuid::Uuid::parse_str(&item.id),
-                ) else {
-                    return Err(KeysError::Unopenable {
-                        table: item.table,
-                        id: item.id,
-                    });
-                };
-                let binding = Binding {
-                    class: *class,
-                    order_id,
-                    record_id,
-                };
-                let Ok(new) = envelope::rewrap(&rng, &keyring, &active, &binding, &item.envelope)
-                else {
-                    return Err(KeysError::Unopenable {
-                        table: item.table,
-                        id: item.id,
-                    });
-                };
-                updates.push((item, new.kek_version, new.wrapped_dek));
-            }
-            *done += store.apply_rewrap(&updates).await?;
-            drop(lock);
-            progress(*done);
-        }
-    }
-    Ok(())
 }
 
 /// Destroys KEK `class`/`version` for good, if nothing uses it.

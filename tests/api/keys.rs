@@ -16,6 +16,16 @@ fn checkoutd(app: &TestApp) -> Command {
     app.command()
 }
 
+/// Runs a CLI command against `app`'s data; it must succeed.
+fn cli_ok(app: &TestApp, args: &[&str]) {
+    let out = checkoutd(app).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The development keyring's file and master key.
 fn keyring_file(app: &TestApp) -> (std::path::PathBuf, checkoutd::crypto::master::MasterKey) {
     let data = app.dir.path().join("data");
@@ -602,15 +612,7 @@ async fn a_rewrap_follows_a_rotation_made_while_it_runs() {
     for i in 0..4 {
         order(&app, &format!("follow-{i}")).await;
     }
-    let out = checkoutd(&app)
-        .args(["keys", "rotate", "--class", "card"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
     let (path, master) = keyring_file(&app);
     let rotated = std::sync::atomic::AtomicBool::new(false);
     let rotate_once = |done: u64| {
@@ -650,15 +652,7 @@ async fn a_rewrap_that_fails_part_way_is_still_logged() {
     let app = spawn_app().await;
     let first = order(&app, "part-1").await;
     order(&app, "part-2").await;
-    let out = checkoutd(&app)
-        .args(["keys", "rotate", "--class", "card"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
     // One card's wrapped key damaged: the run stops there, whatever it
     // re-wrapped before that committed.
     let db = app.db().await;
