@@ -71,7 +71,17 @@ pub async fn create(
         )
         .into_response();
     };
-    let key = match headers.get("idempotency-key") {
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let (first, second) = (keys.next(), keys.next());
+    if second.is_some() {
+        // Which one the client meant is not ours to guess.
+        return Problem::bad_request(
+            "idempotency-key-invalid",
+            "Send exactly one Idempotency-Key header",
+        )
+        .into_response();
+    }
+    let key = match first {
         None => {
             return Problem::bad_request(
                 "idempotency-key-missing",

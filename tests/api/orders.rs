@@ -599,6 +599,21 @@ async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
         let r = app.post_order(bad, &order_json()).await;
         expect_problem(r, 400).await;
     }
+    // Two keys: which one the client meant is not guessed.
+    let two = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "two-a")
+        .header("idempotency-key", "two-b")
+        .json(&order_json())
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(two, 400).await;
+    assert_eq!(
+        body["type"],
+        "urn:checkoutd:problem:idempotency-key-invalid"
+    );
     // A quoted structured-field string is the same key as its content.
     let quoted = app.post_order("\"same-key\"", &order_json()).await;
     assert_eq!(quoted.headers()["idempotent-replayed"], "true");
