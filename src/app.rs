@@ -16,7 +16,7 @@ use crate::crypto::keyring::{self, Keyring, KeyringError, KeyringHandle};
 use crate::crypto::master::MasterKey;
 use crate::fulfillment::Fulfillment;
 use crate::intake::Intake;
-use crate::pki::{self, DevPki};
+use crate::pki;
 use crate::routes::{self, AppState};
 use crate::server::{self, ConnectionLimits, tls};
 use crate::store::{self, Store};
@@ -36,6 +36,10 @@ pub enum StartupError {
          restore the keyring (or point --data-dir at the right place) — a new one would not open them"
     )]
     KeyringMissing(std::path::PathBuf),
+    #[error(
+        "{0} lacks server.pem or server-key.pem; with --client-ca set no development PKI is created"
+    )]
+    ServerCertificateMissing(std::path::PathBuf),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -282,15 +286,21 @@ fn watch_keyring(
     });
 }
 
-/// On a first run with no server certificate, creates the development PKI.
-/// Returns whether it did.
+/// On a first run (no certificate file in the certs directory, no
+/// `--client-ca`), creates the development PKI; returns whether it did. A
+/// directory holding only some of the files is refused, naming what is
+/// missing (see [`pki::ensure_dev_pki`]).
 fn ensure_certificates(settings: &Settings) -> Result<bool, StartupError> {
-    if pki::server_cert_present(&settings.certs_dir) {
-        return Ok(false);
+    if settings.client_ca.is_some() && !pki::server_cert_present(&settings.certs_dir) {
+        return Err(StartupError::ServerCertificateMissing(
+            settings.certs_dir.clone(),
+        ));
     }
-    DevPki::generate()?.write_to(&settings.certs_dir)?;
-    tracing::warn!(certs_dir = %settings.certs_dir.display(), "created a development PKI");
-    Ok(true)
+    let created = pki::ensure_dev_pki(&settings.certs_dir)?;
+    if created {
+        tracing::warn!(certs_dir = %settings.certs_dir.display(), "created a development PKI");
+    }
+    Ok(created)
 }
 
 /// A boxed, star-framed warning.

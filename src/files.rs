@@ -30,3 +30,133 @@ pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     file.lock()?;
     Ok(file)
 }
+
+/// How [`write_atomically`] places its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Replaces whatever is at the path (a rotated keyring).
+    Replace,
+    /// Only if nothing is there yet (a key never overwrites another).
+    CreateNew,
+}
+
+/// Writes `bytes` to `path` so that `path` never holds a partial file: into
+/// a temporary file beside it (created exclusively with `mode`, so never
+/// readable by others even for an instant, and fsynced), then renamed over
+/// `path` ([`Placement::Replace`]) or hard-linked to it, which fails if
+/// `path` exists ([`Placement::CreateNew`]); then the directory is fsynced.
+/// A symbolic link at `path` is replaced, never followed. Returns whether
+/// the file was placed (`false`: `CreateNew` and `path` exists, kept).
+pub fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    placement: Placement,
+) -> std::io::Result<bool> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file path"))?
+        .to_string_lossy();
+    let mut suffix = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
+        .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", crate::hex::encode(&suffix)));
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut file = options.open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(error);
+    }
+    let placed = match placement {
+        Placement::Replace => std::fs::rename(&tmp, path).map(|()| true),
+        Placement::CreateNew => {
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    if let Some(dir) = dir
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    placed
+}
+
+/// [`write_atomically`] to a new file only: an existing `path` is an
+/// `AlreadyExists` error, and kept.
+pub fn create_new_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    if write_atomically(path, bytes, mode, Placement::CreateNew)? {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "already exists; never overwritten (move it away first)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_atomic_write_creates_new_files_private_and_replaces_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.pem");
+        assert!(write_atomically(&path, b"one", 0o600, Placement::CreateNew).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Never overwritten by a create…
+        assert!(!write_atomically(&path, b"two", 0o600, Placement::CreateNew).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        // …only by a replace.
+        assert!(write_atomically(&path, b"three", 0o600, Placement::Replace).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"three");
+        // A symbolic link in the way is replaced, its target untouched.
+        #[cfg(unix)]
+        {
+            let target = dir.path().join("elsewhere");
+            std::fs::write(&target, b"theirs").unwrap();
+            let link = dir.path().join("link.pem");
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            assert!(write_atomically(&link, b"ours", 0o600, Placement::Replace).unwrap());
+            assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+            assert!(
+                !std::fs::symlink_metadata(&link)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+        }
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+}

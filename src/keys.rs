@@ -334,6 +334,17 @@ pub async fn init(
             "the database already holds orders sealed under another keyring".into(),
         ));
     }
+    // Share files are never overwritten (they may be another master key's);
+    // checked before the keyring exists, so a refusal leaves nothing behind.
+    if let Some(taken) = (1..=custodians)
+        .map(|i| crate::crypto::master::share_path(shares_dir, i, custodians))
+        .find(|p| p.symlink_metadata().is_ok())
+    {
+        return Err(KeysError::Refused(format!(
+            "{} exists; keys init never overwrites a share (move it away first)",
+            taken.display()
+        )));
+    }
     let rng = SystemRandom::new();
     let master = MasterKey::generate(&rng)?;
     let shares = master.split(&rng, custodians).map_err(KeyringError::from)?;

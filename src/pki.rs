@@ -7,7 +7,6 @@
 //! new PKI. Private key files are written with mode 0600.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -32,6 +31,20 @@ pub fn client_key_file(role: Role) -> String {
     format!("{role}-key.pem")
 }
 
+/// Every file a development PKI writes.
+fn dev_pki_files() -> Vec<String> {
+    let mut files = vec![
+        CA_FILE.to_owned(),
+        SERVER_CERT_FILE.to_owned(),
+        SERVER_KEY_FILE.to_owned(),
+    ];
+    for role in Role::ALL {
+        files.push(client_cert_file(role));
+        files.push(client_key_file(role));
+    }
+    files
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("generating a development certificate failed")]
@@ -42,6 +55,15 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
+    /// Some of the files are there already: never written beside or over
+    /// them, as a new CA would replace the one the clients' certificates
+    /// come from (and `serve` finding only some, say a key that failed to
+    /// mount, must not paper over it).
+    #[error(
+        "{dir} already holds {found}; a development PKI is written only into a \
+         directory holding none of its files (restore what is missing, or move them away)"
+    )]
+    Occupied { dir: PathBuf, found: String },
 }
 
 /// A certificate and its private key, both PEM. The key zeroizes on drop.
@@ -163,6 +185,20 @@ impl DevPki {
             path: dir.to_owned(),
             source,
         })?;
+        // All or nothing: no file is written beside an existing one.
+        let (present, missing): (Vec<_>, Vec<_>) = dev_pki_files()
+            .into_iter()
+            .partition(|f| dir.join(f).symlink_metadata().is_ok());
+        if !present.is_empty() {
+            let mut found = present.join(", ");
+            if !missing.is_empty() {
+                found = format!("{found} but not {}", missing.join(", "));
+            }
+            return Err(PkiError::Occupied {
+                dir: dir.to_owned(),
+                found,
+            });
+        }
         write_file(&dir.join(CA_FILE), self.ca_pem().as_bytes(), false)?;
         write_file(
             &dir.join(SERVER_CERT_FILE),
@@ -195,6 +231,18 @@ pub fn server_cert_present(dir: &Path) -> bool {
     dir.join(SERVER_CERT_FILE).is_file() && dir.join(SERVER_KEY_FILE).is_file()
 }
 
+/// For `serve`: `Ok(false)` when `dir` holds the server's certificate and
+/// key; on a first run (none of the development PKI's files there) creates
+/// one and returns `Ok(true)`; if only some files are there — a key that
+/// failed to mount, say — refuses, naming what is missing.
+pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
+    if server_cert_present(dir) {
+        return Ok(false);
+    }
+    DevPki::generate()?.write_to(dir)?;
+    Ok(true)
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "checkoutd development");
@@ -208,35 +256,16 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + Duration::days(days);
 }
 
-/// Writes a file, replacing any previous one; `secret` files are created
-/// with mode 0600 (and an existing file is narrowed to it).
+/// Writes a new file, atomically (never seen half-written) and never over
+/// an existing one (an error naming it): a CA, a key or a master key share
+/// must not silently replace another. `secret` files get mode 0600, others
+/// 0644.
 pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), PkiError> {
-    write_private(path, bytes, secret).map_err(|source| PkiError::Write {
+    let mode = if secret { 0o600 } else { 0o644 };
+    crate::files::create_new_file(path, bytes, mode).map_err(|source| PkiError::Write {
         path: path.to_owned(),
         source,
     })
-}
-
-fn write_private(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mode = if secret { 0o600 } else { 0o644 };
-        options.mode(mode);
-        let mut file = options.open(path)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = secret;
-        let mut file = options.open(path)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    }
 }
 
 #[cfg(test)]
@@ -293,5 +322,41 @@ mod tests {
         assert_eq!(mode("storefront-key.pem"), 0o600);
         assert_eq!(mode(CA_FILE), 0o644);
         assert!(server_cert_present(dir.path()));
+    }
+
+    #[test]
+    fn a_directory_missing_only_some_files_is_refused_never_regenerated() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            ensure_dev_pki(dir.path()).unwrap(),
+            "a first run creates one"
+        );
+        assert!(!ensure_dev_pki(dir.path()).unwrap(), "the next one uses it");
+        let ca = fs::read(dir.path().join(CA_FILE)).unwrap();
+        let storefront = fs::read(dir.path().join("storefront-key.pem")).unwrap();
+        // The server's key did not mount: nothing is written, the CA stays,
+        // and the error names what is missing.
+        fs::remove_file(dir.path().join(SERVER_KEY_FILE)).unwrap();
+        let err = ensure_dev_pki(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("but not server-key.pem"), "{err}");
+        assert_eq!(fs::read(dir.path().join(CA_FILE)).unwrap(), ca);
+        assert_eq!(
+            fs::read(dir.path().join("storefront-key.pem")).unwrap(),
+            storefront
+        );
+        assert!(!dir.path().join(SERVER_KEY_FILE).exists());
+        // Only the CA left (or anything else of it): the same.
+        let only_ca = tempfile::tempdir().unwrap();
+        fs::write(only_ca.path().join(CA_FILE), &ca).unwrap();
+        assert!(ensure_dev_pki(only_ca.path()).is_err());
+        assert_eq!(fs::read(only_ca.path().join(CA_FILE)).unwrap(), ca);
+        // `certs dev` into a full directory overwrites nothing either.
+        let err = DevPki::generate()
+            .unwrap()
+            .write_to(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already holds"), "{err}");
+        assert_eq!(fs::read(dir.path().join(CA_FILE)).unwrap(), ca);
     }
 }

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ring::rand::SystemRandom;
@@ -604,41 +603,15 @@ impl Keyring {
             path: path.to_owned(),
             source,
         };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::files::create_private_dir(dir).map_err(err)?;
         }
-        let mut suffix = [0u8; 8];
-        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut suffix)
-            .map_err(|_| CryptoError::Random)?;
-        let tmp = path.with_extension(format!("json.{}.tmp", crate::hex::encode(&suffix)));
-        {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&tmp).map_err(err)?;
-            f.write_all(&json).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        let placed = if replace {
-            std::fs::rename(&tmp, path).map_err(err)?;
-            true
+        let placement = if replace {
+            crate::files::Placement::Replace
         } else {
-            let linked = std::fs::hard_link(&tmp, path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(err(e)),
-            }
+            crate::files::Placement::CreateNew
         };
-        if let Some(dir) = dir
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(placed)
+        crate::files::write_atomically(path, &json, 0o600, placement).map_err(err)
     }
 }
 

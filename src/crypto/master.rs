@@ -97,12 +97,9 @@ fn share_checksum(set: &str, number: u32, of: u32, component: &[u8]) -> String {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
-    crate::pki::write_file(path, bytes, true).map_err(|e| match e {
-        crate::pki::PkiError::Write { path, source } => MasterKeyError::Write { path, source },
-        crate::pki::PkiError::Generate(_) => MasterKeyError::Write {
-            path: path.to_owned(),
-            source: std::io::Error::other("unexpected"),
-        },
+    crate::files::create_new_file(path, bytes, 0o600).map_err(|source| MasterKeyError::Write {
+        path: path.to_owned(),
+        source,
     })
 }
 
@@ -279,7 +276,13 @@ pub fn resolve(data_dir: &Path, shares: &[PathBuf]) -> Result<MasterKey, MasterK
     }
 }
 
-/// Writes share files `share-<i>-of-<n>.json` (0600) into `dir` (0700).
+/// The file of share `i` (from 1) of `n` in `dir`.
+pub fn share_path(dir: &Path, i: u32, n: u32) -> PathBuf {
+    dir.join(format!("share-{i}-of-{n}.json"))
+}
+
+/// Writes share files `share-<i>-of-<n>.json` (0600) into `dir` (0700),
+/// never over an existing file.
 pub fn write_shares(
     dir: &Path,
     shares: &[Zeroizing<Vec<u8>>],
@@ -296,10 +299,10 @@ pub fn write_shares(
                 source,
             })?;
     }
-    let n = shares.len();
-    let mut paths = Vec::with_capacity(n);
-    for (i, share) in shares.iter().enumerate() {
-        let path = dir.join(format!("share-{}-of-{n}.json", i + 1));
+    let n = u32::try_from(shares.len()).unwrap_or(u32::MAX);
+    let mut paths = Vec::with_capacity(shares.len());
+    for (i, share) in (1..).zip(shares) {
+        let path = share_path(dir, i, n);
         write_private(&path, share)?;
         paths.push(path);
     }

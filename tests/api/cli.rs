@@ -217,3 +217,78 @@ fn two_first_runs_on_one_data_directory_make_one_keyring() {
     let master = checkoutd::crypto::master::MasterKey::load_dev(&data.join("master.key")).unwrap();
     checkoutd::crypto::keyring::Keyring::load(&data.join("keyring.json"), &master).unwrap();
 }
+
+/// Runs `checkoutd serve` with `args`, which must fail at start-up (within
+/// 60 s: a server that started would be killed and fail the test); stderr.
+fn serve_must_refuse(args: &[&std::ffi::OsStr]) -> String {
+    let mut child = checkoutd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(!status.success(), "serve started: {stderr}");
+            return stderr;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_never_replaces_a_certificates_directory_it_finds_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("data");
+    assert!(
+        checkoutd()
+            .args(["certs", "dev", "--out"])
+            .arg(&certs)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    // `certs dev` again overwrites nothing.
+    let again = checkoutd()
+        .args(["certs", "dev", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+    // The server's key did not mount: refused, naming it; the client CA and
+    // the role keys stay as they were, and no new key appears.
+    std::fs::remove_file(certs.join("server-key.pem")).unwrap();
+    let stderr = serve_must_refuse(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--certs-dir".as_ref(),
+        certs.as_os_str(),
+    ]);
+    assert!(stderr.contains("but not server-key.pem"), "{stderr}");
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca);
+    assert!(!certs.join("server-key.pem").exists());
+    // No server certificate while --client-ca names the production CA:
+    // refused, and no development PKI is made.
+    let empty = dir.path().join("empty");
+    let stderr = serve_must_refuse(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--certs-dir".as_ref(),
+        empty.as_os_str(),
+        "--client-ca".as_ref(),
+        certs.join("ca.pem").as_os_str(),
+    ]);
+    assert!(stderr.contains("--client-ca"), "{stderr}");
+    assert!(!empty.join("ca.pem").exists());
+}

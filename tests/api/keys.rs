@@ -337,6 +337,27 @@ async fn custodian_shares_are_all_needed_and_checked() {
         .status
         .success()
     );
+    // Another data directory's init into the same shares directory is
+    // refused before it makes a keyring: a share is never overwritten.
+    let before = std::fs::read(&s1).unwrap();
+    let other = dir.path().join("other");
+    let out = Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+        .env("CHECKOUTD_DATA_DIR", &other)
+        .args([
+            "keys",
+            "init",
+            "--custodians",
+            "2",
+            "--shares-dir",
+            shares.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never overwrites a share"), "{stderr}");
+    assert_eq!(std::fs::read(&s1).unwrap(), before);
+    assert!(!other.join(checkoutd::crypto::keyring::FILE_NAME).exists());
 
     // Both shares: works. One share, or none: refused, saying why.
     let both = run(&[
