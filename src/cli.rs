@@ -225,6 +225,13 @@ pub struct ServeArgs {
     /// Most requests processed at once; beyond, 503 with Retry-After [default: 1024]
     #[arg(long, env = "CHECKOUTD_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
     pub max_requests_in_flight: Option<usize>,
+    /// Of those, most on connections without a client certificate [default: 64, at most --max-requests-in-flight]
+    #[arg(
+        long,
+        env = "CHECKOUTD_MAX_ANONYMOUS_REQUESTS_IN_FLIGHT",
+        value_name = "N"
+    )]
+    pub max_anonymous_requests_in_flight: Option<usize>,
     /// Orders waiting for the group-commit writer; beyond, 503 with Retry-After [default: 1024]
     #[arg(long, env = "CHECKOUTD_COMMIT_QUEUE", value_name = "N")]
     pub commit_queue: Option<usize>,

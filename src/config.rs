@@ -118,6 +118,7 @@ struct FileConfig {
     idle_timeout: Option<String>,
     max_anonymous_connections: Option<usize>,
     max_requests_in_flight: Option<usize>,
+    max_anonymous_requests_in_flight: Option<usize>,
     max_connections_per_ip: Option<usize>,
     commit_queue: Option<usize>,
     policy_versions: Option<Vec<String>>,
@@ -281,6 +282,10 @@ impl Settings {
                 }),
             }
         };
+        let max_requests_in_flight = args
+            .max_requests_in_flight
+            .or(file.max_requests_in_flight)
+            .unwrap_or(defaults.max_requests_in_flight);
         let limits = ConnectionLimits {
             max_connections,
             handshake_timeout: duration(
@@ -319,10 +324,15 @@ impl Settings {
                 .max_anonymous_connections
                 .or(file.max_anonymous_connections)
                 .unwrap_or(defaults.max_anonymous_connections.min(max_connections)),
-            max_requests_in_flight: args
-                .max_requests_in_flight
-                .or(file.max_requests_in_flight)
-                .unwrap_or(defaults.max_requests_in_flight),
+            max_requests_in_flight,
+            max_anonymous_requests_in_flight: args
+                .max_anonymous_requests_in_flight
+                .or(file.max_anonymous_requests_in_flight)
+                .unwrap_or(
+                    defaults
+                        .max_anonymous_requests_in_flight
+                        .min(max_requests_in_flight),
+                ),
             max_connections_per_ip: args
                 .max_connections_per_ip
                 .or(file.max_connections_per_ip)
@@ -342,6 +352,16 @@ impl Settings {
                 flag: "max-requests-in-flight",
                 env: "MAX_REQUESTS_IN_FLIGHT",
                 expected: "expected a whole number from 1 to 1000000",
+            });
+        }
+        if limits.max_anonymous_requests_in_flight == 0
+            || limits.max_anonymous_requests_in_flight > limits.max_requests_in_flight
+        {
+            return Err(ConfigError::Invalid {
+                setting: "max_anonymous_requests_in_flight",
+                flag: "max-anonymous-requests-in-flight",
+                env: "MAX_ANONYMOUS_REQUESTS_IN_FLIGHT",
+                expected: "expected a whole number from 1 to max_requests_in_flight",
             });
         }
         let commit_queue = args
@@ -526,7 +546,17 @@ mod tests {
     fn abuse_limits_have_production_defaults_and_are_validated() {
         let ok = Settings::from_args(&ServeArgs::default()).unwrap();
         assert_eq!(ok.limits.max_requests_in_flight, 1024);
+        assert_eq!(ok.limits.max_anonymous_requests_in_flight, 64);
         assert_eq!(ok.limits.max_connections_per_ip, 1024);
+        let few = Settings::from_args(&ServeArgs {
+            max_requests_in_flight: Some(2),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            few.limits.max_anonymous_requests_in_flight, 2,
+            "never above the in-flight cap"
+        );
         assert_eq!(ok.commit_queue, 1024);
         let small = Settings::from_args(&ServeArgs {
             max_connections: Some(8),
@@ -552,6 +582,21 @@ mod tests {
                     ..ServeArgs::default()
                 },
                 "max_requests_in_flight",
+            ),
+            (
+                ServeArgs {
+                    max_requests_in_flight: Some(64),
+                    max_anonymous_requests_in_flight: Some(65),
+                    ..ServeArgs::default()
+                },
+                "max_anonymous_requests_in_flight",
+            ),
+            (
+                ServeArgs {
+                    max_anonymous_requests_in_flight: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_anonymous_requests_in_flight",
             ),
             (
                 ServeArgs {

@@ -19,19 +19,6 @@ struct Table {
     pruned: Instant,
 }
 
-/// The key of a client: the address, or for IPv6 its /64 (one subscriber
-/// line usually holds a whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let mut s = v6.segments();
-            s[4..].fill(0);
-            IpAddr::V6(s.into())
-        }
-    }
-}
-
 impl RateLimiter {
     pub fn new(limit: u32, window: Duration) -> Self {
         RateLimiter {
@@ -58,7 +45,10 @@ impl RateLimiter {
                 .retain(|_, (start, _)| now.duration_since(*start) < window);
             table.pruned = now;
         }
-        let entry = table.counts.entry(client_key(ip)).or_insert((now, 0));
+        let entry = table
+            .counts
+            .entry(crate::server::client_key(ip))
+            .or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
@@ -94,5 +84,14 @@ mod tests {
             assert!(limiter.check(v6a).is_ok());
         }
         assert!(limiter.check(v6b).is_err());
+        // An IPv4 client of a dual-stack listener is its IPv4 address, not
+        // the /64 that every such client shares.
+        let mapped_a: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let mapped_b: IpAddr = "::ffff:198.51.100.9".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check(mapped_a).is_ok());
+        }
+        assert!(limiter.check(mapped_a).is_err());
+        assert!(limiter.check(mapped_b).is_ok(), "another IPv4 client");
     }
 }

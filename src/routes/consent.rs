@@ -201,8 +201,51 @@ pub async fn unsubscribe_page() -> Response {
     page(StatusCode::OK, "Unsubscribe", &form(None))
 }
 
+/// Whether a browser says this post was sent by another site's page — which
+/// could otherwise opt its visitors' addresses out in bulk, past the
+/// per-address limit, from their browsers. `Sec-Fetch-Site` (every current
+/// browser) decides when present; else an `Origin` naming another host
+/// (`Origin: null` is what our own page sends under `Referrer-Policy:
+/// no-referrer`). Clients that send neither (curl, scripts) are not
+/// browsers being misused.
+fn from_another_site(headers: &HeaderMap, uri: &http::Uri) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"cross-site";
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    if origin == "null" {
+        return false;
+    }
+    let ours = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let theirs = origin
+        .split_once("://")
+        .map(|(_, host)| host)
+        .unwrap_or(origin);
+    !ours.is_some_and(|ours| ours.eq_ignore_ascii_case(theirs))
+}
+
+/// Whether reading a body failed because it was over the limit given, not
+/// because the client stopped sending it.
+fn is_over_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// `POST /unsubscribe`: records an `online` withdrawal; the same answer for
-/// every valid address.
+/// every valid address. The rate limit is counted before the body is read,
+/// and the body is read only up to [`super::SMALL_BODY`]: a client over its
+/// limit, or sending a large or endless body, holds nothing for long.
 #[utoipa::path(
     post,
     path = "/unsubscribe",
@@ -210,7 +253,9 @@ pub async fn unsubscribe_page() -> Response {
     request_body(content((UnsubscribeForm = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Recorded (the same page whether or not the address is known)", content_type = "text/html; charset=utf-8", body = String),
-        (status = 413, description = "The body is far too large"),
+        (status = 400, description = "The body could not be read (the client stopped sending it)", content_type = "text/html; charset=utf-8", body = String),
+        (status = 403, description = "Sent by another site's page (`Sec-Fetch-Site: cross-site`, or an `Origin` of another host)", content_type = "text/html; charset=utf-8", body = String),
+        (status = 413, description = "The body is larger than 4 KiB", content_type = "text/html; charset=utf-8", body = String),
         (status = 422, description = "The form again, with the problem explained", content_type = "text/html; charset=utf-8", body = String),
         (status = 429, description = "Too many requests from this address", content_type = "text/html; charset=utf-8", body = String),
         (status = 503, description = "Nothing was recorded; try again shortly", content_type = "text/html; charset=utf-8", body = String),
@@ -220,8 +265,17 @@ pub async fn unsubscribe_page() -> Response {
 pub async fn unsubscribe(
     State(state): State<AppState>,
     peer: Option<axum::Extension<Peer>>,
-    body: Bytes,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
+    if from_another_site(&headers, &uri) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Unsubscribe",
+            "<p>This form can only be sent from this page. Please open it directly.</p>",
+        );
+    }
     if let Some(peer) = peer.as_deref()
         && let Err(wait) = state.unsubscribe_limit.check(peer.addr.ip())
     {
@@ -241,9 +295,23 @@ pub async fn unsubscribe(
             &form(Some(msg)),
         )
     };
-    if body.len() > super::SMALL_BODY {
-        return invalid("That request was too large.");
-    }
+    let body = match axum::body::to_bytes(body, super::SMALL_BODY).await {
+        Ok(body) => body,
+        Err(error) if is_over_limit(&error) => {
+            return page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Unsubscribe",
+                &form(Some("That request was too large.")),
+            );
+        }
+        Err(_) => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Unsubscribe",
+                &form(Some("That request could not be read. Please use the form.")),
+            );
+        }
+    };
     let Ok(Value::Object(mut fields)) = crate::domain::form::parse(&body) else {
         return invalid("That request could not be read. Please use the form.");
     };

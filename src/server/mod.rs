@@ -23,9 +23,10 @@
 //!   connection makes room for its newcomer (or, all busy, the newcomer is
 //!   answered 503), so a slowloris from a few addresses sheds itself and
 //!   leaves the other slots to everyone else;
-//! - at most `max_requests_in_flight` requests are processed at once; the
-//!   others are answered `503` problem documents with `Retry-After` (see
-//!   `http::guard`), never queued;
+//! - at most `max_requests_in_flight` requests are processed at once, of
+//!   them at most `max_anonymous_requests_in_flight` on connections without
+//!   a client certificate; the others are answered `503` problem documents
+//!   with `Retry-After` (see `http::guard`), never queued;
 //! - HTTP/2: at most [`MAX_STREAMS`] concurrent streams per connection and a
 //!   32 KiB header list; h2's own rapid-reset guards are set
 //!   (`max_pending_accept_reset_streams`, `max_local_error_reset_streams`,
@@ -36,6 +37,7 @@
 //!   `drain_timeout` to finish, then `run` returns.
 
 mod admission;
+pub use admission::client_key;
 pub mod identity;
 mod idle;
 pub mod tls;
@@ -105,6 +107,10 @@ pub struct ConnectionLimits {
     /// Most requests processed at once over all connections; beyond it,
     /// requests are answered 503 with `Retry-After` at once.
     pub max_requests_in_flight: usize,
+    /// Of those, the most on connections without a client certificate, so
+    /// anonymous requests (slow bodies to the public opt-out page, say)
+    /// cannot take the in-flight cap from the storefront.
+    pub max_anonymous_requests_in_flight: usize,
     /// Most connections from one client address (IPv6: one /64) at once.
     pub max_connections_per_ip: usize,
 }
@@ -119,6 +125,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             max_anonymous_connections: 512,
             max_requests_in_flight: 1024,
+            max_anonymous_requests_in_flight: 64,
             max_connections_per_ip: 1024,
         }
     }
@@ -132,6 +139,8 @@ struct Shared {
     slots: Arc<Semaphore>,
     anonymous_slots: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
+    /// Of `in_flight`, what requests on anonymous connections may hold.
+    anonymous_in_flight: Arc<Semaphore>,
     register: Arc<Register>,
 }
 
@@ -154,6 +163,9 @@ pub async fn run(
         // Of those, the ones a client without a certificate may keep.
         anonymous_slots: Arc::new(Semaphore::new(limits.max_anonymous_connections.max(1))),
         in_flight: Arc::new(Semaphore::new(limits.max_requests_in_flight.max(1))),
+        anonymous_in_flight: Arc::new(Semaphore::new(
+            limits.max_anonymous_requests_in_flight.max(1),
+        )),
         register: Register::new(),
     });
     let overflow = Arc::new(Semaphore::new(OVERFLOW_RESPONDERS));
@@ -347,7 +359,11 @@ async fn serve(
         None
     };
     let app = shared.app.clone();
-    let in_flight = shared.in_flight.clone();
+    let in_flight = InFlight {
+        all: shared.in_flight.clone(),
+        anonymous: (peer.identity == ClientIdentity::Anonymous)
+            .then(|| shared.anonymous_in_flight.clone()),
+    };
     let on_connection = connection.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         // Made before the future is first polled: a stream reset before its
@@ -430,15 +446,38 @@ async fn serve(
     drop(registration);
 }
 
+/// The in-flight caps a connection's requests count against.
+#[derive(Clone)]
+struct InFlight {
+    /// `max_requests_in_flight`.
+    all: Arc<Semaphore>,
+    /// `max_anonymous_requests_in_flight`, on a connection without a client
+    /// certificate.
+    anonymous: Option<Arc<Semaphore>>,
+}
+
+impl InFlight {
+    /// A permit of every cap this request counts against, or `None` when
+    /// one of them is reached (then none is held).
+    fn try_acquire(&self) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+        let anonymous = match &self.anonymous {
+            Some(cap) => Some(cap.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        let all = self.all.clone().try_acquire_owned().ok()?;
+        Some((all, anonymous))
+    }
+}
+
 /// One request on an admitted connection: counted in flight on the
-/// connection (so it is never shed under it) and against
-/// `max_requests_in_flight` (marked [`crate::http::guard::Overloaded`] when
-/// over, for the router to answer 503), and watched for being abandoned.
+/// connection (so it is never shed under it) and against the in-flight caps
+/// (marked [`crate::http::guard::Overloaded`] when over one, for the router
+/// to answer 503), and watched for being abandoned.
 async fn handle(
     app: Router,
     peer: Peer,
     connection: Arc<Connection>,
-    in_flight: Arc<Semaphore>,
+    in_flight: InFlight,
     mut watch: AbandonWatch,
     req: Request<Incoming>,
 ) -> Result<axum::response::Response, Infallible> {
@@ -448,7 +487,7 @@ async fn handle(
         watch.finished = true;
         return Ok(crate::http::guard::overloaded(version));
     };
-    let permit = in_flight.try_acquire_owned().ok();
+    let permit = in_flight.try_acquire();
     let mut req = req.map(Body::new);
     req.extensions_mut().insert(peer);
     if permit.is_none() {

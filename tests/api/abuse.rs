@@ -1129,6 +1129,121 @@ async fn refused_as_card_number(app: &TestApp, key: &str, order: &Value, path: &
     );
 }
 
+#[tokio::test]
+async fn anonymous_requests_cannot_take_the_in_flight_cap_from_the_storefront() {
+    let held = HeldRoute::default();
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_requests_in_flight: Some(4),
+            max_anonymous_requests_in_flight: Some(2),
+            ..Default::default()
+        },
+        extra_routes: Some(held.router("/slow", "done")),
+        ..Default::default()
+    })
+    .await;
+    let app = Arc::new(app);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let (client, url) = (fresh(&app), app.url("/slow"));
+        slow.push(tokio::spawn(async move { client.get(url).send().await }));
+    }
+    held.wait_entered(2).await;
+    // The anonymous share is taken: another anonymous request is a fast 503…
+    let started = Instant::now();
+    let r = tokio::time::timeout(FAST, fresh(&app).get(app.url("/healthz")).send())
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_overloaded_fast(r.status().as_u16(), retry.as_deref(), started.elapsed());
+    // …while the storefront still has the rest of the cap: an order goes
+    // through, and so does a second request alongside it.
+    let storefront = app.client(Role::Storefront);
+    let r = storefront
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "anonymous-cap-1")
+        .json(&order_json())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = storefront.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    held.release();
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status(), 200);
+    }
+    // Released, the anonymous share is free again.
+    let r = fresh(&app).get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// One `POST /unsubscribe` over HTTP/2 without a certificate whose body is
+/// `body`, then left open (`end` false) or ended; its status and page.
+async fn unsubscribe_h2(app: &TestApp, body: &[u8], end: bool) -> (u16, String) {
+    let tls = connect(app, None, b"h2").await.unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(app.url("/unsubscribe"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    stream.reserve_capacity(body.len());
+    stream
+        .send_data(bytes::Bytes::copy_from_slice(body), end)
+        .unwrap();
+    let response = tokio::time::timeout(FAST, response)
+        .await
+        .expect("answered at once, without waiting for the rest of the body")
+        .unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut page = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(FAST, body.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        page.extend_from_slice(&chunk);
+    }
+    driver.abort();
+    (status, String::from_utf8_lossy(&page).into_owned())
+}
+
+#[tokio::test]
+async fn the_public_unsubscribe_page_counts_its_limit_before_reading_a_body_and_reads_at_most_4_kib()
+ {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            unsubscribe_rate_limit: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // A body larger than 4 KiB, still being sent, is refused once 4 KiB are
+    // in: 413 with the form, without waiting for the rest.
+    let big = format!("email={}%40example.com", "a".repeat(5000));
+    let (status, page) = unsubscribe_h2(&app, big.as_bytes(), false).await;
+    assert_eq!(status, 413);
+    assert!(
+        page.contains("too large") && page.contains("<form"),
+        "{page}"
+    );
+    // The limit's second request, with a whole body, is recorded.
+    let (status, _) = unsubscribe_h2(&app, b"email=a%40example.com", true).await;
+    assert_eq!(status, 200);
+    // Over the limit, a request is answered 429 before its body is read: a
+    // body that never ends gets its answer at once.
+    let (status, page) = unsubscribe_h2(&app, b"email=", false).await;
+    assert_eq!(status, 429);
+    assert!(page.contains("try again"), "{page}");
+}
+
 /// None of `needles` is in any file of the database.
 async fn never_stored(app: &TestApp, needles: &[&str]) {
     for (what, bytes) in app.database_bytes().await {

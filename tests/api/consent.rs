@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Options, TestApp, expect_problem, spawn_app, spawn_app_with};
 use crate::orders::order_json;
 
-fn order_for(email: &str, special_offers: bool, partners: bool) -> Value {
+pub(crate) fn order_for(email: &str, special_offers: bool, partners: bool) -> Value {
     let mut o = order_json();
     o["customer"]["email"] = json!(email);
     o["consent"] = json!({"special_offers": special_offers, "third_party_sharing": partners,
@@ -30,7 +30,7 @@ fn gift_for(email: &str) -> Value {
 
 static KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-async fn place(app: &TestApp, order: &Value) -> String {
+pub(crate) async fn place(app: &TestApp, order: &Value) -> String {
     let n = KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let r = app.post_order(&format!("consent-{n}"), order).await;
     assert_eq!(r.status(), 201);
@@ -38,7 +38,7 @@ async fn place(app: &TestApp, order: &Value) -> String {
     body["order_id"].as_str().unwrap().to_owned()
 }
 
-async fn audience(app: &TestApp, purpose: &str) -> Vec<String> {
+pub(crate) async fn audience(app: &TestApp, purpose: &str) -> Vec<String> {
     let r = app
         .client(Role::Marketing)
         .get(app.url(&format!("/v1/marketing/audience?purpose={purpose}")))
@@ -340,6 +340,54 @@ async fn post_page(app: &TestApp, body: &str) -> (u16, reqwest::header::HeaderMa
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.text().await.unwrap())
+}
+
+/// Another site's page cannot post the form from its visitors' browsers
+/// (bulk opt-outs past the per-address limit); the page itself, and clients
+/// that are not browsers, can.
+#[tokio::test]
+async fn the_public_page_refuses_posts_from_other_sites() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut request = app
+            .anonymous()
+            .post(app.url("/unsubscribe"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("email=ada%40example.com");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let ours = app.url("").trim_end_matches('/').to_owned();
+    for refused in [
+        vec![("sec-fetch-site", "cross-site".to_owned())],
+        vec![("origin", "https://evil.example".to_owned())],
+        vec![
+            ("sec-fetch-site", "cross-site".to_owned()),
+            ("origin", ours.clone()),
+        ],
+    ] {
+        assert_eq!(post(refused.clone()).await, 403, "{refused:?}");
+    }
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["ada@example.com"],
+        "nothing was recorded"
+    );
+    // Our own page (same-origin, and `Origin: null` under no-referrer).
+    assert_eq!(
+        post(vec![
+            ("sec-fetch-site", "same-origin".to_owned()),
+            ("origin", "null".to_owned())
+        ])
+        .await,
+        200
+    );
+    assert_eq!(post(vec![("origin", ours)]).await, 200);
+    assert_eq!(post(vec![]).await, 200, "not a browser");
+    assert!(audience(&app, "special_offers").await.is_empty());
 }
 
 #[tokio::test]
