@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                                 break;
                             }
                             for id in due {
-                                total += checkoutd::retention::purge_order(
+                                total += checkoutd::retention::purge_records(
                                     store.as_ref(),
                                     &keyring,
                                     &id,
@@ -118,6 +118,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                             }
                         }
                     }
+                    store.after_purge().await?;
                     writeln!(
                         out,
                         "purged {total} record set(s) of orders dispatched before {date}"

@@ -27,23 +27,50 @@ use crate::crypto::keyring::Keyring;
 use crate::store::rows::PurgeRow;
 use crate::store::{Store, StoreError};
 
-/// The bytes a purge MAC covers.
-pub fn purge_canonical_bytes(
-    order_id: &str,
-    class: &str,
-    purged_at: &str,
-    reason: &str,
-) -> Vec<u8> {
+/// The bytes a purge's MAC covers (all of `p` but the MAC): `"checkoutd/purge"
+/// ‖ len32(order_id) ‖ len32(class) ‖ len32(purged_at) ‖ len32(reason)`, then
+/// `‖ len32(email_blind_index)` when the purge keeps one.
+pub fn purge_canonical_bytes(p: &PurgeRow) -> Vec<u8> {
     let mut out = b"checkoutd/purge".to_vec();
-    for field in [order_id, class, purged_at, reason] {
-        out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(field.as_bytes());
+    let mut field = |bytes: &[u8]| {
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for text in [&p.order_id, &p.class, &p.purged_at, &p.reason] {
+        field(text.as_bytes());
+    }
+    if let Some(subject) = &p.email_blind_index {
+        field(subject);
     }
     out
 }
 
-/// Purges `classes` of one order; logs it. Returns the classes purged.
+/// Purges `classes` of one order, logged, then empties what the deletion
+/// leaves behind ([`Store::after_purge`]). Returns the classes purged.
 pub async fn purge_order(
+    store: &dyn Store,
+    keyring: &Keyring,
+    order_id: &str,
+    classes: &[DataClass],
+    reason: &str,
+    who: (&str, &str),
+) -> Result<Vec<String>, StoreError> {
+    let done = purge_records(store, keyring, order_id, classes, reason, who).await?;
+    // Even when nothing was left to delete: a purge run again after an
+    // `Incomplete` one is how its WAL gets emptied.
+    store.after_purge().await?;
+    Ok(done)
+}
+
+/// Purges `classes` of one order and logs it, without
+/// [`Store::after_purge`] (for a series of purges, which runs it once at
+/// the end). Returns the classes purged.
+///
+/// The access log entry is written first: a purge the log cannot record
+/// does not happen, and a crash between the two leaves a logged request
+/// whose outcome the `purges` table (MACed) tells — never an unlogged
+/// deletion.
+pub async fn purge_records(
     store: &dyn Store,
     keyring: &Keyring,
     order_id: &str,
@@ -53,44 +80,50 @@ pub async fn purge_order(
 ) -> Result<Vec<String>, StoreError> {
     let now = crate::ids::now();
     let key = keyring.consent_tag_key();
+    // A contact purge keeps whom the order's consent was about (see
+    // `PurgeRow::email_blind_index`): else an older order's choice would
+    // become the subject's latest again.
+    let subject = if classes.contains(&DataClass::Contact) {
+        store.contact_subject(order_id).await?
+    } else {
+        None
+    };
     let rows: Vec<PurgeRow> = classes
         .iter()
-        .map(|c| PurgeRow {
-            order_id: order_id.to_owned(),
-            class: c.as_str().to_owned(),
-            purged_at: now.clone(),
-            reason: reason.to_owned(),
-            mac: key
-                .sign(&[&purge_canonical_bytes(order_id, c.as_str(), &now, reason)])
-                .to_vec(),
+        .map(|c| {
+            let mut row = PurgeRow {
+                order_id: order_id.to_owned(),
+                class: c.as_str().to_owned(),
+                purged_at: now.clone(),
+                reason: reason.to_owned(),
+                email_blind_index: (*c == DataClass::Contact)
+                    .then(|| subject.clone())
+                    .flatten(),
+                mac: Vec::new(),
+            };
+            row.mac = key.sign(&[&purge_canonical_bytes(&row)]).to_vec();
+            row
         })
         .collect();
-    let done = store.purge(order_id, &rows).await?;
-    // The deletion is committed: it is logged even if emptying the WAL
-    // below fails (then a purge run again, which finds nothing left to
-    // delete, still empties it).
-    if !done.is_empty() {
-        let entry = Entry {
-            at: now,
-            role: who.0.to_owned(),
-            cert_fingerprint: who.1.to_owned(),
-            origin_ip: "local".to_owned(),
-            action: format!("purge ({reason})"),
-            objects: std::iter::once(order_id.to_owned())
-                .chain(done.iter().map(|c| format!("class:{c}")))
-                .collect(),
-            outcome: Outcome::Allowed,
-            status: 0,
-        };
-        store
-            .append_access_log(
-                std::slice::from_ref(&entry),
-                &Chainer::new(keyring.access_log_key()),
-            )
-            .await?;
-    }
-    store.after_purge().await?;
-    Ok(done)
+    let entry = Entry {
+        at: now,
+        role: who.0.to_owned(),
+        cert_fingerprint: who.1.to_owned(),
+        origin_ip: "local".to_owned(),
+        action: format!("purge ({reason})"),
+        objects: std::iter::once(order_id.to_owned())
+            .chain(classes.iter().map(|c| format!("class:{}", c.as_str())))
+            .collect(),
+        outcome: Outcome::Allowed,
+        status: 0,
+    };
+    store
+        .append_access_log(
+            std::slice::from_ref(&entry),
+            &Chainer::new(keyring.access_log_key()),
+        )
+        .await?;
+    store.purge(order_id, &rows).await
 }
 
 /// A retention rule: purge `class` this long after dispatch.
@@ -100,7 +133,10 @@ pub struct Rule {
     pub after_dispatch: Duration,
 }
 
-/// One pass of the retention schedule. Returns how many purges it made.
+/// One pass of the retention schedule: every due purge, then one
+/// [`Store::after_purge`] for them all (not one per order: on SQLite each is
+/// a checkpoint of the whole WAL, taken between two commits). Returns how
+/// many purges it made; an `Incomplete` error comes only after all of them.
 pub async fn run_once(
     store: &dyn Store,
     keyring: &Keyring,
@@ -118,7 +154,7 @@ pub async fn run_once(
             }
             for order_id in &due {
                 let reason = format!("retention:{}", rule.class.as_str());
-                purged += purge_order(
+                purged += purge_records(
                     store,
                     keyring,
                     order_id,
@@ -130,6 +166,9 @@ pub async fn run_once(
                 .len() as u64;
             }
         }
+    }
+    if purged > 0 {
+        store.after_purge().await?;
     }
     Ok(purged)
 }
@@ -147,11 +186,22 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether a pass left deleted records in the WAL (a reader held it):
+        // the next passes empty it even if they purge nothing.
+        let mut leftovers = false;
         loop {
             tick.tick().await;
-            match run_once(store.as_ref(), &keyring.current(), &rules).await {
+            let pass = match run_once(store.as_ref(), &keyring.current(), &rules).await {
+                Ok(0) if leftovers => store.after_purge().await.map(|()| 0),
+                other => other,
+            };
+            leftovers = matches!(pass, Err(StoreError::Incomplete(_)));
+            match pass {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "retention purged expired records"),
+                Err(StoreError::Incomplete(why)) => {
+                    tracing::warn!(why, "retention: emptying the WAL is left to the next pass")
+                }
                 Err(error) => tracing::error!(error = %error, "the retention pass failed"),
             }
         }

@@ -571,8 +571,7 @@ fn check_completeness(
     let mut purged: HashMap<(&str, &str), bool> = HashMap::new();
     let mut counts = std::collections::BTreeMap::new();
     for p in purges {
-        let bytes =
-            crate::retention::purge_canonical_bytes(&p.order_id, &p.class, &p.purged_at, &p.reason);
+        let bytes = crate::retention::purge_canonical_bytes(p);
         if key.verify(&[&bytes], &p.mac) {
             purged.insert((p.order_id.as_str(), p.class.as_str()), true);
             *counts.entry(p.class.clone()).or_insert(0) += 1;

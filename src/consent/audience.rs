@@ -18,6 +18,8 @@ pub struct Marketing {
     /// To check that a decrypted email really is the subject it was filed
     /// under (a relabelled blind index would dodge that subject's opt-outs).
     blind_index_key: MacKey,
+    /// How far the withdrawal ledger was verified (see [`Marketing::audience`]).
+    ledger: std::sync::Mutex<super::LedgerPosition>,
 }
 
 /// One page of an audience.
@@ -38,6 +40,7 @@ impl Marketing {
             )),
             consent_key: keyring.consent_tag_key().duplicate(),
             blind_index_key: keyring.blind_index_key().duplicate(),
+            ledger: std::sync::Mutex::new(super::LedgerPosition::start()),
         }
     }
 
@@ -56,6 +59,32 @@ impl Marketing {
         after: i64,
         limit: u32,
     ) -> Result<AudiencePage, StoreError> {
+        // The withdrawal ledger first, whole (fail closed): each subject's
+        // withdrawals are MAC-checked below, but one deleted would simply
+        // be absent — and its subject exported again.
+        let from = match self.ledger.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match super::verify_ledger_from(store, &self.consent_key, &from).await {
+            Ok(verified) => {
+                if let Ok(mut p) = self.ledger.lock()
+                    && verified.seq > p.seq
+                {
+                    *p = verified;
+                }
+            }
+            Err(super::LedgerFault::Unreadable(error)) => return Err(error),
+            Err(super::LedgerFault::Broken { what, .. }) => {
+                tracing::error!(
+                    what,
+                    "the withdrawal ledger failed its check; no audience is exported until an auditor has looked"
+                );
+                return Err(StoreError::Corrupt(
+                    "the withdrawal ledger failed its integrity check",
+                ));
+            }
+        }
         let mut rows = store.audience(purpose, after, limit + 1).await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);

@@ -593,6 +593,15 @@ fn tag_verifies(key: &MacKey, t: &RawTag) -> bool {
     i64::from(key.version()) == t.mac_key_version && key.verify(&[&tag.canonical_bytes()], &tag.mac)
 }
 
+/// The subject's latest checkout tag, by its own MACed capture time (the
+/// one [`effective`] starts from).
+pub fn latest(history: &ConsentHistory) -> Option<&RawTag> {
+    history
+        .tags
+        .iter()
+        .max_by(|a, b| (&a.captured_at, &a.id).cmp(&(&b.captured_at, &b.id)))
+}
+
 /// Effective consent from a history (tags oldest first). Fails closed.
 pub fn effective(key: &MacKey, history: &ConsentHistory) -> (Purposes, bool) {
     // Every tag must be authentic, about the customer, and belong to the
@@ -608,11 +617,7 @@ pub fn effective(key: &MacKey, history: &ConsentHistory) -> (Purposes, bool) {
             return (Purposes::default(), false);
         }
     }
-    let Some(latest) = history
-        .tags
-        .iter()
-        .max_by(|a, b| (&a.captured_at, &a.id).cmp(&(&b.captured_at, &b.id)))
-    else {
+    let Some(latest) = latest(history) else {
         return (Purposes::default(), true);
     };
     let mut granted = latest.purposes.map(|p| p == 1);
@@ -644,28 +649,97 @@ pub enum LedgerError {
 /// partly emptied or set out of range.
 pub const REFERENCE_DAMAGED: &str = "reference columns partly empty or out of range (edited)";
 
+/// A verified position in the withdrawal ledger: the last entry's `seq` and
+/// MAC (`seq` 0 and 32 zero bytes before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerPosition {
+    pub seq: i64,
+    pub mac: Vec<u8>,
+}
+
+impl LedgerPosition {
+    pub fn start() -> Self {
+        LedgerPosition {
+            seq: 0,
+            mac: vec![0u8; 32],
+        }
+    }
+}
+
 /// Verifies the whole withdrawal ledger: `seq` without gaps, every MAC
 /// linking to the previous one, and the MACed head. Pages through, so memory
 /// stays bounded. The head is read first (appends during the walk are
 /// verified next time). `Err` names the entry (or `head`) and what failed.
 pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (String, &'static str)> {
+    match verify_ledger_from(store, key, &LedgerPosition::start()).await {
+        Ok(p) => Ok(u64::try_from(p.seq).unwrap_or(0)),
+        Err(LedgerFault::Unreadable(_)) => Err((String::new(), "the ledger could not be read")),
+        Err(LedgerFault::Broken { entry, what }) => Err((entry, what)),
+    }
+}
+
+/// Why the ledger did not verify.
+#[derive(Debug)]
+pub enum LedgerFault {
+    /// The store failed (the ledger may be fine).
+    Unreadable(StoreError),
+    /// The ledger is not what was appended: `entry` (an id, a `seq`, or
+    /// `head`) and `what` failed.
+    Broken { entry: String, what: &'static str },
+}
+
+/// As [`verify_ledger`], walking only the entries after `from` — a position
+/// an earlier call returned — so a reader that checks before every use (the
+/// marketing export) pays for the new entries only. What lies before `from`
+/// was verified then; since, it can only have been deleted (edits fail the
+/// MACs of the subject's own entries wherever they are read), which the
+/// count of entries up to the head shows. Returns the head's position.
+pub async fn verify_ledger_from(
+    store: &dyn Store,
+    key: &MacKey,
+    from: &LedgerPosition,
+) -> Result<LedgerPosition, LedgerFault> {
     let sealer = EventSealer { key };
-    let store_err = |_| (String::new(), "the ledger could not be read");
+    let store_err = LedgerFault::Unreadable;
+    let broken = |entry: &str, what: &'static str| LedgerFault::Broken {
+        entry: entry.to_owned(),
+        what,
+    };
     let head = store.consent_events_head().await.map_err(store_err)?;
     let Some((head_seq, head_mac_value, head_mac)) = head else {
         let first = store.consent_events_page(0, 1).await.map_err(store_err)?;
-        return if first.is_empty() {
-            Ok(0)
+        return if !first.is_empty() {
+            Err(broken("head", "missing while withdrawals exist"))
+        } else if from.seq > 0 {
+            Err(broken("head", "missing (the ledger was emptied)"))
         } else {
-            Err(("head".into(), "missing while withdrawals exist"))
+            Ok(LedgerPosition::start())
         };
     };
     if !crate::crypto::mac::constant_time_eq(&sealer.head_mac(head_seq, &head_mac_value), &head_mac)
     {
-        return Err(("head".into(), "head MAC does not verify"));
+        return Err(broken("head", "head MAC does not verify"));
     }
-    let mut prev = vec![0u8; 32];
-    let mut expected = 1i64;
+    if head_seq < from.seq || (head_seq == from.seq && head_mac_value != from.mac) {
+        return Err(broken(
+            "head",
+            "behind what was verified before (rolled back)",
+        ));
+    }
+    if from.seq > 0 {
+        let held = store
+            .consent_events_up_to(from.seq)
+            .await
+            .map_err(store_err)?;
+        if held != from.seq {
+            return Err(broken(
+                "head",
+                "a withdrawal verified before is gone (deleted)",
+            ));
+        }
+    }
+    let mut prev = from.mac.clone();
+    let mut expected = from.seq + 1;
     'pages: while expected <= head_seq {
         let page = store
             .consent_events_page(expected - 1, 1000)
@@ -679,33 +753,39 @@ pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (Stri
                 break 'pages;
             }
             if seq != expected || e.seq != seq {
-                return Err((expected.to_string(), "withdrawal missing (sequence gap)"));
+                return Err(broken(
+                    &expected.to_string(),
+                    "withdrawal missing (sequence gap)",
+                ));
             }
             if e.prev_mac != prev {
-                return Err((e.id.clone(), "does not link to the previous withdrawal"));
+                return Err(broken(&e.id, "does not link to the previous withdrawal"));
             }
             // The MAC covers only whether a reference is there (its
             // envelope authenticates itself): columns half emptied are an
             // edit the MAC alone might not show.
             if e.reference_damaged {
-                return Err((e.id.clone(), REFERENCE_DAMAGED));
+                return Err(broken(&e.id, REFERENCE_DAMAGED));
             }
             if i64::from(key.version()) != e.mac_key_version
                 || !key.verify(&[&event_canonical_bytes(&e)], &e.mac)
             {
-                return Err((e.id.clone(), "MAC does not verify (edited)"));
+                return Err(broken(&e.id, "MAC does not verify (edited)"));
             }
             prev = e.mac.clone();
             expected += 1;
         }
     }
     if expected - 1 != head_seq || prev != head_mac_value {
-        return Err((
-            "head".into(),
+        return Err(broken(
+            "head",
             "does not match the last withdrawal (deleted or truncated)",
         ));
     }
-    Ok(u64::try_from(head_seq).unwrap_or(0))
+    Ok(LedgerPosition {
+        seq: head_seq,
+        mac: prev,
+    })
 }
 
 #[cfg(test)]

@@ -121,6 +121,31 @@ impl Fulfillment {
         }
     }
 
+    /// The warehouse's view of an order whose row does not read (see
+    /// `ShipmentEntry::Damaged`): an integrity error, nothing to ship.
+    pub fn damaged(&self, order_id: uuid::Uuid, created_at: String, status: &str) -> Shipment {
+        Shipment {
+            order_id,
+            created_at,
+            status: if status == "dispatched" {
+                "dispatched".into()
+            } else {
+                "pending".into()
+            },
+            items: Vec::new(),
+            ship_to: None,
+            gift: false,
+            gift_message: None,
+            consent: EffectiveConsent {
+                purposes: Purposes::default(),
+                policy_version: String::new(),
+                verified: false,
+            },
+            dispatch: None,
+            integrity_error: true,
+        }
+    }
+
     /// Decrypts the ship-to of one row and assembles the warehouse's view.
     /// `history` is the customer's consent history (all their checkout tags
     /// and withdrawals): the effective consent is the current one.
@@ -156,7 +181,24 @@ impl Fulfillment {
             }
             _ => (None, None),
         };
-        let (mut purposes, verified) = crate::consent::effective(&self.consent_key, history);
+        let (mut purposes, history_verified) =
+            crate::consent::effective(&self.consent_key, history);
+        // The history was found by the blind index on the billing record,
+        // which no MAC covers. It is this customer's only if it holds this
+        // order's own tag — the one `orders` names, of this order (every tag
+        // of a history that verifies is genuine, the customer's, and of the
+        // order it was reached through). Else a database writer could show
+        // another customer's consent on this parcel.
+        let order_id = row.order_id.to_string();
+        let tag_id = row.customer_tag.id.to_string();
+        let own_tag = history
+            .tags
+            .iter()
+            .any(|t| t.id == tag_id && t.order_id == order_id);
+        let verified = history_verified && own_tag;
+        if !verified {
+            purposes = Purposes::default();
+        }
         if gift || integrity_error {
             // The parcel goes to the gift recipient, whose details may be
             // used only to deliver it: no promotional insert, whatever the
@@ -166,7 +208,11 @@ impl Fulfillment {
         if !verified {
             tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
         }
-        let tag = &row.customer_tag;
+        // The policy the purposes shown were agreed under: the latest tag's.
+        let policy_version = match crate::consent::latest(history) {
+            Some(latest) if verified => latest.policy_version.clone(),
+            _ => row.customer_tag.policy_version.clone(),
+        };
         Shipment {
             order_id: row.order_id,
             created_at: row.created_at,
@@ -189,7 +235,7 @@ impl Fulfillment {
             gift_message,
             consent: EffectiveConsent {
                 purposes,
-                policy_version: tag.policy_version.clone(),
+                policy_version,
                 verified,
             },
             dispatch: row.dispatch.map(Into::into),

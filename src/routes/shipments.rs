@@ -15,7 +15,7 @@ use super::AppState;
 use crate::domain::text::Plain;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
-use crate::store::rows::{Dispatch, DispatchOutcome, ShipmentStatus};
+use crate::store::rows::{Dispatch, DispatchOutcome, ShipmentEntry, ShipmentStatus};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -127,17 +127,43 @@ pub async fn list(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = if more {
-        rows.last().map(|r| encode_cursor(r.seq))
+        rows.last().map(|r| encode_cursor(r.seq()))
     } else {
         None
     };
     let mut shipments = Vec::with_capacity(rows.len());
-    for row in rows {
-        let history = match state.store.consent_history(&row.email_blind_index).await {
-            Ok(h) => h,
-            Err(error) => return store_problem(&error),
-        };
-        shipments.push(state.fulfillment.view(row, &history));
+    for entry in rows {
+        match entry {
+            ShipmentEntry::Whole(row) => {
+                let history = match state.store.consent_history(&row.email_blind_index).await {
+                    Ok(h) => h,
+                    Err(error) => return store_problem(&error),
+                };
+                shipments.push(state.fulfillment.view(*row, &history));
+            }
+            ShipmentEntry::Damaged {
+                order_id: Some(order_id),
+                created_at,
+                status,
+                what,
+                ..
+            } => {
+                tracing::error!(%order_id, what, "an order's shipment row does not read; shown as an integrity error");
+                shipments.push(state.fulfillment.damaged(order_id, created_at, &status));
+            }
+            ShipmentEntry::Damaged {
+                order_id: None,
+                seq,
+                what,
+                ..
+            } => {
+                tracing::error!(
+                    seq,
+                    what,
+                    "a shipment row without a readable order id was left out"
+                );
+            }
+        }
     }
     let objects = shipments.iter().map(|s| s.order_id.to_string()).collect();
     if let Err(withheld) =

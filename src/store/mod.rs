@@ -217,13 +217,14 @@ pub trait Store: Send + Sync + 'static {
     /// Orders in `status`, in creation order, after the order with sequence
     /// number `after_seq`: their shipping record (or the gift recipient's,
     /// for a gift) and the customer's consent tag. At most `limit` rows.
-    /// Billing and card columns are never read on this path.
+    /// Billing and card columns are never read on this path. A row that
+    /// does not read is returned as [`rows::ShipmentEntry::Damaged`].
     async fn shipments(
         &self,
         status: rows::ShipmentStatus,
         after_seq: i64,
         limit: u32,
-    ) -> Result<Vec<rows::ShipmentRow>, StoreError>;
+    ) -> Result<Vec<rows::ShipmentEntry>, StoreError>;
 
     /// Marks an order dispatched, or reports what it already is.
     async fn dispatch(
@@ -335,6 +336,10 @@ pub trait Store: Send + Sync + 'static {
         purges: &[rows::PurgeRow],
     ) -> Result<Vec<String>, StoreError>;
 
+    /// The blind index of an order's contact email, if its contact record
+    /// is there (what a contact purge keeps, see `PurgeRow`).
+    async fn contact_subject(&self, order_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Removes what deleted records leave behind where the engine can: for
     /// SQLite, moves the zeroed pages into the database file and empties the
     /// WAL (`Incomplete` while readers keep it: running it again — a purge
@@ -365,6 +370,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ledger head: (seq, last MAC, head MAC), if any withdrawal exists.
     async fn consent_events_head(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// How many withdrawals have a `seq` of at most `seq`.
+    async fn consent_events_up_to(&self, seq: i64) -> Result<i64, StoreError>;
 
     /// Customers whose latest checkout tag grants `purpose` and who have not
     /// withdrawn it since, after the customer whose latest order has

@@ -180,6 +180,33 @@ pub struct ShipmentRow {
     pub dispatch: Option<Dispatch>,
 }
 
+/// One row of the shipments query: whole, or damaged — a column edited so
+/// that it no longer reads (`items` that are not JSON, a malformed tag). A
+/// damaged row is shown to the warehouse as an integrity error (or, without
+/// a readable order id, left out and logged), never failing the page: the
+/// queue and its cursor move past it.
+#[derive(Debug, Clone)]
+pub enum ShipmentEntry {
+    Whole(Box<ShipmentRow>),
+    Damaged {
+        seq: i64,
+        order_id: Option<Uuid>,
+        created_at: String,
+        status: String,
+        what: &'static str,
+    },
+}
+
+impl ShipmentEntry {
+    /// The order's sequence number (the page cursor).
+    pub fn seq(&self) -> i64 {
+        match self {
+            ShipmentEntry::Whole(row) => row.seq,
+            ShipmentEntry::Damaged { seq, .. } => *seq,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ShipToRow {
     Customer {
@@ -414,5 +441,9 @@ pub struct PurgeRow {
     pub class: String,
     pub purged_at: String,
     pub reason: String,
+    /// For a contact purge: the blind index of the order's email, so the
+    /// order's consent tag stays in its subject's history (migration 0009
+    /// / 0012). `None` for the other classes and older contact purges.
+    pub email_blind_index: Option<Vec<u8>>,
     pub mac: Vec<u8>,
 }

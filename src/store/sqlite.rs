@@ -143,11 +143,11 @@ pub async fn begin_write(
         .map_err(StoreError::from_sqlx)
 }
 
-/// After a purge's transaction: move the zeroed pages into the database
-/// file and empty the WAL, so no copy of the deleted records survives in it
-/// either. An active reader makes the checkpoint report "busy": retry a
-/// while, and say so if it never succeeds.
-pub async fn after_purge(pool: &AnyPool) -> Result<(), StoreError> {
+/// After a purge's transaction: one attempt to move the zeroed pages into
+/// the database file and empty the WAL, so no copy of the deleted records
+/// survives in it either. `Ok(false)` when an active reader keeps the WAL
+/// (the caller retries a while, between two commits each time).
+pub async fn try_truncate_wal(pool: &AnyPool) -> Result<bool, StoreError> {
     // On the writing connection, without its busy timeout: a checkpoint
     // waiting for readers must not hold up every writer for seconds.
     let mut conn = pool.acquire().await.map_err(StoreError::from_sqlx)?;
@@ -155,38 +155,20 @@ pub async fn after_purge(pool: &AnyPool) -> Result<(), StoreError> {
         .execute(&mut *conn)
         .await
         .map_err(StoreError::from_sqlx)?;
-    let mut truncated = false;
-    for _ in 0..50 {
-        let busy: i64 = match sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&mut *conn)
-            .await
-        {
-            Ok(busy) => busy,
-            Err(error) if is_busy(&error) => 1,
-            Err(error) => {
-                let _ = sqlx::query("PRAGMA busy_timeout = 10000")
-                    .execute(&mut *conn)
-                    .await;
-                return Err(StoreError::from_sqlx(error));
-            }
-        };
-        if busy == 0 {
-            truncated = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    sqlx::query("PRAGMA busy_timeout = 10000")
+    let busy: Result<i64, _> = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut *conn)
+        .await;
+    let restored = sqlx::query("PRAGMA busy_timeout = 10000")
         .execute(&mut *conn)
         .await
-        .map_err(StoreError::from_sqlx)?;
-    drop(conn);
-    if !truncated {
-        return Err(StoreError::Incomplete(
-            "the records are deleted, but the WAL could not be truncated while readers are active; run the purge again",
-        ));
-    }
-    Ok(())
+        .map_err(StoreError::from_sqlx);
+    let truncated = match busy {
+        Ok(busy) => busy == 0,
+        Err(error) if is_busy(&error) => false,
+        Err(error) => return Err(StoreError::from_sqlx(error)),
+    };
+    restored?;
+    Ok(truncated)
 }
 
 /// Every table and its columns (name, declared type).

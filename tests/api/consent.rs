@@ -812,6 +812,52 @@ async fn verification_of_a_live_log_is_not_confused_by_concurrent_appends() {
     assert!(status.entries >= total as u64);
 }
 
+/// The export itself fails closed on a ledger that lost an entry: before
+/// verified (a deletion the walk finds) and after (a deletion before the
+/// position the export already verified, found by the count).
+#[tokio::test]
+async fn a_deleted_withdrawal_stops_the_marketing_export_instead_of_re_adding_its_subject() {
+    for (already_verified, seq) in [(false, 1), (true, 1), (true, 2)] {
+        let app = spawn_app().await;
+        place(&app, &order_for("ada@example.com", true, false)).await;
+        place(&app, &order_for("bob@example.com", true, false)).await;
+        for who in ["ada@example.com", "cat@example.com"] {
+            let r = opt_out(
+                &app,
+                json!({"email": who, "purposes": "all", "channel": "email"}),
+            )
+            .await;
+            assert_eq!(r.status(), 202);
+        }
+        if already_verified {
+            assert_eq!(
+                audience(&app, "special_offers").await,
+                vec!["bob@example.com"]
+            );
+        }
+        app.unguard("consent_events").await;
+        let db = app.db().await;
+        sqlx::query("DELETE FROM consent_events WHERE seq = $1")
+            .bind(seq)
+            .execute(&db)
+            .await
+            .unwrap();
+        let r = app
+            .client(Role::Marketing)
+            .get(app.url("/v1/marketing/audience?purpose=special_offers"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(
+            status, 500,
+            "verified before: {already_verified}, seq {seq}: {body}"
+        );
+        assert!(!body.contains("ada@example.com"), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_deleted_or_reordered_withdrawal_is_reported() {
     for (sql, expect) in [

@@ -161,6 +161,70 @@ async fn fulfillment_sees_the_ship_to_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_parcel_shows_only_its_own_customers_consent() {
+    use crate::consent::order_for;
+    let app = spawn_app().await;
+    let ada = new_order(&app, "own-1", &order_for("ada@example.com", false, false)).await;
+    new_order(&app, "own-2", &order_for("bob@example.com", true, false)).await;
+    let consent_of = |shipments: &Value, id: &str| {
+        shipments["shipments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["order_id"] == id)
+            .unwrap()["consent"]
+            .clone()
+    };
+    let before = consent_of(&app.shipments("").await, &ada);
+    assert_eq!(before["special_offers"], false);
+    assert_eq!(before["verified"], true);
+    // A database writer points Ada's billing record (whose blind index finds
+    // the consent history, and which no MAC covers) at Bob, who consents.
+    let db = app.db().await;
+    sqlx::query(
+        "UPDATE billing_details SET email_blind_index =
+            (SELECT c.email_blind_index FROM contact_emails c WHERE c.order_id <> $1)
+         WHERE order_id = $1",
+    )
+    .bind(&ada)
+    .execute(&db)
+    .await
+    .unwrap();
+    // Bob's history does not hold Ada's order's tag: not shown as verified,
+    // and no purpose granted.
+    let after = consent_of(&app.shipments("").await, &ada);
+    assert_eq!(after["verified"], false, "{after}");
+    assert_eq!(after["special_offers"], false, "{after}");
+}
+
+#[tokio::test]
+async fn a_damaged_order_row_is_an_integrity_error_and_the_queue_moves_past_it() {
+    let app = spawn_app().await;
+    let broken = new_order(&app, "dmg-1", &order_json()).await;
+    let fine = new_order(&app, "dmg-2", &order_json()).await;
+    let db = app.db().await;
+    sqlx::query("UPDATE orders SET items = 'not json' WHERE id = $1")
+        .bind(&broken)
+        .execute(&db)
+        .await
+        .unwrap();
+    // Page by page, as a warehouse walks the queue: the damaged order is
+    // shown as an integrity error (nothing to ship), and the next page
+    // holds the next order.
+    let first = app.shipments("?limit=1").await;
+    let shown = &first["shipments"][0];
+    assert_eq!(shown["order_id"], broken.as_str());
+    assert_eq!(shown["integrity_error"], true, "{shown}");
+    assert_eq!(shown["ship_to"], Value::Null);
+    assert_eq!(shown["items"], json!([]));
+    assert_eq!(shown["consent"]["verified"], false);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = app.shipments(&format!("?limit=1&after={cursor}")).await;
+    assert_eq!(second["shipments"][0]["order_id"], fine.as_str());
+    assert!(second["shipments"][0].get("integrity_error").is_none());
+}
+
+#[tokio::test]
 async fn pagination_covers_every_order_once() {
     let app = spawn_app().await;
     let mut ids = Vec::new();

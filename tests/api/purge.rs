@@ -278,3 +278,91 @@ async fn a_purge_held_up_by_a_reader_is_finished_by_running_it_again() {
         );
     }
 }
+
+/// Runs `checkoutd orders purge --order <id>`; it must succeed.
+fn purge_order(app: &TestApp, order_id: &str) {
+    let out = app
+        .command()
+        .args(["orders", "purge", "--order", order_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_one_back() {
+    use crate::consent::{audience, order_for, place};
+    let app = spawn_app().await;
+    // Ada says yes to special offers, then, on a later order, no.
+    let first = place(&app, &order_for("ada@example.com", true, false)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let latest = place(&app, &order_for("ada@example.com", false, false)).await;
+    // Bob says yes twice; his first order is purged.
+    let bob_first = place(&app, &order_for("bob@example.com", true, false)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    place(&app, &order_for("bob@example.com", true, false)).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["bob@example.com"]
+    );
+
+    // Her latest order's data is purged (contact included)…
+    purge_order(&app, &latest);
+    purge_order(&app, &bob_first);
+    // …and still her latest choice stands: not in the audience, and the
+    // warehouse sees "no" on her first order.
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["bob@example.com"],
+        "a purge must not bring an older consent back"
+    );
+    let shipments = app.shipments("").await;
+    let hers = shipments["shipments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["order_id"] == first.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(hers["consent"]["special_offers"], false, "{hers}");
+    // The auditor's proof still holds both of her tags; the audit is green
+    // (the purge's MAC covers what it kept).
+    let proof: Value = app
+        .get_json(Role::Auditor, "/v1/audit/consent?email=ada%40example.com")
+        .await;
+    assert_eq!(
+        proof["records"].as_array().map(Vec::len),
+        Some(2),
+        "{proof}"
+    );
+    assert_eq!(proof["effective"]["special_offers"], false, "{proof}");
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(report.purged.get("contact"), Some(&2));
+    // What the purge kept is under its MAC: pointing it at someone else is
+    // reported.
+    let db = app.db().await;
+    sqlx::query("UPDATE purges SET email_blind_index = (SELECT email_blind_index FROM contact_emails WHERE order_id = $1) WHERE order_id = $2 AND class = 'contact'")
+        .bind(&first)
+        .bind(&bob_first)
+        .execute(&db)
+        .await
+        .unwrap();
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == "purges" && f.record_id == bob_first),
+        "{:#?}",
+        report.failures
+    );
+}

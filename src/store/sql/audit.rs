@@ -482,6 +482,15 @@ pub async fn consent_events_head(
     .transpose()
 }
 
+/// Every order a subject's consent history reaches, with the blind index of
+/// its email: through its contact record, or, once that was purged, through
+/// the purge that kept the blind index (migration 0009 / 0012) — so purging
+/// the order with a customer's latest choice never brings an older one back.
+const SUBJECT_ORDERS: &str = "(SELECT order_id, email_blind_index FROM contact_emails
+           UNION ALL
+           SELECT order_id, email_blind_index FROM purges
+            WHERE class = 'contact' AND email_blind_index IS NOT NULL)";
+
 pub async fn audience(
     pool: &AnyPool,
     purpose: &'static str,
@@ -491,17 +500,19 @@ pub async fn audience(
     if !Purposes::NAMES.contains(&purpose) {
         return Err(StoreError::Corrupt("unknown purpose"));
     }
-    // `purpose` is one of five fixed column names (checked above).
+    // `purpose` is one of five fixed column names (checked above). The
+    // latest order of a subject may be one whose contact record was purged:
+    // it has no address to export, and so the subject is not exported.
     let sql = format!(
         "WITH ranked AS (
             SELECT c.email_blind_index AS bi, o.seq,
                    row_number() OVER (PARTITION BY c.email_blind_index
                                       ORDER BY t.captured_at DESC, t.id DESC) AS rn
-              FROM contact_emails c
+              FROM {SUBJECT_ORDERS} c
               JOIN orders o ON o.id = c.order_id
               JOIN consent_tags t ON t.id = o.consent_tag_id),
          latest AS (SELECT bi, seq FROM ranked WHERE rn = 1)
-         SELECT o.seq, c.email_blind_index, c.id AS contact_id, c.order_id, c.format_version, c.kek_version, c.wrapped_dek,
+         SELECT o.seq, c.email_blind_index, c.id AS contact_id, c.order_id AS contact_order_id, c.format_version, c.kek_version, c.wrapped_dek,
                 c.ciphertext, t.*
            FROM latest l
            JOIN orders o ON o.seq = l.seq
@@ -527,7 +538,9 @@ pub async fn audience(
                 seq: r.try_get("seq").map_err(err)?,
                 email_blind_index: r.try_get("email_blind_index").map_err(err)?,
                 contact_id: r.try_get("contact_id").map_err(err)?,
-                order_id: r.try_get("order_id").map_err(err)?,
+                // Not `order_id`: `t.*` holds the tag's own, which the
+                // audience checks against this one.
+                order_id: r.try_get("contact_order_id").map_err(err)?,
                 envelope: sealed(
                     r,
                     ["format_version", "kek_version", "wrapped_dek", "ciphertext"],
@@ -542,17 +555,18 @@ pub async fn consent_history(
     pool: &AnyPool,
     bi: &[u8],
 ) -> Result<super::super::rows::ConsentHistory, StoreError> {
-    let rows = sqlx::query(
-        "SELECT t.*, c.order_id AS via_order FROM contact_emails c
+    let sql = format!(
+        "SELECT t.*, c.order_id AS via_order FROM {SUBJECT_ORDERS} c
            JOIN orders o ON o.id = c.order_id
            JOIN consent_tags t ON t.id = o.consent_tag_id
           WHERE c.email_blind_index = $1
-          ORDER BY t.captured_at, t.id",
-    )
-    .bind(bi)
-    .fetch_all(pool)
-    .await
-    .map_err(err)?;
+          ORDER BY t.captured_at, t.id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(bi)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
     let tags = rows.iter().map(raw_tag).collect::<Result<Vec<_>, _>>()?;
     let via_orders = rows
         .iter()
@@ -912,11 +926,12 @@ pub async fn purge(
         if removed == 0 {
             continue;
         }
-        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, mac) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, email_blind_index, mac) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&p.order_id)
             .bind(&p.class)
             .bind(&p.purged_at)
             .bind(&p.reason)
+            .bind(p.email_blind_index.as_deref())
             .bind(&p.mac)
             .execute(&mut *tx)
             .await
@@ -931,9 +946,22 @@ pub async fn purge(
 pub async fn after_purge(writer: &super::Writer, engine: Engine) -> Result<(), StoreError> {
     match engine {
         Engine::Sqlite => {
-            // Between two writes, so that no batch lands meanwhile.
-            let _gate = writer.pass().await;
-            super::super::sqlite::after_purge(writer.pool()).await
+            // Up to 5 s while a reader keeps the WAL. Each attempt is made
+            // between two writes (so no batch lands meanwhile), and the
+            // writes go on while it waits for the next.
+            for _ in 0..50 {
+                let truncated = {
+                    let _gate = writer.pass().await;
+                    super::super::sqlite::try_truncate_wal(writer.pool()).await?
+                };
+                if truncated {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(StoreError::Incomplete(
+                "the records are deleted, but the WAL could not be truncated while readers are active; run the purge again",
+            ))
         }
         Engine::Postgres => super::super::postgres::after_purge(writer.pool()).await,
     }
@@ -967,7 +995,14 @@ pub async fn purges_of(
         "SELECT {} FROM purges WHERE order_id = $1",
         select_list(
             engine,
-            &["order_id", "class", "purged_at", "reason", "mac"],
+            &[
+                "order_id",
+                "class",
+                "purged_at",
+                "reason",
+                "email_blind_index",
+                "mac"
+            ],
             &texts
         )
     );
@@ -984,6 +1019,7 @@ pub async fn purges_of(
                 class: text(&r, "class")?,
                 purged_at: text(&r, "purged_at")?,
                 reason: text(&r, "reason")?,
+                email_blind_index: r.try_get("email_blind_index").map_err(err)?,
                 mac: r.try_get("mac").map_err(err)?,
             });
         }

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::rows::{
     AuditBatch, AuditKeyRow, ClearRow, CommitOutcome, ConsentStats, Dispatch, DispatchOutcome,
-    KeyRecord, NewOrder, OrderSummary, ShipToRow, ShipmentRow, ShipmentStatus, StoredResponse,
-    Totals,
+    KeyRecord, NewOrder, OrderSummary, ShipToRow, ShipmentEntry, ShipmentRow, ShipmentStatus,
+    StoredResponse, Totals,
 };
 use super::{Store, StoreError, postgres, postgres_orders, sqlite, sqlite_orders};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
@@ -345,7 +345,7 @@ impl Store for SqlStore {
         status: ShipmentStatus,
         after_seq: i64,
         limit: u32,
-    ) -> Result<Vec<ShipmentRow>, StoreError> {
+    ) -> Result<Vec<ShipmentEntry>, StoreError> {
         // Only shipping and recipient envelopes are selected: billing and
         // card columns never leave the database on this path.
         let rows = sqlx::query(
@@ -373,7 +373,7 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(shipment_row).collect()
+        rows.iter().map(shipment_entry).collect()
     }
 
     async fn dispatch(
@@ -567,6 +567,14 @@ impl Store for SqlStore {
         audit::consent_events_head(&self.pool).await
     }
 
+    async fn consent_events_up_to(&self, seq: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT count(*) FROM consent_events WHERE seq <= $1")
+            .bind(seq)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
     async fn audience(
         &self,
         purpose: &'static str,
@@ -639,6 +647,14 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
         audit::due_for_retention(&self.pool, class, before, limit).await
+    }
+
+    async fn contact_subject(&self, order_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT email_blind_index FROM contact_emails WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
     }
 
     async fn purges_of(
@@ -786,6 +802,25 @@ fn envelope_cols(row: &AnyRow, prefix: &str) -> Result<Option<Envelope>, StoreEr
         EnvelopeColumns::Sealed(e) => Ok(Some(e)),
         EnvelopeColumns::Empty => Ok(None),
         EnvelopeColumns::Damaged(what) => Err(StoreError::Corrupt(what)),
+    }
+}
+
+/// A row of the shipments query, whole or damaged (see [`ShipmentEntry`]).
+/// Only the connection failing is an error: the row is already here.
+fn shipment_entry(row: &AnyRow) -> Result<ShipmentEntry, StoreError> {
+    match shipment_row(row) {
+        Ok(whole) => Ok(ShipmentEntry::Whole(Box::new(whole))),
+        Err(error @ StoreError::Unavailable(_)) => Err(error),
+        Err(error) => Ok(ShipmentEntry::Damaged {
+            seq: row.try_get("seq").map_err(StoreError::from_sqlx)?,
+            order_id: uuid_col(row, "id").ok(),
+            created_at: row.try_get("created_at").unwrap_or_default(),
+            status: row.try_get("status").unwrap_or_default(),
+            what: match error {
+                StoreError::Corrupt(what) => what,
+                _ => "a column does not read",
+            },
+        }),
     }
 }
 
