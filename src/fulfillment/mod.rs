@@ -15,7 +15,7 @@ use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::{ClassKeys, Keyring};
 use crate::crypto::mac::MacKey;
 use crate::domain::consent::Purposes;
-use crate::store::rows::{ShipToRow, ShipmentRow};
+use crate::store::rows::{PurgeRow, ShipToRow, ShipmentRow};
 
 /// The keys fulfillment holds.
 pub struct Fulfillment {
@@ -61,6 +61,12 @@ pub struct Shipment {
     /// auditors.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub integrity_error: bool,
+    /// True when the ship-to details were purged (the customer's erasure
+    /// before dispatch, or retention after it): nothing to ship to, and
+    /// not an integrity error. A pending order in this state cannot be
+    /// dispatched (409).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub purged: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -143,13 +149,34 @@ impl Fulfillment {
             },
             dispatch: None,
             integrity_error: true,
+            purged: false,
         }
+    }
+
+    /// Whether `purges` (the order's) hold a genuine purge of `class`.
+    fn purged(&self, order_id: uuid::Uuid, class: DataClass, purges: &[PurgeRow]) -> bool {
+        let order_id = order_id.to_string();
+        purges.iter().any(|p| {
+            p.order_id == order_id
+                && p.class == class.as_str()
+                && self
+                    .consent_key
+                    .verify(&[&crate::retention::purge_canonical_bytes(p)], &p.mac)
+        })
     }
 
     /// Decrypts the ship-to of one row and assembles the warehouse's view.
     /// `history` is the customer's consent history (all their checkout tags
     /// and withdrawals): the effective consent is the current one.
-    pub fn view(&self, row: ShipmentRow, history: &crate::store::rows::ConsentHistory) -> Shipment {
+    /// `purges` are the order's purges (needed only when its ship-to record
+    /// is missing: a genuine purge of it is not an integrity error).
+    pub fn view(
+        &self,
+        row: ShipmentRow,
+        history: &crate::store::rows::ConsentHistory,
+        purges: &[PurgeRow],
+    ) -> Shipment {
+        let mut purged = false;
         let (opened, gift) = match &row.ship_to {
             ShipToRow::Customer {
                 record_id,
@@ -165,9 +192,13 @@ impl Fulfillment {
                 self.open(DataClass::Recipient, row.order_id, *record_id, envelope),
                 true,
             ),
+            ShipToRow::Missing(class) => {
+                purged = self.purged(row.order_id, *class, purges);
+                (None, *class == DataClass::Recipient)
+            }
             ShipToRow::Broken => (None, false),
         };
-        let integrity_error = opened.is_none();
+        let integrity_error = opened.is_none() && !purged;
         if integrity_error {
             tracing::error!(order_id = %row.order_id, "a ship-to record is missing or failed to open");
         }
@@ -199,13 +230,15 @@ impl Fulfillment {
         if !verified {
             purposes = Purposes::default();
         }
-        if gift || integrity_error {
+        if gift || integrity_error || purged {
             // The parcel goes to the gift recipient, whose details may be
             // used only to deliver it: no promotional insert, whatever the
             // buyer chose.
             purposes = Purposes::default();
         }
-        if !verified {
+        // (A purged order's billing record, which finds the history, may be
+        // gone with it: nothing to verify then, and nothing is shipped.)
+        if !verified && !purged {
             tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
         }
         // The policy the purposes shown were agreed under: the latest tag's.
@@ -240,6 +273,7 @@ impl Fulfillment {
             },
             dispatch: row.dispatch.map(Into::into),
             integrity_error,
+            purged,
         }
     }
 }

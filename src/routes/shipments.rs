@@ -15,7 +15,7 @@ use super::AppState;
 use crate::domain::text::Plain;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
-use crate::store::rows::{Dispatch, DispatchOutcome, ShipmentEntry, ShipmentStatus};
+use crate::store::rows::{Dispatch, DispatchOutcome, ShipToRow, ShipmentEntry, ShipmentStatus};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -135,11 +135,24 @@ pub async fn list(
     for entry in rows {
         match entry {
             ShipmentEntry::Whole(row) => {
-                let history = match state.store.consent_history(&row.email_blind_index).await {
-                    Ok(h) => h,
-                    Err(error) => return store_problem(&error),
+                let history = match &row.email_blind_index {
+                    Some(subject) => match state.store.consent_history(subject).await {
+                        Ok(h) => h,
+                        Err(error) => return store_problem(&error),
+                    },
+                    None => Default::default(),
                 };
-                shipments.push(state.fulfillment.view(*row, &history));
+                // Only an order whose ship-to record is gone needs its
+                // purges: were they purged, or deleted?
+                let purges = if matches!(row.ship_to, ShipToRow::Missing(_)) {
+                    match state.store.purges_of(&[row.order_id.to_string()]).await {
+                        Ok(p) => p,
+                        Err(error) => return store_problem(&error),
+                    }
+                } else {
+                    Vec::new()
+                };
+                shipments.push(state.fulfillment.view(*row, &history, &purges));
             }
             ShipmentEntry::Damaged {
                 order_id: Some(order_id),
@@ -220,7 +233,7 @@ pub struct Dispatched<'a> {
         (status = 200, description = "Dispatched (now or before, with the same carrier and tracking)", body = Dispatched),
         (status = 400, description = "The body is not valid JSON (or repeats a member)"),
         (status = 404, description = "No such order (also for an id that is not a UUID)"),
-        (status = 409, description = "Already dispatched with another carrier or tracking number"),
+        (status = 409, description = "Already dispatched with another carrier or tracking number (`already-dispatched`), or the order's shipping details were purged (`ship-to-purged`)"),
         (status = 413, description = "The body is larger than 4 KiB"),
         (status = 415, description = "Not `application/json`"),
         (status = 422, description = "The dispatch has errors (listed in `errors`)"),
@@ -279,6 +292,13 @@ pub async fn dispatch(
             return Problem::conflict(
                 "already-dispatched",
                 "The order was already dispatched with another carrier or tracking number",
+            )
+            .into_response();
+        }
+        Ok(DispatchOutcome::NoShipTo) => {
+            return Problem::conflict(
+                "ship-to-purged",
+                "The order's shipping details were purged (or are missing): it cannot be dispatched",
             )
             .into_response();
         }

@@ -175,8 +175,9 @@ pub struct ShipmentRow {
     pub ship_to: ShipToRow,
     pub customer_tag: ConsentTag,
     /// The customer's email blind index (a clear keyed digest, not the
-    /// email), to find their current consent.
-    pub email_blind_index: Vec<u8>,
+    /// email), to find their current consent; `None` once the billing
+    /// record is purged.
+    pub email_blind_index: Option<Vec<u8>>,
     pub dispatch: Option<Dispatch>,
 }
 
@@ -217,8 +218,11 @@ pub enum ShipToRow {
         record_id: Uuid,
         envelope: Envelope,
     },
-    /// The ship-to record is missing or malformed: shown as an integrity
-    /// error instead of failing the whole page.
+    /// The ship-to record of this class is not there: purged (a verified
+    /// purge says so), or else deleted — an integrity error.
+    Missing(crate::crypto::DataClass),
+    /// The ship-to record is malformed: shown as an integrity error
+    /// instead of failing the whole page.
     Broken,
 }
 
@@ -244,6 +248,9 @@ pub enum DispatchOutcome {
     Dispatched(Dispatch),
     /// Already dispatched, with these (possibly different) facts.
     AlreadyDispatched(Dispatch),
+    /// Not dispatched, and its shipping record is gone (purged): there is
+    /// nowhere to send it.
+    NoShipTo,
     NotFound,
 }
 

@@ -108,11 +108,13 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
         .await;
     assert_eq!(meta["verified"], true);
     assert_eq!(meta["purged"].as_array().unwrap().len(), 5);
-    // The other order is untouched, and the purge is in the access log.
-    assert_eq!(
-        app.shipments("").await["shipments"][0]["order_id"],
-        kept.as_str()
-    );
+    // The warehouse is told the purged order has nothing to ship; the
+    // other order is untouched; the purge is in the access log.
+    let shipments = app.shipments("").await;
+    assert_eq!(shipments["shipments"][0]["order_id"], doomed.as_str());
+    assert_eq!(shipments["shipments"][0]["purged"], true);
+    assert_eq!(shipments["shipments"][1]["order_id"], kept.as_str());
+    assert!(shipments["shipments"][1].get("purged").is_none());
     assert!(purge_logged(&app, &doomed).await);
     // A forged purge (deleting a record and claiming a purge) is caught.
     sqlx::query("DELETE FROM payment_cards WHERE order_id = $1")
@@ -364,5 +366,80 @@ async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_
             .any(|f| f.table == "purges" && f.record_id == bob_first),
         "{:#?}",
         report.failures
+    );
+}
+
+/// The warehouse is told, not left to wonder: an order purged before
+/// dispatch is listed as purged and cannot be dispatched; a gift whose
+/// recipient retention purged after dispatch is purged too, not an
+/// integrity error; a ship-to record deleted without a purge is one.
+#[tokio::test]
+async fn the_warehouse_sees_purged_orders_as_purged_and_cannot_ship_them() {
+    let app = spawn_app().await;
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({"name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}});
+    let erased = place(&app, "w-1", &order_json()).await;
+    let shipped_gift = place(&app, "w-2", &gift).await;
+    let deleted = place(&app, "w-3", &order_json()).await;
+    let r = app
+        .dispatch(&shipped_gift, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    purge_order(&app, &erased);
+    let store = app.store().await;
+    checkoutd::retention::purge_order(
+        &store,
+        &app.keyring(),
+        &shipped_gift,
+        &[checkoutd::crypto::DataClass::Recipient],
+        "retention:recipient",
+        ("system", "retention"),
+    )
+    .await
+    .unwrap();
+    let db = app.db().await;
+    sqlx::query("DELETE FROM shipping_details WHERE order_id = $1")
+        .bind(&deleted)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let find = |page: &Value, id: &str| {
+        page["shipments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["order_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {page}"))
+    };
+    let pending = app.shipments("?status=pending").await;
+    let e = find(&pending, &erased);
+    assert_eq!(e["purged"], true, "{e}");
+    assert!(e.get("integrity_error").is_none(), "{e}");
+    assert_eq!(e["ship_to"], Value::Null);
+    assert_eq!(e["consent"]["special_offers"], false);
+    let d = find(&pending, &deleted);
+    assert_eq!(d["integrity_error"], true, "{d}");
+    assert!(d.get("purged").is_none(), "{d}");
+    let dispatched = app.shipments("?status=dispatched").await;
+    let g = find(&dispatched, &shipped_gift);
+    assert_eq!(g["purged"], true, "{g}");
+    assert_eq!(g["gift"], true);
+    assert!(g.get("integrity_error").is_none(), "{g}");
+
+    // Neither the erased order nor the one without a shipping record can
+    // be dispatched; both stay pending.
+    for id in [&erased, &deleted] {
+        let r = app
+            .dispatch(id, &json!({"carrier": "UPS", "tracking": "1Z2"}))
+            .await;
+        let problem = crate::helpers::expect_problem(r, 409).await;
+        assert_eq!(problem["type"], "urn:checkoutd:problem:ship-to-purged");
+    }
+    assert_eq!(
+        find(&app.shipments("?status=pending").await, &erased)["status"],
+        "pending"
     );
 }

@@ -347,7 +347,9 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<ShipmentEntry>, StoreError> {
         // Only shipping and recipient envelopes are selected: billing and
-        // card columns never leave the database on this path.
+        // card columns never leave the database on this path. Orders whose
+        // records were purged are listed too (their ship-to `Missing`), so
+        // the warehouse is told rather than the order silently vanishing.
         let rows = sqlx::query(
             "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.carrier, o.tracking, o.dispatched_at,
                     s.ship_to, s.id AS ship_id, s.format_version AS s_fmt, s.kek_version AS s_kek,
@@ -359,9 +361,9 @@ impl Store for SqlStore {
                     t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac,
                     b.email_blind_index
                FROM orders o
-               JOIN shipping_details s ON s.order_id = o.id
                JOIN consent_tags t ON t.id = o.consent_tag_id
-               JOIN billing_details b ON b.order_id = o.id
+               LEFT JOIN shipping_details s ON s.order_id = o.id
+               LEFT JOIN billing_details b ON b.order_id = o.id
                LEFT JOIN gift_recipients g ON g.order_id = o.id
               WHERE o.status = $1 AND o.seq > $2
               ORDER BY o.seq
@@ -384,10 +386,12 @@ impl Store for SqlStore {
         // One conditional update decides: of two concurrent dispatches (in
         // any process) exactly one finds the order still 'accepted'.
         let gate = self.writer.pass().await;
+        // An order whose shipping details were purged has nowhere to go.
         let updated = sqlx::query(
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
-              WHERE id = $1 AND status = 'accepted'",
+              WHERE id = $1 AND status = 'accepted'
+                AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1)",
         )
         .bind(order_id.to_string())
         .bind(&new.dispatch.carrier)
@@ -411,9 +415,10 @@ impl Store for SqlStore {
         .map_err(StoreError::from_sqlx)?;
         match row {
             None => Ok(DispatchOutcome::NotFound),
-            Some(row) => dispatch_of(&row)?
-                .map(DispatchOutcome::AlreadyDispatched)
-                .ok_or(StoreError::Corrupt("orders: not accepted, but no dispatch")),
+            Some(row) => match dispatch_of(&row)? {
+                Some(done) => Ok(DispatchOutcome::AlreadyDispatched(done)),
+                None => Ok(DispatchOutcome::NoShipTo),
+            },
         }
     }
 
@@ -826,7 +831,8 @@ fn shipment_entry(row: &AnyRow) -> Result<ShipmentEntry, StoreError> {
 
 fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
     let items: String = row.try_get("items").map_err(StoreError::from_sqlx)?;
-    let ship_to: String = row.try_get("ship_to").map_err(StoreError::from_sqlx)?;
+    let ship_to: Option<String> = row.try_get("ship_to").map_err(StoreError::from_sqlx)?;
+    let gift_id: Option<String> = row.try_get("gift_id").map_err(StoreError::from_sqlx)?;
     let customer = || -> Result<ShipToRow, StoreError> {
         Ok(ShipToRow::Customer {
             record_id: uuid_col(row, "ship_id")?,
@@ -841,9 +847,13 @@ fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
                 .ok_or(StoreError::Corrupt("gift_recipients envelope"))?,
         })
     };
-    let ship_to = match ship_to.as_str() {
-        "customer" => customer(),
-        "gift_recipient" => gift(),
+    let ship_to = match (ship_to.as_deref(), gift_id) {
+        (None, _) => Ok(ShipToRow::Missing(crate::crypto::DataClass::Shipping)),
+        (Some("customer"), _) => customer(),
+        (Some("gift_recipient"), None) => {
+            Ok(ShipToRow::Missing(crate::crypto::DataClass::Recipient))
+        }
+        (Some("gift_recipient"), Some(_)) => gift(),
         _ => Err(StoreError::Corrupt("shipping_details.ship_to")),
     }
     .unwrap_or(ShipToRow::Broken);
