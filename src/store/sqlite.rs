@@ -47,23 +47,47 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
             source,
         })?;
     }
+    // Only ciphertexts are inside, but the files are still nobody else's
+    // business: owner-only. SQLite creates -wal and -shm with the database
+    // file's mode, so the database file is made 0600 before SQLite first
+    // opens it (an empty file is an empty database); files of an older run
+    // are narrowed.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path);
+        for file in [
+            path.to_owned(),
+            side_file(path, "-wal"),
+            side_file(path, "-shm"),
+        ] {
+            if file.exists() {
+                let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
     let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
     MIGRATOR.run(&writer).await?;
     let pool = connect(path, "rw", PRAGMAS, 8).await?;
-
-    // Only ciphertexts are inside, but the file is still nobody else's
-    // business: owner-only (SQLite gives -wal and -shm the same mode).
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    }
     let store = SqlStore::new(pool, writer, Engine::Sqlite);
     let gate = store
         .write_gate()
         .ok_or(StoreError::Corrupt("a SQLite store without a write gate"))?;
     let orders = super::sqlite_orders::OrderWriter::open(path, WRITER_PRAGMAS, gate)?;
     Ok(store.with_order_writer(OrderWriter::Sqlite(orders)))
+}
+
+/// The database's `-wal` or `-shm` file.
+#[cfg(unix)]
+fn side_file(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// Whether `error` is SQLite's BUSY/LOCKED (someone else holds the lock).

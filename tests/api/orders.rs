@@ -1325,7 +1325,15 @@ async fn the_database_and_keyring_files_are_owner_only() {
     created(app.post_order("perm-1", &order_json()).await).await;
     let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     if !app.database.is_postgres() {
-        assert_eq!(mode(app.db_path()), 0o600);
+        // The WAL holds every committed page until a checkpoint; the
+        // shared-memory index too is nobody else's business.
+        for file in [
+            app.db_path(),
+            app.db_path().with_extension("db-wal"),
+            app.db_path().with_extension("db-shm"),
+        ] {
+            assert_eq!(mode(file.clone()), 0o600, "{}", file.display());
+        }
     }
     assert_eq!(mode(app.dir.path().join("data/keyring.json")), 0o600);
     assert_eq!(mode(app.dir.path().join("data")), 0o700);
