@@ -51,14 +51,15 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
     // business: owner-only. SQLite creates -wal and -shm with the database
     // file's mode, so the database file is made 0600 before SQLite first
     // opens it (an empty file is an empty database); files of an older run
-    // are narrowed.
+    // are narrowed by path. Never open an existing database file here: this
+    // process's SQLite connections may hold POSIX locks on it, which closing
+    // any other descriptor of the file would silently release.
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let _ = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(false)
+            .create_new(true)
             .mode(0o600)
             .open(path);
         for file in [
