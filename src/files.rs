@@ -53,7 +53,6 @@ pub fn write_atomically(
     mode: u32,
     placement: Placement,
 ) -> std::io::Result<bool> {
-    use std::io::Write;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let name = path
         .file_name()
@@ -63,18 +62,7 @@ pub fn write_atomically(
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
         .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", crate::hex::encode(&suffix)));
-    let written = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    if let Err(error) = written {
+    if let Err(error) = write_new(&tmp, bytes, mode) {
         let _ = std::fs::remove_file(&tmp);
         return Err(error);
     }
@@ -86,7 +74,19 @@ pub fn write_atomically(
             match linked {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(e),
+                // A file system without hard links (FAT and exFAT, as on a
+                // custodian's USB stick): the file itself, created
+                // exclusively. Not atomic there: a crash part way leaves a
+                // short file, which is never overwritten and fails its
+                // reader's checks (key files and shares carry checksums).
+                Err(_) => match write_new(path, bytes, mode) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(path);
+                        Err(e)
+                    }
+                },
             }
         }
     };
@@ -99,6 +99,21 @@ pub fn write_atomically(
         let _ = d.sync_all();
     }
     placed
+}
+
+/// Creates `path` exclusively (`AlreadyExists` if it is there) with `mode`,
+/// writes `bytes` and fsyncs it.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// [`write_atomically`] to a new file only: an existing `path` is an

@@ -355,8 +355,15 @@ pub async fn init(
             path.display()
         )));
     }
-    let paths =
-        crate::crypto::master::write_shares(shares_dir, &shares).map_err(KeyringError::from)?;
+    let paths = match crate::crypto::master::write_shares(shares_dir, &shares) {
+        Ok(paths) => paths,
+        Err(error) => {
+            // Without its shares the new keyring opens nothing, and would
+            // make every later `keys init` refuse: it goes too.
+            let _ = std::fs::remove_file(path);
+            return Err(KeyringError::from(error).into());
+        }
+    };
     log_operation(
         store,
         &keyring,

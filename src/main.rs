@@ -97,28 +97,26 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     )
                     .map_err(|_| "--dispatched-before must be YYYY-MM-DD")?;
                     let before = checkoutd::ids::timestamp(day.midnight().assume_utc());
-                    let mut total = 0;
+                    let mut purged = 0;
+                    let mut outcome = Ok(());
                     for class in all {
-                        loop {
-                            let due = store.due_for_retention(class, &before, 500).await?;
-                            if due.is_empty() {
-                                break;
-                            }
-                            for id in due {
-                                total += checkoutd::retention::purge_records(
-                                    store.as_ref(),
-                                    &keyring,
-                                    &id,
-                                    &[class],
-                                    "operator",
-                                    ("operator", &who),
-                                )
-                                .await?
-                                .len();
-                            }
+                        outcome = checkoutd::retention::purge_dispatched_before(
+                            store.as_ref(),
+                            &keyring,
+                            class,
+                            &before,
+                            "operator",
+                            ("operator", &who),
+                            &mut purged,
+                        )
+                        .await;
+                        if outcome.is_err() {
+                            break;
                         }
                     }
-                    store.after_purge().await?;
+                    let total =
+                        checkoutd::retention::finish_purges(store.as_ref(), purged, outcome)
+                            .await?;
                     writeln!(
                         out,
                         "purged {total} record set(s) of orders dispatched before {date}"

@@ -136,40 +136,77 @@ pub struct Rule {
 /// One pass of the retention schedule: every due purge, then one
 /// [`Store::after_purge`] for them all (not one per order: on SQLite each is
 /// a checkpoint of the whole WAL, taken between two commits). Returns how
-/// many purges it made; an `Incomplete` error comes only after all of them.
+/// many purges it made; an error comes only after the purges made before
+/// it were followed by `after_purge` too.
 pub async fn run_once(
     store: &dyn Store,
     keyring: &Keyring,
     rules: &[Rule],
 ) -> Result<u64, StoreError> {
     let mut purged = 0;
+    let mut outcome = Ok(());
     for rule in rules {
         let cutoff = time::OffsetDateTime::now_utc()
             - time::Duration::try_from(rule.after_dispatch).unwrap_or(time::Duration::ZERO);
-        let before = crate::ids::timestamp(cutoff);
-        loop {
-            let due = store.due_for_retention(rule.class, &before, 500).await?;
-            if due.is_empty() {
-                break;
-            }
-            for order_id in &due {
-                let reason = format!("retention:{}", rule.class.as_str());
-                purged += purge_records(
-                    store,
-                    keyring,
-                    order_id,
-                    &[rule.class],
-                    &reason,
-                    ("system", "retention"),
-                )
-                .await?
-                .len() as u64;
-            }
+        outcome = purge_dispatched_before(
+            store,
+            keyring,
+            rule.class,
+            &crate::ids::timestamp(cutoff),
+            &format!("retention:{}", rule.class.as_str()),
+            ("system", "retention"),
+            &mut purged,
+        )
+        .await;
+        if outcome.is_err() {
+            break;
         }
     }
-    if purged > 0 {
-        store.after_purge().await?;
+    finish_purges(store, purged, outcome).await
+}
+
+/// Purges `class` of every order dispatched before `before` (a timestamp),
+/// each logged with `reason` and `who`, counting into `purged` as it goes —
+/// so a caller meeting an error part way still knows that records were
+/// deleted. Without [`Store::after_purge`]: see [`finish_purges`].
+pub async fn purge_dispatched_before(
+    store: &dyn Store,
+    keyring: &Keyring,
+    class: DataClass,
+    before: &str,
+    reason: &str,
+    who: (&str, &str),
+    purged: &mut u64,
+) -> Result<(), StoreError> {
+    loop {
+        let due = store.due_for_retention(class, before, 500).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        for order_id in &due {
+            *purged += purge_records(store, keyring, order_id, &[class], reason, who)
+                .await?
+                .len() as u64;
+        }
     }
+}
+
+/// Ends a series of purges: if any record was deleted — also when
+/// `outcome` says the series failed part way — empties what the deletions
+/// left behind ([`Store::after_purge`]). Returns the purges made, or the
+/// series' error (else `after_purge`'s).
+pub async fn finish_purges(
+    store: &dyn Store,
+    purged: u64,
+    outcome: Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let emptied = if purged > 0 {
+        store.after_purge().await
+    } else {
+        Ok(())
+    };
+    outcome?;
+    emptied?;
     Ok(purged)
 }
 
@@ -195,7 +232,9 @@ pub fn spawn(
                 Ok(0) if leftovers => store.after_purge().await.map(|()| 0),
                 other => other,
             };
-            leftovers = matches!(pass, Err(StoreError::Incomplete(_)));
+            // Any failure may have come after deletions whose leftovers
+            // were not emptied: the next pass tries again.
+            leftovers = pass.is_err();
             match pass {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "retention purged expired records"),

@@ -60,13 +60,29 @@ impl Marketing {
         limit: u32,
     ) -> Result<AudiencePage, StoreError> {
         // The withdrawal ledger first, whole (fail closed): each subject's
-        // withdrawals are MAC-checked below, but one deleted would simply
-        // be absent — and its subject exported again.
-        let from = match self.ledger.lock() {
+        // withdrawals are MAC-checked below, but one deleted, or moved to
+        // another subject, would simply be absent — and its subject
+        // exported again. An export's first page walks the whole ledger;
+        // its next pages, only what was appended since (and a count).
+        let known = match self.ledger.lock() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        match super::verify_ledger_from(store, &self.consent_key, &from).await {
+        let from = if after == 0 {
+            super::LedgerPosition::start()
+        } else {
+            known.clone()
+        };
+        let checked = match super::verify_ledger_from(store, &self.consent_key, &from).await {
+            // A whole walk that ends before what was verified before: the
+            // ledger (head included) was rolled back to an older state.
+            Ok(verified) if verified.seq < known.seq => Err(super::LedgerFault::Broken {
+                entry: "head".into(),
+                what: "behind what was verified before (rolled back)",
+            }),
+            other => other,
+        };
+        match checked {
             Ok(verified) => {
                 if let Ok(mut p) = self.ledger.lock()
                     && verified.seq > p.seq

@@ -689,11 +689,13 @@ pub enum LedgerFault {
 }
 
 /// As [`verify_ledger`], walking only the entries after `from` — a position
-/// an earlier call returned — so a reader that checks before every use (the
-/// marketing export) pays for the new entries only. What lies before `from`
-/// was verified then; since, it can only have been deleted (edits fail the
-/// MACs of the subject's own entries wherever they are read), which the
-/// count of entries up to the head shows. Returns the head's position.
+/// an earlier call returned — so a reader that checks before every page
+/// (the marketing export) pays for the new entries only. Of what lies
+/// before `from`, this sees only a deletion (the count of entries from 1 to
+/// `from` falls); an entry edited since — its subject changed, so that the
+/// subject's own history no longer finds it — needs the whole walk
+/// ([`LedgerPosition::start`]), which the export makes on every first page.
+/// Returns the head's position.
 pub async fn verify_ledger_from(
     store: &dyn Store,
     key: &MacKey,

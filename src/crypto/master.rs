@@ -282,28 +282,27 @@ pub fn share_path(dir: &Path, i: u32, n: u32) -> PathBuf {
 }
 
 /// Writes share files `share-<i>-of-<n>.json` (0600) into `dir` (0700),
-/// never over an existing file.
+/// never over an existing file; all of them or, failing, none.
 pub fn write_shares(
     dir: &Path,
     shares: &[Zeroizing<Vec<u8>>],
 ) -> Result<Vec<PathBuf>, MasterKeyError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| MasterKeyError::Write {
-                path: dir.to_owned(),
-                source,
-            })?;
-    }
+    crate::files::create_private_dir(dir).map_err(|source| MasterKeyError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
     let n = u32::try_from(shares.len()).unwrap_or(u32::MAX);
     let mut paths = Vec::with_capacity(shares.len());
     for (i, share) in (1..).zip(shares) {
         let path = share_path(dir, i, n);
-        write_private(&path, share)?;
+        if let Err(error) = write_private(&path, share) {
+            // All or none: a partial set opens nothing and would block the
+            // next attempt (shares are never overwritten).
+            for written in &paths {
+                let _ = std::fs::remove_file(written);
+            }
+            return Err(error);
+        }
         paths.push(path);
     }
     Ok(paths)

@@ -132,9 +132,13 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `same-origin`, not `no-referrer`: nothing leaves for other sites
+    // either way, and under `no-referrer` the page's own form post carries
+    // `Origin: null` — which an attacker's page can send too (see
+    // `from_another_site`).
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }
@@ -204,20 +208,22 @@ pub async fn unsubscribe_page() -> Response {
 /// Whether a browser says this post was sent by another site's page — which
 /// could otherwise opt its visitors' addresses out in bulk, past the
 /// per-address limit, from their browsers. `Sec-Fetch-Site` (every current
-/// browser) decides when present; else an `Origin` naming another host
-/// (`Origin: null` is what our own page sends under `Referrer-Policy:
-/// no-referrer`). Clients that send neither (curl, scripts) are not
+/// browser) decides when present: `cross-site` is refused (`same-site`, a
+/// sibling subdomain such as the shop's own, is not). Else an `Origin`
+/// other than this host is refused — `null` too, which a page under
+/// `Referrer-Policy: no-referrer` sends (ours is `same-origin`, so its own
+/// posts name it). Clients that send neither header (curl, scripts) are not
 /// browsers being misused.
 fn from_another_site(headers: &HeaderMap, uri: &http::Uri) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return site.as_bytes() == b"cross-site";
     }
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
-    if origin == "null" {
-        return false;
-    }
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
     let ours = uri
         .authority()
         .map(|a| a.as_str())

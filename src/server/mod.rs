@@ -456,13 +456,22 @@ struct InFlight {
     anonymous: Option<Arc<Semaphore>>,
 }
 
+/// A load balancer's probes: they never read a body and answer at once, so
+/// they are left out of the anonymous cap — slow anonymous requests
+/// elsewhere must not turn them into 503s, which would have the instance
+/// pulled. They still count against `max_requests_in_flight`.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
 impl InFlight {
-    /// A permit of every cap this request counts against, or `None` when
-    /// one of them is reached (then none is held).
-    fn try_acquire(&self) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+    /// A permit of every cap a request for `path` counts against, or `None`
+    /// when one of them is reached (then none is held).
+    fn try_acquire(
+        &self,
+        path: &str,
+    ) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
         let anonymous = match &self.anonymous {
-            Some(cap) => Some(cap.clone().try_acquire_owned().ok()?),
-            None => None,
+            Some(cap) if !PROBES.contains(&path) => Some(cap.clone().try_acquire_owned().ok()?),
+            _ => None,
         };
         let all = self.all.clone().try_acquire_owned().ok()?;
         Some((all, anonymous))
@@ -487,7 +496,7 @@ async fn handle(
         watch.finished = true;
         return Ok(crate::http::guard::overloaded(version));
     };
-    let permit = in_flight.try_acquire();
+    let permit = in_flight.try_acquire(req.uri().path());
     let mut req = req.map(Body::new);
     req.extensions_mut().insert(peer);
     if permit.is_none() {

@@ -371,7 +371,7 @@ pub trait Store: Send + Sync + 'static {
     /// The ledger head: (seq, last MAC, head MAC), if any withdrawal exists.
     async fn consent_events_head(&self) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, StoreError>;
 
-    /// How many withdrawals have a `seq` of at most `seq`.
+    /// How many withdrawals have a `seq` from 1 to `seq`.
     async fn consent_events_up_to(&self, seq: i64) -> Result<i64, StoreError>;
 
     /// Customers whose latest checkout tag grants `purpose` and who have not

@@ -1151,7 +1151,7 @@ async fn anonymous_requests_cannot_take_the_in_flight_cap_from_the_storefront() 
     held.wait_entered(2).await;
     // The anonymous share is taken: another anonymous request is a fast 503…
     let started = Instant::now();
-    let r = tokio::time::timeout(FAST, fresh(&app).get(app.url("/healthz")).send())
+    let r = tokio::time::timeout(FAST, fresh(&app).get(app.url("/openapi.json")).send())
         .await
         .expect("answered at once")
         .unwrap();
@@ -1160,7 +1160,13 @@ async fn anonymous_requests_cannot_take_the_in_flight_cap_from_the_storefront() 
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_owned());
     assert_overloaded_fast(r.status().as_u16(), retry.as_deref(), started.elapsed());
-    // …while the storefront still has the rest of the cap: an order goes
+    // …but a load balancer's probes still pass (they only count against the
+    // overall cap),
+    for probe in ["/healthz", "/readyz"] {
+        let r = fresh(&app).get(app.url(probe)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    // and the storefront still has the rest of the cap: an order goes
     // through, and so does a second request alongside it.
     let storefront = app.client(Role::Storefront);
     let r = storefront

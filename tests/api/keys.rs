@@ -297,6 +297,20 @@ async fn custodian_shares_are_all_needed_and_checked() {
             .output()
             .unwrap()
     };
+    // Shares that cannot be written leave no keyring behind (it would open
+    // nothing and block every later init).
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = run(&[
+        "keys",
+        "init",
+        "--custodians",
+        "2",
+        "--shares-dir",
+        blocker.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(!data.join(checkoutd::crypto::keyring::FILE_NAME).exists());
     let out = run(&[
         "keys",
         "init",

@@ -415,10 +415,15 @@ impl Store for SqlStore {
         .map_err(StoreError::from_sqlx)?;
         match row {
             None => Ok(DispatchOutcome::NotFound),
-            Some(row) => match dispatch_of(&row)? {
-                Some(done) => Ok(DispatchOutcome::AlreadyDispatched(done)),
-                None => Ok(DispatchOutcome::NoShipTo),
-            },
+            Some(row) => {
+                let status: String = row.try_get("status").map_err(StoreError::from_sqlx)?;
+                match dispatch_of(&row)? {
+                    Some(done) => Ok(DispatchOutcome::AlreadyDispatched(done)),
+                    // Still accepted, so the shipping record was missing.
+                    None if status == "accepted" => Ok(DispatchOutcome::NoShipTo),
+                    None => Err(StoreError::Corrupt("orders: not accepted, but no dispatch")),
+                }
+            }
         }
     }
 
@@ -573,7 +578,7 @@ impl Store for SqlStore {
     }
 
     async fn consent_events_up_to(&self, seq: i64) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT count(*) FROM consent_events WHERE seq <= $1")
+        sqlx::query_scalar("SELECT count(*) FROM consent_events WHERE seq BETWEEN 1 AND $1")
             .bind(seq)
             .fetch_one(&self.pool)
             .await
