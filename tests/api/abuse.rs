@@ -275,27 +275,42 @@ fn assert_overloaded_fast(status: u16, retry_after: Option<&str>, elapsed: Durat
     assert!(elapsed < FAST, "answered in {elapsed:?}");
 }
 
-#[tokio::test]
-async fn requests_beyond_the_in_flight_cap_get_a_fast_503_and_capacity_returns() {
-    let held = HeldRoute::default();
+type Pending = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
+
+/// A server with `serve`'s limits and a held `/slow` route, and `n`
+/// anonymous requests to it, each on its own connection, all inside the
+/// handler (and staying there until `held.release()`).
+async fn with_held_requests(
+    serve: ServeArgs,
+    held: &HeldRoute,
+    n: usize,
+) -> (Arc<TestApp>, Vec<Pending>) {
     let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            max_requests_in_flight: Some(2),
-            ..Default::default()
-        },
+        serve,
         extra_routes: Some(held.router("/slow", "done")),
         ..Default::default()
     })
     .await;
     let app = Arc::new(app);
     let mut slow = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..n {
         let (client, url) = (fresh(&app), app.url("/slow"));
         slow.push(tokio::spawn(async move { client.get(url).send().await }));
     }
+    held.wait_entered(n).await;
+    (app, slow)
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_cap_get_a_fast_503_and_capacity_returns() {
+    let held = HeldRoute::default();
+    let serve = ServeArgs {
+        max_requests_in_flight: Some(2),
+        ..Default::default()
+    };
     // Both slow requests are in their handlers, and stay there: the cap is
     // taken.
-    held.wait_entered(2).await;
+    let (app, slow) = with_held_requests(serve, &held, 2).await;
     let client = fresh(&app);
     let flood = (0..40).map(|_| {
         let (client, url) = (client.clone(), app.url("/healthz"));
@@ -335,23 +350,12 @@ async fn requests_beyond_the_in_flight_cap_get_a_fast_503_and_capacity_returns()
 #[tokio::test]
 async fn connections_beyond_the_cap_get_a_fast_503_when_none_is_idle() {
     let held = HeldRoute::default();
-    let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            max_connections: Some(3),
-            ..Default::default()
-        },
-        extra_routes: Some(held.router("/slow", "done")),
+    let serve = ServeArgs {
+        max_connections: Some(3),
         ..Default::default()
-    })
-    .await;
-    let app = Arc::new(app);
+    };
     // Three connections, each with a request in flight: nothing to shed.
-    let mut slow = Vec::new();
-    for _ in 0..3 {
-        let (client, url) = (fresh(&app), app.url("/slow"));
-        slow.push(tokio::spawn(async move { client.get(url).send().await }));
-    }
-    held.wait_entered(3).await;
+    let (app, slow) = with_held_requests(serve, &held, 3).await;
     let flood = (0..20).map(|i| {
         let app = app.clone();
         async move {
@@ -1132,23 +1136,12 @@ async fn refused_as_card_number(app: &TestApp, key: &str, order: &Value, path: &
 #[tokio::test]
 async fn anonymous_requests_cannot_take_the_in_flight_cap_from_the_storefront() {
     let held = HeldRoute::default();
-    let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            max_requests_in_flight: Some(4),
-            max_anonymous_requests_in_flight: Some(2),
-            ..Default::default()
-        },
-        extra_routes: Some(held.router("/slow", "done")),
+    let serve = ServeArgs {
+        max_requests_in_flight: Some(4),
+        max_anonymous_requests_in_flight: Some(2),
         ..Default::default()
-    })
-    .await;
-    let app = Arc::new(app);
-    let mut slow = Vec::new();
-    for _ in 0..2 {
-        let (client, url) = (fresh(&app), app.url("/slow"));
-        slow.push(tokio::spawn(async move { client.get(url).send().await }));
-    }
-    held.wait_entered(2).await;
+    };
+    let (app, slow) = with_held_requests(serve, &held, 2).await;
     // The anonymous share is taken: another anonymous request is a fast 503…
     let started = Instant::now();
     let r = tokio::time::timeout(FAST, fresh(&app).get(app.url("/openapi.json")).send())
