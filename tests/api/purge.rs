@@ -28,6 +28,21 @@ async fn purge_logged(app: &TestApp, order_id: &str) -> bool {
         .any(|e| e["action"] == "purge (operator)" && e["objects"][0] == order_id)
 }
 
+/// The audit reports a purge of `order_id` that does not verify.
+async fn audit_reports_the_purge_of(app: &TestApp, order_id: &str) {
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == "purges" && f.record_id == order_id),
+        "{:#?}",
+        report.failures
+    );
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -128,17 +143,7 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
         .execute(&db)
         .await
         .unwrap();
-    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
-        .await
-        .unwrap();
-    assert!(
-        report
-            .failures
-            .iter()
-            .any(|f| f.table == "purges" && f.record_id == kept),
-        "{:#?}",
-        report.failures
-    );
+    audit_reports_the_purge_of(&app, &kept).await;
 }
 
 #[tokio::test]
@@ -356,17 +361,7 @@ async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_
         .execute(&db)
         .await
         .unwrap();
-    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
-        .await
-        .unwrap();
-    assert!(
-        report
-            .failures
-            .iter()
-            .any(|f| f.table == "purges" && f.record_id == bob_first),
-        "{:#?}",
-        report.failures
-    );
+    audit_reports_the_purge_of(&app, &bob_first).await;
 }
 
 /// The warehouse is told, not left to wonder: an order purged before
