@@ -62,10 +62,7 @@ pub fn write_atomically(
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
         .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", crate::hex::encode(&suffix)));
-    if let Err(error) = write_new(&tmp, bytes, mode) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(error);
-    }
+    write_new(&tmp, bytes, mode)?;
     let placed = match placement {
         Placement::Replace => std::fs::rename(&tmp, path).map(|()| true),
         Placement::CreateNew => {
@@ -79,14 +76,19 @@ pub fn write_atomically(
                 // exclusively. Not atomic there: a crash part way leaves a
                 // short file, which is never overwritten and fails its
                 // reader's checks (key files and shares carry checksums).
-                Err(_) => match write_new(path, bytes, mode) {
-                    Ok(()) => Ok(true),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                    Err(e) => {
-                        let _ = std::fs::remove_file(path);
-                        Err(e)
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+                    ) =>
+                {
+                    match write_new(path, bytes, mode) {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(e),
                     }
-                },
+                }
+                Err(e) => Err(e),
             }
         }
     };
@@ -102,7 +104,8 @@ pub fn write_atomically(
 }
 
 /// Creates `path` exclusively (`AlreadyExists` if it is there) with `mode`,
-/// writes `bytes` and fsyncs it.
+/// writes `bytes` and fsyncs it; a file it created but could not fill is
+/// removed again (one it did not create is never touched).
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -112,8 +115,12 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = mode;
     let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    let filled = file.write_all(bytes).and_then(|()| file.sync_all());
+    if filled.is_err() {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+    }
+    filled
 }
 
 /// [`write_atomically`] to a new file only: an existing `path` is an

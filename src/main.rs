@@ -114,8 +114,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                             break;
                         }
                     }
+                    // `always`: run again after an `Incomplete` purge, this
+                    // finds nothing to delete and empties the WAL.
                     let total =
-                        checkoutd::retention::finish_purges(store.as_ref(), purged, outcome)
+                        checkoutd::retention::finish_purges(store.as_ref(), purged, outcome, true)
                             .await?;
                     writeln!(
                         out,

@@ -162,7 +162,7 @@ pub async fn run_once(
             break;
         }
     }
-    finish_purges(store, purged, outcome).await
+    finish_purges(store, purged, outcome, false).await
 }
 
 /// Purges `class` of every order dispatched before `before` (a timestamp),
@@ -192,19 +192,25 @@ pub async fn purge_dispatched_before(
 }
 
 /// Ends a series of purges: if any record was deleted — also when
-/// `outcome` says the series failed part way — empties what the deletions
-/// left behind ([`Store::after_purge`]). Returns the purges made, or the
-/// series' error (else `after_purge`'s).
+/// `outcome` says the series failed part way — or `always` (an operator's
+/// purge run again to finish an `Incomplete` one), empties what the
+/// deletions left behind ([`Store::after_purge`]). Returns the purges made,
+/// or the series' error (else `after_purge`'s, which is logged when the
+/// series' error is the one returned).
 pub async fn finish_purges(
     store: &dyn Store,
     purged: u64,
     outcome: Result<(), StoreError>,
+    always: bool,
 ) -> Result<u64, StoreError> {
-    let emptied = if purged > 0 {
+    let emptied = if purged > 0 || always {
         store.after_purge().await
     } else {
         Ok(())
     };
+    if let (Err(_), Err(error)) = (&outcome, &emptied) {
+        tracing::warn!(error = %error, "after a failed series of purges, emptying what they left failed too");
+    }
     outcome?;
     emptied?;
     Ok(purged)
@@ -223,18 +229,22 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Whether a pass left deleted records in the WAL (a reader held it):
-        // the next passes empty it even if they purge nothing.
+        // Whether a pass may have left deleted records behind (it failed,
+        // after deleting some, or a reader held the WAL): each following
+        // pass empties first, until that succeeds.
         let mut leftovers = false;
         loop {
             tick.tick().await;
-            let pass = match run_once(store.as_ref(), &keyring.current(), &rules).await {
-                Ok(0) if leftovers => store.after_purge().await.map(|()| 0),
-                other => other,
-            };
-            // Any failure may have come after deletions whose leftovers
-            // were not emptied: the next pass tries again.
-            leftovers = pass.is_err();
+            if leftovers {
+                match store.after_purge().await {
+                    Ok(()) => leftovers = false,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "retention: emptying what earlier purges left failed; trying again next pass")
+                    }
+                }
+            }
+            let pass = run_once(store.as_ref(), &keyring.current(), &rules).await;
+            leftovers |= pass.is_err();
             match pass {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "retention purged expired records"),

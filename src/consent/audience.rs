@@ -73,16 +73,7 @@ impl Marketing {
         } else {
             known.clone()
         };
-        let checked = match super::verify_ledger_from(store, &self.consent_key, &from).await {
-            // A whole walk that ends before what was verified before: the
-            // ledger (head included) was rolled back to an older state.
-            Ok(verified) if verified.seq < known.seq => Err(super::LedgerFault::Broken {
-                entry: "head".into(),
-                what: "behind what was verified before (rolled back)",
-            }),
-            other => other,
-        };
-        match checked {
+        match super::verify_ledger_from(store, &self.consent_key, &from, &known).await {
             Ok(verified) => {
                 if let Ok(mut p) = self.ledger.lock()
                     && verified.seq > p.seq

@@ -671,7 +671,8 @@ impl LedgerPosition {
 /// stays bounded. The head is read first (appends during the walk are
 /// verified next time). `Err` names the entry (or `head`) and what failed.
 pub async fn verify_ledger(store: &dyn Store, key: &MacKey) -> Result<u64, (String, &'static str)> {
-    match verify_ledger_from(store, key, &LedgerPosition::start()).await {
+    let start = LedgerPosition::start();
+    match verify_ledger_from(store, key, &start, &start).await {
         Ok(p) => Ok(u64::try_from(p.seq).unwrap_or(0)),
         Err(LedgerFault::Unreadable(_)) => Err((String::new(), "the ledger could not be read")),
         Err(LedgerFault::Broken { entry, what }) => Err((entry, what)),
@@ -695,11 +696,15 @@ pub enum LedgerFault {
 /// `from` falls); an entry edited since — its subject changed, so that the
 /// subject's own history no longer finds it — needs the whole walk
 /// ([`LedgerPosition::start`]), which the export makes on every first page.
-/// Returns the head's position.
+/// `known` is the furthest position verified before (at or after `from`):
+/// the ledger must still pass through it — a ledger rolled back to an older
+/// state and appended to again since would otherwise verify. Returns the
+/// head's position.
 pub async fn verify_ledger_from(
     store: &dyn Store,
     key: &MacKey,
     from: &LedgerPosition,
+    known: &LedgerPosition,
 ) -> Result<LedgerPosition, LedgerFault> {
     let sealer = EventSealer { key };
     let store_err = LedgerFault::Unreadable;
@@ -712,7 +717,7 @@ pub async fn verify_ledger_from(
         let first = store.consent_events_page(0, 1).await.map_err(store_err)?;
         return if !first.is_empty() {
             Err(broken("head", "missing while withdrawals exist"))
-        } else if from.seq > 0 {
+        } else if known.seq > 0 {
             Err(broken("head", "missing (the ledger was emptied)"))
         } else {
             Ok(LedgerPosition::start())
@@ -722,7 +727,7 @@ pub async fn verify_ledger_from(
     {
         return Err(broken("head", "head MAC does not verify"));
     }
-    if head_seq < from.seq || (head_seq == from.seq && head_mac_value != from.mac) {
+    if head_seq < known.seq || (head_seq == known.seq && head_mac_value != known.mac) {
         return Err(broken(
             "head",
             "behind what was verified before (rolled back)",
@@ -773,6 +778,9 @@ pub async fn verify_ledger_from(
                 || !key.verify(&[&event_canonical_bytes(&e)], &e.mac)
             {
                 return Err(broken(&e.id, "MAC does not verify (edited)"));
+            }
+            if seq == known.seq && e.mac != known.mac {
+                return Err(broken(&e.id, "not what was verified before (rolled back)"));
             }
             prev = e.mac.clone();
             expected += 1;

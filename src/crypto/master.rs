@@ -313,6 +313,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shares_are_written_all_or_none_and_never_over_a_file() {
+        let rng = SystemRandom::new();
+        let master = MasterKey::generate(&rng).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let taken = share_path(dir.path(), 2, 3);
+        std::fs::write(&taken, b"someone else's share").unwrap();
+        assert!(write_shares(dir.path(), &master.split(&rng, 3).unwrap()).is_err());
+        assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's share");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec!["share-2-of-3.json"], "share 1 was removed again");
+    }
+
+    #[test]
     fn shares_reconstruct_only_when_all_are_given_and_intact() {
         let rng = SystemRandom::new();
         let master = MasterKey::generate(&rng).unwrap();

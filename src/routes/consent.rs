@@ -228,11 +228,12 @@ fn from_another_site(headers: &HeaderMap, uri: &http::Uri) -> bool {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
-    let theirs = origin
-        .split_once("://")
-        .map(|(_, host)| host)
-        .unwrap_or(origin);
-    !ours.is_some_and(|ours| ours.eq_ignore_ascii_case(theirs))
+    // The page is served over TLS only: its origin is https://<authority>.
+    !ours.is_some_and(|ours| {
+        origin
+            .strip_prefix("https://")
+            .is_some_and(|theirs| theirs.eq_ignore_ascii_case(ours))
+    })
 }
 
 /// Whether reading a body failed because it was over the limit given, not

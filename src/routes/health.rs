@@ -1,8 +1,10 @@
 //! Liveness and readiness; no certificate needed, no data returned.
 //!
-//! Readiness pings the database at most once a second and shares the answer,
-//! so a flood of anonymous `/readyz` calls cannot crowd order commits out of
-//! the connection pool.
+//! Readiness pings the database at most once a second, one ping at a time,
+//! and shares the answer, so a flood of anonymous `/readyz` calls (which the
+//! anonymous in-flight cap leaves out, as a load balancer's probes) cannot
+//! crowd order commits out of the connection pool or pile up behind a slow
+//! database.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,6 +23,20 @@ const READINESS_TTL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Readiness {
     last: Mutex<Option<(Instant, bool)>>,
+    /// Held by the one request pinging the database.
+    pinging: tokio::sync::Mutex<()>,
+}
+
+impl Readiness {
+    /// The last answer, if `fresh` says it still counts.
+    fn last(&self, fresh: impl Fn(Instant) -> bool) -> Option<bool> {
+        self.last
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .filter(|(at, _)| fresh(*at))
+            .map(|(_, ready)| ready)
+    }
 }
 
 /// A health answer.
@@ -53,17 +69,26 @@ pub async fn healthz() -> Json<Health> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let cached = state
-        .readiness
-        .last
-        .lock()
-        .ok()
-        .and_then(|last| *last)
-        .filter(|(at, _)| at.elapsed() < READINESS_TTL)
-        .map(|(_, ready)| ready);
-    let ready = match cached {
+    let readiness = &state.readiness;
+    let fresh = |at: Instant| at.elapsed() < READINESS_TTL;
+    let ready = match readiness.last(fresh) {
         Some(ready) => ready,
-        None => {
+        None => 'ping: {
+            // One ping at a time: while it runs, the others answer the last
+            // result however old (or, before the first, wait for it).
+            let _pinging = match readiness.pinging.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => {
+                    if let Some(ready) = readiness.last(|_| true) {
+                        break 'ping ready;
+                    }
+                    let guard = readiness.pinging.lock().await;
+                    if let Some(ready) = readiness.last(fresh) {
+                        break 'ping ready;
+                    }
+                    guard
+                }
+            };
             let ready = match state.store.ping().await {
                 Ok(()) => true,
                 Err(error) => {
@@ -71,7 +96,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
                     false
                 }
             };
-            if let Ok(mut last) = state.readiness.last.lock() {
+            if let Ok(mut last) = readiness.last.lock() {
                 *last = Some((Instant::now(), ready));
             }
             ready

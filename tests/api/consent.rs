@@ -370,6 +370,8 @@ async fn the_public_page_refuses_posts_from_other_sites() {
         ],
         // A browser without Sec-Fetch-Site, on a page under no-referrer.
         vec![("origin", "null".to_owned())],
+        // Our host and port, but a plaintext page.
+        vec![("origin", ours.replacen("https://", "http://", 1))],
     ] {
         assert_eq!(post(refused.clone()).await, 403, "{refused:?}");
     }
@@ -878,6 +880,91 @@ async fn a_deleted_or_moved_withdrawal_stops_the_marketing_export_instead_of_re_
             "verified before: {already_verified}, seq {seq}, {edit}: {body}"
         );
         assert!(!body.contains("ada@example.com"), "{body}");
+    }
+}
+
+/// The same on an export's later pages, which check only what was appended
+/// since the first (and count the rest): a deletion, a withdrawal moved to
+/// seq 0, and the ledger rolled back to an older state and appended to
+/// again are each caught there, and by the next first page.
+#[tokio::test]
+async fn a_ledger_edited_between_two_pages_of_an_export_stops_it() {
+    const DELETE: &str = "DELETE FROM consent_events WHERE seq = 1";
+    const TO_ZERO: &str = "UPDATE consent_events SET seq = 0 WHERE seq = 1";
+    const ROLL_BACK: &str = "DELETE FROM consent_events WHERE seq = 2";
+    for edit in [DELETE, TO_ZERO, ROLL_BACK] {
+        let app = spawn_app().await;
+        for who in ["bob@example.com", "dan@example.com"] {
+            place(&app, &order_for(who, true, false)).await;
+        }
+        let db = app.db().await;
+        // A backup of the head after the first withdrawal: genuine, older.
+        let mut older_head: Option<(i64, Vec<u8>, Vec<u8>)> = None;
+        for who in ["ada@example.com", "cat@example.com"] {
+            let r = opt_out(
+                &app,
+                json!({"email": who, "purposes": "all", "channel": "email"}),
+            )
+            .await;
+            assert_eq!(r.status(), 202);
+            if older_head.is_none() {
+                older_head = Some(
+                    sqlx::query_as("SELECT seq, mac, head_mac FROM consent_events_head")
+                        .fetch_one(&db)
+                        .await
+                        .unwrap(),
+                );
+            }
+        }
+        let page = |after: Option<String>| {
+            let url = match after {
+                None => app.url("/v1/marketing/audience?purpose=special_offers&limit=1"),
+                Some(c) => app.url(&format!(
+                    "/v1/marketing/audience?purpose=special_offers&limit=1&after={c}"
+                )),
+            };
+            let client = app.client(Role::Marketing);
+            async move {
+                let r = client.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        // Page 1 verifies the whole ledger (two withdrawals).
+        let (status, first) = page(None).await;
+        assert_eq!(status, 200, "{first}");
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+        app.unguard("consent_events").await;
+        sqlx::query(edit).execute(&db).await.unwrap();
+        if edit == ROLL_BACK {
+            // Back to the state after the first withdrawal (its backed-up
+            // head restored), then a new withdrawal on top.
+            let (seq, mac, head_mac) = older_head.clone().unwrap();
+            sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
+                .bind(seq)
+                .bind(mac)
+                .bind(head_mac)
+                .execute(&db)
+                .await
+                .unwrap();
+            let store = app.store().await;
+            let key = app.keyring();
+            assert_eq!(
+                checkoutd::consent::verify_ledger(&store, key.consent_tag_key()).await,
+                Ok(1),
+                "a genuine older state"
+            );
+            let r = opt_out(
+                &app,
+                json!({"email": "eve@example.com", "purposes": "all", "channel": "email"}),
+            )
+            .await;
+            assert_eq!(r.status(), 202);
+        }
+        let (status, second) = page(Some(cursor)).await;
+        assert_eq!(status, 500, "{edit}: page 2 {second}");
+        let (status, again) = page(None).await;
+        assert_eq!(status, 500, "{edit}: a new first page {again}");
     }
 }
 
