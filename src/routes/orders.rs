@@ -59,50 +59,20 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(MediaType::from_header);
-    let Some(media) = media else {
-        return Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Send application/json or application/x-www-form-urlencoded (UTF-8)",
-        )
-        .into_response();
-    };
-    let mut keys = headers.get_all("idempotency-key").iter();
-    let (first, second) = (keys.next(), keys.next());
-    if second.is_some() {
-        // Which one the client meant is not ours to guess.
-        return Problem::bad_request(
-            "idempotency-key-invalid",
-            "Send exactly one Idempotency-Key header",
-        )
-        .into_response();
-    }
-    let key = match first {
-        None => {
-            return Problem::bad_request(
-                "idempotency-key-missing",
-                "The Idempotency-Key header is required",
-            )
-            .into_response();
+    let claimed = request_headers(&headers).and_then(|(media, key)| {
+        let claim = state.intake.claim(&caller, key).map_err(intake_problem)?;
+        Ok((media, claim))
+    });
+    let (media, claim) = match claimed {
+        Ok(claimed) => claimed,
+        Err(problem) => {
+            // Read the body (bounded, into a wiped buffer) before answering:
+            // answered first, an HTTP/2 stream is reset with NO_ERROR, which
+            // some clients (curl 7.88, Debian 12's) report as an error
+            // instead of showing the answer.
+            let _ = read_body(&headers, body).await;
+            return problem.into_response();
         }
-        Some(v) => match IdempotencyKey::parse(v.as_bytes()) {
-            Some(k) => k,
-            None => {
-                return Problem::bad_request(
-                    "idempotency-key-invalid",
-                    "The Idempotency-Key header must be 1-255 visible ASCII characters",
-                )
-                .into_response();
-            }
-        },
-    };
-    let claim = match state.intake.claim(&caller, key) {
-        Ok(c) => c,
-        Err(e) => return intake_problem(e).into_response(),
     };
     let body = match read_body(&headers, body).await {
         Ok(b) => b,
@@ -113,6 +83,44 @@ pub async fn create(
         Ok(Accepted::Replayed(r)) => stored(r, true),
         Err(e) => intake_problem(e).into_response(),
     }
+}
+
+/// The media type and the one `Idempotency-Key` of an order post, or the
+/// problem with them (415, 400).
+fn request_headers(headers: &HeaderMap) -> Result<(MediaType, IdempotencyKey), Problem> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(MediaType::from_header)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Send application/json or application/x-www-form-urlencoded (UTF-8)",
+            )
+        })?;
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let (first, second) = (keys.next(), keys.next());
+    if second.is_some() {
+        // Which one the client meant is not ours to guess.
+        return Err(Problem::bad_request(
+            "idempotency-key-invalid",
+            "Send exactly one Idempotency-Key header",
+        ));
+    }
+    let Some(first) = first else {
+        return Err(Problem::bad_request(
+            "idempotency-key-missing",
+            "The Idempotency-Key header is required",
+        ));
+    };
+    let key = IdempotencyKey::parse(first.as_bytes()).ok_or_else(|| {
+        Problem::bad_request(
+            "idempotency-key-invalid",
+            "The Idempotency-Key header must be 1-255 visible ASCII characters",
+        )
+    })?;
+    Ok((media, key))
 }
 
 /// Reads at most [`MAX_BODY`] bytes into a zeroizing buffer.

@@ -415,6 +415,7 @@ async fn the_warehouse_sees_purged_orders_as_purged_and_cannot_ship_them() {
     assert!(e.get("integrity_error").is_none(), "{e}");
     assert_eq!(e["ship_to"], Value::Null);
     assert_eq!(e["consent"]["special_offers"], false);
+    assert_eq!(e["consent"]["verified"], true, "its tag is genuine: {e}");
     let d = find(&pending, &deleted);
     assert_eq!(d["integrity_error"], true, "{d}");
     assert!(d.get("purged").is_none(), "{d}");
