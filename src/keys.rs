@@ -60,13 +60,66 @@ fn lock_keyring(path: &Path) -> Result<std::fs::File, KeysError> {
     Ok(crate::files::lock_file(&lock_path).map_err(err)?)
 }
 
-/// Who runs a CLI command, for the access log.
-fn operator() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned());
-    format!("os-user:{user}")
+/// Who runs a CLI command, for the access log: the process's real user —
+/// its uid as the kernel reports it and the name `/etc/passwd` gives that
+/// uid, not an environment variable anyone can set — and, run through
+/// sudo, whom sudo says it ran for (`SUDO_USER`, marked as sudo's word).
+/// Where `/proc` is missing, the login name from the environment, marked
+/// as claimed.
+pub fn operator() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| real_uid(&status));
+    let name = uid.and_then(|uid| {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|passwd| user_name(&passwd, uid))
+    });
+    let mut who = match (name, uid) {
+        (Some(name), Some(uid)) => format!("os-user:{} (uid {uid})", visible(&name)),
+        (None, Some(uid)) => format!("os-user:uid {uid}"),
+        (_, None) => {
+            let claimed = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".to_owned());
+            format!("os-user:{} (claimed)", visible(&claimed))
+        }
+    };
+    if let Ok(by) = std::env::var("SUDO_USER") {
+        who.push_str(&format!(", sudo from {}", visible(&by)));
+    }
+    who
+}
+
+/// The real uid in the text of `/proc/self/status` (`Uid:` real, effective,
+/// saved, file system).
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The name of `uid` in the text of `/etc/passwd`.
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// At most 64 visible ASCII characters of `text` (a user name goes into the
+/// access log; nothing else may ride along).
+fn visible(text: &str) -> String {
+    text.chars()
+        .filter(char::is_ascii_graphic)
+        .take(64)
+        .collect()
 }
 
 /// Appends one operator action to the access log.
@@ -376,4 +429,29 @@ pub async fn init(
     )
     .await?;
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_is_the_kernels_real_uid_named_by_passwd() {
+        let status = "Name:\tcheckoutd\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(
+            real_uid(status),
+            Some(1000),
+            "the real uid, not the effective one"
+        );
+        assert_eq!(real_uid("Name:\tx\n"), None);
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\nada:x:1000:1000::/home/ada:/bin/sh\nbroken\n";
+        assert_eq!(user_name(passwd, 1000).as_deref(), Some("ada"));
+        assert_eq!(user_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_name(passwd, 7), None);
+        assert_eq!(visible("ada\n\u{1b}[2Jroot x"), "ada[2Jrootx");
+        // On this machine: the uid is the kernel's.
+        #[cfg(target_os = "linux")]
+        assert!(operator().contains("(uid "), "{}", operator());
+    }
 }

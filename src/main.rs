@@ -63,12 +63,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 &master,
             )?;
             let store = store::open(&settings.database).await?;
-            let who = format!(
-                "os-user:{}",
-                std::env::var("SUDO_USER")
-                    .or_else(|_| std::env::var("USER"))
-                    .unwrap_or_default()
-            );
+            let who = checkoutd::keys::operator();
             let all = checkoutd::crypto::DataClass::ALL;
             let mut out = std::io::stdout();
             match (order, dispatched_before) {
