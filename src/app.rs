@@ -125,6 +125,7 @@ impl Application {
             store.clone(),
             handle.clone(),
             settings.retention.clone(),
+            settings.replay_window,
             std::time::Duration::from_secs(3600),
         );
         let state = AppState::new(routes::Services {

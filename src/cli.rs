@@ -241,6 +241,9 @@ pub struct ServeArgs {
     /// Purge gift-recipient data this many days after dispatch (0 keeps it) [default: 30]
     #[arg(long, env = "CHECKOUTD_RETAIN_RECIPIENT_DAYS", value_name = "DAYS")]
     pub retain_recipient_days: Option<u32>,
+    /// Hours a retried Idempotency-Key is compared with its first request and replayed; later it is refused (422 idempotency-window-passed), and a purge ends it at once [default: 168, at least 24]
+    #[arg(long, env = "CHECKOUTD_REPLAY_WINDOW_HOURS", value_name = "HOURS")]
+    pub replay_window_hours: Option<u32>,
     /// Opt-outs per client IP per minute on the public /unsubscribe page [default: 10]
     #[arg(long, env = "CHECKOUTD_UNSUBSCRIBE_RATE_LIMIT", value_name = "N")]
     pub unsubscribe_rate_limit: Option<u32>,

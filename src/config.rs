@@ -125,6 +125,7 @@ struct FileConfig {
     unsubscribe_rate_limit: Option<u32>,
     retain_card_days: Option<u32>,
     retain_recipient_days: Option<u32>,
+    replay_window_hours: Option<u32>,
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
@@ -170,6 +171,9 @@ pub struct Settings {
     pub unsubscribe_rate_limit: u32,
     /// Retention rules run by `serve` (empty: keep everything).
     pub retention: Vec<crate::retention::Rule>,
+    /// How long an idempotency row keeps its request hash (see
+    /// `crate::retention`).
+    pub replay_window: Duration,
 }
 
 /// Orders that may wait for the group-commit writer by default (four full
@@ -253,6 +257,18 @@ impl Settings {
                 env: "LISTEN",
                 expected: "expected IP:PORT, e.g. 127.0.0.1:8443 or [::1]:8443",
             })?;
+        let replay_window_hours = args
+            .replay_window_hours
+            .or(file.replay_window_hours)
+            .unwrap_or(crate::retention::DEFAULT_REPLAY_WINDOW_HOURS);
+        if !(crate::retention::MIN_REPLAY_WINDOW_HOURS..=87_600).contains(&replay_window_hours) {
+            return Err(ConfigError::Invalid {
+                setting: "replay_window_hours",
+                flag: "replay-window-hours",
+                env: "REPLAY_WINDOW_HOURS",
+                expected: "expected a whole number of hours from 24 (keys are kept at least a day) to 87600",
+            });
+        }
         let defaults = ConnectionLimits::default();
         let max_connections = args
             .max_connections
@@ -455,6 +471,7 @@ impl Settings {
                 after_dispatch: Duration::from_secs(u64::from(days) * 86_400),
             })
             .collect(),
+            replay_window: Duration::from_secs(u64::from(replay_window_hours) * 3600),
             unsubscribe_rate_limit: args
                 .unsubscribe_rate_limit
                 .or(file.unsubscribe_rate_limit)
@@ -540,6 +557,28 @@ mod tests {
         assert!(err.contains("database_url"), "{err}");
         assert!(!err.contains("nope"), "{err}");
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_replay_window_defaults_to_a_week_and_is_never_under_a_day() {
+        let week = Settings::from_args(&ServeArgs::default()).unwrap();
+        assert_eq!(week.replay_window, Duration::from_secs(168 * 3600));
+        let day = Settings::from_args(&ServeArgs {
+            replay_window_hours: Some(24),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(day.replay_window, Duration::from_secs(24 * 3600));
+        for hours in [0, 23, 87_601] {
+            let err = Settings::from_args(&ServeArgs {
+                replay_window_hours: Some(hours),
+                ..ServeArgs::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("replay_window_hours"), "{err}");
+        }
+        assert!(toml::from_str::<FileConfig>("replay_window_hours = 48").is_ok());
     }
 
     #[test]

@@ -17,6 +17,16 @@
 //!
 //! Billing, shipping and contact data follow the customer relationship and
 //! are purged on request (`checkoutd orders purge`).
+//!
+//! The replay window (`--replay-window-hours`, default 168, at least 24):
+//! an idempotency row's request hash — HMAC(request key, the request
+//! without its CVC), what tells a retry from another body — is emptied once
+//! the window has passed, and at once when its order is purged
+//! ([`retire_request_hashes`]). Kept, it would let whoever holds the
+//! database and the full keyring test guesses of a purged card number and
+//! expiry against it (given every other field of the request). The key
+//! itself stays single-use: a retry of it gets `idempotency-window-passed`
+//! naming its order, never a second order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +34,7 @@ use std::time::Duration;
 use crate::audit::access_log::{Chainer, Entry, Outcome};
 use crate::crypto::DataClass;
 use crate::crypto::keyring::Keyring;
-use crate::store::rows::PurgeRow;
+use crate::store::rows::{AuditKeyRow, KeysDue, PurgeRow, RetiredRequestHash};
 use crate::store::{Store, StoreError};
 
 /// The bytes a purge's MAC covers (all of `p` but the MAC): `"checkoutd/purge"
@@ -123,7 +133,84 @@ pub async fn purge_records(
             &Chainer::new(keyring.access_log_key()),
         )
         .await?;
-    store.purge(order_id, &rows).await
+    let done = store.purge(order_id, &rows).await?;
+    // Also when nothing was left to delete: a purge run again finishes
+    // one that stopped between the two.
+    retire_request_hashes(store, keyring, KeysDue::OfOrder(order_id)).await?;
+    Ok(done)
+}
+
+/// The replay window's default: a week. Storefronts retry within minutes;
+/// an order retried later than this gets `idempotency-window-passed`.
+pub const DEFAULT_REPLAY_WINDOW_HOURS: u32 = 168;
+/// The shortest replay window: DESIGN keeps keys at least 24 hours.
+pub const MIN_REPLAY_WINDOW_HOURS: u32 = 24;
+
+/// Empties the request hash of every idempotency row `due`, re-making its
+/// `response_mac` over the empty hash, so the row still proves its stored
+/// answer and order (a retry is told which order its key made). A row
+/// whose MAC does not verify loses its hash all the same but keeps its MAC:
+/// it stays a finding for the audit and unverifiable for a retry, and is
+/// never given a MAC it did not have. Returns how many rows changed.
+pub async fn retire_request_hashes(
+    store: &dyn Store,
+    keyring: &Keyring,
+    due: KeysDue<'_>,
+) -> Result<u64, StoreError> {
+    const PAGE: u32 = 500;
+    let mut retired = 0;
+    loop {
+        let rows = store.replayable_keys(due, PAGE).await?;
+        let retiring: Vec<RetiredRequestHash> = rows
+            .iter()
+            .filter_map(|row| retirement(keyring, row))
+            .collect();
+        let changed = store.retire_request_hashes(&retiring).await?;
+        retired += changed;
+        // A short page was the last; a page of which nothing changed (each
+        // row changed meanwhile by another process, which retires it
+        // itself) would come back the same.
+        if rows.len() < PAGE as usize || changed == 0 {
+            return Ok(retired);
+        }
+    }
+}
+
+/// How one row is retired, if its hash is there to empty.
+fn retirement(keyring: &Keyring, row: &AuditKeyRow) -> Option<RetiredRequestHash> {
+    let (request_hash, mac) = match &row.found {
+        Ok(found) if found.request_hash.is_empty() => return None,
+        Ok(found) => {
+            let mac = crate::intake::seal::stored_response_verifies(
+                keyring,
+                &row.client,
+                &row.key_hash,
+                found,
+            )
+            .then(|| {
+                crate::intake::seal::response_mac(
+                    keyring,
+                    &row.client,
+                    &row.key_hash,
+                    &[],
+                    &found.response,
+                    &found.created_at,
+                )
+                .to_vec()
+            });
+            (found.request_hash.clone(), mac)
+        }
+        // Unreadable (a column holds what the service never writes): no
+        // MAC can be made, but the hash can still go.
+        Err(_) if row.request_hash.is_empty() => return None,
+        Err(_) => (row.request_hash.clone(), None),
+    };
+    Some(RetiredRequestHash {
+        client: row.client.clone(),
+        key_hash: row.key_hash.clone(),
+        request_hash,
+        mac,
+    })
 }
 
 /// A retention rule: purge `class` this long after dispatch.
@@ -216,16 +303,15 @@ pub async fn finish_purges(
     Ok(purged)
 }
 
-/// Runs the schedule every `every` until the process ends.
+/// Runs the schedule every `every` until the process ends: the replay
+/// window first, then the retention rules.
 pub fn spawn(
     store: Arc<dyn Store>,
     keyring: Arc<crate::crypto::keyring::KeyringHandle>,
     rules: Vec<Rule>,
+    replay_window: Duration,
     every: Duration,
 ) {
-    if rules.is_empty() {
-        return;
-    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,7 +329,28 @@ pub fn spawn(
                     }
                 }
             }
-            let pass = run_once(store.as_ref(), &keyring.current(), &rules).await;
+            let keyring = keyring.current();
+            let window_start = time::OffsetDateTime::now_utc()
+                - time::Duration::try_from(replay_window).unwrap_or(time::Duration::ZERO);
+            match retire_request_hashes(
+                store.as_ref(),
+                &keyring,
+                KeysDue::CreatedBefore(&crate::ids::timestamp(window_start)),
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        keys = n,
+                        "idempotency keys past the replay window: request hashes emptied"
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "emptying the request hashes past the replay window failed; trying again next pass")
+                }
+            }
+            let pass = run_once(store.as_ref(), &keyring, &rules).await;
             leftovers |= pass.is_err();
             match pass {
                 Ok(0) => {}

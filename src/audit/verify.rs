@@ -936,6 +936,7 @@ mod tests {
         AuditKeyRow {
             client,
             key_hash,
+            request_hash: found.request_hash.clone(),
             order_id: found.response.order_id.to_string(),
             found: Ok(found),
             order_exists: true,

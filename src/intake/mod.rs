@@ -125,6 +125,14 @@ pub enum IntakeError {
     KeyReused,
     #[error("a request with this idempotency key is still in progress")]
     InFlight,
+    /// The key was used longer ago than the replay window (or its order
+    /// was purged): its request hash is gone, so a retry cannot be told
+    /// from another body. Neither replayed nor taken as a new order.
+    #[error("the idempotency key's replay window has passed")]
+    ReplayWindowPassed {
+        order_id: uuid::Uuid,
+        created_at: String,
+    },
     /// The stored response for the key failed its MAC check (edited in the
     /// database, copied from another key, or written before the MAC
     /// existed), or its row cannot even be read (`order_id` is then
@@ -328,8 +336,10 @@ pub fn request_hash(
 }
 
 /// The answer to a request whose key is stored: the stored response if it
-/// verifies and the body is the same request, 422 for another body. The
-/// MAC is checked first: a forged request hash must not decide anything.
+/// verifies and the body is the same request, 422 for another body, and
+/// 422 naming the order when the row's replay window has passed (its hash
+/// emptied). The MAC is checked first: a forged or emptied request hash
+/// must not decide anything.
 fn replay(
     keyring: &crate::crypto::keyring::Keyring,
     client: [u8; 32],
@@ -341,6 +351,12 @@ fn replay(
     if !seal::stored_response_verifies(keyring, &client, &key_hash, &found) {
         return Err(IntakeError::StoredResponseUnverifiable {
             order_id: Some(found.response.order_id),
+        });
+    }
+    if found.request_hash.is_empty() {
+        return Err(IntakeError::ReplayWindowPassed {
+            order_id: found.response.order_id,
+            created_at: found.created_at,
         });
     }
     if crate::crypto::mac::constant_time_eq(&found.request_hash, request_hash) {

@@ -365,15 +365,14 @@ fn seal_order_from(
         status: 201,
         body,
     };
-    let response_mac = keyring
-        .consent_tag_key()
-        .sign(&[&idempotency_canonical_bytes(
-            &client,
-            &key_hash,
-            &request_hash,
-            &response,
-            &created_at,
-        )]);
+    let response_mac = response_mac(
+        keyring,
+        &client,
+        &key_hash,
+        &request_hash,
+        &response,
+        &created_at,
+    );
     let mac = keyring.consent_tag_key().sign(&[&order_canonical_bytes(
         &order_id.to_string(),
         &created_at,
@@ -458,6 +457,28 @@ pub fn idempotency_canonical_bytes(
         out.extend_from_slice(field);
     }
     out
+}
+
+/// An idempotency row's `response_mac`: HMAC-SHA256 under the consent-tag
+/// key over [`idempotency_canonical_bytes`]. An empty `request_hash` is a
+/// row past its replay window (`retention::retire_request_hashes`).
+pub fn response_mac(
+    keyring: &Keyring,
+    client: &[u8],
+    key_hash: &[u8],
+    request_hash: &[u8],
+    response: &StoredResponse,
+    created_at: &str,
+) -> [u8; 32] {
+    keyring
+        .consent_tag_key()
+        .sign(&[&idempotency_canonical_bytes(
+            client,
+            key_hash,
+            request_hash,
+            response,
+            created_at,
+        )])
 }
 
 /// Whether a stored idempotency row is the one this service wrote for

@@ -204,6 +204,16 @@ fn intake_problem(e: IntakeError) -> Problem {
             "idempotency-key-reused",
             "This Idempotency-Key was already used with a different body",
         ),
+        IntakeError::ReplayWindowPassed {
+            order_id,
+            created_at,
+        } => Problem::unprocessable(
+            "idempotency-window-passed",
+            "This Idempotency-Key was used longer ago than the replay window, so a retry can no longer be compared with the first request",
+        )
+        .with_detail(format!(
+            "The key made order {order_id} at {created_at}. If this request is a retry, that order stands (GET /v1/orders/{order_id}); a new order needs a new Idempotency-Key"
+        )),
         IntakeError::InFlight => Problem::conflict(
             "idempotency-key-in-flight",
             "A request with this Idempotency-Key is still being processed; retry later",

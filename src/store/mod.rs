@@ -336,6 +336,23 @@ pub trait Store: Send + Sync + 'static {
         purges: &[rows::PurgeRow],
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Up to `limit` idempotency rows that still hold a request hash and
+    /// are `due` to lose it (see [`rows::KeysDue`]), oldest first.
+    async fn replayable_keys(
+        &self,
+        due: rows::KeysDue<'_>,
+        limit: u32,
+    ) -> Result<Vec<rows::AuditKeyRow>, StoreError>;
+
+    /// Empties the request hash of each row (matched by its primary key and
+    /// the hash it was read with, so a row changed since is left alone) and
+    /// sets its new `response_mac`, in one transaction. Returns how many
+    /// rows changed.
+    async fn retire_request_hashes(
+        &self,
+        rows: &[rows::RetiredRequestHash],
+    ) -> Result<u64, StoreError>;
+
     /// The blind index of an order's contact email, if its contact record
     /// is there (what a contact purge keeps, see `PurgeRow`).
     async fn contact_subject(&self, order_id: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -115,6 +115,28 @@ pub struct KeyRecord {
     pub mac: Option<Vec<u8>>,
 }
 
+/// Which idempotency rows are due to lose their request hash
+/// ([`Store::replayable_keys`](super::Store::replayable_keys)).
+#[derive(Debug, Clone, Copy)]
+pub enum KeysDue<'a> {
+    /// Rows created before this timestamp: the replay window has passed.
+    CreatedBefore(&'a str),
+    /// The row of this order (it is being purged).
+    OfOrder(&'a str),
+}
+
+/// An idempotency row whose request hash is to be emptied: its primary key,
+/// the hash it was read with, and its new `response_mac` (over the empty
+/// hash; `None` leaves the column as it is — a row whose MAC did not verify
+/// before stays one that does not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredRequestHash {
+    pub client: Vec<u8>,
+    pub key_hash: Vec<u8>,
+    pub request_hash: Vec<u8>,
+    pub mac: Option<Vec<u8>>,
+}
+
 /// One idempotency row for the audit: its primary key, the row as found
 /// (or why it could not be read), its `order_id` column as text, and
 /// whether that order exists.
@@ -122,6 +144,9 @@ pub struct KeyRecord {
 pub struct AuditKeyRow {
     pub client: Vec<u8>,
     pub key_hash: Vec<u8>,
+    /// The `request_hash` column as found, also when the row is not
+    /// readable as a whole (empty if this column is not readable either).
+    pub request_hash: Vec<u8>,
     pub order_id: String,
     pub found: Result<KeyRecord, String>,
     pub order_exists: bool,

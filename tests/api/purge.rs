@@ -43,6 +43,156 @@ async fn audit_reports_the_purge_of(app: &TestApp, order_id: &str) {
     );
 }
 
+/// The request hash stored with `order_id`'s idempotency row.
+async fn request_hash_of(app: &TestApp, order_id: &str) -> Vec<u8> {
+    sqlx::query_scalar("SELECT request_hash FROM idempotency_keys WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+async fn order_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_key_past_its_replay_window_names_its_order_and_is_never_replayed_or_taken_as_new() {
+    use checkoutd::store::rows::KeysDue;
+    let app = spawn_app().await;
+    let old = place(&app, "w-1", &order_json()).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let window_start = checkoutd::ids::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let recent = place(&app, "w-2", &order_json()).await;
+    let r = app.post_order("w-1", &order_json()).await;
+    assert_eq!(
+        r.headers()["idempotent-replayed"],
+        "true",
+        "inside the window"
+    );
+
+    let store = app.store().await;
+    let keyring = app.keyring();
+    let retire = || {
+        checkoutd::retention::retire_request_hashes(
+            &store,
+            &keyring,
+            KeysDue::CreatedBefore(&window_start),
+        )
+    };
+    assert_eq!(
+        retire().await.unwrap(),
+        1,
+        "only the key older than the window"
+    );
+    assert!(request_hash_of(&app, &old).await.is_empty());
+    assert_eq!(request_hash_of(&app, &recent).await.len(), 32);
+    assert_eq!(retire().await.unwrap(), 0, "nothing left to do");
+
+    // The same request, or another body under the key: refused, naming the
+    // order, and nothing stored.
+    let mut other = order_json();
+    other["items"][0]["quantity"] = json!(3);
+    for body in [order_json(), other] {
+        let r = app.post_order("w-1", &body).await;
+        assert!(!r.headers().contains_key("idempotent-replayed"));
+        let problem = crate::helpers::expect_problem(r, 422).await;
+        assert_eq!(
+            problem["type"],
+            "urn:checkoutd:problem:idempotency-window-passed"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(&old),
+            "{problem}"
+        );
+    }
+    assert_eq!(order_count(&app).await, 2);
+    let r = app.post_order("w-2", &order_json()).await;
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+
+    // The retired row is still proven by its MAC: the audit is green.
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+
+    // Emptying a hash in the database, without the key to re-make the
+    // row's MAC, does not pass for a retired row: the retry is refused as
+    // unverifiable (no replay, no new order) and the audit names the row.
+    sqlx::query("UPDATE idempotency_keys SET request_hash = $1 WHERE order_id = $2")
+        .bind(Vec::<u8>::new())
+        .bind(&recent)
+        .execute(&app.db().await)
+        .await
+        .unwrap();
+    let r = app.post_order("w-2", &order_json()).await;
+    let problem = crate::helpers::expect_problem(r, 500).await;
+    assert_eq!(
+        problem["type"],
+        "urn:checkoutd:problem:stored-response-unverifiable"
+    );
+    assert_eq!(order_count(&app).await, 2);
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == "idempotency_keys" && f.what.contains(&recent)),
+        "{:#?}",
+        report.failures
+    );
+}
+
+/// A row whose MAC does not verify loses its hash to the window all the
+/// same, and is never given a MAC that would make it verify.
+#[tokio::test]
+async fn the_window_empties_a_forged_rows_hash_without_blessing_it() {
+    use checkoutd::store::rows::KeysDue;
+    let app = spawn_app().await;
+    let id = place(&app, "f-1", &order_json()).await;
+    let db = app.db().await;
+    sqlx::query("UPDATE idempotency_keys SET response_body = $1 WHERE order_id = $2")
+        .bind(b"{\"forged\":true}".to_vec())
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mac_before: Vec<u8> =
+        sqlx::query_scalar("SELECT response_mac FROM idempotency_keys WHERE order_id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let n = checkoutd::retention::retire_request_hashes(
+        &app.store().await,
+        &app.keyring(),
+        KeysDue::CreatedBefore("9999-01-01T00:00:00.000Z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    assert!(request_hash_of(&app, &id).await.is_empty());
+    let mac_after: Vec<u8> =
+        sqlx::query_scalar("SELECT response_mac FROM idempotency_keys WHERE order_id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(mac_after, mac_before);
+    let r = app.post_order("f-1", &order_json()).await;
+    let problem = crate::helpers::expect_problem(r, 500).await;
+    assert_eq!(
+        problem["type"],
+        "urn:checkoutd:problem:stored-response-unverifiable"
+    );
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -56,6 +206,8 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     let doomed = place(&app, "p-1", &gift).await;
     let kept = place(&app, "p-2", &order_json()).await;
     let db = app.db().await;
+    let request_hash = request_hash_of(&app, &doomed).await;
+    assert_eq!(request_hash.len(), 32);
     let wrapped: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT wrapped_dek FROM payment_cards WHERE order_id = $1
          UNION ALL SELECT wrapped_dek FROM billing_details WHERE order_id = $1
@@ -104,7 +256,28 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
                 "a wrapped data key survived the purge in the {what}"
             );
         }
+        // Nor the request hash a card number could be searched against.
+        assert!(
+            !contains(&bytes, &request_hash),
+            "the purged order's request hash survived in the {what}"
+        );
     }
+    assert!(request_hash_of(&app, &doomed).await.is_empty());
+    // A retry of its key is refused, naming the order: never replayed,
+    // never a second order.
+    let retry = app.post_order("p-1", &gift).await;
+    let problem = crate::helpers::expect_problem(retry, 422).await;
+    assert_eq!(
+        problem["type"],
+        "urn:checkoutd:problem:idempotency-window-passed"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&doomed),
+        "{problem}"
+    );
+    // The other order's key still replays.
+    let r = app.post_order("p-2", &order_json()).await;
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
     // The order row, its consent tags and the access log stay.
     let tags: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_tags WHERE order_id = $1")
         .bind(&doomed)

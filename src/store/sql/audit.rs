@@ -635,20 +635,28 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
 /// A row that cannot be read is returned with the reason, for the report,
 /// rather than failing the audit: its text columns are read as bytes
 /// (SQLite's STRICT `TEXT` takes invalid UTF-8), then decoded here.
+/// The head of every query that reads idempotency rows whole (for
+/// [`audit_key_row`]); `k` is the row, `o` its order if it exists.
+fn key_rows_select(engine: Engine) -> String {
+    let bytes = |column: &str| bytes_of(engine, &format!("k.{column}"), column);
+    format!(
+        "SELECT k.client, k.key_hash, k.request_hash, {}, k.response_status, k.response_body,
+                {}, k.response_mac, CASE WHEN o.id IS NULL THEN 0 ELSE 1 END AS order_exists
+           FROM idempotency_keys k LEFT JOIN orders o ON o.id = k.order_id",
+        bytes("order_id"),
+        bytes("created_at"),
+    )
+}
+
 pub async fn idempotency_page(
     pool: &AnyPool,
     engine: Engine,
     after: Option<(&[u8], &[u8])>,
     limit: u32,
 ) -> Result<Vec<super::super::rows::AuditKeyRow>, StoreError> {
-    let bytes = |column: &str| bytes_of(engine, &format!("k.{column}"), column);
     let sql = format!(
-        "SELECT k.client, k.key_hash, k.request_hash, {}, k.response_status, k.response_body,
-                {}, k.response_mac, CASE WHEN o.id IS NULL THEN 0 ELSE 1 END AS order_exists
-           FROM idempotency_keys k LEFT JOIN orders o ON o.id = k.order_id
-          {}",
-        bytes("order_id"),
-        bytes("created_at"),
+        "{} {}",
+        key_rows_select(engine),
         // Parameters numbered in the order they appear (SQLite numbers
         // `$N` that way).
         if after.is_some() {
@@ -669,14 +677,85 @@ pub async fn idempotency_page(
     rows.iter().map(audit_key_row).collect()
 }
 
+/// Idempotency rows that still hold a request hash and are `due` to lose
+/// it, oldest first. `length(k.request_hash) > 0` is the predicate of the
+/// partial index `idempotency_keys_replayable` (migration 0010 / 0013),
+/// written exactly so that both engines use it; one order's row is found
+/// through the order's `created_at`, the instant its row was written with.
+pub async fn replayable_keys(
+    pool: &AnyPool,
+    engine: Engine,
+    due: super::super::rows::KeysDue<'_>,
+    limit: u32,
+) -> Result<Vec<super::super::rows::AuditKeyRow>, StoreError> {
+    use super::super::rows::KeysDue;
+    let (filter, value) = match due {
+        KeysDue::CreatedBefore(before) => ("k.created_at < $1", before),
+        KeysDue::OfOrder(order_id) => (
+            "k.created_at = (SELECT created_at FROM orders WHERE id = $1) AND k.order_id = $1",
+            order_id,
+        ),
+    };
+    let sql = format!(
+        "{} WHERE length(k.request_hash) > 0 AND {filter} ORDER BY k.created_at LIMIT $2",
+        key_rows_select(engine),
+    );
+    let rows = sqlx::query(&sql)
+        .bind(value)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+    rows.iter().map(audit_key_row).collect()
+}
+
+/// See `Store::retire_request_hashes`.
+pub async fn retire_request_hashes(
+    writer: &super::Writer,
+    engine: Engine,
+    rows: &[super::super::rows::RetiredRequestHash],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
+    let mut changed = 0;
+    for row in rows {
+        let query = match &row.mac {
+            Some(mac) => sqlx::query(
+                "UPDATE idempotency_keys SET request_hash = $1, response_mac = $2
+                  WHERE client = $3 AND key_hash = $4 AND request_hash = $5",
+            )
+            .bind(Vec::<u8>::new())
+            .bind(mac.as_slice()),
+            None => sqlx::query(
+                "UPDATE idempotency_keys SET request_hash = $1
+                  WHERE client = $2 AND key_hash = $3 AND request_hash = $4",
+            )
+            .bind(Vec::<u8>::new()),
+        };
+        changed += query
+            .bind(row.client.as_slice())
+            .bind(row.key_hash.as_slice())
+            .bind(row.request_hash.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(changed)
+}
+
 fn audit_key_row(r: &AnyRow) -> Result<super::super::rows::AuditKeyRow, StoreError> {
     let order_id: Vec<u8> = r.try_get("order_id").map_err(err)?;
     let created_at: Vec<u8> = r.try_get("created_at").map_err(err)?;
     let status: i64 = r.try_get("response_status").map_err(err)?;
+    let request_hash: Result<Vec<u8>, _> = r.try_get("request_hash");
     let found = (|| {
         let order_id = std::str::from_utf8(&order_id).map_err(|_| "order_id is not UTF-8")?;
         Ok(super::super::rows::KeyRecord {
-            request_hash: r.try_get("request_hash").map_err(|_| "request_hash")?,
+            request_hash: request_hash.as_ref().map_err(|_| "request_hash")?.clone(),
             response: super::super::rows::StoredResponse {
                 order_id: uuid::Uuid::parse_str(order_id).map_err(|_| "order_id is not a UUID")?,
                 status: u16::try_from(status).map_err(|_| "response_status is out of range")?,
@@ -690,6 +769,7 @@ fn audit_key_row(r: &AnyRow) -> Result<super::super::rows::AuditKeyRow, StoreErr
     Ok(super::super::rows::AuditKeyRow {
         client: r.try_get("client").map_err(err)?,
         key_hash: r.try_get("key_hash").map_err(err)?,
+        request_hash: request_hash.unwrap_or_default(),
         order_id: String::from_utf8_lossy(&order_id).into_owned(),
         found,
         order_exists: r.try_get::<i64, _>("order_exists").map_err(err)? != 0,

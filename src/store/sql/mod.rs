@@ -646,6 +646,21 @@ impl Store for SqlStore {
         audit::purge(&self.writer, self.engine, order_id, purges).await
     }
 
+    async fn replayable_keys(
+        &self,
+        due: super::rows::KeysDue<'_>,
+        limit: u32,
+    ) -> Result<Vec<AuditKeyRow>, StoreError> {
+        audit::replayable_keys(&self.pool, self.engine, due, limit).await
+    }
+
+    async fn retire_request_hashes(
+        &self,
+        rows: &[super::rows::RetiredRequestHash],
+    ) -> Result<u64, StoreError> {
+        audit::retire_request_hashes(&self.writer, self.engine, rows).await
+    }
+
     async fn after_purge(&self) -> Result<(), StoreError> {
         audit::after_purge(&self.writer, self.engine).await
     }
