@@ -455,9 +455,23 @@ impl Ledger {
     /// not the address belongs to a customer (no enumeration, by timing or
     /// otherwise). Returns the effective time.
     pub async fn withdraw(&self, store: &dyn Store, w: &Withdrawal) -> Result<String, LedgerError> {
+        self.withdraw_at(store, w, crate::ids::now()).await
+    }
+
+    /// [`withdraw`](Self::withdraw) as recorded by a process whose clock
+    /// reads `now` — another host's clock may be behind the one that
+    /// captured the customer's last checkout (tests use this). The stored
+    /// `effective_at` is never before that checkout's capture time (see
+    /// `Store::append_consent_event`); the answer is `now` all the same, so
+    /// it says nothing about whether the address is a customer's.
+    pub async fn withdraw_at(
+        &self,
+        store: &dyn Store,
+        w: &Withdrawal,
+        now: String,
+    ) -> Result<String, LedgerError> {
         let keyring = self.keyring.current();
         let id = crate::ids::new_id(&self.rng)?;
-        let now = crate::ids::now();
         let reference = match &w.reference {
             None => None,
             Some(text) => {

@@ -377,8 +377,12 @@ pub trait Store: Send + Sync + 'static {
     // ---- consent life cycle ----
 
     /// Appends a withdrawal to the ledger in one transaction: reads the head
-    /// under the write lock, sets `seq` and `prev_mac`, MACs the event with
-    /// `sealer`, inserts it and moves the head.
+    /// under the write lock, raises `effective_at` to the subject's latest
+    /// checkout capture time if that is later (the two times come from
+    /// different processes' clocks: an opt-out made after a checkout must
+    /// count against it even when its host's clock is behind), sets `seq`
+    /// and `prev_mac`, MACs the event with `sealer`, inserts it and moves
+    /// the head.
     async fn append_consent_event(
         &self,
         event: rows::ConsentEventRow,

@@ -1021,3 +1021,52 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
         );
     }
 }
+
+/// Two processes, two clocks: an opt-out recorded by a host whose clock is
+/// behind the one that captured the customer's checkout still counts
+/// against that checkout (its effective time is raised to the capture
+/// time), and the ledger stays a verifiable chain.
+#[tokio::test]
+async fn an_opt_out_from_a_host_whose_clock_is_behind_still_counts() {
+    let app = spawn_app().await;
+    place(&app, &order_for("skew@example.com", true, true)).await;
+    assert_eq!(audience(&app, "special_offers").await, ["skew@example.com"]);
+
+    let withdrawal = checkoutd::consent::parse_opt_out(json!({
+        "email": "Skew@Example.com", "purposes": ["special_offers"], "channel": "email"
+    }))
+    .unwrap_or_else(|_| panic!("a valid opt-out"));
+    let ledger = checkoutd::consent::Ledger::new(std::sync::Arc::new(
+        checkoutd::crypto::keyring::KeyringHandle::new(app.keyring(), None),
+    ));
+    let behind = "2000-01-01T00:00:00.000Z".to_owned();
+    let store = app.store().await;
+    let answered = ledger
+        .withdraw_at(&store, &withdrawal, behind.clone())
+        .await
+        .unwrap();
+    assert_eq!(answered, behind, "the answer is the recording clock's");
+
+    assert!(audience(&app, "special_offers").await.is_empty());
+    assert_eq!(
+        audience(&app, "third_party_sharing").await,
+        ["skew@example.com"],
+        "only the purpose withdrawn"
+    );
+    let (effective_at, recorded_at): (String, String) =
+        sqlx::query_as("SELECT effective_at, recorded_at FROM consent_events")
+            .fetch_one(&app.db().await)
+            .await
+            .unwrap();
+    assert_eq!(recorded_at, behind);
+    assert!(effective_at > behind, "{effective_at}");
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+
+    // A later checkout that ticks the box again re-grants.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    place(&app, &order_for("skew@example.com", true, false)).await;
+    assert_eq!(audience(&app, "special_offers").await, ["skew@example.com"]);
+}

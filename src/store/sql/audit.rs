@@ -416,6 +416,24 @@ pub async fn append_consent_event(
             r.try_get("mac").map_err(err)?,
         ),
     };
+    // A withdrawal counts against every checkout with `captured_at <=
+    // effective_at`. Both times are read from clocks, this process's and
+    // the capturing one's: if the latter ran ahead, an opt-out recorded
+    // after the checkout would seem to precede it and be ignored. So it
+    // takes effect no earlier than the latest checkout committed before it.
+    let latest: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT max(t.captured_at) FROM {SUBJECT_ORDERS} c
+           JOIN orders o ON o.id = c.order_id
+           JOIN consent_tags t ON t.id = o.consent_tag_id
+          WHERE c.email_blind_index = $1"
+    ))
+    .bind(&e.email_blind_index)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(err)?;
+    if let Some(latest) = latest.filter(|latest| *latest > e.effective_at) {
+        e.effective_at = latest;
+    }
     e.seq = seq + 1;
     e.prev_mac = prev_mac;
     e.mac = sealer.mac(&e).to_vec();
