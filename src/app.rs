@@ -51,7 +51,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<tls::ReloadableTls>,
     state: AppState,
     store: Arc<dyn Store>,
     limits: ConnectionLimits,
@@ -78,8 +78,12 @@ impl Application {
                 "real cards or customers.",
             ]));
         }
-        let tls_files = tls::TlsFiles::in_dir(&settings.certs_dir, settings.client_ca.as_deref());
-        let tls = tls::server_config(&tls_files)?;
+        let tls_files = tls::TlsFiles::in_dir(
+            &settings.certs_dir,
+            settings.client_ca.as_deref(),
+            settings.client_crl.as_deref(),
+        );
+        let tls = tls::ReloadableTls::load(tls_files)?;
         let store = store::open(&settings.store.database).await?;
         if !keyring_path.exists() && store.holds_orders().await? {
             // A missing keyring beside a database full of ciphertexts is a
@@ -197,6 +201,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tracing::info!(listen = %self.local_addr, "checkoutd serving (TLS only)");
+        self.tls.clone().watch();
         server::run(self.listener, self.tls, router, self.limits, shutdown).await;
         self.store.close().await;
         tracing::info!("checkoutd stopped");

@@ -198,6 +198,9 @@ pub struct ServeArgs {
     /// CA that issues client certificates [default: <certs-dir>/ca.pem]
     #[arg(long, env = "CHECKOUTD_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
+    /// Revocation lists of the client CAs (PEM): a revoked client certificate fails the handshake; so does every one while the CRL has expired or if its CA has none in the file. Reloaded on change, like the certificates [default: none]
+    #[arg(long, env = "CHECKOUTD_CLIENT_CRL", value_name = "FILE")]
+    pub client_crl: Option<PathBuf>,
     /// Most TLS connections served at once [default: 4096]
     #[arg(long, env = "CHECKOUTD_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -241,7 +244,7 @@ pub struct ServeArgs {
     /// Purge gift-recipient data this many days after dispatch (0 keeps it) [default: 30]
     #[arg(long, env = "CHECKOUTD_RETAIN_RECIPIENT_DAYS", value_name = "DAYS")]
     pub retain_recipient_days: Option<u32>,
-    /// Hours a retried Idempotency-Key is compared with its first request and replayed; later it is refused (422 idempotency-window-passed), and a purge ends it at once [default: 168, at least 24]
+    /// Hours a retried Idempotency-Key is compared with its first request and replayed; later it is refused (422 idempotency-window-passed), and a purge ends it at once [default: 168, at least 25]
     #[arg(long, env = "CHECKOUTD_REPLAY_WINDOW_HOURS", value_name = "HOURS")]
     pub replay_window_hours: Option<u32>,
     /// Opt-outs per client IP per minute on the public /unsubscribe page [default: 10]

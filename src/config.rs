@@ -110,6 +110,7 @@ struct FileConfig {
     listen: Option<String>,
     certs_dir: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    client_crl: Option<PathBuf>,
     max_connections: Option<usize>,
     handshake_timeout: Option<String>,
     header_read_timeout: Option<String>,
@@ -161,6 +162,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub certs_dir: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// The client CAs' revocation lists, if any.
+    pub client_crl: Option<PathBuf>,
     pub limits: ConnectionLimits,
     pub request_timeout: Duration,
     /// Orders that may wait for the group-commit writer; beyond, 503.
@@ -266,7 +269,7 @@ impl Settings {
                 setting: "replay_window_hours",
                 flag: "replay-window-hours",
                 env: "REPLAY_WINDOW_HOURS",
-                expected: "expected a whole number of hours from 24 (keys are kept at least a day) to 87600",
+                expected: "expected a whole number of hours from 25 (keys are replayed at least a day, and an hour for clocks) to 87600",
             });
         }
         let defaults = ConnectionLimits::default();
@@ -424,6 +427,7 @@ impl Settings {
             .or_else(|| file.certs_dir.clone())
             .unwrap_or_else(|| PathBuf::from("certs"));
         let client_ca = args.client_ca.clone().or_else(|| file.client_ca.clone());
+        let client_crl = args.client_crl.clone().or_else(|| file.client_crl.clone());
         let policy_versions = match (&args.policy_versions, &file.policy_versions) {
             (Some(list), _) => list.split(',').map(|v| v.trim().to_owned()).collect(),
             (None, Some(list)) => list.clone(),
@@ -446,6 +450,7 @@ impl Settings {
             listen,
             certs_dir,
             client_ca,
+            client_crl,
             limits,
             request_timeout,
             commit_queue,
@@ -560,16 +565,16 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_window_defaults_to_a_week_and_is_never_under_a_day() {
+    fn the_replay_window_defaults_to_a_week_and_is_more_than_a_day() {
         let week = Settings::from_args(&ServeArgs::default()).unwrap();
         assert_eq!(week.replay_window, Duration::from_secs(168 * 3600));
         let day = Settings::from_args(&ServeArgs {
-            replay_window_hours: Some(24),
+            replay_window_hours: Some(25),
             ..ServeArgs::default()
         })
         .unwrap();
-        assert_eq!(day.replay_window, Duration::from_secs(24 * 3600));
-        for hours in [0, 23, 87_601] {
+        assert_eq!(day.replay_window, Duration::from_secs(25 * 3600));
+        for hours in [0, 24, 87_601] {
             let err = Settings::from_args(&ServeArgs {
                 replay_window_hours: Some(hours),
                 ..ServeArgs::default()

@@ -64,6 +64,8 @@ pub enum PkiError {
          directory holding none of its files (restore what is missing, or move them away)"
     )]
     Occupied { dir: PathBuf, found: String },
+    #[error("a certificate to revoke is not one PEM X.509 certificate")]
+    NotACertificate,
 }
 
 /// A certificate and its private key, both PEM. The key zeroizes on drop.
@@ -166,6 +168,45 @@ impl DevPki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params, 365);
         self.sign(params)
+    }
+
+    /// A certificate revocation list of this CA (PEM) revoking `revoked`,
+    /// issued at `this_update` and valid until `next_update` — what an
+    /// operator's CA publishes for `serve --client-crl` (tests revoke a
+    /// role's certificate with it, or make an expired list).
+    pub fn revocation_list(
+        &self,
+        revoked: &[&IssuedCert],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|cert| {
+                let (_, pem) = x509_parser::pem::parse_x509_pem(cert.cert_pem.as_bytes())
+                    .map_err(|_| PkiError::NotACertificate)?;
+                let parsed = pem.parse_x509().map_err(|_| PkiError::NotACertificate)?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(
+                        parsed.tbs_certificate.raw_serial(),
+                    ),
+                    revocation_time: this_update,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from(
+                u64::try_from(this_update.unix_timestamp()).unwrap_or(1),
+            ),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.ca_cert, &self.ca_key)?.pem()?)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<IssuedCert, PkiError> {

@@ -18,7 +18,7 @@
 //! Billing, shipping and contact data follow the customer relationship and
 //! are purged on request (`checkoutd orders purge`).
 //!
-//! The replay window (`--replay-window-hours`, default 168, at least 24):
+//! The replay window (`--replay-window-hours`, default 168, at least 25):
 //! an idempotency row's request hash — HMAC(request key, the request
 //! without its CVC), what tells a retry from another body — is emptied once
 //! the window has passed, and at once when its order is purged
@@ -133,25 +133,29 @@ pub async fn purge_records(
             &Chainer::new(keyring.access_log_key()),
         )
         .await?;
-    let done = store.purge(order_id, &rows).await?;
-    // Also when nothing was left to delete: a purge run again finishes
-    // one that stopped between the two.
+    // The request hash first: once the records are gone nothing finds the
+    // order again for it (retention looks for orders that still hold
+    // records). Ending the replay window of an order whose purge then
+    // fails costs nothing.
     retire_request_hashes(store, keyring, KeysDue::OfOrder(order_id)).await?;
-    Ok(done)
+    store.purge(order_id, &rows).await
 }
 
 /// The replay window's default: a week. Storefronts retry within minutes;
 /// an order retried later than this gets `idempotency-window-passed`.
 pub const DEFAULT_REPLAY_WINDOW_HOURS: u32 = 168;
-/// The shortest replay window: DESIGN keeps keys at least 24 hours.
-pub const MIN_REPLAY_WINDOW_HOURS: u32 = 24;
+/// The shortest replay window: DESIGN keeps keys at least 24 hours; the
+/// hour more is a margin for the clocks of the processes involved (a row's
+/// age is its writer's clock against the retention pass's).
+pub const MIN_REPLAY_WINDOW_HOURS: u32 = 25;
 
 /// Empties the request hash of every idempotency row `due`, re-making its
 /// `response_mac` over the empty hash, so the row still proves its stored
 /// answer and order (a retry is told which order its key made). A row
-/// whose MAC does not verify loses its hash all the same but keeps its MAC:
-/// it stays a finding for the audit and unverifiable for a retry, and is
-/// never given a MAC it did not have. Returns how many rows changed.
+/// whose MAC does not verify loses its hash and its MAC (the old MAC covers
+/// the old hash, so it could be searched just the same): it stays a
+/// finding for the audit and unverifiable for a retry, and is never given a
+/// MAC that verifies. Returns how many rows changed.
 pub async fn retire_request_hashes(
     store: &dyn Store,
     keyring: &Keyring,
@@ -332,25 +336,33 @@ pub fn spawn(
             let keyring = keyring.current();
             let window_start = time::OffsetDateTime::now_utc()
                 - time::Duration::try_from(replay_window).unwrap_or(time::Duration::ZERO);
-            match retire_request_hashes(
+            let retired = match retire_request_hashes(
                 store.as_ref(),
                 &keyring,
                 KeysDue::CreatedBefore(&crate::ids::timestamp(window_start)),
             )
             .await
             {
-                Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(
-                        keys = n,
-                        "idempotency keys past the replay window: request hashes emptied"
-                    )
+                    if n > 0 {
+                        tracing::info!(
+                            keys = n,
+                            "idempotency keys past the replay window: request hashes emptied"
+                        );
+                    }
+                    n
                 }
                 Err(error) => {
-                    tracing::error!(error = %error, "emptying the request hashes past the replay window failed; trying again next pass")
+                    tracing::error!(error = %error, "emptying the request hashes past the replay window failed; trying again next pass");
+                    0
                 }
-            }
-            let pass = run_once(store.as_ref(), &keyring, &rules).await;
+            };
+            let pass = match run_once(store.as_ref(), &keyring, &rules).await {
+                // No purge emptied the WAL: on SQLite the old hashes' pages
+                // leave the WAL and the database file only at a checkpoint.
+                Ok(0) if retired > 0 => store.after_purge().await.map(|()| 0),
+                pass => pass,
+            };
             leftovers |= pass.is_err();
             match pass {
                 Ok(0) => {}

@@ -534,7 +534,7 @@ async fn serve_ceiling(addr: &str, certs: &Path) -> Result<(), BoxError> {
     use hyper::body::Incoming;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
-    let files = checkoutd::server::tls::TlsFiles::in_dir(certs, None);
+    let files = checkoutd::server::tls::TlsFiles::in_dir(certs, None, None);
     let config = checkoutd::server::tls::server_config(&files)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind(addr).await?;

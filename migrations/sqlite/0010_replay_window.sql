@@ -9,6 +9,8 @@
 -- the key itself stays single-use, and a retry of it gets
 -- `422 idempotency-window-passed` naming its order instead of a replay.
 --
+-- This supersedes what 0008 says ("never purged", "no query reads keys by
+-- age"): keys are still never deleted, but their hashes now are, by age.
 -- Only rows still holding a hash are indexed, by age: the index stays the
 -- size of the window, and the purge of one order finds its row through the
 -- order's created_at (the same instant as the row's). Every order's commit

@@ -30,7 +30,7 @@ pub const MAX_BODY: usize = 64 * 1024;
     operation_id = "createOrder",
     params(
         ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$",
-            description = "1-255 visible ASCII characters (or an RFC 8941 quoted string). Scoped to the client certificate; kept at least 24 hours. The same key with the same body replays the first answer; with another body: 422; while the first is in flight: 409."),
+            description = "1-255 visible ASCII characters (or an RFC 8941 quoted string). Scoped to the client certificate and single-use for good. Within the replay window (`--replay-window-hours`, default a week; a purge of the order ends it): the same key with the same body replays the first answer, with another body 422 `idempotency-key-reused`; while the first is in flight: 409. After it: 422 `idempotency-window-passed`, naming the order the key made."),
     ),
     request_body(
         description = "The order form. `application/x-www-form-urlencoded` takes the same names flattened with dots (`OrderFormFields`). At most 64 KiB, UTF-8.",
@@ -47,7 +47,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (status = 409, description = "A request with this `Idempotency-Key` is still being processed"),
         (status = 413, description = "The body is larger than 64 KiB"),
         (status = 415, description = "Not `application/json` or `application/x-www-form-urlencoded` (UTF-8)"),
-        (status = 422, description = "The order has errors (every one listed in `errors`, by field path), or the key was used with another body"),
+        (status = 422, description = "The order has errors (every one listed in `errors`, by field path), or the key was used with another body (`idempotency-key-reused`), or it is retried after its replay window (`idempotency-window-passed`, naming its order)"),
         (status = 500, description = "The server failed; nothing was stored. Type `stored-response-unverifiable`: the stored answer for this retried key failed its integrity check and is not replayed (no second order was made)"),
         (status = 503, description = "The order could not be confirmed as stored; retry with the same key"),
     )

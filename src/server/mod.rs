@@ -133,7 +133,7 @@ impl Default for ConnectionLimits {
 
 /// What every connection task shares.
 struct Shared {
-    acceptor: TlsAcceptor,
+    tls: Arc<tls::ReloadableTls>,
     app: Router,
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
@@ -148,13 +148,13 @@ struct Shared {
 /// drains in-flight requests (bounded by `limits.drain_timeout`).
 pub async fn run(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<tls::ReloadableTls>,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(tls),
+        tls,
         app,
         limits,
         // Bounds concurrent connections; a permit lives as long as its
@@ -226,7 +226,7 @@ pub async fn run(
                 Admission::Slot(slot, registration) => (slot, registration),
                 Admission::Refuse(permit) => {
                     crate::telemetry::connection_refused("per_ip");
-                    answer_overloaded(&shared.acceptor, stream, addr).await;
+                    answer_overloaded(&shared.tls.acceptor(), stream, addr).await;
                     drop(permit);
                     return;
                 }
@@ -240,7 +240,7 @@ pub async fn run(
                         }
                         None => {
                             crate::telemetry::connection_refused("busy");
-                            answer_overloaded(&shared.acceptor, stream, addr).await;
+                            answer_overloaded(&shared.tls.acceptor(), stream, addr).await;
                             drop(permit);
                             return;
                         }
@@ -311,7 +311,13 @@ async fn serve(
 ) {
     let limits = shared.limits;
     let connection = registration.connection.clone();
-    let handshake = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(stream));
+    // Reloads from here on: one during the handshake may have made it
+    // under the files before.
+    let mut reloads = shared.tls.reloads();
+    let handshake = tokio::time::timeout(
+        limits.handshake_timeout,
+        shared.tls.acceptor().accept(stream),
+    );
     let tls_stream = tokio::select! {
         result = handshake => match result {
             Ok(Ok(s)) => s,
@@ -340,7 +346,8 @@ async fn serve(
         tls_version: tls::version_name(session.protocol_version()),
         identity: ClientIdentity::from_peer_certificates(session.peer_certificates()),
     };
-    connection.handshake_done(matches!(peer.identity, ClientIdentity::Certified { .. }));
+    let certified = matches!(peer.identity, ClientIdentity::Certified { .. });
+    connection.handshake_done(certified);
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
         // anonymous connection makes room; if all are busy, this one closes.
@@ -434,6 +441,13 @@ async fn serve(
             changed = stop.wait_for(|stop| *stop), if !finishing => {
                 finishing = true;
                 let _ = changed;
+                conn.as_mut().graceful_shutdown();
+            },
+            // The client CA or its CRL may have changed: a client
+            // certificate is checked again by reconnecting.
+            _ = reloads.changed(), if !finishing && certified => {
+                finishing = true;
+                tracing::debug!(client_ip = %addr.ip(), "TLS files reloaded; asking the client to reconnect");
                 conn.as_mut().graceful_shutdown();
             },
             () = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => break Ok(()),

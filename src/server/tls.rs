@@ -9,6 +9,16 @@
 //!   the public opt-out page need none) but a presented one must chain to the
 //!   client CA, or the handshake fails.
 //! - ALPN offers h2 and http/1.1.
+//! - With `--client-crl`, a client certificate its CA has revoked fails the
+//!   handshake; so does any client certificate while the CRL has expired,
+//!   or whose CA has no CRL in the file (fail closed: an unknown revocation
+//!   status is not a good one).
+//! - The files are watched ([`ReloadableTls`]): a renewed server certificate
+//!   or a new CRL takes effect within [`TLS_POLL`] without a restart, and
+//!   every open connection with a client certificate is then asked to close
+//!   (HTTP/2 GOAWAY, HTTP/1.1 after its response), so that its client
+//!   reconnects under the new files — a revoked certificate keeps no
+//!   connection it had.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +27,9 @@ use rustls::crypto::{CryptoProvider, ring as ring_provider};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -30,6 +42,14 @@ pub enum TlsError {
     },
     #[error("{what} file {path} holds no certificate")]
     Empty { what: &'static str, path: PathBuf },
+    #[error("the client CRL file {path} holds no certificate revocation list")]
+    NoCrl { path: PathBuf },
+    #[error("cannot read {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the client CA file {path} holds no usable CA certificate")]
     BadClientCa {
         path: PathBuf,
@@ -68,18 +88,154 @@ pub struct TlsFiles {
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_ca: PathBuf,
+    /// Certificate revocation lists of the client CAs (PEM), if any.
+    pub client_crl: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// The development layout of a certs directory (`server.pem`,
-    /// `server-key.pem`, `ca.pem`), with an optional separate client CA.
-    pub fn in_dir(certs_dir: &Path, client_ca: Option<&Path>) -> Self {
+    /// `server-key.pem`, `ca.pem`), with an optional separate client CA and
+    /// an optional client CRL.
+    pub fn in_dir(certs_dir: &Path, client_ca: Option<&Path>, client_crl: Option<&Path>) -> Self {
         TlsFiles {
             server_cert: certs_dir.join(crate::pki::SERVER_CERT_FILE),
             server_key: certs_dir.join(crate::pki::SERVER_KEY_FILE),
             client_ca: client_ca
                 .map(Path::to_owned)
                 .unwrap_or_else(|| certs_dir.join(crate::pki::CA_FILE)),
+            client_crl: client_crl.map(Path::to_owned),
+        }
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [&self.server_cert, &self.server_key, &self.client_ca]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .chain(self.client_crl.as_deref())
+    }
+
+    /// SHA-256 over every file's path and contents: what tells that one of
+    /// them changed (contents, not times: a copy within the same second or
+    /// a file replaced by an older one still counts).
+    fn digest(&self) -> Result<[u8; 32], TlsError> {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for path in self.paths() {
+            let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| {
+                TlsError::ReadFile {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?);
+            for part in [path.as_os_str().as_encoded_bytes(), bytes.as_slice()] {
+                context.update(&(part.len() as u64).to_be_bytes());
+                context.update(part);
+            }
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(context.finish().as_ref());
+        Ok(out)
+    }
+}
+
+/// How often the TLS files are checked for a change.
+pub const TLS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The server's TLS configuration, rebuilt when its files change.
+pub struct ReloadableTls {
+    files: TlsFiles,
+    current: std::sync::RwLock<(TlsAcceptor, [u8; 32])>,
+    /// The files' digest that last failed to load (logged once, not every poll).
+    failed: std::sync::Mutex<Option<[u8; 32]>>,
+    /// Bumped on every reload: connections with a client certificate close.
+    generation: watch::Sender<u64>,
+}
+
+impl ReloadableTls {
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let digest = files.digest()?;
+        let config = server_config(&files)?;
+        Ok(Arc::new(ReloadableTls {
+            files,
+            current: std::sync::RwLock::new((TlsAcceptor::from(config), digest)),
+            failed: std::sync::Mutex::new(None),
+            generation: watch::Sender::new(0),
+        }))
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        match self.current.read() {
+            Ok(current) => current.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// Changes when the configuration was reloaded.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Rebuilds the configuration if a file changed; returns whether it
+    /// did. A change that does not load (a file half written, a key that
+    /// does not match) keeps the configuration in force.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let digest = self.files.digest()?;
+        let unchanged = match self.current.read() {
+            Ok(current) => current.1 == digest,
+            Err(poisoned) => poisoned.into_inner().1 == digest,
+        };
+        if unchanged {
+            return Ok(false);
+        }
+        let config = server_config(&self.files)?;
+        match self.current.write() {
+            Ok(mut current) => *current = (TlsAcceptor::from(config), digest),
+            Err(poisoned) => *poisoned.into_inner() = (TlsAcceptor::from(config), digest),
+        }
+        self.generation.send_modify(|g| *g += 1);
+        Ok(true)
+    }
+
+    /// Polls the files every [`TLS_POLL`] until the process ends.
+    pub fn watch(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TLS_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let tls = self.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let outcome = tls.reload_if_changed();
+                    (tls, outcome)
+                })
+                .await;
+                let Ok((tls, outcome)) = outcome else {
+                    continue;
+                };
+                match outcome {
+                    Ok(true) => {
+                        tracing::info!(
+                            "TLS files changed: certificate, key, client CA and CRL reloaded; connections with a client certificate reconnect under them"
+                        );
+                        tls.set_failed(None);
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        let digest = tls.files.digest().ok();
+                        if tls.set_failed(digest) != digest || digest.is_none() {
+                            tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(|s| s.to_string()), "the TLS files changed but do not load; keeping the configuration in force");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records the digest that failed to load; returns the one before.
+    fn set_failed(&self, digest: Option<[u8; 32]>) -> Option<[u8; 32]> {
+        match self.failed.lock() {
+            Ok(mut failed) => std::mem::replace(&mut *failed, digest),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), digest),
         }
     }
 }
@@ -100,9 +256,28 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     }
     let provider = Arc::new(provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated();
+    if let Some(path) = &files.client_crl {
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| TlsError::Read {
+                what: "client CRL",
+                path: path.clone(),
+                source,
+            })?;
+        if crls.is_empty() {
+            return Err(TlsError::NoCrl { path: path.clone() });
+        }
+        // The client CAs issue end-entity certificates directly; an
+        // expired CRL or a CA without one fails closed.
+        verifier = verifier
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
+    }
+    let verifier = verifier.build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Identity)?

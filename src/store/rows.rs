@@ -127,8 +127,8 @@ pub enum KeysDue<'a> {
 
 /// An idempotency row whose request hash is to be emptied: its primary key,
 /// the hash it was read with, and its new `response_mac` (over the empty
-/// hash; `None` leaves the column as it is — a row whose MAC did not verify
-/// before stays one that does not).
+/// hash; `None` for a row whose MAC did not verify: its MAC is removed
+/// too, since it covers the old hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetiredRequestHash {
     pub client: Vec<u8>,

@@ -250,6 +250,42 @@ pub struct TestApp {
     pub server: Option<JoinHandle<()>>,
 }
 
+const CLIENT_CRL_FILE: &str = "client-crl.pem";
+
+/// Writes the CA's revocation list, revoking `revoked`'s certificates; an
+/// `expired` one's next update has passed.
+fn write_client_crl(pki: &DevPki, certs: &std::path::Path, revoked: &[Role], expired: bool) {
+    let now = time::OffsetDateTime::now_utc();
+    let (this_update, next_update) = if expired {
+        (now - time::Duration::days(2), now - time::Duration::days(1))
+    } else {
+        (
+            now - time::Duration::minutes(5),
+            now + time::Duration::days(7),
+        )
+    };
+    let revoked: Vec<_> = revoked.iter().map(|r| pki.client(*r).unwrap()).collect();
+    let pem = pki
+        .revocation_list(&revoked, this_update, next_update)
+        .unwrap();
+    // Replaced in one step, as an operator's deployment should.
+    let tmp = certs.join("client-crl.pem.new");
+    std::fs::write(&tmp, pem).unwrap();
+    std::fs::rename(tmp, certs.join(CLIENT_CRL_FILE)).unwrap();
+}
+
+impl TestApp {
+    /// Publishes a new client CRL (the server picks it up within its poll).
+    pub fn write_client_crl(&self, revoked: &[Role], expired: bool) {
+        write_client_crl(&self.pki, &self.dir.path().join("certs"), revoked, expired);
+    }
+
+    /// Overwrites the client CRL file with `bytes` as they are.
+    pub fn write_client_crl_bytes(&self, bytes: &[u8]) {
+        std::fs::write(self.dir.path().join("certs").join(CLIENT_CRL_FILE), bytes).unwrap();
+    }
+}
+
 /// Rewrites a database URL.
 pub type RewriteUrl = Box<dyn FnOnce(&str) -> String + Send>;
 
@@ -265,6 +301,9 @@ pub struct Options {
     pub share_with: Option<Shared>,
     /// Rewrites the test database's URL (e.g. to go through a proxy).
     pub database_url: Option<RewriteUrl>,
+    /// Serve with `--client-crl`: the test CA's revocation list, revoking
+    /// nothing at first (see [`TestApp::write_client_crl`]).
+    pub client_crl: bool,
 }
 
 /// What a second instance shares with the first.
@@ -294,6 +333,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let certs = dir.path().join("certs");
     let mut args = options.serve;
+    if options.client_crl {
+        write_client_crl(&pki, &certs, &[], false);
+        args.client_crl = Some(certs.join(CLIENT_CRL_FILE));
+    }
     args.listen = Some("127.0.0.1:0".into());
     args.certs_dir = Some(certs);
     args.store = StoreArgs {

@@ -150,7 +150,8 @@ async fn a_key_past_its_replay_window_names_its_order_and_is_never_replayed_or_t
 }
 
 /// A row whose MAC does not verify loses its hash to the window all the
-/// same, and is never given a MAC that would make it verify.
+/// same, and its MAC (which covers the hash), and is never given a MAC that
+/// would make it verify.
 #[tokio::test]
 async fn the_window_empties_a_forged_rows_hash_without_blessing_it() {
     use checkoutd::store::rows::KeysDue;
@@ -178,13 +179,15 @@ async fn the_window_empties_a_forged_rows_hash_without_blessing_it() {
     .unwrap();
     assert_eq!(n, 1);
     assert!(request_hash_of(&app, &id).await.is_empty());
-    let mac_after: Vec<u8> =
+    // Its old MAC covered the old hash: it goes too.
+    assert_eq!(mac_before.len(), 32);
+    let mac_after: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT response_mac FROM idempotency_keys WHERE order_id = $1")
             .bind(&id)
             .fetch_one(&db)
             .await
             .unwrap();
-    assert_eq!(mac_after, mac_before);
+    assert_eq!(mac_after, None);
     let r = app.post_order("f-1", &order_json()).await;
     let problem = crate::helpers::expect_problem(r, 500).await;
     assert_eq!(
@@ -353,6 +356,11 @@ async fn retention_purges_card_data_after_dispatch_only() {
         .await
         .unwrap();
     assert_eq!(billing, 2, "other classes stay");
+    assert!(
+        request_hash_of(&app, &shipped).await.is_empty(),
+        "a retention purge ends the order's replay window"
+    );
+    assert_eq!(request_hash_of(&app, &pending).await.len(), 32);
     let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
         .await
         .unwrap();

@@ -609,3 +609,84 @@ async fn anonymous_clients_cannot_take_every_slot() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Whether `client` gets an HTTP answer on `/v1/orders/…` (any status: a
+/// refused certificate gets none, the handshake fails).
+async fn answered(client: &reqwest::Client, app: &crate::helpers::TestApp) -> bool {
+    client
+        .get(app.url("/v1/orders/00000000-0000-7000-8000-000000000000"))
+        .send()
+        .await
+        .is_ok()
+}
+
+/// Waits until `client` is refused, at most a few TLS polls.
+async fn refused_soon(client: &reqwest::Client, app: &crate::helpers::TestApp) -> bool {
+    for _ in 0..40 {
+        if !answered(client, app).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// `--client-crl`: a revoked client certificate is refused from the next
+/// handshake on, without a restart — also on the connection it already
+/// had open, which is asked to reconnect; other roles go on; an expired
+/// list fails closed; a file that does not load keeps the list in force.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_without_a_restart() {
+    let app = spawn_app_with(Options {
+        client_crl: true,
+        ..Options::default()
+    })
+    .await;
+    let storefront = app.client(Role::Storefront);
+    let warehouse = app.client(Role::Fulfillment);
+    assert!(answered(&storefront, &app).await, "nothing revoked yet");
+    assert!(answered(&warehouse, &app).await);
+
+    app.write_client_crl(&[Role::Storefront], false);
+    assert!(
+        refused_soon(&storefront, &app).await,
+        "the storefront's open connection was closed and its certificate refused"
+    );
+    assert!(
+        !answered(&app.client(Role::Storefront), &app).await,
+        "a new connection too"
+    );
+    assert!(
+        answered(&warehouse, &app).await,
+        "only the revoked certificate"
+    );
+
+    // A half-written or foreign file does not load: the list in force stays.
+    app.write_client_crl_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n");
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(answered(&app.client(Role::Fulfillment), &app).await);
+    assert!(!answered(&app.client(Role::Storefront), &app).await);
+
+    // An expired list: no client certificate is trusted any more (whose
+    // revocation would it have missed?); anonymous routes still answer.
+    app.write_client_crl(&[], true);
+    assert!(refused_soon(&app.client(Role::Fulfillment), &app).await);
+    let health = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // A fresh list that revokes nothing: everyone is back.
+    app.write_client_crl(&[], false);
+    for _ in 0..40 {
+        if answered(&app.client(Role::Storefront), &app).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(answered(&app.client(Role::Storefront), &app).await);
+    assert!(answered(&app.client(Role::Fulfillment), &app).await);
+}

@@ -644,15 +644,6 @@ fn event_row(r: &AnyRow) -> Result<super::super::rows::ConsentEventRow, StoreErr
     })
 }
 
-/// Up to `limit` idempotency rows after the primary key `after` (`(client,
-/// key_hash)`; `None` for the first page, so that no key, not even two
-/// empty byte strings, sorts before where the scan starts), in key order,
-/// each with whether its order exists. The row-value comparison lets both
-/// engines seek in the primary key, so every page costs the same.
-///
-/// A row that cannot be read is returned with the reason, for the report,
-/// rather than failing the audit: its text columns are read as bytes
-/// (SQLite's STRICT `TEXT` takes invalid UTF-8), then decoded here.
 /// The head of every query that reads idempotency rows whole (for
 /// [`audit_key_row`]); `k` is the row, `o` its order if it exists.
 fn key_rows_select(engine: Engine) -> String {
@@ -666,6 +657,15 @@ fn key_rows_select(engine: Engine) -> String {
     )
 }
 
+/// Up to `limit` idempotency rows after the primary key `after` (`(client,
+/// key_hash)`; `None` for the first page, so that no key, not even two
+/// empty byte strings, sorts before where the scan starts), in key order,
+/// each with whether its order exists. The row-value comparison lets both
+/// engines seek in the primary key, so every page costs the same.
+///
+/// A row that cannot be read is returned with the reason, for the report,
+/// rather than failing the audit: its text columns are read as bytes
+/// (SQLite's STRICT `TEXT` takes invalid UTF-8), then decoded here.
 pub async fn idempotency_page(
     pool: &AnyPool,
     engine: Engine,
@@ -747,7 +747,7 @@ pub async fn retire_request_hashes(
             .bind(Vec::<u8>::new())
             .bind(mac.as_slice()),
             None => sqlx::query(
-                "UPDATE idempotency_keys SET request_hash = $1
+                "UPDATE idempotency_keys SET request_hash = $1, response_mac = NULL
                   WHERE client = $2 AND key_hash = $3 AND request_hash = $4",
             )
             .bind(Vec::<u8>::new()),
