@@ -71,6 +71,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     let id = uuid::Uuid::parse_str(&id)
                         .map_err(|_| "--order must be an order id (UUID)")?
                         .to_string();
+                    // An unknown id is a typo, not a purge: nothing to log.
+                    if store.audit_order(&id).await?.orders.is_empty() {
+                        return Err(format!("no such order {id}; nothing was purged").into());
+                    }
                     let done = checkoutd::retention::purge_order(
                         store.as_ref(),
                         &keyring,
@@ -81,9 +85,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     )
                     .await?;
                     if done.is_empty() {
-                        return Err("no such order, or nothing left to purge".into());
+                        // Also how a purge that ended `Incomplete` is
+                        // finished: this run emptied the WAL.
+                        writeln!(out, "nothing left to purge of {id}: it was purged before")?;
+                    } else {
+                        writeln!(out, "purged {id}: {}", done.join(", "))?;
                     }
-                    writeln!(out, "purged {id}: {}", done.join(", "))?;
                 }
                 (None, Some(date)) => {
                     let day = time::Date::parse(

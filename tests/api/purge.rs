@@ -467,6 +467,48 @@ async fn a_purge_held_up_by_a_reader_is_finished_by_running_it_again() {
     }
 }
 
+/// An order id that does not exist is refused, and not logged as a purge;
+/// purging an order again is no error (it is how an `Incomplete` purge is
+/// finished) and says there was nothing left.
+#[tokio::test]
+async fn purging_an_unknown_order_is_refused_and_purging_twice_is_harmless() {
+    let app = spawn_app().await;
+    let unknown = "0192f8a0-0000-7000-8000-000000000001";
+    let out = app
+        .command()
+        .args(["orders", "purge", "--order", unknown])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such order"), "{stderr}");
+    let log: Value = app
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
+    assert!(
+        !log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["objects"][0] == unknown),
+        "an unknown order's purge was logged"
+    );
+
+    let id = place(&app, "twice-1", &order_json()).await;
+    purge_order(&app, &id);
+    let again = app
+        .command()
+        .args(["orders", "purge", "--order", &id])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing left to purge"));
+}
+
 /// Runs `checkoutd orders purge --order <id>`; it must succeed.
 fn purge_order(app: &TestApp, order_id: &str) {
     let out = app
