@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Query, State};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::shipments::{decode_cursor, encode_cursor, store_problem};
+use super::shipments::store_problem;
 use crate::domain::consent::Purposes;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
@@ -34,7 +34,7 @@ pub struct AudiencePage<'a> {
     operation_id = "audience",
     params(
         ("purpose" = crate::consent::PurposeName, Query, description = "One of the five consent purposes"),
-        ("after" = Option<String>, Query, pattern = "^[0-7][0-9a-fA-F]{15}$", description = "The `next_cursor` of the previous page"),
+        ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{72}$", description = "The `next_cursor` of the previous page (opaque; valid only for the same listing)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 5000, description = "Page size, 1 to 5000 (default 500)"),
     ),
     responses(
@@ -77,9 +77,11 @@ pub async fn audience(
             "purpose is one of the five consent purposes",
         );
     };
+    let listing = format!("audience:{purpose}");
+    let keyring = state.keyring.current();
     let after = match query.get("after") {
         None => 0,
-        Some(c) => match decode_cursor(c) {
+        Some(c) => match super::cursor::decode(&keyring, &listing, c) {
             Some(seq) => seq,
             None => {
                 return bad(
@@ -130,7 +132,13 @@ pub async fn audience(
     axum::Json(AudiencePage {
         purpose,
         emails: &page.emails,
-        next_cursor: page.next.map(encode_cursor),
+        next_cursor: match page.next {
+            None => None,
+            Some(seq) => match super::cursor::encode(&keyring, &listing, seq) {
+                Some(cursor) => Some(cursor),
+                None => return Problem::internal().into_response(),
+            },
+        },
     })
     .into_response()
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod consent;
+mod cursor;
 pub mod health;
 mod marketing;
 pub mod openapi;

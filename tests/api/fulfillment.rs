@@ -346,6 +346,46 @@ async fn on_postgresql_an_order_commits_behind_the_sequence_lock() {
     assert_eq!(r.status(), 201);
 }
 
+/// A page cursor tells the warehouse nothing of the shop's order volume
+/// (it is sealed, not the order's sequence number), differs each time, and
+/// is good only for the listing it came from.
+#[tokio::test]
+async fn page_cursors_are_opaque_and_bound_to_their_listing() {
+    let app = spawn_app().await;
+    for n in 0..3 {
+        new_order(&app, &format!("cur-{n}"), &order_json()).await;
+    }
+    let first = app.shipments("?limit=1").await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    assert_eq!(cursor.len(), 72);
+    assert!(!cursor.contains("0000000000000001"), "{cursor}");
+    let again = app.shipments("?limit=1").await;
+    assert_ne!(again["next_cursor"].as_str().unwrap(), cursor);
+    let second = app.shipments(&format!("?limit=1&after={cursor}")).await;
+    assert_ne!(
+        second["shipments"][0]["order_id"],
+        first["shipments"][0]["order_id"]
+    );
+    for elsewhere in [
+        format!("/v1/shipments?status=dispatched&after={cursor}"),
+        format!("/v1/marketing/audience?purpose=special_offers&after={cursor}"),
+    ] {
+        let role = if elsewhere.contains("marketing") {
+            Role::Marketing
+        } else {
+            Role::Fulfillment
+        };
+        let r = app
+            .client(role)
+            .get(app.url(&elsewhere))
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(r, 400).await;
+        assert_eq!(problem["errors"][0]["field"], "after", "{elsewhere}");
+    }
+}
+
 #[tokio::test]
 async fn bad_query_values_are_400_problems() {
     let app = spawn_app().await;
@@ -356,6 +396,7 @@ async fn bad_query_values_are_400_problems() {
         "?status=lost",
         "?after=nope",
         "?after=ffffffffffffffff",
+        "?after=0000000000000001",
         "?colour=red",
     ] {
         let r = app
