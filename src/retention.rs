@@ -65,10 +65,14 @@ pub async fn purge_order(
     reason: &str,
     who: (&str, &str),
 ) -> Result<Vec<String>, StoreError> {
-    let done = purge_records(store, keyring, order_id, classes, reason, who).await?;
-    // Even when nothing was left to delete: a purge run again after an
-    // `Incomplete` one is how its WAL gets emptied.
-    store.after_purge().await?;
+    let done = purge_records(store, keyring, order_id, classes, reason, who).await;
+    // Even when nothing was left to delete (a purge run again after an
+    // `Incomplete` one is how its WAL gets emptied), and when the purge
+    // failed after a step that changed rows (the request hash, emptied
+    // first).
+    let emptied = store.after_purge().await;
+    let done = done?;
+    emptied?;
     Ok(done)
 }
 
@@ -354,6 +358,8 @@ pub fn spawn(
                 }
                 Err(error) => {
                     tracing::error!(error = %error, "emptying the request hashes past the replay window failed; trying again next pass");
+                    // Pages emptied before the failure are committed.
+                    leftovers = true;
                     0
                 }
             };

@@ -8,7 +8,9 @@
 //!   email itself is never stored in clear;
 //! - the checkout tag is never changed; a withdrawal is a new ledger entry,
 //!   effective the moment it is recorded (CAN-SPAM allows ten business
-//!   days; we take zero);
+//!   days; we take zero) — its stored `effective_at` is never before the
+//!   subject's latest checkout already committed, whatever the clocks of
+//!   the processes that recorded the two (`Store::append_consent_event`);
 //! - effective consent for a purpose = the subject's latest checkout tag
 //!   grants it (and verifies) and no withdrawal of it is effective at or
 //!   after that tag's capture. So a withdrawal covers every order with that
@@ -452,8 +454,10 @@ impl Ledger {
     }
 
     /// Records a withdrawal, effective now. The same work is done whether or
-    /// not the address belongs to a customer (no enumeration, by timing or
-    /// otherwise). Returns the effective time.
+    /// not the address belongs to a customer (one more index lookup finds
+    /// the subject's latest checkout either way: microseconds, not a
+    /// network round trip's worth of difference; no enumeration, by timing or
+    /// otherwise). Returns the time it was recorded.
     pub async fn withdraw(&self, store: &dyn Store, w: &Withdrawal) -> Result<String, LedgerError> {
         self.withdraw_at(store, w, crate::ids::now()).await
     }

@@ -35,6 +35,15 @@ pub enum MasterKeyError {
         #[source]
         source: std::io::Error,
     },
+    /// Neither shares given nor a development master key in the data
+    /// directory: the keyring is sealed under shares, or there is none yet.
+    #[error(
+        "no master key: {data_dir} holds no development master key (master.key), and no \
+         --master-key-share was given. A keyring made by `keys init` opens only with all \
+         its custodians' shares (--master-key-share FILE, once each); a new data directory \
+         gets a development keyring on the first `serve`"
+    )]
+    NoMasterKey { data_dir: PathBuf },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -270,7 +279,13 @@ impl MasterKey {
 /// any are given, else the development key file (which must exist).
 pub fn resolve(data_dir: &Path, shares: &[PathBuf]) -> Result<MasterKey, MasterKeyError> {
     if shares.is_empty() {
-        MasterKey::load_dev(&data_dir.join(DEV_FILE_NAME))
+        let path = data_dir.join(DEV_FILE_NAME);
+        if !path.exists() {
+            return Err(MasterKeyError::NoMasterKey {
+                data_dir: data_dir.to_owned(),
+            });
+        }
+        MasterKey::load_dev(&path)
     } else {
         MasterKey::from_shares(shares)
     }

@@ -37,7 +37,10 @@ pub struct OptOutAccepted {
     /// Always `accepted`.
     #[schema(value_type = String, example = "accepted")]
     pub status: &'static str,
-    /// RFC 3339: when the withdrawal took effect (at once).
+    /// RFC 3339: when the withdrawal was recorded, by this server's clock; it
+    /// takes effect at once, against every order placed before it (the
+    /// ledger's `effective_at` may be later, when another process's clock
+    /// stamped the customer's last checkout ahead of this one's).
     pub effective_at: String,
 }
 

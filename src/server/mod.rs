@@ -347,6 +347,15 @@ async fn serve(
         identity: ClientIdentity::from_peer_certificates(session.peer_certificates()),
     };
     let certified = matches!(peer.identity, ClientIdentity::Certified { .. });
+    // Kept to check again after a TLS rebuild (a new CRL, its expiry).
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> = if certified {
+        session
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     connection.handshake_done(certified);
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
@@ -443,12 +452,18 @@ async fn serve(
                 let _ = changed;
                 conn.as_mut().graceful_shutdown();
             },
-            // The client CA or its CRL may have changed: a client
-            // certificate is checked again by reconnecting.
+            // The client CA, its CRL or the time may have changed: the
+            // connection's certificate is checked again, and a connection
+            // whose certificate no longer verifies is closed (its requests
+            // in flight get the drain time to finish).
             _ = reloads.changed(), if !finishing && certified => {
-                finishing = true;
-                tracing::debug!(client_ip = %addr.ip(), "TLS files reloaded; asking the client to reconnect");
-                conn.as_mut().graceful_shutdown();
+                if !shared.tls.trusts(&chain) {
+                    finishing = true;
+                    tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
+                    crate::telemetry::connection_refused("certificate_no_longer_valid");
+                    conn.as_mut().graceful_shutdown();
+                    grace = Some(tokio::time::Instant::now() + limits.drain_timeout);
+                }
             },
             () = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => break Ok(()),
         }

@@ -14,17 +14,19 @@
 //!   or whose CA has no CRL in the file (fail closed: an unknown revocation
 //!   status is not a good one).
 //! - The files are watched ([`ReloadableTls`]): a renewed server certificate
-//!   or a new CRL takes effect within [`TLS_POLL`] without a restart, and
-//!   every open connection with a client certificate is then asked to close
-//!   (HTTP/2 GOAWAY, HTTP/1.1 after its response), so that its client
-//!   reconnects under the new files — a revoked certificate keeps no
-//!   connection it had.
+//!   or a new CRL takes effect within [`TLS_POLL`] without a restart. Each
+//!   rebuild (also when the CRL passes its next update, and every
+//!   [`TLS_REFRESH`]) starts an empty session cache — rustls resumes a
+//!   session without checking its client certificate again — and every open
+//!   connection's certificate is checked again under it: a revoked or
+//!   expired certificate keeps no connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::{CryptoProvider, ring as ring_provider};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -140,63 +142,146 @@ impl TlsFiles {
 /// How often the TLS files are checked for a change.
 pub const TLS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The server's TLS configuration, rebuilt when its files change.
+/// How long a configuration serves at most before it is rebuilt, files
+/// changed or not: a rebuilt configuration starts with an empty session
+/// cache, and resumption is how a session outlives the checks of its
+/// client certificate (rustls resumes without verifying the chain again),
+/// so this bounds how long a certificate that has since expired can go on
+/// being resumed. Each rebuild also checks every open connection's
+/// certificate again.
+pub const TLS_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A built configuration: what serves handshakes, the verifier that checks
+/// open connections again after a rebuild, and when its CRLs expire.
+struct Built {
+    acceptor: TlsAcceptor,
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// The earliest `nextUpdate` of the client CRLs, if any.
+    crl_expiry: Option<std::time::SystemTime>,
+    digest: [u8; 32],
+    built_at: std::time::Instant,
+    built_wall: std::time::SystemTime,
+}
+
+/// The server's TLS configuration, rebuilt when its files change, when its
+/// CRL expires, and every [`TLS_REFRESH`].
 pub struct ReloadableTls {
     files: TlsFiles,
-    current: std::sync::RwLock<(TlsAcceptor, [u8; 32])>,
-    /// The files' digest that last failed to load (logged once, not every poll).
-    failed: std::sync::Mutex<Option<[u8; 32]>>,
-    /// Bumped on every reload: connections with a client certificate close.
+    current: std::sync::RwLock<Arc<Built>>,
+    /// The last failure logged (not every poll).
+    failed: std::sync::Mutex<Option<String>>,
+    /// Bumped on every rebuild: each connection with a client certificate
+    /// checks it again ([`ReloadableTls::trusts`]) and closes if it fails.
     generation: watch::Sender<u64>,
+}
+
+/// Why a configuration is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuild {
+    FilesChanged,
+    CrlExpired,
+    Refresh,
 }
 
 impl ReloadableTls {
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let digest = files.digest()?;
-        let config = server_config(&files)?;
+        let built = build(&files, files.digest()?)?;
         Ok(Arc::new(ReloadableTls {
             files,
-            current: std::sync::RwLock::new((TlsAcceptor::from(config), digest)),
+            current: std::sync::RwLock::new(Arc::new(built)),
             failed: std::sync::Mutex::new(None),
             generation: watch::Sender::new(0),
         }))
     }
 
-    /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    fn built(&self) -> Arc<Built> {
         match self.current.read() {
-            Ok(current) => current.0.clone(),
-            Err(poisoned) => poisoned.into_inner().0.clone(),
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Changes when the configuration was reloaded.
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.built().acceptor.clone()
+    }
+
+    /// Changes when the configuration was rebuilt.
     pub fn reloads(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
 
-    /// Rebuilds the configuration if a file changed; returns whether it
-    /// did. A change that does not load (a file half written, a key that
-    /// does not match) keeps the configuration in force.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let digest = self.files.digest()?;
-        let unchanged = match self.current.read() {
-            Ok(current) => current.1 == digest,
-            Err(poisoned) => poisoned.into_inner().1 == digest,
+    /// Whether a client certificate chain (end entity first) is still
+    /// trusted by the configuration in force: its CA, its CRL, its validity
+    /// period, now.
+    pub fn trusts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
         };
-        if unchanged {
-            return Ok(false);
-        }
-        let config = server_config(&self.files)?;
-        match self.current.write() {
-            Ok(mut current) => *current = (TlsAcceptor::from(config), digest),
-            Err(poisoned) => *poisoned.into_inner() = (TlsAcceptor::from(config), digest),
-        }
-        self.generation.send_modify(|g| *g += 1);
-        Ok(true)
+        self.built()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, rustls_pki_types::UnixTime::now())
+            .is_ok()
     }
 
-    /// Polls the files every [`TLS_POLL`] until the process ends.
+    /// One poll, blocking (file reads, parsing): rebuilds if the files
+    /// changed, the CRL expired or the configuration is [`TLS_REFRESH`]
+    /// old. A change that does not load (a file half written, a key that
+    /// does not match) keeps the configuration in force and is logged once.
+    fn poll(&self) {
+        let outcome = self.files.digest().and_then(|digest| {
+            let current = self.built();
+            let why = if current.digest != digest {
+                Rebuild::FilesChanged
+            } else if current.crl_expiry.is_some_and(|at| {
+                // Built before the expiry, so its session cache holds
+                // sessions resumable past it: rebuilt once, when it passes.
+                current.built_wall < at && std::time::SystemTime::now() >= at
+            }) {
+                Rebuild::CrlExpired
+            } else if current.built_at.elapsed() >= TLS_REFRESH {
+                Rebuild::Refresh
+            } else {
+                return Ok(None);
+            };
+            Ok(Some((why, build(&self.files, digest)?)))
+        });
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((why, built))) => {
+                match self.current.write() {
+                    Ok(mut current) => *current = Arc::new(built),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(built),
+                }
+                self.generation.send_modify(|g| *g += 1);
+                self.set_failed(None);
+                match why {
+                    Rebuild::FilesChanged => tracing::info!(
+                        "TLS files changed: certificate, key, client CA and CRL reloaded; open connections whose client certificate no longer verifies are closed"
+                    ),
+                    Rebuild::CrlExpired => tracing::error!(
+                        "the client CRL has passed its next update: no client certificate is accepted until a current CRL is published (--client-crl)"
+                    ),
+                    Rebuild::Refresh => tracing::debug!(
+                        "TLS configuration refreshed (session cache emptied, open client certificates checked again)"
+                    ),
+                }
+            }
+            Err(error) => {
+                let text = format!(
+                    "{error}{}",
+                    std::error::Error::source(&error)
+                        .map_or_else(String::new, |s| format!(": {s}"))
+                );
+                if self.set_failed(Some(text.clone())).as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "the TLS files changed but do not load; keeping the configuration in force");
+                }
+            }
+        }
+    }
+
+    /// Polls the files every [`TLS_POLL`] (off the runtime's workers) until
+    /// the process ends.
     pub fn watch(self: Arc<Self>) {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TLS_POLL);
@@ -204,44 +289,45 @@ impl ReloadableTls {
             loop {
                 tick.tick().await;
                 let tls = self.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let outcome = tls.reload_if_changed();
-                    (tls, outcome)
-                })
-                .await;
-                let Ok((tls, outcome)) = outcome else {
-                    continue;
-                };
-                match outcome {
-                    Ok(true) => {
-                        tracing::info!(
-                            "TLS files changed: certificate, key, client CA and CRL reloaded; connections with a client certificate reconnect under them"
-                        );
-                        tls.set_failed(None);
-                    }
-                    Ok(false) => {}
-                    Err(error) => {
-                        let digest = tls.files.digest().ok();
-                        if tls.set_failed(digest) != digest || digest.is_none() {
-                            tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(|s| s.to_string()), "the TLS files changed but do not load; keeping the configuration in force");
-                        }
-                    }
-                }
+                let _ = tokio::task::spawn_blocking(move || tls.poll()).await;
             }
         });
     }
 
-    /// Records the digest that failed to load; returns the one before.
-    fn set_failed(&self, digest: Option<[u8; 32]>) -> Option<[u8; 32]> {
+    /// Records the failure last logged; returns the one before.
+    fn set_failed(&self, failure: Option<String>) -> Option<String> {
         match self.failed.lock() {
-            Ok(mut failed) => std::mem::replace(&mut *failed, digest),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), digest),
+            Ok(mut failed) => std::mem::replace(&mut *failed, failure),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), failure),
         }
     }
 }
 
 /// Builds the server configuration from PEM files.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let (config, _, _) = config_and_verifier(files)?;
+    Ok(config)
+}
+
+fn build(files: &TlsFiles, digest: [u8; 32]) -> Result<Built, TlsError> {
+    let (config, verifier, crl_expiry) = config_and_verifier(files)?;
+    Ok(Built {
+        acceptor: TlsAcceptor::from(config),
+        verifier,
+        crl_expiry,
+        digest,
+        built_at: std::time::Instant::now(),
+        built_wall: std::time::SystemTime::now(),
+    })
+}
+
+type ConfigParts = (
+    Arc<ServerConfig>,
+    Arc<dyn ClientCertVerifier>,
+    Option<std::time::SystemTime>,
+);
+
+fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
     let chain = read_certs(&files.server_cert, "server certificate")?;
     let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|source| TlsError::Read {
         what: "server private key",
@@ -259,6 +345,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated();
+    let mut crl_expiry = None;
     if let Some(path) = &files.client_crl {
         let crls = CertificateRevocationListDer::pem_file_iter(path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -270,6 +357,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         if crls.is_empty() {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
+        crl_expiry = earliest_next_update(&crls, path)?;
         // The client CAs issue end-entity certificates directly; an
         // expired CRL or a CA without one fails closed.
         verifier = verifier
@@ -281,14 +369,34 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Identity)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(TlsError::Identity)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Our suite order (strongest first, `provider`), not the client's: a
     // client that prefers a weaker suite still gets the strongest we share.
     config.ignore_client_order = true;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier, crl_expiry))
+}
+
+/// The earliest `nextUpdate` of `crls` (a CRL without one never expires).
+fn earliest_next_update(
+    crls: &[CertificateRevocationListDer<'_>],
+    path: &Path,
+) -> Result<Option<std::time::SystemTime>, TlsError> {
+    let mut earliest: Option<std::time::SystemTime> = None;
+    for crl in crls {
+        let (_, parsed) =
+            x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
+                path: path.to_owned(),
+            })?;
+        if let Some(next) = parsed.next_update() {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(next.timestamp()).unwrap_or(0));
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+    }
+    Ok(earliest)
 }
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

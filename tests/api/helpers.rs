@@ -252,18 +252,20 @@ pub struct TestApp {
 
 const CLIENT_CRL_FILE: &str = "client-crl.pem";
 
-/// Writes the CA's revocation list, revoking `revoked`'s certificates; an
-/// `expired` one's next update has passed.
-fn write_client_crl(pki: &DevPki, certs: &std::path::Path, revoked: &[Role], expired: bool) {
-    let now = time::OffsetDateTime::now_utc();
-    let (this_update, next_update) = if expired {
-        (now - time::Duration::days(2), now - time::Duration::days(1))
-    } else {
-        (
-            now - time::Duration::minutes(5),
-            now + time::Duration::days(7),
-        )
-    };
+pub fn in_a_week() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(7)
+}
+
+/// Writes the CA's revocation list, revoking `revoked`'s certificates,
+/// whose next update is `next_update` (in the past: an expired list).
+fn write_client_crl(
+    pki: &DevPki,
+    certs: &std::path::Path,
+    revoked: &[Role],
+    next_update: time::OffsetDateTime,
+) {
+    let this_update = (time::OffsetDateTime::now_utc() - time::Duration::minutes(5))
+        .min(next_update - time::Duration::days(1));
     let revoked: Vec<_> = revoked.iter().map(|r| pki.client(*r).unwrap()).collect();
     let pem = pki
         .revocation_list(&revoked, this_update, next_update)
@@ -276,8 +278,13 @@ fn write_client_crl(pki: &DevPki, certs: &std::path::Path, revoked: &[Role], exp
 
 impl TestApp {
     /// Publishes a new client CRL (the server picks it up within its poll).
-    pub fn write_client_crl(&self, revoked: &[Role], expired: bool) {
-        write_client_crl(&self.pki, &self.dir.path().join("certs"), revoked, expired);
+    pub fn write_client_crl(&self, revoked: &[Role], next_update: time::OffsetDateTime) {
+        write_client_crl(
+            &self.pki,
+            &self.dir.path().join("certs"),
+            revoked,
+            next_update,
+        );
     }
 
     /// Overwrites the client CRL file with `bytes` as they are.
@@ -334,7 +341,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let certs = dir.path().join("certs");
     let mut args = options.serve;
     if options.client_crl {
-        write_client_crl(&pki, &certs, &[], false);
+        write_client_crl(&pki, &certs, &[], in_a_week());
         args.client_crl = Some(certs.join(CLIENT_CRL_FILE));
     }
     args.listen = Some("127.0.0.1:0".into());

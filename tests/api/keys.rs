@@ -396,6 +396,11 @@ async fn custodian_shares_are_all_needed_and_checked() {
     );
     let none = run(&["keys", "status"]);
     assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("no --master-key-share was given"),
+        "the operator is told the shares are missing: {stderr}"
+    );
     // The environment variable takes a comma-separated list.
     let env = Command::new(env!("CARGO_BIN_EXE_checkoutd"))
         .env("CHECKOUTD_DATA_DIR", &data)

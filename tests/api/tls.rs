@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    HeldRoute, Options, PATIENCE, Versions, client_with, expect_problem, spawn_app, spawn_app_with,
-    still_serves,
+    HeldRoute, Options, PATIENCE, Versions, client_with, expect_problem, in_a_week, spawn_app,
+    spawn_app_with, still_serves,
 };
 
 #[tokio::test]
@@ -647,7 +647,7 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     assert!(answered(&storefront, &app).await, "nothing revoked yet");
     assert!(answered(&warehouse, &app).await);
 
-    app.write_client_crl(&[Role::Storefront], false);
+    app.write_client_crl(&[Role::Storefront], in_a_week());
     assert!(
         refused_soon(&storefront, &app).await,
         "the storefront's open connection was closed and its certificate refused"
@@ -669,7 +669,10 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
 
     // An expired list: no client certificate is trusted any more (whose
     // revocation would it have missed?); anonymous routes still answer.
-    app.write_client_crl(&[], true);
+    app.write_client_crl(
+        &[],
+        time::OffsetDateTime::now_utc() - time::Duration::days(1),
+    );
     assert!(refused_soon(&app.client(Role::Fulfillment), &app).await);
     let health = app
         .anonymous()
@@ -680,7 +683,7 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     assert_eq!(health.status(), 200);
 
     // A fresh list that revokes nothing: everyone is back.
-    app.write_client_crl(&[], false);
+    app.write_client_crl(&[], in_a_week());
     for _ in 0..40 {
         if answered(&app.client(Role::Storefront), &app).await {
             break;
@@ -689,4 +692,39 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     }
     assert!(answered(&app.client(Role::Storefront), &app).await);
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
+}
+
+/// A CRL that passes its next update while clients are connected: their
+/// open connections are closed and neither a new handshake nor a resumed
+/// session (the client keeps its session tickets) gets in — nothing about
+/// the file changed, the time did.
+#[tokio::test]
+async fn a_client_crl_that_expires_while_clients_are_connected_shuts_them_out() {
+    let app = spawn_app_with(Options {
+        client_crl: true,
+        ..Options::default()
+    })
+    .await;
+    app.write_client_crl(
+        &[],
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(5),
+    );
+    // Let the new list be loaded, then connect: the client's connection
+    // (and the session it may resume) are made under it.
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    let storefront = app.client(Role::Storefront);
+    assert!(answered(&storefront, &app).await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        refused_soon(&storefront, &app).await,
+        "the open connection (or a resumption) outlived the CRL"
+    );
+    assert!(!answered(&app.client(Role::Fulfillment), &app).await);
+    let health = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }
