@@ -24,6 +24,11 @@ pub const MAX_ITEMS: usize = 100;
 pub const MAX_QUANTITY: i64 = 10_000;
 /// Largest unit price, in minor units (a billion major units at 2 digits).
 pub const MAX_UNIT_PRICE_MINOR: i64 = 100_000_000_000;
+/// Largest order total, in minor units: 2^53 − 1, the largest integer every
+/// JSON reader holds exactly (a JavaScript storefront reads numbers as
+/// doubles, and would show and charge a rounded `total_minor`). The item
+/// limits alone allow 10^17.
+pub const MAX_TOTAL_MINOR: i64 = (1 << 53) - 1;
 
 /// Where the tree came from: a form's leaves are all strings, so numbers and
 /// checkboxes are read from text.
@@ -585,6 +590,20 @@ impl Reader {
                 _ => ok = false,
             }
         }
+        if ok {
+            let total = items
+                .iter()
+                .map(|i| i.quantity.saturating_mul(i.unit_price_minor))
+                .fold(0i64, i64::saturating_add);
+            if total > MAX_TOTAL_MINOR {
+                self.error(
+                    "items".into(),
+                    "total_out_of_range",
+                    "The order total must be at most 9007199254740991 minor units",
+                );
+                return None;
+            }
+        }
         ok.then_some(items)
     }
 
@@ -958,6 +977,24 @@ mod tests {
                 .any(|e| e.field == "shipping_address.line1" && e.code == "required"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_total_beyond_what_json_readers_hold_exactly_is_refused() {
+        // Each item in range (10^4 × 10^11 = 10^15), ten of them 10^16 > 2^53.
+        let big = json!({"sku": "A", "quantity": 10000, "unit_price_minor": 100_000_000_000i64});
+        let mut v = valid();
+        v["items"] = Value::Array(vec![big; 10]);
+        assert_eq!(codes(v), vec![("items".to_owned(), "total_out_of_range")]);
+        // Exactly 2^53 − 1: accepted, and the total is exact.
+        let per = MAX_TOTAL_MINOR / 10_000 / 10;
+        let rest = MAX_TOTAL_MINOR - per * 10_000 * 10;
+        assert!(per <= MAX_UNIT_PRICE_MINOR && rest <= MAX_UNIT_PRICE_MINOR);
+        let mut items = vec![json!({"sku": "A", "quantity": 10000, "unit_price_minor": per}); 10];
+        items.push(json!({"sku": "B", "quantity": 1, "unit_price_minor": rest}));
+        let mut v = valid();
+        v["items"] = Value::Array(items);
+        assert_eq!(check(v).unwrap().total_minor(), MAX_TOTAL_MINOR);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct OrderRequest {
     shipping_address: Option<AddressIn>,
     /// Ship to someone else; their details are used only to deliver.
     gift_recipient: Option<GiftRecipientIn>,
+    /// 1–100 items; their total (Σ quantity × unit price) at most
+    /// 9007199254740991 minor units (2^53 − 1, exact in every JSON reader).
     #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemIn>,
     /// ISO 4217 code of a currency with minor units.
