@@ -53,19 +53,15 @@ pub enum OrdersCommand {
     /// their data keys), keeping the non-personal order row, its consent
     /// tags and the access log. One order, or every order dispatched before
     /// a date.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(false))]
     Purge {
         #[command(flatten)]
         store: StoreArgs,
         /// The order id.
-        #[arg(
-            long,
-            value_name = "ID",
-            conflicts_with = "dispatched_before",
-            required_unless_present = "dispatched_before"
-        )]
+        #[arg(long, value_name = "ID", group = "which")]
         order: Option<String>,
         /// Every order dispatched before this date (YYYY-MM-DD, UTC).
-        #[arg(long, value_name = "DATE")]
+        #[arg(long, value_name = "DATE", group = "which")]
         dispatched_before: Option<String>,
     },
 }

@@ -428,6 +428,21 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from("certs"));
         let client_ca = args.client_ca.clone().or_else(|| file.client_ca.clone());
         let client_crl = args.client_crl.clone().or_else(|| file.client_crl.clone());
+        // Named here, before anything is written (a first run's development
+        // PKI) or bound: a typo in a path is a setting's error.
+        for (path, setting, flag, env) in [
+            (&client_ca, "client_ca", "client-ca", "CLIENT_CA"),
+            (&client_crl, "client_crl", "client-crl", "CLIENT_CRL"),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_file()) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    flag,
+                    env,
+                    expected: "expected an existing, readable PEM file",
+                });
+            }
+        }
         let policy_versions = match (&args.policy_versions, &file.policy_versions) {
             (Some(list), _) => list.split(',').map(|v| v.trim().to_owned()).collect(),
             (None, Some(list)) => list.clone(),
@@ -584,6 +599,30 @@ mod tests {
             assert!(err.contains("replay_window_hours"), "{err}");
         }
         assert!(toml::from_str::<FileConfig>("replay_window_hours = 48").is_ok());
+    }
+
+    #[test]
+    fn a_missing_client_ca_or_crl_file_is_a_settings_error() {
+        for (args, setting) in [
+            (
+                ServeArgs {
+                    client_ca: Some("/nonexistent/ca.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "client_ca",
+            ),
+            (
+                ServeArgs {
+                    client_crl: Some("/nonexistent/crl.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "client_crl",
+            ),
+        ] {
+            let err = Settings::from_args(&args).unwrap_err().to_string();
+            assert!(err.contains(setting), "{err}");
+            assert!(!err.contains("nonexistent"), "never the value: {err}");
+        }
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn intake_problem(e: IntakeError) -> Problem {
             created_at,
         } => Problem::unprocessable(
             "idempotency-window-passed",
-            "This Idempotency-Key was used longer ago than the replay window, so a retry can no longer be compared with the first request",
+            "This Idempotency-Key can no longer be replayed: its replay window has passed, or its order was purged, so a retry can no longer be compared with the first request",
         )
         .with_detail(format!(
             "The key made order {order_id} at {created_at}. If this request is a retry, that order stands (GET /v1/orders/{order_id}); a new order needs a new Idempotency-Key"
