@@ -20,16 +20,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `checkoutd audit` reports a usage or I/O error as 2 (1 means "the
-    // audit found failures"); every other command as 1.
-    let error_code = if matches!(cli.command, Command::Audit(_)) {
-        2
-    } else {
-        1
-    };
+    // Exit status: 2 for a usage error — a flag or setting that is wrong,
+    // as clap itself reports (`Usage`, `ConfigError`) — and for every
+    // error of `checkoutd audit` (whose 1 means "the audit found
+    // failures"); 1 for any other failure.
+    let audit = matches!(cli.command, Command::Audit(_));
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
+            let usage = error.is::<Usage>() || error.is::<checkoutd::config::ConfigError>();
+            let error_code = if usage || audit { 2 } else { 1 };
             // The full cause chain, once. Error types carry no input values.
             let mut text = format!("checkoutd: {error}");
             let mut source = error.source();
@@ -43,6 +43,11 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A command-line value that is not what the flag takes (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(&'static str);
+
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Orders(OrdersCommand::Purge {
@@ -50,6 +55,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             order,
             dispatched_before,
         }) => {
+            // The values first: a usage error before any key is touched.
+            let order = order
+                .map(|id| uuid::Uuid::parse_str(&id).map(|id| id.to_string()))
+                .transpose()
+                .map_err(|_| Usage("--order must be an order id (UUID)"))?;
+            let dispatched_before = dispatched_before
+                .map(|date| {
+                    time::Date::parse(
+                        &date,
+                        time::macros::format_description!("[year]-[month]-[day]"),
+                    )
+                    .map(|day| (date, day))
+                })
+                .transpose()
+                .map_err(|_| Usage("--dispatched-before must be YYYY-MM-DD"))?;
             let settings = StoreSettings::from_args(&args)?;
             telemetry::init(settings.log_format);
             let master = checkoutd::crypto::master::resolve(
@@ -68,9 +88,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let mut out = std::io::stdout();
             match (order, dispatched_before) {
                 (Some(id), _) => {
-                    let id = uuid::Uuid::parse_str(&id)
-                        .map_err(|_| "--order must be an order id (UUID)")?
-                        .to_string();
                     // An unknown id is a typo, not a purge: nothing to log.
                     if store.audit_order(&id).await?.orders.is_empty() {
                         return Err(format!("no such order {id}; nothing was purged").into());
@@ -92,12 +109,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         writeln!(out, "purged {id}: {}", done.join(", "))?;
                     }
                 }
-                (None, Some(date)) => {
-                    let day = time::Date::parse(
-                        &date,
-                        time::macros::format_description!("[year]-[month]-[day]"),
-                    )
-                    .map_err(|_| "--dispatched-before must be YYYY-MM-DD")?;
+                (None, Some((date, day))) => {
                     let before = checkoutd::ids::timestamp(day.midnight().assume_utc());
                     let mut purged = 0;
                     let mut outcome = Ok(());
@@ -126,7 +138,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         "purged {total} record set(s) of orders dispatched before {date}"
                     )?;
                 }
-                (None, None) => return Err("give --order ID or --dispatched-before DATE".into()),
+                (None, None) => {
+                    return Err(Usage("give --order ID or --dispatched-before DATE").into());
+                }
             }
             store.close().await;
         }

@@ -85,7 +85,7 @@ fn invalid_settings_are_refused_before_binding_naming_the_setting() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error, as clap's own");
     assert!(String::from_utf8_lossy(&out.stderr).contains("`listen`"));
     let out = checkoutd()
         .args(["serve"])
@@ -109,8 +109,27 @@ fn invalid_settings_are_refused_before_binding_naming_the_setting() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("handshake_timeout"));
+    assert_eq!(out.status.code(), Some(2));
+    // A client CRL that is not there: named before the first run writes
+    // its development PKI.
+    let out = checkoutd()
+        .args(["serve", "--client-crl", "missing-crl.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client_crl"));
     // Nothing was created: validation happens before any side effect.
     assert!(!dir.path().join("certs").exists());
+    assert!(!dir.path().join("data").exists());
+    // A value the flag does not take, in any command: 2 as well.
+    let out = checkoutd()
+        .args(["orders", "purge", "--dispatched-before", "yesterday"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
 }
 
 #[test]
