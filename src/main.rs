@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             match (order, dispatched_before) {
                 (Some(id), _) => {
                     // An unknown id is a typo, not a purge: nothing to log.
-                    if store.audit_order(&id).await?.orders.is_empty() {
+                    if !store.order_exists(&id).await? {
                         return Err(format!("no such order {id}; nothing was purged").into());
                     }
                     let done = checkoutd::retention::purge_order(

@@ -1,9 +1,7 @@
 //! Auditor endpoints. `GET /v1/audit/log` returns access-log entries with
 //! their chain hashes and MACs; reading the log is itself logged.
 
-use std::collections::HashMap;
-
-use axum::extract::{MatchedPath, Query, State};
+use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -71,7 +69,7 @@ pub async fn log(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    Query(query): Query<HashMap<String, String>>,
+    super::Params(query): super::Params,
 ) -> Response {
     let bad = |field: &'static str, message: &'static str| {
         Problem::bad_request("invalid-query", "The query parameters are invalid")

@@ -5,10 +5,8 @@
 //! to a customer, and do the same work (a ledger entry is written either
 //! way), so neither answers nor timing tell who is a customer.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Query, State};
+use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::Value;
@@ -395,7 +393,7 @@ pub async fn proof(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    Query(query): Query<HashMap<String, String>>,
+    super::Params(query): super::Params,
 ) -> Response {
     let email = query.get("email").and_then(|e| Email::parse(e));
     let Some(email) = email else {

@@ -2,9 +2,7 @@
 //! the emails that consent to `P` right now. Every export is written to the
 //! access log with the purpose and the number of subjects returned.
 
-use std::collections::HashMap;
-
-use axum::extract::{MatchedPath, Query, State};
+use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -50,7 +48,7 @@ pub async fn audience(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    Query(query): Query<HashMap<String, String>>,
+    super::Params(query): super::Params,
 ) -> Response {
     let bad = |field: &'static str, code: &'static str, message: &'static str| {
         Problem::bad_request("invalid-query", "The query parameters are invalid")
@@ -111,6 +109,14 @@ pub async fn audience(
         Ok(p) => p,
         Err(error) => return store_problem(&error),
     };
+    // Before the access is logged as answered 200.
+    let next_cursor = match page.next {
+        None => None,
+        Some(seq) => match super::cursor::encode(&keyring, &listing, seq) {
+            Some(cursor) => Some(cursor),
+            None => return Problem::internal().into_response(),
+        },
+    };
     if let Err(withheld) = super::record_access(
         &state,
         peer.as_deref(),
@@ -132,13 +138,7 @@ pub async fn audience(
     axum::Json(AudiencePage {
         purpose,
         emails: &page.emails,
-        next_cursor: match page.next {
-            None => None,
-            Some(seq) => match super::cursor::encode(&keyring, &listing, seq) {
-                Some(cursor) => Some(cursor),
-                None => return Problem::internal().into_response(),
-            },
-        },
+        next_cursor,
     })
     .into_response()
 }

@@ -274,6 +274,40 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// A request's query parameters, each name at most once. A repeated name
+/// (`?limit=1&limit=500`) is refused, 400 naming `query`, rather than
+/// resolved silently to one of its values (axum's `Query<HashMap>` keeps
+/// the last). A malformed query string is refused as axum refuses it (made
+/// a problem document by the outer layer).
+pub struct Params(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        let mut params = std::collections::HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if params.insert(name, value).is_some() {
+                return Err(Problem::bad_request(
+                    "invalid-query",
+                    "The query parameters are invalid",
+                )
+                .with_errors(vec![crate::http::FieldError::new(
+                    "query",
+                    "repeated",
+                    "Each query parameter may be given once",
+                )])
+                .into_response());
+            }
+        }
+        Ok(Params(params))
+    }
+}
+
 /// The `{id}` segment of a path, as an order id: `None` when it is not a
 /// UUID — including a segment that is not UTF-8 once percent-decoded, which
 /// axum's `Path<String>` would refuse with an undocumented 400 — so every

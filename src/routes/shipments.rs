@@ -2,10 +2,8 @@
 //! (fulfillment). Every list of personal data is written to the access log,
 //! naming each order returned, before the response leaves.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Query, State};
+use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -66,7 +64,7 @@ pub async fn list(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    Query(query): Query<HashMap<String, String>>,
+    super::Params(query): super::Params,
 ) -> Response {
     for key in query.keys() {
         if !matches!(key.as_str(), "status" | "limit" | "after") {

@@ -156,12 +156,31 @@ pub const TLS_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600
 struct Built {
     acceptor: TlsAcceptor,
     verifier: Arc<dyn ClientCertVerifier>,
-    /// The earliest `nextUpdate` of the client CRLs, if any.
-    crl_expiry: Option<std::time::SystemTime>,
+    /// The `nextUpdate` of each client CRL that has one.
+    crl_expiries: Vec<std::time::SystemTime>,
     digest: [u8; 32],
     built_at: std::time::Instant,
     built_wall: std::time::SystemTime,
 }
+
+impl Built {
+    /// The same configuration with an empty session cache, built now.
+    fn refreshed(&self) -> Built {
+        let mut config = ServerConfig::clone(self.acceptor.config());
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        Built {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            verifier: self.verifier.clone(),
+            crl_expiries: self.crl_expiries.clone(),
+            digest: self.digest,
+            built_at: std::time::Instant::now(),
+            built_wall: std::time::SystemTime::now(),
+        }
+    }
+}
+
+/// Sessions a configuration's cache holds (rustls's default).
+const SESSION_CACHE: usize = 256;
 
 /// The server's TLS configuration, rebuilt when its files change, when its
 /// CRL expires, and every [`TLS_REFRESH`].
@@ -229,44 +248,31 @@ impl ReloadableTls {
     /// old. A change that does not load (a file half written, a key that
     /// does not match) keeps the configuration in force and is logged once.
     fn poll(&self) {
-        let outcome = self.files.digest().and_then(|digest| {
-            let current = self.built();
-            let why = if current.digest != digest {
-                Rebuild::FilesChanged
-            } else if current.crl_expiry.is_some_and(|at| {
-                // Built before the expiry, so its session cache holds
-                // sessions resumable past it: rebuilt once, when it passes.
-                current.built_wall < at && std::time::SystemTime::now() >= at
-            }) {
-                Rebuild::CrlExpired
-            } else if current.built_at.elapsed() >= TLS_REFRESH {
-                Rebuild::Refresh
+        let current = self.built();
+        let now = std::time::SystemTime::now();
+        // A CRL that passed its next update since the configuration was
+        // built: its session cache holds sessions resumable past it.
+        let crl_expired = current
+            .crl_expiries
+            .iter()
+            .any(|at| current.built_wall < *at && now >= *at);
+        let time_due = crl_expired || current.built_at.elapsed() >= TLS_REFRESH;
+        let digest = self.files.digest();
+        if digest.as_ref().is_ok_and(|d| *d == current.digest) && !time_due {
+            // Back to the set in force (or never left it): a later failure
+            // is news again.
+            self.set_failed(None);
+            return;
+        }
+        let rebuilt = match digest.and_then(|digest| {
+            if digest == current.digest {
+                Ok(None)
             } else {
-                return Ok(None);
-            };
-            Ok(Some((why, build(&self.files, digest)?)))
-        });
-        match outcome {
-            Ok(None) => {}
-            Ok(Some((why, built))) => {
-                match self.current.write() {
-                    Ok(mut current) => *current = Arc::new(built),
-                    Err(poisoned) => *poisoned.into_inner() = Arc::new(built),
-                }
-                self.generation.send_modify(|g| *g += 1);
-                self.set_failed(None);
-                match why {
-                    Rebuild::FilesChanged => tracing::info!(
-                        "TLS files changed: certificate, key, client CA and CRL reloaded; open connections whose client certificate no longer verifies are closed"
-                    ),
-                    Rebuild::CrlExpired => tracing::error!(
-                        "the client CRL has passed its next update: no client certificate is accepted until a current CRL is published (--client-crl)"
-                    ),
-                    Rebuild::Refresh => tracing::debug!(
-                        "TLS configuration refreshed (session cache emptied, open client certificates checked again)"
-                    ),
-                }
+                build(&self.files, digest).map(Some)
             }
+        }) {
+            Ok(Some(built)) => Some((Rebuild::FilesChanged, built)),
+            Ok(None) => None,
             Err(error) => {
                 let text = format!(
                     "{error}{}",
@@ -276,7 +282,43 @@ impl ReloadableTls {
                 if self.set_failed(Some(text.clone())).as_deref() != Some(text.as_str()) {
                     tracing::error!(error = %text, "the TLS files changed but do not load; keeping the configuration in force");
                 }
+                None
             }
+        };
+        // The files are unchanged, or changed but do not load: what is due
+        // by time is done on the set in force — a new session cache, every
+        // open certificate checked again — so a bad file left in place
+        // never holds back an expired CRL's effect.
+        let (why, built) = match rebuilt {
+            Some(rebuilt) => rebuilt,
+            None if time_due => (
+                if crl_expired {
+                    Rebuild::CrlExpired
+                } else {
+                    Rebuild::Refresh
+                },
+                current.refreshed(),
+            ),
+            None => return,
+        };
+        match self.current.write() {
+            Ok(mut slot) => *slot = Arc::new(built),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(built),
+        }
+        self.generation.send_modify(|g| *g += 1);
+        match why {
+            Rebuild::FilesChanged => {
+                self.set_failed(None);
+                tracing::info!(
+                    "TLS files changed: certificate, key, client CA and CRL reloaded; open connections whose client certificate no longer verifies are closed"
+                )
+            }
+            Rebuild::CrlExpired => tracing::error!(
+                "a client CRL has passed its next update: no certificate of its CA is accepted until a current CRL is published (--client-crl)"
+            ),
+            Rebuild::Refresh => tracing::debug!(
+                "TLS configuration refreshed (session cache emptied, open client certificates checked again)"
+            ),
         }
     }
 
@@ -310,11 +352,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 fn build(files: &TlsFiles, digest: [u8; 32]) -> Result<Built, TlsError> {
-    let (config, verifier, crl_expiry) = config_and_verifier(files)?;
+    let (config, verifier, crl_expiries) = config_and_verifier(files)?;
     Ok(Built {
         acceptor: TlsAcceptor::from(config),
         verifier,
-        crl_expiry,
+        crl_expiries,
         digest,
         built_at: std::time::Instant::now(),
         built_wall: std::time::SystemTime::now(),
@@ -324,7 +366,7 @@ fn build(files: &TlsFiles, digest: [u8; 32]) -> Result<Built, TlsError> {
 type ConfigParts = (
     Arc<ServerConfig>,
     Arc<dyn ClientCertVerifier>,
-    Option<std::time::SystemTime>,
+    Vec<std::time::SystemTime>,
 );
 
 fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
@@ -345,7 +387,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated();
-    let mut crl_expiry = None;
+    let mut crl_expiries = Vec::new();
     if let Some(path) = &files.client_crl {
         let crls = CertificateRevocationListDer::pem_file_iter(path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -357,7 +399,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         if crls.is_empty() {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
-        crl_expiry = earliest_next_update(&crls, path)?;
+        crl_expiries = next_updates(&crls, path)?;
         // The client CAs issue end-entity certificates directly; an
         // expired CRL or a CA without one fails closed.
         verifier = verifier
@@ -373,30 +415,34 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         .with_single_cert(chain, key)
         .map_err(TlsError::Identity)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // One cache per configuration: a rebuilt one resumes nothing from before.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     // Our suite order (strongest first, `provider`), not the client's: a
     // client that prefers a weaker suite still gets the strongest we share.
     config.ignore_client_order = true;
-    Ok((Arc::new(config), verifier, crl_expiry))
+    Ok((Arc::new(config), verifier, crl_expiries))
 }
 
-/// The earliest `nextUpdate` of `crls` (a CRL without one never expires).
-fn earliest_next_update(
+/// The `nextUpdate` of each of `crls` that has one (one without never
+/// expires).
+fn next_updates(
     crls: &[CertificateRevocationListDer<'_>],
     path: &Path,
-) -> Result<Option<std::time::SystemTime>, TlsError> {
-    let mut earliest: Option<std::time::SystemTime> = None;
+) -> Result<Vec<std::time::SystemTime>, TlsError> {
+    let mut out = Vec::new();
     for crl in crls {
         let (_, parsed) =
             x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
                 path: path.to_owned(),
             })?;
         if let Some(next) = parsed.next_update() {
-            let at = std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs(u64::try_from(next.timestamp()).unwrap_or(0));
-            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            out.push(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(u64::try_from(next.timestamp()).unwrap_or(0)),
+            );
         }
     }
-    Ok(earliest)
+    Ok(out)
 }
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

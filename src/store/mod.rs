@@ -206,6 +206,9 @@ pub trait Store: Send + Sync + 'static {
         key_hash: &[u8; 32],
     ) -> Result<Option<rows::KeyRecord>, StoreError>;
 
+    /// Whether an order with this id exists (whatever state its rows are in).
+    async fn order_exists(&self, order_id: &str) -> Result<bool, StoreError>;
+
     /// The masked summary of an order created by `client`; `None` for an
     /// unknown order or another client's.
     async fn order_summary(

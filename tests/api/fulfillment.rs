@@ -398,6 +398,9 @@ async fn bad_query_values_are_400_problems() {
         "?after=ffffffffffffffff",
         "?after=0000000000000001",
         "?colour=red",
+        // One value or the other? Neither: a repeated name is refused.
+        "?limit=1&limit=500",
+        "?status=pending&status=dispatched",
     ] {
         let r = app
             .client(Role::Fulfillment)

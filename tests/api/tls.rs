@@ -631,10 +631,64 @@ async fn refused_soon(client: &reqwest::Client, app: &crate::helpers::TestApp) -
     false
 }
 
+/// One HTTP/1.1 keep-alive connection with `role`'s certificate: what an
+/// open connection is, observably (reqwest would reconnect by itself).
+struct RawConnection(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl RawConnection {
+    async fn open(app: &crate::helpers::TestApp, role: Role) -> Self {
+        let cert = app.pki.client(role).unwrap();
+        let config = crate::helpers::rustls_client_config(
+            &app.pki,
+            Some((&cert.cert_pem, &cert.key_pem)),
+            Versions::Both,
+        );
+        let tcp = TcpStream::connect(app.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        RawConnection(tls)
+    }
+
+    /// The status of a GET on this connection; `None` once it is closed.
+    async fn get(&mut self) -> Option<u16> {
+        let request = "GET /v1/orders/00000000-0000-7000-8000-000000000000 HTTP/1.1\r\nhost: localhost\r\n\r\n";
+        self.0.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), self.0.read(&mut byte))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        self.0.read_exact(&mut body).await.ok()?;
+        head.split(' ').nth(1)?.parse().ok()
+    }
+}
+
 /// `--client-crl`: a revoked client certificate is refused from the next
-/// handshake on, without a restart — also on the connection it already
-/// had open, which is asked to reconnect; other roles go on; an expired
-/// list fails closed; a file that does not load keeps the list in force.
+/// handshake on, without a restart — and the connection it already had
+/// open is closed, while another role's open connection goes on; a file
+/// that does not load keeps the list in force; an expired list fails
+/// closed.
 #[tokio::test]
 async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     let app = spawn_app_with(Options {
@@ -642,28 +696,43 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
         ..Options::default()
     })
     .await;
-    let storefront = app.client(Role::Storefront);
-    let warehouse = app.client(Role::Fulfillment);
-    assert!(answered(&storefront, &app).await, "nothing revoked yet");
-    assert!(answered(&warehouse, &app).await);
+    let mut storefront = RawConnection::open(&app, Role::Storefront).await;
+    let mut warehouse = RawConnection::open(&app, Role::Fulfillment).await;
+    assert_eq!(storefront.get().await, Some(404), "nothing revoked yet");
+    assert_eq!(
+        warehouse.get().await,
+        Some(403),
+        "a warehouse may not read orders"
+    );
 
     app.write_client_crl(&[Role::Storefront], in_a_week());
+    let mut closed = false;
+    for _ in 0..40 {
+        if storefront.get().await.is_none() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert!(
-        refused_soon(&storefront, &app).await,
-        "the storefront's open connection was closed and its certificate refused"
+        closed,
+        "the revoked certificate's open connection was closed"
     );
     assert!(
         !answered(&app.client(Role::Storefront), &app).await,
-        "a new connection too"
+        "and a new one is refused"
     );
-    assert!(
-        answered(&warehouse, &app).await,
-        "only the revoked certificate"
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL).await;
+    assert_eq!(
+        warehouse.get().await,
+        Some(403),
+        "the warehouse's connection, still trusted, was left open"
     );
 
     // A half-written or foreign file does not load: the list in force stays.
     app.write_client_crl_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n");
     tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert_eq!(warehouse.get().await, Some(403));
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
     assert!(!answered(&app.client(Role::Storefront), &app).await);
 
@@ -705,19 +774,27 @@ async fn a_client_crl_that_expires_while_clients_are_connected_shuts_them_out() 
         ..Options::default()
     })
     .await;
-    app.write_client_crl(
-        &[],
-        time::OffsetDateTime::now_utc() + time::Duration::seconds(5),
-    );
-    // Let the new list be loaded, then connect: the client's connection
-    // (and the session it may resume) are made under it.
+    // Whole seconds: a CRL's times carry no fraction.
+    let now = time::OffsetDateTime::now_utc();
+    let expires = now.replace_nanosecond(0).unwrap() + time::Duration::seconds(10);
+    app.write_client_crl(&[], expires);
+    // Let the new list be loaded, then connect: the open connection, and
+    // the session a client may resume, are made under it.
     tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
-    let storefront = app.client(Role::Storefront);
-    assert!(answered(&storefront, &app).await);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut open = RawConnection::open(&app, Role::Storefront).await;
+    assert_eq!(open.get().await, Some(404));
+    let resuming = app.client(Role::Storefront);
+    assert!(answered(&resuming, &app).await);
+    let until_expired = (expires - time::OffsetDateTime::now_utc()).unsigned_abs();
+    tokio::time::sleep(until_expired + checkoutd::server::tls::TLS_POLL * 2).await;
+    assert_eq!(
+        open.get().await,
+        None,
+        "the open connection outlived the CRL"
+    );
     assert!(
-        refused_soon(&storefront, &app).await,
-        "the open connection (or a resumption) outlived the CRL"
+        refused_soon(&resuming, &app).await,
+        "a resumed session (or a new handshake) outlived the CRL"
     );
     assert!(!answered(&app.client(Role::Fulfillment), &app).await);
     let health = app

@@ -263,6 +263,15 @@ impl Store for SqlStore {
         }
     }
 
+    async fn order_exists(&self, order_id: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n > 0)
+            .map_err(StoreError::from_sqlx)
+    }
+
     async fn idempotency_key(
         &self,
         client: &[u8; 32],
