@@ -83,7 +83,19 @@ pub fn json_order(data: &[u8]) {
             tree
         }
         (Ok(_), Err(_)) => panic!("the strict parser accepted what serde_json refuses"),
-        (Err(json::JsonError::Duplicate { .. }), Ok(_)) => return,
+        (Err(json::JsonError::Duplicate { field, .. }), Ok(_)) => {
+            // Named by path, never by content: indices, names shaped like
+            // ours, or `<unknown>`.
+            for segment in field.split('.') {
+                assert!(
+                    segment == "<unknown>"
+                        || segment.bytes().all(|b| b.is_ascii_digit())
+                        || checkoutd::domain::order::shown_field_name(segment) == segment,
+                    "a duplicate's path echoes content: {field:?}"
+                );
+            }
+            return;
+        }
         (Err(e), Ok(_)) => panic!("strict refused valid JSON without a duplicate: {e:?}"),
         (Err(_), Err(_)) => return,
     };

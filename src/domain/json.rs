@@ -6,42 +6,89 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::cell::RefCell;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// Why a body is not acceptable JSON. Positions only, never content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a body is not acceptable JSON. Positions and schema-shaped member
+/// names only, never content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {
     #[error("the body is not valid JSON (line {line}, column {column})")]
     Syntax { line: usize, column: usize },
-    #[error("an object repeats a member name (line {line}, column {column})")]
-    Duplicate { line: usize, column: usize },
+    #[error("an object repeats a member name (`{field}`, line {line}, column {column})")]
+    Duplicate {
+        line: usize,
+        column: usize,
+        /// The repeated member's path, dotted (`consent.special_offers`,
+        /// `items.0.sku`); a name not shaped like one of ours is shown as
+        /// `<unknown>` (see `order::shown_field_name`).
+        field: String,
+    },
 }
 
-pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
-    serde_json::from_slice::<Strict>(body)
-        .map(|s| s.0)
-        .map_err(|e| {
-            let (line, column) = (e.line(), e.column());
-            if e.is_data() {
-                JsonError::Duplicate { line, column }
-            } else {
-                JsonError::Syntax { line, column }
-            }
-        })
-}
-
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl JsonError {
+    /// The path of the repeated member, for a problem's `errors`.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            JsonError::Duplicate { field, .. } => Some(field),
+            JsonError::Syntax { .. } => None,
+        }
     }
 }
 
-struct StrictVisitor;
+pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
+    let path = RefCell::new(Vec::new());
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = Strict {
+        path: &path,
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        match duplicate.into_inner() {
+            Some(field) if e.is_data() => JsonError::Duplicate {
+                line,
+                column,
+                field,
+            },
+            _ => JsonError::Syntax { line, column },
+        }
+    })
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
+/// The parse's state: where it is (member names and indices, as shown) and
+/// the path of a repeated member once one is found.
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    path: &'a RefCell<Vec<String>>,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl Strict<'_> {
+    fn at(&self, segment: String) -> Self {
+        self.path.borrow_mut().push(segment);
+        *self
+    }
+
+    fn leave(&self) {
+        self.path.borrow_mut().pop();
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,19 +122,28 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
+        loop {
+            let element = seq.next_element_seed(self.at(items.len().to_string()));
+            self.leave();
+            match element? {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
         }
-        Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
+            let shown = super::order::shown_field_name(&key).to_owned();
             if map.contains_key(&key) {
+                let mut path = self.path.borrow().clone();
+                path.push(shown);
+                *self.duplicate.borrow_mut() = Some(path.join("."));
                 return Err(de::Error::custom("duplicate member"));
             }
-            let Strict(value) = access.next_value()?;
-            map.insert(key, value);
+            let value = access.next_value_seed(self.at(shown));
+            self.leave();
+            map.insert(key, value?);
         }
         Ok(Value::Object(map))
     }
@@ -121,5 +177,34 @@ mod tests {
         ));
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(parse_strict(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_duplicate_is_named_by_its_path_and_never_by_content() {
+        let field = |body: &[u8]| parse_strict(body).unwrap_err().field().map(str::to_owned);
+        assert_eq!(
+            field(br#"{"consent":{"special_offers":false,"special_offers":true}}"#).as_deref(),
+            Some("consent.special_offers")
+        );
+        assert_eq!(
+            field(br#"{"items":[{"sku":"A"},{"sku":"B","sku":"C"}]}"#).as_deref(),
+            Some("items.1.sku")
+        );
+        // A name that could carry a card number, an email or a person's
+        // name is not echoed.
+        let e = parse_strict(br#"{"customer":{"4111111111111111":1,"4111111111111111":2}}"#)
+            .unwrap_err();
+        assert_eq!(e.field(), Some("customer.<unknown>"));
+        assert!(!e.to_string().contains("4111"), "{e}");
+        // Siblings after a nested object: the path was left correctly.
+        assert_eq!(
+            field(br#"{"a":{"b":[1,{"c":2}]},"d":1,"d":2}"#).as_deref(),
+            Some("d")
+        );
+        // Trailing content is still a syntax error.
+        assert!(matches!(
+            parse_strict(b"{} {}"),
+            Err(JsonError::Syntax { .. })
+        ));
     }
 }

@@ -376,10 +376,22 @@ fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Valu
             "The body is larger than 4 KiB",
         ));
     }
-    crate::domain::json::parse_strict(body).map_err(|e| {
-        Problem::bad_request("malformed-body", "The body is not valid JSON")
-            .with_detail(e.to_string())
-    })
+    crate::domain::json::parse_strict(body).map_err(json_problem)
+}
+
+/// The one answer to a body that is not strict JSON: 400, where it went
+/// wrong, and a repeated member named in `errors` by its path.
+fn json_problem(e: crate::domain::json::JsonError) -> Problem {
+    let problem = Problem::bad_request("malformed-body", "The body is not valid JSON")
+        .with_detail(e.to_string());
+    match e.field() {
+        Some(field) => problem.with_errors(vec![crate::http::FieldError::new(
+            field,
+            "duplicate_field",
+            "This member is given more than once",
+        )]),
+        None => problem,
+    }
 }
 
 /// Prometheus text format (auditor role): request counts and latencies by

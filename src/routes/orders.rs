@@ -181,10 +181,7 @@ fn stored(r: StoredResponse, replayed: bool) -> Response {
 /// The one mapping of intake errors to problem documents.
 fn intake_problem(e: IntakeError) -> Problem {
     match e {
-        IntakeError::MalformedJson(e) => {
-            Problem::bad_request("malformed-body", "The body is not valid JSON")
-                .with_detail(e.to_string())
-        }
+        IntakeError::MalformedJson(e) => super::json_problem(e),
         IntakeError::MalformedForm(m) => {
             let problem = Problem::bad_request("malformed-body", "The form body is malformed")
                 .with_detail(m.error.to_string());

@@ -1068,6 +1068,27 @@ async fn size_media_type_and_syntax_errors() {
         "{body}"
     );
     assert_eq!(body["errors"][0]["code"], "duplicate_field", "{body}");
+    // The same for JSON, by path; a name not shaped like ours is not echoed.
+    let r = post(
+        "application/json",
+        br#"{"items":[{"sku":"A","sku":"B"}]}"#.to_vec(),
+        "dup-json",
+    )
+    .await
+    .unwrap();
+    let body = expect_problem(r, 400).await;
+    assert_eq!(body["errors"][0]["field"], "items.0.sku", "{body}");
+    assert_eq!(body["errors"][0]["code"], "duplicate_field", "{body}");
+    let r = post(
+        "application/json",
+        br#"{"Ada Lovelace":1,"Ada Lovelace":2}"#.to_vec(),
+        "dup-json-named",
+    )
+    .await
+    .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("Ada"), "{text}");
+    assert!(text.contains("<unknown>"), "{text}");
     let r = post(
         "application/x-www-form-urlencoded",
         b"customer.name=%FF".to_vec(),
