@@ -39,11 +39,9 @@ impl JsonError {
 }
 
 pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
-    let path = RefCell::new(Vec::new());
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = Strict {
-        path: &path,
         duplicate: &duplicate,
     }
     .deserialize(&mut de)
@@ -51,32 +49,41 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
     parsed.map_err(|e| {
         let (line, column) = (e.line(), e.column());
         match duplicate.into_inner() {
-            Some(field) if e.is_data() => JsonError::Duplicate {
-                line,
-                column,
-                field,
-            },
+            Some(mut path) if e.is_data() => {
+                path.reverse();
+                JsonError::Duplicate {
+                    line,
+                    column,
+                    field: path.join("."),
+                }
+            }
             _ => JsonError::Syntax { line, column },
         }
     })
 }
 
-/// The parse's state: where it is (member names and indices, as shown) and
-/// the path of a repeated member once one is found.
+/// The parse's state: the path of a repeated member once one is found,
+/// innermost segment first — each enclosing object or array adds its own
+/// segment as the error passes through it, so a body that parses pays for
+/// no path at all.
 #[derive(Clone, Copy)]
 struct Strict<'a> {
-    path: &'a RefCell<Vec<String>>,
-    duplicate: &'a RefCell<Option<String>>,
+    duplicate: &'a RefCell<Option<Vec<String>>>,
 }
 
 impl Strict<'_> {
-    fn at(&self, segment: String) -> Self {
-        self.path.borrow_mut().push(segment);
-        *self
-    }
-
-    fn leave(&self) {
-        self.path.borrow_mut().pop();
+    /// Adds `segment` (as shown) to a duplicate's path on its way out.
+    fn on_the_way_out<T, E>(
+        &self,
+        result: Result<T, E>,
+        segment: impl FnOnce() -> String,
+    ) -> Result<T, E> {
+        if result.is_err()
+            && let Some(path) = self.duplicate.borrow_mut().as_mut()
+        {
+            path.push(segment());
+        }
+        result
     }
 }
 
@@ -122,28 +129,23 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        loop {
-            let element = seq.next_element_seed(self.at(items.len().to_string()));
-            self.leave();
-            match element? {
-                Some(v) => items.push(v),
-                None => return Ok(Value::Array(items)),
-            }
+        while let Some(v) =
+            self.on_the_way_out(seq.next_element_seed(self), || items.len().to_string())?
+        {
+            items.push(v);
         }
+        Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
-            let shown = super::order::shown_field_name(&key).to_owned();
+            let shown = || super::order::shown_field_name(&key).to_owned();
             if map.contains_key(&key) {
-                let mut path = self.path.borrow().clone();
-                path.push(shown);
-                *self.duplicate.borrow_mut() = Some(path.join("."));
+                *self.duplicate.borrow_mut() = Some(vec![shown()]);
                 return Err(de::Error::custom("duplicate member"));
             }
-            let value = access.next_value_seed(self.at(shown));
-            self.leave();
-            map.insert(key, value?);
+            let value = self.on_the_way_out(access.next_value_seed(self), shown)?;
+            map.insert(key, value);
         }
         Ok(Value::Object(map))
     }
