@@ -43,6 +43,19 @@ async fn audit_reports_the_purge_of(app: &TestApp, order_id: &str) {
     );
 }
 
+/// `r` is the 422 for a key past its replay window, naming `order_id`.
+async fn window_passed_naming(r: reqwest::Response, order_id: &str) {
+    let problem = crate::helpers::expect_problem(r, 422).await;
+    assert_eq!(
+        problem["type"],
+        "urn:checkoutd:problem:idempotency-window-passed"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains(order_id),
+        "{problem}"
+    );
+}
+
 /// The request hash stored with `order_id`'s idempotency row.
 async fn request_hash_of(app: &TestApp, order_id: &str) -> Vec<u8> {
     sqlx::query_scalar("SELECT request_hash FROM idempotency_keys WHERE order_id = $1")
@@ -100,15 +113,7 @@ async fn a_key_past_its_replay_window_names_its_order_and_is_never_replayed_or_t
     for body in [order_json(), other] {
         let r = app.post_order("w-1", &body).await;
         assert!(!r.headers().contains_key("idempotent-replayed"));
-        let problem = crate::helpers::expect_problem(r, 422).await;
-        assert_eq!(
-            problem["type"],
-            "urn:checkoutd:problem:idempotency-window-passed"
-        );
-        assert!(
-            problem["detail"].as_str().unwrap().contains(&old),
-            "{problem}"
-        );
+        window_passed_naming(r, &old).await;
     }
     assert_eq!(order_count(&app).await, 2);
     let r = app.post_order("w-2", &order_json()).await;
@@ -223,16 +228,7 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     assert_eq!(wrapped.len(), 3);
     drop(db);
 
-    let out = app
-        .command()
-        .args(["orders", "purge", "--order", &doomed])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    purge_order(&app, &doomed);
 
     // No record, and no byte of any of its wrapped data keys, is left in the
     // database file or its WAL: the full keyring cannot bring them back.
@@ -268,16 +264,7 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     assert!(request_hash_of(&app, &doomed).await.is_empty());
     // A retry of its key is refused, naming the order: never replayed,
     // never a second order.
-    let retry = app.post_order("p-1", &gift).await;
-    let problem = crate::helpers::expect_problem(retry, 422).await;
-    assert_eq!(
-        problem["type"],
-        "urn:checkoutd:problem:idempotency-window-passed"
-    );
-    assert!(
-        problem["detail"].as_str().unwrap().contains(&doomed),
-        "{problem}"
-    );
+    window_passed_naming(app.post_order("p-1", &gift).await, &doomed).await;
     // The other order's key still replays.
     let r = app.post_order("p-2", &order_json()).await;
     assert_eq!(r.headers()["idempotent-replayed"], "true");
@@ -496,21 +483,11 @@ async fn purging_an_unknown_order_is_refused_and_purging_twice_is_harmless() {
 
     let id = place(&app, "twice-1", &order_json()).await;
     purge_order(&app, &id);
-    let again = app
-        .command()
-        .args(["orders", "purge", "--order", &id])
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing left to purge"));
+    assert!(purge_order(&app, &id).contains("nothing left to purge"));
 }
 
-/// Runs `checkoutd orders purge --order <id>`; it must succeed.
-fn purge_order(app: &TestApp, order_id: &str) {
+/// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.
+fn purge_order(app: &TestApp, order_id: &str) -> String {
     let out = app
         .command()
         .args(["orders", "purge", "--order", order_id])
@@ -521,6 +498,7 @@ fn purge_order(app: &TestApp, order_id: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
