@@ -235,7 +235,14 @@ impl Modify for ProblemAnswers {
             for (status, answer) in op.responses.responses.iter_mut() {
                 let RefOr::T(answer) = answer else { continue };
                 let error = status.starts_with('4') || status.starts_with('5');
-                if error && answer.content.is_empty() {
+                // The layers in front answer these as problem documents on
+                // every route, also where the handler answers in HTML
+                // (`/unsubscribe`): both media types are described.
+                let from_layers = ["400", "408", "431", "500", "503"].contains(&status.as_str());
+                if error
+                    && (answer.content.is_empty() || from_layers)
+                    && !answer.content.contains_key(PROBLEM_JSON)
+                {
                     answer
                         .content
                         .insert(PROBLEM_JSON.to_owned(), problem_content());
