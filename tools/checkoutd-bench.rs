@@ -12,7 +12,8 @@
 //! with each thread's wait for a core), its own, the whole machine's. Then
 //! it runs the **ceiling**: this binary started as a minimal
 //! server with the same rustls configuration, whose handler only parses
-//! the JSON and answers 201, under the same client. The last two lines are
+//! the JSON and answers 201, under the same client — twice, the faster
+//! counting (the ceiling is bimodal on a 2-vCPU machine). The last two lines are
 //! `ratio=<orders/s ÷ ceiling/s>` and `p99=<ms> ms` (checkoutd's). `--idle
 //! N` instead holds N idle TLS connections and reports the server's RSS,
 //! and the start-up time to ready on the existing database.
@@ -98,22 +99,45 @@ async fn main() -> Result<(), BoxError> {
         println!("p99={:.2} ms", run.p99_ms());
         return Ok(());
     }
+    // Twice, each with a ceiling server of its own, and the faster counts:
+    // on the 2-vCPU machine of docs/performance.md the ceiling is bimodal —
+    // the same binaries give 21–24 k/s in some runs and 35–37 k/s in others
+    // (its load generator then costs 51–58 µs a request instead of 31), a
+    // mode that lasts as long as the ceiling process — and a ratio against
+    // the slow mode would overstate checkoutd by half.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        runs.push(ceiling_run(&args, &work.join("certs")).await?);
+    }
+    println!(
+        "ceiling runs: {:.0}/s and {:.0}/s; the faster is the ceiling",
+        runs[0].rate(),
+        runs[1].rate()
+    );
+    let ceil = runs
+        .into_iter()
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()))
+        .ok_or("no ceiling run")?;
+    ceil.print("ceiling (TLS + JSON parse + 201)");
+    println!("ratio={:.3}", run.rate() / ceil.rate());
+    println!("p99={:.2} ms", run.p99_ms());
+    Ok(())
+}
+
+/// One ceiling run: this binary as the minimal server, on a port of its
+/// own, under the same load as checkoutd's run.
+async fn ceiling_run(args: &Args, certs: &Path) -> Result<Run, BoxError> {
     let cport = free_port()?;
     let ceiling = Command::new(std::env::current_exe()?)
         .args(["--serve-ceiling", &format!("127.0.0.1:{cport}"), "--certs"])
-        .arg(work.join("certs"))
+        .arg(certs)
         .stdin(Stdio::piped()) // closed when this process ends: the ceiling exits
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let ceiling = Server(ceiling);
-    wait_ready(cport, &work.join("certs")).await?;
-    let ceil = load(&args, cport, &work.join("certs"), ceiling.0.id()).await?;
-    drop(ceiling);
-    ceil.print("ceiling (TLS + JSON parse + 201)");
-    println!("ratio={:.3}", run.rate() / ceil.rate());
-    println!("p99={:.2} ms", run.p99_ms());
-    Ok(())
+    wait_ready(cport, certs).await?;
+    load(args, cport, certs, ceiling.0.id()).await
 }
 
 fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxError> {
@@ -547,6 +571,8 @@ async fn serve_ceiling(addr: &str, certs: &Path) -> Result<(), BoxError> {
     });
     loop {
         let (tcp, _) = listener.accept().await?;
+        // As checkoutd's own listener does (`server::run`).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
