@@ -55,8 +55,19 @@ pub fn problem_fallback(response: Response) -> Response {
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let title = status.canonical_reason().unwrap_or("Error");
-    let mut problem = Problem::new(status, "http-error", title).into_response();
+    let mut problem = match status {
+        // A body limit enforced while reading (`DefaultBodyLimit`): the
+        // same answer as the limits our handlers check themselves.
+        http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(status, "body-too-large", "The body is too large")
+        }
+        _ => Problem::new(
+            status,
+            "http-error",
+            status.canonical_reason().unwrap_or("Error"),
+        ),
+    }
+    .into_response();
     // Keep informative headers (Allow, Retry-After); the body and its
     // framing headers are replaced.
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -148,7 +148,8 @@ pub fn routes() -> Vec<Route> {
         // Storefront.
         Route::new(Post, "/v1/orders", &[Storefront], orders::create),
         Route::new(Get, "/v1/orders/{id}", &[Storefront], orders::summary),
-        Route::new(Post, "/v1/consent/opt-out", &[Storefront], consent::opt_out),
+        Route::new(Post, "/v1/consent/opt-out", &[Storefront], consent::opt_out)
+            .body_limit(SMALL_BODY),
         // Fulfillment.
         Route::new(Get, "/v1/shipments", &[Fulfillment], shipments::list),
         Route::new(

@@ -1070,3 +1070,40 @@ async fn an_opt_out_from_a_host_whose_clock_is_behind_still_counts() {
     place(&app, &order_for("skew@example.com", true, false)).await;
     assert_eq!(audience(&app, "special_offers").await, ["skew@example.com"]);
 }
+
+/// The small-body routes stop reading at 4 KiB: an opt-out or a dispatch
+/// far over it (here over axum's own 2 MiB default, which a missing limit
+/// would fall back to) is the same `body-too-large` problem as an order's.
+#[tokio::test]
+async fn small_body_routes_refuse_a_large_body_as_body_too_large() {
+    let app = spawn_app().await;
+    let big = {
+        let mut text = String::from("{\"email\": \"ada@example.com\", \"pad\": \"");
+        text.push_str(&"a".repeat(3 * 1024 * 1024));
+        text.push_str("\"}");
+        text
+    };
+    let order_id = "0190f6a0-0000-7000-8000-000000000001";
+    for (role, path) in [
+        (Role::Storefront, "/v1/consent/opt-out".to_owned()),
+        (
+            Role::Fulfillment,
+            format!("/v1/shipments/{order_id}/dispatch"),
+        ),
+    ] {
+        let r = app
+            .client(role)
+            .post(app.url(&path))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(r, 413).await;
+        assert_eq!(
+            problem["type"], "urn:checkoutd:problem:body-too-large",
+            "{path}"
+        );
+        assert!(!problem.to_string().contains("ada@example.com"));
+    }
+}
