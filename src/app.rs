@@ -143,6 +143,10 @@ impl Application {
                 settings.unsubscribe_rate_limit,
                 std::time::Duration::from_secs(60),
             )),
+            denial_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
+                routes::DENIALS_LOGGED_PER_MINUTE,
+                std::time::Duration::from_secs(60),
+            )),
             keyring: handle,
             report_job: Default::default(),
             request_timeout: settings.request_timeout,

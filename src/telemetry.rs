@@ -268,6 +268,11 @@ pub fn commit_batch(orders: usize, latency: Duration, ok: bool) {
 }
 
 /// Orders accepted (201, first time; not replays).
+/// A refusal answered 429 without its own access-log entry.
+pub fn denial_unlogged() {
+    metrics::counter!("checkoutd_denials_unlogged_total").increment(1);
+}
+
 pub fn order_accepted() {
     metrics::counter!("checkoutd_orders_accepted_total").increment(1);
 }

@@ -13,6 +13,15 @@ pub struct RateLimiter {
     seen: Mutex<Table>,
 }
 
+/// A request over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Over {
+    /// Seconds until the client's window ends (at least 1).
+    pub wait_secs: u64,
+    /// The first request of the window over the limit.
+    pub first: bool,
+}
+
 /// Counts per client, and when stale entries were last pruned.
 struct Table {
     counts: HashMap<IpAddr, (Instant, u32)>,
@@ -33,9 +42,18 @@ impl RateLimiter {
 
     /// Counts one request from `ip`; `Err(seconds)` to wait when over.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        match self.count(ip) {
+            None => Ok(()),
+            Some(over) => Err(over.wait_secs),
+        }
+    }
+
+    /// Counts one request from `ip`; `Some` when it is over the limit,
+    /// saying whether it is the window's first request over it.
+    pub fn count(&self, ip: IpAddr) -> Option<Over> {
         let now = Instant::now();
         let Ok(mut table) = self.seen.lock() else {
-            return Ok(());
+            return None;
         };
         // Prune stale windows at most once per window, not per request.
         if now.duration_since(table.pruned) >= self.window {
@@ -52,12 +70,15 @@ impl RateLimiter {
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
         if entry.1 > self.limit {
             let wait = self.window.saturating_sub(now.duration_since(entry.0));
-            return Err(wait.as_secs().max(1));
+            return Some(Over {
+                wait_secs: wait.as_secs().max(1),
+                first: entry.1 == self.limit.saturating_add(1),
+            });
         }
-        Ok(())
+        None
     }
 }
 
@@ -73,6 +94,8 @@ mod tests {
         for _ in 0..3 {
             assert!(limiter.check(a).is_ok());
         }
+        assert_eq!(limiter.count(a).map(|o| o.first), Some(true));
+        assert_eq!(limiter.count(a).map(|o| o.first), Some(false));
         assert!(limiter.check(a).is_err());
         assert!(limiter.check(b).is_ok(), "another client is unaffected");
         std::thread::sleep(Duration::from_millis(250));

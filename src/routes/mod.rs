@@ -69,6 +69,9 @@ pub struct Services {
     pub marketing: Arc<crate::consent::audience::Marketing>,
     /// Per-IP limit on the public opt-out page.
     pub unsubscribe_limit: Arc<crate::http::rate_limit::RateLimiter>,
+    /// Per-IP limit on refusals of the role guard that are written to the
+    /// access log one by one (see [`require_role`]).
+    pub denial_limit: Arc<crate::http::rate_limit::RateLimiter>,
     /// The background run behind `GET /v1/audit/report`.
     pub report_job: Arc<crate::audit::job::ReportJob>,
     /// The request time limit (long jobs answer 202 before it).
@@ -248,6 +251,31 @@ async fn require_role(
         .extensions()
         .get::<MatchedPath>()
         .map_or("<unmatched>", MatchedPath::as_str);
+    // Each refusal is a synced row of a log that is never trimmed, and a
+    // client needs no certificate to be refused: past
+    // `DENIALS_LOGGED_PER_MINUTE` from one address, refusals are answered
+    // 429 and only the first of them is written (status 429: "refused
+    // from here to the window's end"); the rest are counted in
+    // `checkoutd_denials_unlogged_total`.
+    let over = peer
+        .as_ref()
+        .and_then(|p| state.denial_limit.count(p.addr.ip()));
+    let refusal = match over {
+        None => refusal,
+        Some(over) => {
+            let throttled = Problem::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-refusals",
+                "Too many refused requests from this address; wait before trying again",
+            )
+            .with_retry_after(u32::try_from(over.wait_secs).unwrap_or(u32::MAX));
+            if !over.first {
+                crate::telemetry::denial_unlogged();
+                return throttled.into_response();
+            }
+            throttled
+        }
+    };
     let entry = Entry::for_request(
         peer.as_ref(),
         format!("{} {route}", req.method().as_str()),
@@ -260,6 +288,11 @@ async fn require_role(
     }
     refusal.into_response()
 }
+
+/// Refusals of the role guard written to the access log one by one, per
+/// client address and minute (see [`require_role`]). A misconfigured
+/// client retrying once a second stays well inside it.
+pub const DENIALS_LOGGED_PER_MINUTE: u32 = 120;
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Problem;
