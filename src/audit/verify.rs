@@ -84,17 +84,36 @@ impl Failure {
             } else {
                 "(withheld: not a table name)".to_owned()
             },
-            record_id: if is_quotable_id(record_id) {
-                record_id.to_owned()
-            } else {
-                "(withheld: not shaped like an id)".to_owned()
-            },
+            record_id: shown_id(record_id),
             what: if !contains_pan(&what) && !contains_email(&what) {
                 what
             } else {
                 "(withheld: the finding would quote a card number or an email address)".to_owned()
             },
         }
+    }
+}
+
+/// An id read from the database under audit, as an auditor may see it:
+/// quoted only when it has the shape of an id ([`is_quotable_id`]), since
+/// an edited id could hold a card number, an email or a name.
+pub(crate) fn shown_id(id: &str) -> String {
+    if is_quotable_id(id) {
+        id.to_owned()
+    } else {
+        "(withheld: not shaped like an id)".to_owned()
+    }
+}
+
+/// A short text column read from the database under audit (a policy
+/// version, a channel, a time), as an auditor may see it: withheld when it
+/// holds something shaped like a card number or an email address, which
+/// no value this service writes there does.
+pub(crate) fn shown_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if contains_pan(text) || contains_email(text) {
+        std::borrow::Cow::Borrowed("(withheld: shaped like a card number or an email address)")
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -802,7 +821,7 @@ pub async fn order(
             let env: Option<&Envelope> = r.envelope.as_ref().ok().and_then(Option::as_ref);
             RecordMeta {
                 table: r.table,
-                record_id: r.id.clone(),
+                record_id: shown_id(&r.id),
                 data_class: class_of(r.table).as_str(),
                 algorithm: if env.is_some() {
                     "AES-256-GCM (per-record DEK wrapped by AES-256-GCM KEK)"
@@ -814,7 +833,7 @@ pub async fn order(
                 nonce_len: env.map(|_| ring::aead::NONCE_LEN),
                 ciphertext_len: env.map(|e| e.ciphertext.len()),
                 wrapped_dek_len: env.map(|e| e.wrapped_dek.len()),
-                consent_tag_id: r.consent_tag_id.clone(),
+                consent_tag_id: shown_id(&r.consent_tag_id),
                 verifies: ok,
             }
         })
@@ -824,13 +843,13 @@ pub async fn order(
         .iter()
         .zip(tag_ok)
         .map(|(t, ok)| TagMeta {
-            id: t.id.clone(),
-            subject: t.subject.clone(),
-            basis: t.basis.clone(),
+            id: shown_id(&t.id),
+            subject: shown_text(&t.subject).into_owned(),
+            basis: shown_text(&t.basis).into_owned(),
             purposes: serde_json::json!(Purposes::from_array(t.purposes.map(|p| p == 1))),
-            policy_version: t.policy_version.clone(),
-            captured_at: t.captured_at.clone(),
-            channel: t.channel.clone(),
+            policy_version: shown_text(&t.policy_version).into_owned(),
+            captured_at: shown_text(&t.captured_at).into_owned(),
+            channel: shown_text(&t.channel).into_owned(),
             mac_key_version: t.mac_key_version,
             verifies: ok,
         })

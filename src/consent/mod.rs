@@ -20,12 +20,15 @@
 
 pub mod audience;
 
+use std::borrow::Cow;
+
 use ring::rand::SystemRandom;
 use serde_json::Value;
 #[cfg(test)]
 use serde_json::json;
 use time::OffsetDateTime;
 
+use crate::audit::verify::{shown_id, shown_text};
 use crate::crypto::DataClass;
 use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::KeyringHandle;
@@ -148,22 +151,22 @@ pub struct ProofSubject<'a> {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ProofRecord<'a> {
     #[schema(value_type = String)]
-    pub record_id: &'a str,
+    pub record_id: Cow<'a, str>,
     /// `consent`.
     #[schema(value_type = String)]
-    pub record_type: &'a str,
+    pub record_type: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub order_id: &'a str,
+    pub order_id: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub subject_type: &'a str,
+    pub subject_type: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub lawful_basis: &'a str,
+    pub lawful_basis: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub collection_method: &'a str,
+    pub collection_method: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub policy_version: &'a str,
+    pub policy_version: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub captured_at: &'a str,
+    pub captured_at: Cow<'a, str>,
     pub purposes: Purposes,
     pub mac_verified: bool,
 }
@@ -172,19 +175,19 @@ pub struct ProofRecord<'a> {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ProofEvent<'a> {
     #[schema(value_type = String)]
-    pub record_id: &'a str,
+    pub record_id: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub event_type: &'a str,
+    pub event_type: Cow<'a, str>,
     #[schema(value_type = Vec<String>)]
     pub purposes_withdrawn: Vec<&'a str>,
     #[schema(value_type = String)]
-    pub channel: &'a str,
+    pub channel: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub received_at: &'a str,
+    pub received_at: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub effective_at: &'a str,
+    pub effective_at: Cow<'a, str>,
     #[schema(value_type = String)]
-    pub recorded_at: &'a str,
+    pub recorded_at: Cow<'a, str>,
     pub has_reference: bool,
     pub mac_verified: bool,
 }
@@ -535,15 +538,17 @@ impl Ledger {
         let records: Vec<ProofRecord> = history
             .tags
             .iter()
+            // Every text is read from the database: shown as the audit
+            // shows such values (an edited one could hold a card number).
             .map(|t| ProofRecord {
-                record_id: &t.id,
-                record_type: "consent",
-                order_id: &t.order_id,
-                subject_type: &t.subject,
-                lawful_basis: &t.basis,
-                collection_method: &t.channel,
-                policy_version: &t.policy_version,
-                captured_at: &t.captured_at,
+                record_id: shown_id(&t.id).into(),
+                record_type: "consent".into(),
+                order_id: shown_id(&t.order_id).into(),
+                subject_type: shown_text(&t.subject),
+                lawful_basis: shown_text(&t.basis),
+                collection_method: shown_text(&t.channel),
+                policy_version: shown_text(&t.policy_version),
+                captured_at: shown_text(&t.captured_at),
                 purposes: Purposes::from_array(t.purposes.map(|p| p == 1)),
                 mac_verified: tag_verifies(key, t),
             })
@@ -552,18 +557,18 @@ impl Ledger {
             .events
             .iter()
             .map(|e| ProofEvent {
-                record_id: &e.id,
-                event_type: &e.kind,
+                record_id: shown_id(&e.id).into(),
+                event_type: shown_text(&e.kind),
                 purposes_withdrawn: Purposes::NAMES
                     .iter()
                     .zip(e.purposes)
                     .filter(|(_, p)| *p == 1)
                     .map(|(n, _)| *n)
                     .collect(),
-                channel: &e.channel,
-                received_at: &e.received_at,
-                effective_at: &e.effective_at,
-                recorded_at: &e.recorded_at,
+                channel: shown_text(&e.channel),
+                received_at: shown_text(&e.received_at),
+                effective_at: shown_text(&e.effective_at),
+                recorded_at: shown_text(&e.recorded_at),
                 has_reference: e.reference.is_some(),
                 mac_verified: key.verify(&[&event_canonical_bytes(e)], &e.mac),
             })

@@ -986,3 +986,38 @@ async fn the_report_runs_in_the_background_and_is_shared() {
         .unwrap();
     assert!(Arc::ptr_eq(&first, &again));
 }
+
+/// What a database writer plants in a tag's text columns (a card number, an
+/// email) is withheld, not quoted, in the auditor's per-order view and in
+/// the consent proof: auditors never see a card number, even one put in a
+/// column that should hold a policy version.
+#[tokio::test]
+async fn values_planted_in_the_database_are_not_quoted_to_the_auditor() {
+    let (app, ids) = populated().await;
+    let tag = customer_tag(&app, &ids[0]).await;
+    let (planted_pan, planted_email) = ("378282246310005", "mallory@example.net");
+    exec(
+        &app,
+        &format!(
+            "UPDATE consent_tags SET policy_version = '{planted_pan}', channel = '{planted_email}'
+              WHERE id = '{tag}'"
+        ),
+    )
+    .await;
+    for path in [
+        format!("/v1/audit/orders/{}", ids[0]),
+        "/v1/audit/consent?email=ada%40example.com".to_owned(),
+    ] {
+        let r = app
+            .client(Role::Auditor)
+            .get(app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains(planted_pan), "{path}: {text}");
+        assert!(!text.contains(planted_email), "{path}: {text}");
+        assert!(text.contains("withheld"), "{path}: {text}");
+    }
+}
