@@ -268,6 +268,12 @@ pub fn commit_batch(orders: usize, latency: Duration, ok: bool) {
 }
 
 /// Orders accepted (201, first time; not replays).
+/// Changed TLS files (certificate, key, client CA, CRL) that do not load;
+/// the configuration in force stays.
+pub fn tls_reload_failed() {
+    metrics::counter!("checkoutd_tls_reload_failures_total").increment(1);
+}
+
 /// A refusal answered 429 without its own access-log entry.
 pub fn denial_unlogged() {
     metrics::counter!("checkoutd_denials_unlogged_total").increment(1);

@@ -280,6 +280,10 @@ impl ReloadableTls {
                         .map_or_else(String::new, |s| format!(": {s}"))
                 );
                 if self.set_failed(Some(text.clone())).as_deref() != Some(text.as_str()) {
+                    // Once per failure, as the log line: an operator alerts
+                    // on it (a CRL that does not load leaves the revocations
+                    // it adds out of force).
+                    crate::telemetry::tls_reload_failed();
                     tracing::error!(error = %text, "the TLS files changed but do not load; keeping the configuration in force");
                 }
                 None

@@ -741,9 +741,26 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
         "the warehouse's connection, still trusted, was left open"
     );
 
-    // A half-written or foreign file does not load: the list in force stays.
+    // A half-written or foreign file does not load: the list in force
+    // stays, and the failure is counted for the operator's alert.
+    let failures = || async {
+        let text = app
+            .client(Role::Auditor)
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("checkoutd_tls_reload_failures_total "))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let failures_before = failures().await;
     app.write_client_crl_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n");
     tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(failures().await > failures_before, "the failure is counted");
     assert_eq!(warehouse.get().await, Some(403));
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
     assert!(!answered(&app.client(Role::Storefront), &app).await);
