@@ -106,7 +106,7 @@ pub enum KeysCommand {
         #[arg(long, value_name = "CLASS", default_value = "all")]
         class: String,
         /// Records per transaction.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, env = "CHECKOUTD_BATCH", default_value_t = 500)]
         batch: u32,
     },
     /// Destroy a retired KEK version for good; refused while any record uses it.
@@ -134,9 +134,11 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// (Re)create the development PKI: ca.pem, server.pem, server-key.pem and
+    /// Create the development PKI: ca.pem, server.pem, server-key.pem and
     /// <role>.pem, <role>-key.pem for storefront, fulfillment, auditor and
-    /// marketing. Overwrites existing files. Never use these in production.
+    /// marketing. Refused when the directory already holds any of them
+    /// (remove them first): nothing is overwritten. Never use these in
+    /// production.
     Dev {
         /// Directory to write into.
         #[arg(
