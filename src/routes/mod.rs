@@ -257,9 +257,7 @@ async fn require_role(
     // 429 and only the first of them is written (status 429: "refused
     // from here to the window's end"); the rest are counted in
     // `checkoutd_denials_unlogged_total`.
-    let over = peer
-        .as_ref()
-        .and_then(|p| state.denial_limit.count(p.addr.ip()));
+    let over = refusal_over_limit(&state, peer.as_ref());
     let refusal = match over {
         None => refusal,
         Some(over) => {
@@ -276,17 +274,37 @@ async fn require_role(
             throttled
         }
     };
-    let entry = Entry::for_request(
+    log_refusal(
+        &state,
         peer.as_ref(),
         format!("{} {route}", req.method().as_str()),
-        Vec::new(),
-        Outcome::Denied,
-        refusal.status().as_u16(),
-    );
+        refusal.status(),
+    )
+    .await;
+    refusal.into_response()
+}
+
+/// Counts a refusal from `peer` against [`DENIALS_LOGGED_PER_MINUTE`];
+/// `Some` when it is over the limit (then only the first such is logged).
+pub(crate) fn refusal_over_limit(
+    state: &AppState,
+    peer: Option<&Peer>,
+) -> Option<crate::http::rate_limit::Over> {
+    peer.and_then(|p| state.denial_limit.count(p.addr.ip()))
+}
+
+/// Writes a refusal (outcome `denied`) to the access log before it is
+/// answered; a failure is logged and the refusal still answered.
+pub(crate) async fn log_refusal(
+    state: &AppState,
+    peer: Option<&Peer>,
+    action: String,
+    status: http::StatusCode,
+) {
+    let entry = Entry::for_request(peer, action, Vec::new(), Outcome::Denied, status.as_u16());
     if let Err(error) = state.access_log.append(entry).await {
         tracing::error!(error = %error, "access log append failed for a denied request");
     }
-    refusal.into_response()
 }
 
 /// Refusals of the role guard written to the access log one by one, per

@@ -376,6 +376,11 @@ async fn the_public_page_refuses_posts_from_other_sites() {
         assert_eq!(post(refused.clone()).await, 403, "{refused:?}");
     }
     assert_eq!(
+        unsubscribe_refusals_logged(&app, 403).await,
+        5,
+        "every refusal is in the access log"
+    );
+    assert_eq!(
         audience(&app, "special_offers").await,
         vec!["ada@example.com"],
         "nothing was recorded"
@@ -474,6 +479,24 @@ async fn the_public_page_is_rate_limited_per_client() {
     let (status, headers, _) = post_page(&app, "email=a%40example.com").await;
     assert_eq!(status, 429);
     assert!(headers.contains_key("retry-after"));
+    assert_eq!(post_page(&app, "email=a%40example.com").await.0, 429);
+    assert_eq!(
+        unsubscribe_refusals_logged(&app, 429).await,
+        1,
+        "the first 429 of the window is logged, where the limit began; not each"
+    );
+}
+
+/// Access-log entries of refused `POST /unsubscribe`s with `status`.
+async fn unsubscribe_refusals_logged(app: &TestApp, status: i64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM access_log
+          WHERE action = 'POST /unsubscribe' AND outcome = 'denied' AND status = $1",
+    )
+    .bind(status)
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap()
 }
 
 /// Drives the real page in headless Chromium over the DevTools protocol:
