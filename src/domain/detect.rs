@@ -25,9 +25,7 @@ use super::pan::{is_card_number, luhn_valid};
 /// True when `text` holds something shaped like a card number: the base
 /// rule, for text written by machines (ids, findings) as well as people.
 pub fn contains_pan(text: &str) -> bool {
-    runs(&blank_uuids(text.as_bytes()))
-        .iter()
-        .any(|groups| loose(groups))
+    candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
 }
 
 /// For free text typed by a person into a personal detail (a name, an
@@ -37,9 +35,7 @@ pub fn contains_pan(text: &str) -> bool {
 /// a card number made of any whole groups of a run — "4012 8888 8888 1881
 /// 12/27 123", card then expiry and CVC; "exp 12/27 4012 8888 8888 1881".
 pub fn contains_pan_typed(text: &str) -> bool {
-    runs(&typed(text))
-        .iter()
-        .any(|groups| loose(groups) || card_within(groups))
+    candidates(&typed(text)).any(|groups| loose(&groups) || card_within(&groups))
 }
 
 /// For text stored in clear (a SKU, an item description, a storefront
@@ -49,13 +45,13 @@ pub fn contains_pan_typed(text: &str) -> bool {
 /// anywhere in a run: in a reference such as `ORDER-2026-11-30-300001234564`,
 /// `30 300001234564` passes for a Diners Club number.
 pub fn contains_pan_clear(text: &str) -> bool {
-    contains_pan(text) || runs(&typed(text)).iter().any(|groups| card_leading(groups))
+    contains_pan(text) || candidates(&typed(text)).any(|groups| card_leading(&groups))
 }
 
 /// For the local part of an email address: a card number, however
 /// grouped, alone or at the start of a run (`4012888888881881@…`).
 pub fn contains_card_number(text: &str) -> bool {
-    runs(&typed(text)).iter().any(|groups| card_leading(groups))
+    candidates(&typed(text)).any(|groups| card_leading(&groups))
 }
 
 /// For a phone number: its digits, separators aside, are a card number. A
@@ -66,6 +62,44 @@ pub fn contains_card_number(text: &str) -> bool {
 pub fn phone_is_card_number(phone: &str) -> bool {
     let digits: Vec<u8> = phone.bytes().filter(u8::is_ascii_digit).collect();
     digits.len() >= 15 && is_card_number(&digits)
+}
+
+/// The runs of `bytes` that may hold a card number, each as its groups.
+/// Two shapes shorter than 15 digits are left out, where the Luhn check
+/// alone (one run in ten passes it, and so do 13- and 14-digit numbers of
+/// Visa's and Maestro's prefixes) would refuse ordinary orders:
+/// - a **product code**: one unbroken group of 13 or 14 digits whose GS1
+///   check digit holds (EAN-13, GTIN-14: SKUs are often barcodes). Only
+///   legacy 13-digit Visa and 14-digit Diners Club numbers have that
+///   length, and one in ten of them that check digit;
+/// - a **phone number written internationally**: a run right after `+`
+///   of at most 14 digits, as [`phone_is_card_number`] reads the phone
+///   field (`Ring me on +49 151 1234 5678`).
+fn candidates(bytes: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
+    runs(bytes).into_iter().filter_map(|(groups, after_plus)| {
+        let digits: usize = groups.iter().map(|g| g.len()).sum();
+        let product_code = groups.len() == 1 && gtin_valid(groups[0]);
+        let phone = after_plus && digits <= 14;
+        (!product_code && !phone).then_some(groups)
+    })
+}
+
+/// A GTIN-13 or GTIN-14 (EAN-13, ITF-14): the GS1 mod-10 check digit,
+/// weights 3 and 1 alternating from the digit left of it.
+fn gtin_valid(digits: &[u8]) -> bool {
+    let Some((check, body)) = digits.split_last() else {
+        return false;
+    };
+    if !matches!(digits.len(), 13 | 14) || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let sum: u32 = body
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| u32::from(d - b'0') * if i % 2 == 0 { 3 } else { 1 })
+        .sum();
+    (10 - sum % 10) % 10 == u32::from(check - b'0')
 }
 
 /// The base rule on one run: all its digits are 13–19 digits and pass Luhn.
@@ -96,10 +130,11 @@ fn card_within(groups: &[&[u8]]) -> bool {
     (0..groups.len()).any(|start| card_leading(&groups[start..]))
 }
 
-/// The runs of `bytes`, each as its groups: maximal stretches of ASCII
-/// digits joined by a single space or dash.
-fn runs(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
-    let mut runs: Vec<Vec<&[u8]>> = Vec::new();
+/// The runs of `bytes`, each as its groups (maximal stretches of ASCII
+/// digits joined by a single space or dash) and whether a `+` comes right
+/// before it.
+fn runs(bytes: &[u8]) -> Vec<(Vec<&[u8]>, bool)> {
+    let mut runs: Vec<(Vec<&[u8]>, bool)> = Vec::new();
     let mut i = 0;
     let mut joined = false;
     while i < bytes.len() {
@@ -113,8 +148,11 @@ fn runs(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
         }
         let group = &bytes[start..i];
         match runs.last_mut() {
-            Some(run) if joined => run.push(group),
-            _ => runs.push(vec![group]),
+            Some((run, _)) if joined => run.push(group),
+            _ => runs.push((
+                vec![group],
+                start > 0 && bytes.get(start - 1) == Some(&b'+'),
+            )),
         }
         // A single separator followed by a digit continues the run.
         joined = matches!(bytes.get(i), Some(b' ' | b'-'))
@@ -300,6 +338,43 @@ mod tests {
         ] {
             assert!(!contains_pan_clear(fine), "{fine:?}");
         }
+    }
+
+    /// Barcodes as SKUs and phone numbers in messages are not card
+    /// numbers; a card number beside them still is.
+    #[test]
+    fn product_codes_and_international_phone_numbers_are_not_card_numbers() {
+        // EAN-13s that pass the Luhn check too (GS1's own example, a
+        // Belgian soft drink), and a 14-digit GTIN.
+        for sku in ["5901234123457", "5449000000996", "SKU 5901234123457"] {
+            assert!(crate::domain::pan::luhn_valid(b"5901234123457"));
+            assert!(!contains_pan_clear(sku), "{sku:?}");
+            assert!(!contains_pan_typed(sku), "{sku:?}");
+        }
+        assert!(gtin_valid(b"10614141000415"));
+        assert!(gtin_valid(b"5901234123457") && !gtin_valid(b"5901234123458"));
+        // A German mobile number: 13 digits, Visa's prefix, passes Luhn.
+        assert!(crate::domain::pan::luhn_valid(b"4915112345678"));
+        assert!(!contains_pan_typed("Ring me on +49 151 1234 5678"));
+        assert!(!contains_pan_clear("+49 151 1234 5678"));
+        // Card numbers stay card numbers, also after a `+` or beside a
+        // barcode, and a 13-digit one not shaped like a GTIN.
+        for card in [
+            "+4012888888881881",
+            "4012888888881881 5901234123457",
+            "4222222222222",
+        ] {
+            assert!(contains_pan_typed(card), "{card:?}");
+            assert!(contains_pan_clear(card), "{card:?}");
+        }
+        // Anywhere in a run: the detector for personal text.
+        for card in [
+            "5901234123457 4012888888881881",
+            "+49 151 1234 5678 4012 8888 8888 1881",
+        ] {
+            assert!(contains_pan_typed(card), "{card:?}");
+        }
+        assert!(contains_pan_typed("4012 8888 8888 1881 +49 151 1234 5678"));
     }
 
     #[test]

@@ -1093,6 +1093,17 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
     order["storefront_order_ref"] = json!("ORDER-2026-11-30-300001234564");
     let r = app.post_order("clear-pan-ok", &order).await;
     assert_eq!(r.status(), 201);
+    // A barcode as the SKU (an EAN-13 that passes the Luhn check too) and
+    // a phone number in a gift message are taken.
+    let mut order = order_json();
+    order["items"][0]["sku"] = json!("5901234123457");
+    order["gift_recipient"] = json!({
+        "name": "Grace Hopper",
+        "address": order["billing_address"].clone(),
+        "message": "Happy birthday! Ring me on +49 151 1234 5678",
+    });
+    let r = app.post_order("clear-pan-barcode", &order).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     never_stored(
         &app,
         &["5105105105105100", "5105 1051", "5105.1051", "5105/1051"],
