@@ -113,8 +113,11 @@ impl Country {
     }
 }
 
-/// An ISO 4217 currency with minor units (XAU, XXX and the like, which have
-/// none, are refused). Case-insensitive on input, upper-case after.
+/// An ISO 4217 currency a customer can pay in: with minor units (XAU, XXX
+/// and the like, which have none, are refused), not a fund code (BOV, CLF,
+/// USN: units of account, not money a card is charged in) and not
+/// withdrawn (HRK since the euro, SLL, ZWL: a price in one is a stale
+/// storefront setting). Case-insensitive on input, upper-case after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Currency {
     code: iso_currency::Currency,
@@ -124,6 +127,9 @@ pub struct Currency {
 impl Currency {
     pub fn parse(input: &str) -> Option<Currency> {
         let code = iso_currency::Currency::from_code(&input.trim().to_ascii_uppercase())?;
+        if code.is_fund() || code.is_superseded().is_some() {
+            return None;
+        }
         let minor_units = code.exponent()?;
         Some(Currency { code, minor_units })
     }
@@ -183,6 +189,12 @@ mod tests {
         assert_eq!(Currency::parse("BHD").unwrap().minor_units(), 3);
         assert_eq!(Currency::parse("USD").unwrap().code(), "USD");
         assert!(Currency::parse("XAU").is_none());
+        for not_money in ["HRK", "SLL", "ZWL", "CUC", "BOV", "CLF", "USN"] {
+            assert!(Currency::parse(not_money).is_none(), "{not_money}");
+        }
+        for money in ["EUR", "SLE", "VED", "CUP", "CHF", "CLP"] {
+            assert!(Currency::parse(money).is_some(), "{money}");
+        }
         assert_eq!(Currency::parse("usd").unwrap().code(), "USD");
         assert!(Currency::parse("ABC").is_none());
     }

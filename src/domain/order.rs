@@ -182,7 +182,7 @@ pub fn parse(tree: Value, source: Source, rules: &Rules<'_>) -> Result<OrderForm
     let currency = r.with_string(&mut root, "", "currency", true, |s| {
         Currency::parse(s).ok_or((
             "invalid_currency",
-            "Not an ISO 4217 currency code with minor units",
+            "Not a current ISO 4217 currency with minor units",
         ))
     });
     let card = r.card(&mut root, rules);

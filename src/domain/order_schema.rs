@@ -38,7 +38,8 @@ pub struct OrderRequest {
     /// 9007199254740991 minor units (2^53 − 1, exact in every JSON reader).
     #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemIn>,
-    /// ISO 4217 code of a currency with minor units.
+    /// ISO 4217 code of a current currency with minor units (not a fund
+    /// code such as BOV, not a withdrawn one such as HRK).
     #[schema(min_length = 3, max_length = 3, example = "USD")]
     currency: String,
     card: CardIn,
