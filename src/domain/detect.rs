@@ -194,7 +194,8 @@ fn typed(text: &str) -> Vec<u8> {
 }
 
 /// True when `text` holds something shaped like an email address
-/// (`local@domain.tld`).
+/// (`local@domain.tld`, the top-level domain two letters or more: `100@2.5mm`
+/// in an item description is a measurement).
 pub fn contains_email(text: &str) -> bool {
     let b = text.as_bytes();
     b.iter().enumerate().any(|(at, c)| {
@@ -209,7 +210,16 @@ pub fn contains_email(text: &str) -> bool {
             .collect();
         let domain = domain.strip_suffix(b".").unwrap_or(&domain);
         let dot = domain.iter().rposition(|c| *c == b'.');
-        local_ok && dot.is_some_and(|d| d > 0 && d + 2 < domain.len() + 1 && domain.len() - d > 2)
+        local_ok
+            && dot.is_some_and(|d| {
+                let tld = &domain[d + 1..];
+                // Letters, or an internationalised one in its ASCII form.
+                let tld_ok = tld.iter().all(u8::is_ascii_alphabetic)
+                    || tld.strip_prefix(b"xn--").is_some_and(|rest| {
+                        !rest.is_empty() && rest.iter().all(u8::is_ascii_alphanumeric)
+                    });
+                d > 0 && tld.len() >= 2 && tld_ok
+            })
     })
 }
 
@@ -464,5 +474,10 @@ mod tests {
         assert!(!contains_email("@handle"));
         assert!(!contains_email("a@b"));
         assert!(!contains_email("urn:checkoutd:role:storefront"));
+        assert!(contains_email("ada@xn--e1afmkfd.xn--p1ai"));
+        assert!(contains_email("ada@example.museum."));
+        for measure in ["Cable ties 100@2.5mm", "2@1.25kg", "a@b.c", "x@1.2"] {
+            assert!(!contains_email(measure), "{measure:?}");
+        }
     }
 }
