@@ -1,7 +1,12 @@
-//! Card expiry: month 1–12, a four-digit year, not in the past. A card is
-//! valid through the last day of its expiry month.
+//! Card expiry: month 1–12, a four-digit year, not in the past and not
+//! more than [`MAX_YEARS_AHEAD`] ahead. A card is valid through the last
+//! day of its expiry month.
 
 use time::{Date, Month, OffsetDateTime};
+
+/// The furthest ahead an expiry year may be. Cards are issued for a few
+/// years; a year beyond this is a typing mistake (`2093` for `2029`).
+pub const MAX_YEARS_AHEAD: i64 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
@@ -9,27 +14,34 @@ pub struct Expiry {
     year: u16,
 }
 
+/// What is wrong with an expiry; the month and the year are judged apart,
+/// so both are reported when both are wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpiryError {
-    Month,
-    Year,
+    /// Not a month (1–12) and/or not a year (a four-digit year, at most
+    /// [`MAX_YEARS_AHEAD`] ahead; a past year is [`ExpiryError::Expired`]).
+    Invalid {
+        month: bool,
+        year: bool,
+    },
     Expired,
 }
 
 impl Expiry {
-    /// Checks against `today` (UTC). Years must be 2000–2099.
+    /// Checks against `today` (UTC).
     pub fn parse(month: i64, year: i64, today: Date) -> Result<Expiry, ExpiryError> {
-        let month = u8::try_from(month)
-            .ok()
-            .filter(|m| (1..=12).contains(m))
-            .ok_or(ExpiryError::Month)?;
-        let year = u16::try_from(year)
-            .ok()
-            .filter(|y| (2000..=2099).contains(y))
-            .ok_or(ExpiryError::Year)?;
-        let now_year = u16::try_from(today.year()).unwrap_or(0);
-        let now_month = u8::from(today.month());
-        if (year, month) < (now_year, now_month) {
+        let now_year = i64::from(today.year());
+        let month_ok = (1..=12).contains(&month);
+        let year_ok = (2000..=now_year + MAX_YEARS_AHEAD).contains(&year);
+        let (Ok(month), Ok(year), true, true) =
+            (u8::try_from(month), u16::try_from(year), month_ok, year_ok)
+        else {
+            return Err(ExpiryError::Invalid {
+                month: !month_ok,
+                year: !year_ok,
+            });
+        };
+        if (i64::from(year), month) < (now_year, u8::from(today.month())) {
             return Err(ExpiryError::Expired);
         }
         Ok(Expiry { month, year })
@@ -69,9 +81,15 @@ mod tests {
         assert!(Expiry::parse(11, 2026, today).is_ok());
         assert_eq!(Expiry::parse(10, 2026, today), Err(ExpiryError::Expired));
         assert_eq!(Expiry::parse(12, 2025, today), Err(ExpiryError::Expired));
-        assert_eq!(Expiry::parse(13, 2030, today), Err(ExpiryError::Month));
-        assert_eq!(Expiry::parse(0, 2030, today), Err(ExpiryError::Month));
-        assert_eq!(Expiry::parse(1, 30, today), Err(ExpiryError::Year));
+        let invalid = |month, year| Err(ExpiryError::Invalid { month, year });
+        assert_eq!(Expiry::parse(13, 2030, today), invalid(true, false));
+        assert_eq!(Expiry::parse(0, 2030, today), invalid(true, false));
+        assert_eq!(Expiry::parse(1, 30, today), invalid(false, true));
+        assert_eq!(Expiry::parse(13, 1999, today), invalid(true, true));
+        assert_eq!(Expiry::parse(-1, i64::MAX, today), invalid(true, true));
+        // Up to 20 years ahead, not one more.
+        assert!(Expiry::parse(12, 2046, today).is_ok());
+        assert_eq!(Expiry::parse(1, 2047, today), invalid(false, true));
         assert_eq!(
             Expiry::parse(12, 2030, today).unwrap().ends(),
             Some(date!(2031 - 01 - 01))

@@ -629,16 +629,25 @@ impl Reader {
             && let Err(e) = Expiry::parse(month, year, rules.today)
         {
             match e {
-                ExpiryError::Month => self.error(
-                    join(&p, "exp_month"),
-                    "out_of_range",
-                    "Month must be 1 to 12",
-                ),
-                ExpiryError::Year => self.error(
-                    join(&p, "exp_year"),
-                    "out_of_range",
-                    "Year must be four digits, 2000 to 2099",
-                ),
+                ExpiryError::Invalid {
+                    month: bad_month,
+                    year: bad_year,
+                } => {
+                    if bad_month {
+                        self.error(
+                            join(&p, "exp_month"),
+                            "out_of_range",
+                            "Month must be 1 to 12",
+                        );
+                    }
+                    if bad_year {
+                        self.error(
+                            join(&p, "exp_year"),
+                            "out_of_range",
+                            "Year must be four digits, at most 20 years ahead",
+                        );
+                    }
+                }
                 // This year's card is out of date by its month.
                 ExpiryError::Expired if year == i64::from(rules.today.year()) => {
                     self.error(join(&p, "exp_month"), "expired", "The card has expired")

@@ -119,8 +119,7 @@ pub struct CardIn {
     number: String,
     #[schema(minimum = 1, maximum = 12, example = 12)]
     exp_month: i64,
-    /// Four digits; the expiry must not be in the past.
-    #[schema(minimum = 2000, maximum = 2099, example = 2035)]
+    #[schema(schema_with = exp_year_schema)]
     exp_year: i64,
     /// 3 digits, or 4 for American Express.
     #[schema(min_length = 3, max_length = 4, example = "123")]
@@ -288,6 +287,23 @@ fn flatten(
             }
         }
     }
+}
+
+/// `card.exp_year`: four digits, the expiry not in the past, the year at
+/// most [`MAX_YEARS_AHEAD`](super::expiry::MAX_YEARS_AHEAD) ahead of the
+/// year the description was made in.
+fn exp_year_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let this_year = i64::from(time::OffsetDateTime::now_utc().year());
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(2000))
+        .maximum(Some(this_year + super::expiry::MAX_YEARS_AHEAD))
+        .description(Some(
+            "Four digits; the expiry must not be in the past nor more than 20 years ahead.",
+        ))
+        .examples([serde_json::json!(this_year + 5)])
+        .build()
 }
 
 #[cfg(test)]

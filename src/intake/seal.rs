@@ -577,7 +577,7 @@ pub(crate) mod tests {
                                 "postal_code": "92656", "country": "US"},
             "items": [{"sku": "FAXSTF-PRO", "quantity": 1, "unit_price_minor": 4999}],
             "currency": "USD",
-            "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2099, "cvc": "123"},
+            "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2035, "cvc": "123"},
             "consent": {"policy_version": "2002-06-05"}
         });
         if gift {

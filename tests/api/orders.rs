@@ -552,6 +552,33 @@ async fn every_validation_rule_names_its_field() {
             "expected {field}/{code}, got {errors:?}"
         );
     }
+    // A wrong month and a wrong year are both reported; a year more than
+    // 20 years ahead is a typing mistake.
+    let this_year = i64::from(time::OffsetDateTime::now_utc().year());
+    for (month, year, expected) in [
+        (
+            13,
+            1999,
+            vec![
+                ("card.exp_month", "out_of_range"),
+                ("card.exp_year", "out_of_range"),
+            ],
+        ),
+        (12, this_year + 21, vec![("card.exp_year", "out_of_range")]),
+    ] {
+        let mut order = order_json();
+        order["card"]["exp_month"] = json!(month);
+        order["card"]["exp_year"] = json!(year);
+        let errors = errors_of(&app, &order).await;
+        let expected: Vec<(String, String)> = expected
+            .into_iter()
+            .map(|(f, c)| (f.to_owned(), c.to_owned()))
+            .collect();
+        assert_eq!(errors, expected, "{month}/{year}");
+    }
+    let mut order = order_json();
+    order["card"]["exp_year"] = json!(this_year + 20);
+    assert_eq!(app.post_order("twenty-years", &order).await.status(), 201);
 }
 
 #[tokio::test]
