@@ -461,7 +461,12 @@ impl Reader {
     /// A group of fields. An optional group whose every field is blank
     /// counts as absent, as an optional string does: an HTML form sends
     /// every input of a section the customer left empty (a separate
-    /// shipping address, a gift recipient) as empty strings.
+    /// shipping address, a gift recipient) as empty strings — and its
+    /// country drop-down, which always holds a choice (often the shop's
+    /// own country pre-selected), as that choice: in a form, a section
+    /// whose only filled-in field is a country is still untouched. (Not in
+    /// JSON, where a client that sends a country alone has a bug to hear
+    /// about rather than a shipping address silently dropped.)
     fn object(
         &mut self,
         map: &mut Map<String, Value>,
@@ -470,7 +475,7 @@ impl Reader {
         required: bool,
     ) -> Option<(Map<String, Value>, String)> {
         match self.take(map, prefix, key, required)? {
-            Value::Object(m) if !required && m.values().all(blank) => {
+            Value::Object(m) if !required && untouched(&m, self.source) => {
                 scrub(Value::Object(m));
                 None
             }
@@ -728,6 +733,15 @@ fn phone(s: &str) -> Result<Phone, Reject> {
 }
 
 /// An empty or all-blank string, `null`, or a group of nothing else.
+/// An optional section the customer left alone: every field blank, but in
+/// a form a `country` (a drop-down always sends one), at any depth.
+fn untouched(section: &Map<String, Value>, source: Source) -> bool {
+    section.iter().all(|(key, value)| match value {
+        Value::Object(inner) => untouched(inner, source),
+        _ => blank(value) || (source == Source::Form && key == "country"),
+    })
+}
+
 fn blank(value: &Value) -> bool {
     match value {
         Value::Null => true,

@@ -193,6 +193,71 @@ async fn form_posts_become_the_same_order() {
     assert_eq!(body["consent"]["purposes"]["special_offers"], false);
 }
 
+/// A checkout page sends every input of the sections the customer left
+/// alone — empty, except their country drop-downs, which hold the shop's
+/// pre-selected country. Such a section is absent in a form; in JSON a
+/// country alone is a client's bug and is refused.
+#[tokio::test]
+async fn form_sections_left_alone_with_a_preselected_country_are_absent() {
+    let app = spawn_app().await;
+    let body = "customer.name=Ada+Lovelace&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
+&billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
+&billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=100\
+&currency=USD&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year=2031&card.cvc=321\
+&consent.policy_version=2002-06-05\
+&shipping_address.line1=&shipping_address.line2=&shipping_address.city=&shipping_address.postal_code=\
+&shipping_address.country=US\
+&gift_recipient.name=&gift_recipient.message=&gift_recipient.address.line1=&gift_recipient.address.city=\
+&gift_recipient.address.postal_code=&gift_recipient.address.country=GB";
+    let response = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "form-untouched")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let created = created(response).await;
+    let list = app.shipments("").await;
+    let shipment = &list["shipments"][0];
+    assert_eq!(shipment["order_id"], created["order_id"]);
+    assert_eq!(shipment["gift"], false, "no gift recipient");
+    assert_eq!(
+        shipment["ship_to"]["address"]["line1"], "51 Columbia",
+        "shipped to the billing address"
+    );
+
+    // A section with a field filled in besides the country is validated.
+    let partly = body.replace("shipping_address.city=&", "shipping_address.city=Paris&");
+    let r = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "form-partly")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(partly)
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 422).await;
+    assert!(
+        problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["field"] == "shipping_address.line1" && e["code"] == "required"),
+        "{problem}"
+    );
+    // JSON: a country alone is not a shipping address.
+    let mut order = order_json();
+    order["shipping_address"] = json!({"country": "US"});
+    let errors = errors_of(&app, &order).await;
+    assert!(
+        errors.contains(&("shipping_address.line1".to_owned(), "required".to_owned())),
+        "{errors:?}"
+    );
+}
+
 #[tokio::test]
 async fn gift_orders_keep_the_recipient_apart_and_drop_the_shipping_address() {
     let app = spawn_app().await;
