@@ -436,8 +436,10 @@ impl Reader {
         }
     }
 
-    /// A checkbox: JSON `true`/`false`; in a form, presence (empty, `on`,
-    /// `true`, `1`, `yes`) is true and `off`/`false`/`0`/`no` is false.
+    /// A checkbox: JSON `true`/`false`; in a form, presence is true
+    /// whatever the input's `value` (a browser sends a checkbox only when it
+    /// is ticked: `on` by default, or the page's own value such as `Y`),
+    /// except an explicit `off`/`false`/`0`/`no`, which is false.
     fn boolean(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str) -> bool {
         let Some(value) = self.take(map, prefix, key, false) else {
             return false;
@@ -445,9 +447,8 @@ impl Reader {
         let parsed = match (&value, self.source) {
             (Value::Bool(b), _) => Some(*b),
             (Value::String(s), Source::Form) => match s.trim().to_ascii_lowercase().as_str() {
-                "" | "on" | "true" | "1" | "yes" => Some(true),
                 "off" | "false" | "0" | "no" => Some(false),
-                _ => None,
+                _ => Some(true),
             },
             _ => None,
         };
@@ -1091,7 +1092,8 @@ mod tests {
 &billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
 &billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
 &currency=USD&card.number=4012888888881881&card.exp_month=12&card.exp_year=2030&card.cvc=123\
-&consent.special_offers=on&consent.partnerships=&consent.policy_version=2002-06-05";
+&consent.special_offers=on&consent.partnerships=&consent.product_updates=Y&consent.new_offerings=no\
+&consent.policy_version=2002-06-05";
         let tree = crate::domain::form::parse(body).unwrap();
         let (versions, today) = rules();
         let order = parse(
@@ -1105,7 +1107,9 @@ mod tests {
         .unwrap();
         assert!(order.consent.purposes.special_offers);
         assert!(order.consent.purposes.partnerships);
-        assert!(!order.consent.purposes.third_party_sharing);
+        assert!(order.consent.purposes.product_updates, "the page's own value");
+        assert!(!order.consent.purposes.new_offerings, "an explicit no");
+        assert!(!order.consent.purposes.third_party_sharing, "absent");
         assert_eq!(order.items[0].quantity, 1);
     }
 }
