@@ -1107,7 +1107,10 @@ mod tests {
         .unwrap();
         assert!(order.consent.purposes.special_offers);
         assert!(order.consent.purposes.partnerships);
-        assert!(order.consent.purposes.product_updates, "the page's own value");
+        assert!(
+            order.consent.purposes.product_updates,
+            "the page's own value"
+        );
         assert!(!order.consent.purposes.new_offerings, "an explicit no");
         assert!(!order.consent.purposes.third_party_sharing, "absent");
         assert_eq!(order.items[0].quantity, 1);

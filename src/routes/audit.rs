@@ -69,16 +69,17 @@ pub async fn log(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    super::Params(query): super::Params,
+    params: super::Params,
 ) -> Response {
-    let bad = |field: &'static str, message: &'static str| {
+    let bad = |field: &str, message: &'static str| {
         Problem::bad_request("invalid-query", "The query parameters are invalid")
             .with_errors(vec![FieldError::new(field, "invalid", message)])
             .into_response()
     };
-    if query.keys().any(|k| k != "after" && k != "limit") {
-        return bad("query", "Only after and limit are accepted");
+    if let Some(name) = params.unknown(&["after", "limit"]) {
+        return bad(&name, "Only after and limit are accepted");
     }
+    let query = &params.0;
     let after = match query.get("after").map(|v| v.parse::<u64>()) {
         None => 0,
         Some(Ok(n)) if n <= i64::MAX as u64 => n,

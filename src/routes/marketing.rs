@@ -48,29 +48,35 @@ pub async fn audience(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    super::Params(query): super::Params,
+    params: super::Params,
 ) -> Response {
-    let bad = |field: &'static str, code: &'static str, message: &'static str| {
+    let bad = |field: String, code: &'static str, message: &'static str| {
         Problem::bad_request("invalid-query", "The query parameters are invalid")
             .with_errors(vec![FieldError::new(field, code, message)])
             .into_response()
     };
-    if query
-        .keys()
-        .any(|k| !matches!(k.as_str(), "purpose" | "after" | "limit"))
-    {
+    if let Some(name) = params.unknown(&["purpose", "after", "limit"]) {
         return bad(
-            "query",
+            name,
             "unknown_parameter",
             "Only purpose, after and limit are accepted",
         );
     }
-    let Some(purpose) = query
-        .get("purpose")
-        .and_then(|p| Purposes::NAMES.iter().find(|n| **n == p.as_str()).copied())
+    let query = &params.0;
+    let Some(given) = query.get("purpose") else {
+        return bad(
+            "purpose".into(),
+            "required",
+            "purpose is required: one of the five consent purposes",
+        );
+    };
+    let Some(purpose) = Purposes::NAMES
+        .iter()
+        .find(|n| **n == given.as_str())
+        .copied()
     else {
         return bad(
-            "purpose",
+            "purpose".into(),
             "unknown_purpose",
             "purpose is one of the five consent purposes",
         );
@@ -83,7 +89,7 @@ pub async fn audience(
             Some(seq) => seq,
             None => {
                 return bad(
-                    "after",
+                    "after".into(),
                     "invalid",
                     "after must be a cursor returned by this endpoint",
                 );
@@ -95,7 +101,7 @@ pub async fn audience(
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
         Some(_) => {
             return bad(
-                "limit",
+                "limit".into(),
                 "out_of_range",
                 "limit is a whole number from 1 to 5000",
             );

@@ -326,6 +326,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+impl Params {
+    /// The first parameter (by name) not in `known`, as an error may name
+    /// it: the name if it is shaped like one of ours, else `<unknown>`
+    /// (a client-chosen name could hold anything).
+    pub fn unknown(&self, known: &[&str]) -> Option<String> {
+        let mut names: Vec<&String> = self
+            .0
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
+        names.sort();
+        names
+            .first()
+            .map(|k| crate::domain::order::shown_field_name(k).to_owned())
+    }
+}
+
 /// A request's query parameters, each name at most once. A repeated name
 /// (`?limit=1&limit=500`) is refused, 400 naming `query`, rather than
 /// resolved silently to one of its values (axum's `Query<HashMap>` keeps
@@ -343,18 +360,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                 .map_err(IntoResponse::into_response)?;
         let mut params = std::collections::HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
-            if params.insert(name, value).is_some() {
+            if params.contains_key(&name) {
                 return Err(Problem::bad_request(
                     "invalid-query",
                     "The query parameters are invalid",
                 )
                 .with_errors(vec![crate::http::FieldError::new(
-                    "query",
+                    crate::domain::order::shown_field_name(&name),
                     "repeated",
                     "Each query parameter may be given once",
                 )])
                 .into_response());
             }
+            params.insert(name, value);
         }
         Ok(Params(params))
     }

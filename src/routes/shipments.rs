@@ -18,7 +18,7 @@ use crate::store::rows::{Dispatch, DispatchOutcome, ShipToRow, ShipmentEntry, Sh
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
 
-fn bad_query(field: &'static str, code: &'static str, message: &'static str) -> Response {
+fn bad_query(field: &str, code: &'static str, message: &'static str) -> Response {
     Problem::bad_request("invalid-query", "The query parameters are invalid")
         .with_errors(vec![FieldError::new(field, code, message)])
         .into_response()
@@ -64,17 +64,16 @@ pub async fn list(
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
     route: MatchedPath,
-    super::Params(query): super::Params,
+    params: super::Params,
 ) -> Response {
-    for key in query.keys() {
-        if !matches!(key.as_str(), "status" | "limit" | "after") {
-            return bad_query(
-                "query",
-                "unknown_parameter",
-                "Only status, limit and after are accepted",
-            );
-        }
+    if let Some(name) = params.unknown(&["status", "limit", "after"]) {
+        return bad_query(
+            &name,
+            "unknown_parameter",
+            "Only status, limit and after are accepted",
+        );
     }
+    let query = &params.0;
     let status = match query.get("status").map(String::as_str) {
         None | Some("pending") => ShipmentStatus::Pending,
         Some("dispatched") => ShipmentStatus::Dispatched,

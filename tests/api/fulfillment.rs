@@ -410,6 +410,43 @@ async fn bad_query_values_are_400_problems() {
             .unwrap();
         expect_problem(r, 400).await;
     }
+    // Each error names the parameter: ours by name, a client's own name
+    // only when it is shaped like one (it could hold anything).
+    for (q, field, code) in [
+        ("?colour=red", "colour", "unknown_parameter"),
+        ("?x4111111111111111=1", "<unknown>", "unknown_parameter"),
+        ("?limit=1&limit=500", "limit", "repeated"),
+        ("?status=lost", "status", "invalid"),
+    ] {
+        let r = app
+            .client(Role::Fulfillment)
+            .get(app.url(&format!("/v1/shipments{q}")))
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(r, 400).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{q}");
+        assert_eq!(problem["errors"][0]["code"], code, "{q}");
+    }
+    for (q, field, code) in [
+        ("", "purpose", "required"),
+        ("?purpose=spam", "purpose", "unknown_purpose"),
+        (
+            "?purpose=special_offers&colour=red",
+            "colour",
+            "unknown_parameter",
+        ),
+    ] {
+        let r = app
+            .client(Role::Marketing)
+            .get(app.url(&format!("/v1/marketing/audience{q}")))
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(r, 400).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{q}");
+        assert_eq!(problem["errors"][0]["code"], code, "{q}");
+    }
 }
 
 #[tokio::test]
