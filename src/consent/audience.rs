@@ -28,9 +28,14 @@ pub struct AudiencePage {
     pub emails: Vec<String>,
     /// The orders whose contact records were opened (for the access log).
     pub order_ids: Vec<String>,
-    /// The cursor for the next page, if any.
-    pub next: Option<i64>,
+    /// Where the next page starts (the last subject scanned), if any.
+    pub next: Option<[u8; 32]>,
 }
+
+/// The most chunks of subjects one page scans to fill itself: a page costs
+/// at most this many times `limit` subjects, and may come back short (with
+/// a cursor) where few of them consent.
+const MAX_CHUNKS: usize = 8;
 
 impl Marketing {
     pub fn new(keyring: &Keyring) -> Self {
@@ -51,12 +56,15 @@ impl Marketing {
         }
     }
 
-    /// Emails whose effective consent for `purpose` is true, after `after`.
+    /// Up to `limit` emails whose effective consent for `purpose` is true,
+    /// of the customers after `after` (`None`: from the first) in
+    /// blind-index order: each customer is on one page only, however often
+    /// they order during an export.
     pub async fn audience(
         &self,
         store: &dyn Store,
         purpose: &'static str,
-        after: i64,
+        after: Option<[u8; 32]>,
         limit: u32,
     ) -> Result<AudiencePage, StoreError> {
         // The withdrawal ledger first, whole (fail closed): each subject's
@@ -68,7 +76,7 @@ impl Marketing {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let from = if after == 0 {
+        let from = if after.is_none() {
             super::LedgerPosition::start()
         } else {
             known.clone()
@@ -92,64 +100,33 @@ impl Marketing {
                 ));
             }
         }
-        let mut rows = store.audience(purpose, after, limit + 1).await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next = if more {
-            rows.last().map(|r| r.seq)
-        } else {
-            None
-        };
-        let mut emails = Vec::with_capacity(rows.len());
-        let mut order_ids = Vec::with_capacity(rows.len());
-        for row in rows {
-            // The store applied tags and withdrawals in SQL; before trusting
-            // that, re-derive it from the authenticated history (every tag
-            // and withdrawal MAC-checked; fail closed).
-            let history = store.consent_history(&row.email_blind_index).await?;
-            let (purposes, verified) = super::effective(&self.consent_key, &history);
-            let index = crate::domain::consent::Purposes::NAMES
-                .iter()
-                .position(|n| *n == purpose)
-                .unwrap_or(0);
-            if !verified || !purposes.as_array()[index] || row.tag.order_id != row.order_id {
-                tracing::error!(order_id = %row.order_id, "an audience row's consent tag failed its MAC check");
-                continue;
+        let mut emails = Vec::new();
+        let mut order_ids = Vec::new();
+        let mut cursor: Vec<u8> = after.map(|a| a.to_vec()).unwrap_or_default();
+        let mut next = None;
+        for _ in 0..MAX_CHUNKS {
+            let want = limit.saturating_sub(u32::try_from(emails.len()).unwrap_or(u32::MAX));
+            if want == 0 {
+                break;
             }
-            let (Ok(order_id), Ok(record_id)) = (
-                uuid::Uuid::parse_str(&row.order_id),
-                uuid::Uuid::parse_str(&row.contact_id),
-            ) else {
-                continue;
-            };
-            let binding = Binding {
-                class: DataClass::Contact,
-                order_id,
-                record_id,
-            };
-            let keys = match self.keys.read() {
-                Ok(k) => k.clone(),
-                Err(poisoned) => poisoned.into_inner().clone(),
-            };
-            let Ok(plain) = envelope::open(keys.as_ref(), &binding, &row.envelope) else {
-                tracing::error!(order_id = %row.order_id, "a contact record failed to open");
-                continue;
-            };
-            let email = serde_json::from_slice::<serde_json::Value>(&plain)
-                .ok()
-                .and_then(|v| v.get("email").and_then(|e| e.as_str()).map(str::to_owned));
-            match email {
-                Some(email)
-                    if self
-                        .blind_index_key
-                        .verify(&[email.as_bytes()], &row.email_blind_index) =>
-                {
+            let chunk = store.audience(purpose, &cursor, want).await?;
+            for row in chunk.rows {
+                if let Some((email, order_id)) = self.exported(store, purpose, row).await? {
                     emails.push(email);
-                    order_ids.push(row.order_id);
+                    order_ids.push(order_id);
                 }
-                _ => {
-                    tracing::error!(order_id = %row.order_id, "a contact record does not match its subject")
-                }
+            }
+            // Fewer subjects than asked: the last chunk.
+            next = match chunk.last {
+                Some(last) if chunk.scanned == want => Some(
+                    <[u8; 32]>::try_from(last.as_slice())
+                        .map_err(|_| StoreError::Corrupt("an email blind index is not 32 bytes"))?,
+                ),
+                _ => None,
+            };
+            match next {
+                Some(last) => cursor = last.to_vec(),
+                None => break,
             }
         }
         Ok(AudiencePage {
@@ -157,5 +134,64 @@ impl Marketing {
             order_ids,
             next,
         })
+    }
+
+    /// The email of an audience row, with its order id, once its whole
+    /// consent history verifies and its contact record opens under its
+    /// subject; `None` (logged) otherwise.
+    async fn exported(
+        &self,
+        store: &dyn Store,
+        purpose: &'static str,
+        row: crate::store::rows::AudienceRow,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        // The store applied tags and withdrawals in SQL; before trusting
+        // that, re-derive it from the authenticated history (every tag
+        // and withdrawal MAC-checked; fail closed).
+        let history = store.consent_history(&row.email_blind_index).await?;
+        let (purposes, verified) = super::effective(&self.consent_key, &history);
+        let index = crate::domain::consent::Purposes::NAMES
+            .iter()
+            .position(|n| *n == purpose)
+            .unwrap_or(0);
+        if !verified || !purposes.as_array()[index] || row.tag.order_id != row.order_id {
+            tracing::error!(order_id = %row.order_id, "an audience row's consent tag failed its MAC check");
+            return Ok(None);
+        }
+        let (Ok(order_id), Ok(record_id)) = (
+            uuid::Uuid::parse_str(&row.order_id),
+            uuid::Uuid::parse_str(&row.contact_id),
+        ) else {
+            return Ok(None);
+        };
+        let binding = Binding {
+            class: DataClass::Contact,
+            order_id,
+            record_id,
+        };
+        let keys = match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Ok(plain) = envelope::open(keys.as_ref(), &binding, &row.envelope) else {
+            tracing::error!(order_id = %row.order_id, "a contact record failed to open");
+            return Ok(None);
+        };
+        let email = serde_json::from_slice::<serde_json::Value>(&plain)
+            .ok()
+            .and_then(|v| v.get("email").and_then(|e| e.as_str()).map(str::to_owned));
+        match email {
+            Some(email)
+                if self
+                    .blind_index_key
+                    .verify(&[email.as_bytes()], &row.email_blind_index) =>
+            {
+                Ok(Some((email, row.order_id)))
+            }
+            _ => {
+                tracing::error!(order_id = %row.order_id, "a contact record does not match its subject");
+                Ok(None)
+            }
+        }
     }
 }

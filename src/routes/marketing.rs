@@ -1,6 +1,13 @@
 //! `GET /v1/marketing/audience?purpose=P&after=CURSOR&limit=N` (marketing):
 //! the emails that consent to `P` right now. Every export is written to the
 //! access log with the purpose and the number of subjects returned.
+//!
+//! An export pages by customer, in an order of their own (the email's blind
+//! index), not by order: each customer is on one page only, however often
+//! they order while the export runs, and a page costs what its customers'
+//! orders cost, not the whole table. A page may hold fewer than `limit`
+//! emails (where few of the customers it scanned consent), even none:
+//! follow `next_cursor` until it is `null`.
 
 use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +28,8 @@ pub struct AudiencePage<'a> {
     pub purpose: &'a str,
     /// Normalised addresses that consent to `purpose` now.
     pub emails: &'a [String],
-    /// Pass as `after` for the next page; `null` on the last page.
+    /// Pass as `after` for the next page; `null` on the last page. A page
+    /// may hold fewer than `limit` emails, even none, and still have a next.
     pub next_cursor: Option<String>,
 }
 
@@ -32,7 +40,7 @@ pub struct AudiencePage<'a> {
     operation_id = "audience",
     params(
         ("purpose" = crate::consent::PurposeName, Query, description = "One of the five consent purposes"),
-        ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{72}$", description = "The `next_cursor` of the previous page (opaque; valid only for the same listing)"),
+        ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{120}$", description = "The `next_cursor` of the previous page (opaque; valid only for the same listing)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 5000, description = "Page size, 1 to 5000 (default 500)"),
     ),
     responses(
@@ -84,9 +92,9 @@ pub async fn audience(
     let listing = format!("audience:{purpose}");
     let keyring = state.keyring.current();
     let after = match query.get("after") {
-        None => 0,
-        Some(c) => match super::cursor::decode(&keyring, &listing, c) {
-            Some(seq) => seq,
+        None => None,
+        Some(c) => match super::cursor::decode_subject(&keyring, &listing, c) {
+            Some(subject) => Some(subject),
             None => {
                 return bad(
                     "after".into(),
@@ -118,7 +126,7 @@ pub async fn audience(
     // Before the access is logged as answered 200.
     let next_cursor = match page.next {
         None => None,
-        Some(seq) => match super::cursor::encode(&keyring, &listing, seq) {
+        Some(subject) => match super::cursor::encode_subject(&keyring, &listing, &subject) {
             Some(cursor) => Some(cursor),
             None => return Problem::internal().into_response(),
         },

@@ -398,16 +398,18 @@ pub trait Store: Send + Sync + 'static {
     /// How many withdrawals have a `seq` from 1 to `seq`.
     async fn consent_events_up_to(&self, seq: i64) -> Result<i64, StoreError>;
 
-    /// Customers whose latest checkout tag grants `purpose` and who have not
-    /// withdrawn it since, after the customer whose latest order has
-    /// sequence number `after_seq`. `purpose` must be one of
-    /// `Purposes::NAMES`.
+    /// One chunk of an audience export: up to `subjects` customers (email
+    /// blind indexes) after `after` (empty: from the first), in blind-index
+    /// order, and of them those whose latest checkout tag grants `purpose`
+    /// and who have not withdrawn it since. `purpose` must be one of
+    /// `Purposes::NAMES`. A customer is in one chunk only, however often
+    /// they order during an export.
     async fn audience(
         &self,
         purpose: &'static str,
-        after_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<rows::AudienceRow>, StoreError>;
+        after: &[u8],
+        subjects: u32,
+    ) -> Result<rows::AudienceChunk, StoreError>;
 
     /// Up to `limit` withdrawals with `seq > after`, in order (audit).
     async fn consent_events_page(

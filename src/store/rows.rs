@@ -435,12 +435,24 @@ pub struct ConsentEventRow {
 /// and checkout tag.
 #[derive(Debug, Clone)]
 pub struct AudienceRow {
-    pub seq: i64,
     pub email_blind_index: Vec<u8>,
     pub contact_id: String,
     pub order_id: String,
     pub envelope: Envelope,
     pub tag: RawTag,
+}
+
+/// One chunk of an audience export: the subjects scanned, and of them the
+/// ones to export.
+#[derive(Debug, Clone)]
+pub struct AudienceChunk {
+    /// The subjects to export, in blind-index order.
+    pub rows: Vec<AudienceRow>,
+    /// How many subjects were scanned (fewer than asked: the last chunk).
+    pub scanned: u32,
+    /// The last subject scanned (the next chunk starts after it); `None`
+    /// when none was.
+    pub last: Option<Vec<u8>>,
 }
 
 /// Everything recorded about one subject's consent, oldest first.

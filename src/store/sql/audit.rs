@@ -422,10 +422,10 @@ pub async fn append_consent_event(
     // after the checkout would seem to precede it and be ignored. So it
     // takes effect no earlier than the latest checkout committed before it.
     let latest: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT max(t.captured_at) FROM {SUBJECT_ORDERS} c
+        "SELECT max(t.captured_at) FROM {} c
            JOIN orders o ON o.id = c.order_id
-           JOIN consent_tags t ON t.id = o.consent_tag_id
-          WHERE c.email_blind_index = $1"
+           JOIN consent_tags t ON t.id = o.consent_tag_id",
+        subject_orders("$1")
     ))
     .bind(&e.email_blind_index)
     .fetch_one(&mut *tx)
@@ -500,38 +500,81 @@ pub async fn consent_events_head(
     .transpose()
 }
 
-/// Every order a subject's consent history reaches, with the blind index of
-/// its email: through its contact record, or, once that was purged, through
-/// the purge that kept the blind index (migration 0009 / 0012) — so purging
-/// the order with a customer's latest choice never brings an older one back.
-const SUBJECT_ORDERS: &str = "(SELECT order_id, email_blind_index FROM contact_emails
-           UNION ALL
-           SELECT order_id, email_blind_index FROM purges
-            WHERE class = 'contact' AND email_blind_index IS NOT NULL)";
+/// Every order the consent history of the subject `bi` (an SQL expression:
+/// a parameter, or an outer query's column) reaches: through its contact
+/// record, or, once that was purged, through the purge that kept the blind
+/// index (migration 0009 / 0012) — so purging the order with a customer's
+/// latest choice never brings an older one back. One column, `order_id`.
+/// The subject is matched inside each branch, so each is a search of its
+/// blind-index index even where `bi` comes from an outer query (SQLite
+/// would otherwise build the whole union, every contact record, first).
+fn subject_orders(bi: &str) -> String {
+    format!(
+        "(SELECT order_id FROM contact_emails WHERE email_blind_index = {bi}
+          UNION ALL
+          SELECT order_id FROM purges
+           WHERE class = 'contact' AND email_blind_index = {bi})"
+    )
+}
 
+/// One chunk of an audience export (see [`Store::audience`]): the
+/// subjects after `after` in blind-index order, at most `subjects` of them,
+/// and of those the ones to export.
+///
+/// [`Store::audience`]: crate::store::Store::audience
 pub async fn audience(
     pool: &AnyPool,
     purpose: &'static str,
-    after_seq: i64,
-    limit: u32,
-) -> Result<Vec<super::super::rows::AudienceRow>, StoreError> {
+    after: &[u8],
+    subjects: u32,
+) -> Result<super::super::rows::AudienceChunk, StoreError> {
     if !Purposes::NAMES.contains(&purpose) {
         return Err(StoreError::Corrupt("unknown purpose"));
     }
+    // The chunk's subjects: customers with a contact record to export (one
+    // whose every contact record was purged has no address). A walk of
+    // the blind-index index from the cursor, `subjects` distinct values.
+    let scanned: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT DISTINCT email_blind_index FROM contact_emails
+          WHERE email_blind_index > $1
+          ORDER BY email_blind_index
+          LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::from(subjects))
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let Some(last) = scanned.last().cloned() else {
+        return Ok(super::super::rows::AudienceChunk {
+            rows: Vec::new(),
+            scanned: 0,
+            last: None,
+        });
+    };
+    // Each subject's latest checkout (by capture time, over every order
+    // with its email, purged ones included: purging the order with a
+    // customer's latest choice never brings an older one back) — found per
+    // subject through the blind-index indexes, so a page costs what its
+    // subjects' orders cost, not the whole table. Exported when that
+    // checkout's tag grants `purpose` and no withdrawal of it came after.
     // `purpose` is one of five fixed column names (checked above). The
-    // latest order of a subject may be one whose contact record was purged:
-    // it has no address to export, and so the subject is not exported.
+    // range `(after, last]` holds exactly the subjects scanned above (a
+    // customer new in it since is evaluated too, and not skipped).
     let sql = format!(
-        "WITH ranked AS (
-            SELECT c.email_blind_index AS bi, o.seq,
-                   row_number() OVER (PARTITION BY c.email_blind_index
-                                      ORDER BY t.captured_at DESC, t.id DESC) AS rn
-              FROM {SUBJECT_ORDERS} c
-              JOIN orders o ON o.id = c.order_id
-              JOIN consent_tags t ON t.id = o.consent_tag_id),
-         latest AS (SELECT bi, seq FROM ranked WHERE rn = 1)
-         SELECT o.seq, c.email_blind_index, c.id AS contact_id, c.order_id AS contact_order_id, c.format_version, c.kek_version, c.wrapped_dek,
-                c.ciphertext, t.*
+        "WITH subjects AS (
+            SELECT DISTINCT email_blind_index AS bi FROM contact_emails
+             WHERE email_blind_index > $1 AND email_blind_index <= $2),
+         latest AS (
+            SELECT s.bi,
+                   (SELECT o.seq FROM {orders} c
+                      JOIN orders o ON o.id = c.order_id
+                      JOIN consent_tags t ON t.id = o.consent_tag_id
+                     ORDER BY t.captured_at DESC, t.id DESC
+                     LIMIT 1) AS seq
+              FROM subjects s)
+         SELECT c.email_blind_index, c.id AS contact_id, c.order_id AS contact_order_id,
+                c.format_version, c.kek_version, c.wrapped_dek, c.ciphertext, t.*
            FROM latest l
            JOIN orders o ON o.seq = l.seq
            JOIN contact_emails c ON c.order_id = o.id
@@ -540,20 +583,19 @@ pub async fn audience(
             AND NOT EXISTS (SELECT 1 FROM consent_events e
                              WHERE e.email_blind_index = l.bi AND e.{purpose} = 1
                                AND e.effective_at >= t.captured_at)
-            AND o.seq > $1
-          ORDER BY o.seq
-          LIMIT $2"
+          ORDER BY l.bi",
+        orders = subject_orders("s.bi")
     );
     let rows = sqlx::query(&sql)
-        .bind(after_seq)
-        .bind(i64::from(limit))
+        .bind(after)
+        .bind(&last)
         .fetch_all(pool)
         .await
         .map_err(err)?;
-    rows.iter()
+    let rows = rows
+        .iter()
         .map(|r| {
             Ok(super::super::rows::AudienceRow {
-                seq: r.try_get("seq").map_err(err)?,
                 email_blind_index: r.try_get("email_blind_index").map_err(err)?,
                 contact_id: r.try_get("contact_id").map_err(err)?,
                 // Not `order_id`: `t.*` holds the tag's own, which the
@@ -566,7 +608,12 @@ pub async fn audience(
                 tag: raw_tag(r)?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(super::super::rows::AudienceChunk {
+        rows,
+        scanned: u32::try_from(scanned.len()).unwrap_or(u32::MAX),
+        last: Some(last),
+    })
 }
 
 pub async fn consent_history(
@@ -574,11 +621,11 @@ pub async fn consent_history(
     bi: &[u8],
 ) -> Result<super::super::rows::ConsentHistory, StoreError> {
     let sql = format!(
-        "SELECT t.*, c.order_id AS via_order FROM {SUBJECT_ORDERS} c
+        "SELECT t.*, c.order_id AS via_order FROM {} c
            JOIN orders o ON o.id = c.order_id
            JOIN consent_tags t ON t.id = o.consent_tag_id
-          WHERE c.email_blind_index = $1
-          ORDER BY t.captured_at, t.id"
+          ORDER BY t.captured_at, t.id",
+        subject_orders("$1")
     );
     let rows = sqlx::query(&sql)
         .bind(bi)

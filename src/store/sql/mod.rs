@@ -597,10 +597,10 @@ impl Store for SqlStore {
     async fn audience(
         &self,
         purpose: &'static str,
-        after_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<super::rows::AudienceRow>, StoreError> {
-        audit::audience(&self.pool, purpose, after_seq, limit).await
+        after: &[u8],
+        subjects: u32,
+    ) -> Result<super::rows::AudienceChunk, StoreError> {
+        audit::audience(&self.pool, purpose, after, subjects).await
     }
 
     async fn retire_keks(
