@@ -13,7 +13,9 @@ use super::AppState;
 use crate::domain::text::Plain;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
-use crate::store::rows::{Dispatch, DispatchOutcome, ShipToRow, ShipmentEntry, ShipmentStatus};
+use crate::store::rows::{
+    ConsentHistory, Dispatch, DispatchOutcome, ShipToRow, ShipmentEntry, ShipmentStatus,
+};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -124,28 +126,48 @@ pub async fn list(
         },
         _ => None,
     };
+    // Only an order whose ship-to record is gone needs its purges (were
+    // they purged, or deleted?): read for the whole page at once.
+    let missing: Vec<String> = rows
+        .iter()
+        .filter_map(|entry| match entry {
+            ShipmentEntry::Whole(row) if matches!(row.ship_to, ShipToRow::Missing(_)) => {
+                Some(row.order_id.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    let purges = if missing.is_empty() {
+        Vec::new()
+    } else {
+        match state.store.purges_of(&missing).await {
+            Ok(p) => p,
+            Err(error) => return store_problem(&error),
+        }
+    };
+    // Each customer's consent history once per page, however many of the
+    // page's orders are theirs.
+    let mut histories: std::collections::HashMap<Vec<u8>, ConsentHistory> =
+        std::collections::HashMap::new();
+    let no_history = ConsentHistory::default();
     let mut shipments = Vec::with_capacity(rows.len());
     for entry in rows {
         match entry {
             ShipmentEntry::Whole(row) => {
-                let history = match &row.email_blind_index {
-                    Some(subject) => match state.store.consent_history(subject).await {
-                        Ok(h) => h,
+                if let Some(subject) = &row.email_blind_index
+                    && !histories.contains_key(subject)
+                {
+                    match state.store.consent_history(subject).await {
+                        Ok(h) => histories.insert(subject.clone(), h),
                         Err(error) => return store_problem(&error),
-                    },
-                    None => Default::default(),
-                };
-                // Only an order whose ship-to record is gone needs its
-                // purges: were they purged, or deleted?
-                let purges = if matches!(row.ship_to, ShipToRow::Missing(_)) {
-                    match state.store.purges_of(&[row.order_id.to_string()]).await {
-                        Ok(p) => p,
-                        Err(error) => return store_problem(&error),
-                    }
-                } else {
-                    Vec::new()
-                };
-                shipments.push(state.fulfillment.view(*row, &history, &purges));
+                    };
+                }
+                let history = row
+                    .email_blind_index
+                    .as_ref()
+                    .and_then(|subject| histories.get(subject))
+                    .unwrap_or(&no_history);
+                shipments.push(state.fulfillment.view(*row, history, &purges));
             }
             ShipmentEntry::Damaged {
                 order_id: Some(order_id),
