@@ -578,11 +578,13 @@ async fn the_warehouse_sees_purged_orders_as_purged_and_cannot_ship_them() {
     let erased = place(&app, "w-1", &order_json()).await;
     let shipped_gift = place(&app, "w-2", &gift).await;
     let deleted = place(&app, "w-3", &order_json()).await;
+    let erased_gift = place(&app, "w-4", &gift).await;
     let r = app
         .dispatch(&shipped_gift, &json!({"carrier": "UPS", "tracking": "1Z"}))
         .await;
     assert_eq!(r.status(), 200);
     purge_order(&app, &erased);
+    purge_order(&app, &erased_gift);
     let store = app.store().await;
     checkoutd::retention::purge_order(
         &store,
@@ -617,6 +619,12 @@ async fn the_warehouse_sees_purged_orders_as_purged_and_cannot_ship_them() {
     assert_eq!(e["ship_to"], Value::Null);
     assert_eq!(e["consent"]["special_offers"], false);
     assert_eq!(e["consent"]["verified"], true, "its tag is genuine: {e}");
+    // A gift order whose every record is gone, its ship-to marker
+    // included, is still a gift (the order row says so).
+    let eg = find(&pending, &erased_gift);
+    assert_eq!(eg["gift"], true, "{eg}");
+    assert_eq!(eg["purged"], true, "{eg}");
+    assert!(eg.get("integrity_error").is_none(), "{eg}");
     let d = find(&pending, &deleted);
     assert_eq!(d["integrity_error"], true, "{d}");
     assert!(d.get("purged").is_none(), "{d}");

@@ -360,7 +360,7 @@ impl Store for SqlStore {
         // records were purged are listed too (their ship-to `Missing`), so
         // the warehouse is told rather than the order silently vanishing.
         let rows = sqlx::query(
-            "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.carrier, o.tracking, o.dispatched_at,
+            "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.gift, o.carrier, o.tracking, o.dispatched_at,
                     s.ship_to, s.id AS ship_id, s.format_version AS s_fmt, s.kek_version AS s_kek,
                     s.wrapped_dek AS s_dek, s.ciphertext AS s_ct,
                     g.id AS gift_id, g.format_version AS g_fmt, g.kek_version AS g_kek,
@@ -876,7 +876,11 @@ fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
                 .ok_or(StoreError::Corrupt("gift_recipients envelope"))?,
         })
     };
+    // A purge of every record removes the ship-to marker too: the order
+    // row still says whether the parcel was a gift.
+    let gift_order: i64 = row.try_get("gift").map_err(StoreError::from_sqlx)?;
     let ship_to = match (ship_to.as_deref(), gift_id) {
+        (None, _) if gift_order == 1 => Ok(ShipToRow::Missing(crate::crypto::DataClass::Recipient)),
         (None, _) => Ok(ShipToRow::Missing(crate::crypto::DataClass::Shipping)),
         (Some("customer"), _) => customer(),
         (Some("gift_recipient"), None) => {
