@@ -87,24 +87,10 @@ fn histogram(text: &str, name: &str) -> (f64, f64) {
     (value("_sum"), value("_count"))
 }
 
-/// The server's `/metrics` text (auditor role). The recorder is global to
-/// the test process: every app of the suite counts into it, so a test
-/// compares scrapes before and after what it does.
-async fn scrape_metrics(app: &TestApp) -> String {
-    app.client(Role::Auditor)
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn concurrent_orders_share_commits_and_every_one_is_stored() {
     let app = spawn_app().await;
-    let before = histogram(&scrape_metrics(&app).await, "checkoutd_commit_batch_orders");
+    let before = histogram(&app.metrics().await, "checkoutd_commit_batch_orders");
     let answers = join_all((0..64).map(|i| {
         let app = &app;
         async move {
@@ -122,7 +108,7 @@ async fn concurrent_orders_share_commits_and_every_one_is_stored() {
         .unwrap();
     assert_eq!(stored, 64);
     assert_eq!(answers.len(), 64);
-    let after = histogram(&scrape_metrics(&app).await, "checkoutd_commit_batch_orders");
+    let after = histogram(&app.metrics().await, "checkoutd_commit_batch_orders");
     let (orders, batches) = (after.0 - before.0, after.1 - before.1);
     assert!(orders >= 64.0, "{orders} orders counted in the meantime");
     assert!(
@@ -137,7 +123,7 @@ async fn metrics_are_for_auditors_and_hold_no_personal_data() {
     let r = app.post_order("metrics-1", &order_json()).await;
     assert_eq!(r.status(), 201);
     // This test's handshake failure is seen as growth of the counter.
-    let failures_before = handshake_failures(&scrape_metrics(&app).await);
+    let failures_before = handshake_failures(&app.metrics().await);
     // A failed handshake: plaintext bytes on the TLS port. The server
     // counts it once it has read them, so wait for the answer (its alert)
     // or the close before scraping.
@@ -181,7 +167,7 @@ async fn metrics_are_for_auditors_and_hold_no_personal_data() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        text = scrape_metrics(&app).await;
+        text = app.metrics().await;
     }
     assert!(
         handshake_failures(&text) > failures_before,

@@ -508,6 +508,20 @@ impl TestApp {
     }
 
     /// A client with no certificate.
+    /// The server's `/metrics` text (auditor role). The recorder is global
+    /// to the test process: every app of the suite counts into it, so a
+    /// test compares scrapes before and after what it does.
+    pub async fn metrics(&self) -> String {
+        self.client(Role::Auditor)
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn anonymous(&self) -> reqwest::Client {
         client_with(&self.pki, None, Versions::Both)
     }
@@ -722,4 +736,12 @@ pub async fn still_serves(app: &TestApp) -> bool {
         tokio::time::timeout(Duration::from_secs(5), handshake).await,
         Ok(Ok(_))
     )
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` text (0 when
+/// it was never counted).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse::<f64>().unwrap())
 }

@@ -164,6 +164,18 @@ async fn json_order_is_accepted_encrypted_and_summarised_without_card_data() {
     );
 }
 
+/// Posts `body` as an HTML form's order under `key`.
+async fn post_form(app: &TestApp, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    app.client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn form_posts_become_the_same_order() {
     let app = spawn_app().await;
@@ -173,15 +185,7 @@ async fn form_posts_become_the_same_order() {
 &items.1.sku=GIFTWRAP&items.1.quantity=1&items.1.unit_price_minor=50\
 &currency=EUR&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year=2031&card.cvc=321\
 &consent.product_updates=on&consent.policy_version=2002-06-05";
-    let response = app
-        .client(Role::Storefront)
-        .post(app.url("/v1/orders"))
-        .header("idempotency-key", "form-1")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(&app, "form-1", body).await;
     let body = created(response).await;
     assert_eq!(
         body["card"],
@@ -209,15 +213,7 @@ async fn form_sections_left_alone_with_a_preselected_country_are_absent() {
 &shipping_address.country=US\
 &gift_recipient.name=&gift_recipient.message=&gift_recipient.address.line1=&gift_recipient.address.city=\
 &gift_recipient.address.postal_code=&gift_recipient.address.country=GB";
-    let response = app
-        .client(Role::Storefront)
-        .post(app.url("/v1/orders"))
-        .header("idempotency-key", "form-untouched")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_form(&app, "form-untouched", body).await;
     let created = created(response).await;
     let list = app.shipments("").await;
     let shipment = &list["shipments"][0];
@@ -230,15 +226,7 @@ async fn form_sections_left_alone_with_a_preselected_country_are_absent() {
 
     // A section with a field filled in besides the country is validated.
     let partly = body.replace("shipping_address.city=&", "shipping_address.city=Paris&");
-    let r = app
-        .client(Role::Storefront)
-        .post(app.url("/v1/orders"))
-        .header("idempotency-key", "form-partly")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(partly)
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(&app, "form-partly", partly).await;
     let problem = expect_problem(r, 422).await;
     assert!(
         problem["errors"]

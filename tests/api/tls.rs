@@ -744,18 +744,7 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     // A half-written or foreign file does not load: the list in force
     // stays, and the failure is counted for the operator's alert.
     let failures = || async {
-        let text = app
-            .client(Role::Auditor)
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("checkoutd_tls_reload_failures_total "))
-            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+        crate::helpers::metric_value(&app.metrics().await, "checkoutd_tls_reload_failures_total")
     };
     let failures_before = failures().await;
     app.write_client_crl_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n");
