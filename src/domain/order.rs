@@ -436,10 +436,12 @@ impl Reader {
         }
     }
 
-    /// A checkbox: JSON `true`/`false`; in a form, presence is true
-    /// whatever the input's `value` (a browser sends a checkbox only when it
-    /// is ticked: `on` by default, or the page's own value such as `Y`),
-    /// except an explicit `off`/`false`/`0`/`no`, which is false.
+    /// A checkbox: JSON `true`/`false`; in a form, presence with the
+    /// browser's default value (`on`, or empty) or a yes (`true`, `1`,
+    /// `yes`, `y`) is true, and a no (`off`, `false`, `0`, `no`, `n`) is
+    /// false. Any other value is refused rather than guessed: this is a
+    /// customer's consent, and a Yes/No control may send a "no" in a word
+    /// we do not know (`nein`, `non`).
     fn boolean(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str) -> bool {
         let Some(value) = self.take(map, prefix, key, false) else {
             return false;
@@ -447,8 +449,9 @@ impl Reader {
         let parsed = match (&value, self.source) {
             (Value::Bool(b), _) => Some(*b),
             (Value::String(s), Source::Form) => match s.trim().to_ascii_lowercase().as_str() {
-                "off" | "false" | "0" | "no" => Some(false),
-                _ => Some(true),
+                "" | "on" | "true" | "1" | "yes" | "y" => Some(true),
+                "off" | "false" | "0" | "no" | "n" => Some(false),
+                _ => None,
             },
             _ => None,
         };
@@ -1092,7 +1095,7 @@ mod tests {
 &billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
 &billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
 &currency=USD&card.number=4012888888881881&card.exp_month=12&card.exp_year=2030&card.cvc=123\
-&consent.special_offers=on&consent.partnerships=&consent.product_updates=Y&consent.new_offerings=no\
+&consent.special_offers=on&consent.partnerships=&consent.product_updates=Y&consent.new_offerings=N\
 &consent.policy_version=2002-06-05";
         let tree = crate::domain::form::parse(body).unwrap();
         let (versions, today) = rules();
@@ -1107,12 +1110,27 @@ mod tests {
         .unwrap();
         assert!(order.consent.purposes.special_offers);
         assert!(order.consent.purposes.partnerships);
-        assert!(
-            order.consent.purposes.product_updates,
-            "the page's own value"
-        );
+        assert!(order.consent.purposes.product_updates, "a yes");
         assert!(!order.consent.purposes.new_offerings, "an explicit no");
         assert!(!order.consent.purposes.third_party_sharing, "absent");
         assert_eq!(order.items[0].quantity, 1);
+        // A value we cannot read as yes or no is refused, never guessed.
+        let unclear =
+            String::from_utf8_lossy(body).replace("new_offerings=N", "new_offerings=nein");
+        let errors = parse(
+            crate::domain::form::parse(unclear.as_bytes()).unwrap(),
+            Source::Form,
+            &Rules {
+                policy_versions: &versions,
+                today,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "consent.new_offerings" && e.code == "invalid_type"),
+            "{errors:?}"
+        );
     }
 }
