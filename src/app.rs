@@ -143,8 +143,9 @@ impl Application {
                 settings.unsubscribe_rate_limit,
                 std::time::Duration::from_secs(60),
             )),
-            denial_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
+            denial_limit: Arc::new(crate::http::rate_limit::RateLimiter::with_total(
                 routes::DENIALS_LOGGED_PER_MINUTE,
+                routes::DENIALS_LOGGED_PER_MINUTE_IN_ALL,
                 std::time::Duration::from_secs(60),
             )),
             keyring: handle,

@@ -253,7 +253,8 @@ async fn require_role(
         .map_or("<unmatched>", MatchedPath::as_str);
     // Each refusal is a synced row of a log that is never trimmed, and a
     // client needs no certificate to be refused: past
-    // `DENIALS_LOGGED_PER_MINUTE` from one address, refusals are answered
+    // `DENIALS_LOGGED_PER_MINUTE` from one address (or
+    // `DENIALS_LOGGED_PER_MINUTE_IN_ALL` from all), refusals are answered
     // 429 and only the first of them is written (status 429: "refused
     // from here to the window's end"); the rest are counted in
     // `checkoutd_denials_unlogged_total`.
@@ -311,6 +312,11 @@ pub(crate) async fn log_refusal(
 /// client address and minute (see [`require_role`]). A misconfigured
 /// client retrying once a second stays well inside it.
 pub const DENIALS_LOGGED_PER_MINUTE: u32 = 120;
+
+/// The same, for every address together: addresses are cheap (an IPv6
+/// /48 holds 65 536 /64s), so a flood from many must not reopen what the
+/// per-address limit closed. 100 a second.
+pub const DENIALS_LOGGED_PER_MINUTE_IN_ALL: u32 = 6_000;
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Problem;
