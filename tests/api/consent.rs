@@ -195,6 +195,38 @@ async fn audiences_paginate_without_loss_or_repetition() {
     );
 }
 
+/// A contact record whose blind index was edited to another length is no
+/// subject: the export leaves it out and carries on, wherever it falls.
+#[tokio::test]
+async fn an_edited_blind_index_does_not_end_the_export() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        place(&app, &order_for(&format!("q{i}@example.com"), true, false)).await;
+    }
+    // Sorts after every genuine one: the last subject of the last chunk.
+    sqlx::query(
+        "UPDATE contact_emails SET email_blind_index = $1
+          WHERE id = (SELECT id FROM contact_emails ORDER BY email_blind_index LIMIT 1)",
+    )
+    .bind(vec![0xffu8, 0xff])
+    .execute(&app.db().await)
+    .await
+    .unwrap();
+    let mut seen = 0;
+    let mut query = "purpose=special_offers&limit=1".to_owned();
+    for _ in 0..10 {
+        let v: Value = app
+            .get_json(Role::Marketing, &format!("/v1/marketing/audience?{query}"))
+            .await;
+        seen += v["emails"].as_array().unwrap().len();
+        match v["next_cursor"].as_str() {
+            Some(c) => query = format!("purpose=special_offers&limit=1&after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 2, "the two untouched customers, and the export ended");
+}
+
 #[tokio::test]
 async fn an_api_opt_out_removes_the_customer_everywhere_at_once_in_any_case() {
     let app = spawn_app().await;

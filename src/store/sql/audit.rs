@@ -534,9 +534,12 @@ pub async fn audience(
     // The chunk's subjects: customers with a contact record to export (one
     // whose every contact record was purged has no address). A walk of
     // the blind-index index from the cursor, `subjects` distinct values.
+    // A blind index of another length than HMAC-SHA256's is no subject
+    // (edited in the database; the audit names it): left out, rather than
+    // ending every export that reaches it.
     let scanned: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT DISTINCT email_blind_index FROM contact_emails
-          WHERE email_blind_index > $1
+          WHERE email_blind_index > $1 AND length(email_blind_index) = 32
           ORDER BY email_blind_index
           LIMIT $2",
     )
@@ -564,7 +567,8 @@ pub async fn audience(
     let sql = format!(
         "WITH subjects AS (
             SELECT DISTINCT email_blind_index AS bi FROM contact_emails
-             WHERE email_blind_index > $1 AND email_blind_index <= $2),
+             WHERE email_blind_index > $1 AND email_blind_index <= $2
+               AND length(email_blind_index) = 32),
          latest AS (
             SELECT s.bi,
                    (SELECT o.seq FROM {orders} c
