@@ -110,7 +110,9 @@ pub(crate) fn shown_id(id: &str) -> String {
 /// holds something shaped like a card number or an email address, which
 /// no value this service writes there does.
 pub(crate) fn shown_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if contains_pan(text) || contains_email(text) {
+    // The detector for text a person could have typed: any grouping, and a
+    // card number with more digits after it (`4012 8888 8888 1881 123`).
+    if crate::domain::detect::contains_pan_typed(text) || contains_email(text) {
         std::borrow::Cow::Borrowed("(withheld: shaped like a card number or an email address)")
     } else {
         std::borrow::Cow::Borrowed(text)
@@ -926,7 +928,7 @@ async fn check_consent_events(
 
 #[cfg(test)]
 mod tests {
-    use super::{canonical_uuid, check_key_row};
+    use super::{canonical_uuid, check_key_row, shown_text};
     use crate::crypto::keyring::Keyring;
     use crate::intake::seal::idempotency_canonical_bytes;
     use crate::store::rows::{AuditKeyRow, KeyRecord, StoredResponse};
@@ -990,6 +992,27 @@ mod tests {
         }
         assert!(verdict(&|r| r.order_exists = false).contains("order does not exist"));
         assert!(verdict(&|r| r.found = Err("bad".into())).contains("unreadable"));
+    }
+
+    #[test]
+    fn database_texts_are_shown_unless_shaped_like_a_card_number_or_an_email() {
+        for genuine in [
+            "2026-11-30T15:51:33.898Z",
+            "2002-06-05",
+            "web",
+            "customer",
+            "2026-11-30T15:51:33.898+01:00",
+        ] {
+            assert_eq!(shown_text(genuine), genuine);
+        }
+        for planted in [
+            "4012888888881881",
+            "4012.8888.8888.1881",
+            "4012 8888 8888 1881 123",
+            "ada@example.com",
+        ] {
+            assert!(shown_text(planted).starts_with("(withheld"), "{planted}");
+        }
     }
 
     #[test]

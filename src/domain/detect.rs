@@ -194,8 +194,8 @@ fn typed(text: &str) -> Vec<u8> {
 }
 
 /// True when `text` holds something shaped like an email address
-/// (`local@domain.tld`, the top-level domain two letters or more: `100@2.5mm`
-/// in an item description is a measurement).
+/// (`local@domain.tld`, the top-level domain starting with two letters:
+/// `100@2.5mm` in an item description is a measurement).
 pub fn contains_email(text: &str) -> bool {
     let b = text.as_bytes();
     b.iter().enumerate().any(|(at, c)| {
@@ -213,12 +213,14 @@ pub fn contains_email(text: &str) -> bool {
         local_ok
             && dot.is_some_and(|d| {
                 let tld = &domain[d + 1..];
-                // Letters, or an internationalised one in its ASCII form.
-                let tld_ok = tld.iter().all(u8::is_ascii_alphabetic)
-                    || tld.strip_prefix(b"xn--").is_some_and(|rest| {
-                        !rest.is_empty() && rest.iter().all(u8::is_ascii_alphanumeric)
-                    });
-                d > 0 && tld.len() >= 2 && tld_ok
+                // Starts with two letters (what follows may be text run on
+                // after the address: `jo@shop.com-1001`), or is an
+                // internationalised one in its ASCII form.
+                let tld_ok = tld.len() >= 2 && tld[..2].iter().all(u8::is_ascii_alphabetic)
+                    || tld
+                        .strip_prefix(b"xn--")
+                        .is_some_and(|rest| !rest.is_empty());
+                d > 0 && tld_ok
             })
     })
 }
@@ -476,6 +478,8 @@ mod tests {
         assert!(!contains_email("urn:checkoutd:role:storefront"));
         assert!(contains_email("ada@xn--e1afmkfd.xn--p1ai"));
         assert!(contains_email("ada@example.museum."));
+        assert!(contains_email("ORDER jo@shop.com-1001"));
+        assert!(contains_email("jo@shop.de2"));
         for measure in ["Cable ties 100@2.5mm", "2@1.25kg", "a@b.c", "x@1.2"] {
             assert!(!contains_email(measure), "{measure:?}");
         }

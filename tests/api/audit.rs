@@ -996,10 +996,13 @@ async fn values_planted_in_the_database_are_not_quoted_to_the_auditor() {
     let (app, ids) = populated().await;
     let tag = customer_tag(&app, &ids[0]).await;
     let (planted_pan, planted_email) = ("378282246310005", "mallory@example.net");
+    // Grouped by dots, with a CVC after it: the whole run fails Luhn.
+    let planted_grouped = "4012.8888.8888.1881.123";
     exec(
         &app,
         &format!(
-            "UPDATE consent_tags SET policy_version = '{planted_pan}', channel = '{planted_email}'
+            "UPDATE consent_tags SET policy_version = '{planted_pan}', channel = '{planted_email}',
+                    captured_at = '{planted_grouped}'
               WHERE id = '{tag}'"
         ),
     )
@@ -1018,6 +1021,7 @@ async fn values_planted_in_the_database_are_not_quoted_to_the_auditor() {
         let text = r.text().await.unwrap();
         assert!(!text.contains(planted_pan), "{path}: {text}");
         assert!(!text.contains(planted_email), "{path}: {text}");
+        assert!(!text.contains(planted_grouped), "{path}: {text}");
         assert!(text.contains("withheld"), "{path}: {text}");
     }
 }
