@@ -274,6 +274,18 @@ pub fn tls_reload_failed() {
     metrics::counter!("checkoutd_tls_reload_failures_total").increment(1);
 }
 
+/// TLS files on disk started (`true`) or stopped failing to load. A gauge
+/// moved up and down, not set: one process has one set of TLS files, so it
+/// reads 0 or 1.
+pub fn tls_reload_failing(failing: bool) {
+    let gauge = metrics::gauge!("checkoutd_tls_reload_failing");
+    if failing {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
+}
+
 /// A refusal answered 429 without its own access-log entry.
 pub fn denial_unlogged() {
     metrics::counter!("checkoutd_denials_unlogged_total").increment(1);

@@ -341,11 +341,19 @@ impl ReloadableTls {
     }
 
     /// Records the failure last logged; returns the one before.
+    /// Records whether the files on disk fail to load (and why); returns
+    /// the previous failure. The `checkoutd_tls_reload_failing` gauge
+    /// follows: 1 while they fail, so an alert lasts as long as the cause.
     fn set_failed(&self, failure: Option<String>) -> Option<String> {
-        match self.failed.lock() {
+        let failing = failure.is_some();
+        let previous = match self.failed.lock() {
             Ok(mut failed) => std::mem::replace(&mut *failed, failure),
             Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), failure),
+        };
+        if previous.is_some() != failing {
+            crate::telemetry::tls_reload_failing(failing);
         }
+        previous
     }
 }
 

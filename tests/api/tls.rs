@@ -750,6 +750,10 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     app.write_client_crl_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n");
     tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
     assert!(failures().await > failures_before, "the failure is counted");
+    assert!(
+        crate::helpers::metric_value(&app.metrics().await, "checkoutd_tls_reload_failing") >= 1.0,
+        "and shown for as long as it lasts"
+    );
     assert_eq!(warehouse.get().await, Some(403));
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
     assert!(!answered(&app.client(Role::Storefront), &app).await);
