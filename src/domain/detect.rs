@@ -25,7 +25,9 @@ use super::pan::{is_card_number, luhn_valid};
 /// True when `text` holds something shaped like a card number: the base
 /// rule, for text written by machines (ids, findings) as well as people.
 pub fn contains_pan(text: &str) -> bool {
-    candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
+    runs(&blank_uuids(text.as_bytes()))
+        .iter()
+        .any(|(groups, _)| loose(groups))
 }
 
 /// For free text typed by a person into a personal detail (a name, an
@@ -45,13 +47,16 @@ pub fn contains_pan_typed(text: &str) -> bool {
 /// anywhere in a run: in a reference such as `ORDER-2026-11-30-300001234564`,
 /// `30 300001234564` passes for a Diners Club number.
 pub fn contains_pan_clear(text: &str) -> bool {
-    contains_pan(text) || candidates(&typed(text)).any(|groups| card_leading(&groups))
+    candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
+        || candidates(&typed(text)).any(|groups| card_leading(&groups))
 }
 
 /// For the local part of an email address: a card number, however
 /// grouped, alone or at the start of a run (`4012888888881881@…`).
 pub fn contains_card_number(text: &str) -> bool {
-    candidates(&typed(text)).any(|groups| card_leading(&groups))
+    runs(&typed(text))
+        .iter()
+        .any(|(groups, _)| card_leading(groups))
 }
 
 /// For a phone number: its digits, separators aside, are a card number. A
@@ -64,7 +69,9 @@ pub fn phone_is_card_number(phone: &str) -> bool {
     digits.len() >= 15 && is_card_number(&digits)
 }
 
-/// The runs of `bytes` that may hold a card number, each as its groups.
+/// The runs of `bytes` that may hold a card number in an order's fields
+/// (the clear-text and the personal-text detectors; the base rule, for
+/// machine text, takes every run), each as its groups.
 /// Two shapes shorter than 15 digits are left out, where the Luhn check
 /// alone (one run in ten passes it, and so do 13- and 14-digit numbers of
 /// Visa's and Maestro's prefixes) would refuse ordinary orders:
@@ -369,6 +376,9 @@ mod tests {
         assert!(crate::domain::pan::luhn_valid(b"4915112345678"));
         assert!(!contains_pan_typed("Ring me on +49 151 1234 5678"));
         assert!(!contains_pan_clear("+49 151 1234 5678"));
+        // The base rule (machine text, the audit's findings) keeps both.
+        assert!(contains_pan("5901234123457"));
+        assert!(contains_pan("4012888888881"));
         // Card numbers stay card numbers, also after a `+` or beside a
         // barcode, and a 13-digit one not shaped like a GTIN.
         for card in [
