@@ -110,9 +110,11 @@ pub(crate) fn shown_id(id: &str) -> String {
 /// holds something shaped like a card number or an email address, which
 /// no value this service writes there does.
 pub(crate) fn shown_text(text: &str) -> std::borrow::Cow<'_, str> {
-    // The detector for text a person could have typed: any grouping, and a
+    // The base rule (every run, barcode-shaped ones included), and the
+    // detector for text a person could have typed: any grouping, and a
     // card number with more digits after it (`4012 8888 8888 1881 123`).
-    if crate::domain::detect::contains_pan_typed(text) || contains_email(text) {
+    if contains_pan(text) || crate::domain::detect::contains_pan_typed(text) || contains_email(text)
+    {
         std::borrow::Cow::Borrowed("(withheld: shaped like a card number or an email address)")
     } else {
         std::borrow::Cow::Borrowed(text)
@@ -1007,6 +1009,9 @@ mod tests {
         }
         for planted in [
             "4012888888881881",
+            // A 13-digit Visa number that is also a valid GTIN.
+            "4012888888881",
+            "+30569309025904",
             "4012.8888.8888.1881",
             "4012 8888 8888 1881 123",
             "ada@example.com",

@@ -436,10 +436,11 @@ impl Reader {
         }
     }
 
-    /// A checkbox: JSON `true`/`false`; in a form, presence with the
-    /// browser's default value (`on`, or empty) or a yes (`true`, `1`,
-    /// `yes`, `y`) is true, and a no (`off`, `false`, `0`, `no`, `n`) is
-    /// false. Any other value is refused rather than guessed: this is a
+    /// A checkbox: JSON `true`/`false`; in a form, the browser's default
+    /// value of a ticked box (`on`) or a yes (`true`, `1`, `yes`, `y`) is
+    /// true, and a no (`off`, `false`, `0`, `no`, `n`) or an empty value (a
+    /// select's placeholder, an untouched input: as absent, not consented)
+    /// is false. Any other value is refused rather than guessed: this is a
     /// customer's consent, and a Yes/No control may send a "no" in a word
     /// we do not know (`nein`, `non`).
     fn boolean(&mut self, map: &mut Map<String, Value>, prefix: &str, key: &str) -> bool {
@@ -449,8 +450,8 @@ impl Reader {
         let parsed = match (&value, self.source) {
             (Value::Bool(b), _) => Some(*b),
             (Value::String(s), Source::Form) => match s.trim().to_ascii_lowercase().as_str() {
-                "" | "on" | "true" | "1" | "yes" | "y" => Some(true),
-                "off" | "false" | "0" | "no" | "n" => Some(false),
+                "on" | "true" | "1" | "yes" | "y" => Some(true),
+                "" | "off" | "false" | "0" | "no" | "n" => Some(false),
                 _ => None,
             },
             _ => None,
@@ -1109,7 +1110,10 @@ mod tests {
         )
         .unwrap();
         assert!(order.consent.purposes.special_offers);
-        assert!(order.consent.purposes.partnerships);
+        assert!(
+            !order.consent.purposes.partnerships,
+            "an empty value is no consent"
+        );
         assert!(order.consent.purposes.product_updates, "a yes");
         assert!(!order.consent.purposes.new_offerings, "an explicit no");
         assert!(!order.consent.purposes.third_party_sharing, "absent");

@@ -75,14 +75,22 @@ impl RateLimiter {
     }
 
     /// Counts one request from `ip`; `Some` when it is over the limit,
-    /// saying whether it is the window's first request over it.
+    /// saying whether it is the window's first request over it (the one a
+    /// caller may record: with a budget for all clients, only while that
+    /// budget has room).
     pub fn count(&self, ip: IpAddr) -> Option<Over> {
         let now = Instant::now();
         let Ok(mut table) = self.seen.lock() else {
             return None;
         };
-        // Prune stale windows at most once per window, not per request.
-        if now.duration_since(table.pruned) >= self.window {
+        let table = &mut *table;
+        // Prune stale windows once per window, and sooner (at most once a
+        // second) when the table is full: a burst from many addresses then
+        // keeps newcomers out for no longer than its own window.
+        let key = crate::server::client_key(ip);
+        let full = table.counts.len() >= MAX_CLIENTS && !table.counts.contains_key(&key);
+        let since_pruned = now.duration_since(table.pruned);
+        if since_pruned >= self.window || (full && since_pruned >= Duration::from_secs(1)) {
             let window = self.window;
             table
                 .counts
@@ -95,10 +103,9 @@ impl RateLimiter {
                 .as_secs()
                 .max(1)
         };
-        let key = crate::server::client_key(ip);
         if table.counts.len() >= MAX_CLIENTS && !table.counts.contains_key(&key) {
             return Some(Over {
-                wait_secs: wait(table.pruned),
+                wait_secs: 1,
                 first: false,
             });
         }
@@ -107,21 +114,35 @@ impl RateLimiter {
             *entry = (now, 0);
         }
         entry.1 = entry.1.saturating_add(1);
-        if entry.1 > self.limit {
-            return Some(Over {
-                wait_secs: wait(entry.0),
-                first: entry.1 == self.limit.saturating_add(1),
-            });
+        let over_own = (entry.1 > self.limit).then(|| Over {
+            wait_secs: wait(entry.0),
+            first: entry.1 == self.limit.saturating_add(1),
+        });
+        // A request over its own limit counts against all clients' budget
+        // only when it would be recorded (its first), so that the budget
+        // bounds the records, not the refusals.
+        if over_own.is_some_and(|o| !o.first) {
+            return over_own;
         }
-        let total = self.total?;
+        let Some(total) = self.total else {
+            return over_own;
+        };
         if now.duration_since(table.total.0) >= self.window {
             table.total = (now, 0);
         }
         table.total.1 = table.total.1.saturating_add(1);
-        (table.total.1 > total).then(|| Over {
-            wait_secs: wait(table.total.0),
-            first: table.total.1 == total.saturating_add(1),
-        })
+        let budget_left = table.total.1 <= total;
+        match over_own {
+            Some(own) => Some(Over {
+                first: budget_left,
+                ..own
+            }),
+            None if budget_left => None,
+            None => Some(Over {
+                wait_secs: wait(table.total.0),
+                first: table.total.1 == total.saturating_add(1),
+            }),
+        }
     }
 }
 
@@ -139,6 +160,11 @@ mod tests {
         }
         assert_eq!(limiter.count(ip(3)).map(|o| o.first), Some(true));
         assert_eq!(limiter.count(ip(4)).map(|o| o.first), Some(false));
+        // A client's first request over its own limit is not recorded
+        // either once the budget of all is spent.
+        assert!(limiter.count(ip(0)).is_some());
+        assert_eq!(limiter.count(ip(0)).map(|o| o.first), Some(false));
+        assert_eq!(limiter.count(ip(0)).map(|o| o.first), Some(false));
 
         // More clients than the table follows: a new one is over the limit.
         let limiter = RateLimiter::new(5, Duration::from_secs(60));
@@ -150,6 +176,17 @@ mod tests {
             Some(false)
         );
         assert_eq!(limiter.count(ip(7)), None, "a client followed already");
+
+        // A full table of clients whose window has passed makes room (at
+        // most once a second), so a burst keeps newcomers out for no longer
+        // than its own window.
+        let limiter = RateLimiter::new(5, Duration::from_millis(1100));
+        for n in 0..MAX_CLIENTS as u32 {
+            assert_eq!(limiter.count(ip(n)), None);
+        }
+        assert!(limiter.count(ip(MAX_CLIENTS as u32)).is_some());
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(limiter.count(ip(MAX_CLIENTS as u32 + 1)), None);
     }
 
     #[test]
