@@ -277,16 +277,13 @@ pub async fn unsubscribe(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    // Both refusals are written to the access log like the role guard's:
-    // a cross-site post under the same per-address throttle, and of the
-    // rate limit's 429s the first of each window (it marks where the
-    // limit began; logging every one would undo the limit).
+    // Both refusals are written to the access log as the role guard's are
+    // (`record_refusal`, under the same throttle): a cross-site post, and
+    // of the rate limit's 429s the first of each window (it marks where
+    // the limit began; logging every one would undo the limit).
     let action = || String::from("POST /unsubscribe");
     if from_another_site(&headers, &uri) {
-        match super::refusal_over_limit(&state, peer.as_deref()) {
-            Some(over) if !over.first => crate::telemetry::denial_unlogged(),
-            _ => super::log_refusal(&state, peer.as_deref(), action(), StatusCode::FORBIDDEN).await,
-        }
+        super::record_refusal(&state, peer.as_deref(), action(), StatusCode::FORBIDDEN).await;
         return page(
             StatusCode::FORBIDDEN,
             "Unsubscribe",
@@ -297,7 +294,8 @@ pub async fn unsubscribe(
         && let Some(over) = state.unsubscribe_limit.count(peer.addr.ip())
     {
         if over.first {
-            super::log_refusal(&state, Some(peer), action(), StatusCode::TOO_MANY_REQUESTS).await;
+            super::record_refusal(&state, Some(peer), action(), StatusCode::TOO_MANY_REQUESTS)
+                .await;
         }
         let mut r = page(
             StatusCode::TOO_MANY_REQUESTS,

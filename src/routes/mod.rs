@@ -251,31 +251,7 @@ async fn require_role(
         .extensions()
         .get::<MatchedPath>()
         .map_or("<unmatched>", MatchedPath::as_str);
-    // Each refusal is a synced row of a log that is never trimmed, and a
-    // client needs no certificate to be refused: past
-    // `DENIALS_LOGGED_PER_MINUTE` from one address (or
-    // `DENIALS_LOGGED_PER_MINUTE_IN_ALL` from all), refusals are answered
-    // 429 and only the first of them is written (status 429: "refused
-    // from here to the window's end"); the rest are counted in
-    // `checkoutd_denials_unlogged_total`.
-    let over = refusal_over_limit(&state, peer.as_ref());
-    let refusal = match over {
-        None => refusal,
-        Some(over) => {
-            let throttled = Problem::new(
-                http::StatusCode::TOO_MANY_REQUESTS,
-                "too-many-refusals",
-                "Too many refused requests from this address; wait before trying again",
-            )
-            .with_retry_after(u32::try_from(over.wait_secs).unwrap_or(u32::MAX));
-            if !over.first {
-                crate::telemetry::denial_unlogged();
-                return throttled.into_response();
-            }
-            throttled
-        }
-    };
-    log_refusal(
+    record_refusal(
         &state,
         peer.as_ref(),
         format!("{} {route}", req.method().as_str()),
@@ -285,23 +261,32 @@ async fn require_role(
     refusal.into_response()
 }
 
-/// Counts a refusal from `peer` against [`DENIALS_LOGGED_PER_MINUTE`];
-/// `Some` when it is over the limit (then only the first such is logged).
-pub(crate) fn refusal_over_limit(
-    state: &AppState,
-    peer: Option<&Peer>,
-) -> Option<crate::http::rate_limit::Over> {
-    peer.and_then(|p| state.denial_limit.count(p.addr.ip()))
-}
-
 /// Writes a refusal (outcome `denied`) to the access log before it is
 /// answered; a failure is logged and the refusal still answered.
-pub(crate) async fn log_refusal(
+///
+/// Each refusal is a synced row of a log that is never trimmed, and a
+/// client needs no certificate to be refused: past
+/// [`DENIALS_LOGGED_PER_MINUTE`] from one address (or
+/// [`DENIALS_LOGGED_PER_MINUTE_IN_ALL`] from all), refusals are still
+/// answered as they are (401, 403, …) but no longer written one by one:
+/// they are counted in `checkoutd_denials_unlogged_total`, and the first of
+/// them is a warning in the process log naming the address.
+pub(crate) async fn record_refusal(
     state: &AppState,
     peer: Option<&Peer>,
     action: String,
     status: http::StatusCode,
 ) {
+    if let Some(over) = peer.and_then(|p| state.denial_limit.count(p.addr.ip())) {
+        if over.first {
+            tracing::warn!(
+                client_ip = %peer.map(|p| p.addr.ip().to_string()).unwrap_or_default(),
+                "refusals past the access log's limit this minute: counted in checkoutd_denials_unlogged_total, not written one by one"
+            );
+        }
+        crate::telemetry::denial_unlogged();
+        return;
+    }
     let entry = Entry::for_request(peer, action, Vec::new(), Outcome::Denied, status.as_u16());
     if let Err(error) = state.access_log.append(entry).await {
         tracing::error!(error = %error, "access log append failed for a denied request");

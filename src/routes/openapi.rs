@@ -6,8 +6,7 @@
 //! server uses, so it cannot drift:
 //! - each operation's roles, tags, `security` (the `mutualTLS` scheme) and
 //!   `x-checkoutd-roles` come from the route table ([`super::routes`]); the
-//!   guarded ones get their 401/403 answers, and the 429 that follows too
-//!   many of them from one address;
+//!   guarded ones get their 401/403 answers;
 //! - every error answer without its own body is an `application/problem+json`
 //!   [`Problem`](crate::http::problem::ProblemDocument) document; every 503
 //!   carries `Retry-After`; every operation may answer what the layers in
@@ -189,11 +188,6 @@ impl Modify for FromRouteTable {
                     "The certificate's role may not call this operation (problem `forbidden`)",
                 )),
             );
-            answers.entry("429".into()).or_insert_with(|| {
-                RefOr::T(OaResponse::new(
-                    "Too many refused requests (401/403) from this address this minute (problem `too-many-refusals`); wait `Retry-After` seconds",
-                ))
-            });
         }
     }
 }
@@ -363,7 +357,6 @@ mod tests {
                     assert_eq!(op["security"][0][MUTUAL_TLS], serde_json::json!([]));
                     assert!(op["responses"]["401"].is_object());
                     assert!(op["responses"]["403"].is_object());
-                    assert!(op["responses"]["429"]["headers"]["Retry-After"].is_object());
                 }
                 documented.insert((method.to_uppercase(), path.clone(), roles));
             }

@@ -1315,11 +1315,11 @@ async fn responses_a_client_never_reads_do_not_hold_the_in_flight_cap() {
 
 /// A client needs no certificate to be refused, and every refusal is a
 /// synced row of an access log that is never trimmed: past
-/// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, the guard
-/// answers 429 with `Retry-After`, writes only the first 429, and counts
-/// the rest in a metric. Callers with the right role are not affected.
+/// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, refusals are
+/// still answered 401 but only counted (a metric), not written. Callers of
+/// the right role are not affected.
 #[tokio::test]
-async fn a_flood_of_refused_requests_is_throttled_and_cannot_grow_the_access_log() {
+async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     let app = spawn_app().await;
     let limit = checkoutd::routes::DENIALS_LOGGED_PER_MINUTE;
     let anonymous = app.anonymous();
@@ -1327,7 +1327,8 @@ async fn a_flood_of_refused_requests_is_throttled_and_cannot_grow_the_access_log
         crate::helpers::metric_value(&app.metrics().await, "checkoutd_denials_unlogged_total")
     };
     let unlogged_before = unlogged().await;
-    for _ in 0..limit {
+    let extra = 5;
+    for _ in 0..limit + extra {
         let r = anonymous
             .get(app.url("/v1/shipments"))
             .send()
@@ -1335,44 +1336,24 @@ async fn a_flood_of_refused_requests_is_throttled_and_cannot_grow_the_access_log
             .unwrap();
         expect_problem(r, 401).await;
     }
-    let extra = 5;
-    for n in 0..extra {
-        let r = anonymous
-            .get(app.url("/v1/shipments"))
-            .send()
-            .await
-            .unwrap();
-        let wait: u64 = r.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1..=60).contains(&wait), "Retry-After {wait}");
-        let problem = expect_problem(r, 429).await;
-        assert_eq!(
-            problem["type"], "urn:checkoutd:problem:too-many-refusals",
-            "{n}"
-        );
-    }
     // A caller of the right role from the same address is still served.
     app.shipments("").await;
 
-    let db = app.db().await;
     let logged: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT CAST(status AS BIGINT), COUNT(*) FROM access_log
           WHERE action = 'GET /v1/shipments' AND outcome = 'denied'
           GROUP BY status ORDER BY 1",
     )
-    .fetch_all(&db)
+    .fetch_all(&app.db().await)
     .await
     .unwrap();
     assert_eq!(
         logged,
-        vec![(401, i64::from(limit)), (429, 1)],
-        "every 401 and the first 429 are logged, no more"
+        vec![(401, i64::from(limit))],
+        "the first refusals are logged, no more"
     );
     // The recorder is global to the test process: at least this test's
     // unlogged refusals were counted.
     let counted = unlogged().await - unlogged_before;
-    assert!(counted >= f64::from(extra - 1), "{counted}");
+    assert!(counted >= f64::from(extra), "{counted}");
 }
