@@ -31,6 +31,12 @@ pub fn secure(headers: &mut http::HeaderMap) {
         .or_insert(HeaderValue::from_static("no-store"));
 }
 
+/// When the request's time limit ([`within`]) answers 408 — a request
+/// extension, so that a handler whose work may outlive the answer (an
+/// order's commit) can stop waiting in time and answer for itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub std::time::Instant);
+
 /// Bounds the whole request (including reading a slowly sent body).
 pub async fn within(limit: Duration, work: impl Future<Output = Response>) -> Response {
     match tokio::time::timeout(limit, work).await {

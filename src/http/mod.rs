@@ -26,8 +26,10 @@ use axum::response::Response;
 /// 4. the security headers on every answer (invariant 1);
 /// 5. the access-log line and the request metrics, last, so they record
 ///    the status actually sent and the whole latency (invariant 7).
-pub async fn envelope(limit: Duration, req: Request, next: Next) -> Response {
+pub async fn envelope(limit: Duration, mut req: Request, next: Next) -> Response {
     let log = access_log::Started::of(&req);
+    req.extensions_mut()
+        .insert(headers::Deadline(std::time::Instant::now() + limit));
     let response = headers::within(limit, guard::guard(req, next)).await;
     let mut response = headers::problem_fallback(response);
     headers::secure(response.headers_mut());

@@ -81,7 +81,26 @@ impl GroupCommit {
 
     /// Commits `order` with whatever else is queued; returns once it is
     /// durable (or known not to be written).
-    pub async fn commit(&self, order: NewOrder) -> Result<CommitOutcome, StoreError> {
+    ///
+    /// `answer_by` is when the caller must have its answer (the request's
+    /// time limit). The wait ends [`ANSWER_MARGIN`] before it with
+    /// [`StoreError::Timeout`] (answered 503: retry with the same key), so
+    /// the time limit's 408 — which tells a client nothing was kept — is
+    /// never sent for an order that may still commit. An order whose caller
+    /// stopped waiting is left out of the next batch; only one already
+    /// being committed may still land, and a retry then replays it.
+    pub async fn commit(
+        &self,
+        order: NewOrder,
+        answer_by: Option<Instant>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let wait = answer_by.map(|by| {
+            by.saturating_duration_since(Instant::now())
+                .saturating_sub(ANSWER_MARGIN)
+        });
+        if wait == Some(Duration::ZERO) {
+            return Err(StoreError::Timeout(Duration::ZERO));
+        }
         let (done, answer) = oneshot::channel();
         self.jobs
             .try_send(Job { order, done })
@@ -89,13 +108,30 @@ impl GroupCommit {
                 mpsc::error::TrySendError::Full(_) => StoreError::Busy,
                 mpsc::error::TrySendError::Closed(_) => StoreError::WriterStopped,
             })?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        let answer = async { answer.await.map_err(|_| StoreError::WriterStopped)? };
+        match wait {
+            None => answer.await,
+            Some(wait) => tokio::time::timeout(wait, answer)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(wait))),
+        }
     }
 }
+
+/// How long before its request's time limit an order stops waiting for
+/// its commit (and is answered 503), so that the answer leaves in time.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        // A caller that stopped waiting (answered 503 at its time limit,
+        // or its client went away) is not committed behind its back: it
+        // was told nothing was kept, or nothing at all.
+        jobs.retain(|j| !j.done.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         let (orders, waiters): (Vec<NewOrder>, Vec<_>) =
             jobs.drain(..).map(|j| (j.order, j.done)).unzip();
         let orders: Arc<[NewOrder]> = orders.into();
@@ -113,7 +149,11 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
                 waiters,
                 StoreError::Incomplete("the store answered a batch with the wrong count"),
             ),
-            Err(error) if error.is_unavailable() || orders.len() == 1 => {
+            // A retired KEK is one order's fault (sealed just before a
+            // rotation): retried one by one below, it fails alone.
+            Err(error)
+                if (error.is_unavailable() && !error.is_retired_kek()) || orders.len() == 1 =>
+            {
                 fail_all(waiters, error);
             }
             Err(error) => {
@@ -130,7 +170,7 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
                     match one {
                         // The database went away meanwhile: the rest get
                         // that answer at once instead of each waiting.
-                        Err(error) if error.is_unavailable() => {
+                        Err(error) if error.is_unavailable() && !error.is_retired_kek() => {
                             let rest: Vec<_> =
                                 std::iter::once(done).chain(waiters.by_ref()).collect();
                             fail_all(rest, error);
@@ -182,6 +222,7 @@ mod tests {
         Commit,
         Fail,
         Outage,
+        RetiredKek,
         Hang,
     }
 
@@ -204,6 +245,7 @@ mod tests {
                 Answer::Commit => Ok(vec![CommitOutcome::Committed; batch.len()]),
                 Answer::Fail => Err(StoreError::Corrupt("a constraint failed")),
                 Answer::Outage => Err(StoreError::WriterStopped),
+                Answer::RetiredKek => Err(StoreError::RetiredKek),
                 Answer::Hang => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Ok(vec![CommitOutcome::Committed; batch.len()])
@@ -235,7 +277,7 @@ mod tests {
             .into_iter()
             .map(|o| {
                 let writer = writer.clone();
-                tokio::spawn(async move { writer.commit(o).await })
+                tokio::spawn(async move { writer.commit(o, None).await })
             })
             .collect();
         let mut results = Vec::new();
@@ -298,6 +340,85 @@ mod tests {
                 .iter()
                 .all(|r| r.as_ref().is_err_and(StoreError::is_unavailable))
         );
+    }
+
+    /// An order sealed under a KEK retired a moment ago fails the
+    /// batch's transaction; it must fail alone, not take the batch's
+    /// correctly sealed orders down with it.
+    #[tokio::test]
+    async fn an_order_under_a_retired_kek_fails_alone() {
+        let (results, calls) = run(
+            vec![Answer::RetiredKek, Answer::Commit, Answer::RetiredKek],
+            4,
+        )
+        .await;
+        assert_eq!(calls, vec![4, 1, 1, 1, 1]);
+        assert!(results[1].as_ref().is_err_and(StoreError::is_retired_kek));
+        for i in [0, 2, 3] {
+            assert!(
+                matches!(results[i], Ok(CommitOutcome::Committed)),
+                "order {i}: {:?}",
+                results[i]
+            );
+        }
+    }
+
+    /// A caller stops waiting before its request's time limit and is
+    /// answered "retry" (503), and its order, still queued behind a slow
+    /// commit, is then left out: it never commits behind a 503's back.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_past_its_deadline_is_answered_and_its_order_left_out() {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::new(GroupCommit::start(Slow {
+            calls: calls.clone(),
+        }));
+        // The first order occupies the writer for 5 s.
+        let first = {
+            let (writer, o) = (writer.clone(), order(&rng, &keyring, 0));
+            tokio::spawn(async move { writer.commit(o, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let by = Instant::now() + Duration::from_secs(2);
+        let late = writer.commit(order(&rng, &keyring, 1), Some(by)).await;
+        assert!(
+            matches!(late, Err(StoreError::Timeout(_))),
+            "answered as retryable: {late:?}"
+        );
+        assert!(Instant::now() <= by - ANSWER_MARGIN + Duration::from_millis(1));
+        assert!(matches!(first.await.unwrap(), Ok(CommitOutcome::Committed)));
+        // Give the writer its turn: the abandoned order is not written.
+        let third = writer.commit(order(&rng, &keyring, 2), None).await;
+        assert!(matches!(third, Ok(CommitOutcome::Committed)));
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![1, 1],
+            "order 1 never reached the store"
+        );
+        // A deadline already too close is refused without queueing.
+        let now = writer
+            .commit(order(&rng, &keyring, 3), Some(Instant::now()))
+            .await;
+        assert!(matches!(now, Err(StoreError::Timeout(_))));
+        assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+
+    /// A sink whose every commit takes 5 s.
+    struct Slow {
+        calls: Arc<Mutex<Vec<usize>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl OrderSink for Slow {
+        async fn commit_orders(
+            &self,
+            batch: Arc<[NewOrder]>,
+        ) -> Result<Vec<CommitOutcome>, StoreError> {
+            self.calls.lock().unwrap().push(batch.len());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(vec![CommitOutcome::Committed; batch.len()])
+        }
     }
 
     #[tokio::test(start_paused = true)]

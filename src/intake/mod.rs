@@ -233,6 +233,7 @@ impl Intake {
         claim: &Claim<'_>,
         media: MediaType,
         body: Zeroizing<Vec<u8>>,
+        answer_by: Option<std::time::Instant>,
     ) -> Result<Accepted, IntakeError> {
         let (client, key) = (claim.client, &claim.key);
         let keyring = self.keyring.current();
@@ -273,7 +274,7 @@ impl Intake {
         };
         let sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
         let response = sealed.idempotency.response.clone();
-        match self.commits.commit(sealed).await? {
+        match self.commits.commit(sealed, answer_by).await? {
             CommitOutcome::Committed => {
                 crate::telemetry::order_accepted();
                 Ok(Accepted::Created(response))

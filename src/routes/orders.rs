@@ -56,6 +56,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    deadline: Option<axum::Extension<crate::http::headers::Deadline>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -78,7 +79,8 @@ pub async fn create(
         Ok(b) => b,
         Err(p) => return p.into_response(),
     };
-    match state.intake.submit(&claim, media, body).await {
+    let answer_by = deadline.map(|axum::Extension(d)| d.0);
+    match state.intake.submit(&claim, media, body, answer_by).await {
         Ok(Accepted::Created(r)) => stored(r, false),
         Ok(Accepted::Replayed(r)) => stored(r, true),
         Err(e) => intake_problem(e).into_response(),

@@ -110,6 +110,16 @@ impl StoreError {
         }
     }
 
+    /// True when a row was sealed under a retired KEK version (the order
+    /// is answered 503 and re-sealed by its retry).
+    pub fn is_retired_kek(&self) -> bool {
+        match self {
+            StoreError::RetiredKek => true,
+            StoreError::Shared(inner) => inner.is_retired_kek(),
+            _ => false,
+        }
+    }
+
     /// Maps a driver error: connection-level failures are `Unavailable`
     /// (answered 503), everything else `Query` (answered 500).
     pub fn from_sqlx(error: sqlx::Error) -> Self {
@@ -274,6 +284,16 @@ pub trait Store: Send + Sync + 'static {
     /// one, and none is ever deleted): how many, and the ids of the first
     /// `limit` in creation order.
     async fn orders_without_key_row(&self, limit: u32) -> Result<(u64, Vec<String>), StoreError>;
+
+    /// Orders the access log records as dispatched (an allowed `action`
+    /// answered 200 for exactly that order) that are not dispatched now:
+    /// how many, and the first `limit` as `(order id, log entry seq)`. A
+    /// dispatch is written before its log entry, and never undone.
+    async fn dispatches_undone(
+        &self,
+        action: &str,
+        limit: u32,
+    ) -> Result<(u64, Vec<(String, i64)>), StoreError>;
 
     /// One order with all its records and tags, raw; empty when unknown.
     async fn audit_order(&self, order_id: &str) -> Result<rows::AuditBatch, StoreError>;
