@@ -514,7 +514,10 @@ pub async fn verify(
     let mut failures = Failures::default();
     let mut purged: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let (mut orders_checked, mut records_checked) = (0u64, 0u64);
-    let mut after = 0i64;
+    // From the lowest position there is, not from 0: `seq` is under no MAC,
+    // and an order whose `seq` was edited to 0 or below must not fall
+    // outside the walk (the count below catches even `i64::MIN`).
+    let mut after = i64::MIN;
     loop {
         let batch = store.audit_batch(after, PAGE).await?;
         let Some(last) = batch.orders.last() else {
@@ -536,12 +539,25 @@ pub async fn verify(
             break;
         }
     }
+    // Orders are never deleted and never leave the walk: fewer checked
+    // than were counted before it began means some were out of its reach.
+    if orders_checked < totals.orders {
+        failures.push(Failure::new(
+            "orders",
+            "",
+            format!(
+                "{} order(s) counted but outside the audit's walk by sequence number (seq edited)",
+                totals.orders - orders_checked
+            ),
+        ));
+    }
     check_consent_events(store, keyring, &mut failures).await?;
     scan_schema_and_clear_columns(store, &mut failures).await?;
     // After the plaintext scan: many findings here (rows from before
     // migration 0007) must not crowd a card number in clear out of the
     // listed failures.
     check_idempotency_rows(store, keyring, &mut failures).await?;
+    check_dispatches_kept(store, &mut failures).await?;
     let access_log = match verify_chain(store, keyring.access_log_key()).await {
         Ok(status) => ChainReport {
             intact: true,
@@ -629,6 +645,23 @@ fn check_completeness(
             if !present && !is_purged(class) {
                 out.push(Failure::new("orders", &o.id, format!("no {table} record")));
             }
+            // A purge deletes the records and writes its row in one
+            // transaction: a record next to a valid purge was put back
+            // (restored from a backup), and the shredding undone.
+            if *present && is_purged(class) {
+                out.push(Failure::new(
+                    "orders",
+                    &o.id,
+                    format!("{table} record present although its purge is recorded (restored)"),
+                ));
+            }
+        }
+        if h[3] && is_purged("recipient") {
+            out.push(Failure::new(
+                "orders",
+                &o.id,
+                "gift_recipients record present although its purge is recorded (restored)",
+            ));
         }
         let marker_is_gift = batch.records.iter().any(|r| {
             r.order_id == o.id && matches!(&r.extra, AuditExtra::Shipping { ship_to } if ship_to == "gift_recipient")
@@ -705,6 +738,29 @@ async fn check_idempotency_rows(
     Ok(())
 }
 
+/// A dispatch is never undone: the order's MAC cannot cover its status
+/// (it changes once), so a dispatch set back to `accepted` with its facts
+/// nulled — to ship the order twice, or keep its card data past retention
+/// — is found through the access log, whose chain is verified separately:
+/// every dispatch answered 200 was committed before its entry was written.
+async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
+    let limit = u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX);
+    let (undone, found) = store
+        .dispatches_undone(crate::fulfillment::DISPATCH_ACTION, limit)
+        .await?;
+    for (order_id, seq) in &found {
+        out.push(Failure::new(
+            "orders",
+            order_id,
+            format!(
+                "not dispatched, but access-log entry {seq} records its dispatch (rolled back)"
+            ),
+        ));
+    }
+    out.count += undone.saturating_sub(found.len() as u64);
+    Ok(())
+}
+
 /// How a report names an idempotency row: `key:` and the first 8 bytes of
 /// its key hash in hex (the key itself is never stored).
 pub fn key_row_id(key_hash: &[u8]) -> String {
@@ -769,7 +825,8 @@ async fn scan_schema_and_clear_columns(
         if clear.is_empty() {
             continue;
         }
-        let mut after = 0i64;
+        // From the lowest position: a SQLite rowid may be 0 or negative.
+        let mut after = i64::MIN;
         loop {
             let rows = store.clear_rows(&table, &clear, after, SCAN_PAGE).await?;
             let Some(last) = rows.last() else { break };

@@ -17,6 +17,12 @@ use crate::crypto::mac::MacKey;
 use crate::domain::consent::Purposes;
 use crate::store::rows::{PurgeRow, ShipToRow, ShipmentRow};
 
+/// The warehouse's dispatch route …
+pub const DISPATCH_PATH: &str = "/v1/shipments/{order_id}/dispatch";
+/// … as its access-log entries name it (`METHOD /route`): the audit finds
+/// every dispatch by it.
+pub const DISPATCH_ACTION: &str = "POST /v1/shipments/{order_id}/dispatch";
+
 /// The keys fulfillment holds.
 pub struct Fulfillment {
     /// The shipping and recipient KEKs (all versions); replaced by
@@ -285,5 +291,18 @@ impl Fulfillment {
             integrity_error,
             purged,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The audit finds dispatches by the action the access log writes for
+    /// the route (`METHOD /route`): the two must not drift apart.
+    #[test]
+    fn the_dispatch_action_names_the_dispatch_route() {
+        assert_eq!(
+            super::DISPATCH_ACTION,
+            format!("POST {}", super::DISPATCH_PATH)
+        );
     }
 }

@@ -157,7 +157,7 @@ pub fn routes() -> Vec<Route> {
         Route::new(Get, "/v1/shipments", &[Fulfillment], shipments::list),
         Route::new(
             Post,
-            "/v1/shipments/{order_id}/dispatch",
+            crate::fulfillment::DISPATCH_PATH,
             &[Fulfillment],
             shipments::dispatch,
         )

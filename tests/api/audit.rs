@@ -956,6 +956,101 @@ async fn edited_orders_rolled_back_dispatches_and_dropped_gift_recipients_are_na
     assert!(broken["ship_to"].is_null());
 }
 
+/// A dispatch set back in full — status, carrier, tracking, time and
+/// MAC, the row exactly as before it shipped — is found through the
+/// access log's entry for it (the order's own MAC cannot cover a status
+/// that changes once).
+#[tokio::test]
+async fn a_dispatch_rolled_back_in_full_is_found_through_the_access_log() {
+    let (app, ids) = populated().await;
+    for id in [&ids[2], &ids[3]] {
+        let r = app
+            .dispatch(id, &json!({"carrier": "UPS", "tracking": "1Z"}))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    // Dispatched orders, and a dispatch repeated (answered 200 again), are
+    // no finding.
+    let r = app
+        .dispatch(&ids[3], &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report = run_verify(&app).await;
+    assert!(report.verified, "{:#?}", report.failures);
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET status = 'accepted', carrier = NULL, tracking = NULL, dispatched_at = NULL, dispatch_mac = NULL WHERE id = '{}'",
+            ids[2]
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(!report.verified);
+    assert!(
+        has(
+            &report,
+            "orders",
+            &ids[2],
+            "records its dispatch (rolled back)"
+        ),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+    // The warehouse would ship it again: it is pending once more.
+    let page = app.shipments("").await;
+    assert!(
+        page["shipments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["order_id"] == ids[2].as_str())
+    );
+}
+
+/// `seq` is under no MAC: an order moved out of the walk's range (to 0,
+/// below, or to the lowest value there is) is still audited, or counted as
+/// out of reach — never silently skipped.
+#[tokio::test]
+async fn an_order_whose_sequence_number_was_edited_is_not_skipped() {
+    let (app, ids) = populated().await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET seq = -seq WHERE id = '{o}'; UPDATE orders SET items = replace(items, '\"quantity\":2', '\"quantity\":20') WHERE id = '{o}'",
+            o = ids[0]
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(&report, "orders", &ids[0], "MAC does not verify"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.orders_checked, 4);
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET seq = -9223372036854775808 WHERE id = '{}'",
+            ids[1]
+        ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        has(
+            &report,
+            "orders",
+            "",
+            "1 order(s) counted but outside the audit's walk"
+        ),
+        "{:#?}",
+        report.failures
+    );
+}
+
 #[tokio::test]
 async fn the_report_runs_in_the_background_and_is_shared() {
     use checkoutd::audit::job::ReportJob;

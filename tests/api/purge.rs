@@ -487,6 +487,48 @@ async fn purging_an_unknown_order_is_refused_and_purging_twice_is_harmless() {
 }
 
 /// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.
+/// Records put back after their purge (from a backup) undo the
+/// shredding: the audit says so, it does not stay green.
+#[tokio::test]
+async fn records_restored_after_their_purge_are_found_by_the_audit() {
+    let app = spawn_app().await;
+    let doomed = place(&app, "r-1", &order_json()).await;
+    let db = app.db().await;
+    for table in ["payment_cards", "contact_emails"] {
+        sqlx::query(&format!(
+            "CREATE TABLE backup_{table} AS SELECT * FROM {table} WHERE order_id = '{doomed}'"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    purge_order(&app, &doomed);
+    let verify = || async {
+        checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+            .await
+            .unwrap()
+    };
+    let report = verify().await;
+    assert!(report.verified, "{:#?}", report.failures);
+    for table in ["payment_cards", "contact_emails"] {
+        sqlx::query(&format!("INSERT INTO {table} SELECT * FROM backup_{table}"))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let report = verify().await;
+    assert!(!report.verified);
+    for table in ["payment_cards", "contact_emails"] {
+        assert!(
+            report.failures.iter().any(|f| f.record_id == doomed
+                && f.what
+                    == format!("{table} record present although its purge is recorded (restored)")),
+            "{table}: {:#?}",
+            report.failures
+        );
+    }
+}
+
 fn purge_order(app: &TestApp, order_id: &str) -> String {
     let out = app
         .command()

@@ -334,7 +334,14 @@ pub async fn totals(pool: &AnyPool) -> Result<Totals, StoreError> {
         for r in rows {
             let v: i64 = r.try_get("kek_version").map_err(err)?;
             let n: i64 = r.try_get("n").map_err(err)?;
-            versions.insert(v.to_string(), u64::try_from(n).unwrap_or(0));
+            // A version is a small positive number; anything else (an
+            // edited column: it could hold a card number) is counted as
+            // `invalid`, never quoted as a key of the report.
+            let version = u32::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .map_or_else(|| "invalid".to_owned(), |v| v.to_string());
+            *versions.entry(version).or_insert(0) += u64::try_from(n).unwrap_or(0);
         }
         t.kek_versions.insert(class.to_owned(), versions);
     }
@@ -871,6 +878,42 @@ pub async fn orders_without_key_row(
             .await
             .map_err(err)?;
     Ok((u64::try_from(count).unwrap_or(0), ids))
+}
+
+pub async fn dispatches_undone(
+    pool: &AnyPool,
+    action: &str,
+    limit: u32,
+) -> Result<(u64, Vec<(String, i64)>), StoreError> {
+    // A dispatch entry's objects are `["<order id>"]`: the id is matched
+    // through the orders' id index, then the whole text compared.
+    const UNDONE: &str = "FROM access_log a JOIN orders o ON o.id = substr(a.objects, 3, 36)
+        WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
+          AND a.objects = '[\"' || o.id || '\"]' AND o.status <> 'dispatched'";
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNDONE}"))
+        .bind(action)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    if count == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT o.id AS id, a.seq AS seq {UNDONE} ORDER BY a.seq LIMIT $2"
+    ))
+    .bind(action)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in rows {
+        found.push((
+            r.try_get::<String, _>("id").map_err(err)?,
+            r.try_get::<i64, _>("seq").map_err(err)?,
+        ));
+    }
+    Ok((u64::try_from(count).unwrap_or(0), found))
 }
 
 /// Up to `limit` withdrawals with `seq > after`, in order.

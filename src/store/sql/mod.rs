@@ -302,6 +302,14 @@ impl Store for SqlStore {
         audit::orders_without_key_row(&self.pool, limit).await
     }
 
+    async fn dispatches_undone(
+        &self,
+        action: &str,
+        limit: u32,
+    ) -> Result<(u64, Vec<(String, i64)>), StoreError> {
+        audit::dispatches_undone(&self.pool, action, limit).await
+    }
+
     async fn order_summary(
         &self,
         client: &[u8; 32],
