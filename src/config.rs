@@ -184,6 +184,9 @@ pub struct Settings {
 pub const DEFAULT_COMMIT_QUEUE: usize = 4 * crate::intake::commit::MAX_BATCH;
 
 /// The policy version known when no other is configured ("last updated").
+/// The longest retention period (`--retain-*-days`): 100 years.
+pub const MAX_RETAIN_DAYS: u32 = 36_500;
+
 pub const DEFAULT_POLICY_VERSION: &str = "2002-06-05";
 
 impl StoreSettings {
@@ -271,6 +274,32 @@ impl Settings {
                 env: "REPLAY_WINDOW_HOURS",
                 expected: "expected a whole number of hours from 25 (keys are replayed at least a day, and an hour for clocks) to 87600",
             });
+        }
+        // Retention in days, 0 = keep: at most 100 years. A larger value
+        // ("keep for ever") would put the purge horizon before the year
+        // −9999, where the retention task's date arithmetic fails.
+        for (days, setting, flag, env) in [
+            (
+                args.retain_card_days.or(file.retain_card_days),
+                "retain_card_days",
+                "retain-card-days",
+                "RETAIN_CARD_DAYS",
+            ),
+            (
+                args.retain_recipient_days.or(file.retain_recipient_days),
+                "retain_recipient_days",
+                "retain-recipient-days",
+                "RETAIN_RECIPIENT_DAYS",
+            ),
+        ] {
+            if days.is_some_and(|d| d > MAX_RETAIN_DAYS) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    flag,
+                    env,
+                    expected: "expected a whole number of days from 0 (keep) to 36500",
+                });
+            }
         }
         let defaults = ConnectionLimits::default();
         let max_connections = args
@@ -599,6 +628,27 @@ mod tests {
             assert!(err.contains("replay_window_hours"), "{err}");
         }
         assert!(toml::from_str::<FileConfig>("replay_window_hours = 48").is_ok());
+    }
+
+    #[test]
+    fn retention_is_at_most_a_hundred_years() {
+        for (card, recipient) in [(Some(36_501), None), (None, Some(99_999_999))] {
+            let err = Settings::from_args(&ServeArgs {
+                retain_card_days: card,
+                retain_recipient_days: recipient,
+                ..ServeArgs::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("retain_"), "{err}");
+        }
+        let kept = Settings::from_args(&ServeArgs {
+            retain_card_days: Some(36_500),
+            retain_recipient_days: Some(0),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(kept.retention.len(), 1);
     }
 
     #[test]

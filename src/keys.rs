@@ -334,11 +334,19 @@ pub async fn destroy(
         .into_iter()
         .find(|k| k.class == class && k.version == version)
         .map(|k| k.state);
+    // A database that never saw this version retired is not the one the
+    // rotation ran against — most likely not the service's database at
+    // all (another --database-url, or none), where "no record uses it"
+    // proves nothing.
+    let retired_here = store.kek_retired(class, version).await?;
     let refusal = match state {
         None => Some("no such KEK version".to_owned()),
         Some(KekState::Active) => Some(format!("{name} is the active version; rotate first")),
         Some(_) if in_use > 0 => Some(format!(
             "{name} still wraps {in_use} record(s); run `checkoutd keys rewrap` first"
+        )),
+        Some(_) if !retired_here => Some(format!(
+            "this database has no record of {name}'s retirement: is it the database the service uses (--database-url, or CHECKOUTD_DATABASE_URL)? If `keys rotate` could not tell it, running `keys rotate` against it records every retired version"
         )),
         Some(_) => None,
     };

@@ -70,6 +70,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 })
                 .transpose()
                 .map_err(|_| Usage("--dispatched-before must be YYYY-MM-DD"))?;
+            // A date after today would purge every dispatched order, card
+            // data still inside its chargeback window included: a typo
+            // (2062 for 2026) must not crypto-shred the whole shop.
+            if dispatched_before
+                .as_ref()
+                .is_some_and(|(_, day)| *day > time::OffsetDateTime::now_utc().date())
+            {
+                return Err(Usage(
+                    "--dispatched-before is after today: that would purge every dispatched order; give a date up to today (UTC)",
+                )
+                .into());
+            }
             let settings = StoreSettings::from_args(&args)?;
             telemetry::init(settings.log_format);
             let master = checkoutd::crypto::master::resolve(
@@ -82,7 +94,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     .join(checkoutd::crypto::keyring::FILE_NAME),
                 &master,
             )?;
-            let store = store::open(&settings.database).await?;
+            let store = store::open_existing(&settings.database).await?;
             let who = checkoutd::keys::operator();
             let all = checkoutd::crypto::DataClass::ALL;
             let mut out = std::io::stdout();
@@ -226,7 +238,13 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
     let settings = StoreSettings::from_args(&args)?;
     telemetry::init(settings.log_format);
     let path = settings.data_dir.join(FILE_NAME);
-    let store = store::open(&settings.database).await?;
+    // Only `keys init` may begin a new database; the others act on the
+    // service's own, which must exist.
+    let store = if matches!(command, KeysCommand::Init { .. }) {
+        store::open(&settings.database).await?
+    } else {
+        store::open_existing(&settings.database).await?
+    };
     let classes = |text: &str| {
         checkoutd::keys::parse_classes(text)
             .ok_or("--class must be card, billing, shipping, recipient, contact or all")

@@ -33,6 +33,8 @@ pub enum StoreError {
     Query(#[source] sqlx::Error),
     #[error("applying migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no database at {}: name the service's database (--database-url, or CHECKOUTD_DATABASE_URL); only `serve`, `migrate` and `keys init` create one", path.display())]
+    NoDatabase { path: std::path::PathBuf },
     #[error("cannot create the data directory {path}")]
     DataDir {
         path: std::path::PathBuf,
@@ -319,6 +321,14 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- key life cycle ----
 
+    /// Whether KEK `class`/`version` is recorded as retired here (by a
+    /// `keys rotate` run against this database).
+    async fn kek_retired(
+        &self,
+        class: crate::crypto::DataClass,
+        version: u32,
+    ) -> Result<bool, StoreError>;
+
     /// Records KEK versions as retired: from now on the database refuses
     /// new records sealed under them.
     async fn retire_keks(
@@ -459,6 +469,19 @@ pub async fn open_read_only(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreEr
 /// database somewhere else).
 pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(open_sql(url).await?))
+}
+
+/// [`open`], for the one-off commands that act on the service's data
+/// (`keys`, `orders purge`): an SQLite file that does not exist is an
+/// error, never a new empty database — a key counted as unused there
+/// could be destroyed while the real database still needs it.
+pub async fn open_existing(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
+    if let DatabaseUrl::Sqlite { path } = url
+        && !path.exists()
+    {
+        return Err(StoreError::NoDatabase { path: path.clone() });
+    }
+    open(url).await
 }
 
 /// [`open`], as the concrete engine type.

@@ -130,6 +130,25 @@ fn invalid_settings_are_refused_before_binding_naming_the_setting() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
+    // A date after today would purge every dispatched order: refused
+    // before anything is opened.
+    let out = checkoutd()
+        .args(["orders", "purge", "--dispatched-before", "2999-01-01"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("after today"));
+    assert!(!dir.path().join("data").exists());
+    // Retention beyond 100 years is a settings error, not a retention
+    // task that stops on its first pass.
+    let out = checkoutd()
+        .args(["serve", "--retain-recipient-days", "99999999"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retain_recipient_days"));
 }
 
 #[test]

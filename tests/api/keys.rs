@@ -65,6 +65,64 @@ pub async fn card_version(app: &TestApp, order_id: &str) -> u64 {
         .unwrap()
 }
 
+/// `keys` run without the service's database setting (another URL, or
+/// none: the data directory's default file) must not count "no record
+/// uses card/v1" in the wrong database and destroy a key the real one
+/// still needs: a missing SQLite file is not created, and a database that
+/// never saw the version retired refuses the destruction.
+#[tokio::test]
+async fn keys_against_another_database_destroy_nothing() {
+    let app = spawn_app().await;
+    let first = order(&app, "w-1").await;
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let elsewhere = app.dir.path().join("elsewhere.db");
+    let other_url = format!("sqlite://{}", elsewhere.display());
+    let against_other = |args: &[&str]| {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATABASE_URL", &other_url)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let destroy = ["keys", "destroy", "--class", "card", "--version", "1"];
+    let out = against_other(&destroy);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(!elsewhere.exists(), "keys destroy created a database");
+    let out = against_other(&["keys", "status"]);
+    assert!(!out.status.success());
+    assert!(!elsewhere.exists(), "keys status created a database");
+    // An existing database that never saw card/v1 retired (no record
+    // under it there) is not taken at its word.
+    let out = against_other(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = against_other(&destroy);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no record of card/v1's retirement"),
+        "{stderr}"
+    );
+    // The key is intact: the first order's card still opens.
+    assert_eq!(card_version(&app, &first).await, 1);
+    // Against the service's database, after the rewrap, it goes.
+    cli_ok(&app, &["keys", "rewrap", "--class", "card"]);
+    cli_ok(&app, &destroy);
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(
+        serde_json::to_value(&report.totals.kek_versions["card"]).unwrap(),
+        serde_json::json!({"2": 1})
+    );
+}
+
 #[tokio::test]
 async fn rotate_rewrap_destroy_end_to_end() {
     let app = spawn_app().await;

@@ -611,6 +611,22 @@ impl Store for SqlStore {
         audit::audience(&self.pool, purpose, after, subjects).await
     }
 
+    async fn kek_retired(
+        &self,
+        class: crate::crypto::DataClass,
+        version: u32,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM kek_retirements WHERE class = $1 AND version = $2",
+        )
+        .bind(class.as_str())
+        .bind(i64::from(version))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(n > 0)
+    }
+
     async fn retire_keks(
         &self,
         retired: &[(crate::crypto::DataClass, u32)],
