@@ -37,6 +37,11 @@ pub enum StartupError {
     )]
     KeyringMissing(std::path::PathBuf),
     #[error(
+        "no keyring at {0}: with --master-key-share the keyring is made only by \
+         `checkoutd keys init` — give serve the same --data-dir as keys init"
+    )]
+    KeyringNotInitialised(std::path::PathBuf),
+    #[error(
         "{0} lacks server.pem or server-key.pem; with --client-ca set no development PKI is created"
     )]
     ServerCertificateMissing(std::path::PathBuf),
@@ -95,7 +100,7 @@ impl Application {
         if !settings.store.master_key_shares.is_empty() && !keyring_path.exists() {
             // With custodian shares, a keyring is made only by `keys init`
             // (which makes the shares too), never implicitly.
-            return Err(StartupError::KeyringMissing(keyring_path));
+            return Err(StartupError::KeyringNotInitialised(keyring_path));
         }
         let master = master_key(settings, &keyring_path)?;
         let (keyring, created) =

@@ -63,6 +63,12 @@ pub fn write_atomically(
         .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", crate::hex::encode(&suffix)));
     write_new(&tmp, bytes, mode)?;
+    if placement == Placement::Replace
+        && let Err(e) = keep_owner(path, &tmp)
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let placed = match placement {
         Placement::Replace => std::fs::rename(&tmp, path).map(|()| true),
         Placement::CreateNew => {
@@ -103,6 +109,40 @@ pub fn write_atomically(
     placed
 }
 
+/// A replaced file keeps its owner and group: an operator who runs
+/// `keys rotate` as root (through sudo) must not leave the service's
+/// keyring owned by root, unreadable to the service. Fails (and nothing is
+/// replaced) when the owner cannot be kept.
+fn keep_owner(path: &Path, tmp: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(old) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        if !old.is_file() {
+            return Ok(());
+        }
+        let new = std::fs::symlink_metadata(tmp)?;
+        if (old.uid(), old.gid()) != (new.uid(), new.gid()) {
+            std::os::unix::fs::lchown(tmp, Some(old.uid()), Some(old.gid())).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot give the new {} the owner of the one it replaces (uid {}, gid {}): run this as that user, or as root",
+                        path.display(),
+                        old.uid(),
+                        old.gid()
+                    ),
+                )
+            })?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, tmp);
+    Ok(())
+}
+
 /// Creates `path` exclusively (`AlreadyExists` if it is there) with `mode`,
 /// writes `bytes` and fsyncs it; a file it created but could not fill is
 /// removed again (one it did not create is never touched).
@@ -139,6 +179,29 @@ pub fn create_new_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replaced file keeps its owner (run as root, as CI does, the
+    /// owner is another user's; otherwise the caller's own).
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        assert!(write_atomically(&path, b"one", 0o600, Placement::CreateNew).unwrap());
+        let me = std::fs::metadata(&path).unwrap().uid();
+        let owner = if me == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+            (65534, 65534)
+        } else {
+            let m = std::fs::metadata(&path).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert!(write_atomically(&path, b"two", 0o600, Placement::Replace).unwrap());
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner);
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    }
 
     #[test]
     fn an_atomic_write_creates_new_files_private_and_replaces_only_when_asked() {

@@ -252,6 +252,16 @@ pub async fn rewrap(
     batch: u32,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, KeysError> {
+    // Logged before the first batch too: a run killed part way has
+    // changed records, and the log must say that one was started.
+    log_operation(
+        store,
+        &Keyring::load(path, master)?,
+        "keys rewrap started".into(),
+        classes.iter().map(|c| c.as_str().to_owned()).collect(),
+        Outcome::Allowed,
+    )
+    .await?;
     let mut done = 0u64;
     let result: Result<(), KeysError> = async {
         let rng = SystemRandom::new();

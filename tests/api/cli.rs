@@ -330,3 +330,26 @@ fn serve_never_replaces_a_certificates_directory_it_finds_incomplete() {
     assert!(stderr.contains("--client-ca"), "{stderr}");
     assert!(!empty.join("ca.pem").exists());
 }
+
+/// `serve` with custodian shares but no keyring (another --data-dir than
+/// `keys init` was given) says so, not that the database holds orders.
+#[test]
+fn serve_with_shares_but_no_keyring_names_keys_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = checkoutd()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--master-key-share",
+            "share-1-of-2.json",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checkoutd keys init"), "{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(!stderr.contains("already holds orders"), "{stderr}");
+}

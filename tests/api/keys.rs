@@ -782,6 +782,14 @@ async fn a_rewrap_that_fails_part_way_is_still_logged() {
         .filter(|e| e["action"] == "keys rewrap")
         .collect();
     assert_eq!(rewraps.len(), 1, "{log:#}");
+    // The start was logged before any batch (a run killed part way leaves
+    // that entry).
+    let entries = log["entries"].as_array().unwrap();
+    let started = entries.iter().position(|e| {
+        e["action"] == "keys rewrap started" && e["objects"] == serde_json::json!(["card"])
+    });
+    let ended = entries.iter().position(|e| e["action"] == "keys rewrap");
+    assert!(started.is_some() && started < ended, "{log:#}");
     assert!(
         rewraps[0].to_string().contains("records:"),
         "{:#}",
