@@ -254,8 +254,10 @@ pub async fn clear_rows(
         select.join(", "),
         quote_ident(table)
     );
+    // A position is never negative: "from the start" may be given as any
+    // value below 0 (the audit starts SQLite's rowids at i64::MIN).
     let rows = sqlx::query(&sql)
-        .bind(after_rowid)
+        .bind(after_rowid.max(0))
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await
