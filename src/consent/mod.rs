@@ -132,7 +132,11 @@ pub struct ConsentProof<'a> {
     pub events: Vec<ProofEvent<'a>>,
     /// What the subject consents to now.
     pub effective: Purposes,
-    /// Whether every MAC involved verified.
+    /// Whether the whole withdrawal ledger verified as a chain (no
+    /// withdrawal deleted, reordered or rolled back): a withdrawal of this
+    /// subject that is gone would otherwise simply be absent here.
+    pub ledger_verified: bool,
+    /// Whether every MAC involved verified, and the ledger with them.
     pub verified: bool,
 }
 
@@ -438,6 +442,9 @@ impl EventSealer<'_> {
 pub struct Ledger {
     rng: SystemRandom,
     keyring: std::sync::Arc<KeyringHandle>,
+    /// The furthest position of the withdrawal ledger a proof verified: a
+    /// ledger rolled back behind it fails the next proof.
+    verified: std::sync::Mutex<LedgerPosition>,
 }
 
 impl Ledger {
@@ -445,6 +452,34 @@ impl Ledger {
         Ledger {
             rng: SystemRandom::new(),
             keyring,
+            verified: std::sync::Mutex::new(LedgerPosition::start()),
+        }
+    }
+
+    /// Walks the whole withdrawal ledger (and checks it has not fallen
+    /// behind what was verified before): whether it holds.
+    async fn ledger_holds(&self, store: &dyn Store, key: &MacKey) -> Result<bool, LedgerError> {
+        let known = match self.verified.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match verify_ledger_from(store, key, &LedgerPosition::start(), &known).await {
+            Ok(head) => {
+                if let Ok(mut p) = self.verified.lock()
+                    && head.seq > p.seq
+                {
+                    *p = head;
+                }
+                Ok(true)
+            }
+            Err(LedgerFault::Unreadable(error)) => Err(error.into()),
+            Err(LedgerFault::Broken { what, .. }) => {
+                tracing::error!(
+                    what,
+                    "the withdrawal ledger failed its check (consent proof)"
+                );
+                Ok(false)
+            }
         }
     }
 
@@ -574,6 +609,7 @@ impl Ledger {
             })
             .collect();
         let (purposes, verified) = effective(key, &history);
+        let ledger_verified = self.ledger_holds(store, key).await?;
         let proof = ConsentProof {
             format: "checkoutd-consent-proof/1",
             generated_at: crate::ids::now(),
@@ -585,7 +621,8 @@ impl Ledger {
             records,
             events,
             effective: purposes,
-            verified,
+            ledger_verified,
+            verified: verified && ledger_verified,
         };
         serde_json::to_value(proof).map_err(|_| LedgerError::Crypto(CryptoError::Malformed))
     }

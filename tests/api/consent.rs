@@ -1085,6 +1085,11 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
             checkoutd::consent::verify_ledger(&store, key.consent_tag_key()).await,
             Ok(3)
         );
+        let proof = app
+            .get_json(Role::Auditor, "/v1/audit/consent?email=bob%40example.com")
+            .await;
+        assert_eq!(proof["verified"], true, "{proof:#}");
+        assert_eq!(proof["ledger_verified"], true, "{proof:#}");
         app.unguard("consent_events").await;
         let db = app.db().await;
         let mut conn = db.acquire().await.unwrap();
@@ -1103,6 +1108,13 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
             "{sql}: {:?}",
             report.failures
         );
+        // The proof of the subject whose withdrawal is gone (or moved)
+        // does not call itself verified: its own records all still verify.
+        let proof = app
+            .get_json(Role::Auditor, "/v1/audit/consent?email=bob%40example.com")
+            .await;
+        assert_eq!(proof["ledger_verified"], false, "{sql}: {proof:#}");
+        assert_eq!(proof["verified"], false, "{sql}: {proof:#}");
     }
 }
 
