@@ -130,6 +130,11 @@ pub struct AuditArgs {
     /// Also write a self-contained HTML report here.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// An earlier signed report of this database (its JSON): the access
+    /// log must still pass through the head it recorded — a tail cut off
+    /// and an older head row put back verifies on its own.
+    #[arg(long, value_name = "FILE")]
+    pub since: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

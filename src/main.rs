@@ -176,8 +176,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 bar.set_length(total);
                 bar.set_position(done);
             };
-            let verified =
-                audit::offline(&settings, &args.out, args.html.as_deref(), &progress).await?;
+            let verified = audit::offline(
+                &settings,
+                &args.out,
+                args.html.as_deref(),
+                args.since.as_deref(),
+                &progress,
+            )
+            .await?;
             bar.finish_and_clear();
             let _ = writeln!(
                 std::io::stderr(),

@@ -228,6 +228,45 @@ const VERIFY_PAGE: u32 = 1000;
 /// it, so entries appended while verification runs (a live server) neither
 /// break it nor go unnoticed next time.
 pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus, ChainError> {
+    verify_chain_since(store, key, None).await
+}
+
+/// A point of the chain an earlier verification saw (a signed report's
+/// head): the chain must still pass through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// [`verify_chain`], and the chain must still pass through `since`.
+///
+/// The head row is MACed, but a MACed head from a backup is as genuine as
+/// the current one: with the tail cut off and an older head row put back,
+/// the chain verifies on its own. Only a head seen before can tell —
+/// the previous signed report's (`checkoutd audit --since`), or the last
+/// one this process verified (the server's report job).
+pub async fn verify_chain_since(
+    store: &dyn Store,
+    key: &MacKey,
+    since: Option<Anchor>,
+) -> Result<ChainStatus, ChainError> {
+    let status = verify_chain_walk(store, key, since).await?;
+    if let Some(anchor) = since
+        && anchor.seq > status.head_seq
+    {
+        return Err(ChainError::Head(
+            "behind the head an earlier verification saw (truncated and an older head put back)",
+        ));
+    }
+    Ok(status)
+}
+
+async fn verify_chain_walk(
+    store: &dyn Store,
+    key: &MacKey,
+    since: Option<Anchor>,
+) -> Result<ChainStatus, ChainError> {
     let chainer = Chainer::new(key);
     let head = store
         .access_log_head()
@@ -253,7 +292,7 @@ pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus
             .map_err(|_| ChainError::Store)?
         {
             None => Err(ChainError::Head("missing while entries exist")),
-            Some(_) => Box::pin(verify_chain(store, key)).await,
+            Some(_) => Box::pin(verify_chain_walk(store, key, since)).await,
         };
     };
     if chainer.head_mac(head.seq, &head.hash) != head.mac {
@@ -298,6 +337,12 @@ pub async fn verify_chain(store: &dyn Store, key: &MacKey) -> Result<ChainStatus
                 return Err(ChainError::Entry {
                     seq: e.seq,
                     what: "MAC does not verify (rewritten)",
+                });
+            }
+            if since.is_some_and(|a| a.seq == e.seq && a.hash != e.hash) {
+                return Err(ChainError::Entry {
+                    seq: e.seq,
+                    what: "differs from the entry an earlier verification saw (rewritten)",
                 });
             }
             prev = e.hash;

@@ -32,9 +32,23 @@ struct State {
 #[derive(Default)]
 pub struct ReportJob {
     state: Mutex<State>,
+    /// The access log's head as the last intact run saw it: every later
+    /// run requires the chain to pass through it (a tail cut off and an
+    /// older, genuine head row put back would verify on its own).
+    anchor: std::sync::Mutex<Option<super::access_log::Anchor>>,
+    /// How long a finished report is served; `None`: [`FRESH`].
+    fresh: Option<Duration>,
 }
 
 impl ReportJob {
+    /// A job whose finished reports are served for `fresh` (tests: zero).
+    pub fn with_freshness(fresh: Duration) -> Self {
+        ReportJob {
+            fresh: Some(fresh),
+            ..ReportJob::default()
+        }
+    }
+
     /// A fresh report if there is one; otherwise waits up to `wait` for a
     /// run (started now, or already under way). `None`: still running.
     pub async fn latest_or_start(
@@ -46,7 +60,7 @@ impl ReportJob {
         let mut rx = {
             let mut state = self.state.lock().await;
             if let Some((at, outcome)) = &state.latest
-                && at.elapsed() < FRESH
+                && at.elapsed() < self.fresh.unwrap_or(FRESH)
             {
                 return Some(outcome.clone());
             }
@@ -57,7 +71,7 @@ impl ReportJob {
                     state.running = Some(rx.clone());
                     let job = self.clone();
                     tokio::spawn(async move {
-                        let outcome = run(store.as_ref(), &keyring).await;
+                        let outcome = job.run(store.as_ref(), &keyring).await;
                         let mut state = job.state.lock().await;
                         state.latest = Some((Instant::now(), outcome.clone()));
                         state.running = None;
@@ -75,14 +89,23 @@ impl ReportJob {
     }
 }
 
-async fn run(store: &dyn Store, keyring: &Keyring) -> Outcome {
-    let report = super::verify::verify(store, keyring, &|_, _| {})
-        .await
-        .map_err(|error| {
-            tracing::error!(error = %error, "the audit report run failed");
-            "the database could not be read"
-        })?;
-    super::report::sign(&report, keyring)
-        .map(Arc::new)
-        .map_err(|_| "signing the report failed")
+impl ReportJob {
+    async fn run(&self, store: &dyn Store, keyring: &Keyring) -> Outcome {
+        let since = *self.anchor.lock().unwrap_or_else(|p| p.into_inner());
+        let report = super::verify::verify_since(store, keyring, &|_, _| {}, since)
+            .await
+            .map_err(|error| {
+                tracing::error!(error = %error, "the audit report run failed");
+                "the database could not be read"
+            })?;
+        if let Some(head) = report.access_log.anchor() {
+            let mut anchor = self.anchor.lock().unwrap_or_else(|p| p.into_inner());
+            if anchor.is_none_or(|a| head.seq >= a.seq) {
+                *anchor = Some(head);
+            }
+        }
+        super::report::sign(&report, keyring)
+            .map(Arc::new)
+            .map_err(|_| "signing the report failed")
+    }
 }

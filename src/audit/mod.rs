@@ -23,6 +23,16 @@ pub enum OfflineError {
     Store(#[from] StoreError),
     #[error("signing the report failed")]
     Sign,
+    #[error("cannot read the earlier report {path}")]
+    ReadSince {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the earlier report {0} is not a report signed by this keyring, or records no intact access log head"
+    )]
+    BadSince(PathBuf),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -34,17 +44,23 @@ pub enum OfflineError {
 /// `checkoutd audit`: verifies the database and keyring read-only, writes
 /// the signed JSON report (and the HTML one), and returns whether
 /// everything verified.
+///
+/// `since`: an earlier signed report of this database; the access log must
+/// still pass through the head it recorded (see
+/// [`access_log::verify_chain_since`]).
 pub async fn offline(
     settings: &StoreSettings,
     out: &std::path::Path,
     html_out: Option<&std::path::Path>,
+    since: Option<&std::path::Path>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<bool, OfflineError> {
     let master = crate::crypto::master::resolve(&settings.data_dir, &settings.master_key_shares)
         .map_err(KeyringError::from)?;
     let keyring = Keyring::load(&settings.data_dir.join(keyring::FILE_NAME), &master)?;
+    let since = since.map(|path| anchor_of(path, &keyring)).transpose()?;
     let store = crate::store::open_read_only(&settings.database).await?;
-    let report = verify::verify(store.as_ref(), &keyring, progress).await?;
+    let report = verify::verify_since(store.as_ref(), &keyring, progress, since).await?;
     store.close().await;
     let signed = report::sign(&report, &keyring).map_err(|_| OfflineError::Sign)?;
     let write = |path: &std::path::Path, bytes: &[u8]| {
@@ -63,4 +79,29 @@ pub async fn offline(
         write(path, html::render(&report, sig, key).as_bytes())?;
     }
     Ok(report.verified)
+}
+
+/// The access-log head an earlier report recorded, once its signature
+/// verifies with this keyring's report-signing key.
+fn anchor_of(
+    path: &std::path::Path,
+    keyring: &Keyring,
+) -> Result<access_log::Anchor, OfflineError> {
+    let bad = || OfflineError::BadSince(path.to_owned());
+    let bytes = std::fs::read(path).map_err(|source| OfflineError::ReadSince {
+        path: path.to_owned(),
+        source,
+    })?;
+    let document: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let public = report::public_key(keyring).map_err(|_| bad())?;
+    let raw = crate::hex::decode(&public.public_key_hex).ok_or_else(bad)?;
+    if !report::verify_signed(&document, &raw) {
+        return Err(bad());
+    }
+    let chain: verify::ChainReport = document
+        .pointer("/report/access_log")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(bad)?;
+    chain.anchor().ok_or_else(bad)
 }

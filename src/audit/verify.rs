@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::access_log::{ChainError, verify_chain};
+use super::access_log::{ChainError, verify_chain_since};
 use crate::crypto::DataClass;
 use crate::crypto::envelope::{self, Binding, Envelope};
 use crate::crypto::keyring::Keyring;
@@ -141,7 +141,7 @@ fn is_quotable_id(id: &str) -> bool {
 }
 
 /// The access log's state in a report.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChainReport {
     pub intact: bool,
     pub entries: u64,
@@ -153,6 +153,26 @@ pub struct ChainReport {
     pub head_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The entry an earlier verification saw (`audit --since`, or the
+    /// server's previous report) that the chain was required to pass
+    /// through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchored_at: Option<u64>,
+}
+
+impl ChainReport {
+    /// The verified head, as a point later verifications must pass
+    /// through; `None` unless the chain was intact.
+    pub fn anchor(&self) -> Option<super::access_log::Anchor> {
+        if !self.intact {
+            return None;
+        }
+        let hash = crate::hex::decode(self.head_hash.as_deref()?)?;
+        Some(super::access_log::Anchor {
+            seq: self.head_seq?,
+            hash: hash.try_into().ok()?,
+        })
+    }
 }
 
 /// The full verification result (unsigned).
@@ -510,6 +530,17 @@ pub async fn verify(
     keyring: &Keyring,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, StoreError> {
+    verify_since(store, keyring, progress, None).await
+}
+
+/// [`verify`], with the access log required to pass through `since`, the
+/// head an earlier report saw (see [`super::access_log::verify_chain_since`]).
+pub async fn verify_since(
+    store: &dyn Store,
+    keyring: &Keyring,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    since: Option<super::access_log::Anchor>,
+) -> Result<Report, StoreError> {
     let totals = store.totals().await?;
     let mut failures = Failures::default();
     let mut purged: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
@@ -558,13 +589,14 @@ pub async fn verify(
     // listed failures.
     check_idempotency_rows(store, keyring, &mut failures).await?;
     check_dispatches_kept(store, &mut failures).await?;
-    let access_log = match verify_chain(store, keyring.access_log_key()).await {
+    let access_log = match verify_chain_since(store, keyring.access_log_key(), since).await {
         Ok(status) => ChainReport {
             intact: true,
             entries: status.entries,
             head_seq: Some(status.head_seq),
             head_hash: Some(crate::hex::encode(&status.head_hash)),
             failure: None,
+            anchored_at: since.map(|a| a.seq),
         },
         Err(error) => {
             let record_id = match &error {
@@ -579,6 +611,7 @@ pub async fn verify(
                 head_seq: None,
                 head_hash: None,
                 failure: Some(error.to_string()),
+                anchored_at: since.map(|a| a.seq),
             }
         }
     };

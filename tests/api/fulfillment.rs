@@ -741,3 +741,106 @@ fn walk(v: &Value, keys: &mut Vec<String>, strings: &mut Vec<String>, numbers: &
         _ => {}
     }
 }
+
+/// A tail cut off and an older — genuine, MACed — head row put back
+/// verifies on its own; against the head an earlier report saw (the
+/// server's previous report, or `audit --since` an earlier signed report)
+/// it does not.
+#[tokio::test]
+async fn a_cut_tail_with_an_older_head_put_back_fails_against_an_earlier_report() {
+    use checkoutd::audit::job::ReportJob;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let _ = app.shipments("").await;
+    let db = app.db().await;
+    let (seq, hash, mac): (i64, Vec<u8>, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash, mac FROM access_log_head")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let _ = app.shipments("").await;
+    let _ = app.shipments("").await;
+    let store: Arc<dyn checkoutd::store::Store> = Arc::new(app.store().await);
+    let keyring = Arc::new(app.keyring());
+    let job = Arc::new(ReportJob::with_freshness(Duration::ZERO));
+    let run = || async {
+        job.latest_or_start(store.clone(), keyring.clone(), Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(run().await["report"]["verified"], true);
+    let earlier = app.dir.path().join("earlier.json");
+    let out = app
+        .command()
+        .args(["audit", "--out"])
+        .arg(&earlier)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    app.unguard("access_log").await;
+    sqlx::query("DELETE FROM access_log WHERE seq > $1")
+        .bind(seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2, mac = $3")
+        .bind(seq)
+        .bind(&hash)
+        .bind(&mac)
+        .execute(&db)
+        .await
+        .unwrap();
+    // On its own the chain verifies: that is the attack.
+    let alone = verify_chain(store.as_ref(), app.keyring().access_log_key())
+        .await
+        .unwrap();
+    assert_eq!(alone.head_seq, u64::try_from(seq).unwrap());
+
+    const BEHIND: &str = "behind the head an earlier verification saw";
+    // The server's next report, anchored at its previous one.
+    let report = run().await;
+    assert_eq!(report["report"]["verified"], false);
+    let failure = report["report"]["access_log"]["failure"].as_str().unwrap();
+    assert!(failure.contains(BEHIND), "{failure}");
+    // The offline audit, anchored at the earlier signed report.
+    let later = app.dir.path().join("later.json");
+    let out = app
+        .command()
+        .args(["audit", "--out"])
+        .arg(&later)
+        .arg("--since")
+        .arg(&earlier)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&later).unwrap()).unwrap();
+    assert_eq!(doc["report"]["access_log"]["intact"], false);
+    assert!(
+        doc["report"]["access_log"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains(BEHIND)
+    );
+    assert!(doc["report"]["access_log"]["anchored_at"].as_u64().unwrap() > alone.head_seq);
+    // An earlier report that is not this keyring's signed report is refused.
+    let mut forged: Value = serde_json::from_slice(&std::fs::read(&earlier).unwrap()).unwrap();
+    forged["report"]["access_log"]["head_seq"] = serde_json::json!(1);
+    std::fs::write(&earlier, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let out = app
+        .command()
+        .args(["audit", "--out"])
+        .arg(&later)
+        .arg("--since")
+        .arg(&earlier)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a report signed by this keyring"));
+}
