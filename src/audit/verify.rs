@@ -77,7 +77,8 @@ impl Failure {
             && table.len() <= 64
             && table
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !contains_pan(table);
         Failure {
             table: if table_ok {
                 table.to_owned()
@@ -85,7 +86,7 @@ impl Failure {
                 "(withheld: not a table name)".to_owned()
             },
             record_id: shown_id(record_id),
-            what: if !contains_pan(&what) && !contains_email(&what) {
+            what: if !would_quote_a_secret(&what) {
                 what
             } else {
                 "(withheld: the finding would quote a card number or an email address)".to_owned()
@@ -110,15 +111,19 @@ pub(crate) fn shown_id(id: &str) -> String {
 /// holds something shaped like a card number or an email address, which
 /// no value this service writes there does.
 pub(crate) fn shown_text(text: &str) -> std::borrow::Cow<'_, str> {
-    // The base rule (every run, barcode-shaped ones included), and the
-    // detector for text a person could have typed: any grouping, and a
-    // card number with more digits after it (`4012 8888 8888 1881 123`).
-    if contains_pan(text) || crate::domain::detect::contains_pan_typed(text) || contains_email(text)
-    {
+    if would_quote_a_secret(text) {
         std::borrow::Cow::Borrowed("(withheld: shaped like a card number or an email address)")
     } else {
         std::borrow::Cow::Borrowed(text)
     }
+}
+
+/// Whether `text` holds something shaped like a card number or an email:
+/// the base rule (every run, barcode-shaped ones included), the detector
+/// for text a person could have typed (any grouping, and a card number
+/// with more digits after it: `4012 8888 8888 1881 123`), and emails.
+fn would_quote_a_secret(text: &str) -> bool {
+    contains_pan(text) || crate::domain::detect::contains_pan_typed(text) || contains_email(text)
 }
 
 /// Whether a record id has one of the shapes the audit names rows by.
@@ -1131,6 +1136,12 @@ mod tests {
         assert!(f.what.starts_with("(withheld"), "{f:?}");
         let f = super::Failure::new("orders 4111111111111111", "1", "x");
         assert!(f.table.starts_with("(withheld"), "{f:?}");
+        // Shaped like a table name, and still a card number.
+        let f = super::Failure::new("t_4111111111111111", "1", "x");
+        assert!(f.table.starts_with("(withheld"), "{f:?}");
+        // A column name with the number grouped by dots.
+        let f = super::Failure::new("t", "1", "column c_4111.1111.1111.1111 is odd");
+        assert!(f.what.starts_with("(withheld"), "{f:?}");
         for id in [
             "01a226be-7820-770e-882a-b9eb5cf2939c",
             "",

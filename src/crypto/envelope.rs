@@ -242,6 +242,31 @@ mod tests {
         assert!(open(&ring, &binding(DataClass::Billing, 3, 2), &env).is_err());
     }
 
+    /// The associated data alone (not the per-class KEKs) binds both the
+    /// ciphertext and the wrapped DEK to every part of where the record
+    /// lives: class, order, record and, for the DEK, its KEK version. A
+    /// moved envelope fails even where two places share a key.
+    #[test]
+    fn the_associated_data_differs_for_every_part_of_the_binding() {
+        let b = binding(DataClass::Billing, 1, 2);
+        let others = [
+            binding(DataClass::Shipping, 1, 2),
+            binding(DataClass::Billing, 9, 2),
+            binding(DataClass::Billing, 1, 9),
+        ];
+        for other in &others {
+            assert_ne!(b.data_aad(1), other.data_aad(1), "{other:?}");
+            assert_ne!(b.dek_aad(1, 1), other.dek_aad(1, 1), "{other:?}");
+        }
+        assert_ne!(b.dek_aad(1, 1), b.dek_aad(1, 2), "KEK version");
+        assert_ne!(b.data_aad(1), b.data_aad(2), "format version");
+        // Every class has its own code.
+        let mut codes: Vec<u8> = DataClass::ALL.iter().map(|c| c.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), DataClass::ALL.len());
+    }
+
     #[test]
     fn tampered_or_truncated_or_wrong_keyring_fails() {
         let (rng, ring) = setup();
