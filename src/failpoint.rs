@@ -10,9 +10,15 @@
 //! orders are committed, no client heard so, and a retry with the same
 //! Idempotency-Key must find them.
 
-/// The writer committed a batch of `orders` and is about to answer them.
+/// The writer committed a batch and is about to answer it: `orders`, each
+/// with its outcome. The line logged names the orders this batch wrote
+/// (their ids: no personal data), so that the harness can require each of
+/// them to come back to its client as a replay of that very order.
 #[cfg(feature = "failpoints")]
-pub async fn after_commit(orders: usize) {
+pub async fn after_commit(
+    orders: &[crate::store::rows::NewOrder],
+    outcomes: &[crate::store::rows::CommitOutcome],
+) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static BATCHES: AtomicU64 = AtomicU64::new(0);
     let Some(at) = std::env::var("CHECKOUTD_FAILPOINT_AFTER_COMMIT")
@@ -22,15 +28,25 @@ pub async fn after_commit(orders: usize) {
         return;
     };
     if BATCHES.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        let written: Vec<String> = orders
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| matches!(o, crate::store::rows::CommitOutcome::Committed))
+            .map(|(order, _)| order.id.to_string())
+            .collect();
         tracing::error!(
-            orders,
-            "failpoint after_commit reached: batch committed, answers held"
+            "failpoint after_commit reached: batch committed, answers held; orders {}",
+            written.join(",")
         );
         std::future::pending::<()>().await;
     }
 }
 
-/// The writer committed a batch of `orders` and is about to answer them.
+/// The writer committed a batch and is about to answer it.
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub async fn after_commit(_orders: usize) {}
+pub async fn after_commit(
+    _orders: &[crate::store::rows::NewOrder],
+    _outcomes: &[crate::store::rows::CommitOutcome],
+) {
+}

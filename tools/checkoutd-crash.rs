@@ -23,9 +23,10 @@
 //!
 //! Pass (exit 0) only if: every key that got a 2xx is stored exactly once
 //! under the order id it was answered with; no key is stored twice; nothing
-//! is stored that no client sent; no client got an unexpected answer; at
-//! least one retry per failpoint kill was answered as a replay (the held,
-//! committed orders were found again); and the offline audit (`checkoutd
+//! is stored that no client sent; no client got an unexpected answer; every
+//! order written by a batch held at the failpoint (the failpoint logs their
+//! ids) was answered to its client's retry as a replay of that very order;
+//! and the offline audit (`checkoutd
 //! audit`: opens every envelope, checks every MAC and chain) is clean. The
 //! counts are printed either way.
 //!
@@ -75,6 +76,8 @@ struct Args {
 
 /// The line the failpoint logs (src/failpoint.rs).
 const FAILPOINT_LINE: &str = "failpoint after_commit reached";
+/// … and what precedes the held batch's order ids in it.
+const HELD_ORDERS: &str = "answers held; orders ";
 
 /// What kind of moment a kill lands at.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,7 +124,9 @@ impl Ledger {
 /// A running server whose stderr is watched for the failpoint line.
 struct Proc {
     child: Child,
-    failpoint: mpsc::Receiver<()>,
+    /// The ids of the orders the held batch wrote, once the failpoint is
+    /// reached.
+    failpoint: mpsc::Receiver<Vec<String>>,
 }
 
 impl Proc {
@@ -143,7 +148,16 @@ impl Proc {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.contains(FAILPOINT_LINE) {
-                        let _ = tx.send(());
+                        let held = line
+                            .split_once(HELD_ORDERS)
+                            .map(|(_, ids)| {
+                                ids.split(',')
+                                    .map(|id| id.trim().to_owned())
+                                    .filter(|id| !id.is_empty())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let _ = tx.send(held);
                     }
                 }
             });
@@ -241,6 +255,8 @@ async fn main() -> Result<(), BoxError> {
         .collect::<Result<_, BoxError>>()?;
 
     let mut kinds: HashMap<&str, usize> = HashMap::new();
+    // The orders written by the batches held at the failpoint.
+    let mut held: Vec<String> = Vec::new();
     let mut restart_ms = Vec::new();
     for kill in 0..args.kills {
         let now = moment(kill);
@@ -249,7 +265,8 @@ async fn main() -> Result<(), BoxError> {
                 // The writer stops after its N-th batch; wait for its line.
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
-                    if server.failpoint.try_recv().is_ok() {
+                    if let Ok(ids) = server.failpoint.try_recv() {
+                        held.extend(ids);
                         break;
                     }
                     if Instant::now() > deadline {
@@ -287,9 +304,22 @@ async fn main() -> Result<(), BoxError> {
         .acks
         .lock()
         .map_or(0, |a| a.values().filter(|a| a.replayed).count());
-    // Each failpoint kill held at least one committed, unanswered order,
-    // whose retry must have been answered as a replay of it.
-    verdict.replays_short = replayed < kinds.get("failpoint").copied().unwrap_or(0);
+    // Every order a held batch wrote was committed and never answered: its
+    // client's retry must have been answered as a replay of that order.
+    let (held_replayed, held_missed) = {
+        let acks = ledger.acks.lock().map_err(|_| "ledger poisoned")?;
+        let replayed_ids: std::collections::HashSet<&str> = acks
+            .values()
+            .filter(|a| a.replayed)
+            .map(|a| a.order_id.as_str())
+            .collect();
+        let found = held
+            .iter()
+            .filter(|id| replayed_ids.contains(id.as_str()))
+            .count();
+        (found, held.len() - found)
+    };
+    verdict.replays_short = held.is_empty() || held_missed > 0;
     println!(
         "  kills: {} ({} under load, {} at the after-commit failpoint, {} during start-up)",
         args.kills,
@@ -319,10 +349,15 @@ async fn main() -> Result<(), BoxError> {
         verdict.wrong_id,
         verdict.unexpected
     );
+    println!(
+        "  orders held at the failpoint (committed, unanswered): {}, each answered to its retry as a replay of itself: {held_replayed}",
+        held.len()
+    );
     println!("  audit: {}", verdict.audit);
     if verdict.replays_short {
         println!(
-            "  FAIL: fewer replays than failpoint kills: a committed order held at the failpoint was not found again"
+            "  FAIL: {held_missed} of {} orders held at the failpoint were not answered as replays of themselves (or none was held)",
+            held.len()
         );
     }
     if verdict.passed() {

@@ -140,7 +140,7 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
         crate::telemetry::commit_batch(orders.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
-                crate::failpoint::after_commit(orders.len()).await;
+                crate::failpoint::after_commit(&orders, &outcomes).await;
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {
                     let _ = done.send(Ok(outcome));
                 }
