@@ -183,10 +183,10 @@ pub struct Settings {
 /// batches).
 pub const DEFAULT_COMMIT_QUEUE: usize = 4 * crate::intake::commit::MAX_BATCH;
 
-/// The policy version known when no other is configured ("last updated").
 /// The longest retention period (`--retain-*-days`): 100 years.
 pub const MAX_RETAIN_DAYS: u32 = 36_500;
 
+/// The policy version known when no other is configured ("last updated").
 pub const DEFAULT_POLICY_VERSION: &str = "2002-06-05";
 
 impl StoreSettings {
@@ -442,6 +442,16 @@ impl Settings {
             "request-timeout",
             "REQUEST_TIMEOUT",
         )?;
+        // An order stops waiting for its commit a moment before the limit
+        // (`intake::commit::ANSWER_MARGIN`): a shorter limit leaves it none.
+        if request_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                setting: "request_timeout",
+                flag: "request-timeout",
+                env: "REQUEST_TIMEOUT",
+                expected: "expected at least 1s",
+            });
+        }
         if request_timeout >= limits.idle_timeout {
             return Err(ConfigError::Invalid {
                 setting: "request_timeout",

@@ -78,7 +78,7 @@ impl Failure {
             && table
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !contains_pan(table);
+            && !would_quote_a_secret(table);
         Failure {
             table: if table_ok {
                 table.to_owned()
@@ -550,16 +550,15 @@ pub async fn verify_since(
     let mut failures = Failures::default();
     let mut purged: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let (mut orders_checked, mut records_checked) = (0u64, 0u64);
-    // From the lowest position there is, not from 0: `seq` is under no MAC,
-    // and an order whose `seq` was edited to 0 or below must not fall
-    // outside the walk (the count below catches even `i64::MIN`).
-    let mut after = i64::MIN;
+    // From the first order whatever its `seq` (under no MAC: an order
+    // edited to 0 or below must not fall outside the walk).
+    let mut after = None;
     loop {
         let batch = store.audit_batch(after, PAGE).await?;
         let Some(last) = batch.orders.last() else {
             break;
         };
-        after = last.seq;
+        after = Some(last.seq);
         orders_checked += batch.orders.len() as u64;
         records_checked += batch.records.len() as u64;
         check_batch(keyring, &batch, &mut failures);
@@ -567,9 +566,11 @@ pub async fn verify_since(
         // order a recipient record).
         let ids: Vec<String> = batch.orders.iter().map(|o| o.id.clone()).collect();
         let purges = store.purges_of(&ids).await?;
-        for (class, n) in check_completeness(keyring, &batch, &purges, &mut failures) {
+        let (counts, restored) = check_completeness(keyring, &batch, &purges, &mut failures);
+        for (class, n) in counts {
             *purged.entry(class).or_insert(0) += n;
         }
+        confirm_restored(store, &restored, &mut failures).await?;
         progress(orders_checked, totals.orders);
         if batch.orders.len() < PAGE as usize {
             break;
@@ -637,13 +638,20 @@ pub async fn verify_since(
 }
 
 /// Every order has its records — except classes recorded as purged (with a
-/// valid purge MAC). Returns the purges seen, per class.
-fn check_completeness(
+/// valid purge MAC). Returns the purges seen, per class, and the records
+/// present although their purge is recorded, as `(order id, table)`: to be
+/// confirmed by [`confirm_restored`], since a purge that committed between
+/// reading the records and reading the purges looks the same.
+fn check_completeness<'b>(
     keyring: &Keyring,
-    batch: &AuditBatch,
+    batch: &'b AuditBatch,
     purges: &[crate::store::rows::PurgeRow],
     out: &mut Failures,
-) -> std::collections::BTreeMap<String, u64> {
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    Vec<(&'b str, &'static str)>,
+) {
+    let mut restored = Vec::new();
     let key = keyring.consent_tag_key();
     let mut purged: HashMap<(&str, &str), bool> = HashMap::new();
     let mut counts = std::collections::BTreeMap::new();
@@ -687,19 +695,11 @@ fn check_completeness(
             // transaction: a record next to a valid purge was put back
             // (restored from a backup), and the shredding undone.
             if *present && is_purged(class) {
-                out.push(Failure::new(
-                    "orders",
-                    &o.id,
-                    format!("{table} record present although its purge is recorded (restored)"),
-                ));
+                restored.push((o.id.as_str(), table));
             }
         }
         if h[3] && is_purged("recipient") {
-            out.push(Failure::new(
-                "orders",
-                &o.id,
-                "gift_recipients record present although its purge is recorded (restored)",
-            ));
+            restored.push((o.id.as_str(), "gift_recipients"));
         }
         let marker_is_gift = batch.records.iter().any(|r| {
             r.order_id == o.id && matches!(&r.extra, AuditExtra::Shipping { ship_to } if ship_to == "gift_recipient")
@@ -719,7 +719,32 @@ fn check_completeness(
             ));
         }
     }
-    counts
+    (counts, restored)
+}
+
+/// Of the records [`check_completeness`] found next to their purge, those
+/// still there when read again — after the purge was seen, so not a purge
+/// that committed while the audit read — are named: put back after it.
+async fn confirm_restored(
+    store: &dyn Store,
+    restored: &[(&str, &'static str)],
+    out: &mut Failures,
+) -> Result<(), StoreError> {
+    let mut orders: Vec<&str> = restored.iter().map(|(o, _)| *o).collect();
+    orders.dedup();
+    for order_id in orders {
+        let now = store.audit_order(order_id).await?;
+        for (_, table) in restored.iter().filter(|(o, _)| *o == order_id) {
+            if now.records.iter().any(|r| r.table == *table) {
+                out.push(Failure::new(
+                    "orders",
+                    order_id,
+                    format!("{table} record present although its purge is recorded (restored)"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every stored response a retry would replay is the one written for its
@@ -863,12 +888,12 @@ async fn scan_schema_and_clear_columns(
         if clear.is_empty() {
             continue;
         }
-        // From the lowest position: a SQLite rowid may be 0 or negative.
-        let mut after = i64::MIN;
+        // From the first row: a SQLite rowid may be 0 or negative.
+        let mut after = None;
         loop {
             let rows = store.clear_rows(&table, &clear, after, SCAN_PAGE).await?;
             let Some(last) = rows.last() else { break };
-            after = last.rowid;
+            after = Some(last.rowid);
             for row in &rows {
                 for (column, value) in &row.values {
                     if contains_pan_clear(value) {
@@ -909,9 +934,9 @@ pub async fn order(
     let mut failures = Failures::default();
     let (record_ok, tag_ok) = check_batch(keyring, &batch, &mut failures);
     let purges = store.purges_of(&[order_id.to_owned()]).await?;
-    let purged: Vec<String> = check_completeness(keyring, &batch, &purges, &mut failures)
-        .into_keys()
-        .collect();
+    let (counts, restored) = check_completeness(keyring, &batch, &purges, &mut failures);
+    confirm_restored(store, &restored, &mut failures).await?;
+    let purged: Vec<String> = counts.into_keys().collect();
     let records = batch
         .records
         .iter()
@@ -1137,8 +1162,10 @@ mod tests {
         let f = super::Failure::new("orders 4111111111111111", "1", "x");
         assert!(f.table.starts_with("(withheld"), "{f:?}");
         // Shaped like a table name, and still a card number.
-        let f = super::Failure::new("t_4111111111111111", "1", "x");
-        assert!(f.table.starts_with("(withheld"), "{f:?}");
+        for table in ["t_4111111111111111", "t_4111_1111_1111_1111"] {
+            let f = super::Failure::new(table, "1", "x");
+            assert_eq!(f.table, "(withheld: not a table name)", "{f:?}");
+        }
         // A column name with the number grouped by dots.
         let f = super::Failure::new("t", "1", "column c_4111.1111.1111.1111 is odd");
         assert!(f.what.starts_with("(withheld"), "{f:?}");

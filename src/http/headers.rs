@@ -35,7 +35,7 @@ pub fn secure(headers: &mut http::HeaderMap) {
 /// extension, so that a handler whose work may outlive the answer (an
 /// order's commit) can stop waiting in time and answer for itself.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub std::time::Instant);
+pub struct Deadline(pub tokio::time::Instant);
 
 /// Bounds the whole request (including reading a slowly sent body).
 pub async fn within(limit: Duration, work: impl Future<Output = Response>) -> Response {

@@ -29,7 +29,7 @@ use axum::response::Response;
 pub async fn envelope(limit: Duration, mut req: Request, next: Next) -> Response {
     let log = access_log::Started::of(&req);
     req.extensions_mut()
-        .insert(headers::Deadline(std::time::Instant::now() + limit));
+        .insert(headers::Deadline(tokio::time::Instant::now() + limit));
     let response = headers::within(limit, guard::guard(req, next)).await;
     let mut response = headers::problem_fallback(response);
     headers::secure(response.headers_mut());

@@ -233,7 +233,7 @@ impl Intake {
         claim: &Claim<'_>,
         media: MediaType,
         body: Zeroizing<Vec<u8>>,
-        answer_by: Option<std::time::Instant>,
+        answer_by: Option<tokio::time::Instant>,
     ) -> Result<Accepted, IntakeError> {
         let (client, key) = (claim.client, &claim.key);
         let keyring = self.keyring.current();

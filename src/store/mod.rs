@@ -271,8 +271,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` orders with `seq > after_seq`, with all their records
     /// and consent tags, raw.
-    async fn audit_batch(&self, after_seq: i64, limit: u32)
-    -> Result<rows::AuditBatch, StoreError>;
+    async fn audit_batch(
+        &self,
+        after_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<rows::AuditBatch, StoreError>;
 
     /// Up to `limit` idempotency rows after the primary key `after`
     /// (`(client, key_hash)`; `None` for the first page), in key order.
@@ -309,7 +312,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         table: &str,
         columns: &[String],
-        after_rowid: i64,
+        after_rowid: Option<i64>,
         limit: u32,
     ) -> Result<Vec<rows::ClearRow>, StoreError>;
 

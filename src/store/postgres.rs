@@ -220,7 +220,7 @@ pub async fn clear_rows(
     pool: &AnyPool,
     table: &str,
     columns: &[String],
-    after_rowid: i64,
+    after_rowid: Option<i64>,
     limit: u32,
 ) -> Result<Vec<ClearRow>, StoreError> {
     let types: Vec<(String, String)> = schema(pool)
@@ -254,10 +254,9 @@ pub async fn clear_rows(
         select.join(", "),
         quote_ident(table)
     );
-    // A position is never negative: "from the start" may be given as any
-    // value below 0 (the audit starts SQLite's rowids at i64::MIN).
+    // A position is never negative; `None` is from the start.
     let rows = sqlx::query(&sql)
-        .bind(after_rowid.max(0))
+        .bind(after_rowid.unwrap_or(0))
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await

@@ -229,7 +229,7 @@ pub async fn clear_rows(
     pool: &AnyPool,
     table: &str,
     columns: &[String],
-    after_rowid: i64,
+    after_rowid: Option<i64>,
     limit: u32,
 ) -> Result<Vec<ClearRow>, StoreError> {
     let has_id = columns.iter().any(|c| c == "id");
@@ -241,8 +241,16 @@ pub async fn clear_rows(
         // As bytes: a BLOB need not be UTF-8; it is scanned lossily.
         select.push(format!("CAST({} AS BLOB) AS c{i}", quote_ident(c)));
     }
+    // No lower bound on the first page: a rowid may be 0 or negative, down
+    // to `i64::MIN`. (Two texts, not `$1 IS NULL OR …`, so that each page
+    // is a seek on the rowid.)
+    let bound = if after_rowid.is_some() {
+        "WHERE rowid > $1"
+    } else {
+        "WHERE $1 IS NULL"
+    };
     let sql = format!(
-        "SELECT {} FROM {} WHERE rowid > $1 ORDER BY rowid LIMIT $2",
+        "SELECT {} FROM {} {bound} ORDER BY rowid LIMIT $2",
         select.join(", "),
         quote_ident(table)
     );

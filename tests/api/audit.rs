@@ -1030,22 +1030,42 @@ async fn an_order_whose_sequence_number_was_edited_is_not_skipped() {
         report.failures
     );
     assert_eq!(report.orders_checked, 4);
+    // The lowest value there is, and an edit under it.
     exec(
         &app,
         &format!(
-            "UPDATE orders SET seq = -9223372036854775808 WHERE id = '{}'",
-            ids[1]
+            "UPDATE orders SET seq = -9223372036854775808 WHERE id = '{o}'; UPDATE orders SET total_minor = total_minor + 1 WHERE id = '{o}'",
+            o = ids[1]
         ),
     )
     .await;
     let report = run_verify(&app).await;
     assert!(
-        has(
-            &report,
-            "orders",
-            "",
-            "1 order(s) counted but outside the audit's walk"
+        has(&report, "orders", &ids[1], "MAC does not verify"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.orders_checked, 4);
+    // A clear card number in a row at the lowest rowid (SQLite) or first
+    // position is scanned too.
+    let id_type = if app.database.is_postgres() {
+        "BIGINT"
+    } else {
+        "INTEGER"
+    };
+    exec(
+        &app,
+        &format!(
+            "CREATE TABLE notes (id {id_type} PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (-9223372036854775808, 'card 4111 1111 1111 1111')"
         ),
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == "notes" && f.what == "clear column body holds a card number"),
         "{:#?}",
         report.failures
     );

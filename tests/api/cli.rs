@@ -130,6 +130,15 @@ fn invalid_settings_are_refused_before_binding_naming_the_setting() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("YYYY-MM-DD"));
+    // A request time limit under a second leaves an order no time to
+    // wait for its commit.
+    let out = checkoutd()
+        .args(["serve", "--request-timeout", "500ms"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("request_timeout"));
     // A date after today would purge every dispatched order: refused
     // before anything is opened.
     let out = checkoutd()

@@ -1382,10 +1382,73 @@ async fn a_missing_keyring_beside_stored_orders_refuses_to_start() {
 }
 
 #[tokio::test]
+async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        serve: checkoutd::cli::ServeArgs {
+            request_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // Another writer holds the tables the order needs for 2.5 s.
+    let db = app.db().await;
+    let mut conn = db.acquire().await.unwrap();
+    let lock = if app.database.is_postgres() {
+        "LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE"
+    } else {
+        "SELECT 1"
+    };
+    sqlx::query(if app.database.is_postgres() {
+        "BEGIN"
+    } else {
+        "BEGIN IMMEDIATE"
+    })
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(lock).execute(&mut *conn).await.unwrap();
+    let started = std::time::Instant::now();
+    let r = app.post_order("stalled-1", &order_json()).await;
+    // Not the time limit's 408 ("nothing was kept"): the order may still
+    // commit, so the answer is "retry with the same key".
+    let problem = expect_problem(r, 503).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_ne!(problem["type"], "urn:checkoutd:problem:request-timeout");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    // The retry gets the order exactly once: a replay of the stalled
+    // order if it committed after all, or a first commit.
+    let mut first = None;
+    for _ in 0..50 {
+        let r = app.post_order("stalled-1", &order_json()).await;
+        if r.status() == 503 || r.status() == 409 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        first = Some(body["order_id"].as_str().unwrap().to_owned());
+        break;
+    }
+    let first = first.expect("the retry was answered");
+    let r = app.post_order("stalled-1", &order_json()).await;
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["order_id"], first.as_str());
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
 async fn malformed_paths_and_slow_bodies_get_problem_documents() {
     let app = crate::helpers::spawn_app_with(crate::helpers::Options {
         serve: checkoutd::cli::ServeArgs {
-            request_timeout: Some("500ms".into()),
+            request_timeout: Some("1s".into()),
             ..Default::default()
         },
         ..Default::default()

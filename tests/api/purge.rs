@@ -486,7 +486,6 @@ async fn purging_an_unknown_order_is_refused_and_purging_twice_is_harmless() {
     assert!(purge_order(&app, &id).contains("nothing left to purge"));
 }
 
-/// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.
 /// Records put back after their purge (from a backup) undo the
 /// shredding: the audit says so, it does not stay green.
 #[tokio::test]
@@ -529,6 +528,7 @@ async fn records_restored_after_their_purge_are_found_by_the_audit() {
     }
 }
 
+/// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.
 fn purge_order(app: &TestApp, order_id: &str) -> String {
     let out = app
         .command()

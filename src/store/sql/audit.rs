@@ -62,7 +62,11 @@ pub(super) fn select_list(engine: Engine, columns: &[&str], texts: &[&str]) -> S
 
 /// Which orders a batch covers.
 pub enum Selector<'a> {
-    After { seq: i64, limit: u32 },
+    /// After `seq` (`None`: from the first, whatever its `seq`).
+    After {
+        seq: Option<i64>,
+        limit: u32,
+    },
     One(&'a str),
 }
 
@@ -97,13 +101,27 @@ pub async fn batch(
     );
     let orders = match selector {
         Selector::After { seq, limit } => {
-            sqlx::query(&format!(
-                "SELECT {columns} FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2"
-            ))
-            .bind(seq)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
+            // No lower bound on the first page: `seq` is under no MAC, and
+            // an order edited to any value, `i64::MIN` included, is walked.
+            match seq {
+                Some(seq) => {
+                    sqlx::query(&format!(
+                        "SELECT {columns} FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2"
+                    ))
+                    .bind(seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await
+                }
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {columns} FROM orders ORDER BY seq LIMIT $1"
+                    ))
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await
+                }
+            }
         }
         Selector::One(id) => {
             sqlx::query(&format!("SELECT {columns} FROM orders WHERE id = $1"))
@@ -282,7 +300,7 @@ pub async fn clear_rows(
     engine: Engine,
     table: &str,
     columns: &[String],
-    after_rowid: i64,
+    after_rowid: Option<i64>,
     limit: u32,
 ) -> Result<Vec<ClearRow>, StoreError> {
     match engine {

@@ -544,7 +544,11 @@ impl Store for SqlStore {
         rows.iter().map(chained_entry).collect()
     }
 
-    async fn audit_batch(&self, after_seq: i64, limit: u32) -> Result<AuditBatch, StoreError> {
+    async fn audit_batch(
+        &self,
+        after_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<AuditBatch, StoreError> {
         audit::batch(
             &self.pool,
             self.engine,
@@ -568,7 +572,7 @@ impl Store for SqlStore {
         &self,
         table: &str,
         columns: &[String],
-        after_rowid: i64,
+        after_rowid: Option<i64>,
         limit: u32,
     ) -> Result<Vec<ClearRow>, StoreError> {
         audit::clear_rows(&self.pool, self.engine, table, columns, after_rowid, limit).await
