@@ -35,7 +35,7 @@ pub struct ReportJob {
     /// The access log's head as the last intact run saw it: every later
     /// run requires the chain to pass through it (a tail cut off and an
     /// older, genuine head row put back would verify on its own).
-    anchor: std::sync::Mutex<Option<super::access_log::Anchor>>,
+    anchor: std::sync::Mutex<super::verify::Since>,
     /// How long a finished report is served; `None`: [`FRESH`].
     fresh: Option<Duration>,
 }
@@ -91,17 +91,33 @@ impl ReportJob {
 
 impl ReportJob {
     async fn run(&self, store: &dyn Store, keyring: &Keyring) -> Outcome {
-        let since = *self.anchor.lock().unwrap_or_else(|p| p.into_inner());
-        let report = super::verify::verify_since(store, keyring, &|_, _| {}, since)
+        let since = self
+            .anchor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let report = super::verify::verify_since(store, keyring, &|_, _| {}, &since)
             .await
             .map_err(|error| {
                 tracing::error!(error = %error, "the audit report run failed");
                 "the database could not be read"
             })?;
-        if let Some(head) = report.access_log.anchor() {
+        {
+            // Each chain's anchor moves forward with an intact run only.
+            let seen = super::verify::Since::of(&report);
             let mut anchor = self.anchor.lock().unwrap_or_else(|p| p.into_inner());
-            if anchor.is_none_or(|a| head.seq >= a.seq) {
-                *anchor = Some(head);
+            if let Some(head) = seen.access_log
+                && anchor.access_log.is_none_or(|a| head.seq >= a.seq)
+            {
+                anchor.access_log = Some(head);
+            }
+            if let Some(head) = seen.consent_ledger
+                && anchor
+                    .consent_ledger
+                    .as_ref()
+                    .is_none_or(|a| head.seq >= a.seq)
+            {
+                anchor.consent_ledger = Some(head);
             }
         }
         super::report::sign(&report, keyring)

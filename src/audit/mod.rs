@@ -58,9 +58,12 @@ pub async fn offline(
     let master = crate::crypto::master::resolve(&settings.data_dir, &settings.master_key_shares)
         .map_err(KeyringError::from)?;
     let keyring = Keyring::load(&settings.data_dir.join(keyring::FILE_NAME), &master)?;
-    let since = since.map(|path| anchor_of(path, &keyring)).transpose()?;
+    let since = since
+        .map(|path| anchor_of(path, &keyring))
+        .transpose()?
+        .unwrap_or_default();
     let store = crate::store::open_read_only(&settings.database).await?;
-    let report = verify::verify_since(store.as_ref(), &keyring, progress, since).await?;
+    let report = verify::verify_since(store.as_ref(), &keyring, progress, &since).await?;
     store.close().await;
     let signed = report::sign(&report, &keyring).map_err(|_| OfflineError::Sign)?;
     let write = |path: &std::path::Path, bytes: &[u8]| {
@@ -81,12 +84,10 @@ pub async fn offline(
     Ok(report.verified)
 }
 
-/// The access-log head an earlier report recorded, once its signature
+/// The heads an earlier report recorded (the access log's, required; the
+/// withdrawal ledger's, when the report has one), once its signature
 /// verifies with this keyring's report-signing key.
-fn anchor_of(
-    path: &std::path::Path,
-    keyring: &Keyring,
-) -> Result<access_log::Anchor, OfflineError> {
+fn anchor_of(path: &std::path::Path, keyring: &Keyring) -> Result<verify::Since, OfflineError> {
     let bad = || OfflineError::BadSince(path.to_owned());
     let bytes = std::fs::read(path).map_err(|source| OfflineError::ReadSince {
         path: path.to_owned(),
@@ -103,5 +104,12 @@ fn anchor_of(
         .cloned()
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(bad)?;
-    chain.anchor().ok_or_else(bad)
+    let ledger: Option<verify::LedgerReport> = document
+        .pointer("/report/consent_ledger")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok());
+    Ok(verify::Since {
+        access_log: Some(chain.anchor().ok_or_else(bad)?),
+        consent_ledger: ledger.and_then(|l| l.anchor()),
+    })
 }

@@ -196,6 +196,59 @@ pub struct Report {
     pub purged: std::collections::BTreeMap<String, u64>,
     pub consent: ConsentStats,
     pub access_log: ChainReport,
+    /// The withdrawal ledger's chain: its head, for later reports to be
+    /// anchored at (as the access log's).
+    pub consent_ledger: LedgerReport,
+}
+
+/// What a report saw of the withdrawal ledger.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LedgerReport {
+    pub intact: bool,
+    /// The head verified: the last withdrawal's `seq` and MAC (hex); 0 and
+    /// zeros for an empty ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The position an earlier verification saw that the ledger was
+    /// required to pass through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchored_at: Option<i64>,
+}
+
+impl LedgerReport {
+    /// The verified head, as a point later verifications must pass
+    /// through; `None` unless the ledger was intact.
+    pub fn anchor(&self) -> Option<crate::consent::LedgerPosition> {
+        if !self.intact {
+            return None;
+        }
+        Some(crate::consent::LedgerPosition {
+            seq: self.head_seq?,
+            mac: crate::hex::decode(self.head_mac.as_deref()?)?,
+        })
+    }
+}
+
+/// Heads an earlier verification saw, which this one's chains must still
+/// pass through (`audit --since`, or the server's previous report).
+#[derive(Debug, Clone, Default)]
+pub struct Since {
+    pub access_log: Option<super::access_log::Anchor>,
+    pub consent_ledger: Option<crate::consent::LedgerPosition>,
+}
+
+impl Since {
+    /// The heads `report` verified.
+    pub fn of(report: &Report) -> Self {
+        Since {
+            access_log: report.access_log.anchor(),
+            consent_ledger: report.consent_ledger.anchor(),
+        }
+    }
 }
 
 /// Metadata of one record (the per-order view). No plaintext.
@@ -535,16 +588,17 @@ pub async fn verify(
     keyring: &Keyring,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, StoreError> {
-    verify_since(store, keyring, progress, None).await
+    verify_since(store, keyring, progress, &Since::default()).await
 }
 
-/// [`verify`], with the access log required to pass through `since`, the
-/// head an earlier report saw (see [`super::access_log::verify_chain_since`]).
+/// [`verify`], with the access log and the withdrawal ledger required to
+/// pass through the heads an earlier report saw (see
+/// [`super::access_log::verify_chain_since`]).
 pub async fn verify_since(
     store: &dyn Store,
     keyring: &Keyring,
     progress: &(dyn Fn(u64, u64) + Sync),
-    since: Option<super::access_log::Anchor>,
+    since: &Since,
 ) -> Result<Report, StoreError> {
     let totals = store.totals().await?;
     let mut failures = Failures::default();
@@ -588,39 +642,41 @@ pub async fn verify_since(
             ),
         ));
     }
-    check_consent_events(store, keyring, &mut failures).await?;
+    let consent_ledger =
+        check_consent_events(store, keyring, since.consent_ledger.as_ref(), &mut failures).await?;
     scan_schema_and_clear_columns(store, &mut failures).await?;
     // After the plaintext scan: many findings here (rows from before
     // migration 0007) must not crowd a card number in clear out of the
     // listed failures.
     check_idempotency_rows(store, keyring, &mut failures).await?;
     check_dispatches_kept(store, &mut failures).await?;
-    let access_log = match verify_chain_since(store, keyring.access_log_key(), since).await {
-        Ok(status) => ChainReport {
-            intact: true,
-            entries: status.entries,
-            head_seq: Some(status.head_seq),
-            head_hash: Some(crate::hex::encode(&status.head_hash)),
-            failure: None,
-            anchored_at: since.map(|a| a.seq),
-        },
-        Err(error) => {
-            let record_id = match &error {
-                ChainError::Entry { seq, .. } => seq.to_string(),
-                ChainError::Head(_) => "head".to_owned(),
-                ChainError::Store => String::new(),
-            };
-            failures.push(Failure::new("access_log", &record_id, error.to_string()));
-            ChainReport {
-                intact: false,
-                entries: totals.records.get("access_log").copied().unwrap_or(0),
-                head_seq: None,
-                head_hash: None,
-                failure: Some(error.to_string()),
-                anchored_at: since.map(|a| a.seq),
+    let access_log =
+        match verify_chain_since(store, keyring.access_log_key(), since.access_log).await {
+            Ok(status) => ChainReport {
+                intact: true,
+                entries: status.entries,
+                head_seq: Some(status.head_seq),
+                head_hash: Some(crate::hex::encode(&status.head_hash)),
+                failure: None,
+                anchored_at: since.access_log.map(|a| a.seq),
+            },
+            Err(error) => {
+                let record_id = match &error {
+                    ChainError::Entry { seq, .. } => seq.to_string(),
+                    ChainError::Head(_) => "head".to_owned(),
+                    ChainError::Store => String::new(),
+                };
+                failures.push(Failure::new("access_log", &record_id, error.to_string()));
+                ChainReport {
+                    intact: false,
+                    entries: totals.records.get("access_log").copied().unwrap_or(0),
+                    head_seq: None,
+                    head_hash: None,
+                    failure: Some(error.to_string()),
+                    anchored_at: since.access_log.map(|a| a.seq),
+                }
             }
-        }
-    };
+        };
     let consent = store.consent_stats().await?;
     Ok(Report {
         format: "checkoutd-audit-report/1",
@@ -634,6 +690,7 @@ pub async fn verify_since(
         purged,
         consent,
         access_log,
+        consent_ledger,
     })
 }
 
@@ -989,17 +1046,43 @@ pub async fn order(
 }
 
 /// The withdrawal ledger verifies as a chain (no edit, deletion, reorder
-/// or truncation), and every sealed reference opens.
+/// or truncation; through `since`, a head seen before), and every sealed
+/// reference opens.
 async fn check_consent_events(
     store: &dyn Store,
     keyring: &Keyring,
+    since: Option<&crate::consent::LedgerPosition>,
     out: &mut Failures,
-) -> Result<(), StoreError> {
-    if let Err((record_id, what)) =
-        crate::consent::verify_ledger(store, keyring.consent_tag_key()).await
-    {
-        out.push(Failure::new("consent_events", &record_id, what));
-    }
+) -> Result<LedgerReport, StoreError> {
+    let start = crate::consent::LedgerPosition::start();
+    let verified = crate::consent::verify_ledger_from(
+        store,
+        keyring.consent_tag_key(),
+        &start,
+        since.unwrap_or(&start),
+    )
+    .await;
+    let anchored_at = since.map(|p| p.seq);
+    let ledger = match verified {
+        Ok(head) => LedgerReport {
+            intact: true,
+            head_seq: Some(head.seq),
+            head_mac: Some(crate::hex::encode(&head.mac)),
+            failure: None,
+            anchored_at,
+        },
+        Err(crate::consent::LedgerFault::Unreadable(error)) => return Err(error),
+        Err(crate::consent::LedgerFault::Broken { entry, what }) => {
+            out.push(Failure::new("consent_events", &entry, what));
+            LedgerReport {
+                intact: false,
+                head_seq: None,
+                head_mac: None,
+                failure: Some(what.to_owned()),
+                anchored_at,
+            }
+        }
+    };
     let mut after = 0i64;
     loop {
         let page = store.consent_events_page(after, SCAN_PAGE).await?;
@@ -1045,7 +1128,7 @@ async fn check_consent_events(
             break;
         }
     }
-    Ok(())
+    Ok(ledger)
 }
 
 #[cfg(test)]

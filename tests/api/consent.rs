@@ -1118,6 +1118,64 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
     }
 }
 
+/// The ledger's last withdrawal deleted and its earlier — genuinely MACed —
+/// head row put back verifies on its own; against the head an earlier
+/// report saw (the next report of the server, `audit --since`) it does not.
+#[tokio::test]
+async fn a_cut_ledger_tail_with_an_older_head_fails_against_an_earlier_report() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
+    assert_eq!(opt_out(&app, out("bob@example.com")).await.status(), 202);
+    let db = app.db().await;
+    let (seq, mac, head_mac): (i64, Vec<u8>, Vec<u8>) =
+        sqlx::query_as("SELECT seq, mac, head_mac FROM consent_events_head")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(opt_out(&app, out("ada@example.com")).await.status(), 202);
+    let store = app.store().await;
+    let key = app.keyring();
+    let earlier = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(earlier.verified, "{:#?}", earlier.failures);
+    assert_eq!(earlier.consent_ledger.head_seq, Some(2));
+    // Ada's withdrawal goes, and the head from before it comes back.
+    app.unguard("consent_events").await;
+    sqlx::query("DELETE FROM consent_events WHERE seq > $1")
+        .bind(seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
+        .bind(seq)
+        .bind(&mac)
+        .bind(&head_mac)
+        .execute(&db)
+        .await
+        .unwrap();
+    let alone = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(alone.verified, "on its own it verifies: that is the attack");
+    let since = checkoutd::audit::verify::Since::of(&earlier);
+    let anchored = checkoutd::audit::verify::verify_since(&store, &key, &|_, _| {}, &since)
+        .await
+        .unwrap();
+    assert!(!anchored.verified);
+    assert!(!anchored.consent_ledger.intact);
+    assert_eq!(anchored.consent_ledger.anchored_at, Some(2));
+    assert!(
+        anchored
+            .failures
+            .iter()
+            .any(|f| f.table == "consent_events" && f.what.contains("rolled back")),
+        "{:#?}",
+        anchored.failures
+    );
+}
+
 /// Two processes, two clocks: an opt-out recorded by a host whose clock is
 /// behind the one that captured the customer's checkout still counts
 /// against that checkout (its effective time is raised to the capture
