@@ -166,7 +166,13 @@ pub struct StoreArgs {
     #[arg(long, env = "CHECKOUTD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://… [default: sqlite://<data-dir>/checkoutd.db]
-    #[arg(long, env = "CHECKOUTD_DATABASE_URL", value_name = "URL")]
+    // Its value may hold a password: `--help` names the variable only.
+    #[arg(
+        long,
+        env = "CHECKOUTD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Start on a PostgreSQL server that acknowledges commits before they
     /// are on disk (fsync or synchronous_commit off): testing only, an

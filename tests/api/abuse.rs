@@ -1074,6 +1074,13 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
         (&["customer", "phone"], "5105 1051 0510 5100"),
         (&["customer", "email"], "5105105105105100@example.com"),
         (&["gift_recipient", "phone"], "5105105105105100"),
+        // After other digits, or in the email's domain: as typed into a name.
+        (&["customer", "phone"], "+1 5105 1051 0510 5100"),
+        (&["customer", "email"], "ada@5105105105105100.example"),
+        (
+            &["customer", "email"],
+            "ada.1.5105.1051.0510.5100@example.com",
+        ),
     ];
     for (n, (path, pan)) in cases.iter().enumerate() {
         let mut order = order_json();
@@ -1090,6 +1097,7 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
     // Phone numbers and references that only look long are taken.
     let mut order = order_json();
     order["customer"]["phone"] = json!("+49 151 2345 6789");
+    order["customer"]["email"] = json!("jo.smith.1980.2026@mail2.example.com");
     order["storefront_order_ref"] = json!("ORDER-2026-11-30-300001234564");
     let r = app.post_order("clear-pan-ok", &order).await;
     assert_eq!(r.status(), 201);

@@ -160,6 +160,22 @@ fn invalid_settings_are_refused_before_binding_naming_the_setting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("retain_recipient_days"));
 }
 
+/// `--help` names the database URL's variable, never its value (it may
+/// hold a password).
+#[test]
+fn help_never_shows_the_database_password() {
+    for args in [&["serve", "--help"][..], &["keys", "status", "--help"][..]] {
+        let out = checkoutd()
+            .args(args)
+            .env("CHECKOUTD_DATABASE_URL", "postgres://u:hunter2@h/db")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("CHECKOUTD_DATABASE_URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{args:?}: {text}");
+    }
+}
+
 #[test]
 fn help_lists_every_command_and_flag() {
     let top = String::from_utf8(checkoutd().arg("--help").output().unwrap().stdout).unwrap();
