@@ -41,6 +41,7 @@ pub mod domain;
 pub mod failpoint;
 pub mod files;
 pub mod fulfillment;
+pub mod hardening;
 pub mod hex;
 pub mod http;
 pub mod ids;

@@ -19,6 +19,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before anything is read: no key or card number ever in a core dump.
+    if let Err(error) = checkoutd::hardening::forbid_memory_dumps() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "checkoutd: cannot turn core dumps off ({error}); refusing to start"
+        );
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     // Exit status: 2 for a usage error — a flag or setting that is wrong,
     // as clap itself reports (`Usage`, `ConfigError`) — and for every

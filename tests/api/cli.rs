@@ -378,3 +378,40 @@ fn serve_with_shares_but_no_keyring_names_keys_init() {
     assert!(stderr.contains("--data-dir"), "{stderr}");
     assert!(!stderr.contains("already holds orders"), "{stderr}");
 }
+
+/// Every command turns core dumps off before it reads anything: the
+/// server's limits say so while it runs.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_never_dumps_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = checkoutd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let mut core = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        core = text
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+        if core.as_deref() == Some("0 0") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(core.as_deref(), Some("0 0"));
+}
