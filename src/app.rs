@@ -144,8 +144,14 @@ impl Application {
             access_log,
             ledger: Arc::new(crate::consent::Ledger::new(handle.clone())),
             marketing,
-            unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
+            // Each accepted post is a synced ledger row, never trimmed, that
+            // every export and proof walks: addresses are cheap, so all of
+            // them together get a budget too.
+            unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::with_total(
                 settings.unsubscribe_rate_limit,
+                settings
+                    .unsubscribe_rate_limit
+                    .saturating_mul(routes::UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT),
                 std::time::Duration::from_secs(60),
             )),
             denial_limit: Arc::new(crate::http::rate_limit::RateLimiter::with_total(

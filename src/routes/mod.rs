@@ -293,6 +293,11 @@ pub(crate) async fn record_refusal(
     }
 }
 
+/// `POST /unsubscribe` from all addresses together, per minute, is this
+/// many times the per-address limit (`--unsubscribe-rate-limit`, 10 by
+/// default: 1 000 a minute in all).
+pub const UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT: u32 = 100;
+
 /// Refusals of the role guard written to the access log one by one, per
 /// client address and minute (see [`require_role`]). A misconfigured
 /// client retrying once a second stays well inside it.

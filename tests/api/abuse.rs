@@ -1365,3 +1365,42 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     let counted = unlogged().await - unlogged_before;
     assert!(counted >= f64::from(extra), "{counted}");
 }
+
+/// The public opt-out page has a budget for all addresses together (100
+/// times the per-address limit a minute): each accepted post is a ledger
+/// row for ever, and addresses are cheap.
+#[tokio::test]
+async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            unsubscribe_rate_limit: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let post = |n: u32| {
+        let client = from_address(&app, &format!("127.0.{}.{}", n / 200, 2 + n % 200), None);
+        let url = app.url("/unsubscribe");
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("email=person{n}%40example.com"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for n in 0..100 {
+        assert_eq!(post(n).await, 200, "address {n}");
+    }
+    assert_eq!(post(100).await, 429, "past the budget of all addresses");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consent_events")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(rows, 100);
+}
