@@ -79,6 +79,13 @@ pub struct Connection {
 pub enum Pick {
     Any,
     Anonymous,
+    /// An anonymous connection, for a newcomer from this client key: one of
+    /// the client holding the most anonymous connections, when that is more
+    /// than the newcomer's own plus one — recently active or not (never
+    /// one with a request in flight) — else as [`Pick::Anonymous`]. One
+    /// address polling on all its connections faster than [`MIN_IDLE_MS`]
+    /// cannot keep everybody else out.
+    AnonymousFor(IpAddr),
     /// Those of one client address key.
     Client(IpAddr),
 }
@@ -298,6 +305,9 @@ impl Register {
     /// handshake) over a certified one, and one with nothing left to send
     /// over one still sending a response.
     pub fn shed_one(&self, pick: Pick) -> bool {
+        if let Pick::AnonymousFor(newcomer) = pick {
+            return self.shed_from_anonymous_hog(newcomer) || self.shed_one(Pick::Anonymous);
+        }
         let Ok(open) = self.open.lock() else {
             return false;
         };
@@ -308,7 +318,7 @@ impl Register {
             .filter(|c| c.flags.load(Ordering::Acquire) == 0)
             .filter(|c| match pick {
                 Pick::Any => true,
-                Pick::Anonymous => c.anonymous.load(Ordering::Acquire),
+                Pick::Anonymous | Pick::AnonymousFor(_) => c.anonymous.load(Ordering::Acquire),
                 Pick::Client(ip) => c.client == ip,
             })
             .filter(|c| now.saturating_sub(c.idle_since_ms.load(Ordering::Acquire)) >= MIN_IDLE_MS)
@@ -320,6 +330,47 @@ impl Register {
                 c.idle_since_ms.load(Ordering::Acquire),
             )
         });
+        for c in idle {
+            if c.flags
+                .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                c.tell_to_close(CloseReason::Shed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// [`Pick::AnonymousFor`]'s first choice: the longest-idle connection
+    /// without a request in flight of the client holding the most
+    /// anonymous connections, if it holds more than `newcomer`'s plus one.
+    fn shed_from_anonymous_hog(&self, newcomer: IpAddr) -> bool {
+        let Ok(open) = self.open.lock() else {
+            return false;
+        };
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        // Connections already told to close hold their slot a moment more;
+        // they do not count, or one newcomer would shed several.
+        for c in open.connections.values() {
+            if c.anonymous.load(Ordering::Acquire) && c.flags.load(Ordering::Acquire) & SHED == 0 {
+                *held.entry(c.client).or_insert(0) += 1;
+            }
+        }
+        let own = held.get(&client_key(newcomer)).copied().unwrap_or(0);
+        let Some((hog, most)) = held.into_iter().max_by_key(|(_, n)| *n) else {
+            return false;
+        };
+        if most <= own + 1 {
+            return false;
+        }
+        let mut idle: Vec<&Arc<Connection>> = open
+            .connections
+            .values()
+            .filter(|c| c.client == hog && c.anonymous.load(Ordering::Acquire))
+            .filter(|c| c.flags.load(Ordering::Acquire) == 0)
+            .collect();
+        idle.sort_by_key(|c| (c.is_responding(), c.idle_since_ms.load(Ordering::Acquire)));
         for c in idle {
             if c.flags
                 .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
@@ -419,6 +470,38 @@ mod tests {
         assert_eq!(sending.connection.closing().await, CloseReason::Shed);
         assert!(register.shed_one(Pick::Any));
         assert_eq!(certified.connection.closing().await, CloseReason::Shed);
+    }
+
+    /// One address holding the anonymous connections, each active a moment
+    /// ago, gives one up to a newcomer from another address; an address
+    /// holding no more than the newcomer's share does not.
+    #[tokio::test]
+    async fn an_address_holding_most_anonymous_connections_makes_room_for_another() {
+        let register = Register::new();
+        let hog: IpAddr = "192.0.2.1".parse().unwrap();
+        let newcomer: IpAddr = "198.51.100.7".parse().unwrap();
+        let held: Vec<Registration> = (0..3)
+            .map(|_| {
+                let r = register.register(hog);
+                r.connection.handshake_done(false);
+                r.connection.set_anonymous();
+                r
+            })
+            .collect();
+        let busy = held[0].connection.begin().unwrap();
+        // Recently active: the ordinary anonymous pick sheds nobody …
+        assert!(!register.shed_one(Pick::Anonymous));
+        // … but the address with the most gives way, never its busy one.
+        assert!(register.shed_one(Pick::AnonymousFor(newcomer)));
+        let shed: Vec<bool> = held
+            .iter()
+            .map(|r| r.connection.close_reason.load(Ordering::Acquire) != 0)
+            .collect();
+        assert_eq!(shed.iter().filter(|s| **s).count(), 1);
+        assert!(!shed[0], "the connection with a request in flight stays");
+        drop(busy);
+        // The same address asking for room from itself is not served so.
+        assert!(!register.shed_one(Pick::AnonymousFor(hog)));
     }
 
     #[tokio::test]

@@ -362,7 +362,10 @@ async fn serve(
         // anonymous connection makes room; if all are busy, this one closes.
         let permit = match shared.anonymous_slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => make_room(&shared.register, &shared.anonymous_slots, Pick::Anonymous).await,
+            Err(_) => {
+                let pick = Pick::AnonymousFor(admission::client_key(addr.ip()));
+                make_room(&shared.register, &shared.anonymous_slots, pick).await
+            }
         };
         if permit.is_none() {
             tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; closing");

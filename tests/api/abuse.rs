@@ -1404,3 +1404,43 @@ async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
         .unwrap();
     assert_eq!(rows, 100);
 }
+
+/// One address keeping every anonymous slot busy — each connection polling
+/// faster than a connection may be shed for being idle — does not keep an
+/// anonymous client of another address (a load balancer's probe, a person
+/// on the opt-out page) out: the address holding the most gives way.
+#[tokio::test]
+async fn one_address_cannot_hold_every_anonymous_slot() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_anonymous_connections: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pollers = Vec::new();
+    for _ in 0..2 {
+        let client = from_address(&app, "127.0.0.2", None);
+        let url = app.url("/healthz");
+        let stop = stop.clone();
+        pollers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client.get(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = from_address(&app, "127.0.0.3", None)
+        .get(app.url("/healthz"))
+        .send()
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pollers {
+        let _ = p.await;
+    }
+    let r = r.expect("the newcomer was answered, not closed");
+    assert_eq!(r.status(), 200);
+}
