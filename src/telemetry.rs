@@ -313,7 +313,8 @@ pub fn connection_closed() {
 /// reason word: `shed` (an idle connection gave its slot to a newcomer),
 /// `busy` (answered 503), `overflow` (closed unanswered), `per_ip` (its
 /// address at its cap, answered 503), `anonymous` (the certificate-less cap),
-/// `abandoning` (rapid reset), `certificate_no_longer_valid` (checked again
+/// `abandoning` (rapid reset), `response_unread` (a response left unsent
+/// for the idle timeout), `certificate_no_longer_valid` (checked again
 /// after a TLS rebuild: revoked, expired, or its CA or CRL changed).
 pub fn connection_refused(reason: &'static str) {
     metrics::counter!("checkoutd_connections_refused_total", "reason" => reason).increment(1);

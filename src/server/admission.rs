@@ -70,6 +70,9 @@ pub struct Connection {
     certified: std::sync::atomic::AtomicBool,
     /// Responses produced but not yet fully sent (see [`Responding`]).
     responding: AtomicU64,
+    /// When each of those was produced (ms since the epoch), by a
+    /// sequence number: the first entry is the oldest still unsent.
+    unsent: Mutex<(u64, std::collections::BTreeMap<u64, u64>)>,
     /// The client's address key (see [`client_key`]).
     client: IpAddr,
 }
@@ -135,14 +138,32 @@ impl Connection {
     /// the response gets a grace period to finish.
     pub fn responding(self: &Arc<Self>) -> Responding {
         self.responding.fetch_add(1, Ordering::AcqRel);
+        let now = self.now_ms();
+        let id = self.unsent.lock().map_or(0, |mut unsent| {
+            unsent.0 += 1;
+            let id = unsent.0;
+            unsent.1.insert(id, now);
+            id
+        });
         Responding {
             connection: self.clone(),
+            id,
         }
     }
 
     /// True while a produced response is still being sent.
     pub fn is_responding(&self) -> bool {
         self.responding.load(Ordering::Acquire) > 0
+    }
+
+    /// How long the oldest response still unsent has waited to be sent
+    /// (a client that opens no HTTP/2 window, or never reads, keeps it in
+    /// memory); `None` when every response was sent.
+    pub fn oldest_unsent(&self) -> Option<std::time::Duration> {
+        let now = self.now_ms();
+        let unsent = self.unsent.lock().ok()?;
+        let (_, &since) = unsent.1.first_key_value()?;
+        Some(std::time::Duration::from_millis(now.saturating_sub(since)))
     }
 
     /// Marks the connection as holding an anonymous slot.
@@ -209,11 +230,15 @@ impl Drop for Active {
 /// A response still being sent; see [`Connection::responding`].
 pub struct Responding {
     connection: Arc<Connection>,
+    id: u64,
 }
 
 impl Drop for Responding {
     fn drop(&mut self) {
         self.connection.responding.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut unsent) = self.connection.unsent.lock() {
+            unsent.1.remove(&self.id);
+        }
     }
 }
 
@@ -281,6 +306,7 @@ impl Register {
             anonymous: std::sync::atomic::AtomicBool::new(false),
             certified: std::sync::atomic::AtomicBool::new(false),
             responding: AtomicU64::new(0),
+            unsent: Mutex::new((0, std::collections::BTreeMap::new())),
             client: client_key(ip),
         });
         connection

@@ -425,9 +425,21 @@ async fn serve(
     tokio::pin!(closing);
     let mut finishing = false;
     let mut grace: Option<tokio::time::Instant> = None;
+    // A response left unsent for `idle_timeout` — its client opens no
+    // HTTP/2 window, or does not read, and perhaps pings to look alive —
+    // ends the connection: it would hold the response in memory for good.
+    let mut unsent_check = tokio::time::interval(UNSENT_CHECK);
+    unsent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
+            _ = unsent_check.tick() => {
+                if connection.oldest_unsent().is_some_and(|age| age > limits.idle_timeout) {
+                    tracing::info!(client_ip = %addr.ip(), "closing a connection whose client has not taken a response for the idle timeout");
+                    crate::telemetry::connection_refused("response_unread");
+                    break Ok(());
+                }
+            },
             reason = &mut closing, if !finishing => {
                 finishing = true;
                 match reason {
@@ -477,6 +489,9 @@ async fn serve(
     drop(stop);
     drop(registration);
 }
+
+/// How often a connection checks for a response left unsent too long.
+const UNSENT_CHECK: Duration = Duration::from_secs(1);
 
 /// The in-flight caps a connection's requests count against.
 #[derive(Clone)]

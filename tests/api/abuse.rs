@@ -1321,6 +1321,52 @@ async fn responses_a_client_never_reads_do_not_hold_the_in_flight_cap() {
     driver.abort();
 }
 
+/// A client that opens no HTTP/2 window and pings to look alive would hold
+/// its responses in the server's memory for good: a response left unsent
+/// for the idle timeout ends the connection.
+#[tokio::test]
+async fn a_client_that_never_takes_its_responses_is_disconnected() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            idle_timeout: Some("2s".into()),
+            request_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let tls = connect(&app, None, b"h2").await.unwrap();
+    let (client, mut connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
+    let driver = tokio::spawn(connection);
+    let pinger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(app.url("/openapi.json"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    // Pings keep the connection from being idle; the unsent body ends it.
+    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    pinger.abort();
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+}
+
 /// A client needs no certificate to be refused, and every refusal is a
 /// synced row of an access log that is never trimmed: past
 /// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, refusals are
