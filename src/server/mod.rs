@@ -141,7 +141,30 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// Of `in_flight`, what requests on anonymous connections may hold.
     anonymous_in_flight: Arc<Semaphore>,
+    /// Of `in_flight`, what the requests of one client certificate may
+    /// hold (half), by certificate: kept while a connection uses it.
+    per_certificate:
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Weak<Semaphore>>>,
     register: Arc<Register>,
+}
+
+impl Shared {
+    /// The in-flight share of the client certificate `fingerprint`: one
+    /// semaphore per certificate, shared by all its connections.
+    fn certificate_share(&self, fingerprint: &[u8; 32]) -> Arc<Semaphore> {
+        let share = (self.limits.max_requests_in_flight / 2).max(1);
+        let Ok(mut shares) = self.per_certificate.lock() else {
+            return Arc::new(Semaphore::new(share));
+        };
+        if let Some(existing) = shares.get(fingerprint).and_then(std::sync::Weak::upgrade) {
+            return existing;
+        }
+        // Certificates no longer connected go as new ones come.
+        shares.retain(|_, s| s.strong_count() > 0);
+        let fresh = Arc::new(Semaphore::new(share));
+        shares.insert(*fingerprint, Arc::downgrade(&fresh));
+        fresh
+    }
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then
@@ -166,6 +189,7 @@ pub async fn run(
         anonymous_in_flight: Arc::new(Semaphore::new(
             limits.max_anonymous_requests_in_flight.max(1),
         )),
+        per_certificate: Default::default(),
         register: Register::new(),
     });
     let overflow = Arc::new(Semaphore::new(OVERFLOW_RESPONDERS));
@@ -382,6 +406,12 @@ async fn serve(
         all: shared.in_flight.clone(),
         anonymous: (peer.identity == ClientIdentity::Anonymous)
             .then(|| shared.anonymous_in_flight.clone()),
+        certificate: match &peer.identity {
+            ClientIdentity::Certified { fingerprint, .. } => {
+                Some(shared.certificate_share(fingerprint.as_bytes()))
+            }
+            ClientIdentity::Anonymous => None,
+        },
     };
     let on_connection = connection.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -501,6 +531,10 @@ struct InFlight {
     /// `max_anonymous_requests_in_flight`, on a connection without a client
     /// certificate.
     anonymous: Option<Arc<Semaphore>>,
+    /// Half of `max_requests_in_flight`, for each client certificate: one
+    /// client (a compromised warehouse certificate dribbling request
+    /// bodies, say) cannot take every slot from the others.
+    certificate: Option<Arc<Semaphore>>,
 }
 
 /// A load balancer's probes: they never read a body and answer at once, so
@@ -512,16 +546,17 @@ const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 impl InFlight {
     /// A permit of every cap a request for `path` counts against, or `None`
     /// when one of them is reached (then none is held).
-    fn try_acquire(
-        &self,
-        path: &str,
-    ) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+    fn try_acquire(&self, path: &str) -> Option<[Option<OwnedSemaphorePermit>; 3]> {
         let anonymous = match &self.anonymous {
             Some(cap) if !PROBES.contains(&path) => Some(cap.clone().try_acquire_owned().ok()?),
             _ => None,
         };
+        let certificate = match &self.certificate {
+            Some(cap) => Some(cap.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
         let all = self.all.clone().try_acquire_owned().ok()?;
-        Some((all, anonymous))
+        Some([Some(all), anonymous, certificate])
     }
 }
 

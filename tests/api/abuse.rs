@@ -1152,6 +1152,51 @@ async fn refused_as_card_number(app: &TestApp, key: &str, order: &Value, path: &
     );
 }
 
+/// One client certificate holds at most half of the in-flight cap: a
+/// warehouse certificate with slow requests (bodies dribbled in, say) does
+/// not take every slot from the storefront.
+#[tokio::test]
+async fn one_certificate_cannot_take_the_whole_in_flight_cap() {
+    let held = HeldRoute::default();
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_requests_in_flight: Some(4),
+            ..Default::default()
+        },
+        extra_routes: Some(held.router("/slow", "done")),
+        ..Default::default()
+    })
+    .await;
+    let warehouse = app.client(Role::Fulfillment);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let (client, url) = (warehouse.clone(), app.url("/slow"));
+        slow.push(tokio::spawn(async move { client.get(url).send().await }));
+    }
+    held.wait_entered(2).await;
+    // Its half is taken: a third request of the same certificate is a
+    // fast 503 …
+    let started = Instant::now();
+    let r = tokio::time::timeout(FAST, warehouse.get(app.url("/slow")).send())
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_overloaded_fast(r.status().as_u16(), retry.as_deref(), started.elapsed());
+    // … while the storefront, another certificate, is served.
+    let r = app.post_order("cert-share-1", &order_json()).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    held.release();
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status(), 200);
+    }
+    let r = warehouse.get(app.url("/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "its share returns");
+}
+
 #[tokio::test]
 async fn anonymous_requests_cannot_take_the_in_flight_cap_from_the_storefront() {
     let held = HeldRoute::default();
