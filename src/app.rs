@@ -144,11 +144,15 @@ impl Application {
             access_log,
             ledger: Arc::new(crate::consent::Ledger::new(handle.clone())),
             marketing,
-            // Each accepted post is a synced ledger row, never trimmed, that
-            // every export and proof walks: addresses are cheap, so all of
-            // them together get a budget too.
-            unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::with_total(
+            unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
                 settings.unsubscribe_rate_limit,
+                std::time::Duration::from_secs(60),
+            )),
+            // Each recorded opt-out is a synced ledger row, never trimmed,
+            // that every export and proof walks: addresses are cheap, so
+            // all of them together get a budget too.
+            unsubscribe_writes: Arc::new(crate::http::rate_limit::RateLimiter::with_total(
+                u32::MAX,
                 settings
                     .unsubscribe_rate_limit
                     .saturating_mul(routes::UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT),

@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, default_value = "sqlite")]
     engine: String,
     /// PostgreSQL URL for --engine postgres.
-    #[arg(long, env = "CHECKOUTD_BENCH_DATABASE_URL")]
+    #[arg(long, env = "CHECKOUTD_BENCH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Hold this many idle TLS connections and report the server's memory.
     #[arg(long)]

@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, default_value = "sqlite")]
     engine: String,
     /// PostgreSQL URL of an empty database, for --engine postgres.
-    #[arg(long, env = "CHECKOUTD_CRASH_DATABASE_URL")]
+    #[arg(long, env = "CHECKOUTD_CRASH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// How many times the server is killed with SIGKILL (at least 20 for
     /// the check).

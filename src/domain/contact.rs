@@ -55,12 +55,12 @@ impl Email {
     /// Whether the address holds a card number: in the local part,
     /// however grouped and at the start of a run
     /// (`super::detect::contains_card_number`), or anywhere — local part or
-    /// domain — as a person types one (`contains_pan_typed`, as for names:
+    /// domain — as a person types one (`contains_card_typed`:
     /// `ada.1.5105.1051.0510.5100@…`, `ada@5105105105105100.example`).
     pub fn holds_card_number(&self) -> bool {
         let local = self.expose().split('@').next().unwrap_or("");
         super::detect::contains_card_number(local)
-            || super::detect::contains_pan_typed(self.expose())
+            || super::detect::contains_card_typed(self.expose())
     }
 }
 
@@ -94,12 +94,11 @@ impl Phone {
     }
 
     /// Whether its digits are a card number
-    /// (`super::detect::phone_is_card_number`), or it holds one as a person
-    /// types one, after other digits (`contains_pan_typed`, as for names:
-    /// `+1 5105 1051 0510 5100`).
+    /// (`super::detect::phone_is_card_number`), or it holds one after other
+    /// digits (`contains_card_typed`: `+1 5105 1051 0510 5100`).
     pub fn is_card_number(&self) -> bool {
         super::detect::phone_is_card_number(self.expose())
-            || super::detect::contains_pan_typed(self.expose())
+            || super::detect::contains_card_typed(self.expose())
     }
 }
 

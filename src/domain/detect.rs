@@ -51,6 +51,16 @@ pub fn contains_pan_clear(text: &str) -> bool {
         || candidates(&typed(text)).any(|groups| card_leading(&groups))
 }
 
+/// For a phone number or a whole email address: a card number of a brand
+/// we know, at a length valid for it and passing Luhn, made of whole groups
+/// anywhere in a run as a person types one (`+1 5105 1051 0510 5100`,
+/// `ada@5105105105105100.example`). Not the bare Luhn rule: one run of
+/// digits in ten passes it, and extensions, international prefixes without
+/// `+` and hosts such as `ec2-203-113-145-104` would be refused.
+pub fn contains_card_typed(text: &str) -> bool {
+    candidates(&typed(text)).any(|groups| card_within(&groups))
+}
+
 /// For the local part of an email address: a card number, however
 /// grouped, alone or at the start of a run (`4012888888881881@…`).
 pub fn contains_card_number(text: &str) -> bool {

@@ -352,6 +352,26 @@ pub async fn unsubscribe(
         .filter(|(_, p)| *p)
         .map(|((_, label), _)| *label)
         .collect();
+    // The budget of all addresses together, counted only now: a post that
+    // writes nothing does not use it up for everybody else.
+    if let Some(over) = state
+        .unsubscribe_writes
+        .count(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    {
+        if over.first {
+            tracing::warn!(
+                "the public opt-out page's budget of all addresses is used up this minute; answering 429 until the window ends"
+            );
+        }
+        let mut r = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Please wait a moment",
+            "<p>Too many requests just now. Please try again in a minute.</p>",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(over.wait_secs));
+        return r;
+    }
     let shown = esc(email.expose());
     let withdrawal = Withdrawal {
         email,

@@ -67,8 +67,13 @@ pub struct Services {
     pub ledger: Arc<crate::consent::Ledger>,
     /// Marketing's view: holds the contact key only.
     pub marketing: Arc<crate::consent::audience::Marketing>,
-    /// Per-IP limit on the public opt-out page.
+    /// Per-IP limit on the public opt-out page (every post counts, before
+    /// its body is read).
     pub unsubscribe_limit: Arc<crate::http::rate_limit::RateLimiter>,
+    /// The opt-outs the public page records from all addresses together
+    /// (only posts that write a ledger row count: an empty or invalid one
+    /// does not use up everybody's budget).
+    pub unsubscribe_writes: Arc<crate::http::rate_limit::RateLimiter>,
     /// Per-IP limit on refusals of the role guard that are written to the
     /// access log one by one (see [`require_role`]).
     pub denial_limit: Arc<crate::http::rate_limit::RateLimiter>,

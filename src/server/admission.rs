@@ -394,9 +394,11 @@ impl Register {
             .connections
             .values()
             .filter(|c| c.client == hog && c.anonymous.load(Ordering::Acquire))
-            .filter(|c| c.flags.load(Ordering::Acquire) == 0)
+            // Nothing in flight and nothing being sent: behind one address
+            // (a NAT) there may be many real people.
+            .filter(|c| c.flags.load(Ordering::Acquire) == 0 && !c.is_responding())
             .collect();
-        idle.sort_by_key(|c| (c.is_responding(), c.idle_since_ms.load(Ordering::Acquire)));
+        idle.sort_by_key(|c| c.idle_since_ms.load(Ordering::Acquire));
         for c in idle {
             if c.flags
                 .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)

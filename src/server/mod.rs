@@ -463,11 +463,14 @@ async fn serve(
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
-            _ = unsent_check.tick() => {
+            _ = unsent_check.tick(), if !finishing => {
                 if connection.oldest_unsent().is_some_and(|age| age > limits.idle_timeout) {
                     tracing::info!(client_ip = %addr.ip(), "closing a connection whose client has not taken a response for the idle timeout");
                     crate::telemetry::connection_refused("response_unread");
-                    break Ok(());
+                    // Its other streams get the grace period to finish.
+                    finishing = true;
+                    conn.as_mut().graceful_shutdown();
+                    grace = Some(tokio::time::Instant::now() + SHED_GRACE);
                 }
             },
             reason = &mut closing, if !finishing => {

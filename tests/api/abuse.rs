@@ -1101,6 +1101,31 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
     order["storefront_order_ref"] = json!("ORDER-2026-11-30-300001234564");
     let r = app.post_order("clear-pan-ok", &order).await;
     assert_eq!(r.status(), 201);
+    // Real phones and emails whose digits pass the Luhn check but are no
+    // card number (an international prefix without `+`, an extension, a
+    // cloud host name, a dated alias).
+    for (n, (phone, email)) in [
+        (
+            "0049 151 2345 6787",
+            "ops@ec2-203-113-145-104.compute-1.amazonaws.com",
+        ),
+        ("415 555 2671 1233", "ana.1990.05.17.12348@example.com"),
+        ("+1 949 555 0100 1201", "ada@example.com"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut order = order_json();
+        order["customer"]["phone"] = json!(phone);
+        order["customer"]["email"] = json!(email);
+        let r = app.post_order(&format!("clear-pan-real-{n}"), &order).await;
+        assert_eq!(
+            r.status(),
+            201,
+            "{phone} / {email}: {}",
+            r.text().await.unwrap()
+        );
+    }
     // A barcode as the SKU (an EAN-13 that passes the Luhn check too) and
     // a phone number in a gift message are taken.
     let mut order = order_json();
@@ -1458,8 +1483,9 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
 }
 
 /// The public opt-out page has a budget for all addresses together (100
-/// times the per-address limit a minute): each accepted post is a ledger
-/// row for ever, and addresses are cheap.
+/// times the per-address limit a minute) of the opt-outs it records: each
+/// is a ledger row for ever, and addresses are cheap. Posts that record
+/// nothing do not use it up.
 #[tokio::test]
 async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
     let app = spawn_app_with(Options {
@@ -1487,6 +1513,20 @@ async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
                 .as_u16()
         }
     };
+    // Posts that write nothing (no valid email) do not use the budget up.
+    for n in 0..50 {
+        let client = from_address(&app, &format!("127.2.0.{}", 2 + n), None);
+        let status = client
+            .post(app.url("/unsubscribe"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("email=")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 422);
+    }
     for n in 0..100 {
         assert_eq!(post(n).await, 200, "address {n}");
     }

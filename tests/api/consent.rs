@@ -1141,6 +1141,23 @@ async fn a_cut_ledger_tail_with_an_older_head_fails_against_an_earlier_report() 
         .unwrap();
     assert!(earlier.verified, "{:#?}", earlier.failures);
     assert_eq!(earlier.consent_ledger.head_seq, Some(2));
+    let job = std::sync::Arc::new(checkoutd::audit::job::ReportJob::with_freshness(
+        std::time::Duration::ZERO,
+    ));
+    let shared: std::sync::Arc<dyn checkoutd::store::Store> =
+        std::sync::Arc::new(app.store().await);
+    let keyring = std::sync::Arc::new(app.keyring());
+    let job_run = || async {
+        job.latest_or_start(
+            shared.clone(),
+            keyring.clone(),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(job_run().await["report"]["verified"], true);
     // Ada's withdrawal goes, and the head from before it comes back.
     app.unguard("consent_events").await;
     sqlx::query("DELETE FROM consent_events WHERE seq > $1")
@@ -1159,6 +1176,11 @@ async fn a_cut_ledger_tail_with_an_older_head_fails_against_an_earlier_report() 
         .await
         .unwrap();
     assert!(alone.verified, "on its own it verifies: that is the attack");
+    // The server's report job, anchored at its run before the cut.
+    let report = job_run().await;
+    assert_eq!(report["report"]["verified"], false);
+    assert_eq!(report["report"]["consent_ledger"]["intact"], false);
+    assert_eq!(report["report"]["consent_ledger"]["anchored_at"], 2);
     let since = checkoutd::audit::verify::Since::of(&earlier);
     let anchored = checkoutd::audit::verify::verify_since(&store, &key, &|_, _| {}, &since)
         .await
