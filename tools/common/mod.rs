@@ -12,10 +12,31 @@ use serde_json::{Value, json};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A fresh working directory under the system temp dir.
-pub fn work_dir(tool: &str) -> Result<PathBuf, BoxError> {
+pub fn work_dir(tool: &str) -> Result<WorkDir, BoxError> {
     let dir = std::env::temp_dir().join(format!("{tool}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(WorkDir(dir))
+}
+
+/// A tool's working directory (its server's data: a database of a few
+/// hundred MB after a benchmark run), removed when the tool ends — every
+/// run left one behind in the temporary directory until the disk was full.
+/// `CHECKOUTD_KEEP_WORK_DIR=1` keeps it, for a look afterwards.
+pub struct WorkDir(PathBuf);
+
+impl std::ops::Deref for WorkDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::env::var_os("CHECKOUTD_KEEP_WORK_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 pub fn free_port() -> Result<u16, BoxError> {
