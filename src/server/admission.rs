@@ -356,16 +356,7 @@ impl Register {
                 c.idle_since_ms.load(Ordering::Acquire),
             )
         });
-        for c in idle {
-            if c.flags
-                .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                c.tell_to_close(CloseReason::Shed);
-                return true;
-            }
-        }
-        false
+        shed_first(idle)
     }
 
     /// [`Pick::AnonymousFor`]'s first choice: the longest-idle connection
@@ -399,17 +390,24 @@ impl Register {
             .filter(|c| c.flags.load(Ordering::Acquire) == 0 && !c.is_responding())
             .collect();
         idle.sort_by_key(|c| c.idle_since_ms.load(Ordering::Acquire));
-        for c in idle {
-            if c.flags
-                .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                c.tell_to_close(CloseReason::Shed);
-                return true;
-            }
-        }
-        false
+        shed_first(idle)
     }
+}
+
+/// Tells the first of `candidates` that has no request in flight at this
+/// very moment (one atomic word decides against a request starting) to
+/// close; false when none could be.
+fn shed_first(candidates: Vec<&Arc<Connection>>) -> bool {
+    for c in candidates {
+        if c.flags
+            .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            c.tell_to_close(CloseReason::Shed);
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
