@@ -23,7 +23,7 @@ use crate::crypto::DataClass;
 use crate::crypto::envelope::{self, Binding, Envelope};
 use crate::crypto::keyring::Keyring;
 use crate::domain::consent::{Basis, ConsentTag, Purposes, Subject};
-use crate::domain::detect::{contains_email, contains_pan, contains_pan_clear};
+use crate::domain::detect::{clear_column_holds_card, contains_email, contains_pan};
 use crate::domain::pan::Pan;
 use crate::store::rows::{
     AuditBatch, AuditExtra, AuditKeyRow, AuditRecord, ConsentStats, RawTag, Totals,
@@ -981,7 +981,7 @@ async fn scan_schema_and_clear_columns(
             after = Some(last.rowid);
             for row in &rows {
                 for (column, value) in &row.values {
-                    if contains_pan_clear(value) {
+                    if clear_column_holds_card(&table, column, value) {
                         out.push(Failure::new(
                             &table,
                             &row.record_id,

@@ -41,14 +41,41 @@ pub fn contains_pan_typed(text: &str) -> bool {
 }
 
 /// For text stored in clear (a SKU, an item description, a storefront
-/// reference; the audit's scan of every clear column): the base rule, and
-/// a card number however a person grouped it, alone or at the start of a
-/// longer run ("4012.8888.8888.1881", "4012 8888 8888 1881 123"). Not
-/// anywhere in a run: in a reference such as `ORDER-2026-11-30-300001234564`,
-/// `30 300001234564` passes for a Diners Club number.
+/// reference; the audit's scan of every clear column): the base rule, a
+/// card number however a person grouped it, alone or at the start of a
+/// longer run ("4012.8888.8888.1881", "4012 8888 8888 1881 123"), and a
+/// card number *printed as cards are* anywhere in a run, after other
+/// groups ("A-1001-4012-8888-8888-1881", "REF 2026 4012888888881881"): see
+/// [`card_printed_within`]. Not any whole groups anywhere: in a reference
+/// such as `ORDER-2026-11-30-300001234564`, `30 300001234564` passes for a
+/// Diners Club number.
 pub fn contains_pan_clear(text: &str) -> bool {
     candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
-        || candidates(&typed(text)).any(|groups| card_leading(&groups))
+        || candidates(&typed(text))
+            .any(|groups| card_leading(&groups) || card_printed_within(&groups))
+}
+
+/// For a dispatch fact the warehouse sends (carrier, tracking number),
+/// stored in clear: a card number of a brand we know, at a length valid for
+/// it and passing Luhn, of whole groups anywhere ([`contains_card_typed`]).
+/// Not the base rule: tracking numbers of 15–19 digits (FedEx Ground,
+/// Canada Post, DHL eCommerce) pass the bare Luhn check one time in ten,
+/// and the warehouse could not dispatch those orders. The audit scans the
+/// dispatch columns with this rule ([`clear_column_holds_card`]), so a
+/// dispatch accepted here never fails it.
+pub fn dispatch_fact_holds_card(text: &str) -> bool {
+    contains_card_typed(text)
+}
+
+/// The audit's rule for one clear column: what was written under a rule is
+/// scanned with the same one — the dispatch facts (`orders.carrier`,
+/// `orders.tracking`) with [`dispatch_fact_holds_card`], every other clear
+/// column with [`contains_pan_clear`], the strictest rule for clear text.
+pub fn clear_column_holds_card(table: &str, column: &str, value: &str) -> bool {
+    match (table, column) {
+        ("orders", "carrier" | "tracking") => dispatch_fact_holds_card(value),
+        _ => contains_pan_clear(value),
+    }
 }
 
 /// For a phone number or a whole email address: a card number of a brand
@@ -145,6 +172,38 @@ fn card_leading(groups: &[&[u8]]) -> bool {
 /// Some whole groups of the run, anywhere in it, are a card number.
 fn card_within(groups: &[&[u8]]) -> bool {
     (0..groups.len()).any(|start| card_leading(&groups[start..]))
+}
+
+/// How card numbers are printed and typed from a card: all digits in one
+/// group, in groups of four (the last of a 17–19-digit number shorter),
+/// 4-6-5 (American Express) or 4-6-4 (Diners Club).
+const PRINTED: [&[usize]; 6] = [
+    &[4, 4, 4, 4],
+    &[4, 4, 4, 4, 1],
+    &[4, 4, 4, 4, 2],
+    &[4, 4, 4, 4, 3],
+    &[4, 6, 5],
+    &[4, 6, 4],
+];
+
+/// Some whole groups of the run, anywhere in it, printed as a card is
+/// ([`PRINTED`], or one group of 13–19 digits), are a card number (a brand
+/// we know, a length valid for it, Luhn). A run of other groups before it —
+/// a reference's prefix, a date — does not hide it; two groups of
+/// arbitrary lengths ("30 300001234564") are not a card's print.
+fn card_printed_within(groups: &[&[u8]]) -> bool {
+    (0..groups.len()).any(|start| {
+        let rest = &groups[start..];
+        let one = (13..=19).contains(&rest[0].len()) && is_card_number(rest[0]);
+        one || PRINTED.iter().any(|shape| {
+            rest.len() >= shape.len()
+                && rest
+                    .iter()
+                    .zip(shape.iter())
+                    .all(|(g, len)| g.len() == *len)
+                && is_card_number(&rest[..shape.len()].concat())
+        })
+    })
 }
 
 /// The runs of `bytes`, each as its groups (maximal stretches of ASCII
@@ -366,6 +425,69 @@ mod tests {
             "4012 8888 8888 1882",
         ] {
             assert!(!contains_pan_clear(fine), "{fine:?}");
+        }
+    }
+
+    /// A card number after other groups of a reference, printed as cards
+    /// are, is found; arbitrary groups that happen to make one are not.
+    #[test]
+    fn card_numbers_printed_after_other_groups_in_clear_text() {
+        for clear in [
+            "A-1001-4012-8888-8888-1881",
+            "REF 2026 4012888888881881",
+            "order 2026/11/30 4012 8888 8888 1881",
+            "INV-7-3782-822463-10005",
+            "X 12 3056 930902 5904",
+            "1001_4000_0566_5566_5556_123",
+        ] {
+            assert!(contains_pan_clear(clear), "{clear:?}");
+        }
+        for fine in [
+            // Groups of other lengths that happen to make a card number.
+            "ORDER-2026-11-30-300001234564",
+            "A 10 40128888 88881881",
+            // Four groups of four that are no card number.
+            "2026 1130 0000 1234 5678",
+            "4012 8888 8888 1882 2",
+        ] {
+            assert!(!contains_pan_clear(fine), "{fine:?}");
+        }
+        assert!(crate::domain::pan::is_card_number(b"30569309025904"));
+        assert!(crate::domain::pan::is_card_number(b"4000056655665556"));
+    }
+
+    /// The warehouse's tracking numbers of 15–19 digits pass the bare Luhn
+    /// check one time in ten; only a card number of a known brand is
+    /// refused in a dispatch, and the audit scans those columns with the
+    /// same rule, so an accepted dispatch never fails the audit.
+    #[test]
+    fn dispatch_facts_refuse_card_numbers_of_known_brands_only() {
+        // A 15-digit FedEx Ground-style number that passes Luhn, no brand.
+        assert!(luhn_valid(b"961234567890126"));
+        for tracking in [
+            "961234567890126",
+            "1Z999AA10123456784",
+            "9400 1000 0000 0000 0000 00",
+        ] {
+            assert!(!dispatch_fact_holds_card(tracking), "{tracking:?}");
+            assert!(!clear_column_holds_card("orders", "tracking", tracking));
+        }
+        assert!(
+            contains_pan_clear("961234567890126"),
+            "other clear columns stay strict"
+        );
+        assert!(clear_column_holds_card(
+            "orders",
+            "storefront_ref",
+            "961234567890126"
+        ));
+        for card in [
+            "4012888888881881",
+            "UPS 4012 8888 8888 1881",
+            "ref-1-4012-8888-8888-1881",
+        ] {
+            assert!(dispatch_fact_holds_card(card), "{card:?}");
+            assert!(clear_column_holds_card("orders", "carrier", card));
         }
     }
 

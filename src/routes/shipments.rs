@@ -361,6 +361,24 @@ fn parse_dispatch(value: Value) -> Result<(String, String), Problem> {
             errors.push(FieldError::new(name, "required", "This field is required"));
             None
         }
+        // Stored in clear: never a card number or an email address (the
+        // audit scans these columns with the same rules).
+        Some(Value::String(s)) if crate::domain::detect::dispatch_fact_holds_card(&s) => {
+            errors.push(FieldError::new(
+                name,
+                "looks_like_card_number",
+                "This field is stored in clear and must not hold a card number",
+            ));
+            None
+        }
+        Some(Value::String(s)) if crate::domain::detect::contains_email(&s) => {
+            errors.push(FieldError::new(
+                name,
+                "looks_like_email",
+                "This field is stored in clear and must not hold an email address",
+            ));
+            None
+        }
         Some(Value::String(s)) => match Plain::parse(&s, 64) {
             Ok(p) => Some(p.as_str().to_owned()),
             Err(_) => {
@@ -446,6 +464,34 @@ mod tests {
         assert_eq!(p.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let fields: Vec<_> = p.errors().iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"tracking") && fields.contains(&"extra"));
+    }
+
+    /// Carrier and tracking are stored in clear: a card number of a known
+    /// brand or an email address in either is refused, naming the field; a
+    /// long tracking number that merely passes Luhn is not.
+    #[test]
+    fn dispatch_facts_refuse_card_numbers_and_emails() {
+        let codes = |v| match parse_dispatch(v) {
+            Ok(_) => Vec::new(),
+            Err(p) => p
+                .errors()
+                .iter()
+                .map(|e| (e.field.clone(), e.code))
+                .collect::<Vec<_>>(),
+        };
+        let got = codes(
+            serde_json::json!({"carrier": "ada@example.com", "tracking": "4012 8888 8888 1881"}),
+        );
+        assert!(
+            got.contains(&("carrier".into(), "looks_like_email")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("tracking".into(), "looks_like_card_number")),
+            "{got:?}"
+        );
+        let got = codes(serde_json::json!({"carrier": "FedEx", "tracking": "961234567890126"}));
+        assert!(got.is_empty(), "{got:?}");
         assert_eq!(
             parse_dispatch(serde_json::json!([1])).unwrap_err().status(),
             StatusCode::UNPROCESSABLE_ENTITY

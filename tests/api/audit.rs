@@ -687,8 +687,17 @@ async fn a_plaintext_card_number_in_a_clear_column_is_named() {
     exec(
         &app,
         &format!(
-            "UPDATE orders SET storefront_ref = 'note 4111 1111 1111 1111' WHERE id = '{}'",
+            "UPDATE orders SET storefront_ref = 'A-1001-4111-1111-1111-1111' WHERE id = '{}'",
             ids[1]
+        ),
+    )
+    .await;
+    // The dispatch facts are scanned with the rule a dispatch is checked by.
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET tracking = 'X 12 4111 1111 1111 1111' WHERE id = '{}'",
+            ids[0]
         ),
     )
     .await;
@@ -716,6 +725,11 @@ async fn a_plaintext_card_number_in_a_clear_column_is_named() {
             &ids[1],
             "storefront_ref holds a card number"
         ),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(&report, "orders", &ids[0], "tracking holds a card number"),
         "{:#?}",
         report.failures
     );

@@ -527,6 +527,54 @@ async fn dispatch_moves_an_order_and_is_idempotent() {
     expect_problem(r, 415).await;
 }
 
+/// Carrier and tracking are stored in clear (invariant 2): a card number
+/// or an email address in either is refused with a problem naming the
+/// field, and nothing is dispatched; a long tracking number that merely
+/// passes the Luhn check is accepted, and the audit, which scans those
+/// columns with the same rule, stays clean.
+#[tokio::test]
+async fn a_dispatch_never_stores_a_card_number_or_an_email_in_clear() {
+    let app = spawn_app().await;
+    let a = new_order(&app, "dc-a", &order_json()).await;
+    for (body, field, code) in [
+        (
+            json!({"carrier": "UPS", "tracking": "4111 1111 1111 1111"}),
+            "tracking",
+            "looks_like_card_number",
+        ),
+        (
+            json!({"carrier": "REF-7-4111-1111-1111-1111", "tracking": "1Z999"}),
+            "carrier",
+            "looks_like_card_number",
+        ),
+        (
+            json!({"carrier": "UPS", "tracking": "ada@example.com"}),
+            "tracking",
+            "looks_like_email",
+        ),
+    ] {
+        let r = app.dispatch(&a, &body).await;
+        let p = expect_problem(r, 422).await;
+        assert_eq!(p["errors"][0]["field"], field, "{p:#}");
+        assert_eq!(p["errors"][0]["code"], code, "{p:#}");
+        let text = p.to_string();
+        assert!(!text.contains("4111") && !text.contains("ada@"), "{text}");
+    }
+    let pending = app.shipments("").await;
+    assert_eq!(
+        pending["shipments"][0]["order_id"],
+        a.as_str(),
+        "not dispatched"
+    );
+
+    // 15 digits passing Luhn, of no card brand: a FedEx Ground-style number.
+    let body = json!({"carrier": "FedEx", "tracking": "961234567890126"});
+    let r = app.dispatch(&a, &body).await;
+    assert_eq!(r.status(), 200);
+    let report = crate::audit::run_verify(&app).await;
+    assert!(report.verified, "{:?}", report.failures);
+}
+
 async fn audit_log(app: &TestApp, query: &str) -> Value {
     let r = app
         .client(Role::Auditor)
