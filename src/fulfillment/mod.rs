@@ -15,13 +15,26 @@ use crate::crypto::envelope::{self, Binding};
 use crate::crypto::keyring::{ClassKeys, Keyring};
 use crate::crypto::mac::MacKey;
 use crate::domain::consent::Purposes;
-use crate::store::rows::{PurgeRow, ShipToRow, ShipmentRow};
+use crate::store::rows::{ConsentHistory, PurgeRow, ShipToRow, ShipmentRow};
 
 /// The warehouse's dispatch route …
 pub const DISPATCH_PATH: &str = "/v1/shipments/{order_id}/dispatch";
 /// … as its access-log entries name it (`METHOD /route`): the audit finds
 /// every dispatch by it.
 pub const DISPATCH_ACTION: &str = "POST /v1/shipments/{order_id}/dispatch";
+
+/// One customer's consent, from their history, as the shipment listing
+/// shows it on each of their parcels ([`Fulfillment::customer_consent`]).
+pub struct CustomerConsent {
+    /// The effective purposes now (none unless `verified`).
+    purposes: Purposes,
+    /// Every tag and withdrawal of the history verified.
+    verified: bool,
+    /// The policy version of the latest tag.
+    latest_policy: Option<String>,
+    /// (tag id, order id) of every tag of the history.
+    tags: std::collections::HashSet<(String, String)>,
+}
 
 /// The keys fulfillment holds.
 pub struct Fulfillment {
@@ -171,15 +184,34 @@ impl Fulfillment {
         })
     }
 
+    /// What the listing needs of one customer's consent history (all their
+    /// checkout tags and withdrawals), worked out once per page: verifying
+    /// the history costs a MAC per tag and per withdrawal, and a customer
+    /// with many orders may have many of them on one page — done per row,
+    /// a page cost rows × history, seconds of blocking work.
+    pub fn customer_consent(&self, history: &ConsentHistory) -> CustomerConsent {
+        let (purposes, verified) = crate::consent::effective(&self.consent_key, history);
+        CustomerConsent {
+            purposes,
+            verified,
+            latest_policy: crate::consent::latest(history).map(|t| t.policy_version.clone()),
+            tags: history
+                .tags
+                .iter()
+                .map(|t| (t.id.clone(), t.order_id.clone()))
+                .collect(),
+        }
+    }
+
     /// Decrypts the ship-to of one row and assembles the warehouse's view.
-    /// `history` is the customer's consent history (all their checkout tags
-    /// and withdrawals): the effective consent is the current one.
-    /// `purges` are the order's purges (needed only when its ship-to record
-    /// is missing: a genuine purge of it is not an integrity error).
+    /// `consent` is the customer's ([`Fulfillment::customer_consent`]): the
+    /// effective consent is the current one. `purges` are the order's
+    /// purges (needed only when its ship-to record is missing: a genuine
+    /// purge of it is not an integrity error).
     pub fn view(
         &self,
         row: ShipmentRow,
-        history: &crate::store::rows::ConsentHistory,
+        consent: &CustomerConsent,
         purges: &[PurgeRow],
     ) -> Shipment {
         let mut purged = false;
@@ -218,20 +250,16 @@ impl Fulfillment {
             }
             _ => (None, None),
         };
-        let (mut purposes, history_verified) =
-            crate::consent::effective(&self.consent_key, history);
+        let mut purposes = consent.purposes;
         // The history was found by the blind index on the billing record,
         // which no MAC covers. It is this customer's only if it holds this
         // order's own tag — the one `orders` names, of this order (every tag
         // of a history that verifies is genuine, the customer's, and of the
         // order it was reached through). Else a database writer could show
         // another customer's consent on this parcel.
-        let order_id = row.order_id.to_string();
-        let tag_id = row.customer_tag.id.to_string();
-        let own_tag = history
+        let own_tag = consent
             .tags
-            .iter()
-            .any(|t| t.id == tag_id && t.order_id == order_id);
+            .contains(&(row.customer_tag.id.to_string(), row.order_id.to_string()));
         let verified = if purged {
             // The billing record that finds the history may be purged with
             // the rest; nothing is shipped, so what is shown is whether the
@@ -241,7 +269,7 @@ impl Fulfillment {
                 && tag.order_id == row.order_id
                 && tag.subject == crate::domain::consent::Subject::Customer
         } else {
-            history_verified && own_tag
+            consent.verified && own_tag
         };
         if !verified {
             purposes = Purposes::default();
@@ -258,8 +286,8 @@ impl Fulfillment {
             tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
         }
         // The policy the purposes shown were agreed under: the latest tag's.
-        let policy_version = match crate::consent::latest(history) {
-            Some(latest) if verified => latest.policy_version.clone(),
+        let policy_version = match &consent.latest_policy {
+            Some(latest) if verified => latest.clone(),
             _ => row.customer_tag.policy_version.clone(),
         };
         Shipment {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::domain::text::Plain;
+use crate::fulfillment::CustomerConsent;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
 use crate::store::rows::{
@@ -145,29 +146,32 @@ pub async fn list(
             Err(error) => return store_problem(&error),
         }
     };
-    // Each customer's consent history once per page, however many of the
-    // page's orders are theirs.
-    let mut histories: std::collections::HashMap<Vec<u8>, ConsentHistory> =
+    // Each customer's consent history read and verified once per page,
+    // however many of the page's orders are theirs.
+    let mut customers: std::collections::HashMap<Vec<u8>, CustomerConsent> =
         std::collections::HashMap::new();
-    let no_history = ConsentHistory::default();
+    let no_history = state
+        .fulfillment
+        .customer_consent(&ConsentHistory::default());
     let mut shipments = Vec::with_capacity(rows.len());
     for entry in rows {
         match entry {
             ShipmentEntry::Whole(row) => {
                 if let Some(subject) = &row.email_blind_index
-                    && !histories.contains_key(subject)
+                    && !customers.contains_key(subject)
                 {
                     match state.store.consent_history(subject).await {
-                        Ok(h) => histories.insert(subject.clone(), h),
+                        Ok(h) => customers
+                            .insert(subject.clone(), state.fulfillment.customer_consent(&h)),
                         Err(error) => return store_problem(&error),
                     };
                 }
-                let history = row
+                let consent = row
                     .email_blind_index
                     .as_ref()
-                    .and_then(|subject| histories.get(subject))
+                    .and_then(|subject| customers.get(subject))
                     .unwrap_or(&no_history);
-                shipments.push(state.fulfillment.view(*row, history, &purges));
+                shipments.push(state.fulfillment.view(*row, consent, &purges));
             }
             ShipmentEntry::Damaged {
                 order_id: Some(order_id),
