@@ -271,18 +271,26 @@ async fn require_role(
 ///
 /// Each refusal is a synced row of a log that is never trimmed, and a
 /// client needs no certificate to be refused: past
-/// [`DENIALS_LOGGED_PER_MINUTE`] from one address (or
-/// [`DENIALS_LOGGED_PER_MINUTE_IN_ALL`] from all), refusals are still
-/// answered as they are (401, 403, …) but no longer written one by one:
-/// they are counted in `checkoutd_denials_unlogged_total`, and the first of
-/// them is a warning in the process log naming the address.
+/// [`DENIALS_LOGGED_PER_MINUTE`] anonymous refusals from one address (or
+/// [`DENIALS_LOGGED_PER_MINUTE_IN_ALL`] from all), they are still answered
+/// as they are (401, 429, …) but no longer written one by one: they are
+/// counted in `checkoutd_denials_unlogged_total`, and the first of them is
+/// a warning in the process log naming the address. A refusal of a client
+/// certificate (a role calling outside its row) is always written, with
+/// the certificate's fingerprint (invariant 8): it names who to revoke, and
+/// such a client is one we issued, already bounded by its share of the
+/// in-flight cap.
 pub(crate) async fn record_refusal(
     state: &AppState,
     peer: Option<&Peer>,
     action: String,
     status: http::StatusCode,
 ) {
-    if let Some(over) = peer.and_then(|p| state.denial_limit.count(p.addr.ip())) {
+    let anonymous = peer.is_none_or(|p| matches!(p.identity, ClientIdentity::Anonymous));
+    if let Some(over) = peer
+        .filter(|_| anonymous)
+        .and_then(|p| state.denial_limit.count(p.addr.ip()))
+    {
         if over.first {
             tracing::warn!(
                 client_ip = %peer.map(|p| p.addr.ip().to_string()).unwrap_or_default(),

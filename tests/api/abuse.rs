@@ -1441,7 +1441,8 @@ async fn a_client_that_never_takes_its_responses_is_disconnected() {
 /// synced row of an access log that is never trimmed: past
 /// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, refusals are
 /// still answered 401 but only counted (a metric), not written. Callers of
-/// the right role are not affected.
+/// the right role are not affected, and a certificate's refusals are all
+/// written (invariant 8: they name who to revoke).
 #[tokio::test]
 async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     let app = spawn_app().await;
@@ -1462,6 +1463,17 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     }
     // A caller of the right role from the same address is still served.
     app.shipments("").await;
+    // A certificate of another role, from the same address, past the
+    // limit: every refusal is written.
+    let marketing = app.client(Role::Marketing);
+    for _ in 0..extra {
+        let r = marketing
+            .get(app.url("/v1/shipments"))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 403).await;
+    }
 
     let logged: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT CAST(status AS BIGINT), COUNT(*) FROM access_log
@@ -1473,8 +1485,8 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     .unwrap();
     assert_eq!(
         logged,
-        vec![(401, i64::from(limit))],
-        "the first refusals are logged, no more"
+        vec![(401, i64::from(limit)), (403, i64::from(extra))],
+        "the first anonymous refusals are logged, no more; every certificate's"
     );
     // The recorder is global to the test process: at least this test's
     // unlogged refusals were counted.
