@@ -600,6 +600,7 @@ async fn handle(
     Ok(response.map(|body| {
         Body::new(Held {
             inner: body,
+            rest: bytes::Bytes::new(),
             _held: responding,
         })
     }))
@@ -620,10 +621,23 @@ impl Drop for AbandonWatch {
     }
 }
 
+/// The largest piece of a response body handed to hyper at once.
+///
+/// HTTP/2 takes a whole data frame into its send buffer as soon as the
+/// client's window has room for one byte of it; a response made of one
+/// large frame (a page of shipments, the OpenAPI document) would then sit
+/// in memory out of sight of the unsent-response limit, held by a client
+/// that opens a one-byte window. In pieces, the rest waits in [`Held`]
+/// until the client takes what it was given, and counts as unsent.
+pub const RESPONSE_PIECE: usize = 16 * 1024;
+
 /// A response body that marks its connection as still sending until it has
-/// been sent (or dropped).
+/// been sent (or dropped), handed over in pieces of at most
+/// [`RESPONSE_PIECE`] bytes.
 struct Held<T> {
     inner: Body,
+    /// What is left of the data frame being handed over.
+    rest: bytes::Bytes,
     _held: T,
 }
 
@@ -635,15 +649,33 @@ impl<T: Unpin + Send + 'static> hyper::body::Body for Held<T> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        }
+        let piece = this.rest.split_to(this.rest.len().min(RESPONSE_PIECE));
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -725,5 +757,42 @@ fn handshake_failure(error: &std::io::Error) -> &'static str {
         Some(_) => "other",
         None if error.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
         None => "io",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+
+    use super::*;
+
+    /// A large response is handed over in pieces of at most
+    /// `RESPONSE_PIECE` bytes, whole, in order, its length known up front.
+    #[tokio::test]
+    async fn a_response_is_handed_over_in_pieces() {
+        let data: Vec<u8> = (0..(2 * RESPONSE_PIECE + 5)).map(|i| i as u8).collect();
+        let mut held = Held {
+            inner: Body::from(data.clone()),
+            rest: bytes::Bytes::new(),
+            _held: (),
+        };
+        assert_eq!(held.size_hint().exact(), Some(data.len() as u64));
+        let mut pieces = Vec::new();
+        while let Some(frame) = held.frame().await {
+            let piece = frame.unwrap().into_data().unwrap();
+            assert!(held.size_hint().exact().is_some());
+            pieces.push(piece);
+        }
+        let sizes: Vec<usize> = pieces.iter().map(bytes::Bytes::len).collect();
+        assert_eq!(sizes, vec![RESPONSE_PIECE, RESPONSE_PIECE, 5]);
+        assert_eq!(pieces.concat(), data);
+        assert!(held.is_end_stream());
+        let mut empty = Held {
+            inner: Body::empty(),
+            rest: bytes::Bytes::new(),
+            _held: (),
+        };
+        assert!(empty.frame().await.is_none());
     }
 }

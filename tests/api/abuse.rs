@@ -1437,6 +1437,59 @@ async fn a_client_that_never_takes_its_responses_is_disconnected() {
     assert!(closed.is_ok(), "the connection was still open after 10 s");
 }
 
+/// The same with a window of one byte: HTTP/2 takes a whole data frame
+/// into its send buffer once any window is open, where the unsent check
+/// cannot see it. Responses are handed over in pieces, so the rest stays
+/// unsent, and the connection is ended as above.
+#[tokio::test]
+async fn a_client_that_opens_a_one_byte_window_is_disconnected() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            idle_timeout: Some("2s".into()),
+            request_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let tls = connect(&app, None, b"h2").await.unwrap();
+    let (client, mut connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .initial_connection_window_size(1 << 20)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
+    let driver = tokio::spawn(connection);
+    let pinger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(app.url("/openapi.json"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let length: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 4 * checkoutd::server::RESPONSE_PIECE, "{length}");
+    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    pinger.abort();
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+}
+
 /// A client needs no certificate to be refused, and every refusal is a
 /// synced row of an access log that is never trimmed: past
 /// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, refusals are
