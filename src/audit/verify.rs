@@ -8,8 +8,10 @@
 //! the sealed number; the billing row's blind index must match the sealed
 //! email; every consent tag's MAC must verify and its subject and basis must
 //! fit the records that carry it. Then: no column anywhere is named like a
-//! card verification code; no clear column holds a Luhn-valid card number or
-//! an email address; the access-log chain verifies end to end.
+//! card verification code; no clear column holds a Luhn-valid card number
+//! (the dispatch columns: one of a known brand, as a dispatch is checked,
+//! `detect::clear_column_holds_card`) or an email address; the access-log
+//! chain verifies end to end.
 //!
 //! A failure names the table, the record id and what failed — nothing else.
 //! Orders are read in pages, so memory stays bounded for any database size.

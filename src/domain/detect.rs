@@ -187,14 +187,17 @@ const PRINTED: [&[usize]; 6] = [
 ];
 
 /// Some whole groups of the run, anywhere in it, printed as a card is
-/// ([`PRINTED`], or one group of 13–19 digits), are a card number (a brand
+/// ([`PRINTED`], or one group of 13–19 digits that is no GTIN), are a card number (a brand
 /// we know, a length valid for it, Luhn). A run of other groups before it —
 /// a reference's prefix, a date — does not hide it; two groups of
 /// arbitrary lengths ("30 300001234564") are not a card's print.
 fn card_printed_within(groups: &[&[u8]]) -> bool {
     (0..groups.len()).any(|start| {
         let rest = &groups[start..];
-        let one = (13..=19).contains(&rest[0].len()) && is_card_number(rest[0]);
+        // A product code after other groups ("V2-4006381333023") stays
+        // one, as it does alone (`candidates`).
+        let one =
+            (13..=19).contains(&rest[0].len()) && !gtin_valid(rest[0]) && is_card_number(rest[0]);
         one || PRINTED.iter().any(|shape| {
             rest.len() >= shape.len()
                 && rest
@@ -449,6 +452,10 @@ mod tests {
             // Four groups of four that are no card number.
             "2026 1130 0000 1234 5678",
             "4012 8888 8888 1882 2",
+            // A GTIN-13 that passes Luhn and is Visa-shaped, after another
+            // group: a product code, as it is alone.
+            "V2-4006381333023",
+            "Set 3 - 4006381333023",
         ] {
             assert!(!contains_pan_clear(fine), "{fine:?}");
         }

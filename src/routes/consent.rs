@@ -278,7 +278,7 @@ pub async fn unsubscribe(
     body: axum::body::Body,
 ) -> Response {
     // Both refusals are written to the access log as the role guard's are
-    // (`record_refusal`, under the same throttle): a cross-site post, and
+    // (`record_refusal`, throttled when anonymous): a cross-site post, and
     // of the rate limit's 429s the first of each window (it marks where
     // the limit began; logging every one would undo the limit).
     let action = || String::from("POST /unsubscribe");

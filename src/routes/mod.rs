@@ -311,8 +311,9 @@ pub(crate) async fn record_refusal(
 /// default: 1 000 a minute in all).
 pub const UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT: u32 = 100;
 
-/// Refusals of the role guard written to the access log one by one, per
-/// client address and minute (see [`require_role`]). A misconfigured
+/// Refusals of requests without a client certificate written to the
+/// access log one by one, per client address and minute (see
+/// [`record_refusal`]). A misconfigured
 /// client retrying once a second stays well inside it.
 pub const DENIALS_LOGGED_PER_MINUTE: u32 = 120;
 

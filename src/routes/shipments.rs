@@ -216,10 +216,14 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Describes the body; `parse_dispatch` reads it.
 pub struct DispatchRequest {
-    /// 1 to 64 characters, no control characters.
+    /// 1 to 64 characters, no control characters; stored in clear, so
+    /// never a card number (`looks_like_card_number`) or an email address
+    /// (`looks_like_email`).
     #[schema(min_length = 1, max_length = 64, example = "UPS")]
     carrier: String,
-    /// 1 to 64 characters, no control characters.
+    /// 1 to 64 characters, no control characters; stored in clear, so
+    /// never a card number (`looks_like_card_number`) or an email address
+    /// (`looks_like_email`).
     #[schema(min_length = 1, max_length = 64, example = "1Z999AA10123456784")]
     tracking: String,
 }
@@ -347,7 +351,8 @@ pub async fn dispatch(
         .into_response()
 }
 
-/// `{carrier, tracking}`: both required, 1–64 characters, nothing else.
+/// `{carrier, tracking}`: both required, 1–64 characters, neither a card
+/// number nor an email address, nothing else.
 fn parse_dispatch(value: Value) -> Result<(String, String), Problem> {
     let Value::Object(mut map) = value else {
         return Err(

@@ -233,6 +233,22 @@ pub struct Responding {
     id: u64,
 }
 
+impl Responding {
+    /// The client took a piece of the response: its wait to be sent counts
+    /// from now. A client reading a large response slowly, but reading, is
+    /// not cut off after `--idle-timeout`; one that takes nothing is.
+    pub fn progressed(&mut self) {
+        let now = self.connection.now_ms();
+        if let Ok(mut unsent) = self.connection.unsent.lock() {
+            unsent.1.remove(&self.id);
+            // A fresh id, the newest: the map stays ordered by wait.
+            unsent.0 += 1;
+            self.id = unsent.0;
+            unsent.1.insert(self.id, now);
+        }
+    }
+}
+
 impl Drop for Responding {
     fn drop(&mut self) {
         self.connection.responding.fetch_sub(1, Ordering::AcqRel);

@@ -61,7 +61,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use admission::{CloseReason, Connection, Pick, Register};
+use admission::{CloseReason, Connection, Pick, Register, Responding};
 use identity::{ClientIdentity, Peer};
 
 /// Connections that may be in the overload path at once: each either takes
@@ -601,7 +601,8 @@ async fn handle(
         Body::new(Held {
             inner: body,
             rest: bytes::Bytes::new(),
-            _held: responding,
+            pieces: 0,
+            held: responding,
         })
     }))
 }
@@ -638,10 +639,24 @@ struct Held<T> {
     inner: Body,
     /// What is left of the data frame being handed over.
     rest: bytes::Bytes,
-    _held: T,
+    /// Pieces handed over so far.
+    pieces: u64,
+    held: T,
 }
 
-impl<T: Unpin + Send + 'static> hyper::body::Body for Held<T> {
+/// What a [`Held`] body tells as it is sent.
+trait Sending: Unpin + Send + 'static {
+    /// hyper asked for another piece: the client took the last one.
+    fn progressed(&mut self);
+}
+
+impl Sending for Responding {
+    fn progressed(&mut self) {
+        Responding::progressed(self);
+    }
+}
+
+impl<T: Sending> hyper::body::Body for Held<T> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -660,6 +675,10 @@ impl<T: Unpin + Send + 'static> hyper::body::Body for Held<T> {
             }
         }
         let piece = this.rest.split_to(this.rest.len().min(RESPONSE_PIECE));
+        if this.pieces > 0 {
+            this.held.progressed();
+        }
+        this.pieces += 1;
         Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
     }
 
@@ -767,6 +786,12 @@ mod tests {
 
     use super::*;
 
+    impl Sending for u64 {
+        fn progressed(&mut self) {
+            *self += 1;
+        }
+    }
+
     /// A large response is handed over in pieces of at most
     /// `RESPONSE_PIECE` bytes, whole, in order, its length known up front.
     #[tokio::test]
@@ -775,7 +800,8 @@ mod tests {
         let mut held = Held {
             inner: Body::from(data.clone()),
             rest: bytes::Bytes::new(),
-            _held: (),
+            pieces: 0,
+            held: 0u64,
         };
         assert_eq!(held.size_hint().exact(), Some(data.len() as u64));
         let mut pieces = Vec::new();
@@ -788,10 +814,12 @@ mod tests {
         assert_eq!(sizes, vec![RESPONSE_PIECE, RESPONSE_PIECE, 5]);
         assert_eq!(pieces.concat(), data);
         assert!(held.is_end_stream());
+        assert_eq!(held.held, 2, "each piece after the first tells progress");
         let mut empty = Held {
             inner: Body::empty(),
             rest: bytes::Bytes::new(),
-            _held: (),
+            pieces: 0,
+            held: 0u64,
         };
         assert!(empty.frame().await.is_none());
     }

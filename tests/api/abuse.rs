@@ -1490,6 +1490,67 @@ async fn a_client_that_opens_a_one_byte_window_is_disconnected() {
     assert!(closed.is_ok(), "the connection was still open after 10 s");
 }
 
+/// A client that reads a large response slowly, but reads it, is not cut
+/// off by the unsent-response limit: each piece it takes restarts the
+/// clock. Here the whole body takes about twice `--idle-timeout`.
+#[tokio::test]
+async fn a_client_reading_a_large_response_slowly_gets_all_of_it() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            idle_timeout: Some("2s".into()),
+            request_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let piece = checkoutd::server::RESPONSE_PIECE;
+    let tls = connect(&app, None, b"h2").await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(u32::try_from(piece).unwrap())
+        .initial_connection_window_size(1 << 24)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(app.url("/openapi.json"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let length: usize = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pieces = length.div_ceil(piece);
+    assert!(pieces >= 4, "{length}");
+    // About 4 s in all, a piece at a time.
+    let pause = Duration::from_millis(4_000 / pieces as u64);
+    let started = Instant::now();
+    let mut body = head.into_body();
+    let mut got = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the body was cut off");
+        got += chunk.len();
+        tokio::time::sleep(pause).await;
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(got, length);
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!driver.is_finished(), "the connection is still open");
+    driver.abort();
+}
+
 /// A client needs no certificate to be refused, and every refusal is a
 /// synced row of an access log that is never trimmed: past
 /// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, refusals are
