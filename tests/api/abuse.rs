@@ -1391,11 +1391,19 @@ async fn responses_a_client_never_reads_do_not_hold_the_in_flight_cap() {
     driver.abort();
 }
 
-/// A client that opens no HTTP/2 window and pings to look alive would hold
-/// its responses in the server's memory for good: a response left unsent
-/// for the idle timeout ends the connection.
-#[tokio::test]
-async fn a_client_that_never_takes_its_responses_is_disconnected() {
+/// The OpenAPI document (larger than four response pieces), asked for on
+/// an HTTP/2 connection whose client opens `window` bytes per stream, to a
+/// server whose idle timeout is 2 s: the server, the response's head and
+/// body, and the connection's driver. With `ping`, the client pings every
+/// 300 ms to look alive (the task is aborted with the driver's end).
+async fn large_response_on_a_window(
+    window: u32,
+    ping: bool,
+) -> (
+    TestApp,
+    http::Response<h2::RecvStream>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     let app = spawn_app_with(Options {
         serve: ServeArgs {
             idle_timeout: Some("2s".into()),
@@ -1407,68 +1415,23 @@ async fn a_client_that_never_takes_its_responses_is_disconnected() {
     .await;
     let tls = connect(&app, None, b"h2").await.unwrap();
     let (client, mut connection) = h2::client::Builder::new()
-        .initial_window_size(0)
+        .initial_window_size(window)
+        .initial_connection_window_size(1 << 24)
         .handshake::<_, bytes::Bytes>(tls)
         .await
         .unwrap();
     let mut ping_pong = connection.ping_pong().unwrap();
     let driver = tokio::spawn(connection);
-    let pinger = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
-                return;
+    if ping {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                    return;
+                }
             }
-        }
-    });
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(app.url("/openapi.json"))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let head = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(head.status(), 200);
-    // Pings keep the connection from being idle; the unsent body ends it.
-    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
-    pinger.abort();
-    assert!(closed.is_ok(), "the connection was still open after 10 s");
-}
-
-/// The same with a window of one byte: HTTP/2 takes a whole data frame
-/// into its send buffer once any window is open, where the unsent check
-/// cannot see it. Responses are handed over in pieces, so the rest stays
-/// unsent, and the connection is ended as above.
-#[tokio::test]
-async fn a_client_that_opens_a_one_byte_window_is_disconnected() {
-    let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            idle_timeout: Some("2s".into()),
-            request_timeout: Some("1s".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let tls = connect(&app, None, b"h2").await.unwrap();
-    let (client, mut connection) = h2::client::Builder::new()
-        .initial_window_size(1)
-        .initial_connection_window_size(1 << 20)
-        .handshake::<_, bytes::Bytes>(tls)
-        .await
-        .unwrap();
-    let mut ping_pong = connection.ping_pong().unwrap();
-    let driver = tokio::spawn(connection);
-    let pinger = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
-                return;
-            }
-        }
-    });
+        });
+    }
     let mut client = client.ready().await.unwrap();
     let request = http::Request::get(app.url("/openapi.json"))
         .body(())
@@ -1485,8 +1448,28 @@ async fn a_client_that_opens_a_one_byte_window_is_disconnected() {
         .parse()
         .unwrap();
     assert!(length > 4 * checkoutd::server::RESPONSE_PIECE, "{length}");
+    (app, head, driver)
+}
+
+/// A client that opens no HTTP/2 window and pings to look alive would hold
+/// its responses in the server's memory for good: a response left unsent
+/// for the idle timeout ends the connection.
+#[tokio::test]
+async fn a_client_that_never_takes_its_responses_is_disconnected() {
+    let (_app, _head, driver) = large_response_on_a_window(0, true).await;
+    // Pings keep the connection from being idle; the unsent body ends it.
     let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
-    pinger.abort();
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+}
+
+/// The same with a window of one byte: HTTP/2 takes a whole data frame
+/// into its send buffer once any window is open, where the unsent check
+/// cannot see it. Responses are handed over in pieces, so the rest stays
+/// unsent, and the connection is ended as above.
+#[tokio::test]
+async fn a_client_that_opens_a_one_byte_window_is_disconnected() {
+    let (_app, _head, driver) = large_response_on_a_window(1, true).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
     assert!(closed.is_ok(), "the connection was still open after 10 s");
 }
 
@@ -1495,43 +1478,16 @@ async fn a_client_that_opens_a_one_byte_window_is_disconnected() {
 /// clock. Here the whole body takes about twice `--idle-timeout`.
 #[tokio::test]
 async fn a_client_reading_a_large_response_slowly_gets_all_of_it() {
-    let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            idle_timeout: Some("2s".into()),
-            request_timeout: Some("1s".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
     let piece = checkoutd::server::RESPONSE_PIECE;
-    let tls = connect(&app, None, b"h2").await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(u32::try_from(piece).unwrap())
-        .initial_connection_window_size(1 << 24)
-        .handshake::<_, bytes::Bytes>(tls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(app.url("/openapi.json"))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let head = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(head.status(), 200);
+    let (_app, head, driver) =
+        large_response_on_a_window(u32::try_from(piece).unwrap(), false).await;
     let length: usize = head.headers()["content-length"]
         .to_str()
         .unwrap()
         .parse()
         .unwrap();
-    let pieces = length.div_ceil(piece);
-    assert!(pieces >= 4, "{length}");
     // About 4 s in all, a piece at a time.
-    let pause = Duration::from_millis(4_000 / pieces as u64);
+    let pause = Duration::from_millis(4_000 / length.div_ceil(piece) as u64);
     let started = Instant::now();
     let mut body = head.into_body();
     let mut got = 0;
