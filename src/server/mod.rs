@@ -392,8 +392,17 @@ async fn serve(
             }
         };
         if permit.is_none() {
-            tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; closing");
+            // Answered, not dropped: a load balancer's probe or a person on
+            // the opt-out page is told to come back (503, Retry-After),
+            // with the same bound on time as an overflow answer.
+            tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; answering 503");
             crate::telemetry::connection_refused("anonymous");
+            if tokio::time::timeout(OVERFLOW_TIME, serve_overloaded(tls_stream))
+                .await
+                .is_err()
+            {
+                tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
+            }
             return;
         }
         connection.set_anonymous();
@@ -702,31 +711,41 @@ impl<T: Sending> hyper::body::Body for Held<T> {
 /// `Retry-After` (HTTP/1: `Connection: close`; HTTP/2: GOAWAY after the
 /// first answer), all within [`OVERFLOW_TIME`].
 async fn answer_overloaded(acceptor: &TlsAcceptor, stream: TcpStream, addr: SocketAddr) {
-    let answered = Arc::new(tokio::sync::Notify::new());
-    let on_answer = answered.clone();
     let work = async move {
         let Ok(tls_stream) = acceptor.accept(stream).await else {
             return;
         };
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            on_answer.notify_one();
-            let response = crate::http::guard::overloaded(req.version());
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().keep_alive(false);
-        builder.http2().max_concurrent_streams(8);
-        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            () = answered.notified() => conn.as_mut().graceful_shutdown(),
-        }
-        let _ = conn.await;
+        serve_overloaded(tls_stream).await;
     };
     if tokio::time::timeout(OVERFLOW_TIME, work).await.is_err() {
         tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
     }
+}
+
+/// Answers the first request of an established TLS connection `503`
+/// (`guard::overloaded`: problem, `Retry-After`, the security headers),
+/// then closes it. The caller bounds the time.
+async fn serve_overloaded<S>(tls_stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let on_answer = answered.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        on_answer.notify_one();
+        let response = crate::http::guard::overloaded(req.version());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(false);
+    builder.http2().max_concurrent_streams(8);
+    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = answered.notified() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

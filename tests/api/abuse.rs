@@ -1620,6 +1620,44 @@ async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
     assert_eq!(rows, 100);
 }
 
+/// At the anonymous cap, with every anonymous connection busy, a newcomer
+/// is answered — 503 with `Retry-After` and the security headers — not
+/// dropped without a word: a load balancer's probe tells "busy" from
+/// "down".
+#[tokio::test]
+async fn a_newcomer_past_the_anonymous_cap_is_told_to_come_back() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_anonymous_connections: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // The only anonymous slot, busy: a request whose body never comes.
+    let mut holder = crate::helpers::tls_connect_offering(&app, None, Some(&[b"http/1.1"])).await;
+    holder
+        .write_all(
+            b"POST /unsubscribe HTTP/1.1\r\nHost: localhost\r\n\
+Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nemail=",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("the newcomer was answered, not dropped");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.headers().contains_key("strict-transport-security"));
+    let p: Value = r.json().await.unwrap();
+    assert!(p["type"].is_string(), "{p}");
+    drop(holder);
+}
+
 /// One address keeping every anonymous slot busy — each connection polling
 /// faster than a connection may be shed for being idle — does not keep an
 /// anonymous client of another address (a load balancer's probe, a person
