@@ -41,6 +41,8 @@ pub enum StartupError {
          `checkoutd keys init` — give serve the same --data-dir as keys init"
     )]
     KeyringNotInitialised(std::path::PathBuf),
+    #[error(transparent)]
+    Anchors(#[from] crate::audit::anchors::AnchorError),
     #[error(
         "{0} lacks server.pem or server-key.pem; with --client-ca set no development PKI is created"
     )]
@@ -137,12 +139,25 @@ impl Application {
             settings.replay_window,
             std::time::Duration::from_secs(3600),
         );
+        // The chains' heads the last intact report saw, kept across
+        // restarts (a rollback while the server was down fails the first
+        // report and consent proof).
+        let report_job = crate::audit::job::ReportJob::anchored_in(
+            settings
+                .store
+                .data_dir
+                .join(crate::audit::anchors::FILE_NAME),
+        )?;
+        let ledger = crate::consent::Ledger::verified_up_to(
+            handle.clone(),
+            report_job.anchor().consent_ledger,
+        );
         let state = AppState::new(routes::Services {
             store: store.clone(),
             intake,
             fulfillment,
             access_log,
-            ledger: Arc::new(crate::consent::Ledger::new(handle.clone())),
+            ledger: Arc::new(ledger),
             marketing,
             unsubscribe_limit: Arc::new(crate::http::rate_limit::RateLimiter::new(
                 settings.unsubscribe_rate_limit,
@@ -164,7 +179,7 @@ impl Application {
                 std::time::Duration::from_secs(60),
             )),
             keyring: handle,
-            report_job: Default::default(),
+            report_job: Arc::new(report_job),
             request_timeout: settings.request_timeout,
             readiness: Default::default(),
         });

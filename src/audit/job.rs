@@ -36,11 +36,33 @@ pub struct ReportJob {
     /// run requires the chain to pass through it (a tail cut off and an
     /// older, genuine head row put back would verify on its own).
     anchor: std::sync::Mutex<super::verify::Since>,
+    /// Where the anchor is kept across restarts ([`super::anchors`]);
+    /// `None`: in memory only.
+    file: Option<std::path::PathBuf>,
     /// How long a finished report is served; `None`: [`FRESH`].
     fresh: Option<Duration>,
 }
 
 impl ReportJob {
+    /// The server's job: its anchor read from, and kept in, `file`
+    /// ([`super::anchors`]), so that a chain rolled back while the server
+    /// was down fails its first report.
+    pub fn anchored_in(file: std::path::PathBuf) -> Result<Self, super::anchors::AnchorError> {
+        Ok(ReportJob {
+            anchor: std::sync::Mutex::new(super::anchors::load(&file)?),
+            file: Some(file),
+            ..ReportJob::default()
+        })
+    }
+
+    /// The heads the job's reports are anchored at now.
+    pub fn anchor(&self) -> super::verify::Since {
+        self.anchor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// A job whose finished reports are served for `fresh` (tests: zero).
     pub fn with_freshness(fresh: Duration) -> Self {
         ReportJob {
@@ -102,10 +124,11 @@ impl ReportJob {
                 tracing::error!(error = %error, "the audit report run failed");
                 "the database could not be read"
             })?;
-        {
+        let moved = {
             // Each chain's anchor moves forward with an intact run only.
             let seen = super::verify::Since::of(&report);
             let mut anchor = self.anchor.lock().unwrap_or_else(|p| p.into_inner());
+            let before = (anchor.access_log, anchor.consent_ledger.clone());
             if let Some(head) = seen.access_log
                 && anchor.access_log.is_none_or(|a| head.seq >= a.seq)
             {
@@ -118,6 +141,16 @@ impl ReportJob {
                     .is_none_or(|a| head.seq >= a.seq)
             {
                 anchor.consent_ledger = Some(head);
+            }
+            (before != (anchor.access_log, anchor.consent_ledger.clone())).then(|| anchor.clone())
+        };
+        if let (Some(file), Some(anchor)) = (self.file.clone(), moved) {
+            // Kept for the next start; a failure is logged, the report
+            // still served (the anchor in memory holds until then).
+            let saved =
+                tokio::task::spawn_blocking(move || super::anchors::save(&file, &anchor)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                tracing::warn!("the audit anchors could not be saved; a restart forgets them");
             }
         }
         super::report::sign(&report, keyring)

@@ -3,6 +3,7 @@
 //! HTML rendering of a report ([`html`]).
 
 pub mod access_log;
+pub mod anchors;
 pub mod html;
 pub mod job;
 pub mod report;

@@ -449,10 +449,20 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(keyring: std::sync::Arc<KeyringHandle>) -> Self {
+        Self::verified_up_to(keyring, None)
+    }
+
+    /// A ledger whose proofs require it to pass through `verified` (the
+    /// head the last intact report saw, kept across restarts:
+    /// `audit::anchors`).
+    pub fn verified_up_to(
+        keyring: std::sync::Arc<KeyringHandle>,
+        verified: Option<LedgerPosition>,
+    ) -> Self {
         Ledger {
             rng: SystemRandom::new(),
             keyring,
-            verified: std::sync::Mutex::new(LedgerPosition::start()),
+            verified: std::sync::Mutex::new(verified.unwrap_or_else(LedgerPosition::start)),
         }
     }
 

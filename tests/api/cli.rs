@@ -379,6 +379,25 @@ fn serve_with_shares_but_no_keyring_names_keys_init() {
     assert!(!stderr.contains("already holds orders"), "{stderr}");
 }
 
+/// `serve` with a damaged audit-anchors file stops, naming the file and
+/// what to do, rather than start without the heads it vouched for.
+#[test]
+fn serve_with_damaged_audit_anchors_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join(checkoutd::audit::anchors::FILE_NAME), b"{").unwrap();
+    let out = checkoutd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("audit anchors"), "{stderr}");
+    assert!(stderr.contains("remove the file"), "{stderr}");
+}
+
 /// Every command turns core dumps off before it reads anything: the
 /// server's limits say so while it runs.
 #[cfg(target_os = "linux")]

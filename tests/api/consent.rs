@@ -1118,6 +1118,53 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
     }
 }
 
+/// The ledger's head the last intact report saw outlives a restart (the
+/// anchors file): the ledger cut back while the server was down fails the
+/// next process's first consent proof and first report.
+#[tokio::test]
+async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
+    let app = spawn_app().await;
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
+    assert_eq!(opt_out(&app, out("bob@example.com")).await.status(), 202);
+    let db = app.db().await;
+    let (seq, mac, head_mac): (i64, Vec<u8>, Vec<u8>) =
+        sqlx::query_as("SELECT seq, mac, head_mac FROM consent_events_head")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(opt_out(&app, out("ada@example.com")).await.status(), 202);
+    let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
+    assert_eq!(report["report"]["verified"], true);
+    assert_eq!(report["report"]["consent_ledger"]["head_seq"], 2);
+
+    app.unguard("consent_events").await;
+    sqlx::query("DELETE FROM consent_events WHERE seq > $1")
+        .bind(seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
+        .bind(seq)
+        .bind(&mac)
+        .bind(&head_mac)
+        .execute(&db)
+        .await
+        .unwrap();
+    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
+        share_with: Some(app.shared()),
+        ..Default::default()
+    })
+    .await;
+    let proof: Value = next
+        .get_json(Role::Auditor, "/v1/audit/consent?email=bob%40example.com")
+        .await;
+    assert_eq!(proof["ledger_verified"], false, "{proof:#}");
+    let report: Value = next.get_json(Role::Auditor, "/v1/audit/report").await;
+    assert_eq!(report["report"]["verified"], false);
+    assert_eq!(report["report"]["consent_ledger"]["anchored_at"], 2);
+}
+
 /// The ledger's last withdrawal deleted and its earlier — genuinely MACed —
 /// head row put back verifies on its own; against the head an earlier
 /// report saw (the next report of the server, `audit --since`) it does not.

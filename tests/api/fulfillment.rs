@@ -790,6 +790,62 @@ fn walk(v: &Value, keys: &mut Vec<String>, strings: &mut Vec<String>, numbers: &
     }
 }
 
+/// The heads the server's last intact report saw outlive a restart (the
+/// anchors file of the data directory): a tail cut off and an older head
+/// put back while the server was down fails the first report of the next
+/// process, as it fails the next report of the same one.
+#[tokio::test]
+async fn a_rollback_while_the_server_was_down_fails_its_first_report() {
+    let app = spawn_app().await;
+    let _ = app.shipments("").await;
+    let db = app.db().await;
+    let (seq, hash, mac): (i64, Vec<u8>, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash, mac FROM access_log_head")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let _ = app.shipments("").await;
+    let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
+    assert_eq!(report["report"]["verified"], true);
+    let anchors = app
+        .dir
+        .path()
+        .join("data")
+        .join(checkoutd::audit::anchors::FILE_NAME);
+    let kept = checkoutd::audit::anchors::load(&anchors).unwrap();
+    assert!(
+        kept.access_log
+            .is_some_and(|a| a.seq > u64::try_from(seq).unwrap())
+    );
+
+    app.unguard("access_log").await;
+    sqlx::query("DELETE FROM access_log WHERE seq > $1")
+        .bind(seq)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2, mac = $3")
+        .bind(seq)
+        .bind(&hash)
+        .bind(&mac)
+        .execute(&db)
+        .await
+        .unwrap();
+    // A new process on the same data directory and database.
+    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
+        share_with: Some(app.shared()),
+        ..Default::default()
+    })
+    .await;
+    let report: Value = next.get_json(Role::Auditor, "/v1/audit/report").await;
+    assert_eq!(report["report"]["verified"], false, "{report:#}");
+    let failure = report["report"]["access_log"]["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("behind the head an earlier verification saw"),
+        "{failure}"
+    );
+}
+
 /// A tail cut off and an older — genuine, MACed — head row put back
 /// verifies on its own; against the head an earlier report saw (the
 /// server's previous report, or `audit --since` an earlier signed report)
