@@ -89,17 +89,17 @@ impl RateLimiter {
         // keeps newcomers out for no longer than its own window.
         let key = crate::server::client_key(ip);
         let full = table.counts.len() >= MAX_CLIENTS && !table.counts.contains_key(&key);
-        let since_pruned = now.duration_since(table.pruned);
+        let since_pruned = now.saturating_duration_since(table.pruned);
         if since_pruned >= self.window || (full && since_pruned >= Duration::from_secs(1)) {
             let window = self.window;
             table
                 .counts
-                .retain(|_, (start, _)| now.duration_since(*start) < window);
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
             table.pruned = now;
         }
         let wait = |since: Instant| {
             self.window
-                .saturating_sub(now.duration_since(since))
+                .saturating_sub(now.saturating_duration_since(since))
                 .as_secs()
                 .max(1)
         };
@@ -110,7 +110,7 @@ impl RateLimiter {
             });
         }
         let entry = table.counts.entry(key).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
+        if now.saturating_duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
         entry.1 = entry.1.saturating_add(1);
@@ -127,7 +127,7 @@ impl RateLimiter {
         let Some(total) = self.total else {
             return over_own;
         };
-        if now.duration_since(table.total.0) >= self.window {
+        if now.saturating_duration_since(table.total.0) >= self.window {
             table.total = (now, 0);
         }
         table.total.1 = table.total.1.saturating_add(1);

@@ -217,10 +217,10 @@ pub async fn run(
         // One client address may hold at most `max_connections_per_ip`: at
         // the cap, its own longest-idle connection makes room, or (all busy)
         // the newcomer is answered 503.
-        let over_client_cap = shared.register.count(addr.ip()) >= limits.max_connections_per_ip
-            && !shared
-                .register
-                .shed_one(Pick::Client(admission::client_key(addr.ip())));
+        let client = admission::client_key(addr.ip());
+        let at_client_cap = shared.register.count(addr.ip()) >= limits.max_connections_per_ip;
+        let shed_own = at_client_cap && shared.register.shed_one(Pick::Client(client));
+        let over_client_cap = at_client_cap && !shed_own;
         // Admission never waits here: a slot, the overload path, or closed.
         let slot = if over_client_cap {
             None
@@ -235,7 +235,26 @@ pub async fn run(
             Some(slot) => Admission::Slot(slot, shared.register.register(addr.ip())),
             None => match overflow.clone().try_acquire_owned() {
                 Ok(permit) if over_client_cap => Admission::Refuse(permit),
-                Ok(permit) => Admission::Overflow(permit),
+                Ok(permit) => {
+                    // Registered now for the same reason, and marked busy
+                    // while it waits for a slot: nobody sheds a newcomer.
+                    let registration = shared.register.register(addr.ip());
+                    match registration.connection.begin() {
+                        Some(waiting) => Admission::Overflow {
+                            permit,
+                            registration,
+                            waiting,
+                            // Its own address's connection was shed for it:
+                            // it waits for that one, and sheds nobody else.
+                            pick: if shed_own {
+                                Some(Pick::Client(client))
+                            } else {
+                                None
+                            },
+                        },
+                        None => Admission::Refuse(permit),
+                    }
+                }
                 Err(_) => {
                     crate::telemetry::connection_refused("overflow");
                     drop(stream);
@@ -254,13 +273,22 @@ pub async fn run(
                     drop(permit);
                     return;
                 }
-                Admission::Overflow(permit) => {
-                    let freed = make_room(&shared.register, &shared.slots, Pick::Any).await;
+                Admission::Overflow {
+                    permit,
+                    registration,
+                    waiting,
+                    pick,
+                } => {
+                    let freed = match pick {
+                        Some(own) => make_room(&shared.register, &shared.slots, own, true).await,
+                        None => make_room(&shared.register, &shared.slots, Pick::Any, false).await,
+                    };
+                    drop(waiting);
                     match freed {
                         Some(slot) => {
                             crate::telemetry::connection_refused("shed");
                             drop(permit);
-                            (slot, shared.register.register(addr.ip()))
+                            (slot, registration)
                         }
                         None => {
                             crate::telemetry::connection_refused("busy");
@@ -291,25 +319,31 @@ pub async fn run(
     }
 }
 
-/// Waits up to [`SHED_WAIT`] for a permit of `slots`, shedding an idle
-/// connection (of those `pick` allows) every 25 ms until one is free.
+/// Waits up to [`SHED_WAIT`] for a permit of `slots`, having told one idle
+/// connection (of those `pick` allows) to close — one per newcomer: a
+/// connection told to close may take a moment to give its slot back (up
+/// to 1 s to finish a response it is sending), and shedding another every
+/// step evicted several connections for one newcomer, which could still be
+/// answered 503. While none could be shed (all busy, or too recently
+/// active) it tries again every 100 ms. `shed`: one was shed for this
+/// newcomer already.
 async fn make_room(
     register: &Register,
     slots: &Arc<Semaphore>,
     pick: Pick,
+    mut shed: bool,
 ) -> Option<OwnedSemaphorePermit> {
     let deadline = tokio::time::Instant::now() + SHED_WAIT;
     loop {
-        register.shed_one(pick);
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return None;
+        if !shed {
+            shed = register.shed_one(pick);
         }
-        // One shed, then time for that connection to go: shedding every few
-        // milliseconds would evict many connections for one newcomer.
-        let step = (now + Duration::from_millis(100)).min(deadline);
+        let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
         if let Ok(Ok(permit)) = tokio::time::timeout_at(step, slots.clone().acquire_owned()).await {
             return Some(permit);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
         }
     }
 }
@@ -317,8 +351,15 @@ async fn make_room(
 enum Admission {
     /// A free slot, and the connection's place in the register.
     Slot(OwnedSemaphorePermit, admission::Registration),
-    /// No free slot: shed one or answer 503 (holds an overflow permit).
-    Overflow(OwnedSemaphorePermit),
+    /// No free slot: shed one or answer 503 (holds an overflow permit). The
+    /// connection is registered, and busy (`waiting`) until admitted;
+    /// `pick`: a connection of its own address was shed for it already.
+    Overflow {
+        permit: OwnedSemaphorePermit,
+        registration: admission::Registration,
+        waiting: admission::Active,
+        pick: Option<Pick>,
+    },
     /// The client address is at its cap with every connection busy: 503.
     Refuse(OwnedSemaphorePermit),
 }
@@ -383,12 +424,17 @@ async fn serve(
     connection.handshake_done(certified);
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
-        // anonymous connection makes room; if all are busy, this one closes.
+        // anonymous connection makes room; if all are busy, this one is
+        // answered 503. Shed itself meanwhile, it goes at once (its slot is
+        // what the shedding newcomer waits for).
         let permit = match shared.anonymous_slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
                 let pick = Pick::AnonymousFor(admission::client_key(addr.ip()));
-                make_room(&shared.register, &shared.anonymous_slots, pick).await
+                tokio::select! {
+                    permit = make_room(&shared.register, &shared.anonymous_slots, pick, false) => permit,
+                    _ = connection.closing() => return,
+                }
             }
         };
         if permit.is_none() {
@@ -397,11 +443,13 @@ async fn serve(
             // with the same bound on time as an overflow answer.
             tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; answering 503");
             crate::telemetry::connection_refused("anonymous");
-            if tokio::time::timeout(OVERFLOW_TIME, serve_overloaded(tls_stream))
-                .await
-                .is_err()
-            {
-                tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
+            tokio::select! {
+                answered = tokio::time::timeout(OVERFLOW_TIME, serve_overloaded(tls_stream)) => {
+                    if answered.is_err() {
+                        tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
+                    }
+                }
+                _ = connection.closing() => {}
             }
             return;
         }
@@ -665,6 +713,19 @@ impl Sending for Responding {
     }
 }
 
+impl<T> Held<T> {
+    /// The next piece of a frame larger than one, as a copy: HTTP/2 keeps a
+    /// piece it was handed until the client's window takes it, and a slice
+    /// would keep the whole frame's memory alive with it (a client opening
+    /// all but one byte of window would pin a whole page of shipments).
+    fn next_piece(&mut self) -> bytes::Bytes {
+        let n = self.rest.len().min(RESPONSE_PIECE);
+        let piece = bytes::Bytes::copy_from_slice(&self.rest[..n]);
+        bytes::Buf::advance(&mut self.rest, n);
+        piece
+    }
+}
+
 impl<T: Sending> hyper::body::Body for Held<T> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
@@ -674,16 +735,22 @@ impl<T: Sending> hyper::body::Body for Held<T> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        if this.rest.is_empty() {
+        let piece = if this.rest.is_empty() {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => this.rest = data,
+                    // A frame of one piece (every order's answer): as it is.
+                    Ok(data) if data.len() <= RESPONSE_PIECE => data,
+                    Ok(data) => {
+                        this.rest = data;
+                        this.next_piece()
+                    }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 other => return other,
             }
-        }
-        let piece = this.rest.split_to(this.rest.len().min(RESPONSE_PIECE));
+        } else {
+            this.next_piece()
+        };
         if this.pieces > 0 {
             this.held.progressed();
         }
@@ -811,6 +878,47 @@ mod tests {
         }
     }
 
+    /// A newcomer waiting for a slot sheds one idle connection, not one per
+    /// step of its wait, and none at its deadline; one that had a
+    /// connection of its own address shed for it sheds nobody else.
+    #[tokio::test]
+    async fn a_newcomer_sheds_one_connection_however_long_it_waits() {
+        let register = Register::new();
+        let local = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let open: Vec<_> = (0..4).map(|_| register.register(local)).collect();
+        tokio::time::sleep(Duration::from_millis(admission::MIN_IDLE_MS + 20)).await;
+        let shed = || async {
+            let mut n = 0;
+            for c in &open {
+                let closing = c.connection.closing();
+                if tokio::time::timeout(Duration::ZERO, closing).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        let slots = Arc::new(Semaphore::new(0));
+        assert!(
+            make_room(&register, &slots, Pick::Any, false)
+                .await
+                .is_none()
+        );
+        assert_eq!(shed().await, 1);
+        assert!(
+            make_room(&register, &slots, Pick::Any, true)
+                .await
+                .is_none()
+        );
+        assert_eq!(shed().await, 1);
+        // A slot that comes free is taken.
+        slots.add_permits(1);
+        assert!(
+            make_room(&register, &slots, Pick::Any, true)
+                .await
+                .is_some()
+        );
+    }
+
     /// A large response is handed over in pieces of at most
     /// `RESPONSE_PIECE` bytes, whole, in order, its length known up front.
     #[tokio::test]
@@ -832,6 +940,19 @@ mod tests {
         let sizes: Vec<usize> = pieces.iter().map(bytes::Bytes::len).collect();
         assert_eq!(sizes, vec![RESPONSE_PIECE, RESPONSE_PIECE, 5]);
         assert_eq!(pieces.concat(), data);
+        // Copies: no piece keeps the whole body's memory alive.
+        let body = bytes::Bytes::from(data.clone());
+        let span = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        let mut held = Held {
+            inner: Body::from(body.clone()),
+            rest: bytes::Bytes::new(),
+            pieces: 0,
+            held: 0u64,
+        };
+        while let Some(frame) = held.frame().await {
+            let piece = frame.unwrap().into_data().unwrap();
+            assert!(!span.contains(&(piece.as_ptr() as usize)));
+        }
         assert!(held.is_end_stream());
         assert_eq!(held.held, 2, "each piece after the first tells progress");
         let mut empty = Held {
