@@ -76,6 +76,17 @@ impl Application {
         // keyrings over each other.
         let keyring_path = settings.store.data_dir.join(keyring::FILE_NAME);
         let _first_run = first_run_lock(settings, &keyring_path).await?;
+        // The chains' heads the last intact report saw, kept across
+        // restarts (a rollback while the server was down fails the first
+        // report, consent proof and audience export). Read before anything
+        // starts: a damaged file stops the start-up here.
+        let report_job = crate::audit::job::ReportJob::anchored_in(
+            settings
+                .store
+                .data_dir
+                .join(crate::audit::anchors::FILE_NAME),
+        )?;
+        let ledger_verified = report_job.anchor().consent_ledger;
         if ensure_certificates(settings)? {
             notices.push(banner(&[
                 "WARNING: no server certificate was found, so checkoutd created a",
@@ -123,7 +134,10 @@ impl Application {
         ));
         let keyring = handle.current();
         let fulfillment = Arc::new(Fulfillment::new(&keyring));
-        let marketing = Arc::new(crate::consent::audience::Marketing::new(&keyring));
+        let marketing = Arc::new(crate::consent::audience::Marketing::new(
+            &keyring,
+            ledger_verified.clone(),
+        ));
         let access_log = AccessLog::start(store.clone(), keyring.clone());
         let intake = Arc::new(Intake::new(
             handle.clone(),
@@ -139,19 +153,7 @@ impl Application {
             settings.replay_window,
             std::time::Duration::from_secs(3600),
         );
-        // The chains' heads the last intact report saw, kept across
-        // restarts (a rollback while the server was down fails the first
-        // report and consent proof).
-        let report_job = crate::audit::job::ReportJob::anchored_in(
-            settings
-                .store
-                .data_dir
-                .join(crate::audit::anchors::FILE_NAME),
-        )?;
-        let ledger = crate::consent::Ledger::verified_up_to(
-            handle.clone(),
-            report_job.anchor().consent_ledger,
-        );
+        let ledger = crate::consent::Ledger::verified_up_to(handle.clone(), ledger_verified);
         let state = AppState::new(routes::Services {
             store: store.clone(),
             intake,

@@ -9,15 +9,21 @@
 //! keep the furthest heads they verified in memory; without this file a
 //! restart forgot them, and a database writer who rolled a chain back
 //! while the server was down (or across a deployment) was not caught by
-//! the next report. The file is the server's own memory, kept where the
-//! database's writer does not reach (the data directory, 0600): on
-//! PostgreSQL the database is often another machine.
+//! the next report. The file is the server's own memory, in the data
+//! directory (0600): out of reach of whoever can only write the database —
+//! on PostgreSQL often another machine, on SQLite through SQL alone. Whoever
+//! can write the data directory itself can remove it with the rollback (a
+//! missing file is a first start); against that, keep the signed reports
+//! and audit with `--since`.
 //!
 //! Nothing in it is secret, and a forged file can only make reports fail
-//! (an anchor the real chain does not pass through), never pass. After a
-//! database is restored from a backup — a rollback, which the next report
-//! rightly flags — the operator removes the file; the next intact report
-//! anchors anew.
+//! (an anchor the real chain does not pass through), never pass. The
+//! report job, the consent proof and the audience export start from it.
+//! After a database is restored from a backup — a rollback, which the next
+//! report rightly flags — or replaced by a new one, the operator stops
+//! every server on the data directory (a running one would write its
+//! anchors back), removes the file, and starts them again; the next intact
+//! report anchors anew.
 
 use std::path::Path;
 

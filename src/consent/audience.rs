@@ -38,14 +38,19 @@ pub struct AudiencePage {
 const MAX_CHUNKS: usize = 8;
 
 impl Marketing {
-    pub fn new(keyring: &Keyring) -> Self {
+    /// `ledger_verified`: the withdrawal ledger's head the last intact
+    /// report saw (`audit::anchors`), which every export's check of the
+    /// ledger must still pass through; `None` before the first.
+    pub fn new(keyring: &Keyring, ledger_verified: Option<super::LedgerPosition>) -> Self {
         Marketing {
             keys: std::sync::RwLock::new(std::sync::Arc::new(
                 keyring.class_keys(&[DataClass::Contact]),
             )),
             consent_key: keyring.consent_tag_key().duplicate(),
             blind_index_key: keyring.blind_index_key().duplicate(),
-            ledger: std::sync::Mutex::new(super::LedgerPosition::start()),
+            ledger: std::sync::Mutex::new(
+                ledger_verified.unwrap_or_else(super::LedgerPosition::start),
+            ),
         }
     }
 

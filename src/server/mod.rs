@@ -283,16 +283,20 @@ pub async fn run(
                         Some(own) => make_room(&shared.register, &shared.slots, own, true).await,
                         None => make_room(&shared.register, &shared.slots, Pick::Any, false).await,
                     };
-                    drop(waiting);
                     match freed {
                         Some(slot) => {
                             crate::telemetry::connection_refused("shed");
+                            drop(waiting);
                             drop(permit);
                             (slot, registration)
                         }
                         None => {
+                            // Still registered while it is answered, and
+                            // busy: shedding it would free no slot.
                             crate::telemetry::connection_refused("busy");
                             answer_overloaded(&shared.tls.acceptor(), stream, addr).await;
+                            drop(waiting);
+                            drop(registration);
                             drop(permit);
                             return;
                         }

@@ -1120,7 +1120,7 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
 
 /// The ledger's head the last intact report saw outlives a restart (the
 /// anchors file): the ledger cut back while the server was down fails the
-/// next process's first consent proof and first report.
+/// next process's first consent proof, audience export and report.
 #[tokio::test]
 async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
     let app = spawn_app().await;
@@ -1160,6 +1160,15 @@ async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
         .get_json(Role::Auditor, "/v1/audit/consent?email=bob%40example.com")
         .await;
     assert_eq!(proof["ledger_verified"], false, "{proof:#}");
+    // Ada's withdrawal is gone: the export fails closed, not exports her.
+    let r = next
+        .client(Role::Marketing)
+        .get(next.url("/v1/marketing/audience?purpose=special_offers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(!r.text().await.unwrap().contains("ada@example.com"));
     let report: Value = next.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], false);
     assert_eq!(report["report"]["consent_ledger"]["anchored_at"], 2);
