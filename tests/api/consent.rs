@@ -1118,6 +1118,33 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
     }
 }
 
+/// The withdrawal ledger's head row now (seq, MAC, head MAC), to be put
+/// back later.
+async fn ledger_head(db: &sqlx::AnyPool) -> (i64, Vec<u8>, Vec<u8>) {
+    sqlx::query_as("SELECT seq, mac, head_mac FROM consent_events_head")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// The attack an earlier verified head catches: the ledger's withdrawals
+/// after `seq` deleted and that older — genuine, MACed — head row put back.
+async fn cut_ledger_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, mac: &[u8], head_mac: &[u8]) {
+    app.unguard("consent_events").await;
+    sqlx::query("DELETE FROM consent_events WHERE seq > $1")
+        .bind(seq)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
+        .bind(seq)
+        .bind(mac)
+        .bind(head_mac)
+        .execute(db)
+        .await
+        .unwrap();
+}
+
 /// The ledger's head the last intact report saw outlives a restart (the
 /// anchors file): the ledger cut back while the server was down fails the
 /// next process's first consent proof, audience export and report.
@@ -1128,29 +1155,13 @@ async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
     let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
     assert_eq!(opt_out(&app, out("bob@example.com")).await.status(), 202);
     let db = app.db().await;
-    let (seq, mac, head_mac): (i64, Vec<u8>, Vec<u8>) =
-        sqlx::query_as("SELECT seq, mac, head_mac FROM consent_events_head")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (seq, mac, head_mac) = ledger_head(&db).await;
     assert_eq!(opt_out(&app, out("ada@example.com")).await.status(), 202);
     let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], true);
     assert_eq!(report["report"]["consent_ledger"]["head_seq"], 2);
 
-    app.unguard("consent_events").await;
-    sqlx::query("DELETE FROM consent_events WHERE seq > $1")
-        .bind(seq)
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
-        .bind(seq)
-        .bind(&mac)
-        .bind(&head_mac)
-        .execute(&db)
-        .await
-        .unwrap();
+    cut_ledger_back(&app, &db, seq, &mac, &head_mac).await;
     let next = crate::helpers::spawn_app_with(crate::helpers::Options {
         share_with: Some(app.shared()),
         ..Default::default()
@@ -1184,11 +1195,7 @@ async fn a_cut_ledger_tail_with_an_older_head_fails_against_an_earlier_report() 
     let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
     assert_eq!(opt_out(&app, out("bob@example.com")).await.status(), 202);
     let db = app.db().await;
-    let (seq, mac, head_mac): (i64, Vec<u8>, Vec<u8>) =
-        sqlx::query_as("SELECT seq, mac, head_mac FROM consent_events_head")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (seq, mac, head_mac) = ledger_head(&db).await;
     assert_eq!(opt_out(&app, out("ada@example.com")).await.status(), 202);
     let store = app.store().await;
     let key = app.keyring();
@@ -1215,19 +1222,7 @@ async fn a_cut_ledger_tail_with_an_older_head_fails_against_an_earlier_report() 
     };
     assert_eq!(job_run().await["report"]["verified"], true);
     // Ada's withdrawal goes, and the head from before it comes back.
-    app.unguard("consent_events").await;
-    sqlx::query("DELETE FROM consent_events WHERE seq > $1")
-        .bind(seq)
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
-        .bind(seq)
-        .bind(&mac)
-        .bind(&head_mac)
-        .execute(&db)
-        .await
-        .unwrap();
+    cut_ledger_back(&app, &db, seq, &mac, &head_mac).await;
     let alone = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
         .await
         .unwrap();

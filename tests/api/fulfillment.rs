@@ -790,6 +790,32 @@ fn walk(v: &Value, keys: &mut Vec<String>, strings: &mut Vec<String>, numbers: &
     }
 }
 
+/// The access log's head row now (seq, hash, MAC), to be put back later.
+async fn access_log_head(db: &sqlx::AnyPool) -> (i64, Vec<u8>, Vec<u8>) {
+    sqlx::query_as("SELECT seq, hash, mac FROM access_log_head")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// The attack an earlier verified head catches: the access log's tail
+/// after `seq` cut off and that older — genuine, MACed — head row put back.
+async fn cut_access_log_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, hash: &[u8], mac: &[u8]) {
+    app.unguard("access_log").await;
+    sqlx::query("DELETE FROM access_log WHERE seq > $1")
+        .bind(seq)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2, mac = $3")
+        .bind(seq)
+        .bind(hash)
+        .bind(mac)
+        .execute(db)
+        .await
+        .unwrap();
+}
+
 /// The heads the server's last intact report saw outlive a restart (the
 /// anchors file of the data directory): a tail cut off and an older head
 /// put back while the server was down fails the first report of the next
@@ -799,11 +825,7 @@ async fn a_rollback_while_the_server_was_down_fails_its_first_report() {
     let app = spawn_app().await;
     let _ = app.shipments("").await;
     let db = app.db().await;
-    let (seq, hash, mac): (i64, Vec<u8>, Vec<u8>) =
-        sqlx::query_as("SELECT seq, hash, mac FROM access_log_head")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (seq, hash, mac) = access_log_head(&db).await;
     let _ = app.shipments("").await;
     let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], true);
@@ -818,19 +840,7 @@ async fn a_rollback_while_the_server_was_down_fails_its_first_report() {
             .is_some_and(|a| a.seq > u64::try_from(seq).unwrap())
     );
 
-    app.unguard("access_log").await;
-    sqlx::query("DELETE FROM access_log WHERE seq > $1")
-        .bind(seq)
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2, mac = $3")
-        .bind(seq)
-        .bind(&hash)
-        .bind(&mac)
-        .execute(&db)
-        .await
-        .unwrap();
+    cut_access_log_back(&app, &db, seq, &hash, &mac).await;
     // A new process on the same data directory and database.
     let next = crate::helpers::spawn_app_with(crate::helpers::Options {
         share_with: Some(app.shared()),
@@ -858,11 +868,7 @@ async fn a_cut_tail_with_an_older_head_put_back_fails_against_an_earlier_report(
     let app = spawn_app().await;
     let _ = app.shipments("").await;
     let db = app.db().await;
-    let (seq, hash, mac): (i64, Vec<u8>, Vec<u8>) =
-        sqlx::query_as("SELECT seq, hash, mac FROM access_log_head")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (seq, hash, mac) = access_log_head(&db).await;
     let _ = app.shipments("").await;
     let _ = app.shipments("").await;
     let store: Arc<dyn checkoutd::store::Store> = Arc::new(app.store().await);
@@ -888,19 +894,7 @@ async fn a_cut_tail_with_an_older_head_put_back_fails_against_an_earlier_report(
         String::from_utf8_lossy(&out.stderr)
     );
 
-    app.unguard("access_log").await;
-    sqlx::query("DELETE FROM access_log WHERE seq > $1")
-        .bind(seq)
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2, mac = $3")
-        .bind(seq)
-        .bind(&hash)
-        .bind(&mac)
-        .execute(&db)
-        .await
-        .unwrap();
+    cut_access_log_back(&app, &db, seq, &hash, &mac).await;
     // On its own the chain verifies: that is the attack.
     let alone = verify_chain(store.as_ref(), app.keyring().access_log_key())
         .await
