@@ -1145,18 +1145,25 @@ async fn cut_ledger_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, mac: &[u8]
         .unwrap();
 }
 
+/// Ada (who consented to special offers) ordered; Bob, then Ada withdrew
+/// everything. The ledger's head row between the two, to be put back.
+async fn two_withdrawals(app: &TestApp, db: &sqlx::AnyPool) -> (i64, Vec<u8>, Vec<u8>) {
+    place(app, &order_for("ada@example.com", true, false)).await;
+    let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
+    assert_eq!(opt_out(app, out("bob@example.com")).await.status(), 202);
+    let head = ledger_head(db).await;
+    assert_eq!(opt_out(app, out("ada@example.com")).await.status(), 202);
+    head
+}
+
 /// The ledger's head the last intact report saw outlives a restart (the
 /// anchors file): the ledger cut back while the server was down fails the
 /// next process's first consent proof, audience export and report.
 #[tokio::test]
 async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
     let app = spawn_app().await;
-    place(&app, &order_for("ada@example.com", true, false)).await;
-    let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
-    assert_eq!(opt_out(&app, out("bob@example.com")).await.status(), 202);
     let db = app.db().await;
-    let (seq, mac, head_mac) = ledger_head(&db).await;
-    assert_eq!(opt_out(&app, out("ada@example.com")).await.status(), 202);
+    let (seq, mac, head_mac) = two_withdrawals(&app, &db).await;
     let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], true);
     assert_eq!(report["report"]["consent_ledger"]["head_seq"], 2);
@@ -1191,12 +1198,8 @@ async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
 #[tokio::test]
 async fn a_cut_ledger_tail_with_an_older_head_fails_against_an_earlier_report() {
     let app = spawn_app().await;
-    place(&app, &order_for("ada@example.com", true, false)).await;
-    let out = |who: &str| json!({"email": who, "purposes": "all", "channel": "email"});
-    assert_eq!(opt_out(&app, out("bob@example.com")).await.status(), 202);
     let db = app.db().await;
-    let (seq, mac, head_mac) = ledger_head(&db).await;
-    assert_eq!(opt_out(&app, out("ada@example.com")).await.status(), 202);
+    let (seq, mac, head_mac) = two_withdrawals(&app, &db).await;
     let store = app.store().await;
     let key = app.keyring();
     let earlier = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
