@@ -63,7 +63,7 @@ pub struct Application {
     store: Arc<dyn Store>,
     limits: ConnectionLimits,
     request_timeout: std::time::Duration,
-    /// First-run warnings for the operator (see `first_run_notices`).
+    /// Warnings for the operator found at start (see `startup_notices`).
     notices: Vec<String>,
 }
 
@@ -103,6 +103,28 @@ impl Application {
         );
         let tls = tls::ReloadableTls::load(tls_files)?;
         let store = store::open(&settings.store.database).await?;
+        if !report_job.anchors_found() && store.access_log_head().await?.is_some() {
+            // The file is missing beside a log that is not new: a restore
+            // (expected), a database no intact report has run on yet, or a
+            // file someone removed. Either way a rollback made before this
+            // start goes unseen; the operator is told, not silenced.
+            let path = settings
+                .store
+                .data_dir
+                .join(crate::audit::anchors::FILE_NAME);
+            tracing::warn!(
+                path = %path.display(),
+                "no audit anchors file, yet the access log holds entries: the first report takes the chains as they are now"
+            );
+            notices.push(banner(&[
+                "WARNING: there is no audit anchors file, yet the access log holds",
+                "entries. The first report takes the access log and the consent",
+                "ledger as they are now: a rollback made before this start cannot be",
+                "detected. Expected after a restore, or if no report has run yet;",
+                "otherwise find out who removed it. The file belongs in:",
+                &path.display().to_string(),
+            ]));
+        }
         if !keyring_path.exists() && store.holds_orders().await? {
             // A missing keyring beside a database full of ciphertexts is a
             // misconfiguration (wrong --data-dir, unmounted volume), never a
@@ -208,9 +230,10 @@ impl Application {
         })
     }
 
-    /// Loud warnings about development material created by this start (a
-    /// PKI, a keyring); the binary prints them on stderr.
-    pub fn first_run_notices(&self) -> &[String] {
+    /// Loud warnings found at start — development material it created (a
+    /// PKI, a keyring), a missing audit anchors file beside an access log
+    /// that is not new; the binary prints them on stderr.
+    pub fn startup_notices(&self) -> &[String] {
         &self.notices
     }
 

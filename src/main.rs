@@ -213,7 +213,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let settings = Settings::from_args(&args)?;
             telemetry::init(settings.store.log_format);
             let app = Application::build(&settings).await?;
-            for notice in app.first_run_notices() {
+            for notice in app.startup_notices() {
                 let _ = writeln!(std::io::stderr(), "{notice}");
             }
             app.run_until(server::shutdown_signal()).await;

@@ -21,11 +21,15 @@
 //! report job, the consent proof and the audience export start from it.
 //! After a database is restored from a backup — a rollback, which the next
 //! report rightly flags — or replaced by a new one, the operator stops
-//! every server on the data directory (a running one would write its
-//! anchors back), removes the file, and starts them again; the next intact
-//! report anchors anew.
+//! every server on the data directory, removes the file, and starts them
+//! again; the next intact report anchors anew. A server whose file is
+//! removed while it runs does not write it back ([`AnchorsFile::keep`]):
+//! its heads belong to the database it started on. A server that starts
+//! without the file while the access log holds entries says so
+//! (`Application::startup_notices`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,11 +75,99 @@ pub enum AnchorError {
     Damaged(std::path::PathBuf),
 }
 
+/// Why the heads were not kept ([`AnchorsFile::keep`]).
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    /// The file this server read or wrote is gone: an operator removed it
+    /// (after a restore, say). This process never writes it again.
+    /// `first`: this is the first time the server noticed.
+    #[error("the audit anchors file was removed while the server ran")]
+    Removed { first: bool },
+    #[error("cannot write the audit anchors")]
+    Write(#[from] std::io::Error),
+}
+
+/// The anchors file as a running server keeps it: read once at start,
+/// replaced as the heads move forward, never brought back once removed.
+#[derive(Debug)]
+pub struct AnchorsFile {
+    path: PathBuf,
+    /// The file was there when the server started.
+    found: bool,
+    /// The file is this server's: it was there at start, or written since.
+    present: AtomicBool,
+    /// It was removed while the server ran: not written again.
+    removed: AtomicBool,
+}
+
+impl AnchorsFile {
+    /// Reads the heads kept at `path` (none when there is no file).
+    pub fn open(path: PathBuf) -> Result<(Self, Since), AnchorError> {
+        let (since, found) = read(&path)?;
+        let file = AnchorsFile {
+            path,
+            found,
+            present: AtomicBool::new(found),
+            removed: AtomicBool::new(false),
+        };
+        Ok((file, since))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file was there when the server started.
+    pub fn found_at_start(&self) -> bool {
+        self.found
+    }
+
+    /// Replaces the file with `since` (blocking: call it off the runtime).
+    ///
+    /// Once the file has been there, its absence means an operator removed
+    /// it — the documented step after restoring the database, which every
+    /// server on the data directory must be stopped for. Writing this
+    /// process's heads back would make every report after the restart fail
+    /// against a chain the restored database never had, so it is not
+    /// written again by this process; its heads stay in memory only. (An
+    /// operator removing the file between the check and the write is not
+    /// covered: the documented order is stop, remove, start.)
+    pub fn keep(&self, since: &Since) -> Result<(), KeepError> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(KeepError::Removed { first: false });
+        }
+        if self.present.load(Ordering::Acquire) && !exists(&self.path)? {
+            let first = !self.removed.swap(true, Ordering::AcqRel);
+            return Err(KeepError::Removed { first });
+        }
+        save(&self.path, since)?;
+        self.present.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Whether there is anything at `path` (a dangling link counts).
+fn exists(path: &Path) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The heads kept in `path`; none when there is no file yet.
 pub fn load(path: &Path) -> Result<Since, AnchorError> {
+    read(path).map(|(since, _)| since)
+}
+
+/// The heads kept in `path`, and whether there was a file.
+fn read(path: &Path) -> Result<(Since, bool), AnchorError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Since::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Since::default(), false));
+        }
         Err(source) => {
             return Err(AnchorError::Read {
                 path: path.to_owned(),
@@ -106,10 +198,13 @@ pub fn load(path: &Path) -> Result<Since, AnchorError> {
                 .ok_or_else(damaged)?,
         }),
     };
-    Ok(Since {
-        access_log,
-        consent_ledger,
-    })
+    Ok((
+        Since {
+            access_log,
+            consent_ledger,
+        },
+        true,
+    ))
 }
 
 /// Replaces the file at `path` with `since`, atomically (a crash leaves the
@@ -161,6 +256,32 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // A server keeps its file, and never brings it back once removed.
+        std::fs::remove_file(&path).unwrap();
+        let (kept, nothing) = AnchorsFile::open(path.clone()).unwrap();
+        assert!(!kept.found_at_start() && nothing.access_log.is_none());
+        kept.keep(&since).unwrap();
+        assert_eq!(load(&path).unwrap().access_log, since.access_log);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            kept.keep(&since),
+            Err(KeepError::Removed { first: true })
+        ));
+        assert!(matches!(
+            kept.keep(&since),
+            Err(KeepError::Removed { first: false })
+        ));
+        assert!(!path.exists(), "a removed anchors file was written back");
+        save(&path, &since).unwrap();
+        let (found, back) = AnchorsFile::open(path.clone()).unwrap();
+        assert!(found.found_at_start());
+        assert_eq!(back.consent_ledger, since.consent_ledger);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            found.keep(&since),
+            Err(KeepError::Removed { first: true })
+        ));
+        assert!(!path.exists());
         for damaged in [
             "{",
             r#"{"format":2,"access_log":null,"consent_ledger":null}"#,

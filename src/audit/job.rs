@@ -38,7 +38,7 @@ pub struct ReportJob {
     anchor: std::sync::Mutex<super::verify::Since>,
     /// Where the anchor is kept across restarts ([`super::anchors`]);
     /// `None`: in memory only.
-    file: Option<std::path::PathBuf>,
+    file: Option<Arc<super::anchors::AnchorsFile>>,
     /// How long a finished report is served; `None`: [`FRESH`].
     fresh: Option<Duration>,
 }
@@ -48,11 +48,25 @@ impl ReportJob {
     /// ([`super::anchors`]), so that a chain rolled back while the server
     /// was down fails its first report.
     pub fn anchored_in(file: std::path::PathBuf) -> Result<Self, super::anchors::AnchorError> {
+        let (file, since) = super::anchors::AnchorsFile::open(file)?;
         Ok(ReportJob {
-            anchor: std::sync::Mutex::new(super::anchors::load(&file)?),
-            file: Some(file),
+            anchor: std::sync::Mutex::new(since),
+            file: Some(Arc::new(file)),
             ..ReportJob::default()
         })
+    }
+
+    /// Whether the job started from an anchors file (a server's job only).
+    pub fn anchors_found(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| f.found_at_start())
+    }
+
+    /// The same job, its finished reports served for `fresh` (tests: zero).
+    pub fn fresh_for(self, fresh: Duration) -> Self {
+        ReportJob {
+            fresh: Some(fresh),
+            ..self
+        }
     }
 
     /// The heads the job's reports are anchored at now.
@@ -147,10 +161,20 @@ impl ReportJob {
         if let (Some(file), Some(anchor)) = (self.file.clone(), moved) {
             // Kept for the next start; a failure is logged, the report
             // still served (the anchor in memory holds until then).
-            let saved =
-                tokio::task::spawn_blocking(move || super::anchors::save(&file, &anchor)).await;
-            if !matches!(saved, Ok(Ok(()))) {
-                tracing::warn!("the audit anchors could not be saved; a restart forgets them");
+            let path = file.path().display().to_string();
+            match tokio::task::spawn_blocking(move || file.keep(&anchor)).await {
+                Ok(Ok(())) | Ok(Err(super::anchors::KeepError::Removed { first: false })) => {}
+                Ok(Err(super::anchors::KeepError::Removed { first: true })) => tracing::error!(
+                    path = %path,
+                    "the audit anchors file was removed while this server ran; it is not \
+                     written back (this server's heads are those of the database it started \
+                     on). If the database was restored, stop every server on this data \
+                     directory and start them again: the next intact report anchors anew"
+                ),
+                _ => tracing::warn!(
+                    path = %path,
+                    "the audit anchors could not be saved; a restart forgets them"
+                ),
             }
         }
         super::report::sign(&report, keyring)

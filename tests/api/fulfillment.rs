@@ -856,6 +856,90 @@ async fn a_rollback_while_the_server_was_down_fails_its_first_report() {
     );
 }
 
+/// After a restore the operator removes the anchors file (docs): a server
+/// still running does not write its heads — those of the database it
+/// started on — back, and a server that starts without the file beside a
+/// log that is not new says so.
+#[tokio::test]
+async fn a_removed_anchors_file_is_not_written_back_and_its_absence_is_told() {
+    use checkoutd::audit::job::ReportJob;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let app = spawn_app().await;
+    assert!(
+        !app.notices.iter().any(|n| n.contains("audit anchors")),
+        "a first start warned about anchors: {:?}",
+        app.notices
+    );
+    let anchors = app
+        .dir
+        .path()
+        .join("data")
+        .join(checkoutd::audit::anchors::FILE_NAME);
+    let _ = app.shipments("").await;
+    let store: Arc<dyn checkoutd::store::Store> = Arc::new(app.store().await);
+    let keyring = Arc::new(app.keyring());
+    let job = Arc::new(
+        ReportJob::anchored_in(anchors.clone())
+            .unwrap()
+            .fresh_for(Duration::ZERO),
+    );
+    assert!(!job.anchors_found());
+    let run = || async {
+        job.latest_or_start(store.clone(), keyring.clone(), Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(run().await["report"]["verified"], true);
+    let kept = checkoutd::audit::anchors::load(&anchors).unwrap();
+    assert!(
+        kept.access_log.is_some(),
+        "the first intact report kept no anchor"
+    );
+
+    std::fs::remove_file(&anchors).unwrap();
+    let _ = app.shipments("").await;
+    let report = run().await;
+    assert_eq!(report["report"]["verified"], true, "{report:#}");
+    assert!(
+        !anchors.exists(),
+        "a running job wrote a removed anchors file back"
+    );
+
+    // A new process on the same data directory: no file, a log with
+    // entries — told, and it still starts.
+    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
+        share_with: Some(app.shared()),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        next.notices
+            .iter()
+            .any(|n| n.contains("no audit anchors file")),
+        "{:?}",
+        next.notices
+    );
+    let report: Value = next.get_json(Role::Auditor, "/v1/audit/report").await;
+    assert_eq!(report["report"]["verified"], true, "{report:#}");
+    assert!(
+        anchors.exists(),
+        "the next start's first report anchored nothing"
+    );
+    // With the file there again, a restart is quiet about it.
+    let third = crate::helpers::spawn_app_with(crate::helpers::Options {
+        share_with: Some(app.shared()),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        !third.notices.iter().any(|n| n.contains("audit anchors")),
+        "{:?}",
+        third.notices
+    );
+}
+
 /// A tail cut off and an older — genuine, MACed — head row put back
 /// verifies on its own; against the head an earlier report saw (the
 /// server's previous report, or `audit --since` an earlier signed report)

@@ -248,6 +248,9 @@ pub struct TestApp {
     pub database: Arc<TestDatabase>,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<()>>,
+    /// What the server told its operator at start
+    /// (`Application::startup_notices`).
+    pub notices: Vec<String>,
 }
 
 const CLIENT_CRL_FILE: &str = "client-crl.pem";
@@ -356,6 +359,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let settings = Settings::from_args(&args).unwrap();
     let app = Application::build(&settings).await.unwrap();
+    let notices = app.startup_notices().to_vec();
     record_key_material(&dir.path().join("data"), &pki);
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -377,6 +381,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         database,
         shutdown: Some(tx),
         server: Some(server),
+        notices,
     }
 }
 
