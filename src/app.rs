@@ -160,7 +160,7 @@ impl Application {
             &keyring,
             ledger_verified.clone(),
         ));
-        let access_log = AccessLog::start(store.clone(), keyring.clone());
+        let access_log = AccessLog::start(store.clone(), keyring.access_log_key().duplicate());
         let intake = Arc::new(Intake::new(
             handle.clone(),
             store.clone(),

@@ -383,13 +383,17 @@ const MAX_BATCH: usize = 256;
 
 impl AccessLog {
     /// Starts the writer task. It ends when every handle is dropped.
-    pub fn start(store: Arc<dyn Store>, key: Arc<crate::crypto::keyring::Keyring>) -> Self {
+    ///
+    /// It holds the access log's MAC key and nothing else of the keyring:
+    /// a task living as long as the process must not keep a KEK that
+    /// `keys destroy` later removes from the keyring file.
+    pub fn start(store: Arc<dyn Store>, key: crate::crypto::mac::MacKey) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(4096);
         tokio::spawn(async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
                 let entries: Vec<Entry> = jobs.iter().map(|(e, _)| e.clone()).collect();
-                let chainer = Chainer::new(key.access_log_key());
+                let chainer = Chainer::new(&key);
                 let result = store.append_access_log(&entries, &chainer).await;
                 match result {
                     Ok(seqs) => {

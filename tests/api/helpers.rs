@@ -251,6 +251,8 @@ pub struct TestApp {
     /// What the server told its operator at start
     /// (`Application::startup_notices`).
     pub notices: Vec<String>,
+    /// The running server's services (its keyring handle, say).
+    pub state: checkoutd::routes::AppState,
 }
 
 const CLIENT_CRL_FILE: &str = "client-crl.pem";
@@ -360,6 +362,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let settings = Settings::from_args(&args).unwrap();
     let app = Application::build(&settings).await.unwrap();
     let notices = app.startup_notices().to_vec();
+    let state = app.state().clone();
     record_key_material(&dir.path().join("data"), &pki);
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -382,6 +385,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         shutdown: Some(tx),
         server: Some(server),
         notices,
+        state,
     }
 }
 

@@ -65,6 +65,47 @@ pub async fn card_version(app: &TestApp, order_id: &str) -> u64 {
         .unwrap()
 }
 
+/// No task of a running server keeps a keyring that a reload replaced: a
+/// KEK that `keys destroy` takes out of the file must leave the process's
+/// memory with the keyring that held it (the access-log writer held the
+/// start-up keyring, every class's KEKs, for the life of the process).
+#[tokio::test]
+async fn a_replaced_keyring_is_let_go_by_the_running_server() {
+    let app = spawn_app().await;
+    order(&app, "let-go-1").await;
+    let _ = app.shipments("").await;
+    let started = std::sync::Arc::downgrade(&app.state.keyring.current());
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let current = app.state.keyring.current();
+        if !std::ptr::eq(std::sync::Arc::as_ptr(&current), started.as_ptr()) {
+            reloaded = true;
+            break;
+        }
+        drop(current);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the server never reloaded the rotated keyring");
+    // Every path runs once more under the new keyring.
+    order(&app, "let-go-2").await;
+    let _ = app.shipments("").await;
+    let _: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if started.upgrade().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "a task still holds the keyring the server started with ({} holders)",
+        started.strong_count()
+    );
+}
+
 /// `keys` run without the service's database setting (another URL, or
 /// none: the data directory's default file) must not count "no record
 /// uses card/v1" in the wrong database and destroy a key the real one
