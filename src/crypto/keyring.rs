@@ -616,15 +616,10 @@ impl Keyring {
 }
 
 fn key_from_hex(hex: &str) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
-    let bytes = Zeroizing::new(
-        crate::hex::decode(hex).ok_or(KeyringError::Invalid("a key is not hexadecimal"))?,
-    );
-    let mut key = Zeroizing::new([0u8; 32]);
-    if bytes.len() != 32 {
+    if hex.len() != 64 {
         return Err(KeyringError::Invalid("a key is not 32 bytes"));
     }
-    key.copy_from_slice(&bytes);
-    Ok(key)
+    crate::hex::decode_key(hex).ok_or(KeyringError::Invalid("a key is not hexadecimal"))
 }
 
 #[derive(Serialize, Deserialize)]

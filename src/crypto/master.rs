@@ -196,12 +196,11 @@ impl MasterKey {
                 .ok()
                 .filter(|f: &ShareFile| f.format == SHARE_FORMAT)
                 .ok_or_else(|| MasterKeyError::NotAShare { path: path.clone() })?;
-            let component = Zeroizing::new(
-                crate::hex::decode(&file.component)
-                    .filter(|c| c.len() == 32)
-                    .ok_or_else(|| MasterKeyError::Checksum { path: path.clone() })?,
-            );
-            if share_checksum(&file.set, file.number, file.of, &component) != file.checksum {
+            let component = crate::hex::decode_key(&file.component)
+                .ok_or_else(|| MasterKeyError::Checksum { path: path.clone() })?;
+            if share_checksum(&file.set, file.number, file.of, component.as_slice())
+                != file.checksum
+            {
                 return Err(MasterKeyError::Checksum { path: path.clone() });
             }
             if file.of < 2 || file.number < 1 || file.number > file.of {
@@ -253,15 +252,9 @@ impl MasterKey {
             .ok_or_else(|| MasterKeyError::NotAShare {
                 path: path.to_owned(),
             })?;
-        let raw = Zeroizing::new(
-            crate::hex::decode(&file.key)
-                .filter(|k| k.len() == 32)
-                .ok_or(MasterKeyError::Checksum {
-                    path: path.to_owned(),
-                })?,
-        );
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(&raw);
+        let key = crate::hex::decode_key(&file.key).ok_or(MasterKeyError::Checksum {
+            path: path.to_owned(),
+        })?;
         Ok(MasterKey(key))
     }
 
