@@ -32,8 +32,9 @@ pub enum StartupError {
     #[error(transparent)]
     Keyring(#[from] KeyringError),
     #[error(
-        "the keyring {0} is missing but the database already holds orders; \
-         restore the keyring (or point --data-dir at the right place) — a new one would not open them"
+        "the keyring {0} is missing but the database already holds records made under one \
+         (orders, the access log, withdrawals); restore the keyring (or point --data-dir at \
+         the right place) — a new one would not open or verify them"
     )]
     KeyringMissing(std::path::PathBuf),
     #[error(
@@ -125,7 +126,7 @@ impl Application {
                 &path.display().to_string(),
             ]));
         }
-        if !keyring_path.exists() && store.holds_orders().await? {
+        if !keyring_path.exists() && store.holds_records().await? {
             // A missing keyring beside a database full of ciphertexts is a
             // misconfiguration (wrong --data-dir, unmounted volume), never a
             // first run: a new keyring would make old records unreadable

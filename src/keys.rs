@@ -400,9 +400,11 @@ pub async fn init(
             path.display()
         )));
     }
-    if store.holds_orders().await? {
+    if store.holds_records().await? {
         return Err(KeysError::Refused(
-            "the database already holds orders sealed under another keyring".into(),
+            "the database already holds records (orders, the access log, withdrawals) made \
+             under another keyring"
+                .into(),
         ));
     }
     // Share files are never overwritten (they may be another master key's);

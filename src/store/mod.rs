@@ -198,9 +198,12 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and closes connections; called once on shutdown.
     async fn close(&self);
 
-    /// Whether any order is stored (a new keyring must never be made for a
-    /// database that already holds encrypted records).
-    async fn holds_orders(&self) -> Result<bool, StoreError>;
+    /// Whether anything made under a keyring is stored — orders, the
+    /// access log's chain, withdrawals, KEK retirements. A new keyring must
+    /// never be made for such a database: its records would no longer
+    /// open, its chains no longer verify (and the audience export, which
+    /// fails closed on an unverifiable ledger, would stay refused).
+    async fn holds_records(&self) -> Result<bool, StoreError>;
 
     /// Writes a batch of accepted orders in one synced transaction. Each
     /// order's idempotency row is inserted first; an order whose key is

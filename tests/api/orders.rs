@@ -1356,6 +1356,32 @@ async fn schema_has_the_seven_tables_and_no_cvv_column() {
 async fn a_missing_keyring_beside_stored_orders_refuses_to_start() {
     let app = spawn_app().await;
     created(app.post_order("km-1", &order_json()).await).await;
+    refuses_to_start_without_its_keyring(&app).await;
+}
+
+/// No order yet, but the access log's chain is MACed under the keyring: a
+/// new keyring would leave it unverifiable (and the audience export,
+/// which fails closed, refused for good).
+#[tokio::test]
+async fn a_missing_keyring_beside_an_access_log_refuses_to_start() {
+    let app = spawn_app().await;
+    let _ = app.shipments("").await;
+    let db = app.db().await;
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM orders").await, 0);
+    assert!(count("SELECT count(*) FROM access_log").await > 0);
+    refuses_to_start_without_its_keyring(&app).await;
+}
+
+async fn refuses_to_start_without_its_keyring(app: &crate::helpers::TestApp) {
     let data = app.dir.path().join("data");
     let certs = app.dir.path().join("certs");
     std::fs::remove_file(data.join("keyring.json")).unwrap();

@@ -244,12 +244,17 @@ impl Store for SqlStore {
         self.writer.pool.close().await;
     }
 
-    async fn holds_orders(&self) -> Result<bool, StoreError> {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM (SELECT 1 FROM orders LIMIT 1) AS one")
-            .fetch_one(&self.pool)
-            .await
-            .map(|n| n != 0)
-            .map_err(StoreError::from_sqlx)
+    async fn holds_records(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM orders LIMIT 1) AS o) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM access_log LIMIT 1) AS a) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM consent_events LIMIT 1) AS c) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM kek_retirements LIMIT 1) AS k)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map(|n| n != 0)
+        .map_err(StoreError::from_sqlx)
     }
 
     async fn commit_orders(
