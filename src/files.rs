@@ -53,7 +53,14 @@ pub fn write_atomically(
     mode: u32,
     placement: Placement,
 ) -> std::io::Result<bool> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    // A bare file name is in the working directory.
+    let dir = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    });
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("not a file path"))?
@@ -101,12 +108,30 @@ pub fn write_atomically(
     if placed.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    if let Some(dir) = dir
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+    if let (Some(dir), Ok(true)) = (dir, &placed) {
+        // The new name is durable only once its directory is: a failure
+        // here is reported (a power loss could bring the old file back
+        // while the caller goes on as if the new one were in place — a
+        // rotated keyring beside a database that retired its old key).
+        sync_dir(dir)?;
     }
     placed
+}
+
+/// Syncs a directory's entries. A file system that cannot sync a directory
+/// at all (`EINVAL`) gives nothing better to wait for.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        synced => synced,
+    }
 }
 
 /// A replaced file keeps its owner and group: an operator who runs
