@@ -66,6 +66,11 @@ pub enum OrdersCommand {
     },
 }
 
+/// The data classes `--class` names (clap refuses anything else, exit 2).
+const CLASSES: [&str; 5] = ["card", "billing", "shipping", "recipient", "contact"];
+/// As [`CLASSES`], or all of them at once.
+const CLASSES_OR_ALL: [&str; 6] = ["card", "billing", "shipping", "recipient", "contact", "all"];
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a fresh keyring sealed under a new master key, split into N
@@ -94,7 +99,7 @@ pub enum KeysCommand {
     Rotate {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, value_name = "CLASS")]
+        #[arg(long, value_name = "CLASS", value_parser = CLASSES_OR_ALL)]
         class: String,
     },
     /// Re-wrap every data key still under a retired version with the active
@@ -103,7 +108,7 @@ pub enum KeysCommand {
     Rewrap {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, value_name = "CLASS", default_value = "all")]
+        #[arg(long, value_name = "CLASS", default_value = "all", value_parser = CLASSES_OR_ALL)]
         class: String,
         /// Records per transaction.
         #[arg(long, env = "CHECKOUTD_BATCH", default_value_t = 500)]
@@ -113,7 +118,7 @@ pub enum KeysCommand {
     Destroy {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, value_name = "CLASS")]
+        #[arg(long, value_name = "CLASS", value_parser = CLASSES)]
         class: String,
         #[arg(long, value_name = "N")]
         version: u32,
@@ -262,4 +267,18 @@ pub struct ServeArgs {
     /// Privacy-policy versions orders may name, comma-separated [default: 2002-06-05]
     #[arg(long, env = "CHECKOUTD_POLICY_VERSIONS", value_name = "LIST")]
     pub policy_versions: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn class_names_are_the_data_classes() {
+        let names: Vec<&str> = crate::crypto::DataClass::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(names, super::CLASSES);
+        assert_eq!(super::CLASSES_OR_ALL[..5], super::CLASSES);
+        assert_eq!(super::CLASSES_OR_ALL[5], "all");
+    }
 }

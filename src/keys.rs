@@ -352,6 +352,10 @@ pub async fn destroy(
     let refusal = match state {
         None => Some("no such KEK version".to_owned()),
         Some(KekState::Active) => Some(format!("{name} is the active version; rotate first")),
+        // Nothing to do: not logged as a destruction, the file not
+        // rewritten (a rewrite without a new generation looks to a running
+        // server like a restored backup).
+        Some(KekState::Destroyed) => Some(format!("{name} is already destroyed")),
         Some(_) if in_use > 0 => Some(format!(
             "{name} still wraps {in_use} record(s); run `checkoutd keys rewrap` first"
         )),

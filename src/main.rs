@@ -260,8 +260,9 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
         store::open_existing(&settings.database).await?
     };
     let classes = |text: &str| {
-        checkoutd::keys::parse_classes(text)
-            .ok_or("--class must be card, billing, shipping, recipient, contact or all")
+        checkoutd::keys::parse_classes(text).ok_or(Usage(
+            "--class must be card, billing, shipping, recipient, contact or all",
+        ))
     };
     let mut out = std::io::stdout();
     if let KeysCommand::Init {
@@ -315,8 +316,9 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
             writeln!(out, "re-wrapped {done} record(s)")?;
         }
         KeysCommand::Destroy { class, version, .. } => {
-            let class = checkoutd::crypto::DataClass::parse(&class)
-                .ok_or("--class must be card, billing, shipping, recipient or contact")?;
+            let class = checkoutd::crypto::DataClass::parse(&class).ok_or(Usage(
+                "--class must be card, billing, shipping, recipient or contact",
+            ))?;
             checkoutd::keys::destroy(store.as_ref(), &path, &master, class, version).await?;
             writeln!(out, "destroyed {}/v{version}", class.as_str())?;
         }

@@ -162,6 +162,31 @@ fn invalid_settings_are_refused_before_binding_naming_the_setting() {
 
 /// `--help` names the database URL's variable, never its value (it may
 /// hold a password).
+/// A data class that does not exist is a usage error (exit 2) naming the
+/// classes there are, before anything is opened.
+#[test]
+fn keys_with_an_unknown_class_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["keys", "rotate", "--class", "bogus"][..],
+        &["keys", "rewrap", "--class", "cards"],
+        &["keys", "destroy", "--class", "all", "--version", "1"],
+    ] {
+        let out = checkoutd()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("card, billing, shipping"), "{stderr}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "{args:?} opened the data directory"
+        );
+    }
+}
+
 #[test]
 fn help_never_shows_the_database_password() {
     for args in [&["serve", "--help"][..], &["keys", "status", "--help"][..]] {

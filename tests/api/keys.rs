@@ -348,6 +348,21 @@ async fn rotate_rewrap_destroy_end_to_end() {
         app.keyring().opening_kek(DataClass::Card, 1).is_err(),
         "the key material is gone"
     );
+    // Again: refused as already done, the file untouched (a rewrite
+    // without a new generation would look like a restored backup).
+    let (file, _) = keyring_file(&app);
+    let before = std::fs::read(&file).unwrap();
+    let out = checkoutd(&app)
+        .args(["keys", "destroy", "--class", "card", "--version", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already destroyed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), before);
 
     // Every key operation is in the access log, with the operator.
     let log: Value = app
