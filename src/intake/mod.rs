@@ -162,24 +162,51 @@ pub struct Intake {
     commits: commit::GroupCommit,
     policy_versions: Vec<String>,
     /// `(client, key)` pairs being processed in this process right now.
-    in_flight: Mutex<HashSet<([u8; 32], String)>>,
+    in_flight: Arc<InFlight>,
 }
+
+type InFlight = Mutex<HashSet<([u8; 32], String)>>;
 
 /// A request's hold on its `(client, key)` pair in this process, taken as
 /// soon as the headers are read (so a duplicate sent while the first body is
-/// still uploading gets 409) and released when the request ends, however it
-/// ends.
-pub struct Claim<'a> {
-    set: &'a Mutex<HashSet<([u8; 32], String)>>,
+/// still uploading gets 409) and released when the request ends — unless
+/// its order is still with the writer ([`KeyHold`]).
+pub struct Claim {
     client: [u8; 32],
     key: IdempotencyKey,
+    hold: KeyHold,
 }
 
-impl Drop for Claim<'_> {
+/// The pair's entry in the in-flight set, removed when the last copy is
+/// dropped. The request holds one; its sealed order carries another
+/// (`NewOrder::hold`) for as long as any part of the writer holds the
+/// order. So an order whose request gave up on its commit (answered 503,
+/// "retry with the same key") but that the writer may still commit keeps
+/// its key busy: a retry meanwhile gets 409, retryable, never a final 422
+/// for a body that no longer validates (a card that expired at midnight)
+/// while its first attempt is about to land.
+#[derive(Clone)]
+pub struct KeyHold {
+    _held: Arc<HeldKey>,
+}
+
+struct HeldKey {
+    set: Arc<InFlight>,
+    client: [u8; 32],
+    key: String,
+}
+
+impl Drop for HeldKey {
     fn drop(&mut self) {
         if let Ok(mut set) = self.set.lock() {
-            set.remove(&(self.client, self.key.as_str().to_owned()));
+            set.remove(&(self.client, std::mem::take(&mut self.key)));
         }
+    }
+}
+
+impl std::fmt::Debug for KeyHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHold")
     }
 }
 
@@ -196,7 +223,7 @@ impl Intake {
             commits: commit::GroupCommit::with_queue(store.clone(), commit_queue),
             store,
             policy_versions,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -211,17 +238,20 @@ impl Intake {
 
     /// Claims `(caller, key)` for one request; `InFlight` if another request
     /// of this process holds it.
-    pub fn claim(&self, caller: &Caller, key: IdempotencyKey) -> Result<Claim<'_>, IntakeError> {
+    pub fn claim(&self, caller: &Caller, key: IdempotencyKey) -> Result<Claim, IntakeError> {
         let client = *caller.fingerprint.as_bytes();
         let mut set = self.in_flight.lock().map_err(|_| IntakeError::InFlight)?;
         if !set.insert((client, key.as_str().to_owned())) {
             return Err(IntakeError::InFlight);
         }
-        Ok(Claim {
-            set: &self.in_flight,
-            client,
-            key,
-        })
+        let hold = KeyHold {
+            _held: Arc::new(HeldKey {
+                set: self.in_flight.clone(),
+                client,
+                key: key.as_str().to_owned(),
+            }),
+        };
+        Ok(Claim { client, key, hold })
     }
 
     /// Takes one order under a claim. `body` is zeroized when this returns.
@@ -230,7 +260,7 @@ impl Intake {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn submit(
         &self,
-        claim: &Claim<'_>,
+        claim: &Claim,
         media: MediaType,
         body: Zeroizing<Vec<u8>>,
         answer_by: Option<tokio::time::Instant>,
@@ -266,13 +296,14 @@ impl Intake {
         let form = match order::parse(tree, source, &rules) {
             Ok(form) => form,
             Err(errors) => {
-                return match self.stored(&keyring, client, key).await? {
+                return match self.stored(&keyring, client, key, answer_by).await? {
                     Some(found) => replay(&keyring, client, key, found, &request_hash),
                     None => Err(IntakeError::Invalid(errors)),
                 };
             }
         };
-        let sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
+        let mut sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
+        sealed.hold = Some(claim.hold.clone());
         let response = sealed.idempotency.response.clone();
         match self.commits.commit(sealed, answer_by).await? {
             CommitOutcome::Committed => {
@@ -281,10 +312,12 @@ impl Intake {
             }
             // The key was stored before (a retry), or by another process in
             // the meantime: answer as the stored record says.
-            CommitOutcome::DuplicateKey => match self.stored(&keyring, client, key).await? {
-                Some(found) => replay(&keyring, client, key, found, &request_hash),
-                None => Err(IntakeError::InFlight),
-            },
+            CommitOutcome::DuplicateKey => {
+                match self.stored(&keyring, client, key, answer_by).await? {
+                    Some(found) => replay(&keyring, client, key, found, &request_hash),
+                    None => Err(IntakeError::InFlight),
+                }
+            }
         }
     }
 
@@ -293,17 +326,32 @@ impl Intake {
     /// service writes: edited in the database) is answered like one whose
     /// MAC fails — not replayed, no second order — not as a failure of
     /// the database.
+    ///
+    /// Bounded as the commit wait is (`answer_by` less
+    /// [`commit::ANSWER_MARGIN`]): a slow read answers 503 "retry", never
+    /// the time limit's 408, which tells a client nothing was kept — and
+    /// this read runs exactly when the key's order may exist.
     async fn stored(
         &self,
         keyring: &crate::crypto::keyring::Keyring,
         client: [u8; 32],
         key: &IdempotencyKey,
+        answer_by: Option<tokio::time::Instant>,
     ) -> Result<Option<crate::store::rows::KeyRecord>, IntakeError> {
-        match self
-            .store
-            .idempotency_key(&client, &seal::key_hash(keyring, key))
-            .await
-        {
+        let key_hash = seal::key_hash(keyring, key);
+        let read = self.store.idempotency_key(&client, &key_hash);
+        let found = match answer_by {
+            None => read.await,
+            Some(by) => {
+                let wait = by
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .saturating_sub(commit::ANSWER_MARGIN);
+                tokio::time::timeout(wait, read)
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout(wait)))
+            }
+        };
+        match found {
             Err(StoreError::Corrupt(_)) => {
                 Err(IntakeError::StoredResponseUnverifiable { order_id: None })
             }

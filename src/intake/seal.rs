@@ -413,6 +413,7 @@ fn seal_order_from(
             created_at,
             mac: response_mac,
         },
+        hold: None,
     })
 }
 

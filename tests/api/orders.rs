@@ -1470,6 +1470,76 @@ async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() 
     assert_eq!(n, 1);
 }
 
+/// A retry that no longer validates (the card expired at midnight, say),
+/// sent while its first attempt — answered 503 "retry" at the time limit
+/// — is still with the writer and may yet commit, gets 409 (retryable),
+/// never a final 422 that would make the storefront re-order under a new
+/// key while the first order lands.
+#[tokio::test]
+async fn a_retry_that_no_longer_validates_waits_while_its_first_attempt_may_commit() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        serve: checkoutd::cli::ServeArgs {
+            request_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let db = app.db().await;
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query(if app.database.is_postgres() {
+        "BEGIN"
+    } else {
+        "BEGIN IMMEDIATE"
+    })
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    if app.database.is_postgres() {
+        sqlx::query("LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    expect_problem(app.post_order("unsure-1", &order_json()).await, 503).await;
+    let mut no_longer_valid = order_json();
+    no_longer_valid["card"]["number"] = "4111 1111 1111 1112".into();
+    let problem = expect_problem(app.post_order("unsure-1", &no_longer_valid).await, 409).await;
+    assert_eq!(
+        problem["type"], "urn:checkoutd:problem:idempotency-key-in-flight",
+        "{problem:#}"
+    );
+    if app.database.is_postgres() {
+        // The lookup of a stored answer — made when a body no longer
+        // validates, exactly when the key's order may exist — held up by
+        // the lock: "retry" before the time limit, not its 408 ("nothing
+        // was kept"). (SQLite's readers do not wait for a writer.)
+        let problem = expect_problem(app.post_order("unsure-2", &no_longer_valid).await, 503).await;
+        assert_ne!(problem["type"], "urn:checkoutd:problem:request-timeout");
+    }
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    // Once the first attempt is resolved, the retry gets its answer: the
+    // first order replayed (201) or, had it not landed, a first commit.
+    let mut answered = false;
+    for _ in 0..100 {
+        let r = app.post_order("unsure-1", &order_json()).await;
+        if r.status() == 503 || r.status() == 409 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(r.status(), 201);
+        answered = true;
+        break;
+    }
+    assert!(answered, "the retry was never answered");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
 #[tokio::test]
 async fn malformed_paths_and_slow_bodies_get_problem_documents() {
     let app = crate::helpers::spawn_app_with(crate::helpers::Options {
