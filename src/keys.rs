@@ -202,6 +202,17 @@ pub async fn rotate(
 ) -> Result<Vec<String>, KeysError> {
     let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
+    if let Some(why) = behind_the_database(store, &keyring).await? {
+        log_operation(
+            store,
+            &keyring,
+            "keys rotate".into(),
+            classes.iter().map(|c| c.as_str().to_owned()).collect(),
+            Outcome::Denied,
+        )
+        .await?;
+        return Err(KeysError::Refused(why));
+    }
     let rng = SystemRandom::new();
     let now = crate::ids::now();
     let mut made = Vec::new();
@@ -231,6 +242,48 @@ pub async fn rotate(
     .await?;
     told?;
     Ok(made)
+}
+
+/// Why `keyring` must not rotate anything against this database, if it
+/// must not: the database knows a rotation this keyring has not seen — an
+/// active version retired, or records under a version newer than any it
+/// holds, in any class. That is another copy of the keyring (another
+/// host's, before the new file reached this one) having rotated already.
+/// Rotating the same class here would make a different key under the same
+/// version number, and the records sealed under one of the two could
+/// never be opened again; rotating another class would fork the keyring
+/// file, and installing either copy would lose the other's new key.
+async fn behind_the_database(
+    store: &dyn Store,
+    keyring: &Keyring,
+) -> Result<Option<String>, KeysError> {
+    let info = keyring.kek_info();
+    for class in &DataClass::ALL {
+        let versions = info.iter().filter(|k| k.class == *class);
+        let newest = versions.clone().map(|k| k.version).max().unwrap_or(0);
+        let active = versions
+            .filter(|k| k.state == KekState::Active)
+            .map(|k| k.version)
+            .max();
+        let newer_in_use = store
+            .kek_usage(*class)
+            .await?
+            .into_iter()
+            .any(|(version, n)| version > newest && n > 0);
+        let active_retired = match active {
+            Some(v) => store.kek_retired(*class, v).await?,
+            None => false,
+        };
+        if newer_in_use || active_retired {
+            return Ok(Some(format!(
+                "the database already knows a rotation of {} that this keyring has not seen \
+                 (another copy of the keyring rotated it): install the newest keyring file \
+                 here instead of rotating again",
+                class.as_str()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Re-wraps every data key of `classes` not under the active KEK version.

@@ -106,6 +106,71 @@ async fn a_replaced_keyring_is_let_go_by_the_running_server() {
     );
 }
 
+/// Two copies of one keyring — two hosts on one database, the rotated file
+/// not yet copied to the second — must not both rotate: each would make
+/// its own card/v2, and the records sealed under one of them could never
+/// be opened. The stale copy is refused (and the refusal logged) until the
+/// newest file is installed.
+#[tokio::test]
+async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
+    use std::os::unix::fs::DirBuilderExt;
+    let app = spawn_app().await;
+    order(&app, "stale-copy-1").await;
+    let data = app.dir.path().join("data");
+    let other = app.dir.path().join("other-host");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&other)
+        .unwrap();
+    for file in ["keyring.json", "master.key"] {
+        std::fs::copy(data.join(file), other.join(file)).unwrap();
+    }
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    order(&app, "stale-copy-2").await;
+    let stale = std::fs::read(other.join("keyring.json")).unwrap();
+    let out = checkoutd(&app)
+        .env("CHECKOUTD_DATA_DIR", &other)
+        .args(["keys", "rotate", "--class", "card"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stale keyring rotated: {stderr}");
+    assert!(stderr.contains("another copy of the keyring"), "{stderr}");
+    assert_eq!(std::fs::read(other.join("keyring.json")).unwrap(), stale);
+    // Nor another class: the two files would fork, and installing either
+    // would lose the other's new key.
+    let out = checkoutd(&app)
+        .env("CHECKOUTD_DATA_DIR", &other)
+        .args(["keys", "rotate", "--class", "billing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a stale keyring rotated billing");
+    assert_eq!(std::fs::read(other.join("keyring.json")).unwrap(), stale);
+    // With the newest file installed, the card class rotates on.
+    std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
+    let out = checkoutd(&app)
+        .env("CHECKOUTD_DATA_DIR", &other)
+        .args(["keys", "rotate", "--class", "card"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log: Value = app
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "keys rotate" && e["outcome"] == "denied"),
+        "the refused rotation is not in the access log"
+    );
+}
+
 /// `keys` run without the service's database setting (another URL, or
 /// none: the data directory's default file) must not count "no record
 /// uses card/v1" in the wrong database and destroy a key the real one
