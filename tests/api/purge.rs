@@ -595,9 +595,25 @@ async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_
         .unwrap();
     assert!(report.verified, "{:#?}", report.failures);
     assert_eq!(report.purged.get("contact"), Some(&2));
-    // What the purge kept is under its MAC: pointing it at someone else is
-    // reported.
+    // A purge is append-only: the database refuses to delete one (the
+    // purged order's "no" would stop counting, an older "yes" would be
+    // the latest again) or to edit one.
     let db = app.db().await;
+    for tamper in [
+        "DELETE FROM purges WHERE order_id = $1",
+        "UPDATE purges SET email_blind_index = NULL WHERE order_id = $1",
+    ] {
+        let refused = sqlx::query(tamper).bind(&bob_first).execute(&db).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("append-only")),
+            "{tamper}: {refused:?}"
+        );
+    }
+    // What the purge kept is under its MAC: someone who switches the guard
+    // off and points it at someone else is reported.
+    app.unguard("purges").await;
     sqlx::query("UPDATE purges SET email_blind_index = (SELECT email_blind_index FROM contact_emails WHERE order_id = $1) WHERE order_id = $2 AND class = 'contact'")
         .bind(&first)
         .bind(&bob_first)
