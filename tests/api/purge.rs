@@ -595,6 +595,14 @@ async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_
         .unwrap();
     assert!(report.verified, "{:#?}", report.failures);
     assert_eq!(report.purged.get("contact"), Some(&2));
+    // The report's consent figures agree with the export: Bob consents,
+    // Ada — her purged latest "no" still counting — does not.
+    assert_eq!(report.consent.customers, 2);
+    assert_eq!(report.consent.consenting.get("special_offers"), Some(&1));
+    assert_eq!(
+        report.consent.not_consenting.get("special_offers"),
+        Some(&1)
+    );
     // A purge is append-only: the database refuses to delete one (the
     // purged order's "no" would stop counting, an older "yes" would be
     // the latest again) or to edit one.

@@ -366,12 +366,23 @@ pub async fn totals(pool: &AnyPool) -> Result<Totals, StoreError> {
     Ok(t)
 }
 
+/// Every (subject, order) pair of the consent histories, reached as the
+/// audience export and the consent proof reach them ([`subject_orders`]):
+/// through the order's contact record, or the contact purge that kept its
+/// blind index. (Through billing records, as before, a purged order's
+/// latest "no" dropped out and an older "yes" was counted.)
+const SUBJECT_ORDERS: &str = "SELECT email_blind_index AS bi, order_id FROM contact_emails
+     UNION ALL
+     SELECT email_blind_index AS bi, order_id FROM purges
+      WHERE class = 'contact' AND email_blind_index IS NOT NULL";
+
 pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
-    let customers: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM billing_details")
-            .fetch_one(pool)
-            .await
-            .map_err(err)?;
+    let customers: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(DISTINCT bi) FROM ({SUBJECT_ORDERS}) AS reach"
+    ))
+    .fetch_one(pool)
+    .await
+    .map_err(err)?;
     let customers = u64::try_from(customers).unwrap_or(0);
     let mut stats = ConsentStats {
         customers,
@@ -382,11 +393,11 @@ pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
         // customer's latest checkout tag grants it and no withdrawal since.
         let consenting: i64 = sqlx::query_scalar(&format!(
             "WITH ranked AS (
-                SELECT b.email_blind_index AS bi, o.seq,
-                       row_number() OVER (PARTITION BY b.email_blind_index
+                SELECT r.bi, o.seq,
+                       row_number() OVER (PARTITION BY r.bi
                                           ORDER BY t.captured_at DESC, t.id DESC) AS rn
-                  FROM billing_details b
-                  JOIN orders o ON o.id = b.order_id
+                  FROM ({SUBJECT_ORDERS}) AS r
+                  JOIN orders o ON o.id = r.order_id
                   JOIN consent_tags t ON t.id = o.consent_tag_id),
              latest AS (SELECT bi, seq FROM ranked WHERE rn = 1)
              SELECT count(*) FROM latest l
