@@ -46,7 +46,8 @@ client certificate issued by checkoutd's client CA (mutual TLS); the certificate
 caller's role as a URI subject alternative name `urn:checkoutd:role:<role>`. Each operation is \
 tagged with the one role that may call it (or `public`), and lists it in `x-checkoutd-roles`. \
 No certificate: 401; a certificate of another role: 403. Every error is an RFC 9457 \
-`application/problem+json` document. Every response carries HSTS, `nosniff` and (except this \
+`application/problem+json` document, except those of the public HTML opt-out page \
+(`POST /unsubscribe`), which are HTML for the customer's browser. Every response carries HSTS, `nosniff` and (except this \
 description) `Cache-Control: no-store`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
