@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::Value;
 
 use super::AppState;
-use super::shipments::store_problem;
+use super::store_problem;
 use crate::consent::{Channel, LedgerError, Withdrawal, parse_opt_out};
 use crate::domain::consent::Purposes;
 use crate::domain::contact::Email;

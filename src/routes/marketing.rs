@@ -13,7 +13,7 @@ use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::shipments::store_problem;
+use super::store_problem;
 use crate::domain::consent::Purposes;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};

@@ -436,6 +436,18 @@ pub const SMALL_BODY: usize = 4 * 1024;
 
 /// A small JSON body: `application/json` only (415), at most
 /// [`SMALL_BODY`] bytes (413), strict JSON — no repeated members (400).
+/// A failed database operation as the client hears it: "retry" (503 with
+/// `Retry-After`) when the database is away or busy, a 500 otherwise —
+/// every read and write route answers a store error here, the same way.
+fn store_problem(error: &crate::store::StoreError) -> Response {
+    tracing::error!(error = %error, "a database operation failed");
+    if error.is_unavailable() {
+        Problem::unavailable("The database is unavailable").into_response()
+    } else {
+        Problem::internal().into_response()
+    }
+}
+
 fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, Problem> {
     use http::{StatusCode, header};
     let media = headers

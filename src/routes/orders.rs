@@ -309,6 +309,7 @@ pub struct SummaryConsent<'a> {
         (status = 200, description = "The masked summary", body = OrderSummary),
         (status = 404, description = "No such order for this client (also for an id that is not a UUID)"),
         (status = 500, description = "The server failed"),
+        (status = 503, description = "The database is unavailable; retry"),
     )
 )]
 pub async fn summary(
@@ -369,9 +370,6 @@ pub async fn summary(
             .into_response()
         }
         Ok(None) => Problem::not_found().into_response(),
-        Err(error) => {
-            tracing::error!(error = %error, "reading an order summary failed");
-            Problem::internal().into_response()
-        }
+        Err(error) => super::store_problem(&error),
     }
 }

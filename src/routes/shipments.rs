@@ -2,6 +2,7 @@
 //! (fulfillment). Every list of personal data is written to the access log,
 //! naming each order returned, before the response leaves.
 
+use super::store_problem;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
@@ -419,15 +420,6 @@ fn parse_dispatch(value: Value) -> Result<(String, String), Problem> {
             Problem::unprocessable("invalid-dispatch", "The dispatch has errors")
                 .with_errors(errors),
         ),
-    }
-}
-
-pub(super) fn store_problem(error: &crate::store::StoreError) -> Response {
-    tracing::error!(error = %error, "a database operation failed");
-    if error.is_unavailable() {
-        Problem::unavailable("The database is unavailable").into_response()
-    } else {
-        Problem::internal().into_response()
     }
 }
 

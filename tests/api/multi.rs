@@ -267,6 +267,15 @@ async fn a_database_outage_is_a_retryable_503_and_heals_without_a_restart() {
         .unwrap();
     assert!(r.headers().contains_key("retry-after"));
     expect_problem(r, 503).await;
+    // The storefront's summary too: "retry", not a server failure.
+    let r = app
+        .client(Role::Storefront)
+        .get(app.url(&format!("/v1/orders/{first}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    expect_problem(r, 503).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // readiness cache
     let r = app
         .anonymous()
