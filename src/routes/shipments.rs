@@ -51,7 +51,7 @@ pub struct ShipmentPage {
     path = "/v1/shipments",
     operation_id = "listShipments",
     params(
-        ("status" = Option<StatusFilter>, Query, description = "`pending` (default: accepted, not yet dispatched) or `dispatched`"),
+        ("status" = Option<StatusFilter>, Query, description = "`pending` (default: accepted, not yet dispatched) or `dispatched`. Both are in the order the orders were taken. The pending listing is a feed: a new order always comes after every cursor. The dispatched listing is not: an older order dispatched while you page through it lands behind your cursor, so re-read it from the start to reconcile."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1 to 500 (default 50)"),
         ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{72}$", description = "The `next_cursor` of the previous page (opaque; valid only for the same listing)"),
     ),
