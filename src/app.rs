@@ -45,7 +45,8 @@ pub enum StartupError {
     #[error(transparent)]
     Anchors(#[from] crate::audit::anchors::AnchorError),
     #[error(
-        "{0} lacks server.pem or server-key.pem; with --client-ca set no development PKI is created"
+        "{0} lacks server.pem or server-key.pem; with --client-ca or --master-key-share set \
+         (a production configuration) no development PKI is created"
     )]
     ServerCertificateMissing(std::path::PathBuf),
     #[error("cannot listen on {addr}")]
@@ -77,6 +78,11 @@ impl Application {
         // keyrings over each other.
         let keyring_path = settings.store.data_dir.join(keyring::FILE_NAME);
         let _first_run = first_run_lock(settings, &keyring_path).await?;
+        if !settings.store.master_key_shares.is_empty() && !keyring_path.exists() {
+            // With custodian shares, a keyring is made only by `keys init`
+            // (which makes the shares too), never implicitly.
+            return Err(StartupError::KeyringNotInitialised(keyring_path));
+        }
         // The chains' heads the last intact report saw, kept across
         // restarts (a rollback while the server was down fails the first
         // report, consent proof and audience export). Read before anything
@@ -88,6 +94,18 @@ impl Application {
                 .join(crate::audit::anchors::FILE_NAME),
         )?;
         let ledger_verified = report_job.anchor().consent_ledger;
+        if !settings.store.master_key_shares.is_empty() && settings.client_ca.is_none() {
+            // Production key handling, yet clients are trusted through the
+            // certificates directory's ca.pem: the development PKI's CA,
+            // whose role keys lie beside it. Said at every start.
+            notices.push(banner(&[
+                "WARNING: --master-key-share is set but --client-ca is not: clients",
+                "are trusted through ca.pem in the certificates directory (the",
+                "development PKI's CA, whose role keys lie beside it):",
+                &settings.certs_dir.display().to_string(),
+                "Give --client-ca your own client CA for real cards.",
+            ]));
+        }
         if ensure_certificates(settings)? {
             notices.push(banner(&[
                 "WARNING: no server certificate was found, so checkoutd created a",
@@ -132,11 +150,6 @@ impl Application {
             // first run: a new keyring would make old records unreadable
             // and new ones unrelated to them.
             return Err(StartupError::KeyringMissing(keyring_path));
-        }
-        if !settings.store.master_key_shares.is_empty() && !keyring_path.exists() {
-            // With custodian shares, a keyring is made only by `keys init`
-            // (which makes the shares too), never implicitly.
-            return Err(StartupError::KeyringNotInitialised(keyring_path));
         }
         let master = master_key(settings, &keyring_path)?;
         let (keyring, created) =
@@ -358,7 +371,8 @@ fn watch_keyring(
 /// directory holding only some of the files is refused, naming what is
 /// missing (see [`pki::ensure_dev_pki`]).
 fn ensure_certificates(settings: &Settings) -> Result<bool, StartupError> {
-    if settings.client_ca.is_some() && !pki::server_cert_present(&settings.certs_dir) {
+    let production = settings.client_ca.is_some() || !settings.store.master_key_shares.is_empty();
+    if production && !pki::server_cert_present(&settings.certs_dir) {
         return Err(StartupError::ServerCertificateMissing(
             settings.certs_dir.clone(),
         ));

@@ -617,6 +617,30 @@ async fn custodian_shares_are_all_needed_and_checked() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
 
+    // Production key handling never gets a development PKI made for it:
+    // with no server certificate, the start is refused and nothing written.
+    let empty = dir.path().join("no-certs");
+    let refused = checkoutd::app::Application::build(
+        &checkoutd::config::Settings::from_args(&checkoutd::cli::ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            certs_dir: Some(empty.clone()),
+            store: checkoutd::cli::StoreArgs {
+                data_dir: Some(data.clone()),
+                master_key_shares: vec![s1.clone(), s2.clone()],
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+    .await
+    .err()
+    .expect("a development PKI was made for a production configuration");
+    assert!(
+        refused.to_string().contains("no development PKI"),
+        "{refused}"
+    );
+    assert!(!empty.join("ca.pem").exists());
     // The service starts with the shares and takes orders.
     let pki = checkoutd::pki::DevPki::generate().unwrap();
     pki.write_to(&dir.path().join("certs")).unwrap();
@@ -644,6 +668,15 @@ async fn custodian_shares_are_all_needed_and_checked() {
         "one share is not enough to serve"
     );
     let app = checkoutd::app::Application::build(&settings).await.unwrap();
+    // Without --client-ca the certificates directory's CA is trusted: said
+    // at every start.
+    assert!(
+        app.startup_notices()
+            .iter()
+            .any(|n| n.contains("--client-ca is not")),
+        "{:?}",
+        app.startup_notices()
+    );
     let addr = app.local_addr();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     let cert = pki.client(Role::Storefront).unwrap();
