@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::intake::KeyHold;
 use crate::store::rows::{CommitOutcome, NewOrder};
 use crate::store::{Store, StoreError};
 
@@ -59,7 +60,13 @@ impl OrderSink for Arc<dyn Store> {
 struct Job {
     order: NewOrder,
     done: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    /// The order's Idempotency-Key kept busy in this process until the
+    /// order is resolved (see `intake::KeyHold`).
+    hold: Option<KeyHold>,
 }
+
+/// The key holds of a batch's orders, in the batch's order.
+type Holds = Vec<Option<KeyHold>>;
 
 /// The handle request tasks commit through.
 pub struct GroupCommit {
@@ -89,9 +96,14 @@ impl GroupCommit {
     /// never sent for an order that may still commit. An order whose caller
     /// stopped waiting is left out of the next batch; only one already
     /// being committed may still land, and a retry then replays it.
+    ///
+    /// `hold` is kept until the order is resolved: answered, left out, or —
+    /// when its commit outlived [`COMMIT_TIMEOUT`] and was answered 503 —
+    /// until the store call that may still commit it has returned.
     pub async fn commit(
         &self,
         order: NewOrder,
+        hold: Option<KeyHold>,
         answer_by: Option<tokio::time::Instant>,
     ) -> Result<CommitOutcome, StoreError> {
         let wait = answer_by.map(|by| {
@@ -103,7 +115,7 @@ impl GroupCommit {
         }
         let (done, answer) = oneshot::channel();
         self.jobs
-            .try_send(Job { order, done })
+            .try_send(Job { order, done, hold })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => StoreError::Busy,
                 mpsc::error::TrySendError::Closed(_) => StoreError::WriterStopped,
@@ -123,6 +135,7 @@ impl GroupCommit {
 pub const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
+    let store = Arc::new(store);
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         // A caller that stopped waiting (answered 503 at its time limit,
@@ -132,11 +145,19 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
         if jobs.is_empty() {
             continue;
         }
-        let (orders, waiters): (Vec<NewOrder>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.order, j.done)).unzip();
+        let mut orders = Vec::with_capacity(jobs.len());
+        let mut waiters = Vec::with_capacity(jobs.len());
+        let mut holds: Holds = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            orders.push(job.order);
+            waiters.push(job.done);
+            holds.push(job.hold);
+        }
         let orders: Arc<[NewOrder]> = orders.into();
         let started = Instant::now();
-        let result = commit(&store, orders.clone()).await;
+        // The holds come back with the outcome; a commit that timed out
+        // keeps them until its store call returns.
+        let (result, holds) = commit(&store, orders.clone(), holds).await;
         crate::telemetry::commit_batch(orders.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
@@ -144,6 +165,7 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {
                     let _ = done.send(Ok(outcome));
                 }
+                drop(holds);
             }
             Ok(_) => fail_all(
                 waiters,
@@ -157,45 +179,69 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
                 fail_all(waiters, error);
             }
             Err(error) => {
+                // The batch was rolled back (a non-transient error is never
+                // one whose outcome is unknown), so its holds are the
+                // orders' own again: each goes with its order's answer.
                 tracing::warn!(error = %error, orders = orders.len(), "a commit batch failed; retrying its orders one by one");
-                let mut waiters = waiters.into_iter();
+                let holds = holds.unwrap_or_else(|| waiters.iter().map(|_| None).collect());
+                let mut waiters = waiters.into_iter().zip(holds);
                 for order in orders.iter() {
-                    let Some(done) = waiters.next() else { break };
+                    let Some((done, hold)) = waiters.next() else {
+                        break;
+                    };
                     if done.is_closed() {
                         continue;
                     }
-                    let one = commit(&store, Arc::from(std::slice::from_ref(order)))
-                        .await
-                        .and_then(|mut o| {
-                            o.pop()
-                                .ok_or(StoreError::Incomplete("the store answered no outcome"))
-                        });
+                    let (one, hold) =
+                        commit(&store, Arc::from(std::slice::from_ref(order)), vec![hold]).await;
+                    let one = one.and_then(|mut o| {
+                        o.pop()
+                            .ok_or(StoreError::Incomplete("the store answered no outcome"))
+                    });
                     match one {
                         // The database went away meanwhile: the rest get
                         // that answer at once instead of each waiting.
                         Err(error) if error.is_unavailable() && !error.is_retired_kek() => {
-                            let rest: Vec<_> =
-                                std::iter::once(done).chain(waiters.by_ref()).collect();
+                            let rest: Vec<_> = std::iter::once(done)
+                                .chain(waiters.by_ref().map(|(done, _)| done))
+                                .collect();
                             fail_all(rest, error);
                         }
                         one => {
                             let _ = done.send(one);
                         }
                     }
+                    drop(hold);
                 }
             }
         }
     }
 }
 
-/// One `commit_orders` call, bounded by [`COMMIT_TIMEOUT`].
-async fn commit(
-    store: &impl OrderSink,
+/// One `commit_orders` call, waited for at most [`COMMIT_TIMEOUT`], with
+/// the batch's key holds. The call runs in a task of its own that owns the
+/// batch and the holds: when the wait ends first, the orders are answered
+/// 503 ("retry with the same key") while the call goes on — SQLite's
+/// writer thread finishing the batch, PostgreSQL's statement still running
+/// on the server — and may yet commit. Their keys stay busy until it
+/// returns, so a retry meanwhile is told 409, never answered as if the
+/// first attempt had failed. `None` holds: kept by that task.
+async fn commit<S: OrderSink>(
+    store: &Arc<S>,
     orders: Arc<[NewOrder]>,
-) -> Result<Vec<CommitOutcome>, StoreError> {
-    tokio::time::timeout(COMMIT_TIMEOUT, store.commit_orders(orders))
-        .await
-        .unwrap_or(Err(StoreError::Timeout(COMMIT_TIMEOUT)))
+    holds: Holds,
+) -> (Result<Vec<CommitOutcome>, StoreError>, Option<Holds>) {
+    let store = store.clone();
+    let call = tokio::spawn(async move {
+        let result = store.commit_orders(orders).await;
+        (result, holds)
+    });
+    match tokio::time::timeout(COMMIT_TIMEOUT, call).await {
+        Ok(Ok((result, holds))) => (result, Some(holds)),
+        // The call panicked: the batch's transaction went with it.
+        Ok(Err(_)) => (Err(StoreError::Incomplete("the commit call failed")), None),
+        Err(_) => (Err(StoreError::Timeout(COMMIT_TIMEOUT)), None),
+    }
 }
 
 fn fail_all(waiters: Vec<oneshot::Sender<Result<CommitOutcome, StoreError>>>, error: StoreError) {
@@ -280,7 +326,7 @@ mod tests {
             .into_iter()
             .map(|o| {
                 let writer = writer.clone();
-                tokio::spawn(async move { writer.commit(o, None).await })
+                tokio::spawn(async move { writer.commit(o, None, None).await })
             })
             .collect();
         let mut results = Vec::new();
@@ -380,11 +426,13 @@ mod tests {
         // The first order occupies the writer for 5 s.
         let first = {
             let (writer, o) = (writer.clone(), order(&rng, &keyring, 0));
-            tokio::spawn(async move { writer.commit(o, None).await })
+            tokio::spawn(async move { writer.commit(o, None, None).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let by = tokio::time::Instant::now() + Duration::from_secs(2);
-        let late = writer.commit(order(&rng, &keyring, 1), Some(by)).await;
+        let late = writer
+            .commit(order(&rng, &keyring, 1), None, Some(by))
+            .await;
         assert!(
             matches!(late, Err(StoreError::Timeout(_))),
             "answered as retryable: {late:?}"
@@ -393,7 +441,7 @@ mod tests {
         assert_eq!(tokio::time::Instant::now(), by - ANSWER_MARGIN);
         assert!(matches!(first.await.unwrap(), Ok(CommitOutcome::Committed)));
         // Give the writer its turn: the abandoned order is not written.
-        let third = writer.commit(order(&rng, &keyring, 2), None).await;
+        let third = writer.commit(order(&rng, &keyring, 2), None, None).await;
         assert!(matches!(third, Ok(CommitOutcome::Committed)));
         assert_eq!(
             *calls.lock().unwrap(),
@@ -402,10 +450,48 @@ mod tests {
         );
         // A deadline already too close is refused without queueing.
         let now = writer
-            .commit(order(&rng, &keyring, 3), Some(tokio::time::Instant::now()))
+            .commit(
+                order(&rng, &keyring, 3),
+                None,
+                Some(tokio::time::Instant::now()),
+            )
             .await;
         assert!(matches!(now, Err(StoreError::Timeout(_))));
         assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+
+    /// A commit that outlives group commit's wait is answered 503, but the
+    /// order's key stays busy until the store call returns (it may still
+    /// commit); an order answered normally frees its key at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_stays_busy_until_a_commit_that_outlived_its_wait_returns() {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let set: Arc<crate::intake::InFlight> = Arc::default();
+        let busy = |key: &str| set.lock().unwrap().contains(&([1; 32], key.to_owned()));
+        let writer = GroupCommit::start(Scripted {
+            answers: Mutex::new(vec![Answer::Hang, Answer::Commit]),
+            calls: Arc::default(),
+        });
+        let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
+        let late = writer.commit(order(&rng, &keyring, 0), hold, None).await;
+        assert!(
+            late.as_ref().is_err_and(StoreError::is_unavailable),
+            "{late:?}"
+        );
+        assert!(busy("k-0"), "released while the commit may still land");
+        let hold = KeyHold::taken_in(&set, [1; 32], "k-1");
+        let next = writer.commit(order(&rng, &keyring, 1), hold, None).await;
+        assert!(matches!(next, Ok(CommitOutcome::Committed)), "{next:?}");
+        tokio::task::yield_now().await;
+        assert!(!busy("k-1"), "an answered order's key stays busy");
+        assert!(busy("k-0"));
+        // The hanging call returns (an hour later): only now is k-0 free.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!busy("k-0"), "never released");
     }
 
     /// A sink whose every commit takes 5 s.

@@ -165,7 +165,7 @@ pub struct Intake {
     in_flight: Arc<InFlight>,
 }
 
-type InFlight = Mutex<HashSet<([u8; 32], String)>>;
+pub(crate) type InFlight = Mutex<HashSet<([u8; 32], String)>>;
 
 /// A request's hold on its `(client, key)` pair in this process, taken as
 /// soon as the headers are read (so a duplicate sent while the first body is
@@ -178,13 +178,14 @@ pub struct Claim {
 }
 
 /// The pair's entry in the in-flight set, removed when the last copy is
-/// dropped. The request holds one; its sealed order carries another
-/// (`NewOrder::hold`) for as long as any part of the writer holds the
-/// order. So an order whose request gave up on its commit (answered 503,
-/// "retry with the same key") but that the writer may still commit keeps
-/// its key busy: a retry meanwhile gets 409, retryable, never a final 422
-/// for a body that no longer validates (a card that expired at midnight)
-/// while its first attempt is about to land.
+/// dropped. The request holds one; group commit holds another with the
+/// order until the order is resolved — answered, left out, or, once its
+/// request gave up on the commit (answered 503, "retry with the same
+/// key"), until the store call that may still commit it has returned
+/// (`commit::GroupCommit::commit`). So a retry meanwhile gets 409,
+/// retryable, never a final 422 for a body that no longer validates (a
+/// card that expired at midnight) while its first attempt is about to
+/// land.
 #[derive(Clone)]
 pub struct KeyHold {
     _held: Arc<HeldKey>,
@@ -201,6 +202,22 @@ impl Drop for HeldKey {
         if let Ok(mut set) = self.set.lock() {
             set.remove(&(self.client, std::mem::take(&mut self.key)));
         }
+    }
+}
+
+#[cfg(test)]
+impl KeyHold {
+    /// A hold on `(client, key)` in `set`, taken as `Intake::claim` takes
+    /// one (tests of group commit).
+    pub(crate) fn taken_in(set: &Arc<InFlight>, client: [u8; 32], key: &str) -> Option<Self> {
+        let mut entries = set.lock().ok()?;
+        entries.insert((client, key.to_owned())).then(|| KeyHold {
+            _held: Arc::new(HeldKey {
+                set: set.clone(),
+                client,
+                key: key.to_owned(),
+            }),
+        })
     }
 }
 
@@ -302,10 +319,13 @@ impl Intake {
                 };
             }
         };
-        let mut sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
-        sealed.hold = Some(claim.hold.clone());
+        let sealed = seal::seal_order(&self.rng, &keyring, form, client, key, request_hash)?;
         let response = sealed.idempotency.response.clone();
-        match self.commits.commit(sealed, answer_by).await? {
+        match self
+            .commits
+            .commit(sealed, Some(claim.hold.clone()), answer_by)
+            .await?
+        {
             CommitOutcome::Committed => {
                 crate::telemetry::order_accepted();
                 Ok(Accepted::Created(response))

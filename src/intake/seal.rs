@@ -413,7 +413,6 @@ fn seal_order_from(
             created_at,
             mac: response_mac,
         },
-        hold: None,
     })
 }
 

@@ -29,13 +29,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// than queue without bound), and never leave a transaction open.
 const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '20s'; \
     SET idle_in_transaction_session_timeout = '60s';";
-/// The order writer's session: a batch's statement ends (cancelled by
-/// PostgreSQL, rolled back) before group commit stops waiting for it
-/// (`intake::commit`'s 10-s `COMMIT_TIMEOUT`, answered 503 "retry"), so
-/// that a batch checkoutd gave up on does not commit behind its back while
-/// the retry is already being answered.
-const ORDER_WRITER_SESSION: &str = "SET lock_timeout = '5s'; SET statement_timeout = '8s'; \
-    SET idle_in_transaction_session_timeout = '60s';";
 const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
 
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence
@@ -53,7 +46,7 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
     MIGRATOR.run(&pool).await?;
-    let orders = super::postgres_orders::OrderWriter::open(url, ORDER_WRITER_SESSION).await?;
+    let orders = super::postgres_orders::OrderWriter::open(url, SESSION).await?;
     Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres)
         .with_order_writer(OrderWriter::Postgres(orders)))
 }

@@ -94,10 +94,6 @@ pub struct NewOrder {
     pub recipient: Option<SealedRecord>,
     pub card: CardRecord,
     pub idempotency: IdempotencyRecord,
-    /// Keeps the order's Idempotency-Key busy in this process while any
-    /// part of the writer still holds the order (`intake::KeyHold`); not
-    /// written. `None` outside a request (tests, tools).
-    pub hold: Option<crate::intake::KeyHold>,
 }
 
 /// What became of one order of a batch.
