@@ -413,6 +413,18 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
         );
         refused(&app, "TRUNCATE orders CASCADE").await;
         refused(&app, "TRUNCATE consent_tags CASCADE").await;
+        // The append-only tables: row triggers do not see a TRUNCATE.
+        for table in ["access_log", "consent_events", "purges"] {
+            let truncated = sqlx::query(&format!("TRUNCATE {table}"))
+                .execute(&app.db().await)
+                .await;
+            assert!(
+                truncated
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("append-only")),
+                "TRUNCATE {table}: {truncated:?}"
+            );
+        }
         refused(
             &app,
             &format!("UPDATE orders SET id = 'renamed' WHERE id = '{}'", ids[0]),
