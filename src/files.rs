@@ -108,12 +108,19 @@ pub fn write_atomically(
     if placed.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    if let (Some(dir), Ok(true)) = (dir, &placed) {
-        // The new name is durable only once its directory is: a failure
-        // here is reported (a power loss could bring the old file back
-        // while the caller goes on as if the new one were in place — a
-        // rotated keyring beside a database that retired its old key).
-        sync_dir(dir)?;
+    if let (Some(dir), Ok(true)) = (dir, &placed)
+        && let Err(error) = sync_dir(dir)
+    {
+        // The new file is in place — every process already reads it — but
+        // not yet durable: a power loss could bring the previous one back.
+        // Not an error (the caller must go on as for a placed file: a
+        // rotation must still be told to the database and logged), but
+        // never silent.
+        tracing::warn!(
+            path = %path.display(),
+            %error,
+            "the file is in place, but its directory could not be synced: a power loss may bring the previous version back"
+        );
     }
     placed
 }
