@@ -101,6 +101,11 @@ pub enum KeysCommand {
         store: StoreArgs,
         #[arg(long, value_name = "CLASS", value_parser = CLASSES_OR_ALL)]
         class: String,
+        /// Recovery after restoring keyring.json from a backup older than
+        /// the database's last rotation (rotate is refused otherwise): the
+        /// new versions are numbered above every version the database knows.
+        #[arg(long)]
+        after_keyring_restore: bool,
     },
     /// Re-wrap every data key still under a retired version with the active
     /// one (record ciphertexts are untouched). Batched, resumable, safe while

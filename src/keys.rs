@@ -199,10 +199,12 @@ pub async fn rotate(
     path: &Path,
     master: &MasterKey,
     classes: &[DataClass],
+    after_keyring_restore: bool,
 ) -> Result<Vec<String>, KeysError> {
     let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
-    if let Some(why) = behind_the_database(store, &keyring).await? {
+    let behind = behind_the_database(store, &keyring).await?;
+    if let Some(why) = behind.filter(|_| !after_keyring_restore) {
         log_operation(
             store,
             &keyring,
@@ -217,7 +219,22 @@ pub async fn rotate(
     let now = crate::ids::now();
     let mut made = Vec::new();
     for class in classes {
-        let version = keyring.rotate(&rng, *class, &now)?;
+        let version = if after_keyring_restore {
+            // Above every version the database knows, retired or wrapping
+            // records (a full count of the class's records: this is a
+            // recovery, not the routine rotation).
+            let in_use = store.kek_usage(*class).await?;
+            let floor = in_use
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(v, _)| v)
+                .max()
+                .unwrap_or(0)
+                .max(store.kek_highest_retired(*class).await?);
+            keyring.rotate_above(&rng, *class, floor, &now)?
+        } else {
+            keyring.rotate(&rng, *class, &now)?
+        };
         made.push(format!("{}/v{version}", class.as_str()));
     }
     keyring.save(path, master)?;
@@ -246,9 +263,10 @@ pub async fn rotate(
 
 /// Why `keyring` must not rotate anything against this database, if it
 /// must not: the database knows a rotation this keyring has not seen — an
-/// active version retired, or records under a version newer than any it
-/// holds, in any class. That is another copy of the keyring (another
-/// host's, before the new file reached this one) having rotated already.
+/// active version of any class recorded retired (every rotation records
+/// the versions it retires). That is another copy of the keyring (another
+/// host's, before the new file reached this one) having rotated already,
+/// or a keyring restored from an older backup.
 /// Rotating the same class here would make a different key under the same
 /// version number, and the records sealed under one of the two could
 /// never be opened again; rotating another class would fork the keyring
@@ -257,29 +275,16 @@ async fn behind_the_database(
     store: &dyn Store,
     keyring: &Keyring,
 ) -> Result<Option<String>, KeysError> {
-    let info = keyring.kek_info();
-    for class in &DataClass::ALL {
-        let versions = info.iter().filter(|k| k.class == *class);
-        let newest = versions.clone().map(|k| k.version).max().unwrap_or(0);
-        let active = versions
-            .filter(|k| k.state == KekState::Active)
-            .map(|k| k.version)
-            .max();
-        let newer_in_use = store
-            .kek_usage(*class)
-            .await?
-            .into_iter()
-            .any(|(version, n)| version > newest && n > 0);
-        let active_retired = match active {
-            Some(v) => store.kek_retired(*class, v).await?,
-            None => false,
-        };
-        if newer_in_use || active_retired {
+    for kek in keyring.kek_info() {
+        if kek.state == KekState::Active && store.kek_retired(kek.class, kek.version).await? {
             return Ok(Some(format!(
                 "the database already knows a rotation of {} that this keyring has not seen \
                  (another copy of the keyring rotated it): install the newest keyring file \
-                 here instead of rotating again",
-                class.as_str()
+                 here instead of rotating again. If this keyring was restored from a backup \
+                 and no newer copy exists, `keys rotate --after-keyring-restore` numbers the \
+                 new versions above every version the database knows (records under versions \
+                 this keyring lacks stay unreadable)",
+                kek.class.as_str()
             )));
         }
     }

@@ -292,9 +292,19 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
             let status = checkoutd::keys::status(store.as_ref(), &keyring).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
         }
-        KeysCommand::Rotate { class, .. } => {
-            let made =
-                checkoutd::keys::rotate(store.as_ref(), &path, &master, &classes(&class)?).await?;
+        KeysCommand::Rotate {
+            class,
+            after_keyring_restore,
+            ..
+        } => {
+            let made = checkoutd::keys::rotate(
+                store.as_ref(),
+                &path,
+                &master,
+                &classes(&class)?,
+                after_keyring_restore,
+            )
+            .await?;
             writeln!(out, "new active versions: {}", made.join(", "))?;
         }
         KeysCommand::Rewrap { class, batch, .. } => {

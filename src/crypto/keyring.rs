@@ -77,8 +77,10 @@ struct Kek {
     version: u32,
     state: KekState,
     created_at: String,
-    /// `None` once destroyed.
-    key: Option<Zeroizing<[u8; KEY_LEN]>>,
+    /// `None` once destroyed. Boxed: a KEK's bytes stay where they were
+    /// made while the class's version list grows (a `Vec` growing moves its
+    /// elements and frees the old block unwiped), and are wiped there.
+    key: Option<Box<Zeroizing<[u8; KEY_LEN]>>>,
 }
 
 /// The active KEK of a class: the only thing that can wrap a new data key.
@@ -185,7 +187,7 @@ impl Keyring {
                     version: 1,
                     state: KekState::Active,
                     created_at: now.to_owned(),
-                    key: Some(random_key(rng)?),
+                    key: Some(Box::new(random_key(rng)?)),
                 }],
             );
         }
@@ -260,8 +262,29 @@ impl Keyring {
         class: DataClass,
         now: &str,
     ) -> Result<u32, CryptoError> {
+        self.rotate_above(rng, class, 0, now)
+    }
+
+    /// As [`rotate`](Self::rotate), the new version numbered above `floor`
+    /// too: after a keyring was restored from a backup older than the
+    /// database's last rotation, above every version the database knows,
+    /// so that no version number ever names two keys.
+    pub fn rotate_above(
+        &mut self,
+        rng: &SystemRandom,
+        class: DataClass,
+        floor: u32,
+        now: &str,
+    ) -> Result<u32, CryptoError> {
         let versions = self.keks.get_mut(&class).ok_or(CryptoError::UnknownKey)?;
-        let next = versions.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+        let next = versions
+            .iter()
+            .map(|k| k.version)
+            .max()
+            .unwrap_or(0)
+            .max(floor)
+            .checked_add(1)
+            .ok_or(CryptoError::UnknownKey)?;
         for k in versions.iter_mut().filter(|k| k.state == KekState::Active) {
             k.state = KekState::Retired;
         }
@@ -269,7 +292,7 @@ impl Keyring {
             version: next,
             state: KekState::Active,
             created_at: now.to_owned(),
-            key: Some(random_key(rng)?),
+            key: Some(Box::new(random_key(rng)?)),
         });
         self.generation += 1;
         Ok(next)
@@ -365,10 +388,13 @@ impl Keyring {
             .iter()
             .filter_map(|c| self.keks.get(c).map(|ks| (*c, ks)))
             .map(|(c, ks)| {
-                let copies = ks
-                    .iter()
-                    .filter_map(|k| k.key.as_ref().map(|key| (k.version, Zeroizing::new(**key))))
-                    .collect();
+                // Sized up front: a growing Vec would leave copies behind.
+                let mut copies = Vec::with_capacity(ks.len());
+                copies.extend(ks.iter().filter_map(|k| {
+                    k.key
+                        .as_ref()
+                        .map(|key| (k.version, Zeroizing::new(***key)))
+                }));
                 (c, copies)
             })
             .collect();
@@ -494,7 +520,7 @@ impl Keyring {
                                 "a destroyed KEK still holds key material",
                             ));
                         }
-                        (_, Some(hex)) => Some(key_from_hex(hex)?),
+                        (_, Some(hex)) => Some(Box::new(key_from_hex(hex)?)),
                         (_, None) => return Err(KeyringError::Invalid("a KEK has no key")),
                     },
                 });

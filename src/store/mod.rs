@@ -335,6 +335,11 @@ pub trait Store: Send + Sync + 'static {
         version: u32,
     ) -> Result<bool, StoreError>;
 
+    /// The highest KEK version of `class` the database recorded retired
+    /// (0: none).
+    async fn kek_highest_retired(&self, class: crate::crypto::DataClass)
+    -> Result<u32, StoreError>;
+
     /// Records KEK versions as retired: from now on the database refuses
     /// new records sealed under them.
     async fn retire_keks(

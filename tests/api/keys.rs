@@ -169,6 +169,34 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
             .any(|e| e["action"] == "keys rotate" && e["outcome"] == "denied"),
         "the refused rotation is not in the access log"
     );
+    // A keyring restored from a backup older than the database's last
+    // rotation, with no newer copy left: refused as above, unless asked to
+    // recover, which numbers the new version above every version the
+    // database knows (card/v2 wraps records, v2 is recorded retired).
+    std::fs::write(other.join("keyring.json"), &stale).unwrap();
+    let rotate = |extra: &[&str]| {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &other)
+            .args(["keys", "rotate", "--class", "card"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = rotate(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--after-keyring-restore"),
+        "the way out is named: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let recovered = rotate(&["--after-keyring-restore"]);
+    assert!(
+        recovered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recovered.stderr)
+    );
+    let made = String::from_utf8_lossy(&recovered.stdout);
+    assert!(made.contains("card/v3"), "{made}");
 }
 
 /// `keys` run without the service's database setting (another URL, or

@@ -636,6 +636,19 @@ impl Store for SqlStore {
         Ok(n > 0)
     }
 
+    async fn kek_highest_retired(
+        &self,
+        class: crate::crypto::DataClass,
+    ) -> Result<u32, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM kek_retirements WHERE class = $1")
+                .bind(class.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        Ok(n.and_then(|v| u32::try_from(v).ok()).unwrap_or(0))
+    }
+
     async fn retire_keks(
         &self,
         retired: &[(crate::crypto::DataClass, u32)],
