@@ -555,6 +555,9 @@ async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_
     let bob_first = place(&app, &order_for("bob@example.com", true, false)).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     place(&app, &order_for("bob@example.com", true, false)).await;
+    // Carol says yes once; that order is purged: no address is left.
+    let carol = place(&app, &order_for("carol@example.com", true, false)).await;
+    purge_order(&app, &carol);
     assert_eq!(
         audience(&app, "special_offers").await,
         vec!["bob@example.com"]
@@ -594,9 +597,10 @@ async fn purging_the_order_with_a_customers_latest_choice_never_brings_an_older_
         .await
         .unwrap();
     assert!(report.verified, "{:#?}", report.failures);
-    assert_eq!(report.purged.get("contact"), Some(&2));
+    assert_eq!(report.purged.get("contact"), Some(&3));
     // The report's consent figures agree with the export: Bob consents,
-    // Ada — her purged latest "no" still counting — does not.
+    // Ada — her purged latest "no" still counting — does not, and Carol,
+    // with no address left, is not counted (the export cannot reach her).
     assert_eq!(report.consent.customers, 2);
     assert_eq!(report.consent.consenting.get("special_offers"), Some(&1));
     assert_eq!(

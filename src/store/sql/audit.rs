@@ -376,13 +376,15 @@ const SUBJECT_ORDERS: &str = "SELECT email_blind_index AS bi, order_id FROM cont
      SELECT email_blind_index AS bi, order_id FROM purges
       WHERE class = 'contact' AND email_blind_index IS NOT NULL";
 
+/// Counted as the export counts: customers with an address on file (a
+/// contact record), their latest choice ranked over every order of their
+/// history, purged ones included.
 pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
-    let customers: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(DISTINCT bi) FROM ({SUBJECT_ORDERS}) AS reach"
-    ))
-    .fetch_one(pool)
-    .await
-    .map_err(err)?;
+    let customers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM contact_emails")
+            .fetch_one(pool)
+            .await
+            .map_err(err)?;
     let customers = u64::try_from(customers).unwrap_or(0);
     let mut stats = ConsentStats {
         customers,
@@ -399,7 +401,10 @@ pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
                   FROM ({SUBJECT_ORDERS}) AS r
                   JOIN orders o ON o.id = r.order_id
                   JOIN consent_tags t ON t.id = o.consent_tag_id),
-             latest AS (SELECT bi, seq FROM ranked WHERE rn = 1)
+             latest AS (SELECT bi, seq FROM ranked
+                         WHERE rn = 1
+                           AND EXISTS (SELECT 1 FROM contact_emails c
+                                        WHERE c.email_blind_index = ranked.bi))
              SELECT count(*) FROM latest l
                JOIN orders o ON o.seq = l.seq
                JOIN consent_tags t ON t.id = o.consent_tag_id
