@@ -75,6 +75,9 @@ pub struct Connection {
     unsent: Mutex<(u64, std::collections::BTreeMap<u64, u64>)>,
     /// The client's address key (see [`client_key`]).
     client: IpAddr,
+    /// Its client certificate no longer verifies (revoked, expired, its CA
+    /// or CRL changed): while it drains, no request runs with its role.
+    withdrawn: std::sync::atomic::AtomicBool,
 }
 
 /// Which connections a shed may pick.
@@ -128,6 +131,16 @@ impl Connection {
 
     /// The handshake is done: the idle grace ([`MIN_IDLE_MS`]) counts from
     /// now, so a client far away still has time to send its request.
+    /// Marks the connection's certificate as no longer trusted.
+    pub fn withdraw(&self) {
+        self.withdrawn.store(true, Ordering::Release);
+    }
+
+    /// Whether [`withdraw`](Self::withdraw) was called.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Acquire)
+    }
+
     pub fn handshake_done(&self, certified: bool) {
         self.certified.store(certified, Ordering::Release);
         self.idle_since_ms.store(self.now_ms(), Ordering::Release);
@@ -324,6 +337,7 @@ impl Register {
             responding: AtomicU64::new(0),
             unsent: Mutex::new((0, std::collections::BTreeMap::new())),
             client: client_key(ip),
+            withdrawn: std::sync::atomic::AtomicBool::new(false),
         });
         connection
             .idle_since_ms

@@ -426,6 +426,11 @@ async fn serve(
         Vec::new()
     };
     connection.handshake_done(certified);
+    // A rebuild (a new CRL, say) landed during the handshake, which ran
+    // under the configuration before it: checked now, before any request.
+    if certified && reloads.has_changed().unwrap_or(false) && !shared.tls.trusts(&chain) {
+        connection.withdraw();
+    }
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
         // anonymous connection makes room; if all are busy, this one is
@@ -566,7 +571,11 @@ async fn serve(
             // whose certificate no longer verifies is closed (its requests
             // in flight get the drain time to finish).
             _ = reloads.changed(), if !finishing && certified => {
-                if !shared.tls.trusts(&chain) {
+                if connection.is_withdrawn() || !shared.tls.trusts(&chain) {
+                    // From now on its requests run without a role (HTTP/2
+                    // takes new streams until the client acknowledges the
+                    // GOAWAY's ping, for up to the drain time).
+                    connection.withdraw();
                     finishing = true;
                     tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
                     crate::telemetry::connection_refused("certificate_no_longer_valid");
@@ -644,7 +653,8 @@ async fn handle(
     };
     let permit = in_flight.try_acquire(req.uri().path());
     let mut req = req.map(Body::new);
-    req.extensions_mut().insert(peer);
+    req.extensions_mut()
+        .insert(as_trusted_now(peer, &connection));
     if permit.is_none() {
         req.extensions_mut().insert(crate::http::guard::Overloaded);
     }
@@ -666,6 +676,19 @@ async fn handle(
             held: responding,
         })
     }))
+}
+
+/// The peer as a request on `connection` sees it: once the connection's
+/// certificate no longer verifies, its requests carry no role — refused
+/// 403 by the role guard and written to the access log with the
+/// certificate's fingerprint — while the connection drains.
+fn as_trusted_now(mut peer: Peer, connection: &Connection) -> Peer {
+    if connection.is_withdrawn()
+        && let ClientIdentity::Certified { role, .. } = &mut peer.identity
+    {
+        *role = None;
+    }
+    peer
 }
 
 /// Counts a request as abandoned when its future is dropped unfinished (an
@@ -880,6 +903,52 @@ mod tests {
         fn progressed(&mut self) {
             *self += 1;
         }
+    }
+
+    /// Once its certificate is withdrawn, a connection's requests carry no
+    /// role (the guard refuses them) while it drains; before, they carry
+    /// the certificate's role; an anonymous peer is left as it is.
+    #[test]
+    fn a_withdrawn_certificate_s_requests_carry_no_role() {
+        let register = Register::new();
+        let local = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let registration = register.register(local);
+        let connection = registration.connection.clone();
+        let fingerprint =
+            identity::CertFingerprint::of(&rustls_pki_types::CertificateDer::from(vec![1u8]));
+        let peer = || Peer {
+            addr: std::net::SocketAddr::new(local, 1),
+            tls_version: "TLSv1.3",
+            identity: ClientIdentity::Certified {
+                fingerprint,
+                role: Some(identity::Role::Storefront),
+            },
+        };
+        let before = as_trusted_now(peer(), &connection);
+        assert!(matches!(
+            before.identity,
+            ClientIdentity::Certified {
+                role: Some(identity::Role::Storefront),
+                ..
+            }
+        ));
+        connection.withdraw();
+        let after = as_trusted_now(peer(), &connection);
+        assert_eq!(
+            after.identity,
+            ClientIdentity::Certified {
+                fingerprint,
+                role: None
+            }
+        );
+        let anonymous = Peer {
+            identity: ClientIdentity::Anonymous,
+            ..peer()
+        };
+        assert_eq!(
+            as_trusted_now(anonymous, &connection).identity,
+            ClientIdentity::Anonymous
+        );
     }
 
     /// A newcomer waiting for a slot sheds one idle connection, not one per
