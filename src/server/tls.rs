@@ -46,6 +46,11 @@ pub enum TlsError {
     Empty { what: &'static str, path: PathBuf },
     #[error("the client CRL file {path} holds no certificate revocation list")]
     NoCrl { path: PathBuf },
+    #[error(
+        "the client CRL file {path} holds two lists from one CA (the first would be used, \
+         whichever is newer): keep only each CA's newest list"
+    )]
+    TwoCrlsFromOneCa { path: PathBuf },
     #[error("cannot read {path}")]
     ReadFile {
         path: PathBuf,
@@ -412,12 +417,11 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
         crl_expiries = next_updates(&crls, path)?;
-        // The client CAs issue end-entity certificates directly; an
-        // expired CRL or a CA without one fails closed.
-        verifier = verifier
-            .with_crls(crls)
-            .only_check_end_entity_revocation()
-            .enforce_revocation_expiration();
+        // Every certificate below the trust anchor is checked, an issuing
+        // intermediate included (a compromised one, revoked in its root's
+        // list, must not go on minting roles); an expired list, or a CA of
+        // the chain without one, fails closed.
+        verifier = verifier.with_crls(crls).enforce_revocation_expiration();
     }
     let verifier = verifier.build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -436,17 +440,25 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
 }
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
-/// expires).
+/// expires). A file with two lists from one CA is refused: the verifier
+/// would use the first, so a newer list appended after the old one (`cat
+/// new.crl >> crl.pem`) would be ignored until the old one expired.
 fn next_updates(
     crls: &[CertificateRevocationListDer<'_>],
     path: &Path,
 ) -> Result<Vec<std::time::SystemTime>, TlsError> {
     let mut out = Vec::new();
+    let mut issuers = std::collections::HashSet::new();
     for crl in crls {
         let (_, parsed) =
             x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
                 path: path.to_owned(),
             })?;
+        if !issuers.insert(parsed.issuer().as_raw().to_vec()) {
+            return Err(TlsError::TwoCrlsFromOneCa {
+                path: path.to_owned(),
+            });
+        }
         if let Some(next) = parsed.next_update() {
             out.push(
                 std::time::UNIX_EPOCH
@@ -487,6 +499,115 @@ pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 mod tests {
     use super::*;
     use rustls::SupportedCipherSuite;
+
+    /// A client CA that issues through an intermediate: revoking the
+    /// intermediate in the root's list revokes every certificate it
+    /// issued, and each CA of the chain needs its list.
+    #[test]
+    fn a_revoked_intermediate_revokes_what_it_issued() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, KeyPair,
+            KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let ca_params = |serial: u64| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, format!("test CA {serial}"));
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.serial_number = Some(SerialNumber::from(serial));
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root = ca_params(1).self_signed(&root_key).unwrap();
+        let middle_key = KeyPair::generate().unwrap();
+        let middle = ca_params(2)
+            .signed_by(&middle_key, &root, &root_key)
+            .unwrap();
+        let mut leaf_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        leaf_params.subject_alt_names = vec![SanType::URI(
+            "urn:checkoutd:role:storefront".try_into().unwrap(),
+        )];
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &middle, &middle_key)
+            .unwrap();
+        let list = |revoked: Vec<RevokedCertParams>, issuer: &rcgen::Certificate, key: &KeyPair| {
+            CertificateRevocationListParams {
+                this_update: now - time::Duration::minutes(5),
+                next_update: now + time::Duration::days(7),
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: revoked,
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(issuer, key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        let middle_revoked_again = || RevokedCertParams {
+            serial_number: SerialNumber::from(2u64),
+            revocation_time: now - time::Duration::minutes(1),
+            reason_code: Some(rcgen::RevocationReason::CaCompromise),
+            invalidity_date: None,
+        };
+        let middle_revoked = middle_revoked_again();
+        let dir = tempfile::tempdir().unwrap();
+        crate::pki::DevPki::generate()
+            .unwrap()
+            .write_to(&dir.path().join("certs"))
+            .unwrap();
+        let ca = dir.path().join("client-ca.pem");
+        std::fs::write(&ca, root.pem()).unwrap();
+        let crl = dir.path().join("client-crl.pem");
+        let verifies = |crls: String| {
+            std::fs::write(&crl, crls).unwrap();
+            let files = TlsFiles::in_dir(&dir.path().join("certs"), Some(&ca), Some(&crl));
+            let (_, verifier, _) = config_and_verifier(&files).unwrap();
+            let verified = verifier.verify_client_cert(
+                leaf.der(),
+                std::slice::from_ref(middle.der()),
+                rustls_pki_types::UnixTime::now(),
+            );
+            verified.is_ok()
+        };
+        let middle_list = list(Vec::new(), &middle, &middle_key);
+        assert!(verifies(format!(
+            "{}{middle_list}",
+            list(Vec::new(), &root, &root_key)
+        )));
+        assert!(
+            !verifies(format!(
+                "{}{middle_list}",
+                list(vec![middle_revoked], &root, &root_key)
+            )),
+            "a revoked intermediate's certificate was accepted"
+        );
+        assert!(
+            !verifies(middle_list.clone()),
+            "the root's list is missing: fails closed"
+        );
+        // A newer list appended after an older one from the same CA: the
+        // file is refused (the verifier would read the first).
+        std::fs::write(
+            &crl,
+            format!(
+                "{}{middle_list}{}",
+                list(Vec::new(), &root, &root_key),
+                list(vec![middle_revoked_again()], &root, &root_key)
+            ),
+        )
+        .unwrap();
+        let files = TlsFiles::in_dir(&dir.path().join("certs"), Some(&ca), Some(&crl));
+        assert!(matches!(
+            config_and_verifier(&files),
+            Err(TlsError::TwoCrlsFromOneCa { .. })
+        ));
+    }
 
     #[test]
     fn only_ecdhe_aead_suites_are_offered() {
