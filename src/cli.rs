@@ -151,9 +151,8 @@ pub struct AuditArgs {
 pub enum CertsCommand {
     /// Create the development PKI: ca.pem, server.pem, server-key.pem and
     /// <role>.pem, <role>-key.pem for storefront, fulfillment, auditor and
-    /// marketing. Refused when the directory already holds any of them
-    /// (remove them first): nothing is overwritten. Never use these in
-    /// production.
+    /// marketing. Refused when the directory already holds any of them,
+    /// unless --replace. Never use these in production.
     Dev {
         /// Directory to write into.
         #[arg(
@@ -163,6 +162,11 @@ pub enum CertsCommand {
             value_name = "DIR"
         )]
         out: PathBuf,
+        /// Re-create: replace a development PKI already there (every
+        /// certificate issued by it stops working). Files that are not the
+        /// development PKI's are never removed: refused instead.
+        #[arg(long)]
+        replace: bool,
     },
 }
 

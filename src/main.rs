@@ -225,9 +225,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             store.close().await;
             tracing::info!(database = ?settings.database, "migrations applied");
         }
-        Command::Certs(CertsCommand::Dev { out }) => {
+        Command::Certs(CertsCommand::Dev { out, replace }) => {
             telemetry::init(Default::default());
-            DevPki::generate()?.write_to(&out)?;
+            if replace {
+                checkoutd::pki::replace_dev_pki(&out)?;
+            } else {
+                DevPki::generate()?.write_to(&out)?;
+            }
             let _ = writeln!(
                 std::io::stderr(),
                 "wrote a DEVELOPMENT PKI to {} (ca.pem, server.pem, server-key.pem, <role>.pem, <role>-key.pem); never use it in production",

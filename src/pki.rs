@@ -32,6 +32,9 @@ pub fn client_key_file(role: Role) -> String {
 }
 
 /// Every file a development PKI writes.
+/// The development CA's common name.
+const DEV_CA_NAME: &str = "checkoutd development CA";
+
 fn dev_pki_files() -> Vec<String> {
     let mut files = vec![
         CA_FILE.to_owned(),
@@ -66,6 +69,13 @@ pub enum PkiError {
     Occupied { dir: PathBuf, found: String },
     #[error("a certificate to revoke is not one PEM X.509 certificate")]
     NotACertificate,
+    /// `certs dev --replace` found files it cannot tell are a development
+    /// PKI's: never removed (a production server key, say).
+    #[error(
+        "{dir} holds {file}, which is not the development PKI's (or there is no development ca.pem \
+         beside it); --replace replaces a development PKI only: move the files away yourself"
+    )]
+    NotDevelopment { dir: PathBuf, file: String },
 }
 
 /// A certificate and its private key, both PEM. The key zeroizes on drop.
@@ -100,7 +110,7 @@ impl DevPki {
     pub fn generate() -> Result<Self, PkiError> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::default();
-        ca.distinguished_name = name("checkoutd development CA");
+        ca.distinguished_name = name(DEV_CA_NAME);
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -265,6 +275,63 @@ impl DevPki {
         }
         Ok(())
     }
+}
+
+/// `certs dev --replace`: a new development PKI in `dir` in place of the
+/// one there (or of none). Only files that are the development PKI's are
+/// removed: `ca.pem` must be the development CA and `server.pem` and each
+/// `<role>.pem` issued by it; anything else — or other files of the set
+/// with no development `ca.pem` beside them — is refused, nothing removed.
+/// Private key files go with their certificates. Not atomic: a crash part
+/// way leaves some files, which `serve` names and a second run replaces.
+pub fn replace_dev_pki(dir: &Path) -> Result<(), PkiError> {
+    let refuse = |file: &str| PkiError::NotDevelopment {
+        dir: dir.to_owned(),
+        file: file.to_owned(),
+    };
+    let present: Vec<String> = dev_pki_files()
+        .into_iter()
+        .filter(|f| dir.join(f).symlink_metadata().is_ok())
+        .collect();
+    if !present.is_empty() {
+        if !has_subject(&dir.join(CA_FILE), true) {
+            return Err(refuse(CA_FILE));
+        }
+        let certs = std::iter::once(SERVER_CERT_FILE.to_owned())
+            .chain(Role::ALL.into_iter().map(client_cert_file));
+        for cert in certs.filter(|c| present.contains(c)) {
+            if !has_subject(&dir.join(&cert), false) {
+                return Err(refuse(&cert));
+            }
+        }
+        for file in &present {
+            fs::remove_file(dir.join(file)).map_err(|source| PkiError::Write {
+                path: dir.join(file),
+                source,
+            })?;
+        }
+    }
+    DevPki::generate()?.write_to(dir)
+}
+
+/// Whether the PEM certificate at `path` is the development CA (`ca`) or
+/// one it issued (by subject, resp. issuer, name).
+fn has_subject(path: &Path, ca: bool) -> bool {
+    let Ok(pem) = fs::read(path) else {
+        return false;
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    let name = if ca { cert.subject() } else { cert.issuer() };
+    name.iter_organization()
+        .any(|a| a.as_str().is_ok_and(|v| v == "checkoutd development"))
+        && name
+            .iter_common_name()
+            .any(|a| a.as_str().is_ok_and(|v| v == DEV_CA_NAME))
 }
 
 /// True when `dir` already holds a server certificate and key.

@@ -74,6 +74,40 @@ fn certs_dev_writes_the_pki_with_private_keys() {
             & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
+    let certs_dev = |extra: &[&str]| {
+        checkoutd()
+            .args(["certs", "dev", "--out"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Again: refused, nothing overwritten; with --replace, a new PKI.
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    assert!(!certs_dev(&[]).status.success());
+    assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+    let replaced = certs_dev(&["--replace"]);
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+    assert!(dir.path().join("marketing-key.pem").is_file());
+    // A server certificate that is not the development CA's (a production
+    // one dropped in): --replace removes nothing.
+    let foreign = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("server.pem"), foreign.cert.pem()).unwrap();
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let refused = certs_dev(&["--replace"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("server.pem"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+    assert!(dir.path().join("server-key.pem").is_file());
 }
 
 #[test]
