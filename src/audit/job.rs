@@ -23,6 +23,27 @@ pub const FRESH: Duration = Duration::from_secs(30);
 /// What a run produced: the signed document, or why it failed (no data).
 pub type Outcome = Result<Arc<Value>, &'static str>;
 
+/// Where a run takes its keyring: the server's handle (the keyring in
+/// force), or a fixed one (tests).
+pub trait KeyringSource: Send + Sync + 'static {
+    fn current(&self) -> Arc<Keyring>;
+}
+
+impl KeyringSource for Arc<Keyring> {
+    fn current(&self) -> Arc<Keyring> {
+        self.clone()
+    }
+}
+
+impl KeyringSource for Arc<crate::crypto::keyring::KeyringHandle> {
+    fn current(&self) -> Arc<Keyring> {
+        crate::crypto::keyring::KeyringHandle::current(self)
+    }
+}
+
+/// Runs of one report when the keyring changed under the previous one.
+const RUNS_ACROSS_ROTATIONS: usize = 3;
+
 #[derive(Default)]
 struct State {
     latest: Option<(Instant, Outcome)>,
@@ -90,7 +111,7 @@ impl ReportJob {
     pub async fn latest_or_start(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
-        keyring: Arc<Keyring>,
+        keyring: impl KeyringSource,
         wait: Duration,
     ) -> Option<Outcome> {
         let mut rx = {
@@ -126,18 +147,36 @@ impl ReportJob {
 }
 
 impl ReportJob {
-    async fn run(&self, store: &dyn Store, keyring: &Keyring) -> Outcome {
+    async fn run(&self, store: &dyn Store, source: &impl KeyringSource) -> Outcome {
         let since = self
             .anchor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let report = super::verify::verify_since(store, keyring, &|_, _| {}, &since)
-            .await
-            .map_err(|error| {
-                tracing::error!(error = %error, "the audit report run failed");
-                "the database could not be read"
-            })?;
+        let mut keyring = source.current();
+        let mut runs = 0;
+        let report = loop {
+            runs += 1;
+            let report = super::verify::verify_since(store, &keyring, &|_, _| {}, &since)
+                .await
+                .map_err(|error| {
+                    tracing::error!(error = %error, "the audit report run failed");
+                    "the database could not be read"
+                })?;
+            // A rotation or a rewrap during the run: records sealed or
+            // re-wrapped under a version the run's keyring did not hold
+            // failed for that alone. Run again under the keyring in force,
+            // rather than sign failures that are not there.
+            let now = source.current();
+            if report.verified || Arc::ptr_eq(&now, &keyring) || runs == RUNS_ACROSS_ROTATIONS {
+                break report;
+            }
+            tracing::info!(
+                "the keyring changed during an audit run that found failures; running it again"
+            );
+            keyring = now;
+        };
+        let keyring = keyring.as_ref();
         let moved = {
             // Each chain's anchor moves forward with an intact run only.
             let seen = super::verify::Since::of(&report);

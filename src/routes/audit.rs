@@ -166,7 +166,7 @@ pub async fn report(
     let wait = state.request_timeout.mul_f32(2.0 / 3.0);
     let outcome = state
         .report_job
-        .latest_or_start(state.store.clone(), state.keyring.current(), wait)
+        .latest_or_start(state.store.clone(), state.keyring.clone(), wait)
         .await;
     let signed = match outcome {
         Some(Ok(signed)) => signed,

@@ -199,6 +199,63 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     assert!(made.contains("card/v3"), "{made}");
 }
 
+/// A report run that began under the keyring before a rotation, while
+/// orders were sealed under the new version (or records re-wrapped): run
+/// again under the keyring in force, not signed with failures that are not
+/// there. Alone, the old keyring does find them (the run is not blind).
+#[tokio::test]
+async fn a_report_run_across_a_rotation_signs_no_false_failure() {
+    use checkoutd::audit::job::{KeyringSource, ReportJob};
+    use checkoutd::crypto::keyring::Keyring;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Rotated {
+        asked: AtomicUsize,
+        before: Arc<Keyring>,
+        after: Arc<Keyring>,
+    }
+    impl KeyringSource for Rotated {
+        fn current(&self) -> Arc<Keyring> {
+            if self.asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.before.clone()
+            } else {
+                self.after.clone()
+            }
+        }
+    }
+    let app = spawn_app().await;
+    order(&app, "across-1").await;
+    let before = Arc::new(app.keyring());
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    order(&app, "across-2").await;
+    let after = Arc::new(app.keyring());
+    let store: Arc<dyn checkoutd::store::Store> = Arc::new(app.store().await);
+    async fn report(store: Arc<dyn checkoutd::store::Store>, source: impl KeyringSource) -> Value {
+        let job = Arc::new(ReportJob::with_freshness(Duration::ZERO));
+        let signed = job
+            .latest_or_start(store, source, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        (*signed).clone()
+    }
+    let stale = report(store.clone(), before.clone()).await;
+    assert_eq!(
+        stale["report"]["verified"], false,
+        "the old keyring misses v2"
+    );
+    let across = report(
+        store,
+        Rotated {
+            asked: AtomicUsize::new(0),
+            before,
+            after,
+        },
+    )
+    .await;
+    assert_eq!(across["report"]["verified"], true, "{across:#}");
+}
+
 /// `keys` run without the service's database setting (another URL, or
 /// none: the data directory's default file) must not count "no record
 /// uses card/v1" in the wrong database and destroy a key the real one
