@@ -20,7 +20,16 @@ pub struct Marketing {
     blind_index_key: MacKey,
     /// How far the withdrawal ledger was verified (see [`Marketing::audience`]).
     ledger: std::sync::Mutex<super::LedgerPosition>,
+    /// When this process last walked the whole ledger; `None`: never.
+    whole_walk: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// The longest an export goes without a walk of the whole ledger, whatever
+/// its cursors: a page with a cursor checks only what was appended since,
+/// and a client that never asks for a first page (one resuming a stored
+/// cursor after a restart, say) would otherwise never see an entry edited
+/// before that.
+const WHOLE_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One page of an audience.
 #[derive(Debug)]
@@ -51,6 +60,7 @@ impl Marketing {
             ledger: std::sync::Mutex::new(
                 ledger_verified.unwrap_or_else(super::LedgerPosition::start),
             ),
+            whole_walk: std::sync::Mutex::new(None),
         }
     }
 
@@ -76,22 +86,32 @@ impl Marketing {
         // withdrawals are MAC-checked below, but one deleted, or moved to
         // another subject, would simply be absent — and its subject
         // exported again. An export's first page walks the whole ledger;
-        // its next pages, only what was appended since (and a count).
+        // its next pages, only what was appended since (and a count) —
+        // unless this process has not walked it whole lately.
         let known = match self.ledger.lock() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let from = if after.is_none() {
+        let whole_walk_due = match self.whole_walk.lock() {
+            Ok(at) => at.is_none_or(|at| at.elapsed() >= WHOLE_WALK_EVERY),
+            Err(_) => true,
+        };
+        let whole = after.is_none() || whole_walk_due;
+        let from = if whole {
             super::LedgerPosition::start()
         } else {
             known.clone()
         };
+        let started = std::time::Instant::now();
         match super::verify_ledger_from(store, &self.consent_key, &from, &known).await {
             Ok(verified) => {
                 if let Ok(mut p) = self.ledger.lock()
                     && verified.seq > p.seq
                 {
                     *p = verified;
+                }
+                if whole && let Ok(mut at) = self.whole_walk.lock() {
+                    *at = Some(started);
                 }
             }
             Err(super::LedgerFault::Unreadable(error)) => return Err(error),

@@ -1052,6 +1052,70 @@ async fn a_ledger_edited_between_two_pages_of_an_export_stops_it() {
     }
 }
 
+/// A process that has not walked the whole ledger yet (just started, its
+/// position taken from the anchors of an earlier report) walks it whole on
+/// its first export page, even one with a cursor: a marketing client that
+/// resumes a stored cursor would otherwise never meet a withdrawal moved
+/// to another subject before that position.
+#[tokio::test]
+async fn a_new_process_walks_the_whole_ledger_before_a_page_with_a_cursor() {
+    let app = spawn_app().await;
+    for who in ["bob@example.com", "dan@example.com"] {
+        place(&app, &order_for(who, true, false)).await;
+    }
+    place(&app, &order_for("ada@example.com", true, false)).await;
+    for who in ["ada@example.com", "cat@example.com"] {
+        let r = opt_out(
+            &app,
+            json!({"email": who, "purposes": "all", "channel": "email"}),
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+    }
+    let url = |after: Option<&str>| match after {
+        None => app.url("/v1/marketing/audience?purpose=special_offers&limit=1"),
+        Some(c) => app.url(&format!(
+            "/v1/marketing/audience?purpose=special_offers&limit=1&after={c}"
+        )),
+    };
+    let first: Value = app
+        .client(Role::Marketing)
+        .get(url(None))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    // An intact report keeps the ledger's head in the anchors file.
+    let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
+    assert_eq!(report["report"]["verified"], true, "{report:#}");
+    app.unguard("consent_events").await;
+    sqlx::query("UPDATE consent_events SET email_blind_index = $1 WHERE seq = 1")
+        .bind(vec![7u8; 32])
+        .execute(&app.db().await)
+        .await
+        .unwrap();
+    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
+        share_with: Some(app.shared()),
+        ..Default::default()
+    })
+    .await;
+    let r = next
+        .client(Role::Marketing)
+        .get(next.url(&format!(
+            "/v1/marketing/audience?purpose=special_offers&limit=1&after={cursor}"
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(!body.contains("ada@example.com"), "{body}");
+}
+
 #[tokio::test]
 async fn a_deleted_or_reordered_withdrawal_is_reported() {
     for (sql, expect) in [
