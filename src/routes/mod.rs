@@ -434,8 +434,6 @@ async fn record_access(
 /// reading by a `DefaultBodyLimit` on those routes.
 pub const SMALL_BODY: usize = 4 * 1024;
 
-/// A small JSON body: `application/json` only (415), at most
-/// [`SMALL_BODY`] bytes (413), strict JSON — no repeated members (400).
 /// A failed database operation as the client hears it: "retry" (503 with
 /// `Retry-After`) when the database is away or busy, a 500 otherwise —
 /// every read and write route answers a store error here, the same way.
@@ -448,6 +446,8 @@ fn store_problem(error: &crate::store::StoreError) -> Response {
     }
 }
 
+/// A small JSON body: `application/json` only (415), at most
+/// [`SMALL_BODY`] bytes (413), strict JSON — no repeated members (400).
 fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, Problem> {
     use http::{StatusCode, header};
     let media = headers

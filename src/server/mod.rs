@@ -569,13 +569,18 @@ async fn serve(
             // The client CA, its CRL or the time may have changed: the
             // connection's certificate is checked again, and a connection
             // whose certificate no longer verifies is closed (its requests
-            // in flight get the drain time to finish).
-            _ = reloads.changed(), if !finishing && certified => {
+            // in flight get the drain time to finish). Checked while it
+            // drains for another reason too (a shutdown's or a shed's
+            // grace): a revocation then still takes the role away at once.
+            _ = reloads.changed(), if certified && !(finishing && connection.is_withdrawn()) => {
                 if connection.is_withdrawn() || !shared.tls.trusts(&chain) {
                     // From now on its requests run without a role (HTTP/2
                     // takes new streams until the client acknowledges the
                     // GOAWAY's ping, for up to the drain time).
                     connection.withdraw();
+                    if finishing {
+                        continue;
+                    }
                     finishing = true;
                     tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
                     crate::telemetry::connection_refused("certificate_no_longer_valid");
