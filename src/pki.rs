@@ -294,14 +294,39 @@ pub fn replace_dev_pki(dir: &Path) -> Result<(), PkiError> {
         .filter(|f| dir.join(f).symlink_metadata().is_ok())
         .collect();
     if !present.is_empty() {
-        if !has_subject(&dir.join(CA_FILE), true) {
+        // ca.pem is the client-CA bundle when --client-ca is not given: it
+        // must hold the development CA and nothing else.
+        if !matches!(development_certs(&dir.join(CA_FILE), true), Some(n) if n.len() == 1) {
             return Err(refuse(CA_FILE));
         }
-        let certs = std::iter::once(SERVER_CERT_FILE.to_owned())
-            .chain(Role::ALL.into_iter().map(client_cert_file));
-        for cert in certs.filter(|c| present.contains(c)) {
-            if !has_subject(&dir.join(&cert), false) {
-                return Err(refuse(&cert));
+        let pairs = std::iter::once((SERVER_CERT_FILE.to_owned(), SERVER_KEY_FILE.to_owned()))
+            .chain(
+                Role::ALL
+                    .into_iter()
+                    .map(|r| (client_cert_file(r), client_key_file(r))),
+            );
+        for (cert, key) in pairs {
+            let spki = if present.contains(&cert) {
+                match development_certs(&dir.join(&cert), false).as_deref() {
+                    Some([spki]) => Some(spki.clone()),
+                    _ => return Err(refuse(&cert)),
+                }
+            } else {
+                None
+            };
+            // A private key goes only with the development certificate it
+            // belongs to (a production key made for a new certificate
+            // request, beside the old development one, stays).
+            if present.contains(&key) {
+                let belongs = spki.is_some_and(|spki| {
+                    fs::read_to_string(dir.join(&key))
+                        .ok()
+                        .and_then(|pem| KeyPair::from_pem(&pem).ok())
+                        .is_some_and(|pair| pair.public_key_der() == spki)
+                });
+                if !belongs {
+                    return Err(refuse(&key));
+                }
             }
         }
         for file in &present {
@@ -314,24 +339,29 @@ pub fn replace_dev_pki(dir: &Path) -> Result<(), PkiError> {
     DevPki::generate()?.write_to(dir)
 }
 
-/// Whether the PEM certificate at `path` is the development CA (`ca`) or
-/// one it issued (by subject, resp. issuer, name).
-fn has_subject(path: &Path, ca: bool) -> bool {
-    let Ok(pem) = fs::read(path) else {
-        return false;
-    };
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
-        return false;
-    };
-    let Ok(cert) = pem.parse_x509() else {
-        return false;
-    };
-    let name = if ca { cert.subject() } else { cert.issuer() };
-    name.iter_organization()
-        .any(|a| a.as_str().is_ok_and(|v| v == "checkoutd development"))
-        && name
-            .iter_common_name()
-            .any(|a| a.as_str().is_ok_and(|v| v == DEV_CA_NAME))
+/// The public keys (SubjectPublicKeyInfo, DER) of the PEM certificates at
+/// `path` if every one is the development CA (`ca`) or issued by it (by
+/// subject, resp. issuer, name); `None` if one is not, or the file is not
+/// PEM certificates.
+fn development_certs(path: &Path, ca: bool) -> Option<Vec<Vec<u8>>> {
+    let bytes = fs::read(path).ok()?;
+    let mut keys = Vec::new();
+    for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
+        let pem = pem.ok()?;
+        let cert = pem.parse_x509().ok()?;
+        let name = if ca { cert.subject() } else { cert.issuer() };
+        let development = name
+            .iter_organization()
+            .any(|a| a.as_str().is_ok_and(|v| v == "checkoutd development"))
+            && name
+                .iter_common_name()
+                .any(|a| a.as_str().is_ok_and(|v| v == DEV_CA_NAME));
+        if !development {
+            return None;
+        }
+        keys.push(cert.tbs_certificate.subject_pki.raw.to_vec());
+    }
+    (!keys.is_empty()).then_some(keys)
 }
 
 /// True when `dir` already holds a server certificate and key.

@@ -94,6 +94,44 @@ fn certs_dev_writes_the_pki_with_private_keys() {
     );
     assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
     assert!(dir.path().join("marketing-key.pem").is_file());
+    // A private key that is not its development certificate's (a new key
+    // made for a production certificate request): --replace removes nothing.
+    let production_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let dev_key = std::fs::read(dir.path().join("server-key.pem")).unwrap();
+    std::fs::write(dir.path().join("server-key.pem"), &production_key).unwrap();
+    let refused = certs_dev(&["--replace"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("server-key.pem"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("server-key.pem")).unwrap(),
+        production_key
+    );
+    std::fs::write(dir.path().join("server-key.pem"), dev_key).unwrap();
+    // ca.pem holding the operator's own CA beside the development one (the
+    // client-CA bundle): not the development PKI's alone, kept.
+    let own_ca = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
+    let bundle = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        own_ca.cert.pem()
+    );
+    std::fs::write(dir.path().join("ca.pem"), &bundle).unwrap();
+    assert!(!certs_dev(&["--replace"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        bundle
+    );
+    let dev_ca: String = bundle
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap()
+        .to_owned();
+    std::fs::write(dir.path().join("ca.pem"), dev_ca).unwrap();
+    assert!(certs_dev(&["--replace"]).status.success());
     // A server certificate that is not the development CA's (a production
     // one dropped in): --replace removes nothing.
     let foreign = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
