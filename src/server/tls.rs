@@ -440,9 +440,10 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
 }
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
-/// expires). A file with two lists from one CA is refused: the verifier
-/// would use the first, so a newer list appended after the old one (`cat
-/// new.crl >> crl.pem`) would be ignored until the old one expired.
+/// expires). A file with two lists from one CA for the same scope is
+/// refused: the verifier would use the first, so a newer list appended
+/// after the old one (`cat new.crl >> crl.pem`) would be ignored until the
+/// old one expired.
 fn next_updates(
     crls: &[CertificateRevocationListDer<'_>],
     path: &Path,
@@ -454,7 +455,17 @@ fn next_updates(
             x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
                 path: path.to_owned(),
             })?;
-        if !issuers.insert(parsed.issuer().as_raw().to_vec()) {
+        // One CA may publish lists of different scopes (its issuing
+        // distribution point: CA certificates only, a partition): the
+        // verifier picks by scope, so a list is a duplicate only for the
+        // same issuer and the same scope.
+        let scope = parsed
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT)
+            .map(|e| e.value.to_vec())
+            .unwrap_or_default();
+        if !issuers.insert((parsed.issuer().as_raw().to_vec(), scope)) {
             return Err(TlsError::TwoCrlsFromOneCa {
                 path: path.to_owned(),
             });
@@ -607,6 +618,36 @@ mod tests {
             config_and_verifier(&files),
             Err(TlsError::TwoCrlsFromOneCa { .. })
         ));
+        // Two lists of one CA for different scopes are not duplicates.
+        let scoped = |scope| {
+            CertificateRevocationListParams {
+                this_update: now - time::Duration::minutes(5),
+                next_update: now + time::Duration::days(7),
+                crl_number: SerialNumber::from(3u64),
+                issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                    distribution_point: rcgen::CrlDistributionPoint {
+                        uris: vec!["http://ca.example/crl".to_owned()],
+                    },
+                    scope: Some(scope),
+                }),
+                revoked_certs: Vec::new(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&root, &root_key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        std::fs::write(
+            &crl,
+            format!(
+                "{}{}{middle_list}",
+                scoped(rcgen::CrlScope::UserCertsOnly),
+                list(Vec::new(), &root, &root_key)
+            ),
+        )
+        .unwrap();
+        assert!(config_and_verifier(&files).is_ok());
     }
 
     #[test]
