@@ -218,16 +218,36 @@ pub async fn rotate(
     let rng = SystemRandom::new();
     let now = crate::ids::now();
     let mut made = Vec::new();
+    // Versions that wrap records but that this (restored) keyring lacks:
+    // the lost keyring's. Retired too, so that a server still holding it
+    // fails closed instead of sealing under a key no file holds.
+    let mut lost: Vec<(DataClass, u32)> = Vec::new();
     for class in classes {
         let version = if after_keyring_restore {
             // Above every version the database knows, retired or wrapping
             // records (a full count of the class's records: this is a
             // recovery, not the routine rotation).
-            let in_use = store.kek_usage(*class).await?;
-            let floor = in_use
+            let in_use: Vec<u32> = store
+                .kek_usage(*class)
+                .await?
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
                 .map(|(v, _)| v)
+                .collect();
+            let held: Vec<u32> = keyring
+                .kek_info()
+                .into_iter()
+                .filter(|k| k.class == *class)
+                .map(|k| k.version)
+                .collect();
+            lost.extend(
+                in_use
+                    .iter()
+                    .filter(|v| !held.contains(v))
+                    .map(|v| (*class, *v)),
+            );
+            let floor = in_use
+                .into_iter()
                 .max()
                 .unwrap_or(0)
                 .max(store.kek_highest_retired(*class).await?);
@@ -245,6 +265,7 @@ pub async fn rotate(
         .into_iter()
         .filter(|k| k.state != KekState::Active)
         .map(|k| (k.class, k.version))
+        .chain(lost)
         .collect();
     let told = store.retire_keks(&retired, &now).await;
     // The keyring has changed: logged whether or not the database could be

@@ -199,6 +199,54 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     assert!(made.contains("card/v3"), "{made}");
 }
 
+/// Recovering a restored keyring retires the versions it lacks that wrap
+/// records (the lost keyring's): a server still holding the lost keyring
+/// fails closed (503) instead of sealing under a key no file holds.
+#[tokio::test]
+async fn a_recovered_keyring_retires_the_versions_it_lost() {
+    use std::os::unix::fs::DirBuilderExt;
+    let app = spawn_app().await;
+    order(&app, "lost-1").await;
+    let data = app.dir.path().join("data");
+    let restored = app.dir.path().join("restored");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&restored)
+        .unwrap();
+    for file in ["keyring.json", "master.key"] {
+        std::fs::copy(data.join(file), restored.join(file)).unwrap();
+    }
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    order(&app, "lost-2").await; // sealed under card/v2, which the backup lacks
+    let out = checkoutd(&app)
+        .env("CHECKOUTD_DATA_DIR", &restored)
+        .args([
+            "keys",
+            "rotate",
+            "--class",
+            "card",
+            "--after-keyring-restore",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("card/v3"));
+    let retired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM kek_retirements WHERE class = 'card' AND version = 2",
+    )
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(retired, 1, "the lost card/v2 was not retired");
+    // The running server still holds card/v2 (the lost keyring): refused.
+    let r = app.post_order("lost-3", &order_json()).await;
+    assert_eq!(r.status(), 503);
+}
+
 /// A report run that began under the keyring before a rotation, while
 /// orders were sealed under the new version (or records re-wrapped): run
 /// again under the keyring in force, not signed with failures that are not
