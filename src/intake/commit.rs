@@ -16,6 +16,7 @@
 //! returned: never a 2xx without a commit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +72,8 @@ type Holds = Vec<Option<KeyHold>>;
 /// The handle request tasks commit through.
 pub struct GroupCommit {
     jobs: mpsc::Sender<Job>,
+    /// Store calls that outlived [`COMMIT_TIMEOUT`] and have not returned.
+    overdue: Arc<AtomicUsize>,
 }
 
 impl GroupCommit {
@@ -82,8 +85,17 @@ impl GroupCommit {
     /// As [`start`](Self::start), with room for `depth` waiting orders.
     pub fn with_queue(sink: impl OrderSink, depth: usize) -> Self {
         let (jobs, queue) = mpsc::channel(depth.max(1));
-        tokio::spawn(write_batches(sink, queue));
-        GroupCommit { jobs }
+        let overdue = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_batches(sink, queue, overdue.clone()));
+        GroupCommit { jobs, overdue }
+    }
+
+    /// Whether a store call outlived [`COMMIT_TIMEOUT`] and is still
+    /// running: its connection (PostgreSQL) or the writer thread (SQLite)
+    /// is taken, its orders' keys are busy, and every later order waits
+    /// behind it — the instance is not ready (`/readyz`).
+    pub fn stalled(&self) -> bool {
+        self.overdue.load(Ordering::Acquire) > 0
     }
 
     /// Commits `order` with whatever else is queued; returns once it is
@@ -134,7 +146,11 @@ impl GroupCommit {
 /// its commit (and is answered 503), so that the answer leaves in time.
 pub const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
-async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
+async fn write_batches(
+    store: impl OrderSink,
+    mut queue: mpsc::Receiver<Job>,
+    overdue: Arc<AtomicUsize>,
+) {
     let store = Arc::new(store);
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
@@ -157,7 +173,7 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
         let started = Instant::now();
         // The holds come back with the outcome; a commit that timed out
         // keeps them until its store call returns.
-        let (result, holds) = commit(&store, orders.clone(), holds).await;
+        let (result, holds) = commit(&store, orders.clone(), holds, &overdue).await;
         crate::telemetry::commit_batch(orders.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
@@ -192,8 +208,13 @@ async fn write_batches(store: impl OrderSink, mut queue: mpsc::Receiver<Job>) {
                     if done.is_closed() {
                         continue;
                     }
-                    let (one, hold) =
-                        commit(&store, Arc::from(std::slice::from_ref(order)), vec![hold]).await;
+                    let (one, hold) = commit(
+                        &store,
+                        Arc::from(std::slice::from_ref(order)),
+                        vec![hold],
+                        &overdue,
+                    )
+                    .await;
                     let one = one.and_then(|mut o| {
                         o.pop()
                             .ok_or(StoreError::Incomplete("the store answered no outcome"))
@@ -230,17 +251,27 @@ async fn commit<S: OrderSink>(
     store: &Arc<S>,
     orders: Arc<[NewOrder]>,
     holds: Holds,
+    overdue: &Arc<AtomicUsize>,
 ) -> (Result<Vec<CommitOutcome>, StoreError>, Option<Holds>) {
     let store = store.clone();
-    let call = tokio::spawn(async move {
+    let mut call = tokio::spawn(async move {
         let result = store.commit_orders(orders).await;
         (result, holds)
     });
-    match tokio::time::timeout(COMMIT_TIMEOUT, call).await {
+    match tokio::time::timeout(COMMIT_TIMEOUT, &mut call).await {
         Ok(Ok((result, holds))) => (result, Some(holds)),
         // The call panicked: the batch's transaction went with it.
         Ok(Err(_)) => (Err(StoreError::Incomplete("the commit call failed")), None),
-        Err(_) => (Err(StoreError::Timeout(COMMIT_TIMEOUT)), None),
+        Err(_) => {
+            // Counted until it returns (`GroupCommit::stalled`).
+            overdue.fetch_add(1, Ordering::AcqRel);
+            let overdue = overdue.clone();
+            tokio::spawn(async move {
+                let _ = call.await;
+                overdue.fetch_sub(1, Ordering::AcqRel);
+            });
+            (Err(StoreError::Timeout(COMMIT_TIMEOUT)), None)
+        }
     }
 }
 
@@ -480,6 +511,7 @@ mod tests {
             "{late:?}"
         );
         assert!(busy("k-0"), "released while the commit may still land");
+        assert!(writer.stalled(), "a call past its wait is not reported");
         let hold = KeyHold::taken_in(&set, [1; 32], "k-1");
         let next = writer.commit(order(&rng, &keyring, 1), hold, None).await;
         assert!(matches!(next, Ok(CommitOutcome::Committed)), "{next:?}");
@@ -492,6 +524,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(!busy("k-0"), "never released");
+        assert!(!writer.stalled());
     }
 
     /// A sink whose every commit takes 5 s.

@@ -244,6 +244,12 @@ impl Intake {
         }
     }
 
+    /// Whether an order commit outlived its time limit and is still
+    /// running (`commit::GroupCommit::stalled`): intake is not ready.
+    pub fn commit_stalled(&self) -> bool {
+        self.commits.stalled()
+    }
+
     /// Whether a stored consent tag's MAC verifies (an edit in the database
     /// is not served as genuine).
     pub fn tag_verifies(&self, tag: &crate::domain::consent::ConsentTag) -> bool {

@@ -65,7 +65,7 @@ pub async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Ready: the database answered", body = Health),
-        (status = 503, description = "The database is not reachable"),
+        (status = 503, description = "The database is not reachable, or an order commit outlived its time limit and has not returned"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -102,9 +102,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             ready
         }
     };
-    if ready {
-        Json(Health { status: "ready" }).into_response()
-    } else {
-        Problem::unavailable("The database is not reachable").into_response()
+    if !ready {
+        return Problem::unavailable("The database is not reachable").into_response();
     }
+    // A commit that outlived its limit holds the order writer: orders
+    // queue behind it and get 503s, whatever a ping says.
+    if state.intake.commit_stalled() {
+        return Problem::unavailable("An order commit has not returned").into_response();
+    }
+    Json(Health { status: "ready" }).into_response()
 }
