@@ -1097,11 +1097,7 @@ async fn a_new_process_walks_the_whole_ledger_before_a_page_with_a_cursor() {
         .execute(&app.db().await)
         .await
         .unwrap();
-    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
-        share_with: Some(app.shared()),
-        ..Default::default()
-    })
-    .await;
+    let next = app.another_process().await;
     let r = next
         .client(Role::Marketing)
         .get(next.url(&format!(
@@ -1233,11 +1229,7 @@ async fn a_ledger_cut_back_while_the_server_was_down_fails_the_next_proof() {
     assert_eq!(report["report"]["consent_ledger"]["head_seq"], 2);
 
     cut_ledger_back(&app, &db, seq, &mac, &head_mac).await;
-    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
-        share_with: Some(app.shared()),
-        ..Default::default()
-    })
-    .await;
+    let next = app.another_process().await;
     let proof: Value = next
         .get_json(Role::Auditor, "/v1/audit/consent?email=bob%40example.com")
         .await;

@@ -842,11 +842,7 @@ async fn a_rollback_while_the_server_was_down_fails_its_first_report() {
 
     cut_access_log_back(&app, &db, seq, &hash, &mac).await;
     // A new process on the same data directory and database.
-    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
-        share_with: Some(app.shared()),
-        ..Default::default()
-    })
-    .await;
+    let next = app.another_process().await;
     let report: Value = next.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], false, "{report:#}");
     let failure = report["report"]["access_log"]["failure"].as_str().unwrap();
@@ -909,11 +905,7 @@ async fn a_removed_anchors_file_is_not_written_back_and_its_absence_is_told() {
 
     // A new process on the same data directory: no file, a log with
     // entries — told, and it still starts.
-    let next = crate::helpers::spawn_app_with(crate::helpers::Options {
-        share_with: Some(app.shared()),
-        ..Default::default()
-    })
-    .await;
+    let next = app.another_process().await;
     assert!(
         next.notices
             .iter()
@@ -928,11 +920,7 @@ async fn a_removed_anchors_file_is_not_written_back_and_its_absence_is_told() {
         "the next start's first report anchored nothing"
     );
     // With the file there again, a restart is quiet about it.
-    let third = crate::helpers::spawn_app_with(crate::helpers::Options {
-        share_with: Some(app.shared()),
-        ..Default::default()
-    })
-    .await;
+    let third = app.another_process().await;
     assert!(
         !third.notices.iter().any(|n| n.contains("audit anchors")),
         "{:?}",

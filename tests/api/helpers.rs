@@ -390,6 +390,16 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// Another process of this deployment (same data directory, database
+    /// and certificates), started now: a restart, or a second host.
+    pub async fn another_process(&self) -> TestApp {
+        spawn_app_with(Options {
+            share_with: Some(self.shared()),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// What a second instance of this deployment needs (see
     /// [`Options::share_with`]).
     pub fn shared(&self) -> Shared {

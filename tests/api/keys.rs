@@ -106,6 +106,22 @@ async fn a_replaced_keyring_is_let_go_by_the_running_server() {
     );
 }
 
+/// A data directory `name` beside `app`'s holding a copy of its keyring and
+/// development master key: another host's copy, or a backup.
+fn copy_of_the_keyring(app: &TestApp, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let data = app.dir.path().join("data");
+    let copy = app.dir.path().join(name);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&copy)
+        .unwrap();
+    for file in ["keyring.json", "master.key"] {
+        std::fs::copy(data.join(file), copy.join(file)).unwrap();
+    }
+    copy
+}
+
 /// Two copies of one keyring — two hosts on one database, the rotated file
 /// not yet copied to the second — must not both rotate: each would make
 /// its own card/v2, and the records sealed under one of them could never
@@ -113,46 +129,35 @@ async fn a_replaced_keyring_is_let_go_by_the_running_server() {
 /// newest file is installed.
 #[tokio::test]
 async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
-    use std::os::unix::fs::DirBuilderExt;
     let app = spawn_app().await;
     order(&app, "stale-copy-1").await;
     let data = app.dir.path().join("data");
-    let other = app.dir.path().join("other-host");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&other)
-        .unwrap();
-    for file in ["keyring.json", "master.key"] {
-        std::fs::copy(data.join(file), other.join(file)).unwrap();
-    }
+    let other = copy_of_the_keyring(&app, "other-host");
+    // `keys rotate --class <class>` run with the other host's copy.
+    let rotate = |class: &str, extra: &[&str]| {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &other)
+            .args(["keys", "rotate", "--class", class])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
     cli_ok(&app, &["keys", "rotate", "--class", "card"]);
     order(&app, "stale-copy-2").await;
     let stale = std::fs::read(other.join("keyring.json")).unwrap();
-    let out = checkoutd(&app)
-        .env("CHECKOUTD_DATA_DIR", &other)
-        .args(["keys", "rotate", "--class", "card"])
-        .output()
-        .unwrap();
+    let out = rotate("card", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a stale keyring rotated: {stderr}");
     assert!(stderr.contains("another copy of the keyring"), "{stderr}");
     assert_eq!(std::fs::read(other.join("keyring.json")).unwrap(), stale);
     // Nor another class: the two files would fork, and installing either
     // would lose the other's new key.
-    let out = checkoutd(&app)
-        .env("CHECKOUTD_DATA_DIR", &other)
-        .args(["keys", "rotate", "--class", "billing"])
-        .output()
-        .unwrap();
+    let out = rotate("billing", &[]);
     assert!(!out.status.success(), "a stale keyring rotated billing");
     assert_eq!(std::fs::read(other.join("keyring.json")).unwrap(), stale);
     // With the newest file installed, the card class rotates on.
     std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
-    let out = checkoutd(&app)
-        .env("CHECKOUTD_DATA_DIR", &other)
-        .args(["keys", "rotate", "--class", "card"])
-        .output()
-        .unwrap();
+    let out = rotate("card", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -174,22 +179,14 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     // recover, which numbers the new version above every version the
     // database knows (card/v2 wraps records, v2 is recorded retired).
     std::fs::write(other.join("keyring.json"), &stale).unwrap();
-    let rotate = |extra: &[&str]| {
-        checkoutd(&app)
-            .env("CHECKOUTD_DATA_DIR", &other)
-            .args(["keys", "rotate", "--class", "card"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let refused = rotate(&[]);
+    let refused = rotate("card", &[]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--after-keyring-restore"),
         "the way out is named: {}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let recovered = rotate(&["--after-keyring-restore"]);
+    let recovered = rotate("card", &["--after-keyring-restore"]);
     assert!(
         recovered.status.success(),
         "{}",
@@ -204,18 +201,9 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
 /// fails closed (503) instead of sealing under a key no file holds.
 #[tokio::test]
 async fn a_recovered_keyring_retires_the_versions_it_lost() {
-    use std::os::unix::fs::DirBuilderExt;
     let app = spawn_app().await;
     order(&app, "lost-1").await;
-    let data = app.dir.path().join("data");
-    let restored = app.dir.path().join("restored");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&restored)
-        .unwrap();
-    for file in ["keyring.json", "master.key"] {
-        std::fs::copy(data.join(file), restored.join(file)).unwrap();
-    }
+    let restored = copy_of_the_keyring(&app, "restored");
     cli_ok(&app, &["keys", "rotate", "--class", "card"]);
     order(&app, "lost-2").await; // sealed under card/v2, which the backup lacks
     let out = checkoutd(&app)

@@ -1407,33 +1407,45 @@ async fn refuses_to_start_without_its_keyring(app: &crate::helpers::TestApp) {
     );
 }
 
-#[tokio::test]
-async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+/// An app whose requests have one second.
+async fn spawn_app_with_a_one_second_limit() -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(crate::helpers::Options {
         serve: checkoutd::cli::ServeArgs {
             request_timeout: Some("1s".into()),
             ..Default::default()
         },
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+/// Another writer holding the tables an order needs (SQLite: the write
+/// lock; PostgreSQL: `idempotency_keys`, which reads wait for too) until
+/// `COMMIT` on the returned connection.
+async fn hold_the_order_tables(
+    app: &crate::helpers::TestApp,
+    db: &sqlx::AnyPool,
+) -> sqlx::pool::PoolConnection<sqlx::Any> {
+    let mut conn = db.acquire().await.unwrap();
+    let (begin, lock) = if app.database.is_postgres() {
+        (
+            "BEGIN",
+            "LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE",
+        )
+    } else {
+        ("BEGIN IMMEDIATE", "SELECT 1")
+    };
+    sqlx::query(begin).execute(&mut *conn).await.unwrap();
+    sqlx::query(lock).execute(&mut *conn).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() {
+    let app = spawn_app_with_a_one_second_limit().await;
     // Another writer holds the tables the order needs for 2.5 s.
     let db = app.db().await;
-    let mut conn = db.acquire().await.unwrap();
-    let lock = if app.database.is_postgres() {
-        "LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE"
-    } else {
-        "SELECT 1"
-    };
-    sqlx::query(if app.database.is_postgres() {
-        "BEGIN"
-    } else {
-        "BEGIN IMMEDIATE"
-    })
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query(lock).execute(&mut *conn).await.unwrap();
+    let mut conn = hold_the_order_tables(&app, &db).await;
     let started = std::time::Instant::now();
     let r = app.post_order("stalled-1", &order_json()).await;
     // Not the time limit's 408 ("nothing was kept"): the order may still
@@ -1477,30 +1489,9 @@ async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() 
 /// key while the first order lands.
 #[tokio::test]
 async fn a_retry_that_no_longer_validates_waits_while_its_first_attempt_may_commit() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
-        serve: checkoutd::cli::ServeArgs {
-            request_timeout: Some("1s".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_a_one_second_limit().await;
     let db = app.db().await;
-    let mut conn = db.acquire().await.unwrap();
-    sqlx::query(if app.database.is_postgres() {
-        "BEGIN"
-    } else {
-        "BEGIN IMMEDIATE"
-    })
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    if app.database.is_postgres() {
-        sqlx::query("LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    let mut conn = hold_the_order_tables(&app, &db).await;
     expect_problem(app.post_order("unsure-1", &order_json()).await, 503).await;
     let mut no_longer_valid = order_json();
     no_longer_valid["card"]["number"] = "4111 1111 1111 1112".into();
@@ -1542,14 +1533,7 @@ async fn a_retry_that_no_longer_validates_waits_while_its_first_attempt_may_comm
 
 #[tokio::test]
 async fn malformed_paths_and_slow_bodies_get_problem_documents() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
-        serve: checkoutd::cli::ServeArgs {
-            request_timeout: Some("1s".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_a_one_second_limit().await;
     let r = app
         .client(Role::Storefront)
         .get(app.url("/v1/orders/%FF"))
