@@ -98,11 +98,29 @@ impl DatabaseUrl {
     }
 }
 
+/// A list of strings, or one string of comma-separated items.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(Some(match ListOrCommas::deserialize(deserializer)? {
+        ListOrCommas::List(items) => items,
+        ListOrCommas::Commas(text) => text.split(',').map(|v| v.trim().to_owned()).collect(),
+    }))
+}
+
 /// The TOML file: the same settings as the flags, `snake_case`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    /// `master_key_share` too: the flag's own name (`--master-key-share`).
+    #[serde(alias = "master_key_share")]
     master_key_shares: Option<Vec<PathBuf>>,
     database_url: Option<String>,
     allow_unsafe_durability: Option<bool>,
@@ -122,6 +140,9 @@ struct FileConfig {
     max_anonymous_requests_in_flight: Option<usize>,
     max_connections_per_ip: Option<usize>,
     commit_queue: Option<usize>,
+    /// A list, or one string of comma-separated versions as the flag
+    /// takes them.
+    #[serde(default, deserialize_with = "list_or_commas")]
     policy_versions: Option<Vec<String>>,
     unsubscribe_rate_limit: Option<u32>,
     retain_card_days: Option<u32>,
@@ -616,6 +637,32 @@ mod tests {
         assert!(err.contains("database_url"), "{err}");
         assert!(!err.contains("nope"), "{err}");
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    /// The file takes the flags' own spellings: `master_key_share` (the
+    /// flag's name) beside `master_key_shares`, and policy versions as a
+    /// list or as the flag's comma-separated string.
+    #[test]
+    fn the_file_takes_the_flags_spellings() {
+        let file: FileConfig = toml::from_str(
+            "master_key_share = [\"a.json\", \"b.json\"]\npolicy_versions = \"2002-06-05, 2026-01-01\"",
+        )
+        .unwrap();
+        assert_eq!(
+            file.master_key_shares,
+            Some(vec![PathBuf::from("a.json"), PathBuf::from("b.json")])
+        );
+        assert_eq!(
+            file.policy_versions,
+            Some(vec!["2002-06-05".to_owned(), "2026-01-01".to_owned()])
+        );
+        let file: FileConfig =
+            toml::from_str("master_key_shares = [\"a.json\"]\npolicy_versions = [\"2002-06-05\"]")
+                .unwrap();
+        assert_eq!(file.policy_versions, Some(vec!["2002-06-05".to_owned()]));
+        assert_eq!(file.master_key_shares, Some(vec![PathBuf::from("a.json")]));
+        let empty: FileConfig = toml::from_str("").unwrap();
+        assert!(empty.policy_versions.is_none());
     }
 
     #[test]

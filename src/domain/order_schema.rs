@@ -150,8 +150,8 @@ pub struct ConsentIn {
 /// The form-encoded order: the JSON schema flattened with dots. `items`
 /// become `items.0.sku`, `items.1.sku`, … (listed for the first item; the
 /// pattern covers the rest). Every value is text; numbers are decimal and a
-/// checkbox is true when present (empty, `on`, `true`, `1`, `yes`) and false
-/// for `off`, `false`, `0`, `no`.
+/// checkbox is true for `on`, `true`, `1`, `yes`, `y` and false for an
+/// empty value, `off`, `false`, `0`, `no`, `n` (see `order::Reader::boolean`).
 pub fn form_schema(json_schema: &Value, components: &Map<String, Value>) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
@@ -205,7 +205,9 @@ fn form_leaf(schema: &Value) -> Value {
     } else if types.contains(&"boolean") {
         leaf.insert(
             "enum".into(),
-            json!(["", "on", "true", "1", "yes", "off", "false", "0", "no"]),
+            json!([
+                "", "on", "true", "1", "yes", "y", "off", "false", "0", "no", "n"
+            ]),
         );
     } else {
         for k in [

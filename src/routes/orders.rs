@@ -29,7 +29,7 @@ pub const MAX_BODY: usize = 64 * 1024;
     path = "/v1/orders",
     operation_id = "createOrder",
     params(
-        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$",
+        ("Idempotency-Key" = String, Header, pattern = r#"^(?:[!#-~][!-~]{0,254}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$"#,
             description = "1-255 visible ASCII characters (or an RFC 8941 quoted string). Scoped to the client certificate and single-use for good. Within the replay window (`--replay-window-hours`, default a week; a purge of the order ends it): the same key with the same body replays the first answer, with another body 422 `idempotency-key-reused`; while the first is in flight: 409. After it: 422 `idempotency-window-passed`, naming the order the key made."),
     ),
     request_body(

@@ -25,6 +25,52 @@ async fn document(app: &TestApp) -> Value {
     response.json().await.unwrap()
 }
 
+/// The `Idempotency-Key` pattern says exactly what the server takes: a
+/// client generated from the description neither refuses a key the server
+/// accepts (a quoted key with a space) nor sends one it refuses.
+#[tokio::test]
+async fn the_idempotency_key_pattern_is_the_servers_rule() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let param = doc["paths"]["/v1/orders"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap()
+        .clone();
+    let pattern = regex::Regex::new(param["schema"]["pattern"].as_str().unwrap()).unwrap();
+    let long = "x".repeat(255);
+    let too_long = "x".repeat(256);
+    let quoted_long = format!("\"{}\"", "y".repeat(255));
+    let quoted_too_long = format!("\"{}\"", "y".repeat(256));
+    for key in [
+        "order-1",
+        "A",
+        long.as_str(),
+        too_long.as_str(),
+        "\"order 1\"",
+        "\"a\\\"b\"",
+        "\"back\\\\slash\"",
+        quoted_long.as_str(),
+        quoted_too_long.as_str(),
+        "\"\"",
+        "\"unterminated",
+        "\"a\"b\"",
+        "\"bad\\x\"",
+        "has space",
+        "tab\there",
+        "é",
+        "",
+    ] {
+        assert_eq!(
+            pattern.is_match(key),
+            checkoutd::intake::IdempotencyKey::parse(key.as_bytes()).is_some(),
+            "{key:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn openapi_json_is_public_openapi_3_1_with_every_route_mtls_and_problems() {
     let app = spawn_app().await;
