@@ -117,7 +117,7 @@ pub fn render(report: &Report, signature_hex: Option<&str>, key_id: Option<&str>
     };
     let signature = match (signature_hex, key_id) {
         (Some(sig), Some(key)) => format!(
-            "<p>Signed with Ed25519 key <code>{}</code>: <code class=\"sig\">{}</code></p>",
+            "<p>This page is not signed. It shows the JSON report written beside it, whose Ed25519 signature (key <code>{}</code>) is <code class=\"sig\">{}</code>: verify that file, not this page.</p>",
             esc(key),
             esc(sig)
         ),
