@@ -684,6 +684,7 @@ pub async fn verify_since(
     // migration 0007) must not crowd a card number in clear out of the
     // listed failures.
     check_idempotency_rows(store, keyring, &mut failures).await?;
+    check_rows_belong_to_orders(store, &mut failures).await?;
     check_dispatches_kept(store, &mut failures).await?;
     let access_log =
         match verify_chain_since(store, keyring.access_log_key(), since.access_log).await {
@@ -890,6 +891,28 @@ async fn check_idempotency_rows(
     }
     // Beyond the listed ones, counted.
     out.count += missing.saturating_sub(ids.len() as u64);
+    Ok(())
+}
+
+/// Every record and consent tag belongs to an order: the walk opens
+/// records through their orders, so a row planted under an order id that
+/// does not exist (foreign keys switched off, as the `sqlite3` shell has
+/// them) — a card number in clear in a `ciphertext` column, say — would
+/// otherwise never be looked at.
+async fn check_rows_belong_to_orders(
+    store: &dyn Store,
+    out: &mut Failures,
+) -> Result<(), StoreError> {
+    let limit = u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX);
+    let (count, listed) = store.rows_without_order(limit).await?;
+    for (table, id) in &listed {
+        out.push(Failure::new(
+            table,
+            id,
+            "belongs to no order (its order_id names none): planted, or its order deleted",
+        ));
+    }
+    out.count += count.saturating_sub(listed.len() as u64);
     Ok(())
 }
 

@@ -293,6 +293,15 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` in creation order.
     async fn orders_without_key_row(&self, limit: u32) -> Result<(u64, Vec<String>), StoreError>;
 
+    /// Rows of the record tables and of `consent_tags` whose `order_id`
+    /// names no order (the audit walks records through their orders, so
+    /// it would never open one of these): how many, and the first `limit`
+    /// as `(table, id)`.
+    async fn rows_without_order(
+        &self,
+        limit: u32,
+    ) -> Result<(u64, Vec<(&'static str, String)>), StoreError>;
+
     /// Orders the access log records as dispatched (an allowed `action`
     /// answered 200 for exactly that order) that are not dispatched now:
     /// how many, and the first `limit` as `(order id, log entry seq)`. A

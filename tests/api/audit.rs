@@ -319,6 +319,48 @@ async fn count(app: &TestApp, table: &str) -> i64 {
 /// deleted, truncated nor re-keyed at all; on SQLite the foreign keys of
 /// 0001 refuse the same edits.
 #[tokio::test]
+async fn a_record_that_belongs_to_no_order_is_reported() {
+    let (app, ids) = populated().await;
+    let db = app.db().await;
+    let mut conn = db.acquire().await.unwrap();
+    // The references switched off, as whoever plants a row would: the
+    // sqlite3 shell has foreign keys off; on PostgreSQL the table's owner
+    // disables its triggers (which check the references, 0011).
+    if app.database.is_postgres() {
+        app.unguard("payment_cards").await;
+    } else {
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query(&format!(
+        "INSERT INTO payment_cards (id, order_id, consent_tag_id, format_version, kek_version, \
+         wrapped_dek, ciphertext, brand, last4, fingerprint, fingerprint_key_version) \
+         SELECT '0190aaaa-0000-7000-8000-000000000001', 'no-such-order', consent_tag_id, format_version, kek_version, \
+         wrapped_dek, ciphertext, brand, last4, fingerprint, fingerprint_key_version \
+         FROM payment_cards WHERE order_id = '{}'",
+        ids[0]
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let report = run_verify(&app).await;
+    assert!(!report.verified);
+    assert!(
+        has(
+            &report,
+            "payment_cards",
+            "0190aaaa-0000-7000-8000-000000000001",
+            "belongs to no order"
+        ),
+        "{:#?}",
+        report.failures
+    );
+}
+
+#[tokio::test]
 async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
     let (app, ids) = populated().await;
     let tag = customer_tag(&app, &ids[0]).await;

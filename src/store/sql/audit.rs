@@ -914,6 +914,50 @@ pub async fn orders_without_key_row(
     Ok((u64::try_from(count).unwrap_or(0), ids))
 }
 
+/// The tables whose rows belong to an order (`order_id`), walked by the
+/// audit through their orders.
+const ORDER_TABLES: [&str; 6] = [
+    "payment_cards",
+    "billing_details",
+    "shipping_details",
+    "gift_recipients",
+    "contact_emails",
+    "consent_tags",
+];
+
+pub async fn rows_without_order(
+    pool: &AnyPool,
+    limit: u32,
+) -> Result<(u64, Vec<(&'static str, String)>), StoreError> {
+    let mut count = 0u64;
+    let mut listed = Vec::new();
+    for table in ORDER_TABLES {
+        // `table` is one of six fixed names.
+        let missing = format!(
+            "FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = t.order_id)"
+        );
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) {missing}"))
+            .fetch_one(pool)
+            .await
+            .map_err(err)?;
+        if n == 0 {
+            continue;
+        }
+        count += u64::try_from(n).unwrap_or(0);
+        let room = u64::from(limit).saturating_sub(listed.len() as u64);
+        if room > 0 {
+            let ids: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT t.id {missing} ORDER BY t.id LIMIT $1"))
+                    .bind(i64::try_from(room).unwrap_or(i64::MAX))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(err)?;
+            listed.extend(ids.into_iter().map(|id| (table, id)));
+        }
+    }
+    Ok((count, listed))
+}
+
 pub async fn dispatches_undone(
     pool: &AnyPool,
     action: &str,

@@ -307,6 +307,13 @@ impl Store for SqlStore {
         audit::orders_without_key_row(&self.pool, limit).await
     }
 
+    async fn rows_without_order(
+        &self,
+        limit: u32,
+    ) -> Result<(u64, Vec<(&'static str, String)>), StoreError> {
+        audit::rows_without_order(&self.pool, limit).await
+    }
+
     async fn dispatches_undone(
         &self,
         action: &str,
