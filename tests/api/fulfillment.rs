@@ -740,6 +740,25 @@ async fn chain_verification_catches_a_rehashed_edit() {
     );
 }
 
+/// The same list of objects written otherwise (`[ "id" ]`): the chain
+/// hashes the list, so it would verify, yet checks that read the stored
+/// text (a dispatch's entry, behind the rollback check) would miss it.
+#[tokio::test]
+async fn chain_verification_names_objects_written_otherwise() {
+    let err = tampered(
+        "UPDATE access_log SET objects = replace(replace(objects, '[', '[ '), ']', ' ]') \
+         WHERE seq = 2",
+    )
+    .await;
+    assert_eq!(
+        err,
+        ChainError::Entry {
+            seq: 2,
+            what: "objects is not written as this service writes it (edited)"
+        }
+    );
+}
+
 #[tokio::test]
 async fn chain_verification_names_a_deleted_entry() {
     let err = tampered("DELETE FROM access_log WHERE seq = 2").await;

@@ -794,10 +794,17 @@ fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
     // A field this service never writes is named (by the chain check and to
     // the auditor reading the page), not a failed read.
     let mut damaged = None;
-    let objects: Vec<String> = serde_json::from_str(&text("objects")?).unwrap_or_else(|_| {
+    let stored = text("objects")?;
+    let objects: Vec<String> = serde_json::from_str(&stored).unwrap_or_else(|_| {
         damaged = Some("objects is not a JSON list of strings (edited)");
         Vec::new()
     });
+    // The chain hashes the list as this service writes it; the same list
+    // written otherwise (`[ "id" ]`) would verify yet slip past checks that
+    // read the stored text (a dispatch's entry, for one).
+    if damaged.is_none() && serde_json::to_string(&objects).ok().as_deref() != Some(&stored) {
+        damaged = Some("objects is not written as this service writes it (edited)");
+    }
     let outcome = Outcome::parse(&text("outcome")?).unwrap_or_else(|| {
         damaged = Some("outcome is neither allowed nor denied (edited)");
         Outcome::Denied
