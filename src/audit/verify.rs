@@ -297,6 +297,12 @@ pub struct OrderAudit {
     pub order_id: String,
     /// Data classes of this order destroyed by purge or retention.
     pub purged: Vec<String>,
+    /// This order's own rows verify: every envelope opens under its own
+    /// associated data, every MAC (order, tags, purges) holds, nothing is
+    /// missing or restored. What only the whole database can show — a
+    /// dispatch undone (found through the access log), the order's
+    /// idempotency row deleted, rows planted under no order — is checked
+    /// by the full report (`GET /v1/audit/report`), not here.
     pub verified: bool,
     pub records: Vec<RecordMeta>,
     pub consent_tags: Vec<TagMeta>,

@@ -136,7 +136,10 @@ pub struct ConsentProof<'a> {
     /// withdrawal deleted, reordered or rolled back): a withdrawal of this
     /// subject that is gone would otherwise simply be absent here.
     pub ledger_verified: bool,
-    /// Whether every MAC involved verified, and the ledger with them.
+    /// Whether every MAC involved verified, and the ledger with them. The
+    /// history is what the subject's blind index reaches: a contact record
+    /// relabelled to another index drops out of it unseen here; the full
+    /// report checks every blind index against its sealed email.
     pub verified: bool,
 }
 

@@ -227,7 +227,7 @@ pub async fn public_key(State(state): State<AppState>, _caller: Caller) -> Respo
     operation_id = "auditOrder",
     params(("id" = String, Path, description = "The order id (a UUID)")),
     responses(
-        (status = 200, description = "Metadata and verdicts, never plaintext; the read is logged", body = crate::audit::verify::OrderAudit),
+        (status = 200, description = "Metadata and verdicts, never plaintext; the read is logged. `verified` covers this order's own rows; checks that need the whole database (an undone dispatch, a deleted idempotency row) are the full report's", body = crate::audit::verify::OrderAudit),
         (status = 404, description = "No such order (also for an id that is not a UUID)"),
         (status = 500, description = "The server failed"),
         (status = 503, description = "The database or the access log is unavailable"),
