@@ -195,14 +195,51 @@ pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], entry: &Entry) -> [u8; 32] {
 }
 
 /// Why the chain does not verify. Names the entry, nothing else.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ChainError {
     #[error("access-log entry {seq}: {what}")]
     Entry { seq: u64, what: &'static str },
     #[error("access-log head: {0}")]
     Head(&'static str),
+    /// A stored value of this kind is never written by this service (a
+    /// hash of the wrong length, a negative sequence number): an edit.
+    #[error("access log: {0} does not hold a value this service writes (edited)")]
+    Damaged(&'static str),
+    /// The log could not be read: nothing is known about the chain. Not a
+    /// finding — callers pass it on as the store error it is (the offline
+    /// audit exits 2, an I/O error, not 1, "failures found").
     #[error("reading the access log failed")]
-    Store,
+    Store(#[source] Arc<StoreError>),
+}
+
+/// Findings compare by what they say; a read failure equals only itself.
+impl PartialEq for ChainError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                ChainError::Entry { seq, what },
+                ChainError::Entry {
+                    seq: other_seq,
+                    what: other_what,
+                },
+            ) => seq == other_seq && what == other_what,
+            (ChainError::Head(a), ChainError::Head(b)) => a == b,
+            (ChainError::Damaged(a), ChainError::Damaged(b)) => a == b,
+            (ChainError::Store(a), ChainError::Store(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ChainError {}
+
+/// A read that failed: a value that could not be what this service wrote
+/// is a finding, anything else (the database away, a failed query) is not.
+fn store_failed(error: StoreError) -> ChainError {
+    match error {
+        StoreError::Corrupt(column) => ChainError::Damaged(column),
+        other => ChainError::Store(Arc::new(other)),
+    }
 }
 
 /// What a successful verification saw.
@@ -268,16 +305,10 @@ async fn verify_chain_walk(
     since: Option<Anchor>,
 ) -> Result<ChainStatus, ChainError> {
     let chainer = Chainer::new(key);
-    let head = store
-        .access_log_head()
-        .await
-        .map_err(|_| ChainError::Store)?;
+    let head = store.access_log_head().await.map_err(store_failed)?;
     let Some(head) = head else {
         // No head: there must be no entries either.
-        let first = store
-            .access_log_page(0, 1)
-            .await
-            .map_err(|_| ChainError::Store)?;
+        let first = store.access_log_page(0, 1).await.map_err(store_failed)?;
         if first.is_empty() {
             return Ok(ChainStatus {
                 entries: 0,
@@ -286,11 +317,7 @@ async fn verify_chain_walk(
             });
         }
         // Perhaps the first entry was appended just now: look once more.
-        return match store
-            .access_log_head()
-            .await
-            .map_err(|_| ChainError::Store)?
-        {
+        return match store.access_log_head().await.map_err(store_failed)? {
             None => Err(ChainError::Head("missing while entries exist")),
             Some(_) => Box::pin(verify_chain_walk(store, key, since)).await,
         };
@@ -304,7 +331,7 @@ async fn verify_chain_walk(
         let page = store
             .access_log_page(expected_seq - 1, VERIFY_PAGE)
             .await
-            .map_err(|_| ChainError::Store)?;
+            .map_err(store_failed)?;
         if page.is_empty() {
             break;
         }

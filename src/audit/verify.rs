@@ -702,11 +702,15 @@ pub async fn verify_since(
                 failure: None,
                 anchored_at: since.access_log.map(|a| a.seq),
             },
+            // A log that could not be read is no finding: the run fails
+            // as any other read of the store does.
+            Err(ChainError::Store(error)) => return Err(StoreError::Shared(error)),
             Err(error) => {
                 let record_id = match &error {
                     ChainError::Entry { seq, .. } => seq.to_string(),
-                    ChainError::Head(_) => "head".to_owned(),
-                    ChainError::Store => String::new(),
+                    // The column is named in the finding's text.
+                    ChainError::Damaged(_) => String::new(),
+                    _ => "head".to_owned(),
                 };
                 failures.push(Failure::new("access_log", &record_id, error.to_string()));
                 ChainReport {

@@ -898,6 +898,47 @@ async fn offline_audit_exit_codes_and_html_report() {
     );
     render_in_chromium(&html2, false);
 
+    // A head value this service never writes is a finding (1); a log that
+    // cannot be read at all is an I/O error (2), not a finding.
+    let run = |name: &str| {
+        checkoutd()
+            .env("CHECKOUTD_DATABASE_URL", &url)
+            .args(["audit", "--data-dir"])
+            .arg(&copy)
+            .arg("--out")
+            .arg(work.path().join(name))
+            .status()
+            .unwrap()
+    };
+    let tampered = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE access_log_head SET hash = substr(hash, 1, 4)")
+        .execute(&tampered)
+        .await
+        .unwrap();
+    assert_eq!(run("report3.json").code(), Some(1));
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("report3.json")).unwrap()).unwrap();
+    assert!(
+        doc["report"]["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["table"] == "access_log"
+                && f["what"].as_str().unwrap().contains("hash does not hold")),
+        "{doc:#}"
+    );
+    sqlx::query("ALTER TABLE access_log_head RENAME TO access_log_head_away")
+        .execute(&tampered)
+        .await
+        .unwrap();
+    tampered.close().await;
+    let unreadable = work.path().join("report4.json");
+    assert_eq!(run("report4.json").code(), Some(2));
+    assert!(
+        !unreadable.exists(),
+        "no report is written for a failed run"
+    );
+
     // Usage and I/O errors are 2.
     let status = checkoutd()
         .args(["audit", "--data-dir", "/nonexistent", "--out"])
