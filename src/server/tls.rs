@@ -51,6 +51,12 @@ pub enum TlsError {
          whichever is newer): keep only each CA's newest list"
     )]
     TwoCrlsFromOneCa { path: PathBuf },
+    #[error(
+        "the client CRL file {path} holds no list from the client CA {ca}: every client \
+         certificate under that CA (its intermediates included) would be refused; add the CA's \
+         current list, or remove the CA from the client CA file"
+    )]
+    NoCrlFromCa { path: PathBuf, ca: String },
     #[error("cannot read {path}")]
     ReadFile {
         path: PathBuf,
@@ -394,7 +400,8 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         source,
     })?;
     let mut roots = RootCertStore::empty();
-    for ca in read_certs(&files.client_ca, "client CA")? {
+    let client_cas = read_certs(&files.client_ca, "client CA")?;
+    for ca in client_cas.iter().cloned() {
         roots.add(ca).map_err(|source| TlsError::BadClientCa {
             path: files.client_ca.clone(),
             source,
@@ -417,6 +424,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
         crl_expiries = next_updates(&crls, path)?;
+        every_ca_has_a_list(&client_cas, &crls, path)?;
         // Every certificate below the trust anchor is checked, an issuing
         // intermediate included (a compromised one, revoked in its root's
         // list, must not go on minting roles); an expired list, or a CA of
@@ -478,6 +486,41 @@ fn next_updates(
         }
     }
     Ok(out)
+}
+
+/// Revocation is checked along the whole chain, and a CA without a list
+/// fails closed: a trust anchor with no list in the file would refuse every
+/// certificate below it — an intermediate it issued first of all. Refused
+/// when the file loads, naming the CA, not found out one handshake at a
+/// time. (An intermediate's own list can only be missed at a handshake: the
+/// intermediates come with the clients.)
+fn every_ca_has_a_list(
+    cas: &[CertificateDer<'_>],
+    crls: &[CertificateRevocationListDer<'_>],
+    path: &Path,
+) -> Result<(), TlsError> {
+    let mut issuers = std::collections::HashSet::new();
+    for crl in crls {
+        let (_, parsed) =
+            x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
+                path: path.to_owned(),
+            })?;
+        issuers.insert(parsed.issuer().as_raw().to_vec());
+    }
+    for ca in cas {
+        // A CA certificate that does not parse was refused by the root
+        // store already.
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            continue;
+        };
+        if !issuers.contains(cert.subject().as_raw()) {
+            return Err(TlsError::NoCrlFromCa {
+                path: path.to_owned(),
+                ca: cert.subject().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -598,10 +641,16 @@ mod tests {
             )),
             "a revoked intermediate's certificate was accepted"
         );
-        assert!(
-            !verifies(middle_list.clone()),
-            "the root's list is missing: fails closed"
-        );
+        // The root's list missing: the file is refused at load, naming
+        // the root (every certificate below it would fail closed).
+        std::fs::write(&crl, &middle_list).unwrap();
+        let files = TlsFiles::in_dir(&dir.path().join("certs"), Some(&ca), Some(&crl));
+        match config_and_verifier(&files) {
+            Err(error @ TlsError::NoCrlFromCa { .. }) => {
+                assert!(error.to_string().contains("test CA 1"), "{error}")
+            }
+            other => panic!("loaded without the root's list: {:?}", other.err()),
+        }
         // A newer list appended after an older one from the same CA: the
         // file is refused (the verifier would read the first).
         std::fs::write(
