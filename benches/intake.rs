@@ -28,7 +28,7 @@ const ORDER: &str = r#"{"storefront_order_ref":"A-1001",
 fn rules(versions: &[String]) -> Rules<'_> {
     Rules {
         policy_versions: versions,
-        today: time::OffsetDateTime::now_utc().date(),
+        now: time::OffsetDateTime::now_utc(),
     }
 }
 

@@ -65,7 +65,7 @@ fn with_rules<T>(f: impl FnOnce(&Rules<'_>) -> T) -> T {
     let versions: Vec<String> = POLICY_VERSIONS.iter().map(|s| (*s).to_owned()).collect();
     f(&Rules {
         policy_versions: &versions,
-        today: today(),
+        now: today().midnight().assume_utc(),
     })
 }
 

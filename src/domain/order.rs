@@ -7,7 +7,7 @@
 //! zeroized on the way out, as is every string taken from the tree.
 
 use serde_json::{Map, Value};
-use time::Date;
+use time::{Date, OffsetDateTime};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::consent::Purposes;
@@ -43,9 +43,28 @@ pub enum Source {
 pub struct Rules<'a> {
     /// Policy versions the server knows (`consent.policy_version`).
     pub policy_versions: &'a [String],
-    /// Today (UTC), for card expiry.
-    pub today: Date,
+    /// Now, for card expiry (its UTC date) and the checkout time
+    /// (`consent.captured_at`).
+    pub now: OffsetDateTime,
 }
+
+impl Rules<'_> {
+    /// Today (UTC), for card expiry.
+    pub fn today(&self) -> Date {
+        self.now.to_offset(time::UtcOffset::UTC).date()
+    }
+}
+
+/// How far ahead of this server's clock a storefront's checkout time may
+/// be (clock skew between the hosts).
+pub const CAPTURED_AT_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// How old a checkout time may be: a week, the default replay window of an
+/// Idempotency-Key (README) — longer than any storefront retries one
+/// order. (An older time could only make the choices count for less: an
+/// opt-out sent since wins. The bound catches a wrong field, such as an
+/// account's creation date.)
+pub const CAPTURED_AT_MAX_AGE: time::Duration = time::Duration::days(7);
 
 #[derive(Debug)]
 pub struct Address {
@@ -106,6 +125,11 @@ pub struct Card {
 pub struct Consent {
     pub purposes: Purposes,
     pub policy_version: String,
+    /// When the customer made these choices (submitted the checkout), if
+    /// the storefront says: an order retried later — after a 503, say —
+    /// keeps its place before an opt-out the customer sent meanwhile.
+    /// Absent, the choices count from when checkout took the order.
+    pub captured_at: Option<OffsetDateTime>,
 }
 
 /// A validated order.
@@ -636,7 +660,7 @@ impl Reader {
         let month = self.integer(&mut m, &p, "exp_month", true);
         let year = self.integer(&mut m, &p, "exp_year", true);
         if let (Some(month), Some(year)) = (month, year)
-            && let Err(e) = Expiry::parse(month, year, rules.today)
+            && let Err(e) = Expiry::parse(month, year, rules.today())
         {
             match e {
                 ExpiryError::Invalid {
@@ -659,7 +683,7 @@ impl Reader {
                     }
                 }
                 // This year's card is out of date by its month.
-                ExpiryError::Expired if year == i64::from(rules.today.year()) => {
+                ExpiryError::Expired if year == i64::from(rules.today().year()) => {
                     self.error(join(&p, "exp_month"), "expired", "The card has expired")
                 }
                 ExpiryError::Expired => {
@@ -676,7 +700,7 @@ impl Reader {
         drop(cvc);
         let holder_name = self.personal(&mut m, &p, "holder_name", false, MAX_TEXT);
         self.finish(m, &p);
-        let expiry = Expiry::parse(month?, year?, rules.today).ok()?;
+        let expiry = Expiry::parse(month?, year?, rules.today()).ok()?;
         Some(Card {
             pan: pan?,
             expiry,
@@ -702,12 +726,39 @@ impl Reader {
                     "Not a privacy-policy version this server knows",
                 ))
         });
+        let captured_at = self.with_string(&mut m, &p, "captured_at", false, |s| {
+            checkout_time(s, rules.now)
+        });
         self.finish(m, &p);
         Some(Consent {
             purposes: Purposes::from_array(flags),
             policy_version: version?,
+            captured_at,
         })
     }
+}
+
+/// A checkout time: RFC 3339 with its offset, no later than now (give or
+/// take [`CAPTURED_AT_SKEW`]) and no older than [`CAPTURED_AT_MAX_AGE`].
+/// Stored at the millisecond, in UTC, as every time checkoutd writes.
+fn checkout_time(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Reject> {
+    let at =
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            (
+                "invalid_timestamp",
+                "Not an RFC 3339 time with an offset (e.g. 2026-11-29T17:05:00Z)",
+            )
+        })?;
+    if at > now + CAPTURED_AT_SKEW {
+        return Err((
+            "in_the_future",
+            "The checkout time is in the future (more than 5 minutes ahead of this server's clock)",
+        ));
+    }
+    if at < now - CAPTURED_AT_MAX_AGE {
+        return Err(("too_old", "The checkout time is more than 7 days old"));
+    }
+    Ok(at)
 }
 
 /// A contact email address: valid, and no card number in it (it is sealed
@@ -775,10 +826,13 @@ fn text_reject(e: TextError, max: usize) -> Reject {
 mod tests {
     use super::*;
     use serde_json::json;
-    use time::macros::date;
+    use time::macros::datetime;
 
-    fn rules() -> (Vec<String>, Date) {
-        (vec!["2002-06-05".to_owned()], date!(2026 - 11 - 29))
+    fn rules() -> (Vec<String>, OffsetDateTime) {
+        (
+            vec!["2002-06-05".to_owned()],
+            datetime!(2026-11-29 12:00 UTC),
+        )
     }
 
     fn valid() -> Value {
@@ -797,13 +851,13 @@ mod tests {
     }
 
     fn check(v: Value) -> Result<OrderForm, Vec<FieldError>> {
-        let (versions, today) = rules();
+        let (versions, now) = rules();
         parse(
             v,
             Source::Json,
             &Rules {
                 policy_versions: &versions,
-                today,
+                now,
             },
         )
     }
@@ -814,6 +868,55 @@ mod tests {
             .into_iter()
             .map(|e| (e.field, e.code))
             .collect()
+    }
+
+    /// `consent.captured_at`: any offset, kept as the instant; the bounds
+    /// are inclusive; absent is `None`.
+    #[test]
+    fn the_checkout_time_is_read_and_bounded() {
+        assert_eq!(check(valid()).unwrap().consent.captured_at, None);
+        for (given, at) in [
+            ("2026-11-29T13:30:00+02:00", datetime!(2026-11-29 11:30 UTC)),
+            ("2026-11-29T12:05:00Z", datetime!(2026-11-29 12:05 UTC)),
+            ("2026-11-22T12:00:00Z", datetime!(2026-11-22 12:00 UTC)),
+        ] {
+            let mut v = valid();
+            v["consent"]["captured_at"] = json!(given);
+            assert_eq!(check(v).unwrap().consent.captured_at, Some(at), "{given}");
+        }
+        for (given, code) in [
+            ("2026-11-29T12:05:00.001Z", "in_the_future"),
+            ("2026-11-22T11:59:59Z", "too_old"),
+            ("yesterday", "invalid_timestamp"),
+        ] {
+            let mut v = valid();
+            v["consent"]["captured_at"] = json!(given);
+            assert_eq!(
+                codes(v),
+                vec![("consent.captured_at".to_owned(), code)],
+                "{given}"
+            );
+        }
+        // A form sends it as text, like every field.
+        let form = b"customer.name=Ada&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
+&billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
+&billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
+&currency=USD&card.number=4012888888881881&card.exp_month=12&card.exp_year=2030&card.cvc=123\
+&consent.policy_version=2002-06-05&consent.captured_at=2026-11-29T11%3A00%3A00Z";
+        let (versions, now) = rules();
+        let order = parse(
+            crate::domain::form::parse(form).unwrap(),
+            Source::Form,
+            &Rules {
+                policy_versions: &versions,
+                now,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            order.consent.captured_at,
+            Some(datetime!(2026-11-29 11:00 UTC))
+        );
     }
 
     #[test]
@@ -976,10 +1079,10 @@ mod tests {
 &items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=4999\
 &currency=USD&card.number=4012888888881881&card.exp_month=12&card.exp_year=2030&card.cvc=123\
 &consent.policy_version=2002-06-05";
-        let (versions, today) = rules();
+        let (versions, now) = rules();
         let rules = Rules {
             policy_versions: &versions,
-            today,
+            now,
         };
         let order = parse(
             crate::domain::form::parse(body).unwrap(),
@@ -1049,10 +1152,10 @@ mod tests {
             b"items.0.sku=A&items.0.quantity=99999999999999999999&items.0.unit_price_minor=1x",
         )
         .unwrap();
-        let (versions, today) = rules();
+        let (versions, now) = rules();
         let rules = Rules {
             policy_versions: &versions,
-            today,
+            now,
         };
         let errors = parse(tree, Source::Form, &rules).unwrap_err();
         let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.code)).collect();
@@ -1099,13 +1202,13 @@ mod tests {
 &consent.special_offers=on&consent.partnerships=&consent.product_updates=Y&consent.new_offerings=N\
 &consent.policy_version=2002-06-05";
         let tree = crate::domain::form::parse(body).unwrap();
-        let (versions, today) = rules();
+        let (versions, now) = rules();
         let order = parse(
             tree,
             Source::Form,
             &Rules {
                 policy_versions: &versions,
-                today,
+                now,
             },
         )
         .unwrap();
@@ -1126,7 +1229,7 @@ mod tests {
             Source::Form,
             &Rules {
                 policy_versions: &versions,
-                today,
+                now,
             },
         )
         .unwrap_err();

@@ -145,6 +145,14 @@ pub struct ConsentIn {
     /// A privacy-policy version the server knows ("last updated" date).
     #[schema(example = "2002-06-05")]
     policy_version: String,
+    /// When the customer submitted the checkout form (RFC 3339 with an
+    /// offset; at most 5 minutes ahead of the server's clock, at most 7
+    /// days old). Send it, and send the same value when retrying: an order
+    /// retried after an opt-out the customer sent meanwhile then keeps its
+    /// place before that opt-out instead of granting consent again.
+    /// Absent, the choices count from when checkoutd took the order.
+    #[schema(format = DateTime, example = "2026-11-29T17:05:00Z")]
+    captured_at: Option<String>,
 }
 
 /// The form-encoded order: the JSON schema flattened with dots. `items`
@@ -382,21 +390,21 @@ mod tests {
         }
     }
 
-    fn rules() -> (Vec<String>, time::Date) {
+    fn rules() -> (Vec<String>, time::OffsetDateTime) {
         (
             vec!["2002-06-05".to_owned()],
-            time::macros::date!(2026 - 01 - 01),
+            time::macros::datetime!(2026-11-29 17:10 UTC),
         )
     }
 
     fn check(tree: Value, source: Source) -> Result<(), Vec<FieldError>> {
-        let (versions, today) = rules();
+        let (versions, now) = rules();
         parse(
             tree,
             source,
             &Rules {
                 policy_versions: &versions,
-                today,
+                now,
             },
         )
         .map(|_| ())

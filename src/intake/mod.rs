@@ -314,7 +314,7 @@ impl Intake {
         };
         let rules = Rules {
             policy_versions: &self.policy_versions,
-            today: time::OffsetDateTime::now_utc().date(),
+            now: time::OffsetDateTime::now_utc(),
         };
         let form = match order::parse(tree, source, &rules) {
             Ok(form) => form,

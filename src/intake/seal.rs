@@ -201,6 +201,12 @@ fn seal_order_from(
 ) -> Result<NewOrder, CryptoError> {
     let order_id = ids::new_id(rng)?;
     let created_at = ids::now();
+    // The customer's choices date from the checkout the storefront names,
+    // else from now.
+    let captured_at = form
+        .consent
+        .captured_at
+        .map_or_else(|| created_at.clone(), ids::timestamp);
     let customer_tag = tag(
         rng,
         keyring,
@@ -210,7 +216,7 @@ fn seal_order_from(
             basis: Basis::Consent,
             purposes: form.consent.purposes,
             policy_version: &form.consent.policy_version,
-            captured_at: &created_at,
+            captured_at: &captured_at,
         },
     )?;
 
@@ -313,7 +319,7 @@ fn seal_order_from(
                     basis: Basis::FulfillmentOnly,
                     purposes: Purposes::default(),
                     policy_version: &form.consent.policy_version,
-                    captured_at: &created_at,
+                    captured_at: &captured_at,
                 },
             )?;
             let bytes = plaintext(&RecipientPlain {
@@ -587,7 +593,7 @@ pub(crate) mod tests {
         let versions = vec!["2002-06-05".to_owned()];
         let rules = Rules {
             policy_versions: &versions,
-            today: time::OffsetDateTime::now_utc().date(),
+            now: time::OffsetDateTime::now_utc(),
         };
         crate::domain::order::parse(tree, Source::Json, &rules).unwrap()
     }

@@ -16,7 +16,7 @@ fn sealed(app: &TestApp, key: &str) -> NewOrder {
     let keyring = app.keyring();
     let rules = Rules {
         policy_versions: &["2002-06-05".to_owned()],
-        today: time::OffsetDateTime::now_utc().date(),
+        now: time::OffsetDateTime::now_utc(),
     };
     let form = parse(order_json(), Source::Json, &rules).unwrap();
     let key = IdempotencyKey::parse(key.as_bytes()).unwrap();

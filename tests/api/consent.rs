@@ -1393,3 +1393,97 @@ async fn small_body_routes_refuse_a_large_body_as_body_too_large() {
         assert!(!problem.to_string().contains("ada@example.com"));
     }
 }
+
+/// An order the storefront retries after an opt-out the customer sent
+/// meanwhile (its first attempt got a 503; nothing of it was kept) keeps
+/// its place before the opt-out when it names its checkout time: the "yes"
+/// ticked at checkout does not come back. Without a checkout time the
+/// choices count from when checkoutd took the order — after the opt-out.
+/// A checkout time in the future, too old, or not RFC 3339 is a 422 naming
+/// the field.
+#[tokio::test]
+async fn an_order_retried_after_an_opt_out_keeps_its_checkout_time() {
+    let app = spawn_app().await;
+    let checked_out = time::OffsetDateTime::now_utc() - time::Duration::minutes(2);
+    let stamp = |at: time::OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // The customer checked out two minutes ago (the storefront's first
+    // attempt failed), then opted out of everything by email.
+    let r = opt_out(
+        &app,
+        json!({"email": "ada@example.com", "purposes": "all", "channel": "email"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The retry, with the checkout time (given in another offset: stored
+    // in UTC).
+    let mut retried = order_for("ada@example.com", true, true);
+    retried["consent"]["captured_at"] =
+        json!(stamp(checked_out.to_offset(time::macros::offset!(+02:00))));
+    let order = place(&app, &retried).await;
+    assert!(
+        audience(&app, "special_offers").await.is_empty(),
+        "the opt-out sent after the checkout stands"
+    );
+    assert!(audience(&app, "third_party_sharing").await.is_empty());
+    let audit = app
+        .client(Role::Auditor)
+        .get(app.url(&format!("/v1/audit/orders/{order}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(audit.status(), 200);
+    let audit: Value = audit.json().await.unwrap();
+    let tag = &audit["consent_tags"][0];
+    assert_eq!(
+        tag["captured_at"].as_str().unwrap(),
+        checkoutd::ids::timestamp(checked_out),
+        "{audit:#}"
+    );
+    assert_eq!(audit["verified"], true, "the tag's MAC covers the time");
+
+    // Without a checkout time: counted from now, after the opt-out.
+    place(&app, &order_for("grace@example.com", true, false)).await;
+    let r = opt_out(
+        &app,
+        json!({"email": "grace@example.com", "purposes": "all", "channel": "email"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    place(&app, &order_for("grace@example.com", true, false)).await;
+    assert_eq!(
+        audience(&app, "special_offers").await,
+        vec!["grace@example.com"]
+    );
+
+    let now = time::OffsetDateTime::now_utc();
+    for (n, (value, code)) in [
+        (
+            json!(stamp(now + time::Duration::minutes(10))),
+            "in_the_future",
+        ),
+        (json!(stamp(now - time::Duration::days(8))), "too_old"),
+        (json!("2026-11-29 17:05:00"), "invalid_timestamp"),
+        (json!("2026-11-29T17:05:00"), "invalid_timestamp"),
+        (json!(1_764_435_900), "invalid_type"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut o = order_for("ada@example.com", true, false);
+        o["consent"]["captured_at"] = value.clone();
+        let r = app.post_order(&format!("bad-checkout-time-{n}"), &o).await;
+        let problem = expect_problem(r, 422).await;
+        let errors = problem["errors"].as_array().unwrap();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["field"] == "consent.captured_at" && e["code"] == code),
+            "{value}: {problem:#}"
+        );
+    }
+}

@@ -401,7 +401,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
         let versions = vec!["2002-06-05".to_owned()];
         let rules = checkoutd::domain::order::Rules {
             policy_versions: &versions,
-            today: time::OffsetDateTime::now_utc().date(),
+            now: time::OffsetDateTime::now_utc(),
         };
         let form = checkoutd::domain::order::parse(
             order_json(),
@@ -831,7 +831,7 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
     let versions = vec!["2002-06-05".to_owned()];
     let rules = checkoutd::domain::order::Rules {
         policy_versions: &versions,
-        today: time::OffsetDateTime::now_utc().date(),
+        now: time::OffsetDateTime::now_utc(),
     };
     let seal = |keyring: &checkoutd::crypto::keyring::Keyring, n: usize, key: &str| {
         let body = if n.is_multiple_of(2) {
