@@ -43,7 +43,10 @@ pub const ORDER_POOL: usize = 384;
 /// request's sealing and is dropped (wiped) with it.
 pub struct OrderEntropy<'a> {
     system: &'a SystemRandom,
-    pool: RefCell<Zeroizing<[u8; ORDER_POOL]>>,
+    /// Boxed, and filled where it lies: a pool filled on the stack and then
+    /// moved would leave an unwiped copy of every byte (the order's data
+    /// keys among them) in the old stack frame.
+    pool: RefCell<Box<Zeroizing<[u8; ORDER_POOL]>>>,
     /// Bytes of `pool` already handed out (and wiped).
     used: Cell<usize>,
 }
@@ -51,8 +54,8 @@ pub struct OrderEntropy<'a> {
 impl<'a> OrderEntropy<'a> {
     /// Draws the pool from `system` in one call.
     pub fn draw(system: &'a SystemRandom) -> Result<Self, CryptoError> {
-        let mut pool = Zeroizing::new([0u8; ORDER_POOL]);
-        system.fill_random(pool.as_mut())?;
+        let mut pool = Box::new(Zeroizing::new([0u8; ORDER_POOL]));
+        system.fill_random(pool.as_mut().as_mut())?;
         Ok(OrderEntropy {
             system,
             pool: RefCell::new(pool),
@@ -93,7 +96,7 @@ mod tests {
     fn each_byte_is_handed_out_once_and_wiped() {
         let system = SystemRandom::new();
         let entropy = OrderEntropy::draw(&system).unwrap();
-        let original = **entropy.pool.borrow();
+        let original = ***entropy.pool.borrow();
         let mut handed = Vec::new();
         for size in [10, 32, 12, 12, 10, 32, 12, 12] {
             let mut out = vec![0u8; size];
@@ -127,7 +130,7 @@ mod tests {
     fn a_request_larger_than_what_is_left_goes_to_the_system() {
         let system = SystemRandom::new();
         let entropy = OrderEntropy::draw(&system).unwrap();
-        let original = **entropy.pool.borrow();
+        let original = ***entropy.pool.borrow();
         let mut first = vec![0u8; ORDER_POOL - 8];
         entropy.fill_random(&mut first).unwrap();
         let mut big = [0u8; 32];
