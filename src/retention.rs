@@ -240,10 +240,12 @@ pub async fn run_once(
 ) -> Result<u64, StoreError> {
     let mut purged = 0;
     let mut outcome = Ok(());
+    // One rule's failure does not hold back the others (each is its own
+    // class's promise); the first failure is what the pass returns.
     for rule in rules {
         let cutoff = time::OffsetDateTime::now_utc()
             - time::Duration::try_from(rule.after_dispatch).unwrap_or(time::Duration::ZERO);
-        outcome = purge_dispatched_before(
+        let ran = purge_dispatched_before(
             store,
             keyring,
             rule.class,
@@ -253,8 +255,11 @@ pub async fn run_once(
             &mut purged,
         )
         .await;
-        if outcome.is_err() {
-            break;
+        if let Err(error) = ran {
+            tracing::error!(class = rule.class.as_str(), error = %error, "a retention rule failed this pass; the other rules still ran");
+            if outcome.is_ok() {
+                outcome = Err(error);
+            }
         }
     }
     finish_purges(store, purged, outcome, false).await

@@ -526,6 +526,40 @@ async fn records_restored_after_their_purge_are_found_by_the_audit() {
             report.failures
         );
     }
+    // Purged again, they go (the purge recorded first stands); retention
+    // does the same, and is not stopped by them.
+    purge_order(&app, &doomed);
+    let report = verify().await;
+    assert!(report.verified, "{:#?}", report.failures);
+    let shipped = place(&app, "r-2", &order_json()).await;
+    let r = app
+        .dispatch(&shipped, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    sqlx::query(&format!(
+        "CREATE TABLE backup_shipped AS SELECT * FROM payment_cards WHERE order_id = '{shipped}'"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    purge_order(&app, &shipped);
+    sqlx::query("INSERT INTO payment_cards SELECT * FROM backup_shipped")
+        .execute(&db)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rules = [checkoutd::retention::Rule {
+        class: checkoutd::crypto::DataClass::Card,
+        after_dispatch: Duration::ZERO,
+    }];
+    checkoutd::retention::run_once(&app.store().await, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    let cards: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_cards")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(cards, 0, "the shipped order's restored card went");
 }
 
 /// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.

@@ -1196,7 +1196,10 @@ pub async fn purge(
         if removed == 0 {
             continue;
         }
-        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, email_blind_index, mac) VALUES ($1, $2, $3, $4, $5, $6)")
+        // A record restored after its purge (from a backup) is deleted
+        // again; the purge recorded first stands (the table is append-only
+        // and keyed by order and class).
+        sqlx::query("INSERT INTO purges (order_id, class, purged_at, reason, email_blind_index, mac) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, class) DO NOTHING")
             .bind(&p.order_id)
             .bind(&p.class)
             .bind(&p.purged_at)
