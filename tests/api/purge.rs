@@ -763,3 +763,57 @@ async fn the_warehouse_sees_purged_orders_as_purged_and_cannot_ship_them() {
         "pending"
     );
 }
+
+/// A gift order whose recipient record is missing has nowhere to ship
+/// (its shipping row is only the marker): dispatch is refused. And on
+/// PostgreSQL a dispatch racing a purge that is still open waits for it,
+/// then finds the ship-to gone — never dispatched with its ship-to erased.
+#[tokio::test]
+async fn a_dispatch_needs_the_ship_to_and_waits_for_a_purge_in_progress() {
+    let app = spawn_app().await;
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({
+        "name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}
+    });
+    let gift = place(&app, "ship-1", &gift).await;
+    let db = app.db().await;
+    sqlx::query(&format!(
+        "DELETE FROM gift_recipients WHERE order_id = '{gift}'"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let r = app
+        .dispatch(&gift, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    let problem = crate::helpers::expect_problem(r, 409).await;
+    assert_eq!(problem["type"], "urn:checkoutd:problem:ship-to-purged");
+
+    if !app.database.is_postgres() {
+        return;
+    }
+    let racing = place(&app, "ship-2", &order_json()).await;
+    let mut purge = db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "DELETE FROM shipping_details WHERE order_id = '{racing}'"
+    ))
+    .execute(&mut *purge)
+    .await
+    .unwrap();
+    let facts = json!({"carrier": "UPS", "tracking": "1Z"});
+    let dispatch = app.dispatch(&racing, &facts);
+    let commit_later = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        purge.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(dispatch, commit_later);
+    let problem = crate::helpers::expect_problem(r, 409).await;
+    assert_eq!(problem["type"], "urn:checkoutd:problem:ship-to-purged");
+    let status: String =
+        sqlx::query_scalar(&format!("SELECT status FROM orders WHERE id = '{racing}'"))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(status, "accepted");
+}

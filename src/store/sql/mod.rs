@@ -415,13 +415,26 @@ impl Store for SqlStore {
         // One conditional update decides: of two concurrent dispatches (in
         // any process) exactly one finds the order still 'accepted'.
         let gate = self.writer.pass().await;
-        // An order whose shipping details were purged has nowhere to go.
-        let updated = sqlx::query(
+        // An order whose ship-to was purged has nowhere to go: its shipping
+        // record, and for a gift the recipient's record, must be there.
+        // PostgreSQL reads them locked: a purge deleting them in a
+        // transaction still open is waited for (and then they are gone),
+        // not read past from the statement's snapshot — else the order
+        // would be dispatched with its ship-to erased. (SQLite has one
+        // writer at a time.)
+        let lock = match self.engine {
+            Engine::Postgres => " FOR SHARE",
+            Engine::Sqlite => "",
+        };
+        let updated = sqlx::query(&format!(
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
               WHERE id = $1 AND status = 'accepted'
-                AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1)",
-        )
+                AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1
+                             AND (s.ship_to = 'customer'
+                                  OR EXISTS (SELECT 1 FROM gift_recipients g
+                                              WHERE g.order_id = $1{lock})){lock})"
+        ))
         .bind(order_id.to_string())
         .bind(&new.dispatch.carrier)
         .bind(&new.dispatch.tracking)
@@ -448,7 +461,7 @@ impl Store for SqlStore {
                 let status: String = row.try_get("status").map_err(StoreError::from_sqlx)?;
                 match dispatch_of(&row)? {
                     Some(done) => Ok(DispatchOutcome::AlreadyDispatched(done)),
-                    // Still accepted, so the shipping record was missing.
+                    // Still accepted, so the ship-to was missing.
                     None if status == "accepted" => Ok(DispatchOutcome::NoShipTo),
                     None => Err(StoreError::Corrupt("orders: not accepted, but no dispatch")),
                 }
