@@ -244,26 +244,32 @@ fn runs(bytes: &[u8]) -> Vec<(Vec<&[u8]>, bool)> {
 }
 
 /// `text` as a person's typing is read: UUIDs and digests blanked (before
-/// their dashes become separators), full-width digits made ASCII, and every
-/// run of separators (whitespace, `.`, `/`, `_`, dashes) made one space.
+/// their dashes become separators), every script's decimal digits made
+/// ASCII (`۴۰۱۲`, full-width, mathematical), invisible format characters
+/// dropped (a soft hyphen or an invisible separator between digits joins
+/// them, as it looks), and every run of separators — whitespace and every
+/// other character that is neither a letter, a digit nor `+` (`.`, `/`,
+/// `,`, `:`, `·`, dashes, …) — made one space. (`+` stays: it marks a
+/// phone number written internationally, see [`candidates`].)
 fn typed(text: &str) -> Vec<u8> {
     let blanked = blank_uuids(text.as_bytes());
     let text = String::from_utf8_lossy(&blanked);
     let mut normal = Vec::with_capacity(text.len());
     let mut separator = false;
     for c in text.chars() {
-        let c = match c {
-            '\u{ff10}'..='\u{ff19}' => char::from(b'0' + (c as u32 - 0xff10) as u8),
-            c if c.is_whitespace()
-                || matches!(c, '.' | '/' | '_' | '-' | '\u{2010}'..='\u{2015}') =>
-            {
+        if is_invisible_format(c) {
+            continue;
+        }
+        let c = match decimal_digit(c) {
+            Some(d) => char::from(b'0' + d),
+            None if c.is_alphanumeric() || c == '+' => c,
+            None => {
                 if !separator {
                     normal.push(b' ');
                 }
                 separator = true;
                 continue;
             }
-            c => c,
         };
         separator = false;
         let mut utf8 = [0u8; 4];
@@ -272,20 +278,74 @@ fn typed(text: &str) -> Vec<u8> {
     normal
 }
 
+/// The first code point of each run of ten decimal digits (Unicode's
+/// `Nd`) a card number could be typed in: Arabic-Indic and its extended
+/// (Persian, Urdu) form, N'Ko, the Indic scripts, Thai, Lao, Tibetan,
+/// Myanmar, Khmer, Mongolian and others of South-East Asia, full-width, and
+/// the five mathematical sets.
+const DIGIT_ZEROS: [u32; 43] = [
+    0x0660, 0x06f0, 0x07c0, 0x0966, 0x09e6, 0x0a66, 0x0ae6, 0x0b66, 0x0be6, 0x0c66, 0x0ce6, 0x0d66,
+    0x0de6, 0x0e50, 0x0ed0, 0x0f20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90,
+    0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10,
+    0x104a0, 0x1d7ce, 0x1d7d8, 0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e950,
+];
+
+/// The value of a decimal digit of any script listed in [`DIGIT_ZEROS`]
+/// (ASCII included).
+fn decimal_digit(c: char) -> Option<u8> {
+    if c.is_ascii_digit() {
+        return Some(c as u8 - b'0');
+    }
+    let code = u32::from(c);
+    DIGIT_ZEROS
+        .iter()
+        .find(|&&zero| (zero..zero + 10).contains(&code))
+        .and_then(|zero| u8::try_from(code - zero).ok())
+}
+
+/// Unicode format characters (`Cf`) that show nothing: the soft hyphen,
+/// the invisible operators and separators, the Mongolian vowel separator,
+/// the interlinear annotation marks and the tag characters. (ZWJ and ZWNJ
+/// are `Cf` too; bidi controls and zero-width spaces are refused outright
+/// by `text::check`.)
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{206a}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'
+    )
+}
+
 /// True when `text` holds something shaped like an email address
 /// (`local@domain.tld`, the top-level domain starting with two letters:
 /// `100@2.5mm` in an item description is a measurement).
 pub fn contains_email(text: &str) -> bool {
+    // Internationalised addresses too (`josé@bücher.de`): any non-ASCII
+    // byte counts as a letter on either side, and the full-width and small
+    // commercial ats as `@`.
+    let wide = ['\u{ff20}', '\u{fe6b}'];
+    let text: std::borrow::Cow<'_, str> = if text.contains(wide) {
+        text.replace(wide, "@").into()
+    } else {
+        text.into()
+    };
     let b = text.as_bytes();
     b.iter().enumerate().any(|(at, c)| {
         if *c != b'@' {
             return false;
         }
-        let local_ok = at > 0 && is_local(b[at - 1]);
+        let local_ok = at > 0 && (is_local(b[at - 1]) || !b[at - 1].is_ascii());
         let domain: Vec<u8> = b[at + 1..]
             .iter()
             .copied()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.' || !c.is_ascii())
             .collect();
         let domain = domain.strip_suffix(b".").unwrap_or(&domain);
         let dot = domain.iter().rposition(|c| *c == b'.');
@@ -295,7 +355,10 @@ pub fn contains_email(text: &str) -> bool {
                 // Starts with two letters (what follows may be text run on
                 // after the address: `jo@shop.com-1001`), or is an
                 // internationalised one in its ASCII form.
-                let tld_ok = tld.len() >= 2 && tld[..2].iter().all(u8::is_ascii_alphabetic)
+                let tld_ok = tld.len() >= 2
+                    && tld[..2]
+                        .iter()
+                        .all(|c| c.is_ascii_alphabetic() || !c.is_ascii())
                     || tld
                         .strip_prefix(b"xn--")
                         .is_some_and(|rest| !rest.is_empty());
@@ -387,8 +450,22 @@ mod tests {
             "4012 - 8888 - 8888 - 1881",
             "\u{ff14}\u{ff10}\u{ff11}\u{ff12}888888881881",
             "3782 822463 10005",
+            // Other scripts' digits, invisible characters and other
+            // separators.
+            "کارت ۴۰۱۲ ۸۸۸۸ ۸۸۸۸ ۱۸۸۱",
+            "\u{0664}\u{0660}\u{0661}\u{0662}888888881881",
+            "\u{0966}4012888888881881",
+            "4012\u{00ad}8888\u{00ad}8888\u{00ad}1881",
+            "4012\u{2063}8888\u{2063}8888\u{2063}1881",
+            "4\u{e0020}012888888881881",
+            "4012,8888,8888,1881",
+            "4012:8888:8888:1881",
+            "4012·8888·8888·1881",
+            "4012\u{2022}8888\u{2022}8888\u{2022}1881",
+            "\u{1d7d2}012888888881881",
         ] {
             assert!(contains_pan_typed(typed), "{typed:?}");
+            assert!(contains_pan_clear(typed), "clear: {typed:?}");
         }
         for fine in [
             "Ada Lovelace",
@@ -629,7 +706,22 @@ mod tests {
         assert!(contains_email("ada@example.museum."));
         assert!(contains_email("ORDER jo@shop.com-1001"));
         assert!(contains_email("jo@shop.de2"));
-        for measure in ["Cable ties 100@2.5mm", "2@1.25kg", "a@b.c", "x@1.2"] {
+        for international in [
+            "josé@example.com",
+            "Geschenk für anna@bücher.de",
+            "ada\u{ff20}example.com",
+            "ada@example.рф",
+            "пример@пример.рф",
+        ] {
+            assert!(contains_email(international), "{international:?}");
+        }
+        for measure in [
+            "Cable ties 100@2.5mm",
+            "2@1.25kg",
+            "a@b.c",
+            "x@1.2",
+            "5 € @ 2.5mm",
+        ] {
             assert!(!contains_email(measure), "{measure:?}");
         }
     }
