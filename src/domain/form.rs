@@ -12,6 +12,8 @@ use percent_encoding::percent_decode;
 use serde_json::{Map, Value};
 use zeroize::Zeroize;
 
+use super::order::{Wiped, scrub};
+
 /// Why a form body is malformed. Carries no input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
@@ -102,22 +104,34 @@ const MAX_DEPTH: usize = 6;
 const MAX_INDEX: usize = 10_000;
 
 pub fn parse(body: &[u8]) -> Result<Value, Malformed> {
-    let mut root = Map::new();
+    // Wiped if the body turns out malformed part way (a duplicate, a gap in
+    // the indices): no card number or CVC stays behind unwiped.
+    let mut root = Wiped(Map::new());
     for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
         let (name, value) = match pair.iter().position(|b| *b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &pair[..0]),
         };
-        let name = decode(name)?;
-        let value = decode(value)?;
-        insert(&mut root, &name, value).map_err(|error| match error {
+        let mut name = decode(name)?;
+        let mut value = match decode(value) {
+            Ok(value) => value,
+            Err(error) => {
+                name.zeroize();
+                return Err(error.into());
+            }
+        };
+        let inserted = insert(&mut root.0, &name, &mut value).map_err(|error| match error {
             FormError::EmptyName => Malformed::from(error),
             _ => Malformed::at(error, &name),
-        })?;
+        });
+        // Taken into the tree, or refused: wiped either way.
+        value.zeroize();
+        name.zeroize();
+        inserted?;
     }
-    let mut tree = Value::Object(root);
-    arrays(&mut tree, &mut Vec::new())?;
-    Ok(tree)
+    let mut tree = Wiped(Value::Object(root.take()));
+    arrays(&mut tree.0, &mut Vec::new())?;
+    Ok(tree.take())
 }
 
 fn decode(raw: &[u8]) -> Result<String, FormError> {
@@ -135,7 +149,9 @@ fn decode(raw: &[u8]) -> Result<String, FormError> {
     })
 }
 
-fn insert(root: &mut Map<String, Value>, name: &str, value: String) -> Result<(), FormError> {
+/// Puts `value` at `name` in the tree, taking it (`value` is left empty);
+/// refused, `value` stays with the caller.
+fn insert(root: &mut Map<String, Value>, name: &str, value: &mut String) -> Result<(), FormError> {
     let segments: Vec<&str> = name.split('.').collect();
     if segments.len() > MAX_DEPTH {
         return Err(FormError::TooDeep);
@@ -158,7 +174,7 @@ fn insert(root: &mut Map<String, Value>, name: &str, value: String) -> Result<()
         Some(Value::Object(_)) => Err(FormError::Conflict),
         Some(_) => Err(FormError::Duplicate),
         None => {
-            node.insert((*last).to_owned(), Value::String(value));
+            node.insert((*last).to_owned(), Value::String(std::mem::take(value)));
             Ok(())
         }
     }
@@ -183,16 +199,23 @@ fn arrays(value: &mut Value, path: &mut Vec<String>) -> Result<(), Malformed> {
     if !all_indices {
         return Ok(());
     }
-    let mut indexed: Vec<(usize, Value)> = Vec::with_capacity(map.len());
+    // Every entry is moved out first, then judged: refused, they are all
+    // wiped (the caller's tree no longer holds them).
+    let mut indexed: Vec<(Option<usize>, Value)> = Vec::with_capacity(map.len());
     for (k, v) in std::mem::take(map) {
-        let i: usize = k.parse().map_err(|_| sparse())?;
-        if i > MAX_INDEX || (k.len() > 1 && k.starts_with('0')) {
-            return Err(sparse());
-        }
+        let i = k
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i <= MAX_INDEX && !(k.len() > 1 && k.starts_with('0')));
         indexed.push((i, v));
     }
     indexed.sort_by_key(|(i, _)| *i);
-    if indexed.iter().enumerate().any(|(pos, (i, _))| pos != *i) {
+    if indexed
+        .iter()
+        .enumerate()
+        .any(|(pos, (i, _))| *i != Some(pos))
+    {
+        indexed.into_iter().for_each(|(_, v)| scrub(v));
         return Err(sparse());
     }
     *value = Value::Array(indexed.into_iter().map(|(_, v)| v).collect());

@@ -10,6 +10,9 @@ use std::cell::RefCell;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use zeroize::Zeroize;
+
+use super::order::Wiped;
 
 /// Why a body is not acceptable JSON. Positions and schema-shaped member
 /// names only, never content.
@@ -127,27 +130,37 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_none<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
+    // The partial array or object is wiped if parsing stops inside it,
+    // and so is a member name that does not make it into its object.
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
+        let mut items = Wiped(Vec::new());
         while let Some(v) =
-            self.on_the_way_out(seq.next_element_seed(self), || items.len().to_string())?
+            self.on_the_way_out(seq.next_element_seed(self), || items.0.len().to_string())?
         {
-            items.push(v);
+            items.0.push(v);
         }
-        Ok(Value::Array(items))
+        Ok(Value::Array(items.take()))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = Map::new();
-        while let Some(key) = access.next_key::<String>()? {
+        let mut map = Wiped(Map::new());
+        while let Some(mut key) = access.next_key::<String>()? {
             let shown = || super::order::shown_field_name(&key).to_owned();
-            if map.contains_key(&key) {
+            if map.0.contains_key(&key) {
                 *self.duplicate.borrow_mut() = Some(vec![shown()]);
+                key.zeroize();
                 return Err(de::Error::custom("duplicate member"));
             }
-            let value = self.on_the_way_out(access.next_value_seed(self), shown)?;
-            map.insert(key, value);
+            match self.on_the_way_out(access.next_value_seed(self), shown) {
+                Ok(value) => {
+                    map.0.insert(key, value);
+                }
+                Err(error) => {
+                    key.zeroize();
+                    return Err(error);
+                }
+            }
         }
-        Ok(Value::Object(map))
+        Ok(Value::Object(map.take()))
     }
 }
 

@@ -271,6 +271,25 @@ pub fn shown_field_name(key: &str) -> &str {
 }
 
 /// Zeroizes every string (and key) of a tree being dropped.
+/// A tree, or a part of one, that is wiped ([`scrub`]) when dropped unless
+/// taken out with [`Wiped::take`]: a parse that fails part way (a
+/// duplicate member, a syntax error, a form's gap in its indices) leaves
+/// no unwiped card number or CVC behind.
+pub struct Wiped<T: Into<Value> + Default>(pub T);
+
+impl<T: Into<Value> + Default> Wiped<T> {
+    /// The value, no longer wiped on drop.
+    pub fn take(mut self) -> T {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl<T: Into<Value> + Default> Drop for Wiped<T> {
+    fn drop(&mut self) {
+        scrub(std::mem::take(&mut self.0).into());
+    }
+}
+
 pub fn scrub(value: Value) {
     match value {
         Value::String(mut s) => s.zeroize(),
