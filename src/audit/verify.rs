@@ -946,6 +946,19 @@ async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<
         ));
     }
     out.count += undone.saturating_sub(found.len() as u64);
+    let (unlogged, found) = store
+        .dispatches_unlogged(crate::fulfillment::DISPATCH_ACTION, limit)
+        .await?;
+    for order_id in &found {
+        out.push(Failure::new(
+            "orders",
+            order_id,
+            "dispatched, but no access-log entry records its dispatch (its log entry was \
+             never written, or removed with the log's tail)"
+                .to_owned(),
+        ));
+    }
+    out.count += unlogged.saturating_sub(found.len() as u64);
     Ok(())
 }
 

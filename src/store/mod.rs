@@ -312,6 +312,17 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<(u64, Vec<(String, i64)>), StoreError>;
 
+    /// The reverse: orders dispatched now that no allowed `action`
+    /// answered 200 in the access log names — how many, and the first
+    /// `limit` ids. A dispatch whose log append failed after its commit
+    /// (the warehouse got a 503) would otherwise stay unseen, and so would
+    /// a later rollback of it.
+    async fn dispatches_unlogged(
+        &self,
+        action: &str,
+        limit: u32,
+    ) -> Result<(u64, Vec<String>), StoreError>;
+
     /// One order with all its records and tags, raw; empty when unknown.
     async fn audit_order(&self, order_id: &str) -> Result<rows::AuditBatch, StoreError>;
 

@@ -1116,6 +1116,37 @@ async fn a_dispatch_rolled_back_in_full_is_found_through_the_access_log() {
             .iter()
             .any(|s| s["order_id"] == ids[2].as_str())
     );
+
+    // The reverse: a dispatch no log entry records — written as the
+    // service writes it (its MAC verifies), but its log append failed, or
+    // it was written straight into the database.
+    let at = checkoutd::ids::now();
+    let mac = app.keyring().consent_tag_key().sign(&[
+        &checkoutd::intake::seal::dispatch_canonical_bytes(&ids[0], "UPS", "1Z9", &at),
+    ]);
+    let db = app.db().await;
+    sqlx::query(
+        "UPDATE orders SET status = 'dispatched', carrier = 'UPS', tracking = '1Z9', \
+         dispatched_at = $1, dispatch_mac = $2 WHERE id = $3",
+    )
+    .bind(&at)
+    .bind(mac.as_slice())
+    .bind(&ids[0])
+    .execute(&db)
+    .await
+    .unwrap();
+    let report = run_verify(&app).await;
+    assert!(
+        has(
+            &report,
+            "orders",
+            &ids[0],
+            "dispatched, but no access-log entry records its dispatch"
+        ),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 2, "{:#?}", report.failures);
 }
 
 /// `seq` is under no MAC: an order moved out of the walk's range (to 0,

@@ -994,6 +994,38 @@ pub async fn dispatches_undone(
     Ok((u64::try_from(count).unwrap_or(0), found))
 }
 
+pub async fn dispatches_unlogged(
+    pool: &AnyPool,
+    action: &str,
+    limit: u32,
+) -> Result<(u64, Vec<String>), StoreError> {
+    // The log's dispatch entries, each reduced to the one order id it
+    // names (objects `["<order id>"]`, compared whole), joined to the
+    // dispatched orders: an anti-join, not a scan of the log per order.
+    const UNLOGGED: &str = "FROM orders o LEFT JOIN (
+            SELECT DISTINCT substr(a.objects, 3, 36) AS id FROM access_log a
+             WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
+               AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]'
+        ) logged ON logged.id = o.id
+        WHERE o.status = 'dispatched' AND logged.id IS NULL";
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNLOGGED}"))
+        .bind(action)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    if count == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let ids =
+        sqlx::query_scalar::<_, String>(&format!("SELECT o.id {UNLOGGED} ORDER BY o.seq LIMIT $2"))
+            .bind(action)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+    Ok((u64::try_from(count).unwrap_or(0), ids))
+}
+
 /// Up to `limit` withdrawals with `seq > after`, in order.
 pub async fn consent_events_page(
     pool: &AnyPool,

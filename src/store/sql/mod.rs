@@ -322,6 +322,14 @@ impl Store for SqlStore {
         audit::dispatches_undone(&self.pool, action, limit).await
     }
 
+    async fn dispatches_unlogged(
+        &self,
+        action: &str,
+        limit: u32,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        audit::dispatches_unlogged(&self.pool, action, limit).await
+    }
+
     async fn order_summary(
         &self,
         client: &[u8; 32],
