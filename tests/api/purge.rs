@@ -793,27 +793,43 @@ async fn a_dispatch_needs_the_ship_to_and_waits_for_a_purge_in_progress() {
     if !app.database.is_postgres() {
         return;
     }
-    let racing = place(&app, "ship-2", &order_json()).await;
-    let mut purge = db.begin().await.unwrap();
-    sqlx::query(&format!(
-        "DELETE FROM shipping_details WHERE order_id = '{racing}'"
-    ))
-    .execute(&mut *purge)
-    .await
-    .unwrap();
-    let facts = json!({"carrier": "UPS", "tracking": "1Z"});
-    let dispatch = app.dispatch(&racing, &facts);
-    let commit_later = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        purge.commit().await.unwrap();
-    };
-    let (r, ()) = tokio::join!(dispatch, commit_later);
-    let problem = crate::helpers::expect_problem(r, 409).await;
-    assert_eq!(problem["type"], "urn:checkoutd:problem:ship-to-purged");
-    let status: String =
-        sqlx::query_scalar(&format!("SELECT status FROM orders WHERE id = '{racing}'"))
-            .fetch_one(&db)
+    // A plain order, and a gift order whose purge deletes the recipient's
+    // record after the shipping record (as purge does), the dispatch
+    // arriving in between: no deadlock, and no dispatch.
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({
+        "name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}
+    });
+    for (n, order) in [order_json(), gift].iter().enumerate() {
+        let racing = place(&app, &format!("ship-race-{n}"), order).await;
+        let mut purge = db.begin().await.unwrap();
+        sqlx::query(&format!(
+            "DELETE FROM shipping_details WHERE order_id = '{racing}'"
+        ))
+        .execute(&mut *purge)
+        .await
+        .unwrap();
+        let facts = json!({"carrier": "UPS", "tracking": "1Z"});
+        let dispatch = app.dispatch(&racing, &facts);
+        let finish_later = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sqlx::query(&format!(
+                "DELETE FROM gift_recipients WHERE order_id = '{racing}'"
+            ))
+            .execute(&mut *purge)
             .await
             .unwrap();
-    assert_eq!(status, "accepted");
+            purge.commit().await.unwrap();
+        };
+        let (r, ()) = tokio::join!(dispatch, finish_later);
+        let problem = crate::helpers::expect_problem(r, 409).await;
+        assert_eq!(problem["type"], "urn:checkoutd:problem:ship-to-purged");
+        let status: String =
+            sqlx::query_scalar(&format!("SELECT status FROM orders WHERE id = '{racing}'"))
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(status, "accepted");
+    }
 }

@@ -425,11 +425,16 @@ impl Store for SqlStore {
         let gate = self.writer.pass().await;
         // An order whose ship-to was purged has nowhere to go: its shipping
         // record, and for a gift the recipient's record, must be there.
-        // PostgreSQL reads them locked: a purge deleting them in a
-        // transaction still open is waited for (and then they are gone),
+        // PostgreSQL reads the shipping record locked: a purge deleting it
+        // in a transaction still open is waited for (and then it is gone),
         // not read past from the statement's snapshot — else the order
         // would be dispatched with its ship-to erased. (SQLite has one
-        // writer at a time.)
+        // writer at a time.) Only that one row is locked: a purge deletes
+        // the shipping record before the recipient's, so a dispatch holding
+        // a lock on the recipient's while it waits for the shipping record
+        // would deadlock with it. Every purge of an undispatched order's
+        // ship-to takes the shipping record (retention takes the
+        // recipient's alone only from dispatched orders).
         let lock = match self.engine {
             Engine::Postgres => " FOR SHARE",
             Engine::Sqlite => "",
@@ -438,10 +443,8 @@ impl Store for SqlStore {
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
               WHERE id = $1 AND status = 'accepted'
-                AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1
-                             AND (s.ship_to = 'customer'
-                                  OR EXISTS (SELECT 1 FROM gift_recipients g
-                                              WHERE g.order_id = $1{lock})){lock})"
+                AND (gift = 0 OR EXISTS (SELECT 1 FROM gift_recipients g WHERE g.order_id = $1))
+                AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1{lock})"
         ))
         .bind(order_id.to_string())
         .bind(&new.dispatch.carrier)
