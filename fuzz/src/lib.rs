@@ -407,6 +407,15 @@ pub fn canonical(o: &OrderForm) -> Value {
         consent.insert((*name).into(), json!(on));
     }
     consent.insert("policy_version".into(), json!(o.consent.policy_version));
+    if let Some(at) = o.consent.captured_at {
+        consent.insert(
+            "captured_at".into(),
+            json!(
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
+            ),
+        );
+    }
     root.insert("consent".into(), Value::Object(consent));
     Value::Object(root)
 }
@@ -1331,14 +1340,19 @@ async fn build_database(dir: &Path) -> (checkoutd::store::sql::SqlStore, Keyring
     )
     .await
     .unwrap();
-    // Access-log entries.
+    // Access-log entries: the first order's dispatch (every dispatched
+    // order has its entry), then two reads.
     let entries: Vec<checkoutd::audit::access_log::Entry> = (0..3)
         .map(|i| checkoutd::audit::access_log::Entry {
             at: checkoutd::ids::now(),
             role: "fulfillment".into(),
             cert_fingerprint: "ab".repeat(32),
             origin_ip: "127.0.0.1".into(),
-            action: "GET /v1/shipments".into(),
+            action: if i == 0 {
+                checkoutd::fulfillment::DISPATCH_ACTION.into()
+            } else {
+                "GET /v1/shipments".into()
+            },
             objects: vec![ids[i].to_string()],
             outcome: checkoutd::audit::access_log::Outcome::Allowed,
             status: 200,

@@ -37,7 +37,7 @@ pub fn contains_pan(text: &str) -> bool {
 /// a card number made of any whole groups of a run — "4012 8888 8888 1881
 /// 12/27 123", card then expiry and CVC; "exp 12/27 4012 8888 8888 1881".
 pub fn contains_pan_typed(text: &str) -> bool {
-    candidates(&typed(text)).any(|groups| loose(&groups) || card_within(&groups))
+    candidates(&typed(text, Separators::Wide)).any(|groups| loose(&groups) || card_within(&groups))
 }
 
 /// For text stored in clear (a SKU, an item description, a storefront
@@ -51,7 +51,7 @@ pub fn contains_pan_typed(text: &str) -> bool {
 /// Diners Club number.
 pub fn contains_pan_clear(text: &str) -> bool {
     candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
-        || candidates(&typed(text))
+        || candidates(&typed(text, Separators::Narrow))
             .any(|groups| card_leading(&groups) || card_printed_within(&groups))
 }
 
@@ -85,13 +85,13 @@ pub fn clear_column_holds_card(table: &str, column: &str, value: &str) -> bool {
 /// digits in ten passes it, and extensions, international prefixes without
 /// `+` and hosts such as `ec2-203-113-145-104` would be refused.
 pub fn contains_card_typed(text: &str) -> bool {
-    candidates(&typed(text)).any(|groups| card_within(&groups))
+    candidates(&typed(text, Separators::Narrow)).any(|groups| card_within(&groups))
 }
 
 /// For the local part of an email address: a card number, however
 /// grouped, alone or at the start of a run (`4012888888881881@…`).
 pub fn contains_card_number(text: &str) -> bool {
-    runs(&typed(text))
+    runs(&typed(text, Separators::Narrow))
         .iter()
         .any(|(groups, _)| card_leading(groups))
 }
@@ -243,15 +243,29 @@ fn runs(bytes: &[u8]) -> Vec<(Vec<&[u8]>, bool)> {
     runs
 }
 
+/// How widely [`typed`] reads separators.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Separators {
+    /// Whitespace, `.`, `/`, `_`, `,`, dashes and the middle dot and
+    /// bullet: for text stored in clear and scanned by the audit (an IPv6
+    /// address's `:` or an email's `@` and `.` must not join digits into a
+    /// card number), and for phones, emails and dispatch facts.
+    Narrow,
+    /// Every character that is neither a letter, a digit nor `+`: for
+    /// personal free text (names, addresses, a gift message), which is
+    /// sealed, never scanned in clear, and where a customer groups a card
+    /// number with whatever they like (`4012:8888:8888:1881`).
+    Wide,
+}
+
 /// `text` as a person's typing is read: UUIDs and digests blanked (before
-/// their dashes become separators), every script's decimal digits made
-/// ASCII (`۴۰۱۲`, full-width, mathematical), invisible format characters
-/// dropped (a soft hyphen or an invisible separator between digits joins
-/// them, as it looks), and every run of separators — whitespace and every
-/// other character that is neither a letter, a digit nor `+` (`.`, `/`,
-/// `,`, `:`, `·`, dashes, …) — made one space. (`+` stays: it marks a
-/// phone number written internationally, see [`candidates`].)
-fn typed(text: &str) -> Vec<u8> {
+/// their dashes become separators), every listed script's decimal digits
+/// made ASCII (`۴۰۱۲`, full-width, mathematical), invisible format
+/// characters dropped (a soft hyphen or an invisible separator between
+/// digits joins them, as it looks), and every run of separators (see
+/// [`Separators`]) made one space. (`+` is never one: it marks a phone
+/// number written internationally, see [`candidates`].)
+fn typed(text: &str, separators: Separators) -> Vec<u8> {
     let blanked = blank_uuids(text.as_bytes());
     let text = String::from_utf8_lossy(&blanked);
     let mut normal = Vec::with_capacity(text.len());
@@ -262,14 +276,23 @@ fn typed(text: &str) -> Vec<u8> {
         }
         let c = match decimal_digit(c) {
             Some(d) => char::from(b'0' + d),
-            None if c.is_alphanumeric() || c == '+' => c,
-            None => {
+            None if c.is_whitespace()
+                || match separators {
+                    Separators::Wide => !c.is_alphanumeric() && c != '+',
+                    Separators::Narrow => matches!(
+                        c,
+                        '.' | '/' | '_' | ',' | '-' | '\u{2010}'
+                            ..='\u{2015}' | '\u{00b7}' | '\u{2022}'
+                    ),
+                } =>
+            {
                 if !separator {
                     normal.push(b' ');
                 }
                 separator = true;
                 continue;
             }
+            None => c,
         };
         separator = false;
         let mut utf8 = [0u8; 4];
@@ -327,40 +350,45 @@ fn is_invisible_format(c: char) -> bool {
 /// (`local@domain.tld`, the top-level domain starting with two letters:
 /// `100@2.5mm` in an item description is a measurement).
 pub fn contains_email(text: &str) -> bool {
-    // Internationalised addresses too (`josé@bücher.de`): any non-ASCII
-    // byte counts as a letter on either side, and the full-width and small
-    // commercial ats as `@`.
-    let wide = ['\u{ff20}', '\u{fe6b}'];
-    let text: std::borrow::Cow<'_, str> = if text.contains(wide) {
-        text.replace(wide, "@").into()
-    } else {
-        text.into()
-    };
-    let b = text.as_bytes();
-    b.iter().enumerate().any(|(at, c)| {
-        if *c != b'@' {
+    // Internationalised addresses too (`josé@bücher.de`): a letter or digit
+    // of any script counts on either side (a currency sign or a dash does
+    // not), and the full-width and small commercial ats count as `@`.
+    let chars: Vec<char> = text
+        .chars()
+        .map(|c| match c {
+            '\u{ff20}' | '\u{fe6b}' => '@',
+            c => c,
+        })
+        .collect();
+    let word = |c: char| c.is_alphanumeric();
+    chars.iter().enumerate().any(|(at, c)| {
+        if *c != '@' {
             return false;
         }
-        let local_ok = at > 0 && (is_local(b[at - 1]) || !b[at - 1].is_ascii());
-        let domain: Vec<u8> = b[at + 1..]
+        let local_ok = at > 0 && {
+            let before = chars[at - 1];
+            if before.is_ascii() {
+                is_local(before as u8)
+            } else {
+                word(before)
+            }
+        };
+        let domain: Vec<char> = chars[at + 1..]
             .iter()
             .copied()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.' || !c.is_ascii())
+            .take_while(|&c| word(c) || c == '-' || c == '.')
             .collect();
-        let domain = domain.strip_suffix(b".").unwrap_or(&domain);
-        let dot = domain.iter().rposition(|c| *c == b'.');
+        let domain = domain.strip_suffix(&['.']).unwrap_or(&domain);
+        let dot = domain.iter().rposition(|c| *c == '.');
         local_ok
             && dot.is_some_and(|d| {
                 let tld = &domain[d + 1..];
                 // Starts with two letters (what follows may be text run on
                 // after the address: `jo@shop.com-1001`), or is an
                 // internationalised one in its ASCII form.
-                let tld_ok = tld.len() >= 2
-                    && tld[..2]
-                        .iter()
-                        .all(|c| c.is_ascii_alphabetic() || !c.is_ascii())
+                let tld_ok = tld.len() >= 2 && tld[..2].iter().all(|c| c.is_alphabetic())
                     || tld
-                        .strip_prefix(b"xn--")
+                        .strip_prefix(&['x', 'n', '-', '-'])
                         .is_some_and(|rest| !rest.is_empty());
                 d > 0 && tld_ok
             })
@@ -459,7 +487,6 @@ mod tests {
             "4012\u{2063}8888\u{2063}8888\u{2063}1881",
             "4\u{e0020}012888888881881",
             "4012,8888,8888,1881",
-            "4012:8888:8888:1881",
             "4012·8888·8888·1881",
             "4012\u{2022}8888\u{2022}8888\u{2022}1881",
             "\u{1d7d2}012888888881881",
@@ -467,6 +494,21 @@ mod tests {
             assert!(contains_pan_typed(typed), "{typed:?}");
             assert!(contains_pan_clear(typed), "clear: {typed:?}");
         }
+        // Any other punctuation groups digits in personal free text only:
+        // in clear text an IPv6 address (scanned by the audit in the
+        // access log) or an email's `@` and `.` must not join them.
+        for personal in [
+            "4012:8888:8888:1881",
+            "4012 * 8888 * 8888 * 1881",
+            "(4012)8888-8888-1881",
+        ] {
+            assert!(contains_pan_typed(personal), "{personal:?}");
+        }
+        for machine in ["2600:1700:5200:1006::1", "2400:cb00:2048:1001::6810:1f2b"] {
+            assert!(!contains_pan_clear(machine), "{machine:?}");
+            assert!(!contains_card_typed(machine), "{machine:?}");
+        }
+        assert!(!contains_card_typed("4123456787@163.com"));
         for fine in [
             "Ada Lovelace",
             "12 Rue de la Paix, 75002 Paris",

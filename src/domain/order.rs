@@ -61,9 +61,11 @@ pub const CAPTURED_AT_SKEW: time::Duration = time::Duration::minutes(5);
 
 /// How old a checkout time may be: a week, the default replay window of an
 /// Idempotency-Key (README) — longer than any storefront retries one
-/// order. (An older time could only make the choices count for less: an
-/// opt-out sent since wins. The bound catches a wrong field, such as an
-/// account's creation date.)
+/// order. The bound catches a wrong field, such as an account's creation
+/// date. Within it the storefront is trusted as it is with the choices
+/// themselves: the order ranks among the customer's checkouts by this
+/// time, so a wrong one misplaces its choices (a "no" dated too early
+/// ranks below a "yes" given since).
 pub const CAPTURED_AT_MAX_AGE: time::Duration = time::Duration::days(7);
 
 #[derive(Debug)]

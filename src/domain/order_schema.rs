@@ -146,8 +146,8 @@ pub struct ConsentIn {
     #[schema(example = "2002-06-05")]
     policy_version: String,
     /// When the customer submitted the checkout form (RFC 3339 with an
-    /// offset; at most 5 minutes ahead of the server's clock, at most 7
-    /// days old). Send it, and send the same value when retrying: an order
+    /// offset; at most 5 minutes ahead of the server's clock — kept as no
+    /// later than when checkoutd took the order — and at most 7 days old). Send it, and send the same value when retrying: an order
     /// retried after an opt-out the customer sent meanwhile then keeps its
     /// place before that opt-out instead of granting consent again.
     /// Absent, the choices count from when checkoutd took the order.

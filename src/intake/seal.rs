@@ -206,13 +206,16 @@ fn seal_order_from(
     request_hash: [u8; 32],
 ) -> Result<NewOrder, CryptoError> {
     let order_id = ids::new_id(rng)?;
-    let created_at = ids::now();
+    let now = time::OffsetDateTime::now_utc();
+    let created_at = ids::timestamp(now);
     // The customer's choices date from the checkout the storefront names,
-    // else from now.
+    // else from now — never later than now: a storefront clock running
+    // ahead (the form allows 5 minutes of skew) must not rank these choices
+    // above a checkout the customer makes meanwhile.
     let captured_at = form
         .consent
         .captured_at
-        .map_or_else(|| created_at.clone(), ids::timestamp);
+        .map_or_else(|| created_at.clone(), |at| ids::timestamp(at.min(now)));
     let customer_tag = tag(
         rng,
         keyring,

@@ -924,7 +924,10 @@ async fn offline_audit_exit_codes_and_html_report() {
             .unwrap()
             .iter()
             .any(|f| f["table"] == "access_log"
-                && f["what"].as_str().unwrap().contains("hash does not hold")),
+                && f["what"]
+                    .as_str()
+                    .unwrap()
+                    .contains("access_log_head.hash does not hold")),
         "{doc:#}"
     );
     sqlx::query("ALTER TABLE access_log_head RENAME TO access_log_head_away")

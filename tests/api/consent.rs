@@ -1460,6 +1460,32 @@ async fn an_order_retried_after_an_opt_out_keeps_its_checkout_time() {
         vec!["grace@example.com"]
     );
 
+    // A storefront clock running ahead (within the skew allowed): the
+    // choices date from when checkoutd took the order, never later.
+    let mut ahead = order_for("grace@example.com", true, false);
+    ahead["consent"]["captured_at"] = json!(stamp(
+        time::OffsetDateTime::now_utc() + time::Duration::minutes(3)
+    ));
+    let r = app.post_order("checkout-time-ahead", &ahead).await;
+    assert_eq!(r.status(), 201);
+    let placed: Value = r.json().await.unwrap();
+    let audit: Value = app
+        .client(Role::Auditor)
+        .get(app.url(&format!(
+            "/v1/audit/orders/{}",
+            placed["order_id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit["consent_tags"][0]["captured_at"], placed["created_at"],
+        "{audit:#}"
+    );
+
     let now = time::OffsetDateTime::now_utc();
     for (n, (value, code)) in [
         (

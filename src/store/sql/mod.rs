@@ -425,7 +425,8 @@ impl Store for SqlStore {
         let gate = self.writer.pass().await;
         // An order whose ship-to was purged has nowhere to go: its shipping
         // record, and for a gift the recipient's record, must be there.
-        // PostgreSQL reads the shipping record locked: a purge deleting it
+        // PostgreSQL reads the shipping record locked (KEY SHARE: a purge's
+        // DELETE conflicts with it, a rewrap's UPDATE does not): a purge deleting it
         // in a transaction still open is waited for (and then it is gone),
         // not read past from the statement's snapshot — else the order
         // would be dispatched with its ship-to erased. (SQLite has one
@@ -436,7 +437,7 @@ impl Store for SqlStore {
         // ship-to takes the shipping record (retention takes the
         // recipient's alone only from dispatched orders).
         let lock = match self.engine {
-            Engine::Postgres => " FOR SHARE",
+            Engine::Postgres => " FOR KEY SHARE",
             Engine::Sqlite => "",
         };
         let updated = sqlx::query(&format!(
@@ -501,7 +502,7 @@ impl Store for SqlStore {
                         .map_err(StoreError::from_sqlx)?,
                 )
                 .map_err(|_| StoreError::Corrupt("access_log_head.seq"))?,
-                blob32(&row, "hash")?,
+                blob32(&row, "access_log_head.hash")?,
             ),
         };
         let mut seqs = Vec::with_capacity(entries.len());
@@ -802,15 +803,19 @@ impl Store for SqlStore {
                     .map_err(StoreError::from_sqlx)?,
             )
             .map_err(|_| StoreError::Corrupt("access_log_head.seq"))?,
-            hash: blob32(&row, "hash")?,
-            mac: blob32(&row, "mac")?,
+            hash: blob32(&row, "access_log_head.hash")?,
+            mac: blob32(&row, "access_log_head.mac")?,
         }))
     }
 }
 
-fn blob32(row: &AnyRow, name: &'static str) -> Result<[u8; 32], StoreError> {
-    let v: Vec<u8> = row.try_get(name).map_err(StoreError::from_sqlx)?;
-    v.try_into().map_err(|_| StoreError::Corrupt(name))
+/// The 32-byte column `table.column` (so named when it is not 32 bytes).
+fn blob32(row: &AnyRow, table_column: &'static str) -> Result<[u8; 32], StoreError> {
+    let column = table_column
+        .split_once('.')
+        .map_or(table_column, |(_, column)| column);
+    let v: Vec<u8> = row.try_get(column).map_err(StoreError::from_sqlx)?;
+    v.try_into().map_err(|_| StoreError::Corrupt(table_column))
 }
 
 fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
@@ -853,9 +858,9 @@ fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
             )
             .map_err(|_| StoreError::Corrupt("access_log.status"))?,
         },
-        prev_hash: blob32(row, "prev_hash")?,
-        hash: blob32(row, "hash")?,
-        mac: blob32(row, "mac")?,
+        prev_hash: blob32(row, "access_log.prev_hash")?,
+        hash: blob32(row, "access_log.hash")?,
+        mac: blob32(row, "access_log.mac")?,
         damaged,
     })
 }
