@@ -39,13 +39,34 @@ pub const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
 const LOCK_ACCESS_LOG: i64 = 0x6368_6b64_0000_0002;
 const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
 
+/// The migrations' session: no time limits. A migration over a large
+/// database (an index built, a foreign key checked over every row) runs as
+/// long as it takes, and a process that starts while another migrates
+/// waits for sqlx's migration lock instead of failing after
+/// [`SESSION`]'s 10 s.
+const MIGRATION_SESSION: &str = "SET lock_timeout = 0; SET statement_timeout = 0;";
+
 /// Connects to `url`, refuses a non-durable server unless allowed, and
 /// applies pending migrations (sqlx serializes concurrent migrators with an
-/// advisory lock, so processes may start together).
+/// advisory lock, so processes may start together) on a connection of
+/// their own ([`MIGRATION_SESSION`]), not the serving pool's.
 pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, StoreError> {
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
-    MIGRATOR.run(&pool).await?;
+    let mut migrating =
+        AnyConnection::connect(url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                target: redact(url),
+                source,
+            })?;
+    migrating
+        .execute(sqlx::raw_sql(MIGRATION_SESSION))
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    let migrated = MIGRATOR.run(&mut migrating).await;
+    let _ = migrating.close().await;
+    migrated?;
     let orders = super::postgres_orders::OrderWriter::open(url, SESSION).await?;
     Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres)
         .with_order_writer(OrderWriter::Postgres(orders)))

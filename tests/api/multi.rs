@@ -399,6 +399,53 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
     );
 }
 
+/// Migrations run without the serving session's time limits: a migration
+/// that waits longer than its 10-s lock limit (here: another session holds
+/// the migrations table, as a long migration of another process would)
+/// still completes, instead of failing the start-up.
+#[tokio::test]
+async fn a_migration_that_waits_past_the_serving_lock_limit_completes() {
+    if postgres_server().is_none() {
+        return skipped(
+            "multi::a_migration_that_waits_past_the_serving_lock_limit",
+            "PostgreSQL only",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(dir.path()).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // sqlx's own table, as it creates it; held exclusively for 11 s.
+    sqlx::query(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+            installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL,
+            checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let migrating = tokio::task::spawn_blocking(move || migrate(&url, &[]));
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    holder.commit().await.unwrap();
+    let out = migrating.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(applied >= 14, "{applied}");
+    pool.close().await;
+}
+
 /// A PostgreSQL front that answers the client's SSLRequest, speaks TLS with
 /// a server certificate of its own CA (`pki`), and forwards the decrypted
 /// protocol to the real server: enough to prove that checkoutd verifies the
