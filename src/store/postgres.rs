@@ -30,6 +30,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '20s'; \
     SET idle_in_transaction_session_timeout = '60s';";
 const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
+/// The audit report's whole-table reads in a serving process: read-only,
+/// and as long as the database needs (on a large one the consent figures
+/// and the anti-joins outlast [`SESSION`]'s 20 s, and every report run
+/// would fail). Still at most 10 s waiting for a lock.
+const WHOLE_TABLE_SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = 0; \
+    SET default_transaction_read_only = on; SET idle_in_transaction_session_timeout = '60s';";
 
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence
 /// (the orders' is taken by `postgres_orders`).
@@ -68,8 +74,16 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
     let _ = migrating.close().await;
     migrated?;
     let orders = super::postgres_orders::OrderWriter::open(url, SESSION).await?;
+    // Two at most: one report run at a time, and a spare.
+    let whole_table_reads = pool_options::<sqlx::Any>(2, WHOLE_TABLE_SESSION)
+        .connect_lazy(url)
+        .map_err(|source| StoreError::Connect {
+            target: redact(url),
+            source,
+        })?;
     Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres)
-        .with_order_writer(OrderWriter::Postgres(orders)))
+        .with_order_writer(OrderWriter::Postgres(orders))
+        .with_whole_table_reads(whole_table_reads))
 }
 
 /// Connects without migrating; every transaction is read-only (the offline

@@ -446,6 +446,44 @@ async fn a_migration_that_waits_past_the_serving_lock_limit_completes() {
     pool.close().await;
 }
 
+/// On PostgreSQL the audit report's whole-table queries (consent figures,
+/// totals, the anti-joins) run in read-only sessions without the serving
+/// 20-s statement limit, which they would outlast on a large database at
+/// every report run; serving sessions keep it.
+#[tokio::test]
+async fn the_reports_whole_table_reads_are_not_cut_at_the_serving_limit() {
+    if postgres_server().is_none() {
+        return skipped(
+            "multi::the_reports_whole_table_reads_are_not_cut_at_the_serving_limit",
+            "PostgreSQL only",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(dir.path()).await;
+    let url = checkoutd::config::DatabaseUrl::parse(&db.url).unwrap();
+    let store = checkoutd::store::open_sql(&url).await.unwrap();
+    let setting = |pool: sqlx::AnyPool, name: &'static str| async move {
+        sqlx::query_scalar::<_, String>(&format!("SELECT current_setting('{name}')"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        setting(store.pool().clone(), "statement_timeout").await,
+        "20s"
+    );
+    let long = store.whole_table_pool().clone();
+    assert_eq!(setting(long.clone(), "statement_timeout").await, "0");
+    assert_eq!(setting(long.clone(), "transaction_read_only").await, "on");
+    assert_eq!(setting(long, "lock_timeout").await, "10s");
+    // And the report runs through them.
+    let stats = checkoutd::store::Store::consent_stats(&store)
+        .await
+        .unwrap();
+    assert_eq!(stats.customers, 0);
+    checkoutd::store::Store::close(&store).await;
+}
+
 /// A PostgreSQL front that answers the client's SSLRequest, speaks TLS with
 /// a server certificate of its own CA (`pki`), and forwards the decrypted
 /// protocol to the real server: enough to prove that checkoutd verifies the

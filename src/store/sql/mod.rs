@@ -151,6 +151,11 @@ pub struct SqlStore {
     /// The engine's order writer, which commits the group-commit batches;
     /// none in a read-only store, which takes no orders.
     orders: Option<OrderWriter>,
+    /// The audit's queries over whole tables (totals, consent figures, the
+    /// anti-joins): on PostgreSQL read-only sessions without the serving
+    /// statement limit, which a large database would outlast at every
+    /// report run; else `pool`.
+    whole_table_reads: AnyPool,
 }
 
 /// Each engine writes order batches its own fastest way, with the same
@@ -189,11 +194,18 @@ impl SqlStore {
     pub(super) fn new(pool: AnyPool, writer: AnyPool, engine: Engine) -> Self {
         let gate = (engine == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         SqlStore {
+            whole_table_reads: pool.clone(),
             pool,
             writer: Writer { pool: writer, gate },
             engine,
             orders: None,
         }
+    }
+
+    /// Where the audit's whole-table queries run (see the field).
+    pub(super) fn with_whole_table_reads(mut self, pool: AnyPool) -> Self {
+        self.whole_table_reads = pool;
+        self
     }
 
     /// The writer's gate, which the SQLite order writer passes too.
@@ -210,6 +222,12 @@ impl SqlStore {
     /// The pool, for this engine's own modules and tests.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool of the audit's whole-table reads (see the field), for
+    /// tests.
+    pub fn whole_table_pool(&self) -> &AnyPool {
+        &self.whole_table_reads
     }
 
     /// Which database this is.
@@ -237,6 +255,7 @@ impl Store for SqlStore {
         if let Some(orders) = &self.orders {
             orders.close().await;
         }
+        self.whole_table_reads.close().await;
         self.pool.close().await;
         if self.engine == Engine::Sqlite {
             sqlite::before_close(&self.writer.pool).await;
@@ -304,14 +323,14 @@ impl Store for SqlStore {
     }
 
     async fn orders_without_key_row(&self, limit: u32) -> Result<(u64, Vec<String>), StoreError> {
-        audit::orders_without_key_row(&self.pool, limit).await
+        audit::orders_without_key_row(&self.whole_table_reads, limit).await
     }
 
     async fn rows_without_order(
         &self,
         limit: u32,
     ) -> Result<(u64, Vec<(&'static str, String)>), StoreError> {
-        audit::rows_without_order(&self.pool, limit).await
+        audit::rows_without_order(&self.whole_table_reads, limit).await
     }
 
     async fn dispatches_undone(
@@ -319,7 +338,7 @@ impl Store for SqlStore {
         action: &str,
         limit: u32,
     ) -> Result<(u64, Vec<(String, i64)>), StoreError> {
-        audit::dispatches_undone(&self.pool, action, limit).await
+        audit::dispatches_undone(&self.whole_table_reads, action, limit).await
     }
 
     async fn dispatches_unlogged(
@@ -327,7 +346,7 @@ impl Store for SqlStore {
         action: &str,
         limit: u32,
     ) -> Result<(u64, Vec<String>), StoreError> {
-        audit::dispatches_unlogged(&self.pool, action, limit).await
+        audit::dispatches_unlogged(&self.whole_table_reads, action, limit).await
     }
 
     async fn order_summary(
@@ -616,11 +635,11 @@ impl Store for SqlStore {
     }
 
     async fn totals(&self) -> Result<Totals, StoreError> {
-        audit::totals(&self.pool).await
+        audit::totals(&self.whole_table_reads).await
     }
 
     async fn consent_stats(&self) -> Result<ConsentStats, StoreError> {
-        audit::consent_stats(&self.pool).await
+        audit::consent_stats(&self.whole_table_reads).await
     }
 
     async fn append_consent_event(
