@@ -512,6 +512,82 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
     }
 }
 
+/// Both engines refuse what no part of checkoutd ever does and what would
+/// undo a guarantee: deleting an order or a consent tag (even one nothing
+/// references any more) or changing their keys, deleting an
+/// Idempotency-Key row (a retry would become a second order), and deleting
+/// or changing a KEK retirement (a server still holding the key would seal
+/// under it again).
+#[tokio::test]
+async fn orders_tags_keys_and_retirements_are_never_deleted() {
+    let (app, ids) = populated().await;
+    let db = app.db().await;
+    let tag = customer_tag(&app, &ids[0]).await;
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO orders (id, created_at, status, currency, items, total_minor, gift, \
+             consent_tag_id, client_fingerprint, mac) \
+             SELECT 'bare-order', created_at, status, currency, items, total_minor, gift, \
+             consent_tag_id, client_fingerprint, mac FROM orders WHERE id = '{}'",
+            ids[0]
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        "INSERT INTO kek_retirements (class, version, retired_at) \
+         VALUES ('card', 99, '2026-11-29T00:00:00.000Z')",
+    )
+    .await;
+    for (sql, says) in [
+        (
+            "DELETE FROM orders WHERE id = 'bare-order'".to_owned(),
+            "never deleted",
+        ),
+        (
+            "UPDATE orders SET id = 'renamed' WHERE id = 'bare-order'".to_owned(),
+            "never deleted",
+        ),
+        (
+            format!("DELETE FROM consent_tags WHERE id = '{tag}'"),
+            "never deleted",
+        ),
+        (
+            format!("UPDATE consent_tags SET order_id = 'bare-order' WHERE id = '{tag}'"),
+            "never deleted",
+        ),
+        (
+            format!("DELETE FROM idempotency_keys WHERE order_id = '{}'", ids[1]),
+            "a key row is never deleted",
+        ),
+        (
+            "UPDATE kek_retirements SET version = 98 WHERE version = 99".to_owned(),
+            "append-only",
+        ),
+        ("DELETE FROM kek_retirements".to_owned(), "append-only"),
+    ] {
+        let error = match sqlx::query(&sql).execute(&db).await {
+            Ok(done) => panic!("the database took {sql:?} ({} rows)", done.rows_affected()),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(says), "{sql:?}: {error}");
+    }
+    if app.database.is_postgres() {
+        for table in ["idempotency_keys", "kek_retirements"] {
+            let error = sqlx::query(&format!("TRUNCATE {table}"))
+                .execute(&db)
+                .await
+                .expect_err("TRUNCATE was taken");
+            assert!(
+                error.to_string().contains("never deleted")
+                    || error.to_string().contains("append-only"),
+                "{table}: {error}"
+            );
+        }
+    }
+}
+
 /// SQLite's TEXT takes bytes that are not UTF-8 (`CAST(x'…' AS TEXT)`),
 /// and one such value used to fail the audit's whole query: an attacker
 /// could stop every audit. Now the audit runs to its end and names each
