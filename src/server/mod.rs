@@ -453,7 +453,10 @@ async fn serve(
             tracing::debug!(client_ip = %addr.ip(), "anonymous connection cap reached; answering 503");
             crate::telemetry::connection_refused("anonymous");
             tokio::select! {
-                answered = tokio::time::timeout(OVERFLOW_TIME, serve_overloaded(tls_stream)) => {
+                answered = tokio::time::timeout(
+                    OVERFLOW_TIME,
+                    serve_overloaded(tls_stream, Some((shared.app.clone(), peer.clone()))),
+                ) => {
                     if answered.is_err() {
                         tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
                     }
@@ -814,7 +817,7 @@ async fn answer_overloaded(acceptor: &TlsAcceptor, stream: TcpStream, addr: Sock
         let Ok(tls_stream) = acceptor.accept(stream).await else {
             return;
         };
-        serve_overloaded(tls_stream).await;
+        serve_overloaded(tls_stream, None).await;
     };
     if tokio::time::timeout(OVERFLOW_TIME, work).await.is_err() {
         tracing::debug!(client_ip = %addr.ip(), "overload answer timed out");
@@ -824,7 +827,13 @@ async fn answer_overloaded(acceptor: &TlsAcceptor, stream: TcpStream, addr: Sock
 /// Answers the first request of an established TLS connection `503`
 /// (`guard::overloaded`: problem, `Retry-After`, the security headers),
 /// then closes it. The caller bounds the time.
-async fn serve_overloaded<S>(tls_stream: S)
+///
+/// With `probes` (a connection over the anonymous cap), a `GET` or `HEAD`
+/// of `/healthz` or `/readyz` is answered by the application instead, as
+/// it is on any connection: anonymous connections spread over many
+/// addresses — none of them a hog to shed — must not get a load
+/// balancer's probes answered 503 and the instance pulled.
+async fn serve_overloaded<S>(tls_stream: S, probes: Option<(Router, Peer)>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -832,8 +841,20 @@ where
     let on_answer = answered.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         on_answer.notify_one();
-        let response = crate::http::guard::overloaded(req.version());
-        async move { Ok::<_, Infallible>(response) }
+        let probe = probes.clone().filter(|_| {
+            matches!(req.method(), &hyper::Method::GET | &hyper::Method::HEAD)
+                && matches!(req.uri().path(), "/healthz" | "/readyz")
+        });
+        async move {
+            match probe {
+                Some((app, peer)) => {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(peer);
+                    app.oneshot(req).await
+                }
+                None => Ok::<_, Infallible>(crate::http::guard::overloaded(req.version())),
+            }
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(false);

@@ -1622,8 +1622,10 @@ async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
 
 /// At the anonymous cap, with every anonymous connection busy, a newcomer
 /// is answered — 503 with `Retry-After` and the security headers — not
-/// dropped without a word: a load balancer's probe tells "busy" from
-/// "down".
+/// dropped without a word. A load balancer's probe of `/healthz` or
+/// `/readyz` is answered as on any connection (the cap can be filled from
+/// many addresses, none of them a hog to shed, and the instance must not be
+/// pulled for it).
 #[tokio::test]
 async fn a_newcomer_past_the_anonymous_cap_is_told_to_come_back() {
     let app = spawn_app_with(Options {
@@ -1646,7 +1648,7 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nem
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = app
         .anonymous()
-        .get(app.url("/healthz"))
+        .get(app.url("/unsubscribe"))
         .send()
         .await
         .expect("the newcomer was answered, not dropped");
@@ -1655,6 +1657,16 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nem
     assert!(r.headers().contains_key("strict-transport-security"));
     let p: Value = r.json().await.unwrap();
     assert!(p["type"].is_string(), "{p}");
+    for probe in ["/healthz", "/readyz"] {
+        let r = app
+            .anonymous()
+            .get(app.url(probe))
+            .send()
+            .await
+            .expect("the probe was answered");
+        assert_eq!(r.status(), 200, "{probe}");
+        assert!(r.headers().contains_key("strict-transport-security"));
+    }
     drop(holder);
 }
 
