@@ -80,12 +80,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         }
     }
 
+    // A flush or a shutdown that makes no headway is bounded as well: once
+    // a request is in and the connection is to close, hyper only flushes
+    // and shuts down, and a client that never reads would hold the
+    // connection (and its buffered response) for good. (Neither touches
+    // the clock: a flush with nothing to send is no traffic.)
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
     }
 
     fn poll_write_vectored(
@@ -106,5 +119,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Takes every write, and never gets one out: a client that does not
+    /// read.
+    struct NeverDrains;
+
+    impl AsyncWrite for NeverDrains {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_or_shutdown_that_never_ends_fails_after_the_idle_limit() {
+        let mut io = IdleTimeout::new(NeverDrains, Duration::from_secs(5));
+        io.write_all(b"the last response").await.unwrap();
+        let started = Instant::now();
+        let error = io.flush().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        let mut io = IdleTimeout::new(NeverDrains, Duration::from_secs(5));
+        let error = io.shutdown().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 }
