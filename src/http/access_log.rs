@@ -21,6 +21,11 @@ pub const TARGET: &str = "checkoutd::access";
 /// Used by the outermost layer, [`super::envelope`], so the status logged is
 /// the one sent and the latency covers every other layer.
 ///
+/// A request dropped before its answer was final — its HTTP/2 stream reset
+/// by the client, its connection cut at the drain timeout or shed — writes
+/// its line anyway, with [`ABANDONED`] as the status: an order may have
+/// been stored for it, and a flood of resets leaves a trace.
+///
 /// [`finish`]: Started::finish
 pub struct Started {
     at: Instant,
@@ -29,7 +34,12 @@ pub struct Started {
     client_ip: String,
     tls: &'static str,
     role: &'static str,
+    finished: bool,
 }
+
+/// The status logged (and counted) for a request abandoned before its
+/// answer: 499, "client closed request", as proxies log it. Never sent.
+pub const ABANDONED: u16 = 499;
 
 impl Started {
     pub fn of(req: &Request) -> Started {
@@ -53,12 +63,17 @@ impl Started {
             client_ip,
             tls,
             role,
+            finished: false,
         }
     }
 
-    pub fn finish(self, response: &Response) {
+    pub fn finish(mut self, response: &Response) {
+        self.finished = true;
+        self.write(response.status().as_u16());
+    }
+
+    fn write(&self, status: u16) {
         let elapsed = self.at.elapsed();
-        let status = response.status().as_u16();
         crate::telemetry::request(&self.route, self.method, status, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         tracing::info!(
@@ -72,6 +87,14 @@ impl Started {
             tls = self.tls,
             "request"
         );
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.write(ABANDONED);
+        }
     }
 }
 

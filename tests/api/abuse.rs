@@ -682,6 +682,13 @@ async fn http2_rapid_reset_is_answered_goaway_and_others_are_served() {
         matches!(reason, None | Some(h2::Reason::NO_ERROR)),
         "{reason:?}"
     );
+    // Each abandoned request still left its access-log line (status 499,
+    // never sent): a flood of resets leaves a trace.
+    let abandoned = crate::helpers::captured_logs()
+        .lines()
+        .filter(|l| l.contains(r#""route":"/slow""#) && l.contains(r#""status":499"#))
+        .count();
+    assert!(abandoned >= 100, "{abandoned} abandoned requests logged");
     // Nothing was stored, and others are served.
     assert_eq!(order_count(&app).await, 0);
     let r = app.post_order("after-reset", &order_json()).await;
