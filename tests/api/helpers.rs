@@ -164,6 +164,7 @@ impl TestDatabase {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        drop_leftover_databases(&server).await;
         let admin = sqlx::PgPool::connect(&server).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
@@ -222,23 +223,62 @@ impl Drop for TestDatabase {
         let Some((server, name)) = self.postgres.take() else {
             return;
         };
-        // Drop may run inside the test's runtime: use a thread of its own.
-        let _ = std::thread::spawn(move || {
+        // On a thread of its own, and not waited for. Drop runs on the
+        // test's runtime thread, where the test's server still runs: blocked
+        // here, a connection that server was opening would hang half-way
+        // through authentication — PostgreSQL's DROP DATABASE waits for
+        // every backend to take its signal barrier, which a backend still
+        // authenticating does not, and FORCE does not end it (it has no
+        // database yet) — for `authentication_timeout`, a minute. Not
+        // blocked, the runtime ends, the connection closes, the drop
+        // finishes at once. A drop cut short by the end of the test
+        // process is finished by the next run ([`drop_leftover_databases`]).
+        std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async {
-                let admin = sqlx::PgPool::connect(&server).await.unwrap();
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-                admin.close().await;
-            });
-        })
-        .join();
+            rt.block_on(drop_database(&server, &name));
+        });
     }
+}
+
+async fn drop_database(server: &str, name: &str) {
+    let admin = sqlx::PgPool::connect(server).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+/// Drops the test databases of test processes that are gone (their
+/// process id is in the name): what an interrupted run, or a drop cut
+/// short by the end of its process, left behind. Once per process.
+async fn drop_leftover_databases(server: &str) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let admin = sqlx::PgPool::connect(server).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'checkoutd\\_test\\_%'",
+        )
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+        for name in names {
+            let pid = name
+                .strip_prefix("checkoutd_test_")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+            let gone =
+                pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                drop_database(server, &name).await;
+            }
+        }
+    })
+    .await;
 }
 
 pub struct TestApp {
