@@ -931,6 +931,10 @@ async fn check_rows_belong_to_orders(
 /// nulled — to ship the order twice, or keep its card data past retention
 /// — is found through the access log, whose chain is verified separately:
 /// every dispatch answered 200 was committed before its entry was written.
+/// How old a dispatch must be before a missing access-log entry for it is
+/// a finding.
+const UNLOGGED_DISPATCH_GRACE: time::Duration = time::Duration::minutes(10);
+
 async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
     let limit = u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX);
     let (undone, found) = store
@@ -946,8 +950,12 @@ async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<
         ));
     }
     out.count += undone.saturating_sub(found.len() as u64);
+    // A dispatch and its entry are written one after the other (in one
+    // task the request cannot cancel): one committed in the last minutes
+    // may be waiting for its entry.
+    let settled = crate::ids::timestamp(time::OffsetDateTime::now_utc() - UNLOGGED_DISPATCH_GRACE);
     let (unlogged, found) = store
-        .dispatches_unlogged(crate::fulfillment::DISPATCH_ACTION, limit)
+        .dispatches_unlogged(crate::fulfillment::DISPATCH_ACTION, &settled, limit)
         .await?;
     for order_id in &found {
         out.push(Failure::new(

@@ -49,9 +49,17 @@ pub fn contains_pan_typed(text: &str) -> bool {
 /// [`card_printed_within`]. Not any whole groups anywhere: in a reference
 /// such as `ORDER-2026-11-30-300001234564`, `30 300001234564` passes for a
 /// Diners Club number.
+///
+/// Intake reads the groups as a person may type them in any field
+/// ([`Separators::Wide`]: `4012:8888:8888:1881`, `4012|8888|…`).
 pub fn contains_pan_clear(text: &str) -> bool {
+    pan_clear(text, Separators::Wide)
+}
+
+/// [`contains_pan_clear`] with `separators`.
+fn pan_clear(text: &str, separators: Separators) -> bool {
     candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
-        || candidates(&typed(text, Separators::Narrow))
+        || candidates(&typed(text, separators))
             .any(|groups| card_leading(&groups) || card_printed_within(&groups))
 }
 
@@ -67,14 +75,19 @@ pub fn dispatch_fact_holds_card(text: &str) -> bool {
     contains_card_typed(text)
 }
 
-/// The audit's rule for one clear column: what was written under a rule is
-/// scanned with the same one — the dispatch facts (`orders.carrier`,
-/// `orders.tracking`) with [`dispatch_fact_holds_card`], every other clear
-/// column with [`contains_pan_clear`], the strictest rule for clear text.
+/// The audit's rule for one clear column: never stricter than the rule
+/// the value was written under, so a clean database has no finding — the
+/// dispatch facts (`orders.carrier`, `orders.tracking`) with
+/// [`dispatch_fact_holds_card`], every other clear column with
+/// [`contains_pan_clear`] read with [`Separators::Narrow`]: the columns
+/// checkoutd writes itself hold text that the wide reading would join into
+/// card numbers (an IPv6 address in `access_log.origin_ip`,
+/// `2600:1700:5200:1006::1`, reads as a Mastercard number), and what
+/// intake accepted under the wide reading passes the narrow one too.
 pub fn clear_column_holds_card(table: &str, column: &str, value: &str) -> bool {
     match (table, column) {
         ("orders", "carrier" | "tracking") => dispatch_fact_holds_card(value),
-        _ => contains_pan_clear(value),
+        _ => pan_clear(value, Separators::Narrow),
     }
 }
 
@@ -247,14 +260,15 @@ fn runs(bytes: &[u8]) -> Vec<(Vec<&[u8]>, bool)> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Separators {
     /// Whitespace, `.`, `/`, `_`, `,`, dashes and the middle dot and
-    /// bullet: for text stored in clear and scanned by the audit (an IPv6
-    /// address's `:` or an email's `@` and `.` must not join digits into a
-    /// card number), and for phones, emails and dispatch facts.
+    /// bullet: for the audit's scan of clear columns (an IPv6 address's
+    /// `:` must not join digits into a card number), and for phones,
+    /// emails (an email's `@` and `.` must not either) and dispatch facts.
     Narrow,
     /// Every character that is neither a letter, a digit nor `+`: for
-    /// personal free text (names, addresses, a gift message), which is
-    /// sealed, never scanned in clear, and where a customer groups a card
-    /// number with whatever they like (`4012:8888:8888:1881`).
+    /// what a person types into the order's free text, clear (a SKU, a
+    /// description, a reference) or personal (names, addresses, a gift
+    /// message), where a card number may be grouped with anything
+    /// (`4012:8888:8888:1881`).
     Wide,
 }
 
@@ -494,18 +508,26 @@ mod tests {
             assert!(contains_pan_typed(typed), "{typed:?}");
             assert!(contains_pan_clear(typed), "clear: {typed:?}");
         }
-        // Any other punctuation groups digits in personal free text only:
-        // in clear text an IPv6 address (scanned by the audit in the
-        // access log) or an email's `@` and `.` must not join them.
-        for personal in [
+        // Any other punctuation groups digits in what a person types, clear
+        // or personal; the audit's scan of the columns checkoutd writes
+        // itself, and phones and emails, read it narrowly: an IPv6 address
+        // or an email's `@` and `.` must not join digits.
+        for typed in [
             "4012:8888:8888:1881",
+            "4012|8888|8888|1881",
             "4012 * 8888 * 8888 * 1881",
             "(4012)8888-8888-1881",
+            "4012\u{2212}8888\u{2212}8888\u{2212}1881",
+            "\u{ff14}\u{ff10}\u{ff11}\u{ff12}\u{ff0d}8888\u{ff0d}8888\u{ff0d}1881",
         ] {
-            assert!(contains_pan_typed(personal), "{personal:?}");
+            assert!(contains_pan_typed(typed), "{typed:?}");
+            assert!(contains_pan_clear(typed), "clear: {typed:?}");
         }
         for machine in ["2600:1700:5200:1006::1", "2400:cb00:2048:1001::6810:1f2b"] {
-            assert!(!contains_pan_clear(machine), "{machine:?}");
+            assert!(
+                !clear_column_holds_card("access_log", "origin_ip", machine),
+                "{machine:?}"
+            );
             assert!(!contains_card_typed(machine), "{machine:?}");
         }
         assert!(!contains_card_typed("4123456787@163.com"));

@@ -303,7 +303,50 @@ pub async fn dispatch(
         dispatch: wanted.clone(),
         mac,
     };
-    let (status, body) = match state.store.dispatch(order_id, &new).await {
+    // The dispatch and its access-log entry run in a task of their own:
+    // a request dropped meanwhile (its time limit, a stream reset, the
+    // drain) must not leave a committed dispatch without its entry — the
+    // audit names every dispatched order that has none.
+    let committed = {
+        let state = state.clone();
+        let peer = peer.clone();
+        let route = route.clone();
+        tokio::spawn(async move {
+            let outcome = state.store.dispatch(order_id, &new).await;
+            let shipped = match &outcome {
+                Ok(DispatchOutcome::Dispatched(_)) => true,
+                Ok(DispatchOutcome::AlreadyDispatched(d)) => {
+                    d.carrier == new.dispatch.carrier && d.tracking == new.dispatch.tracking
+                }
+                _ => false,
+            };
+            let logged = if shipped {
+                Some(
+                    super::record_access(
+                        &state,
+                        peer.as_deref(),
+                        "POST",
+                        &route,
+                        vec![order_id.to_string()],
+                        StatusCode::OK.as_u16(),
+                    )
+                    .await,
+                )
+            } else {
+                None
+            };
+            (outcome, logged)
+        })
+        .await
+    };
+    let (outcome, logged) = match committed {
+        Ok(done) => done,
+        Err(_) => return Problem::internal().into_response(),
+    };
+    if let Some(Err(withheld)) = logged {
+        return withheld;
+    }
+    let (status, body) = match outcome {
         Err(error) => return store_problem(&error),
         Ok(DispatchOutcome::NotFound) => return Problem::not_found().into_response(),
         Ok(DispatchOutcome::Dispatched(d)) => (StatusCode::OK, d),
@@ -327,18 +370,6 @@ pub async fn dispatch(
             .into_response();
         }
     };
-    if let Err(withheld) = super::record_access(
-        &state,
-        peer.as_deref(),
-        "POST",
-        &route,
-        vec![order_id.to_string()],
-        status.as_u16(),
-    )
-    .await
-    {
-        return withheld;
-    }
     (
         status,
         axum::Json(Dispatched {

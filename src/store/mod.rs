@@ -312,14 +312,17 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<(u64, Vec<(String, i64)>), StoreError>;
 
-    /// The reverse: orders dispatched now that no allowed `action`
-    /// answered 200 in the access log names — how many, and the first
-    /// `limit` ids. A dispatch whose log append failed after its commit
-    /// (the warehouse got a 503) would otherwise stay unseen, and so would
-    /// a later rollback of it.
+    /// The reverse: orders dispatched before `before` (a timestamp) that
+    /// no allowed `action` answered 200 in the access log names — how
+    /// many, and the first `limit` ids. A dispatch whose log append failed
+    /// after its commit (the warehouse got a 503) would otherwise stay
+    /// unseen, and so would a later rollback of it. (`before` leaves out
+    /// dispatches whose entry may still be on its way: the two are written
+    /// one after the other.)
     async fn dispatches_unlogged(
         &self,
         action: &str,
+        before: &str,
         limit: u32,
     ) -> Result<(u64, Vec<String>), StoreError>;
 

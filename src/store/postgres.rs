@@ -31,10 +31,11 @@ const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '20s'; 
     SET idle_in_transaction_session_timeout = '60s';";
 const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
 /// The audit report's whole-table reads in a serving process: read-only,
-/// and as long as the database needs (on a large one the consent figures
-/// and the anti-joins outlast [`SESSION`]'s 20 s, and every report run
-/// would fail). Still at most 10 s waiting for a lock.
-const WHOLE_TABLE_SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = 0; \
+/// and up to half an hour a statement (on a large database the consent
+/// figures and the anti-joins outlast [`SESSION`]'s 20 s, and every report
+/// run would fail; a bound still ends a runaway one). At most 10 s waiting
+/// for a lock.
+const WHOLE_TABLE_SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '30min'; \
     SET default_transaction_read_only = on; SET idle_in_transaction_session_timeout = '60s';";
 
 /// Advisory lock keys (`pg_advisory_xact_lock`), one per ordered sequence
@@ -45,12 +46,15 @@ pub const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
 const LOCK_ACCESS_LOG: i64 = 0x6368_6b64_0000_0002;
 const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
 
-/// The migrations' session: no time limits. A migration over a large
+/// The migrations' session: no statement limit — a migration over a large
 /// database (an index built, a foreign key checked over every row) runs as
-/// long as it takes, and a process that starts while another migrates
-/// waits for sqlx's migration lock instead of failing after
-/// [`SESSION`]'s 10 s.
-const MIGRATION_SESSION: &str = "SET lock_timeout = 0; SET statement_timeout = 0;";
+/// long as it takes — but the serving 10 s for any table lock: DDL queued
+/// behind a long query would hold every serving statement on that table
+/// behind it. (Run `checkoutd migrate` when the database is quiet.)
+const MIGRATION_SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = 0;";
+/// Serializes migrating processes: one migrates, the others wait for it
+/// as long as it takes (not the 10 s lock limit), then find nothing left.
+pub const LOCK_MIGRATIONS: i64 = 0x6368_6b64_0000_0004;
 
 /// Connects to `url`, refuses a non-durable server unless allowed, and
 /// applies pending migrations (sqlx serializes concurrent migrators with an
@@ -60,17 +64,21 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
     let mut migrating =
-        AnyConnection::connect(url)
-            .await
-            .map_err(|source| StoreError::Connect {
-                target: redact(url),
-                source,
-            })?;
-    migrating
-        .execute(sqlx::raw_sql(MIGRATION_SESSION))
-        .await
-        .map_err(StoreError::from_sqlx)?;
-    let migrated = MIGRATOR.run(&mut migrating).await;
+        match tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(url)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(source)) => {
+                return Err(StoreError::Connect {
+                    target: redact(url),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(StoreError::ConnectTimeout {
+                    target: redact(url),
+                });
+            }
+        };
+    let migrated = migrate(&mut migrating).await;
     let _ = migrating.close().await;
     migrated?;
     let orders = super::postgres_orders::OrderWriter::open(url, SESSION).await?;
@@ -84,6 +92,36 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
     Ok(SqlStore::new(pool.clone(), pool, Engine::Postgres)
         .with_order_writer(OrderWriter::Postgres(orders))
         .with_whole_table_reads(whole_table_reads))
+}
+
+/// Applies pending migrations on `conn`, after any other process's
+/// (waiting for [`LOCK_MIGRATIONS`] without limit, and saying so).
+async fn migrate(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_MIGRATIONS)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    if !taken {
+        tracing::warn!("another process is migrating the database; waiting for it to finish");
+        conn.execute(sqlx::raw_sql("SET lock_timeout = 0"))
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        sqlx::query("SELECT pg_advisory_lock($1)::text")
+            .bind(LOCK_MIGRATIONS)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+    }
+    conn.execute(sqlx::raw_sql(MIGRATION_SESSION))
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    let migrated = MIGRATOR.run(&mut *conn).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_MIGRATIONS)
+        .execute(&mut *conn)
+        .await;
+    Ok(migrated?)
 }
 
 /// Connects without migrating; every transaction is read-only (the offline

@@ -1199,7 +1199,9 @@ async fn a_dispatch_rolled_back_in_full_is_found_through_the_access_log() {
     // The reverse: a dispatch no log entry records — written as the
     // service writes it (its MAC verifies), but its log append failed, or
     // it was written straight into the database.
-    let at = checkoutd::ids::now();
+    // (An hour ago: a dispatch of the last minutes may still be waiting
+    // for its entry, and is no finding yet.)
+    let at = checkoutd::ids::timestamp(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
     let mac = app.keyring().consent_tag_key().sign(&[
         &checkoutd::intake::seal::dispatch_canonical_bytes(&ids[0], "UPS", "1Z9", &at),
     ]);

@@ -232,7 +232,8 @@ impl Drop for TestDatabase {
         // database yet) — for `authentication_timeout`, a minute. Not
         // blocked, the runtime ends, the connection closes, the drop
         // finishes at once. A drop cut short by the end of the test
-        // process is finished by the next run ([`drop_leftover_databases`]).
+        // process is finished by a later run ([`drop_leftover_databases`])
+        // or by `.ci/run`.
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -252,28 +253,35 @@ async fn drop_database(server: &str, name: &str) {
     admin.close().await;
 }
 
-/// Drops the test databases of test processes that are gone (their
-/// process id is in the name): what an interrupted run, or a drop cut
-/// short by the end of its process, left behind. Once per process.
+/// Drops test databases left behind — by an interrupted run, or a drop
+/// cut short by the end of its process — that are over an hour old (the
+/// creation time is in the name) and that no session uses: never one of a
+/// run still going, on this machine or another sharing the server. Once
+/// per process.
 async fn drop_leftover_databases(server: &str) {
     static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     ONCE.get_or_init(|| async {
         let admin = sqlx::PgPool::connect(server).await.unwrap();
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'checkoutd\\_test\\_%'",
+            "SELECT d.datname FROM pg_database d
+              WHERE d.datname LIKE 'checkoutd\\_test\\_%'
+                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
         )
         .fetch_all(&admin)
         .await
         .unwrap();
         admin.close().await;
+        let hour_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            .saturating_sub(3_600_000_000_000);
         for name in names {
-            let pid = name
-                .strip_prefix("checkoutd_test_")
-                .and_then(|rest| rest.split('_').next())
-                .and_then(|hex| u32::from_str_radix(hex, 16).ok());
-            let gone =
-                pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-            if gone {
+            let created = name
+                .rsplit('_')
+                .next()
+                .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+            if created.is_some_and(|at| at < hour_ago) {
                 drop_database(server, &name).await;
             }
         }

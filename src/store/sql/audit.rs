@@ -997,6 +997,7 @@ pub async fn dispatches_undone(
 pub async fn dispatches_unlogged(
     pool: &AnyPool,
     action: &str,
+    before: &str,
     limit: u32,
 ) -> Result<(u64, Vec<String>), StoreError> {
     // The log's dispatch entries, each reduced to the one order id it
@@ -1007,9 +1008,10 @@ pub async fn dispatches_unlogged(
              WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
                AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]'
         ) logged ON logged.id = o.id
-        WHERE o.status = 'dispatched' AND logged.id IS NULL";
+        WHERE o.status = 'dispatched' AND o.dispatched_at < $2 AND logged.id IS NULL";
     let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNLOGGED}"))
         .bind(action)
+        .bind(before)
         .fetch_one(pool)
         .await
         .map_err(err)?;
@@ -1017,8 +1019,9 @@ pub async fn dispatches_unlogged(
         return Ok((0, Vec::new()));
     }
     let ids =
-        sqlx::query_scalar::<_, String>(&format!("SELECT o.id {UNLOGGED} ORDER BY o.seq LIMIT $2"))
+        sqlx::query_scalar::<_, String>(&format!("SELECT o.id {UNLOGGED} ORDER BY o.seq LIMIT $3"))
             .bind(action)
+            .bind(before)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await

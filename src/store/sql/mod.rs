@@ -255,7 +255,13 @@ impl Store for SqlStore {
         if let Some(orders) = &self.orders {
             orders.close().await;
         }
-        self.whole_table_reads.close().await;
+        // A report run may hold one of these for a long query: the stop
+        // does not wait for it (its connection goes with the process).
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.whole_table_reads.close(),
+        )
+        .await;
         self.pool.close().await;
         if self.engine == Engine::Sqlite {
             sqlite::before_close(&self.writer.pool).await;
@@ -344,9 +350,10 @@ impl Store for SqlStore {
     async fn dispatches_unlogged(
         &self,
         action: &str,
+        before: &str,
         limit: u32,
     ) -> Result<(u64, Vec<String>), StoreError> {
-        audit::dispatches_unlogged(&self.whole_table_reads, action, limit).await
+        audit::dispatches_unlogged(&self.whole_table_reads, action, before, limit).await
     }
 
     async fn order_summary(
