@@ -423,8 +423,9 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         if crls.is_empty() {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
-        crl_expiries = next_updates(&crls, path)?;
-        every_ca_has_a_list(&client_cas, &crls, path)?;
+        let issuers;
+        (crl_expiries, issuers) = next_updates(&crls, path)?;
+        every_ca_has_a_list(&client_cas, &issuers, path)?;
         // Every certificate below the trust anchor is checked, an issuing
         // intermediate included (a compromised one, revoked in its root's
         // list, must not go on minting roles); an expired list, or a CA of
@@ -448,14 +449,14 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
 }
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
-/// expires). A file with two lists from one CA for the same scope is
+/// expires), and the lists' issuers. A file with two lists from one CA for the same scope is
 /// refused: the verifier would use the first, so a newer list appended
 /// after the old one (`cat new.crl >> crl.pem`) would be ignored until the
 /// old one expired.
 fn next_updates(
     crls: &[CertificateRevocationListDer<'_>],
     path: &Path,
-) -> Result<Vec<std::time::SystemTime>, TlsError> {
+) -> Result<(Vec<std::time::SystemTime>, CrlIssuers), TlsError> {
     let mut out = Vec::new();
     let mut issuers = std::collections::HashSet::new();
     for crl in crls {
@@ -485,8 +486,11 @@ fn next_updates(
             );
         }
     }
-    Ok(out)
+    Ok((out, issuers.into_iter().map(|(issuer, _)| issuer).collect()))
 }
+
+/// The issuers (raw names) of a CRL file's lists.
+type CrlIssuers = std::collections::HashSet<Vec<u8>>;
 
 /// Revocation is checked along the whole chain, and a CA without a list
 /// fails closed: a trust anchor with no list in the file would refuse every
@@ -496,17 +500,9 @@ fn next_updates(
 /// intermediates come with the clients.)
 fn every_ca_has_a_list(
     cas: &[CertificateDer<'_>],
-    crls: &[CertificateRevocationListDer<'_>],
+    issuers: &CrlIssuers,
     path: &Path,
 ) -> Result<(), TlsError> {
-    let mut issuers = std::collections::HashSet::new();
-    for crl in crls {
-        let (_, parsed) =
-            x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
-                path: path.to_owned(),
-            })?;
-        issuers.insert(parsed.issuer().as_raw().to_vec());
-    }
     for ca in cas {
         // A CA certificate that does not parse was refused by the root
         // store already.

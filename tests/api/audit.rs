@@ -304,6 +304,21 @@ async fn refused(app: &TestApp, sql: &str) -> String {
     error
 }
 
+/// An order row `bare-order`, a copy of `from`'s, that no record or tag
+/// references.
+async fn insert_bare_order(app: &TestApp, from: &str) {
+    exec(
+        app,
+        &format!(
+            "INSERT INTO orders (id, created_at, status, currency, items, total_minor, gift, \
+             consent_tag_id, client_fingerprint, mac) \
+             SELECT 'bare-order', created_at, status, currency, items, total_minor, gift, \
+             consent_tag_id, client_fingerprint, mac FROM orders WHERE id = '{from}'"
+        ),
+    )
+    .await;
+}
+
 async fn count(app: &TestApp, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
         .fetch_one(&app.db().await)
@@ -437,17 +452,7 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
     if app.database.is_postgres() {
         // Stricter than a foreign key: no order is ever deleted, even one
         // without tags, and no key of an order or tag changes.
-        exec(
-            &app,
-            &format!(
-                "INSERT INTO orders (id, created_at, status, currency, items, total_minor, gift, \
-                 consent_tag_id, client_fingerprint, mac) \
-                 SELECT 'bare-order', created_at, status, currency, items, total_minor, gift, \
-                 consent_tag_id, client_fingerprint, mac FROM orders WHERE id = '{}'",
-                ids[0]
-            ),
-        )
-        .await;
+        insert_bare_order(&app, &ids[0]).await;
         let error = refused(&app, "DELETE FROM orders WHERE id = 'bare-order'").await;
         assert!(
             error.contains("orders: orders and consent tags are never deleted"),
@@ -523,17 +528,7 @@ async fn orders_tags_keys_and_retirements_are_never_deleted() {
     let (app, ids) = populated().await;
     let db = app.db().await;
     let tag = customer_tag(&app, &ids[0]).await;
-    exec(
-        &app,
-        &format!(
-            "INSERT INTO orders (id, created_at, status, currency, items, total_minor, gift, \
-             consent_tag_id, client_fingerprint, mac) \
-             SELECT 'bare-order', created_at, status, currency, items, total_minor, gift, \
-             consent_tag_id, client_fingerprint, mac FROM orders WHERE id = '{}'",
-            ids[0]
-        ),
-    )
-    .await;
+    insert_bare_order(&app, &ids[0]).await;
     exec(
         &app,
         "INSERT INTO kek_retirements (class, version, retired_at) \
