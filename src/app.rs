@@ -276,6 +276,15 @@ impl Application {
     ) {
         tracing::info!(listen = %self.local_addr, "checkoutd serving (TLS only)");
         self.tls.clone().watch();
+        // The stop's drain deadline is known the moment it begins: orders
+        // still waiting for their commit then are answered "retry" before
+        // their connections are cut.
+        let intake = self.state.intake.clone();
+        let drain_timeout = self.limits.drain_timeout;
+        let shutdown = async move {
+            shutdown.await;
+            intake.drain_by(tokio::time::Instant::now() + drain_timeout);
+        };
         server::run(self.listener, self.tls, router, self.limits, shutdown).await;
         self.store.close().await;
         tracing::info!("checkoutd stopped");

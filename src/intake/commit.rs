@@ -74,6 +74,10 @@ pub struct GroupCommit {
     jobs: mpsc::Sender<Job>,
     /// Store calls that outlived [`COMMIT_TIMEOUT`] and have not returned.
     overdue: Arc<AtomicUsize>,
+    /// When a graceful stop cuts off the requests still running (set when
+    /// the stop begins): orders waiting for their commit are answered 503
+    /// "retry" before it, as before their own time limit.
+    drain_by: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 impl GroupCommit {
@@ -87,7 +91,20 @@ impl GroupCommit {
         let (jobs, queue) = mpsc::channel(depth.max(1));
         let overdue = Arc::new(AtomicUsize::new(0));
         tokio::spawn(write_batches(sink, queue, overdue.clone()));
-        GroupCommit { jobs, overdue }
+        GroupCommit {
+            jobs,
+            overdue,
+            drain_by: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// A graceful stop began: requests still running at `by` are cut off.
+    /// Every order waiting for its commit — now or later — is answered
+    /// ([`StoreError::Timeout`], a 503 "retry with the same key")
+    /// [`ANSWER_MARGIN`] before `by` if its commit has not returned, as it
+    /// is before its own time limit: never a reset that says nothing.
+    pub fn drain_by(&self, by: tokio::time::Instant) {
+        self.drain_by.send_replace(Some(by));
     }
 
     /// Whether a store call outlived [`COMMIT_TIMEOUT`] and is still
@@ -133,6 +150,23 @@ impl GroupCommit {
                 mpsc::error::TrySendError::Closed(_) => StoreError::WriterStopped,
             })?;
         let answer = async { answer.await.map_err(|_| StoreError::WriterStopped)? };
+        let mut drain = self.drain_by.subscribe();
+        let drained = async move {
+            let Ok(by) = drain.wait_for(Option::is_some).await.map(|by| *by) else {
+                return std::future::pending().await;
+            };
+            let by = by.map_or_else(tokio::time::Instant::now, |by| {
+                by.checked_sub(ANSWER_MARGIN)
+                    .unwrap_or_else(tokio::time::Instant::now)
+            });
+            tokio::time::sleep_until(by).await;
+        };
+        let answer = async {
+            tokio::select! {
+                answered = answer => answered,
+                () = drained => Err(StoreError::Timeout(Duration::ZERO)),
+            }
+        };
         match wait {
             None => answer.await,
             Some(wait) => tokio::time::timeout(wait, answer)
@@ -489,6 +523,48 @@ mod tests {
             .await;
         assert!(matches!(now, Err(StoreError::Timeout(_))));
         assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+
+    /// A graceful stop cuts running requests off at its drain deadline:
+    /// an order still waiting for its commit is answered "retry" the
+    /// margin before it, however far its own time limit, and so is one
+    /// that arrives during the drain.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_answers_orders_still_waiting_before_its_drain_deadline() {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let writer = Arc::new(GroupCommit::start(Slow {
+            calls: Arc::new(Mutex::new(Vec::new())),
+        }));
+        // The first order occupies the writer for 5 s; the second waits
+        // behind it, its own time limit 30 s away.
+        let first = {
+            let (writer, o) = (writer.clone(), order(&rng, &keyring, 0));
+            tokio::spawn(async move { writer.commit(o, None, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let waiting = {
+            let (writer, o) = (writer.clone(), order(&rng, &keyring, 1));
+            let by = tokio::time::Instant::now() + Duration::from_secs(30);
+            tokio::spawn(async move { writer.commit(o, None, Some(by)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let drain_by = tokio::time::Instant::now() + Duration::from_secs(1);
+        writer.drain_by(drain_by);
+        let answered = waiting.await.unwrap();
+        assert!(
+            matches!(answered, Err(StoreError::Timeout(_))),
+            "answered as retryable: {answered:?}"
+        );
+        assert_eq!(tokio::time::Instant::now(), drain_by - ANSWER_MARGIN);
+        // One arriving during the drain too.
+        let late = writer.commit(order(&rng, &keyring, 2), None, None).await;
+        assert!(matches!(late, Err(StoreError::Timeout(_))), "{late:?}");
+        // The order being committed meanwhile, its commit outlasting the
+        // drain, is told "retry" the same way (it may still commit: a
+        // retry then replays it).
+        let first = first.await.unwrap();
+        assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
     }
 
     /// A commit that outlives group commit's wait is answered 503, but the

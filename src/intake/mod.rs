@@ -244,6 +244,12 @@ impl Intake {
         }
     }
 
+    /// A graceful stop began; requests still running at `by` are cut off
+    /// (`commit::GroupCommit::drain_by`).
+    pub fn drain_by(&self, by: tokio::time::Instant) {
+        self.commits.drain_by(by);
+    }
+
     /// Whether an order commit outlived its time limit and is still
     /// running (`commit::GroupCommit::stalled`): intake is not ready.
     pub fn commit_stalled(&self) -> bool {

@@ -1483,6 +1483,43 @@ async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() 
     assert_eq!(n, 1);
 }
 
+/// A graceful stop whose drain deadline comes before an order's commit
+/// returns answers that order 503 "retry with the same key" before the
+/// deadline — not a reset of its connection, which would say nothing
+/// about whether it was kept.
+#[tokio::test]
+async fn an_order_still_committing_when_the_drain_ends_is_answered_retry() {
+    let mut app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        serve: checkoutd::cli::ServeArgs {
+            drain_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let db = app.db().await;
+    let mut conn = hold_the_order_tables(&app, &db).await;
+    let client = app.client(Role::Storefront);
+    let url = app.url("/v1/orders");
+    let order = order_json();
+    let pending = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("idempotency-key", "draining-1")
+            .json(&order)
+            .send()
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.shutdown();
+    let r = pending.await.unwrap().expect("answered, not reset");
+    assert!(r.headers().contains_key("retry-after"));
+    expect_problem(r, 503).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.ok();
+}
+
 /// A retry that no longer validates (the card expired at midnight, say),
 /// sent while its first attempt — answered 503 "retry" at the time limit
 /// — is still with the writer and may yet commit, gets 409 (retryable),
