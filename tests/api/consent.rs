@@ -1409,15 +1409,21 @@ async fn an_order_retried_after_an_opt_out_keeps_its_checkout_time() {
         at.format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     };
+    let opt_out_of_everything = |email: &'static str| {
+        let app = &app;
+        async move {
+            let r = opt_out(
+                app,
+                json!({"email": email, "purposes": "all", "channel": "email"}),
+            )
+            .await;
+            assert_eq!(r.status(), 202);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
     // The customer checked out two minutes ago (the storefront's first
     // attempt failed), then opted out of everything by email.
-    let r = opt_out(
-        &app,
-        json!({"email": "ada@example.com", "purposes": "all", "channel": "email"}),
-    )
-    .await;
-    assert_eq!(r.status(), 202);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    opt_out_of_everything("ada@example.com").await;
     // The retry, with the checkout time (given in another offset: stored
     // in UTC).
     let mut retried = order_for("ada@example.com", true, true);
@@ -1430,13 +1436,8 @@ async fn an_order_retried_after_an_opt_out_keeps_its_checkout_time() {
     );
     assert!(audience(&app, "third_party_sharing").await.is_empty());
     let audit = app
-        .client(Role::Auditor)
-        .get(app.url(&format!("/v1/audit/orders/{order}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(audit.status(), 200);
-    let audit: Value = audit.json().await.unwrap();
+        .get_json(Role::Auditor, &format!("/v1/audit/orders/{order}"))
+        .await;
     let tag = &audit["consent_tags"][0];
     assert_eq!(
         tag["captured_at"].as_str().unwrap(),
@@ -1447,13 +1448,7 @@ async fn an_order_retried_after_an_opt_out_keeps_its_checkout_time() {
 
     // Without a checkout time: counted from now, after the opt-out.
     place(&app, &order_for("grace@example.com", true, false)).await;
-    let r = opt_out(
-        &app,
-        json!({"email": "grace@example.com", "purposes": "all", "channel": "email"}),
-    )
-    .await;
-    assert_eq!(r.status(), 202);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    opt_out_of_everything("grace@example.com").await;
     place(&app, &order_for("grace@example.com", true, false)).await;
     assert_eq!(
         audience(&app, "special_offers").await,
@@ -1469,18 +1464,12 @@ async fn an_order_retried_after_an_opt_out_keeps_its_checkout_time() {
     let r = app.post_order("checkout-time-ahead", &ahead).await;
     assert_eq!(r.status(), 201);
     let placed: Value = r.json().await.unwrap();
-    let audit: Value = app
-        .client(Role::Auditor)
-        .get(app.url(&format!(
-            "/v1/audit/orders/{}",
-            placed["order_id"].as_str().unwrap()
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = app
+        .get_json(
+            Role::Auditor,
+            &format!("/v1/audit/orders/{}", placed["order_id"].as_str().unwrap()),
+        )
+        .await;
     assert_eq!(
         audit["consent_tags"][0]["captured_at"], placed["created_at"],
         "{audit:#}"
