@@ -7,6 +7,11 @@
 //! connection slot forever. Any byte read or written resets the clock.
 //! The limit must exceed the request time limit so that a request being
 //! processed is never cut off.
+//!
+//! It wraps the TCP stream, under TLS (`server::serve`): TLS buffers what
+//! it encrypts and pushes it out in its own flush, so above it a client
+//! reading a large response slowly, but steadily, showed no traffic for as
+//! long as that flush took.
 
 use std::future::Future;
 use std::io;
@@ -145,6 +150,100 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Pending
         }
+    }
+
+    /// Takes at most 100 bytes a second: a client reading slowly, but
+    /// reading.
+    struct Trickle {
+        next: Pin<Box<Sleep>>,
+    }
+
+    impl Trickle {
+        fn new() -> Self {
+            Trickle {
+                next: Box::pin(tokio::time::sleep(Duration::from_secs(1))),
+            }
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.next.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.next
+                .as_mut()
+                .reset(Instant::now() + Duration::from_secs(1));
+            Poll::Ready(Ok(data.len().min(100)))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Takes every write into a buffer and pushes it out in its flush, as
+    /// TLS does with the records it encrypts.
+    struct Buffered<T> {
+        inner: T,
+        pending: Vec<u8>,
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Buffered<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.pending.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            while !this.pending.is_empty() {
+                match Pin::new(&mut this.inner).poll_write(cx, &this.pending) {
+                    Poll::Ready(Ok(n)) => drop(this.pending.drain(..n)),
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    }
+
+    /// 2 000 bytes at 100 a second: a 20-s flush with a 5-s limit. Under
+    /// the buffering layer (where the server puts it, under TLS) every
+    /// piece taken is traffic; above it (where it was) the flush failed.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_reader_is_not_cut_off_during_a_long_flush() {
+        let mut io = Buffered {
+            inner: IdleTimeout::new(Trickle::new(), Duration::from_secs(5)),
+            pending: Vec::new(),
+        };
+        io.write_all(&[7; 2000]).await.unwrap();
+        let started = Instant::now();
+        io.flush().await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(19));
+
+        let mut above = IdleTimeout::new(
+            Buffered {
+                inner: Trickle::new(),
+                pending: Vec::new(),
+            },
+            Duration::from_secs(5),
+        );
+        above.write_all(&[7; 2000]).await.unwrap();
+        let error = above.flush().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test(start_paused = true)]

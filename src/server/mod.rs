@@ -383,9 +383,16 @@ async fn serve(
     // Reloads from here on: one during the handshake may have made it
     // under the files before.
     let mut reloads = shared.tls.reloads();
+    // The idle limit watches the TCP stream under TLS: a flush of buffered
+    // TLS records to a client reading slowly, but reading, is traffic.
+    // (Above TLS such a flush showed no progress until it ended, and a
+    // slow but steady reader was cut off at the limit.)
     let handshake = tokio::time::timeout(
         limits.handshake_timeout,
-        shared.tls.acceptor().accept(stream),
+        shared
+            .tls
+            .acceptor()
+            .accept(idle::IdleTimeout::new(stream, limits.idle_timeout)),
     );
     let tls_stream = tokio::select! {
         result = handshake => match result {
@@ -517,7 +524,7 @@ async fn serve(
         .max_local_error_reset_streams(128);
     // No keep-alive pings: they would count as traffic and keep an
     // idle connection open past `idle_timeout`.
-    let io = TokioIo::new(idle::IdleTimeout::new(tls_stream, limits.idle_timeout));
+    let io = TokioIo::new(tls_stream);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let closing = connection.closing();
