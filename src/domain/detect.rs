@@ -275,8 +275,9 @@ enum Separators {
 /// `text` as a person's typing is read: UUIDs and digests blanked (before
 /// their dashes become separators), every listed script's decimal digits
 /// made ASCII (`۴۰۱۲`, full-width, mathematical), invisible format
-/// characters dropped (a soft hyphen or an invisible separator between
-/// digits joins them, as it looks), and every run of separators (see
+/// characters and combining marks dropped (a soft hyphen or an invisible
+/// separator between digits joins them, as it looks; so does an accent or
+/// a keycap over a digit, `4⃣0⃣1⃣2⃣`), and every run of separators (see
 /// [`Separators`]) made one space. (`+` is never one: it marks a phone
 /// number written internationally, see [`candidates`].)
 fn typed(text: &str, separators: Separators) -> Vec<u8> {
@@ -285,7 +286,7 @@ fn typed(text: &str, separators: Separators) -> Vec<u8> {
     let mut normal = Vec::with_capacity(text.len());
     let mut separator = false;
     for c in text.chars() {
-        if is_invisible_format(c) {
+        if is_invisible_format(c) || is_combining_mark(c) {
             continue;
         }
         let c = match decimal_digit(c) {
@@ -360,6 +361,13 @@ fn is_invisible_format(c: char) -> bool {
     )
 }
 
+/// A combining mark (Unicode's `M`: an accent written as its own code
+/// point, a vowel sign or virama of the Indic scripts, an enclosing
+/// keycap): part of the letter or digit before it.
+fn is_combining_mark(c: char) -> bool {
+    unicode_normalization::char::is_combining_mark(c)
+}
+
 /// True when `text` holds something shaped like an email address
 /// (`local@domain.tld`, the top-level domain starting with two letters:
 /// `100@2.5mm` in an item description is a measurement).
@@ -374,7 +382,10 @@ pub fn contains_email(text: &str) -> bool {
             c => c,
         })
         .collect();
-    let word = |c: char| c.is_alphanumeric();
+    // A combining mark belongs to the letter before it (`jose\u{301}@…`
+    // is `josé@…` as typed on some keyboards; Devanagari writes its vowel
+    // signs and virama so: `संपर्क@डाटामेल.भारत`).
+    let word = |c: char| c.is_alphanumeric() || is_combining_mark(c);
     chars.iter().enumerate().any(|(at, c)| {
         if *c != '@' {
             return false;
@@ -400,12 +411,51 @@ pub fn contains_email(text: &str) -> bool {
                 // Starts with two letters (what follows may be text run on
                 // after the address: `jo@shop.com-1001`), or is an
                 // internationalised one in its ASCII form.
-                let tld_ok = tld.len() >= 2 && tld[..2].iter().all(|c| c.is_alphabetic())
+                let tld_ok = tld.len() >= 2
+                    && tld[0].is_alphabetic()
+                    && (tld[1].is_alphabetic() || is_combining_mark(tld[1]))
                     || tld
                         .strip_prefix(&['x', 'n', '-', '-'])
                         .is_some_and(|rest| !rest.is_empty());
                 d > 0 && tld_ok
             })
+    })
+}
+
+/// True when `text` holds a phone number written internationally, as a
+/// person writes one: `+` (or its full-width or small form) at the start of
+/// a word, right before a digit, then 8 digits or more of any script,
+/// grouped by whitespace, dots, dashes, slashes or parentheses
+/// (`+1 949 555 0100`, `+44 (0)20 7946 0958`, `+49-151-1234-5678`). A
+/// phone number is personal data: text stored in clear refuses it. Not
+/// read as one: digits without the `+` (as likely a product or order
+/// number), `+` after a letter or digit (`ABC+12345678`, `C++`), or with a
+/// space before the digits (`bundle + 10 000 000 points`).
+pub fn contains_phone(text: &str) -> bool {
+    let chars: Vec<char> = text
+        .chars()
+        .filter(|&c| !is_invisible_format(c) && !is_combining_mark(c))
+        .collect();
+    chars.iter().enumerate().any(|(i, &c)| {
+        let plus = matches!(c, '+' | '\u{ff0b}' | '\u{fe62}');
+        let word_start = i == 0 || !chars[i - 1].is_alphanumeric();
+        let digit_next = chars
+            .get(i + 1)
+            .is_some_and(|&c| decimal_digit(c).is_some());
+        if !(plus && word_start && digit_next) {
+            return false;
+        }
+        let mut digits = 0;
+        for &c in &chars[i + 1..] {
+            if decimal_digit(c).is_some() {
+                digits += 1;
+            } else if !(c.is_whitespace()
+                || matches!(c, '.' | '-' | '/' | '(' | ')' | '\u{2010}'..='\u{2015}'))
+            {
+                break;
+            }
+        }
+        digits >= 8
     })
 }
 
@@ -504,9 +554,21 @@ mod tests {
             "4012·8888·8888·1881",
             "4012\u{2022}8888\u{2022}8888\u{2022}1881",
             "\u{1d7d2}012888888881881",
+            // Combining marks over digits: a keycap, an accent.
+            "4\u{20e3}0\u{20e3}1\u{20e3}2\u{20e3} 8888 8888 1881",
+            "4\u{301}012 8888 8888 1881",
         ] {
             assert!(contains_pan_typed(typed), "{typed:?}");
             assert!(contains_pan_clear(typed), "clear: {typed:?}");
+        }
+        for marked in [
+            "4\u{20e3}0\u{20e3}1\u{20e3}2\u{20e3} 8888 8888 1881",
+            "4\u{301}012 8888 8888 1881",
+        ] {
+            assert!(
+                clear_column_holds_card("orders", "items", marked),
+                "{marked:?}"
+            );
         }
         // Any other punctuation groups digits in what a person types, clear
         // or personal; the audit's scan of the columns checkoutd writes
@@ -759,6 +821,33 @@ mod tests {
     }
 
     #[test]
+    fn phones_written_internationally() {
+        for phone in [
+            "+1 949 555 0100",
+            "call +44 (0)20 7946 0958",
+            "+49-151-1234-5678",
+            "ref:+33.1.23.45.67.89",
+            "\u{ff0b}81 3 1234 5678",
+            "+\u{0661}\u{0662}\u{0663}\u{0664}\u{0665}\u{0666}\u{0667}\u{0668}",
+            "+4915\u{00ad}112345678",
+        ] {
+            assert!(contains_phone(phone), "{phone:?}");
+        }
+        for not_phone in [
+            "FAXSTF-PRO",
+            "949 555 0100",
+            "ABC+12345678",
+            "C++ 2024 12345",
+            "bundle + 10 000 000 points",
+            "+1234567 pcs",
+            "+ 1 949 555 0100",
+            "Size +2, 3/4",
+        ] {
+            assert!(!contains_phone(not_phone), "{not_phone:?}");
+        }
+    }
+
+    #[test]
     fn emails() {
         assert!(contains_email("contact ada@example.com please"));
         assert!(contains_email("ADA@EXAMPLE.CO.UK"));
@@ -776,6 +865,12 @@ mod tests {
             "ada\u{ff20}example.com",
             "ada@example.рф",
             "пример@пример.рф",
+            // Accents and vowel signs as combining marks.
+            "jose\u{301}@example.com",
+            "anna@bu\u{308}cher.de",
+            "संपर्क@डाटामेल.भारत",
+            "उदाहरण@उदाहरण.कॉम",
+            "ஒன்று@எடுத்துக்காட்டு.இந்தியா",
         ] {
             assert!(contains_email(international), "{international:?}");
         }

@@ -408,8 +408,9 @@ impl Reader {
         self.text(map, prefix, key, required, max, false)
     }
 
-    /// Text stored in clear: refused when it looks like a card number or an
-    /// email address (those may only ever be stored encrypted).
+    /// Text stored in clear: refused when it looks like a card number, an
+    /// email address or a phone number written with `+` (those may only
+    /// ever be stored encrypted).
     fn plain(
         &mut self,
         map: &mut Map<String, Value>,
@@ -429,6 +430,12 @@ impl Reader {
                 return Err((
                     "looks_like_email",
                     "This field is stored in clear and must not hold an email address",
+                ));
+            }
+            if super::detect::contains_phone(s) {
+                return Err((
+                    "looks_like_phone",
+                    "This field is stored in clear and must not hold a phone number",
                 ));
             }
             Plain::parse(s, max).map_err(|e| text_reject(e, max))
@@ -1047,7 +1054,7 @@ mod tests {
     }
 
     #[test]
-    fn clear_text_fields_refuse_card_numbers_and_emails() {
+    fn clear_text_fields_refuse_card_numbers_emails_and_phones() {
         let mut v = valid();
         v["storefront_order_ref"] = json!("ada@example.com");
         v["items"][0]["description"] = json!("card 4012 8888 8888 1881");
@@ -1056,6 +1063,21 @@ mod tests {
         assert!(got.contains(&("storefront_order_ref".into(), "looks_like_email")));
         assert!(got.contains(&("items.0.description".into(), "looks_like_card_number")));
         assert!(got.contains(&("items.0.sku".into(), "looks_like_card_number")));
+        let mut v = valid();
+        v["storefront_order_ref"] = json!("A-1001 call +1 949 555 0100");
+        v["items"][0]["description"] = json!("Deliver to front desk, +44 (0)20 7946 0958");
+        v["items"][0]["sku"] = json!("+4915112345678");
+        let got = codes(v);
+        for field in ["storefront_order_ref", "items.0.description", "items.0.sku"] {
+            assert!(
+                got.contains(&(field.into(), "looks_like_phone")),
+                "{field}: {got:?}"
+            );
+        }
+        // The customer's own phone is sealed, not clear: accepted.
+        let mut v = valid();
+        v["customer"]["phone"] = json!("+44 (0)20 7946 0958");
+        assert!(check(v).is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     /// The storefront's own reference (stored in clear: must not look like a
-    /// card number or an email address).
+    /// card number, an email address or a phone number written with `+`).
     #[schema(max_length = 256, example = "A-1001")]
     storefront_order_ref: Option<String>,
     customer: CustomerIn,
@@ -99,6 +99,8 @@ pub struct GiftRecipientIn {
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemIn {
+    /// Stored in clear, as is the description: neither may look like a
+    /// card number, an email address or a phone number written with `+`.
     #[schema(min_length = 1, max_length = 64, example = "FAXSTF-PRO")]
     sku: String,
     #[schema(max_length = 256, example = "Fax stuff, professional edition")]
