@@ -25,6 +25,9 @@ use super::pan::{is_card_number, luhn_valid};
 /// True when `text` holds something shaped like a card number: the base
 /// rule, for text written by machines (ids, findings) as well as people.
 pub fn contains_pan(text: &str) -> bool {
+    if fewer_digits_than_a_card(text) {
+        return false;
+    }
     runs(&blank_uuids(text.as_bytes()))
         .iter()
         .any(|(groups, _)| loose(groups))
@@ -37,6 +40,9 @@ pub fn contains_pan(text: &str) -> bool {
 /// a card number made of any whole groups of a run — "4012 8888 8888 1881
 /// 12/27 123", card then expiry and CVC; "exp 12/27 4012 8888 8888 1881".
 pub fn contains_pan_typed(text: &str) -> bool {
+    if fewer_digits_than_a_card(text) {
+        return false;
+    }
     candidates(&typed(text, Separators::Wide)).any(|groups| loose(&groups) || card_within(&groups))
 }
 
@@ -58,6 +64,9 @@ pub fn contains_pan_clear(text: &str) -> bool {
 
 /// [`contains_pan_clear`] with `separators`.
 fn pan_clear(text: &str, separators: Separators) -> bool {
+    if fewer_digits_than_a_card(text) {
+        return false;
+    }
     candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
         || candidates(&typed(text, separators))
             .any(|groups| card_leading(&groups) || card_printed_within(&groups))
@@ -98,12 +107,18 @@ pub fn clear_column_holds_card(table: &str, column: &str, value: &str) -> bool {
 /// digits in ten passes it, and extensions, international prefixes without
 /// `+` and hosts such as `ec2-203-113-145-104` would be refused.
 pub fn contains_card_typed(text: &str) -> bool {
+    if fewer_digits_than_a_card(text) {
+        return false;
+    }
     candidates(&typed(text, Separators::Narrow)).any(|groups| card_within(&groups))
 }
 
 /// For the local part of an email address: a card number, however
 /// grouped, alone or at the start of a run (`4012888888881881@…`).
 pub fn contains_card_number(text: &str) -> bool {
+    if fewer_digits_than_a_card(text) {
+        return false;
+    }
     runs(&typed(text, Separators::Narrow))
         .iter()
         .any(|(groups, _)| card_leading(groups))
@@ -117,6 +132,22 @@ pub fn contains_card_number(text: &str) -> bool {
 pub fn phone_is_card_number(phone: &str) -> bool {
     let digits: Vec<u8> = phone.bytes().filter(u8::is_ascii_digit).collect();
     digits.len() >= 15 && is_card_number(&digits)
+}
+
+/// The fewest digits any rule here reads as a card number.
+const CARD_DIGITS_MIN: usize = 13;
+
+/// True when `text` has fewer decimal digits, of every script
+/// [`decimal_digit`] reads, than the shortest card number: then no reading
+/// of it holds one (blanking ids and digests, dropping invisible characters
+/// and marks, and reading separators only ever remove or keep digits).
+/// Most fields (names, streets, descriptions) end here, before any copy.
+fn fewer_digits_than_a_card(text: &str) -> bool {
+    text.chars()
+        .filter(|&c| decimal_digit(c).is_some())
+        .take(CARD_DIGITS_MIN)
+        .count()
+        < CARD_DIGITS_MIN
 }
 
 /// The runs of `bytes` that may hold a card number in an order's fields
@@ -162,7 +193,7 @@ fn gtin_valid(digits: &[u8]) -> bool {
 /// The base rule on one run: all its digits are 13–19 digits and pass Luhn.
 fn loose(groups: &[&[u8]]) -> bool {
     let digits = groups.concat();
-    (13..=19).contains(&digits.len()) && luhn_valid(&digits)
+    (CARD_DIGITS_MIN..=19).contains(&digits.len()) && luhn_valid(&digits)
 }
 
 /// Some leading whole groups of the run are a card number. Stops at 19
@@ -175,7 +206,7 @@ fn card_leading(groups: &[&[u8]]) -> bool {
         if len > 19 {
             return false;
         }
-        if len >= 13 && is_card_number(&groups[..end].concat()) {
+        if len >= CARD_DIGITS_MIN && is_card_number(&groups[..end].concat()) {
             return true;
         }
     }
@@ -209,8 +240,9 @@ fn card_printed_within(groups: &[&[u8]]) -> bool {
         let rest = &groups[start..];
         // A product code after other groups ("V2-4006381333023") stays
         // one, as it does alone (`candidates`).
-        let one =
-            (13..=19).contains(&rest[0].len()) && !gtin_valid(rest[0]) && is_card_number(rest[0]);
+        let one = (CARD_DIGITS_MIN..=19).contains(&rest[0].len())
+            && !gtin_valid(rest[0])
+            && is_card_number(rest[0]);
         one || PRINTED.iter().any(|shape| {
             rest.len() >= shape.len()
                 && rest
@@ -331,8 +363,8 @@ const DIGIT_ZEROS: [u32; 43] = [
 /// The value of a decimal digit of any script listed in [`DIGIT_ZEROS`]
 /// (ASCII included).
 fn decimal_digit(c: char) -> Option<u8> {
-    if c.is_ascii_digit() {
-        return Some(c as u8 - b'0');
+    if c.is_ascii() {
+        return c.is_ascii_digit().then(|| c as u8 - b'0');
     }
     let code = u32::from(c);
     DIGIT_ZEROS
@@ -375,6 +407,9 @@ pub fn contains_email(text: &str) -> bool {
     // Internationalised addresses too (`josé@bücher.de`): a letter or digit
     // of any script counts on either side (a currency sign or a dash does
     // not), and the full-width and small commercial ats count as `@`.
+    if !text.contains(['@', '\u{ff20}', '\u{fe6b}']) {
+        return false;
+    }
     let chars: Vec<char> = text
         .chars()
         .map(|c| match c {
@@ -432,6 +467,9 @@ pub fn contains_email(text: &str) -> bool {
 /// number), `+` after a letter or digit (`ABC+12345678`, `C++`), or with a
 /// space before the digits (`bundle + 10 000 000 points`).
 pub fn contains_phone(text: &str) -> bool {
+    if !text.contains(['+', '\u{ff0b}', '\u{fe62}']) {
+        return false;
+    }
     let chars: Vec<char> = text
         .chars()
         .filter(|&c| !is_invisible_format(c) && !is_combining_mark(c))
