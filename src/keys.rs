@@ -428,7 +428,18 @@ pub async fn destroy(
     // all (another --database-url, or none), where "no record uses it"
     // proves nothing.
     let retired_here = store.kek_retired(class, version).await?;
+    // A copy of the keyring behind the database (another host rotated
+    // since) must not write a file of its own: at the same generation as
+    // the newest, the two would fork — installing this one loses the
+    // other's new versions (and every record sealed under them), installing
+    // the other brings the destroyed key back.
+    let behind = behind_the_database(store, &keyring).await?.is_some();
     let refusal = match state {
+        _ if behind => Some(format!(
+            "the database already knows a rotation that this keyring has not seen \
+             (another copy of the keyring rotated since): install the newest keyring \
+             file here, then destroy {name}"
+        )),
         None => Some("no such KEK version".to_owned()),
         Some(KekState::Active) => Some(format!("{name} is the active version; rotate first")),
         // Nothing to do: not logged as a destruction, the file not

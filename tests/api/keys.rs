@@ -196,6 +196,53 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     assert!(made.contains("card/v3"), "{made}");
 }
 
+/// A stale copy of the keyring — another host rotated since — must not
+/// destroy a version either: it would write a file at the newest file's
+/// generation, and the two would fork (installing it loses the newer
+/// versions, installing the other brings the destroyed key back).
+#[tokio::test]
+async fn a_stale_copy_of_the_keyring_cannot_destroy() {
+    let app = spawn_app().await;
+    let data = app.dir.path().join("data");
+    // card/v1 retired and wrapping nothing; the copy has card/v2 active.
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let other = copy_of_the_keyring(&app, "other-host");
+    // The service's own copy rotates again: card/v3, card/v2 retired.
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let destroy = || {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &other)
+            .args(["keys", "destroy", "--class", "card", "--version", "1"])
+            .output()
+            .unwrap()
+    };
+    let stale = std::fs::read(other.join("keyring.json")).unwrap();
+    let out = destroy();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stale keyring destroyed: {stderr}");
+    assert!(stderr.contains("install the newest keyring"), "{stderr}");
+    assert_eq!(std::fs::read(other.join("keyring.json")).unwrap(), stale);
+    let log: Value = app
+        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+        .await;
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "keys destroy" && e["outcome"] == "denied"),
+        "the refused destruction is not in the access log"
+    );
+    // With the newest file installed, it goes ahead.
+    std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
+    let out = destroy();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Recovering a restored keyring retires the versions it lacks that wrap
 /// records (the lost keyring's): a server still holding the lost keyring
 /// fails closed (503) instead of sealing under a key no file holds.
