@@ -336,6 +336,12 @@ async fn verify_chain_walk(
             break;
         }
         for e in page {
+            if e.seq == 0 {
+                return Err(ChainError::Entry {
+                    seq: 0,
+                    what: "numbered 0, outside the chain (entries are numbered from 1: added)",
+                });
+            }
             if e.seq > head.seq && e.seq == expected_seq {
                 break 'pages;
             }

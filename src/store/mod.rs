@@ -260,7 +260,9 @@ pub trait Store: Send + Sync + 'static {
         chainer: &access_log::Chainer<'_>,
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// Up to `limit` entries with `seq > after`, in order.
+    /// Up to `limit` entries with `seq > after`, in order; from the start
+    /// (`after` 0) any row numbered below 1 too, which this service never
+    /// writes (one numbered below 0 is `StoreError::Corrupt`).
     async fn access_log_page(
         &self,
         after: u64,

@@ -888,6 +888,51 @@ async fn access_log_tampering_is_named() {
     }
 }
 
+/// A row numbered 0 or below sits before the chain's first entry: the
+/// database refuses it, and one written anyway (the guard switched off)
+/// is named by the chain check, which reads from below 1.
+#[tokio::test]
+async fn access_log_rows_numbered_below_one_are_refused_and_named() {
+    let copy_of_first = |seq: i64| {
+        format!(
+            "INSERT INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action, objects,
+                 outcome, status, prev_hash, hash, mac)
+             SELECT {seq}, at, role, cert_fingerprint, origin_ip, action, objects, outcome,
+                 status, prev_hash, hash, mac FROM access_log WHERE seq = 1"
+        )
+    };
+    for (seq, named) in [(0, "0"), (-1, "access_log.seq")] {
+        let (app, _) = populated().await;
+        let db = app.db().await;
+        let refused = sqlx::query(&copy_of_first(seq)).execute(&db).await;
+        // SQLite's trigger says so; PostgreSQL names its constraint.
+        let refusal = refused.unwrap_err().to_string();
+        assert!(
+            refusal.contains("numbered from 1") || refusal.contains("access_log_numbered_from_one"),
+            "{refusal}"
+        );
+        if app.database.is_postgres() {
+            exec(
+                &app,
+                "ALTER TABLE access_log DROP CONSTRAINT access_log_numbered_from_one",
+            )
+            .await;
+        } else {
+            app.unguard("access_log").await;
+        }
+        exec(&app, &copy_of_first(seq)).await;
+        let report = run_verify(&app).await;
+        assert!(!report.access_log.intact);
+        assert!(
+            report.failures.iter().any(
+                |f| f.table == "access_log" && (f.record_id == named || f.what.contains(named))
+            ),
+            "{seq}: {:#?}",
+            report.failures
+        );
+    }
+}
+
 fn checkoutd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_checkoutd"))
 }

@@ -599,7 +599,13 @@ impl Store for SqlStore {
             "SELECT {} FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2",
             audit::select_list(self.engine, &columns, &texts)
         ))
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        // From the start (`after` 0): rows numbered below 1 as well, which
+        // the service never writes (a row planted there would sit outside
+        // the chain, unseen by its check, yet count as a log entry).
+        .bind(match after {
+            0 => i64::MIN,
+            after => i64::try_from(after).unwrap_or(i64::MAX),
+        })
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
