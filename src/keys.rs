@@ -222,17 +222,32 @@ pub async fn rotate(
     // the lost keyring's. Retired too, so that a server still holding it
     // fails closed instead of sealing under a key no file holds.
     let mut lost: Vec<(DataClass, u32)> = Vec::new();
+    // Every version a rotation ever made, as the access log records it:
+    // the lost keyring's newest version may wrap nothing yet, and no
+    // retirement names an active version.
+    let logged = if after_keyring_restore {
+        store.logged_objects("keys rotate").await?
+    } else {
+        Vec::new()
+    };
     for class in classes {
         let version = if after_keyring_restore {
-            // Above every version the database knows, retired or wrapping
+            // Above every version the database knows: retired, wrapping
             // records (a full count of the class's records: this is a
-            // recovery, not the routine rotation).
+            // recovery, not the routine rotation) or made by a rotation.
+            // Those this keyring lacks are the lost keyring's.
+            let prefix = format!("{}/v", class.as_str());
             let in_use: Vec<u32> = store
                 .kek_usage(*class)
                 .await?
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
                 .map(|(v, _)| v)
+                .chain(
+                    logged
+                        .iter()
+                        .filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()),
+                )
                 .collect();
             let held: Vec<u32> = keyring
                 .kek_info()
@@ -240,12 +255,14 @@ pub async fn rotate(
                 .filter(|k| k.class == *class)
                 .map(|k| k.version)
                 .collect();
-            lost.extend(
-                in_use
-                    .iter()
-                    .filter(|v| !held.contains(v))
-                    .map(|v| (*class, *v)),
-            );
+            let mut missing: Vec<u32> = in_use
+                .iter()
+                .copied()
+                .filter(|v| !held.contains(v))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            lost.extend(missing.into_iter().map(|v| (*class, v)));
             let floor = in_use
                 .into_iter()
                 .max()
@@ -257,6 +274,18 @@ pub async fn rotate(
         };
         made.push(format!("{}/v{version}", class.as_str()));
     }
+    // Logged before the file is saved, as a destruction is: a rotation the
+    // log cannot record does not happen, and every version ever made is in
+    // the log (a recovery numbers above them, `--after-keyring-restore`).
+    // A save that fails after it leaves a number unused, nothing worse.
+    log_operation(
+        store,
+        &keyring,
+        "keys rotate".into(),
+        made.clone(),
+        Outcome::Allowed,
+    )
+    .await?;
     keyring.save(path, master)?;
     // Tell the database too: from now on it refuses records sealed under a
     // retired version (a server still holding the old keyring fails closed).
@@ -267,18 +296,7 @@ pub async fn rotate(
         .map(|k| (k.class, k.version))
         .chain(lost)
         .collect();
-    let told = store.retire_keks(&retired, &now).await;
-    // The keyring has changed: logged whether or not the database could be
-    // told (running `rotate` again tells it).
-    log_operation(
-        store,
-        &keyring,
-        "keys rotate".into(),
-        made.clone(),
-        Outcome::Allowed,
-    )
-    .await?;
-    told?;
+    store.retire_keks(&retired, &now).await?;
     Ok(made)
 }
 

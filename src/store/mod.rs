@@ -360,6 +360,12 @@ pub trait Store: Send + Sync + 'static {
         version: u32,
     ) -> Result<bool, StoreError>;
 
+    /// The objects of every allowed access-log entry of `action`, oldest
+    /// first: the key operations' own record (`keys rotate` names each
+    /// version it makes, before the keyring file is saved). A scan of the
+    /// whole log, for recoveries.
+    async fn logged_objects(&self, action: &str) -> Result<Vec<String>, StoreError>;
+
     /// The highest KEK version of `class` the database recorded retired
     /// (0: none).
     async fn kek_highest_retired(&self, class: crate::crypto::DataClass)

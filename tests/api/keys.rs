@@ -177,7 +177,10 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     // A keyring restored from a backup older than the database's last
     // rotation, with no newer copy left: refused as above, unless asked to
     // recover, which numbers the new version above every version the
-    // database knows (card/v2 wraps records, v2 is recorded retired).
+    // database knows: card/v2 wraps records and is recorded retired, and
+    // card/v3, made just above by the other copy, is in the access log
+    // (wrapping nothing, retired nowhere: before, the recovery made a
+    // second card/v3).
     std::fs::write(other.join("keyring.json"), &stale).unwrap();
     let refused = rotate("card", &[]);
     assert!(!refused.status.success());
@@ -193,7 +196,7 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
         String::from_utf8_lossy(&recovered.stderr)
     );
     let made = String::from_utf8_lossy(&recovered.stdout);
-    assert!(made.contains("card/v3"), "{made}");
+    assert!(made.contains("card/v4"), "{made}");
 }
 
 /// A stale copy of the keyring — another host rotated since — must not
@@ -279,6 +282,47 @@ async fn a_recovered_keyring_retires_the_versions_it_lost() {
     assert_eq!(retired, 1, "the lost card/v2 was not retired");
     // The running server still holds card/v2 (the lost keyring): refused.
     let r = app.post_order("lost-3", &order_json()).await;
+    assert_eq!(r.status(), 503);
+}
+
+/// The lost keyring's newest version may wrap nothing yet (no order since
+/// its rotation) and no retirement names an active version: its number is
+/// known from the access log, which records every rotation before the file
+/// is saved. The recovery numbers above it, and retires it, so a server
+/// still holding it fails closed instead of sealing under a number the new
+/// file gives to another key.
+#[tokio::test]
+async fn a_recovered_keyring_numbers_above_a_lost_version_that_wraps_nothing() {
+    let app = spawn_app().await;
+    let restored = copy_of_the_keyring(&app, "restored");
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]); // card/v2, no order under it
+    let out = checkoutd(&app)
+        .env("CHECKOUTD_DATA_DIR", &restored)
+        .args([
+            "keys",
+            "rotate",
+            "--class",
+            "card",
+            "--after-keyring-restore",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made = String::from_utf8_lossy(&out.stdout);
+    assert!(made.contains("card/v3"), "{made}");
+    let retired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM kek_retirements WHERE class = 'card' AND version = 2",
+    )
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(retired, 1, "the lost card/v2 was not retired");
+    // The running server holds the lost keyring (card/v2 active): refused.
+    let r = app.post_order("lost-nothing-1", &order_json()).await;
     assert_eq!(r.status(), 503);
 }
 

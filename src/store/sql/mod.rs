@@ -700,6 +700,23 @@ impl Store for SqlStore {
         Ok(n > 0)
     }
 
+    async fn logged_objects(&self, action: &str) -> Result<Vec<String>, StoreError> {
+        let lists: Vec<String> = sqlx::query_scalar(
+            "SELECT objects FROM access_log WHERE action = $1 AND outcome = 'allowed' ORDER BY seq",
+        )
+        .bind(action)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let mut objects = Vec::new();
+        for list in lists {
+            let list: Vec<String> = serde_json::from_str(&list)
+                .map_err(|_| StoreError::Corrupt("access_log.objects"))?;
+            objects.extend(list);
+        }
+        Ok(objects)
+    }
+
     async fn kek_highest_retired(
         &self,
         class: crate::crypto::DataClass,
