@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use crate::helpers::assert_succeeded;
+
 fn checkoutd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_checkoutd"))
 }
@@ -16,11 +18,7 @@ async fn migrate_creates_the_schema_and_exits() {
         .args(["--database-url", &db.url])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     if !db.is_postgres() {
         assert!(dir.path().join("data/checkoutd.db").is_file());
     }
@@ -87,11 +85,7 @@ fn certs_dev_writes_the_pki_with_private_keys() {
     assert!(!certs_dev(&[]).status.success());
     assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
     let replaced = certs_dev(&["--replace"]);
-    assert!(
-        replaced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replaced.stderr)
-    );
+    assert_succeeded(&replaced);
     assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
     assert!(dir.path().join("marketing-key.pem").is_file());
     // A private key that is not its development certificate's (a new key

@@ -9,7 +9,7 @@ use checkoutd::server::identity::Role;
 use checkoutd::store::sql::SqlStore;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect_problem, spawn_app};
+use crate::helpers::{TestApp, assert_succeeded, expect_problem, spawn_app};
 use crate::orders::order_json;
 
 impl TestApp {
@@ -979,11 +979,7 @@ async fn a_cut_tail_with_an_older_head_put_back_fails_against_an_earlier_report(
         .arg(&earlier)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 
     cut_access_log_back(&app, &db, seq, &hash, &mac).await;
     // On its own the chain verifies: that is the attack.

@@ -518,11 +518,7 @@ impl TestApp {
             .arg(&self.database.url)
             .output()
             .expect("pg_dump (Debian: postgresql-client) runs");
-        assert!(
-            dump.status.success(),
-            "{}",
-            String::from_utf8_lossy(&dump.stderr)
-        );
+        assert_succeeded(&dump);
         let text = String::from_utf8_lossy(&dump.stdout).into_owned();
         let mut decoded = Vec::new();
         for part in text.split("\\\\x").skip(1) {
@@ -578,6 +574,17 @@ impl TestApp {
     /// The server's `/metrics` text (auditor role). The recorder is global
     /// to the test process: every app of the suite counts into it, so a
     /// test compares scrapes before and after what it does.
+    /// The access log's first 1 000 entries, as the auditor reads them.
+    pub async fn access_log_entries(&self) -> Vec<serde_json::Value> {
+        let mut log = self
+            .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
+            .await;
+        match log["entries"].take() {
+            serde_json::Value::Array(entries) => entries,
+            other => panic!("no entries: {other}"),
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client(Role::Auditor)
             .get(self.url("/metrics"))
@@ -807,6 +814,16 @@ pub async fn still_serves(app: &TestApp) -> bool {
 
 /// The value of the unlabelled metric `name` in a `/metrics` text (0 when
 /// it was never counted).
+/// Asserts that a command run to completion succeeded, showing what it
+/// said on stderr if it did not.
+pub fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

@@ -9,7 +9,7 @@ use checkoutd::crypto::DataClass;
 use checkoutd::server::identity::Role;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, assert_succeeded, spawn_app};
 use crate::orders::order_json;
 
 fn checkoutd(app: &TestApp) -> Command {
@@ -158,20 +158,9 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     // With the newest file installed, the card class rotates on.
     std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
     let out = rotate("card", &[]);
+    assert_succeeded(&out);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log: Value = app
-        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
-        .await;
-    assert!(
-        log["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "keys rotate" && e["outcome"] == "denied"),
+        logged_denied(&app, "keys rotate").await,
         "the refused rotation is not in the access log"
     );
     // A keyring restored from a backup older than the database's last
@@ -190,13 +179,17 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
         String::from_utf8_lossy(&refused.stderr)
     );
     let recovered = rotate("card", &["--after-keyring-restore"]);
-    assert!(
-        recovered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&recovered.stderr)
-    );
+    assert_succeeded(&recovered);
     let made = String::from_utf8_lossy(&recovered.stdout);
     assert!(made.contains("card/v4"), "{made}");
+}
+
+/// Whether the access log holds a denied entry of `action`.
+async fn logged_denied(app: &TestApp, action: &str) -> bool {
+    app.access_log_entries()
+        .await
+        .iter()
+        .any(|e| e["action"] == action && e["outcome"] == "denied")
 }
 
 /// A stale copy of the keyring — another host rotated since — must not
@@ -225,25 +218,43 @@ async fn a_stale_copy_of_the_keyring_cannot_destroy() {
     assert!(!out.status.success(), "a stale keyring destroyed: {stderr}");
     assert!(stderr.contains("install the newest keyring"), "{stderr}");
     assert_eq!(std::fs::read(other.join("keyring.json")).unwrap(), stale);
-    let log: Value = app
-        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
-        .await;
     assert!(
-        log["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "keys destroy" && e["outcome"] == "denied"),
+        logged_denied(&app, "keys destroy").await,
         "the refused destruction is not in the access log"
     );
     // With the newest file installed, it goes ahead.
     std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
     let out = destroy();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
+}
+
+/// `keys rotate --class card --after-keyring-restore` run with the keyring
+/// in `restored`: what it made (stdout).
+fn recover_card_class(app: &TestApp, restored: &std::path::Path) -> String {
+    let out = checkoutd(app)
+        .env("CHECKOUTD_DATA_DIR", restored)
+        .args([
+            "keys",
+            "rotate",
+            "--class",
+            "card",
+            "--after-keyring-restore",
+        ])
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether the database records card/v2 retired.
+async fn card_v2_retired(app: &TestApp) -> bool {
+    let retired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM kek_retirements WHERE class = 'card' AND version = 2",
+    )
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    retired == 1
 }
 
 /// Recovering a restored keyring retires the versions it lacks that wrap
@@ -256,30 +267,12 @@ async fn a_recovered_keyring_retires_the_versions_it_lost() {
     let restored = copy_of_the_keyring(&app, "restored");
     cli_ok(&app, &["keys", "rotate", "--class", "card"]);
     order(&app, "lost-2").await; // sealed under card/v2, which the backup lacks
-    let out = checkoutd(&app)
-        .env("CHECKOUTD_DATA_DIR", &restored)
-        .args([
-            "keys",
-            "rotate",
-            "--class",
-            "card",
-            "--after-keyring-restore",
-        ])
-        .output()
-        .unwrap();
+    let made = recover_card_class(&app, &restored);
+    assert!(made.contains("card/v3"), "{made}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        card_v2_retired(&app).await,
+        "the lost card/v2 was not retired"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("card/v3"));
-    let retired: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM kek_retirements WHERE class = 'card' AND version = 2",
-    )
-    .fetch_one(&app.db().await)
-    .await
-    .unwrap();
-    assert_eq!(retired, 1, "the lost card/v2 was not retired");
     // The running server still holds card/v2 (the lost keyring): refused.
     let r = app.post_order("lost-3", &order_json()).await;
     assert_eq!(r.status(), 503);
@@ -296,31 +289,12 @@ async fn a_recovered_keyring_numbers_above_a_lost_version_that_wraps_nothing() {
     let app = spawn_app().await;
     let restored = copy_of_the_keyring(&app, "restored");
     cli_ok(&app, &["keys", "rotate", "--class", "card"]); // card/v2, no order under it
-    let out = checkoutd(&app)
-        .env("CHECKOUTD_DATA_DIR", &restored)
-        .args([
-            "keys",
-            "rotate",
-            "--class",
-            "card",
-            "--after-keyring-restore",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let made = String::from_utf8_lossy(&out.stdout);
+    let made = recover_card_class(&app, &restored);
     assert!(made.contains("card/v3"), "{made}");
-    let retired: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM kek_retirements WHERE class = 'card' AND version = 2",
-    )
-    .fetch_one(&app.db().await)
-    .await
-    .unwrap();
-    assert_eq!(retired, 1, "the lost card/v2 was not retired");
+    assert!(
+        card_v2_retired(&app).await,
+        "the lost card/v2 was not retired"
+    );
     // The running server holds the lost keyring (card/v2 active): refused.
     let r = app.post_order("lost-nothing-1", &order_json()).await;
     assert_eq!(r.status(), 503);
@@ -414,11 +388,7 @@ async fn keys_against_another_database_destroy_nothing() {
     // An existing database that never saw card/v1 retired (no record
     // under it there) is not taken at its word.
     let out = against_other(&["migrate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let out = against_other(&destroy);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -458,11 +428,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
 
     // keys status: versions and usage, no key material.
     let out = checkoutd(&app).args(["keys", "status"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["keks"]["card"][0]["records"], 1);
     assert_eq!(status["keks"]["card"][0]["state"], "active");
@@ -481,11 +447,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
         .args(["keys", "rotate", "--class", "all"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     // A server still holding the old keyring cannot store a record sealed
     // under a retired version: the database refuses it (fail closed).
     {
@@ -576,11 +538,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
         .args(["keys", "rewrap", "--batch", "1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     for class in DataClass::ALL {
         let usage = checkoutd::store::Store::kek_usage(&store, class)
             .await
@@ -607,11 +565,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
         .args(["keys", "destroy", "--class", "card", "--version", "1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let status: Value = serde_json::from_slice(
         &checkoutd(&app)
             .args(["keys", "status"])
@@ -642,12 +596,8 @@ async fn rotate_rewrap_destroy_end_to_end() {
     assert_eq!(std::fs::read(&file).unwrap(), before);
 
     // Every key operation is in the access log, with the operator.
-    let log: Value = app
-        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
-        .await;
-    let ops: Vec<(String, String)> = log["entries"]
-        .as_array()
-        .unwrap()
+    let log = app.access_log_entries().await;
+    let ops: Vec<(String, String)> = log
         .iter()
         .filter(|e| e["role"] == "operator")
         .map(|e| {
@@ -668,7 +618,7 @@ async fn rotate_rewrap_destroy_end_to_end() {
             "{expected:?} in {ops:?}"
         );
     }
-    assert!(log["entries"].as_array().unwrap().iter().any(|e| {
+    assert!(log.iter().any(|e| {
         e["cert_fingerprint"]
             .as_str()
             .unwrap()
@@ -710,11 +660,7 @@ async fn custodian_shares_are_all_needed_and_checked() {
         "--shares-dir",
         shares.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let s1 = shares.join("share-1-of-2.json");
     let s2 = shares.join("share-2-of-2.json");
     #[cfg(unix)]
@@ -773,11 +719,7 @@ async fn custodian_shares_are_all_needed_and_checked() {
         "--master-key-share",
         s2.to_str().unwrap(),
     ]);
-    assert!(
-        both.status.success(),
-        "{}",
-        String::from_utf8_lossy(&both.stderr)
-    );
+    assert_succeeded(&both);
     let one = run(&["keys", "status", "--master-key-share", s1.to_str().unwrap()]);
     assert!(!one.status.success());
     assert!(
@@ -802,11 +744,7 @@ async fn custodian_shares_are_all_needed_and_checked() {
         .args(["keys", "status"])
         .output()
         .unwrap();
-    assert!(
-        env.status.success(),
-        "{}",
-        String::from_utf8_lossy(&env.stderr)
-    );
+    assert_succeeded(&env);
     // A corrupted share is named.
     let text = std::fs::read_to_string(&s2).unwrap();
     let bad = dir.path().join("bad.json");
@@ -964,11 +902,7 @@ async fn each_retired_class_alone_is_refused_by_the_database() {
             .args(["keys", "rotate", "--class", class])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out);
         let mut before = orders().await;
         // Four orders (two of them gifts) in one batch, as group commit
         // hands them over.
@@ -1138,24 +1072,19 @@ async fn a_rewrap_that_fails_part_way_is_still_logged() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "the damaged key stops the run");
-    let log: Value = app
-        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
-        .await;
-    let rewraps: Vec<&Value> = log["entries"]
-        .as_array()
-        .unwrap()
+    let log = app.access_log_entries().await;
+    let rewraps: Vec<&Value> = log
         .iter()
         .filter(|e| e["action"] == "keys rewrap")
         .collect();
-    assert_eq!(rewraps.len(), 1, "{log:#}");
+    assert_eq!(rewraps.len(), 1, "{log:#?}");
     // The start was logged before any batch (a run killed part way leaves
     // that entry).
-    let entries = log["entries"].as_array().unwrap();
-    let started = entries.iter().position(|e| {
+    let started = log.iter().position(|e| {
         e["action"] == "keys rewrap started" && e["objects"] == serde_json::json!(["card"])
     });
-    let ended = entries.iter().position(|e| e["action"] == "keys rewrap");
-    assert!(started.is_some() && started < ended, "{log:#}");
+    let ended = log.iter().position(|e| e["action"] == "keys rewrap");
+    assert!(started.is_some() && started < ended, "{log:#?}");
     assert!(
         rewraps[0].to_string().contains("records:"),
         "{:#}",

@@ -21,8 +21,8 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    Options, TestApp, TestDatabase, expect_problem, postgres_addr, postgres_server, spawn_app,
-    spawn_app_with, with_authority, with_database,
+    Options, TestApp, TestDatabase, assert_succeeded, expect_problem, postgres_addr,
+    postgres_server, spawn_app, spawn_app_with, with_authority, with_database,
 };
 use crate::keys::{card_version, order};
 use crate::orders::order_json;
@@ -152,11 +152,7 @@ async fn a_rotation_by_one_process_is_picked_up_by_the_others() {
         .args(["keys", "rotate", "--class", "all"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     // Both running instances seal under v2 from now on (each may answer a
     // retryable 503 until it has reloaded the keyring; `order` retries).
     for (i, app) in [&a, &b, &a, &b].into_iter().enumerate() {
@@ -392,11 +388,7 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
     assert!(err.contains("synchronous_commit=off"), "{err}");
     assert!(err.contains("--allow-unsafe-durability"), "{err}");
     let out = migrate(&db.url, &["--allow-unsafe-durability"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 /// A process that starts while another migrates waits for it as long as
@@ -429,11 +421,7 @@ async fn a_start_during_another_process_s_migration_waits_for_it() {
         .await
         .unwrap();
     let out = migrating.await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another process is migrating"),
         "it said why it waited"

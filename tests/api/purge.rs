@@ -6,7 +6,7 @@ use std::time::Duration;
 use checkoutd::server::identity::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, assert_succeeded, spawn_app};
 use crate::orders::order_json;
 
 async fn place(app: &TestApp, key: &str, order: &Value) -> String {
@@ -18,12 +18,8 @@ async fn place(app: &TestApp, key: &str, order: &Value) -> String {
 
 /// Whether the access log holds an operator's purge of `order_id`.
 async fn purge_logged(app: &TestApp, order_id: &str) -> bool {
-    let log: Value = app
-        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
-        .await;
-    log["entries"]
-        .as_array()
-        .unwrap()
+    app.access_log_entries()
+        .await
         .iter()
         .any(|e| e["action"] == "purge (operator)" && e["objects"][0] == order_id)
 }
@@ -469,13 +465,9 @@ async fn purging_an_unknown_order_is_refused_and_purging_twice_is_harmless() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no such order"), "{stderr}");
-    let log: Value = app
-        .get_json(Role::Auditor, "/v1/audit/log?limit=1000")
-        .await;
     assert!(
-        !log["entries"]
-            .as_array()
-            .unwrap()
+        !app.access_log_entries()
+            .await
             .iter()
             .any(|e| e["objects"][0] == unknown),
         "an unknown order's purge was logged"
@@ -569,11 +561,7 @@ fn purge_order(app: &TestApp, order_id: &str) -> String {
         .args(["orders", "purge", "--order", order_id])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
