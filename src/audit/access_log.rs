@@ -308,7 +308,10 @@ async fn verify_chain_walk(
     let head = store.access_log_head().await.map_err(store_failed)?;
     let Some(head) = head else {
         // No head: there must be no entries either.
-        let first = store.access_log_page(0, 1).await.map_err(store_failed)?;
+        let first = store
+            .access_log_page(i64::MIN, 1)
+            .await
+            .map_err(store_failed)?;
         if first.is_empty() {
             return Ok(ChainStatus {
                 entries: 0,
@@ -328,8 +331,15 @@ async fn verify_chain_walk(
     let mut prev = GENESIS;
     let mut expected_seq = 1u64;
     'pages: while expected_seq <= head.seq {
+        // The first page from below 0: a row numbered below 1 (planted
+        // before the chain's first entry, outside it, yet counted by the
+        // dispatch checks that join the whole table) is read and named.
+        let after = match expected_seq {
+            1 => i64::MIN,
+            n => i64::try_from(n - 1).map_err(|_| ChainError::Damaged("access_log.seq"))?,
+        };
         let page = store
-            .access_log_page(expected_seq - 1, VERIFY_PAGE)
+            .access_log_page(after, VERIFY_PAGE)
             .await
             .map_err(store_failed)?;
         if page.is_empty() {

@@ -80,9 +80,9 @@ pub async fn log(
         return bad(&name, "Only after and limit are accepted");
     }
     let query = &params.0;
-    let after = match query.get("after").map(|v| v.parse::<u64>()) {
+    let after = match query.get("after").map(|v| v.parse::<i64>()) {
         None => 0,
-        Some(Ok(n)) if n <= i64::MAX as u64 => n,
+        Some(Ok(n)) if n >= 0 => n,
         Some(_) => return bad("after", "after is a sequence number (0 or more)"),
     };
     let limit = match query.get("limit").map(|v| v.parse::<u32>()) {

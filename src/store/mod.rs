@@ -260,12 +260,13 @@ pub trait Store: Send + Sync + 'static {
         chainer: &access_log::Chainer<'_>,
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// Up to `limit` entries with `seq > after`, in order; from the start
-    /// (`after` 0) any row numbered below 1 too, which this service never
-    /// writes (one numbered below 0 is `StoreError::Corrupt`).
+    /// Up to `limit` entries with `seq > after`, in order. The chain check
+    /// starts below 0 (`i64::MIN`): a row numbered below 1, which this
+    /// service never writes, is read too (one below 0 is
+    /// `StoreError::Corrupt`); the API's pages start at `after` 0.
     async fn access_log_page(
         &self,
-        after: u64,
+        after: i64,
         limit: u32,
     ) -> Result<Vec<access_log::ChainedEntry>, StoreError>;
 

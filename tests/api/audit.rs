@@ -921,6 +921,9 @@ async fn access_log_rows_numbered_below_one_are_refused_and_named() {
             app.unguard("access_log").await;
         }
         exec(&app, &copy_of_first(seq)).await;
+        // The auditor's pages still start at entry 1, unaffected.
+        let entries = app.access_log_entries().await;
+        assert_eq!(entries[0]["seq"], 1, "{seq}");
         let report = run_verify(&app).await;
         assert!(!report.access_log.intact);
         assert!(

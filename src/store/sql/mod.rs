@@ -575,7 +575,7 @@ impl Store for SqlStore {
 
     async fn access_log_page(
         &self,
-        after: u64,
+        after: i64,
         limit: u32,
     ) -> Result<Vec<ChainedEntry>, StoreError> {
         // Text read as bytes: one value that is not UTF-8 is a broken
@@ -599,13 +599,7 @@ impl Store for SqlStore {
             "SELECT {} FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2",
             audit::select_list(self.engine, &columns, &texts)
         ))
-        // From the start (`after` 0): rows numbered below 1 as well, which
-        // the service never writes (a row planted there would sit outside
-        // the chain, unseen by its check, yet count as a log entry).
-        .bind(match after {
-            0 => i64::MIN,
-            after => i64::try_from(after).unwrap_or(i64::MAX),
-        })
+        .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
