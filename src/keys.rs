@@ -226,7 +226,7 @@ pub async fn rotate(
     // the lost keyring's newest version may wrap nothing yet, and no
     // retirement names an active version.
     let logged = if after_keyring_restore {
-        store.logged_objects("keys rotate").await?
+        rotations_logged(store, &keyring).await?
     } else {
         Vec::new()
     };
@@ -277,7 +277,8 @@ pub async fn rotate(
     // Logged before the file is saved, as a destruction is: a rotation the
     // log cannot record does not happen, and every version ever made is in
     // the log (a recovery numbers above them, `--after-keyring-restore`).
-    // A save that fails after it leaves a number unused, nothing worse.
+    // A save that fails is logged again, denied: the versions named were
+    // never made (the next rotation makes them), which the log then says.
     log_operation(
         store,
         &keyring,
@@ -286,7 +287,20 @@ pub async fn rotate(
         Outcome::Allowed,
     )
     .await?;
-    keyring.save(path, master)?;
+    if let Err(error) = keyring.save(path, master) {
+        let logged = log_operation(
+            store,
+            &keyring,
+            "keys rotate".into(),
+            made.clone(),
+            Outcome::Denied,
+        )
+        .await;
+        if let Err(log_error) = logged {
+            tracing::error!(error = %log_error, "the failed rotation could not be logged as such");
+        }
+        return Err(error.into());
+    }
     // Tell the database too: from now on it refuses records sealed under a
     // retired version (a server still holding the old keyring fails closed).
     let retired: Vec<(DataClass, u32)> = keyring
@@ -297,6 +311,32 @@ pub async fn rotate(
         .chain(lost)
         .collect();
     store.retire_keks(&retired, &now).await?;
+    Ok(made)
+}
+
+/// The versions (`card/v3`) every rotation made, as the access log
+/// records them: allowed `keys rotate` entries whose hash and MAC verify
+/// under `keyring`'s access-log key (a planted entry naming `card/v4294967295`
+/// must not make recovery impossible), read a window of sequence numbers
+/// at a time up to the head.
+async fn rotations_logged(store: &dyn Store, keyring: &Keyring) -> Result<Vec<String>, KeysError> {
+    const WINDOW: i64 = 100_000;
+    let Some(head) = store.access_log_head().await? else {
+        return Ok(Vec::new());
+    };
+    let head = i64::try_from(head.seq).unwrap_or(i64::MAX);
+    let key = keyring.access_log_key();
+    let mut made = Vec::new();
+    let mut after = 0;
+    while after < head {
+        let through = after.saturating_add(WINDOW).min(head);
+        for e in store.access_log_of("keys rotate", after, through).await? {
+            if e.entry.outcome == Outcome::Allowed && e.verifies(key) {
+                made.extend(e.entry.objects);
+            }
+        }
+        after = through;
+    }
     Ok(made)
 }
 
@@ -456,7 +496,8 @@ pub async fn destroy(
         _ if behind => Some(format!(
             "the database already knows a rotation that this keyring has not seen \
              (another copy of the keyring rotated since): install the newest keyring \
-             file here, then destroy {name}"
+             file here, then destroy {name}. If this keyring was restored from a backup \
+             and no newer copy exists, run `keys rotate --after-keyring-restore` first"
         )),
         None => Some("no such KEK version".to_owned()),
         Some(KekState::Active) => Some(format!("{name} is the active version; rotate first")),

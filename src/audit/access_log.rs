@@ -155,6 +155,17 @@ pub struct ChainedEntry {
     pub damaged: Option<&'static str>,
 }
 
+impl ChainedEntry {
+    /// Whether the entry is as this service wrote it: read back whole, its
+    /// hash over its own fields, its MAC under `key`. (Where it sits in the
+    /// chain is the chain check's to say.)
+    pub fn verifies(&self, key: &MacKey) -> bool {
+        self.damaged.is_none()
+            && entry_hash(self.seq, &self.prev_hash, &self.entry) == self.hash
+            && key.verify(&[&self.hash], &self.mac)
+    }
+}
+
 /// The stored head of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {

@@ -361,11 +361,17 @@ pub trait Store: Send + Sync + 'static {
         version: u32,
     ) -> Result<bool, StoreError>;
 
-    /// The objects of every allowed access-log entry of `action`, oldest
-    /// first: the key operations' own record (`keys rotate` names each
-    /// version it makes, before the keyring file is saved). A scan of the
-    /// whole log, for recoveries.
-    async fn logged_objects(&self, action: &str) -> Result<Vec<String>, StoreError>;
+    /// The access-log entries of `action` with `after < seq <= through`,
+    /// in order (the key operations' own record: `keys rotate` names each
+    /// version it makes, before the keyring file is saved). Read through
+    /// the primary key a window at a time, so a recovery reading a large
+    /// log runs bounded statements.
+    async fn access_log_of(
+        &self,
+        action: &str,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<access_log::ChainedEntry>, StoreError>;
 
     /// The highest KEK version of `class` the database recorded retired
     /// (0: none).

@@ -191,6 +191,32 @@ impl OrderWriter {
 }
 
 impl SqlStore {
+    /// `SELECT <every column of an access-log entry> FROM access_log`, as
+    /// `chained_entry` reads them. Text read as bytes: one value that is
+    /// not UTF-8 is a broken link in the chain, not an audit stopped (see
+    /// `audit::bytes_of`).
+    fn access_log_select(&self) -> String {
+        let texts = [
+            "at",
+            "role",
+            "cert_fingerprint",
+            "origin_ip",
+            "action",
+            "objects",
+            "outcome",
+        ];
+        let columns = [
+            &["seq"][..],
+            &texts,
+            &["status", "prev_hash", "hash", "mac"],
+        ]
+        .concat();
+        format!(
+            "SELECT {} FROM access_log",
+            audit::select_list(self.engine, &columns, &texts)
+        )
+    }
+
     pub(super) fn new(pool: AnyPool, writer: AnyPool, engine: Engine) -> Self {
         let gate = (engine == Engine::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         SqlStore {
@@ -578,26 +604,9 @@ impl Store for SqlStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<ChainedEntry>, StoreError> {
-        // Text read as bytes: one value that is not UTF-8 is a broken
-        // link in the chain, not an audit stopped (see `audit::bytes_of`).
-        let texts = [
-            "at",
-            "role",
-            "cert_fingerprint",
-            "origin_ip",
-            "action",
-            "objects",
-            "outcome",
-        ];
-        let columns = [
-            &["seq"][..],
-            &texts,
-            &["status", "prev_hash", "hash", "mac"],
-        ]
-        .concat();
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-            audit::select_list(self.engine, &columns, &texts)
+            "{} WHERE seq > $1 ORDER BY seq LIMIT $2",
+            self.access_log_select()
         ))
         .bind(after)
         .bind(i64::from(limit))
@@ -694,21 +703,23 @@ impl Store for SqlStore {
         Ok(n > 0)
     }
 
-    async fn logged_objects(&self, action: &str) -> Result<Vec<String>, StoreError> {
-        let lists: Vec<String> = sqlx::query_scalar(
-            "SELECT objects FROM access_log WHERE action = $1 AND outcome = 'allowed' ORDER BY seq",
-        )
+    async fn access_log_of(
+        &self,
+        action: &str,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<ChainedEntry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{} WHERE seq > $1 AND seq <= $2 AND action = $3 ORDER BY seq",
+            self.access_log_select()
+        ))
+        .bind(after)
+        .bind(through)
         .bind(action)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        let mut objects = Vec::new();
-        for list in lists {
-            let list: Vec<String> = serde_json::from_str(&list)
-                .map_err(|_| StoreError::Corrupt("access_log.objects"))?;
-            objects.extend(list);
-        }
-        Ok(objects)
+        rows.iter().map(chained_entry).collect()
     }
 
     async fn kek_highest_retired(
