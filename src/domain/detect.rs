@@ -43,7 +43,8 @@ pub fn contains_pan_typed(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    candidates(&typed(text, Separators::Wide)).any(|groups| loose(&groups) || card_within(&groups))
+    readings(text, Separators::Wide)
+        .any(|typed| candidates(&typed).any(|groups| loose(&groups) || card_within(&groups)))
 }
 
 /// For text stored in clear (a SKU, an item description, a storefront
@@ -68,8 +69,9 @@ fn pan_clear(text: &str, separators: Separators) -> bool {
         return false;
     }
     candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
-        || candidates(&typed(text, separators))
-            .any(|groups| card_leading(&groups) || card_printed_within(&groups))
+        || readings(text, separators).any(|typed| {
+            candidates(&typed).any(|groups| card_leading(&groups) || card_printed_within(&groups))
+        })
 }
 
 /// For a dispatch fact the warehouse sends (carrier, tracking number),
@@ -110,7 +112,7 @@ pub fn contains_card_typed(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    candidates(&typed(text, Separators::Narrow)).any(|groups| card_within(&groups))
+    candidates(&typed(text, Separators::Narrow, Marks::Dropped)).any(|groups| card_within(&groups))
 }
 
 /// For the local part of an email address: a card number, however
@@ -119,7 +121,7 @@ pub fn contains_card_number(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    runs(&typed(text, Separators::Narrow))
+    runs(&typed(text, Separators::Narrow, Marks::Dropped))
         .iter()
         .any(|(groups, _)| card_leading(groups))
 }
@@ -304,26 +306,48 @@ enum Separators {
     Wide,
 }
 
+/// What [`typed`] makes of a combining mark.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Marks {
+    /// Part of the character before it: `4⃣0⃣1⃣2⃣` is `4012`.
+    Dropped,
+    /// A separator, as any other character that is neither a letter nor a
+    /// digit is in the wide reading: `4012\u{301}8888…` may be the groups
+    /// `4012 8888…` of a printed card number.
+    Separators,
+}
+
+/// The readings of `text` a person's typing may mean: marks dropped, and
+/// (in the wide reading, when `text` has a combining mark) marks as
+/// separators as well.
+fn readings(text: &str, separators: Separators) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let both = separators == Separators::Wide && text.chars().any(is_combining_mark);
+    std::iter::once(Marks::Dropped)
+        .chain(both.then_some(Marks::Separators))
+        .map(move |marks| typed(text, separators, marks))
+}
+
 /// `text` as a person's typing is read: UUIDs and digests blanked (before
 /// their dashes become separators), every listed script's decimal digits
 /// made ASCII (`۴۰۱۲`, full-width, mathematical), invisible format
-/// characters and combining marks dropped (a soft hyphen or an invisible
-/// separator between digits joins them, as it looks; so does an accent or
-/// a keycap over a digit, `4⃣0⃣1⃣2⃣`), and every run of separators (see
+/// characters dropped (a soft hyphen or an invisible separator between
+/// digits joins them, as it looks), combining marks as `marks` says, and
+/// every run of separators (see
 /// [`Separators`]) made one space. (`+` is never one: it marks a phone
 /// number written internationally, see [`candidates`].)
-fn typed(text: &str, separators: Separators) -> Vec<u8> {
+fn typed(text: &str, separators: Separators, marks: Marks) -> Vec<u8> {
     let blanked = blank_uuids(text.as_bytes());
     let text = String::from_utf8_lossy(&blanked);
     let mut normal = Vec::with_capacity(text.len());
     let mut separator = false;
     for c in text.chars() {
-        if is_invisible_format(c) || is_combining_mark(c) {
+        if is_invisible_format(c) || (marks == Marks::Dropped && is_combining_mark(c)) {
             continue;
         }
         let c = match decimal_digit(c) {
             Some(d) => char::from(b'0' + d),
             None if c.is_whitespace()
+                || (marks == Marks::Separators && is_combining_mark(c))
                 || match separators {
                     Separators::Wide => !c.is_alphanumeric() && c != '+',
                     Separators::Narrow => matches!(
@@ -459,13 +483,20 @@ pub fn contains_email(text: &str) -> bool {
 
 /// True when `text` holds a phone number written internationally, as a
 /// person writes one: `+` (or its full-width or small form) at the start of
-/// a word, right before a digit, then 8 digits or more of any script,
-/// grouped by whitespace, dots, dashes, slashes or parentheses
-/// (`+1 949 555 0100`, `+44 (0)20 7946 0958`, `+49-151-1234-5678`). A
-/// phone number is personal data: text stored in clear refuses it. Not
-/// read as one: digits without the `+` (as likely a product or order
-/// number), `+` after a letter or digit (`ABC+12345678`, `C++`), or with a
-/// space before the digits (`bundle + 10 000 000 points`).
+/// a word, right before a digit, then 8 to 15 digits (E.164's most) of any
+/// script in groups joined by a space, a dot, a dash or parentheses
+/// (`+1 949 555 0100`, `+44 (0)20 7946 0958`, `+49-151-1234-5678`,
+/// `+33.1.23.45.67.89`). A phone number is personal data: text stored in
+/// clear refuses it. Not read as one, so that product text is never
+/// refused for it:
+/// - digits without the `+` (as likely a product or order number), `+`
+///   after a letter or digit (`ABC+12345678`, `C++`), or with a space
+///   before the digits (`bundle + 10 000 000 points`);
+/// - what a `/`, or a sign after a space, ends: tolerances and
+///   coordinates (`+0.021/-0.000`, `+51.5074 -0.1278`);
+/// - a quantity grouped in thousands (`+10 000 000 XP`, `+10.000.000`:
+///   every group after the first of three digits) or a decimal number
+///   (`+123.45678`: two groups and a dot).
 pub fn contains_phone(text: &str) -> bool {
     if !text.contains(['+', '\u{ff0b}', '\u{fe62}']) {
         return false;
@@ -480,21 +511,46 @@ pub fn contains_phone(text: &str) -> bool {
         let digit_next = chars
             .get(i + 1)
             .is_some_and(|&c| decimal_digit(c).is_some());
-        if !(plus && word_start && digit_next) {
-            return false;
-        }
-        let mut digits = 0;
-        for &c in &chars[i + 1..] {
-            if decimal_digit(c).is_some() {
-                digits += 1;
-            } else if !(c.is_whitespace()
-                || matches!(c, '.' | '-' | '/' | '(' | ')' | '\u{2010}'..='\u{2015}'))
-            {
-                break;
-            }
-        }
-        digits >= 8
+        plus && word_start && digit_next && is_phone_number(&chars[i + 1..])
     })
+}
+
+/// Whether the digits at the start of `chars` (right after a `+`) read as
+/// a phone number: see [`contains_phone`].
+fn is_phone_number(chars: &[char]) -> bool {
+    let mut groups: Vec<usize> = vec![0];
+    let mut dots = 0;
+    let mut after_space = false;
+    for &c in chars {
+        if decimal_digit(c).is_some() {
+            if let Some(last) = groups.last_mut() {
+                *last += 1;
+            }
+            after_space = false;
+            continue;
+        }
+        let sign = matches!(c, '-' | '+' | '\u{2212}' | '\u{2010}'..='\u{2015}');
+        if c == '/' || (sign && after_space) {
+            break;
+        }
+        if !(c.is_whitespace() || sign || matches!(c, '.' | '(' | ')')) {
+            break;
+        }
+        if c == '.' {
+            dots += 1;
+        }
+        after_space = c.is_whitespace();
+        if groups.last() != Some(&0) {
+            groups.push(0);
+        }
+    }
+    if groups.last() == Some(&0) {
+        groups.pop();
+    }
+    let digits: usize = groups.iter().sum();
+    let thousands = groups.len() >= 3 && groups[0] <= 3 && groups[1..].iter().all(|&g| g == 3);
+    let decimal = groups.len() == 2 && dots == 1;
+    (8..=15).contains(&digits) && !thousands && !decimal
 }
 
 fn is_local(c: u8) -> bool {
@@ -599,6 +655,12 @@ mod tests {
             assert!(contains_pan_typed(typed), "{typed:?}");
             assert!(contains_pan_clear(typed), "clear: {typed:?}");
         }
+        // A mark between two groups may separate them, as the wide reading
+        // takes any other mark: both readings are tried.
+        assert!(contains_pan_clear("REF 2026 4012\u{301}8888 8888 1881"));
+        assert!(contains_pan_typed(
+            "exp 12/27 4012\u{301}8888\u{301}8888 1881"
+        ));
         for marked in [
             "4\u{20e3}0\u{20e3}1\u{20e3}2\u{20e3} 8888 8888 1881",
             "4\u{301}012 8888 8888 1881",
@@ -868,6 +930,9 @@ mod tests {
             "\u{ff0b}81 3 1234 5678",
             "+\u{0661}\u{0662}\u{0663}\u{0664}\u{0665}\u{0666}\u{0667}\u{0668}",
             "+4915\u{00ad}112345678",
+            "+7 495 123-45-67",
+            "+86 138 0013 8000",
+            "+61 (2) 9876 5432",
         ] {
             assert!(contains_phone(phone), "{phone:?}");
         }
@@ -880,6 +945,16 @@ mod tests {
             "+1234567 pcs",
             "+ 1 949 555 0100",
             "Size +2, 3/4",
+            // Tolerances, coordinates, quantities, prescriptions.
+            "Bore 20 H7 +0.021/-0.000",
+            "Dowel pin +0.015/-0.006",
+            "Star map, London +51.5074 -0.1278",
+            "+40.7128 -74.0060",
+            "Gold pack +10.000.000 coins",
+            "+10 000 000 XP",
+            "+2.00/-1.25/180",
+            "+123.45678",
+            "+1234567890123456789",
         ] {
             assert!(!contains_phone(not_phone), "{not_phone:?}");
         }
