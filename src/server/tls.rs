@@ -57,6 +57,12 @@ pub enum TlsError {
          current list, or remove the CA from the client CA file"
     )]
     NoCrlFromCa { path: PathBuf, ca: String },
+    #[error(
+        "the client CRL file {path} holds a list older (thisUpdate) than the one in force from \
+         the same CA: put back, it would let in again every certificate revoked since; keeping \
+         the lists in force — publish the CA's current list"
+    )]
+    CrlOlderThanInForce { path: PathBuf },
     #[error("cannot read {path}")]
     ReadFile {
         path: PathBuf,
@@ -169,6 +175,9 @@ struct Built {
     verifier: Arc<dyn ClientCertVerifier>,
     /// The `nextUpdate` of each client CRL that has one.
     crl_expiries: Vec<std::time::SystemTime>,
+    /// The `thisUpdate` of each client CRL, by issuer and scope: a reload
+    /// never goes back to an older list (see [`Crls::older_than`]).
+    crl_issued: CrlIssued,
     digest: [u8; 32],
     built_at: std::time::Instant,
     built_wall: std::time::SystemTime,
@@ -183,6 +192,7 @@ impl Built {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             verifier: self.verifier.clone(),
             crl_expiries: self.crl_expiries.clone(),
+            crl_issued: self.crl_issued.clone(),
             digest: self.digest,
             built_at: std::time::Instant::now(),
             built_wall: std::time::SystemTime::now(),
@@ -279,7 +289,28 @@ impl ReloadableTls {
             if digest == current.digest {
                 Ok(None)
             } else {
-                build(&self.files, digest).map(Some)
+                build(&self.files, digest).and_then(|built| {
+                    // A list older than the one in force from the same CA
+                    // (a rollback of the file, a redeploy of last week's)
+                    // would take back revocations: refused, as a file that
+                    // does not load is.
+                    // (An older list already expired takes back nothing: it
+                    // fails closed, refusing every certificate of its CA.)
+                    let wall = std::time::SystemTime::now();
+                    let older = built.crl_issued.iter().any(|(list, (issued, next))| {
+                        current
+                            .crl_issued
+                            .get(list)
+                            .is_some_and(|(in_force, _)| issued < in_force)
+                            && next.is_none_or(|next| next > wall)
+                    });
+                    match (older, &self.files.client_crl) {
+                        (true, Some(path)) => {
+                            Err(TlsError::CrlOlderThanInForce { path: path.clone() })
+                        }
+                        _ => Ok(Some(built)),
+                    }
+                })
             }
         }) {
             Ok(Some(built)) => Some((Rebuild::FilesChanged, built)),
@@ -375,22 +406,37 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 fn build(files: &TlsFiles, digest: [u8; 32]) -> Result<Built, TlsError> {
-    let (config, verifier, crl_expiries) = config_and_verifier(files)?;
+    let (config, verifier, crls) = config_and_verifier(files)?;
     Ok(Built {
         acceptor: TlsAcceptor::from(config),
         verifier,
-        crl_expiries,
+        crl_expiries: crls.expiries,
+        crl_issued: crls.issued,
         digest,
         built_at: std::time::Instant::now(),
         built_wall: std::time::SystemTime::now(),
     })
 }
 
-type ConfigParts = (
-    Arc<ServerConfig>,
-    Arc<dyn ClientCertVerifier>,
-    Vec<std::time::SystemTime>,
-);
+type ConfigParts = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>, Crls);
+
+/// A list's issuer (raw name) and scope (its issuing distribution point,
+/// raw; empty for a list of the CA's whole scope).
+type CrlKey = (Vec<u8>, Vec<u8>);
+
+/// When each client CRL was issued (`thisUpdate`) and when it expires
+/// (`nextUpdate`, if it does), by issuer and scope.
+type CrlIssued =
+    std::collections::HashMap<CrlKey, (std::time::SystemTime, Option<std::time::SystemTime>)>;
+
+/// What the configuration keeps of its client CRLs.
+#[derive(Default)]
+struct Crls {
+    /// The `nextUpdate` of each list that has one (one without never
+    /// expires).
+    expiries: Vec<std::time::SystemTime>,
+    issued: CrlIssued,
+}
 
 fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
     let chain = read_certs(&files.server_cert, "server certificate")?;
@@ -411,7 +457,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated();
-    let mut crl_expiries = Vec::new();
+    let mut crl_facts = Crls::default();
     if let Some(path) = &files.client_crl {
         let crls = CertificateRevocationListDer::pem_file_iter(path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -423,8 +469,8 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         if crls.is_empty() {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
-        let issuers;
-        (crl_expiries, issuers) = next_updates(&crls, path)?;
+        crl_facts = read_crls(&crls, path)?;
+        let issuers: CrlIssuers = crl_facts.issued.keys().map(|(i, _)| i.clone()).collect();
         every_ca_has_a_list(&client_cas, &issuers, path)?;
         // Every certificate below the trust anchor is checked, an issuing
         // intermediate included (a compromised one, revoked in its root's
@@ -445,20 +491,17 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
     // Our suite order (strongest first, `provider`), not the client's: a
     // client that prefers a weaker suite still gets the strongest we share.
     config.ignore_client_order = true;
-    Ok((Arc::new(config), verifier, crl_expiries))
+    Ok((Arc::new(config), verifier, crl_facts))
 }
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
-/// expires), and the lists' issuers. A file with two lists from one CA for the same scope is
-/// refused: the verifier would use the first, so a newer list appended
-/// after the old one (`cat new.crl >> crl.pem`) would be ignored until the
-/// old one expired.
-fn next_updates(
-    crls: &[CertificateRevocationListDer<'_>],
-    path: &Path,
-) -> Result<(Vec<std::time::SystemTime>, CrlIssuers), TlsError> {
+/// expires), and each list's `thisUpdate` by issuer and scope. A file with
+/// two lists from one CA for the same scope is refused: the verifier would
+/// use the first, so a newer list appended after the old one (`cat new.crl
+/// >> crl.pem`) would be ignored until the old one expired.
+fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<Crls, TlsError> {
     let mut out = Vec::new();
-    let mut issuers = std::collections::HashSet::new();
+    let mut issued = CrlIssued::new();
     for crl in crls {
         let (_, parsed) =
             x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
@@ -474,19 +517,26 @@ fn next_updates(
             .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT)
             .map(|e| e.value.to_vec())
             .unwrap_or_default();
-        if !issuers.insert((parsed.issuer().as_raw().to_vec(), scope)) {
+        let at = |t: x509_parser::time::ASN1Time| {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+        };
+        let key = (parsed.issuer().as_raw().to_vec(), scope);
+        let next = parsed.next_update().map(at);
+        if issued
+            .insert(key, (at(parsed.last_update()), next))
+            .is_some()
+        {
             return Err(TlsError::TwoCrlsFromOneCa {
                 path: path.to_owned(),
             });
         }
-        if let Some(next) = parsed.next_update() {
-            out.push(
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(u64::try_from(next.timestamp()).unwrap_or(0)),
-            );
-        }
+        out.extend(next);
     }
-    Ok((out, issuers.into_iter().map(|(issuer, _)| issuer).collect()))
+    Ok(Crls {
+        expiries: out,
+        issued,
+    })
 }
 
 /// The issuers (raw names) of a CRL file's lists.

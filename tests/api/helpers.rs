@@ -317,8 +317,10 @@ fn write_client_crl(
     revoked: &[Role],
     next_update: time::OffsetDateTime,
 ) {
+    // Issued now, as a CA issues its current list (a reload refuses a list
+    // older than the one in force), or just before it expired.
     let this_update = (time::OffsetDateTime::now_utc() - time::Duration::minutes(5))
-        .min(next_update - time::Duration::days(1));
+        .min(next_update - time::Duration::seconds(1));
     let revoked: Vec<_> = revoked.iter().map(|r| pki.client(*r).unwrap()).collect();
     let pem = pki
         .revocation_list(&revoked, this_update, next_update)

@@ -765,6 +765,30 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
     assert!(!answered(&app.client(Role::Storefront), &app).await);
 
+    // A list older than the one in force from the same CA — last week's,
+    // put back by a rollback of the file — would let in again every
+    // certificate revoked since: refused as well, and counted.
+    let older = app
+        .pki
+        .revocation_list(
+            &[],
+            time::OffsetDateTime::now_utc() - time::Duration::hours(2),
+            in_a_week(),
+        )
+        .unwrap();
+    let failures_before_older = failures().await;
+    app.write_client_crl_bytes(older.as_bytes());
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(
+        failures().await > failures_before_older,
+        "the older list is refused"
+    );
+    assert!(answered(&app.client(Role::Fulfillment), &app).await);
+    assert!(
+        !answered(&app.client(Role::Storefront), &app).await,
+        "the revocation stays in force"
+    );
+
     // An expired list: no client certificate is trusted any more (whose
     // revocation would it have missed?); anonymous routes still answer.
     app.write_client_crl(
