@@ -190,9 +190,18 @@ pub struct StoreArgs {
     pub database_url: Option<String>,
     /// Start on a PostgreSQL server that acknowledges commits before they
     /// are on disk (fsync or synchronous_commit off): testing only, an
-    /// acknowledged order could be lost in a crash
-    #[arg(long, env = "CHECKOUTD_ALLOW_UNSAFE_DURABILITY")]
-    pub allow_unsafe_durability: bool,
+    /// acknowledged order could be lost in a crash. `=false` (or the
+    /// variable set to false) overrides a configuration file's `true`
+    #[arg(
+        long,
+        env = "CHECKOUTD_ALLOW_UNSAFE_DURABILITY",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_unsafe_durability: Option<bool>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "CHECKOUTD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,

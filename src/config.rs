@@ -238,8 +238,12 @@ impl StoreSettings {
         let database = match database {
             DatabaseUrl::Postgres { url, .. } => DatabaseUrl::Postgres {
                 url,
-                allow_unsafe_durability: args.allow_unsafe_durability
-                    || file.allow_unsafe_durability.unwrap_or(false),
+                // Flag, then variable, then file, as every setting: an
+                // explicit false overrides a file's true.
+                allow_unsafe_durability: args
+                    .allow_unsafe_durability
+                    .or(file.allow_unsafe_durability)
+                    .unwrap_or(false),
             },
             sqlite => sqlite,
         };

@@ -387,6 +387,25 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("synchronous_commit=off"), "{err}");
     assert!(err.contains("--allow-unsafe-durability"), "{err}");
+    // A configuration file's `true` is overridden by an explicit false,
+    // from the flag or the variable (flag, then variable, then file).
+    let config = dir.path().join("checkoutd.toml");
+    std::fs::write(&config, "allow_unsafe_durability = true\n").unwrap();
+    let config = config.to_str().unwrap();
+    let out = migrate(
+        &db.url,
+        &["--config", config, "--allow-unsafe-durability=false"],
+    );
+    assert!(!out.status.success(), "the flag's false is kept");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path().join("env-data"))
+        .args(["--database-url", &db.url, "--config", config])
+        .env("CHECKOUTD_ALLOW_UNSAFE_DURABILITY", "false")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the variable's false is kept");
+    assert_succeeded(&migrate(&db.url, &["--config", config]));
     let out = migrate(&db.url, &["--allow-unsafe-durability"]);
     assert_succeeded(&out);
 }
