@@ -287,8 +287,67 @@ pub struct ServeArgs {
     pub policy_versions: Option<String>,
 }
 
+/// Prefixes of `CHECKOUTD_` variables read outside the command line: the
+/// test suite's, the benchmark's, the crash harness's and the failpoints'.
+const OTHER_READERS: [&str; 6] = [
+    "CHECKOUTD_TEST_",
+    "CHECKOUTD_BENCH_",
+    "CHECKOUTD_CRASH_",
+    "CHECKOUTD_FAILPOINT_",
+    "CHECKOUTD_KEEP_WORK_DIR",
+    "CHECKOUTD_PANICS_CHILD",
+];
+
+/// The `CHECKOUTD_*` names among `names` that no setting reads: most
+/// likely misspelled (`CHECKOUTD_CLIENT_CRLS` would otherwise leave the
+/// revocation list out without a word). Said, not refused: a variable left
+/// in a shell (`CHECKOUTD_VERSION`, which `keys destroy` deliberately does
+/// not read) must not stop every command.
+pub fn unread_variables(names: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<String> {
+    fn read_by(command: &clap::Command, into: &mut std::collections::HashSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(name) = arg.get_env().and_then(|n| n.to_str()) {
+                into.insert(name.to_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            read_by(sub, into);
+        }
+    }
+    let mut read = std::collections::HashSet::new();
+    read_by(&<Cli as clap::CommandFactory>::command(), &mut read);
+    let mut unread: Vec<String> = names
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n.starts_with("CHECKOUTD_") && !read.contains(n))
+        .filter(|n| !OTHER_READERS.iter().any(|p| n.starts_with(p)))
+        .collect();
+    unread.sort();
+    unread
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn variables_no_setting_reads_are_named() {
+        let names = [
+            "CHECKOUTD_CLIENT_CRLS",
+            "CHECKOUTD_CLIENT_CRL",
+            "CHECKOUTD_DATABASE_URL",
+            "CHECKOUTD_MASTER_KEY_SHARES",
+            "CHECKOUTD_MASTER_KEY_SHARE",
+            "CHECKOUTD_BATCH",
+            "CHECKOUTD_TEST_DATABASE_URL",
+            "CHECKOUTD_FAILPOINT_AFTER_COMMIT",
+            "PATH",
+        ]
+        .map(std::ffi::OsString::from);
+        assert_eq!(
+            super::unread_variables(names),
+            ["CHECKOUTD_CLIENT_CRLS", "CHECKOUTD_MASTER_KEY_SHARE"]
+        );
+    }
+
     #[test]
     fn class_names_are_the_data_classes() {
         let names: Vec<&str> = crate::crypto::DataClass::ALL

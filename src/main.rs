@@ -28,6 +28,14 @@ async fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let cli = Cli::parse();
+    // A misspelled variable would be ignored without a word (a typo in
+    // CHECKOUTD_CLIENT_CRL leaves revocation out): named, never its value.
+    for name in checkoutd::cli::unread_variables(std::env::vars_os().map(|(name, _)| name)) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "checkoutd: warning: {name} is set, but no setting reads it (misspelled?); ignored"
+        );
+    }
     // Exit status: 2 for a usage error — a flag or setting that is wrong,
     // as clap itself reports (`Usage`, `ConfigError`) — and for every
     // error of `checkoutd audit` (whose 1 means "the audit found

@@ -525,3 +525,23 @@ fn the_server_never_dumps_core() {
     let _ = child.wait();
     assert_eq!(core.as_deref(), Some("0 0"));
 }
+
+/// A `CHECKOUTD_*` variable no setting reads — most likely misspelled — is
+/// named on stderr (never its value), and the command still runs.
+#[test]
+fn a_misspelled_variable_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = checkoutd()
+        .args(["certs", "dev", "--out"])
+        .arg(dir.path().join("certs"))
+        .env("CHECKOUTD_CLIENT_CRLS", "/etc/checkoutd/secret-name.pem")
+        .output()
+        .unwrap();
+    assert_succeeded(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CHECKOUTD_CLIENT_CRLS is set, but no setting reads it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-name"), "{stderr}");
+}
