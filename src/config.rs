@@ -327,6 +327,21 @@ impl Settings {
             }
         }
         let defaults = ConnectionLimits::default();
+        // 0 is refused, not read as 1: the page cannot be switched off
+        // (an opt-out needs nothing but an email), and a setting is never
+        // changed behind the operator's back.
+        let unsubscribe_rate_limit = args
+            .unsubscribe_rate_limit
+            .or(file.unsubscribe_rate_limit)
+            .unwrap_or(10);
+        if !(1..=1_000_000).contains(&unsubscribe_rate_limit) {
+            return Err(ConfigError::Invalid {
+                setting: "unsubscribe_rate_limit",
+                flag: "unsubscribe-rate-limit",
+                env: "UNSUBSCRIBE_RATE_LIMIT",
+                expected: "expected a whole number from 1 to 1000000",
+            });
+        }
         let max_connections = args
             .max_connections
             .or(file.max_connections)
@@ -556,11 +571,7 @@ impl Settings {
             })
             .collect(),
             replay_window: Duration::from_secs(u64::from(replay_window_hours) * 3600),
-            unsubscribe_rate_limit: args
-                .unsubscribe_rate_limit
-                .or(file.unsubscribe_rate_limit)
-                .unwrap_or(10)
-                .max(1),
+            unsubscribe_rate_limit,
         })
     }
 }
@@ -798,6 +809,13 @@ mod tests {
                     ..ServeArgs::default()
                 },
                 "commit_queue",
+            ),
+            (
+                ServeArgs {
+                    unsubscribe_rate_limit: Some(0),
+                    ..ServeArgs::default()
+                },
+                "unsubscribe_rate_limit",
             ),
         ] {
             let err = Settings::from_args(&args).unwrap_err().to_string();
