@@ -131,10 +131,20 @@ fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX),
+            // The URN's scheme and namespace are case-insensitive (RFC
+            // 8141): `URN:CHECKOUTD:role:auditor` is a role URI too, and
+            // counts as a second one. Only the exact lower-case form names
+            // a role.
+            GeneralName::URI(uri)
+                if uri
+                    .get(..ROLE_URI_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(ROLE_URI_PREFIX)) =>
+            {
+                Some(uri.strip_prefix(ROLE_URI_PREFIX))
+            }
             _ => None,
         });
-    let first = roles.next()?;
+    let first = roles.next()??;
     if roles.next().is_some() {
         return None;
     }

@@ -308,6 +308,14 @@ async fn certificates_without_exactly_one_known_role_are_403() {
         vec![],
         vec!["urn:checkoutd:role:admin".to_owned()],
         vec![Role::Fulfillment.uri(), Role::Auditor.uri()],
+        // The URN's scheme and namespace are case-insensitive: a second
+        // role URI, however cased, makes the certificate roleless; a role
+        // named only in another case names none.
+        vec![
+            Role::Fulfillment.uri(),
+            "URN:CHECKOUTD:role:auditor".to_owned(),
+        ],
+        vec!["URN:checkoutd:role:fulfillment".to_owned()],
     ] {
         let cert = app.pki.issue_client("odd client", &uris).unwrap();
         let client = client_with(
