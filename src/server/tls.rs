@@ -175,8 +175,9 @@ struct Built {
     verifier: Arc<dyn ClientCertVerifier>,
     /// The `nextUpdate` of each client CRL that has one.
     crl_expiries: Vec<std::time::SystemTime>,
-    /// The `thisUpdate` of each client CRL, by issuer and scope: a reload
-    /// never goes back to an older list (see [`Crls::older_than`]).
+    /// Each client CRL's `thisUpdate` and `nextUpdate`, by issuer, scope
+    /// and CA key: a reload never goes back to an older list
+    /// ([`ReloadableTls::newest_crls`]).
     crl_issued: CrlIssued,
     digest: [u8; 32],
     built_at: std::time::Instant,
@@ -213,7 +214,17 @@ pub struct ReloadableTls {
     /// Bumped on every rebuild: each connection with a client certificate
     /// checks it again ([`ReloadableTls::trusts`]) and closes if it fails.
     generation: watch::Sender<u64>,
+    /// The newest `thisUpdate` this process has taken from each CA's list
+    /// (issuer, scope and CA key), never lowered — not by an older list
+    /// taken because it had expired (it fails closed), nor by a CA's list
+    /// left out of the file for a while: a reload refuses a list older than
+    /// it. Capped at the clock plus [`CRL_CLOCK_SKEW`] when recorded, so a
+    /// CA clock running ahead cannot hold back its later lists.
+    newest_crls: std::sync::Mutex<std::collections::HashMap<CrlKey, std::time::SystemTime>>,
 }
+
+/// How far ahead of this server's clock a CA's `thisUpdate` may be.
+const CRL_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Why a configuration is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,12 +237,44 @@ enum Rebuild {
 impl ReloadableTls {
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let built = build(&files, files.digest()?)?;
-        Ok(Arc::new(ReloadableTls {
+        let tls = ReloadableTls {
             files,
+            newest_crls: std::sync::Mutex::new(std::collections::HashMap::new()),
             current: std::sync::RwLock::new(Arc::new(built)),
             failed: std::sync::Mutex::new(None),
             generation: watch::Sender::new(0),
-        }))
+        };
+        tls.record_crls(&tls.built());
+        Ok(Arc::new(tls))
+    }
+
+    /// Raises [`Self::newest_crls`] to the lists of `built`.
+    fn record_crls(&self, built: &Built) {
+        let cap = std::time::SystemTime::now() + CRL_CLOCK_SKEW;
+        let mut newest = match self.newest_crls.lock() {
+            Ok(n) => n,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (list, (issued, _)) in &built.crl_issued {
+            let issued = (*issued).min(cap);
+            let entry = newest.entry(list.clone()).or_insert(issued);
+            *entry = (*entry).max(issued);
+        }
+    }
+
+    /// Whether `built` holds a list older than the newest this process took
+    /// from the same CA, not yet expired (an expired one takes back
+    /// nothing: it fails closed, refusing every certificate of its CA).
+    fn rolls_back(&self, built: &Built) -> bool {
+        let wall = std::time::SystemTime::now();
+        let newest = match self.newest_crls.lock() {
+            Ok(n) => n,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        built.crl_issued.iter().any(|(list, (issued, next))| {
+            newest.get(list).is_some_and(|newest| issued < newest)
+                && next.is_none_or(|next| next > wall)
+        })
     }
 
     fn built(&self) -> Arc<Built> {
@@ -290,21 +333,11 @@ impl ReloadableTls {
                 Ok(None)
             } else {
                 build(&self.files, digest).and_then(|built| {
-                    // A list older than the one in force from the same CA
-                    // (a rollback of the file, a redeploy of last week's)
-                    // would take back revocations: refused, as a file that
-                    // does not load is.
-                    // (An older list already expired takes back nothing: it
-                    // fails closed, refusing every certificate of its CA.)
-                    let wall = std::time::SystemTime::now();
-                    let older = built.crl_issued.iter().any(|(list, (issued, next))| {
-                        current
-                            .crl_issued
-                            .get(list)
-                            .is_some_and(|(in_force, _)| issued < in_force)
-                            && next.is_none_or(|next| next > wall)
-                    });
-                    match (older, &self.files.client_crl) {
+                    // A list older than one already taken from the same CA
+                    // (a rollback of the file, last week's put back) would
+                    // take back revocations: refused, as a file that does
+                    // not load is.
+                    match (self.rolls_back(&built), &self.files.client_crl) {
                         (true, Some(path)) => {
                             Err(TlsError::CrlOlderThanInForce { path: path.clone() })
                         }
@@ -347,6 +380,7 @@ impl ReloadableTls {
             ),
             None => return,
         };
+        self.record_crls(&built);
         match self.current.write() {
             Ok(mut slot) => *slot = Arc::new(built),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(built),
@@ -420,9 +454,11 @@ fn build(files: &TlsFiles, digest: [u8; 32]) -> Result<Built, TlsError> {
 
 type ConfigParts = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>, Crls);
 
-/// A list's issuer (raw name) and scope (its issuing distribution point,
-/// raw; empty for a list of the CA's whole scope).
-type CrlKey = (Vec<u8>, Vec<u8>);
+/// A list's issuer (raw name), scope (its issuing distribution point, raw;
+/// empty for a list of the CA's whole scope) and CA key (its authority key
+/// identifier, raw; empty if it has none): a CA re-keyed under the same
+/// name starts its lists afresh.
+type CrlKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// When each client CRL was issued (`thisUpdate`) and when it expires
 /// (`nextUpdate`, if it does), by issuer and scope.
@@ -470,7 +506,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
             return Err(TlsError::NoCrl { path: path.clone() });
         }
         crl_facts = read_crls(&crls, path)?;
-        let issuers: CrlIssuers = crl_facts.issued.keys().map(|(i, _)| i.clone()).collect();
+        let issuers: CrlIssuers = crl_facts.issued.keys().map(|(i, _, _)| i.clone()).collect();
         every_ca_has_a_list(&client_cas, &issuers, path)?;
         // Every certificate below the trust anchor is checked, an issuing
         // intermediate included (a compromised one, revoked in its root's
@@ -521,16 +557,22 @@ fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<C
             std::time::UNIX_EPOCH
                 + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
         };
-        let key = (parsed.issuer().as_raw().to_vec(), scope);
-        let next = parsed.next_update().map(at);
-        if issued
-            .insert(key, (at(parsed.last_update()), next))
-            .is_some()
-        {
+        let ca_key = parsed
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
+            .map(|e| e.value.to_vec())
+            .unwrap_or_default();
+        let issuer = parsed.issuer().as_raw().to_vec();
+        // Two lists of one name and scope are one too many whatever their
+        // keys: the verifier finds lists by name.
+        if issued.keys().any(|(i, s, _)| *i == issuer && *s == scope) {
             return Err(TlsError::TwoCrlsFromOneCa {
                 path: path.to_owned(),
             });
         }
+        let next = parsed.next_update().map(at);
+        issued.insert((issuer, scope, ca_key), (at(parsed.last_update()), next));
         out.extend(next);
     }
     Ok(Crls {

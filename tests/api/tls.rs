@@ -805,6 +805,16 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     );
     assert!(refused_soon(&app.client(Role::Fulfillment), &app).await);
     assert!(healthy(&app).await, "anonymous routes still answer");
+    // Taking that older, expired list did not make the older valid one
+    // acceptable: the newest list taken from the CA is remembered, so the
+    // expired list stays in force and still refuses everyone (the metrics
+    // too: an auditor's certificate is refused as well).
+    app.write_client_crl_bytes(older.as_bytes());
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(
+        !answered(&app.client(Role::Fulfillment), &app).await,
+        "the older valid list was taken after an expired one"
+    );
 
     // A fresh list that revokes nothing: everyone is back.
     app.write_client_crl(&[], in_a_week());
