@@ -484,19 +484,19 @@ pub fn contains_email(text: &str) -> bool {
 /// True when `text` holds a phone number written internationally, as a
 /// person writes one: `+` (or its full-width or small form) at the start of
 /// a word, right before a digit, then 8 to 15 digits (E.164's most) of any
-/// script in groups joined by a space, a dot, a dash or parentheses
+/// script in groups joined by spaces, dots, dashes, slashes or parentheses
 /// (`+1 949 555 0100`, `+44 (0)20 7946 0958`, `+49-151-1234-5678`,
-/// `+33.1.23.45.67.89`). A phone number is personal data: text stored in
+/// `+33.1.23.45.67.89`, `+34 912 345 678`, `+49 30/1234567`). A phone number is personal data: text stored in
 /// clear refuses it. Not read as one, so that product text is never
 /// refused for it:
 /// - digits without the `+` (as likely a product or order number), `+`
 ///   after a letter or digit (`ABC+12345678`, `C++`), or with a space
 ///   before the digits (`bundle + 10 000 000 points`);
-/// - what a `/`, or a sign after a space, ends: tolerances and
+/// - what a sign after a space or a slash ends: tolerances and
 ///   coordinates (`+0.021/-0.000`, `+51.5074 -0.1278`);
-/// - a quantity grouped in thousands (`+10 000 000 XP`, `+10.000.000`:
-///   every group after the first of three digits) or a decimal number
-///   (`+123.45678`: two groups and a dot).
+/// - a quantity grouped in thousands, ten digits at most (`+10 000 000
+///   XP`, `+1.000.000.000`), a decimal number (`+123.45678`) or an ISO 6709
+///   position (`+40.6894-074.0447/`).
 pub fn contains_phone(text: &str) -> bool {
     if !text.contains(['+', '\u{ff0b}', '\u{fe62}']) {
         return false;
@@ -518,11 +518,24 @@ pub fn contains_phone(text: &str) -> bool {
 /// Whether the digits at the start of `chars` (right after a `+`) read as
 /// a phone number: see [`contains_phone`].
 fn is_phone_number(chars: &[char]) -> bool {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Joint {
+        Space,
+        Dot,
+        Dash,
+        Other,
+    }
     let mut groups: Vec<usize> = vec![0];
-    let mut dots = 0;
+    // How each group after the first was joined to the one before.
+    let mut joints: Vec<Joint> = Vec::new();
+    let mut joint: Option<Joint> = None;
     let mut after_space = false;
-    for &c in chars {
+    for (i, &c) in chars.iter().enumerate() {
         if decimal_digit(c).is_some() {
+            if let Some(j) = joint.take() {
+                groups.push(0);
+                joints.push(j);
+            }
             if let Some(last) = groups.last_mut() {
                 *last += 1;
             }
@@ -530,27 +543,43 @@ fn is_phone_number(chars: &[char]) -> bool {
             continue;
         }
         let sign = matches!(c, '-' | '+' | '\u{2212}' | '\u{2010}'..='\u{2015}');
-        if c == '/' || (sign && after_space) {
+        // A sign after a space starts another value (`+51.5074 -0.1278`);
+        // so does a slash before a sign (`+0.021/-0.000`, `+2.00/-1.25`).
+        let slash_then_sign = c == '/'
+            && chars
+                .get(i + 1)
+                .is_some_and(|&n| matches!(n, '-' | '+' | '\u{2212}'));
+        if (sign && after_space) || slash_then_sign {
             break;
         }
-        if !(c.is_whitespace() || sign || matches!(c, '.' | '(' | ')')) {
-            break;
-        }
-        if c == '.' {
-            dots += 1;
-        }
+        let this = match c {
+            c if c.is_whitespace() => Joint::Space,
+            '.' => Joint::Dot,
+            _ if sign => Joint::Dash,
+            '(' | ')' | '/' => Joint::Other,
+            _ => break,
+        };
+        // A run of separators is one joint, named by its strongest mark.
+        joint = Some(match joint {
+            Some(j) if j != Joint::Space => j,
+            _ => this,
+        });
         after_space = c.is_whitespace();
-        if groups.last() != Some(&0) {
-            groups.push(0);
-        }
-    }
-    if groups.last() == Some(&0) {
-        groups.pop();
     }
     let digits: usize = groups.iter().sum();
-    let thousands = groups.len() >= 3 && groups[0] <= 3 && groups[1..].iter().all(|&g| g == 3);
-    let decimal = groups.len() == 2 && dots == 1;
-    (8..=15).contains(&digits) && !thousands && !decimal
+    // `+10 000 000`, `+1.000.000.000`: a quantity in thousands (a phone
+    // number of ten digits or fewer is never written so; longer ones are,
+    // `+34 912 345 678`).
+    let thousands = groups.len() >= 3
+        && groups[0] <= 3
+        && groups[1..].iter().all(|&g| g == 3)
+        && joints.iter().all(|&j| j == Joint::Space || j == Joint::Dot)
+        && digits <= 10;
+    // `+123.45678`: a decimal number; `+40.6894-074.0447`: a position
+    // (ISO 6709).
+    let decimal = joints == [Joint::Dot];
+    let position = joints == [Joint::Dot, Joint::Dash, Joint::Dot];
+    (8..=15).contains(&digits) && !thousands && !decimal && !position
 }
 
 fn is_local(c: u8) -> bool {
@@ -933,6 +962,15 @@ mod tests {
             "+7 495 123-45-67",
             "+86 138 0013 8000",
             "+61 (2) 9876 5432",
+            // Country code, then groups of three (Spain, Poland, Czechia,
+            // Portugal), and a city code before a slash.
+            "+34 912 345 678",
+            "+48 512 345 678",
+            "+420 601 123 456",
+            "Tel. (+351 912 345 678)",
+            "+34-912-345-678",
+            "+49 30/1234567",
+            "+43 1/234 56 78",
         ] {
             assert!(contains_phone(phone), "{phone:?}");
         }
@@ -955,6 +993,10 @@ mod tests {
             "+2.00/-1.25/180",
             "+123.45678",
             "+1234567890123456789",
+            "+40.6894-074.0447/",
+            "+1.000.000.000 points",
+            "Version +2.0.1",
+            "+10 mm, +3 -1",
         ] {
             assert!(!contains_phone(not_phone), "{not_phone:?}");
         }
