@@ -204,7 +204,10 @@ pub async fn rotate(
     let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
     let behind = behind_the_database(store, &keyring).await?;
-    if let Some(why) = behind.filter(|_| !after_keyring_restore) {
+    if let Some(why) = behind
+        .filter(|_| !after_keyring_restore)
+        .map(|class| behind_refusal(class, "instead of rotating again"))
+    {
         log_operation(
             store,
             &keyring,
@@ -237,23 +240,39 @@ pub async fn rotate(
             // recovery, not the routine rotation) or made by a rotation.
             // Those this keyring lacks are the lost keyring's.
             let prefix = format!("{}/v", class.as_str());
-            let in_use: Vec<u32> = store
+            let with_records: Vec<u32> = store
                 .kek_usage(*class)
                 .await?
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
                 .map(|(v, _)| v)
-                .chain(
-                    logged
-                        .iter()
-                        .filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()),
-                )
                 .collect();
             let held: Vec<u32> = keyring
                 .kek_info()
                 .into_iter()
                 .filter(|k| k.class == *class)
                 .map(|k| k.version)
+                .collect();
+            let highest_retired = store.kek_highest_retired(*class).await?;
+            let known = with_records
+                .iter()
+                .chain(&held)
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(highest_retired);
+            // A logged rotation that does not verify (damaged, or written
+            // around the service) still counts — numbering above a version
+            // never made costs nothing — unless its number is beyond any
+            // plausible run of rotations (a planted `card/v4294967295`
+            // would leave no number to make).
+            let in_use: Vec<u32> = logged
+                .iter()
+                .filter_map(|(object, verified)| {
+                    let v: u32 = object.strip_prefix(&prefix)?.parse().ok()?;
+                    (*verified || v <= known.saturating_add(PLAUSIBLE_ROTATIONS)).then_some(v)
+                })
+                .chain(with_records)
                 .collect();
             let mut missing: Vec<u32> = in_use
                 .iter()
@@ -263,11 +282,7 @@ pub async fn rotate(
             missing.sort_unstable();
             missing.dedup();
             lost.extend(missing.into_iter().map(|v| (*class, v)));
-            let floor = in_use
-                .into_iter()
-                .max()
-                .unwrap_or(0)
-                .max(store.kek_highest_retired(*class).await?);
+            let floor = in_use.into_iter().max().unwrap_or(0).max(highest_retired);
             keyring.rotate_above(&rng, *class, floor, &now)?
         } else {
             keyring.rotate(&rng, *class, &now)?
@@ -314,28 +329,54 @@ pub async fn rotate(
     Ok(made)
 }
 
+/// How far above every version the keyring and the database know a
+/// logged rotation that does not verify may name one and still count.
+const PLAUSIBLE_ROTATIONS: u32 = 10_000;
+
 /// The versions (`card/v3`) every rotation made, as the access log
-/// records them: allowed `keys rotate` entries whose hash and MAC verify
-/// under `keyring`'s access-log key (a planted entry naming `card/v4294967295`
-/// must not make recovery impossible), read a window of sequence numbers
-/// at a time up to the head.
-async fn rotations_logged(store: &dyn Store, keyring: &Keyring) -> Result<Vec<String>, KeysError> {
+/// records them — allowed `keys rotate` entries, each with whether its hash
+/// and MAC verify under `keyring`'s access-log key — read a window of
+/// sequence numbers at a time up to the head, then whatever lies beyond
+/// it (a head row lowered must not hide entries). Entries that do not
+/// verify are named in a warning: the audit names them too.
+async fn rotations_logged(
+    store: &dyn Store,
+    keyring: &Keyring,
+) -> Result<Vec<(String, bool)>, KeysError> {
     const WINDOW: i64 = 100_000;
-    let Some(head) = store.access_log_head().await? else {
-        return Ok(Vec::new());
-    };
-    let head = i64::try_from(head.seq).unwrap_or(i64::MAX);
+    let head = store
+        .access_log_head()
+        .await?
+        .map_or(0, |h| i64::try_from(h.seq).unwrap_or(i64::MAX));
     let key = keyring.access_log_key();
     let mut made = Vec::new();
+    let mut unverified = Vec::new();
     let mut after = 0;
-    while after < head {
-        let through = after.saturating_add(WINDOW).min(head);
+    loop {
+        let through = if after < head {
+            after.saturating_add(WINDOW).min(head)
+        } else {
+            i64::MAX
+        };
         for e in store.access_log_of("keys rotate", after, through).await? {
-            if e.entry.outcome == Outcome::Allowed && e.verifies(key) {
-                made.extend(e.entry.objects);
+            if e.entry.outcome == Outcome::Allowed {
+                let verified = e.verifies(key);
+                if !verified {
+                    unverified.push(e.seq);
+                }
+                made.extend(e.entry.objects.into_iter().map(|o| (o, verified)));
             }
         }
+        if through == i64::MAX {
+            break;
+        }
         after = through;
+    }
+    if !unverified.is_empty() {
+        tracing::warn!(
+            entries = ?unverified,
+            "access-log entries of `keys rotate` do not verify (edited, damaged or written around the service; the audit names them): the versions they name count only if plausible"
+        );
     }
     Ok(made)
 }
@@ -353,21 +394,27 @@ async fn rotations_logged(store: &dyn Store, keyring: &Keyring) -> Result<Vec<St
 async fn behind_the_database(
     store: &dyn Store,
     keyring: &Keyring,
-) -> Result<Option<String>, KeysError> {
+) -> Result<Option<DataClass>, KeysError> {
     for kek in keyring.kek_info() {
         if kek.state == KekState::Active && store.kek_retired(kek.class, kek.version).await? {
-            return Ok(Some(format!(
-                "the database already knows a rotation of {} that this keyring has not seen \
-                 (another copy of the keyring rotated it): install the newest keyring file \
-                 here instead of rotating again. If this keyring was restored from a backup \
-                 and no newer copy exists, `keys rotate --after-keyring-restore` numbers the \
-                 new versions above every version the database knows (records under versions \
-                 this keyring lacks stay unreadable)",
-                kek.class.as_str()
-            )));
+            return Ok(Some(kek.class));
         }
     }
     Ok(None)
+}
+
+/// Why a keyring behind the database (on `class`) may not `instead`, and
+/// the ways out.
+fn behind_refusal(class: DataClass, instead: &str) -> String {
+    let class = class.as_str();
+    format!(
+        "the database already knows a rotation of {class} that this keyring has not seen \
+         (another copy of the keyring rotated it): install the newest keyring file here, \
+         {instead}. If this keyring was restored from a backup and no newer copy exists, \
+         `keys rotate --class {class} --after-keyring-restore` numbers the new versions above \
+         every version the database knows (records under versions this keyring lacks stay \
+         unreadable)"
+    )
 }
 
 /// Re-wraps every data key of `classes` not under the active KEK version.
@@ -491,14 +538,11 @@ pub async fn destroy(
     // the newest, the two would fork — installing this one loses the
     // other's new versions (and every record sealed under them), installing
     // the other brings the destroyed key back.
-    let behind = behind_the_database(store, &keyring).await?.is_some();
+    let behind = behind_the_database(store, &keyring)
+        .await?
+        .map(|class| behind_refusal(class, &format!("then destroy {name}")));
     let refusal = match state {
-        _ if behind => Some(format!(
-            "the database already knows a rotation that this keyring has not seen \
-             (another copy of the keyring rotated since): install the newest keyring \
-             file here, then destroy {name}. If this keyring was restored from a backup \
-             and no newer copy exists, run `keys rotate --after-keyring-restore` first"
-        )),
+        _ if behind.is_some() => behind,
         None => Some("no such KEK version".to_owned()),
         Some(KekState::Active) => Some(format!("{name} is the active version; rotate first")),
         // Nothing to do: not logged as a destruction, the file not

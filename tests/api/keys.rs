@@ -289,21 +289,23 @@ async fn a_recovered_keyring_numbers_above_a_lost_version_that_wraps_nothing() {
     let app = spawn_app().await;
     let restored = copy_of_the_keyring(&app, "restored");
     cli_ok(&app, &["keys", "rotate", "--class", "card"]); // card/v2, no order under it
-    // An entry planted in the log (no valid MAC) naming the highest
-    // version there is: ignored, or no version could be made above it.
+    // An entry in the log that does not verify (damaged, or planted),
+    // beyond the head row: a plausible version it names counts (numbering
+    // above a version never made costs nothing), the highest version there
+    // is does not (no version could be made above it).
     let db = app.db().await;
-    for sql in [
+    sqlx::query(
         "INSERT INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action, objects,
              outcome, status, prev_hash, hash, mac)
-         SELECT seq + 1, at, role, cert_fingerprint, origin_ip, 'keys rotate',
-             '[\"card/v4294967295\"]', 'allowed', status, prev_hash, hash, mac
+         SELECT seq + 10, at, role, cert_fingerprint, origin_ip, 'keys rotate',
+             '[\"card/v7\",\"card/v4294967295\"]', 'allowed', status, prev_hash, hash, mac
            FROM access_log ORDER BY seq DESC LIMIT 1",
-        "UPDATE access_log_head SET seq = seq + 1",
-    ] {
-        sqlx::query(sql).execute(&db).await.unwrap();
-    }
+    )
+    .execute(&db)
+    .await
+    .unwrap();
     let made = recover_card_class(&app, &restored);
-    assert!(made.contains("card/v3"), "{made}");
+    assert!(made.contains("card/v8"), "{made}");
     assert!(
         card_v2_retired(&app).await,
         "the lost card/v2 was not retired"
