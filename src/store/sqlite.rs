@@ -175,25 +175,48 @@ pub async fn begin_write(
 pub async fn try_truncate_wal(pool: &AnyPool) -> Result<bool, StoreError> {
     // On the writing connection, without its busy timeout: a checkpoint
     // waiting for readers must not hold up every writer for seconds.
-    let mut conn = pool.acquire().await.map_err(StoreError::from_sqlx)?;
+    let mut conn = NoWait(Some(pool.acquire().await.map_err(StoreError::from_sqlx)?));
+    let Some(c) = conn.0.as_mut() else {
+        return Err(StoreError::Incomplete("the connection was not kept"));
+    };
     sqlx::query("PRAGMA busy_timeout = 0")
-        .execute(&mut *conn)
+        .execute(&mut **c)
         .await
         .map_err(StoreError::from_sqlx)?;
     let busy: Result<i64, _> = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut **c)
         .await;
-    let restored = sqlx::query("PRAGMA busy_timeout = 10000")
-        .execute(&mut *conn)
+    sqlx::query("PRAGMA busy_timeout = 10000")
+        .execute(&mut **c)
         .await
-        .map_err(StoreError::from_sqlx);
-    let truncated = match busy {
-        Ok(busy) => busy == 0,
-        Err(error) if is_busy(&error) => false,
-        Err(error) => return Err(StoreError::from_sqlx(error)),
-    };
-    restored?;
-    Ok(truncated)
+        .map_err(StoreError::from_sqlx)?;
+    conn.restored();
+    match busy {
+        Ok(busy) => Ok(busy == 0),
+        Err(error) if is_busy(&error) => Ok(false),
+        Err(error) => Err(StoreError::from_sqlx(error)),
+    }
+}
+
+/// A pooled connection whose busy timeout is off: closed when dropped,
+/// not returned to the pool, unless [`NoWait::restored`] — a call cut
+/// short (an error, its future dropped) must not leave a writing
+/// connection that fails at once whenever another process holds the lock.
+struct NoWait(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl NoWait {
+    /// The busy timeout is back: the connection returns to the pool.
+    fn restored(&mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for NoWait {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
+    }
 }
 
 /// Every table and its columns (name, declared type).
