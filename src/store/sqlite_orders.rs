@@ -218,9 +218,10 @@ const MAX_PASSES: usize = 4;
 /// copies the bulk every [`CHECKPOINT_EVERY`] (PASSIVE: it takes no lock a
 /// writer needs) and then raises `caught_up`; the writer, after its next
 /// commit, checkpoints the few pages committed meanwhile. That one
-/// completes — nothing commits while the writer checkpoints — unless a
-/// reader still uses older pages, and the writer's next transaction
-/// restarts the WAL.
+/// usually completes — no order commits while the writer checkpoints, but
+/// a write through sqlx's connection (an access-log append, a dispatch)
+/// may, as may a reader still using older pages, and then it waits for the
+/// next round — and the writer's next transaction restarts the WAL.
 ///
 /// The writer's part must stay short: every order waits while it runs.
 /// SQLite syncs the database file only at the end of a *complete*
