@@ -218,10 +218,16 @@ pub struct ReloadableTls {
     /// (issuer, scope and CA key), never lowered — not by an older list
     /// taken because it had expired (it fails closed), nor by a CA's list
     /// left out of the file for a while: a reload refuses a list older than
-    /// it. Capped at the clock plus [`CRL_CLOCK_SKEW`] when recorded, so a
-    /// CA clock running ahead cannot hold back its later lists.
-    newest_crls: std::sync::Mutex<std::collections::HashMap<CrlKey, std::time::SystemTime>>,
+    /// it. The mark is capped at the clock plus [`CRL_CLOCK_SKEW`] when a
+    /// list is first taken, so a CA clock running ahead cannot hold back
+    /// its later lists; kept beside the list's own `thisUpdate` (the first
+    /// of the pair), so only a newer list moves it.
+    newest_crls: std::sync::Mutex<NewestCrls>,
 }
+
+/// Per list: its own newest `thisUpdate` taken, and the mark a reload
+/// compares with.
+type NewestCrls = std::collections::HashMap<CrlKey, (std::time::SystemTime, std::time::SystemTime)>;
 
 /// How far ahead of this server's clock a CA's `thisUpdate` may be.
 const CRL_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
@@ -248,7 +254,8 @@ impl ReloadableTls {
         Ok(Arc::new(tls))
     }
 
-    /// Raises [`Self::newest_crls`] to the lists of `built`.
+    /// Raises [`Self::newest_crls`] to the lists of `built`, for each list
+    /// newer than any taken before from its CA.
     fn record_crls(&self, built: &Built) {
         let cap = std::time::SystemTime::now() + CRL_CLOCK_SKEW;
         let mut newest = match self.newest_crls.lock() {
@@ -256,9 +263,17 @@ impl ReloadableTls {
             Err(poisoned) => poisoned.into_inner(),
         };
         for (list, (issued, _)) in &built.crl_issued {
-            let issued = (*issued).min(cap);
-            let entry = newest.entry(list.clone()).or_insert(issued);
-            *entry = (*entry).max(issued);
+            let mark = (*issued).min(cap);
+            match newest.get_mut(list) {
+                Some((seen, _)) if issued <= seen => {}
+                Some((seen, at)) => {
+                    *seen = *issued;
+                    *at = (*at).max(mark);
+                }
+                None => {
+                    newest.insert(list.clone(), (*issued, mark));
+                }
+            }
         }
     }
 
@@ -272,7 +287,7 @@ impl ReloadableTls {
             Err(poisoned) => poisoned.into_inner(),
         };
         built.crl_issued.iter().any(|(list, (issued, next))| {
-            newest.get(list).is_some_and(|newest| issued < newest)
+            newest.get(list).is_some_and(|(_, mark)| issued < mark)
                 && next.is_none_or(|next| next > wall)
         })
     }
@@ -380,7 +395,9 @@ impl ReloadableTls {
             ),
             None => return,
         };
-        self.record_crls(&built);
+        if why == Rebuild::FilesChanged {
+            self.record_crls(&built);
+        }
         match self.current.write() {
             Ok(mut slot) => *slot = Arc::new(built),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(built),
@@ -455,9 +472,9 @@ fn build(files: &TlsFiles, digest: [u8; 32]) -> Result<Built, TlsError> {
 type ConfigParts = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>, Crls);
 
 /// A list's issuer (raw name), scope (its issuing distribution point, raw;
-/// empty for a list of the CA's whole scope) and CA key (its authority key
-/// identifier, raw; empty if it has none): a CA re-keyed under the same
-/// name starts its lists afresh.
+/// empty for a list of the CA's whole scope) and CA key (the key
+/// identifier of its authority key identifier; empty if it has none): a CA
+/// re-keyed under the same name starts its lists afresh.
 type CrlKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// When each client CRL was issued (`thisUpdate`) and when it expires
@@ -557,11 +574,18 @@ fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<C
             std::time::UNIX_EPOCH
                 + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
         };
+        // The key identifier alone: the extension may also name the CA
+        // certificate's issuer and serial, which a renewal under the same
+        // key changes.
         let ca_key = parsed
             .extensions()
             .iter()
-            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER)
-            .map(|e| e.value.to_vec())
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
             .unwrap_or_default();
         let issuer = parsed.issuer().as_raw().to_vec();
         // Two lists of one name and scope are one too many whatever their
