@@ -530,6 +530,7 @@ fn is_phone_number(chars: &[char]) -> bool {
     let mut joints: Vec<Joint> = Vec::new();
     let mut joint: Option<Joint> = None;
     let mut after_space = false;
+    let mut ended_by_slash = false;
     for (i, &c) in chars.iter().enumerate() {
         if decimal_digit(c).is_some() {
             if let Some(j) = joint.take() {
@@ -543,14 +544,26 @@ fn is_phone_number(chars: &[char]) -> bool {
             continue;
         }
         let sign = matches!(c, '-' | '+' | '\u{2212}' | '\u{2010}'..='\u{2015}');
-        // A sign after a space starts another value (`+51.5074 -0.1278`);
-        // so does a slash before a sign (`+0.021/-0.000`, `+2.00/-1.25`).
-        let slash_then_sign = c == '/'
-            && chars
-                .get(i + 1)
-                .is_some_and(|&n| matches!(n, '-' | '+' | '\u{2212}'));
-        if (sign && after_space) || slash_then_sign {
+        // A sign after a space starts another value (`+51.5074 -0.1278`).
+        if sign && after_space {
             break;
+        }
+        // A slash joins a city code to its number (`+49 30/1234567`, `+43
+        // 1/234 56 78`): after the country code, with no space before it,
+        // before a number of four digits or more. Any other slash ends the number: lists of values (`+128/256
+        // GB`, `+1.00/1.50/2.00`, `+0.021/-0.000`), a second number (`+49
+        // 170 1234567 / 0171 7654321`), an ISO 6709 position's end.
+        if c == '/' {
+            // The digits of the number after it (`1234567`, `234 56 78`).
+            let digits_next = chars[i + 1..]
+                .iter()
+                .take_while(|&&n| decimal_digit(n).is_some() || n == ' ' || n == '-')
+                .filter(|&&n| decimal_digit(n).is_some())
+                .count();
+            if groups.len() < 2 || after_space || digits_next < 4 {
+                ended_by_slash = true;
+                break;
+            }
         }
         let this = match c {
             c if c.is_whitespace() => Joint::Space,
@@ -575,10 +588,12 @@ fn is_phone_number(chars: &[char]) -> bool {
         && groups[1..].iter().all(|&g| g == 3)
         && joints.iter().all(|&j| j == Joint::Space || j == Joint::Dot)
         && digits <= 10;
-    // `+123.45678`: a decimal number; `+40.6894-074.0447`: a position
-    // (ISO 6709).
+    // `+123.45678`: a decimal number; `+40.6894-074.0447`, `+4041-07400/`:
+    // a position (ISO 6709: a signed latitude and longitude, often ended
+    // by a slash).
     let decimal = joints == [Joint::Dot];
-    let position = joints == [Joint::Dot, Joint::Dash, Joint::Dot];
+    let position = joints == [Joint::Dot, Joint::Dash, Joint::Dot]
+        || (ended_by_slash && joints.contains(&Joint::Dash));
     (8..=15).contains(&digits) && !thousands && !decimal && !position
 }
 
@@ -971,6 +986,7 @@ mod tests {
             "+34-912-345-678",
             "+49 30/1234567",
             "+43 1/234 56 78",
+            "Mobil +49 170 1234567 / 0171 7654321",
         ] {
             assert!(contains_phone(phone), "{phone:?}");
         }
@@ -997,6 +1013,16 @@ mod tests {
             "+1.000.000.000 points",
             "Version +2.0.1",
             "+10 mm, +3 -1",
+            // Lists of values after a +, and ISO 6709 in degrees and
+            // minutes.
+            "Storage +128/256/512 GB",
+            "Upgrade +100/200/300 GB",
+            "Reading glasses, strengths +1.00/1.50/2.00",
+            "Lens +0.50/0.75/1.00 D",
+            "EU sizes +36/38/40/42",
+            "Ref +12/2024/0001",
+            "+4041-07400/",
+            "+401213-0750015/",
         ] {
             assert!(!contains_phone(not_phone), "{not_phone:?}");
         }
