@@ -336,29 +336,27 @@ const PLAUSIBLE_ROTATIONS: u32 = 10_000;
 /// The versions (`card/v3`) every rotation made, as the access log
 /// records them — allowed `keys rotate` entries, each with whether its hash
 /// and MAC verify under `keyring`'s access-log key — read a window of
-/// sequence numbers at a time up to the head, then whatever lies beyond
-/// it (a head row lowered must not hide entries). Entries that do not
-/// verify are named in a warning: the audit names them too.
+/// sequence numbers at a time over every row there is, not up to the head
+/// row (a head lowered must not hide entries). Entries that do not verify
+/// are named in a warning: the audit names them too.
 async fn rotations_logged(
     store: &dyn Store,
     keyring: &Keyring,
 ) -> Result<Vec<(String, bool)>, KeysError> {
     const WINDOW: i64 = 100_000;
-    let head = store
-        .access_log_head()
-        .await?
-        .map_or(0, |h| i64::try_from(h.seq).unwrap_or(i64::MAX));
     let key = keyring.access_log_key();
     let mut made = Vec::new();
     let mut unverified = Vec::new();
     let mut after = 0;
-    loop {
-        let through = if after < head {
-            after.saturating_add(WINDOW).min(head)
-        } else {
-            i64::MAX
-        };
-        for e in store.access_log_of("keys rotate", after, through).await? {
+    // Each window starts at the next entry there is (a seek on the key),
+    // so gaps cost nothing and the walk ends with the rows, whatever the
+    // head row says.
+    while let Some(next) = store.access_log_page(after, 1).await?.first() {
+        let from = i64::try_from(next.seq)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(1);
+        let through = from.saturating_add(WINDOW);
+        for e in store.access_log_of("keys rotate", from, through).await? {
             if e.entry.outcome == Outcome::Allowed {
                 let verified = e.verifies(key);
                 if !verified {
