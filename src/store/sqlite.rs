@@ -213,8 +213,10 @@ impl NoWait {
 
 impl Drop for NoWait {
     fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            drop(conn.detach());
+        if let Some(mut conn) = self.0.take() {
+            // Closed by the pool, which keeps its slot until then: no
+            // second writing connection opens meanwhile.
+            conn.close_on_drop();
         }
     }
 }
