@@ -324,12 +324,18 @@ fn skipped(test: &str, why: &str) {
 }
 
 fn migrate(url: &str, extra: &[&str]) -> std::process::Output {
+    migrate_with(url, extra, &[])
+}
+
+/// `checkoutd migrate` against `url` with `extra` flags and `env`.
+fn migrate_with(url: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_checkoutd"))
         .args(["migrate", "--data-dir"])
         .arg(dir.path())
         .args(["--database-url", url])
         .args(extra)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -397,13 +403,11 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
         &["--config", config, "--allow-unsafe-durability=false"],
     );
     assert!(!out.status.success(), "the flag's false is kept");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_checkoutd"))
-        .args(["migrate", "--data-dir"])
-        .arg(dir.path().join("env-data"))
-        .args(["--database-url", &db.url, "--config", config])
-        .env("CHECKOUTD_ALLOW_UNSAFE_DURABILITY", "false")
-        .output()
-        .unwrap();
+    let out = migrate_with(
+        &db.url,
+        &["--config", config],
+        &[("CHECKOUTD_ALLOW_UNSAFE_DURABILITY", "false")],
+    );
     assert!(!out.status.success(), "the variable's false is kept");
     assert_succeeded(&migrate(&db.url, &["--config", config]));
     let out = migrate(&db.url, &["--allow-unsafe-durability"]);
