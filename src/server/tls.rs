@@ -58,9 +58,9 @@ pub enum TlsError {
     )]
     NoCrlFromCa { path: PathBuf, ca: String },
     #[error(
-        "the client CRL file {path} holds a list older (thisUpdate) than the one in force from \
-         the same CA: put back, it would let in again every certificate revoked since; keeping \
-         the lists in force — publish the CA's current list"
+        "the client CRL file {path} holds a list older (thisUpdate) than the newest this server \
+         has taken from the same CA: put back, it would let in again every certificate revoked \
+         since; keeping the lists in force — publish the CA's current list"
     )]
     CrlOlderThanInForce { path: PathBuf },
     #[error("cannot read {path}")]
@@ -478,7 +478,7 @@ type ConfigParts = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>, Crls);
 type CrlKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// When each client CRL was issued (`thisUpdate`) and when it expires
-/// (`nextUpdate`, if it does), by issuer and scope.
+/// (`nextUpdate`, if it does), by issuer, scope and CA key.
 type CrlIssued =
     std::collections::HashMap<CrlKey, (std::time::SystemTime, Option<std::time::SystemTime>)>;
 
@@ -548,7 +548,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
 }
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
-/// expires), and each list's `thisUpdate` by issuer and scope. A file with
+/// expires), and each list's `thisUpdate` by issuer, scope and CA key. A file with
 /// two lists from one CA for the same scope is refused: the verifier would
 /// use the first, so a newer list appended after the old one (`cat new.crl
 /// >> crl.pem`) would be ignored until the old one expired.
