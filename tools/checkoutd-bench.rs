@@ -16,7 +16,9 @@
 //! counting (the ceiling is bimodal on a 2-vCPU machine). The last two lines are
 //! `ratio=<orders/s ÷ ceiling/s>` and `p99=<ms> ms` (checkoutd's). `--idle
 //! N` instead holds N idle TLS connections and reports the server's RSS,
-//! and the start-up time to ready on the existing database.
+//! and the start-up time to ready on the existing database. The client
+//! speaks HTTP/2 (ALPN's first choice); `--http1` makes both runs HTTP/1.1
+//! keep-alive instead.
 #![allow(clippy::print_stdout)]
 
 #[path = "common/mod.rs"]
@@ -53,6 +55,9 @@ struct Args {
     /// Skip the ceiling run.
     #[arg(long)]
     no_ceiling: bool,
+    /// Speak HTTP/1.1 (keep-alive) instead of HTTP/2, to both servers.
+    #[arg(long)]
+    http1: bool,
     /// Internal: run as the ceiling server on this address.
     #[arg(long, hide = true)]
     serve_ceiling: Option<String>,
@@ -153,7 +158,13 @@ fn start_checkoutd(args: &Args, work: &Path, port: u16) -> Result<Server, BoxErr
     Ok(Server(serve_command(work, port, url)?.spawn()?))
 }
 
-fn client(certs: &Path) -> Result<reqwest::Client, BoxError> {
+fn client(certs: &Path, http1: bool) -> Result<reqwest::Client, BoxError> {
+    if http1 {
+        return common::client_builder_as(certs, "storefront")?
+            .http1_only()
+            .build()
+            .map_err(Into::into);
+    }
     client_as(certs, "storefront")
 }
 
@@ -384,7 +395,7 @@ async fn load(args: &Args, port: u16, certs: &Path, pid: u32) -> Result<Run, Box
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency as u64 {
-        let client = client(certs)?;
+        let client = client(certs, args.http1)?;
         let url = format!("https://localhost:{port}/v1/orders");
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut errors, mut latencies) = (0u64, 0u64, Vec::new());

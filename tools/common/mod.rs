@@ -138,6 +138,11 @@ pub async fn wait_ready(port: u16, certs: &Path) -> Result<u128, BoxError> {
 
 /// A keep-alive client presenting `role`'s development certificate.
 pub fn client_as(certs: &Path, role: &str) -> Result<reqwest::Client, BoxError> {
+    Ok(client_builder_as(certs, role)?.build()?)
+}
+
+/// The builder behind [`client_as`], for a caller that sets more.
+pub fn client_builder_as(certs: &Path, role: &str) -> Result<reqwest::ClientBuilder, BoxError> {
     let ca = std::fs::read(certs.join("ca.pem"))?;
     let mut identity = std::fs::read(certs.join(format!("{role}.pem")))?;
     identity.extend(std::fs::read(certs.join(format!("{role}-key.pem")))?);
@@ -147,8 +152,7 @@ pub fn client_as(certs: &Path, role: &str) -> Result<reqwest::Client, BoxError> 
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .identity(reqwest::Identity::from_pem(&identity)?)
         .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+        .timeout(Duration::from_secs(30)))
 }
 
 /// A realistic order of about 1 KB with storefront reference `reference`;
