@@ -179,6 +179,7 @@ impl Application {
             handle.clone(),
             store.clone(),
             settings.policy_versions.clone(),
+            settings.replay_window,
             settings.commit_queue,
         ));
         watch_keyring(handle.clone(), fulfillment.clone(), marketing.clone());

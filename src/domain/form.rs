@@ -116,8 +116,10 @@ pub fn parse(body: &[u8]) -> Result<Value, Malformed> {
         let mut value = match decode(value) {
             Ok(value) => value,
             Err(error) => {
+                // The name decoded: the error names its field.
+                let malformed = Malformed::at(error, &name);
                 name.zeroize();
-                return Err(error.into());
+                return Err(malformed);
             }
         };
         let inserted = insert(&mut root.0, &name, &mut value).map_err(|error| match error {
@@ -274,6 +276,9 @@ mod tests {
             Some("customer.<unknown>".to_owned())
         );
         assert_eq!(field(b"a..b=1"), None);
-        assert_eq!(field(b"a=%FF"), None);
+        // A value that is not UTF-8 is named by its field; a name that is
+        // not cannot be.
+        assert_eq!(field(b"card.number=%FF"), Some("card.number".to_owned()));
+        assert_eq!(field(b"a%FF=1"), None);
     }
 }

@@ -161,6 +161,8 @@ pub struct Intake {
     /// The group-commit writer every accepted order goes through.
     commits: commit::GroupCommit,
     policy_versions: Vec<String>,
+    /// How long a key's first answer is replayed (`--replay-window-hours`).
+    replay_window: std::time::Duration,
     /// `(client, key)` pairs being processed in this process right now.
     in_flight: Arc<InFlight>,
 }
@@ -232,6 +234,7 @@ impl Intake {
         keyring: Arc<KeyringHandle>,
         store: Arc<dyn Store>,
         policy_versions: Vec<String>,
+        replay_window: std::time::Duration,
         commit_queue: usize,
     ) -> Self {
         Intake {
@@ -240,6 +243,7 @@ impl Intake {
             commits: commit::GroupCommit::with_queue(store.clone(), commit_queue),
             store,
             policy_versions,
+            replay_window,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -326,7 +330,14 @@ impl Intake {
             Ok(form) => form,
             Err(errors) => {
                 return match self.stored(&keyring, client, key, answer_by).await? {
-                    Some(found) => replay(&keyring, client, key, found, &request_hash),
+                    Some(found) => replay(
+                        &keyring,
+                        client,
+                        key,
+                        found,
+                        &request_hash,
+                        &self.window_start(),
+                    ),
                     None => Err(IntakeError::Invalid(errors)),
                 };
             }
@@ -346,11 +357,29 @@ impl Intake {
             // the meantime: answer as the stored record says.
             CommitOutcome::DuplicateKey => {
                 match self.stored(&keyring, client, key, answer_by).await? {
-                    Some(found) => replay(&keyring, client, key, found, &request_hash),
+                    Some(found) => replay(
+                        &keyring,
+                        client,
+                        key,
+                        found,
+                        &request_hash,
+                        &self.window_start(),
+                    ),
                     None => Err(IntakeError::InFlight),
                 }
             }
         }
+    }
+
+    /// The oldest `created_at` whose first answer is still replayed: a key
+    /// older is past its window even before retention's hourly pass has
+    /// emptied its request hash.
+    fn window_start(&self) -> String {
+        let window = time::Duration::try_from(self.replay_window).unwrap_or(time::Duration::MAX);
+        let start = time::OffsetDateTime::now_utc()
+            .checked_sub(window)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        crate::ids::timestamp(start)
     }
 
     /// The stored idempotency record of `(client, key)`, if any. A row that
@@ -418,8 +447,10 @@ pub fn request_hash(
 
 /// The answer to a request whose key is stored: the stored response if it
 /// verifies and the body is the same request, 422 for another body, and
-/// 422 naming the order when the row's replay window has passed (its hash
-/// emptied). The MAC is checked first: a forged or emptied request hash
+/// 422 naming the order when the row's replay window has passed — its hash
+/// emptied by retention, or its `created_at` before `window_start` (the
+/// hourly pass may not have reached it yet, or keep failing). The MAC is
+/// checked first: a forged or emptied request hash, or a forged time,
 /// must not decide anything.
 fn replay(
     keyring: &crate::crypto::keyring::Keyring,
@@ -427,6 +458,7 @@ fn replay(
     key: &IdempotencyKey,
     found: crate::store::rows::KeyRecord,
     request_hash: &[u8; 32],
+    window_start: &str,
 ) -> Result<Accepted, IntakeError> {
     let key_hash = seal::key_hash(keyring, key);
     if !seal::stored_response_verifies(keyring, &client, &key_hash, &found) {
@@ -434,7 +466,9 @@ fn replay(
             order_id: Some(found.response.order_id),
         });
     }
-    if found.request_hash.is_empty() {
+    // Both timestamps are `ids::timestamp`'s fixed-width UTC form, which
+    // sorts as text (retention's pass compares them the same way).
+    if found.request_hash.is_empty() || found.created_at.as_str() < window_start {
         return Err(IntakeError::ReplayWindowPassed {
             order_id: found.response.order_id,
             created_at: found.created_at,
@@ -450,6 +484,43 @@ fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored answer is replayed only inside its window, told by its own
+    /// (MAC-covered) time even when its request hash was not emptied yet;
+    /// a time edited in the database decides nothing.
+    #[test]
+    fn a_key_older_than_the_replay_window_is_not_replayed_before_retention_runs() {
+        use crate::crypto::keyring::Keyring;
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let key = IdempotencyKey::parse(b"k-1").unwrap();
+        let form = seal::tests::form(false);
+        let sealed = seal::seal_order(&rng, &keyring, form, [1; 32], &key, [2; 32]).unwrap();
+        let stored = &sealed.idempotency;
+        let found = || crate::store::rows::KeyRecord {
+            request_hash: stored.request_hash.to_vec(),
+            response: stored.response.clone(),
+            created_at: stored.created_at.clone(),
+            mac: Some(stored.mac.to_vec()),
+        };
+        let before = "2000-01-01T00:00:00.000Z";
+        let after = "2999-01-01T00:00:00.000Z";
+        let replayed = replay(&keyring, [1; 32], &key, found(), &[2; 32], before);
+        assert!(matches!(replayed, Ok(Accepted::Replayed(_))));
+        let passed = replay(&keyring, [1; 32], &key, found(), &[2; 32], after);
+        assert!(
+            matches!(passed, Err(IntakeError::ReplayWindowPassed { order_id, .. }) if order_id == stored.response.order_id)
+        );
+        // Inside the window, an older time written into the row does not
+        // verify: refused as unverifiable, not as "window passed".
+        let mut edited = found();
+        edited.created_at = "2001-01-01T00:00:00.000Z".into();
+        let forged = replay(&keyring, [1; 32], &key, edited, &[2; 32], before);
+        assert!(matches!(
+            forged,
+            Err(IntakeError::StoredResponseUnverifiable { .. })
+        ));
+    }
 
     #[test]
     fn idempotency_keys() {

@@ -1177,7 +1177,9 @@ async fn size_media_type_and_syntax_errors() {
     )
     .await
     .unwrap();
-    expect_problem(r, 400).await;
+    let body = expect_problem(r, 400).await;
+    assert_eq!(body["errors"][0]["field"], "customer.name", "{body}");
+    assert_eq!(body["errors"][0]["code"], "invalid_encoding", "{body}");
     let r = post("application/json", b"[1,2]".to_vec(), "array")
         .await
         .unwrap();
