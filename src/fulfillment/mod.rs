@@ -214,6 +214,19 @@ impl Fulfillment {
         consent: &CustomerConsent,
         purges: &[PurgeRow],
     ) -> Shipment {
+        // Items, gift flag and dispatch facts edited in the database are
+        // not shown as the order's: nothing to ship, an integrity error.
+        if !crate::intake::seal::order_row_verifies(
+            &self.consent_key,
+            &row.order_id.to_string(),
+            &row.created_at,
+            &row.status,
+            &row.seal,
+            row.dispatch.as_ref(),
+        ) {
+            tracing::error!(order_id = %row.order_id, "an order row failed its MAC check");
+            return self.damaged(row.order_id, row.created_at, &row.status);
+        }
         let mut purged = false;
         let (opened, gift) = match &row.ship_to {
             ShipToRow::Customer {

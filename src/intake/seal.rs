@@ -561,6 +561,48 @@ pub fn order_canonical_bytes(
     out
 }
 
+/// Whether an order row read back is genuine: its MAC verifies over the
+/// columns as stored, and its dispatch facts agree with its status — none
+/// while accepted, and MAC-verified once dispatched (as the audit checks
+/// them, `audit::verify`). A row edited in the database (items, total,
+/// gift flag, links, a dispatch undone or rewritten) is not.
+pub fn order_row_verifies(
+    key: &crate::crypto::mac::MacKey,
+    id: &str,
+    created_at: &str,
+    status: &str,
+    seal: &crate::store::rows::OrderSeal,
+    dispatch: Option<&crate::store::rows::Dispatch>,
+) -> bool {
+    let canonical = order_canonical_bytes(
+        id,
+        created_at,
+        seal.storefront_ref.as_deref(),
+        &seal.currency,
+        &seal.items_json,
+        seal.total_minor,
+        seal.gift,
+        &seal.consent_tag_id,
+        &seal.client_fingerprint,
+    );
+    if !key.verify(&[&canonical], &seal.mac) {
+        return false;
+    }
+    match (status, dispatch, seal.dispatch_mac.as_deref()) {
+        ("accepted", None, None) => true,
+        ("dispatched", Some(d), Some(mac)) => key.verify(
+            &[&dispatch_canonical_bytes(
+                id,
+                &d.carrier,
+                &d.tracking,
+                &d.dispatched_at,
+            )],
+            mac,
+        ),
+        _ => false,
+    }
+}
+
 /// The bytes a dispatch's `dispatch_mac` covers: `"checkoutd/dispatch" ‖
 /// 0x01 ‖` then len32 ‖ UTF-8 of: order id, carrier, tracking, dispatched_at.
 pub fn dispatch_canonical_bytes(

@@ -326,6 +326,19 @@ pub async fn summary(
         .await
     {
         Ok(Some(s)) => {
+            // Items, totals and status edited in the database are not
+            // served as the order's.
+            if !crate::intake::seal::order_row_verifies(
+                state.keyring.current().consent_tag_key(),
+                &s.id.to_string(),
+                &s.created_at,
+                &s.status,
+                &s.seal,
+                s.dispatch.as_ref(),
+            ) {
+                tracing::error!(order_id = %s.id, "an order row failed its MAC check: its summary is withheld");
+                return Problem::internal().into_response();
+            }
             // Genuine (its MAC), and the customer's tag *of this order*: a
             // genuine tag of another order, or the gift recipient's, put in
             // `orders.consent_tag_id` by a database writer is not shown as

@@ -286,6 +286,28 @@ pub async fn dispatch(
         Ok(pair) => pair,
         Err(problem) => return problem.into_response(),
     };
+    // An order whose row was edited in the database (items, gift flag, a
+    // dispatch undone) is not shipped on the strength of that row.
+    let check = match state.store.order_check(order_id).await {
+        Ok(Some(check)) => check,
+        Ok(None) => return Problem::not_found().into_response(),
+        Err(error) => return store_problem(&error),
+    };
+    if !crate::intake::seal::order_row_verifies(
+        state.keyring.current().consent_tag_key(),
+        &order_id.to_string(),
+        &check.created_at,
+        &check.status,
+        &check.seal,
+        check.dispatch.as_ref(),
+    ) {
+        tracing::error!(order_id = %order_id, "an order row failed its MAC check: not dispatched");
+        return Problem::conflict(
+            "order-integrity",
+            "The order's stored row failed its integrity check: it cannot be dispatched",
+        )
+        .into_response();
+    }
     let wanted = Dispatch {
         carrier,
         tracking,

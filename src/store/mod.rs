@@ -224,6 +224,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether an order with this id exists (whatever state its rows are in).
     async fn order_exists(&self, order_id: &str) -> Result<bool, StoreError>;
 
+    /// An order's row as its MACs cover it (nothing personal), to check
+    /// before acting on it; `None` for an unknown order.
+    async fn order_check(&self, id: uuid::Uuid) -> Result<Option<rows::OrderCheck>, StoreError>;
+
     /// The masked summary of an order created by `client`; `None` for an
     /// unknown order or another client's.
     async fn order_summary(

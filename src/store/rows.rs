@@ -155,6 +155,8 @@ pub struct AuditKeyRow {
 /// The storefront's masked view of an order.
 #[derive(Debug, Clone)]
 pub struct OrderSummary {
+    /// The MAC-covered columns as stored: checked before the row is served.
+    pub seal: OrderSeal,
     pub id: Uuid,
     pub created_at: String,
     pub status: String,
@@ -167,6 +169,35 @@ pub struct OrderSummary {
     pub brand: Option<String>,
     pub last4: Option<String>,
     pub consent: ConsentTag,
+    pub dispatch: Option<Dispatch>,
+}
+
+/// An order row's columns exactly as stored that its MAC covers (with its
+/// id and `created_at`, which the reader has), and its MACs: what a reader
+/// checks (`intake::seal::order_row_verifies`) before it serves the row's
+/// items, totals and dispatch facts as genuine. Nothing personal.
+#[derive(Debug, Clone)]
+pub struct OrderSeal {
+    pub storefront_ref: Option<String>,
+    pub currency: String,
+    /// `items` as stored, the text the MAC covers.
+    pub items_json: String,
+    pub total_minor: i64,
+    pub gift: bool,
+    pub consent_tag_id: String,
+    pub client_fingerprint: Vec<u8>,
+    pub mac: Vec<u8>,
+    pub dispatch_mac: Option<Vec<u8>>,
+}
+
+/// An order row as [`OrderSeal`] and the order's own columns cover it
+/// (`Store::order_check`).
+#[derive(Debug, Clone)]
+pub struct OrderCheck {
+    pub created_at: String,
+    pub status: String,
+    pub seal: OrderSeal,
+    pub dispatch: Option<Dispatch>,
 }
 
 /// Which shipments to list.
@@ -190,6 +221,8 @@ impl ShipmentStatus {
 /// One shipment as read for fulfillment: no billing or card columns.
 #[derive(Debug, Clone)]
 pub struct ShipmentRow {
+    /// The MAC-covered columns as stored: checked before the row is served.
+    pub seal: OrderSeal,
     pub seq: i64,
     pub order_id: Uuid,
     pub created_at: String,

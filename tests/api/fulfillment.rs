@@ -224,6 +224,90 @@ async fn a_damaged_order_row_is_an_integrity_error_and_the_queue_moves_past_it()
     assert!(second["shipments"][0].get("integrity_error").is_none());
 }
 
+/// An order row edited in the database — items, the gift flag, dispatch
+/// facts — is not served as the order's: the warehouse sees an integrity
+/// error with nothing to ship and cannot dispatch it, the storefront's
+/// summary is withheld, and the untouched order beside it is unaffected.
+#[tokio::test]
+async fn an_order_row_edited_in_the_database_is_neither_shown_nor_shipped() {
+    let app = spawn_app().await;
+    let edited = new_order(&app, "mac-1", &order_json()).await;
+    let fine = new_order(&app, "mac-2", &order_json()).await;
+    let shipped = new_order(&app, "mac-3", &order_json()).await;
+    let body = json!({"carrier": "UPS", "tracking": "1Z999AA10123456784"});
+    assert_eq!(app.dispatch(&shipped, &body).await.status(), 200);
+    let db = app.db().await;
+    // Still valid JSON, still the same shape: only the MAC tells.
+    let items: String = sqlx::query_scalar("SELECT items FROM orders WHERE id = $1")
+        .bind(&edited)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(items.contains("\"quantity\":2"), "{items}");
+    sqlx::query("UPDATE orders SET items = $1 WHERE id = $2")
+        .bind(items.replacen("\"quantity\":2", "\"quantity\":20", 1))
+        .bind(&edited)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE orders SET tracking = 'REDIRECTED' WHERE id = $1")
+        .bind(&shipped)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let pending = app.shipments("").await;
+    let list = pending["shipments"].as_array().unwrap();
+    let of = |id: &str| list.iter().find(|s| s["order_id"] == id).unwrap().clone();
+    let shown = of(&edited);
+    assert_eq!(shown["integrity_error"], true, "{shown}");
+    assert_eq!(shown["ship_to"], Value::Null, "{shown}");
+    assert_eq!(shown["items"], json!([]), "{shown}");
+    let untouched = of(&fine);
+    assert!(untouched.get("integrity_error").is_none(), "{untouched}");
+    assert_eq!(untouched["items"][0]["quantity"], 2, "{untouched}");
+    let dispatched = app.shipments("?status=dispatched").await;
+    let shown = &dispatched["shipments"][0];
+    assert_eq!(shown["order_id"], shipped.as_str());
+    assert_eq!(shown["integrity_error"], true, "{shown}");
+    assert!(!shown.to_string().contains("REDIRECTED"), "{shown}");
+
+    // Not dispatched on the strength of the edited row; the other is.
+    let r = app.dispatch(&edited, &body).await;
+    let problem = expect_problem(r, 409).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("order-integrity"),
+        "{problem}"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(&edited)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(status, "accepted");
+    assert_eq!(app.dispatch(&fine, &body).await.status(), 200);
+
+    // The storefront's summary is withheld, not served with 20 items.
+    let r = app
+        .client(Role::Storefront)
+        .get(app.url(&format!("/v1/orders/{edited}")))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 500).await;
+    assert!(!problem.to_string().contains("20"), "{problem}");
+    let r = app
+        .client(Role::Storefront)
+        .get(app.url(&format!("/v1/orders/{fine}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn pagination_covers_every_order_once() {
     let app = spawn_app().await;

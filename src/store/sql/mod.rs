@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::rows::{
     AuditBatch, AuditKeyRow, ClearRow, CommitOutcome, ConsentStats, Dispatch, DispatchOutcome,
-    KeyRecord, NewOrder, OrderSummary, ShipToRow, ShipmentEntry, ShipmentRow, ShipmentStatus,
-    StoredResponse, Totals,
+    KeyRecord, NewOrder, OrderCheck, OrderSeal, OrderSummary, ShipToRow, ShipmentEntry,
+    ShipmentRow, ShipmentStatus, StoredResponse, Totals,
 };
 use super::{Store, StoreError, postgres, postgres_orders, sqlite, sqlite_orders};
 use crate::audit::access_log::{ChainedEntry, Chainer, Entry, GENESIS, Head, Outcome};
@@ -382,6 +382,26 @@ impl Store for SqlStore {
         audit::dispatches_unlogged(&self.whole_table_reads, action, before, limit).await
     }
 
+    async fn order_check(&self, id: Uuid) -> Result<Option<OrderCheck>, StoreError> {
+        let row = sqlx::query(
+            "SELECT created_at, status, storefront_ref, currency, items, total_minor, gift,
+                    consent_tag_id, client_fingerprint, mac AS order_mac, dispatch_mac,
+                    carrier, tracking, dispatched_at
+               FROM orders WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(OrderCheck {
+            created_at: row.try_get("created_at").map_err(StoreError::from_sqlx)?,
+            status: row.try_get("status").map_err(StoreError::from_sqlx)?,
+            seal: order_seal(&row)?,
+            dispatch: dispatch_of(&row)?,
+        }))
+    }
+
     async fn order_summary(
         &self,
         client: &[u8; 32],
@@ -389,7 +409,8 @@ impl Store for SqlStore {
     ) -> Result<Option<OrderSummary>, StoreError> {
         let row = sqlx::query(
             "SELECT o.id, o.created_at, o.status, o.storefront_ref, o.currency, o.items, o.total_minor,
-                    o.gift, c.brand, c.last4,
+                    o.gift, o.consent_tag_id, o.client_fingerprint, o.mac AS order_mac, o.dispatch_mac,
+                    o.carrier, o.tracking, o.dispatched_at, c.brand, c.last4,
                     t.id AS tag_id, t.order_id AS tag_order_id, t.subject, t.basis, t.product_updates,
                     t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
                     t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac
@@ -410,6 +431,7 @@ impl Store for SqlStore {
         };
         let items: String = get_s("items")?;
         Ok(Some(OrderSummary {
+            seal: order_seal(&row)?,
             id: uuid_col(&row, "id")?,
             created_at: get_s("created_at")?,
             status: get_s("status")?,
@@ -426,6 +448,7 @@ impl Store for SqlStore {
             brand: row.try_get("brand").map_err(StoreError::from_sqlx)?,
             last4: row.try_get("last4").map_err(StoreError::from_sqlx)?,
             consent: consent_tag(&row, "tag_id", "tag_order_id")?,
+            dispatch: dispatch_of(&row)?,
         }))
     }
 
@@ -441,6 +464,8 @@ impl Store for SqlStore {
         // the warehouse is told rather than the order silently vanishing.
         let rows = sqlx::query(
             "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.gift, o.carrier, o.tracking, o.dispatched_at,
+                    o.storefront_ref, o.currency, o.total_minor, o.consent_tag_id, o.client_fingerprint,
+                    o.mac AS order_mac, o.dispatch_mac,
                     s.ship_to, s.id AS ship_id, s.format_version AS s_fmt, s.kek_version AS s_kek,
                     s.wrapped_dek AS s_dek, s.ciphertext AS s_ct,
                     g.id AS gift_id, g.format_version AS g_fmt, g.kek_version AS g_kek,
@@ -919,6 +944,32 @@ fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
     })
 }
 
+/// An order row's MAC-covered columns (`storefront_ref`, `currency`,
+/// `items`, `total_minor`, `gift`, `consent_tag_id`, `client_fingerprint`)
+/// and its MACs (`order_mac`, `dispatch_mac`), as stored.
+fn order_seal(row: &AnyRow) -> Result<OrderSeal, StoreError> {
+    Ok(OrderSeal {
+        storefront_ref: row
+            .try_get("storefront_ref")
+            .map_err(StoreError::from_sqlx)?,
+        currency: row.try_get("currency").map_err(StoreError::from_sqlx)?,
+        items_json: row.try_get("items").map_err(StoreError::from_sqlx)?,
+        total_minor: row.try_get("total_minor").map_err(StoreError::from_sqlx)?,
+        gift: row
+            .try_get::<i64, _>("gift")
+            .map_err(StoreError::from_sqlx)?
+            != 0,
+        consent_tag_id: row
+            .try_get("consent_tag_id")
+            .map_err(StoreError::from_sqlx)?,
+        client_fingerprint: row
+            .try_get("client_fingerprint")
+            .map_err(StoreError::from_sqlx)?,
+        mac: row.try_get("order_mac").map_err(StoreError::from_sqlx)?,
+        dispatch_mac: row.try_get("dispatch_mac").map_err(StoreError::from_sqlx)?,
+    })
+}
+
 fn dispatch_of(row: &AnyRow) -> Result<Option<Dispatch>, StoreError> {
     let get = |name: &'static str| {
         row.try_get::<Option<String>, _>(name)
@@ -1034,6 +1085,7 @@ fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
     }
     .unwrap_or(ShipToRow::Broken);
     Ok(ShipmentRow {
+        seal: order_seal(row)?,
         seq: row.try_get("seq").map_err(StoreError::from_sqlx)?,
         order_id: uuid_col(row, "id")?,
         created_at: row.try_get("created_at").map_err(StoreError::from_sqlx)?,
