@@ -326,18 +326,21 @@ impl Intake {
             policy_versions: &self.policy_versions,
             now: time::OffsetDateTime::now_utc(),
         };
+        let replay_stored = |found| {
+            replay(
+                &keyring,
+                client,
+                key,
+                found,
+                &request_hash,
+                &self.window_start(),
+            )
+        };
         let form = match order::parse(tree, source, &rules) {
             Ok(form) => form,
             Err(errors) => {
                 return match self.stored(&keyring, client, key, answer_by).await? {
-                    Some(found) => replay(
-                        &keyring,
-                        client,
-                        key,
-                        found,
-                        &request_hash,
-                        &self.window_start(),
-                    ),
+                    Some(found) => replay_stored(found),
                     None => Err(IntakeError::Invalid(errors)),
                 };
             }
@@ -357,14 +360,7 @@ impl Intake {
             // the meantime: answer as the stored record says.
             CommitOutcome::DuplicateKey => {
                 match self.stored(&keyring, client, key, answer_by).await? {
-                    Some(found) => replay(
-                        &keyring,
-                        client,
-                        key,
-                        found,
-                        &request_hash,
-                        &self.window_start(),
-                    ),
+                    Some(found) => replay_stored(found),
                     None => Err(IntakeError::InFlight),
                 }
             }
