@@ -1137,6 +1137,9 @@ async fn edited_orders_rolled_back_dispatches_and_dropped_gift_recipients_are_na
         .await;
     assert_eq!(r.status(), 200);
     exec(&app, &format!("UPDATE orders SET items = replace(items, '\"quantity\":2', '\"quantity\":20') WHERE id = '{}'", ids[0])).await;
+    // The database refuses to undo a dispatch (0014 / 0017): switched off,
+    // as the table's owner could.
+    app.unguard("orders").await;
     exec(
         &app,
         &format!(
@@ -1208,14 +1211,23 @@ async fn a_dispatch_rolled_back_in_full_is_found_through_the_access_log() {
     assert_eq!(r.status(), 200);
     let report = run_verify(&app).await;
     assert!(report.verified, "{:#?}", report.failures);
-    exec(
-        &app,
-        &format!(
-            "UPDATE orders SET status = 'accepted', carrier = NULL, tracking = NULL, dispatched_at = NULL, dispatch_mac = NULL WHERE id = '{}'",
-            ids[2]
-        ),
-    )
-    .await;
+    let db = app.db().await;
+    let undo = format!(
+        "UPDATE orders SET status = 'accepted', carrier = NULL, tracking = NULL, dispatched_at = NULL, dispatch_mac = NULL WHERE id = '{}'",
+        ids[2]
+    );
+    // The database refuses to undo a dispatch (0014 / 0017), or to change
+    // one …
+    let refused = sqlx::query(&undo).execute(&db).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("a dispatch is never undone"),
+        "{refused}"
+    );
+    let changed = format!("UPDATE orders SET tracking = '1Y' WHERE id = '{}'", ids[2]);
+    assert!(sqlx::query(&changed).execute(&db).await.is_err());
+    // … but the table's owner can switch the guard off: the audit finds it.
+    app.unguard("orders").await;
+    exec(&app, &undo).await;
     let report = run_verify(&app).await;
     assert!(!report.verified);
     assert!(

@@ -520,7 +520,7 @@ impl Store for SqlStore {
         let updated = sqlx::query(&format!(
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
-              WHERE id = $1 AND status = 'accepted'
+              WHERE id = $1 AND status = 'accepted' AND dispatch_mac IS NULL
                 AND (gift = 0 OR EXISTS (SELECT 1 FROM gift_recipients g WHERE g.order_id = $1))
                 AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1{lock})"
         ))
