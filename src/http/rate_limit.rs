@@ -7,7 +7,11 @@
 //! clients), so a flood from many of them must not grow memory, nor what
 //! the limit guards, without bound: the table follows at most
 //! [`MAX_CLIENTS`] clients per window (a new one beyond is over the limit),
-//! and a limiter may have a budget for all clients together.
+//! and a limiter may have a budget for all clients together. An IPv6
+//! client's /48 is counted too, and shares [`NETWORK_SHARE`] times one
+//! client's limit among all its /64s: without that, the holder of a /47
+//! could fill the table every window, and every newcomer — a customer
+//! opting out — would be refused while it lasted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,6 +29,11 @@ pub struct RateLimiter {
 /// The most clients one window follows.
 pub const MAX_CLIENTS: usize = 100_000;
 
+/// One IPv6 /48 may make this many times one client's limit per window,
+/// all its /64s together (an office or a campus behind one /48 is many
+/// people; a flood from it fills 16 entries' worth, not 65 536).
+pub const NETWORK_SHARE: u32 = 16;
+
 /// A request over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Over {
@@ -38,6 +47,8 @@ pub struct Over {
 /// pruned.
 struct Table {
     counts: HashMap<IpAddr, (Instant, u32)>,
+    /// IPv6 clients' /48s (the top 48 bits), counted as `counts` are.
+    networks: HashMap<u64, (Instant, u32)>,
     total: (Instant, u32),
     pruned: Instant,
 }
@@ -51,6 +62,7 @@ impl RateLimiter {
             window,
             seen: Mutex::new(Table {
                 counts: HashMap::new(),
+                networks: HashMap::new(),
                 total: (Instant::now(), 0),
                 pruned: Instant::now(),
             }),
@@ -95,6 +107,9 @@ impl RateLimiter {
             table
                 .counts
                 .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+            table
+                .networks
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
             table.pruned = now;
         }
         let wait = |since: Instant| {
@@ -109,15 +124,44 @@ impl RateLimiter {
                 first: false,
             });
         }
-        let entry = table.counts.entry(key).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        let over_own = (entry.1 > self.limit).then(|| Over {
-            wait_secs: wait(entry.0),
-            first: entry.1 == self.limit.saturating_add(1),
+        let window = self.window;
+        let counted = |start: &mut Instant, n: &mut u32, limit: u32| {
+            if now.saturating_duration_since(*start) >= window {
+                (*start, *n) = (now, 0);
+            }
+            *n = n.saturating_add(1);
+            (*n > limit).then(|| Over {
+                wait_secs: wait(*start),
+                first: *n == limit.saturating_add(1),
+            })
+        };
+        // The client's /48 counts the requests its own limit lets through
+        // (one client hammering away does not use up its neighbours'
+        // share), and a network over its share neither counts nor adds
+        // its client.
+        let spent = table.counts.get(&key).is_some_and(|(start, n)| {
+            now.saturating_duration_since(*start) < window && *n >= self.limit
         });
+        let over_network = match network_of(ip).filter(|_| !spent) {
+            Some(net) => {
+                if table.networks.len() >= MAX_CLIENTS && !table.networks.contains_key(&net) {
+                    return Some(Over {
+                        wait_secs: 1,
+                        first: false,
+                    });
+                }
+                let (start, n) = table.networks.entry(net).or_insert((now, 0));
+                counted(start, n, self.limit.saturating_mul(NETWORK_SHARE))
+            }
+            None => None,
+        };
+        let over_own = match over_network {
+            Some(over) => Some(over),
+            None => {
+                let (start, n) = table.counts.entry(key).or_insert((now, 0));
+                counted(start, n, self.limit)
+            }
+        };
         // A request over its own limit counts against all clients' budget
         // only when it would be recorded (its first), so that the budget
         // bounds the records, not the refusals.
@@ -143,6 +187,15 @@ impl RateLimiter {
                 first: table.total.1 == total.saturating_add(1),
             }),
         }
+    }
+}
+
+/// The /48 of an IPv6 client (not of an IPv4 one, mapped or not): the top
+/// 48 bits.
+fn network_of(ip: IpAddr) -> Option<u64> {
+    match ip.to_canonical() {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => Some((v6.to_bits() >> 80) as u64),
     }
 }
 
@@ -187,6 +240,45 @@ mod tests {
         assert!(limiter.count(ip(MAX_CLIENTS as u32)).is_some());
         std::thread::sleep(Duration::from_millis(1200));
         assert_eq!(limiter.count(ip(MAX_CLIENTS as u32 + 1)), None);
+    }
+
+    /// The /64s of one /48 share 16 clients' worth: its flood neither
+    /// fills the table nor keeps others out; another /48 is unaffected.
+    #[test]
+    fn an_ipv6_48_shares_a_bounded_budget_among_its_64s() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(60));
+        let in_48 = |net: u16, n: u16| -> IpAddr {
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, net, n, 0, 0, 0, 1).into()
+        };
+        let share = (2 * NETWORK_SHARE) as u16;
+        for n in 0..share {
+            assert_eq!(limiter.count(in_48(1, n)), None, "/64 number {n}");
+        }
+        // The next, from a /64 not seen yet: over, the network's first.
+        assert_eq!(limiter.count(in_48(1, share)).map(|o| o.first), Some(true));
+        for n in share + 1..10_000 {
+            assert_eq!(limiter.count(in_48(1, n)).map(|o| o.first), Some(false));
+        }
+        let table = limiter.seen.lock().unwrap();
+        assert_eq!(
+            table.counts.len(),
+            usize::from(share),
+            "nothing added once over"
+        );
+        assert_eq!(table.networks.len(), 1);
+        drop(table);
+        assert_eq!(limiter.count(in_48(2, 0)), None, "another /48");
+        // One /64 over its own limit does not use up its /48's share.
+        let limiter = RateLimiter::new(2, Duration::from_secs(60));
+        for _ in 0..1000 {
+            let _ = limiter.count(in_48(3, 0));
+        }
+        assert_eq!(limiter.count(in_48(3, 1)), None, "a neighbour /64");
+        // IPv4 clients have no network share.
+        for n in 0..1000u32 {
+            let v4 = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            assert_eq!(limiter.count(v4), None);
+        }
     }
 
     #[test]
