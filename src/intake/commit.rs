@@ -226,6 +226,7 @@ async fn write_batches(
             Err(error)
                 if (error.is_unavailable() && !error.is_retired_kek()) || orders.len() == 1 =>
             {
+                mark_uncertain(holds.iter().flatten().flatten(), &error);
                 fail_all(waiters, error);
             }
             Err(error) => {
@@ -257,6 +258,7 @@ async fn write_batches(
                         // The database went away meanwhile: the rest get
                         // that answer at once instead of each waiting.
                         Err(error) if error.is_unavailable() && !error.is_retired_kek() => {
+                            mark_uncertain(hold.iter().flatten().flatten(), &error);
                             let rest: Vec<_> = std::iter::once(done)
                                 .chain(waiters.by_ref().map(|(done, _)| done))
                                 .collect();
@@ -309,6 +311,23 @@ async fn commit<S: OrderSink>(
     }
 }
 
+/// How long a key stays uncertain after its batch's connection broke
+/// mid-statement (`StoreError::outcome_unknown`): longer than the serving
+/// sessions' `statement_timeout` on PostgreSQL (20 s, `store::postgres`),
+/// by which the server has committed or rolled back what it had read.
+pub(crate) const OUTCOME_UNKNOWN: Duration = Duration::from_secs(25);
+
+/// Marks the keys of a failed batch whose outcome is unknown
+/// (`KeyHold::outcome_unknown`); a batch known to have written nothing
+/// marks none.
+fn mark_uncertain<'a>(holds: impl Iterator<Item = &'a KeyHold>, error: &StoreError) {
+    if error.outcome_unknown() {
+        for hold in holds {
+            hold.outcome_unknown(OUTCOME_UNKNOWN);
+        }
+    }
+}
+
 fn fail_all(waiters: Vec<oneshot::Sender<Result<CommitOutcome, StoreError>>>, error: StoreError) {
     let shared = Arc::new(error);
     for done in waiters {
@@ -338,6 +357,8 @@ mod tests {
         Outage,
         RetiredKek,
         Hang,
+        /// The connection broke after the statement was sent.
+        Broken,
     }
 
     #[async_trait::async_trait]
@@ -359,6 +380,9 @@ mod tests {
                 Answer::Commit => Ok(vec![CommitOutcome::Committed; batch.len()]),
                 Answer::Fail => Err(StoreError::Corrupt("a constraint failed")),
                 Answer::Outage => Err(StoreError::WriterStopped),
+                Answer::Broken => Err(StoreError::Unavailable(sqlx::Error::Io(
+                    std::io::ErrorKind::ConnectionReset.into(),
+                ))),
                 Answer::RetiredKek => Err(StoreError::RetiredKek),
                 Answer::Hang => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -575,7 +599,7 @@ mod tests {
         let rng = SystemRandom::new();
         let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
         let set: Arc<crate::intake::InFlight> = Arc::default();
-        let busy = |key: &str| set.lock().unwrap().contains(&([1; 32], key.to_owned()));
+        let busy = |key: &str| set.is_held([1; 32], key);
         let writer = GroupCommit::start(Scripted {
             answers: Mutex::new(vec![Answer::Hang, Answer::Commit]),
             calls: Arc::default(),
@@ -601,6 +625,35 @@ mod tests {
         }
         assert!(!busy("k-0"), "never released");
         assert!(!writer.stalled());
+    }
+
+    /// A batch whose connection broke mid-statement may still commit: its
+    /// keys are marked uncertain for a while (a retry with a body that no
+    /// longer validates is then told "in flight", not 422), but freed as
+    /// usual; a batch known to have written nothing marks none.
+    #[tokio::test]
+    async fn a_connection_broken_mid_commit_leaves_its_keys_uncertain() {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let set: Arc<crate::intake::InFlight> = Arc::default();
+        let writer = GroupCommit::start(Scripted {
+            answers: Mutex::new(vec![Answer::Broken, Answer::Outage]),
+            calls: Arc::default(),
+        });
+        let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
+        let broken = writer.commit(order(&rng, &keyring, 0), hold, None).await;
+        assert!(
+            broken.as_ref().is_err_and(StoreError::is_unavailable),
+            "{broken:?}"
+        );
+        let hold = KeyHold::taken_in(&set, [1; 32], "k-1");
+        let refused = writer.commit(order(&rng, &keyring, 1), hold, None).await;
+        assert!(refused.is_err(), "{refused:?}");
+        tokio::task::yield_now().await;
+        assert!(set.is_uncertain([1; 32], "k-0"));
+        assert!(!set.is_uncertain([1; 32], "k-1"), "nothing was sent");
+        assert!(!set.is_held([1; 32], "k-0"), "a valid retry is not blocked");
+        assert!(!set.is_uncertain([2; 32], "k-0"), "per client");
     }
 
     /// A sink whose every commit takes 5 s.

@@ -167,7 +167,35 @@ pub struct Intake {
     in_flight: Arc<InFlight>,
 }
 
-pub(crate) type InFlight = Mutex<HashSet<([u8; 32], String)>>;
+/// The `(client, key)` pairs this process is working on, and those whose
+/// last commit may have landed without this process knowing.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    held: Mutex<HashSet<([u8; 32], String)>>,
+    /// Pairs whose batch failed with its outcome unknown (the connection
+    /// broke mid-statement: `StoreError::outcome_unknown`), until when the
+    /// database may still commit it. Consulted only where a retry would
+    /// otherwise be answered as if nothing had been stored.
+    uncertain: Mutex<std::collections::HashMap<([u8; 32], String), std::time::Instant>>,
+}
+
+impl InFlight {
+    /// Whether `(client, key)` is being worked on in this process.
+    #[cfg(test)]
+    pub(crate) fn is_held(&self, client: [u8; 32], key: &str) -> bool {
+        self.held
+            .lock()
+            .is_ok_and(|set| set.contains(&(client, key.to_owned())))
+    }
+
+    /// Whether the last commit of `(client, key)` may still land.
+    pub(crate) fn is_uncertain(&self, client: [u8; 32], key: &str) -> bool {
+        self.uncertain.lock().is_ok_and(|map| {
+            map.get(&(client, key.to_owned()))
+                .is_some_and(|until| std::time::Instant::now() < *until)
+        })
+    }
+}
 
 /// A request's hold on its `(client, key)` pair in this process, taken as
 /// soon as the headers are read (so a duplicate sent while the first body is
@@ -199,9 +227,25 @@ struct HeldKey {
     key: String,
 }
 
+impl KeyHold {
+    /// The commit carrying this key failed with its outcome unknown: for
+    /// `window`, a retry whose body no longer validates is told the key is
+    /// in flight (409, retryable) rather than 422 — the first attempt may
+    /// still land. A retry with a valid body needs no such mark: its commit
+    /// finds the key taken, or takes it.
+    pub fn outcome_unknown(&self, window: std::time::Duration) {
+        let held = &self._held;
+        if let Ok(mut map) = held.set.uncertain.lock() {
+            let now = std::time::Instant::now();
+            map.retain(|_, until| now < *until);
+            map.insert((held.client, held.key.clone()), now + window);
+        }
+    }
+}
+
 impl Drop for HeldKey {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.set.lock() {
+        if let Ok(mut set) = self.set.held.lock() {
             set.remove(&(self.client, std::mem::take(&mut self.key)));
         }
     }
@@ -212,7 +256,7 @@ impl KeyHold {
     /// A hold on `(client, key)` in `set`, taken as `Intake::claim` takes
     /// one (tests of group commit).
     pub(crate) fn taken_in(set: &Arc<InFlight>, client: [u8; 32], key: &str) -> Option<Self> {
-        let mut entries = set.lock().ok()?;
+        let mut entries = set.held.lock().ok()?;
         entries.insert((client, key.to_owned())).then(|| KeyHold {
             _held: Arc::new(HeldKey {
                 set: set.clone(),
@@ -244,7 +288,7 @@ impl Intake {
             store,
             policy_versions,
             replay_window,
-            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            in_flight: Arc::default(),
         }
     }
 
@@ -273,7 +317,11 @@ impl Intake {
     /// of this process holds it.
     pub fn claim(&self, caller: &Caller, key: IdempotencyKey) -> Result<Claim, IntakeError> {
         let client = *caller.fingerprint.as_bytes();
-        let mut set = self.in_flight.lock().map_err(|_| IntakeError::InFlight)?;
+        let mut set = self
+            .in_flight
+            .held
+            .lock()
+            .map_err(|_| IntakeError::InFlight)?;
         if !set.insert((client, key.as_str().to_owned())) {
             return Err(IntakeError::InFlight);
         }
@@ -341,6 +389,11 @@ impl Intake {
             Err(errors) => {
                 return match self.stored(&keyring, client, key, answer_by).await? {
                     Some(found) => replay_stored(found),
+                    // An earlier attempt whose commit may yet land (its
+                    // connection broke mid-statement): not a final 422.
+                    None if self.in_flight.is_uncertain(client, key.as_str()) => {
+                        Err(IntakeError::InFlight)
+                    }
                     None => Err(IntakeError::Invalid(errors)),
                 };
             }

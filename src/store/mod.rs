@@ -112,6 +112,24 @@ impl StoreError {
         }
     }
 
+    /// True when the connection broke mid-conversation: the database may
+    /// have read the whole request and may still commit it (PostgreSQL
+    /// commits a statement it has read whether or not its answer can be
+    /// sent), so what it did is not known. A pool that gave no connection,
+    /// or an error the database answered with, wrote nothing.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            StoreError::Unavailable(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            StoreError::Shared(inner) => inner.outcome_unknown(),
+            _ => false,
+        }
+    }
+
     /// True when a row was sealed under a retired KEK version (the order
     /// is answered 503 and re-sealed by its retry).
     pub fn is_retired_kek(&self) -> bool {
