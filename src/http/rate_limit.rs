@@ -7,11 +7,11 @@
 //! clients), so a flood from many of them must not grow memory, nor what
 //! the limit guards, without bound: the table follows at most
 //! [`MAX_CLIENTS`] clients per window (a new one beyond is over the limit),
-//! and a limiter may have a budget for all clients together. An IPv6
-//! client's /48 is counted too, and shares [`NETWORK_SHARE`] times one
-//! client's limit among all its /64s: without that, the holder of a /47
-//! could fill the table every window, and every newcomer — a customer
-//! opting out — would be refused while it lasted.
+//! and a limiter may have a budget for all clients together. Once the
+//! table is half full, one IPv6 /48 adds at most [`NETWORK_SHARE`] new
+//! clients a window: without that, the holder of a /47 could fill the
+//! table every window, and every newcomer — a customer opting out — would
+//! be refused while it lasted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,9 +29,11 @@ pub struct RateLimiter {
 /// The most clients one window follows.
 pub const MAX_CLIENTS: usize = 100_000;
 
-/// One IPv6 /48 may make this many times one client's limit per window,
-/// all its /64s together (an office or a campus behind one /48 is many
-/// people; a flood from it fills 16 entries' worth, not 65 536).
+/// While the table is half full or more, one IPv6 /48 adds at most this
+/// many new clients (/64s) per window: a flood from it then fills 16
+/// entries, not 65 536. Its clients already followed go on to their own
+/// limit, and below that pressure no /48 is held back at all (one
+/// subscriber's /56 must not lock its neighbours out of the opt-out page).
 pub const NETWORK_SHARE: u32 = 16;
 
 /// A request over the limit.
@@ -47,7 +49,8 @@ pub struct Over {
 /// pruned.
 struct Table {
     counts: HashMap<IpAddr, (Instant, u32)>,
-    /// IPv6 clients' /48s (the top 48 bits), counted as `counts` are.
+    /// IPv6 clients' /48s (the top 48 bits): when the window started and
+    /// how many new clients each added in it.
     networks: HashMap<u64, (Instant, u32)>,
     total: (Instant, u32),
     pruned: Instant,
@@ -124,44 +127,35 @@ impl RateLimiter {
                 first: false,
             });
         }
-        let window = self.window;
-        let counted = |start: &mut Instant, n: &mut u32, limit: u32| {
-            if now.saturating_duration_since(*start) >= window {
-                (*start, *n) = (now, 0);
+        // Under pressure (the table half full) one IPv6 /48 adds at most
+        // NETWORK_SHARE new clients a window; clients it already has go on
+        // to their own limit, and without pressure nobody is held back by
+        // a neighbour.
+        if !table.counts.contains_key(&key)
+            && let Some(net) = network_of(ip)
+        {
+            let pressure = table.counts.len() >= MAX_CLIENTS / 2;
+            let added = table.networks.entry(net).or_insert((now, 0));
+            if now.saturating_duration_since(added.0) >= self.window {
+                *added = (now, 0);
             }
-            *n = n.saturating_add(1);
-            (*n > limit).then(|| Over {
-                wait_secs: wait(*start),
-                first: *n == limit.saturating_add(1),
-            })
-        };
-        // The client's /48 counts the requests its own limit lets through
-        // (one client hammering away does not use up its neighbours'
-        // share), and a network over its share neither counts nor adds
-        // its client.
-        let spent = table.counts.get(&key).is_some_and(|(start, n)| {
-            now.saturating_duration_since(*start) < window && *n >= self.limit
+            if pressure && added.1 >= NETWORK_SHARE {
+                return Some(Over {
+                    wait_secs: wait(added.0),
+                    first: false,
+                });
+            }
+            added.1 = added.1.saturating_add(1);
+        }
+        let entry = table.counts.entry(key).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        let over_own = (entry.1 > self.limit).then(|| Over {
+            wait_secs: wait(entry.0),
+            first: entry.1 == self.limit.saturating_add(1),
         });
-        let over_network = match network_of(ip).filter(|_| !spent) {
-            Some(net) => {
-                if table.networks.len() >= MAX_CLIENTS && !table.networks.contains_key(&net) {
-                    return Some(Over {
-                        wait_secs: 1,
-                        first: false,
-                    });
-                }
-                let (start, n) = table.networks.entry(net).or_insert((now, 0));
-                counted(start, n, self.limit.saturating_mul(NETWORK_SHARE))
-            }
-            None => None,
-        };
-        let over_own = match over_network {
-            Some(over) => Some(over),
-            None => {
-                let (start, n) = table.counts.entry(key).or_insert((now, 0));
-                counted(start, n, self.limit)
-            }
-        };
         // A request over its own limit counts against all clients' budget
         // only when it would be recorded (its first), so that the budget
         // bounds the records, not the refusals.
@@ -242,43 +236,46 @@ mod tests {
         assert_eq!(limiter.count(ip(MAX_CLIENTS as u32 + 1)), None);
     }
 
-    /// The /64s of one /48 share 16 clients' worth: its flood neither
-    /// fills the table nor keeps others out; another /48 is unaffected.
+    /// Under pressure one /48 adds at most 16 new /64s a window; its /64s
+    /// already followed, other /48s and IPv4 clients are unaffected, and
+    /// without pressure nobody is held back by a neighbour.
     #[test]
-    fn an_ipv6_48_shares_a_bounded_budget_among_its_64s() {
-        let limiter = RateLimiter::new(2, Duration::from_secs(60));
+    fn under_pressure_an_ipv6_48_adds_a_bounded_number_of_clients() {
         let in_48 = |net: u16, n: u16| -> IpAddr {
             std::net::Ipv6Addr::new(0x2001, 0xdb8, net, n, 0, 0, 0, 1).into()
         };
-        let share = (2 * NETWORK_SHARE) as u16;
-        for n in 0..share {
-            assert_eq!(limiter.count(in_48(1, n)), None, "/64 number {n}");
+        let limiter = RateLimiter::new(2, Duration::from_secs(60));
+        for n in 0..100 {
+            assert_eq!(limiter.count(in_48(1, n)), None, "no pressure: /64 {n}");
         }
-        // The next, from a /64 not seen yet: over, the network's first.
-        assert_eq!(limiter.count(in_48(1, share)).map(|o| o.first), Some(true));
-        for n in share + 1..10_000 {
-            assert_eq!(limiter.count(in_48(1, n)).map(|o| o.first), Some(false));
+        // One /64 past its own limit holds nobody else back either.
+        for _ in 0..100 {
+            let _ = limiter.count(in_48(1, 0));
+        }
+        assert_eq!(limiter.count(in_48(1, 100)), None);
+
+        let limiter = RateLimiter::new(2, Duration::from_secs(60));
+        let v4 = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        for n in 0..(MAX_CLIENTS / 2) as u32 {
+            assert_eq!(limiter.count(v4(n)), None);
+        }
+        let share = NETWORK_SHARE as u16;
+        for n in 0..share {
+            assert_eq!(limiter.count(in_48(1, n)), None, "/64 {n}");
+        }
+        for n in share..1000 {
+            assert_eq!(
+                limiter.count(in_48(1, n)).map(|o| o.first),
+                Some(false),
+                "/64 {n}"
+            );
         }
         let table = limiter.seen.lock().unwrap();
-        assert_eq!(
-            table.counts.len(),
-            usize::from(share),
-            "nothing added once over"
-        );
-        assert_eq!(table.networks.len(), 1);
+        assert_eq!(table.counts.len(), MAX_CLIENTS / 2 + usize::from(share));
         drop(table);
+        assert_eq!(limiter.count(in_48(1, 0)), None, "a /64 already followed");
         assert_eq!(limiter.count(in_48(2, 0)), None, "another /48");
-        // One /64 over its own limit does not use up its /48's share.
-        let limiter = RateLimiter::new(2, Duration::from_secs(60));
-        for _ in 0..1000 {
-            let _ = limiter.count(in_48(3, 0));
-        }
-        assert_eq!(limiter.count(in_48(3, 1)), None, "a neighbour /64");
-        // IPv4 clients have no network share.
-        for n in 0..1000u32 {
-            let v4 = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
-            assert_eq!(limiter.count(v4), None);
-        }
+        assert_eq!(limiter.count(v4(MAX_CLIENTS as u32)), None, "IPv4");
     }
 
     #[test]
