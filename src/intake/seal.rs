@@ -562,8 +562,8 @@ pub fn order_canonical_bytes(
 }
 
 /// Whether an order row read back is genuine: its MAC verifies over the
-/// columns as stored, and its dispatch facts agree with its status — none
-/// while accepted, and MAC-verified once dispatched (as the audit checks
+/// columns as stored, and its dispatch facts agree with its status — not
+/// one while accepted, and all MAC-verified once dispatched (as the audit checks
 /// them, `audit::verify`). A row edited in the database (items, total,
 /// gift flag, links, a dispatch undone or rewritten) is not.
 pub fn order_row_verifies(
@@ -589,7 +589,7 @@ pub fn order_row_verifies(
         return false;
     }
     match (status, dispatch, seal.dispatch_mac.as_deref()) {
-        ("accepted", None, None) => true,
+        ("accepted", None, None) => !seal.any_dispatch_fact,
         ("dispatched", Some(d), Some(mac)) => key.verify(
             &[&dispatch_canonical_bytes(
                 id,

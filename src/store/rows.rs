@@ -188,6 +188,9 @@ pub struct OrderSeal {
     pub client_fingerprint: Vec<u8>,
     pub mac: Vec<u8>,
     pub dispatch_mac: Option<Vec<u8>>,
+    /// Whether any of `carrier`, `tracking`, `dispatched_at` is set (an
+    /// undispatched order has none; a partial set is no dispatch at all).
+    pub any_dispatch_fact: bool,
 }
 
 /// An order row as [`OrderSeal`] and the order's own columns cover it

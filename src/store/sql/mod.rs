@@ -945,8 +945,9 @@ fn chained_entry(row: &AnyRow) -> Result<ChainedEntry, StoreError> {
 }
 
 /// An order row's MAC-covered columns (`storefront_ref`, `currency`,
-/// `items`, `total_minor`, `gift`, `consent_tag_id`, `client_fingerprint`)
-/// and its MACs (`order_mac`, `dispatch_mac`), as stored.
+/// `items`, `total_minor`, `gift`, `consent_tag_id`, `client_fingerprint`),
+/// its MACs (`order_mac`, `dispatch_mac`) and whether it has any dispatch
+/// fact (`carrier`, `tracking`, `dispatched_at`), as stored.
 fn order_seal(row: &AnyRow) -> Result<OrderSeal, StoreError> {
     Ok(OrderSeal {
         storefront_ref: row
@@ -967,6 +968,13 @@ fn order_seal(row: &AnyRow) -> Result<OrderSeal, StoreError> {
             .map_err(StoreError::from_sqlx)?,
         mac: row.try_get("order_mac").map_err(StoreError::from_sqlx)?,
         dispatch_mac: row.try_get("dispatch_mac").map_err(StoreError::from_sqlx)?,
+        any_dispatch_fact: ["carrier", "tracking", "dispatched_at"]
+            .into_iter()
+            .map(|name| row.try_get::<Option<String>, _>(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::from_sqlx)?
+            .iter()
+            .any(Option::is_some),
     })
 }
 
