@@ -308,7 +308,7 @@ pub struct SummaryConsent<'a> {
     responses(
         (status = 200, description = "The masked summary", body = OrderSummary),
         (status = 404, description = "No such order for this client (also for an id that is not a UUID)"),
-        (status = 500, description = "The server failed"),
+        (status = 500, description = "The server failed, or the order's stored row fails its integrity check (edited in the database: withheld; tell the operator)"),
         (status = 503, description = "The database is unavailable; retry"),
     )
 )]

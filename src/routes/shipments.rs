@@ -257,7 +257,7 @@ pub struct Dispatched<'a> {
         (status = 200, description = "Dispatched (now or before, with the same carrier and tracking)", body = Dispatched),
         (status = 400, description = "The body is not valid JSON (or repeats a member)"),
         (status = 404, description = "No such order (also for an id that is not a UUID)"),
-        (status = 409, description = "Already dispatched with another carrier or tracking number (`already-dispatched`), or the order's shipping details were purged (`ship-to-purged`)"),
+        (status = 409, description = "Already dispatched with another carrier or tracking number (`already-dispatched`), the order's shipping details were purged (`ship-to-purged`), or its stored row fails its integrity check (`order-integrity`: edited in the database; tell the operator)"),
         (status = 413, description = "The body is larger than 4 KiB"),
         (status = 415, description = "Not `application/json`"),
         (status = 422, description = "The dispatch has errors (listed in `errors`)"),
