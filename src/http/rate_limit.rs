@@ -7,11 +7,11 @@
 //! clients), so a flood from many of them must not grow memory, nor what
 //! the limit guards, without bound: the table follows at most
 //! [`MAX_CLIENTS`] clients per window (a new one beyond is over the limit),
-//! and a limiter may have a budget for all clients together. Once the
-//! table is half full, one IPv6 /48 adds at most [`NETWORK_SHARE`] new
-//! clients a window: without that, the holder of a /47 could fill the
-//! table every window, and every newcomer — a customer opting out — would
-//! be refused while it lasted.
+//! and a limiter may have a budget for all clients together. One IPv6 /48
+//! adds at most [`NETWORK_MOST`] clients a window, and once the table is
+//! half full at most [`NETWORK_SHARE`]: without that, the holder of a /47
+//! could fill the table every window, and every newcomer — a customer
+//! opting out — would be refused while it lasted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,6 +36,11 @@ pub const MAX_CLIENTS: usize = 100_000;
 /// subscriber's /56 must not lock its neighbours out of the opt-out page).
 pub const NETWORK_SHARE: u32 = 16;
 
+/// The most clients one IPv6 /48 adds in a window at any time: 1/64 of the
+/// table, so that it takes 32 networks to bring [`NETWORK_SHARE`]'s
+/// pressure about.
+pub const NETWORK_MOST: u32 = (MAX_CLIENTS / 64) as u32;
+
 /// A request over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Over {
@@ -50,7 +55,7 @@ pub struct Over {
 struct Table {
     counts: HashMap<IpAddr, (Instant, u32)>,
     /// IPv6 clients' /48s (the top 48 bits): when the window started and
-    /// how many new clients each added in it.
+    /// how many new clients each added in it (then refused).
     networks: HashMap<u64, (Instant, u32)>,
     total: (Instant, u32),
     pruned: Instant,
@@ -131,21 +136,32 @@ impl RateLimiter {
         // NETWORK_SHARE new clients a window; clients it already has go on
         // to their own limit, and without pressure nobody is held back by
         // a neighbour.
+        // At all times one /48 holds at most NETWORK_MOST entries, so that
+        // no single network can bring the pressure about by itself.
         if !table.counts.contains_key(&key)
             && let Some(net) = network_of(ip)
         {
             let pressure = table.counts.len() >= MAX_CLIENTS / 2;
-            let added = table.networks.entry(net).or_insert((now, 0));
-            if now.saturating_duration_since(added.0) >= self.window {
-                *added = (now, 0);
+            let tried = table.networks.entry(net).or_insert((now, 0));
+            if now.saturating_duration_since(tried.0) >= self.window {
+                *tried = (now, 0);
             }
-            if pressure && added.1 >= NETWORK_SHARE {
+            let cap = if pressure {
+                NETWORK_SHARE
+            } else {
+                NETWORK_MOST
+            };
+            // `tried` counts new clients added, then the refused ones: the
+            // first refusal of a window is the one a caller may record.
+            let over = tried.1 >= cap;
+            let first = tried.1 == cap;
+            tried.1 = tried.1.saturating_add(1);
+            if over {
                 return Some(Over {
-                    wait_secs: wait(added.0),
-                    first: false,
+                    wait_secs: wait(tried.0),
+                    first,
                 });
             }
-            added.1 = added.1.saturating_add(1);
         }
         let entry = table.counts.entry(key).or_insert((now, 0));
         if now.saturating_duration_since(entry.0) >= self.window {
@@ -248,11 +264,24 @@ mod tests {
         for n in 0..100 {
             assert_eq!(limiter.count(in_48(1, n)), None, "no pressure: /64 {n}");
         }
+        // Without pressure too, one /48 holds at most 1/64 of the table
+        // (it cannot bring the pressure about alone); its first refusal
+        // of the window is the one to record.
+        let most = NETWORK_MOST as u16;
+        for n in 100..most {
+            assert_eq!(limiter.count(in_48(1, n)), None, "/64 {n}");
+        }
+        assert_eq!(limiter.count(in_48(1, most)).map(|o| o.first), Some(true));
+        assert_eq!(
+            limiter.count(in_48(1, most + 1)).map(|o| o.first),
+            Some(false)
+        );
+        assert_eq!(limiter.count(in_48(2, 0)), None, "another /48");
         // One /64 past its own limit holds nobody else back either.
         for _ in 0..100 {
-            let _ = limiter.count(in_48(1, 0));
+            let _ = limiter.count(in_48(4, 0));
         }
-        assert_eq!(limiter.count(in_48(1, 100)), None);
+        assert_eq!(limiter.count(in_48(4, 1)), None);
 
         let limiter = RateLimiter::new(2, Duration::from_secs(60));
         let v4 = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
@@ -263,7 +292,8 @@ mod tests {
         for n in 0..share {
             assert_eq!(limiter.count(in_48(1, n)), None, "/64 {n}");
         }
-        for n in share..1000 {
+        assert_eq!(limiter.count(in_48(1, share)).map(|o| o.first), Some(true));
+        for n in share + 1..1000 {
             assert_eq!(
                 limiter.count(in_48(1, n)).map(|o| o.first),
                 Some(false),

@@ -303,7 +303,12 @@ async fn commit<S: OrderSink>(
             overdue.fetch_add(1, Ordering::AcqRel);
             let overdue = overdue.clone();
             tokio::spawn(async move {
-                let _ = call.await;
+                // Answered 503 long ago; if the call then failed with its
+                // outcome unknown, its keys stay uncertain as if it had
+                // failed in time.
+                if let Ok((Err(error), holds)) = call.await {
+                    mark_uncertain(holds.iter().flatten(), &error);
+                }
                 overdue.fetch_sub(1, Ordering::AcqRel);
             });
             (Err(StoreError::Timeout(COMMIT_TIMEOUT)), None)

@@ -176,7 +176,16 @@ pub(crate) struct InFlight {
     /// broke mid-statement: `StoreError::outcome_unknown`), until when the
     /// database may still commit it. Consulted only where a retry would
     /// otherwise be answered as if nothing had been stored.
-    uncertain: Mutex<std::collections::HashMap<([u8; 32], String), std::time::Instant>>,
+    uncertain: Mutex<Uncertain>,
+}
+
+/// The uncertain pairs with the time each stops being so, and when the
+/// expired ones were last dropped (at most once a second: an outage that
+/// fails every batch must not make each mark walk the whole map).
+#[derive(Default)]
+struct Uncertain {
+    until: std::collections::HashMap<([u8; 32], String), std::time::Instant>,
+    pruned: Option<std::time::Instant>,
 }
 
 impl InFlight {
@@ -191,7 +200,8 @@ impl InFlight {
     /// Whether the last commit of `(client, key)` may still land.
     pub(crate) fn is_uncertain(&self, client: [u8; 32], key: &str) -> bool {
         self.uncertain.lock().is_ok_and(|map| {
-            map.get(&(client, key.to_owned()))
+            map.until
+                .get(&(client, key.to_owned()))
                 .is_some_and(|until| std::time::Instant::now() < *until)
         })
     }
@@ -237,8 +247,15 @@ impl KeyHold {
         let held = &self._held;
         if let Ok(mut map) = held.set.uncertain.lock() {
             let now = std::time::Instant::now();
-            map.retain(|_, until| now < *until);
-            map.insert((held.client, held.key.clone()), now + window);
+            if map
+                .pruned
+                .is_none_or(|at| now.saturating_duration_since(at).as_secs() >= 1)
+            {
+                map.until.retain(|_, until| now < *until);
+                map.pruned = Some(now);
+            }
+            map.until
+                .insert((held.client, held.key.clone()), now + window);
         }
     }
 }

@@ -291,13 +291,13 @@ pub async fn dispatch(
     let check = match state.store.order_check(order_id).await {
         Ok(Some(check)) => Some(check),
         Ok(None) => return Problem::not_found().into_response(),
-        Err(error) if error.is_unavailable() => return store_problem(&error),
         // A column that no longer reads (edited in the database): the row
         // fails its check like one whose MAC does not verify.
-        Err(error) => {
+        Err(error) if error.is_unreadable_row() => {
             tracing::error!(order_id = %order_id, error = %error, "an order row does not read");
             None
         }
+        Err(error) => return store_problem(&error),
     };
     if !check.is_some_and(|check| {
         crate::intake::seal::order_row_verifies(

@@ -130,6 +130,18 @@ impl StoreError {
         }
     }
 
+    /// True when a row read back does not read as this service writes it
+    /// (a column edited in the database into something that does not
+    /// decode): the row fails its integrity check, the database is fine.
+    pub fn is_unreadable_row(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_)
+            | StoreError::Query(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => true,
+            StoreError::Shared(inner) => inner.is_unreadable_row(),
+            _ => false,
+        }
+    }
+
     /// True when a row was sealed under a retired KEK version (the order
     /// is answered 503 and re-sealed by its retry).
     pub fn is_retired_kek(&self) -> bool {
