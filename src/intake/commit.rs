@@ -364,6 +364,8 @@ mod tests {
         Hang,
         /// The connection broke after the statement was sent.
         Broken,
+        /// Hangs for an hour, then the connection breaks.
+        HangThenBroken,
     }
 
     #[async_trait::async_trait]
@@ -388,6 +390,12 @@ mod tests {
                 Answer::Broken => Err(StoreError::Unavailable(sqlx::Error::Io(
                     std::io::ErrorKind::ConnectionReset.into(),
                 ))),
+                Answer::HangThenBroken => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(StoreError::Unavailable(sqlx::Error::Io(
+                        std::io::ErrorKind::ConnectionReset.into(),
+                    )))
+                }
                 Answer::RetiredKek => Err(StoreError::RetiredKek),
                 Answer::Hang => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -659,6 +667,33 @@ mod tests {
         assert!(!set.is_uncertain([1; 32], "k-1"), "nothing was sent");
         assert!(!set.is_held([1; 32], "k-0"), "a valid retry is not blocked");
         assert!(!set.is_uncertain([2; 32], "k-0"), "per client");
+    }
+
+    /// A commit answered 503 at its time limit whose connection then
+    /// breaks leaves its key uncertain too.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_commit_that_breaks_leaves_its_key_uncertain() {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let set: Arc<crate::intake::InFlight> = Arc::default();
+        let writer = GroupCommit::start(Scripted {
+            answers: Mutex::new(vec![Answer::HangThenBroken]),
+            calls: Arc::default(),
+        });
+        let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
+        let late = writer.commit(order(&rng, &keyring, 0), hold, None).await;
+        assert!(
+            late.as_ref().is_err_and(StoreError::is_unavailable),
+            "{late:?}"
+        );
+        assert!(!set.is_uncertain([1; 32], "k-0"), "not known yet");
+        assert!(set.is_held([1; 32], "k-0"));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!set.is_held([1; 32], "k-0"));
+        assert!(set.is_uncertain([1; 32], "k-0"));
     }
 
     /// A sink whose every commit takes 5 s.
