@@ -32,12 +32,13 @@ pub const MAX_CLIENTS: usize = 100_000;
 /// While the table is half full or more, one IPv6 /48 adds at most this
 /// many new clients (/64s) per window: a flood from it then fills 16
 /// entries, not 65 536. Its clients already followed go on to their own
-/// limit, and below that pressure no /48 is held back at all (one
-/// subscriber's /56 must not lock its neighbours out of the opt-out page).
+/// limit, and below that pressure a /48 is held back only past
+/// [`NETWORK_MOST`] (one subscriber's /56 must not lock its neighbours out
+/// of the opt-out page).
 pub const NETWORK_SHARE: u32 = 16;
 
 /// The most clients one IPv6 /48 adds in a window at any time: 1/64 of the
-/// table, so that it takes 32 networks to bring [`NETWORK_SHARE`]'s
+/// table, so that it takes 33 networks to bring [`NETWORK_SHARE`]'s
 /// pressure about.
 pub const NETWORK_MOST: u32 = (MAX_CLIENTS / 64) as u32;
 
@@ -56,9 +57,16 @@ struct Table {
     counts: HashMap<IpAddr, (Instant, u32)>,
     /// IPv6 clients' /48s (the top 48 bits): when the window started and
     /// how many new clients each added in it (then refused).
-    networks: HashMap<u64, (Instant, u32)>,
+    networks: HashMap<u64, Network>,
     total: (Instant, u32),
     pruned: Instant,
+}
+
+/// One IPv6 /48's newcomers in its window: added to the table, refused.
+struct Network {
+    since: Instant,
+    added: u32,
+    refused: u32,
 }
 
 impl RateLimiter {
@@ -117,7 +125,7 @@ impl RateLimiter {
                 .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
             table
                 .networks
-                .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+                .retain(|_, n| now.saturating_duration_since(n.since) < window);
             table.pruned = now;
         }
         let wait = |since: Instant| {
@@ -136,42 +144,56 @@ impl RateLimiter {
         // NETWORK_SHARE new clients a window; clients it already has go on
         // to their own limit, and without pressure nobody is held back by
         // a neighbour.
-        // At all times one /48 holds at most NETWORK_MOST entries, so that
-        // no single network can bring the pressure about by itself.
+        // At all times one /48 adds at most NETWORK_MOST entries a window,
+        // so that no single network can bring the pressure about by itself.
+        let mut over_network = None;
         if !table.counts.contains_key(&key)
             && let Some(net) = network_of(ip)
         {
             let pressure = table.counts.len() >= MAX_CLIENTS / 2;
-            let tried = table.networks.entry(net).or_insert((now, 0));
-            if now.saturating_duration_since(tried.0) >= self.window {
-                *tried = (now, 0);
+            let network = table.networks.entry(net).or_insert(Network {
+                since: now,
+                added: 0,
+                refused: 0,
+            });
+            if now.saturating_duration_since(network.since) >= self.window {
+                *network = Network {
+                    since: now,
+                    added: 0,
+                    refused: 0,
+                };
             }
             let cap = if pressure {
                 NETWORK_SHARE
             } else {
                 NETWORK_MOST
             };
-            // `tried` counts new clients added, then the refused ones: the
-            // first refusal of a window is the one a caller may record.
-            let over = tried.1 >= cap;
-            let first = tried.1 == cap;
-            tried.1 = tried.1.saturating_add(1);
-            if over {
-                return Some(Over {
-                    wait_secs: wait(tried.0),
-                    first,
+            if network.added >= cap {
+                // The network's first refusal of the window is the one a
+                // caller may record (within all clients' budget, below).
+                over_network = Some(Over {
+                    wait_secs: wait(network.since),
+                    first: network.refused == 0,
                 });
+                network.refused = network.refused.saturating_add(1);
+            } else {
+                network.added += 1;
             }
         }
-        let entry = table.counts.entry(key).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        let over_own = (entry.1 > self.limit).then(|| Over {
-            wait_secs: wait(entry.0),
-            first: entry.1 == self.limit.saturating_add(1),
-        });
+        let over_own = match over_network {
+            Some(over) => Some(over),
+            None => {
+                let entry = table.counts.entry(key).or_insert((now, 0));
+                if now.saturating_duration_since(entry.0) >= self.window {
+                    *entry = (now, 0);
+                }
+                entry.1 = entry.1.saturating_add(1);
+                (entry.1 > self.limit).then(|| Over {
+                    wait_secs: wait(entry.0),
+                    first: entry.1 == self.limit.saturating_add(1),
+                })
+            }
+        };
         // A request over its own limit counts against all clients' budget
         // only when it would be recorded (its first), so that the budget
         // bounds the records, not the refusals.
@@ -277,6 +299,12 @@ mod tests {
             Some(false)
         );
         assert_eq!(limiter.count(in_48(2, 0)), None, "another /48");
+        // That first refusal is recorded only within all clients' budget.
+        let budgeted = RateLimiter::with_total(2, NETWORK_MOST, Duration::from_secs(60));
+        for n in 0..most {
+            assert_eq!(budgeted.count(in_48(1, n)), None, "/64 {n}");
+        }
+        assert_eq!(budgeted.count(in_48(1, most)).map(|o| o.first), Some(false));
         // One /64 past its own limit holds nobody else back either.
         for _ in 0..100 {
             let _ = limiter.count(in_48(4, 0));
