@@ -462,34 +462,21 @@ impl Store for SqlStore {
         // card columns never leave the database on this path. Orders whose
         // records were purged are listed too (their ship-to `Missing`), so
         // the warehouse is told rather than the order silently vanishing.
-        let rows = sqlx::query(
-            "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.gift, o.carrier, o.tracking, o.dispatched_at,
-                    o.storefront_ref, o.currency, o.total_minor, o.consent_tag_id, o.client_fingerprint,
-                    o.mac AS order_mac, o.dispatch_mac,
-                    s.ship_to, s.id AS ship_id, s.format_version AS s_fmt, s.kek_version AS s_kek,
-                    s.wrapped_dek AS s_dek, s.ciphertext AS s_ct,
-                    g.id AS gift_id, g.format_version AS g_fmt, g.kek_version AS g_kek,
-                    g.wrapped_dek AS g_dek, g.ciphertext AS g_ct,
-                    t.id AS tag_id, t.order_id AS tag_order_id, t.subject, t.basis, t.product_updates,
-                    t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
-                    t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac,
-                    b.email_blind_index
-               FROM orders o
-               JOIN consent_tags t ON t.id = o.consent_tag_id
-               LEFT JOIN shipping_details s ON s.order_id = o.id
-               LEFT JOIN billing_details b ON b.order_id = o.id
-               LEFT JOIN gift_recipients g ON g.order_id = o.id
-              WHERE o.status = $1 AND o.seq > $2
-              ORDER BY o.seq
-              LIMIT $3",
-        )
-        .bind(status.order_status())
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        rows.iter().map(shipment_entry).collect()
+        let page =
+            format!("{SHIPMENT_ROWS} WHERE o.status = $1 AND o.seq > $2 ORDER BY o.seq LIMIT $3");
+        let fetched = sqlx::query(&page)
+            .bind(status.order_status())
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await;
+        match fetched {
+            Ok(rows) => rows.iter().map(shipment_entry).collect(),
+            Err(error) if is_decode(&error) => {
+                self.shipments_row_by_row(status, after_seq, limit).await
+            }
+            Err(error) => Err(StoreError::from_sqlx(error)),
+        }
     }
 
     async fn dispatch(
@@ -1043,6 +1030,92 @@ fn envelope_cols(row: &AnyRow, prefix: &str) -> Result<Option<Envelope>, StoreEr
 
 /// A row of the shipments query, whole or damaged (see [`ShipmentEntry`]).
 /// Only the connection failing is an error: the row is already here.
+/// The shipments listing's columns and joins; each caller adds its WHERE.
+/// Only shipping and recipient envelopes are selected: billing and card
+/// columns never leave the database on this path (the billing record's
+/// blind index alone, to find the customer's consent). Orders whose records
+/// were purged are listed too (their ship-to `Missing`), so the warehouse
+/// is told rather than the order silently vanishing.
+const SHIPMENT_ROWS: &str = "SELECT o.seq, o.id, o.created_at, o.status, o.items, o.gift, o.carrier, o.tracking, o.dispatched_at,
+        o.storefront_ref, o.currency, o.total_minor, o.consent_tag_id, o.client_fingerprint,
+        o.mac AS order_mac, o.dispatch_mac,
+        s.ship_to, s.id AS ship_id, s.format_version AS s_fmt, s.kek_version AS s_kek,
+        s.wrapped_dek AS s_dek, s.ciphertext AS s_ct,
+        g.id AS gift_id, g.format_version AS g_fmt, g.kek_version AS g_kek,
+        g.wrapped_dek AS g_dek, g.ciphertext AS g_ct,
+        t.id AS tag_id, t.order_id AS tag_order_id, t.subject, t.basis, t.product_updates,
+        t.new_offerings, t.partnerships, t.special_offers, t.third_party_sharing,
+        t.policy_version, t.captured_at, t.channel, t.mac_key_version, t.mac,
+        b.email_blind_index
+   FROM orders o
+   JOIN consent_tags t ON t.id = o.consent_tag_id
+   LEFT JOIN shipping_details s ON s.order_id = o.id
+   LEFT JOIN billing_details b ON b.order_id = o.id
+   LEFT JOIN gift_recipients g ON g.order_id = o.id";
+
+/// A value the driver could not decode: sqlx's `Any` rows decode every
+/// column as a row is read, so one text column that is not UTF-8 (SQLite
+/// stores whatever bytes it is given) fails the whole fetch.
+fn is_decode(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }
+    )
+}
+
+impl SqlStore {
+    /// The shipments page read again one order at a time, after the whole
+    /// page failed to decode: the order that does not read is a damaged
+    /// entry (named by its id if that reads), the others are listed, and
+    /// the queue moves past it instead of failing for good.
+    async fn shipments_row_by_row(
+        &self,
+        status: ShipmentStatus,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<ShipmentEntry>, StoreError> {
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT o.seq FROM orders o JOIN consent_tags t ON t.id = o.consent_tag_id
+              WHERE o.status = $1 AND o.seq > $2 ORDER BY o.seq LIMIT $3",
+        )
+        .bind(status.order_status())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        let one = format!("{SHIPMENT_ROWS} WHERE o.seq = $1");
+        let mut entries = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match sqlx::query(&one).bind(seq).fetch_optional(&self.pool).await {
+                Ok(Some(row)) => entries.push(shipment_entry(&row)?),
+                Ok(None) => {}
+                Err(error) if is_decode(&error) => {
+                    let text = |column: &'static str| {
+                        let sql = format!("SELECT {column} FROM orders WHERE seq = $1");
+                        async move {
+                            sqlx::query_scalar::<_, String>(&sql)
+                                .bind(seq)
+                                .fetch_one(&self.pool)
+                                .await
+                                .ok()
+                        }
+                    };
+                    entries.push(ShipmentEntry::Damaged {
+                        seq,
+                        order_id: text("id").await.and_then(|id| Uuid::parse_str(&id).ok()),
+                        created_at: text("created_at").await.unwrap_or_default(),
+                        status: status.order_status().to_owned(),
+                        what: "a column does not read",
+                    });
+                }
+                Err(error) => return Err(StoreError::from_sqlx(error)),
+            }
+        }
+        Ok(entries)
+    }
+}
+
 fn shipment_entry(row: &AnyRow) -> Result<ShipmentEntry, StoreError> {
     match shipment_row(row) {
         Ok(whole) => Ok(ShipmentEntry::Whole(Box::new(whole))),
