@@ -609,14 +609,8 @@ mod tests {
     /// commit); an order answered normally frees its key at once.
     #[tokio::test(start_paused = true)]
     async fn a_key_stays_busy_until_a_commit_that_outlived_its_wait_returns() {
-        let rng = SystemRandom::new();
-        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
-        let set: Arc<crate::intake::InFlight> = Arc::default();
+        let (rng, keyring, set, writer) = with_key_holds(vec![Answer::Hang, Answer::Commit]);
         let busy = |key: &str| set.is_held([1; 32], key);
-        let writer = GroupCommit::start(Scripted {
-            answers: Mutex::new(vec![Answer::Hang, Answer::Commit]),
-            calls: Arc::default(),
-        });
         let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
         let late = writer.commit(order(&rng, &keyring, 0), hold, None).await;
         assert!(
@@ -646,13 +640,7 @@ mod tests {
     /// usual; a batch known to have written nothing marks none.
     #[tokio::test]
     async fn a_connection_broken_mid_commit_leaves_its_keys_uncertain() {
-        let rng = SystemRandom::new();
-        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
-        let set: Arc<crate::intake::InFlight> = Arc::default();
-        let writer = GroupCommit::start(Scripted {
-            answers: Mutex::new(vec![Answer::Broken, Answer::Outage]),
-            calls: Arc::default(),
-        });
+        let (rng, keyring, set, writer) = with_key_holds(vec![Answer::Broken, Answer::Outage]);
         let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
         let broken = writer.commit(order(&rng, &keyring, 0), hold, None).await;
         assert!(
@@ -669,17 +657,30 @@ mod tests {
         assert!(!set.is_uncertain([2; 32], "k-0"), "per client");
     }
 
+    /// What the key-hold tests share: a keyring to seal orders with, the
+    /// in-flight set their holds are taken in, and a writer over `answers`.
+    fn with_key_holds(
+        answers: Vec<Answer>,
+    ) -> (
+        SystemRandom,
+        Keyring,
+        Arc<crate::intake::InFlight>,
+        GroupCommit,
+    ) {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let writer = GroupCommit::start(Scripted {
+            answers: Mutex::new(answers),
+            calls: Arc::default(),
+        });
+        (rng, keyring, Arc::default(), writer)
+    }
+
     /// A commit answered 503 at its time limit whose connection then
     /// breaks leaves its key uncertain too.
     #[tokio::test(start_paused = true)]
     async fn a_late_commit_that_breaks_leaves_its_key_uncertain() {
-        let rng = SystemRandom::new();
-        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
-        let set: Arc<crate::intake::InFlight> = Arc::default();
-        let writer = GroupCommit::start(Scripted {
-            answers: Mutex::new(vec![Answer::HangThenBroken]),
-            calls: Arc::default(),
-        });
+        let (rng, keyring, set, writer) = with_key_holds(vec![Answer::HangThenBroken]);
         let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
         let late = writer.commit(order(&rng, &keyring, 0), hold, None).await;
         assert!(

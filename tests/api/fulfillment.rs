@@ -224,6 +224,13 @@ async fn a_damaged_order_row_is_an_integrity_error_and_the_queue_moves_past_it()
     assert!(second["shipments"][0].get("integrity_error").is_none());
 }
 
+/// A dispatch refused because the order's row fails its integrity check.
+async fn expect_integrity_conflict(r: reqwest::Response) {
+    let problem = expect_problem(r, 409).await;
+    let kind = problem["type"].as_str().unwrap_or_default();
+    assert!(kind.ends_with("order-integrity"), "{problem}");
+}
+
 /// An order row edited in the database — items, the gift flag, dispatch
 /// facts — is not served as the order's: the warehouse sees an integrity
 /// error with nothing to ship and cannot dispatch it, the storefront's
@@ -287,22 +294,14 @@ async fn an_order_row_edited_in_the_database_is_neither_shown_nor_shipped() {
 
     // Not dispatched on the strength of the edited row; the other is.
     let r = app.dispatch(&edited, &body).await;
-    let problem = expect_problem(r, 409).await;
-    assert!(
-        problem["type"]
-            .as_str()
-            .unwrap()
-            .ends_with("order-integrity"),
-        "{problem}"
-    );
+    expect_integrity_conflict(r).await;
     let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
         .bind(&edited)
         .fetch_one(&db)
         .await
         .unwrap();
     assert_eq!(status, "accepted");
-    let r = app.dispatch(&partial, &body).await;
-    expect_problem(r, 409).await;
+    expect_integrity_conflict(app.dispatch(&partial, &body).await).await;
     // A column that no longer reads (SQLite stores any bytes as text): not
     // dispatched either, and the listing still answers — that order an
     // integrity error, the others as they are.
@@ -313,14 +312,7 @@ async fn an_order_row_edited_in_the_database_is_neither_shown_nor_shipped() {
             .await
             .unwrap();
         let r = app.dispatch(&unreadable, &body).await;
-        let problem = expect_problem(r, 409).await;
-        assert!(
-            problem["type"]
-                .as_str()
-                .unwrap()
-                .ends_with("order-integrity"),
-            "{problem}"
-        );
+        expect_integrity_conflict(r).await;
         let page = app.shipments("").await;
         let list = page["shipments"].as_array().unwrap();
         let shown = list.iter().find(|s| s["order_id"] == unreadable.as_str());
