@@ -254,8 +254,8 @@ impl KeyHold {
                 map.until.retain(|_, until| now < *until);
                 map.pruned = Some(now);
             }
-            map.until
-                .insert((held.client, held.key.clone()), now + window);
+            let until = now.checked_add(window).unwrap_or(now);
+            map.until.insert((held.client, held.key.clone()), until);
         }
     }
 }
