@@ -1322,9 +1322,11 @@ async fn build_database(dir: &Path) -> (checkoutd::store::sql::SqlStore, Keyring
                 &dispatch.tracking,
                 &dispatch.dispatched_at,
             )]);
+    let checked = store.order_check(ids[0]).await.unwrap().unwrap();
     store
         .dispatch(
             ids[0],
+            &checked,
             &checkoutd::store::rows::NewDispatch { dispatch, mac },
         )
         .await

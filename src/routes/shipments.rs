@@ -16,7 +16,7 @@ use crate::fulfillment::CustomerConsent;
 use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, Peer};
 use crate::store::rows::{
-    ConsentHistory, Dispatch, DispatchOutcome, ShipToRow, ShipmentEntry, ShipmentStatus,
+    ConsentHistory, Dispatch, DispatchOutcome, OrderCheck, ShipToRow, ShipmentEntry, ShipmentStatus,
 };
 
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -299,23 +299,9 @@ pub async fn dispatch(
         }
         Err(error) => return store_problem(&error),
     };
-    if !check.is_some_and(|check| {
-        crate::intake::seal::order_row_verifies(
-            state.keyring.current().consent_tag_key(),
-            &order_id.to_string(),
-            &check.created_at,
-            &check.status,
-            &check.seal,
-            check.dispatch.as_ref(),
-        )
-    }) {
-        tracing::error!(order_id = %order_id, "an order row failed its MAC check: not dispatched");
-        return Problem::conflict(
-            "order-integrity",
-            "The order's stored row failed its integrity check: it cannot be dispatched",
-        )
-        .into_response();
-    }
+    let Some(check) = check.filter(|check| row_verifies(&state, order_id, check)) else {
+        return integrity_conflict(order_id);
+    };
     let wanted = Dispatch {
         carrier,
         tracking,
@@ -342,11 +328,23 @@ pub async fn dispatch(
         let peer = peer.clone();
         let route = route.clone();
         tokio::spawn(async move {
-            let outcome = state.store.dispatch(order_id, &new).await;
+            let outcome = state.store.dispatch(order_id, &check, &new).await;
+            // Facts of an earlier dispatch are believed only from a row
+            // that passes its check.
+            let outcome = match outcome {
+                Ok(DispatchOutcome::AlreadyDispatched(now))
+                    if !row_verifies(&state, order_id, &now) =>
+                {
+                    Ok(DispatchOutcome::Changed)
+                }
+                other => other,
+            };
             let shipped = match &outcome {
                 Ok(DispatchOutcome::Dispatched(_)) => true,
-                Ok(DispatchOutcome::AlreadyDispatched(d)) => {
-                    d.carrier == new.dispatch.carrier && d.tracking == new.dispatch.tracking
+                Ok(DispatchOutcome::AlreadyDispatched(now)) => {
+                    now.dispatch.as_ref().is_some_and(|d| {
+                        d.carrier == new.dispatch.carrier && d.tracking == new.dispatch.tracking
+                    })
                 }
                 _ => false,
             };
@@ -379,19 +377,20 @@ pub async fn dispatch(
     let (status, body) = match outcome {
         Err(error) => return store_problem(&error),
         Ok(DispatchOutcome::NotFound) => return Problem::not_found().into_response(),
+        Ok(DispatchOutcome::Changed) => return integrity_conflict(order_id),
         Ok(DispatchOutcome::Dispatched(d)) => (StatusCode::OK, d),
-        Ok(DispatchOutcome::AlreadyDispatched(d))
-            if d.carrier == wanted.carrier && d.tracking == wanted.tracking =>
-        {
-            (StatusCode::OK, d)
-        }
-        Ok(DispatchOutcome::AlreadyDispatched(_)) => {
-            return Problem::conflict(
-                "already-dispatched",
-                "The order was already dispatched with another carrier or tracking number",
-            )
-            .into_response();
-        }
+        Ok(DispatchOutcome::AlreadyDispatched(now)) => match now.dispatch {
+            Some(d) if d.carrier == wanted.carrier && d.tracking == wanted.tracking => {
+                (StatusCode::OK, d)
+            }
+            _ => {
+                return Problem::conflict(
+                    "already-dispatched",
+                    "The order was already dispatched with another carrier or tracking number",
+                )
+                .into_response();
+            }
+        },
         Ok(DispatchOutcome::NoShipTo) => {
             return Problem::conflict(
                 "ship-to-purged",
@@ -411,6 +410,31 @@ pub async fn dispatch(
         }),
     )
         .into_response()
+}
+
+/// Whether an order's row as read passes its integrity check: its MAC
+/// over the columns as stored, and dispatch facts that agree with its
+/// status (`intake::seal::order_row_verifies`).
+fn row_verifies(state: &AppState, order_id: Uuid, check: &OrderCheck) -> bool {
+    crate::intake::seal::order_row_verifies(
+        state.keyring.current().consent_tag_key(),
+        &order_id.to_string(),
+        &check.created_at,
+        &check.status,
+        &check.seal,
+        check.dispatch.as_ref(),
+    )
+}
+
+/// 409 `order-integrity`: the order's row was edited in the database; it is
+/// neither shipped nor described from that row.
+fn integrity_conflict(order_id: Uuid) -> Response {
+    tracing::error!(order_id = %order_id, "an order row failed its integrity check: not dispatched");
+    Problem::conflict(
+        "order-integrity",
+        "The order's stored row failed its integrity check: it cannot be dispatched",
+    )
+    .into_response()
 }
 
 /// `{carrier, tracking}`: both required, 1–64 characters, neither a card

@@ -278,10 +278,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<rows::ShipmentEntry>, StoreError>;
 
-    /// Marks an order dispatched, or reports what it already is.
+    /// Marks an order dispatched, or reports what it already is. One
+    /// conditional write: the order is dispatched only while its row is
+    /// still, column for column, the `checked` one (read by
+    /// [`Store::order_check`] and verified by the caller); a row edited
+    /// in between is [`rows::DispatchOutcome::Changed`], not shipped.
     async fn dispatch(
         &self,
         order_id: uuid::Uuid,
+        checked: &rows::OrderCheck,
         dispatch: &rows::NewDispatch,
     ) -> Result<rows::DispatchOutcome, StoreError>;
 

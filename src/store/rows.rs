@@ -176,7 +176,7 @@ pub struct OrderSummary {
 /// id and `created_at`, which the reader has), and its MACs: what a reader
 /// checks (`intake::seal::order_row_verifies`) before it serves the row's
 /// items, totals and dispatch facts as genuine. Nothing personal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderSeal {
     pub storefront_ref: Option<String>,
     pub currency: String,
@@ -194,8 +194,9 @@ pub struct OrderSeal {
 }
 
 /// An order row as [`OrderSeal`] and the order's own columns cover it
-/// (`Store::order_check`).
-#[derive(Debug, Clone)]
+/// (`Store::order_check`). A dispatch is written only while the row is
+/// still exactly the one checked (`Store::dispatch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderCheck {
     pub created_at: String,
     pub status: String,
@@ -307,11 +308,15 @@ pub struct NewDispatch {
 pub enum DispatchOutcome {
     /// Now dispatched with these facts.
     Dispatched(Dispatch),
-    /// Already dispatched, with these (possibly different) facts.
-    AlreadyDispatched(Dispatch),
+    /// Already dispatched: the row as read now, whose (possibly different)
+    /// facts are served only once it passes its integrity check.
+    AlreadyDispatched(Box<OrderCheck>),
     /// Not dispatched, and its shipping record is gone (purged): there is
     /// nowhere to send it.
     NoShipTo,
+    /// Not dispatched: the row is no longer the one checked (edited in the
+    /// database meanwhile, or no longer readable).
+    Changed,
     NotFound,
 }
 

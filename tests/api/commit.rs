@@ -372,6 +372,7 @@ async fn other_writes_take_turns_with_order_batches() {
             finished.lock().unwrap().push(name);
         }
     };
+    let checked = store.order_check(target_id).await.unwrap().unwrap();
     let dispatch = {
         let (store, finished) = (store.clone(), finished.clone());
         async move {
@@ -383,7 +384,7 @@ async fn other_writes_take_turns_with_order_batches() {
                 },
                 mac: [0; 32],
             };
-            let outcome = store.dispatch(target_id, &new).await.unwrap();
+            let outcome = store.dispatch(target_id, &checked, &new).await.unwrap();
             assert!(matches!(outcome, DispatchOutcome::Dispatched(_)));
             finished.lock().unwrap().push("dispatch");
         }

@@ -344,6 +344,69 @@ async fn an_order_row_edited_in_the_database_is_neither_shown_nor_shipped() {
     assert_eq!(r.status(), 200);
 }
 
+/// The dispatch writes only the row it checked: an order whose row is
+/// edited in the database after the route's integrity check and before
+/// its update (here the store is called with a check taken before the
+/// edit) is not dispatched, and the answer is 409 `order-integrity`.
+#[tokio::test]
+async fn a_row_edited_between_the_check_and_the_dispatch_is_not_shipped() {
+    use checkoutd::store::rows::{Dispatch, DispatchOutcome, NewDispatch};
+    let app = spawn_app().await;
+    let store = &app.state.store;
+    let new = NewDispatch {
+        dispatch: Dispatch {
+            carrier: "UPS".to_owned(),
+            tracking: "1Z999AA10123456784".to_owned(),
+            dispatched_at: "2026-12-01T08:00:00.000000Z".to_owned(),
+        },
+        mac: [7; 32],
+    };
+    let db = app.db().await;
+    let edits = [
+        "UPDATE orders SET items = replace(items, '\"quantity\":2', '\"quantity\":20') WHERE id = $1",
+        "UPDATE orders SET gift = 1 - gift WHERE id = $1",
+        "UPDATE orders SET total_minor = total_minor + 1 WHERE id = $1",
+        "UPDATE orders SET storefront_ref = 'elsewhere' WHERE id = $1",
+    ];
+    for (i, edit) in edits.into_iter().enumerate() {
+        let id = new_order(&app, &format!("cas-{i}"), &order_json()).await;
+        let uuid: uuid::Uuid = id.parse().unwrap();
+        let checked = store.order_check(uuid).await.unwrap().unwrap();
+        let edited = sqlx::query(edit).bind(&id).execute(&db).await.unwrap();
+        assert_eq!(edited.rows_affected(), 1, "{edit}");
+        let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
+        assert!(
+            matches!(outcome, DispatchOutcome::Changed),
+            "{edit}: {outcome:?}"
+        );
+        let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(status, "accepted", "{edit}");
+        // Through the API the edited row fails its check first.
+        let body = json!({"carrier": "UPS", "tracking": "1Z999AA10123456784"});
+        expect_integrity_conflict(app.dispatch(&id, &body).await).await;
+    }
+    // The row as checked is dispatched; a second call with the same check
+    // finds it dispatched, with the facts it holds.
+    let id = new_order(&app, "cas-untouched", &order_json()).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let checked = store.order_check(uuid).await.unwrap().unwrap();
+    let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
+    assert!(
+        matches!(outcome, DispatchOutcome::Dispatched(_)),
+        "{outcome:?}"
+    );
+    match store.dispatch(uuid, &checked, &new).await.unwrap() {
+        DispatchOutcome::AlreadyDispatched(now) => {
+            assert_eq!(now.dispatch.as_ref(), Some(&new.dispatch));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn pagination_covers_every_order_once() {
     let app = spawn_app().await;

@@ -244,12 +244,24 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Best effort: a drop refused (PostgreSQL answers 42501 when FORCE would
+/// have to end a backend of another role, such as autovacuum's) or cut off
+/// leaves the database to a later run ([`drop_leftover_databases`]) or to
+/// `.ci/run`; it fails no test and panics no thread.
 async fn drop_database(server: &str, name: &str) {
-    let admin = sqlx::PgPool::connect(server).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    let admin = match sqlx::PgPool::connect(server).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("test database {name} left for a later run: {error}");
+            return;
+        }
+    };
+    if let Err(error) = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&admin)
         .await
-        .unwrap();
+    {
+        eprintln!("test database {name} left for a later run: {error}");
+    }
     admin.close().await;
 }
 

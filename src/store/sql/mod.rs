@@ -393,13 +393,7 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(OrderCheck {
-            created_at: row.try_get("created_at").map_err(StoreError::from_sqlx)?,
-            status: row.try_get("status").map_err(StoreError::from_sqlx)?,
-            seal: order_seal(&row)?,
-            dispatch: dispatch_of(&row)?,
-        }))
+        row.as_ref().map(order_check_of).transpose()
     }
 
     async fn order_summary(
@@ -482,10 +476,19 @@ impl Store for SqlStore {
     async fn dispatch(
         &self,
         order_id: Uuid,
+        checked: &OrderCheck,
         new: &super::rows::NewDispatch,
     ) -> Result<DispatchOutcome, StoreError> {
         // One conditional update decides: of two concurrent dispatches (in
-        // any process) exactly one finds the order still 'accepted'.
+        // any process) exactly one finds the order still 'accepted'. It is
+        // also a compare-and-swap on every column the caller checked: a
+        // row edited between the check and this update (items, gift flag,
+        // its tag, a dispatch fact) matches no longer and is not shipped.
+        // (PostgreSQL re-evaluates the condition on the row's newest
+        // version when it waits for a concurrent writer of it.)
+        if checked.status != "accepted" || checked.seal.any_dispatch_fact {
+            return self.not_dispatched(order_id, checked).await;
+        }
         let gate = self.writer.pass().await;
         // An order whose ship-to was purged has nowhere to go: its shipping
         // record, and for a gift the recipient's record, must be there.
@@ -504,10 +507,15 @@ impl Store for SqlStore {
             Engine::Postgres => " FOR KEY SHARE",
             Engine::Sqlite => "",
         };
+        let seal = &checked.seal;
         let updated = sqlx::query(&format!(
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
               WHERE id = $1 AND status = 'accepted' AND dispatch_mac IS NULL
+                AND carrier IS NULL AND tracking IS NULL AND dispatched_at IS NULL
+                AND created_at = $6 AND storefront_ref IS NOT DISTINCT FROM $7 AND currency = $8
+                AND items = $9 AND total_minor = $10 AND gift = $11 AND consent_tag_id = $12
+                AND client_fingerprint = $13 AND mac = $14
                 AND (gift = 0 OR EXISTS (SELECT 1 FROM gift_recipients g WHERE g.order_id = $1))
                 AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1{lock})"
         ))
@@ -516,6 +524,15 @@ impl Store for SqlStore {
         .bind(&new.dispatch.tracking)
         .bind(&new.dispatch.dispatched_at)
         .bind(new.mac.as_slice())
+        .bind(&checked.created_at)
+        .bind(seal.storefront_ref.as_deref())
+        .bind(&seal.currency)
+        .bind(&seal.items_json)
+        .bind(seal.total_minor)
+        .bind(i64::from(seal.gift))
+        .bind(&seal.consent_tag_id)
+        .bind(seal.client_fingerprint.as_slice())
+        .bind(seal.mac.as_slice())
         .execute(&self.writer.pool)
         .await
         .map_err(StoreError::from_sqlx)?
@@ -524,25 +541,7 @@ impl Store for SqlStore {
         if updated == 1 {
             return Ok(DispatchOutcome::Dispatched(new.dispatch.clone()));
         }
-        let row = sqlx::query(
-            "SELECT status, carrier, tracking, dispatched_at FROM orders WHERE id = $1",
-        )
-        .bind(order_id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        match row {
-            None => Ok(DispatchOutcome::NotFound),
-            Some(row) => {
-                let status: String = row.try_get("status").map_err(StoreError::from_sqlx)?;
-                match dispatch_of(&row)? {
-                    Some(done) => Ok(DispatchOutcome::AlreadyDispatched(done)),
-                    // Still accepted, so the ship-to was missing.
-                    None if status == "accepted" => Ok(DispatchOutcome::NoShipTo),
-                    None => Err(StoreError::Corrupt("orders: not accepted, but no dispatch")),
-                }
-            }
-        }
+        self.not_dispatched(order_id, checked).await
     }
 
     async fn append_access_log(
@@ -965,6 +964,15 @@ fn order_seal(row: &AnyRow) -> Result<OrderSeal, StoreError> {
     })
 }
 
+fn order_check_of(row: &AnyRow) -> Result<OrderCheck, StoreError> {
+    Ok(OrderCheck {
+        created_at: row.try_get("created_at").map_err(StoreError::from_sqlx)?,
+        status: row.try_get("status").map_err(StoreError::from_sqlx)?,
+        seal: order_seal(row)?,
+        dispatch: dispatch_of(row)?,
+    })
+}
+
 fn dispatch_of(row: &AnyRow) -> Result<Option<Dispatch>, StoreError> {
     let get = |name: &'static str| {
         row.try_get::<Option<String>, _>(name)
@@ -1064,6 +1072,33 @@ fn is_decode(error: &sqlx::Error) -> bool {
 }
 
 impl SqlStore {
+    /// Why a dispatch of an order checked as `checked` wrote nothing: the
+    /// row as it reads now.
+    async fn not_dispatched(
+        &self,
+        order_id: Uuid,
+        checked: &OrderCheck,
+    ) -> Result<DispatchOutcome, StoreError> {
+        let now = match self.order_check(order_id).await {
+            Ok(None) => return Ok(DispatchOutcome::NotFound),
+            Ok(Some(now)) => now,
+            Err(error) if error.is_unreadable_row() => return Ok(DispatchOutcome::Changed),
+            Err(error) => return Err(error),
+        };
+        Ok(if now.dispatch.is_some() {
+            DispatchOutcome::AlreadyDispatched(Box::new(now))
+        } else if now != *checked {
+            DispatchOutcome::Changed
+        } else if now.status == "accepted" && !now.seal.any_dispatch_fact {
+            // Still the row checked, so the ship-to was missing.
+            DispatchOutcome::NoShipTo
+        } else {
+            // Not accepted, yet no complete dispatch: the caller's check
+            // refuses such a row before it gets here.
+            DispatchOutcome::Changed
+        })
+    }
+
     /// The shipments page read again one order at a time, after the whole
     /// page failed to decode: the order that does not read is a damaged
     /// entry (named by its id if that reads), the others are listed, and
