@@ -514,6 +514,27 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
             .await
             .unwrap();
         assert_eq!(count(&app, "consent_tags").await, tags);
+        // Every checking function (references, retired KEKs — the latter
+        // redefined by 0018, which replaces a function's settings) runs
+        // with its search path pinned to checkoutd's schema.
+        let unpinned: Vec<String> = sqlx::query_scalar(
+            "SELECT proname::text FROM pg_proc
+              WHERE proname IN ('refuse_tags_without_order', 'refuse_records_without_own_tag',
+                                'refuse_retired_kek_rows', 'refuse_retired_reference_kek_rows')
+                AND NOT EXISTS (SELECT 1 FROM unnest(proconfig) c
+                                WHERE c = 'search_path=' || quote_ident(current_schema()) || ', pg_temp')",
+        )
+        .fetch_all(&mut *session)
+        .await
+        .unwrap();
+        assert!(unpinned.is_empty(), "search path not pinned: {unpinned:?}");
+        let functions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_proc WHERE proname IN ('refuse_retired_kek_rows', 'refuse_retired_reference_kek_rows')",
+        )
+        .fetch_one(&mut *session)
+        .await
+        .unwrap();
+        assert_eq!(functions, 2);
     }
 }
 
