@@ -535,6 +535,30 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
         .await
         .unwrap();
         assert_eq!(functions, 2);
+        // Every indexed text column compares byte by byte (0019), and the
+        // guards whose triggers name such a column were made again.
+        let linguistic: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT c.relname || '.' || a.attname
+               FROM pg_index i
+               JOIN pg_class c ON c.oid = i.indrelid
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+              WHERE c.relnamespace = current_schema()::regnamespace
+                AND c.relname <> '_sqlx_migrations'
+                AND a.atttypid = 'text'::regtype AND a.attcollation <> '\"C\"'::regcollation",
+        )
+        .fetch_all(&mut *session)
+        .await
+        .unwrap();
+        assert!(linguistic.is_empty(), "not COLLATE \"C\": {linguistic:?}");
+        let guards: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_trigger WHERE tgenabled = 'O' AND tgname IN
+                ('orders_id_never_changes', 'consent_tags_keys_never_change',
+                 'orders_dispatch_never_undone', 'consent_events_no_update')",
+        )
+        .fetch_one(&mut *session)
+        .await
+        .unwrap();
+        assert_eq!(guards, 4);
     }
 }
 
