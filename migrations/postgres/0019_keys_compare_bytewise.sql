@@ -16,23 +16,35 @@
 -- - Speed. Every comparison in these indexes (each order inserts into
 --   about a dozen, and the reference checks of 0011 probe five more) went
 --   through the C library's `strcoll` with both strings copied first;
---   "C" is a `memcmp`. Measured with the load benchmark: about a tenth
---   less CPU per order on the whole machine (docs/performance.md).
+--   "C" is a `memcmp`. Measured with the load benchmark: ≈ 7 % less
+--   PostgreSQL CPU per order (docs/performance.md, nineteenth session).
 --
--- A column compared with one of another (default) collation takes this
--- one: an explicit column collation outranks the default, so no query
+-- A column compared with one of the database's default collation takes
+-- this one (a column's own collation outranks the default), so no query
 -- changes. Triggers that name one of these columns (`UPDATE OF …`,
 -- `WHEN (…)`) would block the change; they are dropped and made again from
--- their own definitions, in this transaction, switched off again if they
--- were off.
+-- their own definitions, in this transaction, in the state they were in
+-- (switched off, or firing on a replica only or always).
+--
+-- Upgrading: the migration rebuilds the text indexes of these tables under
+-- an exclusive lock (reads wait too), and the statements that processes
+-- still running have prepared stop matching the tables (PostgreSQL answers
+-- "cached plan must not change result type" until their connections are
+-- replaced). Stop every checkoutd process first, then run
+-- `checkoutd migrate` or start the new version (README, "PostgreSQL").
+-- The tables are locked first, all in one fixed order, so that a writer
+-- still running cannot deadlock with the migration halfway.
 
 DO $$
 DECLARE
     t record;
     definitions text[] := '{}';
-    disabled text[] := '{}';
+    states text[] := '{}';
     def text;
 BEGIN
+    LOCK TABLE orders, consent_tags, billing_details, shipping_details, gift_recipients,
+               payment_cards, contact_emails, idempotency_keys, consent_events, purges,
+               kek_retirements IN ACCESS EXCLUSIVE MODE;
     FOR t IN
         SELECT DISTINCT tg.oid, tg.tgname, tg.tgrelid::regclass AS rel, tg.tgenabled,
                pg_get_triggerdef(tg.oid) AS def
@@ -48,8 +60,11 @@ BEGIN
                               'kek_retirements'::regclass)
     LOOP
         definitions := definitions || t.def;
-        IF t.tgenabled = 'D' THEN
-            disabled := disabled || format('ALTER TABLE %s DISABLE TRIGGER %I', t.rel, t.tgname);
+        IF t.tgenabled <> 'O' THEN
+            states := states || format('ALTER TABLE %s %s TRIGGER %I', t.rel,
+                CASE t.tgenabled WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                                 ELSE 'ENABLE ALWAYS' END,
+                t.tgname);
         END IF;
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
     END LOOP;
@@ -75,7 +90,7 @@ BEGIN
                        ALTER COLUMN class TYPE text COLLATE "C";
     ALTER TABLE kek_retirements ALTER COLUMN class TYPE text COLLATE "C";
 
-    FOREACH def IN ARRAY definitions || disabled LOOP
+    FOREACH def IN ARRAY definitions || states LOOP
         EXECUTE def;
     END LOOP;
 END $$;

@@ -14,6 +14,7 @@ mod marketing;
 pub mod openapi;
 mod orders;
 mod shipments;
+pub use shipments::believed_dispatch;
 
 use std::sync::Arc;
 use std::time::Duration;

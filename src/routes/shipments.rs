@@ -328,17 +328,11 @@ pub async fn dispatch(
         let peer = peer.clone();
         let route = route.clone();
         tokio::spawn(async move {
-            let outcome = state.store.dispatch(order_id, &check, &new).await;
-            // Facts of an earlier dispatch are believed only from a row
-            // that passes its check.
-            let outcome = match outcome {
-                Ok(DispatchOutcome::AlreadyDispatched(now))
-                    if !row_verifies(&state, order_id, &now) =>
-                {
-                    Ok(DispatchOutcome::Changed)
-                }
-                other => other,
-            };
+            let outcome = state
+                .store
+                .dispatch(order_id, &check, &new)
+                .await
+                .map(|outcome| believed_dispatch(&state, order_id, outcome));
             let shipped = match &outcome {
                 Ok(DispatchOutcome::Dispatched(_)) => true,
                 Ok(DispatchOutcome::AlreadyDispatched(now)) => {
@@ -424,6 +418,22 @@ fn row_verifies(state: &AppState, order_id: Uuid, check: &OrderCheck) -> bool {
         &check.seal,
         check.dispatch.as_ref(),
     )
+}
+
+/// A dispatch's outcome as the route believes it: the facts of an earlier
+/// dispatch (read from the row after the update wrote nothing) only from a
+/// row that passes its integrity check; any other such row changed.
+pub fn believed_dispatch(
+    state: &AppState,
+    order_id: Uuid,
+    outcome: DispatchOutcome,
+) -> DispatchOutcome {
+    match outcome {
+        DispatchOutcome::AlreadyDispatched(now) if !row_verifies(state, order_id, &now) => {
+            DispatchOutcome::Changed
+        }
+        other => other,
+    }
 }
 
 /// 409 `order-integrity`: the order's row was edited in the database; it is

@@ -347,7 +347,9 @@ async fn an_order_row_edited_in_the_database_is_neither_shown_nor_shipped() {
 /// The dispatch writes only the row it checked: an order whose row is
 /// edited in the database after the route's integrity check and before
 /// its update (here the store is called with a check taken before the
-/// edit) is not dispatched, and the answer is 409 `order-integrity`.
+/// edit) is not dispatched, whichever covered column the edit touched,
+/// and the answer is 409 `order-integrity`. An earlier dispatch's facts
+/// are believed only from a row that verifies.
 #[tokio::test]
 async fn a_row_edited_between_the_check_and_the_dispatch_is_not_shipped() {
     use checkoutd::store::rows::{Dispatch, DispatchOutcome, NewDispatch};
@@ -362,14 +364,58 @@ async fn a_row_edited_between_the_check_and_the_dispatch_is_not_shipped() {
         mac: [7; 32],
     };
     let db = app.db().await;
-    let edits = [
-        "UPDATE orders SET items = replace(items, '\"quantity\":2', '\"quantity\":20') WHERE id = $1",
-        "UPDATE orders SET gift = 1 - gift WHERE id = $1",
-        "UPDATE orders SET total_minor = total_minor + 1 WHERE id = $1",
-        "UPDATE orders SET storefront_ref = 'elsewhere' WHERE id = $1",
+    let mut without_ref = order_json();
+    without_ref
+        .as_object_mut()
+        .unwrap()
+        .remove("storefront_order_ref");
+    let gift = gift_order();
+    let plain = order_json();
+    let edits: [(&str, &Value); 12] = [
+        (
+            "UPDATE orders SET items = replace(items, '\"quantity\":2', '\"quantity\":20') WHERE id = $1",
+            &plain,
+        ),
+        // A gift order turned into an ordinary one: shipped to the
+        // customer instead of the recipient.
+        ("UPDATE orders SET gift = 0 WHERE id = $1", &gift),
+        (
+            "UPDATE orders SET total_minor = total_minor + 1 WHERE id = $1",
+            &plain,
+        ),
+        (
+            "UPDATE orders SET storefront_ref = 'elsewhere' WHERE id = $1",
+            &plain,
+        ),
+        (
+            "UPDATE orders SET storefront_ref = NULL WHERE id = $1",
+            &plain,
+        ),
+        (
+            "UPDATE orders SET storefront_ref = 'elsewhere' WHERE id = $1",
+            &without_ref,
+        ),
+        ("UPDATE orders SET currency = 'XTS' WHERE id = $1", &plain),
+        (
+            "UPDATE orders SET consent_tag_id = (SELECT t.id FROM consent_tags t WHERE t.id <> orders.consent_tag_id LIMIT 1) WHERE id = $1",
+            &plain,
+        ),
+        (
+            "UPDATE orders SET client_fingerprint = mac WHERE id = $1",
+            &plain,
+        ),
+        (
+            "UPDATE orders SET mac = client_fingerprint WHERE id = $1",
+            &plain,
+        ),
+        (
+            "UPDATE orders SET created_at = replace(created_at, '20', '19') WHERE id = $1",
+            &plain,
+        ),
+        ("UPDATE orders SET tracking = 'EARLY' WHERE id = $1", &plain),
     ];
-    for (i, edit) in edits.into_iter().enumerate() {
-        let id = new_order(&app, &format!("cas-{i}"), &order_json()).await;
+    for (i, (edit, body)) in edits.into_iter().enumerate() {
+        let id = new_order(&app, &format!("cas-{i}"), body).await;
         let uuid: uuid::Uuid = id.parse().unwrap();
         let checked = store.order_check(uuid).await.unwrap().unwrap();
         let edited = sqlx::query(edit).bind(&id).execute(&db).await.unwrap();
@@ -389,22 +435,60 @@ async fn a_row_edited_between_the_check_and_the_dispatch_is_not_shipped() {
         let body = json!({"carrier": "UPS", "tracking": "1Z999AA10123456784"});
         expect_integrity_conflict(app.dispatch(&id, &body).await).await;
     }
-    // The row as checked is dispatched; a second call with the same check
-    // finds it dispatched, with the facts it holds.
-    let id = new_order(&app, "cas-untouched", &order_json()).await;
+
+    // Rows as checked are dispatched, with or without a storefront
+    // reference, gift or not.
+    for (name, body) in [("plain", &plain), ("no-ref", &without_ref), ("gift", &gift)] {
+        let id = new_order(&app, &format!("cas-{name}"), body).await;
+        let uuid: uuid::Uuid = id.parse().unwrap();
+        let checked = store.order_check(uuid).await.unwrap().unwrap();
+        let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
+        assert!(
+            matches!(outcome, DispatchOutcome::Dispatched(_)),
+            "{name}: {outcome:?}"
+        );
+    }
+
+    // A second dispatch with the same (now stale) check finds the order
+    // dispatched; its facts are believed while the row verifies, and not
+    // once they were edited.
+    let body = json!({"carrier": "UPS", "tracking": "1Z999AA10123456784"});
+    let id = new_order(&app, "cas-twice", &plain).await;
     let uuid: uuid::Uuid = id.parse().unwrap();
     let checked = store.order_check(uuid).await.unwrap().unwrap();
+    assert_eq!(app.dispatch(&id, &body).await.status(), 200);
     let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
-    assert!(
-        matches!(outcome, DispatchOutcome::Dispatched(_)),
-        "{outcome:?}"
-    );
-    match store.dispatch(uuid, &checked, &new).await.unwrap() {
+    match checkoutd::routes::believed_dispatch(&app.state, uuid, outcome) {
         DispatchOutcome::AlreadyDispatched(now) => {
-            assert_eq!(now.dispatch.as_ref(), Some(&new.dispatch));
+            assert_eq!(now.dispatch.unwrap().tracking, "1Z999AA10123456784");
         }
         other => panic!("{other:?}"),
     }
+    app.unguard("orders").await;
+    sqlx::query("UPDATE orders SET tracking = 'REDIRECTED' WHERE id = $1")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
+    assert!(
+        matches!(outcome, DispatchOutcome::AlreadyDispatched(_)),
+        "{outcome:?}"
+    );
+    let believed = checkoutd::routes::believed_dispatch(&app.state, uuid, outcome);
+    assert!(matches!(believed, DispatchOutcome::Changed), "{believed:?}");
+
+    // A purged ship-to is named as such, not as a changed row.
+    let id = new_order(&app, "cas-purged", &plain).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let checked = store.order_check(uuid).await.unwrap().unwrap();
+    sqlx::query("DELETE FROM shipping_details WHERE order_id = $1")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
+    assert!(matches!(outcome, DispatchOutcome::NoShipTo), "{outcome:?}");
 }
 
 #[tokio::test]

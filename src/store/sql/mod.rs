@@ -1090,8 +1090,25 @@ impl SqlStore {
         } else if now != *checked {
             DispatchOutcome::Changed
         } else if now.status == "accepted" && !now.seal.any_dispatch_fact {
-            // Still the row checked, so the ship-to was missing.
-            DispatchOutcome::NoShipTo
+            // Still the row checked: the ship-to is missing — or it is
+            // there, and the row changed and came back, or holds a value
+            // the update's comparison does not take (a gift flag other
+            // than 0 or 1 where its CHECK was switched off).
+            let ship_to: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM orders o
+                  WHERE o.id = $1
+                    AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = o.id)
+                    AND (o.gift = 0 OR EXISTS (SELECT 1 FROM gift_recipients g WHERE g.order_id = o.id))",
+            )
+            .bind(order_id.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            if ship_to == 0 {
+                DispatchOutcome::NoShipTo
+            } else {
+                DispatchOutcome::Changed
+            }
         } else {
             // Not accepted, yet no complete dispatch: the caller's check
             // refuses such a row before it gets here.
