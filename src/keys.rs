@@ -302,20 +302,7 @@ pub async fn rotate(
         Outcome::Allowed,
     )
     .await?;
-    if let Err(error) = keyring.save(path, master) {
-        let logged = log_operation(
-            store,
-            &keyring,
-            "keys rotate".into(),
-            made.clone(),
-            Outcome::Denied,
-        )
-        .await;
-        if let Err(log_error) = logged {
-            tracing::error!(error = %log_error, "the failed rotation could not be logged as such");
-        }
-        return Err(error.into());
-    }
+    save_or_log_denied(store, &keyring, path, master, "keys rotate", &made).await?;
     // Tell the database too: from now on it refuses records sealed under a
     // retired version (a server still holding the old keyring fails closed).
     let retired: Vec<(DataClass, u32)> = keyring
@@ -452,6 +439,11 @@ pub async fn rewrap(
                 let lock = lock_keyring(path)?;
                 let keyring = Keyring::load(path, master)?;
                 let active = keyring.sealing_kek(*class)?;
+                // A stale copy of the keyring (another host rotated since)
+                // would re-wrap to a version the database has retired.
+                if store.kek_retired(*class, active.version).await? {
+                    return Err(KeysError::Refused(behind_refusal(*class, "then rewrap")));
+                }
                 let items = store
                     .envelopes_to_rewrap(*class, active.version, batch)
                     .await?;
@@ -572,13 +564,41 @@ pub async fn destroy(
         store,
         &keyring,
         "keys destroy".into(),
-        vec![name],
+        vec![name.clone()],
         Outcome::Allowed,
     )
     .await?;
     keyring.destroy(class, version)?;
-    keyring.save(path, master)?;
-    Ok(())
+    save_or_log_denied(store, &keyring, path, master, "keys destroy", &[name]).await
+}
+
+/// Saves a keyring whose change (`action` on `objects`) was logged allowed
+/// before it; a save that fails is logged again, denied: the change never
+/// reached the file (the key a destruction named is still there, the
+/// versions a rotation named were never made), which the log then says.
+async fn save_or_log_denied(
+    store: &dyn Store,
+    keyring: &Keyring,
+    path: &Path,
+    master: &MasterKey,
+    action: &str,
+    objects: &[String],
+) -> Result<(), KeysError> {
+    let Err(error) = keyring.save(path, master) else {
+        return Ok(());
+    };
+    let logged = log_operation(
+        store,
+        keyring,
+        action.into(),
+        objects.to_vec(),
+        Outcome::Denied,
+    )
+    .await;
+    if let Err(log_error) = logged {
+        tracing::error!(error = %log_error, action, "a keyring change that failed to save could not be logged as such");
+    }
+    Err(error.into())
 }
 
 /// `keys init`: a fresh keyring sealed under a fresh master key, split into
@@ -632,7 +652,7 @@ pub async fn init(
             return Err(KeyringError::from(error).into());
         }
     };
-    log_operation(
+    let logged = log_operation(
         store,
         &keyring,
         "keys init".into(),
@@ -642,7 +662,21 @@ pub async fn init(
         ],
         Outcome::Allowed,
     )
-    .await?;
+    .await;
+    if let Err(error) = logged {
+        // A keyring the log does not record is not made: it goes, with
+        // its shares (nothing was sealed under it yet), and `keys init`
+        // can simply be run again. Unless the append may have committed
+        // (the connection broke mid-statement): the log may then name it,
+        // and it stays where the error message's paths say.
+        if !error.outcome_unknown() {
+            let _ = std::fs::remove_file(path);
+            for share in &paths {
+                let _ = std::fs::remove_file(share);
+            }
+        }
+        return Err(error.into());
+    }
     Ok(paths)
 }
 

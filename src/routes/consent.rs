@@ -385,7 +385,7 @@ pub async fn unsubscribe(
         .withdraw(state.store.as_ref(), &withdrawal)
         .await
     {
-        tracing::error!(error = ?e, "recording an online opt-out failed");
+        tracing::error!(error = %e, "recording an online opt-out failed");
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Please try again",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use checkoutd::crypto::DataClass;
 use checkoutd::server::identity::Role;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_succeeded, spawn_app};
 use crate::orders::order_json;
@@ -1105,4 +1105,151 @@ async fn a_rewrap_that_fails_part_way_is_still_logged() {
         "{:#}",
         rewraps[0]
     );
+}
+
+/// A directory nothing can create files in until the guard is dropped:
+/// mode 0500, or — for root, whom modes do not stop — the immutable
+/// attribute (`chattr +i`, ext4 and most disk filesystems).
+struct Unwritable(std::path::PathBuf);
+
+impl Unwritable {
+    fn new(dir: &std::path::Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let writable = || {
+            let probe = dir.join(".probe");
+            let made = std::fs::write(&probe, b"").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            made
+        };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+        if writable() {
+            let _ = Command::new("chattr").arg("+i").arg(dir).output();
+        }
+        assert!(
+            !writable(),
+            "{} stays writable (root on a filesystem without `chattr +i`?): run the tests as \
+             a normal user, or with the temporary directory on ext4",
+            dir.display()
+        );
+        Unwritable(dir.to_owned())
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).output();
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
+/// A destruction (or a rotation) logged before its keyring is saved, whose
+/// save then fails, is logged again as denied: the log never shows a key
+/// destroyed that is still in the file, or versions made that never were.
+#[tokio::test]
+async fn a_keyring_change_that_cannot_be_saved_is_logged_denied() {
+    let app = spawn_app().await;
+    // card/v1 retired and wrapping nothing.
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let copy = copy_of_the_keyring(&app, "read-only-host");
+    std::fs::write(copy.join("keyring.lock"), b"").unwrap();
+    let before = std::fs::read(copy.join("keyring.json")).unwrap();
+    let run = |args: &[&str]| {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &copy)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let entries = |action: &'static str| {
+        let app = &app;
+        async move {
+            app.access_log_entries()
+                .await
+                .into_iter()
+                .filter(|e| e["action"] == action)
+                .map(|e| {
+                    (
+                        e["outcome"].as_str().unwrap().to_owned(),
+                        e["objects"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    {
+        let _guard = Unwritable::new(&copy);
+        let out = run(&["keys", "destroy", "--class", "card", "--version", "1"]);
+        assert!(
+            !out.status.success(),
+            "the destruction was not saved, yet succeeded"
+        );
+        let out = run(&["keys", "rotate", "--class", "billing"]);
+        assert!(
+            !out.status.success(),
+            "the rotation was not saved, yet succeeded"
+        );
+    }
+    assert_eq!(std::fs::read(copy.join("keyring.json")).unwrap(), before);
+    let destroyed = entries("keys destroy").await;
+    let outcomes: Vec<&str> = destroyed.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(outcomes, ["allowed", "denied"], "{destroyed:?}");
+    assert_eq!(destroyed[1].1, json!(["card/v1"]), "{destroyed:?}");
+    let rotated: Vec<String> = entries("keys rotate")
+        .await
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    // The setup's rotation, then the failed one: allowed, then denied.
+    assert_eq!(rotated, ["allowed", "allowed", "denied"]);
+    // The key is still there: with the directory writable again, the same
+    // destruction goes through.
+    let out = run(&["keys", "destroy", "--class", "card", "--version", "1"]);
+    assert_succeeded(&out);
+}
+
+/// A stale copy of the keyring does not re-wrap either: its active version
+/// is one the database has retired (another host rotated since), and the
+/// records would be moved under it.
+#[tokio::test]
+async fn a_stale_copy_of_the_keyring_cannot_rewrap() {
+    let app = spawn_app().await;
+    order(&app, "stale-rewrap").await;
+    let data = app.dir.path().join("data");
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let other = copy_of_the_keyring(&app, "other-host");
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let rewrap = || {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &other)
+            .args(["keys", "rewrap", "--class", "card"])
+            .output()
+            .unwrap()
+    };
+    let db = app.db().await;
+    let versions = || {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT DISTINCT kek_version FROM payment_cards")
+                .fetch_all(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(versions().await, [1]);
+    let out = rewrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a stale keyring re-wrapped: {stderr}"
+    );
+    assert!(stderr.contains("install the newest keyring"), "{stderr}");
+    assert_eq!(
+        versions().await,
+        [1],
+        "records moved under a retired version"
+    );
+    std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
+    assert_succeeded(&rewrap());
+    assert_eq!(versions().await, [3]);
 }
