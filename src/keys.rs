@@ -484,13 +484,18 @@ pub async fn rewrap(
         Ok(())
     }
     .await;
-    // What was re-wrapped is logged, also when a later batch failed.
+    // What was re-wrapped is logged, also when a later batch failed; a
+    // run refused (a keyring behind the database) is logged denied.
+    let outcome = match &result {
+        Err(KeysError::Refused(_)) => Outcome::Denied,
+        _ => Outcome::Allowed,
+    };
     log_operation(
         store,
         &Keyring::load(path, master)?,
         "keys rewrap".into(),
         vec![format!("records:{done}")],
-        Outcome::Allowed,
+        outcome,
     )
     .await?;
     result.map(|()| done)
@@ -668,8 +673,15 @@ pub async fn init(
         // its shares (nothing was sealed under it yet), and `keys init`
         // can simply be run again. Unless the append may have committed
         // (the connection broke mid-statement): the log may then name it,
-        // and it stays where the error message's paths say.
-        if !error.outcome_unknown() {
+        // so it stays, and its files are named here.
+        if error.outcome_unknown() {
+            let shares: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            tracing::error!(
+                keyring = %path.display(),
+                shares = %shares.join(", "),
+                "keys init: the database may or may not have logged the new keyring; it and its shares are kept"
+            );
+        } else {
             let _ = std::fs::remove_file(path);
             for share in &paths {
                 let _ = std::fs::remove_file(share);

@@ -1323,7 +1323,7 @@ async fn build_database(dir: &Path) -> (checkoutd::store::sql::SqlStore, Keyring
                 &dispatch.dispatched_at,
             )]);
     let checked = store.order_check(ids[0]).await.unwrap().unwrap();
-    store
+    let outcome = store
         .dispatch(
             ids[0],
             &checked,
@@ -1331,6 +1331,13 @@ async fn build_database(dir: &Path) -> (checkoutd::store::sql::SqlStore, Keyring
         )
         .await
         .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            checkoutd::store::rows::DispatchOutcome::Dispatched(_)
+        ),
+        "the seed's first order was not dispatched: {outcome:?}"
+    );
     // Purge the Amex order's card (crypto-shredding).
     checkoutd::retention::purge_order(
         &store,

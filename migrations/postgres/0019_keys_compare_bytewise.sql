@@ -32,8 +32,10 @@
 -- "cached plan must not change result type" until their connections are
 -- replaced). Stop every checkoutd process first, then run
 -- `checkoutd migrate` or start the new version (README, "PostgreSQL").
--- The tables are locked first, all in one fixed order, so that a writer
--- still running cannot deadlock with the migration halfway.
+-- The tables are locked first, in the order the order writer's statement
+-- takes them (its claim, then the orders' tables), so that the busiest
+-- writer, if one is still running, waits for the migration instead of
+-- deadlocking with it halfway (other writers could still: stop them).
 
 DO $$
 DECLARE
@@ -42,8 +44,8 @@ DECLARE
     states text[] := '{}';
     def text;
 BEGIN
-    LOCK TABLE orders, consent_tags, billing_details, shipping_details, gift_recipients,
-               payment_cards, contact_emails, idempotency_keys, consent_events, purges,
+    LOCK TABLE idempotency_keys, orders, consent_tags, billing_details, shipping_details,
+               gift_recipients, contact_emails, payment_cards, consent_events, purges,
                kek_retirements IN ACCESS EXCLUSIVE MODE;
     FOR t IN
         SELECT DISTINCT tg.oid, tg.tgname, tg.tgrelid::regclass AS rel, tg.tgenabled,

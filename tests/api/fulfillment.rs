@@ -478,6 +478,35 @@ async fn a_row_edited_between_the_check_and_the_dispatch_is_not_shipped() {
     let believed = checkoutd::routes::believed_dispatch(&app.state, uuid, outcome);
     assert!(matches!(believed, DispatchOutcome::Changed), "{believed:?}");
 
+    // A gift flag outside 0/1 (its CHECK switched off by the table's
+    // owner) reads as a gift, so the row verifies, but the update's
+    // comparison does not take it: the row is named changed, not its
+    // ship-to purged — the recipient's record is there.
+    let id = new_order(&app, "cas-gift-2", &gift).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    if app.database.is_postgres() {
+        sqlx::query("ALTER TABLE orders DROP CONSTRAINT orders_gift_check")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("PRAGMA ignore_check_constraints = ON")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE orders SET gift = 2 WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let checked = store.order_check(uuid).await.unwrap().unwrap();
+    assert!(checked.seal.gift);
+    let outcome = store.dispatch(uuid, &checked, &new).await.unwrap();
+    assert!(matches!(outcome, DispatchOutcome::Changed), "{outcome:?}");
+
     // A purged ship-to is named as such, not as a changed row.
     let id = new_order(&app, "cas-purged", &plain).await;
     let uuid: uuid::Uuid = id.parse().unwrap();

@@ -1249,6 +1249,10 @@ async fn a_stale_copy_of_the_keyring_cannot_rewrap() {
         [1],
         "records moved under a retired version"
     );
+    assert!(
+        logged_denied(&app, "keys rewrap").await,
+        "the refused re-wrap is not in the access log as denied"
+    );
     std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
     assert_succeeded(&rewrap());
     assert_eq!(versions().await, [3]);

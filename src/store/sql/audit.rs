@@ -1178,15 +1178,23 @@ pub async fn apply_rewrap(
         } else {
             ("kek_version", "wrapped_dek")
         };
-        // `item.table` is one of our fixed table names (class_tables).
+        let Some(class) = table_class(&item.table) else {
+            return Err(StoreError::Corrupt("unknown re-wrap table"));
+        };
+        // `item.table` is one of our fixed table names (class_tables). Never
+        // to a version the database has retired meanwhile (a rotation by
+        // another copy of the keyring): the row is left as it is, and the
+        // next batch's check refuses the stale keyring.
         let r = sqlx::query(&format!(
-            "UPDATE {} SET {kek} = $1, {dek} = $2 WHERE id = $3 AND {kek} = $4",
+            "UPDATE {} SET {kek} = $1, {dek} = $2 WHERE id = $3 AND {kek} = $4
+                AND NOT EXISTS (SELECT 1 FROM kek_retirements r WHERE r.class = $5 AND r.version = $1)",
             item.table
         ))
         .bind(i64::from(*new_version))
         .bind(wrapped)
         .bind(&item.id)
         .bind(i64::from(item.envelope.kek_version))
+        .bind(class)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -1194,6 +1202,19 @@ pub async fn apply_rewrap(
     }
     tx.commit().await.map_err(err)?;
     Ok(changed)
+}
+
+/// The data class whose KEK versions a sealed table's re-wrapped column
+/// names (the withdrawal ledger's reference is sealed as contact data).
+fn table_class(table: &str) -> Option<&'static str> {
+    Some(match table {
+        "payment_cards" => "card",
+        "billing_details" => "billing",
+        "shipping_details" => "shipping",
+        "gift_recipients" => "recipient",
+        "contact_emails" | "consent_events" => "contact",
+        _ => return None,
+    })
 }
 
 // ---- purges ----
