@@ -1178,7 +1178,7 @@ pub async fn apply_rewrap(
         } else {
             ("kek_version", "wrapped_dek")
         };
-        let Some(class) = table_class(&item.table) else {
+        let Some(class) = table_class(item.table) else {
             return Err(StoreError::Corrupt("unknown re-wrap table"));
         };
         // `item.table` is one of our fixed table names (class_tables). Never
