@@ -1253,6 +1253,21 @@ async fn a_stale_copy_of_the_keyring_cannot_rewrap() {
         logged_denied(&app, "keys rewrap").await,
         "the refused re-wrap is not in the access log as denied"
     );
+    // Nor does a batch prepared before the retirement landed: the update
+    // itself refuses a retired target version (v2 here).
+    let store = app.store().await;
+    let items = checkoutd::store::Store::envelopes_to_rewrap(&store, DataClass::Card, 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    let updates: Vec<_> = items.into_iter().map(|i| (i, 2, vec![0u8; 40])).collect();
+    assert_eq!(
+        checkoutd::store::Store::apply_rewrap(&store, &updates)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(versions().await, [1]);
     std::fs::copy(data.join("keyring.json"), other.join("keyring.json")).unwrap();
     assert_succeeded(&rewrap());
     assert_eq!(versions().await, [3]);
