@@ -540,6 +540,11 @@ fn is_phone_number(chars: &[char]) -> bool {
             if let Some(last) = groups.last_mut() {
                 *last += 1;
             }
+            // More digits than any phone number has: not one, whatever
+            // follows (and the scan from each `+` stays short).
+            if groups.iter().sum::<usize>() > 15 {
+                return false;
+            }
             after_space = false;
             continue;
         }

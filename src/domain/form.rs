@@ -82,19 +82,27 @@ impl From<FormError> for Malformed {
     }
 }
 
-/// A dotted name as an error may show it: list indices as they are, every
-/// other segment through `order::shown_field_name`.
+/// A dotted name as an error may show it: every segment through
+/// `order::shown_field_name`, except one list index (up to 5 digits) right
+/// after a field's name (`items.0.sku`). Digits anywhere else are not
+/// shown: a name made of digit groups (`4111.1111.1111.1111`) would
+/// otherwise come back in the error as the card number it is.
 fn shown_path(name: &str) -> String {
+    let mut index_shown = false;
+    let mut after_name = false;
     name.split('.')
         .map(|segment| {
-            if !segment.is_empty()
+            let index = !segment.is_empty()
                 && segment.len() <= 5
-                && segment.bytes().all(|b| b.is_ascii_digit())
-            {
+                && segment.bytes().all(|b| b.is_ascii_digit());
+            let shown = if index && after_name && !index_shown {
+                index_shown = true;
                 segment
             } else {
                 super::order::shown_field_name(segment)
-            }
+            };
+            after_name = !index && shown != "<unknown>";
+            shown
         })
         .collect::<Vec<_>>()
         .join(".")
@@ -280,5 +288,21 @@ mod tests {
         // not cannot be.
         assert_eq!(field(b"card.number=%FF"), Some("card.number".to_owned()));
         assert_eq!(field(b"a%FF=1"), None);
+        // A name made of digit groups is a card number: no digits of it
+        // come back, whichever error names it (a value that is not UTF-8,
+        // a duplicate, a gap in the indices).
+        for body in [
+            &b"4111.1111.1111.1111=%FF"[..],
+            b"a=1&4111.1111.1111.1111=1&4111.1111.1111.1111=2",
+            b"4111.1111.1111.1111=1",
+            b"items.4111.1111.1111.1111=1",
+            b"items.0.4111.1111.1111=%FF",
+            b"a.41111.b.11111.c.11111=%FF",
+        ] {
+            let shown = field(body).unwrap_or_default();
+            let digits = shown.bytes().filter(u8::is_ascii_digit).count();
+            assert!(digits <= 5, "{}: {shown}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(field(b"items.0.sku=%FF"), Some("items.0.sku".to_owned()));
     }
 }

@@ -420,6 +420,9 @@ impl Reader {
         max: usize,
     ) -> Option<Plain> {
         self.with_string(map, prefix, key, required, |s| {
+            // The length first: the detectors below read a text more than
+            // once, so they only ever see one of bounded length.
+            let plain = Plain::parse(s, max).map_err(|e| text_reject(e, max))?;
             if super::detect::contains_pan_clear(s) {
                 return Err((
                     "looks_like_card_number",
@@ -438,7 +441,7 @@ impl Reader {
                     "This field is stored in clear and must not hold a phone number",
                 ));
             }
-            Plain::parse(s, max).map_err(|e| text_reject(e, max))
+            Ok(plain)
         })
     }
 
@@ -455,12 +458,16 @@ impl Reader {
         // wrong type.
         const OUT_OF_RANGE: Reject = ("out_of_range", "The number is out of range");
         const NOT_WHOLE: Reject = ("invalid_type", "Expected a whole number");
+        // Within ±2^53 a JSON number with no fraction (`1.0`, `1e2`, `-0`)
+        // is the whole number it denotes, as JSON Schema's `integer` reads
+        // it; beyond that a float no longer says which integer it is.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
         let parsed = match (&value, self.source) {
-            (Value::Number(n), _) => n.as_i64().ok_or_else(|| {
-                let huge = n.is_u64()
-                    || n.as_f64()
-                        .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18);
-                if huge { OUT_OF_RANGE } else { NOT_WHOLE }
+            (Value::Number(n), _) => n.as_i64().ok_or(()).or_else(|()| match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => Ok(f as i64),
+                Some(f) if f.fract() == 0.0 => Err(OUT_OF_RANGE),
+                _ if n.is_u64() => Err(OUT_OF_RANGE),
+                _ => Err(NOT_WHOLE),
             }),
             (Value::String(s), Source::Form) => {
                 let t = s.trim();
@@ -1078,6 +1085,31 @@ mod tests {
         let mut v = valid();
         v["customer"]["phone"] = json!("+44 (0)20 7946 0958");
         assert!(check(v).is_ok());
+        // A text longer than its field is refused for its length before
+        // any detector reads it (they read a text more than once: a body
+        // of `+1.+1.…` would otherwise cost time growing with its square).
+        let mut v = valid();
+        v["items"][0]["description"] = json!("+1.".repeat(20_000));
+        v["storefront_order_ref"] = json!("+1.".repeat(20_000));
+        let got = codes(v);
+        assert!(
+            got.contains(&("items.0.description".into(), "too_long")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("storefront_order_ref".into(), "too_long")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_run_of_more_digits_than_a_phone_number_is_none() {
+        assert!(crate::domain::detect::contains_phone("call +49 30 1234567"));
+        assert!(!crate::domain::detect::contains_phone(
+            "+12 345 678 901 234 567"
+        ));
+        assert!(!crate::domain::detect::contains_phone("+1234567890123456"));
+        assert!(crate::domain::detect::contains_phone("+123456789012345"));
     }
 
     #[test]
@@ -1208,6 +1240,32 @@ mod tests {
         );
         assert!(
             got.contains(&("items.0.unit_price_minor", "invalid_type")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_json_number_with_no_fraction_is_the_whole_number_it_denotes() {
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::from_str("2.0").unwrap();
+        v["items"][0]["unit_price_minor"] = serde_json::from_str("1.5e3").unwrap();
+        v["card"]["exp_month"] = serde_json::from_str("12.0").unwrap();
+        let form = check(v).unwrap();
+        assert_eq!(form.items[0].quantity, 2);
+        assert_eq!(form.items[0].unit_price_minor, 1500);
+        let mut v = valid();
+        v["items"][0]["unit_price_minor"] = serde_json::from_str("-0").unwrap();
+        assert_eq!(check(v).unwrap().items[0].unit_price_minor, 0);
+        let mut v = valid();
+        v["items"][0]["quantity"] = serde_json::from_str("5e18").unwrap();
+        v["items"][0]["unit_price_minor"] = serde_json::from_str("2.5").unwrap();
+        let got = codes(v);
+        assert!(
+            got.contains(&("items.0.quantity".into(), "out_of_range")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("items.0.unit_price_minor".into(), "invalid_type")),
             "{got:?}"
         );
     }

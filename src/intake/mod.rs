@@ -48,7 +48,8 @@ impl MediaType {
     pub fn from_header(value: &str) -> Option<MediaType> {
         let mut parts = value.split(';');
         let essence = parts.next()?.trim().to_ascii_lowercase();
-        for param in parts {
+        // An empty parameter (`application/json;`) is allowed (RFC 9110).
+        for param in parts.filter(|p| !p.trim().is_empty()) {
             let (name, val) = param.split_once('=')?;
             let val = val.trim().trim_matches('"').to_ascii_lowercase();
             if !name.trim().eq_ignore_ascii_case("charset") || (val != "utf-8" && val != "utf8") {
@@ -60,6 +61,20 @@ impl MediaType {
             "application/x-www-form-urlencoded" => Some(MediaType::Form),
             _ => None,
         }
+    }
+
+    /// The request's one `Content-Type`; `None` when it is missing, not
+    /// one of ours, or sent more than once (which one the client meant is
+    /// not ours to guess).
+    pub fn of(headers: &http::HeaderMap) -> Option<MediaType> {
+        let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+        let (first, second) = (values.next(), values.next());
+        if second.is_some() {
+            return None;
+        }
+        first
+            .and_then(|v| v.to_str().ok())
+            .and_then(MediaType::from_header)
     }
 
     fn token(self) -> &'static [u8] {
@@ -659,5 +674,26 @@ mod tests {
             MediaType::from_header("multipart/form-data; boundary=x"),
             None
         );
+        // An empty parameter is allowed (RFC 9110).
+        assert_eq!(
+            MediaType::from_header("application/json;"),
+            Some(MediaType::Json)
+        );
+        assert_eq!(
+            MediaType::from_header("application/json; ;charset=utf-8"),
+            Some(MediaType::Json)
+        );
+        // Two Content-Type headers: which one was meant is not ours to guess.
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        assert_eq!(MediaType::of(&headers), Some(MediaType::Json));
+        headers.append(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(MediaType::of(&headers), None);
     }
 }

@@ -450,12 +450,8 @@ fn store_problem(error: &crate::store::StoreError) -> Response {
 /// A small JSON body: `application/json` only (415), at most
 /// [`SMALL_BODY`] bytes (413), strict JSON — no repeated members (400).
 fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, Problem> {
-    use http::{StatusCode, header};
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::intake::MediaType::from_header);
-    if media != Some(crate::intake::MediaType::Json) {
+    use http::StatusCode;
+    if crate::intake::MediaType::of(headers) != Some(crate::intake::MediaType::Json) {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",

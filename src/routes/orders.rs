@@ -90,17 +90,13 @@ pub async fn create(
 /// The media type and the one `Idempotency-Key` of an order post, or the
 /// problem with them (415, 400).
 fn request_headers(headers: &HeaderMap) -> Result<(MediaType, IdempotencyKey), Problem> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(MediaType::from_header)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Send application/json or application/x-www-form-urlencoded (UTF-8)",
-            )
-        })?;
+    let media = MediaType::of(headers).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Send application/json or application/x-www-form-urlencoded (UTF-8)",
+        )
+    })?;
     let mut keys = headers.get_all("idempotency-key").iter();
     let (first, second) = (keys.next(), keys.next());
     if second.is_some() {

@@ -466,6 +466,15 @@ fn parse_dispatch(value: Value) -> Result<(String, String), Problem> {
             errors.push(FieldError::new(name, "required", "This field is required"));
             None
         }
+        // The length first: the detectors below read a text more than once.
+        Some(Value::String(s)) if s.chars().count() > 64 => {
+            errors.push(FieldError::new(
+                name,
+                "invalid",
+                "1 to 64 characters, no control characters",
+            ));
+            None
+        }
         // Stored in clear: never a card number or an email address (the
         // audit scans these columns with the same rules).
         Some(Value::String(s)) if crate::domain::detect::dispatch_fact_holds_card(&s) => {
