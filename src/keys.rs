@@ -421,13 +421,37 @@ pub async fn rewrap(
     batch: u32,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, KeysError> {
+    let names: Vec<String> = classes.iter().map(|c| c.as_str().to_owned()).collect();
+    // A stale copy of the keyring (another host rotated one of the classes
+    // since) is refused before any work: it would re-wrap to a version the
+    // database has retired. (Each batch checks again, and its update
+    // refuses such a version, for a rotation landing meanwhile.)
+    {
+        let keyring = Keyring::load(path, master)?;
+        for class in classes {
+            if store
+                .kek_retired(*class, keyring.sealing_kek(*class)?.version)
+                .await?
+            {
+                log_operation(
+                    store,
+                    &keyring,
+                    "keys rewrap".into(),
+                    names,
+                    Outcome::Denied,
+                )
+                .await?;
+                return Err(KeysError::Refused(behind_refusal(*class, "then rewrap")));
+            }
+        }
+    }
     // Logged before the first batch too: a run killed part way has
     // changed records, and the log must say that one was started.
     log_operation(
         store,
         &Keyring::load(path, master)?,
         "keys rewrap started".into(),
-        classes.iter().map(|c| c.as_str().to_owned()).collect(),
+        names.clone(),
         Outcome::Allowed,
     )
     .await?;
@@ -485,19 +509,27 @@ pub async fn rewrap(
     }
     .await;
     // What was re-wrapped is logged, also when a later batch failed; a
-    // run refused (a keyring behind the database) is logged denied.
-    let outcome = match &result {
-        Err(KeysError::Refused(_)) => Outcome::Denied,
-        _ => Outcome::Allowed,
-    };
+    // run stopped because another copy of the keyring rotated meanwhile
+    // is logged denied as well, after the work it did.
+    let keyring = Keyring::load(path, master)?;
     log_operation(
         store,
-        &Keyring::load(path, master)?,
+        &keyring,
         "keys rewrap".into(),
         vec![format!("records:{done}")],
-        outcome,
+        Outcome::Allowed,
     )
     .await?;
+    if matches!(result, Err(KeysError::Refused(_))) {
+        log_operation(
+            store,
+            &keyring,
+            "keys rewrap".into(),
+            names,
+            Outcome::Denied,
+        )
+        .await?;
+    }
     result.map(|()| done)
 }
 

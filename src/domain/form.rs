@@ -71,7 +71,7 @@ impl Malformed {
     fn at(error: FormError, name: &str) -> Self {
         Malformed {
             error,
-            field: Some(shown_path(name)),
+            field: Some(super::order::shown_path(name)),
         }
     }
 }
@@ -80,32 +80,6 @@ impl From<FormError> for Malformed {
     fn from(error: FormError) -> Self {
         Malformed { error, field: None }
     }
-}
-
-/// A dotted name as an error may show it: every segment through
-/// `order::shown_field_name`, except one list index (up to 5 digits) right
-/// after a field's name (`items.0.sku`). Digits anywhere else are not
-/// shown: a name made of digit groups (`4111.1111.1111.1111`) would
-/// otherwise come back in the error as the card number it is.
-fn shown_path(name: &str) -> String {
-    let mut index_shown = false;
-    let mut after_name = false;
-    name.split('.')
-        .map(|segment| {
-            let index = !segment.is_empty()
-                && segment.len() <= 5
-                && segment.bytes().all(|b| b.is_ascii_digit());
-            let shown = if index && after_name && !index_shown {
-                index_shown = true;
-                segment
-            } else {
-                super::order::shown_field_name(segment)
-            };
-            after_name = !index && shown != "<unknown>";
-            shown
-        })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 const MAX_DEPTH: usize = 6;

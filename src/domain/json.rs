@@ -57,7 +57,9 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
                 JsonError::Duplicate {
                     line,
                     column,
-                    field: path.join("."),
+                    // Array indices as a form's: one, after a field name
+                    // (nested arrays of chosen lengths spell a card number).
+                    field: super::order::shown_path(&path.join(".")),
                 }
             }
             _ => JsonError::Syntax { line, column },
@@ -211,6 +213,17 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field(), Some("customer.<unknown>"));
         assert!(!e.to_string().contains("4111"), "{e}");
+        // Nested arrays whose lengths spell a card number: the indices do
+        // not come back (one index, after a field's name, as in a form).
+        let body = format!(
+            "[{}[{}[{}[{}{{\"a\":1,\"a\":2}}]]]]",
+            "0,".repeat(4111),
+            "0,".repeat(1111),
+            "0,".repeat(1111),
+            "0,".repeat(1111)
+        );
+        let shown = field(body.as_bytes()).unwrap_or_default();
+        assert_eq!(shown, "<unknown>.<unknown>.<unknown>.<unknown>.a");
         // Siblings after a nested object: the path was left correctly.
         assert_eq!(
             field(br#"{"a":{"b":[1,{"c":2}]},"d":1,"d":2}"#).as_deref(),

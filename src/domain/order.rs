@@ -272,6 +272,32 @@ pub fn shown_field_name(key: &str) -> &str {
     if schema_like { key } else { "<unknown>" }
 }
 
+/// A dotted name as an error may show it: every segment through
+/// [`shown_field_name`], except one list index (up to 5 digits) right
+/// after a field's name (`items.0.sku`). Digits anywhere else are not
+/// shown: a name made of digit groups (`4111.1111.1111.1111`) would
+/// otherwise come back in the error as the card number it is.
+pub fn shown_path(name: &str) -> String {
+    let mut index_shown = false;
+    let mut after_name = false;
+    name.split('.')
+        .map(|segment| {
+            let index = !segment.is_empty()
+                && segment.len() <= 5
+                && segment.bytes().all(|b| b.is_ascii_digit());
+            let shown = if index && after_name && !index_shown {
+                index_shown = true;
+                segment
+            } else {
+                shown_field_name(segment)
+            };
+            after_name = !index && shown != "<unknown>";
+            shown
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Zeroizes every string (and key) of a tree being dropped.
 /// A tree, or a part of one, that is wiped ([`scrub`]) when dropped unless
 /// taken out with [`Wiped::take`]: a parse that fails part way (a
@@ -421,8 +447,9 @@ impl Reader {
     ) -> Option<Plain> {
         self.with_string(map, prefix, key, required, |s| {
             // The length first: the detectors below read a text more than
-            // once, so they only ever see one of bounded length.
-            let plain = Plain::parse(s, max).map_err(|e| text_reject(e, max))?;
+            // once, so they only ever see one of bounded length. (No copy
+            // of a refused value is made: the `Plain` comes last.)
+            super::text::check(s, max, false).map_err(|e| text_reject(e, max))?;
             if super::detect::contains_pan_clear(s) {
                 return Err((
                     "looks_like_card_number",
@@ -441,7 +468,7 @@ impl Reader {
                     "This field is stored in clear and must not hold a phone number",
                 ));
             }
-            Ok(plain)
+            Plain::parse(s, max).map_err(|e| text_reject(e, max))
         })
     }
 
@@ -458,16 +485,16 @@ impl Reader {
         // wrong type.
         const OUT_OF_RANGE: Reject = ("out_of_range", "The number is out of range");
         const NOT_WHOLE: Reject = ("invalid_type", "Expected a whole number");
-        // Within ±2^53 a JSON number with no fraction (`1.0`, `1e2`, `-0`)
-        // is the whole number it denotes, as JSON Schema's `integer` reads
-        // it; beyond that a float no longer says which integer it is.
-        const EXACT: f64 = 9_007_199_254_740_992.0;
+        // A number must be written as a whole number: `2.0` or `1e2` is
+        // refused (a float says nothing exact about what was meant —
+        // `4999.9999999999999` reads as 5000 — and a retry writing the
+        // same number otherwise would hash as another request).
         let parsed = match (&value, self.source) {
-            (Value::Number(n), _) => n.as_i64().ok_or(()).or_else(|()| match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => Ok(f as i64),
-                Some(f) if f.fract() == 0.0 => Err(OUT_OF_RANGE),
-                _ if n.is_u64() => Err(OUT_OF_RANGE),
-                _ => Err(NOT_WHOLE),
+            (Value::Number(n), _) => n.as_i64().ok_or_else(|| {
+                let huge = n.is_u64()
+                    || n.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18);
+                if huge { OUT_OF_RANGE } else { NOT_WHOLE }
             }),
             (Value::String(s), Source::Form) => {
                 let t = s.trim();
@@ -1245,29 +1272,22 @@ mod tests {
     }
 
     #[test]
-    fn a_json_number_with_no_fraction_is_the_whole_number_it_denotes() {
+    fn a_number_must_be_written_as_a_whole_number() {
         let mut v = valid();
         v["items"][0]["quantity"] = serde_json::from_str("2.0").unwrap();
-        v["items"][0]["unit_price_minor"] = serde_json::from_str("1.5e3").unwrap();
-        v["card"]["exp_month"] = serde_json::from_str("12.0").unwrap();
-        let form = check(v).unwrap();
-        assert_eq!(form.items[0].quantity, 2);
-        assert_eq!(form.items[0].unit_price_minor, 1500);
-        let mut v = valid();
-        v["items"][0]["unit_price_minor"] = serde_json::from_str("-0").unwrap();
-        assert_eq!(check(v).unwrap().items[0].unit_price_minor, 0);
-        let mut v = valid();
-        v["items"][0]["quantity"] = serde_json::from_str("5e18").unwrap();
-        v["items"][0]["unit_price_minor"] = serde_json::from_str("2.5").unwrap();
+        v["items"][0]["unit_price_minor"] = serde_json::from_str("4999.9999999999999").unwrap();
+        v["card"]["exp_month"] = serde_json::from_str("1e1").unwrap();
         let got = codes(v);
-        assert!(
-            got.contains(&("items.0.quantity".into(), "out_of_range")),
-            "{got:?}"
-        );
-        assert!(
-            got.contains(&("items.0.unit_price_minor".into(), "invalid_type")),
-            "{got:?}"
-        );
+        for field in [
+            "items.0.quantity",
+            "items.0.unit_price_minor",
+            "card.exp_month",
+        ] {
+            assert!(
+                got.contains(&(field.into(), "invalid_type")),
+                "{field}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -467,7 +467,7 @@ fn parse_dispatch(value: Value) -> Result<(String, String), Problem> {
             None
         }
         // The length first: the detectors below read a text more than once.
-        Some(Value::String(s)) if s.chars().count() > 64 => {
+        Some(Value::String(s)) if s.trim().chars().count() > 64 => {
             errors.push(FieldError::new(
                 name,
                 "invalid",
@@ -569,6 +569,13 @@ mod tests {
         assert_eq!(p.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let fields: Vec<_> = p.errors().iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"tracking") && fields.contains(&"extra"));
+        // Padded by a fixed-width export: trimmed, then counted.
+        let padded = format!("1Z999AA10123456784{}", " ".repeat(70));
+        let (_, tracking) =
+            parse_dispatch(serde_json::json!({"carrier": "UPS", "tracking": padded})).unwrap();
+        assert_eq!(tracking, "1Z999AA10123456784");
+        let long = "1".repeat(65);
+        assert!(parse_dispatch(serde_json::json!({"carrier": "UPS", "tracking": long})).is_err());
     }
 
     /// Carrier and tracking are stored in clear: a card number of a known

@@ -1253,6 +1253,14 @@ async fn a_stale_copy_of_the_keyring_cannot_rewrap() {
         logged_denied(&app, "keys rewrap").await,
         "the refused re-wrap is not in the access log as denied"
     );
+    // Refused before any work: no run was started.
+    assert!(
+        !app.access_log_entries()
+            .await
+            .iter()
+            .any(|e| e["action"] == "keys rewrap started"),
+        "a refused re-wrap logged a start"
+    );
     // Nor does a batch prepared before the retirement landed: the update
     // itself refuses a retired target version (v2 here).
     let store = app.store().await;
