@@ -278,5 +278,9 @@ mod tests {
             assert!(digits <= 5, "{}: {shown}", String::from_utf8_lossy(body));
         }
         assert_eq!(field(b"items.0.sku=%FF"), Some("items.0.sku".to_owned()));
+        assert_eq!(
+            field(b"billing_address.line1=a&billing_address.line1=b"),
+            Some("billing_address.line1".to_owned())
+        );
     }
 }

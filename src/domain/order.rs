@@ -262,13 +262,21 @@ fn join(prefix: &str, key: &str) -> String {
 
 /// How an unknown member is named in an error: as itself only when it is
 /// shaped like one of our field names (lower-case letters and `_`, at most
-/// 32), so a client-chosen name carrying a card number, an email or a
-/// person's name is never echoed; otherwise `<unknown>`.
+/// 32, perhaps ending in one digit: `line1`), so a client-chosen name
+/// carrying a card number, an email or a person's name is never echoed;
+/// otherwise `<unknown>`.
 pub fn shown_field_name(key: &str) -> &str {
-    let schema_like = !key.is_empty()
-        && key.len() <= 32
-        && key.as_bytes()[0].is_ascii_lowercase()
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let bytes = key.as_bytes();
+    let word = |b: &u8| b.is_ascii_lowercase() || *b == b'_';
+    let schema_like = match bytes.split_last() {
+        Some((last, head)) => {
+            key.len() <= 32
+                && bytes[0].is_ascii_lowercase()
+                && head.iter().all(word)
+                && (word(last) || last.is_ascii_digit())
+        }
+        None => false,
+    };
     if schema_like { key } else { "<unknown>" }
 }
 
@@ -1038,14 +1046,20 @@ mod tests {
         v["customer"]["AdaLovelace"] = json!(1);
         v["customer"]["x4012888888881881"] = json!(1);
         v["favourite_colour"] = json!(1);
+        v["customer"]["line3"] = json!(1);
+        v["customer"]["line12"] = json!(1);
         let got = codes(v);
         assert!(got.contains(&("favourite_colour".into(), "unknown_field")));
+        assert!(
+            got.contains(&("customer.line3".into(), "unknown_field")),
+            "{got:?}"
+        );
         assert!(got.contains(&("card.<unknown>".into(), "unknown_field")));
         assert_eq!(
             got.iter()
                 .filter(|(f, _)| f == "customer.<unknown>")
                 .count(),
-            2
+            3
         );
         assert!(!format!("{got:?}").contains("4012"));
     }
