@@ -19,7 +19,20 @@ use super::order::Wiped;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {
     #[error("the body is not valid JSON (line {line}, column {column})")]
-    Syntax { line: usize, column: usize },
+    Syntax {
+        line: usize,
+        column: usize,
+        /// The path of the member or element where it went wrong, shown as
+        /// for a duplicate (`None`: outside any member, or in a name).
+        field: Option<String>,
+    },
+    /// A number RFC 8259 allows but no 64-bit float holds (`1e400`).
+    #[error("a number is too large to represent (`{field}`, line {line}, column {column})")]
+    NumberOutOfRange {
+        line: usize,
+        column: usize,
+        field: String,
+    },
     #[error("an object repeats a member name (`{field}`, line {line}, column {column})")]
     Duplicate {
         line: usize,
@@ -32,61 +45,95 @@ pub enum JsonError {
 }
 
 impl JsonError {
-    /// The path of the repeated member, for a problem's `errors`.
+    /// The path where the body went wrong, for a problem's `errors`.
     pub fn field(&self) -> Option<&str> {
         match self {
-            JsonError::Duplicate { field, .. } => Some(field),
-            JsonError::Syntax { .. } => None,
+            JsonError::Duplicate { field, .. } | JsonError::NumberOutOfRange { field, .. } => {
+                Some(field)
+            }
+            JsonError::Syntax { field, .. } => field.as_deref(),
+        }
+    }
+
+    /// The code of the problem's `errors` entry for [`Self::field`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            JsonError::Duplicate { .. } => "duplicate_field",
+            JsonError::NumberOutOfRange { .. } => "out_of_range",
+            JsonError::Syntax { .. } => "invalid_json",
+        }
+    }
+
+    /// The message of that entry.
+    pub fn message(&self) -> &'static str {
+        match self {
+            JsonError::Duplicate { .. } => "This member is given more than once",
+            JsonError::NumberOutOfRange { .. } => "This number is too large to represent",
+            JsonError::Syntax { .. } => "The JSON is malformed here",
         }
     }
 }
 
 pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
-    let duplicate = RefCell::new(None);
+    let path = RefCell::new(Vec::new());
+    let duplicate = std::cell::Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = Strict {
+        path: &path,
         duplicate: &duplicate,
     }
     .deserialize(&mut de)
     .and_then(|value| de.end().map(|()| value));
     parsed.map_err(|e| {
         let (line, column) = (e.line(), e.column());
-        match duplicate.into_inner() {
-            Some(mut path) if e.is_data() => {
-                path.reverse();
-                JsonError::Duplicate {
+        let mut path = path.into_inner();
+        path.reverse();
+        // Array indices as a form's: one, after a field name (nested
+        // arrays of chosen lengths spell a card number).
+        let field = (!path.is_empty()).then(|| super::order::shown_path(&path.join(".")));
+        match field {
+            Some(field) if duplicate.get() && e.is_data() => JsonError::Duplicate {
+                line,
+                column,
+                field,
+            },
+            // serde_json names no error code publicly; its message for a
+            // number beyond f64 is fixed (a unit test pins it).
+            Some(field) if e.is_syntax() && e.to_string().starts_with("number out of range") => {
+                JsonError::NumberOutOfRange {
                     line,
                     column,
-                    // Array indices as a form's: one, after a field name
-                    // (nested arrays of chosen lengths spell a card number).
-                    field: super::order::shown_path(&path.join(".")),
+                    field,
                 }
             }
-            _ => JsonError::Syntax { line, column },
+            field => JsonError::Syntax {
+                line,
+                column,
+                field,
+            },
         }
     })
 }
 
-/// The parse's state: the path of a repeated member once one is found,
-/// innermost segment first — each enclosing object or array adds its own
-/// segment as the error passes through it, so a body that parses pays for
-/// no path at all.
+/// The parse's state: the path where it went wrong, innermost segment
+/// first — each enclosing object or array adds its own segment as the error
+/// passes through it, so a body that parses pays for no path at all — and
+/// whether that was a repeated member.
 #[derive(Clone, Copy)]
 struct Strict<'a> {
-    duplicate: &'a RefCell<Option<Vec<String>>>,
+    path: &'a RefCell<Vec<String>>,
+    duplicate: &'a std::cell::Cell<bool>,
 }
 
 impl Strict<'_> {
-    /// Adds `segment` (as shown) to a duplicate's path on its way out.
+    /// Adds `segment` (as shown) to the error's path on its way out.
     fn on_the_way_out<T, E>(
         &self,
         result: Result<T, E>,
         segment: impl FnOnce() -> String,
     ) -> Result<T, E> {
-        if result.is_err()
-            && let Some(path) = self.duplicate.borrow_mut().as_mut()
-        {
-            path.push(segment());
+        if result.is_err() {
+            self.path.borrow_mut().push(segment());
         }
         result
     }
@@ -148,7 +195,8 @@ impl<'de> Visitor<'de> for Strict<'_> {
         while let Some(mut key) = access.next_key::<String>()? {
             let shown = || super::order::shown_field_name(&key).to_owned();
             if map.0.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(vec![shown()]);
+                self.duplicate.set(true);
+                self.path.borrow_mut().push(shown());
                 key.zeroize();
                 return Err(de::Error::custom("duplicate member"));
             }
@@ -232,7 +280,46 @@ mod tests {
         // Trailing content is still a syntax error.
         assert!(matches!(
             parse_strict(b"{} {}"),
-            Err(JsonError::Syntax { .. })
+            Err(JsonError::Syntax { field: None, .. })
         ));
+    }
+
+    /// Any error inside a member is named by the member's path, as shown
+    /// for a duplicate; a number beyond a 64-bit float is its own error
+    /// (serde_json's message for it is what tells it apart: if a new
+    /// serde_json words it otherwise, this fails).
+    #[test]
+    fn an_error_inside_a_member_names_its_path() {
+        let e = parse_strict(br#"{"items":[{"sku":"A","quantity":1e400}]}"#).unwrap_err();
+        assert!(
+            matches!(&e, JsonError::NumberOutOfRange { field, .. } if field == "items.0.quantity"),
+            "{e:?}"
+        );
+        assert_eq!(
+            (e.field(), e.code()),
+            (Some("items.0.quantity"), "out_of_range")
+        );
+        let e = parse_strict(br#"{"card":{"exp_month":-1e999}}"#).unwrap_err();
+        assert_eq!(
+            (e.field(), e.code()),
+            (Some("card.exp_month"), "out_of_range")
+        );
+        // A plain syntax error names where it stopped.
+        let e = parse_strict(br#"{"customer":{"email":"a@b.example",}}"#).unwrap_err();
+        assert_eq!((e.field(), e.code()), (Some("customer"), "invalid_json"));
+        let e = parse_strict(br#"{"items":[{"sku":"A"},{"sku":tru}]}"#).unwrap_err();
+        assert_eq!((e.field(), e.code()), (Some("items.1.sku"), "invalid_json"));
+        // Outside any member: no field.
+        assert_eq!(parse_strict(b"1e400").unwrap_err().field(), None);
+        assert_eq!(parse_strict(b"{").unwrap_err().field(), None);
+        // Never content: a name or index that could spell a card number.
+        let e = parse_strict(br#"{"4111111111111111":1e400}"#).unwrap_err();
+        assert_eq!(e.field(), Some("<unknown>"));
+        assert!(!e.to_string().contains("4111"), "{e}");
+        // A path starts afresh for each parse, and an error after a
+        // member that parsed does not name that member.
+        // (An index after a name other than `items` is not shown.)
+        let e = parse_strict(br#"{"a":{"b":1},"c":[1,2,}"#).unwrap_err();
+        assert_eq!(e.field(), Some("c.<unknown>"));
     }
 }

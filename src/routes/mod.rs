@@ -469,15 +469,15 @@ fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Valu
 }
 
 /// The one answer to a body that is not strict JSON: 400, where it went
-/// wrong, and a repeated member named in `errors` by its path.
+/// wrong, and the member it went wrong in named in `errors` by its path.
 fn json_problem(e: crate::domain::json::JsonError) -> Problem {
     let problem = Problem::bad_request("malformed-body", "The body is not valid JSON")
         .with_detail(e.to_string());
     match e.field() {
         Some(field) => problem.with_errors(vec![crate::http::FieldError::new(
             field,
-            "duplicate_field",
-            "This member is given more than once",
+            e.code(),
+            e.message(),
         )]),
         None => problem,
     }

@@ -1160,6 +1160,31 @@ async fn size_media_type_and_syntax_errors() {
     let body = expect_problem(r, 400).await;
     assert_eq!(body["errors"][0]["field"], "items.0.sku", "{body}");
     assert_eq!(body["errors"][0]["code"], "duplicate_field", "{body}");
+    // A number no 64-bit float holds, and a syntax error inside a member:
+    // named by path too.
+    let mut huge = serde_json::to_string(&order_json()).unwrap();
+    let at = huge.find(r#""quantity":"#).unwrap() + r#""quantity":"#.len();
+    let end = at + huge[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    huge.replace_range(at..end, "1e400");
+    let r = post("application/json", huge.into_bytes(), "huge-number")
+        .await
+        .unwrap();
+    let body = expect_problem(r, 400).await;
+    assert_eq!(body["errors"][0]["field"], "items.0.quantity", "{body}");
+    assert_eq!(body["errors"][0]["code"], "out_of_range", "{body}");
+    let r = post(
+        "application/json",
+        br#"{"consent":{"special_offers":tru}}"#.to_vec(),
+        "syntax-in-member",
+    )
+    .await
+    .unwrap();
+    let body = expect_problem(r, 400).await;
+    assert_eq!(
+        body["errors"][0]["field"], "consent.special_offers",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["code"], "invalid_json", "{body}");
     let r = post(
         "application/json",
         br#"{"Ada Lovelace":1,"Ada Lovelace":2}"#.to_vec(),
