@@ -13,9 +13,10 @@
 //!   the processes that recorded the two (`Store::append_consent_event`);
 //! - effective consent for a purpose = the subject's latest checkout tag
 //!   grants it (and verifies) and no withdrawal of it is effective at or
-//!   after that tag's capture. So a withdrawal covers every order with that
-//!   email, past ones included, and a later checkout that grants the purpose
-//!   re-grants it from then on;
+//!   after that tag's capture less [`CAPTURED_AT_SKEW`] (see
+//!   [`withdrawal_counts`]). So a withdrawal covers every order with that
+//!   email, past ones included, and a checkout captured more than five
+//!   minutes after it that grants the purpose re-grants it from then on;
 //! - anything that fails its MAC counts as *no* consent (fail closed).
 
 pub mod audience;
@@ -666,6 +667,34 @@ fn tag_verifies(key: &MacKey, t: &RawTag) -> bool {
     i64::from(key.version()) == t.mac_key_version && key.verify(&[&tag.canonical_bytes()], &tag.mac)
 }
 
+/// Whether a withdrawal effective at `effective_at` counts against a
+/// checkout captured at `captured_at` (both our RFC 3339 text): when it is
+/// effective no earlier than [`CAPTURED_AT_SKEW`] before the capture.
+///
+/// A capture time is not when the customer chose. A storefront's clock
+/// may run up to five minutes ahead (the form allows it, and intake lowers
+/// it only to the moment the order is taken), and a checkout retried after
+/// a failure is stamped at the retry when the storefront sends no
+/// capture time. Either way a checkout made *before* an opt-out could
+/// carry a capture time after it and silently undo it. Within the window
+/// the withdrawal wins: a customer who opts out and checks out again
+/// granting the same purpose within five minutes stays opted out of it
+/// (the safe side of consent); a later checkout re-grants. An unreadable
+/// capture time (it passed its MAC, so never ours to misread) counts as
+/// covered: fail closed. The SQL of the consent counts and the audience
+/// export apply the same rule (`store::sql::audit::withdrawal_counts_sql`).
+///
+/// [`CAPTURED_AT_SKEW`]: crate::domain::order::CAPTURED_AT_SKEW
+pub fn withdrawal_counts(effective_at: &str, captured_at: &str) -> bool {
+    match OffsetDateTime::parse(captured_at, &time::format_description::well_known::Rfc3339) {
+        Ok(at) => {
+            effective_at
+                >= crate::ids::timestamp(at - crate::domain::order::CAPTURED_AT_SKEW).as_str()
+        }
+        Err(_) => true,
+    }
+}
+
 /// The subject's latest checkout tag, by its own MACed capture time (the
 /// one [`effective`] starts from).
 pub fn latest(history: &ConsentHistory) -> Option<&RawTag> {
@@ -699,7 +728,7 @@ pub fn effective(key: &MacKey, history: &ConsentHistory) -> (Purposes, bool) {
             // An edited withdrawal must never re-enable marketing.
             return (Purposes::default(), false);
         }
-        if e.effective_at >= latest.captured_at {
+        if withdrawal_counts(&e.effective_at, &latest.captured_at) {
             for (g, w) in granted.iter_mut().zip(e.purposes) {
                 if w == 1 {
                     *g = false;
@@ -874,6 +903,32 @@ pub async fn verify_ledger_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_withdrawal_counts_against_checkouts_captured_up_to_five_minutes_after_it() {
+        let captured = "2026-12-01T10:00:00.000Z";
+        for (effective_at, counts) in [
+            ("2026-12-01T10:00:00.000Z", true),
+            ("2026-12-01T11:00:00.000Z", true),
+            ("2026-12-01T09:56:00.000Z", true),
+            ("2026-12-01T09:55:00.000Z", true),
+            ("2026-12-01T09:54:59.999Z", false),
+            ("2026-12-01T08:00:00.000Z", false),
+        ] {
+            assert_eq!(
+                withdrawal_counts(effective_at, captured),
+                counts,
+                "{effective_at}"
+            );
+        }
+        // Across midnight and a year.
+        assert!(withdrawal_counts(
+            "2026-12-31T23:57:00.000Z",
+            "2027-01-01T00:01:00.000Z"
+        ));
+        // Fail closed on a capture time that is not one.
+        assert!(withdrawal_counts("2000-01-01T00:00:00.000Z", "yesterday"));
+    }
 
     /// The opt-out schema names what `parse_opt_out` reads: the purposes and
     /// channels it lists are exactly the parser's, its required members are

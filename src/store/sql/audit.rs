@@ -18,6 +18,26 @@ fn err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e)
 }
 
+/// SQL for [`crate::consent::withdrawal_counts`]: the withdrawal whose
+/// `effective_at` is `effective` counts against the checkout captured at
+/// `captured` when it is effective no earlier than
+/// [`CAPTURED_AT_SKEW`](crate::domain::order::CAPTURED_AT_SKEW) before the
+/// capture. Both are our fixed-width RFC 3339 text (milliseconds, `Z`),
+/// and each engine writes the moved time back in that form. A capture time
+/// that does not parse counts as covered, as in Rust (fail closed; on
+/// PostgreSQL the whole query fails instead).
+pub(crate) fn withdrawal_counts_sql(engine: Engine, effective: &str, captured: &str) -> String {
+    let minutes = crate::domain::order::CAPTURED_AT_SKEW.whole_minutes();
+    match engine {
+        Engine::Sqlite => format!(
+            "coalesce({effective} >= strftime('%Y-%m-%dT%H:%M:%fZ', {captured}, '-{minutes} minutes'), 1)"
+        ),
+        Engine::Postgres => format!(
+            "{effective} >= to_char(({captured}::timestamptz - interval '{minutes} minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        ),
+    }
+}
+
 /// `expr AS alias`, a text column read as its bytes. SQLite's TEXT can hold
 /// bytes that are not UTF-8 (someone with write access can put them
 /// there), and the driver fails the whole query on one such value: the
@@ -379,7 +399,7 @@ const SUBJECT_ORDERS: &str = "SELECT email_blind_index AS bi, order_id FROM cont
 /// Counted as the export counts: customers with an address on file (a
 /// contact record), their latest choice ranked over every order of their
 /// history, purged ones included.
-pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
+pub async fn consent_stats(pool: &AnyPool, engine: Engine) -> Result<ConsentStats, StoreError> {
     let customers: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT email_blind_index) FROM contact_emails")
             .fetch_one(pool)
@@ -393,6 +413,7 @@ pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
     for name in Purposes::NAMES {
         // `name` is one of five fixed column names. Effective consent: the
         // customer's latest checkout tag grants it and no withdrawal since.
+        let counts = withdrawal_counts_sql(engine, "e.effective_at", "t.captured_at");
         let consenting: i64 = sqlx::query_scalar(&format!(
             "WITH ranked AS (
                 SELECT r.bi, o.seq,
@@ -411,7 +432,7 @@ pub async fn consent_stats(pool: &AnyPool) -> Result<ConsentStats, StoreError> {
               WHERE t.{name} = 1
                 AND NOT EXISTS (SELECT 1 FROM consent_events e
                                  WHERE e.email_blind_index = l.bi AND e.{name} = 1
-                                   AND e.effective_at >= t.captured_at)"
+                                   AND {counts})"
         ))
         .fetch_one(pool)
         .await
@@ -565,6 +586,7 @@ fn subject_orders(bi: &str) -> String {
 /// [`Store::audience`]: crate::store::Store::audience
 pub async fn audience(
     pool: &AnyPool,
+    engine: Engine,
     purpose: &'static str,
     after: &[u8],
     subjects: u32,
@@ -627,9 +649,10 @@ pub async fn audience(
           WHERE t.{purpose} = 1
             AND NOT EXISTS (SELECT 1 FROM consent_events e
                              WHERE e.email_blind_index = l.bi AND e.{purpose} = 1
-                               AND e.effective_at >= t.captured_at)
+                               AND {counts})
           ORDER BY l.bi",
-        orders = subject_orders("s.bi")
+        orders = subject_orders("s.bi"),
+        counts = withdrawal_counts_sql(engine, "e.effective_at", "t.captured_at"),
     );
     let rows = sqlx::query(&sql)
         .bind(after)

@@ -666,7 +666,7 @@ impl Store for SqlStore {
     }
 
     async fn consent_stats(&self) -> Result<ConsentStats, StoreError> {
-        audit::consent_stats(&self.whole_table_reads).await
+        audit::consent_stats(&self.whole_table_reads, self.engine).await
     }
 
     async fn append_consent_event(
@@ -695,7 +695,7 @@ impl Store for SqlStore {
         after: &[u8],
         subjects: u32,
     ) -> Result<super::rows::AudienceChunk, StoreError> {
-        audit::audience(&self.pool, purpose, after, subjects).await
+        audit::audience(&self.pool, self.engine, purpose, after, subjects).await
     }
 
     async fn kek_retired(
