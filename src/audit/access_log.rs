@@ -310,6 +310,9 @@ pub async fn verify_chain_since(
     Ok(status)
 }
 
+/// How many times a walk follows a head that moved while it walked.
+const MAX_HEAD_ROUNDS: u32 = 3;
+
 async fn verify_chain_walk(
     store: &dyn Store,
     key: &MacKey,
@@ -339,69 +342,112 @@ async fn verify_chain_walk(
     if chainer.head_mac(head.seq, &head.hash) != head.mac {
         return Err(ChainError::Head("MAC does not verify"));
     }
+    let mut head = head;
     let mut prev = GENESIS;
     let mut expected_seq = 1u64;
-    'pages: while expected_seq <= head.seq {
-        // The first page from below 0: a row numbered below 1 (planted
-        // before the chain's first entry, outside it, yet counted by the
-        // dispatch checks that join the whole table) is read and named.
-        let after = match expected_seq {
-            1 => i64::MIN,
-            n => i64::try_from(n - 1).map_err(|_| ChainError::Damaged("access_log.seq"))?,
-        };
-        let page = store
-            .access_log_page(after, VERIFY_PAGE)
-            .await
-            .map_err(store_failed)?;
-        if page.is_empty() {
+    let mut rounds = 0;
+    loop {
+        'pages: while expected_seq <= head.seq {
+            // The first page from below 0: a row numbered below 1 (planted
+            // before the chain's first entry, outside it, yet counted by the
+            // dispatch checks that join the whole table) is read and named.
+            let after = match expected_seq {
+                1 => i64::MIN,
+                n => i64::try_from(n - 1).map_err(|_| ChainError::Damaged("access_log.seq"))?,
+            };
+            let page = store
+                .access_log_page(after, VERIFY_PAGE)
+                .await
+                .map_err(store_failed)?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                if e.seq == 0 {
+                    return Err(ChainError::Entry {
+                        seq: 0,
+                        what: "numbered 0, outside the chain (entries are numbered from 1: added)",
+                    });
+                }
+                if e.seq > head.seq && e.seq == expected_seq {
+                    break 'pages;
+                }
+                if e.seq != expected_seq {
+                    return Err(ChainError::Entry {
+                        seq: expected_seq,
+                        what: "missing (sequence gap)",
+                    });
+                }
+                if e.prev_hash != prev {
+                    return Err(ChainError::Entry {
+                        seq: e.seq,
+                        what: "does not link to the previous entry",
+                    });
+                }
+                if let Some(what) = e.damaged {
+                    return Err(ChainError::Entry { seq: e.seq, what });
+                }
+                if entry_hash(e.seq, &e.prev_hash, &e.entry) != e.hash {
+                    return Err(ChainError::Entry {
+                        seq: e.seq,
+                        what: "hash does not match its fields (edited)",
+                    });
+                }
+                if !key.verify(&[&e.hash], &e.mac) {
+                    return Err(ChainError::Entry {
+                        seq: e.seq,
+                        what: "MAC does not verify (rewritten)",
+                    });
+                }
+                if since.is_some_and(|a| a.seq == e.seq && a.hash != e.hash) {
+                    return Err(ChainError::Entry {
+                        seq: e.seq,
+                        what: "differs from the entry an earlier verification saw (rewritten)",
+                    });
+                }
+                prev = e.hash;
+                expected_seq += 1;
+            }
+        }
+        // Entries past the head: appends that landed during the walk, whose
+        // newer head (written in the same transaction) covers them and is
+        // walked to in turn — or a head rolled back (a genuine older head row
+        // written back: it verifies, and every later append then fails on the
+        // seq it gives), which must not pass for intact.
+        if expected_seq - 1 != head.seq {
             break;
         }
-        for e in page {
-            if e.seq == 0 {
-                return Err(ChainError::Entry {
-                    seq: 0,
-                    what: "numbered 0, outside the chain (entries are numbered from 1: added)",
-                });
-            }
-            if e.seq > head.seq && e.seq == expected_seq {
-                break 'pages;
-            }
-            if e.seq != expected_seq {
-                return Err(ChainError::Entry {
-                    seq: expected_seq,
-                    what: "missing (sequence gap)",
-                });
-            }
-            if e.prev_hash != prev {
-                return Err(ChainError::Entry {
-                    seq: e.seq,
-                    what: "does not link to the previous entry",
-                });
-            }
-            if let Some(what) = e.damaged {
-                return Err(ChainError::Entry { seq: e.seq, what });
-            }
-            if entry_hash(e.seq, &e.prev_hash, &e.entry) != e.hash {
-                return Err(ChainError::Entry {
-                    seq: e.seq,
-                    what: "hash does not match its fields (edited)",
-                });
-            }
-            if !key.verify(&[&e.hash], &e.mac) {
-                return Err(ChainError::Entry {
-                    seq: e.seq,
-                    what: "MAC does not verify (rewritten)",
-                });
-            }
-            if since.is_some_and(|a| a.seq == e.seq && a.hash != e.hash) {
-                return Err(ChainError::Entry {
-                    seq: e.seq,
-                    what: "differs from the entry an earlier verification saw (rewritten)",
-                });
-            }
-            prev = e.hash;
-            expected_seq += 1;
+        let after = i64::try_from(head.seq).map_err(|_| ChainError::Damaged("access_log.seq"))?;
+        let Some(next) = store
+            .access_log_page(after, 1)
+            .await
+            .map_err(store_failed)?
+            .into_iter()
+            .next()
+        else {
+            break;
+        };
+        let newer = store
+            .access_log_head()
+            .await
+            .map_err(store_failed)?
+            .ok_or(ChainError::Head("missing while entries exist"))?;
+        if chainer.head_mac(newer.seq, &newer.hash) != newer.mac {
+            return Err(ChainError::Head("MAC does not verify"));
         }
+        if newer.seq < next.seq {
+            return Err(ChainError::Head(
+                "entries lie past the head (an older head put back)",
+            ));
+        }
+        // Appends may keep landing: after a few rounds, what lies past the
+        // walked head is covered by a newer authentic head, and the next
+        // verification walks it.
+        rounds += 1;
+        if rounds > MAX_HEAD_ROUNDS {
+            break;
+        }
+        head = newer;
     }
     let last = expected_seq - 1;
     if last != head.seq || prev != head.hash {

@@ -802,6 +802,9 @@ pub enum LedgerFault {
 /// the ledger must still pass through it — a ledger rolled back to an older
 /// state and appended to again since would otherwise verify. Returns the
 /// head's position.
+/// How many times a walk follows a head that moved while it walked.
+const MAX_HEAD_ROUNDS: u32 = 3;
+
 pub async fn verify_ledger_from(
     store: &dyn Store,
     key: &MacKey,
@@ -847,46 +850,87 @@ pub async fn verify_ledger_from(
             ));
         }
     }
+    let (mut head_seq, mut head_mac_value) = (head_seq, head_mac_value);
     let mut prev = from.mac.clone();
     let mut expected = from.seq + 1;
-    'pages: while expected <= head_seq {
-        let page = store
-            .consent_events_page(expected - 1, 1000)
-            .await
-            .map_err(store_err)?;
-        if page.is_empty() {
+    let mut rounds = 0;
+    loop {
+        'pages: while expected <= head_seq {
+            let page = store
+                .consent_events_page(expected - 1, 1000)
+                .await
+                .map_err(store_err)?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, e) in page {
+                if seq > head_seq {
+                    break 'pages;
+                }
+                if seq != expected || e.seq != seq {
+                    return Err(broken(
+                        &expected.to_string(),
+                        "withdrawal missing (sequence gap)",
+                    ));
+                }
+                if e.prev_mac != prev {
+                    return Err(broken(&e.id, "does not link to the previous withdrawal"));
+                }
+                // The MAC covers only whether a reference is there (its
+                // envelope authenticates itself): columns half emptied are an
+                // edit the MAC alone might not show.
+                if e.reference_damaged {
+                    return Err(broken(&e.id, REFERENCE_DAMAGED));
+                }
+                if i64::from(key.version()) != e.mac_key_version
+                    || !key.verify(&[&event_canonical_bytes(&e)], &e.mac)
+                {
+                    return Err(broken(&e.id, "MAC does not verify (edited)"));
+                }
+                if seq == known.seq && e.mac != known.mac {
+                    return Err(broken(&e.id, "not what was verified before (rolled back)"));
+                }
+                prev = e.mac.clone();
+                expected += 1;
+            }
+        }
+        // Withdrawals past the head: appended during the walk, under a newer
+        // head that covers them (walked to in turn, a few times at most) — or
+        // an older head put back, which must not pass for intact.
+        if expected - 1 != head_seq {
             break;
         }
-        for (seq, e) in page {
-            if seq > head_seq {
-                break 'pages;
-            }
-            if seq != expected || e.seq != seq {
-                return Err(broken(
-                    &expected.to_string(),
-                    "withdrawal missing (sequence gap)",
-                ));
-            }
-            if e.prev_mac != prev {
-                return Err(broken(&e.id, "does not link to the previous withdrawal"));
-            }
-            // The MAC covers only whether a reference is there (its
-            // envelope authenticates itself): columns half emptied are an
-            // edit the MAC alone might not show.
-            if e.reference_damaged {
-                return Err(broken(&e.id, REFERENCE_DAMAGED));
-            }
-            if i64::from(key.version()) != e.mac_key_version
-                || !key.verify(&[&event_canonical_bytes(&e)], &e.mac)
-            {
-                return Err(broken(&e.id, "MAC does not verify (edited)"));
-            }
-            if seq == known.seq && e.mac != known.mac {
-                return Err(broken(&e.id, "not what was verified before (rolled back)"));
-            }
-            prev = e.mac.clone();
-            expected += 1;
+        let Some((next, _)) = store
+            .consent_events_page(head_seq, 1)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .next()
+        else {
+            break;
+        };
+        let Some((newer_seq, newer_mac_value, newer_mac)) =
+            store.consent_events_head().await.map_err(store_err)?
+        else {
+            return Err(broken("head", "missing while withdrawals exist"));
+        };
+        if !crate::crypto::mac::constant_time_eq(
+            &sealer.head_mac(newer_seq, &newer_mac_value),
+            &newer_mac,
+        ) {
+            return Err(broken("head", "head MAC does not verify"));
         }
+        if newer_seq < next {
+            return Err(broken(
+                "head",
+                "withdrawals lie past the head (an older head put back)",
+            ));
+        }
+        rounds += 1;
+        if rounds > MAX_HEAD_ROUNDS {
+            break;
+        }
+        (head_seq, head_mac_value) = (newer_seq, newer_mac_value);
     }
     if expected - 1 != head_seq || prev != head_mac_value {
         return Err(broken(

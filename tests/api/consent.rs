@@ -1224,6 +1224,60 @@ async fn cut_ledger_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, mac: &[u8]
         .unwrap();
 }
 
+/// The withdrawal ledger's head row put back to a genuine older one over a
+/// ledger that went on: refused by the database (a head names the last
+/// withdrawal, and is never removed); with that guard off, the proof, the
+/// export and the report find the withdrawals past the head.
+#[tokio::test]
+async fn an_older_ledger_head_written_back_is_refused_and_caught() {
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let (seq, mac, head_mac) = two_withdrawals(&app, &db).await;
+    let put_back = || {
+        sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
+            .bind(seq)
+            .bind(mac.clone())
+            .bind(head_mac.clone())
+            .execute(&db)
+    };
+    let refused = put_back().await.unwrap_err().to_string();
+    assert!(refused.contains("must name the last entry"), "{refused}");
+    let refused = sqlx::query("DELETE FROM consent_events_head")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("never removed"), "{refused}");
+    let store = app.store().await;
+    let key = app.keyring();
+    assert_eq!(
+        checkoutd::consent::verify_ledger(&store, key.consent_tag_key()).await,
+        Ok(2)
+    );
+
+    app.unguard("consent_events_head").await;
+    put_back().await.unwrap();
+    let err = checkoutd::consent::verify_ledger(&store, key.consent_tag_key())
+        .await
+        .unwrap_err();
+    assert!(err.1.contains("past the head"), "{err:?}");
+    let proof = app
+        .get_json(Role::Auditor, "/v1/audit/consent?email=bob%40example.com")
+        .await;
+    assert_eq!(proof["ledger_verified"], false, "{proof:#}");
+    let r = app
+        .client(Role::Marketing)
+        .get(app.url("/v1/marketing/audience?purpose=special_offers"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let report = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.consent_ledger.intact);
+}
+
 /// Ada (who consented to special offers) ordered; Bob, then Ada withdrew
 /// everything. The ledger's head row between the two, to be put back.
 async fn two_withdrawals(app: &TestApp, db: &sqlx::AnyPool) -> (i64, Vec<u8>, Vec<u8>) {

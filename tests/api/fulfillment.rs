@@ -1131,6 +1131,72 @@ async fn cut_access_log_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, hash: 
         .unwrap();
 }
 
+/// A genuine older head row written back over a log that went on (plain
+/// write access: no trigger dropped, no entry deleted). The database
+/// refuses it — a head names the last entry, and is never removed — and
+/// with that guard switched off the verification finds the entries past
+/// the head instead of taking them for appends landing meanwhile.
+#[tokio::test]
+async fn an_older_head_written_back_over_a_longer_log_is_refused_and_caught() {
+    let app = spawn_app().await;
+    let _ = app.shipments("").await;
+    let db = app.db().await;
+    let (seq, hash, mac) = access_log_head(&db).await;
+    let _ = app.shipments("").await;
+    let _ = app.shipments("").await;
+    let put_back = || {
+        sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2, mac = $3")
+            .bind(seq)
+            .bind(hash.clone())
+            .bind(mac.clone())
+            .execute(&db)
+    };
+    let refused = put_back().await.unwrap_err().to_string();
+    assert!(refused.contains("must name the last entry"), "{refused}");
+    // Nor a head naming a later entry than there is, nor none at all.
+    let (now_seq, now_hash, _) = access_log_head(&db).await;
+    let refused = sqlx::query("UPDATE access_log_head SET seq = $1")
+        .bind(now_seq + 1)
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("must name the last entry"), "{refused}");
+    let refused = sqlx::query("UPDATE access_log_head SET hash = $1")
+        .bind(vec![0u8; 32])
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("must name the last entry"), "{refused}");
+    let refused = sqlx::query("DELETE FROM access_log_head")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("never removed"), "{refused}");
+    assert_eq!(access_log_head(&db).await.1, now_hash);
+    let store = app.store().await;
+    verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap();
+
+    app.unguard("access_log_head").await;
+    put_back().await.unwrap();
+    let err = verify_chain(&store, app.keyring().access_log_key())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChainError::Head(what) if what.contains("past the head")),
+        "{err:?}"
+    );
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.verified);
+    assert!(!report.access_log.intact, "{:#?}", report.access_log);
+}
+
 /// The heads the server's last intact report saw outlive a restart (the
 /// anchors file of the data directory): a tail cut off and an older head
 /// put back while the server was down fails the first report of the next
