@@ -189,7 +189,7 @@ pub struct StoreArgs {
     )]
     pub database_url: Option<String>,
     /// Start on a PostgreSQL server that acknowledges commits before they
-    /// are on disk (fsync or synchronous_commit off): testing only, an
+    /// are on disk (fsync, synchronous_commit or full_page_writes off): testing only, an
     /// acknowledged order could be lost in a crash. `=false` (or the
     /// variable set to false) overrides a configuration file's `true`
     #[arg(

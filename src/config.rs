@@ -53,7 +53,7 @@ pub enum DatabaseUrl {
     Postgres {
         url: String,
         /// Start even if the server acknowledges commits before they are on
-        /// disk (`fsync` or `synchronous_commit` off). Never in production.
+        /// disk (`fsync`, `synchronous_commit` or `full_page_writes` off). Never in production.
         allow_unsafe_durability: bool,
     },
 }

@@ -494,7 +494,7 @@ impl Intake {
             }
         };
         match found {
-            Err(StoreError::Corrupt(_)) => {
+            Err(e) if e.is_unreadable_row() => {
                 Err(IntakeError::StoredResponseUnverifiable { order_id: None })
             }
             found => Ok(found?),

@@ -55,9 +55,8 @@ pub enum StoreError {
     )]
     ConnectTimeout { target: String },
     #[error(
-        "PostgreSQL has {setting}=off, so it acknowledges commits before they are on disk and \
-         an accepted order could be lost in a crash; turn it on, or pass \
-         --allow-unsafe-durability (testing only)"
+        "PostgreSQL has {setting}=off, so an accepted order could be lost or corrupted in a \
+         crash or power loss; turn it on, or pass --allow-unsafe-durability (testing only)"
     )]
     NotDurable { setting: &'static str },
     #[error("a stored row is malformed ({0})")]

@@ -203,10 +203,17 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{}{host}", user.unwrap_or_default())
 }
 
+/// The server settings that, `off`, lose acknowledged commits in a crash or
+/// power loss: `fsync` and `synchronous_commit` say a commit is done before
+/// it is on disk; `full_page_writes` lets a page torn by a power loss
+/// corrupt committed rows beyond what recovery can repair.
+pub(crate) const DURABILITY_SETTINGS: [&str; 3] =
+    ["fsync", "synchronous_commit", "full_page_writes"];
+
 /// A 2xx means the order is on disk (invariant 9): refuse a server that
-/// says a commit is done before it is.
+/// says a commit is done before it is, or cannot recover it intact.
 async fn check_durability(pool: &AnyPool, allow: bool) -> Result<(), StoreError> {
-    for setting in ["fsync", "synchronous_commit"] {
+    for setting in DURABILITY_SETTINGS {
         let value: String = sqlx::query_scalar(&format!("SELECT current_setting('{setting}')"))
             .fetch_one(pool)
             .await
@@ -340,6 +347,16 @@ pub async fn clear_rows(
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    /// Each setting whose `off` loses acknowledged orders is checked
+    /// (`full_page_writes` is server-wide: a test cannot turn it off for
+    /// its own database, as `multi` does `synchronous_commit`).
+    #[test]
+    fn every_setting_that_loses_acknowledged_orders_is_checked() {
+        for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+            assert!(super::DURABILITY_SETTINGS.contains(&setting), "{setting}");
+        }
+    }
 
     #[test]
     fn redaction_never_shows_a_password() {

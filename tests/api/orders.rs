@@ -917,6 +917,14 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         .execute(&db)
         .await
         .unwrap();
+        // A retry of its key is refused as unverifiable too (the driver's
+        // decode error, not a failure of the database).
+        let r = app.post_order("untouched", &bodies[4]).await;
+        let problem = expect_problem(r, 500).await;
+        assert_eq!(
+            problem["type"], "urn:checkoutd:problem:stored-response-unverifiable",
+            "not-utf8: {problem}"
+        );
     }
 
     let report = crate::audit::run_verify(&app).await;
