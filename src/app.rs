@@ -212,6 +212,12 @@ impl Application {
                     .saturating_mul(routes::UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT),
                 std::time::Duration::from_secs(60),
             )),
+            unsubscribe_network_writes: Arc::new(crate::http::rate_limit::RateLimiter::new(
+                settings
+                    .unsubscribe_rate_limit
+                    .saturating_mul(routes::UNSUBSCRIBES_PER_NETWORK_PER_CLIENT_LIMIT),
+                std::time::Duration::from_secs(60),
+            )),
             denial_limit: Arc::new(crate::http::rate_limit::RateLimiter::with_total(
                 routes::DENIALS_LOGGED_PER_MINUTE,
                 routes::DENIALS_LOGGED_PER_MINUTE_IN_ALL,

@@ -42,6 +42,23 @@ pub const NETWORK_SHARE: u32 = 16;
 /// pressure about.
 pub const NETWORK_MOST: u32 = (MAX_CLIENTS / 64) as u32;
 
+/// The network an address is counted in where one holder may have many
+/// addresses: its IPv4 /24, or its IPv6 /48 (an IPv4 client of a
+/// dual-stack listener by its IPv4 address).
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[3..].fill(0);
+            IpAddr::V6(s.into())
+        }
+    }
+}
+
 /// A request over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Over {
@@ -234,6 +251,15 @@ fn network_of(ip: IpAddr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_network_is_an_ipv4_slash_24_or_an_ipv6_slash_48() {
+        let net = |s: &str| network(s.parse().unwrap()).to_string();
+        assert_eq!(net("203.0.113.77"), "203.0.113.0");
+        assert_eq!(net("::ffff:203.0.113.77"), "203.0.113.0");
+        assert_eq!(net("2001:db8:aa:bb:cc::1"), "2001:db8:aa::");
+        assert_eq!(net("2001:db8:aa:ffff::"), "2001:db8:aa::");
+    }
 
     #[test]
     fn a_budget_for_all_clients_and_a_bounded_table() {

@@ -352,8 +352,29 @@ pub async fn unsubscribe(
         .filter(|(_, p)| *p)
         .map(|((_, label), _)| *label)
         .collect();
-    // The budget of all addresses together, counted only now: a post that
-    // writes nothing does not use it up for everybody else.
+    // The budgets of the client's network and of all addresses together,
+    // counted only now: a post that writes nothing does not use them up for
+    // everybody else.
+    if let Some(peer) = peer.as_deref()
+        && let Some(over) = state
+            .unsubscribe_network_writes
+            .count(crate::http::rate_limit::network(peer.addr.ip()))
+    {
+        if over.first {
+            tracing::warn!(
+                network = %crate::http::rate_limit::network(peer.addr.ip()),
+                "the public opt-out page's budget of one network is used up this minute; answering it 429 until the window ends"
+            );
+        }
+        let mut r = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Please wait a moment",
+            "<p>Too many requests from your network. Please try again in a minute.</p>",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(over.wait_secs));
+        return r;
+    }
     if let Some(over) = state
         .unsubscribe_writes
         .count(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))

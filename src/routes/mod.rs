@@ -75,6 +75,11 @@ pub struct Services {
     /// (only posts that write a ledger row count: an empty or invalid one
     /// does not use up everybody's budget).
     pub unsubscribe_writes: Arc<crate::http::rate_limit::RateLimiter>,
+    /// The opt-outs recorded from one network (an IPv4 /24, an IPv6 /48;
+    /// see [`crate::http::rate_limit::network`]): one network's flood of
+    /// cheap addresses must not use up the budget of all of them, and
+    /// keep every other customer from opting out while it lasts.
+    pub unsubscribe_network_writes: Arc<crate::http::rate_limit::RateLimiter>,
     /// Per-IP limit on refusals of the role guard that are written to the
     /// access log one by one (see [`require_role`]).
     pub denial_limit: Arc<crate::http::rate_limit::RateLimiter>,
@@ -311,6 +316,12 @@ pub(crate) async fn record_refusal(
 /// many times the per-address limit (`--unsubscribe-rate-limit`, 10 by
 /// default: 1 000 a minute in all).
 pub const UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT: u32 = 100;
+
+/// `POST /unsubscribe` recorded from one network (an IPv4 /24, an IPv6
+/// /48), per minute, is this many times the per-address limit (100 a
+/// minute by default): it takes ten networks, not one, to use up the
+/// budget of all addresses.
+pub const UNSUBSCRIBES_PER_NETWORK_PER_CLIENT_LIMIT: u32 = 10;
 
 /// Refusals of requests without a client certificate written to the
 /// access log one by one, per client address and minute (see

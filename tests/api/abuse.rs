@@ -1574,7 +1574,8 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
 /// The public opt-out page has a budget for all addresses together (100
 /// times the per-address limit a minute) of the opt-outs it records: each
 /// is a ledger row for ever, and addresses are cheap. Posts that record
-/// nothing do not use it up.
+/// nothing do not use it up. (Each address here in a /24 of its own: one
+/// network has a smaller budget, below.)
 #[tokio::test]
 async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
     let app = spawn_app_with(Options {
@@ -1588,7 +1589,7 @@ async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
     // Addresses of 127.1/16: no other test's (some find their own log
     // lines by their source address in 127.0.0/24).
     let post = |n: u32| {
-        let client = from_address(&app, &format!("127.1.{}.{}", n / 200, 2 + n % 200), None);
+        let client = from_address(&app, &format!("127.1.{n}.2"), None);
         let url = app.url("/unsubscribe");
         async move {
             client
@@ -1625,6 +1626,50 @@ async fn the_public_unsubscribe_page_has_a_budget_for_all_addresses() {
         .await
         .unwrap();
     assert_eq!(rows, 100);
+}
+
+/// One network (an IPv4 /24 here; an IPv6 /48) records at most ten times
+/// the per-address limit a minute: a flood from its many addresses cannot
+/// use up the budget of all addresses and keep other customers from
+/// opting out.
+#[tokio::test]
+async fn one_network_cannot_use_up_the_unsubscribe_budget_of_all() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            unsubscribe_rate_limit: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let post = |address: String, n: u32| {
+        let client = from_address(&app, &address, None);
+        let url = app.url("/unsubscribe");
+        async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("email=someone{n}%40example.com"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // Addresses of 127.4/16 (no other test's).
+    for n in 0..10 {
+        assert_eq!(post(format!("127.4.0.{}", 2 + n), n).await.0, 200, "{n}");
+    }
+    let (status, page) = post("127.4.0.100".into(), 10).await;
+    assert_eq!(status, 429, "past the network's budget");
+    assert!(page.contains("from your network"), "{page}");
+    // Another network is not held back.
+    assert_eq!(post("127.4.1.2".into(), 11).await.0, 200);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consent_events")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(rows, 11);
 }
 
 /// At the anonymous cap, with every anonymous connection busy, a newcomer
