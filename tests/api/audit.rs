@@ -521,8 +521,8 @@ async fn the_references_between_an_orders_rows_hold_against_direct_writes() {
             "SELECT proname::text FROM pg_proc
               WHERE proname IN ('refuse_tags_without_order', 'refuse_records_without_own_tag',
                                 'refuse_retired_kek_rows', 'refuse_retired_reference_kek_rows',
-                                'access_log_head_names_last_entry',
-                                'consent_events_head_names_last_entry')
+                                'access_log_head_moves_forward',
+                                'consent_events_head_moves_forward')
                 AND NOT EXISTS (SELECT 1 FROM unnest(proconfig) c
                                 WHERE c = 'search_path=' || quote_ident(current_schema()) || ', pg_temp')",
         )
@@ -1081,7 +1081,7 @@ async fn offline_audit_exit_codes_and_html_report() {
     if app.database.is_postgres() {
         app.unguard("access_log_head").await;
     } else {
-        sqlx::query("DROP TRIGGER access_log_head_update_names_last_entry")
+        sqlx::query("DROP TRIGGER access_log_head_update_moves_forward")
             .execute(&tampered)
             .await
             .unwrap();

@@ -1117,6 +1117,7 @@ async fn access_log_head(db: &sqlx::AnyPool) -> (i64, Vec<u8>, Vec<u8>) {
 /// after `seq` cut off and that older — genuine, MACed — head row put back.
 async fn cut_access_log_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, hash: &[u8], mac: &[u8]) {
     app.unguard("access_log").await;
+    app.unguard("access_log_head").await;
     sqlx::query("DELETE FROM access_log WHERE seq > $1")
         .bind(seq)
         .execute(db)
@@ -1152,7 +1153,10 @@ async fn an_older_head_written_back_over_a_longer_log_is_refused_and_caught() {
             .execute(&db)
     };
     let refused = put_back().await.unwrap_err().to_string();
-    assert!(refused.contains("must name the last entry"), "{refused}");
+    assert!(
+        refused.contains("must move forward to an entry"),
+        "{refused}"
+    );
     // Nor a head naming a later entry than there is, nor none at all.
     let (now_seq, now_hash, _) = access_log_head(&db).await;
     let refused = sqlx::query("UPDATE access_log_head SET seq = $1")
@@ -1161,14 +1165,20 @@ async fn an_older_head_written_back_over_a_longer_log_is_refused_and_caught() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(refused.contains("must name the last entry"), "{refused}");
+    assert!(
+        refused.contains("must move forward to an entry"),
+        "{refused}"
+    );
     let refused = sqlx::query("UPDATE access_log_head SET hash = $1")
         .bind(vec![0u8; 32])
         .execute(&db)
         .await
         .unwrap_err()
         .to_string();
-    assert!(refused.contains("must name the last entry"), "{refused}");
+    assert!(
+        refused.contains("must move forward to an entry"),
+        "{refused}"
+    );
     let refused = sqlx::query("DELETE FROM access_log_head")
         .execute(&db)
         .await
