@@ -680,18 +680,18 @@ fn tag_verifies(key: &MacKey, t: &RawTag) -> bool {
 /// the withdrawal wins: a customer who opts out and checks out again
 /// granting the same purpose within five minutes stays opted out of it
 /// (the safe side of consent); a later checkout re-grants. An unreadable
-/// capture time (it passed its MAC, so never ours to misread) counts as
-/// covered: fail closed. The SQL of the consent counts and the audience
+/// capture time, or one not written as this service writes it (it passed
+/// its MAC, so never ours to misread), counts as covered: fail closed. The SQL of the consent counts and the audience
 /// export apply the same rule (`store::sql::audit::withdrawal_counts_sql`).
 ///
 /// [`CAPTURED_AT_SKEW`]: crate::domain::order::CAPTURED_AT_SKEW
 pub fn withdrawal_counts(effective_at: &str, captured_at: &str) -> bool {
-    match OffsetDateTime::parse(captured_at, &time::format_description::well_known::Rfc3339) {
-        Ok(at) => {
+    match crate::ids::parse_timestamp(captured_at) {
+        Some(at) => {
             effective_at
                 >= crate::ids::timestamp(at - crate::domain::order::CAPTURED_AT_SKEW).as_str()
         }
-        Err(_) => true,
+        None => true,
     }
 }
 
@@ -970,8 +970,19 @@ mod tests {
             "2026-12-31T23:57:00.000Z",
             "2027-01-01T00:01:00.000Z"
         ));
-        // Fail closed on a capture time that is not one.
-        assert!(withdrawal_counts("2000-01-01T00:00:00.000Z", "yesterday"));
+        // Fail closed on a capture time that is not one, or not ours.
+        for captured in [
+            "yesterday",
+            "infinity",
+            "2026-13-01T10:00:00.000Z",
+            "2026-12-01T10:00:00Z",
+            "2026-12-01T12:00:00.000+02:00",
+        ] {
+            assert!(
+                withdrawal_counts("2000-01-01T00:00:00.000Z", captured),
+                "{captured}"
+            );
+        }
     }
 
     /// The opt-out schema names what `parse_opt_out` reads: the purposes and

@@ -1042,6 +1042,7 @@ async fn a_ledger_edited_between_two_pages_of_an_export_stops_it() {
         if edit == ROLL_BACK {
             // Back to the state after the first withdrawal (its backed-up
             // head restored), then a new withdrawal on top.
+            app.unguard("consent_events_head").await;
             let (seq, mac, head_mac) = older_head.clone().unwrap();
             sqlx::query("UPDATE consent_events_head SET seq = $1, mac = $2, head_mac = $3")
                 .bind(seq)
@@ -1210,6 +1211,7 @@ async fn ledger_head(db: &sqlx::AnyPool) -> (i64, Vec<u8>, Vec<u8>) {
 /// after `seq` deleted and that older — genuine, MACed — head row put back.
 async fn cut_ledger_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, mac: &[u8], head_mac: &[u8]) {
     app.unguard("consent_events").await;
+    app.unguard("consent_events_head").await;
     sqlx::query("DELETE FROM consent_events WHERE seq > $1")
         .bind(seq)
         .execute(db)
@@ -1241,7 +1243,10 @@ async fn an_older_ledger_head_written_back_is_refused_and_caught() {
             .execute(&db)
     };
     let refused = put_back().await.unwrap_err().to_string();
-    assert!(refused.contains("must name the last entry"), "{refused}");
+    assert!(
+        refused.contains("must move forward to an entry"),
+        "{refused}"
+    );
     let refused = sqlx::query("DELETE FROM consent_events_head")
         .execute(&db)
         .await
@@ -1276,6 +1281,53 @@ async fn an_older_ledger_head_written_back_is_refused_and_caught() {
         .await
         .unwrap();
     assert!(!report.consent_ledger.intact);
+}
+
+/// A capture time edited in the database into something that is not one —
+/// or into PostgreSQL's `infinity`, which a bare cast takes — sorts as the
+/// customer's latest choice. The window rule counts the withdrawal against
+/// it (fail closed): the audit's report is still made and does not count
+/// the customer as consenting, and an export goes on past them.
+#[tokio::test]
+async fn an_edited_capture_time_stops_neither_the_report_nor_an_export() {
+    let app = spawn_app().await;
+    let ada = place(&app, &order_for("ada@example.com", true, false)).await;
+    place(&app, &order_for("grace@example.com", true, false)).await;
+    let r = opt_out(
+        &app,
+        json!({"email": "ada@example.com", "purposes": ["special_offers"], "channel": "email"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    app.unguard("consent_tags").await;
+    let db = app.db().await;
+    let store = app.store().await;
+    let key = app.keyring();
+    for edited in ["x", "infinity", "2026-13-01T10:00:00.000Z"] {
+        sqlx::query(
+            "UPDATE consent_tags SET captured_at = $1
+              WHERE id = (SELECT consent_tag_id FROM orders WHERE id = $2)",
+        )
+        .bind(edited)
+        .bind(&ada)
+        .execute(&db)
+        .await
+        .unwrap();
+        let report = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("{edited}: no report: {e}"));
+        assert!(!report.verified, "{edited}");
+        assert_eq!(
+            report.consent.consenting.get("special_offers"),
+            Some(&1),
+            "{edited}: only Grace"
+        );
+        assert_eq!(
+            audience(&app, "special_offers").await,
+            ["grace@example.com"],
+            "{edited}"
+        );
+    }
 }
 
 /// Ada (who consented to special offers) ordered; Bob, then Ada withdrew

@@ -24,17 +24,20 @@ fn err(e: sqlx::Error) -> StoreError {
 /// [`CAPTURED_AT_SKEW`](crate::domain::order::CAPTURED_AT_SKEW) before the
 /// capture. Both are our fixed-width RFC 3339 text (milliseconds, `Z`),
 /// and each engine writes the moved time back in that form. A capture time
-/// that does not parse counts as covered, as in Rust (fail closed; on
-/// PostgreSQL the whole query fails instead).
+/// not in that form, or not a real time, counts as covered, as in Rust
+/// (fail closed) — never a query error that would stop the audit's counts
+/// or an export (PostgreSQL: `consent_capture_less`, migration 0021).
 pub(crate) fn withdrawal_counts_sql(engine: Engine, effective: &str, captured: &str) -> String {
     let minutes = crate::domain::order::CAPTURED_AT_SKEW.whole_minutes();
     match engine {
         Engine::Sqlite => format!(
-            "coalesce({effective} >= strftime('%Y-%m-%dT%H:%M:%fZ', {captured}, '-{minutes} minutes'), 1)"
+            "coalesce({effective} >= CASE WHEN {captured} GLOB '{form}'
+                THEN strftime('%Y-%m-%dT%H:%M:%fZ', {captured}, '-{minutes} minutes') END, 1)",
+            form = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
         ),
-        Engine::Postgres => format!(
-            "{effective} >= to_char(({captured}::timestamptz - interval '{minutes} minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-        ),
+        Engine::Postgres => {
+            format!("coalesce({effective} >= consent_capture_less({captured}, {minutes}), true)")
+        }
     }
 }
 
