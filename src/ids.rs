@@ -35,14 +35,16 @@ pub fn timestamp(at: OffsetDateTime) -> String {
         .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000Z"))
 }
 
-/// The time of a [`timestamp`] text, exactly in that form (never another
-/// RFC 3339 spelling, `now` or `infinity`).
+/// The time of a [`timestamp`] text, exactly as that writes it (never
+/// another RFC 3339 spelling, a signed year, `now` or `infinity`): it must
+/// come back the same text.
 pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
     let format =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::PrimitiveDateTime::parse(text, &format)
         .ok()
         .map(time::PrimitiveDateTime::assume_utc)
+        .filter(|at| timestamp(*at) == text)
 }
 
 pub fn now() -> String {

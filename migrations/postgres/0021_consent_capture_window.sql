@@ -6,7 +6,8 @@
 -- service writes, or not a real time (edited in the database: its tag then
 -- fails its MAC): the caller counts the withdrawal then, as Rust does
 -- (fail closed) — never an error that stops the audit's counts or an
--- export, and never `infinity` or `now`, which a bare cast would take.
+-- export, and never `infinity`, `now` or `T24:00`, which a bare cast would
+-- take. (PARALLEL UNSAFE, the default, as its EXCEPTION block must be.)
 CREATE FUNCTION consent_capture_less(captured text, minutes integer) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -17,6 +18,10 @@ BEGIN
         RETURN NULL;
     END IF;
     at := captured::timestamptz;
+    -- Only a time that comes back the same text (the cast takes T24:00).
+    IF to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') <> captured THEN
+        RETURN NULL;
+    END IF;
     RETURN to_char((at - make_interval(mins => minutes)) AT TIME ZONE 'UTC',
                    'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
 EXCEPTION WHEN others THEN

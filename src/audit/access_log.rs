@@ -369,7 +369,8 @@ async fn verify_chain_walk(
                         what: "numbered 0, outside the chain (entries are numbered from 1: added)",
                     });
                 }
-                if e.seq > head.seq && e.seq == expected_seq {
+                // Past the head, the chain walked whole: below.
+                if e.seq > head.seq && expected_seq > head.seq {
                     break 'pages;
                 }
                 if e.seq != expected_seq {
@@ -436,9 +437,10 @@ async fn verify_chain_walk(
             return Err(ChainError::Head("MAC does not verify"));
         }
         if newer.seq < next.seq {
-            return Err(ChainError::Head(
-                "entries lie past the head (an older head put back)",
-            ));
+            return Err(ChainError::Entry {
+                seq: next.seq,
+                what: "lies past the head (planted, or an older head put back)",
+            });
         }
         // Appends may keep landing: after a few rounds, what lies past the
         // walked head is covered by a newer authentic head, and the next

@@ -922,8 +922,8 @@ pub async fn verify_ledger_from(
         }
         if newer_seq < next {
             return Err(broken(
-                "head",
-                "withdrawals lie past the head (an older head put back)",
+                &next.to_string(),
+                "lies past the head (planted, or an older head put back)",
             ));
         }
         rounds += 1;
@@ -977,6 +977,9 @@ mod tests {
             "2026-13-01T10:00:00.000Z",
             "2026-12-01T10:00:00Z",
             "2026-12-01T12:00:00.000+02:00",
+            "2026-02-31T10:00:00.000Z",
+            "2026-12-01T24:00:00.000Z",
+            "+2026-12-01T10:00:00.000Z",
         ] {
             assert!(
                 withdrawal_counts("2000-01-01T00:00:00.000Z", captured),

@@ -1303,7 +1303,13 @@ async fn an_edited_capture_time_stops_neither_the_report_nor_an_export() {
     let db = app.db().await;
     let store = app.store().await;
     let key = app.keyring();
-    for edited in ["x", "infinity", "2026-13-01T10:00:00.000Z"] {
+    for edited in [
+        "x",
+        "infinity",
+        "2026-13-01T10:00:00.000Z",
+        "2099-02-31T10:00:00.000Z",
+        "2099-12-01T24:00:00.000Z",
+    ] {
         sqlx::query(
             "UPDATE consent_tags SET captured_at = $1
               WHERE id = (SELECT consent_tag_id FROM orders WHERE id = $2)",

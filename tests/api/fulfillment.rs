@@ -1157,6 +1157,26 @@ async fn an_older_head_written_back_over_a_longer_log_is_refused_and_caught() {
         refused.contains("must move forward to an entry"),
         "{refused}"
     );
+    // Nor by replacing the row (SQLite's REPLACE deletes the old row
+    // without its delete trigger), nor by an upsert.
+    let replace = if app.database.is_postgres() {
+        "INSERT INTO access_log_head (id, seq, hash, mac) VALUES (1, $1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac"
+    } else {
+        "INSERT OR REPLACE INTO access_log_head (id, seq, hash, mac) VALUES (1, $1, $2, $3)"
+    };
+    let refused = sqlx::query(replace)
+        .bind(seq)
+        .bind(hash.clone())
+        .bind(mac.clone())
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("must move forward to an entry"),
+        "{refused}"
+    );
     // Nor a head naming a later entry than there is, nor none at all.
     let (now_seq, now_hash, _) = access_log_head(&db).await;
     let refused = sqlx::query("UPDATE access_log_head SET seq = $1")
@@ -1197,7 +1217,8 @@ async fn an_older_head_written_back_over_a_longer_log_is_refused_and_caught() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ChainError::Head(what) if what.contains("past the head")),
+        matches!(err, ChainError::Entry { seq: at, what }
+            if what.contains("past the head") && i64::try_from(at).unwrap() == seq + 1),
         "{err:?}"
     );
     let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})

@@ -30,8 +30,12 @@ fn err(e: sqlx::Error) -> StoreError {
 pub(crate) fn withdrawal_counts_sql(engine: Engine, effective: &str, captured: &str) -> String {
     let minutes = crate::domain::order::CAPTURED_AT_SKEW.whole_minutes();
     match engine {
+        // Only a capture time that comes back the same text: SQLite reads
+        // `2026-02-31` as 3 March and `T24:00` as the next day (once a
+        // modifier makes it compute the time: without one it echoes them).
         Engine::Sqlite => format!(
             "coalesce({effective} >= CASE WHEN {captured} GLOB '{form}'
+                AND strftime('%Y-%m-%dT%H:%M:%fZ', {captured}, '+0 minutes') = {captured}
                 THEN strftime('%Y-%m-%dT%H:%M:%fZ', {captured}, '-{minutes} minutes') END, 1)",
             form = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
         ),
