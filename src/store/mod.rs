@@ -167,6 +167,12 @@ impl StoreError {
             sqlx::Error::Database(ref db) if db.code().is_some_and(|c| transient(&c)) => {
                 StoreError::Unavailable(error)
             }
+            // Refused before it ran (a migration changed a column under a
+            // prepared statement): retried on a newer connection.
+            sqlx::Error::Database(ref db) if postgres::stale_plans::is_stale_plan(db.as_ref()) => {
+                postgres::stale_plans::mark();
+                StoreError::Unavailable(error)
+            }
             sqlx::Error::Database(ref db)
                 if db.message().contains("sealed under a retired KEK version") =>
             {

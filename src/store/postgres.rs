@@ -174,12 +174,65 @@ where
         // While the server is away a request waits this long for a
         // connection, then gets a 503; the pool reconnects by itself.
         .acquire_timeout(Duration::from_secs(3))
+        // A connection older than a schema change that broke one of its
+        // prepared statements is closed, not used (see `stale_plans`).
+        .before_acquire(|_, meta| Box::pin(async move { Ok(!stale_plans::predates(meta.age)) }))
         .after_connect(move |conn: &mut DB::Connection, _| {
             Box::pin(async move {
                 conn.execute(sqlx::raw_sql(session)).await?;
                 Ok(())
             })
         })
+}
+
+/// Prepared statements a migration made stale. A migration that changes
+/// the type of a column (or its collation, as 0019 did) while processes
+/// run makes PostgreSQL refuse their prepared statements that return it —
+/// "cached plan must not change result type" — on every connection that
+/// prepared them, for as long as the connection lives. The first such
+/// refusal marks the moment ([`StoreError::from_sqlx`] answers it 503
+/// "retry": nothing ran); from then on each pool closes, as it hands them
+/// out, its connections opened before it, and opens new ones.
+pub(crate) mod stale_plans {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Microseconds from [`epoch`] to the last refusal, plus one (0: none).
+    static MARK: AtomicU64 = AtomicU64::new(0);
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn micros_since_epoch(at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(epoch()).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `error` is PostgreSQL's refusal of a stale prepared statement.
+    pub fn is_stale_plan(error: &dyn sqlx::error::DatabaseError) -> bool {
+        error.code().as_deref() == Some("0A000")
+            && error
+                .message()
+                .contains("cached plan must not change result type")
+    }
+
+    /// Marks now: connections opened before it are let go.
+    pub fn mark() {
+        epoch();
+        MARK.fetch_max(micros_since_epoch(Instant::now()) + 1, Ordering::AcqRel);
+    }
+
+    /// Whether a connection `age` old was opened before the last mark.
+    pub fn predates(age: Duration) -> bool {
+        let mark = MARK.load(Ordering::Acquire);
+        if mark == 0 {
+            return false;
+        }
+        let opened = Instant::now().checked_sub(age).unwrap_or_else(epoch);
+        micros_since_epoch(opened) < mark
+    }
 }
 
 /// `postgres://user@host:port/db` without password or parameters, for

@@ -361,6 +361,59 @@ async fn a_missing_postgres_database_is_refused_never_created() {
     assert_eq!(n, 0);
 }
 
+/// A migration that changes a column's type or collation under running
+/// processes (as 0019 did) makes PostgreSQL refuse their prepared
+/// statements that return it — on every connection that prepared them, for
+/// as long as it lives. The first refusal is a 503 "retry" (nothing ran),
+/// and from then on the pools let their older connections go instead of
+/// failing with each of them.
+#[tokio::test]
+async fn statements_a_migration_made_stale_fail_once_not_for_ever() {
+    if postgres_server().is_none() {
+        return skipped(
+            "multi::statements_a_migration_made_stale_fail_once",
+            "PostgreSQL only",
+        );
+    }
+    use checkoutd::store::{Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create(dir.path()).await;
+    let store = checkoutd::store::postgres::open(&db.url, false)
+        .await
+        .unwrap();
+    let reads = |n: usize| {
+        let store = &store;
+        futures_util::future::join_all(
+            (0..n).map(move |_| store.idempotency_key(&[7; 32], &[7; 32])),
+        )
+    };
+    // Prepared on as many of the pool's connections as run at once.
+    for read in reads(16).await {
+        assert!(read.unwrap().is_none());
+    }
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        r#"ALTER TABLE idempotency_keys ALTER COLUMN created_at TYPE text COLLATE "POSIX""#,
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let refused = store.idempotency_key(&[7; 32], &[7; 32]).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "the first read on an older connection is refused, as a retry: {refused:?}"
+    );
+    for _ in 0..3 {
+        for read in reads(16).await {
+            assert!(
+                read.unwrap().is_none(),
+                "an older connection was used again"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
     if postgres_server().is_none() {
