@@ -39,6 +39,9 @@ pub fn timestamp(at: OffsetDateTime) -> String {
 /// another RFC 3339 spelling, a signed year, `now` or `infinity`): it must
 /// come back the same text.
 pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
+    if !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
     let format =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::PrimitiveDateTime::parse(text, &format)

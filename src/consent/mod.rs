@@ -686,11 +686,10 @@ fn tag_verifies(key: &MacKey, t: &RawTag) -> bool {
 ///
 /// [`CAPTURED_AT_SKEW`]: crate::domain::order::CAPTURED_AT_SKEW
 pub fn withdrawal_counts(effective_at: &str, captured_at: &str) -> bool {
-    match crate::ids::parse_timestamp(captured_at) {
-        Some(at) => {
-            effective_at
-                >= crate::ids::timestamp(at - crate::domain::order::CAPTURED_AT_SKEW).as_str()
-        }
+    match crate::ids::parse_timestamp(captured_at)
+        .and_then(|at| at.checked_sub(crate::domain::order::CAPTURED_AT_SKEW))
+    {
+        Some(at) => effective_at >= crate::ids::timestamp(at).as_str(),
         None => true,
     }
 }
@@ -864,7 +863,8 @@ pub async fn verify_ledger_from(
                 break;
             }
             for (seq, e) in page {
-                if seq > head_seq {
+                // Past the head, the ledger walked whole: below.
+                if seq > head_seq && expected > head_seq {
                     break 'pages;
                 }
                 if seq != expected || e.seq != seq {
@@ -980,6 +980,8 @@ mod tests {
             "2026-02-31T10:00:00.000Z",
             "2026-12-01T24:00:00.000Z",
             "+2026-12-01T10:00:00.000Z",
+            "-0001-12-01T10:00:00.000Z",
+            "-9999-01-01T00:00:00.000Z",
         ] {
             assert!(
                 withdrawal_counts("2000-01-01T00:00:00.000Z", captured),

@@ -210,12 +210,14 @@ pub(crate) mod stale_plans {
         u64::try_from(at.saturating_duration_since(epoch()).as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `error` is PostgreSQL's refusal of a stale prepared statement.
+    /// Whether `error` is PostgreSQL's refusal of a stale prepared
+    /// statement: told by the routine that raises it, which no server
+    /// locale translates (the message is in `lc_messages`' language).
     pub fn is_stale_plan(error: &dyn sqlx::error::DatabaseError) -> bool {
         error.code().as_deref() == Some("0A000")
             && error
-                .message()
-                .contains("cached plan must not change result type")
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| pg.routine() == Some("RevalidateCachedQuery"))
     }
 
     /// Marks now: connections opened before it are let go.
