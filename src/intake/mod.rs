@@ -419,7 +419,12 @@ impl Intake {
         let form = match order::parse(tree, source, &rules) {
             Ok(form) => form,
             Err(errors) => {
-                return match self.stored(&keyring, client, key, answer_by).await? {
+                // Read once the commits in flight anywhere have ended: an
+                // earlier attempt's may land after this read otherwise.
+                return match self
+                    .stored(&keyring, client, key, answer_by, Settled::Yes)
+                    .await?
+                {
                     Some(found) => replay_stored(found),
                     // An earlier attempt whose commit may yet land (its
                     // connection broke mid-statement): not a final 422.
@@ -444,7 +449,10 @@ impl Intake {
             // The key was stored before (a retry), or by another process in
             // the meantime: answer as the stored record says.
             CommitOutcome::DuplicateKey => {
-                match self.stored(&keyring, client, key, answer_by).await? {
+                match self
+                    .stored(&keyring, client, key, answer_by, Settled::No)
+                    .await?
+                {
                     Some(found) => replay_stored(found),
                     None => Err(IntakeError::InFlight),
                 }
@@ -479,9 +487,15 @@ impl Intake {
         client: [u8; 32],
         key: &IdempotencyKey,
         answer_by: Option<tokio::time::Instant>,
+        settled: Settled,
     ) -> Result<Option<crate::store::rows::KeyRecord>, IntakeError> {
         let key_hash = seal::key_hash(keyring, key);
-        let read = self.store.idempotency_key(&client, &key_hash);
+        let read = async {
+            match settled {
+                Settled::Yes => self.store.idempotency_key_settled(&client, &key_hash).await,
+                Settled::No => self.store.idempotency_key(&client, &key_hash).await,
+            }
+        };
         let found = match answer_by {
             None => read.await,
             Some(by) => {
@@ -500,6 +514,16 @@ impl Intake {
             found => Ok(found?),
         }
     }
+}
+
+/// Whether a stored-key read waits for the order commits in flight (see
+/// [`Store::idempotency_key_settled`]).
+///
+/// [`Store::idempotency_key_settled`]: crate::store::Store::idempotency_key_settled
+#[derive(Clone, Copy)]
+enum Settled {
+    Yes,
+    No,
 }
 
 /// The keyed hash that tells a retry from a different request:

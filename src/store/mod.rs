@@ -256,6 +256,22 @@ pub trait Store: Send + Sync + 'static {
         key_hash: &[u8; 32],
     ) -> Result<Option<rows::KeyRecord>, StoreError>;
 
+    /// As [`Self::idempotency_key`], read once every order commit in flight
+    /// when it is called — in any process sharing the database — has ended:
+    /// for an answer that is final only if no earlier attempt of the key
+    /// can still commit (a 422 for a retried body that no longer
+    /// validates, while the first attempt's batch, its answer lost to a
+    /// broken connection or the commit time limit, may still land).
+    /// SQLite's commits are this process's own, whose uncertain keys
+    /// intake tracks itself.
+    async fn idempotency_key_settled(
+        &self,
+        client: &[u8; 32],
+        key_hash: &[u8; 32],
+    ) -> Result<Option<rows::KeyRecord>, StoreError> {
+        self.idempotency_key(client, key_hash).await
+    }
+
     /// Whether an order with this id exists (whatever state its rows are in).
     async fn order_exists(&self, order_id: &str) -> Result<bool, StoreError>;
 

@@ -361,6 +361,49 @@ async fn a_missing_postgres_database_is_refused_never_created() {
     assert_eq!(n, 0);
 }
 
+/// On PostgreSQL a retried body that no longer validates, under a key no
+/// row holds, is answered 422 only once the order batches in flight — in
+/// any process — have ended: an earlier attempt's batch, its answer lost
+/// to a broken connection or the commit time limit, may still commit the
+/// key, and its first answer must then be replayed, not refused.
+#[tokio::test]
+async fn a_final_422_waits_for_order_batches_in_flight_in_any_process() {
+    if postgres_server().is_none() {
+        return skipped(
+            "multi::a_final_422_waits_for_order_batches_in_flight",
+            "PostgreSQL only",
+        );
+    }
+    let app = crate::helpers::spawn_app().await;
+    // Another process's batch, between its claim and its commit: it holds
+    // the orders' lock.
+    let other = sqlx::PgPool::connect(&app.database.url).await.unwrap();
+    let mut batch = other.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+        .bind(checkoutd::store::postgres::LOCK_ORDERS)
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    let mut expired = crate::orders::order_json();
+    expired["card"]["exp_month"] = serde_json::json!(13);
+    let request = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "retried-after-its-card-expired")
+        .json(&expired)
+        .send();
+    let answer = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !answer.is_finished(),
+        "a final 422 while a batch was in flight"
+    );
+    batch.rollback().await.unwrap();
+    let r = answer.await.unwrap().unwrap();
+    let problem = crate::helpers::expect_problem(r, 422).await;
+    assert_eq!(problem["type"], "urn:checkoutd:problem:invalid-order");
+}
+
 /// A migration that changes a column's type or collation under running
 /// processes (as 0019 did) makes PostgreSQL refuse their prepared
 /// statements that return it — on every connection that prepared them, for

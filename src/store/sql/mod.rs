@@ -333,16 +333,40 @@ impl Store for SqlStore {
         client: &[u8; 32],
         key_hash: &[u8; 32],
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT request_hash, order_id, response_status, response_body, created_at,
-                    response_mac
-               FROM idempotency_keys WHERE client = $1 AND key_hash = $2",
-        )
-        .bind(client.as_slice())
-        .bind(key_hash.as_slice())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(KEY_RECORD)
+            .bind(client.as_slice())
+            .bind(key_hash.as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        row.as_ref().map(key_record).transpose()
+    }
+
+    async fn idempotency_key_settled(
+        &self,
+        client: &[u8; 32],
+        key_hash: &[u8; 32],
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        if self.engine != Engine::Postgres {
+            return self.idempotency_key(client, key_hash).await;
+        }
+        // Every batch holds the orders' lock from its claim to its commit
+        // or rollback: a shared hold of it waits for those running, and the
+        // read after it (its own snapshot, READ COMMITTED) sees what they
+        // committed.
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)::text")
+            .bind(super::postgres::LOCK_ORDERS)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let row = sqlx::query(KEY_RECORD)
+            .bind(client.as_slice())
+            .bind(key_hash.as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)?;
         row.as_ref().map(key_record).transpose()
     }
 
@@ -1235,6 +1259,12 @@ fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
 
 /// An idempotency row (`request_hash`, `order_id`, `response_status`,
 /// `response_body`, `created_at`, `response_mac`).
+/// The stored idempotency record of `(client, key_hash)`, as [`key_record`]
+/// reads it.
+const KEY_RECORD: &str =
+    "SELECT request_hash, order_id, response_status, response_body, created_at, response_mac
+       FROM idempotency_keys WHERE client = $1 AND key_hash = $2";
+
 fn key_record(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
         request_hash: row.try_get("request_hash").map_err(StoreError::from_sqlx)?,
