@@ -314,7 +314,8 @@ pub fn connection_closed() {
 /// `busy` (answered 503), `overflow` (closed unanswered), `per_ip` (its
 /// address at its cap, answered 503), `anonymous` (the certificate-less cap),
 /// `abandoning` (rapid reset), `response_unread` (a response left unsent
-/// for the idle timeout), `certificate_no_longer_valid` (checked again
+/// for the idle timeout), `idle` (no request for the idle timeout, while
+/// HTTP/2 PINGs kept its I/O busy), `certificate_no_longer_valid` (checked again
 /// after a TLS rebuild: revoked, expired, or its CA or CRL changed).
 pub fn connection_refused(reason: &'static str) {
     metrics::counter!("checkoutd_connections_refused_total", "reason" => reason).increment(1);

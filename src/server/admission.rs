@@ -179,6 +179,16 @@ impl Connection {
         Some(std::time::Duration::from_millis(now.saturating_sub(since)))
     }
 
+    /// How long the connection has had no request in flight (`None` while
+    /// one is). Only requests move it: not HTTP/2 PINGs, SETTINGS or
+    /// window updates, which keep the connection's I/O from being idle.
+    pub fn without_requests_for(&self) -> Option<std::time::Duration> {
+        (self.flags.load(Ordering::Acquire) & !SHED == 0).then(|| {
+            let since = self.idle_since_ms.load(Ordering::Acquire);
+            std::time::Duration::from_millis(self.now_ms().saturating_sub(since))
+        })
+    }
+
     /// Marks the connection as holding an anonymous slot.
     pub fn set_anonymous(&self) {
         self.anonymous.store(true, Ordering::Release);

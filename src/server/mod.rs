@@ -540,9 +540,23 @@ async fn serve(
         tokio::select! {
             result = conn.as_mut() => break result,
             _ = unsent_check.tick(), if !finishing => {
-                if connection.oldest_unsent().is_some_and(|age| age > limits.idle_timeout) {
+                let reason = if connection.oldest_unsent().is_some_and(|age| age > limits.idle_timeout) {
                     tracing::info!(client_ip = %addr.ip(), "closing a connection whose client has not taken a response for the idle timeout");
-                    crate::telemetry::connection_refused("response_unread");
+                    Some("response_unread")
+                } else if !connection.is_responding()
+                    && connection.without_requests_for().is_some_and(|idle| idle > limits.idle_timeout)
+                {
+                    // No request for the idle timeout, yet traffic (HTTP/2
+                    // PINGs) keeps the I/O from being idle — and perhaps
+                    // HTTP/2 still holds the end of a response, handed
+                    // over whole but not taken (a one-byte window).
+                    tracing::info!(client_ip = %addr.ip(), "closing a connection that has had no request for the idle timeout");
+                    Some("idle")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    crate::telemetry::connection_refused(reason);
                     // Its other streams get the grace period to finish.
                     finishing = true;
                     conn.as_mut().graceful_shutdown();
@@ -864,8 +878,13 @@ where
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(false);
-    builder.http2().max_concurrent_streams(8);
+    // The serving connections' head limits: many of these may be open at
+    // once, each buffering a request head for its short life.
+    builder.http1().keep_alive(false).max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .max_concurrent_streams(8)
+        .max_header_list_size(32 * 1024);
     let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -1469,6 +1469,51 @@ async fn a_client_that_never_takes_its_responses_is_disconnected() {
     assert!(closed.is_ok(), "the connection was still open after 10 s");
 }
 
+/// A small response (one piece) on a one-byte window: HTTP/2 takes it whole
+/// into its send buffer, out of the unsent check's sight, and the client's
+/// pings keep the connection's I/O busy. No request for the idle timeout
+/// ends it all the same.
+#[tokio::test]
+async fn a_client_that_only_pings_after_a_small_response_is_disconnected() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            idle_timeout: Some("2s".into()),
+            request_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let tls = connect(&app, None, b"h2").await.unwrap();
+    let (client, mut connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
+    let driver = tokio::spawn(connection);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(app.url("/unsubscribe"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+}
+
 /// The same with a window of one byte: HTTP/2 takes a whole data frame
 /// into its send buffer once any window is open, where the unsent check
 /// cannot see it. Responses are handed over in pieces, so the rest stays
@@ -1719,6 +1764,23 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nem
         assert_eq!(r.status(), 200, "{probe}");
         assert!(r.headers().contains_key("strict-transport-security"));
     }
+    // The overload answer buffers no more of a request head than a
+    // serving connection does (64 KiB): a 100 KiB head is refused by
+    // hyper itself, not read whole to be answered 503.
+    let mut big = crate::helpers::tls_connect_offering(&app, None, Some(&[b"http/1.1"])).await;
+    let head = format!(
+        "GET /unsubscribe HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let _ = big.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), big.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        answer.lines().next().unwrap_or_default()
+    );
     drop(holder);
 }
 
