@@ -143,9 +143,35 @@ struct Shared {
     anonymous_in_flight: Arc<Semaphore>,
     /// Of `in_flight`, what the requests of one client certificate may
     /// hold (half), by certificate: kept while a connection uses it.
-    per_certificate:
-        std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Weak<Semaphore>>>,
+    per_certificate: Shares<[u8; 32]>,
+    /// Of `anonymous_in_flight`, what the anonymous requests of one network
+    /// (an IPv4 /24, an IPv6 /48) may hold (an eighth): a few addresses
+    /// dribbling request bodies must not take every anonymous slot — the
+    /// public opt-out page's among them.
+    per_network: Shares<std::net::IpAddr>,
     register: Arc<Register>,
+}
+
+/// In-flight shares by client, each kept while a connection uses it.
+type Shares<K> = std::sync::Mutex<std::collections::HashMap<K, std::sync::Weak<Semaphore>>>;
+
+/// The share of `key` (`size` permits): one semaphore per key, shared by
+/// all its connections; keys no longer connected go as new ones come.
+fn share_of<K: std::hash::Hash + Eq + Copy>(
+    shares: &Shares<K>,
+    key: K,
+    size: usize,
+) -> Arc<Semaphore> {
+    let Ok(mut shares) = shares.lock() else {
+        return Arc::new(Semaphore::new(size));
+    };
+    if let Some(existing) = shares.get(&key).and_then(std::sync::Weak::upgrade) {
+        return existing;
+    }
+    shares.retain(|_, s| s.strong_count() > 0);
+    let fresh = Arc::new(Semaphore::new(size));
+    shares.insert(key, Arc::downgrade(&fresh));
+    fresh
 }
 
 impl Shared {
@@ -153,17 +179,18 @@ impl Shared {
     /// semaphore per certificate, shared by all its connections.
     fn certificate_share(&self, fingerprint: &[u8; 32]) -> Arc<Semaphore> {
         let share = (self.limits.max_requests_in_flight / 2).max(1);
-        let Ok(mut shares) = self.per_certificate.lock() else {
-            return Arc::new(Semaphore::new(share));
-        };
-        if let Some(existing) = shares.get(fingerprint).and_then(std::sync::Weak::upgrade) {
-            return existing;
-        }
-        // Certificates no longer connected go as new ones come.
-        shares.retain(|_, s| s.strong_count() > 0);
-        let fresh = Arc::new(Semaphore::new(share));
-        shares.insert(*fingerprint, Arc::downgrade(&fresh));
-        fresh
+        share_of(&self.per_certificate, *fingerprint, share)
+    }
+
+    /// The anonymous in-flight share of the network of `ip` (see
+    /// [`crate::http::rate_limit::network`]).
+    fn network_share(&self, ip: std::net::IpAddr) -> Arc<Semaphore> {
+        let share = (self.limits.max_anonymous_requests_in_flight / ANONYMOUS_NETWORK_SHARE).max(1);
+        share_of(
+            &self.per_network,
+            crate::http::rate_limit::network(ip),
+            share,
+        )
     }
 }
 
@@ -190,6 +217,7 @@ pub async fn run(
             limits.max_anonymous_requests_in_flight.max(1),
         )),
         per_certificate: Default::default(),
+        per_network: Default::default(),
         register: Register::new(),
     });
     let overflow = Arc::new(Semaphore::new(OVERFLOW_RESPONDERS));
@@ -482,6 +510,8 @@ async fn serve(
         all: shared.in_flight.clone(),
         anonymous: (peer.identity == ClientIdentity::Anonymous)
             .then(|| shared.anonymous_in_flight.clone()),
+        network: (peer.identity == ClientIdentity::Anonymous)
+            .then(|| shared.network_share(addr.ip())),
         certificate: match &peer.identity {
             ClientIdentity::Certified { fingerprint, .. } => {
                 Some(shared.certificate_share(fingerprint.as_bytes()))
@@ -622,6 +652,10 @@ async fn serve(
     drop(registration);
 }
 
+/// One network's share of the anonymous in-flight cap is this fraction of
+/// it: it takes eight networks, not a few addresses, to fill it.
+const ANONYMOUS_NETWORK_SHARE: usize = 8;
+
 /// How often a connection checks for a response left unsent too long.
 const UNSENT_CHECK: Duration = Duration::from_secs(1);
 
@@ -633,6 +667,8 @@ struct InFlight {
     /// `max_anonymous_requests_in_flight`, on a connection without a client
     /// certificate.
     anonymous: Option<Arc<Semaphore>>,
+    /// Its network's share of that ([`ANONYMOUS_NETWORK_SHARE`]).
+    network: Option<Arc<Semaphore>>,
     /// Half of `max_requests_in_flight`, for each client certificate: one
     /// client (a compromised warehouse certificate dribbling request
     /// bodies, say) cannot take every slot from the others.
@@ -648,8 +684,12 @@ const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 impl InFlight {
     /// A permit of every cap a request for `path` counts against, or `None`
     /// when one of them is reached (then none is held).
-    fn try_acquire(&self, path: &str) -> Option<[Option<OwnedSemaphorePermit>; 3]> {
+    fn try_acquire(&self, path: &str) -> Option<[Option<OwnedSemaphorePermit>; 4]> {
         let anonymous = match &self.anonymous {
+            Some(cap) if !PROBES.contains(&path) => Some(cap.clone().try_acquire_owned().ok()?),
+            _ => None,
+        };
+        let network = match &self.network {
             Some(cap) if !PROBES.contains(&path) => Some(cap.clone().try_acquire_owned().ok()?),
             _ => None,
         };
@@ -658,7 +698,7 @@ impl InFlight {
             None => None,
         };
         let all = self.all.clone().try_acquire_owned().ok()?;
-        Some([Some(all), anonymous, certificate])
+        Some([Some(all), anonymous, network, certificate])
     }
 }
 

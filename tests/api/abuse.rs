@@ -1717,6 +1717,93 @@ async fn one_network_cannot_use_up_the_unsubscribe_budget_of_all() {
     assert_eq!(rows, 11);
 }
 
+/// A form body that never finishes arriving (nothing more after its first
+/// byte): an opt-out post from `source` that holds its anonymous request
+/// slot until the page gives up on it.
+fn dribbled_unsubscribe(
+    app: &TestApp,
+    source: &str,
+) -> tokio::task::JoinHandle<Option<(u16, String)>> {
+    let client = from_address(app, source, None);
+    let url = app.url("/unsubscribe");
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let body = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"e"))
+        })
+        .chain(futures_util::stream::pending());
+        let r = client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+    })
+}
+
+/// The opt-out page waits 5 s for a form's body, not the request time
+/// limit: a body dribbled slower holds an anonymous request slot no longer.
+#[tokio::test]
+async fn the_unsubscribe_page_waits_five_seconds_for_a_body() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            request_timeout: Some("25s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
+        dribbled_unsubscribe(&app, "127.7.0.2"),
+    )
+    .await
+    .expect("answered before the request time limit")
+    .unwrap();
+    let (status, page) = answer.expect("an answer");
+    assert_eq!(status, 408, "{page}");
+    assert!(page.contains("took too long to arrive"), "{page}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// One network (an IPv4 /24 here) may hold an eighth of the anonymous
+/// in-flight cap: a few of its addresses dribbling opt-out bodies do not
+/// take the page from everybody else.
+#[tokio::test]
+async fn one_network_holds_at_most_an_eighth_of_the_anonymous_request_slots() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_anonymous_requests_in_flight: Some(16),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // Addresses of 127.6/16 (no other test's). Its share: two.
+    let held = [
+        dribbled_unsubscribe(&app, "127.6.0.2"),
+        dribbled_unsubscribe(&app, "127.6.0.3"),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let get = |source: &str| {
+        let client = from_address(&app, source, None);
+        let url = app.url("/unsubscribe");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("127.6.0.4").await, 503, "the network's share is taken");
+    assert_eq!(get("127.6.1.2").await, 200, "another network's is not");
+    for h in held {
+        h.abort();
+    }
+}
+
 /// At the anonymous cap, with every anonymous connection busy, a newcomer
 /// is answered — 503 with `Retry-After` and the security headers — not
 /// dropped without a word. A load balancer's probe of `/healthz` or
