@@ -273,7 +273,12 @@ impl Responding {
 }
 
 impl Drop for Responding {
+    /// The response was handed over whole: the connection's time without a
+    /// request counts from now too (a response read slowly for longer than
+    /// the idle timeout is not then taken for idleness and cut off).
     fn drop(&mut self) {
+        let c = &self.connection;
+        c.idle_since_ms.store(c.now_ms(), Ordering::Release);
         self.connection.responding.fetch_sub(1, Ordering::AcqRel);
         if let Ok(mut unsent) = self.connection.unsent.lock() {
             unsent.1.remove(&self.id);

@@ -293,8 +293,11 @@ async fn with_held_requests(
     .await;
     let app = Arc::new(app);
     let mut slow = Vec::new();
-    for _ in 0..n {
-        let (client, url) = (fresh(&app), app.url("/slow"));
+    // Each from a network of its own (127.9.i/24): one network holds at
+    // most an eighth of the anonymous in-flight cap.
+    for i in 0..n {
+        let client = from_address(&app, &format!("127.9.{i}.2"), None);
+        let url = app.url("/slow");
         slow.push(tokio::spawn(async move { client.get(url).send().await }));
     }
     held.wait_entered(n).await;

@@ -402,6 +402,29 @@ async fn a_final_422_waits_for_order_batches_in_flight_in_any_process() {
     let r = answer.await.unwrap().unwrap();
     let problem = crate::helpers::expect_problem(r, 422).await;
     assert_eq!(problem["type"], "urn:checkoutd:problem:invalid-order");
+
+    // A batch stuck for longer: the wait gives up after 2 s with a 503
+    // "retry" (never a 422 it cannot stand by), and holds no connection
+    // beyond that.
+    let mut stuck = other.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+        .bind(checkoutd::store::postgres::LOCK_ORDERS)
+        .execute(&mut *stuck)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "retried-while-a-batch-is-stuck")
+        .json(&expired)
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let problem = crate::helpers::expect_problem(r, 503).await;
+    assert!(waited < Duration::from_secs(8), "{waited:?}: {problem}");
+    stuck.rollback().await.unwrap();
 }
 
 /// A migration that changes a column's type or collation under running

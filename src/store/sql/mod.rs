@@ -156,7 +156,19 @@ pub struct SqlStore {
     /// statement limit, which a large database would outlast at every
     /// report run; else `pool`.
     whole_table_reads: AnyPool,
+    /// Bounds the reads that wait for the order commits in flight
+    /// ([`Store::idempotency_key_settled`]): however many 422s arrive
+    /// while a commit is slow, they hold at most this many of the pool's
+    /// connections.
+    settled_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many [`Store::idempotency_key_settled`] reads at once.
+const SETTLED_READS: usize = 2;
+
+/// How long such a read waits for the order commits in flight before it
+/// gives up (a 503 "retry": the lock timeout is transient).
+const SETTLED_WAIT: &str = "2s";
 
 /// Each engine writes order batches its own fastest way, with the same
 /// rows (`order_rows`): SQLite on a thread of its own over rusqlite,
@@ -225,6 +237,7 @@ impl SqlStore {
             writer: Writer { pool: writer, gate },
             engine,
             orders: None,
+            settled_reads: Arc::new(tokio::sync::Semaphore::new(SETTLED_READS)),
         }
     }
 
@@ -350,23 +363,35 @@ impl Store for SqlStore {
         if self.engine != Engine::Postgres {
             return self.idempotency_key(client, key_hash).await;
         }
-        // Every batch holds the orders' lock from its claim to its commit
-        // or rollback: a shared hold of it waits for those running, and the
-        // read after it (its own snapshot, READ COMMITTED) sees what they
-        // committed.
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)::text")
-            .bind(super::postgres::LOCK_ORDERS)
-            .execute(&mut *tx)
+        let _turn = self
+            .settled_reads
+            .acquire()
             .await
-            .map_err(StoreError::from_sqlx)?;
+            .map_err(|_| StoreError::Corrupt("the settled-read gate is closed"))?;
+        // Every batch holds the orders' lock from its claim to its commit
+        // or rollback. A shared hold of it, taken and let go in one
+        // statement (its own implicit transaction, so no batch ever queues
+        // behind it for longer), returns once those running have ended;
+        // the read after it (a fresh snapshot, READ COMMITTED) sees what
+        // they committed. The wait is bounded by a lock timeout of its own,
+        // set first (the subquery) for that statement's implicit
+        // transaction only.
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock_shared($1)::text
+               FROM (SELECT set_config('lock_timeout', $2, true)) AS bounded",
+        )
+        .bind(super::postgres::LOCK_ORDERS)
+        .bind(SETTLED_WAIT)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from_sqlx)?;
         let row = sqlx::query(KEY_RECORD)
             .bind(client.as_slice())
             .bind(key_hash.as_slice())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::from_sqlx)?;
-        tx.commit().await.map_err(StoreError::from_sqlx)?;
         row.as_ref().map(key_record).transpose()
     }
 
