@@ -79,8 +79,9 @@ pub enum KeysCommand {
     Init {
         #[command(flatten)]
         store: StoreArgs,
-        /// Number of custodians (share files), at least 2.
-        #[arg(long, value_name = "N")]
+        /// Number of custodians (share files), at least 2 (refused before
+        /// anything is created otherwise).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
         custodians: u32,
         /// Where to write the share files (hand each to its custodian, then
         /// remove them from this machine).

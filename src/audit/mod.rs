@@ -67,12 +67,7 @@ pub async fn offline(
     let report = verify::verify_since(store.as_ref(), &keyring, progress, &since).await?;
     store.close().await;
     let signed = report::sign(&report, &keyring).map_err(|_| OfflineError::Sign)?;
-    let write = |path: &std::path::Path, bytes: &[u8]| {
-        std::fs::write(path, bytes).map_err(|source| OfflineError::Write {
-            path: path.to_owned(),
-            source,
-        })
-    };
+    let write = |path: &std::path::Path, bytes: &[u8]| write_report(path, bytes);
     let json = serde_json::to_vec_pretty(&signed).map_err(|_| OfflineError::Sign)?;
     write(out, &json)?;
     if let Some(path) = html_out {
@@ -83,6 +78,48 @@ pub async fn offline(
         write(path, html::render(&report, sig, key).as_bytes())?;
     }
     Ok(report.verified)
+}
+
+/// Writes a report to `path` whole or not at all (a temporary file renamed
+/// over it: a symbolic link there is replaced, never followed). What is
+/// already at `path` is replaced only if it is an earlier report — never a
+/// keyring, a share or anything else a mistyped `--out` could name.
+fn write_report(path: &std::path::Path, bytes: &[u8]) -> Result<(), OfflineError> {
+    let failed = |source| OfflineError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && !is_a_report(path) => {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a checkoutd audit report; never overwritten (choose another name)",
+            )));
+        }
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => {
+            return Err(failed(std::io::Error::other("not a file")));
+        }
+        _ => {}
+    }
+    crate::files::write_atomically(path, bytes, 0o644, crate::files::Placement::Replace)
+        .map(|_| ())
+        .map_err(failed)
+}
+
+/// Whether `path` holds a report this command writes: a signed JSON report
+/// (`report` and `signature` at the top) or its HTML rendering.
+fn is_a_report(path: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    if bytes.starts_with(b"<!DOCTYPE html>") {
+        return String::from_utf8_lossy(&bytes[..bytes.len().min(4096)])
+            .contains("<title>checkoutd audit report");
+    }
+    serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| {
+        v.get("report").is_some_and(serde_json::Value::is_object)
+            && v.get("signature").is_some_and(serde_json::Value::is_object)
+    })
 }
 
 /// The heads an earlier report recorded (the access log's, required; the

@@ -240,6 +240,19 @@ pub(crate) mod stale_plans {
 /// `postgres://user@host:port/db` without password or parameters, for
 /// messages.
 pub fn redact(url: &str) -> String {
+    // A password given as a parameter (`password=`, `sslpassword=`) may
+    // hold `@` and `/` too: everything from the `?` before it goes first,
+    // then any parameters after the path's last `/`.
+    let url = match url.to_ascii_lowercase().find("password=") {
+        Some(at) => url[..at].rfind('?').map_or(&url[..at], |q| &url[..q]),
+        None => url,
+    };
+    let url = match url.rfind('/') {
+        Some(slash) => url[slash..]
+            .find(['?', '#'])
+            .map_or(url, |cut| &url[..slash + cut]),
+        None => url,
+    };
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
     // The user information ends at the last `@` (a password may hold any
     // character, `?`, `#` and `@` included); of it only the user name up to
@@ -424,6 +437,17 @@ mod tests {
             ("postgres://u:p@secret?x@h/db", "postgres://u@h/db"),
             ("postgresql://h/db", "postgresql://h/db"),
             ("postgres://u@h/db?password=secret", "postgres://u@h/db"),
+            ("postgres://u@h/db?password=abc@secret", "postgres://u@h/db"),
+            ("postgres://u@h/db?password=a/b@secret", "postgres://u@h/db"),
+            (
+                "postgres://u@h/db?sslmode=require&sslpassword=x@secret",
+                "postgres://u@h/db",
+            ),
+            (
+                "postgres://u@h/db?application_name=a@secret",
+                "postgres://u@h/db",
+            ),
+            ("postgres://u:s/ecret@h/db?x=1", "postgres://u@h/db"),
         ] {
             assert_eq!(redact(url), shown);
             assert!(!redact(url).contains("secret"));

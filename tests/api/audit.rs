@@ -1029,6 +1029,45 @@ async fn offline_audit_exit_codes_and_html_report() {
     assert!(doc["signature"]["value_hex"].as_str().unwrap().len() == 128);
     render_in_chromium(&html, true);
 
+    // An earlier report (JSON or HTML) is replaced; a file that is not one —
+    // a keyring named by a mistyped --out — never is (2, kept as it was);
+    // a symbolic link is replaced, its target untouched.
+    let again = |target: &std::path::Path| {
+        checkoutd()
+            .env("CHECKOUTD_DATABASE_URL", &url)
+            .args(["audit", "--data-dir"])
+            .arg(&copy)
+            .arg("--out")
+            .arg(target)
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(again(&out), Some(0), "a report replaces a report");
+    let keyring_like = work.path().join("keyring.json");
+    std::fs::write(&keyring_like, br#"{"format":"not a report"}"#).unwrap();
+    assert_eq!(again(&keyring_like), Some(2));
+    assert_eq!(
+        std::fs::read(&keyring_like).unwrap(),
+        br#"{"format":"not a report"}"#
+    );
+    #[cfg(unix)]
+    {
+        let link = work.path().join("linked.json");
+        std::os::unix::fs::symlink(&keyring_like, &link).unwrap();
+        assert_eq!(again(&link), Some(0));
+        assert!(
+            !std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read(&keyring_like).unwrap(),
+            br#"{"format":"not a report"}"#
+        );
+    }
+
     // Tamper with the copy: a flipped purpose and two swapped card envelopes.
     let tampered = sqlx::AnyPool::connect(&url).await.unwrap();
     let (a, b) = (&ids[0], &ids[3]);

@@ -653,6 +653,19 @@ async fn custodian_shares_are_all_needed_and_checked() {
             .output()
             .unwrap()
     };
+    // One custodian is no split knowledge: a usage error (2) naming the
+    // flag, before anything is created.
+    let out = run(&[
+        "keys",
+        "init",
+        "--custodians",
+        "1",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--custodians"));
+    assert!(!data.exists(), "nothing created for a refused init");
     // Shares that cannot be written leave no keyring behind (it would open
     // nothing and block every later init).
     let blocker = dir.path().join("not-a-directory");
