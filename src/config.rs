@@ -147,6 +147,7 @@ struct FileConfig {
     unsubscribe_rate_limit: Option<u32>,
     retain_card_days: Option<u32>,
     retain_recipient_days: Option<u32>,
+    retain_undispatched_days: Option<u32>,
     replay_window_hours: Option<u32>,
 }
 
@@ -315,6 +316,13 @@ impl Settings {
                 "retain_recipient_days",
                 "retain-recipient-days",
                 "RETAIN_RECIPIENT_DAYS",
+            ),
+            (
+                args.retain_undispatched_days
+                    .or(file.retain_undispatched_days),
+                "retain_undispatched_days",
+                "retain-undispatched-days",
+                "RETAIN_UNDISPATCHED_DAYS",
             ),
         ] {
             if days.is_some_and(|d| d > MAX_RETAIN_DAYS) {
@@ -549,27 +557,40 @@ impl Settings {
             request_timeout,
             commit_queue,
             policy_versions,
-            retention: [
-                (
-                    crate::crypto::DataClass::Card,
-                    args.retain_card_days
-                        .or(file.retain_card_days)
-                        .unwrap_or(120),
-                ),
-                (
-                    crate::crypto::DataClass::Recipient,
-                    args.retain_recipient_days
-                        .or(file.retain_recipient_days)
-                        .unwrap_or(30),
-                ),
-            ]
-            .into_iter()
-            .filter(|(_, days)| *days > 0)
-            .map(|(class, days)| crate::retention::Rule {
-                class,
-                after_dispatch: Duration::from_secs(u64::from(days) * 86_400),
-            })
-            .collect(),
+            retention: {
+                use crate::crypto::DataClass::{Card, Recipient};
+                use crate::retention::Clock::{CreationUndispatched, Dispatch};
+                let undispatched = args
+                    .retain_undispatched_days
+                    .or(file.retain_undispatched_days)
+                    .unwrap_or(180);
+                [
+                    (
+                        Card,
+                        Dispatch,
+                        args.retain_card_days
+                            .or(file.retain_card_days)
+                            .unwrap_or(120),
+                    ),
+                    (
+                        Recipient,
+                        Dispatch,
+                        args.retain_recipient_days
+                            .or(file.retain_recipient_days)
+                            .unwrap_or(30),
+                    ),
+                    (Card, CreationUndispatched, undispatched),
+                    (Recipient, CreationUndispatched, undispatched),
+                ]
+                .into_iter()
+                .filter(|(_, _, days)| *days > 0)
+                .map(|(class, from, days)| crate::retention::Rule {
+                    class,
+                    after: Duration::from_secs(u64::from(days) * 86_400),
+                    from,
+                })
+                .collect()
+            },
             replay_window: Duration::from_secs(u64::from(replay_window_hours) * 3600),
             unsubscribe_rate_limit,
         })
@@ -714,13 +735,40 @@ mod tests {
             .to_string();
             assert!(err.contains("retain_"), "{err}");
         }
+        let err = Settings::from_args(&ServeArgs {
+            retain_undispatched_days: Some(36_501),
+            ..ServeArgs::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("retain_undispatched_days"), "{err}");
         let kept = Settings::from_args(&ServeArgs {
             retain_card_days: Some(36_500),
             retain_recipient_days: Some(0),
+            retain_undispatched_days: Some(0),
             ..ServeArgs::default()
         })
         .unwrap();
         assert_eq!(kept.retention.len(), 1);
+        // By default: card and recipient data after dispatch, and both of
+        // an order never dispatched, 180 days after it was taken.
+        use crate::retention::Clock;
+        let rules: Vec<_> = Settings::from_args(&ServeArgs::default())
+            .unwrap()
+            .retention
+            .iter()
+            .map(|r| (r.class.as_str(), r.from, r.after.as_secs() / 86_400))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("card", Clock::Dispatch, 120),
+                ("recipient", Clock::Dispatch, 30),
+                ("card", Clock::CreationUndispatched, 180),
+                ("recipient", Clock::CreationUndispatched, 180),
+            ]
+        );
+        assert!(toml::from_str::<FileConfig>("retain_undispatched_days = 365").is_ok());
     }
 
     #[test]

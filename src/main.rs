@@ -142,11 +142,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     let mut purged = 0;
                     let mut outcome = Ok(());
                     for class in all {
-                        outcome = checkoutd::retention::purge_dispatched_before(
+                        outcome = checkoutd::retention::purge_before(
                             store.as_ref(),
                             &keyring,
                             class,
-                            &before,
+                            (checkoutd::retention::Clock::Dispatch, &before),
                             "operator",
                             ("operator", &who),
                             &mut purged,

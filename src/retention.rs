@@ -13,7 +13,13 @@
 //!   card record to answer a dispute or refund);
 //! - gift-recipient data: `--retain-recipient-days` after dispatch (default
 //!   30: enough for a delivery problem or a return; the recipient's details
-//!   were collected only to deliver the parcel).
+//!   were collected only to deliver the parcel);
+//! - both, of an order never dispatched: `--retain-undispatched-days` after
+//!   it was taken (default 180). An order the warehouse never ships
+//!   (cancelled, refused as fraud, out of stock) would otherwise keep its
+//!   card and recipient data for good: no dispatch ever starts the clocks
+//!   above. 180 days cover the chargeback window of a charge made at
+//!   checkout, and a shipment delayed for months.
 //!
 //! Billing, shipping and contact data follow the customer relationship and
 //! are purged on request (`checkoutd orders purge`).
@@ -225,7 +231,29 @@ fn retirement(keyring: &Keyring, row: &AuditKeyRow) -> Option<RetiredRequestHash
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
     pub class: DataClass,
-    pub after_dispatch: Duration,
+    /// How long after [`Rule::from`].
+    pub after: Duration,
+    pub from: Clock,
+}
+
+/// What a retention period counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The order's dispatch (dispatched orders only).
+    Dispatch,
+    /// The order's creation, for orders never dispatched.
+    CreationUndispatched,
+}
+
+impl Clock {
+    /// The purge reason's suffix after the class (`retention:card`,
+    /// `retention:card:undispatched`).
+    fn reason(self, class: DataClass) -> String {
+        match self {
+            Clock::Dispatch => format!("retention:{}", class.as_str()),
+            Clock::CreationUndispatched => format!("retention:{}:undispatched", class.as_str()),
+        }
+    }
 }
 
 /// One pass of the retention schedule: every due purge, then one
@@ -244,13 +272,13 @@ pub async fn run_once(
     // class's promise); the first failure is what the pass returns.
     for rule in rules {
         let cutoff = time::OffsetDateTime::now_utc()
-            - time::Duration::try_from(rule.after_dispatch).unwrap_or(time::Duration::ZERO);
-        let ran = purge_dispatched_before(
+            - time::Duration::try_from(rule.after).unwrap_or(time::Duration::ZERO);
+        let ran = purge_before(
             store,
             keyring,
             rule.class,
-            &crate::ids::timestamp(cutoff),
-            &format!("retention:{}", rule.class.as_str()),
+            (rule.from, &crate::ids::timestamp(cutoff)),
+            &rule.from.reason(rule.class),
             ("system", "retention"),
             &mut purged,
         )
@@ -265,21 +293,23 @@ pub async fn run_once(
     finish_purges(store, purged, outcome, false).await
 }
 
-/// Purges `class` of every order dispatched before `before` (a timestamp),
-/// each logged with `reason` and `who`, counting into `purged` as it goes —
-/// so a caller meeting an error part way still knows that records were
-/// deleted. Without [`Store::after_purge`]: see [`finish_purges`].
-pub async fn purge_dispatched_before(
+/// Purges `class` of every order whose `clock` reads before `before` (a
+/// timestamp): dispatched before it, or taken before it and never
+/// dispatched. Each is logged with `reason` and `who`, counting into
+/// `purged` as it goes — so a caller meeting an error part way still knows
+/// that records were deleted. Without [`Store::after_purge`]: see
+/// [`finish_purges`].
+pub async fn purge_before(
     store: &dyn Store,
     keyring: &Keyring,
     class: DataClass,
-    before: &str,
+    (clock, before): (Clock, &str),
     reason: &str,
     who: (&str, &str),
     purged: &mut u64,
 ) -> Result<(), StoreError> {
     loop {
-        let due = store.due_for_retention(class, before, 500).await?;
+        let due = store.due_for_retention(class, clock, before, 500).await?;
         if due.is_empty() {
             return Ok(());
         }

@@ -505,10 +505,16 @@ pub trait Store: Send + Sync + 'static {
     /// run again, which finds nothing left to delete — finishes the job).
     async fn after_purge(&self) -> Result<(), StoreError>;
 
-    /// Orders dispatched before `before` that still hold records of `class`.
+    /// Orders that still hold records of `class` and were dispatched
+    /// before `before` ([`Clock::Dispatch`]), or taken before it and never
+    /// dispatched ([`Clock::CreationUndispatched`]).
+    ///
+    /// [`Clock::Dispatch`]: crate::retention::Clock::Dispatch
+    /// [`Clock::CreationUndispatched`]: crate::retention::Clock::CreationUndispatched
     async fn due_for_retention(
         &self,
         class: crate::crypto::DataClass,
+        clock: crate::retention::Clock,
         before: &str,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;

@@ -305,6 +305,81 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     audit_reports_the_purge_of(&app, &kept).await;
 }
 
+/// An order the warehouse never ships keeps its card and recipient data
+/// no longer than the undispatched period after it was taken; a dispatched
+/// one is left to the dispatch clock, and billing and shipping stay.
+#[tokio::test]
+async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
+    let app = spawn_app().await;
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({
+        "name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}
+    });
+    let never = place(&app, "u-1", &gift).await;
+    let shipped = place(&app, "u-2", &gift).await;
+    let r = app
+        .dispatch(&shipped, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let store = app.store().await;
+    let undispatched = |class| checkoutd::retention::Rule {
+        class,
+        after: Duration::ZERO,
+        from: checkoutd::retention::Clock::CreationUndispatched,
+    };
+    // Not yet due: a year's period.
+    let mut rules = [
+        undispatched(checkoutd::crypto::DataClass::Card),
+        undispatched(checkoutd::crypto::DataClass::Recipient),
+    ];
+    for rule in &mut rules {
+        rule.after = Duration::from_secs(365 * 86_400);
+    }
+    let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    for rule in &mut rules {
+        rule.after = Duration::ZERO;
+    }
+    let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the never-dispatched order's card and recipient data");
+    let db = app.db().await;
+    for table in ["payment_cards", "gift_recipients"] {
+        let left: Vec<String> = sqlx::query_scalar(&format!("SELECT order_id FROM {table}"))
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        assert_eq!(left, vec![shipped.clone()], "{table}");
+    }
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM purges WHERE order_id = $1 ORDER BY reason")
+            .bind(&never)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        reasons,
+        [
+            "retention:card:undispatched",
+            "retention:recipient:undispatched"
+        ]
+    );
+    let billing: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_details")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(billing, 2, "other classes stay");
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+}
+
 #[tokio::test]
 async fn retention_purges_card_data_after_dispatch_only() {
     let app = spawn_app().await;
@@ -318,7 +393,8 @@ async fn retention_purges_card_data_after_dispatch_only() {
     let store = app.store().await;
     let rules = [checkoutd::retention::Rule {
         class: checkoutd::crypto::DataClass::Card,
-        after_dispatch: Duration::ZERO,
+        after: Duration::ZERO,
+        from: checkoutd::retention::Clock::Dispatch,
     }];
     let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
         .await
@@ -542,7 +618,8 @@ async fn records_restored_after_their_purge_are_found_by_the_audit() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let rules = [checkoutd::retention::Rule {
         class: checkoutd::crypto::DataClass::Card,
-        after_dispatch: Duration::ZERO,
+        after: Duration::ZERO,
+        from: checkoutd::retention::Clock::Dispatch,
     }];
     checkoutd::retention::run_once(&app.store().await, &app.keyring(), &rules)
         .await

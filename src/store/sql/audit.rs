@@ -1329,13 +1329,20 @@ pub async fn after_purge(writer: &super::Writer, engine: Engine) -> Result<(), S
 pub async fn due_for_retention(
     pool: &AnyPool,
     class: crate::crypto::DataClass,
+    clock: crate::retention::Clock,
     before: &str,
     limit: u32,
 ) -> Result<Vec<String>, StoreError> {
     let table = class_table(class.as_str()).ok_or(StoreError::Corrupt("unknown class"))?;
+    let due = match clock {
+        crate::retention::Clock::Dispatch => "o.status = 'dispatched' AND o.dispatched_at < $1",
+        crate::retention::Clock::CreationUndispatched => {
+            "o.status = 'accepted' AND o.created_at < $1"
+        }
+    };
     sqlx::query_scalar(&format!(
         "SELECT o.id FROM orders o JOIN {table} r ON r.order_id = o.id
-          WHERE o.status = 'dispatched' AND o.dispatched_at < $1 ORDER BY o.seq LIMIT $2"
+          WHERE {due} ORDER BY o.seq LIMIT $2"
     ))
     .bind(before)
     .bind(i64::from(limit))

@@ -869,10 +869,11 @@ impl Store for SqlStore {
     async fn due_for_retention(
         &self,
         class: crate::crypto::DataClass,
+        clock: crate::retention::Clock,
         before: &str,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        audit::due_for_retention(&self.pool, class, before, limit).await
+        audit::due_for_retention(&self.pool, class, clock, before, limit).await
     }
 
     async fn contact_subject(&self, order_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
