@@ -558,7 +558,7 @@ impl Settings {
             commit_queue,
             policy_versions,
             retention: {
-                use crate::crypto::DataClass::{Card, Recipient};
+                use crate::crypto::DataClass::{Card, Recipient, Shipping};
                 use crate::retention::Clock::{CreationUndispatched, Dispatch};
                 let undispatched = args
                     .retain_undispatched_days
@@ -579,7 +579,11 @@ impl Settings {
                             .or(file.retain_recipient_days)
                             .unwrap_or(30),
                     ),
+                    // The ship-to before the recipient's record, as every
+                    // purge takes them: a dispatch then finds the order's
+                    // ship-to gone (see `PurgeIf::Undispatched`).
                     (Card, CreationUndispatched, undispatched),
+                    (Shipping, CreationUndispatched, undispatched),
                     (Recipient, CreationUndispatched, undispatched),
                 ]
                 .into_iter()
@@ -765,6 +769,7 @@ mod tests {
                 ("card", Clock::Dispatch, 120),
                 ("recipient", Clock::Dispatch, 30),
                 ("card", Clock::CreationUndispatched, 180),
+                ("shipping", Clock::CreationUndispatched, 180),
                 ("recipient", Clock::CreationUndispatched, 180),
             ]
         );

@@ -14,12 +14,17 @@
 //! - gift-recipient data: `--retain-recipient-days` after dispatch (default
 //!   30: enough for a delivery problem or a return; the recipient's details
 //!   were collected only to deliver the parcel);
-//! - both, of an order never dispatched: `--retain-undispatched-days` after
-//!   it was taken (default 180). An order the warehouse never ships
-//!   (cancelled, refused as fraud, out of stock) would otherwise keep its
-//!   card and recipient data for good: no dispatch ever starts the clocks
-//!   above. 180 days cover the chargeback window of a charge made at
-//!   checkout, and a shipment delayed for months.
+//! - of an order never dispatched, its card data and its ship-to (the
+//!   shipping record, and a gift's recipient record):
+//!   `--retain-undispatched-days` after it was taken (default 180). An
+//!   order the warehouse never ships (cancelled, refused as fraud, out of
+//!   stock) would otherwise keep them for good: no dispatch ever starts the
+//!   clocks above. 180 days cover the chargeback window of a charge made at
+//!   checkout, and a shipment delayed for months. Each purge goes ahead
+//!   only if the order is still undispatched in its own transaction
+//!   ([`PurgeIf::Undispatched`]), and the ship-to goes before the
+//!   recipient, so a dispatch racing it either wins (nothing is purged) or
+//!   finds the ship-to gone (`409 ship-to-purged`).
 //!
 //! Billing, shipping and contact data follow the customer relationship and
 //! are purged on request (`checkoutd orders purge`).
@@ -40,7 +45,7 @@ use std::time::Duration;
 use crate::audit::access_log::{Chainer, Entry, Outcome};
 use crate::crypto::DataClass;
 use crate::crypto::keyring::Keyring;
-use crate::store::rows::{AuditKeyRow, KeysDue, PurgeRow, RetiredRequestHash};
+use crate::store::rows::{AuditKeyRow, KeysDue, PurgeIf, PurgeRow, RetiredRequestHash};
 use crate::store::{Store, StoreError};
 
 /// The bytes a purge's MAC covers (all of `p` but the MAC): `"checkoutd/purge"
@@ -71,7 +76,15 @@ pub async fn purge_order(
     reason: &str,
     who: (&str, &str),
 ) -> Result<Vec<String>, StoreError> {
-    let done = purge_records(store, keyring, order_id, classes, reason, who).await;
+    let done = purge_records(
+        store,
+        keyring,
+        order_id,
+        (classes, &PurgeIf::Always),
+        reason,
+        who,
+    )
+    .await;
     // Even when nothing was left to delete (a purge run again after an
     // `Incomplete` one is how its WAL gets emptied), and when the purge
     // failed after a step that changed rows (the request hash, emptied
@@ -94,7 +107,7 @@ pub async fn purge_records(
     store: &dyn Store,
     keyring: &Keyring,
     order_id: &str,
-    classes: &[DataClass],
+    (classes, condition): (&[DataClass], &PurgeIf),
     reason: &str,
     who: (&str, &str),
 ) -> Result<Vec<String>, StoreError> {
@@ -148,7 +161,7 @@ pub async fn purge_records(
     // records). Ending the replay window of an order whose purge then
     // fails costs nothing.
     retire_request_hashes(store, keyring, KeysDue::OfOrder(order_id)).await?;
-    store.purge(order_id, &rows).await
+    store.purge(order_id, &rows, condition).await
 }
 
 /// The replay window's default: a week. Storefronts retry within minutes;
@@ -308,15 +321,35 @@ pub async fn purge_before(
     who: (&str, &str),
     purged: &mut u64,
 ) -> Result<(), StoreError> {
+    let condition = match clock {
+        Clock::Dispatch => PurgeIf::Always,
+        Clock::CreationUndispatched => PurgeIf::Undispatched {
+            taken_before: before.to_owned(),
+        },
+    };
+    // An order found due whose purge then does not go ahead (dispatched
+    // meanwhile) is not asked about again in this pass.
+    let mut passed_over = std::collections::HashSet::new();
     loop {
         let due = store.due_for_retention(class, clock, before, 500).await?;
-        if due.is_empty() {
+        let fresh: Vec<&String> = due.iter().filter(|id| !passed_over.contains(*id)).collect();
+        if fresh.is_empty() {
             return Ok(());
         }
-        for order_id in &due {
-            *purged += purge_records(store, keyring, order_id, &[class], reason, who)
-                .await?
-                .len() as u64;
+        for order_id in fresh {
+            let done = purge_records(
+                store,
+                keyring,
+                order_id,
+                (&[class], &condition),
+                reason,
+                who,
+            )
+            .await?;
+            if done.is_empty() {
+                passed_over.insert(order_id.clone());
+            }
+            *purged += done.len() as u64;
         }
     }
 }

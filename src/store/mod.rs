@@ -470,12 +470,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the records of `classes` of one order (their wrapped data keys
     /// with them: crypto-shredding) and records each purge, in one
-    /// transaction. Returns the classes actually purged (a class already
-    /// gone is skipped). [`after_purge`](Self::after_purge) must follow.
+    /// transaction, if `condition` holds then. Returns the classes actually
+    /// purged (a class already gone is skipped; none when the condition
+    /// does not hold). [`after_purge`](Self::after_purge) must follow.
     async fn purge(
         &self,
         order_id: &str,
         purges: &[rows::PurgeRow],
+        condition: &rows::PurgeIf,
     ) -> Result<Vec<String>, StoreError>;
 
     /// Up to `limit` idempotency rows that still hold a request hash and

@@ -519,6 +519,20 @@ pub struct RewrapItem {
     pub envelope: Envelope,
 }
 
+/// When a purge goes ahead ([`crate::store::Store::purge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeIf {
+    /// Whatever the order's state (an operator's purge; retention after
+    /// dispatch, which cannot be undone).
+    Always,
+    /// Only while the order is still undispatched and was taken before
+    /// this timestamp — checked in the purge's own transaction, the order
+    /// row locked: a dispatch landing since the order was found due is
+    /// either seen (nothing is purged) or waits for the purge (and then
+    /// finds its ship-to gone).
+    Undispatched { taken_before: String },
+}
+
 /// A purge of one data class of one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeRow {

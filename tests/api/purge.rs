@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use checkoutd::server::identity::Role;
+use checkoutd::store::Store;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_succeeded, spawn_app};
@@ -305,9 +306,10 @@ async fn a_purged_order_is_unrecoverable_and_the_audit_stays_green() {
     audit_reports_the_purge_of(&app, &kept).await;
 }
 
-/// An order the warehouse never ships keeps its card and recipient data
+/// An order the warehouse never ships keeps its card data and its ship-to
 /// no longer than the undispatched period after it was taken; a dispatched
-/// one is left to the dispatch clock, and billing and shipping stay.
+/// one — also one dispatched after it was found due — is left to the
+/// dispatch clock, and billing stays.
 #[tokio::test]
 async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
     let app = spawn_app().await;
@@ -329,9 +331,43 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
         after: Duration::ZERO,
         from: checkoutd::retention::Clock::CreationUndispatched,
     };
+    // An order found due, then dispatched before its purge runs: the
+    // purge checks again in its own transaction and leaves it whole.
+    let racing = place(&app, "u-3", &gift).await;
+    let due = store
+        .due_for_retention(
+            checkoutd::crypto::DataClass::Recipient,
+            checkoutd::retention::Clock::CreationUndispatched,
+            &checkoutd::ids::now(),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(due.contains(&racing), "{due:?}");
+    let r = app
+        .dispatch(&racing, &json!({"carrier": "UPS", "tracking": "1Z9"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let done = checkoutd::retention::purge_records(
+        &store,
+        &app.keyring(),
+        &racing,
+        (
+            &[checkoutd::crypto::DataClass::Recipient],
+            &checkoutd::store::rows::PurgeIf::Undispatched {
+                taken_before: checkoutd::ids::now(),
+            },
+        ),
+        "retention:recipient:undispatched",
+        ("system", "retention"),
+    )
+    .await
+    .unwrap();
+    assert!(done.is_empty(), "a dispatched order's recipient was purged");
     // Not yet due: a year's period.
     let mut rules = [
         undispatched(checkoutd::crypto::DataClass::Card),
+        undispatched(checkoutd::crypto::DataClass::Shipping),
         undispatched(checkoutd::crypto::DataClass::Recipient),
     ];
     for rule in &mut rules {
@@ -347,15 +383,26 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
     let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
         .await
         .unwrap();
-    assert_eq!(n, 2, "the never-dispatched order's card and recipient data");
+    assert_eq!(
+        n, 3,
+        "the never-dispatched order's card, shipping and recipient data"
+    );
     let db = app.db().await;
-    for table in ["payment_cards", "gift_recipients"] {
-        let left: Vec<String> = sqlx::query_scalar(&format!("SELECT order_id FROM {table}"))
+    for table in ["payment_cards", "shipping_details", "gift_recipients"] {
+        let mut left: Vec<String> = sqlx::query_scalar(&format!("SELECT order_id FROM {table}"))
             .fetch_all(&db)
             .await
             .unwrap();
-        assert_eq!(left, vec![shipped.clone()], "{table}");
+        left.sort();
+        let mut kept = vec![shipped.clone(), racing.clone()];
+        kept.sort();
+        assert_eq!(left, kept, "{table}");
     }
+    // It can no longer be dispatched.
+    let r = app
+        .dispatch(&never, &json!({"carrier": "UPS", "tracking": "1Z8"}))
+        .await;
+    assert_eq!(r.status(), 409);
     let reasons: Vec<String> =
         sqlx::query_scalar("SELECT reason FROM purges WHERE order_id = $1 ORDER BY reason")
             .bind(&never)
@@ -366,14 +413,15 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
         reasons,
         [
             "retention:card:undispatched",
-            "retention:recipient:undispatched"
+            "retention:recipient:undispatched",
+            "retention:shipping:undispatched"
         ]
     );
     let billing: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_details")
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(billing, 2, "other classes stay");
+    assert_eq!(billing, 3, "other classes stay");
     let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
         .await
         .unwrap();

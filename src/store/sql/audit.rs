@@ -1265,8 +1265,29 @@ pub async fn purge(
     engine: Engine,
     order_id: &str,
     purges: &[super::super::rows::PurgeRow],
+    condition: &super::super::rows::PurgeIf,
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
+    if let super::super::rows::PurgeIf::Undispatched { taken_before } = condition {
+        // The order row locked on PostgreSQL: a dispatch updating it is
+        // waited for (and then seen), one that comes later waits for this
+        // purge. (SQLite has one writer at a time.)
+        let lock = match engine {
+            Engine::Postgres => " FOR UPDATE",
+            Engine::Sqlite => "",
+        };
+        let still: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM orders WHERE id = $1 AND status = 'accepted' AND created_at < $2{lock}"
+        ))
+        .bind(order_id)
+        .bind(taken_before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        if still.is_none() {
+            return Ok(Vec::new());
+        }
+    }
     let mut done = Vec::new();
     for p in purges {
         let Some(table) = class_table(&p.class) else {

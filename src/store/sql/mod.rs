@@ -550,8 +550,11 @@ impl Store for SqlStore {
         // the shipping record before the recipient's, so a dispatch holding
         // a lock on the recipient's while it waits for the shipping record
         // would deadlock with it. Every purge of an undispatched order's
-        // ship-to takes the shipping record (retention takes the
-        // recipient's alone only from dispatched orders).
+        // ship-to takes the shipping record first: an operator's in the
+        // same transaction, retention's undispatched rules in an earlier
+        // one (and each of those only while the order, locked, is still
+        // undispatched: `PurgeIf::Undispatched`); after dispatch,
+        // retention takes the recipient's alone.
         let lock = match self.engine {
             Engine::Postgres => " FOR KEY SHARE",
             Engine::Sqlite => "",
@@ -843,8 +846,9 @@ impl Store for SqlStore {
         &self,
         order_id: &str,
         purges: &[super::rows::PurgeRow],
+        condition: &super::rows::PurgeIf,
     ) -> Result<Vec<String>, StoreError> {
-        audit::purge(&self.writer, self.engine, order_id, purges).await
+        audit::purge(&self.writer, self.engine, order_id, purges, condition).await
     }
 
     async fn replayable_keys(
