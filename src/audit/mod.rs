@@ -63,6 +63,12 @@ pub async fn offline(
         .map(|path| anchor_of(path, &keyring))
         .transpose()?
         .unwrap_or_default();
+    // Both paths are checked before the (long) verification, and before
+    // either file is written.
+    may_write_report(out)?;
+    if let Some(path) = html_out {
+        may_write_report(path)?;
+    }
     let store = crate::store::open_read_only(&settings.database).await?;
     let report = verify::verify_since(store.as_ref(), &keyring, progress, &since).await?;
     store.close().await;
@@ -80,46 +86,57 @@ pub async fn offline(
     Ok(report.verified)
 }
 
-/// Writes a report to `path` whole or not at all (a temporary file renamed
-/// over it: a symbolic link there is replaced, never followed). What is
-/// already at `path` is replaced only if it is an earlier report — never a
-/// keyring, a share or anything else a mistyped `--out` could name.
-fn write_report(path: &std::path::Path, bytes: &[u8]) -> Result<(), OfflineError> {
-    let failed = |source| OfflineError::Write {
+/// Whether a report may be written to `path`: nothing there yet, or an
+/// earlier report (replaced whole) — never a keyring, a share or anything
+/// else a mistyped `--out` could name, nor a symbolic link or a device
+/// (as root, `/dev/stdout` is a link in `/dev`: give a file's own path).
+fn may_write_report(path: &std::path::Path) -> Result<(), OfflineError> {
+    let refused = |why: &str| OfflineError::Write {
         path: path.to_owned(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_owned()),
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() && !is_a_report(path) => {
-            return Err(failed(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a checkoutd audit report; never overwritten (choose another name)",
-            )));
-        }
-        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => {
-            return Err(failed(std::io::Error::other("not a file")));
-        }
-        _ => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(OfflineError::Write {
+            path: path.to_owned(),
+            source,
+        }),
+        Ok(meta) if meta.file_type().is_symlink() => Err(refused(
+            "is a symbolic link; give the path of the file itself",
+        )),
+        Ok(meta) if !meta.is_file() => Err(refused("is not a regular file")),
+        Ok(_) if !is_a_report(path) => Err(refused(
+            "exists and is not a checkoutd audit report; never overwritten (choose another name)",
+        )),
+        Ok(_) => Ok(()),
     }
-    crate::files::write_atomically(path, bytes, 0o644, crate::files::Placement::Replace)
-        .map(|_| ())
-        .map_err(failed)
 }
 
-/// Whether `path` holds a report this command writes: a signed JSON report
-/// (`report` and `signature` at the top) or its HTML rendering.
+/// Writes a report to `path` whole or not at all (a temporary file renamed
+/// over it), once [`may_write_report`] allowed it.
+fn write_report(path: &std::path::Path, bytes: &[u8]) -> Result<(), OfflineError> {
+    crate::files::write_atomically(path, bytes, 0o644, crate::files::Placement::Replace)
+        .map(|_| ())
+        .map_err(|source| OfflineError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Whether `path` begins as a report this command writes does: a signed
+/// JSON report (`report`, then `signature`, pretty-printed) or its HTML
+/// rendering. Only the first bytes are read (a mistyped `--out` may name
+/// a database).
 fn is_a_report(path: &std::path::Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    let read = std::fs::File::open(path).and_then(|f| f.take(512).read_to_end(&mut head));
+    if read.is_err() {
         return false;
-    };
-    if bytes.starts_with(b"<!DOCTYPE html>") {
-        return String::from_utf8_lossy(&bytes[..bytes.len().min(4096)])
-            .contains("<title>checkoutd audit report");
     }
-    serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| {
-        v.get("report").is_some_and(serde_json::Value::is_object)
-            && v.get("signature").is_some_and(serde_json::Value::is_object)
-    })
+    head.starts_with(b"{\n  \"report\": {")
+        || (head.starts_with(b"<!DOCTYPE html>")
+            && String::from_utf8_lossy(&head).contains("<title>checkoutd audit report"))
 }
 
 /// The heads an earlier report recorded (the access log's, required; the

@@ -240,20 +240,25 @@ pub(crate) mod stale_plans {
 /// `postgres://user@host:port/db` without password or parameters, for
 /// messages.
 pub fn redact(url: &str) -> String {
-    // A password given as a parameter (`password=`, `sslpassword=`) may
-    // hold `@` and `/` too: everything from the `?` before it goes first,
-    // then any parameters after the path's last `/`.
-    let url = match url.to_ascii_lowercase().find("password=") {
-        Some(at) => url[..at].rfind('?').map_or(&url[..at], |q| &url[..q]),
-        None => url,
-    };
-    let url = match url.rfind('/') {
-        Some(slash) => url[slash..]
-            .find(['?', '#'])
-            .map_or(url, |cut| &url[..slash + cut]),
-        None => url,
-    };
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    // A password given as a parameter (`password=`, `sslpassword=`) may
+    // hold `@` and `/` too: the query it is in goes first, from the `?`
+    // that starts it. Then any parameters after the path's last `/`.
+    let lower = rest.to_ascii_lowercase();
+    let rest = match ["?password=", "&password=", "?sslpassword=", "&sslpassword="]
+        .iter()
+        .filter_map(|p| lower.find(p))
+        .min()
+    {
+        Some(at) => rest[..=at].rfind('?').map_or(&rest[..at], |q| &rest[..q]),
+        None => rest,
+    };
+    let rest = match rest.rfind('/') {
+        Some(slash) => rest[slash..]
+            .find(['?', '#'])
+            .map_or(rest, |cut| &rest[..slash + cut]),
+        None => rest,
+    };
     // The user information ends at the last `@` (a password may hold any
     // character, `?`, `#` and `@` included); of it only the user name up to
     // the first separator is shown. Of the rest, only host, port and path.
@@ -448,6 +453,12 @@ mod tests {
                 "postgres://u@h/db",
             ),
             ("postgres://u:s/ecret@h/db?x=1", "postgres://u@h/db"),
+            // No path: the scheme's `//` is no path's `/`.
+            ("postgres://u:pa#secret@h", "postgres://u@h"),
+            ("postgres://app:x?secret@db:5432", "postgres://app@db:5432"),
+            // `password=` inside the password itself is no parameter.
+            ("postgres://u:secretpassword=1@h/db", "postgres://u@h/db"),
+            ("postgres://u:?password=secret@h/db", "postgres://u:"),
         ] {
             assert_eq!(redact(url), shown);
             assert!(!redact(url).contains("secret"));

@@ -1030,42 +1030,46 @@ async fn offline_audit_exit_codes_and_html_report() {
     render_in_chromium(&html, true);
 
     // An earlier report (JSON or HTML) is replaced; a file that is not one —
-    // a keyring named by a mistyped --out — never is (2, kept as it was);
-    // a symbolic link is replaced, its target untouched.
-    let again = |target: &std::path::Path| {
+    // a keyring named by a mistyped --out — never is (2, kept as it was),
+    // nor a symbolic link (its target untouched), checked before anything
+    // is written.
+    let again = |target: &std::path::Path, html: &std::path::Path| {
         checkoutd()
             .env("CHECKOUTD_DATABASE_URL", &url)
             .args(["audit", "--data-dir"])
             .arg(&copy)
             .arg("--out")
             .arg(target)
+            .arg("--html")
+            .arg(html)
             .status()
             .unwrap()
             .code()
     };
-    assert_eq!(again(&out), Some(0), "a report replaces a report");
+    assert_eq!(again(&out, &html), Some(0), "a report replaces a report");
     let keyring_like = work.path().join("keyring.json");
     std::fs::write(&keyring_like, br#"{"format":"not a report"}"#).unwrap();
-    assert_eq!(again(&keyring_like), Some(2));
+    assert_eq!(again(&keyring_like, &html), Some(2));
     assert_eq!(
         std::fs::read(&keyring_like).unwrap(),
         br#"{"format":"not a report"}"#
     );
+    // A refused --html leaves the JSON report as it was.
+    let before = std::fs::read(&out).unwrap();
+    assert_eq!(again(&out, &keyring_like), Some(2));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
     #[cfg(unix)]
     {
         let link = work.path().join("linked.json");
-        std::os::unix::fs::symlink(&keyring_like, &link).unwrap();
-        assert_eq!(again(&link), Some(0));
+        std::os::unix::fs::symlink(&out, &link).unwrap();
+        assert_eq!(again(&link, &html), Some(2));
         assert!(
-            !std::fs::symlink_metadata(&link)
+            std::fs::symlink_metadata(&link)
                 .unwrap()
                 .file_type()
                 .is_symlink()
         );
-        assert_eq!(
-            std::fs::read(&keyring_like).unwrap(),
-            br#"{"format":"not a report"}"#
-        );
+        assert_eq!(std::fs::read(&out).unwrap(), before);
     }
 
     // Tamper with the copy: a flipped purpose and two swapped card envelopes.

@@ -363,36 +363,48 @@ impl Store for SqlStore {
         if self.engine != Engine::Postgres {
             return self.idempotency_key(client, key_hash).await;
         }
-        let _turn = self
+        // The wait and the read run on a task of their own, which owns
+        // the turn and the connection until both statements are done: a
+        // caller that stops waiting (its time limit, a client gone) must
+        // not hand its turn on while its connection still waits.
+        let turn = self
             .settled_reads
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Corrupt("the settled-read gate is closed"))?;
-        // Every batch holds the orders' lock from its claim to its commit
-        // or rollback. A shared hold of it, taken and let go in one
-        // statement (its own implicit transaction, so no batch ever queues
-        // behind it for longer), returns once those running have ended;
-        // the read after it (a fresh snapshot, READ COMMITTED) sees what
-        // they committed. The wait is bounded by a lock timeout of its own,
-        // set first (the subquery) for that statement's implicit
-        // transaction only.
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock_shared($1)::text
-               FROM (SELECT set_config('lock_timeout', $2, true)) AS bounded",
-        )
-        .bind(super::postgres::LOCK_ORDERS)
-        .bind(SETTLED_WAIT)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        let row = sqlx::query(KEY_RECORD)
-            .bind(client.as_slice())
-            .bind(key_hash.as_slice())
-            .fetch_optional(&mut *conn)
+        let pool = self.pool.clone();
+        let (client, key_hash) = (*client, *key_hash);
+        let read = tokio::spawn(async move {
+            let _turn = turn;
+            // Every batch holds the orders' lock from its claim to its
+            // commit or rollback. A shared hold of it, taken and let go in
+            // one statement (its own implicit transaction, so no batch
+            // ever queues behind it for longer), returns once those
+            // running have ended; the read after it (a fresh snapshot,
+            // READ COMMITTED) sees what they committed. The wait is
+            // bounded by a lock timeout of its own, set first (the
+            // subquery) for that statement's implicit transaction only.
+            let mut conn = pool.acquire().await.map_err(StoreError::from_sqlx)?;
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock_shared($1)::text
+                   FROM (SELECT set_config('lock_timeout', $2, true)) AS bounded",
+            )
+            .bind(super::postgres::LOCK_ORDERS)
+            .bind(SETTLED_WAIT)
+            .execute(&mut *conn)
             .await
             .map_err(StoreError::from_sqlx)?;
-        row.as_ref().map(key_record).transpose()
+            let row = sqlx::query(KEY_RECORD)
+                .bind(client.as_slice())
+                .bind(key_hash.as_slice())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+            row.as_ref().map(key_record).transpose()
+        });
+        read.await
+            .map_err(|_| StoreError::Corrupt("the settled read stopped"))?
     }
 
     async fn idempotency_audit_page(
