@@ -566,30 +566,32 @@ impl Settings {
                     .unwrap_or(180);
                 [
                     (
-                        Card,
+                        &[Card][..],
                         Dispatch,
                         args.retain_card_days
                             .or(file.retain_card_days)
                             .unwrap_or(120),
                     ),
                     (
-                        Recipient,
+                        &[Recipient][..],
                         Dispatch,
                         args.retain_recipient_days
                             .or(file.retain_recipient_days)
                             .unwrap_or(30),
                     ),
                     // The ship-to before the recipient's record, as every
-                    // purge takes them: a dispatch then finds the order's
-                    // ship-to gone (see `PurgeIf::Undispatched`).
-                    (Card, CreationUndispatched, undispatched),
-                    (Shipping, CreationUndispatched, undispatched),
-                    (Recipient, CreationUndispatched, undispatched),
+                    // purge takes them, all in one transaction (see
+                    // `PurgeIf::Undispatched`).
+                    (
+                        &[Card, Shipping, Recipient][..],
+                        CreationUndispatched,
+                        undispatched,
+                    ),
                 ]
                 .into_iter()
                 .filter(|(_, _, days)| *days > 0)
-                .map(|(class, from, days)| crate::retention::Rule {
-                    class,
+                .map(|(classes, from, days)| crate::retention::Rule {
+                    classes,
                     after: Duration::from_secs(u64::from(days) * 86_400),
                     from,
                 })
@@ -761,16 +763,21 @@ mod tests {
             .unwrap()
             .retention
             .iter()
-            .map(|r| (r.class.as_str(), r.from, r.after.as_secs() / 86_400))
+            .map(|r| {
+                let names: Vec<&str> = r.classes.iter().map(|c| c.as_str()).collect();
+                (names.join("+"), r.from, r.after.as_secs() / 86_400)
+            })
             .collect();
         assert_eq!(
             rules,
             [
-                ("card", Clock::Dispatch, 120),
-                ("recipient", Clock::Dispatch, 30),
-                ("card", Clock::CreationUndispatched, 180),
-                ("shipping", Clock::CreationUndispatched, 180),
-                ("recipient", Clock::CreationUndispatched, 180),
+                ("card".into(), Clock::Dispatch, 120),
+                ("recipient".into(), Clock::Dispatch, 30),
+                (
+                    "card+shipping+recipient".into(),
+                    Clock::CreationUndispatched,
+                    180
+                ),
             ]
         );
         assert!(toml::from_str::<FileConfig>("retain_undispatched_days = 365").is_ok());

@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         outcome = checkoutd::retention::purge_before(
                             store.as_ref(),
                             &keyring,
-                            class,
+                            &[class],
                             (checkoutd::retention::Clock::Dispatch, &before),
                             "operator",
                             ("operator", &who),

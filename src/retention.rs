@@ -20,11 +20,12 @@
 //!   order the warehouse never ships (cancelled, refused as fraud, out of
 //!   stock) would otherwise keep them for good: no dispatch ever starts the
 //!   clocks above. 180 days cover the chargeback window of a charge made at
-//!   checkout, and a shipment delayed for months. Each purge goes ahead
-//!   only if the order is still undispatched in its own transaction
-//!   ([`PurgeIf::Undispatched`]), and the ship-to goes before the
-//!   recipient, so a dispatch racing it either wins (nothing is purged) or
-//!   finds the ship-to gone (`409 ship-to-purged`).
+//!   checkout, and a shipment delayed for months. The three go in one
+//!   transaction per order, which goes ahead only if the order, locked, is
+//!   still undispatched then ([`PurgeIf::Undispatched`]); a dispatch locks
+//!   the order first too, so of the two racing, either the dispatch wins
+//!   (nothing is purged) or it finds the ship-to gone (`409
+//!   ship-to-purged`).
 //!
 //! Billing, shipping and contact data follow the customer relationship and
 //! are purged on request (`checkoutd orders purge`).
@@ -243,7 +244,9 @@ fn retirement(keyring: &Keyring, row: &AuditKeyRow) -> Option<RetiredRequestHash
 /// A retention rule: purge `class` this long after dispatch.
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
-    pub class: DataClass,
+    /// Purged together, in one transaction per order (the ship-to's
+    /// classes: shipping before recipient, as every purge takes them).
+    pub classes: &'static [DataClass],
     /// How long after [`Rule::from`].
     pub after: Duration,
     pub from: Clock,
@@ -258,13 +261,16 @@ pub enum Clock {
     CreationUndispatched,
 }
 
-impl Clock {
-    /// The purge reason's suffix after the class (`retention:card`,
-    /// `retention:card:undispatched`).
-    fn reason(self, class: DataClass) -> String {
-        match self {
-            Clock::Dispatch => format!("retention:{}", class.as_str()),
-            Clock::CreationUndispatched => format!("retention:{}:undispatched", class.as_str()),
+impl Rule {
+    /// The purge reason: `retention:card`, `retention:recipient`,
+    /// `retention:undispatched`.
+    fn reason(&self) -> String {
+        match self.from {
+            Clock::Dispatch => {
+                let names: Vec<&str> = self.classes.iter().map(|c| c.as_str()).collect();
+                format!("retention:{}", names.join("+"))
+            }
+            Clock::CreationUndispatched => "retention:undispatched".to_owned(),
         }
     }
 }
@@ -289,15 +295,15 @@ pub async fn run_once(
         let ran = purge_before(
             store,
             keyring,
-            rule.class,
+            rule.classes,
             (rule.from, &crate::ids::timestamp(cutoff)),
-            &rule.from.reason(rule.class),
+            &rule.reason(),
             ("system", "retention"),
             &mut purged,
         )
         .await;
         if let Err(error) = ran {
-            tracing::error!(class = rule.class.as_str(), error = %error, "a retention rule failed this pass; the other rules still ran");
+            tracing::error!(rule = %rule.reason(), error = %error, "a retention rule failed this pass; the other rules still ran");
             if outcome.is_ok() {
                 outcome = Err(error);
             }
@@ -315,7 +321,7 @@ pub async fn run_once(
 pub async fn purge_before(
     store: &dyn Store,
     keyring: &Keyring,
-    class: DataClass,
+    classes: &[DataClass],
     (clock, before): (Clock, &str),
     reason: &str,
     who: (&str, &str),
@@ -331,21 +337,14 @@ pub async fn purge_before(
     // meanwhile) is not asked about again in this pass.
     let mut passed_over = std::collections::HashSet::new();
     loop {
-        let due = store.due_for_retention(class, clock, before, 500).await?;
+        let due = store.due_for_retention(classes, clock, before, 500).await?;
         let fresh: Vec<&String> = due.iter().filter(|id| !passed_over.contains(*id)).collect();
         if fresh.is_empty() {
             return Ok(());
         }
         for order_id in fresh {
-            let done = purge_records(
-                store,
-                keyring,
-                order_id,
-                (&[class], &condition),
-                reason,
-                who,
-            )
-            .await?;
+            let done =
+                purge_records(store, keyring, order_id, (classes, &condition), reason, who).await?;
             if done.is_empty() {
                 passed_over.insert(order_id.clone());
             }

@@ -507,7 +507,7 @@ pub trait Store: Send + Sync + 'static {
     /// run again, which finds nothing left to delete — finishes the job).
     async fn after_purge(&self) -> Result<(), StoreError>;
 
-    /// Orders that still hold records of `class` and were dispatched
+    /// Orders that still hold records of one of `classes` and were dispatched
     /// before `before` ([`Clock::Dispatch`]), or taken before it and never
     /// dispatched ([`Clock::CreationUndispatched`]).
     ///
@@ -515,7 +515,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Clock::CreationUndispatched`]: crate::retention::Clock::CreationUndispatched
     async fn due_for_retention(
         &self,
-        class: crate::crypto::DataClass,
+        classes: &[crate::crypto::DataClass],
         clock: crate::retention::Clock,
         before: &str,
         limit: u32,

@@ -326,9 +326,10 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let store = app.store().await;
-    let undispatched = |class| checkoutd::retention::Rule {
-        class,
-        after: Duration::ZERO,
+    use checkoutd::crypto::DataClass::{Card, Recipient, Shipping};
+    let undispatched = |after| checkoutd::retention::Rule {
+        classes: &[Card, Shipping, Recipient],
+        after,
         from: checkoutd::retention::Clock::CreationUndispatched,
     };
     // An order found due, then dispatched before its purge runs: the
@@ -336,7 +337,7 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
     let racing = place(&app, "u-3", &gift).await;
     let due = store
         .due_for_retention(
-            checkoutd::crypto::DataClass::Recipient,
+            &[Recipient],
             checkoutd::retention::Clock::CreationUndispatched,
             &checkoutd::ids::now(),
             10,
@@ -353,33 +354,24 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
         &app.keyring(),
         &racing,
         (
-            &[checkoutd::crypto::DataClass::Recipient],
+            &[Card, Shipping, Recipient],
             &checkoutd::store::rows::PurgeIf::Undispatched {
                 taken_before: checkoutd::ids::now(),
             },
         ),
-        "retention:recipient:undispatched",
+        "retention:undispatched",
         ("system", "retention"),
     )
     .await
     .unwrap();
-    assert!(done.is_empty(), "a dispatched order's recipient was purged");
+    assert!(done.is_empty(), "a dispatched order's records were purged");
     // Not yet due: a year's period.
-    let mut rules = [
-        undispatched(checkoutd::crypto::DataClass::Card),
-        undispatched(checkoutd::crypto::DataClass::Shipping),
-        undispatched(checkoutd::crypto::DataClass::Recipient),
-    ];
-    for rule in &mut rules {
-        rule.after = Duration::from_secs(365 * 86_400);
-    }
+    let rules = [undispatched(Duration::from_secs(365 * 86_400))];
     let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
         .await
         .unwrap();
     assert_eq!(n, 0);
-    for rule in &mut rules {
-        rule.after = Duration::ZERO;
-    }
+    let rules = [undispatched(Duration::ZERO)];
     let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
         .await
         .unwrap();
@@ -409,14 +401,7 @@ async fn retention_purges_an_order_never_dispatched_after_its_own_period() {
             .fetch_all(&db)
             .await
             .unwrap();
-    assert_eq!(
-        reasons,
-        [
-            "retention:card:undispatched",
-            "retention:recipient:undispatched",
-            "retention:shipping:undispatched"
-        ]
-    );
+    assert_eq!(reasons, ["retention:undispatched"; 3]);
     let billing: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_details")
         .fetch_one(&db)
         .await
@@ -440,7 +425,7 @@ async fn retention_purges_card_data_after_dispatch_only() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let store = app.store().await;
     let rules = [checkoutd::retention::Rule {
-        class: checkoutd::crypto::DataClass::Card,
+        classes: &[checkoutd::crypto::DataClass::Card],
         after: Duration::ZERO,
         from: checkoutd::retention::Clock::Dispatch,
     }];
@@ -665,7 +650,7 @@ async fn records_restored_after_their_purge_are_found_by_the_audit() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let rules = [checkoutd::retention::Rule {
-        class: checkoutd::crypto::DataClass::Card,
+        classes: &[checkoutd::crypto::DataClass::Card],
         after: Duration::ZERO,
         from: checkoutd::retention::Clock::Dispatch,
     }];

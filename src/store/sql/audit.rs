@@ -1349,12 +1349,23 @@ pub async fn after_purge(writer: &super::Writer, engine: Engine) -> Result<(), S
 
 pub async fn due_for_retention(
     pool: &AnyPool,
-    class: crate::crypto::DataClass,
+    classes: &[crate::crypto::DataClass],
     clock: crate::retention::Clock,
     before: &str,
     limit: u32,
 ) -> Result<Vec<String>, StoreError> {
-    let table = class_table(class.as_str()).ok_or(StoreError::Corrupt("unknown class"))?;
+    // Each table one of five fixed names.
+    let holds = classes
+        .iter()
+        .map(|c| {
+            class_table(c.as_str())
+                .map(|t| format!("EXISTS (SELECT 1 FROM {t} r WHERE r.order_id = o.id)"))
+                .ok_or(StoreError::Corrupt("unknown class"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if holds.is_empty() {
+        return Ok(Vec::new());
+    }
     let due = match clock {
         crate::retention::Clock::Dispatch => "o.status = 'dispatched' AND o.dispatched_at < $1",
         crate::retention::Clock::CreationUndispatched => {
@@ -1362,8 +1373,8 @@ pub async fn due_for_retention(
         }
     };
     sqlx::query_scalar(&format!(
-        "SELECT o.id FROM orders o JOIN {table} r ON r.order_id = o.id
-          WHERE {due} ORDER BY o.seq LIMIT $2"
+        "SELECT o.id FROM orders o WHERE {due} AND ({}) ORDER BY o.seq LIMIT $2",
+        holds.join(" OR ")
     ))
     .bind(before)
     .bind(i64::from(limit))

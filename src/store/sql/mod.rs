@@ -403,8 +403,13 @@ impl Store for SqlStore {
                 .map_err(StoreError::from_sqlx)?;
             row.as_ref().map(key_record).transpose()
         });
-        read.await
-            .map_err(|_| StoreError::Corrupt("the settled read stopped"))?
+        match read.await {
+            Ok(read) => read,
+            // A panic is the task's own, not the database's: it goes on up.
+            Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+            // Cancelled: the runtime is shutting down. Nothing was decided.
+            Err(_) => Err(StoreError::WriterStopped),
+        }
     }
 
     async fn idempotency_audit_page(
@@ -572,7 +577,7 @@ impl Store for SqlStore {
             Engine::Sqlite => "",
         };
         let seal = &checked.seal;
-        let updated = sqlx::query(&format!(
+        let sql = format!(
             "UPDATE orders SET status = 'dispatched', carrier = $2, tracking = $3, dispatched_at = $4,
                     dispatch_mac = $5
               WHERE id = $1 AND status = 'accepted' AND dispatch_mac IS NULL
@@ -582,25 +587,54 @@ impl Store for SqlStore {
                 AND client_fingerprint = $13 AND mac = $14
                 AND (gift = 0 OR EXISTS (SELECT 1 FROM gift_recipients g WHERE g.order_id = $1))
                 AND EXISTS (SELECT 1 FROM shipping_details s WHERE s.order_id = $1{lock})"
-        ))
-        .bind(order_id.to_string())
-        .bind(&new.dispatch.carrier)
-        .bind(&new.dispatch.tracking)
-        .bind(&new.dispatch.dispatched_at)
-        .bind(new.mac.as_slice())
-        .bind(&checked.created_at)
-        .bind(seal.storefront_ref.as_deref())
-        .bind(&seal.currency)
-        .bind(&seal.items_json)
-        .bind(seal.total_minor)
-        .bind(i64::from(seal.gift))
-        .bind(&seal.consent_tag_id)
-        .bind(seal.client_fingerprint.as_slice())
-        .bind(seal.mac.as_slice())
-        .execute(&self.writer.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?
-        .rows_affected();
+        );
+        let update = sqlx::query(&sql)
+            .bind(order_id.to_string())
+            .bind(&new.dispatch.carrier)
+            .bind(&new.dispatch.tracking)
+            .bind(&new.dispatch.dispatched_at)
+            .bind(new.mac.as_slice())
+            .bind(&checked.created_at)
+            .bind(seal.storefront_ref.as_deref())
+            .bind(&seal.currency)
+            .bind(&seal.items_json)
+            .bind(seal.total_minor)
+            .bind(i64::from(seal.gift))
+            .bind(&seal.consent_tag_id)
+            .bind(seal.client_fingerprint.as_slice())
+            .bind(seal.mac.as_slice());
+        let updated = match self.engine {
+            // The order row first, as a purge of an undispatched order
+            // takes it (`PurgeIf::Undispatched`): the two are serialised
+            // on it, never deadlocked, and the update — a statement of its
+            // own, after the wait — reads the records as the purge left
+            // them, not from a snapshot taken before it committed.
+            Engine::Postgres => {
+                let mut tx = self
+                    .writer
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                sqlx::query("SELECT id FROM orders WHERE id = $1 FOR NO KEY UPDATE")
+                    .bind(order_id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                let updated = update
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .rows_affected();
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                updated
+            }
+            Engine::Sqlite => update
+                .execute(&self.writer.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .rows_affected(),
+        };
         drop(gate);
         if updated == 1 {
             return Ok(DispatchOutcome::Dispatched(new.dispatch.clone()));
@@ -884,12 +918,12 @@ impl Store for SqlStore {
 
     async fn due_for_retention(
         &self,
-        class: crate::crypto::DataClass,
+        classes: &[crate::crypto::DataClass],
         clock: crate::retention::Clock,
         before: &str,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        audit::due_for_retention(&self.pool, class, clock, before, limit).await
+        audit::due_for_retention(&self.pool, classes, clock, before, limit).await
     }
 
     async fn contact_subject(&self, order_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
