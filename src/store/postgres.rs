@@ -258,6 +258,19 @@ pub fn redact(url: &str) -> String {
     if after.contains('@') {
         return format!("{scheme}://{user}<host not shown: the URL has an '@' after it>");
     }
+    // The driver lets `host`, `hostaddr` and `port` parameters override the
+    // authority: then the authority's host is not the one connected to.
+    let params = after
+        .split_once('?')
+        .map_or("", |(_, q)| q)
+        .to_ascii_lowercase();
+    if params.split('&').any(|p| {
+        ["host=", "hostaddr=", "port="]
+            .iter()
+            .any(|k| p.starts_with(k))
+    }) {
+        return format!("{scheme}://{user}<host given by the URL's parameters>");
+    }
     let path = after.split(['?', '#']).next().unwrap_or("");
     format!("{scheme}://{user}{host}{path}")
 }
@@ -444,6 +457,15 @@ mod tests {
                 "postgres://u@db:5432/app".to_owned(),
             ),
             ("postgres://u:secret@h", "postgres://u@h".to_owned()),
+            // The parameters name the host the driver connects to.
+            (
+                "postgres://app:secret@localhost/app?host=db.prod&port=6432",
+                "postgres://app@<host given by the URL's parameters>".to_owned(),
+            ),
+            (
+                "postgres://app@localhost/app?sslmode=require&hostaddr=10.0.0.5",
+                "postgres://app@<host given by the URL's parameters>".to_owned(),
+            ),
             // A password with `#`, `?`, `/` or `@` unescaped, or a
             // parameter holding `@`: no host is shown.
             ("postgres://u:pa#secret@h/db", hidden("postgres://")),

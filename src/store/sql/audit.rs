@@ -1271,9 +1271,13 @@ pub async fn purge(
     if let super::super::rows::PurgeIf::Undispatched { taken_before } = condition {
         // The order row locked on PostgreSQL: a dispatch updating it is
         // waited for (and then seen), one that comes later waits for this
-        // purge. (SQLite has one writer at a time.)
+        // purge. NO KEY UPDATE, as the dispatch takes it: an operator's
+        // purge of the same order checks its `purges` row's reference to
+        // the order with KEY SHARE, which this must not block (it would
+        // deadlock with that purge's record deletions). (SQLite has one
+        // writer at a time.)
         let lock = match engine {
-            Engine::Postgres => " FOR UPDATE",
+            Engine::Postgres => " FOR NO KEY UPDATE",
             Engine::Sqlite => "",
         };
         let still: Option<String> = sqlx::query_scalar(&format!(
