@@ -250,6 +250,19 @@ fn is_over_limit(error: &axum::Error) -> bool {
     false
 }
 
+/// The page's 429: too many requests `whence` ("from your network",
+/// "just now"), with `Retry-After` for the rest of the window.
+fn too_many(over: crate::http::rate_limit::Over, whence: &str) -> Response {
+    let mut r = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Please wait a moment",
+        &format!("<p>Too many requests {whence}. Please try again in a minute.</p>"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(over.wait_secs));
+    r
+}
+
 /// The longest the public opt-out page waits for a posted form's body.
 const UNSUBSCRIBE_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -301,14 +314,7 @@ pub async fn unsubscribe(
             super::record_refusal(&state, Some(peer), action(), StatusCode::TOO_MANY_REQUESTS)
                 .await;
         }
-        let mut r = page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Please wait a moment",
-            "<p>Too many requests from your network. Please try again in a minute.</p>",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(over.wait_secs));
-        return r;
+        return too_many(over, "from your network");
     }
     let invalid = |msg: &str| {
         page(
@@ -386,14 +392,7 @@ pub async fn unsubscribe(
                 "the public opt-out page's budget of one network is used up this minute; answering it 429 until the window ends"
             );
         }
-        let mut r = page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Please wait a moment",
-            "<p>Too many requests from your network. Please try again in a minute.</p>",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(over.wait_secs));
-        return r;
+        return too_many(over, "from your network");
     }
     if let Some(over) = state
         .unsubscribe_writes
@@ -404,14 +403,7 @@ pub async fn unsubscribe(
                 "the public opt-out page's budget of all addresses is used up this minute; answering 429 until the window ends"
             );
         }
-        let mut r = page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Please wait a moment",
-            "<p>Too many requests just now. Please try again in a minute.</p>",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(over.wait_secs));
-        return r;
+        return too_many(over, "just now");
     }
     let shown = esc(email.expose());
     let withdrawal = Withdrawal {

@@ -1401,12 +1401,13 @@ async fn responses_a_client_never_reads_do_not_hold_the_in_flight_cap() {
     driver.abort();
 }
 
-/// The OpenAPI document (larger than four response pieces), asked for on
-/// an HTTP/2 connection whose client opens `window` bytes per stream, to a
-/// server whose idle timeout is 2 s: the server, the response's head and
-/// body, and the connection's driver. With `ping`, the client pings every
-/// 300 ms to look alive (the task is aborted with the driver's end).
-async fn large_response_on_a_window(
+/// `path`, asked for on an HTTP/2 connection whose client opens `window`
+/// bytes per stream, to a server whose idle timeout is 2 s: the server, the
+/// response's head and body, and the connection's driver. With `ping`, the
+/// client pings every 300 ms to look alive (the task is aborted with the
+/// driver's end).
+async fn response_on_a_window(
+    path: &str,
     window: u32,
     ping: bool,
 ) -> (
@@ -1443,15 +1444,27 @@ async fn large_response_on_a_window(
         });
     }
     let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(app.url("/openapi.json"))
-        .body(())
-        .unwrap();
+    let request = http::Request::get(app.url(path)).body(()).unwrap();
     let (response, _) = client.send_request(request, true).unwrap();
     let head = tokio::time::timeout(Duration::from_secs(5), response)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(head.status(), 200);
+    (app, head, driver)
+}
+
+/// The OpenAPI document (larger than four response pieces) on a window:
+/// see [`response_on_a_window`].
+async fn large_response_on_a_window(
+    window: u32,
+    ping: bool,
+) -> (
+    TestApp,
+    http::Response<h2::RecvStream>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let (app, head, driver) = response_on_a_window("/openapi.json", window, ping).await;
     let length: usize = head.headers()["content-length"]
         .to_str()
         .unwrap()
@@ -1478,41 +1491,7 @@ async fn a_client_that_never_takes_its_responses_is_disconnected() {
 /// ends it all the same.
 #[tokio::test]
 async fn a_client_that_only_pings_after_a_small_response_is_disconnected() {
-    let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            idle_timeout: Some("2s".into()),
-            request_timeout: Some("1s".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let tls = connect(&app, None, b"h2").await.unwrap();
-    let (client, mut connection) = h2::client::Builder::new()
-        .initial_window_size(1)
-        .handshake::<_, bytes::Bytes>(tls)
-        .await
-        .unwrap();
-    let mut ping_pong = connection.ping_pong().unwrap();
-    let driver = tokio::spawn(connection);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(app.url("/unsubscribe"))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let head = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(head.status(), 200);
+    let (_app, _head, driver) = response_on_a_window("/unsubscribe", 1, true).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
     assert!(closed.is_ok(), "the connection was still open after 10 s");
 }
