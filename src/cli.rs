@@ -258,6 +258,9 @@ pub struct ServeArgs {
     /// Most connections from one client address (IPv6: a /64) [default: 1024, at most --max-connections]
     #[arg(long, env = "CHECKOUTD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// Most new connections (TLS handshakes) a second from one client address (IPv6: a /64); its network (IPv4 /24, IPv6 /48) 5 times as many [default: 200]
+    #[arg(long, env = "CHECKOUTD_MAX_HANDSHAKES_PER_IP", value_name = "N")]
+    pub max_handshakes_per_ip: Option<u32>,
     /// Most requests processed at once; beyond, 503 with Retry-After [default: 1024]
     #[arg(long, env = "CHECKOUTD_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
     pub max_requests_in_flight: Option<usize>,

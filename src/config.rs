@@ -139,6 +139,7 @@ struct FileConfig {
     max_requests_in_flight: Option<usize>,
     max_anonymous_requests_in_flight: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    max_handshakes_per_ip: Option<u32>,
     commit_queue: Option<usize>,
     /// A list, or one string of comma-separated versions as the flag
     /// takes them.
@@ -433,7 +434,19 @@ impl Settings {
                 .max_connections_per_ip
                 .or(file.max_connections_per_ip)
                 .unwrap_or(defaults.max_connections_per_ip.min(max_connections)),
+            max_handshakes_per_ip: args
+                .max_handshakes_per_ip
+                .or(file.max_handshakes_per_ip)
+                .unwrap_or(defaults.max_handshakes_per_ip),
         };
+        if !(1..=1_000_000).contains(&limits.max_handshakes_per_ip) {
+            return Err(ConfigError::Invalid {
+                setting: "max_handshakes_per_ip",
+                flag: "max-handshakes-per-ip",
+                env: "MAX_HANDSHAKES_PER_IP",
+                expected: "expected a whole number from 1 to 1000000",
+            });
+        }
         if limits.max_connections_per_ip == 0 || limits.max_connections_per_ip > max_connections {
             return Err(ConfigError::Invalid {
                 setting: "max_connections_per_ip",
@@ -813,6 +826,7 @@ mod tests {
         assert_eq!(ok.limits.max_requests_in_flight, 1024);
         assert_eq!(ok.limits.max_anonymous_requests_in_flight, 64);
         assert_eq!(ok.limits.max_connections_per_ip, 1024);
+        assert_eq!(ok.limits.max_handshakes_per_ip, 200);
         let few = Settings::from_args(&ServeArgs {
             max_requests_in_flight: Some(2),
             ..ServeArgs::default()
@@ -865,6 +879,13 @@ mod tests {
             ),
             (
                 ServeArgs {
+                    max_handshakes_per_ip: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_handshakes_per_ip",
+            ),
+            (
+                ServeArgs {
                     commit_queue: Some(0),
                     ..ServeArgs::default()
                 },
@@ -882,9 +903,10 @@ mod tests {
             assert!(err.contains(&format!("`{setting}`")), "{err}");
         }
         let file: FileConfig = toml::from_str(
-            "max_requests_in_flight = 10\ncommit_queue = 5\nmax_connections_per_ip = 3",
+            "max_requests_in_flight = 10\ncommit_queue = 5\nmax_connections_per_ip = 3\nmax_handshakes_per_ip = 7",
         )
         .unwrap();
+        assert_eq!(file.max_handshakes_per_ip, Some(7));
         assert_eq!(file.max_requests_in_flight, Some(10));
         assert_eq!(file.commit_queue, Some(5));
         assert_eq!(file.max_connections_per_ip, Some(3));

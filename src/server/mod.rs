@@ -23,6 +23,13 @@
 //!   connection makes room for its newcomer (or, all busy, the newcomer is
 //!   answered 503), so a slowloris from a few addresses sheds itself and
 //!   leaves the other slots to everyone else;
+//! - one client address opens at most `max_handshakes_per_ip` connections a
+//!   second, and its network (an IPv4 /24, an IPv6 /48)
+//!   [`NETWORK_HANDSHAKES`] times that: a connection beyond is closed
+//!   before its TLS handshake, the one step of a connection that costs the
+//!   server real CPU before anything is known of the client (a
+//!   connect-and-drop loop from one host could otherwise keep both cores
+//!   signing and exchanging keys);
 //! - at most `max_requests_in_flight` requests are processed at once, of
 //!   them at most `max_anonymous_requests_in_flight` on connections without
 //!   a client certificate; the others are answered `503` problem documents
@@ -86,6 +93,10 @@ const ABANDON_GRACE: Duration = Duration::from_secs(1);
 /// How long a shed connection still sending a response gets to finish it.
 const SHED_GRACE: Duration = Duration::from_secs(1);
 
+/// A network (IPv4 /24, IPv6 /48) may open this many times the new
+/// connections a second of one of its addresses.
+pub const NETWORK_HANDSHAKES: u32 = 5;
+
 /// Bounds that keep a slow or hostile client from pinning the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -113,6 +124,10 @@ pub struct ConnectionLimits {
     pub max_anonymous_requests_in_flight: usize,
     /// Most connections from one client address (IPv6: one /64) at once.
     pub max_connections_per_ip: usize,
+    /// Most new connections (TLS handshakes) one client address (IPv6: one
+    /// /64) may open a second; its network [`NETWORK_HANDSHAKES`] times as
+    /// many.
+    pub max_handshakes_per_ip: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -127,6 +142,7 @@ impl Default for ConnectionLimits {
             max_requests_in_flight: 1024,
             max_anonymous_requests_in_flight: 64,
             max_connections_per_ip: 1024,
+            max_handshakes_per_ip: 200,
         }
     }
 }
@@ -150,6 +166,39 @@ struct Shared {
     /// public opt-out page's among them.
     per_network: Shares<std::net::IpAddr>,
     register: Arc<Register>,
+    /// New connections a second, per client address and per network.
+    handshakes: Handshakes,
+}
+
+/// Counts new connections (each a TLS handshake to come) per client
+/// address and per network, in one-second windows.
+struct Handshakes {
+    per_client: crate::http::rate_limit::RateLimiter,
+    per_network: crate::http::rate_limit::RateLimiter,
+}
+
+impl Handshakes {
+    fn new(per_client: u32) -> Self {
+        let second = Duration::from_secs(1);
+        Handshakes {
+            per_client: crate::http::rate_limit::RateLimiter::new(per_client.max(1), second),
+            per_network: crate::http::rate_limit::RateLimiter::new(
+                per_client.max(1).saturating_mul(NETWORK_HANDSHAKES),
+                second,
+            ),
+        }
+    }
+
+    /// Counts one new connection from `ip`: whether it may go on to its
+    /// handshake. One over its address's limit is not counted against its
+    /// network's, so that it cannot use up its neighbours' budget.
+    fn admit(&self, ip: std::net::IpAddr) -> bool {
+        self.per_client.check(ip).is_ok()
+            && self
+                .per_network
+                .check(crate::http::rate_limit::network(ip))
+                .is_ok()
+    }
 }
 
 /// In-flight shares by client, each kept while a connection uses it.
@@ -219,6 +268,7 @@ pub async fn run(
         per_certificate: Default::default(),
         per_network: Default::default(),
         register: Register::new(),
+        handshakes: Handshakes::new(limits.max_handshakes_per_ip),
     });
     let overflow = Arc::new(Semaphore::new(OVERFLOW_RESPONDERS));
     // Tells every connection to finish; its receivers going away tells
@@ -241,6 +291,13 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        // Refused before anything else, and the cheapest way: closed before
+        // its handshake.
+        if !shared.handshakes.admit(addr.ip()) {
+            crate::telemetry::connection_refused("handshake_rate");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         // One client address may hold at most `max_connections_per_ip`: at
         // the cap, its own longest-idle connection makes room, or (all busy)

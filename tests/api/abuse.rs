@@ -20,6 +20,11 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection offering only `alpn`; `None` if the server closed it.
 async fn connect(app: &TestApp, role: Option<Role>, alpn: &[u8]) -> Option<Tls> {
+    connect_from(app, "127.0.0.1", role, alpn).await
+}
+
+/// As [`connect`], from the local address `source`.
+async fn connect_from(app: &TestApp, source: &str, role: Option<Role>, alpn: &[u8]) -> Option<Tls> {
     let cert = role.map(|r| app.pki.client(r).unwrap());
     let mut config = rustls_client_config(
         &app.pki,
@@ -29,7 +34,11 @@ async fn connect(app: &TestApp, role: Option<Role>, alpn: &[u8]) -> Option<Tls> 
     );
     config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(app.addr).await.ok()?;
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket
+        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
+        .ok()?;
+    let tcp = socket.connect(app.addr).await.ok()?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
         .await
@@ -91,6 +100,77 @@ fn from_address(app: &TestApp, source: &str, role: Option<Role>) -> reqwest::Cli
 }
 
 // ---- 1. slowloris ----
+
+/// One address opens at most `--max-handshakes-per-ip` connections a
+/// second: beyond, its connection is closed before the handshake (counted
+/// as refused, `handshake_rate`); another address is not held back, and
+/// the next second the first may connect again.
+#[tokio::test]
+async fn connections_beyond_the_handshake_rate_are_closed_before_their_handshake() {
+    let app = spawn_app_with(Options {
+        serve: ServeArgs {
+            max_handshakes_per_ip: Some(5),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let refused_before = refused_for(&app, "handshake_rate").await;
+    let mut held = Vec::new();
+    // The windows are one second from a client's first connection: a burst
+    // that took longer than that (a stalled machine) proves nothing, so it
+    // is tried again.
+    let mut proved = false;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        let mut admitted = 0;
+        for _ in 0..5 {
+            if let Some(tls) = connect_from(&app, "127.0.0.5", Some(Role::Storefront), b"h2").await
+            {
+                admitted += 1;
+                held.push(tls);
+            }
+        }
+        let sixth = connect_from(&app, "127.0.0.5", Some(Role::Storefront), b"h2").await;
+        let other = connect_from(&app, "127.0.0.6", Some(Role::Storefront), b"h2").await;
+        if started.elapsed() >= Duration::from_millis(900) {
+            held.clear();
+            continue;
+        }
+        assert_eq!(admitted, 5, "the first five of the second are served");
+        assert!(
+            sixth.is_none(),
+            "the sixth in a second is closed before its handshake"
+        );
+        assert!(other.is_some(), "another address is not held back");
+        proved = true;
+        break;
+    }
+    assert!(proved, "three bursts each took a second or more");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        connect_from(&app, "127.0.0.5", Some(Role::Storefront), b"h2")
+            .await
+            .is_some(),
+        "the next second it connects again"
+    );
+    assert!(
+        refused_for(&app, "handshake_rate").await > refused_before,
+        "the refusal is counted"
+    );
+}
+
+/// `checkoutd_connections_refused_total` for `reason` (0 if not yet seen).
+async fn refused_for(app: &TestApp, reason: &str) -> u64 {
+    let prefix = format!("checkoutd_connections_refused_total{{reason=\"{reason}\"}} ");
+    app.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
 
 #[tokio::test]
 async fn connections_dribbling_headers_do_not_keep_a_real_client_out() {
