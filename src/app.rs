@@ -106,6 +106,9 @@ impl Application {
                 "Give --client-ca your own client CA for real cards.",
             ]));
         }
+        if let Some(notice) = no_revocation_notice(settings) {
+            notices.push(notice);
+        }
         if ensure_certificates(settings)? {
             notices.push(banner(&[
                 "WARNING: no server certificate was found, so checkoutd created a",
@@ -400,6 +403,22 @@ fn ensure_certificates(settings: &Settings) -> Result<bool, StartupError> {
     Ok(created)
 }
 
+/// A production set-up (its own client CA, or custodian shares) without
+/// `--client-crl` checks no client certificate for revocation: a stolen
+/// storefront certificate revoked at the CA would go on working until it
+/// expires. Said at every start.
+fn no_revocation_notice(settings: &Settings) -> Option<String> {
+    let production = settings.client_ca.is_some() || !settings.store.master_key_shares.is_empty();
+    (production && settings.client_crl.is_none()).then(|| {
+        banner(&[
+            "WARNING: --client-crl is not set: client certificates are not checked",
+            "for revocation, and one revoked at your CA goes on working until it",
+            "expires. Give --client-crl your client CA's revocation list (PEM; it",
+            "is reloaded when the file changes).",
+        ])
+    })
+}
+
 /// A boxed, star-framed warning.
 fn banner(lines: &[&str]) -> String {
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
@@ -411,4 +430,32 @@ fn banner(lines: &[&str]) -> String {
     out.push_str(&rule);
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ServeArgs;
+
+    #[test]
+    fn a_production_set_up_without_a_crl_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("client-ca.pem");
+        let crl = dir.path().join("client-crl.pem");
+        std::fs::write(&ca, "").unwrap();
+        std::fs::write(&crl, "").unwrap();
+        let with = |client_ca: Option<&std::path::Path>, client_crl: Option<&std::path::Path>| {
+            Settings::from_args(&ServeArgs {
+                client_ca: client_ca.map(Into::into),
+                client_crl: client_crl.map(Into::into),
+                ..ServeArgs::default()
+            })
+            .unwrap()
+        };
+        let warned = no_revocation_notice(&with(Some(&ca), None)).unwrap();
+        assert!(warned.contains("--client-crl is not set"), "{warned}");
+        assert!(no_revocation_notice(&with(Some(&ca), Some(&crl))).is_none());
+        // The development set-up (the certificates directory's own CA).
+        assert!(no_revocation_notice(&with(None, None)).is_none());
+    }
 }

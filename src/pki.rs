@@ -167,6 +167,21 @@ impl DevPki {
     /// Issues a client certificate carrying the given URI SANs. Tests use it
     /// to make certificates with no role, an unknown role or two roles.
     pub fn issue_client(&self, common_name: &str, uris: &[String]) -> Result<IssuedCert, PkiError> {
+        self.issue_client_until(
+            common_name,
+            uris,
+            OffsetDateTime::now_utc() + Duration::days(365),
+        )
+    }
+
+    /// As [`issue_client`](Self::issue_client), valid until `not_after`
+    /// (tests make one that expires while its connection is open).
+    pub fn issue_client_until(
+        &self,
+        common_name: &str,
+        uris: &[String],
+        not_after: OffsetDateTime,
+    ) -> Result<IssuedCert, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
         for uri in uris {
@@ -177,6 +192,7 @@ impl DevPki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params, 365);
+        params.not_after = not_after;
         self.sign(params)
     }
 

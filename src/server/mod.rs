@@ -517,10 +517,33 @@ async fn serve(
     } else {
         Vec::new()
     };
+    // A resumed session verified no certificate: rustls restores the chain
+    // verified when the session was made, perhaps under an older CRL, and
+    // before the certificate expired.
+    let resumed = matches!(
+        session.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    // When the certificate expires, the connection loses its role (a
+    // second late, so that the check agrees it has).
+    let expires = chain
+        .first()
+        .and_then(tls::ReloadableTls::not_after)
+        .map(|not_after| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let left = u64::try_from(not_after.saturating_sub(now)).unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_secs(left.saturating_add(1))
+        });
     connection.handshake_done(certified);
     // A rebuild (a new CRL, say) landed during the handshake, which ran
-    // under the configuration before it: checked now, before any request.
-    if certified && reloads.has_changed().unwrap_or(false) && !shared.tls.trusts(&chain) {
+    // under the configuration before it, or the session was resumed:
+    // checked now, before any request.
+    if certified
+        && (resumed || reloads.has_changed().unwrap_or(false))
+        && !shared.tls.trusts(&chain)
+    {
         connection.withdraw();
     }
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
@@ -623,7 +646,15 @@ async fn serve(
     // ends the connection: it would hold the response in memory for good.
     let mut unsent_check = tokio::time::interval(UNSENT_CHECK);
     unsent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let expiry = tokio::time::sleep_until(
+        expires.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
+    );
+    tokio::pin!(expiry);
+    let mut expired = false;
     let result = loop {
+        // Set when the certificate is to be checked again: a TLS rebuild,
+        // or its expiry.
+        let mut recheck = false;
         tokio::select! {
             result = conn.as_mut() => break result,
             _ = unsent_check.tick(), if !finishing => {
@@ -683,23 +714,27 @@ async fn serve(
             // in flight get the drain time to finish). Checked while it
             // drains for another reason too (a shutdown's or a shed's
             // grace): a revocation then still takes the role away at once.
-            _ = reloads.changed(), if certified && !(finishing && connection.is_withdrawn()) => {
-                if connection.is_withdrawn() || !shared.tls.trusts(&chain) {
-                    // From now on its requests run without a role (HTTP/2
-                    // takes new streams until the client acknowledges the
-                    // GOAWAY's ping, for up to the drain time).
-                    connection.withdraw();
-                    if finishing {
-                        continue;
-                    }
-                    finishing = true;
-                    tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
-                    crate::telemetry::connection_refused("certificate_no_longer_valid");
-                    conn.as_mut().graceful_shutdown();
-                    grace = Some(tokio::time::Instant::now() + limits.drain_timeout);
-                }
+            _ = reloads.changed(), if certified && !(finishing && connection.is_withdrawn()) => recheck = true,
+            // Its certificate expired while the connection was open.
+            () = &mut expiry, if certified && expires.is_some() && !expired => {
+                expired = true;
+                recheck = true;
             },
             () = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => break Ok(()),
+        }
+        if recheck && (expired || connection.is_withdrawn() || !shared.tls.trusts(&chain)) {
+            // From now on its requests run without a role (HTTP/2
+            // takes new streams until the client acknowledges the
+            // GOAWAY's ping, for up to the drain time).
+            connection.withdraw();
+            if finishing {
+                continue;
+            }
+            finishing = true;
+            tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
+            crate::telemetry::connection_refused("certificate_no_longer_valid");
+            conn.as_mut().graceful_shutdown();
+            grace = Some(tokio::time::Instant::now() + limits.drain_timeout);
         }
     };
     if let Err(error) = result {

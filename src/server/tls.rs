@@ -309,6 +309,14 @@ impl ReloadableTls {
         self.generation.subscribe()
     }
 
+    /// When a certificate stops being valid: its `notAfter`, in seconds
+    /// since the Unix epoch (`None` if it does not parse).
+    pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+        Some(parsed.validity().not_after.timestamp())
+    }
+
     /// Whether a client certificate chain (end entity first) is still
     /// trusted by the configuration in force: its CA, its CRL, its validity
     /// period, now.

@@ -864,3 +864,50 @@ async fn a_client_crl_that_expires_while_clients_are_connected_shuts_them_out() 
     assert!(!answered(&app.client(Role::Fulfillment), &app).await);
     assert!(healthy(&app).await, "anonymous routes still answer");
 }
+
+/// A client certificate that expires while in use: the connection open
+/// with it loses its role and is closed, and a session resumed with it —
+/// a resumption verifies no certificate — is refused too.
+#[tokio::test]
+async fn a_client_certificate_that_expires_shuts_its_connections_and_sessions_out() {
+    let app = spawn_app().await;
+    // Whole seconds: a certificate's times carry no fraction.
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let expires = now + time::Duration::seconds(4);
+    let cert = app
+        .pki
+        .issue_client_until("short-lived shop", &[Role::Storefront.uri()], expires)
+        .unwrap();
+    let config = crate::helpers::rustls_client_config(
+        &app.pki,
+        Some((&cert.cert_pem, &cert.key_pem)),
+        Versions::Both,
+    );
+    let mut open = RawConnection(tls_connect(&app, config.clone()).await);
+    assert_eq!(open.get().await, Some(404), "served while valid");
+    // Another connection, closed: its session is kept in `config`'s store
+    // (read with its answer).
+    let mut first = RawConnection(tls_connect(&app, config.clone()).await);
+    assert_eq!(first.get().await, Some(404));
+    drop(first);
+    let until_expired = (expires - time::OffsetDateTime::now_utc()).unsigned_abs();
+    tokio::time::sleep(until_expired + Duration::from_millis(2500)).await;
+    let after = open.get().await;
+    assert!(
+        matches!(after, None | Some(401) | Some(403)),
+        "the open connection outlived its certificate: {after:?}"
+    );
+    let mut resumed = RawConnection(tls_connect(&app, config).await);
+    assert_eq!(
+        resumed.0.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the session was resumed (what this test is about)"
+    );
+    let status = resumed.get().await;
+    assert!(
+        matches!(status, None | Some(401) | Some(403)),
+        "a resumed session outlived its certificate: {status:?}"
+    );
+}
