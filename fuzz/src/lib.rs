@@ -250,7 +250,8 @@ fn check_error_field(e: &FieldError) {
 }
 
 /// An error's field path echoes no input: each segment is shaped like one
-/// of our names, an index right after `items`, or `<unknown>`.
+/// of our names, an index right after the top-level `items`, or
+/// `<unknown>`.
 fn check_field_path(field: &str) {
     let segments: Vec<&str> = field.split('.').collect();
     for (i, s) in segments.iter().enumerate() {
@@ -260,8 +261,8 @@ fn check_field_path(field: &str) {
             && s.len() <= 32
             && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
             || ["line1", "line2"].contains(s);
-        let index = i > 0
-            && segments[i - 1] == "items"
+        let index = i == 1
+            && segments[0] == "items"
             && !s.is_empty()
             && s.len() <= 3
             && s.bytes().all(|b| b.is_ascii_digit());

@@ -28,7 +28,7 @@ pub fn contains_pan(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    runs(&blank_uuids(text.as_bytes()))
+    runs(&blank_uuids(text.as_bytes(), Ids::Blanked))
         .iter()
         .any(|(groups, _)| loose(groups))
 }
@@ -43,7 +43,7 @@ pub fn contains_pan_typed(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    readings(text, Separators::Wide)
+    readings(text, Separators::Wide, Ids::UnlessCard)
         .any(|typed| candidates(&typed).any(|groups| loose(&groups) || card_within(&groups)))
 }
 
@@ -63,13 +63,19 @@ pub fn contains_pan_clear(text: &str) -> bool {
     pan_clear(text, Separators::Wide)
 }
 
-/// [`contains_pan_clear`] with `separators`.
+/// [`contains_pan_clear`] with `separators`: the wide reading is intake's,
+/// which blanks no UUID that starts with a card number; the narrow one the
+/// audit's, which blanks every one (never stricter than intake was).
 fn pan_clear(text: &str, separators: Separators) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    candidates(&blank_uuids(text.as_bytes())).any(|groups| loose(&groups))
-        || readings(text, separators).any(|typed| {
+    let ids = match separators {
+        Separators::Wide => Ids::UnlessCard,
+        Separators::Narrow => Ids::Blanked,
+    };
+    candidates(&blank_uuids(text.as_bytes(), ids)).any(|groups| loose(&groups))
+        || readings(text, separators, ids).any(|typed| {
             candidates(&typed).any(|groups| card_leading(&groups) || card_printed_within(&groups))
         })
 }
@@ -112,7 +118,13 @@ pub fn contains_card_typed(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    candidates(&typed(text, Separators::Narrow, Marks::Dropped)).any(|groups| card_within(&groups))
+    candidates(&typed(
+        text,
+        Separators::Narrow,
+        Marks::Dropped,
+        Ids::UnlessCard,
+    ))
+    .any(|groups| card_within(&groups))
 }
 
 /// For the local part of an email address: a card number, however
@@ -121,9 +133,14 @@ pub fn contains_card_number(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    runs(&typed(text, Separators::Narrow, Marks::Dropped))
-        .iter()
-        .any(|(groups, _)| card_leading(groups))
+    runs(&typed(
+        text,
+        Separators::Narrow,
+        Marks::Dropped,
+        Ids::UnlessCard,
+    ))
+    .iter()
+    .any(|(groups, _)| card_leading(groups))
 }
 
 /// For a phone number: its digits, separators aside, are a card number. A
@@ -320,11 +337,23 @@ enum Marks {
 /// The readings of `text` a person's typing may mean: marks dropped, and
 /// (in the wide reading, when `text` has a combining mark) marks as
 /// separators as well.
-fn readings(text: &str, separators: Separators) -> impl Iterator<Item = Vec<u8>> + '_ {
+fn readings(text: &str, separators: Separators, ids: Ids) -> impl Iterator<Item = Vec<u8>> + '_ {
     let both = separators == Separators::Wide && text.chars().any(is_combining_mark);
     std::iter::once(Marks::Dropped)
         .chain(both.then_some(Marks::Separators))
-        .map(move |marks| typed(text, separators, marks))
+        .map(move |marks| typed(text, separators, marks, ids))
+}
+
+/// What [`blank_uuids`] blanks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ids {
+    /// Every UUID and digest: for text checkoutd writes itself (the base
+    /// rule, the audit's scan of clear columns).
+    Blanked,
+    /// Every digest, and every UUID but one that starts with a card number
+    /// (`40128888-8888-1881-0000-000000000000`: a card number dressed as
+    /// an id): for what a client sends.
+    UnlessCard,
 }
 
 /// `text` as a person's typing is read: UUIDs and digests blanked (before
@@ -333,20 +362,26 @@ fn readings(text: &str, separators: Separators) -> impl Iterator<Item = Vec<u8>>
 /// characters dropped (a soft hyphen or an invisible separator between
 /// digits joins them, as it looks), combining marks as `marks` says, and
 /// every run of separators (see
-/// [`Separators`]) made one space. (`+` is never one: it marks a phone
-/// number written internationally, see [`candidates`].)
-fn typed(text: &str, separators: Separators, marks: Marks) -> Vec<u8> {
-    let blanked = blank_uuids(text.as_bytes());
+/// [`Separators`]) made one space. (`+` is one only between two digits,
+/// `4012+8888+8888+1881`: elsewhere it marks a phone number written
+/// internationally, see [`candidates`].)
+fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> {
+    let blanked = blank_uuids(text.as_bytes(), ids);
     let text = String::from_utf8_lossy(&blanked);
     let mut normal = Vec::with_capacity(text.len());
     let mut separator = false;
-    for c in text.chars() {
-        if is_invisible_format(c) || (marks == Marks::Dropped && is_combining_mark(c)) {
-            continue;
-        }
+    let mut chars = text
+        .chars()
+        .filter(|&c| !(is_invisible_format(c) || (marks == Marks::Dropped && is_combining_mark(c))))
+        .peekable();
+    while let Some(c) = chars.next() {
+        let between_digits = c == '+'
+            && normal.last().is_some_and(u8::is_ascii_digit)
+            && chars.peek().is_some_and(|&n| decimal_digit(n).is_some());
         let c = match decimal_digit(c) {
             Some(d) => char::from(b'0' + d),
-            None if c.is_whitespace()
+            None if between_digits
+                || c.is_whitespace()
                 || (marks == Marks::Separators && is_combining_mark(c))
                 || match separators {
                     Separators::Wide => !c.is_alphanumeric() && c != '+',
@@ -385,16 +420,28 @@ const DIGIT_ZEROS: [u32; 43] = [
 ];
 
 /// The value of a decimal digit of any script listed in [`DIGIT_ZEROS`]
-/// (ASCII included).
+/// (ASCII included), or of a character whose compatibility form is one
+/// ASCII digit: superscripts and subscripts (`⁴⁰¹²`), circled and
+/// parenthesis-free enclosed digits (`④`), the segmented digits of the
+/// legacy-computing block — each looks like the digit it stands for.
 fn decimal_digit(c: char) -> Option<u8> {
     if c.is_ascii() {
         return c.is_ascii_digit().then(|| c as u8 - b'0');
     }
     let code = u32::from(c);
-    DIGIT_ZEROS
+    if let Some(zero) = DIGIT_ZEROS
         .iter()
         .find(|&&zero| (zero..zero + 10).contains(&code))
-        .and_then(|zero| u8::try_from(code - zero).ok())
+    {
+        return u8::try_from(code - zero).ok();
+    }
+    let mut parts = 0;
+    let mut digit = None;
+    unicode_normalization::char::decompose_compatible(c, |d| {
+        parts += 1;
+        digit = d.is_ascii_digit().then(|| d as u8 - b'0');
+    });
+    if parts == 1 { digit } else { None }
 }
 
 /// Unicode format characters (`Cf`) that show nothing: the soft hyphen,
@@ -402,7 +449,7 @@ fn decimal_digit(c: char) -> Option<u8> {
 /// the interlinear annotation marks and the tag characters. (ZWJ and ZWNJ
 /// are `Cf` too; bidi controls and zero-width spaces are refused outright
 /// by `text::check`.)
-fn is_invisible_format(c: char) -> bool {
+pub(super) fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00ad}'
@@ -420,7 +467,7 @@ fn is_invisible_format(c: char) -> bool {
 /// A combining mark (Unicode's `M`: an accent written as its own code
 /// point, a vowel sign or virama of the Indic scripts, an enclosing
 /// keycap): part of the letter or digit before it.
-fn is_combining_mark(c: char) -> bool {
+pub(super) fn is_combining_mark(c: char) -> bool {
     unicode_normalization::char::is_combining_mark(c)
 }
 
@@ -434,8 +481,11 @@ pub fn contains_email(text: &str) -> bool {
     if !text.contains(['@', '\u{ff20}', '\u{fe6b}']) {
         return false;
     }
+    // Invisible format characters show nothing, so they join what is
+    // around them (`ada\u{ad}@example.com` reads as `ada@example.com`).
     let chars: Vec<char> = text
         .chars()
+        .filter(|&c| !is_invisible_format(c))
         .map(|c| match c {
             '\u{ff20}' | '\u{fe6b}' => '@',
             c => c,
@@ -607,8 +657,19 @@ fn is_local(c: u8) -> bool {
 }
 
 /// Replaces every `8-4-4-4-12` hex UUID, and every run of 32 or more hex
-/// characters that contains a letter (a digest), with `x`s.
-fn blank_uuids(text: &[u8]) -> Vec<u8> {
+/// characters that contains a letter (a digest), with `x`s — with
+/// [`Ids::UnlessCard`], every UUID but one whose first three groups are
+/// digits that make a card number (`40128888-8888-1881-0000-000000000000`:
+/// a brand we know, Luhn). A random UUID is that about once in 80 000
+/// (its first 16 characters all digits, then a card's prefix and check
+/// digit). Digests are blanked in either case: one with a card number's
+/// digits somewhere among its letters is what random data makes every
+/// few thousand digests, and a storefront's reference may well be one.
+fn blank_uuids(text: &[u8], ids: Ids) -> Vec<u8> {
+    let blank = |uuid: &[u8]| {
+        let leading = [&uuid[0..8], &uuid[9..13], &uuid[14..18]].concat();
+        ids == Ids::Blanked || !(leading.iter().all(u8::is_ascii_digit) && is_card_number(&leading))
+    };
     let mut out = text.to_vec();
     let mut start = 0;
     while start < out.len() {
@@ -640,7 +701,7 @@ fn blank_uuids(text: &[u8]) -> Vec<u8> {
                 p += 1;
             }
         }
-        if ok {
+        if ok && blank(&out[i..i + 36]) {
             out[i..i + 36].fill(b'x');
             i += 36;
         } else {
@@ -653,6 +714,45 @@ fn blank_uuids(text: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_numbers_grouped_by_plus_dressed_as_ids_or_in_look_alike_digits() {
+        for text in [
+            "4012+8888+8888+1881",
+            "SKU 4012+8888+8888+1881",
+            "40128888-8888-1881-0000-000000000000",
+            "⁴⁰¹²⁸⁸⁸⁸⁸⁸⁸⁸¹⁸⁸¹",
+            "④⓪①②⑧⑧⑧⑧⑧⑧⑧⑧①⑧⑧①",
+            "\u{1fbf4}\u{1fbf0}\u{1fbf1}\u{1fbf2}888888881881",
+        ] {
+            assert!(contains_pan_clear(text), "clear: {text:?}");
+            assert!(contains_pan_typed(text), "typed: {text:?}");
+        }
+        assert!(contains_card_number("4012+8888+8888+1881"));
+        assert!(contains_card_typed("4012+8888+8888+1881@example.com"));
+        assert!(contains_card_number("40128888-8888-1881-0000-000000000000"));
+        // A `+` that starts a word still marks a phone number; one after a
+        // letter is no separator.
+        assert!(!contains_pan_clear("+49+151+1234+5678"));
+        assert!(!contains_pan_typed("Ring +49 151 1234 5678"));
+        assert!(!contains_pan_clear("C++ 2026"));
+        // The audit's reading of the columns checkoutd writes blanks every
+        // UUID (never stricter than intake), and random UUIDs stay ids.
+        assert!(!clear_column_holds_card(
+            "access_log",
+            "object",
+            "40128888-8888-1881-0000-000000000000"
+        ));
+        assert!(!contains_pan_clear("0192f8a0-1234-4abc-8123-123456789012"));
+        assert!(!contains_pan_clear("12345678-1234-1234-1234-123456789012"));
+    }
+
+    #[test]
+    fn invisible_characters_do_not_hide_an_email() {
+        assert!(contains_email("ada\u{00ad}@example.com"));
+        assert!(contains_email("ada@\u{2063}example.com"));
+        assert!(contains_email("ada\u{200d}@example.com"));
+    }
 
     #[test]
     fn card_numbers() {

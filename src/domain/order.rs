@@ -43,17 +43,27 @@ pub enum Source {
 pub struct Rules<'a> {
     /// Policy versions the server knows (`consent.policy_version`).
     pub policy_versions: &'a [String],
-    /// Now, for card expiry (its UTC date) and the checkout time
+    /// Now, for card expiry (see [`Rules::today`]) and the checkout time
     /// (`consent.captured_at`).
     pub now: OffsetDateTime,
 }
 
 impl Rules<'_> {
-    /// Today (UTC), for card expiry.
+    /// Today for card expiry: the date at UTC−12, the last place on Earth
+    /// a day ends. A card is good through the last day of its expiry month
+    /// where its holder is; judged on the UTC date, a card expiring in
+    /// November was refused from 4 pm on 30 November in California. (The
+    /// issuer declines an expired card at authorisation in any case.)
     pub fn today(&self) -> Date {
-        self.now.to_offset(time::UtcOffset::UTC).date()
+        self.now.to_offset(EXPIRY_OFFSET).date()
     }
 }
+
+/// The offset whose date [`Rules::today`] is: UTC−12.
+const EXPIRY_OFFSET: time::UtcOffset = match time::UtcOffset::from_hms(-12, 0, 0) {
+    Ok(offset) => offset,
+    Err(_) => time::UtcOffset::UTC,
+};
 
 /// How far ahead of this server's clock a storefront's checkout time may
 /// be (clock skew between the hosts).
@@ -276,20 +286,22 @@ pub fn shown_field_name(key: &str) -> &str {
 }
 
 /// A dotted name as an error may show it: every segment through
-/// [`shown_field_name`], except the index (up to 3 digits) right after
-/// `items`, the order's one list (`items.0.sku`). Digits anywhere else are
-/// not shown: a name made of digit groups (`4111.1111.1111.1111`) would
-/// otherwise come back in the error as the card number it is. (The fuzz
-/// targets check every error field against this rule.)
+/// [`shown_field_name`], except the index (up to 3 digits) right after the
+/// top-level `items`, the order's one list (`items.0.sku`). Digits anywhere
+/// else are not shown: a name made of digit groups (`4111.1111.1111.1111`),
+/// or `items` nested in members of that name
+/// (`items.411.items.111.items.111.items.111.items.111`), would otherwise
+/// come back in the error as the card number it spells. (The fuzz targets
+/// check every error field against this rule.)
 pub fn shown_path(name: &str) -> String {
-    let mut previous = "";
     name.split('.')
-        .map(|segment| {
-            let index = previous == "items"
+        .enumerate()
+        .map(|(i, segment)| {
+            let index = i == 1
+                && name.starts_with("items.")
                 && !segment.is_empty()
                 && segment.len() <= 3
                 && segment.bytes().all(|b| b.is_ascii_digit());
-            previous = segment;
             if index {
                 segment
             } else {
@@ -936,6 +948,41 @@ mod tests {
 
     /// `consent.captured_at`: any offset, kept as the instant; the bounds
     /// are inclusive; absent is `None`.
+    #[test]
+    fn a_card_is_good_until_its_month_ends_everywhere_on_earth() {
+        let versions: Vec<String> = Vec::new();
+        let at = |iso: &str| Rules {
+            policy_versions: &versions,
+            now: OffsetDateTime::parse(iso, &time::format_description::well_known::Rfc3339)
+                .unwrap(),
+        };
+        // 1 December 02:00 UTC is 30 November 18:00 in California: a card
+        // expiring in November is still good there.
+        assert_eq!(
+            at("2026-12-01T02:00:00Z").today(),
+            time::macros::date!(2026 - 11 - 30)
+        );
+        assert!(Expiry::parse(11, 2026, at("2026-12-01T02:00:00Z").today()).is_ok());
+        // Once the day has ended at UTC−12, it is not.
+        assert!(Expiry::parse(11, 2026, at("2026-12-01T12:00:00Z").today()).is_err());
+    }
+
+    #[test]
+    fn an_error_path_shows_an_index_only_after_the_top_level_items() {
+        assert_eq!(shown_path("items.0.sku"), "items.0.sku");
+        assert_eq!(shown_path("items.12"), "items.12");
+        // Nested members named `items` spell a card number with their
+        // indices: 4111 1111 1111 1111.
+        let nested = shown_path("items.411.items.111.items.111.items.111.items.111.items.1.a");
+        assert_eq!(
+            nested.bytes().filter(u8::is_ascii_digit).count(),
+            3,
+            "{nested}"
+        );
+        assert_eq!(shown_path("a.items.4"), "a.items.<unknown>");
+        assert_eq!(shown_path("items.4111"), "items.<unknown>");
+    }
+
     #[test]
     fn the_checkout_time_is_read_and_bounded() {
         assert_eq!(check(valid()).unwrap().consent.captured_at, None);

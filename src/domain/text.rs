@@ -59,10 +59,42 @@ pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, Text
                     | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{200b}' | '\u{2060}' | '\u{feff}'
             )
     };
-    if trimmed.chars().any(bad) {
+    if trimmed.chars().any(bad) || hides_characters(trimmed) {
         return Err(TextError::ControlCharacter);
     }
+    // Something must show: a required name of only joiners, marks or
+    // spaces is as good as none.
+    let visible = |c: char| {
+        !c.is_whitespace()
+            && !super::detect::is_invisible_format(c)
+            && !super::detect::is_combining_mark(c)
+    };
+    if !trimmed.chars().any(visible) {
+        return Err(TextError::Empty);
+    }
     Ok(trimmed)
+}
+
+/// Whether `text` holds an invisible format character that no script or
+/// emoji needs: a soft hyphen, an invisible operator or separator, a
+/// deprecated format control, an interlinear annotation mark, a tag
+/// character outside an emoji's tag sequence (a subdivision flag:
+/// 🏴 + tags + cancel tag). Such characters join or split what is around
+/// them without showing, so text holding them could carry an email address
+/// or a card number past the detectors as it shows to a person. ZWJ and
+/// ZWNJ stay: scripts and emoji need them.
+fn hides_characters(text: &str) -> bool {
+    let mut previous = ' ';
+    text.chars().any(|c| {
+        let tag = ('\u{e0020}'..='\u{e007e}').contains(&previous);
+        let in_flag = match c {
+            '\u{e0020}'..='\u{e007e}' => previous == '\u{1f3f4}' || tag,
+            '\u{e007f}' => tag,
+            _ => false,
+        };
+        previous = c;
+        super::detect::is_invisible_format(c) && !matches!(c, '\u{200c}' | '\u{200d}') && !in_flag
+    })
 }
 
 /// A personal detail. See the module documentation.
@@ -123,6 +155,41 @@ impl Plain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_characters_are_refused_and_something_must_show() {
+        for hidden in [
+            "ada\u{00ad}x",
+            "ada\u{2063}",
+            "a\u{e0061}b",
+            "x\u{fff9}y",
+            "a\u{2061}b",
+        ] {
+            assert_eq!(
+                check(hidden, 64, false),
+                Err(TextError::ControlCharacter),
+                "{hidden:?}"
+            );
+        }
+        for nothing in ["\u{200d}", "\u{301}", "\u{200c}\u{200d}"] {
+            assert_eq!(
+                check(nothing, 64, false),
+                Err(TextError::Empty),
+                "{nothing:?}"
+            );
+        }
+        // Scripts and emoji keep what they need: joiners, marks, a
+        // subdivision flag's tag sequence.
+        for fine in [
+            "Jos\u{e9}",
+            "Jose\u{301}",
+            "\u{1f469}\u{200d}\u{1f4bb}",
+            "\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{647}\u{645}",
+            "Happy birthday \u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}!",
+        ] {
+            assert!(check(fine, 64, false).is_ok(), "{fine:?}");
+        }
+    }
 
     #[test]
     fn bounds_and_masks() {

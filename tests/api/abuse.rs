@@ -1171,6 +1171,14 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
             &["customer", "email"],
             "ada.1.5105.1051.0510.5100@example.com",
         ),
+        // Grouped by `+`, dressed as a UUID, in superscript digits.
+        (&["items", "0", "sku"], "5105+1051+0510+5100"),
+        (
+            &["storefront_order_ref"],
+            "51051051-0510-5100-0000-000000000000",
+        ),
+        (&["items", "0", "description"], "⁵¹⁰⁵¹⁰⁵¹⁰⁵¹⁰⁵¹⁰⁰"),
+        (&["customer", "email"], "5105+1051+0510+5100@example.com"),
     ];
     for (n, (path, pan)) in cases.iter().enumerate() {
         let mut order = order_json();
