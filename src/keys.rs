@@ -468,9 +468,18 @@ pub async fn rewrap(
                 if store.kek_retired(*class, active.version).await? {
                     return Err(KeysError::Refused(behind_refusal(*class, "then rewrap")));
                 }
-                let items = store
-                    .envelopes_to_rewrap(*class, active.version, batch)
-                    .await?;
+                // Only from versions this keyring holds: a record under a
+                // version it lacks (lost with a keyring restored from an
+                // older copy) cannot be opened, stays as it is, and must
+                // not keep the others from being moved off the versions
+                // still held (which can then be destroyed).
+                let from: Vec<u32> = keyring
+                    .kek_info()
+                    .into_iter()
+                    .filter(|k| k.class == *class && k.state == KekState::Retired)
+                    .map(|k| k.version)
+                    .collect();
+                let items = store.envelopes_to_rewrap(*class, &from, batch).await?;
                 if items.is_empty() {
                     break;
                 }
@@ -531,6 +540,33 @@ pub async fn rewrap(
         .await?;
     }
     result.map(|()| done)
+}
+
+/// Per class of `classes`, the records under a KEK version the keyring does
+/// not hold (lost with a keyring restored from an older copy): what
+/// `rewrap` left, as `(class/vN, records)`. They stay unreadable.
+pub async fn not_held(
+    store: &dyn Store,
+    path: &Path,
+    master: &MasterKey,
+    classes: &[DataClass],
+) -> Result<Vec<(String, u64)>, KeysError> {
+    let keyring = Keyring::load(path, master)?;
+    let mut out = Vec::new();
+    for class in classes {
+        let held: Vec<u32> = keyring
+            .kek_info()
+            .into_iter()
+            .filter(|k| k.class == *class && k.state != KekState::Destroyed)
+            .map(|k| k.version)
+            .collect();
+        for (version, records) in store.kek_usage(*class).await? {
+            if records > 0 && !held.contains(&version) {
+                out.push((format!("{}/v{version}", class.as_str()), records));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Destroys KEK `class`/`version` for good, if nothing uses it.

@@ -336,6 +336,15 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
             .await?;
             bar.finish_and_clear();
             writeln!(out, "re-wrapped {done} record(s)")?;
+            let classes = classes(&class)?;
+            for (name, records) in
+                checkoutd::keys::not_held(store.as_ref(), &path, &master, &classes).await?
+            {
+                writeln!(
+                    out,
+                    "left {records} record(s) under {name}, which this keyring does not hold: they stay unreadable"
+                )?;
+            }
         }
         KeysCommand::Destroy { class, version, .. } => {
             let class = checkoutd::crypto::DataClass::parse(&class).ok_or(Usage(

@@ -452,11 +452,12 @@ pub trait Store: Send + Sync + 'static {
         class: crate::crypto::DataClass,
     ) -> Result<std::collections::BTreeMap<u32, u64>, StoreError>;
 
-    /// Up to `limit` envelopes of `class` not under KEK version `active`.
+    /// Up to `limit` envelopes of `class` under one of the KEK versions
+    /// `from` (none if `from` is empty).
     async fn envelopes_to_rewrap(
         &self,
         class: crate::crypto::DataClass,
-        active: u32,
+        from: &[u32],
         limit: u32,
     ) -> Result<Vec<rows::RewrapItem>, StoreError>;
 

@@ -278,6 +278,50 @@ async fn a_recovered_keyring_retires_the_versions_it_lost() {
     assert_eq!(r.status(), 503);
 }
 
+/// After a recovery, `keys rewrap` moves what the restored keyring can open
+/// (card/v1) to the new version and leaves the records under the version
+/// it lost (card/v2), saying so — they never stop it — so the version
+/// still held can then be destroyed.
+#[tokio::test]
+async fn a_rewrap_after_a_recovery_moves_what_it_can_and_names_what_it_cannot() {
+    let app = spawn_app().await;
+    for n in 0..3 {
+        order(&app, &format!("held-{n}")).await; // card/v1
+    }
+    let restored = copy_of_the_keyring(&app, "restored");
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    order(&app, "lost-1").await; // card/v2, which the backup lacks
+    let made = recover_card_class(&app, &restored);
+    assert!(made.contains("card/v3"), "{made}");
+    let in_restored = |args: &[&str]| {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &restored)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Batches of one: the lost version's record must not stop any batch.
+    let rewrap = in_restored(&["keys", "rewrap", "--class", "card", "--batch", "1"]);
+    assert_succeeded(&rewrap);
+    let said = String::from_utf8_lossy(&rewrap.stdout);
+    assert!(said.contains("re-wrapped 3 record(s)"), "{said}");
+    assert!(said.contains("left 1 record(s) under card/v2"), "{said}");
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT kek_version FROM payment_cards ORDER BY kek_version")
+            .fetch_all(&app.db().await)
+            .await
+            .unwrap();
+    assert_eq!(versions, [2, 3, 3, 3]);
+    assert_succeeded(&in_restored(&[
+        "keys",
+        "destroy",
+        "--class",
+        "card",
+        "--version",
+        "1",
+    ]));
+}
+
 /// The lost keyring's newest version may wrap nothing yet (no order since
 /// its rotation) and no retirement names an active version: its number is
 /// known from the access log, which records every rotation before the file
@@ -1277,7 +1321,7 @@ async fn a_stale_copy_of_the_keyring_cannot_rewrap() {
     // Nor does a batch prepared before the retirement landed: the update
     // itself refuses a retired target version (v2 here).
     let store = app.store().await;
-    let items = checkoutd::store::Store::envelopes_to_rewrap(&store, DataClass::Card, 2, 10)
+    let items = checkoutd::store::Store::envelopes_to_rewrap(&store, DataClass::Card, &[1], 10)
         .await
         .unwrap();
     assert_eq!(items.len(), 1);

@@ -1160,10 +1160,19 @@ pub async fn kek_usage(
 pub async fn envelopes_to_rewrap(
     pool: &AnyPool,
     class: crate::crypto::DataClass,
-    active: u32,
+    from: &[u32],
     limit: u32,
 ) -> Result<Vec<super::super::rows::RewrapItem>, StoreError> {
     let mut out = Vec::new();
+    if from.is_empty() {
+        return Ok(out);
+    }
+    // Whole numbers, written into the text (an `IN` list of any length).
+    let versions = from
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     for (table, kek, dek, order) in class_tables(class) {
         let remaining = i64::from(limit) - out.len() as i64;
         if remaining <= 0 {
@@ -1176,9 +1185,8 @@ pub async fn envelopes_to_rewrap(
         };
         let rows = sqlx::query(&format!(
             "SELECT id, {order} AS order_id, {fmt} AS f, {kek} AS k, {dek} AS d, {ct} AS c
-               FROM {table} WHERE {kek} IS NOT NULL AND {kek} <> $1 LIMIT $2"
+               FROM {table} WHERE {kek} IN ({versions}) LIMIT $1"
         ))
-        .bind(i64::from(active))
         .bind(remaining)
         .fetch_all(pool)
         .await

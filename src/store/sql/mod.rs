@@ -875,10 +875,10 @@ impl Store for SqlStore {
     async fn envelopes_to_rewrap(
         &self,
         class: crate::crypto::DataClass,
-        active: u32,
+        from: &[u32],
         limit: u32,
     ) -> Result<Vec<super::rows::RewrapItem>, StoreError> {
-        audit::envelopes_to_rewrap(&self.pool, class, active, limit).await
+        audit::envelopes_to_rewrap(&self.pool, class, from, limit).await
     }
 
     async fn apply_rewrap(
