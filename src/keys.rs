@@ -130,6 +130,19 @@ pub async fn log_operation(
     objects: Vec<String>,
     outcome: Outcome,
 ) -> Result<(), StoreError> {
+    logged_operation(store, keyring, action, objects, outcome)
+        .await
+        .map(|_| ())
+}
+
+/// [`log_operation`], returning the entry's sequence number.
+async fn logged_operation(
+    store: &dyn Store,
+    keyring: &Keyring,
+    action: String,
+    objects: Vec<String>,
+    outcome: Outcome,
+) -> Result<u64, StoreError> {
     let entry = Entry {
         at: crate::ids::now(),
         role: "operator".to_owned(),
@@ -145,8 +158,12 @@ pub async fn log_operation(
             std::slice::from_ref(&entry),
             &Chainer::new(keyring.access_log_key()),
         )
-        .await
-        .map(|_| ())
+        .await?
+        .first()
+        .copied()
+        .ok_or(StoreError::Corrupt(
+            "an access-log append returned no sequence number",
+        ))
 }
 
 /// Per class, each KEK version with its state, creation date and how many
@@ -294,7 +311,7 @@ pub async fn rotate(
     // the log (a recovery numbers above them, `--after-keyring-restore`).
     // A save that fails is logged again, denied: the versions named were
     // never made (the next rotation makes them), which the log then says.
-    log_operation(
+    let own = logged_operation(
         store,
         &keyring,
         "keys rotate".into(),
@@ -302,6 +319,30 @@ pub async fn rotate(
         Outcome::Allowed,
     )
     .await?;
+    // Another copy of the keyring may have made the same version of a
+    // class and then not recorded the retirement `behind_the_database`
+    // reads (it crashed after saving its file, or ran at the same moment
+    // as this one): its rotation is in the log, which every rotation
+    // writes to before saving. Two keys under one version number would
+    // leave the records of one of them unreadable for good, so this one
+    // stops (both stop, when two run at once: never both go ahead).
+    if !after_keyring_restore && let Some(other) = rotated_elsewhere(store, &made, own).await? {
+        log_operation(
+            store,
+            &keyring,
+            "keys rotate".into(),
+            made.clone(),
+            Outcome::Denied,
+        )
+        .await?;
+        return Err(KeysError::Refused(format!(
+            "the access log records a rotation that made {other}, which this keyring does not \
+             hold (another copy of the keyring rotated, and its file did not reach this host, or \
+             that rotation stopped before recording its retirements): install the newest \
+             keyring file here instead of rotating again. If no copy holds {other}, \
+             `keys rotate --after-keyring-restore` numbers the new versions above it"
+        )));
+    }
     save_or_log_denied(store, &keyring, path, master, "keys rotate", &made).await?;
     // Tell the database too: from now on it refuses records sealed under a
     // retired version (a server still holding the old keyring fails closed).
@@ -330,10 +371,35 @@ async fn rotations_logged(
     store: &dyn Store,
     keyring: &Keyring,
 ) -> Result<Vec<(String, bool)>, KeysError> {
-    const WINDOW: i64 = 100_000;
     let key = keyring.access_log_key();
     let mut made = Vec::new();
     let mut unverified = Vec::new();
+    for e in rotation_entries(store).await? {
+        if e.entry.outcome == Outcome::Allowed {
+            let verified = e.verifies(key);
+            if !verified {
+                unverified.push(e.seq);
+            }
+            made.extend(e.entry.objects.into_iter().map(|o| (o, verified)));
+        }
+    }
+    if !unverified.is_empty() {
+        tracing::warn!(
+            entries = ?unverified,
+            "access-log entries of `keys rotate` do not verify (edited, damaged or written around the service; the audit names them): the versions they name count only if plausible"
+        );
+    }
+    Ok(made)
+}
+
+/// Every `keys rotate` entry of the access log, in order: read a window of
+/// sequence numbers at a time over every row there is, not up to the head
+/// row (a head lowered must not hide entries).
+async fn rotation_entries(
+    store: &dyn Store,
+) -> Result<Vec<crate::audit::access_log::ChainedEntry>, KeysError> {
+    const WINDOW: i64 = 100_000;
+    let mut out = Vec::new();
     let mut after = 0;
     // Each window starts at the next entry there is (a seek on the key),
     // so gaps cost nothing and the walk ends with the rows, whatever the
@@ -343,27 +409,53 @@ async fn rotations_logged(
             .unwrap_or(i64::MAX)
             .saturating_sub(1);
         let through = from.saturating_add(WINDOW);
-        for e in store.access_log_of("keys rotate", from, through).await? {
-            if e.entry.outcome == Outcome::Allowed {
-                let verified = e.verifies(key);
-                if !verified {
-                    unverified.push(e.seq);
-                }
-                made.extend(e.entry.objects.into_iter().map(|o| (o, verified)));
-            }
-        }
+        out.extend(store.access_log_of("keys rotate", from, through).await?);
         if through == i64::MAX {
             break;
         }
         after = through;
     }
-    if !unverified.is_empty() {
-        tracing::warn!(
-            entries = ?unverified,
-            "access-log entries of `keys rotate` do not verify (edited, damaged or written around the service; the audit names them): the versions they name count only if plausible"
-        );
+    Ok(out)
+}
+
+/// A version (`card/v2`) at or above one of `made` (of the same class) that
+/// a `keys rotate` entry other than `own` records as made, and no later
+/// denied entry takes back (a rotation whose file could not be saved logs
+/// its versions again, denied): a rotation this keyring has not seen.
+/// Entries that do not verify count too — a refusal costs a retry at worst;
+/// the audit names them.
+async fn rotated_elsewhere(
+    store: &dyn Store,
+    made: &[String],
+    own: u64,
+) -> Result<Option<String>, KeysError> {
+    let version_of = |name: &str| -> Option<(String, u32)> {
+        let (class, version) = name.split_once("/v")?;
+        Some((class.to_owned(), version.parse().ok()?))
+    };
+    let ours: Vec<(String, u32)> = made.iter().filter_map(|m| version_of(m)).collect();
+    let mut standing: BTreeMap<String, i64> = BTreeMap::new();
+    for e in rotation_entries(store).await? {
+        if e.seq == own {
+            continue;
+        }
+        let step = match e.entry.outcome {
+            Outcome::Allowed => 1,
+            Outcome::Denied => -1,
+        };
+        for object in e.entry.objects {
+            *standing.entry(object).or_default() += step;
+        }
     }
-    Ok(made)
+    Ok(standing
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(object, _)| object)
+        .find(|object| {
+            version_of(object).is_some_and(|(class, version)| {
+                ours.iter().any(|(c, v)| *c == class && version >= *v)
+            })
+        }))
 }
 
 /// Why `keyring` must not rotate anything against this database, if it

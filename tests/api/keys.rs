@@ -184,6 +184,80 @@ async fn a_stale_copy_of_the_keyring_cannot_rotate_again() {
     assert!(made.contains("card/v4"), "{made}");
 }
 
+/// A rotation another copy of the keyring made and logged, but whose
+/// retirement the database never recorded (that host crashed after saving
+/// its file, or both ran at once): the log, written before any file is
+/// saved, stops this copy from making a second card/v2. One that failed to
+/// save (logged again, denied) stops nothing.
+#[tokio::test]
+async fn a_rotation_logged_elsewhere_stops_a_second_key_under_its_number() {
+    use checkoutd::audit::access_log::Outcome;
+    let app = spawn_app().await;
+    order(&app, "elsewhere-1").await;
+    let (path, master) = keyring_file(&app);
+    let keyring = checkoutd::crypto::keyring::Keyring::load(&path, &master).unwrap();
+    let store = app.store().await;
+    let log = |outcome| {
+        checkoutd::keys::log_operation(
+            &store,
+            &keyring,
+            "keys rotate".into(),
+            vec!["card/v2".into()],
+            outcome,
+        )
+    };
+    // Made elsewhere and its file not saved: taken back, nothing stops.
+    log(Outcome::Allowed).await.unwrap();
+    log(Outcome::Denied).await.unwrap();
+    let other = copy_of_the_keyring(&app, "other-host");
+    let rotate = |extra: &[&str]| {
+        checkoutd(&app)
+            .env("CHECKOUTD_DATA_DIR", &other)
+            .args(["keys", "rotate", "--class", "card"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Made elsewhere, saved there, retirement never recorded.
+    log(Outcome::Allowed).await.unwrap();
+    let before = std::fs::read(other.join("keyring.json")).unwrap();
+    let refused = rotate(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a second card/v2 was made: {stderr}"
+    );
+    assert!(stderr.contains("card/v2"), "{stderr}");
+    assert_eq!(
+        std::fs::read(other.join("keyring.json")).unwrap(),
+        before,
+        "the keyring file changed"
+    );
+    assert!(logged_denied(&app, "keys rotate").await);
+    // With no copy holding card/v2, the recovery numbers above it.
+    let recovered = rotate(&["--after-keyring-restore"]);
+    assert_succeeded(&recovered);
+    let made = String::from_utf8_lossy(&recovered.stdout);
+    assert!(made.contains("card/v3"), "{made}");
+    // And a fresh copy whose only rival was taken back rotates as usual.
+    let fresh = spawn_app().await;
+    let (path, master) = keyring_file(&fresh);
+    let keyring = checkoutd::crypto::keyring::Keyring::load(&path, &master).unwrap();
+    let store = fresh.store().await;
+    for outcome in [Outcome::Allowed, Outcome::Denied] {
+        checkoutd::keys::log_operation(
+            &store,
+            &keyring,
+            "keys rotate".into(),
+            vec!["card/v2".into()],
+            outcome,
+        )
+        .await
+        .unwrap();
+    }
+    cli_ok(&fresh, &["keys", "rotate", "--class", "card"]);
+}
+
 /// Whether the access log holds a denied entry of `action`.
 async fn logged_denied(app: &TestApp, action: &str) -> bool {
     app.access_log_entries()
