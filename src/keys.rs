@@ -326,7 +326,9 @@ pub async fn rotate(
     // writes to before saving. Two keys under one version number would
     // leave the records of one of them unreadable for good, so this one
     // stops (both stop, when two run at once: never both go ahead).
-    if !after_keyring_restore && let Some(other) = rotated_elsewhere(store, &made, own).await? {
+    if !after_keyring_restore
+        && let Some(other) = rotated_elsewhere(store, &keyring, &made, own).await?
+    {
         log_operation(
             store,
             &keyring,
@@ -422,13 +424,16 @@ async fn rotation_entries(
 /// a `keys rotate` entry other than `own` records as made, and no later
 /// denied entry takes back (a rotation whose file could not be saved logs
 /// its versions again, denied): a rotation this keyring has not seen.
-/// Entries that do not verify count too — a refusal costs a retry at worst;
-/// the audit names them.
+/// Only entries that verify under `keyring`'s access-log key count: one
+/// damaged or planted (the audit names it) must not stop every rotation
+/// for good.
 async fn rotated_elsewhere(
     store: &dyn Store,
+    keyring: &Keyring,
     made: &[String],
     own: u64,
 ) -> Result<Option<String>, KeysError> {
+    let key = keyring.access_log_key();
     let version_of = |name: &str| -> Option<(String, u32)> {
         let (class, version) = name.split_once("/v")?;
         Some((class.to_owned(), version.parse().ok()?))
@@ -436,7 +441,7 @@ async fn rotated_elsewhere(
     let ours: Vec<(String, u32)> = made.iter().filter_map(|m| version_of(m)).collect();
     let mut standing: BTreeMap<String, i64> = BTreeMap::new();
     for e in rotation_entries(store).await? {
-        if e.seq == own {
+        if e.seq == own || !e.verifies(key) {
             continue;
         }
         let step = match e.entry.outcome {

@@ -43,8 +43,10 @@ pub fn contains_pan_typed(text: &str) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    readings(text, Separators::Wide, Ids::UnlessCard)
-        .any(|typed| candidates(&typed).any(|groups| loose(&groups) || card_within(&groups)))
+    both_readings(text, |ids| {
+        readings(text, Separators::Wide, ids)
+            .any(|typed| candidates(&typed).any(|groups| loose(&groups) || card_within(&groups)))
+    })
 }
 
 /// For text stored in clear (a SKU, an item description, a storefront
@@ -70,14 +72,28 @@ fn pan_clear(text: &str, separators: Separators) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    let ids = match separators {
-        Separators::Wide => Ids::UnlessCard,
-        Separators::Narrow => Ids::Blanked,
+    let holds = |ids: Ids| {
+        candidates(&blank_uuids(text.as_bytes(), ids)).any(|groups| loose(&groups))
+            || readings(text, separators, ids).any(|typed| {
+                candidates(&typed)
+                    .any(|groups| card_leading(&groups) || card_printed_within(&groups))
+            })
     };
-    candidates(&blank_uuids(text.as_bytes(), ids)).any(|groups| loose(&groups))
-        || readings(text, separators, ids).any(|typed| {
-            candidates(&typed).any(|groups| card_leading(&groups) || card_printed_within(&groups))
-        })
+    match separators {
+        Separators::Wide => both_readings(text, holds),
+        Separators::Narrow => holds(Ids::Blanked),
+    }
+}
+
+/// `holds` with every UUID blanked, and (if `text` has one) again with the
+/// card-dressed ones kept ([`Ids::UnlessCard`]): a kept one's digits may
+/// join the run before it, which must not hide what the first reading —
+/// the audit's — finds there.
+fn both_readings(text: &str, holds: impl Fn(Ids) -> bool) -> bool {
+    holds(Ids::Blanked)
+        || (blank_uuids(text.as_bytes(), Ids::UnlessCard)
+            != blank_uuids(text.as_bytes(), Ids::Blanked)
+            && holds(Ids::UnlessCard))
 }
 
 /// For a dispatch fact the warehouse sends (carrier, tracking number),
@@ -350,9 +366,9 @@ enum Ids {
     /// Every UUID and digest: for text checkoutd writes itself (the base
     /// rule, the audit's scan of clear columns).
     Blanked,
-    /// Every digest, and every UUID but one that starts with a card number
-    /// (`40128888-8888-1881-0000-000000000000`: a card number dressed as
-    /// an id): for what a client sends.
+    /// Every digest, and every UUID but one that is no RFC 9562 UUID and
+    /// starts with a card number (`40128888-8888-1881-0000-000000000000`:
+    /// a card number dressed as an id): for what a client sends.
     UnlessCard,
 }
 
@@ -372,7 +388,10 @@ fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> 
     let mut separator = false;
     let mut chars = text
         .chars()
-        .filter(|&c| !(is_invisible_format(c) || (marks == Marks::Dropped && is_combining_mark(c))))
+        .filter(|&c| {
+            !((is_invisible_format(c) && decimal_digit(c).is_none())
+                || (marks == Marks::Dropped && is_combining_mark(c)))
+        })
         .peekable();
     while let Some(c) = chars.next() {
         let between_digits = c == '+'
@@ -429,6 +448,11 @@ fn decimal_digit(c: char) -> Option<u8> {
         return c.is_ascii_digit().then(|| c as u8 - b'0');
     }
     let code = u32::from(c);
+    // Tag digits show nothing, but spell digits to whoever reads the
+    // text's code points.
+    if (0xe0030..=0xe0039).contains(&code) {
+        return u8::try_from(code - 0xe0030).ok();
+    }
     if let Some(zero) = DIGIT_ZEROS
         .iter()
         .find(|&&zero| (zero..zero + 10).contains(&code))
@@ -658,17 +682,26 @@ fn is_local(c: u8) -> bool {
 
 /// Replaces every `8-4-4-4-12` hex UUID, and every run of 32 or more hex
 /// characters that contains a letter (a digest), with `x`s — with
-/// [`Ids::UnlessCard`], every UUID but one whose first three groups are
-/// digits that make a card number (`40128888-8888-1881-0000-000000000000`:
-/// a brand we know, Luhn). A random UUID is that about once in 80 000
-/// (its first 16 characters all digits, then a card's prefix and check
-/// digit). Digests are blanked in either case: one with a card number's
-/// digits somewhere among its letters is what random data makes every
-/// few thousand digests, and a storefront's reference may well be one.
+/// [`Ids::UnlessCard`], every UUID but one that is no RFC 9562 UUID (its
+/// variant is not `10xx`, or its version is not 1–8) and whose first three
+/// groups are digits that make a card number
+/// (`40128888-8888-1881-0000-000000000000`: a brand we know, Luhn). That
+/// one is written as its card number's 16 digits, then `x`s: read alone,
+/// not joined to digits around it. A UUID any library makes (random,
+/// time-ordered) is always blanked. Digests are blanked in either case:
+/// one with a card number's digits somewhere among its letters is what
+/// random data makes every few thousand digests, and a storefront's
+/// reference may well be one.
 fn blank_uuids(text: &[u8], ids: Ids) -> Vec<u8> {
-    let blank = |uuid: &[u8]| {
+    let card_dressed = |uuid: &[u8]| -> Option<Vec<u8>> {
+        let well_formed = matches!(uuid[14], b'1'..=b'8')
+            && matches!(uuid[19], b'8' | b'9' | b'a'..=b'b' | b'A'..=b'B');
         let leading = [&uuid[0..8], &uuid[9..13], &uuid[14..18]].concat();
-        ids == Ids::Blanked || !(leading.iter().all(u8::is_ascii_digit) && is_card_number(&leading))
+        (ids == Ids::UnlessCard
+            && !well_formed
+            && leading.iter().all(u8::is_ascii_digit)
+            && is_card_number(&leading))
+        .then_some(leading)
     };
     let mut out = text.to_vec();
     let mut start = 0;
@@ -701,8 +734,12 @@ fn blank_uuids(text: &[u8], ids: Ids) -> Vec<u8> {
                 p += 1;
             }
         }
-        if ok && blank(&out[i..i + 36]) {
+        if ok {
+            let card = card_dressed(&out[i..i + 36]);
             out[i..i + 36].fill(b'x');
+            if let Some(card) = card {
+                out[i..i + card.len()].copy_from_slice(&card);
+            }
             i += 36;
         } else {
             i += 1;
@@ -745,6 +782,24 @@ mod tests {
         ));
         assert!(!contains_pan_clear("0192f8a0-1234-4abc-8123-123456789012"));
         assert!(!contains_pan_clear("12345678-1234-1234-1234-123456789012"));
+        // A kept one is read alone: digits before it do not hide it, nor
+        // does it hide a number the audit's reading finds before it.
+        for text in [
+            "v1-40128888-8888-1881-0000-000000000000",
+            "1234567812345670-40128888-8888-1881-0000-000000000000",
+        ] {
+            assert!(contains_pan_clear(text), "clear: {text:?}");
+            assert!(contains_pan_typed(text), "typed: {text:?}");
+        }
+        assert!(clear_column_holds_card(
+            "orders",
+            "storefront_ref",
+            "1234567812345670-40128888-8888-1881-0000-000000000000"
+        ));
+        // A well-formed UUID (version 4, variant 10xx) is an id, whatever
+        // its digits: a random one may start with 16 of them.
+        assert!(!contains_pan_clear("40128888-8888-4881-8000-000000000000"));
+        assert!(!contains_pan_typed("40128888-8888-4881-8000-000000000000"));
     }
 
     #[test]
@@ -752,6 +807,14 @@ mod tests {
         assert!(contains_email("ada\u{00ad}@example.com"));
         assert!(contains_email("ada@\u{2063}example.com"));
         assert!(contains_email("ada\u{200d}@example.com"));
+        // Tag digits spell a card number to whoever reads code points.
+        let tags: String = "4012888888881881"
+            .chars()
+            .map(|d| char::from_u32(0xe0000 + u32::from(d)).unwrap())
+            .collect();
+        assert!(contains_pan_typed(&format!(
+            "flag \u{1f3f4}{tags}\u{e007f}"
+        )));
     }
 
     #[test]

@@ -171,11 +171,23 @@ struct Shared {
 }
 
 /// Counts new connections (each a TLS handshake to come) per client
-/// address and per network, in one-second windows.
+/// address and per network, in one-second windows. An address that made a
+/// connection with a valid client certificate in the last
+/// [`CERTIFIED_MEMORY`] is held to its own budget only, not its network's:
+/// a flood from its neighbours (other tenants of a cloud /24) must not
+/// keep the storefront or the warehouse from reconnecting.
 struct Handshakes {
     per_client: crate::http::rate_limit::RateLimiter,
     per_network: crate::http::rate_limit::RateLimiter,
+    certified: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
 }
+
+/// How long an address that presented a valid client certificate is
+/// exempt from its network's connection budget.
+const CERTIFIED_MEMORY: Duration = Duration::from_secs(600);
+
+/// The most certified addresses remembered (a few hundred bytes each).
+const CERTIFIED_MOST: usize = 4096;
 
 impl Handshakes {
     fn new(per_client: u32) -> Self {
@@ -186,6 +198,7 @@ impl Handshakes {
                 per_client.max(1).saturating_mul(NETWORK_HANDSHAKES),
                 second,
             ),
+            certified: Default::default(),
         }
     }
 
@@ -194,10 +207,34 @@ impl Handshakes {
     /// network's, so that it cannot use up its neighbours' budget.
     fn admit(&self, ip: std::net::IpAddr) -> bool {
         self.per_client.check(ip).is_ok()
-            && self
-                .per_network
-                .check(crate::http::rate_limit::network(ip))
-                .is_ok()
+            && (self.recently_certified(ip)
+                || self
+                    .per_network
+                    .check(crate::http::rate_limit::network(ip))
+                    .is_ok())
+    }
+
+    fn recently_certified(&self, ip: std::net::IpAddr) -> bool {
+        let key = admission::client_key(ip);
+        self.certified.lock().is_ok_and(|c| {
+            c.get(&key)
+                .is_some_and(|at| at.elapsed() < CERTIFIED_MEMORY)
+        })
+    }
+
+    /// `ip` made a connection with a valid client certificate.
+    fn certified(&self, ip: std::net::IpAddr) {
+        let key = admission::client_key(ip);
+        let Ok(mut certified) = self.certified.lock() else {
+            return;
+        };
+        if certified.len() >= CERTIFIED_MOST && !certified.contains_key(&key) {
+            certified.retain(|_, at| at.elapsed() < CERTIFIED_MEMORY);
+            if certified.len() >= CERTIFIED_MOST {
+                return;
+            }
+        }
+        certified.insert(key, std::time::Instant::now());
     }
 }
 
@@ -524,11 +561,13 @@ async fn serve(
         session.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
-    // When the certificate expires, the connection loses its role (a
-    // second late, so that the check agrees it has).
+    // When the certificate, or a CA certificate of its chain, expires, the
+    // connection loses its role (a second late, so that the check agrees
+    // it has).
     let expires = chain
-        .first()
-        .and_then(tls::ReloadableTls::not_after)
+        .iter()
+        .filter_map(tls::ReloadableTls::not_after)
+        .min()
         .map(|not_after| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -545,6 +584,9 @@ async fn serve(
         && !shared.tls.trusts(&chain)
     {
         connection.withdraw();
+    }
+    if certified && !connection.is_withdrawn() {
+        shared.handshakes.certified(addr.ip());
     }
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
@@ -1082,6 +1124,28 @@ mod tests {
     use hyper::body::Body as _;
 
     use super::*;
+
+    #[test]
+    fn a_certified_address_is_held_to_its_own_handshake_budget_only() {
+        let handshakes = Handshakes::new(5);
+        let ip = |last: u8| std::net::IpAddr::from([198, 51, 100, last]);
+        handshakes.certified(ip(20));
+        // Neighbours use up the /24's budget (5 × 5).
+        for neighbour in 10..15 {
+            for _ in 0..5 {
+                assert!(handshakes.admit(ip(neighbour)));
+            }
+        }
+        assert!(!handshakes.admit(ip(21)), "a newcomer of the /24 waits");
+        for _ in 0..5 {
+            assert!(handshakes.admit(ip(20)), "the storefront reconnects");
+        }
+        assert!(!handshakes.admit(ip(20)), "within its own budget");
+        // IPv4-mapped is the same address.
+        let mapped =
+            std::net::IpAddr::V6(std::net::Ipv4Addr::new(198, 51, 100, 20).to_ipv6_mapped());
+        assert!(handshakes.recently_certified(mapped));
+    }
 
     impl Sending for u64 {
         fn progressed(&mut self) {

@@ -159,6 +159,34 @@ async fn connections_beyond_the_handshake_rate_are_closed_before_their_handshake
         refused_for(&app, "handshake_rate").await > refused_before,
         "the refusal is counted"
     );
+    // The network (127.0.0.0/24) opens five times an address's budget:
+    // neighbours flooding it keep a newcomer out, not an address that
+    // connected with a valid client certificate (127.0.0.6, above).
+    let mut proved = false;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let started = Instant::now();
+        let mut neighbours = Vec::new();
+        for n in 30..35 {
+            for _ in 0..5 {
+                neighbours.extend(connect_from(&app, &format!("127.0.0.{n}"), None, b"h2").await);
+            }
+        }
+        let newcomer = connect_from(&app, "127.0.0.35", None, b"h2").await;
+        let storefront = connect_from(&app, "127.0.0.6", Some(Role::Storefront), b"h2").await;
+        if started.elapsed() >= Duration::from_millis(900) {
+            continue;
+        }
+        assert_eq!(neighbours.len(), 25, "the network's budget");
+        assert!(newcomer.is_none(), "a newcomer past the network's budget");
+        assert!(
+            storefront.is_some(),
+            "a certified address is not held back by its network"
+        );
+        proved = true;
+        break;
+    }
+    assert!(proved, "three floods each took a second or more");
 }
 
 /// `checkoutd_connections_refused_total` for `reason` (0 if not yet seen).

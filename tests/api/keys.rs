@@ -256,6 +256,19 @@ async fn a_rotation_logged_elsewhere_stops_a_second_key_under_its_number() {
         .unwrap();
     }
     cli_ok(&fresh, &["keys", "rotate", "--class", "card"]);
+    // An entry that does not verify (damaged or planted) stops nothing:
+    // it would stop every rotation for good.
+    sqlx::query(
+        "INSERT INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action, objects,
+             outcome, status, prev_hash, hash, mac)
+         SELECT seq + 10, at, role, cert_fingerprint, origin_ip, 'keys rotate',
+             '[\"card/v3\",\"card/v999999\"]', 'allowed', status, prev_hash, hash, mac
+           FROM access_log ORDER BY seq DESC LIMIT 1",
+    )
+    .execute(&fresh.db().await)
+    .await
+    .unwrap();
+    cli_ok(&fresh, &["keys", "rotate", "--class", "card"]);
 }
 
 /// Whether the access log holds a denied entry of `action`.
