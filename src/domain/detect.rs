@@ -80,7 +80,10 @@ fn pan_clear(text: &str, separators: Separators) -> bool {
             })
     };
     match separators {
-        Separators::Wide => both_readings(text, holds),
+        // Intake reads the text the audit's way too: the wide reading
+        // joins groups that the narrow one keeps apart (`1:4012.88888888.1881`
+        // is one run widely, a run that starts with a card number narrowly).
+        Separators::Wide => both_readings(text, holds) || pan_clear(text, Separators::Narrow),
         Separators::Narrow => holds(Ids::Blanked),
     }
 }
@@ -796,6 +799,18 @@ mod tests {
             "storefront_ref",
             "1234567812345670-40128888-8888-1881-0000-000000000000"
         ));
+        // What the audit's narrow reading finds, intake finds too.
+        for text in [
+            "1:4012.88888888.1881",
+            "7#4012.8888.8888.1881",
+            "1|4012 88888888 1881",
+        ] {
+            assert!(
+                clear_column_holds_card("orders", "items", text),
+                "audit: {text:?}"
+            );
+            assert!(contains_pan_clear(text), "intake: {text:?}");
+        }
         // A well-formed UUID (version 4, variant 10xx) is an id, whatever
         // its digits: a random one may start with 16 of them.
         assert!(!contains_pan_clear("40128888-8888-4881-8000-000000000000"));

@@ -179,6 +179,7 @@ struct Shared {
 struct Handshakes {
     per_client: crate::http::rate_limit::RateLimiter,
     per_network: crate::http::rate_limit::RateLimiter,
+    /// Certified addresses, each until when it is exempt.
     certified: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
 }
 
@@ -216,25 +217,37 @@ impl Handshakes {
 
     fn recently_certified(&self, ip: std::net::IpAddr) -> bool {
         let key = admission::client_key(ip);
-        self.certified.lock().is_ok_and(|c| {
-            c.get(&key)
-                .is_some_and(|at| at.elapsed() < CERTIFIED_MEMORY)
-        })
+        let now = std::time::Instant::now();
+        self.certified
+            .lock()
+            .is_ok_and(|c| c.get(&key).is_some_and(|until| *until > now))
     }
 
-    /// `ip` made a connection with a valid client certificate.
-    fn certified(&self, ip: std::net::IpAddr) {
+    /// `ip` made a connection with a valid client certificate, good until
+    /// `expires` (if known): exempt from its network's budget for
+    /// [`CERTIFIED_MEMORY`], never past the certificate's end.
+    fn certified(&self, ip: std::net::IpAddr, expires: Option<std::time::Instant>) {
         let key = admission::client_key(ip);
+        let now = std::time::Instant::now();
+        let until = expires.map_or(now + CERTIFIED_MEMORY, |e| e.min(now + CERTIFIED_MEMORY));
         let Ok(mut certified) = self.certified.lock() else {
             return;
         };
         if certified.len() >= CERTIFIED_MOST && !certified.contains_key(&key) {
-            certified.retain(|_, at| at.elapsed() < CERTIFIED_MEMORY);
+            certified.retain(|_, until| *until > now);
             if certified.len() >= CERTIFIED_MOST {
                 return;
             }
         }
-        certified.insert(key, std::time::Instant::now());
+        certified.insert(key, until);
+    }
+
+    /// `ip`'s certificate no longer verifies (revoked, expired): no longer
+    /// exempt.
+    fn forget(&self, ip: std::net::IpAddr) {
+        if let Ok(mut certified) = self.certified.lock() {
+            certified.remove(&admission::client_key(ip));
+        }
     }
 }
 
@@ -561,20 +574,14 @@ async fn serve(
         session.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
-    // When the certificate, or a CA certificate of its chain, expires, the
-    // connection loses its role (a second late, so that the check agrees
-    // it has).
-    let expires = chain
+    // When a certificate of the chain expires (the client's, or a CA's),
+    // the chain is checked again: the client's expired, it loses its role.
+    // (An expired CA certificate a client still sends beside the renewed
+    // one is not in the path the verifier builds: checked, not assumed.)
+    let not_afters: Vec<i64> = chain
         .iter()
         .filter_map(tls::ReloadableTls::not_after)
-        .min()
-        .map(|not_after| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let left = u64::try_from(not_after.saturating_sub(now)).unwrap_or(0);
-            tokio::time::Instant::now() + Duration::from_secs(left.saturating_add(1))
-        });
+        .collect();
     connection.handshake_done(certified);
     // A rebuild (a new CRL, say) landed during the handshake, which ran
     // under the configuration before it, or the session was resumed:
@@ -586,7 +593,11 @@ async fn serve(
         connection.withdraw();
     }
     if certified && !connection.is_withdrawn() {
-        shared.handshakes.certified(addr.ip());
+        let leaf = chain
+            .first()
+            .and_then(tls::ReloadableTls::not_after)
+            .map(|not_after| std::time::Instant::now() + seconds_until(not_after));
+        shared.handshakes.certified(addr.ip(), leaf);
     }
     let _anonymous_permit = if peer.identity == ClientIdentity::Anonymous {
         // The anonymous cap sheds like the connection cap: the longest-idle
@@ -688,11 +699,11 @@ async fn serve(
     // ends the connection: it would hold the response in memory for good.
     let mut unsent_check = tokio::time::interval(UNSENT_CHECK);
     unsent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_expiry = next_expiry(&not_afters);
     let expiry = tokio::time::sleep_until(
-        expires.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
+        next_expiry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
     );
     tokio::pin!(expiry);
-    let mut expired = false;
     let result = loop {
         // Set when the certificate is to be checked again: a TLS rebuild,
         // or its expiry.
@@ -757,18 +768,23 @@ async fn serve(
             // drains for another reason too (a shutdown's or a shed's
             // grace): a revocation then still takes the role away at once.
             _ = reloads.changed(), if certified && !(finishing && connection.is_withdrawn()) => recheck = true,
-            // Its certificate expired while the connection was open.
-            () = &mut expiry, if certified && expires.is_some() && !expired => {
-                expired = true;
+            // A certificate of its chain expired while the connection was
+            // open: checked again, and the next expiry awaited.
+            () = &mut expiry, if certified && next_expiry.is_some() => {
                 recheck = true;
+                next_expiry = next_expiry_after(&not_afters, next_expiry);
+                if let Some(at) = next_expiry {
+                    expiry.as_mut().reset(at);
+                }
             },
             () = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)), if grace.is_some() => break Ok(()),
         }
-        if recheck && (expired || connection.is_withdrawn() || !shared.tls.trusts(&chain)) {
+        if recheck && (connection.is_withdrawn() || !shared.tls.trusts(&chain)) {
             // From now on its requests run without a role (HTTP/2
             // takes new streams until the client acknowledges the
             // GOAWAY's ping, for up to the drain time).
             connection.withdraw();
+            shared.handshakes.forget(addr.ip());
             if finishing {
                 continue;
             }
@@ -784,6 +800,43 @@ async fn serve(
     }
     drop(stop);
     drop(registration);
+}
+
+/// How long until `not_after` (seconds since the Unix epoch), by the
+/// system clock: zero if it has passed.
+fn seconds_until(not_after: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Duration::from_secs(u64::try_from(not_after.saturating_sub(now)).unwrap_or(0))
+}
+
+/// When to check a chain again: a second after the earliest `notAfter` of
+/// its certificates still to come (a second late, so that the check agrees
+/// it has passed), or never.
+fn next_expiry(not_afters: &[i64]) -> Option<tokio::time::Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    not_afters
+        .iter()
+        .filter(|at| **at >= now)
+        .min()
+        .map(|at| tokio::time::Instant::now() + seconds_until(*at) + Duration::from_secs(1))
+}
+
+/// [`next_expiry`] once the one at `fired` has been checked: never the
+/// same moment again (the monotonic and the system clock may disagree by
+/// a second).
+fn next_expiry_after(
+    not_afters: &[i64],
+    fired: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    let next = next_expiry(not_afters)?;
+    Some(match fired {
+        Some(fired) if next <= fired => fired + Duration::from_secs(1),
+        _ => next,
+    })
 }
 
 /// One network's share of the anonymous in-flight cap is this fraction of
@@ -1129,7 +1182,7 @@ mod tests {
     fn a_certified_address_is_held_to_its_own_handshake_budget_only() {
         let handshakes = Handshakes::new(5);
         let ip = |last: u8| std::net::IpAddr::from([198, 51, 100, last]);
-        handshakes.certified(ip(20));
+        handshakes.certified(ip(20), None);
         // Neighbours use up the /24's budget (5 × 5).
         for neighbour in 10..15 {
             for _ in 0..5 {
@@ -1145,6 +1198,33 @@ mod tests {
         let mapped =
             std::net::IpAddr::V6(std::net::Ipv4Addr::new(198, 51, 100, 20).to_ipv6_mapped());
         assert!(handshakes.recently_certified(mapped));
+        // Never past the certificate's end, and not once it stops verifying.
+        handshakes.certified(ip(21), Some(std::time::Instant::now()));
+        assert!(!handshakes.recently_certified(ip(21)));
+        handshakes.forget(ip(20));
+        assert!(!handshakes.recently_certified(ip(20)));
+    }
+
+    #[tokio::test]
+    async fn a_chain_is_checked_again_at_each_expiry_to_come_and_never_in_a_loop() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // An expired certificate beside the client's (a CA rollover's old
+        // intermediate) is not awaited; the next one to come is.
+        let at = next_expiry(&[now - 3600, now + 10, now + 100]).unwrap();
+        let left = at - tokio::time::Instant::now();
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(11),
+            "{left:?}"
+        );
+        assert!(next_expiry(&[now - 1]).is_none());
+        // Fired at the last moment the system clock still calls "now": the
+        // next check is at least a second later, never the same moment.
+        let fired = tokio::time::Instant::now();
+        let again = next_expiry_after(&[now], Some(fired)).unwrap();
+        assert!(again >= fired + Duration::from_secs(1));
     }
 
     impl Sending for u64 {
