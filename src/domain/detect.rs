@@ -83,7 +83,10 @@ fn pan_clear(text: &str, separators: Separators) -> bool {
         // Intake reads the text the audit's way too: the wide reading
         // joins groups that the narrow one keeps apart (`1:4012.88888888.1881`
         // is one run widely, a run that starts with a card number narrowly).
-        Separators::Wide => both_readings(text, holds) || pan_clear(text, Separators::Narrow),
+        Separators::Wide => {
+            both_readings(text, holds)
+                || (has_wide_only_separator(text) && pan_clear(text, Separators::Narrow))
+        }
         Separators::Narrow => holds(Ids::Blanked),
     }
 }
@@ -93,9 +96,12 @@ fn pan_clear(text: &str, separators: Separators) -> bool {
 /// join the run before it, which must not hide what the first reading —
 /// the audit's — finds there.
 fn both_readings(text: &str, holds: impl Fn(Ids) -> bool) -> bool {
+    // Only a text long enough for a UUID, with its dashes, can have one.
+    let may_have_uuid = text.len() >= 36 && text.contains('-');
     holds(Ids::Blanked)
-        || (blank_uuids(text.as_bytes(), Ids::UnlessCard)
-            != blank_uuids(text.as_bytes(), Ids::Blanked)
+        || (may_have_uuid
+            && blank_uuids(text.as_bytes(), Ids::UnlessCard)
+                != blank_uuids(text.as_bytes(), Ids::Blanked)
             && holds(Ids::UnlessCard))
 }
 
@@ -407,11 +413,7 @@ fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> 
                 || (marks == Marks::Separators && is_combining_mark(c))
                 || match separators {
                     Separators::Wide => !c.is_alphanumeric() && c != '+',
-                    Separators::Narrow => matches!(
-                        c,
-                        '.' | '/' | '_' | ',' | '-' | '\u{2010}'
-                            ..='\u{2015}' | '\u{00b7}' | '\u{2022}'
-                    ),
+                    Separators::Narrow => narrow_separator(c),
                 } =>
             {
                 if !separator {
@@ -427,6 +429,29 @@ fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> 
         normal.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
     }
     normal
+}
+
+/// A separator of the narrow reading ([`Separators::Narrow`]), whitespace
+/// aside.
+fn narrow_separator(c: char) -> bool {
+    matches!(
+        c,
+        '.' | '/' | '_' | ',' | '-' | '\u{2010}'..='\u{2015}' | '\u{00b7}' | '\u{2022}'
+    )
+}
+
+/// Whether the wide reading of `text` may join groups the narrow one keeps
+/// apart: it has a character that only the wide one reads as a separator
+/// (`:`, `#`, `|`, an emoji…). Without one, both readings are the same.
+fn has_wide_only_separator(text: &str) -> bool {
+    text.chars().any(|c| {
+        !c.is_alphanumeric()
+            && !c.is_whitespace()
+            && c != '+'
+            && !narrow_separator(c)
+            && !is_invisible_format(c)
+            && !is_combining_mark(c)
+    })
 }
 
 /// The first code point of each run of ten decimal digits (Unicode's

@@ -84,6 +84,9 @@ pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, Text
 /// ZWJ/ZWNJ stay: pasted text and scripts have them, and the detectors
 /// read across them (they join what is around them).
 fn hides_characters(text: &str) -> bool {
+    if text.is_ascii() {
+        return false;
+    }
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
