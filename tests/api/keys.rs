@@ -26,6 +26,16 @@ fn cli_ok(app: &TestApp, args: &[&str]) {
     );
 }
 
+/// Runs a CLI command against `app`'s database with the keyring in `data`
+/// (another host's copy, a restored backup).
+fn run_in(app: &TestApp, data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    checkoutd(app)
+        .env("CHECKOUTD_DATA_DIR", data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// The development keyring's file and master key.
 fn keyring_file(app: &TestApp) -> (std::path::PathBuf, checkoutd::crypto::master::MasterKey) {
     let data = app.dir.path().join("data");
@@ -211,12 +221,12 @@ async fn a_rotation_logged_elsewhere_stops_a_second_key_under_its_number() {
     log(Outcome::Denied).await.unwrap();
     let other = copy_of_the_keyring(&app, "other-host");
     let rotate = |extra: &[&str]| {
-        checkoutd(&app)
-            .env("CHECKOUTD_DATA_DIR", &other)
-            .args(["keys", "rotate", "--class", "card"])
-            .args(extra)
-            .output()
-            .unwrap()
+        let args: Vec<&str> = ["keys", "rotate", "--class", "card"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        run_in(&app, &other, &args)
     };
     // Made elsewhere, saved there, retirement never recorded.
     log(Outcome::Allowed).await.unwrap();
@@ -380,13 +390,7 @@ async fn a_rewrap_after_a_recovery_moves_what_it_can_and_names_what_it_cannot() 
     order(&app, "lost-1").await; // card/v2, which the backup lacks
     let made = recover_card_class(&app, &restored);
     assert!(made.contains("card/v3"), "{made}");
-    let in_restored = |args: &[&str]| {
-        checkoutd(&app)
-            .env("CHECKOUTD_DATA_DIR", &restored)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let in_restored = |args: &[&str]| run_in(&app, &restored, args);
     // Batches of one: the lost version's record must not stop any batch.
     let rewrap = in_restored(&["keys", "rewrap", "--class", "card", "--batch", "1"]);
     assert_succeeded(&rewrap);
