@@ -239,7 +239,9 @@ impl Handshakes {
                 return;
             }
         }
-        certified.insert(key, until);
+        // Another certificate from the same address may be good for longer.
+        let entry = certified.entry(key).or_insert(until);
+        *entry = (*entry).max(until);
     }
 
     /// `ip`'s certificate no longer verifies (revoked, expired): no longer
@@ -587,7 +589,7 @@ async fn serve(
     // under the configuration before it, or the session was resumed:
     // checked now, before any request.
     if certified
-        && (resumed || reloads.has_changed().unwrap_or(false))
+        && (resumed || reloads.has_changed().unwrap_or(false) || expired_in_chain(&not_afters))
         && !shared.tls.trusts(&chain)
     {
         connection.withdraw();
@@ -699,9 +701,9 @@ async fn serve(
     // ends the connection: it would hold the response in memory for good.
     let mut unsent_check = tokio::time::interval(UNSENT_CHECK);
     unsent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_expiry = next_expiry(&not_afters);
+    let mut next_check = next_expiry(&not_afters);
     let expiry = tokio::time::sleep_until(
-        next_expiry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
+        next_check.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
     );
     tokio::pin!(expiry);
     let result = loop {
@@ -770,10 +772,10 @@ async fn serve(
             _ = reloads.changed(), if certified && !(finishing && connection.is_withdrawn()) => recheck = true,
             // A certificate of its chain expired while the connection was
             // open: checked again, and the next expiry awaited.
-            () = &mut expiry, if certified && next_expiry.is_some() => {
+            () = &mut expiry, if certified && next_check.is_some() => {
                 recheck = true;
-                next_expiry = next_expiry_after(&not_afters, next_expiry);
-                if let Some(at) = next_expiry {
+                next_check = next_expiry(&not_afters);
+                if let Some(at) = next_check {
                     expiry.as_mut().reset(at);
                 }
             },
@@ -825,18 +827,15 @@ fn next_expiry(not_afters: &[i64]) -> Option<tokio::time::Instant> {
         .map(|at| tokio::time::Instant::now() + seconds_until(*at) + Duration::from_secs(1))
 }
 
-/// [`next_expiry`] once the one at `fired` has been checked: never the
-/// same moment again (the monotonic and the system clock may disagree by
-/// a second).
-fn next_expiry_after(
-    not_afters: &[i64],
-    fired: Option<tokio::time::Instant>,
-) -> Option<tokio::time::Instant> {
-    let next = next_expiry(not_afters)?;
-    Some(match fired {
-        Some(fired) if next <= fired => fired + Duration::from_secs(1),
-        _ => next,
-    })
+/// Whether a certificate of the chain has already expired: a client may
+/// send its certificate in the last moment of it and hold back the end of
+/// its handshake (its expiry is then past, and never awaited), or send an
+/// expired CA certificate beside a renewed one — checked at once.
+fn expired_in_chain(not_afters: &[i64]) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    not_afters.iter().any(|at| *at < now)
 }
 
 /// One network's share of the anonymous in-flight cap is this fraction of
@@ -1220,11 +1219,13 @@ mod tests {
             "{left:?}"
         );
         assert!(next_expiry(&[now - 1]).is_none());
-        // Fired at the last moment the system clock still calls "now": the
-        // next check is at least a second later, never the same moment.
-        let fired = tokio::time::Instant::now();
-        let again = next_expiry_after(&[now], Some(fired)).unwrap();
-        assert!(again >= fired + Duration::from_secs(1));
+        // Always at least a second ahead: a check never fires twice at the
+        // same moment.
+        let asked = tokio::time::Instant::now();
+        assert!(next_expiry(&[now + 1]).unwrap() >= asked + Duration::from_secs(1));
+        // One already past is checked at once instead.
+        assert!(expired_in_chain(&[now + 100, now - 5]));
+        assert!(!expired_in_chain(&[now + 100]));
     }
 
     impl Sending for u64 {
