@@ -68,27 +68,38 @@ pub async fn log(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
     route: MatchedPath,
     params: super::Params,
 ) -> Response {
-    let bad = |field: &str, message: &'static str| {
+    let bad = |field: &str, code: &'static str, message: &'static str| {
         Problem::bad_request("invalid-query", "The query parameters are invalid")
-            .with_errors(vec![FieldError::new(field, "invalid", message)])
+            .with_errors(vec![FieldError::new(field, code, message)])
             .into_response()
     };
     if let Some(name) = params.unknown(&["after", "limit"]) {
-        return bad(&name, "Only after and limit are accepted");
+        return bad(
+            &name,
+            "unknown_parameter",
+            "Only after and limit are accepted",
+        );
     }
     let query = &params.0;
-    let after = match query.get("after").map(|v| v.parse::<i64>()) {
+    // Any sequence number is a valid `after`; past the last possible one
+    // (the store counts in i64) there is simply nothing.
+    let after = match query.get("after").map(|v| v.parse::<u64>()) {
         None => 0,
-        Some(Ok(n)) if n >= 0 => n,
-        Some(_) => return bad("after", "after is a sequence number (0 or more)"),
+        Some(Ok(n)) => i64::try_from(n).unwrap_or(i64::MAX),
+        Some(Err(_)) => {
+            return bad("after", "invalid", "after is a sequence number (0 or more)");
+        }
     };
     let limit = match query.get("limit").map(|v| v.parse::<u32>()) {
         None => DEFAULT_LIMIT,
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(_) => return bad("limit", "limit is a whole number from 1 to 1000"),
+        Some(_) => {
+            return bad("limit", "invalid", "limit is a whole number from 1 to 1000");
+        }
     };
     let page = match state.store.access_log_page(after, limit).await {
         Ok(p) => p,
@@ -117,7 +128,7 @@ pub async fn log(
         })
         .collect();
     if let Err(withheld) =
-        super::record_access(&state, peer.as_deref(), "GET", &route, range, 200).await
+        super::record_access(&state, peer.as_deref(), method.as_str(), &route, range, 200).await
     {
         return withheld;
     }
@@ -160,6 +171,7 @@ pub async fn report(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
     route: MatchedPath,
 ) -> Response {
     // Wait for the run up to 2/3 of the request budget, then answer 202.
@@ -191,7 +203,7 @@ pub async fn report(
     if let Err(r) = super::record_access(
         &state,
         peer.as_deref(),
-        "GET",
+        method.as_str(),
         &route,
         vec!["audit_report".into()],
         200,
@@ -238,6 +250,7 @@ pub async fn order(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
     route: MatchedPath,
     super::IdSegment(id): super::IdSegment,
 ) -> Response {
@@ -247,8 +260,15 @@ pub async fn order(
     let id = id.to_string();
     match crate::audit::verify::order(state.store.as_ref(), &state.keyring.current(), &id).await {
         Ok(Some(audit)) => {
-            if let Err(r) =
-                super::record_access(&state, peer.as_deref(), "GET", &route, vec![id], 200).await
+            if let Err(r) = super::record_access(
+                &state,
+                peer.as_deref(),
+                method.as_str(),
+                &route,
+                vec![id],
+                200,
+            )
+            .await
             {
                 return r;
             }

@@ -51,9 +51,9 @@ pub struct OptOutAccepted {
     request_body(content((crate::consent::OptOutRequest = "application/json")), description = "At most 4 KiB"),
     responses(
         (status = 202, description = "Recorded and effective at once; the same answer whether or not the address is known", body = OptOutAccepted),
-        (status = 400, description = "The body is not valid JSON (or repeats a member)"),
+        (status = 400, description = "The body is not valid JSON (or repeats a member), or `Content-Type` was sent more than once (named in `errors`)"),
         (status = 413, description = "The body is larger than 4 KiB"),
-        (status = 415, description = "Not `application/json`"),
+        (status = 415, description = "Not `application/json` (`Content-Type` named in `errors`)"),
         (status = 422, description = "The opt-out has errors (listed in `errors`)"),
         (status = 500, description = "The server failed"),
         (status = 503, description = "The database is unavailable; nothing was recorded"),
@@ -445,7 +445,7 @@ count as new consent.</p>"
     params(("email" = String, Query, description = "The subject's email address (looked up by blind index)")),
     responses(
         (status = 200, description = "The proof; written to the access log", body = crate::consent::ConsentProof),
-        (status = 400, description = "No valid `email`, or a malformed query string"),
+        (status = 400, description = "No valid `email`, an unknown query parameter (named in `errors`), or a malformed query string"),
         (status = 500, description = "The server failed"),
         (status = 503, description = "The database or the access log is unavailable"),
     )
@@ -455,10 +455,20 @@ pub async fn proof(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
     route: MatchedPath,
-    super::Params(query): super::Params,
+    params: super::Params,
 ) -> Response {
-    let email = query.get("email").and_then(|e| Email::parse(e));
+    if let Some(name) = params.unknown(&["email"]) {
+        return Problem::bad_request("invalid-query", "The query parameters are invalid")
+            .with_errors(vec![FieldError::new(
+                name,
+                "unknown_parameter",
+                "Only email is accepted",
+            )])
+            .into_response();
+    }
+    let email = params.0.get("email").and_then(|e| Email::parse(e));
     let Some(email) = email else {
         return Problem::bad_request("invalid-query", "The query parameters are invalid")
             .with_errors(vec![FieldError::new(
@@ -484,8 +494,15 @@ pub async fn proof(
         "consent_subject:{}",
         proof["subject"]["reference"].as_str().unwrap_or("")
     ));
-    if let Err(withheld) =
-        super::record_access(&state, peer.as_deref(), "GET", &route, objects, 200).await
+    if let Err(withheld) = super::record_access(
+        &state,
+        peer.as_deref(),
+        method.as_str(),
+        &route,
+        objects,
+        200,
+    )
+    .await
     {
         return withheld;
     }

@@ -55,6 +55,7 @@ pub async fn audience(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
     route: MatchedPath,
     params: super::Params,
 ) -> Response {
@@ -134,7 +135,7 @@ pub async fn audience(
     if let Err(withheld) = super::record_access(
         &state,
         peer.as_deref(),
-        "GET",
+        method.as_str(),
         &route,
         [
             format!("audience:{purpose}"),

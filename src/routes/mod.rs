@@ -28,7 +28,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use http::request::Parts;
 
 use crate::audit::access_log::{Entry, Outcome};
-use crate::http::Problem;
+use crate::http::{FieldError, Problem};
 use crate::server::identity::{Caller, ClientIdentity, Peer, Role};
 use crate::store::Store;
 
@@ -458,17 +458,49 @@ fn store_problem(error: &crate::store::StoreError) -> Response {
     }
 }
 
-/// A small JSON body: `application/json` only (415), at most
-/// [`SMALL_BODY`] bytes (413), strict JSON — no repeated members (400).
+/// The request's media type, or the problem with its `Content-Type`,
+/// named in `errors`: sent more than once (400, `content-type-repeated` —
+/// which one the client meant is not ours to guess), or missing or not one
+/// of `accepted` (415, `unsupported-media-type`, titled `title`).
+fn media_type(
+    headers: &http::HeaderMap,
+    accepted: &[crate::intake::MediaType],
+    title: &'static str,
+) -> Result<crate::intake::MediaType, Problem> {
+    let named = |code, message| vec![FieldError::new("Content-Type", code, message)];
+    if headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Problem::bad_request(
+            "content-type-repeated",
+            "Send exactly one Content-Type header",
+        )
+        .with_errors(named("repeated", "Content-Type was sent more than once")));
+    }
+    match crate::intake::MediaType::of(headers) {
+        Some(media) if accepted.contains(&media) => Ok(media),
+        _ => Err(Problem::new(
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            title,
+        )
+        .with_errors(named("unsupported", title))),
+    }
+}
+
+/// A small JSON body: `application/json` only (415; 400 for a repeated
+/// `Content-Type`), at most [`SMALL_BODY`] bytes (413), strict JSON — no
+/// repeated members (400).
 fn small_json(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, Problem> {
     use http::StatusCode;
-    if crate::intake::MediaType::of(headers) != Some(crate::intake::MediaType::Json) {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Send application/json",
-        ));
-    }
+    media_type(
+        headers,
+        &[crate::intake::MediaType::Json],
+        "Send application/json",
+    )?;
     if body.len() > SMALL_BODY {
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -206,12 +206,12 @@ impl Modify for ProblemAnswers {
             for (status, what) in [
                 (
                     "400",
-                    "The request is malformed; among others, an HTTP/1.1 request framed by Transfer-Encoding (problem `ambiguous-framing`: send Content-Length)",
+                    "The request is malformed; among others, an HTTP/1.1 request framed by Transfer-Encoding (problem `ambiguous-framing`: send Content-Length). A request that is not parseable HTTP at all (a malformed request line or header, conflicting Content-Length) is answered by the HTTP layer with an empty body",
                 ),
                 ("408", "The request was not completed within the time limit"),
                 (
                     "431",
-                    "The request headers are larger than 16 KiB or more than 64 fields (problem `headers-too-large`)",
+                    "The request headers are larger than 16 KiB or more than 64 fields (problem `headers-too-large`); beyond the protocol limits (an HTTP/1 head over 64 KiB or 100 fields, an HTTP/2 header list over 64 KiB) the HTTP layer answers with an empty body",
                 ),
                 (
                     "500",

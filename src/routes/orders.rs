@@ -14,7 +14,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::AppState;
-use crate::http::Problem;
+use crate::http::{FieldError, Problem};
 use crate::intake::{Accepted, IdempotencyKey, IntakeError, MediaType};
 use crate::server::identity::Caller;
 use crate::store::rows::StoredResponse;
@@ -43,10 +43,10 @@ pub const MAX_BODY: usize = 64 * 1024;
                 ("Location" = String, description = "`/v1/orders/{order_id}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same key"),
             )),
-        (status = 400, description = "Missing or invalid `Idempotency-Key`, malformed JSON or form body (for a form, the offending field in `errors` when it can be named), unreadable body"),
+        (status = 400, description = "Missing, repeated or invalid `Idempotency-Key`, or a repeated `Content-Type` (the header named in `errors`), malformed JSON or form body (for a form, the offending field in `errors` when it can be named), unreadable body"),
         (status = 409, description = "A request with this `Idempotency-Key` is still being processed"),
         (status = 413, description = "The body is larger than 64 KiB"),
-        (status = 415, description = "Not `application/json` or `application/x-www-form-urlencoded` (UTF-8)"),
+        (status = 415, description = "Not `application/json` or `application/x-www-form-urlencoded` (UTF-8); `Content-Type` named in `errors`"),
         (status = 422, description = "The order has errors (every one listed in `errors`, by field path), or the key was used with another body (`idempotency-key-reused`), or it is retried after its replay window (`idempotency-window-passed`, naming its order)"),
         (status = 500, description = "The server failed; nothing was stored. Type `stored-response-unverifiable`: the stored answer for this retried key failed its integrity check and is not replayed (no second order was made)"),
         (status = 503, description = "The order could not be confirmed as stored; retry with the same key"),
@@ -88,34 +88,42 @@ pub async fn create(
 }
 
 /// The media type and the one `Idempotency-Key` of an order post, or the
-/// problem with them (415, 400).
+/// problem with them (415, 400), the header named in `errors`.
 fn request_headers(headers: &HeaderMap) -> Result<(MediaType, IdempotencyKey), Problem> {
-    let media = MediaType::of(headers).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Send application/json or application/x-www-form-urlencoded (UTF-8)",
-        )
-    })?;
+    let media = super::media_type(
+        headers,
+        &[MediaType::Json, MediaType::Form],
+        "Send application/json or application/x-www-form-urlencoded (UTF-8)",
+    )?;
+    let problem = |slug, title, code| {
+        Problem::bad_request(slug, title).with_errors(vec![FieldError::new(
+            "Idempotency-Key",
+            code,
+            title,
+        )])
+    };
     let mut keys = headers.get_all("idempotency-key").iter();
     let (first, second) = (keys.next(), keys.next());
     if second.is_some() {
         // Which one the client meant is not ours to guess.
-        return Err(Problem::bad_request(
+        return Err(problem(
             "idempotency-key-invalid",
             "Send exactly one Idempotency-Key header",
+            "repeated",
         ));
     }
     let Some(first) = first else {
-        return Err(Problem::bad_request(
+        return Err(problem(
             "idempotency-key-missing",
             "The Idempotency-Key header is required",
+            "required",
         ));
     };
     let key = IdempotencyKey::parse(first.as_bytes()).ok_or_else(|| {
-        Problem::bad_request(
+        problem(
             "idempotency-key-invalid",
             "The Idempotency-Key header must be 1-255 visible ASCII characters",
+            "invalid",
         )
     })?;
     Ok((media, key))
@@ -184,7 +192,7 @@ fn intake_problem(e: IntakeError) -> Problem {
             let problem = Problem::bad_request("malformed-body", "The form body is malformed")
                 .with_detail(m.error.to_string());
             match m.field {
-                Some(field) => problem.with_errors(vec![crate::http::FieldError::new(
+                Some(field) => problem.with_errors(vec![FieldError::new(
                     field,
                     m.error.code(),
                     m.error.message(),

@@ -67,6 +67,7 @@ pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
     route: MatchedPath,
     params: super::Params,
 ) -> Response {
@@ -199,8 +200,15 @@ pub async fn list(
         }
     }
     let objects = shipments.iter().map(|s| s.order_id.to_string()).collect();
-    if let Err(withheld) =
-        super::record_access(&state, peer.as_deref(), "GET", &route, objects, 200).await
+    if let Err(withheld) = super::record_access(
+        &state,
+        peer.as_deref(),
+        method.as_str(),
+        &route,
+        objects,
+        200,
+    )
+    .await
     {
         return withheld;
     }
@@ -255,11 +263,11 @@ pub struct Dispatched<'a> {
     request_body(content((DispatchRequest = "application/json")), description = "At most 4 KiB"),
     responses(
         (status = 200, description = "Dispatched (now or before, with the same carrier and tracking)", body = Dispatched),
-        (status = 400, description = "The body is not valid JSON (or repeats a member)"),
+        (status = 400, description = "The body is not valid JSON (or repeats a member), or `Content-Type` was sent more than once (named in `errors`)"),
         (status = 404, description = "No such order (also for an id that is not a UUID)"),
         (status = 409, description = "Already dispatched with another carrier or tracking number (`already-dispatched`), the order's shipping details were purged (`ship-to-purged`), or its stored row fails its integrity check (`order-integrity`: edited in the database; tell the operator)"),
         (status = 413, description = "The body is larger than 4 KiB"),
-        (status = 415, description = "Not `application/json`"),
+        (status = 415, description = "Not `application/json` (`Content-Type` named in `errors`)"),
         (status = 422, description = "The dispatch has errors (listed in `errors`)"),
         (status = 500, description = "The server failed"),
         (status = 503, description = "The database or the access log is unavailable"),

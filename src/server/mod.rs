@@ -681,7 +681,7 @@ async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(32 * 1024)
+        .max_header_list_size(64 * 1024)
         // Streams the client reset before they were accepted, and streams
         // reset because of the client's protocol errors: beyond these,
         // GOAWAY ENHANCE_YOUR_CALM.
@@ -1110,7 +1110,7 @@ where
     builder
         .http2()
         .max_concurrent_streams(8)
-        .max_header_list_size(32 * 1024);
+        .max_header_list_size(64 * 1024);
     let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -680,6 +680,16 @@ async fn oversized_headers_get_431() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let body = expect_problem(r, 431).await;
     assert_eq!(body["type"], "urn:checkoutd:problem:headers-too-large");
+    // Up to HTTP/2's own limit (a 64 KiB header list) it is still ours.
+    let r = app
+        .anonymous()
+        .get(app.url("/healthz"))
+        .header("x-big", "a".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(r, 431).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:headers-too-large");
     // The server still serves.
     let r = app
         .anonymous()

@@ -395,6 +395,16 @@ async fn the_auditor_sees_proof_of_consent() {
         .await
         .unwrap();
     expect_problem(r, 400).await;
+    // An unknown parameter is named, not ignored.
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/consent?email=a%40example.com&emial=b"))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 400).await;
+    assert_eq!(problem["errors"][0]["field"], "emial");
+    assert_eq!(problem["errors"][0]["code"], "unknown_parameter");
     // The report counts the opt-out.
     let report: Value = app.get_json(Role::Auditor, "/v1/audit/report").await;
     assert_eq!(report["report"]["verified"], true, "{report:#}");

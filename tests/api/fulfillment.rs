@@ -948,6 +948,28 @@ async fn the_access_log_names_reads_denials_and_itself_and_its_chain_verifies() 
         .await
         .unwrap();
     assert_eq!(status.entries as usize, entries.len() + 2);
+    // A HEAD read is logged as what it was, not as a GET.
+    let head = app
+        .client(Role::Fulfillment)
+        .head(app.url("/v1/shipments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let last = audit_log(&app, &format!("?after={}", entries.len() + 2)).await;
+    assert_eq!(last["entries"][0]["action"], "HEAD /v1/shipments");
+    // Any sequence number is a valid `after`, past the last one too.
+    let beyond = audit_log(&app, &format!("?after={}", u64::MAX)).await;
+    assert_eq!(beyond["entries"], json!([]));
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url("/v1/audit/log?afterr=1"))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 400).await;
+    assert_eq!(problem["errors"][0]["field"], "afterr");
+    assert_eq!(problem["errors"][0]["code"], "unknown_parameter");
 }
 
 /// Applies `sql` with the append-only triggers out of the way (an attacker

@@ -675,9 +675,13 @@ async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
         body["type"],
         "urn:checkoutd:problem:idempotency-key-missing"
     );
+    assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+    assert_eq!(body["errors"][0]["code"], "required");
     for bad in ["", "has space", &"k".repeat(256)] {
         let r = app.post_order(bad, &order_json()).await;
-        expect_problem(r, 400).await;
+        let body = expect_problem(r, 400).await;
+        assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+        assert_eq!(body["errors"][0]["code"], "invalid");
     }
     // Two keys: which one the client meant is not guessed.
     let two = app
@@ -694,6 +698,42 @@ async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
         body["type"],
         "urn:checkoutd:problem:idempotency-key-invalid"
     );
+    assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+    assert_eq!(body["errors"][0]["code"], "repeated");
+    // Two Content-Types, even two equal ones: 400 naming the header, not a
+    // 415 telling the client to send what it sent.
+    let two_types = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "two-types")
+        .header("content-type", "application/json")
+        .header("content-type", "application/json")
+        .body(order_json().to_string())
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(two_types, 400).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:content-type-repeated");
+    assert_eq!(body["errors"][0]["field"], "Content-Type");
+    assert_eq!(body["errors"][0]["code"], "repeated");
+    // A media type not taken: 415 naming the header.
+    let plain = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "plain-text")
+        .header("content-type", "text/plain")
+        .body(order_json().to_string())
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(plain, 415).await;
+    assert_eq!(body["type"], "urn:checkoutd:problem:unsupported-media-type");
+    assert_eq!(body["errors"][0]["field"], "Content-Type");
+    assert_eq!(body["errors"][0]["code"], "unsupported");
+    // Neither stored anything under its key.
+    let retry = app.post_order("two-types", &order_json()).await;
+    assert_eq!(retry.status(), 201);
+    assert!(retry.headers().get("idempotent-replayed").is_none());
     // A quoted structured-field string is the same key as its content.
     let quoted = app.post_order("\"same-key\"", &order_json()).await;
     assert_eq!(quoted.headers()["idempotent-replayed"], "true");
@@ -734,7 +774,8 @@ async fn idempotency_replays_rejects_reuse_and_requires_the_header() {
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(n, 2);
+    // Two before, and two-types once its headers were right.
+    assert_eq!(n, 3);
 }
 
 /// Someone with write access to the database edits the stored answer of a
