@@ -142,6 +142,16 @@ impl GroupCommit {
         if wait == Some(Duration::ZERO) {
             return Err(StoreError::Timeout(Duration::ZERO));
         }
+        // Past a stop's answer deadline an order is not queued at all: it
+        // would be answered 503 at once, and an idle writer could still
+        // commit it — an order stored that its client was told to retry.
+        let draining = *self.drain_by.borrow();
+        if draining.is_some_and(|by| {
+            by.checked_sub(ANSWER_MARGIN)
+                .is_none_or(|answer_by| tokio::time::Instant::now() >= answer_by)
+        }) {
+            return Err(StoreError::Timeout(Duration::ZERO));
+        }
         let (done, answer) = oneshot::channel();
         self.jobs
             .try_send(Job { order, done, hold })
@@ -163,6 +173,9 @@ impl GroupCommit {
         };
         let answer = async {
             tokio::select! {
+                // An answer that is in when the stop's deadline comes is
+                // the one given: a committed order is never answered 503.
+                biased;
                 answered = answer => answered,
                 () = drained => Err(StoreError::Timeout(Duration::ZERO)),
             }
@@ -217,10 +230,21 @@ async fn write_batches(
                 }
                 drop(holds);
             }
-            Ok(_) => fail_all(
-                waiters,
-                StoreError::Incomplete("the store answered a batch with the wrong count"),
-            ),
+            Ok(outcomes) => {
+                // No store does this; if one did, the batch *was*
+                // committed, so its orders are neither stored for sure nor
+                // lost for sure: answered "retry with the same key" (a
+                // retry replays what landed), their keys uncertain.
+                tracing::error!(
+                    orders = waiters.len(),
+                    outcomes = outcomes.len(),
+                    "the store answered a committed batch with the wrong count; its orders are answered as unconfirmed"
+                );
+                for hold in holds.iter().flatten().flatten() {
+                    hold.outcome_unknown(OUTCOME_UNKNOWN);
+                }
+                fail_all(waiters, StoreError::Timeout(Duration::ZERO));
+            }
             // A retired KEK is one order's fault (sealed just before a
             // rotation): retried one by one below, it fails alone.
             Err(error)
@@ -366,6 +390,8 @@ mod tests {
         Broken,
         /// Hangs for an hour, then the connection breaks.
         HangThenBroken,
+        /// Commits, and answers one outcome too few.
+        Short,
     }
 
     #[async_trait::async_trait]
@@ -397,6 +423,7 @@ mod tests {
                     )))
                 }
                 Answer::RetiredKek => Err(StoreError::RetiredKek),
+                Answer::Short => Ok(vec![CommitOutcome::Committed; batch.len() - 1]),
                 Answer::Hang => {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Ok(vec![CommitOutcome::Committed; batch.len()])
@@ -657,6 +684,23 @@ mod tests {
         assert!(!set.is_uncertain([2; 32], "k-0"), "per client");
     }
 
+    /// A store that answers a committed batch with the wrong count: the
+    /// orders may have landed, so each is answered "retry" (503), never
+    /// "nothing was stored", and its key is left uncertain.
+    #[tokio::test]
+    async fn a_batch_answered_with_the_wrong_count_is_unconfirmed_not_failed() {
+        let (rng, keyring, set, writer) = with_key_holds(vec![Answer::Short]);
+        let hold = KeyHold::taken_in(&set, [1; 32], "k-0");
+        let answer = writer.commit(order(&rng, &keyring, 0), hold, None).await;
+        assert!(
+            answer.as_ref().is_err_and(StoreError::is_unavailable),
+            "{answer:?}"
+        );
+        tokio::task::yield_now().await;
+        assert!(set.is_uncertain([1; 32], "k-0"));
+        assert!(!set.is_held([1; 32], "k-0"), "a valid retry is not blocked");
+    }
+
     /// What the key-hold tests share: a keyring to seal orders with, the
     /// in-flight set their holds are taken in, and a writer over `answers`.
     fn with_key_holds(
@@ -712,6 +756,38 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok(vec![CommitOutcome::Committed; batch.len()])
         }
+    }
+
+    /// An order that comes after a stop's answer deadline is answered 503
+    /// without reaching the writer, even an idle one: never committed
+    /// behind a "retry".
+    #[tokio::test(start_paused = true)]
+    async fn an_order_past_the_stop_s_answer_deadline_is_not_queued() {
+        let rng = SystemRandom::new();
+        let keyring = Keyring::generate(&rng, "2026-11-29T00:00:00.000Z").unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        // A queue of one, behind an order being committed for 5 s.
+        let writer = Arc::new(GroupCommit::with_queue(
+            Slow {
+                calls: calls.clone(),
+            },
+            1,
+        ));
+        let first = {
+            let (writer, o) = (writer.clone(), order(&rng, &keyring, 0));
+            tokio::spawn(async move { writer.commit(o, None, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        writer.drain_by(tokio::time::Instant::now() + ANSWER_MARGIN / 2);
+        for n in 1..=2 {
+            let late = writer.commit(order(&rng, &keyring, n), None, None).await;
+            // Had the first late order been queued, the second would find
+            // the queue full (`Busy`).
+            assert!(matches!(late, Err(StoreError::Timeout(_))), "{late:?}");
+        }
+        let _ = first.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*calls.lock().unwrap(), vec![1], "the writer got a late one");
     }
 
     #[tokio::test(start_paused = true)]

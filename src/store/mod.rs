@@ -59,6 +59,11 @@ pub enum StoreError {
          crash or power loss; turn it on, or pass --allow-unsafe-durability (testing only)"
     )]
     NotDurable { setting: &'static str },
+    #[error(
+        "the PostgreSQL database's encoding is {encoding}, not UTF8: it would refuse names, \
+         addresses and items in most of the world's scripts; create it with ENCODING 'UTF8'"
+    )]
+    NotUtf8 { encoding: String },
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
     /// The record was sealed under a KEK version that `keys rotate` has

@@ -63,6 +63,7 @@ pub const LOCK_MIGRATIONS: i64 = 0x6368_6b64_0000_0004;
 pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, StoreError> {
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
+    check_encoding(&pool).await?;
     let mut migrating =
         match tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(url)).await {
             Ok(Ok(conn)) => conn,
@@ -303,6 +304,22 @@ async fn check_durability(pool: &AnyPool, allow: bool) -> Result<(), StoreError>
         }
     }
     Ok(())
+}
+
+/// Order forms carry any script: a database that cannot store one would
+/// refuse a valid order with a database error (a 500, on every retry), and
+/// make its whole group-commit batch be redone order by order. Refused at
+/// start-up instead.
+async fn check_encoding(pool: &AnyPool) -> Result<(), StoreError> {
+    let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+    if encoding.eq_ignore_ascii_case("UTF8") {
+        Ok(())
+    } else {
+        Err(StoreError::NotUtf8 { encoding })
+    }
 }
 
 /// A transaction; for ordered writes, first the sequence's advisory lock

@@ -533,6 +533,38 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
     assert_succeeded(&out);
 }
 
+#[tokio::test]
+async fn a_database_that_cannot_hold_every_script_is_refused() {
+    let Some(server) = postgres_server() else {
+        return skipped(
+            "multi::a_database_that_cannot_hold_every_script",
+            "PostgreSQL only",
+        );
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("checkoutd_test_latin1_{nanos:x}");
+    let admin = sqlx::PgPool::connect(&server).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
+         TEMPLATE template0"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let out = migrate(&with_database(&server, &name), &[]);
+    sqlx::query(&format!("DROP DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("encoding is LATIN1, not UTF8"), "{err}");
+    assert!(err.contains("ENCODING 'UTF8'"), "{err}");
+}
+
 /// A process that starts while another migrates waits for it as long as
 /// it takes — not the serving 10-s lock limit — then finds nothing left to
 /// do; migrations run without the serving statement limit.
