@@ -228,7 +228,7 @@ impl Application {
             )),
             keyring: handle,
             report_job: Arc::new(report_job),
-            request_timeout: settings.request_timeout,
+            request_timeout: settings.limits.request_timeout,
             readiness: Default::default(),
         });
         let listener =
@@ -249,7 +249,7 @@ impl Application {
             state,
             store,
             limits: settings.limits,
-            request_timeout: settings.request_timeout,
+            request_timeout: settings.limits.request_timeout,
             notices,
         })
     }

@@ -187,8 +187,9 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     /// The client CAs' revocation lists, if any.
     pub client_crl: Option<PathBuf>,
+    /// The connection limits, and the request time limit
+    /// (`limits.request_timeout`).
     pub limits: ConnectionLimits,
-    pub request_timeout: Duration,
     /// Orders that may wait for the group-commit writer; beyond, 503.
     pub commit_queue: usize,
     /// Privacy-policy versions an order may name in `consent.policy_version`.
@@ -385,6 +386,8 @@ impl Settings {
             .unwrap_or(defaults.max_requests_in_flight);
         let limits = ConnectionLimits {
             max_connections,
+            // Set below, once parsed.
+            request_timeout: defaults.request_timeout,
             handshake_timeout: duration(
                 &args.handshake_timeout,
                 &file.handshake_timeout,
@@ -498,7 +501,7 @@ impl Settings {
         let request_timeout = duration(
             &args.request_timeout,
             &file.request_timeout,
-            Duration::from_secs(30),
+            defaults.request_timeout,
             "request_timeout",
             "request-timeout",
             "REQUEST_TIMEOUT",
@@ -521,6 +524,10 @@ impl Settings {
                 expected: "must be shorter than idle_timeout, or requests in progress could be cut off",
             });
         }
+        let limits = ConnectionLimits {
+            request_timeout,
+            ..limits
+        };
         let certs_dir = args
             .certs_dir
             .clone()
@@ -567,7 +574,6 @@ impl Settings {
             client_ca,
             client_crl,
             limits,
-            request_timeout,
             commit_queue,
             policy_versions,
             retention: {

@@ -31,14 +31,23 @@ pub struct Marketing {
 /// before that.
 const WHOLE_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// One page of an audience.
-#[derive(Debug)]
+/// One page of an audience. Its `Debug` counts the emails, never shows them.
 pub struct AudiencePage {
     pub emails: Vec<String>,
     /// The orders whose contact records were opened (for the access log).
     pub order_ids: Vec<String>,
     /// Where the next page starts (the last subject scanned), if any.
     pub next: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AudiencePage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudiencePage")
+            .field("emails", &format_args!("<{} redacted>", self.emails.len()))
+            .field("order_ids", &self.order_ids)
+            .field("next", &self.next.is_some())
+            .finish()
+    }
 }
 
 /// The most chunks of subjects one page scans to fill itself: a page costs
@@ -218,5 +227,21 @@ impl Marketing {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A page in a log line counts its emails, never shows them.
+    #[test]
+    fn an_audience_page_s_debug_shows_no_email() {
+        let page = super::AudiencePage {
+            emails: vec!["ada@example.com".into(), "grace@example.org".into()],
+            order_ids: vec!["o-1".into()],
+            next: Some([7; 32]),
+        };
+        let shown = format!("{page:?}");
+        assert!(shown.contains("<2 redacted>"), "{shown}");
+        assert!(!shown.contains('@'), "{shown}");
     }
 }

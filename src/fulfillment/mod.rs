@@ -57,8 +57,10 @@ pub struct ShipTo {
     address: (),
 }
 
-/// One shipment as the warehouse sees it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// One shipment as the warehouse sees it. Its `Debug` leaves out the
+/// ship-to details and the gift message (personal data, for the warehouse's
+/// eyes only, never for a log).
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Shipment {
     pub order_id: uuid::Uuid,
     pub created_at: String,
@@ -86,6 +88,25 @@ pub struct Shipment {
     /// dispatched (409).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub purged: bool,
+}
+
+impl std::fmt::Debug for Shipment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |present: bool| if present { "<redacted>" } else { "none" };
+        f.debug_struct("Shipment")
+            .field("order_id", &self.order_id)
+            .field("created_at", &self.created_at)
+            .field("status", &self.status)
+            .field("items", &self.items.len())
+            .field("ship_to", &shown(self.ship_to.is_some()))
+            .field("gift", &self.gift)
+            .field("gift_message", &shown(self.gift_message.is_some()))
+            .field("consent", &self.consent)
+            .field("dispatch", &self.dispatch)
+            .field("integrity_error", &self.integrity_error)
+            .field("purged", &self.purged)
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -345,5 +366,36 @@ mod tests {
             super::DISPATCH_ACTION,
             format!("POST {}", super::DISPATCH_PATH)
         );
+    }
+
+    /// A shipment in a log line (one `?shipment` away) names its order, not
+    /// where it goes or what the gift message says.
+    #[test]
+    fn a_shipment_s_debug_shows_no_personal_data() {
+        let shipment = super::Shipment {
+            order_id: uuid::Uuid::nil(),
+            created_at: "2026-12-01T00:00:00.000Z".into(),
+            status: "pending".into(),
+            items: Vec::new(),
+            ship_to: Some(serde_json::json!({"name": "Ada Lovelace", "phone": "+44 20 7946 0018"})),
+            gift: true,
+            gift_message: Some("Happy birthday, Ada".into()),
+            consent: super::EffectiveConsent {
+                purposes: crate::domain::consent::Purposes::default(),
+                policy_version: "v1".into(),
+                verified: true,
+            },
+            dispatch: None,
+            integrity_error: false,
+            purged: false,
+        };
+        let shown = format!("{shipment:?}");
+        assert!(
+            shown.contains("00000000-0000-0000-0000-000000000000"),
+            "{shown}"
+        );
+        for secret in ["Ada", "7946", "birthday"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 }

@@ -23,7 +23,9 @@ pub struct LogPage {
     pub head: Option<LogHead>,
 }
 
-/// One access-log entry with its chain hash and MAC.
+/// One access-log entry with its chain hash and MAC. An entry that does not
+/// verify (edited in the database) has any field shaped like a card number
+/// or an email address withheld, as every database text under audit is.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub seq: u64,
@@ -38,6 +40,33 @@ pub struct LogEntry {
     /// fields shown for it are placeholders and the chain breaks here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub damaged: Option<&'static str>,
+}
+
+/// `entry` with every text field as the audit shows database text
+/// ([`crate::audit::verify::shown_text`]).
+fn withheld_where_secret(
+    mut entry: crate::audit::access_log::Entry,
+) -> crate::audit::access_log::Entry {
+    let shown = |text: &mut String| {
+        let withheld = match crate::audit::verify::shown_text(text) {
+            std::borrow::Cow::Borrowed(shown) if shown == text.as_str() => None,
+            shown => Some(shown.into_owned()),
+        };
+        if let Some(withheld) = withheld {
+            *text = withheld;
+        }
+    };
+    for field in [
+        &mut entry.at,
+        &mut entry.role,
+        &mut entry.cert_fingerprint,
+        &mut entry.origin_ip,
+        &mut entry.action,
+    ] {
+        shown(field);
+    }
+    entry.objects.iter_mut().for_each(shown);
+    entry
 }
 
 /// The last entry of the chain.
@@ -116,15 +145,26 @@ pub async fn log(
     let next_after = (page.len() == limit as usize)
         .then(|| page.last().map(|e| e.seq))
         .flatten();
+    let keyring = state.keyring.current();
     let entries: Vec<_> = page
         .into_iter()
-        .map(|e| LogEntry {
-            seq: e.seq,
-            prev_hash: hex::encode(&e.prev_hash),
-            hash: hex::encode(&e.hash),
-            mac: hex::encode(&e.mac),
-            entry: e.entry,
-            damaged: e.damaged,
+        .map(|e| {
+            // An entry this service wrote holds only its own words; one
+            // that does not verify is database text like any other under
+            // audit, withheld where shaped like a card number or an email.
+            let entry = if e.verifies(keyring.access_log_key()) {
+                e.entry
+            } else {
+                withheld_where_secret(e.entry)
+            };
+            LogEntry {
+                seq: e.seq,
+                prev_hash: hex::encode(&e.prev_hash),
+                hash: hex::encode(&e.hash),
+                mac: hex::encode(&e.mac),
+                entry,
+                damaged: e.damaged,
+            }
         })
         .collect();
     if let Err(withheld) =

@@ -108,6 +108,10 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get to finish once shutdown begins.
     pub drain_timeout: Duration,
+    /// The longest a request runs (the router's time limit,
+    /// `--request-timeout`): what a connection whose role is withdrawn
+    /// gives the requests it has in flight.
+    pub request_timeout: Duration,
     /// A connection with no traffic either way for this long is closed
     /// (covers a silent client after the handshake, and idle HTTP/2).
     pub idle_timeout: Duration,
@@ -137,6 +141,7 @@ impl Default for ConnectionLimits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_anonymous_connections: 512,
             max_requests_in_flight: 1024,
@@ -794,7 +799,14 @@ async fn serve(
             tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
             crate::telemetry::connection_refused("certificate_no_longer_valid");
             conn.as_mut().graceful_shutdown();
-            grace = Some(tokio::time::Instant::now() + limits.drain_timeout);
+            // Its requests in flight began while its role held: each is
+            // answered by its own time limit, not cut off. An order cut
+            // off while committing would leave the storefront unable to
+            // tell, and its retry, under the renewed certificate, is
+            // another client's key: a second order.
+            grace = Some(
+                tokio::time::Instant::now() + limits.drain_timeout.max(limits.request_timeout),
+            );
         }
     };
     if let Err(error) = result {

@@ -1499,7 +1499,7 @@ async fn spawn_app_with_a_one_second_limit() -> crate::helpers::TestApp {
 /// Another writer holding the tables an order needs (SQLite: the write
 /// lock; PostgreSQL: `idempotency_keys`, which reads wait for too) until
 /// `COMMIT` on the returned connection.
-async fn hold_the_order_tables(
+pub(crate) async fn hold_the_order_tables(
     app: &crate::helpers::TestApp,
     db: &sqlx::AnyPool,
 ) -> sqlx::pool::PoolConnection<sqlx::Any> {

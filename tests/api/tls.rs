@@ -868,6 +868,57 @@ async fn a_client_crl_that_expires_while_clients_are_connected_shuts_them_out() 
 /// A client certificate that expires while in use: the connection open
 /// with it loses its role and is closed, and a session resumed with it —
 /// a resumption verifies no certificate — is refused too.
+/// A certificate that expires while one of its orders is still committing:
+/// its connection takes no new request, but the order in flight is
+/// answered — not cut off after the drain time, which would leave the
+/// storefront not knowing, and its retry (under the renewed certificate,
+/// another client's keys) making a second order.
+#[tokio::test]
+async fn an_order_in_flight_when_its_certificate_expires_is_still_answered() {
+    let app = spawn_app_with(Options {
+        serve: checkoutd::cli::ServeArgs {
+            drain_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let expires = now + time::Duration::seconds(3);
+    let cert = app
+        .pki
+        .issue_client_until("short-lived shop", &[Role::Storefront.uri()], expires)
+        .unwrap();
+    let client = client_with(
+        &app.pki,
+        Some((&cert.cert_pem, &cert.key_pem)),
+        Versions::Both,
+    );
+    let db = app.db().await;
+    let mut held = crate::orders::hold_the_order_tables(&app, &db).await;
+    let url = app.url("/v1/orders");
+    let pending = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("idempotency-key", "expiring-1")
+            .json(&crate::orders::order_json())
+            .send()
+            .await
+    });
+    // Past the expiry, its check a second later, and the drain time.
+    let until_expired = (expires - time::OffsetDateTime::now_utc()).unsigned_abs();
+    tokio::time::sleep(until_expired + Duration::from_millis(3500)).await;
+    assert!(
+        !pending.is_finished(),
+        "answered while the tables were held"
+    );
+    sqlx::query("ROLLBACK").execute(&mut *held).await.unwrap();
+    let answered = pending.await.unwrap().expect("answered, not cut off");
+    assert_eq!(answered.status(), 201);
+}
+
 #[tokio::test]
 async fn a_client_certificate_that_expires_shuts_its_connections_and_sessions_out() {
     let app = spawn_app().await;
