@@ -267,7 +267,6 @@ pub fn commit_batch(orders: usize, latency: Duration, ok: bool) {
     metrics::histogram!("checkoutd_commit_duration_seconds").record(latency.as_secs_f64());
 }
 
-/// Orders accepted (201, first time; not replays).
 /// Changed TLS files (certificate, key, client CA, CRL) that do not load;
 /// the configuration in force stays.
 pub fn tls_reload_failed() {
@@ -291,8 +290,10 @@ pub fn denial_unlogged() {
     metrics::counter!("checkoutd_denials_unlogged_total").increment(1);
 }
 
-pub fn order_accepted() {
-    metrics::counter!("checkoutd_orders_accepted_total").increment(1);
+/// Orders stored for the first time (not replays), counted as their commit
+/// returns: also those whose request was answered 503 before it did.
+pub fn orders_committed(orders: usize) {
+    metrics::counter!("checkoutd_orders_accepted_total").increment(orders as u64);
 }
 
 /// A TLS handshake that failed, by a fixed reason word.

@@ -316,6 +316,17 @@ async fn commit<S: OrderSink>(
     let store = store.clone();
     let mut call = tokio::spawn(async move {
         let result = store.commit_orders(orders).await;
+        // Counted here, where every commit returns — in time or after its
+        // orders were answered 503, in a batch or one by one — so that the
+        // count is what the database holds, not what was answered.
+        if let Ok(outcomes) = &result {
+            crate::telemetry::orders_committed(
+                outcomes
+                    .iter()
+                    .filter(|o| matches!(o, CommitOutcome::Committed))
+                    .count(),
+            );
+        }
         (result, holds)
     });
     match tokio::time::timeout(COMMIT_TIMEOUT, &mut call).await {
@@ -330,8 +341,16 @@ async fn commit<S: OrderSink>(
                 // Answered 503 long ago; if the call then failed with its
                 // outcome unknown, its keys stay uncertain as if it had
                 // failed in time.
-                if let Ok((Err(error), holds)) = call.await {
-                    mark_uncertain(holds.iter().flatten(), &error);
+                match call.await {
+                    Ok((Err(error), holds)) => {
+                        tracing::warn!(error = %error, "a commit answered 503 at its time limit failed later");
+                        mark_uncertain(holds.iter().flatten(), &error);
+                    }
+                    Ok((Ok(outcomes), _)) => tracing::warn!(
+                        orders = outcomes.len(),
+                        "a commit answered 503 at its time limit landed later: its orders are stored, and a retry with the same key replays them"
+                    ),
+                    Err(_) => {}
                 }
                 overdue.fetch_sub(1, Ordering::AcqRel);
             });
@@ -699,6 +718,35 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(set.is_uncertain([1; 32], "k-0"));
         assert!(!set.is_held([1; 32], "k-0"), "a valid retry is not blocked");
+    }
+
+    /// The orders-accepted count is what was stored: an order answered 503
+    /// at its time limit whose commit lands later counts too.
+    #[test]
+    fn orders_are_counted_when_their_commit_lands_not_when_answered() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (rng, keyring, _, writer) = with_key_holds(vec![Answer::Hang, Answer::Commit]);
+                let late = writer.commit(order(&rng, &keyring, 0), None, None).await;
+                assert!(late.is_err(), "{late:?}");
+                let next = writer.commit(order(&rng, &keyring, 1), None, None).await;
+                assert!(matches!(next, Ok(CommitOutcome::Committed)), "{next:?}");
+                // The first call returns (an hour later), committed.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+            });
+        });
+        let text = handle.render();
+        assert!(text.contains("checkoutd_orders_accepted_total 2"), "{text}");
     }
 
     /// What the key-hold tests share: a keyring to seal orders with, the

@@ -442,10 +442,7 @@ impl Intake {
             .commit(sealed, Some(claim.hold.clone()), answer_by)
             .await?
         {
-            CommitOutcome::Committed => {
-                crate::telemetry::order_accepted();
-                Ok(Accepted::Created(response))
-            }
+            CommitOutcome::Committed => Ok(Accepted::Created(response)),
             // The key was stored before (a retry), or by another process in
             // the meantime: answer as the stored record says.
             CommitOutcome::DuplicateKey => {
