@@ -16,16 +16,36 @@ use checkoutd::{app::Application, audit, pki::DevPki, server, store, telemetry};
 /// copies to a new block and wipes the old). Secrets are wiped by their own
 /// types too; this catches the copies no type of ours owns — a library's
 /// scratch buffer that grew, a `Vec` that moved — see docs/encryption.md.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+///
+/// The wipe needs x86-64 or AArch64 (`secmem-alloc`'s barrier is inline
+/// assembly); elsewhere the plain allocator is used, and only our own types
+/// wipe (docs/encryption.md).
+#[cfg(all(
+    target_os = "linux",
+    not(target_env = "musl"),
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 #[global_allocator]
 static ALLOCATOR: secmem_alloc::zeroizing_alloc::ZeroizeAlloc<tikv_jemallocator::Jemalloc> =
     secmem_alloc::zeroizing_alloc::ZeroizeAlloc::new(tikv_jemallocator::Jemalloc);
 
-/// Elsewhere, the system allocator, wiped the same way.
-#[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
+/// Not Linux with glibc: the system allocator, wiped the same way.
+#[cfg(all(
+    not(all(target_os = "linux", not(target_env = "musl"))),
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 #[global_allocator]
 static ALLOCATOR: secmem_alloc::zeroizing_alloc::ZeroizeAlloc<std::alloc::System> =
     secmem_alloc::zeroizing_alloc::ZeroizeAlloc::new(std::alloc::System);
+
+/// Linux with glibc on another architecture: jemalloc, not wiped.
+#[cfg(all(
+    target_os = "linux",
+    not(target_env = "musl"),
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {

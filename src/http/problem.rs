@@ -20,7 +20,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct FieldError {
     /// Dotted path of the field, e.g. `card.number` or `items.0.sku`
     /// (empty for the document itself, `<unknown>` for a member whose name
-    /// is not shown).
+    /// is not shown); a query parameter's name; or a request header's name
+    /// (`Content-Type`, `Idempotency-Key`).
     #[schema(example = "card.number")]
     pub field: String,
     /// Stable machine-readable code, e.g. `required`, `luhn`, `too_long`.

@@ -174,7 +174,9 @@ impl GroupCommit {
         let answer = async {
             tokio::select! {
                 // An answer that is in when the stop's deadline comes is
-                // the one given: a committed order is never answered 503.
+                // the one given. (A commit still running then is answered
+                // 503 "retry with the same key", and may land: its retry
+                // replays it.)
                 biased;
                 answered = answer => answered,
                 () = drained => Err(StoreError::Timeout(Duration::ZERO)),

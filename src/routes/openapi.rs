@@ -206,7 +206,7 @@ impl Modify for ProblemAnswers {
             for (status, what) in [
                 (
                     "400",
-                    "The request is malformed; among others, an HTTP/1.1 request framed by Transfer-Encoding (problem `ambiguous-framing`: send Content-Length). A request that is not parseable HTTP at all (a malformed request line or header, conflicting Content-Length) is answered by the HTTP layer with an empty body",
+                    "The request is malformed; among others, an HTTP/1.1 request framed by Transfer-Encoding (problem `ambiguous-framing`: send Content-Length). An HTTP/1.1 request that is not parseable HTTP at all (a malformed request line or header, conflicting Content-Length) is answered by the HTTP layer with an empty body (on HTTP/2, such a stream is reset)",
                 ),
                 ("408", "The request was not completed within the time limit"),
                 (

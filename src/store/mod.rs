@@ -60,8 +60,8 @@ pub enum StoreError {
     )]
     NotDurable { setting: &'static str },
     #[error(
-        "the PostgreSQL database's encoding is {encoding}, not UTF8: it would refuse names, \
-         addresses and items in most of the world's scripts; create it with ENCODING 'UTF8'"
+        "the PostgreSQL database's encoding is {encoding}, not UTF8: it would refuse order \
+         items and references in most of the world's scripts; create it with ENCODING 'UTF8'"
     )]
     NotUtf8 { encoding: String },
     #[error("a stored row is malformed ({0})")]

@@ -315,7 +315,8 @@ async fn check_encoding(pool: &AnyPool) -> Result<(), StoreError> {
         .fetch_one(pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-    if encoding.eq_ignore_ascii_case("UTF8") {
+    // SQL_ASCII stores the UTF-8 the connection sends byte for byte.
+    if encoding.eq_ignore_ascii_case("UTF8") || encoding.eq_ignore_ascii_case("SQL_ASCII") {
         Ok(())
     } else {
         Err(StoreError::NotUtf8 { encoding })

@@ -545,24 +545,30 @@ async fn a_database_that_cannot_hold_every_script_is_refused() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let name = format!("checkoutd_test_latin1_{nanos:x}");
     let admin = sqlx::PgPool::connect(&server).await.unwrap();
-    sqlx::query(&format!(
-        "CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
-         TEMPLATE template0"
-    ))
-    .execute(&admin)
-    .await
-    .unwrap();
-    let out = migrate(&with_database(&server, &name), &[]);
-    sqlx::query(&format!("DROP DATABASE {name}"))
+    let mut migrated = Vec::new();
+    // SQL_ASCII stores the connection's UTF-8 byte for byte: accepted.
+    for encoding in ["LATIN1", "SQL_ASCII"] {
+        let name = format!("checkoutd_test_{}_{nanos:x}", encoding.to_lowercase());
+        sqlx::query(&format!(
+            "CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TEMPLATE template0"
+        ))
         .execute(&admin)
         .await
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        migrated.push(migrate(&with_database(&server, &name), &[]));
+        sqlx::query(&format!("DROP DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let latin1 = &migrated[0];
+    assert!(!latin1.status.success());
+    let err = String::from_utf8_lossy(&latin1.stderr);
     assert!(err.contains("encoding is LATIN1, not UTF8"), "{err}");
     assert!(err.contains("ENCODING 'UTF8'"), "{err}");
+    assert_succeeded(&migrated[1]);
 }
 
 /// A process that starts while another migrates waits for it as long as
