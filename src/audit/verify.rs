@@ -940,13 +940,18 @@ async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<
     let (undone, found) = store
         .dispatches_undone(crate::fulfillment::DISPATCH_ACTION, limit)
         .await?;
-    for (order_id, seq) in &found {
+    for undone in &found {
+        let seq = undone.log_seq;
         out.push(Failure::new(
             "orders",
-            order_id,
-            format!(
-                "not dispatched, but access-log entry {seq} records its dispatch (rolled back)"
-            ),
+            &undone.order_id,
+            if undone.order_gone {
+                format!("missing, but access-log entry {seq} records its dispatch (deleted)")
+            } else {
+                format!(
+                    "not dispatched, but access-log entry {seq} records its dispatch (rolled back)"
+                )
+            },
         ));
     }
     out.count += undone.saturating_sub(found.len() as u64);

@@ -816,6 +816,19 @@ pub async fn verify_ledger_from(
         entry: entry.to_owned(),
         what,
     };
+    // A row numbered below 1 lies outside every walk, yet a subject's
+    // history and the audiences read it (a withdrawal planted there would
+    // silently drop its subject from marketing): none may exist.
+    let lowest = store
+        .consent_events_page(i64::MIN, 1)
+        .await
+        .map_err(store_err)?;
+    if let Some((seq, _)) = lowest.first().filter(|(seq, _)| *seq < 1) {
+        return Err(broken(
+            &seq.to_string(),
+            "a withdrawal numbered below 1 (inserted outside the ledger)",
+        ));
+    }
     let head = store.consent_events_head().await.map_err(store_err)?;
     let Some((head_seq, head_mac_value, head_mac)) = head else {
         let first = store.consent_events_page(0, 1).await.map_err(store_err)?;

@@ -371,14 +371,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(u64, Vec<(&'static str, String)>), StoreError>;
 
     /// Orders the access log records as dispatched (an allowed `action`
-    /// answered 200 for exactly that order) that are not dispatched now:
-    /// how many, and the first `limit` as `(order id, log entry seq)`. A
-    /// dispatch is written before its log entry, and never undone.
+    /// answered 200 for exactly that order) that are not dispatched now —
+    /// or no longer exist at all: how many, and the first `limit`. A
+    /// dispatch is written before its log entry, and never undone; an order
+    /// is never deleted.
     async fn dispatches_undone(
         &self,
         action: &str,
         limit: u32,
-    ) -> Result<(u64, Vec<(String, i64)>), StoreError>;
+    ) -> Result<(u64, Vec<rows::UndoneDispatch>), StoreError>;
 
     /// The reverse: orders dispatched before `before` (a timestamp) that
     /// no allowed `action` answered 200 in the access log names — how

@@ -320,6 +320,17 @@ pub enum DispatchOutcome {
     NotFound,
 }
 
+/// An access-log entry recording a dispatch that the orders no longer show
+/// (`Store::dispatches_undone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndoneDispatch {
+    /// The order the entry names (from the log: quoted only as an id).
+    pub order_id: String,
+    pub log_seq: i64,
+    /// No order has that id at all (deleted), rather than one not dispatched.
+    pub order_gone: bool,
+}
+
 /// Dispatch facts as shown to fulfillment.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DispatchView {

@@ -1289,6 +1289,63 @@ async fn edited_orders_rolled_back_dispatches_and_dropped_gift_recipients_are_na
     assert!(broken["ship_to"].is_null());
 }
 
+/// A dispatched order deleted whole — its row, records, tags and
+/// idempotency row, so that every check among them still agrees — is found
+/// through the access log's entry for its dispatch.
+#[tokio::test]
+async fn a_dispatched_order_deleted_whole_is_found_through_the_access_log() {
+    let (app, ids) = populated().await;
+    let r = app
+        .dispatch(&ids[3], &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report = run_verify(&app).await;
+    assert!(report.verified, "{:#?}", report.failures);
+    let children = [
+        "payment_cards",
+        "contact_emails",
+        "gift_recipients",
+        "shipping_details",
+        "billing_details",
+        "idempotency_keys",
+        "consent_tags",
+    ];
+    for table in children.iter().chain(&["orders"]) {
+        app.unguard(table).await;
+    }
+    let id = &ids[3];
+    let deletes: Vec<String> = children
+        .iter()
+        .map(|t| format!("DELETE FROM {t} WHERE order_id = '{id}'"))
+        .collect();
+    let sql = if app.database.is_postgres() {
+        // Orders and their tags refer to each other: one statement, its
+        // references checked at its end.
+        let ctes: Vec<String> = deletes
+            .iter()
+            .enumerate()
+            .map(|(n, d)| format!("d{n} AS ({d})"))
+            .collect();
+        format!(
+            "WITH {} DELETE FROM orders WHERE id = '{id}'",
+            ctes.join(", ")
+        )
+    } else {
+        format!(
+            "PRAGMA foreign_keys = OFF; {}; DELETE FROM orders WHERE id = '{id}'",
+            deletes.join("; ")
+        )
+    };
+    exec(&app, &sql).await;
+    let report = run_verify(&app).await;
+    assert!(!report.verified);
+    assert!(
+        has(&report, "orders", id, "missing, but access-log entry"),
+        "{:#?}",
+        report.failures
+    );
+}
+
 /// A dispatch set back in full — status, carrier, tracking, time and
 /// MAC, the row exactly as before it shipped — is found through the
 /// access log's entry for it (the order's own MAC cannot cover a status

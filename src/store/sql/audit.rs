@@ -992,12 +992,14 @@ pub async fn dispatches_undone(
     pool: &AnyPool,
     action: &str,
     limit: u32,
-) -> Result<(u64, Vec<(String, i64)>), StoreError> {
+) -> Result<(u64, Vec<crate::store::rows::UndoneDispatch>), StoreError> {
     // A dispatch entry's objects are `["<order id>"]`: the id is matched
-    // through the orders' id index, then the whole text compared.
-    const UNDONE: &str = "FROM access_log a JOIN orders o ON o.id = substr(a.objects, 3, 36)
+    // through the orders' id index, the whole text compared; an entry whose
+    // order is gone altogether is found too (an order is never deleted).
+    const UNDONE: &str = "FROM access_log a LEFT JOIN orders o ON o.id = substr(a.objects, 3, 36)
         WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
-          AND a.objects = '[\"' || o.id || '\"]' AND o.status <> 'dispatched'";
+          AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]'
+          AND (o.id IS NULL OR o.status <> 'dispatched')";
     let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNDONE}"))
         .bind(action)
         .fetch_one(pool)
@@ -1007,7 +1009,8 @@ pub async fn dispatches_undone(
         return Ok((0, Vec::new()));
     }
     let rows = sqlx::query(&format!(
-        "SELECT o.id AS id, a.seq AS seq {UNDONE} ORDER BY a.seq LIMIT $2"
+        "SELECT substr(a.objects, 3, 36) AS id, a.seq AS seq, \
+         CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone {UNDONE} ORDER BY a.seq LIMIT $2"
     ))
     .bind(action)
     .bind(i64::from(limit))
@@ -1016,10 +1019,11 @@ pub async fn dispatches_undone(
     .map_err(err)?;
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
-        found.push((
-            r.try_get::<String, _>("id").map_err(err)?,
-            r.try_get::<i64, _>("seq").map_err(err)?,
-        ));
+        found.push(crate::store::rows::UndoneDispatch {
+            order_id: r.try_get::<String, _>("id").map_err(err)?,
+            log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
+            order_gone: r.try_get::<i64, _>("gone").map_err(err)? == 1,
+        });
     }
     Ok((u64::try_from(count).unwrap_or(0), found))
 }

@@ -435,7 +435,7 @@ impl Store for SqlStore {
         &self,
         action: &str,
         limit: u32,
-    ) -> Result<(u64, Vec<(String, i64)>), StoreError> {
+    ) -> Result<(u64, Vec<crate::store::rows::UndoneDispatch>), StoreError> {
         audit::dispatches_undone(&self.whole_table_reads, action, limit).await
     }
 
