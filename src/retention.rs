@@ -392,8 +392,11 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether a pass may have left deleted records behind (it failed,
         // after deleting some, or a reader held the WAL): each following
-        // pass empties first, until that succeeds.
-        let mut leftovers = false;
+        // pass empties first, until that succeeds. True at start: a
+        // process that died between a purge's commit and its emptying
+        // left the purged pages in SQLite's WAL, and nothing else would
+        // empty them before the next purge.
+        let mut leftovers = true;
         loop {
             tick.tick().await;
             if leftovers {
