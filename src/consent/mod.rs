@@ -819,11 +819,8 @@ pub async fn verify_ledger_from(
     // A row numbered below 1 lies outside every walk, yet a subject's
     // history and the audiences read it (a withdrawal planted there would
     // silently drop its subject from marketing): none may exist.
-    let lowest = store
-        .consent_events_page(i64::MIN, 1)
-        .await
-        .map_err(store_err)?;
-    if let Some((seq, _)) = lowest.first().filter(|(seq, _)| *seq < 1) {
+    let lowest = store.consent_events_lowest().await.map_err(store_err)?;
+    if let Some(seq) = lowest.filter(|seq| *seq < 1) {
         return Err(broken(
             &seq.to_string(),
             "a withdrawal numbered below 1 (inserted outside the ledger)",

@@ -227,9 +227,11 @@ async fn write_batches(
         match result {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
                 crate::failpoint::after_commit(&orders, &outcomes).await;
+                let mut unheard = 0;
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {
-                    let _ = done.send(Ok(outcome));
+                    unheard += usize::from(!answer(done, Ok(outcome)));
                 }
+                note_unheard(unheard);
                 drop(holds);
             }
             Ok(outcomes) => {
@@ -290,9 +292,7 @@ async fn write_batches(
                                 .collect();
                             fail_all(rest, error);
                         }
-                        one => {
-                            let _ = done.send(one);
-                        }
+                        one => note_unheard(usize::from(!answer(done, one))),
                     }
                     drop(hold);
                 }
@@ -358,6 +358,27 @@ async fn commit<S: OrderSink>(
             });
             (Err(StoreError::Timeout(COMMIT_TIMEOUT)), None)
         }
+    }
+}
+
+/// Sends `result` to its request. `false` when it is a commit its request
+/// no longer waited for (answered 503 "retry" at its time limit or at a
+/// stop): the order is stored all the same, and its retry replays it.
+fn answer(
+    done: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    result: Result<CommitOutcome, StoreError>,
+) -> bool {
+    let committed = matches!(result, Ok(CommitOutcome::Committed));
+    done.send(result).is_ok() || !committed
+}
+
+/// Logs orders stored after their requests were answered 503.
+fn note_unheard(orders: usize) {
+    if orders > 0 {
+        tracing::warn!(
+            orders,
+            "orders committed after their requests were answered 503 (their time limit, or a stop): stored, and a retry with the same key replays them"
+        );
     }
 }
 
@@ -703,6 +724,30 @@ mod tests {
         assert!(!set.is_uncertain([1; 32], "k-1"), "nothing was sent");
         assert!(!set.is_held([1; 32], "k-0"), "a valid retry is not blocked");
         assert!(!set.is_uncertain([2; 32], "k-0"), "per client");
+    }
+
+    /// A commit whose request stopped waiting is told apart (and logged):
+    /// stored all the same.
+    #[test]
+    fn a_commit_nobody_waits_for_any_more_is_told_apart() {
+        let (done, waiting) = oneshot::channel();
+        assert!(answer(done, Ok(CommitOutcome::Committed)), "heard");
+        drop(waiting);
+        let (done, gone) = oneshot::channel();
+        drop(gone);
+        assert!(
+            !answer(done, Ok(CommitOutcome::Committed)),
+            "stored, unheard"
+        );
+        let (done, gone) = oneshot::channel();
+        drop(gone);
+        assert!(
+            answer(done, Ok(CommitOutcome::DuplicateKey)),
+            "nothing stored"
+        );
+        let (done, gone) = oneshot::channel();
+        drop(gone);
+        assert!(answer(done, Err(StoreError::Busy)), "nothing stored");
     }
 
     /// A store that answers a committed batch with the wrong count: the

@@ -277,13 +277,15 @@ async fn require_role(
 ///
 /// Each refusal is a synced row of a log that is never trimmed, and a
 /// client needs no certificate to be refused: past
-/// [`DENIALS_LOGGED_PER_MINUTE`] anonymous refusals from one address (or
-/// [`DENIALS_LOGGED_PER_MINUTE_IN_ALL`] from all), they are still answered
-/// as they are (401, 429, …) but no longer written one by one: they are
-/// counted in `checkoutd_denials_unlogged_total`, and the first of them is
-/// a warning in the process log naming the address. A refusal of a client
-/// certificate (a role calling outside its row) is always written, with
-/// the certificate's fingerprint (invariant 8): it names who to revoke, and
+/// [`DENIALS_LOGGED_PER_MINUTE`] refusals from one address (or
+/// [`DENIALS_LOGGED_PER_MINUTE_IN_ALL`] from all) of callers without a
+/// role — no certificate, a certificate naming no role, or one withdrawn
+/// (revoked or expired) while its connection drains — they are still
+/// answered as they are (401, 403, 429, …) but no longer written one by
+/// one: they are counted in `checkoutd_denials_unlogged_total`, and the
+/// first of them is a warning in the process log naming the address. A
+/// refusal of a role calling outside its row is always written, with the
+/// certificate's fingerprint (invariant 8): it names who to revoke, and
 /// such a client is one we issued, already bounded by its share of the
 /// in-flight cap.
 pub(crate) async fn record_refusal(
@@ -292,9 +294,17 @@ pub(crate) async fn record_refusal(
     action: String,
     status: http::StatusCode,
 ) {
-    let anonymous = peer.is_none_or(|p| matches!(p.identity, ClientIdentity::Anonymous));
+    // Held to the per-address limit: no certificate, or one that names no
+    // role we grant (one without a role, or withdrawn — revoked or expired
+    // — while its connection drains).
+    let limited = peer.is_none_or(|p| {
+        matches!(
+            p.identity,
+            ClientIdentity::Anonymous | ClientIdentity::Certified { role: None, .. }
+        )
+    });
     if let Some(over) = peer
-        .filter(|_| anonymous)
+        .filter(|_| limited)
         .and_then(|p| state.denial_limit.count(p.addr.ip()))
     {
         if over.first {

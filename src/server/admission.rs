@@ -179,6 +179,11 @@ impl Connection {
         Some(std::time::Duration::from_millis(now.saturating_sub(since)))
     }
 
+    /// Whether a request is in flight on the connection.
+    pub fn has_requests(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & !SHED != 0
+    }
+
     /// How long the connection has had no request in flight (`None` while
     /// one is). Only requests move it: not HTTP/2 PINGs, SETTINGS or
     /// window updates, which keep the connection's I/O from being idle.

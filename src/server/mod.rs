@@ -789,7 +789,8 @@ async fn serve(
         if recheck && (connection.is_withdrawn() || !shared.tls.trusts(&chain)) {
             // From now on its requests run without a role (HTTP/2
             // takes new streams until the client acknowledges the
-            // GOAWAY's ping, for up to the drain time).
+            // GOAWAY's ping, for as long as the grace below; their
+            // refusals are logged within the per-address limit).
             connection.withdraw();
             shared.handshakes.forget(addr.ip());
             if finishing {
@@ -799,14 +800,18 @@ async fn serve(
             tracing::info!(client_ip = %addr.ip(), "closing a connection whose client certificate no longer verifies (revoked, expired, or its CA or CRL changed)");
             crate::telemetry::connection_refused("certificate_no_longer_valid");
             conn.as_mut().graceful_shutdown();
-            // Its requests in flight began while its role held: each is
+            // Requests in flight began while its role held: each is
             // answered by its own time limit, not cut off. An order cut
             // off while committing would leave the storefront unable to
             // tell, and its retry, under the renewed certificate, is
-            // another client's key: a second order.
-            grace = Some(
-                tokio::time::Instant::now() + limits.drain_timeout.max(limits.request_timeout),
-            );
+            // another client's key: a second order. With none in flight,
+            // the drain time.
+            let wait = if connection.has_requests() {
+                limits.drain_timeout.max(limits.request_timeout)
+            } else {
+                limits.drain_timeout
+            };
+            grace = Some(tokio::time::Instant::now() + wait);
         }
     };
     if let Err(error) = result {

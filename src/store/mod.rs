@@ -552,6 +552,10 @@ pub trait Store: Send + Sync + 'static {
     /// How many withdrawals have a `seq` from 1 to `seq`.
     async fn consent_events_up_to(&self, seq: i64) -> Result<i64, StoreError>;
 
+    /// The lowest `seq` of any withdrawal, if one exists (the ledger counts
+    /// from 1: anything lower was put there by hand).
+    async fn consent_events_lowest(&self) -> Result<Option<i64>, StoreError>;
+
     /// One chunk of an audience export: up to `subjects` customers (email
     /// blind indexes) after `after` (empty: from the first), in blind-index
     /// order, and of them those whose latest checkout tag grants `purpose`

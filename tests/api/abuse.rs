@@ -1670,9 +1670,10 @@ async fn a_client_reading_a_large_response_slowly_gets_all_of_it() {
 /// A client needs no certificate to be refused, and every refusal is a
 /// synced row of an access log that is never trimmed: past
 /// `DENIALS_LOGGED_PER_MINUTE` refusals from one address, refusals are
-/// still answered 401 but only counted (a metric), not written. Callers of
-/// the right role are not affected, and a certificate's refusals are all
-/// written (invariant 8: they name who to revoke).
+/// still answered 401 but only counted (a metric), not written — also those
+/// of a certificate that names no role (as a revoked one's drain). Callers
+/// of the right role are not affected, and a role's refusals outside its
+/// row are all written (invariant 8: they name who to revoke).
 #[tokio::test]
 async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     let app = spawn_app().await;
@@ -1704,6 +1705,18 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
             .unwrap();
         expect_problem(r, 403).await;
     }
+    // A certificate that names no role, from the same address: refused
+    // 403, counted, not written.
+    let roleless = app.pki.issue_client("roleless", &[]).unwrap();
+    let roleless = crate::helpers::client_with(
+        &app.pki,
+        Some((&roleless.cert_pem, &roleless.key_pem)),
+        crate::helpers::Versions::Both,
+    );
+    for _ in 0..extra {
+        let r = roleless.get(app.url("/v1/shipments")).send().await.unwrap();
+        expect_problem(r, 403).await;
+    }
 
     let logged: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT CAST(status AS BIGINT), COUNT(*) FROM access_log
@@ -1716,12 +1729,12 @@ async fn a_flood_of_refused_requests_cannot_grow_the_access_log() {
     assert_eq!(
         logged,
         vec![(401, i64::from(limit)), (403, i64::from(extra))],
-        "the first anonymous refusals are logged, no more; every certificate's"
+        "the first anonymous refusals are logged, no more; every role's"
     );
     // The recorder is global to the test process: at least this test's
     // unlogged refusals were counted.
     let counted = unlogged().await - unlogged_before;
-    assert!(counted >= f64::from(extra), "{counted}");
+    assert!(counted >= f64::from(2 * extra), "{counted}");
 }
 
 /// The public opt-out page has a budget for all addresses together (100

@@ -1165,6 +1165,16 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
              mac_key_version, prev_mac, mac FROM consent_events WHERE seq = 2",
             "below 1",
         ),
+        // … or at the lowest number there is, which `seq > n` never reaches.
+        (
+            "INSERT INTO consent_events (seq, id, email_blind_index, blind_index_version, kind, product_updates, new_offerings, partnerships, special_offers, third_party_sharing, channel, received_at, effective_at, recorded_at, reference_format_version, reference_kek_version, reference_wrapped_dek, reference_ciphertext, mac_key_version, prev_mac, mac) \
+             SELECT -9223372036854775808, 'planted', email_blind_index, blind_index_version, kind, \
+             product_updates, new_offerings, partnerships, special_offers, third_party_sharing, \
+             channel, received_at, effective_at, recorded_at, reference_format_version, \
+             reference_kek_version, reference_wrapped_dek, reference_ciphertext, \
+             mac_key_version, prev_mac, mac FROM consent_events WHERE seq = 2",
+            "below 1",
+        ),
     ] {
         let app = spawn_app().await;
         place(&app, &order_for("ada@example.com", true, false)).await;

@@ -318,7 +318,7 @@ async fn a_database_outage_is_a_retryable_503_and_heals_without_a_restart() {
     assert_eq!(report["report"]["verified"], true, "{report:#}");
 }
 
-fn skipped(test: &str, why: &str) {
+pub(crate) fn skipped(test: &str, why: &str) {
     let line = format!("{test}: SKIPPED on SQLite ({why})\n");
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }

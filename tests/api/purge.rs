@@ -7,7 +7,7 @@ use checkoutd::server::identity::Role;
 use checkoutd::store::Store;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_succeeded, spawn_app};
+use crate::helpers::{Options, TestApp, assert_succeeded, spawn_app, spawn_app_with};
 use crate::orders::order_json;
 
 async fn place(app: &TestApp, key: &str, order: &Value) -> String {
@@ -930,4 +930,65 @@ async fn a_dispatch_needs_the_ship_to_and_waits_for_a_purge_in_progress() {
                 .unwrap();
         assert_eq!(status, "accepted");
     }
+}
+
+/// A process that died between a purge's commit and its emptying of
+/// SQLite's WAL left the purged records' pages there; the next start
+/// empties them first, without waiting for another purge.
+#[tokio::test]
+async fn a_start_empties_what_a_purge_before_a_crash_left_in_the_wal() {
+    let app = spawn_app().await;
+    if app.database.is_postgres() {
+        return crate::multi::skipped(
+            "purge::a_start_empties_what_a_purge_before_a_crash_left",
+            "SQLite only: PostgreSQL has no WAL file of ours to empty",
+        );
+    }
+    let doomed = place(&app, "wal-1", &order_json()).await;
+    let dek: Vec<u8> =
+        sqlx::query_scalar("SELECT wrapped_dek FROM payment_cards WHERE order_id = $1")
+            .bind(&doomed)
+            .fetch_one(&app.db().await)
+            .await
+            .unwrap();
+    // The purge commits, and the process "dies" before emptying the WAL.
+    let store = app.store().await;
+    let purged = checkoutd::retention::purge_records(
+        &store,
+        &app.keyring(),
+        &doomed,
+        (
+            &[checkoutd::crypto::DataClass::Card],
+            &checkoutd::store::rows::PurgeIf::Always,
+        ),
+        "test",
+        ("operator", ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged, vec!["card".to_owned()]);
+    let left = |bytes: &[(&'static str, Vec<u8>)]| {
+        bytes
+            .iter()
+            .any(|(_, b)| b.windows(dek.len()).any(|w| w == dek.as_slice()))
+    };
+    assert!(
+        left(&app.database_bytes().await),
+        "the scenario: the purged key is still in the WAL"
+    );
+    // The next start (a second process on the same files) empties it.
+    let _next = spawn_app_with(Options {
+        share_with: Some(app.shared()),
+        ..Options::default()
+    })
+    .await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if !left(&app.database_bytes().await) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the purged key outlived the next start in the WAL");
 }

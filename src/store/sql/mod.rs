@@ -787,6 +787,13 @@ impl Store for SqlStore {
             .map_err(StoreError::from_sqlx)
     }
 
+    async fn consent_events_lowest(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT min(seq) FROM consent_events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
     async fn audience(
         &self,
         purpose: &'static str,
