@@ -1275,9 +1275,10 @@ async fn build_database(dir: &Path) -> (checkoutd::store::sql::SqlStore, Keyring
     use checkoutd::store::Store;
     let rng = ring::rand::SystemRandom::new();
     let keyring = Keyring::generate(&rng, "2026-01-01T00:00:00Z").unwrap();
-    let store = checkoutd::store::sqlite::open(&dir.join("audit.db"))
-        .await
-        .unwrap();
+    let store =
+        checkoutd::store::sqlite::open(&dir.join("audit.db"), checkoutd::store::Schema::Migrate)
+            .await
+            .unwrap();
 
     let base = json!({
         "storefront_order_ref": "A-1001",

@@ -64,6 +64,12 @@ pub enum StoreError {
          items and references in most of the world's scripts; create it with ENCODING 'UTF8'"
     )]
     NotUtf8 { encoding: String },
+    #[error(
+        "the database's schema is older than this checkoutd (migration {version} is not \
+         applied): run `checkoutd migrate` first (README: some migrations need every `serve` \
+         stopped)"
+    )]
+    SchemaBehind { version: i64 },
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
     /// The record was sealed under a KEK version that `keys rotate` has
@@ -599,27 +605,69 @@ pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(open_sql(url).await?))
 }
 
-/// [`open`], for the one-off commands that act on the service's data
-/// (`keys`, `orders purge`): an SQLite file that does not exist is an
-/// error, never a new empty database — a key counted as unused there
-/// could be destroyed while the real database still needs it.
+/// For the one-off commands that act on the service's data (`keys`,
+/// `orders purge`): the store as it is. An SQLite file that does not exist
+/// is an error, never a new empty database — a key counted as unused there
+/// could be destroyed while the real database still needs it — and so is
+/// a schema behind this binary's migrations: only `serve` and `migrate`
+/// apply them (some need every server stopped first, README).
 pub async fn open_existing(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
     if let DatabaseUrl::Sqlite { path } = url
         && !path.exists()
     {
         return Err(StoreError::NoDatabase { path: path.clone() });
     }
-    open(url).await
+    Ok(Arc::new(open_sql_as(url, Schema::MustBeCurrent).await?))
 }
 
 /// [`open`], as the concrete engine type.
 pub async fn open_sql(url: &DatabaseUrl) -> Result<sql::SqlStore, StoreError> {
+    open_sql_as(url, Schema::Migrate).await
+}
+
+/// What opening a store does about its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Applies the migrations not applied yet.
+    Migrate,
+    /// Refuses a schema that lacks any of this binary's migrations.
+    MustBeCurrent,
+}
+
+async fn open_sql_as(url: &DatabaseUrl, schema: Schema) -> Result<sql::SqlStore, StoreError> {
     match url {
-        DatabaseUrl::Sqlite { path } => sqlite::open(path).await,
+        DatabaseUrl::Sqlite { path } => sqlite::open(path, schema).await,
         DatabaseUrl::Postgres {
             url,
             allow_unsafe_durability,
-        } => postgres::open(url, *allow_unsafe_durability).await,
+        } => postgres::open(url, *allow_unsafe_durability, schema).await,
+    }
+}
+
+/// Applies `migrator`'s pending migrations over `conn`, or under
+/// [`Schema::MustBeCurrent`] refuses a schema that lacks one of them.
+pub(crate) async fn apply_schema(
+    conn: &mut sqlx::AnyConnection,
+    migrator: &sqlx::migrate::Migrator,
+    schema: Schema,
+) -> Result<(), StoreError> {
+    if schema == Schema::Migrate {
+        return Ok(migrator.run(conn).await?);
+    }
+    // No table at all: nothing applied.
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    match migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| m.version)
+        .min()
+    {
+        Some(version) => Err(StoreError::SchemaBehind { version }),
+        None => Ok(()),
     }
 }
 

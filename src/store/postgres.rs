@@ -60,7 +60,11 @@ pub const LOCK_MIGRATIONS: i64 = 0x6368_6b64_0000_0004;
 /// applies pending migrations (sqlx serializes concurrent migrators with an
 /// advisory lock, so processes may start together) on a connection of
 /// their own ([`MIGRATION_SESSION`]), not the serving pool's.
-pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, StoreError> {
+pub async fn open(
+    url: &str,
+    allow_unsafe_durability: bool,
+    schema: super::Schema,
+) -> Result<SqlStore, StoreError> {
     let pool = connect(url, SESSION, 16).await?;
     check_durability(&pool, allow_unsafe_durability).await?;
     check_encoding(&pool).await?;
@@ -79,7 +83,12 @@ pub async fn open(url: &str, allow_unsafe_durability: bool) -> Result<SqlStore, 
                 });
             }
         };
-    let migrated = migrate(&mut migrating).await;
+    let migrated = match schema {
+        super::Schema::Migrate => migrate(&mut migrating).await,
+        super::Schema::MustBeCurrent => {
+            super::apply_schema(&mut migrating, &MIGRATOR, schema).await
+        }
+    };
     let _ = migrating.close().await;
     migrated?;
     let orders = super::postgres_orders::OrderWriter::open(url, SESSION).await?;

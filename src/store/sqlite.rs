@@ -39,8 +39,9 @@ const READ_ONLY_PRAGMAS: &str =
     "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
 /// Opens (creating on first use, with an owner-only directory and file) the
-/// database at `path` and applies pending migrations.
-pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
+/// database at `path`, and applies pending migrations or requires none
+/// (`schema`).
+pub async fn open(path: &Path, schema: super::Schema) -> Result<SqlStore, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::create_private_dir(dir).map_err(|source| StoreError::DataDir {
             path: dir.to_owned(),
@@ -73,7 +74,10 @@ pub async fn open(path: &Path) -> Result<SqlStore, StoreError> {
         }
     }
     let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
-    MIGRATOR.run(&writer).await?;
+    {
+        let mut conn = writer.acquire().await.map_err(StoreError::from_sqlx)?;
+        super::apply_schema(&mut conn, &MIGRATOR, schema).await?;
+    }
     let pool = connect(path, "rw", PRAGMAS, 8).await?;
     let store = SqlStore::new(pool, writer, Engine::Sqlite);
     let gate = store

@@ -1428,3 +1428,46 @@ async fn a_stale_copy_of_the_keyring_cannot_rewrap() {
     assert_succeeded(&rewrap());
     assert_eq!(versions().await, [3]);
 }
+
+/// The one-off commands act on the schema as it is: one that lacks a
+/// migration of this binary is refused, not migrated behind the running
+/// servers' backs (some migrations need them all stopped).
+#[tokio::test]
+async fn operator_commands_refuse_a_schema_they_would_have_to_migrate() {
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let latest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(latest)
+        .execute(&db)
+        .await
+        .unwrap();
+    for args in [
+        &["keys", "status"][..],
+        &[
+            "orders",
+            "purge",
+            "--order",
+            "00000000-0000-7000-8000-000000000000",
+        ],
+    ] {
+        let out = checkoutd(&app).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("migration {latest} is not applied")),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("checkoutd migrate"), "{err}");
+    }
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE version = $1")
+            .bind(latest)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(applied, 0, "a command migrated the database");
+}

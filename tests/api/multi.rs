@@ -444,7 +444,7 @@ async fn statements_a_migration_made_stale_fail_once_not_for_ever() {
     use checkoutd::store::{Store, StoreError};
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create(dir.path()).await;
-    let store = checkoutd::store::postgres::open(&db.url, false)
+    let store = checkoutd::store::postgres::open(&db.url, false, checkoutd::store::Schema::Migrate)
         .await
         .unwrap();
     let reads = |n: usize| {
