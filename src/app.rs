@@ -155,6 +155,9 @@ impl Application {
             return Err(StartupError::KeyringMissing(keyring_path));
         }
         let master = master_key(settings, &keyring_path)?;
+        if let Some(notice) = development_master_key_notice(settings) {
+            notices.push(notice);
+        }
         let (keyring, created) =
             Keyring::load_or_create(&keyring_path, &master, &crate::ids::now())?;
         if created {
@@ -419,6 +422,21 @@ fn no_revocation_notice(settings: &Settings) -> Option<String> {
     })
 }
 
+/// A production set-up (its own client CA) whose keyring still opens with
+/// the development master key file, in clear beside it. Said at every
+/// start.
+fn development_master_key_notice(settings: &Settings) -> Option<String> {
+    (settings.store.master_key_shares.is_empty() && settings.client_ca.is_some()).then(|| {
+        banner(&[
+            "WARNING: --client-ca is set, yet the keyring opens with the",
+            "DEVELOPMENT master key file (master.key, in clear) in:",
+            &settings.store.data_dir.display().to_string(),
+            "Anyone who can read it can read every card. For real cards, run",
+            "`checkoutd keys init --custodians N` and serve with the shares.",
+        ])
+    })
+}
+
 /// A boxed, star-framed warning.
 fn banner(lines: &[&str]) -> String {
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
@@ -457,5 +475,9 @@ mod tests {
         assert!(no_revocation_notice(&with(Some(&ca), Some(&crl))).is_none());
         // The development set-up (the certificates directory's own CA).
         assert!(no_revocation_notice(&with(None, None)).is_none());
+        // Its own client CA, but the development master key: warned too.
+        let warned = development_master_key_notice(&with(Some(&ca), Some(&crl))).unwrap();
+        assert!(warned.contains("DEVELOPMENT master key"), "{warned}");
+        assert!(development_master_key_notice(&with(None, None)).is_none());
     }
 }

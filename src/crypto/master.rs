@@ -52,6 +52,13 @@ pub enum MasterKeyError {
     },
     #[error("{path} is not a checkoutd master-key share")]
     NotAShare { path: PathBuf },
+    /// The development master key file may be read (or replaced) by
+    /// others: it is the key to every record.
+    #[error(
+        "{path} is open to other users (mode {mode:03o}); it holds the master key in clear, \
+         so checkoutd will not use it: `chmod 600` it (and find out who could read it)"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("{path} fails its checksum (corrupted or edited share)")]
     Checksum { path: PathBuf },
     #[error("the shares belong to different sets ({path} is from another set)")]
@@ -236,10 +243,22 @@ impl MasterKey {
 
     /// Reads the development master key file.
     pub fn load_dev(path: &Path) -> Result<Self, MasterKeyError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| MasterKeyError::Read {
+        let read = |source| MasterKeyError::Read {
             path: path.to_owned(),
             source,
-        })?);
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(MasterKeyError::Exposed {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(read)?);
         Self::from_dev_contents(path, &bytes)
     }
 
@@ -319,6 +338,31 @@ pub fn write_shares(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A development master key that others may read is refused, naming
+    /// the file and its mode; once `chmod 600`ed it loads.
+    #[cfg(unix)]
+    #[test]
+    fn a_development_master_key_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DEV_FILE_NAME);
+        let key = MasterKey::generate(&ring::rand::SystemRandom::new()).unwrap();
+        key.save_dev(&path).unwrap();
+        assert!(MasterKey::load_dev(&path).is_ok());
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = MasterKey::load_dev(&path).unwrap_err();
+            assert!(matches!(error, MasterKeyError::Exposed { .. }), "{error}");
+            assert!(
+                error.to_string().contains(&format!("{mode:03o}")),
+                "{error}"
+            );
+            assert!(error.to_string().contains("chmod 600"), "{error}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(MasterKey::load_dev(&path).is_ok());
+    }
 
     #[test]
     fn shares_are_written_all_or_none_and_never_over_a_file() {
