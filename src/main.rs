@@ -281,7 +281,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 /// `checkoutd keys …`: offline key operations on the data directory's
-/// keyring and database (the database is migrated if needed).
+/// keyring and database (never migrated, but a new one by `keys init`).
 async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>> {
     use checkoutd::crypto::keyring::{FILE_NAME, Keyring};
     let args = match &command {
@@ -294,10 +294,10 @@ async fn run_keys(command: KeysCommand) -> Result<(), Box<dyn std::error::Error>
     let settings = StoreSettings::from_args(&args)?;
     telemetry::init(settings.log_format);
     let path = settings.data_dir.join(FILE_NAME);
-    // Only `keys init` may begin a new database; the others act on the
-    // service's own, which must exist.
+    // Only `keys init` may begin a new database (and migrates only a new
+    // one); the others act on the service's own, which must exist.
     let store = if matches!(command, KeysCommand::Init { .. }) {
-        store::open(&settings.database).await?
+        store::open_new_or_current(&settings.database).await?
     } else {
         store::open_existing(&settings.database).await?
     };

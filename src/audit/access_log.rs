@@ -319,6 +319,20 @@ async fn verify_chain_walk(
     since: Option<Anchor>,
 ) -> Result<ChainStatus, ChainError> {
     let chainer = Chainer::new(key);
+    // A row numbered below 1 lies outside the chain, yet the dispatch
+    // checks read the whole table; the walk below starts after i64::MIN,
+    // which `seq > n` never reaches: asked for directly.
+    if store
+        .access_log_lowest()
+        .await
+        .map_err(store_failed)?
+        .is_some_and(|lowest| lowest < 1)
+    {
+        return Err(ChainError::Entry {
+            seq: 0,
+            what: "numbered below 1, outside the chain (entries are numbered from 1: added)",
+        });
+    }
     let head = store.access_log_head().await.map_err(store_failed)?;
     let Some(head) = head else {
         // No head: there must be no entries either.

@@ -349,7 +349,10 @@ async fn commit<S: OrderSink>(
                         mark_uncertain(holds.iter().flatten(), &error);
                     }
                     Ok((Ok(outcomes), _)) => tracing::warn!(
-                        orders = outcomes.len(),
+                        orders = outcomes
+                            .iter()
+                            .filter(|o| matches!(o, CommitOutcome::Committed))
+                            .count(),
                         "a commit answered 503 at its time limit landed later: its orders are stored, and a retry with the same key replays them"
                     ),
                     Err(_) => {}
@@ -377,7 +380,7 @@ fn note_unheard(orders: usize) {
     if orders > 0 {
         tracing::warn!(
             orders,
-            "orders committed after their requests were answered 503 (their time limit, or a stop): stored, and a retry with the same key replays them"
+            "orders committed after their requests stopped waiting (answered 503 at their time limit or a stop, or their client went away): stored, and a retry with the same key replays them"
         );
     }
 }

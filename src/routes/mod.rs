@@ -333,9 +333,9 @@ pub const UNSUBSCRIBES_IN_ALL_PER_CLIENT_LIMIT: u32 = 100;
 /// budget of all addresses.
 pub const UNSUBSCRIBES_PER_NETWORK_PER_CLIENT_LIMIT: u32 = 10;
 
-/// Refusals of requests without a client certificate written to the
-/// access log one by one, per client address and minute (see
-/// [`record_refusal`]). A misconfigured
+/// Refusals of requests without a role (no client certificate, or one
+/// naming no role we grant, or withdrawn) written to the access log one by
+/// one, per client address and minute (see [`record_refusal`]). A misconfigured
 /// client retrying once a second stays well inside it.
 pub const DENIALS_LOGGED_PER_MINUTE: u32 = 120;
 

@@ -120,7 +120,7 @@ impl Connection {
     /// (the caller answers 503 and closes).
     pub fn begin(self: &Arc<Self>) -> Option<Active> {
         self.flags
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
                 (f & SHED == 0).then_some(f + 1)
             })
             .ok()
@@ -133,12 +133,15 @@ impl Connection {
     /// now, so a client far away still has time to send its request.
     /// Marks the connection's certificate as no longer trusted.
     pub fn withdraw(&self) {
-        self.withdrawn.store(true, Ordering::Release);
+        // SeqCst, with `is_withdrawn`, `begin` and `has_requests`: a request
+        // that begins as the role is withdrawn either sees the withdrawal
+        // or is seen in flight by it (never neither).
+        self.withdrawn.store(true, Ordering::SeqCst);
     }
 
     /// Whether [`withdraw`](Self::withdraw) was called.
     pub fn is_withdrawn(&self) -> bool {
-        self.withdrawn.load(Ordering::Acquire)
+        self.withdrawn.load(Ordering::SeqCst)
     }
 
     pub fn handshake_done(&self, certified: bool) {
@@ -181,7 +184,7 @@ impl Connection {
 
     /// Whether a request is in flight on the connection.
     pub fn has_requests(&self) -> bool {
-        self.flags.load(Ordering::Acquire) & !SHED != 0
+        self.flags.load(Ordering::SeqCst) & !SHED != 0
     }
 
     /// How long the connection has had no request in flight (`None` while

@@ -804,9 +804,9 @@ async fn serve(
             // answered by its own time limit, not cut off. An order cut
             // off while committing would leave the storefront unable to
             // tell, and its retry, under the renewed certificate, is
-            // another client's key: a second order. With none in flight,
-            // the drain time.
-            let wait = if connection.has_requests() {
+            // another client's key: a second order. (A response being sent
+            // counts too.) With none in flight, the drain time.
+            let wait = if connection.has_requests() || connection.is_responding() {
                 limits.drain_timeout.max(limits.request_timeout)
             } else {
                 limits.drain_timeout

@@ -70,6 +70,16 @@ pub enum StoreError {
          stopped)"
     )]
     SchemaBehind { version: i64 },
+    #[error(
+        "the database's schema is newer than this checkoutd (it holds migration {version}, \
+         which this binary does not know): use the checkoutd release that migrated it"
+    )]
+    SchemaAhead { version: i64 },
+    #[error(
+        "migration {version} as applied to this database differs from this checkoutd's: \
+         the database was migrated by another build; use that build"
+    )]
+    SchemaAltered { version: i64 },
     #[error("a stored row is malformed ({0})")]
     Corrupt(&'static str),
     /// The record was sealed under a KEK version that `keys rotate` has
@@ -343,6 +353,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The chain head, if any entry exists.
     async fn access_log_head(&self) -> Result<Option<access_log::Head>, StoreError>;
+
+    /// The lowest `seq` of any access-log row, if one exists (the chain
+    /// counts from 1: anything lower was put there by hand).
+    async fn access_log_lowest(&self) -> Result<Option<i64>, StoreError>;
 
     // ---- audit (read-only) ----
 
@@ -620,6 +634,12 @@ pub async fn open_existing(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreErr
     Ok(Arc::new(open_sql_as(url, Schema::MustBeCurrent).await?))
 }
 
+/// For `keys init`: a new database is created and migrated; an existing
+/// one must be current (as [`open_existing`]), never migrated.
+pub async fn open_new_or_current(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(open_sql_as(url, Schema::MigrateIfNew).await?))
+}
+
 /// [`open`], as the concrete engine type.
 pub async fn open_sql(url: &DatabaseUrl) -> Result<sql::SqlStore, StoreError> {
     open_sql_as(url, Schema::Migrate).await
@@ -630,8 +650,13 @@ pub async fn open_sql(url: &DatabaseUrl) -> Result<sql::SqlStore, StoreError> {
 pub enum Schema {
     /// Applies the migrations not applied yet.
     Migrate,
-    /// Refuses a schema that lacks any of this binary's migrations.
+    /// Refuses a schema that is not this binary's exactly: one that lacks
+    /// a migration, holds one the binary does not know, or one altered.
     MustBeCurrent,
+    /// As `Migrate` for a new database (none applied), else as
+    /// `MustBeCurrent` (`keys init`, which starts a new database but must
+    /// not migrate the live one it refuses).
+    MigrateIfNew,
 }
 
 async fn open_sql_as(url: &DatabaseUrl, schema: Schema) -> Result<sql::SqlStore, StoreError> {
@@ -644,30 +669,83 @@ async fn open_sql_as(url: &DatabaseUrl, schema: Schema) -> Result<sql::SqlStore,
     }
 }
 
-/// Applies `migrator`'s pending migrations over `conn`, or under
-/// [`Schema::MustBeCurrent`] refuses a schema that lacks one of them.
-pub(crate) async fn apply_schema(
+/// Where a database's schema stands against a binary's migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaState {
+    /// No migration applied (a new database).
+    New,
+    Current,
+    /// The lowest migration of the binary not applied.
+    Behind(i64),
+    /// A migration applied that the binary does not know (a newer one).
+    Ahead(i64),
+    /// A migration applied with other contents than the binary's.
+    Altered(i64),
+}
+
+async fn schema_state(
+    conn: &mut sqlx::AnyConnection,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<SchemaState, StoreError> {
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) => rows,
+            // No such table (PostgreSQL's 42P01, SQLite's message): nothing
+            // was ever applied. Any other failure is one.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
+            {
+                Vec::new()
+            }
+            Err(error) => return Err(StoreError::from_sqlx(error)),
+        };
+    if applied.is_empty() {
+        return Ok(SchemaState::New);
+    }
+    let known: Vec<_> = migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .collect();
+    for (version, checksum) in &applied {
+        match known.iter().find(|m| m.version == *version) {
+            None => return Ok(SchemaState::Ahead(*version)),
+            Some(m) if m.checksum.as_ref() != checksum.as_slice() => {
+                return Ok(SchemaState::Altered(*version));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(known
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.iter().any(|(applied, _)| applied == v))
+        .min()
+        .map_or(SchemaState::Current, SchemaState::Behind))
+}
+
+/// Whether opening under `schema` must apply `migrator`'s migrations:
+/// `true` to migrate, `false` for a schema that is this binary's exactly,
+/// an error for one that must not be used as it is.
+pub(crate) async fn needs_migrating(
     conn: &mut sqlx::AnyConnection,
     migrator: &sqlx::migrate::Migrator,
     schema: Schema,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     if schema == Schema::Migrate {
-        return Ok(migrator.run(conn).await?);
+        return Ok(true);
     }
-    // No table at all: nothing applied.
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap_or_default();
-    match migrator
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
-        .map(|m| m.version)
-        .min()
-    {
-        Some(version) => Err(StoreError::SchemaBehind { version }),
-        None => Ok(()),
+    let first = || migrator.iter().map(|m| m.version).min().unwrap_or(1);
+    match schema_state(conn, migrator).await? {
+        SchemaState::New if schema == Schema::MigrateIfNew => Ok(true),
+        SchemaState::Current => Ok(false),
+        SchemaState::New => Err(StoreError::SchemaBehind { version: first() }),
+        SchemaState::Behind(version) => Err(StoreError::SchemaBehind { version }),
+        SchemaState::Ahead(version) => Err(StoreError::SchemaAhead { version }),
+        SchemaState::Altered(version) => Err(StoreError::SchemaAltered { version }),
     }
 }
 

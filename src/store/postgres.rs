@@ -83,11 +83,10 @@ pub async fn open(
                 });
             }
         };
-    let migrated = match schema {
-        super::Schema::Migrate => migrate(&mut migrating).await,
-        super::Schema::MustBeCurrent => {
-            super::apply_schema(&mut migrating, &MIGRATOR, schema).await
-        }
+    let migrated = match super::needs_migrating(&mut migrating, &MIGRATOR, schema).await {
+        Ok(true) => migrate(&mut migrating).await,
+        Ok(false) => Ok(()),
+        Err(error) => Err(error),
     };
     let _ = migrating.close().await;
     migrated?;

@@ -76,7 +76,9 @@ pub async fn open(path: &Path, schema: super::Schema) -> Result<SqlStore, StoreE
     let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
     {
         let mut conn = writer.acquire().await.map_err(StoreError::from_sqlx)?;
-        super::apply_schema(&mut conn, &MIGRATOR, schema).await?;
+        if super::needs_migrating(&mut conn, &MIGRATOR, schema).await? {
+            MIGRATOR.run(&mut *conn).await?;
+        }
     }
     let pool = connect(path, "rw", PRAGMAS, 8).await?;
     let store = SqlStore::new(pool, writer, Engine::Sqlite);

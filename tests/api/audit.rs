@@ -937,7 +937,8 @@ async fn access_log_tampering_is_named() {
 
 /// A row numbered 0 or below sits before the chain's first entry: the
 /// database refuses it, and one written anyway (the guard switched off)
-/// is named by the chain check, which reads from below 1.
+/// is named by the chain check — the lowest number there is too, which a
+/// walk "after n" never reaches.
 #[tokio::test]
 async fn access_log_rows_numbered_below_one_are_refused_and_named() {
     let copy_of_first = |seq: i64| {
@@ -948,7 +949,7 @@ async fn access_log_rows_numbered_below_one_are_refused_and_named() {
                  status, prev_hash, hash, mac FROM access_log WHERE seq = 1"
         )
     };
-    for (seq, named) in [(0, "0"), (-1, "access_log.seq")] {
+    for (seq, named) in [(0, "below 1"), (-1, "below 1"), (i64::MIN, "below 1")] {
         let (app, _) = populated().await;
         let db = app.db().await;
         let refused = sqlx::query(&copy_of_first(seq)).execute(&db).await;

@@ -1445,6 +1445,8 @@ async fn operator_commands_refuse_a_schema_they_would_have_to_migrate() {
         .execute(&db)
         .await
         .unwrap();
+    let shares = tempfile::tempdir().unwrap();
+    let shares_dir = shares.path().join("shares");
     for args in [
         &["keys", "status"][..],
         &[
@@ -1452,6 +1454,16 @@ async fn operator_commands_refuse_a_schema_they_would_have_to_migrate() {
             "purge",
             "--order",
             "00000000-0000-7000-8000-000000000000",
+        ],
+        // `keys init` starts a new database; an existing one it must not
+        // migrate (it then refuses it for its records anyway).
+        &[
+            "keys",
+            "init",
+            "--custodians",
+            "2",
+            "--shares-dir",
+            shares_dir.to_str().unwrap(),
         ],
     ] {
         let out = checkoutd(&app).args(args).output().unwrap();
@@ -1470,4 +1482,24 @@ async fn operator_commands_refuse_a_schema_they_would_have_to_migrate() {
             .await
             .unwrap();
     assert_eq!(applied, 0, "a command migrated the database");
+    // A schema newer than the binary (a migration it does not know) is
+    // refused too, not used as if it were its own.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         SELECT $1, description, success, checksum, execution_time
+           FROM _sqlx_migrations WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
+    )
+    .bind(latest)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET version = 99990101000000 WHERE version = $1")
+        .bind(latest)
+        .execute(&db)
+        .await
+        .unwrap();
+    let out = checkoutd(&app).args(["keys", "status"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("newer than this checkoutd"), "{err}");
 }

@@ -319,7 +319,12 @@ async fn a_database_outage_is_a_retryable_503_and_heals_without_a_restart() {
 }
 
 pub(crate) fn skipped(test: &str, why: &str) {
-    let line = format!("{test}: SKIPPED on SQLite ({why})\n");
+    let engine = if crate::helpers::postgres_server().is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let line = format!("{test}: SKIPPED on {engine} ({why})\n");
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 

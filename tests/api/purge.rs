@@ -967,9 +967,12 @@ async fn a_start_empties_what_a_purge_before_a_crash_left_in_the_wal() {
     .await
     .unwrap();
     assert_eq!(purged, vec!["card".to_owned()]);
+    // The WAL alone: the database file is the background checkpoints'
+    // (they copy the purge's wiped pages into it within a second).
     let left = |bytes: &[(&'static str, Vec<u8>)]| {
         bytes
             .iter()
+            .filter(|(what, _)| *what == "wal")
             .any(|(_, b)| b.windows(dek.len()).any(|w| w == dek.as_slice()))
     };
     assert!(

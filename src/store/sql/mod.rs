@@ -963,6 +963,13 @@ impl Store for SqlStore {
         audit::consent_history(&self.pool, email_blind_index).await
     }
 
+    async fn access_log_lowest(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT min(seq) FROM access_log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
     async fn access_log_head(&self) -> Result<Option<Head>, StoreError> {
         let row = sqlx::query("SELECT seq, hash, mac FROM access_log_head WHERE id = 1")
             .fetch_optional(&self.pool)
