@@ -114,12 +114,12 @@ pub async fn log(
         );
     }
     let query = &params.0;
-    // Any sequence number is a valid `after`; past the last possible one
-    // (the store counts in i64) there is simply nothing.
+    // A sequence number: 0 to i64::MAX, as the OpenAPI says (the store
+    // counts in i64).
     let after = match query.get("after").map(|v| v.parse::<u64>()) {
         None => 0,
-        Some(Ok(n)) => i64::try_from(n).unwrap_or(i64::MAX),
-        Some(Err(_)) => {
+        Some(Ok(n)) if i64::try_from(n).is_ok() => i64::try_from(n).unwrap_or(i64::MAX),
+        Some(_) => {
             return bad("after", "invalid", "after is a sequence number (0 or more)");
         }
     };

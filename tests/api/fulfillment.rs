@@ -958,9 +958,18 @@ async fn the_access_log_names_reads_denials_and_itself_and_its_chain_verifies() 
     assert_eq!(head.status(), 200);
     let last = audit_log(&app, &format!("?after={}", entries.len() + 2)).await;
     assert_eq!(last["entries"][0]["action"], "HEAD /v1/shipments");
-    // Any sequence number is a valid `after`, past the last one too.
-    let beyond = audit_log(&app, &format!("?after={}", u64::MAX)).await;
+    // Any sequence number is a valid `after`, past the last one too; one
+    // beyond the largest (the OpenAPI's maximum) is refused, named.
+    let beyond = audit_log(&app, &format!("?after={}", i64::MAX)).await;
     assert_eq!(beyond["entries"], json!([]));
+    let r = app
+        .client(Role::Auditor)
+        .get(app.url(&format!("/v1/audit/log?after={}", u64::MAX)))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(r, 400).await;
+    assert_eq!(problem["errors"][0]["field"], "after");
     let r = app
         .client(Role::Auditor)
         .get(app.url("/v1/audit/log?afterr=1"))
