@@ -116,9 +116,9 @@ pub async fn log(
     let query = &params.0;
     // A sequence number: 0 to i64::MAX, as the OpenAPI says (the store
     // counts in i64).
-    let after = match query.get("after").map(|v| v.parse::<u64>()) {
+    let after = match query.get("after").map(|v| v.parse::<i64>()) {
         None => 0,
-        Some(Ok(n)) if i64::try_from(n).is_ok() => i64::try_from(n).unwrap_or(i64::MAX),
+        Some(Ok(n)) if n >= 0 => n,
         Some(_) => {
             return bad("after", "invalid", "after is a sequence number (0 or more)");
         }
