@@ -162,7 +162,61 @@ pub async fn purge_records(
     // records). Ending the replay window of an order whose purge then
     // fails costs nothing.
     retire_request_hashes(store, keyring, KeysDue::OfOrder(order_id)).await?;
-    store.purge(order_id, &rows, condition).await
+    let done = store.purge(order_id, &rows, condition).await?;
+    log_outcome(store, keyring, order_id, &done, who).await;
+    Ok(done)
+}
+
+/// The access-log action of a purge's outcome: one entry per class whose
+/// records a purge deleted, objects `["<order id>", "class:<class>"]`.
+pub const PURGED_ACTION: &str = "purged";
+
+/// Records in the access log what a purge deleted, once it committed. The
+/// entry before the purge says what was asked, not what was done (a class
+/// already gone, an order dispatched meanwhile); this one is what the
+/// audit holds the `purges` table to: a purge row deleted from the
+/// database — with the records put back from a backup, the shredding
+/// undone unseen — is found through it (`Store::purges_unrecorded`).
+///
+/// A failure here is logged, not returned: the purge is done and was
+/// logged before it began; only this evidence of its outcome is missing
+/// (as after a crash between the two).
+async fn log_outcome(
+    store: &dyn Store,
+    keyring: &Keyring,
+    order_id: &str,
+    done: &[String],
+    who: (&str, &str),
+) {
+    if done.is_empty() {
+        return;
+    }
+    let at = crate::ids::now();
+    let entries: Vec<Entry> = done
+        .iter()
+        .map(|class| Entry {
+            at: at.clone(),
+            role: who.0.to_owned(),
+            cert_fingerprint: who.1.to_owned(),
+            origin_ip: "local".to_owned(),
+            action: PURGED_ACTION.to_owned(),
+            objects: vec![order_id.to_owned(), format!("class:{class}")],
+            outcome: Outcome::Allowed,
+            status: 0,
+        })
+        .collect();
+    if let Err(error) = store
+        .append_access_log(&entries, &Chainer::new(keyring.access_log_key()))
+        .await
+    {
+        tracing::error!(
+            order_id,
+            classes = ?done,
+            error = %error,
+            "the purge is done, but its outcome could not be written to the access log: \
+             the audit cannot tell if its purge record is later deleted"
+        );
+    }
 }
 
 /// The replay window's default: a week. Storefronts retry within minutes;

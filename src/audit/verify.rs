@@ -692,6 +692,7 @@ pub async fn verify_since(
     check_idempotency_rows(store, keyring, &mut failures).await?;
     check_rows_belong_to_orders(store, &mut failures).await?;
     check_dispatches_kept(store, &mut failures).await?;
+    check_purges_kept(store, &mut failures).await?;
     let access_log =
         match verify_chain_since(store, keyring.access_log_key(), since.access_log).await {
             Ok(status) => ChainReport {
@@ -972,6 +973,32 @@ async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<
         ));
     }
     out.count += unlogged.saturating_sub(found.len() as u64);
+    Ok(())
+}
+
+/// Every purge the access log records as done still has its row in
+/// `purges` (the row's MAC is checked with the order's records, in
+/// [`check_completeness`]). A purge row deleted with the records put back
+/// from a backup would otherwise leave an order that looks whole.
+async fn check_purges_kept(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
+    let limit = u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX);
+    let (unrecorded, found) = store
+        .purges_unrecorded(crate::retention::PURGED_ACTION, limit)
+        .await?;
+    for purge in &found {
+        // Quoted only as one of the class names (the text is the log's).
+        let class = crate::crypto::DataClass::parse(&purge.class)
+            .map_or("a class not known", crate::crypto::DataClass::as_str);
+        out.push(Failure::new(
+            "purges",
+            &purge.order_id,
+            format!(
+                "no purge of {class} stored, but access-log entry {} records it (deleted)",
+                purge.log_seq
+            ),
+        ));
+    }
+    out.count += unrecorded.saturating_sub(found.len() as u64);
     Ok(())
 }
 

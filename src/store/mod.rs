@@ -401,6 +401,19 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<(u64, Vec<rows::UndoneDispatch>), StoreError>;
 
+    /// Purges the access log records as done (an allowed `action` entry
+    /// naming exactly `["<order id>", "class:<class>"]`, written after the
+    /// purge committed) of which `purges` holds no row: how many, and the
+    /// first `limit`. The `purges` table is append-only and its rows are
+    /// MACed, but a row deleted outright (the guards switched off) leaves
+    /// nothing to verify — and with the records put back from a backup,
+    /// the order looks as if it had never been purged.
+    async fn purges_unrecorded(
+        &self,
+        action: &str,
+        limit: u32,
+    ) -> Result<(u64, Vec<rows::UnrecordedPurge>), StoreError>;
+
     /// The reverse: orders dispatched before `before` (a timestamp) that
     /// no allowed `action` answered 200 in the access log names — how
     /// many, and the first `limit` ids. A dispatch whose log append failed

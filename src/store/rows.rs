@@ -331,6 +331,17 @@ pub struct UndoneDispatch {
     pub order_gone: bool,
 }
 
+/// An access-log entry recording a purge of which `purges` holds no row
+/// (`Store::purges_unrecorded`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnrecordedPurge {
+    /// The order the entry names (from the log: quoted only as an id).
+    pub order_id: String,
+    /// The data class the entry names.
+    pub class: String,
+    pub log_seq: i64,
+}
+
 /// Dispatch facts as shown to fulfillment.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DispatchView {

@@ -664,6 +664,129 @@ async fn records_restored_after_their_purge_are_found_by_the_audit() {
     assert_eq!(cards, 0, "the shipped order's restored card went");
 }
 
+/// A purge row deleted outright — the guards switched off, the records
+/// put back from a backup — leaves an order that looks as if it had never
+/// been purged. The access log's entry for the purge's outcome (written
+/// after it committed, one per class deleted) is what the audit holds the
+/// `purges` table to; the entry before the purge says only what was asked.
+#[tokio::test]
+async fn a_purge_row_deleted_with_its_records_restored_is_found_through_the_access_log() {
+    let app = spawn_app().await;
+    let doomed = place(&app, "d-1", &order_json()).await;
+    let shipped = place(&app, "d-2", &order_json()).await;
+    let db = app.db().await;
+    for (table, order) in [
+        ("payment_cards", &doomed),
+        ("billing_details", &doomed),
+        ("payment_cards", &shipped),
+    ] {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS backup_{table} AS SELECT * FROM {table} WHERE 1 = 0"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO backup_{table} SELECT * FROM {table} WHERE order_id = '{order}'"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    // An operator's purge of every class (the order is no gift: four are
+    // deleted), and retention's purge of a dispatched order's card.
+    purge_order(&app, &doomed);
+    let r = app
+        .dispatch(&shipped, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rules = [checkoutd::retention::Rule {
+        classes: &[checkoutd::crypto::DataClass::Card],
+        after: Duration::ZERO,
+        from: checkoutd::retention::Clock::Dispatch,
+    }];
+    let store = app.store().await;
+    checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    let outcomes: Vec<(String, String, String)> = app
+        .access_log_entries()
+        .await
+        .iter()
+        .filter(|e| e["action"] == checkoutd::retention::PURGED_ACTION)
+        .map(|e| {
+            assert_eq!(e["objects"].as_array().unwrap().len(), 2, "{e}");
+            (
+                e["role"].as_str().unwrap().to_owned(),
+                e["objects"][0].as_str().unwrap().to_owned(),
+                e["objects"][1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let operator = |class: &str| {
+        (
+            "operator".to_owned(),
+            doomed.clone(),
+            format!("class:{class}"),
+        )
+    };
+    assert_eq!(
+        outcomes,
+        vec![
+            operator("card"),
+            operator("billing"),
+            operator("shipping"),
+            operator("contact"),
+            (
+                "system".to_owned(),
+                shipped.clone(),
+                "class:card".to_owned()
+            ),
+        ],
+        "one outcome entry per class deleted, none for the recipient the order never had"
+    );
+    let verify = || async {
+        checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+            .await
+            .unwrap()
+    };
+    let report = verify().await;
+    assert!(report.verified, "{:#?}", report.failures);
+
+    // The purges table refuses to lose a row …
+    let delete = format!(
+        "DELETE FROM purges WHERE (order_id = '{doomed}' AND class IN ('card', 'billing')) \
+         OR (order_id = '{shipped}' AND class = 'card')"
+    );
+    assert!(sqlx::query(&delete).execute(&db).await.is_err());
+    // … but its owner can switch the guard off, delete them, and put the
+    // records back: every record verifies, nothing is missing.
+    app.unguard("purges").await;
+    sqlx::query(&delete).execute(&db).await.unwrap();
+    for table in ["payment_cards", "billing_details"] {
+        sqlx::query(&format!("INSERT INTO {table} SELECT * FROM backup_{table}"))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let report = verify().await;
+    assert!(!report.verified);
+    for (order, class) in [(&doomed, "card"), (&doomed, "billing"), (&shipped, "card")] {
+        assert!(
+            report.failures.iter().any(|f| f.table == "purges"
+                && &f.record_id == order
+                && f.what.starts_with(&format!(
+                    "no purge of {class} stored, but access-log entry "
+                ))
+                && f.what.ends_with(" records it (deleted)")),
+            "{class} of {order}: {:#?}",
+            report.failures
+        );
+    }
+    assert_eq!(report.failure_count, 3, "{:#?}", report.failures);
+}
+
 /// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.
 fn purge_order(app: &TestApp, order_id: &str) -> String {
     let out = app

@@ -1028,6 +1028,54 @@ pub async fn dispatches_undone(
     Ok((u64::try_from(count).unwrap_or(0), found))
 }
 
+pub async fn purges_unrecorded(
+    pool: &AnyPool,
+    action: &str,
+    limit: u32,
+) -> Result<(u64, Vec<crate::store::rows::UnrecordedPurge>), StoreError> {
+    // An outcome entry's objects are `["<order id>","class:<class>"]`: the
+    // id is the 36 characters from the third, the class what follows
+    // `","class:` up to the closing `"]` (the length is never negative:
+    // PostgreSQL refuses a negative one whatever the other conditions
+    // say). The whole text is compared again, so an entry of any other
+    // shape is left out rather than misread.
+    const UNRECORDED: &str = "FROM (
+            SELECT a.seq AS seq, substr(a.objects, 3, 36) AS order_id,
+                   substr(a.objects, 48, CASE WHEN length(a.objects) > 49
+                                              THEN length(a.objects) - 49 ELSE 0 END) AS class,
+                   a.objects AS objects
+              FROM access_log a
+             WHERE a.action = $1 AND a.outcome = 'allowed'
+        ) e LEFT JOIN purges p ON p.order_id = e.order_id AND p.class = e.class
+        WHERE e.objects = '[\"' || e.order_id || '\",\"class:' || e.class || '\"]'
+          AND p.order_id IS NULL";
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNRECORDED}"))
+        .bind(action)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    if count == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT e.order_id AS order_id, e.class AS class, e.seq AS seq {UNRECORDED} ORDER BY e.seq LIMIT $2"
+    ))
+    .bind(action)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in rows {
+        found.push(crate::store::rows::UnrecordedPurge {
+            order_id: r.try_get::<String, _>("order_id").map_err(err)?,
+            class: r.try_get::<String, _>("class").map_err(err)?,
+            log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
+        });
+    }
+    Ok((u64::try_from(count).unwrap_or(0), found))
+}
+
 pub async fn dispatches_unlogged(
     pool: &AnyPool,
     action: &str,

@@ -439,6 +439,14 @@ impl Store for SqlStore {
         audit::dispatches_undone(&self.whole_table_reads, action, limit).await
     }
 
+    async fn purges_unrecorded(
+        &self,
+        action: &str,
+        limit: u32,
+    ) -> Result<(u64, Vec<crate::store::rows::UnrecordedPurge>), StoreError> {
+        audit::purges_unrecorded(&self.whole_table_reads, action, limit).await
+    }
+
     async fn dispatches_unlogged(
         &self,
         action: &str,
