@@ -33,7 +33,7 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Orders: purge (crypto-shredding).
+    /// Orders: purge (crypto-shredding), legal holds.
     #[command(subcommand)]
     Orders(OrdersCommand),
     /// Key life cycle: status, rotate, rewrap, destroy. A running server
@@ -63,6 +63,35 @@ pub enum OrdersCommand {
         /// Every order dispatched before this date (YYYY-MM-DD, UTC).
         #[arg(long, value_name = "DATE", group = "which")]
         dispatched_before: Option<String>,
+    },
+    /// Place a legal hold on an order (a chargeback, a dispute, a court
+    /// order): retention passes it over and `orders purge` refuses it until
+    /// the hold is released. Prints the data classes the hold keeps.
+    Hold {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The order id.
+        #[arg(long, value_name = "ID")]
+        order: String,
+        /// The case the order is held for: a dispute, chargeback or ticket
+        /// number (1–64 ASCII letters, digits and `._:/#-`; never personal
+        /// data).
+        #[arg(long, value_name = "CASE")]
+        reference: String,
+    },
+    /// Release an order's legal hold: retention takes it up again at its
+    /// next pass (data whose period ran out while held goes then).
+    Release {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The order id.
+        #[arg(long, value_name = "ID")]
+        order: String,
+    },
+    /// List the legal holds in force: order, since when, case.
+    Holds {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 

@@ -89,6 +89,48 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The keyring and the store an operator's `orders` command works with
+/// (logging set up first).
+async fn operator_session(
+    args: &checkoutd::cli::StoreArgs,
+) -> Result<
+    (
+        checkoutd::crypto::keyring::Keyring,
+        std::sync::Arc<dyn checkoutd::store::Store>,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let settings = StoreSettings::from_args(args)?;
+    telemetry::init(settings.log_format);
+    let master =
+        checkoutd::crypto::master::resolve(&settings.data_dir, &settings.master_key_shares)?;
+    let keyring = checkoutd::crypto::keyring::Keyring::load(
+        &settings
+            .data_dir
+            .join(checkoutd::crypto::keyring::FILE_NAME),
+        &master,
+    )?;
+    let store = store::open_existing(&settings.database).await?;
+    Ok((keyring, store))
+}
+
+/// An `--order` value: an order id (UUID), in its canonical form.
+fn order_id(raw: &str) -> Result<String, Usage> {
+    uuid::Uuid::parse_str(raw)
+        .map(|id| id.to_string())
+        .map_err(|_| Usage("--order must be an order id (UUID)"))
+}
+
+/// A stored hold reference as it may be shown: one that is not what
+/// `orders hold` accepts (written around the service) is withheld.
+fn shown_reference(reference: &str) -> &str {
+    if checkoutd::retention::hold_reference_problem(reference).is_none() {
+        reference
+    } else {
+        "(withheld: not a reference checkoutd accepts)"
+    }
+}
+
 /// A command-line value that is not what the flag takes (exit status 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -102,10 +144,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             dispatched_before,
         }) => {
             // The values first: a usage error before any key is touched.
-            let order = order
-                .map(|id| uuid::Uuid::parse_str(&id).map(|id| id.to_string()))
-                .transpose()
-                .map_err(|_| Usage("--order must be an order id (UUID)"))?;
+            let order = order.as_deref().map(order_id).transpose()?;
             let dispatched_before = dispatched_before
                 .map(|date| {
                     time::Date::parse(
@@ -128,19 +167,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 )
                 .into());
             }
-            let settings = StoreSettings::from_args(&args)?;
-            telemetry::init(settings.log_format);
-            let master = checkoutd::crypto::master::resolve(
-                &settings.data_dir,
-                &settings.master_key_shares,
-            )?;
-            let keyring = checkoutd::crypto::keyring::Keyring::load(
-                &settings
-                    .data_dir
-                    .join(checkoutd::crypto::keyring::FILE_NAME),
-                &master,
-            )?;
-            let store = store::open_existing(&settings.database).await?;
+            let (keyring, store) = operator_session(&args).await?;
             let who = checkoutd::keys::operator();
             let all = checkoutd::crypto::DataClass::ALL;
             let mut out = std::io::stdout();
@@ -149,6 +176,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     // An unknown id is a typo, not a purge: nothing to log.
                     if !store.order_exists(&id).await? {
                         return Err(format!("no such order {id}; nothing was purged").into());
+                    }
+                    // Nor is a held order's purge (the store refuses it
+                    // too, should a hold land meanwhile).
+                    if let Some(hold) = store.holds().await?.iter().find(|h| h.order_id == id) {
+                        return Err(format!(
+                            "order {id} is under a legal hold (case {}, since {}); nothing was \
+                             purged: `checkoutd orders release --order {id}` ends the hold",
+                            shown_reference(&hold.reference),
+                            hold.placed_at
+                        )
+                        .into());
                     }
                     let done = checkoutd::retention::purge_order(
                         store.as_ref(),
@@ -201,6 +239,113 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             store.close().await;
+        }
+        Command::Orders(OrdersCommand::Hold {
+            store: args,
+            order,
+            reference,
+        }) => {
+            let id = order_id(&order)?;
+            if let Some(problem) = checkoutd::retention::hold_reference_problem(&reference) {
+                return Err(Usage(problem).into());
+            }
+            let (keyring, store) = operator_session(&args).await?;
+            if !store.order_exists(&id).await? {
+                return Err(format!("no such order {id}; no hold was placed").into());
+            }
+            let who = checkoutd::keys::operator();
+            let placed = checkoutd::retention::place_hold(
+                store.as_ref(),
+                &keyring,
+                &id,
+                &reference,
+                ("operator", &who),
+            )
+            .await?;
+            let mut out = std::io::stdout();
+            match placed {
+                checkoutd::store::rows::HoldPlaced::Placed { classes_held } => {
+                    writeln!(
+                        out,
+                        "held {id} (case {reference}): keeps {}",
+                        if classes_held.is_empty() {
+                            "nothing — every class was purged before".to_owned()
+                        } else {
+                            classes_held.join(", ")
+                        }
+                    )?;
+                }
+                checkoutd::store::rows::HoldPlaced::AlreadyHeld(hold) => {
+                    store.close().await;
+                    return Err(format!(
+                        "order {id} is already held (case {}, since {}); release it first to \
+                         hold it for another case",
+                        shown_reference(&hold.reference),
+                        hold.placed_at
+                    )
+                    .into());
+                }
+                checkoutd::store::rows::HoldPlaced::NoSuchOrder => {
+                    store.close().await;
+                    return Err(format!("no such order {id}; no hold was placed").into());
+                }
+            }
+            store.close().await;
+        }
+        Command::Orders(OrdersCommand::Release { store: args, order }) => {
+            let id = order_id(&order)?;
+            let (keyring, store) = operator_session(&args).await?;
+            // Nothing to release is a typo, not a release: nothing to log.
+            if !store.holds().await?.iter().any(|h| h.order_id == id) {
+                store.close().await;
+                return Err(format!("order {id} is not under a legal hold").into());
+            }
+            let who = checkoutd::keys::operator();
+            let released = checkoutd::retention::release_hold(
+                store.as_ref(),
+                &keyring,
+                &id,
+                ("operator", &who),
+            )
+            .await?;
+            store.close().await;
+            match released {
+                Some(hold) => writeln!(
+                    std::io::stdout(),
+                    "released {id} (held since {} for case {}); retention takes it up at its next pass",
+                    hold.placed_at,
+                    shown_reference(&hold.reference)
+                )?,
+                None => return Err(format!("order {id} is not under a legal hold").into()),
+            }
+        }
+        Command::Orders(OrdersCommand::Holds { store: args }) => {
+            let (keyring, store) = operator_session(&args).await?;
+            let holds = store.holds().await?;
+            store.close().await;
+            let key = keyring.consent_tag_key();
+            let mut out = std::io::stdout();
+            if holds.is_empty() {
+                writeln!(out, "no legal holds")?;
+            }
+            for hold in &holds {
+                let verifies = key.verify(
+                    &[&checkoutd::retention::hold_canonical_bytes(hold)],
+                    &hold.mac,
+                );
+                writeln!(
+                    out,
+                    "{}  since {}  case {}{}",
+                    hold.order_id,
+                    hold.placed_at,
+                    shown_reference(&hold.reference),
+                    if verifies {
+                        ""
+                    } else {
+                        "  (DOES NOT VERIFY: not placed by checkoutd; run `checkoutd audit`)"
+                    }
+                )?;
+            }
         }
         Command::Keys(command) => {
             run_keys(command).await?;

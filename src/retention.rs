@@ -46,7 +46,9 @@ use std::time::Duration;
 use crate::audit::access_log::{Chainer, Entry, Outcome};
 use crate::crypto::DataClass;
 use crate::crypto::keyring::Keyring;
-use crate::store::rows::{AuditKeyRow, KeysDue, PurgeIf, PurgeRow, RetiredRequestHash};
+use crate::store::rows::{
+    AuditKeyRow, HoldPlaced, HoldRow, KeysDue, PurgeIf, PurgeRow, RetiredRequestHash,
+};
 use crate::store::{Store, StoreError};
 
 /// The bytes a purge's MAC covers (all of `p` but the MAC): `"checkoutd/purge"
@@ -398,7 +400,13 @@ pub async fn purge_before(
         }
         for order_id in fresh {
             let done =
-                purge_records(store, keyring, order_id, (classes, &condition), reason, who).await?;
+                match purge_records(store, keyring, order_id, (classes, &condition), reason, who)
+                    .await
+                {
+                    // Held since it was found due: its data stays.
+                    Err(StoreError::UnderLegalHold) => Vec::new(),
+                    done => done?,
+                };
             if done.is_empty() {
                 passed_over.insert(order_id.clone());
             }
@@ -504,4 +512,114 @@ pub fn spawn(
             }
         }
     });
+}
+
+// ---- legal holds ----
+
+/// The bytes a legal hold's MAC covers: `"checkoutd/legal-hold" ‖
+/// len32(order_id) ‖ len32(placed_at) ‖ len32(reference)`.
+pub fn hold_canonical_bytes(h: &HoldRow) -> Vec<u8> {
+    let mut out = b"checkoutd/legal-hold".to_vec();
+    for text in [&h.order_id, &h.placed_at, &h.reference] {
+        out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    out
+}
+
+/// The longest hold reference.
+pub const MAX_HOLD_REFERENCE: usize = 64;
+
+/// Why a hold reference is refused, if it is: it names a case (a dispute,
+/// chargeback or ticket number), 1–64 characters of ASCII letters, digits
+/// and `._:/#-`, stored in clear and written to the operator's terminal —
+/// so never a card number (the audit's rule for clear columns) and, by its
+/// alphabet, never an email address or a name with spaces.
+pub fn hold_reference_problem(reference: &str) -> Option<&'static str> {
+    if reference.is_empty() || reference.len() > MAX_HOLD_REFERENCE {
+        return Some("--reference must be 1 to 64 characters");
+    }
+    if !reference
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:/#-".contains(&b))
+    {
+        return Some(
+            "--reference may hold only ASCII letters, digits and . _ : / # - (a case number, never personal data)",
+        );
+    }
+    if crate::domain::detect::clear_column_holds_card("legal_holds", "reference", reference) {
+        return Some("--reference looks like a card number; give the case number instead");
+    }
+    None
+}
+
+/// Places a legal hold on `order_id` for the case `reference` (checked by
+/// the caller with [`hold_reference_problem`]), logged first as a purge
+/// is.
+pub async fn place_hold(
+    store: &dyn Store,
+    keyring: &Keyring,
+    order_id: &str,
+    reference: &str,
+    who: (&str, &str),
+) -> Result<HoldPlaced, StoreError> {
+    let mut hold = HoldRow {
+        order_id: order_id.to_owned(),
+        placed_at: crate::ids::now(),
+        reference: reference.to_owned(),
+        mac: Vec::new(),
+    };
+    hold.mac = keyring
+        .consent_tag_key()
+        .sign(&[&hold_canonical_bytes(&hold)])
+        .to_vec();
+    log_operator(store, keyring, "legal hold", order_id, &hold.placed_at, who).await?;
+    store.place_hold(&hold).await
+}
+
+/// Releases the legal hold on `order_id`, logged first; the hold that was
+/// in force, if any.
+pub async fn release_hold(
+    store: &dyn Store,
+    keyring: &Keyring,
+    order_id: &str,
+    who: (&str, &str),
+) -> Result<Option<HoldRow>, StoreError> {
+    log_operator(
+        store,
+        keyring,
+        "legal hold released",
+        order_id,
+        &crate::ids::now(),
+        who,
+    )
+    .await?;
+    store.release_hold(order_id).await
+}
+
+async fn log_operator(
+    store: &dyn Store,
+    keyring: &Keyring,
+    action: &str,
+    order_id: &str,
+    at: &str,
+    who: (&str, &str),
+) -> Result<(), StoreError> {
+    let entry = Entry {
+        at: at.to_owned(),
+        role: who.0.to_owned(),
+        cert_fingerprint: who.1.to_owned(),
+        origin_ip: "local".to_owned(),
+        action: action.to_owned(),
+        objects: vec![order_id.to_owned()],
+        outcome: Outcome::Allowed,
+        status: 0,
+    };
+    store
+        .append_access_log(
+            std::slice::from_ref(&entry),
+            &Chainer::new(keyring.access_log_key()),
+        )
+        .await
+        .map(|_| ())
 }

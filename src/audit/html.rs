@@ -146,6 +146,7 @@ dl {{ display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
 <dt>Orders checked</dt><dd id="orders-checked">{orders}</dd>
 <dt>Records checked</dt><dd>{records}</dd>
 <dt>Customers</dt><dd>{customers}</dd>
+<dt>Orders under a legal hold</dt><dd id="legal-holds">{holds}</dd>
 <dt>Access log</dt><dd>{chain}</dd>
 </dl>
 {signature}
@@ -163,6 +164,7 @@ dl {{ display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
         orders = report.orders_checked,
         records = report.records_checked,
         customers = report.consent.customers,
+        holds = report.legal_holds,
         consent_chart = bar_chart("Consent per purpose", &consent_rows),
         kek_chart = bar_chart("Records per KEK version", &kek_rows),
     )

@@ -201,6 +201,9 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Records destroyed by purge or retention, per data class (not failures).
     pub purged: std::collections::BTreeMap<String, u64>,
+    /// Orders under a legal hold (kept past their retention periods until
+    /// released; not failures). A hold whose MAC fails is a failure.
+    pub legal_holds: u64,
     pub consent: ConsentStats,
     pub access_log: ChainReport,
     /// The withdrawal ledger's chain: its head, for later reports to be
@@ -307,6 +310,20 @@ pub struct OrderAudit {
     pub records: Vec<RecordMeta>,
     pub consent_tags: Vec<TagMeta>,
     pub failures: Vec<Failure>,
+    /// The legal hold in force on this order, if any (its records are
+    /// kept past their retention periods until it is released).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legal_hold: Option<HoldMeta>,
+}
+
+/// A legal hold as the audit shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HoldMeta {
+    pub placed_at: String,
+    /// The case (withheld when it is not a reference `orders hold`
+    /// accepts: written around the service).
+    pub reference: String,
+    pub verifies: bool,
 }
 
 fn class_of(table: &str) -> DataClass {
@@ -693,6 +710,7 @@ pub async fn verify_since(
     check_rows_belong_to_orders(store, &mut failures).await?;
     check_dispatches_kept(store, &mut failures).await?;
     check_purges_kept(store, &mut failures).await?;
+    let legal_holds = check_holds(store, keyring, &mut failures).await?;
     let access_log =
         match verify_chain_since(store, keyring.access_log_key(), since.access_log).await {
             Ok(status) => ChainReport {
@@ -735,6 +753,7 @@ pub async fn verify_since(
         failure_count: failures.count,
         failures: failures.listed,
         purged,
+        legal_holds,
         consent,
         access_log,
         consent_ledger,
@@ -1002,6 +1021,38 @@ async fn check_purges_kept(store: &dyn Store, out: &mut Failures) -> Result<(), 
     Ok(())
 }
 
+/// Every legal hold verifies: one written around the service (its MAC
+/// fails) would keep an order's card data past its retention period.
+/// Returns how many holds are in force.
+async fn check_holds(
+    store: &dyn Store,
+    keyring: &Keyring,
+    out: &mut Failures,
+) -> Result<u64, StoreError> {
+    let holds = store.holds().await?;
+    for hold in &holds {
+        check_hold(keyring, hold, out);
+    }
+    Ok(holds.len() as u64)
+}
+
+/// Whether one hold verifies; a failure named when it does not.
+fn check_hold(keyring: &Keyring, hold: &crate::store::rows::HoldRow, out: &mut Failures) -> bool {
+    let verifies = keyring
+        .consent_tag_key()
+        .verify(&[&crate::retention::hold_canonical_bytes(hold)], &hold.mac);
+    if !verifies {
+        out.push(Failure::new(
+            "legal_holds",
+            &hold.order_id,
+            "legal hold does not verify (forged): it keeps the order's data past its retention \
+             periods"
+                .to_owned(),
+        ));
+    }
+    verifies
+}
+
 /// How a report names an idempotency row: `key:` and the first 8 bytes of
 /// its key hash in hex (the key itself is never stored).
 pub fn key_row_id(key_hash: &[u8]) -> String {
@@ -1115,6 +1166,20 @@ pub async fn order(
     let (counts, restored) = check_completeness(keyring, &batch, &purges, &mut failures);
     confirm_restored(store, &restored, &mut failures).await?;
     let purged: Vec<String> = counts.into_keys().collect();
+    let legal_hold = store
+        .holds()
+        .await?
+        .into_iter()
+        .find(|h| h.order_id == order_id)
+        .map(|hold| HoldMeta {
+            verifies: check_hold(keyring, &hold, &mut failures),
+            reference: if crate::retention::hold_reference_problem(&hold.reference).is_none() {
+                hold.reference
+            } else {
+                "(withheld: not a reference checkoutd accepts)".to_owned()
+            },
+            placed_at: shown_text(&hold.placed_at).into_owned(),
+        });
     let records = batch
         .records
         .iter()
@@ -1163,6 +1228,7 @@ pub async fn order(
         records,
         consent_tags,
         failures: failures.listed,
+        legal_hold,
     }))
 }
 

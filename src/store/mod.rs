@@ -105,6 +105,11 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The order is under a legal hold: nothing of it was purged.
+    #[error(
+        "the order is under a legal hold: nothing was purged (`checkoutd orders release` ends the hold)"
+    )]
+    UnderLegalHold,
     /// An operation did part of its work (the message says which).
     #[error("{0}")]
     Incomplete(&'static str),
@@ -513,12 +518,25 @@ pub trait Store: Send + Sync + 'static {
     /// transaction, if `condition` holds then. Returns the classes actually
     /// purged (a class already gone is skipped; none when the condition
     /// does not hold). [`after_purge`](Self::after_purge) must follow.
+    /// `UnderLegalHold`, deleting nothing, when the order is held then (a
+    /// hold and a purge of one order take turns: neither sees half the
+    /// other).
     async fn purge(
         &self,
         order_id: &str,
         purges: &[rows::PurgeRow],
         condition: &rows::PurgeIf,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Places a legal hold on `hold.order_id` unless one is in force.
+    async fn place_hold(&self, hold: &rows::HoldRow) -> Result<rows::HoldPlaced, StoreError>;
+
+    /// Releases the hold on `order_id`; the hold that was in force, if any.
+    async fn release_hold(&self, order_id: &str) -> Result<Option<rows::HoldRow>, StoreError>;
+
+    /// Every hold in force, oldest first (the operator's listing, the
+    /// audit).
+    async fn holds(&self) -> Result<Vec<rows::HoldRow>, StoreError>;
 
     /// Up to `limit` idempotency rows that still hold a request hash and
     /// are `due` to lose it (see [`rows::KeysDue`]), oldest first.
@@ -549,7 +567,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Orders that still hold records of one of `classes` and were dispatched
     /// before `before` ([`Clock::Dispatch`]), or taken before it and never
-    /// dispatched ([`Clock::CreationUndispatched`]).
+    /// dispatched ([`Clock::CreationUndispatched`]) — none under a legal
+    /// hold.
     ///
     /// [`Clock::Dispatch`]: crate::retention::Clock::Dispatch
     /// [`Clock::CreationUndispatched`]: crate::retention::Clock::CreationUndispatched

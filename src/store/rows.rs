@@ -541,7 +541,8 @@ pub struct RewrapItem {
     pub envelope: Envelope,
 }
 
-/// When a purge goes ahead ([`crate::store::Store::purge`]).
+/// When a purge goes ahead ([`crate::store::Store::purge`]) — either way,
+/// never while the order is under a legal hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurgeIf {
     /// Whatever the order's state (an operator's purge; retention after
@@ -553,6 +554,30 @@ pub enum PurgeIf {
     /// either seen (nothing is purged) or waits for the purge (and then
     /// finds its ship-to gone).
     Undispatched { taken_before: String },
+}
+
+/// A legal hold in force on one order (`legal_holds`): retention passes
+/// the order over and a purge of it is refused until the hold is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    pub order_id: String,
+    pub placed_at: String,
+    /// The case it is held for (a dispute or ticket number).
+    pub reference: String,
+    pub mac: Vec<u8>,
+}
+
+/// What placing a hold did (`Store::place_hold`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldPlaced {
+    /// Placed; the data classes the order still holds records of (what
+    /// the hold keeps — a class purged before it is gone for good).
+    Placed {
+        classes_held: Vec<String>,
+    },
+    /// The order was already held: the hold in force, unchanged.
+    AlreadyHeld(HoldRow),
+    NoSuchOrder,
 }
 
 /// A purge of one data class of one order.

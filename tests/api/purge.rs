@@ -1118,3 +1118,235 @@ async fn a_start_empties_what_a_purge_before_a_crash_left_in_the_wal() {
     }
     assert!(gone, "the purged key outlived the next start in the WAL");
 }
+
+/// Runs `checkoutd orders <args>`: its exit status, stdout and stderr.
+fn orders_command(app: &TestApp, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = app.command().arg("orders").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cards_of(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar("SELECT order_id FROM payment_cards ORDER BY order_id")
+        .fetch_all(&app.db().await)
+        .await
+        .unwrap()
+}
+
+/// A chargeback can come after the card-data period: an order under a
+/// legal hold keeps its records — retention passes it over and an
+/// operator's purge is refused — until the hold is released; then the
+/// next pass purges what is due.
+#[tokio::test]
+async fn a_legal_hold_keeps_an_order_from_retention_and_purge_until_released() {
+    let app = spawn_app().await;
+    let disputed = place(&app, "h-1", &order_json()).await;
+    let other = place(&app, "h-2", &order_json()).await;
+    for id in [&disputed, &other] {
+        let r = app
+            .dispatch(id, &json!({"carrier": "UPS", "tracking": "1Z"}))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let (code, out, err) = orders_command(
+        &app,
+        &["hold", "--order", &disputed, "--reference", "CB-2026-0042"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("held {disputed} (case CB-2026-0042): keeps card, billing, shipping, contact")
+    );
+    let (code, out, _) = orders_command(&app, &["holds"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with(&disputed) && out.contains("case CB-2026-0042") && !out.contains("NOT"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // Held once: a second hold (another case) is refused, the first stands.
+    let (code, _, err) = orders_command(
+        &app,
+        &["hold", "--order", &disputed, "--reference", "CB-2026-0043"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already held (case CB-2026-0042"), "{err}");
+
+    // Retention passes it over …
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rules = [checkoutd::retention::Rule {
+        classes: &[checkoutd::crypto::DataClass::Card],
+        after: Duration::ZERO,
+        from: checkoutd::retention::Clock::Dispatch,
+    }];
+    let store = app.store().await;
+    let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(cards_of(&app).await, vec![disputed.clone()]);
+    // … an operator's purge is refused, and not logged as a purge …
+    let (code, _, err) = orders_command(&app, &["purge", "--order", &disputed]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("under a legal hold (case CB-2026-0042") && err.contains("nothing was purged"),
+        "{err}"
+    );
+    // … and so is a purge that reaches the store once the hold is in force
+    // (a hold placed after the purge's own check): nothing is deleted.
+    let rows = [checkoutd::store::rows::PurgeRow {
+        order_id: disputed.clone(),
+        class: "card".to_owned(),
+        purged_at: checkoutd::ids::now(),
+        reason: "operator".to_owned(),
+        email_blind_index: None,
+        mac: vec![0; 32],
+    }];
+    let refused = store
+        .purge(&disputed, &rows, &checkoutd::store::rows::PurgeIf::Always)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, checkoutd::store::StoreError::UnderLegalHold),
+        "{refused:?}"
+    );
+    assert_eq!(cards_of(&app).await, vec![disputed.clone()]);
+    let log = app.access_log_entries().await;
+    assert!(
+        log.iter().any(|e| e["action"] == "legal hold"
+            && e["objects"] == json!([disputed])
+            && e["role"] == "operator"),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|e| e["action"] == "purge (operator)" && e["objects"][0] == disputed.as_str()),
+        "a refused purge was logged as one"
+    );
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(report.legal_holds, 1);
+    let view = app
+        .get_json(Role::Auditor, &format!("/v1/audit/orders/{disputed}"))
+        .await;
+    assert_eq!(view["legal_hold"]["reference"], "CB-2026-0042", "{view}");
+    assert_eq!(view["legal_hold"]["verifies"], true, "{view}");
+    assert_eq!(view["verified"], true, "{view}");
+    let view = app
+        .get_json(Role::Auditor, &format!("/v1/audit/orders/{other}"))
+        .await;
+    assert!(view.get("legal_hold").is_none(), "{view}");
+
+    // Released: the next pass purges the card data whose period ran out.
+    let (code, out, err) = orders_command(&app, &["release", "--order", &disputed]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("released") && out.contains("CB-2026-0042"),
+        "{out}"
+    );
+    let (code, _, err) = orders_command(&app, &["release", "--order", &disputed]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not under a legal hold"), "{err}");
+    assert_eq!(orders_command(&app, &["holds"]).1.trim(), "no legal holds");
+    let n = checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(cards_of(&app).await.is_empty());
+    assert!(
+        app.access_log_entries()
+            .await
+            .iter()
+            .any(|e| e["action"] == "legal hold released" && e["objects"] == json!([disputed])),
+    );
+    let report = checkoutd::audit::verify::verify(&store, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.verified, "{:#?}", report.failures);
+    assert_eq!(report.legal_holds, 0);
+    // A hold placed after the card went keeps what is left, and says so.
+    let (code, out, err) = orders_command(
+        &app,
+        &["hold", "--order", &other, "--reference", "ticket#77"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("held {other} (case ticket#77): keeps billing, shipping, contact")
+    );
+}
+
+/// A hold's reference names a case and is stored in clear: personal data
+/// and card numbers are refused before anything is logged, as are unknown
+/// orders. A hold written around the service (its MAC fails) would keep
+/// card data past its period: the audit names it, the listing flags it.
+#[tokio::test]
+async fn a_hold_names_a_case_never_personal_data_and_a_forged_one_is_found() {
+    let app = spawn_app().await;
+    let id = place(&app, "hr-1", &order_json()).await;
+    let before = app.access_log_entries().await.len();
+    for reference in [
+        "",
+        "Ada Lovelace",
+        "ada@example.com",
+        "4111111111111111",
+        "CB-4111-1111-1111-1111",
+        &"A".repeat(65),
+    ] {
+        let (code, _, err) =
+            orders_command(&app, &["hold", "--order", &id, "--reference", reference]);
+        assert_eq!(code, Some(2), "{reference:?}: {err}");
+        assert!(err.contains("--reference"), "{err}");
+        assert!(!err.contains("4111"), "the refusal quotes the value: {err}");
+    }
+    let (code, _, err) = orders_command(
+        &app,
+        &["hold", "--order", "not-an-id", "--reference", "CB-1"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    let unknown = "0192f8a0-0000-7000-8000-000000000001";
+    let (code, _, err) = orders_command(&app, &["hold", "--order", unknown, "--reference", "CB-1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no such order"), "{err}");
+    let (code, _, err) = orders_command(&app, &["release", "--order", unknown]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not under a legal hold"), "{err}");
+    // Nothing refused was logged (the listing reads the log: one entry).
+    assert_eq!(app.access_log_entries().await.len(), before + 1);
+
+    sqlx::query(
+        "INSERT INTO legal_holds (order_id, placed_at, reference, mac) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&id)
+    .bind(checkoutd::ids::now())
+    .bind("CB-9")
+    .bind(vec![0u8; 32])
+    .execute(&app.db().await)
+    .await
+    .unwrap();
+    let (code, out, _) = orders_command(&app, &["holds"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("DOES NOT VERIFY"), "{out}");
+    let report = checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.verified);
+    assert!(
+        report.failures.iter().any(|f| f.table == "legal_holds"
+            && f.record_id == id
+            && f.what.starts_with("legal hold does not verify (forged)")),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+    let view = app
+        .get_json(Role::Auditor, &format!("/v1/audit/orders/{id}"))
+        .await;
+    assert_eq!(view["legal_hold"]["verifies"], false, "{view}");
+    assert_eq!(view["verified"], false, "{view}");
+}

@@ -1328,29 +1328,41 @@ pub async fn purge(
     condition: &super::super::rows::PurgeIf,
 ) -> Result<Vec<String>, StoreError> {
     let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
-    if let super::super::rows::PurgeIf::Undispatched { taken_before } = condition {
-        // The order row locked on PostgreSQL: a dispatch updating it is
-        // waited for (and then seen), one that comes later waits for this
-        // purge. NO KEY UPDATE, as the dispatch takes it: an operator's
-        // purge of the same order checks its `purges` row's reference to
-        // the order with KEY SHARE, which this must not block (it would
-        // deadlock with that purge's record deletions). (SQLite has one
-        // writer at a time.)
-        let lock = match engine {
-            Engine::Postgres => " FOR NO KEY UPDATE",
-            Engine::Sqlite => "",
-        };
-        let still: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM orders WHERE id = $1 AND status = 'accepted' AND created_at < $2{lock}"
-        ))
+    // The order row locked on PostgreSQL: a dispatch or a legal hold
+    // updating or placed on it is waited for (and then seen), one that
+    // comes later waits for this purge. NO KEY UPDATE, as the dispatch and
+    // the hold take it: an operator's purge of the same order checks its
+    // `purges` row's reference to the order with KEY SHARE, which this
+    // must not block (it would deadlock with that purge's record
+    // deletions). (SQLite has one writer at a time.)
+    let lock = match engine {
+        Engine::Postgres => " FOR NO KEY UPDATE",
+        Engine::Sqlite => "",
+    };
+    let order: Option<(String, String)> = sqlx::query_as(&format!(
+        "SELECT status, created_at FROM orders WHERE id = $1{lock}"
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(err)?;
+    let Some((status, created_at)) = order else {
+        return Ok(Vec::new());
+    };
+    if let super::super::rows::PurgeIf::Undispatched { taken_before } = condition
+        && (status != "accepted" || created_at.as_str() >= taken_before.as_str())
+    {
+        return Ok(Vec::new());
+    }
+    // A statement of its own, after the lock: on PostgreSQL it reads a
+    // snapshot taken once a hold placed meanwhile has committed.
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM legal_holds WHERE order_id = $1")
         .bind(order_id)
-        .bind(taken_before)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
-        if still.is_none() {
-            return Ok(Vec::new());
-        }
+    if held > 0 {
+        return Err(StoreError::UnderLegalHold);
     }
     let mut done = Vec::new();
     for p in purges {
@@ -1384,6 +1396,132 @@ pub async fn purge(
     }
     tx.commit().await.map_err(err)?;
     Ok(done)
+}
+
+// ---- legal holds ----
+
+/// The columns of a hold, its texts read as bytes (the audit reads holds
+/// through this too: a damaged value fails the MAC, it does not stop the
+/// read).
+fn hold_columns(engine: Engine) -> String {
+    let columns = ["order_id", "placed_at", "reference", "mac"];
+    select_list(engine, &columns, &columns[..3])
+}
+
+fn hold_row(r: &AnyRow) -> Result<super::super::rows::HoldRow, StoreError> {
+    Ok(super::super::rows::HoldRow {
+        order_id: text(r, "order_id")?,
+        placed_at: text(r, "placed_at")?,
+        reference: text(r, "reference")?,
+        mac: r.try_get("mac").map_err(err)?,
+    })
+}
+
+pub async fn place_hold(
+    writer: &super::Writer,
+    engine: Engine,
+    hold: &super::super::rows::HoldRow,
+) -> Result<super::super::rows::HoldPlaced, StoreError> {
+    use super::super::rows::HoldPlaced;
+    let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
+    // The order row locked as a purge locks it (see `purge`): a purge
+    // running now ends first, and this hold then sees what it left.
+    let lock = match engine {
+        Engine::Postgres => " FOR NO KEY UPDATE",
+        Engine::Sqlite => "",
+    };
+    let found: Option<String> =
+        sqlx::query_scalar(&format!("SELECT id FROM orders WHERE id = $1{lock}"))
+            .bind(&hold.order_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+    if found.is_none() {
+        return Ok(HoldPlaced::NoSuchOrder);
+    }
+    let placed = sqlx::query(
+        "INSERT INTO legal_holds (order_id, placed_at, reference, mac) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&hold.order_id)
+    .bind(&hold.placed_at)
+    .bind(&hold.reference)
+    .bind(&hold.mac)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    if placed == 0 {
+        let r = sqlx::query(&format!(
+            "SELECT {} FROM legal_holds WHERE order_id = $1",
+            hold_columns(engine)
+        ))
+        .bind(&hold.order_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        return Ok(HoldPlaced::AlreadyHeld(hold_row(&r)?));
+    }
+    let mut classes_held = Vec::new();
+    for class in crate::crypto::DataClass::ALL {
+        let Some(table) = class_table(class.as_str()) else {
+            continue;
+        };
+        // `table` is one of five fixed names.
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE order_id = $1"))
+                .bind(&hold.order_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+        if n > 0 {
+            classes_held.push(class.as_str().to_owned());
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(HoldPlaced::Placed { classes_held })
+}
+
+pub async fn release_hold(
+    writer: &super::Writer,
+    engine: Engine,
+    order_id: &str,
+) -> Result<Option<super::super::rows::HoldRow>, StoreError> {
+    let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
+    let held = sqlx::query(&format!(
+        "SELECT {} FROM legal_holds WHERE order_id = $1",
+        hold_columns(engine)
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(err)?;
+    let Some(held) = held else {
+        return Ok(None);
+    };
+    sqlx::query("DELETE FROM legal_holds WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    hold_row(&held).map(Some)
+}
+
+pub async fn holds(
+    pool: &AnyPool,
+    engine: Engine,
+) -> Result<Vec<super::super::rows::HoldRow>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {} FROM legal_holds ORDER BY placed_at, order_id",
+        hold_columns(engine)
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(err)?
+    .iter()
+    .map(hold_row)
+    .collect()
 }
 
 /// What must follow purges (`Store::after_purge`).
@@ -1437,7 +1575,9 @@ pub async fn due_for_retention(
         }
     };
     sqlx::query_scalar(&format!(
-        "SELECT o.id FROM orders o WHERE {due} AND ({}) ORDER BY o.seq LIMIT $2",
+        "SELECT o.id FROM orders o WHERE {due} AND ({}) \
+         AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.order_id = o.id) \
+         ORDER BY o.seq LIMIT $2",
         holds.join(" OR ")
     ))
     .bind(before)

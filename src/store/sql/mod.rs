@@ -949,6 +949,24 @@ impl Store for SqlStore {
             .map_err(StoreError::from_sqlx)
     }
 
+    async fn place_hold(
+        &self,
+        hold: &super::rows::HoldRow,
+    ) -> Result<super::rows::HoldPlaced, StoreError> {
+        audit::place_hold(&self.writer, self.engine, hold).await
+    }
+
+    async fn release_hold(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<super::rows::HoldRow>, StoreError> {
+        audit::release_hold(&self.writer, self.engine, order_id).await
+    }
+
+    async fn holds(&self) -> Result<Vec<super::rows::HoldRow>, StoreError> {
+        audit::holds(&self.pool, self.engine).await
+    }
+
     async fn purges_of(
         &self,
         order_ids: &[String],
