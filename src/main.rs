@@ -121,6 +121,16 @@ fn order_id(raw: &str) -> Result<String, Usage> {
         .map_err(|_| Usage("--order must be an order id (UUID)"))
 }
 
+/// A stored hold time as it may be shown: one that is no timestamp
+/// (written around the service) is withheld.
+fn shown_at(at: &str) -> &str {
+    if checkoutd::ids::parse_timestamp(at).is_some() {
+        at
+    } else {
+        "(withheld: not a timestamp)"
+    }
+}
+
 /// A stored hold reference as it may be shown: one that is not what
 /// `orders hold` accepts (written around the service) is withheld.
 fn shown_reference(reference: &str) -> &str {
@@ -184,7 +194,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                             "order {id} is under a legal hold (case {}, since {}); nothing was \
                              purged: `checkoutd orders release --order {id}` ends the hold",
                             shown_reference(&hold.reference),
-                            hold.placed_at
+                            shown_at(&hold.placed_at)
                         )
                         .into());
                     }
@@ -281,7 +291,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         "order {id} is already held (case {}, since {}); release it first to \
                          hold it for another case",
                         shown_reference(&hold.reference),
-                        hold.placed_at
+                        shown_at(&hold.placed_at)
                     )
                     .into());
                 }
@@ -313,7 +323,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 Some(hold) => writeln!(
                     std::io::stdout(),
                     "released {id} (held since {} for case {}); retention takes it up at its next pass",
-                    hold.placed_at,
+                    shown_at(&hold.placed_at),
                     shown_reference(&hold.reference)
                 )?,
                 None => return Err(format!("order {id} is not under a legal hold").into()),
@@ -336,8 +346,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 writeln!(
                     out,
                     "{}  since {}  case {}{}",
-                    hold.order_id,
-                    hold.placed_at,
+                    uuid::Uuid::parse_str(&hold.order_id).map_or_else(
+                        |_| "(withheld: not an order id)".to_owned(),
+                        |id| id.to_string()
+                    ),
+                    shown_at(&hold.placed_at),
                     shown_reference(&hold.reference),
                     if verifies {
                         ""

@@ -533,8 +533,9 @@ pub const MAX_HOLD_REFERENCE: usize = 64;
 /// Why a hold reference is refused, if it is: it names a case (a dispute,
 /// chargeback or ticket number), 1–64 characters of ASCII letters, digits
 /// and `._:/#-`, stored in clear and written to the operator's terminal —
-/// so never a card number (the audit's rule for clear columns) and, by its
-/// alphabet, never an email address or a name with spaces.
+/// so never a card number however grouped (intake's rule for clear
+/// fields) and, by its alphabet, never an email address or a name with
+/// spaces.
 pub fn hold_reference_problem(reference: &str) -> Option<&'static str> {
     if reference.is_empty() || reference.len() > MAX_HOLD_REFERENCE {
         return Some("--reference must be 1 to 64 characters");
@@ -547,7 +548,9 @@ pub fn hold_reference_problem(reference: &str) -> Option<&'static str> {
             "--reference may hold only ASCII letters, digits and . _ : / # - (a case number, never personal data)",
         );
     }
-    if crate::domain::detect::clear_column_holds_card("legal_holds", "reference", reference) {
+    // Intake's wide reading (`4111:1111:1111:1111`, `4111#1111#…`): the
+    // audit scans the column with the narrow one, never stricter.
+    if crate::domain::detect::contains_pan_clear(reference) {
         return Some("--reference looks like a card number; give the case number instead");
     }
     None
@@ -573,9 +576,25 @@ pub async fn place_hold(
         .consent_tag_key()
         .sign(&[&hold_canonical_bytes(&hold)])
         .to_vec();
-    log_operator(store, keyring, "legal hold", order_id, &hold.placed_at, who).await?;
+    // A hold refused because one is in force is not logged as placed (the
+    // audit holds the table to the log's last hold entry of each order).
+    if let Some(held) = store
+        .holds()
+        .await?
+        .into_iter()
+        .find(|h| h.order_id == order_id)
+    {
+        return Ok(HoldPlaced::AlreadyHeld(held));
+    }
+    log_operator(store, keyring, HOLD_ACTION, order_id, &hold.placed_at, who).await?;
     store.place_hold(&hold).await
 }
+
+/// The access-log action of a legal hold placed; objects `["<order id>"]`,
+/// `at` the hold's `placed_at`.
+pub const HOLD_ACTION: &str = "legal hold";
+/// The access-log action of a legal hold released; objects `["<order id>"]`.
+pub const RELEASE_ACTION: &str = "legal hold released";
 
 /// Releases the legal hold on `order_id`, logged first; the hold that was
 /// in force, if any.
@@ -588,7 +607,7 @@ pub async fn release_hold(
     log_operator(
         store,
         keyring,
-        "legal hold released",
+        RELEASE_ACTION,
         order_id,
         &crate::ids::now(),
         who,

@@ -1033,6 +1033,57 @@ async fn check_holds(
     for hold in &holds {
         check_hold(keyring, hold, out);
     }
+    // Each order's last hold entry in the access log (placed or released)
+    // against the hold in force: a hold deleted (retention would then
+    // shred a disputed order's data), one released and put back (its MAC
+    // still verifies: it keeps card data past its period), or one that
+    // replaced another is named. (A hold or release whose command failed
+    // after logging it is named too: run the command again.)
+    let log = store
+        .entries_naming_one_order(&[
+            crate::retention::HOLD_ACTION,
+            crate::retention::RELEASE_ACTION,
+        ])
+        .await?;
+    let mut last: std::collections::HashMap<&str, &crate::store::rows::OrderEntry> =
+        std::collections::HashMap::new();
+    for entry in &log {
+        last.insert(entry.order_id.as_str(), entry);
+    }
+    let placed = |e: &crate::store::rows::OrderEntry| e.action == crate::retention::HOLD_ACTION;
+    for hold in &holds {
+        let what = match last.get(hold.order_id.as_str()) {
+            None => "legal hold in force, but no access-log entry placed it (written around \
+                     the service)"
+                .to_owned(),
+            Some(e) if !placed(e) => format!(
+                "legal hold in force, but access-log entry {} released it (put back)",
+                e.seq
+            ),
+            Some(e) if e.at != hold.placed_at => format!(
+                "legal hold in force is not the one access-log entry {} placed (replaced)",
+                e.seq
+            ),
+            Some(_) => continue,
+        };
+        out.push(Failure::new("legal_holds", &hold.order_id, what));
+    }
+    let mut deleted: Vec<&&crate::store::rows::OrderEntry> = last
+        .values()
+        .filter(|e| placed(e) && !holds.iter().any(|h| h.order_id == e.order_id))
+        .collect();
+    deleted.sort_by_key(|e| e.seq);
+    for e in deleted {
+        out.push(Failure::new(
+            "legal_holds",
+            &e.order_id,
+            format!(
+                "no legal hold in force, but access-log entry {} placed one and no entry \
+                 released it (deleted)",
+                e.seq
+            ),
+        ));
+    }
     Ok(holds.len() as u64)
 }
 

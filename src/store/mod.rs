@@ -534,6 +534,14 @@ pub trait Store: Send + Sync + 'static {
     /// Releases the hold on `order_id`; the hold that was in force, if any.
     async fn release_hold(&self, order_id: &str) -> Result<Option<rows::HoldRow>, StoreError>;
 
+    /// The allowed access-log entries of one of `actions` whose objects
+    /// are exactly `["<order id>"]`, in log order (the audit's view of the
+    /// legal holds placed and released).
+    async fn entries_naming_one_order(
+        &self,
+        actions: &[&str],
+    ) -> Result<Vec<rows::OrderEntry>, StoreError>;
+
     /// Every hold in force, oldest first (the operator's listing, the
     /// audit).
     async fn holds(&self) -> Result<Vec<rows::HoldRow>, StoreError>;

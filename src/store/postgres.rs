@@ -26,9 +26,14 @@ use super::sql::{Engine, OrderWriter, SqlStore, WriteOrder, quote_ident};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Session settings: wait at most 10 s for a lock (then answer 503 rather
-/// than queue without bound), and never leave a transaction open.
+/// than queue without bound), and never leave a transaction open. Read
+/// committed whatever the database's or role's default: the writes that
+/// lock a row (or an advisory lock) and then read rely on each statement
+/// seeing what committed while they waited — the access log's head, a
+/// legal hold placed while a purge waited for the order.
 const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '20s'; \
-    SET idle_in_transaction_session_timeout = '60s';";
+    SET idle_in_transaction_session_timeout = '60s'; \
+    SET default_transaction_isolation = 'read committed';";
 const READ_ONLY_SESSION: &str = "SET lock_timeout = '10s'; SET default_transaction_read_only = on;";
 /// The audit report's whole-table reads in a serving process: read-only,
 /// and up to half an hour a statement (on a large database the consent

@@ -567,6 +567,17 @@ pub struct HoldRow {
     pub mac: Vec<u8>,
 }
 
+/// An access-log entry that names exactly one order
+/// (`Store::entries_naming_one_order`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderEntry {
+    pub seq: i64,
+    pub at: String,
+    pub action: String,
+    /// The order the entry names (from the log: quoted only as an id).
+    pub order_id: String,
+}
+
 /// What placing a hold did (`Store::place_hold`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldPlaced {

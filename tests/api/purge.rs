@@ -785,6 +785,16 @@ async fn a_purge_row_deleted_with_its_records_restored_is_found_through_the_acce
         );
     }
     assert_eq!(report.failure_count, 3, "{:#?}", report.failures);
+    // Purged again — by the operator, by retention's next pass — the
+    // records go and fresh purge rows are written: they do not stand in
+    // for the rows the first entries recorded.
+    purge_order(&app, &doomed);
+    checkoutd::retention::run_once(&store, &app.keyring(), &rules)
+        .await
+        .unwrap();
+    assert!(cards_of(&app).await.is_empty());
+    let report = verify().await;
+    assert_eq!(report.failure_count, 3, "{:#?}", report.failures);
 }
 
 /// Runs `checkoutd orders purge --order <id>`; it must succeed. Its stdout.
@@ -1242,6 +1252,28 @@ async fn a_legal_hold_keeps_an_order_from_retention_and_purge_until_released() {
         .await;
     assert!(view.get("legal_hold").is_none(), "{view}");
 
+    // The rule for orders never dispatched passes a held one over too.
+    let pending = place(&app, "h-3", &order_json()).await;
+    let (code, _, err) = orders_command(
+        &app,
+        &["hold", "--order", &pending, "--reference", "court:2026/17"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    use checkoutd::crypto::DataClass::{Card, Recipient, Shipping};
+    let undispatched = [checkoutd::retention::Rule {
+        classes: &[Card, Shipping, Recipient],
+        after: Duration::ZERO,
+        from: checkoutd::retention::Clock::CreationUndispatched,
+    }];
+    let n = checkoutd::retention::run_once(&store, &app.keyring(), &undispatched)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(cards_of(&app).await.contains(&pending));
+    let (code, _, err) = orders_command(&app, &["release", "--order", &pending]);
+    assert_eq!(code, Some(0), "{err}");
+
     // Released: the next pass purges the card data whose period ran out.
     let (code, out, err) = orders_command(&app, &["release", "--order", &disputed]);
     assert_eq!(code, Some(0), "{err}");
@@ -1257,7 +1289,7 @@ async fn a_legal_hold_keeps_an_order_from_retention_and_purge_until_released() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    assert!(cards_of(&app).await.is_empty());
+    assert_eq!(cards_of(&app).await, vec![pending.clone()]);
     assert!(
         app.access_log_entries()
             .await
@@ -1296,6 +1328,9 @@ async fn a_hold_names_a_case_never_personal_data_and_a_forged_one_is_found() {
         "ada@example.com",
         "4111111111111111",
         "CB-4111-1111-1111-1111",
+        "4111:1111:1111:1111",
+        "4111#1111#1111#1111",
+        "case/4111.1111.1111.1111",
         &"A".repeat(65),
     ] {
         let (code, _, err) =
@@ -1343,10 +1378,170 @@ async fn a_hold_names_a_case_never_personal_data_and_a_forged_one_is_found() {
         "{:#?}",
         report.failures
     );
-    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+    assert!(
+        report.failures.iter().any(|f| f.table == "legal_holds"
+            && f.record_id == id
+            && f.what.contains("no access-log entry placed it")),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 2, "{:#?}", report.failures);
     let view = app
         .get_json(Role::Auditor, &format!("/v1/audit/orders/{id}"))
         .await;
     assert_eq!(view["legal_hold"]["verifies"], false, "{view}");
     assert_eq!(view["verified"], false, "{view}");
+}
+
+/// A hold's row is not append-only (a release deletes it), so the audit
+/// holds the table to the access log: a hold deleted (retention would then
+/// shred a disputed order's data) or put back after its release (its MAC
+/// still verifies, and it keeps card data past its period) is named.
+#[tokio::test]
+async fn a_hold_deleted_or_put_back_is_found_through_the_access_log() {
+    let app = spawn_app().await;
+    let id = place(&app, "hd-1", &order_json()).await;
+    let (code, _, err) = orders_command(&app, &["hold", "--order", &id, "--reference", "CB-1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let db = app.db().await;
+    sqlx::query("CREATE TABLE backup_holds AS SELECT * FROM legal_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    let verify = || async {
+        checkoutd::audit::verify::verify(&app.store().await, &app.keyring(), &|_, _| {})
+            .await
+            .unwrap()
+    };
+    let finding = |report: &checkoutd::audit::verify::Report, text: &str| {
+        report
+            .failures
+            .iter()
+            .any(|f| f.table == "legal_holds" && f.record_id == id && f.what.contains(text))
+    };
+    assert!(verify().await.verified);
+
+    sqlx::query("DELETE FROM legal_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    let report = verify().await;
+    assert!(
+        finding(&report, "placed one and no entry released it (deleted)"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+    sqlx::query("INSERT INTO legal_holds SELECT * FROM backup_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(verify().await.verified);
+
+    let (code, _, err) = orders_command(&app, &["release", "--order", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(verify().await.verified);
+    sqlx::query("INSERT INTO legal_holds SELECT * FROM backup_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    let report = verify().await;
+    assert!(
+        finding(&report, "released it (put back)"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+
+    // Held again (a new case): the old row put back in place of the new
+    // one verifies, but is not the hold the log placed last.
+    sqlx::query("DELETE FROM legal_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (code, _, err) = orders_command(&app, &["hold", "--order", &id, "--reference", "CB-2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(verify().await.verified);
+    sqlx::query("DELETE FROM legal_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO legal_holds SELECT * FROM backup_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    let report = verify().await;
+    assert!(
+        finding(&report, "is not the one access-log entry"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.failure_count, 1, "{:#?}", report.failures);
+}
+
+/// A hold committed while a purge of the same order waits for it is seen
+/// by that purge, which then deletes nothing (PostgreSQL: the purge locks
+/// the order row first and reads the holds after the wait; SQLite: one
+/// writer at a time).
+#[tokio::test]
+async fn a_purge_waiting_for_a_hold_being_placed_sees_it_and_deletes_nothing() {
+    let app = spawn_app().await;
+    let id = place(&app, "hw-1", &order_json()).await;
+    let db = app.db().await;
+    let mut hold = checkoutd::store::rows::HoldRow {
+        order_id: id.clone(),
+        placed_at: checkoutd::ids::now(),
+        reference: "CB-7".to_owned(),
+        mac: Vec::new(),
+    };
+    hold.mac = app
+        .keyring()
+        .consent_tag_key()
+        .sign(&[&checkoutd::retention::hold_canonical_bytes(&hold)])
+        .to_vec();
+    // A hold being placed as `orders hold` places it, left uncommitted.
+    let mut tx = db.begin().await.unwrap();
+    if app.database.is_postgres() {
+        sqlx::query("SELECT id FROM orders WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO legal_holds (order_id, placed_at, reference, mac) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&hold.order_id)
+    .bind(&hold.placed_at)
+    .bind(&hold.reference)
+    .bind(&hold.mac)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let store = std::sync::Arc::new(app.store().await);
+    let rows = [checkoutd::store::rows::PurgeRow {
+        order_id: id.clone(),
+        class: "card".to_owned(),
+        purged_at: checkoutd::ids::now(),
+        reason: "operator".to_owned(),
+        email_blind_index: None,
+        mac: vec![0; 32],
+    }];
+    let purge = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            store
+                .purge(&id, &rows, &checkoutd::store::rows::PurgeIf::Always)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!purge.is_finished(), "the purge did not wait for the hold");
+    tx.commit().await.unwrap();
+    let refused = purge.await.unwrap().unwrap_err();
+    assert!(
+        matches!(refused, checkoutd::store::StoreError::UnderLegalHold),
+        "{refused:?}"
+    );
+    assert_eq!(cards_of(&app).await, vec![id]);
 }

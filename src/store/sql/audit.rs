@@ -990,6 +990,7 @@ pub async fn rows_without_order(
 
 pub async fn dispatches_undone(
     pool: &AnyPool,
+    engine: Engine,
     action: &str,
     limit: u32,
 ) -> Result<(u64, Vec<crate::store::rows::UndoneDispatch>), StoreError> {
@@ -1009,8 +1010,9 @@ pub async fn dispatches_undone(
         return Ok((0, Vec::new()));
     }
     let rows = sqlx::query(&format!(
-        "SELECT substr(a.objects, 3, 36) AS id, a.seq AS seq, \
-         CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone {UNDONE} ORDER BY a.seq LIMIT $2"
+        "SELECT {}, a.seq AS seq, \
+         CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone {UNDONE} ORDER BY a.seq LIMIT $2",
+        bytes_of(engine, "substr(a.objects, 3, 36)", "id"),
     ))
     .bind(action)
     .bind(i64::from(limit))
@@ -1020,7 +1022,7 @@ pub async fn dispatches_undone(
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
         found.push(crate::store::rows::UndoneDispatch {
-            order_id: r.try_get::<String, _>("id").map_err(err)?,
+            order_id: text(&r, "id")?,
             log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
             order_gone: r.try_get::<i64, _>("gone").map_err(err)? == 1,
         });
@@ -1030,6 +1032,7 @@ pub async fn dispatches_undone(
 
 pub async fn purges_unrecorded(
     pool: &AnyPool,
+    engine: Engine,
     action: &str,
     limit: u32,
 ) -> Result<(u64, Vec<crate::store::rows::UnrecordedPurge>), StoreError> {
@@ -1039,14 +1042,21 @@ pub async fn purges_unrecorded(
     // PostgreSQL refuses a negative one whatever the other conditions
     // say). The whole text is compared again, so an entry of any other
     // shape is left out rather than misread.
+    //
+    // The purge row must be at least as old as the entry (its `purged_at`
+    // is taken before the purge, the entry's `at` after it commits, by one
+    // process): a row deleted and then written again by a later purge —
+    // retention's next pass over records put back — does not stand in for
+    // the one the entry records.
     const UNRECORDED: &str = "FROM (
-            SELECT a.seq AS seq, substr(a.objects, 3, 36) AS order_id,
+            SELECT a.seq AS seq, a.at AS at, substr(a.objects, 3, 36) AS order_id,
                    substr(a.objects, 48, CASE WHEN length(a.objects) > 49
                                               THEN length(a.objects) - 49 ELSE 0 END) AS class,
                    a.objects AS objects
               FROM access_log a
              WHERE a.action = $1 AND a.outcome = 'allowed'
-        ) e LEFT JOIN purges p ON p.order_id = e.order_id AND p.class = e.class
+        ) e LEFT JOIN purges p
+               ON p.order_id = e.order_id AND p.class = e.class AND p.purged_at <= e.at
         WHERE e.objects = '[\"' || e.order_id || '\",\"class:' || e.class || '\"]'
           AND p.order_id IS NULL";
     let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNRECORDED}"))
@@ -1057,8 +1067,12 @@ pub async fn purges_unrecorded(
     if count == 0 {
         return Ok((0, Vec::new()));
     }
+    // The log's text read as bytes: a value that is not UTF-8 (planted in
+    // SQLite) is named, it does not stop the audit.
     let rows = sqlx::query(&format!(
-        "SELECT e.order_id AS order_id, e.class AS class, e.seq AS seq {UNRECORDED} ORDER BY e.seq LIMIT $2"
+        "SELECT {}, {}, e.seq AS seq {UNRECORDED} ORDER BY e.seq LIMIT $2",
+        bytes_of(engine, "e.order_id", "order_id"),
+        bytes_of(engine, "e.class", "class"),
     ))
     .bind(action)
     .bind(i64::from(limit))
@@ -1068,8 +1082,8 @@ pub async fn purges_unrecorded(
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
         found.push(crate::store::rows::UnrecordedPurge {
-            order_id: r.try_get::<String, _>("order_id").map_err(err)?,
-            class: r.try_get::<String, _>("class").map_err(err)?,
+            order_id: text(&r, "order_id")?,
+            class: text(&r, "class")?,
             log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
         });
     }
@@ -1339,19 +1353,21 @@ pub async fn purge(
         Engine::Postgres => " FOR NO KEY UPDATE",
         Engine::Sqlite => "",
     };
-    let order: Option<(String, String)> = sqlx::query_as(&format!(
-        "SELECT status, created_at FROM orders WHERE id = $1{lock}"
-    ))
-    .bind(order_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(err)?;
-    let Some((status, created_at)) = order else {
-        return Ok(Vec::new());
+    // The condition decided by the database, read back as a number: a
+    // damaged column of the order (bytes that are not UTF-8) must not fail
+    // the purge — and with it a retention rule's whole pass.
+    let goes_ahead = match condition {
+        super::super::rows::PurgeIf::Always => "1",
+        super::super::rows::PurgeIf::Undispatched { .. } => {
+            "CASE WHEN status = 'accepted' AND created_at < $2 THEN 1 ELSE 0 END"
+        }
     };
-    if let super::super::rows::PurgeIf::Undispatched { taken_before } = condition
-        && (status != "accepted" || created_at.as_str() >= taken_before.as_str())
-    {
+    let sql = format!("SELECT CAST({goes_ahead} AS BIGINT) FROM orders WHERE id = $1{lock}");
+    let mut check = sqlx::query_scalar::<_, i64>(&sql).bind(order_id);
+    if let super::super::rows::PurgeIf::Undispatched { taken_before } = condition {
+        check = check.bind(taken_before);
+    }
+    if check.fetch_optional(&mut *tx).await.map_err(err)? != Some(1) {
         return Ok(Vec::new());
     }
     // A statement of its own, after the lock: on PostgreSQL it reads a
@@ -1506,6 +1522,37 @@ pub async fn release_hold(
         .map_err(err)?;
     tx.commit().await.map_err(err)?;
     hold_row(&held).map(Some)
+}
+
+pub async fn entries_naming_one_order(
+    pool: &AnyPool,
+    engine: Engine,
+    actions: &[&str],
+) -> Result<Vec<super::super::rows::OrderEntry>, StoreError> {
+    let mut out = Vec::new();
+    for action in actions {
+        let rows = sqlx::query(&format!(
+            "SELECT a.seq AS seq, {}, {} FROM access_log a \
+             WHERE a.action = $1 AND a.outcome = 'allowed' \
+               AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]' ORDER BY a.seq",
+            bytes_of(engine, "a.at", "at"),
+            bytes_of(engine, "substr(a.objects, 3, 36)", "order_id"),
+        ))
+        .bind(*action)
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        for r in rows {
+            out.push(super::super::rows::OrderEntry {
+                seq: r.try_get::<i64, _>("seq").map_err(err)?,
+                at: text(&r, "at")?,
+                action: (*action).to_owned(),
+                order_id: text(&r, "order_id")?,
+            });
+        }
+    }
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
 }
 
 pub async fn holds(

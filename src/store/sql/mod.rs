@@ -436,7 +436,7 @@ impl Store for SqlStore {
         action: &str,
         limit: u32,
     ) -> Result<(u64, Vec<crate::store::rows::UndoneDispatch>), StoreError> {
-        audit::dispatches_undone(&self.whole_table_reads, action, limit).await
+        audit::dispatches_undone(&self.whole_table_reads, self.engine, action, limit).await
     }
 
     async fn purges_unrecorded(
@@ -444,7 +444,7 @@ impl Store for SqlStore {
         action: &str,
         limit: u32,
     ) -> Result<(u64, Vec<crate::store::rows::UnrecordedPurge>), StoreError> {
-        audit::purges_unrecorded(&self.whole_table_reads, action, limit).await
+        audit::purges_unrecorded(&self.whole_table_reads, self.engine, action, limit).await
     }
 
     async fn dispatches_unlogged(
@@ -961,6 +961,13 @@ impl Store for SqlStore {
         order_id: &str,
     ) -> Result<Option<super::rows::HoldRow>, StoreError> {
         audit::release_hold(&self.writer, self.engine, order_id).await
+    }
+
+    async fn entries_naming_one_order(
+        &self,
+        actions: &[&str],
+    ) -> Result<Vec<super::rows::OrderEntry>, StoreError> {
+        audit::entries_naming_one_order(&self.whole_table_reads, self.engine, actions).await
     }
 
     async fn holds(&self) -> Result<Vec<super::rows::HoldRow>, StoreError> {
