@@ -267,8 +267,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let placed = checkoutd::retention::place_hold(
                 store.as_ref(),
                 &keyring,
-                &id,
-                &reference,
+                (&id, &reference),
+                checkoutd::ids::now(),
                 ("operator", &who),
             )
             .await?;
@@ -315,6 +315,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 store.as_ref(),
                 &keyring,
                 &id,
+                &checkoutd::ids::now(),
                 ("operator", &who),
             )
             .await?;

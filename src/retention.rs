@@ -142,7 +142,7 @@ pub async fn purge_records(
         })
         .collect();
     let entry = Entry {
-        at: now,
+        at: now.clone(),
         role: who.0.to_owned(),
         cert_fingerprint: who.1.to_owned(),
         origin_ip: "local".to_owned(),
@@ -165,7 +165,7 @@ pub async fn purge_records(
     // fails costs nothing.
     retire_request_hashes(store, keyring, KeysDue::OfOrder(order_id)).await?;
     let done = store.purge(order_id, &rows, condition).await?;
-    log_outcome(store, keyring, order_id, &done, who).await;
+    log_outcome(store, keyring, (order_id, &now), &done, who).await;
     Ok(done)
 }
 
@@ -186,14 +186,17 @@ pub const PURGED_ACTION: &str = "purged";
 async fn log_outcome(
     store: &dyn Store,
     keyring: &Keyring,
-    order_id: &str,
+    (order_id, purged_at): (&str, &str),
     done: &[String],
     who: (&str, &str),
 ) {
     if done.is_empty() {
         return;
     }
-    let at = crate::ids::now();
+    // Never before the purge rows' `purged_at` (the audit matches a row
+    // to an entry no older than it), even if the clock stepped back
+    // meanwhile: the two are texts of one fixed layout, in time order.
+    let at = std::cmp::max(crate::ids::now(), purged_at.to_owned());
     let entries: Vec<Entry> = done
         .iter()
         .map(|class| Entry {
@@ -557,18 +560,18 @@ pub fn hold_reference_problem(reference: &str) -> Option<&'static str> {
 }
 
 /// Places a legal hold on `order_id` for the case `reference` (checked by
-/// the caller with [`hold_reference_problem`]), logged first as a purge
-/// is.
+/// the caller with [`hold_reference_problem`]) at `at` (now; a test gives
+/// an earlier time), logged first as a purge is.
 pub async fn place_hold(
     store: &dyn Store,
     keyring: &Keyring,
-    order_id: &str,
-    reference: &str,
+    (order_id, reference): (&str, &str),
+    at: String,
     who: (&str, &str),
 ) -> Result<HoldPlaced, StoreError> {
     let mut hold = HoldRow {
         order_id: order_id.to_owned(),
-        placed_at: crate::ids::now(),
+        placed_at: at,
         reference: reference.to_owned(),
         mac: Vec::new(),
     };
@@ -596,23 +599,16 @@ pub const HOLD_ACTION: &str = "legal hold";
 /// The access-log action of a legal hold released; objects `["<order id>"]`.
 pub const RELEASE_ACTION: &str = "legal hold released";
 
-/// Releases the legal hold on `order_id`, logged first; the hold that was
-/// in force, if any.
+/// Releases the legal hold on `order_id` at `at` (now; a test gives an
+/// earlier time), logged first; the hold that was in force, if any.
 pub async fn release_hold(
     store: &dyn Store,
     keyring: &Keyring,
     order_id: &str,
+    at: &str,
     who: (&str, &str),
 ) -> Result<Option<HoldRow>, StoreError> {
-    log_operator(
-        store,
-        keyring,
-        RELEASE_ACTION,
-        order_id,
-        &crate::ids::now(),
-        who,
-    )
-    .await?;
+    log_operator(store, keyring, RELEASE_ACTION, order_id, at, who).await?;
     store.release_hold(order_id).await
 }
 

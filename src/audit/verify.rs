@@ -1033,54 +1033,83 @@ async fn check_holds(
     for hold in &holds {
         check_hold(keyring, hold, out);
     }
-    // Each order's last hold entry in the access log (placed or released)
-    // against the hold in force: a hold deleted (retention would then
-    // shred a disputed order's data), one released and put back (its MAC
-    // still verifies: it keeps card data past its period), or one that
-    // replaced another is named. (A hold or release whose command failed
-    // after logging it is named too: run the command again.)
+    // The hold in force against the access log: a hold deleted (retention
+    // would then shred a disputed order's data), released and put back
+    // (its MAC still verifies: it keeps card data past its period), or
+    // replaced by an older one is named. The log's entry is written before
+    // the row changes, so an order whose last hold entry is recent may be
+    // between the two (another process holding or releasing it now): left
+    // for a later report. A hold whose command failed after logging it
+    // stays a finding until the command is run again.
     let log = store
         .entries_naming_one_order(&[
             crate::retention::HOLD_ACTION,
             crate::retention::RELEASE_ACTION,
         ])
         .await?;
-    let mut last: std::collections::HashMap<&str, &crate::store::rows::OrderEntry> =
-        std::collections::HashMap::new();
-    for entry in &log {
-        last.insert(entry.order_id.as_str(), entry);
+    let settled = crate::ids::timestamp(time::OffsetDateTime::now_utc() - UNLOGGED_DISPATCH_GRACE);
+    // Per order: the hold entries since its last release, that release,
+    // and its last entry's time.
+    #[derive(Default)]
+    struct Logged<'a> {
+        placed: Vec<&'a crate::store::rows::OrderEntry>,
+        released: Option<&'a crate::store::rows::OrderEntry>,
+        last_at: &'a str,
     }
-    let placed = |e: &crate::store::rows::OrderEntry| e.action == crate::retention::HOLD_ACTION;
+    let mut by_order: std::collections::BTreeMap<&str, Logged> = std::collections::BTreeMap::new();
+    for entry in &log {
+        let logged = by_order.entry(entry.order_id.as_str()).or_default();
+        if entry.action == crate::retention::HOLD_ACTION {
+            logged.placed.push(entry);
+        } else {
+            logged.placed.clear();
+            logged.released = Some(entry);
+        }
+        logged.last_at = &entry.at;
+    }
     for hold in &holds {
-        let what = match last.get(hold.order_id.as_str()) {
+        let logged = by_order.get(hold.order_id.as_str());
+        if logged.is_some_and(|l| l.last_at >= settled.as_str()) {
+            continue;
+        }
+        // Two `orders hold` at once both log; the one refused as already
+        // held left an entry of its own: any hold entry since the last
+        // release may be the one in force.
+        let what = match logged {
             None => "legal hold in force, but no access-log entry placed it (written around \
                      the service)"
                 .to_owned(),
-            Some(e) if !placed(e) => format!(
+            Some(l) if l.placed.iter().any(|e| e.at == hold.placed_at) => continue,
+            Some(Logged {
+                placed,
+                released: Some(release),
+                ..
+            }) if placed.is_empty() => format!(
                 "legal hold in force, but access-log entry {} released it (put back)",
-                e.seq
+                release.seq
             ),
-            Some(e) if e.at != hold.placed_at => format!(
-                "legal hold in force is not the one access-log entry {} placed (replaced)",
-                e.seq
+            Some(l) => format!(
+                "legal hold in force is not one the access log placed since its last release \
+                 (entry {}: replaced)",
+                l.placed.last().map_or(0, |e| e.seq)
             ),
-            Some(_) => continue,
         };
         out.push(Failure::new("legal_holds", &hold.order_id, what));
     }
-    let mut deleted: Vec<&&crate::store::rows::OrderEntry> = last
-        .values()
-        .filter(|e| placed(e) && !holds.iter().any(|h| h.order_id == e.order_id))
-        .collect();
-    deleted.sort_by_key(|e| e.seq);
-    for e in deleted {
+    for (order_id, logged) in &by_order {
+        let Some(last) = logged.placed.last() else {
+            continue;
+        };
+        if logged.last_at >= settled.as_str() || holds.iter().any(|h| h.order_id == *order_id) {
+            continue;
+        }
         out.push(Failure::new(
             "legal_holds",
-            &e.order_id,
+            order_id,
             format!(
                 "no legal hold in force, but access-log entry {} placed one and no entry \
                  released it (deleted)",
-                e.seq
+                last.seq
             ),
         ));
     }

@@ -1529,30 +1529,38 @@ pub async fn entries_naming_one_order(
     engine: Engine,
     actions: &[&str],
 ) -> Result<Vec<super::super::rows::OrderEntry>, StoreError> {
-    let mut out = Vec::new();
+    if actions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One pass over the log (`action` has no index).
+    let placeholders: Vec<String> = (1..=actions.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT a.seq AS seq, {}, {}, {} FROM access_log a \
+         WHERE a.action IN ({}) AND a.outcome = 'allowed' \
+           AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]' ORDER BY a.seq",
+        bytes_of(engine, "a.at", "at"),
+        bytes_of(engine, "a.action", "action"),
+        bytes_of(engine, "substr(a.objects, 3, 36)", "order_id"),
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
     for action in actions {
-        let rows = sqlx::query(&format!(
-            "SELECT a.seq AS seq, {}, {} FROM access_log a \
-             WHERE a.action = $1 AND a.outcome = 'allowed' \
-               AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]' ORDER BY a.seq",
-            bytes_of(engine, "a.at", "at"),
-            bytes_of(engine, "substr(a.objects, 3, 36)", "order_id"),
-        ))
-        .bind(*action)
+        query = query.bind(*action);
+    }
+    query
         .fetch_all(pool)
         .await
-        .map_err(err)?;
-        for r in rows {
-            out.push(super::super::rows::OrderEntry {
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            Ok(super::super::rows::OrderEntry {
                 seq: r.try_get::<i64, _>("seq").map_err(err)?,
-                at: text(&r, "at")?,
-                action: (*action).to_owned(),
-                order_id: text(&r, "order_id")?,
-            });
-        }
-    }
-    out.sort_by_key(|e| e.seq);
-    Ok(out)
+                at: text(r, "at")?,
+                action: text(r, "action")?,
+                order_id: text(r, "order_id")?,
+            })
+        })
+        .collect()
 }
 
 pub async fn holds(
