@@ -141,24 +141,17 @@ pub async fn purge_records(
             row
         })
         .collect();
-    let entry = Entry {
-        at: now.clone(),
-        role: who.0.to_owned(),
-        cert_fingerprint: who.1.to_owned(),
-        origin_ip: "local".to_owned(),
-        action: format!("purge ({reason})"),
-        objects: std::iter::once(order_id.to_owned())
+    log_operator(
+        store,
+        keyring,
+        &format!("purge ({reason})"),
+        std::iter::once(order_id.to_owned())
             .chain(classes.iter().map(|c| format!("class:{}", c.as_str())))
             .collect(),
-        outcome: Outcome::Allowed,
-        status: 0,
-    };
-    store
-        .append_access_log(
-            std::slice::from_ref(&entry),
-            &Chainer::new(keyring.access_log_key()),
-        )
-        .await?;
+        &now,
+        who,
+    )
+    .await?;
     // The request hash first: once the records are gone nothing finds the
     // order again for it (retention looks for orders that still hold
     // records). Ending the replay window of an order whose purge then
@@ -199,15 +192,13 @@ async fn log_outcome(
     let at = std::cmp::max(crate::ids::now(), purged_at.to_owned());
     let entries: Vec<Entry> = done
         .iter()
-        .map(|class| Entry {
-            at: at.clone(),
-            role: who.0.to_owned(),
-            cert_fingerprint: who.1.to_owned(),
-            origin_ip: "local".to_owned(),
-            action: PURGED_ACTION.to_owned(),
-            objects: vec![order_id.to_owned(), format!("class:{class}")],
-            outcome: Outcome::Allowed,
-            status: 0,
+        .map(|class| {
+            local_entry(
+                PURGED_ACTION,
+                vec![order_id.to_owned(), format!("class:{class}")],
+                &at,
+                who,
+            )
         })
         .collect();
     if let Err(error) = store
@@ -589,7 +580,15 @@ pub async fn place_hold(
     {
         return Ok(HoldPlaced::AlreadyHeld(held));
     }
-    log_operator(store, keyring, HOLD_ACTION, order_id, &hold.placed_at, who).await?;
+    log_operator(
+        store,
+        keyring,
+        HOLD_ACTION,
+        vec![order_id.to_owned()],
+        &hold.placed_at,
+        who,
+    )
+    .await?;
     store.place_hold(&hold).await
 }
 
@@ -608,33 +607,48 @@ pub async fn release_hold(
     at: &str,
     who: (&str, &str),
 ) -> Result<Option<HoldRow>, StoreError> {
-    log_operator(store, keyring, RELEASE_ACTION, order_id, at, who).await?;
+    log_operator(
+        store,
+        keyring,
+        RELEASE_ACTION,
+        vec![order_id.to_owned()],
+        at,
+        who,
+    )
+    .await?;
     store.release_hold(order_id).await
 }
 
+/// Writes one entry of a command run on this host (an operator's, or
+/// retention's) to the access log.
 async fn log_operator(
     store: &dyn Store,
     keyring: &Keyring,
     action: &str,
-    order_id: &str,
+    objects: Vec<String>,
     at: &str,
     who: (&str, &str),
 ) -> Result<(), StoreError> {
-    let entry = Entry {
+    store
+        .append_access_log(
+            &[local_entry(action, objects, at, who)],
+            &Chainer::new(keyring.access_log_key()),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// An access-log entry of a command run on this host: `who` is its role
+/// and the name in place of a certificate, its origin `local`.
+fn local_entry(action: &str, objects: Vec<String>, at: &str, who: (&str, &str)) -> Entry {
+    Entry {
         at: at.to_owned(),
         role: who.0.to_owned(),
         cert_fingerprint: who.1.to_owned(),
         origin_ip: "local".to_owned(),
         action: action.to_owned(),
-        objects: vec![order_id.to_owned()],
+        objects,
         outcome: Outcome::Allowed,
         status: 0,
-    };
-    store
-        .append_access_log(
-            std::slice::from_ref(&entry),
-            &Chainer::new(keyring.access_log_key()),
-        )
-        .await
-        .map(|_| ())
+    }
 }
