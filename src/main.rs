@@ -243,6 +243,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         out,
                         "purged {total} record set(s) of orders dispatched before {date}"
                     )?;
+                    let held = store.holds().await?.len();
+                    if held > 0 {
+                        writeln!(
+                            out,
+                            "{held} order(s) under a legal hold were passed over if due \
+                             (`checkoutd orders holds` lists them)"
+                        )?;
+                    }
                 }
                 (None, None) => {
                     return Err(Usage("give --order ID or --dispatched-before DATE").into());

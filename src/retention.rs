@@ -571,7 +571,8 @@ pub async fn place_hold(
         .sign(&[&hold_canonical_bytes(&hold)])
         .to_vec();
     // A hold refused because one is in force is not logged as placed (the
-    // audit holds the table to the log's last hold entry of each order).
+    // audit holds the table to the log's hold entries since each order's
+    // last release).
     if let Some(held) = store
         .holds()
         .await?

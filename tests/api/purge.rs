@@ -1205,6 +1205,15 @@ async fn a_legal_hold_keeps_an_order_from_retention_and_purge_until_released() {
         err.contains("under a legal hold (case CB-2026-0042") && err.contains("nothing was purged"),
         "{err}"
     );
+    // … a purge by date says held orders are passed over …
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let (code, out, err) = orders_command(&app, &["purge", "--dispatched-before", &today]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("1 order(s) under a legal hold were passed over if due"),
+        "{out}"
+    );
+    assert_eq!(cards_of(&app).await, vec![disputed.clone()]);
     // … and so is a purge that reaches the store once the hold is in force
     // (a hold placed after the purge's own check): nothing is deleted.
     let rows = [checkoutd::store::rows::PurgeRow {
