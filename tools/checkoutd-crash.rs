@@ -5,7 +5,7 @@
 //!     target/release/checkoutd-crash --kills 24
 //!     target/release/checkoutd-crash --engine postgres --database-url postgres://…/empty_db
 //!
-//! Starts a release `checkoutd serve` built with the `failpoints` feature
+//! Starts the `checkoutd serve` beside it, built with the `failpoints` feature
 //! (fresh data directory; SQLite, or the empty PostgreSQL database named by
 //! `--database-url`), and drives it with `--clients` concurrent storefront
 //! clients. Each client posts distinct orders, each with its own
