@@ -21,6 +21,7 @@ use checkoutd::{app::Application, audit, pki::DevPki, server, store, telemetry};
 /// assembly); elsewhere the plain allocator is used, and only our own types
 /// wipe (docs/encryption.md).
 #[cfg(all(
+    feature = "jemalloc",
     target_os = "linux",
     not(target_env = "musl"),
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -29,9 +30,10 @@ use checkoutd::{app::Application, audit, pki::DevPki, server, store, telemetry};
 static ALLOCATOR: secmem_alloc::zeroizing_alloc::ZeroizeAlloc<tikv_jemallocator::Jemalloc> =
     secmem_alloc::zeroizing_alloc::ZeroizeAlloc::new(tikv_jemallocator::Jemalloc);
 
-/// Not Linux with glibc: the system allocator, wiped the same way.
+/// Not Linux with glibc (or built without the `jemalloc` feature): the
+/// system allocator, wiped the same way.
 #[cfg(all(
-    not(all(target_os = "linux", not(target_env = "musl"))),
+    not(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl"))),
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 #[global_allocator]
@@ -40,6 +42,7 @@ static ALLOCATOR: secmem_alloc::zeroizing_alloc::ZeroizeAlloc<std::alloc::System
 
 /// Linux with glibc on another architecture: jemalloc, not wiped.
 #[cfg(all(
+    feature = "jemalloc",
     target_os = "linux",
     not(target_env = "musl"),
     not(any(target_arch = "x86_64", target_arch = "aarch64"))
