@@ -87,11 +87,16 @@ async fn main() -> Result<(), BoxError> {
         drop(again);
         return Ok(());
     }
+    let wal_before = PgWal::of(&args).await;
     let run = load(&args, port, &work.join("certs"), server.0.id()).await?;
+    let wal_after = PgWal::of(&args).await;
     print_commit_stats(port, &work.join("certs")).await;
     let mut server = server;
     let stopped = common::stop(&mut server.0);
     run.print(&format!("checkoutd ({})", args.engine));
+    if let (Some(before), Some(after)) = (&wal_before, &wal_after) {
+        after.print_since(before, run.orders);
+    }
     match stopped {
         Some(took) => println!("graceful stop after the run: {} ms", took.as_millis()),
         None => println!("graceful stop after the run: none within 10 s (killed)"),
@@ -171,6 +176,97 @@ fn client(certs: &Path, http1: bool) -> Result<reqwest::Client, BoxError> {
             .map_err(Into::into);
     }
     client_as(certs, "storefront")
+}
+
+/// What PostgreSQL's write-ahead log looked like at one moment: how much
+/// had been written, and how many segment files `pg_wal` held (when the
+/// role may list it: `pg_monitor`).
+///
+/// Why the benchmark reports it: a cluster creates each 16-MB segment
+/// file — zero-filled and synced, with `wal_init_zero` on, under the lock
+/// every commit waits for — until checkpoints start recycling old ones.
+/// On a new cluster that is twice a second at this load, and it, not
+/// checkoutd, sets the p99 (docs/performance.md, twenty-fifth session).
+struct PgWal {
+    bytes: f64,
+    files: Option<i64>,
+    segment_bytes: f64,
+    init_zero: String,
+}
+
+impl PgWal {
+    /// `None` for SQLite, or when the database cannot be read (reported
+    /// as such; the run goes on).
+    async fn of(args: &Args) -> Option<PgWal> {
+        use sqlx::Connection;
+        let url = args
+            .database_url
+            .as_deref()
+            .filter(|_| args.engine == "postgres")?;
+        let snapshot = async {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            let (bytes, segment_bytes, init_zero): (f64, f64, String) = sqlx::query_as(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8, \
+                        (SELECT setting::float8 FROM pg_settings WHERE name = 'wal_segment_size'), \
+                        current_setting('wal_init_zero')",
+            )
+            .fetch_one(&mut conn)
+            .await?;
+            let files = sqlx::query_scalar("SELECT count(*) FROM pg_ls_waldir()")
+                .fetch_one(&mut conn)
+                .await
+                .ok();
+            conn.close().await?;
+            Ok::<_, sqlx::Error>(PgWal {
+                bytes,
+                files,
+                segment_bytes,
+                init_zero,
+            })
+        };
+        match snapshot.await {
+            Ok(wal) => Some(wal),
+            Err(error) => {
+                println!("  (PostgreSQL's WAL position could not be read: {error})");
+                None
+            }
+        }
+    }
+
+    fn print_since(&self, before: &PgWal, orders: u64) {
+        for line in self.report_since(before, orders) {
+            println!("  {line}");
+        }
+    }
+
+    /// The report's lines: what the run wrote, and — when `pg_wal` grew —
+    /// that its p99 includes the cluster creating segment files.
+    fn report_since(&self, before: &PgWal, orders: u64) -> Vec<String> {
+        let written = self.bytes - before.bytes;
+        let files = match (before.files, self.files) {
+            (Some(b), Some(a)) => format!("segment files in pg_wal {b} -> {a}"),
+            _ => "segment files not listable by this role (pg_monitor)".to_owned(),
+        };
+        let mut lines = vec![format!(
+            "PostgreSQL WAL: {:.0} MB written, {:.1} KB an order, {:.1} segments; {files}; \
+             wal_init_zero = {}",
+            written / 1e6,
+            written / 1e3 / orders.max(1) as f64,
+            written / self.segment_bytes.max(1.0),
+            self.init_zero
+        )];
+        if let (Some(b), Some(a)) = (before.files, self.files)
+            && a - b >= 2
+        {
+            lines.push(format!(
+                "note: PostgreSQL created {} WAL segment files during the run, each written and \
+                 synced while every commit waited; a cluster recycles them after a checkpoint \
+                 (DROP DATABASE takes one), so a second run shows the steady state",
+                a - b
+            ));
+        }
+        lines
+    }
 }
 
 /// Group-commit figures from the server's own metrics (auditor role).
@@ -620,6 +716,40 @@ async fn serve_ceiling(addr: &str, certs: &Path) -> Result<(), BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wal(bytes: f64, files: Option<i64>) -> PgWal {
+        PgWal {
+            bytes,
+            files,
+            segment_bytes: 16.0 * 1024.0 * 1024.0,
+            init_zero: "on".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_wal_report_says_what_the_run_wrote_and_when_segments_were_created() {
+        let before = wal(1e9, Some(2));
+        let created = wal(1e9 + 320e6, Some(22)).report_since(&before, 64_000);
+        assert_eq!(
+            created[0],
+            "PostgreSQL WAL: 320 MB written, 5.0 KB an order, 19.1 segments; \
+             segment files in pg_wal 2 -> 22; wal_init_zero = on"
+        );
+        assert!(
+            created[1].contains("created 20 WAL segment files"),
+            "{created:?}"
+        );
+        // Recycled segments (the steady state): no note.
+        let recycled = wal(1e9 + 320e6, Some(23)).report_since(&wal(1e9, Some(22)), 64_000);
+        assert_eq!(recycled.len(), 1);
+        // A role that may not list pg_wal: said, no note.
+        let hidden = wal(1e9 + 320e6, None).report_since(&wal(1e9, None), 0);
+        assert!(
+            hidden[0].contains("not listable by this role"),
+            "{hidden:?}"
+        );
+        assert_eq!(hidden.len(), 1);
+    }
 
     fn times(threads: &[(u64, &str, u64, u64)]) -> ThreadTimes {
         ThreadTimes(
