@@ -74,15 +74,15 @@ async fn main() -> Result<(), BoxError> {
     }
     let work = work_dir("checkoutd-bench")?;
     let port = free_port()?;
-    let server = start_checkoutd(&args, &work, port)?;
-    let ready_ms = wait_ready(port, &work.join("certs")).await?;
+    let mut server = start_checkoutd(&args, &work, port)?;
+    let ready_ms = wait_ready(&mut server.0, port, &work.join("certs")).await?;
     println!("machine: {}", machine());
     println!("checkoutd ready after {ready_ms} ms (fresh data directory)");
     if let Some(n) = args.idle {
         idle_run(server.0.id(), port, &work, n).await?;
         drop(server);
-        let again = start_checkoutd(&args, &work, port)?;
-        let ready = wait_ready(port, &work.join("certs")).await?;
+        let mut again = start_checkoutd(&args, &work, port)?;
+        let ready = wait_ready(&mut again.0, port, &work.join("certs")).await?;
         println!("start-up to ready on the existing database: {ready} ms");
         drop(again);
         return Ok(());
@@ -91,7 +91,6 @@ async fn main() -> Result<(), BoxError> {
     let run = load(&args, port, &work.join("certs"), server.0.id()).await?;
     let wal_after = PgWal::of(&args).await;
     print_commit_stats(port, &work.join("certs")).await;
-    let mut server = server;
     let stopped = common::stop(&mut server.0);
     run.print(&format!("checkoutd ({})", args.engine));
     if let (Some(before), Some(after)) = (&wal_before, &wal_after) {
@@ -101,8 +100,8 @@ async fn main() -> Result<(), BoxError> {
         Some(took) => println!("graceful stop after the run: {} ms", took.as_millis()),
         None => println!("graceful stop after the run: none within 10 s (killed)"),
     }
-    let restarted = start_checkoutd(&args, &work, port)?;
-    let ready = wait_ready(port, &work.join("certs")).await?;
+    let mut restarted = start_checkoutd(&args, &work, port)?;
+    let ready = wait_ready(&mut restarted.0, port, &work.join("certs")).await?;
     println!("start-up to ready on the existing database: {ready} ms");
     drop(restarted);
     if args.no_ceiling {
@@ -145,8 +144,8 @@ async fn ceiling_run(args: &Args, certs: &Path) -> Result<Run, BoxError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let ceiling = Server(ceiling);
-    wait_ready(cport, certs).await?;
+    let mut ceiling = Server(ceiling);
+    wait_ready(&mut ceiling.0, cport, certs).await?;
     load(args, cport, certs, ceiling.0.id()).await
 }
 
@@ -258,16 +257,23 @@ impl PgWal {
             written / self.segment_bytes.max(1.0),
             self.init_zero
         )];
-        if let (Some(b), Some(a)) = (before.files, self.files)
-            && a - b >= 2
-        {
-            lines.push(format!(
-                "note: pg_wal grew by {} segment files during the run: a segment PostgreSQL \
-                 cannot recycle yet is created, written and synced while every commit waits; \
-                 a checkpoint recycles them (DROP DATABASE takes one), so a second run on a \
-                 new database shows the steady state",
+        let segments = written / self.segment_bytes.max(1.0);
+        let why = "a segment PostgreSQL cannot recycle yet is created, written and synced \
+                   while every commit waits; a checkpoint recycles them (DROP DATABASE takes \
+                   one), so a second run on a new database shows the steady state";
+        match (before.files, self.files) {
+            (Some(b), Some(a)) if a - b >= 2 => lines.push(format!(
+                "note: pg_wal grew by {} segment files during the run: {why}",
                 a - b
-            ));
+            )),
+            (Some(_), Some(_)) => {}
+            // Not listable: whether they were created cannot be told, only
+            // how many there could have been.
+            _ if segments >= 2.0 => lines.push(format!(
+                "note: on a cluster that has not yet written this much WAL, up to {segments:.0} \
+                 segment files were created during the run: {why}"
+            )),
+            _ => {}
         }
         lines
     }
@@ -746,13 +752,17 @@ mod tests {
         // Recycled segments (the steady state): no note.
         let recycled = wal(1e9 + 320e6, Some(23)).report_since(&wal(1e9, Some(22)), 64_000);
         assert_eq!(recycled.len(), 1);
-        // A role that may not list pg_wal: said, no note.
+        // A role that may not list pg_wal: said, with what may have been
+        // created; a run too short to fill two segments, no note.
         let hidden = wal(1e9 + 320e6, None).report_since(&wal(1e9, None), 0);
+        assert!(hidden[1].contains("up to 19 segment files"), "{hidden:?}");
         assert!(
             hidden[0].contains("not listable by this role"),
             "{hidden:?}"
         );
-        assert_eq!(hidden.len(), 1);
+        assert_eq!(hidden.len(), 2);
+        let short = wal(1e9 + 20e6, None).report_since(&wal(1e9, None), 0);
+        assert_eq!(short.len(), 1);
     }
 
     fn times(threads: &[(u64, &str, u64, u64)]) -> ThreadTimes {

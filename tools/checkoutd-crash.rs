@@ -238,7 +238,7 @@ async fn main() -> Result<(), BoxError> {
         (kill < kills && moment(kill) == Moment::AfterCommit).then(|| 1 + rng.below(12))
     };
     let mut server = Proc::start(&args, &work, port, fail_at(&mut rng, 0))?;
-    wait_ready(port, &certs).await?;
+    wait_ready(&mut server.child, port, &certs).await?;
 
     let ledger = Arc::new(Ledger::default());
     let run = format!("{seed:x}");
@@ -286,7 +286,7 @@ async fn main() -> Result<(), BoxError> {
         let started = Instant::now();
         server = Proc::start(&args, &work, port, next)?;
         if moment(kill + 1) != Moment::StartUp || kill + 1 == args.kills {
-            wait_ready(port, &certs).await?;
+            wait_ready(&mut server.child, port, &certs).await?;
             restart_ms.push(started.elapsed().as_millis());
         }
     }

@@ -118,9 +118,20 @@ impl Drop for Server {
 
 /// Milliseconds from now until `/readyz` answers 200 (certificates may not
 /// exist yet on a first run).
-pub async fn wait_ready(port: u16, certs: &Path) -> Result<u128, BoxError> {
+///
+/// An error as soon as `server` exits before it is ready (a database URL
+/// that does not connect, a port taken…) instead of after the 60 s; its
+/// output is not shown, so the error says how to see it.
+pub async fn wait_ready(server: &mut Child, port: u16, certs: &Path) -> Result<u128, BoxError> {
     let started = Instant::now();
     loop {
+        if let Some(status) = server.try_wait()? {
+            return Err(format!(
+                "checkoutd exited ({status}) before it was ready; its output is not shown here: \
+                 run `checkoutd serve` with the same settings by hand to see why"
+            )
+            .into());
+        }
         if started.elapsed() > Duration::from_secs(60) {
             return Err("the server did not become ready within 60 s".into());
         }
