@@ -182,7 +182,7 @@ fn client(certs: &Path, http1: bool) -> Result<reqwest::Client, BoxError> {
 /// role may list it: `pg_monitor`).
 ///
 /// Why the benchmark reports it: a cluster creates each 16-MB segment
-/// file — zero-filled and synced, with `wal_init_zero` on, under the lock
+/// file — zero-filled (with `wal_init_zero` on) and synced, under the lock
 /// every commit waits for — until checkpoints start recycling old ones.
 /// On a new cluster that is twice a second at this load, and it, not
 /// checkoutd, sets the p99 (docs/performance.md, twenty-fifth session).
@@ -244,6 +244,7 @@ impl PgWal {
     /// growth: a checkpoint during the run may have removed some too).
     fn report_since(&self, before: &PgWal, orders: u64) -> Vec<String> {
         let written = self.bytes - before.bytes;
+        let segments = written / self.segment_bytes.max(1.0);
         let files = match (before.files, self.files) {
             (Some(b), Some(a)) => format!("segment files in pg_wal {b} -> {a}"),
             _ => "segment files not listable by this role (pg_monitor)".to_owned(),
@@ -254,10 +255,9 @@ impl PgWal {
              wal_init_zero = {}",
             written / 1e6,
             written / 1e3 / orders.max(1) as f64,
-            written / self.segment_bytes.max(1.0),
+            segments,
             self.init_zero
         )];
-        let segments = written / self.segment_bytes.max(1.0);
         let why = "a segment PostgreSQL cannot recycle yet is created, written and synced \
                    while every commit waits; a checkpoint recycles them (DROP DATABASE takes \
                    one), so a second run on a new database shows the steady state";
