@@ -123,7 +123,17 @@ impl Application {
             settings.client_ca.as_deref(),
             settings.client_crl.as_deref(),
         );
-        let tls = tls::ReloadableTls::load(tls_files)?;
+        // The newest client CRL taken from each CA, kept across restarts:
+        // a list rolled back while the server was down stops the start.
+        let tls = tls::ReloadableTls::load(
+            tls_files,
+            Some(
+                settings
+                    .store
+                    .data_dir
+                    .join(crate::server::crl_marks::FILE_NAME),
+            ),
+        )?;
         let store = store::open(&settings.store.database).await?;
         if !report_job.anchors_found() && store.access_log_head().await?.is_some() {
             // The file is missing beside a log that is not new: a restore

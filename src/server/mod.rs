@@ -44,6 +44,7 @@
 //!   `drain_timeout` to finish, then `run` returns.
 
 mod admission;
+pub mod crl_marks;
 pub use admission::client_key;
 pub mod identity;
 mod idle;

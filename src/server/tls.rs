@@ -63,6 +63,15 @@ pub enum TlsError {
          since; keeping the lists in force — publish the CA's current list"
     )]
     CrlOlderThanInForce { path: PathBuf },
+    #[error(
+        "the client CRL file {path} holds a list older (thisUpdate) than the newest this server \
+         took from the same CA before it stopped (kept in {marks}): put back, it would let in \
+         again every certificate revoked since; publish the CA's current list (only if that CA \
+         was replaced by a new one under the same name and key, remove {marks})"
+    )]
+    CrlOlderThanKept { path: PathBuf, marks: PathBuf },
+    #[error(transparent)]
+    CrlMarks(#[from] super::crl_marks::MarksError),
     #[error("cannot read {path}")]
     ReadFile {
         path: PathBuf,
@@ -214,8 +223,10 @@ pub struct ReloadableTls {
     /// Bumped on every rebuild: each connection with a client certificate
     /// checks it again ([`ReloadableTls::trusts`]) and closes if it fails.
     generation: watch::Sender<u64>,
-    /// The newest `thisUpdate` this process has taken from each CA's list
-    /// (issuer, scope and CA key), never lowered — not by an older list
+    /// The newest `thisUpdate` this server has taken from each CA's list
+    /// (issuer, scope and CA key) — in this process, or before a restart
+    /// when the data directory keeps it ([`super::crl_marks`]) — never
+    /// lowered — not by an older list
     /// taken because it had expired (it fails closed), nor by a CA's list
     /// left out of the file for a while: a reload refuses a list older than
     /// it. The mark is capped at the clock plus [`CRL_CLOCK_SKEW`] when a
@@ -223,11 +234,18 @@ pub struct ReloadableTls {
     /// its later lists; kept beside the list's own `thisUpdate` (the first
     /// of the pair), so only a newer list moves it.
     newest_crls: std::sync::Mutex<NewestCrls>,
+    /// Where [`Self::newest_crls`] outlives the process (the data
+    /// directory's [`super::crl_marks::FILE_NAME`]), and whether it holds
+    /// less than memory (a write failed: tried again at every poll).
+    marks_file: Option<super::crl_marks::MarksFile>,
+    marks_unsaved: std::sync::atomic::AtomicBool,
+    /// The last write of the marks failed (logged once until one succeeds).
+    marks_failing: std::sync::atomic::AtomicBool,
 }
 
 /// Per list: its own newest `thisUpdate` taken, and the mark a reload
 /// compares with.
-type NewestCrls = std::collections::HashMap<CrlKey, (std::time::SystemTime, std::time::SystemTime)>;
+type NewestCrls = super::crl_marks::Marks;
 
 /// How far ahead of this server's clock a CA's `thisUpdate` may be.
 const CRL_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
@@ -241,27 +259,98 @@ enum Rebuild {
 }
 
 impl ReloadableTls {
-    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+    /// Loads the TLS files. With `marks` (the data directory's
+    /// [`super::crl_marks::FILE_NAME`]), the newest list taken from each CA
+    /// before a restart is remembered: a client CRL file older than it —
+    /// rolled back while the server was down — stops the start, as it is
+    /// refused on a reload; and each newer list taken is written there.
+    pub fn load(files: TlsFiles, marks: Option<PathBuf>) -> Result<Arc<Self>, TlsError> {
         let built = build(&files, files.digest()?)?;
+        let marks_file = marks.map(super::crl_marks::MarksFile::at);
+        let kept = match &marks_file {
+            Some(file) => file.read()?,
+            None => NewestCrls::new(),
+        };
         let tls = ReloadableTls {
             files,
-            newest_crls: std::sync::Mutex::new(std::collections::HashMap::new()),
+            newest_crls: std::sync::Mutex::new(kept),
             current: std::sync::RwLock::new(Arc::new(built)),
             failed: std::sync::Mutex::new(None),
             generation: watch::Sender::new(0),
+            marks_file,
+            marks_unsaved: std::sync::atomic::AtomicBool::new(false),
+            marks_failing: std::sync::atomic::AtomicBool::new(false),
         };
+        if let (true, Some(path), Some(file)) = (
+            tls.rolls_back(&tls.built()),
+            &tls.files.client_crl,
+            &tls.marks_file,
+        ) {
+            return Err(TlsError::CrlOlderThanKept {
+                path: path.clone(),
+                marks: file.path().to_owned(),
+            });
+        }
         tls.record_crls(&tls.built());
+        tls.save_marks()?;
         Ok(Arc::new(tls))
+    }
+
+    /// Writes the marks to their file if it holds less than memory
+    /// (blocking). On failure they stay in memory, in force, and the write
+    /// is tried again at the next poll.
+    fn save_marks(&self) -> Result<(), super::crl_marks::MarksError> {
+        use std::sync::atomic::Ordering;
+        let Some(file) = &self.marks_file else {
+            return Ok(());
+        };
+        if !self.marks_unsaved.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let marks = self.newest().clone();
+        match file.keep(&marks) {
+            Ok(merged) => {
+                // Another process's newer marks count here too.
+                super::crl_marks::merge(&mut self.newest(), &merged);
+                Ok(())
+            }
+            Err(error) => {
+                self.marks_unsaved.store(true, Ordering::Release);
+                Err(error)
+            }
+        }
+    }
+
+    /// [`Self::save_marks`] on a running server: a failure is logged once
+    /// each time it starts failing, the marks stay in force in memory.
+    fn save_marks_or_log(&self) {
+        use std::sync::atomic::Ordering;
+        match self.save_marks() {
+            Ok(()) => self.marks_failing.store(false, Ordering::Release),
+            Err(error) => {
+                if !self.marks_failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        error = %error,
+                        "the newest client CRLs taken could not be written to the data directory: they are in force, but a restart would forget them; trying again every poll"
+                    );
+                }
+            }
+        }
+    }
+
+    fn newest(&self) -> std::sync::MutexGuard<'_, NewestCrls> {
+        match self.newest_crls.lock() {
+            Ok(n) => n,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Raises [`Self::newest_crls`] to the lists of `built`, for each list
     /// newer than any taken before from its CA.
     fn record_crls(&self, built: &Built) {
         let cap = std::time::SystemTime::now() + CRL_CLOCK_SKEW;
-        let mut newest = match self.newest_crls.lock() {
-            Ok(n) => n,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut newest = self.newest();
+        let mut moved = false;
         for (list, (issued, _)) in &built.crl_issued {
             let mark = (*issued).min(cap);
             match newest.get_mut(list) {
@@ -269,11 +358,17 @@ impl ReloadableTls {
                 Some((seen, at)) => {
                     *seen = *issued;
                     *at = (*at).max(mark);
+                    moved = true;
                 }
                 None => {
                     newest.insert(list.clone(), (*issued, mark));
+                    moved = true;
                 }
             }
+        }
+        if moved {
+            self.marks_unsaved
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -282,10 +377,7 @@ impl ReloadableTls {
     /// nothing: it fails closed, refusing every certificate of its CA).
     fn rolls_back(&self, built: &Built) -> bool {
         let wall = std::time::SystemTime::now();
-        let newest = match self.newest_crls.lock() {
-            Ok(n) => n,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let newest = self.newest();
         built.crl_issued.iter().any(|(list, (issued, next))| {
             newest.get(list).is_some_and(|(_, mark)| issued < mark)
                 && next.is_none_or(|next| next > wall)
@@ -335,6 +427,8 @@ impl ReloadableTls {
     /// old. A change that does not load (a file half written, a key that
     /// does not match) keeps the configuration in force and is logged once.
     fn poll(&self) {
+        // A write of the marks that failed before is tried again first.
+        self.save_marks_or_log();
         let current = self.built();
         let now = std::time::SystemTime::now();
         // A CRL that passed its next update since the configuration was
@@ -405,6 +499,7 @@ impl ReloadableTls {
         };
         if why == Rebuild::FilesChanged {
             self.record_crls(&built);
+            self.save_marks_or_log();
         }
         match self.current.write() {
             Ok(mut slot) => *slot = Arc::new(built),
@@ -483,7 +578,7 @@ type ConfigParts = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>, Crls);
 /// empty for a list of the CA's whole scope) and CA key (the key
 /// identifier of its authority key identifier; empty if it has none): a CA
 /// re-keyed under the same name starts its lists afresh.
-type CrlKey = (Vec<u8>, Vec<u8>, Vec<u8>);
+type CrlKey = super::crl_marks::ListKey;
 
 /// When each client CRL was issued (`thisUpdate`) and when it expires
 /// (`nextUpdate`, if it does), by issuer, scope and CA key.

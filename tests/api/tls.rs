@@ -840,6 +840,96 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     assert!(ended, "lists that load again ended the alert");
 }
 
+/// The newest client CRL taken from each CA outlives the process, in the
+/// data directory: a list rolled back while the server was down — older
+/// than one it took, still within its validity — stops the next start and
+/// names the file it was measured against, as a reload refuses it. The
+/// current list starts; a newer one taken while running raises the mark on
+/// disk; and with the file removed (the documented way out when a CA is
+/// replaced) the older list is taken again.
+#[tokio::test]
+async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start() {
+    let app = spawn_with_client_crl().await;
+    let dir = app.dir.clone();
+    let pki = app.pki.clone();
+    let data = dir.path().join("data");
+    let crl = dir.path().join("certs").join("client-crl.pem");
+    let marks = data.join(checkoutd::server::crl_marks::FILE_NAME);
+    let kept_at_start = std::fs::read_to_string(&marks).expect("the list taken at start is kept");
+    assert!(kept_at_start.contains("\"this_update\""), "{kept_at_start}");
+
+    // A newer list, taken while running, raises the mark on disk.
+    let issued_later = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let current = pki.revocation_list(&[], issued_later, in_a_week()).unwrap();
+    app.write_client_crl_bytes(current.as_bytes());
+    let mut raised = false;
+    for _ in 0..40 {
+        if std::fs::read_to_string(&marks).unwrap() != kept_at_start {
+            raised = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(raised, "the newer list's mark was written");
+    let url = app.database.url.clone();
+    drop(app);
+
+    let start = || {
+        let args = checkoutd::cli::ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            certs_dir: Some(dir.path().join("certs")),
+            client_crl: Some(crl.clone()),
+            store: checkoutd::cli::StoreArgs {
+                data_dir: Some(data.clone()),
+                database_url: Some(url.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move {
+            checkoutd::app::Application::build(
+                &checkoutd::config::Settings::from_args(&args).unwrap(),
+            )
+            .await
+        }
+    };
+    // Last week's file put back while the server was down: the list the
+    // spawn wrote (issued five minutes ago) is older than the one taken.
+    for older_by in [time::Duration::minutes(5), time::Duration::days(2)] {
+        let older = pki
+            .revocation_list(&[], issued_later - older_by, in_a_week())
+            .unwrap();
+        std::fs::write(&crl, older.as_bytes()).unwrap();
+        let refused = start()
+            .await
+            .err()
+            .expect("a rolled-back client CRL must stop the start");
+        let said = refused.to_string();
+        assert!(
+            said.contains("older") && said.contains(&marks.display().to_string()),
+            "{said}"
+        );
+    }
+
+    // The current list starts.
+    std::fs::write(&crl, current.as_bytes()).unwrap();
+    drop(start().await.expect("the current list starts"));
+
+    // Without the file the server never saw a newer list: the older one is
+    // taken (and becomes the mark).
+    let older = pki
+        .revocation_list(&[], issued_later - time::Duration::days(2), in_a_week())
+        .unwrap();
+    std::fs::write(&crl, older.as_bytes()).unwrap();
+    std::fs::remove_file(&marks).unwrap();
+    drop(
+        start()
+            .await
+            .expect("with the marks removed the older list is taken"),
+    );
+    assert!(marks.exists(), "and kept as the mark from now on");
+}
+
 /// A CRL that passes its next update while clients are connected: their
 /// open connections are closed and neither a new handshake nor a resumed
 /// session (the client keeps its session tickets) gets in — nothing about

@@ -1,0 +1,294 @@
+//! The newest client CRL this server has taken from each CA, kept in a file
+//! of the data directory ([`FILE_NAME`]) so that a restart does not forget
+//! it.
+//!
+//! A running server refuses a list older (its `thisUpdate`) than the newest
+//! it has taken from the same CA: last week's file put back would let in
+//! again every certificate revoked since ([`super::tls::ReloadableTls`]).
+//! Kept in memory only, that guard ended with the process: a rollback of
+//! the CRL file while the server was down, or across a deployment, was
+//! taken at the next start. With this file the start refuses it too, and
+//! says which list and which file.
+//!
+//! Nothing in it is secret (a CA's name, the scope of its list, the key
+//! identifier it signs with, two times). A forged or edited file can only
+//! make the server refuse lists, never take one: a mark raised by hand
+//! refuses the CA's current list until a newer one is published, and a mark
+//! lowered or removed is the state of a server that never saw the list —
+//! whoever can write the data directory can do that much anyway, as they
+//! can remove `audit-anchors.json`. A damaged file stops the start-up,
+//! naming the file: the operator removes it to start without it.
+//!
+//! Several processes may share a data directory: each write merges with
+//! what is on disk under a lock, taking the newer of each list's marks, so
+//! none lowers another's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The file's name in the data directory.
+pub const FILE_NAME: &str = "crl-marks.json";
+
+/// The file's format version.
+const FORMAT: u32 = 1;
+
+/// A CA's list: its issuer's name (DER), its scope (the issuing
+/// distribution point extension, DER; empty when it has none) and the key
+/// identifier of the CA key that signs it (empty when it names none).
+pub type ListKey = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Per list: the newest `thisUpdate` taken, and the mark an older list is
+/// compared with (that `thisUpdate`, capped at the taking server's clock
+/// plus a small skew when first taken).
+pub type Marks = HashMap<ListKey, (SystemTime, SystemTime)>;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDisk {
+    format: u32,
+    lists: Vec<List>,
+}
+
+/// One list's marks: names hex, times in seconds since the Unix epoch.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct List {
+    issuer: String,
+    scope: String,
+    ca_key: String,
+    this_update: u64,
+    mark: u64,
+}
+
+/// Why the marks cannot be read or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum MarksError {
+    #[error("cannot read the client CRL marks {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the client CRL marks {0} are damaged; remove the file to start without them (a CRL \
+         rolled back while the server was down is then taken)"
+    )]
+    Damaged(PathBuf),
+    #[error("cannot write the client CRL marks {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The marks file of one data directory.
+#[derive(Debug, Clone)]
+pub struct MarksFile {
+    path: PathBuf,
+}
+
+impl MarksFile {
+    pub fn at(path: PathBuf) -> Self {
+        MarksFile { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The marks kept; none when there is no file yet.
+    pub fn read(&self) -> Result<Marks, MarksError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marks::new()),
+            Err(source) => {
+                return Err(MarksError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        decode(&bytes).ok_or_else(|| MarksError::Damaged(self.path.clone()))
+    }
+
+    /// Raises the file's marks to `marks` (blocking). Under a lock beside
+    /// the file, what is on disk is read again and merged — another
+    /// process may have taken a newer list — and the result replaces the
+    /// file in one step. Returns the merged marks.
+    pub fn keep(&self, marks: &Marks) -> Result<Marks, MarksError> {
+        let write = |source| MarksError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let _lock = crate::files::lock_file(&self.path.with_extension("lock")).map_err(write)?;
+        let mut merged = self.read()?;
+        merge(&mut merged, marks);
+        let bytes = encode(&merged).map_err(|e| write(std::io::Error::other(e)))?;
+        crate::files::write_atomically(&self.path, &bytes, 0o600, crate::files::Placement::Replace)
+            .map_err(write)?;
+        Ok(merged)
+    }
+}
+
+/// Raises each list of `into` to the marks of `from` (each time the later
+/// of the two; a list only in `from` is added). Returns whether anything
+/// in `into` moved.
+pub fn merge(into: &mut Marks, from: &Marks) -> bool {
+    let mut moved = false;
+    for (list, &(issued, mark)) in from {
+        match into.get_mut(list) {
+            Some((seen, kept)) => {
+                if issued > *seen {
+                    *seen = issued;
+                    moved = true;
+                }
+                if mark > *kept {
+                    *kept = mark;
+                    moved = true;
+                }
+            }
+            None => {
+                into.insert(list.clone(), (issued, mark));
+                moved = true;
+            }
+        }
+    }
+    moved
+}
+
+fn seconds(at: SystemTime) -> u64 {
+    // Whole seconds, rounded down: a CRL's times carry none, and a mark
+    // capped at the clock errs by less than a second towards taking.
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn encode(marks: &Marks) -> serde_json::Result<Vec<u8>> {
+    let mut lists: Vec<List> = marks
+        .iter()
+        .map(|((issuer, scope, ca_key), &(issued, mark))| List {
+            issuer: crate::hex::encode(issuer),
+            scope: crate::hex::encode(scope),
+            ca_key: crate::hex::encode(ca_key),
+            this_update: seconds(issued),
+            mark: seconds(mark),
+        })
+        .collect();
+    // One order, so that the same marks always make the same file.
+    lists.sort_by(|a, b| (&a.issuer, &a.scope, &a.ca_key).cmp(&(&b.issuer, &b.scope, &b.ca_key)));
+    let file = OnDisk {
+        format: FORMAT,
+        lists,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+fn decode(bytes: &[u8]) -> Option<Marks> {
+    let file: OnDisk = serde_json::from_slice(bytes).ok()?;
+    if file.format != FORMAT {
+        return None;
+    }
+    let at = |secs: u64| UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+    let mut marks = Marks::new();
+    for list in file.lists {
+        let key = (
+            crate::hex::decode(&list.issuer)?,
+            crate::hex::decode(&list.scope)?,
+            crate::hex::decode(&list.ca_key)?,
+        );
+        // A mark is never above the list's own time (it is that time,
+        // capped), and a list appears once.
+        if list.mark > list.this_update
+            || marks
+                .insert(key, (at(list.this_update)?, at(list.mark)?))
+                .is_some()
+        {
+            return None;
+        }
+    }
+    Some(marks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn key(n: u8) -> ListKey {
+        (vec![0x30, n], Vec::new(), vec![n; 20])
+    }
+
+    #[test]
+    fn marks_survive_the_file_and_a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = MarksFile::at(dir.path().join(FILE_NAME));
+        assert!(file.read().unwrap().is_empty(), "no file: no marks");
+
+        let mut marks = Marks::new();
+        marks.insert(key(1), (at(1_800_000_000), at(1_799_999_000)));
+        marks.insert(key(2), (at(1_700_000_000), at(1_700_000_000)));
+        assert_eq!(file.keep(&marks).unwrap(), marks);
+        assert_eq!(file.read().unwrap(), marks);
+
+        for damaged in [
+            "not json",
+            r#"{"format":2,"lists":[]}"#,
+            r#"{"format":1,"lists":[],"extra":1}"#,
+            r#"{"format":1,"lists":[{"issuer":"zz","scope":"","ca_key":"","this_update":1,"mark":1}]}"#,
+            // A mark above its list's own time was never written.
+            r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":1,"mark":2}]}"#,
+            // One list twice.
+            r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":1,"mark":1},
+                                    {"issuer":"30","scope":"","ca_key":"","this_update":2,"mark":2}]}"#,
+        ] {
+            std::fs::write(file.path(), damaged).unwrap();
+            assert!(
+                matches!(file.read(), Err(MarksError::Damaged(_))),
+                "{damaged}"
+            );
+        }
+    }
+
+    /// Two processes on one data directory: each write takes the newer of
+    /// what it holds and what the other wrote, so neither lowers a mark.
+    #[test]
+    fn a_write_never_lowers_a_mark_another_process_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = MarksFile::at(dir.path().join(FILE_NAME));
+        let mut first = Marks::new();
+        first.insert(key(1), (at(2_000), at(2_000)));
+        file.keep(&first).unwrap();
+
+        // A process that took an older list of the same CA, and another CA's.
+        let mut second = Marks::new();
+        second.insert(key(1), (at(1_000), at(1_000)));
+        second.insert(key(2), (at(3_000), at(2_500)));
+        let merged = file.keep(&second).unwrap();
+        assert_eq!(merged[&key(1)], (at(2_000), at(2_000)));
+        assert_eq!(merged[&key(2)], (at(3_000), at(2_500)));
+        assert_eq!(file.read().unwrap(), merged);
+    }
+
+    #[test]
+    fn merge_raises_each_time_separately_and_says_whether_anything_moved() {
+        let mut into = Marks::new();
+        into.insert(key(1), (at(100), at(90)));
+        let mut from = Marks::new();
+        from.insert(key(1), (at(100), at(90)));
+        assert!(!merge(&mut into, &from), "the same marks move nothing");
+        from.insert(key(1), (at(50), at(95)));
+        assert!(merge(&mut into, &from));
+        assert_eq!(into[&key(1)], (at(100), at(95)), "each time the later one");
+        from.insert(key(3), (at(10), at(10)));
+        assert!(merge(&mut into, &from));
+        assert_eq!(into[&key(3)], (at(10), at(10)));
+    }
+}
