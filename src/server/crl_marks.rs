@@ -19,9 +19,13 @@
 //! can remove `audit-anchors.json`. A damaged file stops the start-up,
 //! naming the file: the operator removes it to start without it.
 //!
-//! Several processes may share a data directory: each write merges with
-//! what is on disk under a lock, taking the newer of each list's marks, so
-//! none lowers another's.
+//! Several processes may share a data directory, and so share the marks:
+//! each write merges with what is on disk under a lock (`crl-marks.lock`
+//! beside it), taking the newer of each list's marks, so none lowers
+//! another's — and a server whose CRL file lags another's on the same
+//! data directory refuses it as a rollback. The file is removed only with
+//! every server on the data directory stopped (a running one writes its
+//! marks back).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,8 +45,8 @@ const FORMAT: u32 = 1;
 pub type ListKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// Per list: the newest `thisUpdate` taken, and the mark an older list is
-/// compared with (that `thisUpdate`, capped at the taking server's clock
-/// plus a small skew when first taken).
+/// compared with (the highest of those `thisUpdate`s, each capped at the
+/// taking server's clock plus a small skew when it was taken).
 pub type Marks = HashMap<ListKey, (SystemTime, SystemTime)>;
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +81,11 @@ pub enum MarksError {
          rolled back while the server was down is then taken)"
     )]
     Damaged(PathBuf),
+    #[error(
+        "the client CRL marks {path} are in format {format}, which this release does not know \
+         (written by a newer one?): run that release, or remove the file to start without them"
+    )]
+    UnknownFormat { path: PathBuf, format: u64 },
     #[error("cannot write the client CRL marks {path}")]
     Write {
         path: PathBuf,
@@ -112,6 +121,20 @@ impl MarksFile {
                 });
             }
         };
+        // The format first: a newer release's file is not "damaged".
+        #[derive(Deserialize)]
+        struct Format {
+            format: u64,
+        }
+        match serde_json::from_slice::<Format>(&bytes) {
+            Ok(Format { format }) if format != u64::from(FORMAT) => {
+                return Err(MarksError::UnknownFormat {
+                    path: self.path.clone(),
+                    format,
+                });
+            }
+            _ => {}
+        }
         decode(&bytes).ok_or_else(|| MarksError::Damaged(self.path.clone()))
     }
 
@@ -238,9 +261,17 @@ mod tests {
         assert_eq!(file.keep(&marks).unwrap(), marks);
         assert_eq!(file.read().unwrap(), marks);
 
+        std::fs::write(file.path(), r#"{"format":2,"lists":[],"later":true}"#).unwrap();
+        assert!(
+            matches!(
+                file.read(),
+                Err(MarksError::UnknownFormat { format: 2, .. })
+            ),
+            "a newer release's file is not called damaged"
+        );
         for damaged in [
             "not json",
-            r#"{"format":2,"lists":[]}"#,
+            r#"{"format":"1","lists":[]}"#,
             r#"{"format":1,"lists":[],"extra":1}"#,
             r#"{"format":1,"lists":[{"issuer":"zz","scope":"","ca_key":"","this_update":1,"mark":1}]}"#,
             // A mark above its list's own time was never written.

@@ -13,6 +13,10 @@
 //!   handshake; so does any client certificate while the CRL has expired,
 //!   or whose CA has no CRL in the file (fail closed: an unknown revocation
 //!   status is not a good one).
+//! - A client CRL older (`thisUpdate`) than the newest taken from the same
+//!   CA, and not yet expired, is refused: on a reload, it is not taken; at
+//!   start, where the data directory keeps the newest lists across restarts
+//!   ([`super::crl_marks`]), the server does not start.
 //! - The files are watched ([`ReloadableTls`]): a renewed server certificate
 //!   or a new CRL takes effect within [`TLS_POLL`] without a restart. Each
 //!   rebuild (also when the CRL passes its next update, and every
@@ -64,12 +68,20 @@ pub enum TlsError {
     )]
     CrlOlderThanInForce { path: PathBuf },
     #[error(
-        "the client CRL file {path} holds a list older (thisUpdate) than the newest this server \
-         took from the same CA before it stopped (kept in {marks}): put back, it would let in \
-         again every certificate revoked since; publish the CA's current list (only if that CA \
-         was replaced by a new one under the same name and key, remove {marks})"
+        "the client CRL file {path} holds the list of CA {ca} issued {issued} (thisUpdate), older \
+         than its list issued {newest} that a server on this data directory took before (kept in \
+         {marks}): put back, it would let in again every certificate revoked since; publish the \
+         CA's current list. Only if that CA was replaced by a new one under the same name and \
+         key, stop every server on the data directory and remove {marks}: that forgets every \
+         CA's newest list"
     )]
-    CrlOlderThanKept { path: PathBuf, marks: PathBuf },
+    CrlOlderThanKept {
+        path: PathBuf,
+        ca: String,
+        issued: String,
+        newest: String,
+        marks: PathBuf,
+    },
     #[error(transparent)]
     CrlMarks(#[from] super::crl_marks::MarksError),
     #[error("cannot read {path}")]
@@ -235,12 +247,38 @@ pub struct ReloadableTls {
     /// of the pair), so only a newer list moves it.
     newest_crls: std::sync::Mutex<NewestCrls>,
     /// Where [`Self::newest_crls`] outlives the process (the data
-    /// directory's [`super::crl_marks::FILE_NAME`]), and whether it holds
-    /// less than memory (a write failed: tried again at every poll).
+    /// directory's [`super::crl_marks::FILE_NAME`]); none without
+    /// `--client-crl`.
     marks_file: Option<super::crl_marks::MarksFile>,
+    /// The file holds less than memory: a list was taken since the last
+    /// write, or the write failed (tried again at every poll).
     marks_unsaved: std::sync::atomic::AtomicBool,
     /// The last write of the marks failed (logged once until one succeeds).
     marks_failing: std::sync::atomic::AtomicBool,
+}
+
+/// A list older than the newest taken from its CA: the CA's name (DER),
+/// the list's `thisUpdate` and the newest one's.
+struct OlderList {
+    issuer: Vec<u8>,
+    issued: std::time::SystemTime,
+    newest: std::time::SystemTime,
+}
+
+/// A distinguished name (DER) as an operator reads it.
+fn name_of(der: &[u8]) -> String {
+    use x509_parser::prelude::FromDer;
+    x509_parser::x509::X509Name::from_der(der)
+        .map_or_else(|_| crate::hex::encode(der), |(_, name)| name.to_string())
+}
+
+/// A time as RFC 3339, to the second.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "an unprintable time".to_owned())
 }
 
 /// Per list: its own newest `thisUpdate` taken, and the mark a reload
@@ -264,9 +302,16 @@ impl ReloadableTls {
     /// before a restart is remembered: a client CRL file older than it —
     /// rolled back while the server was down — stops the start, as it is
     /// refused on a reload; and each newer list taken is written there.
+    ///
+    /// Blocking (file reads, a lock beside the marks file, fsyncs), like the
+    /// rest of the start-up before the listener binds.
     pub fn load(files: TlsFiles, marks: Option<PathBuf>) -> Result<Arc<Self>, TlsError> {
         let built = build(&files, files.digest()?)?;
-        let marks_file = marks.map(super::crl_marks::MarksFile::at);
+        // Without revocation checking there is nothing to remember: the
+        // file is neither read nor written.
+        let marks_file = marks
+            .filter(|_| files.client_crl.is_some())
+            .map(super::crl_marks::MarksFile::at);
         let kept = match &marks_file {
             Some(file) => file.read()?,
             None => NewestCrls::new(),
@@ -281,18 +326,24 @@ impl ReloadableTls {
             marks_unsaved: std::sync::atomic::AtomicBool::new(false),
             marks_failing: std::sync::atomic::AtomicBool::new(false),
         };
-        if let (true, Some(path), Some(file)) = (
-            tls.rolls_back(&tls.built()),
+        if let (Some(older), Some(path), Some(file)) = (
+            tls.rolled_back(&tls.built()),
             &tls.files.client_crl,
             &tls.marks_file,
         ) {
             return Err(TlsError::CrlOlderThanKept {
                 path: path.clone(),
+                ca: name_of(&older.issuer),
+                issued: rfc3339(older.issued),
+                newest: rfc3339(older.newest),
                 marks: file.path().to_owned(),
             });
         }
         tls.record_crls(&tls.built());
-        tls.save_marks()?;
+        // A write that fails does not stop the start: the lists are in
+        // force in memory, as they were before the marks were kept at all;
+        // it is logged and tried again at every poll.
+        tls.save_marks_or_log();
         Ok(Arc::new(tls))
     }
 
@@ -372,15 +423,25 @@ impl ReloadableTls {
         }
     }
 
-    /// Whether `built` holds a list older than the newest this process took
-    /// from the same CA, not yet expired (an expired one takes back
-    /// nothing: it fails closed, refusing every certificate of its CA).
+    /// Whether `built` holds a list older than the newest taken from the
+    /// same CA ([`Self::newest_crls`]), not yet expired (an expired one
+    /// takes back nothing: it fails closed, refusing every certificate of
+    /// its CA).
     fn rolls_back(&self, built: &Built) -> bool {
+        self.rolled_back(built).is_some()
+    }
+
+    /// The first list of `built` that [`Self::rolls_back`].
+    fn rolled_back(&self, built: &Built) -> Option<OlderList> {
         let wall = std::time::SystemTime::now();
         let newest = self.newest();
-        built.crl_issued.iter().any(|(list, (issued, next))| {
-            newest.get(list).is_some_and(|(_, mark)| issued < mark)
-                && next.is_none_or(|next| next > wall)
+        built.crl_issued.iter().find_map(|(list, (issued, next))| {
+            let (seen, mark) = newest.get(list)?;
+            (issued < mark && next.is_none_or(|next| next > wall)).then(|| OlderList {
+                issuer: list.0.clone(),
+                issued: *issued,
+                newest: *seen,
+            })
         })
     }
 

@@ -900,16 +900,54 @@ async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start
             .revocation_list(&[], issued_later - older_by, in_a_week())
             .unwrap();
         std::fs::write(&crl, older.as_bytes()).unwrap();
+        let kept = std::fs::read(&marks).unwrap();
         let refused = start()
             .await
             .err()
             .expect("a rolled-back client CRL must stop the start");
         let said = refused.to_string();
-        assert!(
-            said.contains("older") && said.contains(&marks.display().to_string()),
-            "{said}"
+        // The CA by name, both lists' times, both files.
+        let second = |at: time::OffsetDateTime| {
+            at.replace_nanosecond(0)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        for expected in [
+            "older".to_owned(),
+            "checkoutd development CA".to_owned(),
+            second(issued_later - older_by),
+            second(issued_later),
+            crl.display().to_string(),
+            marks.display().to_string(),
+        ] {
+            assert!(said.contains(&expected), "{expected:?} in: {said}");
+        }
+        assert_eq!(
+            std::fs::read(&marks).unwrap(),
+            kept,
+            "a refused start leaves the marks as they were"
         );
     }
+
+    // An older list already past its next update takes nothing back (it
+    // fails closed, refusing every client certificate): it starts, and
+    // leaves the marks as they were.
+    let kept = std::fs::read(&marks).unwrap();
+    let expired = pki
+        .revocation_list(
+            &[],
+            issued_later - time::Duration::days(9),
+            issued_later - time::Duration::days(2),
+        )
+        .unwrap();
+    std::fs::write(&crl, expired.as_bytes()).unwrap();
+    drop(
+        start()
+            .await
+            .expect("an expired older list starts, failing closed"),
+    );
+    assert_eq!(std::fs::read(&marks).unwrap(), kept);
 
     // The current list starts.
     std::fs::write(&crl, current.as_bytes()).unwrap();
@@ -927,7 +965,13 @@ async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start
             .await
             .expect("with the marks removed the older list is taken"),
     );
-    assert!(marks.exists(), "and kept as the mark from now on");
+    let taken = (issued_later - time::Duration::days(2)).unix_timestamp();
+    let now_kept = std::fs::read_to_string(&marks).unwrap();
+    assert!(
+        now_kept.contains(&format!("\"this_update\": {taken}"))
+            && now_kept.contains(&format!("\"mark\": {taken}")),
+        "and kept as the mark from now on: {now_kept}"
+    );
 }
 
 /// A CRL that passes its next update while clients are connected: their
