@@ -871,7 +871,10 @@ async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(raised, "the newer list's mark was written");
-    let url = app.database.url.clone();
+    // The database outlives the app (on PostgreSQL, dropping the last
+    // handle drops the test's database).
+    let database = app.database.clone();
+    let url = database.url.clone();
     drop(app);
 
     let start = || {
@@ -972,6 +975,7 @@ async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start
             && now_kept.contains(&format!("\"mark\": {taken}")),
         "and kept as the mark from now on: {now_kept}"
     );
+    drop(database);
 }
 
 /// A CRL that passes its next update while clients are connected: their
