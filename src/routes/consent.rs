@@ -362,7 +362,10 @@ pub async fn unsubscribe(
     let email = fields
         .remove("email")
         .and_then(|v| v.as_str().and_then(Email::parse));
-    let Some(email) = email else {
+    // An address holding a card number is no customer's (an order refuses
+    // it), and this page shows the address back: refused like any
+    // invalid one, never shown (DESIGN.md invariant 2).
+    let Some(email) = email.filter(|e| !e.holds_card_number()) else {
         return invalid("Please enter a valid email address.");
     };
     let mut purposes = [false; 5];

@@ -551,6 +551,25 @@ async fn the_public_page_answers_alike_for_customers_and_strangers() {
     let (s, _, page) = post_page(&app, "email=%3Cscript%3E").await;
     assert_eq!(s, 422);
     assert!(page.contains("valid email") && !page.contains("<script>"));
+    // An address holding a card number is refused the same way, and the
+    // page never shows it back (nor its digits).
+    for card in ["4111111111111111", "4111-1111-1111-1111"] {
+        let (s, _, page) = post_page(&app, &format!("email={card}%40example.com")).await;
+        assert_eq!(s, 422, "{card}");
+        assert!(page.contains("valid email"), "{page}");
+        assert!(
+            !page.contains(card) && !page.contains("1111111111"),
+            "{page}"
+        );
+    }
+    // The storefront's form of the request too: a field error, no echo.
+    let refused = opt_out(&app, json!({"email": "4111111111111111@example.com"})).await;
+    assert_eq!(refused.status(), 422);
+    let problem = refused.text().await.unwrap();
+    assert!(
+        problem.contains("looks_like_card_number") && !problem.contains("4111111111111111"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
