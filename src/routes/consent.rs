@@ -300,7 +300,14 @@ pub async fn unsubscribe(
     // the limit began; logging every one would undo the limit).
     let action = || String::from("POST /unsubscribe");
     if from_another_site(&headers, &uri) {
-        super::record_refusal(&state, peer.as_deref(), action(), StatusCode::FORBIDDEN).await;
+        super::record_refusal(
+            &state,
+            peer.as_deref(),
+            action(),
+            Vec::new(),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
         return page(
             StatusCode::FORBIDDEN,
             "Unsubscribe",
@@ -311,8 +318,14 @@ pub async fn unsubscribe(
         && let Some(over) = state.unsubscribe_limit.count(peer.addr.ip())
     {
         if over.first {
-            super::record_refusal(&state, Some(peer), action(), StatusCode::TOO_MANY_REQUESTS)
-                .await;
+            super::record_refusal(
+                &state,
+                Some(peer),
+                action(),
+                Vec::new(),
+                StatusCode::TOO_MANY_REQUESTS,
+            )
+            .await;
         }
         return too_many(over, "from your network");
     }

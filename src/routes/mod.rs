@@ -258,18 +258,37 @@ async fn require_role(
         }
         Some(ClientIdentity::Certified { .. }) => Problem::forbidden(),
     };
-    let route = req
-        .extensions()
+    let (mut parts, _) = req.into_parts();
+    let objects = path_ids(&mut parts).await;
+    let route = parts
+        .extensions
         .get::<MatchedPath>()
         .map_or("<unmatched>", MatchedPath::as_str);
     record_refusal(
         &state,
         peer.as_ref(),
-        format!("{} {route}", req.method().as_str()),
+        format!("{} {route}", parts.method.as_str()),
+        objects,
         refusal.status(),
     )
     .await;
     refusal.into_response()
+}
+
+/// The ids a request names in its path (the order of `/v1/orders/{id}`),
+/// so that a refusal's log entry says which object was asked for
+/// (invariant 8). Only a well-formed UUID, written in its canonical form:
+/// anything else in that place is the client's input, never logged.
+async fn path_ids(parts: &mut http::request::Parts) -> Vec<String> {
+    use axum::extract::FromRequestParts;
+    match axum::extract::RawPathParams::from_request_parts(parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .filter_map(|(_, value)| uuid::Uuid::try_parse(value).ok())
+            .map(|id| id.to_string())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Writes a refusal (outcome `denied`) to the access log before it is
@@ -292,6 +311,7 @@ pub(crate) async fn record_refusal(
     state: &AppState,
     peer: Option<&Peer>,
     action: String,
+    objects: Vec<String>,
     status: http::StatusCode,
 ) {
     // Held to the per-address limit: no certificate, or one that names no
@@ -316,7 +336,7 @@ pub(crate) async fn record_refusal(
         crate::telemetry::denial_unlogged();
         return;
     }
-    let entry = Entry::for_request(peer, action, Vec::new(), Outcome::Denied, status.as_u16());
+    let entry = Entry::for_request(peer, action, objects, Outcome::Denied, status.as_u16());
     if let Err(error) = state.access_log.append(entry).await {
         tracing::error!(error = %error, "access log append failed for a denied request");
     }

@@ -882,6 +882,65 @@ async fn audit_log(app: &TestApp, query: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// A refusal names the object its path asked for — which order a wrong
+/// role or a stranger tried to read or dispatch — in canonical form; what
+/// is not an id there is the client's input and is not written.
+#[tokio::test]
+async fn a_refused_request_names_the_order_it_asked_for() {
+    let app = spawn_app().await;
+    let id = "0f6e3a2c-5b1d-4c8e-9a7f-2d4b6c8e0a1b";
+    let refused = [
+        (
+            app.client(Role::Fulfillment),
+            format!("/v1/orders/{id}"),
+            403,
+        ),
+        (
+            app.client(Role::Storefront),
+            format!("/v1/audit/orders/{}", id.to_uppercase()),
+            403,
+        ),
+        (app.anonymous(), format!("/v1/orders/{id}"), 401),
+        (
+            app.client(Role::Marketing),
+            "/v1/orders/ada@example.com".to_owned(),
+            403,
+        ),
+    ];
+    for (client, path, status) in &refused {
+        let r = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), *status, "{path}");
+    }
+    let r = app
+        .client(Role::Auditor)
+        .post(app.url(&format!("/v1/shipments/{id}/dispatch")))
+        .json(&json!({"carrier": "UPS", "tracking": "1Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let log = audit_log(&app, "").await;
+    let denied: Vec<(&str, &Value)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "denied")
+        .map(|e| (e["action"].as_str().unwrap(), &e["objects"]))
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            ("GET /v1/orders/{id}", &json!([id])),
+            ("GET /v1/audit/orders/{id}", &json!([id])),
+            ("GET /v1/orders/{id}", &json!([id])),
+            ("GET /v1/orders/{id}", &json!([])),
+            ("POST /v1/shipments/{order_id}/dispatch", &json!([id])),
+        ]
+    );
+    assert!(!log.to_string().contains("ada@"), "{log}");
+}
+
 #[tokio::test]
 async fn the_access_log_names_reads_denials_and_itself_and_its_chain_verifies() {
     let app = spawn_app().await;
