@@ -196,6 +196,12 @@ impl<'a> Chainer<'a> {
         self.key
             .sign(&[b"checkoutd/access-log-head", &seq.to_be_bytes(), hash])
     }
+
+    /// Whether `head`'s MAC is the one [`Self::head_mac`] gives, compared
+    /// in constant time as every MAC is.
+    pub fn head_verifies(&self, head: &Head) -> bool {
+        crate::crypto::mac::constant_time_eq(&self.head_mac(head.seq, &head.hash), &head.mac)
+    }
 }
 
 pub fn entry_hash(seq: u64, prev_hash: &[u8; 32], entry: &Entry) -> [u8; 32] {
@@ -353,7 +359,7 @@ async fn verify_chain_walk(
             Some(_) => Box::pin(verify_chain_walk(store, key, since)).await,
         };
     };
-    if chainer.head_mac(head.seq, &head.hash) != head.mac {
+    if !chainer.head_verifies(&head) {
         return Err(ChainError::Head("MAC does not verify"));
     }
     let mut head = head;
@@ -447,7 +453,7 @@ async fn verify_chain_walk(
             .await
             .map_err(store_failed)?
             .ok_or(ChainError::Head("missing while entries exist"))?;
-        if chainer.head_mac(newer.seq, &newer.hash) != newer.mac {
+        if !chainer.head_verifies(&newer) {
             return Err(ChainError::Head("MAC does not verify"));
         }
         if newer.seq < next.seq {
