@@ -183,7 +183,7 @@ pub fn parse(tree: Value, source: Source, rules: &Rules<'_>) -> Result<OrderForm
     };
     let storefront_order_ref = r.plain(&mut root, "", "storefront_order_ref", false, MAX_TEXT);
     let customer = r
-        .object(&mut root, "", "customer", true)
+        .object(&mut root, "", "customer", Section::Required)
         .and_then(|(mut m, p)| {
             let name = r.personal(&mut m, &p, "name", true, MAX_TEXT);
             let company = r.personal(&mut m, &p, "company", false, MAX_TEXT);
@@ -200,7 +200,12 @@ pub fn parse(tree: Value, source: Source, rules: &Rules<'_>) -> Result<OrderForm
     let billing_address = r.address(&mut root, "", "billing_address", true);
     let shipping_address = r.address(&mut root, "", "shipping_address", false);
     let gift = r
-        .object(&mut root, "", "gift_recipient", false)
+        .object(
+            &mut root,
+            "",
+            "gift_recipient",
+            Section::Optional(&GIFT_RECIPIENT),
+        )
         .and_then(|(mut m, p)| {
             let name = r.personal(&mut m, &p, "name", true, MAX_TEXT);
             let address = r.address(&mut m, &p, "address", true);
@@ -571,16 +576,20 @@ impl Reader {
     /// own country pre-selected), as that choice: in a form, a section
     /// whose only filled-in field is a country is still untouched. (Not in
     /// JSON, where a client that sends a country alone has a bug to hear
-    /// about rather than a shipping address silently dropped.)
+    /// about rather than a shipping address silently dropped.) A field the
+    /// section does not have, blank or not, makes it touched: it is then
+    /// read as any section is, and the field reported as unknown.
     fn object(
         &mut self,
         map: &mut Map<String, Value>,
         prefix: &str,
         key: &str,
-        required: bool,
+        section: Section,
     ) -> Option<(Map<String, Value>, String)> {
+        let required = matches!(section, Section::Required);
         match self.take(map, prefix, key, required)? {
-            Value::Object(m) if !required && untouched(&m, self.source) => {
+            Value::Object(m) if matches!(section, Section::Optional(members) if untouched(&m, self.source, members)) =>
+            {
                 scrub(Value::Object(m));
                 None
             }
@@ -614,7 +623,12 @@ impl Reader {
         key: &str,
         required: bool,
     ) -> Option<Address> {
-        let (mut m, p) = self.object(map, prefix, key, required)?;
+        let section = if required {
+            Section::Required
+        } else {
+            Section::Optional(&ADDRESS)
+        };
+        let (mut m, p) = self.object(map, prefix, key, section)?;
         let line1 = self.personal(&mut m, &p, "line1", true, MAX_TEXT);
         let line2 = self.personal(&mut m, &p, "line2", false, MAX_TEXT);
         let city = self.personal(&mut m, &p, "city", true, MAX_TEXT);
@@ -718,7 +732,7 @@ impl Reader {
     }
 
     fn card(&mut self, root: &mut Map<String, Value>, rules: &Rules<'_>) -> Option<Card> {
-        let (mut m, p) = self.object(root, "", "card", true)?;
+        let (mut m, p) = self.object(root, "", "card", Section::Required)?;
         let pan = self.with_string(&mut m, &p, "number", true, |s| {
             Pan::parse(s).map_err(|e| match e {
                 PanError::Format => (
@@ -785,7 +799,7 @@ impl Reader {
     }
 
     fn consent(&mut self, root: &mut Map<String, Value>, rules: &Rules<'_>) -> Option<Consent> {
-        let (mut m, p) = self.object(root, "", "consent", true)?;
+        let (mut m, p) = self.object(root, "", "consent", Section::Required)?;
         let mut flags = [false; 5];
         for (flag, name) in flags.iter_mut().zip(Purposes::NAMES) {
             *flag = self.boolean(&mut m, &p, name);
@@ -864,13 +878,47 @@ fn phone(s: &str) -> Result<Phone, Reject> {
     Ok(phone)
 }
 
-/// An empty or all-blank string, `null`, or a group of nothing else.
-/// An optional section the customer left alone: every field blank, but in
-/// a form a `country` (a drop-down always sends one), at any depth.
-fn untouched(section: &Map<String, Value>, source: Source) -> bool {
-    section.iter().all(|(key, value)| match value {
-        Value::Object(inner) => untouched(inner, source),
-        _ => blank(value) || (source == Source::Form && key == "country"),
+/// Whether a group of fields is required, or optional with these members.
+#[derive(Clone, Copy)]
+enum Section {
+    Required,
+    Optional(&'static Members),
+}
+
+/// The fields of a section: each name, and its own members when it is a
+/// group itself.
+struct Members(&'static [(&'static str, Option<&'static Members>)]);
+
+const ADDRESS: Members = Members(&[
+    ("line1", None),
+    ("line2", None),
+    ("city", None),
+    ("region", None),
+    ("postal_code", None),
+    ("country", None),
+]);
+
+const GIFT_RECIPIENT: Members = Members(&[
+    ("name", None),
+    ("address", Some(&ADDRESS)),
+    ("phone", None),
+    ("message", None),
+]);
+
+/// An optional section the customer left alone: every field one it has,
+/// and blank (an empty or all-blank string, `null`, a group of nothing
+/// else) — but in a form a `country` (a drop-down always sends one) — at
+/// any depth.
+fn untouched(section: &Map<String, Value>, source: Source, members: &Members) -> bool {
+    section.iter().all(|(key, value)| {
+        let Some((_, inner)) = members.0.iter().find(|(name, _)| name == key) else {
+            return false;
+        };
+        match (value, inner) {
+            (Value::Object(group), Some(inner)) => untouched(group, source, inner),
+            (Value::Object(_), None) => false,
+            _ => blank(value) || (source == Source::Form && key == "country"),
+        }
     })
 }
 

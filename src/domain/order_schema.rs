@@ -534,6 +534,75 @@ mod tests {
         assert_eq!(errors[0].code, "unknown_field");
     }
 
+    /// Every leaf of `tree` as an empty string.
+    fn blanked(tree: &Value) -> Value {
+        match tree {
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), blanked(v))).collect())
+            }
+            _ => json!(""),
+        }
+    }
+
+    fn as_form(tree: &Value) -> Value {
+        let mut fields = Vec::new();
+        to_form(tree, "", &mut fields);
+        let body: String = fields
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    k,
+                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        crate::domain::form::parse(body.as_bytes()).unwrap()
+    }
+
+    /// An optional section sent with every member the schema names left
+    /// blank is an empty section (a form sends its empty inputs), so the
+    /// parser's list of each section's members agrees with the schema; a
+    /// blank member the section does not have is not waved through with it,
+    /// but reported as unknown.
+    #[test]
+    fn a_blank_optional_section_is_left_out_but_not_a_member_it_does_not_have() {
+        let c = components();
+        let required = sample(&c["OrderRequest"], &c, false);
+        for (section, schema) in [
+            ("shipping_address", "AddressIn"),
+            ("gift_recipient", "GiftRecipientIn"),
+        ] {
+            let empty = blanked(&sample(&c[schema], &c, true));
+            let mut doc = required.clone();
+            doc[section] = empty.clone();
+            check(doc.clone(), Source::Json).unwrap_or_else(|e| panic!("{section}: {e:?}"));
+            check(as_form(&doc), Source::Form).unwrap_or_else(|e| panic!("{section}: {e:?}"));
+
+            let mut strays = vec![format!("{section}.nickname")];
+            let mut with_stray = empty.clone();
+            with_stray["nickname"] = json!("");
+            if section == "gift_recipient" {
+                with_stray["address"]["line_one"] = json!(null);
+                strays.push(format!("{section}.address.line_one"));
+            }
+            let mut doc = required.clone();
+            doc[section] = with_stray;
+            for (tree, source) in [(doc.clone(), Source::Json), (as_form(&doc), Source::Form)] {
+                let errors = check(tree, source).unwrap_err();
+                for stray in &strays {
+                    assert!(
+                        errors
+                            .iter()
+                            .any(|e| e.field == *stray && e.code == "unknown_field"),
+                        "{stray}: {errors:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn form_schema_marks_nested_required_members() {
         let c = components();
