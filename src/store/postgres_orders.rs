@@ -28,47 +28,84 @@
 //! Every column is bound as one array, so the statement's text does not
 //! change with the batch's size (only with whether it holds a gift order):
 //! it is parsed, planned and prepared once per connection. Arrays need the
-//! native PostgreSQL driver (`Any` binds none), hence a pool of its own.
+//! native PostgreSQL driver (`Any` binds none), hence a connection of its
+//! own.
 //! The rows and columns are those of `sql::order_rows`, shared with
 //! SQLite's order writer.
 
-use sqlx::postgres::{PgArguments, PgPool, Postgres};
-use sqlx::{Arguments, Row};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
+use sqlx::{Arguments, Connection, Executor, Row};
 
 use super::StoreError;
 use super::rows::{CommitOutcome, NewOrder};
 use super::sql::order_rows::{self, OrderText, Param, Table};
 
-/// The handle: a pool of its own, with the store's session settings. One
-/// connection: group commit writes one batch at a time.
+/// The handle: one connection of its own (group commit writes one batch at
+/// a time), with the store's session settings, opened again after it
+/// failed. Not a pool: a pool tests every connection it takes back with a
+/// ping, which waits without a limit — a connection whose host went silent
+/// at that moment would keep the writer's only connection, and every later
+/// order, waiting for ever — and costs a round trip per batch besides.
 pub struct OrderWriter {
-    pool: PgPool,
+    options: Box<PgConnectOptions>,
+    session: &'static str,
+    /// The connection and when it was opened; `None` until the next batch
+    /// opens one, after the last failed.
+    conn: tokio::sync::Mutex<Option<(PgConnection, Instant)>>,
+    closed: AtomicBool,
 }
+
+/// How long a batch waits for the connection, and opening it may take (a
+/// pool's acquire limit, as the store's pools have): then the batch is
+/// answered 503 "retry".
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl OrderWriter {
     /// Connects to `url` (already migrated and checked for durability by
-    /// the store's own pool) with `session` settings on every connection.
+    /// the store's own pool) with `session` settings.
     pub async fn open(url: &str, session: &'static str) -> Result<Self, StoreError> {
-        let pool = super::postgres::pool_options::<Postgres>(1, session)
-            // No ping before each batch (a round trip of its own): a
-            // connection that broke fails the batch's first statement,
-            // which answers 503 "retry" like any outage.
-            .test_before_acquire(false)
-            .connect(url)
+        let failed = |source| StoreError::Connect {
+            target: super::postgres::redact(url),
+            source,
+        };
+        let options = Box::new(PgConnectOptions::from_str(url).map_err(failed)?);
+        let writer = OrderWriter {
+            options,
+            session,
+            conn: tokio::sync::Mutex::new(None),
+            closed: AtomicBool::new(false),
+        };
+        let conn = writer.connect().await.map_err(failed)?;
+        *writer.conn.lock().await = Some(conn);
+        Ok(writer)
+    }
+
+    async fn connect(&self) -> Result<(PgConnection, Instant), sqlx::Error> {
+        let connecting = async {
+            let mut conn = PgConnection::connect_with(&self.options).await?;
+            conn.execute(sqlx::raw_sql(self.session)).await?;
+            Ok((conn, Instant::now()))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|source| StoreError::Connect {
-                target: super::postgres::redact(url),
-                source,
-            })?;
-        Ok(OrderWriter { pool })
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
     }
 
     pub fn is_running(&self) -> bool {
-        !self.pool.is_closed()
+        !self.closed.load(Ordering::Acquire)
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.closed.store(true, Ordering::Release);
+        if let Some((conn, _)) = self.conn.lock().await.take() {
+            // A goodbye, if the server still listens; the socket closes
+            // either way.
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.close()).await;
+        }
     }
 
     /// Writes `batch` in one statement, its own transaction, under the
@@ -78,13 +115,74 @@ impl OrderWriter {
     /// nothing and is `DuplicateKey`, exactly as if the requests had come
     /// one by one.
     pub async fn commit(&self, batch: &[NewOrder]) -> Result<Vec<CommitOutcome>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::from_sqlx(sqlx::Error::PoolClosed));
+        }
         // The wait for the connection: the metric "database waits".
-        let started = std::time::Instant::now();
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+        let started = Instant::now();
+        // Taken by a batch still running past its time limit: this one is
+        // answered 503 "retry" as a pool's acquire limit would.
+        let mut slot = tokio::time::timeout(CONNECT_TIMEOUT, self.conn.lock())
+            .await
+            .map_err(|_| StoreError::from_sqlx(sqlx::Error::PoolTimedOut))?;
+        // Opened before a migration broke its prepared statements: closed,
+        // not used (see `stale_plans`).
+        if slot
+            .as_ref()
+            .is_some_and(|(_, opened)| super::postgres::stale_plans::predates(opened.elapsed()))
+        {
+            *slot = None;
+        }
+        let (conn, _) = match &mut *slot {
+            Some(open) => open,
+            None => slot.insert(self.connect().await.map_err(StoreError::from_sqlx)?),
+        };
         crate::telemetry::pool_wait(started.elapsed());
-        write(&mut conn, batch).await.map_err(StoreError::from_sqlx)
+        match tokio::time::timeout(GIVE_UP, write(conn, batch)).await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(error)) => {
+                // After the statement's own error (a constraint, a retired
+                // key) the connection is as good as before: the statement
+                // was its own transaction. After a broken one it is not.
+                if matches!(
+                    error,
+                    sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+                ) {
+                    *slot = None;
+                }
+                Err(StoreError::from_sqlx(error))
+            }
+            Err(_) => {
+                // Dropped: its socket is closed, and the next batch opens
+                // a new connection.
+                *slot = None;
+                tracing::error!(
+                    seconds = GIVE_UP.as_secs(),
+                    "the database did not answer a commit: its connection was closed; the batch's outcome is unknown"
+                );
+                Err(StoreError::Unavailable(sqlx::Error::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the database did not answer the commit",
+                    ),
+                )))
+            }
+        }
     }
 }
+
+/// How long a batch's statement may go unanswered before its connection
+/// is given up: the session's `statement_timeout` (20 s, which includes
+/// its lock waits) and a margin. Only a connection gone silent — its host
+/// lost without closing it, packets dropped on the way — takes this long:
+/// the server itself ends the statement within its timeout. Without it the
+/// order writer's one connection would wait on such a socket for ever (no
+/// TCP keepalive is set), and with it every later order and the batch's
+/// key holds. The batch's outcome is then unknown: its orders were
+/// answered 503 "retry" at the commit's time limit already, and their keys
+/// stay uncertain (`StoreError::outcome_unknown`) until the server has
+/// surely ended the statement.
+pub const GIVE_UP: Duration = Duration::from_secs(30);
 
 async fn write(
     conn: &mut sqlx::PgConnection,
@@ -119,7 +217,11 @@ async fn write(
         .await?
         .iter()
         .map(|r| r.try_get::<String, _>("order_id"))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        // Read after the commit: the batch is stored, whatever failed here.
+        // Its outcome as far as its orders know is unknown ("retry", which
+        // replays), never "nothing was stored".
+        .map_err(|e| sqlx::Error::Protocol(format!("the committed batch's answer: {e}")))?;
     for &i in &candidates {
         if claimed.contains(&text[i].id) {
             outcomes[i] = CommitOutcome::Committed;

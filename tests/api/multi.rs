@@ -162,12 +162,40 @@ async fn a_rotation_by_one_process_is_picked_up_by_the_others() {
 }
 
 /// A TCP proxy in front of the PostgreSQL server that the test can cut
-/// (every connection dropped, new ones closed at once) and restore.
+/// (every connection dropped, new ones closed at once) and restore, or
+/// freeze: every connection open then, and every one made while frozen,
+/// swallows what it is sent and answers nothing — a host gone silent
+/// without closing anything — for as long as it lives; a thaw lets new
+/// connections through again.
 struct Proxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    silent: Arc<AtomicBool>,
+    links: Links,
     accept: JoinHandle<()>,
+}
+
+/// The proxy's connections, each with its frozen flag.
+type Links = Arc<Mutex<Vec<(JoinHandle<()>, Arc<AtomicBool>)>>>;
+
+/// Copies `from` to `to` until either ends; once `frozen`, what is read is
+/// dropped.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !frozen.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -175,30 +203,41 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let silent = Arc::new(AtomicBool::new(false));
+        let links: Links = Arc::default();
         let accept = {
-            let (up, links) = (up.clone(), links.clone());
+            let (up, silent, links) = (up.clone(), silent.clone(), links.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut client, _)) = listener.accept().await else {
+                    let Ok((client, _)) = listener.accept().await else {
                         return;
                     };
                     if !up.load(Ordering::SeqCst) {
                         drop(client);
                         continue;
                     }
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                    links.lock().await.push(link);
+                    let frozen = Arc::new(AtomicBool::new(silent.load(Ordering::SeqCst)));
+                    let link = {
+                        let frozen = frozen.clone();
+                        tokio::spawn(async move {
+                            if let Ok(server) = TcpStream::connect(target).await {
+                                let (client_read, client_write) = client.into_split();
+                                let (server_read, server_write) = server.into_split();
+                                tokio::select! {
+                                    _ = pump(client_read, server_write, frozen.clone()) => {}
+                                    _ = pump(server_read, client_write, frozen) => {}
+                                }
+                            }
+                        })
+                    };
+                    links.lock().await.push((link, frozen));
                 }
             })
         };
         Proxy {
             addr,
             up,
+            silent,
             links,
             accept,
         }
@@ -206,9 +245,21 @@ impl Proxy {
 
     async fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
-        for link in self.links.lock().await.drain(..) {
+        for (link, _) in self.links.lock().await.drain(..) {
             link.abort();
         }
+    }
+
+    async fn freeze(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        for (_, frozen) in self.links.lock().await.iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// New connections go through again; those frozen stay silent.
+    fn thaw(&self) {
+        self.silent.store(false, Ordering::SeqCst);
     }
 
     fn restore(&self) {
@@ -219,7 +270,65 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
+        if let Ok(links) = self.links.try_lock() {
+            for (link, _) in links.iter() {
+                link.abort();
+            }
+        }
     }
+}
+
+/// A database host that goes silent without closing its connections
+/// (packets dropped on the way): an order is answered 503 "retry" at the
+/// commit's time limit, and the order writer gives its connection up after
+/// `GIVE_UP` instead of waiting on it for ever (no TCP keepalive would end
+/// the wait) — so once the database answers again, orders are taken again
+/// without a restart. The order that met the silence reached no database:
+/// it is not stored.
+#[tokio::test]
+async fn a_database_gone_silent_is_given_up_and_intake_recovers_without_a_restart() {
+    let Some(server) = postgres_server() else {
+        skipped(
+            "multi::a_database_gone_silent_...",
+            "needs a PostgreSQL server to lose",
+        );
+        return;
+    };
+    let proxy = Proxy::start(postgres_addr(&server).await).await;
+    let via = proxy.addr;
+    let app = spawn_app_with(Options {
+        database_url: Some(Box::new(move |url| with_authority(url, via))),
+        ..Options::default()
+    })
+    .await;
+    order(&app, "silent-0").await;
+
+    proxy.freeze().await;
+    let started = std::time::Instant::now();
+    let r = app.post_order("silent-1", &order_json()).await;
+    assert!(r.headers().contains_key("retry-after"), "{r:?}");
+    expect_problem(r, 503).await;
+    proxy.thaw();
+
+    // Until the writer gives its silent connection up, a batch waits on it
+    // (answered 503); then a new connection takes the order.
+    let give_up = checkoutd::store::postgres_orders::GIVE_UP;
+    let mut taken = false;
+    let mut attempt = 0;
+    while started.elapsed() < give_up + Duration::from_secs(30) {
+        attempt += 1;
+        let r = app
+            .post_order(&format!("silent-2-{attempt}"), &order_json())
+            .await;
+        if r.status() == 201 {
+            taken = true;
+            break;
+        }
+        assert_eq!(r.status(), 503, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(taken, "intake never recovered from a silent connection");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
 }
 
 #[tokio::test]
