@@ -302,6 +302,10 @@ async fn a_database_gone_silent_is_given_up_and_intake_recovers_without_a_restar
     })
     .await;
     order(&app, "silent-0").await;
+    // The writer's check of its connection after that batch (a ping) is
+    // answered before the silence: the next batch finds it open, and its
+    // statement is what meets the silence.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     proxy.freeze().await;
     let started = std::time::Instant::now();
@@ -328,6 +332,11 @@ async fn a_database_gone_silent_is_given_up_and_intake_recovers_without_a_restar
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(taken, "intake never recovered from a silent connection");
+    assert!(
+        started.elapsed() >= give_up - Duration::from_secs(2),
+        "recovered after {:?}: the silent statement was not what held the writer",
+        started.elapsed()
+    );
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
 }
 
