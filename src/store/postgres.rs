@@ -49,7 +49,7 @@ const WHOLE_TABLE_SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeo
 /// the same database.
 pub const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
 const LOCK_ACCESS_LOG: i64 = 0x6368_6b64_0000_0002;
-const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
+pub const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
 
 /// The migrations' session: no statement limit — a migration over a large
 /// database (an index built, a foreign key checked over every row) runs as

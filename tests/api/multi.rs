@@ -161,6 +161,62 @@ async fn a_rotation_by_one_process_is_picked_up_by_the_others() {
     }
 }
 
+/// A key retired by `keys rotate` while an order batch or a withdrawal of
+/// another process has passed the database's retired-key guard but not yet
+/// committed: the retirement waits for it (both hold their sequence's lock
+/// to their commit), so nothing lands under a version already recorded
+/// retired. Stood in for here by a transaction holding each lock.
+#[tokio::test]
+async fn a_key_retirement_waits_for_order_batches_and_withdrawals_in_flight() {
+    let Some(_) = postgres_server() else {
+        skipped(
+            "multi::a_key_retirement_waits_...",
+            "advisory locks are PostgreSQL's",
+        );
+        return;
+    };
+    let app = spawn_app().await;
+    for (round, lock) in [
+        checkoutd::store::postgres::LOCK_ORDERS,
+        checkoutd::store::postgres::LOCK_CONSENT_EVENTS,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let db = app.db().await;
+        let mut in_flight = db.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+            .bind(lock)
+            .execute(&mut *in_flight)
+            .await
+            .unwrap();
+        let mut rotate = app
+            .command()
+            .args(["keys", "rotate", "--class", "card"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            rotate.try_wait().unwrap().is_none(),
+            "round {round}: the retirement did not wait for the write in flight"
+        );
+        let retired_meanwhile: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM kek_retirements WHERE class = 'card'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(retired_meanwhile, i64::try_from(round).unwrap());
+        in_flight.commit().await.unwrap();
+        let out = tokio::task::spawn_blocking(move || rotate.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_succeeded(&out);
+    }
+}
+
 /// A TCP proxy in front of the PostgreSQL server that the test can cut
 /// (every connection dropped, new ones closed at once) and restore, or
 /// freeze: every connection open then, and every one made while frozen,

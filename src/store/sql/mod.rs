@@ -868,6 +868,25 @@ impl Store for SqlStore {
             .engine
             .begin_write(&self.writer, WriteOrder::Unordered)
             .await?;
+        if self.engine == Engine::Postgres {
+            // The database's guard against rows under a retired version
+            // reads `kek_retirements` at the end of each statement, taking
+            // no lock: an order batch or a withdrawal past its guard but not
+            // yet committed would land after the retirement. Both hold
+            // their sequence's lock to their commit, so taking both here
+            // (in that order; nothing takes them the other way round) waits
+            // for those in flight, and later ones see the retirement.
+            for lock in [
+                super::postgres::LOCK_ORDERS,
+                super::postgres::LOCK_CONSENT_EVENTS,
+            ] {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+                    .bind(lock)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+            }
+        }
         for (class, version) in retired {
             sqlx::query("INSERT INTO kek_retirements (class, version, retired_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(class.as_str())
