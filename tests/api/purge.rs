@@ -1139,6 +1139,52 @@ fn orders_command(app: &TestApp, args: &[&str]) -> (Option<i32>, String, String)
     )
 }
 
+/// On PostgreSQL a release takes its turn on the order's row, as placing a
+/// hold and a purge do: a hold being placed that found this one (and reads
+/// it back) ends before the release deletes it — stood in for here by a
+/// transaction holding the row — instead of failing on a row gone under it.
+#[tokio::test]
+async fn a_release_waits_for_a_hold_or_purge_of_the_same_order_in_flight() {
+    if crate::helpers::postgres_server().is_none() {
+        crate::multi::skipped(
+            "purge::a_release_waits_...",
+            "SQLite's one writer already serializes them",
+        );
+        return;
+    }
+    let app = spawn_app().await;
+    let id = place(&app, "hr-1", &order_json()).await;
+    let (code, _, err) = orders_command(&app, &["hold", "--order", &id, "--reference", "CB-7"]);
+    assert_eq!(code, Some(0), "{err}");
+    let db = app.db().await;
+    let mut in_flight = db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM orders WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(&id)
+        .fetch_one(&mut *in_flight)
+        .await
+        .unwrap();
+    let mut release = app
+        .command()
+        .args(["orders", "release", "--order", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        release.try_wait().unwrap().is_none(),
+        "the release did not wait for the order's row"
+    );
+    in_flight.commit().await.unwrap();
+    let out = tokio::task::spawn_blocking(move || release.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_succeeded(&out);
+    let (_, holds, _) = orders_command(&app, &["holds"]);
+    assert!(!holds.contains(&id), "{holds}");
+}
+
 async fn cards_of(app: &TestApp) -> Vec<String> {
     sqlx::query_scalar("SELECT order_id FROM payment_cards ORDER BY order_id")
         .fetch_all(&app.db().await)

@@ -1504,6 +1504,16 @@ pub async fn release_hold(
     order_id: &str,
 ) -> Result<Option<super::super::rows::HoldRow>, StoreError> {
     let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
+    // The order row locked as a hold and a purge lock it: a hold being
+    // placed (which found this one and reads it back) or another release
+    // of it ends first, and this release then sees what it left.
+    if engine == Engine::Postgres {
+        sqlx::query("SELECT id FROM orders WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
     let held = sqlx::query(&format!(
         "SELECT {} FROM legal_holds WHERE order_id = $1",
         hold_columns(engine)
