@@ -35,6 +35,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no database at {}: name the service's database (--database-url, or CHECKOUTD_DATABASE_URL); only `serve`, `migrate` and `keys init` create one", path.display())]
     NoDatabase { path: std::path::PathBuf },
+    #[error("cannot lock {path} to apply the database's migrations")]
+    MigrationLock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the data directory {path}")]
     DataDir {
         path: std::path::PathBuf,

@@ -75,6 +75,26 @@ pub async fn open(path: &Path, schema: super::Schema) -> Result<SqlStore, StoreE
     }
     let writer = connect(path, "rwc", WRITER_PRAGMAS, 1).await?;
     {
+        // Processes starting together after an upgrade (`serve` and
+        // `migrate`, or two `serve`s) take turns: one migrates, the next
+        // finds nothing pending. sqlx takes no lock on SQLite, and both
+        // running the same migration made the second fail to start. A file
+        // of its own: the database file's descriptors must not be opened
+        // and closed here (see above).
+        let lock_path = {
+            let mut name = path.as_os_str().to_owned();
+            name.push("-migrations.lock");
+            std::path::PathBuf::from(name)
+        };
+        let locking = lock_path.clone();
+        let _turn = tokio::task::spawn_blocking(move || crate::files::lock_file(&locking))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|locked| locked)
+            .map_err(|source| StoreError::MigrationLock {
+                path: lock_path,
+                source,
+            })?;
         let mut conn = writer.acquire().await.map_err(StoreError::from_sqlx)?;
         if super::needs_migrating(&mut conn, &MIGRATOR, schema).await? {
             MIGRATOR.run(&mut *conn).await?;

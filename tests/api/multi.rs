@@ -519,6 +519,34 @@ fn migrate_with(url: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process
         .unwrap()
 }
 
+/// Processes that start together on a new (or upgraded) SQLite database —
+/// `serve` and `migrate`, two `serve`s — take turns at its migrations: one
+/// applies them, the others find nothing pending. (sqlx takes no lock on
+/// SQLite; both applying the same migration made one fail to start.)
+#[tokio::test]
+async fn processes_migrating_one_sqlite_database_at_once_all_start() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("checkoutd.db").display());
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || migrate(&url, &[]))
+            })
+            .collect();
+        for run in join_all(runs).await {
+            assert_succeeded(&run.unwrap());
+        }
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let failed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE NOT success")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(failed, 0, "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn a_missing_postgres_database_is_refused_never_created() {
     let Some(server) = postgres_server() else {
