@@ -830,6 +830,28 @@ pub async fn still_serves(app: &TestApp) -> bool {
 /// it was never counted).
 /// Asserts that a command run to completion succeeded, showing what it
 /// said on stderr if it did not.
+/// A `checkoutd` command that must wait on a lock a test holds: started,
+/// and still running 2 s later (`why` says what it should be waiting
+/// for). Collect its output with [`finish`] once the lock is let go.
+pub async fn start_waiting(mut command: std::process::Command, why: &str) -> std::process::Child {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.try_wait().unwrap().is_none(), "{why}");
+    child
+}
+
+/// The output of a command started with [`start_waiting`], once it ends.
+pub async fn finish(child: std::process::Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 pub fn assert_succeeded(out: &std::process::Output) {
     assert!(
         out.status.success(),

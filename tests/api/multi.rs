@@ -190,18 +190,13 @@ async fn a_key_retirement_waits_for_order_batches_and_withdrawals_in_flight() {
             .execute(&mut *in_flight)
             .await
             .unwrap();
-        let mut rotate = app
-            .command()
-            .args(["keys", "rotate", "--class", "card"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(
-            rotate.try_wait().unwrap().is_none(),
-            "round {round}: the retirement did not wait for the write in flight"
-        );
+        let mut command = app.command();
+        command.args(["keys", "rotate", "--class", "card"]);
+        let rotate = crate::helpers::start_waiting(
+            command,
+            &format!("round {round}: the retirement did not wait for the write in flight"),
+        )
+        .await;
         let retired_meanwhile: i64 =
             sqlx::query_scalar("SELECT count(*) FROM kek_retirements WHERE class = 'card'")
                 .fetch_one(&db)
@@ -209,10 +204,7 @@ async fn a_key_retirement_waits_for_order_batches_and_withdrawals_in_flight() {
                 .unwrap();
         assert_eq!(retired_meanwhile, i64::try_from(round).unwrap());
         in_flight.commit().await.unwrap();
-        let out = tokio::task::spawn_blocking(move || rotate.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
+        let out = crate::helpers::finish(rotate).await;
         assert_succeeded(&out);
     }
 }
@@ -323,6 +315,23 @@ impl Proxy {
     }
 }
 
+/// An app whose database connections all go through a [`Proxy`]; `None`
+/// (the test said skipped) without a PostgreSQL server to lose.
+async fn app_behind_a_proxy(test: &str) -> Option<(Proxy, TestApp)> {
+    let Some(server) = postgres_server() else {
+        skipped(test, "needs a PostgreSQL server to lose");
+        return None;
+    };
+    let proxy = Proxy::start(postgres_addr(&server).await).await;
+    let via = proxy.addr;
+    let app = spawn_app_with(Options {
+        database_url: Some(Box::new(move |url| with_authority(url, via))),
+        ..Options::default()
+    })
+    .await;
+    Some((proxy, app))
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
@@ -343,20 +352,9 @@ impl Drop for Proxy {
 /// it is not stored.
 #[tokio::test]
 async fn a_database_gone_silent_is_given_up_and_intake_recovers_without_a_restart() {
-    let Some(server) = postgres_server() else {
-        skipped(
-            "multi::a_database_gone_silent_...",
-            "needs a PostgreSQL server to lose",
-        );
+    let Some((proxy, app)) = app_behind_a_proxy("multi::a_database_gone_silent_...").await else {
         return;
     };
-    let proxy = Proxy::start(postgres_addr(&server).await).await;
-    let via = proxy.addr;
-    let app = spawn_app_with(Options {
-        database_url: Some(Box::new(move |url| with_authority(url, via))),
-        ..Options::default()
-    })
-    .await;
     order(&app, "silent-0").await;
     // The writer's check of its connection after that batch (a ping) is
     // answered before the silence: the next batch finds it open, and its
@@ -398,20 +396,9 @@ async fn a_database_gone_silent_is_given_up_and_intake_recovers_without_a_restar
 
 #[tokio::test]
 async fn a_database_outage_is_a_retryable_503_and_heals_without_a_restart() {
-    let Some(server) = postgres_server() else {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"multi::a_database_outage...: SKIPPED on SQLite (needs a PostgreSQL server to lose)\n",
-        );
+    let Some((proxy, app)) = app_behind_a_proxy("multi::a_database_outage...").await else {
         return;
     };
-    let proxy = Proxy::start(postgres_addr(&server).await).await;
-    let via = proxy.addr;
-    let app = spawn_app_with(Options {
-        database_url: Some(Box::new(move |url| with_authority(url, via))),
-        ..Options::default()
-    })
-    .await;
     let first = order(&app, "outage-0").await;
     let ready = app
         .anonymous()

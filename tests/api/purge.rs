@@ -1163,23 +1163,13 @@ async fn a_release_waits_for_a_hold_or_purge_of_the_same_order_in_flight() {
         .fetch_one(&mut *in_flight)
         .await
         .unwrap();
-    let mut release = app
-        .command()
-        .args(["orders", "release", "--order", &id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        release.try_wait().unwrap().is_none(),
-        "the release did not wait for the order's row"
-    );
+    let mut command = app.command();
+    command.args(["orders", "release", "--order", &id]);
+    let release =
+        crate::helpers::start_waiting(command, "the release did not wait for the order's row")
+            .await;
     in_flight.commit().await.unwrap();
-    let out = tokio::task::spawn_blocking(move || release.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = crate::helpers::finish(release).await;
     assert_succeeded(&out);
     let (_, holds, _) = orders_command(&app, &["holds"]);
     assert!(!holds.contains(&id), "{holds}");
