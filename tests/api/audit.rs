@@ -935,6 +935,50 @@ async fn access_log_tampering_is_named() {
     }
 }
 
+/// The ledgers are append-only against SQLite's REPLACE too, which deletes
+/// the row in its way without firing a delete or update trigger: swapping
+/// an access-log entry or a withdrawal for another is refused, and the
+/// chains verify as they were.
+#[tokio::test]
+async fn a_ledger_entry_is_never_replaced() {
+    let (app, _) = populated().await;
+    if app.database.is_postgres() {
+        crate::multi::skipped(
+            "audit::a_ledger_entry_is_never_replaced",
+            "PostgreSQL has no REPLACE; its upsert fires the update guards",
+        );
+        return;
+    }
+    let db = app.db().await;
+    let opt_out = app
+        .client(Role::Storefront)
+        .post(app.url("/v1/consent/opt-out"))
+        .json(&json!({"email": "ada@example.com", "purposes": ["special_offers"], "channel": "email"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opt_out.status(), 202);
+    for (sql, what) in [
+        (
+            "INSERT OR REPLACE INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action,
+                 objects, outcome, status, prev_hash, hash, mac)
+             SELECT seq, at, 'auditor', cert_fingerprint, origin_ip, action, objects, outcome,
+                 status, prev_hash, hash, mac FROM access_log WHERE seq = 1",
+            "access_log is append-only",
+        ),
+        (
+            "REPLACE INTO consent_events SELECT * FROM consent_events WHERE seq = 1",
+            "consent_events is append-only",
+        ),
+    ] {
+        let refused = sqlx::query(sql).execute(&db).await.unwrap_err().to_string();
+        assert!(refused.contains(what), "{sql}: {refused}");
+    }
+    let report = run_verify(&app).await;
+    assert!(report.access_log.intact);
+    assert!(report.verified, "{:#?}", report.failures);
+}
+
 /// A row numbered 0 or below sits before the chain's first entry: the
 /// database refuses it, and one written anyway (the guard switched off)
 /// is named by the chain check — the lowest number there is too, which a
