@@ -13,3 +13,15 @@ BEGIN SELECT RAISE(ABORT, 'access_log is append-only'); END;
 CREATE TRIGGER consent_events_never_replaced BEFORE INSERT ON consent_events
 WHEN EXISTS (SELECT 1 FROM consent_events WHERE seq = NEW.seq OR id = NEW.id)
 BEGIN SELECT RAISE(ABORT, 'consent_events is append-only'); END;
+
+-- The purges and the KEK retirements, append-only as well (0011, 0012),
+-- are written with `ON CONFLICT DO NOTHING`: an insert of a row already
+-- there is skipped here too (RAISE(IGNORE) ends that row's insert without
+-- an error), so the service's inserts behave as before and a REPLACE
+-- changes nothing.
+CREATE TRIGGER purges_never_replaced BEFORE INSERT ON purges
+WHEN EXISTS (SELECT 1 FROM purges WHERE order_id = NEW.order_id AND class = NEW.class)
+BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER kek_retirements_never_replaced BEFORE INSERT ON kek_retirements
+WHEN EXISTS (SELECT 1 FROM kek_retirements WHERE class = NEW.class AND version = NEW.version)
+BEGIN SELECT RAISE(IGNORE); END;
