@@ -60,6 +60,12 @@ pub struct OrderWriter {
     closed: AtomicBool,
 }
 
+/// The age at which the connection is replaced before a batch, as a
+/// pool's `max_lifetime` (sqlx's default) did: server-side session state
+/// does not grow for ever, and a connection left on a host that is no
+/// longer the primary is let go.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
 /// How long the ping after a batch may take before the connection is
 /// given up (the next batch opens a new one).
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -130,17 +136,30 @@ impl OrderWriter {
         let mut slot = tokio::time::timeout(CONNECT_TIMEOUT, self.conn.clone().lock_owned())
             .await
             .map_err(|_| StoreError::from_sqlx(sqlx::Error::PoolTimedOut))?;
-        // Opened before a migration broke its prepared statements: closed,
-        // not used (see `stale_plans`).
-        if slot
-            .as_ref()
-            .is_some_and(|(_, opened)| super::postgres::stale_plans::predates(opened.elapsed()))
-        {
+        // Closed while this batch waited for its turn: nothing is written.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::from_sqlx(sqlx::Error::PoolClosed));
+        }
+        // Opened before a migration broke its prepared statements (see
+        // `stale_plans`), or longer ago than a pool keeps one: closed, not
+        // used.
+        if slot.as_ref().is_some_and(|(_, opened)| {
+            opened.elapsed() >= MAX_LIFETIME
+                || super::postgres::stale_plans::predates(opened.elapsed())
+        }) {
             *slot = None;
         }
         let (conn, _) = match &mut *slot {
             Some(open) => open,
-            None => slot.insert(self.connect().await.map_err(StoreError::from_sqlx)?),
+            None => match self.connect().await {
+                Ok(open) => slot.insert(open),
+                Err(error) => {
+                    // Nothing was sent: not an outcome unknown (its keys
+                    // are not held uncertain), a database away — 503.
+                    tracing::warn!(%error, "the order writer could not connect to the database");
+                    return Err(StoreError::from_sqlx(sqlx::Error::PoolTimedOut));
+                }
+            },
         };
         crate::telemetry::pool_wait(started.elapsed());
         match tokio::time::timeout(GIVE_UP, write(conn, batch)).await {
@@ -170,14 +189,15 @@ impl OrderWriter {
             Ok(Err(error)) => {
                 // After the statement's own error (a constraint, a retired
                 // key) the connection is as good as before: the statement
-                // was its own transaction. After a broken one it is not.
-                if matches!(
-                    error,
-                    sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
-                ) {
+                // was its own transaction. After one of the database being
+                // away — the connection broke, the server ended the session
+                // or is a standby now after a failover — the next batch
+                // opens a new one.
+                let error = StoreError::from_sqlx(error);
+                if matches!(error, StoreError::Unavailable(_)) {
                     *slot = None;
                 }
-                Err(StoreError::from_sqlx(error))
+                Err(error)
             }
             Err(_) => {
                 // Dropped: its socket is closed, and the next batch opens

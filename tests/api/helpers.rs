@@ -826,10 +826,6 @@ pub async fn still_serves(app: &TestApp) -> bool {
     )
 }
 
-/// The value of the unlabelled metric `name` in a `/metrics` text (0 when
-/// it was never counted).
-/// Asserts that a command run to completion succeeded, showing what it
-/// said on stderr if it did not.
 /// A `checkoutd` command that must wait on a lock a test holds: started,
 /// and still running 2 s later (`why` says what it should be waiting
 /// for). Collect its output with [`finish`] once the lock is let go.
@@ -852,6 +848,8 @@ pub async fn finish(child: std::process::Child) -> std::process::Output {
         .unwrap()
 }
 
+/// Asserts that a command run to completion succeeded, showing what it
+/// said on stderr if it did not.
 pub fn assert_succeeded(out: &std::process::Output) {
     assert!(
         out.status.success(),
@@ -860,6 +858,8 @@ pub fn assert_succeeded(out: &std::process::Output) {
     );
 }
 
+/// The value of the unlabelled metric `name` in a `/metrics` text (0 when
+/// it was never counted).
 pub fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

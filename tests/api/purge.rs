@@ -1168,6 +1168,13 @@ async fn a_release_waits_for_a_hold_or_purge_of_the_same_order_in_flight() {
     let release =
         crate::helpers::start_waiting(command, "the release did not wait for the order's row")
             .await;
+    let still_held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM legal_holds WHERE order_id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(still_held, 1, "the release went ahead of the order's row");
     in_flight.commit().await.unwrap();
     let out = crate::helpers::finish(release).await;
     assert_succeeded(&out);
