@@ -276,28 +276,10 @@ pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
     let mut errors = Vec::new();
     let email = match map.remove("email") {
         Some(Value::String(mut s)) => {
-            let e = Email::parse(&s);
+            let e = Email::parse_contact(&s);
             zeroize::Zeroize::zeroize(&mut s);
-            match e {
-                // No customer's: an order refuses it, with the same code.
-                Some(e) if e.holds_card_number() => {
-                    errors.push(FieldError::new(
-                        "email",
-                        "looks_like_card_number",
-                        "An email address must not hold a card number",
-                    ));
-                    None
-                }
-                Some(e) => Some(e),
-                None => {
-                    errors.push(FieldError::new(
-                        "email",
-                        "invalid_email",
-                        "Not a valid email address",
-                    ));
-                    None
-                }
-            }
+            e.map_err(|(code, message)| errors.push(FieldError::new("email", code, message)))
+                .ok()
         }
         None | Some(Value::Null) => {
             errors.push(FieldError::new(

@@ -62,6 +62,21 @@ impl Email {
         super::detect::contains_card_number(local)
             || super::detect::contains_card_typed(self.expose())
     }
+
+    /// A customer's contact address, as every form that takes one reads
+    /// it (the order, both opt-outs): valid, and no card number in it — no
+    /// order accepts one, so no customer has one. The error is a field
+    /// error's code and message.
+    pub fn parse_contact(s: &str) -> Result<Email, (&'static str, &'static str)> {
+        let email = Email::parse(s).ok_or(("invalid_email", "Not a valid email address"))?;
+        if email.holds_card_number() {
+            return Err((
+                "looks_like_card_number",
+                "An email address must not hold a card number",
+            ));
+        }
+        Ok(email)
+    }
 }
 
 /// A phone number, leniently: 7–20 digits, an optional leading `+`, and the

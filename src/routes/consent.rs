@@ -372,13 +372,13 @@ pub async fn unsubscribe(
     let Ok(Value::Object(mut fields)) = crate::domain::form::parse(&body) else {
         return invalid("That request could not be read. Please use the form.");
     };
+    // An address holding a card number is refused like any invalid one
+    // (`Email::parse_contact`): this page shows the address back, and
+    // must never show a card number (DESIGN.md invariant 2).
     let email = fields
         .remove("email")
-        .and_then(|v| v.as_str().and_then(Email::parse));
-    // An address holding a card number is no customer's (an order refuses
-    // it), and this page shows the address back: refused like any
-    // invalid one, never shown (DESIGN.md invariant 2).
-    let Some(email) = email.filter(|e| !e.holds_card_number()) else {
+        .and_then(|v| v.as_str().and_then(|s| Email::parse_contact(s).ok()));
+    let Some(email) = email else {
         return invalid("Please enter a valid email address.");
     };
     let mut purposes = [false; 5];
