@@ -453,12 +453,114 @@ count as new consent.</p>"
     )
 }
 
-/// `GET /v1/audit/consent?email=E` (auditor): proof of consent.
+/// `POST /v1/audit/consent` (auditor): proof of consent for the subject
+/// whose email is in the body (`{"email": "…"}`), so that the address is in
+/// no URL — not in the auditor's shell history, not in a proxy's log.
+#[utoipa::path(
+    post,
+    path = "/v1/audit/consent",
+    operation_id = "consentProofByBody",
+    request_body(content((ConsentProofRequest = "application/json")), description = "At most 4 KiB"),
+    responses(
+        (status = 200, description = "The proof; written to the access log", body = crate::consent::ConsentProof),
+        (status = 400, description = "The body is not valid JSON (or repeats a member), or `Content-Type` was sent more than once (named in `errors`)"),
+        (status = 413, description = "The body is larger than 4 KiB"),
+        (status = 415, description = "Not `application/json` (`Content-Type` named in `errors`)"),
+        (status = 422, description = "No valid `email`, or a member other than `email` (named in `errors`)"),
+        (status = 500, description = "The server failed"),
+        (status = 503, description = "The database or the access log is unavailable"),
+    )
+)]
+#[tracing::instrument(skip_all)]
+pub async fn proof_by_body(
+    State(state): State<AppState>,
+    _caller: Caller,
+    peer: Option<axum::Extension<Peer>>,
+    method: http::Method,
+    route: MatchedPath,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value = match super::small_json(&headers, &body) {
+        Ok(v) => v,
+        Err(problem) => return problem.into_response(),
+    };
+    let email = match parse_proof_request(value) {
+        Ok(email) => email,
+        Err(errors) => {
+            return Problem::unprocessable("invalid-consent-query", "The request has errors")
+                .with_errors(errors)
+                .into_response();
+        }
+    };
+    prove(&state, peer.as_deref(), &method, &route, &email).await
+}
+
+/// The body of `POST /v1/audit/consent`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the body `parse_proof_request` reads.
+pub struct ConsentProofRequest {
+    /// The subject's email address (looked up by blind index, never stored).
+    #[schema(schema_with = crate::domain::contact::email_schema)]
+    email: String,
+}
+
+/// `{"email": "…"}` and nothing else; every fault named by its member.
+fn parse_proof_request(value: Value) -> Result<Email, Vec<FieldError>> {
+    let Value::Object(mut map) = value else {
+        return Err(vec![FieldError::new(
+            "",
+            "invalid_type",
+            "Expected an object",
+        )]);
+    };
+    let mut errors = Vec::new();
+    let email = match map.remove("email") {
+        Some(Value::String(mut s)) => {
+            let email = Email::parse(&s);
+            zeroize::Zeroize::zeroize(&mut s);
+            if email.is_none() {
+                errors.push(FieldError::new(
+                    "email",
+                    "invalid_email",
+                    "A valid email address is required",
+                ));
+            }
+            email
+        }
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(
+                "email",
+                "required",
+                "This field is required",
+            ));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "email",
+                "invalid_type",
+                "Expected a string",
+            ));
+            None
+        }
+    };
+    for name in map.keys() {
+        errors.push(FieldError::new(name, "unknown_field", "Unknown field"));
+    }
+    match email {
+        Some(email) if errors.is_empty() => Ok(email),
+        _ => Err(errors),
+    }
+}
+
+/// `GET /v1/audit/consent?email=E` (auditor): proof of consent. Kept for
+/// existing clients; `POST` keeps the address out of the URL.
 #[utoipa::path(
     get,
     path = "/v1/audit/consent",
     operation_id = "consentProof",
-    params(("email" = String, Query, description = "The subject's email address (looked up by blind index)")),
+    params(("email" = String, Query, description = "The subject's email address (looked up by blind index). Prefer `POST`, which carries it in the body")),
     responses(
         (status = 200, description = "The proof; written to the access log", body = crate::consent::ConsentProof),
         (status = 400, description = "No valid `email`, an unknown query parameter (named in `errors`), or a malformed query string"),
@@ -466,6 +568,7 @@ count as new consent.</p>"
         (status = 503, description = "The database or the access log is unavailable"),
     )
 )]
+#[deprecated = "the address travels in the URL; use `proof_by_body`"]
 #[tracing::instrument(skip_all)]
 pub async fn proof(
     State(state): State<AppState>,
@@ -494,7 +597,19 @@ pub async fn proof(
             )])
             .into_response();
     };
-    let proof = match state.ledger.proof(state.store.as_ref(), &email).await {
+    prove(&state, peer.as_deref(), &method, &route, &email).await
+}
+
+/// The proof for `email`, written to the access log (naming each order it
+/// reaches and the subject's reference) before it is sent.
+async fn prove(
+    state: &AppState,
+    peer: Option<&Peer>,
+    method: &http::Method,
+    route: &MatchedPath,
+    email: &Email,
+) -> Response {
+    let proof = match state.ledger.proof(state.store.as_ref(), email).await {
         Ok(p) => p,
         Err(e) => return ledger_problem(e),
     };
@@ -510,15 +625,8 @@ pub async fn proof(
         "consent_subject:{}",
         proof["subject"]["reference"].as_str().unwrap_or("")
     ));
-    if let Err(withheld) = super::record_access(
-        &state,
-        peer.as_deref(),
-        method.as_str(),
-        &route,
-        objects,
-        200,
-    )
-    .await
+    if let Err(withheld) =
+        super::record_access(state, peer, method.as_str(), route, objects, 200).await
     {
         return withheld;
     }

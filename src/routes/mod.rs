@@ -185,6 +185,14 @@ pub fn routes() -> Vec<Route> {
         Route::new(Get, "/v1/audit/public-key", &[Auditor], audit::public_key),
         Route::new(Get, "/v1/audit/orders/{id}", &[Auditor], audit::order),
         Route::new(Get, "/v1/audit/log", &[Auditor], audit::log),
+        Route::new(
+            Post,
+            "/v1/audit/consent",
+            &[Auditor],
+            consent::proof_by_body,
+        )
+        .body_limit(SMALL_BODY),
+        #[allow(deprecated)] // Kept for existing clients (see the handler).
         Route::new(Get, "/v1/audit/consent", &[Auditor], consent::proof),
         Route::new(Get, "/metrics", &[Auditor], metrics),
     ]

@@ -418,6 +418,113 @@ async fn the_auditor_sees_proof_of_consent() {
     );
 }
 
+/// `POST /v1/audit/consent`: the same proof as the GET, with the address in
+/// the body and so in no URL; its faults are named; only auditors.
+#[tokio::test]
+async fn the_auditor_asks_for_proof_of_consent_with_the_address_in_the_body() {
+    let app = spawn_app().await;
+    let order = place(&app, &order_for("ada@example.com", true, false)).await;
+    let ask = |role: Role, body: String, content_type: &'static str| {
+        app.client(role)
+            .post(app.url("/v1/audit/consent"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let json_type = "application/json";
+    let r = ask(
+        Role::Auditor,
+        json!({"email": "Ada@Example.com"}).to_string(),
+        json_type,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("ada@example.com") && !text.contains("Lovelace"));
+    let by_body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(by_body["subject"]["known"], true);
+    assert_eq!(by_body["records"][0]["order_id"], order.as_str());
+    assert_eq!(by_body["effective"]["special_offers"], true);
+    assert_eq!(by_body["verified"], true);
+    // The same proof as the GET's (the report time apart).
+    let mut by_query: Value = app
+        .get_json(Role::Auditor, "/v1/audit/consent?email=ada%40example.com")
+        .await;
+    let mut by_body = by_body;
+    for proof in [&mut by_body, &mut by_query] {
+        proof.as_object_mut().unwrap().remove("generated_at");
+    }
+    assert_eq!(by_body, by_query);
+    // Logged, naming the order and the subject, before the answer.
+    let entry = app
+        .access_log_entries()
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "POST /v1/audit/consent")
+        .expect("the POST is in the access log");
+    assert_eq!(entry["objects"][0], order.as_str());
+    assert!(
+        entry["objects"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("consent_subject:")
+    );
+    assert!(!entry.to_string().contains("example.com"), "{entry}");
+    // Each fault is named by its member, all at once.
+    for (body, field, code) in [
+        (json!({}).to_string(), "email", "required"),
+        (
+            json!({"email": "nope"}).to_string(),
+            "email",
+            "invalid_email",
+        ),
+        (json!({"email": 7}).to_string(), "email", "invalid_type"),
+        (
+            json!({"email": "ada@example.com", "emial": "b"}).to_string(),
+            "emial",
+            "unknown_field",
+        ),
+        (json!(["ada@example.com"]).to_string(), "", "invalid_type"),
+    ] {
+        let r = ask(Role::Auditor, body.clone(), json_type).await.unwrap();
+        let problem = expect_problem(r, 422).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+        assert_eq!(problem["errors"][0]["code"], code, "{body}");
+    }
+    let r = ask(Role::Auditor, "{\"email\": ".to_owned(), json_type)
+        .await
+        .unwrap();
+    expect_problem(r, 400).await;
+    let r = ask(
+        Role::Auditor,
+        "email=ada%40example.com".to_owned(),
+        "application/x-www-form-urlencoded",
+    )
+    .await
+    .unwrap();
+    expect_problem(r, 415).await;
+    let r = ask(
+        Role::Auditor,
+        json!({"email": format!("{}@example.com", "a".repeat(5000))}).to_string(),
+        json_type,
+    )
+    .await
+    .unwrap();
+    expect_problem(r, 413).await;
+    // Other roles are refused.
+    for role in [Role::Storefront, Role::Fulfillment, Role::Marketing] {
+        let r = ask(
+            role,
+            json!({"email": "ada@example.com"}).to_string(),
+            json_type,
+        )
+        .await
+        .unwrap();
+        expect_problem(r, 403).await;
+    }
+}
+
 async fn post_page(app: &TestApp, body: &str) -> (u16, reqwest::header::HeaderMap, String) {
     let r = app
         .anonymous()

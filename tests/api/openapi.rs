@@ -410,6 +410,21 @@ async fn real_answers_of_an_order_life_conform_to_the_description() {
         let r = auditor.get(app.url(&path)).send().await.unwrap();
         check(&doc, "get", &template, r).await;
     }
+    for body in [
+        json!({"email": "ada@example.com"}),
+        json!({"email": "nope"}),
+    ] {
+        let r = auditor
+            .post(app.url("/v1/audit/consent"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        check(&doc, "post", "/v1/audit/consent", r).await;
+    }
+    // The address in a URL is deprecated, and says so.
+    assert_eq!(doc["paths"]["/v1/audit/consent"]["get"]["deprecated"], true);
+    assert!(doc["paths"]["/v1/audit/consent"]["post"]["deprecated"].is_null());
     // The report may take a moment: 202 (documented, with Retry-After)
     // until it is ready, then 200.
     for _ in 0..100 {

@@ -244,6 +244,7 @@ async fn every_role_table_entry_is_enforced() {
             "/v1/audit/consent?email=a%40example.com",
             Role::Auditor,
         ),
+        ("POST", "/v1/audit/consent", Role::Auditor),
         ("GET", "/metrics", Role::Auditor),
     ];
     // Public endpoints answer everyone, with or without a certificate.
