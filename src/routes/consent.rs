@@ -545,8 +545,14 @@ fn parse_proof_request(value: Value) -> Result<Email, Vec<FieldError>> {
             None
         }
     };
+    // A member name is the client's text (it could hold a card number or an
+    // address): shown only when it looks like one of ours.
     for name in map.keys() {
-        errors.push(FieldError::new(name, "unknown_field", "Unknown field"));
+        errors.push(FieldError::new(
+            crate::domain::order::shown_field_name(name),
+            "unknown_field",
+            "Unknown field",
+        ));
     }
     match email {
         Some(email) if errors.is_empty() => Ok(email),

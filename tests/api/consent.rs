@@ -486,9 +486,25 @@ async fn the_auditor_asks_for_proof_of_consent_with_the_address_in_the_body() {
             "unknown_field",
         ),
         (json!(["ada@example.com"]).to_string(), "", "invalid_type"),
+        // A member's name is the client's text: not shown back.
+        (
+            json!({"email": "ada@example.com", "4111111111111111": 1}).to_string(),
+            "<unknown>",
+            "unknown_field",
+        ),
+        (
+            json!({"email": "ada@example.com", "bob@example.com": 1}).to_string(),
+            "<unknown>",
+            "unknown_field",
+        ),
     ] {
         let r = ask(Role::Auditor, body.clone(), json_type).await.unwrap();
         let problem = expect_problem(r, 422).await;
+        assert!(
+            !problem.to_string().contains("4111111111111111")
+                && !problem.to_string().contains("bob@"),
+            "{problem}"
+        );
         assert_eq!(problem["errors"][0]["field"], field, "{body}");
         assert_eq!(problem["errors"][0]["code"], code, "{body}");
     }
