@@ -20,7 +20,7 @@
 //!   [`MAX_HEADERS`] fields: `431` (`headers-too-large`). Below the
 //!   protocol-level limits: hyper's HTTP/1 read buffer (64 KiB for the
 //!   request line and headers, or 100 fields; beyond, hyper answers a bare
-//!   `431` and closes) and HTTP/2's 32 KiB `SETTINGS_MAX_HEADER_LIST_SIZE`
+//!   `431` and closes) and HTTP/2's 64 KiB `SETTINGS_MAX_HEADER_LIST_SIZE`
 //!   (beyond, h2 answers the stream a bare `431`).
 //! - **Overload.** A request the server marked [`Overloaded`] (more than
 //!   `max_requests_in_flight` at once) is answered `503` with

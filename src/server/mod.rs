@@ -35,7 +35,7 @@
 //!   a client certificate; the others are answered `503` problem documents
 //!   with `Retry-After` (see `http::guard`), never queued;
 //! - HTTP/2: at most [`MAX_STREAMS`] concurrent streams per connection and a
-//!   32 KiB header list; h2's own rapid-reset guards are set
+//!   64 KiB header list; h2's own rapid-reset guards are set
 //!   (`max_pending_accept_reset_streams`, `max_local_error_reset_streams`,
 //!   answered GOAWAY `ENHANCE_YOUR_CALM`), and a connection whose client
 //!   abandons more requests than it lets finish (after
