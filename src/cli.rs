@@ -240,7 +240,7 @@ pub struct StoreArgs {
     /// development key file <data-dir>/master.key is used.
     #[arg(
         long = "master-key-share",
-        env = "CHECKOUTD_MASTER_KEY_SHARES",
+        env = "CHECKOUTD_MASTER_KEY_SHARE",
         value_name = "FILE",
         value_delimiter = ','
     )]
@@ -334,6 +334,24 @@ const OTHER_READERS: [&str; 6] = [
     "CHECKOUTD_PANICS_CHILD",
 ];
 
+/// Variables an earlier release read under another name, and the name that
+/// replaced them. One still set is refused (exit 2), not ignored: an
+/// operator's share files left unread would fall back to the development
+/// master key on a new data directory.
+pub const RENAMED_VARIABLES: [(&str, &str); 1] =
+    [("CHECKOUTD_MASTER_KEY_SHARES", "CHECKOUTD_MASTER_KEY_SHARE")];
+
+/// The renamed variables among `names`, each with its new name.
+pub fn renamed_variables(
+    names: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<(&'static str, &'static str)> {
+    let names: Vec<std::ffi::OsString> = names.into_iter().collect();
+    RENAMED_VARIABLES
+        .into_iter()
+        .filter(|(old, _)| names.iter().any(|n| n.as_os_str() == *old))
+        .collect()
+}
+
 /// The `CHECKOUTD_*` names among `names` that no setting reads: most
 /// likely misspelled (`CHECKOUTD_CLIENT_CRLS` would otherwise leave the
 /// revocation list out without a word). Said, not refused: a variable left
@@ -357,6 +375,7 @@ pub fn unread_variables(names: impl IntoIterator<Item = std::ffi::OsString>) -> 
         .filter_map(|n| n.into_string().ok())
         .filter(|n| n.starts_with("CHECKOUTD_") && !read.contains(n))
         .filter(|n| !OTHER_READERS.iter().any(|p| n.starts_with(p)))
+        .filter(|n| !RENAMED_VARIABLES.iter().any(|(old, _)| n == old))
         .collect();
     unread.sort();
     unread
@@ -379,8 +398,12 @@ mod tests {
         ]
         .map(std::ffi::OsString::from);
         assert_eq!(
-            super::unread_variables(names),
-            ["CHECKOUTD_CLIENT_CRLS", "CHECKOUTD_MASTER_KEY_SHARE"]
+            super::unread_variables(names.clone()),
+            ["CHECKOUTD_CLIENT_CRLS"]
+        );
+        assert_eq!(
+            super::renamed_variables(names),
+            [("CHECKOUTD_MASTER_KEY_SHARES", "CHECKOUTD_MASTER_KEY_SHARE")]
         );
     }
 

@@ -60,6 +60,16 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    let renamed = checkoutd::cli::renamed_variables(std::env::vars_os().map(|(name, _)| name));
+    if !renamed.is_empty() {
+        for (old, new) in renamed {
+            let _ = writeln!(
+                std::io::stderr(),
+                "checkoutd: {old} is set, but this release reads {new} (DESIGN: CHECKOUTD_<FLAG>, the flag is --master-key-share); rename it"
+            );
+        }
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     // A misspelled variable would be ignored without a word (a typo in
     // CHECKOUTD_CLIENT_CRL leaves revocation out): named, never its value.

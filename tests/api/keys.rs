@@ -901,13 +901,30 @@ async fn custodian_shares_are_all_needed_and_checked() {
     let env = Command::new(env!("CARGO_BIN_EXE_checkoutd"))
         .env("CHECKOUTD_DATA_DIR", &data)
         .env(
-            "CHECKOUTD_MASTER_KEY_SHARES",
+            "CHECKOUTD_MASTER_KEY_SHARE",
             format!("{},{}", s1.display(), s2.display()),
         )
         .args(["keys", "status"])
         .output()
         .unwrap();
     assert_succeeded(&env);
+    // The name an earlier release read is refused, naming its successor
+    // (not ignored: a new data directory would get the development key).
+    let old = Command::new(env!("CARGO_BIN_EXE_checkoutd"))
+        .env("CHECKOUTD_DATA_DIR", &data)
+        .env(
+            "CHECKOUTD_MASTER_KEY_SHARES",
+            format!("{},{}", s1.display(), s2.display()),
+        )
+        .args(["keys", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(old.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        stderr.contains("CHECKOUTD_MASTER_KEY_SHARE (") && !stderr.contains(&*s1.to_string_lossy()),
+        "{stderr}"
+    );
     // A corrupted share is named.
     let text = std::fs::read_to_string(&s2).unwrap();
     let bad = dir.path().join("bad.json");
