@@ -220,10 +220,10 @@ pub async fn rotate(
 ) -> Result<Vec<String>, KeysError> {
     let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
-    let behind = behind_the_database(store, &keyring).await?;
+    let behind = behind_the_database(store, &keyring, None).await?;
     if let Some(why) = behind
         .filter(|_| !after_keyring_restore)
-        .map(|class| behind_refusal(class, "instead of rotating again"))
+        .map(|behind| behind_refusal(behind, "instead of rotating again"))
     {
         log_operation(
             store,
@@ -306,6 +306,51 @@ pub async fn rotate(
         };
         made.push(format!("{}/v{version}", class.as_str()));
     }
+    // A restored copy may still hold versions the access log records
+    // destroyed (the backup predates that `keys destroy`): destroyed here
+    // again, logged before the file is saved, so that the recovery does
+    // not bring them back.
+    if after_keyring_restore {
+        let mut shredded = Vec::new();
+        for (class, version) in destroyed_in_the_log(store, &keyring).await? {
+            let name = format!("{}/v{version}", class.as_str());
+            let active = keyring
+                .kek_info()
+                .iter()
+                .any(|k| k.class == class && k.version == version && k.state == KekState::Active);
+            if active {
+                log_operation(
+                    store,
+                    &keyring,
+                    "keys rotate".into(),
+                    classes.iter().map(|c| c.as_str().to_owned()).collect(),
+                    Outcome::Denied,
+                )
+                .await?;
+                return Err(KeysError::Refused(format!(
+                    "the access log records that {name} was destroyed, and it is the active \
+                     version of {class} in this keyring: rotate {class} too (--class {class})",
+                    class = class.as_str()
+                )));
+            }
+            keyring.destroy(class, version)?;
+            shredded.push(name);
+        }
+        if !shredded.is_empty() {
+            tracing::warn!(
+                versions = ?shredded,
+                "this keyring still held versions the access log records destroyed; destroyed again"
+            );
+            log_operation(
+                store,
+                &keyring,
+                "keys destroy".into(),
+                shredded,
+                Outcome::Allowed,
+            )
+            .await?;
+        }
+    }
     // Logged before the file is saved, as a destruction is: a rotation the
     // log cannot record does not happen, and every version ever made is in
     // the log (a recovery numbers above them, `--after-keyring-restore`).
@@ -376,7 +421,7 @@ async fn rotations_logged(
     let key = keyring.access_log_key();
     let mut made = Vec::new();
     let mut unverified = Vec::new();
-    for e in rotation_entries(store).await? {
+    for e in operation_entries(store, "keys rotate").await? {
         if e.entry.outcome == Outcome::Allowed {
             let verified = e.verifies(key);
             if !verified {
@@ -394,11 +439,13 @@ async fn rotations_logged(
     Ok(made)
 }
 
-/// Every `keys rotate` entry of the access log, in order: read a window of
-/// sequence numbers at a time over every row there is, not up to the head
-/// row (a head lowered must not hide entries).
-async fn rotation_entries(
+/// Every entry of `action` (`keys rotate`, `keys destroy`) in the access
+/// log, in order: read a window of sequence numbers at a time over every
+/// row there is, not up to the head row (a head lowered must not hide
+/// entries).
+async fn operation_entries(
     store: &dyn Store,
+    action: &str,
 ) -> Result<Vec<crate::audit::access_log::ChainedEntry>, KeysError> {
     const WINDOW: i64 = 100_000;
     let mut out = Vec::new();
@@ -411,7 +458,7 @@ async fn rotation_entries(
             .unwrap_or(i64::MAX)
             .saturating_sub(1);
         let through = from.saturating_add(WINDOW);
-        out.extend(store.access_log_of("keys rotate", from, through).await?);
+        out.extend(store.access_log_of(action, from, through).await?);
         if through == i64::MAX {
             break;
         }
@@ -440,7 +487,7 @@ async fn rotated_elsewhere(
     };
     let ours: Vec<(String, u32)> = made.iter().filter_map(|m| version_of(m)).collect();
     let mut standing: BTreeMap<String, i64> = BTreeMap::new();
-    for e in rotation_entries(store).await? {
+    for e in operation_entries(store, "keys rotate").await? {
         if e.seq == own || !e.verifies(key) {
             continue;
         }
@@ -463,40 +510,103 @@ async fn rotated_elsewhere(
         }))
 }
 
-/// Why `keyring` must not rotate anything against this database, if it
-/// must not: the database knows a rotation this keyring has not seen — an
-/// active version of any class recorded retired (every rotation records
-/// the versions it retires). That is another copy of the keyring (another
-/// host's, before the new file reached this one) having rotated already,
-/// or a keyring restored from an older backup.
-/// Rotating the same class here would make a different key under the same
-/// version number, and the records sealed under one of the two could
-/// never be opened again; rotating another class would fork the keyring
-/// file, and installing either copy would lose the other's new key.
+/// How a copy of the keyring is behind the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behind {
+    /// An active version of this class is recorded retired: a rotation
+    /// this copy has not seen.
+    Rotated(DataClass),
+    /// This copy still holds a version the access log records destroyed:
+    /// a copy from before that `keys destroy`.
+    Destroyed(DataClass, u32),
+}
+
+/// Why `keyring` must not change anything against this database, if it
+/// must not:
+/// - the database knows a rotation this keyring has not seen — an active
+///   version of any class recorded retired (every rotation records the
+///   versions it retires). That is another copy of the keyring (another
+///   host's, before the new file reached this one) having rotated already,
+///   or a keyring restored from an older backup. Rotating the same class
+///   here would make a different key under the same version number, and
+///   the records sealed under one of the two could never be opened again;
+///   rotating another class would fork the keyring file, and installing
+///   either copy would lose the other's new key.
+/// - the access log records the destruction of a version this keyring
+///   still holds (a copy from before a `keys destroy`: a backup, another
+///   host's file). A rotation or destruction here would write a file at the
+///   newest one's generation: the two would fork, and installing this one
+///   would bring the destroyed key back. `except`: the version a `keys
+///   destroy` is about to destroy (again) in this copy.
 async fn behind_the_database(
     store: &dyn Store,
     keyring: &Keyring,
-) -> Result<Option<DataClass>, KeysError> {
+    except: Option<(DataClass, u32)>,
+) -> Result<Option<Behind>, KeysError> {
     for kek in keyring.kek_info() {
         if kek.state == KekState::Active && store.kek_retired(kek.class, kek.version).await? {
-            return Ok(Some(kek.class));
+            return Ok(Some(Behind::Rotated(kek.class)));
         }
     }
-    Ok(None)
+    Ok(destroyed_in_the_log(store, keyring)
+        .await?
+        .into_iter()
+        .find(|v| Some(*v) != except)
+        .map(|(class, version)| Behind::Destroyed(class, version)))
 }
 
-/// Why a keyring behind the database (on `class`) may not `instead`, and
-/// the ways out.
-fn behind_refusal(class: DataClass, instead: &str) -> String {
-    let class = class.as_str();
-    format!(
-        "the database already knows a rotation of {class} that this keyring has not seen \
-         (another copy of the keyring rotated it): install the newest keyring file here, \
-         {instead}. If this keyring was restored from a backup and no newer copy exists, \
-         `keys rotate --class {class} --after-keyring-restore` numbers the new versions above \
-         every version the database knows (records under versions this keyring lacks stay \
-         unreadable)"
-    )
+/// The versions `keyring` holds (not destroyed) that an allowed `keys
+/// destroy` entry of the access log names, among the entries that verify
+/// under `keyring`'s access-log key (one damaged or planted, which the
+/// audit names, must not stop every key operation for good). A
+/// destruction whose file could not be saved counts too: what it leaves is
+/// the same, a key meant to be gone, and the way out the same (destroy it
+/// again).
+async fn destroyed_in_the_log(
+    store: &dyn Store,
+    keyring: &Keyring,
+) -> Result<Vec<(DataClass, u32)>, KeysError> {
+    let key = keyring.access_log_key();
+    let mut destroyed = std::collections::BTreeSet::new();
+    for e in operation_entries(store, "keys destroy").await? {
+        if e.entry.outcome == Outcome::Allowed && e.verifies(key) {
+            destroyed.extend(e.entry.objects);
+        }
+    }
+    Ok(keyring
+        .kek_info()
+        .into_iter()
+        .filter(|k| k.state != KekState::Destroyed)
+        .filter(|k| destroyed.contains(&format!("{}/v{}", k.class.as_str(), k.version)))
+        .map(|k| (k.class, k.version))
+        .collect())
+}
+
+/// Why a keyring behind the database may not `instead`, and the ways out.
+fn behind_refusal(behind: Behind, instead: &str) -> String {
+    match behind {
+        Behind::Rotated(class) => {
+            let class = class.as_str();
+            format!(
+                "the database already knows a rotation of {class} that this keyring has not seen \
+                 (another copy of the keyring rotated it): install the newest keyring file here, \
+                 {instead}. If this keyring was restored from a backup and no newer copy exists, \
+                 `keys rotate --class {class} --after-keyring-restore` numbers the new versions above \
+                 every version the database knows (records under versions this keyring lacks stay \
+                 unreadable)"
+            )
+        }
+        Behind::Destroyed(class, version) => {
+            let class = class.as_str();
+            format!(
+                "the access log records that {class}/v{version} was destroyed, but this keyring \
+                 still holds it (a copy from before that `keys destroy`: a backup, or another \
+                 host's file): install the newest keyring file here, {instead}. If no newer copy \
+                 exists, `keys destroy --class {class} --version {version}` destroys it in this \
+                 copy again"
+            )
+        }
+    }
 }
 
 /// Re-wraps every data key of `classes` not under the active KEK version.
@@ -538,7 +648,10 @@ pub async fn rewrap(
                     Outcome::Denied,
                 )
                 .await?;
-                return Err(KeysError::Refused(behind_refusal(*class, "then rewrap")));
+                return Err(KeysError::Refused(behind_refusal(
+                    Behind::Rotated(*class),
+                    "then rewrap",
+                )));
             }
         }
     }
@@ -563,7 +676,10 @@ pub async fn rewrap(
                 // A stale copy of the keyring (another host rotated since)
                 // would re-wrap to a version the database has retired.
                 if store.kek_retired(*class, active.version).await? {
-                    return Err(KeysError::Refused(behind_refusal(*class, "then rewrap")));
+                    return Err(KeysError::Refused(behind_refusal(
+                        Behind::Rotated(*class),
+                        "then rewrap",
+                    )));
                 }
                 // Only from versions this keyring holds: a record under a
                 // version it lacks (lost with a keyring restored from an
@@ -698,9 +814,9 @@ pub async fn destroy(
     // the newest, the two would fork — installing this one loses the
     // other's new versions (and every record sealed under them), installing
     // the other brings the destroyed key back.
-    let behind = behind_the_database(store, &keyring)
+    let behind = behind_the_database(store, &keyring, Some((class, version)))
         .await?
-        .map(|class| behind_refusal(class, &format!("then destroy {name}")));
+        .map(|behind| behind_refusal(behind, &format!("then destroy {name}")));
     let refusal = match state {
         _ if behind.is_some() => behind,
         None => Some("no such KEK version".to_owned()),

@@ -325,6 +325,82 @@ async fn a_stale_copy_of_the_keyring_cannot_destroy() {
     assert_succeeded(&out);
 }
 
+/// The state of `name` (`card/v1`) in the keys status of the keyring in
+/// `data`.
+fn kek_state(app: &TestApp, data: &std::path::Path, name: &str) -> String {
+    let out = run_in(app, data, &["keys", "status"]);
+    assert_succeeded(&out);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let class = name.split('/').next().unwrap();
+    status["keks"][class]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name)
+        .map(|k| k["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// A copy of the keyring from before a `keys destroy` (a backup, another
+/// host's file) still holds the destroyed key. It must not rotate or
+/// destroy anything else: its file would fork from the newest one, and
+/// installing it would bring the destroyed key back. It may destroy that
+/// key again, and a recovery with `--after-keyring-restore` destroys it.
+#[tokio::test]
+async fn a_copy_of_the_keyring_from_before_a_destroy_cannot_change_anything_else() {
+    let app = spawn_app().await;
+    // card/v1 retired, wrapping nothing; both copies hold it.
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    let backup = copy_of_the_keyring(&app, "backup");
+    let restored = copy_of_the_keyring(&app, "restored");
+    cli_ok(
+        &app,
+        &["keys", "destroy", "--class", "card", "--version", "1"],
+    );
+    assert_eq!(kek_state(&app, &backup, "card/v1"), "retired");
+    let stale = std::fs::read(backup.join("keyring.json")).unwrap();
+    for args in [
+        &["keys", "rotate", "--class", "billing"][..],
+        &["keys", "rotate", "--class", "card"][..],
+    ] {
+        let out = run_in(&app, &backup, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("card/v1 was destroyed"), "{stderr}");
+        assert!(stderr.contains("install the newest keyring"), "{stderr}");
+        assert_eq!(std::fs::read(backup.join("keyring.json")).unwrap(), stale);
+    }
+    assert!(logged_denied(&app, "keys rotate").await);
+    // Destroying that key again is the way out (no newer copy at hand).
+    let out = run_in(
+        &app,
+        &backup,
+        &["keys", "destroy", "--class", "card", "--version", "1"],
+    );
+    assert_succeeded(&out);
+    assert_eq!(kek_state(&app, &backup, "card/v1"), "destroyed");
+    assert_succeeded(&run_in(
+        &app,
+        &backup,
+        &["keys", "rotate", "--class", "billing"],
+    ));
+    // A recovery destroys it as it goes.
+    let out = run_in(
+        &app,
+        &restored,
+        &[
+            "keys",
+            "rotate",
+            "--class",
+            "contact",
+            "--after-keyring-restore",
+        ],
+    );
+    assert_succeeded(&out);
+    assert_eq!(kek_state(&app, &restored, "card/v1"), "destroyed");
+    assert_eq!(kek_state(&app, &restored, "contact/v2"), "active");
+}
+
 /// `keys rotate --class card --after-keyring-restore` run with the keyring
 /// in `restored`: what it made (stdout).
 fn recover_card_class(app: &TestApp, restored: &std::path::Path) -> String {
@@ -1344,15 +1420,15 @@ async fn a_keyring_change_that_cannot_be_saved_is_logged_denied() {
     };
     {
         let _guard = Unwritable::new(&copy);
-        let out = run(&["keys", "destroy", "--class", "card", "--version", "1"]);
-        assert!(
-            !out.status.success(),
-            "the destruction was not saved, yet succeeded"
-        );
         let out = run(&["keys", "rotate", "--class", "billing"]);
         assert!(
             !out.status.success(),
             "the rotation was not saved, yet succeeded"
+        );
+        let out = run(&["keys", "destroy", "--class", "card", "--version", "1"]);
+        assert!(
+            !out.status.success(),
+            "the destruction was not saved, yet succeeded"
         );
     }
     assert_eq!(std::fs::read(copy.join("keyring.json")).unwrap(), before);
@@ -1367,10 +1443,18 @@ async fn a_keyring_change_that_cannot_be_saved_is_logged_denied() {
         .collect();
     // The setup's rotation, then the failed one: allowed, then denied.
     assert_eq!(rotated, ["allowed", "allowed", "denied"]);
+    // Until that destruction is finished, the keyring holds a key the log
+    // records destroyed, as a copy from before a destroy does: nothing else
+    // changes it.
+    let out = run(&["keys", "rotate", "--class", "billing"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("card/v1 was destroyed"), "{stderr}");
     // The key is still there: with the directory writable again, the same
-    // destruction goes through.
+    // destruction goes through, and then the rotation.
     let out = run(&["keys", "destroy", "--class", "card", "--version", "1"]);
     assert_succeeded(&out);
+    assert_succeeded(&run(&["keys", "rotate", "--class", "billing"]));
 }
 
 /// A stale copy of the keyring does not re-wrap either: its active version
