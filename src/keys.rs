@@ -895,13 +895,28 @@ pub async fn init(
     custodians: u32,
     shares_dir: &Path,
 ) -> Result<Vec<std::path::PathBuf>, KeysError> {
+    let holds_records = store.holds_records().await?;
     if path.exists() {
+        // The keyring file is written before the share files: an init
+        // killed between the two leaves a keyring no share opens. With no
+        // record in the database nothing depends on it, and saying how to
+        // start again is safe; otherwise it is the real keyring.
+        let hint = if holds_records {
+            String::new()
+        } else {
+            format!(
+                ". The database holds no records, so nothing depends on it: if an earlier \
+                 `keys init` stopped before writing its share files, remove {} and run \
+                 `keys init` again",
+                path.display()
+            )
+        };
         return Err(KeysError::Refused(format!(
-            "{} exists; keys init makes a new keyring only",
+            "{} exists; keys init makes a new keyring only{hint}",
             path.display()
         )));
     }
-    if store.holds_records().await? {
+    if holds_records {
         return Err(KeysError::Refused(
             "the database already holds records (orders, the access log, withdrawals) made \
              under another keyring"

@@ -891,14 +891,31 @@ async fn custodian_shares_are_all_needed_and_checked() {
     ]);
     assert!(!out.status.success());
     assert!(!data.join(checkoutd::crypto::keyring::FILE_NAME).exists());
-    let out = run(&[
-        "keys",
-        "init",
-        "--custodians",
-        "2",
-        "--shares-dir",
-        shares.to_str().unwrap(),
-    ]);
+    let init = || {
+        run(&[
+            "keys",
+            "init",
+            "--custodians",
+            "2",
+            "--shares-dir",
+            shares.to_str().unwrap(),
+        ])
+    };
+    // An init killed after writing the keyring, before its shares: the
+    // next one is refused, and told how to start again (the database holds
+    // nothing that depends on that keyring).
+    assert!(data.is_dir(), "the refused init made the data directory");
+    let orphan = data.join(checkoutd::crypto::keyring::FILE_NAME);
+    std::fs::write(&orphan, b"{}").unwrap();
+    let out = init();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped before writing its share files") && stderr.contains("remove"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&orphan).unwrap();
+    let out = init();
     assert_succeeded(&out);
     let s1 = shares.join("share-1-of-2.json");
     let s2 = shares.join("share-2-of-2.json");
@@ -914,18 +931,14 @@ async fn custodian_shares_are_all_needed_and_checked() {
         !data.join("master.key").exists(),
         "no development key in production mode"
     );
-    // A second init is refused.
+    // A second init is refused, with no word of removing the keyring the
+    // database now depends on.
+    let out = init();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
-        !run(&[
-            "keys",
-            "init",
-            "--custodians",
-            "2",
-            "--shares-dir",
-            shares.to_str().unwrap()
-        ])
-        .status
-        .success()
+        stderr.contains("makes a new keyring only") && !stderr.contains("remove"),
+        "{stderr}"
     );
     // Another data directory's init into the same shares directory is
     // refused before it makes a keyring: a share is never overwritten.
