@@ -141,6 +141,15 @@ pub async fn purge_records(
             row
         })
         .collect();
+    // A held order keeps everything, its replay window included: its hold
+    // is checked before anything is logged or the request hash goes, as
+    // the command line checks it (a refused purge is not logged as one).
+    // The purge's own check, in its transaction, is the one that keeps the
+    // records; a hold placed between the two costs the order only the
+    // replay of its answer.
+    if store.holds().await?.iter().any(|h| h.order_id == order_id) {
+        return Err(StoreError::UnderLegalHold);
+    }
     log_operator(
         store,
         keyring,
