@@ -1686,3 +1686,77 @@ async fn a_purge_waiting_for_a_hold_being_placed_sees_it_and_deletes_nothing() {
     );
     assert_eq!(cards_of(&app).await, vec![id]);
 }
+
+/// A purge made while the access log says the order was held is named: the
+/// store refuses every purge of a held order, so the hold's row was deleted
+/// around it — and put back afterwards, its MAC still verifying, nothing
+/// else would show the disputed data gone. A purge after the hold's
+/// release is not.
+#[tokio::test]
+async fn a_purge_made_while_the_hold_was_deleted_is_found() {
+    use checkoutd::crypto::DataClass;
+    let app = spawn_app().await;
+    let disputed = place(&app, "hp-1", &order_json()).await;
+    let released = place(&app, "hp-2", &order_json()).await;
+    let store = app.store().await;
+    let keyring = app.keyring();
+    let who = ("operator", "os-user:test");
+    let ago = |minutes: i64| {
+        checkoutd::ids::timestamp(
+            time::OffsetDateTime::now_utc() - time::Duration::minutes(minutes),
+        )
+    };
+    for id in [&disputed, &released] {
+        let placed = checkoutd::retention::place_hold(&store, &keyring, (id, "CB-7"), ago(30), who)
+            .await
+            .unwrap();
+        assert!(matches!(
+            placed,
+            checkoutd::store::rows::HoldPlaced::Placed { .. }
+        ));
+    }
+    checkoutd::retention::release_hold(&store, &keyring, &released, &ago(20), who)
+        .await
+        .unwrap()
+        .unwrap();
+    let db = app.db().await;
+    sqlx::query("CREATE TABLE saved_holds AS SELECT * FROM legal_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM legal_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    for id in [&disputed, &released] {
+        checkoutd::retention::purge_order(&store, &keyring, id, &DataClass::ALL, "operator", who)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO legal_holds SELECT * FROM saved_holds")
+        .execute(&db)
+        .await
+        .unwrap();
+    let report = checkoutd::audit::verify::verify(&store, &keyring, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(!report.verified);
+    let named: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| f.table == "purges" && f.what.contains("while access-log entry"))
+        .collect();
+    // One finding per class the purge deleted (a gift-less order has no
+    // recipient record, but its purge row is written all the same).
+    assert!(!named.is_empty(), "{:#?}", report.failures);
+    assert!(
+        named.iter().all(|f| f.record_id == disputed),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        report.failures.iter().all(|f| f.record_id != released),
+        "{:#?}",
+        report.failures
+    );
+}
