@@ -2,6 +2,11 @@
 //!
 //!     cargo build --release && target/release/checkoutd-bench --concurrency 64 --duration 10
 //!
+//! (`cargo run --release --bin checkoutd-bench -- …` works too: run by
+//! cargo, it builds the `checkoutd` beside it first.) A run in which any
+//! request of either server failed still prints its figures, then exits
+//! non-zero: they leave the failures out.
+//!
 //! Starts a release `checkoutd serve` (fresh data directory; SQLite, or a
 //! PostgreSQL database named by --database-url) as a child process, drives
 //! it with N keep-alive TLS connections presenting the storefront
@@ -72,6 +77,7 @@ async fn main() -> Result<(), BoxError> {
     if let (Some(addr), Some(certs)) = (&args.serve_ceiling, &args.certs) {
         return serve_ceiling(addr, certs).await;
     }
+    checkoutd_built()?;
     let work = work_dir("checkoutd-bench")?;
     let port = free_port()?;
     let mut server = start_checkoutd(&args, &work, port)?;
@@ -106,7 +112,7 @@ async fn main() -> Result<(), BoxError> {
     drop(restarted);
     if args.no_ceiling {
         println!("p99={:.2} ms", run.p99_ms());
-        return Ok(());
+        return no_errors(&run, None);
     }
     // Twice, each with a ceiling server of its own, and the faster counts:
     // on the 2-vCPU machine of docs/performance.md the ceiling is bimodal —
@@ -130,6 +136,69 @@ async fn main() -> Result<(), BoxError> {
     ceil.print("ceiling (TLS + JSON parse + 201)");
     println!("ratio={:.3}", run.rate() / ceil.rate());
     println!("p99={:.2} ms", run.p99_ms());
+    no_errors(&run, Some(&ceil))
+}
+
+/// A run's figures leave its failed requests out (a 503 answered at once
+/// would flatter p99): a run with any is reported, then exits non-zero.
+fn no_errors(run: &Run, ceiling: Option<&Run>) -> Result<(), BoxError> {
+    if run.errors > 0 || run.orders == 0 {
+        return Err(format!(
+            "checkoutd answered {} order(s) 201 and {} request(s) otherwise: its figures above leave the failures out",
+            run.orders, run.errors
+        )
+        .into());
+    }
+    if let Some(ceiling) = ceiling.filter(|c| c.errors > 0 || c.orders == 0) {
+        return Err(format!(
+            "the ceiling server failed {} request(s): its figure, and so the ratio, is not comparable",
+            ceiling.errors
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Makes sure the `checkoutd` next to this binary is there and current.
+/// Run by `cargo run` (`cargo run --release --bin checkoutd-bench` builds
+/// the benchmark alone), it builds checkoutd first, in the same profile,
+/// with its default features — so neither a missing server nor a stale
+/// one (or the crash harness's failpoints build) is what gets measured.
+/// Run directly, the binary must be there.
+fn checkoutd_built() -> Result<(), BoxError> {
+    let exe = std::env::current_exe()?;
+    let server = exe.with_file_name("checkoutd");
+    if let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) {
+        let profile = exe
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .and_then(|name| name.to_str())
+            .unwrap_or("debug");
+        eprintln!("checkoutd-bench: building checkoutd ({profile}) first");
+        // From the package's directory, so that its `.cargo/config.toml`
+        // (how SQLite is compiled) applies as it does to every build.
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(manifest_dir)
+            .args(["build", "--quiet", "--bin", "checkoutd"]);
+        if profile != "debug" {
+            build.args(["--profile", profile]);
+        }
+        if !build.status()?.success() {
+            return Err("building checkoutd failed".into());
+        }
+    }
+    if !server.is_file() {
+        return Err(format!(
+            "{} is missing: build it first (`cargo build --release`, then run {})",
+            server.display(),
+            exe.display()
+        )
+        .into());
+    }
     Ok(())
 }
 

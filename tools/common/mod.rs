@@ -82,7 +82,7 @@ pub fn serve_command(
 /// or `None` if it had to be killed.
 pub fn stop(child: &mut Child) -> Option<Duration> {
     let started = Instant::now();
-    signal(child, "TERM");
+    terminate(child);
     let deadline = started + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -95,11 +95,20 @@ pub fn stop(child: &mut Child) -> Option<Duration> {
     None
 }
 
-/// Sends `kill -<name>` to the child.
-pub fn signal(child: &Child, name: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status();
+/// Sends SIGTERM to the child, from this process (no `kill` program
+/// needed: minimal images lack procps, and a stop that never arrived would
+/// be waited out and then killed, making the next start-up one after a
+/// crash). Elsewhere than Linux, nothing: `stop` kills after its wait.
+pub fn terminate(child: &Child) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(child),
+            rustix::process::Signal::TERM,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = child;
 }
 
 /// A child server that is stopped however this process leaves `main`.
