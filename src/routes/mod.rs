@@ -286,7 +286,13 @@ async fn require_role(
 /// The ids a request names in its path (the order of `/v1/orders/{id}`),
 /// so that a refusal's log entry says which object was asked for
 /// (invariant 8). Only a well-formed UUID, written in its canonical form:
-/// anything else in that place is the client's input, never logged.
+/// anything else in that place is the client's input, never logged. And not
+/// even one of those when its hex digits, read as groups a person types,
+/// hold a card number: a refused client chooses the id it sends, and
+/// `40128888-8888-4000-8000-000000000000` is a well-formed UUID holding
+/// Visa's 4012 8888 8888 4000 — the access log is never trimmed. (The ids
+/// checkoutd makes are UUIDv7, whose first group is a timestamp starting
+/// with `0`: no card number starts a real one.)
 async fn path_ids(parts: &mut http::request::Parts) -> Vec<String> {
     use axum::extract::FromRequestParts;
     match axum::extract::RawPathParams::from_request_parts(parts, &()).await {
@@ -294,6 +300,7 @@ async fn path_ids(parts: &mut http::request::Parts) -> Vec<String> {
             .iter()
             .filter_map(|(_, value)| uuid::Uuid::try_parse(value).ok())
             .map(|id| id.to_string())
+            .filter(|id| !crate::domain::detect::contains_pan_typed(&id.replace('-', " ")))
             .collect(),
         Err(_) => Vec::new(),
     }
