@@ -412,7 +412,7 @@ fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> 
                 || c.is_whitespace()
                 || (marks == Marks::Separators && is_combining_mark(c))
                 || match separators {
-                    Separators::Wide => !c.is_alphanumeric() && c != '+',
+                    Separators::Wide => (!c.is_alphanumeric() && c != '+') || dash_letter(c),
                     Separators::Narrow => narrow_separator(c),
                 } =>
             {
@@ -431,6 +431,14 @@ fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> 
     normal
 }
 
+/// Letters (`Lm`) a person types as a dash between groups of digits: the
+/// katakana prolonged sound mark `ー` (what a Japanese keyboard gives for
+/// `-` while typing kana) and its half-width form `ｰ`. The wide reading
+/// takes them as separators.
+fn dash_letter(c: char) -> bool {
+    matches!(c, '\u{30fc}' | '\u{ff70}')
+}
+
 /// A separator of the narrow reading ([`Separators::Narrow`]), whitespace
 /// aside.
 fn narrow_separator(c: char) -> bool {
@@ -445,25 +453,56 @@ fn narrow_separator(c: char) -> bool {
 /// (`:`, `#`, `|`, an emoji…). Without one, both readings are the same.
 fn has_wide_only_separator(text: &str) -> bool {
     text.chars().any(|c| {
-        !c.is_alphanumeric()
-            && !c.is_whitespace()
-            && c != '+'
-            && !narrow_separator(c)
-            && !is_invisible_format(c)
-            && !is_combining_mark(c)
+        dash_letter(c)
+            || (!c.is_alphanumeric()
+                && !c.is_whitespace()
+                && c != '+'
+                && !narrow_separator(c)
+                && !is_invisible_format(c)
+                && !is_combining_mark(c))
     })
 }
 
 /// The first code point of each run of ten decimal digits (Unicode's
-/// `Nd`) a card number could be typed in: Arabic-Indic and its extended
-/// (Persian, Urdu) form, N'Ko, the Indic scripts, Thai, Lao, Tibetan,
-/// Myanmar, Khmer, Mongolian and others of South-East Asia, full-width, and
-/// the five mathematical sets.
-const DIGIT_ZEROS: [u32; 43] = [
-    0x0660, 0x06f0, 0x07c0, 0x0966, 0x09e6, 0x0a66, 0x0ae6, 0x0b66, 0x0be6, 0x0c66, 0x0ce6, 0x0d66,
-    0x0de6, 0x0e50, 0x0ed0, 0x0f20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90,
-    0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10,
-    0x104a0, 0x1d7ce, 0x1d7d8, 0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e950,
+/// `Nd`), every script of Unicode 16: Arabic-Indic and its extended
+/// (Persian, Urdu) form, N'Ko, the Indic scripts and those of South-East
+/// Asia, full-width, the mathematical sets, the historic and minority
+/// scripts of the supplementary planes (Brahmi, Chakma, Hanifi Rohingya,
+/// Kawi, Nag Mundari…). Generated from the Unicode Character Database (a
+/// character whose `Nd` value is 0); a script missing here would let a card
+/// number typed in its digits through.
+const DIGIT_ZEROS: [u32; 75] = [
+    0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xa66, 0xae6, 0xb66, 0xbe6, 0xc66, 0xce6, 0xd66, 0xde6,
+    0xe50, 0xed0, 0xf20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90, 0x1b50,
+    0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10,
+    0x104a0, 0x10d30, 0x10d40, 0x11066, 0x110f0, 0x11136, 0x111d0, 0x112f0, 0x11450, 0x114d0,
+    0x11650, 0x116c0, 0x116d0, 0x116da, 0x11730, 0x118e0, 0x11950, 0x11bf0, 0x11c50, 0x11d50,
+    0x11da0, 0x11f50, 0x16130, 0x16a60, 0x16ac0, 0x16b50, 0x16d70, 0x1ccf0, 0x1d7ce, 0x1d7d8,
+    0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e140, 0x1e2f0, 0x1e4f0, 0x1e5f1, 0x1e950, 0x1fbf0,
+];
+
+/// Characters with a digit value that are not `Nd` and whose compatibility
+/// form is not one ASCII digit (so [`decimal_digit`]'s decomposition does
+/// not find them): `(first, last, value of first)`, each range counting up
+/// by one. Dingbat and double-circled digits (`❹⓿❶❷…`), parenthesized and
+/// full-stop digits (`⑷`, `⒋`), digit-comma forms, and the digits of the
+/// Ethiopic, Kharoshthi, Rumi and Brahmi number systems — each reads as the
+/// digit it shows.
+const DIGIT_LIKE: [(u32, u32, u8); 14] = [
+    (0x1369, 0x1371, 1),
+    (0x19da, 0x19da, 1),
+    (0x2474, 0x247c, 1),
+    (0x2488, 0x2490, 1),
+    (0x24f5, 0x24fd, 1),
+    (0x24ff, 0x24ff, 0),
+    (0x2776, 0x277e, 1),
+    (0x2780, 0x2788, 1),
+    (0x278a, 0x2792, 1),
+    (0x10a40, 0x10a43, 1),
+    (0x10e60, 0x10e68, 1),
+    (0x11052, 0x1105a, 1),
+    (0x1f100, 0x1f100, 0),
+    (0x1f101, 0x1f10a, 0),
 ];
 
 /// The value of a decimal digit of any script listed in [`DIGIT_ZEROS`]
@@ -486,6 +525,12 @@ fn decimal_digit(c: char) -> Option<u8> {
         .find(|&&zero| (zero..zero + 10).contains(&code))
     {
         return u8::try_from(code - zero).ok();
+    }
+    if let Some((first, _, value)) = DIGIT_LIKE
+        .iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&code))
+    {
+        return u8::try_from(code - first).ok().map(|n| n + value);
     }
     let mut parts = 0;
     let mut digit = None;
@@ -789,6 +834,19 @@ mod tests {
             "⁴⁰¹²⁸⁸⁸⁸⁸⁸⁸⁸¹⁸⁸¹",
             "④⓪①②⑧⑧⑧⑧⑧⑧⑧⑧①⑧⑧①",
             "\u{1fbf4}\u{1fbf0}\u{1fbf1}\u{1fbf2}888888881881",
+            // Digits of every script and digit-valued signs (review):
+            // Brahmi, Chakma, Kawi (Unicode 15), Garay (Unicode 16),
+            // dingbat and double-circled digits, parenthesized ones.
+            "𑁪𑁦𑁧𑁨𑁮𑁮𑁮𑁮𑁮𑁮𑁮𑁮𑁧𑁮𑁮𑁧",
+            "\u{1113a}\u{11136}\u{11137}\u{11138}888888881881",
+            "\u{11f54}\u{11f50}\u{11f51}\u{11f52}888888881881",
+            "\u{10d44}\u{10d40}\u{10d41}\u{10d42}888888881881",
+            "❹⓿❶❷❽❽❽❽❽❽❽❽❶❽❽❶",
+            "401➁888888881881",
+            "⑷⓪⑴⑵888888881881",
+            // A Japanese keyboard's dash while typing kana.
+            "４０１２ー８８８８ー８８８８ー１８８１",
+            "4012ｰ8888ｰ8888ｰ1881",
         ] {
             assert!(contains_pan_clear(text), "clear: {text:?}");
             assert!(contains_pan_typed(text), "typed: {text:?}");
