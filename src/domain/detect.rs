@@ -113,8 +113,12 @@ fn both_readings(text: &str, holds: impl Fn(Ids) -> bool) -> bool {
 /// and the warehouse could not dispatch those orders. The audit scans the
 /// dispatch columns with this rule ([`clear_column_holds_card`]), so a
 /// dispatch accepted here never fails it.
+///
+/// Read with the wide separators too (`4012:8888:8888:1881`,
+/// `(4012)(8888)(8888)(1881)`): a tracking number has letters and digits,
+/// not colons, bars or brackets between groups of four.
 pub fn dispatch_fact_holds_card(text: &str) -> bool {
-    contains_card_typed(text)
+    contains_card_typed(text) || card_in_whole_groups(text, Separators::Wide)
 }
 
 /// The audit's rule for one clear column: never stricter than the rule
@@ -140,16 +144,17 @@ pub fn clear_column_holds_card(table: &str, column: &str, value: &str) -> bool {
 /// digits in ten passes it, and extensions, international prefixes without
 /// `+` and hosts such as `ec2-203-113-145-104` would be refused.
 pub fn contains_card_typed(text: &str) -> bool {
+    card_in_whole_groups(text, Separators::Narrow)
+}
+
+/// A card number of a brand we know made of whole groups anywhere in a run
+/// of `text` read with `separators`.
+fn card_in_whole_groups(text: &str, separators: Separators) -> bool {
     if fewer_digits_than_a_card(text) {
         return false;
     }
-    candidates(&typed(
-        text,
-        Separators::Narrow,
-        Marks::Dropped,
-        Ids::UnlessCard,
-    ))
-    .any(|groups| card_within(&groups))
+    candidates(&typed(text, separators, Marks::Dropped, Ids::UnlessCard))
+        .any(|groups| card_within(&groups))
 }
 
 /// For the local part of an email address: a card number, however
@@ -1105,6 +1110,10 @@ mod tests {
             "4012888888881881",
             "UPS 4012 8888 8888 1881",
             "ref-1-4012-8888-8888-1881",
+            // Grouped as the wide reading groups (review).
+            "4012:8888:8888:1881",
+            "4012|8888|8888|1881",
+            "(4012)(8888)(8888)(1881)",
         ] {
             assert!(dispatch_fact_holds_card(card), "{card:?}");
             assert!(clear_column_holds_card("orders", "carrier", card));
