@@ -431,6 +431,44 @@ mod tests {
 
     use super::*;
 
+    /// Invariant 9 on SQLite: the order writer refuses a connection that
+    /// would acknowledge a commit before it is on disk (or that lost the
+    /// other settings it relies on), whatever asked for it.
+    #[tokio::test]
+    async fn a_connection_that_would_acknowledge_before_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let durable = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                       PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;";
+        // The writer opens an existing (migrated) database only.
+        let created = |name: &str| {
+            let path = dir.path().join(name);
+            drop(Connection::open(&path).unwrap());
+            path
+        };
+        let writer = OrderWriter::open(&created("ok.db"), durable, gate.clone());
+        assert!(writer.is_ok(), "{:?}", writer.err());
+        for (n, weak) in [
+            durable.replace("synchronous = FULL", "synchronous = NORMAL"),
+            durable.replace("synchronous = FULL", "synchronous = OFF"),
+            durable.replace("journal_mode = WAL", "journal_mode = MEMORY"),
+            durable.replace("foreign_keys = ON", "foreign_keys = OFF"),
+            durable.replace("secure_delete = ON", "secure_delete = OFF"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let path = created(&format!("weak-{n}.db"));
+            match OrderWriter::open(&path, weak, gate.clone()) {
+                Err(StoreError::Corrupt(why)) => {
+                    assert!(why.contains("synchronous=FULL"), "{why}")
+                }
+                Err(other) => panic!("{weak}: {other}"),
+                Ok(_) => panic!("{weak}: a connection without its settings was taken"),
+            }
+        }
+    }
+
     /// Runs a round whose passes report `outcomes` in turn: what it
     /// returned, and the passes and syncs it made, in order.
     fn run_round(outcomes: &[bool]) -> (bool, Vec<&'static str>) {
