@@ -1578,3 +1578,79 @@ async fn a_cut_tail_with_an_older_head_put_back_fails_against_an_earlier_report(
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a report signed by this keyring"));
 }
+
+/// Invariant 8, "before the response is sent": while the access log
+/// refuses every entry, no read of personal data answers with the data —
+/// each is withheld (503) — and once the log takes entries again, the
+/// same reads answer and are logged.
+#[tokio::test]
+async fn no_personal_data_leaves_while_the_access_log_cannot_record_the_read() {
+    let app = spawn_app().await;
+    let order = new_order(&app, "unlogged-1", &order_json()).await;
+    let _gift = new_order(&app, "unlogged-2", &gift_order()).await;
+    let db = app.db().await;
+    let (block, unblock): (&[&str], &[&str]) = if app.database.is_postgres() {
+        (
+            &[
+                "CREATE FUNCTION test_refuse_log() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'test: the access log refuses entries'; END $$",
+                "CREATE TRIGGER test_refuse_log BEFORE INSERT ON access_log \
+                 FOR EACH ROW EXECUTE FUNCTION test_refuse_log()",
+            ],
+            &["DROP TRIGGER test_refuse_log ON access_log"],
+        )
+    } else {
+        (
+            &[
+                "CREATE TRIGGER test_refuse_log BEFORE INSERT ON access_log \
+               BEGIN SELECT RAISE(ABORT, 'test: the access log refuses entries'); END",
+            ],
+            &["DROP TRIGGER test_refuse_log"],
+        )
+    };
+    for sql in block {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    let reads = |app: &TestApp| {
+        let order = order.clone();
+        let requests = vec![
+            app.client(Role::Fulfillment).get(app.url("/v1/shipments")),
+            app.client(Role::Marketing)
+                .get(app.url("/v1/marketing/audience?purpose=special_offers")),
+            app.client(Role::Auditor)
+                .get(app.url(&format!("/v1/audit/orders/{order}"))),
+            app.client(Role::Auditor)
+                .post(app.url("/v1/audit/consent"))
+                .json(&json!({"email": "ada@example.com"})),
+            app.client(Role::Auditor).get(app.url("/v1/audit/log")),
+        ];
+        requests
+    };
+    for request in reads(&app) {
+        let r = request.send().await.unwrap();
+        let path = r.url().path().to_owned();
+        let text = r.text().await.unwrap();
+        for secret in [
+            "Lovelace",
+            "Columbia",
+            "Babbage",
+            "Dorset",
+            "ada@example.com",
+            "W1U",
+            &order,
+        ] {
+            assert!(!text.contains(secret), "{path} disclosed {secret}: {text}");
+        }
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(problem["status"], 503, "{path}: {text}");
+    }
+    for sql in unblock {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    for request in reads(&app) {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.url());
+    }
+    let shipments = app.shipments("").await;
+    assert!(shipments.to_string().contains("Columbia"));
+}
