@@ -162,6 +162,19 @@ fn card_numbers(hay: &[u8]) -> Vec<String> {
             found.push(String::from_utf8_lossy(digits).into_owned());
         }
     }
+    // Grouped as printed on a card and typed (a form post's `+` decodes to
+    // a space): four digits, then groups of four and a shorter last one,
+    // by single spaces or dashes.
+    let grouped = regex::bytes::Regex::new(
+        r"(?:^|[^0-9A-Za-z_.])([0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,3})?)(?:$|[^0-9A-Za-z_])",
+    )
+    .unwrap();
+    for m in grouped.captures_iter(hay) {
+        let digits: Vec<u8> = m[1].iter().copied().filter(u8::is_ascii_digit).collect();
+        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+            found.push(String::from_utf8_lossy(&digits).into_owned());
+        }
+    }
     found
 }
 
@@ -275,4 +288,7 @@ fn the_scanner_finds_card_numbers_but_not_the_digits_of_a_fraction() {
     assert!(found("\"elapsed_secs\":1.4111111111111111,").is_empty());
     assert!(found("id_4111111111111111").is_empty());
     assert!(found("4111111111111112").is_empty(), "Luhn");
+    assert_eq!(found("number=5555 5555 5555 4444&"), ["5555555555554444"]);
+    assert_eq!(found("\"4012-8888-8888-1881\""), ["4012888888881881"]);
+    assert!(found("2026-12-02 1234 5678").is_empty());
 }

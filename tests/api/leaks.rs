@@ -35,6 +35,14 @@ fn needles() -> Vec<Vec<u8>> {
     for pan in PANS {
         n.push(pan.to_owned());
         n.push(pan[pan.len() - 12..].to_owned());
+        // As a person (or a form post's `+`) groups it: in fours.
+        let groups: Vec<&str> = pan
+            .as_bytes()
+            .chunks(4)
+            .map(|g| std::str::from_utf8(g).unwrap())
+            .collect();
+        n.push(groups.join(" "));
+        n.push(groups.join("-"));
     }
     n.extend(NAMES.iter().map(|s| s.to_string()));
     n.extend(
@@ -196,7 +204,19 @@ async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let _ = app.post_order("leak-a", &bad).await; // key reused: 422
+    let truncated = r.text().await.unwrap();
+    let r = app.post_order("leak-a", &bad).await; // key reused: 422
+    assert_eq!(r.status(), 422);
+    let reused = r.text().await.unwrap();
+    for (what, text) in [("the 400", &truncated), ("the reuse 422", &reused)] {
+        for needle in needles() {
+            assert!(
+                !find(text.as_bytes(), &needle),
+                "{what} echoed {}",
+                String::from_utf8_lossy(&needle)
+            );
+        }
+    }
 
     // Scan while the server is up (WAL not yet checkpointed) and after.
     let mut haystacks = app.database_bytes().await;
