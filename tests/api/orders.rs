@@ -162,6 +162,18 @@ async fn json_order_is_accepted_encrypted_and_summarised_without_card_data() {
         shipping.get("email").is_none(),
         "shipping records carry no email"
     );
+    let (b, e) = envelope_of(&db, "contact_emails", DataClass::Contact, id).await;
+    let contact = open_json(&ring, &b, &e);
+    assert_eq!(contact, json!({"email": "ada@example.com"}));
+    // Invariant 3, "not even encrypted": no envelope holds the CVC (`123`)
+    // or a member for it.
+    for plaintext in [&card, &billing, &shipping, &contact] {
+        let text = plaintext.to_string();
+        assert!(
+            !text.contains("123") && !text.contains("cvc") && !text.contains("cvv"),
+            "{text}"
+        );
+    }
 }
 
 /// Posts `body` as an HTML form's order under `key`.
