@@ -232,6 +232,19 @@ impl Marketing {
 
 #[cfg(test)]
 mod tests {
+    /// Invariant 5: marketing's reader holds the contact KEKs and no other
+    /// class's, as built and after a keyring reload.
+    #[test]
+    fn marketing_holds_the_contact_keys_only() {
+        let rng = ring::rand::SystemRandom::new();
+        let keyring = crate::crypto::keyring::Keyring::generate(&rng, "t").unwrap();
+        let reader = super::Marketing::new(&keyring, None);
+        let held = |reader: &super::Marketing| format!("{:?}", **reader.keys.read().unwrap());
+        assert_eq!(held(&reader), "ClassKeys([Contact], <redacted>)");
+        reader.refresh(&keyring);
+        assert_eq!(held(&reader), "ClassKeys([Contact], <redacted>)");
+    }
+
     /// A page in a log line counts its emails, never shows them.
     #[test]
     fn an_audience_page_s_debug_shows_no_email() {

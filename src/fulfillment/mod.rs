@@ -358,6 +358,25 @@ impl Fulfillment {
 
 #[cfg(test)]
 mod tests {
+    /// Invariant 5: the warehouse's reader holds the shipping and recipient
+    /// KEKs and no other class's, as built and after a keyring reload.
+    #[test]
+    fn the_warehouse_holds_the_shipping_and_recipient_keys_only() {
+        let rng = ring::rand::SystemRandom::new();
+        let keyring = crate::crypto::keyring::Keyring::generate(&rng, "t").unwrap();
+        let reader = super::Fulfillment::new(&keyring);
+        let held = |reader: &super::Fulfillment| format!("{:?}", **reader.keys.read().unwrap());
+        assert_eq!(
+            held(&reader),
+            "ClassKeys([Shipping, Recipient], <redacted>)"
+        );
+        reader.refresh(&keyring);
+        assert_eq!(
+            held(&reader),
+            "ClassKeys([Shipping, Recipient], <redacted>)"
+        );
+    }
+
     /// The audit finds dispatches by the action the access log writes for
     /// the route (`METHOD /route`): the two must not drift apart.
     #[test]

@@ -17,9 +17,11 @@ const NAMES: [&str; 3] = [
     "Bartholomew Oakenshaw",
     "Hortensia Pemberwick",
 ];
-const EMAILS: [&str; 2] = [
+const EMAILS: [&str; 3] = [
     "zephyrine.q@leakcheck.example",
     "bart.oak@leakcheck.example",
+    // A stranger's: only ever sent in an opt-out.
+    "wilhelmina.stranger@leakcheck.example",
 ];
 const PHONES: [&str; 2] = ["+1 212 555 0187", "+44 20 7946 0321"];
 const STREETS: [&str; 3] = [
@@ -217,6 +219,34 @@ async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
             );
         }
     }
+
+    // Opt-outs, of a customer and of a stranger, through the API and the
+    // public page: the ledger keeps a blind index, never the address.
+    for (email, purposes) in [
+        (EMAILS[0], json!("all")),
+        (EMAILS[2], json!(["partnerships"])),
+    ] {
+        let r = client
+            .post(app.url("/v1/consent/opt-out"))
+            .json(&json!({"email": email, "purposes": purposes, "channel": "email"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let r = app
+        .anonymous()
+        .post(app.url("/unsubscribe"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .body(format!(
+            "email={}&special_offers=on",
+            EMAILS[2].replace('@', "%40")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // Scan while the server is up (WAL not yet checkpointed) and after.
     let mut haystacks = app.database_bytes().await;
