@@ -781,6 +781,14 @@ impl Reader {
                 }
             }
         }
+        // A year already past is reported even when the month is wrong or
+        // missing (every violation at once): no month makes it valid.
+        let month_unusable = month.is_none_or(|m| !(1..=12).contains(&m));
+        if month_unusable
+            && year.is_some_and(|y| (2000..i64::from(rules.today().year())).contains(&y))
+        {
+            self.error(join(&p, "exp_year"), "expired", "The card has expired");
+        }
         let brand = pan.as_ref().map(Pan::brand);
         // Validated, then dropped here (zeroized): the CVC is never kept.
         let cvc = self.with_string(&mut m, &p, "cvc", true, |s| {
@@ -1390,6 +1398,28 @@ mod tests {
         v["card"]["exp_month"] = json!(12);
         v["card"]["exp_year"] = json!(2025);
         assert!(codes(v.clone()).contains(&("card.exp_year".into(), "expired")));
+        // A past year with a wrong or missing month: both at once.
+        v["card"]["exp_month"] = json!(13);
+        v["card"]["exp_year"] = json!(2020);
+        let got = codes(v.clone());
+        assert!(
+            got.contains(&("card.exp_month".into(), "out_of_range")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("card.exp_year".into(), "expired")),
+            "{got:?}"
+        );
+        v["card"].as_object_mut().unwrap().remove("exp_month");
+        let got = codes(v.clone());
+        assert!(
+            got.contains(&("card.exp_month".into(), "required")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("card.exp_year".into(), "expired")),
+            "{got:?}"
+        );
         v["card"]["exp_month"] = json!(11);
         v["card"]["exp_year"] = json!(2026);
         assert!(check(v).is_ok(), "valid to the end of its month");
