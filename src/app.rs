@@ -69,9 +69,38 @@ pub struct Application {
     notices: Vec<String>,
 }
 
+/// The operator's start-up notices: kept for [`Application::startup_notices`]
+/// and handed on as each is found.
+struct Notices<'a> {
+    list: Vec<String>,
+    tell: &'a mut (dyn FnMut(&str) + Send),
+}
+
+impl Notices<'_> {
+    fn push(&mut self, notice: String) {
+        (self.tell)(&notice);
+        self.list.push(notice);
+    }
+}
+
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let mut notices = Vec::new();
+        Self::build_telling(settings, &mut |_| {}).await
+    }
+
+    /// [`Application::build`], handing each notice to `tell` as soon as it
+    /// is found: a notice of something made on this start (a development
+    /// PKI, a development keyring) reaches the operator even when a later
+    /// step (the database, the port) fails it — the next start finds them
+    /// there and would say nothing.
+    pub async fn build_telling(
+        settings: &Settings,
+        tell: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Self, StartupError> {
+        let mut notices = Notices {
+            list: Vec::new(),
+            tell,
+        };
         crate::telemetry::init_metrics();
         // Processes sharing a data directory (and `keys` commands) take
         // turns here, so two first runs never make two PKIs, master keys or
@@ -263,7 +292,7 @@ impl Application {
             store,
             limits: settings.limits,
             request_timeout: settings.limits.request_timeout,
-            notices,
+            notices: notices.list,
         })
     }
 

@@ -430,10 +430,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Serve(args) => {
             let settings = Settings::from_args(&args)?;
             telemetry::init(settings.store.log_format);
-            let app = Application::build(&settings).await?;
-            for notice in app.startup_notices() {
+            // Each notice as soon as it is found: one about development
+            // material made on this start is not lost to a later failure.
+            let app = Application::build_telling(&settings, &mut |notice| {
                 let _ = writeln!(std::io::stderr(), "{notice}");
-            }
+            })
+            .await?;
             app.run_until(server::shutdown_signal()).await;
         }
         Command::Migrate(args) => {

@@ -36,6 +36,31 @@ async fn migrate_creates_the_schema_and_exits() {
     }
 }
 
+/// A first start that makes a development PKI and keyring and then fails
+/// (its port taken) still says so loudly: the next start finds them there
+/// and would never say it.
+#[tokio::test]
+async fn a_first_start_that_fails_late_still_announces_its_development_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = crate::helpers::TestDatabase::create(&data).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = checkoutd()
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .arg("--certs-dir")
+        .arg(dir.path().join("certs"))
+        .args(["--database-url", &db.url])
+        .args(["--listen", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(dir.path().join("certs/server.pem").is_file());
+    assert!(stderr.contains("DEVELOPMENT PKI"), "{stderr}");
+    assert!(stderr.contains("DEVELOPMENT KEYRING"), "{stderr}");
+}
+
 #[cfg(unix)]
 #[test]
 fn certs_dev_writes_the_pki_with_private_keys() {
