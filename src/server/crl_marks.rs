@@ -216,7 +216,14 @@ fn decode(bytes: &[u8]) -> Option<Marks> {
     if file.format != FORMAT {
         return None;
     }
-    let at = |secs: u64| UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+    // A time past the year 9999 is no CRL's (X.509 times end there): a
+    // file holding one was edited, and is damaged.
+    const LAST: u64 = 253_402_300_799;
+    let at = |secs: u64| {
+        (secs <= LAST)
+            .then(|| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+            .flatten()
+    };
     let mut marks = Marks::new();
     for list in file.lists {
         let key = (
@@ -279,6 +286,9 @@ mod tests {
             // One list twice.
             r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":1,"mark":1},
                                     {"issuer":"30","scope":"","ca_key":"","this_update":2,"mark":2}]}"#,
+            // Past the year 9999: no CRL's time (and the error naming the
+            // rollback could not print it).
+            r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":300000000000,"mark":300000000000}]}"#,
         ] {
             std::fs::write(file.path(), damaged).unwrap();
             assert!(

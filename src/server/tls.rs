@@ -274,11 +274,19 @@ fn name_of(der: &[u8]) -> String {
 
 /// A time as RFC 3339, to the second.
 fn rfc3339(at: std::time::SystemTime) -> String {
-    let at = time::OffsetDateTime::from(at);
-    at.replace_nanosecond(0)
-        .unwrap_or(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "an unprintable time".to_owned())
+    // Whole seconds, checked: `OffsetDateTime::from` panics on a time past
+    // what it can represent.
+    let seconds = match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).ok(),
+        Err(before) => i64::try_from(before.duration().as_secs()).ok().map(|s| -s),
+    };
+    seconds
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "an unprintable time".to_owned())
 }
 
 /// Per list: its own newest `thisUpdate` taken, and the mark a reload
@@ -827,6 +835,16 @@ pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    /// A time no `OffsetDateTime` holds is printed as such, not a panic.
+    #[test]
+    fn any_system_time_prints() {
+        let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(300_000_000_000);
+        assert_eq!(super::rfc3339(far), "an unprintable time");
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_500);
+        assert_eq!(super::rfc3339(at), "2023-11-14T22:13:20Z");
+    }
+
     use super::*;
     use rustls::SupportedCipherSuite;
 
