@@ -721,9 +721,10 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
 /// expires), and each list's `thisUpdate` by issuer, scope and CA key. A file with
-/// two lists from one CA for the same scope is refused: the verifier would
-/// use the first, so a newer list appended after the old one (`cat new.crl
-/// >> crl.pem`) would be ignored until the old one expired.
+/// two lists from one CA is refused: the verifier would use the first that
+/// may apply, so a newer list appended after the old one (`cat new.crl >>
+/// crl.pem`) would be ignored until the old one expired, and a partial list
+/// (another scope) before the full one could hide its revocations.
 fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<Crls, TlsError> {
     let mut out = Vec::new();
     let mut issued = CrlIssued::new();
@@ -732,10 +733,13 @@ fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<C
             x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
                 path: path.to_owned(),
             })?;
-        // One CA may publish lists of different scopes (its issuing
-        // distribution point: CA certificates only, a partition): the
-        // verifier picks by scope, so a list is a duplicate only for the
-        // same issuer and the same scope.
+        // The scope (issuing distribution point) is kept with the list's
+        // marks, but two lists from one CA are refused whatever their
+        // scopes: the verifier uses the first list that *may* apply to a
+        // certificate, and a certificate without a distribution point is
+        // in the scope of a "user certificates only" or a URI-named list as
+        // well as of the full one — an older partial list put first would
+        // hide a revocation in the full list after it.
         let scope = parsed
             .extensions()
             .iter()
@@ -760,9 +764,9 @@ fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<C
             })
             .unwrap_or_default();
         let issuer = parsed.issuer().as_raw().to_vec();
-        // Two lists of one name and scope are one too many whatever their
+        // Two lists of one name are one too many whatever their scopes and
         // keys: the verifier finds lists by name.
-        if issued.keys().any(|(i, s, _)| *i == issuer && *s == scope) {
+        if issued.keys().any(|(i, _, _)| *i == issuer) {
             return Err(TlsError::TwoCrlsFromOneCa {
                 path: path.to_owned(),
             });
@@ -961,7 +965,9 @@ mod tests {
             config_and_verifier(&files),
             Err(TlsError::TwoCrlsFromOneCa { .. })
         ));
-        // Two lists of one CA for different scopes are not duplicates.
+        // Two lists of one CA for different scopes are refused too: the
+        // partial list first would be the one the verifier reads for a
+        // certificate without a distribution point.
         let scoped = |scope| {
             CertificateRevocationListParams {
                 this_update: now - time::Duration::minutes(5),
@@ -990,7 +996,10 @@ mod tests {
             ),
         )
         .unwrap();
-        assert!(config_and_verifier(&files).is_ok());
+        assert!(matches!(
+            config_and_verifier(&files),
+            Err(TlsError::TwoCrlsFromOneCa { .. })
+        ));
     }
 
     #[test]
