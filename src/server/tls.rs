@@ -62,6 +62,13 @@ pub enum TlsError {
     )]
     NoCrlFromCa { path: PathBuf, ca: String },
     #[error(
+        "the client CRL file {path} holds a list named for the client CA {ca} that the CA did \
+         not sign (another CA of the same name, or a damaged file): taken, it would refuse every \
+         certificate of that CA and its time would be kept as the newest list seen; publish the \
+         CA's own list"
+    )]
+    CrlNotSignedByCa { path: PathBuf, ca: String },
+    #[error(
         "the client CRL file {path} holds a list older (thisUpdate) than the newest this server \
          has taken from the same CA: put back, it would let in again every certificate revoked \
          since; keeping the lists in force — publish the CA's current list"
@@ -697,6 +704,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         crl_facts = read_crls(&crls, path)?;
         let issuers: CrlIssuers = crl_facts.issued.keys().map(|(i, _, _)| i.clone()).collect();
         every_ca_has_a_list(&client_cas, &issuers, path)?;
+        signed_by_their_cas(&client_cas, &crls, path)?;
         // Every certificate below the trust anchor is checked, an issuing
         // intermediate included (a compromised one, revoked in its root's
         // list, must not go on minting roles); an expired list, or a CA of
@@ -805,6 +813,48 @@ fn every_ca_has_a_list(
             return Err(TlsError::NoCrlFromCa {
                 path: path.to_owned(),
                 ca: cert.subject().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Each list named for a CA of the client CA file is signed by it (by one
+/// of the certificates of that name: a CA renewed under a new key may be
+/// there twice). The verifier checks a list's signature only at a
+/// handshake, so a list of another CA of the same name would otherwise be
+/// taken: every certificate of the CA refused, and its `thisUpdate` kept
+/// as the newest list seen — the CA's own list then refused as a rollback,
+/// on every restart too. (An intermediate's list, whose CA comes with the
+/// clients, is checked at the handshake only.)
+fn signed_by_their_cas(
+    cas: &[CertificateDer<'_>],
+    crls: &[CertificateRevocationListDer<'_>],
+    path: &Path,
+) -> Result<(), TlsError> {
+    let cas: Vec<x509_parser::certificate::X509Certificate<'_>> = cas
+        .iter()
+        .filter_map(|ca| x509_parser::parse_x509_certificate(ca.as_ref()).ok())
+        .map(|(_, cert)| cert)
+        .collect();
+    for crl in crls {
+        let Ok((_, list)) = x509_parser::parse_x509_crl(crl.as_ref()) else {
+            return Err(TlsError::NoCrl {
+                path: path.to_owned(),
+            });
+        };
+        let named: Vec<&x509_parser::certificate::X509Certificate<'_>> = cas
+            .iter()
+            .filter(|ca| ca.subject().as_raw() == list.issuer().as_raw())
+            .collect();
+        if !named.is_empty()
+            && !named
+                .iter()
+                .any(|ca| list.verify_signature(ca.public_key()).is_ok())
+        {
+            return Err(TlsError::CrlNotSignedByCa {
+                path: path.to_owned(),
+                ca: list.issuer().to_string(),
             });
         }
     }
@@ -1000,6 +1050,30 @@ mod tests {
             config_and_verifier(&files),
             Err(TlsError::TwoCrlsFromOneCa { .. })
         ));
+        // A list named for the root but signed by another CA of that name
+        // (a staging CA's, say): refused at load, before its time is kept
+        // as the newest list seen.
+        let impostor_key = KeyPair::generate().unwrap();
+        let impostor = ca_params(1).self_signed(&impostor_key).unwrap();
+        std::fs::write(
+            &crl,
+            format!(
+                "{}{middle_list}",
+                list(Vec::new(), &impostor, &impostor_key)
+            ),
+        )
+        .unwrap();
+        match config_and_verifier(&files) {
+            Err(error @ TlsError::CrlNotSignedByCa { .. }) => {
+                assert!(error.to_string().contains("test CA 1"), "{error}")
+            }
+            other => panic!("an impostor's list loaded: {:?}", other.err()),
+        }
+        // The root's own list loads again.
+        assert!(verifies(format!(
+            "{}{middle_list}",
+            list(Vec::new(), &root, &root_key)
+        )));
     }
 
     #[test]
