@@ -69,6 +69,11 @@ pub enum TlsError {
     )]
     CrlNotSignedByCa { path: PathBuf, ca: String },
     #[error(
+        "the server private key {path} is open to every local user (mode {mode:o}): \
+         `chmod o-rwx` it (0600, or 0640 for a group of your own)"
+    )]
+    KeyExposed { path: PathBuf, mode: u32 },
+    #[error(
         "the client CRL file {path} holds a list older (thisUpdate) than the newest this server \
          has taken from the same CA: put back, it would let in again every certificate revoked \
          since; keeping the lists in force — publish the CA's current list"
@@ -672,6 +677,28 @@ struct Crls {
 
 fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
     let chain = read_certs(&files.server_cert, "server certificate")?;
+    // Every local user could read (or swap) a key whose file is open to
+    // them all: refused, as the master key file is. Group access is left
+    // to the operator (a key shared with a TLS group, say).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.server_key)
+            .map_err(|source| TlsError::Read {
+                what: "server private key",
+                path: files.server_key.clone(),
+                source: rustls_pki_types::pem::Error::Io(source),
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(TlsError::KeyExposed {
+                path: files.server_key.clone(),
+                mode,
+            });
+        }
+    }
     let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|source| TlsError::Read {
         what: "server private key",
         path: files.server_key.clone(),
@@ -889,6 +916,31 @@ pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    /// A server key every local user may read is refused; a group may.
+    #[cfg(unix)]
+    #[test]
+    fn a_server_key_open_to_every_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::pki::DevPki::generate()
+            .unwrap()
+            .write_to(&certs)
+            .unwrap();
+        let key = certs.join("server-key.pem");
+        let files = TlsFiles::in_dir(&certs, None, None);
+        let chmod = |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode));
+        chmod(0o644).unwrap();
+        match config_and_verifier(&files) {
+            Err(error @ TlsError::KeyExposed { mode: 0o644, .. }) => {
+                assert!(error.to_string().contains("server-key.pem"), "{error}")
+            }
+            other => panic!("a world-readable key was taken: {:?}", other.err()),
+        }
+        chmod(0o640).unwrap();
+        assert!(config_and_verifier(&files).is_ok());
+    }
 
     /// A time no `OffsetDateTime` holds is printed as such, not a panic.
     #[test]
