@@ -305,6 +305,41 @@ fn rfc3339(at: std::time::SystemTime) -> String {
 /// compares with.
 type NewestCrls = super::crl_marks::Marks;
 
+/// Raises each list's newest `thisUpdate` and its mark (that time, capped
+/// at `cap`: now plus the clock skew allowed) to the lists `taken`; whether
+/// anything moved. The two rise apart: a list dated ahead of its CA's
+/// clock (a day ahead, say) is the newest seen until the CA's clock reaches
+/// it, but its mark is capped — and each later list, older than it yet
+/// newer than the mark, raises the mark, so that rolling one of those back
+/// to the one before is still refused.
+fn raise_marks<'a>(
+    newest: &mut NewestCrls,
+    taken: impl Iterator<Item = (&'a CrlKey, std::time::SystemTime)>,
+    cap: std::time::SystemTime,
+) -> bool {
+    let mut moved = false;
+    for (list, issued) in taken {
+        let mark = issued.min(cap);
+        match newest.get_mut(list) {
+            Some((seen, at)) => {
+                if issued > *seen {
+                    *seen = issued;
+                    moved = true;
+                }
+                if mark > *at {
+                    *at = mark;
+                    moved = true;
+                }
+            }
+            None => {
+                newest.insert(list.clone(), (issued, mark));
+                moved = true;
+            }
+        }
+    }
+    moved
+}
+
 /// How far ahead of this server's clock a CA's `thisUpdate` may be.
 const CRL_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -421,22 +456,14 @@ impl ReloadableTls {
     fn record_crls(&self, built: &Built) {
         let cap = std::time::SystemTime::now() + CRL_CLOCK_SKEW;
         let mut newest = self.newest();
-        let mut moved = false;
-        for (list, (issued, _)) in &built.crl_issued {
-            let mark = (*issued).min(cap);
-            match newest.get_mut(list) {
-                Some((seen, _)) if issued <= seen => {}
-                Some((seen, at)) => {
-                    *seen = *issued;
-                    *at = (*at).max(mark);
-                    moved = true;
-                }
-                None => {
-                    newest.insert(list.clone(), (*issued, mark));
-                    moved = true;
-                }
-            }
-        }
+        let moved = raise_marks(
+            &mut newest,
+            built
+                .crl_issued
+                .iter()
+                .map(|(list, (issued, _))| (list, *issued)),
+            cap,
+        );
         if moved {
             self.marks_unsaved
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -940,6 +967,32 @@ mod tests {
         }
         chmod(0o640).unwrap();
         assert!(config_and_verifier(&files).is_ok());
+    }
+
+    /// A list dated a day ahead (its CA's clock wrong) is the newest seen,
+    /// but later lists still raise the mark: rolling one of them back to
+    /// the one before stays refused.
+    #[test]
+    fn marks_keep_rising_after_a_list_dated_ahead() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let key: super::CrlKey = (b"ca".to_vec(), Vec::new(), Vec::new());
+        let mut newest = super::NewestCrls::new();
+        let skew = super::CRL_CLOCK_SKEW;
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3_600);
+        // Each list taken when the clock reads `now`.
+        let mut take =
+            |issued, now| super::raise_marks(&mut newest, [(&key, issued)].into_iter(), now + skew);
+        assert!(take(t + day, t));
+        assert!(take(t + hour, t + hour), "a later list raises the mark");
+        assert!(take(t + 2 * hour, t + 2 * hour));
+        assert!(!take(t + hour, t + 2 * hour), "an older one does not");
+        let (seen, mark) = newest[&key];
+        assert_eq!(seen, t + day);
+        assert_eq!(mark, t + 2 * hour);
+        // So the list of `t + hour` is older than the mark: a rollback.
+        assert!(t + hour < mark);
     }
 
     /// A time no `OffsetDateTime` holds is printed as such, not a panic.
