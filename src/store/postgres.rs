@@ -50,6 +50,10 @@ const WHOLE_TABLE_SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeo
 pub const LOCK_ORDERS: i64 = 0x6368_6b64_0000_0001;
 const LOCK_ACCESS_LOG: i64 = 0x6368_6b64_0000_0002;
 pub const LOCK_CONSENT_EVENTS: i64 = 0x6368_6b64_0000_0003;
+/// Taken shared by each batch of `keys rewrap`, exclusive by a KEK
+/// retirement after the orders' and the withdrawals' locks (see
+/// `retire_keks`).
+pub const LOCK_REWRAP: i64 = 0x6368_6b64_0000_0005;
 
 /// The migrations' session: no statement limit — a migration over a large
 /// database (an index built, a foreign key checked over every row) runs as

@@ -1751,3 +1751,78 @@ async fn the_documented_python_decrypts_every_record_independently() {
     }
     assert_eq!(ids.len(), 4);
 }
+
+/// Orders are never replaced, Idempotency-Key rows never re-keyed, and no
+/// record is moved under a retired KEK by an update (review of the storage
+/// rules): SQLite's REPLACE of a dispatched order is refused (it would come
+/// back as 'accepted', past the warehouse's cursor, and ship twice); a key
+/// row's key or answer never changes (a row re-keyed is as good as deleted:
+/// a retry would make a second charge), while its request hash still may
+/// (the replay window empties it).
+#[tokio::test]
+async fn orders_are_never_replaced_nor_key_rows_rekeyed() {
+    let (app, ids) = populated().await;
+    let db = app.db().await;
+    let r = app
+        .dispatch(&ids[0], &json!({"carrier": "UPS", "tracking": "1Z999"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let refused = |sql: String, what: &'static str| {
+        let db = db.clone();
+        async move {
+            let error = sqlx::query(&sql)
+                .execute(&db)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(what), "{sql}: {error}");
+        }
+    };
+    if !app.database.is_postgres() {
+        refused(
+            format!(
+                "REPLACE INTO orders SELECT * FROM orders WHERE id = '{}'",
+                ids[0]
+            ),
+            "orders: orders and consent tags are never deleted",
+        )
+        .await;
+    }
+    for set in [
+        "key_hash = client",
+        &format!("order_id = '{}'", ids[1]),
+        "response_status = 200",
+        "created_at = '2000-01-01T00:00:00.000Z'",
+    ] {
+        refused(
+            format!(
+                "UPDATE idempotency_keys SET {set} WHERE order_id = '{}'",
+                ids[0]
+            ),
+            "idempotency_keys: a key row's key and answer never change",
+        )
+        .await;
+    }
+    sqlx::query(&format!(
+        "UPDATE idempotency_keys SET request_hash = request_hash WHERE order_id = '{}'",
+        ids[0]
+    ))
+    .execute(&db)
+    .await
+    .expect("the request hash may still change");
+    sqlx::query("INSERT INTO kek_retirements (class, version, retired_at) VALUES ('card', 99, '2026-01-01T00:00:00.000Z')")
+        .execute(&db)
+        .await
+        .unwrap();
+    refused(
+        format!(
+            "UPDATE payment_cards SET kek_version = 99 WHERE order_id = '{}'",
+            ids[0]
+        ),
+        "sealed under a retired KEK version",
+    )
+    .await;
+    // The dispatched order stays dispatched, off the pending list.
+    let pending = app.shipments("?status=pending").await;
+    assert!(!pending.to_string().contains(&ids[0]), "{pending}");
+}

@@ -176,16 +176,28 @@ async fn a_key_retirement_waits_for_order_batches_and_withdrawals_in_flight() {
         return;
     };
     let app = spawn_app().await;
-    for (round, lock) in [
-        checkoutd::store::postgres::LOCK_ORDERS,
-        checkoutd::store::postgres::LOCK_CONSENT_EVENTS,
+    // An order batch and a withdrawal hold their sequence's lock; a rewrap
+    // batch shares its own with the other rewrap batches.
+    for (round, (lock, take)) in [
+        (
+            checkoutd::store::postgres::LOCK_ORDERS,
+            "pg_advisory_xact_lock",
+        ),
+        (
+            checkoutd::store::postgres::LOCK_CONSENT_EVENTS,
+            "pg_advisory_xact_lock",
+        ),
+        (
+            checkoutd::store::postgres::LOCK_REWRAP,
+            "pg_advisory_xact_lock_shared",
+        ),
     ]
     .into_iter()
     .enumerate()
     {
         let db = app.db().await;
         let mut in_flight = db.begin().await.unwrap();
-        sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+        sqlx::query(&format!("SELECT {take}($1)::text"))
             .bind(lock)
             .execute(&mut *in_flight)
             .await
@@ -207,6 +219,29 @@ async fn a_key_retirement_waits_for_order_batches_and_withdrawals_in_flight() {
         let out = crate::helpers::finish(rotate).await;
         assert_succeeded(&out);
     }
+    // And a rewrap batch does take its lock: one held exclusively (as a
+    // retirement does) holds the rewrap back.
+    let r = app
+        .post_order("rewrap-lock", &crate::orders::order_json())
+        .await;
+    assert_eq!(r.status(), 201);
+    let mut command = app.command();
+    command.args(["keys", "rotate", "--class", "card"]);
+    assert_succeeded(&command.output().unwrap());
+    let db = app.db().await;
+    let mut retiring = db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
+        .bind(checkoutd::store::postgres::LOCK_REWRAP)
+        .execute(&mut *retiring)
+        .await
+        .unwrap();
+    let mut command = app.command();
+    command.args(["keys", "rewrap", "--class", "card"]);
+    let rewrap =
+        crate::helpers::start_waiting(command, "the rewrap batch did not take its lock").await;
+    retiring.commit().await.unwrap();
+    let out = crate::helpers::finish(rewrap).await;
+    assert_succeeded(&out);
 }
 
 /// A TCP proxy in front of the PostgreSQL server that the test can cut

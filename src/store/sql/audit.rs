@@ -1275,6 +1275,16 @@ pub async fn apply_rewrap(
     items: &[(super::super::rows::RewrapItem, u32, Vec<u8>)],
 ) -> Result<u64, StoreError> {
     let mut tx = engine.begin_write(writer, WriteOrder::Unordered).await?;
+    if engine == Engine::Postgres {
+        // Shared with the other rewrap batches; a KEK retirement waits for
+        // this batch to commit, and a batch after it sees the retirement
+        // (its check below reads `kek_retirements` without a lock).
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)::text")
+            .bind(super::super::postgres::LOCK_REWRAP)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
     let mut changed = 0u64;
     for (item, new_version, wrapped) in items {
         let (kek, dek) = if item.table == "consent_events" {

@@ -871,14 +871,16 @@ impl Store for SqlStore {
         if self.engine == Engine::Postgres {
             // The database's guard against rows under a retired version
             // reads `kek_retirements` at the end of each statement, taking
-            // no lock: an order batch or a withdrawal past its guard but not
-            // yet committed would land after the retirement. Both hold
-            // their sequence's lock to their commit, so taking both here
-            // (in that order; nothing takes them the other way round) waits
-            // for those in flight, and later ones see the retirement.
+            // no lock: an order batch, a withdrawal or a rewrap batch past
+            // its guard but not yet committed would land after the
+            // retirement. Each holds its lock to its commit (a rewrap batch
+            // shares its own), so taking all three here (in this order;
+            // nothing takes two of them the other way round) waits for
+            // those in flight, and later ones see the retirement.
             for lock in [
                 super::postgres::LOCK_ORDERS,
                 super::postgres::LOCK_CONSENT_EVENTS,
+                super::postgres::LOCK_REWRAP,
             ] {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)::text")
                     .bind(lock)
