@@ -28,7 +28,9 @@ const ORDER: &str = r#"{"storefront_order_ref":"A-1001",
 fn rules(versions: &[String]) -> Rules<'_> {
     Rules {
         policy_versions: versions,
-        now: time::OffsetDateTime::now_utc(),
+        // A fixed day (the order's card stays valid whenever this runs).
+        now: time::OffsetDateTime::from_unix_timestamp(1_795_910_400)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
     }
 }
 

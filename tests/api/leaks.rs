@@ -146,7 +146,7 @@ async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
     let mut b = order_json();
     b["customer"] = json!({"name": NAMES[1], "email": EMAILS[1], "phone": PHONES[1]});
     b["billing_address"]["line1"] = json!(format!("7 {}", STREETS[1]));
-    b["card"] = json!({"number": PANS[1], "exp_month": 6, "exp_year": 2031, "cvc": AMEX_CVC});
+    b["card"] = json!({"number": PANS[1], "exp_month": 6, "exp_year": crate::orders::exp_year(), "cvc": AMEX_CVC});
     b["gift_recipient"] = json!({"name": NAMES[2], "phone": PHONES[0], "message": MESSAGE,
         "address": {"line1": format!("3 {}", STREETS[2]), "city": "Leeds", "postal_code": "LS1 1AA", "country": "GB"}});
     assert_eq!(
@@ -159,13 +159,14 @@ async fn no_submitted_secret_reaches_the_database_file_its_wal_or_the_logs() {
     let form = format!(
         "customer.name={}&customer.email={}&customer.phone={}&billing_address.line1={}&billing_address.city=Oslo\
 &billing_address.postal_code=0150&billing_address.country=NO&items.0.sku=X&items.0.quantity=1\
-&items.0.unit_price_minor=1&currency=NOK&card.number={}&card.exp_month=2&card.exp_year=2032&card.cvc=739\
+&items.0.unit_price_minor=1&currency=NOK&card.number={}&card.exp_month=2&card.exp_year={}&card.cvc=739\
 &consent.policy_version=2002-06-05",
         NAMES[2].replace(' ', "+"),
         EMAILS[1].replace('@', "%40"),
         PHONES[1].replace('+', "%2B").replace(' ', "+"),
         STREETS[2].replace(' ', "+"),
-        PANS[2]
+        PANS[2],
+        crate::orders::exp_year()
     );
     let r = client
         .post(app.url("/v1/orders"))

@@ -10,6 +10,12 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, Versions, client_with, expect_problem, spawn_app};
 
+/// A card expiry year a few years ahead of today, so that the suite's
+/// cards never expire.
+pub fn exp_year() -> i32 {
+    time::OffsetDateTime::now_utc().year() + 4
+}
+
 pub fn order_json() -> Value {
     json!({
         "storefront_order_ref": "A-1001",
@@ -19,7 +25,7 @@ pub fn order_json() -> Value {
                             "region": "CA", "postal_code": "92656", "country": "US"},
         "items": [{"sku": "FAXSTF-PRO", "description": "Fax stuff", "quantity": 2, "unit_price_minor": 4999}],
         "currency": "USD",
-        "card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2030,
+        "card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": exp_year(),
                  "cvc": "123", "holder_name": "Ada Lovelace"},
         "consent": {"product_updates": false, "new_offerings": false, "partnerships": false,
                     "special_offers": true, "third_party_sharing": false,
@@ -147,7 +153,7 @@ async fn json_order_is_accepted_encrypted_and_summarised_without_card_data() {
     let card = open_json(&ring, &b, &e);
     assert_eq!(
         card,
-        json!({"pan": "4111111111111111", "exp_month": 12, "exp_year": 2030, "holder_name": "Ada Lovelace"})
+        json!({"pan": "4111111111111111", "exp_month": 12, "exp_year": exp_year(), "holder_name": "Ada Lovelace"})
     );
     let (b, e) = envelope_of(&db, "billing_details", DataClass::Billing, id).await;
     let billing = open_json(&ring, &b, &e);
@@ -195,8 +201,9 @@ async fn form_posts_become_the_same_order() {
 &billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
 &billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=3&items.0.unit_price_minor=100\
 &items.1.sku=GIFTWRAP&items.1.quantity=1&items.1.unit_price_minor=50\
-&currency=EUR&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year=2031&card.cvc=321\
-&consent.product_updates=on&consent.policy_version=2002-06-05";
+&currency=EUR&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year={YEAR}&card.cvc=321\
+&consent.product_updates=on&consent.policy_version=2002-06-05"
+        .replace("{YEAR}", &exp_year().to_string());
     let response = post_form(&app, "form-1", body).await;
     let body = created(response).await;
     assert_eq!(
@@ -219,13 +226,14 @@ async fn form_sections_left_alone_with_a_preselected_country_are_absent() {
     let body = "customer.name=Ada+Lovelace&customer.email=ada%40example.com&customer.phone=%2B1+949+555+0100\
 &billing_address.line1=51+Columbia&billing_address.city=Aliso+Viejo&billing_address.postal_code=92656\
 &billing_address.country=US&items.0.sku=FAXSTF-PRO&items.0.quantity=1&items.0.unit_price_minor=100\
-&currency=USD&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year=2031&card.cvc=321\
+&currency=USD&card.number=5555+5555+5555+4444&card.exp_month=1&card.exp_year={YEAR}&card.cvc=321\
 &consent.policy_version=2002-06-05\
 &shipping_address.line1=&shipping_address.line2=&shipping_address.city=&shipping_address.postal_code=\
 &shipping_address.country=US\
 &gift_recipient.name=&gift_recipient.message=&gift_recipient.address.line1=&gift_recipient.address.city=\
-&gift_recipient.address.postal_code=&gift_recipient.address.country=GB";
-    let response = post_form(&app, "form-untouched", body).await;
+&gift_recipient.address.postal_code=&gift_recipient.address.country=GB"
+        .replace("{YEAR}", &exp_year().to_string());
+    let response = post_form(&app, "form-untouched", body.clone()).await;
     let created = created(response).await;
     let list = app.shipments("").await;
     let shipment = &list["shipments"][0];

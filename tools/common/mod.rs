@@ -192,7 +192,7 @@ pub fn order(reference: &str, i: u64) -> Value {
             {"sku": "PAPER-A4-500", "description": "Paper, A4, 500 sheets", "quantity": 3, "unit_price_minor": 799}
         ],
         "currency": "USD",
-        "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": 2030, "cvc": "123",
+        "card": {"number": "4012888888881881", "exp_month": 12, "exp_year": time::OffsetDateTime::now_utc().year() + 4, "cvc": "123",
                  "holder_name": "Ada Lovelace"},
         "consent": {"product_updates": i.is_multiple_of(2), "new_offerings": false, "partnerships": false,
                     "special_offers": i.is_multiple_of(3), "third_party_sharing": false,
