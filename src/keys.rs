@@ -225,15 +225,7 @@ pub async fn rotate(
         .filter(|_| !after_keyring_restore)
         .map(|behind| behind_refusal(behind, "instead of rotating again"))
     {
-        log_operation(
-            store,
-            &keyring,
-            "keys rotate".into(),
-            classes.iter().map(|c| c.as_str().to_owned()).collect(),
-            Outcome::Denied,
-        )
-        .await?;
-        return Err(KeysError::Refused(why));
+        return Err(refuse_rotation(store, &keyring, classes, why).await);
     }
     let rng = SystemRandom::new();
     let now = crate::ids::now();
@@ -319,19 +311,12 @@ pub async fn rotate(
                 .iter()
                 .any(|k| k.class == class && k.version == version && k.state == KekState::Active);
             if active {
-                log_operation(
-                    store,
-                    &keyring,
-                    "keys rotate".into(),
-                    classes.iter().map(|c| c.as_str().to_owned()).collect(),
-                    Outcome::Denied,
-                )
-                .await?;
-                return Err(KeysError::Refused(format!(
+                let why = format!(
                     "the access log records that {name} was destroyed, and it is the active \
                      version of {class} in this keyring: rotate {class} too (--class {class})",
                     class = class.as_str()
-                )));
+                );
+                return Err(refuse_rotation(store, &keyring, classes, why).await);
             }
             keyring.destroy(class, version)?;
             shredded.push(name);
@@ -402,6 +387,28 @@ pub async fn rotate(
         .collect();
     store.retire_keks(&retired, &now).await?;
     Ok(made)
+}
+
+/// A rotation of `classes` refused for `why`: logged denied first (a
+/// failure to log is the error then).
+async fn refuse_rotation(
+    store: &dyn Store,
+    keyring: &Keyring,
+    classes: &[DataClass],
+    why: String,
+) -> KeysError {
+    let logged = log_operation(
+        store,
+        keyring,
+        "keys rotate".into(),
+        classes.iter().map(|c| c.as_str().to_owned()).collect(),
+        Outcome::Denied,
+    )
+    .await;
+    match logged {
+        Ok(_) => KeysError::Refused(why),
+        Err(error) => error.into(),
+    }
 }
 
 /// How far above every version the keyring and the database know a

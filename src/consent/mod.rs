@@ -265,6 +265,29 @@ pub enum ChannelName {
 
 /// `POST /v1/consent/opt-out` body: `{email, purposes, channel,
 /// received_at?, reference?}`; every error by field, values never echoed.
+/// The `email` member of a request body, read with `parse` (the string is
+/// zeroized once read); a fault is added to `errors`, named `email`.
+pub fn take_email(
+    map: &mut serde_json::Map<String, Value>,
+    parse: impl FnOnce(&str) -> Result<Email, (&'static str, &'static str)>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Email> {
+    let (code, message) = match map.remove("email") {
+        Some(Value::String(mut s)) => {
+            let email = parse(&s);
+            zeroize::Zeroize::zeroize(&mut s);
+            match email {
+                Ok(email) => return Some(email),
+                Err(fault) => fault,
+            }
+        }
+        None | Some(Value::Null) => ("required", "This field is required"),
+        Some(_) => ("invalid_type", "Expected a string"),
+    };
+    errors.push(FieldError::new("email", code, message));
+    None
+}
+
 pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
     let Value::Object(mut map) = value else {
         return Err(vec![FieldError::new(
@@ -274,30 +297,7 @@ pub fn parse_opt_out(value: Value) -> Result<Withdrawal, Vec<FieldError>> {
         )]);
     };
     let mut errors = Vec::new();
-    let email = match map.remove("email") {
-        Some(Value::String(mut s)) => {
-            let e = Email::parse_contact(&s);
-            zeroize::Zeroize::zeroize(&mut s);
-            e.map_err(|(code, message)| errors.push(FieldError::new("email", code, message)))
-                .ok()
-        }
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new(
-                "email",
-                "required",
-                "This field is required",
-            ));
-            None
-        }
-        Some(_) => {
-            errors.push(FieldError::new(
-                "email",
-                "invalid_type",
-                "Expected a string",
-            ));
-            None
-        }
-    };
+    let email = take_email(&mut map, Email::parse_contact, &mut errors);
     let purposes = match map.remove("purposes") {
         None | Some(Value::Null) => {
             errors.push(FieldError::new(

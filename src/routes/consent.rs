@@ -515,36 +515,11 @@ fn parse_proof_request(value: Value) -> Result<Email, Vec<FieldError>> {
         )]);
     };
     let mut errors = Vec::new();
-    let email = match map.remove("email") {
-        Some(Value::String(mut s)) => {
-            let email = Email::parse(&s);
-            zeroize::Zeroize::zeroize(&mut s);
-            if email.is_none() {
-                errors.push(FieldError::new(
-                    "email",
-                    "invalid_email",
-                    "A valid email address is required",
-                ));
-            }
-            email
-        }
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new(
-                "email",
-                "required",
-                "This field is required",
-            ));
-            None
-        }
-        Some(_) => {
-            errors.push(FieldError::new(
-                "email",
-                "invalid_type",
-                "Expected a string",
-            ));
-            None
-        }
-    };
+    let email = crate::consent::take_email(
+        &mut map,
+        |s| Email::parse(s).ok_or(("invalid_email", "A valid email address is required")),
+        &mut errors,
+    );
     // A member name is the client's text (it could hold a card number or an
     // address): shown only when it looks like one of ours.
     for name in map.keys() {
