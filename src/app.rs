@@ -138,6 +138,9 @@ impl Application {
         if let Some(notice) = no_revocation_notice(settings) {
             notices.push(notice);
         }
+        if let Some(notice) = development_set_up_exposed_notice(settings) {
+            notices.push(notice);
+        }
         if ensure_certificates(settings)? {
             notices.push(banner(&[
                 "WARNING: no server certificate was found, so checkoutd created a",
@@ -476,6 +479,23 @@ fn development_master_key_notice(settings: &Settings) -> Option<String> {
     })
 }
 
+/// The development set-up (the certificates directory's own CA, the
+/// development master key in clear beside the keyring) listening where
+/// other machines can reach it. Said at every start: after the first, no
+/// other banner reminds the operator what this set-up is.
+fn development_set_up_exposed_notice(settings: &Settings) -> Option<String> {
+    let development = settings.client_ca.is_none() && settings.store.master_key_shares.is_empty();
+    (development && !settings.listen.ip().is_loopback()).then(|| {
+        banner(&[
+            "WARNING: checkoutd runs its DEVELOPMENT set-up (the certificates",
+            "directory's CA and role keys, the master key in clear) on",
+            &settings.listen.to_string(),
+            "an address other machines can reach. For real cards give it",
+            "--client-ca and --master-key-share (README, \"Keys\").",
+        ])
+    })
+}
+
 /// A boxed, star-framed warning.
 fn banner(lines: &[&str]) -> String {
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
@@ -518,5 +538,27 @@ mod tests {
         let warned = development_master_key_notice(&with(Some(&ca), Some(&crl))).unwrap();
         assert!(warned.contains("DEVELOPMENT master key"), "{warned}");
         assert!(development_master_key_notice(&with(None, None)).is_none());
+    }
+
+    #[test]
+    fn the_development_set_up_on_a_reachable_address_is_warned_about() {
+        let at = |listen: &str, shares: Vec<std::path::PathBuf>| {
+            let mut args = ServeArgs {
+                listen: Some(listen.to_owned()),
+                ..ServeArgs::default()
+            };
+            args.store.master_key_shares = shares;
+            Settings::from_args(&args).unwrap()
+        };
+        for exposed in ["0.0.0.0:8443", "[::]:8443", "192.0.2.7:8443"] {
+            let warned = development_set_up_exposed_notice(&at(exposed, Vec::new())).unwrap();
+            assert!(warned.contains("DEVELOPMENT set-up"), "{warned}");
+        }
+        for local in ["127.0.0.1:8443", "[::1]:8443"] {
+            assert!(development_set_up_exposed_notice(&at(local, Vec::new())).is_none());
+        }
+        // A production set-up is not the development one.
+        let shares = vec!["a.json".into(), "b.json".into()];
+        assert!(development_set_up_exposed_notice(&at("0.0.0.0:8443", shares)).is_none());
     }
 }
