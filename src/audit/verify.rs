@@ -1096,7 +1096,7 @@ async fn check_holds(
         };
         out.push(Failure::new("legal_holds", &hold.order_id, what));
     }
-    check_purges_under_holds(store, &log, out).await?;
+    check_purges_under_holds(store, &holds, &log, out).await?;
     for (order_id, logged) in &by_order {
         let Some(last) = logged.placed.last() else {
             continue;
@@ -1117,69 +1117,58 @@ async fn check_holds(
     Ok(holds.len() as u64)
 }
 
-/// How long after a hold's access-log entry a purge of the order may still
-/// have committed legitimately: the entry is written before the hold's row,
-/// and a purge checks for the row, so one running at that moment (or on a
-/// host whose clock is a little ahead) may land just after the entry.
+/// How long after a hold's `placed_at` a purge of the order may still have
+/// committed legitimately: a purge checks for the hold's row, and one that
+/// began just before the row was written (or on a host whose clock is a
+/// little ahead) may carry a later time.
 const HOLD_LANDING_GRACE: time::Duration = time::Duration::minutes(1);
 
-/// Purges made while the access log says the order was held: the store
+/// Purges made while a hold in force now was already in place: the store
 /// refuses every purge of a held order, so such a purge means the hold's
-/// row was deleted around it — and, when the row was then put back (its
-/// MAC still verifies), nothing else shows that the data the hold kept is
-/// gone. `log`: the hold and release entries, in log order. A hold runs
-/// from its first entry since the order's last release (plus
-/// [`HOLD_LANDING_GRACE`]) until the next release entry.
+/// row was deleted around it and put back (its MAC still verifies) —
+/// nothing else would show that the data the hold kept is gone. Only a
+/// hold row the access log placed (an entry at its `placed_at`) is taken
+/// as having been there since then; a hold logged whose row was never
+/// written (its command failed; retention may then purge the order, as it
+/// should) proves nothing, and neither does one released since.
 async fn check_purges_under_holds(
     store: &dyn Store,
+    holds: &[crate::store::rows::HoldRow],
     log: &[crate::store::rows::OrderEntry],
     out: &mut Failures,
 ) -> Result<(), StoreError> {
-    struct Held<'a> {
-        seq: i64,
-        from: String,
-        until: Option<&'a str>,
-    }
-    let mut held: std::collections::BTreeMap<&str, Vec<Held>> = std::collections::BTreeMap::new();
-    for entry in log {
-        let periods = held.entry(entry.order_id.as_str()).or_default();
-        let open = periods.last().is_some_and(|p| p.until.is_none());
-        if entry.action == crate::retention::HOLD_ACTION {
-            if !open {
-                let from = crate::ids::parse_timestamp(&entry.at)
-                    .map(|at| crate::ids::timestamp(at + HOLD_LANDING_GRACE))
-                    .unwrap_or_else(|| entry.at.clone());
-                periods.push(Held {
-                    seq: entry.seq,
-                    from,
-                    until: None,
-                });
-            }
-        } else if let Some(period) = periods.last_mut().filter(|_| open) {
-            period.until = Some(&entry.at);
-        }
-    }
-    let order_ids: Vec<String> = held.keys().map(|id| (*id).to_owned()).collect();
-    if order_ids.is_empty() {
+    let logged: Vec<&crate::store::rows::HoldRow> = holds
+        .iter()
+        .filter(|hold| {
+            log.iter().any(|e| {
+                e.action == crate::retention::HOLD_ACTION
+                    && e.order_id == hold.order_id
+                    && e.at == hold.placed_at
+            })
+        })
+        .collect();
+    if logged.is_empty() {
         return Ok(());
     }
+    let order_ids: Vec<String> = logged.iter().map(|h| h.order_id.clone()).collect();
     for purge in store.purges_of(&order_ids).await? {
-        let Some(period) = held.get(purge.order_id.as_str()).and_then(|periods| {
-            periods.iter().find(|p| {
-                purge.purged_at >= p.from && p.until.is_none_or(|u| purge.purged_at.as_str() < u)
-            })
-        }) else {
+        let Some(hold) = logged.iter().find(|h| h.order_id == purge.order_id) else {
             continue;
         };
-        out.push(Failure::new(
-            "purges",
-            &purge.order_id,
-            format!(
-                "{} records purged at {} while access-log entry {} held the order \
-                 (the hold was deleted around the purge)",
-                purge.class, purge.purged_at, period.seq
-            ),
-        ));
+        let since = crate::ids::parse_timestamp(&hold.placed_at)
+            .map(|at| crate::ids::timestamp(at + HOLD_LANDING_GRACE))
+            .unwrap_or_else(|| hold.placed_at.clone());
+        if purge.purged_at >= since {
+            out.push(Failure::new(
+                "purges",
+                &purge.order_id,
+                format!(
+                    "{} records purged at {} under the legal hold placed at {} and still in \
+                     force (the hold was deleted around the purge and put back)",
+                    purge.class, purge.purged_at, hold.placed_at
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -1700,6 +1700,10 @@ async fn a_purge_made_while_the_hold_was_deleted_is_found() {
     let app = spawn_app().await;
     let disputed = place(&app, "hp-1", &order_json()).await;
     let released = place(&app, "hp-2", &order_json()).await;
+    // A hold whose command failed after logging it (no row was written):
+    // retention may purge the order, and a hold placed again after that is
+    // no evidence against the purge.
+    let failed = place(&app, "hp-3", &order_json()).await;
     let store = app.store().await;
     let keyring = app.keyring();
     let who = ("operator", "os-user:test");
@@ -1739,6 +1743,26 @@ async fn a_purge_made_while_the_hold_was_deleted_is_found() {
         .execute(&db)
         .await
         .unwrap();
+    store
+        .append_access_log(
+            &[hold_entry(&failed, ago(30))],
+            &checkoutd::audit::access_log::Chainer::new(keyring.access_log_key()),
+        )
+        .await
+        .unwrap();
+    checkoutd::retention::purge_order(&store, &keyring, &failed, &DataClass::ALL, "operator", who)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    checkoutd::retention::place_hold(
+        &store,
+        &keyring,
+        (&failed, "CB-7"),
+        checkoutd::ids::now(),
+        who,
+    )
+    .await
+    .unwrap();
     let report = checkoutd::audit::verify::verify(&store, &keyring, &|_, _| {})
         .await
         .unwrap();
@@ -1746,19 +1770,20 @@ async fn a_purge_made_while_the_hold_was_deleted_is_found() {
     let named: Vec<_> = report
         .failures
         .iter()
-        .filter(|f| f.table == "purges" && f.what.contains("while access-log entry"))
+        .filter(|f| f.table == "purges" && f.what.contains("under the legal hold placed at"))
         .collect();
-    // One finding per class the purge deleted (a gift-less order has no
-    // recipient record, but its purge row is written all the same).
+    // One finding per class the purge deleted.
     assert!(!named.is_empty(), "{:#?}", report.failures);
     assert!(
         named.iter().all(|f| f.record_id == disputed),
         "{:#?}",
         report.failures
     );
-    assert!(
-        report.failures.iter().all(|f| f.record_id != released),
-        "{:#?}",
-        report.failures
-    );
+    for innocent in [&released, &failed] {
+        assert!(
+            report.failures.iter().all(|f| f.record_id != *innocent),
+            "{:#?}",
+            report.failures
+        );
+    }
 }
