@@ -220,7 +220,7 @@ pub async fn rotate(
 ) -> Result<Vec<String>, KeysError> {
     let _lock = lock_keyring(path)?;
     let mut keyring = Keyring::load(path, master)?;
-    let behind = behind_the_database(store, &keyring, None).await?;
+    let behind = behind_the_database(store, &keyring, &[]).await?;
     if let Some(why) = behind
         .filter(|_| !after_keyring_restore)
         .map(|behind| behind_refusal(behind, "instead of rotating again"))
@@ -543,12 +543,12 @@ enum Behind {
 ///   still holds (a copy from before a `keys destroy`: a backup, another
 ///   host's file). A rotation or destruction here would write a file at the
 ///   newest one's generation: the two would fork, and installing this one
-///   would bring the destroyed key back. `except`: the version a `keys
+///   would bring the destroyed key back. `except`: the versions a `keys
 ///   destroy` is about to destroy (again) in this copy.
 async fn behind_the_database(
     store: &dyn Store,
     keyring: &Keyring,
-    except: Option<(DataClass, u32)>,
+    except: &[(DataClass, u32)],
 ) -> Result<Option<Behind>, KeysError> {
     for kek in keyring.kek_info() {
         if kek.state == KekState::Active && store.kek_retired(kek.class, kek.version).await? {
@@ -558,7 +558,7 @@ async fn behind_the_database(
     Ok(destroyed_in_the_log(store, keyring)
         .await?
         .into_iter()
-        .find(|v| Some(*v) != except)
+        .find(|v| !except.contains(v))
         .map(|(class, version)| Behind::Destroyed(class, version)))
 }
 
@@ -610,7 +610,7 @@ fn behind_refusal(behind: Behind, instead: &str) -> String {
                  still holds it (a copy from before that `keys destroy`: a backup, or another \
                  host's file): install the newest keyring file here, {instead}. If no newer copy \
                  exists, `keys destroy --class {class} --version {version}` destroys it in this \
-                 copy again"
+                 copy again, with every other version the log records destroyed"
             )
         }
     }
@@ -821,7 +821,25 @@ pub async fn destroy(
     // the newest, the two would fork — installing this one loses the
     // other's new versions (and every record sealed under them), installing
     // the other brings the destroyed key back.
-    let behind = behind_the_database(store, &keyring, Some((class, version)))
+    // A copy from before some destroys holds every version they destroyed:
+    // when the one asked for is among them, they all go in this run (one
+    // at a time, each would be refused for the others still held).
+    let mut again = destroyed_in_the_log(store, &keyring).await?;
+    if !again.contains(&(class, version)) {
+        again.clear();
+    }
+    // (Retired ones only: an active one the log records destroyed is a
+    // rotation this copy has not seen, refused below.)
+    let retired: Vec<(DataClass, u32)> = keyring
+        .kek_info()
+        .into_iter()
+        .filter(|k| k.state == KekState::Retired)
+        .map(|k| (k.class, k.version))
+        .collect();
+    again.retain(|v| *v != (class, version) && retired.contains(v));
+    let mut except = vec![(class, version)];
+    except.extend(&again);
+    let behind = behind_the_database(store, &keyring, &except)
         .await?
         .map(|behind| behind_refusal(behind, &format!("then destroy {name}")));
     let refusal = match state {
@@ -851,18 +869,25 @@ pub async fn destroy(
         .await?;
         return Err(KeysError::Refused(why));
     }
-    // Logged before the key is wiped: a destruction the log cannot record
-    // does not happen.
+    // Logged before the keys are wiped: a destruction the log cannot record
+    // does not happen. (The others destroyed again wrap nothing: the log's
+    // destruction of each checked that.)
+    let names: Vec<String> = std::iter::once(name)
+        .chain(again.iter().map(|(c, v)| format!("{}/v{v}", c.as_str())))
+        .collect();
     log_operation(
         store,
         &keyring,
         "keys destroy".into(),
-        vec![name.clone()],
+        names.clone(),
         Outcome::Allowed,
     )
     .await?;
     keyring.destroy(class, version)?;
-    save_or_log_denied(store, &keyring, path, master, "keys destroy", &[name]).await
+    for (c, v) in &again {
+        keyring.destroy(*c, *v)?;
+    }
+    save_or_log_denied(store, &keyring, path, master, "keys destroy", &names).await
 }
 
 /// Saves a keyring whose change (`action` on `objects`) was logged allowed

@@ -1617,3 +1617,48 @@ async fn operator_commands_refuse_a_schema_they_would_have_to_migrate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("newer than this checkoutd"), "{err}");
 }
+
+/// A copy from before two destroys holds both keys: destroying one of them
+/// again destroys the other too (one at a time, each would be refused for
+/// the other, and the copy would be stuck), logged as one destruction.
+#[tokio::test]
+async fn a_copy_from_before_several_destroys_destroys_them_all_again() {
+    let app = spawn_app().await;
+    cli_ok(&app, &["keys", "rotate", "--class", "card"]);
+    cli_ok(&app, &["keys", "rotate", "--class", "billing"]);
+    let backup = copy_of_the_keyring(&app, "backup");
+    for class in ["card", "billing"] {
+        cli_ok(
+            &app,
+            &["keys", "destroy", "--class", class, "--version", "1"],
+        );
+    }
+    assert_eq!(kek_state(&app, &backup, "billing/v1"), "retired");
+    let out = run_in(
+        &app,
+        &backup,
+        &["keys", "destroy", "--class", "card", "--version", "1"],
+    );
+    assert_succeeded(&out);
+    for name in ["card/v1", "billing/v1"] {
+        assert_eq!(kek_state(&app, &backup, name), "destroyed", "{name}");
+    }
+    let destroyed: Vec<Value> = app
+        .access_log_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "keys destroy" && e["outcome"] == "allowed")
+        .map(|e| e["objects"].clone())
+        .collect();
+    assert_eq!(
+        destroyed.last(),
+        Some(&json!(["card/v1", "billing/v1"])),
+        "{destroyed:?}"
+    );
+    // The copy is whole again: it may rotate.
+    assert_succeeded(&run_in(
+        &app,
+        &backup,
+        &["keys", "rotate", "--class", "contact"],
+    ));
+}
