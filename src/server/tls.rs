@@ -783,25 +783,51 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
 
 /// The `nextUpdate` of each of `crls` that has one (one without never
 /// expires), and each list's `thisUpdate` by issuer, scope and CA key. A file with
-/// two lists from one CA is refused: the verifier would use the first that
+/// two lists from one CA is refused (but for a CA-certificates-only list
+/// beside an end-entities-only one): the verifier would use the first that
 /// may apply, so a newer list appended after the old one (`cat new.crl >>
 /// crl.pem`) would be ignored until the old one expired, and a partial list
 /// (another scope) before the full one could hide its revocations.
+/// Which certificates a list may speak for (its issuing distribution
+/// point's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Covers {
+    All,
+    CaCertificates,
+    EndEntities,
+}
+
 fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<Crls, TlsError> {
     let mut out = Vec::new();
     let mut issued = CrlIssued::new();
+    let mut coverage: std::collections::HashMap<Vec<u8>, Covers> = Default::default();
     for crl in crls {
         let (_, parsed) =
             x509_parser::parse_x509_crl(crl.as_ref()).map_err(|_| TlsError::NoCrl {
                 path: path.to_owned(),
             })?;
         // The scope (issuing distribution point) is kept with the list's
-        // marks, but two lists from one CA are refused whatever their
-        // scopes: the verifier uses the first list that *may* apply to a
-        // certificate, and a certificate without a distribution point is
-        // in the scope of a "user certificates only" or a URI-named list as
-        // well as of the full one — an older partial list put first would
-        // hide a revocation in the full list after it.
+        // marks. Two lists from one CA are refused unless one covers only
+        // CA certificates and the other only end-entity ones (no
+        // certificate is in both): the verifier uses the first list that
+        // *may* apply to a certificate, and a certificate without a
+        // distribution point is in the scope of a URI-named list as well as
+        // of the full one — an older partial list put first would hide a
+        // revocation in the full list after it.
+        let covers = parsed
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::IssuingDistributionPoint(idp) => Some(
+                    match (idp.only_contains_ca_certs, idp.only_contains_user_certs) {
+                        (true, false) => Covers::CaCertificates,
+                        (false, true) => Covers::EndEntities,
+                        _ => Covers::All,
+                    },
+                ),
+                _ => None,
+            })
+            .unwrap_or(Covers::All);
         let scope = parsed
             .extensions()
             .iter()
@@ -826,12 +852,23 @@ fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<C
             })
             .unwrap_or_default();
         let issuer = parsed.issuer().as_raw().to_vec();
-        // Two lists of one name are one too many whatever their scopes and
-        // keys: the verifier finds lists by name.
-        if issued.keys().any(|(i, _, _)| *i == issuer) {
+        // The verifier finds lists by name, whatever their keys.
+        if let Some(other) = coverage.get(&issuer)
+            && !matches!(
+                (other, covers),
+                (Covers::CaCertificates, Covers::EndEntities)
+                    | (Covers::EndEntities, Covers::CaCertificates)
+            )
+        {
             return Err(TlsError::TwoCrlsFromOneCa {
                 path: path.to_owned(),
             });
+        }
+        // A third list of that name meets one of the two and is refused.
+        if coverage.contains_key(&issuer) {
+            coverage.insert(issuer.clone(), Covers::All);
+        } else {
+            coverage.insert(issuer.clone(), covers);
         }
         let next = parsed.next_update().map(at);
         issued.insert((issuer, scope, ca_key), (at(parsed.last_update()), next));
@@ -1149,6 +1186,23 @@ mod tests {
                 scoped(rcgen::CrlScope::UserCertsOnly),
                 list(Vec::new(), &root, &root_key)
             ),
+        )
+        .unwrap();
+        assert!(matches!(
+            config_and_verifier(&files),
+            Err(TlsError::TwoCrlsFromOneCa { .. })
+        ));
+        // A list for CA certificates only beside one for end entities only:
+        // no certificate is in both, so the pair loads — and nothing more.
+        let pair = format!(
+            "{}{}{middle_list}",
+            scoped(rcgen::CrlScope::CaCertsOnly),
+            scoped(rcgen::CrlScope::UserCertsOnly)
+        );
+        assert!(verifies(pair.clone()));
+        std::fs::write(
+            &crl,
+            format!("{pair}{}", list(Vec::new(), &root, &root_key)),
         )
         .unwrap();
         assert!(matches!(
