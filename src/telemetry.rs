@@ -7,33 +7,85 @@ use std::borrow::Cow;
 use std::io::Write;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // sqlx warns about an unrecognized database-URL parameter with its
-    // value, which may be a secret (`sslpassword=…`): never log that target
-    // below error, whatever RUST_LOG says.
-    let filter = match "sqlx_postgres::options=error".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(move || OneLine::new(std::io::stderr(), ansi));
+    let registry = tracing_subscriber::registry();
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .with_writer(|| OneLine::json(std::io::stderr()))
-            .json()
-            .flatten_event(true)
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(move || OneLine::new(std::io::stderr(), ansi))
+                    .with_filter(capped(filter)),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(|| OneLine::json(std::io::stderr()))
+                    .with_filter(capped(filter)),
+            )
             .try_init(),
     };
     install_panic_hook();
+}
+
+/// Libraries whose events quote what a client sent, or a secret, and the
+/// most verbose level of theirs that is ever logged — whatever `RUST_LOG`
+/// says, a more specific directive for one of their modules included:
+/// - rustls (and tokio-rustls, through the `log` bridge) warns about a
+///   ClientHello's server name that is no DNS name, quoting it: any client,
+///   before any certificate is checked, could put a card number or an
+///   email there. Our own handshake-failure lines carry the reason;
+/// - h2 and hyper, below info, write a malformed request's path and
+///   authority, query string included;
+/// - sqlx warns about an unrecognised database-URL parameter with its
+///   value, which may be a secret (`sslpassword=…`).
+const CAPPED: &[(&str, tracing::level_filters::LevelFilter)] = {
+    use tracing::level_filters::LevelFilter;
+    &[
+        ("rustls", LevelFilter::OFF),
+        ("tokio_rustls", LevelFilter::OFF),
+        ("h2", LevelFilter::INFO),
+        ("hyper", LevelFilter::INFO),
+        ("hyper_util", LevelFilter::INFO),
+        ("sqlx_postgres::options", LevelFilter::ERROR),
+    ]
+};
+
+/// Whether an event of `target` at `level` may be logged at all
+/// ([`CAPPED`]).
+pub fn within_caps(target: &str, level: &tracing::Level) -> bool {
+    CAPPED
+        .iter()
+        .find(|(prefix, _)| {
+            target
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+        .is_none_or(|(_, most)| level <= most)
+}
+
+/// `filter` (from `RUST_LOG`, or the tests' own), with [`CAPPED`] applied
+/// on top of it.
+pub fn capped<S>(filter: EnvFilter) -> impl Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        within_caps(meta.target(), meta.level())
+    }))
 }
 
 /// What the panic hook logs instead of a formatted panic message.
@@ -331,6 +383,32 @@ pub fn pool_wait(wait: Duration) {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// The caps hold whatever `RUST_LOG` says: they are checked on each
+    /// event's own target, so a directive for one module cannot lift them.
+    #[test]
+    fn the_caps_hold_for_every_module_of_a_capped_library() {
+        use tracing::Level;
+        for (target, level, logged) in [
+            ("rustls::msgs::handshake", Level::WARN, false),
+            ("rustls", Level::ERROR, false),
+            ("tokio_rustls", Level::ERROR, false),
+            ("h2::server", Level::DEBUG, false),
+            ("h2::server", Level::INFO, true),
+            ("hyper::proto::h1::role", Level::TRACE, false),
+            ("hyper_util::server", Level::WARN, true),
+            ("sqlx_postgres::options", Level::WARN, false),
+            ("sqlx_postgres::options", Level::ERROR, true),
+            ("sqlx_postgres::connection", Level::WARN, true),
+            // Only whole path segments: another crate of a like name is not
+            // capped.
+            ("h2x", Level::DEBUG, true),
+            ("rustls_pemfile_like", Level::DEBUG, true),
+            ("checkoutd::server", Level::TRACE, true),
+        ] {
+            assert_eq!(within_caps(target, &level), logged, "{target} at {level}");
+        }
+    }
 
     #[test]
     fn escape_makes_every_control_visible() {

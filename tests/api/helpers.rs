@@ -94,15 +94,23 @@ fn init_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let buf = log_buffer().clone();
-        let _ = tracing_subscriber::fmt()
-            // Everything the server side logs (our crate at debug, its libraries at
-            // info); the test clients' own protocol chatter (DevTools over
-            // WebSocket, reqwest) is not server output and stays out.
-            .with_env_filter(
-                "info,checkoutd=debug,tungstenite=warn,tokio_tungstenite=warn,reqwest=warn",
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        // Everything the server side logs (our crate at debug, its libraries at
+        // info, the server's caps on top: checkoutd::telemetry::capped); the
+        // test clients' own protocol chatter (DevTools over WebSocket,
+        // reqwest) is not server output and stays out.
+        let filter = tracing_subscriber::EnvFilter::new(
+            "info,checkoutd=debug,tungstenite=warn,tokio_tungstenite=warn,reqwest=warn",
+        );
+        let _ = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || BufWriter(buf.clone()))
+                    .with_filter(checkoutd::telemetry::capped(filter)),
             )
-            .json()
-            .with_writer(move || BufWriter(buf.clone()))
             .try_init();
     });
 }

@@ -696,6 +696,67 @@ impl RawConnection {
     }
 }
 
+/// A ClientHello whose server name is no DNS name — a card number and an
+/// email — from a client with no certificate: the handshake fails, and
+/// nothing of that name reaches the log (rustls warns about such a name,
+/// quoting it; its logging is not built in, and capped off besides).
+#[tokio::test]
+async fn a_server_name_holding_a_card_number_is_never_logged() {
+    let app = crate::helpers::spawn_app().await;
+    let name = b"ada.sni@example.com 4000 0566 5566 5556";
+    // TLS 1.2-style ClientHello: version, random, no session, one suite,
+    // no compression, one extension (server_name, host_name).
+    let mut sni = vec![0x00];
+    sni.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut list = u16::try_from(sni.len()).unwrap().to_be_bytes().to_vec();
+    list.extend_from_slice(&sni);
+    let mut extensions = vec![0x00, 0x00];
+    extensions.extend_from_slice(&u16::try_from(list.len()).unwrap().to_be_bytes());
+    extensions.extend_from_slice(&list);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[0x5a; 32]);
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x13, 0x02, 0x01, 0x00]);
+    hello.extend_from_slice(&u16::try_from(extensions.len()).unwrap().to_be_bytes());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend_from_slice(&u16::try_from(hello.len()).unwrap().to_be_bytes());
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&u16::try_from(handshake.len()).unwrap().to_be_bytes());
+    record.extend_from_slice(&handshake);
+
+    // Summed over the reasons (the counter is the test process's).
+    let failures = || async {
+        let text = app.metrics().await;
+        text.lines()
+            .filter(|l| l.starts_with("checkoutd_tls_handshake_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = failures().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(&record).await.unwrap();
+    let mut answer = Vec::new();
+    // The server answers with an alert and closes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert_eq!(answer.first(), Some(&0x15), "an alert: {answer:?}");
+    // The failed handshake was seen (the server logs it, by reason).
+    let mut seen = false;
+    for _ in 0..40 {
+        if failures().await > before {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the handshake failure was counted");
+    let logs = crate::helpers::captured_logs();
+    for needle in ["ada.sni@example.com", "4000 0566 5566 5556", "Illegal SNI"] {
+        assert!(!logs.contains(needle), "{needle:?} was logged");
+    }
+}
+
 async fn healthy(app: &crate::helpers::TestApp) -> bool {
     let r = app.anonymous().get(app.url("/healthz")).send().await;
     r.is_ok_and(|r| r.status() == 200)
