@@ -206,6 +206,20 @@ impl DevPki {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String, PkiError> {
+        // Numbered by its time, so that a later list has a higher number.
+        let number = u64::try_from(this_update.unix_timestamp()).unwrap_or(1);
+        self.revocation_list_numbered(revoked, this_update, next_update, number)
+    }
+
+    /// [`Self::revocation_list`] with a CRL number of the caller's choosing
+    /// (tests: two lists issued within one second).
+    pub fn revocation_list_numbered(
+        &self,
+        revoked: &[&IssuedCert],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        number: u64,
+    ) -> Result<String, PkiError> {
         let revoked_certs = revoked
             .iter()
             .map(|cert| {
@@ -225,9 +239,7 @@ impl DevPki {
         let params = rcgen::CertificateRevocationListParams {
             this_update,
             next_update,
-            crl_number: rcgen::SerialNumber::from(
-                u64::try_from(this_update.unix_timestamp()).unwrap_or(1),
-            ),
+            crl_number: rcgen::SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,

@@ -2,16 +2,19 @@
 //! of the data directory ([`FILE_NAME`]) so that a restart does not forget
 //! it.
 //!
-//! A running server refuses a list older (its `thisUpdate`) than the newest
-//! it has taken from the same CA: last week's file put back would let in
-//! again every certificate revoked since ([`super::tls::ReloadableTls`]).
+//! A running server refuses a list older (its `thisUpdate`, or its CRL
+//! number) than the newest it has taken from the same CA: last week's file
+//! put back would let in again every certificate revoked since
+//! ([`super::tls::ReloadableTls`]). The number catches what the time
+//! cannot: a list re-issued within the same second (times are whole
+//! seconds), the earlier one put back.
 //! Kept in memory only, that guard ended with the process: a rollback of
 //! the CRL file while the server was down, or across a deployment, was
 //! taken at the next start. With this file the start refuses it too, and
 //! says which list and which file.
 //!
 //! Nothing in it is secret (a CA's name, the scope of its list, the key
-//! identifier it signs with, two times). A forged or edited file can only
+//! identifier it signs with, two times, the highest CRL number). A forged or edited file can only
 //! make the server refuse lists, never take one: a mark raised by hand
 //! refuses the CA's current list until a newer one is published, and a mark
 //! lowered or removed is the state of a server that never saw the list —
@@ -36,18 +39,97 @@ use serde::{Deserialize, Serialize};
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "crl-marks.json";
 
-/// The file's format version.
-const FORMAT: u32 = 1;
+/// The file's format version: 2 added each list's CRL number. A format-1
+/// file (no numbers) is still read, and written back as 2.
+const FORMAT: u32 = 2;
+
+/// The formats this release reads.
+const READS: [u64; 2] = [1, 2];
 
 /// A CA's list: its issuer's name (DER), its scope (the issuing
 /// distribution point extension, DER; empty when it has none) and the key
 /// identifier of the CA key that signs it (empty when it names none).
 pub type ListKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-/// Per list: the newest `thisUpdate` taken, and the mark an older list is
-/// compared with (the highest of those `thisUpdate`s, each capped at the
-/// taking server's clock plus a small skew when it was taken).
-pub type Marks = HashMap<ListKey, (SystemTime, SystemTime)>;
+/// What is kept of one CA's lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The newest `thisUpdate` taken.
+    pub newest: SystemTime,
+    /// What an older list is compared with: the highest of those
+    /// `thisUpdate`s, each capped at the taking server's clock plus a small
+    /// skew when it was taken.
+    pub mark: SystemTime,
+    /// The highest CRL number taken; none while no list taken carried one.
+    pub number: Option<CrlNumber>,
+}
+
+impl Mark {
+    /// Raises each of the three to `other`'s where that is higher; whether
+    /// anything moved.
+    pub fn raise(&mut self, other: &Mark) -> bool {
+        let mut moved = false;
+        if other.newest > self.newest {
+            self.newest = other.newest;
+            moved = true;
+        }
+        if other.mark > self.mark {
+            self.mark = other.mark;
+            moved = true;
+        }
+        if other.number > self.number {
+            self.number.clone_from(&other.number);
+            moved = true;
+        }
+        moved
+    }
+}
+
+/// Per list, what was taken.
+pub type Marks = HashMap<ListKey, Mark>;
+
+/// A CRL number (RFC 5280, 5.2.3: a non-negative integer of up to 20
+/// octets that a CA raises with every list it issues for a scope), kept as
+/// its big-endian bytes without leading zeros, so that the order of two
+/// numbers is their length first, then their bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlNumber(Vec<u8>);
+
+impl CrlNumber {
+    pub fn from_be_bytes(bytes: &[u8]) -> Self {
+        let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        CrlNumber(bytes[first..].to_vec())
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Ord for CrlNumber {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.len(), &self.0).cmp(&(other.0.len(), &other.0))
+    }
+}
+
+impl PartialOrd for CrlNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// As `openssl crl -text` prints it: decimal while it fits 128 bits, hex
+/// beyond.
+impl std::fmt::Display for CrlNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= 16 {
+            let value = self.0.iter().fold(0u128, |n, &b| (n << 8) | u128::from(b));
+            write!(f, "{value}")
+        } else {
+            write!(f, "0x{}", crate::hex::encode(&self.0))
+        }
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +147,9 @@ struct List {
     ca_key: String,
     this_update: u64,
     mark: u64,
+    /// Hex; absent when no list taken carried one (and in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    number: Option<String>,
 }
 
 /// Why the marks cannot be read or kept.
@@ -127,7 +212,7 @@ impl MarksFile {
             format: u64,
         }
         match serde_json::from_slice::<Format>(&bytes) {
-            Ok(Format { format }) if format != u64::from(FORMAT) => {
+            Ok(Format { format }) if !READS.contains(&format) => {
                 return Err(MarksError::UnknownFormat {
                     path: self.path.clone(),
                     format,
@@ -162,20 +247,11 @@ impl MarksFile {
 /// in `into` moved.
 pub fn merge(into: &mut Marks, from: &Marks) -> bool {
     let mut moved = false;
-    for (list, &(issued, mark)) in from {
+    for (list, taken) in from {
         match into.get_mut(list) {
-            Some((seen, kept)) => {
-                if issued > *seen {
-                    *seen = issued;
-                    moved = true;
-                }
-                if mark > *kept {
-                    *kept = mark;
-                    moved = true;
-                }
-            }
+            Some(kept) => moved |= kept.raise(taken),
             None => {
-                into.insert(list.clone(), (issued, mark));
+                into.insert(list.clone(), taken.clone());
                 moved = true;
             }
         }
@@ -192,12 +268,16 @@ fn seconds(at: SystemTime) -> u64 {
 fn encode(marks: &Marks) -> serde_json::Result<Vec<u8>> {
     let mut lists: Vec<List> = marks
         .iter()
-        .map(|((issuer, scope, ca_key), &(issued, mark))| List {
+        .map(|((issuer, scope, ca_key), kept)| List {
             issuer: crate::hex::encode(issuer),
             scope: crate::hex::encode(scope),
             ca_key: crate::hex::encode(ca_key),
-            this_update: seconds(issued),
-            mark: seconds(mark),
+            this_update: seconds(kept.newest),
+            mark: seconds(kept.mark),
+            number: kept
+                .number
+                .as_ref()
+                .map(|n| crate::hex::encode(n.as_bytes())),
         })
         .collect();
     // One order, so that the same marks always make the same file.
@@ -213,7 +293,7 @@ fn encode(marks: &Marks) -> serde_json::Result<Vec<u8>> {
 
 fn decode(bytes: &[u8]) -> Option<Marks> {
     let file: OnDisk = serde_json::from_slice(bytes).ok()?;
-    if file.format != FORMAT {
+    if !READS.contains(&u64::from(file.format)) {
         return None;
     }
     // A time past the year 9999 is no CRL's (X.509 times end there): a
@@ -231,13 +311,26 @@ fn decode(bytes: &[u8]) -> Option<Marks> {
             crate::hex::decode(&list.scope)?,
             crate::hex::decode(&list.ca_key)?,
         );
+        // A number was written without leading zeros, and only from
+        // format 2 on.
+        let number = match &list.number {
+            Some(hex) => {
+                let bytes = crate::hex::decode(hex)?;
+                if bytes.first() == Some(&0) || file.format < 2 {
+                    return None;
+                }
+                Some(CrlNumber(bytes))
+            }
+            None => None,
+        };
         // A mark is never above the list's own time (it is that time,
         // capped), and a list appears once.
-        if list.mark > list.this_update
-            || marks
-                .insert(key, (at(list.this_update)?, at(list.mark)?))
-                .is_some()
-        {
+        let kept = Mark {
+            newest: at(list.this_update)?,
+            mark: at(list.mark)?,
+            number,
+        };
+        if list.mark > list.this_update || marks.insert(key, kept).is_some() {
             return None;
         }
     }
@@ -252,6 +345,22 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    fn mark(newest: SystemTime, mark: SystemTime) -> Mark {
+        Mark {
+            newest,
+            mark,
+            number: None,
+        }
+    }
+
+    fn numbered(newest: SystemTime, number: &[u8]) -> Mark {
+        Mark {
+            newest,
+            mark: newest,
+            number: Some(CrlNumber::from_be_bytes(number)),
+        }
+    }
+
     fn key(n: u8) -> ListKey {
         (vec![0x30, n], Vec::new(), vec![n; 20])
     }
@@ -263,16 +372,33 @@ mod tests {
         assert!(file.read().unwrap().is_empty(), "no file: no marks");
 
         let mut marks = Marks::new();
-        marks.insert(key(1), (at(1_800_000_000), at(1_799_999_000)));
-        marks.insert(key(2), (at(1_700_000_000), at(1_700_000_000)));
+        marks.insert(key(1), mark(at(1_800_000_000), at(1_799_999_000)));
+        marks.insert(key(2), mark(at(1_700_000_000), at(1_700_000_000)));
         assert_eq!(file.keep(&marks).unwrap(), marks);
         assert_eq!(file.read().unwrap(), marks);
 
-        std::fs::write(file.path(), r#"{"format":2,"lists":[],"later":true}"#).unwrap();
+        // CRL numbers, the largest RFC 5280 allows among them.
+        marks.insert(key(3), numbered(at(1_700_000_000), &[0, 0, 7]));
+        marks.insert(key(4), numbered(at(1_700_000_000), &[0xff; 20]));
+        marks.insert(key(5), numbered(at(1_700_000_000), &[0]));
+        assert_eq!(file.keep(&marks).unwrap(), marks);
+        assert_eq!(file.read().unwrap(), marks);
+        assert!(std::fs::read_to_string(file.path()).unwrap().contains(r#""number": "07""#));
+
+        // A file of the release before (format 1, no numbers) is read.
+        std::fs::write(
+            file.path(),
+            r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":5,"mark":4}]}"#,
+        )
+        .unwrap();
+        let old = file.read().unwrap();
+        assert_eq!(old[&(vec![0x30], vec![], vec![])], mark(at(5), at(4)));
+
+        std::fs::write(file.path(), r#"{"format":3,"lists":[],"later":true}"#).unwrap();
         assert!(
             matches!(
                 file.read(),
-                Err(MarksError::UnknownFormat { format: 2, .. })
+                Err(MarksError::UnknownFormat { format: 3, .. })
             ),
             "a newer release's file is not called damaged"
         );
@@ -289,6 +415,10 @@ mod tests {
             // Past the year 9999: no CRL's time (and the error naming the
             // rollback could not print it).
             r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":300000000000,"mark":300000000000}]}"#,
+            // A number: hex, written without a leading zero, not in format 1.
+            r#"{"format":2,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":1,"mark":1,"number":"x1"}]}"#,
+            r#"{"format":2,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":1,"mark":1,"number":"0001"}]}"#,
+            r#"{"format":1,"lists":[{"issuer":"30","scope":"","ca_key":"","this_update":1,"mark":1,"number":"01"}]}"#,
         ] {
             std::fs::write(file.path(), damaged).unwrap();
             assert!(
@@ -305,31 +435,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = MarksFile::at(dir.path().join(FILE_NAME));
         let mut first = Marks::new();
-        first.insert(key(1), (at(2_000), at(2_000)));
+        first.insert(key(1), mark(at(2_000), at(2_000)));
         file.keep(&first).unwrap();
 
         // A process that took an older list of the same CA, and another CA's.
         let mut second = Marks::new();
-        second.insert(key(1), (at(1_000), at(1_000)));
-        second.insert(key(2), (at(3_000), at(2_500)));
+        second.insert(key(1), mark(at(1_000), at(1_000)));
+        second.insert(key(2), mark(at(3_000), at(2_500)));
         let merged = file.keep(&second).unwrap();
-        assert_eq!(merged[&key(1)], (at(2_000), at(2_000)));
-        assert_eq!(merged[&key(2)], (at(3_000), at(2_500)));
+        assert_eq!(merged[&key(1)], mark(at(2_000), at(2_000)));
+        assert_eq!(merged[&key(2)], mark(at(3_000), at(2_500)));
         assert_eq!(file.read().unwrap(), merged);
     }
 
     #[test]
     fn merge_raises_each_time_separately_and_says_whether_anything_moved() {
         let mut into = Marks::new();
-        into.insert(key(1), (at(100), at(90)));
+        into.insert(key(1), mark(at(100), at(90)));
         let mut from = Marks::new();
-        from.insert(key(1), (at(100), at(90)));
+        from.insert(key(1), mark(at(100), at(90)));
         assert!(!merge(&mut into, &from), "the same marks move nothing");
-        from.insert(key(1), (at(50), at(95)));
+        from.insert(key(1), mark(at(50), at(95)));
         assert!(merge(&mut into, &from));
-        assert_eq!(into[&key(1)], (at(100), at(95)), "each time the later one");
-        from.insert(key(3), (at(10), at(10)));
+        assert_eq!(into[&key(1)], mark(at(100), at(95)), "each time the later one");
+        from.insert(key(3), mark(at(10), at(10)));
         assert!(merge(&mut into, &from));
-        assert_eq!(into[&key(3)], (at(10), at(10)));
+        assert_eq!(into[&key(3)], mark(at(10), at(10)));
+
+        // Numbers rise on their own, whatever the times do; a list without
+        // one lowers nothing.
+        from.insert(key(3), numbered(at(10), &[1, 0]));
+        assert!(merge(&mut into, &from));
+        from.insert(key(3), numbered(at(20), &[0xff]));
+        assert!(merge(&mut into, &from), "the time moved");
+        assert_eq!(into[&key(3)], numbered(at(20), &[1, 0]), "256 stays above 255");
+        from.insert(key(3), mark(at(20), at(20)));
+        assert!(!merge(&mut into, &from));
+        assert_eq!(into[&key(3)].number, Some(CrlNumber::from_be_bytes(&[1, 0])));
+    }
+
+    #[test]
+    fn crl_numbers_compare_as_integers_and_print_as_openssl_does() {
+        let n = |b: &[u8]| CrlNumber::from_be_bytes(b);
+        assert!(n(&[0, 0, 2]) > n(&[1]));
+        assert!(n(&[1, 0]) > n(&[0xff]));
+        assert_eq!(n(&[0, 0, 9]), n(&[9]));
+        assert!(n(&[]) < n(&[1]) && n(&[0]) == n(&[]));
+        assert_eq!(n(&[1, 0]).to_string(), "256");
+        assert_eq!(n(&[]).to_string(), "0");
+        assert_eq!(n(&[0xff; 16]).to_string(), u128::MAX.to_string());
+        assert_eq!(n(&[0xab; 17]).to_string(), format!("0x{}", "ab".repeat(17)));
     }
 }

@@ -74,15 +74,14 @@ pub enum TlsError {
     )]
     KeyExposed { path: PathBuf, mode: u32 },
     #[error(
-        "the client CRL file {path} holds a list older (thisUpdate) than the newest this server \
-         has taken from the same CA: put back, it would let in again every certificate revoked \
-         since; keeping the lists in force — publish the CA's current list"
+        "the client CRL file {path} holds a list older (thisUpdate, or CRL number) than the \
+         newest this server has taken from the same CA: put back, it would let in again every \
+         certificate revoked since; keeping the lists in force — publish the CA's current list"
     )]
     CrlOlderThanInForce { path: PathBuf },
     #[error(
-        "the client CRL file {path} holds the list of CA {ca} issued {issued} (thisUpdate), older \
-         than its list issued {newest} that a server on this data directory took before (kept in \
-         {marks}): put back, it would let in again every certificate revoked since; publish the \
+        "the client CRL file {path} holds the list of CA {ca} {this}, older than its list \
+         {newest} that a server on this data directory took before (kept in {marks}): put back, it would let in again every certificate revoked since; publish the \
          CA's current list. Only if that CA was replaced by a new one under the same name and \
          key, stop every server on the data directory and remove {marks}: that forgets every \
          CA's newest list"
@@ -90,7 +89,7 @@ pub enum TlsError {
     CrlOlderThanKept {
         path: PathBuf,
         ca: String,
-        issued: String,
+        this: String,
         newest: String,
         marks: PathBuf,
     },
@@ -270,11 +269,12 @@ pub struct ReloadableTls {
 }
 
 /// A list older than the newest taken from its CA: the CA's name (DER),
-/// the list's `thisUpdate` and the newest one's.
+/// and what makes it older, as an operator reads it — the list's
+/// `thisUpdate` and the newest one's, or its CRL number and the highest.
 struct OlderList {
     issuer: Vec<u8>,
-    issued: std::time::SystemTime,
-    newest: std::time::SystemTime,
+    this: String,
+    newest: String,
 }
 
 /// A distinguished name (DER) as an operator reads it.
@@ -305,39 +305,30 @@ fn rfc3339(at: std::time::SystemTime) -> String {
 /// compares with.
 type NewestCrls = super::crl_marks::Marks;
 
-/// Raises each list's newest `thisUpdate` and its mark (that time, capped
-/// at `cap`: now plus the clock skew allowed) to the lists `taken`; whether
-/// anything moved. The two rise apart: a list dated ahead of its CA's
-/// clock (a day ahead, say) is the newest seen until the CA's clock reaches
-/// it, but its mark is capped — and each later list, older than it yet
-/// newer than the mark, raises the mark, so that rolling one of those back
-/// to the one before is still refused.
+/// Raises each list's newest `thisUpdate`, its mark (that time, capped
+/// at `cap`: now plus the clock skew allowed) and its highest CRL number to
+/// the lists `taken`; whether anything moved. The times rise apart: a list
+/// dated ahead of its CA's clock (a day ahead, say) is the newest seen
+/// until the CA's clock reaches it, but its mark is capped — and each later
+/// list, older than it yet newer than the mark, raises the mark, so that
+/// rolling one of those back to the one before is still refused.
 fn raise_marks<'a>(
     newest: &mut NewestCrls,
-    taken: impl Iterator<Item = (&'a CrlKey, std::time::SystemTime)>,
+    taken: impl Iterator<Item = (&'a CrlKey, &'a Issued)>,
     cap: std::time::SystemTime,
 ) -> bool {
-    let mut moved = false;
+    let mut taken_marks = NewestCrls::new();
     for (list, issued) in taken {
-        let mark = issued.min(cap);
-        match newest.get_mut(list) {
-            Some((seen, at)) => {
-                if issued > *seen {
-                    *seen = issued;
-                    moved = true;
-                }
-                if mark > *at {
-                    *at = mark;
-                    moved = true;
-                }
-            }
-            None => {
-                newest.insert(list.clone(), (issued, mark));
-                moved = true;
-            }
-        }
+        taken_marks.insert(
+            list.clone(),
+            super::crl_marks::Mark {
+                newest: issued.this_update,
+                mark: issued.this_update.min(cap),
+                number: issued.number.clone(),
+            },
+        );
     }
-    moved
+    super::crl_marks::merge(newest, &taken_marks)
 }
 
 /// How far ahead of this server's clock a CA's `thisUpdate` may be.
@@ -389,8 +380,8 @@ impl ReloadableTls {
             return Err(TlsError::CrlOlderThanKept {
                 path: path.clone(),
                 ca: name_of(&older.issuer),
-                issued: rfc3339(older.issued),
-                newest: rfc3339(older.newest),
+                this: older.this,
+                newest: older.newest,
                 marks: file.path().to_owned(),
             });
         }
@@ -458,10 +449,7 @@ impl ReloadableTls {
         let mut newest = self.newest();
         let moved = raise_marks(
             &mut newest,
-            built
-                .crl_issued
-                .iter()
-                .map(|(list, (issued, _))| (list, *issued)),
+            built.crl_issued.iter(),
             cap,
         );
         if moved {
@@ -471,9 +459,13 @@ impl ReloadableTls {
     }
 
     /// Whether `built` holds a list older than the newest taken from the
-    /// same CA ([`Self::newest_crls`]), not yet expired (an expired one
-    /// takes back nothing: it fails closed, refusing every certificate of
-    /// its CA).
+    /// same CA ([`Self::newest_crls`]) — issued before its mark, or with a
+    /// lower CRL number than the highest taken — not yet expired (an
+    /// expired one takes back nothing: it fails closed, refusing every
+    /// certificate of its CA). The number is compared only when both have
+    /// one: a CA's numbers rise with every list it issues for a scope (RFC
+    /// 5280, 5.2.3), so a lower one is an earlier list even within the
+    /// same second, which the whole-second times cannot tell apart.
     fn rolls_back(&self, built: &Built) -> bool {
         self.rolled_back(built).is_some()
     }
@@ -482,13 +474,26 @@ impl ReloadableTls {
     fn rolled_back(&self, built: &Built) -> Option<OlderList> {
         let wall = std::time::SystemTime::now();
         let newest = self.newest();
-        built.crl_issued.iter().find_map(|(list, (issued, next))| {
-            let (seen, mark) = newest.get(list)?;
-            (issued < mark && next.is_none_or(|next| next > wall)).then(|| OlderList {
-                issuer: list.0.clone(),
-                issued: *issued,
-                newest: *seen,
-            })
+        built.crl_issued.iter().find_map(|(list, issued)| {
+            let kept = newest.get(list)?;
+            if issued.next_update.is_some_and(|next| next <= wall) {
+                return None;
+            }
+            if issued.this_update < kept.mark {
+                return Some(OlderList {
+                    issuer: list.0.clone(),
+                    this: format!("issued {} (thisUpdate)", rfc3339(issued.this_update)),
+                    newest: format!("issued {}", rfc3339(kept.newest)),
+                });
+            }
+            match (&issued.number, &kept.number) {
+                (Some(number), Some(highest)) if number < highest => Some(OlderList {
+                    issuer: list.0.clone(),
+                    this: format!("numbered {number} (CRL number)"),
+                    newest: format!("numbered {highest}"),
+                }),
+                _ => None,
+            }
         })
     }
 
@@ -688,10 +693,19 @@ type ConfigParts = (Arc<ServerConfig>, Arc<dyn ClientCertVerifier>, Crls);
 /// re-keyed under the same name starts its lists afresh.
 type CrlKey = super::crl_marks::ListKey;
 
-/// When each client CRL was issued (`thisUpdate`) and when it expires
-/// (`nextUpdate`, if it does), by issuer, scope and CA key.
-type CrlIssued =
-    std::collections::HashMap<CrlKey, (std::time::SystemTime, Option<std::time::SystemTime>)>;
+/// What a rollback is measured by, of one client CRL.
+#[derive(Debug, Clone)]
+struct Issued {
+    /// When it was issued (`thisUpdate`).
+    this_update: std::time::SystemTime,
+    /// When it expires (`nextUpdate`), if it does.
+    next_update: Option<std::time::SystemTime>,
+    /// Its CRL number, if it has one.
+    number: Option<super::crl_marks::CrlNumber>,
+}
+
+/// Each client CRL's [`Issued`], by issuer, scope and CA key.
+type CrlIssued = std::collections::HashMap<CrlKey, Issued>;
 
 /// What the configuration keeps of its client CRLs.
 #[derive(Default)]
@@ -871,7 +885,16 @@ fn read_crls(crls: &[CertificateRevocationListDer<'_>], path: &Path) -> Result<C
             coverage.insert(issuer.clone(), covers);
         }
         let next = parsed.next_update().map(at);
-        issued.insert((issuer, scope, ca_key), (at(parsed.last_update()), next));
+        issued.insert(
+            (issuer, scope, ca_key),
+            Issued {
+                this_update: at(parsed.last_update()),
+                next_update: next,
+                number: parsed
+                    .crl_number()
+                    .map(|n| super::crl_marks::CrlNumber::from_be_bytes(&n.to_bytes_be())),
+            },
+        );
         out.extend(next);
     }
     Ok(Crls {
@@ -1019,13 +1042,21 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let hour = Duration::from_secs(3_600);
         // Each list taken when the clock reads `now`.
-        let mut take =
-            |issued, now| super::raise_marks(&mut newest, [(&key, issued)].into_iter(), now + skew);
+        let mut take = |issued, now| {
+            let issued = super::Issued {
+                this_update: issued,
+                next_update: None,
+                number: None,
+            };
+            super::raise_marks(&mut newest, [(&key, &issued)].into_iter(), now + skew)
+        };
         assert!(take(t + day, t));
         assert!(take(t + hour, t + hour), "a later list raises the mark");
         assert!(take(t + 2 * hour, t + 2 * hour));
         assert!(!take(t + hour, t + 2 * hour), "an older one does not");
-        let (seen, mark) = newest[&key];
+        let crate::server::crl_marks::Mark {
+            newest: seen, mark, ..
+        } = newest[&key].clone();
         assert_eq!(seen, t + day);
         assert_eq!(mark, t + 2 * hour);
         // So the list of `t + hour` is older than the mark: a rollback.

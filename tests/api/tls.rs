@@ -1040,6 +1040,111 @@ async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start
     drop(database);
 }
 
+/// Two lists issued within one second (a CRL's times are whole seconds):
+/// the earlier put back has the same `thisUpdate` and a lower CRL number.
+/// That is a rollback too — refused while running, the revocation staying
+/// in force, and at the next start, naming both numbers.
+#[tokio::test]
+async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() {
+    let app = spawn_with_client_crl().await;
+    let issued = (time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
+        .replace_nanosecond(0)
+        .unwrap();
+    // Above the spawn's list, whose number is its time.
+    let base = 10_000_000_000_000;
+    let storefront = app.pki.client(Role::Storefront).unwrap();
+    let first = app
+        .pki
+        .revocation_list_numbered(&[], issued, in_a_week(), base)
+        .unwrap();
+    let second = app
+        .pki
+        .revocation_list_numbered(&[storefront], issued, in_a_week(), base + 1)
+        .unwrap();
+    app.write_client_crl_bytes(first.as_bytes());
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(answered(&app.client(Role::Storefront), &app).await);
+    app.write_client_crl_bytes(second.as_bytes());
+    assert!(refused_soon(&app.client(Role::Storefront), &app).await);
+
+    let failures = || async {
+        crate::helpers::metric_value(&app.metrics().await, "checkoutd_tls_reload_failures_total")
+    };
+    let failures_before = failures().await;
+    app.write_client_crl_bytes(first.as_bytes());
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(failures().await > failures_before, "the earlier list is refused");
+    assert!(
+        !answered(&app.client(Role::Storefront), &app).await,
+        "the revocation stays in force"
+    );
+    assert!(answered(&app.client(Role::Fulfillment), &app).await);
+
+    // Marks written, the server stopped; the earlier list stops the start.
+    let dir = app.dir.clone();
+    let data = dir.path().join("data");
+    let marks = data.join(checkoutd::server::crl_marks::FILE_NAME);
+    let crl = dir.path().join("certs").join("client-crl.pem");
+    let mut kept = false;
+    for _ in 0..40 {
+        if std::fs::read_to_string(&marks)
+            .unwrap()
+            .contains(&format!("\"number\": \"{}\"", hex_of(base + 1)))
+        {
+            kept = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(kept, "the highest number is kept on disk");
+    let database = app.database.clone();
+    let url = database.url.clone();
+    drop(app);
+    let start = || {
+        let args = checkoutd::cli::ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            certs_dir: Some(dir.path().join("certs")),
+            client_crl: Some(crl.clone()),
+            store: checkoutd::cli::StoreArgs {
+                data_dir: Some(data.clone()),
+                database_url: Some(url.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move {
+            checkoutd::app::Application::build(
+                &checkoutd::config::Settings::from_args(&args).unwrap(),
+            )
+            .await
+        }
+    };
+    let said = start()
+        .await
+        .err()
+        .expect("the earlier list must stop the start")
+        .to_string();
+    for expected in [
+        format!("numbered {base} (CRL number)"),
+        format!("numbered {}", base + 1),
+        "older".to_owned(),
+        marks.display().to_string(),
+    ] {
+        assert!(said.contains(&expected), "{expected:?} in: {said}");
+    }
+    std::fs::write(&crl, second.as_bytes()).unwrap();
+    drop(start().await.expect("the later list starts"));
+    drop(database);
+}
+
+/// `n` as the marks file writes a CRL number: big-endian hex, no leading
+/// zero bytes.
+fn hex_of(n: u64) -> String {
+    let bytes = n.to_be_bytes();
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    bytes[first..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A CRL that passes its next update while clients are connected: their
 /// open connections are closed and neither a new handshake nor a resumed
 /// session (the client keeps its session tickets) gets in — nothing about
