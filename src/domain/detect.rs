@@ -414,7 +414,7 @@ fn typed(text: &str, separators: Separators, marks: Marks, ids: Ids) -> Vec<u8> 
         let c = match decimal_digit(c) {
             Some(d) => char::from(b'0' + d),
             None if between_digits
-                || c.is_whitespace()
+                || is_blank(c)
                 || (marks == Marks::Separators && is_combining_mark(c))
                 || match separators {
                     Separators::Wide => (!c.is_alphanumeric() && c != '+') || dash_letter(c),
@@ -460,7 +460,7 @@ fn has_wide_only_separator(text: &str) -> bool {
     text.chars().any(|c| {
         dash_letter(c)
             || (!c.is_alphanumeric()
-                && !c.is_whitespace()
+                && !is_blank(c)
                 && c != '+'
                 && !narrow_separator(c)
                 && !is_invisible_format(c)
@@ -544,6 +544,15 @@ fn decimal_digit(c: char) -> Option<u8> {
         digit = d.is_ascii_digit().then(|| d as u8 - b'0');
     });
     if parts == 1 { digit } else { None }
+}
+
+/// What shows as blank space: whitespace, and the characters Unicode does
+/// not call whitespace that show as nothing else — the Hangul fillers
+/// (letters, `Lo`: `4012ㅤ8888ㅤ8888ㅤ1881` looks like four groups
+/// with spaces between them) and the blank Braille pattern (a symbol).
+/// Both readings take them as spaces.
+pub(super) fn is_blank(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' | '\u{2800}')
 }
 
 /// Unicode format characters (`Cf`) that show nothing: the soft hyphen,
@@ -852,6 +861,11 @@ mod tests {
             // A Japanese keyboard's dash while typing kana.
             "４０１２ー８８８８ー８８８８ー１８８１",
             "4012ｰ8888ｰ8888ｰ1881",
+            // Blank letters between the groups (review): the Hangul fillers
+            // and the blank Braille pattern look like spaces.
+            "4012\u{3164}8888\u{3164}8888\u{3164}1881",
+            "4012\u{ffa0}8888\u{ffa0}8888\u{ffa0}1881",
+            "4012\u{115f}8888\u{1160}8888\u{2800}1881",
         ] {
             assert!(contains_pan_clear(text), "clear: {text:?}");
             assert!(contains_pan_typed(text), "typed: {text:?}");
@@ -889,6 +903,7 @@ mod tests {
         ));
         // What the audit's narrow reading finds, intake finds too.
         for text in [
+            "4012\u{3164}8888\u{3164}8888\u{3164}1881",
             "1:4012.88888888.1881",
             "7#4012.8888.8888.1881",
             "1|4012 88888888 1881",

@@ -63,9 +63,9 @@ pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, Text
         return Err(TextError::ControlCharacter);
     }
     // Something must show: a required name of only joiners, marks or
-    // spaces is as good as none.
+    // blanks (spaces, Hangul fillers) is as good as none.
     let visible = |c: char| {
-        !c.is_whitespace()
+        !super::detect::is_blank(c)
             && !super::detect::is_invisible_format(c)
             && !super::detect::is_combining_mark(c)
     };
@@ -216,6 +216,9 @@ mod tests {
     fn bounds_and_masks() {
         assert_eq!(check("  Ada  ", 10, false), Ok("Ada"));
         assert_eq!(check("   ", 10, false), Err(TextError::Empty));
+        // Blank letters show nothing either (review).
+        assert_eq!(check("\u{3164}", 10, false), Err(TextError::Empty));
+        assert_eq!(check("\u{ffa0} \u{2800}", 10, false), Err(TextError::Empty));
         assert_eq!(check(&"é".repeat(11), 10, false), Err(TextError::TooLong));
         assert!(check(&"é".repeat(10), 10, false).is_ok());
         assert_eq!(

@@ -1217,6 +1217,10 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
         ),
         (&["items", "0", "description"], "⁵¹⁰⁵¹⁰⁵¹⁰⁵¹⁰⁵¹⁰⁰"),
         (&["customer", "email"], "5105+1051+0510+5100@example.com"),
+        // Blank letters (Hangul fillers) between the groups look like
+        // spaces: in a clear column, and in a personal detail.
+        (&["items", "0", "description"], "5105\u{3164}1051\u{3164}0510\u{3164}5100"),
+        (&["customer", "name"], "Ada 5105\u{ffa0}1051\u{ffa0}0510\u{ffa0}5100"),
     ];
     for (n, (path, pan)) in cases.iter().enumerate() {
         let mut order = order_json();
