@@ -824,8 +824,9 @@ impl Reader {
                     "Not a privacy-policy version this server knows",
                 ))
         });
+        // Trimmed, as every other value is (a form's trailing space).
         let captured_at = self.with_string(&mut m, &p, "captured_at", false, |s| {
-            checkout_time(s, rules.now)
+            checkout_time(s.trim(), rules.now)
         });
         self.finish(m, &p);
         Some(Consent {
@@ -929,6 +930,12 @@ fn blank(value: &Value) -> bool {
 fn text_reject(e: TextError, max: usize) -> Reject {
     match e {
         TextError::Empty => ("required", "This field is required"),
+        // Not "required": an optional field may hold this too, and must
+        // not be told it was required.
+        TextError::Invisible => (
+            "nothing_visible",
+            "Nothing in it shows: only spaces, joiners or marks",
+        ),
         TextError::TooLong if max == MAX_MESSAGE => ("too_long", "Longer than 1000 characters"),
         TextError::TooLong if max == MAX_TEXT => ("too_long", "Longer than 256 characters"),
         TextError::TooLong if max == 64 => ("too_long", "Longer than 64 characters"),
@@ -1026,6 +1033,29 @@ mod tests {
         assert_eq!(shown_path("items.4111"), "items.<unknown>");
     }
 
+    /// A value in which nothing shows is named so, required or not: an
+    /// optional field is never told it was required.
+    #[test]
+    fn a_value_that_shows_nothing_is_named_so_not_required() {
+        let mut v = valid();
+        v["customer"]["company"] = json!("\u{200d}");
+        v["customer"]["name"] = json!("\u{3164}");
+        let mut got = codes(v);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("customer.company".to_owned(), "nothing_visible"),
+                ("customer.name".to_owned(), "nothing_visible"),
+            ]
+        );
+        // Truly empty: optional is absent, required is required.
+        let mut v = valid();
+        v["customer"]["company"] = json!("");
+        v["customer"]["name"] = json!("  ");
+        assert_eq!(codes(v), vec![("customer.name".to_owned(), "required")]);
+    }
+
     #[test]
     fn the_checkout_time_is_read_and_bounded() {
         assert_eq!(check(valid()).unwrap().consent.captured_at, None);
@@ -1033,6 +1063,8 @@ mod tests {
             ("2026-11-29T13:30:00+02:00", datetime!(2026-11-29 11:30 UTC)),
             ("2026-11-29T12:05:00Z", datetime!(2026-11-29 12:05 UTC)),
             ("2026-11-22T12:00:00Z", datetime!(2026-11-22 12:00 UTC)),
+            // Trimmed, as every other value (review).
+            (" 2026-11-29T11:00:00Z ", datetime!(2026-11-29 11:00 UTC)),
         ] {
             let mut v = valid();
             v["consent"]["captured_at"] = json!(given);

@@ -32,6 +32,9 @@ pub const MAX_MESSAGE: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextError {
     Empty,
+    /// Not empty, but nothing in it shows: only spaces, blank letters,
+    /// joiners or combining marks.
+    Invisible,
     TooLong,
     ControlCharacter,
     /// Personal text that holds a card number.
@@ -70,7 +73,7 @@ pub fn check(input: &str, max: usize, allow_newlines: bool) -> Result<&str, Text
             && !super::detect::is_combining_mark(c)
     };
     if !trimmed.chars().any(visible) {
-        return Err(TextError::Empty);
+        return Err(TextError::Invisible);
     }
     Ok(trimmed)
 }
@@ -193,7 +196,7 @@ mod tests {
         for nothing in ["\u{200d}", "\u{301}", "\u{200c}\u{200d}"] {
             assert_eq!(
                 check(nothing, 64, false),
-                Err(TextError::Empty),
+                Err(TextError::Invisible),
                 "{nothing:?}"
             );
         }
@@ -217,8 +220,8 @@ mod tests {
         assert_eq!(check("  Ada  ", 10, false), Ok("Ada"));
         assert_eq!(check("   ", 10, false), Err(TextError::Empty));
         // Blank letters show nothing either (review).
-        assert_eq!(check("\u{3164}", 10, false), Err(TextError::Empty));
-        assert_eq!(check("\u{ffa0} \u{2800}", 10, false), Err(TextError::Empty));
+        assert_eq!(check("\u{3164}", 10, false), Err(TextError::Invisible));
+        assert_eq!(check("\u{ffa0} \u{2800}", 10, false), Err(TextError::Invisible));
         assert_eq!(check(&"é".repeat(11), 10, false), Err(TextError::TooLong));
         assert!(check(&"é".repeat(10), 10, false).is_ok());
         assert_eq!(
