@@ -1362,38 +1362,88 @@ async fn a_rewrap_that_fails_part_way_is_still_logged() {
 }
 
 /// A directory nothing can create files in until the guard is dropped:
-/// mode 0500, or — for root, whom modes do not stop — the immutable
+/// mode 0500 — and for root, whom modes do not stop, each command run
+/// through [`Unwritable::command`] runs without `CAP_DAC_OVERRIDE` (dropped
+/// from its capability bounding set by util-linux's `setpriv`), so the mode
+/// stops it on any filesystem; where that cannot be done, the immutable
 /// attribute (`chattr +i`, ext4 and most disk filesystems).
-struct Unwritable(std::path::PathBuf);
+struct Unwritable {
+    dir: std::path::PathBuf,
+    without_override: bool,
+}
+
+/// The `setpriv` arguments that drop `CAP_DAC_OVERRIDE` from what follows.
+const WITHOUT_OVERRIDE: [&str; 2] = ["--bounding-set=-dac_override", "--"];
 
 impl Unwritable {
     fn new(dir: &std::path::Path) -> Self {
         use std::os::unix::fs::PermissionsExt;
+        let probe = dir.join(".probe");
         let writable = || {
-            let probe = dir.join(".probe");
             let made = std::fs::write(&probe, b"").is_ok();
             let _ = std::fs::remove_file(&probe);
             made
         };
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
-        if writable() {
-            let _ = Command::new("chattr").arg("+i").arg(dir).output();
+        if !writable() {
+            return Unwritable {
+                dir: dir.to_owned(),
+                without_override: false,
+            };
         }
+        let setpriv = |tail: &[&std::ffi::OsStr]| {
+            Command::new("setpriv")
+                .args(WITHOUT_OVERRIDE)
+                .args(tail)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if setpriv(&["true".as_ref()]) {
+            let touched = setpriv(&["touch".as_ref(), probe.as_os_str()]);
+            let _ = std::fs::remove_file(&probe);
+            assert!(!touched, "{} is writable without CAP_DAC_OVERRIDE", dir.display());
+            return Unwritable {
+                dir: dir.to_owned(),
+                without_override: true,
+            };
+        }
+        let _ = Command::new("chattr").arg("+i").arg(dir).output();
         assert!(
             !writable(),
-            "{} stays writable (root on a filesystem without `chattr +i`?): run the tests as \
-             a normal user, or with the temporary directory on ext4",
+            "{} stays writable (root, without `setpriv`, on a filesystem without `chattr +i`?): \
+             run the tests as a normal user",
             dir.display()
         );
-        Unwritable(dir.to_owned())
+        Unwritable {
+            dir: dir.to_owned(),
+            without_override: false,
+        }
+    }
+
+    /// `app`'s command, run so that the directory stops it.
+    fn command(&self, app: &TestApp) -> Command {
+        let base = app.command();
+        if !self.without_override {
+            return base;
+        }
+        let mut wrapped = Command::new("setpriv");
+        wrapped.args(WITHOUT_OVERRIDE).arg(base.get_program());
+        for (key, value) in base.get_envs() {
+            if let Some(value) = value {
+                wrapped.env(key, value);
+            }
+        }
+        wrapped
     }
 }
 
 impl Drop for Unwritable {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).output();
-        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700));
+        if !self.without_override {
+            let _ = Command::new("chattr").arg("-i").arg(&self.dir).output();
+        }
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
     }
 }
 
@@ -1432,7 +1482,15 @@ async fn a_keyring_change_that_cannot_be_saved_is_logged_denied() {
         }
     };
     {
-        let _guard = Unwritable::new(&copy);
+        let guard = Unwritable::new(&copy);
+        let run = |args: &[&str]| {
+            guard
+                .command(&app)
+                .env("CHECKOUTD_DATA_DIR", &copy)
+                .args(args)
+                .output()
+                .unwrap()
+        };
         let out = run(&["keys", "rotate", "--class", "billing"]);
         assert!(
             !out.status.success(),
