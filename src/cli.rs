@@ -26,18 +26,20 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the service. On a first run without certificates it creates a
-    /// development PKI in --certs-dir and warns that it is for development.
+    /// development PKI in --certs-dir, and without --master-key-share a
+    /// development master key (data/master.key) and keyring; it says so
+    /// loudly: they are for development only.
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(StoreArgs),
-    /// Certificates.
+    /// Certificates: create the development PKI (`certs dev`).
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Orders: purge (crypto-shredding), legal holds.
     #[command(subcommand)]
     Orders(OrdersCommand),
-    /// Key life cycle: status, rotate, rewrap, destroy. A running server
-    /// picks up a rewritten keyring within a second.
+    /// Key life cycle: init, status, rotate, rewrap, destroy. A running
+    /// server picks up a rewritten keyring within a second.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Verify a database and its keyring offline (read-only) and write a
@@ -129,6 +131,7 @@ pub enum KeysCommand {
     Rotate {
         #[command(flatten)]
         store: StoreArgs,
+        /// The data class whose KEK to rotate, or all of them.
         #[arg(long, value_name = "CLASS", value_parser = CLASSES_OR_ALL)]
         class: String,
         /// Recovery after restoring keyring.json from a backup older than
@@ -143,6 +146,7 @@ pub enum KeysCommand {
     Rewrap {
         #[command(flatten)]
         store: StoreArgs,
+        /// The data class whose data keys to re-wrap, or all of them.
         #[arg(long, value_name = "CLASS", default_value = "all", value_parser = CLASSES_OR_ALL)]
         class: String,
         /// Records per transaction.
@@ -153,8 +157,10 @@ pub enum KeysCommand {
     Destroy {
         #[command(flatten)]
         store: StoreArgs,
+        /// The data class of the KEK version to destroy.
         #[arg(long, value_name = "CLASS", value_parser = CLASSES)]
         class: String,
+        /// The retired version to destroy (`keys status` lists them).
         #[arg(long, value_name = "N")]
         version: u32,
     },
@@ -171,8 +177,9 @@ pub struct AuditArgs {
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
     /// An earlier signed report of this database (its JSON): the access
-    /// log must still pass through the head it recorded — a tail cut off
-    /// and an older head row put back verifies on its own.
+    /// log and the withdrawal ledger must still pass through the heads it
+    /// recorded — a tail cut off and an older head row put back verifies
+    /// on its own.
     #[arg(long, value_name = "FILE")]
     pub since: Option<PathBuf>,
 }
