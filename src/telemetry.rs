@@ -337,7 +337,10 @@ pub fn tls_reload_failing(failing: bool) {
     }
 }
 
-/// A refusal answered 429 without its own access-log entry.
+/// A refusal without its own access-log entry: one of a request without a
+/// role past the access log's per-address or overall limit on refusals
+/// (`routes::record_refusal`), or a 429 of the opt-out page after the first
+/// of its budget's window.
 pub fn denial_unlogged() {
     metrics::counter!("checkoutd_denials_unlogged_total").increment(1);
 }

@@ -552,7 +552,11 @@ fn decimal_digit(c: char) -> Option<u8> {
 /// with spaces between them) and the blank Braille pattern (a symbol).
 /// Both readings take them as spaces.
 pub(super) fn is_blank(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' | '\u{2800}')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' | '\u{2800}'
+        )
 }
 
 /// Unicode format characters (`Cf`) that show nothing: the soft hyphen,

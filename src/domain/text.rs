@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(check("   ", 10, false), Err(TextError::Empty));
         // Blank letters show nothing either (review).
         assert_eq!(check("\u{3164}", 10, false), Err(TextError::Invisible));
-        assert_eq!(check("\u{ffa0} \u{2800}", 10, false), Err(TextError::Invisible));
+        assert_eq!(
+            check("\u{ffa0} \u{2800}", 10, false),
+            Err(TextError::Invisible)
+        );
         assert_eq!(check(&"é".repeat(11), 10, false), Err(TextError::TooLong));
         assert!(check(&"é".repeat(10), 10, false).is_ok());
         assert_eq!(

@@ -252,6 +252,26 @@ fn is_over_limit(error: &axum::Error) -> bool {
 
 /// The page's 429: too many requests `whence` ("from your network",
 /// "just now"), with `Retry-After` for the rest of the window.
+/// A post refused 429 because a budget of the opt-out page is used up: the
+/// first refusal of each budget's window is written to the access log
+/// (invariant 8: it shows when the limit began), the others are counted in
+/// `checkoutd_denials_unlogged_total` — writing each would be the database
+/// work the budget is there to bound.
+async fn refused_over_budget(state: &AppState, peer: &Peer, action: String, first: bool) {
+    if first {
+        super::record_refusal(
+            state,
+            Some(peer),
+            action,
+            Vec::new(),
+            StatusCode::TOO_MANY_REQUESTS,
+        )
+        .await;
+    } else {
+        crate::telemetry::denial_unlogged();
+    }
+}
+
 fn too_many(over: crate::http::rate_limit::Over, whence: &str) -> Response {
     let mut r = page(
         StatusCode::TOO_MANY_REQUESTS,
@@ -317,16 +337,7 @@ pub async fn unsubscribe(
     if let Some(peer) = peer.as_deref()
         && let Some(over) = state.unsubscribe_limit.count(peer.addr.ip())
     {
-        if over.first {
-            super::record_refusal(
-                &state,
-                Some(peer),
-                action(),
-                Vec::new(),
-                StatusCode::TOO_MANY_REQUESTS,
-            )
-            .await;
-        }
+        refused_over_budget(&state, peer, action(), over.first).await;
         return too_many(over, "from your network");
     }
     let invalid = |msg: &str| {
@@ -408,6 +419,7 @@ pub async fn unsubscribe(
                 "the public opt-out page's budget of one network is used up this minute; answering it 429 until the window ends"
             );
         }
+        refused_over_budget(&state, peer, action(), over.first).await;
         return too_many(over, "from your network");
     }
     if let Some(over) = state
@@ -418,6 +430,9 @@ pub async fn unsubscribe(
             tracing::warn!(
                 "the public opt-out page's budget of all addresses is used up this minute; answering 429 until the window ends"
             );
+        }
+        if let Some(peer) = peer.as_deref() {
+            refused_over_budget(&state, peer, action(), over.first).await;
         }
         return too_many(over, "just now");
     }

@@ -383,7 +383,11 @@ mod tests {
         marks.insert(key(5), numbered(at(1_700_000_000), &[0]));
         assert_eq!(file.keep(&marks).unwrap(), marks);
         assert_eq!(file.read().unwrap(), marks);
-        assert!(std::fs::read_to_string(file.path()).unwrap().contains(r#""number": "07""#));
+        assert!(
+            std::fs::read_to_string(file.path())
+                .unwrap()
+                .contains(r#""number": "07""#)
+        );
 
         // A file of the release before (format 1, no numbers) is read.
         std::fs::write(
@@ -457,7 +461,11 @@ mod tests {
         assert!(!merge(&mut into, &from), "the same marks move nothing");
         from.insert(key(1), mark(at(50), at(95)));
         assert!(merge(&mut into, &from));
-        assert_eq!(into[&key(1)], mark(at(100), at(95)), "each time the later one");
+        assert_eq!(
+            into[&key(1)],
+            mark(at(100), at(95)),
+            "each time the later one"
+        );
         from.insert(key(3), mark(at(10), at(10)));
         assert!(merge(&mut into, &from));
         assert_eq!(into[&key(3)], mark(at(10), at(10)));
@@ -468,10 +476,17 @@ mod tests {
         assert!(merge(&mut into, &from));
         from.insert(key(3), numbered(at(20), &[0xff]));
         assert!(merge(&mut into, &from), "the time moved");
-        assert_eq!(into[&key(3)], numbered(at(20), &[1, 0]), "256 stays above 255");
+        assert_eq!(
+            into[&key(3)],
+            numbered(at(20), &[1, 0]),
+            "256 stays above 255"
+        );
         from.insert(key(3), mark(at(20), at(20)));
         assert!(!merge(&mut into, &from));
-        assert_eq!(into[&key(3)].number, Some(CrlNumber::from_be_bytes(&[1, 0])));
+        assert_eq!(
+            into[&key(3)].number,
+            Some(CrlNumber::from_be_bytes(&[1, 0]))
+        );
     }
 
     #[test]

@@ -447,11 +447,7 @@ impl ReloadableTls {
     fn record_crls(&self, built: &Built) {
         let cap = std::time::SystemTime::now() + CRL_CLOCK_SKEW;
         let mut newest = self.newest();
-        let moved = raise_marks(
-            &mut newest,
-            built.crl_issued.iter(),
-            cap,
-        );
+        let moved = raise_marks(&mut newest, built.crl_issued.iter(), cap);
         if moved {
             self.marks_unsaved
                 .store(true, std::sync::atomic::Ordering::Release);

@@ -1219,8 +1219,14 @@ async fn a_card_number_in_a_clear_field_a_phone_or_an_email_is_refused_and_never
         (&["customer", "email"], "5105+1051+0510+5100@example.com"),
         // Blank letters (Hangul fillers) between the groups look like
         // spaces: in a clear column, and in a personal detail.
-        (&["items", "0", "description"], "5105\u{3164}1051\u{3164}0510\u{3164}5100"),
-        (&["customer", "name"], "Ada 5105\u{ffa0}1051\u{ffa0}0510\u{ffa0}5100"),
+        (
+            &["items", "0", "description"],
+            "5105\u{3164}1051\u{3164}0510\u{3164}5100",
+        ),
+        (
+            &["customer", "name"],
+            "Ada 5105\u{ffa0}1051\u{ffa0}0510\u{ffa0}5100",
+        ),
     ];
     for (n, (path, pan)) in cases.iter().enumerate() {
         let mut order = order_json();
@@ -2034,4 +2040,63 @@ async fn one_address_cannot_hold_every_anonymous_slot() {
     }
     let r = r.expect("the newcomer was answered, not closed");
     assert_eq!(r.status(), 200);
+}
+
+/// The opt-out page's budget of one network (an IPv4 /24): each address
+/// within its own limit, the network's is used up. The first 429 of the
+/// window is written to the access log (invariant 8: where the limit
+/// began), the others are counted as unlogged refusals — as the
+/// per-address limit's are.
+#[tokio::test]
+async fn the_opt_out_page_budget_of_a_network_is_logged_where_it_began() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        serve: ServeArgs {
+            unsubscribe_rate_limit: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let post = |n: u8| {
+        let client = from_address(&app, &format!("127.0.1.{n}"), None);
+        let url = app.url("/unsubscribe");
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("email=someone%40example.com")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let network = checkoutd::routes::UNSUBSCRIBES_PER_NETWORK_PER_CLIENT_LIMIT;
+    for n in 1..=u8::try_from(network).unwrap() {
+        assert_eq!(
+            post(n).await,
+            200,
+            "address {n}, within the network's budget"
+        );
+    }
+    let unlogged = || async {
+        crate::helpers::metric_value(&app.metrics().await, "checkoutd_denials_unlogged_total")
+    };
+    let before = unlogged().await;
+    assert_eq!(post(101).await, 429, "the network's budget is used up");
+    assert_eq!(post(102).await, 429);
+    assert_eq!(post(103).await, 429);
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM access_log
+          WHERE action = 'POST /unsubscribe' AND outcome = 'denied' AND status = 429",
+    )
+    .fetch_one(&app.db().await)
+    .await
+    .unwrap();
+    assert_eq!(logged, 1, "the first 429 of the window is logged; not each");
+    assert!(
+        unlogged().await >= before + 2.0,
+        "the others are counted: {before} before"
+    );
 }

@@ -1401,7 +1401,11 @@ impl Unwritable {
         if setpriv(&["true".as_ref()]) {
             let touched = setpriv(&["touch".as_ref(), probe.as_os_str()]);
             let _ = std::fs::remove_file(&probe);
-            assert!(!touched, "{} is writable without CAP_DAC_OVERRIDE", dir.display());
+            assert!(
+                !touched,
+                "{} is writable without CAP_DAC_OVERRIDE",
+                dir.display()
+            );
             return Unwritable {
                 dir: dir.to_owned(),
                 without_override: true,

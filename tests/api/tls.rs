@@ -1073,7 +1073,10 @@ async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() 
     let failures_before = failures().await;
     app.write_client_crl_bytes(first.as_bytes());
     tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
-    assert!(failures().await > failures_before, "the earlier list is refused");
+    assert!(
+        failures().await > failures_before,
+        "the earlier list is refused"
+    );
     assert!(
         !answered(&app.client(Role::Storefront), &app).await,
         "the revocation stays in force"
