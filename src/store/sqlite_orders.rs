@@ -360,9 +360,12 @@ fn run(mut conn: Connection, sql: &Statements, queue: mpsc::Receiver<Job>, caugh
     // Eight statements: the claim and one per table.
     conn.set_prepared_statement_cache_capacity(16);
     while let Ok(job) = queue.recv() {
-        // A batch whose caller stopped waiting (its commit timed out, and
-        // every order of it was answered 503, "retry") is not written
-        // later behind its back.
+        // A batch whose caller is gone (its future dropped: the process
+        // stopping) is not written behind its back. One whose orders were
+        // answered 503 at the commit timeout is still waited for, on
+        // purpose (`intake::commit::commit` keeps the call and the orders'
+        // key holds until it returns): it is written, and a retry of its
+        // keys meanwhile is told 409, then replays what landed.
         if job.done.is_closed() {
             continue;
         }
@@ -393,8 +396,9 @@ fn write(
     // The wait for the writer and its lock: the metric "database waits".
     crate::telemetry::pool_wait(job.queued.elapsed());
     if job.done.is_closed() {
-        // Given up on while waiting for the lock (another process held it):
-        // rolled back by the drop, answered by nobody.
+        // Its caller went away while this waited for the lock (another
+        // process held it; see `run` for when that is): rolled back by the
+        // drop, answered by nobody.
         return Ok(Vec::new());
     }
     let mut outcomes = Vec::with_capacity(batch.len());
