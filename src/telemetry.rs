@@ -7,8 +7,7 @@ use std::borrow::Cow;
 use std::io::Write;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
@@ -16,15 +15,18 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let registry = tracing_subscriber::registry();
+    // Both filters are global (layers), not per-layer: a per-layer filter
+    // keeps a thread's verdict until the event it was asked about comes,
+    // and a `log` record only asked about (sqlx's `log_enabled!`) left it
+    // set — the next event on that thread was dropped.
+    let registry = tracing_subscriber::registry().with(filter).with(caps());
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(move || OneLine::new(std::io::stderr(), ansi))
-                    .with_filter(capped(filter)),
+                    .with_writer(move || OneLine::new(std::io::stderr(), ansi)),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -32,8 +34,7 @@ pub fn init(format: LogFormat) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(|| OneLine::json(std::io::stderr()))
-                    .with_filter(capped(filter)),
+                    .with_writer(|| OneLine::json(std::io::stderr())),
             )
             .try_init(),
     };
@@ -76,16 +77,13 @@ pub fn within_caps(target: &str, level: &tracing::Level) -> bool {
         .is_none_or(|(_, most)| level <= most)
 }
 
-/// `filter` (from `RUST_LOG`, or the tests' own), with [`CAPPED`] applied
-/// on top of it.
-pub fn capped<S>(filter: EnvFilter) -> impl Filter<S>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    use tracing_subscriber::filter::FilterExt;
-    filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+/// [`CAPPED`] as a global filter: a layer put beside `RUST_LOG`'s (or the
+/// tests' own) [`EnvFilter`].
+pub fn caps() -> tracing_subscriber::filter::FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    fn allowed(meta: &tracing::Metadata<'_>) -> bool {
         within_caps(meta.target(), meta.level())
-    }))
+    }
+    tracing_subscriber::filter::FilterFn::new(allowed as fn(&tracing::Metadata<'_>) -> bool)
 }
 
 /// What the panic hook logs instead of a formatted panic message.

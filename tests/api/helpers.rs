@@ -94,22 +94,22 @@ fn init_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let buf = log_buffer().clone();
-        use tracing_subscriber::Layer;
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
         // Everything the server side logs (our crate at debug, its libraries at
-        // info, the server's caps on top: checkoutd::telemetry::capped); the
+        // info, the server's caps on top: checkoutd::telemetry::caps); the
         // test clients' own protocol chatter (DevTools over WebSocket,
         // reqwest) is not server output and stays out.
         let filter = tracing_subscriber::EnvFilter::new(
             "info,checkoutd=debug,tungstenite=warn,tokio_tungstenite=warn,reqwest=warn",
         );
         let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(checkoutd::telemetry::caps())
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
-                    .with_writer(move || BufWriter(buf.clone()))
-                    .with_filter(checkoutd::telemetry::capped(filter)),
+                    .with_writer(move || BufWriter(buf.clone())),
             )
             .try_init();
     });
