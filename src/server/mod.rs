@@ -1173,6 +1173,11 @@ impl Drop for OpenConnection {
 fn handshake_failure(error: &std::io::Error) -> &'static str {
     use rustls::Error as E;
     match error.get_ref().and_then(|e| e.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(rustls::CertificateError::Other(other)))
+            if other.0.downcast_ref::<tls::ChainTooLong>().is_some() =>
+        {
+            "client_chain_too_long"
+        }
         Some(E::InvalidCertificate(_)) => "client_certificate",
         Some(E::NoCertificatesPresented) => "no_certificate",
         Some(E::PeerIncompatible(_)) => "incompatible",

@@ -191,6 +191,81 @@ impl TlsFiles {
 /// How often the TLS files are checked for a change.
 pub const TLS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The most intermediate certificates a client may send with its own.
+/// webpki builds paths through whatever a client sends, up to a budget of
+/// 200 000 steps that each parse every certificate sent: a few dozen
+/// throwaway CA certificates that name one issuer and lead nowhere cost
+/// half a second of a worker thread per handshake, from a client with no
+/// valid certificate at all. No chain of a client CA needs more than a
+/// root's intermediate or two; four leaves room, and keeps the search
+/// through any four trivial.
+pub const MAX_CLIENT_INTERMEDIATES: usize = 4;
+
+/// The client-certificate verifier, refusing a chain of more than
+/// [`MAX_CLIENT_INTERMEDIATES`] before webpki builds any path; the rest
+/// is webpki's.
+#[derive(Debug)]
+struct BoundedChains(Arc<dyn ClientCertVerifier>);
+
+/// Why a client chain was refused unread ([`BoundedChains`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent more intermediate certificates than any chain of ours needs")]
+pub struct ChainTooLong;
+
+impl ClientCertVerifier for BoundedChains {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if intermediates.len() > MAX_CLIENT_INTERMEDIATES {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(ChainTooLong))),
+            ));
+        }
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+}
+
 /// How long a configuration serves at most before it is rebuilt, files
 /// changed or not: a rebuilt configuration starts with an empty session
 /// cache, and resumption is how a session outlives the checks of its
@@ -775,7 +850,7 @@ fn config_and_verifier(files: &TlsFiles) -> Result<ConfigParts, TlsError> {
         // the chain without one, fails closed.
         verifier = verifier.with_crls(crls).enforce_revocation_expiration();
     }
-    let verifier = verifier.build()?;
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(BoundedChains(verifier.build()?));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Identity)?

@@ -1278,3 +1278,105 @@ async fn a_client_certificate_that_expires_shuts_its_connections_and_sessions_ou
         "a resumed session outlived its certificate: {status:?}"
     );
 }
+
+/// A client chain of many intermediates that all name the same issuer,
+/// none leading to our CA: building paths through them would cost the
+/// verifier up to its whole budget (200 000 steps, each parsing every
+/// certificate sent) on a worker thread, for a client with no valid
+/// certificate at all. More intermediates than any chain of ours needs
+/// are refused before any path is built, counted under their own reason.
+#[tokio::test]
+async fn a_client_chain_of_many_intermediates_is_refused_before_any_path_is_built() {
+    let app = crate::helpers::spawn_app().await;
+    let count: usize = std::env::var("CHECKOUTD_TEST_CHAIN_LENGTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(checkoutd::server::tls::MAX_CLIENT_INTERMEDIATES + 1);
+    let name = || {
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, "loop");
+        dn
+    };
+    let mut intermediates = Vec::new();
+    let mut signer = None;
+    for _ in 0..count {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = name();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        intermediates.push(cert.der().clone());
+        signer = Some((cert, key));
+    }
+    let (issuer_cert, ca_key) = signer.unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(
+        "urn:checkoutd:role:storefront".try_into().unwrap(),
+    )];
+    let leaf = leaf.signed_by(&leaf_key, &issuer_cert, &ca_key).unwrap();
+    let mut chain = vec![leaf.der().clone()];
+    chain.extend(intermediates);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            rustls_pki_types::pem::PemObject::from_pem_slice(app.pki.ca_pem().as_bytes())
+                .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+                .unwrap(),
+        ))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        chain,
+        rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let refusals = || async {
+        let text = app.metrics().await;
+        text.lines()
+            .filter(|l| {
+                l.starts_with("checkoutd_tls_handshake_failures_total{")
+                    && l.contains("reason=\"client_chain_too_long\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = refusals().await;
+    let started = std::time::Instant::now();
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let server = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(server, tcp)
+        .await
+        .unwrap();
+    // TLS 1.3: the client's certificate is judged after its side of the
+    // handshake; the refusal comes as an alert on the first read.
+    let _ = tls
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(120), tls.read_to_end(&mut answer)).await;
+    eprintln!(
+        "{count} intermediates: refused after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !matches!(read, Ok(Ok(_))) || answer.is_empty(),
+        "no answer for that chain"
+    );
+    let mut counted = false;
+    for _ in 0..40 {
+        if refusals().await > before {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "refused as a chain too long");
+}
