@@ -414,8 +414,18 @@ impl Register {
 
     /// [`Pick::AnonymousFor`]'s first choice: the longest-idle connection
     /// without a request in flight of the client holding the most
-    /// anonymous connections, if it holds more than `newcomer`'s plus one.
+    /// anonymous connections, if it holds more than `newcomer`'s plus one;
+    /// failing that, the same of the network (an IPv4 /24, an IPv6 /48)
+    /// holding the most — one /48 holds 65 536 /64s, each a client of its
+    /// own, and one connection from each of 512 of them filled the cap
+    /// with no client a hog.
     fn shed_from_anonymous_hog(&self, newcomer: IpAddr) -> bool {
+        self.shed_from_hog(newcomer, |client| client)
+            || self.shed_from_hog(newcomer, crate::http::rate_limit::network)
+    }
+
+    /// [`Self::shed_from_anonymous_hog`] with clients grouped by `group`.
+    fn shed_from_hog(&self, newcomer: IpAddr, group: impl Fn(IpAddr) -> IpAddr) -> bool {
         let Ok(open) = self.open.lock() else {
             return false;
         };
@@ -424,10 +434,10 @@ impl Register {
         // they do not count, or one newcomer would shed several.
         for c in open.connections.values() {
             if c.anonymous.load(Ordering::Acquire) && c.flags.load(Ordering::Acquire) & SHED == 0 {
-                *held.entry(c.client).or_insert(0) += 1;
+                *held.entry(group(c.client)).or_insert(0) += 1;
             }
         }
-        let own = held.get(&client_key(newcomer)).copied().unwrap_or(0);
+        let own = held.get(&group(client_key(newcomer))).copied().unwrap_or(0);
         let Some((hog, most)) = held.into_iter().max_by_key(|(_, n)| *n) else {
             return false;
         };
@@ -437,7 +447,7 @@ impl Register {
         let mut idle: Vec<&Arc<Connection>> = open
             .connections
             .values()
-            .filter(|c| c.client == hog && c.anonymous.load(Ordering::Acquire))
+            .filter(|c| group(c.client) == hog && c.anonymous.load(Ordering::Acquire))
             // Nothing in flight and nothing being sent: behind one address
             // (a NAT) there may be many real people.
             .filter(|c| c.flags.load(Ordering::Acquire) == 0 && !c.is_responding())
