@@ -261,6 +261,9 @@ impl Since {
     }
 }
 
+/// What [`RecordMeta::ciphertext_len_rounded`] rounds up to.
+pub const CIPHERTEXT_LEN_STEP: usize = 64;
+
 /// Metadata of one record (the per-order view). No plaintext.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordMeta {
@@ -274,7 +277,11 @@ pub struct RecordMeta {
     pub format_version: Option<u8>,
     pub kek_version: Option<u32>,
     pub nonce_len: Option<usize>,
-    pub ciphertext_len: Option<usize>,
+    /// The ciphertext's length (tag included) rounded up to a multiple of
+    /// [`CIPHERTEXT_LEN_STEP`] bytes: the exact length would tell the
+    /// length of what it encrypts — an email address, a card number plus
+    /// its holder's name — to a role that never reads personal data.
+    pub ciphertext_len_rounded: Option<usize>,
     pub wrapped_dek_len: Option<usize>,
     pub consent_tag_id: String,
     pub verifies: bool,
@@ -1335,7 +1342,9 @@ pub async fn order(
                 format_version: env.map(|e| e.format_version),
                 kek_version: env.map(|e| e.kek_version),
                 nonce_len: env.map(|_| ring::aead::NONCE_LEN),
-                ciphertext_len: env.map(|e| e.ciphertext.len()),
+                ciphertext_len_rounded: env.map(|e| {
+                    e.ciphertext.len().div_ceil(CIPHERTEXT_LEN_STEP) * CIPHERTEXT_LEN_STEP
+                }),
                 wrapped_dek_len: env.map(|e| e.wrapped_dek.len()),
                 consent_tag_id: shown_id(&r.consent_tag_id),
                 verifies: ok,
