@@ -15,30 +15,45 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // Both filters are global (layers), not per-layer: a per-layer filter
-    // keeps a thread's verdict until the event it was asked about comes,
-    // and a `log` record only asked about (sqlx's `log_enabled!`) left it
-    // set — the next event on that thread was dropped.
-    let registry = tracing_subscriber::registry().with(filter).with(caps());
     // try_init: a second call (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => registry
-            .with(
+    let _ = subscriber(filter, format, ansi, std::io::stderr).try_init();
+    install_panic_hook();
+}
+
+/// The process's subscriber: `filter` and the caps ([`caps`]), both
+/// global filters (layers), not per-layer ones — a per-layer filter keeps
+/// a thread's verdict until the event it was asked about comes, and a
+/// `log` record only asked about (sqlx's `log_enabled!`) left it set: the
+/// next event on that thread was dropped. Lines go through [`OneLine`] to
+/// what `writer` makes.
+fn subscriber<W, F>(
+    filter: EnvFilter,
+    format: LogFormat,
+    ansi: bool,
+    writer: F,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: Write + 'static,
+    F: Fn() -> W + Send + Sync + 'static,
+{
+    let registry = tracing_subscriber::registry().with(filter).with(caps());
+    match format {
+        LogFormat::Text => Box::new(
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(move || OneLine::new(std::io::stderr(), ansi)),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
+                    .with_writer(move || OneLine::new(writer(), ansi)),
+            ),
+        ),
+        LogFormat::Json => Box::new(
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(|| OneLine::json(std::io::stderr())),
-            )
-            .try_init(),
-    };
-    install_panic_hook();
+                    .with_writer(move || OneLine::json(writer())),
+            ),
+        ),
+    }
 }
 
 /// Libraries whose events quote what a client sent, or a secret, and the
@@ -384,6 +399,28 @@ pub fn pool_wait(wait: Duration) {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// The subscriber `init` installs applies the caps, in both formats,
+    /// whatever the filter lets through.
+    #[test]
+    fn the_process_subscriber_applies_the_caps() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let sink = out.clone();
+            let subscriber = subscriber(EnvFilter::new("trace"), format, false, move || {
+                Buf(sink.clone())
+            });
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI hostname 4111");
+                tracing::debug!(target: "h2::server", "malformed path /x?email=");
+                tracing::trace!(target: "checkoutd::server", "kept line");
+            });
+            let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+            assert!(text.contains("kept line"), "{format:?}: {text}");
+            assert!(!text.contains("Illegal SNI"), "{format:?}: {text}");
+            assert!(!text.contains("malformed path"), "{format:?}: {text}");
+        }
+    }
 
     /// The caps hold whatever `RUST_LOG` says: they are checked on each
     /// event's own target, so a directive for one module cannot lift them.

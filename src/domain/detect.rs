@@ -736,7 +736,7 @@ fn is_phone_number(chars: &[char]) -> bool {
             }
         }
         let this = match c {
-            c if c.is_whitespace() => Joint::Space,
+            c if is_blank(c) => Joint::Space,
             '.' => Joint::Dot,
             _ if sign => Joint::Dash,
             '(' | ')' | '/' => Joint::Other,
@@ -747,7 +747,7 @@ fn is_phone_number(chars: &[char]) -> bool {
             Some(j) if j != Joint::Space => j,
             _ => this,
         });
-        after_space = c.is_whitespace();
+        after_space = is_blank(c);
     }
     let digits: usize = groups.iter().sum();
     // `+10 000 000`, `+1.000.000.000`: a quantity in thousands (a phone
@@ -1281,6 +1281,8 @@ mod tests {
             "+49 30/1234567",
             "+43 1/234 56 78",
             "Mobil +49 170 1234567 / 0171 7654321",
+            // Blank letters (Hangul fillers) between the groups.
+            "+49\u{3164}170\u{3164}1234567",
         ] {
             assert!(contains_phone(phone), "{phone:?}");
         }

@@ -250,8 +250,6 @@ fn is_over_limit(error: &axum::Error) -> bool {
     false
 }
 
-/// The page's 429: too many requests `whence` ("from your network",
-/// "just now"), with `Retry-After` for the rest of the window.
 /// A post refused 429 because a budget of the opt-out page is used up: the
 /// first refusal of each budget's window is written to the access log
 /// (invariant 8: it shows when the limit began), the others are counted in
@@ -272,6 +270,8 @@ async fn refused_over_budget(state: &AppState, peer: &Peer, action: String, firs
     }
 }
 
+/// The page's 429: too many requests `whence` ("from your network",
+/// "just now"), with `Retry-After` for the rest of the window.
 fn too_many(over: crate::http::rate_limit::Over, whence: &str) -> Response {
     let mut r = page(
         StatusCode::TOO_MANY_REQUESTS,

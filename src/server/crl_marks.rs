@@ -39,8 +39,10 @@ use serde::{Deserialize, Serialize};
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "crl-marks.json";
 
-/// The file's format version: 2 added each list's CRL number. A format-1
-/// file (no numbers) is still read, and written back as 2.
+/// The file's format version: 2 added each list's CRL number. A file
+/// holding no number is written as format 1, which the release before
+/// reads too (several servers may share a data directory, one not yet
+/// upgraded among them); a format-1 file is read.
 const FORMAT: u32 = 2;
 
 /// The formats this release reads.
@@ -283,7 +285,11 @@ fn encode(marks: &Marks) -> serde_json::Result<Vec<u8>> {
     // One order, so that the same marks always make the same file.
     lists.sort_by(|a, b| (&a.issuer, &a.scope, &a.ca_key).cmp(&(&b.issuer, &b.scope, &b.ca_key)));
     let file = OnDisk {
-        format: FORMAT,
+        format: if lists.iter().any(|l| l.number.is_some()) {
+            FORMAT
+        } else {
+            1
+        },
         lists,
     };
     let mut bytes = serde_json::to_vec_pretty(&file)?;
@@ -376,6 +382,12 @@ mod tests {
         marks.insert(key(2), mark(at(1_700_000_000), at(1_700_000_000)));
         assert_eq!(file.keep(&marks).unwrap(), marks);
         assert_eq!(file.read().unwrap(), marks);
+        // Without a number, the format the release before reads.
+        assert!(
+            std::fs::read_to_string(file.path())
+                .unwrap()
+                .contains(r#""format": 1"#)
+        );
 
         // CRL numbers, the largest RFC 5280 allows among them.
         marks.insert(key(3), numbered(at(1_700_000_000), &[0, 0, 7]));
@@ -383,11 +395,9 @@ mod tests {
         marks.insert(key(5), numbered(at(1_700_000_000), &[0]));
         assert_eq!(file.keep(&marks).unwrap(), marks);
         assert_eq!(file.read().unwrap(), marks);
-        assert!(
-            std::fs::read_to_string(file.path())
-                .unwrap()
-                .contains(r#""number": "07""#)
-        );
+        let written = std::fs::read_to_string(file.path()).unwrap();
+        assert!(written.contains(r#""number": "07""#), "{written}");
+        assert!(written.contains(r#""format": 2"#), "{written}");
 
         // A file of the release before (format 1, no numbers) is read.
         std::fs::write(
