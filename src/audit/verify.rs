@@ -974,6 +974,11 @@ async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<
             &undone.order_id,
             if undone.order_gone {
                 format!("missing, but access-log entry {seq} records its dispatch (deleted)")
+            } else if undone.dispatched_again {
+                format!(
+                    "dispatched after access-log entry {seq} recorded its dispatch (undone and \
+                     dispatched again: shipped twice?)"
+                )
             } else {
                 format!(
                     "not dispatched, but access-log entry {seq} records its dispatch (rolled back)"

@@ -329,6 +329,9 @@ pub struct UndoneDispatch {
     pub log_seq: i64,
     /// No order has that id at all (deleted), rather than one not dispatched.
     pub order_gone: bool,
+    /// The order is dispatched, but later than the entry: the dispatch it
+    /// records was undone and the order dispatched again.
+    pub dispatched_again: bool,
 }
 
 /// An access-log entry recording a purge of which `purges` holds no row

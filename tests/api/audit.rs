@@ -1423,6 +1423,53 @@ async fn a_dispatched_order_deleted_whole_is_found_through_the_access_log() {
     );
 }
 
+/// A dispatch undone (the guard switched off) and the order dispatched
+/// again — the warehouse saw it pending once more and shipped it twice —
+/// is found: the first dispatch's access-log entry is older than the
+/// order's dispatch now, which no dispatch's own entry ever is (a repeated
+/// dispatch keeps the first one's time).
+#[tokio::test]
+async fn a_dispatch_undone_and_made_again_is_found() {
+    let (app, ids) = populated().await;
+    let r = app
+        .dispatch(&ids[2], &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // The warehouse repeats it a moment later: no finding.
+    let r = app
+        .dispatch(&ids[2], &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(run_verify(&app).await.verified);
+    // Past the clocks' tolerance, the dispatch is undone …
+    tokio::time::sleep(std::time::Duration::from_secs(
+        u64::from(checkoutd::store::sql::REDISPATCH_TOLERANCE_SECONDS) + 1,
+    ))
+    .await;
+    app.unguard("orders").await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE orders SET status = 'accepted', carrier = NULL, tracking = NULL, \
+             dispatched_at = NULL, dispatch_mac = NULL WHERE id = '{}'",
+            ids[2]
+        ),
+    )
+    .await;
+    // … and the warehouse, seeing it pending, ships it again.
+    let r = app
+        .dispatch(&ids[2], &json!({"carrier": "DHL", "tracking": "JD01"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report = run_verify(&app).await;
+    assert!(!report.verified);
+    assert!(
+        has(&report, "orders", &ids[2], "undone and dispatched again"),
+        "{:#?}",
+        report.failures
+    );
+}
+
 /// A dispatch set back in full — status, carrier, tracking, time and
 /// MAC, the row exactly as before it shipped — is found through the
 /// access log's entry for it (the order's own MAC cannot cover a status

@@ -988,6 +988,12 @@ pub async fn rows_without_order(
     Ok((count, listed))
 }
 
+/// How much later than a dispatch's access-log entry its order's dispatch
+/// time may be before the dispatch is taken for one undone and made again
+/// ([`dispatches_undone`]): the clocks of two processes sharing a
+/// database (a retry's entry may come from the other) differ by far less.
+pub const REDISPATCH_TOLERANCE_SECONDS: u32 = 10;
+
 pub async fn dispatches_undone(
     pool: &AnyPool,
     engine: Engine,
@@ -997,11 +1003,29 @@ pub async fn dispatches_undone(
     // A dispatch entry's objects are `["<order id>"]`: the id is matched
     // through the orders' id index, the whole text compared; an entry whose
     // order is gone altogether is found too (an order is never deleted).
-    const UNDONE: &str = "FROM access_log a LEFT JOIN orders o ON o.id = substr(a.objects, 3, 36)
+    // So is one older than its order's dispatch: a dispatch's time is
+    // taken before its commit and its entry's after, by one process, so
+    // every entry of a dispatch is as late as it — one earlier (by more
+    // than the clocks of two processes may differ) recorded a dispatch
+    // that was undone, and the order dispatched again since.
+    let later = match engine {
+        Engine::Sqlite => format!(
+            "strftime('%Y-%m-%dT%H:%M:%fZ', a.at, '+{} seconds')",
+            REDISPATCH_TOLERANCE_SECONDS
+        ),
+        Engine::Postgres => format!(
+            "to_char((a.at::timestamptz + interval '{} seconds') AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+            REDISPATCH_TOLERANCE_SECONDS
+        ),
+    };
+    let undone = format!(
+        "FROM access_log a LEFT JOIN orders o ON o.id = substr(a.objects, 3, 36)
         WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
           AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]'
-          AND (o.id IS NULL OR o.status <> 'dispatched')";
-    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {UNDONE}"))
+          AND (o.id IS NULL OR o.status <> 'dispatched' OR o.dispatched_at > {later})"
+    );
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {undone}"))
         .bind(action)
         .fetch_one(pool)
         .await
@@ -1011,7 +1035,9 @@ pub async fn dispatches_undone(
     }
     let rows = sqlx::query(&format!(
         "SELECT {}, a.seq AS seq, \
-         CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone {UNDONE} ORDER BY a.seq LIMIT $2",
+         CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone, \
+         CAST(CASE WHEN o.status = 'dispatched' THEN 1 ELSE 0 END AS BIGINT) AS again \
+         {undone} ORDER BY a.seq LIMIT $2",
         bytes_of(engine, "substr(a.objects, 3, 36)", "id"),
     ))
     .bind(action)
@@ -1025,6 +1051,7 @@ pub async fn dispatches_undone(
             order_id: text(&r, "id")?,
             log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
             order_gone: r.try_get::<i64, _>("gone").map_err(err)? == 1,
+            dispatched_again: r.try_get::<i64, _>("again").map_err(err)? == 1,
         });
     }
     Ok((u64::try_from(count).unwrap_or(0), found))

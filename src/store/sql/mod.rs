@@ -11,6 +11,7 @@
 //! timestamps (RFC 3339 UTC, which sorts as time).
 
 mod audit;
+pub use audit::REDISPATCH_TOLERANCE_SECONDS;
 pub mod order_rows;
 
 use std::sync::Arc;
