@@ -264,9 +264,11 @@ impl Fulfillment {
                 self.open(DataClass::Recipient, row.order_id, *record_id, envelope),
                 true,
             ),
-            ShipToRow::Missing(class) => {
-                purged = self.purged(row.order_id, *class, purges);
-                (None, *class == DataClass::Recipient)
+            ShipToRow::Missing { purged_with, gift } => {
+                purged = purged_with
+                    .iter()
+                    .any(|class| self.purged(row.order_id, *class, purges));
+                (None, *gift)
             }
             ShipToRow::Broken => (None, false),
         };
@@ -294,10 +296,16 @@ impl Fulfillment {
         let own_tag = consent
             .tags
             .contains(&(row.customer_tag.id.to_string(), row.order_id.to_string()));
-        let verified = if purged {
+        // The billing record that finds the history purged on its own —
+        // `orders purge --dispatched-before` takes one class at a time, so
+        // between its billing and shipping passes (or for good, the run
+        // stopped there) a dispatched order has its ship-to but no history.
+        let history_purged = row.email_blind_index.is_none()
+            && self.purged(row.order_id, DataClass::Billing, purges);
+        let verified = if purged || history_purged {
             // The billing record that finds the history may be purged with
-            // the rest; nothing is shipped, so what is shown is whether the
-            // order's own tag is genuine, the customer's and this order's.
+            // the rest; what is shown is whether the order's own tag is
+            // genuine, the customer's and this order's.
             let tag = &row.customer_tag;
             self.consent_key.verify(&[&tag.canonical_bytes()], &tag.mac)
                 && tag.order_id == row.order_id
@@ -308,15 +316,16 @@ impl Fulfillment {
         if !verified {
             purposes = Purposes::default();
         }
-        if gift || integrity_error || purged {
+        if gift || integrity_error || purged || history_purged {
             // The parcel goes to the gift recipient, whose details may be
             // used only to deliver it: no promotional insert, whatever the
-            // buyer chose.
+            // buyer chose. (Nor when the buyer's current choice cannot be
+            // known: their history went with the billing record.)
             purposes = Purposes::default();
         }
         // (A purged order's billing record, which finds the history, may be
         // gone with it: nothing to verify then, and nothing is shipped.)
-        if !verified && !purged {
+        if !verified && !purged && !history_purged {
             tracing::error!(order_id = %row.order_id, "a consent tag failed its MAC check");
         }
         // The policy the purposes shown were agreed under: the latest tag's.

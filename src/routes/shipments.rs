@@ -129,12 +129,16 @@ pub async fn list(
         },
         _ => None,
     };
-    // Only an order whose ship-to record is gone needs its purges (were
-    // they purged, or deleted?): read for the whole page at once.
+    // Only an order whose ship-to record or billing record (which finds
+    // the customer's consent) is gone needs its purges (were they purged,
+    // or deleted?): read for the whole page at once.
     let missing: Vec<String> = rows
         .iter()
         .filter_map(|entry| match entry {
-            ShipmentEntry::Whole(row) if matches!(row.ship_to, ShipToRow::Missing(_)) => {
+            ShipmentEntry::Whole(row)
+                if matches!(row.ship_to, ShipToRow::Missing { .. })
+                    || row.email_blind_index.is_none() =>
+            {
                 Some(row.order_id.to_string())
             }
             _ => None,

@@ -280,9 +280,13 @@ pub enum ShipToRow {
         record_id: Uuid,
         envelope: Envelope,
     },
-    /// The ship-to record of this class is not there: purged (a verified
-    /// purge says so), or else deleted — an integrity error.
-    Missing(crate::crypto::DataClass),
+    /// The ship-to record is not there: purged (a verified purge of one
+    /// of `purged_with` says so), or else deleted — an integrity error.
+    /// `gift`: the parcel was to go to a gift recipient.
+    Missing {
+        purged_with: &'static [crate::crypto::DataClass],
+        gift: bool,
+    },
     /// The ship-to record is malformed: shown as an integrity error
     /// instead of failing the whole page.
     Broken,

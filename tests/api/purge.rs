@@ -1787,3 +1787,97 @@ async fn a_purge_made_while_the_hold_was_deleted_is_found() {
         );
     }
 }
+
+/// `orders purge --dispatched-before` purges one class at a time: between
+/// the shipping pass and the recipient pass (or for good, the run stopped
+/// there or a hold placed meanwhile), a gift order has lost its ship-to
+/// marker but not its recipient. The warehouse sees it purged — not an
+/// integrity error ("do not ship, tell the auditors"), which nothing
+/// tampered with.
+#[tokio::test]
+async fn a_gift_order_between_its_shipping_and_recipient_purges_is_purged_not_tampered() {
+    let app = spawn_app().await;
+    let mut gift = order_json();
+    gift["gift_recipient"] = json!({"name": "Charles Babbage",
+        "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}});
+    let id = place(&app, "half-purged", &gift).await;
+    let r = app
+        .dispatch(&id, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let store = app.store().await;
+    let done = checkoutd::retention::purge_records(
+        &store,
+        &app.keyring(),
+        &id,
+        (
+            &[checkoutd::crypto::DataClass::Shipping],
+            &checkoutd::store::rows::PurgeIf::Always,
+        ),
+        "operator",
+        ("operator", "test"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done, ["shipping"]);
+    let page = app.shipments("?status=dispatched").await;
+    let entry = page["shipments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["order_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("listed: {page}"));
+    assert_ne!(entry["integrity_error"], true, "{entry}");
+    assert_eq!(entry["purged"], true, "{entry}");
+    assert!(entry["ship_to"].is_null(), "{entry}");
+}
+
+/// The same per-class run purges billing before shipping: in between (or
+/// for good, the run stopped there), a dispatched order has its ship-to
+/// but not the billing record through which the customer's consent
+/// history is found. Its own consent tag still verifies: shown verified,
+/// with no promotional insert (the current choice cannot be known), and no
+/// false alarm of a tag failing its MAC.
+#[tokio::test]
+async fn an_order_between_its_billing_and_shipping_purges_shows_its_consent_verified() {
+    let app = spawn_app().await;
+    let id = place(&app, "billing-purged", &order_json()).await;
+    let r = app
+        .dispatch(&id, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let store = app.store().await;
+    let done = checkoutd::retention::purge_records(
+        &store,
+        &app.keyring(),
+        &id,
+        (
+            &[checkoutd::crypto::DataClass::Billing],
+            &checkoutd::store::rows::PurgeIf::Always,
+        ),
+        "operator",
+        ("operator", "test"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done, ["billing"]);
+    let page = app.shipments("?status=dispatched").await;
+    let entry = page["shipments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["order_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("listed: {page}"));
+    assert_eq!(entry["consent"]["verified"], true, "{entry}");
+    assert_eq!(entry["consent"]["special_offers"], false, "{entry}");
+    assert!(entry["ship_to"].is_object(), "{entry}");
+    let logs = crate::helpers::captured_logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("a consent tag failed its MAC check") && l.contains(&id)),
+        "a false alarm was logged"
+    );
+}

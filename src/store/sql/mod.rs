@@ -1375,13 +1375,25 @@ fn shipment_row(row: &AnyRow) -> Result<ShipmentRow, StoreError> {
     // A purge of every record removes the ship-to marker too: the order
     // row still says whether the parcel was a gift.
     let gift_order: i64 = row.try_get("gift").map_err(StoreError::from_sqlx)?;
+    use crate::crypto::DataClass;
     let ship_to = match (ship_to.as_deref(), gift_id) {
-        (None, _) if gift_order == 1 => Ok(ShipToRow::Missing(crate::crypto::DataClass::Recipient)),
-        (None, _) => Ok(ShipToRow::Missing(crate::crypto::DataClass::Shipping)),
+        // A gift order's marker goes with a purge of its shipping class —
+        // `orders purge --dispatched-before` takes one class at a time, so
+        // the recipient's record may still be there, or go later — or with
+        // its recipient's.
+        (None, _) if gift_order == 1 => Ok(ShipToRow::Missing {
+            purged_with: &[DataClass::Shipping, DataClass::Recipient],
+            gift: true,
+        }),
+        (None, _) => Ok(ShipToRow::Missing {
+            purged_with: &[DataClass::Shipping],
+            gift: false,
+        }),
         (Some("customer"), _) => customer(),
-        (Some("gift_recipient"), None) => {
-            Ok(ShipToRow::Missing(crate::crypto::DataClass::Recipient))
-        }
+        (Some("gift_recipient"), None) => Ok(ShipToRow::Missing {
+            purged_with: &[DataClass::Recipient],
+            gift: true,
+        }),
         (Some("gift_recipient"), Some(_)) => gift(),
         _ => Err(StoreError::Corrupt("shipping_details.ship_to")),
     }
