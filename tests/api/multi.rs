@@ -751,12 +751,17 @@ async fn a_server_that_acknowledges_before_disk_is_refused_unless_allowed() {
         &["--config", config, "--allow-unsafe-durability=false"],
     );
     assert!(!out.status.success(), "the flag's false is kept");
+    // Refused for that reason, not a flag or file it could not read.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("synchronous_commit=off"), "{err}");
     let out = migrate_with(
         &db.url,
         &["--config", config],
         &[("CHECKOUTD_ALLOW_UNSAFE_DURABILITY", "false")],
     );
     assert!(!out.status.success(), "the variable's false is kept");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("synchronous_commit=off"), "{err}");
     assert_succeeded(&migrate(&db.url, &["--config", config]));
     let out = migrate(&db.url, &["--allow-unsafe-durability"]);
     assert_succeeded(&out);
