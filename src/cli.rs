@@ -316,7 +316,7 @@ pub struct ServeArgs {
     /// Purge gift-recipient data this many days after dispatch (0 keeps it) [default: 30]
     #[arg(long, env = "CHECKOUTD_RETAIN_RECIPIENT_DAYS", value_name = "DAYS")]
     pub retain_recipient_days: Option<u32>,
-    /// Purge card and gift-recipient data of an order never dispatched this many days after it was taken (0 keeps it) [default: 180]
+    /// Purge the card, shipping and gift-recipient data of an order never dispatched this many days after it was taken: it can no longer be dispatched (0 keeps it) [default: 180]
     #[arg(long, env = "CHECKOUTD_RETAIN_UNDISPATCHED_DAYS", value_name = "DAYS")]
     pub retain_undispatched_days: Option<u32>,
     /// Hours a retried Idempotency-Key is compared with its first request and replayed; later it is refused (422 idempotency-window-passed), and a purge ends it at once [default: 168, at least 25]
