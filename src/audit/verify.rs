@@ -716,6 +716,7 @@ pub async fn verify_since(
     check_idempotency_rows(store, keyring, &mut failures).await?;
     check_rows_belong_to_orders(store, &mut failures).await?;
     check_dispatches_kept(store, &mut failures).await?;
+    check_orders_named_exist(store, &mut failures).await?;
     check_purges_kept(store, &mut failures).await?;
     let legal_holds = check_holds(store, keyring, &mut failures).await?;
     let access_log =
@@ -961,6 +962,44 @@ async fn check_rows_belong_to_orders(
 /// How old a dispatch must be before a missing access-log entry for it is
 /// a finding.
 const UNLOGGED_DISPATCH_GRACE: time::Duration = time::Duration::minutes(10);
+
+/// The access-log actions whose objects name orders by id (besides other
+/// objects, never of 36 characters): the warehouse's listings, the
+/// marketing audience, the auditor's order view and consent proofs,
+/// purges and legal holds. Dispatches are checked with their orders'
+/// state ([`check_dispatches_kept`]).
+const ACTIONS_NAMING_ORDERS: [&str; 8] = [
+    "GET /v1/shipments",
+    "GET /v1/marketing/audience",
+    "GET /v1/audit/orders/{id}",
+    "GET /v1/audit/consent",
+    "POST /v1/audit/consent",
+    crate::retention::PURGED_ACTION,
+    crate::retention::HOLD_ACTION,
+    crate::retention::RELEASE_ACTION,
+];
+
+/// An order is never deleted (a purge keeps its row, the guards refuse a
+/// DELETE): one the access log names — read by the warehouse, exported,
+/// viewed, purged, held — and gone was deleted with the guards switched
+/// off (a customer's latest "no" removed, say, so that an older "yes"
+/// counts again). An order deleted before anything named it is not found
+/// here.
+async fn check_orders_named_exist(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
+    let limit = u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX);
+    let (missing, found) = store
+        .orders_named_but_missing(&ACTIONS_NAMING_ORDERS, limit)
+        .await?;
+    for (order_id, seq) in &found {
+        out.push(Failure::new(
+            "orders",
+            order_id,
+            format!("missing, but access-log entry {seq} names it (deleted)"),
+        ));
+    }
+    out.count += missing.saturating_sub(found.len() as u64);
+    Ok(())
+}
 
 async fn check_dispatches_kept(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
     let limit = u32::try_from(MAX_LISTED_FAILURES).unwrap_or(u32::MAX);

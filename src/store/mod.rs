@@ -401,6 +401,17 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<(u64, Vec<(&'static str, String)>), StoreError>;
 
+    /// Order ids that allowed access-log entries of `actions` name (each
+    /// object of 36 characters, an order id in every one of them) and that
+    /// no order has: how many, and the first `limit` with the entry's seq.
+    /// An order is never deleted (a purge keeps its row): one named by the
+    /// log and gone was deleted around the guards.
+    async fn orders_named_but_missing(
+        &self,
+        actions: &[&str],
+        limit: u32,
+    ) -> Result<(u64, Vec<(String, i64)>), StoreError>;
+
     /// Orders the access log records as dispatched (an allowed `action`
     /// answered 200 for exactly that order) that are not dispatched now —
     /// or no longer exist at all: how many, and the first `limit`. A

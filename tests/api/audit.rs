@@ -1378,6 +1378,21 @@ async fn a_dispatched_order_deleted_whole_is_found_through_the_access_log() {
     assert_eq!(r.status(), 200);
     let report = run_verify(&app).await;
     assert!(report.verified, "{:#?}", report.failures);
+    let id = &ids[3];
+    delete_order_whole(&app, id).await;
+    let report = run_verify(&app).await;
+    assert!(!report.verified);
+    assert!(
+        has(&report, "orders", id, "missing, but access-log entry"),
+        "{:#?}",
+        report.failures
+    );
+}
+
+/// Deletes order `id` with everything of it — its records, tags and
+/// idempotency row, so that every check among them still agrees — the
+/// guards switched off first.
+async fn delete_order_whole(app: &TestApp, id: &str) {
     let children = [
         "payment_cards",
         "contact_emails",
@@ -1390,7 +1405,6 @@ async fn a_dispatched_order_deleted_whole_is_found_through_the_access_log() {
     for table in children.iter().chain(&["orders"]) {
         app.unguard(table).await;
     }
-    let id = &ids[3];
     let deletes: Vec<String> = children
         .iter()
         .map(|t| format!("DELETE FROM {t} WHERE order_id = '{id}'"))
@@ -1413,11 +1427,30 @@ async fn a_dispatched_order_deleted_whole_is_found_through_the_access_log() {
             deletes.join("; ")
         )
     };
-    exec(&app, &sql).await;
+    exec(app, &sql).await;
+}
+
+/// An order never dispatched, deleted whole (a customer's latest "no"
+/// removed, so that an older "yes" counts again): found through any
+/// access-log entry that names it — here the warehouse's listing.
+#[tokio::test]
+async fn an_undispatched_order_deleted_whole_is_found_through_a_listing_that_named_it() {
+    let (app, ids) = populated().await;
+    let page = app.shipments("").await;
+    assert!(
+        page["shipments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["order_id"] == ids[2].as_str()),
+        "{page}"
+    );
+    assert!(run_verify(&app).await.verified);
+    delete_order_whole(&app, &ids[2]).await;
     let report = run_verify(&app).await;
     assert!(!report.verified);
     assert!(
-        has(&report, "orders", id, "missing, but access-log entry"),
+        has(&report, "orders", &ids[2], "names it (deleted)"),
         "{:#?}",
         report.failures
     );

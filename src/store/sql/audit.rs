@@ -988,6 +988,59 @@ pub async fn rows_without_order(
     Ok((count, listed))
 }
 
+pub async fn orders_named_but_missing(
+    pool: &AnyPool,
+    engine: Engine,
+    actions: &[&str],
+    limit: u32,
+) -> Result<(u64, Vec<(String, i64)>), StoreError> {
+    // Each entry's objects (a JSON array of strings) one by one: of an
+    // allowed entry of one of `actions`, each of 36 characters is an order
+    // id, looked up through the orders' id index.
+    let expand = match engine {
+        Engine::Sqlite => "access_log a, json_each(a.objects) j",
+        Engine::Postgres => {
+            "access_log a CROSS JOIN LATERAL jsonb_array_elements_text(a.objects::jsonb) AS j(value)"
+        }
+    };
+    let listed: Vec<String> = (0..actions.len()).map(|i| format!("${}", i + 1)).collect();
+    let missing = format!(
+        "FROM {expand}
+        WHERE a.outcome = 'allowed' AND a.action IN ({})
+          AND length(j.value) = 36
+          AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = j.value)",
+        listed.join(", ")
+    );
+    let count_sql = format!("SELECT count(*) {missing}");
+    let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+    for action in actions {
+        count = count.bind(*action);
+    }
+    let count = count.fetch_one(pool).await.map_err(err)?;
+    if count == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let rows_sql = format!(
+        "SELECT {}, a.seq AS seq {missing} ORDER BY a.seq LIMIT ${}",
+        bytes_of(engine, "j.value", "id"),
+        actions.len() + 1
+    );
+    let mut rows = sqlx::query(&rows_sql);
+    for action in actions {
+        rows = rows.bind(*action);
+    }
+    let rows = rows
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in rows {
+        found.push((text(&r, "id")?, r.try_get::<i64, _>("seq").map_err(err)?));
+    }
+    Ok((u64::try_from(count).unwrap_or(0), found))
+}
+
 /// How much later than a dispatch's access-log entry its order's dispatch
 /// time may be before the dispatch is taken for one undone and made again
 /// ([`dispatches_undone`]): the clocks of two processes sharing a

@@ -432,6 +432,14 @@ impl Store for SqlStore {
         audit::rows_without_order(&self.whole_table_reads, limit).await
     }
 
+    async fn orders_named_but_missing(
+        &self,
+        actions: &[&str],
+        limit: u32,
+    ) -> Result<(u64, Vec<(String, i64)>), StoreError> {
+        audit::orders_named_but_missing(&self.whole_table_reads, self.engine, actions, limit).await
+    }
+
     async fn dispatches_undone(
         &self,
         action: &str,
