@@ -759,6 +759,41 @@ async fn fields_the_service_never_writes_are_named_not_a_stopped_audit() {
     assert!(damaged[0].1.contains("objects"), "{damaged:?}");
 }
 
+/// The same for the entries the order checks read: an allowed listing
+/// whose `objects` is a JSON object, not a list, and a dispatch entry whose
+/// `at` is no time — named by the chain's check, while the checks that
+/// look up the orders they name pass them over instead of stopping.
+#[tokio::test]
+async fn damaged_entries_do_not_stop_the_order_checks_of_the_log() {
+    let (app, ids) = populated().await;
+    let r = app
+        .dispatch(&ids[2], &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..2 {
+        let page = app.shipments("").await;
+        assert!(page["shipments"].as_array().is_some_and(|s| !s.is_empty()));
+    }
+    app.unguard("access_log").await;
+    exec(
+        &app,
+        "UPDATE access_log SET objects = '{\"not\":\"a list\"}'
+          WHERE seq = (SELECT max(seq) FROM access_log WHERE action = 'GET /v1/shipments');
+         UPDATE access_log SET objects = 'not a list'
+          WHERE seq = (SELECT min(seq) FROM access_log WHERE action = 'GET /v1/shipments');
+         UPDATE access_log SET at = '0000'
+          WHERE action = 'POST /v1/shipments/{order_id}/dispatch'",
+    )
+    .await;
+    let report = run_verify(&app).await;
+    assert!(!report.access_log.intact);
+    assert!(
+        report.failures.iter().any(|f| f.table == "access_log"),
+        "{:#?}",
+        report.failures
+    );
+}
+
 #[tokio::test]
 async fn swapped_card_envelopes_are_named() {
     let (app, ids) = populated().await;

@@ -995,23 +995,33 @@ pub async fn orders_named_but_missing(
     limit: u32,
 ) -> Result<(u64, Vec<(String, i64)>), StoreError> {
     // Each entry's objects (a JSON array of strings) one by one: of an
-    // allowed entry of one of `actions`, each of 36 characters is an order
-    // id, looked up through the orders' id index.
+    // allowed entry of one of `actions` (or a purge's request, `purge
+    // (<reason>)`), each of 36 characters is an order id, looked up through
+    // the orders' id index; one finding per order, at the first entry
+    // naming it. A value that is no such array (edited: the chain's check
+    // names it) is passed over, never an error that stops the audit.
     let expand = match engine {
-        Engine::Sqlite => "access_log a, json_each(a.objects) j",
+        Engine::Sqlite => {
+            "access_log a, json_each(CASE WHEN json_valid(a.objects) \
+             AND json_type(a.objects) = 'array' THEN a.objects ELSE '[]' END) j"
+        }
+        // As checkoutd writes them: compact arrays of strings that need no
+        // escape (ids, `class:card`, `audience:…`).
         Engine::Postgres => {
-            "access_log a CROSS JOIN LATERAL jsonb_array_elements_text(a.objects::jsonb) AS j(value)"
+            "access_log a CROSS JOIN LATERAL jsonb_array_elements_text(CASE WHEN a.objects \
+             ~ '^\\[(\"[^\"\\\\]*\"(,\"[^\"\\\\]*\")*)?\\]$' THEN a.objects::jsonb \
+             ELSE '[]'::jsonb END) AS j(value)"
         }
     };
     let listed: Vec<String> = (0..actions.len()).map(|i| format!("${}", i + 1)).collect();
     let missing = format!(
         "FROM {expand}
-        WHERE a.outcome = 'allowed' AND a.action IN ({})
+        WHERE a.outcome = 'allowed' AND (a.action IN ({}) OR a.action LIKE 'purge (%')
           AND length(j.value) = 36
           AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = j.value)",
         listed.join(", ")
     );
-    let count_sql = format!("SELECT count(*) {missing}");
+    let count_sql = format!("SELECT count(DISTINCT j.value) {missing}");
     let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
     for action in actions {
         count = count.bind(*action);
@@ -1021,7 +1031,7 @@ pub async fn orders_named_but_missing(
         return Ok((0, Vec::new()));
     }
     let rows_sql = format!(
-        "SELECT {}, a.seq AS seq {missing} ORDER BY a.seq LIMIT ${}",
+        "SELECT {}, MIN(a.seq) AS seq {missing} GROUP BY j.value ORDER BY MIN(a.seq) LIMIT ${}",
         bytes_of(engine, "j.value", "id"),
         actions.len() + 1
     );
@@ -1056,58 +1066,82 @@ pub async fn dispatches_undone(
     // A dispatch entry's objects are `["<order id>"]`: the id is matched
     // through the orders' id index, the whole text compared; an entry whose
     // order is gone altogether is found too (an order is never deleted).
-    // So is one older than its order's dispatch: a dispatch's time is
-    // taken before its commit and its entry's after, by one process, so
-    // every entry of a dispatch is as late as it — one earlier (by more
-    // than the clocks of two processes may differ) recorded a dispatch
-    // that was undone, and the order dispatched again since.
-    let later = match engine {
-        Engine::Sqlite => format!(
-            "strftime('%Y-%m-%dT%H:%M:%fZ', a.at, '+{} seconds')",
-            REDISPATCH_TOLERANCE_SECONDS
-        ),
-        Engine::Postgres => format!(
-            "to_char((a.at::timestamptz + interval '{} seconds') AT TIME ZONE 'UTC', \
-             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
-            REDISPATCH_TOLERANCE_SECONDS
-        ),
-    };
-    let undone = format!(
-        "FROM access_log a LEFT JOIN orders o ON o.id = substr(a.objects, 3, 36)
+    let undone = "FROM access_log a LEFT JOIN orders o ON o.id = substr(a.objects, 3, 36)
         WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
           AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]'
-          AND (o.id IS NULL OR o.status <> 'dispatched' OR o.dispatched_at > {later})"
-    );
+          AND (o.id IS NULL OR o.status <> 'dispatched')";
     let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) {undone}"))
         .bind(action)
         .fetch_one(pool)
         .await
         .map_err(err)?;
-    if count == 0 {
-        return Ok((0, Vec::new()));
+    let mut found = Vec::new();
+    let mut count = u64::try_from(count).unwrap_or(0);
+    if count > 0 {
+        let rows = sqlx::query(&format!(
+            "SELECT {}, a.seq AS seq, \
+             CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone {undone} \
+             ORDER BY a.seq LIMIT $2",
+            bytes_of(engine, "substr(a.objects, 3, 36)", "id"),
+        ))
+        .bind(action)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        for r in rows {
+            found.push(crate::store::rows::UndoneDispatch {
+                order_id: text(&r, "id")?,
+                log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
+                order_gone: r.try_get::<i64, _>("gone").map_err(err)? == 1,
+                dispatched_again: false,
+            });
+        }
     }
-    let rows = sqlx::query(&format!(
-        "SELECT {}, a.seq AS seq, \
-         CAST(CASE WHEN o.id IS NULL THEN 1 ELSE 0 END AS BIGINT) AS gone, \
-         CAST(CASE WHEN o.status = 'dispatched' THEN 1 ELSE 0 END AS BIGINT) AS again \
-         {undone} ORDER BY a.seq LIMIT $2",
+    // An entry older than its order's dispatch: a dispatch's time is taken
+    // before its commit and its entry's after, by one process, so every
+    // entry of a dispatch is as late as it — one earlier (by more than the
+    // clocks of two processes may differ) recorded a dispatch that was
+    // undone, and the order dispatched again since. The texts are compared
+    // in SQL (one format, so their order is the times'), the tolerance
+    // here; a text that does not read as a time is no finding of this
+    // check (an edited entry fails the chain's).
+    let candidates = sqlx::query(&format!(
+        "SELECT {}, a.seq AS seq, {}, {}
+           FROM access_log a JOIN orders o ON o.id = substr(a.objects, 3, 36)
+          WHERE a.action = $1 AND a.outcome = 'allowed' AND a.status = 200
+            AND a.objects = '[\"' || substr(a.objects, 3, 36) || '\"]'
+            AND o.status = 'dispatched' AND o.dispatched_at > a.at
+          ORDER BY a.seq",
         bytes_of(engine, "substr(a.objects, 3, 36)", "id"),
+        bytes_of(engine, "a.at", "entry_at"),
+        bytes_of(engine, "o.dispatched_at", "dispatched_at"),
     ))
     .bind(action)
-    .bind(i64::from(limit))
     .fetch_all(pool)
     .await
     .map_err(err)?;
-    let mut found = Vec::with_capacity(rows.len());
-    for r in rows {
-        found.push(crate::store::rows::UndoneDispatch {
-            order_id: text(&r, "id")?,
-            log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
-            order_gone: r.try_get::<i64, _>("gone").map_err(err)? == 1,
-            dispatched_again: r.try_get::<i64, _>("again").map_err(err)? == 1,
-        });
+    let tolerance = time::Duration::seconds(i64::from(REDISPATCH_TOLERANCE_SECONDS));
+    for r in candidates {
+        let entry_at = crate::ids::parse_timestamp(&text(&r, "entry_at")?);
+        let dispatched_at = crate::ids::parse_timestamp(&text(&r, "dispatched_at")?);
+        let (Some(entry_at), Some(dispatched_at)) = (entry_at, dispatched_at) else {
+            continue;
+        };
+        if dispatched_at - entry_at <= tolerance {
+            continue;
+        }
+        count += 1;
+        if found.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+            found.push(crate::store::rows::UndoneDispatch {
+                order_id: text(&r, "id")?,
+                log_seq: r.try_get::<i64, _>("seq").map_err(err)?,
+                order_gone: false,
+                dispatched_again: true,
+            });
+        }
     }
-    Ok((u64::try_from(count).unwrap_or(0), found))
+    Ok((count, found))
 }
 
 pub async fn purges_unrecorded(
