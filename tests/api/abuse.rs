@@ -2008,32 +2008,9 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nem
 /// on the opt-out page) out: the address holding the most gives way.
 #[tokio::test]
 async fn one_address_cannot_hold_every_anonymous_slot() {
-    let app = spawn_app_with(Options {
-        serve: ServeArgs {
-            max_anonymous_connections: Some(2),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let (stop, pollers) = hold_anonymous_slots(&app, &["127.0.0.2", "127.0.0.2"]).await;
-    // Not a probe (a probe is answered even past the cap): the page. From
-    // the hog's own address, no slot is made (nothing is idle long enough
-    // to shed): the slots really are held.
-    let control = from_address(&app, "127.0.0.2", None)
-        .get(app.url("/unsubscribe"))
-        .send()
-        .await;
-    let r = from_address(&app, "127.0.0.3", None)
-        .get(app.url("/unsubscribe"))
-        .send()
-        .await;
-    let served = release_anonymous_slots(stop, pollers).await;
-    assert!(served > 10, "the pollers were served: {served}");
-    let control = control.expect("the control was answered");
-    assert_eq!(control.status(), 503, "the hog's own newcomer waits");
-    let r = r.expect("the newcomer was answered, not closed");
-    assert_eq!(r.status(), 200, "a slot was made for the newcomer");
+    // From the hog's own address, no slot is made (nothing is idle long
+    // enough to shed): the slots really are held.
+    held_slots_give_way(&["127.0.0.2", "127.0.0.2"], "127.0.0.2", "127.0.0.3").await;
 }
 
 /// The opt-out page's budget of one network (an IPv4 /24): each address
@@ -2097,6 +2074,16 @@ async fn the_opt_out_page_budget_of_a_network_is_logged_where_it_began() {
 /// most gives way (one IPv6 /48 holds 65 536 /64s, each its own client).
 #[tokio::test]
 async fn one_network_cannot_hold_every_anonymous_slot() {
+    // From a third address of the same network, no slot is made: the
+    // slots really are held, and no address of it is a hog.
+    held_slots_give_way(&["127.0.3.2", "127.0.3.3"], "127.0.3.4", "127.0.4.9").await;
+}
+
+/// Two anonymous slots held by pollers from `hogs`: a newcomer from
+/// `control` is told to come back (503), one from `newcomer` gets a slot.
+/// Both ask for the opt-out page, not a probe (a probe is answered even
+/// past the cap).
+async fn held_slots_give_way(hogs: &[&str], control: &str, newcomer: &str) {
     let app = spawn_app_with(Options {
         serve: ServeArgs {
             max_anonymous_connections: Some(2),
@@ -2105,22 +2092,19 @@ async fn one_network_cannot_hold_every_anonymous_slot() {
         ..Default::default()
     })
     .await;
-    let (stop, pollers) = hold_anonymous_slots(&app, &["127.0.3.2", "127.0.3.3"]).await;
-    // Not a probe (a probe is answered even past the cap): the page. From
-    // a third address of the same network, no slot is made: the slots
-    // really are held, and no address of it is a hog.
-    let control = from_address(&app, "127.0.3.4", None)
+    let (stop, pollers) = hold_anonymous_slots(&app, hogs).await;
+    let controlled = from_address(&app, control, None)
         .get(app.url("/unsubscribe"))
         .send()
         .await;
-    let r = from_address(&app, "127.0.4.9", None)
+    let r = from_address(&app, newcomer, None)
         .get(app.url("/unsubscribe"))
         .send()
         .await;
     let served = release_anonymous_slots(stop, pollers).await;
     assert!(served > 10, "the pollers were served: {served}");
-    let control = control.expect("the control was answered");
-    assert_eq!(control.status(), 503, "the network's own newcomer waits");
+    let controlled = controlled.expect("the control was answered");
+    assert_eq!(controlled.status(), 503, "the hogs' side's newcomer waits");
     let r = r.expect("the newcomer was answered, not closed");
     assert_eq!(r.status(), 200, "a slot was made for the newcomer");
 }

@@ -1800,34 +1800,13 @@ async fn a_gift_order_between_its_shipping_and_recipient_purges_is_purged_not_ta
     let mut gift = order_json();
     gift["gift_recipient"] = json!({"name": "Charles Babbage",
         "address": {"line1": "1 Dorset Street", "city": "London", "postal_code": "W1U 4EG", "country": "GB"}});
-    let id = place(&app, "half-purged", &gift).await;
-    let r = app
-        .dispatch(&id, &json!({"carrier": "UPS", "tracking": "1Z"}))
-        .await;
-    assert_eq!(r.status(), 200);
-    let store = app.store().await;
-    let done = checkoutd::retention::purge_records(
-        &store,
-        &app.keyring(),
-        &id,
-        (
-            &[checkoutd::crypto::DataClass::Shipping],
-            &checkoutd::store::rows::PurgeIf::Always,
-        ),
-        "operator",
-        ("operator", "test"),
+    let (_, entry) = dispatched_then_purged(
+        &app,
+        "half-purged",
+        &gift,
+        checkoutd::crypto::DataClass::Shipping,
     )
-    .await
-    .unwrap();
-    assert_eq!(done, ["shipping"]);
-    let page = app.shipments("?status=dispatched").await;
-    let entry = page["shipments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["order_id"] == id.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("listed: {page}"));
+    .await;
     assert_ne!(entry["integrity_error"], true, "{entry}");
     assert_eq!(entry["purged"], true, "{entry}");
     assert!(entry["ship_to"].is_null(), "{entry}");
@@ -1842,34 +1821,13 @@ async fn a_gift_order_between_its_shipping_and_recipient_purges_is_purged_not_ta
 #[tokio::test]
 async fn an_order_between_its_billing_and_shipping_purges_shows_its_consent_verified() {
     let app = spawn_app().await;
-    let id = place(&app, "billing-purged", &order_json()).await;
-    let r = app
-        .dispatch(&id, &json!({"carrier": "UPS", "tracking": "1Z"}))
-        .await;
-    assert_eq!(r.status(), 200);
-    let store = app.store().await;
-    let done = checkoutd::retention::purge_records(
-        &store,
-        &app.keyring(),
-        &id,
-        (
-            &[checkoutd::crypto::DataClass::Billing],
-            &checkoutd::store::rows::PurgeIf::Always,
-        ),
-        "operator",
-        ("operator", "test"),
+    let (id, entry) = dispatched_then_purged(
+        &app,
+        "billing-purged",
+        &order_json(),
+        checkoutd::crypto::DataClass::Billing,
     )
-    .await
-    .unwrap();
-    assert_eq!(done, ["billing"]);
-    let page = app.shipments("?status=dispatched").await;
-    let entry = page["shipments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["order_id"] == id.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("listed: {page}"));
+    .await;
     assert_eq!(entry["consent"]["verified"], true, "{entry}");
     assert_eq!(entry["consent"]["special_offers"], false, "{entry}");
     assert!(entry["ship_to"].is_object(), "{entry}");
@@ -1880,4 +1838,41 @@ async fn an_order_between_its_billing_and_shipping_purges_shows_its_consent_veri
             .any(|l| l.contains("a consent tag failed its MAC check") && l.contains(&id)),
         "a false alarm was logged"
     );
+}
+
+/// Places `order`, dispatches it, purges its records of `class` alone (as
+/// one pass of `orders purge --dispatched-before` does): the order id and
+/// its entry in the warehouse's dispatched listing.
+async fn dispatched_then_purged(
+    app: &TestApp,
+    key: &str,
+    order: &Value,
+    class: checkoutd::crypto::DataClass,
+) -> (String, Value) {
+    let id = place(app, key, order).await;
+    let r = app
+        .dispatch(&id, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let store = app.store().await;
+    let done = checkoutd::retention::purge_records(
+        &store,
+        &app.keyring(),
+        &id,
+        (&[class], &checkoutd::store::rows::PurgeIf::Always),
+        "operator",
+        ("operator", "test"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done, [class.as_str()]);
+    let page = app.shipments("?status=dispatched").await;
+    let entry = page["shipments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["order_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("listed: {page}"));
+    (id, entry)
 }

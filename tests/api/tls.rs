@@ -939,25 +939,7 @@ async fn a_client_crl_rolled_back_while_the_server_was_down_stops_the_next_start
     let url = database.url.clone();
     drop(app);
 
-    let start = || {
-        let args = checkoutd::cli::ServeArgs {
-            listen: Some("127.0.0.1:0".into()),
-            certs_dir: Some(dir.path().join("certs")),
-            client_crl: Some(crl.clone()),
-            store: checkoutd::cli::StoreArgs {
-                data_dir: Some(data.clone()),
-                database_url: Some(url.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        async move {
-            checkoutd::app::Application::build(
-                &checkoutd::config::Settings::from_args(&args).unwrap(),
-            )
-            .await
-        }
-    };
+    let start = || start_with_client_crl(dir.path(), &crl, &data, &url);
     // Last week's file put back while the server was down: the list the
     // spawn wrote (issued five minutes ago) is older than the one taken.
     for older_by in [time::Duration::minutes(5), time::Duration::days(2)] {
@@ -1103,25 +1085,7 @@ async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() 
     let database = app.database.clone();
     let url = database.url.clone();
     drop(app);
-    let start = || {
-        let args = checkoutd::cli::ServeArgs {
-            listen: Some("127.0.0.1:0".into()),
-            certs_dir: Some(dir.path().join("certs")),
-            client_crl: Some(crl.clone()),
-            store: checkoutd::cli::StoreArgs {
-                data_dir: Some(data.clone()),
-                database_url: Some(url.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        async move {
-            checkoutd::app::Application::build(
-                &checkoutd::config::Settings::from_args(&args).unwrap(),
-            )
-            .await
-        }
-    };
+    let start = || start_with_client_crl(dir.path(), &crl, &data, &url);
     let said = start()
         .await
         .err()
@@ -1379,4 +1343,27 @@ async fn a_client_chain_of_many_intermediates_is_refused_before_any_path_is_buil
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(counted, "refused as a chain too long");
+}
+
+/// Starts a server on `dir`'s certificates with the client CRL file `crl`,
+/// the data directory `data` and the database `url`.
+async fn start_with_client_crl(
+    dir: &std::path::Path,
+    crl: &std::path::Path,
+    data: &std::path::Path,
+    url: &str,
+) -> Result<checkoutd::app::Application, checkoutd::app::StartupError> {
+    let args = checkoutd::cli::ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        certs_dir: Some(dir.join("certs")),
+        client_crl: Some(crl.to_owned()),
+        store: checkoutd::cli::StoreArgs {
+            data_dir: Some(data.to_owned()),
+            database_url: Some(url.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    checkoutd::app::Application::build(&checkoutd::config::Settings::from_args(&args).unwrap())
+        .await
 }
