@@ -100,7 +100,7 @@ impl Drop for Started {
 
 /// Standard methods by name; any extension method (client-chosen text) as
 /// `OTHER`, so that not even the method token can carry client data.
-fn method_label(method: &http::Method) -> &'static str {
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
     match method.as_str() {
         "GET" => "GET",
         "HEAD" => "HEAD",

@@ -88,10 +88,21 @@ fn overload_problem() -> Problem {
     Problem::unavailable("The server is at capacity; retry shortly")
 }
 
+/// The route label of [`overloaded`]'s answers.
+pub const OVERLOADED_ROUTE: &str = "<overloaded>";
+
 /// The overload answer made outside the router (the connection cap): the
 /// same problem document, with the headers every answer carries, and
-/// `Connection: close` over HTTP/1.
-pub fn overloaded(version: Version) -> Response {
+/// `Connection: close` over HTTP/1. Counted in the request metrics under
+/// the route `<overloaded>` (no router matched it), so that dashboards of
+/// answers by status see these 503s too.
+pub fn overloaded(method: &http::Method, version: Version) -> Response {
+    crate::telemetry::request(
+        OVERLOADED_ROUTE,
+        super::access_log::method_label(method),
+        http::StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+        std::time::Duration::ZERO,
+    );
     let mut response = overload_problem().into_response();
     super::headers::secure(response.headers_mut());
     if matches!(

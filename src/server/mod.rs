@@ -922,7 +922,7 @@ async fn handle(
     let Some(active) = connection.begin() else {
         // Lost the race with shedding: nothing was started.
         watch.finished = true;
-        return Ok(crate::http::guard::overloaded(version));
+        return Ok(crate::http::guard::overloaded(req.method(), version));
     };
     let permit = in_flight.try_acquire(req.uri().path());
     let mut req = req.map(Body::new);
@@ -1117,7 +1117,9 @@ where
                     req.extensions_mut().insert(peer);
                     app.oneshot(req).await
                 }
-                None => Ok::<_, Infallible>(crate::http::guard::overloaded(req.version())),
+                None => {
+                    Ok::<_, Infallible>(crate::http::guard::overloaded(req.method(), req.version()))
+                }
             }
         }
     });

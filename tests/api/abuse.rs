@@ -1972,6 +1972,16 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nem
     assert!(r.headers().contains_key("strict-transport-security"));
     let p: Value = r.json().await.unwrap();
     assert!(p["type"].is_string(), "{p}");
+    // Counted with the answers by status, though no route matched it.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("checkoutd_http_requests_total{")
+                && l.contains("route=\"<overloaded>\"")
+                && l.contains("status=\"503\"")),
+        "{metrics}"
+    );
     for probe in ["/healthz", "/readyz"] {
         let r = app
             .anonymous()
