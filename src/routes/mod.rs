@@ -474,13 +474,34 @@ async fn record_access(
     objects: Vec<String>,
     status: u16,
 ) -> Result<(), Response> {
-    let entry = Entry::for_request(
+    record_access_after(state, peer, method, route, objects, status, None).await
+}
+
+/// [`record_access`] of an access that wrote a time of its own first (a
+/// dispatch's `dispatched_at`): the entry's time is never before it, even
+/// should the clock step back in between — the audit takes a dispatch
+/// entry older than its dispatch for one undone and made again.
+async fn record_access_after(
+    state: &AppState,
+    peer: Option<&Peer>,
+    method: &str,
+    route: &MatchedPath,
+    objects: Vec<String>,
+    status: u16,
+    not_before: Option<&str>,
+) -> Result<(), Response> {
+    let mut entry = Entry::for_request(
         peer,
         format!("{method} {}", route.as_str()),
         objects,
         Outcome::Allowed,
         status,
     );
+    if let Some(at) = not_before
+        && entry.at.as_str() < at
+    {
+        at.clone_into(&mut entry.at);
+    }
     state.access_log.append(entry).await.map(|_| ()).map_err(|error| {
         tracing::error!(error = %error, route = route.as_str(), "access log append failed; withholding the answer");
         Problem::unavailable("The access log is unavailable; nothing was disclosed").into_response()

@@ -355,14 +355,24 @@ pub async fn dispatch(
                 _ => false,
             };
             let logged = if shipped {
+                // Never older than the dispatch it records (what the
+                // database holds: a repeat answers with the first's time).
+                let dispatched_at = match &outcome {
+                    Ok(DispatchOutcome::Dispatched(d)) => Some(d.dispatched_at.clone()),
+                    Ok(DispatchOutcome::AlreadyDispatched(now)) => {
+                        now.dispatch.as_ref().map(|d| d.dispatched_at.clone())
+                    }
+                    _ => None,
+                };
                 Some(
-                    super::record_access(
+                    super::record_access_after(
                         &state,
                         peer.as_deref(),
                         "POST",
                         &route,
                         vec![order_id.to_string()],
                         StatusCode::OK.as_u16(),
+                        dispatched_at.as_deref(),
                     )
                     .await,
                 )
