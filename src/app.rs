@@ -230,14 +230,10 @@ impl Application {
             settings.replay_window,
             settings.commit_queue,
         ));
-        watch_keyring(handle.clone(), fulfillment.clone(), marketing.clone());
-        crate::retention::spawn(
-            store.clone(),
-            handle.clone(),
-            settings.retention.clone(),
-            settings.replay_window,
-            std::time::Duration::from_secs(3600),
-        );
+        // Started once the port is bound (below): a start that fails there
+        // — a second `serve` beside the one holding the port, with a
+        // mistyped retention period — must not have purged anything.
+        let background = (handle.clone(), fulfillment.clone(), marketing.clone());
         let ledger = crate::consent::Ledger::verified_up_to(handle.clone(), ledger_verified);
         let state = AppState::new(routes::Services {
             store: store.clone(),
@@ -287,6 +283,15 @@ impl Application {
             addr: settings.listen,
             source,
         })?;
+        let (handle, fulfillment, marketing) = background;
+        watch_keyring(handle.clone(), fulfillment, marketing);
+        crate::retention::spawn(
+            store.clone(),
+            handle,
+            settings.retention.clone(),
+            settings.replay_window,
+            std::time::Duration::from_secs(3600),
+        );
         Ok(Application {
             listener,
             local_addr,

@@ -59,6 +59,14 @@ pub enum MasterKeyError {
          so checkoutd will not use it: `chmod 600` it (and find out who could read it)"
     )]
     Exposed { path: PathBuf, mode: u32 },
+    /// A share every local user may read (or replace): with its fellow
+    /// shares stored alike, anyone on the machine holds the master key.
+    #[error(
+        "the master key share {path} is open to every local user (mode {mode:03o}): \
+         `chmod o-rwx` it (0600, or 0640 for a custodians' group), and mount removable \
+         media with such a mask"
+    )]
+    ShareExposed { path: PathBuf, mode: u32 },
     #[error("{path} fails its checksum (corrupted or edited share)")]
     Checksum { path: PathBuf },
     #[error("the shares belong to different sets ({path} is from another set)")]
@@ -179,6 +187,24 @@ impl MasterKey {
     pub fn from_shares(paths: &[PathBuf]) -> Result<Self, MasterKeyError> {
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .map_err(|source| MasterKeyError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o007 != 0 {
+                    return Err(MasterKeyError::ShareExposed {
+                        path: path.clone(),
+                        mode,
+                    });
+                }
+            }
             let bytes =
                 Zeroizing::new(std::fs::read(path).map_err(|source| MasterKeyError::Read {
                     path: path.clone(),
@@ -425,5 +451,31 @@ mod tests {
             Err(MasterKeyError::TooFewCustodians)
         ));
         assert!(!format!("{master:?}").contains(&crate::hex::encode(master.raw())));
+    }
+
+    /// A share every local user may read is refused, naming it; one a
+    /// custodians' group may read is taken.
+    #[cfg(unix)]
+    #[test]
+    fn a_share_open_to_every_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let rng = ring::rand::SystemRandom::new();
+        let master = MasterKey::generate(&rng).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write_shares(dir.path(), &master.split(&rng, 2).unwrap()).unwrap();
+        let chmod = |mode| {
+            std::fs::set_permissions(&paths[1], std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        chmod(0o644);
+        match MasterKey::from_shares(&paths) {
+            Err(error @ MasterKeyError::ShareExposed { mode: 0o644, .. }) => {
+                assert!(error.to_string().contains("share-2-of-2"), "{error}")
+            }
+            other => panic!("an exposed share was taken: {:?}", other.err()),
+        }
+        chmod(0o602);
+        assert!(MasterKey::from_shares(&paths).is_err());
+        chmod(0o640);
+        assert!(MasterKey::from_shares(&paths).is_ok());
     }
 }

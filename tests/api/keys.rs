@@ -1025,6 +1025,10 @@ async fn custodian_shares_are_all_needed_and_checked() {
         &comp[1..]
     );
     std::fs::write(&bad, text.replace(comp, &flipped)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let out = run(&[
         "keys",
         "status",

@@ -1064,12 +1064,18 @@ async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() 
         "the revocation stays in force"
     );
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
+    // The list in force back in the file: the reload alert ends (its gauge
+    // is the test process's, and the server's poller outlives the app).
+    app.write_client_crl_bytes(second.as_bytes());
+    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
 
-    // Marks written, the server stopped; the earlier list stops the start.
+    // Marks written, the server stopped; the earlier list stops the start
+    // (from a file of its own: the poller above still reads the other).
     let dir = app.dir.clone();
     let data = dir.path().join("data");
     let marks = data.join(checkoutd::server::crl_marks::FILE_NAME);
-    let crl = dir.path().join("certs").join("client-crl.pem");
+    let crl = dir.path().join("certs").join("client-crl-restart.pem");
+    std::fs::write(&crl, first.as_bytes()).unwrap();
     let mut kept = false;
     for _ in 0..40 {
         if std::fs::read_to_string(&marks)
