@@ -141,6 +141,12 @@ impl Application {
         if let Some(notice) = development_set_up_exposed_notice(settings) {
             notices.push(notice);
         }
+        if let Some(notice) = unverified_database_notice(&settings.store.database) {
+            notices.push(notice);
+        }
+        if let Some(notice) = open_data_dir_notice(&settings.store.data_dir) {
+            notices.push(notice);
+        }
         if ensure_certificates(settings)? {
             notices.push(banner(&[
                 "WARNING: no server certificate was found, so checkoutd created a",
@@ -501,6 +507,69 @@ fn development_set_up_exposed_notice(settings: &Settings) -> Option<String> {
     })
 }
 
+/// A PostgreSQL server on another machine reached without checking its
+/// certificate (no `sslmode`, so libpq's `prefer`, or `allow`, `require`,
+/// `disable`): whoever sits between can pose as the server, be sent the
+/// password, and read or change every row. Said at every start; the same
+/// machine (a loopback address, `localhost`, a Unix socket) is not.
+fn unverified_database_notice(database: &crate::config::DatabaseUrl) -> Option<String> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    let crate::config::DatabaseUrl::Postgres { url, .. } = database else {
+        return None;
+    };
+    let options: PgConnectOptions = url.parse().ok()?;
+    let host = options.get_host();
+    let here = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let verified = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    (!here && !verified).then(|| {
+        banner(&[
+            "WARNING: the PostgreSQL server is on another machine and its",
+            "certificate is not verified (sslmode is not verify-full): whoever",
+            "sits between can pose as it, be sent the password, and read or",
+            "change every record. Add sslmode=verify-full&sslrootcert=<CA file>",
+            "to --database-url (README, \"PostgreSQL\").",
+        ])
+    })
+}
+
+/// A data directory other users may write to (a volume mounted 0777, a
+/// `mkdir` under umask 002): whoever can may remove `crl-marks.json` (a
+/// rolled-back CRL is then taken) or `audit-anchors.json`, or plant
+/// symlinks where the database's files go. Said at every start (made by
+/// checkoutd, it is 0700).
+fn open_data_dir_notice(data_dir: &std::path::Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data_dir).ok()?.permissions().mode() & 0o777;
+        (mode & 0o022 != 0).then(|| {
+            banner(&[
+                &format!(
+                    "WARNING: the data directory is writable by other users (mode {mode:03o}):"
+                ),
+                &data_dir.display().to_string(),
+                "they can remove the CRL marks and audit anchors kept there, or",
+                "plant links where the database's files go: `chmod go-w` it (0700).",
+            ])
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = data_dir;
+        None
+    }
+}
+
 /// A boxed, star-framed warning.
 fn banner(lines: &[&str]) -> String {
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
@@ -543,6 +612,56 @@ mod tests {
         let warned = development_master_key_notice(&with(Some(&ca), Some(&crl))).unwrap();
         assert!(warned.contains("DEVELOPMENT master key"), "{warned}");
         assert!(development_master_key_notice(&with(None, None)).is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_data_directory_others_may_write_to_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let chmod = |mode| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (mode, warned) in [
+            (0o700, false),
+            (0o750, false),
+            (0o770, true),
+            (0o777, true),
+            (0o702, true),
+        ] {
+            chmod(mode);
+            let notice = open_data_dir_notice(dir.path());
+            assert_eq!(notice.is_some(), warned, "{mode:o}");
+            if let Some(notice) = notice {
+                assert!(notice.contains(&format!("{mode:03o}")), "{notice}");
+            }
+        }
+        chmod(0o700);
+    }
+
+    #[test]
+    fn a_remote_database_without_certificate_checks_is_warned_about() {
+        let url = |u: &str| crate::config::DatabaseUrl::parse(u).unwrap();
+        for warned in [
+            "postgres://app:pw@db.internal:5432/checkoutd",
+            "postgres://app@10.0.0.5/checkoutd?sslmode=require",
+            "postgresql://app@db.internal/checkoutd?sslmode=prefer",
+        ] {
+            let notice = unverified_database_notice(&url(warned)).unwrap();
+            assert!(notice.contains("verify-full"), "{notice}");
+            assert!(!notice.contains("pw"), "{notice}");
+        }
+        for quiet in [
+            "postgres://app@db.internal/checkoutd?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://app@db.internal/checkoutd?sslmode=verify-ca",
+            "postgres://app@localhost/checkoutd",
+            "postgres://app@127.0.0.1:5432/checkoutd",
+            "postgres://app@[::1]/checkoutd",
+            "postgres://app@%2Fvar%2Frun%2Fpostgresql/checkoutd",
+            "sqlite://data/checkoutd.db",
+        ] {
+            assert!(unverified_database_notice(&url(quiet)).is_none(), "{quiet}");
+        }
     }
 
     #[test]
