@@ -74,10 +74,13 @@ impl DatabaseUrl {
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
         {
-            let path = rest.split('?').next().unwrap_or(rest);
-            if path.is_empty() || path == ":memory:" {
+            // A query (`?mode=ro`, `?cache=shared`) would be ignored —
+            // checkoutd opens the file its own way — so it is refused, as
+            // an unknown scheme is, rather than silently dropped.
+            if rest.is_empty() || rest == ":memory:" || rest.contains('?') {
                 return None;
             }
+            let path = rest;
             return Some(DatabaseUrl::Sqlite {
                 path: PathBuf::from(path),
             });
@@ -235,7 +238,7 @@ impl StoreSettings {
                 setting: "database_url",
                 flag: "database-url",
                 env: "DATABASE_URL",
-                expected: "expected sqlite://PATH or postgres://USER@HOST/DB",
+                expected: "expected sqlite://PATH (no ?parameters) or postgres://USER@HOST/DB",
             })?,
         };
         let database = match database {
@@ -670,6 +673,8 @@ mod tests {
         ));
         assert!(DatabaseUrl::parse("mysql://h/db").is_none());
         assert!(DatabaseUrl::parse("sqlite://").is_none());
+        // Parameters checkoutd would ignore are refused, not dropped.
+        assert!(DatabaseUrl::parse("sqlite://data/x.db?mode=ro").is_none());
         let shown = format!(
             "{:?}",
             DatabaseUrl::parse("postgres://u:secret@h/db").unwrap()
