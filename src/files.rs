@@ -34,8 +34,14 @@ pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
 /// How [`write_atomically`] places its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
-    /// Replaces whatever is at the path (a rotated keyring).
+    /// Replaces whatever is at the path (a rotated keyring), keeping its
+    /// owner and group.
     Replace,
+    /// Replaces whatever is at the path with a file of the writer's own (a
+    /// report written where others may have put the file it replaces: as
+    /// root in `/tmp`, keeping the owner would hand root's report to
+    /// whoever planted the old one, to edit).
+    ReplaceAsMine,
     /// Only if nothing is there yet (a key never overwrites another).
     CreateNew,
 }
@@ -77,7 +83,7 @@ pub fn write_atomically(
         return Err(e);
     }
     let placed = match placement {
-        Placement::Replace => std::fs::rename(&tmp, path).map(|()| true),
+        Placement::Replace | Placement::ReplaceAsMine => std::fs::rename(&tmp, path).map(|()| true),
         Placement::CreateNew => {
             let linked = std::fs::hard_link(&tmp, path);
             let _ = std::fs::remove_file(&tmp);
@@ -268,6 +274,26 @@ mod tests {
                     .file_type()
                     .is_symlink()
             );
+        }
+        // A replace keeps the owner of the file it replaces; a report's
+        // (`ReplaceAsMine`) is the writer's own. (Root only: to give the
+        // old file another owner.)
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let planted = dir.path().join("report.json");
+            std::fs::write(&planted, b"theirs").unwrap();
+            if std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).is_ok() {
+                let me = std::fs::metadata(dir.path()).unwrap().uid();
+                assert!(
+                    write_atomically(&planted, b"ours", 0o644, Placement::ReplaceAsMine).unwrap()
+                );
+                assert_eq!(std::fs::metadata(&planted).unwrap().uid(), me);
+                std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+                assert!(write_atomically(&planted, b"kept", 0o644, Placement::Replace).unwrap());
+                assert_eq!(std::fs::metadata(&planted).unwrap().uid(), 65534);
+                std::fs::remove_file(&planted).unwrap();
+            }
         }
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())

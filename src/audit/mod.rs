@@ -115,7 +115,7 @@ fn may_write_report(path: &std::path::Path) -> Result<(), OfflineError> {
 /// Writes a report to `path` whole or not at all (a temporary file renamed
 /// over it), once [`may_write_report`] allowed it.
 fn write_report(path: &std::path::Path, bytes: &[u8]) -> Result<(), OfflineError> {
-    crate::files::write_atomically(path, bytes, 0o644, crate::files::Placement::Replace)
+    crate::files::write_atomically(path, bytes, 0o644, crate::files::Placement::ReplaceAsMine)
         .map(|_| ())
         .map_err(|source| OfflineError::Write {
             path: path.to_owned(),
