@@ -278,28 +278,41 @@ impl DevPki {
                 found,
             });
         }
-        write_file(&dir.join(CA_FILE), self.ca_pem().as_bytes(), false)?;
-        write_file(
-            &dir.join(SERVER_CERT_FILE),
-            self.server.cert_pem.as_bytes(),
-            false,
-        )?;
-        write_file(
-            &dir.join(SERVER_KEY_FILE),
-            self.server.key_pem.as_bytes(),
-            true,
-        )?;
+        let ca = self.ca_pem();
+        let mut files: Vec<(PathBuf, &[u8], bool)> = vec![
+            (dir.join(CA_FILE), ca.as_bytes(), false),
+            (
+                dir.join(SERVER_CERT_FILE),
+                self.server.cert_pem.as_bytes(),
+                false,
+            ),
+            (
+                dir.join(SERVER_KEY_FILE),
+                self.server.key_pem.as_bytes(),
+                true,
+            ),
+        ];
         for (role, cert) in &self.clients {
-            write_file(
-                &dir.join(client_cert_file(*role)),
+            files.push((
+                dir.join(client_cert_file(*role)),
                 cert.cert_pem.as_bytes(),
                 false,
-            )?;
-            write_file(
-                &dir.join(client_key_file(*role)),
+            ));
+            files.push((
+                dir.join(client_key_file(*role)),
                 cert.key_pem.as_bytes(),
                 true,
-            )?;
+            ));
+        }
+        // A failure part way (a full disk) removes what this call wrote: a
+        // partial set would stop the next start, which refuses one.
+        for (n, (path, bytes, secret)) in files.iter().enumerate() {
+            if let Err(error) = write_file(path, bytes, *secret) {
+                for (written, _, _) in &files[..n] {
+                    let _ = fs::remove_file(written);
+                }
+                return Err(error);
+            }
         }
         Ok(())
     }
