@@ -323,6 +323,12 @@ impl Application {
     }
 
     /// The handler state, e.g. to build the router with extra test routes.
+    /// The server's TLS configuration (its reload state, for tests and
+    /// probes).
+    pub fn tls(&self) -> Arc<tls::ReloadableTls> {
+        self.tls.clone()
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }

@@ -720,6 +720,15 @@ impl ReloadableTls {
         });
     }
 
+    /// Whether the TLS files on disk fail to load now (what the
+    /// `checkoutd_tls_reload_failing` gauge adds up over the process).
+    pub fn reload_failing(&self) -> bool {
+        match self.failed.lock() {
+            Ok(failed) => failed.is_some(),
+            Err(poisoned) => poisoned.into_inner().is_some(),
+        }
+    }
+
     /// Records the failure last logged; returns the one before.
     /// Records whether the files on disk fail to load (and why); returns
     /// the previous failure. The `checkoutd_tls_reload_failing` gauge

@@ -321,6 +321,8 @@ pub struct TestApp {
     pub notices: Vec<String>,
     /// The running server's services (its keyring handle, say).
     pub state: checkoutd::routes::AppState,
+    /// The running server's TLS configuration (whether its files load).
+    pub tls: Arc<checkoutd::server::tls::ReloadableTls>,
 }
 
 const CLIENT_CRL_FILE: &str = "client-crl.pem";
@@ -433,6 +435,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let app = Application::build(&settings).await.unwrap();
     let notices = app.startup_notices().to_vec();
     let state = app.state().clone();
+    let tls = app.tls();
     record_key_material(&dir.path().join("data"), &pki);
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -456,6 +459,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         server: Some(server),
         notices,
         state,
+        tls,
     }
 }
 
