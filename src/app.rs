@@ -540,7 +540,8 @@ fn unverified_database_notice(database: &crate::config::DatabaseUrl) -> Option<S
     (!here && !verified).then(|| {
         banner(&[
             "WARNING: the PostgreSQL server is on another machine and its",
-            "certificate is not verified (sslmode is not verify-full): whoever",
+            "certificate is not verified (sslmode is neither verify-full nor",
+            "verify-ca): whoever",
             "sits between can pose as it, be sent the password, and read or",
             "change every record. Add sslmode=verify-full&sslrootcert=<CA file>",
             "to --database-url (README, \"PostgreSQL\").",
@@ -548,8 +549,8 @@ fn unverified_database_notice(database: &crate::config::DatabaseUrl) -> Option<S
     })
 }
 
-/// A data directory other users may write to (a volume mounted 0777, a
-/// `mkdir` under umask 002): whoever can may remove `crl-marks.json` (a
+/// A data directory every user may write to (a volume mounted 0777):
+/// whoever can may remove `crl-marks.json` (a
 /// rolled-back CRL is then taken) or `audit-anchors.json`, or plant
 /// symlinks where the database's files go. Said at every start (made by
 /// checkoutd, it is 0700).
@@ -558,7 +559,7 @@ fn open_data_dir_notice(data_dir: &std::path::Path) -> Option<String> {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(data_dir).ok()?.permissions().mode() & 0o777;
-        (mode & 0o022 != 0).then(|| {
+        (mode & 0o002 != 0).then(|| {
             banner(&[
                 &format!(
                     "WARNING: the data directory is writable by other users (mode {mode:03o}):"
@@ -628,10 +629,12 @@ mod tests {
         let chmod = |mode| {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
         };
+        // A group's write (a Kubernetes fsGroup volume, 2775) is the
+        // operator's choice; everyone's is not.
         for (mode, warned) in [
             (0o700, false),
             (0o750, false),
-            (0o770, true),
+            (0o770, false),
             (0o777, true),
             (0o702, true),
         ] {

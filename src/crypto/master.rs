@@ -198,7 +198,7 @@ impl MasterKey {
                     .permissions()
                     .mode()
                     & 0o777;
-                if mode & 0o007 != 0 {
+                if mode & 0o007 != 0 && reachable_by_others(path) {
                     return Err(MasterKeyError::ShareExposed {
                         path: path.clone(),
                         mode,
@@ -311,6 +311,22 @@ impl MasterKey {
         };
         write_private(path, &super::json_zeroizing(&file)?)
     }
+}
+
+/// Whether users other than the owner and group can reach `path` at all:
+/// every directory above it lets others in (`o+x`). A share on removable
+/// media shows its file system's mask (0644 on a FAT stick, which `chmod`
+/// cannot change) but sits under a mount point only its custodian may
+/// enter (`/media/alice`, 0750): not open to everyone.
+#[cfg(unix)]
+fn reachable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(full) = std::fs::canonicalize(path) else {
+        return true;
+    };
+    full.ancestors()
+        .skip(1)
+        .all(|dir| std::fs::metadata(dir).map_or(true, |m| m.permissions().mode() & 0o001 != 0))
 }
 
 /// The master key for a data directory: from the custodians' shares when
@@ -462,6 +478,8 @@ mod tests {
         let rng = ring::rand::SystemRandom::new();
         let master = MasterKey::generate(&rng).unwrap();
         let dir = tempfile::tempdir().unwrap();
+        // A directory every user may enter (as /etc is).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let paths = write_shares(dir.path(), &master.split(&rng, 2).unwrap()).unwrap();
         let chmod = |mode| {
             std::fs::set_permissions(&paths[1], std::fs::Permissions::from_mode(mode)).unwrap()
@@ -477,5 +495,14 @@ mod tests {
         assert!(MasterKey::from_shares(&paths).is_err());
         chmod(0o640);
         assert!(MasterKey::from_shares(&paths).is_ok());
+        // Under a directory only its owner may enter (a custodian's mount
+        // point), the file's own mode opens it to no one.
+        chmod(0o644);
+        let closed = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let inside = closed.path().join("share-2-of-2.json");
+        std::fs::copy(&paths[1], &inside).unwrap();
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(MasterKey::from_shares(&[paths[0].clone(), inside]).is_ok());
     }
 }
