@@ -1546,8 +1546,19 @@ async fn an_order_whose_commit_stalls_is_answered_retry_before_the_time_limit() 
     // Another writer holds the tables the order needs for 2.5 s.
     let db = app.db().await;
     let mut conn = hold_the_order_tables(&app, &db).await;
+    // The connection made beforehand: what is timed is the server's answer,
+    // not a handshake on a slow machine.
+    let client = app.client(Role::Storefront);
+    let warm = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
     let started = std::time::Instant::now();
-    let r = app.post_order("stalled-1", &order_json()).await;
+    let r = client
+        .post(app.url("/v1/orders"))
+        .header("idempotency-key", "stalled-1")
+        .json(&order_json())
+        .send()
+        .await
+        .unwrap();
     // Not the time limit's 408 ("nothing was kept"): the order may still
     // commit, so the answer is "retry with the same key".
     let problem = expect_problem(r, 503).await;
@@ -1599,6 +1610,10 @@ async fn an_order_still_committing_when_the_drain_ends_is_answered_retry() {
     let db = app.db().await;
     let mut conn = hold_the_order_tables(&app, &db).await;
     let client = app.client(Role::Storefront);
+    // The connection made beforehand, so that the order is in flight well
+    // within the wait below, however slow a handshake is here.
+    let warm = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(warm.status(), 200);
     let url = app.url("/v1/orders");
     let order = order_json();
     let pending = tokio::spawn(async move {

@@ -825,11 +825,10 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
     let failures_before = failures().await;
     assert!(!app.tls.reload_failing());
     app.write_client_crl_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n");
-    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
-    assert!(failures().await > failures_before, "the failure is counted");
     assert!(
-        app.tls.reload_failing(),
-        "and shown for as long as it lasts"
+        eventually(|| async { failures().await > failures_before && app.tls.reload_failing() })
+            .await,
+        "the failure is counted, and shown for as long as it lasts"
     );
     assert!(failing().await >= 1.0, "in the gauge too");
     assert_eq!(warehouse.get().await, Some(403));
@@ -849,9 +848,8 @@ async fn a_revoked_client_certificate_is_refused_without_a_restart() {
         .unwrap();
     let failures_before_older = failures().await;
     app.write_client_crl_bytes(older.as_bytes());
-    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
     assert!(
-        failures().await > failures_before_older,
+        eventually(|| async { failures().await > failures_before_older }).await,
         "the older list is refused"
     );
     assert!(answered(&app.client(Role::Fulfillment), &app).await);
@@ -1042,7 +1040,17 @@ async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() 
         .revocation_list_numbered(&[storefront], issued, in_a_week(), base + 1)
         .unwrap();
     app.write_client_crl_bytes(first.as_bytes());
-    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    // Taken: the marks file records its number.
+    let data = app.dir.path().join("data");
+    let marks = data.join(checkoutd::server::crl_marks::FILE_NAME);
+    assert!(
+        eventually(|| async {
+            std::fs::read_to_string(&marks)
+                .is_ok_and(|m| m.contains(&format!("\"number\": \"{}\"", hex_of(base))))
+        })
+        .await,
+        "the first list was taken"
+    );
     assert!(answered(&app.client(Role::Storefront), &app).await);
     app.write_client_crl_bytes(second.as_bytes());
     assert!(refused_soon(&app.client(Role::Storefront), &app).await);
@@ -1052,9 +1060,9 @@ async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() 
     };
     let failures_before = failures().await;
     app.write_client_crl_bytes(first.as_bytes());
-    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
     assert!(
-        failures().await > failures_before,
+        eventually(|| async { failures().await > failures_before && app.tls.reload_failing() })
+            .await,
         "the earlier list is refused"
     );
     assert!(
@@ -1065,13 +1073,14 @@ async fn a_client_crl_with_a_lower_crl_number_is_a_rollback_within_one_second() 
     // The list in force back in the file: the reload alert ends (its gauge
     // is the test process's, and the server's poller outlives the app).
     app.write_client_crl_bytes(second.as_bytes());
-    tokio::time::sleep(checkoutd::server::tls::TLS_POLL * 2).await;
+    assert!(
+        eventually(|| async { !app.tls.reload_failing() }).await,
+        "the alert ended"
+    );
 
     // Marks written, the server stopped; the earlier list stops the start
     // (from a file of its own: the poller above still reads the other).
     let dir = app.dir.clone();
-    let data = dir.path().join("data");
-    let marks = data.join(checkoutd::server::crl_marks::FILE_NAME);
     let crl = dir.path().join("certs").join("client-crl-restart.pem");
     std::fs::write(&crl, first.as_bytes()).unwrap();
     let mut kept = false;
@@ -1370,4 +1379,23 @@ async fn start_with_client_crl(
     };
     checkoutd::app::Application::build(&checkoutd::config::Settings::from_args(&args).unwrap())
         .await
+}
+
+/// Whether `condition` holds within the suite's patience (asked every
+/// 250 ms): what a TLS poll does is waited for, not slept on.
+async fn eventually<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
