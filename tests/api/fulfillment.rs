@@ -554,18 +554,32 @@ async fn pagination_covers_every_order_once() {
 async fn a_cursor_walk_during_concurrent_intake_misses_no_order() {
     let app = spawn_app().await;
     let writing = std::sync::atomic::AtomicUsize::new(16);
+    // One client (kept-alive connection) per writer and for the reader: a
+    // new connection per request, every 2 ms, ran into the per-address
+    // handshake rate (`--max-handshakes-per-ip`) on a fast run.
     let writers = (0..16).map(|w| {
         let (app, writing) = (&app, &writing);
         async move {
+            let client = app.client(Role::Storefront);
             let mut ids = Vec::new();
             for i in 0..12 {
-                ids.push(new_order(app, &format!("live-{w}-{i}"), &order_json()).await);
+                let r = client
+                    .post(app.url("/v1/orders"))
+                    .header("idempotency-key", format!("live-{w}-{i}"))
+                    .json(&order_json())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                let body: Value = r.json().await.unwrap();
+                ids.push(body["order_id"].as_str().unwrap().to_owned());
             }
             writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             ids
         }
     });
     let reader = async {
+        let client = app.client(Role::Fulfillment);
         let mut seen = HashSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -574,7 +588,13 @@ async fn a_cursor_walk_during_concurrent_intake_misses_no_order() {
                 Some(c) => format!("?limit=4&after={c}"),
                 None => "?limit=4".to_owned(),
             };
-            let page = app.shipments(&query).await;
+            let r = client
+                .get(app.url(&format!("/v1/shipments{query}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let page: Value = r.json().await.unwrap();
             for s in page["shipments"].as_array().unwrap() {
                 seen.insert(s["order_id"].as_str().unwrap().to_owned());
             }
