@@ -718,6 +718,7 @@ pub async fn verify_since(
     check_dispatches_kept(store, &mut failures).await?;
     check_orders_named_exist(store, &mut failures).await?;
     check_purges_kept(store, &mut failures).await?;
+    check_guards(store, &mut failures).await?;
     let legal_holds = check_holds(store, keyring, &mut failures).await?;
     let access_log =
         match verify_chain_since(store, keyring.access_log_key(), since.access_log).await {
@@ -998,6 +999,33 @@ async fn check_orders_named_exist(store: &dyn Store, out: &mut Failures) -> Resu
         ));
     }
     out.count += missing.saturating_sub(found.len() as u64);
+    Ok(())
+}
+
+/// The database's guards as the migrations created them: a trigger
+/// missing, altered or disabled is a finding in its table (which rule it
+/// kept is in its name: `access_log_no_delete`, `orders_never_deleted`,
+/// `payment_cards_no_retired_kek` …).
+async fn check_guards(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
+    use crate::store::guards::GuardProblem;
+    for found in store.guard_findings().await? {
+        let trigger = found.trigger;
+        out.push(Failure::new(
+            found.table,
+            "",
+            match found.problem {
+                GuardProblem::Missing => {
+                    format!("database guard {trigger} is missing (dropped: what it refuses is no longer refused)")
+                }
+                GuardProblem::Altered => format!(
+                    "database guard {trigger} is not as the migrations created it (its definition or its function was replaced)"
+                ),
+                GuardProblem::Disabled => {
+                    format!("database guard {trigger} is disabled (it does not fire)")
+                }
+            },
+        ));
+    }
     Ok(())
 }
 

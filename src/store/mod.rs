@@ -10,6 +10,7 @@
 //! orders can share one synced commit (group commit) without an interface
 //! change.
 
+pub mod guards;
 pub mod postgres;
 pub mod postgres_orders;
 pub mod rows;
@@ -452,6 +453,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// One order with all its records and tags, raw; empty when unknown.
     async fn audit_order(&self, order_id: &str) -> Result<rows::AuditBatch, StoreError>;
+
+    /// The database's guards (its triggers) that are not as this release's
+    /// migrations create them: missing, altered or disabled (see
+    /// [`guards`]).
+    async fn guard_findings(&self) -> Result<Vec<guards::GuardFinding>, StoreError>;
 
     /// Every table and its columns (name, declared type).
     async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError>;

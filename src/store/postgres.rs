@@ -399,6 +399,46 @@ pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>
     Ok(out)
 }
 
+/// Every trigger of the current schema's tables but the system's own (a
+/// foreign key's), with what decides what it does (see `store::guards`):
+/// its definition as PostgreSQL prints it (when it fires and on what, for
+/// each row or statement, its condition, transition tables, function and
+/// arguments), and its function's language, security, body and settings.
+/// The schema's own name is replaced by `$schema` where it names the
+/// schema (the definition qualifies the table with it, a function's
+/// `search_path` names it), so that the pins hold in any schema.
+pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT c.relname::text AS t, t.tgname::text AS n,
+                t.tgenabled::text IN ('O', 'A') AS on_,
+                concat_ws(E'\\n',
+                    replace(pg_get_triggerdef(t.oid), quote_ident(current_schema()) || '.',
+                            '$schema.'),
+                    l.lanname::text, p.prosecdef::text, p.prosrc,
+                    replace(coalesce(array_to_string(p.proconfig, ' '), ''),
+                            quote_ident(current_schema()), '$schema')) AS d
+           FROM pg_trigger t
+           JOIN pg_class c ON c.oid = t.tgrelid
+           JOIN pg_namespace s ON s.oid = c.relnamespace
+           JOIN pg_proc p ON p.oid = t.tgfoid
+           JOIN pg_language l ON l.oid = p.prolang
+          WHERE NOT t.tgisinternal AND s.nspname = current_schema()",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from_sqlx)?;
+    rows.iter()
+        .map(|r| {
+            Ok(super::guards::Guard {
+                table: r.try_get("t").map_err(StoreError::from_sqlx)?,
+                name: r.try_get("n").map_err(StoreError::from_sqlx)?,
+                definition: r.try_get("d").map_err(StoreError::from_sqlx)?,
+                enabled: r.try_get("on_").map_err(StoreError::from_sqlx)?,
+            })
+        })
+        .collect()
+}
+
 /// Clear columns in physical order. The position is the row's `ctid`
 /// packed as `block * 65536 + offset` (a heap page holds far fewer than
 /// 65536 tuples); `bytea` columns are scanned as their bytes, everything

@@ -275,6 +275,26 @@ pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>
     Ok(out)
 }
 
+/// Every trigger, as stored (see `store::guards`).
+pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT tbl_name AS t, name AS n, sql AS d FROM sqlite_master WHERE type = 'trigger'",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::from_sqlx)?;
+    rows.iter()
+        .map(|r| {
+            Ok(super::guards::Guard {
+                table: r.try_get("t").map_err(StoreError::from_sqlx)?,
+                name: r.try_get("n").map_err(StoreError::from_sqlx)?,
+                definition: r.try_get("d").map_err(StoreError::from_sqlx)?,
+                enabled: true,
+            })
+        })
+        .collect()
+}
+
 /// Clear columns by `rowid`, each cast to bytes.
 pub async fn clear_rows(
     pool: &AnyPool,

@@ -672,6 +672,7 @@ async fn text_that_is_not_utf8_is_named_not_a_stopped_audit() {
         ),
     )
     .await;
+    app.reguard().await;
     let report = run_verify(&app).await;
     for (table, id, what) in [
         ("orders", &ids[0][..], "MAC does not verify"),
@@ -1576,6 +1577,7 @@ async fn a_dispatch_rolled_back_in_full_is_found_through_the_access_log() {
     // … but the table's owner can switch the guard off: the audit finds it.
     app.unguard("orders").await;
     exec(&app, &undo).await;
+    app.reguard().await;
     let report = run_verify(&app).await;
     assert!(!report.verified);
     assert!(
@@ -1942,4 +1944,165 @@ async fn orders_are_never_replaced_nor_key_rows_rekeyed() {
     // The dispatched order stays dispatched, off the pending list.
     let pending = app.shipments("?status=pending").await;
     assert!(!pending.to_string().contains(&ids[0]), "{pending}");
+}
+
+/// The pinned guards (`store::guards`) are exactly what a fresh migration
+/// of this engine creates, each enabled. When a migration changes a
+/// trigger, this fails and prints the list to pin.
+#[tokio::test]
+async fn guards_are_what_a_fresh_migration_creates() {
+    use checkoutd::store::guards;
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let (pinned, mut actual) = if app.database.is_postgres() {
+        (
+            guards::POSTGRES,
+            checkoutd::store::postgres::guards(&db).await.unwrap(),
+        )
+    } else {
+        (
+            guards::SQLITE,
+            checkoutd::store::sqlite::guards(&db).await.unwrap(),
+        )
+    };
+    actual.sort_by(|a, b| (&a.table, &a.name).cmp(&(&b.table, &b.name)));
+    let listed: String = actual
+        .iter()
+        .map(|g| {
+            format!(
+                "    (\"{}\", \"{}\", \"{}\"),\n",
+                g.table,
+                g.name,
+                g.digest()
+            )
+        })
+        .collect();
+    let now: Vec<(String, String, String)> = actual
+        .iter()
+        .map(|g| (g.table.clone(), g.name.clone(), g.digest()))
+        .collect();
+    let want: Vec<(String, String, String)> = pinned
+        .iter()
+        .map(|&(t, n, d)| (t.to_owned(), n.to_owned(), d.to_owned()))
+        .collect();
+    assert_eq!(now, want, "pin these in store/guards.rs:\n{listed}");
+    assert!(actual.iter().all(|g| g.enabled));
+    assert!(actual.len() >= 30, "{} triggers", actual.len());
+    let store = app.store().await;
+    assert!(
+        checkoutd::store::Store::guard_findings(&store)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A guard switched off and left off is found: dropped, replaced by one
+/// that does nothing, or (PostgreSQL) disabled or left to replication
+/// sessions only. Each finding names the guard and its table.
+#[tokio::test]
+async fn a_guard_dropped_altered_or_disabled_is_found() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post_order("guards-1", &order_json()).await.status(),
+        201
+    );
+    assert!(run_verify(&app).await.verified);
+    let db = app.db().await;
+    let exec = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::query(sql).execute(&db).await.unwrap() }
+    };
+    if app.database.is_postgres() {
+        exec("DROP TRIGGER access_log_no_update ON access_log").await;
+        // Every trigger running it: the function does nothing now.
+        exec(
+            "CREATE OR REPLACE FUNCTION refuse_breaking_order_references() RETURNS trigger \
+             LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+        )
+        .await;
+        exec("ALTER TABLE purges DISABLE TRIGGER purges_no_update_or_delete").await;
+        exec("ALTER TABLE idempotency_keys ENABLE REPLICA TRIGGER idempotency_keys_never_deleted")
+            .await;
+    } else {
+        sqlx::raw_sql(
+            "DROP TRIGGER access_log_no_update; DROP TRIGGER orders_never_deleted; \
+             CREATE TRIGGER orders_never_deleted BEFORE DELETE ON orders WHEN 0 \
+             BEGIN SELECT RAISE(ABORT, 'orders are never deleted'); END;",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let report = run_verify(&app).await;
+    assert!(!report.verified);
+    assert!(
+        has(
+            &report,
+            "access_log",
+            "",
+            "database guard access_log_no_update is missing"
+        ),
+        "{:#?}",
+        report.failures
+    );
+    assert!(
+        has(
+            &report,
+            "orders",
+            "",
+            "database guard orders_never_deleted is not as the migrations created it"
+        ),
+        "{:#?}",
+        report.failures
+    );
+    let guards: Vec<&Failure> = report
+        .failures
+        .iter()
+        .filter(|f| f.what.starts_with("database guard "))
+        .collect();
+    if app.database.is_postgres() {
+        let replaced: Vec<(String, String)> = sqlx::query_as(
+            "SELECT c.relname::text, t.tgname::text FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE p.proname = 'refuse_breaking_order_references'",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert!(replaced.len() >= 6, "{replaced:?}");
+        for (table, trigger) in &replaced {
+            assert!(
+                has(
+                    &report,
+                    table,
+                    "",
+                    &format!("database guard {trigger} is not as")
+                ),
+                "{trigger}: {guards:#?}"
+            );
+        }
+        assert!(has(
+            &report,
+            "purges",
+            "",
+            "database guard purges_no_update_or_delete is disabled"
+        ));
+        assert!(has(
+            &report,
+            "idempotency_keys",
+            "",
+            "database guard idempotency_keys_never_deleted is disabled"
+        ));
+        // One dropped, each trigger of the replaced function, two disabled.
+        assert_eq!(guards.len(), 1 + replaced.len() + 2, "{guards:#?}");
+    } else {
+        assert_eq!(guards.len(), 2, "{guards:#?}");
+    }
+    assert_eq!(
+        report.failure_count,
+        guards.len() as u64,
+        "{:#?}",
+        report.failures
+    );
 }

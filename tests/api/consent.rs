@@ -1396,6 +1396,7 @@ async fn cut_ledger_back(app: &TestApp, db: &sqlx::AnyPool, seq: i64, mac: &[u8]
         .execute(db)
         .await
         .unwrap();
+    app.reguard().await;
 }
 
 /// The withdrawal ledger's head row put back to a genuine older one over a

@@ -501,30 +501,69 @@ impl TestApp {
     }
 
     /// As someone with write access to the database would: switch off the
-    /// triggers guarding `table` (append-only, retired-KEK).
+    /// triggers guarding `table` (append-only, retired-KEK). Until
+    /// [`Self::reguard`], the audit also names each guard switched off.
     pub async fn unguard(&self, table: &str) {
         let db = self.db().await;
+        sqlx::query("CREATE TABLE IF NOT EXISTS test_unguarded (tbl TEXT NOT NULL, def TEXT)")
+            .execute(&db)
+            .await
+            .unwrap();
         if self.database.is_postgres() {
             sqlx::query(&format!("ALTER TABLE {table} DISABLE TRIGGER USER"))
                 .execute(&db)
                 .await
                 .unwrap();
+            sqlx::query("INSERT INTO test_unguarded (tbl) VALUES ($1)")
+                .bind(table)
+                .execute(&db)
+                .await
+                .unwrap();
             return;
         }
-        let triggers: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = $1",
+        let triggers: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = $1",
         )
         .bind(table)
         .fetch_all(&db)
         .await
         .unwrap();
         assert!(!triggers.is_empty(), "{table} has triggers");
-        for t in triggers {
-            sqlx::query(&format!("DROP TRIGGER {t}"))
+        for (name, def) in triggers {
+            sqlx::query("INSERT INTO test_unguarded (tbl, def) VALUES ($1, $2)")
+                .bind(table)
+                .bind(&def)
+                .execute(&db)
+                .await
+                .unwrap();
+            sqlx::query(&format!("DROP TRIGGER {name}"))
                 .execute(&db)
                 .await
                 .unwrap();
         }
+    }
+
+    /// Switches back on every guard [`Self::unguard`] switched off, as
+    /// the migrations made them: the forged rows stay, and the audit must
+    /// find them by what they are, not by a guard left off.
+    pub async fn reguard(&self) {
+        let db = self.db().await;
+        let off: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT tbl, def FROM test_unguarded")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        for (table, def) in off {
+            let sql = match def {
+                Some(def) => def,
+                None => format!("ALTER TABLE {table} ENABLE TRIGGER USER"),
+            };
+            sqlx::raw_sql(&sql).execute(&db).await.unwrap();
+        }
+        sqlx::query("DROP TABLE test_unguarded")
+            .execute(&db)
+            .await
+            .unwrap();
     }
 
     /// Every byte the database holds, as someone with a copy would see it:

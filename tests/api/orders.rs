@@ -991,6 +991,7 @@ async fn an_edited_swapped_or_unmaced_stored_response_is_never_replayed() {
         );
     }
 
+    app.reguard().await;
     let report = crate::audit::run_verify(&app).await;
     let named: Vec<(&str, &str)> = report
         .failures

@@ -772,6 +772,7 @@ async fn a_purge_row_deleted_with_its_records_restored_is_found_through_the_acce
             .await
             .unwrap();
     }
+    app.reguard().await;
     let report = verify().await;
     assert!(!report.verified);
     for (order, class) in [(&doomed, "card"), (&doomed, "billing"), (&shipped, "card")] {

@@ -762,6 +762,14 @@ impl Store for SqlStore {
         audit::batch(&self.pool, self.engine, audit::Selector::One(order_id)).await
     }
 
+    async fn guard_findings(&self) -> Result<Vec<super::guards::GuardFinding>, StoreError> {
+        let (pinned, actual) = match self.engine {
+            Engine::Sqlite => (super::guards::SQLITE, sqlite::guards(&self.pool).await?),
+            Engine::Postgres => (super::guards::POSTGRES, postgres::guards(&self.pool).await?),
+        };
+        Ok(super::guards::compare(pinned, &actual))
+    }
+
     async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
         audit::schema(&self.pool, self.engine).await
     }
