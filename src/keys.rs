@@ -355,10 +355,12 @@ pub async fn rotate(
     // as this one): its rotation is in the log, which every rotation
     // writes to before saving. Two keys under one version number would
     // leave the records of one of them unreadable for good, so this one
-    // stops (both stop, when two run at once: never both go ahead).
-    if !after_keyring_restore
-        && let Some(other) = rotated_elsewhere(store, &keyring, &made, own).await?
-    {
+    // stops (both stop, when two run at once: never both go ahead). So does
+    // a recovery (`--after-keyring-restore`): it numbers above every
+    // version its snapshot of the log held, so a rotation logged at or
+    // above its versions since ran at the same moment (another host's, or
+    // a second recovery) — the same two keys under one number.
+    if let Some(other) = rotated_elsewhere(store, &keyring, &made, own).await? {
         log_operation(
             store,
             &keyring,

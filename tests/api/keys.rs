@@ -281,6 +281,100 @@ async fn a_rotation_logged_elsewhere_stops_a_second_key_under_its_number() {
     cli_ok(&fresh, &["keys", "rotate", "--class", "card"]);
 }
 
+/// A recovery (`--after-keyring-restore`) racing another rotation of the
+/// same class: the other's entry for the very version the recovery makes
+/// lands between the recovery's snapshot of the log and its own entry.
+/// Both would hold a different key under one number; the recovery stops,
+/// its file unchanged. (The rival entry is put in by a trigger of the
+/// test's own the moment the recovery logs, verified under the log's key:
+/// what another host's rotation writes.)
+#[tokio::test]
+async fn a_recovery_racing_another_rotation_stops_instead_of_a_second_key_under_its_number() {
+    use checkoutd::audit::access_log::{Chainer, Entry, Outcome};
+    let app = spawn_app().await;
+    order(&app, "race-1").await;
+    let (path, master) = keyring_file(&app);
+    let keyring = checkoutd::crypto::keyring::Keyring::load(&path, &master).unwrap();
+    let rival = Entry {
+        at: checkoutd::ids::now(),
+        role: "operator".into(),
+        cert_fingerprint: String::new(),
+        origin_ip: "-".into(),
+        action: "keys rotate".into(),
+        // What the recovery makes: above card/v1, the only version there is.
+        objects: vec!["card/v2".into()],
+        outcome: Outcome::Allowed,
+        status: 0,
+    };
+    let seq = 900_000u64;
+    let prev = [7u8; 32];
+    let (hash, mac) = Chainer::new(keyring.access_log_key()).link(seq, &prev, &rival);
+    let pg = app.database.is_postgres();
+    let blob = |b: &[u8]| {
+        let h = checkoutd::hex::encode(b);
+        if pg {
+            format!("'\\x{h}'::bytea")
+        } else {
+            format!("X'{h}'")
+        }
+    };
+    let insert = format!(
+        "INSERT INTO access_log (seq, at, role, cert_fingerprint, origin_ip, action, objects, \
+         outcome, status, prev_hash, hash, mac) VALUES ({seq}, '{}', '{}', '', '-', \
+         'keys rotate', '{}', 'allowed', 0, {}, {}, {})",
+        rival.at,
+        rival.role,
+        rival.objects_json(),
+        blob(&prev),
+        blob(&hash),
+        blob(&mac),
+    );
+    let when = "NEW.action = 'keys rotate' AND NEW.outcome = 'allowed' AND NEW.seq < 900000";
+    let db = app.db().await;
+    let trigger = if pg {
+        format!(
+            "CREATE FUNCTION test_rival() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF {when} THEN {insert}; END IF; RETURN NULL; END $$; \
+             CREATE TRIGGER test_rival AFTER INSERT ON access_log FOR EACH ROW \
+             EXECUTE FUNCTION test_rival();"
+        )
+    } else {
+        format!(
+            "CREATE TRIGGER test_rival AFTER INSERT ON access_log WHEN {when} \
+             BEGIN {insert}; END;"
+        )
+    };
+    sqlx::raw_sql(&trigger).execute(&db).await.unwrap();
+    let recovering = copy_of_the_keyring(&app, "recovering");
+    let before = std::fs::read(recovering.join("keyring.json")).unwrap();
+    let out = run_in(
+        &app,
+        &recovering,
+        &[
+            "keys",
+            "rotate",
+            "--class",
+            "card",
+            "--after-keyring-restore",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second card/v2 was made: {stderr}");
+    assert!(stderr.contains("card/v2"), "{stderr}");
+    assert_eq!(
+        std::fs::read(recovering.join("keyring.json")).unwrap(),
+        before,
+        "the keyring file changed"
+    );
+    assert!(logged_denied(&app, "keys rotate").await);
+    // The rival was put in: without it, the recovery goes ahead.
+    let rivals: i64 = sqlx::query_scalar("SELECT count(*) FROM access_log WHERE seq = 900000")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rivals, 1);
+}
+
 /// Whether the access log holds a denied entry of `action`.
 async fn logged_denied(app: &TestApp, action: &str) -> bool {
     app.access_log_entries()
