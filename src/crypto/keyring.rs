@@ -473,8 +473,15 @@ impl Keyring {
             file.master_key_id.as_bytes(),
         ]
         .concat();
-        let inner = super::aead::open(master.raw(), &aad, &sealed)
-            .map_err(|_| KeyringError::WrongMasterKey)?;
+        // The master key's id matched: this is the right key, so a seal
+        // that does not open is a file damaged or edited — restore it from
+        // a backup; the custodians' shares are not at fault.
+        let inner = super::aead::open(master.raw(), &aad, &sealed).map_err(|_| {
+            KeyringError::Invalid(
+                "it does not open under the master key it names (damaged or edited): restore \
+                 the keyring file from a backup",
+            )
+        })?;
         Self::from_json(&inner)
     }
 
@@ -801,6 +808,17 @@ mod tests {
             Keyring::load(&path, &stranger),
             Err(KeyringError::WrongMasterKey)
         ));
+        // Damaged under the right key: the file's fault, not the shares'.
+        let mut damaged: serde_json::Value = serde_json::from_str(&file).unwrap();
+        let sealed = damaged["sealed"].as_str().unwrap().to_owned();
+        let flipped = if sealed.ends_with('0') { "1" } else { "0" };
+        damaged["sealed"] = format!("{}{flipped}", &sealed[..sealed.len() - 1]).into();
+        let opened = Keyring::unseal(damaged.to_string().as_bytes(), &master);
+        assert!(
+            matches!(&opened, Err(KeyringError::Invalid(why)) if why.contains("damaged or edited")),
+            "{:?}",
+            opened.err()
+        );
         let a = ring.sealing_kek(DataClass::Card).unwrap();
         let b = back.sealing_kek(DataClass::Card).unwrap();
         assert_eq!(a.key, b.key);
