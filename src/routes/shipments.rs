@@ -300,9 +300,29 @@ pub async fn dispatch(
     };
     // An order whose row was edited in the database (items, gift flag, a
     // dispatch undone) is not shipped on the strength of that row.
+    // A dispatch refused (no such order, or 409) is written to the access
+    // log like every denied request (invariant 8), naming the order: a
+    // second tracking number for a shipped order is worth an auditor's
+    // look.
+    let refused = |problem: Problem| {
+        let state = state.clone();
+        let peer = peer.clone();
+        let action = format!("POST {}", route.as_str());
+        async move {
+            super::record_refusal(
+                &state,
+                peer.as_deref(),
+                action,
+                super::loggable_id(order_id).into_iter().collect(),
+                problem.status(),
+            )
+            .await;
+            problem.into_response()
+        }
+    };
     let check = match state.store.order_check(order_id).await {
         Ok(Some(check)) => Some(check),
-        Ok(None) => return Problem::not_found().into_response(),
+        Ok(None) => return refused(Problem::not_found()).await,
         // A column that no longer reads (edited in the database): the row
         // fails its check like one whose MAC does not verify.
         Err(error) if error.is_unreadable_row() => {
@@ -312,7 +332,7 @@ pub async fn dispatch(
         Err(error) => return store_problem(&error),
     };
     let Some(check) = check.filter(|check| row_verifies(&state, order_id, check)) else {
-        return integrity_conflict(order_id);
+        return refused(integrity_conflict(order_id)).await;
     };
     let wanted = Dispatch {
         carrier,
@@ -392,27 +412,27 @@ pub async fn dispatch(
     }
     let (status, body) = match outcome {
         Err(error) => return store_problem(&error),
-        Ok(DispatchOutcome::NotFound) => return Problem::not_found().into_response(),
-        Ok(DispatchOutcome::Changed) => return integrity_conflict(order_id),
+        Ok(DispatchOutcome::NotFound) => return refused(Problem::not_found()).await,
+        Ok(DispatchOutcome::Changed) => return refused(integrity_conflict(order_id)).await,
         Ok(DispatchOutcome::Dispatched(d)) => (StatusCode::OK, d),
         Ok(DispatchOutcome::AlreadyDispatched(now)) => match now.dispatch {
             Some(d) if d.carrier == wanted.carrier && d.tracking == wanted.tracking => {
                 (StatusCode::OK, d)
             }
             _ => {
-                return Problem::conflict(
+                return refused(Problem::conflict(
                     "already-dispatched",
                     "The order was already dispatched with another carrier or tracking number",
-                )
-                .into_response();
+                ))
+                .await;
             }
         },
         Ok(DispatchOutcome::NoShipTo) => {
-            return Problem::conflict(
+            return refused(Problem::conflict(
                 "ship-to-purged",
                 "The order's shipping details were purged (or are missing): it cannot be dispatched",
-            )
-            .into_response();
+            ))
+            .await;
         }
     };
     (
@@ -460,13 +480,12 @@ pub fn believed_dispatch(
 
 /// 409 `order-integrity`: the order's row was edited in the database; it is
 /// neither shipped nor described from that row.
-fn integrity_conflict(order_id: Uuid) -> Response {
+fn integrity_conflict(order_id: Uuid) -> Problem {
     tracing::error!(order_id = %order_id, "an order row failed its integrity check: not dispatched");
     Problem::conflict(
         "order-integrity",
         "The order's stored row failed its integrity check: it cannot be dispatched",
     )
-    .into_response()
 }
 
 /// `{carrier, tracking}`: both required, 1–64 characters, neither a card

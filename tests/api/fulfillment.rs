@@ -1674,3 +1674,56 @@ async fn no_personal_data_leaves_while_the_access_log_cannot_record_the_read() {
     let shipments = app.shipments("").await;
     assert!(shipments.to_string().contains("Columbia"));
 }
+
+/// A dispatch refused — another tracking number for a shipped order, no
+/// such order, a row that fails its check — is written to the access log
+/// as denied, with its status and the order it named (invariant 8); an id
+/// that holds a card number is not. The audit stays clean.
+#[tokio::test]
+async fn refused_dispatches_are_in_the_access_log() {
+    let app = spawn_app().await;
+    let shipped = new_order(&app, "rd-1", &order_json()).await;
+    let edited = new_order(&app, "rd-2", &order_json()).await;
+    let body = json!({"carrier": "UPS", "tracking": "1Z999AA10123456784"});
+    assert_eq!(app.dispatch(&shipped, &body).await.status(), 200);
+    let other = json!({"carrier": "UPS", "tracking": "OTHER"});
+    expect_problem(app.dispatch(&shipped, &other).await, 409).await;
+    let unknown = "0190a000-0000-7000-8000-000000000000";
+    expect_problem(app.dispatch(unknown, &body).await, 404).await;
+    let pan_shaped = "40128888-8888-4000-8000-000000000000";
+    expect_problem(app.dispatch(pan_shaped, &body).await, 404).await;
+    sqlx::query("UPDATE orders SET items = '[]' WHERE id = $1")
+        .bind(&edited)
+        .execute(&app.db().await)
+        .await
+        .unwrap();
+    expect_integrity_conflict(app.dispatch(&edited, &body).await).await;
+
+    let denied: Vec<(u64, Value)> = app
+        .access_log_entries()
+        .await
+        .into_iter()
+        .filter(|e| {
+            e["action"] == checkoutd::fulfillment::DISPATCH_ACTION && e["outcome"] == "denied"
+        })
+        .map(|e| (e["status"].as_u64().unwrap(), e["objects"].clone()))
+        .collect();
+    assert_eq!(
+        denied,
+        vec![
+            (409, json!([shipped])),
+            (404, json!([unknown])),
+            (404, json!([])),
+            (409, json!([edited])),
+        ]
+    );
+    let log = serde_json::to_string(&app.access_log_entries().await).unwrap();
+    assert!(!log.contains("40128888"), "a card-shaped id was logged");
+    // Only the edit is found: the refusals name no order that is gone.
+    let report = crate::audit::run_verify(&app).await;
+    assert!(
+        report.failures.iter().all(|f| f.record_id == edited),
+        "{:#?}",
+        report.failures
+    );
+}
