@@ -42,6 +42,28 @@ impl Guard {
     }
 }
 
+/// The rows of an engine's trigger query: columns `t` (table), `n`
+/// (name), `d` (definition) and `on_` (1 when it fires).
+pub(crate) fn from_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<Guard>, super::StoreError> {
+    use sqlx::Row;
+    let text = |r: &sqlx::any::AnyRow, c: &str| -> Result<String, super::StoreError> {
+        r.try_get(c).map_err(super::StoreError::from_sqlx)
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(Guard {
+                table: text(r, "t")?,
+                name: text(r, "n")?,
+                definition: text(r, "d")?,
+                enabled: r
+                    .try_get::<i64, _>("on_")
+                    .map_err(super::StoreError::from_sqlx)?
+                    == 1,
+            })
+        })
+        .collect()
+}
+
 /// What is wrong with one guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardProblem {

@@ -410,7 +410,7 @@ pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>
 pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreError> {
     let rows = sqlx::query(
         "SELECT c.relname::text AS t, t.tgname::text AS n,
-                t.tgenabled::text IN ('O', 'A') AS on_,
+                CASE WHEN t.tgenabled::text IN ('O', 'A') THEN 1::int8 ELSE 0::int8 END AS on_,
                 concat_ws(E'\\n',
                     replace(pg_get_triggerdef(t.oid), quote_ident(current_schema()) || '.',
                             '$schema.'),
@@ -427,16 +427,7 @@ pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreEr
     .fetch_all(pool)
     .await
     .map_err(StoreError::from_sqlx)?;
-    rows.iter()
-        .map(|r| {
-            Ok(super::guards::Guard {
-                table: r.try_get("t").map_err(StoreError::from_sqlx)?,
-                name: r.try_get("n").map_err(StoreError::from_sqlx)?,
-                definition: r.try_get("d").map_err(StoreError::from_sqlx)?,
-                enabled: r.try_get("on_").map_err(StoreError::from_sqlx)?,
-            })
-        })
-        .collect()
+    super::guards::from_rows(&rows)
 }
 
 /// Clear columns in physical order. The position is the row's `ctid`

@@ -278,21 +278,13 @@ pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>
 /// Every trigger, as stored (see `store::guards`).
 pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreError> {
     let rows = sqlx::query(
-        "SELECT tbl_name AS t, name AS n, sql AS d FROM sqlite_master WHERE type = 'trigger'",
+        "SELECT tbl_name AS t, name AS n, sql AS d, 1 AS on_ FROM sqlite_master \
+         WHERE type = 'trigger'",
     )
     .fetch_all(pool)
     .await
     .map_err(StoreError::from_sqlx)?;
-    rows.iter()
-        .map(|r| {
-            Ok(super::guards::Guard {
-                table: r.try_get("t").map_err(StoreError::from_sqlx)?,
-                name: r.try_get("n").map_err(StoreError::from_sqlx)?,
-                definition: r.try_get("d").map_err(StoreError::from_sqlx)?,
-                enabled: true,
-            })
-        })
-        .collect()
+    super::guards::from_rows(&rows)
 }
 
 /// Clear columns by `rowid`, each cast to bytes.
