@@ -21,14 +21,52 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Opens (creating) `path` and takes an exclusive advisory lock on it,
 /// waiting for other holders; the lock lasts as long as the returned file.
+///
+/// A lock file holds nothing, and taking the lock (`flock`) needs no write
+/// access: an existing one is opened for reading. A new one is made 0600
+/// and, like an existing one, given its directory's owner where the caller
+/// may (root, through sudo): a lock left by an operator's `sudo checkoutd
+/// keys …` in the service's data directory must not stop the service, or
+/// the next command run as its user, from taking it.
 pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
+    let file = match std::fs::OpenOptions::new().read(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut new = std::fs::OpenOptions::new();
+            new.create(true).truncate(false).write(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                new.mode(0o600);
+            }
+            new.open(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    give_directory_owner(path, &file);
     file.lock()?;
     Ok(file)
+}
+
+/// Gives `file` (at `path`) the owner and group of its directory if they
+/// differ and the caller may change them (only root may): best effort,
+/// the lock works either way for its caller.
+fn give_directory_owner(path: &Path, file: &std::fs::File) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let (Ok(dir), Ok(own)) = (std::fs::metadata(dir), file.metadata())
+            && (dir.uid(), dir.gid()) != (own.uid(), own.gid())
+        {
+            let _ = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, file);
 }
 
 /// How [`write_atomically`] places its file.
@@ -301,5 +339,46 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    /// A lock file needs no write access, and takes its directory's owner
+    /// where the caller may give it (root): an operator's `sudo checkoutd
+    /// keys …` must not leave a lock the service's user cannot take.
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_needs_no_write_access_and_belongs_to_its_directory_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let read_only = dir.path().join("old.lock");
+        std::fs::write(&read_only, b"").unwrap();
+        std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o444)).unwrap();
+        drop(lock_file(&read_only).unwrap());
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let (uid, gid) = if root {
+            // The service's user owns its data directory.
+            std::os::unix::fs::chown(dir.path(), Some(65_534), Some(65_534)).unwrap();
+            (65_534, 65_534)
+        } else {
+            let m = std::fs::metadata(dir.path()).unwrap();
+            (m.uid(), m.gid())
+        };
+        let new = dir.path().join("new.lock");
+        let held = lock_file(&new).unwrap();
+        let m = std::fs::metadata(&new).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid));
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        // Held: a second taker waits (try_lock fails).
+        let other = std::fs::File::open(&new).unwrap();
+        assert!(other.try_lock().is_err());
+        drop(held);
+        assert!(other.try_lock().is_ok());
+        drop(other);
+        // One left by root earlier is given back, once root takes it again.
+        if root {
+            std::os::unix::fs::chown(&read_only, Some(0), Some(0)).unwrap();
+            drop(lock_file(&read_only).unwrap());
+            let m = std::fs::metadata(&read_only).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid));
+        }
     }
 }
