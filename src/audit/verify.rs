@@ -1007,24 +1007,30 @@ async fn check_orders_named_exist(store: &dyn Store, out: &mut Failures) -> Resu
 /// kept is in its name: `access_log_no_delete`, `orders_never_deleted`,
 /// `payment_cards_no_retired_kek` …).
 async fn check_guards(store: &dyn Store, out: &mut Failures) -> Result<(), StoreError> {
-    use crate::store::guards::GuardProblem;
+    use crate::store::guards::{Bypass, GuardProblem};
     for found in store.guard_findings().await? {
-        let trigger = found.trigger;
-        out.push(Failure::new(
-            found.table,
-            "",
-            match found.problem {
-                GuardProblem::Missing => {
-                    format!("database guard {trigger} is missing (dropped: what it refuses is no longer refused)")
-                }
-                GuardProblem::Altered => format!(
-                    "database guard {trigger} is not as the migrations created it (its definition or its function was replaced)"
-                ),
-                GuardProblem::Disabled => {
-                    format!("database guard {trigger} is disabled (it does not fire)")
-                }
-            },
-        ));
+        let (table, trigger) = (found.table, found.trigger.unwrap_or("(none)"));
+        let what = match found.problem {
+            GuardProblem::Missing => format!(
+                "database guard {trigger} is missing (dropped: what it refuses is no longer refused)"
+            ),
+            GuardProblem::Altered => format!(
+                "database guard {trigger} is not as the migrations created it (its definition or its function was replaced)"
+            ),
+            GuardProblem::Disabled => {
+                format!("database guard {trigger} is disabled (it does not fire)")
+            }
+            GuardProblem::Bypassed(Bypass::RowSecurity) => format!(
+                "database guards of {table} can be gone around: row-level security is on (a policy can hide rows from its guards' own checks)"
+            ),
+            GuardProblem::Bypassed(Bypass::Rule) => format!(
+                "database guards of {table} can be gone around: a rule rewrites statements on it"
+            ),
+            GuardProblem::Bypassed(Bypass::Inherited) => format!(
+                "database guards of {table} can be gone around: a table inherits from it (rows written there fire none of its row triggers)"
+            ),
+        };
+        out.push(Failure::new(table, "", what));
     }
     Ok(())
 }

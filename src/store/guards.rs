@@ -5,10 +5,14 @@
 //!
 //! Every other check of the audit finds what was done *while* a guard was
 //! off; this one finds a guard that is off *now*: dropped, replaced by one
-//! that does something else (its definition or its function's body
-//! changed), or on PostgreSQL disabled (`ALTER TABLE … DISABLE TRIGGER`, or
-//! enabled for replication sessions only). Someone who switched a guard
-//! off, did their edit and switched it back on is not found here.
+//! that does something else (its definition or its function changed), or
+//! on PostgreSQL disabled (`ALTER TABLE … DISABLE TRIGGER`, or enabled for
+//! replication sessions only) or gone around: row-level security on a
+//! guarded table (a policy can hide rows from a guard's own queries — the
+//! retired versions from the retired-KEK check), a rule rewriting its
+//! statements, or a table inheriting from it (rows written there fire none
+//! of its row triggers). Someone who switched a guard off, did their edit
+//! and switched it back on is not found here.
 //!
 //! What a guard should be is pinned below, per engine, as a digest of its
 //! definition: [`SQLITE`] and [`POSTGRES`] list every trigger a fresh
@@ -22,12 +26,11 @@ use ring::digest;
 /// A trigger as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Guard {
+    /// The guarded table, by the name the service's statements use.
     pub table: String,
     pub name: String,
-    /// SQLite: the `CREATE TRIGGER` statement as stored. PostgreSQL: when
-    /// it fires and on what, its arguments, columns and condition, and its
-    /// function's name, body and settings (the schema's own name replaced
-    /// by `$schema`: a function's `search_path` names it).
+    /// SQLite: the `CREATE TRIGGER` statement as stored. PostgreSQL: see
+    /// [`postgres_definition`].
     pub definition: String,
     /// PostgreSQL: fires in ordinary sessions (`tgenabled` `O` or `A`).
     /// SQLite's triggers cannot be disabled.
@@ -42,29 +45,26 @@ impl Guard {
     }
 }
 
-/// The rows of an engine's trigger query: columns `t` (table), `n`
-/// (name), `d` (definition) and `on_` (1 when it fires).
-pub(crate) fn from_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<Guard>, super::StoreError> {
-    use sqlx::Row;
-    let text = |r: &sqlx::any::AnyRow, c: &str| -> Result<String, super::StoreError> {
-        r.try_get(c).map_err(super::StoreError::from_sqlx)
-    };
-    rows.iter()
-        .map(|r| {
-            Ok(Guard {
-                table: text(r, "t")?,
-                name: text(r, "n")?,
-                definition: text(r, "d")?,
-                enabled: r
-                    .try_get::<i64, _>("on_")
-                    .map_err(super::StoreError::from_sqlx)?
-                    == 1,
-            })
-        })
-        .collect()
+/// What on a guarded table lets a write past its triggers (PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// Row-level security enabled (or forced) on it.
+    RowSecurity,
+    /// A rule (`CREATE RULE`) rewrites statements on it.
+    Rule,
+    /// Another table inherits from it.
+    Inherited,
 }
 
-/// What is wrong with one guard.
+/// What an engine's reader saw of the guarded tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub triggers: Vec<Guard>,
+    /// `(table, what)`, the table by the name the service uses.
+    pub bypasses: Vec<(String, Bypass)>,
+}
+
+/// What is wrong with one guard, or with a guarded table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardProblem {
     /// No trigger of that name on that table.
@@ -74,26 +74,43 @@ pub enum GuardProblem {
     Altered,
     /// It exists and is as created, but does not fire (PostgreSQL).
     Disabled,
+    /// The table's writes can go around its guards (PostgreSQL).
+    Bypassed(Bypass),
 }
 
-/// A guard that is not as the migrations left it. `table` and `trigger`
-/// come from the pinned lists, never from the database under audit.
+/// A guard that is not as the migrations left it (`trigger`), or a table
+/// whose guards can be gone around (`trigger` is `None`). `table` and
+/// `trigger` come from the pinned lists, never from the database under
+/// audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardFinding {
     pub table: &'static str,
-    pub trigger: &'static str,
+    pub trigger: Option<&'static str>,
     pub problem: GuardProblem,
 }
 
 /// `(table, trigger, digest)` of a guard.
 pub type Pin<'a> = (&'static str, &'static str, &'a str);
 
-/// Each pinned guard compared with what the database has (`actual`, read
-/// from it): missing, altered or disabled.
-pub fn compare(pinned: &[Pin<'_>], actual: &[Guard]) -> Vec<GuardFinding> {
+/// The tables `pinned` guards, each once, in order.
+pub fn tables(pinned: &[Pin<'_>]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for &(table, _, _) in pinned {
+        if !out.contains(&table) {
+            out.push(table);
+        }
+    }
+    out
+}
+
+/// Each pinned guard compared with what the database has (`seen`, read
+/// from it): missing, altered or disabled; then each guarded table that
+/// can be gone around.
+pub fn compare(pinned: &[Pin<'_>], seen: &Seen) -> Vec<GuardFinding> {
     let mut found = Vec::new();
     for &(table, trigger, want) in pinned {
-        let problem = match actual
+        let problem = match seen
+            .triggers
             .iter()
             .find(|g| g.table == table && g.name == trigger)
         {
@@ -105,12 +122,83 @@ pub fn compare(pinned: &[Pin<'_>], actual: &[Guard]) -> Vec<GuardFinding> {
         if let Some(problem) = problem {
             found.push(GuardFinding {
                 table,
-                trigger,
+                trigger: Some(trigger),
                 problem,
             });
         }
     }
+    for table in tables(pinned) {
+        for (_, bypass) in seen.bypasses.iter().filter(|(t, _)| t == table) {
+            found.push(GuardFinding {
+                table,
+                trigger: None,
+                problem: GuardProblem::Bypassed(*bypass),
+            });
+        }
+    }
     found
+}
+
+/// A PostgreSQL trigger's definition as pinned: the statement PostgreSQL
+/// prints for it (`pg_get_triggerdef` with `search_path` set to
+/// `pg_catalog` alone, so its table and function come schema-qualified —
+/// when it fires and on what, for each row or statement, its condition,
+/// transition tables, function and arguments), then its function's
+/// language, whether it runs as its owner, its body and its settings, each
+/// after its length. The schema's name (as `quote_ident` gives it) is replaced by
+/// `$schema` where it names the schema — the table's and the function's
+/// qualifiers, an element of the function's `search_path` — and nowhere
+/// else (a schema named `old` must not rewrite `old.id` in a condition),
+/// so that the pins hold in any schema.
+pub fn postgres_definition(
+    statement: &str,
+    table_schema: &str,
+    function_schema: &str,
+    language: &str,
+    security_definer: bool,
+    body: &str,
+    settings: &[String],
+) -> String {
+    let statement = statement
+        .replacen(&format!(" ON {table_schema}."), " ON $schema.", 1)
+        .replacen(
+            &format!(" EXECUTE FUNCTION {function_schema}."),
+            " EXECUTE FUNCTION $schema.",
+            1,
+        );
+    let settings: Vec<String> = settings
+        .iter()
+        .map(|setting| match setting.strip_prefix("search_path=") {
+            Some(path) => {
+                let path: Vec<&str> = path
+                    .split(", ")
+                    .map(|element| {
+                        if element == table_schema || element == function_schema {
+                            "$schema"
+                        } else {
+                            element
+                        }
+                    })
+                    .collect();
+                format!("search_path={}", path.join(", "))
+            }
+            None => setting.clone(),
+        })
+        .collect();
+    // Each field after its length: no edit of one can pass for another.
+    let mut out = String::new();
+    for field in [
+        statement,
+        language.to_owned(),
+        security_definer.to_string(),
+        body.to_owned(),
+    ]
+    .into_iter()
+    .chain(settings)
+    {
+        out.push_str(&format!("{}:{field}\n", field.len()));
+    }
+    out
 }
 
 /// The SQLite guards of this release's migrations.
@@ -317,232 +405,232 @@ pub const POSTGRES: &[Pin<'static>] = &[
     (
         "access_log",
         "access_log_never_truncated",
-        "e4c5fe3579777ef57c24d0be229d2504e21c3ea52c0cfe2ab4c7693ea744983c",
+        "10921c5b364b5218d0830fbfe35a37bd2bc320adbf0db935219e5ac155ac5ae8",
     ),
     (
         "access_log",
         "access_log_no_update",
-        "fb252a97204d7072d4b1fac0dd890ac33b1a54e4a61143065746a9e6e5a73f2f",
+        "4e0b11bd64139f152e0dc7a7eaa41edb1158dd525f723ebfd5bbd4d7c8f1faa7",
     ),
     (
         "access_log_head",
         "access_log_head_moves_forward",
-        "ead80b21053aa79d076af65cc00f3a67385201a0a09124bca6b0414b8e88830b",
+        "1562a25be8ca39dd1224b489f80efa2d156fa97134c182ce39b86bfe2fdbe68d",
     ),
     (
         "access_log_head",
         "access_log_head_never_truncated",
-        "eb002531e25e5a074b22614527da732ebfee82ab15e0503937f1c546d6bd7933",
+        "a7438fbee2e89cd1478b233b62fe76cae470b20838155004ce6c115f3511fcf7",
     ),
     (
         "billing_details",
         "billing_details_no_retired_kek",
-        "4c5c4d9f814b61883a20cc021dc86b1d76113488f8969858847a2f1b77c28a1e",
+        "aec02dd9a56227cb8b0a1bc85fccbf076aa691b53915024ae012b755061a9307",
     ),
     (
         "billing_details",
         "billing_details_no_retired_kek_update",
-        "0b5751d354fc4961f6ebcf2f72a87ada85254e4a370fd405bc7ccfec2cecfca3",
+        "942ea4bb68785264a2048b5950f335adce51171efb8c30fa651b9eb6b48b2996",
     ),
     (
         "billing_details",
         "billing_details_own_tag_on_insert",
-        "d6295741588c2c194707ce00564607e3205ce392faafd209bd1f01ecfc26559a",
+        "7127dbb31dc34c9772bbd034d2b37de53259c06999bfb98f72db0c2a69244ca2",
     ),
     (
         "billing_details",
         "billing_details_own_tag_on_update",
-        "585278361d09fa8b5d0bb20071148c113b52a1c33aef9b4aae487715db68ca05",
+        "5c480f1418be6fd90a236261e47b7ef8a51d10ba3695fbd8b87f7674226b295d",
     ),
     (
         "consent_events",
         "consent_events_never_truncated",
-        "71809ab87fabff2cc86388ee07f376467c014a2f3ea7b243fcada16c430710de",
+        "43959805d291259ba97e586248381e8fa999d82e13a9f097d0639f3c96fc19c6",
     ),
     (
         "consent_events",
         "consent_events_no_delete",
-        "933eedc572f3bfe70bcc59b1a4f10aaca653600a48d80a5c1292938089d7d27d",
+        "c320961c3377b0808c4737917417de76a991847ef200add30e86376a539213dc",
     ),
     (
         "consent_events",
         "consent_events_no_retired_kek",
-        "056bf9bb30583b4621c44b3d60a080eadf6c42fd80ff66a5f60aeaebde77da14",
+        "d48df39412b2a649e696e05c3f69ca074564b9674b1d8e558eb45365d018ce43",
     ),
     (
         "consent_events",
         "consent_events_no_retired_kek_update",
-        "c68b2467cd86347929027422d623c1172073892b72904eba9dbe0ae571002093",
+        "cfd049237c5f9e8a39d01532093a403671cb77dea35bdb27c0a2f3a0e14ab32f",
     ),
     (
         "consent_events",
         "consent_events_no_update",
-        "44ecffb684e65ada0c00c910b130358244a541c67352515ecc977eb4bcb69648",
+        "b31e9209122c97a8e72ad188dcd49acbe773d06e8cf4b0c15b71302da6f63274",
     ),
     (
         "consent_events_head",
         "consent_events_head_moves_forward",
-        "845f056526201fffbeb0e26fa94b425f0a8e0e868351475b69372395f36b96bd",
+        "0a8a03d932168815260d26c8ee45c6917757ec62852c6894869d4d06cb70ac8e",
     ),
     (
         "consent_events_head",
         "consent_events_head_never_truncated",
-        "ccb84e2d4a00673b788e5ad6314e7a08b0e30d6e00fc5dce6e70b4a61400c812",
+        "c0c11a08782a607c8e1038e8a814865d36680fef90f23439acefa6ac528a8699",
     ),
     (
         "consent_tags",
         "consent_tags_keys_never_change",
-        "a51b9e0b8773b5e1192aee9c189b2adef60b9ec647f28bbc4e83365f116dc298",
+        "8dd5e7812601868751e359396afd9f308af828738f97f5d9f0e4d930b4810049",
     ),
     (
         "consent_tags",
         "consent_tags_never_deleted",
-        "b1a5f7343928c55b335a617b2733d03ee013099a7d2098628987eeb46432d1d8",
+        "af404444739d6b1094fc927370ad6ccd357dc574bc3f83fe9691f5d1ec861e2a",
     ),
     (
         "consent_tags",
         "consent_tags_never_truncated",
-        "e08c7190f67019e6c4d8493d902a974c2f625b00e3ac752c79792fa541660f47",
+        "56bf95e910c7d5ff1766111018baa655667a89e26a61fbc630116efca5a5746e",
     ),
     (
         "consent_tags",
         "consent_tags_order_exists_on_insert",
-        "4137d95e60adb7be915b1f94a2822aafd69bb2d7146242661f7904e24610e2b5",
+        "ee3dca52b1e2ee6bca1c4db654d83a06fb53b102e892b050c08911238823f677",
     ),
     (
         "contact_emails",
         "contact_emails_no_retired_kek",
-        "539f4b9eaa65a881f34895a7989ece3c8a9e7ede15710790eefd8a232b8c0884",
+        "ebd92aaa095033088340eef55cc3e0c1ff1186cc697ceb4aeb31b2f3bf1dae84",
     ),
     (
         "contact_emails",
         "contact_emails_no_retired_kek_update",
-        "245d78282e118d21c74d0967fd26ae5fc064f1443af16783ccfe0fe7a67e6070",
+        "d719941f2734bac1f40bfc3d1e2ea917d0f71f65daef073b460fe822b02e53bd",
     ),
     (
         "contact_emails",
         "contact_emails_own_tag_on_insert",
-        "1aec0459101af5417dcb8c70d28c381e06d2dae1e08004502ffe89f20aff54b4",
+        "b761c7d3a10e78dca23ea8d12cd50eb3328d0d9c01a83f7a09b2fedf0ccd1a63",
     ),
     (
         "contact_emails",
         "contact_emails_own_tag_on_update",
-        "5c53a5eaf227f027663aa22c7bbc1d2569aa22efd1ffd65aba410db5998ff8c1",
+        "3e4ba2ed52c0e26e08f8b63006832893df797d9559b34fc11691ddaa0f53e06b",
     ),
     (
         "gift_recipients",
         "gift_recipients_no_retired_kek",
-        "4e4adf6e025e8e984c0accdca1288b6b1d953db46c9f106ed38d8b9482770123",
+        "dde9b8e30b78c9ea3c8f8ef146b78b31b482106b61e8801a35d9071859859fa7",
     ),
     (
         "gift_recipients",
         "gift_recipients_no_retired_kek_update",
-        "8f622223039d5079832edbbceb2d9d307af36318ddd4efe2f212ba2c292353d0",
+        "f7ec64306ba475d72241cca6e2ed4303799d1f7e815602113036f929b8b99408",
     ),
     (
         "gift_recipients",
         "gift_recipients_own_tag_on_insert",
-        "909d991d33aff49e51fe64f26ba1c07b1ae5947a456da122f3ce13a252ead7bf",
+        "c5233a5713ae83da930b6abdc70eb1937b5276695a0f746dbee75c099b4b40d1",
     ),
     (
         "gift_recipients",
         "gift_recipients_own_tag_on_update",
-        "de5977b8a05349fa5061739a86709d9c9501704032b2a846fbb0f5bc0265ebd2",
+        "1caaca61c22b9843889bb9d4b79e72a532a4f4b4b703246917b4aad30ac88085",
     ),
     (
         "idempotency_keys",
         "idempotency_keys_answer_never_changes",
-        "d012503d3e852a218ba8b8b09c758eccfe935f628eb8c8dad22d5628775f8dc5",
+        "1b103ca089929beb4fb2e994c5772a7ecfe5221fa7298a48b3c5d41e36bb7b13",
     ),
     (
         "idempotency_keys",
         "idempotency_keys_never_deleted",
-        "9889b63c3673578e5ffb12abf7891a6f307fe4c433aeee147a182d3f47b2dc73",
+        "f85757c074ed4a17a5691590199e6a8e86f074f552ee4f598e10d4215557fdcd",
     ),
     (
         "idempotency_keys",
         "idempotency_keys_never_truncated",
-        "0b47d33553b27364c29c940125dcfe24cef84fc03de3bd5ed4488ea282124398",
+        "0c55b80c920f5366c9c21aee7abc83e1a86779a19d1d6151e0d12424450facd8",
     ),
     (
         "kek_retirements",
         "kek_retirements_append_only",
-        "60b22e8936eb93e636143dd8ec9edeb684d6b3d099ae81bcbc6f514a8f000615",
+        "f0b5b05174868051642ec03d45b9852af585fb1aceee045a6e6d7465211ebc13",
     ),
     (
         "kek_retirements",
         "kek_retirements_never_truncated",
-        "5d4f889ea23507af188702bc0ce30895f9be09b395fd461afba50739d057814f",
+        "0f6e07cd95919a2d47db23b0e22e34e57d2d2d77e77746002a128edf28657a9b",
     ),
     (
         "orders",
         "orders_dispatch_never_undone",
-        "bd77057d149db7b5c75676eca8e3f409178a955ad0890e0538e17f1629c590d3",
+        "b35ec04023727849e36e480cedd7df135ad104e9bbb8c1acdfaf500f44711d3a",
     ),
     (
         "orders",
         "orders_id_never_changes",
-        "cb7c14ea50a0764cc124e2daee869ee5b4e15e7912b85ab117909dac0495493f",
+        "1ccc454a71d1c5e3d45a4309e5d662b2acd437d441d9ff6f991f076bf7c3543e",
     ),
     (
         "orders",
         "orders_never_deleted",
-        "1642167a8e74c2ee2f834c9e254757f97825c7241244b390f7714011189fd1ca",
+        "d1ad022c8bd4de787db6482b04828c599f644bebac4fbaa46518c864e33538c4",
     ),
     (
         "orders",
         "orders_never_truncated",
-        "7528cd31de9e50886af76298383fa4a09c6e8f1e8f7d1535337502cde7c6f9a6",
+        "0f06818e600ff774c9fa81d1f7aac7b271d96350f8846fe0dc7e7f4c1386ad88",
     ),
     (
         "payment_cards",
         "payment_cards_no_retired_kek",
-        "731aea44be615b8ed0502ddaf54e5f2a0659fc3233b3980710982067c243e76b",
+        "52142c27e153ffb099c4ac1db2770d09f27e39613920ace67f68b4524aac7341",
     ),
     (
         "payment_cards",
         "payment_cards_no_retired_kek_update",
-        "9356b597a99e4f45aa6a54462b6d186881768b782715cb467173b2236206f658",
+        "0dc6ae06f8a5098f27b80eaebe803dd8792abfb6d50440fceb13555817868170",
     ),
     (
         "payment_cards",
         "payment_cards_own_tag_on_insert",
-        "19a1d4749e7a575f346c4f31a3c440336f50c96f3afbb6f9401080eaaa4b5f03",
+        "22a440645032e6c5e0ccf5bdfea0af1a6aad09a578f32d7c03390d564b857a4e",
     ),
     (
         "payment_cards",
         "payment_cards_own_tag_on_update",
-        "eef2c10854dcc689064afcf422e984fa764293c751d86b794083416451193707",
+        "c94c2b832b0f6f81806d05f627e486bf225ba9c224a3bfe814e536b9f79fa5be",
     ),
     (
         "purges",
         "purges_never_truncated",
-        "15d5fd9ca3159ba9cc5dc5f90e287568c5b9f7127b42f57df81eb4c6effd4fb8",
+        "c9a95b3c7b033b74a12a48777863ebb419fc9f3ab0b986d5d5144820cff9d34f",
     ),
     (
         "purges",
         "purges_no_update_or_delete",
-        "e49f3f347933a1e4947f214adfaf9a9ebff3d4ca369017502bfabb0216f7f364",
+        "da2493b61825754c687d6556334178066ce5dfa83834e454b3fea72e1e3a192a",
     ),
     (
         "shipping_details",
         "shipping_details_no_retired_kek",
-        "ea484d5c0603240b39025ded2da8924523da1dbbbb3b38e37d59d6d72abef293",
+        "e2b087ae1cf26d8408e7db81f52379c79cd3e74cb9bd6c8aba3b68a31b41066c",
     ),
     (
         "shipping_details",
         "shipping_details_no_retired_kek_update",
-        "9d87c5132c2e58d3467919bd5eb5b99e2b53e67839a0961e0c30fcd6b1c741e4",
+        "0acc29981000ae5599542e7ecc52f6f062addf550ed3867e9fa30d145a6f09c3",
     ),
     (
         "shipping_details",
         "shipping_details_own_tag_on_insert",
-        "60cdf3e0845f1221561360f05838ac46622cd652836c7398b56c3ffbc1f61ea3",
+        "586141ef8e64ec56bfa096f240ea0bb2f819783ff6d99bdf51dd7557ed62a803",
     ),
     (
         "shipping_details",
         "shipping_details_own_tag_on_update",
-        "114c3fd4a9fe91062719585ee8206e8ae25ad5ba400fba015b2d6b6b16cfbe7d",
+        "ceda9f91abf19689a334b109334684cf8778ce5f3c7513f6b3e9f7d6687e8519",
     ),
 ];
 
@@ -568,26 +656,83 @@ mod tests {
             .map(|n| ("t", n, d.as_str()))
             .chain([("u", "elsewhere", d.as_str())])
             .collect();
-        let actual = vec![
-            guard("t", "fine", "CREATE TRIGGER x", true),
-            guard("t", "changed", "CREATE TRIGGER x WHEN 0", true),
-            guard("t", "off", "CREATE TRIGGER x", false),
-            // Same name, other table: not the guard of `u`.
-            guard("t", "elsewhere", "CREATE TRIGGER x", true),
-            // A trigger of someone else's: no finding.
-            guard("t", "dbas_own", "CREATE TRIGGER y", true),
-        ];
-        let found = compare(&pinned, &actual);
-        let got: Vec<(&str, GuardProblem)> = found.iter().map(|f| (f.trigger, f.problem)).collect();
+        let seen = Seen {
+            triggers: vec![
+                guard("t", "fine", "CREATE TRIGGER x", true),
+                guard("t", "changed", "CREATE TRIGGER x WHEN 0", true),
+                guard("t", "off", "CREATE TRIGGER x", false),
+                // Same name, other table: not the guard of `u`.
+                guard("t", "elsewhere", "CREATE TRIGGER x", true),
+                // A trigger of someone else's: no finding.
+                guard("t", "dbas_own", "CREATE TRIGGER y", true),
+            ],
+            bypasses: vec![
+                ("u".into(), Bypass::Rule),
+                // Not a guarded table: no finding.
+                ("v".into(), Bypass::RowSecurity),
+            ],
+        };
+        let found = compare(&pinned, &seen);
+        let got: Vec<(&str, Option<&str>, GuardProblem)> = found
+            .iter()
+            .map(|f| (f.table, f.trigger, f.problem))
+            .collect();
         assert_eq!(
             got,
             vec![
-                ("gone", GuardProblem::Missing),
-                ("changed", GuardProblem::Altered),
-                ("off", GuardProblem::Disabled),
-                ("elsewhere", GuardProblem::Missing),
+                ("t", Some("gone"), GuardProblem::Missing),
+                ("t", Some("changed"), GuardProblem::Altered),
+                ("t", Some("off"), GuardProblem::Disabled),
+                ("u", Some("elsewhere"), GuardProblem::Missing),
+                ("u", None, GuardProblem::Bypassed(Bypass::Rule)),
             ]
         );
+    }
+
+    /// The schema's name is replaced where it names the schema only: a
+    /// schema named like a word of the definition (`old`, `pg`) leaves the
+    /// rest as it is, so a definition reads the same in every schema.
+    #[test]
+    fn a_postgres_definition_reads_the_same_in_any_schema() {
+        let in_schema = |s: &str| {
+            postgres_definition(
+                &format!(
+                    "CREATE TRIGGER t BEFORE UPDATE OF id ON {s}.orders FOR EACH ROW \
+                     WHEN ((old.id IS DISTINCT FROM new.id)) EXECUTE FUNCTION {s}.refuse()"
+                ),
+                s,
+                s,
+                "plpgsql",
+                false,
+                "BEGIN RAISE EXCEPTION 'old.id'; END",
+                &[
+                    format!("search_path={s}, pg_temp"),
+                    "enable_seqscan=off".into(),
+                ],
+            )
+        };
+        let public = in_schema("public");
+        assert!(public.contains("WHEN ((old.id IS DISTINCT FROM new.id))"));
+        assert!(public.contains(":search_path=$schema, pg_temp\n"));
+        assert!(public.contains(":enable_seqscan=off\n"));
+        for other in ["old", "new", "pg", "temp", "off", "d", "\"My Schema\""] {
+            assert_eq!(in_schema(other), public, "{other}");
+        }
+        // What does change it: another function, security, settings.
+        let changed = postgres_definition(
+            "CREATE TRIGGER t BEFORE UPDATE OF id ON public.orders FOR EACH ROW \
+             WHEN ((old.id IS DISTINCT FROM new.id)) EXECUTE FUNCTION public.refuse()",
+            "public",
+            "public",
+            "plpgsql",
+            true,
+            "BEGIN RAISE EXCEPTION 'old.id'; END",
+            &[
+                "search_path=public, pg_temp".into(),
+                "enable_seqscan=off".into(),
+            ],
+        );
+        assert_ne!(changed, public);
     }
 
     #[test]

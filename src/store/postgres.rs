@@ -399,35 +399,113 @@ pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>
     Ok(out)
 }
 
-/// Every trigger of the current schema's tables but the system's own (a
-/// foreign key's), with what decides what it does (see `store::guards`):
-/// its definition as PostgreSQL prints it (when it fires and on what, for
-/// each row or statement, its condition, transition tables, function and
-/// arguments), and its function's language, security, body and settings.
-/// The schema's own name is replaced by `$schema` where it names the
-/// schema (the definition qualifies the table with it, a function's
-/// `search_path` names it), so that the pins hold in any schema.
-pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreError> {
+/// The triggers on `tables` — each table as the service's statements
+/// find it through their `search_path` — but the system's own (a foreign
+/// key's), and what on them goes around a trigger: row-level security, a
+/// rule, a table inheriting from one (see `store::guards`).
+///
+/// After the tables are found, the transaction's `search_path` is
+/// `pg_catalog` alone: whoever may set the role's `search_path` could
+/// otherwise put a function or an operator of their own in front of the
+/// catalogue's (a `pg_get_triggerdef` that prints the pinned text, an `=`
+/// under which every trigger reads as enabled).
+pub async fn guards(pool: &AnyPool, tables: &[&str]) -> Result<super::guards::Seen, StoreError> {
+    use super::guards::{Bypass, Guard, Seen};
+    let e = StoreError::from_sqlx;
+    let mut tx = pool.begin().await.map_err(e)?;
+    let mut found: Vec<(String, i64)> = Vec::new();
+    for table in tables {
+        let oid: Option<i64> = sqlx::query_scalar(
+            "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid::pg_catalog.int8",
+        )
+        .bind(*table)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(e)?;
+        if let Some(oid) = oid {
+            found.push(((*table).to_owned(), oid));
+        }
+    }
+    tx.execute(sqlx::raw_sql("SET LOCAL search_path = pg_catalog"))
+        .await
+        .map_err(e)?;
+    let name_of = |oid: i64| {
+        found
+            .iter()
+            .find(|(_, o)| *o == oid)
+            .map(|(t, _)| t.clone())
+    };
     let rows = sqlx::query(
-        "SELECT c.relname::text AS t, t.tgname::text AS n,
-                CASE WHEN t.tgenabled::text IN ('O', 'A') THEN 1::int8 ELSE 0::int8 END AS on_,
-                concat_ws(E'\\n',
-                    replace(pg_get_triggerdef(t.oid), quote_ident(current_schema()) || '.',
-                            '$schema.'),
-                    l.lanname::text, p.prosecdef::text, p.prosrc,
-                    replace(coalesce(array_to_string(p.proconfig, ' '), ''),
-                            quote_ident(current_schema()), '$schema')) AS d
+        "SELECT c.oid::int8 AS rel, t.tgname::text AS n, t.tgenabled::text AS en,
+                pg_get_triggerdef(t.oid) AS def, quote_ident(cs.nspname) AS ts,
+                quote_ident(fs.nspname) AS fs, l.lanname::text AS lang,
+                p.prosecdef::int4::int8 AS secdef, p.prosrc AS body,
+                coalesce(array_to_string(p.proconfig, E'\\n'), '') AS cfg
            FROM pg_trigger t
            JOIN pg_class c ON c.oid = t.tgrelid
-           JOIN pg_namespace s ON s.oid = c.relnamespace
+           JOIN pg_namespace cs ON cs.oid = c.relnamespace
            JOIN pg_proc p ON p.oid = t.tgfoid
+           JOIN pg_namespace fs ON fs.oid = p.pronamespace
            JOIN pg_language l ON l.oid = p.prolang
-          WHERE NOT t.tgisinternal AND s.nspname = current_schema()",
+          WHERE NOT t.tgisinternal",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
-    .map_err(StoreError::from_sqlx)?;
-    super::guards::from_rows(&rows)
+    .map_err(e)?;
+    let mut triggers = Vec::new();
+    for r in &rows {
+        let Some(table) = name_of(r.try_get("rel").map_err(e)?) else {
+            continue;
+        };
+        let text = |c: &str| -> Result<String, StoreError> { r.try_get(c).map_err(e) };
+        let settings: Vec<String> = text("cfg")?
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        triggers.push(Guard {
+            table,
+            name: text("n")?,
+            definition: super::guards::postgres_definition(
+                &text("def")?,
+                &text("ts")?,
+                &text("fs")?,
+                &text("lang")?,
+                r.try_get::<i64, _>("secdef").map_err(e)? == 1,
+                &text("body")?,
+                &settings,
+            ),
+            enabled: matches!(text("en")?.as_str(), "O" | "A"),
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT c.oid::int8 AS rel,
+                (c.relrowsecurity OR c.relforcerowsecurity)::int4::int8 AS rls,
+                (SELECT count(*) FROM pg_rewrite r
+                  WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS rules,
+                (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) AS heirs
+           FROM pg_class c WHERE c.relkind IN ('r', 'p')",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(e)?;
+    let mut bypasses = Vec::new();
+    for r in &rows {
+        let Some(table) = name_of(r.try_get("rel").map_err(e)?) else {
+            continue;
+        };
+        for (column, bypass) in [
+            ("rls", Bypass::RowSecurity),
+            ("rules", Bypass::Rule),
+            ("heirs", Bypass::Inherited),
+        ] {
+            if r.try_get::<i64, _>(column).map_err(e)? > 0 {
+                bypasses.push((table.clone(), bypass));
+            }
+        }
+    }
+    tx.rollback().await.map_err(e)?;
+    Ok(Seen { triggers, bypasses })
 }
 
 /// Clear columns in physical order. The position is the row's `ctid`

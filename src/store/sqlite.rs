@@ -275,16 +275,33 @@ pub async fn schema(pool: &AnyPool) -> Result<Vec<(String, Vec<(String, String)>
     Ok(out)
 }
 
-/// Every trigger, as stored (see `store::guards`).
-pub async fn guards(pool: &AnyPool) -> Result<Vec<super::guards::Guard>, StoreError> {
+/// Every trigger, as stored (see `store::guards`). SQLite has nothing
+/// that goes around a trigger: no row security, rules or inheritance.
+pub async fn guards(pool: &AnyPool) -> Result<super::guards::Seen, StoreError> {
     let rows = sqlx::query(
-        "SELECT tbl_name AS t, name AS n, sql AS d, 1 AS on_ FROM sqlite_master \
-         WHERE type = 'trigger'",
+        "SELECT tbl_name AS t, name AS n, sql AS d FROM sqlite_master WHERE type = 'trigger'",
     )
     .fetch_all(pool)
     .await
     .map_err(StoreError::from_sqlx)?;
-    super::guards::from_rows(&rows)
+    let text = |r: &sqlx::any::AnyRow, c: &str| -> Result<String, StoreError> {
+        r.try_get(c).map_err(StoreError::from_sqlx)
+    };
+    let triggers = rows
+        .iter()
+        .map(|r| {
+            Ok(super::guards::Guard {
+                table: text(r, "t")?,
+                name: text(r, "n")?,
+                definition: text(r, "d")?,
+                enabled: true,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(super::guards::Seen {
+        triggers,
+        bypasses: Vec::new(),
+    })
 }
 
 /// Clear columns by `rowid`, each cast to bytes.

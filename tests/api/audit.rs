@@ -1954,10 +1954,21 @@ async fn guards_are_what_a_fresh_migration_creates() {
     use checkoutd::store::guards;
     let app = spawn_app().await;
     let db = app.db().await;
-    let (pinned, mut actual) = if app.database.is_postgres() {
+    let (pinned, seen) = if app.database.is_postgres() {
+        // Every table of the schema, not only those pinned: a trigger on a
+        // new table is listed too.
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
         (
             guards::POSTGRES,
-            checkoutd::store::postgres::guards(&db).await.unwrap(),
+            checkoutd::store::postgres::guards(&db, &tables)
+                .await
+                .unwrap(),
         )
     } else {
         (
@@ -1965,6 +1976,15 @@ async fn guards_are_what_a_fresh_migration_creates() {
             checkoutd::store::sqlite::guards(&db).await.unwrap(),
         )
     };
+    assert!(seen.bypasses.is_empty(), "{:?}", seen.bypasses);
+    let mut actual = seen.triggers;
+    if app.database.is_postgres() {
+        // Pinned with the schema's name taken out: they hold in any schema.
+        for g in &actual {
+            assert!(g.definition.contains(" ON $schema."), "{}", g.definition);
+            assert!(!g.definition.contains("public"), "{}", g.definition);
+        }
+    }
     actual.sort_by(|a, b| (&a.table, &a.name).cmp(&(&b.table, &b.name)));
     let listed: String = actual
         .iter()
@@ -2009,22 +2029,59 @@ async fn a_guard_dropped_altered_or_disabled_is_found() {
     );
     assert!(run_verify(&app).await.verified);
     let db = app.db().await;
-    let exec = |sql: &'static str| {
+    let pg = app.database.is_postgres();
+    // The guards running a function, as `(table, trigger)`.
+    let users = |function: &'static str| {
         let db = db.clone();
-        async move { sqlx::query(sql).execute(&db).await.unwrap() }
+        async move {
+            let found: Vec<(String, String)> = sqlx::query_as(
+                "SELECT c.relname::text, t.tgname::text FROM pg_trigger t \
+                 JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid \
+                 WHERE p.proname = $1 AND NOT t.tgisinternal",
+            )
+            .bind(function)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            assert!(!found.is_empty(), "{function} runs no trigger");
+            found
+        }
     };
-    if app.database.is_postgres() {
-        exec("DROP TRIGGER access_log_no_update ON access_log").await;
-        // Every trigger running it: the function does nothing now.
-        exec(
-            "CREATE OR REPLACE FUNCTION refuse_breaking_order_references() RETURNS trigger \
-             LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+    let mut altered = Vec::new();
+    if pg {
+        for function in [
+            "refuse_breaking_order_references",
+            "refuse_retired_kek_rows",
+            "consent_events_append_only",
+        ] {
+            altered.extend(users(function).await);
+        }
+        altered.push(("purges".to_owned(), "purges_never_truncated".to_owned()));
+        sqlx::raw_sql(
+            "DROP TRIGGER access_log_no_update ON access_log;
+             -- Its body: does nothing now, for every trigger running it.
+             CREATE OR REPLACE FUNCTION refuse_breaking_order_references() RETURNS trigger
+             LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+             -- Its settings: its queries now find tables through the caller's path.
+             ALTER FUNCTION refuse_retired_kek_rows() RESET search_path;
+             -- Its security: runs as its owner.
+             ALTER FUNCTION consent_events_append_only() SECURITY DEFINER;
+             -- Its definition: fires on something else.
+             CREATE OR REPLACE TRIGGER purges_never_truncated BEFORE INSERT ON purges
+             FOR EACH STATEMENT EXECUTE FUNCTION purges_append_only();
+             ALTER TABLE purges DISABLE TRIGGER purges_no_update_or_delete;
+             ALTER TABLE idempotency_keys ENABLE REPLICA TRIGGER idempotency_keys_never_deleted;
+             -- Around the guards: rows hidden from them, statements rewritten,
+             -- rows written to a table inheriting from a guarded one.
+             ALTER TABLE kek_retirements ENABLE ROW LEVEL SECURITY;
+             CREATE RULE keep_none AS ON INSERT TO kek_retirements DO INSTEAD NOTHING;
+             CREATE TABLE orders_heir () INHERITS (orders);",
         )
-        .await;
-        exec("ALTER TABLE purges DISABLE TRIGGER purges_no_update_or_delete").await;
-        exec("ALTER TABLE idempotency_keys ENABLE REPLICA TRIGGER idempotency_keys_never_deleted")
-            .await;
+        .execute(&db)
+        .await
+        .unwrap();
     } else {
+        altered.push(("orders".to_owned(), "orders_never_deleted".to_owned()));
         sqlx::raw_sql(
             "DROP TRIGGER access_log_no_update; DROP TRIGGER orders_never_deleted; \
              CREATE TRIGGER orders_never_deleted BEFORE DELETE ON orders WHEN 0 \
@@ -2046,63 +2103,90 @@ async fn a_guard_dropped_altered_or_disabled_is_found() {
         "{:#?}",
         report.failures
     );
-    assert!(
-        has(
-            &report,
-            "orders",
-            "",
-            "database guard orders_never_deleted is not as the migrations created it"
-        ),
-        "{:#?}",
-        report.failures
-    );
-    let guards: Vec<&Failure> = report
-        .failures
-        .iter()
-        .filter(|f| f.what.starts_with("database guard "))
-        .collect();
-    if app.database.is_postgres() {
-        let replaced: Vec<(String, String)> = sqlx::query_as(
-            "SELECT c.relname::text, t.tgname::text FROM pg_trigger t \
-             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid \
-             WHERE p.proname = 'refuse_breaking_order_references'",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap();
-        assert!(replaced.len() >= 6, "{replaced:?}");
-        for (table, trigger) in &replaced {
+    for (table, trigger) in &altered {
+        assert!(
+            has(
+                &report,
+                table,
+                "",
+                &format!("database guard {trigger} is not as the migrations created it")
+            ),
+            "{trigger}: {:#?}",
+            report.failures
+        );
+    }
+    let mut expected = 1 + altered.len();
+    if pg {
+        for (table, what) in [
+            (
+                "purges",
+                "database guard purges_no_update_or_delete is disabled",
+            ),
+            (
+                "idempotency_keys",
+                "database guard idempotency_keys_never_deleted is disabled",
+            ),
+            ("kek_retirements", "row-level security is on"),
+            ("kek_retirements", "a rule rewrites statements on it"),
+            ("orders", "a table inherits from it"),
+        ] {
             assert!(
-                has(
-                    &report,
-                    table,
-                    "",
-                    &format!("database guard {trigger} is not as")
-                ),
-                "{trigger}: {guards:#?}"
+                has(&report, table, "", what),
+                "{what}: {:#?}",
+                report.failures
             );
         }
-        assert!(has(
-            &report,
-            "purges",
-            "",
-            "database guard purges_no_update_or_delete is disabled"
-        ));
-        assert!(has(
-            &report,
-            "idempotency_keys",
-            "",
-            "database guard idempotency_keys_never_deleted is disabled"
-        ));
-        // One dropped, each trigger of the replaced function, two disabled.
-        assert_eq!(guards.len(), 1 + replaced.len() + 2, "{guards:#?}");
-    } else {
-        assert_eq!(guards.len(), 2, "{guards:#?}");
+        expected += 5;
     }
     assert_eq!(
-        report.failure_count,
-        guards.len() as u64,
+        report.failure_count, expected as u64,
         "{:#?}",
         report.failures
     );
+
+    if pg {
+        // Whoever may set the role's search_path puts an `=` of their own in
+        // front of the catalogue's, under which every text is equal (a
+        // disabled trigger's 'D' would read as enabled): the guards are read
+        // as the catalogue has them all the same.
+        let name: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE SCHEMA evil;
+             CREATE FUNCTION evil.always(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE
+             AS 'SELECT true';
+             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.always);
+             ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" SET search_path = evil, pg_catalog, public;"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+        let hijacked = app.db().await;
+        let equal: bool = sqlx::query_scalar("SELECT 'D'::text = 'O'::text")
+            .fetch_one(&hijacked)
+            .await
+            .unwrap();
+        assert!(equal, "the role's search_path did not take");
+        let tables = checkoutd::store::guards::tables(checkoutd::store::guards::POSTGRES);
+        let seen = checkoutd::store::postgres::guards(&hijacked, &tables)
+            .await
+            .unwrap();
+        let found = checkoutd::store::guards::compare(checkoutd::store::guards::POSTGRES, &seen);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.trigger == Some("purges_no_update_or_delete")
+                    && f.problem == checkoutd::store::guards::GuardProblem::Disabled),
+            "{found:#?}"
+        );
+        assert_eq!(found.len(), expected, "{found:#?}");
+        sqlx::raw_sql(&format!(
+            "ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" RESET search_path"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+    }
 }

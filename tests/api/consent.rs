@@ -1348,6 +1348,9 @@ async fn a_deleted_or_reordered_withdrawal_is_reported() {
         for statement in sql.split(';') {
             sqlx::query(statement).execute(&mut *conn).await.unwrap();
         }
+        drop(conn);
+        // Back on: what the audit names is the edit, not a guard left off.
+        app.reguard().await;
         let err = checkoutd::consent::verify_ledger(&store, key.consent_tag_key())
             .await
             .unwrap_err();
@@ -1472,7 +1475,6 @@ async fn an_edited_capture_time_stops_neither_the_report_nor_an_export() {
     )
     .await;
     assert_eq!(r.status(), 202);
-    app.unguard("consent_tags").await;
     let db = app.db().await;
     let store = app.store().await;
     let key = app.keyring();
@@ -1483,6 +1485,7 @@ async fn an_edited_capture_time_stops_neither_the_report_nor_an_export() {
         "2099-02-31T10:00:00.000Z",
         "2099-12-01T24:00:00.000Z",
     ] {
+        app.unguard("consent_tags").await;
         sqlx::query(
             "UPDATE consent_tags SET captured_at = $1
               WHERE id = (SELECT consent_tag_id FROM orders WHERE id = $2)",
@@ -1492,6 +1495,7 @@ async fn an_edited_capture_time_stops_neither_the_report_nor_an_export() {
         .execute(&db)
         .await
         .unwrap();
+        app.reguard().await;
         let report = checkoutd::audit::verify::verify(&store, &key, &|_, _| {})
             .await
             .unwrap_or_else(|e| panic!("{edited}: no report: {e}"));

@@ -763,11 +763,15 @@ impl Store for SqlStore {
     }
 
     async fn guard_findings(&self) -> Result<Vec<super::guards::GuardFinding>, StoreError> {
-        let (pinned, actual) = match self.engine {
+        let (pinned, seen) = match self.engine {
             Engine::Sqlite => (super::guards::SQLITE, sqlite::guards(&self.pool).await?),
-            Engine::Postgres => (super::guards::POSTGRES, postgres::guards(&self.pool).await?),
+            Engine::Postgres => {
+                let pinned = super::guards::POSTGRES;
+                let tables = super::guards::tables(pinned);
+                (pinned, postgres::guards(&self.pool, &tables).await?)
+            }
         };
-        Ok(super::guards::compare(pinned, &actual))
+        Ok(super::guards::compare(pinned, &seen))
     }
 
     async fn schema(&self) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
