@@ -565,7 +565,7 @@ pub const POSTGRES: &[Pin<'static>] = &[
     (
         "orders",
         "orders_dispatch_never_undone",
-        "b35ec04023727849e36e480cedd7df135ad104e9bbb8c1acdfaf500f44711d3a",
+        "a25070dca4aea54eb1e3a9bf27d76646ad28e06b05e95895981f1e6eb335f7da",
     ),
     (
         "orders",

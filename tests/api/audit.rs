@@ -2190,3 +2190,66 @@ async fn a_guard_dropped_altered_or_disabled_is_found() {
         .unwrap();
     }
 }
+
+/// A guard's function finds its operators through a search path of its
+/// own (PostgreSQL, 0024 for the dispatch guard): a role whose path puts a
+/// schema of someone's own first — an `=` under which every text is equal
+/// — does not make a changed dispatch read as unchanged.
+#[tokio::test]
+async fn a_guard_keeps_its_operators_whatever_the_callers_search_path() {
+    let app = spawn_app().await;
+    let order = crate::fulfillment::new_order(&app, "path-1", &order_json()).await;
+    let r = app
+        .dispatch(&order, &json!({"carrier": "UPS", "tracking": "1Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let db = app.db().await;
+    let change = "UPDATE orders SET tracking = '1Y' WHERE id = $1";
+    if !app.database.is_postgres() {
+        // SQLite has no search path: the guard refuses, as always.
+        let refused = sqlx::query(change).bind(&order).execute(&db).await;
+        assert!(refused.is_err());
+        return;
+    }
+    let name: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA evil;
+         CREATE FUNCTION evil.always(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE
+         AS 'SELECT true';
+         CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.always);
+         ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" SET search_path = evil, pg_catalog, public;"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let hijacked = app.db().await;
+    let equal: bool = sqlx::query_scalar("SELECT '1Y'::text = '1Z'::text")
+        .fetch_one(&hijacked)
+        .await
+        .unwrap();
+    assert!(equal, "the role's search_path did not take");
+    let refused = sqlx::query(change)
+        .bind(&order)
+        .execute(&hijacked)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("a dispatch is never undone"),
+        "{refused}"
+    );
+    sqlx::raw_sql(&format!(
+        "ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" RESET search_path"
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    let tracking: String = sqlx::query_scalar("SELECT tracking FROM orders WHERE id = $1")
+        .bind(&order)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(tracking, "1Z");
+}

@@ -39,7 +39,7 @@ impl TestApp {
     }
 }
 
-async fn new_order(app: &TestApp, key: &str, order: &Value) -> String {
+pub async fn new_order(app: &TestApp, key: &str, order: &Value) -> String {
     let r = app.post_order(key, order).await;
     assert_eq!(r.status(), 201);
     let body: Value = r.json().await.unwrap();
