@@ -22,35 +22,91 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Opens (creating) `path` and takes an exclusive advisory lock on it,
 /// waiting for other holders; the lock lasts as long as the returned file.
 ///
-/// A lock file holds nothing, and taking the lock (`flock`) needs no write
-/// access: an existing one is opened for reading. A new one is made 0600
-/// and, like an existing one, given its directory's owner where the caller
-/// may (root, through sudo): a lock left by an operator's `sudo checkoutd
-/// keys …` in the service's data directory must not stop the service, or
-/// the next command run as its user, from taking it.
+/// A lock file holds nothing. It must be a regular file of its own: a
+/// symbolic link or a directory there is refused, never followed (run as
+/// root, following one would lock — or, below, give away — whatever it
+/// points to). An existing one is opened for writing where the caller may,
+/// else for reading (`flock` needs no write access, but NFS emulates it
+/// with a write lock), and never changes owner. A new one is made
+/// exclusively (a link planted meanwhile is not followed), 0640, and given
+/// its directory's owner where the caller may (root, through sudo): a lock
+/// an operator's `sudo checkoutd keys …` made in the service's data
+/// directory must not stop the service, or the next command run as its
+/// user, from taking it.
 pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let file = match std::fs::OpenOptions::new().read(true).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut new = std::fs::OpenOptions::new();
-            new.create(true).truncate(false).write(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                new.mode(0o600);
-            }
-            new.open(path)?
-        }
-        Err(e) => return Err(e),
+    let not_a_file = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file (a symbolic link or a directory?): remove it",
+                path.display()
+            ),
+        )
     };
-    give_directory_owner(path, &file);
-    file.lock()?;
-    Ok(file)
+    // A file made between the look and the exclusive create is looked at
+    // again; twice is plenty.
+    for _ in 0..3 {
+        let file = match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_file() => return Err(not_a_file()),
+            Ok(meta) => {
+                let open = |write: bool| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(write)
+                        .open(path)
+                };
+                let file = match open(true) {
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(false)?,
+                    other => other?,
+                };
+                // Swapped for a link between the look and the open: the
+                // file opened is not the one looked at.
+                if !same_file(&meta, &file.metadata()?) {
+                    return Err(not_a_file());
+                }
+                file
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut new = std::fs::OpenOptions::new();
+                new.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    new.mode(0o640);
+                }
+                match new.open(path) {
+                    Ok(file) => {
+                        give_directory_owner(path, &file);
+                        file
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        file.lock()?;
+        return Ok(file);
+    }
+    Err(not_a_file())
 }
 
-/// Gives `file` (at `path`) the owner and group of its directory if they
-/// differ and the caller may change them (only root may): best effort,
-/// the lock works either way for its caller.
+/// Whether two metadata describe the same file (device and inode).
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        a.is_file() && b.is_file()
+    }
+}
+
+/// Gives `file`, just created at `path`, the owner and group of its
+/// directory if they differ and the caller may change them (only root
+/// may): best effort, the lock works either way for its caller.
 fn give_directory_owner(path: &Path, file: &std::fs::File) {
     #[cfg(unix)]
     {
@@ -341,9 +397,11 @@ mod tests {
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
-    /// A lock file needs no write access, and takes its directory's owner
-    /// where the caller may give it (root): an operator's `sudo checkoutd
-    /// keys …` must not leave a lock the service's user cannot take.
+    /// A lock file needs no write access; a new one takes its directory's
+    /// owner where the caller may give it (root): an operator's `sudo
+    /// checkoutd keys …` must not leave a lock the service's user cannot
+    /// take. An existing one keeps its owner, and a symbolic link or a
+    /// directory at the path is refused, not followed.
     #[cfg(unix)]
     #[test]
     fn a_lock_needs_no_write_access_and_belongs_to_its_directory_owner() {
@@ -353,32 +411,44 @@ mod tests {
         std::fs::write(&read_only, b"").unwrap();
         std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o444)).unwrap();
         drop(lock_file(&read_only).unwrap());
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let me = std::fs::metadata(&read_only).unwrap();
+        let root = me.uid() == 0;
         let (uid, gid) = if root {
             // The service's user owns its data directory.
             std::os::unix::fs::chown(dir.path(), Some(65_534), Some(65_534)).unwrap();
             (65_534, 65_534)
         } else {
-            let m = std::fs::metadata(dir.path()).unwrap();
-            (m.uid(), m.gid())
+            (me.uid(), me.gid())
         };
         let new = dir.path().join("new.lock");
         let held = lock_file(&new).unwrap();
         let m = std::fs::metadata(&new).unwrap();
         assert_eq!((m.uid(), m.gid()), (uid, gid));
-        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
         // Held: a second taker waits (try_lock fails).
         let other = std::fs::File::open(&new).unwrap();
         assert!(other.try_lock().is_err());
         drop(held);
         assert!(other.try_lock().is_ok());
         drop(other);
-        // One left by root earlier is given back, once root takes it again.
-        if root {
-            std::os::unix::fs::chown(&read_only, Some(0), Some(0)).unwrap();
-            drop(lock_file(&read_only).unwrap());
-            let m = std::fs::metadata(&read_only).unwrap();
-            assert_eq!((m.uid(), m.gid()), (uid, gid));
-        }
+        // An existing lock keeps its owner, whoever takes it.
+        assert_eq!(std::fs::metadata(&read_only).unwrap().uid(), me.uid());
+        // A link at the path is refused, and what it points to untouched.
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep").unwrap();
+        let before = std::fs::metadata(&target).unwrap();
+        let link = dir.path().join("link.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(lock_file(&link).is_err());
+        let dangling = dir.path().join("dangling.lock");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(lock_file(&dangling).is_err());
+        assert!(!dir.path().join("nowhere").exists());
+        let after = std::fs::metadata(&target).unwrap();
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        // So is a directory.
+        let sub = dir.path().join("dir.lock");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(lock_file(&sub).is_err());
     }
 }

@@ -1027,7 +1027,7 @@ async fn check_guards(store: &dyn Store, out: &mut Failures) -> Result<(), Store
                 "database guards of {table} can be gone around: a rule rewrites statements on it"
             ),
             GuardProblem::Bypassed(Bypass::Inherited) => format!(
-                "database guards of {table} can be gone around: a table inherits from it (rows written there fire none of its row triggers)"
+                "database guards of {table} can be gone around: a table inherits from it or is a partition of it (statements run on that table directly do not fire its statement guards; an inheriting table's rows fire none of its row guards)"
             ),
         };
         out.push(Failure::new(table, "", what));

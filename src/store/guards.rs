@@ -48,11 +48,13 @@ impl Guard {
 /// What on a guarded table lets a write past its triggers (PostgreSQL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bypass {
-    /// Row-level security enabled (or forced) on it.
+    /// Row-level security enabled on it (forced alone does nothing).
     RowSecurity,
     /// A rule (`CREATE RULE`) rewrites statements on it.
     Rule,
-    /// Another table inherits from it.
+    /// Another table inherits from it, or is a partition of it: a
+    /// statement run on that table directly fires none of its statement
+    /// triggers (and an inheriting table's rows none of its row triggers).
     Inherited,
 }
 

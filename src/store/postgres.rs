@@ -480,7 +480,7 @@ pub async fn guards(pool: &AnyPool, tables: &[&str]) -> Result<super::guards::Se
     }
     let rows = sqlx::query(
         "SELECT c.oid::int8 AS rel,
-                (c.relrowsecurity OR c.relforcerowsecurity)::int4::int8 AS rls,
+                c.relrowsecurity::int4::int8 AS rls,
                 (SELECT count(*) FROM pg_rewrite r
                   WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS rules,
                 (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) AS heirs

@@ -2074,6 +2074,8 @@ async fn a_guard_dropped_altered_or_disabled_is_found() {
              -- Around the guards: rows hidden from them, statements rewritten,
              -- rows written to a table inheriting from a guarded one.
              ALTER TABLE kek_retirements ENABLE ROW LEVEL SECURITY;
+             -- Forced alone, row-level security does nothing: no finding.
+             ALTER TABLE consent_tags FORCE ROW LEVEL SECURITY;
              CREATE RULE keep_none AS ON INSERT TO kek_retirements DO INSTEAD NOTHING;
              CREATE TABLE orders_heir () INHERITS (orders);",
         )
@@ -2149,26 +2151,7 @@ async fn a_guard_dropped_altered_or_disabled_is_found() {
         // front of the catalogue's, under which every text is equal (a
         // disabled trigger's 'D' would read as enabled): the guards are read
         // as the catalogue has them all the same.
-        let name: String = sqlx::query_scalar("SELECT current_database()::text")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        sqlx::raw_sql(&format!(
-            "CREATE SCHEMA evil;
-             CREATE FUNCTION evil.always(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE
-             AS 'SELECT true';
-             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.always);
-             ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" SET search_path = evil, pg_catalog, public;"
-        ))
-        .execute(&db)
-        .await
-        .unwrap();
-        let hijacked = app.db().await;
-        let equal: bool = sqlx::query_scalar("SELECT 'D'::text = 'O'::text")
-            .fetch_one(&hijacked)
-            .await
-            .unwrap();
-        assert!(equal, "the role's search_path did not take");
+        let hijacked = hijack_text_equality(&app).await;
         let tables = checkoutd::store::guards::tables(checkoutd::store::guards::POSTGRES);
         let seen = checkoutd::store::postgres::guards(&hijacked, &tables)
             .await
@@ -2182,12 +2165,7 @@ async fn a_guard_dropped_altered_or_disabled_is_found() {
             "{found:#?}"
         );
         assert_eq!(found.len(), expected, "{found:#?}");
-        sqlx::raw_sql(&format!(
-            "ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" RESET search_path"
-        ))
-        .execute(&db)
-        .await
-        .unwrap();
+        undo_hijack(&app).await;
     }
 }
 
@@ -2211,6 +2189,31 @@ async fn a_guard_keeps_its_operators_whatever_the_callers_search_path() {
         assert!(refused.is_err());
         return;
     }
+    let hijacked = hijack_text_equality(&app).await;
+    let refused = sqlx::query(change)
+        .bind(&order)
+        .execute(&hijacked)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("a dispatch is never undone"),
+        "{refused}"
+    );
+    undo_hijack(&app).await;
+    let tracking: String = sqlx::query_scalar("SELECT tracking FROM orders WHERE id = $1")
+        .bind(&order)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(tracking, "1Z");
+}
+
+/// As whoever may set this role's `search_path` (PostgreSQL): in the test's
+/// database, a schema of their own goes in front of the catalogue's, with an
+/// `=` under which every text is equal. Returns a pool whose connections
+/// have that path (the app's own were opened before it).
+async fn hijack_text_equality(app: &TestApp) -> sqlx::AnyPool {
+    let db = app.db().await;
     let name: String = sqlx::query_scalar("SELECT current_database()::text")
         .fetch_one(&db)
         .await
@@ -2226,30 +2229,25 @@ async fn a_guard_keeps_its_operators_whatever_the_callers_search_path() {
     .await
     .unwrap();
     let hijacked = app.db().await;
-    let equal: bool = sqlx::query_scalar("SELECT '1Y'::text = '1Z'::text")
+    let equal: bool = sqlx::query_scalar("SELECT 'D'::text = 'O'::text")
         .fetch_one(&hijacked)
         .await
         .unwrap();
     assert!(equal, "the role's search_path did not take");
-    let refused = sqlx::query(change)
-        .bind(&order)
-        .execute(&hijacked)
+    hijacked
+}
+
+/// Undoes [`hijack_text_equality`]'s path for the role.
+async fn undo_hijack(app: &TestApp) {
+    let db = app.db().await;
+    let name: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&db)
         .await
-        .unwrap_err();
-    assert!(
-        refused.to_string().contains("a dispatch is never undone"),
-        "{refused}"
-    );
+        .unwrap();
     sqlx::raw_sql(&format!(
         "ALTER ROLE CURRENT_USER IN DATABASE \"{name}\" RESET search_path"
     ))
     .execute(&db)
     .await
     .unwrap();
-    let tracking: String = sqlx::query_scalar("SELECT tracking FROM orders WHERE id = $1")
-        .bind(&order)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(tracking, "1Z");
 }
