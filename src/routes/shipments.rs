@@ -298,8 +298,6 @@ pub async fn dispatch(
         Ok(pair) => pair,
         Err(problem) => return problem.into_response(),
     };
-    // An order whose row was edited in the database (items, gift flag, a
-    // dispatch undone) is not shipped on the strength of that row.
     // A dispatch refused (no such order, or 409) is written to the access
     // log like every denied request (invariant 8), naming the order: a
     // second tracking number for a shipped order is worth an auditor's
@@ -320,6 +318,8 @@ pub async fn dispatch(
             problem.into_response()
         }
     };
+    // An order whose row was edited in the database (items, gift flag, a
+    // dispatch undone) is not shipped on the strength of that row.
     let check = match state.store.order_check(order_id).await {
         Ok(Some(check)) => Some(check),
         Ok(None) => return refused(Problem::not_found()).await,
